@@ -1,0 +1,19 @@
+// Dequantization of GGML blocks to fp32, and fp32 quantization (for the writer and tests).
+#ifndef XKV_KERNELS_CPU_DEQUANT_H_
+#define XKV_KERNELS_CPU_DEQUANT_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/ggml_types.h"
+
+namespace xkv::cpu {
+
+// src: `n` elements of `type` (n a multiple of the type's block size); dst: fp32 [n].
+absl::Status DequantizeToF32(GgmlType type, const void* src, int64_t n, float* dst);
+// src: fp32 [n]; dst: bytes of `type` for n elements (n a multiple of the block size).
+absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* dst);
+
+}  // namespace xkv::cpu
+
+#endif  // XKV_KERNELS_CPU_DEQUANT_H_
