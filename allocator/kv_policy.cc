@@ -1,0 +1,335 @@
+#include "allocator/kv_policy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+constexpr std::pair<PolicyKind, absl::string_view> kPolicyNames[] = {
+    {PolicyKind::kFull, "full"},     {PolicyKind::kStreaming, "streaming"},
+    {PolicyKind::kSnapKv, "snapkv"}, {PolicyKind::kPyramidKv, "pyramidkv"},
+    {PolicyKind::kXkv, "xkv"},
+};
+
+}  // namespace
+
+absl::StatusOr<PolicyKind> ParsePolicy(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  for (const auto& [kind, text] : kPolicyNames) {
+    if (lower == text) return kind;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown KV policy '", name, "'; allowed: full, streaming, snapkv, pyramidkv, xkv"));
+}
+
+absl::string_view PolicyName(PolicyKind kind) {
+  for (const auto& [k, text] : kPolicyNames) {
+    if (k == kind) return text;
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ProfileMode> ParseProfileMode(absl::string_view text) {
+  if (text == "per_request") return ProfileMode{ProfileModeKind::kPerRequest, 1.0};
+  if (text == "one_pass") return ProfileMode{ProfileModeKind::kOnePass, 1.0};
+  absl::string_view rate_text = text;
+  if (absl::ConsumePrefix(&rate_text, "sampled:")) {
+    double rate = 0.0;
+    if (!absl::SimpleAtod(rate_text, &rate) || !(rate > 0.0 && rate <= 1.0)) {
+      return absl::InvalidArgumentError(absl::StrCat("profile mode '", text, "': sample rate '",
+                                                     rate_text, "' must be a number in (0, 1]"));
+    }
+    return ProfileMode{ProfileModeKind::kSampled, rate};
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown profile mode '", text,
+                   "'; allowed: per_request, one_pass, sampled:<rate in (0, 1]>"));
+}
+
+std::string ProfileModeName(const ProfileMode& mode) {
+  switch (mode.kind) {
+    case ProfileModeKind::kPerRequest:
+      return "per_request";
+    case ProfileModeKind::kOnePass:
+      return "one_pass";
+    case ProfileModeKind::kSampled:
+      return absl::StrCat("sampled:", mode.sample_rate);
+  }
+  return "unknown";
+}
+
+std::vector<int64_t> RoundBudgetsToTotal(absl::Span<const double> weights, int64_t total,
+                                         int64_t cap) {
+  const size_t L = weights.size();
+  std::vector<double> x(L, 0.0);
+  std::vector<bool> capped(L, false);
+  // Water-filling: scale the uncapped weights to the remaining total; cap any that overflow.
+  for (size_t round = 0; round <= L; ++round) {
+    double remaining = static_cast<double>(total), mass = 0.0;
+    size_t free = 0;
+    for (size_t l = 0; l < L; ++l) {
+      if (capped[l])
+        remaining -= static_cast<double>(cap);
+      else
+        mass += weights[l], ++free;
+    }
+    if (free == 0) break;
+    bool changed = false;
+    for (size_t l = 0; l < L; ++l) {
+      if (capped[l]) continue;
+      x[l] = mass > 0.0 ? remaining * weights[l] / mass : remaining / static_cast<double>(free);
+      if (x[l] > static_cast<double>(cap)) capped[l] = changed = true;
+    }
+    if (!changed) break;
+  }
+  std::vector<int64_t> b(L);
+  std::vector<size_t> order(L);
+  int64_t left = total;
+  for (size_t l = 0; l < L; ++l) {
+    x[l] = capped[l] ? static_cast<double>(cap) : std::clamp(x[l], 0.0, static_cast<double>(cap));
+    b[l] = static_cast<int64_t>(std::floor(x[l]));
+    left -= b[l];
+    order[l] = l;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t c) {
+    return x[a] - std::floor(x[a]) > x[c] - std::floor(x[c]);
+  });
+  // Largest remainder; repeated passes only absorb floating-point drift.
+  while (left != 0) {
+    bool moved = false;
+    for (size_t i = 0; i < L && left != 0; ++i) {
+      const size_t l = left > 0 ? order[i] : order[L - 1 - i];
+      if (left > 0 && b[l] < cap)
+        ++b[l], --left, moved = true;
+      else if (left < 0 && b[l] > 0)
+        --b[l], ++left, moved = true;
+    }
+    if (!moved) break;  // total outside [0, L*cap]: caller's precondition
+  }
+  return b;
+}
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<const float> scores,
+                                                                   int heads, int64_t prefix_len,
+                                                                   int64_t budget,
+                                                                   SelectionRule rule,
+                                                                   int sink_tokens) {
+  if (heads < 1 || prefix_len < 0 || budget < 0 || budget > prefix_len || sink_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "select kept tokens: budget ", budget, " must be in [0, prefix_len=", prefix_len,
+        "], heads ", heads, " >= 1, sink_tokens ", sink_tokens, " >= 0"));
+  }
+  if (rule == SelectionRule::kTopScore &&
+      static_cast<int64_t>(scores.size()) != heads * prefix_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("select kept tokens: ", scores.size(),
+                     " scores, expected heads*prefix_len = ", heads * prefix_len));
+  }
+  std::vector<std::vector<int64_t>> kept(heads);
+  for (int h = 0; h < heads; ++h) {
+    std::vector<int64_t>& out = kept[h];
+    if (rule == SelectionRule::kAll) {
+      out.resize(prefix_len);
+      std::iota(out.begin(), out.end(), int64_t{0});
+    } else if (rule == SelectionRule::kSinksAndRecent) {
+      const int64_t sinks = std::min<int64_t>(sink_tokens, budget);
+      for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
+      for (int64_t j = prefix_len - (budget - sinks); j < prefix_len; ++j) out.push_back(j);
+    } else {
+      const float* row = scores.data() + h * prefix_len;
+      out.resize(prefix_len);
+      std::iota(out.begin(), out.end(), int64_t{0});
+      auto better = [row](int64_t a, int64_t c) {
+        return row[a] > row[c] || (row[a] == row[c] && a < c);
+      };
+      std::nth_element(out.begin(), out.begin() + budget, out.end(), better);
+      out.resize(budget);
+      std::sort(out.begin(), out.end());
+    }
+  }
+  return kept;
+}
+
+namespace {
+
+absl::Status CheckInput(const PolicyInput& in, const BudgetTarget& target, bool needs_profile) {
+  if (in.num_layers < 1 || in.prefix_len < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV policy: num_layers ", in.num_layers,
+                                                   " must be >= 1 and prefix_len ", in.prefix_len,
+                                                   " >= 0"));
+  }
+  if (!in.profiles.empty() && static_cast<int>(in.profiles.size()) != in.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("KV policy: ", in.profiles.size(),
+                                                   " profiles for ", in.num_layers, " layers"));
+  }
+  if (needs_profile && in.profiles.empty()) {
+    return absl::InvalidArgumentError("KV policy xkv needs one importance profile per layer");
+  }
+  if (target.kind == BudgetTarget::Kind::kBytes &&
+      static_cast<int>(in.bytes_per_token.size()) != in.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV policy: a byte target needs bytes per token for each of the ",
+                     in.num_layers, " layers (got ", in.bytes_per_token.size(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+void Finish(const PolicyInput& in, SelectionRule rule, PolicyBudgets& out) {
+  out.rule = rule;
+  out.total_tokens = std::accumulate(out.budgets.begin(), out.budgets.end(), int64_t{0});
+  out.total_bytes = 0;
+  if (static_cast<int>(in.bytes_per_token.size()) == in.num_layers) {
+    for (int l = 0; l < in.num_layers; ++l)
+      out.total_bytes += in.bytes_per_token[l] * out.budgets[l];
+  }
+  if (!in.profiles.empty() && rule != SelectionRule::kSinksAndRecent) {
+    double r = 0.0;
+    for (int l = 0; l < in.num_layers; ++l) {
+      const auto& ret = in.profiles[l].retention;
+      r += ret[std::min<int64_t>(out.budgets[l], static_cast<int64_t>(ret.size()) - 1)];
+    }
+    out.average_retention = r / in.num_layers;
+  }
+}
+
+// PyramidKV's shape (Cai et al. 2024, pyramidkv_utils.py): with the average a = N/L per layer,
+// b_min = a / beta and b_max = 2a - b_min (so the mean is a); if b_max exceeds the prefix, b_max =
+// P and b_min = 2a - P. Layer l (0 = bottom) gets b_max - l (b_max - b_min) / (L - 1). Their code
+// floors every step; here the real values are rounded by largest remainder so the total is
+// exactly N.
+std::vector<double> PyramidWeights(int64_t total, int L, int64_t P, double beta) {
+  if (L == 1 || total == 0) return std::vector<double>(L, 1.0);
+  const double a = static_cast<double>(total) / L;
+  double b_min = a / beta, b_max = 2.0 * a - b_min;
+  if (b_max > static_cast<double>(P)) {
+    b_max = static_cast<double>(P);
+    b_min = 2.0 * a - b_max;
+  }
+  std::vector<double> x(L);
+  for (int l = 0; l < L; ++l) x[l] = std::max(0.0, b_max - l * (b_max - b_min) / (L - 1));
+  return x;
+}
+
+class BaselinePolicy : public KvPolicy {
+ public:
+  explicit BaselinePolicy(const PolicyOptions& options) : options_(options) {}
+  PolicyKind kind() const override { return options_.kind; }
+  bool needs_profile() const override { return false; }
+  SelectionRule selection() const override {
+    switch (options_.kind) {
+      case PolicyKind::kFull:
+        return SelectionRule::kAll;
+      case PolicyKind::kStreaming:
+        return SelectionRule::kSinksAndRecent;
+      default:
+        return SelectionRule::kTopScore;
+    }
+  }
+
+  absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& in,
+                                        const BudgetTarget& target) const override {
+    RETURN_IF_ERROR(CheckInput(in, target, false));
+    PolicyBudgets out;
+    const int64_t max_total = in.num_layers * in.prefix_len;
+    if (options_.kind == PolicyKind::kFull) {
+      out.budgets.assign(in.num_layers, in.prefix_len);
+    } else if (target.kind == BudgetTarget::Kind::kRetention) {
+      return absl::InvalidArgumentError(absl::StrCat("a retention target needs policy xkv; '",
+                                                     PolicyName(options_.kind),
+                                                     "' takes a token or byte budget"));
+    } else if (target.kind == BudgetTarget::Kind::kTotalTokens) {
+      if (target.total_tokens < 0 || target.total_tokens > max_total) {
+        return absl::InvalidArgumentError(absl::StrCat("total tokens ", target.total_tokens,
+                                                       " must be in [0, ", max_total,
+                                                       "] (layers x prefix length)"));
+      }
+      out.budgets = Shape(target.total_tokens, in);
+    } else {
+      if (target.total_bytes < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("KV bytes ", target.total_bytes, " must be >= 0"));
+      }
+      // Largest total whose shape fits the bytes.
+      int64_t lo = 0, hi = max_total + 1;
+      while (hi - lo > 1) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        (Bytes(Shape(mid, in), in) <= target.total_bytes ? lo : hi) = mid;
+      }
+      out.budgets = Shape(lo, in);
+    }
+    Finish(in, selection(), out);
+    return out;
+  }
+
+ private:
+  std::vector<int64_t> Shape(int64_t total, const PolicyInput& in) const {
+    const std::vector<double> w =
+        options_.kind == PolicyKind::kPyramidKv
+            ? PyramidWeights(total, in.num_layers, in.prefix_len, options_.pyramid_beta)
+            : std::vector<double>(in.num_layers, 1.0);
+    return RoundBudgetsToTotal(w, total, in.prefix_len);
+  }
+  static int64_t Bytes(const std::vector<int64_t>& b, const PolicyInput& in) {
+    int64_t s = 0;
+    for (size_t l = 0; l < b.size(); ++l) s += b[l] * in.bytes_per_token[l];
+    return s;
+  }
+
+  PolicyOptions options_;
+};
+
+class XkvPolicy : public KvPolicy {
+ public:
+  explicit XkvPolicy(const PolicyOptions& options) : options_(options) {}
+  PolicyKind kind() const override { return PolicyKind::kXkv; }
+  bool needs_profile() const override { return true; }
+  SelectionRule selection() const override { return SelectionRule::kTopScore; }
+
+  absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& in,
+                                        const BudgetTarget& target) const override {
+    RETURN_IF_ERROR(CheckInput(in, target, true));
+    BudgetResult r;
+    switch (target.kind) {
+      case BudgetTarget::Kind::kTotalTokens: {
+        ASSIGN_OR_RETURN(r, SolveForTotalTokens(in.profiles, target.total_tokens, options_.solver));
+        break;
+      }
+      case BudgetTarget::Kind::kRetention: {
+        ASSIGN_OR_RETURN(r, SolveForRetention(in.profiles, target.retention, options_.solver));
+        break;
+      }
+      case BudgetTarget::Kind::kBytes: {
+        ASSIGN_OR_RETURN(
+            r, SolveForBytes(in.profiles, in.bytes_per_token, target.total_bytes, options_.solver));
+        break;
+      }
+    }
+    PolicyBudgets out;
+    out.budgets = std::move(r.budgets);
+    out.reachable = r.reachable;
+    Finish(in, selection(), out);
+    return out;
+  }
+
+ private:
+  PolicyOptions options_;
+};
+
+}  // namespace
+
+std::unique_ptr<KvPolicy> MakeKvPolicy(const PolicyOptions& options) {
+  if (options.kind == PolicyKind::kXkv) return std::make_unique<XkvPolicy>(options);
+  return std::make_unique<BaselinePolicy>(options);
+}
+
+}  // namespace xkv

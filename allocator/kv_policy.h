@@ -1,0 +1,109 @@
+// KV cache policies behind one interface (DESIGN.md §3.6): per-layer budgets of kept prefix tokens
+// (the same unit for every policy, so comparisons are at equal tokens/bytes) plus the rule that
+// picks which tokens a layer keeps. The w window tokens are always kept on top of the budget.
+#ifndef XKV_ALLOCATOR_KV_POLICY_H_
+#define XKV_ALLOCATOR_KV_POLICY_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "allocator/budget_solver.h"
+#include "allocator/importance_profile.h"
+
+namespace xkv {
+
+enum class PolicyKind { kFull, kStreaming, kSnapKv, kPyramidKv, kXkv };
+
+// "full" | "streaming" | "snapkv" | "pyramidkv" | "xkv" (case-insensitive).
+absl::StatusOr<PolicyKind> ParsePolicy(absl::string_view name);
+absl::string_view PolicyName(PolicyKind kind);
+
+// Where the importance profile comes from (DESIGN.md §3.5).
+enum class ProfileModeKind { kPerRequest, kOnePass, kSampled };
+struct ProfileMode {
+  ProfileModeKind kind = ProfileModeKind::kPerRequest;
+  double sample_rate = 1.0;  // ρ in (0, 1]; only meaningful for kSampled
+};
+// "per_request" | "one_pass" | "sampled:<ρ>" with ρ in (0, 1].
+absl::StatusOr<ProfileMode> ParseProfileMode(absl::string_view text);
+std::string ProfileModeName(const ProfileMode& mode);
+
+// How a layer chooses its kept prefix tokens for a budget b.
+enum class SelectionRule {
+  kAll,             // keep the whole prefix (full)
+  kTopScore,        // per head the b highest pooled scores, ties by lower index
+  kSinksAndRecent,  // the first sink tokens and the last b - sinks prefix tokens (streaming)
+};
+
+// Exactly one of the three budget targets.
+struct BudgetTarget {
+  enum class Kind { kTotalTokens, kRetention, kBytes };
+  Kind kind = Kind::kTotalTokens;
+  int64_t total_tokens = 0;  // kTotalTokens: sum over layers of kept prefix tokens
+  double retention = 1.0;    // kRetention: average retention R in (0, 1]; xkv only
+  int64_t total_bytes = 0;   // kBytes: sum over layers of bytes_per_token[l] * b_l
+  static BudgetTarget Tokens(int64_t n) { return {Kind::kTotalTokens, n, 1.0, 0}; }
+  static BudgetTarget Retention(double r) { return {Kind::kRetention, 0, r, 0}; }
+  static BudgetTarget Bytes(int64_t m) { return {Kind::kBytes, 0, 1.0, m}; }
+};
+
+struct PolicyInput {
+  int num_layers = 0;
+  int64_t prefix_len = 0;                     // P = T - w
+  absl::Span<const LayerProfile> profiles;    // [L]; required by xkv, optional otherwise
+  absl::Span<const int64_t> bytes_per_token;  // [L]; required by kBytes targets
+};
+
+struct PolicyOptions {
+  PolicyKind kind = PolicyKind::kXkv;
+  int sink_tokens = 4;         // streaming: attention sinks kept at the start of the prompt
+  double pyramid_beta = 20.0;  // pyramidkv: b_min = (N/L) / beta (PyramidKV's default beta)
+  SolverOptions solver;        // xkv: per-layer floors/ceilings
+};
+
+struct PolicyBudgets {
+  std::vector<int64_t> budgets;  // [L] kept prefix tokens per layer
+  SelectionRule rule = SelectionRule::kTopScore;
+  int64_t total_tokens = 0;
+  int64_t total_bytes = 0;  // when bytes_per_token was given
+  // Average retention sum_l R_l(b_l) / L when profiles were given and the rule keeps top scores.
+  std::optional<double> average_retention;
+  bool reachable = true;  // xkv retention target: false when even full layers miss it
+};
+
+class KvPolicy {
+ public:
+  virtual ~KvPolicy() = default;
+  virtual PolicyKind kind() const = 0;
+  virtual bool needs_profile() const = 0;
+  virtual SelectionRule selection() const = 0;
+  // INVALID_ARGUMENT for a target outside its range or inputs of the wrong size.
+  virtual absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& input,
+                                                const BudgetTarget& target) const = 0;
+};
+
+std::unique_ptr<KvPolicy> MakeKvPolicy(const PolicyOptions& options);
+
+// Per head, the sorted (ascending) prefix indices a layer keeps for `budget`.
+// scores: fp32 [heads, prefix_len] pooled importance (unused by kAll / kSinksAndRecent).
+absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<const float> scores,
+                                                                   int heads, int64_t prefix_len,
+                                                                   int64_t budget,
+                                                                   SelectionRule rule,
+                                                                   int sink_tokens = 4);
+
+// Integer budgets proportional to non-negative `weights` (all-zero weights = uniform), each
+// clamped to [0, cap] with the excess redistributed, summing exactly to `total` (largest
+// remainder, ties by lower index). Requires 0 <= total <= weights.size() * cap.
+std::vector<int64_t> RoundBudgetsToTotal(absl::Span<const double> weights, int64_t total,
+                                         int64_t cap);
+
+}  // namespace xkv
+
+#endif  // XKV_ALLOCATOR_KV_POLICY_H_

@@ -1,0 +1,202 @@
+#include "allocator/kv_policy.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+void ExpectInvalid(const absl::Status& s, const std::string& fragment) {
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find(fragment), std::string::npos) << s.message();
+}
+
+int64_t Sum(const std::vector<int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), int64_t{0});
+}
+
+TEST(ParsePolicyTest, NamesRoundTrip) {
+  for (auto kind : {PolicyKind::kFull, PolicyKind::kStreaming, PolicyKind::kSnapKv,
+                    PolicyKind::kPyramidKv, PolicyKind::kXkv}) {
+    auto parsed = ParsePolicy(PolicyName(kind));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, kind);
+  }
+  EXPECT_EQ(*ParsePolicy("SnapKV"), PolicyKind::kSnapKv);
+  ExpectInvalid(ParsePolicy("h2o").status(), "unknown KV policy 'h2o'; allowed: full");
+}
+
+TEST(ParseProfileModeTest, ParsesAndValidatesRate) {
+  EXPECT_EQ(ParseProfileMode("per_request")->kind, ProfileModeKind::kPerRequest);
+  EXPECT_EQ(ParseProfileMode("one_pass")->kind, ProfileModeKind::kOnePass);
+  auto sampled = ParseProfileMode("sampled:0.25");
+  ASSERT_TRUE(sampled.ok());
+  EXPECT_EQ(sampled->kind, ProfileModeKind::kSampled);
+  EXPECT_EQ(sampled->sample_rate, 0.25);
+  EXPECT_EQ(ProfileModeName(*sampled), "sampled:0.25");
+  EXPECT_EQ(ParseProfileMode("sampled:1")->sample_rate, 1.0);
+  for (const char* bad :
+       {"sampled:0", "sampled:1.5", "sampled:-0.1", "sampled:abc", "sampled:", "sampled:nan"}) {
+    ExpectInvalid(ParseProfileMode(bad).status(), "must be a number in (0, 1]");
+  }
+  ExpectInvalid(ParseProfileMode("always").status(), "unknown profile mode 'always'");
+}
+
+TEST(RoundBudgetsToTotalTest, ExactTotalsAndCaps) {
+  EXPECT_EQ(RoundBudgetsToTotal(std::vector<double>{1, 1, 1}, 10, 8),
+            (std::vector<int64_t>{4, 3, 3}));
+  EXPECT_EQ(RoundBudgetsToTotal(std::vector<double>{10, 1, 1}, 12, 5),
+            (std::vector<int64_t>{5, 4, 3}));
+  EXPECT_EQ(RoundBudgetsToTotal(std::vector<double>{0, 0}, 3, 5), (std::vector<int64_t>{2, 1}));
+  std::mt19937 rng(9);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int L = 1 + rng() % 8;
+    const int64_t cap = rng() % 50;
+    std::vector<double> w(L);
+    for (double& x : w) x = (rng() % 4 == 0) ? 0.0 : std::uniform_real_distribution<>(0, 3)(rng);
+    const int64_t total = cap * L == 0 ? 0 : rng() % (cap * L + 1);
+    const std::vector<int64_t> b = RoundBudgetsToTotal(w, total, cap);
+    EXPECT_EQ(Sum(b), total);
+    for (int64_t x : b) EXPECT_TRUE(x >= 0 && x <= cap);
+  }
+}
+
+TEST(KvPolicyTest, FullKeepsEverything) {
+  auto policy = MakeKvPolicy({PolicyKind::kFull});
+  EXPECT_EQ(policy->selection(), SelectionRule::kAll);
+  auto b = policy->Budgets({3, 100}, BudgetTarget::Tokens(10));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->budgets, (std::vector<int64_t>{100, 100, 100}));
+}
+
+TEST(KvPolicyTest, SnapKvAndStreamingAreUniform) {
+  for (auto kind : {PolicyKind::kSnapKv, PolicyKind::kStreaming}) {
+    auto policy = MakeKvPolicy({kind});
+    EXPECT_FALSE(policy->needs_profile());
+    auto b = policy->Budgets({3, 8}, BudgetTarget::Tokens(10));
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(b->budgets, (std::vector<int64_t>{4, 3, 3}));
+    EXPECT_EQ(b->total_tokens, 10);
+    ExpectInvalid(policy->Budgets({3, 8}, BudgetTarget::Tokens(25)).status(),
+                  "total tokens 25 must be in [0, 24]");
+    ExpectInvalid(policy->Budgets({3, 8}, BudgetTarget::Retention(0.9)).status(),
+                  "retention target needs policy xkv");
+  }
+  EXPECT_EQ(MakeKvPolicy({PolicyKind::kStreaming})->selection(), SelectionRule::kSinksAndRecent);
+  EXPECT_EQ(MakeKvPolicy({PolicyKind::kSnapKv})->selection(), SelectionRule::kTopScore);
+}
+
+TEST(KvPolicyTest, PyramidIsLinearlyDecreasingWithExactTotal) {
+  auto policy = MakeKvPolicy({PolicyKind::kPyramidKv});
+  auto b = policy->Budgets({32, 1000}, BudgetTarget::Tokens(3200));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->total_tokens, 3200);
+  // a = 100, b_min = 100/20 = 5, b_max = 195.
+  EXPECT_NEAR(b->budgets[0], 195, 1);
+  EXPECT_NEAR(b->budgets[31], 5, 1);
+  for (int l = 1; l < 32; ++l) EXPECT_LE(b->budgets[l], b->budgets[l - 1]);
+  // Large budgets: b_max clamps to P, b_min = 2a - P.
+  auto big = policy->Budgets({4, 100}, BudgetTarget::Tokens(320));
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(big->budgets, (std::vector<int64_t>{100, 87, 73, 60}));
+}
+
+TEST(KvPolicyTest, BaselinesFitByteTargets) {
+  const std::vector<int64_t> bytes = {4, 8, 8, 4};
+  for (auto kind : {PolicyKind::kSnapKv, PolicyKind::kPyramidKv, PolicyKind::kStreaming}) {
+    auto policy = MakeKvPolicy({kind});
+    for (int64_t M : {0, 7, 100, 1000, 2400, 5000}) {
+      auto b = policy->Budgets({4, 100, {}, bytes}, BudgetTarget::Bytes(M));
+      ASSERT_TRUE(b.ok());
+      EXPECT_LE(b->total_bytes, M);
+      EXPECT_GT(b->total_bytes + 8 * 4, std::min<int64_t>(M, 2400)) << "leaves room for a token";
+    }
+    ExpectInvalid(policy->Budgets({4, 100}, BudgetTarget::Bytes(100)).status(), "bytes per token");
+  }
+}
+
+std::vector<LayerProfile> Profiles() {
+  return {LayerProfileFromGains({0.9, 0.05, 0.03, 0.02}).value(),
+          LayerProfileFromGains({0.4, 0.3, 0.2, 0.1}).value(),
+          LayerProfileFromGains({0.25, 0.25, 0.25, 0.25}).value()};
+}
+
+TEST(KvPolicyTest, XkvUsesTheSolver) {
+  const std::vector<LayerProfile> profiles = Profiles();
+  auto policy = MakeKvPolicy({PolicyKind::kXkv});
+  EXPECT_TRUE(policy->needs_profile());
+  auto b = policy->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->budgets, SolveForTotalTokens(profiles, 6)->budgets);
+  ASSERT_TRUE(b->average_retention.has_value());
+  auto snap =
+      MakeKvPolicy({PolicyKind::kSnapKv})->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
+  ASSERT_TRUE(snap.ok());
+  EXPECT_GT(*b->average_retention, *snap->average_retention);  // same tokens, more retained
+  auto r = policy->Budgets({3, 4, profiles}, BudgetTarget::Retention(0.8));
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->reachable);
+  EXPECT_GE(*r->average_retention, 0.8 - 1e-12);
+  EXPECT_EQ(r->budgets, SolveForRetention(profiles, 0.8)->budgets);
+  const std::vector<int64_t> bytes = {2, 1, 1};
+  auto m = policy->Budgets({3, 4, profiles, bytes}, BudgetTarget::Bytes(7));
+  ASSERT_TRUE(m.ok());
+  EXPECT_LE(m->total_bytes, 7);
+  ExpectInvalid(policy->Budgets({3, 4}, BudgetTarget::Tokens(6)).status(), "needs one importance");
+  ExpectInvalid(policy->Budgets({3, 4, profiles}, BudgetTarget::Retention(0)).status(),
+                "must be in (0, 1]");
+}
+
+TEST(SelectKeptTokensTest, TopScoreWithTiesByLowerIndex) {
+  const std::vector<float> scores = {0.1f, 0.5f, 0.5f, 0.2f, 0.5f,   // head 0
+                                     0.9f, 0.0f, 0.0f, 0.0f, 0.3f};  // head 1
+  auto kept = SelectKeptTokens(scores, 2, 5, 2, SelectionRule::kTopScore);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ((*kept)[0], (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ((*kept)[1], (std::vector<int64_t>{0, 4}));
+  auto three = SelectKeptTokens(scores, 2, 5, 3, SelectionRule::kTopScore);
+  EXPECT_EQ((*three)[1], (std::vector<int64_t>{0, 1, 4}));
+}
+
+TEST(SelectKeptTokensTest, TopScoreMatchesStableSortOnRandomScores) {
+  std::mt19937 rng(4);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int64_t P = 1 + rng() % 40;
+    const int64_t b = rng() % (P + 1);
+    std::vector<float> scores(P);
+    for (float& s : scores) s = static_cast<float>(rng() % 6);
+    auto kept = SelectKeptTokens(scores, 1, P, b, SelectionRule::kTopScore);
+    ASSERT_TRUE(kept.ok());
+    std::vector<int64_t> order(P);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t c) { return scores[a] > scores[c]; });
+    order.resize(b);
+    std::sort(order.begin(), order.end());
+    EXPECT_EQ((*kept)[0], order);
+  }
+}
+
+TEST(SelectKeptTokensTest, StreamingAndFull) {
+  auto s = SelectKeptTokens({}, 2, 10, 6, SelectionRule::kSinksAndRecent);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)[0], (std::vector<int64_t>{0, 1, 2, 3, 8, 9}));
+  EXPECT_EQ((*s)[1], (*s)[0]);
+  EXPECT_EQ((*SelectKeptTokens({}, 1, 10, 3, SelectionRule::kSinksAndRecent))[0],
+            (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ((*SelectKeptTokens({}, 1, 4, 0, SelectionRule::kAll))[0],
+            (std::vector<int64_t>{0, 1, 2, 3}));
+  ExpectInvalid(SelectKeptTokens({}, 1, 4, 5, SelectionRule::kSinksAndRecent).status(),
+                "budget 5 must be in [0, prefix_len=4]");
+  ExpectInvalid(
+      SelectKeptTokens(std::vector<float>{1, 2}, 1, 4, 1, SelectionRule::kTopScore).status(),
+      "expected heads*prefix_len = 4");
+}
+
+}  // namespace
+}  // namespace xkv
