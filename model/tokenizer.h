@@ -16,10 +16,12 @@
 namespace xkv {
 
 struct TokenizerData {
-  std::vector<std::string> tokens;   // tokenizer.ggml.tokens
-  std::vector<int32_t> token_types;  // tokenizer.ggml.token_type (1 normal, 3 control, 4 user-defined, ...)
-  std::vector<std::string> merges;   // tokenizer.ggml.merges, "left right"
-  std::string pre;                   // tokenizer.ggml.pre, e.g. "smollm"
+  std::vector<std::string> tokens;  // tokenizer.ggml.tokens
+  // tokenizer.ggml.token_type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte);
+  // empty means all normal.
+  std::vector<int32_t> token_types;
+  std::vector<std::string> merges;  // tokenizer.ggml.merges, "left right"
+  std::string pre;                  // tokenizer.ggml.pre, e.g. "smollm"
   int32_t bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = false;
 };
