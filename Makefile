@@ -1,0 +1,45 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper of those.
+SHELL := /bin/bash
+BUILD ?= build
+JOBS ?= $(shell nproc)
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+CMAKE_FLAGS ?=
+PROMPT ?= In two sentences, why does a transformer need a KV cache?
+
+.PHONY: all setup configure build model demo test format format-check ctest clean
+
+all: build
+
+setup:
+	@scripts/setup
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+configure: $(BUILD)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+model:
+	@scripts/fetch-model
+
+# Set up, build, fetch the model and answer a chat prompt with the real model.
+demo: setup build model
+	$(BUILD)/xkv generate --model $(MODEL) --chat --prompt "$(PROMPT)" --max-tokens 96
+
+format:
+	git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i
+
+format-check:
+	@git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror \
+	  && echo "format-check: clang-format clean"
+
+# Set up, build, fetch, then every CPU test: unit, model, parity (llama.cpp), fuzz.
+test: setup build model format-check ctest
+
+ctest:
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu --timeout 1800
+
+clean:
+	rm -rf $(BUILD)

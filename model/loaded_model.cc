@@ -1,0 +1,29 @@
+#include "model/loaded_model.h"
+
+#include <chrono>
+#include <thread>
+
+#include "kernels/status_macros.h"
+#include "model/llama_weights.h"
+
+namespace xkv {
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads) {
+  const auto start = std::chrono::steady_clock::now();
+  LoadedModel out;
+  ASSIGN_OR_RETURN(out.file, GgufFile::Open(path));
+  ASSIGN_OR_RETURN(out.config, ReadModelConfig(*out.file));
+  ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::FromGguf(*out.file));
+  ASSIGN_OR_RETURN(LlamaWeights weights,
+                   LoadLlamaWeights(*out.file, out.config, LlamaWeightsOptions{}));
+  LlamaModelOptions options;
+  options.num_threads =
+      num_threads > 0 ? num_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ASSIGN_OR_RETURN(out.model, LlamaModel::Create(
+                                  std::make_shared<const LlamaWeights>(std::move(weights)), options));
+  out.load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+}  // namespace xkv
