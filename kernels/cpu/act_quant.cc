@@ -1,0 +1,69 @@
+#include "kernels/cpu/act_quant.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+#include "kernels/cpu/half.h"
+
+namespace xkv::cpu {
+namespace {
+
+constexpr int64_t kBlock = 32;
+
+// One 32-element block to q8 and back: q = nearbyint(x * 127 / amax), x' = q * fp16(amax / 127).
+void RoundBlockQ8(const float* x, float* out) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < kBlock; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const float d = amax / 127.f;
+  const float id = amax != 0.f ? 127.f / amax : 0.f;
+  const float dh = F16ToF32(F32ToF16(d));
+  for (int64_t i = 0; i < kBlock; ++i) out[i] = std::nearbyint(x[i] * id) * dh;
+}
+
+}  // namespace
+
+ActRounding ActRoundingFor(GgmlType weight_type) {
+  switch (weight_type) {
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ8_0:
+      return ActRounding::kQ8Blocks;
+    case GgmlType::kF16:
+      return ActRounding::kF16;
+    case GgmlType::kBF16:
+      return ActRounding::kBf16;
+    case GgmlType::kF32:
+      return ActRounding::kNone;
+  }
+  return ActRounding::kNone;
+}
+
+absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_t rows,
+                                    int64_t cols, float* out) {
+  if (rows < 0 || cols < 0) return absl::InvalidArgumentError("negative activation shape");
+  if (rows * cols > 0 && (x == nullptr || out == nullptr)) {
+    return absl::InvalidArgumentError("null activation pointer");
+  }
+  const int64_t n = rows * cols;
+  switch (rounding) {
+    case ActRounding::kNone:
+      if (out != x) std::copy(x, x + n, out);
+      break;
+    case ActRounding::kF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = F16ToF32(F32ToF16(x[i]));
+      break;
+    case ActRounding::kBf16:
+      for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToF32(F32ToBf16(x[i]));
+      break;
+    case ActRounding::kQ8Blocks:
+      if (cols % kBlock != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("q8 activation rounding needs cols %% 32 == 0, got %d", cols));
+      }
+      for (int64_t b = 0; b < n; b += kBlock) RoundBlockQ8(x + b, out + b);
+      break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xkv::cpu

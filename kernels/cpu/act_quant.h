@@ -1,0 +1,29 @@
+// Activation rounding as llama.cpp's CPU backend applies it before a product with a quantized
+// weight: ggml quantizes the activation row to the weight type's "vec_dot_type" (Q4_0 and Q8_0 →
+// Q8_0 blocks, Q4_1 → Q8_1 blocks, F16 → fp16, BF16 → bf16, F32 → unchanged) and multiplies
+// integer blocks. Rounding the fp32 activations the same way and then multiplying with the
+// dequantized weights reproduces its products up to fp32 summation order, which is what makes
+// xkv's CPU engine produce llama.cpp's text on the same file.
+#ifndef XKV_KERNELS_CPU_ACT_QUANT_H_
+#define XKV_KERNELS_CPU_ACT_QUANT_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/ggml_types.h"
+
+namespace xkv::cpu {
+
+// The rounding applied to activations multiplied with a weight of `weight_type`.
+enum class ActRounding { kNone, kF16, kBf16, kQ8Blocks };
+ActRounding ActRoundingFor(GgmlType weight_type);
+
+// x: fp32 [rows, cols] row-major; out: fp32 [rows, cols] (may alias x). For kQ8Blocks, cols must be
+// a multiple of 32: each 32-element block becomes q * fp16(amax / 127) with
+// q = round-half-even(x * 127 / amax), as ggml's quantize_row_q8_0 / q8_1.
+absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_t rows,
+                                    int64_t cols, float* out);
+
+}  // namespace xkv::cpu
+
+#endif  // XKV_KERNELS_CPU_ACT_QUANT_H_

@@ -1,0 +1,335 @@
+#include "model/kv_allocation.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+int64_t BytesPerToken(const ModelConfig& config) {
+  return config.KvBytesPerTokenPerLayer(static_cast<int>(sizeof(float)));
+}
+
+bool KeepsEverything(const CollectedScores& scores, const PolicyOptions& policy) {
+  return policy.kind == PolicyKind::kFull || scores.prompt_len <= scores.window;
+}
+
+std::string KeepAllNote(const CollectedScores& scores, const PolicyOptions& policy) {
+  if (scores.prompt_len <= scores.window) {
+    return absl::StrCat("prompt of ", scores.prompt_len, " tokens is not longer than the ",
+                        "observation window w = ", scores.window, ": nothing to evict, kept whole");
+  }
+  return absl::StrCat("policy ", PolicyName(policy.kind), ": nothing evicted");
+}
+
+// Query-head rows [n_heads, P] summed into their KV heads [n_kv_heads, P] (pooling is linear, so
+// this equals kKvHead scores up to rounding).
+std::vector<float> SumIntoKvHeads(absl::Span<const float> rows, int heads, int n_kv_heads,
+                                  int64_t P) {
+  std::vector<float> out(static_cast<size_t>(n_kv_heads) * P, 0.0f);
+  const int group = heads / n_kv_heads;
+  for (int h = 0; h < heads; ++h) {
+    const float* src = rows.data() + h * P;
+    float* dst = out.data() + (h / group) * P;
+    for (int64_t j = 0; j < P; ++j) dst[j] += src[j];
+  }
+  return out;
+}
+
+absl::Status CheckScoresCover(const CollectedScores& scores, int layer) {
+  if (layer < scores.layer_begin || layer >= scores.layer_end) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: layer ", layer, " outside [",
+                                                   scores.layer_begin, ", ", scores.layer_end,
+                                                   ")"));
+  }
+  if (scores.heads < 1 || scores.n_kv_heads < 1 || scores.heads % scores.n_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: score rows ", scores.heads,
+                                                   " not a multiple of KV heads ",
+                                                   scores.n_kv_heads));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateBudgetTarget(const PolicyOptions& policy, const BudgetTarget& target) {
+  switch (target.kind) {
+    case BudgetTarget::Kind::kRetention:
+      if (!(target.retention > 0.0 && target.retention <= 1.0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("retention target ", target.retention, " must be in (0, 1]"));
+      }
+      if (policy.kind != PolicyKind::kXkv && policy.kind != PolicyKind::kFull) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a retention target (", target.retention, ") needs policy xkv; '",
+                         PolicyName(policy.kind), "' takes a token or byte budget"));
+      }
+      return absl::OkStatus();
+    case BudgetTarget::Kind::kTotalTokens:
+      if (target.total_tokens < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token budget ", target.total_tokens, " must be >= 0"));
+      }
+      return absl::OkStatus();
+    case BudgetTarget::Kind::kBytes:
+      if (target.total_bytes < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("KV byte budget ", target.total_bytes, " must be >= 0"));
+      }
+      return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError("unknown budget target kind");
+}
+
+SelectionRule SelectionFor(const PolicyOptions& policy) {
+  return MakeKvPolicy(policy)->selection();
+}
+
+absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& scores) {
+  if (!scores.complete()) {
+    return absl::FailedPreconditionError("kv allocation: scores of some layers are missing");
+  }
+  std::vector<LayerProfile> out;
+  out.reserve(scores.num_layers());
+  for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
+    ASSIGN_OR_RETURN(LayerProfile p,
+                     BuildLayerProfile(scores.layer(l), scores.heads, scores.prefix_len()));
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const ModelConfig& config,
+                                           const PolicyOptions& policy,
+                                           const BudgetTarget& target) {
+  RETURN_IF_ERROR(ValidateBudgetTarget(policy, target));
+  const int L = scores.num_layers();
+  const int64_t P = scores.prefix_len();
+  if (L < 1) return absl::InvalidArgumentError("kv allocation: no layers");
+  std::vector<LayerProfile> profiles;
+  const bool have = scores.complete() && P > 0;
+  if (policy.kind == PolicyKind::kXkv && !have) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "kv allocation: policy xkv needs the importance scores of all ", L, " layers"));
+  }
+  if (have && policy.kind != PolicyKind::kStreaming) {
+    ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
+  }
+  const std::vector<int64_t> bytes_per_token(L, BytesPerToken(config));
+  const PolicyInput input{L, P, profiles, bytes_per_token};
+  return MakeKvPolicy(policy)->Budgets(input, target);
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScores& scores,
+                                                            int layer, int64_t budget,
+                                                            const PolicyOptions& policy) {
+  RETURN_IF_ERROR(CheckScoresCover(scores, layer));
+  const SelectionRule rule = SelectionFor(policy);
+  const int64_t P = scores.prefix_len(), T = scores.prompt_len;
+  std::vector<float> kv_rows;
+  absl::Span<const float> rows;
+  if (rule == SelectionRule::kTopScore && P > 0) {
+    if (!scores.has_layer(layer)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "kv allocation: policy ", PolicyName(policy.kind), " needs the scores of layer ", layer));
+    }
+    rows = scores.layer(layer);
+    if (scores.heads != scores.n_kv_heads) {
+      kv_rows = SumIntoKvHeads(rows, scores.heads, scores.n_kv_heads, P);
+      rows = kv_rows;
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> prefix,
+                   SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+  std::vector<std::vector<int32_t>> kept(scores.n_kv_heads);
+  for (int h = 0; h < scores.n_kv_heads; ++h) {
+    kept[h].reserve(prefix[h].size() + (T - P));
+    for (int64_t j : prefix[h]) kept[h].push_back(static_cast<int32_t>(j));
+    for (int64_t j = P; j < T; ++j) kept[h].push_back(static_cast<int32_t>(j));
+  }
+  return kept;
+}
+
+AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& policy,
+                            PolicyBudgets budgets) {
+  AllocationPlan plan;
+  plan.layer_begin = scores.layer_begin;
+  plan.layer_end = scores.layer_end;
+  plan.prompt_len = scores.prompt_len;
+  plan.prefix_len = scores.prefix_len();
+  plan.window = scores.window;
+  plan.policy = policy.kind;
+  plan.compress = !KeepsEverything(scores, policy);
+  if (!plan.compress) {
+    plan.note = KeepAllNote(scores, policy);
+    budgets.budgets.assign(scores.num_layers(), plan.prefix_len);
+    budgets.rule = SelectionRule::kAll;
+    budgets.total_tokens = plan.prefix_len * scores.num_layers();
+    budgets.average_retention = 1.0;
+    budgets.reachable = true;
+  } else {
+    plan.kept.resize(scores.num_layers());
+  }
+  plan.budgets = std::move(budgets);
+  return plan;
+}
+
+absl::Status FinishPlan(const CollectedScores& scores, const PolicyOptions& policy,
+                        AllocationPlan* plan) {
+  if (!plan->compress || plan->budgets.average_retention.has_value()) return absl::OkStatus();
+  if (SelectionFor(policy) != SelectionRule::kTopScore || !scores.complete()) {
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
+  double r = 0.0;
+  for (size_t i = 0; i < profiles.size(); ++i) {
+    const std::vector<double>& ret = profiles[i].retention;
+    r += ret[std::min<int64_t>(plan->budgets.budgets[i], static_cast<int64_t>(ret.size()) - 1)];
+  }
+  plan->budgets.average_retention = r / static_cast<double>(profiles.size());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
+                                               const PolicyOptions& policy, PolicyBudgets budgets) {
+  if (!KeepsEverything(scores, policy) &&
+      static_cast<int>(budgets.budgets.size()) != scores.num_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", budgets.budgets.size(),
+                                                   " budgets for ", scores.num_layers(),
+                                                   " layers"));
+  }
+  AllocationPlan plan = PlanSkeleton(scores, policy, std::move(budgets));
+  if (!plan.compress) return plan;
+  for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
+    ASSIGN_OR_RETURN(plan.kept[l - plan.layer_begin],
+                     KeptSlots(scores, l, plan.budgets.budgets[l - plan.layer_begin], policy));
+  }
+  RETURN_IF_ERROR(FinishPlan(scores, policy, &plan));
+  return plan;
+}
+
+absl::StatusOr<AllocationPlan> PlanAllocation(const CollectedScores& scores,
+                                              const ModelConfig& config,
+                                              const PolicyOptions& policy,
+                                              const BudgetTarget& target) {
+  if (KeepsEverything(scores, policy)) {
+    RETURN_IF_ERROR(ValidateBudgetTarget(policy, target));
+    return PlanSkeleton(scores, policy, PolicyBudgets{});
+  }
+  ASSIGN_OR_RETURN(PolicyBudgets budgets, SolveBudgets(scores, config, policy, target));
+  return PlanWithBudgets(scores, policy, std::move(budgets));
+}
+
+absl::Status CompactLayer(KvCache& cache, int layer, int64_t prompt_len,
+                          absl::Span<const std::vector<int32_t>> kept) {
+  if (layer < cache.layer_begin() || layer >= cache.layer_end()) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: layer ", layer,
+                                                   " not in the cache's [", cache.layer_begin(),
+                                                   ", ", cache.layer_end(), ")"));
+  }
+  if (cache.length(layer) != prompt_len) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("kv allocation: layer ", layer, " holds ", cache.length(layer),
+                     " tokens but the plan is for a prompt of ", prompt_len,
+                     "; compact right after the prefill, before decoding"));
+  }
+  return cache.Compact(layer, kept);
+}
+
+absl::Status ApplyAllocation(KvCache& cache, const AllocationPlan& plan) {
+  if (!plan.compress) return absl::OkStatus();
+  if (static_cast<int>(plan.kept.size()) != plan.layer_end - plan.layer_begin) {
+    return absl::InvalidArgumentError("kv allocation: plan without kept slots for every layer");
+  }
+  for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
+    RETURN_IF_ERROR(CompactLayer(cache, l, plan.prompt_len, plan.kept[l - plan.layer_begin]));
+  }
+  return absl::OkStatus();
+}
+
+AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
+                            const ModelConfig& config) {
+  AllocationReport r;
+  r.policy = plan.policy;
+  r.prompt_len = plan.prompt_len;
+  r.prefix_len = plan.prefix_len;
+  r.window = plan.window;
+  r.compressed = plan.compress;
+  r.note = plan.note;
+  r.average_retention = plan.budgets.average_retention;
+  r.reachable = plan.budgets.reachable;
+  for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
+    LayerAllocation a;
+    a.layer = l;
+    const size_t i = l - plan.layer_begin;
+    a.kept_prefix = i < plan.budgets.budgets.size() ? plan.budgets.budgets[i] : plan.prefix_len;
+    a.tokens_held = cache.length(l);
+    a.bytes_held = cache.BytesHeld(l);
+    r.kept_prefix_total += a.kept_prefix;
+    r.layers.push_back(a);
+  }
+  r.kv_bytes_held = cache.BytesHeld();
+  r.kv_bytes_full = static_cast<int64_t>(plan.layer_end - plan.layer_begin) * plan.prompt_len *
+                    BytesPerToken(config);
+  return r;
+}
+
+namespace {
+
+// Appends the kept rows of one layer of `full` to the empty layer of `out` (exact capacity).
+absl::Status CopyKeptRows(const KvCache& full, int layer,
+                          absl::Span<const std::vector<int32_t>> kept, KvCache& out) {
+  const int H = full.n_kv_heads();
+  const int64_t d = full.head_dim(), count = kept.empty() ? 0 : kept[0].size();
+  const int64_t stride = full.head_stride(layer);
+  std::vector<float> k(count * H * d), v(k.size());  // [count, H, d]
+  for (int h = 0; h < H; ++h) {
+    if (static_cast<int64_t>(kept[h].size()) != count) {
+      return absl::InvalidArgumentError("kv allocation: heads keep different counts");
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t src = h * stride + int64_t{kept[h][i]} * d, dst = (i * H + h) * d;
+      std::memcpy(&k[dst], full.k(layer) + src, d * sizeof(float));
+      std::memcpy(&v[dst], full.v(layer) + src, d * sizeof(float));
+    }
+  }
+  RETURN_IF_ERROR(out.Reserve(layer, count));
+  return out.Append(layer, k.data(), v.data(), count, H * d);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(
+    const KvCache& full, const CollectedScores& scores, const ModelConfig& config,
+    const PolicyOptions& policy, const BudgetTarget& target, AllocationReport* report) {
+  if (full.layer_begin() != scores.layer_begin || full.layer_end() != scores.layer_end) {
+    return absl::InvalidArgumentError("compact copy: scores and cache cover different layers");
+  }
+  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, config, policy, target));
+  auto out = std::make_unique<KvCache>(full.layer_begin(), full.layer_end(), full.n_kv_heads(),
+                                       full.head_dim());
+  for (int l = full.layer_begin(); l < full.layer_end(); ++l) {
+    if (full.length(l) != scores.prompt_len) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("compact copy: layer ", l, " holds ", full.length(l),
+                       " tokens, not the full prompt of ", scores.prompt_len));
+    }
+    std::vector<std::vector<int32_t>> all;
+    if (!plan.compress) {
+      all.assign(full.n_kv_heads(), std::vector<int32_t>(scores.prompt_len));
+      for (auto& slots : all) {
+        for (int64_t j = 0; j < scores.prompt_len; ++j) slots[j] = static_cast<int32_t>(j);
+      }
+    }
+    RETURN_IF_ERROR(
+        CopyKeptRows(full, l, plan.compress ? plan.kept[l - full.layer_begin()] : all, *out));
+  }
+  if (report != nullptr) *report = MakeReport(*out, plan, config);
+  return out;
+}
+
+}  // namespace xkv
