@@ -17,10 +17,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads) 
   ASSIGN_OR_RETURN(LlamaWeights weights,
                    LoadLlamaWeights(*out.file, out.config, LlamaWeightsOptions{}));
   LlamaModelOptions options;
-  options.num_threads =
-      num_threads > 0 ? num_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  ASSIGN_OR_RETURN(out.model, LlamaModel::Create(
-                                  std::make_shared<const LlamaWeights>(std::move(weights)), options));
+  options.num_threads = num_threads > 0
+                            ? num_threads
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  ASSIGN_OR_RETURN(
+      out.model,
+      LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(weights)), options));
   out.load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return out;

@@ -1,0 +1,261 @@
+#include "model/llama_model.h"
+
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rms_norm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+cpu::RopeMode ToRopeMode(RopeStyle style) {
+  return style == RopeStyle::kNeox ? cpu::RopeMode::kNeox : cpu::RopeMode::kNorm;
+}
+
+}  // namespace
+
+int64_t BatchStep::num_tokens() const {
+  int64_t n = 0;
+  for (const SequenceStep& s : sequences) n += s.n_new;
+  return n;
+}
+
+std::vector<int64_t> BatchStep::LastRows() const {
+  std::vector<int64_t> rows;
+  int64_t row = 0;
+  for (const SequenceStep& s : sequences) {
+    row += s.n_new;
+    rows.push_back(row - 1);
+  }
+  return rows;
+}
+
+LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights,
+                       const LlamaModelOptions& options)
+    : weights_(std::move(weights)), options_(options) {
+  options_.num_threads = std::max(1, options_.num_threads);
+  pool_ = std::make_unique<cpu::ThreadPool>(options_.num_threads);
+  cpu::SetGemmThreads(options_.num_threads);
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
+    std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options) {
+  if (weights == nullptr) return absl::InvalidArgumentError("llama_model: null weights");
+  RETURN_IF_ERROR(ValidateLlamaWeights(*weights));
+  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(weights), options));
+}
+
+std::unique_ptr<KvCache> LlamaModel::NewCache() const {
+  return std::make_unique<KvCache>(layer_begin(), layer_end(), config().n_kv_heads,
+                                   config().head_dim);
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::Embed(absl::Span<const int32_t> tokens) const {
+  if (!weights_->embedding) return absl::FailedPreconditionError("llama_model: no embedding");
+  const ModelConfig& c = config();
+  std::vector<float> out(tokens.size() * c.hidden);
+  RETURN_IF_ERROR(cpu::LaunchEmbedding(weights_->embedding->data(), c.vocab_size, c.hidden,
+                                       tokens.data(), tokens.size(), out.data()));
+  return out;
+}
+
+absl::Status LlamaModel::ValidateBatch(int begin, int end, const BatchStep& batch,
+                                       size_t hidden_size) const {
+  if (begin < layer_begin() || end > layer_end() || begin > end) {
+    return absl::InvalidArgumentError(absl::StrCat("llama_model: layers [", begin, ", ", end,
+                                                   ") outside loaded [", layer_begin(), ", ",
+                                                   layer_end(), ")"));
+  }
+  if (batch.sequences.empty()) return absl::InvalidArgumentError("llama_model: empty batch");
+  for (size_t i = 0; i < batch.sequences.size(); ++i) {
+    const SequenceStep& s = batch.sequences[i];
+    if (s.n_new < 1 || s.position < 0 || s.cache == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("llama_model: sequence ", i, " needs n_new >= 1, position >= 0, a cache"));
+    }
+    if (s.cache->n_kv_heads() != config().n_kv_heads || s.cache->head_dim() != config().head_dim ||
+        s.cache->layer_begin() > begin || s.cache->layer_end() < end) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("llama_model: sequence ", i, " cache does not cover the layers"));
+    }
+    for (int l = begin; l < end; ++l) {
+      if (s.cache->length(l) > s.position) {  // the cache only holds earlier tokens
+        return absl::InvalidArgumentError(absl::StrCat("llama_model: sequence ", i, " layer ", l,
+                                                       " caches ", s.cache->length(l),
+                                                       " tokens but its position is ", s.position));
+      }
+    }
+  }
+  if (hidden_size != static_cast<size_t>(batch.num_tokens() * config().hidden)) {
+    return absl::InvalidArgumentError(absl::StrCat("llama_model: hidden has ", hidden_size,
+                                                   " floats, want ", batch.num_tokens(), " x ",
+                                                   config().hidden));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
+                                   absl::Span<float> hidden) {
+  RETURN_IF_ERROR(ValidateBatch(begin, end, batch, hidden.size()));
+  const ModelConfig& c = config();
+  const int64_t n = batch.num_tokens();
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
+  norm_.resize(n * c.hidden);
+  qkv_.resize(n * (q_dim + 2 * kv_dim));
+  q_.resize(n * q_dim);
+  attn_.resize(n * q_dim);
+  ffn_.resize(n * 2 * c.ffn);
+  std::vector<int64_t> positions;
+  positions.reserve(n);
+  for (const SequenceStep& s : batch.sequences) {
+    for (int64_t i = 0; i < s.n_new; ++i) positions.push_back(s.position + i);
+  }
+  cos_sin_.resize(n * c.rope_dims);
+  RETURN_IF_ERROR(
+      cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
+  for (int layer = begin; layer < end; ++layer) {
+    bool stop = false;
+    RETURN_IF_ERROR(RunLayer(layer, batch, hidden.data(), &stop));
+    if (stop) break;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop) {
+  const ModelConfig& c = config();
+  const LlamaLayerWeights& w = weights_->layer(layer);
+  const int64_t n = batch.num_tokens();
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
+  const cpu::RopeMode mode = ToRopeMode(c.rope_style);
+  RETURN_IF_ERROR(
+      cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
+  RETURN_IF_ERROR(cpu::LaunchGemm(norm_.data(), w.wqkv.data(), qkv_.data(), n, qkv_dim, c.hidden));
+  RETURN_IF_ERROR(cpu::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
+                                  cos_sin_.data(), q_.data(), q_dim));
+  float* k_new = qkv_.data() + q_dim;  // roped in place, rows qkv_dim apart
+  RETURN_IF_ERROR(cpu::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim, c.rope_dims, mode,
+                                  cos_sin_.data(), k_new, qkv_dim));
+  RETURN_IF_ERROR(RunAttention(layer, batch, stop));
+  if (*stop) return absl::OkStatus();
+  // hidden += attn · Woᵀ
+  RETURN_IF_ERROR(cpu::LaunchGemm(attn_.data(), w.wo.data(), hidden, n, c.hidden, q_dim, true));
+  RETURN_IF_ERROR(
+      cpu::LaunchRmsNorm(hidden, w.ffn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
+  const int64_t f = c.ffn;
+  RETURN_IF_ERROR(
+      cpu::LaunchGemm(norm_.data(), w.w_gate_up.data(), ffn_.data(), n, 2 * f, c.hidden));
+  RETURN_IF_ERROR(
+      cpu::LaunchSwiGlu(ffn_.data(), 2 * f, ffn_.data() + f, 2 * f, n, f, ffn_.data(), 2 * f));
+  // hidden += silu(gate)*up · W_downᵀ
+  return cpu::LaunchGemm(ffn_.data(), 2 * f, w.w_down.data(), f, hidden, c.hidden, n, c.hidden, f,
+                         true);
+}
+
+absl::Status LlamaModel::RunAttention(int layer, const BatchStep& batch, bool* stop) {
+  int64_t row0 = 0;
+  for (size_t s = 0; s < batch.sequences.size(); ++s) {
+    RETURN_IF_ERROR(
+        AttendSequence(layer, static_cast<int>(s), batch.sequences[s], row0, batch, stop));
+    row0 += batch.sequences[s].n_new;
+  }
+  *stop = batch.scores_only && layer == config().n_layers - 1;
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
+                                        const BatchStep& batch, bool* stop) {
+  const ModelConfig& c = config();
+  const int64_t hd = c.head_dim, q_dim = int64_t{c.n_heads} * hd;
+  const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * hd;
+  const float* k_new = qkv_.data() + row0 * qkv_dim + q_dim;
+  const float* v_new = k_new + int64_t{c.n_kv_heads} * hd;
+  const float *k, *v;
+  int64_t head_stride, len;
+  if (!batch.scores_only) {
+    RETURN_IF_ERROR(seq.cache->Append(layer, k_new, v_new, seq.n_new, qkv_dim));
+    k = seq.cache->k(layer);
+    v = seq.cache->v(layer);
+    head_stride = seq.cache->head_stride(layer);
+    len = seq.cache->length(layer);
+  } else {  // temporary [kv_heads][past + n_new][hd]: cached rows, then the new ones
+    const int64_t past = seq.cache->length(layer);
+    len = past + seq.n_new;
+    head_stride = len * hd;
+    tmp_k_.resize(c.n_kv_heads * head_stride);
+    tmp_v_.resize(tmp_k_.size());
+    for (int g = 0; g < c.n_kv_heads; ++g) {
+      const int64_t src = g * seq.cache->head_stride(layer), dst = g * head_stride;
+      std::memcpy(&tmp_k_[dst], seq.cache->k(layer) + src, past * hd * sizeof(float));
+      std::memcpy(&tmp_v_[dst], seq.cache->v(layer) + src, past * hd * sizeof(float));
+      for (int64_t t = 0; t < seq.n_new; ++t) {
+        std::memcpy(&tmp_k_[dst + (past + t) * hd], k_new + t * qkv_dim + g * hd, hd * 4);
+        std::memcpy(&tmp_v_[dst + (past + t) * hd], v_new + t * qkv_dim + g * hd, hd * 4);
+      }
+    }
+    k = tmp_k_.data();
+    v = tmp_v_.data();
+  }
+  const float* q = q_.data() + row0 * q_dim;
+  if (seq.observe && batch.observer) {
+    LayerObservation obs{layer,     s, c.n_heads, c.n_kv_heads, c.head_dim,
+                         seq.n_new, q, k,         head_stride,  len};
+    RETURN_IF_ERROR(batch.observer(obs));
+  }
+  if (batch.scores_only && layer == c.n_layers - 1) return absl::OkStatus();
+  const cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
+                                  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len,
+                                     attn_.data() + row0 * q_dim, q_dim, pool_.get());
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hidden,
+                                                      absl::Span<const int64_t> rows) {
+  if (!weights_->lm_head) return absl::FailedPreconditionError("llama_model: no lm_head");
+  const ModelConfig& c = config();
+  const int64_t n_rows = hidden.size() / c.hidden;
+  const int64_t r = rows.size();
+  norm_.resize(r * c.hidden);
+  for (int64_t i = 0; i < r; ++i) {
+    if (rows[i] < 0 || rows[i] >= n_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("llama_model: logits row ", rows[i], " outside [0, ", n_rows, ")"));
+    }
+    std::memcpy(norm_.data() + i * c.hidden, hidden.data() + rows[i] * c.hidden,
+                c.hidden * sizeof(float));
+  }
+  RETURN_IF_ERROR(cpu::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r, c.hidden,
+                                     c.norm_eps, norm_.data()));
+  std::vector<float> logits(r * c.vocab_size);
+  RETURN_IF_ERROR(cpu::LaunchGemm(norm_.data(), weights_->lm_head->data(), logits.data(), r,
+                                  c.vocab_size, c.hidden));
+  return logits;
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::Forward(absl::Span<const int32_t> tokens,
+                                                       const BatchStep& batch, bool all_rows) {
+  if (static_cast<int64_t>(tokens.size()) != batch.num_tokens()) {
+    return absl::InvalidArgumentError(absl::StrCat("llama_model: ", tokens.size(),
+                                                   " tokens for a batch of ", batch.num_tokens()));
+  }
+  ASSIGN_OR_RETURN(std::vector<float> hidden, Embed(tokens));
+  RETURN_IF_ERROR(RunLayers(layer_begin(), layer_end(), batch, absl::MakeSpan(hidden)));
+  if (batch.scores_only) return std::vector<float>();
+  std::vector<int64_t> rows = batch.LastRows();
+  if (all_rows) {
+    rows.resize(tokens.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+  }
+  return Logits(hidden, rows);
+}
+
+}  // namespace xkv

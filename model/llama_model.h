@@ -1,0 +1,119 @@
+// The Llama decoder on CPU, composed from the kernels/cpu launchers, batch-first: one call runs
+// several sequences, each with its own new tokens (a prefill chunk or one decode token), its own
+// logical start position and its own per-layer cache lengths. Token rows of all sequences are
+// concatenated for the GEMMs (QKV, O, FFN, lm_head); attention runs per sequence.
+//
+// Stage-friendly split: Embed (first stage) → RunLayers(begin, end) (any stage, in place) →
+// Logits (last stage). Not thread-safe: one call at a time per LlamaModel (scratch is reused).
+#ifndef XKV_MODEL_LLAMA_MODEL_H_
+#define XKV_MODEL_LLAMA_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/cpu/parallel_for.h"
+#include "model/kv_cache.h"
+#include "model/llama_weights.h"
+
+namespace xkv {
+
+// One sequence's part of a batch step. Its new tokens are `n_new` consecutive rows of the hidden
+// state, after the rows of the sequences before it.
+struct SequenceStep {
+  KvCache* cache = nullptr;  // this sequence's cache; must cover the layers being run
+  int64_t n_new = 0;         // >= 1
+  // Logical position of the first new token = prompt tokens + generated tokens before it. NEVER
+  // the cache length: after eviction the cache is shorter than the position.
+  int64_t position = 0;
+  bool observe = false;  // call BatchStep::observer for this sequence
+};
+
+// What the observer sees at one layer for one sequence (pointers valid only during the call).
+struct LayerObservation {
+  int layer = 0;     // model layer index
+  int sequence = 0;  // index into BatchStep::sequences
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t n_new = 0;
+  const float* q = nullptr;  // fp32 [n_new, n_heads, head_dim], post-RoPE, contiguous
+  // fp32 [n_kv_heads][k_len][head_dim] post-RoPE keys incl. the new ones (last n_new rows);
+  // heads k_head_stride elements apart.
+  const float* k = nullptr;
+  int64_t k_head_stride = 0;
+  int64_t k_len = 0;
+};
+using LayerObserver = std::function<absl::Status(const LayerObservation&)>;
+
+struct BatchStep {
+  std::vector<SequenceStep> sequences;
+  // Mini-prefill: no KV writes (attention uses temporary K/V), and the run stops right after the
+  // observer of the model's last layer (hidden is then not meaningful).
+  bool scores_only = false;
+  LayerObserver observer;  // optional; errors it returns abort the step
+
+  int64_t num_tokens() const;
+  // Row index (into the concatenated new tokens) of each sequence's last new token.
+  std::vector<int64_t> LastRows() const;
+};
+
+struct LlamaModelOptions {
+  int num_threads = 1;  // OpenBLAS threads (process-wide) and the attention thread pool
+};
+
+class LlamaModel {
+ public:
+  // Validates the weights; the model runs the layers the weights hold.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(
+      std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options);
+
+  const ModelConfig& config() const { return weights_->config; }
+  const LlamaWeights& weights() const { return *weights_; }
+  int layer_begin() const { return weights_->layer_begin; }
+  int layer_end() const { return weights_->layer_end; }
+
+  // A cache covering this model's layers.
+  std::unique_ptr<KvCache> NewCache() const;
+
+  // tokens: int32 [n]. Returns fp32 [n, hidden]. Needs the embedding.
+  absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) const;
+
+  // Runs model layers [begin, end) (within the loaded range) over the batch, in place.
+  // hidden: fp32 [batch.num_tokens(), hidden].
+  absl::Status RunLayers(int begin, int end, const BatchStep& batch, absl::Span<float> hidden);
+
+  // Final norm + lm_head for the given rows of hidden. Returns fp32 [rows.size(), vocab].
+  absl::StatusOr<std::vector<float>> Logits(absl::Span<const float> hidden,
+                                            absl::Span<const int64_t> rows);
+
+  // Whole model (all layers loaded): Embed → RunLayers → Logits of each sequence's last token, or
+  // of every token when `all_rows`. tokens: int32 [batch.num_tokens()].
+  absl::StatusOr<std::vector<float>> Forward(absl::Span<const int32_t> tokens,
+                                             const BatchStep& batch, bool all_rows = false);
+
+ private:
+  LlamaModel(std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options);
+  absl::Status ValidateBatch(int begin, int end, const BatchStep& batch, size_t hidden_size) const;
+  absl::Status RunAttention(int layer, const BatchStep& batch, bool* stop);
+  absl::Status AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
+                              const BatchStep& batch, bool* stop);
+  absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
+
+  std::shared_ptr<const LlamaWeights> weights_;
+  LlamaModelOptions options_;
+  std::unique_ptr<cpu::ThreadPool> pool_;
+  // Scratch, resized per step.
+  std::vector<float> norm_;           // fp32 [n, hidden]
+  std::vector<float> qkv_;            // fp32 [n, q_dim + 2 kv_dim] (K part roped in place)
+  std::vector<float> q_;              // fp32 [n, q_dim] post-RoPE
+  std::vector<float> attn_;           // fp32 [n, q_dim]
+  std::vector<float> ffn_;            // fp32 [n, 2 ffn]
+  std::vector<float> cos_sin_;        // fp32 [n, rope_dims]
+  std::vector<float> tmp_k_, tmp_v_;  // scores-only K/V, [kv_heads][len][head_dim]
+};
+
+}  // namespace xkv
+
+#endif  // XKV_MODEL_LLAMA_MODEL_H_

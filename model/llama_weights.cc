@@ -1,0 +1,143 @@
+#include "model/llama_weights.h"
+
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+// Reads `name`, checking its GGUF dims are [cols, rows] (dims[0] fastest = row length).
+absl::StatusOr<std::vector<float>> ReadMatrix(const GgufFile& file, const std::string& name,
+                                              int64_t rows, int64_t cols) {
+  const GgufTensorInfo* info = file.FindTensor(name);
+  if (info == nullptr) return absl::NotFoundError(absl::StrCat("tensor ", name, " not found"));
+  const bool vector_ok = rows == 1 && info->dims.size() == 1 && info->dims[0] == cols;
+  const bool matrix_ok = info->dims.size() == 2 && info->dims[0] == cols && info->dims[1] == rows;
+  if (!vector_ok && !matrix_ok) {
+    std::string dims;
+    for (int64_t d : info->dims) absl::StrAppend(&dims, dims.empty() ? "" : ",", d);
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor ", name, " has dims [", dims, "], want [", cols, ",", rows, "]"));
+  }
+  return file.ReadTensorF32(name);
+}
+
+void Append(std::vector<float>& dst, const std::vector<float>& src) {
+  dst.insert(dst.end(), src.begin(), src.end());
+}
+
+absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelConfig& c, int l) {
+  const std::string p = absl::StrCat("blk.", l, ".");
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim,
+                kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
+  LlamaLayerWeights w;
+  ASSIGN_OR_RETURN(w.attn_norm, ReadMatrix(file, p + "attn_norm.weight", 1, c.hidden));
+  ASSIGN_OR_RETURN(std::vector<float> wq, ReadMatrix(file, p + "attn_q.weight", q_dim, c.hidden));
+  ASSIGN_OR_RETURN(std::vector<float> wk, ReadMatrix(file, p + "attn_k.weight", kv_dim, c.hidden));
+  ASSIGN_OR_RETURN(std::vector<float> wv, ReadMatrix(file, p + "attn_v.weight", kv_dim, c.hidden));
+  w.wqkv.reserve(wq.size() + wk.size() + wv.size());
+  Append(w.wqkv, wq);
+  Append(w.wqkv, wk);
+  Append(w.wqkv, wv);
+  ASSIGN_OR_RETURN(w.wo, ReadMatrix(file, p + "attn_output.weight", c.hidden, q_dim));
+  ASSIGN_OR_RETURN(w.ffn_norm, ReadMatrix(file, p + "ffn_norm.weight", 1, c.hidden));
+  ASSIGN_OR_RETURN(std::vector<float> gate,
+                   ReadMatrix(file, p + "ffn_gate.weight", c.ffn, c.hidden));
+  ASSIGN_OR_RETURN(std::vector<float> up, ReadMatrix(file, p + "ffn_up.weight", c.ffn, c.hidden));
+  w.w_gate_up.reserve(gate.size() + up.size());
+  Append(w.w_gate_up, gate);
+  Append(w.w_gate_up, up);
+  ASSIGN_OR_RETURN(w.w_down, ReadMatrix(file, p + "ffn_down.weight", c.hidden, c.ffn));
+  return w;
+}
+
+absl::Status CheckSize(const char* what, size_t got, int64_t want) {
+  if (static_cast<int64_t>(got) != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights: ", what, " has ", got, " elements, want ", want));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t LlamaLayerWeights::Bytes() const {
+  return static_cast<int64_t>(sizeof(float)) * (attn_norm.size() + wqkv.size() + wo.size() +
+                                                ffn_norm.size() + w_gate_up.size() + w_down.size());
+}
+
+int64_t LlamaWeights::Bytes() const {
+  int64_t total = static_cast<int64_t>(sizeof(float)) * output_norm.size();
+  for (const LlamaLayerWeights& l : layers) total += l.Bytes();
+  if (embedding) total += sizeof(float) * embedding->size();
+  if (lm_head && lm_head != embedding) total += sizeof(float) * lm_head->size();
+  return total;
+}
+
+absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelConfig& config,
+                                              const LlamaWeightsOptions& options) {
+  LlamaWeights w;
+  w.config = config;
+  w.layer_begin = options.layer_begin;
+  w.layer_end = options.layer_end < 0 ? config.n_layers : options.layer_end;
+  if (w.layer_begin < 0 || w.layer_begin > w.layer_end || w.layer_end > config.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("weights: bad layer range [", w.layer_begin,
+                                                   ", ", w.layer_end, ") of ", config.n_layers));
+  }
+  for (int l = w.layer_begin; l < w.layer_end; ++l) {
+    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l));
+    w.layers.push_back(std::move(layer));
+  }
+  const bool tied = file.FindTensor("output.weight") == nullptr;
+  if (options.load_embedding || (options.load_head && tied)) {
+    ASSIGN_OR_RETURN(std::vector<float> e,
+                     ReadMatrix(file, "token_embd.weight", config.vocab_size, config.hidden));
+    auto shared = std::make_shared<const std::vector<float>>(std::move(e));
+    if (options.load_embedding) w.embedding = shared;
+    if (options.load_head && tied) w.lm_head = shared;
+  }
+  if (options.load_head) {
+    ASSIGN_OR_RETURN(w.output_norm, ReadMatrix(file, "output_norm.weight", 1, config.hidden));
+    if (!tied) {
+      ASSIGN_OR_RETURN(std::vector<float> head,
+                       ReadMatrix(file, "output.weight", config.vocab_size, config.hidden));
+      w.lm_head = std::make_shared<const std::vector<float>>(std::move(head));
+    }
+  }
+  RETURN_IF_ERROR(ValidateLlamaWeights(w));
+  return w;
+}
+
+absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
+  const ModelConfig& c = w.config;
+  if (c.hidden <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || c.ffn <= 0 ||
+      c.vocab_size <= 0 || c.n_heads % c.n_kv_heads != 0 || c.rope_dims <= 0 ||
+      c.rope_dims > c.head_dim || c.rope_dims % 2 != 0) {
+    return absl::InvalidArgumentError("weights: invalid model config");
+  }
+  if (static_cast<int>(w.layers.size()) != w.layer_end - w.layer_begin) {
+    return absl::InvalidArgumentError("weights: layer count does not match the range");
+  }
+  const int64_t h = c.hidden, q_dim = int64_t{c.n_heads} * c.head_dim,
+                kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
+  for (const LlamaLayerWeights& l : w.layers) {
+    RETURN_IF_ERROR(CheckSize("attn_norm", l.attn_norm.size(), h));
+    RETURN_IF_ERROR(CheckSize("wqkv", l.wqkv.size(), (q_dim + 2 * kv_dim) * h));
+    RETURN_IF_ERROR(CheckSize("wo", l.wo.size(), h * q_dim));
+    RETURN_IF_ERROR(CheckSize("ffn_norm", l.ffn_norm.size(), h));
+    RETURN_IF_ERROR(CheckSize("w_gate_up", l.w_gate_up.size(), 2 * c.ffn * h));
+    RETURN_IF_ERROR(CheckSize("w_down", l.w_down.size(), h * c.ffn));
+  }
+  if (w.embedding) RETURN_IF_ERROR(CheckSize("embedding", w.embedding->size(), c.vocab_size * h));
+  if (w.lm_head) {
+    RETURN_IF_ERROR(CheckSize("lm_head", w.lm_head->size(), c.vocab_size * h));
+    RETURN_IF_ERROR(CheckSize("output_norm", w.output_norm.size(), h));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xkv

@@ -1,0 +1,68 @@
+// fp32 (dequantized) Llama weights for a contiguous layer range, as one pipeline stage needs them.
+// GEMM weights keep the GGUF row-major [out, in] layout; Q/K/V and gate/up are fused row-wise so
+// one GEMM computes each group.
+#ifndef XKV_MODEL_LLAMA_WEIGHTS_H_
+#define XKV_MODEL_LLAMA_WEIGHTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/gguf.h"
+#include "model/model_config.h"
+
+namespace xkv {
+
+struct LlamaLayerWeights {
+  std::vector<float> attn_norm;  // fp32 [hidden]
+  // fp32 [n_heads*head_dim + 2*n_kv_heads*head_dim, hidden]: rows of attn_q, then attn_k, attn_v.
+  std::vector<float> wqkv;
+  std::vector<float> wo;         // fp32 [hidden, n_heads*head_dim]  (attn_output)
+  std::vector<float> ffn_norm;   // fp32 [hidden]
+  std::vector<float> w_gate_up;  // fp32 [2*ffn, hidden]: rows of ffn_gate, then ffn_up
+  std::vector<float> w_down;     // fp32 [hidden, ffn]   (ffn_down)
+
+  int64_t Bytes() const;
+};
+
+struct LlamaWeightsOptions {
+  int layer_begin = 0;
+  int layer_end = -1;          // exclusive; -1 = n_layers
+  bool load_embedding = true;  // first stage: token_embd
+  bool load_head = true;       // last stage: output_norm + lm_head (output.weight or token_embd)
+};
+
+struct LlamaWeights {
+  ModelConfig config;
+  int layer_begin = 0;
+  int layer_end = 0;
+  std::vector<LlamaLayerWeights> layers;  // layers[i] is model layer layer_begin + i
+  // fp32 [vocab, hidden]; null unless loaded. With tied embeddings and both loaded, embedding and
+  // lm_head share one buffer.
+  std::shared_ptr<const std::vector<float>> embedding;
+  std::shared_ptr<const std::vector<float>> lm_head;  // fp32 [vocab, hidden]
+  std::vector<float> output_norm;                     // fp32 [hidden]; empty unless load_head
+
+  const LlamaLayerWeights& layer(int model_layer) const {
+    return layers[model_layer - layer_begin];
+  }
+  bool has_layer(int model_layer) const {
+    return model_layer >= layer_begin && model_layer < layer_end;
+  }
+  int64_t Bytes() const;
+};
+
+// Loads and dequantizes the requested tensors from `file` (its config must come from the same
+// file). INVALID_ARGUMENT for a bad range or a tensor of the wrong shape; NOT_FOUND for a missing
+// tensor.
+absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelConfig& config,
+                                              const LlamaWeightsOptions& options);
+
+// Checks every loaded tensor's size against `weights.config` (used after building weights in
+// memory, e.g. in tests).
+absl::Status ValidateLlamaWeights(const LlamaWeights& weights);
+
+}  // namespace xkv
+
+#endif  // XKV_MODEL_LLAMA_WEIGHTS_H_

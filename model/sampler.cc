@@ -1,0 +1,107 @@
+#include "model/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace xkv {
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  if (std::isnan(p.temperature) || std::isinf(p.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be finite, got ", p.temperature));
+  }
+  if (!(p.top_p > 0.f && p.top_p <= 1.f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", p.top_p));
+  }
+  return absl::OkStatus();
+}
+
+int32_t Argmax(absl::Span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i) {
+    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
+  }
+  return best;
+}
+
+namespace {
+
+// Sorted (descending logit, ascending id) prefix of length k.
+std::vector<int32_t> TopIds(absl::Span<const float> logits, size_t k) {
+  std::vector<int32_t> ids(logits.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  auto better = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  k = std::min(k, ids.size());
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), better);
+  ids.resize(k);
+  return ids;
+}
+
+// Softmax of logits[ids] / temperature, in double.
+std::vector<double> Softmax(absl::Span<const float> logits, const std::vector<int32_t>& ids,
+                            double temperature) {
+  std::vector<double> p(ids.size());
+  double mx = logits[ids[0]];
+  for (int32_t id : ids) mx = std::max(mx, static_cast<double>(logits[id]));
+  double sum = 0;
+  for (size_t i = 0; i < ids.size(); ++i)
+    sum += (p[i] = std::exp((logits[ids[i]] - mx) / temperature));
+  for (double& x : p) x /= sum;
+  return p;
+}
+
+}  // namespace
+
+std::vector<Candidate> SamplingDistribution(absl::Span<const float> logits,
+                                            const SamplingParams& params) {
+  if (logits.empty()) return {};
+  if (params.temperature <= 0.f) return {{Argmax(logits), 1.f}};
+  const size_t vocab = logits.size();
+  const size_t k = params.top_k > 0 ? std::min<size_t>(params.top_k, vocab) : vocab;
+  std::vector<int32_t> ids;
+  if (k == vocab && params.top_p >= 1.f) {  // no truncation: skip the sort
+    ids.resize(vocab);
+    std::iota(ids.begin(), ids.end(), 0);
+  } else {
+    ids = TopIds(logits, k);
+  }
+  if (params.top_p < 1.f) {  // nucleus over the untempered probabilities, as llama.cpp
+    const std::vector<double> p = Softmax(logits, ids, 1.0);
+    double cum = 0;
+    size_t keep = ids.size();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      cum += p[i];
+      if (cum >= params.top_p) {
+        keep = i + 1;
+        break;
+      }
+    }
+    ids.resize(keep);
+  }
+  const std::vector<double> p = Softmax(logits, ids, params.temperature);
+  std::vector<Candidate> out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) out[i] = {ids[i], static_cast<float>(p[i])};
+  return out;
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+
+int32_t Sampler::Sample(absl::Span<const float> logits) {
+  if (params_.temperature <= 0.f || logits.size() <= 1) return Argmax(logits);
+  const std::vector<Candidate> c = SamplingDistribution(logits, params_);
+  // u uniform in [0, 1) with 53 random bits.
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+  double cum = 0;
+  for (const Candidate& x : c) {
+    cum += x.p;
+    if (u < cum) return x.id;
+  }
+  return c.back().id;
+}
+
+}  // namespace xkv

@@ -1,0 +1,57 @@
+// Token sampling in llama.cpp's order: top-k → top-p → temperature → sample.
+// temperature <= 0 is greedy (argmax, lowest index on ties). Reproducible: each Sampler owns a
+// std::mt19937_64 seeded from SamplingParams::seed.
+#ifndef XKV_MODEL_SAMPLER_H_
+#define XKV_MODEL_SAMPLER_H_
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace xkv {
+
+struct SamplingParams {
+  float temperature = 0.f;  // <= 0: greedy
+  int top_k = 0;            // <= 0 or >= vocab: disabled
+  float top_p = 1.f;        // in (0, 1]; 1: disabled
+  uint64_t seed = 0;
+};
+
+// INVALID_ARGUMENT for NaN/negative-infinite temperature, top_p outside (0, 1].
+absl::Status ValidateSamplingParams(const SamplingParams& params);
+
+// Index of the largest logit; the lowest such index on ties.
+int32_t Argmax(absl::Span<const float> logits);
+
+// One candidate after truncation: token id and its probability (renormalised over the kept set).
+struct Candidate {
+  int32_t id;
+  float p;
+};
+
+// The kept candidates and their final probabilities (after top-k, top-p, temperature): sorted by
+// descending logit (lowest id first on ties) when top-k or top-p truncates, else in id order.
+// Exposed for tests and logprob reporting.
+std::vector<Candidate> SamplingDistribution(absl::Span<const float> logits,
+                                            const SamplingParams& params);
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // Samples one token id from logits (fp32 [vocab]). Greedy when temperature <= 0.
+  int32_t Sample(absl::Span<const float> logits);
+
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_MODEL_SAMPLER_H_

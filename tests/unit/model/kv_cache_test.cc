@@ -1,0 +1,77 @@
+#include "model/kv_cache.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+// Token t, head h, dim d of K is 1000 t + 10 h + d (V is its negative), so slots are traceable.
+std::vector<float> Rows(int64_t t0, int64_t n, int heads, int hd, float sign, int64_t stride) {
+  std::vector<float> r(n * stride, -7.f);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int h = 0; h < heads; ++h) {
+      for (int d = 0; d < hd; ++d)
+        r[t * stride + h * hd + d] = sign * (1000 * (t0 + t) + 10 * h + d);
+    }
+  }
+  return r;
+}
+
+TEST(KvCacheTest, AppendLayoutPerLayerLengthsAndCompact) {
+  const int heads = 3, hd = 4;
+  KvCache cache(2, 5, heads, hd);         // layers 2, 3, 4
+  const int64_t stride = heads * hd + 5;  // as a fused QKV row would be
+  for (int layer = 2; layer < 5; ++layer) {
+    auto k = Rows(0, 10, heads, hd, 1.f, stride), v = Rows(0, 10, heads, hd, -1.f, stride);
+    ASSERT_TRUE(cache.Append(layer, k.data(), v.data(), 10, stride).ok());
+  }
+  auto k1 = Rows(10, 1, heads, hd, 1.f, stride), v1 = Rows(10, 1, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(3, k1.data(), v1.data(), 1, stride).ok());
+  EXPECT_EQ(cache.length(2), 10);
+  EXPECT_EQ(cache.length(3), 11);
+  for (int h = 0; h < heads; ++h) {
+    for (int t = 0; t < 11; ++t) {
+      EXPECT_EQ(cache.k(3)[h * cache.head_stride(3) + t * hd + 1], 1000 * t + 10 * h + 1);
+      EXPECT_EQ(cache.v(3)[h * cache.head_stride(3) + t * hd + 2], -(1000 * t + 10 * h + 2));
+    }
+  }
+  const int64_t before = cache.BytesHeld(2);
+  const std::vector<std::vector<int32_t>> kept = {{0, 4, 9}, {1, 2, 3}, {5, 8, 9}};
+  ASSERT_TRUE(cache.Compact(2, kept).ok());
+  EXPECT_EQ(cache.length(2), 3);
+  EXPECT_EQ(cache.length(4), 10);
+  EXPECT_EQ(cache.BytesHeld(2), 2 * 3 * heads * hd * 4);
+  EXPECT_LT(cache.BytesHeld(2), before);
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(cache.k(2)[h * cache.head_stride(2) + i * hd], 1000 * kept[h][i] + 10 * h);
+      EXPECT_EQ(cache.v(2)[h * cache.head_stride(2) + i * hd + 3],
+                -(1000 * kept[h][i] + 10 * h + 3));
+    }
+  }
+  // Appending after compaction goes after the kept slots.
+  ASSERT_TRUE(cache.Append(2, k1.data(), v1.data(), 1, stride).ok());
+  EXPECT_EQ(cache.length(2), 4);
+  EXPECT_EQ(cache.k(2)[cache.head_stride(2) + 3 * hd], 1000 * 10 + 10);
+  EXPECT_EQ(cache.BytesHeld(), cache.BytesHeld(2) + cache.BytesHeld(3) + cache.BytesHeld(4));
+}
+
+TEST(KvCacheTest, CompactRejectsBadSlots) {
+  KvCache cache(0, 1, 2, 2);
+  std::vector<float> k(5 * 4, 1.f);
+  ASSERT_TRUE(cache.Append(0, k.data(), k.data(), 5, 4).ok());
+  using Kept = std::vector<std::vector<int32_t>>;
+  EXPECT_FALSE(cache.Compact(0, Kept{{0, 1}}).ok());          // one list per head
+  EXPECT_FALSE(cache.Compact(0, Kept{{0, 1}, {2}}).ok());     // same count per head
+  EXPECT_FALSE(cache.Compact(0, Kept{{1, 0}, {2, 3}}).ok());  // increasing
+  EXPECT_FALSE(cache.Compact(0, Kept{{0, 5}, {2, 3}}).ok());  // inside the length
+  EXPECT_FALSE(cache.Compact(1, Kept{{0}, {0}}).ok());        // layer outside the range
+  EXPECT_EQ(cache.length(0), 5);
+  cache.Clear();
+  EXPECT_EQ(cache.BytesHeld(), 0);
+}
+
+}  // namespace
+}  // namespace xkv
