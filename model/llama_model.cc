@@ -139,26 +139,59 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
   const cpu::RopeMode mode = ToRopeMode(c.rope_style);
   RETURN_IF_ERROR(
       cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
-  RETURN_IF_ERROR(cpu::LaunchGemm(norm_.data(), w.wqkv.data(), qkv_.data(), n, qkv_dim, c.hidden));
+  RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, w.wqkv, w.qkv_rounding, w.wqkv_mins, qkv_.data(),
+                         qkv_dim, n, qkv_dim, c.hidden, false));
   RETURN_IF_ERROR(cpu::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
                                   cos_sin_.data(), q_.data(), q_dim));
   float* k_new = qkv_.data() + q_dim;  // roped in place, rows qkv_dim apart
   RETURN_IF_ERROR(cpu::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim, c.rope_dims, mode,
                                   cos_sin_.data(), k_new, qkv_dim));
+  // llama.cpp: fp16 K/V cache; Q is rounded to fp16 for the K·Q product.
+  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, q_.data(), n, q_dim, q_dim));
+  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, k_new, n, qkv_dim - q_dim, qkv_dim));
   RETURN_IF_ERROR(RunAttention(layer, batch, stop));
   if (*stop) return absl::OkStatus();
   // hidden += attn · Woᵀ
-  RETURN_IF_ERROR(cpu::LaunchGemm(attn_.data(), w.wo.data(), hidden, n, c.hidden, q_dim, true));
+  RETURN_IF_ERROR(Matmul(attn_.data(), q_dim, w.wo, w.wo_rounding, w.wo_mins, hidden, c.hidden, n,
+                         c.hidden, q_dim, true));
   RETURN_IF_ERROR(
       cpu::LaunchRmsNorm(hidden, w.ffn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   const int64_t f = c.ffn;
-  RETURN_IF_ERROR(
-      cpu::LaunchGemm(norm_.data(), w.w_gate_up.data(), ffn_.data(), n, 2 * f, c.hidden));
+  RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, w.w_gate_up, w.gate_up_rounding, w.w_gate_up_mins,
+                         ffn_.data(), 2 * f, n, 2 * f, c.hidden, false));
   RETURN_IF_ERROR(
       cpu::LaunchSwiGlu(ffn_.data(), 2 * f, ffn_.data() + f, 2 * f, n, f, ffn_.data(), 2 * f));
   // hidden += silu(gate)*up · W_downᵀ
-  return cpu::LaunchGemm(ffn_.data(), 2 * f, w.w_down.data(), f, hidden, c.hidden, n, c.hidden, f,
-                         true);
+  return Matmul(ffn_.data(), 2 * f, w.w_down, w.down_rounding, w.w_down_mins, hidden, c.hidden, n,
+                c.hidden, f, true);
+}
+
+absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,
+                               int64_t stride, float* min_correction) const {
+  if (options_.numerics != Numerics::kGgml || rounding == cpu::ActRounding::kNone) {
+    return absl::OkStatus();
+  }
+  if (stride == cols) {
+    return cpu::LaunchRoundActivations(rounding, x, rows, cols, x, min_correction);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    float* fix = min_correction == nullptr ? nullptr : min_correction + r * (cols / 32);
+    RETURN_IF_ERROR(
+        cpu::LaunchRoundActivations(rounding, x + r * stride, 1, cols, x + r * stride, fix));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Matmul(float* a, int64_t lda, const std::vector<float>& w,
+                                cpu::ActRounding rounding, const std::vector<float>& mins, float* c,
+                                int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  const bool fix = options_.numerics == Numerics::kGgml && !mins.empty() &&
+                   rounding == cpu::ActRounding::kQ8Blocks;
+  if (fix) min_fix_.resize(m * (k / 32));
+  RETURN_IF_ERROR(Round(rounding, a, m, k, lda, fix ? min_fix_.data() : nullptr));
+  RETURN_IF_ERROR(cpu::LaunchGemm(a, lda, w.data(), k, c, ldc, m, n, k, accumulate));
+  if (!fix) return absl::OkStatus();
+  return cpu::LaunchGemm(min_fix_.data(), k / 32, mins.data(), k / 32, c, ldc, m, n, k / 32, true);
 }
 
 absl::Status LlamaModel::RunAttention(int layer, const BatchStep& batch, bool* stop) {
@@ -213,7 +246,8 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
   }
   if (batch.scores_only && layer == c.n_layers - 1) return absl::OkStatus();
   const cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
-                                  1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+                                  1.0f / std::sqrt(static_cast<float>(c.head_dim)),
+                                  options_.numerics == Numerics::kGgml};
   return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len,
                                      attn_.data() + row0 * q_dim, q_dim, pool_.get());
 }
@@ -236,8 +270,9 @@ absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hi
   RETURN_IF_ERROR(cpu::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r, c.hidden,
                                      c.norm_eps, norm_.data()));
   std::vector<float> logits(r * c.vocab_size);
-  RETURN_IF_ERROR(cpu::LaunchGemm(norm_.data(), weights_->lm_head->data(), logits.data(), r,
-                                  c.vocab_size, c.hidden));
+  RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, *weights_->lm_head, weights_->lm_head_rounding,
+                         weights_->lm_head_mins, logits.data(), c.vocab_size, r, c.vocab_size,
+                         c.hidden, false));
   return logits;
 }
 

@@ -59,8 +59,15 @@ struct BatchStep {
   std::vector<int64_t> LastRows() const;
 };
 
+// kExact computes in fp32 from the dequantized weights. kGgml also rounds as llama.cpp's CPU
+// backend does, so the engine produces llama.cpp's text on the same GGUF: activations entering a
+// quantized matrix product are rounded to the weight type's 8-bit blocks (Q8_0/Q8_1), queries, keys
+// and values to fp16 (llama.cpp's default fp16 KV cache) and attention probabilities to fp16.
+enum class Numerics { kExact, kGgml };
+
 struct LlamaModelOptions {
   int num_threads = 1;  // OpenBLAS threads (process-wide) and the attention thread pool
+  Numerics numerics = Numerics::kExact;
 };
 
 class LlamaModel {
@@ -100,6 +107,15 @@ class LlamaModel {
   absl::Status AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
                               const BatchStep& batch, bool* stop);
   absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
+  // Rounds `rows` activation rows of `cols` (rows `stride` apart) in place for kGgml numerics;
+  // with `min_correction` (fp32 [rows, cols / 32]) also the Q8_1 sum corrections.
+  absl::Status Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,
+                     int64_t stride, float* min_correction = nullptr) const;
+  // c[m, n] (+)= a[m, k] · w[n, k]ᵀ with kGgml rounding of `a` (in place) for weights of that
+  // rounding, plus the Q4_1 minimum correction when `mins` (fp32 [n, k / 32]) is not empty.
+  absl::Status Matmul(float* a, int64_t lda, const std::vector<float>& w, cpu::ActRounding rounding,
+                      const std::vector<float>& mins, float* c, int64_t ldc, int64_t m, int64_t n,
+                      int64_t k, bool accumulate);
 
   std::shared_ptr<const LlamaWeights> weights_;
   LlamaModelOptions options_;
@@ -112,6 +128,7 @@ class LlamaModel {
   std::vector<float> ffn_;            // fp32 [n, 2 ffn]
   std::vector<float> cos_sin_;        // fp32 [n, rope_dims]
   std::vector<float> tmp_k_, tmp_v_;  // scores-only K/V, [kv_heads][len][head_dim]
+  std::vector<float> min_fix_;        // fp32 [n, k / 32] Q8_1 sum corrections (kGgml)
 };
 
 }  // namespace xkv

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/dequant.h"
 #include "kernels/status_macros.h"
 
 namespace xkv {
@@ -24,6 +25,31 @@ absl::StatusOr<std::vector<float>> ReadMatrix(const GgufFile& file, const std::s
         absl::StrCat("tensor ", name, " has dims [", dims, "], want [", cols, ",", rows, "]"));
   }
   return file.ReadTensorF32(name);
+}
+
+cpu::ActRounding RoundingOf(const GgufFile& file, const std::string& name) {
+  const GgufTensorInfo* info = file.FindTensor(name);
+  return info == nullptr ? cpu::ActRounding::kNone : cpu::ActRoundingFor(info->type);
+}
+
+// Q4_1 block minimums of the named tensors, concatenated by rows ([rows, cols / 32] each; zeros for
+// tensors of another type). Empty when none of them is Q4_1.
+absl::StatusOr<std::vector<float>> Q4_1Mins(const GgufFile& file,
+                                            std::initializer_list<std::string> names) {
+  std::vector<float> mins;
+  bool any = false;
+  for (const std::string& name : names) {
+    const GgufTensorInfo* info = file.FindTensor(name);
+    if (info == nullptr) return absl::NotFoundError("weights: missing tensor " + name);
+    const int64_t n = info->NumElements();
+    const size_t at = mins.size();
+    mins.resize(at + n / 32, 0.f);
+    if (info->type != GgmlType::kQ4_1) continue;
+    any = true;
+    RETURN_IF_ERROR(cpu::ExtractQ4_1Mins(file.TensorData(*info).data(), n, mins.data() + at));
+  }
+  if (!any) mins.clear();
+  return mins;
 }
 
 void Append(std::vector<float>& dst, const std::vector<float>& src) {
@@ -52,6 +78,15 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelCon
   Append(w.w_gate_up, gate);
   Append(w.w_gate_up, up);
   ASSIGN_OR_RETURN(w.w_down, ReadMatrix(file, p + "ffn_down.weight", c.hidden, c.ffn));
+  w.qkv_rounding = RoundingOf(file, p + "attn_q.weight");
+  w.wo_rounding = RoundingOf(file, p + "attn_output.weight");
+  w.gate_up_rounding = RoundingOf(file, p + "ffn_gate.weight");
+  w.down_rounding = RoundingOf(file, p + "ffn_down.weight");
+  ASSIGN_OR_RETURN(w.wqkv_mins,
+                   Q4_1Mins(file, {p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"}));
+  ASSIGN_OR_RETURN(w.wo_mins, Q4_1Mins(file, {p + "attn_output.weight"}));
+  ASSIGN_OR_RETURN(w.w_gate_up_mins, Q4_1Mins(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
+  ASSIGN_OR_RETURN(w.w_down_mins, Q4_1Mins(file, {p + "ffn_down.weight"}));
   return w;
 }
 
@@ -99,6 +134,11 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
     auto shared = std::make_shared<const std::vector<float>>(std::move(e));
     if (options.load_embedding) w.embedding = shared;
     if (options.load_head && tied) w.lm_head = shared;
+  }
+  if (options.load_head) {
+    const std::string head = tied ? "token_embd.weight" : "output.weight";
+    w.lm_head_rounding = RoundingOf(file, head);
+    ASSIGN_OR_RETURN(w.lm_head_mins, Q4_1Mins(file, {head}));
   }
   if (options.load_head) {
     ASSIGN_OR_RETURN(w.output_norm, ReadMatrix(file, "output_norm.weight", 1, config.hidden));

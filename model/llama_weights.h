@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/cpu/act_quant.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
 
@@ -22,6 +23,15 @@ struct LlamaLayerWeights {
   std::vector<float> ffn_norm;   // fp32 [hidden]
   std::vector<float> w_gate_up;  // fp32 [2*ffn, hidden]: rows of ffn_gate, then ffn_up
   std::vector<float> w_down;     // fp32 [hidden, ffn]   (ffn_down)
+  // How llama.cpp rounds the activations multiplied with each matrix (from the GGUF tensor types;
+  // fused matrices follow attn_q and ffn_gate). kNone for weights built in memory.
+  cpu::ActRounding qkv_rounding = cpu::ActRounding::kNone;
+  cpu::ActRounding wo_rounding = cpu::ActRounding::kNone;
+  cpu::ActRounding gate_up_rounding = cpu::ActRounding::kNone;
+  cpu::ActRounding down_rounding = cpu::ActRounding::kNone;
+  // Q4_1 block minimums, fp32 [out, in / 32] in the row order of the matrix above (zero rows for
+  // parts of another type); empty when the matrix has no Q4_1 part. See kernels/cpu/act_quant.h.
+  std::vector<float> wqkv_mins, wo_mins, w_gate_up_mins, w_down_mins;
 
   int64_t Bytes() const;
 };
@@ -43,6 +53,8 @@ struct LlamaWeights {
   std::shared_ptr<const std::vector<float>> embedding;
   std::shared_ptr<const std::vector<float>> lm_head;  // fp32 [vocab, hidden]
   std::vector<float> output_norm;                     // fp32 [hidden]; empty unless load_head
+  cpu::ActRounding lm_head_rounding = cpu::ActRounding::kNone;
+  std::vector<float> lm_head_mins;  // fp32 [vocab, hidden / 32]; empty unless Q4_1
 
   const LlamaLayerWeights& layer(int model_layer) const {
     return layers[model_layer - layer_begin];

@@ -8,7 +8,7 @@
 
 namespace xkv {
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads) {
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads, Numerics numerics) {
   const auto start = std::chrono::steady_clock::now();
   LoadedModel out;
   ASSIGN_OR_RETURN(out.file, GgufFile::Open(path));
@@ -17,6 +17,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads) 
   ASSIGN_OR_RETURN(LlamaWeights weights,
                    LoadLlamaWeights(*out.file, out.config, LlamaWeightsOptions{}));
   LlamaModelOptions options;
+  options.numerics = numerics;
   options.num_threads = num_threads > 0
                             ? num_threads
                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

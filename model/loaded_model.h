@@ -23,8 +23,10 @@ struct LoadedModel {
 };
 
 // Opens `path`, reads the config and tokenizer, dequantizes every layer and builds the engine with
-// `num_threads` threads (<= 0: all hardware threads).
-absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads);
+// `num_threads` threads (<= 0: all hardware threads). kGgml numerics by default: the same text as
+// llama.cpp on the same file.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads,
+                                      Numerics numerics = Numerics::kGgml);
 
 }  // namespace xkv
 

@@ -11,13 +11,20 @@ namespace {
 constexpr int64_t kBlock = 32;
 
 // One 32-element block to q8 and back: q = nearbyint(x * 127 / amax), x' = q * fp16(amax / 127).
-void RoundBlockQ8(const float* x, float* out) {
+// Returns fp16(d * Σq) - fp16(d) * Σq (the Q8_1 sum's rounding, see the header).
+float RoundBlockQ8(const float* x, float* out) {
   float amax = 0.f;
   for (int64_t i = 0; i < kBlock; ++i) amax = std::fmax(amax, std::fabs(x[i]));
   const float d = amax / 127.f;
   const float id = amax != 0.f ? 127.f / amax : 0.f;
   const float dh = F16ToF32(F32ToF16(d));
-  for (int64_t i = 0; i < kBlock; ++i) out[i] = std::nearbyint(x[i] * id) * dh;
+  int32_t sum = 0;
+  for (int64_t i = 0; i < kBlock; ++i) {
+    const float q = std::nearbyint(x[i] * id);
+    sum += static_cast<int32_t>(q);
+    out[i] = q * dh;
+  }
+  return F16ToF32(F32ToF16(d * static_cast<float>(sum))) - dh * static_cast<float>(sum);
 }
 
 }  // namespace
@@ -39,12 +46,15 @@ ActRounding ActRoundingFor(GgmlType weight_type) {
 }
 
 absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_t rows,
-                                    int64_t cols, float* out) {
+                                    int64_t cols, float* out, float* min_correction) {
   if (rows < 0 || cols < 0) return absl::InvalidArgumentError("negative activation shape");
   if (rows * cols > 0 && (x == nullptr || out == nullptr)) {
     return absl::InvalidArgumentError("null activation pointer");
   }
   const int64_t n = rows * cols;
+  if (min_correction != nullptr && rounding != ActRounding::kQ8Blocks) {
+    return absl::InvalidArgumentError("min_correction needs q8 block rounding");
+  }
   switch (rounding) {
     case ActRounding::kNone:
       if (out != x) std::copy(x, x + n, out);
@@ -60,7 +70,10 @@ absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_
         return absl::InvalidArgumentError(
             absl::StrFormat("q8 activation rounding needs cols %% 32 == 0, got %d", cols));
       }
-      for (int64_t b = 0; b < n; b += kBlock) RoundBlockQ8(x + b, out + b);
+      for (int64_t b = 0; b < n; b += kBlock) {
+        const float c = RoundBlockQ8(x + b, out + b);
+        if (min_correction != nullptr) min_correction[b / kBlock] = c;
+      }
       break;
   }
   return absl::OkStatus();

@@ -21,8 +21,11 @@ ActRounding ActRoundingFor(GgmlType weight_type);
 // x: fp32 [rows, cols] row-major; out: fp32 [rows, cols] (may alias x). For kQ8Blocks, cols must be
 // a multiple of 32: each 32-element block becomes q * fp16(amax / 127) with
 // q = round-half-even(x * 127 / amax), as ggml's quantize_row_q8_0 / q8_1.
+// min_correction: optional fp32 [rows, cols / 32] (kQ8Blocks only). A Q8_1 block also stores its
+// sum s = fp16(d * Σq), which ggml multiplies with the minimum of a Q4_1 weight block; the entry is
+// s - fp16(d) * Σq, so that out·wᵀ + min_correction·minsᵀ equals ggml's Q4_1 × Q8_1 product.
 absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_t rows,
-                                    int64_t cols, float* out);
+                                    int64_t cols, float* out, float* min_correction = nullptr);
 
 }  // namespace xkv::cpu
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/half.h"
 
 namespace xkv::cpu {
 namespace {
@@ -56,6 +57,11 @@ float ExpShiftSum(float* row, int64_t n) {
   return sum;
 }
 
+// row[j] = fp16(row[j] * inv) for j < n: normalised probabilities rounded as ggml rounds them.
+void RoundProbsF16(float* row, int64_t n, float inv) {
+  for (int64_t j = 0; j < n; ++j) row[j] = F16ToF32(F32ToF16(row[j] * inv));
+}
+
 // Dot product of two head_dim vectors with 16 independent partial sums (vectorises without
 // -ffast-math).
 float Dot(const float* a, const float* b, int n) {
@@ -94,6 +100,10 @@ void PrefillBlock(const AttentionShape& s, const float* q, int64_t n_new, const 
     const int64_t valid = past + t0 + r / group + 1;
     float* row = scores.data() + r * kend;
     inv_sum[r] = 1.0f / ExpShiftSum(row, valid);
+    if (s.round_probs_f16) {
+      RoundProbsF16(row, valid, inv_sum[r]);
+      inv_sum[r] = 1.f;
+    }
     std::fill(row + valid, row + kend, 0.f);
   });
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, kend, 1.0f, scores.data(), kend,
@@ -148,7 +158,11 @@ absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, 
     const float* vg = v + g * kv_head_stride;
     std::vector<float> p(kv_len);
     for (int64_t j = 0; j < kv_len; ++j) p[j] = Dot(qh, kg + j * hd, hd) * shape.scale;
-    const float inv = 1.0f / ExpShiftSum(p.data(), kv_len);
+    float inv = 1.0f / ExpShiftSum(p.data(), kv_len);
+    if (shape.round_probs_f16) {
+      RoundProbsF16(p.data(), kv_len, inv);
+      inv = 1.f;
+    }
     float* oh = out + h * hd;
     std::fill(oh, oh + hd, 0.f);
     for (int64_t j = 0; j < kv_len; ++j) {

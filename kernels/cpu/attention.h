@@ -21,6 +21,9 @@ struct AttentionShape {
   int n_kv_heads = 0;  // KV heads; divides n_heads
   int head_dim = 0;
   float scale = 0.f;  // usually 1/sqrt(head_dim)
+  // llama.cpp numerics: the normalised probabilities are rounded to fp16 before P·V, as ggml does
+  // when V is an fp16 cache.
+  bool round_probs_f16 = false;
 };
 
 // Prefill (any n_new >= 1) for one sequence. Blocks queries and runs QKᵀ and PV as GEMMs over the

@@ -207,3 +207,23 @@ absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* d
 }
 
 }  // namespace xkv::cpu
+
+namespace xkv::cpu {
+
+absl::Status ExtractQ4_1Mins(const void* src, int64_t n, float* mins) {
+  if (n < 0 || n % 32 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("q4_1 mins: ", n, " is not a multiple of 32"));
+  }
+  if (n > 0 && (src == nullptr || mins == nullptr)) {
+    return absl::InvalidArgumentError("q4_1 mins: null pointer");
+  }
+  const uint8_t* p = static_cast<const uint8_t*>(src);
+  for (int64_t b = 0; b < n / 32; ++b) {  // block: fp16 d, fp16 m, 16 bytes of nibbles
+    uint16_t m;
+    std::memcpy(&m, p + b * 20 + 2, sizeof(m));
+    mins[b] = F16ToF32(m);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xkv::cpu

@@ -14,6 +14,10 @@ absl::Status DequantizeToF32(GgmlType type, const void* src, int64_t n, float* d
 // src: fp32 [n]; dst: bytes of `type` for n elements (n a multiple of the block size).
 absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* dst);
 
+// Per-block minimums of a Q4_1 tensor: src `n` elements of Q4_1 (n % 32 == 0); mins: fp32
+// [n / 32]. Used with act_quant's min_correction to reproduce ggml's Q4_1 × Q8_1 products.
+absl::Status ExtractQ4_1Mins(const void* src, int64_t n, float* mins);
+
 }  // namespace xkv::cpu
 
 #endif  // XKV_KERNELS_CPU_DEQUANT_H_
