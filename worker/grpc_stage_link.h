@@ -1,0 +1,49 @@
+// StageLink over gRPC: Send is a PushHidden RPC to the next worker; Receive waits on the mailbox
+// that this worker's PushHidden handler fills (WorkerService owns it and hands it in). A next
+// worker that is down or slow answers UNAVAILABLE / DEADLINE_EXCEEDED — never a hang.
+#ifndef XKV_WORKER_GRPC_STAGE_LINK_H_
+#define XKV_WORKER_GRPC_STAGE_LINK_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "worker/hidden_mailbox.h"
+#include "worker/stage_link.h"
+#include "xkv/v1/worker.grpc.pb.h"
+
+namespace xkv {
+
+struct GrpcStageLinkOptions {
+  std::string next_address;  // host:port of the next stage's Worker service; empty for the last
+  int stage_index = 0;       // reported to the next stage (PushHiddenRequest::from_stage)
+  int hidden_size = 0;       // floats per row (for the rows / hidden_size fields); 0 = unknown
+  absl::Duration send_timeout = absl::Seconds(30);
+};
+
+class GrpcStageLink : public StageLink {
+ public:
+  // inbox: the mailbox this worker's PushHidden handler fills.
+  GrpcStageLink(std::shared_ptr<HiddenMailbox> inbox, const GrpcStageLinkOptions& options);
+
+  absl::Status Send(uint64_t step_id, absl::Span<const float> hidden) override;
+  absl::Status SendError(uint64_t step_id, const absl::Status& error) override;
+  absl::StatusOr<std::vector<float>> Receive(uint64_t step_id, absl::Time deadline) override;
+  void Discard(uint64_t step_id) override;
+
+ private:
+  absl::Status Push(const xkv::v1::PushHiddenRequest& request);
+
+  std::shared_ptr<HiddenMailbox> inbox_;
+  GrpcStageLinkOptions options_;
+  std::unique_ptr<xkv::v1::Worker::Stub> next_;  // null for the last stage
+};
+
+// The PushHidden handler's half: rows (or the sender's error) into `inbox`. INVALID_ARGUMENT when
+// the byte count does not match rows * hidden_size floats.
+absl::Status DeliverPushedHidden(const xkv::v1::PushHiddenRequest& request, HiddenMailbox& inbox);
+
+}  // namespace xkv
+
+#endif  // XKV_WORKER_GRPC_STAGE_LINK_H_

@@ -1,0 +1,563 @@
+#include "worker/stage_executor.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "model/gguf.h"
+#include "model/kv_allocation.h"
+#include "model/model_config.h"
+
+namespace xkv {
+namespace {
+
+double MsSince(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
+
+absl::StatusOr<std::vector<int64_t>> Capacities(const StageOptions& o, int num_layers,
+                                                int64_t block_bytes) {
+  if (!o.layer_capacity_blocks.empty()) {
+    if (static_cast<int>(o.layer_capacity_blocks.size()) != num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("stage: ", o.layer_capacity_blocks.size(),
+                                                     " layer capacities for ", num_layers,
+                                                     " layers"));
+    }
+    return o.layer_capacity_blocks;
+  }
+  if (o.kv_capacity_blocks < 0 || o.kv_capacity_bytes < 0) {
+    return absl::InvalidArgumentError("stage: negative KV capacity");
+  }
+  int64_t per_layer = kDefaultBlocksPerLayer;
+  if (o.kv_capacity_blocks > 0) {
+    per_layer = o.kv_capacity_blocks;
+  } else if (o.kv_capacity_bytes > 0) {
+    per_layer = o.kv_capacity_bytes / (block_bytes * num_layers);
+  }
+  return std::vector<int64_t>(num_layers, per_layer);
+}
+
+bool NeedsScores(const PolicyOptions& policy) {
+  return policy.kind != PolicyKind::kFull && SelectionFor(policy) == SelectionRule::kTopScore;
+}
+
+const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
+  for (const LayerBudgetEntry& b : spec.budgets) {
+    if (b.layer == layer) return &b;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+// One step in flight.
+struct StageExecutor::Run {
+  BatchStep batch;
+  std::vector<float> hidden;  // fp32 [batch.num_tokens(), hidden]
+  std::unique_ptr<ImportanceCollector> collector;
+  bool scores_only = false;
+  bool sent = false;
+  StageStepResult result;
+};
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Load(
+    const StageOptions& options, std::unique_ptr<StageLink> link) {
+  if (!options.device.empty() && options.device != "cpu") {
+    return absl::UnimplementedError(
+        absl::StrCat("stage: device '", options.device, "' is not supported yet (use cpu)"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
+  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(*file));
+  LlamaWeightsOptions w;
+  w.layer_begin = options.layer_begin;
+  w.layer_end = options.layer_end < 0 ? config.n_layers : options.layer_end;
+  w.load_embedding = w.layer_begin == 0;
+  w.load_head = w.layer_end == config.n_layers;
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(*file, config, w));
+  return Create(std::make_shared<const LlamaWeights>(std::move(weights)), options, std::move(link));
+}
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
+    std::shared_ptr<const LlamaWeights> weights, const StageOptions& options,
+    std::unique_ptr<StageLink> link) {
+  if (weights == nullptr) return absl::InvalidArgumentError("stage: no weights");
+  StageOptions o = options;
+  if (o.layer_end < 0) o.layer_end = weights->config.n_layers;
+  if (o.layer_begin != weights->layer_begin || o.layer_end != weights->layer_end) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage: layers [", o.layer_begin, ", ", o.layer_end, ") but the weights hold [",
+        weights->layer_begin, ", ", weights->layer_end, ")"));
+  }
+  if (o.layer_begin >= o.layer_end) {
+    return absl::InvalidArgumentError("stage: empty layer range");
+  }
+  const bool first = o.layer_begin == 0, last = o.layer_end == weights->config.n_layers;
+  if ((first && weights->embedding == nullptr) || (last && weights->lm_head == nullptr)) {
+    return absl::InvalidArgumentError(
+        "stage: the first stage needs the embedding, the last the "
+        "lm_head");
+  }
+  if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                   LlamaModel::Create(weights, LlamaModelOptions{o.num_threads}));
+  const int num_layers = o.layer_end - o.layer_begin;
+  const int64_t block_bytes =
+      int64_t{o.block_tokens} * weights->config.KvBytesPerTokenPerLayer(sizeof(float));
+  ASSIGN_OR_RETURN(std::vector<int64_t> caps, Capacities(o, num_layers, block_bytes));
+  ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, std::move(caps),
+                                                      o.block_tokens, block_bytes}));
+  return std::unique_ptr<StageExecutor>(
+      new StageExecutor(o, std::move(model), std::move(link), std::move(pool)));
+}
+
+StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<LlamaModel> model,
+                             std::unique_ptr<StageLink> link, BlockPool pool)
+    : options_(options),
+      model_(std::move(model)),
+      link_(std::move(link)),
+      weight_bytes_(model_->weights().Bytes()),
+      block_bytes_(pool.block_bytes()),
+      capacities_([&pool] {
+        std::vector<int64_t> c;
+        for (int l = pool.layer_begin(); l < pool.layer_end(); ++l) c.push_back(pool.capacity(l));
+        return c;
+      }()),
+      pool_(std::move(pool)) {
+  absl::MutexLock lock(&mu_);
+  RefreshStatus();
+}
+
+StageExecutor::~StageExecutor() = default;
+
+// ---- validation ---------------------------------------------------------------------------
+
+absl::Status StageExecutor::ValidateCompact(const StageCompactSpec& spec) const {
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    const LayerBudgetEntry* b = FindBudget(spec, l);
+    if (spec.policy.kind != PolicyKind::kFull && (b == nullptr || b->kept_prefix < 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage: compaction needs a budget >= 0 for layer ", l));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
+  const std::string who = absl::StrCat("stage: sequence ", s.seq_id);
+  if (s.n_new < 1 || s.position < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(who, " needs n_new >= 1 and position >= 0"));
+  }
+  if (is_first()) {
+    if (static_cast<int64_t>(s.tokens.size()) != s.n_new) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, " has ", s.tokens.size(), " tokens for n_new ", s.n_new));
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= config().vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(who, " token ", t, " outside the vocab"));
+      }
+    }
+  }
+  auto it = sequences_.find(s.seq_id);
+  const KvCache* cache = it == sequences_.end() ? nullptr : it->second.cache.get();
+  if (cache == nullptr && !s.new_sequence) {
+    return absl::NotFoundError(absl::StrCat(who, " is unknown (released or never started)"));
+  }
+  const int64_t T = s.position + s.n_new;
+  for (int l = layer_begin(); cache != nullptr && l < layer_end(); ++l) {
+    if (s.new_sequence && cache->length(l) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(who, " already exists"));
+    }
+    if (cache->length(l) > s.position ||
+        (s.mode != SequenceMode::kNormal && cache->length(l) != s.position)) {
+      return absl::InvalidArgumentError(absl::StrCat(who, " layer ", l, " holds ", cache->length(l),
+                                                     " tokens; position is ", s.position));
+    }
+  }
+  if (s.mode == SequenceMode::kScoresOnly && (s.position != 0 || s.compact.has_value())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, ": a scores-only step is the whole prompt, without compaction"));
+  }
+  if (s.mode != SequenceMode::kNormal && T > options_.importance.window &&
+      s.n_new < options_.importance.window) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": the observed chunk holds ", s.n_new,
+                                                   " tokens, fewer than the window ",
+                                                   options_.importance.window));
+  }
+  if (is_last() && s.sample && (it == sequences_.end() || it->second.sampler == nullptr)) {
+    RETURN_IF_ERROR(ValidateSamplingParams(s.sampling));
+  }
+  if (s.compact.has_value()) {
+    RETURN_IF_ERROR(ValidateCompact(*s.compact));
+    if (it != sequences_.end() && it->second.compacted) {
+      return absl::FailedPreconditionError(absl::StrCat(who, " was already compacted"));
+    }
+    const bool has_scores = s.mode == SequenceMode::kObserve ||
+                            (it != sequences_.end() && it->second.scores.has_value());
+    if (NeedsScores(s.compact->policy) && !has_scores && T > options_.importance.window) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(who, ": policy ", std::string(PolicyName(s.compact->policy.kind)),
+                       " needs importance scores: observe the prompt's final chunk first"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::ValidateStep(const StageStep& step) const {
+  if (step.sequences.empty()) return absl::InvalidArgumentError("stage: step without sequences");
+  absl::flat_hash_set<uint64_t> ids;
+  const bool scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
+  for (const StageSequence& s : step.sequences) {
+    if (!ids.insert(s.seq_id).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage: sequence ", s.seq_id, " twice in step ", step.step_id));
+    }
+    if ((s.mode == SequenceMode::kScoresOnly) != scores_only) {
+      return absl::InvalidArgumentError(
+          "stage: scores-only sequences cannot share a step with others");
+    }
+    RETURN_IF_ERROR(ValidateSequence(s));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StageStep& step) const {
+  std::vector<BlockChange> changes;
+  for (const StageSequence& s : step.sequences) {
+    if (s.mode == SequenceMode::kScoresOnly) continue;  // no KV writes
+    for (int l = layer_begin(); l < layer_end(); ++l) {
+      changes.push_back({s.seq_id, l, pool_.tokens(s.seq_id, l) + s.n_new});
+    }
+  }
+  return pool_.Plan(changes);
+}
+
+// ---- the step ------------------------------------------------------------------------------
+
+absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time t0 = absl::Now();
+  absl::Status valid = ValidateStep(step);
+  absl::StatusOr<BlockPlan> plan = valid.ok() ? PlanBlocks(step) : valid;
+  Run run;
+  run.result.step_id = step.step_id;
+  if (step.dry_run) {
+    if (!plan.ok()) return plan.status();
+    run.result.usage = Usage();
+    return std::move(run.result);
+  }
+  if (!plan.ok()) return FailBeforeCompute(step, plan.status(), /*received=*/false);
+  absl::StatusOr<std::vector<float>> rows = InputRows(step, run);
+  if (!rows.ok()) return FailBeforeCompute(step, rows.status(), /*received=*/true);
+  run.hidden = *std::move(rows);
+  RETURN_IF_ERROR(pool_.Commit(*plan));  // same version: nothing ran in between (mu_ held)
+  absl::Status s = Compute(step, run);
+  if (s.ok()) s = Output(step, run);
+  const absl::Time tc = absl::Now();
+  for (const StageSequence& q : step.sequences) {
+    if (!s.ok()) break;
+    if (q.compact.has_value()) s = CompactSequence(q.seq_id, sequences_.at(q.seq_id), *q.compact);
+  }
+  run.result.timings.compact_ms = MsSince(tc);
+  for (const StageSequence& q : step.sequences) {
+    if (s.ok() && !run.scores_only) s = SyncBlocks(q.seq_id);
+  }
+  if (!s.ok()) {
+    for (const StageSequence& q : step.sequences) Drop(q.seq_id);
+    if (!is_last() && !run.sent && link_ != nullptr)
+      link_->SendError(step.step_id, s).IgnoreError();
+    RefreshStatus();
+    return s;
+  }
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    run.result.sequences[i].layers = LayerSizes(step.sequences[i].seq_id);
+  }
+  run.result.usage = Usage();
+  run.result.timings.total_ms = MsSince(t0);
+  RefreshStatus();
+  return std::move(run.result);
+}
+
+absl::Status StageExecutor::FailBeforeCompute(const StageStep& step, absl::Status error,
+                                              bool received) {
+  if (link_ != nullptr) {
+    if (!is_first() && !received) link_->Discard(step.step_id);
+    if (!is_last()) link_->SendError(step.step_id, error).IgnoreError();
+  }
+  return error;
+}
+
+absl::StatusOr<std::vector<float>> StageExecutor::InputRows(const StageStep& step, Run& run) {
+  const absl::Time t0 = absl::Now();
+  std::vector<int32_t> tokens;
+  int64_t n = 0;
+  for (const StageSequence& s : step.sequences) {
+    n += s.n_new;
+    if (is_first()) tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+  }
+  if (is_first()) return model_->Embed(tokens);
+  if (link_ == nullptr) {
+    return absl::FailedPreconditionError("stage: not the first stage and no link to receive from");
+  }
+  const absl::Duration timeout =
+      step.link_timeout > absl::ZeroDuration() ? step.link_timeout : options_.link_timeout;
+  absl::StatusOr<std::vector<float>> rows = link_->Receive(step.step_id, t0 + timeout);
+  run.result.timings.wait_ms = MsSince(t0);
+  if (rows.ok() && static_cast<int64_t>(rows->size()) != n * config().hidden) {
+    return absl::InvalidArgumentError(absl::StrCat("stage: step ", step.step_id, " received ",
+                                                   rows->size(), " floats, want ", n, " x ",
+                                                   config().hidden));
+  }
+  return rows;
+}
+
+absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
+  run.scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
+  run.batch.scores_only = run.scores_only;
+  run.result.sequences.resize(step.sequences.size());
+  std::vector<int> keys;
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const StageSequence& s = step.sequences[i];
+    run.result.sequences[i].seq_id = s.seq_id;
+    Sequence& q = sequences_[s.seq_id];
+    if (q.cache == nullptr) q.cache = model_->NewCache();
+    const bool observe = s.mode != SequenceMode::kNormal;
+    run.batch.sequences.push_back({q.cache.get(), s.n_new, s.position, observe});
+    keys.push_back(observe ? static_cast<int>(i) : -1);
+    if (!observe) continue;
+    if (run.collector == nullptr) {
+      run.collector = std::make_unique<ImportanceCollector>(config(), layer_begin(), layer_end(),
+                                                            options_.importance);
+    }
+    RETURN_IF_ERROR(run.collector->Expect(static_cast<int>(i), s.position + s.n_new));
+  }
+  if (run.collector != nullptr) run.batch.observer = run.collector->ObserverFor(keys);
+  const absl::Time t0 = absl::Now();
+  RETURN_IF_ERROR(
+      model_->RunLayers(layer_begin(), layer_end(), run.batch, absl::MakeSpan(run.hidden)));
+  run.result.timings.compute_ms = MsSince(t0);
+  return Observe(step, run);
+}
+
+absl::Status StageExecutor::Observe(const StageStep& step, Run& run) {
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const StageSequence& s = step.sequences[i];
+    if (s.mode == SequenceMode::kNormal) continue;
+    CollectedScores scores = run.collector->Take(static_cast<int>(i));
+    ObservedProfile p;
+    p.prompt_len = scores.prompt_len;
+    p.prefix_len = scores.prefix_len();
+    p.window = scores.window;
+    p.profile_ms = run.collector->milliseconds(static_cast<int>(i));
+    if (p.prefix_len > 0) {
+      ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
+      for (int l = layer_begin(); l < layer_end(); ++l) {
+        LayerProfile& lp = profiles[l - layer_begin()];
+        LayerGainCurve c{l, std::move(lp.gain), lp.total_mass, scores.heads, {}};
+        if (s.return_scores) c.scores = scores.layer(l);
+        p.layers.push_back(std::move(c));
+      }
+    }
+    run.result.sequences[i].observed = std::move(p);
+    sequences_.at(s.seq_id).scores = std::move(scores);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::Output(const StageStep& step, Run& run) {
+  const absl::Time t0 = absl::Now();
+  if (!is_last()) {
+    if (link_ == nullptr) {
+      return absl::FailedPreconditionError("stage: not the last stage and no link to send to");
+    }
+    RETURN_IF_ERROR(link_->Send(step.step_id, run.hidden));
+    run.sent = true;
+    run.result.timings.send_ms = MsSince(t0);
+    return absl::OkStatus();
+  }
+  if (run.scores_only) return absl::OkStatus();  // hidden is not meaningful after the last scores
+  RETURN_IF_ERROR(Sample(step, run));
+  run.result.timings.compute_ms += MsSince(t0);
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
+  const std::vector<int64_t> last = run.batch.LastRows();
+  std::vector<int64_t> rows;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    if (!step.sequences[i].sample && !step.sequences[i].return_logits) continue;
+    rows.push_back(last[i]);
+    which.push_back(i);
+  }
+  if (rows.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<float> logits, model_->Logits(run.hidden, rows));
+  const size_t V = config().vocab_size;
+  for (size_t k = 0; k < which.size(); ++k) {
+    const StageSequence& s = step.sequences[which[k]];
+    absl::Span<const float> row(logits.data() + k * V, V);
+    StageSequenceResult& r = run.result.sequences[which[k]];
+    if (s.sample) {
+      Sequence& q = sequences_.at(s.seq_id);
+      if (q.sampler == nullptr) q.sampler = std::make_unique<Sampler>(s.sampling);
+      r.token = q.sampler->Sample(row);
+    }
+    if (s.return_logits) r.logits.assign(row.begin(), row.end());
+  }
+  return absl::OkStatus();
+}
+
+// ---- compaction, release, accounting -------------------------------------------------------
+
+absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
+                                            const StageCompactSpec& spec) {
+  RETURN_IF_ERROR(ValidateCompact(spec));
+  if (seq.compacted) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("stage: sequence ", seq_id, " was already compacted"));
+  }
+  CollectedScores meta;
+  const CollectedScores* scores = seq.scores.has_value() ? &*seq.scores : nullptr;
+  if (scores == nullptr) {
+    meta = MakeCollectedScores(config(), layer_begin(), layer_end(),
+                               seq.cache->length(layer_begin()), options_.importance);
+    scores = &meta;
+  }
+  const int64_t T = scores->prompt_len, P = scores->prefix_len();
+  if (spec.policy.kind == PolicyKind::kFull || T <= scores->window) {
+    seq.scores.reset();
+    seq.compacted = true;
+    return absl::OkStatus();
+  }
+  if (NeedsScores(spec.policy) && !seq.scores.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stage: sequence ", seq_id, " has no importance scores to select its kept tokens"));
+  }
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    if (seq.cache->length(l) != T || FindBudget(spec, l)->kept_prefix > P) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "stage: sequence ", seq_id, " layer ", l, " holds ", seq.cache->length(l),
+          " tokens, budget ", FindBudget(spec, l)->kept_prefix, "; compaction needs the whole ", T,
+          "-token prompt (before decoding) and a budget <= ", P));
+    }
+  }
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept,
+                     KeptSlots(*scores, l, FindBudget(spec, l)->kept_prefix, spec.policy));
+    RETURN_IF_ERROR(CompactLayer(*seq.cache, l, T, kept));
+  }
+  seq.scores.reset();
+  seq.compacted = true;
+  return SyncBlocks(seq_id);
+}
+
+absl::StatusOr<StageCompactResult> StageExecutor::Compact(uint64_t seq_id,
+                                                          const StageCompactSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("stage: sequence ", seq_id, " is unknown"));
+  }
+  absl::Status s = CompactSequence(seq_id, it->second, spec);
+  RefreshStatus();
+  RETURN_IF_ERROR(s);
+  StageCompactResult r;
+  r.layers = LayerSizes(seq_id);
+  for (const StageLayerSize& l : r.layers) r.bytes_held += l.bytes;
+  r.usage = Usage();
+  return r;
+}
+
+absl::Status StageExecutor::SyncBlocks(uint64_t seq_id) {
+  const KvCache& cache = *sequences_.at(seq_id).cache;
+  std::vector<BlockChange> changes;
+  for (int l = layer_begin(); l < layer_end(); ++l) changes.push_back({seq_id, l, cache.length(l)});
+  absl::Status s = pool_.Apply(changes);
+  if (!s.ok()) {
+    return absl::InternalError(
+        absl::StrCat("stage: cache of sequence ", seq_id, " outgrew its blocks: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<StageLayerSize> StageExecutor::LayerSizes(uint64_t seq_id) const {
+  std::vector<StageLayerSize> out;
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) return out;
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    const int64_t blocks = static_cast<int64_t>(pool_.table(seq_id, l).size());
+    out.push_back({l, it->second.cache->length(l), blocks, blocks * block_bytes_});
+  }
+  return out;
+}
+
+void StageExecutor::Drop(uint64_t seq_id) {
+  pool_.Release(seq_id);
+  sequences_.erase(seq_id);
+}
+
+int StageExecutor::Release(absl::Span<const uint64_t> seq_ids) {
+  absl::MutexLock lock(&mu_);
+  int known = 0;
+  for (uint64_t id : seq_ids) {
+    if (sequences_.contains(id) || pool_.has_sequence(id)) ++known;
+    Drop(id);
+  }
+  RefreshStatus();
+  return known;
+}
+
+void StageExecutor::ReleaseAll() {
+  absl::MutexLock lock(&mu_);
+  sequences_.clear();
+  pool_.ReleaseAll();
+  RefreshStatus();
+}
+
+StageUsage StageExecutor::Usage() const {
+  StageUsage u;
+  u.blocks_used = pool_.total_used();
+  u.blocks_free = pool_.total_free();
+  u.kv_bytes_used = u.blocks_used * block_bytes_;
+  u.kv_bytes_capacity = pool_.total_capacity() * block_bytes_;
+  return u;
+}
+
+void StageExecutor::RefreshStatus() {
+  StageStatus s;
+  s.layer_begin = layer_begin();
+  s.layer_end = layer_end();
+  s.is_first = is_first();
+  s.is_last = is_last();
+  s.weight_bytes = weight_bytes_;
+  s.usage = Usage();
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    s.layers.push_back({l, pool_.used(l), pool_.free(l)});
+  }
+  s.sequences = static_cast<int>(sequences_.size());
+  s.device = options_.device.empty() ? "cpu" : options_.device;
+  s.model_path = options_.model_path;
+  absl::MutexLock lock(&status_mu_);
+  status_ = std::move(s);
+}
+
+StageStatus StageExecutor::status() const {
+  absl::MutexLock lock(&status_mu_);
+  return status_;
+}
+
+int64_t StageExecutor::CacheLength(uint64_t seq_id, int layer) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end() || layer < layer_begin() || layer >= layer_end()) return -1;
+  return it->second.cache->length(layer);
+}
+
+std::unique_ptr<KvCache> StageExecutor::CacheCopy(uint64_t seq_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) return nullptr;
+  return std::make_unique<KvCache>(*it->second.cache);
+}
+
+}  // namespace xkv

@@ -1,0 +1,38 @@
+// The data plane between adjacent pipeline stages (DESIGN.md §1): one stage's view of its links —
+// Send to the next stage, Receive from the previous one — keyed by the coordinator's step_id, so
+// a stage receives exactly the rows of the step it is executing. Implementations:
+// InProcessStageLink (embedded mode: threads of one process), GrpcStageLink (PushHidden RPCs),
+// NcclStageLink (later). Every wait has a deadline: a missing stage is DEADLINE_EXCEEDED or
+// UNAVAILABLE, never a hang. Core code: no gRPC here.
+#ifndef XKV_WORKER_STAGE_LINK_H_
+#define XKV_WORKER_STAGE_LINK_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace xkv {
+
+class StageLink {
+ public:
+  virtual ~StageLink() = default;
+
+  // Hands the step's hidden rows, fp32 [rows, hidden] row-major, to the next stage.
+  virtual absl::Status Send(uint64_t step_id, absl::Span<const float> hidden) = 0;
+  // Tells the next stage that this step failed here (its Receive returns `error`), so it does not
+  // wait for rows that never come.
+  virtual absl::Status SendError(uint64_t step_id, const absl::Status& error) = 0;
+  // Waits until `deadline` for the previous stage's rows of step_id: fp32 [rows, hidden].
+  // DEADLINE_EXCEEDED when nothing came; the previous stage's error when it sent one.
+  virtual absl::StatusOr<std::vector<float>> Receive(uint64_t step_id, absl::Time deadline) = 0;
+  // This stage will not Receive step_id (it failed before): rows arriving later are dropped.
+  virtual void Discard(uint64_t step_id) = 0;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_WORKER_STAGE_LINK_H_

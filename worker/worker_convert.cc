@@ -1,0 +1,201 @@
+#include "worker/worker_convert.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+absl::StatusOr<ScoreGranularity> GranularityFromProto(xkv::v1::ScoreGranularity g) {
+  switch (g) {
+    case xkv::v1::SCORE_GRANULARITY_UNSPECIFIED:
+    case xkv::v1::SCORE_GRANULARITY_KV_HEAD:
+      return ScoreGranularity::kKvHead;
+    case xkv::v1::SCORE_GRANULARITY_QUERY_HEAD:
+      return ScoreGranularity::kQueryHead;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("importance.granularity ", g, " unknown"));
+  }
+}
+
+absl::StatusOr<SequenceMode> ModeFromProto(xkv::v1::SequenceMode m) {
+  switch (m) {
+    case xkv::v1::SEQUENCE_MODE_NORMAL:
+      return SequenceMode::kNormal;
+    case xkv::v1::SEQUENCE_MODE_SCORES_ONLY:
+      return SequenceMode::kScoresOnly;
+    case xkv::v1::SEQUENCE_MODE_OBSERVE:
+      return SequenceMode::kObserve;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", m, " unknown"));
+  }
+}
+
+absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p) {
+  StageSequence s;
+  s.seq_id = p.seq_id();
+  s.tokens.assign(p.tokens().begin(), p.tokens().end());
+  s.n_new = p.n_new() > 0 ? p.n_new() : static_cast<int64_t>(p.tokens_size());
+  s.position = p.position();
+  s.new_sequence = p.new_sequence();
+  ASSIGN_OR_RETURN(s.mode, ModeFromProto(p.mode()));
+  s.sampling.temperature = p.sampling().temperature();
+  s.sampling.top_k = p.sampling().top_k();
+  s.sampling.top_p = p.sampling().top_p() == 0.f ? 1.f : p.sampling().top_p();
+  s.sampling.seed = p.sampling().seed();
+  s.sample = !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly;
+  s.return_logits = p.return_logits();
+  s.return_scores = p.return_scores();
+  if (p.has_compact()) {
+    ASSIGN_OR_RETURN(s.compact, CompactSpecFromProto(p.compact()));
+  }
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageRequest& r,
+                                                   const std::string& device, int num_threads) {
+  if (r.model_path().empty()) return absl::InvalidArgumentError("model_path is empty");
+  if (!r.device().empty() && r.device() != device) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", r.device(), "' but this worker runs on '", device, "'"));
+  }
+  if (r.layer_begin() < 0 || r.layer_end() <= r.layer_begin()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer range [", r.layer_begin(), ", ", r.layer_end(), ") is empty"));
+  }
+  if (r.is_first() != (r.layer_begin() == 0)) {
+    return absl::InvalidArgumentError("is_first must equal layer_begin == 0");
+  }
+  StageOptions o;
+  o.model_path = r.model_path();
+  o.layer_begin = r.layer_begin();
+  o.layer_end = r.layer_end();
+  o.stage_index = r.stage_index();
+  o.device = device;
+  o.num_threads = num_threads;
+  o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
+  o.layer_capacity_blocks.assign(r.layer_capacity_blocks().begin(),
+                                 r.layer_capacity_blocks().end());
+  o.kv_capacity_blocks = r.kv_capacity_blocks();
+  o.kv_capacity_bytes = r.kv_capacity_bytes();
+  if (r.importance().window() > 0) o.importance.window = r.importance().window();
+  if (r.importance().pool_kernel() > 0) o.importance.pool_kernel = r.importance().pool_kernel();
+  ASSIGN_OR_RETURN(o.importance.granularity, GranularityFromProto(r.importance().granularity()));
+  if (r.link_timeout_ms() > 0) o.link_timeout = absl::Milliseconds(r.link_timeout_ms());
+  return o;
+}
+
+absl::StatusOr<StageCompactSpec> CompactSpecFromProto(const xkv::v1::CompactSpec& p) {
+  StageCompactSpec s;
+  const std::string name = p.selection().policy().empty() ? "xkv" : p.selection().policy();
+  ASSIGN_OR_RETURN(s.policy.kind, ParsePolicy(name));
+  if (p.selection().sink_tokens() > 0) s.policy.sink_tokens = p.selection().sink_tokens();
+  for (const xkv::v1::LayerBudget& b : p.budgets())
+    s.budgets.push_back({b.layer(), b.kept_prefix()});
+  return s;
+}
+
+absl::StatusOr<StageStep> StepFromProto(const xkv::v1::StepRequest& r) {
+  StageStep step;
+  step.step_id = r.step_id();
+  step.dry_run = r.dry_run();
+  if (r.link_timeout_ms() < 0) return absl::InvalidArgumentError("link_timeout_ms < 0");
+  step.link_timeout = absl::Milliseconds(r.link_timeout_ms());
+  for (const xkv::v1::StepSequence& p : r.sequences()) {
+    ASSIGN_OR_RETURN(StageSequence s, SequenceFromProto(p));
+    step.sequences.push_back(std::move(s));
+  }
+  return step;
+}
+
+void ModelInfoToProto(const ModelConfig& c, xkv::v1::ModelInfo* out) {
+  out->set_name(c.name);
+  out->set_n_layers(c.n_layers);
+  out->set_hidden(c.hidden);
+  out->set_n_heads(c.n_heads);
+  out->set_n_kv_heads(c.n_kv_heads);
+  out->set_head_dim(c.head_dim);
+  out->set_vocab_size(c.vocab_size);
+  out->set_context_length(c.context_length);
+  out->set_bos_token(c.bos_token);
+  out->set_eos_token(c.eos_token);
+  out->set_kv_bytes_per_token_per_layer(c.KvBytesPerTokenPerLayer(sizeof(float)));
+}
+
+void UsageToProto(const StageUsage& u, xkv::v1::BlockUsage* out) {
+  out->set_blocks_used(u.blocks_used);
+  out->set_blocks_free(u.blocks_free);
+  out->set_kv_bytes_used(u.kv_bytes_used);
+  out->set_kv_bytes_capacity(u.kv_bytes_capacity);
+}
+
+void LayerSizeToProto(const StageLayerSize& s, xkv::v1::LayerSize* out) {
+  out->set_layer(s.layer);
+  out->set_tokens(s.tokens);
+  out->set_bytes(s.bytes);
+  out->set_blocks(s.blocks);
+}
+
+namespace {
+
+void ObservedToProto(uint64_t seq_id, const ObservedProfile& o, xkv::v1::ObservedSequence* out) {
+  out->set_seq_id(seq_id);
+  out->set_prompt_len(o.prompt_len);
+  out->set_prefix_len(o.prefix_len);
+  out->set_window(o.window);
+  out->set_profile_ms(o.profile_ms);
+  for (const LayerGainCurve& c : o.layers) {
+    xkv::v1::LayerGains* g = out->add_layers();
+    g->set_layer(c.layer);
+    g->mutable_gains()->Add(c.gains.begin(), c.gains.end());
+    g->set_total_mass(c.total_mass);
+    g->set_heads(c.heads);
+    g->mutable_scores()->Add(c.scores.begin(), c.scores.end());
+  }
+}
+
+}  // namespace
+
+void StepResultToProto(const StageStepResult& r, xkv::v1::StepResponse* out) {
+  out->set_step_id(r.step_id);
+  for (const StageSequenceResult& s : r.sequences) {
+    xkv::v1::SequenceResult* p = out->add_sequences();
+    p->set_seq_id(s.seq_id);
+    p->set_token(s.token);
+    p->mutable_logits()->Add(s.logits.begin(), s.logits.end());
+    if (s.observed.has_value()) ObservedToProto(s.seq_id, *s.observed, p->mutable_observed());
+    for (const StageLayerSize& l : s.layers) LayerSizeToProto(l, p->add_layers());
+  }
+  xkv::v1::StepTimings* t = out->mutable_timings();
+  t->set_wait_ms(r.timings.wait_ms);
+  t->set_compute_ms(r.timings.compute_ms);
+  t->set_send_ms(r.timings.send_ms);
+  t->set_compact_ms(r.timings.compact_ms);
+  t->set_total_ms(r.timings.total_ms);
+  UsageToProto(r.usage, out->mutable_usage());
+}
+
+void StatusToProto(const StageStatus& s, xkv::v1::StatusResponse* out) {
+  out->set_layer_begin(s.layer_begin);
+  out->set_layer_end(s.layer_end);
+  out->set_is_first(s.is_first);
+  out->set_is_last(s.is_last);
+  out->set_weight_bytes(s.weight_bytes);
+  UsageToProto(s.usage, out->mutable_usage());
+  for (const LayerBlockUsage& l : s.layers) {
+    xkv::v1::LayerBlocks* b = out->add_layers();
+    b->set_layer(l.layer);
+    b->set_used(l.used);
+    b->set_free(l.free);
+  }
+  out->set_sequences(s.sequences);
+  out->set_device(s.device);
+  out->set_model_path(s.model_path);
+}
+
+}  // namespace xkv

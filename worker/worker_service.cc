@@ -1,0 +1,193 @@
+#include "worker/worker_service.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "worker/grpc_stage_link.h"
+#include "worker/grpc_status.h"
+#include "worker/worker_convert.h"
+
+namespace xkv {
+
+WorkerService::WorkerService(const WorkerServiceOptions& options) : options_(options) {}
+
+std::shared_ptr<StageExecutor> WorkerService::executor() const {
+  absl::MutexLock lock(&mu_);
+  return executor_;
+}
+
+absl::StatusOr<std::shared_ptr<StageExecutor>> WorkerService::Loaded() const {
+  absl::MutexLock lock(&mu_);
+  if (executor_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker: no stage loaded (call LoadStage first)",
+                     load_error_.empty() ? "" : "; the last load failed: ", load_error_));
+  }
+  return executor_;
+}
+
+void WorkerService::set_health(grpc::HealthCheckServiceInterface* health) {
+  health_ = health;
+  SetServing(executor() != nullptr);
+}
+
+void WorkerService::Close() { inbox_->Close(); }
+
+void WorkerService::SetServing(bool serving) {
+  if (health_ == nullptr) return;
+  health_->SetServingStatus(serving);
+  health_->SetServingStatus(kHealthServiceName, serving);
+}
+
+absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
+                                   xkv::v1::LoadStageResponse* response) {
+  ASSIGN_OR_RETURN(StageOptions options,
+                   StageOptionsFromProto(request, options_.device, options_.num_threads));
+  if (request.link_kind() == xkv::v1::LINK_KIND_NCCL ||
+      request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
+    return absl::UnimplementedError("worker: only gRPC stage links between worker processes");
+  }
+  GrpcStageLinkOptions link;
+  link.next_address = request.next_stage();
+  link.stage_index = request.stage_index();
+  link.send_timeout = options.link_timeout;
+  auto grpc_link = std::make_unique<GrpcStageLink>(inbox_, link);
+  // The new stage replaces the old one only when it loaded; either way old sequences are gone.
+  SetServing(false);
+  {
+    absl::MutexLock lock(&mu_);
+    executor_.reset();
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> stage,
+                   StageExecutor::Load(options, std::move(grpc_link)));
+  if (request.is_last() != stage->is_last()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker: is_last must equal layer_end == ", stage->config().n_layers));
+  }
+  if (!stage->is_last() && request.next_stage().empty()) {
+    return absl::InvalidArgumentError("worker: a stage before the last needs next_stage");
+  }
+  ModelInfoToProto(stage->config(), response->mutable_model());
+  response->set_weight_bytes(stage->weight_bytes());
+  int64_t capacity = 0;
+  for (int64_t c : stage->layer_capacity_blocks()) {
+    response->add_layer_capacity_blocks(c);
+    capacity += c * stage->block_bytes();
+  }
+  response->set_kv_capacity_bytes(capacity);
+  response->set_block_tokens(stage->block_tokens());
+  response->set_block_bytes(stage->block_bytes());
+  absl::MutexLock lock(&mu_);
+  executor_ = std::move(stage);
+  return absl::OkStatus();
+}
+
+grpc::Status WorkerService::LoadStage(grpc::ServerContext*,
+                                      const xkv::v1::LoadStageRequest* request,
+                                      xkv::v1::LoadStageResponse* response) {
+  absl::MutexLock load_lock(&load_mu_);
+  absl::Status s = DoLoad(*request, response);
+  {
+    absl::MutexLock lock(&mu_);
+    load_error_ = s.ok() ? "" : std::string(s.message());
+  }
+  SetServing(s.ok());
+  return ToGrpcStatus(s);
+}
+
+grpc::Status WorkerService::Step(grpc::ServerContext*, const xkv::v1::StepRequest* request,
+                                 xkv::v1::StepResponse* response) {
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  if (!stage.ok()) return ToGrpcStatus(stage.status());
+  absl::StatusOr<StageStep> step = StepFromProto(*request);
+  if (!step.ok()) return ToGrpcStatus(step.status());
+  absl::StatusOr<StageStepResult> result = (*stage)->Step(*step);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  StepResultToProto(*result, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Compact(grpc::ServerContext*, const xkv::v1::CompactRequest* request,
+                                    xkv::v1::CompactResponse* response) {
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  if (!stage.ok()) return ToGrpcStatus(stage.status());
+  absl::StatusOr<StageCompactSpec> spec = CompactSpecFromProto(request->compact());
+  if (!spec.ok()) return ToGrpcStatus(spec.status());
+  absl::StatusOr<StageCompactResult> result = (*stage)->Compact(request->seq_id(), *spec);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  for (const StageLayerSize& l : result->layers) LayerSizeToProto(l, response->add_layers());
+  response->set_bytes_held(result->bytes_held);
+  UsageToProto(result->usage, response->mutable_usage());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Release(grpc::ServerContext*, const xkv::v1::ReleaseRequest* request,
+                                    xkv::v1::ReleaseResponse* response) {
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  if (!stage.ok()) return ToGrpcStatus(stage.status());
+  std::vector<uint64_t> ids(request->seq_ids().begin(), request->seq_ids().end());
+  response->set_released((*stage)->Release(ids));
+  UsageToProto((*stage)->status().usage, response->mutable_usage());
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::PushHidden(grpc::ServerContext*,
+                                       const xkv::v1::PushHiddenRequest* request,
+                                       xkv::v1::PushHiddenResponse*) {
+  return ToGrpcStatus(DeliverPushedHidden(*request, *inbox_));
+}
+
+grpc::Status WorkerService::Status(grpc::ServerContext*, const xkv::v1::StatusRequest*,
+                                   xkv::v1::StatusResponse* response) {
+  std::shared_ptr<StageExecutor> stage = executor();
+  if (stage == nullptr) {
+    absl::MutexLock lock(&mu_);
+    response->set_health(load_error_.empty() ? xkv::v1::STAGE_HEALTH_NOT_LOADED
+                                             : xkv::v1::STAGE_HEALTH_FAILED);
+    response->set_device(options_.device);
+    response->set_message(load_error_);
+    return grpc::Status::OK;
+  }
+  StatusToProto(stage->status(), response);
+  response->set_health(xkv::v1::STAGE_HEALTH_SERVING);
+  return grpc::Status::OK;
+}
+
+// ---- WorkerServer ---------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
+    const WorkerServerOptions& options) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<WorkerServer> s(new WorkerServer());
+  s->service_ = std::make_unique<WorkerService>(options.service);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(std::numeric_limits<int>::max());
+  builder.SetMaxSendMessageSize(std::numeric_limits<int>::max());
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("worker: cannot listen on ", options.listen));
+  }
+  s->service_->set_health(s->server_->GetHealthCheckService());
+  return s;
+}
+
+WorkerServer::~WorkerServer() { Shutdown(); }
+
+void WorkerServer::Shutdown() {
+  if (server_ == nullptr) return;
+  service_->Close();  // wakes steps waiting for hidden rows
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+}
+
+void WorkerServer::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+}  // namespace xkv

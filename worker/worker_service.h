@@ -1,0 +1,96 @@
+// The internal xkv.v1.Worker gRPC service: a thin adapter over StageExecutor (validate the proto →
+// StageExecutor structs → core call → one status-mapping helper), plus WorkerServer, which runs it
+// with gRPC health checking (NOT_SERVING until a stage is loaded) and server reflection.
+#ifndef XKV_WORKER_WORKER_SERVICE_H_
+#define XKV_WORKER_WORKER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "worker/hidden_mailbox.h"
+#include "worker/stage_executor.h"
+#include "xkv/v1/worker.grpc.pb.h"
+
+namespace xkv {
+
+struct WorkerServiceOptions {
+  std::string device = "cpu";
+  int num_threads = 1;
+};
+
+class WorkerService final : public xkv::v1::Worker::Service {
+ public:
+  // Names the health service reports besides "" (the whole server).
+  static constexpr char kHealthServiceName[] = "xkv.v1.Worker";
+
+  explicit WorkerService(const WorkerServiceOptions& options);
+
+  // Where SERVING / NOT_SERVING is reported (may be null; set before the first LoadStage).
+  // Reports the current state at once (NOT_SERVING until a stage is loaded).
+  void set_health(grpc::HealthCheckServiceInterface* health);
+  // Shutting down: steps waiting for hidden rows fail with UNAVAILABLE.
+  void Close();
+
+  grpc::Status LoadStage(grpc::ServerContext* context, const xkv::v1::LoadStageRequest* request,
+                         xkv::v1::LoadStageResponse* response) override;
+  grpc::Status Step(grpc::ServerContext* context, const xkv::v1::StepRequest* request,
+                    xkv::v1::StepResponse* response) override;
+  grpc::Status Compact(grpc::ServerContext* context, const xkv::v1::CompactRequest* request,
+                       xkv::v1::CompactResponse* response) override;
+  grpc::Status Release(grpc::ServerContext* context, const xkv::v1::ReleaseRequest* request,
+                       xkv::v1::ReleaseResponse* response) override;
+  grpc::Status PushHidden(grpc::ServerContext* context, const xkv::v1::PushHiddenRequest* request,
+                          xkv::v1::PushHiddenResponse* response) override;
+  grpc::Status Status(grpc::ServerContext* context, const xkv::v1::StatusRequest* request,
+                      xkv::v1::StatusResponse* response) override;
+
+  // The loaded stage (null before LoadStage).
+  std::shared_ptr<StageExecutor> executor() const;
+
+ private:
+  absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded() const;
+  absl::Status DoLoad(const xkv::v1::LoadStageRequest& request,
+                      xkv::v1::LoadStageResponse* response);
+  void SetServing(bool serving);
+
+  const WorkerServiceOptions options_;
+  const std::shared_ptr<HiddenMailbox> inbox_ = std::make_shared<HiddenMailbox>();
+  grpc::HealthCheckServiceInterface* health_ = nullptr;
+  absl::Mutex load_mu_;  // one LoadStage at a time
+  mutable absl::Mutex mu_;
+  std::shared_ptr<StageExecutor> executor_ ABSL_GUARDED_BY(mu_);
+  std::string load_error_ ABSL_GUARDED_BY(mu_);
+};
+
+struct WorkerServerOptions {
+  std::string listen = "0.0.0.0:50061";  // host:port; port 0 picks a free one
+  WorkerServiceOptions service;
+};
+
+// A running Worker server (service + health + reflection). Shuts down when destroyed.
+class WorkerServer {
+ public:
+  // UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<WorkerServer>> Start(const WorkerServerOptions& options);
+  ~WorkerServer();
+
+  int port() const { return port_; }
+  WorkerService& service() { return *service_; }
+  void Shutdown();
+  void Wait();  // until Shutdown
+
+ private:
+  WorkerServer() = default;
+  std::unique_ptr<WorkerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_WORKER_WORKER_SERVICE_H_
