@@ -25,8 +25,20 @@ model:
 	@scripts/fetch-model
 
 # Set up, build, fetch the model and answer a chat prompt with the real model.
+# `xkv serve` (embedded: coordinator + 2 stages) in the background, one streamed chat answer with
+# its XKV stats through `xkv client generate`, then the server is stopped.
+DEMO_PORT ?= 50551
 demo: setup build model
-	$(BUILD)/xkv generate --model $(MODEL) --chat --prompt "$(PROMPT)" --max-tokens 96
+	@$(BUILD)/xkv serve --model $(MODEL) --stages 2 --listen 127.0.0.1:$(DEMO_PORT) \
+	  --admin-listen 127.0.0.1:$$(( $(DEMO_PORT) + 1 )) --admin-insecure-local & pid=$$!; \
+	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null" EXIT; \
+	for i in $$(seq 1 120); do \
+	  $(BUILD)/xkv client admin config --server 127.0.0.1:$$(( $(DEMO_PORT) + 1 )) >/dev/null 2>&1 \
+	    && break; \
+	  kill -0 $$pid 2>/dev/null || exit 1; sleep 0.5; \
+	done; \
+	$(BUILD)/xkv client generate --server 127.0.0.1:$(DEMO_PORT) --chat --prompt "$(PROMPT)" \
+	  --max-tokens 96
 
 format:
 	git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i

@@ -98,9 +98,8 @@ absl::Status FlagSet::Parse(int argc, char** argv, int first) {
       }
     }
     if (flag == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("unknown flag --%s for 'xkv %s' (see xkv %s --help)", name, command_,
-                          command_));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "unknown flag --%s for 'xkv %s' (see xkv %s --help)", name, command_, command_));
     }
     if (!has_value) {
       if (flag->kind == Kind::kBool) {

@@ -49,9 +49,10 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateFlags& f, const Tok
 
 int RunGenerate(int argc, char** argv) {
   GenerateFlags f;
-  FlagSet flags("generate",
-                "Generates a continuation of --prompt (or a chat answer with --chat) and streams it "
-                "to stdout;\nprompt and generation speed go to stderr at the end.");
+  FlagSet flags(
+      "generate",
+      "Generates a continuation of --prompt (or a chat answer with --chat) and streams it "
+      "to stdout;\nprompt and generation speed go to stderr at the end.");
   flags.String("model", &f.model, "GGUF model file");
   flags.String("prompt", &f.prompt, "prompt text (required)");
   flags.Bool("chat", &f.chat, "wrap the prompt in the model's chat template as a user message");
@@ -109,13 +110,12 @@ int RunGenerate(int argc, char** argv) {
   if (!results.ok()) return Fail(results.status());
   const double prefill_s = std::chrono::duration<double>(first - start).count();
   const double decode_s = std::chrono::duration<double>(end - first).count();
-  std::fprintf(stderr,
-               "\nprompt: %zu tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
-               "load %.2f s\n",
-               ids->size(), prefill_s > 0 ? ids->size() / prefill_s : 0.0,
-               static_cast<long long>(generated),
-               decode_s > 0 && generated > 1 ? (generated - 1) / decode_s : 0.0,
-               loaded->load_seconds);
+  std::fprintf(
+      stderr,
+      "\nprompt: %zu tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
+      "load %.2f s\n",
+      ids->size(), prefill_s > 0 ? ids->size() / prefill_s : 0.0, static_cast<long long>(generated),
+      decode_s > 0 && generated > 1 ? (generated - 1) / decode_s : 0.0, loaded->load_seconds);
   return 0;
 }
 

@@ -15,6 +15,11 @@ constexpr char kUsage[] =
     "commands:\n"
     "  generate   generate text from a GGUF model on the CPU engine, streaming to stdout\n"
     "  bench      benchmarks (`xkv bench cpu`: prefill/decode speed against llama.cpp)\n"
+    "  eval       answer quality of every KV policy vs the full cache (CSV, Markdown, plot)\n"
+    "  worker     serve one pipeline stage (layer range) for a coordinator (xkv.v1.Worker)\n"
+    "  serve      embedded mode: coordinator + N stages in one process (Generation + Admin gRPC)\n"
+    "  coordinator  the coordinator in front of `xkv worker` processes (--workers A,B,...)\n"
+    "  client     call a server: `client generate --server ADDR --prompt ...`, `client admin RPC`\n"
     "\n"
     "`xkv <command> --help` describes each command's flags.\n";
 
@@ -29,6 +34,11 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   if (command == "generate") return xkv::RunGenerate(argc, argv);
   if (command == "bench") return xkv::RunBench(argc, argv);
+  if (command == "eval") return xkv::RunEval(argc, argv);
+  if (command == "worker") return xkv::RunWorker(argc, argv);
+  if (command == "serve") return xkv::RunServe(argc, argv);
+  if (command == "coordinator") return xkv::RunCoordinator(argc, argv);
+  if (command == "client") return xkv::RunClient(argc, argv);
   std::fprintf(stderr, "xkv: unknown command '%s'\n\n%s", command.c_str(), kUsage);
   return 2;
 }

@@ -99,7 +99,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   }
   if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
-                   LlamaModel::Create(weights, LlamaModelOptions{o.num_threads}));
+                   LlamaModel::Create(weights, LlamaModelOptions{o.num_threads, o.numerics}));
   const int num_layers = o.layer_end - o.layer_begin;
   const int64_t block_bytes =
       int64_t{o.block_tokens} * weights->config.KvBytesPerTokenPerLayer(sizeof(float));

@@ -50,6 +50,8 @@ struct StageOptions {
   int stage_index = 0;
   std::string device = "cpu";  // only "cpu" for now
   int num_threads = 1;
+  // kGgml: the same numerics as `xkv generate` (and llama.cpp) on a GGUF; kExact for fp32 tests.
+  Numerics numerics = Numerics::kGgml;
   int block_tokens = 16;
   // KV pool capacity, first that is set: blocks of every layer listed, blocks per layer, bytes for
   // the whole stage (split evenly over its layers); none: kDefaultBlocksPerLayer.

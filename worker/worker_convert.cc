@@ -78,6 +78,14 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
   o.stage_index = r.stage_index();
   o.device = device;
   o.num_threads = num_threads;
+  if (r.numerics() == "exact") {
+    o.numerics = Numerics::kExact;
+  } else if (r.numerics().empty() || r.numerics() == "ggml") {
+    o.numerics = Numerics::kGgml;
+  } else {
+    return absl::InvalidArgumentError("numerics '" + r.numerics() +
+                                      "' is not one of \"ggml\", \"exact\"");
+  }
   o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
   o.layer_capacity_blocks.assign(r.layer_capacity_blocks().begin(),
                                  r.layer_capacity_blocks().end());

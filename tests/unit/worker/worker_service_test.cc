@@ -68,6 +68,7 @@ class WorkerServiceTest : public ::testing::Test {
 
   grpc::Status Load(int i, int begin, int end, const std::string& next) {
     xkv::v1::LoadStageRequest r;
+    r.set_numerics("exact");  // compared against an fp32 LlamaModel
     r.set_model_path(WorkerModelPath());
     r.set_layer_begin(begin);
     r.set_layer_end(end);

@@ -73,6 +73,7 @@ inline std::vector<std::unique_ptr<StageExecutor>> MakePipeline(
   std::vector<std::unique_ptr<StageExecutor>> stages;
   for (size_t i = 0; i + 1 < bounds.size(); ++i) {
     StageOptions o = base;
+    o.numerics = Numerics::kExact;  // compared against fp32 LlamaModel references
     o.model_path = WorkerModelPath();
     o.layer_begin = bounds[i];
     o.layer_end = bounds[i + 1];

@@ -1,0 +1,234 @@
+// Coordinator lifecycle, submission, cancellation and admin operations (the step loop is in
+// coordinator_step.cc).
+#include "coordinator/coordinator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "coordinator/coordinator_sequence.h"
+#include "coordinator/request_validation.h"
+#include "kernels/status_macros.h"
+#include "model/chat_template.h"
+
+namespace xkv {
+
+Coordinator::Coordinator(const CoordinatorOptions& options)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+      kv_(options.kv) {}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
+    const CoordinatorOptions& options, std::vector<std::unique_ptr<StageClient>> stages) {
+  if (stages.empty()) return absl::InvalidArgumentError("coordinator: no stages");
+  RETURN_IF_ERROR(ValidateSettings(options.kv));
+  std::unique_ptr<Coordinator> c(new Coordinator(options));
+  RETURN_IF_ERROR(c->Init(std::move(stages)));
+  c->loop_ = std::thread([p = c.get()] { p->Loop(); });
+  return c;
+}
+
+ModelCostInputs Coordinator::CostInputs() const {
+  ModelCostInputs m;
+  const int L = config_.n_layers;
+  m.weight_bytes.assign(L, 0);
+  m.kv_bytes_per_token.assign(
+      L, bytes_per_token_ > 0 ? bytes_per_token_ : config_.KvBytesPerTokenPerLayer(4));
+  for (const GgufTensorInfo& t : file_->tensors()) {
+    const int64_t bytes = t.NumElements() * 4;  // the CPU engine holds fp32 weights
+    int layer = -1;
+    if (absl::StartsWith(t.name, "blk.") && sscanf(t.name.c_str(), "blk.%d.", &layer) == 1 &&
+        layer >= 0 && layer < L) {
+      m.weight_bytes[layer] += bytes;
+    } else if (t.name == "token_embd.weight") {
+      m.first_stage_bytes += bytes;
+      if (config_.tied_embeddings) m.last_stage_bytes += bytes;
+    } else {
+      m.last_stage_bytes += bytes;  // output_norm, output
+    }
+  }
+  return m;
+}
+
+std::vector<double> Coordinator::KeptFractions() const {
+  std::vector<double> f = store_->MeanFractions();
+  for (double& x : f) x = std::clamp(x, 0.0, 1.0);
+  return f;  // empty before the first profile: a full cache
+}
+
+absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages) {
+  ASSIGN_OR_RETURN(file_, GgufFile::Open(options_.model_path));
+  ASSIGN_OR_RETURN(config_, ReadModelConfig(*file_));
+  ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromGguf(*file_));
+  eos_tokens_ = {config_.eos_token};
+  if (int32_t im_end = tokenizer_->FindToken("<|im_end|>"); im_end >= 0) {
+    eos_tokens_.push_back(im_end);
+  }
+  ASSIGN_OR_RETURN(store_, ProfileStore::Create({1.0, options_.seed, 0}));
+  driver_ = std::make_unique<PipelineDriver>(std::move(stages));
+  options_.planner.num_stages = driver_->num_stages();
+  options_.planner.window = options_.window;
+  options_.planner.block_tokens = options_.block_tokens;
+  ASSIGN_OR_RETURN(plan_, PlanStages(CostInputs(), {}, options_.planner));
+  RETURN_IF_ERROR(ReloadStages(plan_));
+  SchedulerOptions so = options_.scheduler;
+  so.pool_blocks = driver_->LayerCapacityBlocks();
+  so.min_final_chunk = std::min<int64_t>(std::max(1, options_.window), so.prefill_chunk);
+  ASSIGN_OR_RETURN(scheduler_, Scheduler::Create(so, clock_));
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
+  StageLoadSettings s;
+  s.model_path = options_.model_path;
+  s.block_tokens = options_.block_tokens;
+  s.kv_capacity_blocks = options_.kv_capacity_blocks;
+  s.window = options_.window;
+  s.pool_kernel = options_.pool_kernel;
+  s.query_head_scores = options_.query_head_scores;
+  RETURN_IF_ERROR(driver_->LoadStages(plan, s));
+  const auto& states = driver_->stage_states();
+  if (!states.empty() && states[0].block_bytes > 0) {
+    bytes_per_token_ = states[0].block_bytes / options_.block_tokens;
+  }
+  return absl::OkStatus();
+}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+void Coordinator::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return;
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (loop_.joinable()) loop_.join();
+  std::vector<std::pair<uint64_t, std::shared_ptr<GenerateSink>>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, seq] : sequences_) left.emplace_back(id, seq->sink);
+    sequences_.clear();
+  }
+  for (auto& [id, sink] : left)
+    sink->OnError(absl::UnavailableError("the server is shutting down"));
+}
+
+absl::StatusOr<std::vector<int32_t>> Coordinator::Tokenize(const GenerateParams& p) const {
+  if (!p.chat) return tokenizer_->Encode(p.prompt, /*parse_special=*/false);
+  ASSIGN_OR_RETURN(std::string text, ApplyChatTemplate(p.messages, /*add_generation_prompt=*/true));
+  return tokenizer_->Encode(text, /*parse_special=*/true);
+}
+
+bool Coordinator::ShouldProfileSampled(double rate) {
+  if (store_->num_samples() == 0) return true;
+  std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + sample_counter_++);
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng) < rate;
+}
+
+absl::StatusOr<uint64_t> Coordinator::Submit(GenerateParams params,
+                                             std::shared_ptr<GenerateSink> sink) {
+  if (params.max_tokens == 0) params.max_tokens = options_.default_max_tokens;
+  RETURN_IF_ERROR(ValidateGenerateParams(params));
+  KvSettings kv;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    kv = kv_;
+  }
+  ASSIGN_OR_RETURN(kv, ApplyOverride(kv, params.kv));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, Tokenize(params));
+  RETURN_IF_ERROR(ValidateTokenCounts(static_cast<int64_t>(ids.size()), params.max_tokens,
+                                      config_.context_length));
+  auto seq = std::make_unique<Sequence>();
+  seq->params = std::move(params);
+  seq->kv = kv;
+  seq->prompt = std::move(ids);
+  seq->sink = std::move(sink);
+  seq->stop = std::make_unique<StopMatcher>(seq->params.stop);
+  seq->submitted = clock_->Now();
+  const int64_t T = static_cast<int64_t>(seq->prompt.size());
+  const int L = config_.n_layers;
+  const bool compress = kv.policy != PolicyKind::kFull && T > options_.window;
+  seq->compress = compress;
+  if (compress) RETURN_IF_ERROR(PlanBudgetsAtSubmit(*seq));
+  SequenceSpec spec;
+  spec.prompt_tokens = T;
+  spec.max_new_tokens = seq->params.max_tokens;
+  spec.needs_profile = seq->needs_profile_pass;
+  spec.deadline = seq->params.deadline;
+  // Peak: every layer holds the whole prompt until the step that writes it has compacted it.
+  spec.blocks = BlocksFor(L, T, options_.window, seq->params.max_tokens, options_.block_tokens);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_) return absl::UnavailableError("the server is shutting down");
+  spec.id = seq->id = next_id_++;
+  sequences_[spec.id] = std::move(seq);  // before the scheduler can admit it
+  if (absl::Status s = scheduler_->Submit(spec); !s.ok()) {
+    sequences_.erase(spec.id);
+    return s;
+  }
+  work_ = true;
+  wake_.notify_all();
+  return spec.id;
+}
+
+// Sampled mode decides here whether this request is profiled; unprofiled ones get the running
+// mean's budgets up front, baselines their policy budgets; xkv per_request runs a scores-only pass.
+absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  const int64_t P = T - std::min<int64_t>(options_.window, T);
+  if (!NeedsProfile(seq.kv)) {
+    ASSIGN_OR_RETURN(seq.budgets, BudgetsUpFront(config_.n_layers, P, bytes_per_token_, seq.kv));
+    seq.budgets_known = true;
+    return absl::OkStatus();
+  }
+  switch (seq.kv.profile.kind) {
+    case ProfileModeKind::kPerRequest:
+      seq.needs_profile_pass = true;
+      return absl::OkStatus();
+    case ProfileModeKind::kOnePass:
+      return absl::OkStatus();
+    case ProfileModeKind::kSampled:
+      if (ShouldProfileSampled(seq.kv.profile.sample_rate)) return absl::OkStatus();
+      break;
+  }
+  absl::StatusOr<std::vector<int64_t>> b =
+      seq.kv.target.kind == KvTarget::Kind::kRetention
+          ? store_->BudgetsFor(P)
+          : store_->BudgetsFor(
+                P,
+                ToBudgetTarget(seq.kv.target, P, config_.n_layers, bytes_per_token_).total_tokens);
+  if (!b.ok()) return absl::OkStatus();  // no usable mean yet: profile this one
+  seq.budgets.budgets = *std::move(b);
+  seq.budgets.rule = SelectionRule::kTopScore;
+  seq.budgets_known = true;
+  return absl::OkStatus();
+}
+
+void Coordinator::Cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!sequences_.contains(id)) return;
+  cancels_.push_back(id);
+  wake_.notify_all();
+}
+
+absl::StatusOr<double> Coordinator::SetRetentionTarget(double retention) {
+  RETURN_IF_ERROR(ValidateRetention(retention));
+  std::lock_guard<std::mutex> lock(mu_);
+  const double previous = kv_.target.kind == KvTarget::Kind::kRetention ? kv_.target.value : 0.0;
+  kv_.target = {KvTarget::Kind::kRetention, retention};
+  if (kv_.policy != PolicyKind::kFull) kv_.policy = PolicyKind::kXkv;
+  return previous;
+}
+
+absl::Status Coordinator::SetPolicy(const KvPolicyOverride& policy) {
+  RETURN_IF_ERROR(ValidateKvOverride(policy));
+  std::lock_guard<std::mutex> lock(mu_);
+  ASSIGN_OR_RETURN(KvSettings next, ApplyOverride(kv_, policy));
+  kv_ = next;
+  return absl::OkStatus();
+}
+
+}  // namespace xkv

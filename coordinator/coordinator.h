@@ -1,0 +1,151 @@
+// The coordinator core (DESIGN.md §1): tokenization and chat template, the bounded queue and
+// continuous batching (Scheduler), XKV profile/solve per request (kv_budgeting), the stage planner,
+// the pipeline driver over StageClients, streamed results with usage, cancellation, deadlines,
+// admission by free KV blocks, and the admin operations. Proto messages appear only as plain data
+// (Usage, admin responses); no gRPC here — the *_service files adapt it.
+//
+// Threads: Submit/Cancel/admin calls come from any thread; one loop thread plans and runs steps
+// and calls every sink (GenerateSink) from that thread.
+#ifndef XKV_COORDINATOR_COORDINATOR_H_
+#define XKV_COORDINATOR_COORDINATOR_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "allocator/profile_store.h"
+#include "coordinator/clock.h"
+#include "coordinator/generate_params.h"
+#include "coordinator/kv_budgeting.h"
+#include "coordinator/pipeline_driver.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/stage_planner.h"
+#include "model/gguf.h"
+#include "model/model_config.h"
+#include "model/tokenizer.h"
+#include "xkv/v1/admin.pb.h"
+#include "xkv/v1/generation.pb.h"
+
+namespace xkv {
+
+struct CoordinatorOptions {
+  std::string model_path;  // GGUF: tokenizer, config and layer sizes (workers load it too)
+  KvSettings kv;           // the service's default policy, target and profile mode
+  int window = 8;          // observation window w
+  int pool_kernel = 7;
+  bool query_head_scores = false;
+  int block_tokens = 16;
+  int64_t kv_capacity_blocks = 0;  // per layer on the workers; 0 = their default
+  SchedulerOptions scheduler;      // pool_blocks and min_final_chunk are filled in
+  StagePlannerOptions planner;     // num_stages = the number of stage clients
+  bool auto_replan = false;        // re-plan when the profile shifts past the threshold
+  int64_t default_max_tokens = 256;
+  uint64_t seed = 0;             // sampled-profile decisions
+  const Clock* clock = nullptr;  // null: the real clock
+};
+
+// One request's stream. Called from the coordinator's loop thread, in order: OnDelta* then
+// exactly one of OnDone / OnError.
+class GenerateSink {
+ public:
+  virtual ~GenerateSink() = default;
+  virtual void OnDelta(const std::string& text, absl::Span<const int32_t> token_ids) = 0;
+  virtual void OnDone(const xkv::v1::Usage& usage) = 0;
+  virtual void OnError(const absl::Status& status) = 0;
+};
+
+class Coordinator {
+ public:
+  // Reads the model, plans the stages, loads every stage and starts the loop thread.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Start(
+      const CoordinatorOptions& options, std::vector<std::unique_ptr<StageClient>> stages);
+  ~Coordinator();
+
+  // Validates (INVALID_ARGUMENT), tokenizes and queues (RESOURCE_EXHAUSTED when full or when it
+  // can never fit). Returns the request id; the sink then receives the stream.
+  absl::StatusOr<uint64_t> Submit(GenerateParams params, std::shared_ptr<GenerateSink> sink);
+  // Frees the request's blocks on every stage; its sink gets OnError(CANCELLED).
+  void Cancel(uint64_t id);
+
+  // Admin.
+  absl::StatusOr<double> SetRetentionTarget(double retention);
+  absl::Status SetPolicy(const KvPolicyOverride& policy);
+  xkv::v1::ServiceConfig GetConfig() const;
+  xkv::v1::GetAllocationResponse GetAllocation() const;
+  xkv::v1::GetClusterStatusResponse GetClusterStatus();
+  absl::StatusOr<xkv::v1::ReplanResponse> Replan(bool dry_run);
+  xkv::v1::DrainResponse Drain(bool resume, int64_t timeout_ms);
+
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  void Shutdown();
+
+ private:
+  struct Sequence;
+  explicit Coordinator(const CoordinatorOptions& options);
+  absl::Status Init(std::vector<std::unique_ptr<StageClient>> stages);
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateParams& params) const;
+  ModelCostInputs CostInputs() const;
+  std::vector<double> KeptFractions() const;
+  bool ShouldProfileSampled(double rate);
+  absl::Status PlanBudgetsAtSubmit(Sequence& seq);
+  void Loop();
+  void ProcessCancels();
+  // coordinator_step.cc
+  void RunStep(const StepPlan& plan);
+  absl::Status RunProfiles(const StepPlan& plan);
+  absl::Status RunMain(const StepPlan& plan);
+  void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
+  absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
+  absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
+                            int64_t prefix_len);
+  Sequence* Find(uint64_t id);
+  void AcceptToken(Sequence& seq, int32_t token);
+  void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids);
+  void FinishSequence(uint64_t id, const absl::Status& status, int finish_reason);
+  xkv::v1::Usage MakeUsage(const Sequence& seq, int finish_reason) const;
+  void MaybeAutoReplan();
+  bool WaitIdle(absl::Duration timeout);  // until no request runs
+  absl::Status ReloadStages(const StagePlan& plan);
+
+  CoordinatorOptions options_;
+  const Clock* clock_;
+  std::unique_ptr<GgufFile> file_;
+  ModelConfig config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::vector<int32_t> eos_tokens_;
+  int64_t bytes_per_token_ = 0;  // per layer, from the stages' block size
+  std::unique_ptr<PipelineDriver> driver_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ProfileStore> store_;  // running mean of solved budgets (the live profile)
+
+  mutable std::mutex mu_;  // guards the fields below
+  KvSettings kv_;
+  StagePlan plan_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> sequences_;
+  std::vector<uint64_t> cancels_;
+  uint64_t next_id_ = 1;
+  bool stop_ = false;
+  bool work_ = false;                     // a request was submitted since the loop last slept
+  std::vector<double> mean_kept_tokens_;  // [L] running mean of solved budgets
+  std::condition_variable wake_;          // new work, cancels, stop
+  std::condition_variable drained_;       // a sequence finished
+
+  std::mutex driver_mu_;  // one step or reload at a time
+  uint64_t step_id_ = 0;
+  std::atomic<uint64_t> sample_counter_{0};
+  int64_t last_replan_samples_ = 0;  // loop thread only
+  std::thread loop_;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_COORDINATOR_H_

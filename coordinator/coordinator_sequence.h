@@ -1,0 +1,52 @@
+// The coordinator's per-request state (private to coordinator*.cc).
+#ifndef XKV_COORDINATOR_COORDINATOR_SEQUENCE_H_
+#define XKV_COORDINATOR_COORDINATOR_SEQUENCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "allocator/kv_policy.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/generate_params.h"
+#include "coordinator/kv_budgeting.h"
+#include "model/generator.h"
+#include "xkv/v1/worker.pb.h"
+
+namespace xkv {
+
+struct Coordinator::Sequence {
+  uint64_t id = 0;
+  GenerateParams params;
+  KvSettings kv;
+  std::vector<int32_t> prompt;
+  std::shared_ptr<GenerateSink> sink;
+  std::unique_ptr<StopMatcher> stop;
+  std::string utf8_pending;  // bytes of an incomplete UTF-8 character held back
+
+  bool compress = false;            // some layers will be evicted
+  bool needs_profile_pass = false;  // xkv per_request: scores-only pass first
+  bool budgets_known = false;
+  bool compacted = false;
+  bool profiled = false;  // budgets solved from this request's own gains
+  PolicyBudgets budgets;
+  std::optional<double> retention;
+  bool reachable = true;
+  std::vector<xkv::v1::LayerGains> gains;  // the latest observed curves (for retention)
+
+  bool started = false;  // the stages hold state for it
+  int32_t last_token = -1;
+  int64_t generated = 0;
+  std::vector<xkv::v1::LayerSize> layers;  // latest per-layer sizes
+
+  absl::Time submitted, admitted, first_token, prefill_done;
+  bool admitted_set = false;
+  double profile_ms = 0, solve_ms = 0;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_COORDINATOR_SEQUENCE_H_

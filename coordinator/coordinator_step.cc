@@ -1,0 +1,347 @@
+// The coordinator's loop: plan a step (Scheduler), run it on every stage (PipelineDriver), apply
+// the XKV decisions (profile → solve → compact), stream tokens, finish sequences.
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/coordinator_sequence.h"
+#include "coordinator/request_validation.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+// Length of the longest prefix of `s` that does not end inside a UTF-8 character.
+size_t CompleteUtf8Prefix(const std::string& s) {
+  const size_t n = s.size();
+  for (size_t back = 1; back <= 3 && back <= n; ++back) {
+    const unsigned char c = s[n - back];
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
+    const size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+    return len > back ? n - back : n;
+  }
+  return n;
+}
+
+// Replaces every byte that is not part of valid UTF-8 with U+FFFD (proto strings must be UTF-8).
+std::string Sanitize(const std::string& s) {
+  if (IsValidUtf8(s)) return s;
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    size_t len = 1;
+    const unsigned char c = s[i];
+    if (c >= 0x80) len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : 4;
+    if (i + len <= s.size() && IsValidUtf8(std::string_view(s).substr(i, len))) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void Coordinator::Loop() {
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) return;
+    }
+    ProcessCancels();
+    std::vector<DroppedRequest> dropped;
+    StepPlan plan = scheduler_->NextStep(&dropped);
+    for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
+    if (plan.empty()) {
+      if (scheduler_->idle()) MaybeAutoReplan();
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait_for(lock, std::chrono::milliseconds(20),
+                     [&] { return stop_ || !cancels_.empty() || work_; });
+      work_ = false;
+      continue;
+    }
+    RunStep(plan);
+  }
+}
+
+void Coordinator::ProcessCancels() {
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ids.swap(cancels_);
+  }
+  for (uint64_t id : ids) {
+    scheduler_->Cancel(id);
+    FinishSequence(id, absl::CancelledError("the request was cancelled"), 0);
+  }
+}
+
+void Coordinator::RunStep(const StepPlan& plan) {
+  std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  const absl::Time now = clock_->Now();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t id : plan.admitted) {
+      auto it = sequences_.find(id);
+      if (it == sequences_.end()) continue;
+      it->second->admitted = now;
+      it->second->admitted_set = true;
+    }
+  }
+  absl::Status s = RunProfiles(plan);
+  if (s.ok()) s = RunMain(plan);
+  if (!s.ok()) {
+    for (const WorkItem& item : plan.items) FinishSequence(item.id, s, 0);
+  }
+}
+
+Coordinator::Sequence* Coordinator::Find(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sequences_.find(id);
+  return it == sequences_.end() ? nullptr : it->second.get();
+}
+
+absl::Status Coordinator::RunProfiles(const StepPlan& plan) {
+  xkv::v1::StepRequest request;
+  std::vector<Sequence*> seqs;
+  for (const WorkItem& item : plan.items) {
+    if (item.kind != WorkKind::kProfile) continue;
+    Sequence* seq = Find(item.id);
+    if (seq == nullptr) continue;
+    xkv::v1::StepSequence* out = request.add_sequences();
+    out->set_seq_id(seq->id);
+    out->mutable_tokens()->Add(seq->prompt.begin(), seq->prompt.end());
+    out->set_n_new(static_cast<int64_t>(seq->prompt.size()));
+    out->set_position(0);
+    out->set_new_sequence(true);
+    out->set_mode(xkv::v1::SEQUENCE_MODE_SCORES_ONLY);
+    out->set_skip_sampling(true);
+    seq->started = true;
+    seqs.push_back(seq);
+  }
+  if (seqs.empty()) return absl::OkStatus();
+  request.set_step_id(++step_id_);
+  ASSIGN_OR_RETURN(StepOutcome outcome, driver_->Step(request));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& seq = *seqs[i];
+    const SequenceStepResult& r = outcome.sequences[i];
+    seq.profile_ms += r.profile_ms;
+    if (!r.gains.has_value() || static_cast<int>(r.gains->size()) != config_.n_layers) {
+      return absl::InternalError(absl::StrCat("request ", seq.id, ": the stages returned ",
+                                              r.gains ? r.gains->size() : 0, " gain curves for ",
+                                              config_.n_layers, " layers"));
+    }
+    const absl::Time t0 = clock_->Now();
+    seq.gains = *r.gains;
+    ASSIGN_OR_RETURN(PolicyBudgets b,
+                     SolveFromGains(seq.gains, r.prefix_len, bytes_per_token_, seq.kv));
+    RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, r.prefix_len));
+    seq.solve_ms += Ms(clock_->Now() - t0);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
+                                       int64_t prefix_len) {
+  seq.budgets = std::move(budgets);
+  seq.budgets_known = true;
+  seq.profiled = profiled;
+  seq.reachable = seq.budgets.reachable;
+  if (seq.budgets.average_retention.has_value()) seq.retention = seq.budgets.average_retention;
+  if (profiled && prefix_len > 0) {
+    RETURN_IF_ERROR(store_->AddSample(seq.budgets.budgets, prefix_len));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (mean_kept_tokens_.size() != seq.budgets.budgets.size()) {
+      mean_kept_tokens_.assign(seq.budgets.budgets.size(), 0.0);
+    }
+    const double n = static_cast<double>(store_->num_samples());
+    for (size_t l = 0; l < mean_kept_tokens_.size(); ++l) {
+      mean_kept_tokens_[l] += (seq.budgets.budgets[l] - mean_kept_tokens_[l]) / n;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
+                                   xkv::v1::StepSequence* out) {
+  out->set_seq_id(seq.id);
+  out->set_position(item.begin);
+  out->set_n_new(item.tokens);
+  if (item.kind == WorkKind::kDecode) {
+    out->add_tokens(seq.last_token);
+  } else {
+    out->mutable_tokens()->Add(seq.prompt.begin() + item.begin,
+                               seq.prompt.begin() + item.begin + item.tokens);
+    out->set_new_sequence(item.begin == 0);
+    out->set_skip_sampling(!item.completes_prompt);
+    if (item.completes_prompt && seq.compress) {
+      out->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+      if (seq.budgets_known) {
+        *out->mutable_compact() = MakeCompactSpec(seq.budgets.budgets, seq.kv);
+        seq.compacted = true;
+      }
+    }
+  }
+  xkv::v1::WorkerSampling* s = out->mutable_sampling();
+  s->set_temperature(static_cast<float>(seq.params.temperature));
+  s->set_top_k(static_cast<int32_t>(seq.params.top_k));
+  s->set_top_p(static_cast<float>(seq.params.top_p));
+  s->set_seed(seq.params.seed);
+  seq.started = true;
+}
+
+absl::Status Coordinator::RunMain(const StepPlan& plan) {
+  xkv::v1::StepRequest request;
+  std::vector<std::pair<const WorkItem*, Sequence*>> items;
+  for (const WorkItem& item : plan.items) {
+    if (item.kind == WorkKind::kProfile) continue;
+    Sequence* seq = Find(item.id);
+    if (seq == nullptr) continue;
+    FillStepSequence(item, *seq, request.add_sequences());
+    items.emplace_back(&item, seq);
+  }
+  if (items.empty()) return absl::OkStatus();
+  request.set_step_id(++step_id_);
+  ASSIGN_OR_RETURN(StepOutcome outcome, driver_->Step(request));
+  for (size_t i = 0; i < items.size(); ++i) {
+    const WorkItem& item = *items[i].first;
+    Sequence& seq = *items[i].second;
+    const SequenceStepResult& r = outcome.sequences[i];
+    if (!r.layers.empty()) seq.layers = r.layers;
+    if (item.kind == WorkKind::kPrefill && item.completes_prompt) {
+      RETURN_IF_ERROR(AfterPrefill(seq, r));
+    }
+    if (r.token >= 0) AcceptToken(seq, r.token);  // may finish (and free) the sequence
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& r) {
+  seq.prefill_done = clock_->Now();
+  if (r.gains.has_value()) seq.gains = *r.gains;
+  if (!seq.compress) return absl::OkStatus();
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  const int64_t P = T - std::min<int64_t>(options_.window, T);
+  if (!seq.compacted) {  // one_pass / sampled-and-profiled: solve now, then compact
+    if (static_cast<int>(seq.gains.size()) != config_.n_layers) {
+      return absl::InternalError(absl::StrCat("request ", seq.id, ": no gain curves to solve"));
+    }
+    const absl::Time t0 = clock_->Now();
+    ASSIGN_OR_RETURN(PolicyBudgets b, SolveFromGains(seq.gains, P, bytes_per_token_, seq.kv));
+    RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, P));
+    ASSIGN_OR_RETURN(seq.layers,
+                     driver_->Compact(seq.id, MakeCompactSpec(seq.budgets.budgets, seq.kv)));
+    seq.compacted = true;
+    seq.solve_ms += Ms(clock_->Now() - t0);
+  }
+  if (!seq.retention.has_value() && static_cast<int>(seq.gains.size()) == config_.n_layers) {
+    seq.retention = RetentionOf(seq.gains, seq.budgets.budgets);
+  }
+  absl::Status resized = scheduler_->Resize(
+      seq.id, BlocksFor(config_.n_layers, T, options_.window, seq.params.max_tokens,
+                        options_.block_tokens, seq.budgets.budgets));
+  (void)resized;  // shrinking always fits
+  return absl::OkStatus();
+}
+
+void Coordinator::AcceptToken(Sequence& seq, int32_t token) {
+  if (seq.generated++ == 0) seq.first_token = clock_->Now();
+  seq.last_token = token;
+  const bool eos = std::find(eos_tokens_.begin(), eos_tokens_.end(), token) != eos_tokens_.end();
+  if (eos && !seq.params.ignore_eos) {
+    --seq.generated;  // EOS is not part of the completion
+    Emit(seq, seq.stop->Flush(), {});
+    FinishSequence(seq.id, absl::OkStatus(), xkv::v1::FINISH_REASON_EOS);
+    return;
+  }
+  bool stopped = false;
+  std::string bytes = seq.stop->Push(tokenizer_->TokenBytes(token), &stopped);
+  Emit(seq, std::move(bytes), {token});
+  if (stopped) {
+    FinishSequence(seq.id, absl::OkStatus(), xkv::v1::FINISH_REASON_STOP_STRING);
+  } else if (seq.generated >= seq.params.max_tokens) {
+    Emit(seq, seq.stop->Flush(), {});
+    FinishSequence(seq.id, absl::OkStatus(), xkv::v1::FINISH_REASON_LENGTH);
+  }
+}
+
+void Coordinator::Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids) {
+  seq.utf8_pending += bytes;
+  const size_t cut = CompleteUtf8Prefix(seq.utf8_pending);
+  std::string text = Sanitize(seq.utf8_pending.substr(0, cut));
+  seq.utf8_pending.erase(0, cut);
+  if (!text.empty() || !ids.empty()) seq.sink->OnDelta(text, ids);
+}
+
+void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int finish_reason) {
+  std::unique_ptr<Sequence> seq;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) return;
+    seq = std::move(it->second);
+    sequences_.erase(it);
+  }
+  scheduler_->Finish(id);
+  if (seq->started) {
+    const uint64_t ids[] = {id};
+    absl::Status released = driver_->Release(ids);
+    (void)released;  // a stage that is down holds nothing we can free
+  }
+  if (status.ok()) {
+    if (!seq->utf8_pending.empty()) seq->sink->OnDelta(Sanitize(seq->utf8_pending), {});
+    seq->sink->OnDone(MakeUsage(*seq, finish_reason));
+  } else {
+    seq->sink->OnError(status);
+  }
+  drained_.notify_all();
+}
+
+xkv::v1::Usage Coordinator::MakeUsage(const Sequence& seq, int finish_reason) const {
+  xkv::v1::Usage u;
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  u.set_prompt_tokens(static_cast<int32_t>(T));
+  u.set_completion_tokens(static_cast<int32_t>(seq.generated));
+  int64_t held = 0;
+  for (const xkv::v1::LayerSize& l : seq.layers) {
+    xkv::v1::LayerCacheSize* c = u.add_layers();
+    c->set_layer(l.layer());
+    c->set_kept_tokens(l.tokens());
+    c->set_bytes(l.bytes());
+    held += l.bytes();
+  }
+  u.set_kv_bytes_held(held);
+  const int64_t bs = options_.block_tokens;
+  const int64_t block_bytes = bytes_per_token_ * bs;
+  u.set_kv_bytes_full(config_.n_layers * ((T + seq.generated + bs - 1) / bs) * block_bytes);
+  if (!seq.compress) {
+    u.set_retention(1.0);
+  } else if (seq.retention.has_value()) {
+    u.set_retention(*seq.retention);
+  }
+  u.set_reachable(seq.reachable);
+  u.set_policy(std::string(PolicyName(seq.kv.policy)));
+  u.set_profile_mode(ProfileModeName(seq.kv.profile));
+  u.set_profiled(seq.profiled);
+  u.set_finish_reason(static_cast<xkv::v1::FinishReason>(finish_reason));
+  xkv::v1::Timings* t = u.mutable_timings();
+  const absl::Time now = clock_->Now();
+  const absl::Time admitted = seq.admitted_set ? seq.admitted : seq.submitted;
+  t->set_queue_ms(Ms(admitted - seq.submitted));
+  t->set_profile_ms(seq.profile_ms);
+  t->set_solve_ms(seq.solve_ms);
+  if (seq.generated > 0) {
+    t->set_prefill_ms(Ms(seq.first_token - admitted));
+    t->set_decode_ms(Ms(now - seq.first_token));
+    t->set_ttft_ms(Ms(seq.first_token - seq.submitted));
+  }
+  return u;
+}
+
+}  // namespace xkv

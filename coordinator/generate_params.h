@@ -1,0 +1,45 @@
+// The coordinator's internal form of a Generate request (proto-free): what the gRPC adapter fills
+// from GenerateRequest and the core validates (coordinator/request_validation.h) and runs.
+#ifndef XKV_COORDINATOR_GENERATE_PARAMS_H_
+#define XKV_COORDINATOR_GENERATE_PARAMS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "model/chat_template.h"
+
+namespace xkv {
+
+// A per-request KV policy override; empty/unset fields take the service's current values.
+struct KvPolicyOverride {
+  std::string policy;  // "full" | "streaming" | "snapkv" | "pyramidkv" | "xkv"; "" = service's
+  std::optional<double> retention;        // (0, 1], xkv only
+  std::optional<int64_t> budget_tokens;   // >= 0: sum over layers of kept prefix tokens
+  std::optional<int64_t> budget_bytes;    // >= 0: bytes of the kept prefix tokens of all layers
+  std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
+  std::string profile_mode;  // "per_request" | "one_pass" | "sampled:<rho>"; "" = service's
+};
+
+struct GenerateParams {
+  std::string request_id;
+  // Exactly one of: raw prompt text, or chat messages (rendered with the chat template).
+  std::string prompt;
+  std::vector<ChatMessage> messages;
+  bool chat = false;       // true: `messages` is the input
+  int64_t max_tokens = 0;  // 0 = the service default
+  double temperature = 0;  // 0: greedy; must be >= 0 and finite
+  double top_p = 1;        // (0, 1]
+  int64_t top_k = 0;       // <= 0: disabled
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  KvPolicyOverride kv;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_GENERATE_PARAMS_H_

@@ -1,0 +1,32 @@
+// The public xkv.v1.Generation service: a thin callback-API adapter (one reactor per streaming
+// call) over Coordinator: proto → GenerateParams → Coordinator::Submit → streamed responses; the
+// last carries usage. Client cancellation and deadlines cancel the request (its blocks are freed on
+// every stage).
+#ifndef XKV_COORDINATOR_GENERATION_SERVICE_H_
+#define XKV_COORDINATOR_GENERATION_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/generate_params.h"
+#include "xkv/v1/generation.grpc.pb.h"
+
+namespace xkv {
+
+// Proto → internal params (wire defaults: max_tokens 0 → the service default, top_p 0 → 1).
+GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& request);
+
+class GenerationService final : public xkv::v1::Generation::CallbackService {
+ public:
+  explicit GenerationService(Coordinator* coordinator) : coordinator_(coordinator) {}
+
+  grpc::ServerWriteReactor<xkv::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const xkv::v1::GenerateRequest* request) override;
+
+ private:
+  Coordinator* coordinator_;
+};
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_GENERATION_SERVICE_H_

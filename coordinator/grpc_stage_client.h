@@ -1,0 +1,22 @@
+// StageClient over gRPC to a `xkv worker` process (blocking stubs; one channel per worker).
+#ifndef XKV_COORDINATOR_GRPC_STAGE_CLIENT_H_
+#define XKV_COORDINATOR_GRPC_STAGE_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "coordinator/stage_client.h"
+
+namespace xkv {
+
+struct GrpcStageClientOptions {
+  std::string address;                             // host:port of the worker
+  absl::Duration rpc_timeout = absl::Minutes(10);  // per call (LoadStage reads a model)
+};
+
+std::unique_ptr<StageClient> MakeGrpcStageClient(const GrpcStageClientOptions& options);
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_GRPC_STAGE_CLIENT_H_

@@ -1,0 +1,172 @@
+#include "coordinator/pipeline_driver.h"
+
+#include <algorithm>
+#include <future>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+namespace {
+
+template <typename T>
+absl::Status FirstError(const std::vector<absl::StatusOr<T>>& results) {
+  for (size_t s = 0; s < results.size(); ++s) {
+    if (!results[s].ok()) return results[s].status();
+  }
+  return absl::OkStatus();
+}
+
+void SortByLayer(std::vector<xkv::v1::LayerSize>& sizes) {
+  std::sort(sizes.begin(), sizes.end(),
+            [](const auto& a, const auto& b) { return a.layer() < b.layer(); });
+}
+
+}  // namespace
+
+PipelineDriver::PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages)
+    : stages_(std::move(stages)) {}
+
+template <typename T, typename F>
+std::vector<absl::StatusOr<T>> PipelineDriver::FanOut(F call) {
+  std::vector<std::future<absl::StatusOr<T>>> futures;
+  for (size_t s = 0; s < stages_.size(); ++s) {
+    futures.push_back(std::async(std::launch::async, [&, s] { return call(s, *stages_[s]); }));
+  }
+  std::vector<absl::StatusOr<T>> results;
+  for (auto& f : futures) results.push_back(f.get());
+  return results;
+}
+
+absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSettings& settings) {
+  const int S = num_stages();
+  if (static_cast<int>(plan.stages.size()) != S) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the plan has ", plan.stages.size(), " stages, there are ", S, " workers"));
+  }
+  auto results = FanOut<xkv::v1::LoadStageResponse>([&](size_t s, StageClient& client) {
+    xkv::v1::LoadStageRequest r;
+    r.set_model_path(settings.model_path);
+    r.set_layer_begin(plan.stages[s].layer_begin);
+    r.set_layer_end(plan.stages[s].layer_end);
+    r.set_is_first(s == 0);
+    r.set_is_last(static_cast<int>(s) == S - 1);
+    r.set_kv_capacity_blocks(settings.kv_capacity_blocks);
+    r.set_block_tokens(settings.block_tokens);
+    if (static_cast<int>(s) + 1 < S) r.set_next_stage(stages_[s + 1]->address());
+    r.set_link_kind(client.link_kind());
+    r.set_stage_index(static_cast<int>(s));
+    r.set_num_stages(S);
+    r.mutable_importance()->set_window(settings.window);
+    r.mutable_importance()->set_pool_kernel(settings.pool_kernel);
+    r.mutable_importance()->set_granularity(settings.query_head_scores
+                                                ? xkv::v1::SCORE_GRANULARITY_QUERY_HEAD
+                                                : xkv::v1::SCORE_GRANULARITY_KV_HEAD);
+    r.set_link_timeout_ms(settings.link_timeout_ms);
+    return client.LoadStage(r);
+  });
+  for (size_t s = 0; s < results.size(); ++s) {
+    if (!results[s].ok()) {
+      return absl::Status(results[s].status().code(),
+                          absl::StrCat("loading stage ", s, " (", stages_[s]->address(),
+                                       "): ", results[s].status().message()));
+    }
+  }
+  states_.clear();
+  for (size_t s = 0; s < results.size(); ++s) {
+    StageState st;
+    st.address = stages_[s]->address();
+    st.layer_begin = plan.stages[s].layer_begin;
+    st.layer_end = plan.stages[s].layer_end;
+    st.weight_bytes = results[s]->weight_bytes();
+    st.layer_capacity_blocks.assign(results[s]->layer_capacity_blocks().begin(),
+                                    results[s]->layer_capacity_blocks().end());
+    st.block_bytes = results[s]->block_bytes();
+    states_.push_back(std::move(st));
+  }
+  model_ = results[0]->model();
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> PipelineDriver::LayerCapacityBlocks() const {
+  std::vector<int64_t> out;
+  for (const StageState& s : states_) {
+    out.insert(out.end(), s.layer_capacity_blocks.begin(), s.layer_capacity_blocks.end());
+  }
+  return out;
+}
+
+absl::StatusOr<StepOutcome> PipelineDriver::Step(const xkv::v1::StepRequest& request) {
+  auto results = FanOut<xkv::v1::StepResponse>(
+      [&](size_t, StageClient& client) { return client.Step(request); });
+  RETURN_IF_ERROR(FirstError(results));
+  StepOutcome out;
+  const int n = request.sequences_size();
+  out.sequences.resize(n);
+  for (size_t s = 0; s < results.size(); ++s) {
+    const xkv::v1::StepResponse& r = *results[s];
+    out.max_stage_ms = std::max(out.max_stage_ms, r.timings().total_ms());
+    if (r.sequences_size() != n) {
+      return absl::InternalError(
+          absl::StrCat("stage ", s, " answered ", r.sequences_size(), " sequences of ", n));
+    }
+    for (int i = 0; i < n; ++i) {
+      const xkv::v1::SequenceResult& q = r.sequences(i);
+      SequenceStepResult& m = out.sequences[i];
+      m.seq_id = request.sequences(i).seq_id();
+      if (s + 1 == results.size()) m.token = q.token();
+      for (const auto& size : q.layers()) m.layers.push_back(size);
+      if (q.has_observed()) {
+        if (!m.gains.has_value()) m.gains.emplace();
+        for (const auto& g : q.observed().layers()) m.gains->push_back(g);
+        m.prompt_len = q.observed().prompt_len();
+        m.prefix_len = q.observed().prefix_len();
+        m.window = q.observed().window();
+        m.profile_ms = std::max(m.profile_ms, q.observed().profile_ms());
+      }
+    }
+  }
+  for (SequenceStepResult& m : out.sequences) {
+    SortByLayer(m.layers);
+    if (m.gains.has_value()) {
+      std::sort(m.gains->begin(), m.gains->end(),
+                [](const auto& a, const auto& b) { return a.layer() < b.layer(); });
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<xkv::v1::LayerSize>> PipelineDriver::Compact(
+    uint64_t seq_id, const xkv::v1::CompactSpec& spec) {
+  auto results = FanOut<xkv::v1::CompactResponse>([&](size_t, StageClient& client) {
+    xkv::v1::CompactRequest r;
+    r.set_seq_id(seq_id);
+    *r.mutable_compact() = spec;
+    return client.Compact(r);
+  });
+  RETURN_IF_ERROR(FirstError(results));
+  std::vector<xkv::v1::LayerSize> sizes;
+  for (const auto& r : results) {
+    for (const auto& l : r->layers()) sizes.push_back(l);
+  }
+  SortByLayer(sizes);
+  return sizes;
+}
+
+absl::Status PipelineDriver::Release(absl::Span<const uint64_t> seq_ids) {
+  if (seq_ids.empty()) return absl::OkStatus();
+  auto results = FanOut<xkv::v1::ReleaseResponse>([&](size_t, StageClient& client) {
+    xkv::v1::ReleaseRequest r;
+    for (uint64_t id : seq_ids) r.add_seq_ids(id);
+    return client.Release(r);
+  });
+  return FirstError(results);
+}
+
+std::vector<absl::StatusOr<xkv::v1::StatusResponse>> PipelineDriver::Status() {
+  return FanOut<xkv::v1::StatusResponse>(
+      [](size_t, StageClient& client) { return client.Status(); });
+}
+
+}  // namespace xkv

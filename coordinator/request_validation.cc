@@ -1,0 +1,166 @@
+#include "coordinator/request_validation.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "allocator/kv_policy.h"
+
+namespace xkv {
+namespace {
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+// Byte offset of the first invalid UTF-8 sequence, or -1.
+int64_t FirstInvalidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = s[i];
+    int len = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4, cp = c & 0x07;
+    } else {
+      return static_cast<int64_t>(i);
+    }
+    if (i + len > s.size()) return static_cast<int64_t>(i);
+    for (int k = 1; k < len; ++k) {
+      const unsigned char cc = s[i + k];
+      if ((cc & 0xC0) != 0x80) return static_cast<int64_t>(i);
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return static_cast<int64_t>(i);
+    }
+    i += len;
+  }
+  return -1;
+}
+
+absl::Status CheckUtf8(std::string_view text, const std::string& field) {
+  const int64_t bad = FirstInvalidUtf8(text);
+  if (bad < 0) return absl::OkStatus();
+  return Invalid(
+      absl::StrCat(field, " is not valid UTF-8 (bad byte sequence at offset ", bad, ")"));
+}
+
+absl::Status ValidateInput(const GenerateParams& p) {
+  if (!p.chat) {
+    if (p.prompt.empty()) return Invalid("prompt is empty; send prompt text or chat messages");
+    return CheckUtf8(p.prompt, "prompt");
+  }
+  if (p.messages.empty()) return Invalid("chat has no messages; send at least one message");
+  bool any_content = false;
+  for (size_t i = 0; i < p.messages.size(); ++i) {
+    const ChatMessage& m = p.messages[i];
+    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
+      return Invalid(absl::StrCat("chat message ", i, " has role '", m.role,
+                                  "'; expected system, user or assistant"));
+    }
+    if (absl::Status s = CheckUtf8(m.content, absl::StrCat("chat message ", i, " content"));
+        !s.ok()) {
+      return s;
+    }
+    any_content = any_content || !m.content.empty();
+  }
+  if (!any_content) return Invalid("prompt is empty: every chat message has empty content");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSampling(const GenerateParams& p) {
+  if (p.max_tokens <= 0) {
+    return Invalid(absl::StrCat("max_tokens is ", p.max_tokens, "; it must be >= 1"));
+  }
+  if (!std::isfinite(p.temperature) || p.temperature < 0) {
+    return Invalid(absl::StrCat("temperature is ", p.temperature,
+                                "; it must be a finite number >= 0 (0 is greedy)"));
+  }
+  if (!(p.top_p > 0 && p.top_p <= 1)) {
+    return Invalid(absl::StrCat("top_p is ", p.top_p, "; it must be in (0, 1]"));
+  }
+  for (size_t i = 0; i < p.stop.size(); ++i) {
+    if (p.stop[i].empty()) return Invalid(absl::StrCat("stop string ", i, " is empty"));
+    if (absl::Status s = CheckUtf8(p.stop[i], absl::StrCat("stop string ", i)); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsValidUtf8(std::string_view text) { return FirstInvalidUtf8(text) < 0; }
+
+absl::Status ValidateRetention(double retention, std::string_view field) {
+  if (retention > 0 && retention <= 1) return absl::OkStatus();
+  return Invalid(absl::StrCat(std::string(field), " is ", retention, "; it must be in (0, 1]"));
+}
+
+absl::Status ValidateKvOverride(const KvPolicyOverride& kv) {
+  if (!kv.policy.empty()) {
+    absl::StatusOr<PolicyKind> kind = ParsePolicy(kv.policy);
+    if (!kind.ok()) {
+      return Invalid(absl::StrCat("unknown KV policy '", kv.policy,
+                                  "'; expected one of full, streaming, snapkv, pyramidkv, xkv"));
+    }
+  }
+  if (!kv.profile_mode.empty()) {
+    absl::StatusOr<ProfileMode> mode = ParseProfileMode(kv.profile_mode);
+    if (!mode.ok()) {
+      return Invalid(absl::StrCat("unknown profile mode '", kv.profile_mode,
+                                  "'; expected per_request, one_pass or sampled:<rho> with rho "
+                                  "in (0, 1]"));
+    }
+  }
+  const int targets = kv.retention.has_value() + kv.budget_tokens.has_value() +
+                      kv.budget_bytes.has_value() + kv.budget_fraction.has_value();
+  if (targets > 1) return Invalid("set at most one KV budget target");
+  if (kv.retention.has_value()) {
+    if (absl::Status s = ValidateRetention(*kv.retention); !s.ok()) return s;
+    if (!kv.policy.empty() && ParsePolicy(kv.policy).value() != PolicyKind::kXkv &&
+        ParsePolicy(kv.policy).value() != PolicyKind::kFull) {
+      return Invalid(absl::StrCat("a retention target needs policy xkv, not '", kv.policy, "'"));
+    }
+  }
+  if (kv.budget_tokens.has_value() && *kv.budget_tokens < 0) {
+    return Invalid(absl::StrCat("budget_tokens is ", *kv.budget_tokens, "; it must be >= 0"));
+  }
+  if (kv.budget_bytes.has_value() && *kv.budget_bytes < 0) {
+    return Invalid(absl::StrCat("budget_bytes is ", *kv.budget_bytes, "; it must be >= 0"));
+  }
+  if (kv.budget_fraction.has_value() && !(*kv.budget_fraction > 0 && *kv.budget_fraction <= 1)) {
+    return Invalid(
+        absl::StrCat("budget_fraction is ", *kv.budget_fraction, "; it must be in (0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGenerateParams(const GenerateParams& params) {
+  if (absl::Status s = ValidateInput(params); !s.ok()) return s;
+  if (absl::Status s = ValidateSampling(params); !s.ok()) return s;
+  return ValidateKvOverride(params.kv);
+}
+
+absl::Status ValidateTokenCounts(int64_t prompt_tokens, int64_t max_tokens,
+                                 int64_t context_length) {
+  if (prompt_tokens < 1) return Invalid("prompt is empty: it encodes to no tokens");
+  if (prompt_tokens >= context_length) {
+    return Invalid(absl::StrCat("the prompt has ", prompt_tokens,
+                                " tokens; the model's context length is ", context_length,
+                                " (prompt + max_tokens must fit)"));
+  }
+  if (prompt_tokens + max_tokens > context_length) {
+    return Invalid(absl::StrCat("max_tokens is ", max_tokens, "; with the prompt's ", prompt_tokens,
+                                " tokens it must be <= ", context_length - prompt_tokens,
+                                " (context length ", context_length, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xkv

@@ -1,0 +1,37 @@
+// Every bad-request check of the public Generate and Admin APIs (DESIGN.md §5): each failure is
+// INVALID_ARGUMENT with a message that names the field, the value and the allowed range. The
+// checks that need the prompt's token count run after tokenization (ValidateTokenCounts).
+//
+// Wire defaults (proto3 scalars have no presence): max_tokens 0 and top_p 0 mean "unset" and are
+// replaced by the service defaults by the adapter before these checks (see generation.proto).
+#ifndef XKV_COORDINATOR_REQUEST_VALIDATION_H_
+#define XKV_COORDINATOR_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "coordinator/generate_params.h"
+
+namespace xkv {
+
+// True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
+bool IsValidUtf8(std::string_view text);
+
+// Input present and non-empty, valid UTF-8 everywhere (prompt, messages, stop strings), chat
+// roles, max_tokens >= 1, temperature finite and >= 0, top_p in (0, 1], the KV override.
+absl::Status ValidateGenerateParams(const GenerateParams& params);
+
+// The KV override alone: known policy and profile mode, at most one target, retention and
+// budget_fraction in (0, 1], budgets >= 0, retention only with xkv (or an unset policy).
+absl::Status ValidateKvOverride(const KvPolicyOverride& kv);
+
+// After tokenization: the prompt has >= 1 token and prompt + max_tokens fits the context.
+absl::Status ValidateTokenCounts(int64_t prompt_tokens, int64_t max_tokens, int64_t context_length);
+
+// Admin.SetRetentionTarget: retention in (0, 1].
+absl::Status ValidateRetention(double retention, std::string_view field = "retention");
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_REQUEST_VALIDATION_H_

@@ -1,0 +1,136 @@
+// Continuous batching (DESIGN.md §1): every pipeline step carries one decode token for each running
+// sequence that is generating, plus prompt work (XKV profile passes and prefill chunks) of admitted
+// sequences, within a per-step token budget. Requests wait in a bounded FIFO (RequestQueue) until
+// their KV blocks fit; a request is refused with RESOURCE_EXHAUSTED when the queue is full, when it
+// can never fit (more blocks than a pool holds), or when it waited longer than max_queue_wait; a
+// queued request whose deadline passes is dropped with DEADLINE_EXCEEDED.
+//
+// Step composition, in order:
+//   1. decode: one token per generating sequence (the budget is at least max_running +
+//      min_final_chunk, so decodes always fit and leave room for prompt work);
+//   2. prompt work of admitted sequences in admission order: a profile pass is never split (the
+//      scores-only mini-prefill needs the whole prompt); it waits for a step with room for it,
+//      unless it is longer than the whole budget, in which case it runs as the step's only prompt
+//      work. Prefill is chunked (≤ prefill_chunk tokens of one sequence per step) and the final
+//      chunk of a prompt always has ≥ min_final_chunk tokens (the XKV observation window);
+//   3. admission: the queue's head is admitted while max_running and every block pool allow it
+//      (strict FIFO), and gets prompt work in the same step if budget remains.
+// NextStep() advances the scheduler's state as if the step completes; the driver reports each
+// sequence's end with Finish() (or Cancel()), which releases its blocks. Thread-safe.
+#ifndef XKV_COORDINATOR_SCHEDULER_H_
+#define XKV_COORDINATOR_SCHEDULER_H_
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "coordinator/clock.h"
+#include "coordinator/request_queue.h"
+
+namespace xkv {
+
+struct SchedulerOptions {
+  int64_t max_queue = 256;          // waiting requests
+  int64_t max_running = 32;         // admitted sequences (the batch)
+  int64_t step_token_budget = 512;  // tokens per step: decodes + profile + prefill
+  int64_t prefill_chunk = 512;      // max prompt tokens of one sequence per step
+  int64_t min_final_chunk = 8;      // the last prefill chunk of a prompt has >= this many tokens
+  // KV block capacity of each pool (e.g. one per layer). Every request's SequenceSpec::blocks has
+  // one entry per pool. Empty: no block accounting.
+  std::vector<int64_t> pool_blocks;
+  absl::Duration max_queue_wait = absl::Seconds(60);
+};
+
+enum class WorkKind { kProfile, kPrefill, kDecode };
+
+struct WorkItem {
+  uint64_t id = 0;
+  WorkKind kind = WorkKind::kDecode;
+  int64_t begin = 0;   // first position: prompt offset (profile/prefill) or the decode position
+  int64_t tokens = 0;  // profile: T; prefill: chunk length; decode: 1
+  // Prefill: this chunk ends the prompt, so the last stage samples the first generated token.
+  bool completes_prompt = false;
+};
+
+struct StepPlan {
+  uint64_t step = 0;
+  std::vector<WorkItem> items;     // decodes first, then prompt work in admission order
+  std::vector<uint64_t> admitted;  // requests that left the queue in this step
+  int64_t tokens = 0;              // sum of items' tokens
+  bool empty() const { return items.empty(); }
+};
+
+// A request the scheduler gave up on (never admitted).
+struct DroppedRequest {
+  uint64_t id = 0;
+  absl::Status status;  // RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED
+};
+
+class Scheduler {
+ public:
+  // INVALID_ARGUMENT for non-positive sizes, prefill_chunk below min_final_chunk, or a budget
+  // below max_running + min_final_chunk.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerOptions& options,
+                                                           const Clock* clock);
+
+  // Queues a request. INVALID_ARGUMENT for a malformed spec; RESOURCE_EXHAUSTED when the queue is
+  // full or the request needs more blocks than a pool holds (it could never be admitted).
+  absl::Status Submit(SequenceSpec spec);
+  // Removes a queued or running request and releases its blocks; false when unknown.
+  bool Cancel(uint64_t id);
+  // A running request ended (EOS, length, stop, error): releases its blocks. No-op when unknown.
+  void Finish(uint64_t id);
+  // Replaces a running request's reservation (e.g. after its budgets were solved).
+  // RESOURCE_EXHAUSTED when growing it does not fit (the old reservation is kept).
+  absl::Status Resize(uint64_t id, std::vector<int64_t> blocks);
+
+  // Drops expired and over-waited queued requests (into *dropped), admits, and plans one step.
+  StepPlan NextStep(std::vector<DroppedRequest>* dropped);
+
+  // false: nothing leaves the queue (Admin.Drain, re-planning); running sequences continue.
+  void SetAdmitting(bool admitting);
+  bool admitting() const;
+
+  int64_t queued() const;
+  int64_t running() const;
+  bool idle() const;  // nothing queued or running
+  std::vector<int64_t> free_blocks() const;
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  enum class Phase { kProfile, kPrefill, kDecode, kDone };
+  struct Running {
+    SequenceSpec spec;
+    Phase phase = Phase::kPrefill;
+    int64_t prefilled = 0;  // prompt tokens prefilled so far
+    int64_t generated = 0;  // tokens sampled so far
+  };
+
+  Scheduler(const SchedulerOptions& options, const Clock* clock);
+  bool Fits(absl::Span<const int64_t> blocks) const;
+  void Reserve(absl::Span<const int64_t> blocks, int sign);
+  void DropWaiting(absl::Time now, std::vector<DroppedRequest>* dropped);
+  void PlanDecodes(StepPlan& plan, int64_t& budget);
+  void PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bool& prompt_work);
+  void Admit(StepPlan& plan);
+  std::list<Running>::iterator FindRunning(uint64_t id);
+
+  const SchedulerOptions options_;
+  const Clock* clock_;
+  mutable std::mutex mu_;
+  RequestQueue queue_;          // guarded by mu_
+  std::list<Running> running_;  // guarded by mu_; admission order
+  std::vector<int64_t> free_;   // guarded by mu_; [pools]
+  uint64_t step_ = 0;           // guarded by mu_
+  bool admitting_ = true;       // guarded by mu_
+};
+
+}  // namespace xkv
+
+#endif  // XKV_COORDINATOR_SCHEDULER_H_

@@ -1,0 +1,142 @@
+#include "coordinator/request_validation.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+GenerateParams Good() {
+  GenerateParams p;
+  p.prompt = "Hello";
+  p.max_tokens = 16;
+  return p;
+}
+
+void ExpectInvalid(const GenerateParams& p, const std::string& needle) {
+  absl::Status s = ValidateGenerateParams(p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(std::string(s.message()).find(needle), std::string::npos)
+      << "message '" << s.message() << "' should mention '" << needle << "'";
+}
+
+TEST(RequestValidationTest, AcceptsGoodRequests) {
+  EXPECT_TRUE(ValidateGenerateParams(Good()).ok());
+  GenerateParams chat = Good();
+  chat.chat = true;
+  chat.messages = {{"system", "be brief"}, {"user", "héllo ✓"}};
+  chat.temperature = 0.7;
+  chat.top_p = 1.0;
+  chat.stop = {"\n\n"};
+  chat.kv.policy = "xkv";
+  chat.kv.retention = 1.0;
+  chat.kv.profile_mode = "sampled:0.25";
+  EXPECT_TRUE(ValidateGenerateParams(chat).ok()) << ValidateGenerateParams(chat);
+}
+
+TEST(RequestValidationTest, EmptyPrompt) {
+  GenerateParams p = Good();
+  p.prompt = "";
+  ExpectInvalid(p, "prompt is empty");
+  p.chat = true;
+  ExpectInvalid(p, "no messages");
+  p.messages = {{"user", ""}};
+  ExpectInvalid(p, "prompt is empty");
+}
+
+TEST(RequestValidationTest, InvalidUtf8) {
+  GenerateParams p = Good();
+  p.prompt = std::string("ab\xC3", 3);  // truncated 2-byte sequence
+  ExpectInvalid(p, "offset 2");
+  p.prompt = "\xC0\x80";  // overlong NUL
+  ExpectInvalid(p, "UTF-8");
+  p.prompt = "\xED\xA0\x80";  // surrogate
+  ExpectInvalid(p, "UTF-8");
+  p = Good();
+  p.chat = true;
+  p.messages = {{"user", "ok"}, {"user", "\xFF"}};
+  ExpectInvalid(p, "chat message 1 content");
+  p = Good();
+  p.stop = {"\x80"};
+  ExpectInvalid(p, "stop string 0");
+  EXPECT_TRUE(IsValidUtf8("\xF0\x9F\x98\x80"));
+  EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // > U+10FFFF
+}
+
+TEST(RequestValidationTest, BadRole) {
+  GenerateParams p = Good();
+  p.chat = true;
+  p.messages = {{"robot", "hi"}};
+  ExpectInvalid(p, "role 'robot'");
+}
+
+TEST(RequestValidationTest, MaxTokens) {
+  GenerateParams p = Good();
+  p.max_tokens = 0;
+  ExpectInvalid(p, "max_tokens is 0");
+  p.max_tokens = -3;
+  ExpectInvalid(p, ">= 1");
+  EXPECT_TRUE(ValidateTokenCounts(10, 90, 100).ok());
+  absl::Status past = ValidateTokenCounts(10, 91, 100);
+  EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(past.message()).find("<= 90"), std::string::npos) << past;
+  EXPECT_EQ(ValidateTokenCounts(100, 1, 100).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateTokenCounts(0, 1, 100).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RequestValidationTest, Temperature) {
+  GenerateParams p = Good();
+  p.temperature = -0.1;
+  ExpectInvalid(p, "temperature is -0.1");
+  p.temperature = std::nan("");
+  ExpectInvalid(p, "temperature");
+  p.temperature = std::numeric_limits<double>::infinity();
+  ExpectInvalid(p, "temperature");
+}
+
+TEST(RequestValidationTest, TopP) {
+  for (double bad : {0.0, -0.5, 1.01, std::nan("")}) {
+    GenerateParams p = Good();
+    p.top_p = bad;
+    ExpectInvalid(p, "(0, 1]");
+  }
+}
+
+TEST(RequestValidationTest, Policy) {
+  GenerateParams p = Good();
+  p.kv.policy = "h2o";
+  ExpectInvalid(p, "unknown KV policy 'h2o'");
+  p.kv.policy = "snapkv";
+  p.kv.retention = 0.9;
+  ExpectInvalid(p, "needs policy xkv");
+  p = Good();
+  p.kv.profile_mode = "sampled:2";
+  ExpectInvalid(p, "profile mode");
+  p = Good();
+  p.kv.budget_tokens = -1;
+  ExpectInvalid(p, "budget_tokens is -1");
+  p = Good();
+  p.kv.budget_fraction = 0;
+  ExpectInvalid(p, "budget_fraction");
+  p = Good();
+  p.kv.budget_tokens = 5;
+  p.kv.retention = 0.5;
+  ExpectInvalid(p, "at most one");
+}
+
+TEST(RequestValidationTest, Retention) {
+  for (double bad : {0.0, -1.0, 1.5, std::nan("")}) {
+    GenerateParams p = Good();
+    p.kv.retention = bad;
+    ExpectInvalid(p, "retention");
+    EXPECT_EQ(ValidateRetention(bad).code(), absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(ValidateRetention(1.0).ok());
+  EXPECT_TRUE(ValidateRetention(0.01).ok());
+}
+
+}  // namespace
+}  // namespace xkv
