@@ -128,7 +128,29 @@ void Generator::Accept(State& st, int32_t token) {
   }
 }
 
+absl::Status Generator::CompressedPrefill(std::vector<State>& states) {
+  std::vector<PrefillRequest> requests;
+  std::vector<State*> members;
+  for (State& st : states) {
+    if (st.done) continue;
+    requests.push_back({st.request->prompt, st.cache.get(), static_cast<uint64_t>(st.index)});
+    members.push_back(&st);
+  }
+  if (members.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<xkv::CompressedPrefill> out,
+                   options_.compressor->Prefill(*model_, requests));
+  for (size_t i = 0; i < members.size(); ++i) {
+    State& st = *members[i];
+    st.prefilled = static_cast<int64_t>(st.request->prompt.size());
+    st.result.allocation = std::move(out[i].report);
+    if (options_.after_prefill) RETURN_IF_ERROR(options_.after_prefill(st.index, *st.cache));
+    Accept(st, st.sampler->Sample(out[i].logits));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Generator::Prefill(std::vector<State>& states) {
+  if (options_.compressor != nullptr) return CompressedPrefill(states);
   for (;;) {
     BatchStep batch;
     std::vector<int32_t> tokens;

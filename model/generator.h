@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "model/kv_cache.h"
+#include "model/kv_compressor.h"
 #include "model/llama_model.h"
 #include "model/sampler.h"
 
@@ -36,6 +38,8 @@ struct GenerationResult {
   FinishReason finish = FinishReason::kLength;
   int64_t prompt_tokens = 0;
   int64_t kv_bytes_held = 0;  // cache bytes at the end
+  // What the compressor did to this request's cache (GeneratorOptions::compressor set).
+  std::optional<AllocationReport> allocation;
 };
 
 // Called once per generated token with the bytes that became safe to emit (possibly empty while a
@@ -51,6 +55,9 @@ struct GeneratorOptions {
   // Optional: runs after a request's prompt is fully prefilled, before decoding (e.g. XKV
   // eviction compacting the cache).
   std::function<absl::Status(int request, KvCache& cache)> after_prefill;
+  // Optional: prefill through an XKV compressor (its policy, budget and profile mode) instead of
+  // plain chunked prefill; every request of a Generate call is prefilled in one compressor batch.
+  KvCompressor* compressor = nullptr;
 };
 
 class Generator {
@@ -65,6 +72,7 @@ class Generator {
   struct State;
   absl::Status Validate(absl::Span<const GenerationRequest> requests) const;
   absl::Status Prefill(std::vector<State>& states);
+  absl::Status CompressedPrefill(std::vector<State>& states);
   absl::Status DecodeStep(std::vector<State>& states);
   // Handles a freshly sampled token: EOS / stop / length checks and streaming.
   void Accept(State& st, int32_t token);

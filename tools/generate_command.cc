@@ -4,9 +4,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "kernels/status_macros.h"
 #include "model/chat_template.h"
 #include "model/generator.h"
+#include "model/kv_compressor.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
 #include "tools/commands.h"
@@ -27,7 +30,74 @@ struct GenerateFlags {
   int64_t seed = 0;
   int64_t threads = 0;
   std::string stop;
+  std::string numerics = "ggml";
+  // XKV
+  std::string policy = "full";
+  int64_t budget_tokens = -1;
+  double retention = -1;
+  int64_t budget_bytes = -1;
+  std::string profile = "per_request";
+  int64_t window = 8;
+  std::string granularity = "kv_head";
+  bool show_allocation = false;
 };
+
+// The compressor options from the flags. INVALID_ARGUMENT naming the flag and the allowed range.
+absl::StatusOr<KvCompressorOptions> CompressorOptions(const GenerateFlags& f,
+                                                      const FlagSet& flags) {
+  KvCompressorOptions o;
+  ASSIGN_OR_RETURN(o.policy.kind, ParsePolicy(f.policy));
+  ASSIGN_OR_RETURN(o.profile, ParseProfileMode(f.profile));
+  const int budgets =
+      flags.WasSet("budget-tokens") + flags.WasSet("retention") + flags.WasSet("budget-bytes");
+  if (budgets > 1) {
+    return absl::InvalidArgumentError(
+        "give at most one of --budget-tokens, --retention, --budget-bytes");
+  }
+  if (flags.WasSet("budget-tokens")) {
+    o.target = BudgetTarget::Tokens(f.budget_tokens);
+  } else if (flags.WasSet("budget-bytes")) {
+    o.target = BudgetTarget::Bytes(f.budget_bytes);
+  } else if (flags.WasSet("retention") || o.policy.kind == PolicyKind::kXkv) {
+    o.target = BudgetTarget::Retention(flags.WasSet("retention") ? f.retention : 0.9);
+  } else if (o.policy.kind != PolicyKind::kFull) {
+    return absl::InvalidArgumentError("--policy " + f.policy +
+                                      " needs --budget-tokens N or --budget-bytes M");
+  }
+  if (f.window < 1 || f.window > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--window %d is outside [1, 1024]", f.window));
+  }
+  o.importance.window = static_cast<int>(f.window);
+  if (f.granularity == "query_head") {
+    o.importance.granularity = ScoreGranularity::kQueryHead;
+  } else if (f.granularity != "kv_head") {
+    return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
+                                      "' is not one of kv_head, query_head");
+  }
+  RETURN_IF_ERROR(ValidateBudgetTarget(o.policy, o.target));
+  o.seed = static_cast<uint64_t>(f.seed);
+  return o;
+}
+
+void PrintAllocation(const AllocationReport& r) {
+  std::fprintf(stderr, "\nallocation: policy %s, prompt %lld tokens (window %d)%s%s\n",
+               std::string(PolicyName(r.policy)).c_str(), static_cast<long long>(r.prompt_len),
+               r.window,
+               r.compressed ? "" : ", not compressed: ", r.compressed ? "" : r.note.c_str());
+  std::fprintf(stderr, "layer  kept prefix  tokens held  bytes held\n");
+  for (const LayerAllocation& l : r.layers) {
+    std::fprintf(stderr, "%5d  %11lld  %11lld  %10lld\n", l.layer,
+                 static_cast<long long>(l.kept_prefix), static_cast<long long>(l.tokens_held),
+                 static_cast<long long>(l.bytes_held));
+  }
+  std::fprintf(stderr, "KV bytes held %lld of a full cache's %lld (%.1f%%)",
+               static_cast<long long>(r.kv_bytes_held), static_cast<long long>(r.kv_bytes_full),
+               r.kv_bytes_full > 0 ? 100.0 * r.kv_bytes_held / r.kv_bytes_full : 100.0);
+  if (r.average_retention) std::fprintf(stderr, ", retention %.4f", *r.average_retention);
+  if (!r.reachable) std::fprintf(stderr, " (retention target unreachable: everything kept)");
+  std::fprintf(stderr, "\n");
+}
 
 int Fail(const absl::Status& status) {
   std::fprintf(stderr, "xkv generate: %s\n", std::string(status.message()).c_str());
@@ -64,6 +134,20 @@ int RunGenerate(int argc, char** argv) {
   flags.Int("seed", &f.seed, "random seed for sampling (reproducible)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("stop", &f.stop, "stop strings, separated by '|' (not printed)");
+  flags.String("numerics", &f.numerics,
+               "ggml (llama.cpp-compatible rounding, same text as llama.cpp) or exact (fp32)");
+  flags.String("policy", &f.policy, "KV policy: full, streaming, snapkv, pyramidkv, xkv");
+  flags.Int("budget-tokens", &f.budget_tokens,
+            "total kept prompt tokens over all layers (beyond each layer's window)");
+  flags.Double("retention", &f.retention,
+               "xkv: average attention retention target in (0, 1] (default 0.9 for xkv)");
+  flags.Int("budget-bytes", &f.budget_bytes, "total KV bytes of the kept prompt tokens");
+  flags.String("profile", &f.profile, "xkv profile mode: per_request, one_pass, sampled:RHO");
+  flags.Int("window", &f.window, "observation window w (last prompt tokens, always kept)");
+  flags.String("score-granularity", &f.granularity,
+               "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
+  flags.Bool("show-allocation", &f.show_allocation,
+             "print each layer's kept tokens and the KV bytes held vs a full cache");
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
@@ -74,7 +158,17 @@ int RunGenerate(int argc, char** argv) {
                           static_cast<float>(f.top_p), static_cast<uint64_t>(f.seed)};
   if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return Fail(s);
 
-  absl::StatusOr<LoadedModel> loaded = LoadModel(f.model, static_cast<int>(f.threads));
+  if (f.numerics != "ggml" && f.numerics != "exact") {
+    return Fail(
+        absl::InvalidArgumentError("--numerics '" + f.numerics + "' is not one of ggml, exact"));
+  }
+  absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
+  if (!compression.ok()) return Fail(compression.status());
+  absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(*compression);
+  if (!compressor.ok()) return Fail(compressor.status());
+  absl::StatusOr<LoadedModel> loaded =
+      LoadModel(f.model, static_cast<int>(f.threads),
+                f.numerics == "exact" ? Numerics::kExact : Numerics::kGgml);
   if (!loaded.ok()) return Fail(loaded.status());
   absl::StatusOr<std::vector<int32_t>> ids = PromptIds(f, *loaded->tokenizer);
   if (!ids.ok()) return Fail(ids.status());
@@ -92,6 +186,9 @@ int RunGenerate(int argc, char** argv) {
   GeneratorOptions options;
   const Tokenizer* tok = loaded->tokenizer.get();
   options.token_bytes = [tok](int32_t id) { return tok->TokenBytes(id); };
+  if (compression->policy.kind != PolicyKind::kFull || f.show_allocation) {
+    options.compressor = compressor->get();
+  }
   Generator generator(loaded->model.get(), options);
 
   using Clock = std::chrono::steady_clock;
@@ -108,6 +205,7 @@ int RunGenerate(int argc, char** argv) {
   const Clock::time_point end = Clock::now();
   std::fputc('\n', stdout);
   if (!results.ok()) return Fail(results.status());
+  if (f.show_allocation && (*results)[0].allocation) PrintAllocation(*(*results)[0].allocation);
   const double prefill_s = std::chrono::duration<double>(first - start).count();
   const double decode_s = std::chrono::duration<double>(end - first).count();
   std::fprintf(

@@ -1,6 +1,14 @@
 // Parity with llama.cpp on the real model: tokenizer ids, last-position logits and 64-token greedy
 // continuations. llama.cpp's answers are written by llama_reference.py (ctest fixture
 // `parity_reference`) into $XKV_PARITY_DIR; the model path is $XKV_MODEL.
+//
+// The engine runs with ggml-compatible numerics (llama_model.h, Numerics::kGgml). llama.cpp's
+// results still move by a few percent of the logit range between its own configurations (flash
+// attention on/off, batched vs one token at a time): its 8-bit activation rounding turns fp32
+// summation-order differences into different rounded values. The reference records that spread
+// per prompt; logits must agree within max(1% of the range, llama.cpp's own spread), and greedy
+// tokens must agree wherever llama.cpp's own top-2 margin exceeds that spread.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -42,11 +50,28 @@ std::vector<int32_t> ReadIds(std::istringstream& in) {
   return ids;
 }
 
+std::vector<float> ReadFloats(std::istringstream& in) {
+  std::vector<float> out;
+  std::string word;
+  while (in >> word && word != "|") out.push_back(std::stof(word));
+  return out;
+}
+
 struct RefPrompt {
   std::string name;
+  float spread = 0;  // llama.cpp's own spread of the last logits across configurations
   std::vector<int32_t> prompt;
-  std::vector<int32_t> greedy;
-  std::vector<float> logits;
+  std::vector<int32_t> greedy;  // llama.cpp's 64 greedy tokens
+  std::vector<float> margins;   // llama.cpp's top-1 minus top-2 logit at each greedy step
+  std::vector<float> logits;    // llama.cpp's logits at the prompt's last position
+
+  // The first greedy step where llama.cpp's own choice is within its noise floor.
+  size_t FirstNearTie() const {
+    for (size_t i = 0; i < margins.size(); ++i) {
+      if (margins[i] <= spread) return i;
+    }
+    return margins.size();
+  }
 };
 
 class ParityTest : public ::testing::Test {
@@ -65,8 +90,9 @@ class ParityTest : public ::testing::Test {
     ASSERT_TRUE(weights.ok()) << weights.status();
     LlamaModelOptions options;
     options.num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    auto model = LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(*weights)),
-                                    options);
+    options.numerics = Numerics::kGgml;
+    auto model =
+        LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(*weights)), options);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model).release();
   }
@@ -89,9 +115,11 @@ class ParityTest : public ::testing::Test {
       std::istringstream words(line);
       RefPrompt p;
       int64_t n = 0;
-      words >> p.name >> n;
+      words >> p.name >> n >> p.spread;
       p.prompt = ReadIds(words);
       p.greedy = ReadIds(words);
+      p.margins = ReadFloats(words);
+      EXPECT_EQ(p.margins.size(), p.greedy.size()) << p.name;
       EXPECT_EQ(static_cast<int64_t>(p.prompt.size()), n) << p.name;
       std::ifstream lf(dir_ + "/" + p.name + ".logits.f32", std::ios::binary);
       p.logits.resize(model_->config().vocab_size);
@@ -161,9 +189,8 @@ TEST_F(ParityTest, LastLogitsMatchLlamaCpp) {
     EXPECT_EQ(Argmax(*logits), Argmax(p.logits)) << p.name;
     EXPECT_LE(max_diff, 0.01f * (hi - lo))
         << p.name << ": max |diff| " << max_diff << " vs logit range " << (hi - lo);
-    std::printf("parity %-8s %5zu tokens: max|diff| %.4f = %.3f%% of range %.2f\n",
-                p.name.c_str(), p.prompt.size(), max_diff, 100.0 * max_diff / (hi - lo),
-                hi - lo);
+    std::printf("parity %-8s %5zu tokens: max|diff| %.4f = %.3f%% of range %.2f\n", p.name.c_str(),
+                p.prompt.size(), max_diff, 100.0 * max_diff / (hi - lo), hi - lo);
   }
 }
 
@@ -183,9 +210,52 @@ TEST_F(ParityTest, GreedyContinuationsMatchLlamaCppInOneBatch) {
   Generator generator(model_, options);
   auto results = generator.Generate(requests);
   ASSERT_TRUE(results.ok()) << results.status();
+  int identical = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    EXPECT_EQ((*results)[i].tokens, prompts[i].greedy) << prompts[i].name;
-    EXPECT_EQ(prompts[i].greedy.size(), 64u);
+    const RefPrompt& p = prompts[i];
+    const std::vector<int32_t>& ours = (*results)[i].tokens;
+    ASSERT_EQ(p.greedy.size(), 64u);
+    ASSERT_EQ(ours.size(), p.greedy.size()) << p.name;
+    size_t same = 0;
+    while (same < ours.size() && ours[same] == p.greedy[same]) ++same;
+    identical += same == ours.size();
+    // Free-running greedy text may only part from llama.cpp's where llama.cpp itself is undecided.
+    EXPECT_GE(same, p.FirstNearTie())
+        << p.name << ": diverged at token " << same << " where llama.cpp's margin "
+        << p.margins[same] << " exceeds its spread " << p.spread;
+    std::printf("greedy %-8s identical for %zu of 64 tokens (llama.cpp's first near-tie: %zu)\n",
+                p.name.c_str(), same, p.FirstNearTie());
+  }
+  std::printf("greedy: %d of %zu continuations identical over 64 tokens\n", identical,
+              prompts.size());
+}
+
+// Teacher forcing: llama.cpp's continuation fed to xkv in one prefill; at every step where
+// llama.cpp is decided (margin above its spread), xkv's argmax is llama.cpp's token.
+TEST_F(ParityTest, TeacherForcedGreedyTokensMatchLlamaCpp) {
+  const std::vector<RefPrompt> prompts = ReadPrompts();
+  ASSERT_GE(prompts.size(), 5u);
+  for (const RefPrompt& p : prompts) {
+    std::vector<int32_t> tokens = p.prompt;
+    tokens.insert(tokens.end(), p.greedy.begin(), p.greedy.end() - 1);
+    std::unique_ptr<KvCache> cache = model_->NewCache();
+    BatchStep step;
+    step.sequences.push_back({cache.get(), static_cast<int64_t>(tokens.size()), 0, false});
+    auto logits = model_->Forward(tokens, step, /*all_rows=*/true);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    const int64_t vocab = model_->config().vocab_size;
+    int decided = 0, agree = 0;
+    for (size_t i = 0; i < p.greedy.size(); ++i) {
+      const int64_t row = static_cast<int64_t>(p.prompt.size() + i) - 1;
+      const int32_t ours = Argmax(absl::MakeConstSpan(logits->data() + row * vocab, vocab));
+      if (p.margins[i] <= p.spread) continue;
+      ++decided;
+      agree += ours == p.greedy[i];
+      EXPECT_EQ(ours, p.greedy[i]) << p.name << " step " << i << " margin " << p.margins[i];
+    }
+    EXPECT_GE(decided, 32) << p.name << ": too few decided steps to compare";
+    std::printf("teacher-forced %-8s %d of %d decided steps agree\n", p.name.c_str(), agree,
+                decided);
   }
 }
 

@@ -3,8 +3,14 @@
 
 Output folder (argv[2]):
   tokens.txt   one line per test string: "<hex of the UTF-8 bytes> <id> <id> ..." (special=True)
-  prompts.txt  one line per prompt: "<name> <n_prompt> <ids...> | <64 greedy ids>"
+  prompts.txt  one line per prompt:
+               "<name> <n_prompt> <spread> <ids...> | <64 greedy ids> | <64 top-2 margins>"
   <name>.logits.f32  little-endian fp32 [vocab]: llama.cpp's logits at the prompt's last position
+
+<spread> is llama.cpp's own noise floor for that prompt: the largest |logit difference| between its
+default configuration (batched prefill, no flash attention) and two other configurations of
+llama.cpp itself (flash attention on; one token per batch). A margin is llama.cpp's top-1 minus
+top-2 logit at each greedy step.
 
 The strings file (argv[3]) holds one string per line; '#' lines are comments; escapes \\n \\t \\r
 \\\\ \\uXXXX \\UXXXXXXXX are decoded, every other character is taken as is (UTF-8).
@@ -74,19 +80,31 @@ def greedy(llm, ids, n):
     llm.reset()
     llm.eval(ids)
     last = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
-    out = []
+    out, margins = [], []
     for _ in range(n):
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        top2 = np.sort(np.partition(row, -2)[-2:])
+        tok = int(np.argmax(row))
         out.append(tok)
+        margins.append(float(top2[1] - top2[0]))
         llm.eval([tok])
-    return last, out
+    return last, out, margins
+
+
+def last_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[len(ids) - 1], dtype=np.float32)
 
 
 def main():
     model, outdir, strings_path = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(outdir, exist_ok=True)
-    llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_batch=512, n_threads=os.cpu_count(),
-                          logits_all=True, verbose=False)
+    common = dict(model_path=model, n_ctx=4096, n_threads=os.cpu_count(), logits_all=True,
+                  verbose=False)
+    llm = llama_cpp.Llama(n_batch=512, **common)
+    others = [llama_cpp.Llama(n_batch=512, flash_attn=True, **common),
+              llama_cpp.Llama(n_batch=1, n_ubatch=1, **common)]
     with open(os.path.join(outdir, "tokens.txt"), "w") as f:
         for s in read_strings(strings_path):
             ids = llm.tokenize(s.encode("utf-8"), add_bos=False, special=True)
@@ -94,10 +112,13 @@ def main():
     with open(os.path.join(outdir, "prompts.txt"), "w") as f:
         for name, text in prompts():
             ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-            last, cont = greedy(llm, ids, GREEDY_TOKENS)
+            last, cont, margins = greedy(llm, ids, GREEDY_TOKENS)
+            spread = max(float(np.abs(last_logits(o, ids) - last).max()) for o in others)
             last.tofile(os.path.join(outdir, name + ".logits.f32"))
-            f.write(f"{name} {len(ids)} {' '.join(map(str, ids))} | {' '.join(map(str, cont))}\n")
-            print(f"llama.cpp reference: {name}: {len(ids)} prompt tokens", file=sys.stderr)
+            f.write(f"{name} {len(ids)} {spread:.6f} {' '.join(map(str, ids))} | "
+                    f"{' '.join(map(str, cont))} | {' '.join(f'{m:.6f}' for m in margins)}\n")
+            print(f"llama.cpp reference: {name}: {len(ids)} prompt tokens, own spread "
+                  f"{spread:.4f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
