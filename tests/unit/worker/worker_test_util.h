@@ -3,6 +3,8 @@
 #ifndef XKV_TESTS_UNIT_WORKER_WORKER_TEST_UTIL_H_
 #define XKV_TESTS_UNIT_WORKER_WORKER_TEST_UTIL_H_
 
+#include <unistd.h>
+
 #include <memory>
 #include <random>
 #include <string>
@@ -36,7 +38,10 @@ inline SyntheticModelOptions WorkerModelOptions() {
 // Written once per test binary.
 inline const std::string& WorkerModelPath() {
   static const std::string* path = [] {
-    auto* p = new std::string(::testing::TempDir() + "/xkv_worker_test_model.gguf");
+    // One file per process: ctest runs tests in parallel processes, and rewriting a file another
+    // process has mapped would fault there (SIGBUS).
+    auto* p = new std::string(::testing::TempDir() + "/xkv_worker_test_model." +
+                              std::to_string(getpid()) + ".gguf");
     const absl::Status s = WriteSyntheticModel(WorkerModelOptions(), *p);
     EXPECT_TRUE(s.ok()) << s;
     return p;

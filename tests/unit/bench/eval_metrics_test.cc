@@ -1,0 +1,116 @@
+#include "bench/eval_metrics.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bench/eval_report.h"
+#include "bench/eval_runner.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(EvalMetricsTest, LogSoftmaxMatchesHandValues) {
+  const std::vector<float> logits = {0.f, std::log(3.f)};
+  const std::vector<double> l = LogSoftmax(logits);
+  EXPECT_NEAR(std::exp(l[0]), 0.25, 1e-7);
+  EXPECT_NEAR(std::exp(l[1]), 0.75, 1e-7);
+  // Shift invariance with large logits (no overflow).
+  const std::vector<double> big = LogSoftmax(std::vector<float>{1000.f, 1000.f + std::log(3.f)});
+  EXPECT_NEAR(std::exp(big[1]), 0.75, 1e-5);
+}
+
+TEST(EvalMetricsTest, KlDivergenceMatchesHandValue) {
+  // p = (1/2, 1/2), q = (1/4, 3/4): KL = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3).
+  const std::vector<float> p = {0.f, 0.f}, q = {0.f, std::log(3.f)};
+  EXPECT_NEAR(KlDivergence(p, q), 0.5 * std::log(4.0 / 3.0), 1e-6);
+  // Asymmetric: KL(q || p) = 1/4 ln(1/2) + 3/4 ln(3/2).
+  EXPECT_NEAR(KlDivergence(q, p), 0.25 * std::log(0.5) + 0.75 * std::log(1.5), 1e-6);
+  EXPECT_EQ(KlDivergence(q, q), 0.0);
+}
+
+TEST(EvalMetricsTest, FidelityAgreementAndMeanKl) {
+  const float l3 = std::log(3.f);
+  // 3 steps, vocab 2. Reference greedy tokens of the full run: 1, 0, 1.
+  const std::vector<float> full = {0.f, l3, l3, 0.f, 0.f, 1.f};
+  const std::vector<float> comp = {0.f, l3, 0.f, l3, 0.f, 0.f};  // argmax 1, 1, 0 (tie: low id)
+  const std::vector<int32_t> ref = {1, 0, 1};
+  absl::StatusOr<FidelityScore> s = ScoreFidelity(full, comp, ref, 2);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->steps, 3);
+  EXPECT_NEAR(s->agreement, 1.0 / 3.0, 1e-12);                           // only step 0 agrees
+  const double kl1 = 0.75 * std::log(3.0) + 0.25 * std::log(1.0 / 3.0);  // (3/4,1/4)||(1/4,3/4)
+  const double e = std::exp(1.0), z = 1.0 + e;
+  const double kl2 = (1.0 / z) * std::log(2.0 / z) + (e / z) * std::log(2.0 * e / z);
+  EXPECT_NEAR(s->mean_kl, (0.0 + kl1 + kl2) / 3.0, 1e-6);
+}
+
+TEST(EvalMetricsTest, FidelityRejectsBadSizes) {
+  const std::vector<float> a = {0.f, 1.f}, b = {0.f};
+  const std::vector<int32_t> ref = {1};
+  EXPECT_EQ(ScoreFidelity(a, b, ref, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScoreFidelity(a, a, {}, 2).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EvalRunnerTest, BudgetTokensAreBytesFractionsMinusTheWindow) {
+  // 30 layers, T = 1000, w = 8: 20% of 30*1000 token slots = 6000, minus 30*8 window slots.
+  EXPECT_EQ(BudgetTokens(0.2, 30, 1000, 8), 5760);
+  EXPECT_EQ(BudgetTokens(1.0, 30, 1000, 8), 30 * 992);  // clamped to the whole prefix
+  EXPECT_EQ(BudgetTokens(0.001, 30, 1000, 8), 0);       // never negative
+  EXPECT_EQ(BudgetTokens(0.5, 30, 5, 8), 0);            // nothing to evict
+}
+
+EvalRow Row(PolicyKind method, double budget, QueryMode mode, bool correct, double agreement,
+            double kl) {
+  EvalRow r;
+  r.prompt_id = "p";
+  r.method = method;
+  r.budget = budget;
+  r.mode = mode;
+  r.correct = correct;
+  r.agreement = agreement;
+  r.kl = kl;
+  r.kv_bytes_full = 1000;
+  r.kv_bytes_held = static_cast<int64_t>(1000 * budget);
+  r.target_tokens = 1024;
+  return r;
+}
+
+TEST(EvalReportTest, SummarizeGroupsByMethodAndBudget) {
+  const std::vector<EvalRow> rows = {
+      Row(PolicyKind::kFull, 1.0, QueryMode::kAware, true, 1, 0),
+      Row(PolicyKind::kFull, 1.0, QueryMode::kAgnostic, true, 1, 0),
+      Row(PolicyKind::kXkv, 0.2, QueryMode::kAware, true, 0.5, 0.2),
+      Row(PolicyKind::kXkv, 0.2, QueryMode::kAgnostic, false, 0.25, 0.4)};
+  const std::vector<EvalSummary> s = Summarize(rows);
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[1].method, PolicyKind::kXkv);
+  EXPECT_EQ(s[1].rows, 2);
+  EXPECT_DOUBLE_EQ(s[1].accuracy, 0.5);
+  EXPECT_DOUBLE_EQ(s[1].accuracy_aware, 1.0);
+  EXPECT_DOUBLE_EQ(s[1].accuracy_agnostic, 0.0);
+  EXPECT_DOUBLE_EQ(s[1].agreement, 0.375);
+  EXPECT_NEAR(s[1].kl, 0.3, 1e-12);
+  EXPECT_NEAR(s[1].kv_percent, 20.0, 1e-9);
+  const std::string md = SummaryMarkdown(rows, RunInfo{});
+  EXPECT_THAT(md, HasSubstr("| xkv | 20% | 20.0 | 1.000 | 0.000 | 0.500 | 50.0% |"));
+  EXPECT_THAT(md, HasSubstr("MISSES the ≥ 99% goal"));
+}
+
+TEST(EvalReportTest, CsvQuotesAnswers) {
+  EvalRow r = Row(PolicyKind::kSnapKv, 0.1, QueryMode::kAgnostic, false, 0.5, 0.1);
+  r.answer = "say \"hi\", then\nstop";
+  const std::string line = CsvLine(r);
+  EXPECT_THAT(line, HasSubstr("\"say \"\"hi\"\", then\\nstop\""));
+  const std::string header = CsvHeader();
+  EXPECT_EQ(std::count(header.begin(), header.end(), ','), 17);
+  EXPECT_EQ(std::count(line.begin(), line.end(), ','), 17 + 1);  // + the comma inside the quotes
+}
+
+}  // namespace
+}  // namespace xkv
