@@ -9,10 +9,10 @@
 #define XKV_CONCAT_(a, b) XKV_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function when `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::absl::Status xkv_status_ = (expr);           \
-    if (!xkv_status_.ok()) return xkv_status_;     \
+#define RETURN_IF_ERROR(expr)                  \
+  do {                                         \
+    ::absl::Status xkv_status_ = (expr);       \
+    if (!xkv_status_.ok()) return xkv_status_; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, F())` binds the value of a StatusOr or returns its error.

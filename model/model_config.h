@@ -15,20 +15,20 @@ namespace xkv {
 enum class RopeStyle { kNorm, kNeox };
 
 struct ModelConfig {
-  std::string architecture;  // "llama"
-  std::string name;          // general.name
-  int n_layers = 0;          // <arch>.block_count
-  int hidden = 0;            // <arch>.embedding_length
-  int ffn = 0;               // <arch>.feed_forward_length
-  int n_heads = 0;           // <arch>.attention.head_count
-  int n_kv_heads = 0;        // <arch>.attention.head_count_kv (defaults to n_heads)
-  int head_dim = 0;          // <arch>.attention.key_length, else hidden / n_heads
-  int rope_dims = 0;         // <arch>.rope.dimension_count, else head_dim
-  float rope_base = 10000.f; // <arch>.rope.freq_base
+  std::string architecture;   // "llama"
+  std::string name;           // general.name
+  int n_layers = 0;           // <arch>.block_count
+  int hidden = 0;             // <arch>.embedding_length
+  int ffn = 0;                // <arch>.feed_forward_length
+  int n_heads = 0;            // <arch>.attention.head_count
+  int n_kv_heads = 0;         // <arch>.attention.head_count_kv (defaults to n_heads)
+  int head_dim = 0;           // <arch>.attention.key_length, else hidden / n_heads
+  int rope_dims = 0;          // <arch>.rope.dimension_count, else head_dim
+  float rope_base = 10000.f;  // <arch>.rope.freq_base
   RopeStyle rope_style = RopeStyle::kNorm;
-  float norm_eps = 1e-5f;    // <arch>.attention.layer_norm_rms_epsilon
-  int context_length = 0;    // <arch>.context_length
-  int vocab_size = 0;        // <arch>.vocab_size, else the token list length
+  float norm_eps = 1e-5f;        // <arch>.attention.layer_norm_rms_epsilon
+  int context_length = 0;        // <arch>.context_length
+  int vocab_size = 0;            // <arch>.vocab_size, else the token list length
   bool tied_embeddings = false;  // true when output.weight is absent (lm_head = token_embd)
   int bos_token = -1;
   int eos_token = -1;
