@@ -7,14 +7,15 @@ Output folder (argv[2]):
                "<name> <n_prompt> <spread> <ids...> | <64 greedy ids> | <64 top-2 margins>"
   <name>.logits.f32  little-endian fp32 [vocab]: llama.cpp's logits at the prompt's last position
 
-<spread> is llama.cpp's own noise floor for that prompt: the largest |logit difference| between its
-default configuration (batched prefill, no flash attention) and two other configurations of
-llama.cpp itself (flash attention on; one token per batch). A margin is llama.cpp's top-1 minus
+<spread> is llama.cpp's own noise floor for that prompt: the largest |logit difference| between any
+two of three configurations of llama.cpp itself (the default batched prefill without flash
+attention, the same with flash attention, one token per batch). A margin is llama.cpp's top-1 minus
 top-2 logit at each greedy step.
 
 The strings file (argv[3]) holds one string per line; '#' lines are comments; escapes \\n \\t \\r
 \\\\ \\uXXXX \\UXXXXXXXX are decoded, every other character is taken as is (UTF-8).
 """
+import itertools
 import os
 import re
 import sys
@@ -113,7 +114,8 @@ def main():
         for name, text in prompts():
             ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
             last, cont, margins = greedy(llm, ids, GREEDY_TOKENS)
-            spread = max(float(np.abs(last_logits(o, ids) - last).max()) for o in others)
+            runs = [last] + [last_logits(o, ids) for o in others]
+            spread = max(float(np.abs(a - b).max()) for a, b in itertools.combinations(runs, 2))
             last.tofile(os.path.join(outdir, name + ".logits.f32"))
             f.write(f"{name} {len(ids)} {spread:.6f} {' '.join(map(str, ids))} | "
                     f"{' '.join(map(str, cont))} | {' '.join(f'{m:.6f}' for m in margins)}\n")
