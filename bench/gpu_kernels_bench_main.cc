@@ -1,0 +1,239 @@
+// xkv_gpu_bench: micro-benchmarks of the CUDA kernels on the GPU host (DESIGN.md §6.9).
+//   device-to-device copy bandwidth (the practical HBM ceiling),
+//   cuBLAS bf16 GEMM TFLOP/s at 8192^3 (fp32 accumulation),
+//   paged decode attention at Llama-3-8B shapes (32/8 heads x 128, 8K context, batch 1/8/32)
+//     against the bytes-moved floor (K+V bytes / measured copy bandwidth),
+//   flash prefill attention at Llama-3-8B shapes (T = 2048, 8192).
+// Usage: xkv_gpu_bench [--json=PATH]. Prints a Markdown table; --json also writes the rows.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cublas_handle.h"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
+
+namespace {
+
+struct Row {
+  std::string name;
+  double value;
+  std::string unit;
+  std::string note;
+};
+
+#define BENCH_CHECK_CUDA(expr)                                                                    \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+#define BENCH_CHECK_OK(expr)                                                          \
+  do {                                                                                \
+    const absl::Status s_ = (expr);                                                   \
+    if (!s_.ok()) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                                   \
+    }                                                                                 \
+  } while (0)
+
+// Mean milliseconds of `iters` calls after `warmup` calls, timed with events on `stream`.
+double TimeMs(cudaStream_t stream, int warmup, int iters, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t a, b;
+  BENCH_CHECK_CUDA(cudaEventCreate(&a));
+  BENCH_CHECK_CUDA(cudaEventCreate(&b));
+  BENCH_CHECK_CUDA(cudaEventRecord(a, stream));
+  for (int i = 0; i < iters; ++i) fn();
+  BENCH_CHECK_CUDA(cudaEventRecord(b, stream));
+  BENCH_CHECK_CUDA(cudaEventSynchronize(b));
+  float ms = 0.f;
+  BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / iters;
+}
+
+double CopyBandwidth(cudaStream_t stream, std::vector<Row>& rows) {
+  const size_t bytes = size_t{1} << 30;
+  void *src = nullptr, *dst = nullptr;
+  BENCH_CHECK_CUDA(cudaMalloc(&src, bytes));
+  BENCH_CHECK_CUDA(cudaMalloc(&dst, bytes));
+  BENCH_CHECK_CUDA(cudaMemset(src, 1, bytes));
+  const double ms = TimeMs(stream, 3, 20, [&] {
+    BENCH_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+  });
+  const double gbs = 2.0 * bytes / (ms * 1e-3) / 1e9;  // read + write
+  rows.push_back({"d2d copy 1 GiB", gbs, "GB/s", "read+write bytes / time"});
+  cudaFree(src);
+  cudaFree(dst);
+  return gbs;
+}
+
+void GemmThroughput(cudaStream_t stream, std::vector<Row>& rows) {
+  const int64_t n = 8192;
+  __nv_bfloat16 *a = nullptr, *b = nullptr, *c = nullptr;
+  BENCH_CHECK_CUDA(cudaMalloc(&a, n * n * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&b, n * n * 2));
+  BENCH_CHECK_CUDA(cudaMalloc(&c, n * n * 2));
+  BENCH_CHECK_CUDA(cudaMemset(a, 0x3c, n * n * 2));
+  BENCH_CHECK_CUDA(cudaMemset(b, 0x3c, n * n * 2));
+  auto handle = xkv::cuda::CublasHandle::Create();
+  BENCH_CHECK_OK(handle.status());
+  const double ms = TimeMs(stream, 3, 20, [&] {
+    BENCH_CHECK_OK(xkv::cuda::LaunchGemm(*handle, a, n, b, n, c, n, n, n, n, false, stream));
+  });
+  rows.push_back({"cuBLAS bf16 GEMM 8192^3", 2.0 * n * n * n / (ms * 1e-3) / 1e12, "TFLOP/s",
+                  "bf16 in/out, fp32 accumulate; " + std::to_string(ms) + " ms"});
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+}
+
+// Llama-3-8B layer: 32 query heads, 8 KV heads, head_dim 128.
+void DecodeAttention(cudaStream_t stream, double copy_gbs, std::vector<Row>& rows) {
+  const int heads = 32, kv_heads = 8, hd = 128;
+  const int64_t ctx = 8192, blocks_per_seq = ctx / 16;
+  const xkv::cuda::AttentionShape shape{heads, kv_heads, hd, 1.0f / std::sqrt(128.f), false};
+  for (int64_t batch : {1, 8, 32}) {
+    const int64_t blocks = batch * blocks_per_seq;
+    const size_t pool_bytes = blocks * kv_heads * 16 * hd * 2;
+    __nv_bfloat16 *k = nullptr, *v = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&k, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMalloc(&v, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMemset(k, 0x3c, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMemset(v, 0x3c, pool_bytes));
+    std::vector<int32_t> table(blocks);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(1));  // scattered, as a real pool
+    std::vector<int32_t> lens(batch, static_cast<int32_t>(ctx));
+    int32_t *d_table = nullptr, *d_lens = nullptr;
+    float *q = nullptr, *out = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&d_lens, batch * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&q, batch * heads * hd * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&out, batch * heads * hd * 4));
+    BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(d_lens, lens.data(), batch * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemset(q, 0, batch * heads * hd * 4));
+    const size_t ws_bytes = xkv::cuda::DecodeAttentionWorkspaceBytes(batch, heads, hd, ctx);
+    void* ws = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
+    const xkv::cuda::PagedKvLayer cache{k, v, blocks, kv_heads, hd};
+    const double ms = TimeMs(stream, 5, 50, [&] {
+      BENCH_CHECK_OK(xkv::cuda::LaunchDecodeAttention(shape, q, batch, cache, d_table,
+                                                      blocks_per_seq, d_lens, ctx, out, heads * hd,
+                                                      ws, ws_bytes, stream));
+    });
+    const double bytes = 2.0 * pool_bytes;                       // every K and V byte once
+    const double floor_ms = bytes / (copy_gbs / 2 * 1e9) * 1e3;  // read at half the copy rate
+    char note[160];
+    std::snprintf(note, sizeof(note),
+                  "%.1f us; floor %.1f us (%.0f MB at %.0f GB/s read); %.0f GB/s", ms * 1e3,
+                  floor_ms * 1e3, bytes / 1e6, copy_gbs / 2, bytes / (ms * 1e-3) / 1e9);
+    rows.push_back({"decode attn L3-8B 8K ctx batch " + std::to_string(batch), floor_ms / ms,
+                    "x of floor", note});
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(d_table);
+    cudaFree(d_lens);
+    cudaFree(q);
+    cudaFree(out);
+    cudaFree(ws);
+  }
+}
+
+void PrefillAttention(cudaStream_t stream, std::vector<Row>& rows) {
+  const int heads = 32, kv_heads = 8, hd = 128;
+  const xkv::cuda::AttentionShape shape{heads, kv_heads, hd, 1.0f / std::sqrt(128.f), false};
+  for (int64_t t : {2048, 8192}) {
+    const int64_t blocks = t / 16;
+    const size_t pool_bytes = blocks * kv_heads * 16 * hd * 2;
+    __nv_bfloat16 *k = nullptr, *v = nullptr;
+    int32_t* d_table = nullptr;
+    float *q = nullptr, *out = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&k, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMalloc(&v, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMemset(k, 0x3c, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMemset(v, 0x3c, pool_bytes));
+    std::vector<int32_t> table(blocks);
+    std::iota(table.begin(), table.end(), 0);
+    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
+    BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMalloc(&q, t * heads * hd * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&out, t * heads * hd * 4));
+    BENCH_CHECK_CUDA(cudaMemset(q, 0, t * heads * hd * 4));
+    const xkv::cuda::PagedKvLayer cache{k, v, blocks, kv_heads, hd};
+    const double ms = TimeMs(stream, 2, 10, [&] {
+      BENCH_CHECK_OK(xkv::cuda::LaunchPrefillAttention(shape, q, t, cache, d_table, t, out,
+                                                       heads * hd, stream));
+    });
+    const double flops = 4.0 * heads * hd * (double(t) * (t + 1) / 2);  // causal QK^T + PV
+    rows.push_back({"prefill attn L3-8B T=" + std::to_string(t), flops / (ms * 1e-3) / 1e12,
+                    "TFLOP/s", std::to_string(ms) + " ms (SIMT fp32 kernel)"});
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(d_table);
+    cudaFree(q);
+    cudaFree(out);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--json=", 7) == 0) json = argv[i] + 7;
+  }
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    std::fprintf(stderr, "xkv_gpu_bench: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  BENCH_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t stream;
+  BENCH_CHECK_CUDA(cudaStreamCreate(&stream));
+  std::vector<Row> rows;
+  const double copy_gbs = CopyBandwidth(stream, rows);
+  GemmThroughput(stream, rows);
+  DecodeAttention(stream, copy_gbs, rows);
+  PrefillAttention(stream, rows);
+  std::printf(
+      "device: %s (%d SMs, %.0f MB L2)\n\n| benchmark | value | unit | note |\n|---|---|---|---|\n",
+      prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  for (const Row& r : rows) {
+    std::printf("| %s | %.3f | %s | %s |\n", r.name.c_str(), r.value, r.unit.c_str(),
+                r.note.c_str());
+  }
+  if (!json.empty()) {
+    FILE* f = std::fopen(json.c_str(), "w");
+    if (f == nullptr) return 1;
+    std::fprintf(f, "{\"device\": \"%s\", \"rows\": [\n", prop.name);
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::fprintf(f,
+                   "  {\"name\": \"%s\", \"value\": %.6g, \"unit\": \"%s\", \"note\": \"%s\"}%s\n",
+                   rows[i].name.c_str(), rows[i].value, rows[i].unit.c_str(), rows[i].note.c_str(),
+                   i + 1 < rows.size() ? "," : "");
+    }
+    std::fprintf(f, "]}\n");
+    std::fclose(f);
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}

@@ -1,0 +1,97 @@
+// Device-side helpers shared by the .cu files of kernels/cuda (not a public interface).
+#ifndef XKV_KERNELS_CUDA_CUDA_COMMON_CUH_
+#define XKV_KERNELS_CUDA_CUDA_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace xkv::cuda::internal {
+
+inline constexpr unsigned kFullMask = 0xffffffffu;
+
+__host__ __device__ inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__host__ __device__ inline int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ inline int64_t Max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+// `scratch` holds >= 33 floats of shared memory; the call ends with the block synchronised.
+__device__ inline float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpSum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float x = lane < warps ? scratch[lane] : 0.f;
+    x = WarpSum(x);
+    if (lane == 0) scratch[32] = x;
+  }
+  __syncthreads();
+  return scratch[32];
+}
+
+__device__ inline float BlockMax(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float x = lane < warps ? scratch[lane] : -INFINITY;
+    x = WarpMax(x);
+    if (lane == 0) scratch[32] = x;
+  }
+  __syncthreads();
+  return scratch[32];
+}
+
+// 8 consecutive bf16 (16 bytes, 16-byte aligned) -> 8 floats.
+__device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// Float ordered as an unsigned integer: a < b (as floats, no NaN) iff Key(a) < Key(b).
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+}  // namespace xkv::cuda::internal
+
+#endif  // XKV_KERNELS_CUDA_CUDA_COMMON_CUH_

@@ -1,0 +1,49 @@
+// Causal GQA prefill attention over one layer's paged KV cache, flash-style: query tiles stream
+// over key tiles with an online softmax (fp32 scores, fp32 accumulation); no [T, T] matrix is
+// ever stored. Same semantics as cpu::LaunchPrefillAttention: the LAST n_new cache slots are the
+// new tokens themselves, in order, and new token i attends to slots [0, kv_len - n_new + i]
+// (earlier slots may be a compacted subset of the past — causality is by slot order).
+#ifndef XKV_KERNELS_CUDA_PREFILL_ATTENTION_CUH_
+#define XKV_KERNELS_CUDA_PREFILL_ATTENTION_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cuda/paged_kv.cuh"
+
+namespace xkv::cuda {
+
+// n_heads, n_kv_heads (divides n_heads), head_dim, scale. round_probs_f16 is not supported on
+// the device (UNIMPLEMENTED).
+using AttentionShape = ::xkv::cpu::AttentionShape;
+
+// One sequence (a prompt or a prompt chunk).
+// q:           device fp32 [n_new, n_heads, head_dim], contiguous, post-RoPE.
+// cache:       the layer's paged K/V (bf16); cache.n_kv_heads / head_dim must match `shape`.
+// block_table: device int32 [ceil(kv_len / 16)]: the sequence's blocks in slot order.
+// kv_len:      cache slots of the sequence including the n_new new ones (>= n_new >= 1), all
+//              already written (LaunchKvCacheWrite).
+// out:         device fp32 or bf16 [n_new, n_heads, head_dim], token rows `out_stride` apart
+//              (>= n_heads * head_dim); must not overlap q.
+// head_dim 64 or 128 (UNIMPLEMENTED otherwise). SIMT kernel: 64-query x 64-key tiles, one CTA
+// per (query tile, query head), fp32 math (tensor-core version: a later tranche).
+absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
+                                    const PagedKvLayer& cache, const int32_t* block_table,
+                                    int64_t kv_len, float* out, int64_t out_stride,
+                                    cudaStream_t stream);
+absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
+                                    const PagedKvLayer& cache, const int32_t* block_table,
+                                    int64_t kv_len, __nv_bfloat16* out, int64_t out_stride,
+                                    cudaStream_t stream);
+
+// Shared argument checks of the attention launchers (prefill and decode).
+absl::Status CheckAttentionShape(const AttentionShape& shape, const PagedKvLayer& cache,
+                                 const char* who);
+
+}  // namespace xkv::cuda
+
+#endif  // XKV_KERNELS_CUDA_PREFILL_ATTENTION_CUH_

@@ -1,0 +1,156 @@
+// Flash prefill and paged batched decode attention vs the CPU references (kernels/cpu/attention.h)
+// on the same bf16 K/V values. Tolerance: atol 1e-4 + rtol 1e-3 (inputs in [-1, 1]; outputs are
+// convex mixes of V; both sides fp32, different summation orders and exp implementations).
+#include "kernels/cpu/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/paged_fixture.h"
+
+namespace xkv::gpu_test {
+namespace {
+
+constexpr float kAtol = 1e-4f, kRtol = 1e-3f;
+
+cpu::AttentionShape Shape(int heads, int kv_heads, int hd) {
+  return {heads, kv_heads, hd, 1.0f / std::sqrt(static_cast<float>(hd)), false};
+}
+
+struct PrefillCase {
+  int heads, kv_heads, head_dim;
+  int64_t past, n_new;
+};
+
+class PrefillAttentionTest : public ::testing::TestWithParam<PrefillCase> {};
+
+TEST_P(PrefillAttentionTest, MatchesCpu) {
+  XKV_SKIP_WITHOUT_GPU();
+  const PrefillCase c = GetParam();
+  const int64_t len = c.past + c.n_new, row = int64_t{c.heads} * c.head_dim;
+  const cpu::AttentionShape shape = Shape(c.heads, c.kv_heads, c.head_dim);
+  const HostPagedLayer host = MakePagedLayer(c.kv_heads, c.head_dim, {len}, 7);
+  const std::vector<float> q = RandomVector(c.n_new * row, 8);
+  const std::vector<float> kg = host.Gather(host.k, 0), vg = host.Gather(host.v, 0);
+  std::vector<float> want(c.n_new * row);
+  XKV_ASSERT_OK(cpu::LaunchPrefillAttention(shape, q.data(), c.n_new, kg.data(), vg.data(),
+                                            len * c.head_dim, len, want.data(), row, nullptr));
+  DevicePagedLayer dev(host);
+  DeviceBuffer<int32_t> table(host.tables[0]);
+  DeviceBuffer<float> d_q(q);
+  const int64_t out_stride = row + 64;  // a padded output buffer
+  DeviceBuffer<float> d_out(c.n_new * out_stride);
+  XKV_ASSERT_OK(cuda::LaunchPrefillAttention(shape, d_q.get(), c.n_new, dev.view, table.get(), len,
+                                             d_out.get(), out_stride, nullptr));
+  XKV_ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<float> padded = d_out.Download();
+  std::vector<float> got(c.n_new * row);
+  for (int64_t t = 0; t < c.n_new; ++t) {
+    std::copy_n(padded.begin() + t * out_stride, row, got.begin() + t * row);
+  }
+  EXPECT_TRUE(AllClose(got, want, kAtol, kRtol));
+
+  DeviceBuffer<__nv_bfloat16> d_out16(c.n_new * row);
+  XKV_ASSERT_OK(cuda::LaunchPrefillAttention(shape, d_q.get(), c.n_new, dev.view, table.get(), len,
+                                             d_out16.get(), row, nullptr));
+  EXPECT_TRUE(AllClose(FromBf16Bits(d_out16.Download<uint16_t>()), want, kAtol, 1.f / 128));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ModelShapes, PrefillAttentionTest,
+    ::testing::Values(PrefillCase{9, 3, 64, 0, 1}, PrefillCase{9, 3, 64, 0, 100},
+                      PrefillCase{9, 3, 64, 0, 2048}, PrefillCase{9, 3, 64, 700, 300},
+                      PrefillCase{9, 3, 64, 5, 63}, PrefillCase{32, 8, 128, 0, 64},
+                      PrefillCase{32, 8, 128, 0, 1000}, PrefillCase{32, 8, 128, 0, 2048},
+                      PrefillCase{32, 8, 128, 37, 5}, PrefillCase{32, 8, 128, 1500, 129}));
+
+struct DecodeCase {
+  int heads, kv_heads, head_dim;
+  std::vector<std::vector<int64_t>> lens;  // [layer][sequence]
+};
+
+class DecodeAttentionTest : public ::testing::TestWithParam<DecodeCase> {};
+
+// Every layer has its own pool and its own length per sequence (XKV budgets).
+TEST_P(DecodeAttentionTest, RaggedLayersMatchCpu) {
+  XKV_SKIP_WITHOUT_GPU();
+  const DecodeCase c = GetParam();
+  const cpu::AttentionShape shape = Shape(c.heads, c.kv_heads, c.head_dim);
+  const int64_t row = int64_t{c.heads} * c.head_dim;
+  for (size_t layer = 0; layer < c.lens.size(); ++layer) {
+    const std::vector<int64_t>& lens = c.lens[layer];
+    const int64_t batch = lens.size();
+    const int64_t max_len = *std::max_element(lens.begin(), lens.end());
+    const int64_t max_blocks = (max_len + 15) / 16 + 1;
+    const HostPagedLayer host = MakePagedLayer(c.kv_heads, c.head_dim, lens, 100 + layer);
+    std::vector<int32_t> tables(batch * max_blocks, -1);  // -1: never dereferenced
+    std::vector<int32_t> lens32(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      std::copy(host.tables[b].begin(), host.tables[b].end(), tables.begin() + b * max_blocks);
+      lens32[b] = static_cast<int32_t>(lens[b]);
+    }
+    const std::vector<float> q = RandomVector(batch * row, 200 + layer);
+    std::vector<float> want(batch * row);
+    for (int64_t b = 0; b < batch; ++b) {
+      const std::vector<float> kg = host.Gather(host.k, b), vg = host.Gather(host.v, b);
+      XKV_ASSERT_OK(cpu::LaunchDecodeAttention(shape, q.data() + b * row, kg.data(), vg.data(),
+                                               lens[b] * c.head_dim, lens[b], want.data() + b * row,
+                                               nullptr));
+    }
+    DevicePagedLayer dev(host);
+    DeviceBuffer<int32_t> d_tables(tables), d_lens(lens32);
+    DeviceBuffer<float> d_q(q), d_out(batch * row);
+    const size_t ws_bytes =
+        cuda::DecodeAttentionWorkspaceBytes(batch, c.heads, c.head_dim, max_len);
+    DeviceBuffer<uint8_t> ws(ws_bytes);
+    XKV_ASSERT_OK(cuda::LaunchDecodeAttention(shape, d_q.get(), batch, dev.view, d_tables.get(),
+                                              max_blocks, d_lens.get(), max_len, d_out.get(), row,
+                                              ws.get(), ws_bytes, nullptr));
+    XKV_ASSERT_CUDA(cudaDeviceSynchronize());
+    EXPECT_TRUE(AllClose(d_out.Download(), want, kAtol, kRtol)) << "layer " << layer;
+
+    DeviceBuffer<__nv_bfloat16> d_out16(batch * row);
+    XKV_ASSERT_OK(cuda::LaunchDecodeAttention(shape, d_q.get(), batch, dev.view, d_tables.get(),
+                                              max_blocks, d_lens.get(), max_len, d_out16.get(), row,
+                                              ws.get(), ws_bytes, nullptr));
+    EXPECT_TRUE(AllClose(FromBf16Bits(d_out16.Download<uint16_t>()), want, kAtol, 1.f / 128))
+        << "layer " << layer;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    ModelShapes, DecodeAttentionTest,
+    ::testing::Values(
+        DecodeCase{
+            9, 3, 64, {{1, 16, 17, 300, 2000}, {5, 15, 33, 1024, 64}, {100, 1, 16, 4097, 7}}},
+        DecodeCase{32, 8, 128, {{8192, 1, 17, 4000, 300}, {2048, 8192, 33, 16, 1}}},
+        DecodeCase{32, 8, 128, {std::vector<int64_t>(8, 8192)}},
+        DecodeCase{8, 8, 128, {{1, 2, 3, 250}}}, DecodeCase{16, 2, 64, {{777, 31}}}));
+
+TEST(AttentionArgsTest, RejectsUnsupportedShapesAndSmallWorkspace) {
+  // Argument checks run before any device call: no GPU needed.
+  int dummy = 0;
+  auto* fake = reinterpret_cast<__nv_bfloat16*>(&dummy);
+  cuda::PagedKvLayer cache{fake, fake, 4, 2, 96};
+  float f = 0.f;
+  int32_t i = 0;
+  EXPECT_EQ(
+      cuda::LaunchPrefillAttention(Shape(4, 2, 96), &f, 1, cache, &i, 1, &f, 384, nullptr).code(),
+      absl::StatusCode::kUnimplemented);
+  cache.head_dim = 64;
+  EXPECT_EQ(cuda::LaunchDecodeAttention(Shape(4, 2, 64), &f, 1, cache, &i, 1, &i, 16, &f, 256, &f,
+                                        1, nullptr)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      cuda::LaunchPrefillAttention(Shape(4, 3, 64), &f, 1, cache, &i, 1, &f, 256, nullptr).code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace xkv::gpu_test

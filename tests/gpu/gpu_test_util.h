@@ -1,0 +1,129 @@
+// Helpers shared by the GPU tests: device detection (tests skip without a device), RAII device
+// buffers, random inputs and bf16 rounding identical to the device's.
+#ifndef XKV_TESTS_GPU_GPU_TEST_UTIL_H_
+#define XKV_TESTS_GPU_GPU_TEST_UTIL_H_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/half.h"
+
+namespace xkv::gpu_test {
+
+inline bool HasCudaDevice() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+#define XKV_SKIP_WITHOUT_GPU() \
+  if (!::xkv::gpu_test::HasCudaDevice()) GTEST_SKIP() << "no CUDA device"
+
+#define XKV_ASSERT_OK(expr)                          \
+  do {                                               \
+    const ::absl::Status xkv_st_ = (expr);           \
+    ASSERT_TRUE(xkv_st_.ok()) << xkv_st_.ToString(); \
+  } while (0)
+
+#define XKV_ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
+
+// Device memory for n elements of T, freed on destruction.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n > 0 && cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T)) != cudaSuccess) {
+      ptr_ = nullptr;
+    }
+  }
+  template <typename U>
+  explicit DeviceBuffer(const std::vector<U>& host) : DeviceBuffer(host.size()) {
+    static_assert(sizeof(U) == sizeof(T));
+    if (ptr_ != nullptr) cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+  // Copies the whole buffer back (synchronous).
+  template <typename U = T>
+  std::vector<U> Download() const {
+    static_assert(sizeof(U) == sizeof(T));
+    std::vector<U> out(n_);
+    if (n_ > 0) cudaMemcpy(out.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
+    return out;
+  }
+  void Fill(uint8_t byte) { cudaMemset(ptr_, byte, n_ * sizeof(T)); }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Uniform in [lo, hi), never exactly 0.
+inline std::vector<float> RandomVector(size_t n, uint32_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    do {
+      x = u(rng);
+    } while (x == 0.f);
+  }
+  return v;
+}
+
+// Rounds every value to bf16 (round-to-nearest-even), as the device conversion does.
+inline std::vector<float> RoundBf16(std::vector<float> v) {
+  for (float& x : v) x = cpu::Bf16ToF32(cpu::F32ToBf16(x));
+  return v;
+}
+
+inline std::vector<uint16_t> ToBf16Bits(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = cpu::F32ToBf16(v[i]);
+  return out;
+}
+
+inline std::vector<float> FromBf16Bits(const std::vector<uint16_t>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = cpu::Bf16ToF32(v[i]);
+  return out;
+}
+
+// |got - want| <= atol + rtol * |want| everywhere; reports the worst element.
+inline ::testing::AssertionResult AllClose(const std::vector<float>& got,
+                                           const std::vector<float>& want, float atol, float rtol) {
+  if (got.size() != want.size()) {
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  }
+  size_t bad = 0, worst = 0;
+  double worst_excess = -1.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - want[i]);
+    const double tol = atol + rtol * std::fabs(double(want[i]));
+    const double excess = std::isnan(got[i]) != std::isnan(want[i]) ? 1e30 : err - tol;
+    if (excess > 0 || std::isnan(err)) ++bad;
+    if (excess > worst_excess) worst_excess = excess, worst = i;
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << got.size() << " elements off (atol " << atol << ", rtol " << rtol
+         << "); worst at " << worst << ": got " << got[worst] << " want " << want[worst];
+}
+
+}  // namespace xkv::gpu_test
+
+#endif  // XKV_TESTS_GPU_GPU_TEST_UTIL_H_
