@@ -115,6 +115,10 @@ class Coordinator {
   void MaybeAutoReplan();
   bool WaitIdle(absl::Duration timeout);  // until no request runs
   absl::Status ReloadStages(const StagePlan& plan);
+  // After a failed step: UNAVAILABLE while a stage is unreachable; a stage that answers but is
+  // not serving (a worker restarted empty) gets the current plan reloaded on every stage, after
+  // the started requests fail (their caches go with the reload). Loop thread, under driver_mu_.
+  absl::Status RecoverStages();
 
   CoordinatorOptions options_;
   const Clock* clock_;
@@ -143,6 +147,7 @@ class Coordinator {
   uint64_t step_id_ = 0;
   std::atomic<uint64_t> sample_counter_{0};
   int64_t last_replan_samples_ = 0;  // loop thread only
+  bool stages_suspect_ = false;      // a step failed: check the stages first (loop thread only)
   std::thread loop_;
 };
 

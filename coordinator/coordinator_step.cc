@@ -82,8 +82,48 @@ void Coordinator::ProcessCancels() {
   }
 }
 
+absl::Status Coordinator::RecoverStages() {
+  const std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
+  bool serving = true;
+  for (size_t s = 0; s < statuses.size(); ++s) {
+    if (!statuses[s].ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("pipeline stage ", s, " is down: ", statuses[s].status().message()));
+    }
+    serving = serving && statuses[s]->health() == xkv::v1::STAGE_HEALTH_SERVING;
+  }
+  if (!serving) {
+    std::vector<uint64_t> started;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [id, seq] : sequences_) {
+        if (seq->started) started.push_back(id);
+      }
+    }
+    for (uint64_t id : started) {
+      FinishSequence(id, absl::UnavailableError("a worker restarted; the stages were reloaded"), 0);
+    }
+    StagePlan plan;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      plan = plan_;
+    }
+    if (absl::Status s = ReloadStages(plan); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat("reloading the stages: ", s.message()));
+    }
+  }
+  stages_suspect_ = false;
+  return absl::OkStatus();
+}
+
 void Coordinator::RunStep(const StepPlan& plan) {
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  if (stages_suspect_) {
+    if (absl::Status r = RecoverStages(); !r.ok()) {
+      for (const WorkItem& item : plan.items) FinishSequence(item.id, r, 0);
+      return;
+    }
+  }
   const absl::Time now = clock_->Now();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -98,6 +138,7 @@ void Coordinator::RunStep(const StepPlan& plan) {
   if (s.ok()) s = RunMain(plan);
   if (!s.ok()) {
     for (const WorkItem& item : plan.items) FinishSequence(item.id, s, 0);
+    stages_suspect_ = true;
   }
 }
 

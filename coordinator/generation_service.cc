@@ -20,11 +20,11 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
   } else {
     p.prompt = r.prompt();
   }
-  p.max_tokens = r.max_tokens();  // 0: the service default (Coordinator::Submit)
+  p.max_tokens = r.has_max_tokens() ? r.max_tokens() : 0;  // 0: the service default (Submit)
   if (r.has_sampling()) {
     const auto& s = r.sampling();
     p.temperature = s.temperature();
-    p.top_p = s.top_p() == 0.0f ? 1.0 : s.top_p();
+    p.top_p = s.has_top_p() ? s.top_p() : 1.0;
     p.top_k = s.top_k();
     p.seed = s.seed();
     p.stop.assign(s.stop().begin(), s.stop().end());
@@ -52,6 +52,14 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     }
   }
   return p;
+}
+
+absl::Status ValidatePresence(const xkv::v1::GenerateRequest& r) {
+  if (r.has_max_tokens() && r.max_tokens() == 0) {
+    return absl::InvalidArgumentError(
+        "max_tokens is 0; it must be >= 1 (leave it unset for the service default)");
+  }
+  return absl::OkStatus();
 }
 
 namespace {
@@ -86,6 +94,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
   GenerateReactor(Coordinator* coordinator, grpc::CallbackServerContext* context,
                   const xkv::v1::GenerateRequest& request)
       : coordinator_(coordinator) {
+    if (absl::Status s = ValidatePresence(request); !s.ok()) {
+      Finish(ToGrpc(s));
+      return;
+    }
     GenerateParams params = ParamsFromProto(request);
     request_id_ = params.request_id;
     const auto deadline = context->deadline();

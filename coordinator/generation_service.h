@@ -13,8 +13,13 @@
 
 namespace xkv {
 
-// Proto → internal params (wire defaults: max_tokens 0 → the service default, top_p 0 → 1).
+// Proto → internal params. Unset max_tokens → 0 (Coordinator::Submit's "service default"), unset
+// top_p → 1; explicit values pass through for validation.
 GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& request);
+
+// The wire-only check ParamsFromProto cannot express: an explicit max_tokens of 0 (which the
+// internal params would read as "unset") is INVALID_ARGUMENT.
+absl::Status ValidatePresence(const xkv::v1::GenerateRequest& request);
 
 class GenerationService final : public xkv::v1::Generation::CallbackService {
  public:

@@ -2,8 +2,9 @@
 // INVALID_ARGUMENT with a message that names the field, the value and the allowed range. The
 // checks that need the prompt's token count run after tokenization (ValidateTokenCounts).
 //
-// Wire defaults (proto3 scalars have no presence): max_tokens 0 and top_p 0 mean "unset" and are
-// replaced by the service defaults by the adapter before these checks (see generation.proto).
+// Wire defaults: max_tokens and top_p have explicit presence (generation.proto); when unset the
+// adapter fills the service defaults (max_tokens 0 here = the default, replaced in Submit), and an
+// explicit max_tokens of 0 is rejected by the adapter (ValidatePresence).
 #ifndef XKV_COORDINATOR_REQUEST_VALIDATION_H_
 #define XKV_COORDINATOR_REQUEST_VALIDATION_H_
 

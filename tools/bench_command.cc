@@ -14,7 +14,8 @@ namespace {
 
 constexpr char kBenchUsage[] =
     "usage: xkv bench <what> [flags]\n\n"
-    "  cpu    prefill and decode tokens/s of the CPU engine next to llama.cpp\n\n"
+    "  cpu    prefill and decode tokens/s of the CPU engine next to llama.cpp\n"
+    "  serve  closed-loop serving load (TTFT, TPOT, ITL, throughput, KV) against --server\n\n"
     "`xkv bench <what> --help` lists its flags.\n";
 
 std::string DefaultPython() {
@@ -83,9 +84,12 @@ int RunBenchCpu(int argc, char** argv) {
 
 }  // namespace
 
+int RunBenchServe(int argc, char** argv);  // tools/bench_serve_command.cc
+
 int RunBench(int argc, char** argv) {
   const std::string what = argc > 2 ? argv[2] : "";
   if (what == "cpu") return RunBenchCpu(argc, argv);
+  if (what == "serve") return RunBenchServe(argc, argv);
   const bool help = what == "--help" || what == "-h";
   std::fputs(kBenchUsage, help ? stdout : stderr);
   return help ? 0 : 2;

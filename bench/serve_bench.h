@@ -1,0 +1,90 @@
+// `xkv bench serve`: a closed-loop load generator against a running xkv Generation service.
+//
+// N concurrent clients each send their next request as soon as the previous one finished, until
+// the total is reached. Prompt and output lengths are drawn per request from seeded uniform
+// ranges (prompts are built from the model's tokenizer to the drawn token count; outputs use
+// ignore_eos so every request generates exactly its drawn length). Metrics follow vLLM's
+// benchmark_serving:
+//   TTFT  time from sending the request to the first streamed token;
+//   TPOT  per request (e2e latency − TTFT) / (output tokens − 1);
+//   ITL   every gap between consecutive streamed token chunks;
+//   throughput  requests/s and output (and total) tokens/s over the wall time of the run.
+// KV memory: the peak of a request's own KV bytes (Usage.kv_bytes_held) and, with an Admin
+// address, the peak of Σ stages' kv_bytes_used polled through GetClusterStatus.
+#ifndef XKV_BENCH_SERVE_BENCH_H_
+#define XKV_BENCH_SERVE_BENCH_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace xkv {
+
+struct ServeBenchOptions {
+  std::string server = "127.0.0.1:50051";  // Generation
+  std::string admin_server;                // Admin ("" = no cluster polling)
+  std::string admin_token;
+  std::string model_path;  // GGUF whose tokenizer builds prompts of exact token counts
+  int clients = 4;
+  int requests = 24;
+  int64_t prompt_min = 200, prompt_max = 600;  // prompt tokens, uniform
+  int64_t output_min = 32, output_max = 32;    // output tokens, uniform
+  uint64_t seed = 1;
+  int warmup = 1;  // requests sent (one at a time) before timing
+  // Per-request KV policy override ("" = the service's), with at most one target.
+  std::string policy;
+  double retention = 0;        // > 0: retention target
+  double budget_fraction = 0;  // > 0: kept fraction of the prompt prefix
+  int poll_ms = 20;            // GetClusterStatus interval
+  double timeout_s = 600;      // per-request deadline
+};
+
+struct ServeBenchRequest {
+  int64_t prompt_tokens = 0;  // as the server counted them
+  int64_t output_tokens = 0;
+  double ttft_ms = 0;
+  double e2e_ms = 0;
+  double tpot_ms = 0;          // 0 when output_tokens < 2
+  std::vector<double> itl_ms;  // gaps between token chunks
+  int64_t kv_bytes_held = 0;   // Usage
+  int64_t kv_bytes_full = 0;
+  bool ok = false;
+  std::string error;
+};
+
+struct ServeBenchResult {
+  std::string label;  // policy shown in the table
+  std::vector<ServeBenchRequest> requests;
+  double duration_s = 0;
+  int completed = 0, failed = 0;
+  double request_throughput = 0;      // completed / s
+  double output_throughput = 0;       // output tokens / s
+  double total_token_throughput = 0;  // (prompt + output) tokens / s
+  double mean_prompt_tokens = 0, mean_output_tokens = 0;
+  double ttft_mean = 0, ttft_p50 = 0, ttft_p99 = 0;  // ms
+  double tpot_mean = 0, tpot_p50 = 0, tpot_p99 = 0;
+  double itl_mean = 0, itl_p50 = 0, itl_p99 = 0;
+  double e2e_p50 = 0, e2e_p99 = 0;
+  int64_t peak_request_kv_bytes = 0;   // max Usage.kv_bytes_held
+  double mean_kv_fraction = 0;         // mean kv_bytes_held / kv_bytes_full
+  int64_t peak_cluster_kv_bytes = -1;  // max Σ kv_bytes_used; -1 without an Admin address
+  std::string first_error;
+};
+
+// Percentile p in [0, 100] with linear interpolation (numpy's default); 0 for no values.
+double Percentile(std::vector<double> values, double p);
+
+// Fills the aggregate fields from `requests` and `duration_s`.
+void Summarize(ServeBenchResult& result);
+
+absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& options);
+
+// A Markdown section: machine, date, load and one table row per result.
+std::string FormatServeBench(const ServeBenchOptions& options,
+                             const std::vector<ServeBenchResult>& results);
+
+}  // namespace xkv
+
+#endif  // XKV_BENCH_SERVE_BENCH_H_

@@ -1,0 +1,143 @@
+// End-to-end harness: real `xkv` processes on loopback (DESIGN.md §1, §6.8).
+//
+// ChildProcess forks + execs one process with its stdout/stderr in files, dies with the test
+// (PR_SET_PDEATHSIG) and is always stopped by its destructor (SIGTERM, then SIGKILL). Cluster
+// starts `xkv worker` processes and an `xkv coordinator` (or an embedded `xkv serve`) on ephemeral
+// ports (port 0; the chosen ports are read back from the processes' logs) and waits for the Admin
+// service to answer — bounded polls, never fixed sleeps.
+//
+// Paths: $XKV_BIN (the xkv binary) and $XKV_MODEL (the GGUF file), defaulting to the build's
+// binary and models/SmolLM2-135M-Instruct.Q4_1.gguf (compiled in by tests/e2e/CMakeLists.txt).
+#ifndef XKV_TESTS_E2E_E2E_HARNESS_H_
+#define XKV_TESTS_E2E_E2E_HARNESS_H_
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "xkv/v1/admin.grpc.pb.h"
+#include "xkv/v1/generation.grpc.pb.h"
+
+namespace xkv::e2e {
+
+// The xkv binary and model paths from the environment ("" when unset).
+std::string XkvBinary();
+std::string ModelPath();
+// Non-empty: why the e2e tests cannot run here (binary or model missing).
+std::string MissingPrerequisite();
+
+class ChildProcess {
+ public:
+  // Starts argv[0] with `argv`; stdout goes to <dir>/<name>.out, stderr to <dir>/<name>.log.
+  static absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv,
+                                                             const std::string& dir,
+                                                             const std::string& name);
+  ~ChildProcess();  // Stop()
+
+  pid_t pid() const { return pid_; }
+  bool Alive();
+  void Signal(int sig);
+  // Waits for the exit; DEADLINE_EXCEEDED when still running after `timeout`. Returns the exit
+  // code (128 + signal when killed).
+  absl::StatusOr<int> Wait(absl::Duration timeout);
+  // SIGTERM, up to `grace` for the exit, then SIGKILL. Idempotent.
+  void Stop(absl::Duration grace = absl::Seconds(5));
+  std::string Stdout() const;
+  std::string Log() const;
+  // Polls the log until `pattern` (std::regex, ECMAScript) matches; returns its capture groups as
+  // ints. Fails early when the process exits.
+  absl::StatusOr<std::vector<int>> WaitForLog(const std::string& pattern, absl::Duration timeout);
+
+ private:
+  ChildProcess(pid_t pid, std::string out, std::string log) : pid_(pid), out_(out), log_(log) {}
+  pid_t pid_;
+  bool reaped_ = false;
+  int exit_code_ = -1;
+  std::string out_, log_;
+};
+
+struct ClusterOptions {
+  int workers = 2;                 // `xkv worker` processes behind an `xkv coordinator`
+  bool embedded = false;           // instead: one `xkv serve --stages workers`
+  std::vector<std::string> flags;  // extra coordinator/serve flags ("--policy=full", …)
+  std::string admin_token = "e2e-secret";
+  absl::Duration start_timeout = absl::Seconds(120);
+};
+
+class Cluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const ClusterOptions& options);
+  ~Cluster();
+
+  const std::string& address() const { return address_; }  // Generation
+  const std::string& admin_address() const { return admin_address_; }
+  xkv::v1::Generation::Stub& generation() { return *generation_; }
+  xkv::v1::Admin::Stub& admin() { return *admin_; }
+  const std::string& admin_token() const { return options_.admin_token; }
+  ChildProcess& worker(int i) { return *workers_[i]; }
+  int num_workers() const { return static_cast<int>(workers_.size()); }
+  // Starts worker i again on its old port (after it was killed).
+  absl::Status RestartWorker(int i);
+  // Every process's log, for failure messages.
+  std::string Logs() const;
+
+  // An admin call context with the bearer token and a deadline.
+  std::unique_ptr<grpc::ClientContext> AdminContext(absl::Duration timeout = absl::Seconds(30));
+  absl::StatusOr<xkv::v1::GetClusterStatusResponse> ClusterStatus();
+
+ private:
+  explicit Cluster(const ClusterOptions& options) : options_(options) {}
+  absl::Status StartWorker(int i, int port);
+  absl::Status WaitAdminReady(absl::Duration timeout);
+
+  ClusterOptions options_;
+  std::string dir_;
+  std::vector<std::unique_ptr<ChildProcess>> workers_;
+  std::vector<int> worker_ports_;
+  int restarts_ = 0;
+  std::unique_ptr<ChildProcess> coordinator_;
+  std::string address_, admin_address_;
+  std::unique_ptr<xkv::v1::Generation::Stub> generation_;
+  std::unique_ptr<xkv::v1::Admin::Stub> admin_;
+};
+
+// One streamed Generate call, collected.
+struct StreamResult {
+  grpc::Status status;
+  std::string text;
+  std::vector<int32_t> token_ids;
+  std::optional<xkv::v1::Usage> usage;
+  int chunks = 0;
+  absl::Duration elapsed;
+};
+
+// Calls Generate with a deadline; `on_chunk` (optional) sees every response with the call's
+// context (to cancel it, for instance).
+StreamResult Generate(xkv::v1::Generation::Stub& stub, const xkv::v1::GenerateRequest& request,
+                      absl::Duration deadline = absl::Seconds(120),
+                      const std::function<void(const xkv::v1::GenerateResponse&,
+                                               grpc::ClientContext&)>& on_chunk = nullptr);
+
+// A greedy raw-prompt request.
+xkv::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens,
+                                       const std::string& policy = "",
+                                       std::optional<double> budget_fraction = std::nullopt);
+
+// The in-process engine's greedy answer: `xkv generate --temperature 0` (stdout, without the
+// trailing newline).
+absl::StatusOr<std::string> ReferenceGenerate(const std::string& prompt, int max_tokens,
+                                              const std::string& dir);
+
+// A fresh temporary directory for one test's logs.
+std::string MakeTempDir(const std::string& prefix);
+
+}  // namespace xkv::e2e
+
+#endif  // XKV_TESTS_E2E_E2E_HARNESS_H_

@@ -1,0 +1,89 @@
+// A worker killed mid-stream: in-flight requests end with UNAVAILABLE well within their deadline
+// (no hang), and once the worker is back on its address the service answers again, correctly.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/e2e/e2e_harness.h"
+#include "tests/e2e/e2e_prompts.h"
+
+namespace xkv::e2e {
+namespace {
+
+constexpr int kInFlight = 2;
+const absl::Duration kDeadline = absl::Seconds(90);
+
+class KilledWorker : public testing::TestWithParam<int> {};
+
+TEST_P(KilledWorker, InFlightRequestsGetUnavailableAndTheServiceRecovers) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  const int victim = GetParam();
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start({.workers = 2});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  StreamResult healthy = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(healthy.status.ok()) << healthy.status.error_message() << c.Logs();
+
+  std::atomic<int> streaming{0};
+  std::vector<StreamResult> results(kInFlight);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kInFlight; ++i) {
+    clients.emplace_back([&, i] {
+      xkv::v1::GenerateRequest r = GreedyRequest(kLongPrompt, 2000);
+      r.set_ignore_eos(true);
+      bool counted = false;
+      results[i] = Generate(c.generation(), r, kDeadline,
+                            [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
+                              if (!counted) counted = true, ++streaming;
+                            });
+    });
+  }
+  // Bounded wait until both requests stream, then kill the worker.
+  const absl::Time until = absl::Now() + absl::Seconds(60);
+  while (streaming.load() < kInFlight && absl::Now() < until)
+    absl::SleepFor(absl::Milliseconds(10));
+  const bool both_streaming = streaming.load() == kInFlight;
+  c.worker(victim).Signal(SIGKILL);
+  for (std::thread& t : clients) t.join();
+  ASSERT_TRUE(both_streaming) << "the requests never started streaming" << c.Logs();
+  for (int i = 0; i < kInFlight; ++i) {
+    SCOPED_TRACE(testing::Message() << "in-flight request " << i);
+    EXPECT_EQ(results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << results[i].status.error_code() << ": " << results[i].status.error_message();
+    EXPECT_LT(results[i].elapsed, kDeadline);
+    EXPECT_GT(results[i].token_ids.size(), 0u);
+  }
+
+  // While the worker is down, new requests fail fast with UNAVAILABLE.
+  StreamResult down = Generate(c.generation(), GreedyRequest(kShortPrompt, 8), absl::Seconds(60));
+  EXPECT_EQ(down.status.error_code(), grpc::StatusCode::UNAVAILABLE) << down.status.error_message();
+
+  // Back on the same address: the service serves again (bounded retries while it reconnects).
+  ASSERT_TRUE(c.RestartWorker(victim).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(90);
+  StreamResult again;
+  do {
+    again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8), absl::Seconds(30));
+    if (!again.status.ok()) absl::SleepFor(absl::Milliseconds(100));  // poll interval
+  } while (!again.status.ok() && absl::Now() < deadline);
+  ASSERT_TRUE(again.status.ok()) << "the service did not recover: " << again.status.error_code()
+                                 << ": " << again.status.error_message() << c.Logs();
+  EXPECT_EQ(again.token_ids, healthy.token_ids);
+  absl::StatusOr<xkv::v1::GetClusterStatusResponse> st = c.ClusterStatus();
+  ASSERT_TRUE(st.ok()) << st.status();
+  for (const auto& stage : st->stages()) {
+    EXPECT_EQ(stage.health(), xkv::v1::HEALTH_STATE_SERVING) << stage.index();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Stage, KilledWorker, testing::Values(1, 0),
+                         [](const testing::TestParamInfo<int>& info) {
+                           return info.param == 0 ? "First" : "Last";
+                         });
+
+}  // namespace
+}  // namespace xkv::e2e
