@@ -7,12 +7,98 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "tools/metrics_http.h"
 
 namespace xkv {
 namespace {
 volatile std::sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
+
+void CollectStageMetrics(const xkv::v1::GetClusterStatusResponse& cluster, MetricsRegistry& r) {
+  struct StageGauge {
+    const char* name;
+    const char* help;
+    int64_t (xkv::v1::StageStatus::*get)() const;
+  };
+  static constexpr StageGauge kStage[] = {
+      {"xkv_stage_weight_bytes", "Weight bytes of the stage.", &xkv::v1::StageStatus::weight_bytes},
+      {"xkv_kv_cache_bytes_used", "KV bytes held on the stage.",
+       &xkv::v1::StageStatus::kv_bytes_used},
+      {"xkv_kv_cache_bytes_capacity", "KV byte capacity of the stage.",
+       &xkv::v1::StageStatus::kv_bytes_capacity},
+      {"xkv_kv_cache_blocks_used", "KV blocks in use on the stage (all its layers).",
+       &xkv::v1::StageStatus::blocks_used},
+      {"xkv_kv_cache_blocks_free", "Free KV blocks on the stage (all its layers).",
+       &xkv::v1::StageStatus::blocks_free},
+  };
+  MetricFamily* up = r.Gauge("xkv_stage_up", "1 when the stage answers and serves.");
+  MetricFamily* usage = r.Gauge("xkv_kv_cache_usage_ratio", "Used / total KV blocks per stage.");
+  up->Clear();
+  usage->Clear();
+  for (const StageGauge& g : kStage) r.Gauge(g.name, g.help)->Clear();
+  for (const xkv::v1::StageStatus& s : cluster.stages()) {
+    const MetricLabels labels = {{"stage", absl::StrCat(s.index())}};
+    up->Set(labels, s.health() == xkv::v1::HEALTH_STATE_SERVING);
+    if (s.health() == xkv::v1::HEALTH_STATE_UNREACHABLE) continue;
+    for (const StageGauge& g : kStage) r.Gauge(g.name, g.help)->Set(labels, (s.*g.get)());
+    const int64_t total = s.blocks_used() + s.blocks_free();
+    if (total > 0) usage->Set(labels, static_cast<double>(s.blocks_used()) / total);
+  }
+}
+
+void CollectProfileMetrics(const xkv::v1::GetAllocationResponse& alloc, MetricsRegistry& r) {
+  // The live profile: mean kept fraction of the prompt prefix per layer (all layers hold the
+  // same bytes per token, so their mean is the KV bytes held / full cache).
+  MetricFamily* kept = r.Gauge("xkv_kv_kept_fraction", "Mean kept prefix fraction per layer.");
+  MetricFamily* held = r.Gauge("xkv_kv_bytes_held_ratio", "Mean KV bytes held / full cache.");
+  MetricFamily* ratio =
+      r.Gauge("xkv_kv_compression_ratio", "Full cache / KV bytes held (1 / held ratio).");
+  kept->Clear();
+  held->Clear();
+  ratio->Clear();
+  r.Gauge("xkv_kv_profile_samples", "Profiles behind the kept-fraction means.")
+      ->Set({}, static_cast<double>(alloc.samples()));
+  if (alloc.samples() > 0 && alloc.layers_size() > 0) {
+    double sum = 0;
+    for (const xkv::v1::LayerAllocationStat& l : alloc.layers()) {
+      kept->Set({{"layer", absl::StrCat(l.layer())}}, l.mean_kept_fraction());
+      sum += l.mean_kept_fraction();
+    }
+    const double mean = sum / alloc.layers_size();
+    held->Set({}, mean);
+    if (mean > 0) ratio->Set({}, 1 / mean);
+  }
+}
+
+// Scrape-time metrics from the coordinator's admin getters (GetClusterStatus asks every stage).
+void CollectCoordinatorMetrics(Coordinator* c, MetricsRegistry& r) {
+  const xkv::v1::ServiceConfig config = c->GetConfig();
+  const xkv::v1::GetClusterStatusResponse cluster = c->GetClusterStatus();
+  const xkv::v1::GetAllocationResponse alloc = c->GetAllocation();
+  r.Gauge("xkv_num_requests_running", "Requests running (in the batch).")
+      ->Set({}, cluster.running_requests());
+  r.Gauge("xkv_num_requests_waiting", "Requests waiting in the queue.")
+      ->Set({}, cluster.queued_requests());
+  r.Gauge("xkv_max_queue", "Waiting requests before RESOURCE_EXHAUSTED (--max-queue).")
+      ->Set({}, config.max_queue());
+  r.Gauge("xkv_max_batch", "Running sequences per step (--max-batch).")
+      ->Set({}, config.max_batch());
+  r.Gauge("xkv_draining", "1 while Admin Drain stops admission.")->Set({}, cluster.draining());
+  const xkv::v1::KvPolicySpec& p = config.default_policy();
+  MetricFamily* retention =
+      r.Gauge("xkv_retention_target", "Default xkv average-retention target (when set).");
+  MetricFamily* fraction =
+      r.Gauge("xkv_budget_fraction_target", "Default kept prefix fraction (when set).");
+  retention->Clear();
+  fraction->Clear();
+  if (p.has_retention()) retention->Set({}, p.retention());
+  if (p.has_budget_fraction()) fraction->Set({}, p.budget_fraction());
+  CollectStageMetrics(cluster, r);
+  CollectProfileMetrics(alloc, r);
+}
+
 }  // namespace
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
@@ -38,6 +124,8 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Int("default-max-tokens", &f->default_max_tokens, "max_tokens when a request sends 0");
   flags.Int("concurrency", &f->concurrency, "expected concurrent sequences (stage planning)");
   flags.Bool("auto-replan", &f->auto_replan, "re-plan stages when the profile shifts");
+  flags.String("metrics-listen", &f->metrics_listen,
+               "host:port of the Prometheus /metrics endpoint (empty: off)");
 }
 
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f) {
@@ -96,6 +184,22 @@ int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* 
   }
   std::fprintf(stderr, "xkv %s: serving Generation on port %d, Admin on port %d\n", command,
                (*server)->port(), (*server)->admin_port());
+  MetricsRegistry registry;
+  std::unique_ptr<MetricsHttpServer> metrics;
+  if (!f.metrics_listen.empty()) {
+    registry.AddCollector(
+        [coordinator](MetricsRegistry& r) { CollectCoordinatorMetrics(coordinator, r); });
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> m = MetricsHttpServer::Start(
+        {.listen = f.metrics_listen}, [&registry] { return registry.Render(); });
+    if (!m.ok()) {
+      std::fprintf(stderr, "xkv %s: %s\n", command, std::string(m.status().message()).c_str());
+      coordinator->Shutdown();
+      (*server)->Shutdown();
+      return 1;
+    }
+    metrics = *std::move(m);
+    std::fprintf(stderr, "xkv %s: serving /metrics on port %d\n", command, metrics->port());
+  }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   while (!g_stop) {
@@ -103,6 +207,7 @@ int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* 
     nanosleep(&ts, nullptr);
   }
   std::fprintf(stderr, "xkv %s: shutting down\n", command);
+  if (metrics != nullptr) metrics->Shutdown();  // no scrape may touch the coordinator after this
   coordinator->Shutdown();  // ends every open stream first, so the server's shutdown returns
   (*server)->Shutdown();
   return 0;

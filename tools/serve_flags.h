@@ -33,6 +33,7 @@ struct ServeFlags {
   int64_t default_max_tokens = 256;
   int64_t concurrency = 8;
   bool auto_replan = false;
+  std::string metrics_listen;  // empty: no /metrics endpoint
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);

@@ -248,7 +248,8 @@ class RenderedPodsTest(unittest.TestCase):
         self.pods.append(coordinator)
         dns = {f"xkv-worker-{i}.{service}.{ns}.svc.cluster.local:50061": f"127.0.0.1:{port}"
                for i, port in enumerate(worker_ports)}
-        subs = {"0.0.0.0:50051": "127.0.0.1:0", "0.0.0.0:50052": "127.0.0.1:0", **dns}
+        subs = {"0.0.0.0:50051": "127.0.0.1:0", "0.0.0.0:50052": "127.0.0.1:0",
+                "0.0.0.0:9464": "127.0.0.1:0", **dns}
         args = coordinator.start(subs)
         workers_arg = [a for a in args if a.startswith("--workers=")]
         self.assertEqual(workers_arg, ["--workers=" + ",".join(dns.values())])
