@@ -135,12 +135,13 @@ class Pod:
                 env[e["name"]] = self.name
             else:
                 raise AssertionError(f"unsupported env source {e}")
+        self.raw_env = env  # as the kubelet sets it: args expand $(VAR) from these, mapped once
         return {k: self.local_path(v) for k, v in env.items()}
 
     def args(self, substitutions):
         out = []
         for a in self.container["args"]:
-            a = self.local_path(expand(a, self.env))
+            a = self.local_path(expand(a, self.raw_env))
             for old, new in substitutions.items():
                 a = a.replace(old, new)
             out.append(a)
