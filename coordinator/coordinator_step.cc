@@ -168,11 +168,14 @@ absl::Status Coordinator::RunProfiles(const StepPlan& plan) {
   }
   if (seqs.empty()) return absl::OkStatus();
   request.set_step_id(++step_id_);
+  const absl::Time step_start = clock_->Now();
   ASSIGN_OR_RETURN(StepOutcome outcome, driver_->Step(request));
+  // The scores-only mini-prefill step is the profile's cost (its wall time, shared by the batch).
+  const double step_ms = Ms(clock_->Now() - step_start);
   for (size_t i = 0; i < seqs.size(); ++i) {
     Sequence& seq = *seqs[i];
     const SequenceStepResult& r = outcome.sequences[i];
-    seq.profile_ms += r.profile_ms;
+    seq.profile_ms += step_ms;
     if (!r.gains.has_value() || static_cast<int>(r.gains->size()) != config_.n_layers) {
       return absl::InternalError(absl::StrCat("request ", seq.id, ": the stages returned ",
                                               r.gains ? r.gains->size() : 0, " gain curves for ",
@@ -265,7 +268,11 @@ absl::Status Coordinator::RunMain(const StepPlan& plan) {
 
 absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& r) {
   seq.prefill_done = clock_->Now();
-  if (r.gains.has_value()) seq.gains = *r.gains;
+  // one_pass / sampled: scoring ran inside this prefill; its compute time is the profile's cost.
+  if (r.gains.has_value()) {
+    seq.gains = *r.gains;
+    seq.profile_ms += r.profile_ms;
+  }
   if (!seq.compress) return absl::OkStatus();
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   const int64_t P = T - std::min<int64_t>(options_.window, T);
@@ -378,7 +385,8 @@ xkv::v1::Usage Coordinator::MakeUsage(const Sequence& seq, int finish_reason) co
   t->set_profile_ms(seq.profile_ms);
   t->set_solve_ms(seq.solve_ms);
   if (seq.generated > 0) {
-    t->set_prefill_ms(Ms(seq.first_token - admitted));
+    // From admission to the first token, less the mini-prefill (reported as profile_ms).
+    t->set_prefill_ms(std::max(0.0, Ms(seq.first_token - admitted) - seq.profile_ms));
     t->set_decode_ms(Ms(now - seq.first_token));
     t->set_ttft_ms(Ms(seq.first_token - seq.submitted));
   }
