@@ -12,7 +12,8 @@ fieldRef, $(VAR) expansion as the kubelet does it), with only these substitution
 The workers' device comes from the ConfigMap (cpu). Then it checks: an unloaded worker fails its
 readiness probe and passes liveness; after the coordinator started, every probe of every container
 passes (grpc.health.v1 Check over grpcio, tcpSocket connect); a Generate through `xkv client
-generate`; the Admin API with the Secret's token (and refused without it); the coordinator's
+generate`; a /metrics scrape of every process (--metrics-listen from the manifests); the Admin
+API with the Secret's token (and refused without it); the coordinator's
 preStop hook (Admin Drain); SIGTERM stops every process with status 0 within its grace period.
 Every process is killed at the end, whatever happens; every wait is bounded.
 """
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 import grpc
 
@@ -234,7 +236,7 @@ class RenderedPodsTest(unittest.TestCase):
         self.pods += workers
         worker_ports = []
         for w in workers:
-            args = w.start({"0.0.0.0:50061": "127.0.0.1:0"})
+            args = w.start({"0.0.0.0:50061": "127.0.0.1:0", "0.0.0.0:9464": "127.0.0.1:0"})
             self.assertIn("--device=cpu", args)
             port = int(w.wait_log(r"listening on \S+ \(port (\d+)\)", START_TIMEOUT_S).group(1))
             worker_ports.append(port)
@@ -272,6 +274,15 @@ class RenderedPodsTest(unittest.TestCase):
                              capture_output=True, text=True, timeout=120)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertTrue(out.stdout.strip(), "Generate returned no text")
+
+        # /metrics on every process, on the port the manifests give (--metrics-listen).
+        for pod, wanted in [(w, "xkv_kv_cache_blocks_used") for w in workers] + [
+                (coordinator, "xkv_num_requests_running")]:
+            port = int(pod.wait_log(r"serving /metrics on port (\d+)", START_TIMEOUT_S).group(1))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                self.assertEqual(r.status, 200)
+                body = r.read().decode()
+            self.assertIn(wanted, body, f"{pod.name} /metrics")
 
         token = self.secret["stringData"]["token"]
         admin_addr = f"127.0.0.1:{admin}"
