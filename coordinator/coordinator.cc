@@ -131,6 +131,17 @@ bool Coordinator::ShouldProfileSampled(double rate) {
 
 absl::StatusOr<uint64_t> Coordinator::Submit(GenerateParams params,
                                              std::shared_ptr<GenerateSink> sink) {
+  absl::StatusOr<uint64_t> id = SubmitImpl(std::move(params), std::move(sink));
+  if (!id.ok() && options_.on_request_done) {
+    RequestRecord r;
+    r.code = id.status().code();
+    options_.on_request_done(r);
+  }
+  return id;
+}
+
+absl::StatusOr<uint64_t> Coordinator::SubmitImpl(GenerateParams params,
+                                                 std::shared_ptr<GenerateSink> sink) {
   if (params.max_tokens == 0) params.max_tokens = options_.default_max_tokens;
   RETURN_IF_ERROR(ValidateGenerateParams(params));
   KvSettings kv;

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,6 +37,16 @@
 
 namespace xkv {
 
+// What the coordinator reports about each request when it ends (for metrics; tools/ wires it).
+struct RequestRecord {
+  absl::StatusCode code = absl::StatusCode::kOk;  // the status the client gets
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double ttft_seconds = -1;  // submit to first token; < 0 when no token was produced
+  double e2e_seconds = -1;   // submit to the end; < 0 for requests rejected at submit
+  double tpot_seconds = -1;  // (end - first token) / (tokens - 1); < 0 with fewer than 2 tokens
+};
+
 struct CoordinatorOptions {
   std::string model_path;  // GGUF: tokenizer, config and layer sizes (workers load it too)
   KvSettings kv;           // the service's default policy, target and profile mode
@@ -50,6 +61,8 @@ struct CoordinatorOptions {
   int64_t default_max_tokens = 256;
   uint64_t seed = 0;             // sampled-profile decisions
   const Clock* clock = nullptr;  // null: the real clock
+  // Optional: called once per request when it ends or is rejected (any thread; must be cheap).
+  std::function<void(const RequestRecord&)> on_request_done;
 };
 
 // One request's stream. Called from the coordinator's loop thread, in order: OnDelta* then
@@ -89,7 +102,10 @@ class Coordinator {
   void Shutdown();
 
  private:
+  absl::StatusOr<uint64_t> SubmitImpl(GenerateParams params, std::shared_ptr<GenerateSink> sink);
   struct Sequence;
+  // Calls options_.on_request_done for a sequence that ends with `status`.
+  void ReportDone(const Sequence& seq, const absl::Status& status) const;
   explicit Coordinator(const CoordinatorOptions& options);
   absl::Status Init(std::vector<std::unique_ptr<StageClient>> stages);
   absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateParams& params) const;

@@ -342,6 +342,7 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
     absl::Status released = driver_->Release(ids);
     (void)released;  // a stage that is down holds nothing we can free
   }
+  ReportDone(*seq, status);
   if (status.ok()) {
     if (!seq->utf8_pending.empty()) seq->sink->OnDelta(Sanitize(seq->utf8_pending), {});
     seq->sink->OnDone(MakeUsage(*seq, finish_reason));
@@ -349,6 +350,21 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
     seq->sink->OnError(status);
   }
   drained_.notify_all();
+}
+
+void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) const {
+  if (!options_.on_request_done) return;
+  const absl::Time now = clock_->Now();
+  RequestRecord r;
+  r.code = status.code();
+  r.prompt_tokens = static_cast<int64_t>(seq.prompt.size());
+  r.completion_tokens = seq.generated;
+  r.e2e_seconds = absl::ToDoubleSeconds(now - seq.submitted);
+  if (seq.generated > 0) r.ttft_seconds = absl::ToDoubleSeconds(seq.first_token - seq.submitted);
+  if (seq.generated > 1) {
+    r.tpot_seconds = absl::ToDoubleSeconds(now - seq.first_token) / (seq.generated - 1);
+  }
+  options_.on_request_done(r);
 }
 
 xkv::v1::Usage Coordinator::MakeUsage(const Sequence& seq, int finish_reason) const {

@@ -128,8 +128,50 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                "host:port of the Prometheus /metrics endpoint (empty: off)");
 }
 
+namespace {
+
+// The process's request metrics: fed by the coordinator's on_request_done, served on /metrics.
+MetricsRegistry& ServingRegistry() {
+  static MetricsRegistry* registry = new MetricsRegistry();
+  return *registry;
+}
+
+// Declares the request families (vLLM-style names and buckets) and returns them in order.
+struct RequestFamilies {
+  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot;
+};
+RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
+  return {
+      r.Counter("xkv_requests_total", "Finished or rejected Generate requests by status code."),
+      r.Counter("xkv_prompt_tokens_total", "Prompt tokens of finished requests."),
+      r.Counter("xkv_generation_tokens_total", "Generated tokens of finished requests."),
+      r.Histogram("xkv_time_to_first_token_seconds", "Submit to first token.",
+                  {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}),
+      r.Histogram("xkv_e2e_request_latency_seconds", "Submit to the last token.",
+                  {0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 60, 120, 240}),
+      r.Histogram("xkv_time_per_output_token_seconds",
+                  "Per request: (end - first token) / (output tokens - 1).",
+                  {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5}),
+  };
+}
+
+void RecordRequest(const RequestRecord& rec) {
+  const RequestFamilies f = DeclareRequestFamilies(ServingRegistry());
+  f.requests->Add({{"code", absl::StatusCodeToString(rec.code)}});
+  if (rec.e2e_seconds < 0) return;  // rejected at submit: no tokens, no latencies
+  f.prompt_tokens->Add({}, static_cast<double>(rec.prompt_tokens));
+  f.generation_tokens->Add({}, static_cast<double>(rec.completion_tokens));
+  if (rec.code != absl::StatusCode::kOk) return;
+  if (rec.ttft_seconds >= 0) f.ttft->Observe({}, rec.ttft_seconds);
+  f.e2e->Observe({}, rec.e2e_seconds);
+  if (rec.tpot_seconds >= 0) f.tpot->Observe({}, rec.tpot_seconds);
+}
+
+}  // namespace
+
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f) {
   CoordinatorOptions o;
+  if (!f.metrics_listen.empty()) o.on_request_done = RecordRequest;
   o.model_path = f.model;
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(f.profile));
@@ -184,9 +226,10 @@ int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* 
   }
   std::fprintf(stderr, "xkv %s: serving Generation on port %d, Admin on port %d\n", command,
                (*server)->port(), (*server)->admin_port());
-  MetricsRegistry registry;
+  MetricsRegistry& registry = ServingRegistry();
   std::unique_ptr<MetricsHttpServer> metrics;
   if (!f.metrics_listen.empty()) {
+    DeclareRequestFamilies(registry);
     registry.AddCollector(
         [coordinator](MetricsRegistry& r) { CollectCoordinatorMetrics(coordinator, r); });
     absl::StatusOr<std::unique_ptr<MetricsHttpServer>> m = MetricsHttpServer::Start(

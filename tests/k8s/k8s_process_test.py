@@ -277,7 +277,7 @@ class RenderedPodsTest(unittest.TestCase):
 
         # /metrics on every process, on the port the manifests give (--metrics-listen).
         for pod, wanted in [(w, "xkv_kv_cache_blocks_used") for w in workers] + [
-                (coordinator, "xkv_num_requests_running")]:
+                (coordinator, 'xkv_requests_total{code="OK"} 1')]:
             port = int(pod.wait_log(r"serving /metrics on port (\d+)", START_TIMEOUT_S).group(1))
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 self.assertEqual(r.status, 200)
