@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "bench/machine_info.h"
 #include "kernels/status_macros.h"
 #include "model/loaded_model.h"
 
@@ -83,13 +84,10 @@ absl::Status MeasureLlamaCpp(const CpuBenchOptions& o, int threads,
   return absl::OkStatus();
 }
 
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
+// <= 0: every hardware thread (the same rule LoadModel applies).
+int ResolveThreads(int threads) {
+  return threads > 0 ? threads
+                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 }  // namespace
@@ -105,9 +103,7 @@ std::vector<int32_t> BenchTokens(int64_t n, int32_t vocab) {
 }
 
 absl::StatusOr<std::vector<CpuBenchRow>> RunCpuBench(const CpuBenchOptions& o) {
-  const int threads = o.threads > 0
-                          ? o.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = ResolveThreads(o.threads);
   std::vector<CpuBenchRow> rows;
   {
     ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(o.model_path, threads));
@@ -130,9 +126,7 @@ std::string FormatCpuBench(const CpuBenchOptions& o, const std::vector<CpuBenchR
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
-  const int threads = o.threads > 0
-                          ? o.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = ResolveThreads(o.threads);
   std::string out = absl::StrFormat(
       "%s, %s, %d threads, model %s, best of %d\n\n"
       "| measurement | tokens | xkv tokens/s | llama.cpp tokens/s | xkv / llama.cpp |\n"

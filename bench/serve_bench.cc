@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/machine_info.h"
 #include "kernels/status_macros.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
@@ -145,18 +146,6 @@ double Mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return s / v.size();
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) return line.substr(colon + 2);
-    }
-  }
-  return "unknown CPU";
 }
 
 }  // namespace

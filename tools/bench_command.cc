@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/cpu_bench.h"
+#include "bench/machine_info.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 
@@ -18,17 +19,10 @@ constexpr char kBenchUsage[] =
     "  serve  closed-loop serving load (TTFT, TPOT, ITL, throughput, KV) against --server\n\n"
     "`xkv bench <what> --help` lists its flags.\n";
 
-std::string DefaultPython() {
-  const char* cache = std::getenv("XKV_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string dir = cache != nullptr ? cache : std::string(home ? home : "") + "/.cache/xkv";
-  return dir + "/venv/bin/python";
-}
-
 int RunBenchCpu(int argc, char** argv) {
   CpuBenchOptions o;
   o.model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  o.python = DefaultPython();
+  o.python = VenvPython();
   std::string lengths = "512,2048";
   int64_t threads = 0, context = o.decode_context, steps = o.decode_tokens, repeats = o.repeats;
   bool no_llama = false;

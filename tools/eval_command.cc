@@ -17,6 +17,7 @@
 #include "bench/eval_report.h"
 #include "bench/eval_runner.h"
 #include "bench/eval_tasks.h"
+#include "bench/machine_info.h"
 #include "kernels/status_macros.h"
 #include "model/chat_template.h"
 #include "model/loaded_model.h"
@@ -70,17 +71,6 @@ absl::StatusOr<std::vector<double>> ParseBudgets(const std::string& text) {
   }
   if (out.empty()) return absl::InvalidArgumentError("--budgets is empty");
   return out;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
-      return line.substr(line.find(':') + 2);
-    }
-  }
-  return "unknown CPU";
 }
 
 std::string UtcNow() {
@@ -183,10 +173,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   RETURN_IF_ERROR(WriteReports(out_dir, rows, info));
   std::fputs(SummaryMarkdown(rows, info).c_str(), stdout);
   if (f.plot) {
-    const std::string python = !f.python.empty()
-                                   ? f.python
-                                   : absl::StrCat(std::getenv("HOME") ? std::getenv("HOME") : "",
-                                                  "/.cache/xkv/venv/bin/python");
+    const std::string python = !f.python.empty() ? f.python : VenvPython();
     absl::Status s =
         RunPlot(python, f.plot_script, out_dir + "/results.csv", out_dir + "/quality.png");
     if (!s.ok()) std::fprintf(stderr, "xkv eval: warning: no plot: %s\n", s.ToString().c_str());
@@ -217,7 +204,7 @@ int RunEval(int argc, char** argv) {
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens, "teacher-forced tokens for agreement and KL");
   flags.String("python", &f.python,
-               "python with matplotlib (default ~/.cache/xkv/venv/bin/python)");
+               "python with matplotlib (default: the scripts venv, $XKV_CACHE or ~/.cache/xkv)");
   flags.String("plot-script", &f.plot_script, "the plotting script");
   flags.Bool("plot", &f.plot, "write quality.png");
   flags.Bool("verbose", &f.verbose, "one line per prompt: sizes, timings, the full cache's answer");
