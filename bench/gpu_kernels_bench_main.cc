@@ -3,7 +3,8 @@
 //   cuBLAS bf16 GEMM TFLOP/s at 8192^3 (fp32 accumulation),
 //   paged decode attention at Llama-3-8B shapes (32/8 heads x 128, 8K context, batch 1/8/32)
 //     against the bytes-moved floor (K+V bytes / measured copy bandwidth),
-//   flash prefill attention at Llama-3-8B shapes (T = 2048, 8192).
+//   causal flash prefill attention at the real model's (9/3 heads x 64) and Llama-3-8B's shapes,
+//     T = 1K, 4K, 8K, 16K (TFLOP/s and share of the GEMM rate).
 // Usage: xkv_gpu_bench [--json=PATH]. Prints a Markdown table; --json also writes the rows.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -157,34 +158,95 @@ void DecodeAttention(cudaStream_t stream, double copy_gbs, std::vector<Row>& row
   }
 }
 
+// Median milliseconds of `iters` calls after `warmup` calls, each call timed with its own events.
+double MedianMs(cudaStream_t stream, int warmup, int iters, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<cudaEvent_t> ev(iters + 1);
+  for (cudaEvent_t& e : ev) BENCH_CHECK_CUDA(cudaEventCreate(&e));
+  BENCH_CHECK_CUDA(cudaEventRecord(ev[0], stream));
+  for (int i = 0; i < iters; ++i) {
+    fn();
+    BENCH_CHECK_CUDA(cudaEventRecord(ev[i + 1], stream));
+  }
+  BENCH_CHECK_CUDA(cudaEventSynchronize(ev[iters]));
+  std::vector<float> ms(iters);
+  for (int i = 0; i < iters; ++i) BENCH_CHECK_CUDA(cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]));
+  for (cudaEvent_t& e : ev) cudaEventDestroy(e);
+  std::nth_element(ms.begin(), ms.begin() + iters / 2, ms.end());
+  return ms[iters / 2];
+}
+
+// Uniform [-1, 1) floats from a fixed xorshift stream (random data, never zeros: METHOD.md).
+std::vector<float> RandomFloats(size_t n, uint64_t seed) {
+  std::vector<float> v(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& f : v) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    f = static_cast<float>(static_cast<int32_t>(x >> 32) | 1) * (1.0f / 2147483648.0f);
+  }
+  return v;
+}
+
+std::vector<__nv_bfloat16> RandomBf16(size_t n, uint64_t seed) {
+  const std::vector<float> f = RandomFloats(n, seed);
+  std::vector<__nv_bfloat16> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = __float2bfloat16_rn(f[i]);
+  return out;
+}
+
+// Causal prefill of a whole prompt (kv_len = n_new = T) at the real model's shape (9 query / 3 KV
+// heads x 64) and Llama-3-8B's (32 / 8 x 128): random Q, K, V; K/V blocks shuffled through the
+// pool. FLOPs: Q Kᵀ and P V over the T (T + 1) / 2 visible (query, key) pairs, 2 * head_dim each.
 void PrefillAttention(cudaStream_t stream, std::vector<Row>& rows) {
-  const int heads = 32, kv_heads = 8, hd = 128;
-  const xkv::cuda::AttentionShape shape{heads, kv_heads, hd, 1.0f / std::sqrt(128.f), false};
-  for (int64_t t : {2048, 8192}) {
-    const int64_t blocks = t / 16;
-    const size_t pool_bytes = blocks * kv_heads * 16 * hd * 2;
+  double gemm_tflops = 0;
+  for (const Row& r : rows) {
+    if (r.name.rfind("cuBLAS bf16 GEMM", 0) == 0) gemm_tflops = r.value;
+  }
+  struct Model {
+    const char* name;
+    int heads, kv_heads, hd;
+  };
+  const int64_t max_t = 16384, blocks = max_t / 16;
+  for (const Model& m :
+       {Model{"real model 9/3x64", 9, 3, 64}, Model{"L3-8B 32/8x128", 32, 8, 128}}) {
+    const xkv::cuda::AttentionShape shape{m.heads, m.kv_heads, m.hd,
+                                          1.0f / std::sqrt(static_cast<float>(m.hd)), false};
+    const size_t pool = static_cast<size_t>(blocks) * m.kv_heads * 16 * m.hd;
+    const size_t q_elems = static_cast<size_t>(max_t) * m.heads * m.hd;
     __nv_bfloat16 *k = nullptr, *v = nullptr;
     int32_t* d_table = nullptr;
     float *q = nullptr, *out = nullptr;
-    BENCH_CHECK_CUDA(cudaMalloc(&k, pool_bytes));
-    BENCH_CHECK_CUDA(cudaMalloc(&v, pool_bytes));
-    BENCH_CHECK_CUDA(cudaMemset(k, 0x3c, pool_bytes));
-    BENCH_CHECK_CUDA(cudaMemset(v, 0x3c, pool_bytes));
+    BENCH_CHECK_CUDA(cudaMalloc(&k, pool * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&v, pool * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&q, q_elems * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&out, q_elems * 4));
+    BENCH_CHECK_CUDA(cudaMemcpy(k, RandomBf16(pool, 1).data(), pool * 2, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(cudaMemcpy(v, RandomBf16(pool, 2).data(), pool * 2, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(
+        cudaMemcpy(q, RandomFloats(q_elems, 3).data(), q_elems * 4, cudaMemcpyHostToDevice));
     std::vector<int32_t> table(blocks);
     std::iota(table.begin(), table.end(), 0);
-    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
+    std::shuffle(table.begin(), table.end(), std::mt19937(1));  // scattered, as a real pool
     BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
-    BENCH_CHECK_CUDA(cudaMalloc(&q, t * heads * hd * 4));
-    BENCH_CHECK_CUDA(cudaMalloc(&out, t * heads * hd * 4));
-    BENCH_CHECK_CUDA(cudaMemset(q, 0, t * heads * hd * 4));
-    const xkv::cuda::PagedKvLayer cache{k, v, blocks, kv_heads, hd};
-    const double ms = TimeMs(stream, 2, 10, [&] {
-      BENCH_CHECK_OK(xkv::cuda::LaunchPrefillAttention(shape, q, t, cache, d_table, t, out,
-                                                       heads * hd, stream));
-    });
-    const double flops = 4.0 * heads * hd * (double(t) * (t + 1) / 2);  // causal QK^T + PV
-    rows.push_back({"prefill attn L3-8B T=" + std::to_string(t), flops / (ms * 1e-3) / 1e12,
-                    "TFLOP/s", std::to_string(ms) + " ms (SIMT fp32 kernel)"});
+    const xkv::cuda::PagedKvLayer cache{k, v, blocks, m.kv_heads, m.hd};
+    for (int64_t t : {1024, 4096, 8192, 16384}) {
+      const double ms = MedianMs(stream, 3, t >= 8192 ? 10 : 30, [&] {
+        BENCH_CHECK_OK(xkv::cuda::LaunchPrefillAttention(shape, q, t, cache, d_table, t, out,
+                                                         int64_t{m.heads} * m.hd, stream));
+      });
+      BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
+      BENCH_CHECK_CUDA(cudaGetLastError());
+      const double flops = 4.0 * m.heads * m.hd * (double(t) * (t + 1) / 2);
+      const double tflops = flops / (ms * 1e-3) / 1e12;
+      char note[160];
+      std::snprintf(note, sizeof(note), "%.3f ms; %.0f%% of the cuBLAS GEMM rate", ms,
+                    gemm_tflops > 0 ? 100 * tflops / gemm_tflops : 0.0);
+      rows.push_back({std::string("prefill attn ") + m.name + " T=" + std::to_string(t), tflops,
+                      "TFLOP/s", note});
+    }
     cudaFree(k);
     cudaFree(v);
     cudaFree(d_table);

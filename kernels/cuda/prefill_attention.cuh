@@ -1,8 +1,9 @@
 // Causal GQA prefill attention over one layer's paged KV cache, flash-style: query tiles stream
-// over key tiles with an online softmax (fp32 scores, fp32 accumulation); no [T, T] matrix is
-// ever stored. Same semantics as cpu::LaunchPrefillAttention: the LAST n_new cache slots are the
-// new tokens themselves, in order, and new token i attends to slots [0, kv_len - n_new + i]
-// (earlier slots may be a compacted subset of the past — causality is by slot order).
+// over key tiles with an online softmax (fp32 scores and softmax, fp32 accumulation, bf16
+// tensor-core operands); no [T, T] matrix is ever stored. Same semantics as
+// cpu::LaunchPrefillAttention: the LAST n_new cache slots are the new tokens themselves, in order,
+// and new token i attends to slots [0, kv_len - n_new + i] (earlier slots may be a compacted subset
+// of the past — causality is by slot order).
 #ifndef XKV_KERNELS_CUDA_PREFILL_ATTENTION_CUH_
 #define XKV_KERNELS_CUDA_PREFILL_ATTENTION_CUH_
 
@@ -29,8 +30,10 @@ using AttentionShape = ::xkv::cpu::AttentionShape;
 //              already written (LaunchKvCacheWrite).
 // out:         device fp32 or bf16 [n_new, n_heads, head_dim], token rows `out_stride` apart
 //              (>= n_heads * head_dim); must not overlap q.
-// head_dim 64 or 128 (UNIMPLEMENTED otherwise). SIMT kernel: 64-query x 64-key tiles, one CTA
-// per (query tile, query head), fp32 math (tensor-core version: a later tranche).
+// head_dim 64 or 128 (UNIMPLEMENTED otherwise); q, cache.k and cache.v 16-byte aligned; n_new
+// <= 4M and kv_len <= 2^30 (INVALID_ARGUMENT otherwise). Tensor-core kernel (mma.sync bf16,
+// FlashAttention-2 style): Q * scale and the probabilities are rounded to bf16 for the MMAs, so
+// outputs differ from the fp32 CPU reference by up to ~2^-8 of max|out| (tests/gpu/attention_test).
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const PagedKvLayer& cache, const int32_t* block_table,
                                     int64_t kv_len, float* out, int64_t out_stride,
