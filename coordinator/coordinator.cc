@@ -89,6 +89,10 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
   s.window = options_.window;
   s.pool_kernel = options_.pool_kernel;
   s.query_head_scores = options_.query_head_scores;
+  if (options_.nccl_unique_id_source) {
+    ASSIGN_OR_RETURN(s.nccl_unique_id, options_.nccl_unique_id_source());
+    if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
+  }
   RETURN_IF_ERROR(driver_->LoadStages(plan, s));
   const auto& states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {

@@ -45,6 +45,7 @@ struct RequestRecord {
   double ttft_seconds = -1;  // submit to first token; < 0 when no token was produced
   double e2e_seconds = -1;   // submit to the end; < 0 for requests rejected at submit
   double tpot_seconds = -1;  // (end - first token) / (tokens - 1); < 0 with fewer than 2 tokens
+  std::vector<double> itl_seconds;  // each gap between consecutive generated tokens (seconds)
 };
 
 struct CoordinatorOptions {
@@ -63,7 +64,18 @@ struct CoordinatorOptions {
   const Clock* clock = nullptr;  // null: the real clock
   // Optional: called once per request when it ends or is rejected (any thread; must be cheap).
   std::function<void(const RequestRecord&)> on_request_done;
+  // The NCCL data plane between the workers (DESIGN.md §1), when set: every (re)load of the
+  // stages (start, re-plan, recovery) asks it for a fresh NCCL unique id (128 raw bytes) and sends
+  // it to every stage with rank = stage index. Unset: the stage clients' own links (gRPC between
+  // worker processes). tools/ sets it to NcclStageLink::NewNcclUniqueId in NCCL builds.
+  std::function<absl::StatusOr<std::string>()> nccl_unique_id_source;
+  // While idle, the stages' health is checked this often (0: never): a restarted worker (not
+  // serving) gets the stages reloaded before any request needs it; while a worker is down the
+  // checks back off (doubling up to kMaxHealthBackoff).
+  absl::Duration health_interval = absl::Seconds(2);
 };
+
+inline constexpr absl::Duration kMaxHealthBackoff = absl::Seconds(30);
 
 // One request's stream. Called from the coordinator's loop thread, in order: OnDelta* then
 // exactly one of OnDone / OnError.
@@ -129,6 +141,8 @@ class Coordinator {
   void FinishSequence(uint64_t id, const absl::Status& status, int finish_reason);
   xkv::v1::Usage MakeUsage(const Sequence& seq, int finish_reason) const;
   void MaybeAutoReplan();
+  // Idle health check (options_.health_interval, with backoff); loop thread.
+  void IdleHealthCheck();
   bool WaitIdle(absl::Duration timeout);  // until no request runs
   absl::Status ReloadStages(const StagePlan& plan);
   // After a failed step: UNAVAILABLE while a stage is unreachable; a stage that answers but is
@@ -164,6 +178,8 @@ class Coordinator {
   std::atomic<uint64_t> sample_counter_{0};
   int64_t last_replan_samples_ = 0;  // loop thread only
   bool stages_suspect_ = false;      // a step failed: check the stages first (loop thread only)
+  absl::Time next_health_check_ = absl::InfinitePast();   // loop thread only
+  absl::Duration health_backoff_ = absl::ZeroDuration();  // loop thread only
   std::thread loop_;
 };
 

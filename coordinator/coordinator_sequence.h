@@ -43,6 +43,8 @@ struct Coordinator::Sequence {
   std::vector<xkv::v1::LayerSize> layers;  // latest per-layer sizes
 
   absl::Time submitted, admitted, first_token, prefill_done;
+  absl::Time last_token_time;       // when the latest generated token arrived
+  std::vector<double> itl_seconds;  // gaps between consecutive generated tokens
   bool admitted_set = false;
   double profile_ms = 0, solve_ms = 0;
 };

@@ -2,6 +2,7 @@
 // the XKV decisions (profile → solve → compact), stream tokens, finish sequences.
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -60,6 +61,7 @@ void Coordinator::Loop() {
     for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
     if (plan.empty()) {
       if (scheduler_->idle()) MaybeAutoReplan();
+      IdleHealthCheck();
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait_for(lock, std::chrono::milliseconds(20),
                      [&] { return stop_ || !cancels_.empty() || work_; });
@@ -68,6 +70,31 @@ void Coordinator::Loop() {
     }
     RunStep(plan);
   }
+}
+
+void Coordinator::IdleHealthCheck() {
+  if (options_.health_interval <= absl::ZeroDuration()) return;
+  const absl::Time now = clock_->Now();
+  if (now < next_health_check_) return;
+  absl::Status s;
+  {
+    std::lock_guard<std::mutex> driver_lock(driver_mu_);
+    s = RecoverStages();
+    if (!s.ok()) stages_suspect_ = true;
+  }
+  if (s.ok()) {
+    health_backoff_ = options_.health_interval;
+  } else {
+    const bool first = health_backoff_ <= options_.health_interval;
+    health_backoff_ = std::min(std::max(health_backoff_, options_.health_interval) * 2,
+                               std::max(kMaxHealthBackoff, options_.health_interval));
+    if (first) {
+      std::fprintf(stderr, "xkv coordinator: %s; checking again with backoff (up to %s)\n",
+                   std::string(s.message()).c_str(),
+                   absl::FormatDuration(kMaxHealthBackoff).c_str());
+    }
+  }
+  next_health_check_ = now + health_backoff_;
 }
 
 void Coordinator::ProcessCancels() {
@@ -299,11 +326,18 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
 }
 
 void Coordinator::AcceptToken(Sequence& seq, int32_t token) {
-  if (seq.generated++ == 0) seq.first_token = clock_->Now();
+  const absl::Time now = clock_->Now();
+  if (seq.generated++ == 0) {
+    seq.first_token = now;
+  } else {
+    seq.itl_seconds.push_back(absl::ToDoubleSeconds(now - seq.last_token_time));
+  }
+  seq.last_token_time = now;
   seq.last_token = token;
   const bool eos = std::find(eos_tokens_.begin(), eos_tokens_.end(), token) != eos_tokens_.end();
   if (eos && !seq.params.ignore_eos) {
-    --seq.generated;  // EOS is not part of the completion
+    --seq.generated;  // EOS is not part of the completion (nor its gap)
+    if (seq.generated > 0) seq.itl_seconds.pop_back();
     Emit(seq, seq.stop->Flush(), {});
     FinishSequence(seq.id, absl::OkStatus(), xkv::v1::FINISH_REASON_EOS);
     return;
@@ -364,6 +398,7 @@ void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) co
   if (seq.generated > 1) {
     r.tpot_seconds = absl::ToDoubleSeconds(now - seq.first_token) / (seq.generated - 1);
   }
+  r.itl_seconds = seq.itl_seconds;
   options_.on_request_done(r);
 }
 

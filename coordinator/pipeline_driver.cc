@@ -58,6 +58,12 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
     r.set_link_kind(client.link_kind());
     r.set_stage_index(static_cast<int>(s));
     r.set_num_stages(S);
+    if (!settings.nccl_unique_id.empty()) {
+      r.set_link_kind(xkv::v1::LINK_KIND_NCCL);
+      r.set_nccl_unique_id(settings.nccl_unique_id);
+      r.set_nccl_rank(static_cast<int>(s));
+      r.set_nccl_world_size(S);
+    }
     r.mutable_importance()->set_window(settings.window);
     r.mutable_importance()->set_pool_kernel(settings.pool_kernel);
     r.mutable_importance()->set_granularity(settings.query_head_scores

@@ -28,6 +28,10 @@ struct StageLoadSettings {
   int pool_kernel = 7;
   bool query_head_scores = false;
   int64_t link_timeout_ms = 0;
+  // Non-empty: the NCCL data plane. This ncclUniqueId (128 raw bytes, fresh per load) goes to
+  // every stage with link_kind NCCL, nccl_rank = stage index and nccl_world_size = stages.
+  // Empty: each client's own link_kind (gRPC between worker processes, in-process when embedded).
+  std::string nccl_unique_id;
 };
 
 // One sequence's answer to a step, merged over the stages.
@@ -60,8 +64,10 @@ class PipelineDriver {
   explicit PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages);
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
-  // Loads (or reloads) every stage with `plan`'s ranges, concurrently. All stages' sequences are
-  // dropped. The first error (lowest stage index) is returned.
+  // Loads (or reloads) every stage with `plan`'s ranges, concurrently (all LoadStage calls are in
+  // flight together: with NCCL, creating the communicator is collective and would deadlock if the
+  // stages were loaded one after another). All stages' sequences are dropped. The first error
+  // (lowest stage index) is returned.
   absl::Status LoadStages(const StagePlan& plan, const StageLoadSettings& settings);
   const std::vector<StageState>& stage_states() const { return states_; }
   const xkv::v1::ModelInfo& model_info() const { return model_; }

@@ -50,6 +50,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("llama_model: null weights");
   RETURN_IF_ERROR(ValidateLlamaWeights(*weights));
+  if (options.numerics == Numerics::kBf16) {
+    weights = std::make_shared<const LlamaWeights>(RoundWeightsToBf16(*weights));
+  }
   return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(weights), options));
 }
 
@@ -146,9 +149,13 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
   float* k_new = qkv_.data() + q_dim;  // roped in place, rows qkv_dim apart
   RETURN_IF_ERROR(cpu::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim, c.rope_dims, mode,
                                   cos_sin_.data(), k_new, qkv_dim));
-  // llama.cpp: fp16 K/V cache; Q is rounded to fp16 for the K·Q product.
-  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, q_.data(), n, q_dim, q_dim));
-  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, k_new, n, qkv_dim - q_dim, qkv_dim));
+  if (options_.numerics == Numerics::kGgml) {
+    // llama.cpp: fp16 K/V cache; Q is rounded to fp16 for the K·Q product.
+    RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, q_.data(), n, q_dim, q_dim));
+    RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, k_new, n, qkv_dim - q_dim, qkv_dim));
+  } else if (options_.numerics == Numerics::kBf16) {  // the CUDA engine's bf16 K/V cache
+    RETURN_IF_ERROR(Round(cpu::ActRounding::kBf16, k_new, n, qkv_dim - q_dim, qkv_dim));
+  }
   RETURN_IF_ERROR(RunAttention(layer, batch, stop));
   if (*stop) return absl::OkStatus();
   // hidden += attn · Woᵀ
@@ -168,7 +175,7 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
 
 absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,
                                int64_t stride, float* min_correction) const {
-  if (options_.numerics != Numerics::kGgml || rounding == cpu::ActRounding::kNone) {
+  if (options_.numerics == Numerics::kExact || rounding == cpu::ActRounding::kNone) {
     return absl::OkStatus();
   }
   if (stride == cols) {
@@ -185,6 +192,7 @@ absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows
 absl::Status LlamaModel::Matmul(float* a, int64_t lda, const std::vector<float>& w,
                                 cpu::ActRounding rounding, const std::vector<float>& mins, float* c,
                                 int64_t ldc, int64_t m, int64_t n, int64_t k, bool accumulate) {
+  if (options_.numerics == Numerics::kBf16) rounding = cpu::ActRounding::kBf16;
   const bool fix = options_.numerics == Numerics::kGgml && !mins.empty() &&
                    rounding == cpu::ActRounding::kQ8Blocks;
   if (fix) min_fix_.resize(m * (k / 32));

@@ -63,7 +63,9 @@ struct BatchStep {
 // backend does, so the engine produces llama.cpp's text on the same GGUF: activations entering a
 // quantized matrix product are rounded to the weight type's 8-bit blocks (Q8_0/Q8_1), queries, keys
 // and values to fp16 (llama.cpp's default fp16 KV cache) and attention probabilities to fp16.
-enum class Numerics { kExact, kGgml };
+// kBf16 mirrors the CUDA engine's rounding (the CPU reference of model/cuda): weights rounded to
+// bf16, every GEMM input rounded to bf16, keys and values cached as bf16; fp32 elsewhere.
+enum class Numerics { kExact, kGgml, kBf16 };
 
 struct LlamaModelOptions {
   int num_threads = 1;  // OpenBLAS threads (process-wide) and the attention thread pool

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/dequant.h"
+#include "kernels/cpu/half.h"
 #include "kernels/status_macros.h"
 
 namespace xkv {
@@ -178,6 +179,32 @@ absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
     RETURN_IF_ERROR(CheckSize("output_norm", w.output_norm.size(), h));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+std::vector<float> Bf16Rounded(const std::vector<float>& x) {
+  std::vector<float> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) out[i] = cpu::Bf16ToF32(cpu::F32ToBf16(x[i]));
+  return out;
+}
+
+}  // namespace
+
+LlamaWeights RoundWeightsToBf16(const LlamaWeights& weights) {
+  LlamaWeights out = weights;
+  for (LlamaLayerWeights& l : out.layers) {
+    for (std::vector<float>* m : {&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down}) *m = Bf16Rounded(*m);
+  }
+  if (weights.embedding) {
+    out.embedding = std::make_shared<const std::vector<float>>(Bf16Rounded(*weights.embedding));
+  }
+  if (weights.lm_head) {
+    out.lm_head = weights.lm_head == weights.embedding
+                      ? out.embedding
+                      : std::make_shared<const std::vector<float>>(Bf16Rounded(*weights.lm_head));
+  }
+  return out;
 }
 
 }  // namespace xkv

@@ -71,6 +71,10 @@ struct LlamaWeights {
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelConfig& config,
                                               const LlamaWeightsOptions& options);
 
+// A copy whose matrices, embedding and lm_head hold bf16-representable values (round to nearest
+// even), as the CUDA engine keeps them; norm gains and Q4_1 minimums are copied unchanged.
+LlamaWeights RoundWeightsToBf16(const LlamaWeights& weights);
+
 // Checks every loaded tensor's size against `weights.config` (used after building weights in
 // memory, e.g. in tests).
 absl::Status ValidateLlamaWeights(const LlamaWeights& weights);

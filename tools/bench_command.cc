@@ -1,4 +1,5 @@
-// `xkv bench <what>`: benchmarks. `cpu` compares the CPU engine against llama.cpp.
+// `xkv bench <what>`: benchmarks. `cpu` compares the CPU engine against llama.cpp; `gpu` (in
+// tools/bench_gpu_command.cc) measures the GPU engine against the GPU's limits.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -16,6 +17,7 @@ namespace {
 constexpr char kBenchUsage[] =
     "usage: xkv bench <what> [flags]\n\n"
     "  cpu    prefill and decode tokens/s of the CPU engine next to llama.cpp\n"
+    "  gpu    GPU engine vs the GPU's measured limits; real model next to transformers\n"
     "  serve  closed-loop serving load (TTFT, TPOT, ITL, throughput, KV) against --server\n\n"
     "`xkv bench <what> --help` lists its flags.\n";
 
@@ -79,11 +81,13 @@ int RunBenchCpu(int argc, char** argv) {
 }  // namespace
 
 int RunBenchServe(int argc, char** argv);  // tools/bench_serve_command.cc
+int RunBenchGpu(int argc, char** argv);    // tools/bench_gpu_command.cc
 
 int RunBench(int argc, char** argv) {
   const std::string what = argc > 2 ? argv[2] : "";
   if (what == "cpu") return RunBenchCpu(argc, argv);
   if (what == "serve") return RunBenchServe(argc, argv);
+  if (what == "gpu") return RunBenchGpu(argc, argv);
   const bool help = what == "--help" || what == "-h";
   std::fputs(kBenchUsage, help ? stdout : stderr);
   return help ? 0 : 2;

@@ -1,26 +1,68 @@
 // `xkv coordinator`: the coordinator process in front of `xkv worker` processes.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/data_plane.h"
 #include "coordinator/grpc_stage_client.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/serve_flags.h"
+#if defined(XKV_WITH_NCCL)
+#include "worker/nccl/nccl_stage_link.h"
+#endif
 
 namespace xkv {
+namespace {
+
+// Starts the coordinator; while a worker is unreachable (UNAVAILABLE / DEADLINE_EXCEEDED) it
+// retries with exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
+absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
+    const CoordinatorOptions& options, const std::vector<std::string>& addresses,
+    absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  absl::Duration backoff = absl::Milliseconds(500);
+  for (int attempt = 1;; ++attempt) {
+    std::vector<std::unique_ptr<StageClient>> clients;
+    for (const std::string& a : addresses) clients.push_back(MakeGrpcStageClient({a}));
+    absl::StatusOr<std::unique_ptr<Coordinator>> c =
+        Coordinator::Start(options, std::move(clients));
+    const bool retry = c.status().code() == absl::StatusCode::kUnavailable ||
+                       c.status().code() == absl::StatusCode::kDeadlineExceeded;
+    if (c.ok() || !retry || absl::Now() + backoff > deadline) return c;
+    std::fprintf(stderr, "xkv coordinator: waiting for the workers (attempt %d): %s; retry in %s\n",
+                 attempt, std::string(c.status().message()).c_str(),
+                 absl::FormatDuration(backoff).c_str());
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(10));
+  }
+}
+
+}  // namespace
 
 int RunCoordinator(int argc, char** argv) {
   ServeFlags f;
   std::string workers;
+  std::string data_plane = "grpc";
+  int64_t wait_for_workers_s = 240;
   FlagSet flags("coordinator",
                 "Serves xkv.v1.Generation (--listen) and xkv.v1.Admin (--admin-listen) over the "
                 "pipeline\nstages of --workers (one `xkv worker` per stage, in layer order).");
   RegisterServeFlags(flags, &f);
   flags.String("workers", &workers, "comma-separated worker addresses, first stage first");
+  flags.String("data-plane", &data_plane,
+               "hidden states between workers: grpc (any device) or nccl (CUDA workers, one GPU "
+               "each; needs a CUDA/NCCL build)");
+  flags.Int("wait-for-workers", &wait_for_workers_s,
+            "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
+            "pods may start in any order (0: fail at once)");
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -29,12 +71,13 @@ int RunCoordinator(int argc, char** argv) {
     std::fputs(flags.Usage().c_str(), stdout);
     return 0;
   }
-  std::vector<std::unique_ptr<StageClient>> clients;
-  for (absl::string_view a : absl::StrSplit(workers, ',', absl::SkipWhitespace())) {
-    clients.push_back(MakeGrpcStageClient({std::string(a)}));
-  }
-  if (clients.empty()) {
+  std::vector<std::string> addresses = absl::StrSplit(workers, ',', absl::SkipWhitespace());
+  if (addresses.empty()) {
     std::fprintf(stderr, "xkv coordinator: --workers is empty\n");
+    return 2;
+  }
+  if (wait_for_workers_s < 0) {
+    std::fprintf(stderr, "xkv coordinator: --wait-for-workers must be >= 0\n");
     return 2;
   }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
@@ -42,8 +85,17 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
+#if defined(XKV_WITH_NCCL)
+  const NcclUniqueIdSource nccl = &NcclStageLink::NewNcclUniqueId;
+#else
+  const NcclUniqueIdSource nccl = nullptr;
+#endif
+  if (absl::Status s = ApplyDataPlane(data_plane, nccl, &*options); !s.ok()) {
+    std::fprintf(stderr, "xkv coordinator: --data-plane: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      Coordinator::Start(*options, std::move(clients));
+      StartWithBackoff(*options, addresses, absl::Seconds(wait_for_workers_s));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n",
                  std::string(coordinator.status().message()).c_str());

@@ -135,7 +135,8 @@ int RunGenerate(int argc, char** argv) {
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("stop", &f.stop, "stop strings, separated by '|' (not printed)");
   flags.String("numerics", &f.numerics,
-               "ggml (llama.cpp-compatible rounding, same text as llama.cpp) or exact (fp32)");
+               "ggml (llama.cpp-compatible rounding, same text as llama.cpp), exact (fp32) or bf16 "
+               "(the CUDA engine's rounding, its CPU reference)");
   flags.String("policy", &f.policy, "KV policy: full, streaming, snapkv, pyramidkv, xkv");
   flags.Int("budget-tokens", &f.budget_tokens,
             "total kept prompt tokens over all layers (beyond each layer's window)");
@@ -158,17 +159,18 @@ int RunGenerate(int argc, char** argv) {
                           static_cast<float>(f.top_p), static_cast<uint64_t>(f.seed)};
   if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return Fail(s);
 
-  if (f.numerics != "ggml" && f.numerics != "exact") {
-    return Fail(
-        absl::InvalidArgumentError("--numerics '" + f.numerics + "' is not one of ggml, exact"));
+  if (f.numerics != "ggml" && f.numerics != "exact" && f.numerics != "bf16") {
+    return Fail(absl::InvalidArgumentError("--numerics '" + f.numerics +
+                                           "' is not one of ggml, exact, bf16"));
   }
   absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
   if (!compression.ok()) return Fail(compression.status());
   absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(*compression);
   if (!compressor.ok()) return Fail(compressor.status());
-  absl::StatusOr<LoadedModel> loaded =
-      LoadModel(f.model, static_cast<int>(f.threads),
-                f.numerics == "exact" ? Numerics::kExact : Numerics::kGgml);
+  absl::StatusOr<LoadedModel> loaded = LoadModel(f.model, static_cast<int>(f.threads),
+                                                 f.numerics == "exact"  ? Numerics::kExact
+                                                 : f.numerics == "bf16" ? Numerics::kBf16
+                                                                        : Numerics::kGgml);
   if (!loaded.ok()) return Fail(loaded.status());
   absl::StatusOr<std::vector<int32_t>> ids = PromptIds(f, *loaded->tokenizer);
   if (!ids.ok()) return Fail(ids.status());

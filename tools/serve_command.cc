@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_split.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/stage_client.h"
 #include "kernels/status_macros.h"
@@ -16,6 +17,7 @@
 #include "tools/serve_flags.h"
 #include "worker/hidden_mailbox.h"
 #include "worker/in_process_stage_link.h"
+#include "worker/stage_engine_factory.h"
 #include "worker/stage_executor.h"
 #include "worker/worker_convert.h"
 
@@ -25,15 +27,18 @@ namespace {
 class InProcessStageClient final : public StageClient {
  public:
   InProcessStageClient(std::shared_ptr<HiddenMailbox> inbox, std::shared_ptr<HiddenMailbox> outbox,
-                       int num_threads)
-      : inbox_(std::move(inbox)), outbox_(std::move(outbox)), num_threads_(num_threads) {}
+                       std::string device, int num_threads)
+      : inbox_(std::move(inbox)),
+        outbox_(std::move(outbox)),
+        device_(std::move(device)),
+        num_threads_(num_threads) {}
 
   std::string address() const override { return "in-process"; }
   xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_IN_PROCESS; }
 
   absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
       const xkv::v1::LoadStageRequest& request) override {
-    ASSIGN_OR_RETURN(StageOptions options, StageOptionsFromProto(request, "cpu", num_threads_));
+    ASSIGN_OR_RETURN(StageOptions options, StageOptionsFromProto(request, device_, num_threads_));
     {
       std::lock_guard<std::mutex> lock(mu_);
       stage_.reset();
@@ -108,6 +113,7 @@ class InProcessStageClient final : public StageClient {
   }
 
   const std::shared_ptr<HiddenMailbox> inbox_, outbox_;
+  const std::string device_;
   const int num_threads_;
   std::mutex mu_;
   std::shared_ptr<StageExecutor> stage_;
@@ -119,12 +125,16 @@ int RunServe(int argc, char** argv) {
   ServeFlags f;
   int64_t stages = 1;
   int64_t threads = 0;
+  std::string device = "cpu";
   FlagSet flags("serve",
                 "Embedded mode: the coordinator and --stages pipeline stages in one process, "
                 "serving\nxkv.v1.Generation on --listen and xkv.v1.Admin on --admin-listen.");
   RegisterServeFlags(flags, &f);
   flags.Int("stages", &stages, "pipeline stages (threads of this process)");
   flags.Int("threads", &threads, "CPU threads per stage; 0 divides the hardware threads");
+  flags.String("device", &device,
+               "device of the stages: cpu, cuda:N (every stage on GPU N) or a comma-separated "
+               "list with one device per stage (e.g. cuda:0,cuda:1)");
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -140,13 +150,25 @@ int RunServe(int argc, char** argv) {
   if (threads <= 0) {
     threads = std::max<int64_t>(1, std::thread::hardware_concurrency() / stages);
   }
+  std::vector<std::string> devices = absl::StrSplit(device, ',');
+  if (devices.size() != 1 && static_cast<int64_t>(devices.size()) != stages) {
+    std::fprintf(stderr, "xkv serve: --device lists %zu devices for %lld stages\n", devices.size(),
+                 static_cast<long long>(stages));
+    return 2;
+  }
+  for (const std::string& d : devices) {
+    if (absl::StatusOr<int> ok = ParseStageDevice(d); !ok.ok()) {
+      std::fprintf(stderr, "xkv serve: %s\n", std::string(ok.status().message()).c_str());
+      return 2;
+    }
+  }
   std::vector<std::shared_ptr<HiddenMailbox>> boxes;
   for (int64_t s = 0; s + 1 < stages; ++s) boxes.push_back(std::make_shared<HiddenMailbox>());
   std::vector<std::unique_ptr<StageClient>> clients;
   for (int64_t s = 0; s < stages; ++s) {
-    clients.push_back(std::make_unique<InProcessStageClient>(s > 0 ? boxes[s - 1] : nullptr,
-                                                             s + 1 < stages ? boxes[s] : nullptr,
-                                                             static_cast<int>(threads)));
+    clients.push_back(std::make_unique<InProcessStageClient>(
+        s > 0 ? boxes[s - 1] : nullptr, s + 1 < stages ? boxes[s] : nullptr,
+        devices[devices.size() == 1 ? 0 : s], static_cast<int>(threads)));
   }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
   if (!options.ok()) {

@@ -138,7 +138,7 @@ MetricsRegistry& ServingRegistry() {
 
 // Declares the request families (vLLM-style names and buckets) and returns them in order.
 struct RequestFamilies {
-  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot;
+  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot, *itl;
 };
 RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
   return {
@@ -152,6 +152,10 @@ RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
       r.Histogram("xkv_time_per_output_token_seconds",
                   "Per request: (end - first token) / (output tokens - 1).",
                   {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5}),
+      r.Histogram(
+          "xkv_inter_token_latency_seconds",
+          "Each gap between consecutive generated tokens of a request.",
+          {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5}),
   };
 }
 
@@ -165,6 +169,7 @@ void RecordRequest(const RequestRecord& rec) {
   if (rec.ttft_seconds >= 0) f.ttft->Observe({}, rec.ttft_seconds);
   f.e2e->Observe({}, rec.e2e_seconds);
   if (rec.tpot_seconds >= 0) f.tpot->Observe({}, rec.tpot_seconds);
+  for (double gap : rec.itl_seconds) f.itl->Observe({}, gap);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/metrics_http.h"
+#include "worker/stage_engine_factory.h"
 #include "worker/worker_service.h"
 
 namespace xkv {
@@ -69,7 +70,7 @@ int RunWorker(int argc, char** argv) {
                 "Serve one pipeline stage (xkv.v1.Worker) for a coordinator; the coordinator "
                 "assigns the model file and layer range with LoadStage.");
   flags.String("listen", &listen, "host:port to listen on (port 0 picks a free port)");
-  flags.String("device", &device, "device of this stage: cpu");
+  flags.String("device", &device, "device of this stage: cpu or cuda:N (CUDA builds)");
   flags.Int("threads", &threads, "CPU threads for the stage's compute");
   flags.String("metrics-listen", &metrics_listen,
                "host:port of the Prometheus /metrics endpoint (empty: off)");
@@ -78,10 +79,7 @@ int RunWorker(int argc, char** argv) {
     std::fputs(flags.Usage().c_str(), stdout);
     return 0;
   }
-  if (device != "cpu") {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--device ", device, " is not supported yet (use cpu)")));
-  }
+  if (absl::StatusOr<int> d = ParseStageDevice(device); !d.ok()) return Fail(d.status());
   if (threads < 1) return Fail(absl::InvalidArgumentError("--threads must be >= 1"));
   // Block the shutdown signals before gRPC starts its threads, so only sigwait sees them.
   sigset_t signals;

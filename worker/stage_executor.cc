@@ -6,9 +6,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/cpu_stage_engine.h"
 #include "model/gguf.h"
 #include "model/kv_allocation.h"
 #include "model/model_config.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
@@ -52,9 +54,9 @@ const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
 
 // One step in flight.
 struct StageExecutor::Run {
-  BatchStep batch;
+  EngineStep batch;
   std::vector<float> hidden;  // fp32 [batch.num_tokens(), hidden]
-  std::unique_ptr<ImportanceCollector> collector;
+  std::vector<EngineObservation> observations;
   bool scores_only = false;
   bool sent = false;
   StageStepResult result;
@@ -62,19 +64,8 @@ struct StageExecutor::Run {
 
 absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Load(
     const StageOptions& options, std::unique_ptr<StageLink> link) {
-  if (!options.device.empty() && options.device != "cpu") {
-    return absl::UnimplementedError(
-        absl::StrCat("stage: device '", options.device, "' is not supported yet (use cpu)"));
-  }
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
-  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(*file));
-  LlamaWeightsOptions w;
-  w.layer_begin = options.layer_begin;
-  w.layer_end = options.layer_end < 0 ? config.n_layers : options.layer_end;
-  w.load_embedding = w.layer_begin == 0;
-  w.load_head = w.layer_end == config.n_layers;
-  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(*file, config, w));
-  return Create(std::make_shared<const LlamaWeights>(std::move(weights)), options, std::move(link));
+  ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(options));
+  return Create(std::move(engine), options, std::move(link));
 }
 
 absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
@@ -97,25 +88,35 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
         "stage: the first stage needs the embedding, the last the "
         "lm_head");
   }
+  ASSIGN_OR_RETURN(std::unique_ptr<CpuStageEngine> engine,
+                   CpuStageEngine::Create(weights, LlamaModelOptions{o.num_threads, o.numerics}));
+  return Create(std::move(engine), o, std::move(link));
+}
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
+    std::unique_ptr<StageEngine> engine, const StageOptions& options,
+    std::unique_ptr<StageLink> link) {
+  if (engine == nullptr) return absl::InvalidArgumentError("stage: no engine");
+  StageOptions o = options;
+  o.layer_begin = engine->layer_begin();
+  o.layer_end = engine->layer_end();
+  o.device = engine->device();
   if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
-                   LlamaModel::Create(weights, LlamaModelOptions{o.num_threads, o.numerics}));
   const int num_layers = o.layer_end - o.layer_begin;
-  const int64_t block_bytes =
-      int64_t{o.block_tokens} * weights->config.KvBytesPerTokenPerLayer(sizeof(float));
+  const int64_t block_bytes = int64_t{o.block_tokens} * engine->kv_bytes_per_token();
   ASSIGN_OR_RETURN(std::vector<int64_t> caps, Capacities(o, num_layers, block_bytes));
   ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, std::move(caps),
                                                       o.block_tokens, block_bytes}));
   return std::unique_ptr<StageExecutor>(
-      new StageExecutor(o, std::move(model), std::move(link), std::move(pool)));
+      new StageExecutor(o, std::move(engine), std::move(link), std::move(pool)));
 }
 
-StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<LlamaModel> model,
+StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<StageEngine> engine,
                              std::unique_ptr<StageLink> link, BlockPool pool)
     : options_(options),
-      model_(std::move(model)),
+      engine_(std::move(engine)),
       link_(std::move(link)),
-      weight_bytes_(model_->weights().Bytes()),
+      weight_bytes_(engine_->weight_bytes()),
       block_bytes_(pool.block_bytes()),
       capacities_([&pool] {
         std::vector<int64_t> c;
@@ -159,19 +160,19 @@ absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
     }
   }
   auto it = sequences_.find(s.seq_id);
-  const KvCache* cache = it == sequences_.end() ? nullptr : it->second.cache.get();
-  if (cache == nullptr && !s.new_sequence) {
+  const bool known = engine_->HasSequence(s.seq_id);
+  if (!known && !s.new_sequence) {
     return absl::NotFoundError(absl::StrCat(who, " is unknown (released or never started)"));
   }
   const int64_t T = s.position + s.n_new;
-  for (int l = layer_begin(); cache != nullptr && l < layer_end(); ++l) {
-    if (s.new_sequence && cache->length(l) > 0) {
+  for (int l = layer_begin(); known && l < layer_end(); ++l) {
+    const int64_t length = engine_->CacheLength(s.seq_id, l);
+    if (s.new_sequence && length > 0) {
       return absl::InvalidArgumentError(absl::StrCat(who, " already exists"));
     }
-    if (cache->length(l) > s.position ||
-        (s.mode != SequenceMode::kNormal && cache->length(l) != s.position)) {
-      return absl::InvalidArgumentError(absl::StrCat(who, " layer ", l, " holds ", cache->length(l),
-                                                     " tokens; position is ", s.position));
+    if (length > s.position || (s.mode != SequenceMode::kNormal && length != s.position)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, " layer ", l, " holds ", length, " tokens; position is ", s.position));
     }
   }
   if (s.mode == SequenceMode::kScoresOnly && (s.position != 0 || s.compact.has_value())) {
@@ -250,7 +251,8 @@ absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
   absl::StatusOr<std::vector<float>> rows = InputRows(step, run);
   if (!rows.ok()) return FailBeforeCompute(step, rows.status(), /*received=*/true);
   run.hidden = *std::move(rows);
-  RETURN_IF_ERROR(pool_.Commit(*plan));  // same version: nothing ran in between (mu_ held)
+  // Same version: nothing ran in between (mu_ held); a failure still tells the next stage.
+  if (absl::Status c = pool_.Commit(*plan); !c.ok()) return FailBeforeCompute(step, c, true);
   absl::Status s = Compute(step, run);
   if (s.ok()) s = Output(step, run);
   const absl::Time tc = absl::Now();
@@ -295,7 +297,7 @@ absl::StatusOr<std::vector<float>> StageExecutor::InputRows(const StageStep& ste
     n += s.n_new;
     if (is_first()) tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
   }
-  if (is_first()) return model_->Embed(tokens);
+  if (is_first()) return engine_->Embed(tokens);
   if (link_ == nullptr) {
     return absl::FailedPreconditionError("stage: not the first stage and no link to receive from");
   }
@@ -315,26 +317,15 @@ absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
   run.scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
   run.batch.scores_only = run.scores_only;
   run.result.sequences.resize(step.sequences.size());
-  std::vector<int> keys;
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const StageSequence& s = step.sequences[i];
     run.result.sequences[i].seq_id = s.seq_id;
-    Sequence& q = sequences_[s.seq_id];
-    if (q.cache == nullptr) q.cache = model_->NewCache();
-    const bool observe = s.mode != SequenceMode::kNormal;
-    run.batch.sequences.push_back({q.cache.get(), s.n_new, s.position, observe});
-    keys.push_back(observe ? static_cast<int>(i) : -1);
-    if (!observe) continue;
-    if (run.collector == nullptr) {
-      run.collector = std::make_unique<ImportanceCollector>(config(), layer_begin(), layer_end(),
-                                                            options_.importance);
-    }
-    RETURN_IF_ERROR(run.collector->Expect(static_cast<int>(i), s.position + s.n_new));
+    sequences_[s.seq_id];  // known from now on (dropped again if the step fails)
+    run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
   }
-  if (run.collector != nullptr) run.batch.observer = run.collector->ObserverFor(keys);
   const absl::Time t0 = absl::Now();
-  RETURN_IF_ERROR(
-      model_->RunLayers(layer_begin(), layer_end(), run.batch, absl::MakeSpan(run.hidden)));
+  RETURN_IF_ERROR(engine_->RunLayers(run.batch, options_.importance, absl::MakeSpan(run.hidden),
+                                     &run.observations));
   run.result.timings.compute_ms = MsSince(t0);
   return Observe(step, run);
 }
@@ -343,12 +334,15 @@ absl::Status StageExecutor::Observe(const StageStep& step, Run& run) {
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const StageSequence& s = step.sequences[i];
     if (s.mode == SequenceMode::kNormal) continue;
-    CollectedScores scores = run.collector->Take(static_cast<int>(i));
+    if (i >= run.observations.size() || !run.observations[i].scores.has_value()) {
+      return absl::InternalError(absl::StrCat("stage: no scores for sequence ", s.seq_id));
+    }
+    CollectedScores scores = *std::move(run.observations[i].scores);
     ObservedProfile p;
     p.prompt_len = scores.prompt_len;
     p.prefix_len = scores.prefix_len();
     p.window = scores.window;
-    p.profile_ms = run.collector->milliseconds(static_cast<int>(i));
+    p.profile_ms = run.observations[i].ms;
     if (p.prefix_len > 0) {
       ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
       for (int l = layer_begin(); l < layer_end(); ++l) {
@@ -391,7 +385,7 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     which.push_back(i);
   }
   if (rows.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<float> logits, model_->Logits(run.hidden, rows));
+  ASSIGN_OR_RETURN(std::vector<float> logits, engine_->Logits(run.hidden, rows));
   const size_t V = config().vocab_size;
   for (size_t k = 0; k < which.size(); ++k) {
     const StageSequence& s = step.sequences[which[k]];
@@ -420,7 +414,7 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
   const CollectedScores* scores = seq.scores.has_value() ? &*seq.scores : nullptr;
   if (scores == nullptr) {
     meta = MakeCollectedScores(config(), layer_begin(), layer_end(),
-                               seq.cache->length(layer_begin()), options_.importance);
+                               engine_->CacheLength(seq_id, layer_begin()), options_.importance);
     scores = &meta;
   }
   const int64_t T = scores->prompt_len, P = scores->prefix_len();
@@ -434,9 +428,9 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
         "stage: sequence ", seq_id, " has no importance scores to select its kept tokens"));
   }
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    if (seq.cache->length(l) != T || FindBudget(spec, l)->kept_prefix > P) {
+    if (engine_->CacheLength(seq_id, l) != T || FindBudget(spec, l)->kept_prefix > P) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "stage: sequence ", seq_id, " layer ", l, " holds ", seq.cache->length(l),
+          "stage: sequence ", seq_id, " layer ", l, " holds ", engine_->CacheLength(seq_id, l),
           " tokens, budget ", FindBudget(spec, l)->kept_prefix, "; compaction needs the whole ", T,
           "-token prompt (before decoding) and a budget <= ", P));
     }
@@ -444,7 +438,7 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
   for (int l = layer_begin(); l < layer_end(); ++l) {
     ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept,
                      KeptSlots(*scores, l, FindBudget(spec, l)->kept_prefix, spec.policy));
-    RETURN_IF_ERROR(CompactLayer(*seq.cache, l, T, kept));
+    RETURN_IF_ERROR(engine_->CompactLayer(seq_id, l, T, kept));
   }
   seq.scores.reset();
   seq.compacted = true;
@@ -469,9 +463,10 @@ absl::StatusOr<StageCompactResult> StageExecutor::Compact(uint64_t seq_id,
 }
 
 absl::Status StageExecutor::SyncBlocks(uint64_t seq_id) {
-  const KvCache& cache = *sequences_.at(seq_id).cache;
   std::vector<BlockChange> changes;
-  for (int l = layer_begin(); l < layer_end(); ++l) changes.push_back({seq_id, l, cache.length(l)});
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    changes.push_back({seq_id, l, std::max<int64_t>(engine_->CacheLength(seq_id, l), 0)});
+  }
   absl::Status s = pool_.Apply(changes);
   if (!s.ok()) {
     return absl::InternalError(
@@ -486,13 +481,14 @@ std::vector<StageLayerSize> StageExecutor::LayerSizes(uint64_t seq_id) const {
   if (it == sequences_.end()) return out;
   for (int l = layer_begin(); l < layer_end(); ++l) {
     const int64_t blocks = static_cast<int64_t>(pool_.table(seq_id, l).size());
-    out.push_back({l, it->second.cache->length(l), blocks, blocks * block_bytes_});
+    out.push_back({l, engine_->CacheLength(seq_id, l), blocks, blocks * block_bytes_});
   }
   return out;
 }
 
 void StageExecutor::Drop(uint64_t seq_id) {
   pool_.Release(seq_id);
+  engine_->ReleaseSequence(seq_id);
   sequences_.erase(seq_id);
 }
 
@@ -500,7 +496,7 @@ int StageExecutor::Release(absl::Span<const uint64_t> seq_ids) {
   absl::MutexLock lock(&mu_);
   int known = 0;
   for (uint64_t id : seq_ids) {
-    if (sequences_.contains(id) || pool_.has_sequence(id)) ++known;
+    if (sequences_.contains(id) || pool_.has_sequence(id) || engine_->HasSequence(id)) ++known;
     Drop(id);
   }
   RefreshStatus();
@@ -509,6 +505,7 @@ int StageExecutor::Release(absl::Span<const uint64_t> seq_ids) {
 
 void StageExecutor::ReleaseAll() {
   absl::MutexLock lock(&mu_);
+  for (const auto& [id, seq] : sequences_) engine_->ReleaseSequence(id);
   sequences_.clear();
   pool_.ReleaseAll();
   RefreshStatus();
@@ -535,7 +532,7 @@ void StageExecutor::RefreshStatus() {
     s.layers.push_back({l, pool_.used(l), pool_.free(l)});
   }
   s.sequences = static_cast<int>(sequences_.size());
-  s.device = options_.device.empty() ? "cpu" : options_.device;
+  s.device = engine_->device();
   s.model_path = options_.model_path;
   absl::MutexLock lock(&status_mu_);
   status_ = std::move(s);
@@ -550,14 +547,13 @@ int64_t StageExecutor::CacheLength(uint64_t seq_id, int layer) const {
   absl::MutexLock lock(&mu_);
   auto it = sequences_.find(seq_id);
   if (it == sequences_.end() || layer < layer_begin() || layer >= layer_end()) return -1;
-  return it->second.cache->length(layer);
+  return engine_->CacheLength(seq_id, layer);
 }
 
 std::unique_ptr<KvCache> StageExecutor::CacheCopy(uint64_t seq_id) const {
   absl::MutexLock lock(&mu_);
-  auto it = sequences_.find(seq_id);
-  if (it == sequences_.end()) return nullptr;
-  return std::make_unique<KvCache>(*it->second.cache);
+  if (!sequences_.contains(seq_id)) return nullptr;
+  return engine_->CacheCopy(seq_id);
 }
 
 }  // namespace xkv

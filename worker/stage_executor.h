@@ -14,8 +14,8 @@
 //
 // Accounting: layer l of a sequence owns ceil(tokens_l / block_tokens) blocks, tokens_l being its
 // KvCache length (after compaction b_l + w + decoded). block_bytes counts fp32 K and V (the CPU
-// cache's element type). Thread-safe: steps, compactions and releases are serialised; status()
-// never waits for a running step.
+// cache's element type; bf16 on a GPU). Thread-safe: steps, compactions and releases are
+// serialised; status() never waits for a running step.
 #ifndef XKV_WORKER_STAGE_EXECUTOR_H_
 #define XKV_WORKER_STAGE_EXECUTOR_H_
 
@@ -36,6 +36,7 @@
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
 #include "model/sampler.h"
+#include "model/stage_engine.h"
 #include "worker/block_pool.h"
 #include "worker/stage_link.h"
 
@@ -48,7 +49,7 @@ struct StageOptions {
   int layer_begin = 0;
   int layer_end = -1;  // exclusive; -1 = n_layers
   int stage_index = 0;
-  std::string device = "cpu";  // only "cpu" for now
+  std::string device = "cpu";  // "cpu" or "cuda:N" (needs a CUDA build; block_tokens 16)
   int num_threads = 1;
   // kGgml: the same numerics as `xkv generate` (and llama.cpp) on a GGUF; kExact for fp32 tests.
   Numerics numerics = Numerics::kGgml;
@@ -182,11 +183,15 @@ class StageExecutor {
   static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(
       std::shared_ptr<const LlamaWeights> weights, const StageOptions& options,
       std::unique_ptr<StageLink> link);
+  // The same over any engine (its layer range is the stage's).
+  static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(std::unique_ptr<StageEngine> engine,
+                                                               const StageOptions& options,
+                                                               std::unique_ptr<StageLink> link);
   ~StageExecutor();
 
-  const ModelConfig& config() const { return model_->config(); }
-  int layer_begin() const { return model_->layer_begin(); }
-  int layer_end() const { return model_->layer_end(); }
+  const ModelConfig& config() const { return engine_->config(); }
+  int layer_begin() const { return engine_->layer_begin(); }
+  int layer_end() const { return engine_->layer_end(); }
   bool is_first() const { return layer_begin() == 0; }
   bool is_last() const { return layer_end() == config().n_layers; }
   int64_t weight_bytes() const { return weight_bytes_; }
@@ -211,15 +216,14 @@ class StageExecutor {
   std::unique_ptr<KvCache> CacheCopy(uint64_t seq_id) const;
 
  private:
-  struct Sequence {
-    std::unique_ptr<KvCache> cache;
+  struct Sequence {  // its KV cache lives in the engine
     std::unique_ptr<Sampler> sampler;
     std::optional<CollectedScores> scores;  // from the last observed step, until compaction
     bool compacted = false;                 // evicted once; never again
   };
   struct Run;  // one step in flight
 
-  StageExecutor(const StageOptions& options, std::unique_ptr<LlamaModel> model,
+  StageExecutor(const StageOptions& options, std::unique_ptr<StageEngine> engine,
                 std::unique_ptr<StageLink> link, BlockPool pool);
 
   absl::Status ValidateStep(const StageStep& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -244,7 +248,7 @@ class StageExecutor {
   void RefreshStatus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StageOptions options_;
-  const std::unique_ptr<LlamaModel> model_;
+  const std::unique_ptr<StageEngine> engine_;
   const std::unique_ptr<StageLink> link_;
   const int64_t weight_bytes_;
   const int64_t block_bytes_;

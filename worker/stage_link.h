@@ -2,8 +2,8 @@
 // Send to the next stage, Receive from the previous one — keyed by the coordinator's step_id, so
 // a stage receives exactly the rows of the step it is executing. Implementations:
 // InProcessStageLink (embedded mode: threads of one process), GrpcStageLink (PushHidden RPCs),
-// NcclStageLink (later). Every wait has a deadline: a missing stage is DEADLINE_EXCEEDED or
-// UNAVAILABLE, never a hang. Core code: no gRPC here.
+// NcclStageLink (worker/nccl/: ncclSend/ncclRecv between GPU workers). Every wait has a deadline: a
+// missing stage is DEADLINE_EXCEEDED or UNAVAILABLE, never a hang. Core code: no gRPC here.
 #ifndef XKV_WORKER_STAGE_LINK_H_
 #define XKV_WORKER_STAGE_LINK_H_
 

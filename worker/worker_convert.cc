@@ -82,9 +82,11 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
     o.numerics = Numerics::kExact;
   } else if (r.numerics().empty() || r.numerics() == "ggml") {
     o.numerics = Numerics::kGgml;
+  } else if (r.numerics() == "bf16") {
+    o.numerics = Numerics::kBf16;
   } else {
     return absl::InvalidArgumentError("numerics '" + r.numerics() +
-                                      "' is not one of \"ggml\", \"exact\"");
+                                      "' is not one of \"ggml\", \"exact\", \"bf16\"");
   }
   o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
   o.layer_capacity_blocks.assign(r.layer_capacity_blocks().begin(),

@@ -9,9 +9,51 @@
 #include "kernels/status_macros.h"
 #include "worker/grpc_stage_link.h"
 #include "worker/grpc_status.h"
+#include "worker/nccl_link_config.h"
 #include "worker/worker_convert.h"
+#if defined(XKV_WITH_NCCL)
+#include "worker/nccl/nccl_stage_link.h"
+#endif
 
 namespace xkv {
+namespace {
+
+#if defined(XKV_WITH_NCCL)
+// Hands the executor its StageLink while the service keeps a reference for health reports.
+class SharedStageLink final : public StageLink {
+ public:
+  explicit SharedStageLink(std::shared_ptr<StageLink> link) : link_(std::move(link)) {}
+  absl::Status Send(uint64_t step_id, absl::Span<const float> hidden) override {
+    return link_->Send(step_id, hidden);
+  }
+  absl::Status SendError(uint64_t step_id, const absl::Status& error) override {
+    return link_->SendError(step_id, error);
+  }
+  absl::StatusOr<std::vector<float>> Receive(uint64_t step_id, absl::Time deadline) override {
+    return link_->Receive(step_id, deadline);
+  }
+  void Discard(uint64_t step_id) override { link_->Discard(step_id); }
+
+ private:
+  std::shared_ptr<StageLink> link_;
+};
+#endif
+
+// The request's NCCL data plane, validated: UNIMPLEMENTED in builds without NCCL.
+absl::StatusOr<NcclLinkConfig> NcclConfigFromRequest(const xkv::v1::LoadStageRequest& request,
+                                                     const std::string& device) {
+#if defined(XKV_WITH_NCCL)
+  return NcclLinkConfigFromProto(request, device);
+#else
+  (void)request;
+  (void)device;
+  return absl::UnimplementedError(
+      "worker: this xkv was built without CUDA/NCCL, so it has no NCCL data plane (run the "
+      "coordinator with --data-plane=grpc)");
+#endif
+}
+
+}  // namespace
 
 WorkerService::WorkerService(const WorkerServiceOptions& options) : options_(options) {}
 
@@ -35,7 +77,15 @@ void WorkerService::set_health(grpc::HealthCheckServiceInterface* health) {
   SetServing(executor() != nullptr);
 }
 
-void WorkerService::Close() { inbox_->Close(); }
+void WorkerService::Close() {
+  inbox_->Close();
+  std::function<void()> close_link;
+  {
+    absl::MutexLock lock(&mu_);
+    close_link = link_hooks_.close;
+  }
+  if (close_link) close_link();
+}
 
 void WorkerService::SetServing(bool serving) {
   if (health_ == nullptr) return;
@@ -43,32 +93,67 @@ void WorkerService::SetServing(bool serving) {
   health_->SetServingStatus(kHealthServiceName, serving);
 }
 
+absl::StatusOr<std::unique_ptr<StageLink>> WorkerService::MakeLink(
+    const xkv::v1::LoadStageRequest& request, const StageOptions& options,
+    const std::optional<NcclLinkConfig>& nccl) {
+  if (!nccl.has_value()) {
+    GrpcStageLinkOptions link;
+    link.next_address = request.next_stage();
+    link.stage_index = request.stage_index();
+    link.send_timeout = options.link_timeout;
+    return std::make_unique<GrpcStageLink>(inbox_, link);
+  }
+#if defined(XKV_WITH_NCCL)
+  NcclStageLinkOptions o;
+  o.config = *nccl;
+  o.send_timeout = options.link_timeout;
+  o.discard_timeout = options.link_timeout;
+  ASSIGN_OR_RETURN(std::shared_ptr<NcclStageLink> link, NcclStageLink::Create(o));
+  std::weak_ptr<NcclStageLink> weak = link;
+  {
+    absl::MutexLock lock(&mu_);
+    link_hooks_.health = [weak] {
+      std::shared_ptr<NcclStageLink> l = weak.lock();
+      return l == nullptr ? absl::OkStatus() : l->health();
+    };
+    link_hooks_.close = [weak] {
+      if (std::shared_ptr<NcclStageLink> l = weak.lock()) l->Close();
+    };
+  }
+  return std::make_unique<SharedStageLink>(std::move(link));
+#else
+  return absl::UnimplementedError("worker: built without NCCL");
+#endif
+}
+
 absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
                                    xkv::v1::LoadStageResponse* response) {
   ASSIGN_OR_RETURN(StageOptions options,
                    StageOptionsFromProto(request, options_.device, options_.num_threads));
-  if (request.link_kind() == xkv::v1::LINK_KIND_NCCL ||
-      request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
-    return absl::UnimplementedError("worker: only gRPC stage links between worker processes");
+  if (request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
+    return absl::UnimplementedError("worker: in-process links exist only inside `xkv serve`");
   }
-  GrpcStageLinkOptions link;
-  link.next_address = request.next_stage();
-  link.stage_index = request.stage_index();
-  link.send_timeout = options.link_timeout;
-  auto grpc_link = std::make_unique<GrpcStageLink>(inbox_, link);
-  // The new stage replaces the old one only when it loaded; either way old sequences are gone.
+  std::optional<NcclLinkConfig> nccl;
+  if (WantsNcclLink(request)) {
+    ASSIGN_OR_RETURN(nccl, NcclConfigFromRequest(request, options_.device));
+  }
+  // The new stage replaces the old one only when it loaded; either way old sequences are gone
+  // (and, with NCCL, the old communicator before the new one is joined).
   SetServing(false);
   {
     absl::MutexLock lock(&mu_);
     executor_.reset();
+    link_hooks_ = {};
   }
+  // NCCL: joining the communicator is collective; the coordinator calls every stage at once.
+  ASSIGN_OR_RETURN(std::unique_ptr<StageLink> link, MakeLink(request, options, nccl));
   ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> stage,
-                   StageExecutor::Load(options, std::move(grpc_link)));
+                   StageExecutor::Load(options, std::move(link)));
   if (request.is_last() != stage->is_last()) {
     return absl::InvalidArgumentError(
         absl::StrCat("worker: is_last must equal layer_end == ", stage->config().n_layers));
   }
-  if (!stage->is_last() && request.next_stage().empty()) {
+  if (!nccl.has_value() && !stage->is_last() && request.next_stage().empty()) {
     return absl::InvalidArgumentError("worker: a stage before the last needs next_stage");
   }
   ModelInfoToProto(stage->config(), response->mutable_model());
@@ -154,6 +239,17 @@ grpc::Status WorkerService::Status(grpc::ServerContext*, const xkv::v1::StatusRe
   }
   StatusToProto(stage->status(), response);
   response->set_health(xkv::v1::STAGE_HEALTH_SERVING);
+  std::function<absl::Status()> link_health;
+  {
+    absl::MutexLock lock(&mu_);
+    link_health = link_hooks_.health;
+  }
+  // A broken data plane (NCCL: a step timed out and the communicator was aborted) fails every
+  // later step: report it so the coordinator reloads the stages.
+  if (absl::Status link = link_health ? link_health() : absl::OkStatus(); !link.ok()) {
+    response->set_health(xkv::v1::STAGE_HEALTH_FAILED);
+    response->set_message(std::string(link.message()));
+  }
   return grpc::Status::OK;
 }
 

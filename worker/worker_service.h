@@ -1,18 +1,25 @@
 // The internal xkv.v1.Worker gRPC service: a thin adapter over StageExecutor (validate the proto →
 // StageExecutor structs → core call → one status-mapping helper), plus WorkerServer, which runs it
 // with gRPC health checking (NOT_SERVING until a stage is loaded) and server reflection.
+// LoadStage builds the stage's data plane: a GrpcStageLink (PushHidden), or, when the request
+// carries an NCCL unique id, an NcclStageLink (CUDA workers of an NCCL build; UNIMPLEMENTED
+// elsewhere). A broken NCCL link makes Status report STAGE_HEALTH_FAILED, so the coordinator
+// reloads the stages with a fresh communicator.
 #ifndef XKV_WORKER_WORKER_SERVICE_H_
 #define XKV_WORKER_WORKER_SERVICE_H_
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/hidden_mailbox.h"
+#include "worker/nccl_link_config.h"
 #include "worker/stage_executor.h"
 #include "xkv/v1/worker.grpc.pb.h"
 
@@ -33,7 +40,8 @@ class WorkerService final : public xkv::v1::Worker::Service {
   // Where SERVING / NOT_SERVING is reported (may be null; set before the first LoadStage).
   // Reports the current state at once (NOT_SERVING until a stage is loaded).
   void set_health(grpc::HealthCheckServiceInterface* health);
-  // Shutting down: steps waiting for hidden rows fail with UNAVAILABLE.
+  // Shutting down: steps waiting for hidden rows (gRPC mailbox or NCCL link) fail with
+  // UNAVAILABLE.
   void Close();
 
   grpc::Status LoadStage(grpc::ServerContext* context, const xkv::v1::LoadStageRequest* request,
@@ -56,6 +64,10 @@ class WorkerService final : public xkv::v1::Worker::Service {
   absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded() const;
   absl::Status DoLoad(const xkv::v1::LoadStageRequest& request,
                       xkv::v1::LoadStageResponse* response);
+  // The stage's data plane: NCCL when `nccl` is set (joins the communicator), else gRPC.
+  absl::StatusOr<std::unique_ptr<StageLink>> MakeLink(const xkv::v1::LoadStageRequest& request,
+                                                      const StageOptions& options,
+                                                      const std::optional<NcclLinkConfig>& nccl);
   void SetServing(bool serving);
 
   const WorkerServiceOptions options_;
@@ -65,6 +77,13 @@ class WorkerService final : public xkv::v1::Worker::Service {
   mutable absl::Mutex mu_;
   std::shared_ptr<StageExecutor> executor_ ABSL_GUARDED_BY(mu_);
   std::string load_error_ ABSL_GUARDED_BY(mu_);
+  // The loaded stage's NCCL link, when it has one: its health (reported by Status) and how to
+  // stop its waits (Close). Both empty for gRPC links.
+  struct LinkHooks {
+    std::function<absl::Status()> health;
+    std::function<void()> close;
+  };
+  LinkHooks link_hooks_ ABSL_GUARDED_BY(mu_);
 };
 
 struct WorkerServerOptions {

@@ -1,8 +1,11 @@
 #include "tests/e2e/e2e_harness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -184,6 +187,25 @@ absl::StatusOr<std::vector<int>> ChildProcess::WaitForLog(const std::string& pat
 
 // ---- Cluster --------------------------------------------------------------------------------
 
+namespace {
+
+// A loopback port that was free a moment ago (bound to port 0, read back, released).
+absl::StatusOr<int> ReservePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket() failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  close(fd);
+  if (!ok) return absl::InternalError("could not reserve a loopback port");
+  return static_cast<int>(ntohs(a.sin_port));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& options) {
   if (std::string missing = MissingPrerequisite(); !missing.empty()) {
     return absl::FailedPreconditionError(missing);
@@ -198,7 +220,13 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
     for (int i = 0; i < options.workers; ++i) {
       c->workers_.emplace_back();
       c->worker_ports_.push_back(0);
-      if (absl::Status s = c->StartWorker(i, 0); !s.ok()) return s;
+      if (options.workers_after_coordinator) {
+        absl::StatusOr<int> port = ReservePort();
+        if (!port.ok()) return port.status();
+        c->worker_ports_[i] = *port;
+      } else if (absl::Status s = c->StartWorker(i, 0); !s.ok()) {
+        return s;
+      }
       addresses.push_back(absl::StrCat("127.0.0.1:", c->worker_ports_[i]));
     }
     argv.insert(argv.end(), {"coordinator", "--workers=" + absl::StrJoin(addresses, ",")});
@@ -209,6 +237,14 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
   absl::StatusOr<std::unique_ptr<ChildProcess>> p = ChildProcess::Spawn(argv, c->dir_, "coord");
   if (!p.ok()) return p.status();
   c->coordinator_ = *std::move(p);
+  if (options.workers_after_coordinator && !options.embedded) {
+    absl::StatusOr<std::vector<int>> waiting = c->coordinator_->WaitForLog(
+        R"(waiting for the workers \(attempt (\d+)\))", options.start_timeout);
+    if (!waiting.ok()) return waiting.status();
+    for (int i = 0; i < options.workers; ++i) {
+      if (absl::Status s = c->StartWorker(i, c->worker_ports_[i]); !s.ok()) return s;
+    }
+  }
   absl::StatusOr<std::vector<int>> ports = c->coordinator_->WaitForLog(
       R"(serving Generation on port (\d+), Admin on port (\d+))", options.start_timeout);
   if (!ports.ok()) {

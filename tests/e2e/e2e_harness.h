@@ -69,6 +69,9 @@ struct ClusterOptions {
   std::vector<std::string> flags;  // extra coordinator/serve flags ("--policy=full", …)
   std::string admin_token = "e2e-secret";
   absl::Duration start_timeout = absl::Seconds(120);
+  // The coordinator starts first (on reserved worker ports) and the workers only once it logged
+  // that it waits for them: pods may start in any order.
+  bool workers_after_coordinator = false;
 };
 
 class Cluster {

@@ -1,5 +1,8 @@
 // A worker killed mid-stream: in-flight requests end with UNAVAILABLE well within their deadline
 // (no hang), and once the worker is back on its address the service answers again, correctly.
+// Start order and rejoining: a coordinator started before its workers waits for them (with
+// backoff) and serves once they are up; a worker restarted while the service is idle is loaded
+// again by the coordinator's idle health check, so the next request succeeds at once.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -78,6 +81,41 @@ TEST_P(KilledWorker, InFlightRequestsGetUnavailableAndTheServiceRecovers) {
   for (const auto& stage : st->stages()) {
     EXPECT_EQ(stage.health(), xkv::v1::HEALTH_STATE_SERVING) << stage.index();
   }
+}
+
+TEST(StartOrder, CoordinatorStartedBeforeItsWorkersWaitsForThem) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
+      Cluster::Start({.workers = 2, .workers_after_coordinator = true});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  StreamResult r = Generate((*cluster)->generation(), GreedyRequest(kShortPrompt, 8));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message() << (*cluster)->Logs();
+  EXPECT_FALSE(r.token_ids.empty());
+}
+
+TEST(Rejoin, AWorkerRestartedWhileIdleIsReloadedBeforeTheNextRequest) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start({.workers = 2});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  StreamResult healthy = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(healthy.status.ok()) << healthy.status.error_message() << c.Logs();
+  ASSERT_TRUE(c.RestartWorker(1).ok());  // SIGTERM, then a fresh process on the same port
+  // No request in between: the coordinator's idle health check must notice and reload.
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  bool serving = false;
+  while (!serving && absl::Now() < deadline) {
+    absl::StatusOr<xkv::v1::GetClusterStatusResponse> st = c.ClusterStatus();
+    serving = st.ok() && st->stages_size() == 2;
+    for (int i = 0; serving && i < st->stages_size(); ++i) {
+      serving = st->stages(i).health() == xkv::v1::HEALTH_STATE_SERVING;
+    }
+    if (!serving) absl::SleepFor(absl::Milliseconds(200));  // poll interval
+  }
+  ASSERT_TRUE(serving) << "the restarted worker was not reloaded" << c.Logs();
+  StreamResult again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message() << c.Logs();
+  EXPECT_EQ(again.token_ids, healthy.token_ids);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stage, KilledWorker, testing::Values(1, 0),

@@ -1,6 +1,7 @@
-// The GPU Llama engine (tests/gpu/cuda_llama_model.h) against the CPU engine (kExact numerics) on
-// a real GGUF model: $XKV_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf of this checkout.
-// Skips without a device or without the model file.
+// The GPU Llama engine (model/cuda/cuda_llama_model.h, device-only Forward path) against the CPU
+// engine (kExact numerics) on a real GGUF model: $XKV_MODEL, else
+// models/SmolLM2-135M-Instruct.Q4_1.gguf of this checkout. Skips without a device or without the
+// model file.
 //
 // Tolerance: the GPU engine multiplies bf16-rounded weights and bf16-rounded activations (GEMM
 // inputs; fp32 accumulation) and keeps K/V in bf16, while the CPU engine runs fp32 throughout on
@@ -21,11 +22,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/cuda/cuda_llama_model.h"
 #include "model/generator.h"
 #include "model/llama_model.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
-#include "tests/gpu/cuda_llama_model.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace xkv {
@@ -131,10 +132,12 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
     for (int p = 0; p < n_prompts; ++p) EXPECT_EQ((*results)[p].tokens, cpu_tokens[p]) << p;
   }
 
-  CudaLlamaModelOptions options;
+  CudaEngineOptions options;
   options.max_batch = 8;
   options.max_step_tokens = 1024;
   options.max_seq_len = 512;
+  options.num_kv_blocks = 4096;
+  uint64_t next_id = 1;
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> gpu_or =
       CudaLlamaModel::Load(*loaded->file, options);
   ASSERT_TRUE(gpu_or.ok()) << gpu_or.status();
@@ -145,9 +148,9 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
 
   // 1. Teacher forcing, batch of all prompts: one prefill step (every prompt a chunk), then
   //    batched decode steps fed the CPU's tokens.
-  std::vector<int> seqs(n_prompts);
-  for (int p = 0; p < n_prompts; ++p) seqs[p] = gpu.AddSequence();
-  std::vector<CudaSequenceStep> steps(n_prompts);
+  std::vector<uint64_t> seqs(n_prompts);
+  for (int p = 0; p < n_prompts; ++p) seqs[p] = next_id++;
+  std::vector<CudaTokenStep> steps(n_prompts);
   for (int p = 0; p < n_prompts; ++p) steps[p] = {seqs[p], prompts[p]};
   std::vector<int32_t> next;
   std::vector<float> logits;
@@ -174,7 +177,8 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
     }
   }
   for (int p = 0; p < n_prompts; ++p) {
-    EXPECT_EQ(gpu.length(seqs[p]), static_cast<int64_t>(prompts[p].size()) + kGenTokens - 1);
+    EXPECT_EQ(gpu.logical_position(seqs[p]),
+              static_cast<int64_t>(prompts[p].size()) + kGenTokens - 1);
     gpu.ReleaseSequence(seqs[p]);
     EXPECT_LE(decode_diff[p], kRelTol) << "teacher-forced decode, prompt " << p;
     EXPECT_GE(decode_agree[p], (kGenTokens - 1) * 9 / 10) << "teacher-forced argmax, prompt " << p;
@@ -187,8 +191,8 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
     const int last = n_prompts - 1;
     const int64_t chunk = static_cast<int64_t>(prompts[last].size()) / 2 + 3;
     const absl::Span<const int32_t> whole(prompts[last]);
-    const int a = gpu.AddSequence(), c = gpu.AddSequence();
-    std::vector<CudaSequenceStep> mixed = {{a, prompts[0]}, {c, whole.subspan(0, chunk)}};
+    const uint64_t a = next_id++, c = next_id++;
+    std::vector<CudaTokenStep> mixed = {{a, prompts[0]}, {c, whole.subspan(0, chunk)}};
     st = gpu.Forward(mixed, &next, &logits);
     ASSERT_TRUE(st.ok()) << st;
     EXPECT_EQ(next[0], cpu_tokens[0][0]);
@@ -201,7 +205,7 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
     EXPECT_LE(mixed_decode, kRelTol);
     EXPECT_LE(chunked, kRelTol);
     EXPECT_EQ(next[1], cpu_tokens[last][0]) << "chunked prefill first-token argmax";
-    EXPECT_EQ(gpu.length(c), static_cast<int64_t>(prompts[last].size()));
+    EXPECT_EQ(gpu.logical_position(c), static_cast<int64_t>(prompts[last].size()));
     std::printf(
         "[real_model] mixed step: decode row max|dlogit| %.4f of range; chunked prefill (%lld + "
         "%lld tokens) %.4f of range\n",
@@ -214,7 +218,7 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
   // 2. Free-running greedy on the GPU, batch of all prompts.
   std::vector<std::vector<int32_t>> gpu_tokens(n_prompts);
   for (int p = 0; p < n_prompts; ++p) {
-    seqs[p] = gpu.AddSequence();
+    seqs[p] = next_id++;
     steps[p] = {seqs[p], prompts[p]};
   }
   st = gpu.Forward(steps, &next);
@@ -244,9 +248,9 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
   //    trip per token included.
   for (int batch : {1, n_prompts}) {
     constexpr int kSteps = 128;
-    std::vector<CudaSequenceStep> bsteps(batch);
+    std::vector<CudaTokenStep> bsteps(batch);
     std::vector<int32_t> toks(batch);
-    for (int p = 0; p < batch; ++p) bsteps[p] = {gpu.AddSequence(), prompts[p]};
+    for (int p = 0; p < batch; ++p) bsteps[p] = {next_id++, prompts[p]};
     st = gpu.Forward(bsteps, &next);
     ASSERT_TRUE(st.ok()) << st;
     const auto t0 = std::chrono::steady_clock::now();
@@ -259,7 +263,7 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("[real_model] decode batch %d: %d steps in %.3f s = %.1f tokens/s (%.2f ms/step)\n",
                 batch, kSteps, s, kSteps * batch / s, 1e3 * s / kSteps);
-    for (const CudaSequenceStep& b : bsteps) gpu.ReleaseSequence(b.sequence);
+    for (const CudaTokenStep& b : bsteps) gpu.ReleaseSequence(b.id);
   }
 }
 

@@ -8,8 +8,10 @@ fieldRef, $(VAR) expansion as the kubelet does it), with only these substitution
   - the workers' stable DNS names (xkv-worker-<i>.xkv-worker.<ns>.svc.cluster.local:PORT) ->
     127.0.0.1:<port of process i>,
   - volume mount paths -> local folders (model PVC -> models/, Secret -> its keys as files),
-  - the image's /opt/xkv/bin/xkv -> $XKV_BIN.
-The workers' device comes from the ConfigMap (cpu). Then it checks: an unloaded worker fails its
+  - the image's /opt/xkv/bin/xkv -> $XKV_BIN,
+  - the workers' --device=cuda:0 (each pod holds one GPU; ConfigMap XKV_WORKER_DEVICE) ->
+    --device=cpu, since this machine has no GPU (the GPU worker itself is tested in tests/gpu).
+Then it checks: an unloaded worker fails its
 readiness probe and passes liveness; after the coordinator started, every probe of every container
 passes (grpc.health.v1 Check over grpcio, tcpSocket connect); a Generate through `xkv client
 generate`; a /metrics scrape of every process (--metrics-listen from the manifests); the Admin
@@ -236,7 +238,9 @@ class RenderedPodsTest(unittest.TestCase):
         self.pods += workers
         worker_ports = []
         for w in workers:
-            args = w.start({"0.0.0.0:50061": "127.0.0.1:0", "0.0.0.0:9464": "127.0.0.1:0"})
+            self.assertIn("--device=cuda:0", w.args({}))
+            args = w.start({"0.0.0.0:50061": "127.0.0.1:0", "0.0.0.0:9464": "127.0.0.1:0",
+                            "--device=cuda:0": "--device=cpu"})
             self.assertIn("--device=cpu", args)
             port = int(w.wait_log(r"listening on \S+ \(port (\d+)\)", START_TIMEOUT_S).group(1))
             worker_ports.append(port)
@@ -283,6 +287,12 @@ class RenderedPodsTest(unittest.TestCase):
                 self.assertEqual(r.status, 200)
                 body = r.read().decode()
             self.assertIn(wanted, body, f"{pod.name} /metrics")
+            if pod is coordinator:  # one inter-token gap per generated token after the first
+                values = dict(line.rsplit(" ", 1) for line in body.splitlines()
+                              if line and not line.startswith("#"))
+                tokens = float(values["xkv_generation_tokens_total"])
+                self.assertEqual(float(values["xkv_inter_token_latency_seconds_count"]),
+                                 tokens - 1, body)
 
         token = self.secret["stringData"]["token"]
         admin_addr = f"127.0.0.1:{admin}"

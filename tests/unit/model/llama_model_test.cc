@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/half.h"
 #include "tests/unit/model/llama_test_util.h"
 
 namespace xkv {
@@ -257,6 +258,49 @@ TEST_F(LlamaModelTest, RejectsBadBatches) {
   b.sequences[0].cache = nullptr;
   EXPECT_FALSE(model_->RunLayers(0, 3, b, absl::MakeSpan(hidden)).ok());
   EXPECT_FALSE(model_->Embed({0, 64}).ok());  // out of vocabulary
+}
+
+}  // namespace
+}  // namespace xkv
+
+namespace xkv {
+namespace {
+
+// kBf16 (the CUDA engine's CPU reference): weights rounded to bf16 once, GEMM inputs and K/V
+// rounded to bf16 — close to the fp64 forward of the rounded weights (activation rounding only,
+// 2^-9 relative per value), and really different from kExact.
+TEST(Bf16NumericsTest, RoundsWeightsAndStaysCloseToTheFp64Forward) {
+  std::shared_ptr<LlamaWeights> w = RandomWeights(TinyConfig(), 23);
+  const LlamaWeights rounded = RoundWeightsToBf16(*w);
+  for (size_t l = 0; l < rounded.layers.size(); ++l) {
+    const std::vector<float>& m = rounded.layers[l].wqkv;
+    for (size_t i = 0; i < m.size(); ++i) {
+      ASSERT_EQ(m[i], cpu::Bf16ToF32(cpu::F32ToBf16(m[i])));
+      ASSERT_NEAR(m[i], w->layers[l].wqkv[i], std::fabs(w->layers[l].wqkv[i]) / 256 + 1e-30);
+    }
+    EXPECT_EQ(rounded.layers[l].attn_norm, w->layers[l].attn_norm);  // norms stay fp32
+  }
+  const std::vector<int32_t> tokens = RandomTokens(19, TinyConfig().vocab_size, 5);
+  std::vector<int64_t> positions(tokens.size());
+  std::iota(positions.begin(), positions.end(), 0);
+  const std::vector<double> want = NaiveForward(rounded, tokens, positions);
+  auto run = [&](Numerics numerics) {
+    auto model = LlamaModel::Create(w, LlamaModelOptions{1, numerics});
+    EXPECT_TRUE(model.ok()) << model.status();
+    std::unique_ptr<KvCache> cache = (*model)->NewCache();
+    BatchStep step;
+    step.sequences.push_back({cache.get(), static_cast<int64_t>(tokens.size()), 0});
+    absl::StatusOr<std::vector<float>> logits = (*model)->Forward(tokens, step, true);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    return *logits;
+  };
+  const std::vector<float> bf16 = run(Numerics::kBf16), exact = run(Numerics::kExact);
+  ASSERT_EQ(bf16.size(), want.size());
+  const auto [lo, hi] = std::minmax_element(want.begin(), want.end());
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(bf16[i] - want[i]));
+  EXPECT_LE(worst, 0.02 * (*hi - *lo));
+  EXPECT_NE(bf16, exact);
 }
 
 }  // namespace

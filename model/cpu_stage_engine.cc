@@ -1,0 +1,100 @@
+#include "model/cpu_stage_engine.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "model/kv_allocation.h"
+
+namespace xkv {
+
+int64_t EngineStep::num_tokens() const {
+  int64_t n = 0;
+  for (const EngineSequenceStep& s : sequences) n += s.n_new;
+  return n;
+}
+
+std::vector<int64_t> EngineStep::LastRows() const {
+  std::vector<int64_t> rows;
+  int64_t row = 0;
+  for (const EngineSequenceStep& s : sequences) {
+    row += s.n_new;
+    rows.push_back(row - 1);
+  }
+  return rows;
+}
+
+absl::StatusOr<std::unique_ptr<CpuStageEngine>> CpuStageEngine::Create(
+    std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                   LlamaModel::Create(std::move(weights), options));
+  return std::unique_ptr<CpuStageEngine>(new CpuStageEngine(std::move(model)));
+}
+
+int64_t CpuStageEngine::kv_bytes_per_token() const {
+  return config().KvBytesPerTokenPerLayer(sizeof(float));
+}
+
+int64_t CpuStageEngine::CacheLength(uint64_t id, int layer) const {
+  auto it = caches_.find(id);
+  if (it == caches_.end() || layer < layer_begin() || layer >= layer_end()) return -1;
+  return it->second->length(layer);
+}
+
+absl::StatusOr<std::vector<float>> CpuStageEngine::Embed(absl::Span<const int32_t> tokens) {
+  return model_->Embed(tokens);
+}
+
+absl::Status CpuStageEngine::RunLayers(const EngineStep& step, const ImportanceOptions& importance,
+                                       absl::Span<float> hidden,
+                                       std::vector<EngineObservation>* observations) {
+  BatchStep batch;
+  batch.scores_only = step.scores_only;
+  std::unique_ptr<ImportanceCollector> collector;
+  std::vector<int> keys;
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const EngineSequenceStep& s = step.sequences[i];
+    std::unique_ptr<KvCache>& cache = caches_[s.id];
+    if (cache == nullptr) cache = model_->NewCache();
+    batch.sequences.push_back({cache.get(), s.n_new, s.position, s.observe});
+    keys.push_back(s.observe ? static_cast<int>(i) : -1);
+    if (!s.observe) continue;
+    if (collector == nullptr) {
+      collector =
+          std::make_unique<ImportanceCollector>(config(), layer_begin(), layer_end(), importance);
+    }
+    RETURN_IF_ERROR(collector->Expect(static_cast<int>(i), s.position + s.n_new));
+  }
+  if (collector != nullptr) batch.observer = collector->ObserverFor(keys);
+  RETURN_IF_ERROR(model_->RunLayers(layer_begin(), layer_end(), batch, hidden));
+  if (observations == nullptr) return absl::OkStatus();
+  observations->assign(step.sequences.size(), EngineObservation{});
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    if (!step.sequences[i].observe) continue;
+    (*observations)[i].scores = collector->Take(static_cast<int>(i));
+    (*observations)[i].ms = collector->milliseconds(static_cast<int>(i));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> CpuStageEngine::Logits(absl::Span<const float> hidden,
+                                                          absl::Span<const int64_t> rows) {
+  return model_->Logits(hidden, rows);
+}
+
+absl::Status CpuStageEngine::CompactLayer(uint64_t id, int layer, int64_t prompt_len,
+                                          absl::Span<const std::vector<int32_t>> kept) {
+  auto it = caches_.find(id);
+  if (it == caches_.end()) {
+    return absl::NotFoundError(absl::StrCat("cpu engine: sequence ", id, " is unknown"));
+  }
+  return xkv::CompactLayer(*it->second, layer, prompt_len, kept);
+}
+
+std::unique_ptr<KvCache> CpuStageEngine::CacheCopy(uint64_t id) const {
+  auto it = caches_.find(id);
+  if (it == caches_.end()) return nullptr;
+  return std::make_unique<KvCache>(*it->second);
+}
+
+}  // namespace xkv

@@ -1,0 +1,224 @@
+// The Llama decoder on one CUDA device, composed from the kernels/cuda launchers: a StageEngine
+// (any contiguous layer range, hidden rows in and out on the host) and, for the whole model, a
+// device-only path (token ids in, greedy next tokens out) for tests and benchmarks.
+//
+// Weights: bf16 [out, in] on the device — dequantized there from a GGUF's raw tensor bytes, or
+// filled from a seed (random-weight models of real shapes); Q/K/V and gate/up fused row-wise as in
+// the CPU engine; norm gains fp32. Residual stream fp32; GEMM inputs bf16 with fp32 accumulation.
+//
+// KV cache: ONE paged bf16 pool shared by all layers of the stage (16-token blocks of
+// [n_kv_heads, 16, head_dim], K and V). Every sequence has one block table per layer, so layers
+// hold different numbers of tokens after XKV eviction, and memory freed in one layer serves any
+// other (per-layer pools would strand what XKV saves).
+//
+// A step: sequences with one new token each run the batched split-K decode attention; others
+// the flash prefill kernel. Decode steps replay a CUDA graph per (batch size, context bucket).
+// Observed sequences are scored on the device (LaunchImportancePaged) at every layer; compaction
+// copies each layer's kept slots into fresh blocks (LaunchCompactKv). Not thread-safe.
+#ifndef XKV_MODEL_CUDA_CUDA_LLAMA_MODEL_H_
+#define XKV_MODEL_CUDA_CUDA_LLAMA_MODEL_H_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/node_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "kernels/cuda/cublas_handle.h"
+#include "kernels/cuda/paged_kv.cuh"
+#include "model/gguf.h"
+#include "model/model_config.h"
+#include "model/stage_engine.h"
+
+namespace xkv {
+
+struct CudaEngineOptions {
+  int device = 0;  // CUDA device ordinal
+  int layer_begin = 0;
+  int layer_end = -1;               // exclusive; -1: every layer
+  int max_batch = 32;               // sequences per step
+  int64_t max_step_tokens = 8192;   // new tokens per step, all sequences together
+  int64_t max_seq_len = 8192;       // cache slots per sequence and layer
+  int64_t num_kv_blocks = 0;        // blocks of the shared pool; 0: kv_memory_fraction of free
+  double kv_memory_fraction = 0.8;  // of the device memory free after weights and scratch
+  bool cuda_graphs = true;          // replay decode steps from captured graphs
+};
+
+// One sequence's part of a device-only Forward: tokens appended at its current length.
+struct CudaTokenStep {
+  uint64_t id = 0;
+  absl::Span<const int32_t> tokens;  // >= 1
+};
+
+class CudaLlamaModel : public StageEngine {
+ public:
+  // Uploads and dequantizes the range's layers (plus embedding / head when the range starts /
+  // ends the model). `file` is only read during the call. INTERNAL on CUDA errors (no device).
+  static absl::StatusOr<std::unique_ptr<CudaLlamaModel>> Load(const GgufFile& file,
+                                                              const CudaEngineOptions& options);
+  // Random bf16 weights from `seed` (uniform, scaled by 1/sqrt(fan-in)); norm gains 1.
+  static absl::StatusOr<std::unique_ptr<CudaLlamaModel>> CreateRandom(
+      const ModelConfig& config, uint64_t seed, const CudaEngineOptions& options);
+  ~CudaLlamaModel() override;
+  CudaLlamaModel(const CudaLlamaModel&) = delete;
+  CudaLlamaModel& operator=(const CudaLlamaModel&) = delete;
+
+  // ---- StageEngine --------------------------------------------------------------------------
+  const ModelConfig& config() const override { return config_; }
+  int layer_begin() const override { return layer_begin_; }
+  int layer_end() const override { return layer_end_; }
+  int64_t weight_bytes() const override { return weight_bytes_; }
+  int64_t kv_bytes_per_token() const override { return config_.KvBytesPerTokenPerLayer(2); }
+  std::string device() const override;
+  bool HasSequence(uint64_t id) const override { return sequences_.contains(id); }
+  int64_t CacheLength(uint64_t id, int layer) const override;
+  void ReleaseSequence(uint64_t id) override;
+  absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) override;
+  absl::Status RunLayers(const EngineStep& step, const ImportanceOptions& importance,
+                         absl::Span<float> hidden,
+                         std::vector<EngineObservation>* observations) override;
+  absl::StatusOr<std::vector<float>> Logits(absl::Span<const float> hidden,
+                                            absl::Span<const int64_t> rows) override;
+  absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
+                            absl::Span<const std::vector<int32_t>> kept) override;
+  std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
+
+  // ---- device-only whole-model path (tests, benchmarks) ---------------------------------------
+  // Embedding → every layer → head on each sequence's last token → greedy token, all on the
+  // device; sequences are created on first use. next_tokens: int32 [steps]. logits (optional):
+  // fp32 [steps, vocab]. Synchronises before returning.
+  absl::Status Forward(absl::Span<const CudaTokenStep> steps, std::vector<int32_t>* next_tokens,
+                       std::vector<float>* logits = nullptr);
+
+  int64_t num_kv_blocks() const { return num_blocks_; }
+  int64_t free_kv_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
+  int64_t logical_position(uint64_t id) const;  // tokens fed so far (-1 when unknown)
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  struct Layer {
+    float* attn_norm = nullptr;          // device fp32 [hidden]
+    float* ffn_norm = nullptr;           // device fp32 [hidden]
+    __nv_bfloat16* wqkv = nullptr;       // device bf16 [q_dim + 2 kv_dim, hidden]
+    __nv_bfloat16* wo = nullptr;         // device bf16 [hidden, q_dim]
+    __nv_bfloat16* w_gate_up = nullptr;  // device bf16 [2 ffn, hidden]
+    __nv_bfloat16* w_down = nullptr;     // device bf16 [hidden, ffn]
+  };
+  struct Sequence {
+    int64_t position = 0;                      // logical tokens fed so far
+    std::vector<std::vector<int32_t>> blocks;  // [layer - layer_begin]: block ids, slot order
+    std::vector<int64_t> lengths;              // [layer - layer_begin]: cache slots
+  };
+  // One step's plan, filled by Prepare.
+  struct StepPlan {
+    int64_t n = 0;                // new tokens
+    int64_t b = 0;                // sequences
+    bool all_decode = true;       // every sequence has one new token
+    int64_t max_kv_len = 0;       // after the step, over layers and sequences
+    std::vector<int64_t> n_new;   // [b]
+    std::vector<int64_t> row0;    // [b] first row
+    std::vector<int64_t> kv_len;  // [layers, b] slots after the step
+    std::vector<Sequence*> seqs;  // [b]
+    std::vector<bool> observe;    // [b]
+    bool scores_only = false;
+  };
+
+  CudaLlamaModel(const ModelConfig& config, const CudaEngineOptions& options);
+  absl::Status InitCommon();
+  absl::Status LoadWeights(const GgufFile& file);
+  absl::Status RandomWeights(uint64_t seed);
+  absl::Status AllocWeights();
+  absl::Status InitCache();
+  template <typename T>
+  absl::Status Alloc(int64_t n, T** out);
+  absl::Status UploadMatrix(const GgufFile& file, const std::string& name, int64_t rows,
+                            int64_t cols, __nv_bfloat16* dst);
+  absl::Status UploadVector(const GgufFile& file, const std::string& name, int64_t n, float* dst);
+
+  // Validates the step, takes blocks for the new slots (all or nothing) and uploads the step's
+  // inputs (positions, slots, tables, lengths; tokens when given).
+  absl::Status Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
+                       const std::vector<bool>& observe, bool scores_only,
+                       absl::Span<const int32_t> tokens, StepPlan* plan);
+  absl::Status RunAllLayers(const StepPlan& plan);
+  absl::Status RunLayer(int layer, const StepPlan& plan);
+  absl::Status ScoreLayer(int layer, const StepPlan& plan);
+  // Greedy tokens (and logits) of each sequence's last row (Forward).
+  absl::Status Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
+                    std::vector<float>* logits);
+  absl::Status Commit(const StepPlan& plan);  // lengths after a successful step
+  void Rollback(const StepPlan& plan);        // frees blocks taken by a failed step
+  int64_t GraphBucket(int64_t max_kv_len) const;
+  void FreeBlocks(const std::vector<int32_t>& blocks);
+  const int32_t* TableRow(int layer, int64_t i) const;  // device table of step sequence i
+  int64_t li(int layer) const { return layer - layer_begin_; }
+
+  ModelConfig config_;
+  CudaEngineOptions options_;
+  int layer_begin_ = 0, layer_end_ = 0;
+  bool has_embedding_ = false, has_head_ = false;
+  int64_t max_blocks_per_seq_ = 0;
+  int64_t num_blocks_ = 0;
+  int64_t weight_bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::CublasHandle> cublas_;
+  std::vector<void*> allocations_;
+  std::vector<Layer> layers_;           // [layer - layer_begin]
+  cuda::PagedKvLayer cache_;            // the shared pool
+  __nv_bfloat16* embedding_ = nullptr;  // device bf16 [vocab, hidden] (first stage)
+  __nv_bfloat16* lm_head_ = nullptr;    // device bf16 [vocab, hidden] (last stage)
+  float* output_norm_ = nullptr;        // device fp32 [hidden]
+  std::vector<int32_t> free_blocks_;
+  absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
+  std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
+
+  // Per-step device inputs (fixed addresses: graphs replay them).
+  int32_t* d_tokens_ = nullptr;     // int32 [max_step_tokens]
+  int64_t* d_positions_ = nullptr;  // int64 [max_step_tokens]
+  int64_t* d_slots_ = nullptr;      // int64 [layers, max_step_tokens]
+  int32_t* d_tables_ = nullptr;     // int32 [layers, max_batch, max_blocks_per_seq]
+  int32_t* d_kv_lens_ = nullptr;    // int32 [layers, max_batch]
+  int32_t* d_next_ = nullptr;       // int32 [max_batch]
+  void* d_sampling_ = nullptr;      // DeviceSamplingParams [max_batch] (greedy)
+  // Pinned host mirrors of the same.
+  int32_t* h_tokens_ = nullptr;
+  int64_t* h_positions_ = nullptr;
+  int64_t* h_slots_ = nullptr;
+  int32_t* h_tables_ = nullptr;
+  int32_t* h_kv_lens_ = nullptr;
+  // Scratch.
+  float* hidden_ = nullptr;        // fp32 [max_step_tokens, hidden] residual stream
+  __nv_bfloat16* norm_ = nullptr;  // bf16 [max_step_tokens, max(hidden, q_dim, ffn)]
+  float* qkv_ = nullptr;           // fp32 [max_step_tokens, q_dim + 2 kv_dim]
+  float* q_ = nullptr;             // fp32 [max_step_tokens, q_dim] post-RoPE
+  float* ffn_ = nullptr;           // fp32 [max_step_tokens, 2 ffn]
+  float* cos_sin_ = nullptr;       // fp32 [max_step_tokens, rope_dims]
+  float* last_ = nullptr;          // fp32 [max_batch, hidden]
+  float* logits_ = nullptr;        // fp32 [max_batch, vocab]
+  void* workspace_ = nullptr;      // decode attention scratch
+  size_t workspace_bytes_ = 0;
+  void* score_ws_ = nullptr;  // importance scratch
+  size_t score_ws_bytes_ = 0;
+  float* scores_ = nullptr;            // fp32 [kv_or_q_heads, max_seq_len] one layer's scores
+  int32_t* kept_ = nullptr;            // int32 [n_kv_heads, max_seq_len] compaction
+  int32_t* compact_tables_ = nullptr;  // int32 [2, max_blocks_per_seq] src, dst
+  void* staging_ = nullptr;            // raw tensor bytes during Load
+  size_t staging_bytes_ = 0;
+  cudaEvent_t score_start_ = nullptr, score_stop_ = nullptr;
+  // Of the step being run.
+  ImportanceOptions importance_;
+  std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
+  int64_t graph_bucket_ = 0;  // decode attention's max_kv_len inside a graph (0: the step's)
+};
+
+}  // namespace xkv
+
+#endif  // XKV_MODEL_CUDA_CUDA_LLAMA_MODEL_H_

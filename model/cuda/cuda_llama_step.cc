@@ -1,0 +1,420 @@
+// CudaLlamaModel: one step — plan (blocks, slots, tables), the layers (decode steps from CUDA
+// graphs), importance scoring of observed sequences, and the greedy head of Forward.
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/decode_attention.cuh"
+#include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/importance.cuh"
+#include "kernels/cuda/paged_kv.cuh"
+#include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/rms_norm.cuh"
+#include "kernels/cuda/rope.cuh"
+#include "kernels/cuda/sampling.cuh"
+#include "kernels/cuda/swiglu.cuh"
+#include "kernels/status_macros.h"
+#include "model/cuda/cuda_llama_model.h"
+
+namespace xkv {
+namespace {
+
+constexpr int64_t kBlock = cuda::kKvBlockTokens;
+constexpr int64_t kMinGraphBucket = 256;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+cuda::RopeMode ToRopeMode(RopeStyle style) {
+  return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
+}
+
+}  // namespace
+
+const int32_t* CudaLlamaModel::TableRow(int layer, int64_t i) const {
+  return d_tables_ + (li(layer) * options_.max_batch + i) * max_blocks_per_seq_;
+}
+
+int64_t CudaLlamaModel::GraphBucket(int64_t max_kv_len) const {
+  int64_t bucket = kMinGraphBucket;
+  while (bucket < max_kv_len) bucket *= 2;
+  return std::min(bucket, max_blocks_per_seq_ * kBlock);
+}
+
+absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
+                                     const std::vector<bool>& observe, bool scores_only,
+                                     absl::Span<const int32_t> tokens, StepPlan* plan) {
+  const int64_t b = seqs.size(), L = layer_end_ - layer_begin_;
+  if (b < 1 || b > options_.max_batch) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda engine: a step of ", b, " sequences (max ", options_.max_batch, ")"));
+  }
+  absl::flat_hash_set<uint64_t> ids;
+  int64_t n = 0;
+  for (const auto& [id, n_new] : seqs) {
+    if (!ids.insert(id).second || n_new < 1) {
+      return absl::InvalidArgumentError("cuda engine: repeated sequence or empty chunk");
+    }
+    n += n_new;
+  }
+  if (n > options_.max_step_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda engine: ", n, " tokens in one step (max ",
+                                                   options_.max_step_tokens, ")"));
+  }
+  int64_t need = 0;
+  for (const auto& [id, n_new] : seqs) {
+    auto it = sequences_.find(id);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t len = (it == sequences_.end() ? 0 : it->second.lengths[l]) + n_new;
+      if (len > options_.max_seq_len) {
+        return absl::OutOfRangeError(absl::StrCat("cuda engine: sequence ", id, " would hold ", len,
+                                                  " slots (max ", options_.max_seq_len, ")"));
+      }
+      const int64_t held = it == sequences_.end() ? 0 : it->second.blocks[l].size();
+      need += CeilDiv(len, kBlock) - held;
+    }
+  }
+  if (need > static_cast<int64_t>(free_blocks_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda engine: the step needs ", need,
+                                                     " KV blocks, ", free_blocks_.size(), " free"));
+  }
+  // Nothing can fail below this line except device copies.
+  *plan = StepPlan{};
+  plan->n = n;
+  plan->b = b;
+  plan->scores_only = scores_only;
+  plan->kv_len.assign(L * b, 0);
+  int64_t row = 0;
+  for (int64_t i = 0; i < b; ++i) {
+    const auto [id, n_new] = seqs[i];
+    Sequence& s = sequences_[id];
+    if (s.blocks.empty()) {
+      s.blocks.resize(L);
+      s.lengths.assign(L, 0);
+    }
+    plan->seqs.push_back(&s);
+    plan->n_new.push_back(n_new);
+    plan->row0.push_back(row);
+    plan->observe.push_back(observe[i]);
+    plan->all_decode = plan->all_decode && n_new == 1;
+    for (int64_t t = 0; t < n_new; ++t) h_positions_[row + t] = s.position + t;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t len = s.lengths[l] + n_new;
+      std::vector<int32_t>& blocks = s.blocks[l];
+      while (static_cast<int64_t>(blocks.size()) < CeilDiv(len, kBlock)) {
+        blocks.push_back(free_blocks_.back());
+        free_blocks_.pop_back();
+      }
+      for (int64_t t = 0; t < n_new; ++t) {
+        const int64_t slot = s.lengths[l] + t;
+        h_slots_[l * options_.max_step_tokens + row + t] =
+            int64_t{blocks[slot / kBlock]} * kBlock + slot % kBlock;
+      }
+      std::copy(blocks.begin(), blocks.end(),
+                h_tables_ + (l * options_.max_batch + i) * max_blocks_per_seq_);
+      h_kv_lens_[l * options_.max_batch + i] = static_cast<int32_t>(len);
+      plan->kv_len[l * b + i] = len;
+      plan->max_kv_len = std::max(plan->max_kv_len, len);
+    }
+    row += n_new;
+  }
+  // Uploads: one (strided) copy per input.
+  if (!tokens.empty()) {
+    std::copy(tokens.begin(), tokens.end(), h_tokens_);
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens_, h_tokens_, n * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, stream_));
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_positions_, h_positions_, n * sizeof(int64_t),
+                                       cudaMemcpyHostToDevice, stream_));
+  const size_t slot_pitch = options_.max_step_tokens * sizeof(int64_t);
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_slots_, slot_pitch, h_slots_, slot_pitch,
+                                         n * sizeof(int64_t), L, cudaMemcpyHostToDevice, stream_));
+  const size_t table_pitch = options_.max_batch * max_blocks_per_seq_ * sizeof(int32_t);
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_tables_, table_pitch, h_tables_, table_pitch,
+                                         b * max_blocks_per_seq_ * sizeof(int32_t), L,
+                                         cudaMemcpyHostToDevice, stream_));
+  const size_t len_pitch = options_.max_batch * sizeof(int32_t);
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
+                                         b * sizeof(int32_t), L, cudaMemcpyHostToDevice, stream_));
+  return absl::OkStatus();
+}
+
+void CudaLlamaModel::Rollback(const StepPlan& plan) {
+  const int64_t L = layer_end_ - layer_begin_;
+  for (Sequence* s : plan.seqs) {
+    for (int64_t l = 0; l < L; ++l) {
+      std::vector<int32_t>& blocks = s->blocks[l];
+      const int64_t keep = CeilDiv(s->lengths[l], kBlock);
+      if (static_cast<int64_t>(blocks.size()) <= keep) continue;
+      free_blocks_.insert(free_blocks_.end(), blocks.begin() + keep, blocks.end());
+      blocks.resize(keep);
+    }
+  }
+}
+
+absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
+  if (plan.scores_only) {  // the mini-prefill keeps nothing
+    Rollback(plan);
+    return absl::OkStatus();
+  }
+  const int64_t L = layer_end_ - layer_begin_;
+  for (int64_t i = 0; i < plan.b; ++i) {
+    for (int64_t l = 0; l < L; ++l) plan.seqs[i]->lengths[l] = plan.kv_len[l * plan.b + i];
+    plan.seqs[i]->position += plan.n_new[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
+  const ModelConfig& c = config_;
+  const Layer& w = layers_[li(layer)];
+  const int64_t n = plan.n, h = c.hidden, hd = c.head_dim, f = c.ffn;
+  const int64_t q_dim = int64_t{c.n_heads} * hd, kv_dim = int64_t{c.n_kv_heads} * hd;
+  const int64_t qkv_dim = q_dim + 2 * kv_dim;
+  const cuda::RopeMode mode = ToRopeMode(c.rope_style);
+  const cuda::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
+                                   1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
+  // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_));
+  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.wqkv, h, qkv_, qkv_dim, n, qkv_dim, h,
+                                   false, stream_));
+  RETURN_IF_ERROR(cuda::LaunchRope(qkv_, qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
+                                   cos_sin_, q_, q_dim, stream_));
+  float* k_new = qkv_ + q_dim;  // roped in place, rows qkv_dim apart
+  RETURN_IF_ERROR(cuda::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim, c.rope_dims, mode,
+                                   cos_sin_, k_new, qkv_dim, stream_));
+  RETURN_IF_ERROR(cuda::LaunchKvCacheWrite(k_new, qkv_dim, k_new + kv_dim, qkv_dim, n,
+                                           d_slots_ + li(layer) * options_.max_step_tokens, cache_,
+                                           stream_));
+  const int32_t* lens = d_kv_lens_ + li(layer) * options_.max_batch;
+  if (plan.all_decode) {
+    const int64_t max_len = graph_bucket_ > 0 ? graph_bucket_ : plan.max_kv_len;
+    RETURN_IF_ERROR(cuda::LaunchDecodeAttention(shape, q_, plan.b, cache_, TableRow(layer, 0),
+                                                max_blocks_per_seq_, lens, max_len, norm_, q_dim,
+                                                workspace_, workspace_bytes_, stream_));
+  } else {
+    for (int64_t i = 0; i < plan.b; ++i) {
+      const int64_t n_new = plan.n_new[i], row0 = plan.row0[i];
+      const int64_t kv_len = plan.kv_len[li(layer) * plan.b + i];
+      if (n_new == 1) {
+        RETURN_IF_ERROR(cuda::LaunchDecodeAttention(
+            shape, q_ + row0 * q_dim, 1, cache_, TableRow(layer, i), max_blocks_per_seq_, lens + i,
+            kv_len, norm_ + row0 * q_dim, q_dim, workspace_, workspace_bytes_, stream_));
+      } else {
+        RETURN_IF_ERROR(cuda::LaunchPrefillAttention(shape, q_ + row0 * q_dim, n_new, cache_,
+                                                     TableRow(layer, i), kv_len,
+                                                     norm_ + row0 * q_dim, q_dim, stream_));
+      }
+    }
+    RETURN_IF_ERROR(ScoreLayer(layer, plan));
+  }
+  // hidden += attn · Woᵀ
+  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, q_dim, w.wo, q_dim, hidden_, h, n, h, q_dim,
+                                   true, stream_));
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_));
+  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
+                                   false, stream_));
+  RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+  // hidden += silu(gate)·up · W_downᵀ
+  return cuda::LaunchGemm(*cublas_, norm_, f, w.w_down, f, hidden_, h, n, h, f, true, stream_);
+}
+
+absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
+  if (observations_ == nullptr) return absl::OkStatus();
+  const ModelConfig& c = config_;
+  const int w = importance_.window;
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  for (int64_t i = 0; i < plan.b; ++i) {
+    if (!plan.observe[i]) continue;
+    const int64_t T = plan.seqs[i]->position + plan.n_new[i];
+    if (T <= w) continue;  // nothing to score
+    const int64_t kv_len = plan.kv_len[li(layer) * plan.b + i];
+    if (plan.n_new[i] < w || kv_len != T) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cuda engine: observed chunk of ", plan.n_new[i], " tokens over a ", kv_len,
+          "-slot cache: it must end the ", T, "-token prompt and hold >= ", w, " tokens"));
+    }
+    const ImportanceShape shape{c.n_heads, c.n_kv_heads, c.head_dim, T};
+    const size_t ws = cuda::ImportanceWorkspaceBytes(shape, importance_);
+    if (ws > score_ws_bytes_) {
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+      if (score_ws_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(score_ws_));
+      score_ws_ = nullptr;
+      score_ws_bytes_ = 0;
+      CUDA_RETURN_IF_ERROR(cudaMalloc(&score_ws_, ws));
+      score_ws_bytes_ = ws;
+    }
+    const float* q_win = q_ + (plan.row0[i] + plan.n_new[i] - w) * q_dim;
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(score_start_, stream_));
+    RETURN_IF_ERROR(cuda::LaunchImportancePaged(q_win, cache_, TableRow(layer, i), shape,
+                                                importance_, scores_, score_ws_, score_ws_bytes_,
+                                                stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(score_stop_, stream_));
+    EngineObservation& obs = (*observations_)[i];
+    std::vector<float>& out = obs.scores->layers[li(layer)];
+    out.resize(static_cast<size_t>(ImportanceHeads(shape, importance_.granularity)) * (T - w));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), scores_, out.size() * sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream_));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    float ms = 0.f;
+    CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, score_start_, score_stop_));
+    obs.ms += ms;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::RunAllLayers(const StepPlan& plan) {
+  const ModelConfig& c = config_;
+  const bool graph = options_.cuda_graphs && plan.all_decode && !plan.scores_only;
+  if (!graph) {
+    graph_bucket_ = 0;
+    RETURN_IF_ERROR(
+        cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base, cos_sin_, stream_));
+    for (int l = layer_begin_; l < layer_end_; ++l) RETURN_IF_ERROR(RunLayer(l, plan));
+    return absl::OkStatus();
+  }
+  graph_bucket_ = GraphBucket(plan.max_kv_len);
+  const std::pair<int64_t, int64_t> key{plan.b, graph_bucket_};
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    absl::Status st =
+        cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base, cos_sin_, stream_);
+    for (int l = layer_begin_; st.ok() && l < layer_end_; ++l) st = RunLayer(l, plan);
+    cudaGraph_t g = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &g);
+    if (!st.ok() || end != cudaSuccess) {
+      if (g != nullptr) cudaGraphDestroy(g);
+      cudaGetLastError();
+      graph_bucket_ = 0;
+      RETURN_IF_ERROR(st);
+      CUDA_RETURN_IF_ERROR(end);
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    CUDA_RETURN_IF_ERROR(inst);
+    it = graphs_.emplace(key, exec).first;
+  }
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::RunLayers(const EngineStep& step, const ImportanceOptions& importance,
+                                       absl::Span<float> hidden,
+                                       std::vector<EngineObservation>* observations) {
+  const int64_t n = step.num_tokens(), h = config_.hidden;
+  if (static_cast<int64_t>(hidden.size()) != n * h) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda engine: hidden holds ", hidden.size(), " floats, want ", n, " x ", h));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  std::vector<std::pair<uint64_t, int64_t>> seqs;
+  std::vector<bool> observe;
+  for (const EngineSequenceStep& s : step.sequences) {
+    auto it = sequences_.find(s.id);
+    const int64_t pos = it == sequences_.end() ? 0 : it->second.position;
+    if (s.position != pos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda engine: sequence ", s.id, " is at position ", pos, ", step says ", s.position));
+    }
+    seqs.emplace_back(s.id, s.n_new);
+    observe.push_back(s.observe);
+  }
+  std::vector<EngineObservation> local;
+  std::vector<EngineObservation>& obs = observations != nullptr ? *observations : local;
+  obs.assign(step.sequences.size(), EngineObservation{});
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const EngineSequenceStep& s = step.sequences[i];
+    if (s.observe) {
+      obs[i].scores =
+          MakeCollectedScores(config_, layer_begin_, layer_end_, s.position + s.n_new, importance);
+    }
+  }
+  StepPlan plan;
+  RETURN_IF_ERROR(Prepare(seqs, observe, step.scores_only, {}, &plan));
+  importance_ = importance;
+  observations_ = &obs;
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hidden_, hidden.data(), hidden.size() * sizeof(float),
+                                       cudaMemcpyHostToDevice, stream_));
+  absl::Status st = RunAllLayers(plan);
+  observations_ = nullptr;
+  if (st.ok() && !step.scores_only) {
+    st = cuda::CudaStatus(cudaMemcpyAsync(hidden.data(), hidden_, hidden.size() * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream_),
+                          "copy hidden", __FILE__, __LINE__);
+  }
+  if (st.ok()) {
+    st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
+  }
+  if (!st.ok()) {
+    Rollback(plan);
+    return st;
+  }
+  return Commit(plan);
+}
+
+absl::Status CudaLlamaModel::Forward(absl::Span<const CudaTokenStep> steps,
+                                     std::vector<int32_t>* next_tokens,
+                                     std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  if (!has_embedding_ || !has_head_) {
+    return absl::FailedPreconditionError("cuda engine: Forward needs every layer");
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  std::vector<std::pair<uint64_t, int64_t>> seqs;
+  std::vector<int32_t> tokens;
+  for (const CudaTokenStep& s : steps) {
+    seqs.emplace_back(s.id, static_cast<int64_t>(s.tokens.size()));
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("cuda engine: token ", t, " outside"));
+      }
+    }
+    tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+  }
+  StepPlan plan;
+  RETURN_IF_ERROR(Prepare(seqs, std::vector<bool>(seqs.size(), false), false, tokens, &plan));
+  observations_ = nullptr;
+  absl::Status st = cuda::LaunchEmbedding(embedding_, c.vocab_size, c.hidden, d_tokens_, plan.n,
+                                          hidden_, stream_);
+  if (st.ok()) st = RunAllLayers(plan);
+  if (st.ok()) st = Head(plan, next_tokens, logits);
+  if (!st.ok()) {
+    Rollback(plan);
+    return st;
+  }
+  return Commit(plan);
+}
+
+absl::Status CudaLlamaModel::Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
+                                  std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int64_t b = plan.b, h = c.hidden, vocab = c.vocab_size;
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t last = plan.row0[i] + plan.n_new[i] - 1;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + last * h, h * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, stream_));
+  }
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, c.norm_eps, norm_, stream_));
+  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, lm_head_, h, logits_, vocab, b, vocab, h,
+                                   false, stream_));
+  RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab,
+                                     static_cast<const cuda::DeviceSamplingParams*>(d_sampling_),
+                                     d_next_, stream_));
+  next_tokens->resize(b);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(next_tokens->data(), d_next_, b * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+  if (logits != nullptr) {
+    logits->resize(b * vocab);
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), logits_, b * vocab * sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream_));
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+}  // namespace xkv

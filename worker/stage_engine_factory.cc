@@ -1,0 +1,96 @@
+#include "worker/stage_engine_factory.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "kernels/status_macros.h"
+#include "model/cpu_stage_engine.h"
+#include "model/gguf.h"
+#include "model/llama_weights.h"
+#include "model/model_config.h"
+#if defined(XKV_WITH_CUDA)
+#include "model/cuda/cuda_llama_model.h"
+#endif
+
+namespace xkv {
+namespace {
+
+absl::StatusOr<std::unique_ptr<StageEngine>> LoadCpu(const StageOptions& o, const GgufFile& file,
+                                                     const ModelConfig& config) {
+  LlamaWeightsOptions w;
+  w.layer_begin = o.layer_begin;
+  w.layer_end = o.layer_end < 0 ? config.n_layers : o.layer_end;
+  w.load_embedding = w.layer_begin == 0;
+  w.load_head = w.layer_end == config.n_layers;
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(file, config, w));
+  ASSIGN_OR_RETURN(std::unique_ptr<CpuStageEngine> engine,
+                   CpuStageEngine::Create(std::make_shared<const LlamaWeights>(std::move(weights)),
+                                          LlamaModelOptions{o.num_threads, o.numerics}));
+  return std::unique_ptr<StageEngine>(std::move(engine));
+}
+
+#if defined(XKV_WITH_CUDA)
+// The physical pool: every layer's accounting capacity (StageExecutor's BlockPool caps each
+// layer) plus room for one longest transient step in every layer (a mini-prefill writes K/V that
+// it frees at once; a compaction copies into fresh blocks before the old ones are freed).
+absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int device,
+                                                      const GgufFile& file,
+                                                      const ModelConfig& config) {
+  if (o.block_tokens != 16) {
+    return absl::InvalidArgumentError("stage: a cuda stage needs block_tokens 16");
+  }
+  CudaEngineOptions e;
+  e.device = device;
+  e.layer_begin = o.layer_begin;
+  e.layer_end = o.layer_end;
+  e.max_seq_len = config.context_length > 0 ? config.context_length : 8192;
+  e.max_step_tokens = e.max_seq_len + e.max_batch;
+  const int layers = (o.layer_end < 0 ? config.n_layers : o.layer_end) - o.layer_begin;
+  int64_t per_layer = kDefaultBlocksPerLayer, total = 0;
+  if (!o.layer_capacity_blocks.empty()) {
+    for (int64_t c : o.layer_capacity_blocks) total += c;
+  } else {
+    if (o.kv_capacity_blocks > 0) per_layer = o.kv_capacity_blocks;
+    if (o.kv_capacity_bytes > 0) {
+      per_layer = o.kv_capacity_bytes / (16 * config.KvBytesPerTokenPerLayer(2) * layers);
+    }
+    total = per_layer * layers;
+  }
+  e.num_kv_blocks = total + int64_t{layers} * ((e.max_step_tokens + 15) / 16);
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaLlamaModel> engine, CudaLlamaModel::Load(file, e));
+  return std::unique_ptr<StageEngine>(std::move(engine));
+}
+#endif
+
+}  // namespace
+
+absl::StatusOr<int> ParseStageDevice(const std::string& device) {
+  if (device.empty() || device == "cpu") return -1;
+  if (device == "cuda") return 0;
+  const absl::string_view d(device);
+  int n = -1;
+  if (d.substr(0, 5) == "cuda:" && absl::SimpleAtoi(d.substr(5), &n) && n >= 0) return n;
+  return absl::InvalidArgumentError(
+      absl::StrCat("stage: device '", device, "' is not 'cpu' or 'cuda:N'"));
+}
+
+absl::StatusOr<std::unique_ptr<StageEngine>> LoadStageEngine(const StageOptions& options) {
+  ASSIGN_OR_RETURN(const int device, ParseStageDevice(options.device));
+#if !defined(XKV_WITH_CUDA)
+  if (device >= 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "stage: device '", options.device, "' needs a CUDA build of xkv (this one is CPU-only)"));
+  }
+#endif
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
+  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(*file));
+#if defined(XKV_WITH_CUDA)
+  if (device >= 0) return LoadCuda(options, device, *file, config);
+#endif
+  return LoadCpu(options, *file, config);
+}
+
+}  // namespace xkv
