@@ -13,7 +13,7 @@ using internal::kFullMask;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kMinBlocksPerSplit = 16;  // 256 tokens: bounds the split count (and workspace)
+constexpr int kMinBlocksPerSplit = 16;  // 256 tokens per split (fixed: batch-invariant results)
 constexpr int kMaxGroup = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -196,14 +196,13 @@ absl::Status Run(const AttentionShape& shape, const float* q, int64_t batch,
                  const PagedKvLayer& cache, const int32_t* block_tables, int64_t max_blocks_per_seq,
                  const int32_t* kv_lens, int64_t max_kv_len, OutT* out, int64_t out_stride,
                  float* part_o, float* part_ml, cudaStream_t stream) {
-  int device = 0, sms = 132;
-  CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // Fixed 256-token splits (not sized to the batch or the GPU): a sequence's output depends only
+  // on its own keys — not on the batch it shares, on max_kv_len or on the device — so a pipeline
+  // split, a CUDA-graph context bucket or a batch change cannot flip a near-tie (batch-invariant
+  // decode). Splits past a sequence's length are empty and merge as exact zeros.
   const int64_t blocks = internal::CeilDiv(max_kv_len, kKvBlockTokens);
-  const int64_t want = internal::CeilDiv(2LL * sms, batch * shape.n_kv_heads);
-  int64_t splits = std::clamp<int64_t>(want, 1, MaxSplits(max_kv_len));
-  const int64_t per_split = internal::CeilDiv(blocks, splits);
-  splits = internal::CeilDiv(blocks, per_split);
+  const int64_t per_split = kMinBlocksPerSplit;
+  const int64_t splits = internal::CeilDiv(blocks, per_split);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(shape.n_kv_heads),
                   static_cast<unsigned>(batch));
   DecodeSplitKernel<HD, G><<<grid, kThreads, 0, stream>>>(

@@ -342,7 +342,8 @@ absl::Status CudaLlamaModel::RunLayers(const EngineStep& step, const ImportanceO
                                        cudaMemcpyHostToDevice, stream_));
   absl::Status st = RunAllLayers(plan);
   observations_ = nullptr;
-  if (st.ok() && !step.scores_only) {
+  // Also after a scores-only step: a later stage scores its layers from these rows.
+  if (st.ok()) {
     st = cuda::CudaStatus(cudaMemcpyAsync(hidden.data(), hidden_, hidden.size() * sizeof(float),
                                           cudaMemcpyDeviceToHost, stream_),
                           "copy hidden", __FILE__, __LINE__);
