@@ -46,6 +46,8 @@ struct RequestRecord {
   double e2e_seconds = -1;   // submit to the end; < 0 for requests rejected at submit
   double tpot_seconds = -1;  // (end - first token) / (tokens - 1); < 0 with fewer than 2 tokens
   std::vector<double> itl_seconds;  // each gap between consecutive generated tokens (seconds)
+  double profile_seconds = 0;       // importance profiling (mini-prefill or observed scoring)
+  double solve_seconds = 0;         // the budget solver
 };
 
 struct CoordinatorOptions {

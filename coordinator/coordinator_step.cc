@@ -399,6 +399,8 @@ void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) co
     r.tpot_seconds = absl::ToDoubleSeconds(now - seq.first_token) / (seq.generated - 1);
   }
   r.itl_seconds = seq.itl_seconds;
+  r.profile_seconds = seq.profile_ms / 1e3;
+  r.solve_seconds = seq.solve_ms / 1e3;
   options_.on_request_done(r);
 }
 

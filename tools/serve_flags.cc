@@ -138,7 +138,8 @@ MetricsRegistry& ServingRegistry() {
 
 // Declares the request families (vLLM-style names and buckets) and returns them in order.
 struct RequestFamilies {
-  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot, *itl;
+  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot, *itl, *profile,
+      *solve;
 };
 RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
   return {
@@ -156,6 +157,12 @@ RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
           "xkv_inter_token_latency_seconds",
           "Each gap between consecutive generated tokens of a request.",
           {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5}),
+      r.Histogram("xkv_request_profile_seconds",
+                  "Per profiled request: importance profiling (the mini-prefill, or the scoring "
+                  "inside an observed prefill).",
+                  {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
+      r.Histogram("xkv_request_solve_seconds", "Per profiled request: the per-layer budget solver.",
+                  {0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}),
   };
 }
 
@@ -170,6 +177,8 @@ void RecordRequest(const RequestRecord& rec) {
   f.e2e->Observe({}, rec.e2e_seconds);
   if (rec.tpot_seconds >= 0) f.tpot->Observe({}, rec.tpot_seconds);
   for (double gap : rec.itl_seconds) f.itl->Observe({}, gap);
+  if (rec.profile_seconds > 0) f.profile->Observe({}, rec.profile_seconds);
+  if (rec.solve_seconds > 0) f.solve->Observe({}, rec.solve_seconds);
 }
 
 }  // namespace

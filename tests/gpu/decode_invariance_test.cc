@@ -50,8 +50,7 @@ TEST(DecodeInvarianceTest, OutputDoesNotDependOnTheBatchOrTheLengthBound) {
     const std::vector<float> bucket = Decode(host, {0}, q, 8192, heads, hd);
     const std::vector<float> batched = Decode(host, {2, 0, 1}, q, 9000, heads, hd);
     EXPECT_EQ(alone, bucket) << heads;
-    EXPECT_EQ(alone, std::vector<float>(batched.begin() + row, batched.begin() + 2 * row))
-        << heads;
+    EXPECT_EQ(alone, std::vector<float>(batched.begin() + row, batched.begin() + 2 * row)) << heads;
   }
 }
 

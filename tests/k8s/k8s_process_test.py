@@ -293,6 +293,9 @@ class RenderedPodsTest(unittest.TestCase):
                 tokens = float(values["xkv_generation_tokens_total"])
                 self.assertEqual(float(values["xkv_inter_token_latency_seconds_count"]),
                                  tokens - 1, body)
+                # The ConfigMap's default profile mode (per_request) profiles every request.
+                self.assertEqual(float(values["xkv_request_profile_seconds_count"]), 1.0, body)
+                self.assertEqual(float(values["xkv_request_solve_seconds_count"]), 1.0, body)
 
         token = self.secret["stringData"]["token"]
         admin_addr = f"127.0.0.1:{admin}"
