@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <utility>
 
@@ -10,6 +11,27 @@
 
 namespace xkv {
 namespace {
+
+// Sorts n finite, non-negative floats descending. Their bit patterns order like the values, so an
+// LSD radix sort (3 passes of 11 bits) gives std::sort's result in O(n); small rows use std::sort.
+void SortDescendingNonNegative(float* x, int64_t n, std::vector<uint32_t>& a,
+                               std::vector<uint32_t>& b) {
+  if (n < 512) {
+    std::sort(x, x + n, std::greater<float>());
+    return;
+  }
+  a.resize(n);
+  b.resize(n);
+  std::memcpy(a.data(), x, n * sizeof(float));
+  for (int shift = 0; shift < 33; shift += 11) {
+    int64_t count[2049] = {0};
+    for (int64_t i = 0; i < n; ++i) ++count[((a[i] >> shift) & 2047) + 1];
+    for (int d = 0; d < 2048; ++d) count[d + 1] += count[d];
+    for (int64_t i = 0; i < n; ++i) b[count[(a[i] >> shift) & 2047]++] = a[i];
+    a.swap(b);
+  }
+  for (int64_t i = 0; i < n; ++i) std::memcpy(&x[n - 1 - i], &a[i], sizeof(float));
+}
 
 void FillRetention(LayerProfile& p) {
   p.retention.assign(p.gain.size() + 1, 0.0);
@@ -43,9 +65,10 @@ absl::StatusOr<LayerProfile> BuildLayerProfile(absl::Span<const float> scores, i
     p.total_mass += scores[i];
   }
   std::vector<double> column_sum(prefix_len, 0.0);
+  std::vector<uint32_t> scratch_a, scratch_b;
   for (int h = 0; h < heads; ++h) {
-    auto row = p.sorted_scores.begin() + h * prefix_len;
-    std::sort(row, row + prefix_len, std::greater<float>());
+    float* row = p.sorted_scores.data() + h * prefix_len;
+    SortDescendingNonNegative(row, prefix_len, scratch_a, scratch_b);
     for (int64_t k = 0; k < prefix_len; ++k) column_sum[k] += row[k];
   }
   if (p.total_mass > 0.0) {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
 #include <numeric>
 #include <utility>
 
@@ -119,6 +122,41 @@ std::vector<int64_t> RoundBudgetsToTotal(absl::Span<const double> weights, int64
   return b;
 }
 
+namespace {
+
+// The k-th largest of x[0, n) (1 <= k <= n). Finite non-negative rows (pooled scores) use a radix
+// select on the bit patterns, which order like the values (3 histogram passes, O(n)); any other
+// row falls back to std::nth_element. -0 and +0 are the same value either way.
+float KthLargest(const float* x, int64_t n, int64_t k) {
+  bool plain = n >= 256;
+  for (int64_t i = 0; plain && i < n; ++i) plain = std::isfinite(x[i]) && x[i] >= 0.0f;
+  if (!plain) {
+    std::vector<float> v(x, x + n);
+    std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), std::greater<float>());
+    return v[k - 1];
+  }
+  uint32_t prefix = 0, mask = 0;
+  for (const auto [shift, bits] : {std::pair{21, 11}, std::pair{10, 11}, std::pair{0, 10}}) {
+    const uint32_t digit_mask = (1u << bits) - 1;
+    std::vector<int64_t> count(digit_mask + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t key;
+      std::memcpy(&key, &x[i], sizeof(key));
+      key &= 0x7fffffffu;  // -0 -> +0
+      if ((key & mask) == prefix) ++count[(key >> shift) & digit_mask];
+    }
+    uint32_t d = digit_mask;
+    while (count[d] < k) k -= count[d--];  // the k-th largest lies in digit d
+    prefix |= d << shift;
+    mask |= digit_mask << shift;
+  }
+  float out;
+  std::memcpy(&out, &prefix, sizeof(out));
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<const float> scores,
                                                                    int heads, int64_t prefix_len,
                                                                    int64_t budget,
@@ -146,15 +184,18 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
       for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
       for (int64_t j = prefix_len - (budget - sinks); j < prefix_len; ++j) out.push_back(j);
     } else {
+      // The budget-th largest score v (a selection over the values, not an index sort), then
+      // one pass in slot order: every score above v, and the lowest slots among those equal to
+      // v until the budget is met (ties: lower slot first). O(P) per head.
+      if (budget == 0) continue;
       const float* row = scores.data() + h * prefix_len;
-      out.resize(prefix_len);
-      std::iota(out.begin(), out.end(), int64_t{0});
-      auto better = [row](int64_t a, int64_t c) {
-        return row[a] > row[c] || (row[a] == row[c] && a < c);
-      };
-      std::nth_element(out.begin(), out.begin() + budget, out.end(), better);
-      out.resize(budget);
-      std::sort(out.begin(), out.end());
+      const float v = KthLargest(row, prefix_len, budget);
+      int64_t ties = budget;
+      for (int64_t j = 0; j < prefix_len; ++j) ties -= row[j] > v;
+      out.reserve(budget);
+      for (int64_t j = 0; j < prefix_len; ++j) {
+        if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(j);
+      }
     }
   }
   return kept;

@@ -1,13 +1,39 @@
 #include "model/kv_allocation.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <functional>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 
 namespace xkv {
+namespace {
+
+// Calls fn(i) for i in [0, n) on up to 8 threads (inline when n or the machine is small).
+void ParallelOverLayers(int n, const std::function<void(int)>& fn) {
+  const int threads =
+      std::min({n, 8, static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))});
+  if (threads <= 1 || n < 4) {
+    for (int i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<int> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (int i = next++; i < n; i = next++) fn(i);
+    });
+  }
+  for (int i = next++; i < n; i = next++) fn(i);
+  for (std::thread& t : pool) t.join();
+}
+
+}  // namespace
+
 namespace {
 
 int64_t BytesPerToken(const ModelConfig& config) {
@@ -93,12 +119,18 @@ absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& s
   if (!scores.complete()) {
     return absl::FailedPreconditionError("kv allocation: scores of some layers are missing");
   }
+  // Layers are independent: build them on a few threads (the sorts dominate at long prompts).
+  const int L = scores.num_layers();
+  std::vector<absl::StatusOr<LayerProfile>> built(L, absl::UnknownError("not built"));
+  ParallelOverLayers(L, [&](int i) {
+    built[i] =
+        BuildLayerProfile(scores.layer(scores.layer_begin + i), scores.heads, scores.prefix_len());
+  });
   std::vector<LayerProfile> out;
-  out.reserve(scores.num_layers());
-  for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
-    ASSIGN_OR_RETURN(LayerProfile p,
-                     BuildLayerProfile(scores.layer(l), scores.heads, scores.prefix_len()));
-    out.push_back(std::move(p));
+  out.reserve(L);
+  for (absl::StatusOr<LayerProfile>& p : built) {
+    if (!p.ok()) return p.status();
+    out.push_back(*std::move(p));
   }
   return out;
 }
@@ -154,6 +186,26 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
   return kept;
 }
 
+absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayers(
+    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy) {
+  const int L = scores.num_layers();
+  if (static_cast<int>(budgets.size()) != L) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv allocation: ", budgets.size(), " budgets for ", L, " layers"));
+  }
+  std::vector<absl::StatusOr<std::vector<std::vector<int32_t>>>> kept(
+      L, absl::UnknownError("not selected"));
+  ParallelOverLayers(
+      L, [&](int i) { kept[i] = KeptSlots(scores, scores.layer_begin + i, budgets[i], policy); });
+  std::vector<std::vector<std::vector<int32_t>>> out;
+  out.reserve(L);
+  for (auto& k : kept) {
+    if (!k.ok()) return k.status();
+    out.push_back(*std::move(k));
+  }
+  return out;
+}
+
 AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& policy,
                             PolicyBudgets budgets) {
   AllocationPlan plan;
@@ -204,10 +256,7 @@ absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
   }
   AllocationPlan plan = PlanSkeleton(scores, policy, std::move(budgets));
   if (!plan.compress) return plan;
-  for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
-    ASSIGN_OR_RETURN(plan.kept[l - plan.layer_begin],
-                     KeptSlots(scores, l, plan.budgets.budgets[l - plan.layer_begin], policy));
-  }
+  ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy));
   RETURN_IF_ERROR(FinishPlan(scores, policy, &plan));
   return plan;
 }

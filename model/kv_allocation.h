@@ -95,6 +95,10 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
                                                             int layer, int64_t budget,
                                                             const PolicyOptions& policy);
 
+// KeptSlots of every layer of the scores (budgets[layer - layer_begin]), computed on a few threads.
+absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayers(
+    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy);
+
 // A plan with budgets and no kept slots yet (filled layer by layer with KeptSlots); a keep-all
 // plan for policy full or T <= w.
 AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& policy,

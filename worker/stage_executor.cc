@@ -435,10 +435,13 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
           "-token prompt (before decoding) and a budget <= ", P));
     }
   }
+  std::vector<int64_t> budgets;
+  for (int l = layer_begin(); l < layer_end(); ++l)
+    budgets.push_back(FindBudget(spec, l)->kept_prefix);
+  ASSIGN_OR_RETURN(std::vector<std::vector<std::vector<int32_t>>> kept,
+                   KeptSlotsForLayers(*scores, budgets, spec.policy));
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept,
-                     KeptSlots(*scores, l, FindBudget(spec, l)->kept_prefix, spec.policy));
-    RETURN_IF_ERROR(engine_->CompactLayer(seq_id, l, T, kept));
+    RETURN_IF_ERROR(engine_->CompactLayer(seq_id, l, T, kept[l - layer_begin()]));
   }
   seq.scores.reset();
   seq.compacted = true;

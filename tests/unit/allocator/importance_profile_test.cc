@@ -1,6 +1,8 @@
 #include "allocator/importance_profile.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <random>
 #include <vector>
@@ -77,6 +79,36 @@ TEST(ImportanceProfileTest, FromGainsValidatesMonotonicity) {
   EXPECT_NEAR(p->retention[3], 1.0, 1e-15);
   EXPECT_EQ(LayerProfileFromGains({0.2, 0.3}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(LayerProfileFromGains({0.2, -0.1}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace xkv
+
+namespace xkv {
+namespace {
+
+// Long rows take the radix-sort path: the same order as std::sort, ties and zeros included.
+TEST(ImportanceProfileTest, LongRowsSortLikeStdSort) {
+  std::mt19937 rng(9);
+  for (int64_t P : {511, 512, 5000, 20011}) {
+    const int heads = 3;
+    std::vector<float> s(heads * P);
+    std::exponential_distribution<float> e(2.0f);
+    for (size_t i = 0; i < s.size(); ++i) {
+      s[i] = i % 7 == 0 ? 0.0f : (i % 5 == 0 ? -0.0f : e(rng));
+      if (i % 11 == 0) s[i] = 0.25f;  // many exact ties
+    }
+    absl::StatusOr<LayerProfile> p = BuildLayerProfile(s, heads, P);
+    ASSERT_TRUE(p.ok()) << p.status();
+    for (int h = 0; h < heads; ++h) {
+      std::vector<float> want(s.begin() + h * P, s.begin() + (h + 1) * P);
+      for (float& x : want) x += 0.0f;
+      std::sort(want.begin(), want.end(), std::greater<float>());
+      const std::vector<float> got(p->sorted_scores.begin() + h * P,
+                                   p->sorted_scores.begin() + (h + 1) * P);
+      ASSERT_EQ(got, want) << "P " << P << " head " << h;
+    }
+  }
 }
 
 }  // namespace

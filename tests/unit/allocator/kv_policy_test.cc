@@ -182,6 +182,30 @@ TEST(SelectKeptTokensTest, TopScoreMatchesStableSortOnRandomScores) {
   }
 }
 
+// Long rows take the radix-select path: same rule (top scores, ties to the lower slot), with heavy
+// ties, zeros and -0.
+TEST(SelectKeptTokensTest, LongRowsMatchStableSort) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int64_t P = 256 + rng() % 5000;
+    const int64_t b = trial % 5 == 0 ? P : rng() % (P + 1);
+    std::vector<float> scores(P);
+    for (float& s : scores) {
+      const uint32_t r = rng() % 100;
+      s = r < 10 ? (r % 2 ? 0.0f : -0.0f) : (r < 60 ? 0.125f * (r % 7) : r * 1e-3f * (rng() % 3));
+    }
+    auto kept = SelectKeptTokens(scores, 1, P, b, SelectionRule::kTopScore);
+    ASSERT_TRUE(kept.ok());
+    std::vector<int64_t> order(P);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t c) { return scores[a] > scores[c]; });
+    order.resize(b);
+    std::sort(order.begin(), order.end());
+    ASSERT_EQ((*kept)[0], order) << "P " << P << " budget " << b;
+  }
+}
+
 TEST(SelectKeptTokensTest, StreamingAndFull) {
   auto s = SelectKeptTokens({}, 2, 10, 6, SelectionRule::kSinksAndRecent);
   ASSERT_TRUE(s.ok());
