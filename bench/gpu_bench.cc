@@ -183,7 +183,8 @@ std::string FormatProfile(const GpuBenchReport& r) {
       "Profiling + solving cost per profile mode (DESIGN.md §3.5). profile = the scores-only "
       "mini-prefill's wall time (per_request) or the scoring kernels inside the observed prefill "
       "(one_pass, device time); solve = budgets (profiles + XKV solver) + kept-slot selection, "
-      "host wall time, one thread.\n\n"
+      "host wall time (profiles and selection spread over the layers on up to 8 threads, as the "
+      "worker runs them).\n\n"
       "| mode | prompt | prefill ms | profile ms | solve ms | (profile + solve) / prefill | note "
       "|\n"
       "|---|---|---|---|---|---|---|\n";

@@ -81,12 +81,9 @@ absl::StatusOr<XkvKeep> SolveXkv(const CollectedScores& scores, const ModelConfi
   keep.solve_ms = MsSince(t0);
   keep.retention = budgets.average_retention.value_or(0.0);
   t0 = BenchClock::now();
-  keep.kept.resize(L);
-  for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
-    const int64_t b = budgets.budgets[l - scores.layer_begin];
-    ASSIGN_OR_RETURN(keep.kept[l - scores.layer_begin], KeptSlots(scores, l, b, policy));
-    keep.kept_tokens += b + scores.window;
-  }
+  // As the worker does it (StageExecutor::CompactSequence): every layer, on a few threads.
+  ASSIGN_OR_RETURN(keep.kept, KeptSlotsForLayers(scores, budgets.budgets, policy));
+  for (int64_t b : budgets.budgets) keep.kept_tokens += b + scores.window;
   keep.select_ms = MsSince(t0);
   return keep;
 }
