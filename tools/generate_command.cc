@@ -1,6 +1,8 @@
-// `xkv generate`: one prompt through the in-process CPU engine, text streamed to stdout.
+// `xkv generate`: one prompt through the in-process engine (CPU, or `--device cuda:N`), text
+// streamed to stdout.
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -8,12 +10,16 @@
 #include "absl/strings/str_split.h"
 #include "kernels/status_macros.h"
 #include "model/chat_template.h"
+#include "model/engine_generator.h"
 #include "model/generator.h"
+#include "model/gguf.h"
 #include "model/kv_compressor.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
+#include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
@@ -31,6 +37,7 @@ struct GenerateFlags {
   int64_t threads = 0;
   std::string stop;
   std::string numerics = "ggml";
+  std::string device = "cpu";
   // XKV
   std::string policy = "full";
   int64_t budget_tokens = -1;
@@ -115,6 +122,74 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateFlags& f, const Tok
   return tok.Encode(*text, /*parse_special=*/true);
 }
 
+using Clock = std::chrono::steady_clock;
+
+void PrintSpeed(size_t prompt, int64_t generated, Clock::time_point start, Clock::time_point first,
+                Clock::time_point end, double load_s) {
+  const double prefill_s = std::chrono::duration<double>(first - start).count();
+  const double decode_s = std::chrono::duration<double>(end - first).count();
+  std::fprintf(stderr,
+               "\nprompt: %zu tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
+               "load %.2f s\n",
+               prompt, prefill_s > 0 ? prompt / prefill_s : 0.0, static_cast<long long>(generated),
+               decode_s > 0 && generated > 1 ? (generated - 1) / decode_s : 0.0, load_s);
+}
+
+// `--device cuda:N`: the whole model on one GPU through EngineGenerate; eviction one_pass or, for
+// the other profile modes, the two-pass (per_request) way.
+int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
+                     const SamplingParams& sampling) {
+  const Clock::time_point load_start = Clock::now();
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(f.model);
+  if (!file.ok()) return Fail(file.status());
+  absl::StatusOr<ModelConfig> config = ReadModelConfig(**file);
+  if (!config.ok()) return Fail(config.status());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromGguf(**file);
+  if (!tok.ok()) return Fail(tok.status());
+  StageOptions so;
+  so.model_path = f.model;
+  so.device = f.device;
+  so.importance = c.importance;
+  absl::StatusOr<std::unique_ptr<StageEngine>> engine = LoadStageEngine(so);
+  if (!engine.ok()) return Fail(engine.status());
+  const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
+  absl::StatusOr<std::vector<int32_t>> ids = PromptIds(f, **tok);
+  if (!ids.ok()) return Fail(ids.status());
+  if (ids->empty()) return Fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
+  if (static_cast<int64_t>(ids->size()) + f.max_tokens > config->context_length) {
+    return Fail(absl::InvalidArgumentError(
+        "prompt tokens + --max-tokens exceed the model's context length"));
+  }
+  GenerationRequest request;
+  request.prompt = *ids;
+  request.max_tokens = static_cast<int>(f.max_tokens);
+  request.sampling = sampling;
+  if (!f.stop.empty()) request.stop = absl::StrSplit(f.stop, '|', absl::SkipEmpty());
+  EngineGeneratorOptions o;
+  const Tokenizer* t = tok->get();
+  o.token_bytes = [t](int32_t id) { return t->TokenBytes(id); };
+  o.compress = c.policy.kind != PolicyKind::kFull || f.show_allocation;
+  o.two_pass = c.profile.kind != ProfileModeKind::kOnePass;
+  o.policy = c.policy;
+  o.target = c.target;
+  o.importance = c.importance;
+  const Clock::time_point start = Clock::now();
+  Clock::time_point first = start;
+  int64_t generated = 0;
+  auto on_token = [&](int, int32_t token, std::string_view bytes) {
+    if (token >= 0 && generated++ == 0) first = Clock::now();
+    std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+    std::fflush(stdout);
+  };
+  absl::StatusOr<GenerationResult> result = EngineGenerate(**engine, 1, request, o, on_token);
+  const Clock::time_point end = Clock::now();
+  std::fputc('\n', stdout);
+  if (!result.ok()) return Fail(result.status());
+  if (f.show_allocation && result->allocation) PrintAllocation(*result->allocation);
+  PrintSpeed(ids->size(), generated, start, first, end, load_s);
+  return 0;
+}
+
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
@@ -137,6 +212,8 @@ int RunGenerate(int argc, char** argv) {
   flags.String("numerics", &f.numerics,
                "ggml (llama.cpp-compatible rounding, same text as llama.cpp), exact (fp32) or bf16 "
                "(the CUDA engine's rounding, its CPU reference)");
+  flags.String("device", &f.device,
+               "cpu (the CPU engine) or cuda:N (the CUDA engine on GPU N; CUDA builds)");
   flags.String("policy", &f.policy, "KV policy: full, streaming, snapkv, pyramidkv, xkv");
   flags.Int("budget-tokens", &f.budget_tokens,
             "total kept prompt tokens over all layers (beyond each layer's window)");
@@ -165,6 +242,15 @@ int RunGenerate(int argc, char** argv) {
   }
   absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
   if (!compression.ok()) return Fail(compression.status());
+  absl::StatusOr<int> device = ParseStageDevice(f.device);
+  if (!device.ok()) return Fail(device.status());
+  if (*device >= 0) {
+    if (flags.WasSet("numerics")) {
+      return Fail(absl::InvalidArgumentError(
+          "--numerics applies to the CPU engine (the CUDA engine computes in bf16/fp32)"));
+    }
+    return GenerateOnDevice(f, *compression, sampling);
+  }
   absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(*compression);
   if (!compressor.ok()) return Fail(compressor.status());
   absl::StatusOr<LoadedModel> loaded = LoadModel(f.model, static_cast<int>(f.threads),
@@ -193,7 +279,6 @@ int RunGenerate(int argc, char** argv) {
   }
   Generator generator(loaded->model.get(), options);
 
-  using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
   Clock::time_point first = start;
   int64_t generated = 0;
@@ -208,14 +293,7 @@ int RunGenerate(int argc, char** argv) {
   std::fputc('\n', stdout);
   if (!results.ok()) return Fail(results.status());
   if (f.show_allocation && (*results)[0].allocation) PrintAllocation(*(*results)[0].allocation);
-  const double prefill_s = std::chrono::duration<double>(first - start).count();
-  const double decode_s = std::chrono::duration<double>(end - first).count();
-  std::fprintf(
-      stderr,
-      "\nprompt: %zu tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
-      "load %.2f s\n",
-      ids->size(), prefill_s > 0 ? ids->size() / prefill_s : 0.0, static_cast<long long>(generated),
-      decode_s > 0 && generated > 1 ? (generated - 1) / decode_s : 0.0, loaded->load_seconds);
+  PrintSpeed(ids->size(), generated, start, first, end, loaded->load_seconds);
   return 0;
 }
 

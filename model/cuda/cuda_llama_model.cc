@@ -98,7 +98,12 @@ absl::Status CudaLlamaModel::InitCommon() {
         absl::StrCat("cuda engine: bad layer range [", layer_begin_, ", ", layer_end_, ")"));
   }
   int count = 0;
-  CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
+  if (const cudaError_t err = cudaGetDeviceCount(&count); err != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda engine: no usable CUDA device for cuda:", o.device, " (",
+                     err == cudaSuccess ? "none found" : cudaGetErrorString(err), ")"));
+  }
   if (o.device >= count) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda engine: device cuda:", o.device, " but ", count, " device(s) found"));
