@@ -322,7 +322,12 @@ absl::Status CudaLlamaModel::InitCache() {
   RETURN_IF_ERROR(Alloc(int64_t{c.n_kv_heads} * o.max_seq_len, &kept_));
   RETURN_IF_ERROR(Alloc(2 * max_blocks_per_seq_, &compact_tables_));
 
-  // The shared KV pool.
+  return InitPool();
+}
+
+absl::Status CudaLlamaModel::InitPool() {
+  const ModelConfig& c = config_;
+  const CudaEngineOptions& o = options_;
   const int64_t block_bytes = 2 * int64_t{c.n_kv_heads} * kBlock * c.head_dim * 2;  // K + V bf16
   num_blocks_ = o.num_kv_blocks;
   if (num_blocks_ == 0) {

@@ -137,6 +137,7 @@ class CudaLlamaModel : public StageEngine {
   absl::Status RandomWeights(uint64_t seed);
   absl::Status AllocWeights();
   absl::Status InitCache();
+  absl::Status InitPool();  // the shared KV pool (InitCache, last)
   template <typename T>
   absl::Status Alloc(int64_t n, T** out);
   absl::Status UploadMatrix(const GgufFile& file, const std::string& name, int64_t rows,
@@ -148,6 +149,7 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
                        const std::vector<bool>& observe, bool scores_only,
                        absl::Span<const int32_t> tokens, StepPlan* plan);
+  absl::Status UploadStep(int64_t n, int64_t b, absl::Span<const int32_t> tokens);
   absl::Status RunAllLayers(const StepPlan& plan);
   absl::Status RunLayer(int layer, const StepPlan& plan);
   absl::Status ScoreLayer(int layer, const StepPlan& plan);

@@ -121,7 +121,12 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     }
     row += n_new;
   }
-  // Uploads: one (strided) copy per input.
+  return UploadStep(n, b, tokens);
+}
+
+// One (strided) copy per step input, from the pinned host mirrors Prepare filled.
+absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const int32_t> tokens) {
+  const int64_t L = layer_end_ - layer_begin_;
   if (!tokens.empty()) {
     std::copy(tokens.begin(), tokens.end(), h_tokens_);
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens_, h_tokens_, n * sizeof(int32_t),
