@@ -46,6 +46,9 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int
   e.device = device;
   e.layer_begin = o.layer_begin;
   e.layer_end = o.layer_end;
+  // Any batch the coordinator may schedule (its --max-batch, up to 256) and one whole prompt
+  // (a mini-prefill is never split) plus a decode token of every other sequence per step.
+  e.max_batch = 256;
   e.max_seq_len = config.context_length > 0 ? config.context_length : 8192;
   e.max_step_tokens = e.max_seq_len + e.max_batch;
   const int layers = (o.layer_end < 0 ? config.n_layers : o.layer_end) - o.layer_begin;
