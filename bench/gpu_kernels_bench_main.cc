@@ -105,6 +105,53 @@ void GemmThroughput(cudaStream_t stream, std::vector<Row>& rows) {
   cudaFree(c);
 }
 
+// Decode-time GEMMs of the Llama-3-8B shape (the engine's calls: bf16 activations [m, k] times
+// bf16 weights [n, k]ᵀ into fp32 [m, n], the residual ones accumulating), m = 1 and 8 rows:
+// weight-read bandwidth (bytes of the weight matrix / time), which decode at batch 1 lives on.
+// Weights are random-ish (not constant) and larger than L2 together, cycled so no call hits L2.
+void DecodeGemv(cudaStream_t stream, std::vector<Row>& rows) {
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    bool accumulate;
+  };
+  const Shape shapes[] = {{"qkv", 6144, 4096, false},
+                          {"o", 4096, 4096, true},
+                          {"gate_up", 28672, 4096, false},
+                          {"down", 4096, 14336, true},
+                          {"lm_head", 128256, 4096, false}};
+  auto handle = xkv::cuda::CublasHandle::Create();
+  BENCH_CHECK_OK(handle.status());
+  for (const Shape& sh : shapes) {
+    const int copies = std::max<int64_t>(2, (512ll << 20) / (sh.n * sh.k * 2) + 1);
+    std::vector<__nv_bfloat16*> w(copies);
+    for (auto& p : w) {
+      BENCH_CHECK_CUDA(cudaMalloc(&p, sh.n * sh.k * 2));
+      BENCH_CHECK_CUDA(cudaMemset(p, 0x3b, sh.n * sh.k * 2));
+    }
+    __nv_bfloat16* a = nullptr;
+    float* c = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&a, 8 * sh.k * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&c, 8 * sh.n * 4));
+    BENCH_CHECK_CUDA(cudaMemset(a, 0x3c, 8 * sh.k * 2));
+    BENCH_CHECK_CUDA(cudaMemset(c, 0, 8 * sh.n * 4));
+    for (int64_t m : {1, 8}) {
+      int i = 0;
+      const double ms = TimeMs(stream, 5, 50, [&] {
+        BENCH_CHECK_OK(xkv::cuda::LaunchGemm(*handle, a, sh.k, w[i++ % copies], sh.k, c, sh.n, m,
+                                             sh.n, sh.k, sh.accumulate, stream));
+      });
+      const double gbs = sh.n * sh.k * 2.0 / (ms * 1e-3) / 1e9;
+      rows.push_back({std::string("cuBLAS decode GEMM ") + sh.name + " m=" + std::to_string(m) +
+                          " (" + std::to_string(sh.n) + "x" + std::to_string(sh.k) + ")",
+                      gbs, "GB/s", "weight bytes / time; " + std::to_string(ms * 1e3) + " us"});
+    }
+    for (auto* p : w) cudaFree(p);
+    cudaFree(a);
+    cudaFree(c);
+  }
+}
+
 // Llama-3-8B layer: 32 query heads, 8 KV heads, head_dim 128.
 void DecodeAttention(cudaStream_t stream, double copy_gbs, std::vector<Row>& rows) {
   const int heads = 32, kv_heads = 8, hd = 128;
@@ -274,6 +321,7 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   const double copy_gbs = CopyBandwidth(stream, rows);
   GemmThroughput(stream, rows);
+  DecodeGemv(stream, rows);
   DecodeAttention(stream, copy_gbs, rows);
   PrefillAttention(stream, rows);
   std::printf(
