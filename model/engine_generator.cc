@@ -46,28 +46,14 @@ std::vector<std::pair<int64_t, int64_t>> Chunks(int64_t n, int64_t chunk, int64_
 }
 
 AllocationReport EngineReport(const StageEngine& e, uint64_t id, const AllocationPlan& plan) {
-  AllocationReport r;
-  r.policy = plan.policy;
-  r.prompt_len = plan.prompt_len;
-  r.prefix_len = plan.prefix_len;
-  r.window = plan.window;
-  r.compressed = plan.compress;
-  r.note = plan.note;
-  r.average_retention = plan.budgets.average_retention;
-  r.reachable = plan.budgets.reachable;
-  for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
-    const size_t i = l - plan.layer_begin;
-    LayerAllocation a;
-    a.layer = l;
-    a.kept_prefix = i < plan.budgets.budgets.size() ? plan.budgets.budgets[i] : plan.prefix_len;
-    a.tokens_held = e.CacheLength(id, l);
-    a.bytes_held = a.tokens_held * e.kv_bytes_per_token();
-    r.kept_prefix_total += a.kept_prefix;
-    r.kv_bytes_held += a.bytes_held;
-    r.layers.push_back(a);
-  }
-  r.kv_bytes_full = (plan.layer_end - plan.layer_begin) * plan.prompt_len * e.kv_bytes_per_token();
-  return r;
+  const int64_t per_token = e.kv_bytes_per_token();
+  return MakeReport(
+      plan,
+      [&](int l) {
+        const int64_t tokens = e.CacheLength(id, l);
+        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+      },
+      per_token);
 }
 
 // Prefill (and eviction); returns the logits of the last prompt token.

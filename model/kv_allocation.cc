@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -300,8 +301,8 @@ absl::Status ApplyAllocation(KvCache& cache, const AllocationPlan& plan) {
   return absl::OkStatus();
 }
 
-AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
-                            const ModelConfig& config) {
+AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
+                            int64_t bytes_per_token) {
   AllocationReport r;
   r.policy = plan.policy;
   r.prompt_len = plan.prompt_len;
@@ -316,14 +317,23 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
     a.layer = l;
     const size_t i = l - plan.layer_begin;
     a.kept_prefix = i < plan.budgets.budgets.size() ? plan.budgets.budgets[i] : plan.prefix_len;
-    a.tokens_held = cache.length(l);
-    a.bytes_held = cache.BytesHeld(l);
+    std::tie(a.tokens_held, a.bytes_held) = held(l);
     r.kept_prefix_total += a.kept_prefix;
+    r.kv_bytes_held += a.bytes_held;
     r.layers.push_back(a);
   }
-  r.kv_bytes_held = cache.BytesHeld();
-  r.kv_bytes_full = static_cast<int64_t>(plan.layer_end - plan.layer_begin) * plan.prompt_len *
-                    BytesPerToken(config);
+  r.kv_bytes_full =
+      static_cast<int64_t>(plan.layer_end - plan.layer_begin) * plan.prompt_len * bytes_per_token;
+  return r;
+}
+
+AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
+                            const ModelConfig& config) {
+  AllocationReport r = MakeReport(
+      plan,
+      [&cache](int l) { return std::pair<int64_t, int64_t>(cache.length(l), cache.BytesHeld(l)); },
+      BytesPerToken(config));
+  r.kv_bytes_held = cache.BytesHeld();  // allocated bytes of every layer the cache holds
   return r;
 }
 

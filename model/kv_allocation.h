@@ -15,9 +15,11 @@
 #define XKV_MODEL_KV_ALLOCATION_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -123,6 +125,12 @@ absl::Status CompactLayer(KvCache& cache, int layer, int64_t prompt_len,
                           absl::Span<const std::vector<int32_t>> kept);
 // Compacts every layer of the plan (no-op when !plan.compress).
 absl::Status ApplyAllocation(KvCache& cache, const AllocationPlan& plan);
+
+// A report of `plan` whose per-layer holdings come from `held(layer)` = {tokens, bytes}; the
+// full-cache size counts bytes_per_token per token per layer. Any engine (CPU cache, GPU pool).
+using LayerHeld = std::function<std::pair<int64_t, int64_t>(int layer)>;
+AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
+                            int64_t bytes_per_token);
 
 // Sizes of `cache` after `plan` was applied.
 AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,

@@ -3,14 +3,13 @@
 #include <string>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/string_view.h"
 #include "kernels/status_macros.h"
 #include "model/cpu_stage_engine.h"
 #include "model/gguf.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
+#include "worker/nccl_link_config.h"
 #if defined(XKV_WITH_CUDA)
 #include "model/cuda/cuda_llama_model.h"
 #endif
@@ -73,9 +72,8 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int
 absl::StatusOr<int> ParseStageDevice(const std::string& device) {
   if (device.empty() || device == "cpu") return -1;
   if (device == "cuda") return 0;
-  const absl::string_view d(device);
-  int n = -1;
-  if (d.substr(0, 5) == "cuda:" && absl::SimpleAtoi(d.substr(5), &n) && n >= 0) return n;
+  absl::StatusOr<int> ordinal = ParseCudaDevice(device);  // the one "cuda:N" parser
+  if (ordinal.ok()) return ordinal;
   return absl::InvalidArgumentError(
       absl::StrCat("stage: device '", device, "' is not 'cpu' or 'cuda:N'"));
 }
