@@ -59,7 +59,8 @@ std::string CeilingsJson(const GpuCeilings& c) {
 }
 
 std::string DecodeJson(const DecodeRow& d) {
-  return JsonObject({{"batch", Num(d.batch)},
+  return JsonObject({{"kernels", JsonString(d.kernels)},
+                     {"batch", Num(d.batch)},
                      {"context", Num(d.context)},
                      {"steps", Num(d.steps)},
                      {"step_ms", Num(d.step_ms)},
@@ -140,16 +141,17 @@ std::string FormatDecode(const GpuBenchReport& r) {
       "Decode steps (Forward: all layers + head + greedy sampling on the device, the layers "
       "replayed from a CUDA graph, host bookkeeping included). Floor = (weights read + K/V read) / "
       "%.0f GB/s, the measured copy rate counted as read + write bytes.\n\n"
-      "| batch | context | step ms (median) | weights GB | K/V GB | floor ms | %% of floor | "
-      "tokens/s |\n|---|---|---|---|---|---|---|---|\n",
+      "| batch | kernels | context | step ms (median) | weights GB | K/V GB | floor ms | "
+      "%% of floor | tokens/s |\n|---|---|---|---|---|---|---|---|---|\n",
       gbs);
   for (const DecodeRow& d : r.decode) {
-    absl::StrAppendFormat(&out, "| %d | %d | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f |\n",
-                          d.batch, d.context, d.step_ms, d.weight_bytes / 1e9, d.kv_bytes / 1e9,
-                          d.floor_ms, Percent(d.floor_ms, d.step_ms), d.batch * 1e3 / d.step_ms);
+    absl::StrAppendFormat(&out, "| %d | %s | %d | %.2f | %.2f | %.2f | %.2f | %.0f%% | %.0f |\n",
+                          d.batch, d.kernels, d.context, d.step_ms, d.weight_bytes / 1e9,
+                          d.kv_bytes / 1e9, d.floor_ms, Percent(d.floor_ms, d.step_ms),
+                          d.batch * 1e3 / d.step_ms);
   }
   for (const DecodeRow& d : r.decode) {
-    if (d.batch != 1) continue;
+    if (d.batch != 1 || d.kernels != kDefaultDecodeKernels) continue;
     const double p = Percent(d.floor_ms, d.step_ms);
     absl::StrAppendFormat(&out,
                           "\nTarget: batch 1 at least 80%% of the bytes-moved floor: %.0f%%, %s.\n",

@@ -67,7 +67,11 @@ struct GpuCeilings {
   int64_t gemm_n = 8192;
 };
 
+// The engine's decode kernels at small batch (CudaEngineOptions), as the decode rows name them.
+inline constexpr char kDefaultDecodeKernels[] = "GEMV+PDL";
+
 struct DecodeRow {
+  std::string kernels = kDefaultDecodeKernels;
   int64_t batch = 0;
   int64_t context = 0;  // tokens cached per sequence at the first timed step
   int64_t steps = 0;

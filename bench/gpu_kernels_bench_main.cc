@@ -22,6 +22,7 @@
 #include "kernels/cuda/cublas_handle.h"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
 
@@ -145,6 +146,25 @@ void DecodeGemv(cudaStream_t stream, std::vector<Row>& rows) {
       rows.push_back({std::string("cuBLAS decode GEMM ") + sh.name + " m=" + std::to_string(m) +
                           " (" + std::to_string(sh.n) + "x" + std::to_string(sh.k) + ")",
                       gbs, "GB/s", "weight bytes / time; " + std::to_string(ms * 1e3) + " us"});
+    }
+    // Our small-batch kernels (what the engine runs at <= 4 rows), PDL off: one launch alone.
+    for (int64_t m : {1, 2, 4}) {
+      int i = 0;
+      const bool glu = std::string(sh.name) == "gate_up";
+      const double ms = TimeMs(stream, 5, 50, [&] {
+        if (glu) {
+          BENCH_CHECK_OK(xkv::cuda::LaunchGemvSwiGlu(a, sh.k, w[i++ % copies], sh.k,
+                                                     reinterpret_cast<__nv_bfloat16*>(c), sh.n / 2,
+                                                     m, sh.n / 2, sh.k, false, stream));
+        } else {
+          BENCH_CHECK_OK(xkv::cuda::LaunchGemv(a, sh.k, w[i++ % copies], sh.k, c, sh.n, m, sh.n,
+                                               sh.k, sh.accumulate, false, stream));
+        }
+      });
+      const double gbs = sh.n * sh.k * 2.0 / (ms * 1e-3) / 1e9;
+      rows.push_back(
+          {std::string("xkv GEMV") + (glu ? "+SwiGLU " : " ") + sh.name + " m=" + std::to_string(m),
+           gbs, "GB/s", "weight bytes / time; " + std::to_string(ms * 1e3) + " us"});
     }
     for (auto* p : w) cudaFree(p);
     cudaFree(a);

@@ -68,7 +68,8 @@ void RunEngineSections(const GpuBenchOptions& o, GpuBenchReport& r) {
   if (!decode && !prefill && !profile) return;
   const int64_t max_b = *std::max_element(o.decode_batches.begin(), o.decode_batches.end());
   const int64_t max_seq = std::max(
-      o.context + static_cast<int64_t>(o.decode_batches.size()) * (o.decode_steps + 3) + 16,
+      // up to 3 kernel variants per batch size (RunDecodeSection), each warm + timed steps
+      o.context + 3 * static_cast<int64_t>(o.decode_batches.size()) * (o.decode_steps + 3) + 16,
       o.prefill_tokens);
   const BenchClock::time_point t0 = BenchClock::now();
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m =

@@ -9,6 +9,7 @@
 #include "bench/cpu_bench.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_sections.h"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/status_macros.h"
 
 namespace xkv {
@@ -63,16 +64,31 @@ absl::Status RunDecodeSection(CudaLlamaModel& m, const GpuBenchOptions& o, GpuBe
   for (int64_t i = 0; st.ok() && i < max_b; ++i) {
     st = PrefillForward(m, i + 1, prompt, o.step_tokens, &cur[i]);
   }
+  // Batches the GEMV kernels take are also timed on the older paths (cuBLAS; GEMV without
+  // programmatic dependent launch), so one run shows what each step of the work gave.
+  struct Variant {
+    const char* name;
+    bool small_batch_kernels, pdl;
+  };
+  const Variant variants[] = {
+      {kDefaultDecodeKernels, true, true}, {"GEMV", true, false}, {"cuBLAS", false, false}};
   for (int64_t batch : o.decode_batches) {
-    if (!st.ok()) break;
-    absl::StatusOr<DecodeRow> row = TimeDecode(m, o, batch, copy_gbs, cur);
-    if (row.ok()) {
-      r.decode.push_back(*row);
-      std::fprintf(stderr, "decode batch %lld: %.2f ms/step\n", static_cast<long long>(batch),
-                   row->step_ms);
+    for (const Variant& v : variants) {
+      if (!st.ok()) break;
+      const bool is_default = v.small_batch_kernels && v.pdl;
+      if (!is_default && batch > cuda::kGemvMaxRows) continue;
+      m.SetDecodeKernels(v.small_batch_kernels, v.pdl);
+      absl::StatusOr<DecodeRow> row = TimeDecode(m, o, batch, copy_gbs, cur);
+      if (row.ok()) {
+        row->kernels = batch > cuda::kGemvMaxRows ? "cuBLAS" : v.name;
+        r.decode.push_back(*row);
+        std::fprintf(stderr, "decode batch %lld (%s): %.2f ms/step\n",
+                     static_cast<long long>(batch), row->kernels.c_str(), row->step_ms);
+      }
+      st = row.status();
     }
-    st = row.status();
   }
+  m.SetDecodeKernels(true, true);
   for (int64_t i = 0; i < max_b; ++i) m.ReleaseSequence(i + 1);
   return st;
 }

@@ -86,10 +86,42 @@ __device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
   }
 }
 
+// Programmatic dependent launch (sm_90; DESIGN.md §6): a kernel launched with
+// LaunchKernel(pdl = true, ...) may start while the previous kernel of the stream is still
+// running. Before GridDependencyWait() it may only read data no earlier kernel writes (weights);
+// after it, everything earlier kernels wrote is visible. Without the launch attribute the wait
+// returns at once. LaunchDependents() lets the next PDL kernel start (its blocks then wait in
+// their own GridDependencyWait); our kernels call it first thing.
+__device__ __forceinline__ void GridDependencyWait() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ void LaunchDependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 // Float ordered as an unsigned integer: a < b (as floats, no NaN) iff Key(a) < Key(b).
 __device__ __forceinline__ uint32_t OrderedKey(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream
+// serialization when `pdl` (the kernel must call GridDependencyWait before touching what earlier
+// kernels write). Returns the launch error.
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchKernel(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                         size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = pdl ? attribute : nullptr;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
 }
 
 }  // namespace xkv::cuda::internal

@@ -11,7 +11,7 @@ namespace {
 using internal::FromFloat;
 using internal::kFullMask;
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;  // 8 warps, or 128-token splits, measured slower at batch 1 (H100)
 constexpr int kThreads = 32 * kWarps;
 constexpr int kMinBlocksPerSplit = 16;  // 256 tokens per split (fixed: batch-invariant results)
 constexpr int kMaxGroup = 8;
@@ -37,6 +37,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kLpt = HD / 8, kTpp = 32 / kLpt, kPasses = kKvBlockTokens / kTpp;
   __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
   __shared__ float sm_o[kWarps][G][HD];
+  internal::LaunchDependents();
+  internal::GridDependencyWait();
   const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z, splits = gridDim.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int c = lane % kLpt, sub = lane / kLpt;
@@ -175,6 +177,8 @@ template <int HD, typename OutT>
 __global__ void DecodeMergeKernel(const float* __restrict__ part_o,
                                   const float* __restrict__ part_ml, int n_heads, int splits,
                                   OutT* __restrict__ out, int64_t out_stride) {
+  internal::LaunchDependents();
+  internal::GridDependencyWait();
   const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
   const int64_t row0 = (static_cast<int64_t>(b) * n_heads + h) * splits;
   float mx = -INFINITY;
@@ -195,7 +199,7 @@ template <int HD, int G, typename OutT>
 absl::Status Run(const AttentionShape& shape, const float* q, int64_t batch,
                  const PagedKvLayer& cache, const int32_t* block_tables, int64_t max_blocks_per_seq,
                  const int32_t* kv_lens, int64_t max_kv_len, OutT* out, int64_t out_stride,
-                 float* part_o, float* part_ml, cudaStream_t stream) {
+                 float* part_o, float* part_ml, bool pdl, cudaStream_t stream) {
   // Fixed 256-token splits (not sized to the batch or the GPU): a sequence's output depends only
   // on its own keys — not on the batch it shares, on max_kv_len or on the device — so a pipeline
   // split, a CUDA-graph context bucket or a batch change cannot flip a near-tie (batch-invariant
@@ -205,13 +209,13 @@ absl::Status Run(const AttentionShape& shape, const float* q, int64_t batch,
   const int64_t splits = internal::CeilDiv(blocks, per_split);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(shape.n_kv_heads),
                   static_cast<unsigned>(batch));
-  DecodeSplitKernel<HD, G><<<grid, kThreads, 0, stream>>>(
-      q, shape.n_heads, cache.k, cache.v, cache.n_kv_heads, block_tables, max_blocks_per_seq,
-      kv_lens, static_cast<int>(per_split), shape.scale * kLog2e, part_o, part_ml);
-  CUDA_RETURN_IF_LAUNCH_ERROR();
-  DecodeMergeKernel<HD, OutT><<<dim3(shape.n_heads, static_cast<unsigned>(batch)), HD, 0, stream>>>(
-      part_o, part_ml, shape.n_heads, static_cast<int>(splits), out, out_stride);
-  CUDA_RETURN_IF_LAUNCH_ERROR();
+  CUDA_RETURN_IF_ERROR(internal::LaunchKernel(
+      pdl, DecodeSplitKernel<HD, G>, grid, dim3(kThreads), 0, stream, q, shape.n_heads, cache.k,
+      cache.v, cache.n_kv_heads, block_tables, max_blocks_per_seq, kv_lens,
+      static_cast<int>(per_split), shape.scale * kLog2e, part_o, part_ml));
+  CUDA_RETURN_IF_ERROR(internal::LaunchKernel(
+      pdl, DecodeMergeKernel<HD, OutT>, dim3(shape.n_heads, static_cast<unsigned>(batch)), dim3(HD),
+      0, stream, part_o, part_ml, shape.n_heads, static_cast<int>(splits), out, out_stride));
   return absl::OkStatus();
 }
 
@@ -219,12 +223,13 @@ template <int HD, typename OutT>
 absl::Status DispatchGroup(int group, const AttentionShape& shape, const float* q, int64_t batch,
                            const PagedKvLayer& cache, const int32_t* bt, int64_t mb,
                            const int32_t* kv_lens, int64_t max_kv_len, OutT* out,
-                           int64_t out_stride, float* po, float* pml, cudaStream_t stream) {
+                           int64_t out_stride, float* po, float* pml, bool pdl,
+                           cudaStream_t stream) {
   switch (group) {
 #define XKV_DECODE_GROUP(G)                                                                     \
   case G:                                                                                       \
     return Run<HD, G>(shape, q, batch, cache, bt, mb, kv_lens, max_kv_len, out, out_stride, po, \
-                      pml, stream);
+                      pml, pdl, stream);
     XKV_DECODE_GROUP(1)
     XKV_DECODE_GROUP(2)
     XKV_DECODE_GROUP(3)
@@ -244,7 +249,7 @@ absl::Status Decode(const AttentionShape& shape, const float* q, int64_t batch,
                     const PagedKvLayer& cache, const int32_t* block_tables,
                     int64_t max_blocks_per_seq, const int32_t* kv_lens, int64_t max_kv_len,
                     OutT* out, int64_t out_stride, void* workspace, size_t workspace_bytes,
-                    cudaStream_t stream) {
+                    bool pdl, cudaStream_t stream) {
   if (absl::Status st = CheckAttentionShape(shape, cache, "cuda decode_attention"); !st.ok()) {
     return st;
   }
@@ -272,10 +277,10 @@ absl::Status Decode(const AttentionShape& shape, const float* q, int64_t batch,
   const int group = shape.n_heads / shape.n_kv_heads;
   if (shape.head_dim == 64) {
     return DispatchGroup<64>(group, shape, q, batch, cache, block_tables, max_blocks_per_seq,
-                             kv_lens, max_kv_len, out, out_stride, part_o, part_ml, stream);
+                             kv_lens, max_kv_len, out, out_stride, part_o, part_ml, pdl, stream);
   }
   return DispatchGroup<128>(group, shape, q, batch, cache, block_tables, max_blocks_per_seq,
-                            kv_lens, max_kv_len, out, out_stride, part_o, part_ml, stream);
+                            kv_lens, max_kv_len, out, out_stride, part_o, part_ml, pdl, stream);
 }
 
 }  // namespace
@@ -289,18 +294,20 @@ absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, 
                                    const PagedKvLayer& cache, const int32_t* block_tables,
                                    int64_t max_blocks_per_seq, const int32_t* kv_lens,
                                    int64_t max_kv_len, float* out, int64_t out_stride,
-                                   void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                                   void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   bool pdl) {
   return Decode(shape, q, batch, cache, block_tables, max_blocks_per_seq, kv_lens, max_kv_len, out,
-                out_stride, workspace, workspace_bytes, stream);
+                out_stride, workspace, workspace_bytes, pdl, stream);
 }
 
 absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, int64_t batch,
                                    const PagedKvLayer& cache, const int32_t* block_tables,
                                    int64_t max_blocks_per_seq, const int32_t* kv_lens,
                                    int64_t max_kv_len, __nv_bfloat16* out, int64_t out_stride,
-                                   void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                                   void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   bool pdl) {
   return Decode(shape, q, batch, cache, block_tables, max_blocks_per_seq, kv_lens, max_kv_len, out,
-                out_stride, workspace, workspace_bytes, stream);
+                out_stride, workspace, workspace_bytes, pdl, stream);
 }
 
 }  // namespace xkv::cuda

@@ -37,16 +37,19 @@ size_t DecodeAttentionWorkspaceBytes(int64_t batch, int n_heads, int head_dim, i
 //               apart (>= n_heads * head_dim).
 // workspace:    device bytes [workspace_bytes] >= DecodeAttentionWorkspaceBytes(...).
 // head_dim 64 or 128; n_heads / n_kv_heads <= 8 (UNIMPLEMENTED otherwise).
+// pdl:          programmatic dependent launch of both kernels (cuda_common.cuh).
 absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, int64_t batch,
                                    const PagedKvLayer& cache, const int32_t* block_tables,
                                    int64_t max_blocks_per_seq, const int32_t* kv_lens,
                                    int64_t max_kv_len, float* out, int64_t out_stride,
-                                   void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                                   void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   bool pdl = false);
 absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, int64_t batch,
                                    const PagedKvLayer& cache, const int32_t* block_tables,
                                    int64_t max_blocks_per_seq, const int32_t* kv_lens,
                                    int64_t max_kv_len, __nv_bfloat16* out, int64_t out_stride,
-                                   void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                                   void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   bool pdl = false);
 
 }  // namespace xkv::cuda
 

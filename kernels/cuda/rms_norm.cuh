@@ -15,11 +15,12 @@ namespace xkv::cuda {
 // weight: device fp32 [dim] (norm gains stay fp32: they are F32 in GGUF and tiny).
 // out:    device fp32 [rows, dim] (may alias x exactly), or bf16 [rows, dim] to feed a GEMM.
 // The sum of squares is accumulated in fp32 by a tree reduction (the CPU reference uses double;
-// the difference is far below bf16 resolution).
+// the difference is far below bf16 resolution). `pdl`: programmatic dependent launch
+// (cuda_common.cuh).
 absl::Status LaunchRmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim,
-                           float eps, float* out, cudaStream_t stream);
+                           float eps, float* out, cudaStream_t stream, bool pdl = false);
 absl::Status LaunchRmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim,
-                           float eps, __nv_bfloat16* out, cudaStream_t stream);
+                           float eps, __nv_bfloat16* out, cudaStream_t stream, bool pdl = false);
 
 }  // namespace xkv::cuda
 

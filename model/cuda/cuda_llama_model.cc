@@ -15,6 +15,7 @@
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/importance.cuh"
 #include "kernels/cuda/kv_compact.cuh"
 #include "kernels/cuda/random_fill.cuh"
@@ -51,6 +52,15 @@ CudaLlamaModel::CudaLlamaModel(const ModelConfig& config, const CudaEngineOption
   layer_end_ = options.layer_end < 0 ? config.n_layers : options.layer_end;
   has_embedding_ = layer_begin_ == 0;
   has_head_ = layer_end_ == config.n_layers;
+}
+
+void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl) {
+  cudaSetDevice(options_.device);
+  cudaStreamSynchronize(stream_);
+  for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph);
+  graphs_.clear();
+  options_.small_batch_kernels = small_batch_kernels;
+  options_.pdl = pdl;
 }
 
 CudaLlamaModel::~CudaLlamaModel() {
@@ -310,6 +320,7 @@ absl::Status CudaLlamaModel::InitCache() {
   RETURN_IF_ERROR(Alloc(max_n * qkv_dim, &qkv_));
   RETURN_IF_ERROR(Alloc(max_n * q_dim, &q_));
   RETURN_IF_ERROR(Alloc(max_n * 2 * f, &ffn_));
+  RETURN_IF_ERROR(Alloc(cuda::kGemvMaxRows * f, &glu_));
   RETURN_IF_ERROR(Alloc(max_n * c.rope_dims, &cos_sin_));
   RETURN_IF_ERROR(Alloc(max_b * h, &last_));
   if (has_head_) RETURN_IF_ERROR(Alloc(max_b * vocab, &logits_));
@@ -425,8 +436,7 @@ absl::StatusOr<std::vector<float>> CudaLlamaModel::Logits(absl::Span<const float
   std::vector<float> out(b * vocab);
   if (b == 0) return out;
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, lm_head_, h, logits_, vocab, b, vocab, h,
-                                   false, stream_));
+  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

@@ -50,6 +50,11 @@ struct CudaEngineOptions {
   int64_t num_kv_blocks = 0;        // blocks of the shared pool; 0: kv_memory_fraction of free
   double kv_memory_fraction = 0.8;  // of the device memory free after weights and scratch
   bool cuda_graphs = true;          // replay decode steps from captured graphs
+  // Steps of <= cuda::kGemvMaxRows tokens (decode at small batch): our GEMV kernels (SwiGLU
+  // fused into gate|up) instead of cuBLAS, launched with programmatic dependent launch when
+  // `pdl` (each kernel starts while the previous one drains). Off: cuBLAS, plain launches.
+  bool small_batch_kernels = true;
+  bool pdl = true;
 };
 
 // One sequence's part of a device-only Forward: tokens appended at its current length.
@@ -97,6 +102,10 @@ class CudaLlamaModel : public StageEngine {
   // fp32 [steps, vocab]. Synchronises before returning.
   absl::Status Forward(absl::Span<const CudaTokenStep> steps, std::vector<int32_t>* next_tokens,
                        std::vector<float>* logits = nullptr);
+
+  // Switches CudaEngineOptions::small_batch_kernels / pdl (benchmarks compare them); the
+  // captured decode graphs are dropped and recaptured on the next steps.
+  void SetDecodeKernels(bool small_batch_kernels, bool pdl);
 
   int64_t num_kv_blocks() const { return num_blocks_; }
   int64_t free_kv_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
@@ -153,6 +162,10 @@ class CudaLlamaModel : public StageEngine {
   absl::Status RunAllLayers(const StepPlan& plan);
   absl::Status RunLayer(int layer, const StepPlan& plan);
   absl::Status ScoreLayer(int layer, const StepPlan& plan);
+  // y (+)= x · wᵀ for `rows` token rows: the GEMV kernels when `small`, else cuBLAS.
+  absl::Status Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t n_out,
+                       int64_t k, float* y, int64_t ldy, int64_t rows, bool accumulate, bool small);
+  bool SmallStep(int64_t rows) const;
   // Greedy tokens (and logits) of each sequence's last row (Forward).
   absl::Status Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
                     std::vector<float>* logits);
@@ -202,6 +215,7 @@ class CudaLlamaModel : public StageEngine {
   float* qkv_ = nullptr;           // fp32 [max_step_tokens, q_dim + 2 kv_dim]
   float* q_ = nullptr;             // fp32 [max_step_tokens, q_dim] post-RoPE
   float* ffn_ = nullptr;           // fp32 [max_step_tokens, 2 ffn]
+  __nv_bfloat16* glu_ = nullptr;   // bf16 [kGemvMaxRows, ffn] fused GEMV SwiGLU output
   float* cos_sin_ = nullptr;       // fp32 [max_step_tokens, rope_dims]
   float* last_ = nullptr;          // fp32 [max_batch, hidden]
   float* logits_ = nullptr;        // fp32 [max_batch, vocab]

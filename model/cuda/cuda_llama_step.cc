@@ -10,9 +10,11 @@
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/importance.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/qkv_rope_write.cuh"
 #include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/sampling.cuh"
@@ -173,33 +175,43 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
   return absl::OkStatus();
 }
 
+bool CudaLlamaModel::SmallStep(int64_t rows) const {
+  return options_.small_batch_kernels && rows <= cuda::kGemvMaxRows;
+}
+
+absl::Status CudaLlamaModel::Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
+                                     int64_t n_out, int64_t k, float* y, int64_t ldy, int64_t rows,
+                                     bool accumulate, bool small) {
+  if (small) {
+    return cuda::LaunchGemv(x, ldx, w, k, y, ldy, rows, n_out, k, accumulate, options_.pdl,
+                            stream_);
+  }
+  return cuda::LaunchGemm(*cublas_, x, ldx, w, k, y, ldy, rows, n_out, k, accumulate, stream_);
+}
+
 absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   const ModelConfig& c = config_;
   const Layer& w = layers_[li(layer)];
-  const int64_t n = plan.n, h = c.hidden, hd = c.head_dim, f = c.ffn;
-  const int64_t q_dim = int64_t{c.n_heads} * hd, kv_dim = int64_t{c.n_kv_heads} * hd;
+  const int64_t n = plan.n, h = c.hidden, f = c.ffn;
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim,
+                kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
   const int64_t qkv_dim = q_dim + 2 * kv_dim;
-  const cuda::RopeMode mode = ToRopeMode(c.rope_style);
   const cuda::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
                                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
+  // Decode at small batch: GEMV kernels, every launch PDL (no cuBLAS kernel in between).
+  const bool small = SmallStep(n), pdl = small && options_.pdl;
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.wqkv, h, qkv_, qkv_dim, n, qkv_dim, h,
-                                   false, stream_));
-  RETURN_IF_ERROR(cuda::LaunchRope(qkv_, qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
-                                   cos_sin_, q_, q_dim, stream_));
-  float* k_new = qkv_ + q_dim;  // roped in place, rows qkv_dim apart
-  RETURN_IF_ERROR(cuda::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim, c.rope_dims, mode,
-                                   cos_sin_, k_new, qkv_dim, stream_));
-  RETURN_IF_ERROR(cuda::LaunchKvCacheWrite(k_new, qkv_dim, k_new + kv_dim, qkv_dim, n,
-                                           d_slots_ + li(layer) * options_.max_step_tokens, cache_,
-                                           stream_));
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+  RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  RETURN_IF_ERROR(cuda::LaunchQkvRopeWrite(
+      qkv_, qkv_dim, n, c.n_heads, c.rope_dims, ToRopeMode(c.rope_style), cos_sin_, q_, q_dim,
+      d_slots_ + li(layer) * options_.max_step_tokens, cache_, pdl, stream_));
   const int32_t* lens = d_kv_lens_ + li(layer) * options_.max_batch;
   if (plan.all_decode) {
     const int64_t max_len = graph_bucket_ > 0 ? graph_bucket_ : plan.max_kv_len;
     RETURN_IF_ERROR(cuda::LaunchDecodeAttention(shape, q_, plan.b, cache_, TableRow(layer, 0),
                                                 max_blocks_per_seq_, lens, max_len, norm_, q_dim,
-                                                workspace_, workspace_bytes_, stream_));
+                                                workspace_, workspace_bytes_, stream_, pdl));
   } else {
     for (int64_t i = 0; i < plan.b; ++i) {
       const int64_t n_new = plan.n_new[i], row0 = plan.row0[i];
@@ -207,7 +219,7 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
       if (n_new == 1) {
         RETURN_IF_ERROR(cuda::LaunchDecodeAttention(
             shape, q_ + row0 * q_dim, 1, cache_, TableRow(layer, i), max_blocks_per_seq_, lens + i,
-            kv_len, norm_ + row0 * q_dim, q_dim, workspace_, workspace_bytes_, stream_));
+            kv_len, norm_ + row0 * q_dim, q_dim, workspace_, workspace_bytes_, stream_, pdl));
       } else {
         RETURN_IF_ERROR(cuda::LaunchPrefillAttention(shape, q_ + row0 * q_dim, n_new, cache_,
                                                      TableRow(layer, i), kv_len,
@@ -217,14 +229,20 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
     RETURN_IF_ERROR(ScoreLayer(layer, plan));
   }
   // hidden += attn · Woᵀ
-  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, q_dim, w.wo, q_dim, hidden_, h, n, h, q_dim,
-                                   true, stream_));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
-                                   false, stream_));
-  RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+  RETURN_IF_ERROR(Project(norm_, q_dim, w.wo, h, q_dim, hidden_, h, n, true, small));
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+  const __nv_bfloat16* act = norm_;  // silu(gate) * up, bf16 [n, f]
+  if (small) {
+    RETURN_IF_ERROR(
+        cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h, options_.pdl, stream_));
+    act = glu_;
+  } else {
+    RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
+                                     false, stream_));
+    RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+  }
   // hidden += silu(gate)·up · W_downᵀ
-  return cuda::LaunchGemm(*cublas_, norm_, f, w.w_down, f, hidden_, h, n, h, f, true, stream_);
+  return Project(act, f, w.w_down, h, f, hidden_, h, n, true, small);
 }
 
 absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
@@ -406,8 +424,7 @@ absl::Status CudaLlamaModel::Head(const StepPlan& plan, std::vector<int32_t>* ne
                                          cudaMemcpyDeviceToDevice, stream_));
   }
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, c.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, lm_head_, h, logits_, vocab, b, vocab, h,
-                                   false, stream_));
+  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
   RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab,
                                      static_cast<const cuda::DeviceSamplingParams*>(d_sampling_),
                                      d_next_, stream_));

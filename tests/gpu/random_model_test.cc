@@ -1,6 +1,7 @@
 // Random-weight models of real shapes built on the device (CudaLlamaModel::CreateRandom), the
 // device random fill against its CPU reference bit for bit, and CUDA-graph decode against eager
 // decode (same kernels, so the logits must be bitwise equal).
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -46,8 +47,11 @@ ModelConfig SmallLlama3() {
   return c;
 }
 
-std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs) {
+std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batch_kernels = true,
+                                     bool pdl = true) {
   CudaEngineOptions o;
+  o.small_batch_kernels = small_batch_kernels;
+  o.pdl = pdl;
   o.max_batch = 4;
   o.max_step_tokens = 1024;
   o.max_seq_len = 1024;
@@ -98,6 +102,35 @@ TEST(RandomModelTest, GraphDecodeEqualsEagerAndSeedsDiffer) {
     graph->ReleaseSequence(id);
   }
   EXPECT_EQ(graph->free_kv_blocks(), free_before);
+}
+
+// Decode steps of 3 sequences run the GEMV kernels (<= 4 rows): launched with or without
+// programmatic dependent launch they give the same bits, eager and from graphs; against the
+// cuBLAS path the first decode step's logits (same prefill, same inputs) agree to fp32
+// summation-order noise.
+TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
+  XKV_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaLlamaModel> pdl = Make(5, true), plain = Make(5, true, true, false),
+                                  eager_pdl = Make(5, false), cublas = Make(5, true, false, false);
+  ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
+  const auto a = Decode(*pdl, 20), b = Decode(*plain, 20), c = Decode(*eager_pdl, 20),
+             d = Decode(*cublas, 1);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t t = 0; t < a.size(); ++t) {
+    ASSERT_EQ(a[t], b[t]) << "step " << t;
+    ASSERT_EQ(a[t], c[t]) << "step " << t;
+  }
+  // Step 0: the prefill's layers (13 rows) run cuBLAS in both, the head (3 rows) differs.
+  for (int t : {0, 1}) {
+    float lo = d[t][0], hi = d[t][0], worst = 0.f;
+    for (size_t i = 0; i < d[t].size(); ++i) {
+      lo = std::min(lo, d[t][i]);
+      hi = std::max(hi, d[t][i]);
+      worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
+    }
+    EXPECT_GT(worst, 0.f) << t;  // a different kernel did run
+    EXPECT_LE(worst, 5e-3f * (hi - lo)) << t;
+  }
 }
 
 TEST(RandomModelTest, PoolExhaustionIsAnErrorThatChangesNothing) {
