@@ -22,45 +22,50 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return r;
 }
 
-__device__ __forceinline__ float Dot8(const uint4& a, const uint4& b, float acc) {
-  const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* b2 = reinterpret_cast<const __nv_bfloat162*>(&b);
+// 8 bf16 (16 bytes) -> 8 floats.
+__device__ __forceinline__ void Unpack8(const uint4& v, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 fa = __bfloat1622float2(a2[i]), fb = __bfloat1622float2(b2[i]);
-    acc = fmaf(fa.x, fb.x, acc);
-    acc = fmaf(fa.y, fb.y, acc);
+    const float2 p = __bfloat1622float2(h[i]);
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
   }
-  return acc;
 }
 
-// grid.x = ceil(n / kWarps); warp w of block b computes output row r = b * kWarps + w for all M
-// token rows: lanes stride over the row's 16-byte chunks, then a warp sum. kGlu: the warp also
-// reads up row r + n and writes silu(gate) * up as bf16 to y16; otherwise fp32 to y.
-template <int M, bool kGlu>
+// grid.x = ceil(n / (kWarps * RW)) (kGlu: ceil(n / kWarps)). Each warp owns R weight rows for all
+// M token rows: lanes stride over the rows' 16-byte chunks, then a warp sum per (row, token).
+// kGlu: rows r and r + n (gate, up); silu(gate) * up goes to y16 as bf16. Otherwise RW
+// consecutive rows, fp32 to y; RW = 2 at M >= 2 shares each x chunk's conversion over two rows.
+template <int M, bool kGlu, int RW>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
                const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t n, int64_t k,
                float* __restrict__ y, __nv_bfloat16* __restrict__ y16, int64_t ldy,
                bool accumulate) {
-  constexpr int R = kGlu ? 2 : 1;
+  constexpr int R = kGlu ? 2 : RW;
+  constexpr int U = kUnroll<kGlu>;
   internal::LaunchDependents();
   const int lane = threadIdx.x & 31;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (r >= n) return;
+  const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t r0 = kGlu ? warp_id : warp_id * RW;
+  if (r0 >= n) return;
   const int64_t chunks = k >> 3;
   const uint4* wrow[R];
-  wrow[0] = reinterpret_cast<const uint4*>(w + r * ldw);
-  if constexpr (kGlu) wrow[R - 1] = reinterpret_cast<const uint4*>(w + (r + n) * ldw);
-  auto load = [&](uint4(&dst)[R][kUnroll<kGlu>], int64_t c0) {
 #pragma unroll
-    for (int u = 0; u < kUnroll<kGlu>; ++u) {
+  for (int j = 0; j < R; ++j) {
+    const int64_t row = kGlu ? r0 + j * n : (r0 + j < n ? r0 + j : r0);  // past n: reread r0
+    wrow[j] = reinterpret_cast<const uint4*>(w + row * ldw);
+  }
+  auto load = [&](uint4(&dst)[R][U], int64_t c0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + 32 * u;
 #pragma unroll
       for (int j = 0; j < R; ++j) dst[j][u] = c < chunks ? LoadStreaming(wrow[j] + c) : uint4{};
     }
   };
-  uint4 cur[R][kUnroll<kGlu>];
+  uint4 cur[R][U];
   load(cur, lane);  // W does not depend on the previous kernel: start before waiting on it
   internal::GridDependencyWait();
   float acc[R][M];
@@ -69,24 +74,31 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[j][m] = 0.f;
   }
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll<kGlu>) {
-    uint4 next[R][kUnroll<kGlu>];
-    load(next, c0 + 32 * kUnroll<kGlu>);
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * U) {
+    uint4 next[R][U];
+    load(next, c0 + 32 * U);
 #pragma unroll
-    for (int u = 0; u < kUnroll<kGlu>; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + 32 * u;
       if (c >= chunks) break;
+      float wf[R][8];
+#pragma unroll
+      for (int j = 0; j < R; ++j) Unpack8(cur[j][u], wf[j]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
+        float xf[8];
+        Unpack8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
 #pragma unroll
-        for (int j = 0; j < R; ++j) acc[j][m] = Dot8(cur[j][u], xv, acc[j][m]);
+        for (int j = 0; j < R; ++j) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[j][m] = fmaf(wf[j][e], xf[e], acc[j][m]);
+        }
       }
     }
 #pragma unroll
     for (int j = 0; j < R; ++j) {
 #pragma unroll
-      for (int u = 0; u < kUnroll<kGlu>; ++u) cur[j][u] = next[j][u];
+      for (int u = 0; u < U; ++u) cur[j][u] = next[j][u];
     }
   }
 #pragma unroll
@@ -99,9 +111,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = 0; m < M; ++m) {
     if constexpr (kGlu) {
       const float g = acc[0][m], u = acc[R - 1][m];
-      y16[m * ldy + r] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);  // as SwiGluKernel
+      y16[m * ldy + r0] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);  // as SwiGluKernel
     } else {
-      y[m * ldy + r] = accumulate ? y[m * ldy + r] + acc[0][m] : acc[0][m];
+#pragma unroll
+      for (int j = 0; j < R; ++j) {
+        if (r0 + j >= n) break;
+        float* out = y + m * ldy + r0 + j;
+        *out = accumulate ? *out + acc[j][m] : acc[j][m];
+      }
     }
   }
 }
@@ -123,18 +140,20 @@ absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
   if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": x and w must be 16-byte aligned"));
   }
-  const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps)));
   cudaError_t err = cudaSuccess;
   switch (m) {
-#define XKV_GEMV_ROWS(M)                                                                       \
-  case M:                                                                                      \
-    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu>, grid, dim3(kThreads), 0, stream, x, \
-                                 ldx, w, ldw, n, k, y, y16, ldy, accumulate);                  \
-    break;
-    XKV_GEMV_ROWS(1)
-    XKV_GEMV_ROWS(2)
-    XKV_GEMV_ROWS(3)
-    XKV_GEMV_ROWS(4)
+#define XKV_GEMV_ROWS(M, RW)                                                                     \
+  case M: {                                                                                      \
+    constexpr int kRw = kGlu ? 1 : RW;                                                           \
+    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps * kRw)));                  \
+    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu, kRw>, grid, dim3(kThreads), 0, stream, \
+                                 x, ldx, w, ldw, n, k, y, y16, ldy, accumulate);                 \
+    break;                                                                                       \
+  }
+    XKV_GEMV_ROWS(1, 1)
+    XKV_GEMV_ROWS(2, 2)
+    XKV_GEMV_ROWS(3, 2)
+    XKV_GEMV_ROWS(4, 2)
 #undef XKV_GEMV_ROWS
   }
   CUDA_RETURN_IF_ERROR(err);

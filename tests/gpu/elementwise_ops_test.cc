@@ -85,9 +85,10 @@ TEST(EmbeddingTest, MatchesCpuAndFlagsBadTokens) {
 }
 
 // --- RMSNorm: fp32 out within 1e-5 relative (fp32 tree sum vs double sum); bf16 out 1 ulp.
+// Dims that take the register-resident kernel (multiples of 4 up to 16384) and the loop kernel.
 TEST(RmsNormTest, MatchesCpu) {
   XKV_SKIP_WITHOUT_GPU();
-  for (int64_t dim : {576, 4096}) {
+  for (int64_t dim : {576, 4096, 14336, 1030, 20000}) {
     const int64_t rows = 37;
     const std::vector<float> x = RandomVector(rows * dim, 5, -3.f, 3.f);
     const std::vector<float> w = RandomVector(dim, 6, 0.5f, 1.5f);
