@@ -8,22 +8,6 @@
 
 namespace xkv {
 
-int64_t EngineStep::num_tokens() const {
-  int64_t n = 0;
-  for (const EngineSequenceStep& s : sequences) n += s.n_new;
-  return n;
-}
-
-std::vector<int64_t> EngineStep::LastRows() const {
-  std::vector<int64_t> rows;
-  int64_t row = 0;
-  for (const EngineSequenceStep& s : sequences) {
-    row += s.n_new;
-    rows.push_back(row - 1);
-  }
-  return rows;
-}
-
 absl::StatusOr<std::unique_ptr<CpuStageEngine>> CpuStageEngine::Create(
     std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,

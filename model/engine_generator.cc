@@ -14,21 +14,22 @@ namespace xkv {
 namespace {
 
 // Runs `tokens` (appended at `position`) through every layer; returns the last row's logits.
+// The hidden rows stay inside the engine (StageEngine's resident path).
 absl::StatusOr<std::vector<float>> Step(StageEngine& e, uint64_t id,
                                         absl::Span<const int32_t> tokens, int64_t position,
                                         bool observe, bool scores_only,
                                         const ImportanceOptions& importance,
                                         std::optional<CollectedScores>* scores) {
-  ASSIGN_OR_RETURN(std::vector<float> hidden, e.Embed(tokens));
+  RETURN_IF_ERROR(e.EmbedResident(tokens));
   EngineStep step;
   step.scores_only = scores_only;
   step.sequences.push_back({id, static_cast<int64_t>(tokens.size()), position, observe});
   std::vector<EngineObservation> obs;
-  RETURN_IF_ERROR(e.RunLayers(step, importance, absl::MakeSpan(hidden), &obs));
+  RETURN_IF_ERROR(e.RunLayersResident(step, importance, &obs));
   if (scores != nullptr && observe) *scores = std::move(obs[0].scores);
   if (scores_only) return std::vector<float>();
   const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
-  return e.Logits(hidden, {&last, 1});
+  return e.LogitsResident({&last, 1});
 }
 
 // Prompt chunks of at most `chunk` tokens whose last one holds >= min_last tokens (or the whole

@@ -3,7 +3,9 @@
 // block accounting, sampling); CpuStageEngine (model/cpu_stage_engine.h) and CudaLlamaModel
 // (model/cuda/cuda_llama_model.h) implement it.
 //
-// Hidden rows cross this interface as host fp32 [tokens, hidden] (what StageLink carries).
+// Hidden rows cross this interface as host fp32 [tokens, hidden] (what StageLink carries), except
+// on the resident path: a stage that is both first and last runs EmbedResident → RunLayersResident
+// → LogitsResident and the rows stay where the engine computes (device memory on a GPU).
 // Sequences are named by the caller's ids; a sequence exists from its first RunLayers until
 // ReleaseSequence. Layers of one sequence may hold different numbers of tokens (XKV eviction).
 // Not thread-safe: the caller serialises every call.
@@ -87,6 +89,20 @@ class StageEngine {
                                     absl::Span<const std::vector<int32_t>> kept) = 0;
   // An fp32 copy of the sequence's cache (null when unknown); tests and reports.
   virtual std::unique_ptr<KvCache> CacheCopy(uint64_t id) const = 0;
+
+  // ---- resident hidden rows (a stage holding every layer) -----------------------------------
+  // The same three calls with the step's hidden rows held by the engine in between: Embed's rows
+  // feed the next RunLayersResident (same number of tokens), whose output rows feed
+  // LogitsResident. The defaults keep them in a host buffer; the CUDA engine keeps them on the
+  // device and copies only the logits out.
+  virtual absl::Status EmbedResident(absl::Span<const int32_t> tokens);
+  virtual absl::Status RunLayersResident(const EngineStep& step,
+                                         const ImportanceOptions& importance,
+                                         std::vector<EngineObservation>* observations);
+  virtual absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows);
+
+ private:
+  std::vector<float> resident_;  // the defaults' rows
 };
 
 }  // namespace xkv

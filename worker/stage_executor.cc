@@ -55,7 +55,10 @@ const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
 // One step in flight.
 struct StageExecutor::Run {
   EngineStep batch;
-  std::vector<float> hidden;  // fp32 [batch.num_tokens(), hidden]
+  std::vector<float> hidden;  // fp32 [batch.num_tokens(), hidden]; empty when resident
+  // A stage holding every layer keeps the rows inside the engine (on the device for a GPU):
+  // StageEngine's resident path, no activations copied between Embed, the layers and Logits.
+  bool resident = false;
   std::vector<EngineObservation> observations;
   bool scores_only = false;
   bool sent = false;
@@ -248,6 +251,7 @@ absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
     return std::move(run.result);
   }
   if (!plan.ok()) return FailBeforeCompute(step, plan.status(), /*received=*/false);
+  run.resident = is_first() && is_last();
   absl::StatusOr<std::vector<float>> rows = InputRows(step, run);
   if (!rows.ok()) return FailBeforeCompute(step, rows.status(), /*received=*/true);
   run.hidden = *std::move(rows);
@@ -297,6 +301,10 @@ absl::StatusOr<std::vector<float>> StageExecutor::InputRows(const StageStep& ste
     n += s.n_new;
     if (is_first()) tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
   }
+  if (is_first() && run.resident) {
+    RETURN_IF_ERROR(engine_->EmbedResident(tokens));
+    return std::vector<float>();
+  }
   if (is_first()) return engine_->Embed(tokens);
   if (link_ == nullptr) {
     return absl::FailedPreconditionError("stage: not the first stage and no link to receive from");
@@ -324,8 +332,10 @@ absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
     run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
   }
   const absl::Time t0 = absl::Now();
-  RETURN_IF_ERROR(engine_->RunLayers(run.batch, options_.importance, absl::MakeSpan(run.hidden),
-                                     &run.observations));
+  RETURN_IF_ERROR(
+      run.resident ? engine_->RunLayersResident(run.batch, options_.importance, &run.observations)
+                   : engine_->RunLayers(run.batch, options_.importance, absl::MakeSpan(run.hidden),
+                                        &run.observations));
   run.result.timings.compute_ms = MsSince(t0);
   return Observe(step, run);
 }
@@ -385,7 +395,8 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     which.push_back(i);
   }
   if (rows.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<float> logits, engine_->Logits(run.hidden, rows));
+  ASSIGN_OR_RETURN(std::vector<float> logits, run.resident ? engine_->LogitsResident(rows)
+                                                           : engine_->Logits(run.hidden, rows));
   const size_t V = config().vocab_size;
   for (size_t k = 0; k < which.size(); ++k) {
     const StageSequence& s = step.sequences[which[k]];

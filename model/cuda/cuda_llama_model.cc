@@ -395,8 +395,9 @@ void CudaLlamaModel::ReleaseSequence(uint64_t id) {
 
 // ---- host-facing embedding and head ----------------------------------------------------------
 
-absl::StatusOr<std::vector<float>> CudaLlamaModel::Embed(absl::Span<const int32_t> tokens) {
-  const int64_t n = tokens.size(), h = config_.hidden;
+absl::Status CudaLlamaModel::EmbedOnDevice(absl::Span<const int32_t> tokens) {
+  const int64_t n = tokens.size();
+  resident_rows_ = 0;
   if (!has_embedding_) return absl::FailedPreconditionError("cuda engine: no embedding here");
   if (n < 1 || n > options_.max_step_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("cuda engine: embed of ", n, " tokens"));
@@ -409,30 +410,67 @@ absl::StatusOr<std::vector<float>> CudaLlamaModel::Embed(absl::Span<const int32_
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens_, tokens.data(), n * sizeof(int32_t),
                                        cudaMemcpyHostToDevice, stream_));
-  RETURN_IF_ERROR(
-      cuda::LaunchEmbedding(embedding_, config_.vocab_size, h, d_tokens_, n, hidden_, stream_));
-  std::vector<float> out(n * h);
+  return cuda::LaunchEmbedding(embedding_, config_.vocab_size, config_.hidden, d_tokens_, n,
+                               hidden_, stream_);
+}
+
+absl::StatusOr<std::vector<float>> CudaLlamaModel::Embed(absl::Span<const int32_t> tokens) {
+  RETURN_IF_ERROR(EmbedOnDevice(tokens));
+  std::vector<float> out(tokens.size() * config_.hidden);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), hidden_, out.size() * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return out;
 }
 
+absl::Status CudaLlamaModel::EmbedResident(absl::Span<const int32_t> tokens) {
+  absl::Status st = EmbedOnDevice(tokens);
+  if (st.ok()) st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
+  if (st.ok()) resident_rows_ = static_cast<int64_t>(tokens.size());
+  return st;
+}
+
 absl::StatusOr<std::vector<float>> CudaLlamaModel::Logits(absl::Span<const float> hidden,
                                                           absl::Span<const int64_t> rows) {
-  const int64_t h = config_.hidden, vocab = config_.vocab_size, b = rows.size();
-  if (!has_head_) return absl::FailedPreconditionError("cuda engine: no lm_head here");
-  if (b > options_.max_batch || hidden.size() % h != 0) {
-    return absl::InvalidArgumentError("cuda engine: bad logits request");
-  }
+  const int64_t h = config_.hidden;
+  if (hidden.size() % h != 0) return absl::InvalidArgumentError("cuda engine: bad logits request");
+  RETURN_IF_ERROR(CheckLogitRows(rows, static_cast<int64_t>(hidden.size()) / h));
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  for (int64_t i = 0; i < b; ++i) {
-    if (rows[i] < 0 || (rows[i] + 1) * h > static_cast<int64_t>(hidden.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("cuda engine: row ", rows[i], " outside"));
-    }
+  for (size_t i = 0; i < rows.size(); ++i) {
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden.data() + rows[i] * h,
                                          h * sizeof(float), cudaMemcpyHostToDevice, stream_));
   }
+  return HeadLogits(rows.size());
+}
+
+absl::StatusOr<std::vector<float>> CudaLlamaModel::LogitsResident(absl::Span<const int64_t> rows) {
+  const int64_t h = config_.hidden;
+  RETURN_IF_ERROR(CheckLogitRows(rows, resident_rows_));
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + rows[i] * h, h * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, stream_));
+  }
+  return HeadLogits(rows.size());
+}
+
+absl::Status CudaLlamaModel::CheckLogitRows(absl::Span<const int64_t> rows, int64_t n) const {
+  if (!has_head_) return absl::FailedPreconditionError("cuda engine: no lm_head here");
+  if (static_cast<int64_t>(rows.size()) > options_.max_batch) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda engine: logits of ", rows.size(),
+                                                   " rows (max ", options_.max_batch, ")"));
+  }
+  for (int64_t r : rows) {
+    if (r < 0 || r >= n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cuda engine: logits row ", r, " outside the ", n, " hidden rows"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> CudaLlamaModel::HeadLogits(int64_t b) {
+  const int64_t h = config_.hidden, vocab = config_.vocab_size;
   std::vector<float> out(b * vocab);
   if (b == 0) return out;
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));

@@ -95,6 +95,11 @@ class CudaLlamaModel : public StageEngine {
   absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
                             absl::Span<const std::vector<int32_t>> kept) override;
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
+  // Resident path: the rows stay in the device's residual-stream buffer between the calls.
+  absl::Status EmbedResident(absl::Span<const int32_t> tokens) override;
+  absl::Status RunLayersResident(const EngineStep& step, const ImportanceOptions& importance,
+                                 std::vector<EngineObservation>* observations) override;
+  absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows) override;
 
   // ---- device-only whole-model path (tests, benchmarks) ---------------------------------------
   // Embedding → every layer → head on each sequence's last token → greedy token, all on the
@@ -159,6 +164,12 @@ class CudaLlamaModel : public StageEngine {
                        const std::vector<bool>& observe, bool scores_only,
                        absl::Span<const int32_t> tokens, StepPlan* plan);
   absl::Status UploadStep(int64_t n, int64_t b, absl::Span<const int32_t> tokens);
+  absl::Status EmbedOnDevice(absl::Span<const int32_t> tokens);  // into hidden_
+  // RunLayers on hidden_; `host` (optional) is copied in first and receives the rows after.
+  absl::Status RunLayersOn(const EngineStep& step, const ImportanceOptions& importance, float* host,
+                           std::vector<EngineObservation>* observations);
+  absl::Status CheckLogitRows(absl::Span<const int64_t> rows, int64_t n) const;
+  absl::StatusOr<std::vector<float>> HeadLogits(int64_t b);  // of the b rows in last_
   absl::Status RunAllLayers(const StepPlan& plan);
   absl::Status RunLayer(int layer, const StepPlan& plan);
   absl::Status ScoreLayer(int layer, const StepPlan& plan);
@@ -232,7 +243,8 @@ class CudaLlamaModel : public StageEngine {
   // Of the step being run.
   ImportanceOptions importance_;
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
-  int64_t graph_bucket_ = 0;  // decode attention's max_kv_len inside a graph (0: the step's)
+  int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
+  int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)
 };
 
 }  // namespace xkv

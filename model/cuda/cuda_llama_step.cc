@@ -330,10 +330,33 @@ absl::Status CudaLlamaModel::RunLayers(const EngineStep& step, const ImportanceO
                                        absl::Span<float> hidden,
                                        std::vector<EngineObservation>* observations) {
   const int64_t n = step.num_tokens(), h = config_.hidden;
+  resident_rows_ = 0;
   if (static_cast<int64_t>(hidden.size()) != n * h) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda engine: hidden holds ", hidden.size(), " floats, want ", n, " x ", h));
   }
+  return RunLayersOn(step, importance, hidden.data(), observations);
+}
+
+absl::Status CudaLlamaModel::RunLayersResident(const EngineStep& step,
+                                               const ImportanceOptions& importance,
+                                               std::vector<EngineObservation>* observations) {
+  const int64_t n = step.num_tokens();
+  if (resident_rows_ != n) {
+    return absl::FailedPreconditionError(absl::StrCat("cuda engine: ", resident_rows_,
+                                                      " resident hidden rows, the step has ", n,
+                                                      " tokens (EmbedResident first)"));
+  }
+  resident_rows_ = 0;
+  RETURN_IF_ERROR(RunLayersOn(step, importance, nullptr, observations));
+  resident_rows_ = n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
+                                         const ImportanceOptions& importance, float* host,
+                                         std::vector<EngineObservation>* observations) {
+  const int64_t n = step.num_tokens(), h = config_.hidden;
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   std::vector<std::pair<uint64_t, int64_t>> seqs;
   std::vector<bool> observe;
@@ -361,15 +384,19 @@ absl::Status CudaLlamaModel::RunLayers(const EngineStep& step, const ImportanceO
   RETURN_IF_ERROR(Prepare(seqs, observe, step.scores_only, {}, &plan));
   importance_ = importance;
   observations_ = &obs;
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hidden_, hidden.data(), hidden.size() * sizeof(float),
-                                       cudaMemcpyHostToDevice, stream_));
-  absl::Status st = RunAllLayers(plan);
+  absl::Status st;
+  if (host != nullptr) {
+    st = cuda::CudaStatus(
+        cudaMemcpyAsync(hidden_, host, n * h * sizeof(float), cudaMemcpyHostToDevice, stream_),
+        "copy hidden in", __FILE__, __LINE__);
+  }
+  if (st.ok()) st = RunAllLayers(plan);
   observations_ = nullptr;
   // Also after a scores-only step: a later stage scores its layers from these rows.
-  if (st.ok()) {
-    st = cuda::CudaStatus(cudaMemcpyAsync(hidden.data(), hidden_, hidden.size() * sizeof(float),
-                                          cudaMemcpyDeviceToHost, stream_),
-                          "copy hidden", __FILE__, __LINE__);
+  if (st.ok() && host != nullptr) {
+    st = cuda::CudaStatus(
+        cudaMemcpyAsync(host, hidden_, n * h * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+        "copy hidden out", __FILE__, __LINE__);
   }
   if (st.ok()) {
     st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
@@ -391,6 +418,7 @@ absl::Status CudaLlamaModel::Forward(absl::Span<const CudaTokenStep> steps,
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   std::vector<std::pair<uint64_t, int64_t>> seqs;
   std::vector<int32_t> tokens;
+  resident_rows_ = 0;
   for (const CudaTokenStep& s : steps) {
     seqs.emplace_back(s.id, static_cast<int64_t>(s.tokens.size()));
     for (int32_t t : s.tokens) {

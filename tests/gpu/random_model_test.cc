@@ -133,6 +133,44 @@ TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
   }
 }
 
+// The resident path (rows kept on the device between EmbedResident, RunLayersResident and
+// LogitsResident) gives the host path's logits bit for bit, prefill and decode; misuse is an
+// error.
+TEST(RandomModelTest, ResidentPathEqualsHostPath) {
+  XKV_SKIP_WITHOUT_GPU();
+  std::unique_ptr<CudaLlamaModel> host = Make(5, true), dev = Make(5, true);
+  ASSERT_TRUE(host && dev);
+  std::vector<int32_t> tokens = {3, 99, 1000, 7, 12, 4242, 5, 6, 8};
+  int64_t position = 0;
+  for (int step = 0; step < 6; ++step) {
+    const int64_t n = tokens.size();
+    EngineStep s;
+    s.sequences.push_back({1, n, position, false});
+    const std::vector<int64_t> rows = {n - 1};
+    auto hidden = host->Embed(tokens);
+    ASSERT_TRUE(hidden.ok()) << hidden.status();
+    ASSERT_TRUE(host->RunLayers(s, {}, absl::MakeSpan(*hidden), nullptr).ok());
+    auto want = host->Logits(*hidden, rows);
+    ASSERT_TRUE(want.ok()) << want.status();
+    XKV_ASSERT_OK(dev->EmbedResident(tokens));
+    XKV_ASSERT_OK(dev->RunLayersResident(s, {}, nullptr));
+    auto got = dev->LogitsResident(rows);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(*got, *want) << "step " << step;
+    position += n;
+    tokens = {static_cast<int32_t>(100 + step)};
+  }
+  EXPECT_EQ(dev->LogitsResident({1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EngineStep two;
+  two.sequences.push_back({2, 2, 0, false});
+  XKV_ASSERT_OK(dev->EmbedResident({1}));
+  EXPECT_EQ(dev->RunLayersResident(two, {}, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(dev->HasSequence(2));
+  auto other = dev->Embed({1, 2});  // the host path takes the buffer back
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(dev->RunLayersResident(two, {}, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(RandomModelTest, PoolExhaustionIsAnErrorThatChangesNothing) {
   XKV_SKIP_WITHOUT_GPU();
   CudaEngineOptions o;

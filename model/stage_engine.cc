@@ -1,0 +1,48 @@
+#include "model/stage_engine.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace xkv {
+
+int64_t EngineStep::num_tokens() const {
+  int64_t n = 0;
+  for (const EngineSequenceStep& s : sequences) n += s.n_new;
+  return n;
+}
+
+std::vector<int64_t> EngineStep::LastRows() const {
+  std::vector<int64_t> rows;
+  int64_t row = 0;
+  for (const EngineSequenceStep& s : sequences) {
+    row += s.n_new;
+    rows.push_back(row - 1);
+  }
+  return rows;
+}
+
+absl::Status StageEngine::EmbedResident(absl::Span<const int32_t> tokens) {
+  resident_.clear();
+  ASSIGN_OR_RETURN(resident_, Embed(tokens));
+  return absl::OkStatus();
+}
+
+absl::Status StageEngine::RunLayersResident(const EngineStep& step,
+                                            const ImportanceOptions& importance,
+                                            std::vector<EngineObservation>* observations) {
+  const int64_t want = step.num_tokens() * config().hidden;
+  if (static_cast<int64_t>(resident_.size()) != want) {
+    return absl::FailedPreconditionError(absl::StrCat("stage engine: ", resident_.size(),
+                                                      " resident hidden floats, the step needs ",
+                                                      want, " (EmbedResident first)"));
+  }
+  return RunLayers(step, importance, absl::MakeSpan(resident_), observations);
+}
+
+absl::StatusOr<std::vector<float>> StageEngine::LogitsResident(absl::Span<const int64_t> rows) {
+  return Logits(resident_, rows);
+}
+
+}  // namespace xkv
