@@ -253,11 +253,18 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
     RETURN_IF_ERROR(batch.observer(obs));
   }
   if (batch.scores_only && layer == c.n_layers - 1) return absl::OkStatus();
-  const cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
-                                  1.0f / std::sqrt(static_cast<float>(c.head_dim)),
-                                  options_.numerics == Numerics::kGgml};
-  return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len,
-                                     attn_.data() + row0 * q_dim, q_dim, pool_.get());
+  cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
+                            1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+  shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
+  // kBf16: the CUDA engine's kernels (model/cuda/cuda_llama_step.cc): one new token goes to the
+  // fp32 decode kernel, more to the tensor-core flash prefill, whose rounding the CPU emulates.
+  shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
+  float* out = attn_.data() + row0 * q_dim;
+  if (seq.n_new == 1) {
+    return cpu::LaunchDecodeAttention(shape, q, k, v, head_stride, len, out, pool_.get());
+  }
+  return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len, out, q_dim,
+                                     pool_.get());
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hidden,

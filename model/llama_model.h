@@ -64,7 +64,10 @@ struct BatchStep {
 // quantized matrix product are rounded to the weight type's 8-bit blocks (Q8_0/Q8_1), queries, keys
 // and values to fp16 (llama.cpp's default fp16 KV cache) and attention probabilities to fp16.
 // kBf16 mirrors the CUDA engine's rounding (the CPU reference of model/cuda): weights rounded to
-// bf16, every GEMM input rounded to bf16, keys and values cached as bf16; fp32 elsewhere.
+// bf16, every GEMM input rounded to bf16, keys and values cached as bf16, and prefill attention
+// (n_new > 1) rounded as the tensor-core flash kernel rounds (Q * scale * log2 e and the
+// probabilities to bf16, online softmax over 64-key tiles: cpu::AttentionShape::
+// emulate_bf16_flash); fp32 elsewhere (decode attention included, as on the GPU).
 enum class Numerics { kExact, kGgml, kBf16 };
 
 struct LlamaModelOptions {

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -30,6 +31,10 @@ absl::Status CheckArgs(const AttentionShape& s, const void* q, const void* k, co
   }
   if (q == nullptr || k == nullptr || v == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("attention: null pointer");
+  }
+  if (s.round_probs_f16 && s.emulate_bf16_flash) {
+    return absl::InvalidArgumentError(
+        "attention: round_probs_f16 and emulate_bf16_flash are exclusive");
   }
   return absl::OkStatus();
 }
@@ -117,6 +122,87 @@ void PrefillBlock(const AttentionShape& s, const float* q, int64_t n_new, const 
   }
 }
 
+// ---- shape.emulate_bf16_flash: the CUDA tensor-core flash prefill, rounding point by point ----
+// Mirrors FlashPrefillKernel in kernels/cuda/prefill_attention.cu (line numbers as of 6991bea):
+//  - kFlashTile: kBk = 64 keys per tile, tile j = slots [64 j, 64 j + 64) (:27, :150).
+//  - kFlashLog2e: scale_log2 = shape.scale * kLog2e, an fp32 product on the host (:388).
+//  - RoundQBf16: the Q tile is staged as bf16(q * scale_log2) (:174-187). K and V come from the
+//    bf16 cache (RoundKvBf16: a no-op on a cache already rounded to bf16).
+//  - FlashRowBf16: S = Qb·Kbᵀ in fp32 (mma, :236-266). Slots past the row's limit are -inf
+//    (:268-283): P = 0 there and the max is unchanged, so they are skipped, as are the tiles
+//    wholly past the limit (alpha = 1, P = 0). Per tile m' = max(m, max S), alpha = 2^(m - m')
+//    (0 on tile 0), O *= alpha (:285-313; the kernel skips the multiply when no row of the warp
+//    found a new max, alpha being exactly 1 then). P = 2^(S - m') in fp32; l = l * alpha + ΣP
+//    from the fp32 P (:314-328); O += bf16(P)·Vb (:329-352); out = O * (1 / l) (:356-371).
+// The kernel's exp2 is ex2.approx.ftz (<= 2 ulp, subnormal results flushed), std::exp2 here; the
+// fp32 summation order inside a tile and of l's quad partial sums differs. Nothing else does.
+constexpr int64_t kFlashTile = 64;
+constexpr float kFlashLog2e = 1.4426950408889634f;
+
+inline float RoundBf16(float x) { return Bf16ToF32(F32ToBf16(x)); }
+
+// dst[i] = bf16(src[i] * mul) for i < n.
+void RoundQBf16(const float* src, int n, float mul, float* dst) {
+  for (int i = 0; i < n; ++i) dst[i] = RoundBf16(src[i] * mul);
+}
+
+// dst[i] = bf16(src[i]) for the kv_len rows of one KV head.
+void RoundKvBf16(const float* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = RoundBf16(src[i]);
+}
+
+// One query row seeing slots [0, lim]: qb bf16-valued [hd] (pre-scaled into the log2 domain),
+// kb/vb bf16-valued [kv_len][hd]; o: fp32 [hd] scratch and result; s: fp32 [kFlashTile] scratch.
+void FlashRowBf16(const float* qb, const float* kb, const float* vb, int hd, int64_t lim, float* o,
+                  float* s) {
+  float m = -INFINITY, l = 0.f;
+  std::fill(o, o + hd, 0.f);
+  for (int64_t k0 = 0; k0 <= lim; k0 += kFlashTile) {
+    const int64_t n = std::min(kFlashTile, lim + 1 - k0);  // visible keys of the tile
+    float mx = m;
+    for (int64_t c = 0; c < n; ++c) {
+      s[c] = Dot(qb, kb + (k0 + c) * hd, hd);
+      mx = std::max(mx, s[c]);
+    }
+    const float alpha = std::exp2(m - mx);  // exp2(-inf) = 0 on the first tile
+    m = mx;
+    for (int d = 0; d < hd; ++d) o[d] *= alpha;
+    float sum = 0.f;
+    for (int64_t c = 0; c < n; ++c) {
+      const float p = std::exp2(s[c] - m);
+      sum += p;                       // the row sum takes the fp32 P
+      const float pb = RoundBf16(p);  // P V takes bf16 P
+      const float* vc = vb + (k0 + c) * hd;
+      for (int d = 0; d < hd; ++d) o[d] += pb * vc[d];
+    }
+    l = l * alpha + sum;
+  }
+  const float inv = 1.0f / l;
+  for (int d = 0; d < hd; ++d) o[d] *= inv;
+}
+
+void PrefillFlashBf16(const AttentionShape& s, const float* q, int64_t n_new, const float* k,
+                      const float* v, int64_t kv_head_stride, int64_t kv_len, float* out,
+                      int64_t out_stride, ThreadPool* pool) {
+  const int group = s.n_heads / s.n_kv_heads;
+  const int hd = s.head_dim;
+  const int64_t past = kv_len - n_new;
+  const float scale_log2 = s.scale * kFlashLog2e;
+  std::vector<float> kb(kv_len * hd), vb(kv_len * hd);
+  for (int g = 0; g < s.n_kv_heads; ++g) {
+    RoundKvBf16(k + g * kv_head_stride, kv_len * hd, kb.data());
+    RoundKvBf16(v + g * kv_head_stride, kv_len * hd, vb.data());
+    ParallelFor(pool, n_new * group, [&](int64_t r) {
+      const int64_t t = r / group;
+      const int64_t h = int64_t{g} * group + r % group;
+      std::vector<float> buf(hd + kFlashTile);  // qb, then the tile's scores
+      RoundQBf16(q + (t * s.n_heads + h) * hd, hd, scale_log2, buf.data());
+      FlashRowBf16(buf.data(), kb.data(), vb.data(), hd, past + t, out + t * out_stride + h * hd,
+                   buf.data() + hd);
+    });
+  }
+}
+
 }  // namespace
 
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
@@ -126,6 +212,10 @@ absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q,
   if (auto st = CheckArgs(shape, q, k, v, out, n_new, kv_head_stride, kv_len); !st.ok()) return st;
   if (out_stride < static_cast<int64_t>(shape.n_heads) * shape.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat("attention: out_stride ", out_stride));
+  }
+  if (shape.emulate_bf16_flash) {
+    PrefillFlashBf16(shape, q, n_new, k, v, kv_head_stride, kv_len, out, out_stride, pool);
+    return absl::OkStatus();
   }
   if (n_new == 1) {  // a single row: out_stride does not matter
     return LaunchDecodeAttention(shape, q, k, v, kv_head_stride, kv_len, out, pool);

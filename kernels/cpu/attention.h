@@ -24,6 +24,17 @@ struct AttentionShape {
   // llama.cpp numerics: the normalised probabilities are rounded to fp16 before P·V, as ggml does
   // when V is an fp16 cache.
   bool round_probs_f16 = false;
+  // Numerics::kBf16 (the CUDA engine's CPU reference): LaunchPrefillAttention reproduces the
+  // rounding points of the tensor-core flash prefill kernel, FlashPrefillKernel in
+  // kernels/cuda/prefill_attention.cu: K and V read as bf16; Q rounded to bf16 after scaling by
+  // scale * log2(e); an online softmax in the log2 domain (exp2) over 64-key tiles aligned to
+  // cache slot 0, rescaling O and the row sum by 2^(old max - new max) per tile; the row sum
+  // accumulated from the fp32 probabilities, which are rounded to bf16 for P·V; O / sum at the end.
+  // Only fp32 summation order differs from the kernel. LaunchDecodeAttention ignores it: the CUDA
+  // decode kernel (kernels/cuda/decode_attention.cu) keeps Q, scores and probabilities in fp32,
+  // so the fp32 path already has its rounding points. Exclusive with round_probs_f16. The CUDA
+  // launchers (which share this struct) ignore it: their kernels are what it emulates.
+  bool emulate_bf16_flash = false;
 };
 
 // Prefill (any n_new >= 1) for one sequence. Blocks queries and runs QKᵀ and PV as GEMMs over the
@@ -33,6 +44,8 @@ struct AttentionShape {
 // k,v: cache view described above, kv_len >= n_new.
 // out: fp32 [n_new, n_heads, head_dim], token rows `out_stride` apart (>= n_heads * head_dim).
 // pool: optional, spreads the softmax rows (GEMMs use OpenBLAS's threads).
+// With shape.emulate_bf16_flash every n_new (1 included, as the CUDA prefill launcher does) runs
+// the flash-kernel emulation described above, rows spread over `pool`.
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const float* k, const float* v, int64_t kv_head_stride,
                                     int64_t kv_len, float* out, int64_t out_stride,
