@@ -8,8 +8,9 @@
 // the layer sizes and the profile are asserted. EngineXkvTest gives both engines the SAME kept
 // slots (from the CPU's scores) and checks the GPU teacher-forced on the CPU's tokens: logits
 // within the bound at every step, the same argmax wherever the CPU's top-2 margin is not a
-// near-tie; free-running agreement is printed (a compressed cache flattens the logits, so
-// bf16-level near-ties come sooner than with the full cache).
+// near-tie; free-running texts may part only at a CPU near-tie, and against the CPU engine with
+// the GPU's numerics (kBf16) at least 5 of its 8 prompts must give identical texts (a compressed
+// cache flattens the logits, so bf16-level near-ties come sooner than with the full cache).
 //
 // What is asserted, and why these bounds: the GPU multiplies bf16 weights and activations and keeps
 // K/V in bf16 (2^-9 relative rounding, compounding over 30 layers) while the CPU runs fp32, so:
@@ -77,6 +78,18 @@ const char* const kPrompts[] = {
     "century brought electronic computers that filled entire rooms; the transistor and the "
     "integrated circuit made them smaller and cheaper. The most important trend of the coming "
     "decade is",
+};
+
+// Three more for the XKV text comparison (EngineXkvTest), chosen before any run: a dialogue, a
+// recipe list and an explanation.
+const char* const kMorePrompts[] = {
+    "Customer: Hello, I ordered a pair of hiking boots two weeks ago and they still have not "
+    "arrived. The order number is 48213. Can you tell me where they are?\nAgent:",
+    "A simple recipe for pancakes. Ingredients: 200 grams of flour, two eggs, 300 millilitres of "
+    "milk, a pinch of salt and a spoonful of butter. Steps: 1. Whisk the flour and the salt in a "
+    "bowl. 2.",
+    "Why is the sky blue? Sunlight contains every colour, and when it enters the atmosphere it "
+    "meets molecules of nitrogen and oxygen that are much smaller than its wavelength. Because",
 };
 
 StageSequence Prefill(uint64_t id, const std::vector<int32_t>& prompt, SequenceMode mode) {
@@ -315,11 +328,13 @@ std::unique_ptr<StageEngine> MakeEngine(const std::string& device,
   return e.ok() ? *std::move(e) : nullptr;
 }
 
-// XKV at 25% with the same eviction on both devices (kept slots from the CPU's scores), against
-// the fp32 CPU engine and the bf16-numerics one (the GPU's rounding of weights, GEMM inputs and
-// K/V; on an H100 it did not bring the logits closer: the tensor-core prefill's bf16 Q and P and
-// the device exp dominate). Teacher-forced checks as described at the top; free-running
-// agreement is printed.
+// XKV at 25% with the same eviction on both devices (kept slots from the CPU's scores), on 8
+// prompts, against the fp32 CPU engine and the bf16-numerics one (the GPU's rounding of weights,
+// GEMM inputs and K/V, and the tensor-core flash prefill's bf16 Q and P over 64-key tiles:
+// cpu::AttentionShape::emulate_bf16_flash). Teacher-forced checks as described at the top; a
+// free-running text may part from the CPU's only at a CPU near-tie; against the bf16 reference at
+// least 5 prompts give identical 32-token texts (issue 5's criterion). What remains between the
+// two is fp32 summation order and the device's approximate exp2.
 class EngineXkvTest : public ::testing::TestWithParam<bool> {};  // param: bf16 CPU reference
 
 TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
@@ -334,7 +349,10 @@ TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
   ASSERT_TRUE(cpu && gpu);
   const int L = loaded->config.n_layers;
   uint64_t id = 1;
-  for (const char* text : kPrompts) {
+  std::vector<const char*> texts(std::begin(kPrompts), std::end(kPrompts));
+  texts.insert(texts.end(), std::begin(kMorePrompts), std::end(kMorePrompts));
+  int identical = 0;
+  for (const char* text : texts) {
     absl::StatusOr<std::vector<int32_t>> prompt = loaded->tokenizer->Encode(text, false);
     ASSERT_TRUE(prompt.ok()) << prompt.status();
     const int64_t P = static_cast<int64_t>(prompt->size()) - kWindow;
@@ -356,6 +374,11 @@ TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
     ++id;
     int agree = 0;
     while (agree < kGenTokens && got->tokens[agree] == want->tokens[agree]) ++agree;
+    identical += agree == kGenTokens;
+    // Free-running texts may only part where the CPU itself nearly tied.
+    if (agree < kGenTokens) {
+      EXPECT_LT(Margin(want->logits[agree]), kTieMargin) << text << " parts at " << agree;
+    }
     // Teacher-forced: every step's logits close; the argmax equal wherever the CPU's choice is
     // not a near-tie.
     double worst = 0;
@@ -376,6 +399,11 @@ TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
         bf16 ? "bf16" : "fp32", prompt->size(), static_cast<long long>(plan->budgets.total_tokens),
         static_cast<long long>(P * L), L, agree, kGenTokens, worst, decided_equal, decided);
   }
+  std::printf("[engine_xkv] %s reference: %d of %zu prompts identical for %d tokens\n",
+              bf16 ? "bf16" : "fp32", identical, texts.size(), kGenTokens);
+  // Issue 5: greedy output equal on >= 5 prompts with XKV at 25%, against the CPU reference of
+  // the GPU's numerics (kBf16: bf16 weights, GEMM inputs and K/V, the flash kernel's rounding).
+  if (bf16) EXPECT_GE(identical, 5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Reference, EngineXkvTest, ::testing::Values(false, true),
