@@ -329,12 +329,17 @@ AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
 
 AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
                             const ModelConfig& config) {
-  AllocationReport r = MakeReport(
+  // The tokens each layer holds, as the GPU engine's report counts them: not the capacity a
+  // cache may have reserved for the tokens still to be generated (a 20-token prompt in a cache
+  // reserved for 64 read "320% of a full cache").
+  const int64_t per_token = BytesPerToken(config);
+  return MakeReport(
       plan,
-      [&cache](int l) { return std::pair<int64_t, int64_t>(cache.length(l), cache.BytesHeld(l)); },
-      BytesPerToken(config));
-  r.kv_bytes_held = cache.BytesHeld();  // allocated bytes of every layer the cache holds
-  return r;
+      [&cache, per_token](int l) {
+        const int64_t tokens = cache.length(l);
+        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+      },
+      per_token);
 }
 
 namespace {

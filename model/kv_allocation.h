@@ -132,7 +132,8 @@ using LayerHeld = std::function<std::pair<int64_t, int64_t>(int layer)>;
 AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
                             int64_t bytes_per_token);
 
-// Sizes of `cache` after `plan` was applied.
+// Sizes of `cache` after `plan` was applied: the tokens (and their bytes) each layer holds, not
+// the capacity reserved beyond them.
 AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
                             const ModelConfig& config);
 

@@ -396,6 +396,13 @@ TEST_F(KvCompressorTest, FullPolicyAndShortPromptsKeepEverything) {
       if (!whole) continue;
       EXPECT_THAT(res[r].report.note, HasSubstr(T <= kWindow ? "window" : "policy full"));
       for (const LayerAllocation& a : res[r].report.layers) EXPECT_EQ(a.tokens_held, T);
+      // An uncompressed cache holds exactly a full cache's bytes, whatever capacity it reserved
+      // for the tokens still to come (the report once counted that capacity).
+      EXPECT_EQ(res[r].report.kv_bytes_held, res[r].report.kv_bytes_full) << r;
+      ASSERT_TRUE(caches[r]->Reserve(config().n_layers - 1, T + 64).ok());
+      EXPECT_EQ(MakeReport(*caches[r], res[r].plan, config()).kv_bytes_held,
+                res[r].report.kv_bytes_full)
+          << r;
       if (kind == PolicyKind::kFull) {  // same batch as the plain prefill: bitwise
         const std::vector<float> want(logits->begin() + r * config().vocab_size,
                                       logits->begin() + (r + 1) * config().vocab_size);
