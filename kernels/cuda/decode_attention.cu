@@ -26,8 +26,12 @@ int64_t MaxSplits(int64_t max_kv_len) {
 // (lane c holds dims c*8..c*8+7), TPP = 32/LPT tokens per pass, 16/TPP passes per KV block.
 // q fp32 [batch, n_heads, HD]; caches bf16 paged; part_o fp32 [batch, n_heads, splits, HD];
 // part_ml fp32 [batch, n_heads, splits, 2] = (max in log2 domain, sum of exp2).
+// Blocks per SM the register budget must allow: at head_dim 128 and a GQA group of 4 (Llama-3)
+// the kernel wants 172 registers, two blocks per SM; capped at 168 (spilling 12 bytes) three fit.
+constexpr int DecodeMinBlocks(int hd, int g) { return hd == 128 && g == 4 ? 3 : 1; }
+
 template <int HD, int G>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, DecodeMinBlocks(HD, G))
     DecodeSplitKernel(const float* __restrict__ q, int n_heads,
                       const __nv_bfloat16* __restrict__ kc, const __nv_bfloat16* __restrict__ vc,
                       int n_kv_heads, const int32_t* __restrict__ block_tables,
