@@ -285,28 +285,6 @@ bool SectionEnabled(const GpuBenchOptions& o, const std::string& section) {
          std::find(o.sections.begin(), o.sections.end(), section) != o.sections.end();
 }
 
-ModelConfig Llama3_8BConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "Llama-3-8B shape (random bf16 weights)";
-  c.n_layers = 32;
-  c.hidden = 4096;
-  c.ffn = 14336;
-  c.n_heads = 32;
-  c.n_kv_heads = 8;
-  c.head_dim = 128;
-  c.rope_dims = 128;
-  c.rope_base = 500000.f;
-  c.rope_style = RopeStyle::kNorm;
-  c.norm_eps = 1e-5f;
-  c.context_length = 32768;
-  c.vocab_size = 128256;
-  c.tied_embeddings = false;
-  c.bos_token = 128000;
-  c.eos_token = 128001;
-  return c;
-}
-
 double DecodeWeightBytes(const ModelConfig& c, int64_t batch) {
   const double h = c.hidden;
   const double matrices = 2.0 * c.n_layers * LayerMatrixParams(c) + 2.0 * c.vocab_size * h;

@@ -31,8 +31,8 @@ struct GpuBenchOptions {
   bool quick = false;  // smoke run: small sizes (ApplyQuick)
   // Sections to run (names as kGpuBenchSections); empty: every section.
   std::vector<std::string> sections;
-  // Llama-3-8B shape.
-  int64_t context = 8192;  // decode context
+  std::string shape = "llama3-8b";  // random-weight model (model/model_shapes.h ShapeByName)
+  int64_t context = 8192;           // decode context
   std::vector<int64_t> decode_batches = {1, 8, 32};
   int64_t decode_steps = 32;         // timed decode steps per batch size
   int64_t prefill_tokens = 8192;     // one sequence
@@ -54,8 +54,8 @@ struct GpuBenchOptions {
 inline constexpr const char* kGpuBenchSections[] = {"ceilings", "decode",      "prefill",
                                                     "profile",  "concurrency", "real"};
 
-// Shrinks the sizes for a smoke run (a small Llama-shaped model is NOT used: the shape stays
-// Llama-3-8B, only contexts, batches and steps shrink).
+// Shrinks the sizes for a smoke run (the model shape stays what --shape says; only contexts,
+// batches and steps shrink).
 void ApplyQuick(GpuBenchOptions& options);
 bool SectionEnabled(const GpuBenchOptions& options, const std::string& section);
 
@@ -151,10 +151,6 @@ struct GpuBenchReport {
   std::optional<RealModelResult> real;
   std::vector<std::string> errors;  // "section: message" of sections that failed
 };
-
-// Llama-3-8B: 32 layers, hidden 4096, 32 / 8 heads x 128, FFN 14336, vocab 128256, RoPE base 5e5
-// (GGUF "llama" style), RMS eps 1e-5, untied head.
-ModelConfig Llama3_8BConfig();
 
 // Bytes one decode step must read: every weight matrix and norm except the embedding table (only
 // `batch` rows of it, counted), plus K and V of batch x context cached tokens in every layer

@@ -12,6 +12,7 @@
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
 #include "kernels/status_macros.h"
+#include "model/step_rows.h"
 
 namespace xkv {
 namespace {
@@ -22,21 +23,9 @@ cpu::RopeMode ToRopeMode(RopeStyle style) {
 
 }  // namespace
 
-int64_t BatchStep::num_tokens() const {
-  int64_t n = 0;
-  for (const SequenceStep& s : sequences) n += s.n_new;
-  return n;
-}
+int64_t BatchStep::num_tokens() const { return StepRows(sequences); }
 
-std::vector<int64_t> BatchStep::LastRows() const {
-  std::vector<int64_t> rows;
-  int64_t row = 0;
-  for (const SequenceStep& s : sequences) {
-    row += s.n_new;
-    rows.push_back(row - 1);
-  }
-  return rows;
-}
+std::vector<int64_t> BatchStep::LastRows() const { return StepLastRows(sequences); }
 
 LlamaModel::LlamaModel(std::shared_ptr<const LlamaWeights> weights,
                        const LlamaModelOptions& options)

@@ -4,24 +4,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/step_rows.h"
 
 namespace xkv {
 
-int64_t EngineStep::num_tokens() const {
-  int64_t n = 0;
-  for (const EngineSequenceStep& s : sequences) n += s.n_new;
-  return n;
-}
+int64_t EngineStep::num_tokens() const { return StepRows(sequences); }
 
-std::vector<int64_t> EngineStep::LastRows() const {
-  std::vector<int64_t> rows;
-  int64_t row = 0;
-  for (const EngineSequenceStep& s : sequences) {
-    row += s.n_new;
-    rows.push_back(row - 1);
-  }
-  return rows;
-}
+std::vector<int64_t> EngineStep::LastRows() const { return StepLastRows(sequences); }
 
 absl::Status StageEngine::EmbedResident(absl::Span<const int32_t> tokens) {
   resident_.clear();

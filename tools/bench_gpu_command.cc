@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_split.h"
 #include "bench/gpu_bench.h"
+#include "model/model_shapes.h"
 #include "tools/flag_set.h"
 
 namespace xkv {
@@ -74,10 +75,11 @@ int RunBenchGpu(int argc, char** argv) {
   FlagSet flags(
       "bench gpu",
       "Model-level GPU benchmarks against the limits measured on the same GPU: copy bandwidth and\n"
-      "cuBLAS GEMM rate; Llama-3-8B-shaped random model: decode at batch 1/8/32 with 8K context\n"
-      "vs the bytes-moved floor, 8K prefill vs the FLOP floor, concurrent 32K sequences with a\n"
-      "full cache vs XKV, profile-mode cost; the real GGUF's decode tokens/s next to Hugging Face\n"
-      "transformers. Markdown on stdout; --json writes the figures.");
+      "cuBLAS GEMM rate; a random model of a real shape (--shape, default Llama-3-8B): decode at\n"
+      "batch 1/8/32 with 8K context vs the bytes-moved floor, 8K prefill vs the FLOP floor,\n"
+      "concurrent 32K sequences with a full cache vs XKV, profile-mode cost; the real GGUF's\n"
+      "decode tokens/s next to Hugging Face transformers. Markdown on stdout; --json writes the\n"
+      "figures.");
   flags.String("model", &o.model_path, "real GGUF model for the decode comparison (empty: skip)");
   flags.String("json", &json, "also write the results as JSON here");
   flags.Bool("quick", &quick, "smoke run: small contexts, batches and steps");
@@ -87,6 +89,7 @@ int RunBenchGpu(int argc, char** argv) {
   flags.String("sections", &sections,
                "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real");
   flags.Int("device", &device, "CUDA device ordinal");
+  flags.String("shape", &o.shape, "random-weight model shape: llama3-8b or llama3.2-1b");
   flags.Double("budget", &o.budget_fraction, "XKV budget, fraction of the evictable prefix");
   flags.Double("verify-seconds", &o.verify_seconds, "time box for filling the KV pool");
   flags.Double("kv-memory-fraction", &o.kv_memory_fraction,
@@ -98,6 +101,10 @@ int RunBenchGpu(int argc, char** argv) {
   if (flags.help_requested()) {
     std::fputs(flags.Usage().c_str(), stdout);
     return 0;
+  }
+  if (absl::StatusOr<ModelConfig> shape = ShapeByName(o.shape); !shape.ok()) {
+    std::fprintf(stderr, "xkv bench gpu: %s\n", std::string(shape.status().message()).c_str());
+    return 2;
   }
   if (absl::Status s = ParseSections(sections, &o.sections); !s.ok()) {
     std::fprintf(stderr, "xkv bench gpu: %s\n", std::string(s.message()).c_str());

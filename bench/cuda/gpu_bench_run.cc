@@ -16,6 +16,7 @@
 #include "bench/gpu_bench.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/status_macros.h"
+#include "model/model_shapes.h"
 
 namespace xkv {
 namespace {
@@ -92,11 +93,11 @@ absl::StatusOr<GpuBenchReport> RunGpuBench(const GpuBenchOptions& o) {
   GpuBenchReport r;
   r.date = TodayUtc();
   RETURN_IF_ERROR(DescribeDevice(o.device, r));
-  const ModelConfig c = Llama3_8BConfig();
+  ASSIGN_OR_RETURN(const ModelConfig c, ShapeByName(o.shape));
   r.model_shape = absl::StrFormat(
-      "Llama-3-8B shape (%d layers, hidden %d, %d/%d heads x %d, FFN %d, vocab %d), random bf16 "
-      "weights",
-      c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn, c.vocab_size);
+      "%s (%d layers, hidden %d, %d/%d heads x %d, FFN %d, vocab %d%s), random bf16 weights",
+      c.name, c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn, c.vocab_size,
+      c.tied_embeddings ? ", tied head" : "");
   if (SectionEnabled(o, "ceilings")) Record(r, "ceilings", RunCeilings(r));
   RunEngineSections(o, r);
   if (SectionEnabled(o, "concurrency")) {

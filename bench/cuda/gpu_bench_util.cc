@@ -7,6 +7,7 @@
 #include "allocator/kv_policy.h"
 #include "kernels/status_macros.h"
 #include "model/kv_allocation.h"
+#include "model/model_shapes.h"
 
 namespace xkv {
 
@@ -30,7 +31,8 @@ absl::StatusOr<std::unique_ptr<CudaLlamaModel>> MakeRandomLlama3(const GpuBenchO
   e.max_step_tokens = o.step_tokens;
   e.max_seq_len = max_seq_len;
   e.kv_memory_fraction = o.kv_memory_fraction;
-  return CudaLlamaModel::CreateRandom(Llama3_8BConfig(), /*seed=*/8, e);
+  ASSIGN_OR_RETURN(const ModelConfig shape, ShapeByName(o.shape));
+  return CudaLlamaModel::CreateRandom(shape, /*seed=*/8, e);
 }
 
 absl::Status PrefillForward(CudaLlamaModel& model, uint64_t id, absl::Span<const int32_t> tokens,

@@ -10,6 +10,7 @@
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/random_fill.cuh"
 #include "model/cuda/cuda_llama_model.h"
+#include "model/model_shapes.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace xkv {
@@ -29,21 +30,14 @@ TEST(RandomFillGpuTest, MatchesCpuBitForBit) {
   EXPECT_EQ(got, want);
 }
 
-// A Llama-3.2-1B-like shape, shrunk in depth and vocabulary to keep the test quick.
+// The Llama-3.2-1B shape, shrunk in depth and vocabulary to keep the test quick.
 ModelConfig SmallLlama3() {
-  ModelConfig c;
-  c.architecture = "llama";
+  ModelConfig c = Llama32_1BShape();
   c.n_layers = 4;
-  c.hidden = 2048;
-  c.ffn = 8192;
-  c.n_heads = 32;
-  c.n_kv_heads = 8;
-  c.head_dim = 64;
-  c.rope_dims = 64;
-  c.rope_base = 500000.f;
-  c.norm_eps = 1e-5f;
-  c.context_length = 4096;
   c.vocab_size = 16384;
+  c.bos_token = 1;
+  c.eos_token = 2;
+  c.context_length = 4096;
   return c;
 }
 
