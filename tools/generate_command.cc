@@ -206,14 +206,7 @@ int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
   return 0;
 }
 
-}  // namespace
-
-int RunGenerate(int argc, char** argv) {
-  GenerateFlags f;
-  FlagSet flags(
-      "generate",
-      "Generates a continuation of --prompt (or a chat answer with --chat) and streams it "
-      "to stdout;\nprompt and generation speed go to stderr at the end.");
+void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.String("model", &f.model, "GGUF model file");
   flags.String("prompt", &f.prompt, "prompt text (required)");
   flags.Bool("chat", &f.chat, "wrap the prompt in the model's chat template as a user message");
@@ -242,32 +235,12 @@ int RunGenerate(int argc, char** argv) {
                "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
   flags.Bool("show-allocation", &f.show_allocation,
              "print each layer's kept tokens and the KV bytes held vs a full cache");
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
-  if (f.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
-  SamplingParams sampling{static_cast<float>(f.temperature), static_cast<int>(f.top_k),
-                          static_cast<float>(f.top_p), static_cast<uint64_t>(f.seed)};
-  if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return Fail(s);
+}
 
-  if (f.numerics != "ggml" && f.numerics != "exact" && f.numerics != "bf16") {
-    return Fail(absl::InvalidArgumentError("--numerics '" + f.numerics +
-                                           "' is not one of ggml, exact, bf16"));
-  }
-  absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
-  if (!compression.ok()) return Fail(compression.status());
-  absl::StatusOr<int> device = ParseStageDevice(f.device);
-  if (!device.ok()) return Fail(device.status());
-  if (*device >= 0) {
-    if (flags.WasSet("numerics")) {
-      return Fail(absl::InvalidArgumentError(
-          "--numerics applies to the CPU engine (the CUDA engine computes in bf16/fp32)"));
-    }
-    return GenerateOnDevice(f, *compression, sampling);
-  }
-  absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(*compression);
+// The CPU engine's path: Generator (+ KvCompressor), tokens streamed to stdout.
+int GenerateOnCpu(const GenerateFlags& f, const KvCompressorOptions& compression,
+                  const SamplingParams& sampling) {
+  absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(compression);
   if (!compressor.ok()) return Fail(compressor.status());
   absl::StatusOr<LoadedModel> loaded = LoadModel(f.model, static_cast<int>(f.threads),
                                                  f.numerics == "exact"  ? Numerics::kExact
@@ -280,7 +253,7 @@ int RunGenerate(int argc, char** argv) {
   GeneratorOptions options;
   const Tokenizer* tok = loaded->tokenizer.get();
   options.token_bytes = [tok](int32_t id) { return tok->TokenBytes(id); };
-  if (compression->policy.kind != PolicyKind::kFull || f.show_allocation) {
+  if (compression.policy.kind != PolicyKind::kFull || f.show_allocation) {
     options.compressor = compressor->get();
   }
   Generator generator(loaded->model.get(), options);
@@ -295,6 +268,40 @@ int RunGenerate(int argc, char** argv) {
   PrintSpeed(request->prompt.size(), stream.generated, stream.start, stream.first, end,
              loaded->load_seconds);
   return 0;
+}
+
+}  // namespace
+
+int RunGenerate(int argc, char** argv) {
+  GenerateFlags f;
+  FlagSet flags(
+      "generate",
+      "Generates a continuation of --prompt (or a chat answer with --chat) and streams it "
+      "to stdout;\nprompt and generation speed go to stderr at the end.");
+  DeclareGenerateFlags(f, flags);
+  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
+  if (flags.help_requested()) {
+    std::fputs(flags.Usage().c_str(), stdout);
+    return 0;
+  }
+  if (f.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
+  SamplingParams sampling{static_cast<float>(f.temperature), static_cast<int>(f.top_k),
+                          static_cast<float>(f.top_p), static_cast<uint64_t>(f.seed)};
+  if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return Fail(s);
+  if (f.numerics != "ggml" && f.numerics != "exact" && f.numerics != "bf16") {
+    return Fail(absl::InvalidArgumentError("--numerics '" + f.numerics +
+                                           "' is not one of ggml, exact, bf16"));
+  }
+  absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
+  if (!compression.ok()) return Fail(compression.status());
+  absl::StatusOr<int> device = ParseStageDevice(f.device);
+  if (!device.ok()) return Fail(device.status());
+  if (*device < 0) return GenerateOnCpu(f, *compression, sampling);
+  if (flags.WasSet("numerics")) {
+    return Fail(absl::InvalidArgumentError(
+        "--numerics applies to the CPU engine (the CUDA engine computes in bf16/fp32)"));
+  }
+  return GenerateOnDevice(f, *compression, sampling);
 }
 
 }  // namespace xkv
