@@ -163,7 +163,9 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
                        const std::vector<bool>& observe, bool scores_only,
                        absl::Span<const int32_t> tokens, StepPlan* plan);
-  absl::Status UploadStep(int64_t n, int64_t b, absl::Span<const int32_t> tokens);
+  // table_width: block ids per table row to copy (the step's longest table).
+  absl::Status UploadStep(int64_t n, int64_t b, int64_t table_width,
+                          absl::Span<const int32_t> tokens);
   absl::Status EmbedOnDevice(absl::Span<const int32_t> tokens);  // into hidden_
   // RunLayers on hidden_; `host` (optional) is copied in first and receives the rows after.
   absl::Status RunLayersOn(const EngineStep& step, const ImportanceOptions& importance, float* host,

@@ -1,5 +1,7 @@
 // CudaLlamaModel: one step — plan (blocks, slots, tables), the layers (decode steps from CUDA
 // graphs), importance scoring of observed sequences, and the greedy head of Forward.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -89,7 +91,7 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   plan->b = b;
   plan->scores_only = scores_only;
   plan->kv_len.assign(L * b, 0);
-  int64_t row = 0;
+  int64_t row = 0, table_width = 0;  // block ids per table row the step's kernels can read
   for (int64_t i = 0; i < b; ++i) {
     const auto [id, n_new] = seqs[i];
     Sequence& s = sequences_[id];
@@ -117,17 +119,19 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
       }
       std::copy(blocks.begin(), blocks.end(),
                 h_tables_ + (l * options_.max_batch + i) * max_blocks_per_seq_);
+      table_width = std::max<int64_t>(table_width, blocks.size());
       h_kv_lens_[l * options_.max_batch + i] = static_cast<int32_t>(len);
       plan->kv_len[l * b + i] = len;
       plan->max_kv_len = std::max(plan->max_kv_len, len);
     }
     row += n_new;
   }
-  return UploadStep(n, b, tokens);
+  return UploadStep(n, b, table_width, tokens);
 }
 
 // One (strided) copy per step input, from the pinned host mirrors Prepare filled.
-absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const int32_t> tokens) {
+absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_width,
+                                        absl::Span<const int32_t> tokens) {
   const int64_t L = layer_end_ - layer_begin_;
   if (!tokens.empty()) {
     std::copy(tokens.begin(), tokens.end(), h_tokens_);
@@ -139,10 +143,17 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const i
   const size_t slot_pitch = options_.max_step_tokens * sizeof(int64_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_slots_, slot_pitch, h_slots_, slot_pitch,
                                          n * sizeof(int64_t), L, cudaMemcpyHostToDevice, stream_));
-  const size_t table_pitch = options_.max_batch * max_blocks_per_seq_ * sizeof(int32_t);
-  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_tables_, table_pitch, h_tables_, table_pitch,
-                                         b * max_blocks_per_seq_ * sizeof(int32_t), L,
-                                         cudaMemcpyHostToDevice, stream_));
+  // Each sequence's row only up to the longest table of the step: kernels read a row no further
+  // than its sequence's length, so the rest of max_blocks_per_seq never needs to travel.
+  // One 3D copy: [layer][sequence][block id], rows max_blocks_per_seq apart, max_batch rows a
+  // layer.
+  const size_t row_bytes = max_blocks_per_seq_ * sizeof(int32_t);
+  cudaMemcpy3DParms tables = {};
+  tables.srcPtr = make_cudaPitchedPtr(h_tables_, row_bytes, row_bytes, options_.max_batch);
+  tables.dstPtr = make_cudaPitchedPtr(d_tables_, row_bytes, row_bytes, options_.max_batch);
+  tables.extent = make_cudaExtent(table_width * sizeof(int32_t), b, L);
+  tables.kind = cudaMemcpyHostToDevice;
+  CUDA_RETURN_IF_ERROR(cudaMemcpy3DAsync(&tables, stream_));
   const size_t len_pitch = options_.max_batch * sizeof(int32_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
                                          b * sizeof(int32_t), L, cudaMemcpyHostToDevice, stream_));
