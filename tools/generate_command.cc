@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "kernels/status_macros.h"
@@ -143,7 +144,8 @@ absl::StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Toke
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (static_cast<int64_t>(ids.size()) + f.max_tokens > context_length) {
     return absl::InvalidArgumentError(
-        "prompt tokens + --max-tokens exceed the model's context length");
+        absl::StrCat("the prompt's ", ids.size(), " tokens + --max-tokens ", f.max_tokens,
+                     " exceed the model's context length of ", context_length, " tokens"));
   }
   GenerationRequest request;
   request.prompt = std::move(ids);
@@ -285,6 +287,12 @@ int RunGenerate(int argc, char** argv) {
     return 0;
   }
   if (f.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
+  // As the service's API: a negative temperature or top-k is an error, not a synonym of greedy
+  // or of "no top-k" (0 is both).
+  if (f.temperature < 0) {
+    return Fail(absl::InvalidArgumentError("--temperature must be >= 0 (0 is greedy)"));
+  }
+  if (f.top_k < 0) return Fail(absl::InvalidArgumentError("--top-k must be >= 0 (0 disables)"));
   SamplingParams sampling{static_cast<float>(f.temperature), static_cast<int>(f.top_k),
                           static_cast<float>(f.top_p), static_cast<uint64_t>(f.seed)};
   if (absl::Status s = ValidateSamplingParams(sampling); !s.ok()) return Fail(s);

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `xkv generate` on bad input (issue 2, "Bad input"): each case must exit non-zero by itself (not
+# by a signal: exit status 1-127), print exactly one line on stderr naming the problem, and print
+# nothing on stdout. Usage: generate_errors_test.sh XKV_BINARY MODEL.gguf
+set -uo pipefail
+xkv=${1:?xkv binary}
+model=${2:?model}
+[[ -f $model ]] || { echo "generate_errors_test: no model at $model (run scripts/fetch-model)"; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf 'not a model at all\n' > "$tmp/text.gguf"
+head -c 1000 "$model" > "$tmp/truncated.gguf"
+python3 -c "print('word ' * 20000)" > "$tmp/long.txt"
+# The real file with general.architecture rewritten from "llama" to "gpt2x" (same length).
+python3 - "$model" "$tmp/arch.gguf" <<'PY'
+import sys
+data = bytearray(open(sys.argv[1], "rb").read())
+key = b"general.architecture"
+at = data.find(key) + len(key) + 4 + 8  # value type (u32), string length (u64)
+assert data[at:at + 5] == b"llama"
+data[at:at + 5] = b"gpt2x"
+open(sys.argv[2], "wb").write(data)
+PY
+failed=0
+
+# expect_error EXPECTED_SUBSTRING ARGS...
+expect_error() {
+  local want=$1; shift
+  "$xkv" generate "$@" > "$tmp/out" 2> "$tmp/err"
+  local rc=$? lines
+  lines=$(grep -c . "$tmp/err")
+  if (( rc == 0 || rc > 127 )) || [[ $lines != 1 ]] || [[ -s $tmp/out ]] ||
+      ! grep -qF -- "$want" "$tmp/err"; then
+    echo "FAIL: xkv generate $* -> exit $rc, $lines stderr lines, stdout $(wc -c < "$tmp/out") bytes:"
+    sed 's/^/    /' "$tmp/err" | head -5
+    failed=1
+  else
+    echo "ok: $want -> $(cat "$tmp/err")"
+  fi
+}
+
+expect_error "no such file" --model "$tmp/missing.gguf" --prompt hi
+expect_error "not a GGUF file" --model "$tmp/text.gguf" --prompt hi
+expect_error "truncated.gguf" --model "$tmp/truncated.gguf" --prompt hi
+expect_error "gpt2x" --model "$tmp/arch.gguf" --prompt hi
+expect_error "context length" --model "$model" --prompt "$(cat "$tmp/long.txt")"
+expect_error "--prompt" --model "$model"
+expect_error "top_p" --model "$model" --prompt hi --top-p 0
+expect_error "top_p" --model "$model" --prompt hi --top-p 1.5
+expect_error "--temperature" --model "$model" --prompt hi --temperature -1
+expect_error "--temperature" --model "$model" --prompt hi --temperature nan
+expect_error "--top-k" --model "$model" --prompt hi --top-k -3
+expect_error "--max-tokens" --model "$model" --prompt hi --max-tokens -1
+expect_error "--numerics" --model "$model" --prompt hi --numerics fp8
+expect_error "device" --model "$model" --prompt hi --device gpu
+expect_error "unknown flag" --model "$model" --prompt hi --bogus 1
+exit $failed
