@@ -12,7 +12,7 @@ printf 'not a model at all\n' > "$tmp/text.gguf"
 head -c 1000 "$model" > "$tmp/truncated.gguf"
 python3 -c "print('word ' * 20000)" > "$tmp/long.txt"
 # The real file with general.architecture rewritten from "llama" to "gpt2x" (same length).
-python3 - "$model" "$tmp/arch.gguf" <<'PY'
+python3 - "$model" "$tmp/arch.gguf" "$tmp/type.gguf" <<'PY'
 import sys
 data = bytearray(open(sys.argv[1], "rb").read())
 key = b"general.architecture"
@@ -20,6 +20,14 @@ at = data.find(key) + len(key) + 4 + 8  # value type (u32), string length (u64)
 assert data[at:at + 5] == b"llama"
 data[at:at + 5] = b"gpt2x"
 open(sys.argv[2], "wb").write(data)
+# ... and with blk.0.attn_q.weight's ggml type set to 10 (Q2_K, a real type xkv does not read).
+import struct
+name = b"blk.0.attn_q.weight"
+data[at:at + 5] = b"llama"
+at = data.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+n_dims = struct.unpack_from("<I", data, at)[0]
+struct.pack_into("<I", data, at + 4 + 8 * n_dims, 10)
+open(sys.argv[3], "wb").write(data)
 PY
 failed=0
 
@@ -43,6 +51,7 @@ expect_error "no such file" --model "$tmp/missing.gguf" --prompt hi
 expect_error "not a GGUF file" --model "$tmp/text.gguf" --prompt hi
 expect_error "truncated.gguf" --model "$tmp/truncated.gguf" --prompt hi
 expect_error "gpt2x" --model "$tmp/arch.gguf" --prompt hi
+expect_error "tensor type 10" --model "$tmp/type.gguf" --prompt hi
 expect_error "context length" --model "$model" --prompt "$(cat "$tmp/long.txt")"
 expect_error "--prompt" --model "$model"
 expect_error "top_p" --model "$model" --prompt hi --top-p 0
