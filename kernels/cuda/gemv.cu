@@ -6,11 +6,10 @@
 namespace xkv::cuda {
 namespace {
 
-constexpr int kWarps = 4;  // one output row per warp
+constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 // 16-byte W loads per lane and W row per iteration, double-buffered (8 measured slower on the
 // 4096-wide rows of an H100).
-template <bool kGlu>
 constexpr int kUnroll = 4;
 
 // W is read once per step: keep it out of L1 (x and the KV cache live there and in L2).
@@ -44,7 +43,7 @@ __global__ void __launch_bounds__(kThreads)
                float* __restrict__ y, __nv_bfloat16* __restrict__ y16, int64_t ldy,
                bool accumulate) {
   constexpr int R = kGlu ? 2 : RW;
-  constexpr int U = kUnroll<kGlu>;
+  constexpr int U = kUnroll;
   internal::LaunchDependents();
   const int lane = threadIdx.x & 31;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
