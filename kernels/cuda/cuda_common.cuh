@@ -74,9 +74,8 @@ __device__ inline float BlockMax(float v, float* scratch) {
   return scratch[32];
 }
 
-// 8 consecutive bf16 (16 bytes, 16-byte aligned) -> 8 floats.
-__device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+// 8 bf16 packed in 16 bytes (already loaded) -> 8 floats.
+__device__ __forceinline__ void UnpackBf16x8(const uint4& raw, float* out) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -84,6 +83,11 @@ __device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
   }
+}
+
+// 8 consecutive bf16 (16 bytes, 16-byte aligned) -> 8 floats.
+__device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
+  UnpackBf16x8(*reinterpret_cast<const uint4*>(p), out);
 }
 
 // Programmatic dependent launch (sm_90; DESIGN.md §6): a kernel launched with

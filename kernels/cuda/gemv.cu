@@ -21,17 +21,6 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return r;
 }
 
-// 8 bf16 (16 bytes) -> 8 floats.
-__device__ __forceinline__ void Unpack8(const uint4& v, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 p = __bfloat1622float2(h[i]);
-    f[2 * i] = p.x;
-    f[2 * i + 1] = p.y;
-  }
-}
-
 // grid.x = ceil(n / (kWarps * RW)) (kGlu: ceil(n / kWarps)). Each warp owns R weight rows for all
 // M token rows: lanes stride over the rows' 16-byte chunks, then a warp sum per (row, token).
 // kGlu: rows r and r + n (gate, up); silu(gate) * up goes to y16 as bf16. Otherwise RW
@@ -82,11 +71,11 @@ __global__ void __launch_bounds__(kThreads)
       if (c >= chunks) break;
       float wf[R][8];
 #pragma unroll
-      for (int j = 0; j < R; ++j) Unpack8(cur[j][u], wf[j]);
+      for (int j = 0; j < R; ++j) internal::UnpackBf16x8(cur[j][u], wf[j]);
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
-        Unpack8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
+        internal::UnpackBf16x8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
 #pragma unroll
         for (int j = 0; j < R; ++j) {
 #pragma unroll
