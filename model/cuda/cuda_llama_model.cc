@@ -423,11 +423,12 @@ absl::StatusOr<std::vector<float>> CudaLlamaModel::Embed(absl::Span<const int32_
   return out;
 }
 
+// No sync: the layers that follow on the same stream wait for the embedding, and
+// RunLayersResident's sync reports any fault (the token copy is staged before the call returns).
 absl::Status CudaLlamaModel::EmbedResident(absl::Span<const int32_t> tokens) {
-  absl::Status st = EmbedOnDevice(tokens);
-  if (st.ok()) st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
-  if (st.ok()) resident_rows_ = static_cast<int64_t>(tokens.size());
-  return st;
+  RETURN_IF_ERROR(EmbedOnDevice(tokens));
+  resident_rows_ = static_cast<int64_t>(tokens.size());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> CudaLlamaModel::Logits(absl::Span<const float> hidden,
