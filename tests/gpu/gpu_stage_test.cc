@@ -39,6 +39,7 @@
 #include "model/loaded_model.h"
 #include "model/sampler.h"
 #include "tests/gpu/gpu_test_util.h"
+#include "tests/unit/worker/worker_test_util.h"
 #include "worker/stage_engine_factory.h"
 #include "worker/stage_executor.h"
 
@@ -104,16 +105,6 @@ StageSequence Prefill(uint64_t id, const std::vector<int32_t>& prompt, SequenceM
   return s;
 }
 
-StageSequence Decode(uint64_t id, int32_t token, int64_t position) {
-  StageSequence s;
-  s.seq_id = id;
-  s.tokens = {token};
-  s.n_new = 1;
-  s.position = position;
-  s.return_logits = true;
-  return s;
-}
-
 double RelDiff(const std::vector<float>& got, const std::vector<float>& want) {
   const auto [lo, hi] = std::minmax_element(want.begin(), want.end());
   double worst = 0;
@@ -169,7 +160,7 @@ GenRun Generate(StageExecutor& stage, uint64_t id, const std::vector<int32_t>& p
   }
   for (int t = 1; t < kGenTokens; ++t) {
     const int64_t pos = static_cast<int64_t>(prompt.size()) + t - 1;
-    got = stage.Step({id * 100 + t, {Decode(id, r.tokens.back(), pos)}});
+    got = stage.Step({id * 100 + t, {testing::DecodeSequence(id, r.tokens.back(), pos)}});
     EXPECT_TRUE(got.ok()) << got.status();
     if (!got.ok()) return r;
     r.tokens.push_back(got->sequences[0].token);

@@ -33,16 +33,6 @@ StageSequence Prefill(uint64_t id, const std::vector<int32_t>& prompt, SequenceM
   return s;
 }
 
-StageSequence Decode(uint64_t id, int32_t token, int64_t position) {
-  StageSequence s;
-  s.seq_id = id;
-  s.tokens = {token};
-  s.n_new = 1;
-  s.position = position;
-  s.return_logits = true;
-  return s;
-}
-
 // The last stage's result of a step that succeeded everywhere.
 StageStepResult LastResult(std::vector<absl::StatusOr<StageStepResult>> results) {
   for (const auto& r : results) EXPECT_TRUE(r.ok()) << r.status();
@@ -103,7 +93,8 @@ TEST_P(PipelineTest, LogitsMatchWholeModel) {
       EXPECT_EQ(got.sequences[s].token, Argmax(row));
     }
     const int32_t ta = got.sequences[0].token, tb = got.sequences[1].token;
-    step = {static_cast<uint64_t>(iter + 2), {Decode(10, ta, pa++), Decode(11, tb, pb++)}};
+    step = {static_cast<uint64_t>(iter + 2),
+            {testing::DecodeSequence(10, ta, pa++), testing::DecodeSequence(11, tb, pb++)}};
     ref.sequences = {{ca.get(), 1, pa - 1}, {cb.get(), 1, pb - 1}};
     tokens = {ta, tb};
   }
@@ -196,7 +187,8 @@ TEST_P(CompactionTest, OnePassMatchesKvCompressor) {
   ExpectStagesHoldCache(stages, 5, *ref.cache);
   // Decode at position T (never the compacted cache length).
   const int32_t next = Argmax(ref.prefill.logits);
-  StageStepResult got = LastResult(RunPipelineStep(stages, {2, {Decode(5, next, 60)}}));
+  StageStepResult got =
+      LastResult(RunPipelineStep(stages, {2, {testing::DecodeSequence(5, next, 60)}}));
   BatchStep step;
   step.sequences = {{ref.cache.get(), 1, 60}};
   auto want = ref.model->Forward(std::vector<int32_t>{next}, step);
@@ -292,7 +284,8 @@ TEST(StageExecutorTest, AccountingFollowsTheCacheAndReleaseFreesEverything) {
   EXPECT_EQ(stage.Release(std::vector<uint64_t>{4, 99}), 1);
   EXPECT_EQ(stage.status().usage.blocks_used, 0);
   EXPECT_EQ(stage.Compact(4, spec).status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(stage.Step({2, {Decode(4, 5, 33)}}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(stage.Step({2, {testing::DecodeSequence(4, 5, 33)}}).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(StageExecutorTest, RejectsBadSteps) {
@@ -311,7 +304,7 @@ TEST(StageExecutorTest, RejectsBadSteps) {
   ASSERT_TRUE(
       stage.Step({4, {Prefill(4, {prompt.begin(), prompt.end() - 4}, SequenceMode::kNormal)}})
           .ok());
-  StageSequence short_window = Decode(4, prompt[16], 16);
+  StageSequence short_window = testing::DecodeSequence(4, prompt[16], 16);
   short_window.mode = SequenceMode::kObserve;  // a 1-token final chunk cannot hold the window
   EXPECT_EQ(stage.Step({5, {short_window}}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(stage.status().sequences, 1);

@@ -35,6 +35,17 @@ inline SyntheticModelOptions WorkerModelOptions() {
   return o;
 }
 
+// One decode step of a sequence: `token` at `position`, logits returned.
+inline StageSequence DecodeSequence(uint64_t id, int32_t token, int64_t position) {
+  StageSequence s;
+  s.seq_id = id;
+  s.tokens = {token};
+  s.n_new = 1;
+  s.position = position;
+  s.return_logits = true;
+  return s;
+}
+
 // Written once per test binary.
 inline const std::string& WorkerModelPath() {
   static const std::string* path = [] {
