@@ -8,6 +8,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/ggml_exact.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
@@ -114,6 +115,11 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
   cos_sin_.resize(n * c.rope_dims);
   RETURN_IF_ERROR(
       cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
+  if (options_.numerics == Numerics::kGgml) {
+    exact_rope_.resize(n * c.rope_dims);
+    RETURN_IF_ERROR(
+        cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base, exact_rope_.data()));
+  }
   for (int layer = begin; layer < end; ++layer) {
     bool stop = false;
     RETURN_IF_ERROR(RunLayer(layer, batch, hidden.data(), &stop));
@@ -122,9 +128,57 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
   return absl::OkStatus();
 }
 
+bool LlamaModel::ExactLayer(const LlamaLayerWeights& w) const {
+  const ModelConfig& c = config();
+  return options_.numerics == Numerics::kGgml && !w.wqkv_q.empty() && !w.wo_q.empty() &&
+         !w.w_gate_up_q.empty() && !w.w_down_q.empty() && c.head_dim % 16 == 0 &&
+         c.rope_style == RopeStyle::kNorm && c.rope_dims == c.head_dim;
+}
+
+absl::Status LlamaModel::ExactMatmul(const float* a, int64_t lda, int64_t m,
+                                     const cpu::ggml::QuantMatrix& w, float* c, int64_t ldc,
+                                     bool accumulate) {
+  const int64_t k = w.cols(), nb = k / cpu::ggml::kQBlock;
+  act_blocks_.resize(m * nb);
+  for (int64_t i = 0; i < m; ++i) cpu::ggml::QuantizeRow(a + i * lda, k, &act_blocks_[i * nb]);
+  return cpu::ggml::LaunchQuantMatmul(w, act_blocks_.data(), m, c, ldc, accumulate, pool_.get());
+}
+
+// One layer as llama.cpp's graph computes it (llama.cpp: src/models/llama.cpp).
+absl::Status LlamaModel::RunExactLayer(int layer, const BatchStep& batch, float* hidden,
+                                       bool* stop) {
+  const ModelConfig& c = config();
+  const LlamaLayerWeights& w = weights_->layer(layer);
+  const int64_t n = batch.num_tokens();
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
+  RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.hidden,
+                                           c.norm_eps, norm_.data(), c.hidden));
+  RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.wqkv_q, qkv_.data(), qkv_dim, false));
+  RETURN_IF_ERROR(cpu::ggml::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim,
+                                        exact_rope_.data(), q_.data(), q_dim));
+  float* k_new = qkv_.data() + q_dim;
+  RETURN_IF_ERROR(cpu::ggml::LaunchRope(k_new, qkv_dim, n, c.n_kv_heads, c.head_dim,
+                                        exact_rope_.data(), k_new, qkv_dim));
+  // fp16 K/V cache; Q is rounded to fp16 for the K·Q product.
+  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, q_.data(), n, q_dim, q_dim));
+  RETURN_IF_ERROR(Round(cpu::ActRounding::kF16, k_new, n, qkv_dim - q_dim, qkv_dim));
+  RETURN_IF_ERROR(RunAttention(layer, batch, stop));
+  if (*stop) return absl::OkStatus();
+  RETURN_IF_ERROR(ExactMatmul(attn_.data(), q_dim, n, w.wo_q, hidden, c.hidden, true));
+  RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(hidden, w.ffn_norm.data(), n, c.hidden, c.hidden,
+                                           c.norm_eps, norm_.data(), c.hidden));
+  const int64_t f = c.ffn;
+  RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.w_gate_up_q, ffn_.data(), 2 * f, false));
+  RETURN_IF_ERROR(cpu::ggml::LaunchSwiGlu(ffn_.data(), 2 * f, ffn_.data() + f, 2 * f, n, f,
+                                          ffn_.data(), 2 * f));
+  return ExactMatmul(ffn_.data(), 2 * f, n, w.w_down_q, hidden, c.hidden, true);
+}
+
 absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop) {
   const ModelConfig& c = config();
   const LlamaLayerWeights& w = weights_->layer(layer);
+  if (ExactLayer(w)) return RunExactLayer(layer, batch, hidden, stop);
   const int64_t n = batch.num_tokens();
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
@@ -242,13 +296,19 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
     RETURN_IF_ERROR(batch.observer(obs));
   }
   if (batch.scores_only && layer == c.n_layers - 1) return absl::OkStatus();
+  float* out = attn_.data() + row0 * q_dim;
+  if (ExactLayer(weights_->layer(layer))) {
+    const cpu::ggml::AttentionShape exact{c.n_heads, c.n_kv_heads, c.head_dim,
+                                          1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+    return cpu::ggml::LaunchAttention(exact, q, q_dim, seq.n_new, k, v, head_stride, len, out,
+                                      q_dim, pool_.get());
+  }
   cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
                             1.0f / std::sqrt(static_cast<float>(c.head_dim))};
   shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
   // kBf16: the CUDA engine's kernels (model/cuda/cuda_llama_step.cc): one new token goes to the
   // fp32 decode kernel, more to the tensor-core flash prefill, whose rounding the CPU emulates.
   shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
-  float* out = attn_.data() + row0 * q_dim;
   if (seq.n_new == 1) {
     return cpu::LaunchDecodeAttention(shape, q, k, v, head_stride, len, out, pool_.get());
   }
@@ -271,9 +331,17 @@ absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hi
     std::memcpy(norm_.data() + i * c.hidden, hidden.data() + rows[i] * c.hidden,
                 c.hidden * sizeof(float));
   }
+  std::vector<float> logits(r * c.vocab_size);
+  if (options_.numerics == Numerics::kGgml && weights_->lm_head_q) {
+    RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r,
+                                             c.hidden, c.hidden, c.norm_eps, norm_.data(),
+                                             c.hidden));
+    RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, r, *weights_->lm_head_q, logits.data(),
+                                c.vocab_size, false));
+    return logits;
+  }
   RETURN_IF_ERROR(cpu::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r, c.hidden,
                                      c.norm_eps, norm_.data()));
-  std::vector<float> logits(r * c.vocab_size);
   RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, *weights_->lm_head, weights_->lm_head_rounding,
                          weights_->lm_head_mins, logits.data(), c.vocab_size, r, c.vocab_size,
                          c.hidden, false));

@@ -59,10 +59,14 @@ struct BatchStep {
   std::vector<int64_t> LastRows() const;
 };
 
-// kExact computes in fp32 from the dequantized weights. kGgml also rounds as llama.cpp's CPU
-// backend does, so the engine produces llama.cpp's text on the same GGUF: activations entering a
-// quantized matrix product are rounded to the weight type's 8-bit blocks (Q8_0/Q8_1), queries, keys
-// and values to fp16 (llama.cpp's default fp16 KV cache) and attention probabilities to fp16.
+// kExact computes in fp32 from the dequantized weights. kGgml computes as llama.cpp's CPU backend
+// does, so the engine produces llama.cpp's logits on the same GGUF. For Llama layers whose matrices
+// are Q4_1 / Q8_0 (kept in their blocks) with head_dim % 16 == 0 and "normal" RoPE over the whole
+// head, every op is bit-exact with the emulated build (kernels/cpu/ggml_exact.h): 8-bit activation
+// blocks and integer block products, fp16 K/V cache, llama.cpp's own softmax, SiLU, RMSNorm and
+// RoPE arithmetic and its SIMD summation orders. Other weights fall back to rounding only: the
+// activations entering a quantized product are rounded to the weight type's 8-bit blocks, queries,
+// keys and values to fp16 and the attention probabilities to fp16, with fp32 GEMMs in between.
 // kBf16 mirrors the CUDA engine's rounding (the CPU reference of model/cuda): weights rounded to
 // bf16, every GEMM input rounded to bf16, keys and values cached as bf16, and prefill attention
 // (n_new > 1) rounded as the tensor-core flash kernel rounds (Q * scale * log2 e and the
@@ -112,6 +116,12 @@ class LlamaModel {
   absl::Status AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
                               const BatchStep& batch, bool* stop);
   absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
+  // kGgml's bit-exact path (see Numerics) for one layer, and whether the layer can take it.
+  bool ExactLayer(const LlamaLayerWeights& w) const;
+  absl::Status RunExactLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
+  // c (+)= rows of `a` (m rows of k, lda apart) · wᵀ, quantizing `a` to ggml's activation blocks.
+  absl::Status ExactMatmul(const float* a, int64_t lda, int64_t m, const cpu::ggml::QuantMatrix& w,
+                           float* c, int64_t ldc, bool accumulate);
   // Rounds `rows` activation rows of `cols` (rows `stride` apart) in place for kGgml numerics;
   // with `min_correction` (fp32 [rows, cols / 32]) also the Q8_1 sum corrections.
   absl::Status Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,
@@ -134,6 +144,8 @@ class LlamaModel {
   std::vector<float> cos_sin_;        // fp32 [n, rope_dims]
   std::vector<float> tmp_k_, tmp_v_;  // scores-only K/V, [kv_heads][len][head_dim]
   std::vector<float> min_fix_;        // fp32 [n, k / 32] Q8_1 sum corrections (kGgml)
+  std::vector<cpu::ggml::ActBlock> act_blocks_;  // kGgml exact path: quantized activation rows
+  std::vector<float> exact_rope_;                // kGgml exact path: ggml's cos/sin cache [n, dims]
 };
 
 }  // namespace xkv

@@ -1,5 +1,6 @@
 #include "model/llama_weights.h"
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -53,11 +54,33 @@ absl::StatusOr<std::vector<float>> Q4_1Mins(const GgufFile& file,
   return mins;
 }
 
+// The named tensors' rows in their GGUF blocks, concatenated. Empty (not an error) when a tensor
+// is of a type the exact kernels do not take or the types differ.
+absl::StatusOr<cpu::ggml::QuantMatrix> QuantBlocks(const GgufFile& file,
+                                                   std::initializer_list<std::string> names) {
+  cpu::ggml::QuantMatrix m;
+  std::optional<GgmlType> type;
+  for (const std::string& name : names) {
+    const GgufTensorInfo* info = file.FindTensor(name);
+    if (info == nullptr) return absl::NotFoundError("weights: missing tensor " + name);
+    if (!cpu::ggml::IsExactQuantType(info->type) || (type && *type != info->type) ||
+        info->dims.size() != 2) {
+      return cpu::ggml::QuantMatrix();
+    }
+    type = info->type;
+    const absl::Span<const uint8_t> data = file.TensorData(*info);
+    RETURN_IF_ERROR(
+        m.AppendRows(info->type, data.data(), data.size(), info->dims[1], info->dims[0]));
+  }
+  return m;
+}
+
 void Append(std::vector<float>& dst, const std::vector<float>& src) {
   dst.insert(dst.end(), src.begin(), src.end());
 }
 
-absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelConfig& c, int l) {
+absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelConfig& c, int l,
+                                            bool keep_blocks) {
   const std::string p = absl::StrCat("blk.", l, ".");
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim,
                 kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
@@ -88,6 +111,14 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelCon
   ASSIGN_OR_RETURN(w.wo_mins, Q4_1Mins(file, {p + "attn_output.weight"}));
   ASSIGN_OR_RETURN(w.w_gate_up_mins, Q4_1Mins(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
   ASSIGN_OR_RETURN(w.w_down_mins, Q4_1Mins(file, {p + "ffn_down.weight"}));
+  if (keep_blocks) {
+    ASSIGN_OR_RETURN(w.wqkv_q, QuantBlocks(file, {p + "attn_q.weight", p + "attn_k.weight",
+                                                  p + "attn_v.weight"}));
+    ASSIGN_OR_RETURN(w.wo_q, QuantBlocks(file, {p + "attn_output.weight"}));
+    ASSIGN_OR_RETURN(w.w_gate_up_q,
+                     QuantBlocks(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
+    ASSIGN_OR_RETURN(w.w_down_q, QuantBlocks(file, {p + "ffn_down.weight"}));
+  }
   return w;
 }
 
@@ -99,11 +130,21 @@ absl::Status CheckSize(const char* what, size_t got, int64_t want) {
   return absl::OkStatus();
 }
 
+// An empty block matrix is fine (the engine then uses the fp32 one); a kept one must match.
+absl::Status CheckBlocks(const char* what, const cpu::ggml::QuantMatrix& m, int64_t rows,
+                         int64_t cols) {
+  if (m.empty() || (m.rows() == rows && m.cols() == cols)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("weights: ", what, " are ", m.rows(), " x ",
+                                                 m.cols(), ", want ", rows, " x ", cols));
+}
+
 }  // namespace
 
 int64_t LlamaLayerWeights::Bytes() const {
-  return static_cast<int64_t>(sizeof(float)) * (attn_norm.size() + wqkv.size() + wo.size() +
-                                                ffn_norm.size() + w_gate_up.size() + w_down.size());
+  return static_cast<int64_t>(sizeof(float)) *
+             (attn_norm.size() + wqkv.size() + wo.size() + ffn_norm.size() + w_gate_up.size() +
+              w_down.size()) +
+         wqkv_q.Bytes() + wo_q.Bytes() + w_gate_up_q.Bytes() + w_down_q.Bytes();
 }
 
 int64_t LlamaWeights::Bytes() const {
@@ -111,6 +152,7 @@ int64_t LlamaWeights::Bytes() const {
   for (const LlamaLayerWeights& l : layers) total += l.Bytes();
   if (embedding) total += sizeof(float) * embedding->size();
   if (lm_head && lm_head != embedding) total += sizeof(float) * lm_head->size();
+  if (lm_head_q) total += lm_head_q->Bytes();
   return total;
 }
 
@@ -125,7 +167,7 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
                                                    ", ", w.layer_end, ") of ", config.n_layers));
   }
   for (int l = w.layer_begin; l < w.layer_end; ++l) {
-    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l));
+    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l, options.keep_blocks));
     w.layers.push_back(std::move(layer));
   }
   const bool tied = file.FindTensor("output.weight") == nullptr;
@@ -140,6 +182,10 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
     const std::string head = tied ? "token_embd.weight" : "output.weight";
     w.lm_head_rounding = RoundingOf(file, head);
     ASSIGN_OR_RETURN(w.lm_head_mins, Q4_1Mins(file, {head}));
+    if (options.keep_blocks) {
+      ASSIGN_OR_RETURN(cpu::ggml::QuantMatrix q, QuantBlocks(file, {head}));
+      if (!q.empty()) w.lm_head_q = std::make_shared<const cpu::ggml::QuantMatrix>(std::move(q));
+    }
   }
   if (options.load_head) {
     ASSIGN_OR_RETURN(w.output_norm, ReadMatrix(file, "output_norm.weight", 1, config.hidden));
@@ -172,12 +218,17 @@ absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
     RETURN_IF_ERROR(CheckSize("ffn_norm", l.ffn_norm.size(), h));
     RETURN_IF_ERROR(CheckSize("w_gate_up", l.w_gate_up.size(), 2 * c.ffn * h));
     RETURN_IF_ERROR(CheckSize("w_down", l.w_down.size(), h * c.ffn));
+    RETURN_IF_ERROR(CheckBlocks("wqkv blocks", l.wqkv_q, q_dim + 2 * kv_dim, h));
+    RETURN_IF_ERROR(CheckBlocks("wo blocks", l.wo_q, h, q_dim));
+    RETURN_IF_ERROR(CheckBlocks("w_gate_up blocks", l.w_gate_up_q, 2 * c.ffn, h));
+    RETURN_IF_ERROR(CheckBlocks("w_down blocks", l.w_down_q, h, c.ffn));
   }
   if (w.embedding) RETURN_IF_ERROR(CheckSize("embedding", w.embedding->size(), c.vocab_size * h));
   if (w.lm_head) {
     RETURN_IF_ERROR(CheckSize("lm_head", w.lm_head->size(), c.vocab_size * h));
     RETURN_IF_ERROR(CheckSize("output_norm", w.output_norm.size(), h));
   }
+  if (w.lm_head_q) RETURN_IF_ERROR(CheckBlocks("lm_head blocks", *w.lm_head_q, c.vocab_size, h));
   return absl::OkStatus();
 }
 
@@ -195,7 +246,12 @@ LlamaWeights RoundWeightsToBf16(const LlamaWeights& weights) {
   LlamaWeights out = weights;
   for (LlamaLayerWeights& l : out.layers) {
     for (std::vector<float>* m : {&l.wqkv, &l.wo, &l.w_gate_up, &l.w_down}) *m = Bf16Rounded(*m);
+    // The ggml blocks serve only Numerics::kGgml.
+    for (cpu::ggml::QuantMatrix* m : {&l.wqkv_q, &l.wo_q, &l.w_gate_up_q, &l.w_down_q}) {
+      *m = cpu::ggml::QuantMatrix();
+    }
   }
+  out.lm_head_q = nullptr;
   if (weights.embedding) {
     out.embedding = std::make_shared<const std::vector<float>>(Bf16Rounded(*weights.embedding));
   }

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/act_quant.h"
+#include "kernels/cpu/ggml_exact.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
 
@@ -32,6 +33,10 @@ struct LlamaLayerWeights {
   // Q4_1 block minimums, fp32 [out, in / 32] in the row order of the matrix above (zero rows for
   // parts of another type); empty when the matrix has no Q4_1 part. See kernels/cpu/act_quant.h.
   std::vector<float> wqkv_mins, wo_mins, w_gate_up_mins, w_down_mins;
+  // The same matrices in their GGUF blocks, for Numerics::kGgml's bit-exact products
+  // (kernels/cpu/ggml_exact.h). Empty unless every part is Q4_1 or Q8_0 (all of one type) and
+  // LlamaWeightsOptions::keep_blocks is set.
+  cpu::ggml::QuantMatrix wqkv_q, wo_q, w_gate_up_q, w_down_q;
 
   int64_t Bytes() const;
 };
@@ -41,6 +46,7 @@ struct LlamaWeightsOptions {
   int layer_end = -1;          // exclusive; -1 = n_layers
   bool load_embedding = true;  // first stage: token_embd
   bool load_head = true;       // last stage: output_norm + lm_head (output.weight or token_embd)
+  bool keep_blocks = true;     // also keep Q4_1 / Q8_0 matrices in their blocks (the *_q fields)
 };
 
 struct LlamaWeights {
@@ -55,6 +61,8 @@ struct LlamaWeights {
   std::vector<float> output_norm;                     // fp32 [hidden]; empty unless load_head
   cpu::ActRounding lm_head_rounding = cpu::ActRounding::kNone;
   std::vector<float> lm_head_mins;  // fp32 [vocab, hidden / 32]; empty unless Q4_1
+  // lm_head in its GGUF blocks (see LlamaLayerWeights::wqkv_q); null unless kept.
+  std::shared_ptr<const cpu::ggml::QuantMatrix> lm_head_q;
 
   const LlamaLayerWeights& layer(int model_layer) const {
     return layers[model_layer - layer_begin];

@@ -1,0 +1,129 @@
+// Bit-exact emulation of llama.cpp's CPU backend (ggml-cpu) for the ops of a Llama layer, so that
+// xkv's CPU engine (Numerics::kGgml) computes llama.cpp's logits bit for bit on the same GGUF.
+//
+// The emulated build is ggml-cpu compiled for the host (`pip install llama-cpp-python`, which
+// builds llama.cpp with -march=native) on an x86-64 CPU with AVX-512F/DQ, FMA and F16C, as in
+// llama-cpp-python 0.3.36. Every rounding step of that build is reproduced, including the order
+// in which its SIMD lanes are summed:
+//  - Activations entering a quantized product are quantized to 32-element Q8_0/Q8_1 blocks:
+//    amax, d = amax / 127, q = round-half-even(x * (127 / amax)), s = fp16(d * Σq) (Q8_1).
+//  - Q4_1 × Q8_1 and Q8_0 × Q8_0 dot products keep 8 fp32 lanes; lane k takes the integer sum of
+//    elements 4k..4k+3 of each block, scaled by d_w * d_a with one fma per block. The lanes are
+//    then summed as a tree (Sum8), and Q4_1 adds Σ fma(m_w, s_a).
+//  - fp16 products (K·Q and P·V in attention): with several new tokens, llamafile's tinyBLAS keeps
+//    16 lanes (lane j accumulates elements j, j + 16, ...); with one new token, ggml_vec_dot_f16
+//    keeps 4 × 16 lanes over 64-element steps. 16 lanes are summed as GCC's _mm512_reduce_add_ps
+//    does (Sum16).
+//  - Softmax: scores × scale, the AVX-512 expf approximation (Expf) over 16-element chunks, chunk
+//    sums added in double, probabilities scaled by (float)(1 / sum) and rounded to fp16.
+//  - SiLU as x / (1 + Expf(-x)); RMSNorm with Σx² in double and y = x * scale * w; RoPE from a
+//    cos/sin cache whose angle is multiplied by base^(-2/dims) pair after pair.
+// On other builds (AVX2-only hosts, ARM) llama.cpp sums in other orders; the results then agree
+// to within fp32 rounding noise instead of exactly.
+#ifndef XKV_KERNELS_CPU_GGML_EXACT_H_
+#define XKV_KERNELS_CPU_GGML_EXACT_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/parallel_for.h"
+#include "kernels/ggml_types.h"
+
+namespace xkv::cpu::ggml {
+
+inline constexpr int64_t kQBlock = 32;
+
+// One quantized activation block: fp16 fields widened to fp32. `s` (Q8_1's fp16(d * Σq)) is
+// always filled; Q8_0 products ignore it.
+struct ActBlock {
+  float d;
+  float s;
+  int8_t q[kQBlock];
+};
+
+// x: fp32 [k] with k % 32 == 0 → k / 32 blocks, as quantize_row_q8_0 / quantize_row_q8_1.
+void QuantizeRow(const float* x, int64_t k, ActBlock* out);
+
+// A weight matrix held in its GGUF blocks (Q4_1 or Q8_0), unpacked one element per byte.
+class QuantMatrix {
+ public:
+  // One weight block: d and m (Q4_1's minimum; 0 for Q8_0) widened to fp32; q holds Q4_1's
+  // 4-bit values 0..15 or Q8_0's int8 values, in element order.
+  struct Block {
+    float d;
+    float m;
+    int8_t q[kQBlock];
+  };
+
+  QuantMatrix() = default;
+  // Appends `rows` rows of `cols` elements from raw GGUF data of `type` (rows of one fused matrix
+  // must share the type and width). INVALID_ARGUMENT for another type, width or a short buffer.
+  absl::Status AppendRows(GgmlType type, const uint8_t* data, size_t size, int64_t rows,
+                          int64_t cols);
+
+  bool empty() const { return rows_ == 0; }
+  GgmlType type() const { return type_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  const Block* row(int64_t r) const { return blocks_.data() + r * (cols_ / kQBlock); }
+  int64_t Bytes() const { return static_cast<int64_t>(blocks_.size() * sizeof(Block)); }
+
+ private:
+  GgmlType type_ = GgmlType::kQ8_0;
+  int64_t rows_ = 0;
+  int64_t cols_ = 0;
+  std::vector<Block> blocks_;
+};
+
+// Whether QuantMatrix can hold weights of this type.
+bool IsExactQuantType(GgmlType type);
+
+// c[i, j] (+)= dot(w row j, activation row i) for i < m, j < w.rows(), as ggml's vec_dot (and
+// tinyBLAS, which sums in the same order). a: [m][w.cols() / 32] blocks. With `accumulate` the
+// product is added to c (ggml_add: one rounding).
+absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t m, float* c,
+                               int64_t ldc, bool accumulate, ThreadPool* pool);
+
+// ggml_v_expf (AVX-512 variant), element by element.
+float Expf(float x);
+// Tree sums of 8 and 16 fp32 lanes: hsum_float_8 and GCC's _mm512_reduce_add_ps.
+float Sum8(const float* lanes);
+float Sum16(const float* lanes);
+
+// y[r] = x[r] * (1 / sqrt(mean(x[r]²) + eps)) * w, rows `stride` floats apart (in place allowed).
+absl::Status LaunchRmsNorm(const float* x, const float* w, int64_t rows, int64_t cols,
+                           int64_t stride, float eps, float* y, int64_t y_stride);
+
+// RoPE "normal" style (adjacent pairs). cache: fp32 [n][dims] as (cos, sin) pairs of each row's
+// position, built by RopeCache. x: [n] rows of `heads` × head_dim (row stride x_stride), rotated
+// into y (row stride y_stride; y may equal x).
+absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base, float* cache);
+absl::Status LaunchRope(const float* x, int64_t x_stride, int64_t n, int64_t heads,
+                        int64_t head_dim, const float* cache, float* y, int64_t y_stride);
+
+// out[r, i] = silu(gate[r, i]) * up[r, i], as ggml_vec_swiglu_f32.
+absl::Status LaunchSwiGlu(const float* gate, int64_t gate_stride, const float* up,
+                          int64_t up_stride, int64_t rows, int64_t cols, float* out,
+                          int64_t out_stride);
+
+struct AttentionShape {
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0;
+};
+
+// Causal attention of n_new queries over a cache of `len` keys, the last n_new of which belong to
+// the queries themselves (query i sees keys [0, len - n_new + i]). q: [n_new][n_heads * head_dim]
+// (fp16-representable values, q_stride apart); k, v: [n_kv_heads][len][head_dim] (head_stride
+// apart, fp16-representable); out: [n_new][n_heads * head_dim] (out_stride apart). n_new > 1
+// follows llama.cpp's batched path (tinyBLAS), n_new == 1 its one-token path (vec_dot_f16).
+absl::Status LaunchAttention(const AttentionShape& shape, const float* q, int64_t q_stride,
+                             int64_t n_new, const float* k, const float* v, int64_t head_stride,
+                             int64_t len, float* out, int64_t out_stride, ThreadPool* pool);
+
+}  // namespace xkv::cpu::ggml
+
+#endif  // XKV_KERNELS_CPU_GGML_EXACT_H_
