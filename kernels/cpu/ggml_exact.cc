@@ -21,6 +21,18 @@ namespace {
 
 constexpr int64_t kLanes = 16;  // tinyBLAS / vec_dot_f16 vector width (AVX-512)
 
+#ifdef XKV_GGML_EXACT_AVX2
+// Lane k of the result: Σ u[4k..4k+3] · s[4k..4k+3] (u unsigned, s signed bytes), exact.
+inline __m256i DotBytes(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  // u8 × s8 pairs → s16 (the products here stay far from saturation), then pairs → s32.
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
 float Half(uint16_t h) { return F16ToF32(h); }
 float RoundF16(float x) { return F16ToF32(F32ToF16(x)); }
 
@@ -30,85 +42,165 @@ uint16_t ReadU16(const uint8_t* p) {
   return v;
 }
 
-// Q4_1 × Q8_1: Sum8(lanes) + Σ m_w·s_a, the minimum term accumulated with fma.
-float DotQ4_1(const QuantMatrix::Block* w, const ActBlock* a, int64_t nb) {
-  float summs = 0.f;
 #ifdef XKV_GGML_EXACT_AVX2
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    summs = std::fma(w[b].m, a[b].s, summs);
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].q));
-    const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q));
-    // u8 × s8 pairs → s16 (at most 2·15·127, no saturation), then pairs → s32: lane k holds
-    // elements 4k..4k+3.
-    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, aq), ones);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(w[b].d * a[b].d), _mm256_cvtepi32_ps(p), acc);
+float HSum8(__m256 t);
+
+// Dot products of activation row `a` with R weight rows at once (R independent fma chains).
+// Q4_1 × Q8_1: Sum8(lanes) + Σ fma(m_w, s_a); Q8_0 × Q8_0: Sum8(lanes). Lane k of a block takes
+// the integer sum of its elements 4k..4k+3, scaled by d_w·d_a with one fma.
+template <bool kQ4_1, int R>
+void DotRows(const QuantMatrix::Block* const* w, const ActBlock* a, int64_t nb, float* out) {
+  __m256 acc[R];
+  float summs[R];
+  for (int r = 0; r < R; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    summs[r] = 0.f;
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, acc);
-#else
-  float lanes[8] = {};
   for (int64_t b = 0; b < nb; ++b) {
-    summs = std::fma(w[b].m, a[b].s, summs);
-    const float dd = w[b].d * a[b].d;
-    for (int k = 0; k < 8; ++k) {
-      int32_t s = 0;
-      for (int i = 4 * k; i < 4 * k + 4; ++i) {
-        s += static_cast<uint8_t>(w[b].q[i]) * static_cast<int32_t>(a[b].q[i]);
+    const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q));
+    for (int r = 0; r < R; ++r) {
+      const QuantMatrix::Block& wb = w[r][b];
+      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.q));
+      __m256i p;
+      if constexpr (kQ4_1) {
+        summs[r] = std::fma(wb.m, a[b].s, summs[r]);
+        p = DotBytes(wq, aq);
+      } else {  // |w| × (a with w's sign): the same products, as u8 × s8
+        p = DotBytes(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
       }
-      lanes[k] = std::fma(dd, static_cast<float>(s), lanes[k]);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * a[b].d), _mm256_cvtepi32_ps(p), acc[r]);
     }
   }
+  for (int r = 0; r < R; ++r) out[r] = kQ4_1 ? HSum8(acc[r]) + summs[r] : HSum8(acc[r]);
+}
+#else
+// The same products in scalar code.
+template <bool kQ4_1, int R>
+void DotRows(const QuantMatrix::Block* const* w, const ActBlock* a, int64_t nb, float* out) {
+  for (int r = 0; r < R; ++r) {
+    float lanes[8] = {};
+    float summs = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const QuantMatrix::Block& wb = w[r][b];
+      if constexpr (kQ4_1) summs = std::fma(wb.m, a[b].s, summs);
+      const float dd = wb.d * a[b].d;
+      for (int k = 0; k < 8; ++k) {
+        int32_t sum = 0;
+        for (int i = 4 * k; i < 4 * k + 4; ++i) {
+          const int32_t wq = kQ4_1 ? static_cast<uint8_t>(wb.q[i]) : wb.q[i];
+          sum += wq * static_cast<int32_t>(a[b].q[i]);
+        }
+        lanes[k] = std::fma(dd, static_cast<float>(sum), lanes[k]);
+      }
+    }
+    out[r] = kQ4_1 ? Sum8(lanes) + summs : Sum8(lanes);
+  }
+}
 #endif
-  return Sum8(lanes) + summs;
+
+// Rows [r0, r1) of one activation row's products, four weight rows at a time.
+template <bool kQ4_1>
+void DotRange(const QuantMatrix& w, int64_t r0, int64_t r1, const ActBlock* a, float* out) {
+  const int64_t nb = w.cols() / kQBlock;
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const QuantMatrix::Block* rows[4] = {w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)};
+    DotRows<kQ4_1, 4>(rows, a, nb, out + (r - r0));
+  }
+  for (; r < r1; ++r) {
+    const QuantMatrix::Block* row = w.row(r);
+    DotRows<kQ4_1, 1>(&row, a, nb, out + (r - r0));
+  }
 }
 
-// Q8_0 × Q8_0: Sum8(lanes).
-float DotQ8_0(const QuantMatrix::Block* w, const ActBlock* a, int64_t nb) {
 #ifdef XKV_GGML_EXACT_AVX2
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].q));
-    const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].q));
-    // |w| × (a with w's sign): the same products, as u8 × s8.
-    const __m256i p = _mm256_madd_epi16(
-        _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq)), ones);
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(w[b].d * a[b].d), _mm256_cvtepi32_ps(p), acc);
-  }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, acc);
-#else
-  float lanes[8] = {};
-  for (int64_t b = 0; b < nb; ++b) {
-    const float dd = w[b].d * a[b].d;
-    for (int k = 0; k < 8; ++k) {
-      int32_t s = 0;
-      for (int i = 4 * k; i < 4 * k + 4; ++i) {
-        s += static_cast<int32_t>(w[b].q[i]) * static_cast<int32_t>(a[b].q[i]);
-      }
-      lanes[k] = std::fma(dd, static_cast<float>(s), lanes[k]);
-    }
-  }
-#endif
-  return Sum8(lanes);
+// hsum_float_8, the same tree as Sum8.
+float HSum8(__m256 t) {
+  __m128 r = _mm_add_ps(_mm256_extractf128_ps(t, 1), _mm256_castps256_ps128(t));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  r = _mm_add_ss(r, _mm_movehdup_ps(r));
+  return _mm_cvtss_f32(r);
 }
+
+// Sum16 of lanes 0..7 (lo) and 8..15 (hi).
+float HSum16(__m256 lo, __m256 hi) { return HSum8(_mm256_add_ps(hi, lo)); }
+
+// Expf on 8 lanes; lanes whose 2^n is not a normal float (rare: far below the row maximum, or
+// special values) take the scalar path.
+__m256 Expf8(__m256 x) {
+  const __m256 r = _mm256_set1_ps(0x1.8p23f);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+  const __m256 n = _mm256_sub_ps(z, r);
+  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  const __m256 u = _mm256_mul_ps(b, b);
+  const __m256 j = _mm256_fmadd_ps(
+      _mm256_fmadd_ps(
+          _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+          _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_cvtps_epi32(n);
+  const __m256i normal = _mm256_and_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(-127)),
+                                          _mm256_cmpgt_epi32(_mm256_set1_epi32(128), e));
+  if (_mm256_movemask_epi8(normal) == -1) {
+    const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(j, _mm256_castsi256_ps(pow2));
+  }
+  float in[8], out[8];
+  _mm256_storeu_ps(in, x);
+  for (int i = 0; i < 8; ++i) out[i] = Expf(in[i]);
+  return _mm256_loadu_ps(out);
+}
+#endif
 
 // tinyBLAS (n_new > 1): lane j accumulates products j, j + 16, ... with fma; then Sum16.
+// n % 16 == 0.
 float DotF16Batched(const float* a, const float* b, int64_t n) {
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t l = 0; l < n; l += kLanes) {
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + l), _mm512_loadu_ps(b + l), acc);
+  }
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, acc);
+  return HSum16(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
+#elif defined(XKV_GGML_EXACT_AVX2)
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (int64_t l = 0; l < n; l += kLanes) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + l), _mm256_loadu_ps(b + l), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + l + 8), _mm256_loadu_ps(b + l + 8), hi);
+  }
+  return HSum16(lo, hi);
+#else
   float lanes[kLanes] = {};
   for (int64_t l = 0; l < n; l += kLanes) {
     for (int64_t j = 0; j < kLanes; ++j) lanes[j] = std::fma(a[l + j], b[l + j], lanes[j]);
   }
   return Sum16(lanes);
+#endif
 }
 
 // ggml_vec_dot_f16 (one token): 4 accumulators of 16 lanes over 64-element steps, reduced as
 // (acc0 + acc2) + (acc1 + acc3), then Sum16; a tail beyond the last full step is added in double.
 float DotF16Single(const float* a, const float* b, int64_t n) {
-  float acc[4 * kLanes] = {};
   const int64_t full = n - n % (4 * kLanes);
+  double sum;
+#ifdef XKV_GGML_EXACT_AVX2
+  __m256 acc[8];
+  for (__m256& x : acc) x = _mm256_setzero_ps();
+  for (int64_t l = 0; l < full; l += 4 * kLanes) {
+    for (int i = 0; i < 8; ++i) {
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_loadu_ps(a + l + 8 * i), _mm256_loadu_ps(b + l + 8 * i), acc[i]);
+    }
+  }
+  // Vector i holds lanes 8i..8i+7: lanes j < 8 of the four 16-lane accumulators are in 0, 2, 4,
+  // 6, lanes j >= 8 in 1, 3, 5, 7.
+  const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+  const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+  sum = HSum16(lo, hi);
+#else
+  float acc[4 * kLanes] = {};
   for (int64_t l = 0; l < full; l += 4 * kLanes) {
     for (int64_t j = 0; j < 4 * kLanes; ++j) acc[j] = std::fma(a[l + j], b[l + j], acc[j]);
   }
@@ -116,35 +208,125 @@ float DotF16Single(const float* a, const float* b, int64_t n) {
   for (int64_t j = 0; j < kLanes; ++j) {
     lanes[j] = (acc[j] + acc[2 * kLanes + j]) + (acc[kLanes + j] + acc[3 * kLanes + j]);
   }
-  double sum = Sum16(lanes);
+  sum = Sum16(lanes);
+#endif
   for (int64_t i = full; i < n; ++i) sum += static_cast<double>(a[i] * b[i]);
   return static_cast<float>(sum);
 }
+
+// x[0, 16) ← Expf(x - max) for the first `valid` elements, 0 after; returns their Sum16.
+float ExpChunk(float* x, float max, int64_t valid) {
+#ifdef XKV_GGML_EXACT_AVX2
+  if (valid == kLanes) {
+    const __m256 m = _mm256_set1_ps(max);
+    const __m256 lo = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x), m));
+    const __m256 hi = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x + 8), m));
+    _mm256_storeu_ps(x, lo);
+    _mm256_storeu_ps(x + 8, hi);
+    return HSum16(lo, hi);
+  }
+#endif
+  for (int64_t j = 0; j < kLanes; ++j) x[j] = j < valid ? Expf(x[j] - max) : 0.f;
+  return Sum16(x);
+}
+
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+constexpr int64_t kMaxFastHeadDim = 128;
+
+float HSum16(__m512 x) {
+  alignas(64) float lanes[kLanes];
+  _mm512_store_ps(lanes, x);
+  return HSum16(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
+}
+
+// The batched path's scores with q held in registers: DotF16Batched(k[p], q) * scale for
+// p < visible; returns their maximum. head_dim <= kMaxFastHeadDim.
+float ScoresBatched(const float* q, const float* k, int64_t hd, int64_t visible, float scale,
+                    float* scores) {
+  __m512 qv[kMaxFastHeadDim / kLanes];
+  const int64_t steps = hd / kLanes;
+  for (int64_t i = 0; i < steps; ++i) qv[i] = _mm512_loadu_ps(q + i * kLanes);
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t p = 0; p < visible; ++p) {
+    const float* kp = k + p * hd;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = 0; i < steps; ++i) {
+      acc = _mm512_fmadd_ps(_mm512_loadu_ps(kp + i * kLanes), qv[i], acc);
+    }
+    scores[p] = HSum16(acc) * scale;
+    max = std::max(max, scores[p]);
+  }
+  return max;
+}
+
+// The batched path's P·V with the 16 lanes of one 16-dimension slice in registers: lane p mod 16
+// accumulates fma(P[p], V[p]); then the Sum16 tree, element-wise over the slice.
+void PvBatched(const float* probs, const float* v, int64_t hd, int64_t visible, float* out) {
+  for (int64_t d = 0; d < hd; d += kLanes) {
+    __m512 acc[kLanes];
+    for (__m512& a : acc) a = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + kLanes <= visible; p += kLanes) {
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < kLanes; ++j) {
+        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]),
+                                 _mm512_loadu_ps(v + (p + j) * hd + d), acc[j]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int64_t j = 0; j < kLanes; ++j) {
+      if (p + j < visible) {
+        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]),
+                                 _mm512_loadu_ps(v + (p + j) * hd + d), acc[j]);
+      }
+    }
+    for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_add_ps(acc[i + 8], acc[i]);
+    for (int64_t i = 0; i < 4; ++i) acc[i] = _mm512_add_ps(acc[i + 4], acc[i]);
+    _mm512_storeu_ps(out + d,
+                     _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])));
+  }
+}
+#endif
 
 // One (query, head) of LaunchAttention. scores: scratch of at least RoundUp16(visible) floats;
 // lanes: scratch of 4 * 16 * head_dim floats.
 void AttendOne(const AttentionShape& s, const float* q, const float* k, const float* v,
                int64_t visible, bool batched, float* scores, float* lanes, float* out) {
   const int64_t hd = s.head_dim;
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+  const bool fast = batched && hd <= kMaxFastHeadDim;
+#else
+  const bool fast = false;
+#endif
   float max = -std::numeric_limits<float>::infinity();
-  for (int64_t p = 0; p < visible; ++p) {
-    const float* kp = k + p * hd;
-    scores[p] = (batched ? DotF16Batched(kp, q, hd) : DotF16Single(kp, q, hd)) * s.scale;
-    max = std::max(max, scores[p]);
+  if (fast) {
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+    max = ScoresBatched(q, k, hd, visible, s.scale, scores);
+#endif
+  } else {
+    for (int64_t p = 0; p < visible; ++p) {
+      const float* kp = k + p * hd;
+      scores[p] = (batched ? DotF16Batched(kp, q, hd) : DotF16Single(kp, q, hd)) * s.scale;
+      max = std::max(max, scores[p]);
+    }
   }
   // Softmax in 16-element chunks; masked keys (beyond `visible`) are exact zeros in every chunk.
-  const int64_t padded = (visible + kLanes - 1) / kLanes * kLanes;
   double sum = 0;
-  for (int64_t c = 0; c < padded; c += kLanes) {
-    float chunk[kLanes];
-    for (int64_t j = 0; j < kLanes; ++j) {
-      chunk[j] = c + j < visible ? Expf(scores[c + j] - max) : 0.f;
-      scores[c + j] = chunk[j];
-    }
-    sum += static_cast<double>(Sum16(chunk));
+  for (int64_t c = 0; c < visible; c += kLanes) {
+    sum += static_cast<double>(ExpChunk(scores + c, max, std::min(kLanes, visible - c)));
   }
   const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t p = 0; p < visible; ++p) scores[p] = RoundF16(scores[p] * inv);
+  int64_t p0 = 0;
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__F16C__)
+  for (; p0 + 8 <= visible; p0 += 8) {  // round half to even, as F32ToF16
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(scores + p0), _mm256_set1_ps(inv));
+    _mm256_storeu_ps(scores + p0, _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
+  }
+#endif
+  for (int64_t p = p0; p < visible; ++p) scores[p] = RoundF16(scores[p] * inv);
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+  if (fast) return PvBatched(scores, v, hd, visible, out);
+#endif
   // P·V: lane (p mod 16) — or (p mod 64) for one token — accumulates p's product per dimension.
   const int64_t n_lanes = batched ? kLanes : 4 * kLanes;
   std::fill(lanes, lanes + n_lanes * hd, 0.f);
@@ -154,13 +336,24 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
     const float pr = scores[p];
     for (int64_t d = 0; d < hd; ++d) acc[d] = std::fma(pr, vp[d], acc[d]);
   }
-  for (int64_t d = 0; d < hd; ++d) {
-    float l16[kLanes];
+  // Sum16 over the lane rows, the same tree for every dimension (written row-wise so that it
+  // vectorizes over d); one token first folds its 64 lanes as (acc0 + acc2) + (acc1 + acc3).
+  float* l = lanes;
+  if (!batched) {
     for (int64_t j = 0; j < kLanes; ++j) {
-      const float* a = lanes + j * hd + d;
-      l16[j] = batched ? a[0] : (a[0] + a[2 * kLanes * hd]) + (a[kLanes * hd] + a[3 * kLanes * hd]);
+      for (int64_t d = 0; d < hd; ++d) {
+        l[j * hd + d] = (l[j * hd + d] + l[(2 * kLanes + j) * hd + d]) +
+                        (l[(kLanes + j) * hd + d] + l[(3 * kLanes + j) * hd + d]);
+      }
     }
-    out[d] = Sum16(l16);
+  }
+  for (int64_t width = kLanes / 2; width >= 4; width /= 2) {
+    for (int64_t i = 0; i < width; ++i) {
+      for (int64_t d = 0; d < hd; ++d) l[i * hd + d] = l[(i + width) * hd + d] + l[i * hd + d];
+    }
+  }
+  for (int64_t d = 0; d < hd; ++d) {
+    out[d] = (l[d] + l[2 * hd + d]) + (l[hd + d] + l[3 * hd + d]);
   }
 }
 
@@ -226,7 +419,8 @@ absl::Status QuantMatrix::AppendRows(GgmlType type, const uint8_t* data, size_t 
   }
   const int64_t nb = cols / kQBlock;
   const int64_t block_bytes = type == GgmlType::kQ4_1 ? 20 : 34;
-  if (data == nullptr || static_cast<int64_t>(size) < rows * nb * block_bytes) {
+  if (rows == 0) return absl::OkStatus();
+  if (data == nullptr || rows > static_cast<int64_t>(size / (nb * block_bytes))) {
     return absl::InvalidArgumentError(
         absl::StrCat("ggml_exact: ", size, " bytes for ", rows, " x ", cols, " weights"));
   }
@@ -265,13 +459,12 @@ absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t 
   const bool q4_1 = w.type() == GgmlType::kQ4_1;
   ParallelFor(pool, items, [&](int64_t item) {
     const int64_t r0 = item * kRowsPerItem, r1 = std::min(w.rows(), r0 + kRowsPerItem);
+    float dots[kRowsPerItem];
     for (int64_t i = 0; i < m; ++i) {
       const ActBlock* ai = a + i * nb;
+      q4_1 ? DotRange<true>(w, r0, r1, ai, dots) : DotRange<false>(w, r0, r1, ai, dots);
       float* ci = c + i * ldc;
-      for (int64_t r = r0; r < r1; ++r) {
-        const float dot = q4_1 ? DotQ4_1(w.row(r), ai, nb) : DotQ8_0(w.row(r), ai, nb);
-        ci[r] = accumulate ? ci[r] + dot : dot;
-      }
+      for (int64_t r = r0; r < r1; ++r) ci[r] = accumulate ? ci[r] + dots[r - r0] : dots[r - r0];
     }
   });
   return absl::OkStatus();
@@ -343,8 +536,11 @@ absl::Status LaunchSwiGlu(const float* gate, int64_t gate_stride, const float* u
     const float* g = gate + r * gate_stride;
     const float* u = up + r * up_stride;
     float* o = out + r * out_stride;
+    // ggml's SIMD loop covers whole 16-element vectors; its scalar tail uses libm's expf.
+    const int64_t simd = cols - cols % kLanes;
     for (int64_t i = 0; i < cols; ++i) {
-      const float silu = g[i] / (1.0f + Expf(0.0f - g[i]));
+      const float e = i < simd ? Expf(0.0f - g[i]) : std::exp(-g[i]);
+      const float silu = g[i] / (1.0f + e);
       o[i] = silu * u[i];
     }
   }
