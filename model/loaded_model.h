@@ -23,8 +23,8 @@ struct LoadedModel {
 };
 
 // Opens `path`, reads the config and tokenizer, dequantizes every layer and builds the engine with
-// `num_threads` threads (<= 0: all hardware threads). kGgml numerics by default: the same text as
-// llama.cpp on the same file.
+// `num_threads` threads (<= 0: all hardware threads). kGgml numerics by default: llama.cpp's
+// logits and text on the same file (bit-exact for Q4_1 / Q8_0 Llama files; llama_model.h).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads,
                                       Numerics numerics = Numerics::kGgml);
 

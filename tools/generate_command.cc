@@ -221,8 +221,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("stop", &f.stop, "stop strings, separated by '|' (not printed)");
   flags.String("numerics", &f.numerics,
-               "ggml (llama.cpp-compatible rounding, same text as llama.cpp), exact (fp32) or bf16 "
-               "(the CUDA engine's rounding, its CPU reference)");
+               "ggml (llama.cpp's CPU arithmetic, bit-exact on Q4_1/Q8_0 Llama files: the same "
+               "logits and text as llama.cpp), exact (fp32) or bf16 (the CUDA engine's rounding, "
+               "its CPU reference)");
   flags.String("device", &f.device,
                "cpu (the CPU engine) or cuda:N (the CUDA engine on GPU N; CUDA builds)");
   flags.String("policy", &f.policy, "KV policy: full, streaming, snapkv, pyramidkv, xkv");

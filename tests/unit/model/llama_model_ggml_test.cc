@@ -1,0 +1,210 @@
+// Numerics::kGgml on Q4_1 / Q8_0 files runs the bit-exact emulation of llama.cpp's CPU backend
+// (kernels/cpu/ggml_exact.h); tests/parity checks the bit-equality with llama.cpp itself on the
+// real model. Here, on random-weight models: the path agrees with the fp32 engine and with the
+// rounding-only path within 8-bit quantization noise, and its results do not depend on how work is
+// split — threads, batch composition, prefill chunks of two or more tokens, pipeline stages — as
+// llama.cpp's do not.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+#include "model/llama_weights.h"
+#include "model/model_config.h"
+#include "model/synthetic_model.h"
+
+namespace xkv {
+namespace {
+
+struct Fixture {
+  std::unique_ptr<GgufFile> file;
+  ModelConfig config;
+};
+
+Fixture Synthetic(GgmlType type) {
+  SyntheticModelOptions o = SyntheticModelOptions::Tiny();
+  o.weight_type = type;
+  o.weight_scale = 0.2f;
+  o.seed = 7;
+  Fixture f;
+  auto buf = WriteSyntheticModelToBuffer(o);
+  EXPECT_TRUE(buf.ok()) << buf.status();
+  auto file = GgufFile::FromBuffer(*buf);
+  EXPECT_TRUE(file.ok()) << file.status();
+  f.file = std::move(*file);
+  auto config = ReadModelConfig(*f.file);
+  EXPECT_TRUE(config.ok()) << config.status();
+  f.config = *config;
+  return f;
+}
+
+std::unique_ptr<LlamaModel> Model(const Fixture& f, Numerics numerics, int threads = 1,
+                                  LlamaWeightsOptions wo = {}) {
+  auto w = LoadLlamaWeights(*f.file, f.config, wo);
+  EXPECT_TRUE(w.ok()) << w.status();
+  LlamaModelOptions o;
+  o.numerics = numerics;
+  o.num_threads = threads;
+  auto m = LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(*w)), o);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return std::move(*m);
+}
+
+std::vector<int32_t> Tokens(int n, uint32_t seed, int vocab) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(n);
+  for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
+  return t;
+}
+
+// Logits after prefilling `prompt` in chunks of `chunk` tokens, then one decode step per `extra`
+// token: the prefill's last logits, then each decode step's.
+std::vector<float> Logits(LlamaModel& m, const std::vector<int32_t>& prompt,
+                          const std::vector<int32_t>& extra, int chunk) {
+  std::unique_ptr<KvCache> cache = m.NewCache();
+  std::vector<float> out;
+  int64_t pos = 0;
+  std::vector<float> last;
+  while (pos < static_cast<int64_t>(prompt.size())) {
+    const int64_t n = std::min<int64_t>(chunk, prompt.size() - pos);
+    BatchStep step;
+    step.sequences.push_back({cache.get(), n, pos, false});
+    auto logits = m.Forward(absl::MakeConstSpan(prompt).subspan(pos, n), step);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    last = *logits;
+    pos += n;
+  }
+  out = last;
+  for (int32_t t : extra) {
+    BatchStep step;
+    step.sequences.push_back({cache.get(), 1, pos++, false});
+    auto logits = m.Forward({t}, step);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    out.insert(out.end(), logits->begin(), logits->end());
+  }
+  return out;
+}
+
+float Range(const std::vector<float>& x) {
+  const auto [lo, hi] = std::minmax_element(x.begin(), x.end());
+  return *hi - *lo;
+}
+
+float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  float d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
+  return d;
+}
+
+bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+class GgmlNumericsTest : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgmlNumericsTest, LoadsBlocksOnlyWhenAsked) {
+  Fixture f = Synthetic(GetParam());
+  auto with = LoadLlamaWeights(*f.file, f.config, {});
+  auto without = LoadLlamaWeights(*f.file, f.config, {.keep_blocks = false});
+  ASSERT_TRUE(with.ok() && without.ok());
+  const int64_t q_dim = int64_t{f.config.n_heads} * f.config.head_dim;
+  EXPECT_EQ(with->layer(0).wqkv_q.rows(),
+            q_dim + 2 * int64_t{f.config.n_kv_heads} * f.config.head_dim);
+  EXPECT_EQ(with->layer(1).w_down_q.cols(), f.config.ffn);
+  ASSERT_NE(with->lm_head_q, nullptr);
+  EXPECT_EQ(with->lm_head_q->rows(), f.config.vocab_size);
+  EXPECT_TRUE(without->layer(0).wqkv_q.empty());
+  EXPECT_EQ(without->lm_head_q, nullptr);
+  EXPECT_GT(with->Bytes(), without->Bytes());
+}
+
+// The exact path against the fp32 engine and against the rounding-only path (no blocks kept: fp32
+// GEMMs on rounded activations): the same function up to 8-bit activation noise, computed
+// differently.
+TEST_P(GgmlNumericsTest, AgreesWithFp32AndRoundingOnlyEngines) {
+  Fixture f = Synthetic(GetParam());
+  const std::vector<int32_t> prompt = Tokens(37, 1, f.config.vocab_size);
+  const std::vector<int32_t> extra = Tokens(3, 2, f.config.vocab_size);
+  auto exact_path = Model(f, Numerics::kGgml);
+  auto rounding_only = Model(f, Numerics::kGgml, 1, {.keep_blocks = false});
+  auto fp32 = Model(f, Numerics::kExact);
+  const std::vector<float> a = Logits(*exact_path, prompt, extra, 64);
+  const std::vector<float> b = Logits(*rounding_only, prompt, extra, 64);
+  const std::vector<float> c = Logits(*fp32, prompt, extra, 64);
+  ASSERT_EQ(a.size(), c.size());
+  const float range = Range(c);
+  ASSERT_GT(range, 0.5f);
+  std::printf("exact path vs rounding-only %.3g, vs fp32 %.3g (logit range %.3g)\n", MaxDiff(a, b),
+              MaxDiff(a, c), range);
+  EXPECT_LT(MaxDiff(a, b), 0.02f * range);  // same roundings, other summation orders
+  EXPECT_LT(MaxDiff(a, c), 0.06f * range);  // 8-bit activations and fp16 K/V vs fp32
+  EXPECT_FALSE(BitwiseEqual(a, b));
+  EXPECT_FALSE(BitwiseEqual(a, c));
+}
+
+TEST_P(GgmlNumericsTest, IndependentOfThreadsAndPrefillChunks) {
+  Fixture f = Synthetic(GetParam());
+  const std::vector<int32_t> prompt = Tokens(40, 3, f.config.vocab_size);
+  const std::vector<int32_t> extra = Tokens(4, 4, f.config.vocab_size);
+  auto one = Model(f, Numerics::kGgml, 1);
+  auto three = Model(f, Numerics::kGgml, 3);
+  const std::vector<float> whole = Logits(*one, prompt, extra, 64);
+  EXPECT_TRUE(BitwiseEqual(whole, Logits(*three, prompt, extra, 64)));
+  // llama.cpp's batched path does not depend on the split of a prompt into batches of >= 2 tokens.
+  EXPECT_TRUE(BitwiseEqual(whole, Logits(*one, prompt, extra, 10)));
+  EXPECT_TRUE(BitwiseEqual(whole, Logits(*one, prompt, extra, 8)));
+}
+
+TEST_P(GgmlNumericsTest, IndependentOfBatchComposition) {
+  Fixture f = Synthetic(GetParam());
+  auto m = Model(f, Numerics::kGgml, 2);
+  const std::vector<int32_t> p1 = Tokens(19, 5, f.config.vocab_size);
+  const std::vector<int32_t> p2 = Tokens(26, 6, f.config.vocab_size);
+  const std::vector<float> alone1 = Logits(*m, p1, {}, 64);
+  const std::vector<float> alone2 = Logits(*m, p2, {}, 64);
+  std::unique_ptr<KvCache> c1 = m->NewCache(), c2 = m->NewCache();
+  BatchStep step;
+  step.sequences.push_back({c1.get(), static_cast<int64_t>(p1.size()), 0, false});
+  step.sequences.push_back({c2.get(), static_cast<int64_t>(p2.size()), 0, false});
+  std::vector<int32_t> both = p1;
+  both.insert(both.end(), p2.begin(), p2.end());
+  auto logits = m->Forward(both, step);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  const int64_t vocab = f.config.vocab_size;
+  EXPECT_TRUE(BitwiseEqual(std::vector<float>(logits->begin(), logits->begin() + vocab), alone1));
+  EXPECT_TRUE(BitwiseEqual(std::vector<float>(logits->begin() + vocab, logits->end()), alone2));
+}
+
+TEST_P(GgmlNumericsTest, PipelineStagesReproduceTheWholeModel) {
+  Fixture f = Synthetic(GetParam());
+  const std::vector<int32_t> prompt = Tokens(23, 7, f.config.vocab_size);
+  auto whole = Model(f, Numerics::kGgml);
+  auto first = Model(f, Numerics::kGgml, 1, {.layer_end = 1, .load_head = false});
+  auto last = Model(f, Numerics::kGgml, 1, {.layer_begin = 1, .load_embedding = false});
+  const std::vector<float> want = Logits(*whole, prompt, {}, 64);
+  std::unique_ptr<KvCache> c1 = first->NewCache(), c2 = last->NewCache();
+  BatchStep step;
+  step.sequences.push_back({c1.get(), static_cast<int64_t>(prompt.size()), 0, false});
+  auto hidden = first->Embed(prompt);
+  ASSERT_TRUE(hidden.ok());
+  ASSERT_TRUE(first->RunLayers(0, 1, step, absl::MakeSpan(*hidden)).ok());
+  step.sequences[0].cache = c2.get();
+  ASSERT_TRUE(last->RunLayers(1, 2, step, absl::MakeSpan(*hidden)).ok());
+  auto logits = last->Logits(*hidden, step.LastRows());
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_TRUE(BitwiseEqual(*logits, want));
+}
+
+INSTANTIATE_TEST_SUITE_P(WeightTypes, GgmlNumericsTest,
+                         ::testing::Values(GgmlType::kQ4_1, GgmlType::kQ8_0), [](const auto& info) {
+                           return info.param == GgmlType::kQ4_1 ? "Q4_1" : "Q8_0";
+                         });
+
+}  // namespace
+}  // namespace xkv
