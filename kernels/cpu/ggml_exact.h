@@ -46,11 +46,13 @@ struct ActBlock {
 // x: fp32 [k] with k % 32 == 0 → k / 32 blocks, as quantize_row_q8_0 / quantize_row_q8_1.
 void QuantizeRow(const float* x, int64_t k, ActBlock* out);
 
-// A weight matrix held in its GGUF blocks (Q4_1 or Q8_0), unpacked one element per byte.
+// A weight matrix held in its GGUF blocks (Q4_1 or Q8_0): per block the scale d (and Q4_1's
+// minimum m) widened to fp32, and the quantized values packed as in the file (Q4_1: 16 bytes,
+// element j in the low nibble of byte j and element j + 16 in its high nibble; Q8_0: 32 int8).
+// 24 bytes per Q4_1 block, 36 per Q8_0 block: products read about as many bytes as llama.cpp's.
 class QuantMatrix {
  public:
-  // One weight block: d and m (Q4_1's minimum; 0 for Q8_0) widened to fp32; q holds Q4_1's
-  // 4-bit values 0..15 or Q8_0's int8 values, in element order.
+  // One block unpacked, one element per byte (Q4_1: 0..15; Q8_0: int8), m = 0 for Q8_0.
   struct Block {
     float d;
     float m;
@@ -59,7 +61,8 @@ class QuantMatrix {
 
   QuantMatrix() = default;
   // Appends `rows` rows of `cols` elements from raw GGUF data of `type` (rows of one fused matrix
-  // must share the type and width). INVALID_ARGUMENT for another type, width or a short buffer.
+  // must share the type and width). INVALID_ARGUMENT for another type, width or a short buffer;
+  // the matrix is then unchanged.
   absl::Status AppendRows(GgmlType type, const uint8_t* data, size_t size, int64_t rows,
                           int64_t cols);
 
@@ -67,14 +70,23 @@ class QuantMatrix {
   GgmlType type() const { return type_; }
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
-  const Block* row(int64_t r) const { return blocks_.data() + r * (cols_ / kQBlock); }
-  int64_t Bytes() const { return static_cast<int64_t>(blocks_.size() * sizeof(Block)); }
+  int64_t Bytes() const;
+  // Block b of row r, unpacked (for inspection; the products read the packed arrays).
+  Block block(int64_t r, int64_t b) const;
+
+  // Packed storage of row r: its blocks' scales, minimums (Q4_1) and quantized values.
+  int64_t blocks_per_row() const { return cols_ / kQBlock; }
+  int64_t packed_bytes() const { return type_ == GgmlType::kQ4_1 ? kQBlock / 2 : kQBlock; }
+  const float* d(int64_t r) const { return d_.data() + r * blocks_per_row(); }
+  const float* m(int64_t r) const { return m_.data() + r * blocks_per_row(); }
+  const uint8_t* qs(int64_t r) const { return qs_.data() + r * blocks_per_row() * packed_bytes(); }
 
  private:
   GgmlType type_ = GgmlType::kQ8_0;
   int64_t rows_ = 0;
   int64_t cols_ = 0;
-  std::vector<Block> blocks_;
+  std::vector<float> d_, m_;  // [rows][blocks]; m_ empty for Q8_0
+  std::vector<uint8_t> qs_;   // [rows][blocks][packed_bytes()]
 };
 
 // Whether QuantMatrix can hold weights of this type.

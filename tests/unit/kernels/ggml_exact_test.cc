@@ -185,18 +185,18 @@ TEST(GgmlExactQuantMatrixTest, UnpacksQ4_1) {
   EXPECT_EQ(w.type(), GgmlType::kQ4_1);
   EXPECT_EQ(w.rows(), 2);
   EXPECT_EQ(w.cols(), 64);
-  EXPECT_EQ(w.Bytes(), 4 * static_cast<int64_t>(sizeof(QuantMatrix::Block)));
-  ExpectBlock(w.row(0)[0], 0.5f, -1.25f, q0);
-  ExpectBlock(w.row(0)[1], f.d[1], f.m[1], f.q[1]);
-  ExpectBlock(w.row(1)[0], f.d[2], f.m[2], f.q[2]);
-  ExpectBlock(w.row(1)[1], f.d[3], f.m[3], f.q[3]);
+  EXPECT_EQ(w.Bytes(), 4 * 24);  // per Q4_1 block: fp32 d and m, 16 packed bytes
+  ExpectBlock(w.block(0, 0), 0.5f, -1.25f, q0);
+  ExpectBlock(w.block(0, 1), f.d[1], f.m[1], f.q[1]);
+  ExpectBlock(w.block(1, 0), f.d[2], f.m[2], f.q[2]);
+  ExpectBlock(w.block(1, 1), f.d[3], f.m[3], f.q[3]);
 
   // Fused rows of the same type and width append after the first ones.
   ASSERT_TRUE(w.AppendRows(GgmlType::kQ4_1, f.raw.data() + 40, 40, 1, 64).ok());
   EXPECT_EQ(w.rows(), 3);
-  ExpectBlock(w.row(2)[0], f.d[2], f.m[2], f.q[2]);
-  ExpectBlock(w.row(2)[1], f.d[3], f.m[3], f.q[3]);
-  ExpectBlock(w.row(0)[0], 0.5f, -1.25f, q0);
+  ExpectBlock(w.block(2, 0), f.d[2], f.m[2], f.q[2]);
+  ExpectBlock(w.block(2, 1), f.d[3], f.m[3], f.q[3]);
+  ExpectBlock(w.block(0, 0), 0.5f, -1.25f, q0);
 }
 
 // 1 row × 64 columns of Q8_0: 2 blocks of (fp16 d, 32 int8).
@@ -218,8 +218,9 @@ TEST(GgmlExactQuantMatrixTest, UnpacksQ8_0) {
   EXPECT_EQ(w.type(), GgmlType::kQ8_0);
   EXPECT_EQ(w.rows(), 1);
   EXPECT_EQ(w.cols(), 64);
-  ExpectBlock(w.row(0)[0], 1.f, 0.f, q[0]);
-  ExpectBlock(w.row(0)[1], -0.0078125f, 0.f, q[1]);
+  EXPECT_EQ(w.Bytes(), 2 * 36);  // per Q8_0 block: fp32 d, 32 int8
+  ExpectBlock(w.block(0, 0), 1.f, 0.f, q[0]);
+  ExpectBlock(w.block(0, 1), -0.0078125f, 0.f, q[1]);
 }
 
 TEST(GgmlExactQuantMatrixTest, RejectsBadRowsAndKeepsMatrix) {
@@ -260,8 +261,8 @@ TEST(GgmlExactQuantMatrixTest, RejectsBadRowsAndKeepsMatrix) {
   EXPECT_EQ(w.rows(), 2);
   EXPECT_EQ(w.cols(), 64);
   EXPECT_EQ(w.type(), GgmlType::kQ4_1);
-  EXPECT_EQ(w.Bytes(), 4 * static_cast<int64_t>(sizeof(QuantMatrix::Block)));
-  ExpectBlock(w.row(1)[1], f.d[3], f.m[3], f.q[3]);
+  EXPECT_EQ(w.Bytes(), 4 * 24);  // per Q4_1 block: fp32 d and m, 16 packed bytes
+  ExpectBlock(w.block(1, 1), f.d[3], f.m[3], f.q[3]);
 
   // A Q8_0 matrix refuses Q4_1 rows, and a short Q8_0 buffer (34 bytes per block).
   QuantMatrix w8;
