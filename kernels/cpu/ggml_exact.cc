@@ -249,45 +249,70 @@ float HSum16(__m512 x) {
   return HSum16(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
 }
 
-// The batched path's scores with q held in registers: DotF16Batched(k[p], q) * scale for
-// p < visible; returns their maximum. head_dim <= kMaxFastHeadDim.
-float ScoresBatched(const float* q, const float* k, int64_t hd, int64_t visible, float scale,
-                    float* scores) {
+// Scores with q held in registers: (kBatched ? DotF16Batched : DotF16Single)(k[p], q) * scale for
+// p < visible; returns their maximum. head_dim <= kMaxFastHeadDim (and % 64 == 0 for one token).
+template <bool kBatched>
+float Scores(const float* q, const float* k, int64_t hd, int64_t visible, float scale,
+             float* scores) {
   __m512 qv[kMaxFastHeadDim / kLanes];
   const int64_t steps = hd / kLanes;
   for (int64_t i = 0; i < steps; ++i) qv[i] = _mm512_loadu_ps(q + i * kLanes);
   float max = -std::numeric_limits<float>::infinity();
   for (int64_t p = 0; p < visible; ++p) {
     const float* kp = k + p * hd;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t i = 0; i < steps; ++i) {
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(kp + i * kLanes), qv[i], acc);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
+    for (int64_t i = 0; i < steps; ++i) {  // one token: 4 accumulators over 64-element steps
+      __m512& a = acc[kBatched ? 0 : i % 4];
+      a = _mm512_fmadd_ps(_mm512_loadu_ps(kp + i * kLanes), qv[i], a);
     }
-    scores[p] = HSum16(acc) * scale;
+    const __m512 sum =
+        kBatched ? acc[0]
+                 : _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    scores[p] = HSum16(sum) * scale;
     max = std::max(max, scores[p]);
   }
   return max;
 }
 
-// The batched path's P·V with the 16 lanes of one 16-dimension slice in registers: lane p mod 16
-// accumulates fma(P[p], V[p]); then the Sum16 tree, element-wise over the slice.
-void PvBatched(const float* probs, const float* v, int64_t hd, int64_t visible, float* out) {
-  for (int64_t d = 0; d < hd; d += kLanes) {
-    __m512 acc[kLanes];
-    for (__m512& a : acc) a = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + kLanes <= visible; p += kLanes) {
-#pragma GCC unroll 16
-      for (int64_t j = 0; j < kLanes; ++j) {
-        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]),
-                                 _mm512_loadu_ps(v + (p + j) * hd + d), acc[j]);
-      }
-    }
+// 16 lane accumulators over one 16-dimension slice of V, in registers: lane j takes keys
+// first + j, first + j + stride, ... (< visible) with fma(P[p], V[p]).
+void PvLanes(const float* probs, const float* v, int64_t hd, int64_t d, int64_t first,
+             int64_t stride, int64_t visible, __m512* acc) {
+  for (int64_t j = 0; j < kLanes; ++j) acc[j] = _mm512_setzero_ps();
+  int64_t p = first;
+  for (; p + kLanes <= visible; p += stride) {
 #pragma GCC unroll 16
     for (int64_t j = 0; j < kLanes; ++j) {
-      if (p + j < visible) {
-        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]),
-                                 _mm512_loadu_ps(v + (p + j) * hd + d), acc[j]);
+      acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]), _mm512_loadu_ps(v + (p + j) * hd + d),
+                               acc[j]);
+    }
+  }
+  if (p >= visible) return;
+#pragma GCC unroll 16
+  for (int64_t j = 0; j < kLanes; ++j) {
+    if (p + j < visible) {
+      acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(probs[p + j]), _mm512_loadu_ps(v + (p + j) * hd + d),
+                               acc[j]);
+    }
+  }
+}
+
+// P·V slice by slice: lane p mod 16 (batched) or p mod 64 (one token, folded as
+// (acc0 + acc2) + (acc1 + acc3)) accumulates fma(P[p], V[p]); then the Sum16 tree, element-wise.
+template <bool kBatched>
+void Pv(const float* probs, const float* v, int64_t hd, int64_t visible, float* out) {
+  constexpr int64_t kGroups = kBatched ? 1 : 4;
+  for (int64_t d = 0; d < hd; d += kLanes) {
+    __m512 acc[kLanes], group[kGroups - 1][kLanes];
+    PvLanes(probs, v, hd, d, 0, kGroups * kLanes, visible, acc);
+    if constexpr (!kBatched) {
+      for (int64_t g = 1; g < kGroups; ++g) {
+        PvLanes(probs, v, hd, d, g * kLanes, kGroups * kLanes, visible, group[g - 1]);
+      }
+      for (int64_t j = 0; j < kLanes; ++j) {
+        acc[j] = _mm512_add_ps(_mm512_add_ps(acc[j], group[1][j]),
+                               _mm512_add_ps(group[0][j], group[2][j]));
       }
     }
     for (int64_t i = 0; i < 8; ++i) acc[i] = _mm512_add_ps(acc[i + 8], acc[i]);
@@ -304,14 +329,15 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
                int64_t visible, bool batched, float* scores, float* lanes, float* out) {
   const int64_t hd = s.head_dim;
 #if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
-  const bool fast = batched && hd <= kMaxFastHeadDim;
+  const bool fast = hd <= kMaxFastHeadDim && (batched || hd % (4 * kLanes) == 0);
 #else
   const bool fast = false;
 #endif
   float max = -std::numeric_limits<float>::infinity();
   if (fast) {
 #if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
-    max = ScoresBatched(q, k, hd, visible, s.scale, scores);
+    max = batched ? Scores<true>(q, k, hd, visible, s.scale, scores)
+                  : Scores<false>(q, k, hd, visible, s.scale, scores);
 #endif
   } else {
     for (int64_t p = 0; p < visible; ++p) {
@@ -335,7 +361,8 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
 #endif
   for (int64_t p = p0; p < visible; ++p) scores[p] = RoundF16(scores[p] * inv);
 #if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
-  if (fast) return PvBatched(scores, v, hd, visible, out);
+  if (fast)
+    return batched ? Pv<true>(scores, v, hd, visible, out) : Pv<false>(scores, v, hd, visible, out);
 #endif
   // P·V: lane (p mod 16) — or (p mod 64) for one token — accumulates p's product per dimension.
   const int64_t n_lanes = batched ? kLanes : 4 * kLanes;
