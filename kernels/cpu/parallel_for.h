@@ -3,6 +3,7 @@
 #ifndef XKV_KERNELS_CPU_PARALLEL_FOR_H_
 #define XKV_KERNELS_CPU_PARALLEL_FOR_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -36,13 +37,18 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex call_mu_;  // serialises ParallelFor callers
   std::mutex mu_;
+  // Mirrors of generation_ and busy_ that threads may read without mu_, to spin briefly before
+  // sleeping (see parallel_for.cc).
+  std::atomic<int64_t> generation_seen_{0};
+  std::atomic<int> busy_seen_{0};
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
-  const std::function<void(int64_t)>* fn_ = nullptr;  // guarded by mu_
+  // Set under mu_ before a call's generation is published; read by the call's participants.
+  const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
-  int64_t next_ = 0;        // next item to hand out, guarded by mu_
-  int64_t generation_ = 0;  // bumped per ParallelFor call
-  int busy_ = 0;            // workers still inside the current call
+  std::atomic<int64_t> next_{0};  // next item to hand out
+  int64_t generation_ = 0;        // bumped per ParallelFor call
+  int busy_ = 0;                  // workers still inside the current call
   bool stop_ = false;
 };
 
