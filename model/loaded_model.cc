@@ -14,8 +14,9 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads, 
   ASSIGN_OR_RETURN(out.file, GgufFile::Open(path));
   ASSIGN_OR_RETURN(out.config, ReadModelConfig(*out.file));
   ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::FromGguf(*out.file));
-  ASSIGN_OR_RETURN(LlamaWeights weights,
-                   LoadLlamaWeights(*out.file, out.config, LlamaWeightsOptions{}));
+  LlamaWeightsOptions weight_options;
+  weight_options.keep_blocks = numerics == Numerics::kGgml;  // the bit-exact ggml path's blocks
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(*out.file, out.config, weight_options));
   LlamaModelOptions options;
   options.numerics = numerics;
   options.num_threads = num_threads > 0
