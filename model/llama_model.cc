@@ -152,8 +152,8 @@ absl::Status LlamaModel::RunExactLayer(int layer, const BatchStep& batch, float*
   const int64_t n = batch.num_tokens();
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
-  RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.hidden,
-                                           c.norm_eps, norm_.data(), c.hidden));
+  RETURN_IF_ERROR(
+      cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.wqkv_q, qkv_.data(), qkv_dim, false));
   RETURN_IF_ERROR(cpu::ggml::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim,
                                         exact_rope_.data(), q_.data(), q_dim));
@@ -166,8 +166,8 @@ absl::Status LlamaModel::RunExactLayer(int layer, const BatchStep& batch, float*
   RETURN_IF_ERROR(RunAttention(layer, batch, stop));
   if (*stop) return absl::OkStatus();
   RETURN_IF_ERROR(ExactMatmul(attn_.data(), q_dim, n, w.wo_q, hidden, c.hidden, true));
-  RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(hidden, w.ffn_norm.data(), n, c.hidden, c.hidden,
-                                           c.norm_eps, norm_.data(), c.hidden));
+  RETURN_IF_ERROR(
+      cpu::LaunchRmsNorm(hidden, w.ffn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   const int64_t f = c.ffn;
   RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.w_gate_up_q, ffn_.data(), 2 * f, false));
   RETURN_IF_ERROR(cpu::ggml::LaunchSwiGlu(ffn_.data(), 2 * f, ffn_.data() + f, 2 * f, n, f,
@@ -331,17 +331,14 @@ absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hi
     std::memcpy(norm_.data() + i * c.hidden, hidden.data() + rows[i] * c.hidden,
                 c.hidden * sizeof(float));
   }
+  RETURN_IF_ERROR(cpu::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r, c.hidden,
+                                     c.norm_eps, norm_.data()));
   std::vector<float> logits(r * c.vocab_size);
   if (options_.numerics == Numerics::kGgml && weights_->lm_head_q) {
-    RETURN_IF_ERROR(cpu::ggml::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r,
-                                             c.hidden, c.hidden, c.norm_eps, norm_.data(),
-                                             c.hidden));
     RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, r, *weights_->lm_head_q, logits.data(),
                                 c.vocab_size, false));
     return logits;
   }
-  RETURN_IF_ERROR(cpu::LaunchRmsNorm(norm_.data(), weights_->output_norm.data(), r, c.hidden,
-                                     c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, *weights_->lm_head, weights_->lm_head_rounding,
                          weights_->lm_head_mins, logits.data(), c.vocab_size, r, c.vocab_size,
                          c.hidden, false));

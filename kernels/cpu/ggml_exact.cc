@@ -538,23 +538,6 @@ absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t 
   return absl::OkStatus();
 }
 
-absl::Status LaunchRmsNorm(const float* x, const float* w, int64_t rows, int64_t cols,
-                           int64_t stride, float eps, float* y, int64_t y_stride) {
-  if (rows < 0 || cols <= 0 || stride < cols || y_stride < cols) {
-    return absl::InvalidArgumentError("ggml_exact: bad rms_norm shape");
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * stride;
-    float* yr = y + r * y_stride;
-    double sum = 0;
-    for (int64_t i = 0; i < cols; ++i) sum += static_cast<double>(xr[i] * xr[i]);
-    const float mean = static_cast<float>(sum / static_cast<double>(cols));
-    const float scale = 1.0f / std::sqrt(mean + eps);
-    for (int64_t i = 0; i < cols; ++i) yr[i] = xr[i] * scale * w[i];
-  }
-  return absl::OkStatus();
-}
-
 absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base,
                        float* cache) {
   if (n < 0 || dims <= 0 || dims % 2 != 0 || !(base > 0.f)) {

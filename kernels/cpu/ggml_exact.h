@@ -16,8 +16,8 @@
 //    does (Sum16).
 //  - Softmax: scores × scale, the AVX-512 expf approximation (Expf) over 16-element chunks, chunk
 //    sums added in double, probabilities scaled by (float)(1 / sum) and rounded to fp16.
-//  - SiLU as x / (1 + Expf(-x)); RMSNorm with Σx² in double and y = x * scale * w; RoPE from a
-//    cos/sin cache whose angle is multiplied by base^(-2/dims) pair after pair.
+//  - SiLU as x / (1 + Expf(-x)); RoPE from a cos/sin cache whose angle is multiplied by
+//    base^(-2/dims) pair after pair. RMSNorm is cpu::LaunchRmsNorm (already ggml's arithmetic).
 // On other builds (AVX2-only hosts, ARM) llama.cpp sums in other orders; the results then agree
 // to within fp32 rounding noise instead of exactly.
 #ifndef XKV_KERNELS_CPU_GGML_EXACT_H_
@@ -104,9 +104,8 @@ float Expf(float x);
 float Sum8(const float* lanes);
 float Sum16(const float* lanes);
 
-// y[r] = x[r] * (1 / sqrt(mean(x[r]²) + eps)) * w, rows `stride` floats apart (in place allowed).
-absl::Status LaunchRmsNorm(const float* x, const float* w, int64_t rows, int64_t cols,
-                           int64_t stride, float eps, float* y, int64_t y_stride);
+// RMSNorm needs no emulation: cpu::LaunchRmsNorm (kernels/cpu/rms_norm.h) already computes as
+// ggml does (Σx² in double, y = (x · scale) · w); tests/unit/kernels/ggml_exact_test.cc checks it.
 
 // RoPE "normal" style (adjacent pairs). cache: fp32 [n][dims] as (cos, sin) pairs of each row's
 // position, built by RopeCache. x: [n] rows of `heads` × head_dim (row stride x_stride), rotated

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/parallel_for.h"
+#include "kernels/cpu/rms_norm.h"
 #include "kernels/ggml_types.h"
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -644,42 +645,9 @@ TEST(GgmlExactExpfTest, MatchesGgmlVExpfBitwise) {
 // ---------------------------------------------------------------------------------------------
 // RMSNorm, SwiGLU, RoPE
 
-TEST(GgmlExactRmsNormTest, MatchesDoubleFormula) {
-  const int64_t rows = 3, cols = 96, stride = 100, y_stride = 101;
-  const float eps = 1e-5f;
-  std::mt19937 rng(31);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> x(rows * stride, 9.f), w(cols), y(rows * y_stride, 7.f);
-  const float row_scale[rows] = {2.f, 1e-3f, 100.f};  // row 1: eps dominates mean(x²)
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < cols; ++i) x[r * stride + i] = row_scale[r] * dist(rng);
-  }
-  for (float& v : w) v = 1.f + 0.5f * dist(rng);
-  ASSERT_TRUE(LaunchRmsNorm(x.data(), w.data(), rows, cols, stride, eps, y.data(), y_stride).ok());
-  for (int64_t r = 0; r < rows; ++r) {
-    double ss = 0;
-    for (int64_t i = 0; i < cols; ++i) ss += double(x[r * stride + i]) * x[r * stride + i];
-    const double inv = 1.0 / std::sqrt(ss / cols + eps);
-    for (int64_t i = 0; i < cols; ++i) {
-      const double want = x[r * stride + i] * inv * w[i];
-      EXPECT_NEAR(y[r * y_stride + i], want, 5e-7 * std::fabs(want) + 1e-30)
-          << "r=" << r << " i=" << i;
-    }
-    for (int64_t i = cols; i < y_stride; ++i) EXPECT_EQ(y[r * y_stride + i], 7.f);
-  }
-  // In place gives the same bits.
-  std::vector<float> z = x;
-  ASSERT_TRUE(LaunchRmsNorm(z.data(), w.data(), rows, cols, stride, eps, z.data(), stride).ok());
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < cols; ++i) {
-      EXPECT_EQ(FloatBits(z[r * stride + i]), FloatBits(y[r * y_stride + i]));
-    }
-  }
-}
-
-// The header's order, bit for bit: Σ fp32(x²) in double, mean rounded to fp32,
-// scale = 1 / sqrt(mean + eps), y = (x · scale) · w.
-TEST(GgmlExactRmsNormTest, MatchesDocumentedOrderBitwise) {
+// ggml's RMSNorm, which the engine takes from cpu::LaunchRmsNorm, bit for bit: Σ fp32(x²) in
+// double, mean rounded to fp32, scale = 1 / sqrt(mean + eps), y = (x · scale) · w.
+TEST(GgmlExactRmsNormTest, CpuKernelIsGgmlOrderBitwise) {
   const int64_t rows = 32, cols = 576;
   const float eps = 1e-5f;
   std::mt19937 rng(32);
@@ -687,7 +655,7 @@ TEST(GgmlExactRmsNormTest, MatchesDocumentedOrderBitwise) {
   std::vector<float> x(rows * cols), w(cols), y(rows * cols);
   for (float& v : x) v = 3.f * dist(rng);
   for (float& v : w) v = 1.f + 0.5f * dist(rng);
-  ASSERT_TRUE(LaunchRmsNorm(x.data(), w.data(), rows, cols, cols, eps, y.data(), cols).ok());
+  ASSERT_TRUE(cpu::LaunchRmsNorm(x.data(), w.data(), rows, cols, eps, y.data()).ok());
   int float_sum_matters = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x.data() + r * cols;
@@ -706,14 +674,6 @@ TEST(GgmlExactRmsNormTest, MatchesDocumentedOrderBitwise) {
     }
   }
   EXPECT_GT(float_sum_matters, 0);  // a float Σx² would change some outputs
-}
-
-TEST(GgmlExactRmsNormTest, RejectsBadShapes) {
-  std::vector<float> x(64, 1.f), w(32, 1.f), y(64);
-  EXPECT_FALSE(LaunchRmsNorm(x.data(), w.data(), 1, 0, 32, 1e-5f, y.data(), 32).ok());
-  EXPECT_FALSE(LaunchRmsNorm(x.data(), w.data(), -1, 32, 32, 1e-5f, y.data(), 32).ok());
-  EXPECT_FALSE(LaunchRmsNorm(x.data(), w.data(), 2, 32, 31, 1e-5f, y.data(), 32).ok());
-  EXPECT_FALSE(LaunchRmsNorm(x.data(), w.data(), 2, 32, 32, 1e-5f, y.data(), 31).ok());
 }
 
 TEST(GgmlExactSwiGluTest, MatchesDoubleFormula) {
