@@ -103,8 +103,12 @@ void DotRows(const RowSpan* w, int64_t nb, const ActBlock* a, float* out) {
       for (int k = 0; k < 8; ++k) {
         int32_t sum = 0;
         for (int i = 4 * k; i < 4 * k + 4; ++i) {
-          int32_t wq = kQ4_1 ? q[i] : static_cast<int8_t>(q[i]);
-          if constexpr (kPackedNibbles) wq = i < 16 ? q[i] & 0x0f : q[i - 16] >> 4;
+          int32_t wq;
+          if constexpr (kPackedNibbles) {
+            wq = i < 16 ? q[i] & 0x0f : q[i - 16] >> 4;
+          } else {
+            wq = kQ4_1 ? q[i] : static_cast<int8_t>(q[i]);
+          }
           sum += wq * static_cast<int32_t>(a[b].q[i]);
         }
         lanes[k] = std::fma(dd, static_cast<float>(sum), lanes[k]);
