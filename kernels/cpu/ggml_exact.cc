@@ -308,7 +308,7 @@ template <bool kBatched>
 void Pv(const float* probs, const float* v, int64_t hd, int64_t visible, float* out) {
   constexpr int64_t kGroups = kBatched ? 1 : 4;
   for (int64_t d = 0; d < hd; d += kLanes) {
-    __m512 acc[kLanes], group[kGroups - 1][kLanes];
+    __m512 acc[kLanes], group[kGroups > 1 ? kGroups - 1 : 1][kLanes];  // groups 1..3
     PvLanes(probs, v, hd, d, 0, kGroups * kLanes, visible, acc);
     if constexpr (!kBatched) {
       for (int64_t g = 1; g < kGroups; ++g) {
@@ -365,8 +365,9 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
 #endif
   for (int64_t p = p0; p < visible; ++p) scores[p] = RoundF16(scores[p] * inv);
 #if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
-  if (fast)
+  if (fast) {
     return batched ? Pv<true>(scores, v, hd, visible, out) : Pv<false>(scores, v, hd, visible, out);
+  }
 #endif
   // P·V: lane (p mod 16) — or (p mod 64) for one token — accumulates p's product per dimension.
   const int64_t n_lanes = batched ? kLanes : 4 * kLanes;
@@ -468,6 +469,9 @@ absl::Status QuantMatrix::AppendRows(GgmlType type, const uint8_t* data, size_t 
   type_ = type;
   cols_ = cols;
   const int64_t packed = packed_bytes(), value_offset = type == GgmlType::kQ4_1 ? 4 : 2;
+  d_.reserve(d_.size() + rows * nb);
+  if (type == GgmlType::kQ4_1) m_.reserve(m_.size() + rows * nb);
+  qs_.reserve(qs_.size() + rows * nb * packed);
   for (int64_t i = 0; i < rows * nb; ++i) {
     const uint8_t* src = data + i * block_bytes;
     d_.push_back(Half(ReadU16(src)));
