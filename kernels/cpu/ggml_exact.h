@@ -92,6 +92,16 @@ class QuantMatrix {
 // Whether QuantMatrix can hold weights of this type.
 bool IsExactQuantType(GgmlType type);
 
+// Whether this build reproduces the llama.cpp that pip builds on the same host: true when xkv is
+// compiled for AVX-512F/DQ (as -march=native does on such a host, for llama.cpp as well). On other
+// hosts llama.cpp sums in other orders and agreement is within rounding noise, not bitwise.
+constexpr bool kEmulatesHostBuild =
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX2__) && defined(__FMA__)
+    true;
+#else
+    false;
+#endif
+
 // c[i, j] (+)= dot(w row j, activation row i) for i < m, j < w.rows(), as ggml's vec_dot (and
 // tinyBLAS, which sums in the same order). a: [m][w.cols() / 32] blocks. With `accumulate` the
 // product is added to c (ggml_add: one rounding).
