@@ -246,7 +246,9 @@ TEST_F(ParityTest, GreedyContinuationsMatchLlamaCppInOneBatch) {
   }
   std::printf("greedy: %d of %zu continuations identical over 64 tokens\n", identical,
               prompts.size());
-  if (cpu::ggml::kEmulatesHostBuild) EXPECT_EQ(identical, static_cast<int>(prompts.size()));
+  if (cpu::ggml::kEmulatesHostBuild) {
+    EXPECT_EQ(identical, static_cast<int>(prompts.size()));
+  }
 }
 
 // Teacher forcing: llama.cpp's continuation fed to xkv in one prefill; at every step where
