@@ -19,7 +19,20 @@
 namespace xkv::cpu::ggml {
 namespace {
 
-constexpr int64_t kLanes = 16;  // tinyBLAS / vec_dot_f16 vector width (AVX-512)
+// fp32 lanes of the emulated build's vectors (tinyBLAS fp16 products, softmax and SiLU chunks):
+// 16 for AVX-512, 8 for AVX2 (header: kEmulatedLanes).
+constexpr int64_t kLanes = kEmulatedLanes;
+constexpr bool kAvx512Profile = kLanes == 16;
+
+// Σ of kLanes lanes as the emulated build's horizontal sum does: Sum16 or Sum8.
+float LaneSum(const float* lanes) { return kAvx512Profile ? Sum16(lanes) : Sum8(lanes); }
+
+// GGML_F32x8_REDUCE's last step (AVX2 ggml_vec_dot_f16): t_i = l_i + l_{i+4}, then two
+// horizontal adds: (t_0 + t_1) + (t_2 + t_3).
+float HaddSum8(const float* l) {
+  const float t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
+  return (t0 + t1) + (t2 + t3);
+}
 
 #ifdef XKV_GGML_EXACT_AVX2
 // Lane k of the result: Σ u[4k..4k+3] · s[4k..4k+3] (u unsigned, s signed bytes), exact.
@@ -139,6 +152,32 @@ float HSum8(__m256 t) {
 // Sum16 of lanes 0..7 (lo) and 8..15 (hi).
 float HSum16(__m256 lo, __m256 hi) { return HSum8(_mm256_add_ps(hi, lo)); }
 
+#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
+// Expf on 8 lanes, the AVX2 build's ggml_v_expf: k = 2^n from z's bits, result fma(j, k, k); lanes
+// with |n| > 126 take the scalar path.
+__m256 Expf8(__m256 x) {
+  const __m256 r = _mm256_set1_ps(0x1.8p23f);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+  const __m256 n = _mm256_sub_ps(z, r);
+  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(
+      _mm256_slli_epi32(_mm256_castps_si256(z), 23), _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+  const __m256 u = _mm256_mul_ps(b, b);
+  const __m256 j = _mm256_fmadd_ps(
+      _mm256_fmadd_ps(
+          _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+          _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+      u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+  const __m256 big =
+      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ);
+  if (_mm256_movemask_ps(big) == 0) return _mm256_fmadd_ps(j, k, k);
+  float in[8], out[8];
+  _mm256_storeu_ps(in, x);
+  for (int i = 0; i < 8; ++i) out[i] = Expf(in[i]);
+  return _mm256_loadu_ps(out);
+}
+#else
 // Expf on 8 lanes; lanes whose 2^n is not a normal float (rare: far below the row maximum, or
 // special values) take the scalar path.
 __m256 Expf8(__m256 x) {
@@ -166,11 +205,12 @@ __m256 Expf8(__m256 x) {
   return _mm256_loadu_ps(out);
 }
 #endif
+#endif
 
 // tinyBLAS (n_new > 1): lane j accumulates products j, j + 16, ... with fma; then Sum16.
 // n % 16 == 0.
 float DotF16Batched(const float* a, const float* b, int64_t n) {
-#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
   __m512 acc = _mm512_setzero_ps();
   for (int64_t l = 0; l < n; l += kLanes) {
     acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + l), _mm512_loadu_ps(b + l), acc);
@@ -179,6 +219,13 @@ float DotF16Batched(const float* a, const float* b, int64_t n) {
   _mm512_store_ps(lanes, acc);
   return HSum16(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
 #elif defined(XKV_GGML_EXACT_AVX2)
+  if constexpr (!kAvx512Profile) {  // 8 lanes
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t l = 0; l < n; l += kLanes) {
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + l), _mm256_loadu_ps(b + l), acc);
+    }
+    return HSum8(acc);
+  }
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
   for (int64_t l = 0; l < n; l += kLanes) {
     lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + l), _mm256_loadu_ps(b + l), lo);
@@ -190,29 +237,45 @@ float DotF16Batched(const float* a, const float* b, int64_t n) {
   for (int64_t l = 0; l < n; l += kLanes) {
     for (int64_t j = 0; j < kLanes; ++j) lanes[j] = std::fma(a[l + j], b[l + j], lanes[j]);
   }
-  return Sum16(lanes);
+  return LaneSum(lanes);
 #endif
 }
 
-// ggml_vec_dot_f16 (one token): 4 accumulators of 16 lanes over 64-element steps, reduced as
-// (acc0 + acc2) + (acc1 + acc3), then Sum16; a tail beyond the last full step is added in double.
+// ggml_vec_dot_f16 (one token): 4 accumulators of kLanes lanes over 4·kLanes-element steps,
+// reduced as (acc0 + acc2) + (acc1 + acc3), then Sum16 (AVX-512) or HaddSum8 (AVX2); a tail
+// beyond the last full step is added in double.
 float DotF16Single(const float* a, const float* b, int64_t n) {
   const int64_t full = n - n % (4 * kLanes);
   double sum;
 #ifdef XKV_GGML_EXACT_AVX2
-  __m256 acc[8];
-  for (__m256& x : acc) x = _mm256_setzero_ps();
-  for (int64_t l = 0; l < full; l += 4 * kLanes) {
-    for (int i = 0; i < 8; ++i) {
-      acc[i] =
-          _mm256_fmadd_ps(_mm256_loadu_ps(a + l + 8 * i), _mm256_loadu_ps(b + l + 8 * i), acc[i]);
+  if constexpr (kAvx512Profile) {
+    __m256 acc[8];
+    for (__m256& x : acc) x = _mm256_setzero_ps();
+    for (int64_t l = 0; l < full; l += 4 * kLanes) {
+      for (int i = 0; i < 8; ++i) {
+        acc[i] =
+            _mm256_fmadd_ps(_mm256_loadu_ps(a + l + 8 * i), _mm256_loadu_ps(b + l + 8 * i), acc[i]);
+      }
     }
+    // Vector i holds lanes 8i..8i+7: lanes j < 8 of the four 16-lane accumulators are in 0, 2,
+    // 4, 6, lanes j >= 8 in 1, 3, 5, 7.
+    const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+    const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+    sum = HSum16(lo, hi);
+  } else {
+    __m256 acc[4];
+    for (__m256& x : acc) x = _mm256_setzero_ps();
+    for (int64_t l = 0; l < full; l += 4 * kLanes) {
+      for (int i = 0; i < 4; ++i) {
+        acc[i] =
+            _mm256_fmadd_ps(_mm256_loadu_ps(a + l + 8 * i), _mm256_loadu_ps(b + l + 8 * i), acc[i]);
+      }
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes,
+                     _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])));
+    sum = HaddSum8(lanes);
   }
-  // Vector i holds lanes 8i..8i+7: lanes j < 8 of the four 16-lane accumulators are in 0, 2, 4,
-  // 6, lanes j >= 8 in 1, 3, 5, 7.
-  const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-  const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-  sum = HSum16(lo, hi);
 #else
   float acc[4 * kLanes] = {};
   for (int64_t l = 0; l < full; l += 4 * kLanes) {
@@ -222,29 +285,34 @@ float DotF16Single(const float* a, const float* b, int64_t n) {
   for (int64_t j = 0; j < kLanes; ++j) {
     lanes[j] = (acc[j] + acc[2 * kLanes + j]) + (acc[kLanes + j] + acc[3 * kLanes + j]);
   }
-  sum = Sum16(lanes);
+  sum = kAvx512Profile ? Sum16(lanes) : HaddSum8(lanes);
 #endif
   for (int64_t i = full; i < n; ++i) sum += static_cast<double>(a[i] * b[i]);
   return static_cast<float>(sum);
 }
 
-// x[0, 16) ← Expf(x - max) for the first `valid` elements, 0 after; returns their Sum16.
+// x[0, kLanes) ← Expf(x - max) for the first `valid` elements, 0 after; returns their LaneSum.
 float ExpChunk(float* x, float max, int64_t valid) {
 #ifdef XKV_GGML_EXACT_AVX2
-  if (valid == kLanes) {
+  if (!kAvx512Profile && valid == kLanes) {
+    const __m256 e = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x), _mm256_set1_ps(max)));
+    _mm256_storeu_ps(x, e);
+    return HSum8(e);
+  }
+  if (kAvx512Profile && valid == kLanes) {
     const __m256 m = _mm256_set1_ps(max);
     const __m256 lo = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x), m));
-    const __m256 hi = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x + 8), m));
+    const __m256 hi = Expf8(_mm256_sub_ps(_mm256_loadu_ps(x + kLanes / 2), m));
     _mm256_storeu_ps(x, lo);
-    _mm256_storeu_ps(x + 8, hi);
+    _mm256_storeu_ps(x + kLanes / 2, hi);
     return HSum16(lo, hi);
   }
 #endif
   for (int64_t j = 0; j < kLanes; ++j) x[j] = j < valid ? Expf(x[j] - max) : 0.f;
-  return Sum16(x);
+  return LaneSum(x);
 }
 
-#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
 constexpr int64_t kMaxFastHeadDim = 128;
 
 float HSum16(__m512 x) {
@@ -332,14 +400,14 @@ void Pv(const float* probs, const float* v, int64_t hd, int64_t visible, float* 
 void AttendOne(const AttentionShape& s, const float* q, const float* k, const float* v,
                int64_t visible, bool batched, float* scores, float* lanes, float* out) {
   const int64_t hd = s.head_dim;
-#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
   const bool fast = hd <= kMaxFastHeadDim && (batched || hd % (4 * kLanes) == 0);
 #else
   const bool fast = false;
 #endif
   float max = -std::numeric_limits<float>::infinity();
   if (fast) {
-#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
     max = batched ? Scores<true>(q, k, hd, visible, s.scale, scores)
                   : Scores<false>(q, k, hd, visible, s.scale, scores);
 #endif
@@ -364,7 +432,7 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
   }
 #endif
   for (int64_t p = p0; p < visible; ++p) scores[p] = RoundF16(scores[p] * inv);
-#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__)
+#if defined(XKV_GGML_EXACT_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
   if (fast) {
     return batched ? Pv<true>(scores, v, hd, visible, out) : Pv<false>(scores, v, hd, visible, out);
   }
@@ -378,8 +446,8 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
     const float pr = scores[p];
     for (int64_t d = 0; d < hd; ++d) acc[d] = std::fma(pr, vp[d], acc[d]);
   }
-  // Sum16 over the lane rows, the same tree for every dimension (written row-wise so that it
-  // vectorizes over d); one token first folds its 64 lanes as (acc0 + acc2) + (acc1 + acc3).
+  // LaneSum over the lane rows, the same tree for every dimension (written row-wise so that it
+  // vectorizes over d); one token first folds its 4·kLanes lanes as (acc0 + acc2) + (acc1 + acc3).
   float* l = lanes;
   if (!batched) {
     for (int64_t j = 0; j < kLanes; ++j) {
@@ -388,6 +456,14 @@ void AttendOne(const AttentionShape& s, const float* q, const float* k, const fl
                         (l[(kLanes + j) * hd + d] + l[(3 * kLanes + j) * hd + d]);
       }
     }
+  }
+  if (!kAvx512Profile && !batched) {  // AVX2 vec_dot_f16: HaddSum8
+    for (int64_t d = 0; d < hd; ++d) {
+      const float t0 = l[d] + l[4 * hd + d], t1 = l[hd + d] + l[5 * hd + d];
+      const float t2 = l[2 * hd + d] + l[6 * hd + d], t3 = l[3 * hd + d] + l[7 * hd + d];
+      out[d] = (t0 + t1) + (t2 + t3);
+    }
+    return;
   }
   for (int64_t width = kLanes / 2; width >= 4; width /= 2) {
     for (int64_t i = 0; i < width; ++i) {
@@ -418,12 +494,23 @@ float Expf(float x) {
   const float n = z - r;
   const float b = std::fma(-n, 0x1.7f7d1cp-20f, std::fma(-n, 0x1.62e4p-1f, x));
   const float u = b * b;
-  const float j = std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
-                                    std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                           u, std::fma(0x1.ffffecp-1f, b, 1.0f));
-  if (std::isnan(n)) return n;
-  if (std::fabs(n) > 192.f) return n <= 0.f ? 0.f : std::numeric_limits<float>::infinity();
-  return std::ldexp(j, static_cast<int>(n));  // _mm512_scalef_ps: j · 2^n, rounded once
+  const float p = std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u,
+                           std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f));
+  if constexpr (kAvx512Profile) {  // j · 2^n with _mm512_scalef_ps
+    const float j = std::fma(p, u, std::fma(0x1.ffffecp-1f, b, 1.0f));
+    if (std::isnan(n)) return n;
+    if (std::fabs(n) > 192.f) return n <= 0.f ? 0.f : std::numeric_limits<float>::infinity();
+    return std::ldexp(j, static_cast<int>(n));  // rounded once
+  } else {  // the AVX2 build: k = 2^n built from z's bits, k + k·j rounded once
+    const float j = std::fma(p, u, 0x1.ffffecp-1f * b);
+    const uint32_t e = FloatBits(z) << 23;
+    const float k = BitsToFloat(e + FloatBits(1.0f));
+    if (!(std::fabs(n) > 126.f)) return std::fma(j, k, k);
+    const uint32_t g = n <= 0.f ? 0x82000000u : 0u;
+    const float s1 = BitsToFloat(g + 0x7f000000u), s2 = BitsToFloat(e - g);
+    if (std::fabs(n) > 192.f) return s1 * s1;
+    return std::fma(s2, j, s2) * s1;
+  }
 }
 
 void QuantizeRow(const float* x, int64_t k, ActBlock* out) {
@@ -611,7 +698,7 @@ absl::Status LaunchAttention(const AttentionShape& shape, const float* q, int64_
                              int64_t len, float* out, int64_t out_stride, ThreadPool* pool) {
   const int64_t hd = shape.head_dim;
   if (shape.n_heads <= 0 || shape.n_kv_heads <= 0 || shape.n_heads % shape.n_kv_heads != 0 ||
-      hd <= 0 || hd % kLanes != 0 || n_new < 1 || len < n_new || head_stride < len * hd ||
+      hd <= 0 || hd % 16 != 0 || n_new < 1 || len < n_new || head_stride < len * hd ||
       q_stride < shape.n_heads * hd || out_stride < shape.n_heads * hd) {
     return absl::InvalidArgumentError(
         absl::StrCat("ggml_exact: bad attention shape (heads ", shape.n_heads, "/",

@@ -2,9 +2,11 @@
 // xkv's CPU engine (Numerics::kGgml) computes llama.cpp's logits bit for bit on the same GGUF.
 //
 // The emulated build is ggml-cpu compiled for the host (`pip install llama-cpp-python`, which
-// builds llama.cpp with -march=native) on an x86-64 CPU with AVX-512F/DQ, FMA and F16C, as in
+// builds llama.cpp with -march=native) on an x86-64 CPU with AVX-512F/DQ, FMA and F16C — or, when
+// xkv itself is compiled without AVX-512, with AVX2, FMA and F16C (kEmulatedLanes) — as in
 // llama-cpp-python 0.3.36. Every rounding step of that build is reproduced, including the order
-// in which its SIMD lanes are summed:
+// in which its SIMD lanes are summed (described here for AVX-512; the AVX2 build uses 8 lanes
+// where it says 16, and its own expf scaling and vec_dot_f16 reduction):
 //  - Activations entering a quantized product are quantized to 32-element Q8_0/Q8_1 blocks:
 //    amax, d = amax / 127, q = round-half-even(x * (127 / amax)), s = fp16(d * Σq) (Q8_1).
 //  - Q4_1 × Q8_1 and Q8_0 × Q8_0 dot products keep 8 fp32 lanes; lane k takes the integer sum of
@@ -18,7 +20,7 @@
 //    sums added in double, probabilities scaled by (float)(1 / sum) and rounded to fp16.
 //  - SiLU as x / (1 + Expf(-x)); RoPE from a cos/sin cache whose angle is multiplied by
 //    base^(-2/dims) pair after pair. RMSNorm is cpu::LaunchRmsNorm (already ggml's arithmetic).
-// On other builds (AVX2-only hosts, ARM) llama.cpp sums in other orders; the results then agree
+// On other builds (ARM, x86 without AVX2) llama.cpp sums in other orders; the results then agree
 // to within fp32 rounding noise instead of exactly.
 #ifndef XKV_KERNELS_CPU_GGML_EXACT_H_
 #define XKV_KERNELS_CPU_GGML_EXACT_H_
@@ -34,6 +36,17 @@
 namespace xkv::cpu::ggml {
 
 inline constexpr int64_t kQBlock = 32;
+
+// The emulated ggml build, as -march=native picks llama.cpp's on the same host: AVX-512F/DQ
+// (16-lane fp16 products, softmax and SiLU chunks; expf scaled with _mm512_scalef_ps) when xkv
+// itself compiles for it, else AVX2/FMA/F16C (8 lanes; expf scaled through the exponent bits;
+// ggml_vec_dot_f16 reduced with horizontal adds). The rest is the same code in both builds.
+inline constexpr int64_t kEmulatedLanes =
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    16;
+#else
+    8;
+#endif
 
 // One quantized activation block: fp16 fields widened to fp32. `s` (Q8_1's fp16(d * Σq)) is
 // always filled; Q8_0 products ignore it.
@@ -93,10 +106,10 @@ class QuantMatrix {
 bool IsExactQuantType(GgmlType type);
 
 // Whether this build reproduces the llama.cpp that pip builds on the same host: true when xkv is
-// compiled for AVX-512F/DQ (as -march=native does on such a host, for llama.cpp as well). On other
-// hosts llama.cpp sums in other orders and agreement is within rounding noise, not bitwise.
+// compiled for AVX-512F/DQ or for AVX2/FMA/F16C (-march=native does that on such hosts, for
+// llama.cpp as well). Elsewhere llama.cpp sums in other orders: agreement within rounding noise.
 constexpr bool kEmulatesHostBuild =
-#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
     true;
 #else
     false;
@@ -108,7 +121,7 @@ constexpr bool kEmulatesHostBuild =
 absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t m, float* c,
                                int64_t ldc, bool accumulate, ThreadPool* pool);
 
-// ggml_v_expf (AVX-512 variant), element by element.
+// ggml_v_expf of the emulated build (kEmulatedLanes), element by element.
 float Expf(float x);
 // Tree sums of 8 and 16 fp32 lanes: hsum_float_8 and GCC's _mm512_reduce_add_ps.
 float Sum8(const float* lanes);
@@ -141,6 +154,7 @@ struct AttentionShape {
 // (fp16-representable values, q_stride apart); k, v: [n_kv_heads][len][head_dim] (head_stride
 // apart, fp16-representable); out: [n_new][n_heads * head_dim] (out_stride apart). n_new > 1
 // follows llama.cpp's batched path (tinyBLAS), n_new == 1 its one-token path (vec_dot_f16).
+// head_dim must be a multiple of 16 (both builds' tinyBLAS then takes the product).
 absl::Status LaunchAttention(const AttentionShape& shape, const float* q, int64_t q_stride,
                              int64_t n_new, const float* k, const float* v, int64_t head_stride,
                              int64_t len, float* out, int64_t out_stride, ThreadPool* pool);

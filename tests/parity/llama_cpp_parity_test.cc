@@ -5,8 +5,9 @@
 // The engine runs with Numerics::kGgml, which reproduces the arithmetic of llama.cpp's CPU backend
 // bit for bit (kernels/cpu/ggml_exact.h). The criteria are asserted as written: same
 // argmax and max |logit difference| within 1% of the logit range, and 64 greedy tokens identical.
-// (On a host without AVX-512, llama.cpp's build sums in other orders than the ones emulated; the
-// test then bounds the logits by llama.cpp's own spread instead: kEmulatesHostBuild.)
+// (xkv emulates the AVX-512 and the AVX2 builds of llama.cpp, whichever -march=native gives on
+// this host; on a host with neither, llama.cpp sums in other orders and the test bounds the logits
+// by llama.cpp's own spread instead: kEmulatesHostBuild.)
 // For scale the test also prints llama.cpp's own spread: how far llama.cpp's last logits move
 // between its own configurations (flash attention on/off, one token per batch) — a few percent of
 // the range, because its 8-bit activation rounding turns any fp32 summation-order difference into
@@ -200,7 +201,7 @@ TEST_F(ParityTest, LastLogitsMatchLlamaCpp) {
     } else {  // see kEmulatesHostBuild: llama.cpp's own spread is the honest bound here
       EXPECT_LE(max_diff, std::max(0.01f * (hi - lo), p.spread))
           << p.name << ": max |diff| " << max_diff << " vs logit range " << (hi - lo)
-          << ", llama.cpp's own spread " << p.spread << " (host without AVX-512)";
+          << ", llama.cpp's own spread " << p.spread << " (host without AVX2)";
     }
     std::printf(
         "parity %-8s %5zu tokens: max|diff| %.3g = %.4f%% of range %.2f, %zu of %zu logits "

@@ -960,30 +960,39 @@ TEST(GgmlExactAttentionTest, MatchesDoubleSoftmaxAttention) {
 // sensitive to it.
 enum class AttnOrder { kDocumented, kSequentialKq, kFloatSoftmaxSum };
 
-// tinyBLAS: lane j accumulates elements j, j + 16, ... with fma; then the 16-lane tree.
+// The emulated build's vector width (16 lanes for AVX-512, 8 for AVX2) and its lane trees.
+constexpr int kL = static_cast<int>(kEmulatedLanes);
+float LaneTree(const float* l) { return kL == 16 ? Tree16(l) : Tree8(l); }
+// AVX2 ggml_vec_dot_f16's last step: (l0 + l4) + (l1 + l5), then ... as two horizontal adds.
+float HaddTree8(const float* l) {
+  return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+float SingleTree(const float* l) { return kL == 16 ? Tree16(l) : HaddTree8(l); }
+
+// tinyBLAS: lane j accumulates elements j, j + kL, ... with fma; then the lane tree.
 float DotBatched(const float* a, const float* b, int64_t n, AttnOrder order) {
-  float lanes[16] = {};
-  for (int64_t l = 0; l < n; l += 16) {
-    for (int j = 0; j < 16; ++j) lanes[j] = std::fma(a[l + j], b[l + j], lanes[j]);
+  float lanes[kL] = {};
+  for (int64_t l = 0; l < n; l += kL) {
+    for (int j = 0; j < kL; ++j) lanes[j] = std::fma(a[l + j], b[l + j], lanes[j]);
   }
-  return order == AttnOrder::kSequentialKq ? LeftToRight(lanes, 16) : Tree16(lanes);
+  return order == AttnOrder::kSequentialKq ? LeftToRight(lanes, kL) : LaneTree(lanes);
 }
 
-// ggml_vec_dot_f16: 4 × 16 lanes over 64-element steps, (acc0 + acc2) + (acc1 + acc3), the
-// 16-lane tree, then the elements past the last full step added in double.
+// ggml_vec_dot_f16: 4 × kL lanes over 4·kL-element steps, (acc0 + acc2) + (acc1 + acc3), the
+// single-token tree, then the elements past the last full step added in double.
 float DotSingle(const float* a, const float* b, int64_t n, AttnOrder order) {
-  float acc[4][16] = {};
-  const int64_t full = n / 64 * 64;
-  for (int64_t l = 0; l < full; l += 64) {
+  float acc[4][kL] = {};
+  const int64_t full = n / (4 * kL) * (4 * kL);
+  for (int64_t l = 0; l < full; l += 4 * kL) {
     for (int r = 0; r < 4; ++r) {
-      for (int j = 0; j < 16; ++j) {
-        acc[r][j] = std::fma(a[l + 16 * r + j], b[l + 16 * r + j], acc[r][j]);
+      for (int j = 0; j < kL; ++j) {
+        acc[r][j] = std::fma(a[l + kL * r + j], b[l + kL * r + j], acc[r][j]);
       }
     }
   }
-  float lanes[16];
-  for (int j = 0; j < 16; ++j) lanes[j] = (acc[0][j] + acc[2][j]) + (acc[1][j] + acc[3][j]);
-  double sum = order == AttnOrder::kSequentialKq ? LeftToRight(lanes, 16) : Tree16(lanes);
+  float lanes[kL];
+  for (int j = 0; j < kL; ++j) lanes[j] = (acc[0][j] + acc[2][j]) + (acc[1][j] + acc[3][j]);
+  double sum = order == AttnOrder::kSequentialKq ? LeftToRight(lanes, kL) : SingleTree(lanes);
   for (int64_t i = full; i < n; ++i) sum += static_cast<double>(Mul(a[i], b[i]));
   return static_cast<float>(sum);
 }
@@ -999,7 +1008,7 @@ std::vector<float> DocumentedAttention(const AttnCase& c, const AttnData& a,
       const float* k = a.k.data() + (h / group) * a.head_stride;
       const float* v = a.v.data() + (h / group) * a.head_stride;
       const int64_t visible = c.past + i + 1;
-      // Scores × scale; Expf over 16-key chunks (masked keys are 0) summed by the tree, chunk
+      // Scores × scale; Expf over kL-key chunks (masked keys are 0) summed by the tree, chunk
       // sums added in double; probabilities × (float)(1 / sum), rounded to fp16.
       std::vector<float> s(visible);
       float mx = -kInf;
@@ -1011,21 +1020,21 @@ std::vector<float> DocumentedAttention(const AttnCase& c, const AttnData& a,
       }
       double sum = 0;
       float float_sum = 0;
-      for (int64_t c0 = 0; c0 < visible; c0 += 16) {
-        float chunk[16];
-        for (int64_t j = 0; j < 16; ++j) {
+      for (int64_t c0 = 0; c0 < visible; c0 += kL) {
+        float chunk[kL];
+        for (int64_t j = 0; j < kL; ++j) {
           chunk[j] = c0 + j < visible ? Expf(s[c0 + j] - mx) : 0.f;
           if (c0 + j < visible) s[c0 + j] = chunk[j];
         }
-        sum += static_cast<double>(Tree16(chunk));
-        float_sum += Tree16(chunk);
+        sum += static_cast<double>(LaneTree(chunk));
+        float_sum += LaneTree(chunk);
       }
       if (order == AttnOrder::kFloatSoftmaxSum) sum = float_sum;
       const float inv = static_cast<float>(1.0 / sum);
       for (float& x : s) x = RoundF16(Mul(x, inv));
-      // P·V: key j goes to lane j mod 16 (batched) or j mod 64 (one token); lanes reduced as
+      // P·V: key j goes to lane j mod kL (batched) or j mod 4·kL (one token); lanes reduced as
       // in the dot products above.
-      const int n_lanes = batched ? 16 : 64;
+      const int n_lanes = batched ? kL : 4 * kL;
       std::vector<float> acc(n_lanes * hd, 0.f);
       for (int64_t j = 0; j < visible; ++j) {
         for (int d = 0; d < hd; ++d) {
@@ -1034,12 +1043,12 @@ std::vector<float> DocumentedAttention(const AttnCase& c, const AttnData& a,
         }
       }
       for (int d = 0; d < hd; ++d) {
-        float l16[16];
-        for (int j = 0; j < 16; ++j) {
+        float lanes[kL];
+        for (int j = 0; j < kL; ++j) {
           const float* l = acc.data() + j * hd + d;
-          l16[j] = batched ? l[0] : (l[0] + l[32 * hd]) + (l[16 * hd] + l[48 * hd]);
+          lanes[j] = batched ? l[0] : (l[0] + l[2 * kL * hd]) + (l[kL * hd] + l[3 * kL * hd]);
         }
-        out[i * a.out_stride + h * hd + d] = Tree16(l16);
+        out[i * a.out_stride + h * hd + d] = batched ? LaneTree(lanes) : SingleTree(lanes);
       }
     }
   }
