@@ -152,57 +152,63 @@ float HSum8(__m256 t) {
 // Sum16 of lanes 0..7 (lo) and 8..15 (hi).
 float HSum16(__m256 lo, __m256 hi) { return HSum8(_mm256_add_ps(hi, lo)); }
 
-#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
-// Expf on 8 lanes, the AVX2 build's ggml_v_expf: k = 2^n from z's bits, result fma(j, k, k); lanes
-// with |n| > 126 take the scalar path.
-__m256 Expf8(__m256 x) {
+// The part of ggml_v_expf both builds share: n = round(x / ln 2), the reduced argument b, and the
+// polynomial p(b) without its last (b and constant) terms: j = p·u + c1·b (+ 1 for AVX-512).
+struct ExpParts {
+  __m256 z, n, b, u, p;
+};
+
+ExpParts ExpPartsOf(__m256 x) {
+  ExpParts e;
   const __m256 r = _mm256_set1_ps(0x1.8p23f);
-  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-  const __m256 n = _mm256_sub_ps(z, r);
-  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
-  const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(
-      _mm256_slli_epi32(_mm256_castps_si256(z), 23), _mm256_castps_si256(_mm256_set1_ps(1.0f))));
-  const __m256 u = _mm256_mul_ps(b, b);
-  const __m256 j = _mm256_fmadd_ps(
-      _mm256_fmadd_ps(
-          _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
-          _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
-      u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
-  const __m256 big =
-      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), n), _mm256_set1_ps(126), _CMP_GT_OQ);
-  if (_mm256_movemask_ps(big) == 0) return _mm256_fmadd_ps(j, k, k);
+  e.z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+  e.n = _mm256_sub_ps(e.z, r);
+  e.b = _mm256_fnmadd_ps(e.n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                         _mm256_fnmadd_ps(e.n, _mm256_set1_ps(0x1.62e4p-1f), x));
+  e.u = _mm256_mul_ps(e.b, e.b);
+  e.p = _mm256_fmadd_ps(
+      _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), e.b, _mm256_set1_ps(0x1.573e2ep-5f)), e.u,
+      _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), e.b, _mm256_set1_ps(0x1.fffdb6p-2f)));
+  return e;
+}
+
+// Lanes the vector code does not cover (rare: far below the row maximum, or special values) go
+// through the scalar Expf.
+__m256 ExpfScalarLanes(__m256 x) {
   float in[8], out[8];
   _mm256_storeu_ps(in, x);
   for (int i = 0; i < 8; ++i) out[i] = Expf(in[i]);
   return _mm256_loadu_ps(out);
 }
-#else
-// Expf on 8 lanes; lanes whose 2^n is not a normal float (rare: far below the row maximum, or
-// special values) take the scalar path.
+
+#if !(defined(__AVX512F__) && defined(__AVX512DQ__))
+// Expf on 8 lanes, the AVX2 build's ggml_v_expf: k = 2^n from z's bits, result fma(j, k, k);
+// lanes with |n| > 126 take the scalar path.
 __m256 Expf8(__m256 x) {
-  const __m256 r = _mm256_set1_ps(0x1.8p23f);
-  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-  const __m256 n = _mm256_sub_ps(z, r);
-  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
-  const __m256 u = _mm256_mul_ps(b, b);
+  const ExpParts e = ExpPartsOf(x);
+  const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(
+      _mm256_slli_epi32(_mm256_castps_si256(e.z), 23), _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+  const __m256 j = _mm256_fmadd_ps(e.p, e.u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), e.b));
+  const __m256 big =
+      _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), e.n), _mm256_set1_ps(126), _CMP_GT_OQ);
+  if (_mm256_movemask_ps(big) == 0) return _mm256_fmadd_ps(j, k, k);
+  return ExpfScalarLanes(x);
+}
+#else
+// Expf on 8 lanes, the AVX-512 build's ggml_v_expf: j · 2^n (_mm512_scalef_ps); lanes whose 2^n is
+// not a normal float take the scalar path.
+__m256 Expf8(__m256 x) {
+  const ExpParts p = ExpPartsOf(x);
   const __m256 j = _mm256_fmadd_ps(
-      _mm256_fmadd_ps(
-          _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
-          _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
-      u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_cvtps_epi32(n);
+      p.p, p.u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), p.b, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_cvtps_epi32(p.n);
   const __m256i normal = _mm256_and_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(-127)),
                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(128), e));
   if (_mm256_movemask_epi8(normal) == -1) {
     const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(j, _mm256_castsi256_ps(pow2));
   }
-  float in[8], out[8];
-  _mm256_storeu_ps(in, x);
-  for (int i = 0; i < 8; ++i) out[i] = Expf(in[i]);
-  return _mm256_loadu_ps(out);
+  return ExpfScalarLanes(x);
 }
 #endif
 #endif
