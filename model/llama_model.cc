@@ -40,6 +40,15 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     std::shared_ptr<const LlamaWeights> weights, const LlamaModelOptions& options) {
   if (weights == nullptr) return absl::InvalidArgumentError("llama_model: null weights");
   RETURN_IF_ERROR(ValidateLlamaWeights(*weights));
+  // Weights held only in ggml blocks (LlamaWeightsOptions::blocks_only) serve only kGgml's exact
+  // path.
+  bool blocks_only = weights->lm_head == nullptr && weights->lm_head_q != nullptr;
+  for (const LlamaLayerWeights& l : weights->layers) blocks_only |= l.BlocksOnly();
+  if (blocks_only && (options.numerics != Numerics::kGgml || !GgmlExactShape(weights->config))) {
+    return absl::InvalidArgumentError(
+        "llama_model: weights held only in ggml blocks need kGgml numerics (load them with "
+        "blocks_only = false for other numerics)");
+  }
   if (options.numerics == Numerics::kBf16) {
     weights = std::make_shared<const LlamaWeights>(RoundWeightsToBf16(*weights));
   }
@@ -131,8 +140,7 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
 bool LlamaModel::ExactLayer(const LlamaLayerWeights& w) const {
   const ModelConfig& c = config();
   return options_.numerics == Numerics::kGgml && !w.wqkv_q.empty() && !w.wo_q.empty() &&
-         !w.w_gate_up_q.empty() && !w.w_down_q.empty() && c.head_dim % 16 == 0 &&
-         c.rope_style == RopeStyle::kNorm && c.rope_dims == c.head_dim;
+         !w.w_gate_up_q.empty() && !w.w_down_q.empty() && GgmlExactShape(c);
 }
 
 absl::Status LlamaModel::ExactMatmul(const float* a, int64_t lda, int64_t m,
@@ -318,7 +326,9 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
 
 absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hidden,
                                                       absl::Span<const int64_t> rows) {
-  if (!weights_->lm_head) return absl::FailedPreconditionError("llama_model: no lm_head");
+  if (!weights_->lm_head && !weights_->lm_head_q) {
+    return absl::FailedPreconditionError("llama_model: no lm_head");
+  }
   const ModelConfig& c = config();
   const int64_t n_rows = hidden.size() / c.hidden;
   const int64_t r = rows.size();

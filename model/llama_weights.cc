@@ -80,12 +80,25 @@ void Append(std::vector<float>& dst, const std::vector<float>& src) {
 }
 
 absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelConfig& c, int l,
-                                            bool keep_blocks) {
+                                            const LlamaWeightsOptions& o) {
   const std::string p = absl::StrCat("blk.", l, ".");
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim,
                 kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
   LlamaLayerWeights w;
   ASSIGN_OR_RETURN(w.attn_norm, ReadMatrix(file, p + "attn_norm.weight", 1, c.hidden));
+  ASSIGN_OR_RETURN(w.ffn_norm, ReadMatrix(file, p + "ffn_norm.weight", 1, c.hidden));
+  if (o.keep_blocks || o.blocks_only) {
+    ASSIGN_OR_RETURN(w.wqkv_q, QuantBlocks(file, {p + "attn_q.weight", p + "attn_k.weight",
+                                                  p + "attn_v.weight"}));
+    ASSIGN_OR_RETURN(w.wo_q, QuantBlocks(file, {p + "attn_output.weight"}));
+    ASSIGN_OR_RETURN(w.w_gate_up_q,
+                     QuantBlocks(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
+    ASSIGN_OR_RETURN(w.w_down_q, QuantBlocks(file, {p + "ffn_down.weight"}));
+  }
+  if (o.blocks_only && GgmlExactShape(c) && !w.wqkv_q.empty() && !w.wo_q.empty() &&
+      !w.w_gate_up_q.empty() && !w.w_down_q.empty()) {
+    return w;  // the exact path reads only the blocks
+  }
   ASSIGN_OR_RETURN(std::vector<float> wq, ReadMatrix(file, p + "attn_q.weight", q_dim, c.hidden));
   ASSIGN_OR_RETURN(std::vector<float> wk, ReadMatrix(file, p + "attn_k.weight", kv_dim, c.hidden));
   ASSIGN_OR_RETURN(std::vector<float> wv, ReadMatrix(file, p + "attn_v.weight", kv_dim, c.hidden));
@@ -94,7 +107,6 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelCon
   Append(w.wqkv, wk);
   Append(w.wqkv, wv);
   ASSIGN_OR_RETURN(w.wo, ReadMatrix(file, p + "attn_output.weight", c.hidden, q_dim));
-  ASSIGN_OR_RETURN(w.ffn_norm, ReadMatrix(file, p + "ffn_norm.weight", 1, c.hidden));
   ASSIGN_OR_RETURN(std::vector<float> gate,
                    ReadMatrix(file, p + "ffn_gate.weight", c.ffn, c.hidden));
   ASSIGN_OR_RETURN(std::vector<float> up, ReadMatrix(file, p + "ffn_up.weight", c.ffn, c.hidden));
@@ -111,14 +123,6 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelCon
   ASSIGN_OR_RETURN(w.wo_mins, Q4_1Mins(file, {p + "attn_output.weight"}));
   ASSIGN_OR_RETURN(w.w_gate_up_mins, Q4_1Mins(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
   ASSIGN_OR_RETURN(w.w_down_mins, Q4_1Mins(file, {p + "ffn_down.weight"}));
-  if (keep_blocks) {
-    ASSIGN_OR_RETURN(w.wqkv_q, QuantBlocks(file, {p + "attn_q.weight", p + "attn_k.weight",
-                                                  p + "attn_v.weight"}));
-    ASSIGN_OR_RETURN(w.wo_q, QuantBlocks(file, {p + "attn_output.weight"}));
-    ASSIGN_OR_RETURN(w.w_gate_up_q,
-                     QuantBlocks(file, {p + "ffn_gate.weight", p + "ffn_up.weight"}));
-    ASSIGN_OR_RETURN(w.w_down_q, QuantBlocks(file, {p + "ffn_down.weight"}));
-  }
   return w;
 }
 
@@ -139,6 +143,15 @@ absl::Status CheckBlocks(const char* what, const cpu::ggml::QuantMatrix& m, int6
 }
 
 }  // namespace
+
+bool GgmlExactShape(const ModelConfig& c) {
+  return c.head_dim % 16 == 0 && c.rope_style == RopeStyle::kNorm && c.rope_dims == c.head_dim;
+}
+
+bool LlamaLayerWeights::BlocksOnly() const {
+  return wqkv.empty() && wo.empty() && w_gate_up.empty() && w_down.empty() && !wqkv_q.empty() &&
+         !wo_q.empty() && !w_gate_up_q.empty() && !w_down_q.empty();
+}
 
 int64_t LlamaLayerWeights::Bytes() const {
   return static_cast<int64_t>(sizeof(float)) *
@@ -167,11 +180,19 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
                                                    ", ", w.layer_end, ") of ", config.n_layers));
   }
   for (int l = w.layer_begin; l < w.layer_end; ++l) {
-    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l, options.keep_blocks));
+    ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l, options));
     w.layers.push_back(std::move(layer));
   }
   const bool tied = file.FindTensor("output.weight") == nullptr;
-  if (options.load_embedding || (options.load_head && tied)) {
+  const std::string head = tied ? "token_embd.weight" : "output.weight";
+  if (options.load_head && (options.keep_blocks || options.blocks_only)) {
+    ASSIGN_OR_RETURN(cpu::ggml::QuantMatrix q, QuantBlocks(file, {head}));
+    if (!q.empty()) w.lm_head_q = std::make_shared<const cpu::ggml::QuantMatrix>(std::move(q));
+  }
+  // With blocks_only, an lm_head kept in blocks needs no fp32 copy (a tied one still shares the
+  // embedding's buffer when the embedding is loaded).
+  const bool head_fp32 = options.load_head && !(options.blocks_only && w.lm_head_q);
+  if (options.load_embedding || (head_fp32 && tied)) {
     ASSIGN_OR_RETURN(std::vector<float> e,
                      ReadMatrix(file, "token_embd.weight", config.vocab_size, config.hidden));
     auto shared = std::make_shared<const std::vector<float>>(std::move(e));
@@ -179,17 +200,10 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
     if (options.load_head && tied) w.lm_head = shared;
   }
   if (options.load_head) {
-    const std::string head = tied ? "token_embd.weight" : "output.weight";
     w.lm_head_rounding = RoundingOf(file, head);
     ASSIGN_OR_RETURN(w.lm_head_mins, Q4_1Mins(file, {head}));
-    if (options.keep_blocks) {
-      ASSIGN_OR_RETURN(cpu::ggml::QuantMatrix q, QuantBlocks(file, {head}));
-      if (!q.empty()) w.lm_head_q = std::make_shared<const cpu::ggml::QuantMatrix>(std::move(q));
-    }
-  }
-  if (options.load_head) {
     ASSIGN_OR_RETURN(w.output_norm, ReadMatrix(file, "output_norm.weight", 1, config.hidden));
-    if (!tied) {
+    if (!tied && head_fp32) {
       ASSIGN_OR_RETURN(std::vector<float> head,
                        ReadMatrix(file, "output.weight", config.vocab_size, config.hidden));
       w.lm_head = std::make_shared<const std::vector<float>>(std::move(head));
@@ -213,19 +227,21 @@ absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
                 kv_dim = int64_t{c.n_kv_heads} * c.head_dim;
   for (const LlamaLayerWeights& l : w.layers) {
     RETURN_IF_ERROR(CheckSize("attn_norm", l.attn_norm.size(), h));
-    RETURN_IF_ERROR(CheckSize("wqkv", l.wqkv.size(), (q_dim + 2 * kv_dim) * h));
-    RETURN_IF_ERROR(CheckSize("wo", l.wo.size(), h * q_dim));
     RETURN_IF_ERROR(CheckSize("ffn_norm", l.ffn_norm.size(), h));
-    RETURN_IF_ERROR(CheckSize("w_gate_up", l.w_gate_up.size(), 2 * c.ffn * h));
-    RETURN_IF_ERROR(CheckSize("w_down", l.w_down.size(), h * c.ffn));
+    if (!l.BlocksOnly()) {
+      RETURN_IF_ERROR(CheckSize("wqkv", l.wqkv.size(), (q_dim + 2 * kv_dim) * h));
+      RETURN_IF_ERROR(CheckSize("wo", l.wo.size(), h * q_dim));
+      RETURN_IF_ERROR(CheckSize("w_gate_up", l.w_gate_up.size(), 2 * c.ffn * h));
+      RETURN_IF_ERROR(CheckSize("w_down", l.w_down.size(), h * c.ffn));
+    }
     RETURN_IF_ERROR(CheckBlocks("wqkv blocks", l.wqkv_q, q_dim + 2 * kv_dim, h));
     RETURN_IF_ERROR(CheckBlocks("wo blocks", l.wo_q, h, q_dim));
     RETURN_IF_ERROR(CheckBlocks("w_gate_up blocks", l.w_gate_up_q, 2 * c.ffn, h));
     RETURN_IF_ERROR(CheckBlocks("w_down blocks", l.w_down_q, h, c.ffn));
   }
   if (w.embedding) RETURN_IF_ERROR(CheckSize("embedding", w.embedding->size(), c.vocab_size * h));
-  if (w.lm_head) {
-    RETURN_IF_ERROR(CheckSize("lm_head", w.lm_head->size(), c.vocab_size * h));
+  if (w.lm_head) RETURN_IF_ERROR(CheckSize("lm_head", w.lm_head->size(), c.vocab_size * h));
+  if (w.lm_head || w.lm_head_q) {
     RETURN_IF_ERROR(CheckSize("output_norm", w.output_norm.size(), h));
   }
   if (w.lm_head_q) RETURN_IF_ERROR(CheckBlocks("lm_head blocks", *w.lm_head_q, c.vocab_size, h));

@@ -35,9 +35,11 @@ struct LlamaLayerWeights {
   std::vector<float> wqkv_mins, wo_mins, w_gate_up_mins, w_down_mins;
   // The same matrices in their GGUF blocks, for Numerics::kGgml's bit-exact products
   // (kernels/cpu/ggml_exact.h). Empty unless every part is Q4_1 or Q8_0 (all of one type) and
-  // LlamaWeightsOptions::keep_blocks is set.
+  // LlamaWeightsOptions::keep_blocks or blocks_only is set.
   cpu::ggml::QuantMatrix wqkv_q, wo_q, w_gate_up_q, w_down_q;
 
+  // True when the matrices are held only in their blocks (LlamaWeightsOptions::blocks_only).
+  bool BlocksOnly() const;
   int64_t Bytes() const;
 };
 
@@ -47,6 +49,10 @@ struct LlamaWeightsOptions {
   bool load_embedding = true;  // first stage: token_embd
   bool load_head = true;       // last stage: output_norm + lm_head (output.weight or token_embd)
   bool keep_blocks = true;     // also keep Q4_1 / Q8_0 matrices in their blocks (the *_q fields)
+  // Keep such matrices only in their blocks, without fp32 copies, wherever kGgml's bit-exact path
+  // takes them (GgmlExactShape and all four of a layer's matrices in blocks; lm_head in blocks).
+  // The embedding stays fp32. Such weights serve only Numerics::kGgml.
+  bool blocks_only = false;
 };
 
 struct LlamaWeights {
@@ -72,6 +78,10 @@ struct LlamaWeights {
   }
   int64_t Bytes() const;
 };
+
+// Whether a model of this shape can take kGgml's bit-exact path: head_dim % 16 == 0 and
+// "normal" RoPE over the whole head (kernels/cpu/ggml_exact.h).
+bool GgmlExactShape(const ModelConfig& c);
 
 // Loads and dequantizes the requested tensors from `file` (its config must come from the same
 // file). INVALID_ARGUMENT for a bad range or a tensor of the wrong shape; NOT_FOUND for a missing

@@ -15,7 +15,9 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& path, int num_threads, 
   ASSIGN_OR_RETURN(out.config, ReadModelConfig(*out.file));
   ASSIGN_OR_RETURN(out.tokenizer, Tokenizer::FromGguf(*out.file));
   LlamaWeightsOptions weight_options;
-  weight_options.keep_blocks = numerics == Numerics::kGgml;  // the bit-exact ggml path's blocks
+  // kGgml's bit-exact path reads the ggml blocks only: no fp32 copies of those matrices.
+  weight_options.keep_blocks = numerics == Numerics::kGgml;
+  weight_options.blocks_only = numerics == Numerics::kGgml;
   ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(*out.file, out.config, weight_options));
   LlamaModelOptions options;
   options.numerics = numerics;

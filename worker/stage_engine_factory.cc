@@ -24,7 +24,8 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCpu(const StageOptions& o, cons
   w.layer_end = o.layer_end < 0 ? config.n_layers : o.layer_end;
   w.load_embedding = w.layer_begin == 0;
   w.load_head = w.layer_end == config.n_layers;
-  w.keep_blocks = o.numerics == Numerics::kGgml;  // the bit-exact ggml path reads the blocks
+  // kGgml's bit-exact path reads the ggml blocks only: no fp32 copies of those matrices.
+  w.keep_blocks = w.blocks_only = o.numerics == Numerics::kGgml;
   ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(file, config, w));
   ASSIGN_OR_RETURN(std::unique_ptr<CpuStageEngine> engine,
                    CpuStageEngine::Create(std::make_shared<const LlamaWeights>(std::move(weights)),

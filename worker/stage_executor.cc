@@ -86,7 +86,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
     return absl::InvalidArgumentError("stage: empty layer range");
   }
   const bool first = o.layer_begin == 0, last = o.layer_end == weights->config.n_layers;
-  if ((first && weights->embedding == nullptr) || (last && weights->lm_head == nullptr)) {
+  const bool has_head = weights->lm_head != nullptr || weights->lm_head_q != nullptr;
+  if ((first && weights->embedding == nullptr) || (last && !has_head)) {
     return absl::InvalidArgumentError(
         "stage: the first stage needs the embedding, the last the "
         "lm_head");

@@ -201,6 +201,44 @@ TEST_P(GgmlNumericsTest, PipelineStagesReproduceTheWholeModel) {
   EXPECT_TRUE(BitwiseEqual(*logits, want));
 }
 
+// Weights held only in their blocks (what LoadModel and the CPU stages load for kGgml): the same
+// logits, bit for bit, from a fraction of the memory; other numerics refuse them.
+TEST_P(GgmlNumericsTest, BlocksOnlyWeightsGiveTheSameBitsInLessMemory) {
+  Fixture f = Synthetic(GetParam());
+  auto full = LoadLlamaWeights(*f.file, f.config, {});
+  auto lean = LoadLlamaWeights(*f.file, f.config, {.blocks_only = true});
+  ASSERT_TRUE(full.ok() && lean.ok()) << full.status() << lean.status();
+  for (int l = 0; l < f.config.n_layers; ++l) {
+    EXPECT_TRUE(lean->layer(l).BlocksOnly());
+    EXPECT_TRUE(lean->layer(l).wqkv.empty() && lean->layer(l).w_down.empty());
+    EXPECT_FALSE(full->layer(l).BlocksOnly());
+  }
+  EXPECT_EQ(lean->lm_head, nullptr);  // untied head: only its blocks
+  ASSERT_NE(lean->lm_head_q, nullptr);
+  ASSERT_NE(lean->embedding, nullptr);  // get_rows reads the fp32 embedding
+  EXPECT_LT(lean->Bytes(), full->Bytes() / 2);
+
+  const std::vector<int32_t> prompt = Tokens(29, 8, f.config.vocab_size);
+  const std::vector<int32_t> extra = Tokens(3, 9, f.config.vocab_size);
+  auto want = Model(f, Numerics::kGgml);
+  auto got = Model(f, Numerics::kGgml, 2, {.blocks_only = true});
+  EXPECT_TRUE(BitwiseEqual(Logits(*got, prompt, extra, 64), Logits(*want, prompt, extra, 64)));
+
+  for (Numerics other : {Numerics::kExact, Numerics::kBf16}) {
+    LlamaModelOptions o;
+    o.numerics = other;
+    auto refused = LlamaModel::Create(std::make_shared<const LlamaWeights>(*lean), o);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  // A head-only last stage keeps no fp32 lm_head either, and still answers.
+  auto last = LoadLlamaWeights(*f.file, f.config,
+                               {.layer_begin = 1, .load_embedding = false, .blocks_only = true});
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_EQ(last->embedding, nullptr);
+  EXPECT_EQ(last->lm_head, nullptr);
+  EXPECT_NE(last->lm_head_q, nullptr);
+}
+
 INSTANTIATE_TEST_SUITE_P(WeightTypes, GgmlNumericsTest,
                          ::testing::Values(GgmlType::kQ4_1, GgmlType::kQ8_0), [](const auto& info) {
                            return info.param == GgmlType::kQ4_1 ? "Q4_1" : "Q8_0";
