@@ -121,10 +121,17 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
   for (const SequenceStep& s : batch.sequences) {
     for (int64_t i = 0; i < s.n_new; ++i) positions.push_back(s.position + i);
   }
-  cos_sin_.resize(n * c.rope_dims);
-  RETURN_IF_ERROR(
-      cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
-  if (options_.numerics == Numerics::kGgml) {
+  // Each path's cos/sin cache, built only when one of the layers takes that path.
+  bool any_exact = false, any_other = false;
+  for (int layer = begin; layer < end; ++layer) {
+    (ExactLayer(weights_->layer(layer)) ? any_exact : any_other) = true;
+  }
+  if (any_other) {
+    cos_sin_.resize(n * c.rope_dims);
+    RETURN_IF_ERROR(
+        cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
+  }
+  if (any_exact) {
     exact_rope_.resize(n * c.rope_dims);
     RETURN_IF_ERROR(
         cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base, exact_rope_.data()));
