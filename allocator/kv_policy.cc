@@ -13,7 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace xkv {
 namespace {

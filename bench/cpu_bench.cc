@@ -12,8 +12,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "bench/machine_info.h"
-#include "kernels/status_macros.h"
 #include "model/loaded_model.h"
 
 namespace xkv {

@@ -7,8 +7,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "bench/eval_metrics.h"
-#include "kernels/status_macros.h"
 #include "model/importance_collector.h"
 #include "model/kv_allocation.h"
 #include "model/sampler.h"

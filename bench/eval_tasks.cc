@@ -13,7 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace xkv {
 namespace {

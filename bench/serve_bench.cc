@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 #include "bench/machine_info.h"
-#include "kernels/status_macros.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "xkv/v1/admin.grpc.pb.h"

@@ -9,9 +9,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "coordinator/coordinator_sequence.h"
 #include "coordinator/request_validation.h"
-#include "kernels/status_macros.h"
 #include "model/chat_template.h"
 
 namespace xkv {

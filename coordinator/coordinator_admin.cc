@@ -4,9 +4,9 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence.h"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

@@ -6,10 +6,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence.h"
 #include "coordinator/request_validation.h"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

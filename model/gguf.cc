@@ -19,8 +19,8 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/dequant.h"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

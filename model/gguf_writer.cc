@@ -8,8 +8,8 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/dequant.h"
-#include "kernels/status_macros.h"
 #include "model/gguf.h"
 
 namespace xkv {

@@ -6,9 +6,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/half.h"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

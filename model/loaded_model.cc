@@ -3,7 +3,7 @@
 #include <chrono>
 #include <thread>
 
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/llama_weights.h"
 
 namespace xkv {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/chat_template.h"
 #include "model/engine_generator.h"
 #include "model/generator.h"

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/stage_client.h"
-#include "kernels/status_macros.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/serve_flags.h"

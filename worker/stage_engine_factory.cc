@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/cpu_stage_engine.h"
 #include "model/gguf.h"
 #include "model/llama_weights.h"

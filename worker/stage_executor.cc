@@ -5,7 +5,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/cpu_stage_engine.h"
 #include "model/gguf.h"
 #include "model/kv_allocation.h"

@@ -6,7 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "worker/grpc_stage_link.h"
 #include "worker/grpc_status.h"
 #include "worker/nccl_link_config.h"

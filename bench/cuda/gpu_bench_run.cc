@@ -10,12 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_ceilings.h"
 #include "bench/cuda/gpu_sections.h"
 #include "bench/gpu_bench.h"
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/status_macros.h"
 #include "model/model_shapes.h"
 
 namespace xkv {

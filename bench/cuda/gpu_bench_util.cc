@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "allocator/kv_policy.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/kv_allocation.h"
 #include "model/model_shapes.h"
 

@@ -5,12 +5,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "base/status_macros.h"
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/cublas_handle.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/random_fill.cuh"
-#include "kernels/status_macros.h"
 
 namespace xkv::cuda {
 

@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 #include "bench/cpu_bench.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_sections.h"
 #include "kernels/cuda/gemv.cuh"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

@@ -11,10 +11,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "base/status_macros.h"
 #include "bench/cpu_bench.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_sections.h"
-#include "kernels/status_macros.h"
 #include "model/gguf.h"
 
 namespace xkv {

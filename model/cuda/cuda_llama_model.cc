@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/cuda_status.h"
@@ -21,7 +22,6 @@
 #include "kernels/cuda/random_fill.cuh"
 #include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/sampling.cuh"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

@@ -8,6 +8,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
@@ -21,7 +22,6 @@
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/sampling.cuh"
 #include "kernels/cuda/swiglu.cuh"
-#include "kernels/status_macros.h"
 #include "model/cuda/cuda_llama_model.h"
 
 namespace xkv {

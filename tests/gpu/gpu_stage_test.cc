@@ -33,8 +33,8 @@
 
 #include "allocator/budget_solver.h"
 #include "allocator/importance_profile.h"
+#include "base/status_macros.h"
 #include "gtest/gtest.h"
-#include "kernels/status_macros.h"
 #include "model/kv_allocation.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"

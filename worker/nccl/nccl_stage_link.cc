@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/status_macros.h"
 
 namespace xkv {
 namespace {

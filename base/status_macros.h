@@ -1,6 +1,6 @@
 // Status propagation helpers shared by every module (absl does not export its own).
-#ifndef XKV_KERNELS_STATUS_MACROS_H_
-#define XKV_KERNELS_STATUS_MACROS_H_
+#ifndef XKV_BASE_STATUS_MACROS_H_
+#define XKV_BASE_STATUS_MACROS_H_
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -23,4 +23,4 @@
   if (!tmp.ok()) return tmp.status();          \
   lhs = std::move(tmp).value()
 
-#endif  // XKV_KERNELS_STATUS_MACROS_H_
+#endif  // XKV_BASE_STATUS_MACROS_H_
