@@ -6,17 +6,25 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CMAKE_FLAGS ?=
 PROMPT ?= In two sentences, why does a transformer need a KV cache?
 
-.PHONY: all setup configure build model demo test format format-check ctest clean
+.PHONY: all setup setup-test configure build model demo test format format-check ctest clean
 
 all: build
 
+# `make demo` installs only what the demo needs; `make test` adds the test-only dependencies
+# (clang, clang-format, the Python venv with llama-cpp-python: scripts/setup --help).
 setup:
 	@scripts/setup
 
-$(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+setup-test:
+	@scripts/setup --test
 
-configure: $(BUILD)/CMakeCache.txt
+# XKV_CPU_ONLY=1 builds without CUDA even where a CUDA toolkit is installed (XKV_CPU_ONLY=0 switches
+# it back on); left unset, the build keeps what it was configured with. Reconfiguring is cheap and
+# picks up tools installed since (clang for the fuzzer, Google Benchmark).
+cpu_only = $(if $(filter 1 ON on yes,$(XKV_CPU_ONLY)),-DXKV_CPU_ONLY=ON,$(if $(filter 0 OFF off no,$(XKV_CPU_ONLY)),-DXKV_CPU_ONLY=OFF))
+
+configure:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(cpu_only) $(CMAKE_FLAGS)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -24,11 +32,13 @@ build: configure
 model:
 	@scripts/fetch-model
 
-# Set up, build, fetch the model and answer a chat prompt with the real model.
-# `xkv serve` (embedded: coordinator + 2 stages) in the background, one streamed chat answer with
-# its XKV stats through `xkv client generate`, then the server is stopped.
+# Set up, build the `xkv` binary (no test binaries), fetch the model and answer a chat prompt with
+# the real model: `xkv serve` (embedded: coordinator + 2 stages) in the background, one streamed
+# chat answer with its XKV stats through `xkv client generate`, then the server is stopped.
 DEMO_PORT ?= 50551
-demo: setup build model
+demo: setup model configure
+	cmake --build $(BUILD) -j $(JOBS) --target xkv
+	@echo "[xkv] starting xkv serve on 127.0.0.1:$(DEMO_PORT) (2 stages, the real model)"
 	@$(BUILD)/xkv serve --model $(MODEL) --stages 2 --listen 127.0.0.1:$(DEMO_PORT) \
 	  --admin-listen 127.0.0.1:$$(( $(DEMO_PORT) + 1 )) --admin-insecure-local & pid=$$!; \
 	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null" EXIT; \
@@ -48,7 +58,7 @@ format-check:
 	  && echo "format-check: clang-format clean"
 
 # Set up, build, fetch, then every CPU test: unit, model, parity (llama.cpp), fuzz.
-test: setup build model format-check ctest
+test: setup-test model build format-check ctest
 
 ctest:
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu --timeout 1800

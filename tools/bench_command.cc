@@ -42,14 +42,7 @@ int RunBenchCpu(int argc, char** argv) {
   flags.String("python", &o.python, "python with llama_cpp (the scripts venv)");
   flags.String("llama-script", &o.llama_script, "path of bench/llama_cpp_speed.py");
   flags.Bool("no-llama", &no_llama, "measure xkv only");
-  if (absl::Status s = flags.Parse(argc, argv, 3); !s.ok()) {
-    std::fprintf(stderr, "xkv bench cpu: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 3)) return *code;
   o.prefill_lengths.clear();
   for (absl::string_view part : absl::StrSplit(lengths, ',', absl::SkipEmpty())) {
     int64_t n;

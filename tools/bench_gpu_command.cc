@@ -94,14 +94,7 @@ int RunBenchGpu(int argc, char** argv) {
   flags.Double("verify-seconds", &o.verify_seconds, "time box for filling the KV pool");
   flags.Double("kv-memory-fraction", &o.kv_memory_fraction,
                "share of the free device memory given to the KV pool");
-  if (absl::Status s = flags.Parse(argc, argv, 3); !s.ok()) {
-    std::fprintf(stderr, "xkv bench gpu: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 3)) return *code;
   if (absl::StatusOr<ModelConfig> shape = ShapeByName(o.shape); !shape.ok()) {
     std::fprintf(stderr, "xkv bench gpu: %s\n", std::string(shape.status().message()).c_str());
     return 2;

@@ -39,14 +39,7 @@ int RunBenchServe(int argc, char** argv) {
   flags.Double("budget-fraction", &o.budget_fraction, "kept prompt fraction (0 = the service's)");
   flags.Int("poll-ms", &poll_ms, "GetClusterStatus interval");
   flags.Double("timeout", &o.timeout_s, "per-request deadline, seconds");
-  if (absl::Status s = flags.Parse(argc, argv, 3); !s.ok()) {
-    std::fprintf(stderr, "xkv bench serve: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 3)) return *code;
   o.clients = static_cast<int>(clients);
   o.requests = static_cast<int>(requests);
   o.warmup = static_cast<int>(warmup);

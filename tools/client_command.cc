@@ -240,15 +240,12 @@ int RunClient(int argc, char** argv) {
   flags.Bool("dry-run", &f.dry_run, "replan: only compute the plan");
   flags.Bool("resume", &f.resume, "drain: admit again");
   flags.Int("timeout-ms", &f.timeout_ms, "drain: how long to wait for running requests");
-  const int first = sub == "admin" ? 4 : 3;
-  if (absl::Status s = flags.Parse(argc, argv, std::min(first, argc)); !s.ok()) {
-    std::fprintf(stderr, "xkv client: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested() || sub.empty() || sub == "--help" || sub == "-h") {
-    std::fputs(flags.Usage().c_str(), stdout);
+  if (sub.empty() || sub == "--help" || sub == "-h") {
+    std::fputs(flags.Usage().c_str(), sub.empty() ? stderr : stdout);
     return sub.empty() ? 2 : 0;
   }
+  const int first = sub == "admin" ? 4 : 3;
+  if (auto code = flags.ParseOrExitCode(argc, argv, std::min(first, argc))) return *code;
   if (sub == "generate") return Generate(f);
   if (sub == "admin" && argc > 3) return Admin(argv[3], f);
   std::fprintf(stderr, "xkv client: expected `generate` or `admin <rpc>`\n");

@@ -63,14 +63,7 @@ int RunCoordinator(int argc, char** argv) {
   flags.Int("wait-for-workers", &wait_for_workers_s,
             "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
             "pods may start in any order (0: fail at once)");
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
-    std::fprintf(stderr, "xkv coordinator: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   std::vector<std::string> addresses = absl::StrSplit(workers, ',', absl::SkipWhitespace());
   if (addresses.empty()) {
     std::fprintf(stderr, "xkv coordinator: --workers is empty\n");

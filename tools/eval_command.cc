@@ -208,11 +208,7 @@ int RunEval(int argc, char** argv) {
   flags.String("plot-script", &f.plot_script, "the plotting script");
   flags.Bool("plot", &f.plot, "write quality.png");
   flags.Bool("verbose", &f.verbose, "one line per prompt: sizes, timings, the full cache's answer");
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (f.answer_tokens < 1 || f.fidelity_tokens < 1 || f.window < 1) {
     return Fail(
         absl::InvalidArgumentError("--answer-tokens, --fidelity-tokens and --window must be >= 1"));

@@ -1,6 +1,7 @@
 #include "tools/flag_set.h"
 
 #include <cmath>
+#include <cstdio>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -78,8 +79,10 @@ absl::Status FlagSet::Parse(int argc, char** argv, int first) {
       continue;
     }
     if (arg.rfind("--", 0) != 0) {
-      positional_.push_back(arg);
-      continue;
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "unexpected argument '%s': xkv %s takes only --flags (quote a value with spaces, "
+          "see xkv %s --help)",
+          arg, command_, command_));
     }
     std::string name = arg.substr(2), value;
     bool has_value = false;
@@ -114,6 +117,18 @@ absl::Status FlagSet::Parse(int argc, char** argv, int first) {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+std::optional<int> FlagSet::ParseOrExitCode(int argc, char** argv, int first) {
+  if (absl::Status s = Parse(argc, argv, first); !s.ok()) {
+    std::fprintf(stderr, "xkv %s: %s\n", command_.c_str(), std::string(s.message()).c_str());
+    return 2;
+  }
+  if (help_requested_) {
+    std::fputs(Usage().c_str(), stdout);
+    return 0;
+  }
+  return std::nullopt;
 }
 
 std::string FlagSet::Usage() const {

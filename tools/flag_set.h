@@ -4,6 +4,7 @@
 #define XKV_TOOLS_FLAG_SET_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,12 +22,15 @@ class FlagSet {
   // `--name`, `--name=true|false`, `--noname`.
   void Bool(const std::string& name, bool* value, const std::string& help);
 
-  // Parses argv[first..argc). INVALID_ARGUMENT on an unknown flag, a missing value or a value that
-  // does not parse. Sets help_requested() on --help / -h. Positional arguments are collected.
+  // Parses argv[first..argc). INVALID_ARGUMENT on an unknown flag, a missing value, a value that
+  // does not parse or a word that is not a flag (no command takes positional arguments: a stray
+  // word is most often the rest of an unquoted value). Sets help_requested() on --help / -h.
   absl::Status Parse(int argc, char** argv, int first);
+  // Every command's prologue: Parse, then nullopt when the command goes on, or its exit code:
+  // 2 after one line "xkv <command>: <error>" on stderr, 0 after the usage on stdout for --help.
+  std::optional<int> ParseOrExitCode(int argc, char** argv, int first);
   bool help_requested() const { return help_requested_; }
   bool WasSet(const std::string& name) const;
-  const std::vector<std::string>& positional() const { return positional_; }
   std::string Usage() const;
 
  private:
@@ -45,7 +49,6 @@ class FlagSet {
   std::string command_;
   std::string summary_;
   std::vector<Flag> flags_;
-  std::vector<std::string> positional_;
   bool help_requested_ = false;
 };
 

@@ -282,11 +282,7 @@ int RunGenerate(int argc, char** argv) {
       "Generates a continuation of --prompt (or a chat answer with --chat) and streams it "
       "to stdout;\nprompt and generation speed go to stderr at the end.");
   DeclareGenerateFlags(f, flags);
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (f.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
   // As the service's API: a negative temperature or top-k is an error, not a synonym of greedy
   // or of "no top-k" (0 is both).

@@ -135,14 +135,7 @@ int RunServe(int argc, char** argv) {
   flags.String("device", &device,
                "device of the stages: cpu, cuda:N (every stage on GPU N) or a comma-separated "
                "list with one device per stage (e.g. cuda:0,cuda:1)");
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
-    std::fprintf(stderr, "xkv serve: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (stages < 1) {
     std::fprintf(stderr, "xkv serve: --stages must be >= 1\n");
     return 2;

@@ -74,11 +74,7 @@ int RunWorker(int argc, char** argv) {
   flags.Int("threads", &threads, "CPU threads for the stage's compute");
   flags.String("metrics-listen", &metrics_listen,
                "host:port of the Prometheus /metrics endpoint (empty: off)");
-  if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) return Fail(s);
-  if (flags.help_requested()) {
-    std::fputs(flags.Usage().c_str(), stdout);
-    return 0;
-  }
+  if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (absl::StatusOr<int> d = ParseStageDevice(device); !d.ok()) return Fail(d.status());
   if (threads < 1) return Fail(absl::InvalidArgumentError("--threads must be >= 1"));
   // Block the shutdown signals before gRPC starts its threads, so only sigwait sees them.

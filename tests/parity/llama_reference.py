@@ -101,7 +101,9 @@ def last_logits(llm, ids):
 def main():
     model, outdir, strings_path = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(outdir, exist_ok=True)
-    common = dict(model_path=model, n_ctx=4096, n_threads=os.cpu_count(), logits_all=True,
+    # One thread: the answers do not depend on it, and with os.cpu_count() threads llama.cpp's spin
+    # barriers made this script 7x slower on a busy 2-core machine (it hit its ctest timeout).
+    common = dict(model_path=model, n_ctx=4096, n_threads=1, n_threads_batch=1, logits_all=True,
                   verbose=False)
     llm = llama_cpp.Llama(n_batch=512, **common)
     others = [llama_cpp.Llama(n_batch=512, flash_attn=True, **common),
