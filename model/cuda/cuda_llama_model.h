@@ -21,6 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -118,6 +119,9 @@ class CudaLlamaModel : public StageEngine {
   cudaStream_t stream() const { return stream_; }
 
  private:
+  static constexpr int64_t kBlock = cuda::kKvBlockTokens;  // tokens per KV block
+  static int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
   struct Layer {
     float* attn_norm = nullptr;          // device fp32 [hidden]
     float* ffn_norm = nullptr;           // device fp32 [hidden]
@@ -152,8 +156,15 @@ class CudaLlamaModel : public StageEngine {
   absl::Status AllocWeights();
   absl::Status InitCache();
   absl::Status InitPool();  // the shared KV pool (InitCache, last)
+  // cudaMalloc of max(n, 1) elements of T, freed with the model.
   template <typename T>
-  absl::Status Alloc(int64_t n, T** out);
+  absl::Status Alloc(int64_t n, T** out) {
+    void* p = nullptr;
+    if (absl::Status s = AllocBytes(std::max<int64_t>(n, 1) * sizeof(T), &p); !s.ok()) return s;
+    *out = static_cast<T*>(p);
+    return absl::OkStatus();
+  }
+  absl::Status AllocBytes(int64_t bytes, void** out);
   absl::Status UploadMatrix(const GgufFile& file, const std::string& name, int64_t rows,
                             int64_t cols, __nv_bfloat16* dst);
   absl::Status UploadVector(const GgufFile& file, const std::string& name, int64_t n, float* dst);

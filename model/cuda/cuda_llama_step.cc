@@ -27,10 +27,7 @@
 namespace xkv {
 namespace {
 
-constexpr int64_t kBlock = cuda::kKvBlockTokens;
 constexpr int64_t kMinGraphBucket = 256;
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
