@@ -1,5 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Everything else is a helper of those.
 SHELL := /bin/bash
+# CMake's own make calls below print their progress; their "Entering directory" lines are noise.
+MAKEFLAGS += --no-print-directory
 BUILD ?= build
 JOBS ?= $(shell nproc)
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -49,6 +51,7 @@ demo: setup model configure
 	done; \
 	$(BUILD)/xkv client generate --server 127.0.0.1:$(DEMO_PORT) --chat --prompt "$(PROMPT)" \
 	  --max-tokens 96
+	@echo "[xkv] demo done. Next: $(BUILD)/xkv generate --chat --prompt \"...\" (README.md), make test"
 
 format:
 	git ls-files '*.h' '*.cc' '*.cu' '*.cuh' | xargs clang-format -i

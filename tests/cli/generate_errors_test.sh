@@ -31,20 +31,13 @@ open(sys.argv[3], "wb").write(data)
 PY
 failed=0
 
+# shellcheck source=tests/cli/expect_error.sh
+source "$(dirname "$0")/expect_error.sh"
 # expect_error EXPECTED_SUBSTRING ARGS...
 expect_error() {
-  local want=$1; shift
-  "$xkv" generate "$@" > "$tmp/out" 2> "$tmp/err"
-  local rc=$? lines
-  lines=$(grep -c . "$tmp/err")
-  if (( rc == 0 || rc > 127 )) || [[ $lines != 1 ]] || [[ -s $tmp/out ]] ||
-      ! grep -qF -- "$want" "$tmp/err"; then
-    echo "FAIL: xkv generate $* -> exit $rc, $lines stderr lines, stdout $(wc -c < "$tmp/out") bytes:"
-    sed 's/^/    /' "$tmp/err" | head -5
-    failed=1
-  else
-    echo "ok: $want -> $(cat "$tmp/err")"
-  fi
+  local want=$1
+  shift
+  expect_error_from any "$want" "$xkv" generate "$@"
 }
 
 expect_error "no such file" --model "$tmp/missing.gguf" --prompt hi

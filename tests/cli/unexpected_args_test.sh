@@ -9,20 +9,13 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-# expect_rejected WORD ARGS...: `xkv ARGS...` must reject WORD.
+# shellcheck source=tests/cli/expect_error.sh
+source "$(dirname "$0")/expect_error.sh"
+# expect_rejected WORD ARGS...: `xkv ARGS...` must reject WORD with exit status 2.
 expect_rejected() {
-  local word=$1; shift
-  timeout 20 "$xkv" "$@" > "$tmp/out" 2> "$tmp/err"
-  local rc=$? lines
-  lines=$(grep -c . "$tmp/err")
-  if (( rc != 2 )) || [[ $lines != 1 ]] || [[ -s $tmp/out ]] ||
-      ! grep -qF -- "unexpected argument '$word'" "$tmp/err"; then
-    echo "FAIL: xkv $* -> exit $rc, $lines stderr lines, stdout $(wc -c < "$tmp/out") bytes:"
-    sed 's/^/    /' "$tmp/err" | head -5
-    failed=1
-  else
-    echo "ok: xkv $* -> $(cat "$tmp/err")"
-  fi
+  local word=$1
+  shift
+  expect_error_from 2 "unexpected argument '$word'" timeout 20 "$xkv" "$@"
 }
 
 expect_rejected stray generate --model none.gguf --prompt hi stray
