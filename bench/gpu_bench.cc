@@ -182,7 +182,7 @@ std::string FormatPrefill(const GpuBenchReport& r) {
 
 std::string FormatProfile(const GpuBenchReport& r) {
   std::string out =
-      "Profiling + solving cost per profile mode (DESIGN.md §3.5). profile = the scores-only "
+      "Profiling + solving cost per profile mode (architecture.md §3.5). profile = the scores-only "
       "mini-prefill's wall time (per_request) or the scoring kernels inside the observed prefill "
       "(one_pass, device time); solve = budgets (profiles + XKV solver) + kept-slot selection, "
       "host wall time (profiles and selection spread over the layers on up to 8 threads, as the "

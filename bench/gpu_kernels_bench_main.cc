@@ -1,4 +1,4 @@
-// xkv_gpu_bench: micro-benchmarks of the CUDA kernels on the GPU host (DESIGN.md §6.9).
+// xkv_gpu_bench: micro-benchmarks of the CUDA kernels on the GPU host (architecture.md §8.9).
 //   device-to-device copy bandwidth (the practical HBM ceiling),
 //   cuBLAS bf16 GEMM TFLOP/s at 8192^3 (fp32 accumulation),
 //   paged decode attention at Llama-3-8B shapes (32/8 heads x 128, 8K context, batch 1/8/32)

@@ -1,5 +1,5 @@
 // An injectable clock: the coordinator reads time only through this, so tests drive it by hand
-// (DESIGN.md §6.8: no sleeps in tests).
+// (architecture.md §8.8: no sleeps in tests).
 #ifndef XKV_COORDINATOR_CLOCK_H_
 #define XKV_COORDINATOR_CLOCK_H_
 

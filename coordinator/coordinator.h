@@ -1,4 +1,4 @@
-// The coordinator core (DESIGN.md §1): tokenization and chat template, the bounded queue and
+// The coordinator core (architecture.md §1): tokenization and chat template, the bounded queue and
 // continuous batching (Scheduler), XKV profile/solve per request (kv_budgeting), the stage planner,
 // the pipeline driver over StageClients, streamed results with usage, cancellation, deadlines,
 // admission by free KV blocks, and the admin operations. Proto messages appear only as plain data
@@ -66,7 +66,7 @@ struct CoordinatorOptions {
   const Clock* clock = nullptr;  // null: the real clock
   // Optional: called once per request when it ends or is rejected (any thread; must be cheap).
   std::function<void(const RequestRecord&)> on_request_done;
-  // The NCCL data plane between the workers (DESIGN.md §1), when set: every (re)load of the
+  // The NCCL data plane between the workers (architecture.md §1), when set: every (re)load of the
   // stages (start, re-plan, recovery) asks it for a fresh NCCL unique id (128 raw bytes) and sends
   // it to every stage with rank = stage index. Unset: the stage clients' own links (gRPC between
   // worker processes). tools/ sets it to NcclStageLink::NewNcclUniqueId in NCCL builds.

@@ -1,6 +1,6 @@
 // The data plane between worker processes, as chosen by `xkv coordinator --data-plane`: gRPC
 // (PushHidden between workers; any device) or NCCL (ncclSend/ncclRecv between CUDA workers, one
-// communicator whose unique id the coordinator makes per (re)load of the stages; DESIGN.md §1).
+// communicator whose unique id the coordinator makes per (re)load of stages; architecture.md §1).
 #ifndef XKV_COORDINATOR_DATA_PLANE_H_
 #define XKV_COORDINATOR_DATA_PLANE_H_
 

@@ -1,4 +1,4 @@
-// Drives the pipeline stages through StageClient (DESIGN.md §1): loads each stage's layer range,
+// Drives the stages through StageClient (architecture.md §1): loads each stage's layer range,
 // sends every stage the SAME step request concurrently (so they post matching receives on the
 // data plane), gathers the per-stage answers into per-sequence results (the sampled token from the
 // last stage, gain curves and cache sizes from every stage), and fans out Compact / Release.

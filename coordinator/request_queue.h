@@ -1,4 +1,4 @@
-// The coordinator's bounded FIFO of requests waiting for admission (DESIGN.md §1): Push fails with
+// The bounded FIFO of requests waiting for admission (architecture.md §1): Push fails with
 // RESOURCE_EXHAUSTED when the queue is full; any waiting request can be cancelled by id; expired
 // requests (deadline passed) are taken out by the scheduler. Not thread-safe (the Scheduler owns
 // it under its own mutex).

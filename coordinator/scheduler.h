@@ -1,4 +1,4 @@
-// Continuous batching (DESIGN.md §1): every pipeline step carries one decode token for each running
+// Continuous batching (architecture.md §1): every step carries one decode token for each running
 // sequence that is generating, plus prompt work (XKV profile passes and prefill chunks) of admitted
 // sequences, within a per-step token budget. Requests wait in a bounded FIFO (RequestQueue) until
 // their KV blocks fit; a request is refused with RESOURCE_EXHAUSTED when the queue is full, when it

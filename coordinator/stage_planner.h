@@ -1,4 +1,4 @@
-// Stage planning (DESIGN.md §4): split L transformer layers into S contiguous, non-empty stages so
+// Stage planning (architecture.md §5): split L layers into S contiguous, non-empty stages so
 // that the most expensive stage is as cheap as possible (exact min-max partition). A layer's cost
 // is its weight bytes plus the KV bytes it is expected to hold at the configured concurrency with
 // the current allocation profile (per-layer kept fraction of the prompt); the embedding is charged

@@ -1,4 +1,4 @@
-// XKV importance scores collected during a prefill (DESIGN.md §3.1): a LayerObserver that, for
+// XKV importance scores collected in a prefill (architecture.md §3.1): a LayerObserver that, for
 // each observed sequence and layer, takes the prompt's last w queries (the observation window)
 // and the layer's keys, runs cpu::LaunchImportance and keeps the pooled scores [heads, P].
 //

@@ -34,7 +34,7 @@ struct EngineSequenceStep {
   int64_t n_new = 0;  // >= 1
   // Logical position of the first new token (prompt + generated before it), never the cache length.
   int64_t position = 0;
-  // Score the observation window (DESIGN.md §3.1): this chunk must end the prompt and hold >= w
+  // Score the observation window (architecture.md §3.1): this chunk must end the prompt, hold >= w
   // tokens when the prompt is longer than w.
   bool observe = false;
 };

@@ -1,4 +1,4 @@
-// Paged KV accounting for one pipeline stage (DESIGN.md §4): per layer a pool of fixed-size blocks
+// Paged KV accounting for one stage (architecture.md §5): per layer a pool of fixed-size blocks
 // (block_tokens tokens × n_kv_heads × head_dim, K and V), per sequence per layer a block table.
 // A sequence whose layer holds t tokens owns exactly ceil(t / block_tokens) blocks of that layer.
 //

@@ -1,4 +1,4 @@
-// The NCCL data plane's part of a LoadStage request (DESIGN.md §1): which communicator a worker
+// The NCCL data plane's part of LoadStage (architecture.md §1): which communicator a worker
 // joins (the coordinator's NCCL unique id, rank = stage index, world size = number of stages) and
 // on which CUDA device. Plain C++ (no CUDA, no NCCL): it is validated the same way in every build;
 // worker/nccl/nccl_stage_link.h builds the link from it in builds with NCCL.

@@ -1,4 +1,4 @@
-// The data plane between adjacent pipeline stages (DESIGN.md §1): one stage's view of its links —
+// The data plane between adjacent stages (architecture.md §1): one stage's view of its links —
 // Send to the next stage, Receive from the previous one — keyed by the coordinator's step_id, so
 // a stage receives exactly the rows of the step it is executing. Implementations:
 // InProcessStageLink (embedded mode: threads of one process), GrpcStageLink (PushHidden RPCs),

@@ -1,4 +1,4 @@
-// XKV importance scores (DESIGN.md §3.1): how much attention the observation window (the last w
+// XKV importance scores (architecture.md §3.1): how much attention the observation window (last w
 // prompt queries) pays to every earlier prompt position, per KV head (or per query head).
 #ifndef XKV_KERNELS_CPU_IMPORTANCE_H_
 #define XKV_KERNELS_CPU_IMPORTANCE_H_

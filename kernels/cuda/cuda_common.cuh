@@ -90,7 +90,7 @@ __device__ __forceinline__ void LoadBf16x8(const __nv_bfloat16* p, float* out) {
   UnpackBf16x8(*reinterpret_cast<const uint4*>(p), out);
 }
 
-// Programmatic dependent launch (sm_90; DESIGN.md §6): a kernel launched with
+// Programmatic dependent launch (sm_90; architecture.md §8): a kernel launched with
 // LaunchKernel(pdl = true, ...) may start while the previous kernel of the stream is still
 // running. Before GridDependencyWait() it may only read data no earlier kernel writes (weights);
 // after it, everything earlier kernels wrote is visible. Without the launch attribute the wait

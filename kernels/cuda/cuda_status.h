@@ -1,4 +1,4 @@
-// CUDA / cuBLAS error propagation as absl::Status (DESIGN.md §6.4): every failing runtime call
+// CUDA / cuBLAS errors as absl::Status (architecture.md §8.4): every failing runtime call
 // becomes INTERNAL carrying the expression, the error name and the file:line it came from.
 #ifndef XKV_KERNELS_CUDA_CUDA_STATUS_H_
 #define XKV_KERNELS_CUDA_CUDA_STATUS_H_

@@ -1,4 +1,4 @@
-// XKV importance scores on the device (DESIGN.md §3.1), same semantics and output as
+// XKV importance scores on the device (architecture.md §3.1), same semantics and output as
 // cpu::LaunchImportance (kernels/cpu/importance.h): softmax of the last w prompt queries against
 // all visible keys (fp32, scale 1/sqrt(head_dim), causal inside the window), summed over the
 // window queries, prefix columns only, query heads summed into their KV head (kKvHead) or kept

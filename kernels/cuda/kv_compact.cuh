@@ -1,4 +1,4 @@
-// XKV eviction on the device (DESIGN.md §3.4): per KV head, select the top-b prefix slots by
+// XKV eviction on the device (architecture.md §3.4): per KV head, select the top-b prefix slots by
 // pooled score plus the w window slots, then copy the kept K/V rows into fresh blocks.
 #ifndef XKV_KERNELS_CUDA_KV_COMPACT_CUH_
 #define XKV_KERNELS_CUDA_KV_COMPACT_CUH_

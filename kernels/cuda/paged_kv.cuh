@@ -1,4 +1,4 @@
-// One layer's paged KV cache on the device (DESIGN.md §4), and writing new tokens into it.
+// One layer's paged KV cache on the device (architecture.md §5), and writing new tokens into it.
 //
 // Layout: K and V are separate pools of `num_blocks` blocks; block b holds kKvBlockTokens
 // consecutive cache slots of every KV head:  bf16

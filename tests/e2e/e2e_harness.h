@@ -1,4 +1,4 @@
-// End-to-end harness: real `xkv` processes on loopback (DESIGN.md §1, §6.8).
+// End-to-end harness: real `xkv` processes on loopback (architecture.md §1, §8.8).
 //
 // ChildProcess forks + execs one process with its stdout/stderr in files, dies with the test
 // (PR_SET_PDEATHSIG) and is always stopped by its destructor (SIGTERM, then SIGKILL). Cluster

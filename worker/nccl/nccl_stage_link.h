@@ -1,4 +1,4 @@
-// StageLink over NCCL (DESIGN.md §1): the GPU data plane between pipeline stages that run as
+// StageLink over NCCL (architecture.md §1): the GPU data plane between pipeline stages that run as
 // separate worker processes, one GPU each. All S stages share one communicator (rank = stage
 // index, nranks = S), created from an ncclUniqueId that the coordinator makes and hands out in
 // LoadStage; stage r sends to r + 1 and receives from r - 1 with ncclSend / ncclRecv on the link's
