@@ -80,7 +80,11 @@ absl::Status MeasureLlamaCpp(const CpuBenchOptions& o, int threads,
       if (row.what == f[0] && absl::StrCat(row.tokens) == f[1]) row.llama_tps = std::stod(f[2]);
     }
   }
-  if (pclose(pipe) != 0) return absl::UnavailableError("llama.cpp measurement failed: " + command);
+  if (pclose(pipe) != 0) {
+    return absl::UnavailableError("llama.cpp measurement failed: " + command +
+                                  " (scripts/setup --test installs llama-cpp-python; --no-llama "
+                                  "measures xkv alone)");
+  }
   return absl::OkStatus();
 }
 

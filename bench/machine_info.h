@@ -10,7 +10,7 @@ namespace xkv {
 std::string CpuModel();
 
 // The scripts venv's python: $XKV_CACHE/venv/bin/python, else ~/.cache/xkv/venv/bin/python (the
-// venv scripts/setup creates).
+// venv `scripts/setup --test` creates).
 std::string VenvPython();
 
 }  // namespace xkv

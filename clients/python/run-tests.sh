@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-${XKV_CACHE:-$HOME/.cache/xkv}/venv/bin/python}
 [[ -x $py ]] || py=python3
 if ! "$py" -c "import grpc, grpc_tools" 2>/dev/null; then
-  echo "run-tests.sh: $py lacks grpcio / grpcio-tools (run scripts/setup)" >&2
+  echo "run-tests.sh: $py lacks grpcio / grpcio-tools (run scripts/setup --test)" >&2
   exit 1
 fi
 PYTHON=$py "$here/generate.sh"
