@@ -489,6 +489,21 @@ absl::StatusOr<std::string> ReadString(const GgufFile& file, std::string_view ke
   return std::string(*s);
 }
 
+// An optional numeric array key, each element read by `get` (AsInt, AsFloat) and cast to T.
+template <typename T, typename Get>
+absl::Status ReadOptionalArray(const GgufFile& file, std::string_view key, Get get,
+                               std::vector<T>* out) {
+  const GgufValue* v = file.Find(key);
+  if (v == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const GgufArray* array, v->AsArray());
+  out->reserve(array->elements.size());
+  for (const GgufValue& e : array->elements) {
+    ASSIGN_OR_RETURN(auto x, get(e));
+    out->push_back(static_cast<T>(x));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadOptionalBool(const GgufFile& file, std::string_view key,
                               std::optional<bool>* out) {
   const GgufValue* v = file.Find(key);
@@ -525,22 +540,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& f
     RETURN_IF_ERROR(ReadStrings(file, "tokenizer.ggml.merges", &data.merges));
     ASSIGN_OR_RETURN(data.pre, ReadString(file, "tokenizer.ggml.pre", /*required=*/false));
   }
-  if (const GgufValue* types = file.Find("tokenizer.ggml.token_type"); types != nullptr) {
-    ASSIGN_OR_RETURN(const GgufArray* array, types->AsArray());
-    data.token_types.reserve(array->elements.size());
-    for (const GgufValue& e : array->elements) {
-      ASSIGN_OR_RETURN(int64_t type, e.AsInt());
-      data.token_types.push_back(static_cast<int32_t>(type));
-    }
-  }
-  if (const GgufValue* scores = file.Find("tokenizer.ggml.scores"); scores != nullptr) {
-    ASSIGN_OR_RETURN(const GgufArray* array, scores->AsArray());
-    data.scores.reserve(array->elements.size());
-    for (const GgufValue& e : array->elements) {
-      ASSIGN_OR_RETURN(double score, e.AsFloat());
-      data.scores.push_back(static_cast<float>(score));
-    }
-  }
+  RETURN_IF_ERROR(ReadOptionalArray(
+      file, "tokenizer.ggml.token_type", [](const GgufValue& e) { return e.AsInt(); },
+      &data.token_types));
+  RETURN_IF_ERROR(ReadOptionalArray(
+      file, "tokenizer.ggml.scores", [](const GgufValue& e) { return e.AsFloat(); }, &data.scores));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.bos_token_id", &data.bos));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.eos_token_id", &data.eos));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.unknown_token_id", &data.unk));

@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "tests/parity/parity_util.h"
 
 namespace xkv {
 namespace {
@@ -24,24 +25,11 @@ const char* const kSupported[] = {"gpt-2",          "mpt",       "starcoder", "r
                                   "command-r",      "llama-bpe", "qwen2",     "deepseek-llm",
                                   "deepseek-coder", "falcon",    "llama-spm", "phi-3"};
 
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? "" : v;
-}
-
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::string FromHex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
 }
 
 std::vector<int32_t> ParseIds(std::istringstream& in) {
