@@ -326,8 +326,7 @@ void SplitRegex(const std::vector<uint32_t>& cps, const std::vector<uint8_t>& fl
   if (end > prev) ends->push_back(static_cast<uint32_t>(end));
 }
 
-// deepseek-llm's \s?[...]+ letter class (Latin, Greek, Cyrillic, Armenian, Georgian, Cherokee,
-// ...).
+// deepseek-llm's \s?[...]+ letter class: Latin, Greek, Cyrillic, Armenian, Georgian, ...
 constexpr std::pair<uint32_t, uint32_t> kDeepseekLetters[] = {
     {0x41, 0x5A},       {0x61, 0x7A},       {0xB5, 0xB5},       {0xC0, 0xD6},
     {0xD8, 0xF6},       {0xF8, 0x1BA},      {0x1BC, 0x1BF},     {0x1C4, 0x293},
@@ -373,8 +372,7 @@ const std::vector<Step>& StepsOf(PreTokenizerKind kind) {
                                    {0xFF1A, 0xFF5E},
                                    {0x2018, 0x201F},
                                    {0x3000, 0x3002}}};
-  // [一-龥ࠀ-一가-퟿]: CJK unified ideographs, U+0800..U+4E00 and Hangul syllables/Jamo ext.
-  // B.
+  // [一-龥ࠀ-一가-퟿]: U+4E00..U+9FA5, U+0800..U+4E00 and U+AC00..U+D7FF (Hangul).
   static const CharClass kDsCjk{0, {{0x4E00, 0x9FA5}, {0x800, 0x4E00}, {0xAC00, 0xD7FF}}};
   // [\p{P}\$\+<=>\^~\|`] (falcon; default without the backquote).
   static const CharClass kFalconPunct{
