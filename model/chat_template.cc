@@ -100,6 +100,41 @@ Detection DetectFamily(std::string_view t) {
   if (has("### Instruction:") && has("<|EOT|>")) return {std::nullopt, "deepseek"};
   if (has("<|START_OF_TURN_TOKEN|>") && has("<|USER_TOKEN|>")) return {std::nullopt, "command-r"};
   if (has("<|start_header_id|>") && has("<|end_header_id|>")) return {F::kLlama3, ""};
+  // The rest of llama.cpp's list, all families this port does not render: only their names.
+  struct Other {
+    std::string_view a, b, c, name;  // all of a, b, c (those not empty) in the template
+  };
+  static constexpr Other kOthers[] = {
+      {"[gMASK]sop", "", "", "chatglm3"},
+      {"<用户>", "", "", "minicpm"},
+      {"'Assistant: ' + message['content'] + eos_token", "", "", "deepseek2"},
+      {"<｜Assistant｜>", "<｜User｜>", "<｜end▁of▁sentence｜>", "deepseek3"},
+      {"[|system|]", "[|assistant|]", "[|endofturn|]", "exaone3"},
+      {"rwkv-world", "", "", "rwkv-world"},
+      {"{{- 'User: ' + message['content']|trim + '\\n\\n' -}}", "", "", "rwkv-world"},
+      {"<|start_of_role|>", "", "", "granite"},
+      {"message['role'] + additional_special_tokens[0] + message['content'] + "
+       "additional_special_tokens[1]",
+       "", "", "gigachat"},
+      {"<|role_start|>", "", "", "megrez"},
+      {" Ассистент:", "", "", "yandex"},
+      {"<role>ASSISTANT</role>", "", "", "bailing"},
+      {"<|header_start|>", "<|header_end|>", "", "llama4"},
+      {"<|endofuserprompt|>", "", "", "dots1"},
+      {"<|extra_0|>", "<|extra_4|>", "", "hunyuan-moe"},
+      {"<|start|>", "<|channel|>", "", "gpt-oss"},
+      {"<｜hy_Assistant｜>", "", "", "hunyuan"},
+      {"<|im_assistant|>assistant<|im_middle|>", "", "", "kimi-k2"},
+      {"<seed:bos>", "", "", "seed_oss"},
+      {"'Assistant: '  + message['content'] + '<|separator|>", "", "", "grok-2"},
+      {"[unused9]系统：[unused10]", "", "", "pangu-embed"},
+      {"<|begin|>", "<|end|>", "<|content|>", "solar-open"},
+  };
+  for (const Other& o : kOthers) {
+    if (has(o.a) && (o.b.empty() || has(o.b)) && (o.c.empty() || has(o.c))) {
+      return {std::nullopt, o.name};
+    }
+  }
   return {std::nullopt, ""};
 }
 

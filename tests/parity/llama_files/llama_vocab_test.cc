@@ -1,6 +1,6 @@
 // The tokenizer against llama.cpp on real vocabularies: llama.cpp's own test files
 // (ggml-vocab-NAME.gguf with .gguf.inp/.gguf.out, from the pinned llama-cpp-python's source
-// distribution: scripts/fetch-llama-vocabs, folder $XKV_LLAMA_VOCABS) and the parity strings
+// distribution: scripts/fetch-llama-test-files, folder $XKV_LLAMA_FILES) and the parity strings
 // (tests/parity/tokenizer_strings.txt) as llama-cpp-python tokenizes them on each vocabulary
 // (vocab_reference.py, folder $XKV_VOCAB_REFERENCE), with every token's piece.
 #include <cstdlib>
@@ -40,7 +40,7 @@ std::vector<int32_t> ParseIds(std::istringstream& in) {
 }
 
 std::string VocabPath(const std::string& name) {
-  return Env("XKV_LLAMA_VOCABS") + "/ggml-vocab-" + name + ".gguf";
+  return Env("XKV_LLAMA_FILES") + "/ggml-vocab-" + name + ".gguf";
 }
 
 std::unique_ptr<Tokenizer> Load(const std::string& name) {
@@ -55,7 +55,7 @@ std::unique_ptr<Tokenizer> Load(const std::string& name) {
 class LlamaVocabTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    if (Env("XKV_LLAMA_VOCABS").empty()) GTEST_SKIP() << "XKV_LLAMA_VOCABS not set";
+    if (Env("XKV_LLAMA_FILES").empty()) GTEST_SKIP() << "XKV_LLAMA_FILES not set";
   }
 };
 
@@ -148,7 +148,7 @@ INSTANTIATE_TEST_SUITE_P(Vocabularies, LlamaVocabTest, ::testing::ValuesIn(kSupp
 // The vocabularies llama.cpp has and this port does not: one error at load naming the key and
 // the value.
 TEST(LlamaVocabUnsupportedTest, NamesTheKeyAndValue) {
-  if (Env("XKV_LLAMA_VOCABS").empty()) GTEST_SKIP() << "XKV_LLAMA_VOCABS not set";
+  if (Env("XKV_LLAMA_FILES").empty()) GTEST_SKIP() << "XKV_LLAMA_FILES not set";
   const std::pair<const char*, const char*> cases[] = {
       {"qwen35", "tokenizer.ggml.pre = \"qwen35\""},
       {"bert-bge", "tokenizer.ggml.model = \"bert\""},
