@@ -13,6 +13,7 @@
 #include "coordinator/coordinator_sequence.h"
 #include "coordinator/request_validation.h"
 #include "model/chat_template.h"
+#include "model/stop_tokens.h"
 
 namespace xkv {
 
@@ -63,10 +64,10 @@ absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages)
   ASSIGN_OR_RETURN(file_, GgufFile::Open(options_.model_path));
   ASSIGN_OR_RETURN(config_, ReadModelConfig(*file_));
   ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromGguf(*file_));
-  eos_tokens_ = {config_.eos_token};
-  if (int32_t im_end = tokenizer_->FindToken("<|im_end|>"); im_end >= 0) {
-    eos_tokens_.push_back(im_end);
-  }
+  // A model without a known template still serves plain prompts; chat requests get the error.
+  chat_template_ = ChatTemplate::ForModel(*file_, options_.chat_template);
+  if (!options_.chat_template.empty()) RETURN_IF_ERROR(chat_template_.status());
+  eos_tokens_ = StopTokens(*tokenizer_, chat_template_.ok() ? &*chat_template_ : nullptr);
   ASSIGN_OR_RETURN(store_, ProfileStore::Create({1.0, options_.seed, 0}));
   driver_ = std::make_unique<PipelineDriver>(std::move(stages));
   options_.planner.num_stages = driver_->num_stages();
@@ -123,7 +124,9 @@ void Coordinator::Shutdown() {
 
 absl::StatusOr<std::vector<int32_t>> Coordinator::Tokenize(const GenerateParams& p) const {
   if (!p.chat) return tokenizer_->Encode(p.prompt, /*parse_special=*/false);
-  ASSIGN_OR_RETURN(std::string text, ApplyChatTemplate(p.messages, /*add_generation_prompt=*/true));
+  if (!chat_template_.ok()) return chat_template_.status();
+  ASSIGN_OR_RETURN(std::string text,
+                   chat_template_->Apply(p.messages, /*add_generation_prompt=*/true));
   return tokenizer_->Encode(text, /*parse_special=*/true);
 }
 

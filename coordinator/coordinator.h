@@ -29,6 +29,7 @@
 #include "coordinator/pipeline_driver.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/stage_planner.h"
+#include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
 #include "model/tokenizer.h"
@@ -64,6 +65,8 @@ struct CoordinatorOptions {
   int64_t default_max_tokens = 256;
   uint64_t seed = 0;             // sampled-profile decisions
   const Clock* clock = nullptr;  // null: the real clock
+  // Chat requests' template family by name (model/chat_template.h); empty: the GGUF's own.
+  std::string chat_template;
   // Optional: called once per request when it ends or is rejected (any thread; must be cheap).
   std::function<void(const RequestRecord&)> on_request_done;
   // The NCCL data plane between the workers (architecture.md §1), when set: every (re)load of the
@@ -157,6 +160,7 @@ class Coordinator {
   std::unique_ptr<GgufFile> file_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  absl::StatusOr<ChatTemplate> chat_template_ = absl::UnknownError("not loaded");
   std::vector<int32_t> eos_tokens_;
   int64_t bytes_per_token_ = 0;  // per layer, from the stages' block size
   std::unique_ptr<PipelineDriver> driver_;

@@ -1,16 +1,20 @@
-// Byte-level BPE as in llama.cpp's llm_tokenizer_bpe_session (llama-vocab.cpp):
+// As llama.cpp's llama_vocab::impl::tokenize (llama-vocab.cpp):
 //  1. special tokens are split out first (tokenizer_st_partition): for every special token, longest
-//     text first, every occurrence in the remaining raw text becomes that token;
-//  2. each raw fragment is pre-tokenized into words (model/pretokenizer.h);
-//  3. each word's bytes are mapped to GPT-2 byte-level code points and merged pairwise: the
-//     adjacent pair with the lowest merge rank first, ties to the leftmost;
-//  4. a final symbol that is not a vocabulary entry falls back to one token per byte of its text.
+//     text first, every occurrence in the remaining raw text becomes that token (with the lstrip/
+//     rstrip attributes eating the spaces beside it);
+//  2. BPE: each raw fragment is pre-tokenized into words (model/pretokenizer.h); each word's bytes
+//     are mapped to GPT-2 byte-level code points and merged pairwise: the adjacent pair with the
+//     lowest merge rank first, ties to the leftmost; a final symbol that is not a vocabulary entry
+//     falls back to one token per byte of its text (llm_tokenizer_bpe_session);
+//  3. SPM: each raw fragment, with a leading space when it starts the text or follows a special
+//     token, has its spaces escaped to U+2581 and is merged by score (model/spm_merge.h).
 // Symbols are interned strings (vocabulary ids, plus extra ids for merge strings outside the
 // vocabulary), so the merge loop compares integers; words are cached.
 #include "model/tokenizer.h"
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <mutex>
@@ -20,22 +24,75 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "model/pretokenizer.h"
+#include "model/spm_merge.h"
 
 namespace xkv {
 namespace {
 
-// llama_token_type values of tokenizer.ggml.token_type.
-enum TokenType : int32_t {
-  kNormal = 1,
-  kUnknown = 2,
-  kControl = 3,
-  kUserDefined = 4,
-  kUnused = 5,
-  kByte = 6,
+// llama_token_attr bits (llama.h), from tokenizer.ggml.token_type and llama.cpp's inferences.
+enum TokenAttr : uint32_t {
+  kUndefined = 0,
+  kUnknown = 1 << 0,
+  kUnused = 1 << 1,
+  kNormal = 1 << 2,
+  kControl = 1 << 3,
+  kUserDefined = 1 << 4,
+  kByte = 1 << 5,
+  kLstrip = 1 << 7,
+  kRstrip = 1 << 8,
 };
+
+// llama_token_type (tokenizer.ggml.token_type) to its attribute.
+uint32_t AttrOfType(int32_t type) {
+  switch (type) {
+    case 1:
+      return kNormal;
+    case 2:
+      return kUnknown;
+    case 3:
+      return kControl;
+    case 4:
+      return kUserDefined;
+    case 5:
+      return kUnused;
+    case 6:
+      return kByte;
+    default:
+      return kUndefined;
+  }
+}
+
+// Token texts llama.cpp makes control tokens whatever their type (llama_vocab::impl::load): its
+// end-of-generation list (which holds its end-of-turn list) and its fill-in-the-middle lists.
+constexpr std::string_view kInferredControl[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+    // fill-in-the-middle
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+    "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<SUF>", "▁<SUF>",
+    "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<MID>",
+    "▁<MID>", "<|code_middle|>", "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+    "[PAD]", "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>",
+    "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"};
+
+// llama.cpp's end-of-turn and end-of-message texts, for eot/eom ids the GGUF does not give, in the
+// order they are tried.
+constexpr std::string_view kEotTexts[] = {
+    "<|eot_id|>",        "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+    "<|end_of_text|>",   "<EOT>",      "_<EOT>",  "[EOT]",         "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>"};
+constexpr std::string_view kEomText = "<|eom_id|>";
+
+// U+2581 LOWER ONE EIGHTH BLOCK: SentencePiece's space.
+constexpr std::string_view kSpmSpace = "▁";
 
 constexpr size_t kMaxCachedWords = 1 << 16;
 constexpr size_t kMaxCachedWordBytes = 256;
@@ -73,6 +130,19 @@ std::array<uint32_t, 256> ByteToCodePoint() {
 // Debian's absl has its own string_view type; hash-map lookups need it.
 absl::string_view AbslView(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
+// `text` with every `from` replaced by `to` (llama_escape_whitespace / llama_unescape_whitespace).
+std::string ReplaceAll(std::string_view text, std::string_view from, std::string_view to) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t pos = 0;;) {
+    const size_t match = text.find(from, pos);
+    out += text.substr(pos, match == std::string_view::npos ? text.npos : match - pos);
+    if (match == std::string_view::npos) return out;
+    out += to;
+    pos = match + from.size();
+  }
+}
+
 uint64_t PairKey(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
@@ -86,16 +156,20 @@ struct Tokenizer::Impl {
   };
 
   TokenizerData data;
-  PreTokenizerKind pre_kind = PreTokenizerKind::kGpt2;
+  bool spm = false;  // tokenizer.ggml.model "llama"
+  PreTokenizerSpec pre{PreTokenizerKind::kGpt2};
+  bool add_bos = false, add_space_prefix = false;
   int32_t n_vocab = 0;
+  std::vector<uint32_t> attrs;                            // TokenAttr bits of every token
   absl::flat_hash_map<std::string, int32_t> token_to_id;  // duplicate texts: the last id wins
   std::vector<std::string> extra_symbols;                 // symbol id n_vocab + i
   absl::flat_hash_map<std::string, int32_t> extra_symbol_ids;
   absl::flat_hash_map<uint64_t, Merge> merges;  // PairKey(left symbol, right symbol)
   std::array<int32_t, 256> byte_symbol{};       // symbol id of each byte's byte-level character
   std::array<std::string, 256> byte_text;       // UTF-8 of each byte's byte-level character
-  std::vector<int32_t> special_tokens;          // split out before BPE, longest text first
-  std::vector<std::string> pieces;              // decoded bytes of every token
+  SpmVocab spm_vocab;
+  std::vector<int32_t> special_tokens;  // split out before merging, longest text first
+  std::vector<std::string> pieces;      // decoded bytes of every token
 
   mutable std::shared_mutex cache_mu;
   mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache;  // word bytes -> ids
@@ -104,14 +178,19 @@ struct Tokenizer::Impl {
   const std::string& SymbolText(int32_t sym) const {
     return sym < n_vocab ? data.tokens[sym] : extra_symbols[sym - n_vocab];
   }
-  int32_t TypeOf(int32_t id) const {
-    return data.token_types.empty() ? kNormal : data.token_types[id];
+  int32_t Find(std::string_view text) const {
+    auto it = token_to_id.find(AbslView(text));
+    return it == token_to_id.end() ? -1 : it->second;
   }
   std::string MakePiece(int32_t id) const;
   absl::Status Build();
+  void InferAttributes();
+  void BuildBpe();
+  void BuildSpm();
   void BpeWord(std::string_view word, std::vector<int32_t>* out) const;
   void EncodeWord(std::string_view word, std::vector<int32_t>* out) const;
-  absl::Status EncodeRaw(std::string_view text, std::vector<int32_t>* out) const;
+  absl::Status EncodeRaw(std::string_view text, bool after_special,
+                         std::vector<int32_t>* out) const;
 };
 
 int32_t Tokenizer::Impl::Intern(const std::string& text) {
@@ -122,21 +201,16 @@ int32_t Tokenizer::Impl::Intern(const std::string& text) {
   return it->second;
 }
 
-// llama.cpp token_to_piece(special = true) for the BPE vocabulary type.
+// llama.cpp token_to_piece(special = true).
 std::string Tokenizer::Impl::MakePiece(int32_t id) const {
   const std::string& text = data.tokens[id];
-  switch (TypeOf(id)) {
-    case kUnknown:
-    case kControl:
-    case kUserDefined:
-      return text;
-    case kByte:  // "<0xAB>"
-      return std::string(1, static_cast<char>(std::strtol(text.substr(3, 2).c_str(), nullptr, 16)));
-    case kNormal:
-      break;
-    default:  // unused, undefined: render as nothing
-      return "";
+  const uint32_t attr = attrs[id];
+  if (attr & (kUnknown | kControl | kUserDefined)) return text;
+  if (attr & kByte) {  // "<0xAB>"
+    return std::string(1, static_cast<char>(std::strtol(text.substr(3, 2).c_str(), nullptr, 16)));
   }
+  if (!(attr & kNormal)) return "";  // unused, undefined: render as nothing
+  if (spm) return ReplaceAll(text, kSpmSpace, " ");
   static const absl::flat_hash_map<uint32_t, uint8_t>* const kCodePointToByte = [] {
     auto* map = new absl::flat_hash_map<uint32_t, uint8_t>();
     const auto fwd = ByteToCodePoint();
@@ -160,25 +234,34 @@ std::string Tokenizer::Impl::MakePiece(int32_t id) const {
   return out;
 }
 
-absl::Status Tokenizer::Impl::Build() {
-  if (data.tokens.empty()) return absl::InvalidArgumentError("tokenizer: empty vocabulary");
-  if (data.tokens.size() >= (1u << 30))
-    return absl::InvalidArgumentError("tokenizer: vocab too big");
-  n_vocab = static_cast<int32_t>(data.tokens.size());
-  if (!data.token_types.empty() && data.token_types.size() != data.tokens.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat("tokenizer: %d token types for %d tokens",
-                                                      data.token_types.size(), data.tokens.size()));
+// What llama_vocab::impl::load infers beyond the token types: end-of-generation and FIM texts are
+// control tokens; eot/eom found by text; gpt-oss's channel markers are user-defined; Phi-3 models
+// (general.name) strip the spaces after their special tokens.
+void Tokenizer::Impl::InferAttributes() {
+  for (std::string_view text : kInferredControl) {
+    if (const int32_t id = Find(text); id >= 0) attrs[id] |= kControl;
   }
-  for (int32_t id : {data.bos, data.eos, data.unk, data.pad}) {
-    if (id < -1 || id >= n_vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("tokenizer: special id %d out of range", id));
+  for (std::string_view text : kEotTexts) {
+    if (data.eot >= 0) break;
+    data.eot = Find(text);
+  }
+  if (data.eom < 0) data.eom = Find(kEomText);
+  for (std::string_view text : {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"}) {
+    if (const int32_t id = Find(text); id >= 0) attrs[id] = kUserDefined;
+  }
+  const std::string name = absl::AsciiStrToLower(data.name);
+  if (absl::StrContains(name, "phi-3") || absl::StrContains(name, "phi3")) {
+    for (int32_t id = 0; id < n_vocab; ++id) {
+      if (attrs[id] & (kControl | kUserDefined | kUnknown)) attrs[id] |= kRstrip;
+    }
+    if (const int32_t id = Find("</s>"); id >= 0) attrs[id] |= kRstrip;
+    for (std::string_view text : {"<unk>", "<s>", "<|endoftext|>"}) {
+      if (const int32_t id = Find(text); id >= 0) attrs[id] &= ~kRstrip;
     }
   }
-  ASSIGN_OR_RETURN(pre_kind, PreTokenizerFromName(data.pre));
-  token_to_id.reserve(data.tokens.size());
-  for (int32_t id = 0; id < n_vocab; ++id) token_to_id[data.tokens[id]] = id;
+}
 
+void Tokenizer::Impl::BuildBpe() {
   const auto byte_cp = ByteToCodePoint();
   for (int b = 0; b < 256; ++b) {
     AppendUtf8(byte_cp[b], &byte_text[b]);
@@ -194,13 +277,71 @@ absl::Status Tokenizer::Impl::Build() {
     const int32_t l = Intern(left), r = Intern(right), result = Intern(left + right);
     merges.try_emplace(PairKey(l, r), Merge{static_cast<int32_t>(rank), result});  // first wins
   }
+}
 
-  for (int32_t id = 0; id < n_vocab; ++id) {
-    const int32_t type = TypeOf(id);
-    if ((type == kControl || type == kUserDefined || type == kUnknown) &&
-        !data.tokens[id].empty()) {
-      special_tokens.push_back(id);
+void Tokenizer::Impl::BuildSpm() {
+  if (data.scores.empty()) data.scores.assign(n_vocab, 0.0f);
+  spm_vocab.token_to_id = &token_to_id;
+  spm_vocab.scores = &data.scores;
+  for (int b = 0; b < 256; ++b) {  // llama_vocab::byte_to_token
+    int32_t id = Find(absl::StrFormat("<0x%02X>", b));
+    if (id < 0) id = Find(std::string(1, static_cast<char>(b)));
+    spm_vocab.byte_tokens[b] = id;
+  }
+}
+
+absl::Status Tokenizer::Impl::Build() {
+  if (data.model == "llama") {
+    spm = true;
+  } else if (data.model != "gpt2") {
+    return absl::UnimplementedError(absl::StrFormat(
+        "tokenizer: unsupported tokenizer model tokenizer.ggml.model = \"%s\" (supported: gpt2, "
+        "llama)",
+        data.model));
+  }
+  if (data.tokens.empty()) return absl::InvalidArgumentError("tokenizer: empty vocabulary");
+  if (data.tokens.size() >= (1u << 30))
+    return absl::InvalidArgumentError("tokenizer: vocab too big");
+  n_vocab = static_cast<int32_t>(data.tokens.size());
+  if (!data.token_types.empty() && data.token_types.size() != data.tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("tokenizer: %d token types for %d tokens",
+                                                      data.token_types.size(), data.tokens.size()));
+  }
+  if (!data.scores.empty() && data.scores.size() != data.tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("tokenizer: %d scores for %d tokens",
+                                                      data.scores.size(), data.tokens.size()));
+  }
+  for (int32_t id : {data.bos, data.eos, data.unk, data.pad, data.eot, data.eom}) {
+    if (id < -1 || id >= n_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("tokenizer: special id %d out of range [0, %d)", id, n_vocab));
     }
+  }
+  if (spm) {
+    add_bos = data.add_bos.value_or(true);
+    add_space_prefix = data.add_space_prefix.value_or(true);
+  } else {
+    ASSIGN_OR_RETURN(pre, PreTokenizerFromName(data.pre));
+    add_bos = data.add_bos.value_or(pre.add_bos);
+  }
+  if (add_bos && data.bos < 0) {
+    return absl::InvalidArgumentError("tokenizer: the model adds BOS but has no BOS id");
+  }
+  token_to_id.reserve(data.tokens.size());
+  attrs.resize(n_vocab);
+  for (int32_t id = 0; id < n_vocab; ++id) {
+    if (data.tokens[id].empty()) data.tokens[id] = absl::StrCat("[EMPTY_", id, "]");  // llama.cpp
+    token_to_id[data.tokens[id]] = id;
+    attrs[id] = data.token_types.empty() ? kNormal : AttrOfType(data.token_types[id]);
+  }
+  InferAttributes();
+  if (spm) {
+    BuildSpm();
+  } else {
+    BuildBpe();
+  }
+  for (int32_t id = 0; id < n_vocab; ++id) {
+    if (attrs[id] & (kControl | kUserDefined | kUnknown)) special_tokens.push_back(id);
   }
   std::stable_sort(special_tokens.begin(), special_tokens.end(), [&](int32_t a, int32_t b) {
     return data.tokens[a].size() > data.tokens[b].size();
@@ -223,6 +364,14 @@ void Tokenizer::Impl::BpeWord(std::string_view word, std::vector<int32_t>* out) 
       return rank > o.rank || (rank == o.rank && left > o.left);
     }
   };
+  if (pre.ignore_merges) {  // the whole word's byte-level text, if that is a token
+    std::string text;
+    for (char c : word) text += byte_text[static_cast<uint8_t>(c)];
+    if (const int32_t id = Find(text); id >= 0) {
+      out->push_back(id);
+      return;
+    }
+  }
   const int32_t n = static_cast<int32_t>(word.size());
   std::vector<Symbol> symbols(n);
   for (int32_t i = 0; i < n; ++i) {
@@ -287,9 +436,15 @@ void Tokenizer::Impl::EncodeWord(std::string_view word, std::vector<int32_t>* ou
   cache.try_emplace(std::string(word), std::move(ids));
 }
 
-absl::Status Tokenizer::Impl::EncodeRaw(std::string_view text, std::vector<int32_t>* out) const {
+absl::Status Tokenizer::Impl::EncodeRaw(std::string_view text, bool after_special,
+                                        std::vector<int32_t>* out) const {
+  if (spm) {
+    std::string escaped = add_space_prefix && after_special ? " " : "";
+    escaped += text;
+    return SpmMerge(spm_vocab, ReplaceAll(escaped, " ", kSpmSpace), out);
+  }
   std::vector<std::pair<uint32_t, uint32_t>> words;
-  RETURN_IF_ERROR(PreTokenize(pre_kind, text, &words));
+  RETURN_IF_ERROR(PreTokenize(pre.kind, text, &words));
   for (const auto& [begin, end] : words) EncodeWord(text.substr(begin, end - begin), out);
   return absl::OkStatus();
 }
@@ -320,6 +475,43 @@ absl::Status ReadStrings(const GgufFile& file, std::string_view key,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> ReadString(const GgufFile& file, std::string_view key, bool required) {
+  const GgufValue* v = file.Find(key);
+  if (v == nullptr) {
+    if (!required) return std::string();
+    return absl::InvalidArgumentError(absl::StrFormat("tokenizer: GGUF key %s missing", key));
+  }
+  absl::StatusOr<std::string_view> s = v->AsString();
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tokenizer: %s: %s", key, s.status().message()));
+  }
+  return std::string(*s);
+}
+
+// An optional numeric array key, each element read by `get` (AsInt, AsFloat) and cast to T.
+template <typename T, typename Get>
+absl::Status ReadOptionalArray(const GgufFile& file, std::string_view key, Get get,
+                               std::vector<T>* out) {
+  const GgufValue* v = file.Find(key);
+  if (v == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const GgufArray* array, v->AsArray());
+  out->reserve(array->elements.size());
+  for (const GgufValue& e : array->elements) {
+    ASSIGN_OR_RETURN(auto x, get(e));
+    out->push_back(static_cast<T>(x));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadOptionalBool(const GgufFile& file, std::string_view key,
+                              std::optional<bool>* out) {
+  const GgufValue* v = file.Find(key);
+  if (v == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(*out, v->AsBool());
+  return absl::OkStatus();
+}
+
 absl::Status ReadOptionalId(const GgufFile& file, std::string_view key, int32_t* out) {
   const GgufValue* v = file.Find(key);
   if (v == nullptr) return absl::OkStatus();
@@ -334,33 +526,34 @@ absl::Status ReadOptionalId(const GgufFile& file, std::string_view key, int32_t*
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& file) {
-  ASSIGN_OR_RETURN(const GgufValue* model, Required(file, "tokenizer.ggml.model"));
-  ASSIGN_OR_RETURN(std::string_view model_name, model->AsString());
-  if (model_name != "gpt2") {
-    return absl::UnimplementedError(absl::StrFormat(
-        "tokenizer: model \"%s\" unsupported (only gpt2 byte-level BPE)", model_name));
-  }
   TokenizerData data;
-  RETURN_IF_ERROR(ReadStrings(file, "tokenizer.ggml.tokens", &data.tokens));
-  RETURN_IF_ERROR(ReadStrings(file, "tokenizer.ggml.merges", &data.merges));
-  if (const GgufValue* types = file.Find("tokenizer.ggml.token_type"); types != nullptr) {
-    ASSIGN_OR_RETURN(const GgufArray* array, types->AsArray());
-    data.token_types.reserve(array->elements.size());
-    for (const GgufValue& e : array->elements) {
-      ASSIGN_OR_RETURN(int64_t type, e.AsInt());
-      data.token_types.push_back(static_cast<int32_t>(type));
-    }
+  ASSIGN_OR_RETURN(data.model, ReadString(file, "tokenizer.ggml.model", /*required=*/true));
+  if (data.model != "gpt2" && data.model != "llama") {
+    return absl::UnimplementedError(absl::StrFormat(
+        "tokenizer: unsupported tokenizer model tokenizer.ggml.model = \"%s\" (supported: gpt2, "
+        "llama)",
+        data.model));
   }
-  ASSIGN_OR_RETURN(const GgufValue* pre, Required(file, "tokenizer.ggml.pre"));
-  ASSIGN_OR_RETURN(std::string_view pre_name, pre->AsString());
-  data.pre = std::string(pre_name);
+  ASSIGN_OR_RETURN(data.name, ReadString(file, "general.name", /*required=*/false));
+  RETURN_IF_ERROR(ReadStrings(file, "tokenizer.ggml.tokens", &data.tokens));
+  if (data.model == "gpt2") {
+    RETURN_IF_ERROR(ReadStrings(file, "tokenizer.ggml.merges", &data.merges));
+    ASSIGN_OR_RETURN(data.pre, ReadString(file, "tokenizer.ggml.pre", /*required=*/false));
+  }
+  RETURN_IF_ERROR(ReadOptionalArray(
+      file, "tokenizer.ggml.token_type", [](const GgufValue& e) { return e.AsInt(); },
+      &data.token_types));
+  RETURN_IF_ERROR(ReadOptionalArray(
+      file, "tokenizer.ggml.scores", [](const GgufValue& e) { return e.AsFloat(); }, &data.scores));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.bos_token_id", &data.bos));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.eos_token_id", &data.eos));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.unknown_token_id", &data.unk));
   RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.padding_token_id", &data.pad));
-  if (const GgufValue* add_bos = file.Find("tokenizer.ggml.add_bos_token"); add_bos != nullptr) {
-    ASSIGN_OR_RETURN(data.add_bos, add_bos->AsBool());
-  }
+  RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.eot_token_id", &data.eot));
+  RETURN_IF_ERROR(ReadOptionalId(file, "tokenizer.ggml.eom_token_id", &data.eom));
+  RETURN_IF_ERROR(ReadOptionalBool(file, "tokenizer.ggml.add_bos_token", &data.add_bos));
+  RETURN_IF_ERROR(
+      ReadOptionalBool(file, "tokenizer.ggml.add_space_prefix", &data.add_space_prefix));
   return FromData(std::move(data));
 }
 
@@ -374,19 +567,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromData(TokenizerData dat
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(impl)));
 }
 
-absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
-                                                       bool parse_special) const {
+absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bool parse_special,
+                                                       bool add_special) const {
   RETURN_IF_ERROR(ValidateUtf8(text));  // reject invalid UTF-8 before any work
   // Fragments: raw text (id -1, byte range) or one special token (id >= 0).
   struct Fragment {
     int32_t id;
     size_t begin, end;
   };
+  auto is_space = [&](size_t i) { return std::isspace(static_cast<unsigned char>(text[i])) != 0; };
   std::vector<Fragment> fragments;
   if (!text.empty()) fragments.push_back({-1, 0, text.size()});
   for (int32_t special : impl_->special_tokens) {
-    const int32_t type = impl_->TypeOf(special);
-    if (!parse_special && type != kUserDefined) continue;  // user-defined always split
+    const uint32_t attr = impl_->attrs[special];
+    if (!parse_special && (attr & (kControl | kUnknown))) continue;  // user-defined always split
     const std::string& needle = impl_->data.tokens[special];
     if (text.find(needle) == std::string_view::npos) continue;
     std::vector<Fragment> next;
@@ -397,12 +591,19 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
         continue;
       }
       size_t pos = f.begin;
-      while (true) {
+      while (pos < f.end) {
         const size_t match = text.substr(0, f.end).find(needle, pos);
         if (match == std::string_view::npos) break;
-        if (match > pos) next.push_back({-1, pos, match});
+        size_t left_end = match;
+        if (attr & kLstrip) {
+          while (left_end > pos && is_space(left_end - 1)) --left_end;
+        }
+        if (left_end > pos) next.push_back({-1, pos, left_end});
         next.push_back({special, match, match + needle.size()});
         pos = match + needle.size();
+        if (attr & kRstrip) {
+          while (pos < f.end && is_space(pos)) ++pos;
+        }
       }
       if (pos < f.end) next.push_back({-1, pos, f.end});
     }
@@ -410,12 +611,15 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text,
   }
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 2);
-  if (impl_->data.add_bos && impl_->data.bos >= 0) ids.push_back(impl_->data.bos);
+  if (add_special && impl_->add_bos) ids.push_back(impl_->data.bos);
+  bool after_special = true;  // SPM: the first raw fragment gets the space prefix too
   for (const Fragment& f : fragments) {
     if (f.id >= 0) {
       ids.push_back(f.id);
+      after_special = true;
     } else {
-      RETURN_IF_ERROR(impl_->EncodeRaw(text.substr(f.begin, f.end - f.begin), &ids));
+      RETURN_IF_ERROR(impl_->EncodeRaw(text.substr(f.begin, f.end - f.begin), after_special, &ids));
+      after_special = false;
     }
   }
   return ids;
@@ -441,14 +645,13 @@ std::string Tokenizer::TokenBytes(int32_t id) const {
 int32_t Tokenizer::vocab_size() const { return impl_->n_vocab; }
 int32_t Tokenizer::bos() const { return impl_->data.bos; }
 int32_t Tokenizer::eos() const { return impl_->data.eos; }
+int32_t Tokenizer::eot() const { return impl_->data.eot; }
+int32_t Tokenizer::eom() const { return impl_->data.eom; }
 
 bool Tokenizer::IsControl(int32_t id) const {
-  return id >= 0 && id < impl_->n_vocab && impl_->TypeOf(id) == kControl;
+  return id >= 0 && id < impl_->n_vocab && (impl_->attrs[id] & kControl);
 }
 
-int32_t Tokenizer::FindToken(std::string_view text) const {
-  auto it = impl_->token_to_id.find(AbslView(text));
-  return it == impl_->token_to_id.end() ? -1 : it->second;
-}
+int32_t Tokenizer::FindToken(std::string_view text) const { return impl_->Find(text); }
 
 }  // namespace xkv

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates model/unicode_tables.cc: code point class ranges for the BPE pre-tokenizer.
+"""Generates model/unicode_tables.cc: code point class ranges for the BPE pre-tokenizers.
 
 Usage (from the repository root):
   python3 scripts/gen-unicode-tables.py > model/unicode_tables.cc && clang-format -i model/unicode_tables.cc
@@ -7,13 +7,14 @@ Usage (from the repository root):
 Classes (bit flags, see model/unicode_tables.h):
   kLetter     \\p{L}  general categories Lu Ll Lt Lm Lo
   kNumber     \\p{N}  general categories Nd Nl No
+  kPunct      \\p{P}  general categories Pc Pd Ps Pe Pi Pf Po (deepseek-coder, falcon, default)
   kWhitespace \\s     the Unicode White_Space property (PropList.txt): U+0009..U+000D, U+0020,
                       U+0085, U+00A0, U+1680, U+2000..U+200A, U+2028, U+2029, U+202F, U+205F, U+3000
 Every other code point (punctuation, symbols, marks, controls, unassigned, ...) has flags 0, which the
 pre-tokenizer treats as "other" (the [^\\s\\p{L}\\p{N}] class), as llama.cpp does.
 
 The categories come from Python's unicodedata (Python 3.11: Unicode 14.0.0). llama.cpp's tables are
-Unicode 15.1, so the L/N code points assigned in Unicode 15.0 and 15.1 are added from UNICODE_15_1_LN
+Unicode 15.1, so the L/N/P code points assigned in Unicode 15.0 and 15.1 are added from UNICODE_15_1_LNP
 below when the local database is older; the result then matches llama.cpp's classes exactly.
 """
 
@@ -21,16 +22,16 @@ import sys
 import unicodedata
 
 MAX_CODEPOINT = 0x110000
-LETTER, NUMBER, WHITESPACE = 1, 2, 4
+LETTER, NUMBER, WHITESPACE, PUNCT = 1, 2, 4, 8
 
 # Python's str.isspace() also accepts U+001C..U+001F (bidi class B/S), which are not White_Space.
 WHITE_SPACE = set(range(0x09, 0x0E)) | set(range(0x2000, 0x200B)) | {
     0x20, 0x85, 0xA0, 0x1680, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000}
 
 
-# Letters (L) and numbers (N) assigned in Unicode 15.0/15.1 (UnicodeData.txt 15.1 minus 14.0):
-# (first, last, flags).
-UNICODE_15_1_LN = [
+# Letters (L), numbers (N) and punctuation (P) assigned in Unicode 15.0/15.1 (UnicodeData.txt 15.1
+# minus 14.0): (first, last, flags).
+UNICODE_15_1_LNP = [
     (0x1123F, 0x11240, LETTER),  # Khojki
     (0x11F02, 0x11F02, LETTER), (0x11F04, 0x11F10, LETTER), (0x11F12, 0x11F33, LETTER),  # Kawi
     (0x11F50, 0x11F59, NUMBER),  # Kawi digits
@@ -43,6 +44,8 @@ UNICODE_15_1_LN = [
     (0x2B739, 0x2B739, LETTER),  # CJK extension B addition
     (0x2EBF0, 0x2EE5D, LETTER),  # CJK extension I
     (0x31350, 0x323AF, LETTER),  # CJK extension H
+    (0x11B00, 0x11B09, PUNCT),  # Devanagari extended-A
+    (0x11F43, 0x11F4F, PUNCT),  # Kawi punctuation
 ]
 
 
@@ -57,10 +60,12 @@ def flags_of(cp: int) -> int:
         f |= LETTER
     elif cat[0] == "N":
         f |= NUMBER
+    elif cat[0] == "P":
+        f |= PUNCT
     if cp in WHITE_SPACE:
         f |= WHITESPACE
     if f == 0 and unicode_version_tuple() < (15, 1):
-        for first, last, extra in UNICODE_15_1_LN:
+        for first, last, extra in UNICODE_15_1_LNP:
             if first <= cp <= last and cat == "Cn":
                 return extra
     return f
@@ -83,7 +88,7 @@ def main() -> None:
     out("//             clang-format -i model/unicode_tables.cc\n")
     version = unicodedata.unidata_version
     if unicode_version_tuple() < (15, 1):
-        version += " + the 15.0/15.1 L/N additions"
+        version += " + the 15.0/15.1 L/N/P additions"
     out(f"// Unicode {version} (Python {sys.version.split()[0]} unicodedata).\n")
     out('#include "model/unicode_tables.h"\n\n')
     out("namespace xkv {\n\n")

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "model/kv_compressor.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
+#include "model/stop_tokens.h"
 #include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
@@ -30,6 +32,7 @@ struct GenerateFlags {
   std::string prompt;
   std::string system;
   bool chat = false;
+  std::string chat_template;  // empty: the GGUF's own
   int64_t max_tokens = 128;
   double temperature = 0;
   int64_t top_k = 0;
@@ -112,13 +115,30 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateFlags& f, const Tokenizer& tok) {
+// The model's chat template (with --chat or --chat-template) and its stop tokens.
+struct ChatSetup {
+  std::optional<ChatTemplate> chat;
+  std::vector<int32_t> stop;
+};
+
+absl::StatusOr<ChatSetup> MakeChatSetup(const GenerateFlags& f, const GgufFile& file,
+                                        const Tokenizer& tok) {
+  ChatSetup s;
+  if (f.chat || !f.chat_template.empty()) {
+    ASSIGN_OR_RETURN(s.chat, ChatTemplate::ForModel(file, f.chat_template));
+  }
+  s.stop = StopTokens(tok, s.chat ? &*s.chat : nullptr);
+  return s;
+}
+
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateFlags& f, const Tokenizer& tok,
+                                               const ChatSetup& chat) {
   if (f.prompt.empty()) return absl::InvalidArgumentError("--prompt is empty");
   if (!f.chat) return tok.Encode(f.prompt, /*parse_special=*/false);
   std::vector<ChatMessage> messages;
   if (!f.system.empty()) messages.push_back({"system", f.system});
   messages.push_back({"user", f.prompt});
-  absl::StatusOr<std::string> text = ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
+  absl::StatusOr<std::string> text = chat.chat->Apply(messages, /*add_generation_prompt=*/true);
   if (!text.ok()) return text.status();
   return tok.Encode(*text, /*parse_special=*/true);
 }
@@ -138,9 +158,9 @@ void PrintSpeed(size_t prompt, int64_t generated, Clock::time_point start, Clock
 
 // The request of the flags: the prompt (checked against the context) and the sampling.
 absl::StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Tokenizer& tok,
-                                              int64_t context_length,
+                                              const ChatSetup& chat, int64_t context_length,
                                               const SamplingParams& sampling) {
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptIds(f, tok));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptIds(f, tok, chat));
   if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   if (static_cast<int64_t>(ids.size()) + f.max_tokens > context_length) {
     return absl::InvalidArgumentError(
@@ -179,6 +199,8 @@ int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
   if (!config.ok()) return Fail(config.status());
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromGguf(**file);
   if (!tok.ok()) return Fail(tok.status());
+  absl::StatusOr<ChatSetup> chat = MakeChatSetup(f, **file, **tok);
+  if (!chat.ok()) return Fail(chat.status());
   StageOptions so;
   so.model_path = f.model;
   so.device = f.device;
@@ -187,11 +209,12 @@ int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
   if (!engine.ok()) return Fail(engine.status());
   const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
   absl::StatusOr<GenerationRequest> request =
-      MakeRequest(f, **tok, config->context_length, sampling);
+      MakeRequest(f, **tok, *chat, config->context_length, sampling);
   if (!request.ok()) return Fail(request.status());
   EngineGeneratorOptions o;
   const Tokenizer* t = tok->get();
   o.token_bytes = [t](int32_t id) { return t->TokenBytes(id); };
+  o.eos_tokens = chat->stop;
   o.compress = c.policy.kind != PolicyKind::kFull || f.show_allocation;
   o.two_pass = c.profile.kind != ProfileModeKind::kOnePass;
   o.policy = c.policy;
@@ -213,6 +236,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.String("prompt", &f.prompt, "prompt text (required)");
   flags.Bool("chat", &f.chat, "wrap the prompt in the model's chat template as a user message");
   flags.String("system", &f.system, "system message for --chat (default: the template's own)");
+  flags.String("chat-template", &f.chat_template,
+               "chat template family for --chat (chatml, llama3, llama2, mistral-v3, phi3, gemma, "
+               "...); default: detected from the GGUF's tokenizer.chat_template");
   flags.Int("max-tokens", &f.max_tokens, "maximum tokens to generate");
   flags.Double("temperature", &f.temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &f.top_k, "keep the k most likely tokens; 0 disables");
@@ -250,10 +276,13 @@ int GenerateOnCpu(const GenerateFlags& f, const KvCompressorOptions& compression
                                                  : f.numerics == "bf16" ? Numerics::kBf16
                                                                         : Numerics::kGgml);
   if (!loaded.ok()) return Fail(loaded.status());
+  absl::StatusOr<ChatSetup> chat = MakeChatSetup(f, *loaded->file, *loaded->tokenizer);
+  if (!chat.ok()) return Fail(chat.status());
   absl::StatusOr<GenerationRequest> request =
-      MakeRequest(f, *loaded->tokenizer, loaded->config.context_length, sampling);
+      MakeRequest(f, *loaded->tokenizer, *chat, loaded->config.context_length, sampling);
   if (!request.ok()) return Fail(request.status());
   GeneratorOptions options;
+  options.eos_tokens = chat->stop;
   const Tokenizer* tok = loaded->tokenizer.get();
   options.token_bytes = [tok](int32_t id) { return tok->TokenBytes(id); };
   if (compression.policy.kind != PolicyKind::kFull || f.show_allocation) {

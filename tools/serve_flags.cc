@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "model/chat_template.h"
 #include "tools/metrics_http.h"
 
 namespace xkv {
@@ -103,6 +104,9 @@ void CollectCoordinatorMetrics(Coordinator* c, MetricsRegistry& r) {
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.String("model", &f->model, "GGUF model file (tokenizer, config; workers load its layers)");
+  flags.String("chat-template", &f->chat_template,
+               "chat template family for chat requests (chatml, llama3, llama2, mistral-v3, phi3, "
+               "gemma, ...); default: detected from the GGUF");
   flags.String("listen", &f->listen, "address of the public Generation service");
   flags.String("admin-listen", &f->admin_listen, "address of the Admin service");
   flags.String("admin-token", &f->admin_token, "bearer token for Admin (or $XKV_ADMIN_TOKEN)");
@@ -187,6 +191,8 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   CoordinatorOptions o;
   if (!f.metrics_listen.empty()) o.on_request_done = RecordRequest;
   o.model_path = f.model;
+  o.chat_template = f.chat_template;
+  if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(f.profile));
   if (f.budget_fraction > 0) {

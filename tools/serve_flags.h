@@ -14,6 +14,7 @@ namespace xkv {
 
 struct ServeFlags {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string chat_template;  // empty: the GGUF's tokenizer.chat_template
   std::string listen = "127.0.0.1:50051";
   std::string admin_listen = "127.0.0.1:50052";
   std::string admin_token;

@@ -32,22 +32,10 @@
 #include "model/model_config.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/parity/parity_util.h"
 
 namespace xkv {
 namespace {
-
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? "" : v;
-}
-
-std::string FromHex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
 
 std::vector<int32_t> ReadIds(std::istringstream& in) {
   std::vector<int32_t> ids;

@@ -1,5 +1,6 @@
 #include "model/tokenizer.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -175,7 +176,43 @@ TEST(PreTokenizerTest, RejectsInvalidUtf8) {
     EXPECT_EQ(PreTokenize(PreTokenizerKind::kSmolLm, bad, &words).code(),
               absl::StatusCode::kInvalidArgument);
   }
-  EXPECT_EQ(PreTokenizerFromName("llama-bpe").status().code(), absl::StatusCode::kUnimplemented);
+  auto bad = PreTokenizerFromName("qwen35");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(bad.status().message()),
+              ::testing::HasSubstr("tokenizer.ggml.pre = \"qwen35\""));
+  auto llama3 = PreTokenizerFromName("llama-bpe");
+  ASSERT_TRUE(llama3.ok());
+  EXPECT_EQ(llama3->kind, PreTokenizerKind::kLlama3);
+  EXPECT_TRUE(llama3->ignore_merges);
+  EXPECT_TRUE(llama3->add_bos);
+  EXPECT_EQ(PreTokenizerFromName("").value().kind, PreTokenizerKind::kDefault);
+}
+
+std::vector<std::string> Llama3(std::string_view s) { return Split(s, PreTokenizerKind::kLlama3); }
+
+TEST(PreTokenizerTest, Llama3) {
+  // Case-insensitive contractions, a non-letter prefix joins the letters, digits in threes.
+  EXPECT_THAT(Llama3("DON'T we'LL"), ElementsAre("DON", "'T", " we", "'LL"));
+  EXPECT_THAT(Llama3("1234567 x"), ElementsAre("123", "456", "7", " x"));
+  EXPECT_THAT(Llama3("$hello (world)"), ElementsAre("$hello", " (", "world", ")"));
+  // Punctuation keeps trailing newlines; whitespace ending in newlines is one word.
+  EXPECT_THAT(Llama3("a.\n\nb"), ElementsAre("a", ".\n\n", "b"));
+  EXPECT_THAT(Llama3("a  \n  b"), ElementsAre("a", "  \n", " ", " b"));
+  EXPECT_THAT(Llama3("\nhello"), ElementsAre("\n", "hello"));
+  EXPECT_THAT(Split("1234 x", PreTokenizerKind::kQwen2), ElementsAre("1", "2", "3", "4", " x"));
+}
+
+TEST(PreTokenizerTest, DeepseekAndFalcon) {
+  // deepseek-llm: letters of its class with one leading space, punctuation runs, CJK runs,
+  // number runs; a trailing space run stands alone.
+  EXPECT_THAT(Split("Hello, world!! 123 你好  ", PreTokenizerKind::kDeepseekLlm),
+              ElementsAre("Hello", ",", " world", "!!", " ", "123", " ", "你好", "  "));
+  // deepseek-coder: \p{L} and \p{P} runs; digits one by one.
+  EXPECT_THAT(Split("x=12; é", PreTokenizerKind::kDeepseekCoder),
+              ElementsAre("x", "=", "1", "2", ";", " é"));
+  // falcon: punctuation/symbol runs first, then GPT-2, then ASCII digit triples.
+  EXPECT_THAT(Split("a+b=12345", PreTokenizerKind::kFalcon),
+              ElementsAre("a", "+", "b", "=", "123", "45"));
 }
 
 // ---------------------------------------------------------------- BPE on a tiny vocabulary
@@ -275,8 +312,13 @@ TEST(TokenizerTest, Errors) {
   EXPECT_EQ(t->Decode({-1}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(t->TokenBytes(999), "");
 
-  TokenizerData bad_pre = TinyData({}, {}, {}, "llama-bpe");
+  TokenizerData bad_pre = TinyData({}, {}, {}, "qwen35");
   EXPECT_EQ(Tokenizer::FromData(bad_pre).status().code(), absl::StatusCode::kUnimplemented);
+  TokenizerData bad_model = TinyData({}, {});
+  bad_model.model = "t5";
+  EXPECT_EQ(Tokenizer::FromData(bad_model).status().code(), absl::StatusCode::kUnimplemented);
+  TokenizerData no_bos = TinyData({}, {}, {}, "llama-bpe");  // Llama 3 adds BOS by default
+  EXPECT_EQ(Tokenizer::FromData(no_bos).status().code(), absl::StatusCode::kInvalidArgument);
   TokenizerData bad_types = TinyData({}, {});
   bad_types.token_types.pop_back();
   EXPECT_EQ(Tokenizer::FromData(bad_types).status().code(), absl::StatusCode::kInvalidArgument);
@@ -346,11 +388,106 @@ TEST(TokenizerTest, FromGgufReadsTokenizerKeys) {
   EXPECT_EQ((*t)->eos(), 257);
   EXPECT_EQ((*t)->bos(), -1);
 
-  GgufWriter spm;
-  spm.SetMetadata("tokenizer.ggml.model", GgufValue::String("llama"));
-  auto spm_file = GgufFile::FromBuffer(*spm.WriteBuffer());
-  ASSERT_TRUE(spm_file.ok());
-  EXPECT_EQ(Tokenizer::FromGguf(**spm_file).status().code(), absl::StatusCode::kUnimplemented);
+  GgufWriter bert;
+  bert.SetMetadata("tokenizer.ggml.model", GgufValue::String("bert"));
+  auto bert_file = GgufFile::FromBuffer(*bert.WriteBuffer());
+  ASSERT_TRUE(bert_file.ok());
+  auto unsupported = Tokenizer::FromGguf(**bert_file);
+  EXPECT_EQ(unsupported.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(unsupported.status().message()),
+              ::testing::HasSubstr("tokenizer.ggml.model = \"bert\""));
+}
+
+TEST(TokenizerTest, AddBosDefaultsAsLlamaCpp) {
+  TokenizerData d = TinyData({}, {}, {{"<|begin_of_text|>", 3}}, "llama-bpe");
+  d.bos = 256;
+  auto llama3 = Make(d);  // no add_bos_token key: llama-bpe adds BOS
+  EXPECT_THAT(Enc(*llama3, "a"), ElementsAre(256, 'a'));
+  auto ids = llama3->Encode("a", /*parse_special=*/true, /*add_special=*/false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_THAT(*ids, ElementsAre('a'));
+  d.add_bos = false;  // the key wins
+  EXPECT_THAT(Enc(*Make(d), "a"), ElementsAre('a'));
+}
+
+// llama.cpp's llama-bpe ignore_merges: a word that is a vocabulary entry is that token, even when
+// the merges would not build it.
+TEST(TokenizerTest, IgnoreMergesTakesWholeWords) {
+  TokenizerData d = TinyData({"abc"}, {}, {{"<s>", 3}}, "llama-bpe");
+  d.bos = 257;
+  auto t = Make(d);
+  auto ids = t->Encode("abc ab", true, false);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_THAT(*ids, ElementsAre(256, ' ', 'a', 'b'));
+}
+
+// Texts llama.cpp treats as control tokens whatever their GGUF type, and the end-of-turn /
+// end-of-message ids it infers from them.
+TEST(TokenizerTest, InfersControlTokensAndEndOfTurn) {
+  auto t = Make(TinyData({}, {}, {{"<|eot_id|>", 4}, {"<|eom_id|>", 1}, {"<|im_end|>", 3}}));
+  EXPECT_TRUE(t->IsControl(256));
+  EXPECT_TRUE(t->IsControl(257));
+  EXPECT_EQ(t->eot(), 256);  // llama.cpp's list order: <|eot_id|> before <|im_end|>
+  EXPECT_EQ(t->eom(), 257);
+  // Control now: without parse_special the text is plain text.
+  EXPECT_EQ(Enc(*t, "<|eot_id|>", false).size(), 10u);
+  TokenizerData keyed = TinyData({}, {}, {{"<|eot_id|>", 3}, {"<|im_end|>", 3}});
+  keyed.eot = 257;
+  EXPECT_EQ(Make(keyed)->eot(), 257);
+}
+
+// A SentencePiece vocabulary: ids 0..2 <unk> <s> </s>, 3..258 the byte tokens <0x00>..<0xFF>,
+// then `pieces` with their scores (spaces written as U+2581).
+TokenizerData SpmData(const std::vector<std::pair<std::string, float>>& pieces) {
+  TokenizerData d;
+  d.model = "llama";
+  d.tokens = {"<unk>", "<s>", "</s>"};
+  d.token_types = {2, 3, 3};
+  for (int b = 0; b < 256; ++b) {
+    char hex[8];
+    std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
+    d.tokens.push_back(hex);
+    d.token_types.push_back(6);
+  }
+  d.scores.assign(d.tokens.size(), 0.0f);
+  for (const auto& [text, score] : pieces) {
+    d.tokens.push_back(text);
+    d.token_types.push_back(1);
+    d.scores.push_back(score);
+  }
+  d.unk = 0, d.bos = 1, d.eos = 2;
+  return d;
+}
+
+TEST(TokenizerTest, SentencePieceMergesByScoreWithSpacePrefixAndByteFallback) {
+  // 259 "▁", 260 "▁h", 261 "hi", 262 "▁hi", 263 "i"
+  auto t = Make(SpmData({{"▁", -1}, {"▁h", -2}, {"hi", -1.5}, {"▁hi", -1}, {"i", -3}}));
+  // BOS, then " hi" -> "▁hi": "hi" (score -1.5) beats "▁h" (-2), then "▁"+"hi" is an entry.
+  EXPECT_THAT(Enc(*t, "hi"), ElementsAre(1, 262));
+  auto no_bos = t->Encode("hi hi", true, false);
+  ASSERT_TRUE(no_bos.ok());
+  EXPECT_THAT(*no_bos, ElementsAre(262, 262));
+  // No entry for "x": byte fallback <0x78>; é is two byte tokens.
+  EXPECT_THAT(*t->Encode("x", true, false), ElementsAre(259, 3 + 'x'));
+  EXPECT_THAT(*t->Encode("é", true, false), ElementsAre(259, 3 + 0xC3, 3 + 0xA9));
+  // The space prefix follows special tokens too, and decoding maps ▁ back to spaces.
+  EXPECT_THAT(*t->Encode("</s>hi", true, false), ElementsAre(2, 262));
+  EXPECT_EQ(*t->Decode({262, 3 + 0xC3, 3 + 0xA9}), " hié");
+  TokenizerData no_prefix = SpmData({{"▁", -1}, {"hi", -1.5}});
+  no_prefix.add_space_prefix = false;
+  EXPECT_THAT(*Make(no_prefix)->Encode("hi", true, false), ElementsAre(260));
+}
+
+// Phi-3 (by general.name, as llama.cpp): special tokens eat the spaces after them, except <s>,
+// <unk> and <|endoftext|>.
+TEST(TokenizerTest, Phi3SpecialTokensStripFollowingSpaces) {
+  TokenizerData d = SpmData({{"▁", -1}, {"hi", -1.5}, {"▁hi", -1}, {"<|user|>", 0}});
+  d.token_types.back() = 3;
+  d.name = "Phi3";
+  auto t = Make(d);
+  EXPECT_THAT(*t->Encode("<|user|>  \nhi", true, false), ElementsAre(262, 261));
+  d.name = "llama";  // "▁▁hi": the space after the token stays
+  EXPECT_THAT(*Make(d)->Encode("<|user|> hi", true, false), ElementsAre(262, 259, 261));
 }
 
 // ---------------------------------------------------------------- the real SmolLM2 vocabulary
