@@ -153,6 +153,43 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, TensorRoundTripTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
                                            GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1));
 
+// K-quants: rows of whole super-blocks (256); written and read back as the quantizer produced them.
+class KQuantTensorRoundTripTest : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(KQuantTensorRoundTripTest, DataMatchesQuantizeThenDequantize) {
+  const GgmlType type = GetParam();
+  const std::vector<float> x = RandomNonZero(512 * 3, 11);
+  GgufWriter w;
+  w.SetMetadata("general.architecture", GgufValue::String("test"));
+  w.AddTensor("norm", {32}, GgmlType::kF32, RandomNonZero(32, 1));
+  w.AddTensor("t", {512, 3}, type, x);
+  GgufWriter partial;
+  partial.AddTensor("t", {128, 12}, type, x);
+  EXPECT_THAT(std::string(partial.WriteBuffer().status().message()), HasSubstr("multiple of 256"));
+  auto bytes = w.WriteBuffer();
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto f = GgufFile::FromBuffer(*bytes);
+  ASSERT_TRUE(f.ok()) << f.status();
+  const GgufTensorInfo* info = (*f)->FindTensor("t");
+  ASSERT_NE(info, nullptr);
+  EXPECT_EQ(info->type, type);
+  const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
+  EXPECT_EQ(info->size_bytes, static_cast<uint64_t>(6 * traits->block_bytes));
+  std::vector<uint8_t> q(info->size_bytes);
+  ASSERT_TRUE(cpu::QuantizeFromF32(type, x.data(), 512 * 3, q.data()).ok());
+  const absl::Span<const uint8_t> stored = (*f)->TensorData(*info);
+  EXPECT_EQ(std::vector<uint8_t>(stored.begin(), stored.end()), q);
+  std::vector<float> expected(512 * 3);
+  ASSERT_TRUE(cpu::DequantizeToF32(type, q.data(), 512 * 3, expected.data()).ok());
+  auto got = (*f)->ReadTensorF32("t");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(KQuants, KQuantTensorRoundTripTest,
+                         ::testing::Values(GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                                           GgmlType::kQ5_K, GgmlType::kQ6_K));
+
 TEST(GgufWriterReaderTest, CustomAlignmentIsHonoured) {
   GgufWriter w;
   w.SetMetadata("general.alignment", GgufValue::Uint32(256));
