@@ -167,11 +167,7 @@ absl::Status DequantizeToF32(GgmlType type, const void* src, int64_t n, float* d
     case GgmlType::kQ4_1:
       DequantQ4_1(in, blocks, dst);
       break;
-    case GgmlType::kQ2_K:
-    case GgmlType::kQ3_K:
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K:
+    default:  // the K-quants (CheckArgs accepted the type)
       DequantizeKQuant(type, in, blocks, dst);
       break;
   }
@@ -211,11 +207,7 @@ absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* d
     case GgmlType::kQ4_1:
       QuantQ4_1(src, blocks, out);
       break;
-    case GgmlType::kQ2_K:
-    case GgmlType::kQ3_K:
-    case GgmlType::kQ4_K:
-    case GgmlType::kQ5_K:
-    case GgmlType::kQ6_K:
+    default:  // the K-quants (CheckArgs accepted the type)
       QuantizeKQuant(type, src, blocks, out);
       break;
   }

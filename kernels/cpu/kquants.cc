@@ -176,6 +176,16 @@ void RoundAffine(const float* x, int n, float d, float dm, int nmax, uint8_t* L)
   for (int i = 0; i < n; ++i) L[i] = d != 0.f ? NearestClamped((x[i] + dm) / d, 0, nmax) : 0;
 }
 
+// Q2_K / Q3_K: 2-bit values L[256] into 64 bytes; byte 32n + l holds elements 128n + l + 32k in
+// bits 2k (the layout the dequantizers read).
+void Pack2Bit(const uint8_t* L, uint8_t* qs) {
+  for (int j = 0; j < kQK; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+    }
+  }
+}
+
 void QuantQ2K(const float* x, uint8_t* b) {
   float scales[16], mins[16];
   for (int j = 0; j < 16; ++j) scales[j] = AffineScale(x + 16 * j, 16, 3, &mins[j]);
@@ -195,12 +205,7 @@ void QuantQ2K(const float* x, uint8_t* b) {
   for (int j = 0; j < 16; ++j) {
     RoundAffine(x + 16 * j, 16, d * (sc[j] & 0xF), dmin * (sc[j] >> 4), 3, L + 16 * j);
   }
-  uint8_t* qs = b + 16;
-  for (int j = 0; j < kQK; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
-    }
-  }
+  Pack2Bit(L, b + 16);
 }
 
 void QuantQ3K(const float* x, uint8_t* b) {
@@ -242,11 +247,7 @@ void QuantQ3K(const float* x, uint8_t* b) {
       hm <<= 1;
     }
   }
-  for (int j = 0; j < kQK; j += 128) {
-    for (int l = 0; l < 32; ++l) {
-      qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
-    }
-  }
+  Pack2Bit(L, qs);
 }
 
 // Q4_K (nmax 15) and Q5_K (nmax 31).

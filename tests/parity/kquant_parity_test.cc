@@ -21,7 +21,6 @@
 #include <fstream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -31,8 +30,7 @@
 #include "kernels/cpu/dequant.h"
 #include "model/gguf.h"
 #include "model/llama_model.h"
-#include "model/llama_weights.h"
-#include "model/model_config.h"
+#include "model/loaded_model.h"
 #include "model/sampler.h"
 #include "model/synthetic_model.h"
 
@@ -149,30 +147,21 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
   float spread = 0;
   std::ifstream(ref + ".spread") >> spread;
 
-  auto file = GgufFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
+  auto loaded = LoadModel(path, /*num_threads=*/0);  // as `xkv generate`: kGgml numerics
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
   for (const auto& [suffix, type] : mix.overrides) {  // the file really mixes the types
-    const GgufTensorInfo* info = (*file)->FindTensor(
+    const GgufTensorInfo* info = loaded->file->FindTensor(
         suffix == "output.weight" || suffix == "token_embd.weight" ? suffix : "blk.1." + suffix);
     ASSERT_NE(info, nullptr) << suffix;
     EXPECT_EQ(info->type, type) << suffix;
   }
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto weights = LoadLlamaWeights(**file, *config, LlamaWeightsOptions{});
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  LlamaModelOptions options;
-  options.num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  options.numerics = Numerics::kGgml;
-  auto model =
-      LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(*weights)), options);
-  ASSERT_TRUE(model.ok()) << model.status();
-  std::unique_ptr<KvCache> cache = (*model)->NewCache();
+  LlamaModel& model = *loaded->model;
+  std::unique_ptr<KvCache> cache = model.NewCache();
   BatchStep step;
   step.sequences.push_back({cache.get(), static_cast<int64_t>(prompt.size()), 0, false});
-  auto logits = (*model)->Forward(prompt, step, /*all_rows=*/true);
+  auto logits = model.Forward(prompt, step, /*all_rows=*/true);
   ASSERT_TRUE(logits.ok()) << logits.status();
-  const int64_t vocab = config->vocab_size;
+  const int64_t vocab = loaded->config.vocab_size;
   ASSERT_EQ(logits->size(), want.size());
   ASSERT_EQ(want.size(), prompt.size() * vocab);
 
