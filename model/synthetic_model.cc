@@ -276,7 +276,8 @@ absl::StatusOr<std::vector<SyntheticTensor>> SyntheticTensorList(const Synthetic
   if (!o.tied_embeddings) t.push_back({"output.weight", {h, v}, wt});
   for (SyntheticTensor& tensor : t) {
     for (const auto& [suffix, type] : o.type_overrides) {
-      if (tensor.dims.size() == 2 && absl::EndsWith(tensor.name, suffix)) {
+      if (tensor.dims.size() == 2 &&
+          (tensor.name == suffix || absl::EndsWith(tensor.name, "." + suffix))) {
         tensor.type = type;
         break;
       }

@@ -3,15 +3,16 @@
 // $XKV_KQUANT_DIR):
 //  - xkv's dequantizers against the `gguf` package's numpy ones on random super-blocks, bit for
 //  bit;
-//  - random-weight Llama GGUFs written by xkv's writer with llama.cpp-style type mixes (Q4_K_M:
-//    Q4_K with Q6_K attn_v / ffn_down / output, ...): xkv's CPU engine (Numerics::kGgml, the
+//  - random-weight Llama GGUFs, written by xkv's writer with llama.cpp-style type mixes (Q4_K_M:
+//    Q4_K with Q6_K attn_v / ffn_down / output, ...) or requantized from F32 by llama.cpp's own
+//    quantizer (its Q4_K_M, Q2_K, Q6_K): xkv's CPU engine (Numerics::kGgml, the
 //    rounding-only path: weights dequantized to fp32, activations rounded to Q8_K as ggml does)
 //    gives llama.cpp's logits at every prompt position within the parity bound that
 //    llama_cpp_parity_test.cc applies where xkv does not reproduce llama.cpp's summation orders:
 //    max |logit difference| <= max(1% of the logit range, llama.cpp's own spread), and the same
 //    argmax at the last position. Measured: identical to ~1e-7 of the range up to the first
 //    position where an fp32 summation-order difference flips one 8-bit activation rounding, then
-//    0.6-1.2% (llama.cpp's own spread across its configurations: 1.4-1.8%).
+//    0.6-1.1% (llama.cpp's own spread across its configurations: 1.4-1.8%).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -28,6 +30,7 @@
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/dequant.h"
+#include "kernels/cpu/kquants.h"
 #include "model/gguf.h"
 #include "model/llama_model.h"
 #include "model/loaded_model.h"
@@ -110,9 +113,10 @@ TEST_F(KQuantParityTest, DequantizationMatchesGgufPackageBitForBit) {
 
 struct MixCase {
   const char* name;
-  GgmlType weight_type;
+  GgmlType weight_type;  // written by xkv's writer...
   std::vector<std::pair<std::string, GgmlType>> overrides;
   bool tied = false;
+  int llama_ftype = 0;  // ...or, when set, an F32 file requantized by llama.cpp's own quantizer
 };
 
 class KQuantModelParityTest : public KQuantParityTest,
@@ -134,7 +138,14 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
   o.seed = 7;
   o.name = absl::StrCat("xkv-kquant-", mix.name);
   const std::string path = absl::StrCat(dir_, "/", mix.name, ".gguf");
-  ASSERT_TRUE(WriteSyntheticModel(o, path).ok());
+  if (mix.llama_ftype == 0) {
+    ASSERT_TRUE(WriteSyntheticModel(o, path).ok());
+  } else {
+    o.weight_type = GgmlType::kF32;
+    const std::string f32 = absl::StrCat(dir_, "/", mix.name, ".f32.gguf");
+    ASSERT_TRUE(WriteSyntheticModel(o, f32).ok());
+    ASSERT_TRUE(RunReference(absl::StrCat("quantize '", f32, "' '", path, "' ", mix.llama_ftype)));
+  }
 
   std::vector<int32_t> prompt;
   for (int i = 0; i < 20; ++i) prompt.push_back(3 + (7 * i + 11) % 317);
@@ -154,6 +165,18 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
         suffix == "output.weight" || suffix == "token_embd.weight" ? suffix : "blk.1." + suffix);
     ASSERT_NE(info, nullptr) << suffix;
     EXPECT_EQ(info->type, type) << suffix;
+  }
+  std::map<std::string, int> types;  // the file's matrix types, for the log
+  for (const GgufTensorInfo& t : loaded->file->tensors()) {
+    if (t.dims.size() == 2)
+      ++types[std::string(GetGgmlTypeTraits(static_cast<uint32_t>(t.type))->name)];
+  }
+  std::string mix_types;
+  for (const auto& [name, count] : types) absl::StrAppend(&mix_types, " ", count, "x", name);
+  if (mix.llama_ftype != 0) {  // llama.cpp chose K-quants for (at least) most matrices
+    int k_quants = 0;
+    for (const GgufTensorInfo& t : loaded->file->tensors()) k_quants += cpu::IsKQuant(t.type);
+    EXPECT_GE(k_quants, 12) << mix.name << ":" << mix_types;
   }
   LlamaModel& model = *loaded->model;
   std::unique_ptr<KvCache> cache = model.NewCache();
@@ -198,33 +221,37 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
             Argmax(absl::MakeConstSpan(want.data() + last * vocab, vocab)))
       << mix.name;
   std::printf(
-      "kquant %-10s %zu positions: worst max|diff| %.4f%% of the range, %d within 0.001%%, argmax "
-      "equal at %d; llama.cpp's own spread %.4f%% of the last range\n",
+      "kquant %-14s %zu positions: worst max|diff| %.4f%% of the range, %d within 0.001%%, "
+      "argmax equal at %d; llama.cpp's own spread %.4f%% of the last range; matrices:%s\n",
       mix.name, prompt.size(), 100.0 * worst_share, near_exact, argmax_equal,
-      100.0 * spread / last_range);
+      100.0 * spread / last_range, mix_types.c_str());
 }
 
-INSTANTIATE_TEST_SUITE_P(Mixes, KQuantModelParityTest,
-                         ::testing::Values(
-                             // llama.cpp's Q4_K_M: Q4_K, with Q6_K for attn_v, ffn_down and output.
-                             MixCase{"Q4_K_M",
-                                     GgmlType::kQ4_K,
-                                     {{"attn_v.weight", GgmlType::kQ6_K},
-                                      {"ffn_down.weight", GgmlType::kQ6_K},
-                                      {"output.weight", GgmlType::kQ6_K}}},
-                             // Q5_K with Q6_K ffn_down and a Q8_0 token embedding.
-                             MixCase{"Q5_K_M",
-                                     GgmlType::kQ5_K,
-                                     {{"ffn_down.weight", GgmlType::kQ6_K},
-                                      {"token_embd.weight", GgmlType::kQ8_0}}},
-                             // Q3_K with Q2_K gate/up and a tied Q6_K embedding as the output head.
-                             MixCase{"Q3_K_Q2_K",
-                                     GgmlType::kQ3_K,
-                                     {{"ffn_gate.weight", GgmlType::kQ2_K},
-                                      {"ffn_up.weight", GgmlType::kQ2_K},
-                                      {"token_embd.weight", GgmlType::kQ6_K}},
-                                     /*tied=*/true}),
-                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(
+    Mixes, KQuantModelParityTest,
+    ::testing::Values(
+        // llama.cpp's Q4_K_M: Q4_K, with Q6_K for attn_v, ffn_down and output.
+        MixCase{"Q4_K_M",
+                GgmlType::kQ4_K,
+                {{"attn_v.weight", GgmlType::kQ6_K},
+                 {"ffn_down.weight", GgmlType::kQ6_K},
+                 {"output.weight", GgmlType::kQ6_K}}},
+        // Q5_K with Q6_K ffn_down and a Q8_0 token embedding.
+        MixCase{"Q5_K_M",
+                GgmlType::kQ5_K,
+                {{"ffn_down.weight", GgmlType::kQ6_K}, {"token_embd.weight", GgmlType::kQ8_0}}},
+        // Q3_K with Q2_K gate/up and a tied Q6_K embedding as the output head.
+        MixCase{"Q3_K_Q2_K",
+                GgmlType::kQ3_K,
+                {{"ffn_gate.weight", GgmlType::kQ2_K},
+                 {"ffn_up.weight", GgmlType::kQ2_K},
+                 {"token_embd.weight", GgmlType::kQ6_K}},
+                /*tied=*/true},
+        // llama.cpp's own quantizer on an F32 file: its Q4_K_M, Q2_K and Q6_K type choices.
+        MixCase{"llama_Q4_K_M", GgmlType::kF32, {}, false, 15},
+        MixCase{"llama_Q2_K", GgmlType::kF32, {}, false, 10},
+        MixCase{"llama_Q6_K", GgmlType::kF32, {}, true, 18}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace xkv

@@ -8,6 +8,11 @@
       (gguf.quants.dequantize, an implementation independent of xkv's and of ggml's C) in
       OUTDIR/<TYPE>.f32 (little-endian fp32).
 
+  kquant_reference.py quantize SRC DST FTYPE
+      llama.cpp's own quantizer (llama_model_quantize, ggml's quantize_row_*_ref and llama.cpp's
+      per-tensor type choice) from the F32 GGUF SRC to DST with the llama_ftype number FTYPE
+      (15 = Q4_K_M, 10 = Q2_K, 18 = Q6_K, ...).
+
   kquant_reference.py logits MODEL OUTFILE ID...
       llama.cpp's logits (llama-cpp-python) at every position of the prompt ID... on MODEL, as
       little-endian fp32 [n_ids, vocab] in OUTFILE, and in OUTFILE.spread llama.cpp's own spread:
@@ -61,6 +66,18 @@ def dequant(outdir):
         print(f"gguf {name}: {BLOCKS} blocks, max |x| {np.abs(values).max():.4g}", file=sys.stderr)
 
 
+def quantize(src, dst, ftype):
+    import ctypes
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = os.cpu_count()
+    status = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    if status != 0:
+        sys.exit(f"llama_model_quantize({src}, {dst}, ftype {ftype}) failed: {status}")
+
+
 def logits(model, outfile, ids):
     import llama_cpp
 
@@ -84,6 +101,8 @@ def logits(model, outfile, ids):
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "dequant":
         dequant(sys.argv[2])
+    elif len(sys.argv) == 5 and sys.argv[1] == "quantize":
+        quantize(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) >= 5 and sys.argv[1] == "logits":
         logits(sys.argv[2], sys.argv[3], [int(t) for t in sys.argv[4:]])
     else:
