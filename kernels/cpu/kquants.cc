@@ -123,17 +123,19 @@ void DequantQ6K(const uint8_t* b, float* y) {
   const uint8_t* qh = b + 128;
   const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
   const float d = LoadF16(b + 208);
+  // ggml's loop writes y[l + 32k] (k = 0..3) per l with scale sc[l / 16 + 2k]; here each run of 16
+  // outputs with one scale is its own loop (the same arithmetic per element, vectorizable).
   for (int n = 0; n < kQK; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = d * sc[is] * q1;
-      y[l + 32] = d * sc[is + 2] * q2;
-      y[l + 64] = d * sc[is + 4] * q3;
-      y[l + 96] = d * sc[is + 6] * q4;
+    for (int k = 0; k < 4; ++k) {
+      const uint8_t* low = ql + (k % 2) * 32;  // groups 0, 2 in ql[0..31]; 1, 3 in ql[32..63]
+      const int low_shift = (k / 2) * 4, high_shift = 2 * k;
+      for (int half = 0; half < 2; ++half) {
+        const float ds = d * sc[half + 2 * k];
+        for (int l = 16 * half; l < 16 * half + 16; ++l) {
+          const int q = (((low[l] >> low_shift) & 0xF) | (((qh[l] >> high_shift) & 3) << 4)) - 32;
+          y[l + 32 * k] = ds * q;
+        }
+      }
     }
   }
 }
