@@ -157,6 +157,7 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
   const std::vector<float> want = ReadFile<float>(ref);
   float spread = 0;
   std::ifstream(ref + ".spread") >> spread;
+  EXPECT_GT(spread, 0.f) << "no spread in " << ref << ".spread";
 
   auto loaded = LoadModel(path, /*num_threads=*/0);  // as `xkv generate`: kGgml numerics
   ASSERT_TRUE(loaded.ok()) << loaded.status();
@@ -168,8 +169,9 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
   }
   std::map<std::string, int> types;  // the file's matrix types, for the log
   for (const GgufTensorInfo& t : loaded->file->tensors()) {
-    if (t.dims.size() == 2)
+    if (t.dims.size() == 2) {
       ++types[std::string(GetGgmlTypeTraits(static_cast<uint32_t>(t.type))->name)];
+    }
   }
   std::string mix_types;
   for (const auto& [name, count] : types) absl::StrAppend(&mix_types, " ", count, "x", name);
