@@ -145,7 +145,7 @@ class GgufWriter {
   // power of two) also sets the data alignment.
   void SetMetadata(std::string key, GgufValue value);
   // `data` fp32 row-major with dims[0] fastest; quantized to `type` (F32, F16, BF16, Q8_0, Q4_0,
-  // Q4_1).
+  // Q4_1, or a K-quant Q2_K .. Q6_K with its simpler quantizer: kernels/cpu/kquants.h).
   void AddTensor(std::string name, std::vector<int64_t> dims, GgmlType type,
                  absl::Span<const float> data);
   // Like AddTensor, but rows are generated and quantized one at a time while writing, so huge

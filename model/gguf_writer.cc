@@ -208,6 +208,9 @@ absl::Status GgufWriter::CheckTensor(const std::string& name, const std::vector<
     return bad(absl::StrCat("row length ", dims[0], " is not a multiple of ",
                             traits->block_elements, " for ", std::string(traits->name)));
   }
+  if (n / traits->block_elements > std::numeric_limits<int64_t>::max() / traits->block_bytes) {
+    return bad("byte size overflows int64");
+  }
   *size_bytes = static_cast<uint64_t>(n / traits->block_elements * traits->block_bytes);
   return absl::OkStatus();
 }

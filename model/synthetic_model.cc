@@ -3,6 +3,7 @@
 #include <cmath>
 #include <memory>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "model/gguf.h"
@@ -108,6 +109,16 @@ uint32_t FileType(GgmlType type) {
       return 7;
     case GgmlType::kBF16:
       return 32;
+    case GgmlType::kQ2_K:
+      return 10;
+    case GgmlType::kQ3_K:  // the _S variants: every matrix of the one type
+      return 11;
+    case GgmlType::kQ4_K:
+      return 14;
+    case GgmlType::kQ5_K:
+      return 16;
+    case GgmlType::kQ6_K:
+      return 18;
   }
   return 0;
 }
@@ -147,11 +158,15 @@ absl::Status Validate(const SyntheticModelOptions& o) {
   if (o.vocab_size < MinSyntheticVocab()) {
     return bad(absl::StrCat("vocab_size ", o.vocab_size, " < ", MinSyntheticVocab()));
   }
-  const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(o.weight_type));
-  if (!traits) return bad("unsupported weight type");
-  if (o.hidden % traits->block_elements != 0 || o.ffn % traits->block_elements != 0) {
-    return bad(absl::StrCat("hidden and ffn must be multiples of ", traits->block_elements, " for ",
-                            std::string(traits->name)));
+  std::vector<GgmlType> types = {o.weight_type};
+  for (const auto& [suffix, type] : o.type_overrides) types.push_back(type);
+  for (GgmlType type : types) {
+    const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
+    if (!traits) return bad("unsupported weight type");
+    if (o.hidden % traits->block_elements != 0 || o.ffn % traits->block_elements != 0) {
+      return bad(absl::StrCat("hidden and ffn must be multiples of ", traits->block_elements,
+                              " for ", std::string(traits->name)));
+    }
   }
   if (!(o.weight_scale > 0) || !std::isfinite(o.weight_scale)) return bad("weight_scale");
   return absl::OkStatus();
@@ -259,6 +274,15 @@ absl::StatusOr<std::vector<SyntheticTensor>> SyntheticTensorList(const Synthetic
   }
   t.push_back({"output_norm.weight", {h}, GgmlType::kF32});
   if (!o.tied_embeddings) t.push_back({"output.weight", {h, v}, wt});
+  for (SyntheticTensor& tensor : t) {
+    for (const auto& [suffix, type] : o.type_overrides) {
+      if (tensor.dims.size() == 2 &&
+          (tensor.name == suffix || absl::EndsWith(tensor.name, "." + suffix))) {
+        tensor.type = type;
+        break;
+      }
+    }
+  }
   return t;
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,8 +26,12 @@ struct SyntheticModelOptions {
   float rope_base = 10000.f;
   float norm_eps = 1e-5f;
   // Type of every 2-D weight (token_embd, attention, FFN, output); norms are always F32. Quantized
-  // types need hidden and ffn to be multiples of 32.
+  // types need hidden and ffn to be multiples of their block size (32; 256 for K-quants).
   GgmlType weight_type = GgmlType::kF32;
+  // Types of single 2-D weights overriding weight_type, by name or by the part after a '.' (the
+  // first match wins): e.g. {"ffn_down.weight", kQ6_K} for every layer's ffn_down, as llama.cpp's
+  // Q4_K_M mixes Q4_K and Q6_K ("output.weight" is the head, not attn_output).
+  std::vector<std::pair<std::string, GgmlType>> type_overrides;
   uint64_t seed = 1;
   bool tied_embeddings = false;  // true: no output.weight (lm_head = token_embd)
   float weight_scale = 0.02f;    // matrices ~ N(0, scale^2); norm weights ~ 1 + N(0, 0.05^2)

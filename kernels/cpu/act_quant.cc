@@ -1,5 +1,6 @@
 #include "kernels/cpu/act_quant.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_format.h"
@@ -9,6 +10,7 @@ namespace xkv::cpu {
 namespace {
 
 constexpr int64_t kBlock = 32;
+constexpr int64_t kKBlock = 256;
 
 // One 32-element block to q8 and back: q = nearbyint(x * 127 / amax), x' = q * fp16(amax / 127).
 // Returns fp16(d * Σq) - fp16(d) * Σq (the Q8_1 sum's rounding, see the header).
@@ -27,6 +29,26 @@ float RoundBlockQ8(const float* x, float* out) {
   return F16ToF32(F32ToF16(d * static_cast<float>(sum))) - dh * static_cast<float>(sum);
 }
 
+// One 256-element block to q8_K and back (ggml's quantize_row_q8_K_ref).
+void RoundBlockQ8K(const float* x, float* out) {
+  float amax = 0.f, max = 0.f;
+  for (int64_t i = 0; i < kKBlock; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax == 0.f) {
+    std::fill(out, out + kKBlock, 0.f);
+    return;
+  }
+  const float iscale = -127.f / max;
+  const float d = 1 / iscale;
+  for (int64_t i = 0; i < kKBlock; ++i) {
+    out[i] = std::fmin(127.f, std::nearbyint(iscale * x[i])) * d;
+  }
+}
+
 }  // namespace
 
 ActRounding ActRoundingFor(GgmlType weight_type) {
@@ -35,6 +57,12 @@ ActRounding ActRoundingFor(GgmlType weight_type) {
     case GgmlType::kQ4_1:
     case GgmlType::kQ8_0:
       return ActRounding::kQ8Blocks;
+    case GgmlType::kQ2_K:
+    case GgmlType::kQ3_K:
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
+      return ActRounding::kQ8KBlocks;
     case GgmlType::kF16:
       return ActRounding::kF16;
     case GgmlType::kBF16:
@@ -74,6 +102,13 @@ absl::Status LaunchRoundActivations(ActRounding rounding, const float* x, int64_
         const float c = RoundBlockQ8(x + b, out + b);
         if (min_correction != nullptr) min_correction[b / kBlock] = c;
       }
+      break;
+    case ActRounding::kQ8KBlocks:
+      if (cols % kKBlock != 0) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("q8_K activation rounding needs cols %% 256 == 0, got %d", cols));
+      }
+      for (int64_t b = 0; b < n; b += kKBlock) RoundBlockQ8K(x + b, out + b);
       break;
   }
   return absl::OkStatus();

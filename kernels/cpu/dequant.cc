@@ -4,6 +4,7 @@
 //                                                  x[j + 16] = ((qs[j] >> 4) - 8) * d
 //   Q4_1: fp16 d, fp16 m, uint8 qs[16]             x[j] = (qs[j] & 15) * d + m, high nibbles as
 //   Q4_0
+// K-quants (Q2_K .. Q6_K, super-blocks of 256): kernels/cpu/kquants.h.
 // Quantizers follow ggml's reference (quantize_row_*_ref) rounding so files match llama.cpp's.
 #include "kernels/cpu/dequant.h"
 
@@ -14,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/kquants.h"
 
 namespace xkv::cpu {
 namespace {
@@ -165,6 +167,9 @@ absl::Status DequantizeToF32(GgmlType type, const void* src, int64_t n, float* d
     case GgmlType::kQ4_1:
       DequantQ4_1(in, blocks, dst);
       break;
+    default:  // the K-quants (CheckArgs accepted the type)
+      DequantizeKQuant(type, in, blocks, dst);
+      break;
   }
   return absl::OkStatus();
 }
@@ -173,8 +178,8 @@ absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* d
   int64_t blocks = 0;
   if (absl::Status s = CheckArgs(type, src, n, dst, &blocks); !s.ok()) return s;
   auto* out = static_cast<uint8_t*>(dst);
-  const bool quantized =
-      type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0 || type == GgmlType::kQ4_1;
+  const bool quantized = type == GgmlType::kQ8_0 || type == GgmlType::kQ4_0 ||
+                         type == GgmlType::kQ4_1 || IsKQuant(type);
   if (quantized) {
     for (int64_t i = 0; i < n; ++i) {
       if (!std::isfinite(src[i])) {
@@ -201,6 +206,9 @@ absl::Status QuantizeFromF32(GgmlType type, const float* src, int64_t n, void* d
       break;
     case GgmlType::kQ4_1:
       QuantQ4_1(src, blocks, out);
+      break;
+    default:  // the K-quants (CheckArgs accepted the type)
+      QuantizeKQuant(type, src, blocks, out);
       break;
   }
   return absl::OkStatus();

@@ -1,6 +1,9 @@
 #include <cuda_fp16.h>
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/kquants.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dequant.cuh"
@@ -100,6 +103,11 @@ absl::Status Dequantize(GgmlType type, const void* src, int64_t n, OutT* dst, cu
   if (n == 0) return absl::OkStatus();
   if (src == nullptr || dst == nullptr) {
     return absl::InvalidArgumentError("cuda dequant: null pointer");
+  }
+  if (cpu::IsKQuant(type)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cuda dequant: ", std::string(traits->name),
+        " has no device kernel: dequantize K-quants on the host (cpu::DequantizeToF32)"));
   }
   const auto* in = static_cast<const uint8_t*>(src);
   const int64_t blocks = n / traits->block_elements;

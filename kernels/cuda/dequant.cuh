@@ -1,6 +1,7 @@
 // GGUF tensor data (raw file bytes, uploaded as-is) dequantized on the device.
 // Block formats as in kernels/cpu/dequant.cc: Q8_0, Q4_0, Q4_1 (32 elements per block), F16, BF16,
-// F32. Each element is computed in fp32 exactly as the CPU reference does, then rounded once
+// F32 (K-quants are not taken here: the CUDA engine dequantizes them on the host and uploads fp32).
+// Each element is computed in fp32 exactly as the CPU reference does, then rounded once
 // (round-to-nearest-even) to bf16, so results equal bf16(cpu::DequantizeToF32) up to FMA
 // contraction in Q4_1 (<= 1 bf16 ulp).
 #ifndef XKV_KERNELS_CUDA_DEQUANT_CUH_

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/dequant.h"
+#include "kernels/cpu/kquants.h"
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dequant.cuh"
@@ -66,9 +68,20 @@ absl::Status CudaLlamaModel::AllocWeights() {
 absl::Status CudaLlamaModel::UploadMatrix(const GgufFile& file, const std::string& name,
                                           int64_t rows, int64_t cols, __nv_bfloat16* dst) {
   ASSIGN_OR_RETURN(const GgufTensorInfo* info, FindMatrix(file, name, rows, cols));
-  const absl::Span<const uint8_t> bytes = file.TensorData(*info);
+  absl::Span<const uint8_t> bytes = file.TensorData(*info);
   if (bytes.size() != info->size_bytes) {
     return absl::DataLossError(absl::StrCat("cuda engine: tensor ", name, " outside the file"));
+  }
+  // K-quants are dequantized to fp32 on the host (ggml's dequantizers, kernels/cpu/kquants.h) and
+  // then rounded to bf16 on the device as F32 weights are; other types go up as raw blocks.
+  GgmlType type = info->type;
+  std::vector<float> host;
+  if (cpu::IsKQuant(type)) {
+    host.resize(static_cast<size_t>(rows * cols));
+    RETURN_IF_ERROR(cpu::DequantizeToF32(type, bytes.data(), rows * cols, host.data()));
+    bytes = absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(host.data()),
+                                host.size() * sizeof(float));
+    type = GgmlType::kF32;
   }
   if (bytes.size() > staging_bytes_) {
     if (staging_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(staging_));
@@ -78,7 +91,7 @@ absl::Status CudaLlamaModel::UploadMatrix(const GgufFile& file, const std::strin
   }
   CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(staging_, bytes.data(), bytes.size(), cudaMemcpyHostToDevice, stream_));
-  RETURN_IF_ERROR(cuda::DequantizeToBf16(info->type, staging_, rows * cols, dst, stream_));
+  RETURN_IF_ERROR(cuda::DequantizeToBf16(type, staging_, rows * cols, dst, stream_));
   // The staging buffer is reused by the next tensor.
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return absl::OkStatus();

@@ -12,7 +12,7 @@ printf 'not a model at all\n' > "$tmp/text.gguf"
 head -c 1000 "$model" > "$tmp/truncated.gguf"
 python3 -c "print('word ' * 20000)" > "$tmp/long.txt"
 # The real file with general.architecture rewritten from "llama" to "gpt2x" (same length).
-python3 - "$model" "$tmp/arch.gguf" "$tmp/type.gguf" <<'PY'
+python3 - "$model" "$tmp/arch.gguf" "$tmp/type.gguf" "$tmp/rows.gguf" <<'PY'
 import sys
 data = bytearray(open(sys.argv[1], "rb").read())
 key = b"general.architecture"
@@ -20,14 +20,17 @@ at = data.find(key) + len(key) + 4 + 8  # value type (u32), string length (u64)
 assert data[at:at + 5] == b"llama"
 data[at:at + 5] = b"gpt2x"
 open(sys.argv[2], "wb").write(data)
-# ... and with blk.0.attn_q.weight's ggml type set to 10 (Q2_K, a real type xkv does not read).
+# ... and with blk.0.attn_q.weight's ggml type set to 16 (IQ2_XXS, a real type xkv does not read).
 import struct
 name = b"blk.0.attn_q.weight"
 data[at:at + 5] = b"llama"
 at = data.find(struct.pack("<Q", len(name)) + name) + 8 + len(name)
 n_dims = struct.unpack_from("<I", data, at)[0]
-struct.pack_into("<I", data, at + 4 + 8 * n_dims, 10)
+struct.pack_into("<I", data, at + 4 + 8 * n_dims, 16)
 open(sys.argv[3], "wb").write(data)
+# ... and as Q4_K (12), which xkv reads, but rows of 576 are not whole super-blocks of 256.
+struct.pack_into("<I", data, at + 4 + 8 * n_dims, 12)
+open(sys.argv[4], "wb").write(data)
 PY
 failed=0
 
@@ -44,7 +47,8 @@ expect_error "no such file" --model "$tmp/missing.gguf" --prompt hi
 expect_error "not a GGUF file" --model "$tmp/text.gguf" --prompt hi
 expect_error "truncated.gguf" --model "$tmp/truncated.gguf" --prompt hi
 expect_error "gpt2x" --model "$tmp/arch.gguf" --prompt hi
-expect_error "tensor type 10" --model "$tmp/type.gguf" --prompt hi
+expect_error "tensor type 16" --model "$tmp/type.gguf" --prompt hi
+expect_error "not a multiple of the Q4_K block size 256" --model "$tmp/rows.gguf" --prompt hi
 expect_error "context length" --model "$model" --prompt "$(cat "$tmp/long.txt")"
 expect_error "--prompt" --model "$model"
 expect_error "top_p" --model "$model" --prompt hi --top-p 0

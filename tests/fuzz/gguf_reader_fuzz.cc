@@ -63,6 +63,12 @@ int WriteSeeds(const std::string& dir) {
                                        xkv::GgufValue::Array(xkv::GgufValueType::kBool,
                                                              {xkv::GgufValue::Bool(true)})}));
   w.AddTensor("t", {32, 2}, xkv::GgmlType::kQ4_1, std::vector<float>(64, 0.25f));
+  std::vector<float> ramp(256);  // one super-block of each K-quant
+  for (int i = 0; i < 256; ++i) ramp[i] = static_cast<float>(i % 37 - 18) / 16;
+  for (xkv::GgmlType k : {xkv::GgmlType::kQ2_K, xkv::GgmlType::kQ3_K, xkv::GgmlType::kQ4_K,
+                          xkv::GgmlType::kQ5_K, xkv::GgmlType::kQ6_K}) {
+    w.AddTensor("k" + std::to_string(static_cast<int>(k)), {256}, k, ramp);
+  }
   auto bytes = w.WriteBuffer();
   if (!bytes.ok()) return 1;
   written += WriteBytes(dir + "/metadata.gguf", *bytes);

@@ -17,6 +17,41 @@ TEST(ActQuantTest, RoundingFollowsGgmlVecDotTypes) {
   EXPECT_EQ(ActRoundingFor(GgmlType::kF16), ActRounding::kF16);
   EXPECT_EQ(ActRoundingFor(GgmlType::kBF16), ActRounding::kBf16);
   EXPECT_EQ(ActRoundingFor(GgmlType::kF32), ActRounding::kNone);
+  for (GgmlType k :
+       {GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K}) {
+    EXPECT_EQ(ActRoundingFor(k), ActRounding::kQ8KBlocks);
+  }
+}
+
+// A Q8_K block by hand: the element of largest magnitude is -2 → iscale = -127 / -2 = 63.5 and
+// d = 1 / 63.5 (fp32, not fp16); q = round-half-even(x * 63.5), at most 127.
+TEST(ActQuantTest, HandComputedQ8KBlock) {
+  std::vector<float> x(512, 0.f);
+  x[0] = -2.f;            // q = -127
+  x[1] = 1.f;             // 63.5 → 64 (half to even)
+  x[2] = 3.f / 63.5f;     // ~3 → 3
+  x[3] = 2.f;             // 127
+  x[255] = 0.5f / 63.5f;  // ~0.5: rounds to 0 or 1 depending on the fp32 product
+  x[256] = 4.f;           // second block: iscale = -127 / 4, d = 1 / iscale (negative)
+  x[257] = -1.f;
+  std::vector<float> out(512, -1.f);
+  ASSERT_TRUE(LaunchRoundActivations(ActRounding::kQ8KBlocks, x.data(), 2, 256, out.data()).ok());
+  const float d = 1 / 63.5f;
+  EXPECT_EQ(out[0], -127 * d);
+  EXPECT_EQ(out[1], 64 * d);
+  EXPECT_EQ(out[2], std::nearbyint(x[2] * 63.5f) * d);
+  EXPECT_EQ(out[3], 127 * d);
+  EXPECT_EQ(out[4], 0.f);
+  EXPECT_EQ(out[255], std::nearbyint(x[255] * 63.5f) * d);
+  const float iscale2 = -127.f / 4.f, d2 = 1 / iscale2;
+  EXPECT_EQ(out[256], -127 * d2);                            // = 4
+  EXPECT_EQ(out[257], std::nearbyint(-1.f * iscale2) * d2);  // 31.75 → 32
+  EXPECT_EQ(std::nearbyint(-1.f * iscale2), 32.f);
+  std::vector<float> zeros(256, 0.f);
+  ASSERT_TRUE(
+      LaunchRoundActivations(ActRounding::kQ8KBlocks, zeros.data(), 1, 256, zeros.data()).ok());
+  for (float v : zeros) EXPECT_EQ(v, 0.f);
+  EXPECT_FALSE(LaunchRoundActivations(ActRounding::kQ8KBlocks, x.data(), 2, 128, out.data()).ok());
 }
 
 // A block computed by hand: amax = 1.27 → d = 0.01, stored as fp16 0.01000213623046875 (0x2120).

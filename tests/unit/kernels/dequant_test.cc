@@ -161,10 +161,195 @@ TEST(DequantTest, RejectsPartialBlocksAndNull) {
   uint8_t in[64] = {};
   EXPECT_FALSE(DequantizeToF32(GgmlType::kQ4_0, in, 31, out).ok());
   EXPECT_FALSE(DequantizeToF32(GgmlType::kQ4_0, nullptr, 32, out).ok());
-  EXPECT_FALSE(DequantizeToF32(static_cast<GgmlType>(12), in, 32, out).ok());
+  EXPECT_FALSE(DequantizeToF32(static_cast<GgmlType>(15), in, 32, out).ok());  // Q8_K
+  EXPECT_FALSE(DequantizeToF32(GgmlType::kQ4_K, in, 32, out).ok());            // 256 per block
   EXPECT_TRUE(DequantizeToF32(GgmlType::kQ4_0, in, 0, out).ok());
   EXPECT_FALSE(QuantizeFromF32(GgmlType::kQ8_0, out, -32, in).ok());
 }
+
+// ----- K-quants: hand-built super-blocks of 256 (layouts in kernels/cpu/kquants.cc) -----
+
+std::vector<uint8_t> Repeat(uint8_t byte, int n) { return std::vector<uint8_t>(n, byte); }
+
+void Put(std::vector<uint8_t>& block, std::initializer_list<uint8_t> bytes) {
+  block.insert(block.end(), bytes.begin(), bytes.end());
+}
+
+TEST(DequantKQuantTest, Q2_KBlock) {
+  // scales[s] = s | (15 - s) << 4: sub-block s (16 elements) has scale s and min 15 - s.
+  // qs all 0xe4 (fields 0, 1, 2, 3 from the low bits): q = (e % 128) / 32.
+  // d = 0.5 (0x3800), dmin = 0.25 (0x3400): x[e] = 0.5 * s * q - 0.25 * (15 - s), s = e / 16.
+  std::vector<uint8_t> block;
+  for (int s = 0; s < 16; ++s) block.push_back(static_cast<uint8_t>(s | ((15 - s) << 4)));
+  const std::vector<uint8_t> qs = Repeat(0xe4, 64);
+  block.insert(block.end(), qs.begin(), qs.end());
+  Put(block, {0x00, 0x38, 0x00, 0x34});
+  ASSERT_EQ(block.size(), 84u);
+  const std::vector<float> x = Dequant(GgmlType::kQ2_K, block, 256);
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 16, q = e % 128 / 32;
+    EXPECT_EQ(x[e], 0.5f * s * q - 0.25f * (15 - s)) << e;
+  }
+  EXPECT_EQ(x[0], -3.75f);   // s 0, q 0
+  EXPECT_EQ(x[255], 22.5f);  // s 15, q 3, min 0
+}
+
+TEST(DequantKQuantTest, Q3_KBlock) {
+  // hmask all 0x0f: the high bit is set for the first 128 elements (no -4) and clear after.
+  // qs all 0xe4: low bits = (e % 128) / 32. So q = (e % 128) / 32 - (e < 128 ? 0 : 4).
+  // scales: bytes 0..7 = i | (8 + i) << 4 give the low 4 bits s of sub-block s; byte 8 = 0xe4
+  // gives high bits 0, 1, 2, 3 to sub-blocks 0, 4, 8, 12; bytes 9..11 = 0x02 give high bits 2 to
+  // sub-blocks 1, 2, 3. Scale = (low | high << 4) - 32, tabulated below. d = 0.5 (0x3800).
+  std::vector<uint8_t> block = Repeat(0x0f, 32);
+  const std::vector<uint8_t> qs = Repeat(0xe4, 64);
+  block.insert(block.end(), qs.begin(), qs.end());
+  for (int i = 0; i < 8; ++i) block.push_back(static_cast<uint8_t>(i | ((8 + i) << 4)));
+  Put(block, {0xe4, 0x02, 0x02, 0x02, 0x00, 0x38});
+  ASSERT_EQ(block.size(), 110u);
+  const int scale[16] = {-32, 1, 2, 3, -12, -27, -26, -25, 8, -23, -22, -21, 28, -19, -18, -17};
+  const std::vector<float> x = Dequant(GgmlType::kQ3_K, block, 256);
+  for (int e = 0; e < 256; ++e) {
+    const int q = e % 128 / 32 - (e < 128 ? 0 : 4);
+    EXPECT_EQ(x[e], 0.5f * scale[e / 16] * q) << e;
+  }
+  EXPECT_EQ(x[16 * 12 + 5], 0.5f * 28 * -2);  // element 197: second half, field 2
+}
+
+// Q4_K / Q5_K scales: 6-bit scale and min per 32-element sub-block, packed in 12 bytes.
+//   bytes 0..3: scales 0..3 (low 6 bits); their top 2 bits are the high bits of scales 4..7
+//   bytes 4..7: mins 0..3 (low 6 bits); their top 2 bits are the high bits of mins 4..7
+//   bytes 8..11: low 4 bits of scales 4..7 | low 4 bits of mins 4..7 << 4
+// Chosen: byte 3 = 0x44 (scale 3 = 4, scale 7 high bits 1), byte 7 = 0x83 (min 3 = 3, min 7 high
+// bits 2), byte 8 = 0x21 (scale 4 = 1, min 4 = 2), byte 11 = 0x5f (scale 7 = 15 | 1 << 4 = 31,
+// min 7 = 5 | 2 << 4 = 37).
+constexpr uint8_t kK4Scales[12] = {0x01, 0x02, 0x03, 0x44, 0x00, 0x01,
+                                   0x02, 0x83, 0x21, 0x00, 0x00, 0x5f};
+constexpr int kK4Scale[8] = {1, 2, 3, 4, 1, 0, 0, 31};
+constexpr int kK4Min[8] = {0, 1, 2, 3, 2, 0, 0, 37};
+
+// d = 1 (0x3c00), dmin = 0.5 (0x3800), the scales above, then (Q5_K) 32 bytes of qh.
+std::vector<uint8_t> K4Header(const std::vector<uint8_t>& qh) {
+  std::vector<uint8_t> block = {0x00, 0x3c, 0x00, 0x38};
+  block.insert(block.end(), std::begin(kK4Scales), std::end(kK4Scales));
+  block.insert(block.end(), qh.begin(), qh.end());
+  return block;
+}
+
+// Nibbles: byte 32c + l holds element 64c + l (low) and 64c + 32 + l (high); the bytes are
+// l % 16 | (15 - l % 16) << 4, so even sub-blocks hold l % 16 and odd ones 15 - l % 16.
+void AppendK4Nibbles(std::vector<uint8_t>& block) {
+  for (int i = 0; i < 128; ++i) block.push_back(static_cast<uint8_t>(i % 16 | (15 - i % 16) << 4));
+}
+
+int K4Nibble(int e) { return e / 32 % 2 == 0 ? e % 16 : 15 - e % 16; }
+
+TEST(DequantKQuantTest, Q4_KBlock) {
+  std::vector<uint8_t> block = K4Header({});
+  AppendK4Nibbles(block);
+  ASSERT_EQ(block.size(), 144u);
+  const std::vector<float> x = Dequant(GgmlType::kQ4_K, block, 256);
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32;
+    EXPECT_EQ(x[e], 1.0f * kK4Scale[s] * K4Nibble(e) - 0.5f * kK4Min[s]) << e;
+  }
+  EXPECT_EQ(x[32], 29.5f);      // sub-block 1, q 15: 2 * 15 - 0.5
+  EXPECT_EQ(x[224], 446.5f);    // sub-block 7, q 15: 31 * 15 - 18.5
+  EXPECT_EQ(x[255], -18.5f);    // sub-block 7, q 0
+  EXPECT_EQ(x[64 + 3], 8.0f);   // sub-block 2, q 3: 9 - 1
+  EXPECT_EQ(x[160 + 9], 0.0f);  // sub-block 5: scale and min 0
+}
+
+TEST(DequantKQuantTest, Q5_KBlock) {
+  // qh[l] = 0xaa for l < 16, else 0: bits 1, 3, 5, 7 add 16 to the odd sub-blocks' first 16.
+  std::vector<uint8_t> qh = Repeat(0xaa, 16);
+  qh.resize(32, 0x00);
+  std::vector<uint8_t> block = K4Header(qh);
+  AppendK4Nibbles(block);
+  ASSERT_EQ(block.size(), 176u);
+  const std::vector<float> x = Dequant(GgmlType::kQ5_K, block, 256);
+  for (int e = 0; e < 256; ++e) {
+    const int s = e / 32, q = K4Nibble(e) + (s % 2 == 1 && e % 32 < 16 ? 16 : 0);
+    EXPECT_EQ(x[e], 1.0f * kK4Scale[s] * q - 0.5f * kK4Min[s]) << e;
+  }
+  EXPECT_EQ(x[32], 61.5f);    // 2 * 31 - 0.5
+  EXPECT_EQ(x[224], 942.5f);  // 31 * 31 - 18.5
+  EXPECT_EQ(x[240], 446.5f);  // element 16 of sub-block 7: no fifth bit, 31 * 15 - 18.5
+}
+
+TEST(DequantKQuantTest, Q6_KBlock) {
+  // ql all 0x21 (low nibble 1, high 2), qh all 0xe4 (2-bit fields 0, 1, 2, 3): within each 128
+  // elements, the four groups of 32 get q = 1 | 0 << 4, 1 | 1 << 4, 2 | 2 << 4, 2 | 3 << 4, minus
+  // 32: -31, -15, 2, 18. scales[s] = s - 8 for sub-block s = e / 16; d = 0.25 (0x3400).
+  // ql[5] = 0xf3 changes element 5 (q 3 - 32 = -29) and element 69 (q 15 | 2 << 4 - 32 = 15).
+  std::vector<uint8_t> block = Repeat(0x21, 128);
+  block[5] = 0xf3;
+  const std::vector<uint8_t> qh = Repeat(0xe4, 64);
+  block.insert(block.end(), qh.begin(), qh.end());
+  for (int s = 0; s < 16; ++s) block.push_back(static_cast<uint8_t>(static_cast<int8_t>(s - 8)));
+  Put(block, {0x00, 0x34});
+  ASSERT_EQ(block.size(), 210u);
+  const int group_q[4] = {-31, -15, 2, 18};
+  const std::vector<float> x = Dequant(GgmlType::kQ6_K, block, 256);
+  for (int e = 0; e < 256; ++e) {
+    int q = group_q[e % 128 / 32];
+    if (e == 5) q = -29;
+    if (e == 69) q = 15;
+    EXPECT_EQ(x[e], 0.25f * (e / 16 - 8) * q) << e;
+  }
+  EXPECT_EQ(x[5], 58.0f);    // 0.25 * -8 * -29
+  EXPECT_EQ(x[255], 31.5f);  // 0.25 * 7 * 18
+}
+
+// The K-quant writer's quantizer (kernels/cpu/kquants.h) on normal data of magnitudes 1e-2..1e2 per
+// super-block: each element within max_err of its super-block's largest |x|, and the mean relative
+// error below rel_err. max_err: half a step (the sub-block's range / (2^bits - 1)), a full step
+// where the symmetric types (Q3_K, Q6_K) clamp the extreme of the other sign, plus the rounding of
+// the sub-block scales against the largest one; measured: Q2_K 0.31, Q3_K 0.21, Q4_K 0.063, Q5_K
+// 0.031, Q6_K 0.018 (mean relative 0.22, 0.13, 0.054, 0.027, 0.016).
+struct KQuantCase {
+  GgmlType type;
+  const char* name;
+  float max_err;  // relative to the super-block's amax
+  double rel_err;
+};
+
+class KQuantRoundTripTest : public TestWithParam<KQuantCase> {};
+
+TEST_P(KQuantRoundTripTest, ErrorWithinSuperBlockBound) {
+  const KQuantCase& c = GetParam();
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t n = 256 * 40;
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float scale = std::pow(10.0f, static_cast<float>(i / 256 % 5) - 2);
+    x[i] = normal(rng) * scale + (i / 256 % 3 == 1 ? 2.0f * scale : 0.0f);  // some offset blocks
+  }
+  const std::vector<float> y = Dequant(c.type, Quant(c.type, x), n);
+  double sum_err = 0, sum_abs = 0;
+  for (int64_t b = 0; b < n / 256; ++b) {
+    float amax = 0;
+    for (int j = 0; j < 256; ++j) amax = std::max(amax, std::fabs(x[b * 256 + j]));
+    for (int j = 0; j < 256; ++j) {
+      const int64_t i = b * 256 + j;
+      const float err = std::fabs(x[i] - y[i]);
+      ASSERT_LE(err, c.max_err * amax) << c.name << " element " << i << " x=" << x[i];
+      sum_err += err;
+      sum_abs += std::fabs(x[i]);
+    }
+  }
+  EXPECT_LT(sum_err / sum_abs, c.rel_err) << c.name;
+  const std::vector<float> zeros(256, 0.0f);
+  for (float v : Dequant(c.type, Quant(c.type, zeros), 256)) EXPECT_EQ(v, 0.0f) << c.name;
+}
+
+INSTANTIATE_TEST_SUITE_P(KQuants, KQuantRoundTripTest,
+                         ::testing::Values(KQuantCase{GgmlType::kQ2_K, "Q2_K", 0.45f, 0.25},
+                                           KQuantCase{GgmlType::kQ3_K, "Q3_K", 0.3f, 0.15},
+                                           KQuantCase{GgmlType::kQ4_K, "Q4_K", 0.1f, 0.06},
+                                           KQuantCase{GgmlType::kQ5_K, "Q5_K", 0.05f, 0.03},
+                                           KQuantCase{GgmlType::kQ6_K, "Q6_K", 0.025f, 0.018}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // ----- quantization matches ggml's reference quantizers -----
 
@@ -235,6 +420,8 @@ float Bound(GgmlType type, float x, float amax, float min, float max) {
       return amax / 8 * 1.0f + amax * kHalfRel * 8;
     case GgmlType::kQ4_1:
       return (max - min) / 15 * 0.5f + (std::fabs(min) + (max - min)) * kHalfRel;
+    default:  // K-quants: KQuantRoundTripTest
+      return 0.0f;
   }
   return 0.0f;
 }

@@ -107,8 +107,8 @@ TEST(GgufMalformedTest, UnknownTypes) {
   element.Header(3, 0, 1).Key("k", GgufValueType::kArray).U32(99).U64(0);
   ExpectInvalid(element.bytes, "element value type 99");
   RawGguf tensor;
-  tensor.Header(3, 1, 0).TensorInfo("blk.0.attn_q.weight", {32}, 12, 0).Pad(32).Zeros(64);
-  ExpectInvalid(tensor.bytes, "type 12");
+  tensor.Header(3, 1, 0).TensorInfo("blk.0.attn_q.weight", {256}, 16, 0).Pad(32).Zeros(256);
+  ExpectInvalid(tensor.bytes, "unsupported ggml tensor type 16");  // IQ2_XXS
   ExpectInvalid(tensor.bytes, "blk.0.attn_q.weight");
 }
 
@@ -156,6 +156,24 @@ TEST(GgufMalformedTest, BadDims) {
   RawGguf partial_block;
   partial_block.Header(3, 1, 0).TensorInfo("t", {16}, 2, 0).Pad(32).Zeros(32);
   ExpectInvalid(partial_block.bytes, "block size 32");
+}
+
+TEST(GgufMalformedTest, KQuantSizesAreChecked) {
+  RawGguf ok;  // Q4_K [256, 2]: 2 super-blocks of 144 bytes
+  ok.Header(3, 1, 0).TensorInfo("w", {256, 2}, 12, 0).Pad(32).Zeros(288);
+  auto f = GgufFile::FromBuffer(ok.bytes);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ((*f)->FindTensor("w")->size_bytes, 288u);
+  EXPECT_EQ((*f)->FindTensor("w")->type, GgmlType::kQ4_K);
+  RawGguf row;  // rows must be whole super-blocks of 256
+  row.Header(3, 1, 0).TensorInfo("blk.0.ffn_down.weight", {128, 4}, 14, 0).Pad(32).Zeros(420);
+  ExpectInvalid(row.bytes, "row length 128 is not a multiple of the Q6_K block size 256");
+  RawGguf truncated;  // Q5_K [512, 3] needs 6 * 176 bytes
+  truncated.Header(3, 1, 0).TensorInfo("w", {512, 3}, 13, 0).Pad(32).Zeros(6 * 176 - 1);
+  ExpectInvalid(truncated.bytes, "outside");
+  RawGguf huge;  // 2^62 elements: 2^54 Q2_K super-blocks (1.5e18 bytes), past the file's end
+  huge.Header(3, 1, 0).TensorInfo("t", {1ull << 40, 1ull << 22}, 10, 0).Pad(32).Zeros(84);
+  ExpectInvalid(huge.bytes, "lies outside");
 }
 
 TEST(GgufMalformedTest, OffsetsOutOfRangeMisalignedOrOverlapping) {

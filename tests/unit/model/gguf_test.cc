@@ -111,14 +111,14 @@ class TensorRoundTripTest : public ::testing::TestWithParam<GgmlType> {};
 
 TEST_P(TensorRoundTripTest, DataMatchesQuantizeThenDequantize) {
   const GgmlType type = GetParam();
-  const std::vector<int64_t> dims = {64, 3, 2};
-  const std::vector<float> x = RandomNonZero(64 * 3 * 2, 7);
+  const std::vector<int64_t> dims = {256, 3, 2};  // rows of one K-quant super-block
+  const std::vector<float> x = RandomNonZero(256 * 3 * 2, 7);
   GgufWriter w;
   w.SetMetadata("general.architecture", GgufValue::String("test"));
   w.AddTensor("first", {32}, GgmlType::kF32, RandomNonZero(32, 1));
   w.AddTensor("t", dims, type, x);
-  w.AddTensorRows("lazy", {64, 2}, type, [&](int64_t row, absl::Span<float> out) {
-    for (size_t i = 0; i < out.size(); ++i) out[i] = x[row * 64 + i];
+  w.AddTensorRows("lazy", {256, 2}, type, [&](int64_t row, absl::Span<float> out) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] = x[row * 256 + i];
   });
   auto bytes = w.WriteBuffer();
   ASSERT_TRUE(bytes.ok()) << bytes.status();
@@ -128,30 +128,32 @@ TEST_P(TensorRoundTripTest, DataMatchesQuantizeThenDequantize) {
   ASSERT_NE(info, nullptr);
   EXPECT_EQ(info->dims, dims);
   EXPECT_EQ(info->type, type);
-  EXPECT_EQ(info->NumElements(), 384);
+  EXPECT_EQ(info->NumElements(), 1536);
   EXPECT_EQ(info->offset % 32, 0u);
   EXPECT_EQ((*f)->data_offset() % 32, 0u);
   const auto traits = GetGgmlTypeTraits(static_cast<uint32_t>(type));
   EXPECT_EQ(info->size_bytes,
-            static_cast<uint64_t>(384 / traits->block_elements * traits->block_bytes));
+            static_cast<uint64_t>(1536 / traits->block_elements * traits->block_bytes));
   EXPECT_EQ((*f)->TensorData(*info).size(), info->size_bytes);
 
   std::vector<uint8_t> q(info->size_bytes);
-  ASSERT_TRUE(cpu::QuantizeFromF32(type, x.data(), 384, q.data()).ok());
-  std::vector<float> expected(384);
-  ASSERT_TRUE(cpu::DequantizeToF32(type, q.data(), 384, expected.data()).ok());
+  ASSERT_TRUE(cpu::QuantizeFromF32(type, x.data(), 1536, q.data()).ok());
+  std::vector<float> expected(1536);
+  ASSERT_TRUE(cpu::DequantizeToF32(type, q.data(), 1536, expected.data()).ok());
   auto got = (*f)->ReadTensorF32("t");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, expected);
   auto lazy = (*f)->ReadTensorF32("lazy");
   ASSERT_TRUE(lazy.ok());
-  EXPECT_EQ(*lazy, std::vector<float>(expected.begin(), expected.begin() + 128));
+  EXPECT_EQ(*lazy, std::vector<float>(expected.begin(), expected.begin() + 512));
   EXPECT_EQ((*f)->ReadTensorF32("nope").status().code(), absl::StatusCode::kNotFound);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, TensorRoundTripTest,
                          ::testing::Values(GgmlType::kF32, GgmlType::kF16, GgmlType::kBF16,
-                                           GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1));
+                                           GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kQ4_1,
+                                           GgmlType::kQ2_K, GgmlType::kQ3_K, GgmlType::kQ4_K,
+                                           GgmlType::kQ5_K, GgmlType::kQ6_K));
 
 TEST(GgufWriterReaderTest, CustomAlignmentIsHonoured) {
   GgufWriter w;
@@ -175,6 +177,10 @@ TEST(GgufWriterReaderTest, WriterRejectsBadTensors) {
   GgufWriter block;
   block.AddTensor("a", {16, 4}, GgmlType::kQ4_0, x);  // row of 16 is not a whole block
   EXPECT_THAT(std::string(block.WriteBuffer().status().message()), HasSubstr("multiple of 32"));
+  GgufWriter super_block;
+  super_block.AddTensor("a", {32, 2}, GgmlType::kQ4_K, x);  // K-quant rows are whole 256s
+  EXPECT_THAT(std::string(super_block.WriteBuffer().status().message()),
+              HasSubstr("multiple of 256 for Q4_K"));
   GgufWriter count;
   count.AddTensor("a", {32}, GgmlType::kF32, x);  // 64 values for 32 elements
   EXPECT_FALSE(count.WriteBuffer().ok());

@@ -1,5 +1,6 @@
 #include "model/llama_weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -51,6 +52,53 @@ TEST(LlamaWeightsTest, LoadsFusedTensorsAndTiesTheHead) {
   ASSERT_NE(last->lm_head, nullptr);
   EXPECT_EQ(*last->lm_head, *w->lm_head);
   EXPECT_FALSE(LoadLlamaWeights(*file, *config, {.layer_begin = 1, .layer_end = 9}).ok());
+}
+
+// A Q4_K_M-style file (Q4_K, with Q6_K attn_v, ffn_down and output): the matrices are the K-quant
+// tensors dequantized to fp32 (fused in order), activations multiplied with them round to Q8_K,
+// and no kGgml blocks are kept (the bit-exact kernels take Q4_1 / Q8_0 only).
+TEST(LlamaWeightsTest, LoadsKQuantMixesDequantized) {
+  SyntheticModelOptions o = SyntheticModelOptions::Tiny();
+  o.hidden = 256;
+  o.ffn = 512;
+  o.weight_type = GgmlType::kQ4_K;
+  o.type_overrides = {{"attn_v.weight", GgmlType::kQ6_K},
+                      {"ffn_down.weight", GgmlType::kQ6_K},
+                      {"output.weight", GgmlType::kQ6_K}};
+  auto buf = WriteSyntheticModelToBuffer(o);
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  auto file = GgufFile::FromBuffer(*buf);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->FindTensor("blk.1.attn_q.weight")->type, GgmlType::kQ4_K);
+  EXPECT_EQ((*file)->FindTensor("blk.1.attn_v.weight")->type, GgmlType::kQ6_K);
+  EXPECT_EQ((*file)->FindTensor("output.weight")->type, GgmlType::kQ6_K);
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto w = LoadLlamaWeights(**file, *config, {});
+  ASSERT_TRUE(w.ok()) << w.status();
+  std::vector<float> want;
+  for (const char* t : {"attn_q", "attn_k", "attn_v"}) {
+    auto part = (*file)->ReadTensorF32(std::string("blk.1.") + t + ".weight");
+    ASSERT_TRUE(part.ok());
+    want.insert(want.end(), part->begin(), part->end());
+  }
+  EXPECT_EQ(w->layer(1).wqkv, want);
+  auto down = (*file)->ReadTensorF32("blk.0.ffn_down.weight");
+  ASSERT_TRUE(down.ok());
+  EXPECT_EQ(w->layer(0).w_down, *down);
+  auto head = (*file)->ReadTensorF32("output.weight");
+  ASSERT_TRUE(head.ok());
+  EXPECT_EQ(*w->lm_head, *head);
+  float amax = 0;
+  for (float v : *down) amax = std::max(amax, std::fabs(v));
+  EXPECT_GT(amax, 0.f);
+  for (const LlamaLayerWeights& l : w->layers) {
+    EXPECT_EQ(l.qkv_rounding, cpu::ActRounding::kQ8KBlocks);
+    EXPECT_EQ(l.down_rounding, cpu::ActRounding::kQ8KBlocks);
+    EXPECT_TRUE(l.wqkv_q.empty() && l.w_down_q.empty() && l.wqkv_mins.empty());
+  }
+  EXPECT_EQ(w->lm_head_rounding, cpu::ActRounding::kQ8KBlocks);
+  EXPECT_EQ(w->lm_head_q, nullptr);
 }
 
 // Stages loaded separately from one file reproduce the whole model (tolerance 1e-5), and the engine
