@@ -58,6 +58,7 @@ class WorkerServiceTest : public ::testing::Test {
     for (int i = 0; i < 2; ++i) {
       WorkerServerOptions o;
       o.listen = "127.0.0.1:0";
+      o.service.limits.model_dir = ::testing::TempDir();  // where WorkerModelPath() lies
       auto server = WorkerServer::Start(o);
       ASSERT_TRUE(server.ok()) << server.status();
       servers_.push_back(*std::move(server));

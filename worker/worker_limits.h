@@ -1,0 +1,44 @@
+// The bounds a worker puts on everything that reaches it over the Worker service. They are checked
+// where a request arrives (worker_convert.cc, the PushHidden handler), before any work, with
+// INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) naming the field, its value and the allowed range.
+#ifndef XKV_WORKER_WORKER_LIMITS_H_
+#define XKV_WORKER_WORKER_LIMITS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace xkv {
+
+// Longest wait for the previous stage's hidden rows a request may ask for (link_timeout_ms).
+inline constexpr absl::Duration kMaxLinkTimeout = absl::Seconds(60);
+// Largest KV block (tokens) a LoadStage may ask for.
+inline constexpr int kMaxBlockTokens = 1024;
+// Longest error text a previous stage may forward (PushHidden error_message); longer is cut.
+inline constexpr size_t kMaxForwardedErrorBytes = 4096;
+
+struct WorkerLimits {
+  // LoadStage's model_path must name a GGUF file inside this directory (empty: no model loads).
+  std::string model_dir;
+  // Token rows of one step (the sum of its sequences' n_new) and hence of one PushHidden.
+  int64_t max_step_tokens = 16384;
+  // A stage's KV pool (all its layers) in bytes; 0: the host's memory (HostMemoryBytes()).
+  int64_t max_kv_bytes = 0;
+  // The gRPC receive limit of the Worker server: one PushHidden of max_step_tokens rows must fit
+  // (LoadStage checks it against the model's hidden size).
+  int64_t max_message_bytes = int64_t{64} << 20;
+  // Hidden-row deliveries waiting for their step (HiddenMailbox): how many and for how long.
+  int max_pending_steps = 64;
+  absl::Duration pending_ttl = 2 * kMaxLinkTimeout;
+};
+
+// What a step may carry on a loaded stage.
+struct StepBounds {
+  int64_t context_length = 0;   // positions: [0, context_length)
+  int64_t max_step_tokens = 0;  // sum of n_new
+};
+
+}  // namespace xkv
+
+#endif  // XKV_WORKER_WORKER_LIMITS_H_
