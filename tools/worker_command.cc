@@ -146,10 +146,11 @@ int RunWorker(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(options);
   if (!server.ok()) return Fail(server.status());
+  // "(port N)" is what scripts and tests read back.
   std::fprintf(stderr,
-               "xkv worker: listening on %s (port %d, %s), device %s, waiting for LoadStage\n",
+               "xkv worker: listening on %s (port %d), %s, device %s, waiting for LoadStage\n",
                listen.c_str(), (*server)->port(),
-               tls->has_value() ? "mutual TLS" : "plaintext, unauthenticated", device.c_str());
+               tls->has_value() ? "mutual TLS" : "plaintext (unauthenticated)", device.c_str());
   if (!health_listen.empty()) {
     std::fprintf(stderr, "xkv worker: serving grpc.health.v1 on port %d\n",
                  (*server)->health_port());

@@ -57,13 +57,6 @@ absl::Status CheckPoolBytes(const StageOptions& o, const std::vector<int64_t>& c
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int64_t>> Capacities(const StageOptions& o, int num_layers,
-                                                int64_t block_bytes) {
-  ASSIGN_OR_RETURN(std::vector<int64_t> caps, RawCapacities(o, num_layers, block_bytes));
-  RETURN_IF_ERROR(CheckPoolBytes(o, caps, block_bytes));
-  return caps;
-}
-
 bool NeedsScores(const PolicyOptions& policy) {
   return policy.kind != PolicyKind::kFull && SelectionFor(policy) == SelectionRule::kTopScore;
 }
@@ -76,6 +69,13 @@ const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& o, int num_layers,
+                                                      int64_t block_bytes) {
+  ASSIGN_OR_RETURN(std::vector<int64_t> caps, RawCapacities(o, num_layers, block_bytes));
+  RETURN_IF_ERROR(CheckPoolBytes(o, caps, block_bytes));
+  return caps;
+}
 
 // One step in flight.
 struct StageExecutor::Run {
@@ -133,7 +133,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
   const int num_layers = o.layer_end - o.layer_begin;
   const int64_t block_bytes = int64_t{o.block_tokens} * engine->kv_bytes_per_token();
-  ASSIGN_OR_RETURN(std::vector<int64_t> caps, Capacities(o, num_layers, block_bytes));
+  ASSIGN_OR_RETURN(std::vector<int64_t> caps, KvPoolCapacities(o, num_layers, block_bytes));
   ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, std::move(caps),
                                                       o.block_tokens, block_bytes}));
   return std::unique_ptr<StageExecutor>(

@@ -175,6 +175,11 @@ struct StageStatus {
   std::string model_path;
 };
 
+// The pool's blocks per layer for `options` (kv_capacity_* / layer_capacity_blocks, else
+// kDefaultBlocksPerLayer): RESOURCE_EXHAUSTED when they exceed options.max_kv_bytes in all.
+absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& options, int num_layers,
+                                                      int64_t block_bytes);
+
 class StageExecutor {
  public:
   // Loads layers [layer_begin, layer_end) (plus the embedding for the first stage, the final norm

@@ -8,6 +8,7 @@
 #include "base/status_macros.h"
 #include "worker/host_memory.h"
 #include "worker/model_path.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
@@ -115,8 +116,9 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
   }
   RETURN_IF_ERROR(CheckRange("block_tokens", r.block_tokens(), 0, kMaxBlockTokens, "0: 16"));
   o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
-  RETURN_IF_ERROR(CheckRange("kv_capacity_blocks", r.kv_capacity_blocks(), 0, INT64_MAX));
-  RETURN_IF_ERROR(CheckRange("kv_capacity_bytes", r.kv_capacity_bytes(), 0, INT64_MAX));
+  RETURN_IF_ERROR(
+      CheckRange("kv_capacity_blocks", r.kv_capacity_blocks(), 0, kMaxCapacityBlocks));
+  RETURN_IF_ERROR(CheckRange("kv_capacity_bytes", r.kv_capacity_bytes(), 0, kMaxCapacityBytes));
   if (r.layer_capacity_blocks_size() != 0 &&
       r.layer_capacity_blocks_size() != r.layer_end() - r.layer_begin()) {
     return absl::InvalidArgumentError(absl::StrCat("layer_capacity_blocks has ",
@@ -125,7 +127,7 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
   }
   for (int i = 0; i < r.layer_capacity_blocks_size(); ++i) {
     RETURN_IF_ERROR(CheckRange(absl::StrCat("layer_capacity_blocks[", i, "]"),
-                               r.layer_capacity_blocks(i), 0, INT64_MAX));
+                               r.layer_capacity_blocks(i), 0, kMaxCapacityBlocks));
   }
   o.layer_capacity_blocks.assign(r.layer_capacity_blocks().begin(),
                                  r.layer_capacity_blocks().end());
@@ -145,8 +147,12 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
 
 absl::Status ApplyWorkerLimits(const WorkerLimits& limits, StageOptions* options) {
   ASSIGN_OR_RETURN(options->model_path, ResolveModelPath(limits.model_dir, options->model_path));
-  options->max_kv_bytes = limits.max_kv_bytes > 0 ? limits.max_kv_bytes : HostMemoryBytes();
-  return absl::OkStatus();
+  // Unset: the host's memory bounds a CPU stage's pool; a CUDA engine bounds its own on the device.
+  ASSIGN_OR_RETURN(const int device, ParseStageDevice(options->device));
+  options->max_kv_bytes = limits.max_kv_bytes > 0 ? limits.max_kv_bytes
+                          : device < 0            ? HostMemoryBytes()
+                                                  : 0;
+  return CheckStageKvPool(*options);
 }
 
 absl::StatusOr<StageCompactSpec> CompactSpecFromProto(const xkv::v1::CompactSpec& p,

@@ -18,7 +18,7 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
                                                    const std::string& device, int num_threads);
 // For a LoadStage that came over the network: model_path must lie inside limits.model_dir
 // (ResolveModelPath; replaced by its canonical path) and the KV pool within limits.max_kv_bytes
-// (0: the host's memory).
+// (0: the host's memory; CheckStageKvPool) -- all before the worker drops its current stage.
 absl::Status ApplyWorkerLimits(const WorkerLimits& limits, StageOptions* options);
 // kept_prefix and sink_tokens in [0, context_length].
 absl::StatusOr<StageCompactSpec> CompactSpecFromProto(const xkv::v1::CompactSpec& spec,

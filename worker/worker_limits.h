@@ -15,6 +15,10 @@ namespace xkv {
 inline constexpr absl::Duration kMaxLinkTimeout = absl::Seconds(60);
 // Largest KV block (tokens) a LoadStage may ask for.
 inline constexpr int kMaxBlockTokens = 1024;
+// Largest KV capacity a LoadStage may name (sums over layers cannot overflow); the worker's
+// memory bound (WorkerLimits::max_kv_bytes) is usually far below.
+inline constexpr int64_t kMaxCapacityBlocks = int64_t{1} << 40;
+inline constexpr int64_t kMaxCapacityBytes = int64_t{1} << 60;
 // Longest error text a previous stage may forward (PushHidden error_message); longer is cut.
 inline constexpr size_t kMaxForwardedErrorBytes = 4096;
 

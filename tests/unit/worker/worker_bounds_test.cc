@@ -150,6 +150,22 @@ TEST(LoadBoundsTest, ModelPathOnlyFromTheModelDirectory) {
   EXPECT_EQ(ApplyWorkerLimits(limits, &o).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// The pool is checked from the model file's header, before the worker drops its current stage.
+TEST(LoadBoundsTest, TheKvPoolIsCheckedBeforeLoading) {
+  WorkerLimits limits;
+  limits.model_dir = ::testing::TempDir();
+  limits.max_kv_bytes = int64_t{1} << 30;
+  StageOptions o;
+  o.model_path = WorkerModelPath();
+  o.layer_begin = 0;
+  o.layer_end = 2;
+  o.kv_capacity_blocks = 30'000'000;
+  EXPECT_EQ(ApplyWorkerLimits(limits, &o).code(), absl::StatusCode::kResourceExhausted);
+  o.kv_capacity_blocks = 64;
+  EXPECT_TRUE(ApplyWorkerLimits(limits, &o).ok());
+  EXPECT_EQ(o.max_kv_bytes, int64_t{1} << 30);
+}
+
 TEST(KvPoolBoundsTest, APoolBeyondTheMemoryBoundIsRefusedBeforeAllocation) {
   StageOptions o;
   o.model_path = WorkerModelPath();
