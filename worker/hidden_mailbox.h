@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -25,8 +26,9 @@
 namespace xkv {
 
 struct HiddenMailboxOptions {
-  size_t max_pending = 64;                                       // deliveries waiting to be taken
-  int64_t max_delivery_bytes = int64_t{256} << 20;               // rows of one step
+  size_t max_pending = 64;  // deliveries waiting to be taken
+  // Rows of one step; the default (no bound) is for in-process links, a worker sets its own.
+  int64_t max_delivery_bytes = std::numeric_limits<int64_t>::max();
   absl::Duration ttl = absl::Minutes(2);                         // a delivery nobody takes expires
   std::function<absl::Time()> now = [] { return absl::Now(); };  // tests inject a clock
 };
