@@ -116,8 +116,7 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
   }
   RETURN_IF_ERROR(CheckRange("block_tokens", r.block_tokens(), 0, kMaxBlockTokens, "0: 16"));
   o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
-  RETURN_IF_ERROR(
-      CheckRange("kv_capacity_blocks", r.kv_capacity_blocks(), 0, kMaxCapacityBlocks));
+  RETURN_IF_ERROR(CheckRange("kv_capacity_blocks", r.kv_capacity_blocks(), 0, kMaxCapacityBlocks));
   RETURN_IF_ERROR(CheckRange("kv_capacity_bytes", r.kv_capacity_bytes(), 0, kMaxCapacityBytes));
   if (r.layer_capacity_blocks_size() != 0 &&
       r.layer_capacity_blocks_size() != r.layer_end() - r.layer_begin()) {
