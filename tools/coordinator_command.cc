@@ -16,6 +16,7 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/serve_flags.h"
+#include "tools/tls_flags.h"
 #include "worker/tls_credentials.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
@@ -71,11 +72,7 @@ int RunCoordinator(int argc, char** argv) {
   flags.Int("wait-for-workers", &wait_for_workers_s,
             "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
             "pods may start in any order (0: fail at once)");
-  flags.String("tls-cert", &tls_files.cert,
-               "PEM client certificate for mutual TLS to the workers (scripts/make-dev-ca); with "
-               "--tls-key and --tls-ca; none of the three: plaintext");
-  flags.String("tls-key", &tls_files.key, "PEM private key of --tls-cert");
-  flags.String("tls-ca", &tls_files.ca, "PEM CA bundle the workers' certificates must chain to");
+  RegisterTlsFlags(flags, "the coordinator (a client of the workers)", &tls_files);
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(s.message()).c_str());
     return 2;

@@ -13,6 +13,7 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/metrics_http.h"
+#include "tools/tls_flags.h"
 #include "worker/listen_address.h"
 #include "worker/stage_engine_factory.h"
 #include "worker/tls_credentials.h"
@@ -81,13 +82,9 @@ int RunWorker(int argc, char** argv) {
   flags.String("listen", &listen,
                "host:port of the Worker service (port 0 picks a free port); an address other than "
                "loopback needs --tls-cert/--tls-key/--tls-ca or --insecure");
-  flags.String("tls-cert", &tls_files.cert,
-               "PEM certificate of this worker (mutual TLS: the server side, and the client side "
-               "towards the next worker); scripts/make-dev-ca makes a development set");
-  flags.String("tls-key", &tls_files.key, "PEM private key of --tls-cert");
-  flags.String("tls-ca", &tls_files.ca,
-               "PEM CA bundle: only peers (the coordinator, the previous worker) with a "
-               "certificate from it are served");
+  RegisterTlsFlags(flags,
+                   "this worker (the server side, and the client side towards the next worker)",
+                   &tls_files);
   flags.Bool("insecure", &insecure,
              "serve plaintext without peer authentication on a non-loopback --listen (anyone "
              "who reaches the port controls the stage; only on a trusted, isolated network)");
