@@ -1,5 +1,6 @@
 #include "worker/worker_convert.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -133,8 +134,19 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
   o.kv_capacity_blocks = r.kv_capacity_blocks();
   o.kv_capacity_bytes = r.kv_capacity_bytes();
   if (r.num_stages() != 0 || r.stage_index() != 0) {
-    RETURN_IF_ERROR(CheckRange("num_stages", r.num_stages(), 1, r.layer_end()));
-    RETURN_IF_ERROR(CheckRange("stage_index", r.stage_index(), 0, r.num_stages() - 1));
+    // Every stage holds at least one layer: stage_index <= layer_begin.
+    RETURN_IF_ERROR(CheckRange("num_stages", r.num_stages(), 1, kMaxStages));
+    RETURN_IF_ERROR(CheckRange("stage_index", r.stage_index(), 0,
+                               std::min(r.num_stages() - 1, r.layer_begin()),
+                               "below num_stages and at most layer_begin"));
+  }
+  RETURN_IF_ERROR(CheckRange("importance.window", r.importance().window(), 0, kMaxImportanceWindow,
+                             "0: default"));
+  RETURN_IF_ERROR(CheckRange("importance.pool_kernel", r.importance().pool_kernel(), 0,
+                             kMaxImportanceWindow - 1, "odd; 0: default"));
+  if (r.importance().pool_kernel() % 2 == 0 && r.importance().pool_kernel() != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("importance.pool_kernel ", r.importance().pool_kernel(), " is not odd"));
   }
   if (r.importance().window() > 0) o.importance.window = r.importance().window();
   if (r.importance().pool_kernel() > 0) o.importance.pool_kernel = r.importance().pool_kernel();

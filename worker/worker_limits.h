@@ -19,6 +19,10 @@ inline constexpr int kMaxBlockTokens = 1024;
 // memory bound (WorkerLimits::max_kv_bytes) is usually far below.
 inline constexpr int64_t kMaxCapacityBlocks = int64_t{1} << 40;
 inline constexpr int64_t kMaxCapacityBytes = int64_t{1} << 60;
+// Largest observation window (and pooling kernel) a LoadStage may ask for.
+inline constexpr int kMaxImportanceWindow = 4096;
+// Most pipeline stages a LoadStage may name.
+inline constexpr int kMaxStages = 4096;
 // Longest error text a previous stage may forward (PushHidden error_message); longer is cut.
 inline constexpr size_t kMaxForwardedErrorBytes = 4096;
 

@@ -130,8 +130,23 @@ TEST(LoadBoundsTest, FieldsAreBounded) {
   r.add_layer_capacity_blocks(-1);
   ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "layer_capacity_blocks[1] -1");
   r = GoodLoad();
+  r.mutable_importance()->set_window(1 << 30);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "importance.window 1073741824");
+  r = GoodLoad();
+  r.mutable_importance()->set_pool_kernel(8);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "pool_kernel 8 is not odd");
+  r = GoodLoad();
   r.set_stage_index(2);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "stage_index 2 is outside [0, 1]");
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "stage_index 2 is outside [0, 0]");
+  // A later stage of many: stage_index up to its layer_begin and below num_stages.
+  r.set_layer_begin(8);
+  r.set_layer_end(12);
+  r.set_is_first(false);
+  r.set_num_stages(8);
+  r.set_stage_index(7);
+  EXPECT_TRUE(StageOptionsFromProto(r, "cpu", 1).ok());
+  r.set_num_stages(1 << 20);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "num_stages 1048576");
 }
 
 TEST(LoadBoundsTest, ModelPathOnlyFromTheModelDirectory) {
