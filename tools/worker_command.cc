@@ -75,7 +75,7 @@ int RunWorker(int argc, char** argv) {
   TlsFiles tls_files;
   bool insecure = false;
   WorkerLimits limits;
-  int64_t max_message_mb = limits.max_message_bytes >> 20;
+  int64_t max_message_mb = 0;
   FlagSet flags("worker",
                 "Serve one pipeline stage (xkv.v1.Worker) for a coordinator; the coordinator "
                 "assigns the model file and layer range with LoadStage.");
@@ -97,7 +97,8 @@ int RunWorker(int argc, char** argv) {
             "most tokens (hidden rows) one step may carry; at least the coordinator's "
             "--step-tokens and its longest prompt (a profile pass)");
   flags.Int("max-message-mb", &max_message_mb,
-            "gRPC receive limit in MiB; must hold one step: --max-step-tokens x hidden x 4 bytes");
+            "gRPC receive limit in MiB; must hold one step, --max-step-tokens x hidden x 4 bytes "
+            "(0: sized for a hidden size of 8192)");
   flags.Int("max-kv-bytes", &limits.max_kv_bytes,
             "bound on a stage's KV pool in bytes (0: this host's memory, or its cgroup limit)");
   flags.String("device", &device, "device of this stage: cpu or cuda:N (CUDA builds)");
@@ -111,12 +112,13 @@ int RunWorker(int argc, char** argv) {
   }
   if (absl::StatusOr<int> d = ParseStageDevice(device); !d.ok()) return Fail(d.status());
   if (threads < 1) return Fail(absl::InvalidArgumentError("--threads must be >= 1"));
-  if (limits.max_step_tokens < 1 || max_message_mb < 1 || max_message_mb > 2047 ||
+  if (limits.max_step_tokens < 1 || max_message_mb < 0 || max_message_mb > 2047 ||
       limits.max_kv_bytes < 0) {
     return Fail(absl::InvalidArgumentError(
-        "--max-step-tokens must be >= 1, --max-message-mb in [1, 2047], --max-kv-bytes >= 0"));
+        "--max-step-tokens must be >= 1, --max-message-mb in [0, 2047], --max-kv-bytes >= 0"));
   }
-  limits.max_message_bytes = max_message_mb << 20;
+  limits.max_message_bytes =
+      max_message_mb > 0 ? max_message_mb << 20 : DefaultMaxMessageBytes(limits.max_step_tokens);
   absl::StatusOr<std::optional<TlsMaterial>> tls = LoadTlsMaterial(tls_files);
   if (!tls.ok()) return Fail(tls.status());
   if (!tls->has_value() && !insecure && !IsLoopbackListenAddress(listen)) {

@@ -1,5 +1,6 @@
 #include "worker/hidden_mailbox.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,16 +28,18 @@ void HiddenMailbox::ExpireLocked() {
 
 absl::Status HiddenMailbox::Put(uint64_t step_id, absl::StatusOr<std::vector<float>> rows) {
   const int64_t bytes = rows.ok() ? static_cast<int64_t>(rows->size() * sizeof(float)) : 0;
-  if (bytes > options_.max_delivery_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("stage link: ", bytes, " bytes of hidden rows for step ", step_id,
-                     " exceed the bound of ", options_.max_delivery_bytes, " per step"));
+  const int64_t bound = std::min(options_.max_delivery_bytes, options_.max_pending_bytes);
+  if (bytes > bound) {
+    return absl::ResourceExhaustedError(absl::StrCat("stage link: ", bytes,
+                                                     " bytes of hidden rows for step ", step_id,
+                                                     " exceed the bound of ", bound, " per step"));
   }
   absl::MutexLock lock(&mu_);
   if (discarded_.contains(step_id)) return absl::OkStatus();
   ExpireLocked();
   EraseLocked(step_id);
-  while (!slots_.empty() && slots_.size() >= options_.max_pending) {
+  while (!slots_.empty() &&
+         (slots_.size() >= options_.max_pending || bytes_ + bytes > options_.max_pending_bytes)) {
     auto oldest = slots_.begin();
     for (auto it = slots_.begin(); it != slots_.end(); ++it) {
       if (it->second.arrived < oldest->second.arrived) oldest = it;

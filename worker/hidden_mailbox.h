@@ -2,10 +2,10 @@
 // StageLink. The previous stage (a thread in embedded mode, the PushHidden handler in gRPC mode)
 // Puts; this stage's executor Takes with a deadline.
 //
-// Bounded: a delivery is at most max_delivery_bytes; at most max_pending deliveries wait to be
-// taken (a new one pushes the oldest out), and a delivery nobody took within `ttl` expires. So
-// deliveries for steps that never run (a confused or hostile sender) cannot grow the worker's
-// memory: at most max_pending * max_delivery_bytes are held.
+// Bounded: a delivery is at most max_delivery_bytes; at most max_pending deliveries of at most
+// max_pending_bytes in all wait to be taken (a new one pushes the oldest out), and a delivery
+// nobody took within `ttl` expires. So deliveries for steps that never run (a confused or hostile
+// sender) cannot grow the worker's memory beyond max_pending_bytes.
 #ifndef XKV_WORKER_HIDDEN_MAILBOX_H_
 #define XKV_WORKER_HIDDEN_MAILBOX_H_
 
@@ -29,6 +29,8 @@ struct HiddenMailboxOptions {
   size_t max_pending = 64;  // deliveries waiting to be taken
   // Rows of one step; the default (no bound) is for in-process links, a worker sets its own.
   int64_t max_delivery_bytes = std::numeric_limits<int64_t>::max();
+  // Rows of every waiting delivery together (a new one pushes the oldest out).
+  int64_t max_pending_bytes = std::numeric_limits<int64_t>::max();
   absl::Duration ttl = absl::Minutes(2);                         // a delivery nobody takes expires
   std::function<absl::Time()> now = [] { return absl::Now(); };  // tests inject a clock
 };
@@ -43,7 +45,7 @@ class HiddenMailbox {
 
   // Delivers rows (or an error) for step_id. A second delivery for a step not yet taken replaces
   // the first; deliveries for discarded steps are dropped. RESOURCE_EXHAUSTED (nothing changes)
-  // when the rows exceed max_delivery_bytes.
+  // when the rows exceed max_delivery_bytes or max_pending_bytes.
   absl::Status Put(uint64_t step_id, absl::StatusOr<std::vector<float>> rows);
   // Waits until `deadline` for step_id's delivery and removes it. DEADLINE_EXCEEDED when none
   // came; the delivered error otherwise.

@@ -26,6 +26,21 @@ inline constexpr int kMaxStages = 4096;
 // Longest error text a previous stage may forward (PushHidden error_message); longer is cut.
 inline constexpr size_t kMaxForwardedErrorBytes = 4096;
 
+// Room for a PushHidden's other fields (and the gRPC framing) next to its rows.
+inline constexpr int64_t kMessageOverheadBytes = 64 << 10;
+// The widest hidden state the default message limit is sized for (Llama-3-70B's); wider models
+// need --max-message-mb (LoadStage says so).
+inline constexpr int64_t kDefaultMaxHidden = 8192;
+
+// The gRPC receive limit that holds one step of `max_step_tokens` rows of kDefaultMaxHidden
+// floats, below gRPC's 2 GiB.
+constexpr int64_t DefaultMaxMessageBytes(int64_t max_step_tokens) {
+  const int64_t cap = (int64_t{2047} << 20);
+  return max_step_tokens > (cap - kMessageOverheadBytes) / (kDefaultMaxHidden * 4)
+             ? cap
+             : max_step_tokens * kDefaultMaxHidden * 4 + kMessageOverheadBytes;
+}
+
 struct WorkerLimits {
   // LoadStage's model_path must name a GGUF file inside this directory (empty: no model loads).
   std::string model_dir;
@@ -35,7 +50,7 @@ struct WorkerLimits {
   int64_t max_kv_bytes = 0;
   // The gRPC receive limit of the Worker server: one PushHidden of max_step_tokens rows must fit
   // (LoadStage checks it against the model's hidden size).
-  int64_t max_message_bytes = int64_t{64} << 20;
+  int64_t max_message_bytes = DefaultMaxMessageBytes(16384);
   // Hidden-row deliveries waiting for their step (HiddenMailbox): how many and for how long.
   int max_pending_steps = 64;
   absl::Duration pending_ttl = 2 * kMaxLinkTimeout;

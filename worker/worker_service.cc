@@ -19,9 +19,6 @@
 namespace xkv {
 namespace {
 
-// Room for a PushHidden's other fields (and the gRPC framing) next to its rows.
-constexpr int64_t kMessageOverheadBytes = 64 << 10;
-
 #if defined(XKV_WITH_NCCL)
 // Hands the executor its StageLink while the service keeps a reference for health reports.
 class SharedStageLink final : public StageLink {
@@ -61,6 +58,7 @@ HiddenMailboxOptions MailboxOptions(const WorkerLimits& limits) {
   HiddenMailboxOptions o;
   o.max_pending = static_cast<size_t>(std::max(limits.max_pending_steps, 1));
   o.max_delivery_bytes = limits.max_message_bytes;
+  o.max_pending_bytes = 2 * limits.max_message_bytes;  // two whole steps in flight
   o.ttl = limits.pending_ttl;
   return o;
 }

@@ -69,6 +69,19 @@ TEST(HiddenMailboxTest, PendingDeliveriesAreBoundedAndExpire) {
   EXPECT_EQ(box.pending_bytes(), 2 * static_cast<int64_t>(sizeof(float)));
 }
 
+TEST(HiddenMailboxTest, PendingBytesAreBounded) {
+  HiddenMailboxOptions o;
+  o.max_pending_bytes = 10 * sizeof(float);
+  HiddenMailbox box(o);
+  EXPECT_EQ(box.Put(1, std::vector<float>(11)).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(box.Put(1, std::vector<float>(6)).ok());
+  ASSERT_TRUE(box.Put(2, std::vector<float>(3)).ok());
+  ASSERT_TRUE(box.Put(3, std::vector<float>(4)).ok());  // pushes step 1 out
+  EXPECT_EQ(box.pending(), 2u);
+  EXPECT_EQ(box.pending_bytes(), 7 * static_cast<int64_t>(sizeof(float)));
+  EXPECT_EQ(box.Take(1, absl::InfinitePast()).status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
 TEST(HiddenMailboxTest, CloseWakesWaiters) {
   HiddenMailbox box;
   std::thread closer([&box] { box.Close(); });
