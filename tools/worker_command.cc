@@ -73,6 +73,7 @@ int RunWorker(int argc, char** argv) {
   int64_t threads = 1;
   std::string metrics_listen;
   TlsFiles tls_files;
+  std::string control_peer;
   bool insecure = false;
   WorkerLimits limits;
   int64_t max_message_mb = 0;
@@ -85,6 +86,11 @@ int RunWorker(int argc, char** argv) {
   RegisterTlsFlags(flags,
                    "this worker (the server side, and the client side towards the next worker)",
                    &tls_files);
+  flags.String("tls-control-peer", &control_peer,
+               "with mutual TLS: only a peer whose certificate names this (CN or DNS SAN; "
+               "scripts/make-dev-ca's coordinator: xkv-coordinator) may LoadStage, Step, Compact, "
+               "Release or read Status; other workers may only push hidden rows (empty: any peer "
+               "of the CA)");
   flags.Bool("insecure", &insecure,
              "serve plaintext without peer authentication on a non-loopback --listen (anyone "
              "who reaches the port controls the stage; only on a trusted, isolated network)");
@@ -121,6 +127,9 @@ int RunWorker(int argc, char** argv) {
       max_message_mb > 0 ? max_message_mb << 20 : DefaultMaxMessageBytes(limits.max_step_tokens);
   absl::StatusOr<std::optional<TlsMaterial>> tls = LoadTlsMaterial(tls_files);
   if (!tls.ok()) return Fail(tls.status());
+  if (!tls->has_value() && !control_peer.empty()) {
+    return Fail(absl::InvalidArgumentError("--tls-control-peer needs mutual TLS (--tls-*)"));
+  }
   if (!tls->has_value() && !insecure && !IsLoopbackListenAddress(listen)) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--listen ", listen,
@@ -142,6 +151,7 @@ int RunWorker(int argc, char** argv) {
   if (tls->has_value()) {
     options.credentials = MutualTlsServerCredentials(**tls);
     options.service.link_credentials = MutualTlsChannelCredentials(**tls);
+    options.service.control_peer = control_peer;
   }
   absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(options);
   if (!server.ok()) return Fail(server.status());

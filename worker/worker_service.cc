@@ -74,8 +74,8 @@ std::shared_ptr<StageExecutor> WorkerService::executor() const {
 }
 
 absl::StatusOr<std::shared_ptr<StageExecutor>> WorkerService::LoadedFor(
-    const grpc::ServerContext* context) const {
-  RETURN_IF_ERROR(CheckPeer(context));
+    const grpc::ServerContext* context, Caller caller) const {
+  RETURN_IF_ERROR(CheckPeer(context, caller));
   return Loaded();
 }
 
@@ -95,14 +95,24 @@ void WorkerService::add_health(grpc::HealthCheckServiceInterface* health) {
   SetServing(executor() != nullptr);
 }
 
-absl::Status WorkerService::CheckPeer(const grpc::ServerContext* context) const {
+absl::Status WorkerService::CheckPeer(const grpc::ServerContext* context, Caller caller) const {
   if (options_.link_credentials == nullptr) return absl::OkStatus();  // plaintext worker
   std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) {
     return absl::UnauthenticatedError(
         "worker: this worker serves only peers with a certificate from its CA (mutual TLS)");
   }
-  return absl::OkStatus();
+  if (caller == Caller::kAnyPeer || options_.control_peer.empty()) return absl::OkStatus();
+  for (const char* property : {"x509_common_name", "x509_subject_alternative_name"}) {
+    for (const grpc::string_ref& name : auth->FindPropertyValues(property)) {
+      if (absl::string_view(name.data(), name.size()) == options_.control_peer) {
+        return absl::OkStatus();
+      }
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "worker: only the coordinator (a certificate naming '", options_.control_peer,
+      "', --tls-control-peer) may control this stage; other peers may only push hidden rows"));
 }
 
 void WorkerService::Close() {
@@ -216,7 +226,9 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
 grpc::Status WorkerService::LoadStage(grpc::ServerContext* context,
                                       const xkv::v1::LoadStageRequest* request,
                                       xkv::v1::LoadStageResponse* response) {
-  if (absl::Status peer = CheckPeer(context); !peer.ok()) return ToGrpcStatus(peer);
+  if (absl::Status peer = CheckPeer(context, Caller::kCoordinator); !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   absl::MutexLock load_lock(&load_mu_);
   absl::Status s = DoLoad(*request, response);
   {
@@ -229,7 +241,7 @@ grpc::Status WorkerService::LoadStage(grpc::ServerContext* context,
 
 grpc::Status WorkerService::Step(grpc::ServerContext* context, const xkv::v1::StepRequest* request,
                                  xkv::v1::StepResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context);
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
   absl::StatusOr<StageStep> step =
       StepFromProto(*request, StepBoundsOf(**stage, options_.limits.max_step_tokens));
@@ -243,7 +255,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const xkv::v1::St
 grpc::Status WorkerService::Compact(grpc::ServerContext* context,
                                     const xkv::v1::CompactRequest* request,
                                     xkv::v1::CompactResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context);
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
   absl::StatusOr<StageCompactSpec> spec =
       CompactSpecFromProto(request->compact(), (*stage)->config().context_length);
@@ -259,7 +271,7 @@ grpc::Status WorkerService::Compact(grpc::ServerContext* context,
 grpc::Status WorkerService::Release(grpc::ServerContext* context,
                                     const xkv::v1::ReleaseRequest* request,
                                     xkv::v1::ReleaseResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context);
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
   std::vector<uint64_t> ids(request->seq_ids().begin(), request->seq_ids().end());
   response->set_released((*stage)->Release(ids));
@@ -270,7 +282,7 @@ grpc::Status WorkerService::Release(grpc::ServerContext* context,
 grpc::Status WorkerService::PushHidden(grpc::ServerContext* context,
                                        const xkv::v1::PushHiddenRequest* request,
                                        xkv::v1::PushHiddenResponse*) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context);
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kAnyPeer);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
   PushBounds bounds;
   bounds.hidden_size = (*stage)->config().hidden;
@@ -281,7 +293,9 @@ grpc::Status WorkerService::PushHidden(grpc::ServerContext* context,
 
 grpc::Status WorkerService::Status(grpc::ServerContext* context, const xkv::v1::StatusRequest*,
                                    xkv::v1::StatusResponse* response) {
-  if (absl::Status peer = CheckPeer(context); !peer.ok()) return ToGrpcStatus(peer);
+  if (absl::Status peer = CheckPeer(context, Caller::kCoordinator); !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   std::shared_ptr<StageExecutor> stage = executor();
   if (stage == nullptr) {
     absl::MutexLock lock(&mu_);

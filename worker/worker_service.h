@@ -37,6 +37,10 @@ struct WorkerServiceOptions {
   // Set (mutual TLS): every call must come from a peer whose certificate verified
   // (UNAUTHENTICATED otherwise), and the stage link dials the next worker with these credentials.
   std::shared_ptr<grpc::ChannelCredentials> link_credentials;
+  // Non-empty, with mutual TLS: LoadStage, Step, Compact, Release and Status only from a peer
+  // whose certificate names it (common name or DNS subject alternative name), PERMISSION_DENIED
+  // for others (e.g. another worker: it may only PushHidden).
+  std::string control_peer;
 };
 
 class WorkerService final : public xkv::v1::Worker::Service {
@@ -72,9 +76,11 @@ class WorkerService final : public xkv::v1::Worker::Service {
 
  private:
   absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded() const;
+  // Who may make a call: the coordinator (control), or also the previous stage (PushHidden).
+  enum class Caller { kCoordinator, kAnyPeer };
   // CheckPeer, then Loaded.
-  absl::StatusOr<std::shared_ptr<StageExecutor>> LoadedFor(
-      const grpc::ServerContext* context) const;
+  absl::StatusOr<std::shared_ptr<StageExecutor>> LoadedFor(const grpc::ServerContext* context,
+                                                           Caller caller) const;
   absl::Status DoLoad(const xkv::v1::LoadStageRequest& request,
                       xkv::v1::LoadStageResponse* response);
   // The stage's data plane: NCCL when `nccl` is set (joins the communicator), else gRPC.
@@ -82,8 +88,9 @@ class WorkerService final : public xkv::v1::Worker::Service {
                                                       const StageOptions& options,
                                                       const std::optional<NcclLinkConfig>& nccl);
   void SetServing(bool serving);
-  // OK for a call this worker accepts: from a verified peer when it runs mutual TLS.
-  absl::Status CheckPeer(const grpc::ServerContext* context) const;
+  // OK for a call this worker accepts: from a verified peer when it runs mutual TLS (and, for
+  // kCoordinator, one that control_peer names).
+  absl::Status CheckPeer(const grpc::ServerContext* context, Caller caller) const;
 
   const WorkerServiceOptions options_;
   const std::shared_ptr<HiddenMailbox> inbox_;

@@ -2,6 +2,8 @@
 // `xkv coordinator` (certificates from scripts/make-dev-ca), over loopback with the real model:
 //  - every attack from an unauthenticated client (plaintext; TLS without a client certificate;
 //    TLS with a certificate from another CA) is refused, on both workers;
+//  - a worker's certificate (same CA) may push hidden rows but not control a stage
+//    (--tls-control-peer);
 //  - the bounds hold for an authenticated peer too (a client with the coordinator's
 //    certificate): link timeouts, n_new / positions against the context, the hidden-row size and
 //    count, the message size, forwarded error codes, model_path outside --model-dir, a KV pool
@@ -203,6 +205,7 @@ class WorkerAttackTest : public ::testing::Test {
     ClusterOptions o;
     o.workers = 2;
     o.worker_flags = TlsFlags(dir_ + "/ca/worker");
+    o.worker_flags.push_back("--tls-control-peer=xkv-coordinator");
     o.worker_flags.push_back(absl::StrCat("--max-step-tokens=", kMaxStepTokens));
     o.worker_flags.push_back(absl::StrCat("--max-message-mb=", kMaxMessageMb));
     o.flags = TlsFlags(dir_ + "/ca/coordinator");
@@ -316,6 +319,21 @@ TEST_F(WorkerAttackTest, BoundsHoldForAnAuthenticatedPeer) {
   EXPECT_FALSE(absl::StrContains(passwd.error_message(), "0x")) << passwd.error_message();
   expect(first->LoadStage(Context().get(), Load(ModelPath(), 30'000'000), &loaded),
          grpc::StatusCode::RESOURCE_EXHAUSTED, "--max-kv-bytes", "30M blocks");
+
+  // Another worker's certificate (same CA) may push hidden rows but not control a stage.
+  std::unique_ptr<xkv::v1::Worker::Stub> other_worker =
+      WorkerStub(address(1), TlsClient(ca, dir_ + "/ca/worker"));
+  EXPECT_TRUE(
+      other_worker->PushHidden(Context().get(), HiddenRows(kAttackStep + 1, 1), &pushed).ok());
+  xkv::v1::ReleaseRequest release;
+  release.add_seq_ids(1);
+  xkv::v1::ReleaseResponse released;
+  expect(other_worker->Release(Context().get(), release, &released),
+         grpc::StatusCode::PERMISSION_DENIED, "--tls-control-peer", "Release from a worker");
+  expect(other_worker->LoadStage(Context().get(), Load(ModelPath(), 1), &loaded),
+         grpc::StatusCode::PERMISSION_DENIED, "--tls-control-peer", "LoadStage from a worker");
+  expect(other_worker->Step(Context().get(), OneStep(1, 0), &step),
+         grpc::StatusCode::PERMISSION_DENIED, "--tls-control-peer", "Step from a worker");
 
   // A flood of hidden rows for steps that never run: accepted into a bounded mailbox (the oldest
   // are pushed out, the rest expire), so the worker's memory does not grow with the flood.
