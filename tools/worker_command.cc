@@ -106,7 +106,8 @@ int RunWorker(int argc, char** argv) {
             "gRPC receive limit in MiB; must hold one step, --max-step-tokens x hidden x 4 bytes "
             "(0: sized for a hidden size of 8192)");
   flags.Int("max-kv-bytes", &limits.max_kv_bytes,
-            "bound on a stage's KV pool in bytes (0: this host's memory, or its cgroup limit)");
+            "bound on a stage's KV pool in bytes (0: for a CPU stage this host's memory or its "
+            "cgroup limit; a CUDA stage's engine sizes its pool against the device)");
   flags.String("device", &device, "device of this stage: cpu or cuda:N (CUDA builds)");
   flags.Int("threads", &threads, "CPU threads for the stage's compute");
   flags.String("metrics-listen", &metrics_listen,
