@@ -62,10 +62,8 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& model_dir,
     return absl::FailedPreconditionError(
         absl::StrCat("worker: --model-dir ", model_dir, " is not a readable directory"));
   }
-  const std::string outside = absl::StrCat(
-      "model_path must name a .gguf file inside the worker's "
-      "--model-dir ",
-      model_dir);
+  const std::string outside =
+      absl::StrCat("model_path must name a GGUF file inside the worker's --model-dir ", model_dir);
   if (model_path.empty() || model_path.size() > kMaxModelPathBytes ||
       model_path.find('\0') != std::string::npos) {
     return absl::InvalidArgumentError(
