@@ -16,7 +16,10 @@ class GrpcStageClient final : public StageClient {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+    channel_ = grpc::CreateCustomChannel(
+        options.address,
+        options.credentials != nullptr ? options.credentials : grpc::InsecureChannelCredentials(),
+        args);
     stub_ = xkv::v1::Worker::NewStub(channel_);
   }
 

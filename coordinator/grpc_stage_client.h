@@ -2,6 +2,8 @@
 #ifndef XKV_COORDINATOR_GRPC_STAGE_CLIENT_H_
 #define XKV_COORDINATOR_GRPC_STAGE_CLIENT_H_
 
+#include <grpcpp/security/credentials.h>
+
 #include <memory>
 #include <string>
 
@@ -13,6 +15,8 @@ namespace xkv {
 struct GrpcStageClientOptions {
   std::string address;                             // host:port of the worker
   absl::Duration rpc_timeout = absl::Minutes(10);  // per call (LoadStage reads a model)
+  // Mutual TLS to the worker (worker/tls_credentials.h); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 std::unique_ptr<StageClient> MakeGrpcStageClient(const GrpcStageClientOptions& options);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,8 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/serve_flags.h"
+#include "tools/tls_flags.h"
+#include "worker/tls_credentials.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
 #endif
@@ -26,12 +29,17 @@ namespace {
 // retries with exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
     const CoordinatorOptions& options, const std::vector<std::string>& addresses,
-    absl::Duration wait) {
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials, absl::Duration wait) {
   const absl::Time deadline = absl::Now() + wait;
   absl::Duration backoff = absl::Milliseconds(500);
   for (int attempt = 1;; ++attempt) {
     std::vector<std::unique_ptr<StageClient>> clients;
-    for (const std::string& a : addresses) clients.push_back(MakeGrpcStageClient({a}));
+    for (const std::string& a : addresses) {
+      GrpcStageClientOptions o;
+      o.address = a;
+      o.credentials = credentials;
+      clients.push_back(MakeGrpcStageClient(o));
+    }
     absl::StatusOr<std::unique_ptr<Coordinator>> c =
         Coordinator::Start(options, std::move(clients));
     const bool retry = c.status().code() == absl::StatusCode::kUnavailable ||
@@ -52,6 +60,7 @@ int RunCoordinator(int argc, char** argv) {
   std::string workers;
   std::string data_plane = "grpc";
   int64_t wait_for_workers_s = 240;
+  TlsFiles tls_files;
   FlagSet flags("coordinator",
                 "Serves xkv.v1.Generation (--listen) and xkv.v1.Admin (--admin-listen) over the "
                 "pipeline\nstages of --workers (one `xkv worker` per stage, in layer order).");
@@ -63,6 +72,7 @@ int RunCoordinator(int argc, char** argv) {
   flags.Int("wait-for-workers", &wait_for_workers_s,
             "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
             "pods may start in any order (0: fail at once)");
+  RegisterTlsFlags(flags, "the coordinator (a client of the workers)", &tls_files);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   std::vector<std::string> addresses = absl::StrSplit(workers, ',', absl::SkipWhitespace());
   if (addresses.empty()) {
@@ -87,8 +97,15 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --data-plane: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  absl::StatusOr<std::optional<TlsMaterial>> tls = LoadTlsMaterial(tls_files);
+  if (!tls.ok()) {
+    std::fprintf(stderr, "xkv coordinator: %s\n", std::string(tls.status().message()).c_str());
+    return 2;
+  }
+  const std::shared_ptr<grpc::ChannelCredentials> credentials =
+      tls->has_value() ? MutualTlsChannelCredentials(**tls) : nullptr;
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartWithBackoff(*options, addresses, absl::Seconds(wait_for_workers_s));
+      StartWithBackoff(*options, addresses, credentials, absl::Seconds(wait_for_workers_s));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n",
                  std::string(coordinator.status().message()).c_str());

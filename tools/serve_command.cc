@@ -2,6 +2,7 @@
 // are StageExecutors on in-process links; the coordinator reaches them through StageClient by
 // direct calls (the same Worker messages as over gRPC).
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,6 +24,9 @@
 
 namespace xkv {
 namespace {
+
+// In-process stages take the coordinator's steps as they come (no network edge).
+constexpr int64_t kUnboundedStepTokens = std::numeric_limits<int64_t>::max();
 
 class InProcessStageClient final : public StageClient {
  public:
@@ -64,7 +68,8 @@ class InProcessStageClient final : public StageClient {
 
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
     ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
-    ASSIGN_OR_RETURN(StageStep step, StepFromProto(request));
+    ASSIGN_OR_RETURN(StageStep step,
+                     StepFromProto(request, StepBoundsOf(*stage, kUnboundedStepTokens)));
     ASSIGN_OR_RETURN(StageStepResult result, stage->Step(step));
     xkv::v1::StepResponse response;
     StepResultToProto(result, &response);
@@ -74,7 +79,8 @@ class InProcessStageClient final : public StageClient {
   absl::StatusOr<xkv::v1::CompactResponse> Compact(
       const xkv::v1::CompactRequest& request) override {
     ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
-    ASSIGN_OR_RETURN(StageCompactSpec spec, CompactSpecFromProto(request.compact()));
+    ASSIGN_OR_RETURN(StageCompactSpec spec,
+                     CompactSpecFromProto(request.compact(), stage->config().context_length));
     ASSIGN_OR_RETURN(StageCompactResult result, stage->Compact(request.seq_id(), spec));
     xkv::v1::CompactResponse response;
     for (const StageLayerSize& l : result.layers) LayerSizeToProto(l, response.add_layers());

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -12,7 +13,11 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/metrics_http.h"
+#include "tools/tls_flags.h"
+#include "worker/listen_address.h"
 #include "worker/stage_engine_factory.h"
+#include "worker/tls_credentials.h"
+#include "worker/worker_limits.h"
 #include "worker/worker_service.h"
 
 namespace xkv {
@@ -62,14 +67,47 @@ void CollectWorkerMetrics(WorkerService* service, MetricsRegistry& r) {
 }  // namespace
 
 int RunWorker(int argc, char** argv) {
-  std::string listen = "0.0.0.0:50061";
+  std::string listen = "127.0.0.1:50061";
+  std::string health_listen;
   std::string device = "cpu";
   int64_t threads = 1;
   std::string metrics_listen;
+  TlsFiles tls_files;
+  std::string control_peer;
+  bool insecure = false;
+  WorkerLimits limits;
+  int64_t max_message_mb = 0;
   FlagSet flags("worker",
                 "Serve one pipeline stage (xkv.v1.Worker) for a coordinator; the coordinator "
                 "assigns the model file and layer range with LoadStage.");
-  flags.String("listen", &listen, "host:port to listen on (port 0 picks a free port)");
+  flags.String("listen", &listen,
+               "host:port of the Worker service (port 0 picks a free port); an address other than "
+               "loopback needs --tls-cert/--tls-key/--tls-ca or --insecure");
+  RegisterTlsFlags(flags,
+                   "this worker (the server side, and the client side towards the next worker)",
+                   &tls_files);
+  flags.String("tls-control-peer", &control_peer,
+               "with mutual TLS: only a peer whose certificate names this (CN or DNS SAN; "
+               "scripts/make-dev-ca's coordinator: xkv-coordinator) may LoadStage, Step, Compact, "
+               "Release or read Status; other workers may only push hidden rows (empty: any peer "
+               "of the CA)");
+  flags.Bool("insecure", &insecure,
+             "serve plaintext without peer authentication on a non-loopback --listen (anyone "
+             "who reaches the port controls the stage; only on a trusted, isolated network)");
+  flags.String("health-listen", &health_listen,
+               "host:port of a plaintext server with only grpc.health.v1 (Kubernetes gRPC probes "
+               "cannot present a client certificate; empty: off)");
+  flags.String("model-dir", &limits.model_dir,
+               "folder of the GGUF models: LoadStage's model_path must name a file inside it");
+  flags.Int("max-step-tokens", &limits.max_step_tokens,
+            "most tokens (hidden rows) one step may carry; at least the coordinator's "
+            "--step-tokens and its longest prompt (a profile pass)");
+  flags.Int("max-message-mb", &max_message_mb,
+            "gRPC receive limit in MiB; must hold one step, --max-step-tokens x hidden x 4 bytes "
+            "(0: sized for a hidden size of 8192)");
+  flags.Int("max-kv-bytes", &limits.max_kv_bytes,
+            "bound on a stage's KV pool in bytes (0: for a CPU stage this host's memory or its "
+            "cgroup limit; a CUDA stage's engine sizes its pool against the device)");
   flags.String("device", &device, "device of this stage: cpu or cuda:N (CUDA builds)");
   flags.Int("threads", &threads, "CPU threads for the stage's compute");
   flags.String("metrics-listen", &metrics_listen,
@@ -77,6 +115,24 @@ int RunWorker(int argc, char** argv) {
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (absl::StatusOr<int> d = ParseStageDevice(device); !d.ok()) return Fail(d.status());
   if (threads < 1) return Fail(absl::InvalidArgumentError("--threads must be >= 1"));
+  if (limits.max_step_tokens < 1 || max_message_mb < 0 || max_message_mb > 2047 ||
+      limits.max_kv_bytes < 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--max-step-tokens must be >= 1, --max-message-mb in [0, 2047], --max-kv-bytes >= 0"));
+  }
+  limits.max_message_bytes =
+      max_message_mb > 0 ? max_message_mb << 20 : DefaultMaxMessageBytes(limits.max_step_tokens);
+  absl::StatusOr<std::optional<TlsMaterial>> tls = LoadTlsMaterial(tls_files);
+  if (!tls.ok()) return Fail(tls.status());
+  if (!tls->has_value() && !control_peer.empty()) {
+    return Fail(absl::InvalidArgumentError("--tls-control-peer needs mutual TLS (--tls-*)"));
+  }
+  if (!tls->has_value() && !insecure && !IsLoopbackListenAddress(listen)) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--listen ", listen,
+                     " is not a loopback address: give --tls-cert, --tls-key and "
+                     "--tls-ca (mutual TLS), or --insecure to serve it unauthenticated")));
+  }
   // Block the shutdown signals before gRPC starts its threads, so only sigwait sees them.
   sigset_t signals;
   sigemptyset(&signals);
@@ -87,10 +143,24 @@ int RunWorker(int argc, char** argv) {
   options.listen = listen;
   options.service.device = device;
   options.service.num_threads = static_cast<int>(threads);
+  options.service.limits = limits;
+  options.health_listen = health_listen;
+  if (tls->has_value()) {
+    options.credentials = MutualTlsServerCredentials(**tls);
+    options.service.link_credentials = MutualTlsChannelCredentials(**tls);
+    options.service.control_peer = control_peer;
+  }
   absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(options);
   if (!server.ok()) return Fail(server.status());
-  std::fprintf(stderr, "xkv worker: listening on %s (port %d), device %s, waiting for LoadStage\n",
-               listen.c_str(), (*server)->port(), device.c_str());
+  // "(port N)" is what scripts and tests read back.
+  std::fprintf(stderr,
+               "xkv worker: listening on %s (port %d), %s, device %s, waiting for LoadStage\n",
+               listen.c_str(), (*server)->port(),
+               tls->has_value() ? "mutual TLS" : "plaintext (unauthenticated)", device.c_str());
+  if (!health_listen.empty()) {
+    std::fprintf(stderr, "xkv worker: serving grpc.health.v1 on port %d\n",
+                 (*server)->health_port());
+  }
   MetricsRegistry registry;
   std::unique_ptr<MetricsHttpServer> metrics;
   if (!metrics_listen.empty()) {

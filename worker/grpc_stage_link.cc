@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/grpc_status.h"
+#include "worker/worker_limits.h"
 
 namespace xkv {
 
@@ -18,8 +19,10 @@ GrpcStageLink::GrpcStageLink(std::shared_ptr<HiddenMailbox> inbox,
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(-1);
     args.SetMaxReceiveMessageSize(-1);
-    next_ = xkv::v1::Worker::NewStub(
-        grpc::CreateCustomChannel(options_.next_address, grpc::InsecureChannelCredentials(), args));
+    next_ = xkv::v1::Worker::NewStub(grpc::CreateCustomChannel(
+        options_.next_address,
+        options_.credentials != nullptr ? options_.credentials : grpc::InsecureChannelCredentials(),
+        args));
   }
 }
 
@@ -67,26 +70,43 @@ absl::StatusOr<std::vector<float>> GrpcStageLink::Receive(uint64_t step_id, absl
 
 void GrpcStageLink::Discard(uint64_t step_id) { inbox_->Discard(step_id); }
 
-absl::Status DeliverPushedHidden(const xkv::v1::PushHiddenRequest& request, HiddenMailbox& inbox) {
-  if (request.error_code() != 0) {
-    inbox.Put(request.step_id(), absl::Status(static_cast<absl::StatusCode>(request.error_code()),
-                                              absl::StrCat("stage ", request.from_stage(), ": ",
-                                                           request.error_message())));
-    return absl::OkStatus();
+absl::Status DeliverPushedHidden(const xkv::v1::PushHiddenRequest& request,
+                                 const PushBounds& bounds, HiddenMailbox& inbox) {
+  if (request.from_stage() != bounds.expected_from_stage) {
+    return absl::InvalidArgumentError(absl::StrCat("PushHidden: from_stage ", request.from_stage(),
+                                                   " but this stage receives from stage ",
+                                                   bounds.expected_from_stage));
   }
   const std::string& bytes = request.hidden();
-  if (bytes.size() % sizeof(float) != 0 ||
-      (request.rows() > 0 && request.hidden_size() > 0 &&
-       static_cast<int64_t>(bytes.size()) !=
-           request.rows() * request.hidden_size() * static_cast<int64_t>(sizeof(float)))) {
-    return absl::InvalidArgumentError(absl::StrCat("PushHidden: ", bytes.size(),
-                                                   " bytes do not hold ", request.rows(), " x ",
-                                                   request.hidden_size(), " floats"));
+  if (request.error_code() != 0) {
+    if (request.error_code() < 1 || request.error_code() > 16 || !bytes.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PushHidden: error_code ", request.error_code(),
+                       " must be a status code in [1, 16], with no hidden rows"));
+    }
+    const std::string message = request.error_message().substr(0, kMaxForwardedErrorBytes);
+    return inbox.Put(request.step_id(),
+                     absl::Status(static_cast<absl::StatusCode>(request.error_code()),
+                                  absl::StrCat("stage ", request.from_stage(), ": ", message)));
+  }
+  const int64_t row_bytes = int64_t{bounds.hidden_size} * static_cast<int64_t>(sizeof(float));
+  const int64_t size = static_cast<int64_t>(bytes.size());
+  if (row_bytes <= 0 || size == 0 || size % row_bytes != 0 ||
+      (request.hidden_size() != 0 && request.hidden_size() != bounds.hidden_size) ||
+      (request.rows() != 0 && request.rows() != size / row_bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PushHidden: ", size, " bytes (rows ", request.rows(), ", hidden_size ",
+                     request.hidden_size(), ") are not whole rows of this model's ",
+                     bounds.hidden_size, " floats"));
+  }
+  if (size / row_bytes > bounds.max_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("PushHidden: ", size / row_bytes,
+                                                   " rows is outside [1, ", bounds.max_rows,
+                                                   "] (--max-step-tokens)"));
   }
   std::vector<float> rows(bytes.size() / sizeof(float));
-  if (!rows.empty()) std::memcpy(rows.data(), bytes.data(), bytes.size());
-  inbox.Put(request.step_id(), std::move(rows));
-  return absl::OkStatus();
+  std::memcpy(rows.data(), bytes.data(), bytes.size());
+  return inbox.Put(request.step_id(), std::move(rows));
 }
 
 }  // namespace xkv

@@ -4,6 +4,8 @@
 #ifndef XKV_WORKER_GRPC_STAGE_LINK_H_
 #define XKV_WORKER_GRPC_STAGE_LINK_H_
 
+#include <grpcpp/security/credentials.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +22,8 @@ struct GrpcStageLinkOptions {
   int stage_index = 0;       // reported to the next stage (PushHiddenRequest::from_stage)
   int hidden_size = 0;       // floats per row (for the rows / hidden_size fields); 0 = unknown
   absl::Duration send_timeout = absl::Seconds(30);
+  // Mutual TLS to the next worker (null: plaintext, for workers on loopback or --insecure).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 class GrpcStageLink : public StageLink {
@@ -40,9 +44,20 @@ class GrpcStageLink : public StageLink {
   std::unique_ptr<xkv::v1::Worker::Stub> next_;  // null for the last stage
 };
 
-// The PushHidden handler's half: rows (or the sender's error) into `inbox`. INVALID_ARGUMENT when
-// the byte count does not match rows * hidden_size floats.
-absl::Status DeliverPushedHidden(const xkv::v1::PushHiddenRequest& request, HiddenMailbox& inbox);
+// What the receiving stage accepts from PushHidden.
+struct PushBounds {
+  int hidden_size = 0;          // floats per row: the stage's model
+  int64_t max_rows = 0;         // rows of one step (--max-step-tokens)
+  int expected_from_stage = 0;  // the previous stage's index
+};
+
+// The PushHidden handler's half: rows (or the sender's error) into `inbox`, validated first
+// (nothing is delivered on error): INVALID_ARGUMENT when from_stage is not the previous stage, the
+// bytes are not whole rows of hidden_size floats (or disagree with rows / hidden_size when set),
+// there are more than max_rows rows, or an error carries an unknown code or rows; a forwarded
+// error's text is cut to kMaxForwardedErrorBytes.
+absl::Status DeliverPushedHidden(const xkv::v1::PushHiddenRequest& request,
+                                 const PushBounds& bounds, HiddenMailbox& inbox);
 
 }  // namespace xkv
 

@@ -8,15 +8,13 @@ absl::Status InProcessStageLink::Send(uint64_t step_id, absl::Span<const float> 
   if (outbox_ == nullptr) {
     return absl::FailedPreconditionError("stage link: the last stage has no next stage");
   }
-  outbox_->Put(step_id, std::vector<float>(hidden.begin(), hidden.end()));
-  return absl::OkStatus();
+  return outbox_->Put(step_id, std::vector<float>(hidden.begin(), hidden.end()));
 }
 
 absl::Status InProcessStageLink::SendError(uint64_t step_id, const absl::Status& error) {
   if (outbox_ == nullptr) return absl::OkStatus();
-  outbox_->Put(step_id,
-               error.ok() ? absl::InternalError("stage link: error without a code") : error);
-  return absl::OkStatus();
+  return outbox_->Put(step_id,
+                      error.ok() ? absl::InternalError("stage link: error without a code") : error);
 }
 
 absl::StatusOr<std::vector<float>> InProcessStageLink::Receive(uint64_t step_id,

@@ -96,4 +96,18 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadStageEngine(const StageOptions&
   return LoadCpu(options, *file, config);
 }
 
+absl::Status CheckStageKvPool(const StageOptions& options) {
+  ASSIGN_OR_RETURN(const int device, ParseStageDevice(options.device));
+  if (device >= 0 || options.max_kv_bytes <= 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(options.model_path));
+  ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(*file));
+  const int end = options.layer_end < 0 ? config.n_layers : options.layer_end;
+  if (options.layer_begin < 0 || end <= options.layer_begin || end > config.n_layers) {
+    return absl::OkStatus();  // the load refuses the range itself
+  }
+  const int64_t block_bytes =
+      int64_t{options.block_tokens} * config.KvBytesPerTokenPerLayer(sizeof(float));
+  return KvPoolCapacities(options, end - options.layer_begin, block_bytes).status();
+}
+
 }  // namespace xkv

@@ -16,6 +16,11 @@ absl::StatusOr<int> ParseStageDevice(const std::string& device);
 
 absl::StatusOr<std::unique_ptr<StageEngine>> LoadStageEngine(const StageOptions& options);
 
+// Before anything is loaded: the KV pool `options` asks for fits options.max_kv_bytes, from the
+// model file's header (a CPU stage's fp32 K and V). OK for a CUDA stage, whose engine sizes its
+// pool against the device's memory.
+absl::Status CheckStageKvPool(const StageOptions& options);
+
 }  // namespace xkv
 
 #endif  // XKV_WORKER_STAGE_ENGINE_FACTORY_H_

@@ -17,8 +17,8 @@ namespace {
 
 double MsSince(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
 
-absl::StatusOr<std::vector<int64_t>> Capacities(const StageOptions& o, int num_layers,
-                                                int64_t block_bytes) {
+absl::StatusOr<std::vector<int64_t>> RawCapacities(const StageOptions& o, int num_layers,
+                                                   int64_t block_bytes) {
   if (!o.layer_capacity_blocks.empty()) {
     if (static_cast<int>(o.layer_capacity_blocks.size()) != num_layers) {
       return absl::InvalidArgumentError(absl::StrCat("stage: ", o.layer_capacity_blocks.size(),
@@ -39,6 +39,24 @@ absl::StatusOr<std::vector<int64_t>> Capacities(const StageOptions& o, int num_l
   return std::vector<int64_t>(num_layers, per_layer);
 }
 
+// The pool's blocks of every layer, within o.max_kv_bytes in all.
+absl::Status CheckPoolBytes(const StageOptions& o, const std::vector<int64_t>& caps,
+                            int64_t block_bytes) {
+  if (o.max_kv_bytes <= 0 || block_bytes <= 0) return absl::OkStatus();
+  const int64_t max_blocks = o.max_kv_bytes / block_bytes;
+  int64_t total = 0;
+  for (int64_t c : caps) {
+    if (c > max_blocks - total) {  // negative capacities: BlockPool::Create refuses them
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "stage: the KV pool asks for more than ", max_blocks, " blocks of ", block_bytes,
+          " bytes over the stage's ", caps.size(), " layers, beyond this worker's bound of ",
+          o.max_kv_bytes, " bytes (its memory, or --max-kv-bytes)"));
+    }
+    total += std::max<int64_t>(c, 0);
+  }
+  return absl::OkStatus();
+}
+
 bool NeedsScores(const PolicyOptions& policy) {
   return policy.kind != PolicyKind::kFull && SelectionFor(policy) == SelectionRule::kTopScore;
 }
@@ -51,6 +69,13 @@ const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& o, int num_layers,
+                                                      int64_t block_bytes) {
+  ASSIGN_OR_RETURN(std::vector<int64_t> caps, RawCapacities(o, num_layers, block_bytes));
+  RETURN_IF_ERROR(CheckPoolBytes(o, caps, block_bytes));
+  return caps;
+}
 
 // One step in flight.
 struct StageExecutor::Run {
@@ -108,7 +133,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
   const int num_layers = o.layer_end - o.layer_begin;
   const int64_t block_bytes = int64_t{o.block_tokens} * engine->kv_bytes_per_token();
-  ASSIGN_OR_RETURN(std::vector<int64_t> caps, Capacities(o, num_layers, block_bytes));
+  ASSIGN_OR_RETURN(std::vector<int64_t> caps, KvPoolCapacities(o, num_layers, block_bytes));
   ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, std::move(caps),
                                                       o.block_tokens, block_bytes}));
   return std::unique_ptr<StageExecutor>(

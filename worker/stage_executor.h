@@ -59,6 +59,8 @@ struct StageOptions {
   std::vector<int64_t> layer_capacity_blocks;
   int64_t kv_capacity_blocks = 0;
   int64_t kv_capacity_bytes = 0;
+  // Bound on the pool (all layers, bytes; 0: none): RESOURCE_EXHAUSTED for a larger capacity.
+  int64_t max_kv_bytes = 0;
   ImportanceOptions importance;
   absl::Duration link_timeout = absl::Seconds(30);  // default wait for the previous stage
 };
@@ -172,6 +174,11 @@ struct StageStatus {
   std::string device;
   std::string model_path;
 };
+
+// The pool's blocks per layer for `options` (kv_capacity_* / layer_capacity_blocks, else
+// kDefaultBlocksPerLayer): RESOURCE_EXHAUSTED when they exceed options.max_kv_bytes in all.
+absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& options, int num_layers,
+                                                      int64_t block_bytes);
 
 class StageExecutor {
  public:

@@ -1,10 +1,15 @@
 #include "worker/worker_convert.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "worker/host_memory.h"
+#include "worker/model_path.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
@@ -34,11 +39,33 @@ absl::StatusOr<SequenceMode> ModeFromProto(xkv::v1::SequenceMode m) {
   }
 }
 
-absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p) {
+// `value` in [lo, hi], or INVALID_ARGUMENT naming `field`, the value and the range (`why`).
+absl::Status CheckRange(const std::string& field, int64_t value, int64_t lo, int64_t hi,
+                        const std::string& why = "") {
+  if (value >= lo && value <= hi) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " ", value, " is outside [", lo, ", ", hi,
+                                                 "]", why.empty() ? "" : " (", why,
+                                                 why.empty() ? "" : ")"));
+}
+
+absl::Status CheckLinkTimeout(int64_t ms) {
+  return CheckRange("link_timeout_ms", ms, 0, absl::ToInt64Milliseconds(kMaxLinkTimeout),
+                    "0: the stage's default");
+}
+
+absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p, int index,
+                                                const StepBounds& bounds) {
+  const std::string field = absl::StrCat("sequences[", index, "].");
+  const int64_t ctx = bounds.context_length;
+  const std::string why = absl::StrCat("the model's context length is ", ctx);
+  RETURN_IF_ERROR(CheckRange(field + "tokens size", p.tokens_size(), 0, ctx, why));
   StageSequence s;
   s.seq_id = p.seq_id();
+  s.n_new = p.n_new() != 0 ? p.n_new() : static_cast<int64_t>(p.tokens_size());
+  RETURN_IF_ERROR(CheckRange(field + "n_new", s.n_new, 1, ctx, why));
+  RETURN_IF_ERROR(CheckRange(field + "position", p.position(), 0, ctx - s.n_new,
+                             absl::StrCat(why, " and n_new is ", s.n_new)));
   s.tokens.assign(p.tokens().begin(), p.tokens().end());
-  s.n_new = p.n_new() > 0 ? p.n_new() : static_cast<int64_t>(p.tokens_size());
   s.position = p.position();
   s.new_sequence = p.new_sequence();
   ASSIGN_OR_RETURN(s.mode, ModeFromProto(p.mode()));
@@ -50,7 +77,7 @@ absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p) 
   s.return_logits = p.return_logits();
   s.return_scores = p.return_scores();
   if (p.has_compact()) {
-    ASSIGN_OR_RETURN(s.compact, CompactSpecFromProto(p.compact()));
+    ASSIGN_OR_RETURN(s.compact, CompactSpecFromProto(p.compact(), ctx));
   }
   return s;
 }
@@ -88,39 +115,99 @@ absl::StatusOr<StageOptions> StageOptionsFromProto(const xkv::v1::LoadStageReque
     return absl::InvalidArgumentError("numerics '" + r.numerics() +
                                       "' is not one of \"ggml\", \"exact\", \"bf16\"");
   }
+  RETURN_IF_ERROR(CheckRange("block_tokens", r.block_tokens(), 0, kMaxBlockTokens, "0: 16"));
   o.block_tokens = r.block_tokens() > 0 ? r.block_tokens() : 16;
+  RETURN_IF_ERROR(CheckRange("kv_capacity_blocks", r.kv_capacity_blocks(), 0, kMaxCapacityBlocks));
+  RETURN_IF_ERROR(CheckRange("kv_capacity_bytes", r.kv_capacity_bytes(), 0, kMaxCapacityBytes));
+  if (r.layer_capacity_blocks_size() != 0 &&
+      r.layer_capacity_blocks_size() != r.layer_end() - r.layer_begin()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer_capacity_blocks has ",
+                                                   r.layer_capacity_blocks_size(), " entries for ",
+                                                   r.layer_end() - r.layer_begin(), " layers"));
+  }
+  for (int i = 0; i < r.layer_capacity_blocks_size(); ++i) {
+    RETURN_IF_ERROR(CheckRange(absl::StrCat("layer_capacity_blocks[", i, "]"),
+                               r.layer_capacity_blocks(i), 0, kMaxCapacityBlocks));
+  }
   o.layer_capacity_blocks.assign(r.layer_capacity_blocks().begin(),
                                  r.layer_capacity_blocks().end());
   o.kv_capacity_blocks = r.kv_capacity_blocks();
   o.kv_capacity_bytes = r.kv_capacity_bytes();
+  if (r.num_stages() != 0 || r.stage_index() != 0) {
+    // Every stage holds at least one layer: stage_index <= layer_begin.
+    RETURN_IF_ERROR(CheckRange("num_stages", r.num_stages(), 1, kMaxStages));
+    RETURN_IF_ERROR(CheckRange("stage_index", r.stage_index(), 0,
+                               std::min(r.num_stages() - 1, r.layer_begin()),
+                               "below num_stages and at most layer_begin"));
+  }
+  RETURN_IF_ERROR(CheckRange("importance.window", r.importance().window(), 0, kMaxImportanceWindow,
+                             "0: default"));
+  RETURN_IF_ERROR(CheckRange("importance.pool_kernel", r.importance().pool_kernel(), 0,
+                             kMaxImportanceWindow - 1, "odd; 0: default"));
+  if (r.importance().pool_kernel() % 2 == 0 && r.importance().pool_kernel() != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("importance.pool_kernel ", r.importance().pool_kernel(), " is not odd"));
+  }
   if (r.importance().window() > 0) o.importance.window = r.importance().window();
   if (r.importance().pool_kernel() > 0) o.importance.pool_kernel = r.importance().pool_kernel();
   ASSIGN_OR_RETURN(o.importance.granularity, GranularityFromProto(r.importance().granularity()));
+  RETURN_IF_ERROR(CheckLinkTimeout(r.link_timeout_ms()));
   if (r.link_timeout_ms() > 0) o.link_timeout = absl::Milliseconds(r.link_timeout_ms());
   return o;
 }
 
-absl::StatusOr<StageCompactSpec> CompactSpecFromProto(const xkv::v1::CompactSpec& p) {
+absl::Status ApplyWorkerLimits(const WorkerLimits& limits, StageOptions* options) {
+  ASSIGN_OR_RETURN(options->model_path, ResolveModelPath(limits.model_dir, options->model_path));
+  // Unset: the host's memory bounds a CPU stage's pool; a CUDA engine bounds its own on the device.
+  ASSIGN_OR_RETURN(const int device, ParseStageDevice(options->device));
+  options->max_kv_bytes = limits.max_kv_bytes > 0 ? limits.max_kv_bytes
+                          : device < 0            ? HostMemoryBytes()
+                                                  : 0;
+  return CheckStageKvPool(*options);
+}
+
+absl::StatusOr<StageCompactSpec> CompactSpecFromProto(const xkv::v1::CompactSpec& p,
+                                                      int64_t context_length) {
   StageCompactSpec s;
   const std::string name = p.selection().policy().empty() ? "xkv" : p.selection().policy();
   ASSIGN_OR_RETURN(s.policy.kind, ParsePolicy(name));
+  const std::string why = absl::StrCat("the model's context length is ", context_length);
+  RETURN_IF_ERROR(CheckRange("compact.selection.sink_tokens", p.selection().sink_tokens(), 0,
+                             context_length, why));
   if (p.selection().sink_tokens() > 0) s.policy.sink_tokens = p.selection().sink_tokens();
-  for (const xkv::v1::LayerBudget& b : p.budgets())
+  for (const xkv::v1::LayerBudget& b : p.budgets()) {
+    RETURN_IF_ERROR(CheckRange(absl::StrCat("compact.budgets (layer ", b.layer(), ").kept_prefix"),
+                               b.kept_prefix(), 0, context_length, why));
     s.budgets.push_back({b.layer(), b.kept_prefix()});
+  }
   return s;
 }
 
-absl::StatusOr<StageStep> StepFromProto(const xkv::v1::StepRequest& r) {
+absl::StatusOr<StageStep> StepFromProto(const xkv::v1::StepRequest& r, const StepBounds& bounds) {
   StageStep step;
   step.step_id = r.step_id();
   step.dry_run = r.dry_run();
-  if (r.link_timeout_ms() < 0) return absl::InvalidArgumentError("link_timeout_ms < 0");
+  RETURN_IF_ERROR(CheckLinkTimeout(r.link_timeout_ms()));
   step.link_timeout = absl::Milliseconds(r.link_timeout_ms());
-  for (const xkv::v1::StepSequence& p : r.sequences()) {
-    ASSIGN_OR_RETURN(StageSequence s, SequenceFromProto(p));
+  const std::string why =
+      absl::StrCat("at most ", bounds.max_step_tokens, " tokens per step on this worker");
+  RETURN_IF_ERROR(CheckRange("sequences size", r.sequences_size(), 1, bounds.max_step_tokens, why));
+  int64_t tokens = 0;  // each n_new <= context_length: no overflow
+  for (int i = 0; i < r.sequences_size(); ++i) {
+    ASSIGN_OR_RETURN(StageSequence s, SequenceFromProto(r.sequences(i), i, bounds));
+    tokens += s.n_new;
+    if (tokens > bounds.max_step_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("the step's sequences carry more than ",
+                                                     bounds.max_step_tokens, " new tokens (", why,
+                                                     ", --max-step-tokens)"));
+    }
     step.sequences.push_back(std::move(s));
   }
   return step;
+}
+
+StepBounds StepBoundsOf(const StageExecutor& stage, int64_t max_step_tokens) {
+  return {stage.config().context_length, max_step_tokens};
 }
 
 void ModelInfoToProto(const ModelConfig& c, xkv::v1::ModelInfo* out) {

@@ -2,6 +2,7 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 
+#include <algorithm>
 #include <limits>
 #include <utility>
 
@@ -53,13 +54,29 @@ absl::StatusOr<NcclLinkConfig> NcclConfigFromRequest(const xkv::v1::LoadStageReq
 #endif
 }
 
+HiddenMailboxOptions MailboxOptions(const WorkerLimits& limits) {
+  HiddenMailboxOptions o;
+  o.max_pending = static_cast<size_t>(std::max(limits.max_pending_steps, 1));
+  o.max_delivery_bytes = limits.max_message_bytes;
+  o.max_pending_bytes = 2 * limits.max_message_bytes;  // two whole steps in flight
+  o.ttl = limits.pending_ttl;
+  return o;
+}
+
 }  // namespace
 
-WorkerService::WorkerService(const WorkerServiceOptions& options) : options_(options) {}
+WorkerService::WorkerService(const WorkerServiceOptions& options)
+    : options_(options), inbox_(std::make_shared<HiddenMailbox>(MailboxOptions(options.limits))) {}
 
 std::shared_ptr<StageExecutor> WorkerService::executor() const {
   absl::MutexLock lock(&mu_);
   return executor_;
+}
+
+absl::StatusOr<std::shared_ptr<StageExecutor>> WorkerService::LoadedFor(
+    const grpc::ServerContext* context, Caller caller) const {
+  RETURN_IF_ERROR(CheckPeer(context, caller));
+  return Loaded();
 }
 
 absl::StatusOr<std::shared_ptr<StageExecutor>> WorkerService::Loaded() const {
@@ -72,9 +89,30 @@ absl::StatusOr<std::shared_ptr<StageExecutor>> WorkerService::Loaded() const {
   return executor_;
 }
 
-void WorkerService::set_health(grpc::HealthCheckServiceInterface* health) {
-  health_ = health;
+void WorkerService::add_health(grpc::HealthCheckServiceInterface* health) {
+  if (health == nullptr) return;
+  health_.push_back(health);
   SetServing(executor() != nullptr);
+}
+
+absl::Status WorkerService::CheckPeer(const grpc::ServerContext* context, Caller caller) const {
+  if (options_.link_credentials == nullptr) return absl::OkStatus();  // plaintext worker
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError(
+        "worker: this worker serves only peers with a certificate from its CA (mutual TLS)");
+  }
+  if (caller == Caller::kAnyPeer || options_.control_peer.empty()) return absl::OkStatus();
+  for (const char* property : {"x509_common_name", "x509_subject_alternative_name"}) {
+    for (const grpc::string_ref& name : auth->FindPropertyValues(property)) {
+      if (absl::string_view(name.data(), name.size()) == options_.control_peer) {
+        return absl::OkStatus();
+      }
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "worker: only the coordinator (a certificate naming '", options_.control_peer,
+      "', --tls-control-peer) may control this stage; other peers may only push hidden rows"));
 }
 
 void WorkerService::Close() {
@@ -88,9 +126,10 @@ void WorkerService::Close() {
 }
 
 void WorkerService::SetServing(bool serving) {
-  if (health_ == nullptr) return;
-  health_->SetServingStatus(serving);
-  health_->SetServingStatus(kHealthServiceName, serving);
+  for (grpc::HealthCheckServiceInterface* health : health_) {
+    health->SetServingStatus(serving);
+    health->SetServingStatus(kHealthServiceName, serving);
+  }
 }
 
 absl::StatusOr<std::unique_ptr<StageLink>> WorkerService::MakeLink(
@@ -101,6 +140,7 @@ absl::StatusOr<std::unique_ptr<StageLink>> WorkerService::MakeLink(
     link.next_address = request.next_stage();
     link.stage_index = request.stage_index();
     link.send_timeout = options.link_timeout;
+    link.credentials = options_.link_credentials;
     return std::make_unique<GrpcStageLink>(inbox_, link);
   }
 #if defined(XKV_WITH_NCCL)
@@ -137,6 +177,7 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
   if (WantsNcclLink(request)) {
     ASSIGN_OR_RETURN(nccl, NcclConfigFromRequest(request, options_.device));
   }
+  RETURN_IF_ERROR(ApplyWorkerLimits(options_.limits, &options));
   // The new stage replaces the old one only when it loaded; either way old sequences are gone
   // (and, with NCCL, the old communicator before the new one is joined).
   SetServing(false);
@@ -156,6 +197,17 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
   if (!nccl.has_value() && !stage->is_last() && request.next_stage().empty()) {
     return absl::InvalidArgumentError("worker: a stage before the last needs next_stage");
   }
+  // One PushHidden of a whole step must pass this server's receive limit.
+  const int64_t step_bytes =
+      options_.limits.max_step_tokens * stage->config().hidden * int64_t{sizeof(float)};
+  if (!nccl.has_value() && !stage->is_first() &&
+      step_bytes > options_.limits.max_message_bytes - kMessageOverheadBytes) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker: a step of --max-step-tokens ", options_.limits.max_step_tokens,
+                     " rows of this model's ", stage->config().hidden, " floats is ", step_bytes,
+                     " bytes, above the message limit of ", options_.limits.max_message_bytes,
+                     " bytes: raise --max-message-mb or lower --max-step-tokens"));
+  }
   ModelInfoToProto(stage->config(), response->mutable_model());
   response->set_weight_bytes(stage->weight_bytes());
   int64_t capacity = 0;
@@ -171,9 +223,12 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
   return absl::OkStatus();
 }
 
-grpc::Status WorkerService::LoadStage(grpc::ServerContext*,
+grpc::Status WorkerService::LoadStage(grpc::ServerContext* context,
                                       const xkv::v1::LoadStageRequest* request,
                                       xkv::v1::LoadStageResponse* response) {
+  if (absl::Status peer = CheckPeer(context, Caller::kCoordinator); !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   absl::MutexLock load_lock(&load_mu_);
   absl::Status s = DoLoad(*request, response);
   {
@@ -184,11 +239,12 @@ grpc::Status WorkerService::LoadStage(grpc::ServerContext*,
   return ToGrpcStatus(s);
 }
 
-grpc::Status WorkerService::Step(grpc::ServerContext*, const xkv::v1::StepRequest* request,
+grpc::Status WorkerService::Step(grpc::ServerContext* context, const xkv::v1::StepRequest* request,
                                  xkv::v1::StepResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  absl::StatusOr<StageStep> step = StepFromProto(*request);
+  absl::StatusOr<StageStep> step =
+      StepFromProto(*request, StepBoundsOf(**stage, options_.limits.max_step_tokens));
   if (!step.ok()) return ToGrpcStatus(step.status());
   absl::StatusOr<StageStepResult> result = (*stage)->Step(*step);
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -196,11 +252,13 @@ grpc::Status WorkerService::Step(grpc::ServerContext*, const xkv::v1::StepReques
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::Compact(grpc::ServerContext*, const xkv::v1::CompactRequest* request,
+grpc::Status WorkerService::Compact(grpc::ServerContext* context,
+                                    const xkv::v1::CompactRequest* request,
                                     xkv::v1::CompactResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  absl::StatusOr<StageCompactSpec> spec = CompactSpecFromProto(request->compact());
+  absl::StatusOr<StageCompactSpec> spec =
+      CompactSpecFromProto(request->compact(), (*stage)->config().context_length);
   if (!spec.ok()) return ToGrpcStatus(spec.status());
   absl::StatusOr<StageCompactResult> result = (*stage)->Compact(request->seq_id(), *spec);
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -210,9 +268,10 @@ grpc::Status WorkerService::Compact(grpc::ServerContext*, const xkv::v1::Compact
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::Release(grpc::ServerContext*, const xkv::v1::ReleaseRequest* request,
+grpc::Status WorkerService::Release(grpc::ServerContext* context,
+                                    const xkv::v1::ReleaseRequest* request,
                                     xkv::v1::ReleaseResponse* response) {
-  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
   std::vector<uint64_t> ids(request->seq_ids().begin(), request->seq_ids().end());
   response->set_released((*stage)->Release(ids));
@@ -220,14 +279,23 @@ grpc::Status WorkerService::Release(grpc::ServerContext*, const xkv::v1::Release
   return grpc::Status::OK;
 }
 
-grpc::Status WorkerService::PushHidden(grpc::ServerContext*,
+grpc::Status WorkerService::PushHidden(grpc::ServerContext* context,
                                        const xkv::v1::PushHiddenRequest* request,
                                        xkv::v1::PushHiddenResponse*) {
-  return ToGrpcStatus(DeliverPushedHidden(*request, *inbox_));
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kAnyPeer);
+  if (!stage.ok()) return ToGrpcStatus(stage.status());
+  PushBounds bounds;
+  bounds.hidden_size = (*stage)->config().hidden;
+  bounds.max_rows = options_.limits.max_step_tokens;
+  bounds.expected_from_stage = (*stage)->options().stage_index - 1;
+  return ToGrpcStatus(DeliverPushedHidden(*request, bounds, *inbox_));
 }
 
-grpc::Status WorkerService::Status(grpc::ServerContext*, const xkv::v1::StatusRequest*,
+grpc::Status WorkerService::Status(grpc::ServerContext* context, const xkv::v1::StatusRequest*,
                                    xkv::v1::StatusResponse* response) {
+  if (absl::Status peer = CheckPeer(context, Caller::kCoordinator); !peer.ok()) {
+    return ToGrpcStatus(peer);
+  }
   std::shared_ptr<StageExecutor> stage = executor();
   if (stage == nullptr) {
     absl::MutexLock lock(&mu_);
@@ -261,16 +329,38 @@ absl::StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Start(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<WorkerServer> s(new WorkerServer());
   s->service_ = std::make_unique<WorkerService>(options.service);
+  const int64_t max_message = options.service.limits.max_message_bytes;
+  if (max_message < kMessageOverheadBytes || max_message > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("worker: the message limit ", max_message,
+                                                   " is outside [", kMessageOverheadBytes, ", ",
+                                                   std::numeric_limits<int>::max(), "] bytes"));
+  }
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
-  builder.SetMaxReceiveMessageSize(std::numeric_limits<int>::max());
+  builder.AddListeningPort(
+      options.listen,
+      options.credentials != nullptr ? options.credentials : grpc::InsecureServerCredentials(),
+      &s->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message));
   builder.SetMaxSendMessageSize(std::numeric_limits<int>::max());
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("worker: cannot listen on ", options.listen));
   }
-  s->service_->set_health(s->server_->GetHealthCheckService());
+  s->service_->add_health(s->server_->GetHealthCheckService());
+  if (!options.health_listen.empty()) {
+    grpc::ServerBuilder health;
+    health.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                            &s->health_port_);
+    health.SetMaxReceiveMessageSize(4096);
+    s->health_server_ = health.BuildAndStart();
+    if (s->health_server_ == nullptr || s->health_port_ == 0) {
+      s->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("worker: cannot listen on ", options.health_listen, " (health)"));
+    }
+    s->service_->add_health(s->health_server_->GetHealthCheckService());
+  }
   return s;
 }
 
@@ -280,6 +370,7 @@ void WorkerServer::Shutdown() {
   if (server_ == nullptr) return;
   service_->Close();  // wakes steps waiting for hidden rows
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  if (health_server_ != nullptr) health_server_->Shutdown();
 }
 
 void WorkerServer::Wait() {

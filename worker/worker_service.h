@@ -1,6 +1,9 @@
 // The internal xkv.v1.Worker gRPC service: a thin adapter over StageExecutor (validate the proto →
 // StageExecutor structs → core call → one status-mapping helper), plus WorkerServer, which runs it
 // with gRPC health checking (NOT_SERVING until a stage is loaded) and server reflection.
+// Every input is bounded at the edge (WorkerLimits: model_path inside --model-dir, link timeouts,
+// n_new / positions against the context length, KV pool against memory, hidden-row deliveries),
+// and with mutual TLS only verified peers are served.
 // LoadStage builds the stage's data plane: a GrpcStageLink (PushHidden), or, when the request
 // carries an NCCL unique id, an NcclStageLink (CUDA workers of an NCCL build; UNIMPLEMENTED
 // elsewhere). A broken NCCL link makes Status report STAGE_HEALTH_FAILED, so the coordinator
@@ -15,12 +18,14 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "worker/hidden_mailbox.h"
 #include "worker/nccl_link_config.h"
 #include "worker/stage_executor.h"
+#include "worker/worker_limits.h"
 #include "xkv/v1/worker.grpc.pb.h"
 
 namespace xkv {
@@ -28,6 +33,14 @@ namespace xkv {
 struct WorkerServiceOptions {
   std::string device = "cpu";
   int num_threads = 1;
+  WorkerLimits limits;
+  // Set (mutual TLS): every call must come from a peer whose certificate verified
+  // (UNAUTHENTICATED otherwise), and the stage link dials the next worker with these credentials.
+  std::shared_ptr<grpc::ChannelCredentials> link_credentials;
+  // Non-empty, with mutual TLS: LoadStage, Step, Compact, Release and Status only from a peer
+  // whose certificate names it (common name or DNS subject alternative name), PERMISSION_DENIED
+  // for others (e.g. another worker: it may only PushHidden).
+  std::string control_peer;
 };
 
 class WorkerService final : public xkv::v1::Worker::Service {
@@ -37,9 +50,10 @@ class WorkerService final : public xkv::v1::Worker::Service {
 
   explicit WorkerService(const WorkerServiceOptions& options);
 
-  // Where SERVING / NOT_SERVING is reported (may be null; set before the first LoadStage).
-  // Reports the current state at once (NOT_SERVING until a stage is loaded).
-  void set_health(grpc::HealthCheckServiceInterface* health);
+  // Where SERVING / NOT_SERVING is reported (the Worker server's and the plaintext health-only
+  // server's; add them before the first LoadStage). Reports the current state at once
+  // (NOT_SERVING until a stage is loaded).
+  void add_health(grpc::HealthCheckServiceInterface* health);
   // Shutting down: steps waiting for hidden rows (gRPC mailbox or NCCL link) fail with
   // UNAVAILABLE.
   void Close();
@@ -62,6 +76,11 @@ class WorkerService final : public xkv::v1::Worker::Service {
 
  private:
   absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded() const;
+  // Who may make a call: the coordinator (control), or also the previous stage (PushHidden).
+  enum class Caller { kCoordinator, kAnyPeer };
+  // CheckPeer, then Loaded.
+  absl::StatusOr<std::shared_ptr<StageExecutor>> LoadedFor(const grpc::ServerContext* context,
+                                                           Caller caller) const;
   absl::Status DoLoad(const xkv::v1::LoadStageRequest& request,
                       xkv::v1::LoadStageResponse* response);
   // The stage's data plane: NCCL when `nccl` is set (joins the communicator), else gRPC.
@@ -69,10 +88,13 @@ class WorkerService final : public xkv::v1::Worker::Service {
                                                       const StageOptions& options,
                                                       const std::optional<NcclLinkConfig>& nccl);
   void SetServing(bool serving);
+  // OK for a call this worker accepts: from a verified peer when it runs mutual TLS (and, for
+  // kCoordinator, one that control_peer names).
+  absl::Status CheckPeer(const grpc::ServerContext* context, Caller caller) const;
 
   const WorkerServiceOptions options_;
-  const std::shared_ptr<HiddenMailbox> inbox_ = std::make_shared<HiddenMailbox>();
-  grpc::HealthCheckServiceInterface* health_ = nullptr;
+  const std::shared_ptr<HiddenMailbox> inbox_;
+  std::vector<grpc::HealthCheckServiceInterface*> health_;
   absl::Mutex load_mu_;  // one LoadStage at a time
   mutable absl::Mutex mu_;
   std::shared_ptr<StageExecutor> executor_ ABSL_GUARDED_BY(mu_);
@@ -87,7 +109,12 @@ class WorkerService final : public xkv::v1::Worker::Service {
 };
 
 struct WorkerServerOptions {
-  std::string listen = "0.0.0.0:50061";  // host:port; port 0 picks a free one
+  std::string listen = "127.0.0.1:50061";  // host:port; port 0 picks a free one
+  // Set: the Worker server runs mutual TLS (MutualTlsServerCredentials); null: plaintext.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Non-empty: a second, plaintext server with only grpc.health.v1 (for Kubernetes gRPC probes,
+  // which cannot present a client certificate).
+  std::string health_listen;
   WorkerServiceOptions service;
 };
 
@@ -99,6 +126,7 @@ class WorkerServer {
   ~WorkerServer();
 
   int port() const { return port_; }
+  int health_port() const { return health_port_; }  // 0 without health_listen
   WorkerService& service() { return *service_; }
   void Shutdown();
   void Wait();  // until Shutdown
@@ -107,7 +135,9 @@ class WorkerServer {
   WorkerServer() = default;
   std::unique_ptr<WorkerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;
   int port_ = 0;
+  int health_port_ = 0;
 };
 
 }  // namespace xkv

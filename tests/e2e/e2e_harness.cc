@@ -272,9 +272,11 @@ Cluster::~Cluster() {
 absl::Status Cluster::StartWorker(int i, int port) {
   const std::string name =
       restarts_ == 0 ? absl::StrCat("worker", i) : absl::StrCat("worker", i, "-restart", restarts_);
-  absl::StatusOr<std::unique_ptr<ChildProcess>> p = ChildProcess::Spawn(
-      {XkvBinary(), "worker", absl::StrCat("--listen=127.0.0.1:", port), "--threads=1"}, dir_,
-      name);
+  std::vector<std::string> argv = {XkvBinary(), "worker", absl::StrCat("--listen=127.0.0.1:", port),
+                                   "--threads=1",
+                                   "--model-dir=" + ModelPath().substr(0, ModelPath().rfind('/'))};
+  argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  absl::StatusOr<std::unique_ptr<ChildProcess>> p = ChildProcess::Spawn(argv, dir_, name);
   if (!p.ok()) return p.status();
   workers_[i] = *std::move(p);
   absl::StatusOr<std::vector<int>> ports =

@@ -64,9 +64,10 @@ class ChildProcess {
 };
 
 struct ClusterOptions {
-  int workers = 2;                 // `xkv worker` processes behind an `xkv coordinator`
-  bool embedded = false;           // instead: one `xkv serve --stages workers`
-  std::vector<std::string> flags;  // extra coordinator/serve flags ("--policy=full", …)
+  int workers = 2;                        // `xkv worker` processes behind an `xkv coordinator`
+  bool embedded = false;                  // instead: one `xkv serve --stages workers`
+  std::vector<std::string> flags;         // extra coordinator/serve flags ("--policy=full", …)
+  std::vector<std::string> worker_flags;  // extra `xkv worker` flags ("--tls-cert=…", …)
   std::string admin_token = "e2e-secret";
   absl::Duration start_timeout = absl::Seconds(120);
   // The coordinator starts first (on reserved worker ports) and the workers only once it logged

@@ -7,7 +7,8 @@ fieldRef, $(VAR) expansion as the kubelet does it), with only these substitution
   - listen addresses -> 127.0.0.1:0 (ephemeral ports, read back from the processes' logs),
   - the workers' stable DNS names (xkv-worker-<i>.xkv-worker.<ns>.svc.cluster.local:PORT) ->
     127.0.0.1:<port of process i>,
-  - volume mount paths -> local folders (model PVC -> models/, Secret -> its keys as files),
+  - volume mount paths -> local folders (model PVC -> models/, Secret -> its keys as files; the
+    placeholder kubernetes.io/tls Secrets xkv-<role>-tls -> scripts/make-dev-ca's <role> files),
   - the image's /opt/xkv/bin/xkv -> $XKV_BIN,
   - the workers' --device=cuda:0 (each pod holds one GPU; ConfigMap XKV_WORKER_DEVICE) ->
     --device=cpu, since this machine has no GPU (the GPU worker itself is tested in tests/gpu).
@@ -110,6 +111,10 @@ class Pod:
                 os.makedirs(d, exist_ok=True)
                 secret = self._find("Secret", v["secret"]["secretName"])
                 for key, value in secret.get("stringData", {}).items():
+                    if secret.get("type") == "kubernetes.io/tls":  # a dev CA's, not placeholders
+                        role = re.fullmatch(r"xkv-(\w+)-tls", secret["metadata"]["name"]).group(1)
+                        with open(os.path.join(self.tmp, "certs", role, key)) as f:
+                            value = f.read()
                     with open(os.path.join(d, key), "w") as f:
                         f.write(value)
                 out[m["mountPath"]] = d
@@ -214,6 +219,9 @@ class RenderedPodsTest(unittest.TestCase):
         if not os.path.exists(MODEL):
             self.skipTest(f"no model at {MODEL} (scripts/fetch-model)")
         self.tmpdir = tempfile.TemporaryDirectory(prefix="xkv-k8s-")
+        subprocess.run([os.path.join(ROOT, "scripts", "make-dev-ca"), "--out",
+                        os.path.join(self.tmpdir.name, "certs")], check=True, timeout=60,
+                       capture_output=True)
         self.pods = []
         resources = kustomize_render.render(OVERLAY)
         self.resources = resources
@@ -239,17 +247,21 @@ class RenderedPodsTest(unittest.TestCase):
         worker_ports = []
         for w in workers:
             self.assertIn("--device=cuda:0", w.args({}))
-            args = w.start({"0.0.0.0:50061": "127.0.0.1:0", "0.0.0.0:9464": "127.0.0.1:0",
-                            "--device=cuda:0": "--device=cpu"})
+            args = w.start({"0.0.0.0:50061": "127.0.0.1:0", "0.0.0.0:50062": "127.0.0.1:0",
+                            "0.0.0.0:9464": "127.0.0.1:0", "--device=cuda:0": "--device=cpu"})
             self.assertIn("--device=cpu", args)
-            port = int(w.wait_log(r"listening on \S+ \(port (\d+)\)", START_TIMEOUT_S).group(1))
+            port = int(w.wait_log(r"listening on \S+ \(port (\d+)\), mutual TLS",
+                                  START_TIMEOUT_S).group(1))
+            health = int(w.wait_log(r"grpc.health.v1 on port (\d+)", START_TIMEOUT_S).group(1))
             worker_ports.append(port)
-            w.ports = {50061: port}
+            w.ports = {50061: port, 50062: health}
         # Unloaded workers: alive (liveness passes) but not ready (health NOT_SERVING).
         for w in workers:
             self.assertFalse(w.probe_ok(w.probes()["readinessProbe"], w.ports))
             self.assertTrue(w.probe_ok(w.probes()["livenessProbe"], w.ports))
-            self.assertEqual(health_check(f"127.0.0.1:{w.ports[50061]}"), HEALTH_NOT_SERVING)
+            self.assertEqual(health_check(f"127.0.0.1:{w.ports[50062]}"), HEALTH_NOT_SERVING)
+            # The Worker port itself serves no plaintext client (mutual TLS).
+            self.assertEqual(health_check(f"127.0.0.1:{w.ports[50061]}"), -1)
 
         coordinator = Pod(self.resources, self.dep, 0, tmp)
         self.pods.append(coordinator)

@@ -58,6 +58,7 @@ class WorkerServiceTest : public ::testing::Test {
     for (int i = 0; i < 2; ++i) {
       WorkerServerOptions o;
       o.listen = "127.0.0.1:0";
+      o.service.limits.model_dir = ::testing::TempDir();  // where WorkerModelPath() lies
       auto server = WorkerServer::Start(o);
       ASSERT_TRUE(server.ok()) << server.status();
       servers_.push_back(*std::move(server));
@@ -211,6 +212,55 @@ TEST_F(WorkerServiceTest, ErrorsMapToStatusCodesAndTheNextStageDoesNotHang) {
   xkv::v1::StepResponse response;
   EXPECT_EQ(stubs_[0]->Step(&context, request, &response).error_code(),
             grpc::StatusCode::UNAVAILABLE);
+}
+
+xkv::v1::LoadStageRequest WholeOrTail(int begin) {
+  xkv::v1::LoadStageRequest r;
+  r.set_model_path(WorkerModelPath());
+  r.set_layer_begin(begin);
+  r.set_layer_end(4);
+  r.set_is_first(begin == 0);
+  r.set_is_last(true);
+  r.set_stage_index(begin == 0 ? 0 : 1);
+  r.set_num_stages(begin == 0 ? 1 : 2);
+  r.set_kv_capacity_blocks(64);
+  return r;
+}
+
+// The plaintext health-only server (for Kubernetes probes) reports the Worker server's health and
+// serves nothing else; a stage that receives hidden rows is refused when one step of them cannot
+// pass the message limit.
+TEST(WorkerServerTest, HealthOnlyPortAndTheMessageLimit) {
+  WorkerServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.health_listen = "127.0.0.1:0";
+  o.service.limits.model_dir = ::testing::TempDir();
+  o.service.limits.max_step_tokens = 8192;  // 8192 rows of 64 floats: 2 MiB
+  o.service.limits.max_message_bytes = 1 << 20;
+  absl::StatusOr<std::unique_ptr<WorkerServer>> server = WorkerServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_GT((*server)->health_port(), 0);
+  std::shared_ptr<grpc::Channel> health = Connect((*server)->health_port());
+  EXPECT_EQ(HealthStatus(health, ""), 2);
+  auto stub = xkv::v1::Worker::NewStub(Connect((*server)->port()));
+  xkv::v1::LoadStageResponse response;
+  {
+    grpc::ClientContext context;
+    const grpc::Status s = stub->LoadStage(&context, WholeOrTail(2), &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_NE(s.error_message().find("--max-message-mb"), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(HealthStatus(health, "xkv.v1.Worker"), 2);
+  {
+    grpc::ClientContext context;  // a first stage receives no rows
+    ASSERT_TRUE(stub->LoadStage(&context, WholeOrTail(0), &response).ok());
+  }
+  EXPECT_EQ(HealthStatus(health, ""), 1);
+  EXPECT_EQ(HealthStatus(health, "xkv.v1.Worker"), 1);
+  grpc::ClientContext context;
+  xkv::v1::StatusResponse status;
+  EXPECT_EQ(xkv::v1::Worker::NewStub(health)->Status(&context, {}, &status).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
 }
 
 }  // namespace

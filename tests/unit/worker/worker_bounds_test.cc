@@ -1,0 +1,253 @@
+// Every bound of the Worker service's edge (worker_convert.cc, DeliverPushedHidden, the KV pool):
+// out-of-range values are refused with INVALID_ARGUMENT (RESOURCE_EXHAUSTED for memory) naming
+// the field, its value and the allowed range, overflow-safely, before any work.
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/unit/worker/worker_test_util.h"
+#include "worker/grpc_stage_link.h"
+#include "worker/hidden_mailbox.h"
+#include "worker/worker_convert.h"
+#include "worker/worker_limits.h"
+
+namespace xkv {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::xkv::testing::WorkerModelPath;
+
+constexpr int64_t kHuge = int64_t{1} << 62;
+constexpr StepBounds kBounds = {/*context_length=*/2048, /*max_step_tokens=*/4096};
+
+xkv::v1::StepRequest OneSequenceStep(int64_t n_new, int64_t position) {
+  xkv::v1::StepRequest r;
+  r.set_step_id(1);
+  xkv::v1::StepSequence* s = r.add_sequences();
+  s->set_seq_id(7);
+  s->set_n_new(n_new);
+  s->set_position(position);
+  return r;
+}
+
+void ExpectInvalid(const absl::Status& s, const std::string& field) {
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr(field)) << s;
+}
+
+TEST(StepBoundsTest, LinkTimeoutIsCapped) {
+  xkv::v1::StepRequest r = OneSequenceStep(1, 0);
+  r.set_link_timeout_ms(kHuge);
+  absl::StatusOr<StageStep> step = StepFromProto(r, kBounds);
+  ExpectInvalid(step.status(), "link_timeout_ms 4611686018427387904 is outside [0, 60000]");
+  r.set_link_timeout_ms(-1);
+  ExpectInvalid(StepFromProto(r, kBounds).status(), "link_timeout_ms -1");
+  r.set_link_timeout_ms(60000);
+  ASSERT_TRUE(StepFromProto(r, kBounds).ok());
+  EXPECT_EQ(StepFromProto(r, kBounds)->link_timeout, absl::Seconds(60));
+}
+
+TEST(StepBoundsTest, NewTokensAndPositionsStayInTheContext) {
+  ASSERT_TRUE(StepFromProto(OneSequenceStep(2048, 0), kBounds).ok());
+  ASSERT_TRUE(StepFromProto(OneSequenceStep(1, 2047), kBounds).ok());
+  ExpectInvalid(StepFromProto(OneSequenceStep(2049, 0), kBounds).status(),
+                "sequences[0].n_new 2049 is outside [1, 2048]");
+  ExpectInvalid(StepFromProto(OneSequenceStep(-3, 0), kBounds).status(), "n_new -3");
+  ExpectInvalid(StepFromProto(OneSequenceStep(1, 2048), kBounds).status(),
+                "sequences[0].position 2048 is outside [0, 2047]");
+  ExpectInvalid(StepFromProto(OneSequenceStep(1, -1), kBounds).status(), "position -1");
+  // Values whose sum would overflow int64 are refused, not wrapped.
+  ExpectInvalid(StepFromProto(OneSequenceStep(kHuge, kHuge), kBounds).status(), "n_new");
+  ExpectInvalid(
+      StepFromProto(OneSequenceStep(1, std::numeric_limits<int64_t>::max()), kBounds).status(),
+      "position");
+  // n_new from the tokens when unset; more tokens than the context is refused before a copy.
+  xkv::v1::StepRequest r = OneSequenceStep(0, 0);
+  for (int i = 0; i < 2049; ++i) r.mutable_sequences(0)->add_tokens(1);
+  ExpectInvalid(StepFromProto(r, kBounds).status(), "sequences[0].tokens size 2049");
+}
+
+TEST(StepBoundsTest, AStepCarriesAtMostMaxStepTokens) {
+  xkv::v1::StepRequest r;
+  ExpectInvalid(StepFromProto(r, kBounds).status(), "sequences size 0 is outside [1, 4096]");
+  for (int i = 0; i < 3; ++i) {
+    xkv::v1::StepSequence* s = r.add_sequences();
+    s->set_seq_id(i);
+    s->set_n_new(1500);
+  }
+  absl::Status s = StepFromProto(r, kBounds).status();
+  ExpectInvalid(s, "more than 4096 new tokens");
+  EXPECT_THAT(s.message(), HasSubstr("--max-step-tokens"));
+  r.mutable_sequences(2)->set_n_new(1000);
+  EXPECT_TRUE(StepFromProto(r, kBounds).ok());
+}
+
+TEST(CompactBoundsTest, BudgetsStayInTheContext) {
+  xkv::v1::CompactSpec spec;
+  spec.mutable_selection()->set_policy("snapkv");
+  xkv::v1::LayerBudget* b = spec.add_budgets();
+  b->set_layer(0);
+  b->set_kept_prefix(kHuge);
+  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "kept_prefix 4611686018427387904");
+  b->set_kept_prefix(-1);
+  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "kept_prefix -1");
+  b->set_kept_prefix(100);
+  spec.mutable_selection()->set_sink_tokens(5000);
+  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "sink_tokens 5000");
+  spec.mutable_selection()->set_sink_tokens(4);
+  EXPECT_TRUE(CompactSpecFromProto(spec, 2048).ok());
+}
+
+xkv::v1::LoadStageRequest GoodLoad() {
+  xkv::v1::LoadStageRequest r;
+  r.set_model_path(WorkerModelPath());
+  r.set_layer_begin(0);
+  r.set_layer_end(2);
+  r.set_is_first(true);
+  r.set_stage_index(0);
+  r.set_num_stages(2);
+  return r;
+}
+
+TEST(LoadBoundsTest, FieldsAreBounded) {
+  ASSERT_TRUE(StageOptionsFromProto(GoodLoad(), "cpu", 1).ok());
+  xkv::v1::LoadStageRequest r = GoodLoad();
+  r.set_link_timeout_ms(kHuge);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "link_timeout_ms");
+  r = GoodLoad();
+  r.set_block_tokens(1 << 20);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "block_tokens 1048576");
+  r = GoodLoad();
+  r.set_kv_capacity_blocks(-5);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "kv_capacity_blocks -5");
+  r = GoodLoad();
+  r.add_layer_capacity_blocks(10);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "1 entries for 2 layers");
+  r.add_layer_capacity_blocks(-1);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "layer_capacity_blocks[1] -1");
+  r = GoodLoad();
+  r.mutable_importance()->set_window(1 << 30);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "importance.window 1073741824");
+  r = GoodLoad();
+  r.mutable_importance()->set_pool_kernel(8);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "pool_kernel 8 is not odd");
+  r = GoodLoad();
+  r.set_stage_index(2);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "stage_index 2 is outside [0, 0]");
+  // A later stage of many: stage_index up to its layer_begin and below num_stages.
+  r.set_layer_begin(8);
+  r.set_layer_end(12);
+  r.set_is_first(false);
+  r.set_num_stages(8);
+  r.set_stage_index(7);
+  EXPECT_TRUE(StageOptionsFromProto(r, "cpu", 1).ok());
+  r.set_num_stages(1 << 20);
+  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "num_stages 1048576");
+}
+
+TEST(LoadBoundsTest, ModelPathOnlyFromTheModelDirectory) {
+  WorkerLimits limits;
+  limits.model_dir = ::testing::TempDir();
+  StageOptions o;
+  o.model_path = WorkerModelPath();
+  ASSERT_TRUE(ApplyWorkerLimits(limits, &o).ok());
+  EXPECT_GT(o.max_kv_bytes, 0);  // the host's memory when not configured
+  o.model_path = "/etc/passwd";
+  absl::Status s = ApplyWorkerLimits(limits, &o);
+  ExpectInvalid(s, "inside the worker's --model-dir");
+  EXPECT_THAT(s.message(), Not(HasSubstr("magic")));
+  limits.model_dir.clear();
+  o.model_path = WorkerModelPath();
+  EXPECT_EQ(ApplyWorkerLimits(limits, &o).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// The pool is checked from the model file's header, before the worker drops its current stage.
+TEST(LoadBoundsTest, TheKvPoolIsCheckedBeforeLoading) {
+  WorkerLimits limits;
+  limits.model_dir = ::testing::TempDir();
+  limits.max_kv_bytes = int64_t{1} << 30;
+  StageOptions o;
+  o.model_path = WorkerModelPath();
+  o.layer_begin = 0;
+  o.layer_end = 2;
+  o.kv_capacity_blocks = 30'000'000;
+  EXPECT_EQ(ApplyWorkerLimits(limits, &o).code(), absl::StatusCode::kResourceExhausted);
+  o.kv_capacity_blocks = 64;
+  EXPECT_TRUE(ApplyWorkerLimits(limits, &o).ok());
+  EXPECT_EQ(o.max_kv_bytes, int64_t{1} << 30);
+}
+
+TEST(KvPoolBoundsTest, APoolBeyondTheMemoryBoundIsRefusedBeforeAllocation) {
+  StageOptions o;
+  o.model_path = WorkerModelPath();
+  o.layer_begin = 0;
+  o.layer_end = 2;
+  o.kv_capacity_blocks = 30'000'000;  // the probe's attack: GBs of free lists
+  o.max_kv_bytes = int64_t{1} << 30;
+  absl::StatusOr<std::unique_ptr<StageExecutor>> stage = StageExecutor::Load(o, nullptr);
+  EXPECT_EQ(stage.status().code(), absl::StatusCode::kResourceExhausted) << stage.status();
+  EXPECT_THAT(stage.status().message(),
+              AllOf(HasSubstr("1073741824 bytes"), HasSubstr("--max-kv-bytes")));
+  // Explicit per-layer capacities whose sum overflows are refused too.
+  o.kv_capacity_blocks = 0;
+  o.layer_capacity_blocks = {std::numeric_limits<int64_t>::max(),
+                             std::numeric_limits<int64_t>::max()};
+  EXPECT_EQ(StageExecutor::Load(o, nullptr).status().code(), absl::StatusCode::kResourceExhausted);
+  o.layer_capacity_blocks = {64, 64};
+  EXPECT_TRUE(StageExecutor::Load(o, nullptr).ok());
+}
+
+PushBounds Bounds() {
+  PushBounds b;
+  b.hidden_size = 4;
+  b.max_rows = 3;
+  b.expected_from_stage = 0;
+  return b;
+}
+
+xkv::v1::PushHiddenRequest Rows(int rows) {
+  xkv::v1::PushHiddenRequest r;
+  r.set_step_id(9);
+  r.set_from_stage(0);
+  r.set_hidden(std::string(rows * 4 * sizeof(float), '\0'));
+  return r;
+}
+
+TEST(PushHiddenBoundsTest, RowsAreWholeBoundedAndFromThePreviousStage) {
+  HiddenMailbox box;
+  EXPECT_TRUE(DeliverPushedHidden(Rows(3), Bounds(), box).ok());
+  EXPECT_EQ(box.pending(), 1u);
+  ExpectInvalid(DeliverPushedHidden(Rows(4), Bounds(), box), "4 rows is outside [1, 3]");
+  ExpectInvalid(DeliverPushedHidden(Rows(0), Bounds(), box), "not whole rows");
+  xkv::v1::PushHiddenRequest r = Rows(1);
+  r.mutable_hidden()->push_back('x');
+  ExpectInvalid(DeliverPushedHidden(r, Bounds(), box), "not whole rows");
+  r = Rows(2);
+  r.set_hidden_size(2);  // 2 x 4 floats read as 4 rows of 2: not this model's rows
+  ExpectInvalid(DeliverPushedHidden(r, Bounds(), box), "hidden_size 2");
+  r = Rows(1);
+  r.set_from_stage(3);
+  ExpectInvalid(DeliverPushedHidden(r, Bounds(), box), "from_stage 3");
+  EXPECT_EQ(box.pending(), 1u);  // nothing refused was delivered
+}
+
+TEST(PushHiddenBoundsTest, ForwardedErrorsAreValidCodesWithBoundedText) {
+  HiddenMailbox box;
+  xkv::v1::PushHiddenRequest r;
+  r.set_step_id(5);
+  r.set_error_code(12345);
+  ExpectInvalid(DeliverPushedHidden(r, Bounds(), box), "error_code 12345");
+  r.set_error_code(static_cast<int>(absl::StatusCode::kUnavailable));
+  r.set_error_message(std::string(100000, 'e'));
+  ASSERT_TRUE(DeliverPushedHidden(r, Bounds(), box).ok());
+  absl::Status s = box.Take(5, absl::InfinitePast()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_LE(s.message().size(), kMaxForwardedErrorBytes + 16);
+}
+
+}  // namespace
+}  // namespace xkv
