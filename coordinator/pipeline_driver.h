@@ -64,6 +64,7 @@ class PipelineDriver {
   explicit PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages);
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
+  std::string address(size_t stage) const { return stages_[stage]->address(); }
   // Loads (or reloads) every stage with `plan`'s ranges, concurrently (all LoadStage calls are in
   // flight together: with NCCL, creating the communicator is collective and would deadlock if the
   // stages were loaded one after another). All stages' sequences are dropped. The first error

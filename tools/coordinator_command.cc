@@ -14,6 +14,7 @@
 #include "coordinator/grpc_stage_client.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
@@ -26,12 +27,14 @@ namespace {
 // retries with exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
     const CoordinatorOptions& options, const std::vector<std::string>& addresses,
-    absl::Duration wait) {
+    absl::Duration wait, absl::Duration stage_timeout) {
   const absl::Time deadline = absl::Now() + wait;
   absl::Duration backoff = absl::Milliseconds(500);
   for (int attempt = 1;; ++attempt) {
     std::vector<std::unique_ptr<StageClient>> clients;
-    for (const std::string& a : addresses) clients.push_back(MakeGrpcStageClient({a}));
+    for (const std::string& a : addresses) {
+      clients.push_back(MakeGrpcStageClient({.address = a, .step_timeout = stage_timeout}));
+    }
     absl::StatusOr<std::unique_ptr<Coordinator>> c =
         Coordinator::Start(options, std::move(clients));
     const bool retry = c.status().code() == absl::StatusCode::kUnavailable ||
@@ -52,6 +55,8 @@ int RunCoordinator(int argc, char** argv) {
   std::string workers;
   std::string data_plane = "grpc";
   int64_t wait_for_workers_s = 240;
+  double stage_timeout_s = 30;
+  LifecycleFlags lifecycle;
   FlagSet flags("coordinator",
                 "Serves xkv.v1.Generation (--listen) and xkv.v1.Admin (--admin-listen) over the "
                 "pipeline\nstages of --workers (one `xkv worker` per stage, in layer order).");
@@ -63,6 +68,11 @@ int RunCoordinator(int argc, char** argv) {
   flags.Int("wait-for-workers", &wait_for_workers_s,
             "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
             "pods may start in any order (0: fail at once)");
+  flags.Double("stage-timeout", &stage_timeout_s,
+               "seconds a pipeline step (or a compaction) may take on the workers before the "
+               "coordinator gives up on it (its requests get UNAVAILABLE); also the workers' wait "
+               "for each other's hidden rows");
+  RegisterLifecycleFlags(flags, &lifecycle);
   if (absl::Status s = flags.Parse(argc, argv, 2); !s.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -80,7 +90,15 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --wait-for-workers must be >= 0\n");
     return 2;
   }
+  if (!(stage_timeout_s > 0 && stage_timeout_s <= 3600)) {
+    std::fprintf(stderr, "xkv coordinator: --stage-timeout must be in (0, 3600] seconds\n");
+    return 2;
+  }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  if (options.ok()) {
+    options->link_timeout = absl::Seconds(stage_timeout_s);
+    if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
+  }
   if (!options.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(options.status().message()).c_str());
     return 2;
@@ -94,8 +112,8 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --data-plane: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartWithBackoff(*options, addresses, absl::Seconds(wait_for_workers_s));
+  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator = StartWithBackoff(
+      *options, addresses, absl::Seconds(wait_for_workers_s), absl::Seconds(stage_timeout_s));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n",
                  std::string(coordinator.status().message()).c_str());

@@ -1,0 +1,123 @@
+// A worker fails under load (issue 18, parts 3 and 5): kill -9 of the last stage and SIGSTOP of the
+// first. Every in-flight stream ends with UNAVAILABLE well within its deadline (a hung stage is
+// given up after --stage-timeout), grpc.health.v1 turns NOT_SERVING within seconds, Admin
+// GetClusterStatus answers within its own deadline and names the stage, new requests are refused
+// at once; once the worker is back (restarted, or SIGCONT) the service recovers by itself and
+// every stage holds exactly its idle KV blocks again (nothing leaked).
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/e2e/e2e_harness.h"
+#include "tests/e2e/e2e_prompts.h"
+
+namespace xkv::e2e {
+namespace {
+
+constexpr int kClients = 4;
+const absl::Duration kDeadline = absl::Seconds(60);
+const absl::Duration kStageTimeout = absl::Seconds(4);
+
+enum class Fault { kKill, kStop };
+
+struct Load {
+  std::vector<StreamResult> results{kClients};
+  std::vector<std::thread> threads;
+  std::atomic<int> streaming{0};
+
+  void Start(Cluster& c) {
+    for (int i = 0; i < kClients; ++i) {
+      threads.emplace_back([this, &c, i] {
+        xkv::v1::GenerateRequest r = GreedyRequest(kLongPrompt, 2000);
+        r.set_ignore_eos(true);
+        bool counted = false;
+        results[i] = Generate(c.generation(), r, kDeadline,
+                              [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
+                                if (!counted) counted = true, ++streaming;
+                              });
+      });
+    }
+  }
+  bool AllStreaming() {
+    return PollUntil([&] { return streaming.load() == kClients; }, absl::Seconds(90));
+  }
+  void Join() {
+    for (std::thread& t : threads) t.join();
+  }
+};
+
+void RunFault(Fault fault, int victim) {
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(
+      {.workers = 2,
+       .flags = {absl::StrCat("--stage-timeout=", absl::ToInt64Seconds(kStageTimeout))}});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  StreamResult healthy = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(healthy.status.ok()) << healthy.status.error_message() << c.Logs();
+  absl::StatusOr<std::vector<int64_t>> idle = IdleBlocks(c);
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  ASSERT_EQ(HealthStatus(c.address()), 1);
+
+  Load load;
+  load.Start(c);
+  const bool streaming = load.AllStreaming();
+  const absl::Time fault_at = absl::Now();
+  c.worker(victim).Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
+
+  // Health flips within a few seconds (a status check every second, each bounded by 2 s).
+  EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 2; }, absl::Seconds(8)))
+      << "grpc.health.v1 still says SERVING" << c.Logs();
+  // GetClusterStatus never waits on the dead or hung stage past the stage status deadline.
+  const absl::Time asked = absl::Now();
+  absl::StatusOr<xkv::v1::GetClusterStatusResponse> st = c.ClusterStatus();
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(5));
+  ASSERT_TRUE(st.ok()) << st.status();
+  ASSERT_EQ(st->stages_size(), 2);
+  EXPECT_EQ(st->stages(victim).health(), xkv::v1::HEALTH_STATE_UNREACHABLE);
+  // New requests are refused at once.
+  StreamResult down = Generate(c.generation(), GreedyRequest(kShortPrompt, 8), absl::Seconds(30));
+  EXPECT_EQ(down.status.error_code(), grpc::StatusCode::UNAVAILABLE) << down.status.error_message();
+  EXPECT_LT(down.elapsed, absl::Seconds(5));
+
+  load.Join();
+  ASSERT_TRUE(streaming) << "the load never streamed" << c.Logs();
+  for (int i = 0; i < kClients; ++i) {
+    SCOPED_TRACE(testing::Message() << "in-flight request " << i);
+    EXPECT_EQ(load.results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << load.results[i].status.error_code() << ": " << load.results[i].status.error_message();
+    EXPECT_GT(load.results[i].token_ids.size(), 0u);
+  }
+  // The streams ended within the stage timeout (plus a step and a status check), far inside
+  // their deadline.
+  EXPECT_LT(absl::Now() - fault_at, kStageTimeout + absl::Seconds(10));
+
+  // The worker comes back: the service recovers without help and holds no leftover blocks.
+  if (fault == Fault::kKill) {
+    ASSERT_TRUE(c.RestartWorker(victim).ok());
+  } else {
+    c.worker(victim).Signal(SIGCONT);
+  }
+  EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 1; }, absl::Seconds(60)))
+      << "the service did not turn SERVING again" << c.Logs();
+  StreamResult again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message() << c.Logs();
+  EXPECT_EQ(again.token_ids, healthy.token_ids);
+  EXPECT_TRUE(BackToIdleBlocks(c, *idle)) << c.Logs();
+}
+
+TEST(WorkerFault, KilledLastStageUnderLoad) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  RunFault(Fault::kKill, 1);
+}
+
+TEST(WorkerFault, StoppedFirstStageUnderLoad) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  RunFault(Fault::kStop, 0);
+}
+
+}  // namespace
+}  // namespace xkv::e2e
