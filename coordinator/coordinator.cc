@@ -40,8 +40,9 @@ ModelCostInputs Coordinator::CostInputs() const {
   ModelCostInputs m;
   const int L = config_.n_layers;
   m.weight_bytes.assign(L, 0);
+  const int64_t bytes_per_token = bytes_per_token_.load();
   m.kv_bytes_per_token.assign(
-      L, bytes_per_token_ > 0 ? bytes_per_token_ : config_.KvBytesPerTokenPerLayer(4));
+      L, bytes_per_token > 0 ? bytes_per_token : config_.KvBytesPerTokenPerLayer(4));
   for (const GgufTensorInfo& t : file_->tensors()) {
     const int64_t bytes = t.NumElements() * 4;  // the CPU engine holds fp32 weights
     int layer = -1;
@@ -100,7 +101,7 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
     if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
   }
   RETURN_IF_ERROR(driver_->LoadStages(plan, s));
-  const auto& states = driver_->stage_states();
+  const std::vector<StageState> states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {
     bytes_per_token_ = states[0].block_bytes / options_.block_tokens;
   }
@@ -115,6 +116,7 @@ void Coordinator::ShutdownWithGrace(absl::Duration grace) {
     if (stopping_) return;
     stopping_ = true;
   }
+  if (scheduler_ == nullptr) return;  // Start failed in Init: no thread, no request
   // Nothing new runs: the queue is emptied (the loop ends those requests) and admission stops.
   DropQueued(absl::UnavailableError(
       "the server is shutting down; retry the request (on another replica or later)"));
@@ -282,6 +284,14 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
     RETURN_IF_ERROR(ClampBudgets(seq, seq.budgets.budgets));
     seq.budgets_known = true;
     return absl::OkStatus();
+  }
+  // The solver's upper bound (every layer keeps its whole prefix) is known before any profiling:
+  // a token budget above it is refused now, not after a profiling pass.
+  const double full = static_cast<double>(config_.n_layers) * static_cast<double>(P);
+  if (seq.kv.target.kind == KvTarget::Kind::kTokens && seq.kv.target.value > full) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget_tokens ", seq.kv.target.value, " is more than the whole prompt prefix holds (",
+        config_.n_layers, " layers x ", P, " tokens = ", full, "); it must be in [0, ", full, "]"));
   }
   switch (seq.kv.profile.kind) {
     case ProfileModeKind::kPerRequest:

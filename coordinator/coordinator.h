@@ -190,7 +190,8 @@ class Coordinator {
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<int32_t> eos_tokens_;
-  int64_t bytes_per_token_ = 0;  // per layer, from the stages' block size
+  // Per layer, from the stages' block size; read by Submit threads while a reload writes it.
+  std::atomic<int64_t> bytes_per_token_{0};
   std::unique_ptr<PipelineDriver> driver_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ProfileStore> store_;  // running mean of solved budgets (the live profile)

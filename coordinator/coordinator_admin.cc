@@ -85,7 +85,7 @@ xkv::v1::GetAllocationResponse Coordinator::GetAllocation() const {
 xkv::v1::GetClusterStatusResponse Coordinator::GetClusterStatus() {
   xkv::v1::GetClusterStatusResponse r;
   std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
-  const std::vector<StageState>& states = driver_->stage_states();
+  const std::vector<StageState> states = driver_->stage_states();
   for (size_t s = 0; s < statuses.size(); ++s) {
     xkv::v1::StageStatus* out = r.add_stages();
     out->set_index(static_cast<int>(s));

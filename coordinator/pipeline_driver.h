@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,8 +71,8 @@ class PipelineDriver {
   // stages were loaded one after another). All stages' sequences are dropped. The first error
   // (lowest stage index) is returned.
   absl::Status LoadStages(const StagePlan& plan, const StageLoadSettings& settings);
-  const std::vector<StageState>& stage_states() const { return states_; }
-  const xkv::v1::ModelInfo& model_info() const { return model_; }
+  // A copy: admin calls read it while the loop thread may reload the stages.
+  std::vector<StageState> stage_states() const;
   // Per model layer: block capacity ([L]), from the loaded stages.
   std::vector<int64_t> LayerCapacityBlocks() const;
 
@@ -92,8 +93,8 @@ class PipelineDriver {
   std::vector<absl::StatusOr<T>> FanOut(F call);
 
   std::vector<std::unique_ptr<StageClient>> stages_;
-  std::vector<StageState> states_;
-  xkv::v1::ModelInfo model_;
+  mutable std::mutex mu_;
+  std::vector<StageState> states_;  // guarded by mu_
 };
 
 }  // namespace xkv

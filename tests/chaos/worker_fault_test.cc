@@ -8,6 +8,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -71,6 +72,7 @@ void RunFault(Fault fault, int victim) {
   // Health flips within a few seconds (a status check every second, each bounded by 2 s).
   EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 2; }, absl::Seconds(8)))
       << "grpc.health.v1 still says SERVING" << c.Logs();
+  const absl::Duration to_not_serving = absl::Now() - fault_at;
   // GetClusterStatus never waits on the dead or hung stage past the stage status deadline.
   const absl::Time asked = absl::Now();
   absl::StatusOr<xkv::v1::GetClusterStatusResponse> st = c.ClusterStatus();
@@ -84,6 +86,7 @@ void RunFault(Fault fault, int victim) {
   EXPECT_LT(down.elapsed, absl::Seconds(5));
 
   load.Join();
+  const absl::Duration to_unavailable = absl::Now() - fault_at;
   ASSERT_TRUE(streaming) << "the load never streamed" << c.Logs();
   for (int i = 0; i < kClients; ++i) {
     SCOPED_TRACE(testing::Message() << "in-flight request " << i);
@@ -93,7 +96,7 @@ void RunFault(Fault fault, int victim) {
   }
   // The streams ended within the stage timeout (plus a step and a status check), far inside
   // their deadline.
-  EXPECT_LT(absl::Now() - fault_at, kStageTimeout + absl::Seconds(10));
+  EXPECT_LT(to_unavailable, kStageTimeout + absl::Seconds(10));
 
   // The worker comes back: the service recovers without help and holds no leftover blocks.
   if (fault == Fault::kKill) {
@@ -101,8 +104,16 @@ void RunFault(Fault fault, int victim) {
   } else {
     c.worker(victim).Signal(SIGCONT);
   }
+  const absl::Time back_at = absl::Now();
   EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 1; }, absl::Seconds(60)))
       << "the service did not turn SERVING again" << c.Logs();
+  std::fprintf(stderr,
+               "%s of stage %d under %d streams: NOT_SERVING after %s, every stream UNAVAILABLE "
+               "after %s, SERVING %s after the worker was back\n",
+               fault == Fault::kKill ? "kill -9" : "SIGSTOP", victim, kClients,
+               absl::FormatDuration(to_not_serving).c_str(),
+               absl::FormatDuration(to_unavailable).c_str(),
+               absl::FormatDuration(absl::Now() - back_at).c_str());
   StreamResult again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
   ASSERT_TRUE(again.status.ok()) << again.status.error_message() << c.Logs();
   EXPECT_EQ(again.token_ids, healthy.token_ids);
