@@ -220,6 +220,8 @@ class Coordinator {
   int64_t last_replan_samples_ = 0;   // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)
   std::vector<uint64_t> unreleased_;  // ended on a stage that did not answer (loop thread only)
+  absl::Time release_retry_at_ = absl::InfinitePast();  // loop thread only
+  bool defer_release_ = false;            // FailStep of a stage fault: releases go to unreleased_
   std::condition_variable monitor_wake_;  // stop_ (with mu_)
   std::thread loop_, monitor_;
 };

@@ -58,13 +58,17 @@ void Coordinator::Loop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) return;
-      recover = recover_ || (!unreleased_.empty() && stages_ready_.ok());
+      // Blocks a stage could not free while it was unreachable: retried once per health interval.
+      const bool retry_release =
+          !unreleased_.empty() && stages_ready_.ok() && clock_->Now() >= release_retry_at_;
+      recover = recover_ || retry_release;
       recover_ = false;
+      if (retry_release) release_retry_at_ = clock_->Now() + options_.health_interval;
       drop.swap(drop_queued_);
       drop_status = drop_status_;
     }
     for (uint64_t id : drop) {
-      if (scheduler_->Cancel(id)) FinishSequence(id, drop_status, 0);
+      if (scheduler_->CancelQueued(id)) FinishSequence(id, drop_status, 0);
     }
     if (recover) {
       std::lock_guard<std::mutex> driver_lock(driver_mu_);
@@ -216,6 +220,9 @@ void Coordinator::FailStep(const StepPlan& plan, const absl::Status& status) {
       stage_fault ? absl::UnavailableError(absl::StrCat("a pipeline step failed (",
                                                         status.message(), "); retry the request"))
                   : status;
+  // After a stage fault the releases wait for the stages to answer again (one retry for all),
+  // instead of each waiting for a hung stage's deadline in turn.
+  defer_release_ = stage_fault;
   absl::flat_hash_set<uint64_t> handled;  // a request may have two items (profile, prefill)
   for (const WorkItem& item : plan.items) {
     Sequence* seq = Find(item.id);
@@ -223,6 +230,7 @@ void Coordinator::FailStep(const StepPlan& plan, const absl::Status& status) {
     if (seq->generated == 0 && seq->restarts == 0 && Restart(*seq)) continue;
     FinishSequence(item.id, end, 0);
   }
+  defer_release_ = false;
 }
 
 bool Coordinator::Restart(Sequence& seq) {
@@ -469,7 +477,9 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
 
 void Coordinator::ReleaseOnStages(uint64_t id) {
   const uint64_t ids[] = {id};
-  if (!driver_->Release(ids).ok()) unreleased_.push_back(id);  // freed once the stage answers
+  if (defer_release_ || !driver_->Release(ids).ok()) {
+    unreleased_.push_back(id);  // freed once every stage answers (Loop)
+  }
 }
 
 void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) const {

@@ -77,6 +77,11 @@ bool Scheduler::Cancel(uint64_t id) {
   return true;
 }
 
+bool Scheduler::CancelQueued(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.Cancel(id);
+}
+
 void Scheduler::Finish(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = FindRunning(id);

@@ -33,7 +33,7 @@ struct Load {
   void Start(Cluster& c) {
     for (int i = 0; i < kClients; ++i) {
       threads.emplace_back([this, &c, i] {
-        xkv::v1::GenerateRequest r = GreedyRequest(kLongPrompt, 2000);
+        xkv::v1::GenerateRequest r = GreedyRequest(kShortPrompt, 2000);
         r.set_ignore_eos(true);
         bool counted = false;
         results[i] = Generate(c.generation(), r, kDeadline,

@@ -216,6 +216,23 @@ TEST(SchedulerTest, WaitingTooLongIsResourceExhaustedAndDeadlinesExpire) {
   EXPECT_EQ(s->running(), 1);
 }
 
+// Drain and shutdown end only requests that still wait: an admitted one keeps running.
+TEST(SchedulerTest, CancelQueuedLeavesRunningRequestsAlone) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.max_running = 1;
+  o.min_final_chunk = 1;
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 8, 4)).ok());
+  s->NextStep(nullptr);  // admits 1
+  ASSERT_TRUE(s->Submit(Spec(2, 8, 4)).ok());
+  EXPECT_FALSE(s->CancelQueued(1));
+  EXPECT_EQ(s->running(), 1);
+  EXPECT_TRUE(s->CancelQueued(2));
+  EXPECT_FALSE(s->CancelQueued(2));
+  EXPECT_EQ(s->queued(), 0);
+}
+
 // The queue-wait error names what actually held the request back.
 TEST(SchedulerTest, QueueWaitErrorNamesBatchSlotsOrPausedAdmission) {
   FakeClock clock;
