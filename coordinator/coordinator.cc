@@ -149,6 +149,8 @@ void Coordinator::ShutdownWithGrace(absl::Duration grace) {
                        absl::FormatDuration(grace), "); retry the request")),
                    0);
   }
+  std::fprintf(stderr, "xkv coordinator: stopped (%zu requests cut at the end of the grace)\n",
+               left.size());
   if (!unreleased_.empty()) {
     std::fprintf(stderr, "xkv coordinator: %zu sequences could not be released on a stage\n",
                  unreleased_.size());

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <chrono>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -66,8 +67,11 @@ void CoordinatorServer::Shutdown() {
   }
   wake_.notify_all();
   if (health_.joinable()) health_.join();
-  if (server_) server_->Shutdown();
-  if (admin_server_) admin_server_->Shutdown();
+  // The coordinator has ended every stream by now (Coordinator::Shutdown first); calls still open
+  // after a short wait (a client that stopped reading) are cancelled, so the exit is bounded.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  if (server_) server_->Shutdown(deadline);
+  if (admin_server_) admin_server_->Shutdown(deadline);
 }
 
 void CoordinatorServer::Wait() {

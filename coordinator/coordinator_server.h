@@ -33,6 +33,7 @@ class CoordinatorServer {
   ~CoordinatorServer();
   int port() const { return port_; }
   int admin_port() const { return admin_port_; }
+  // Stops both listeners; calls still open after 2 s are cancelled.
   void Shutdown();
   void Wait();
 

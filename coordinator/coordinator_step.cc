@@ -92,6 +92,9 @@ void Coordinator::Loop() {
 }
 
 void Coordinator::Monitor() {
+  // Consecutive status checks per stage that ran past their deadline: one may be a busy moment,
+  // the second in a row counts as a hung stage. A refused connection counts at once.
+  std::vector<int> late(driver_->num_stages(), 0);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     lock.unlock();
@@ -99,7 +102,10 @@ void Coordinator::Monitor() {
     const std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
     absl::Status ready = absl::OkStatus();
     bool reload = false;
-    for (size_t s = 0; s < statuses.size() && ready.ok(); ++s) {
+    for (size_t s = 0; s < statuses.size(); ++s) {
+      const bool timed_out = statuses[s].status().code() == absl::StatusCode::kDeadlineExceeded;
+      late[s] = timed_out ? late[s] + 1 : 0;
+      if (!ready.ok() || (timed_out && late[s] < 2)) continue;
       const std::string stage = absl::StrCat("pipeline stage ", s, " (", driver_->address(s), ")");
       if (!statuses[s].ok()) {
         ready = absl::UnavailableError(

@@ -7,10 +7,8 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <atomic>
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tests/e2e/e2e_harness.h"
@@ -38,21 +36,13 @@ TEST(CoordinatorLifecycle, SigtermLetsStreamsFinishWithinGraceAndReleasesEveryBl
 
   // Two streams that end within the grace, two that never would.
   const int tokens[] = {kShortTokens, kShortTokens, 4000, 4000};
-  std::vector<StreamResult> results(4);
-  std::atomic<int> streaming{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) {
-    threads.emplace_back([&, i] {
-      xkv::v1::GenerateRequest r = GreedyRequest(kShortPrompt, tokens[i]);
-      r.set_ignore_eos(true);
-      bool counted = false;
-      results[i] = Generate(c.generation(), r, absl::Seconds(120),
-                            [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
-                              if (!counted) counted = true, ++streaming;
-                            });
-    });
+  BackgroundStreams load(c.generation());
+  for (int n : tokens) {
+    xkv::v1::GenerateRequest r = GreedyRequest(kShortPrompt, n);
+    r.set_ignore_eos(true);
+    load.Start(r, absl::Seconds(120));
   }
-  const bool all_streaming = PollUntil([&] { return streaming.load() == 4; }, absl::Seconds(60));
+  const bool all_streaming = load.WaitStreaming(4, absl::Seconds(60));
   const absl::Time term_at = absl::Now();
   c.coordinator().Signal(SIGTERM);
 
@@ -69,7 +59,7 @@ TEST(CoordinatorLifecycle, SigtermLetsStreamsFinishWithinGraceAndReleasesEveryBl
       << refused.status.error_code() << ": " << refused.status.error_message();
   EXPECT_THAT(refused.status.error_message(), testing::HasSubstr("retry"));
 
-  for (std::thread& t : threads) t.join();
+  const std::vector<StreamResult> results = load.Join();
   ASSERT_TRUE(all_streaming) << c.Logs();
   for (int i = 0; i < 2; ++i) {
     SCOPED_TRACE(testing::Message() << "short stream " << i);
@@ -86,6 +76,7 @@ TEST(CoordinatorLifecycle, SigtermLetsStreamsFinishWithinGraceAndReleasesEveryBl
   absl::StatusOr<int> code = c.coordinator().Wait(absl::Seconds(30));
   ASSERT_TRUE(code.ok()) << code.status() << c.Logs();
   EXPECT_EQ(*code, 0) << c.Logs();
+  EXPECT_LT(absl::Now() - term_at, kGrace + absl::Seconds(8)) << "the exit took long" << c.Logs();
   std::fprintf(stderr,
                "SIGTERM under 4 streams (grace %s): 2 finished, 2 cut with UNAVAILABLE, exit %d "
                "%s after the signal\n",

@@ -7,14 +7,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -108,26 +106,14 @@ TEST(Isolation, PoisonedKvSpecsFailAloneAmongHealthyStreams) {
   ASSERT_TRUE(idle.ok()) << idle.status();
 
   const std::vector<xkv::v1::GenerateRequest> poisoned = PoisonedRequests(12);
-  std::vector<StreamResult> together(healthy.size()), poison(poisoned.size());
-  std::atomic<int> streaming{0};
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < healthy.size(); ++i) {
-    threads.emplace_back([&, i] {
-      bool counted = false;
-      together[i] = Generate(c.generation(), healthy[i], absl::Seconds(150),
-                             [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
-                               if (!counted) counted = true, ++streaming;
-                             });
-    });
-  }
+  BackgroundStreams healthy_load(c.generation()), poison_load(c.generation());
+  for (const xkv::v1::GenerateRequest& r : healthy) healthy_load.Start(r, absl::Seconds(150));
   // The poison arrives while every healthy stream is producing tokens.
-  const bool all_streaming = PollUntil(
-      [&] { return streaming.load() == static_cast<int>(healthy.size()); }, absl::Seconds(90));
-  for (size_t i = 0; i < poisoned.size(); ++i) {
-    threads.emplace_back(
-        [&, i] { poison[i] = Generate(c.generation(), poisoned[i], absl::Seconds(150)); });
-  }
-  for (std::thread& t : threads) t.join();
+  const bool all_streaming =
+      healthy_load.WaitStreaming(static_cast<int>(healthy.size()), absl::Seconds(90));
+  for (const xkv::v1::GenerateRequest& r : poisoned) poison_load.Start(r, absl::Seconds(150));
+  const std::vector<StreamResult> together = healthy_load.Join();
+  const std::vector<StreamResult> poison = poison_load.Join();
   ASSERT_TRUE(all_streaming) << c.Logs();
 
   for (size_t i = 0; i < healthy.size(); ++i) {

@@ -7,10 +7,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <atomic>
+#include <algorithm>
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tests/e2e/e2e_harness.h"
@@ -25,32 +24,6 @@ const absl::Duration kStageTimeout = absl::Seconds(4);
 
 enum class Fault { kKill, kStop };
 
-struct Load {
-  std::vector<StreamResult> results{kClients};
-  std::vector<std::thread> threads;
-  std::atomic<int> streaming{0};
-
-  void Start(Cluster& c) {
-    for (int i = 0; i < kClients; ++i) {
-      threads.emplace_back([this, &c, i] {
-        xkv::v1::GenerateRequest r = GreedyRequest(kShortPrompt, 2000);
-        r.set_ignore_eos(true);
-        bool counted = false;
-        results[i] = Generate(c.generation(), r, kDeadline,
-                              [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
-                                if (!counted) counted = true, ++streaming;
-                              });
-      });
-    }
-  }
-  bool AllStreaming() {
-    return PollUntil([&] { return streaming.load() == kClients; }, absl::Seconds(90));
-  }
-  void Join() {
-    for (std::thread& t : threads) t.join();
-  }
-};
-
 void RunFault(Fault fault, int victim) {
   absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(
       {.workers = 2,
@@ -63,9 +36,13 @@ void RunFault(Fault fault, int victim) {
   ASSERT_TRUE(idle.ok()) << idle.status();
   ASSERT_EQ(HealthStatus(c.address()), 1);
 
-  Load load;
-  load.Start(c);
-  const bool streaming = load.AllStreaming();
+  BackgroundStreams load(c.generation());
+  for (int i = 0; i < kClients; ++i) {
+    xkv::v1::GenerateRequest r = GreedyRequest(kShortPrompt, 2000);
+    r.set_ignore_eos(true);
+    load.Start(r, kDeadline);
+  }
+  const bool streaming = load.WaitStreaming(kClients, absl::Seconds(90));
   const absl::Time fault_at = absl::Now();
   c.worker(victim).Signal(fault == Fault::kKill ? SIGKILL : SIGSTOP);
 
@@ -85,14 +62,16 @@ void RunFault(Fault fault, int victim) {
   EXPECT_EQ(down.status.error_code(), grpc::StatusCode::UNAVAILABLE) << down.status.error_message();
   EXPECT_LT(down.elapsed, absl::Seconds(5));
 
-  load.Join();
-  const absl::Duration to_unavailable = absl::Now() - fault_at;
+  const std::vector<StreamResult> results = load.Join();
+  absl::Time last_end = fault_at;
+  for (const StreamResult& r : results) last_end = std::max(last_end, r.finished);
+  const absl::Duration to_unavailable = last_end - fault_at;
   ASSERT_TRUE(streaming) << "the load never streamed" << c.Logs();
   for (int i = 0; i < kClients; ++i) {
     SCOPED_TRACE(testing::Message() << "in-flight request " << i);
-    EXPECT_EQ(load.results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
-        << load.results[i].status.error_code() << ": " << load.results[i].status.error_message();
-    EXPECT_GT(load.results[i].token_ids.size(), 0u);
+    EXPECT_EQ(results[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << results[i].status.error_code() << ": " << results[i].status.error_message();
+    EXPECT_GT(results[i].token_ids.size(), 0u);
   }
   // The streams ended within the stage timeout (plus a step and a status check), far inside
   // their deadline.

@@ -451,8 +451,31 @@ StreamResult Generate(
     if (on_chunk) on_chunk(resp, ctx);
   }
   out.status = reader->Finish();
-  out.elapsed = absl::Now() - start;
+  out.finished = absl::Now();
+  out.elapsed = out.finished - start;
   return out;
+}
+
+void BackgroundStreams::Start(const xkv::v1::GenerateRequest& request, absl::Duration deadline) {
+  StreamResult* out = &results_.emplace_back();
+  threads_.emplace_back([this, request, deadline, out] {
+    bool counted = false;
+    *out = Generate(stub_, request, deadline,
+                    [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
+                      if (!counted) counted = true, ++streaming_;
+                    });
+  });
+}
+
+bool BackgroundStreams::WaitStreaming(int n, absl::Duration timeout) {
+  return PollUntil([&] { return streaming_.load() >= n; }, timeout);
+}
+
+std::vector<StreamResult> BackgroundStreams::Join() {
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  return std::vector<StreamResult>(results_.begin(), results_.end());
 }
 
 xkv::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens,

@@ -14,10 +14,13 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -125,6 +128,7 @@ struct StreamResult {
   std::optional<xkv::v1::Usage> usage;
   int chunks = 0;
   absl::Duration elapsed;
+  absl::Time finished;  // when the call ended
 };
 
 // Calls Generate with a deadline; `on_chunk` (optional) sees every response with the call's
@@ -153,6 +157,25 @@ bool BackToIdleBlocks(Cluster& cluster, const std::vector<int64_t>& idle,
 
 // Polls `done` (each 20 ms) until it is true or `timeout` passed; returns its last value.
 bool PollUntil(const std::function<bool()>& done, absl::Duration timeout);
+
+// Generate calls on threads of their own (the load of a fault test); counts the streams that
+// produced their first chunk.
+class BackgroundStreams {
+ public:
+  explicit BackgroundStreams(xkv::v1::Generation::Stub& stub) : stub_(stub) {}
+  ~BackgroundStreams() { Join(); }
+  void Start(const xkv::v1::GenerateRequest& request, absl::Duration deadline);
+  // True once `n` streams produced a chunk (polled up to `timeout`).
+  bool WaitStreaming(int n, absl::Duration timeout);
+  // Waits for every call; their results in Start order.
+  std::vector<StreamResult> Join();
+
+ private:
+  xkv::v1::Generation::Stub& stub_;
+  std::deque<StreamResult> results_;  // stable addresses for the threads
+  std::vector<std::thread> threads_;
+  std::atomic<int> streaming_{0};
+};
 
 // A greedy raw-prompt request.
 xkv::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens,
