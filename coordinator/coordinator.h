@@ -108,9 +108,10 @@ class Coordinator {
   // client went away, DEADLINE_EXCEEDED when its deadline passed.
   void Cancel(uint64_t id, absl::Status status = absl::CancelledError("the request was cancelled"));
 
-  // OK while the service admits requests and every stage answered its latest status check in time
-  // and serves; otherwise UNAVAILABLE naming the reason (a stage down or not answering, draining,
-  // shutting down). Cheap (no stage call): grpc.health.v1 and /ready report it.
+  // OK while the service admits requests and every stage serves; otherwise UNAVAILABLE naming the
+  // reason: a stage refuses connections, missed two status checks in a row (hung), is not loaded,
+  // or the coordinator drains or shuts down. Cheap (reads what the monitor thread saw; no stage
+  // call): grpc.health.v1 and /ready report it.
   absl::Status Readiness() const;
 
   // Admin.
@@ -179,9 +180,10 @@ class Coordinator {
   void MaybeAutoReplan();
   bool WaitIdle(absl::Duration timeout);  // until no request runs
   absl::Status ReloadStages(const StagePlan& plan);
-  // After a failed step: UNAVAILABLE while a stage is unreachable; a stage that answers but is
-  // not serving (a worker restarted empty) gets the current plan reloaded on every stage, after
-  // the started requests fail (their caches go with the reload). Loop thread, under driver_mu_.
+  // After a failed step, or when the monitor asks: UNAVAILABLE while a stage is unreachable; a
+  // stage that answers but is not serving (a worker restarted empty) gets the current plan
+  // reloaded on every stage, after the started requests fail (their caches go with the reload);
+  // otherwise the sequences in unreleased_ are released. Loop thread, under driver_mu_.
   absl::Status RecoverStages();
 
   CoordinatorOptions options_;
