@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <random>
 #include <utility>
 
@@ -28,7 +29,11 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   RETURN_IF_ERROR(ValidateSettings(options.kv));
   std::unique_ptr<Coordinator> c(new Coordinator(options));
   RETURN_IF_ERROR(c->Init(std::move(stages)));
+  c->stages_ready_ = absl::OkStatus();  // every stage was just loaded
   c->loop_ = std::thread([p = c.get()] { p->Loop(); });
+  if (options.health_interval > absl::ZeroDuration()) {
+    c->monitor_ = std::thread([p = c.get()] { p->Monitor(); });
+  }
   return c;
 }
 
@@ -36,8 +41,9 @@ ModelCostInputs Coordinator::CostInputs() const {
   ModelCostInputs m;
   const int L = config_.n_layers;
   m.weight_bytes.assign(L, 0);
+  const int64_t bytes_per_token = bytes_per_token_.load();
   m.kv_bytes_per_token.assign(
-      L, bytes_per_token_ > 0 ? bytes_per_token_ : config_.KvBytesPerTokenPerLayer(4));
+      L, bytes_per_token > 0 ? bytes_per_token : config_.KvBytesPerTokenPerLayer(4));
   for (const GgufTensorInfo& t : file_->tensors()) {
     const int64_t bytes = t.NumElements() * 4;  // the CPU engine holds fp32 weights
     int layer = -1;
@@ -90,36 +96,82 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
   s.window = options_.window;
   s.pool_kernel = options_.pool_kernel;
   s.query_head_scores = options_.query_head_scores;
+  s.link_timeout_ms = absl::ToInt64Milliseconds(options_.link_timeout);
   if (options_.nccl_unique_id_source) {
     ASSIGN_OR_RETURN(s.nccl_unique_id, options_.nccl_unique_id_source());
     if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
   }
   RETURN_IF_ERROR(driver_->LoadStages(plan, s));
-  const auto& states = driver_->stage_states();
+  const std::vector<StageState> states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {
     bytes_per_token_ = states[0].block_bytes / options_.block_tokens;
   }
   return absl::OkStatus();
 }
 
-Coordinator::~Coordinator() { Shutdown(); }
+Coordinator::~Coordinator() { ShutdownWithGrace(absl::ZeroDuration()); }
 
-void Coordinator::Shutdown() {
+void Coordinator::ShutdownWithGrace(absl::Duration grace) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return;
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (scheduler_ == nullptr) return;  // Start failed in Init: no thread, no request
+  // Nothing new runs: the queue is emptied (the loop ends those requests) and admission stops.
+  DropQueued(absl::UnavailableError(
+      "the server is shutting down; retry the request (on another replica or later)"));
+  scheduler_->SetAdmitting(false);
+  if (grace > absl::ZeroDuration() && !WaitIdle(grace)) {
+    std::fprintf(stderr,
+                 "xkv coordinator: %lld requests still running after the shutdown grace (%s); "
+                 "cancelling them\n",
+                 static_cast<long long>(scheduler_->running()),
+                 absl::FormatDuration(grace).c_str());
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   wake_.notify_all();
+  monitor_wake_.notify_all();
   if (loop_.joinable()) loop_.join();
-  std::vector<std::pair<uint64_t, std::shared_ptr<GenerateSink>>> left;
+  if (monitor_.joinable()) monitor_.join();
+  std::vector<uint64_t> left;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, seq] : sequences_) left.emplace_back(id, seq->sink);
-    sequences_.clear();
+    for (const auto& [id, seq] : sequences_) left.push_back(id);
   }
-  for (auto& [id, sink] : left)
-    sink->OnError(absl::UnavailableError("the server is shutting down"));
+  // Loop thread gone: this thread now owns the sequences and the stage calls.
+  for (uint64_t id : left) {
+    FinishSequence(id,
+                   absl::UnavailableError(absl::StrCat(
+                       "the server shut down before the request finished (shutdown grace ",
+                       absl::FormatDuration(grace), "); retry the request")),
+                   0);
+  }
+  std::fprintf(stderr, "xkv coordinator: stopped (%zu requests cut at the end of the grace)\n",
+               left.size());
+  if (!unreleased_.empty()) {
+    std::fprintf(stderr, "xkv coordinator: %zu sequences could not be released on a stage\n",
+                 unreleased_.size());
+  }
+}
+
+void Coordinator::DropQueued(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  drop_status_ = status;
+  for (const auto& [id, seq] : sequences_) {
+    if (!seq->admitted_set) drop_queued_.push_back(id);
+  }
+  wake_.notify_all();
+}
+
+absl::Status Coordinator::Readiness() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the server is shutting down");
+  if (draining_) return absl::UnavailableError("the server is draining (Admin Drain)");
+  return stages_ready_;
 }
 
 absl::StatusOr<std::vector<int32_t>> Coordinator::Tokenize(const GenerateParams& p) const {
@@ -160,6 +212,17 @@ absl::StatusOr<uint64_t> Coordinator::SubmitImpl(GenerateParams params,
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, Tokenize(params));
   RETURN_IF_ERROR(ValidateTokenCounts(static_cast<int64_t>(ids.size()), params.max_tokens,
                                       config_.context_length));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || draining_) {
+      return absl::UnavailableError(
+          absl::StrCat("the server is ", stopping_ ? "shutting down" : "draining",
+                       " and admits no request; retry on another replica or later"));
+    }
+    if (!stages_ready_.ok()) {
+      return absl::UnavailableError(absl::StrCat(stages_ready_.message(), "; retry later"));
+    }
+  }
   auto seq = std::make_unique<Sequence>();
   seq->params = std::move(params);
   seq->kv = kv;
@@ -168,19 +231,12 @@ absl::StatusOr<uint64_t> Coordinator::SubmitImpl(GenerateParams params,
   seq->stop = std::make_unique<StopMatcher>(seq->params.stop);
   seq->submitted = clock_->Now();
   const int64_t T = static_cast<int64_t>(seq->prompt.size());
-  const int L = config_.n_layers;
   const bool compress = kv.policy != PolicyKind::kFull && T > options_.window;
   seq->compress = compress;
   if (compress) RETURN_IF_ERROR(PlanBudgetsAtSubmit(*seq));
-  SequenceSpec spec;
-  spec.prompt_tokens = T;
-  spec.max_new_tokens = seq->params.max_tokens;
-  spec.needs_profile = seq->needs_profile_pass;
-  spec.deadline = seq->params.deadline;
-  // Peak: every layer holds the whole prompt until the step that writes it has compacted it.
-  spec.blocks = BlocksFor(L, T, options_.window, seq->params.max_tokens, options_.block_tokens);
+  SequenceSpec spec = SpecFor(*seq);
   std::lock_guard<std::mutex> lock(mu_);
-  if (stop_) return absl::UnavailableError("the server is shutting down");
+  if (stopping_) return absl::UnavailableError("the server is shutting down; retry later");
   spec.id = seq->id = next_id_++;
   sequences_[spec.id] = std::move(seq);  // before the scheduler can admit it
   if (absl::Status s = scheduler_->Submit(spec); !s.ok()) {
@@ -192,6 +248,37 @@ absl::StatusOr<uint64_t> Coordinator::SubmitImpl(GenerateParams params,
   return spec.id;
 }
 
+SequenceSpec Coordinator::SpecFor(const Sequence& seq) const {
+  SequenceSpec spec;
+  spec.id = seq.id;
+  spec.prompt_tokens = static_cast<int64_t>(seq.prompt.size());
+  spec.max_new_tokens = seq.params.max_tokens;
+  spec.needs_profile = seq.needs_profile_pass;
+  spec.deadline = seq.params.deadline;
+  // Peak: every layer holds the whole prompt until the step that writes it has compacted it.
+  spec.blocks = BlocksFor(config_.n_layers, spec.prompt_tokens, options_.window,
+                          seq.params.max_tokens, options_.block_tokens);
+  return spec;
+}
+
+absl::Status Coordinator::ClampBudgets(const Sequence& seq, std::vector<int64_t>& budgets) const {
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  const int64_t P = T - std::min<int64_t>(options_.window, T);
+  if (static_cast<int>(budgets.size()) != config_.n_layers) {
+    return absl::InternalError(absl::StrCat("the KV budgets name ", budgets.size(),
+                                            " layers; the model has ", config_.n_layers));
+  }
+  for (size_t l = 0; l < budgets.size(); ++l) {
+    if (budgets[l] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the request's KV spec (", TargetName(seq.kv.target), ") gives layer ", l,
+                       " a budget of ", budgets[l], " tokens; budgets must be >= 0"));
+    }
+    budgets[l] = std::min(budgets[l], P);
+  }
+  return absl::OkStatus();
+}
+
 // Sampled mode decides here whether this request is profiled; unprofiled ones get the running
 // mean's budgets up front, baselines their policy budgets; xkv per_request runs a scores-only pass.
 absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
@@ -199,8 +286,17 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   const int64_t P = T - std::min<int64_t>(options_.window, T);
   if (!NeedsProfile(seq.kv)) {
     ASSIGN_OR_RETURN(seq.budgets, BudgetsUpFront(config_.n_layers, P, bytes_per_token_, seq.kv));
+    RETURN_IF_ERROR(ClampBudgets(seq, seq.budgets.budgets));
     seq.budgets_known = true;
     return absl::OkStatus();
+  }
+  // The solver's upper bound (every layer keeps its whole prefix) is known before any profiling:
+  // a token budget above it is refused now, not after a profiling pass.
+  const double full = static_cast<double>(config_.n_layers) * static_cast<double>(P);
+  if (seq.kv.target.kind == KvTarget::Kind::kTokens && seq.kv.target.value > full) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget_tokens ", seq.kv.target.value, " is more than the whole prompt prefix holds (",
+        config_.n_layers, " layers x ", P, " tokens = ", full, "); it must be in [0, ", full, "]"));
   }
   switch (seq.kv.profile.kind) {
     case ProfileModeKind::kPerRequest:
@@ -218,17 +314,19 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
           : store_->BudgetsFor(
                 P,
                 ToBudgetTarget(seq.kv.target, P, config_.n_layers, bytes_per_token_).total_tokens);
-  if (!b.ok()) return absl::OkStatus();  // no usable mean yet: profile this one
+  if (!b.ok() || !ClampBudgets(seq, *b).ok()) {
+    return absl::OkStatus();  // no usable mean yet: profile this one
+  }
   seq.budgets.budgets = *std::move(b);
   seq.budgets.rule = SelectionRule::kTopScore;
   seq.budgets_known = true;
   return absl::OkStatus();
 }
 
-void Coordinator::Cancel(uint64_t id) {
+void Coordinator::Cancel(uint64_t id, absl::Status status) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!sequences_.contains(id)) return;
-  cancels_.push_back(id);
+  cancels_.emplace_back(id, std::move(status));
   wake_.notify_all();
 }
 

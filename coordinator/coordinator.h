@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -74,13 +75,17 @@ struct CoordinatorOptions {
   // it to every stage with rank = stage index. Unset: the stage clients' own links (gRPC between
   // worker processes). tools/ sets it to NcclStageLink::NewNcclUniqueId in NCCL builds.
   std::function<absl::StatusOr<std::string>()> nccl_unique_id_source;
-  // While idle, the stages' health is checked this often (0: never): a restarted worker (not
-  // serving) gets the stages reloaded before any request needs it; while a worker is down the
-  // checks back off (doubling up to kMaxHealthBackoff).
-  absl::Duration health_interval = absl::Seconds(2);
+  // A monitor thread asks every stage for its status this often (0: never), busy or idle; each
+  // answer is bounded by the stage client's status deadline. Readiness() reports what it saw, and a
+  // stage that answers but is not serving (a worker restarted empty) gets the stages reloaded.
+  absl::Duration health_interval = absl::Seconds(1);
+  // Shutdown(): how long in-flight requests may still run after admission stopped; the rest are
+  // then cancelled (UNAVAILABLE) and their blocks released on every stage.
+  absl::Duration shutdown_grace = absl::Seconds(30);
+  // Sent to the workers as their link timeout (a stage waiting for its neighbour's hidden rows);
+  // 0: the workers' default. tools/ sets it to the stage clients' step deadline.
+  absl::Duration link_timeout = absl::ZeroDuration();
 };
-
-inline constexpr absl::Duration kMaxHealthBackoff = absl::Seconds(30);
 
 // One request's stream. Called from the coordinator's loop thread, in order: OnDelta* then
 // exactly one of OnDone / OnError.
@@ -102,8 +107,15 @@ class Coordinator {
   // Validates (INVALID_ARGUMENT), tokenizes and queues (RESOURCE_EXHAUSTED when full or when it
   // can never fit). Returns the request id; the sink then receives the stream.
   absl::StatusOr<uint64_t> Submit(GenerateParams params, std::shared_ptr<GenerateSink> sink);
-  // Frees the request's blocks on every stage; its sink gets OnError(CANCELLED).
-  void Cancel(uint64_t id);
+  // Frees the request's blocks on every stage; its sink gets OnError(`status`): CANCELLED when the
+  // client went away, DEADLINE_EXCEEDED when its deadline passed.
+  void Cancel(uint64_t id, absl::Status status = absl::CancelledError("the request was cancelled"));
+
+  // OK while the service admits requests and every stage serves; otherwise UNAVAILABLE naming the
+  // reason: a stage refuses connections, missed two status checks in a row (hung), is not loaded,
+  // or the coordinator drains or shuts down. Cheap (reads what the monitor thread saw; no stage
+  // call): grpc.health.v1 and /ready report it.
+  absl::Status Readiness() const;
 
   // Admin.
   absl::StatusOr<double> SetRetentionTarget(double retention);
@@ -116,7 +128,11 @@ class Coordinator {
 
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  void Shutdown();
+  // Graceful stop: admission ends at once (new and queued requests get UNAVAILABLE, Readiness
+  // turns not-ready), running requests may finish for options.shutdown_grace, the rest end with
+  // UNAVAILABLE; every request's blocks are released on every stage. Idempotent.
+  void Shutdown() { ShutdownWithGrace(options_.shutdown_grace); }
+  void ShutdownWithGrace(absl::Duration grace);
 
  private:
   absl::StatusOr<uint64_t> SubmitImpl(GenerateParams params, std::shared_ptr<GenerateSink> sink);
@@ -130,11 +146,18 @@ class Coordinator {
   std::vector<double> KeptFractions() const;
   bool ShouldProfileSampled(double rate);
   absl::Status PlanBudgetsAtSubmit(Sequence& seq);
+  // Budgets sent to the stages lie in [0, prefix]: larger ones are clamped to the prefix (keep
+  // all); INVALID_ARGUMENT for a negative one (an overflow upstream) or a wrong layer count, and
+  // this request alone fails.
+  absl::Status ClampBudgets(const Sequence& seq, std::vector<int64_t>& budgets) const;
+  SequenceSpec SpecFor(const Sequence& seq) const;  // the scheduler's view of a sequence
   void Loop();
   void ProcessCancels();
   // coordinator_step.cc
   void RunStep(const StepPlan& plan);
   absl::Status RunProfiles(const StepPlan& plan);
+  // Solves one profiled sequence's budgets from its scores-only pass.
+  absl::Status SolveProfiled(Sequence& seq, const SequenceStepResult& result);
   absl::Status RunMain(const StepPlan& plan);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
@@ -144,15 +167,26 @@ class Coordinator {
   void AcceptToken(Sequence& seq, int32_t token);
   void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids);
   void FinishSequence(uint64_t id, const absl::Status& status, int finish_reason);
+  // Frees a sequence on every stage; a stage that cannot be reached keeps it in unreleased_ until
+  // it answers again (or the stages are reloaded).
+  void ReleaseOnStages(uint64_t id);
+  // A step failed as a whole: every sequence of `plan` that produced no token yet starts over
+  // once (its stage state is gone); the others end (UNAVAILABLE for a stage fault, else `status`).
+  void FailStep(const StepPlan& plan, const absl::Status& status);
+  // Requeues a sequence that has produced nothing from its first token; false when it cannot.
+  bool Restart(Sequence& seq);
+  // Monitor thread: polls the stages' status every options_.health_interval.
+  void Monitor();
+  // Ends every queued request with `status` (drain, shutdown).
+  void DropQueued(const absl::Status& status);
   xkv::v1::Usage MakeUsage(const Sequence& seq, int finish_reason) const;
   void MaybeAutoReplan();
-  // Idle health check (options_.health_interval, with backoff); loop thread.
-  void IdleHealthCheck();
   bool WaitIdle(absl::Duration timeout);  // until no request runs
   absl::Status ReloadStages(const StagePlan& plan);
-  // After a failed step: UNAVAILABLE while a stage is unreachable; a stage that answers but is
-  // not serving (a worker restarted empty) gets the current plan reloaded on every stage, after
-  // the started requests fail (their caches go with the reload). Loop thread, under driver_mu_.
+  // After a failed step, or when the monitor asks: UNAVAILABLE while a stage is unreachable; a
+  // stage that answers but is not serving (a worker restarted empty) gets the current plan
+  // reloaded on every stage, after the started requests fail (their caches go with the reload);
+  // otherwise the sequences in unreleased_ are released. Loop thread, under driver_mu_.
   absl::Status RecoverStages();
 
   CoordinatorOptions options_;
@@ -162,7 +196,8 @@ class Coordinator {
   std::unique_ptr<Tokenizer> tokenizer_;
   absl::StatusOr<ChatTemplate> chat_template_ = absl::UnknownError("not loaded");
   std::vector<int32_t> eos_tokens_;
-  int64_t bytes_per_token_ = 0;  // per layer, from the stages' block size
+  // Per layer, from the stages' block size; read by Submit threads while a reload writes it.
+  std::atomic<int64_t> bytes_per_token_{0};
   std::unique_ptr<PipelineDriver> driver_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ProfileStore> store_;  // running mean of solved budgets (the live profile)
@@ -171,7 +206,13 @@ class Coordinator {
   KvSettings kv_;
   StagePlan plan_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Sequence>> sequences_;
-  std::vector<uint64_t> cancels_;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels_;
+  std::vector<uint64_t> drop_queued_;  // queued requests to end (drain), with drop_status_
+  absl::Status drop_status_;
+  bool draining_ = false;  // Admin Drain: new requests get UNAVAILABLE at once
+  bool stopping_ = false;  // Shutdown began: likewise
+  bool recover_ = false;   // the monitor saw a stage that answers but does not serve
+  absl::Status stages_ready_ = absl::UnavailableError("the stages were not checked yet");
   uint64_t next_id_ = 1;
   bool stop_ = false;
   bool work_ = false;                     // a request was submitted since the loop last slept
@@ -182,11 +223,13 @@ class Coordinator {
   std::mutex driver_mu_;  // one step or reload at a time
   uint64_t step_id_ = 0;
   std::atomic<uint64_t> sample_counter_{0};
-  int64_t last_replan_samples_ = 0;  // loop thread only
-  bool stages_suspect_ = false;      // a step failed: check the stages first (loop thread only)
-  absl::Time next_health_check_ = absl::InfinitePast();   // loop thread only
-  absl::Duration health_backoff_ = absl::ZeroDuration();  // loop thread only
-  std::thread loop_;
+  int64_t last_replan_samples_ = 0;   // loop thread only
+  bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)
+  std::vector<uint64_t> unreleased_;  // ended on a stage that did not answer (loop thread only)
+  absl::Time release_retry_at_ = absl::InfinitePast();  // loop thread only
+  bool defer_release_ = false;            // FailStep of a stage fault: releases go to unreleased_
+  std::condition_variable monitor_wake_;  // stop_ (with mu_)
+  std::thread loop_, monitor_;
 };
 
 }  // namespace xkv

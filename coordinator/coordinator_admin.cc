@@ -58,7 +58,10 @@ xkv::v1::ServiceConfig Coordinator::GetConfig() const {
   c.set_max_batch(static_cast<int>(scheduler_->options().max_running));
   c.set_max_queue(static_cast<int>(scheduler_->options().max_queue));
   c.set_default_max_tokens(static_cast<int>(options_.default_max_tokens));
-  c.set_draining(!scheduler_->admitting());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    c.set_draining(draining_ || stopping_);
+  }
   return c;
 }
 
@@ -82,7 +85,7 @@ xkv::v1::GetAllocationResponse Coordinator::GetAllocation() const {
 xkv::v1::GetClusterStatusResponse Coordinator::GetClusterStatus() {
   xkv::v1::GetClusterStatusResponse r;
   std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
-  const std::vector<StageState>& states = driver_->stage_states();
+  const std::vector<StageState> states = driver_->stage_states();
   for (size_t s = 0; s < statuses.size(); ++s) {
     xkv::v1::StageStatus* out = r.add_stages();
     out->set_index(static_cast<int>(s));
@@ -113,7 +116,8 @@ xkv::v1::GetClusterStatusResponse Coordinator::GetClusterStatus() {
   }
   r.set_running_requests(static_cast<int>(scheduler_->running()));
   r.set_queued_requests(static_cast<int>(scheduler_->queued()));
-  r.set_draining(!scheduler_->admitting());
+  std::lock_guard<std::mutex> lock(mu_);
+  r.set_draining(draining_ || stopping_);
   return r;
 }
 
@@ -159,7 +163,10 @@ absl::StatusOr<xkv::v1::ReplanResponse> Coordinator::Replan(bool dry_run) {
       plan_ = next;
     }
   }
-  scheduler_->SetAdmitting(true);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!draining_ && !stopping_) scheduler_->SetAdmitting(true);
+  }
   if (!idle) return absl::DeadlineExceededError("re-plan: running requests did not drain");
   RETURN_IF_ERROR(loaded);
   r.set_applied(true);
@@ -188,7 +195,17 @@ void Coordinator::MaybeAutoReplan() {
 
 xkv::v1::DrainResponse Coordinator::Drain(bool resume, int64_t timeout_ms) {
   xkv::v1::DrainResponse r;
-  scheduler_->SetAdmitting(resume);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) resume = false;
+    draining_ = !resume;
+    scheduler_->SetAdmitting(resume);
+  }
+  // Waiting requests would only wait for the resume: they get UNAVAILABLE now, like new ones.
+  if (!resume) {
+    DropQueued(absl::UnavailableError(
+        "the server is draining and admits no request; retry on another replica or later"));
+  }
   bool drained = scheduler_->running() == 0;
   if (!resume && !drained && timeout_ms > 0) drained = WaitIdle(absl::Milliseconds(timeout_ms));
   r.set_drained(drained);

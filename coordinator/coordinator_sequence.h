@@ -38,6 +38,7 @@ struct Coordinator::Sequence {
   std::vector<xkv::v1::LayerGains> gains;  // the latest observed curves (for retention)
 
   bool started = false;  // the stages hold state for it
+  int restarts = 0;      // times a failed step sent it back to the queue (FailStep)
   int32_t last_token = -1;
   int64_t generated = 0;
   std::vector<xkv::v1::LayerSize> layers;  // latest per-layer sizes

@@ -3,6 +3,9 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <chrono>
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 
 namespace xkv {
@@ -34,14 +37,41 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (s->admin_server_ == nullptr || s->admin_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.admin_listen));
   }
+  s->health_ = std::thread([p = s.get(), coordinator, poll = options.health_poll] {
+    p->FollowReadiness(coordinator, poll);
+  });
   return s;
+}
+
+void CoordinatorServer::FollowReadiness(Coordinator* coordinator, absl::Duration poll) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  std::unique_lock<std::mutex> lock(mu_);
+  std::optional<bool> reported;
+  while (!stop_) {
+    const bool serving = coordinator->Readiness().ok();
+    if (reported != serving) {
+      health->SetServingStatus(serving);
+      health->SetServingStatus(xkv::v1::Generation::service_full_name(), serving);
+      reported = serving;
+    }
+    wake_.wait_for(lock, absl::ToChronoMilliseconds(poll), [&] { return stop_; });
+  }
 }
 
 CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 void CoordinatorServer::Shutdown() {
-  if (server_) server_->Shutdown();
-  if (admin_server_) admin_server_->Shutdown();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (health_.joinable()) health_.join();
+  // The coordinator has ended every stream by now (Coordinator::Shutdown first); calls still open
+  // after a short wait (a client that stopped reading) are cancelled, so the exit is bounded.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  if (server_) server_->Shutdown(deadline);
+  if (admin_server_) admin_server_->Shutdown(deadline);
 }
 
 void CoordinatorServer::Wait() {

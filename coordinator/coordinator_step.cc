@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "coordinator/coordinator.h"
@@ -51,9 +52,27 @@ std::string Sanitize(const std::string& s) {
 
 void Coordinator::Loop() {
   while (true) {
+    bool recover = false;
+    std::vector<uint64_t> drop;
+    absl::Status drop_status;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) return;
+      // Blocks a stage could not free while it was unreachable: retried once per health interval.
+      const bool retry_release =
+          !unreleased_.empty() && stages_ready_.ok() && clock_->Now() >= release_retry_at_;
+      recover = recover_ || retry_release;
+      recover_ = false;
+      if (retry_release) release_retry_at_ = clock_->Now() + options_.health_interval;
+      drop.swap(drop_queued_);
+      drop_status = drop_status_;
+    }
+    for (uint64_t id : drop) {
+      if (scheduler_->CancelQueued(id)) FinishSequence(id, drop_status, 0);
+    }
+    if (recover) {
+      std::lock_guard<std::mutex> driver_lock(driver_mu_);
+      if (!RecoverStages().ok()) stages_suspect_ = true;
     }
     ProcessCancels();
     std::vector<DroppedRequest> dropped;
@@ -61,10 +80,10 @@ void Coordinator::Loop() {
     for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
     if (plan.empty()) {
       if (scheduler_->idle()) MaybeAutoReplan();
-      IdleHealthCheck();
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait_for(lock, std::chrono::milliseconds(20),
-                     [&] { return stop_ || !cancels_.empty() || work_; });
+      wake_.wait_for(lock, std::chrono::milliseconds(20), [&] {
+        return stop_ || !cancels_.empty() || !drop_queued_.empty() || recover_ || work_;
+      });
       work_ = false;
       continue;
     }
@@ -72,40 +91,57 @@ void Coordinator::Loop() {
   }
 }
 
-void Coordinator::IdleHealthCheck() {
-  if (options_.health_interval <= absl::ZeroDuration()) return;
-  const absl::Time now = clock_->Now();
-  if (now < next_health_check_) return;
-  absl::Status s;
-  {
-    std::lock_guard<std::mutex> driver_lock(driver_mu_);
-    s = RecoverStages();
-    if (!s.ok()) stages_suspect_ = true;
-  }
-  if (s.ok()) {
-    health_backoff_ = options_.health_interval;
-  } else {
-    const bool first = health_backoff_ <= options_.health_interval;
-    health_backoff_ = std::min(std::max(health_backoff_, options_.health_interval) * 2,
-                               std::max(kMaxHealthBackoff, options_.health_interval));
-    if (first) {
-      std::fprintf(stderr, "xkv coordinator: %s; checking again with backoff (up to %s)\n",
-                   std::string(s.message()).c_str(),
-                   absl::FormatDuration(kMaxHealthBackoff).c_str());
+void Coordinator::Monitor() {
+  // Consecutive status checks per stage that ran past their deadline: one may be a busy moment,
+  // the second in a row counts as a hung stage. A refused connection counts at once.
+  std::vector<int> late(driver_->num_stages(), 0);
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    lock.unlock();
+    // Each call is bounded by the stage client's status deadline, so a hung stage counts as down.
+    const std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
+    absl::Status ready = absl::OkStatus();
+    bool reload = false;
+    for (size_t s = 0; s < statuses.size(); ++s) {
+      const bool timed_out = statuses[s].status().code() == absl::StatusCode::kDeadlineExceeded;
+      late[s] = timed_out ? late[s] + 1 : 0;
+      if (!ready.ok() || (timed_out && late[s] < 2)) continue;
+      const std::string stage = absl::StrCat("pipeline stage ", s, " (", driver_->address(s), ")");
+      if (!statuses[s].ok()) {
+        ready = absl::UnavailableError(
+            absl::StrCat(stage, " does not answer: ", statuses[s].status().message()));
+      } else if (statuses[s]->health() != xkv::v1::STAGE_HEALTH_SERVING) {
+        ready = absl::UnavailableError(absl::StrCat(
+            stage, " is not serving (", xkv::v1::StageHealth_Name(statuses[s]->health()),
+            statuses[s]->message().empty() ? "" : ": ", statuses[s]->message(),
+            "); reloading the stages"));
+        reload = true;
+      }
     }
+    lock.lock();
+    if (ready != stages_ready_) {
+      std::fprintf(stderr, "xkv coordinator: stages %s\n",
+                   ready.ok() ? "serving" : std::string(ready.message()).c_str());
+    }
+    stages_ready_ = ready;
+    if (reload) {
+      recover_ = true;
+      wake_.notify_all();
+    }
+    monitor_wake_.wait_for(lock, absl::ToChronoMilliseconds(options_.health_interval),
+                           [&] { return stop_; });
   }
-  next_health_check_ = now + health_backoff_;
 }
 
 void Coordinator::ProcessCancels() {
-  std::vector<uint64_t> ids;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ids.swap(cancels_);
+    cancels.swap(cancels_);
   }
-  for (uint64_t id : ids) {
+  for (const auto& [id, status] : cancels) {
     scheduler_->Cancel(id);
-    FinishSequence(id, absl::CancelledError("the request was cancelled"), 0);
+    FinishSequence(id, status, 0);
   }
 }
 
@@ -114,8 +150,12 @@ absl::Status Coordinator::RecoverStages() {
   bool serving = true;
   for (size_t s = 0; s < statuses.size(); ++s) {
     if (!statuses[s].ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("pipeline stage ", s, " is down: ", statuses[s].status().message()));
+      absl::Status down =
+          absl::UnavailableError(absl::StrCat("pipeline stage ", s, " (", driver_->address(s),
+                                              ") is down: ", statuses[s].status().message()));
+      std::lock_guard<std::mutex> lock(mu_);
+      stages_ready_ = down;
+      return down;
     }
     serving = serving && statuses[s]->health() == xkv::v1::STAGE_HEALTH_SERVING;
   }
@@ -138,8 +178,15 @@ absl::Status Coordinator::RecoverStages() {
     if (absl::Status s = ReloadStages(plan); !s.ok()) {
       return absl::UnavailableError(absl::StrCat("reloading the stages: ", s.message()));
     }
+    unreleased_.clear();  // the reload dropped every sequence on every stage
+    std::fprintf(stderr, "xkv coordinator: the stages were reloaded\n");
+  } else if (!unreleased_.empty()) {
+    RETURN_IF_ERROR(driver_->Release(unreleased_));
+    unreleased_.clear();
   }
   stages_suspect_ = false;
+  std::lock_guard<std::mutex> lock(mu_);
+  stages_ready_ = absl::OkStatus();
   return absl::OkStatus();
 }
 
@@ -163,10 +210,50 @@ void Coordinator::RunStep(const StepPlan& plan) {
   }
   absl::Status s = RunProfiles(plan);
   if (s.ok()) s = RunMain(plan);
-  if (!s.ok()) {
-    for (const WorkItem& item : plan.items) FinishSequence(item.id, s, 0);
-    stages_suspect_ = true;
+  if (!s.ok()) FailStep(plan, s);
+}
+
+void Coordinator::FailStep(const StepPlan& plan, const absl::Status& status) {
+  stages_suspect_ = true;  // the next step checks the stages first
+  // A transport failure (a stage died, hung past its deadline or lost its link) is the stages'
+  // fault: the client may retry. Any other code is what a stage said about the step's content.
+  const absl::StatusCode c = status.code();
+  const bool stage_fault = c == absl::StatusCode::kUnavailable ||
+                           c == absl::StatusCode::kDeadlineExceeded ||
+                           c == absl::StatusCode::kCancelled || c == absl::StatusCode::kAborted ||
+                           c == absl::StatusCode::kUnknown;
+  const absl::Status end =
+      stage_fault ? absl::UnavailableError(absl::StrCat("a pipeline step failed (",
+                                                        status.message(), "); retry the request"))
+                  : status;
+  // After a stage fault the releases wait for the stages to answer again (one retry for all),
+  // instead of each waiting for a hung stage's deadline in turn.
+  defer_release_ = stage_fault;
+  absl::flat_hash_set<uint64_t> handled;  // a request may have two items (profile, prefill)
+  for (const WorkItem& item : plan.items) {
+    Sequence* seq = Find(item.id);
+    if (seq == nullptr || !handled.insert(item.id).second) continue;
+    if (seq->generated == 0 && seq->restarts == 0 && Restart(*seq)) continue;
+    FinishSequence(item.id, end, 0);
   }
+  defer_release_ = false;
+}
+
+bool Coordinator::Restart(Sequence& seq) {
+  if (seq.started) ReleaseOnStages(seq.id);
+  scheduler_->Cancel(seq.id);
+  // Back to the state Submit left it in (nothing was streamed, so the client sees no seam).
+  seq.started = seq.compacted = seq.profiled = seq.budgets_known = seq.needs_profile_pass = false;
+  seq.budgets = PolicyBudgets();
+  seq.retention.reset();
+  seq.reachable = true;
+  seq.gains.clear();
+  seq.layers.clear();
+  seq.profile_ms = seq.solve_ms = 0;
+  seq.admitted_set = false;
+  ++seq.restarts;
+  if (seq.compress && !PlanBudgetsAtSubmit(seq).ok()) return false;
+  return scheduler_->Submit(SpecFor(seq)).ok();
 }
 
 Coordinator::Sequence* Coordinator::Find(uint64_t id) {
@@ -201,25 +288,33 @@ absl::Status Coordinator::RunProfiles(const StepPlan& plan) {
   const double step_ms = Ms(clock_->Now() - step_start);
   for (size_t i = 0; i < seqs.size(); ++i) {
     Sequence& seq = *seqs[i];
-    const SequenceStepResult& r = outcome.sequences[i];
     seq.profile_ms += step_ms;
-    if (!r.gains.has_value() || static_cast<int>(r.gains->size()) != config_.n_layers) {
-      return absl::InternalError(absl::StrCat("request ", seq.id, ": the stages returned ",
-                                              r.gains ? r.gains->size() : 0, " gain curves for ",
-                                              config_.n_layers, " layers"));
+    // A failure here is this request's own (its KV spec): it ends alone, the batch goes on.
+    if (absl::Status s = SolveProfiled(seq, outcome.sequences[i]); !s.ok()) {
+      FinishSequence(seq.id, s, 0);
     }
-    const absl::Time t0 = clock_->Now();
-    seq.gains = *r.gains;
-    ASSIGN_OR_RETURN(PolicyBudgets b,
-                     SolveFromGains(seq.gains, r.prefix_len, bytes_per_token_, seq.kv));
-    RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, r.prefix_len));
-    seq.solve_ms += Ms(clock_->Now() - t0);
   }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::SolveProfiled(Sequence& seq, const SequenceStepResult& r) {
+  if (!r.gains.has_value() || static_cast<int>(r.gains->size()) != config_.n_layers) {
+    return absl::InternalError(absl::StrCat("request ", seq.id, ": the stages returned ",
+                                            r.gains ? r.gains->size() : 0, " gain curves for ",
+                                            config_.n_layers, " layers"));
+  }
+  const absl::Time t0 = clock_->Now();
+  seq.gains = *r.gains;
+  ASSIGN_OR_RETURN(PolicyBudgets b,
+                   SolveFromGains(seq.gains, r.prefix_len, bytes_per_token_, seq.kv));
+  RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, r.prefix_len));
+  seq.solve_ms += Ms(clock_->Now() - t0);
   return absl::OkStatus();
 }
 
 absl::Status Coordinator::ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
                                        int64_t prefix_len) {
+  RETURN_IF_ERROR(ClampBudgets(seq, budgets.budgets));
   seq.budgets = std::move(budgets);
   seq.budgets_known = true;
   seq.profiled = profiled;
@@ -286,7 +381,11 @@ absl::Status Coordinator::RunMain(const StepPlan& plan) {
     const SequenceStepResult& r = outcome.sequences[i];
     if (!r.layers.empty()) seq.layers = r.layers;
     if (item.kind == WorkKind::kPrefill && item.completes_prompt) {
-      RETURN_IF_ERROR(AfterPrefill(seq, r));
+      // This request's own failure (solving or compacting its budgets): it ends alone.
+      if (absl::Status s = AfterPrefill(seq, r); !s.ok()) {
+        FinishSequence(seq.id, s, 0);
+        continue;
+      }
     }
     if (r.token >= 0) AcceptToken(seq, r.token);  // may finish (and free) the sequence
   }
@@ -371,11 +470,7 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
     sequences_.erase(it);
   }
   scheduler_->Finish(id);
-  if (seq->started) {
-    const uint64_t ids[] = {id};
-    absl::Status released = driver_->Release(ids);
-    (void)released;  // a stage that is down holds nothing we can free
-  }
+  if (seq->started) ReleaseOnStages(id);
   ReportDone(*seq, status);
   if (status.ok()) {
     if (!seq->utf8_pending.empty()) seq->sink->OnDelta(Sanitize(seq->utf8_pending), {});
@@ -386,12 +481,20 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
   drained_.notify_all();
 }
 
+void Coordinator::ReleaseOnStages(uint64_t id) {
+  const uint64_t ids[] = {id};
+  if (defer_release_ || !driver_->Release(ids).ok()) {
+    unreleased_.push_back(id);  // freed once every stage answers (Loop)
+  }
+}
+
 void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) const {
   if (!options_.on_request_done) return;
   const absl::Time now = clock_->Now();
   RequestRecord r;
   r.code = status.code();
-  r.prompt_tokens = static_cast<int64_t>(seq.prompt.size());
+  // Only admitted prompts count as processed prompt tokens (not those dropped from the queue).
+  r.prompt_tokens = seq.admitted_set ? static_cast<int64_t>(seq.prompt.size()) : 0;
   r.completion_tokens = seq.generated;
   r.e2e_seconds = absl::ToDoubleSeconds(now - seq.submitted);
   if (seq.generated > 0) r.ttft_seconds = absl::ToDoubleSeconds(seq.first_token - seq.submitted);

@@ -5,8 +5,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "coordinator/grpc_status_map.h"
 
 namespace xkv {
@@ -64,7 +66,30 @@ absl::Status ValidatePresence(const xkv::v1::GenerateRequest& r) {
 
 namespace {
 
-class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateResponse> {
+// The request from its wire bytes; INVALID_ARGUMENT when they are not a GenerateRequest.
+absl::StatusOr<xkv::v1::GenerateRequest> ParseRequest(const grpc::ByteBuffer& bytes) {
+  std::vector<grpc::Slice> slices;
+  xkv::v1::GenerateRequest request;
+  std::string wire;
+  if (bytes.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) {
+      wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    if (request.ParseFromString(wire)) return request;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the request (", wire.size(),
+      " bytes) is not a valid xkv.v1.GenerateRequest: malformed protobuf, or a string field "
+      "(request_id, chat roles and contents, kv_policy names, stop strings) that is not UTF-8"));
+}
+
+grpc::ByteBuffer Serialize(const xkv::v1::GenerateResponse& response) {
+  const std::string bytes = response.SerializeAsString();
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // The sink the coordinator calls; forwards to the reactor until the stream is finished.
   class Sink final : public GenerateSink {
@@ -92,8 +117,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
   };
 
   GenerateReactor(Coordinator* coordinator, grpc::CallbackServerContext* context,
-                  const xkv::v1::GenerateRequest& request)
+                  const grpc::ByteBuffer& bytes)
       : coordinator_(coordinator) {
+    absl::StatusOr<xkv::v1::GenerateRequest> parsed = ParseRequest(bytes);
+    if (!parsed.ok()) {
+      Finish(ToGrpc(parsed.status()));
+      return;
+    }
+    const xkv::v1::GenerateRequest& request = *parsed;
     if (absl::Status s = ValidatePresence(request); !s.ok()) {
       Finish(ToGrpc(s));
       return;
@@ -103,6 +134,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
     const auto deadline = context->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
       params.deadline = absl::FromChrono(deadline);
+      deadline_ = params.deadline;
     }
     absl::StatusOr<uint64_t> id =
         coordinator_->Submit(std::move(params), std::make_shared<Sink>(this));
@@ -128,7 +160,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
       std::lock_guard<std::mutex> lock(mu_);
       id = id_;
     }
-    if (id != 0) coordinator_->Cancel(id);
+    if (id == 0) return;
+    // gRPC cancels the call both when the client goes away and when its deadline passes: the
+    // request ends (and is counted) with the status that matches.
+    coordinator_->Cancel(id, absl::Now() >= deadline_
+                                 ? absl::DeadlineExceededError("the client's deadline passed")
+                                 : absl::CancelledError("the client cancelled the request"));
   }
 
   void OnDone() override { delete this; }
@@ -138,7 +175,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
     std::lock_guard<std::mutex> lock(mu_);
     if (resp.has_value()) {
       resp->set_request_id(request_id_);
-      pending_.push_back(std::move(*resp));
+      pending_.push_back(Serialize(*resp));
     }
     if (final_status != nullptr) final_ = *final_status;
     WriteNextLocked();
@@ -160,11 +197,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
   }
 
   Coordinator* coordinator_;
+  absl::Time deadline_ = absl::InfiniteFuture();
   std::mutex mu_;
   uint64_t id_ = 0;
   std::string request_id_;
-  std::deque<xkv::v1::GenerateResponse> pending_;
-  xkv::v1::GenerateResponse current_;
+  std::deque<grpc::ByteBuffer> pending_;
+  grpc::ByteBuffer current_;
   std::optional<grpc::Status> final_;
   bool writing_ = false;
   bool finished_ = false;
@@ -172,8 +210,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
 
 }  // namespace
 
-grpc::ServerWriteReactor<xkv::v1::GenerateResponse>* GenerationService::Generate(
-    grpc::CallbackServerContext* context, const xkv::v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new GenerateReactor(coordinator_, context, *request);
 }
 

@@ -21,12 +21,16 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& request);
 // internal params would read as "unset") is INVALID_ARGUMENT.
 absl::Status ValidatePresence(const xkv::v1::GenerateRequest& request);
 
-class GenerationService final : public xkv::v1::Generation::CallbackService {
+// Generate is served raw (request and responses as bytes) so that the service itself parses the
+// request: a malformed message or a string field that is not UTF-8 answers INVALID_ARGUMENT
+// (gRPC's own deserialization would answer without a message the service could word).
+class GenerationService final
+    : public xkv::v1::Generation::WithRawCallbackMethod_Generate<xkv::v1::Generation::Service> {
  public:
   explicit GenerationService(Coordinator* coordinator) : coordinator_(coordinator) {}
 
-  grpc::ServerWriteReactor<xkv::v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const xkv::v1::GenerateRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
 
  private:
   Coordinator* coordinator_;

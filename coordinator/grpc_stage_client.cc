@@ -28,29 +28,33 @@ class GrpcStageClient final : public StageClient {
 
   absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
       const xkv::v1::LoadStageRequest& request) override {
-    return Call<xkv::v1::LoadStageResponse>(request, &xkv::v1::Worker::Stub::LoadStage);
+    return Call<xkv::v1::LoadStageResponse>(request, &xkv::v1::Worker::Stub::LoadStage,
+                                            options_.rpc_timeout);
   }
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
-    return Call<xkv::v1::StepResponse>(request, &xkv::v1::Worker::Stub::Step);
+    return Call<xkv::v1::StepResponse>(request, &xkv::v1::Worker::Stub::Step,
+                                       options_.step_timeout);
   }
   absl::StatusOr<xkv::v1::CompactResponse> Compact(
       const xkv::v1::CompactRequest& request) override {
-    return Call<xkv::v1::CompactResponse>(request, &xkv::v1::Worker::Stub::Compact);
+    return Call<xkv::v1::CompactResponse>(request, &xkv::v1::Worker::Stub::Compact,
+                                          options_.step_timeout);
   }
   absl::StatusOr<xkv::v1::ReleaseResponse> Release(
       const xkv::v1::ReleaseRequest& request) override {
-    return Call<xkv::v1::ReleaseResponse>(request, &xkv::v1::Worker::Stub::Release);
+    return Call<xkv::v1::ReleaseResponse>(request, &xkv::v1::Worker::Stub::Release,
+                                          options_.status_timeout);
   }
   absl::StatusOr<xkv::v1::StatusResponse> Status() override {
-    return Call<xkv::v1::StatusResponse>(xkv::v1::StatusRequest(), &xkv::v1::Worker::Stub::Status);
+    return Call<xkv::v1::StatusResponse>(xkv::v1::StatusRequest(), &xkv::v1::Worker::Stub::Status,
+                                         options_.status_timeout);
   }
 
  private:
   template <typename Response, typename Request, typename Method>
-  absl::StatusOr<Response> Call(const Request& request, Method method) {
+  absl::StatusOr<Response> Call(const Request& request, Method method, absl::Duration timeout) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(options_.rpc_timeout));
+    context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
     Response response;
     grpc::Status status = (stub_.get()->*method)(&context, request, &response);
     if (!status.ok()) return FromGrpc(status, "worker " + options_.address);

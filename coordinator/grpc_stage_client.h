@@ -13,8 +13,10 @@
 namespace xkv {
 
 struct GrpcStageClientOptions {
-  std::string address;                             // host:port of the worker
-  absl::Duration rpc_timeout = absl::Minutes(10);  // per call (LoadStage reads a model)
+  std::string address;                               // host:port of the worker
+  absl::Duration rpc_timeout = absl::Minutes(10);    // LoadStage (reads a model)
+  absl::Duration step_timeout = absl::Seconds(30);   // Step, Compact
+  absl::Duration status_timeout = absl::Seconds(2);  // Status (health), Release
   // Mutual TLS to the worker (worker/tls_credentials.h); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 };

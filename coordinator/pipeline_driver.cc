@@ -79,7 +79,7 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
                                        "): ", results[s].status().message()));
     }
   }
-  states_.clear();
+  std::vector<StageState> states;
   for (size_t s = 0; s < results.size(); ++s) {
     StageState st;
     st.address = stages_[s]->address();
@@ -89,13 +89,20 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
     st.layer_capacity_blocks.assign(results[s]->layer_capacity_blocks().begin(),
                                     results[s]->layer_capacity_blocks().end());
     st.block_bytes = results[s]->block_bytes();
-    states_.push_back(std::move(st));
+    states.push_back(std::move(st));
   }
-  model_ = results[0]->model();
+  std::lock_guard<std::mutex> lock(mu_);
+  states_ = std::move(states);
   return absl::OkStatus();
 }
 
+std::vector<StageState> PipelineDriver::stage_states() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return states_;
+}
+
 std::vector<int64_t> PipelineDriver::LayerCapacityBlocks() const {
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<int64_t> out;
   for (const StageState& s : states_) {
     out.insert(out.end(), s.layer_capacity_blocks.begin(), s.layer_capacity_blocks.end());

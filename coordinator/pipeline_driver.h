@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,13 +65,14 @@ class PipelineDriver {
   explicit PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages);
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
+  std::string address(size_t stage) const { return stages_[stage]->address(); }
   // Loads (or reloads) every stage with `plan`'s ranges, concurrently (all LoadStage calls are in
   // flight together: with NCCL, creating the communicator is collective and would deadlock if the
   // stages were loaded one after another). All stages' sequences are dropped. The first error
   // (lowest stage index) is returned.
   absl::Status LoadStages(const StagePlan& plan, const StageLoadSettings& settings);
-  const std::vector<StageState>& stage_states() const { return states_; }
-  const xkv::v1::ModelInfo& model_info() const { return model_; }
+  // A copy: admin calls read it while the loop thread may reload the stages.
+  std::vector<StageState> stage_states() const;
   // Per model layer: block capacity ([L]), from the loaded stages.
   std::vector<int64_t> LayerCapacityBlocks() const;
 
@@ -91,8 +93,8 @@ class PipelineDriver {
   std::vector<absl::StatusOr<T>> FanOut(F call);
 
   std::vector<std::unique_ptr<StageClient>> stages_;
-  std::vector<StageState> states_;
-  xkv::v1::ModelInfo model_;
+  mutable std::mutex mu_;
+  std::vector<StageState> states_;  // guarded by mu_
 };
 
 }  // namespace xkv

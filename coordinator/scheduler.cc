@@ -77,6 +77,11 @@ bool Scheduler::Cancel(uint64_t id) {
   return true;
 }
 
+bool Scheduler::CancelQueued(uint64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.Cancel(id);
+}
+
 void Scheduler::Finish(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = FindRunning(id);
@@ -126,11 +131,16 @@ void Scheduler::DropWaiting(absl::Time now, std::vector<DroppedRequest>* dropped
   while (const QueuedRequest* front = queue_.Front()) {
     if (now - front->enqueued <= options_.max_queue_wait) break;
     const uint64_t id = front->spec.id;
+    const std::string blocked_by =
+        !admitting_ ? "admission is paused (draining or re-planning the stages)"
+        : static_cast<int64_t>(running_.size()) >= options_.max_running
+            ? absl::StrCat("all ", options_.max_running, " batch slots (--max-batch) stayed busy")
+            : "its KV blocks did not fit in the free KV cache";
     queue_.PopFront();
     dropped->push_back(
-        {id, absl::ResourceExhaustedError(absl::StrCat(
-                 "no KV cache room for the request after waiting ",
-                 absl::FormatDuration(options_.max_queue_wait), " in the queue; retry later"))});
+        {id, absl::ResourceExhaustedError(
+                 absl::StrCat("the request waited ", absl::FormatDuration(options_.max_queue_wait),
+                              " (--max-queue-wait) in the queue: ", blocked_by, "; retry later"))});
   }
 }
 

@@ -84,6 +84,8 @@ class Scheduler {
   absl::Status Submit(SequenceSpec spec);
   // Removes a queued or running request and releases its blocks; false when unknown.
   bool Cancel(uint64_t id);
+  // Removes a request only while it is still queued; false otherwise.
+  bool CancelQueued(uint64_t id);
   // A running request ended (EOS, length, stop, error): releases its blocks. No-op when unknown.
   void Finish(uint64_t id);
   // Replaces a running request's reservation (e.g. after its budgets were solved).

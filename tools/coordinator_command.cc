@@ -15,6 +15,7 @@
 #include "coordinator/grpc_stage_client.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
 #include "tools/tls_flags.h"
 #include "worker/tls_credentials.h"
@@ -29,7 +30,8 @@ namespace {
 // retries with exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
     const CoordinatorOptions& options, const std::vector<std::string>& addresses,
-    const std::shared_ptr<grpc::ChannelCredentials>& credentials, absl::Duration wait) {
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials, absl::Duration wait,
+    absl::Duration stage_timeout) {
   const absl::Time deadline = absl::Now() + wait;
   absl::Duration backoff = absl::Milliseconds(500);
   for (int attempt = 1;; ++attempt) {
@@ -38,6 +40,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
       GrpcStageClientOptions o;
       o.address = a;
       o.credentials = credentials;
+      o.step_timeout = stage_timeout;
       clients.push_back(MakeGrpcStageClient(o));
     }
     absl::StatusOr<std::unique_ptr<Coordinator>> c =
@@ -61,6 +64,8 @@ int RunCoordinator(int argc, char** argv) {
   std::string data_plane = "grpc";
   int64_t wait_for_workers_s = 240;
   TlsFiles tls_files;
+  double stage_timeout_s = 30;
+  LifecycleFlags lifecycle;
   FlagSet flags("coordinator",
                 "Serves xkv.v1.Generation (--listen) and xkv.v1.Admin (--admin-listen) over the "
                 "pipeline\nstages of --workers (one `xkv worker` per stage, in layer order).");
@@ -72,6 +77,11 @@ int RunCoordinator(int argc, char** argv) {
   flags.Int("wait-for-workers", &wait_for_workers_s,
             "seconds to keep retrying (with backoff) while a worker is unreachable at start, so "
             "pods may start in any order (0: fail at once)");
+  flags.Double("stage-timeout", &stage_timeout_s,
+               "seconds a pipeline step (or a compaction) may take on the workers before the "
+               "coordinator gives up on it (its requests get UNAVAILABLE); also the workers' wait "
+               "for each other's hidden rows");
+  RegisterLifecycleFlags(flags, &lifecycle);
   RegisterTlsFlags(flags, "the coordinator (a client of the workers)", &tls_files);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   std::vector<std::string> addresses = absl::StrSplit(workers, ',', absl::SkipWhitespace());
@@ -83,7 +93,15 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --wait-for-workers must be >= 0\n");
     return 2;
   }
+  if (!(stage_timeout_s > 0 && stage_timeout_s <= 3600)) {
+    std::fprintf(stderr, "xkv coordinator: --stage-timeout must be in (0, 3600] seconds\n");
+    return 2;
+  }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  if (options.ok()) {
+    options->link_timeout = absl::Seconds(stage_timeout_s);
+    if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
+  }
   if (!options.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(options.status().message()).c_str());
     return 2;
@@ -105,7 +123,8 @@ int RunCoordinator(int argc, char** argv) {
   const std::shared_ptr<grpc::ChannelCredentials> credentials =
       tls->has_value() ? MutualTlsChannelCredentials(**tls) : nullptr;
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartWithBackoff(*options, addresses, credentials, absl::Seconds(wait_for_workers_s));
+      StartWithBackoff(*options, addresses, credentials, absl::Seconds(wait_for_workers_s),
+                       absl::Seconds(stage_timeout_s));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n",
                  std::string(coordinator.status().message()).c_str());

@@ -15,6 +15,7 @@
 #include "coordinator/stage_client.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
 #include "worker/hidden_mailbox.h"
 #include "worker/in_process_stage_link.h"
@@ -132,6 +133,7 @@ int RunServe(int argc, char** argv) {
   int64_t stages = 1;
   int64_t threads = 0;
   std::string device = "cpu";
+  LifecycleFlags lifecycle;
   FlagSet flags("serve",
                 "Embedded mode: the coordinator and --stages pipeline stages in one process, "
                 "serving\nxkv.v1.Generation on --listen and xkv.v1.Admin on --admin-listen.");
@@ -141,6 +143,7 @@ int RunServe(int argc, char** argv) {
   flags.String("device", &device,
                "device of the stages: cpu, cuda:N (every stage on GPU N) or a comma-separated "
                "list with one device per stage (e.g. cuda:0,cuda:1)");
+  RegisterLifecycleFlags(flags, &lifecycle);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (stages < 1) {
     std::fprintf(stderr, "xkv serve: --stages must be >= 1\n");
@@ -170,6 +173,9 @@ int RunServe(int argc, char** argv) {
         devices[devices.size() == 1 ? 0 : s], static_cast<int>(threads)));
   }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  if (options.ok()) {
+    if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
+  }
   if (!options.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(options.status().message()).c_str());
     return 2;

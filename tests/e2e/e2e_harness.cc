@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -11,8 +12,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -333,7 +336,103 @@ absl::StatusOr<xkv::v1::GetClusterStatusResponse> Cluster::ClusterStatus() {
   return r;
 }
 
+std::string Cluster::worker_address(int i) const {
+  return absl::StrCat("127.0.0.1:", worker_ports_[i]);
+}
+
+absl::StatusOr<xkv::v1::StatusResponse> Cluster::WorkerStatus(int i, absl::Duration timeout) {
+  auto stub = xkv::v1::Worker::NewStub(
+      grpc::CreateChannel(worker_address(i), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  xkv::v1::StatusResponse r;
+  grpc::Status s = stub->Status(&ctx, {}, &r);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  return r;
+}
+
 // ---- Requests -------------------------------------------------------------------------------
+
+namespace {
+
+grpc::Status RawUnary(const std::string& address, const std::string& method,
+                      const std::string& request, absl::Duration timeout, std::string* response) {
+  grpc::Slice slice(request);
+  grpc::ByteBuffer in(&slice, 1), out;
+  grpc::GenericStub stub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &in, &out,
+                 [&done](grpc::Status s) { done.set_value(s); });
+  grpc::Status status = done.get_future().get();
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && out.Dump(&slices).ok()) {
+    for (const grpc::Slice& s : slices) {
+      response->append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+  }
+  return status;
+}
+
+}  // namespace
+
+int HealthStatus(const std::string& address, const std::string& service, absl::Duration timeout) {
+  std::string request;
+  if (!service.empty()) {
+    request = absl::StrCat("\x0a", std::string(1, static_cast<char>(service.size())), service);
+  }
+  std::string bytes;
+  if (!RawUnary(address, "/grpc.health.v1.Health/Check", request, timeout, &bytes).ok()) return -1;
+  if (bytes.empty()) return 0;
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
+}
+
+grpc::Status RawCall(const std::string& address, const std::string& method,
+                     const std::string& request_bytes, absl::Duration timeout) {
+  std::string ignored;
+  return RawUnary(address, method, request_bytes, timeout, &ignored);
+}
+
+absl::StatusOr<std::vector<int64_t>> IdleBlocks(Cluster& cluster) {
+  absl::StatusOr<xkv::v1::GetClusterStatusResponse> st = cluster.ClusterStatus();
+  if (!st.ok()) return st.status();
+  std::vector<int64_t> blocks;
+  for (const xkv::v1::StageStatus& stage : st->stages()) {
+    if (stage.health() != xkv::v1::HEALTH_STATE_SERVING) {
+      return absl::UnavailableError(absl::StrCat("stage ", stage.index(), " is not serving"));
+    }
+    blocks.push_back(stage.blocks_used());
+  }
+  return blocks;
+}
+
+bool BackToIdleBlocks(Cluster& cluster, const std::vector<int64_t>& idle, absl::Duration timeout) {
+  absl::StatusOr<std::vector<int64_t>> now;
+  const bool back = PollUntil(
+      [&] {
+        now = IdleBlocks(cluster);
+        return now.ok() && *now == idle;
+      },
+      timeout);
+  if (!back) {
+    std::fprintf(
+        stderr, "KV blocks in use per stage: want %s, have %s\n", absl::StrJoin(idle, ",").c_str(),
+        now.ok() ? absl::StrJoin(*now, ",").c_str() : std::string(now.status().message()).c_str());
+  }
+  return back;
+}
+
+bool PollUntil(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (done()) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
+}
 
 StreamResult Generate(
     xkv::v1::Generation::Stub& stub, const xkv::v1::GenerateRequest& request,
@@ -354,8 +453,31 @@ StreamResult Generate(
     if (on_chunk) on_chunk(resp, ctx);
   }
   out.status = reader->Finish();
-  out.elapsed = absl::Now() - start;
+  out.finished = absl::Now();
+  out.elapsed = out.finished - start;
   return out;
+}
+
+void BackgroundStreams::Start(const xkv::v1::GenerateRequest& request, absl::Duration deadline) {
+  StreamResult* out = &results_.emplace_back();
+  threads_.emplace_back([this, request, deadline, out] {
+    bool counted = false;
+    *out = Generate(stub_, request, deadline,
+                    [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
+                      if (!counted) counted = true, ++streaming_;
+                    });
+  });
+}
+
+bool BackgroundStreams::WaitStreaming(int n, absl::Duration timeout) {
+  return PollUntil([&] { return streaming_.load() >= n; }, timeout);
+}
+
+std::vector<StreamResult> BackgroundStreams::Join() {
+  for (std::thread& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  return std::vector<StreamResult>(results_.begin(), results_.end());
 }
 
 xkv::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens,

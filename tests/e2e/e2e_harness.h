@@ -14,16 +14,20 @@
 #include <grpcpp/grpcpp.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "xkv/v1/admin.grpc.pb.h"
 #include "xkv/v1/generation.grpc.pb.h"
+#include "xkv/v1/worker.grpc.pb.h"
 
 namespace xkv::e2e {
 
@@ -86,7 +90,12 @@ class Cluster {
   xkv::v1::Admin::Stub& admin() { return *admin_; }
   const std::string& admin_token() const { return options_.admin_token; }
   ChildProcess& worker(int i) { return *workers_[i]; }
+  ChildProcess& coordinator() { return *coordinator_; }
   int num_workers() const { return static_cast<int>(workers_.size()); }
+  std::string worker_address(int i) const;
+  // Worker i's own Status (xkv.v1.Worker), bounded by `timeout`.
+  absl::StatusOr<xkv::v1::StatusResponse> WorkerStatus(int i,
+                                                       absl::Duration timeout = absl::Seconds(5));
   // Starts worker i again on its old port (after it was killed).
   absl::Status RestartWorker(int i);
   // Every process's log, for failure messages.
@@ -120,6 +129,7 @@ struct StreamResult {
   std::optional<xkv::v1::Usage> usage;
   int chunks = 0;
   absl::Duration elapsed;
+  absl::Time finished;  // when the call ended
 };
 
 // Calls Generate with a deadline; `on_chunk` (optional) sees every response with the call's
@@ -128,6 +138,45 @@ StreamResult Generate(xkv::v1::Generation::Stub& stub, const xkv::v1::GenerateRe
                       absl::Duration deadline = absl::Seconds(120),
                       const std::function<void(const xkv::v1::GenerateResponse&,
                                                grpc::ClientContext&)>& on_chunk = nullptr);
+
+// grpc.health.v1.Health/Check by hand (the health stubs are not installed): the ServingStatus
+// number (1 SERVING, 2 NOT_SERVING), or -1 when the call fails (e.g. past `timeout`).
+int HealthStatus(const std::string& address, const std::string& service = "",
+                 absl::Duration timeout = absl::Seconds(5));
+
+// A unary call of `method` ("/pkg.Service/Method") with raw request bytes (no client-side
+// serialization, so malformed messages reach the server); returns the call's status.
+grpc::Status RawCall(const std::string& address, const std::string& method,
+                     const std::string& request_bytes, absl::Duration timeout = absl::Seconds(10));
+
+// Every stage's KV blocks in use (GetClusterStatus); an error when a stage is not serving.
+absl::StatusOr<std::vector<int64_t>> IdleBlocks(Cluster& cluster);
+// True once every stage serves and holds `idle` blocks again (polled for up to `timeout`); else
+// logs what the stages hold.
+bool BackToIdleBlocks(Cluster& cluster, const std::vector<int64_t>& idle,
+                      absl::Duration timeout = absl::Seconds(20));
+
+// Polls `done` (each 20 ms) until it is true or `timeout` passed; returns its last value.
+bool PollUntil(const std::function<bool()>& done, absl::Duration timeout);
+
+// Generate calls on threads of their own (the load of a fault test); counts the streams that
+// produced their first chunk.
+class BackgroundStreams {
+ public:
+  explicit BackgroundStreams(xkv::v1::Generation::Stub& stub) : stub_(stub) {}
+  ~BackgroundStreams() { Join(); }
+  void Start(const xkv::v1::GenerateRequest& request, absl::Duration deadline);
+  // True once `n` streams produced a chunk (polled up to `timeout`).
+  bool WaitStreaming(int n, absl::Duration timeout);
+  // Waits for every call; their results in Start order.
+  std::vector<StreamResult> Join();
+
+ private:
+  xkv::v1::Generation::Stub& stub_;
+  std::deque<StreamResult> results_;  // stable addresses for the threads
+  std::vector<std::thread> threads_;
+  std::atomic<int> streaming_{0};
+};
 
 // A greedy raw-prompt request.
 xkv::v1::GenerateRequest GreedyRequest(const std::string& prompt, int max_tokens,

@@ -6,9 +6,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <atomic>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "tests/e2e/e2e_harness.h"
@@ -31,27 +29,16 @@ TEST_P(KilledWorker, InFlightRequestsGetUnavailableAndTheServiceRecovers) {
   StreamResult healthy = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
   ASSERT_TRUE(healthy.status.ok()) << healthy.status.error_message() << c.Logs();
 
-  std::atomic<int> streaming{0};
-  std::vector<StreamResult> results(kInFlight);
-  std::vector<std::thread> clients;
+  BackgroundStreams load(c.generation());
   for (int i = 0; i < kInFlight; ++i) {
-    clients.emplace_back([&, i] {
-      xkv::v1::GenerateRequest r = GreedyRequest(kLongPrompt, 2000);
-      r.set_ignore_eos(true);
-      bool counted = false;
-      results[i] = Generate(c.generation(), r, kDeadline,
-                            [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
-                              if (!counted) counted = true, ++streaming;
-                            });
-    });
+    xkv::v1::GenerateRequest r = GreedyRequest(kLongPrompt, 2000);
+    r.set_ignore_eos(true);
+    load.Start(r, kDeadline);
   }
   // Bounded wait until both requests stream, then kill the worker.
-  const absl::Time until = absl::Now() + absl::Seconds(60);
-  while (streaming.load() < kInFlight && absl::Now() < until)
-    absl::SleepFor(absl::Milliseconds(10));
-  const bool both_streaming = streaming.load() == kInFlight;
+  const bool both_streaming = load.WaitStreaming(kInFlight, absl::Seconds(60));
   c.worker(victim).Signal(SIGKILL);
-  for (std::thread& t : clients) t.join();
+  const std::vector<StreamResult> results = load.Join();
   ASSERT_TRUE(both_streaming) << "the requests never started streaming" << c.Logs();
   for (int i = 0; i < kInFlight; ++i) {
     SCOPED_TRACE(testing::Message() << "in-flight request " << i);

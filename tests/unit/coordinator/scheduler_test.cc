@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace xkv {
@@ -209,8 +210,54 @@ TEST(SchedulerTest, WaitingTooLongIsResourceExhaustedAndDeadlinesExpire) {
   ASSERT_EQ(dropped.size(), 1u);
   EXPECT_EQ(dropped[0].id, 2u);
   EXPECT_EQ(dropped[0].status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(dropped[0].status.message(), testing::HasSubstr("KV blocks did not fit"));
+  EXPECT_THAT(dropped[0].status.message(), testing::HasSubstr("--max-queue-wait"));
   EXPECT_EQ(s->queued(), 0);
   EXPECT_EQ(s->running(), 1);
+}
+
+// Drain and shutdown end only requests that still wait: an admitted one keeps running.
+TEST(SchedulerTest, CancelQueuedLeavesRunningRequestsAlone) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.max_running = 1;
+  o.min_final_chunk = 1;
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 8, 4)).ok());
+  s->NextStep(nullptr);  // admits 1
+  ASSERT_TRUE(s->Submit(Spec(2, 8, 4)).ok());
+  EXPECT_FALSE(s->CancelQueued(1));
+  EXPECT_EQ(s->running(), 1);
+  EXPECT_TRUE(s->CancelQueued(2));
+  EXPECT_FALSE(s->CancelQueued(2));
+  EXPECT_EQ(s->queued(), 0);
+}
+
+// The queue-wait error names what actually held the request back.
+TEST(SchedulerTest, QueueWaitErrorNamesBatchSlotsOrPausedAdmission) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.max_running = 1;
+  o.min_final_chunk = 1;
+  o.pool_blocks = {100};
+  o.max_queue_wait = absl::Seconds(10);
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 8, 4, {1})).ok());
+  s->NextStep(nullptr);
+  ASSERT_TRUE(s->Submit(Spec(2, 8, 4, {1})).ok());
+  std::vector<DroppedRequest> dropped;
+  clock.Advance(absl::Seconds(11));
+  s->NextStep(&dropped);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_THAT(dropped[0].status.message(), testing::HasSubstr("all 1 batch slots"));
+  s->Finish(1);
+  s->SetAdmitting(false);
+  ASSERT_TRUE(s->Submit(Spec(3, 8, 4, {1})).ok());
+  dropped.clear();
+  clock.Advance(absl::Seconds(11));
+  s->NextStep(&dropped);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_THAT(dropped[0].status.message(), testing::HasSubstr("admission is paused"));
 }
 
 TEST(SchedulerTest, ProfilePassIsWholeAndComesBeforePrefill) {
