@@ -22,7 +22,7 @@ fail() { echo "image_smoke: $*" >&2; exit 1; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/xkv-image-test.XXXXXX")
 export CONTAINERS_CONF=$here/containers.conf
-podman=(podman --root "$tmp/storage" --runroot "$tmp/run" --storage-driver overlay)
+podman=(podman --root "$tmp/storage" --runroot "$tmp/run" --tmpdir "$tmp/tmp" --storage-driver overlay)
 cleanup() {
   "${podman[@]}" system reset --force >/dev/null 2>&1 || true
   rm -rf "$tmp"
