@@ -5,9 +5,11 @@
 #    layer digests;
 # 2. tests/image/image_check.py: layers, annotations, the runtime config of k8s/Dockerfile, no
 #    compilers, headers or caches;
-# 3. Debian's podman (runtime runc, cgroupfs, containers.conf here, a private store in a temporary
-#    directory) loads the archive and runs it: `xkv --help` (as user 10001) prints what XKV_BIN
-#    prints; `xkv serve` on MODEL, mounted read-only at /opt/xkv/models, answers one Generate over
+# 3. skopeo pushes the archive to a loopback registry (Debian's docker-registry), Debian's podman
+#    (runtime runc, cgroupfs, containers.conf here, a private store in a temporary directory)
+#    pulls it from there and runs it: `xkv --help` (as user 10001) prints what XKV_BIN
+#    prints; the init container's scripts/fetch-model finds MODEL's volume complete; `xkv serve`
+#    on MODEL, mounted read-only at /opt/xkv/models, answers one Generate over
 #    loopback from `xkv client generate` in a second container, with the text `XKV_BIN generate`
 #    gives on the host (greedy, full cache).
 # Needs root and Debian's archive; exits 77 (skipped) when not root.
@@ -23,7 +25,9 @@ fail() { echo "image_smoke: $*" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/xkv-image-test.XXXXXX")
 export CONTAINERS_CONF=$here/containers.conf
 podman=(podman --root "$tmp/storage" --runroot "$tmp/run" --tmpdir "$tmp/tmp" --storage-driver overlay)
+registry=
 cleanup() {
+  [[ -z $registry ]] || { kill "$registry"; wait "$registry"; } 2>/dev/null || true
   "${podman[@]}" system reset --force >/dev/null 2>&1 || true
   rm -rf "$tmp"
 }
@@ -35,13 +39,31 @@ archive=$(echo "$tmp"/out/xkv-*.oci.tar)
 built=$((SECONDS - start))
 python3 "$here/image_check.py" "$archive" "$root/k8s/Dockerfile" "$(git -C "$root" rev-parse HEAD)"
 
-"${podman[@]}" load -q -i "$archive" >/dev/null
-image=$("${podman[@]}" images -q)
-[[ $image =~ ^[0-9a-f]+$ ]] || fail "podman load gave no single image: $image"
+# The push of docs/operations.md, to a loopback registry (Debian's docker-registry), then the pull
+# a node does.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: "127.0.0.1:%s"}\n' \
+  "$tmp/registry" "$port" > "$tmp/registry.yml"
+docker-registry serve "$tmp/registry.yml" > "$tmp/registry.log" 2>&1 &
+registry=$!
+for _ in $(seq 1 100); do  # up to 10 s to listen
+  (exec 3<> "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$registry" 2>/dev/null || fail "docker-registry exited: $(tail -3 "$tmp/registry.log")"
+  sleep 0.1
+done
+image=127.0.0.1:$port/xkv:smoke
+skopeo copy -q --dest-tls-verify=false "oci-archive:$archive" "docker://$image"
+"${podman[@]}" pull -q --tls-verify=false "$image" >/dev/null
+say "skopeo copy to a registry, podman pull from it: ok"
 run=("${podman[@]}" run --rm --network=host)
 [[ $("${run[@]}" --entrypoint id "$image" -u) == 10001 ]] || fail "the image does not run as 10001"
 diff <("${run[@]}" "$image" --help 2>&1) <("$bin" --help 2>&1) || fail "xkv --help differs"
 say "xkv --help in the image: ok"
+# The init container's command on a volume that holds the model: checks its sha256, downloads nothing.
+out=$("${run[@]}" --read-only -v "$(dirname "$model")":/opt/xkv/models:ro \
+  --entrypoint /opt/xkv/scripts/fetch-model "$image" 2>&1) && [[ $out == *"model present"* ]] \
+  || fail "scripts/fetch-model in the image does not accept the model volume: $out"
+say "fetch-model in the image (read-only root, user 10001): ok"
 
 "${podman[@]}" run -d --name xkv-smoke --network=host \
   -v "$(dirname "$model")":/opt/xkv/models:ro "$image" serve \
