@@ -29,7 +29,7 @@ registry=
 cleanup() {
   [[ -z $registry ]] || { kill "$registry"; wait "$registry"; } 2>/dev/null || true
   "${podman[@]}" system reset --force >/dev/null 2>&1 || true
-  rm -rf "$tmp"
+  rm -rf --one-file-system "$tmp"
 }
 trap cleanup EXIT
 
