@@ -8,7 +8,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 CMAKE_FLAGS ?=
 PROMPT ?= In two sentences, why does a transformer need a KV cache?
 
-.PHONY: all setup setup-test configure build model demo test format format-check ctest clean
+.PHONY: all setup setup-test configure build model demo test format format-check ctest clean image
 
 all: build
 
@@ -65,6 +65,12 @@ test: setup-test model build format-check ctest
 
 ctest:
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu --timeout 1800
+
+# The runtime image as an OCI archive, without a container daemon (scripts/build-image, as root):
+# $(BUILD)/image/xkv-<version>-cuda13.oci.tar. docs/operations.md pushes and deploys it.
+image: configure
+	cmake --build $(BUILD) -j $(JOBS) --target xkv
+	scripts/build-image --xkv $(BUILD)/xkv --out $(BUILD)/image
 
 clean:
 	rm -rf $(BUILD)

@@ -12,7 +12,7 @@ For each k8s/overlays/<name>:
      ServiceMonitor ports exist, ConfigMap / Secret / PVC names exist, every container has requests
      and limits and runs as non-root, each worker holds one GPU, and -- with --xkv BIN -- every
      flag in the containers' args exists in `xkv <command> --help`;
-  5. static checks of k8s/Dockerfile (CUDA devel/runtime bases, non-root user, sources exist).
+  5. static checks of k8s/Dockerfile (Debian 12 bases, non-root user, sources exist).
 Exits non-zero listing every problem found.
 """
 import argparse
@@ -237,16 +237,15 @@ def check_dockerfile(path):
     text = open(path).read()
     root = os.path.dirname(os.path.dirname(path))
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    if not (len(froms) == 2 and "devel" in froms[0] and "runtime" in froms[1]
-            and all(f.startswith("nvidia/cuda:") for f in froms)):
-        errors.append(f"Dockerfile: want a CUDA devel build stage and a CUDA runtime stage, got {froms}")
+    if not (len(froms) == 2 and all(f.startswith("debian:bookworm") for f in froms)):
+        errors.append(f"Dockerfile: want a Debian 12 build stage and runtime stage, got {froms}")
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     if not users or users[-1].split(":")[0] in ("0", "root"):
         errors.append("Dockerfile: the runtime stage must end as a non-root USER")
     for src in re.findall(r"^COPY\s+(?!--from)(\S+)\s", text, re.M):
         if src != "." and not os.path.exists(os.path.join(root, src)):
             errors.append(f"Dockerfile: COPY source {src} does not exist")
-    for script in ("scripts/setup", "scripts/fetch-model", "scripts/lib.sh"):
+    for script in ("scripts/setup", "scripts/image/stage", "scripts/image/configure-rootfs"):
         if script not in text:
             errors.append(f"Dockerfile: does not use {script}")
     if '"/opt/xkv/bin/xkv"' not in text:
