@@ -126,15 +126,16 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
   for (int layer = begin; layer < end; ++layer) {
     (ExactLayer(weights_->layer(layer)) ? any_exact : any_other) = true;
   }
+  const float* freq_factors = weights_->rope_freqs.empty() ? nullptr : weights_->rope_freqs.data();
   if (any_other) {
     cos_sin_.resize(n * c.rope_dims);
-    RETURN_IF_ERROR(
-        cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
+    RETURN_IF_ERROR(cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base,
+                                         cos_sin_.data(), {c.rope_freq_scale, freq_factors}));
   }
   if (any_exact) {
     exact_rope_.resize(n * c.rope_dims);
-    RETURN_IF_ERROR(
-        cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base, exact_rope_.data()));
+    RETURN_IF_ERROR(cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base,
+                                         exact_rope_.data(), c.rope_freq_scale, freq_factors));
   }
   for (int layer = begin; layer < end; ++layer) {
     bool stop = false;
@@ -170,6 +171,7 @@ absl::Status LlamaModel::RunExactLayer(int layer, const BatchStep& batch, float*
   RETURN_IF_ERROR(
       cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.wqkv_q, qkv_.data(), qkv_dim, false));
+  RETURN_IF_ERROR(QkvHooks(w, n));
   RETURN_IF_ERROR(cpu::ggml::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim,
                                         exact_rope_.data(), q_.data(), q_dim));
   float* k_new = qkv_.data() + q_dim;
@@ -202,6 +204,7 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
       cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, w.wqkv, w.qkv_rounding, w.wqkv_mins, qkv_.data(),
                          qkv_dim, n, qkv_dim, c.hidden, false));
+  RETURN_IF_ERROR(QkvHooks(w, n));
   RETURN_IF_ERROR(cpu::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
                                   cos_sin_.data(), q_.data(), q_dim));
   float* k_new = qkv_.data() + q_dim;  // roped in place, rows qkv_dim apart
@@ -229,6 +232,25 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
   // hidden += silu(gate)*up · W_downᵀ
   return Matmul(ffn_.data(), 2 * f, w.w_down, w.down_rounding, w.w_down_mins, hidden, c.hidden, n,
                 c.hidden, f, true);
+}
+
+absl::Status LlamaModel::QkvHooks(const LlamaLayerWeights& w, int64_t n) {
+  const ModelConfig& c = config();
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = qkv_.data() + t * qkv_dim;
+    if (!w.qkv_bias.empty()) {
+      for (int64_t i = 0; i < qkv_dim; ++i) row[i] += w.qkv_bias[i];
+    }
+    if (!w.q_norm.empty()) {
+      RETURN_IF_ERROR(
+          cpu::LaunchRmsNorm(row, w.q_norm.data(), c.n_heads, c.head_dim, c.norm_eps, row));
+      RETURN_IF_ERROR(cpu::LaunchRmsNorm(row + q_dim, w.k_norm.data(), c.n_kv_heads, c.head_dim,
+                                         c.norm_eps, row + q_dim));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,

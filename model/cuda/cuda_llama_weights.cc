@@ -29,6 +29,20 @@ absl::StatusOr<const GgufTensorInfo*> FindMatrix(const GgufFile& file, const std
   return info;
 }
 
+// The architecture hooks (model/arch/arch.h) the CUDA step does not run yet: such a model is
+// refused, never run without them.
+absl::Status CheckArchHooks(const ModelConfig& c) {
+  std::string missing;
+  if (c.qkv_bias) missing = "Q/K/V biases (blk.N.attn_q.bias)";
+  if (c.qk_norm) missing = "QK-norm (blk.N.attn_q_norm.weight)";
+  if (c.rope_freqs) missing = "RoPE frequency factors (rope_freqs.weight)";
+  if (c.rope_freq_scale != 1.f) missing = "linear RoPE scaling (rope.scaling.factor)";
+  if (missing.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("cuda engine: architecture '", c.architecture, "' with ", missing,
+                   " is not supported on CUDA yet (use the CPU engine)"));
+}
+
 }  // namespace
 
 absl::Status CudaLlamaModel::AllocWeights() {
@@ -95,6 +109,7 @@ absl::Status CudaLlamaModel::UploadVector(const GgufFile& file, const std::strin
 
 absl::Status CudaLlamaModel::LoadWeights(const GgufFile& file) {
   const ModelConfig& c = config_;
+  RETURN_IF_ERROR(CheckArchHooks(c));
   const int64_t h = c.hidden, q_dim = int64_t{c.n_heads} * c.head_dim;
   const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim, f = c.ffn, vocab = c.vocab_size;
   for (int l = layer_begin_; l < layer_end_; ++l) {
