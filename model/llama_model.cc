@@ -10,6 +10,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/ggml_exact.h"
+#include "kernels/cpu/qkv_hooks.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
@@ -236,21 +237,10 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
 
 absl::Status LlamaModel::QkvHooks(const LlamaLayerWeights& w, int64_t n) {
   const ModelConfig& c = config();
-  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
-  const int64_t qkv_dim = q_dim + 2 * int64_t{c.n_kv_heads} * c.head_dim;
-  for (int64_t t = 0; t < n; ++t) {
-    float* row = qkv_.data() + t * qkv_dim;
-    if (!w.qkv_bias.empty()) {
-      for (int64_t i = 0; i < qkv_dim; ++i) row[i] += w.qkv_bias[i];
-    }
-    if (!w.q_norm.empty()) {
-      RETURN_IF_ERROR(
-          cpu::LaunchRmsNorm(row, w.q_norm.data(), c.n_heads, c.head_dim, c.norm_eps, row));
-      RETURN_IF_ERROR(cpu::LaunchRmsNorm(row + q_dim, w.k_norm.data(), c.n_kv_heads, c.head_dim,
-                                         c.norm_eps, row + q_dim));
-    }
-  }
-  return absl::OkStatus();
+  const int64_t qkv_dim = int64_t{c.n_heads + 2 * c.n_kv_heads} * c.head_dim;
+  const auto data = [](const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
+  return cpu::LaunchQkvHooks({c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps}, qkv_.data(),
+                             qkv_dim, n, data(w.qkv_bias), data(w.q_norm), data(w.k_norm));
 }
 
 absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,

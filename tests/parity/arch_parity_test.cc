@@ -31,6 +31,7 @@
 #include "model/model_config.h"
 #include "model/sampler.h"
 #include "model/synthetic_model.h"
+#include "tests/parity/arch_cases.h"
 
 namespace xkv {
 namespace {
@@ -41,62 +42,6 @@ constexpr int kGreedyTokens = 16;
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
   return v == nullptr ? "" : v;
-}
-
-struct ArchCase {
-  std::string name;
-  SyntheticModelOptions options;
-  // The hooks the file must switch on.
-  bool qkv_bias = false, qk_norm = false, rope_freqs = false, rope_scaled = false;
-  // Q8_0 llama files take kGgml's bit-exact path (kernels/cpu/ggml_exact.h): every logit equal.
-  bool bit_exact = false;
-};
-
-SyntheticModelOptions Base(const std::string& arch, GgmlType type, uint64_t seed) {
-  SyntheticModelOptions o = SyntheticModelOptions::Tiny();
-  o.architecture = arch;
-  o.weight_type = type;
-  o.weight_scale = 0.2f;  // attention far from uniform, logits well spread
-  o.context_length = 1024;
-  o.seed = seed;
-  o.name = "xkv-synthetic-" + arch;
-  return o;
-}
-
-std::vector<ArchCase> Cases() {
-  std::vector<ArchCase> cases;
-  {  // Llama 3.1 style: rope_freqs (and optional biases) on the bit-exact Q8_0 path, untied
-    ArchCase c{"llama_rope_freqs_bias", Base("llama", GgmlType::kQ8_0, 11)};
-    c.options.optional_tensors = true;
-    c.qkv_bias = c.rope_freqs = c.bit_exact = true;
-    cases.push_back(c);
-  }
-  {  // linear RoPE scaling, tied head
-    ArchCase c{"llama_linear_tied", Base("llama", GgmlType::kQ8_0, 12)};
-    c.options.rope_scaling_factor = 4.f;
-    c.options.tied_embeddings = true;
-    c.rope_scaled = c.bit_exact = true;
-    cases.push_back(c);
-  }
-  {  // Qwen2: NeoX RoPE, Q/K/V biases, tied head (as Qwen2-0.5B)
-    ArchCase c{"qwen2_tied", Base("qwen2", GgmlType::kF32, 13)};
-    c.options.tied_embeddings = true;
-    c.qkv_bias = true;
-    cases.push_back(c);
-  }
-  {  // Qwen3: NeoX RoPE, QK-norm, head_dim 32 with hidden 64 / 4 heads, untied head
-    ArchCase c{"qwen3_untied", Base("qwen3", GgmlType::kF32, 14)};
-    c.options.key_length = 32;
-    c.qk_norm = true;
-    cases.push_back(c);
-  }
-  {  // Qwen3 with F16 matrices (activations rounded to fp16 as llama.cpp does)
-    ArchCase c{"qwen3_f16", Base("qwen3", GgmlType::kF16, 15)};
-    c.options.key_length = 32;
-    c.qk_norm = true;
-    cases.push_back(c);
-  }
-  return cases;
 }
 
 struct Reference {
@@ -250,7 +195,7 @@ TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
       100.0 * without);
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, ArchParityTest, ::testing::ValuesIn(Cases()),
+INSTANTIATE_TEST_SUITE_P(Archs, ArchParityTest, ::testing::ValuesIn(ArchCases()),
                          [](const ::testing::TestParamInfo<ArchCase>& i) { return i.param.name; });
 
 }  // namespace
