@@ -34,17 +34,11 @@ namespace {
 using gpu_test::AllClose;
 using gpu_test::DeviceBuffer;
 using gpu_test::RandomVector;
+using gpu_test::RelDiff;
 
 constexpr int kPrompt = 40;
 constexpr int kSteps = 12;
 constexpr double kRelTol = 0.03;
-
-double RelDiff(const float* got, const float* want, int64_t n) {
-  const auto [lo, hi] = std::minmax_element(want, want + n);
-  double worst = 0;
-  for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
-  return worst / std::max(1e-30, double(*hi) - *lo);
-}
 
 // The hook kernel against its CPU reference: bias only, QK-norm only, both; a padded row stride.
 TEST(QkvHooksGpuTest, MatchesCpuReference) {
