@@ -178,13 +178,15 @@ absl::Status CudaLlamaModel::RandomWeights(uint64_t seed) {
     RETURN_IF_ERROR(fill(w.w_gate_up, 2 * f * h, h));
     RETURN_IF_ERROR(fill(w.w_down, h * f, f));
     // Hooks of a random model: no bias, unit QK-norm gains.
-    if (w.qkv_bias)
+    if (w.qkv_bias) {
       RETURN_IF_ERROR(cuda::LaunchFillConstant(0.0f, q_dim + 2 * kv_dim, w.qkv_bias, stream_));
+    }
     if (w.q_norm) RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.head_dim, w.q_norm, stream_));
     if (w.k_norm) RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.head_dim, w.k_norm, stream_));
   }
-  if (rope_freqs_)
+  if (rope_freqs_ != nullptr) {
     RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.rope_dims / 2, rope_freqs_, stream_));
+  }
   tensor = 1;
   if (has_embedding_) RETURN_IF_ERROR(fill(embedding_, vocab * h, 1));
   tensor = 2;
