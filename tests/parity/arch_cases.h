@@ -64,6 +64,54 @@ inline std::vector<ArchCase> ArchCases() {
     c.qk_norm = true;
     cases.push_back(c);
   }
+  {  // one layer of Qwen2.5-0.5B's real shape: 14 / 2 heads x 64, hidden 896, FFN 4864, tied
+    ArchCase c{"qwen2_0_5b_layer", ArchBase("qwen2", GgmlType::kF16, 16)};
+    SyntheticModelOptions& o = c.options;
+    o.n_layers = 1;
+    o.hidden = 896;
+    o.n_heads = 14;
+    o.n_kv_heads = 2;
+    o.ffn = 4864;
+    o.rope_base = 1e6f;
+    o.norm_eps = 1e-6f;
+    o.weight_scale = 0.05f;
+    o.tied_embeddings = true;
+    c.qkv_bias = true;
+    cases.push_back(c);
+  }
+  {  // one layer of Qwen3-0.6B's real shape: 16 / 8 heads x 128 (q_dim 2048 != hidden 1024)
+    ArchCase c{"qwen3_0_6b_layer", ArchBase("qwen3", GgmlType::kF16, 17)};
+    SyntheticModelOptions& o = c.options;
+    o.n_layers = 1;
+    o.hidden = 1024;
+    o.n_heads = 16;
+    o.n_kv_heads = 8;
+    o.key_length = 128;
+    o.ffn = 3072;
+    o.rope_base = 1e6f;
+    o.norm_eps = 1e-6f;
+    o.weight_scale = 0.05f;
+    o.tied_embeddings = true;
+    c.qk_norm = true;
+    cases.push_back(c);
+  }
+  {  // one layer of Llama-3.2-1B's real shape (32 / 8 heads x 64, hidden 2048, FFN 8192) with its
+     // rope_freqs, tied, Q8_0: the bit-exact path at a real width
+    ArchCase c{"llama32_1b_layer", ArchBase("llama", GgmlType::kQ8_0, 18)};
+    SyntheticModelOptions& o = c.options;
+    o.n_layers = 1;
+    o.hidden = 2048;
+    o.n_heads = 32;
+    o.n_kv_heads = 8;
+    o.ffn = 8192;
+    o.rope_base = 5e5f;
+    o.context_length = 131072;  // rope_freqs for an original context of 8192, as Llama 3.1/3.2
+    o.weight_scale = 0.05f;
+    o.tied_embeddings = true;
+    o.optional_tensors = true;  // rope_freqs (and Q/K/V biases)
+    c.qkv_bias = c.rope_freqs = c.bit_exact = true;
+    cases.push_back(c);
+  }
   return cases;
 }
 

@@ -5,11 +5,11 @@
 // arch_reference.py). The tokenizer is not under test: prompts are token ids.
 //
 // Bounds, as tests/parity/llama_cpp_parity_test.cc states them (and bit for bit on the llama Q8_0
-// files, which take the exact path): at every prompt position the same
-// argmax and max |logit difference| within 1% of llama.cpp's logit range; 16 greedy tokens
-// identical (decode steps through the KV cache), unless llama.cpp's own top-2 margin there is
-// within its own spread (a near-tie). A control switches the architecture's hooks off and checks
-// the logits then leave the bound, so the comparison sees the hooks.
+// files, which take the exact path): at every prompt position max |logit difference| within 1% of
+// llama.cpp's logit range and the same argmax (unless llama.cpp's own top-2 gap is within its
+// spread); 16 greedy tokens identical (decode steps through the KV cache), unless llama.cpp's own
+// top-2 margin there is within its own spread (a near-tie). A control switches the architecture's
+// hooks off and checks the logits then leave the bound, so the comparison sees the hooks.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -153,11 +153,16 @@ TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
   if (c.bit_exact && cpu::ggml::kEmulatesHostBuild) {
     EXPECT_EQ(bitwise, logits->size()) << c.name << ": not bit for bit llama.cpp's logits";
   }
+  // Same argmax at every position, except at a near-tie: llama.cpp's own top-2 gap there within
+  // its spread.
+  int near_ties = 0;
   for (int r = 0; r < kPromptTokens; ++r) {
-    const auto row = [&](const std::vector<float>& l) {
-      return absl::MakeConstSpan(l.data() + int64_t{r} * vocab, vocab);
-    };
-    EXPECT_EQ(Argmax(row(*logits)), Argmax(row(ref->logits))) << c.name << " position " << r;
+    const float* theirs = ref->logits.data() + int64_t{r} * vocab;
+    const int32_t a = Argmax(absl::MakeConstSpan(logits->data() + int64_t{r} * vocab, vocab));
+    const int32_t b = Argmax(absl::MakeConstSpan(theirs, vocab));
+    if (a == b) continue;
+    ++near_ties;
+    EXPECT_LE(theirs[b] - theirs[a], ref->spread) << c.name << " position " << r;
   }
 
   // Greedy decode through the KV cache, one token per step.
@@ -189,10 +194,11 @@ TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
   }();
   EXPECT_GT(without, 0.05f) << c.name << ": the hooks do not change the logits";
   std::printf(
-      "arch parity %-22s max|diff| %.4f%% of range (%zu of %zu logits bitwise equal), greedy "
-      "identical for %zu of %d tokens, llama.cpp's spread %.3g; hooks off: %.1f%%\n",
-      c.name.c_str(), 100.0 * worst, bitwise, logits->size(), same, kGreedyTokens, ref->spread,
-      100.0 * without);
+      "arch parity %-22s max|diff| %.4f%% of range (%zu of %zu logits bitwise equal), argmax "
+      "differs at %d near-ties of %d positions, greedy identical for %zu of %d tokens, llama.cpp's "
+      "spread %.3g; hooks off: %.1f%%\n",
+      c.name.c_str(), 100.0 * worst, bitwise, logits->size(), near_ties, kPromptTokens, same,
+      kGreedyTokens, ref->spread, 100.0 * without);
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, ArchParityTest, ::testing::ValuesIn(ArchCases()),
