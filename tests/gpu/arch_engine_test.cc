@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -87,7 +88,8 @@ class ArchEngineTest : public ::testing::TestWithParam<ArchCase> {};
 TEST_P(ArchEngineTest, GpuEngineMatchesCpuEngine) {
   XKV_SKIP_WITHOUT_GPU();
   const ArchCase& c = GetParam();
-  const std::string path = ::testing::TempDir() + "xkv_gpu_arch_" + c.name + ".gguf";
+  const std::string dir = UniqueTestDir();
+  const std::string path = dir + c.name + ".gguf";
   XKV_ASSERT_OK(WriteSyntheticModel(c.options, path));
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -145,6 +147,7 @@ TEST_P(ArchEngineTest, GpuEngineMatchesCpuEngine) {
   EXPECT_GE(agree, kSteps * 9 / 10) << c.name;
   std::printf("[arch_engine] %-22s max |gpu - cpu| %.3f%% of range, %d of %d argmaxes equal\n",
               c.name.c_str(), 100 * worst, agree, kSteps);
+  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, ArchEngineTest, ::testing::ValuesIn(ArchCases()),

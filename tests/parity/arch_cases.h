@@ -4,9 +4,12 @@
 #ifndef XKV_TESTS_PARITY_ARCH_CASES_H_
 #define XKV_TESTS_PARITY_ARCH_CASES_H_
 
+#include <stdlib.h>
+
 #include <string>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "model/synthetic_model.h"
 
 namespace xkv {
@@ -113,6 +116,13 @@ inline std::vector<ArchCase> ArchCases() {
     cases.push_back(c);
   }
   return cases;
+}
+
+// A fresh directory under the test temp dir for one test's files (runs on one machine may overlap).
+inline std::string UniqueTestDir() {
+  std::string pattern = ::testing::TempDir() + "xkv_arch_XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return ::testing::TempDir();
+  return pattern + "/";
 }
 
 }  // namespace xkv

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
@@ -115,7 +116,8 @@ class ArchParityTest : public ::testing::TestWithParam<ArchCase> {};
 TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
   ASSERT_FALSE(Env("XKV_VENV_PYTHON").empty()) << "run through ctest (XKV_VENV_PYTHON unset)";
   const ArchCase& c = GetParam();
-  const std::string gguf = ::testing::TempDir() + "xkv_arch_" + c.name + ".gguf";
+  const std::string dir = UniqueTestDir();
+  const std::string gguf = dir + c.name + ".gguf";
   ASSERT_TRUE(WriteSyntheticModel(c.options, gguf).ok());
   auto file = GgufFile::Open(gguf);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -134,7 +136,7 @@ TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
   std::mt19937 rng(static_cast<uint32_t>(c.options.seed));
   std::vector<int32_t> prompt(kPromptTokens);
   for (int32_t& id : prompt) id = 3 + static_cast<int32_t>(rng() % (vocab - 3));
-  auto ref = RunLlamaCpp(gguf, ::testing::TempDir() + "xkv_arch_" + c.name, prompt, vocab);
+  auto ref = RunLlamaCpp(gguf, dir + c.name, prompt, vocab);
   ASSERT_TRUE(ref.ok()) << ref.status();
 
   std::unique_ptr<LlamaModel> model = Model(*weights);
@@ -199,6 +201,7 @@ TEST_P(ArchParityTest, LogitsAndGreedyTokensMatchLlamaCpp) {
       "spread %.3g; hooks off: %.1f%%\n",
       c.name.c_str(), 100.0 * worst, bitwise, logits->size(), near_ties, kPromptTokens, same,
       kGreedyTokens, ref->spread, 100.0 * without);
+  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, ArchParityTest, ::testing::ValuesIn(ArchCases()),
