@@ -42,10 +42,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   if (weights == nullptr) return absl::InvalidArgumentError("llama_model: null weights");
   RETURN_IF_ERROR(ValidateLlamaWeights(*weights));
   // Weights held only in ggml blocks (LlamaWeightsOptions::blocks_only) serve only kGgml's exact
-  // path.
-  bool blocks_only = weights->lm_head == nullptr && weights->lm_head_q != nullptr;
-  for (const LlamaLayerWeights& l : weights->layers) blocks_only |= l.BlocksOnly();
-  if (blocks_only && (options.numerics != Numerics::kGgml || !GgmlExactShape(weights->config))) {
+  // products: any lm_head, layers only of a GgmlExactShape (a NeoX-RoPE model keeps fp32 layers
+  // and a head in blocks).
+  bool layers_blocks_only = false;
+  for (const LlamaLayerWeights& l : weights->layers) layers_blocks_only |= l.BlocksOnly();
+  const bool head_blocks_only = weights->lm_head == nullptr && weights->lm_head_q != nullptr;
+  if ((head_blocks_only && options.numerics != Numerics::kGgml) ||
+      (layers_blocks_only &&
+       (options.numerics != Numerics::kGgml || !GgmlExactShape(weights->config)))) {
     return absl::InvalidArgumentError(
         "llama_model: weights held only in ggml blocks need kGgml numerics (load them with "
         "blocks_only = false for other numerics)");

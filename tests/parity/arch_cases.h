@@ -55,6 +55,12 @@ inline std::vector<ArchCase> ArchCases() {
     c.qkv_bias = true;
     cases.push_back(c);
   }
+  {  // Qwen2 with Q8_0 matrices, untied: NeoX RoPE keeps the layers off the bit-exact path, the
+     // Q8_0 head stays on it
+    ArchCase c{"qwen2_q8_0", ArchBase("qwen2", GgmlType::kQ8_0, 19)};
+    c.qkv_bias = true;
+    cases.push_back(c);
+  }
   {  // Qwen3: NeoX RoPE, QK-norm, head_dim 32 with hidden 64 / 4 heads, untied head
     ArchCase c{"qwen3_untied", ArchBase("qwen3", GgmlType::kF32, 14)};
     c.options.key_length = 32;
