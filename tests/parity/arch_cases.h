@@ -34,6 +34,27 @@ inline SyntheticModelOptions ArchBase(const std::string& arch, GgmlType type, ui
   return o;
 }
 
+struct LayerShape {
+  int hidden, n_heads, n_kv_heads, head_dim, ffn;
+};
+
+// One layer of a real model's shape (RoPE base 1e6 and RMS eps 1e-6 as Qwen; tied head).
+inline SyntheticModelOptions RealLayer(const std::string& arch, GgmlType type, uint64_t seed,
+                                       const LayerShape& s) {
+  SyntheticModelOptions o = ArchBase(arch, type, seed);
+  o.n_layers = 1;
+  o.hidden = s.hidden;
+  o.n_heads = s.n_heads;
+  o.n_kv_heads = s.n_kv_heads;
+  o.key_length = s.head_dim;
+  o.ffn = s.ffn;
+  o.rope_base = 1e6f;
+  o.norm_eps = 1e-6f;
+  o.weight_scale = 0.05f;
+  o.tied_embeddings = true;
+  return o;
+}
+
 inline std::vector<ArchCase> ArchCases() {
   std::vector<ArchCase> cases;
   {  // Llama 3.1 style: rope_freqs (and optional biases) on the bit-exact Q8_0 path, untied
@@ -73,51 +94,26 @@ inline std::vector<ArchCase> ArchCases() {
     c.qk_norm = true;
     cases.push_back(c);
   }
-  {  // one layer of Qwen2.5-0.5B's real shape: 14 / 2 heads x 64, hidden 896, FFN 4864, tied
-    ArchCase c{"qwen2_0_5b_layer", ArchBase("qwen2", GgmlType::kF16, 16)};
-    SyntheticModelOptions& o = c.options;
-    o.n_layers = 1;
-    o.hidden = 896;
-    o.n_heads = 14;
-    o.n_kv_heads = 2;
-    o.ffn = 4864;
-    o.rope_base = 1e6f;
-    o.norm_eps = 1e-6f;
-    o.weight_scale = 0.05f;
-    o.tied_embeddings = true;
+  // One layer of real shapes (tied heads, as these models): the kernels at real widths.
+  {  // Qwen2.5-0.5B: 14 / 2 heads x 64, hidden 896, FFN 4864
+    ArchCase c{"qwen2_0_5b_layer", RealLayer("qwen2", GgmlType::kF16, 16, {896, 14, 2, 64, 4864})};
     c.qkv_bias = true;
     cases.push_back(c);
   }
-  {  // one layer of Qwen3-0.6B's real shape: 16 / 8 heads x 128 (q_dim 2048 != hidden 1024)
-    ArchCase c{"qwen3_0_6b_layer", ArchBase("qwen3", GgmlType::kF16, 17)};
-    SyntheticModelOptions& o = c.options;
-    o.n_layers = 1;
-    o.hidden = 1024;
-    o.n_heads = 16;
-    o.n_kv_heads = 8;
-    o.key_length = 128;
-    o.ffn = 3072;
-    o.rope_base = 1e6f;
-    o.norm_eps = 1e-6f;
-    o.weight_scale = 0.05f;
-    o.tied_embeddings = true;
+  {  // Qwen3-0.6B: 16 / 8 heads x 128 (q_dim 2048 != hidden 1024), FFN 3072
+    ArchCase c{"qwen3_0_6b_layer",
+               RealLayer("qwen3", GgmlType::kF16, 17, {1024, 16, 8, 128, 3072})};
     c.qk_norm = true;
     cases.push_back(c);
   }
-  {  // one layer of Llama-3.2-1B's real shape (32 / 8 heads x 64, hidden 2048, FFN 8192) with its
-     // rope_freqs, tied, Q8_0: the bit-exact path at a real width
-    ArchCase c{"llama32_1b_layer", ArchBase("llama", GgmlType::kQ8_0, 18)};
-    SyntheticModelOptions& o = c.options;
-    o.n_layers = 1;
-    o.hidden = 2048;
-    o.n_heads = 32;
-    o.n_kv_heads = 8;
-    o.ffn = 8192;
-    o.rope_base = 5e5f;
-    o.context_length = 131072;  // rope_freqs for an original context of 8192, as Llama 3.1/3.2
-    o.weight_scale = 0.05f;
-    o.tied_embeddings = true;
-    o.optional_tensors = true;  // rope_freqs (and Q/K/V biases)
+  {  // Llama-3.2-1B: 32 / 8 heads x 64, hidden 2048, FFN 8192, with its rope_freqs (original
+     // context 8192 = 131072 / 16) and Q/K/V biases; Q8_0: the bit-exact path at a real width
+    ArchCase c{"llama32_1b_layer",
+               RealLayer("llama", GgmlType::kQ8_0, 18, {2048, 32, 8, 64, 8192})};
+    c.options.rope_base = 5e5f;
+    c.options.norm_eps = 1e-5f;
+    c.options.context_length = 131072;
+    c.options.optional_tensors = true;
     c.qkv_bias = c.rope_freqs = c.bit_exact = true;
     cases.push_back(c);
   }
