@@ -10,6 +10,7 @@
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/ggml_exact.h"
+#include "kernels/cpu/qkv_hooks.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
@@ -41,10 +42,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   if (weights == nullptr) return absl::InvalidArgumentError("llama_model: null weights");
   RETURN_IF_ERROR(ValidateLlamaWeights(*weights));
   // Weights held only in ggml blocks (LlamaWeightsOptions::blocks_only) serve only kGgml's exact
-  // path.
-  bool blocks_only = weights->lm_head == nullptr && weights->lm_head_q != nullptr;
-  for (const LlamaLayerWeights& l : weights->layers) blocks_only |= l.BlocksOnly();
-  if (blocks_only && (options.numerics != Numerics::kGgml || !GgmlExactShape(weights->config))) {
+  // products: any lm_head, layers only of a GgmlExactShape (a NeoX-RoPE model keeps fp32 layers
+  // and a head in blocks).
+  bool layers_blocks_only = false;
+  for (const LlamaLayerWeights& l : weights->layers) layers_blocks_only |= l.BlocksOnly();
+  const bool head_blocks_only = weights->lm_head == nullptr && weights->lm_head_q != nullptr;
+  if ((head_blocks_only && options.numerics != Numerics::kGgml) ||
+      (layers_blocks_only &&
+       (options.numerics != Numerics::kGgml || !GgmlExactShape(weights->config)))) {
     return absl::InvalidArgumentError(
         "llama_model: weights held only in ggml blocks need kGgml numerics (load them with "
         "blocks_only = false for other numerics)");
@@ -126,15 +131,16 @@ absl::Status LlamaModel::RunLayers(int begin, int end, const BatchStep& batch,
   for (int layer = begin; layer < end; ++layer) {
     (ExactLayer(weights_->layer(layer)) ? any_exact : any_other) = true;
   }
+  const float* freq_factors = weights_->rope_freqs.empty() ? nullptr : weights_->rope_freqs.data();
   if (any_other) {
     cos_sin_.resize(n * c.rope_dims);
-    RETURN_IF_ERROR(
-        cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base, cos_sin_.data()));
+    RETURN_IF_ERROR(cpu::LaunchRopeCache(positions.data(), n, c.rope_dims, c.rope_base,
+                                         cos_sin_.data(), {c.rope_freq_scale, freq_factors}));
   }
   if (any_exact) {
     exact_rope_.resize(n * c.rope_dims);
-    RETURN_IF_ERROR(
-        cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base, exact_rope_.data()));
+    RETURN_IF_ERROR(cpu::ggml::RopeCache(positions.data(), n, c.rope_dims, c.rope_base,
+                                         exact_rope_.data(), c.rope_freq_scale, freq_factors));
   }
   for (int layer = begin; layer < end; ++layer) {
     bool stop = false;
@@ -170,6 +176,7 @@ absl::Status LlamaModel::RunExactLayer(int layer, const BatchStep& batch, float*
   RETURN_IF_ERROR(
       cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(ExactMatmul(norm_.data(), c.hidden, n, w.wqkv_q, qkv_.data(), qkv_dim, false));
+  RETURN_IF_ERROR(QkvHooks(w, n));
   RETURN_IF_ERROR(cpu::ggml::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim,
                                         exact_rope_.data(), q_.data(), q_dim));
   float* k_new = qkv_.data() + q_dim;
@@ -202,6 +209,7 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
       cpu::LaunchRmsNorm(hidden, w.attn_norm.data(), n, c.hidden, c.norm_eps, norm_.data()));
   RETURN_IF_ERROR(Matmul(norm_.data(), c.hidden, w.wqkv, w.qkv_rounding, w.wqkv_mins, qkv_.data(),
                          qkv_dim, n, qkv_dim, c.hidden, false));
+  RETURN_IF_ERROR(QkvHooks(w, n));
   RETURN_IF_ERROR(cpu::LaunchRope(qkv_.data(), qkv_dim, n, c.n_heads, c.head_dim, c.rope_dims, mode,
                                   cos_sin_.data(), q_.data(), q_dim));
   float* k_new = qkv_.data() + q_dim;  // roped in place, rows qkv_dim apart
@@ -229,6 +237,14 @@ absl::Status LlamaModel::RunLayer(int layer, const BatchStep& batch, float* hidd
   // hidden += silu(gate)*up · W_downᵀ
   return Matmul(ffn_.data(), 2 * f, w.w_down, w.down_rounding, w.w_down_mins, hidden, c.hidden, n,
                 c.hidden, f, true);
+}
+
+absl::Status LlamaModel::QkvHooks(const LlamaLayerWeights& w, int64_t n) {
+  const ModelConfig& c = config();
+  const int64_t qkv_dim = int64_t{c.n_heads + 2 * c.n_kv_heads} * c.head_dim;
+  const auto data = [](const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); };
+  return cpu::LaunchQkvHooks({c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps}, qkv_.data(),
+                             qkv_dim, n, data(w.qkv_bias), data(w.q_norm), data(w.k_norm));
 }
 
 absl::Status LlamaModel::Round(cpu::ActRounding rounding, float* x, int64_t rows, int64_t cols,

@@ -116,6 +116,9 @@ class LlamaModel {
   absl::Status AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
                               const BatchStep& batch, bool* stop);
   absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
+  // The architecture's steps between the QKV matmul and RoPE on qkv_'s n rows (model/arch/arch.h),
+  // in llama.cpp's order: the Q/K/V bias add, then RMSNorm over each Q and K head.
+  absl::Status QkvHooks(const LlamaLayerWeights& w, int64_t n);
   // kGgml's bit-exact path (see Numerics) for one layer, and whether the layer can take it.
   bool ExactLayer(const LlamaLayerWeights& w) const;
   absl::Status RunExactLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);

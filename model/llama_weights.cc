@@ -87,6 +87,18 @@ absl::StatusOr<LlamaLayerWeights> LoadLayer(const GgufFile& file, const ModelCon
   LlamaLayerWeights w;
   ASSIGN_OR_RETURN(w.attn_norm, ReadMatrix(file, p + "attn_norm.weight", 1, c.hidden));
   ASSIGN_OR_RETURN(w.ffn_norm, ReadMatrix(file, p + "ffn_norm.weight", 1, c.hidden));
+  if (c.qkv_bias) {
+    for (const auto& [t, n] : {std::pair<const char*, int64_t>{"attn_q.bias", q_dim},
+                               {"attn_k.bias", kv_dim},
+                               {"attn_v.bias", kv_dim}}) {
+      ASSIGN_OR_RETURN(std::vector<float> b, ReadMatrix(file, p + t, 1, n));
+      Append(w.qkv_bias, b);
+    }
+  }
+  if (c.qk_norm) {
+    ASSIGN_OR_RETURN(w.q_norm, ReadMatrix(file, p + "attn_q_norm.weight", 1, c.head_dim));
+    ASSIGN_OR_RETURN(w.k_norm, ReadMatrix(file, p + "attn_k_norm.weight", 1, c.head_dim));
+  }
   if (o.keep_blocks || o.blocks_only) {
     ASSIGN_OR_RETURN(w.wqkv_q, QuantBlocks(file, {p + "attn_q.weight", p + "attn_k.weight",
                                                   p + "attn_v.weight"}));
@@ -156,12 +168,12 @@ bool LlamaLayerWeights::BlocksOnly() const {
 int64_t LlamaLayerWeights::Bytes() const {
   return static_cast<int64_t>(sizeof(float)) *
              (attn_norm.size() + wqkv.size() + wo.size() + ffn_norm.size() + w_gate_up.size() +
-              w_down.size()) +
+              w_down.size() + qkv_bias.size() + q_norm.size() + k_norm.size()) +
          wqkv_q.Bytes() + wo_q.Bytes() + w_gate_up_q.Bytes() + w_down_q.Bytes();
 }
 
 int64_t LlamaWeights::Bytes() const {
-  int64_t total = static_cast<int64_t>(sizeof(float)) * output_norm.size();
+  int64_t total = static_cast<int64_t>(sizeof(float)) * (output_norm.size() + rope_freqs.size());
   for (const LlamaLayerWeights& l : layers) total += l.Bytes();
   if (embedding) total += sizeof(float) * embedding->size();
   if (lm_head && lm_head != embedding) total += sizeof(float) * lm_head->size();
@@ -178,6 +190,9 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const GgufFile& file, const ModelC
   if (w.layer_begin < 0 || w.layer_begin > w.layer_end || w.layer_end > config.n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("weights: bad layer range [", w.layer_begin,
                                                    ", ", w.layer_end, ") of ", config.n_layers));
+  }
+  if (config.rope_freqs) {
+    ASSIGN_OR_RETURN(w.rope_freqs, ReadMatrix(file, "rope_freqs.weight", 1, config.rope_dims / 2));
   }
   for (int l = w.layer_begin; l < w.layer_end; ++l) {
     ASSIGN_OR_RETURN(LlamaLayerWeights layer, LoadLayer(file, config, l, options));
@@ -228,6 +243,9 @@ absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
   for (const LlamaLayerWeights& l : w.layers) {
     RETURN_IF_ERROR(CheckSize("attn_norm", l.attn_norm.size(), h));
     RETURN_IF_ERROR(CheckSize("ffn_norm", l.ffn_norm.size(), h));
+    RETURN_IF_ERROR(CheckSize("qkv_bias", l.qkv_bias.size(), c.qkv_bias ? q_dim + 2 * kv_dim : 0));
+    RETURN_IF_ERROR(CheckSize("q_norm", l.q_norm.size(), c.qk_norm ? c.head_dim : 0));
+    RETURN_IF_ERROR(CheckSize("k_norm", l.k_norm.size(), c.qk_norm ? c.head_dim : 0));
     if (!l.BlocksOnly()) {
       RETURN_IF_ERROR(CheckSize("wqkv", l.wqkv.size(), (q_dim + 2 * kv_dim) * h));
       RETURN_IF_ERROR(CheckSize("wo", l.wo.size(), h * q_dim));
@@ -239,6 +257,7 @@ absl::Status ValidateLlamaWeights(const LlamaWeights& w) {
     RETURN_IF_ERROR(CheckBlocks("w_gate_up blocks", l.w_gate_up_q, 2 * c.ffn, h));
     RETURN_IF_ERROR(CheckBlocks("w_down blocks", l.w_down_q, h, c.ffn));
   }
+  RETURN_IF_ERROR(CheckSize("rope_freqs", w.rope_freqs.size(), c.rope_freqs ? c.rope_dims / 2 : 0));
   if (w.embedding) RETURN_IF_ERROR(CheckSize("embedding", w.embedding->size(), c.vocab_size * h));
   if (w.lm_head) RETURN_IF_ERROR(CheckSize("lm_head", w.lm_head->size(), c.vocab_size * h));
   if (w.lm_head || w.lm_head_q) {

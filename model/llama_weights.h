@@ -24,6 +24,11 @@ struct LlamaLayerWeights {
   std::vector<float> ffn_norm;   // fp32 [hidden]
   std::vector<float> w_gate_up;  // fp32 [2*ffn, hidden]: rows of ffn_gate, then ffn_up
   std::vector<float> w_down;     // fp32 [hidden, ffn]   (ffn_down)
+  // Architecture hooks (model/arch/arch.h), empty unless the config switches them on:
+  std::vector<float>
+      qkv_bias;               // fp32 [n_heads*head_dim + 2*n_kv_heads*head_dim]: attn_{q,k,v}.bias
+  std::vector<float> q_norm;  // fp32 [head_dim]: attn_q_norm
+  std::vector<float> k_norm;  // fp32 [head_dim]: attn_k_norm
   // How llama.cpp rounds the activations multiplied with each matrix (from the GGUF tensor types;
   // fused matrices follow attn_q and ffn_gate). kNone for weights built in memory.
   cpu::ActRounding qkv_rounding = cpu::ActRounding::kNone;
@@ -65,6 +70,7 @@ struct LlamaWeights {
   std::shared_ptr<const std::vector<float>> embedding;
   std::shared_ptr<const std::vector<float>> lm_head;  // fp32 [vocab, hidden]
   std::vector<float> output_norm;                     // fp32 [hidden]; empty unless load_head
+  std::vector<float> rope_freqs;  // fp32 [rope_dims / 2]: rope_freqs.weight; empty unless config
   cpu::ActRounding lm_head_rounding = cpu::ActRounding::kNone;
   std::vector<float> lm_head_mins;  // fp32 [vocab, hidden / 32]; empty unless Q4_1
   // lm_head in its GGUF blocks (see LlamaLayerWeights::wqkv_q); null unless kept.

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "model/arch/arch.h"
 
 namespace xkv {
 namespace {
@@ -141,6 +142,35 @@ absl::Status ReadSpecialTokens(const ConfigReader& r, ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// RoPE scaling as llama.cpp reads it (src/llama-model.cpp: rope.scaling.*); only the kinds that
+// change the angles by one factor are supported.
+absl::Status ReadRopeScaling(const GgufFile& file, const ConfigReader& r, ModelConfig& c) {
+  std::string type = "linear";
+  if (const GgufValue* v = file.Find(r.Key("rope.scaling.type"))) {
+    absl::StatusOr<std::string_view> s = v->AsString();
+    if (!s.ok()) return r.Error(r.Key("rope.scaling.type"), s.status().message());
+    type = std::string(*s);
+  }
+  if (type == "none") return absl::OkStatus();
+  if (type != "linear") {
+    return r.Error(r.Key("rope.scaling.type"),
+                   absl::StrCat("unsupported RoPE scaling '", type, "' (supported: none, linear)"));
+  }
+  const std::string key = file.Find(r.Key("rope.scaling.factor")) != nullptr
+                              ? r.Key("rope.scaling.factor")
+                              : r.Key("rope.scale_linear");
+  const GgufValue* v = file.Find(key);
+  if (v == nullptr) return absl::OkStatus();
+  absl::StatusOr<double> factor = v->AsFloat();
+  if (!factor.ok()) return r.Error(key, factor.status().message());
+  if (*factor == 0) return absl::OkStatus();  // llama.cpp: 0 means unscaled
+  if (!std::isfinite(*factor) || *factor < 1e-3 || *factor > 1e3) {
+    return r.Error(key, absl::StrCat("value ", *factor, " is not 0 or in [0.001, 1000]"));
+  }
+  c.rope_freq_scale = static_cast<float>(1.0 / *factor);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& file) {
@@ -151,13 +181,17 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& file) {
         absl::StrCat(file.path(), ": model config: 'general.architecture': missing"));
   }
   absl::StatusOr<std::string_view> arch_name = arch->AsString();
-  if (!arch_name.ok() || *arch_name != "llama") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        file.path(), ": model config: 'general.architecture': unsupported architecture '",
-        arch_name.ok() ? std::string(*arch_name) : "(not a string)", "' (supported: llama)"));
+  if (!arch_name.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": model config: 'general.architecture': not a string"));
+  }
+  absl::StatusOr<const ArchSpec*> spec = FindArch(std::string(*arch_name));
+  if (!spec.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(file.path(), ": model config: ", spec.status().message()));
   }
   c.architecture = std::string(*arch_name);
-  c.rope_style = RopeStyle::kNorm;  // llama GGUFs carry Q/K permuted for adjacent-pair RoPE
+  c.rope_style = (*spec)->rope_style;
   if (const GgufValue* name = file.Find("general.name")) {
     absl::StatusOr<std::string_view> s = name->AsString();
     if (s.ok()) c.name = std::string(*s);
@@ -165,12 +199,14 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const GgufFile& file) {
   const ConfigReader r(file, c.architecture);
   RETURN_IF_ERROR(ReadShape(r, c));
   ASSIGN_OR_RETURN(c.rope_base, r.PositiveFloat(r.Key("rope.freq_base"), 10000.f, 1e12));
+  RETURN_IF_ERROR(ReadRopeScaling(file, r, c));
   ASSIGN_OR_RETURN(c.norm_eps,
                    r.PositiveFloat(r.Key("attention.layer_norm_rms_epsilon"), 1e-5f, 1.0));
   ASSIGN_OR_RETURN(c.context_length, r.RequiredInt(r.Key("context_length"), 1, kMaxContext));
   RETURN_IF_ERROR(ReadVocab(file, r, c));
   RETURN_IF_ERROR(ReadSpecialTokens(r, c));
   c.tied_embeddings = file.FindTensor("output.weight") == nullptr;
+  RETURN_IF_ERROR(ReadArchTensors(file, **spec, c));
   return c;
 }
 

@@ -1,11 +1,13 @@
 #include "model/synthetic_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "model/arch/arch.h"
 #include "model/gguf.h"
 
 namespace xkv {
@@ -125,21 +127,30 @@ uint32_t FileType(GgmlType type) {
 
 void AddModelMetadata(const SyntheticModelOptions& o, GgufWriter& w) {
   auto u32 = [](int v) { return GgufValue::Uint32(static_cast<uint32_t>(v)); };
-  w.SetMetadata("general.architecture", GgufValue::String("llama"));
+  auto key = [&o](absl::string_view suffix) { return absl::StrCat(o.architecture, ".", suffix); };
+  w.SetMetadata("general.architecture", GgufValue::String(o.architecture));
   w.SetMetadata("general.type", GgufValue::String("model"));
   w.SetMetadata("general.name", GgufValue::String(o.name));
   w.SetMetadata("general.file_type", GgufValue::Uint32(FileType(o.weight_type)));
   w.SetMetadata("general.quantization_version", GgufValue::Uint32(2));
-  w.SetMetadata("llama.block_count", u32(o.n_layers));
-  w.SetMetadata("llama.context_length", u32(o.context_length));
-  w.SetMetadata("llama.embedding_length", u32(o.hidden));
-  w.SetMetadata("llama.feed_forward_length", u32(o.ffn));
-  w.SetMetadata("llama.attention.head_count", u32(o.n_heads));
-  w.SetMetadata("llama.attention.head_count_kv", u32(o.n_kv_heads));
-  w.SetMetadata("llama.rope.freq_base", GgufValue::Float32(o.rope_base));
-  w.SetMetadata("llama.attention.layer_norm_rms_epsilon", GgufValue::Float32(o.norm_eps));
-  w.SetMetadata("llama.vocab_size", u32(o.vocab_size));
-  w.SetMetadata("llama.rope.dimension_count", u32(o.head_dim()));
+  w.SetMetadata(key("block_count"), u32(o.n_layers));
+  w.SetMetadata(key("context_length"), u32(o.context_length));
+  w.SetMetadata(key("embedding_length"), u32(o.hidden));
+  w.SetMetadata(key("feed_forward_length"), u32(o.ffn));
+  w.SetMetadata(key("attention.head_count"), u32(o.n_heads));
+  w.SetMetadata(key("attention.head_count_kv"), u32(o.n_kv_heads));
+  if (o.key_length > 0) {
+    w.SetMetadata(key("attention.key_length"), u32(o.key_length));
+    w.SetMetadata(key("attention.value_length"), u32(o.key_length));
+  }
+  w.SetMetadata(key("rope.freq_base"), GgufValue::Float32(o.rope_base));
+  if (o.rope_scaling_factor > 0) {
+    w.SetMetadata(key("rope.scaling.type"), GgufValue::String("linear"));
+    w.SetMetadata(key("rope.scaling.factor"), GgufValue::Float32(o.rope_scaling_factor));
+  }
+  w.SetMetadata(key("attention.layer_norm_rms_epsilon"), GgufValue::Float32(o.norm_eps));
+  w.SetMetadata(key("vocab_size"), u32(o.vocab_size));
+  w.SetMetadata(key("rope.dimension_count"), u32(o.head_dim()));
 }
 
 absl::Status Validate(const SyntheticModelOptions& o) {
@@ -150,7 +161,8 @@ absl::Status Validate(const SyntheticModelOptions& o) {
       o.context_length <= 0) {
     return bad("layers, hidden, ffn, heads, KV heads and context must be positive");
   }
-  if (o.hidden % o.n_heads != 0 || o.head_dim() % 2 != 0) {
+  RETURN_IF_ERROR(FindArch(o.architecture).status());
+  if ((o.key_length <= 0 && o.hidden % o.n_heads != 0) || o.head_dim() % 2 != 0) {
     return bad(
         absl::StrCat("hidden ", o.hidden, " must split into ", o.n_heads, " heads of even size"));
   }
@@ -169,6 +181,9 @@ absl::Status Validate(const SyntheticModelOptions& o) {
     }
   }
   if (!(o.weight_scale > 0) || !std::isfinite(o.weight_scale)) return bad("weight_scale");
+  if (!(o.rope_scaling_factor >= 0) || !std::isfinite(o.rope_scaling_factor)) {
+    return bad("rope_scaling_factor");
+  }
   return absl::OkStatus();
 }
 
@@ -196,6 +211,26 @@ void FillRow(uint64_t seed, uint64_t tensor, int64_t row, float mean, float scal
   }
 }
 
+// llama 3.1's rope_freqs.weight (convert_hf_to_gguf.py, rope_type "llama3": factor 8, low / high
+// frequency factors 1 / 4) for an original context of `original_context` tokens.
+void Llama3RopeFactors(const SyntheticModelOptions& o, int64_t original_context,
+                       absl::Span<float> out) {
+  constexpr double kFactor = 8, kLow = 1, kHigh = 4, kPi = 3.14159265358979323846;
+  const double low_wavelen = original_context / kLow, high_wavelen = original_context / kHigh;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const double freq = std::pow(double{o.rope_base}, -2.0 * i / o.head_dim());
+    const double wavelen = 2 * kPi / freq;
+    double f = kFactor;
+    if (wavelen < high_wavelen) {
+      f = 1;
+    } else if (wavelen <= low_wavelen) {
+      const double smooth = (original_context / wavelen - kLow) / (kHigh - kLow);
+      f = 1 / ((1 - smooth) / kFactor + smooth);
+    }
+    out[i] = static_cast<float>(f);
+  }
+}
+
 absl::StatusOr<std::unique_ptr<GgufWriter>> BuildWriter(const SyntheticModelOptions& o) {
   ASSIGN_OR_RETURN(std::vector<SyntheticTensor> tensors, SyntheticTensorList(o));
   auto w = std::make_unique<GgufWriter>();
@@ -203,9 +238,20 @@ absl::StatusOr<std::unique_ptr<GgufWriter>> BuildWriter(const SyntheticModelOpti
   AddTokenizerMetadata(o, *w);
   for (size_t i = 0; i < tensors.size(); ++i) {
     SyntheticTensor& t = tensors[i];
-    const bool norm = t.dims.size() == 1;
+    if (t.name == "rope_freqs.weight") {
+      const int64_t original_context = std::max(1, o.context_length / 16);
+      w->AddTensorRows(std::move(t.name), std::move(t.dims), t.type,
+                       [o, original_context](int64_t, absl::Span<float> out) {
+                         Llama3RopeFactors(o, original_context, out);
+                       });
+      continue;
+    }
+    // Norm gains ~ 1 + N(0, 0.05^2), biases ~ N(0, 0.5^2) (large enough to matter), matrices
+    // ~ N(0, weight_scale^2).
+    const bool bias = absl::EndsWith(t.name, ".bias");
+    const bool norm = t.dims.size() == 1 && !bias;
     const float mean = norm ? 1.0f : 0.0f;
-    const float scale = norm ? 0.05f : o.weight_scale;
+    const float scale = norm ? 0.05f : bias ? 0.5f : o.weight_scale;
     const uint64_t seed = o.seed;
     w->AddTensorRows(std::move(t.name), std::move(t.dims), t.type,
                      [seed, i, mean, scale](int64_t row, absl::Span<float> out) {
@@ -258,7 +304,18 @@ absl::StatusOr<std::vector<SyntheticTensor>> SyntheticTensorList(const Synthetic
   const int64_t q = static_cast<int64_t>(o.n_heads) * o.head_dim();
   const int64_t kv = static_cast<int64_t>(o.n_kv_heads) * o.head_dim();
   const GgmlType wt = o.weight_type;
+  ASSIGN_OR_RETURN(const ArchSpec* arch, FindArch(o.architecture));
+  ModelConfig shape;  // what the architecture's extra tensors are sized from
+  shape.n_heads = o.n_heads;
+  shape.n_kv_heads = o.n_kv_heads;
+  shape.head_dim = o.head_dim();
+  shape.rope_dims = o.head_dim();
   std::vector<SyntheticTensor> t;
+  for (const ArchTensor& a : arch->extra_tensors) {
+    if (!a.per_layer && (a.required || o.optional_tensors)) {
+      t.push_back({ArchTensorName(a, 0), {ArchTensorElements(a.shape, shape)}, GgmlType::kF32});
+    }
+  }
   t.push_back({"token_embd.weight", {h, v}, wt});  // [vocab rows of hidden]
   for (int l = 0; l < o.n_layers; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
@@ -266,6 +323,11 @@ absl::StatusOr<std::vector<SyntheticTensor>> SyntheticTensorList(const Synthetic
     t.push_back({p + "attn_q.weight", {h, q}, wt});  // y = W x: rows = outputs, dims[0] = inputs
     t.push_back({p + "attn_k.weight", {h, kv}, wt});
     t.push_back({p + "attn_v.weight", {h, kv}, wt});
+    for (const ArchTensor& a : arch->extra_tensors) {
+      if (a.per_layer && (a.required || o.optional_tensors)) {
+        t.push_back({ArchTensorName(a, l), {ArchTensorElements(a.shape, shape)}, GgmlType::kF32});
+      }
+    }
     t.push_back({p + "attn_output.weight", {q, h}, wt});
     t.push_back({p + "ffn_norm.weight", {h}, GgmlType::kF32});
     t.push_back({p + "ffn_gate.weight", {h, f}, wt});

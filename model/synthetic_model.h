@@ -16,8 +16,16 @@
 namespace xkv {
 
 struct SyntheticModelOptions {
+  // general.architecture: "llama", "qwen2" or "qwen3" (model/arch/): its metadata prefix, RoPE
+  // pairing and extra tensors (qwen2: Q/K/V biases; qwen3: QK-norm gains).
+  std::string architecture = "llama";
+  // Also write the architecture's optional tensors (llama: Q/K/V biases and rope_freqs.weight
+  // holding llama 3.1's frequency factors for an original context of context_length / 16).
+  bool optional_tensors = false;
+  float rope_scaling_factor = 0;  // > 0: rope.scaling.type "linear" with this factor
   int n_layers = 2;
-  int hidden = 64;  // head_dim = hidden / n_heads
+  int hidden = 64;     // head_dim = key_length, else hidden / n_heads
+  int key_length = 0;  // > 0: attention.key_length / value_length (qwen3: != hidden / n_heads)
   int ffn = 128;
   int n_heads = 4;
   int n_kv_heads = 2;
@@ -41,7 +49,7 @@ struct SyntheticModelOptions {
   static SyntheticModelOptions Llama3_8B();   // 32 layers, hidden 4096, 32/8 heads, ffn 14336
   static SyntheticModelOptions Llama32_1B();  // 16 layers, hidden 2048, 32/8 heads, ffn 8192
 
-  int head_dim() const { return n_heads > 0 ? hidden / n_heads : 0; }
+  int head_dim() const { return key_length > 0 ? key_length : n_heads > 0 ? hidden / n_heads : 0; }
 };
 
 // Tokens every synthetic vocabulary holds: 3 control tokens (<|endoftext|> 0, <|im_start|> 1 = bos,

@@ -132,8 +132,11 @@ float Sum16(const float* lanes);
 
 // RoPE "normal" style (adjacent pairs). cache: fp32 [n][dims] as (cos, sin) pairs of each row's
 // position, built by RopeCache. x: [n] rows of `heads` × head_dim (row stride x_stride), rotated
-// into y (row stride y_stride; y may equal x).
-absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base, float* cache);
+// into y (row stride y_stride; y may equal x). RopeCache divides each angle by its frequency
+// factor, then scales it (ggml_rope_cache_init + rope_yarn without YaRN): identical bits to the
+// unscaled cache when the factors are absent and freq_scale is 1.
+absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base, float* cache,
+                       float freq_scale = 1.f, const float* freq_factors = nullptr);
 absl::Status LaunchRope(const float* x, int64_t x_stride, int64_t n, int64_t heads,
                         int64_t head_dim, const float* cache, float* y, int64_t y_stride);
 

@@ -44,8 +44,8 @@ float Expf(float x) {
   }
 }
 
-absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base,
-                       float* cache) {
+absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float base, float* cache,
+                       float freq_scale, const float* freq_factors) {
   if (n < 0 || dims <= 0 || dims % 2 != 0 || !(base > 0.f)) {
     return absl::InvalidArgumentError("ggml_exact: bad rope cache arguments");
   }
@@ -54,8 +54,10 @@ absl::Status RopeCache(const int64_t* positions, int64_t n, int64_t dims, float 
     float theta = static_cast<float>(positions[r]);
     float* cr = cache + r * dims;
     for (int64_t i = 0; i < dims; i += 2) {
-      cr[i] = std::cos(theta);
-      cr[i + 1] = std::sin(theta);
+      const float ff = freq_factors != nullptr ? freq_factors[i / 2] : 1.0f;
+      const float scaled = freq_scale * (theta / ff);
+      cr[i] = std::cos(scaled);
+      cr[i + 1] = std::sin(scaled);
       theta *= theta_scale;
     }
   }

@@ -8,7 +8,7 @@
 namespace xkv::cpu {
 
 absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rope_dims, float base,
-                             float* cos_sin) {
+                             float* cos_sin, const RopeScaling& scaling) {
   if (n_tokens < 0 || rope_dims <= 0 || rope_dims % 2 != 0 || !(base > 0.f)) {
     return absl::InvalidArgumentError(absl::StrCat("rope_cache: bad arguments n=", n_tokens,
                                                    " rope_dims=", rope_dims, " base=", base));
@@ -21,6 +21,8 @@ absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rop
   std::vector<double> inv_freq(half);
   for (int i = 0; i < half; ++i) {
     inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * i / static_cast<double>(rope_dims));
+    if (scaling.freq_factors != nullptr) inv_freq[i] /= scaling.freq_factors[i];
+    inv_freq[i] *= scaling.freq_scale;
   }
   for (int64_t t = 0; t < n_tokens; ++t) {
     if (positions[t] < 0) {

@@ -14,11 +14,18 @@ namespace xkv::cpu {
 
 enum class RopeMode { kNorm, kNeox };
 
+// How a model scales the angles, as llama.cpp's ggml_rope_ext without YaRN:
+//   theta(pos, i) = freq_scale * (pos * base^(-2i/rope_dims) / freq_factors[i]).
+struct RopeScaling {
+  float freq_scale = 1.f;               // 1 / linear scaling factor
+  const float* freq_factors = nullptr;  // fp32 [rope_dims / 2] (rope_freqs.weight), or null = 1
+};
+
 // Precomputes cos/sin per token: theta in double (pos * base^(-2i/rope_dims)), rounded once.
 // positions: int64 [n_tokens], each >= 0 (logical token positions, not cache slots).
 // cos_sin:   fp32 [n_tokens, rope_dims / 2, 2] = (cos, sin) pairs.
 absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rope_dims, float base,
-                             float* cos_sin);
+                             float* cos_sin, const RopeScaling& scaling = {});
 
 // Applies RoPE to every head of every token.
 // x:       fp32 [n_tokens, n_heads, head_dim]; token rows `x_stride` elements apart

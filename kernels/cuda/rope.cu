@@ -10,6 +10,7 @@ constexpr int kThreads = 128;
 
 // grid.x = token. positions int64 [n]; cos_sin fp32 [n, rope_dims/2, 2].
 __global__ void RopeCacheKernel(const int64_t* __restrict__ positions, int rope_dims, double base,
+                                float freq_scale, const float* __restrict__ freq_factors,
                                 float* __restrict__ cos_sin) {
   const int64_t t = blockIdx.x;
   const int64_t pos = positions[t];
@@ -20,7 +21,9 @@ __global__ void RopeCacheKernel(const int64_t* __restrict__ positions, int rope_
       cs[2 * i] = cs[2 * i + 1] = __int_as_float(0x7fc00000);
       continue;
     }
-    const double inv_freq = pow(base, -2.0 * i / static_cast<double>(rope_dims));
+    double inv_freq = pow(base, -2.0 * i / static_cast<double>(rope_dims));
+    if (freq_factors != nullptr) inv_freq /= freq_factors[i];
+    inv_freq *= freq_scale;
     const double theta = static_cast<double>(pos) * inv_freq;
     double s, c;
     sincos(theta, &s, &c);
@@ -61,7 +64,7 @@ __global__ void RopeKernel(const float* x, int64_t x_stride, int n_heads, int he
 }  // namespace
 
 absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rope_dims, float base,
-                             float* cos_sin, cudaStream_t stream) {
+                             float* cos_sin, cudaStream_t stream, const RopeScaling& scaling) {
   if (n_tokens < 0 || n_tokens > 0x7fffffff || rope_dims <= 0 || rope_dims % 2 != 0 ||
       !(base > 0.f)) {
     return absl::InvalidArgumentError(absl::StrCat("cuda rope_cache: bad arguments n=", n_tokens,
@@ -72,7 +75,8 @@ absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rop
     return absl::InvalidArgumentError("cuda rope_cache: null pointer");
   }
   RopeCacheKernel<<<static_cast<unsigned>(n_tokens), kThreads, 0, stream>>>(
-      positions, rope_dims, static_cast<double>(base), cos_sin);
+      positions, rope_dims, static_cast<double>(base), scaling.freq_scale, scaling.freq_factors,
+      cos_sin);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

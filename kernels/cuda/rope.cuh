@@ -14,14 +14,16 @@
 namespace xkv::cuda {
 
 using RopeMode = ::xkv::cpu::RopeMode;
+using RopeScaling = ::xkv::cpu::RopeScaling;
 
 // Precomputes cos/sin per token in double (as the CPU reference), rounded once to fp32.
 // positions: device int64 [n_tokens], logical positions (prompt length + generated so far for
 //            decode tokens — never the compacted cache length). A negative position (which the
 //            host cannot check without a sync) yields NaN pairs.
 // cos_sin:   device fp32 [n_tokens, rope_dims / 2, 2] = (cos, sin) pairs.
+// scaling:   as the CPU reference's; its freq_factors (if any) is a device pointer.
 absl::Status LaunchRopeCache(const int64_t* positions, int64_t n_tokens, int rope_dims, float base,
-                             float* cos_sin, cudaStream_t stream);
+                             float* cos_sin, cudaStream_t stream, const RopeScaling& scaling = {});
 
 // x:       device fp32 [n_tokens, n_heads, head_dim]; token rows `x_stride` elements apart
 //          (>= n_heads * head_dim), heads contiguous inside a row (e.g. the Q or K slice of a

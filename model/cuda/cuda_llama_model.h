@@ -129,6 +129,10 @@ class CudaLlamaModel : public StageEngine {
     __nv_bfloat16* wo = nullptr;         // device bf16 [hidden, q_dim]
     __nv_bfloat16* w_gate_up = nullptr;  // device bf16 [2 ffn, hidden]
     __nv_bfloat16* w_down = nullptr;     // device bf16 [hidden, ffn]
+    // Architecture hooks (model/arch/arch.h), null unless the config switches them on.
+    float* qkv_bias = nullptr;  // device fp32 [q_dim + 2 kv_dim]
+    float* q_norm = nullptr;    // device fp32 [head_dim]
+    float* k_norm = nullptr;    // device fp32 [head_dim]
   };
   struct Sequence {
     int64_t position = 0;                      // logical tokens fed so far
@@ -241,6 +245,7 @@ class CudaLlamaModel : public StageEngine {
   float* ffn_ = nullptr;           // fp32 [max_step_tokens, 2 ffn]
   __nv_bfloat16* glu_ = nullptr;   // bf16 [kGemvMaxRows, ffn] fused GEMV SwiGLU output
   float* cos_sin_ = nullptr;       // fp32 [max_step_tokens, rope_dims]
+  float* rope_freqs_ = nullptr;    // fp32 [rope_dims / 2] (rope_freqs.weight); null unless config
   float* last_ = nullptr;          // fp32 [max_batch, hidden]
   float* logits_ = nullptr;        // fp32 [max_batch, vocab]
   void* workspace_ = nullptr;      // decode attention scratch

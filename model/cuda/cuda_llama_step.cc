@@ -17,6 +17,7 @@
 #include "kernels/cuda/importance.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/qkv_hooks.cuh"
 #include "kernels/cuda/qkv_rope_write.cuh"
 #include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -211,6 +212,9 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
   RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  // The architecture's bias add and QK-norm (model/arch/arch.h); a no-op for plain llama.
+  RETURN_IF_ERROR(cuda::LaunchQkvHooks({c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps}, qkv_,
+                                       qkv_dim, n, w.qkv_bias, w.q_norm, w.k_norm, stream_));
   RETURN_IF_ERROR(cuda::LaunchQkvRopeWrite(
       qkv_, qkv_dim, n, c.n_heads, c.rope_dims, ToRopeMode(c.rope_style), cos_sin_, q_, q_dim,
       d_slots_ + li(layer) * options_.max_step_tokens, cache_, pdl, stream_));
@@ -302,8 +306,8 @@ absl::Status CudaLlamaModel::RunAllLayers(const StepPlan& plan) {
   const bool graph = options_.cuda_graphs && plan.all_decode && !plan.scores_only;
   if (!graph) {
     graph_bucket_ = 0;
-    RETURN_IF_ERROR(
-        cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base, cos_sin_, stream_));
+    RETURN_IF_ERROR(cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base, cos_sin_,
+                                          stream_, {c.rope_freq_scale, rope_freqs_}));
     for (int l = layer_begin_; l < layer_end_; ++l) RETURN_IF_ERROR(RunLayer(l, plan));
     return absl::OkStatus();
   }
@@ -312,8 +316,8 @@ absl::Status CudaLlamaModel::RunAllLayers(const StepPlan& plan) {
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
-    absl::Status st =
-        cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base, cos_sin_, stream_);
+    absl::Status st = cuda::LaunchRopeCache(d_positions_, plan.n, c.rope_dims, c.rope_base,
+                                            cos_sin_, stream_, {c.rope_freq_scale, rope_freqs_});
     for (int l = layer_begin_; st.ok() && l < layer_end_; ++l) st = RunLayer(l, plan);
     cudaGraph_t g = nullptr;
     const cudaError_t end = cudaStreamEndCapture(stream_, &g);

@@ -47,6 +47,19 @@ absl::Status CudaLlamaModel::AllocWeights() {
     RETURN_IF_ERROR(Alloc(2 * f * h, &w.w_gate_up));
     RETURN_IF_ERROR(Alloc(h * f, &w.w_down));
     weight_bytes_ += 2 * (qkv_dim * h + h * q_dim + 3 * f * h) + 8 * h;
+    if (c.qkv_bias) {
+      RETURN_IF_ERROR(Alloc(qkv_dim, &w.qkv_bias));
+      weight_bytes_ += 4 * qkv_dim;
+    }
+    if (c.qk_norm) {
+      RETURN_IF_ERROR(Alloc(c.head_dim, &w.q_norm));
+      RETURN_IF_ERROR(Alloc(c.head_dim, &w.k_norm));
+      weight_bytes_ += 8 * c.head_dim;
+    }
+  }
+  if (c.rope_freqs) {
+    RETURN_IF_ERROR(Alloc(c.rope_dims / 2, &rope_freqs_));
+    weight_bytes_ += 2 * c.rope_dims;
   }
   if (has_embedding_) {
     RETURN_IF_ERROR(Alloc(vocab * h, &embedding_));
@@ -123,6 +136,18 @@ absl::Status CudaLlamaModel::LoadWeights(const GgufFile& file) {
     RETURN_IF_ERROR(UploadMatrix(file, p + "ffn_gate.weight", f, h, w.w_gate_up));
     RETURN_IF_ERROR(UploadMatrix(file, p + "ffn_up.weight", f, h, w.w_gate_up + f * h));
     RETURN_IF_ERROR(UploadMatrix(file, p + "ffn_down.weight", h, f, w.w_down));
+    if (c.qkv_bias) {
+      RETURN_IF_ERROR(UploadVector(file, p + "attn_q.bias", q_dim, w.qkv_bias));
+      RETURN_IF_ERROR(UploadVector(file, p + "attn_k.bias", kv_dim, w.qkv_bias + q_dim));
+      RETURN_IF_ERROR(UploadVector(file, p + "attn_v.bias", kv_dim, w.qkv_bias + q_dim + kv_dim));
+    }
+    if (c.qk_norm) {
+      RETURN_IF_ERROR(UploadVector(file, p + "attn_q_norm.weight", c.head_dim, w.q_norm));
+      RETURN_IF_ERROR(UploadVector(file, p + "attn_k_norm.weight", c.head_dim, w.k_norm));
+    }
+  }
+  if (c.rope_freqs) {
+    RETURN_IF_ERROR(UploadVector(file, "rope_freqs.weight", c.rope_dims / 2, rope_freqs_));
   }
   if (has_embedding_) {
     RETURN_IF_ERROR(UploadMatrix(file, "token_embd.weight", vocab, h, embedding_));
@@ -165,6 +190,15 @@ absl::Status CudaLlamaModel::RandomWeights(uint64_t seed) {
     RETURN_IF_ERROR(fill(w.wo, h * q_dim, q_dim));
     RETURN_IF_ERROR(fill(w.w_gate_up, 2 * f * h, h));
     RETURN_IF_ERROR(fill(w.w_down, h * f, f));
+    // Hooks of a random model: no bias, unit QK-norm gains.
+    if (w.qkv_bias) {
+      RETURN_IF_ERROR(cuda::LaunchFillConstant(0.0f, q_dim + 2 * kv_dim, w.qkv_bias, stream_));
+    }
+    if (w.q_norm) RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.head_dim, w.q_norm, stream_));
+    if (w.k_norm) RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.head_dim, w.k_norm, stream_));
+  }
+  if (rope_freqs_ != nullptr) {
+    RETURN_IF_ERROR(cuda::LaunchFillConstant(1.0f, c.rope_dims / 2, rope_freqs_, stream_));
   }
   tensor = 1;
   if (has_embedding_) RETURN_IF_ERROR(fill(embedding_, vocab * h, 1));

@@ -124,6 +124,14 @@ inline ::testing::AssertionResult AllClose(const std::vector<float>& got,
          << "); worst at " << worst << ": got " << got[worst] << " want " << want[worst];
 }
 
+// max |got - want| / (max(want) - min(want)): logits compared relative to the position's range.
+inline double RelDiff(const float* got, const float* want, int64_t n) {
+  const auto [lo, hi] = std::minmax_element(want, want + n);
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
+  return worst / std::max(1e-30, double(*hi) - *lo);
+}
+
 }  // namespace xkv::gpu_test
 
 #endif  // XKV_TESTS_GPU_GPU_TEST_UTIL_H_

@@ -32,6 +32,8 @@
 namespace xkv {
 namespace {
 
+using gpu_test::RelDiff;
+
 constexpr int kGenTokens = 32;
 constexpr double kRelTol = 0.03;  // of the CPU logit range, see the file comment
 
@@ -68,14 +70,6 @@ const std::vector<std::string>& Prompts() {
       "powerful computers in their pockets, and the most important trend of the coming decade "
       "is"};
   return *prompts;
-}
-
-// max |got - want| / (max(want) - min(want)).
-double RelDiff(const float* got, const float* want, int64_t n) {
-  const auto [lo, hi] = std::minmax_element(want, want + n);
-  double worst = 0;
-  for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
-  return worst / std::max(1e-30, double(*hi) - *lo);
 }
 
 TEST(RealModelTest, GpuEngineMatchesCpuEngine) {

@@ -77,5 +77,23 @@ TEST(RopeCacheTest, RejectsNegativePositionAndOddDims) {
   EXPECT_FALSE(LaunchRopeCache(pos.data(), 1, 63, 10000.f, cs.data()).ok());
 }
 
+// llama 3.1's rope_freqs divide each frequency; linear scaling multiplies every angle.
+TEST(RopeCacheTest, FrequencyFactorsAndLinearScaling) {
+  const int dims = 16;
+  const std::vector<int64_t> pos = {0, 3, 1000};
+  std::vector<float> factors(dims / 2);
+  for (int i = 0; i < dims / 2; ++i) factors[i] = 1.f + i;
+  std::vector<float> cs(pos.size() * dims);
+  ASSERT_TRUE(
+      LaunchRopeCache(pos.data(), 3, dims, 10000.f, cs.data(), {0.5f, factors.data()}).ok());
+  for (size_t t = 0; t < pos.size(); ++t) {
+    for (int i = 0; i < dims / 2; ++i) {
+      const double theta = 0.5 * pos[t] * std::pow(10000.0, -2.0 * i / dims) / factors[i];
+      EXPECT_NEAR(cs[t * dims + 2 * i], std::cos(theta), 1e-6) << t << " " << i;
+      EXPECT_NEAR(cs[t * dims + 2 * i + 1], std::sin(theta), 1e-6) << t << " " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace xkv::cpu

@@ -8,6 +8,11 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
+#include "model/gguf.h"
+#include "model/llama_weights.h"
+#include "model/model_config.h"
+#include "model/synthetic_model.h"
+#include "tests/parity/arch_cases.h"
 #include "tests/unit/model/llama_test_util.h"
 
 namespace xkv {
@@ -302,6 +307,80 @@ TEST(Bf16NumericsTest, RoundsWeightsAndStaysCloseToTheFp64Forward) {
   EXPECT_LE(worst, 0.02 * (*hi - *lo));
   EXPECT_NE(bf16, exact);
 }
+
+// Each architecture's random-weight GGUF (tests/parity/arch_cases.h; llama.cpp parity is in
+// tests/parity/arch_parity_test.cc): two pipeline stages reproduce the whole model bit for bit —
+// the hooks' tensors (per-layer biases and QK-norm gains, the global rope_freqs) reach every stage
+// — and a prefill followed by decode steps through the KV cache equals one prefill.
+class ArchModelTest : public ::testing::TestWithParam<ArchCase> {};
+
+TEST_P(ArchModelTest, StagesAndDecodeStepsEqualTheWholePrefill) {
+  auto bytes = WriteSyntheticModelToBuffer(GetParam().options);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto file = GgufFile::FromBuffer(*bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto model = [&](Numerics numerics, LlamaWeightsOptions wo) {
+    auto w = LoadLlamaWeights(**file, *config, wo);
+    EXPECT_TRUE(w.ok()) << w.status();
+    LlamaModelOptions o;
+    o.numerics = numerics;
+    auto m = LlamaModel::Create(std::make_shared<const LlamaWeights>(std::move(*w)), o);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return std::move(*m);
+  };
+  const int vocab = config->vocab_size;
+  const std::vector<int32_t> prompt = RandomTokens(21, vocab, 5);
+  const int64_t n = static_cast<int64_t>(prompt.size());
+
+  auto whole = model(Numerics::kGgml, {});
+  auto first = model(Numerics::kGgml, {.layer_end = 1, .load_head = false});
+  auto last = model(Numerics::kGgml, {.layer_begin = 1, .load_embedding = false});
+  std::unique_ptr<KvCache> c0 = whole->NewCache(), c1 = first->NewCache(), c2 = last->NewCache();
+  BatchStep step;
+  step.sequences.push_back({c0.get(), n, 0, false});
+  auto want = whole->Forward(prompt, step);
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto hidden = first->Embed(prompt);
+  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  step.sequences[0].cache = c1.get();
+  ASSERT_TRUE(first->RunLayers(0, 1, step, absl::MakeSpan(*hidden)).ok());
+  step.sequences[0].cache = c2.get();
+  ASSERT_TRUE(last->RunLayers(1, 2, step, absl::MakeSpan(*hidden)).ok());
+  auto got = last->Logits(*hidden, step.LastRows());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, *want);
+
+  auto exact = model(Numerics::kExact, {});
+  std::unique_ptr<KvCache> one = exact->NewCache(), steps = exact->NewCache();
+  BatchStep all;
+  all.sequences.push_back({one.get(), n, 0, false});
+  auto logits_all = exact->Forward(prompt, all, /*all_rows=*/true);
+  ASSERT_TRUE(logits_all.ok()) << logits_all.status();
+  BatchStep head;
+  head.sequences.push_back({steps.get(), n - 4, 0, false});
+  ASSERT_TRUE(exact->Forward(absl::MakeConstSpan(prompt).first(n - 4), head).ok());
+  for (int64_t t = n - 4; t < n; ++t) {
+    BatchStep decode;
+    decode.sequences.push_back({steps.get(), 1, t, false});
+    auto l = exact->Forward({prompt[t]}, decode);
+    ASSERT_TRUE(l.ok()) << l.status();
+    EXPECT_LT(MaxDiff(l->data(), logits_all->data() + t * vocab, vocab), 1e-4) << "position " << t;
+  }
+}
+
+// The two-layer cases (the one-layer real shapes cannot split into stages).
+std::vector<ArchCase> TwoLayerArchCases() {
+  std::vector<ArchCase> cases = ArchCases();
+  cases.erase(std::remove_if(cases.begin(), cases.end(),
+                             [](const ArchCase& c) { return c.options.n_layers != 2; }),
+              cases.end());
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, ArchModelTest, ::testing::ValuesIn(TwoLayerArchCases()),
+                         [](const ::testing::TestParamInfo<ArchCase>& i) { return i.param.name; });
 
 }  // namespace
 }  // namespace xkv

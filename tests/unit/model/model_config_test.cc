@@ -35,6 +35,7 @@ std::map<std::string, std::optional<GgufValue>> BaseKeys() {
 struct Extra {
   bool with_output = false;
   std::vector<int64_t> embd_dims = {256, 1000};
+  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;  // more F32 tensors
 };
 
 absl::StatusOr<ModelConfig> Read(const std::map<std::string, std::optional<GgufValue>>& keys,
@@ -48,6 +49,11 @@ absl::StatusOr<ModelConfig> Read(const std::map<std::string, std::optional<GgufV
   w.AddTensor("token_embd.weight", extra.embd_dims, GgmlType::kF32, std::vector<float>(n, 0.f));
   if (extra.with_output) {
     w.AddTensor("output.weight", {256, 1000}, GgmlType::kF32, std::vector<float>(256000, 0.f));
+  }
+  for (const auto& [name, dims] : extra.tensors) {
+    int64_t elements = 1;
+    for (int64_t d : dims) elements *= d;
+    w.AddTensor(name, dims, GgmlType::kF32, std::vector<float>(elements, 1.f));
   }
   auto bytes = w.WriteBuffer();
   if (!bytes.ok()) return bytes.status();
@@ -182,6 +188,122 @@ TEST(ModelConfigTest, RejectsInconsistentShapes) {
   keys["llama.rope.dimension_count"] = GgufValue::Uint32(64);  // > head_dim 32
   ExpectError(keys, "rope.dimension_count");
   ExpectError(BaseKeys(), "token_embd.weight", Extra{.embd_dims = {128, 1000}});
+}
+
+// BaseKeys with the "llama." keys renamed to `arch`.
+std::map<std::string, std::optional<GgufValue>> ArchKeys(const std::string& arch) {
+  std::map<std::string, std::optional<GgufValue>> keys;
+  for (const auto& [k, v] : BaseKeys()) {
+    keys[k.rfind("llama.", 0) == 0 ? arch + k.substr(5) : k] = v;
+  }
+  keys["general.architecture"] = GgufValue::String(arch);
+  return keys;
+}
+
+// `suffix` of every one of BaseKeys' 4 layers, [elements].
+std::vector<std::pair<std::string, std::vector<int64_t>>> PerLayer(const std::string& suffix,
+                                                                   int64_t elements) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (int l = 0; l < 4; ++l)
+    out.push_back({"blk." + std::to_string(l) + "." + suffix, {elements}});
+  return out;
+}
+
+Extra Qwen2Biases() {  // 8 heads x 32 = 256 for Q, 2 x 32 = 64 for K and V
+  Extra e;
+  for (const auto& [suffix, n] : {std::pair<std::string, int64_t>{"attn_q.bias", 256},
+                                  {"attn_k.bias", 64},
+                                  {"attn_v.bias", 64}}) {
+    for (auto& t : PerLayer(suffix, n)) e.tensors.push_back(t);
+  }
+  return e;
+}
+
+TEST(ModelConfigTest, UnsupportedArchitectureListsTheSupportedOnes) {
+  auto keys = BaseKeys();
+  keys["general.architecture"] = GgufValue::String("gemma2");
+  ExpectError(keys,
+              "'general.architecture': unsupported architecture 'gemma2' (supported: llama, "
+              "qwen2, qwen3)");
+}
+
+TEST(ModelConfigTest, Qwen2HasNeoxRopeAndQkvBias) {
+  auto c = Read(ArchKeys("qwen2"), Qwen2Biases());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, "qwen2");
+  EXPECT_EQ(c->rope_style, RopeStyle::kNeox);
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_FALSE(c->qk_norm);
+  EXPECT_EQ(c->n_layers, 4);
+}
+
+TEST(ModelConfigTest, Qwen2WithoutItsBiasesNamesTheTensor) {
+  ExpectError(ArchKeys("qwen2"), "tensor 'blk.0.attn_q.bias': missing (architecture qwen2)");
+  Extra e = Qwen2Biases();
+  e.tensors.erase(e.tensors.begin() + 5);  // blk.1.attn_k.bias
+  ExpectError(ArchKeys("qwen2"), "tensor 'blk.1.attn_k.bias': missing", e);
+  e = Qwen2Biases();
+  e.tensors[4].second = {255};  // blk.0.attn_k.bias
+  ExpectError(ArchKeys("qwen2"), "tensor 'blk.0.attn_k.bias': has dims [255], want [64]", e);
+}
+
+TEST(ModelConfigTest, Qwen3HasQkNorm) {
+  Extra e;
+  for (auto& t : PerLayer("attn_q_norm.weight", 32)) e.tensors.push_back(t);
+  for (auto& t : PerLayer("attn_k_norm.weight", 32)) e.tensors.push_back(t);
+  auto c = Read(ArchKeys("qwen3"), e);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_style, RopeStyle::kNeox);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->qkv_bias);
+  e.tensors.pop_back();
+  ExpectError(ArchKeys("qwen3"), "tensor 'blk.3.attn_k_norm.weight': missing", e);
+}
+
+TEST(ModelConfigTest, LlamaOptionalTensorsSwitchTheirHooksOn) {
+  Extra e;
+  e.tensors.push_back({"rope_freqs.weight", {16}});
+  auto c = Read(BaseKeys(), e);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->rope_freqs);
+  EXPECT_FALSE(c->qkv_bias);
+  e.tensors[0].second = {32};
+  ExpectError(BaseKeys(), "tensor 'rope_freqs.weight': has dims [32], want [16]", e);
+  c = Read(BaseKeys(), Qwen2Biases());  // llama.cpp loads optional Q/K/V biases for llama too
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias);
+  e = Qwen2Biases();
+  e.tensors.pop_back();  // some biases but not all: a broken file, not a model without biases
+  ExpectError(BaseKeys(), "tensor 'blk.3.attn_v.bias': missing", e);
+}
+
+TEST(ModelConfigTest, RejectsTensorsTheArchitectureDoesNotUse) {
+  Extra e;
+  e.tensors.push_back({"blk.0.attn_output.bias", {256}});
+  ExpectError(BaseKeys(), "tensor 'blk.0.attn_output.bias': not used by architecture llama", e);
+  ExpectError(BaseKeys(), "tensor 'blk.0.attn_q_norm.weight': not used by architecture llama",
+              Extra{.tensors = PerLayer("attn_q_norm.weight", 32)});
+}
+
+TEST(ModelConfigTest, RopeScaling) {
+  auto keys = BaseKeys();
+  auto c = Read(keys);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_freq_scale, 1.f);
+  keys["llama.rope.scaling.type"] = GgufValue::String("linear");
+  keys["llama.rope.scaling.factor"] = GgufValue::Float32(4.f);
+  c = Read(keys);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_freq_scale, 0.25f);
+  keys["llama.rope.scaling.type"] = GgufValue::String("none");  // llama.cpp: never scaled
+  c = Read(keys);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope_freq_scale, 1.f);
+  keys["llama.rope.scaling.type"] = GgufValue::String("yarn");
+  ExpectError(keys, "'llama.rope.scaling.type': unsupported RoPE scaling 'yarn'");
+  keys["llama.rope.scaling.type"] = std::nullopt;  // linear by default, as llama.cpp
+  keys["llama.rope.scaling.factor"] = GgufValue::Float32(-2.f);
+  ExpectError(keys, "llama.rope.scaling.factor");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -211,6 +212,54 @@ TEST(SyntheticModelTest, RejectsBadOptions) {
   o.weight_type = GgmlType::kQ4_0;
   EXPECT_THAT(std::string(WriteSyntheticModelToBuffer(o).status().message()),
               ::testing::HasSubstr("multiples of 32"));
+}
+
+TEST(SyntheticModelTest, ArchitecturesWriteTheirTensorsAndMetadata) {
+  SyntheticModelOptions o = SyntheticModelOptions::Tiny();
+  o.architecture = "qwen2";
+  auto f = Load(o);
+  ASSERT_NE(f, nullptr);
+  auto c = ReadModelConfig(*f);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->architecture, "qwen2");
+  EXPECT_EQ(c->rope_style, RopeStyle::kNeox);
+  EXPECT_TRUE(c->qkv_bias);
+  ASSERT_NE(f->FindTensor("blk.1.attn_q.bias"), nullptr);
+  EXPECT_EQ(f->FindTensor("blk.1.attn_k.bias")->dims, std::vector<int64_t>{2 * 16});
+
+  o.architecture = "qwen3";
+  o.key_length = 32;  // head_dim != hidden / n_heads
+  f = Load(o);
+  ASSERT_NE(f, nullptr);
+  c = ReadModelConfig(*f);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_EQ(c->head_dim, 32);
+  EXPECT_EQ(f->FindTensor("blk.0.attn_q.weight")->dims, (std::vector<int64_t>{64, 4 * 32}));
+  EXPECT_EQ(f->FindTensor("blk.0.attn_k_norm.weight")->dims, std::vector<int64_t>{32});
+
+  o = SyntheticModelOptions::Tiny();
+  o.optional_tensors = true;
+  o.rope_scaling_factor = 2.f;
+  o.context_length = 1024;
+  f = Load(o);
+  ASSERT_NE(f, nullptr);
+  c = ReadModelConfig(*f);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->qkv_bias);
+  EXPECT_TRUE(c->rope_freqs);
+  EXPECT_EQ(c->rope_freq_scale, 0.5f);
+  // llama 3.1's factors for an original context of 1024 / 16: 1 at high frequencies, 8 at low.
+  auto factors = f->ReadTensorF32("rope_freqs.weight");
+  ASSERT_TRUE(factors.ok()) << factors.status();
+  ASSERT_EQ(factors->size(), 8u);
+  EXPECT_EQ(factors->front(), 1.f);
+  EXPECT_EQ(factors->back(), 8.f);
+  EXPECT_TRUE(std::is_sorted(factors->begin(), factors->end()));
+
+  o = SyntheticModelOptions::Tiny();
+  o.architecture = "gemma2";
+  EXPECT_FALSE(WriteSyntheticModelToBuffer(o).ok());
 }
 
 }  // namespace
