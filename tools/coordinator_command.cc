@@ -15,6 +15,7 @@
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/serve_flags.h"
+#include "tools/serve_loop.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
 #endif

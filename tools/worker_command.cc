@@ -9,9 +9,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "http/probe_routes.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
-#include "tools/metrics_http.h"
+#include "tools/metrics_registry.h"
 #include "worker/stage_engine_factory.h"
 #include "worker/worker_service.h"
 
@@ -96,12 +97,12 @@ int RunWorker(int argc, char** argv) {
   std::fprintf(stderr, "xkv worker: listening on %s (port %d), device %s, waiting for LoadStage\n",
                listen.c_str(), (*server)->port(), device.c_str());
   MetricsRegistry registry;
-  std::unique_ptr<MetricsHttpServer> metrics;
+  std::unique_ptr<HttpServer> metrics;
   if (!metrics_listen.empty()) {
     WorkerService* service = &(*server)->service();
     registry.AddCollector([service](MetricsRegistry& r) { CollectWorkerMetrics(service, r); });
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> m = MetricsHttpServer::Start(
-        {.listen = metrics_listen}, [&registry] { return registry.Render(); });
+    absl::StatusOr<std::unique_ptr<HttpServer>> m = StartProbeServer(
+        {.listen = metrics_listen}, {.metrics = [&registry] { return registry.Render(); }});
     if (!m.ok()) {
       (*server)->Shutdown();
       return Fail(m.status());
