@@ -31,7 +31,7 @@ def _start_server():
         [binary, "serve", "--model", model, "--threads", "1", "--listen", "127.0.0.1:0",
          "--admin-listen", "127.0.0.1:0", "--admin-insecure-local", "--http-listen", "127.0.0.1:0",
          "--http-max-body-bytes", str(MAX_BODY), "--served-model-name", "smollm2",
-         "--default-max-tokens", "8"],
+         "--http-max-concurrent", "2", "--default-max-tokens", "8"],
         stdout=subprocess.DEVNULL, stderr=log, env=env)
     deadline = time.monotonic() + 120
     pattern = re.compile(r"serving the OpenAI API on port (\d+)")
@@ -258,6 +258,39 @@ class OpenAiApiTest(unittest.TestCase):
         status, body = self.raw("GET", "/v1/nothing-here")
         self.assert_error(status, body, 404)
         self.assert_serving()
+
+    def test_concurrency_limit_and_disconnect_cancels(self):
+        """Two open streams hold both slots (--http-max-concurrent 2): the next request gets 429.
+        Clients that go away get their requests cancelled and the slots back."""
+        streams = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            conn.request("POST", "/v1/completions", body=json.dumps(
+                {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True,
+                 "stream": True}),
+                headers={"Authorization": f"Bearer {API_KEY}"})
+            resp = conn.getresponse()
+            self.assertEqual(resp.status, 200)
+            self.assertTrue(resp.readline().startswith(b"data: {"))
+            streams.append(conn)
+        status, body = self.raw("POST", "/v1/completions",
+                                {"model": "smollm2", "prompt": PROMPT, "max_tokens": 1})
+        self.assert_error(status, body, 429)
+        for conn in streams:
+            conn.sock.shutdown(2)
+            conn.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.assert_serving()
+                break
+            except openai.RateLimitError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # poll interval of a bounded wait
+        status, body = self.raw("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn('xkv_requests_total{code="CANCELLED"} 2', body)
 
     def test_probes_and_metrics_need_no_key(self):
         self.assert_serving()  # a finished request for the request counters

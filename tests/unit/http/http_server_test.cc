@@ -60,7 +60,7 @@ TEST_F(ProbeServerTest, MetricsHealthAndReady) {
   EXPECT_EQ(c.Get("/health")->status, 200) << "liveness does not depend on readiness";
 }
 
-// Sends raw bytes and returns everything the server answers until it closes (3 s at most).
+// Sends raw bytes and returns the server's answer up to the end of its headers (3 s at most).
 std::string Exchange(int port, const std::string& request) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr = {};
@@ -77,7 +77,10 @@ std::string Exchange(int port, const std::string& request) {
   (void)!send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string answer;
   char buf[4096];
-  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) answer.append(buf, n);
+  for (ssize_t n;
+       answer.find("\r\n\r\n") == std::string::npos && (n = recv(fd, buf, sizeof(buf), 0)) > 0;) {
+    answer.append(buf, n);
+  }
   close(fd);
   return answer;
 }
