@@ -264,6 +264,9 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   s->set_top_k(static_cast<int32_t>(seq.params.top_k));
   s->set_top_p(static_cast<float>(seq.params.top_p));
   s->set_seed(seq.params.seed);
+  s->set_min_p(static_cast<float>(seq.params.min_p));
+  s->set_presence_penalty(static_cast<float>(seq.params.presence_penalty));
+  s->set_frequency_penalty(static_cast<float>(seq.params.frequency_penalty));
   seq.started = true;
 }
 

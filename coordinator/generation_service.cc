@@ -26,6 +26,9 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     p.temperature = s.temperature();
     p.top_p = s.has_top_p() ? s.top_p() : 1.0;
     p.top_k = s.top_k();
+    p.min_p = s.min_p();
+    p.presence_penalty = s.presence_penalty();
+    p.frequency_penalty = s.frequency_penalty();
     p.seed = s.seed();
     p.stop.assign(s.stop().begin(), s.stop().end());
   }

@@ -193,9 +193,6 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
 // Fields this server does not implement: accepted only at their no-op value.
 bool IsNoOp(const std::string& key, const Json& v) {
   if (v.is_null()) return true;
-  if (key == "presence_penalty" || key == "frequency_penalty" || key == "min_p") {
-    return v.is_number() && v.get<double>() == 0;
-  }
   if (key == "repetition_penalty") return v.is_number() && v.get<double>() == 1;
   if (key == "logprobs" || key == "echo" || key == "parallel_tool_calls") {
     return v.is_boolean() && !v.get<bool>();
@@ -206,10 +203,7 @@ bool IsNoOp(const std::string& key, const Json& v) {
   return false;
 }
 
-constexpr const char* kUnsupported[] = {"presence_penalty",
-                                        "frequency_penalty",
-                                        "repetition_penalty",
-                                        "min_p",
+constexpr const char* kUnsupported[] = {"repetition_penalty",
                                         "logprobs",
                                         "top_logprobs",
                                         "logit_bias",
@@ -257,6 +251,12 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
     } else if (key == "top_p") {
       ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
       if (x.has_value()) s->set_top_p(static_cast<float>(*x));
+    } else if (key == "min_p" || key == "presence_penalty" || key == "frequency_penalty") {
+      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
+      const float f = static_cast<float>(x.value_or(0));
+      if (key == "min_p") s->set_min_p(f);
+      if (key == "presence_penalty") s->set_presence_penalty(f);
+      if (key == "frequency_penalty") s->set_frequency_penalty(f);
     } else if (key == "top_k") {
       ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, kInt32Min, kInt32Max));
       s->set_top_k(static_cast<int32_t>(x.value_or(0)));

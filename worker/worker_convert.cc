@@ -46,6 +46,9 @@ absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p) 
   s.sampling.top_k = p.sampling().top_k();
   s.sampling.top_p = p.sampling().top_p() == 0.f ? 1.f : p.sampling().top_p();
   s.sampling.seed = p.sampling().seed();
+  s.sampling.min_p = p.sampling().min_p();
+  s.sampling.presence_penalty = p.sampling().presence_penalty();
+  s.sampling.frequency_penalty = p.sampling().frequency_penalty();
   s.sample = !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly;
   s.return_logits = p.return_logits();
   s.return_scores = p.return_scores();

@@ -189,6 +189,24 @@ class OpenAiApiTest(unittest.TestCase):
                 texts[ch.index] += ch.text
         self.assertEqual(texts, [c.text for c in a.choices])
 
+    def test_min_p_and_penalties(self):
+        args = dict(model="smollm2", prompt="one one one one one one one one", max_tokens=12)
+        greedy = self.client.completions.create(
+            **args, temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+        # min_p 1 keeps only the most likely token: sampling at any temperature is greedy.
+        only_top = self.client.completions.create(
+            **args, temperature=1.5, seed=3, extra_body={"ignore_eos": True, "min_p": 1.0})
+        self.assertEqual(only_top.choices[0].text, greedy)
+        # A frequency penalty steers greedy decoding away from what it generated already.
+        penalized = self.client.completions.create(**args, temperature=0, frequency_penalty=2.0,
+                                                   extra_body={"ignore_eos": True})
+        self.assertNotEqual(penalized.choices[0].text, greedy)
+        def repeats(text):
+            words = re.findall(r"\w+", text)
+            return len(words) - len(set(words))
+        self.assertLess(repeats(penalized.choices[0].text), repeats(greedy),
+                        (greedy, penalized.choices[0].text))
+
     def test_xkv_settings_and_layer_sizes(self):
         prompt = ("In a small village by the sea there lived an old fisherman who went out every "
                   "morning before dawn. One day he caught a golden fish that could speak. "
@@ -238,8 +256,11 @@ class OpenAiApiTest(unittest.TestCase):
             ({"model": "smollm2", "messages": user, "max_tokens": 100000}, 400, "max_tokens",
              None),
             ({"model": "smollm2", "messages": user, "n": 99}, 400, "n", None),
-            ({"model": "smollm2", "messages": user, "frequency_penalty": 1}, 400,
-             "frequency_penalty", "not supported"),
+            ({"model": "smollm2", "messages": user, "frequency_penalty": 2.5}, 400,
+             "frequency_penalty", "[-2, 2]"),
+            ({"model": "smollm2", "messages": user, "min_p": -0.5}, 400, "min_p", None),
+            ({"model": "smollm2", "messages": user, "repetition_penalty": 1.3}, 400,
+             "repetition_penalty", "not supported"),
             ({"model": "smollm2", "messages": user, "logprobs": True}, 400, "logprobs",
              "not supported"),
             ({"model": "smollm2", "messages": user, "xkv": {"policy": "magic"}}, 400,

@@ -32,7 +32,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
     "max_completion_tokens": 7, "max_tokens": 99, "temperature": 0.5, "top_p": 0.9, "top_k": 40,
     "seed": -1, "stop": ["\n\n", "END"], "n": 3, "stream": true,
     "stream_options": {"include_usage": true}, "ignore_eos": true, "user": "u",
-    "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": false, "min_p": 0,
+    "presence_penalty": 0.5, "frequency_penalty": -1.0, "logprobs": false, "min_p": 0.05,
     "repetition_penalty": 1,
     "xkv": {"policy": "xkv", "retention": 0.5, "profile_mode": "one_pass", "layers": true}})");
   ASSERT_TRUE(r.ok()) << r.status();
@@ -46,6 +46,9 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_FLOAT_EQ(g.sampling().temperature(), 0.5f);
   EXPECT_FLOAT_EQ(g.sampling().top_p(), 0.9f);
   EXPECT_EQ(g.sampling().top_k(), 40);
+  EXPECT_FLOAT_EQ(g.sampling().min_p(), 0.05f);
+  EXPECT_FLOAT_EQ(g.sampling().presence_penalty(), 0.5f);
+  EXPECT_FLOAT_EQ(g.sampling().frequency_penalty(), -1.0f);
   EXPECT_TRUE(r->has_seed);
   EXPECT_EQ(g.sampling().seed(), ~uint64_t{0});
   ASSERT_EQ(g.sampling().stop_size(), 2);
@@ -114,7 +117,8 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
       {R"({"model":"m","messages":[],"stream":"yes"})", "stream", "true or false"},
       {R"({"model":"m","messages":[],"stream_options":{"include_usage":true}})", "stream_options",
        "only allowed with stream"},
-      {R"({"model":"m","messages":[],"presence_penalty":0.5})", "presence_penalty",
+      {R"({"model":"m","messages":[],"presence_penalty":"high"})", "presence_penalty", "a number"},
+      {R"({"model":"m","messages":[],"repetition_penalty":1.2})", "repetition_penalty",
        "not supported"},
       {R"({"model":"m","messages":[],"logprobs":true})", "logprobs", "not supported"},
       {R"({"model":"m","messages":[],"tools":[]})", "tools", "not supported"},
