@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # curl smoke test of the OpenAI-compatible HTTP API: `xkv serve --http-listen` on a free loopback
 # port; probes, models, a chat completion, a streamed completion ending in `data: [DONE]`, and a
-# malformed body (400, OpenAI error object) after which the server still answers.
+# malformed body (400, OpenAI error object) after which the server still answers, and
+# `xkv bench serve --endpoint openai` against it.
 # Usage: openai_curl_test.sh XKV_BINARY MODEL.gguf
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -40,4 +41,8 @@ check bad-json-status "400" "$(curl -sS -o /dev/null -w '%{http_code}' "$base/v1
 check bad-json-body '"type":"invalid_request_error"' "$(curl -sS "$base/v1/completions" -d '{oops')"
 check still-serving '"object":"text_completion"' "$(curl -sS "$base/v1/completions" \
   -d "{\"model\":\"$name\",\"prompt\":\"Paris is\",\"max_tokens\":2}")"
+# The serving benchmark drives the same API (--endpoint openai, the model id from /v1/models).
+check bench-openai '| service default | 2/0 |' "$("$xkv" bench serve --endpoint openai \
+  --server "$base" --model "$model" --clients 1 --requests 2 --warmup 0 --prompt-min 8 \
+  --prompt-max 8 --output-min 2 --output-max 2 2>&1)"
 exit $fail
