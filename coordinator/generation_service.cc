@@ -1,10 +1,12 @@
 #include "coordinator/generation_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/grpc_status_map.h"
@@ -62,36 +64,48 @@ absl::Status ValidatePresence(const xkv::v1::GenerateRequest& r) {
     return absl::InvalidArgumentError(
         "max_tokens is 0; it must be >= 1 (leave it unset for the service default)");
   }
+  if (r.sampling().n() < 0 || r.sampling().n() > kMaxChoices) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n is ", r.sampling().n(), "; it must be in [1, ", kMaxChoices, "]"));
+  }
   return absl::OkStatus();
+}
+
+std::vector<GenerateParams> ChoicesFromProto(const xkv::v1::GenerateRequest& r) {
+  const GenerateParams first = ParamsFromProto(r);
+  std::vector<GenerateParams> out(std::max(1, r.sampling().n()), first);
+  for (size_t i = 0; i < out.size(); ++i) out[i].seed = first.seed + i;
+  return out;
 }
 
 namespace {
 
 class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateResponse> {
  public:
-  // The sink the coordinator calls; forwards to the reactor until the stream is finished.
+  // The sink of one choice the coordinator calls; forwards to the reactor, which finishes the
+  // call once every choice's sink has ended (so no sink outlives it).
   class Sink final : public GenerateSink {
    public:
-    explicit Sink(GenerateReactor* r) : r_(r) {}
+    Sink(GenerateReactor* r, int index) : r_(r), index_(index) {}
     void OnDelta(const std::string& text, absl::Span<const int32_t> ids) override {
       xkv::v1::GenerateResponse resp;
       resp.set_text(text);
       resp.mutable_token_ids()->Add(ids.begin(), ids.end());
-      r_->Enqueue(std::move(resp), nullptr);
+      resp.set_index(index_);
+      r_->Enqueue(std::move(resp));
     }
     void OnDone(const xkv::v1::Usage& usage) override {
       xkv::v1::GenerateResponse resp;
       *resp.mutable_usage() = usage;
-      grpc::Status ok = grpc::Status::OK;
-      r_->Enqueue(std::move(resp), &ok);
+      resp.set_index(index_);
+      r_->Enqueue(std::move(resp));
+      r_->ChoiceEnded(absl::OkStatus(), 1);
     }
-    void OnError(const absl::Status& status) override {
-      grpc::Status s = ToGrpc(status);
-      r_->Enqueue(std::nullopt, &s);
-    }
+    void OnError(const absl::Status& status) override { r_->ChoiceEnded(status, 1); }
 
    private:
     GenerateReactor* r_;
+    const int index_;
   };
 
   GenerateReactor(Coordinator* coordinator, grpc::CallbackServerContext* context,
@@ -101,21 +115,29 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
       Finish(ToGrpc(s));
       return;
     }
-    GenerateParams params = ParamsFromProto(request);
-    request_id_ = params.request_id;
+    std::vector<GenerateParams> choices = ChoicesFromProto(request);
     const auto deadline = context->deadline();
-    if (deadline != std::chrono::system_clock::time_point::max()) {
-      params.deadline = absl::FromChrono(deadline);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_id_ = choices[0].request_id;
+      open_ = static_cast<int>(choices.size());
     }
-    absl::StatusOr<uint64_t> id =
-        coordinator_->Submit(std::move(params), std::make_shared<Sink>(this));
-    if (!id.ok()) {
-      Finish(ToGrpc(id.status()));
-      return;
+    for (size_t i = 0; i < choices.size(); ++i) {
+      if (deadline != std::chrono::system_clock::time_point::max()) {
+        choices[i].deadline = absl::FromChrono(deadline);
+      }
+      absl::StatusOr<uint64_t> id = coordinator_->Submit(
+          std::move(choices[i]), std::make_shared<Sink>(this, static_cast<int>(i)));
+      if (!id.ok()) {
+        // The choices already submitted end (cancelled) before the call finishes.
+        for (uint64_t submitted : Ids()) coordinator_->Cancel(submitted);
+        ChoiceEnded(id.status(), static_cast<int>(choices.size() - i));
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      ids_.push_back(*id);
+      if (request_id_.empty()) request_id_ = absl::StrCat("req-", *id);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    id_ = *id;
-    if (request_id_.empty()) request_id_ = absl::StrCat("req-", *id);
   }
 
   void OnWriteDone(bool ok) override {
@@ -126,24 +148,30 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
   }
 
   void OnCancel() override {
-    uint64_t id;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      id = id_;
-    }
-    if (id != 0) coordinator_->Cancel(id);
+    for (uint64_t id : Ids()) coordinator_->Cancel(id);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void Enqueue(std::optional<xkv::v1::GenerateResponse> resp, const grpc::Status* final_status) {
+  std::vector<uint64_t> Ids() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (resp.has_value()) {
-      resp->set_request_id(request_id_);
-      pending_.push_back(std::move(*resp));
-    }
-    if (final_status != nullptr) final_ = *final_status;
+    return ids_;
+  }
+
+  void Enqueue(xkv::v1::GenerateResponse resp) {
+    std::lock_guard<std::mutex> lock(mu_);
+    resp.set_request_id(request_id_);
+    pending_.push_back(std::move(resp));
+    WriteNextLocked();
+  }
+
+  // `count` choices ended with `status`; the call finishes after the last (the first error wins).
+  void ChoiceEnded(const absl::Status& status, int count) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!status.ok() && error_.ok()) error_ = status;
+    open_ -= count;
+    if (open_ == 0) final_ = ToGrpc(error_);
     WriteNextLocked();
   }
 
@@ -164,8 +192,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
 
   Coordinator* coordinator_;
   std::mutex mu_;
-  uint64_t id_ = 0;
+  std::vector<uint64_t> ids_;
   std::string request_id_;
+  int open_ = 0;        // choices not ended yet
+  absl::Status error_;  // the first choice error
   std::deque<xkv::v1::GenerateResponse> pending_;
   xkv::v1::GenerateResponse current_;
   std::optional<grpc::Status> final_;

@@ -19,6 +19,7 @@ std::optional<std::string> LeadingField(absl::string_view message) {
       {"temperature ", "temperature"},
       {"top_p ", "top_p"},
       {"top_k ", "top_k"},
+      {"n ", "n"},
       {"min_p ", "min_p"},
       {"presence_penalty ", "presence_penalty"},
       {"frequency_penalty ", "frequency_penalty"},

@@ -270,8 +270,10 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
     } else if (key == "stop") {
       RETURN_IF_ERROR(ParseStop(v, s));
     } else if (key == "n") {
-      ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, 1, kMaxChoices));
-      r.n = static_cast<int>(x.value_or(1));
+      // 0 is "unset" on the gRPC wire; in JSON an explicit 0 is wrong. The upper bound is
+      // ValidatePresence's.
+      ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, 1, kInt32Max));
+      s->set_n(static_cast<int32_t>(x.value_or(1)));
     } else if (key == "stream") {
       ASSIGN_OR_RETURN(std::optional<bool> b, BoolField(v, key));
       r.stream = b.value_or(false);

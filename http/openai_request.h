@@ -17,14 +17,11 @@ namespace xkv {
 
 enum class OpenAiEndpoint { kChatCompletions, kCompletions };
 
-inline constexpr int kMaxChoices = 16;  // the largest `n`
-
 struct OpenAiRequest {
   OpenAiEndpoint endpoint = OpenAiEndpoint::kChatCompletions;
   std::string model;
-  xkv::v1::GenerateRequest generate;  // choice 0's request; choice i samples with seed + i
+  xkv::v1::GenerateRequest generate;  // n (sampling.n) choices: ChoicesFromProto
   bool has_seed = false;              // false: the caller picks a random seed
-  int n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool kv_layers = false;      // xkv.layers: per-layer KV sizes in usage

@@ -77,9 +77,12 @@ class Routes : public std::enable_shared_from_this<Routes> {
   absl::Status CheckModel(const std::string& model) const;
   std::string ModelsBody(const std::string* only) const;
   void Generate(OpenAiEndpoint endpoint, const httplib::Request& req, httplib::Response& res);
+  struct Submitted {
+    std::shared_ptr<ChoiceCollector> collector;
+    std::vector<uint64_t> ids;  // one per choice
+  };
   // Submits the n choices; on failure cancels the ones already submitted.
-  absl::StatusOr<std::vector<uint64_t>> SubmitChoices(const OpenAiRequest& request,
-                                                      ChoiceCollector& collector);
+  absl::StatusOr<Submitted> SubmitChoices(const OpenAiRequest& request);
   void Respond(const ResponseMeta& meta, ChoiceCollector& collector, int n, httplib::Response& res);
   void Stream(const ResponseMeta& meta, std::shared_ptr<ChoiceCollector> collector,
               std::vector<uint64_t> ids, std::shared_ptr<void> slot, httplib::Response& res);
@@ -145,22 +148,22 @@ std::string Routes::ModelsBody(const std::string* only) const {
   return Json{{"object", "list"}, {"data", Json::array({model})}}.dump();
 }
 
-absl::StatusOr<std::vector<uint64_t>> Routes::SubmitChoices(const OpenAiRequest& request,
-                                                            ChoiceCollector& collector) {
+absl::StatusOr<Routes::Submitted> Routes::SubmitChoices(const OpenAiRequest& request) {
   RETURN_IF_ERROR(ValidatePresence(request.generate));
-  const uint64_t seed = request.has_seed ? request.generate.sampling().seed() : Random();
-  std::vector<uint64_t> ids;
-  for (int i = 0; i < request.n; ++i) {
-    xkv::v1::GenerateRequest g = request.generate;
-    g.mutable_sampling()->set_seed(seed + static_cast<uint64_t>(i));
-    absl::StatusOr<uint64_t> id = coordinator_->Submit(ParamsFromProto(g), collector.SinkFor(i));
+  xkv::v1::GenerateRequest g = request.generate;
+  if (!request.has_seed) g.mutable_sampling()->set_seed(Random());
+  std::vector<GenerateParams> choices = ChoicesFromProto(g);
+  Submitted out{ChoiceCollector::Create(static_cast<int>(choices.size())), {}};
+  for (size_t i = 0; i < choices.size(); ++i) {
+    absl::StatusOr<uint64_t> id =
+        coordinator_->Submit(std::move(choices[i]), out.collector->SinkFor(static_cast<int>(i)));
     if (!id.ok()) {
-      for (uint64_t done : ids) coordinator_->Cancel(done);
+      for (uint64_t done : out.ids) coordinator_->Cancel(done);
       return id.status();
     }
-    ids.push_back(*id);
+    out.ids.push_back(*id);
   }
-  return ids;
+  return out;
 }
 
 void Routes::Generate(OpenAiEndpoint endpoint, const httplib::Request& req,
@@ -182,13 +185,12 @@ void Routes::Generate(OpenAiEndpoint endpoint, const httplib::Request& req,
   meta.model = options_.model_name;
   meta.include_usage = request->include_usage;
   meta.kv_layers = request->kv_layers;
-  std::shared_ptr<ChoiceCollector> collector = ChoiceCollector::Create(request->n);
-  absl::StatusOr<std::vector<uint64_t>> ids = SubmitChoices(*request, *collector);
-  if (!ids.ok()) return ReplyError(res, ids.status());
+  absl::StatusOr<Submitted> submitted = SubmitChoices(*request);
+  if (!submitted.ok()) return ReplyError(res, submitted.status());
   if (request->stream) {
-    Stream(meta, std::move(collector), *std::move(ids), std::move(slot), res);
+    Stream(meta, std::move(submitted->collector), std::move(submitted->ids), std::move(slot), res);
   } else {
-    Respond(meta, *collector, request->n, res);
+    Respond(meta, *submitted->collector, static_cast<int>(submitted->ids.size()), res);
   }
 }
 

@@ -5,8 +5,8 @@
 //
 // Each request becomes the same xkv::v1::GenerateRequest the gRPC Generation service takes and
 // goes through ValidatePresence, ParamsFromProto and Coordinator::Submit, so both APIs accept and
-// reject the same requests. `n` > 1 submits n requests (seeds seed, seed + 1, …); without `seed`
-// a random one is drawn, as OpenAI samples differently on every call.
+// reject the same requests. `n` > 1 submits n requests (ChoicesFromProto: seeds seed, seed + 1,
+// …); without `seed` a random one is drawn, as OpenAI samples differently on every call.
 #ifndef XKV_HTTP_OPENAI_ROUTES_H_
 #define XKV_HTTP_OPENAI_ROUTES_H_
 

@@ -53,7 +53,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_EQ(g.sampling().seed(), ~uint64_t{0});
   ASSERT_EQ(g.sampling().stop_size(), 2);
   EXPECT_EQ(g.sampling().stop(1), "END");
-  EXPECT_EQ(r->n, 3);
+  EXPECT_EQ(g.sampling().n(), 3);
   EXPECT_TRUE(r->stream);
   EXPECT_TRUE(r->include_usage);
   EXPECT_TRUE(g.ignore_eos());
@@ -110,8 +110,7 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
       {R"({"model":"m","messages":[],"temperature":"hot"})", "temperature", "a number"},
       {R"({"model":"m","messages":[],"max_tokens":1.5})", "max_tokens", "an integer"},
       {R"({"model":"m","messages":[],"max_tokens":99999999999})", "max_tokens", "[-2147483648"},
-      {R"({"model":"m","messages":[],"n":0})", "n", "[1, 16]"},
-      {R"({"model":"m","messages":[],"n":17})", "n", "[1, 16]"},
+      {R"({"model":"m","messages":[],"n":0})", "n", "[1, 2147483647]"},
       {R"({"model":"m","messages":[],"seed":"1"})", "seed", "an integer"},
       {R"({"model":"m","messages":[],"stop":[1]})", "stop[0]", "a string"},
       {R"({"model":"m","messages":[],"stream":"yes"})", "stream", "true or false"},
@@ -153,6 +152,8 @@ TEST(OpenAiErrorTest, StatusCodesAndCoreMessagesMapToOpenAiErrors) {
        "top_p"},
       {absl::InvalidArgumentError("chat message 0 has role 'tool'"), 400, "invalid_request_error",
        "messages"},
+      {absl::InvalidArgumentError("n is 17; it must be in [1, 16]"), 400, "invalid_request_error",
+       "n"},
       {absl::InvalidArgumentError("something else"), 400, "invalid_request_error", nullptr},
       {FieldError(absl::StatusCode::kNotFound, "model", "no such model", "model_not_found"), 404,
        "invalid_request_error", "model"},
