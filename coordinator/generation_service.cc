@@ -129,9 +129,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
       absl::StatusOr<uint64_t> id = coordinator_->Submit(
           std::move(choices[i]), std::make_shared<Sink>(this, static_cast<int>(i)));
       if (!id.ok()) {
-        // The choices already submitted end (cancelled) before the call finishes.
-        for (uint64_t submitted : Ids()) coordinator_->Cancel(submitted);
+        // This error first (it wins); the choices already submitted end (cancelled) before the
+        // call finishes.
+        const std::vector<uint64_t> submitted = Ids();
         ChoiceEnded(id.status(), static_cast<int>(choices.size() - i));
+        for (uint64_t done : submitted) coordinator_->Cancel(done);
         return;
       }
       std::lock_guard<std::mutex> lock(mu_);

@@ -122,6 +122,9 @@ absl::StatusOr<HttpApiOptions> HttpApiOptionsFromFlags(const ServeFlags& f) {
   }
   ASSIGN_OR_RETURN(o.routes.api_key,
                    ReadSecret("", "XKV_API_KEY", f.api_key_file, "--api-key-file"));
+  if (o.routes.api_key.empty() && !f.api_key_file.empty()) {
+    return absl::InvalidArgumentError("--api-key-file " + f.api_key_file + " is empty");
+  }
   o.server.listen = f.http_listen;
   o.server.max_body_bytes = static_cast<size_t>(f.http_max_body_bytes);
   o.server.threads = o.routes.max_concurrent + 8;  // streams hold a thread; probes get the rest
