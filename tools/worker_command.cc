@@ -102,7 +102,14 @@ int RunWorker(int argc, char** argv) {
     WorkerService* service = &(*server)->service();
     registry.AddCollector([service](MetricsRegistry& r) { CollectWorkerMetrics(service, r); });
     absl::StatusOr<std::unique_ptr<HttpServer>> m = StartProbeServer(
-        {.listen = metrics_listen}, {.metrics = [&registry] { return registry.Render(); }});
+        {.listen = metrics_listen},
+        {.metrics = [&registry] { return registry.Render(); },
+         .ready =
+             [service] {
+               return service->executor() != nullptr
+                          ? absl::OkStatus()
+                          : absl::UnavailableError("no stage loaded (waiting for LoadStage)");
+             }});
     if (!m.ok()) {
       (*server)->Shutdown();
       return Fail(m.status());

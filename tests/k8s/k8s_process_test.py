@@ -298,6 +298,9 @@ class RenderedPodsTest(unittest.TestCase):
                 self.assertEqual(r.status, 200)
                 body = r.read().decode()
             self.assertIn(wanted, body, f"{pod.name} /metrics")
+            if pod is not coordinator:  # its stage is loaded: /ready on the metrics port too
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as r:
+                    self.assertEqual(r.status, 200)
             if pod is coordinator:  # one inter-token gap per generated token after the first
                 values = dict(line.rsplit(" ", 1) for line in body.splitlines()
                               if line and not line.startswith("#"))
