@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -84,7 +85,10 @@ inline constexpr absl::Duration kMaxHealthBackoff = absl::Seconds(30);
 class GenerateSink {
  public:
   virtual ~GenerateSink() = default;
-  virtual void OnDelta(const std::string& text, absl::Span<const int32_t> token_ids) = 0;
+  // `logprobs`: one per token id when the request asked for them (GenerateParams::logprobs),
+  // else empty.
+  virtual void OnDelta(const std::string& text, absl::Span<const int32_t> token_ids,
+                       absl::Span<const SampledLogprobs> logprobs) = 0;
   virtual void OnDone(const xkv::v1::Usage& usage) = 0;
   virtual void OnError(const absl::Status& status) = 0;
 };
@@ -138,8 +142,9 @@ class Coordinator {
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
                             int64_t prefix_len);
   Sequence* Find(uint64_t id);
-  void AcceptToken(Sequence& seq, int32_t token);
-  void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids);
+  void AcceptToken(Sequence& seq, int32_t token, const std::optional<SampledLogprobs>& logprobs);
+  void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids,
+            std::vector<SampledLogprobs> logprobs = {});
   void FinishSequence(uint64_t id, const absl::Status& status, int finish_reason);
   xkv::v1::Usage MakeUsage(const Sequence& seq, int finish_reason) const;
   void MaybeAutoReplan();

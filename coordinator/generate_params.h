@@ -36,6 +36,7 @@ struct GenerateParams {
   double min_p = 0;              // [0, 1]; 0: disabled
   double presence_penalty = 0;   // [-2, 2]
   double frequency_penalty = 0;  // [-2, 2]
+  int64_t logprobs = -1;  // [0, 20]: each token's logprob and this many alternatives; -1: none
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;

@@ -31,6 +31,7 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     p.min_p = s.min_p();
     p.presence_penalty = s.presence_penalty();
     p.frequency_penalty = s.frequency_penalty();
+    p.logprobs = s.has_logprobs() ? s.logprobs() : -1;
     p.seed = s.seed();
     p.stop.assign(s.stop().begin(), s.stop().end());
   }
@@ -87,10 +88,21 @@ class GenerateReactor final : public grpc::ServerWriteReactor<xkv::v1::GenerateR
   class Sink final : public GenerateSink {
    public:
     Sink(GenerateReactor* r, int index) : r_(r), index_(index) {}
-    void OnDelta(const std::string& text, absl::Span<const int32_t> ids) override {
+    void OnDelta(const std::string& text, absl::Span<const int32_t> ids,
+                 absl::Span<const SampledLogprobs> logprobs) override {
       xkv::v1::GenerateResponse resp;
       resp.set_text(text);
       resp.mutable_token_ids()->Add(ids.begin(), ids.end());
+      for (const SampledLogprobs& l : logprobs) {
+        xkv::v1::TokenLogprobs* out = resp.add_logprobs();
+        out->mutable_token()->set_token_id(l.token.id);
+        out->mutable_token()->set_logprob(l.token.logprob);
+        for (const TokenLogprob& t : l.top) {
+          xkv::v1::TokenLogprob* top = out->add_top();
+          top->set_token_id(t.id);
+          top->set_logprob(t.logprob);
+        }
+      }
       resp.set_index(index_);
       r_->Enqueue(std::move(resp));
     }

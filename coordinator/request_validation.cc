@@ -90,6 +90,10 @@ absl::Status ValidateSampling(const GenerateParams& p) {
   if (!(p.min_p >= 0 && p.min_p <= 1)) {
     return Invalid(absl::StrCat("min_p is ", p.min_p, "; it must be in [0, 1] (0 is off)"));
   }
+  if (p.logprobs < -1 || p.logprobs > 20) {
+    return Invalid(absl::StrCat("logprobs is ", p.logprobs,
+                                "; it must be in [0, 20] (alternatives per token)"));
+  }
   for (const auto& [name, v] : {std::pair{"presence_penalty", p.presence_penalty},
                                 std::pair{"frequency_penalty", p.frequency_penalty}}) {
     if (!(v >= -2 && v <= 2)) {

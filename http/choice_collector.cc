@@ -7,14 +7,19 @@ namespace xkv {
 class ChoiceCollector::Sink final : public GenerateSink {
  public:
   Sink(std::shared_ptr<ChoiceCollector> c, int index) : c_(std::move(c)), index_(index) {}
-  void OnDelta(const std::string& text, absl::Span<const int32_t>) override {
-    if (!text.empty()) c_->Push({index_, ChoiceEvent::Kind::kText, text, {}, {}});
+  void OnDelta(const std::string& text, absl::Span<const int32_t>,
+               absl::Span<const SampledLogprobs> logprobs) override {
+    if (text.empty() && logprobs.empty()) return;
+    c_->Push({.index = index_,
+              .kind = ChoiceEvent::Kind::kText,
+              .text = text,
+              .logprobs = {logprobs.begin(), logprobs.end()}});
   }
   void OnDone(const xkv::v1::Usage& usage) override {
-    c_->Push({index_, ChoiceEvent::Kind::kDone, {}, usage, {}});
+    c_->Push({.index = index_, .kind = ChoiceEvent::Kind::kDone, .usage = usage});
   }
   void OnError(const absl::Status& status) override {
-    c_->Push({index_, ChoiceEvent::Kind::kError, {}, {}, status});
+    c_->Push({.index = index_, .kind = ChoiceEvent::Kind::kError, .error = status});
   }
 
  private:

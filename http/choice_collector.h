@@ -21,9 +21,10 @@ struct ChoiceEvent {
   enum class Kind { kText, kDone, kError };
   int index = 0;
   Kind kind = Kind::kText;
-  std::string text;      // kText
-  xkv::v1::Usage usage;  // kDone
-  absl::Status error;    // kError
+  std::string text;                       // kText
+  std::vector<SampledLogprobs> logprobs;  // kText: one per token, when asked
+  xkv::v1::Usage usage;                   // kDone
+  absl::Status error;                     // kError
 };
 
 class ChoiceCollector : public std::enable_shared_from_this<ChoiceCollector> {

@@ -21,6 +21,7 @@ std::optional<std::string> LeadingField(absl::string_view message) {
       {"top_k ", "top_k"},
       {"n ", "n"},
       {"min_p ", "min_p"},
+      {"logprobs ", "logprobs"},
       {"presence_penalty ", "presence_penalty"},
       {"frequency_penalty ", "frequency_penalty"},
       {"stop string", "stop"},

@@ -194,7 +194,7 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
 bool IsNoOp(const std::string& key, const Json& v) {
   if (v.is_null()) return true;
   if (key == "repetition_penalty") return v.is_number() && v.get<double>() == 1;
-  if (key == "logprobs" || key == "echo" || key == "parallel_tool_calls") {
+  if (key == "echo" || key == "parallel_tool_calls") {
     return v.is_boolean() && !v.get<bool>();
   }
   if (key == "best_of") return v.is_number_integer() && v.get<int64_t>() == 1;
@@ -204,8 +204,6 @@ bool IsNoOp(const std::string& key, const Json& v) {
 }
 
 constexpr const char* kUnsupported[] = {"repetition_penalty",
-                                        "logprobs",
-                                        "top_logprobs",
                                         "logit_bias",
                                         "echo",
                                         "suffix",
@@ -233,7 +231,8 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
   xkv::v1::GenerateRequest& g = r.generate;
   xkv::v1::SamplingOptions* s = g.mutable_sampling();
   bool has_input = false;
-  std::optional<int64_t> max_tokens, max_completion_tokens;
+  std::optional<int64_t> max_tokens, max_completion_tokens, top_logprobs;
+  bool chat_logprobs = false;
   for (const auto& [key, v] : j.items()) {
     if (key == "model") {
       ASSIGN_OR_RETURN(std::optional<std::string> m, StringField(v, key));
@@ -285,6 +284,14 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
         ASSIGN_OR_RETURN(std::optional<bool> b, BoolField(v2, "stream_options.include_usage"));
         r.include_usage = b.value_or(false);
       }
+    } else if (key == "logprobs" && chat) {  // chat: a bool, with top_logprobs alternatives
+      ASSIGN_OR_RETURN(std::optional<bool> b, BoolField(v, key));
+      chat_logprobs = b.value_or(false);
+    } else if (key == "top_logprobs" && chat) {
+      ASSIGN_OR_RETURN(top_logprobs, IntField(v, key, kInt32Min, kInt32Max));
+    } else if (key == "logprobs") {  // completions: the number of alternatives
+      ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, kInt32Min, kInt32Max));
+      if (x.has_value()) s->set_logprobs(static_cast<int32_t>(*x));
     } else if (key == "ignore_eos") {
       ASSIGN_OR_RETURN(std::optional<bool> b, BoolField(v, key));
       g.set_ignore_eos(b.value_or(false));
@@ -307,6 +314,10 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
   if (j.contains("stream_options") && !j["stream_options"].is_null() && !r.stream) {
     return Invalid("stream_options", "stream_options is only allowed with stream: true");
   }
+  if (top_logprobs.has_value() && !chat_logprobs) {
+    return Invalid("top_logprobs", "top_logprobs needs logprobs: true");
+  }
+  if (chat_logprobs) s->set_logprobs(static_cast<int32_t>(top_logprobs.value_or(0)));
   if (max_completion_tokens.has_value()) max_tokens = max_completion_tokens;
   if (max_tokens.has_value()) g.set_max_tokens(static_cast<int32_t>(*max_tokens));
   return r;

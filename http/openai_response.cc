@@ -56,6 +56,50 @@ Json UsageJson(const ResponseMeta& meta, const std::vector<const xkv::v1::Usage*
           {"xkv", std::move(kv)}};
 }
 
+// OpenAI's logprobs object for `logprobs` (tokens from meta.token_bytes). Chat: {"content":
+// [{token, logprob, bytes, top_logprobs}], "refusal"}; completions: {tokens, token_logprobs,
+// top_logprobs: [{token: logprob}], text_offset}, offsets from *text_offset on (advanced).
+Json LogprobsJson(const ResponseMeta& meta, absl::Span<const SampledLogprobs> logprobs,
+                  int64_t* text_offset) {
+  if (!meta.logprobs) return nullptr;
+  const auto token = [&](int32_t id) { return meta.token_bytes ? meta.token_bytes(id) : ""; };
+  const auto bytes = [](const std::string& s) {
+    Json b = Json::array();
+    for (unsigned char c : s) b.push_back(c);
+    return b;
+  };
+  if (IsChat(meta)) {
+    Json content = Json::array();
+    for (const SampledLogprobs& l : logprobs) {
+      const std::string t = token(l.token.id);
+      Json top = Json::array();
+      for (const TokenLogprob& alt : l.top) {
+        const std::string a = token(alt.id);
+        top.push_back({{"token", a}, {"logprob", alt.logprob}, {"bytes", bytes(a)}});
+      }
+      content.push_back(
+          {{"token", t}, {"logprob", l.token.logprob}, {"bytes", bytes(t)}, {"top_logprobs", top}});
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  Json tokens = Json::array(), token_logprobs = Json::array(), top = Json::array(),
+       offsets = Json::array();
+  for (const SampledLogprobs& l : logprobs) {
+    const std::string t = token(l.token.id);
+    tokens.push_back(t);
+    token_logprobs.push_back(l.token.logprob);
+    Json alts = Json::object();
+    for (const TokenLogprob& alt : l.top) alts[token(alt.id)] = alt.logprob;
+    top.push_back(std::move(alts));
+    offsets.push_back(*text_offset);
+    *text_offset += static_cast<int64_t>(t.size());
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top)},
+          {"text_offset", std::move(offsets)}};
+}
+
 Json Envelope(const ResponseMeta& meta, bool chunk) {
   const char* object =
       IsChat(meta) ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
@@ -73,9 +117,10 @@ std::string Event(const Json& j) { return "data: " + Dump(j) + "\n\n"; }
 
 // One streamed choice: chat {"delta": …}, completions {"text": …}.
 std::string ChoiceChunk(const ResponseMeta& meta, int index, Json delta, const std::string& text,
-                        const Json& finish_reason) {
+                        const Json& finish_reason, Json logprobs = nullptr) {
   Json j = Envelope(meta, true);
-  Json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  Json choice = {
+      {"index", index}, {"logprobs", std::move(logprobs)}, {"finish_reason", finish_reason}};
   if (IsChat(meta)) {
     choice["delta"] = std::move(delta);
   } else {
@@ -101,8 +146,9 @@ std::string CompletionBody(const ResponseMeta& meta, const std::vector<ChoiceRes
   std::vector<const xkv::v1::Usage*> usages;
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& c = choices[i];
+    int64_t offset = 0;
     Json choice = {{"index", i},
-                   {"logprobs", nullptr},
+                   {"logprobs", LogprobsJson(meta, c.logprobs, &offset)},
                    {"finish_reason", FinishReasonName(c.usage.finish_reason())}};
     if (IsChat(meta)) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}};
@@ -120,8 +166,10 @@ std::string RoleChunkEvent(const ResponseMeta& meta, int index) {
   return ChoiceChunk(meta, index, {{"role", "assistant"}, {"content", ""}}, "", nullptr);
 }
 
-std::string TextChunkEvent(const ResponseMeta& meta, int index, const std::string& text) {
-  return ChoiceChunk(meta, index, {{"content", text}}, text, nullptr);
+std::string TextChunkEvent(const ResponseMeta& meta, int index, const std::string& text,
+                           absl::Span<const SampledLogprobs> logprobs, int64_t* text_offset) {
+  return ChoiceChunk(meta, index, {{"content", text}}, text, nullptr,
+                     LogprobsJson(meta, logprobs, text_offset));
 }
 
 std::string FinishChunkEvent(const ResponseMeta& meta, int index, xkv::v1::FinishReason reason) {

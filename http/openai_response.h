@@ -5,10 +5,13 @@
 #define XKV_HTTP_OPENAI_RESPONSE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "http/openai_request.h"
+#include "model/sampler.h"
 #include "xkv/v1/generation.pb.h"
 
 namespace xkv {
@@ -21,11 +24,14 @@ struct ResponseMeta {
   std::string model;
   bool include_usage = false;  // streams: a last chunk with usage (stream_options.include_usage)
   bool kv_layers = false;      // usage.xkv.layers
+  bool logprobs = false;       // choices carry "logprobs" objects
+  std::function<std::string(int32_t)> token_bytes;  // a token's bytes (the tokenizer's)
 };
 
 struct ChoiceResult {
   std::string text;
   xkv::v1::Usage usage;
+  std::vector<SampledLogprobs> logprobs;  // one per generated token, when asked
 };
 
 // "stop" (EOS or a stop string), "length" (max_tokens or the context).
@@ -37,7 +43,10 @@ std::string CompletionBody(const ResponseMeta& meta, const std::vector<ChoiceRes
 inline constexpr char kSseDone[] = "data: [DONE]\n\n";
 // Chat only: the first chunk of a choice, {"role": "assistant", "content": ""}.
 std::string RoleChunkEvent(const ResponseMeta& meta, int index);
-std::string TextChunkEvent(const ResponseMeta& meta, int index, const std::string& text);
+// `logprobs`: the chunk's tokens (meta.logprobs); `text_offset`: the completion's bytes before
+// them, advanced past them (completions' text_offset).
+std::string TextChunkEvent(const ResponseMeta& meta, int index, const std::string& text,
+                           absl::Span<const SampledLogprobs> logprobs, int64_t* text_offset);
 std::string FinishChunkEvent(const ResponseMeta& meta, int index, xkv::v1::FinishReason reason);
 // The usage chunk: no choices, usage over all of them.
 std::string UsageChunkEvent(const ResponseMeta& meta, const std::vector<xkv::v1::Usage>& usages);

@@ -185,6 +185,8 @@ void Routes::Generate(OpenAiEndpoint endpoint, const httplib::Request& req,
   meta.model = options_.model_name;
   meta.include_usage = request->include_usage;
   meta.kv_layers = request->kv_layers;
+  meta.logprobs = request->generate.sampling().has_logprobs();
+  meta.token_bytes = [this](int32_t id) { return coordinator_->tokenizer().TokenBytes(id); };
   absl::StatusOr<Submitted> submitted = SubmitChoices(*request);
   if (!submitted.ok()) return ReplyError(res, submitted.status());
   if (request->stream) {
@@ -202,7 +204,10 @@ void Routes::Respond(const ResponseMeta& meta, ChoiceCollector& collector, int n
   for (bool more = true; more;) {
     more = collector.Next(&events, absl::Seconds(1));
     for (ChoiceEvent& e : events) {
-      if (e.kind == ChoiceEvent::Kind::kText) results[e.index].text += e.text;
+      if (e.kind == ChoiceEvent::Kind::kText) {
+        results[e.index].text += e.text;
+        for (SampledLogprobs& l : e.logprobs) results[e.index].logprobs.push_back(std::move(l));
+      }
       if (e.kind == ChoiceEvent::Kind::kDone) results[e.index].usage = std::move(e.usage);
       if (e.kind == ChoiceEvent::Kind::kError && error.ok()) error = e.error;
     }
@@ -220,6 +225,7 @@ void Routes::Stream(const ResponseMeta& meta, std::shared_ptr<ChoiceCollector> c
     std::vector<uint64_t> ids;
     std::shared_ptr<void> slot;
     std::vector<xkv::v1::Usage> usages;
+    std::vector<int64_t> text_offsets;  // per choice: completion bytes streamed with logprobs
     bool started = false;
     bool finished = false;
   };
@@ -227,6 +233,7 @@ void Routes::Stream(const ResponseMeta& meta, std::shared_ptr<ChoiceCollector> c
   st->meta = meta;
   st->collector = std::move(collector);
   st->usages.resize(ids.size());
+  st->text_offsets.resize(ids.size());
   st->ids = std::move(ids);
   st->slot = std::move(slot);
   res.set_header("Cache-Control", "no-cache");
@@ -244,7 +251,8 @@ void Routes::Stream(const ResponseMeta& meta, std::shared_ptr<ChoiceCollector> c
         const bool more = st->collector->Next(&events, absl::Milliseconds(500));
         for (const ChoiceEvent& e : events) {
           if (e.kind == ChoiceEvent::Kind::kText) {
-            out += TextChunkEvent(st->meta, e.index, e.text);
+            out +=
+                TextChunkEvent(st->meta, e.index, e.text, e.logprobs, &st->text_offsets[e.index]);
           } else if (e.kind == ChoiceEvent::Kind::kDone) {
             out += FinishChunkEvent(st->meta, e.index, e.usage.finish_reason());
             st->usages[e.index] = e.usage;

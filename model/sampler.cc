@@ -20,6 +20,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.min_p >= 0.f && p.min_p <= 1.f)) {
     return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", p.min_p));
   }
+  if (p.logprobs < -1 || p.logprobs > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logprobs must be in [0, 20] (or -1: off), got ", p.logprobs));
+  }
   for (const auto& [name, v] : {std::pair{"presence_penalty", p.presence_penalty},
                                 std::pair{"frequency_penalty", p.frequency_penalty}}) {
     if (!(v >= -2.f && v <= 2.f)) {
@@ -111,7 +115,25 @@ bool Sampler::penalized() const {
   return params_.presence_penalty != 0.f || params_.frequency_penalty != 0.f;
 }
 
+SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int top) {
+  SampledLogprobs out;
+  if (logits.empty()) return out;
+  double mx = logits[0];
+  for (float x : logits) mx = std::max(mx, static_cast<double>(x));
+  double sum = 0;
+  for (float x : logits) sum += std::exp(x - mx);
+  const double log_z = mx + std::log(sum);
+  const auto logprob = [&](int32_t id) { return static_cast<float>(logits[id] - log_z); };
+  out.token = {
+      token, token >= 0 && static_cast<size_t>(token) < logits.size() ? logprob(token) : -INFINITY};
+  for (int32_t id : TopIds(logits, static_cast<size_t>(std::max(0, top)))) {
+    out.top.push_back({id, logprob(id)});
+  }
+  return out;
+}
+
 int32_t Sampler::Sample(absl::Span<const float> logits) {
+  const absl::Span<const float> raw = logits;
   if (penalized() && !counts_.empty()) {
     penalized_.assign(logits.begin(), logits.end());
     for (const auto& [id, n] : counts_) {
@@ -139,6 +161,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
     }
   }
   if (penalized()) ++counts_[token];
+  if (params_.logprobs >= 0) last_logprobs_ = LogprobsOf(raw, token, params_.logprobs);
   return token;
 }
 

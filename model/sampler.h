@@ -7,6 +7,7 @@
 #define XKV_MODEL_SAMPLER_H_
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -24,10 +25,27 @@ struct SamplingParams {
   float min_p = 0.f;              // in [0, 1]: drop tokens with p < min_p * p_max; 0: disabled
   float presence_penalty = 0.f;   // in [-2, 2]
   float frequency_penalty = 0.f;  // in [-2, 2]
+  int logprobs = -1;              // in [0, 20]: Sample also records LogprobsOf(logits, token,
+                                  // logprobs); -1: off
 };
 
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0.f;
+};
+
+// A sampled token's log-probability under the model (log-softmax of the raw logits: before
+// penalties, truncation and temperature) and the `top` most likely tokens (descending, lowest id
+// first on ties).
+struct SampledLogprobs {
+  TokenLogprob token;
+  std::vector<TokenLogprob> top;
+};
+
+SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int top);
+
 // INVALID_ARGUMENT for NaN/infinite temperature, top_p outside (0, 1], min_p outside [0, 1],
-// penalties outside [-2, 2].
+// penalties outside [-2, 2], logprobs outside [-1, 20].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
 // Index of the largest logit; the lowest such index on ties.
@@ -54,6 +72,8 @@ class Sampler {
   int32_t Sample(absl::Span<const float> logits);
 
   const SamplingParams& params() const { return params_; }
+  // With params().logprobs >= 0: the last sampled token's logprobs.
+  const std::optional<SampledLogprobs>& last_logprobs() const { return last_logprobs_; }
 
  private:
   bool penalized() const;
@@ -62,6 +82,7 @@ class Sampler {
   std::mt19937_64 rng_;
   absl::flat_hash_map<int32_t, int32_t> counts_;  // generated token -> times (with penalties)
   std::vector<float> penalized_;                  // scratch: the penalized logits
+  std::optional<SampledLogprobs> last_logprobs_;
 };
 
 }  // namespace xkv

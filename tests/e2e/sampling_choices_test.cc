@@ -1,6 +1,6 @@
 // The sampling additions over gRPC (the same fields the OpenAI API maps onto): n choices with
 // their index and one usage each (choice i == an n = 1 request with seed + i), min_p, the
-// presence / frequency penalties, and their range checks; the server keeps serving.
+// presence / frequency penalties, logprobs, and their range checks; the server keeps serving.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -69,6 +69,28 @@ TEST(SamplingChoicesTest, ChoicesMinPAndPenaltiesOverGrpc) {
   ASSERT_TRUE(plain.status.ok() && penalized.status.ok());
   EXPECT_NE(plain.token_ids, penalized.token_ids);
 
+  // Logprobs: one entry per token; greedy picks the most likely, so it heads the alternatives.
+  xkv::v1::GenerateRequest with_logprobs = GreedyRequest(kPrompt, 6);
+  with_logprobs.mutable_sampling()->set_logprobs(2);
+  int entries = 0;
+  StreamResult lp = Generate(stub, with_logprobs, absl::Seconds(120),
+                             [&](const xkv::v1::GenerateResponse& r, grpc::ClientContext&) {
+                               ASSERT_EQ(r.logprobs_size(), r.token_ids_size());
+                               for (int i = 0; i < r.logprobs_size(); ++i) {
+                                 const xkv::v1::TokenLogprobs& l = r.logprobs(i);
+                                 EXPECT_EQ(l.token().token_id(), r.token_ids(i));
+                                 EXPECT_LE(l.token().logprob(), 0.f);
+                                 ASSERT_EQ(l.top_size(), 2);
+                                 EXPECT_EQ(l.top(0).token_id(), l.token().token_id());
+                                 EXPECT_FLOAT_EQ(l.top(0).logprob(), l.token().logprob());
+                                 EXPECT_GE(l.top(0).logprob(), l.top(1).logprob());
+                                 ++entries;
+                               }
+                             });
+  ASSERT_TRUE(lp.status.ok()) << lp.status.error_message();
+  EXPECT_EQ(lp.token_ids, greedy.token_ids);
+  EXPECT_EQ(entries, static_cast<int>(greedy.token_ids.size()));
+
   // Out of range: INVALID_ARGUMENT naming the field; the server keeps serving.
   struct Bad {
     std::function<void(xkv::v1::SamplingOptions&)> edit;
@@ -79,7 +101,8 @@ TEST(SamplingChoicesTest, ChoicesMinPAndPenaltiesOverGrpc) {
                         {[](auto& s) { s.set_n(-1); }, "n is -1"},
                         {[](auto& s) { s.set_min_p(1.5f); }, "min_p"},
                         {[](auto& s) { s.set_presence_penalty(-3.0f); }, "presence_penalty"},
-                        {[](auto& s) { s.set_frequency_penalty(2.5f); }, "frequency_penalty"}}) {
+                        {[](auto& s) { s.set_frequency_penalty(2.5f); }, "frequency_penalty"},
+                        {[](auto& s) { s.set_logprobs(21); }, "logprobs is 21"}}) {
     xkv::v1::GenerateRequest r = Sampled(2, 1);
     bad.edit(*r.mutable_sampling());
     StreamResult s = Generate(stub, r);

@@ -207,6 +207,37 @@ class OpenAiApiTest(unittest.TestCase):
         self.assertLess(repeats(penalized.choices[0].text), repeats(greedy),
                         (greedy, penalized.choices[0].text))
 
+    def test_logprobs(self):
+        args = dict(model="smollm2", max_tokens=6, temperature=0,
+                    messages=[{"role": "user", "content": "Name a fruit."}])
+        r = self.client.chat.completions.create(**args, logprobs=True, top_logprobs=2,
+                                                extra_body={"ignore_eos": True})
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        self.assertEqual("".join(t.token for t in content), r.choices[0].message.content)
+        for t in content:
+            self.assertLessEqual(t.logprob, 0)
+            self.assertEqual(len(t.top_logprobs), 2)
+            self.assertEqual(t.top_logprobs[0].token, t.token)  # greedy: the most likely
+            self.assertAlmostEqual(t.top_logprobs[0].logprob, t.logprob, places=5)
+            self.assertGreaterEqual(t.top_logprobs[0].logprob, t.top_logprobs[1].logprob)
+            self.assertEqual(bytes(t.bytes).decode(), t.token)
+        streamed = [lp for c in self.client.chat.completions.create(
+            **args, logprobs=True, top_logprobs=2, stream=True, extra_body={"ignore_eos": True})
+            if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
+        self.assertEqual([(t.token, round(t.logprob, 4)) for t in streamed],
+                         [(t.token, round(t.logprob, 4)) for t in content])
+        self.assertIsNone(self.client.chat.completions.create(**args).choices[0].logprobs)
+        c = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=5,
+                                           temperature=0, logprobs=3,
+                                           extra_body={"ignore_eos": True})
+        lp = c.choices[0].logprobs
+        self.assertEqual("".join(lp.tokens), c.choices[0].text)
+        self.assertEqual(len(lp.token_logprobs), 5)
+        self.assertEqual(lp.text_offset[0], 0)
+        self.assertEqual(lp.text_offset[1], len(lp.tokens[0].encode()))
+        self.assertTrue(all(1 <= len(alts) <= 3 for alts in lp.top_logprobs))
+
     def test_xkv_settings_and_layer_sizes(self):
         prompt = ("In a small village by the sea there lived an old fisherman who went out every "
                   "morning before dawn. One day he caught a golden fish that could speak. "
@@ -261,8 +292,8 @@ class OpenAiApiTest(unittest.TestCase):
             ({"model": "smollm2", "messages": user, "min_p": -0.5}, 400, "min_p", None),
             ({"model": "smollm2", "messages": user, "repetition_penalty": 1.3}, 400,
              "repetition_penalty", "not supported"),
-            ({"model": "smollm2", "messages": user, "logprobs": True}, 400, "logprobs",
-             "not supported"),
+            ({"model": "smollm2", "messages": user, "logprobs": True, "top_logprobs": 21}, 400,
+             "logprobs", "[0, 20]"),
             ({"model": "smollm2", "messages": user, "xkv": {"policy": "magic"}}, 400,
              "xkv.policy", None),
             ({"model": "nope", "messages": user}, 404, "model", None),

@@ -63,6 +63,28 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_TRUE(r->kv_layers);
 }
 
+TEST(OpenAiRequestTest, Logprobs) {
+  absl::StatusOr<OpenAiRequest> r =
+      Chat(R"({"model":"m","messages":[],"logprobs":true,"top_logprobs":3})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->generate.sampling().logprobs(), 3);
+  r = Chat(R"({"model":"m","messages":[],"logprobs":true})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->generate.sampling().logprobs(), 0);
+  r = Chat(R"({"model":"m","messages":[],"logprobs":false})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->generate.sampling().has_logprobs());
+  EXPECT_EQ(ErrorOf(Chat(R"({"model":"m","messages":[],"top_logprobs":2})"))["param"],
+            "top_logprobs");
+  r = ParseOpenAiRequest(R"({"model":"m","prompt":"x","logprobs":5})",
+                         OpenAiEndpoint::kCompletions);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->generate.sampling().logprobs(), 5);
+  EXPECT_EQ(ErrorOf(ParseOpenAiRequest(R"({"model":"m","prompt":"x","logprobs":true})",
+                                       OpenAiEndpoint::kCompletions))["param"],
+            "logprobs");
+}
+
 TEST(OpenAiRequestTest, CompletionPromptForms) {
   for (const char* body : {R"({"model":"m","prompt":"hi"})", R"({"model":"m","prompt":["hi"]})"}) {
     absl::StatusOr<OpenAiRequest> r = ParseOpenAiRequest(body, OpenAiEndpoint::kCompletions);
@@ -119,7 +141,6 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
       {R"({"model":"m","messages":[],"presence_penalty":"high"})", "presence_penalty", "a number"},
       {R"({"model":"m","messages":[],"repetition_penalty":1.2})", "repetition_penalty",
        "not supported"},
-      {R"({"model":"m","messages":[],"logprobs":true})", "logprobs", "not supported"},
       {R"({"model":"m","messages":[],"tools":[]})", "tools", "not supported"},
       {R"({"model":"m","messages":[],"temprature":1})", "temprature", "unknown field"},
       {R"({"model":"m","messages":[],"xkv":{"retention":0.5,"budget_tokens":3}})", "xkv",

@@ -123,7 +123,33 @@ TEST(SamplerTest, PenaltiesLowerTheGeneratedTokens) {
   EXPECT_EQ(repeat.Sample(std::vector<float>{3.f, 2.f}), 1);
 }
 
+TEST(SamplerTest, LogprobsAreTheModelsLogSoftmax) {
+  const std::vector<float> logits = {1.f, 3.f, 2.f, 3.f};
+  const double log_z = std::log(std::exp(1.0) + 2 * std::exp(3.0) + std::exp(2.0));
+  const SampledLogprobs l = LogprobsOf(logits, 2, 3);
+  EXPECT_EQ(l.token.id, 2);
+  EXPECT_NEAR(l.token.logprob, 2 - log_z, 1e-6);
+  ASSERT_EQ(l.top.size(), 3u);
+  EXPECT_EQ(l.top[0].id, 1);  // ties: lowest id first
+  EXPECT_EQ(l.top[1].id, 3);
+  EXPECT_EQ(l.top[2].id, 2);
+  EXPECT_NEAR(l.top[0].logprob, 3 - log_z, 1e-6);
+  EXPECT_TRUE(LogprobsOf(logits, 0, 0).top.empty());
+  // The Sampler records them for its sampled token, from the raw logits (before penalties).
+  Sampler s({.temperature = 0.f, .frequency_penalty = 2.f, .logprobs = 1});
+  EXPECT_EQ(s.Sample(logits), 1);
+  ASSERT_TRUE(s.last_logprobs().has_value());
+  EXPECT_EQ(s.last_logprobs()->token.id, 1);
+  EXPECT_NEAR(s.last_logprobs()->token.logprob, 3 - log_z, 1e-6);
+  EXPECT_EQ(s.Sample(logits), 3);  // token 1 penalized
+  EXPECT_NEAR(s.last_logprobs()->token.logprob, 3 - log_z, 1e-6);
+  EXPECT_FALSE(Sampler({}).last_logprobs().has_value());
+}
+
 TEST(SamplerTest, ValidatesParams) {
+  EXPECT_FALSE(ValidateSamplingParams({.logprobs = 21}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.logprobs = -2}).ok());
+  EXPECT_TRUE(ValidateSamplingParams({.logprobs = 20}).ok());
   EXPECT_TRUE(ValidateSamplingParams({.temperature = 0.7f, .top_p = 0.9f}).ok());
   EXPECT_TRUE(ValidateSamplingParams({.min_p = 1.f, .presence_penalty = -2.f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.min_p = -0.1f}).ok());
