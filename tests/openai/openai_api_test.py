@@ -7,10 +7,11 @@ The server listens on ephemeral ports read back from its log; every wait is boun
 import http.client
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
-import tempfile
+import threading
 import time
 import unittest
 
@@ -22,29 +23,38 @@ PROMPT = "The capital of France is"
 
 
 def _start_server():
+    """Starts `xkv serve`; returns (process, its stderr lines so far, HTTP port). A reader thread
+    follows stderr, so the server never blocks on a full pipe; the wait for the port line is
+    bounded (120 s) and ends early when the process exits."""
     binary, model = os.environ.get("XKV_BIN"), os.environ.get("XKV_MODEL")
     if not binary or not os.path.exists(binary) or not model or not os.path.exists(model):
         raise unittest.SkipTest("XKV_BIN / XKV_MODEL not set or missing")
-    log = tempfile.NamedTemporaryFile(prefix="xkv-openai-", suffix=".log", delete=False)
-    env = dict(os.environ, XKV_API_KEY=API_KEY)
     proc = subprocess.Popen(
         [binary, "serve", "--model", model, "--threads", "1", "--listen", "127.0.0.1:0",
          "--admin-listen", "127.0.0.1:0", "--admin-insecure-local", "--http-listen", "127.0.0.1:0",
          "--http-max-body-bytes", str(MAX_BODY), "--served-model-name", "smollm2",
          "--http-max-concurrent", "2", "--default-max-tokens", "8"],
-        stdout=subprocess.DEVNULL, stderr=log, env=env)
-    deadline = time.monotonic() + 120
-    pattern = re.compile(r"serving the OpenAI API on port (\d+)")
-    while True:
-        with open(log.name) as f:
-            m = pattern.search(f.read())
-        if m:
-            return proc, log.name, int(m.group(1))
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            with open(log.name) as f:
-                raise RuntimeError("xkv serve did not start:\n" + f.read())
-        time.sleep(0.05)  # poll interval of a bounded wait
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, XKV_API_KEY=API_KEY))
+    lines, port = [], queue.Queue()
+
+    def follow():
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"serving the OpenAI API on port (\d+)", line)
+            if m:
+                port.put(int(m.group(1)))
+        port.put(None)  # stderr closed: the process ended
+
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        got = port.get(timeout=120)
+    except queue.Empty:
+        got = None
+    if got is None:
+        _stop(proc)
+        raise RuntimeError("xkv serve did not start:\n" + "".join(lines))
+    return proc, lines, got
 
 
 def _stop(proc):
@@ -60,7 +70,7 @@ def _stop(proc):
 class OpenAiApiTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.proc, cls.log, cls.port = _start_server()
+        cls.proc, cls.server_log, cls.port = _start_server()
         cls.addClassCleanup(_stop, cls.proc)
         cls.client = openai.OpenAI(base_url=f"http://127.0.0.1:{cls.port}/v1", api_key=API_KEY,
                                    timeout=120, max_retries=0)
