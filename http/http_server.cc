@@ -84,10 +84,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   return s;
 }
 
-void HttpServer::StopAccepting() { server_->stop(); }
-
 void HttpServer::Shutdown() {
-  StopAccepting();
+  server_->stop();
   if (thread_.joinable()) thread_.join();
 }
 

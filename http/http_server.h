@@ -39,9 +39,8 @@ class HttpServer {
   ~HttpServer();  // Shutdown()
 
   int port() const { return port_; }
-  // Stops accepting new connections (in-flight requests go on). Idempotent.
-  void StopAccepting();
-  // StopAccepting(), then waits for the in-flight requests and joins the threads. Idempotent.
+  // Stops accepting, ends streamed responses at their next chunk, waits for the handlers running
+  // and joins the threads. Idempotent.
   void Shutdown();
 
  private:

@@ -73,11 +73,10 @@ int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* 
     }
     std::fprintf(stderr, "xkv %s: shutting down\n", command);
   }
-  // No new HTTP request may reach the coordinator; its Shutdown ends every open request (the HTTP
-  // handlers waiting on one return), then the HTTP threads and the gRPC server stop.
-  for (HttpServer* s : {metrics.get(), http.get()}) {
-    if (s != nullptr) s->StopAccepting();
-  }
+  // The coordinator's Shutdown ends every open request with UNAVAILABLE: HTTP streams end with an
+  // error event and [DONE], waiting HTTP requests answer 503, gRPC streams get the status; new
+  // requests meanwhile get 503 too (the coordinator stays alive for probes until this returns).
+  // Then the HTTP threads (each answer written) and the gRPC server stop.
   coordinator->Shutdown();
   for (HttpServer* s : {metrics.get(), http.get()}) {
     if (s != nullptr) s->Shutdown();

@@ -44,6 +44,7 @@ def _start_server():
             m = re.search(r"serving the OpenAI API on port (\d+)", line)
             if m:
                 port.put(int(m.group(1)))
+        proc.stderr.close()
         port.put(None)  # stderr closed: the process ended
 
     threading.Thread(target=follow, daemon=True).start()
@@ -362,6 +363,42 @@ class OpenAiApiTest(unittest.TestCase):
         status, body = self.raw("GET", "/metrics")
         self.assertEqual(status, 200)
         self.assertIn("xkv_requests_total", body)
+
+
+class ShutdownTest(unittest.TestCase):
+    def test_sigterm_ends_open_requests_with_openai_errors(self):
+        """SIGTERM: an open stream ends with an error event and [DONE], a waiting request gets a
+        503 error object, and the process exits 0."""
+        proc, _, port = _start_server()
+        self.addCleanup(_stop, proc)
+        body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        stream.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), headers)
+        streamed = stream.getresponse()
+        self.assertTrue(streamed.readline().startswith(b"data: {"))
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        waiting.request("POST", "/v1/completions", json.dumps(body), headers)
+        # The waiting request is in (both slots of --http-max-concurrent 2 are taken) once a third
+        # request is refused.
+        deadline = time.monotonic() + 30
+        while True:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            probe.request("POST", "/v1/completions", json.dumps(dict(body, max_tokens=1)), headers)
+            status = probe.getresponse().status
+            probe.close()
+            if status == 429 or time.monotonic() > deadline:
+                break
+        self.assertEqual(status, 429)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=30), 0)
+        events = streamed.read().decode().split("\n\n")
+        self.assertEqual(events[-2:], ["data: [DONE]", ""])
+        self.assertEqual(json.loads(events[-3][len("data: "):])["error"]["type"],
+                         "service_unavailable")
+        answer = waiting.getresponse()
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(json.loads(answer.read())["error"]["type"], "service_unavailable")
 
 
 if __name__ == "__main__":
