@@ -38,8 +38,9 @@ struct StageLoadSettings {
 // One sequence's answer to a step, merged over the stages.
 struct SequenceStepResult {
   uint64_t seq_id = 0;
-  int32_t token = -1;                       // sampled by the last stage (-1: not sampled)
-  std::optional<SampledLogprobs> logprobs;  // the last stage's, when asked (WorkerSampling)
+  int32_t token = -1;  // sampled by the last stage (-1: not sampled)
+  // The sampled token's logprobs, when asked (WorkerSampling.logprobs).
+  std::optional<SampledLogprobs> logprobs;
   // Observed / scores-only: gain curves of every layer (from all stages), ordered by layer.
   std::optional<std::vector<xkv::v1::LayerGains>> gains;
   int64_t prompt_len = 0, prefix_len = 0;

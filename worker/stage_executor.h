@@ -126,11 +126,12 @@ struct StageLayerSize {
 
 struct StageSequenceResult {
   uint64_t seq_id = 0;
-  int32_t token = -1;                       // last stage, when sampled
-  std::optional<SampledLogprobs> logprobs;  // with SamplingParams::logprobs >= 0
-  std::vector<float> logits;                // fp32 [vocab], when return_logits on the last stage
+  int32_t token = -1;         // last stage, when sampled
+  std::vector<float> logits;  // fp32 [vocab], when return_logits on the last stage
   std::optional<ObservedProfile> observed;
   std::vector<StageLayerSize> layers;  // after the step (scores-only steps: unchanged)
+  // Last stage, with SamplingParams::logprobs >= 0: the sampled token's logprobs.
+  std::optional<SampledLogprobs> logprobs;
 };
 
 struct StageTimings {
