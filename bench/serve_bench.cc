@@ -16,19 +16,15 @@
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "bench/machine_info.h"
+#include "bench/serve_bench_client.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "xkv/v1/admin.grpc.pb.h"
-#include "xkv/v1/generation.grpc.pb.h"
 
 namespace xkv {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-
-double MsBetween(SteadyClock::time_point a, SteadyClock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
 
 constexpr const char* kWords[] = {
     "the",     "river",   "city",   "small",  "people",  "built",    "house",   "garden",
@@ -62,64 +58,6 @@ struct Job {
   std::string prompt;
   int64_t output_tokens = 0;
 };
-
-xkv::v1::GenerateRequest MakeRequest(const ServeBenchOptions& o, const Job& job) {
-  xkv::v1::GenerateRequest r;
-  r.set_prompt(job.prompt);
-  r.set_max_tokens(static_cast<int32_t>(job.output_tokens));
-  r.set_ignore_eos(true);
-  r.mutable_sampling()->set_temperature(0);
-  if (!o.policy.empty()) r.mutable_kv_policy()->set_policy(o.policy);
-  if (o.retention > 0) {
-    r.mutable_kv_policy()->set_retention(o.retention);
-  } else if (o.budget_fraction > 0) {
-    r.mutable_kv_policy()->set_budget_fraction(o.budget_fraction);
-  }
-  return r;
-}
-
-ServeBenchRequest RunOne(xkv::v1::Generation::Stub& stub, const ServeBenchOptions& o,
-                         const Job& job) {
-  ServeBenchRequest out;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
-  const SteadyClock::time_point start = SteadyClock::now();
-  auto reader = stub.Generate(&ctx, MakeRequest(o, job));
-  xkv::v1::GenerateResponse resp;
-  SteadyClock::time_point last = start;
-  bool first = true;
-  int64_t streamed = 0;
-  while (reader->Read(&resp)) {
-    const SteadyClock::time_point now = SteadyClock::now();
-    if (resp.token_ids_size() > 0) {
-      if (first) {
-        out.ttft_ms = MsBetween(start, now);
-        first = false;
-      } else {
-        out.itl_ms.push_back(MsBetween(last, now));
-      }
-      last = now;
-      streamed += resp.token_ids_size();
-    }
-    if (resp.has_usage()) {
-      out.prompt_tokens = resp.usage().prompt_tokens();
-      out.output_tokens = resp.usage().completion_tokens();
-      out.kv_bytes_held = resp.usage().kv_bytes_held();
-      out.kv_bytes_full = resp.usage().kv_bytes_full();
-    }
-  }
-  grpc::Status s = reader->Finish();
-  out.e2e_ms = MsBetween(start, SteadyClock::now());
-  if (!s.ok()) {
-    out.error = absl::StrCat("code ", s.error_code(), ": ", s.error_message());
-    return out;
-  }
-  if (out.output_tokens == 0) out.output_tokens = streamed;
-  if (out.output_tokens > 1) out.tpot_ms = (out.e2e_ms - out.ttft_ms) / (out.output_tokens - 1);
-  out.ok = true;
-  return out;
-}
 
 // Polls Σ kv_bytes_used over the stages until `done`.
 int64_t PollPeakKv(const ServeBenchOptions& o, const std::atomic<bool>& done) {
@@ -222,10 +160,9 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
 
   ServeBenchResult result;
   result.label = o.policy.empty() ? "service default" : o.policy;
-  auto channel = grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials());
-  auto stub = xkv::v1::Generation::NewStub(channel);
+  ASSIGN_OR_RETURN(std::unique_ptr<ServeBenchClient> warm, MakeServeBenchClient(o));
   for (int i = 0; i < o.warmup; ++i) {
-    ServeBenchRequest w = RunOne(*stub, o, jobs[i]);
+    ServeBenchRequest w = warm->Run(jobs[i].prompt, jobs[i].output_tokens);
     if (!w.ok) return absl::UnavailableError(absl::StrCat("warm-up request failed: ", w.error));
   }
 
@@ -235,19 +172,23 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
   if (!o.admin_server.empty()) poller = std::thread([&] { peak_cluster = PollPeakKv(o, done); });
   result.requests.resize(o.requests);
   std::atomic<int> next{0};
+  std::vector<std::unique_ptr<ServeBenchClient>> connections;
+  for (int c = 0; c < o.clients; ++c) {
+    ASSIGN_OR_RETURN(std::unique_ptr<ServeBenchClient> client, MakeServeBenchClient(o));
+    connections.push_back(std::move(client));
+  }
   const SteadyClock::time_point start = SteadyClock::now();
   std::vector<std::thread> clients;
   for (int c = 0; c < o.clients; ++c) {
-    clients.emplace_back([&] {
-      auto own = xkv::v1::Generation::NewStub(
-          grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials()));
+    clients.emplace_back([&, own = connections[c].get()] {
       for (int i = next++; i < o.requests; i = next++) {
-        result.requests[i] = RunOne(*own, o, jobs[o.warmup + i]);
+        const Job& job = jobs[o.warmup + i];
+        result.requests[i] = own->Run(job.prompt, job.output_tokens);
       }
     });
   }
   for (std::thread& t : clients) t.join();
-  result.duration_s = MsBetween(start, SteadyClock::now()) / 1000.0;
+  result.duration_s = std::chrono::duration<double>(SteadyClock::now() - start).count();
   done = true;
   if (poller.joinable()) poller.join();
   result.peak_cluster_kv_bytes = peak_cluster;
@@ -261,10 +202,11 @@ std::string FormatServeBench(const ServeBenchOptions& o,
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
   std::string out = absl::StrFormat(
-      "%s, %s (%u hardware threads). Closed loop: %d clients, %d requests (+%d warm-up), prompt "
-      "%d-%d tokens, output %d-%d tokens (uniform, seed %d, ignore_eos), greedy.\n\n",
-      date, CpuModel(), std::thread::hardware_concurrency(), o.clients, o.requests, o.warmup,
-      o.prompt_min, o.prompt_max, o.output_min, o.output_max, o.seed);
+      "%s, %s (%u hardware threads), %s endpoint. Closed loop: %d clients, %d requests (+%d "
+      "warm-up), prompt %d-%d tokens, output %d-%d tokens (uniform, seed %d, ignore_eos), "
+      "greedy.\n\n",
+      date, CpuModel(), std::thread::hardware_concurrency(), o.endpoint, o.clients, o.requests,
+      o.warmup, o.prompt_min, o.prompt_max, o.output_min, o.output_max, o.seed);
   absl::StrAppend(&out,
                   "| policy | ok/failed | req/s | out tok/s | total tok/s | TTFT p50 / p99 ms | "
                   "TPOT p50 / p99 ms | ITL p50 / p99 ms | e2e p50 / p99 s | peak KV, one request "

@@ -1,4 +1,5 @@
-// `xkv bench serve`: a closed-loop load generator against a running xkv Generation service.
+// `xkv bench serve`: a closed-loop load generator against a running xkv Generation service or any
+// OpenAI-compatible server (bench/serve_bench_client.h).
 //
 // N concurrent clients each send their next request as soon as the previous one finished, until
 // the total is reached. Prompt and output lengths are drawn per request from seeded uniform
@@ -23,7 +24,10 @@
 namespace xkv {
 
 struct ServeBenchOptions {
-  std::string server = "127.0.0.1:50051";  // Generation
+  std::string endpoint = "grpc";           // grpc (xkv.v1.Generation) | openai (HTTP)
+  std::string server = "127.0.0.1:50051";  // grpc: host:port; openai: [http://]host:port
+  std::string model_name;                  // openai: the request's model ("" = GET /v1/models)
+  std::string api_key;                     // openai: Authorization: Bearer
   std::string admin_server;                // Admin ("" = no cluster polling)
   std::string admin_token;
   std::string model_path;  // GGUF whose tokenizer builds prompts of exact token counts

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -92,7 +93,10 @@ struct CoordinatorOptions {
 class GenerateSink {
  public:
   virtual ~GenerateSink() = default;
-  virtual void OnDelta(const std::string& text, absl::Span<const int32_t> token_ids) = 0;
+  // `logprobs`: one per token id when the request asked for them (GenerateParams::logprobs),
+  // else empty.
+  virtual void OnDelta(const std::string& text, absl::Span<const int32_t> token_ids,
+                       absl::Span<const SampledLogprobs> logprobs) = 0;
   virtual void OnDone(const xkv::v1::Usage& usage) = 0;
   virtual void OnError(const absl::Status& status) = 0;
 };
@@ -164,8 +168,9 @@ class Coordinator {
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
                             int64_t prefix_len);
   Sequence* Find(uint64_t id);
-  void AcceptToken(Sequence& seq, int32_t token);
-  void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids);
+  void AcceptToken(Sequence& seq, int32_t token, const std::optional<SampledLogprobs>& logprobs);
+  void Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids,
+            std::vector<SampledLogprobs> logprobs = {});
   void FinishSequence(uint64_t id, const absl::Status& status, int finish_reason);
   // Frees a sequence on every stage; a stage that cannot be reached keeps it in unreleased_ until
   // it answers again (or the stages are reloaded).

@@ -359,6 +359,10 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   s->set_top_k(static_cast<int32_t>(seq.params.top_k));
   s->set_top_p(static_cast<float>(seq.params.top_p));
   s->set_seed(seq.params.seed);
+  s->set_min_p(static_cast<float>(seq.params.min_p));
+  s->set_presence_penalty(static_cast<float>(seq.params.presence_penalty));
+  s->set_frequency_penalty(static_cast<float>(seq.params.frequency_penalty));
+  if (seq.params.logprobs >= 0) s->set_logprobs(static_cast<int32_t>(seq.params.logprobs));
   seq.started = true;
 }
 
@@ -387,7 +391,7 @@ absl::Status Coordinator::RunMain(const StepPlan& plan) {
         continue;
       }
     }
-    if (r.token >= 0) AcceptToken(seq, r.token);  // may finish (and free) the sequence
+    if (r.token >= 0) AcceptToken(seq, r.token, r.logprobs);  // may finish (and free) the sequence
   }
   return absl::OkStatus();
 }
@@ -424,7 +428,8 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
   return absl::OkStatus();
 }
 
-void Coordinator::AcceptToken(Sequence& seq, int32_t token) {
+void Coordinator::AcceptToken(Sequence& seq, int32_t token,
+                              const std::optional<SampledLogprobs>& logprobs) {
   const absl::Time now = clock_->Now();
   if (seq.generated++ == 0) {
     seq.first_token = now;
@@ -443,7 +448,9 @@ void Coordinator::AcceptToken(Sequence& seq, int32_t token) {
   }
   bool stopped = false;
   std::string bytes = seq.stop->Push(tokenizer_->TokenBytes(token), &stopped);
-  Emit(seq, std::move(bytes), {token});
+  std::vector<SampledLogprobs> token_logprobs;
+  if (logprobs.has_value()) token_logprobs.push_back(*logprobs);
+  Emit(seq, std::move(bytes), {token}, std::move(token_logprobs));
   if (stopped) {
     FinishSequence(seq.id, absl::OkStatus(), xkv::v1::FINISH_REASON_STOP_STRING);
   } else if (seq.generated >= seq.params.max_tokens) {
@@ -452,12 +459,13 @@ void Coordinator::AcceptToken(Sequence& seq, int32_t token) {
   }
 }
 
-void Coordinator::Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids) {
+void Coordinator::Emit(Sequence& seq, std::string bytes, std::vector<int32_t> ids,
+                       std::vector<SampledLogprobs> logprobs) {
   seq.utf8_pending += bytes;
   const size_t cut = CompleteUtf8Prefix(seq.utf8_pending);
   std::string text = Sanitize(seq.utf8_pending.substr(0, cut));
   seq.utf8_pending.erase(0, cut);
-  if (!text.empty() || !ids.empty()) seq.sink->OnDelta(text, ids);
+  if (!text.empty() || !ids.empty()) seq.sink->OnDelta(text, ids, logprobs);
 }
 
 void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int finish_reason) {
@@ -473,7 +481,7 @@ void Coordinator::FinishSequence(uint64_t id, const absl::Status& status, int fi
   if (seq->started) ReleaseOnStages(id);
   ReportDone(*seq, status);
   if (status.ok()) {
-    if (!seq->utf8_pending.empty()) seq->sink->OnDelta(Sanitize(seq->utf8_pending), {});
+    if (!seq->utf8_pending.empty()) seq->sink->OnDelta(Sanitize(seq->utf8_pending), {}, {});
     seq->sink->OnDone(MakeUsage(*seq, finish_reason));
   } else {
     seq->sink->OnError(status);

@@ -33,6 +33,12 @@ struct GenerateParams {
   double temperature = 0;  // 0: greedy; must be >= 0 and finite
   double top_p = 1;        // (0, 1]
   int64_t top_k = 0;       // <= 0: disabled
+  // min_p in [0, 1] (0: off); presence / frequency penalties in [-2, 2]; logprobs in [0, 20]: each
+  // token's logprob and this many alternatives (-1: none).
+  double min_p = 0;
+  double presence_penalty = 0;
+  double frequency_penalty = 0;
+  int64_t logprobs = -1;
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;

@@ -1,5 +1,6 @@
 #include "coordinator/generation_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -28,6 +29,10 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     p.temperature = s.temperature();
     p.top_p = s.has_top_p() ? s.top_p() : 1.0;
     p.top_k = s.top_k();
+    p.min_p = s.min_p();
+    p.presence_penalty = s.presence_penalty();
+    p.frequency_penalty = s.frequency_penalty();
+    p.logprobs = s.has_logprobs() ? s.logprobs() : -1;
     p.seed = s.seed();
     p.stop.assign(s.stop().begin(), s.stop().end());
   }
@@ -61,7 +66,18 @@ absl::Status ValidatePresence(const xkv::v1::GenerateRequest& r) {
     return absl::InvalidArgumentError(
         "max_tokens is 0; it must be >= 1 (leave it unset for the service default)");
   }
+  if (r.sampling().n() < 0 || r.sampling().n() > kMaxChoices) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n is ", r.sampling().n(), "; it must be in [1, ", kMaxChoices, "]"));
+  }
   return absl::OkStatus();
+}
+
+std::vector<GenerateParams> ChoicesFromProto(const xkv::v1::GenerateRequest& r) {
+  const GenerateParams first = ParamsFromProto(r);
+  std::vector<GenerateParams> out(std::max(1, r.sampling().n()), first);
+  for (size_t i = 0; i < out.size(); ++i) out[i].seed = first.seed + i;
+  return out;
 }
 
 namespace {
@@ -91,29 +107,41 @@ grpc::ByteBuffer Serialize(const xkv::v1::GenerateResponse& response) {
 
 class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  // The sink the coordinator calls; forwards to the reactor until the stream is finished.
+  // The sink of one choice the coordinator calls; forwards to the reactor, which finishes the
+  // call once every choice's sink has ended (so no sink outlives it).
   class Sink final : public GenerateSink {
    public:
-    explicit Sink(GenerateReactor* r) : r_(r) {}
-    void OnDelta(const std::string& text, absl::Span<const int32_t> ids) override {
+    Sink(GenerateReactor* r, int index) : r_(r), index_(index) {}
+    void OnDelta(const std::string& text, absl::Span<const int32_t> ids,
+                 absl::Span<const SampledLogprobs> logprobs) override {
       xkv::v1::GenerateResponse resp;
       resp.set_text(text);
       resp.mutable_token_ids()->Add(ids.begin(), ids.end());
-      r_->Enqueue(std::move(resp), nullptr);
+      for (const SampledLogprobs& l : logprobs) {
+        xkv::v1::TokenLogprobs* out = resp.add_logprobs();
+        out->mutable_token()->set_token_id(l.token.id);
+        out->mutable_token()->set_logprob(l.token.logprob);
+        for (const TokenLogprob& t : l.top) {
+          xkv::v1::TokenLogprob* top = out->add_top();
+          top->set_token_id(t.id);
+          top->set_logprob(t.logprob);
+        }
+      }
+      resp.set_index(index_);
+      r_->Enqueue(std::move(resp));
     }
     void OnDone(const xkv::v1::Usage& usage) override {
       xkv::v1::GenerateResponse resp;
       *resp.mutable_usage() = usage;
-      grpc::Status ok = grpc::Status::OK;
-      r_->Enqueue(std::move(resp), &ok);
+      resp.set_index(index_);
+      r_->Enqueue(std::move(resp));
+      r_->ChoiceEnded(absl::OkStatus(), 1);
     }
-    void OnError(const absl::Status& status) override {
-      grpc::Status s = ToGrpc(status);
-      r_->Enqueue(std::nullopt, &s);
-    }
+    void OnError(const absl::Status& status) override { r_->ChoiceEnded(status, 1); }
 
    private:
     GenerateReactor* r_;
+    const int index_;
   };
 
   GenerateReactor(Coordinator* coordinator, grpc::CallbackServerContext* context,
@@ -129,22 +157,32 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
       Finish(ToGrpc(s));
       return;
     }
-    GenerateParams params = ParamsFromProto(request);
-    request_id_ = params.request_id;
+    std::vector<GenerateParams> choices = ChoicesFromProto(request);
     const auto deadline = context->deadline();
-    if (deadline != std::chrono::system_clock::time_point::max()) {
-      params.deadline = absl::FromChrono(deadline);
-      deadline_ = params.deadline;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_id_ = choices[0].request_id;
+      open_ = static_cast<int>(choices.size());
+      if (deadline != std::chrono::system_clock::time_point::max()) {
+        deadline_ = absl::FromChrono(deadline);
+      }
     }
-    absl::StatusOr<uint64_t> id =
-        coordinator_->Submit(std::move(params), std::make_shared<Sink>(this));
-    if (!id.ok()) {
-      Finish(ToGrpc(id.status()));
-      return;
+    for (size_t i = 0; i < choices.size(); ++i) {
+      choices[i].deadline = deadline_;
+      absl::StatusOr<uint64_t> id = coordinator_->Submit(
+          std::move(choices[i]), std::make_shared<Sink>(this, static_cast<int>(i)));
+      if (!id.ok()) {
+        // This error first (it wins); the choices already submitted end (cancelled) before the
+        // call finishes.
+        const std::vector<uint64_t> submitted = Ids();
+        ChoiceEnded(id.status(), static_cast<int>(choices.size() - i));
+        for (uint64_t done : submitted) coordinator_->Cancel(done);
+        return;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      ids_.push_back(*id);
+      if (request_id_.empty()) request_id_ = absl::StrCat("req-", *id);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    id_ = *id;
-    if (request_id_.empty()) request_id_ = absl::StrCat("req-", *id);
   }
 
   void OnWriteDone(bool ok) override {
@@ -155,29 +193,35 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   }
 
   void OnCancel() override {
-    uint64_t id;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      id = id_;
-    }
-    if (id == 0) return;
     // gRPC cancels the call both when the client goes away and when its deadline passes: the
     // request ends (and is counted) with the status that matches.
-    coordinator_->Cancel(id, absl::Now() >= deadline_
-                                 ? absl::DeadlineExceededError("the client's deadline passed")
-                                 : absl::CancelledError("the client cancelled the request"));
+    const absl::Status status = absl::Now() >= deadline_
+                                    ? absl::DeadlineExceededError("the client's deadline passed")
+                                    : absl::CancelledError("the client cancelled the request");
+    for (uint64_t id : Ids()) coordinator_->Cancel(id, status);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void Enqueue(std::optional<xkv::v1::GenerateResponse> resp, const grpc::Status* final_status) {
+  std::vector<uint64_t> Ids() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (resp.has_value()) {
-      resp->set_request_id(request_id_);
-      pending_.push_back(Serialize(*resp));
-    }
-    if (final_status != nullptr) final_ = *final_status;
+    return ids_;
+  }
+
+  void Enqueue(xkv::v1::GenerateResponse resp) {
+    std::lock_guard<std::mutex> lock(mu_);
+    resp.set_request_id(request_id_);
+    pending_.push_back(Serialize(resp));
+    WriteNextLocked();
+  }
+
+  // `count` choices ended with `status`; the call finishes after the last (the first error wins).
+  void ChoiceEnded(const absl::Status& status, int count) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!status.ok() && error_.ok()) error_ = status;
+    open_ -= count;
+    if (open_ == 0) final_ = ToGrpc(error_);
     WriteNextLocked();
   }
 
@@ -197,10 +241,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   }
 
   Coordinator* coordinator_;
-  absl::Time deadline_ = absl::InfiniteFuture();
+  absl::Time deadline_ = absl::InfiniteFuture();  // the client's, set before any Submit
   std::mutex mu_;
-  uint64_t id_ = 0;
+  std::vector<uint64_t> ids_;
   std::string request_id_;
+  int open_ = 0;        // choices not ended yet
+  absl::Status error_;  // the first choice error
   std::deque<grpc::ByteBuffer> pending_;
   grpc::ByteBuffer current_;
   std::optional<grpc::Status> final_;

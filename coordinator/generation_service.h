@@ -7,6 +7,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <vector>
+
 #include "coordinator/coordinator.h"
 #include "coordinator/generate_params.h"
 #include "xkv/v1/generation.grpc.pb.h"
@@ -17,9 +19,15 @@ namespace xkv {
 // top_p → 1; explicit values pass through for validation.
 GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& request);
 
-// The wire-only check ParamsFromProto cannot express: an explicit max_tokens of 0 (which the
-// internal params would read as "unset") is INVALID_ARGUMENT.
+// The wire-only checks ParamsFromProto cannot express: an explicit max_tokens of 0 (which the
+// internal params would read as "unset") and sampling.n outside [0, kMaxChoices] are
+// INVALID_ARGUMENT.
 absl::Status ValidatePresence(const xkv::v1::GenerateRequest& request);
+
+inline constexpr int kMaxChoices = 16;  // the largest SamplingOptions.n
+
+// The n choices of a request (sampling.n; 0 = 1): ParamsFromProto with seed + i for choice i.
+std::vector<GenerateParams> ChoicesFromProto(const xkv::v1::GenerateRequest& request);
 
 // Generate is served raw (request and responses as bytes) so that the service itself parses the
 // request: a malformed message or a string field that is not UTF-8 answers INVALID_ARGUMENT

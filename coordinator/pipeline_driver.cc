@@ -128,7 +128,16 @@ absl::StatusOr<StepOutcome> PipelineDriver::Step(const xkv::v1::StepRequest& req
       const xkv::v1::SequenceResult& q = r.sequences(i);
       SequenceStepResult& m = out.sequences[i];
       m.seq_id = request.sequences(i).seq_id();
-      if (s + 1 == results.size()) m.token = q.token();
+      if (s + 1 == results.size()) {
+        m.token = q.token();
+        if (q.has_logprob()) {
+          SampledLogprobs& l = m.logprobs.emplace();
+          l.token = {q.token(), q.logprob()};
+          for (int k = 0; k < q.top_ids_size() && k < q.top_logprobs_size(); ++k) {
+            l.top.push_back({q.top_ids(k), q.top_logprobs(k)});
+          }
+        }
+      }
       for (const auto& size : q.layers()) m.layers.push_back(size);
       if (q.has_observed()) {
         if (!m.gains.has_value()) m.gains.emplace();

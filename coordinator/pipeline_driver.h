@@ -16,6 +16,7 @@
 #include "absl/types/span.h"
 #include "coordinator/stage_client.h"
 #include "coordinator/stage_planner.h"
+#include "model/sampler.h"
 #include "xkv/v1/worker.pb.h"
 
 namespace xkv {
@@ -39,6 +40,8 @@ struct StageLoadSettings {
 struct SequenceStepResult {
   uint64_t seq_id = 0;
   int32_t token = -1;  // sampled by the last stage (-1: not sampled)
+  // The sampled token's logprobs, when asked (WorkerSampling.logprobs).
+  std::optional<SampledLogprobs> logprobs;
   // Observed / scores-only: gain curves of every layer (from all stages), ordered by layer.
   std::optional<std::vector<xkv::v1::LayerGains>> gains;
   int64_t prompt_len = 0, prefix_len = 0;

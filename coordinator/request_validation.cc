@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "allocator/kv_policy.h"
@@ -85,6 +86,19 @@ absl::Status ValidateSampling(const GenerateParams& p) {
   }
   if (!(p.top_p > 0 && p.top_p <= 1)) {
     return Invalid(absl::StrCat("top_p is ", p.top_p, "; it must be in (0, 1]"));
+  }
+  if (!(p.min_p >= 0 && p.min_p <= 1)) {
+    return Invalid(absl::StrCat("min_p is ", p.min_p, "; it must be in [0, 1] (0 is off)"));
+  }
+  if (p.logprobs < -1 || p.logprobs > 20) {
+    return Invalid(absl::StrCat("logprobs is ", p.logprobs,
+                                "; it must be in [0, 20] (alternatives per token)"));
+  }
+  for (const auto& [name, v] : {std::pair{"presence_penalty", p.presence_penalty},
+                                std::pair{"frequency_penalty", p.frequency_penalty}}) {
+    if (!(v >= -2 && v <= 2)) {
+      return Invalid(absl::StrCat(name, " is ", v, "; it must be in [-2, 2] (0 is off)"));
+    }
   }
   for (size_t i = 0; i < p.stop.size(); ++i) {
     if (p.stop[i].empty()) return Invalid(absl::StrCat("stop string ", i, " is empty"));

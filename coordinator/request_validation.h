@@ -20,7 +20,8 @@ namespace xkv {
 bool IsValidUtf8(std::string_view text);
 
 // Input present and non-empty, valid UTF-8 everywhere (prompt, messages, stop strings), chat
-// roles, max_tokens >= 1, temperature finite and >= 0, top_p in (0, 1], the KV override.
+// roles, max_tokens >= 1, temperature finite and >= 0, top_p in (0, 1], min_p in [0, 1], the
+// presence / frequency penalties in [-2, 2], logprobs in [-1, 20], the KV override.
 absl::Status ValidateGenerateParams(const GenerateParams& params);
 
 // The KV override alone: known policy and profile mode, at most one target, retention and

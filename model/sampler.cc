@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -15,6 +16,19 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   }
   if (!(p.top_p > 0.f && p.top_p <= 1.f)) {
     return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", p.top_p));
+  }
+  if (!(p.min_p >= 0.f && p.min_p <= 1.f)) {
+    return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", p.min_p));
+  }
+  if (p.logprobs < -1 || p.logprobs > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("logprobs must be in [0, 20] (or -1: off), got ", p.logprobs));
+  }
+  for (const auto& [name, v] : {std::pair{"presence_penalty", p.presence_penalty},
+                                std::pair{"frequency_penalty", p.frequency_penalty}}) {
+    if (!(v >= -2.f && v <= 2.f)) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [-2, 2], got ", v));
+    }
   }
   return absl::OkStatus();
 }
@@ -83,6 +97,12 @@ std::vector<Candidate> SamplingDistribution(absl::Span<const float> logits,
     }
     ids.resize(keep);
   }
+  if (params.min_p > 0.f) {  // p_i >= min_p * p_max  <=>  logit_i >= max logit + ln(min_p)
+    float top = logits[ids[0]];
+    for (int32_t id : ids) top = std::max(top, logits[id]);
+    const double floor = top + std::log(static_cast<double>(params.min_p));
+    std::erase_if(ids, [&](int32_t id) { return logits[id] < floor; });
+  }
   const std::vector<double> p = Softmax(logits, ids, params.temperature);
   std::vector<Candidate> out(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) out[i] = {ids[i], static_cast<float>(p[i])};
@@ -91,17 +111,58 @@ std::vector<Candidate> SamplingDistribution(absl::Span<const float> logits,
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
 
-int32_t Sampler::Sample(absl::Span<const float> logits) {
-  if (params_.temperature <= 0.f || logits.size() <= 1) return Argmax(logits);
-  const std::vector<Candidate> c = SamplingDistribution(logits, params_);
-  // u uniform in [0, 1) with 53 random bits.
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-  double cum = 0;
-  for (const Candidate& x : c) {
-    cum += x.p;
-    if (u < cum) return x.id;
+bool Sampler::penalized() const {
+  return params_.presence_penalty != 0.f || params_.frequency_penalty != 0.f;
+}
+
+SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int top) {
+  SampledLogprobs out;
+  if (logits.empty()) return out;
+  double mx = logits[0];
+  for (float x : logits) mx = std::max(mx, static_cast<double>(x));
+  double sum = 0;
+  for (float x : logits) sum += std::exp(x - mx);
+  const double log_z = mx + std::log(sum);
+  const auto logprob = [&](int32_t id) { return static_cast<float>(logits[id] - log_z); };
+  out.token = {
+      token, token >= 0 && static_cast<size_t>(token) < logits.size() ? logprob(token) : -INFINITY};
+  for (int32_t id : TopIds(logits, static_cast<size_t>(std::max(0, top)))) {
+    out.top.push_back({id, logprob(id)});
   }
-  return c.back().id;
+  return out;
+}
+
+int32_t Sampler::Sample(absl::Span<const float> logits) {
+  const absl::Span<const float> raw = logits;
+  if (penalized() && !counts_.empty()) {
+    penalized_.assign(logits.begin(), logits.end());
+    for (const auto& [id, n] : counts_) {
+      if (id >= 0 && static_cast<size_t>(id) < penalized_.size()) {
+        penalized_[id] -= params_.presence_penalty + params_.frequency_penalty * n;
+      }
+    }
+    logits = penalized_;
+  }
+  int32_t token;
+  if (params_.temperature <= 0.f || logits.size() <= 1) {
+    token = Argmax(logits);
+  } else {
+    const std::vector<Candidate> c = SamplingDistribution(logits, params_);
+    // u uniform in [0, 1) with 53 random bits.
+    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    double cum = 0;
+    token = c.back().id;
+    for (const Candidate& x : c) {
+      cum += x.p;
+      if (u < cum) {
+        token = x.id;
+        break;
+      }
+    }
+  }
+  if (penalized()) ++counts_[token];
+  if (params_.logprobs >= 0) last_logprobs_ = LogprobsOf(raw, token, params_.logprobs);
+  return token;
 }
 
 }  // namespace xkv

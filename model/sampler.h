@@ -1,13 +1,17 @@
-// Token sampling in llama.cpp's order: top-k → top-p → temperature → sample.
-// temperature <= 0 is greedy (argmax, lowest index on ties). Reproducible: each Sampler owns a
-// std::mt19937_64 seeded from SamplingParams::seed.
+// Token sampling in llama.cpp's order: penalties → top-k → top-p → min-p → temperature → sample.
+// temperature <= 0 is greedy (argmax of the penalized logits, lowest index on ties). Reproducible:
+// each Sampler owns a std::mt19937_64 seeded from SamplingParams::seed. The presence/frequency
+// penalties (OpenAI's) apply to the tokens this Sampler has generated so far:
+// logit -= presence_penalty * [count > 0] + frequency_penalty * count.
 #ifndef XKV_MODEL_SAMPLER_H_
 #define XKV_MODEL_SAMPLER_H_
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -18,9 +22,30 @@ struct SamplingParams {
   int top_k = 0;            // <= 0 or >= vocab: disabled
   float top_p = 1.f;        // in (0, 1]; 1: disabled
   uint64_t seed = 0;
+  float min_p = 0.f;              // in [0, 1]: drop tokens with p < min_p * p_max; 0: disabled
+  float presence_penalty = 0.f;   // in [-2, 2]
+  float frequency_penalty = 0.f;  // in [-2, 2]
+  int logprobs = -1;              // in [0, 20]: Sample also records LogprobsOf(logits, token,
+                                  // logprobs); -1: off
 };
 
-// INVALID_ARGUMENT for NaN/negative-infinite temperature, top_p outside (0, 1].
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0.f;
+};
+
+// A sampled token's log-probability under the model (log-softmax of the raw logits: before
+// penalties, truncation and temperature) and the `top` most likely tokens (descending, lowest id
+// first on ties).
+struct SampledLogprobs {
+  TokenLogprob token;
+  std::vector<TokenLogprob> top;
+};
+
+SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int top);
+
+// INVALID_ARGUMENT for NaN/infinite temperature, top_p outside (0, 1], min_p outside [0, 1],
+// penalties outside [-2, 2], logprobs outside [-1, 20].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
 // Index of the largest logit; the lowest such index on ties.
@@ -32,9 +57,9 @@ struct Candidate {
   float p;
 };
 
-// The kept candidates and their final probabilities (after top-k, top-p, temperature): sorted by
-// descending logit (lowest id first on ties) when top-k or top-p truncates, else in id order.
-// Exposed for tests and logprob reporting.
+// The kept candidates and their final probabilities (after top-k, top-p, min-p, temperature;
+// `logits` already penalized): sorted by descending logit (lowest id first on ties) when top-k or
+// top-p truncates, else in id order. Exposed for tests and logprob reporting.
 std::vector<Candidate> SamplingDistribution(absl::Span<const float> logits,
                                             const SamplingParams& params);
 
@@ -42,14 +67,22 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
 
-  // Samples one token id from logits (fp32 [vocab]). Greedy when temperature <= 0.
+  // Samples one token id from logits (fp32 [vocab]). Greedy when temperature <= 0. The token
+  // counts toward the penalties of later samples.
   int32_t Sample(absl::Span<const float> logits);
 
   const SamplingParams& params() const { return params_; }
+  // With params().logprobs >= 0: the last sampled token's logprobs.
+  const std::optional<SampledLogprobs>& last_logprobs() const { return last_logprobs_; }
 
  private:
+  bool penalized() const;
+
   SamplingParams params_;
   std::mt19937_64 rng_;
+  absl::flat_hash_map<int32_t, int32_t> counts_;  // generated token -> times (with penalties)
+  std::vector<float> penalized_;                  // scratch: the penalized logits
+  std::optional<SampledLogprobs> last_logprobs_;
 };
 
 }  // namespace xkv

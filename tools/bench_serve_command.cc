@@ -1,6 +1,7 @@
 // `xkv bench serve`: the closed-loop serving benchmark (bench/serve_bench.h) against a running
 // Generation service, once per policy of --policies with the same seeded workload.
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -17,11 +18,17 @@ int RunBenchServe(int argc, char** argv) {
   int64_t clients = o.clients, requests = o.requests, warmup = o.warmup, seed = o.seed;
   int64_t poll_ms = o.poll_ms;
   FlagSet flags("bench serve",
-                "Closed-loop load against a running Generation service (xkv serve or coordinator):"
+                "Closed-loop load against a running Generation service (xkv serve or coordinator)"
+                "\nor, with --endpoint openai, any OpenAI-compatible server (/v1/completions):"
                 "\n--clients concurrent streams until --requests finished; TTFT, TPOT, ITL (p50, "
                 "p99),\nthroughput and peak KV bytes as a Markdown table (vLLM benchmark_serving "
                 "definitions).");
-  flags.String("server", &o.server, "Generation address");
+  flags.String("endpoint", &o.endpoint,
+               "grpc (xkv.v1.Generation) or openai (POST /v1/completions, streamed)");
+  flags.String("server", &o.server, "Generation address, or [http://]host:port with openai");
+  flags.String("model-name", &o.model_name,
+               "openai: the request's model ('' = the first of GET /v1/models)");
+  flags.String("api-key", &o.api_key, "openai: bearer API key (or $OPENAI_API_KEY)");
   flags.String("admin", &o.admin_server, "Admin address: poll GetClusterStatus for peak KV bytes");
   flags.String("token", &o.admin_token, "Admin bearer token");
   flags.String("model", &o.model_path, "GGUF whose tokenizer sizes the prompts ('' = words)");
@@ -40,6 +47,9 @@ int RunBenchServe(int argc, char** argv) {
   flags.Int("poll-ms", &poll_ms, "GetClusterStatus interval");
   flags.Double("timeout", &o.timeout_s, "per-request deadline, seconds");
   if (auto code = flags.ParseOrExitCode(argc, argv, 3)) return *code;
+  if (o.api_key.empty()) {
+    if (const char* env = std::getenv("OPENAI_API_KEY"); env != nullptr) o.api_key = env;
+  }
   o.clients = static_cast<int>(clients);
   o.requests = static_cast<int>(requests);
   o.warmup = static_cast<int>(warmup);

@@ -17,6 +17,7 @@
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
+#include "tools/serve_loop.h"
 #include "tools/tls_flags.h"
 #include "worker/tls_credentials.h"
 #if defined(XKV_WITH_NCCL)

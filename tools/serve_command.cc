@@ -17,6 +17,7 @@
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
+#include "tools/serve_loop.h"
 #include "worker/hidden_mailbox.h"
 #include "worker/in_process_stage_link.h"
 #include "worker/stage_engine_factory.h"

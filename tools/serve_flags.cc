@@ -1,103 +1,31 @@
 #include "tools/serve_flags.h"
 
-#include <csignal>
-#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "base/status_macros.h"
 #include "model/chat_template.h"
-#include "tools/metrics_http.h"
+#include "tools/serve_metrics.h"
 
 namespace xkv {
 namespace {
-volatile std::sig_atomic_t g_stop = 0;
-void OnSignal(int) { g_stop = 1; }
 
-void CollectStageMetrics(const xkv::v1::GetClusterStatusResponse& cluster, MetricsRegistry& r) {
-  struct StageGauge {
-    const char* name;
-    const char* help;
-    int64_t (xkv::v1::StageStatus::*get)() const;
-  };
-  static constexpr StageGauge kStage[] = {
-      {"xkv_stage_weight_bytes", "Weight bytes of the stage.", &xkv::v1::StageStatus::weight_bytes},
-      {"xkv_kv_cache_bytes_used", "KV bytes held on the stage.",
-       &xkv::v1::StageStatus::kv_bytes_used},
-      {"xkv_kv_cache_bytes_capacity", "KV byte capacity of the stage.",
-       &xkv::v1::StageStatus::kv_bytes_capacity},
-      {"xkv_kv_cache_blocks_used", "KV blocks in use on the stage (all its layers).",
-       &xkv::v1::StageStatus::blocks_used},
-      {"xkv_kv_cache_blocks_free", "Free KV blocks on the stage (all its layers).",
-       &xkv::v1::StageStatus::blocks_free},
-  };
-  MetricFamily* up = r.Gauge("xkv_stage_up", "1 when the stage answers and serves.");
-  MetricFamily* usage = r.Gauge("xkv_kv_cache_usage_ratio", "Used / total KV blocks per stage.");
-  up->Clear();
-  usage->Clear();
-  for (const StageGauge& g : kStage) r.Gauge(g.name, g.help)->Clear();
-  for (const xkv::v1::StageStatus& s : cluster.stages()) {
-    const MetricLabels labels = {{"stage", absl::StrCat(s.index())}};
-    up->Set(labels, s.health() == xkv::v1::HEALTH_STATE_SERVING);
-    if (s.health() == xkv::v1::HEALTH_STATE_UNREACHABLE) continue;
-    for (const StageGauge& g : kStage) r.Gauge(g.name, g.help)->Set(labels, (s.*g.get)());
-    const int64_t total = s.blocks_used() + s.blocks_free();
-    if (total > 0) usage->Set(labels, static_cast<double>(s.blocks_used()) / total);
-  }
-}
-
-void CollectProfileMetrics(const xkv::v1::GetAllocationResponse& alloc, MetricsRegistry& r) {
-  // The live profile: mean kept fraction of the prompt prefix per layer (all layers hold the
-  // same bytes per token, so their mean is the KV bytes held / full cache).
-  MetricFamily* kept = r.Gauge("xkv_kv_kept_fraction", "Mean kept prefix fraction per layer.");
-  MetricFamily* held = r.Gauge("xkv_kv_bytes_held_ratio", "Mean KV bytes held / full cache.");
-  MetricFamily* ratio =
-      r.Gauge("xkv_kv_compression_ratio", "Full cache / KV bytes held (1 / held ratio).");
-  kept->Clear();
-  held->Clear();
-  ratio->Clear();
-  r.Gauge("xkv_kv_profile_samples", "Profiles behind the kept-fraction means.")
-      ->Set({}, static_cast<double>(alloc.samples()));
-  if (alloc.samples() > 0 && alloc.layers_size() > 0) {
-    double sum = 0;
-    for (const xkv::v1::LayerAllocationStat& l : alloc.layers()) {
-      kept->Set({{"layer", absl::StrCat(l.layer())}}, l.mean_kept_fraction());
-      sum += l.mean_kept_fraction();
-    }
-    const double mean = sum / alloc.layers_size();
-    held->Set({}, mean);
-    if (mean > 0) ratio->Set({}, 1 / mean);
-  }
-}
-
-// Scrape-time metrics from the coordinator's admin getters (GetClusterStatus asks every stage).
-void CollectCoordinatorMetrics(Coordinator* c, MetricsRegistry& r) {
-  const xkv::v1::ServiceConfig config = c->GetConfig();
-  const xkv::v1::GetClusterStatusResponse cluster = c->GetClusterStatus();
-  const xkv::v1::GetAllocationResponse alloc = c->GetAllocation();
-  r.Gauge("xkv_num_requests_running", "Requests running (in the batch).")
-      ->Set({}, cluster.running_requests());
-  r.Gauge("xkv_num_requests_waiting", "Requests waiting in the queue.")
-      ->Set({}, cluster.queued_requests());
-  r.Gauge("xkv_max_queue", "Waiting requests before RESOURCE_EXHAUSTED (--max-queue).")
-      ->Set({}, config.max_queue());
-  r.Gauge("xkv_max_batch", "Running sequences per step (--max-batch).")
-      ->Set({}, config.max_batch());
-  r.Gauge("xkv_draining", "1 while Admin Drain stops admission.")->Set({}, cluster.draining());
-  const xkv::v1::KvPolicySpec& p = config.default_policy();
-  MetricFamily* retention =
-      r.Gauge("xkv_retention_target", "Default xkv average-retention target (when set).");
-  MetricFamily* fraction =
-      r.Gauge("xkv_budget_fraction_target", "Default kept prefix fraction (when set).");
-  retention->Clear();
-  fraction->Clear();
-  if (p.has_retention()) retention->Set({}, p.retention());
-  if (p.has_budget_fraction()) fraction->Set({}, p.budget_fraction());
-  CollectStageMetrics(cluster, r);
-  CollectProfileMetrics(alloc, r);
+// A secret from its flag, else the environment variable, else the file (whitespace stripped);
+// empty when none is given.
+absl::StatusOr<std::string> ReadSecret(const std::string& flag, const char* env,
+                                       const std::string& file, const char* file_flag) {
+  if (!flag.empty()) return flag;
+  if (const char* v = std::getenv(env); v != nullptr && *v != '\0') return std::string(v);
+  if (file.empty()) return std::string();
+  std::ifstream in(file);
+  if (!in) return absl::NotFoundError(std::string("cannot read ") + file_flag + " " + file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
 }  // namespace
@@ -130,66 +58,25 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Bool("auto-replan", &f->auto_replan, "re-plan stages when the profile shifts");
   flags.String("metrics-listen", &f->metrics_listen,
                "host:port of the Prometheus /metrics endpoint (empty: off)");
+  flags.String("http-listen", &f->http_listen,
+               "host:port of the OpenAI-compatible HTTP API, with /health, /ready and /metrics "
+               "(empty: off)");
+  flags.String("api-key-file", &f->api_key_file,
+               "file holding the API key the HTTP API requires as `Authorization: Bearer` (or "
+               "$XKV_API_KEY; neither: no key)");
+  flags.String("served-model-name", &f->served_model_name,
+               "model id of the HTTP API (empty: the model file's name without .gguf)");
+  flags.Int("http-max-body-bytes", &f->http_max_body_bytes,
+            "largest HTTP request body; larger ones get 413");
+  flags.Int("http-max-concurrent", &f->http_max_concurrent,
+            "HTTP generation requests in flight (streams included); more get 429");
 }
-
-namespace {
-
-// The process's request metrics: fed by the coordinator's on_request_done, served on /metrics.
-MetricsRegistry& ServingRegistry() {
-  static MetricsRegistry* registry = new MetricsRegistry();
-  return *registry;
-}
-
-// Declares the request families (vLLM-style names and buckets) and returns them in order.
-struct RequestFamilies {
-  MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot, *itl, *profile,
-      *solve;
-};
-RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
-  return {
-      r.Counter("xkv_requests_total", "Finished or rejected Generate requests by status code."),
-      r.Counter("xkv_prompt_tokens_total", "Prompt tokens of finished requests."),
-      r.Counter("xkv_generation_tokens_total", "Generated tokens of finished requests."),
-      r.Histogram("xkv_time_to_first_token_seconds", "Submit to first token.",
-                  {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}),
-      r.Histogram("xkv_e2e_request_latency_seconds", "Submit to the last token.",
-                  {0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 60, 120, 240}),
-      r.Histogram("xkv_time_per_output_token_seconds",
-                  "Per request: (end - first token) / (output tokens - 1).",
-                  {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5}),
-      r.Histogram(
-          "xkv_inter_token_latency_seconds",
-          "Each gap between consecutive generated tokens of a request.",
-          {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5}),
-      r.Histogram("xkv_request_profile_seconds",
-                  "Per profiled request: importance profiling (the mini-prefill, or the scoring "
-                  "inside an observed prefill).",
-                  {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
-      r.Histogram("xkv_request_solve_seconds", "Per profiled request: the per-layer budget solver.",
-                  {0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}),
-  };
-}
-
-void RecordRequest(const RequestRecord& rec) {
-  const RequestFamilies f = DeclareRequestFamilies(ServingRegistry());
-  f.requests->Add({{"code", absl::StatusCodeToString(rec.code)}});
-  if (rec.e2e_seconds < 0) return;  // rejected at submit: no tokens, no latencies
-  f.prompt_tokens->Add({}, static_cast<double>(rec.prompt_tokens));
-  f.generation_tokens->Add({}, static_cast<double>(rec.completion_tokens));
-  if (rec.code != absl::StatusCode::kOk) return;
-  if (rec.ttft_seconds >= 0) f.ttft->Observe({}, rec.ttft_seconds);
-  f.e2e->Observe({}, rec.e2e_seconds);
-  if (rec.tpot_seconds >= 0) f.tpot->Observe({}, rec.tpot_seconds);
-  for (double gap : rec.itl_seconds) f.itl->Observe({}, gap);
-  if (rec.profile_seconds > 0) f.profile->Observe({}, rec.profile_seconds);
-  if (rec.solve_seconds > 0) f.solve->Observe({}, rec.solve_seconds);
-}
-
-}  // namespace
 
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f) {
   CoordinatorOptions o;
-  if (!f.metrics_listen.empty()) o.on_request_done = RecordRequest;
+  if (!f.metrics_listen.empty() || !f.http_listen.empty()) {
+    o.on_request_done = RecordServedRequest;
+  }
   o.model_path = f.model;
   o.chat_template = f.chat_template;
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
@@ -218,62 +105,36 @@ absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags
   o.listen = f.listen;
   o.admin_listen = f.admin_listen;
   o.admin.insecure_local = f.admin_insecure_local;
-  o.admin.token = f.admin_token;
-  if (o.admin.token.empty()) {
-    if (const char* env = std::getenv("XKV_ADMIN_TOKEN"); env != nullptr) o.admin.token = env;
-  }
-  if (o.admin.token.empty() && !f.admin_token_file.empty()) {
-    std::ifstream in(f.admin_token_file);
-    if (!in) return absl::NotFoundError("cannot read --admin-token-file " + f.admin_token_file);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    o.admin.token = std::string(absl::StripAsciiWhitespace(ss.str()));
-  }
+  ASSIGN_OR_RETURN(o.admin.token, ReadSecret(f.admin_token, "XKV_ADMIN_TOKEN", f.admin_token_file,
+                                             "--admin-token-file"));
   return o;
 }
 
-int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* command) {
-  absl::StatusOr<CoordinatorServerOptions> so = ServerOptionsFromFlags(f);
-  if (!so.ok()) {
-    std::fprintf(stderr, "xkv %s: %s\n", command, std::string(so.status().message()).c_str());
-    return 1;
+absl::StatusOr<HttpApiOptions> HttpApiOptionsFromFlags(const ServeFlags& f) {
+  if (f.http_max_body_bytes < 1) {
+    return absl::InvalidArgumentError("--http-max-body-bytes must be >= 1");
   }
-  absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
-      CoordinatorServer::Start(*so, coordinator);
-  if (!server.ok()) {
-    std::fprintf(stderr, "xkv %s: %s\n", command, std::string(server.status().message()).c_str());
-    return 1;
+  if (f.http_max_concurrent < 1 || f.http_max_concurrent > 4096) {
+    return absl::InvalidArgumentError("--http-max-concurrent must be in [1, 4096]");
   }
-  std::fprintf(stderr, "xkv %s: serving Generation on port %d, Admin on port %d\n", command,
-               (*server)->port(), (*server)->admin_port());
-  MetricsRegistry& registry = ServingRegistry();
-  std::unique_ptr<MetricsHttpServer> metrics;
-  if (!f.metrics_listen.empty()) {
-    DeclareRequestFamilies(registry);
-    registry.AddCollector(
-        [coordinator](MetricsRegistry& r) { CollectCoordinatorMetrics(coordinator, r); });
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> m = MetricsHttpServer::Start(
-        {.listen = f.metrics_listen}, [&registry] { return registry.Render(); });
-    if (!m.ok()) {
-      std::fprintf(stderr, "xkv %s: %s\n", command, std::string(m.status().message()).c_str());
-      coordinator->Shutdown();
-      (*server)->Shutdown();
-      return 1;
+  HttpApiOptions o;
+  o.routes.max_concurrent = static_cast<int>(f.http_max_concurrent);
+  o.routes.model_name = f.served_model_name;
+  if (o.routes.model_name.empty()) {
+    o.routes.model_name = std::filesystem::path(f.model).filename().string();
+    if (absl::EndsWith(o.routes.model_name, ".gguf")) {
+      o.routes.model_name.resize(o.routes.model_name.size() - 5);
     }
-    metrics = *std::move(m);
-    std::fprintf(stderr, "xkv %s: serving /metrics on port %d\n", command, metrics->port());
   }
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
-  while (!g_stop) {
-    struct timespec ts = {0, 100 * 1000 * 1000};
-    nanosleep(&ts, nullptr);
+  ASSIGN_OR_RETURN(o.routes.api_key,
+                   ReadSecret("", "XKV_API_KEY", f.api_key_file, "--api-key-file"));
+  if (o.routes.api_key.empty() && !f.api_key_file.empty()) {
+    return absl::InvalidArgumentError("--api-key-file " + f.api_key_file + " is empty");
   }
-  std::fprintf(stderr, "xkv %s: shutting down\n", command);
-  if (metrics != nullptr) metrics->Shutdown();  // no scrape may touch the coordinator after this
-  coordinator->Shutdown();  // ends every open stream first, so the server's shutdown returns
-  (*server)->Shutdown();
-  return 0;
+  o.server.listen = f.http_listen;
+  o.server.max_body_bytes = static_cast<size_t>(f.http_max_body_bytes);
+  o.server.threads = o.routes.max_concurrent + 8;  // streams hold a thread; probes get the rest
+  return o;
 }
 
 }  // namespace xkv

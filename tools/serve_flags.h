@@ -1,4 +1,5 @@
-// Flags shared by `xkv serve` and `xkv coordinator`: listeners, admin auth, KV policy, batching.
+// Flags shared by `xkv serve` and `xkv coordinator`: listeners, admin auth, KV policy, batching,
+// the HTTP API.
 #ifndef XKV_TOOLS_SERVE_FLAGS_H_
 #define XKV_TOOLS_SERVE_FLAGS_H_
 
@@ -8,6 +9,8 @@
 #include "absl/status/statusor.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
+#include "http/http_server.h"
+#include "http/openai_routes.h"
 #include "tools/flag_set.h"
 
 namespace xkv {
@@ -35,15 +38,26 @@ struct ServeFlags {
   int64_t concurrency = 8;
   bool auto_replan = false;
   std::string metrics_listen;  // empty: no /metrics endpoint
+  std::string http_listen;     // empty: no HTTP API
+  std::string api_key_file;
+  std::string served_model_name;  // empty: the model file's stem
+  int64_t http_max_body_bytes = 1 << 20;
+  int64_t http_max_concurrent = 32;
+};
+
+// The HTTP API's listener and routes.
+struct HttpApiOptions {
+  HttpServerOptions server;
+  OpenAiRoutesOptions routes;
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
-// Options from the flags; the admin token from --admin-token, $XKV_ADMIN_TOKEN or
-// --admin-token-file (in that order).
+// Options from the flags.
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f);
+// The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).
 absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags& f);
-// Serves until SIGINT/SIGTERM; returns the exit code.
-int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* command);
+// The API key from $XKV_API_KEY or --api-key-file (in that order); the limits, the model id.
+absl::StatusOr<HttpApiOptions> HttpApiOptionsFromFlags(const ServeFlags& f);
 
 }  // namespace xkv
 

@@ -10,9 +10,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "http/probe_routes.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
-#include "tools/metrics_http.h"
+#include "tools/metrics_registry.h"
 #include "tools/tls_flags.h"
 #include "worker/listen_address.h"
 #include "worker/stage_engine_factory.h"
@@ -162,12 +163,19 @@ int RunWorker(int argc, char** argv) {
                  (*server)->health_port());
   }
   MetricsRegistry registry;
-  std::unique_ptr<MetricsHttpServer> metrics;
+  std::unique_ptr<HttpServer> metrics;
   if (!metrics_listen.empty()) {
     WorkerService* service = &(*server)->service();
     registry.AddCollector([service](MetricsRegistry& r) { CollectWorkerMetrics(service, r); });
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> m = MetricsHttpServer::Start(
-        {.listen = metrics_listen}, [&registry] { return registry.Render(); });
+    absl::StatusOr<std::unique_ptr<HttpServer>> m = StartProbeServer(
+        {.listen = metrics_listen},
+        {.metrics = [&registry] { return registry.Render(); },
+         .ready =
+             [service] {
+               return service->executor() != nullptr
+                          ? absl::OkStatus()
+                          : absl::UnavailableError("no stage loaded (waiting for LoadStage)");
+             }});
     if (!m.ok()) {
       (*server)->Shutdown();
       return Fail(m.status());

@@ -432,6 +432,7 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
       Sequence& q = sequences_.at(s.seq_id);
       if (q.sampler == nullptr) q.sampler = std::make_unique<Sampler>(s.sampling);
       r.token = q.sampler->Sample(row);
+      r.logprobs = q.sampler->last_logprobs();
     }
     if (s.return_logits) r.logits.assign(row.begin(), row.end());
   }

@@ -132,6 +132,8 @@ struct StageSequenceResult {
   std::vector<float> logits;  // fp32 [vocab], when return_logits on the last stage
   std::optional<ObservedProfile> observed;
   std::vector<StageLayerSize> layers;  // after the step (scores-only steps: unchanged)
+  // Last stage, with SamplingParams::logprobs >= 0: the sampled token's logprobs.
+  std::optional<SampledLogprobs> logprobs;
 };
 
 struct StageTimings {

@@ -73,6 +73,10 @@ absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p, 
   s.sampling.top_k = p.sampling().top_k();
   s.sampling.top_p = p.sampling().top_p() == 0.f ? 1.f : p.sampling().top_p();
   s.sampling.seed = p.sampling().seed();
+  s.sampling.min_p = p.sampling().min_p();
+  s.sampling.presence_penalty = p.sampling().presence_penalty();
+  s.sampling.frequency_penalty = p.sampling().frequency_penalty();
+  s.sampling.logprobs = p.sampling().has_logprobs() ? p.sampling().logprobs() : -1;
   s.sample = !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly;
   s.return_logits = p.return_logits();
   s.return_scores = p.return_scores();
@@ -264,6 +268,13 @@ void StepResultToProto(const StageStepResult& r, xkv::v1::StepResponse* out) {
     xkv::v1::SequenceResult* p = out->add_sequences();
     p->set_seq_id(s.seq_id);
     p->set_token(s.token);
+    if (s.logprobs.has_value()) {
+      p->set_logprob(s.logprobs->token.logprob);
+      for (const TokenLogprob& t : s.logprobs->top) {
+        p->add_top_ids(t.id);
+        p->add_top_logprobs(t.logprob);
+      }
+    }
     p->mutable_logits()->Add(s.logits.begin(), s.logits.end());
     if (s.observed.has_value()) ObservedToProto(s.seq_id, *s.observed, p->mutable_observed());
     for (const StageLayerSize& l : s.layers) LayerSizeToProto(l, p->add_layers());

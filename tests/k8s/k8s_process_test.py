@@ -195,6 +195,15 @@ class Pod:
             port = probe["tcpSocket"]["port"]
             port = ports[ctr_ports.get(port, port)]
             return tcp_open(f"127.0.0.1:{port}")
+        if "httpGet" in probe:
+            port = probe["httpGet"]["port"]
+            port = ports[ctr_ports.get(port, port)]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['httpGet']['path']}",
+                                            timeout=5) as r:
+                    return 200 <= r.status < 400
+            except OSError:  # refused, or an HTTP error status (HTTPError is an OSError)
+                return False
         raise AssertionError(f"unsupported probe {probe}")
 
     def stop(self, grace):
@@ -268,14 +277,16 @@ class RenderedPodsTest(unittest.TestCase):
         dns = {f"xkv-worker-{i}.{service}.{ns}.svc.cluster.local:50061": f"127.0.0.1:{port}"
                for i, port in enumerate(worker_ports)}
         subs = {"0.0.0.0:50051": "127.0.0.1:0", "0.0.0.0:50052": "127.0.0.1:0",
-                "0.0.0.0:9464": "127.0.0.1:0", **dns}
+                "0.0.0.0:9464": "127.0.0.1:0", "0.0.0.0:8080": "127.0.0.1:0", **dns}
         args = coordinator.start(subs)
         workers_arg = [a for a in args if a.startswith("--workers=")]
         self.assertEqual(workers_arg, ["--workers=" + ",".join(dns.values())])
         m = coordinator.wait_log(r"serving Generation on port (\d+), Admin on port (\d+)",
                                  START_TIMEOUT_S)
         gen, admin = int(m.group(1)), int(m.group(2))
-        coordinator.ports = {50051: gen, 50052: admin}
+        http = int(coordinator.wait_log(r"serving the OpenAI API on port (\d+)",
+                                        START_TIMEOUT_S).group(1))
+        coordinator.ports = {50051: gen, 50052: admin, 8080: http}
 
         # Every probe of every container passes once the coordinator loaded the stages.
         deadline = time.monotonic() + 30
@@ -299,6 +310,9 @@ class RenderedPodsTest(unittest.TestCase):
                 self.assertEqual(r.status, 200)
                 body = r.read().decode()
             self.assertIn(wanted, body, f"{pod.name} /metrics")
+            if pod is not coordinator:  # its stage is loaded: /ready on the metrics port too
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as r:
+                    self.assertEqual(r.status, 200)
             if pod is coordinator:  # one inter-token gap per generated token after the first
                 values = dict(line.rsplit(" ", 1) for line in body.splitlines()
                               if line and not line.startswith("#"))
@@ -331,6 +345,10 @@ class RenderedPodsTest(unittest.TestCase):
         pre = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=client_env)
         self.assertEqual(pre.returncode, 0, pre.stderr)
         self.assertTrue(json.loads(pre.stdout).get("drained"), pre.stdout + pre.stderr)
+        readiness = coordinator.probes()["readinessProbe"]
+        self.assertFalse(coordinator.probe_ok(readiness, coordinator.ports), "ready while drained")
+        self.assertTrue(coordinator.probe_ok(coordinator.probes()["livenessProbe"],
+                                             coordinator.ports))
         grace = self.dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         self.assertEqual(coordinator.stop(grace), 0, coordinator.read_log())
         grace = self.sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -105,6 +105,27 @@ TEST(RequestValidationTest, TopP) {
   }
 }
 
+TEST(RequestValidationTest, MinPAndPenalties) {
+  GenerateParams p = Good();
+  p.min_p = 1;
+  p.presence_penalty = -2;
+  p.frequency_penalty = 2;
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  for (double bad : {-0.01, 1.5, std::nan("")}) {
+    p = Good();
+    p.min_p = bad;
+    ExpectInvalid(p, "min_p is");
+  }
+  for (double bad : {-2.5, 2.01, std::nan("")}) {
+    p = Good();
+    p.presence_penalty = bad;
+    ExpectInvalid(p, "presence_penalty is");
+    p = Good();
+    p.frequency_penalty = bad;
+    ExpectInvalid(p, "frequency_penalty is");
+  }
+}
+
 TEST(RequestValidationTest, Policy) {
   GenerateParams p = Good();
   p.kv.policy = "h2o";

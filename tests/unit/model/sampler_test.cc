@@ -90,8 +90,72 @@ TEST(SamplerTest, SameSeedSameSequenceDifferentSeedDiffers) {
   EXPECT_NE(draw(7), draw(8));
 }
 
+TEST(SamplerTest, MinPKeepsTokensWithinAFactorOfTheTop) {
+  // Untempered probabilities 0.5, 0.25, 0.125, 0.125: min_p 0.3 keeps p >= 0.15.
+  const std::vector<float> logits = {std::log(0.125f), std::log(0.5f), std::log(0.125f),
+                                     std::log(0.25f)};
+  auto d = SamplingDistribution(logits, {.temperature = 1.f, .min_p = 0.3f});
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].id, 1);
+  EXPECT_EQ(d[1].id, 3);
+  EXPECT_NEAR(d[0].p, 2.f / 3.f, 1e-6);
+  EXPECT_EQ(SamplingDistribution(logits, {.temperature = 1.f, .min_p = 0.24f}).size(), 4u);
+  EXPECT_EQ(SamplingDistribution(logits, {.temperature = 1.f, .min_p = 1.f}).size(), 1u);
+}
+
+TEST(SamplerTest, PenaltiesLowerTheGeneratedTokens) {
+  // Greedy: token 0 leads by 1.5; each time it is generated a frequency penalty of 1 lowers it.
+  const std::vector<float> logits = {3.f, 1.5f, 1.f};
+  Sampler frequency({.temperature = 0.f, .frequency_penalty = 1.f});
+  std::vector<int32_t> got;
+  for (int i = 0; i < 4; ++i) got.push_back(frequency.Sample(logits));
+  // 0 (3), 0 (3-1=2 > 1.5), 1 (3-2=1 < 1.5), then 0 (1) vs 1 (0.5) vs 2 (1): 0 (lowest index).
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 0, 1, 0}));
+  // A presence penalty counts once per token: 0, then 1 (1.5 > 3-2), then 0 (3-2 ties token 2's
+  // 1: lowest index).
+  Sampler presence({.temperature = 0.f, .presence_penalty = 2.f});
+  got.clear();
+  for (int i = 0; i < 3; ++i) got.push_back(presence.Sample(logits));
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 1, 0}));
+  // A negative penalty favours repetition.
+  Sampler repeat({.temperature = 0.f, .presence_penalty = -2.f});
+  EXPECT_EQ(repeat.Sample(std::vector<float>{1.f, 2.f}), 1);
+  EXPECT_EQ(repeat.Sample(std::vector<float>{3.f, 2.f}), 1);
+}
+
+TEST(SamplerTest, LogprobsAreTheModelsLogSoftmax) {
+  const std::vector<float> logits = {1.f, 3.f, 2.f, 3.f};
+  const double log_z = std::log(std::exp(1.0) + 2 * std::exp(3.0) + std::exp(2.0));
+  const SampledLogprobs l = LogprobsOf(logits, 2, 3);
+  EXPECT_EQ(l.token.id, 2);
+  EXPECT_NEAR(l.token.logprob, 2 - log_z, 1e-6);
+  ASSERT_EQ(l.top.size(), 3u);
+  EXPECT_EQ(l.top[0].id, 1);  // ties: lowest id first
+  EXPECT_EQ(l.top[1].id, 3);
+  EXPECT_EQ(l.top[2].id, 2);
+  EXPECT_NEAR(l.top[0].logprob, 3 - log_z, 1e-6);
+  EXPECT_TRUE(LogprobsOf(logits, 0, 0).top.empty());
+  // The Sampler records them for its sampled token, from the raw logits (before penalties).
+  Sampler s({.temperature = 0.f, .frequency_penalty = 2.f, .logprobs = 1});
+  EXPECT_EQ(s.Sample(logits), 1);
+  ASSERT_TRUE(s.last_logprobs().has_value());
+  EXPECT_EQ(s.last_logprobs()->token.id, 1);
+  EXPECT_NEAR(s.last_logprobs()->token.logprob, 3 - log_z, 1e-6);
+  EXPECT_EQ(s.Sample(logits), 3);  // token 1 penalized
+  EXPECT_NEAR(s.last_logprobs()->token.logprob, 3 - log_z, 1e-6);
+  EXPECT_FALSE(Sampler({}).last_logprobs().has_value());
+}
+
 TEST(SamplerTest, ValidatesParams) {
+  EXPECT_FALSE(ValidateSamplingParams({.logprobs = 21}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.logprobs = -2}).ok());
+  EXPECT_TRUE(ValidateSamplingParams({.logprobs = 20}).ok());
   EXPECT_TRUE(ValidateSamplingParams({.temperature = 0.7f, .top_p = 0.9f}).ok());
+  EXPECT_TRUE(ValidateSamplingParams({.min_p = 1.f, .presence_penalty = -2.f}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.min_p = -0.1f}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.min_p = 1.5f}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.presence_penalty = 2.5f}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.frequency_penalty = NAN}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.top_p = 0.f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.top_p = 1.5f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.temperature = NAN}).ok());

@@ -1,22 +1,19 @@
 // A tiny Prometheus metrics registry (counters, gauges, fixed-bucket histograms; text exposition
-// format 0.0.4) and a minimal dependency-free HTTP/1.1 server that serves it on GET /metrics.
-// Both are thread-safe. The `xkv` commands fill the registry at scrape time from the existing
-// status APIs (collectors), so the coordinator and worker libraries know nothing about it.
-#ifndef XKV_TOOLS_METRICS_HTTP_H_
-#define XKV_TOOLS_METRICS_HTTP_H_
+// format 0.0.4), thread-safe; the HTTP server (http/) serves its text on GET /metrics. The `xkv`
+// commands fill the registry at scrape time from the existing status APIs (collectors), so the
+// coordinator and worker libraries know nothing about it.
+#ifndef XKV_TOOLS_METRICS_REGISTRY_H_
+#define XKV_TOOLS_METRICS_REGISTRY_H_
 
-#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
-
-#include "absl/status/statusor.h"
 
 namespace xkv {
 
@@ -87,40 +84,6 @@ class MetricsRegistry {
 // Formats a sample value the way Prometheus parses it (shortest round trip, +Inf, -Inf, NaN).
 std::string FormatMetricValue(double value);
 
-struct MetricsHttpServerOptions {
-  std::string listen;               // host:port, [v6]:port or :port (all interfaces); port 0 picks
-  size_t max_request_bytes = 8192;  // request line + headers; larger requests get 431
-  int io_timeout_ms = 2000;         // per connection, reading the request and writing the answer
-};
-
-// A minimal HTTP/1.1 server: GET (or HEAD) /metrics → 200 with `render()`'s text, any other path
-// → 404, another method → 405, a malformed or oversized request → 400 / 431. One request per
-// connection (Connection: close), served one at a time on its own thread.
-class MetricsHttpServer {
- public:
-  // UNAVAILABLE when the address cannot be resolved or bound.
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const MetricsHttpServerOptions& options, std::function<std::string()> render);
-  ~MetricsHttpServer();  // Shutdown()
-
-  int port() const { return port_; }
-  // Stops accepting, closes the socket and joins the thread. Idempotent.
-  void Shutdown();
-
- private:
-  MetricsHttpServer() = default;
-  void Loop();
-  void Serve(int fd);
-
-  MetricsHttpServerOptions options_;
-  std::function<std::string()> render_;
-  int listen_fd_ = -1;
-  int wake_fds_[2] = {-1, -1};  // a pipe: Shutdown writes, Loop wakes up
-  int port_ = 0;
-  std::atomic<bool> stopped_{false};
-  std::thread thread_;
-};
-
 }  // namespace xkv
 
-#endif  // XKV_TOOLS_METRICS_HTTP_H_
+#endif  // XKV_TOOLS_METRICS_REGISTRY_H_

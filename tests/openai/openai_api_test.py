@@ -1,0 +1,405 @@
+"""The OpenAI-compatible HTTP API of a live `xkv serve` (real model, loopback), driven by the
+official `openai` Python package and by raw HTTP for the malformed requests the SDK cannot send.
+
+Environment: XKV_BIN (the xkv binary) and XKV_MODEL (the GGUF file); ctest `openai_api` sets both.
+The server listens on ephemeral ports read back from its log; every wait is bounded.
+"""
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+import openai
+
+API_KEY = "sk-xkv-test"
+MAX_BODY = 65536
+PROMPT = "The capital of France is"
+
+
+def _start_server():
+    """Starts `xkv serve`; returns (process, its stderr lines so far, HTTP port). A reader thread
+    follows stderr, so the server never blocks on a full pipe; the wait for the port line is
+    bounded (120 s) and ends early when the process exits."""
+    binary, model = os.environ.get("XKV_BIN"), os.environ.get("XKV_MODEL")
+    if not binary or not os.path.exists(binary) or not model or not os.path.exists(model):
+        raise unittest.SkipTest("XKV_BIN / XKV_MODEL not set or missing")
+    proc = subprocess.Popen(
+        [binary, "serve", "--model", model, "--threads", "1", "--listen", "127.0.0.1:0",
+         "--admin-listen", "127.0.0.1:0", "--admin-insecure-local", "--http-listen", "127.0.0.1:0",
+         "--http-max-body-bytes", str(MAX_BODY), "--served-model-name", "smollm2",
+         "--http-max-concurrent", "2", "--default-max-tokens", "8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, XKV_API_KEY=API_KEY))
+    lines, port = [], queue.Queue()
+
+    def follow():
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.search(r"serving the OpenAI API on port (\d+)", line)
+            if m:
+                port.put(int(m.group(1)))
+        proc.stderr.close()
+        port.put(None)  # stderr closed: the process ended
+
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        got = port.get(timeout=120)
+    except queue.Empty:
+        got = None
+    if got is None:
+        _stop(proc)
+        raise RuntimeError("xkv serve did not start:\n" + "".join(lines))
+    return proc, lines, got
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+class OpenAiApiTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.proc, cls.server_log, cls.port = _start_server()
+        cls.addClassCleanup(_stop, cls.proc)
+        cls.client = openai.OpenAI(base_url=f"http://127.0.0.1:{cls.port}/v1", api_key=API_KEY,
+                                   timeout=120, max_retries=0)
+        cls.addClassCleanup(cls.client.close)
+
+    def raw(self, method, path, body=None, headers=None):
+        """One request over a fresh connection: (status, parsed JSON or text)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        h = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        conn.request(method, path, body=body, headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        try:
+            return resp.status, json.loads(data)
+        except ValueError:
+            return resp.status, data.decode(errors="replace")
+
+    def assert_serving(self):
+        """The server still answers a real generation after a bad request."""
+        r = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2)
+        self.assertEqual(r.usage.completion_tokens, 2)
+
+    def assert_error(self, status, body, want_status, want_param=None, says=None):
+        self.assertEqual(status, want_status, body)
+        err = body["error"]
+        self.assertEqual(sorted(err), ["code", "message", "param", "type"], body)
+        self.assertTrue(err["message"])
+        if want_param is not None:
+            self.assertEqual(err["param"], want_param, body)
+        if says is not None:
+            self.assertIn(says, err["message"])
+
+    # --- the happy paths ---
+
+    def test_models(self):
+        models = self.client.models.list()
+        self.assertEqual([m.id for m in models.data], ["smollm2"])
+        self.assertEqual(self.client.models.retrieve("smollm2").id, "smollm2")
+
+    def test_chat_completion(self):
+        r = self.client.chat.completions.create(
+            model="smollm2", max_tokens=6, temperature=0,
+            messages=[{"role": "system", "content": "You are brief."},
+                      {"role": "user", "content": [{"type": "text", "text": "Name a color."}]}])
+        self.assertEqual(r.object, "chat.completion")
+        self.assertTrue(r.id.startswith("chatcmpl-"))
+        self.assertEqual(len(r.choices), 1)
+        self.assertEqual(r.choices[0].message.role, "assistant")
+        self.assertTrue(r.choices[0].message.content)
+        self.assertIn(r.choices[0].finish_reason, ("stop", "length"))
+        self.assertGreater(r.usage.prompt_tokens, 5)
+        self.assertLessEqual(r.usage.completion_tokens, 6)
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
+        kv = r.usage.model_extra["xkv"]
+        self.assertGreater(kv["kv_bytes_full"], 0)
+        self.assertGreater(kv["kv_bytes_held"], 0)
+        self.assertLessEqual(kv["kv_bytes_held"], kv["kv_bytes_full"])
+
+    def test_chat_stream_matches_non_stream_and_ends_with_usage(self):
+        args = dict(model="smollm2", max_tokens=8, temperature=0,
+                    messages=[{"role": "user", "content": "Count: one, two,"}])
+        whole = self.client.chat.completions.create(**args)
+        chunks = list(self.client.chat.completions.create(
+            **args, stream=True, stream_options={"include_usage": True}))
+        self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
+        self.assertTrue(all(c.object == "chat.completion.chunk" for c in chunks))
+        self.assertEqual(len({c.id for c in chunks}), 1)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        self.assertEqual(text, whole.choices[0].message.content)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+        self.assertEqual(finishes[-1], whole.choices[0].finish_reason)
+        self.assertTrue(all(f is None for f in finishes[:-1]))
+        self.assertEqual(chunks[-1].choices, [])  # the usage chunk
+        self.assertEqual(chunks[-1].usage.completion_tokens, whole.usage.completion_tokens)
+        self.assertTrue(all(c.usage is None for c in chunks[:-1]))
+
+    def test_completion_stream_and_raw_sse_framing(self):
+        status, _ = 200, None
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4, "stream": True,
+             "ignore_eos": True}),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertTrue(resp.getheader("Content-Type").startswith("text/event-stream"))
+        events = resp.read().decode().split("\n\n")
+        conn.close()
+        self.assertEqual(events[-1], "")
+        self.assertEqual(events[-2], "data: [DONE]")
+        chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+        self.assertTrue(all(e.startswith("data: ") for e in events[:-2]))
+        self.assertTrue(all(c["object"] == "text_completion" for c in chunks))
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "length")
+        self.assertNotIn("usage", chunks[0])  # no include_usage: no usage field in chunks
+
+    def test_completion_stop_string(self):
+        full = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=8,
+                                              temperature=0, extra_body={"ignore_eos": True})
+        text = full.choices[0].text
+        words = text.split()
+        self.assertGreater(len(words), 1, text)
+        stop = words[1]
+        r = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=8,
+                                           temperature=0, stop=[stop, "zzz-never"])
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertEqual(r.choices[0].text, text[:text.index(stop)])
+
+    def test_seed_reproducibility_and_n(self):
+        args = dict(model="smollm2", prompt="Once upon a time", max_tokens=8, temperature=1.0,
+                    extra_body={"ignore_eos": True})
+        a = self.client.completions.create(**args, seed=1234, n=3)
+        b = self.client.completions.create(**args, seed=1234, n=3)
+        self.assertEqual([c.index for c in a.choices], [0, 1, 2])
+        self.assertEqual([c.text for c in a.choices], [c.text for c in b.choices])
+        self.assertGreater(len({c.text for c in a.choices}), 1, "choices sample differently")
+        self.assertEqual(a.usage.completion_tokens, 24)
+        streamed = list(self.client.completions.create(**args, seed=1234, n=3, stream=True))
+        texts = ["", "", ""]
+        for c in streamed:
+            for ch in c.choices:
+                texts[ch.index] += ch.text
+        self.assertEqual(texts, [c.text for c in a.choices])
+
+    def test_min_p_and_penalties(self):
+        args = dict(model="smollm2", prompt="one one one one one one one one", max_tokens=12)
+        greedy = self.client.completions.create(
+            **args, temperature=0, extra_body={"ignore_eos": True}).choices[0].text
+        # min_p 1 keeps only the most likely token: sampling at any temperature is greedy.
+        only_top = self.client.completions.create(
+            **args, temperature=1.5, seed=3, extra_body={"ignore_eos": True, "min_p": 1.0})
+        self.assertEqual(only_top.choices[0].text, greedy)
+        # A frequency penalty steers greedy decoding away from what it generated already.
+        penalized = self.client.completions.create(**args, temperature=0, frequency_penalty=2.0,
+                                                   extra_body={"ignore_eos": True})
+        self.assertNotEqual(penalized.choices[0].text, greedy)
+        def repeats(text):
+            words = re.findall(r"\w+", text)
+            return len(words) - len(set(words))
+        self.assertLess(repeats(penalized.choices[0].text), repeats(greedy),
+                        (greedy, penalized.choices[0].text))
+
+    def test_logprobs(self):
+        args = dict(model="smollm2", max_tokens=6, temperature=0,
+                    messages=[{"role": "user", "content": "Name a fruit."}])
+        r = self.client.chat.completions.create(**args, logprobs=True, top_logprobs=2,
+                                                extra_body={"ignore_eos": True})
+        content = r.choices[0].logprobs.content
+        self.assertEqual(len(content), r.usage.completion_tokens)
+        self.assertEqual("".join(t.token for t in content), r.choices[0].message.content)
+        for t in content:
+            self.assertLessEqual(t.logprob, 0)
+            self.assertEqual(len(t.top_logprobs), 2)
+            self.assertEqual(t.top_logprobs[0].token, t.token)  # greedy: the most likely
+            self.assertAlmostEqual(t.top_logprobs[0].logprob, t.logprob, places=5)
+            self.assertGreaterEqual(t.top_logprobs[0].logprob, t.top_logprobs[1].logprob)
+            self.assertEqual(bytes(t.bytes).decode(), t.token)
+        streamed = [lp for c in self.client.chat.completions.create(
+            **args, logprobs=True, top_logprobs=2, stream=True, extra_body={"ignore_eos": True})
+            if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content]
+        self.assertEqual([(t.token, round(t.logprob, 4)) for t in streamed],
+                         [(t.token, round(t.logprob, 4)) for t in content])
+        self.assertIsNone(self.client.chat.completions.create(**args).choices[0].logprobs)
+        c = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=5,
+                                           temperature=0, logprobs=3,
+                                           extra_body={"ignore_eos": True})
+        lp = c.choices[0].logprobs
+        self.assertEqual("".join(lp.tokens), c.choices[0].text)
+        self.assertEqual(len(lp.token_logprobs), 5)
+        self.assertEqual(lp.text_offset[0], 0)
+        self.assertEqual(lp.text_offset[1], len(lp.tokens[0].encode()))
+        self.assertTrue(all(1 <= len(alts) <= 3 for alts in lp.top_logprobs))
+
+    def test_xkv_settings_and_layer_sizes(self):
+        prompt = ("In a small village by the sea there lived an old fisherman who went out every "
+                  "morning before dawn. One day he caught a golden fish that could speak. "
+                  "What did the fish say?")
+        r = self.client.completions.create(
+            model="smollm2", prompt=prompt, max_tokens=3,
+            extra_body={"xkv": {"policy": "snapkv", "budget_fraction": 0.5, "layers": True}})
+        kv = r.usage.model_extra["xkv"]
+        self.assertEqual(kv["policy"], "snapkv")
+        self.assertLess(kv["kv_bytes_held"], kv["kv_bytes_full"])
+        self.assertEqual(len(kv["layers"]), 30)
+        self.assertEqual(sum(l["bytes"] for l in kv["layers"]), kv["kv_bytes_held"])
+
+    # --- every error shape, and the server keeps serving ---
+
+    def test_sdk_errors(self):
+        with self.assertRaises(openai.NotFoundError) as e:
+            self.client.chat.completions.create(model="gpt-4", messages=[
+                {"role": "user", "content": "hi"}])
+        self.assertEqual(e.exception.body["code"], "model_not_found")
+        self.assertEqual(e.exception.body["param"], "model")
+        bad = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="wrong",
+                            max_retries=0, timeout=30)
+        with self.assertRaises(openai.AuthenticationError):
+            bad.models.list()
+        bad.close()
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.chat.completions.create(model="smollm2", temperature=-1, messages=[
+                {"role": "user", "content": "hi"}])
+        self.assertEqual(e.exception.body["param"], "temperature")
+        self.assert_serving()
+
+    def test_bad_requests_get_openai_errors(self):
+        chat = "/v1/chat/completions"
+        user = [{"role": "user", "content": "hi"}]
+        cases = [
+            (b"{not json", 400, None, "not valid JSON"),
+            (b'{"model": "smollm2", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400,
+             None, "not valid JSON"),
+            ({"model": "smollm2", "messages": "hi"}, 400, "messages", None),
+            ({"model": "smollm2", "messages": user, "max_tokens": "8"}, 400, "max_tokens", None),
+            ({"model": "smollm2", "messages": [{"role": "wizard", "content": "hi"}]}, 400,
+             "messages", "wizard"),
+            ({"model": "smollm2", "messages": []}, 400, "messages", None),
+            ({"model": "smollm2", "messages": user, "top_p": 1.5}, 400, "top_p", None),
+            ({"model": "smollm2", "messages": user, "max_tokens": 0}, 400, "max_tokens", None),
+            ({"model": "smollm2", "messages": user, "max_tokens": 100000}, 400, "max_tokens",
+             None),
+            ({"model": "smollm2", "messages": user, "n": 99}, 400, "n", None),
+            ({"model": "smollm2", "messages": user, "frequency_penalty": 2.5}, 400,
+             "frequency_penalty", "[-2, 2]"),
+            ({"model": "smollm2", "messages": user, "min_p": -0.5}, 400, "min_p", None),
+            ({"model": "smollm2", "messages": user, "repetition_penalty": 1.3}, 400,
+             "repetition_penalty", "not supported"),
+            ({"model": "smollm2", "messages": user, "logprobs": True, "top_logprobs": 21}, 400,
+             "logprobs", "[0, 20]"),
+            ({"model": "smollm2", "messages": user, "xkv": {"policy": "magic"}}, 400,
+             "xkv.policy", None),
+            ({"model": "nope", "messages": user}, 404, "model", None),
+        ]
+        for body, status, param, says in cases:
+            with self.subTest(body=body):
+                got_status, got = self.raw("POST", chat, body)
+                self.assert_error(got_status, got, status, param, says)
+        status, body = self.raw("POST", chat, b"x" * (MAX_BODY + 1))
+        self.assert_error(status, body, 413)
+        status, body = self.raw("GET", "/v1/models", headers={"Authorization": "Bearer nope"})
+        self.assert_error(status, body, 401)
+        self.assertEqual(body["error"]["code"], "invalid_api_key")
+        status, body = self.raw("GET", "/v1/nothing-here")
+        self.assert_error(status, body, 404)
+        self.assert_serving()
+
+    def test_concurrency_limit_and_disconnect_cancels(self):
+        """Two open streams hold both slots (--http-max-concurrent 2): the next request gets 429.
+        Clients that go away get their requests cancelled and the slots back."""
+        streams = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            conn.request("POST", "/v1/completions", body=json.dumps(
+                {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True,
+                 "stream": True}),
+                headers={"Authorization": f"Bearer {API_KEY}"})
+            resp = conn.getresponse()
+            self.assertEqual(resp.status, 200)
+            self.assertTrue(resp.readline().startswith(b"data: {"))
+            streams.append(conn)
+        status, body = self.raw("POST", "/v1/completions",
+                                {"model": "smollm2", "prompt": PROMPT, "max_tokens": 1})
+        self.assert_error(status, body, 429)
+        for conn in streams:
+            conn.sock.shutdown(2)
+            conn.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.assert_serving()
+                break
+            except openai.RateLimitError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # poll interval of a bounded wait
+        status, body = self.raw("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn('xkv_requests_total{code="CANCELLED"} 2', body)
+
+    def test_probes_and_metrics_need_no_key(self):
+        self.assert_serving()  # a finished request for the request counters
+        for path, want in (("/health", "ok"), ("/ready", "ready")):
+            status, body = self.raw("GET", path, headers={"Authorization": ""})
+            self.assertEqual((status, body.strip()), (200, want))
+        status, body = self.raw("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn("xkv_requests_total", body)
+
+
+class ShutdownTest(unittest.TestCase):
+    def test_sigterm_ends_open_requests_with_openai_errors(self):
+        """SIGTERM: an open stream ends with an error event and [DONE], a waiting request gets a
+        503 error object, and the process exits 0."""
+        proc, _, port = _start_server()
+        self.addCleanup(_stop, proc)
+        body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True}
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        stream.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)), headers)
+        streamed = stream.getresponse()
+        self.assertTrue(streamed.readline().startswith(b"data: {"))
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        waiting.request("POST", "/v1/completions", json.dumps(body), headers)
+        # The waiting request is in (both slots of --http-max-concurrent 2 are taken) once a third
+        # request is refused.
+        deadline = time.monotonic() + 30
+        while True:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            probe.request("POST", "/v1/completions", json.dumps(dict(body, max_tokens=1)), headers)
+            status = probe.getresponse().status
+            probe.close()
+            if status == 429 or time.monotonic() > deadline:
+                break
+        self.assertEqual(status, 429)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=30), 0)
+        events = streamed.read().decode().split("\n\n")
+        self.assertEqual(events[-2:], ["data: [DONE]", ""])
+        self.assertEqual(json.loads(events[-3][len("data: "):])["error"]["type"],
+                         "service_unavailable")
+        answer = waiting.getresponse()
+        self.assertEqual(answer.status, 503)
+        self.assertEqual(json.loads(answer.read())["error"]["type"], "service_unavailable")
+
+
+if __name__ == "__main__":
+    unittest.main()
