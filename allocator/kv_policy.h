@@ -52,7 +52,7 @@ enum class AllocatorKind {
 };
 struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
-  double floor = 0.5;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
+  double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
   double cap = 4.0;    // in [1, 64]: per-layer cap as a multiple of the uniform share
 };
 

@@ -47,7 +47,7 @@ struct GenerateFlags {
   double budget_fraction = -1;
   std::string profile = "per_request";
   std::string allocator = "global";
-  double floor = 0.5;
+  double floor = 0.75;
   int64_t window = 8;
   std::string granularity = "kv_head";
   bool show_allocation = false;
