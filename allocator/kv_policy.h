@@ -53,7 +53,7 @@ enum class AllocatorKind {
 struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
   double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
-  double cap = 4.0;    // in [1, 64]: per-layer cap as a multiple of the uniform share
+  double cap = 4.0;     // in [1, 64]: per-layer cap as a multiple of the uniform share
 };
 
 // Exactly one of the three budget targets.
