@@ -197,7 +197,7 @@ int RunEval(int argc, char** argv) {
                 "forcing. Writes results.csv, summary.md and\nquality.png under --out.");
   flags.String("model", &f.model, "GGUF model file");
   flags.String("suite", &f.suite, "quick (18 prompts, ~10 min on 2 cores) or full");
-  flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>)");
+  flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("methods", &f.methods,
                "compressed methods, comma-separated (full always runs): streaming, snapkv, "
