@@ -122,6 +122,26 @@ std::vector<int64_t> RoundBudgetsToTotal(absl::Span<const double> weights, int64
   return b;
 }
 
+double AverageRetention(absl::Span<const LayerProfile> profiles, absl::Span<const int64_t> budgets,
+                        AllocatorKind allocator) {
+  const size_t L = std::min(profiles.size(), budgets.size());
+  if (L == 0) return 1.0;
+  double kept = 0.0, mass = 0.0;
+  for (size_t l = 0; l < L; ++l) {
+    const std::vector<double>& ret = profiles[l].retention;
+    const int64_t b = std::clamp<int64_t>(budgets[l], 0, static_cast<int64_t>(ret.size()) - 1);
+    const double r = ret.empty() ? 1.0 : ret[b];
+    const double w = allocator == AllocatorKind::kGlobal ? profiles[l].total_mass : 1.0;
+    kept += w * r;
+    mass += w;
+  }
+  return mass > 0.0 ? kept / mass : 1.0;
+}
+
+AllocatorKind RetentionDefinition(const PolicyOptions& policy) {
+  return policy.kind == PolicyKind::kXkv ? policy.allocator.kind : AllocatorKind::kPaper;
+}
+
 namespace {
 
 // The k-th largest of x[0, n) (1 <= k <= n). Finite non-negative rows (pooled scores) use a radix
@@ -167,7 +187,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
         "select kept tokens: budget ", budget, " must be in [0, prefix_len=", prefix_len,
         "], heads ", heads, " >= 1, sink_tokens ", sink_tokens, " >= 0"));
   }
-  if (rule == SelectionRule::kTopScore &&
+  if ((rule == SelectionRule::kTopScore || rule == SelectionRule::kSinksAndTopScore) &&
       static_cast<int64_t>(scores.size()) != heads * prefix_len) {
     return absl::InvalidArgumentError(
         absl::StrCat("select kept tokens: ", scores.size(),
@@ -184,17 +204,22 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
       for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
       for (int64_t j = prefix_len - (budget - sinks); j < prefix_len; ++j) out.push_back(j);
     } else {
-      // The budget-th largest score v (a selection over the values, not an index sort), then
-      // one pass in slot order: every score above v, and the lowest slots among those equal to
-      // v until the budget is met (ties: lower slot first). O(P) per head.
-      if (budget == 0) continue;
-      const float* row = scores.data() + h * prefix_len;
-      const float v = KthLargest(row, prefix_len, budget);
-      int64_t ties = budget;
-      for (int64_t j = 0; j < prefix_len; ++j) ties -= row[j] > v;
+      // kSinksAndTopScore: the first `sinks` slots unconditionally, the rest ranked among
+      // [sinks, P). Ranking: the k-th largest score v (a selection over the values, not an index
+      // sort), then one pass in slot order: every score above v, and the lowest slots among
+      // those equal to v until k are kept (ties: lower slot first). O(P) per head.
+      const int64_t sinks =
+          rule == SelectionRule::kSinksAndTopScore ? std::min<int64_t>(sink_tokens, budget) : 0;
       out.reserve(budget);
-      for (int64_t j = 0; j < prefix_len; ++j) {
-        if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(j);
+      for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
+      const int64_t k = budget - sinks, n = prefix_len - sinks;
+      if (k == 0) continue;
+      const float* row = scores.data() + h * prefix_len + sinks;
+      const float v = KthLargest(row, n, k);
+      int64_t ties = k;
+      for (int64_t j = 0; j < n; ++j) ties -= row[j] > v;
+      for (int64_t j = 0; j < n; ++j) {
+        if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(sinks + j);
       }
     }
   }
@@ -225,7 +250,8 @@ absl::Status CheckInput(const PolicyInput& in, const BudgetTarget& target, bool 
   return absl::OkStatus();
 }
 
-void Finish(const PolicyInput& in, SelectionRule rule, PolicyBudgets& out) {
+void Finish(const PolicyInput& in, SelectionRule rule, AllocatorKind allocator,
+            PolicyBudgets& out) {
   out.rule = rule;
   out.total_tokens = std::accumulate(out.budgets.begin(), out.budgets.end(), int64_t{0});
   out.total_bytes = 0;
@@ -234,12 +260,7 @@ void Finish(const PolicyInput& in, SelectionRule rule, PolicyBudgets& out) {
       out.total_bytes += in.bytes_per_token[l] * out.budgets[l];
   }
   if (!in.profiles.empty() && rule != SelectionRule::kSinksAndRecent) {
-    double r = 0.0;
-    for (int l = 0; l < in.num_layers; ++l) {
-      const auto& ret = in.profiles[l].retention;
-      r += ret[std::min<int64_t>(out.budgets[l], static_cast<int64_t>(ret.size()) - 1)];
-    }
-    out.average_retention = r / in.num_layers;
+    out.average_retention = AverageRetention(in.profiles, out.budgets, allocator);
   }
 }
 
@@ -308,7 +329,7 @@ class BaselinePolicy : public KvPolicy {
       }
       out.budgets = Shape(lo, in);
     }
-    Finish(in, selection(), out);
+    Finish(in, selection(), RetentionDefinition(options_), out);
     return out;
   }
 
@@ -329,36 +350,85 @@ class BaselinePolicy : public KvPolicy {
   PolicyOptions options_;
 };
 
+// The global allocator's curves: each layer's gains times its own mass S_l (the raw scores'
+// column sums, comparable across layers), scaled by L / sum_l S_l so that a retention target R
+// means "keep the fraction R of all layers' score mass" (sum_l R_l = L when everything is kept).
+absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles) {
+  double mass = 0.0;
+  for (const LayerProfile& p : profiles) mass += p.total_mass;
+  const double scale = mass > 0.0 ? static_cast<double>(profiles.size()) / mass : 0.0;
+  std::vector<LayerProfile> out;
+  out.reserve(profiles.size());
+  for (const LayerProfile& p : profiles) {
+    std::vector<double> g(p.gain.size());
+    const double f = p.total_mass * scale;
+    for (size_t k = 0; k < g.size(); ++k) g[k] = p.gain[k] * f;  // monotone: stays sorted
+    ASSIGN_OR_RETURN(LayerProfile raw, LayerProfileFromGains(std::move(g)));
+    out.push_back(std::move(raw));
+  }
+  return out;
+}
+
+// Per-layer [floor, cap] around the uniform share s_l of a token or byte target (retention
+// targets have no share: [0, P]).
+SolverOptions ShareBounds(const PolicyInput& in, const BudgetTarget& target,
+                          const AllocatorParams& a) {
+  SolverOptions o;
+  if (target.kind == BudgetTarget::Kind::kRetention) return o;
+  for (int l = 0; l < in.num_layers; ++l) {
+    const double share =
+        target.kind == BudgetTarget::Kind::kTotalTokens
+            ? static_cast<double>(target.total_tokens) / in.num_layers
+            : static_cast<double>(target.total_bytes) /
+                  (static_cast<double>(in.num_layers) * static_cast<double>(in.bytes_per_token[l]));
+    const double p = static_cast<double>(in.prefix_len);
+    const int64_t lo = static_cast<int64_t>(std::floor(std::min(p, a.floor * share)));
+    const int64_t hi = static_cast<int64_t>(std::ceil(std::min(p, a.cap * share)));
+    o.floors.push_back(lo);
+    o.ceilings.push_back(std::max(lo, hi));
+  }
+  return o;
+}
+
 class XkvPolicy : public KvPolicy {
  public:
   explicit XkvPolicy(const PolicyOptions& options) : options_(options) {}
   PolicyKind kind() const override { return PolicyKind::kXkv; }
   bool needs_profile() const override { return true; }
-  SelectionRule selection() const override { return SelectionRule::kTopScore; }
+  SelectionRule selection() const override {
+    return options_.sink_tokens > 0 ? SelectionRule::kSinksAndTopScore : SelectionRule::kTopScore;
+  }
 
   absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& in,
                                         const BudgetTarget& target) const override {
     RETURN_IF_ERROR(CheckInput(in, target, true));
+    const bool global = options_.allocator.kind == AllocatorKind::kGlobal;
+    std::vector<LayerProfile> raw;
+    if (global) {
+      ASSIGN_OR_RETURN(raw, RawCurves(in.profiles));
+    }
+    const absl::Span<const LayerProfile> curves = global ? raw : in.profiles;
+    const SolverOptions solver =
+        global ? ShareBounds(in, target, options_.allocator) : options_.solver;
     BudgetResult r;
     switch (target.kind) {
       case BudgetTarget::Kind::kTotalTokens: {
-        ASSIGN_OR_RETURN(r, SolveForTotalTokens(in.profiles, target.total_tokens, options_.solver));
+        ASSIGN_OR_RETURN(r, SolveForTotalTokens(curves, target.total_tokens, solver));
         break;
       }
       case BudgetTarget::Kind::kRetention: {
-        ASSIGN_OR_RETURN(r, SolveForRetention(in.profiles, target.retention, options_.solver));
+        ASSIGN_OR_RETURN(r, SolveForRetention(curves, target.retention, solver));
         break;
       }
       case BudgetTarget::Kind::kBytes: {
-        ASSIGN_OR_RETURN(
-            r, SolveForBytes(in.profiles, in.bytes_per_token, target.total_bytes, options_.solver));
+        ASSIGN_OR_RETURN(r, SolveForBytes(curves, in.bytes_per_token, target.total_bytes, solver));
         break;
       }
     }
     PolicyBudgets out;
     out.budgets = std::move(r.budgets);
     out.reachable = r.reachable;
-    Finish(in, selection(), out);
+    Finish(in, selection(), RetentionDefinition(options_), out);
     return out;
   }
 

@@ -36,9 +36,24 @@ std::string ProfileModeName(const ProfileMode& mode);
 
 // How a layer chooses its kept prefix tokens for a budget b.
 enum class SelectionRule {
-  kAll,             // keep the whole prefix (full)
-  kTopScore,        // per head the b highest pooled scores, ties by lower index
-  kSinksAndRecent,  // the first sink tokens and the last b - sinks prefix tokens (streaming)
+  kAll,               // keep the whole prefix (full)
+  kTopScore,          // per head the b highest pooled scores, ties by lower index
+  kSinksAndRecent,    // the first sink tokens and the last b - sinks prefix tokens (streaming)
+  kSinksAndTopScore,  // the first sink tokens, then per head the b - sinks highest scores (xkv)
+};
+
+// How xkv splits a budget over layers (DESIGN.md §3.3).
+enum class AllocatorKind {
+  // Raw scores (never divided by a layer's own total), one threshold over all layers with bytes as
+  // the cost, each layer within [floor·s_l, cap·s_l] of its uniform share s_l (floor 1 = uniform).
+  kGlobal,
+  // The paper: gains divided by each layer's total S_l, no floors or caps.
+  kPaper,
+};
+struct AllocatorParams {
+  AllocatorKind kind = AllocatorKind::kGlobal;
+  double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
+  double cap = 4.0;     // in [1, 64]: per-layer cap as a multiple of the uniform share
 };
 
 // Exactly one of the three budget targets.
@@ -64,7 +79,8 @@ struct PolicyOptions {
   PolicyKind kind = PolicyKind::kXkv;
   int sink_tokens = 4;         // streaming: attention sinks kept at the start of the prompt
   double pyramid_beta = 20.0;  // pyramidkv: b_min = (N/L) / beta (PyramidKV's default beta)
-  SolverOptions solver;        // xkv: per-layer floors/ceilings
+  AllocatorParams allocator;   // xkv
+  SolverOptions solver;        // xkv paper: explicit per-layer floors/ceilings (tests, benches)
 };
 
 struct PolicyBudgets {
@@ -72,7 +88,7 @@ struct PolicyBudgets {
   SelectionRule rule = SelectionRule::kTopScore;
   int64_t total_tokens = 0;
   int64_t total_bytes = 0;  // when bytes_per_token was given
-  // Average retention sum_l R_l(b_l) / L when profiles were given and the rule keeps top scores.
+  // AverageRetention of the budgets when profiles were given and the rule ranks by score.
   std::optional<double> average_retention;
   bool reachable = true;  // xkv retention target: false when even full layers miss it
 };
@@ -97,6 +113,14 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
                                                                    int64_t budget,
                                                                    SelectionRule rule,
                                                                    int sink_tokens = 4);
+
+// The retention the budgets achieve, one definition for every caller: paper — the mean over
+// layers of R_l(b_l); global — the fraction of all layers' raw score mass kept,
+// sum_l S_l R_l(b_l) / sum_l S_l (1 when there is no mass). Budgets beyond a curve count as all.
+double AverageRetention(absl::Span<const LayerProfile> profiles, absl::Span<const int64_t> budgets,
+                        AllocatorKind allocator);
+// The definition a policy reports: its allocator's for xkv, the paper's for the baselines.
+AllocatorKind RetentionDefinition(const PolicyOptions& policy);
 
 // Integer budgets proportional to non-negative `weights` (all-zero weights = uniform), each
 // clamped to [0, cap] with the excess redistributed, summing exactly to `total` (largest

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "model/sampler.h"
@@ -52,6 +53,23 @@ absl::StatusOr<FidelityScore> ScoreFidelity(absl::Span<const float> full,
   score.agreement = static_cast<double>(agree) / static_cast<double>(steps);
   score.mean_kl = kl / static_cast<double>(steps);
   return score;
+}
+
+Interval BootstrapMeanCi(absl::Span<const double> values, int resamples, uint64_t seed) {
+  if (values.empty() || resamples < 1) return {};
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<size_t> pick(0, values.size() - 1);
+  std::vector<double> means(resamples);
+  for (double& m : means) {
+    double sum = 0.0;
+    for (size_t i = 0; i < values.size(); ++i) sum += values[pick(rng)];
+    m = sum / static_cast<double>(values.size());
+  }
+  std::sort(means.begin(), means.end());
+  const auto at = [&](double q) {
+    return means[std::min<size_t>(means.size() - 1, static_cast<size_t>(q * means.size()))];
+  };
+  return {at(0.025), at(0.975)};
 }
 
 }  // namespace xkv

@@ -36,6 +36,15 @@ absl::StatusOr<FidelityScore> ScoreFidelity(absl::Span<const float> full,
                                             absl::Span<const float> compressed,
                                             absl::Span<const int32_t> reference, int64_t vocab);
 
+// Percentile bootstrap 95% interval of the mean of `values` (one value per prompt: resampling
+// prompts, not rows, since the rows of one prompt are correlated). Deterministic for a seed.
+// Empty values give [0, 0].
+struct Interval {
+  double low = 0.0;
+  double high = 0.0;
+};
+Interval BootstrapMeanCi(absl::Span<const double> values, int resamples = 2000, uint64_t seed = 1);
+
 }  // namespace xkv
 
 #endif  // XKV_BENCH_EVAL_METRICS_H_

@@ -1,11 +1,13 @@
 #include "bench/eval_report.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -19,7 +21,7 @@ std::string CsvQuote(const std::string& s) {
 }
 
 std::string BudgetLabel(const EvalSummary& s) {
-  return s.method == PolicyKind::kFull ? "—" : absl::StrFormat("%.0f%%", 100.0 * s.budget);
+  return s.method == "full" ? "—" : absl::StrFormat("%.0f%%", 100.0 * s.budget);
 }
 
 double Percent(const EvalRow& r) {
@@ -28,7 +30,7 @@ double Percent(const EvalRow& r) {
 
 const EvalSummary* FindFull(const std::vector<EvalSummary>& s) {
   for (const EvalSummary& e : s) {
-    if (e.method == PolicyKind::kFull) return &e;
+    if (e.method == "full") return &e;
   }
   return nullptr;
 }
@@ -37,15 +39,16 @@ std::string MainTable(const std::vector<EvalSummary>& sums) {
   const EvalSummary* full = FindFull(sums);
   std::string out =
       "| method | budget | KV bytes % of full | accuracy (aware) | accuracy (agnostic) | "
-      "accuracy (all) | % of full score | greedy agreement | KL (nats) |\n"
-      "|---|---|---|---|---|---|---|---|---|\n";
+      "accuracy (all) | 95% CI | % of full score | greedy agreement | KL (nats) |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const EvalSummary& s : sums) {
     const std::string rel = full != nullptr && full->accuracy > 0
                                 ? absl::StrFormat("%.1f%%", 100.0 * s.accuracy / full->accuracy)
                                 : "n/a";
-    absl::StrAppendFormat(&out, "| %s | %s | %.1f | %.3f | %.3f | %.3f | %s | %.3f | %.4f |\n",
-                          PolicyName(s.method), BudgetLabel(s), s.kv_percent, s.accuracy_aware,
-                          s.accuracy_agnostic, s.accuracy, rel, s.agreement, s.kl);
+    absl::StrAppendFormat(
+        &out, "| %s | %s | %.1f | %.3f | %.3f | %.3f | [%.3f, %.3f] | %s | %.3f | %.4f |\n",
+        s.method, BudgetLabel(s), s.kv_percent, s.accuracy_aware, s.accuracy_agnostic, s.accuracy,
+        s.accuracy_ci.low, s.accuracy_ci.high, rel, s.agreement, s.kl);
   }
   return out;
 }
@@ -62,7 +65,7 @@ std::string LengthTable(absl::Span<const EvalRow> rows, const std::vector<EvalSu
   }
   absl::StrAppend(&out, "\n", rule, "\n");
   for (const EvalSummary& s : sums) {
-    absl::StrAppend(&out, "| ", PolicyName(s.method), " | ", BudgetLabel(s), " |");
+    absl::StrAppend(&out, "| ", s.method, " | ", BudgetLabel(s), " |");
     for (const auto& [len, unused] : lengths) {
       int n = 0, ok = 0;
       for (const EvalRow& r : rows) {
@@ -83,7 +86,7 @@ std::string GoalCheck(const std::vector<EvalSummary>& sums) {
   std::string out;
   if (full == nullptr) return "No full-cache reference in this run.\n";
   for (const EvalSummary& x : sums) {
-    if (x.method != PolicyKind::kXkv) continue;
+    if (x.method != "xkv") continue;
     const double rel = full->accuracy > 0 ? x.accuracy / full->accuracy : 0.0;
     absl::StrAppendFormat(&out, "- xkv @ %s (%.1f%% of full bytes): %.1f%% of the full score",
                           BudgetLabel(x), x.kv_percent, 100.0 * rel);
@@ -92,18 +95,33 @@ std::string GoalCheck(const std::vector<EvalSummary>& sums) {
     }
     std::vector<std::string> worse;
     for (const EvalSummary& b : sums) {
-      if (b.method == PolicyKind::kXkv || b.method == PolicyKind::kFull || b.budget != x.budget) {
+      if (absl::StartsWith(b.method, "xkv") || b.method == "full" || b.budget != x.budget) {
         continue;
       }
       if (b.accuracy > x.accuracy) {
-        worse.push_back(
-            absl::StrFormat("%s (%.3f > %.3f)", PolicyName(b.method), b.accuracy, x.accuracy));
+        worse.push_back(absl::StrFormat("%s (%.3f > %.3f)", b.method, b.accuracy, x.accuracy));
       }
     }
     absl::StrAppend(&out, worse.empty() ? "; accuracy ≥ every baseline at this budget.\n"
                                         : "; below " + absl::StrJoin(worse, ", ") + ".\n");
   }
   return out;
+}
+
+// Accuracy of one method × budget per prompt (both query modes), in first-appearance order.
+std::vector<double> PerPromptAccuracy(absl::Span<const EvalRow> rows, const std::string& method,
+                                      double budget) {
+  std::vector<std::string> ids;
+  std::vector<double> ok, n;
+  for (const EvalRow& r : rows) {
+    if (r.method != method || r.budget != budget) continue;
+    const size_t i = std::find(ids.begin(), ids.end(), r.prompt_id) - ids.begin();
+    if (i == ids.size()) ids.push_back(r.prompt_id), ok.push_back(0), n.push_back(0);
+    ok[i] += r.correct ? 1 : 0;
+    n[i] += 1;
+  }
+  for (size_t i = 0; i < ok.size(); ++i) ok[i] /= n[i];
+  return ok;
 }
 
 }  // namespace
@@ -130,6 +148,7 @@ std::vector<EvalSummary> Summarize(absl::Span<const EvalRow> rows) {
   }
   for (size_t i = 0; i < out.size(); ++i) {
     EvalSummary& s = out[i];
+    s.accuracy_ci = BootstrapMeanCi(PerPromptAccuracy(rows, s.method, s.budget));
     s.kv_percent /= s.rows;
     s.accuracy /= s.rows;
     s.agreement /= s.rows;
@@ -148,8 +167,8 @@ std::string CsvHeader() {
 std::string CsvLine(const EvalRow& r) {
   return absl::StrFormat(
       "%s,%s,%s,%d,%d,%.4f,%s,%.4f,%d,%d,%.3f,%s,%s,%s,%d,%.5f,%.6f,%d", r.prompt_id,
-      TaskName(r.task), QueryModeName(r.mode), r.target_tokens, r.prompt_tokens, r.depth,
-      PolicyName(r.method), r.budget, r.kv_bytes_held, r.kv_bytes_full, Percent(r),
+      TaskName(r.task), QueryModeName(r.mode), r.target_tokens, r.prompt_tokens, r.depth, r.method,
+      r.budget, r.kv_bytes_held, r.kv_bytes_full, Percent(r),
       r.retention ? absl::StrFormat("%.5f", *r.retention) : "", r.expected, CsvQuote(r.answer),
       r.correct ? 1 : 0, r.agreement, r.kl, r.fidelity_steps);
 }
@@ -159,7 +178,7 @@ std::string AllocationsCsv(absl::Span<const EvalRow> rows) {
   for (const EvalRow& r : rows) {
     for (size_t l = 0; l < r.layer_budgets.size(); ++l) {
       absl::StrAppendFormat(&out, "%s,%s,%s,%.4f,%d,%d,%d\n", r.prompt_id, QueryModeName(r.mode),
-                            PolicyName(r.method), r.budget, r.prompt_tokens, l, r.layer_budgets[l]);
+                            r.method, r.budget, r.prompt_tokens, l, r.layer_budgets[l]);
     }
   }
   return out;

@@ -8,17 +8,19 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "bench/eval_metrics.h"
 #include "bench/eval_runner.h"
 
 namespace xkv {
 
 // Mean metrics of one method × budget over every prompt and query mode.
 struct EvalSummary {
-  PolicyKind method = PolicyKind::kFull;
+  std::string method = "full";
   double budget = 1.0;
   int rows = 0;
   double kv_percent = 0.0;      // mean kv_bytes_held / kv_bytes_full, in %
   double accuracy = 0.0;        // all rows
+  Interval accuracy_ci;         // bootstrap 95% over prompts (BootstrapMeanCi)
   double accuracy_aware = 0.0;  // query-aware rows
   double accuracy_agnostic = 0.0;
   double agreement = 0.0;

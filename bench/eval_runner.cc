@@ -6,7 +6,9 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "bench/eval_metrics.h"
 #include "model/importance_collector.h"
@@ -38,7 +40,7 @@ struct EvalRunner::Lane {
 
 // One method × budget of one query mode: a key-question lane and a fidelity lane.
 struct EvalRunner::Variant {
-  PolicyKind method = PolicyKind::kFull;
+  std::string method = "full";
   double budget = 1.0;
   AllocationReport report;
   Lane key, fid;
@@ -56,8 +58,72 @@ int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int wi
   return std::clamp<int64_t>(total, 0, int64_t{num_layers} * prefix);
 }
 
+namespace {
+
+bool SameScoring(const ImportanceOptions& a, const ImportanceOptions& b) {
+  return a.window == b.window && a.pool_kernel == b.pool_kernel && a.granularity == b.granularity &&
+         a.reduce == b.reduce && a.pool == b.pool;
+}
+
+absl::StatusOr<double> ParseNumber(absl::string_view key, absl::string_view value) {
+  double x = 0;
+  if (!absl::SimpleAtod(value, &x)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method parameter ", key, "='", value, "' is not a number"));
+  }
+  return x;
+}
+
+}  // namespace
+
+absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base) {
+  std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
+  EvalMethod m;
+  m.name = std::string(text);
+  if (parts[0] == "paper") {
+    m.kv.policy = PolicyKind::kXkv;
+    m.kv.allocator.kind = AllocatorKind::kPaper;
+  } else {
+    ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
+  }
+  m.scoring = ScoringFor(m.kv, base);
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(parts[i], '=');
+    const auto [key, value] = kv;
+    if (key == "floor") {
+      ASSIGN_OR_RETURN(m.kv.allocator.floor, ParseNumber(key, value));
+      RETURN_IF_ERROR(ValidateFloor(m.kv.allocator.floor, "method floor"));
+    } else if (key == "cap") {
+      ASSIGN_OR_RETURN(m.kv.allocator.cap, ParseNumber(key, value));
+      RETURN_IF_ERROR(ValidateCap(m.kv.allocator.cap, "method cap"));
+    } else if (key == "window") {
+      ASSIGN_OR_RETURN(const double w, ParseNumber(key, value));
+      RETURN_IF_ERROR(ValidateWindow(static_cast<int64_t>(w), "method window"));
+      m.scoring.window = static_cast<int>(w);
+    } else if (key == "pool" && (value == "max" || value == "avg")) {
+      m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
+    } else if (key == "reduce" && (value == "max" || value == "sum")) {
+      m.scoring.reduce = value == "max" ? ScoreReduce::kMax : ScoreReduce::kSum;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("method '", text, "': unknown parameter '", parts[i],
+                       "'; allowed: floor=[0,1], cap=[1,64], window=[1,1024], pool=max|avg, "
+                       "reduce=max|sum"));
+    }
+  }
+  return m;
+}
+
 EvalRunner::EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOptions options)
-    : model_(model), tokenizer_(tokenizer), options_(std::move(options)) {}
+    : model_(model), tokenizer_(tokenizer), options_(std::move(options)) {
+  for (const EvalMethod& m : options_.methods) {
+    size_t i = 0;
+    while (i < scorings_.size() && !SameScoring(scorings_[i], m.scoring)) ++i;
+    if (i == scorings_.size()) scorings_.push_back(m.scoring);
+    scoring_of_.push_back(static_cast<int>(i));
+    max_window_ = std::max(max_window_, m.scoring.window);
+  }
+}
 
 bool EvalRunner::IsStop(int32_t token) const {
   return std::find(options_.stop_tokens.begin(), options_.stop_tokens.end(), token) !=
@@ -74,7 +140,7 @@ std::string EvalRunner::AnswerText(const std::vector<int32_t>& tokens) const {
 }
 
 absl::Status EvalRunner::CheckPrompt(const EvalPrompt& prompt) const {
-  const int64_t w = options_.importance.window;
+  const int64_t w = max_window_;
   if (static_cast<int64_t>(prompt.key_question.size()) < w ||
       static_cast<int64_t>(prompt.fidelity_question.size()) < w || prompt.context.empty()) {
     return absl::InvalidArgumentError(
@@ -153,19 +219,20 @@ absl::Status EvalRunner::Decode(std::vector<Lane*> lanes) {
 }
 
 absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
-    const KvCache& full, const CollectedScores& scores, int copies) {
+    const KvCache& full, absl::Span<const CollectedScores> all_scores, int copies) {
   const ModelConfig& config = model_->config();
   std::vector<Variant> out;
-  for (PolicyKind method : options_.methods) {
+  for (size_t m = 0; m < options_.methods.size(); ++m) {
+    const EvalMethod& method = options_.methods[m];
+    const CollectedScores& scores = all_scores[scoring_of_[m]];
     for (double budget : options_.budgets) {
-      PolicyOptions policy = options_.policy;
-      policy.kind = method;
-      const BudgetTarget target = BudgetTarget::Tokens(
-          BudgetTokens(budget, config.n_layers, scores.prompt_len, scores.window));
+      KvSettings spec = method.kv;
+      spec.target =
+          KvTarget::Tokens(BudgetTokens(budget, config.n_layers, scores.prompt_len, scores.window));
       Variant v;
-      v.method = method;
+      v.method = method.name;
       v.budget = budget;
-      ASSIGN_OR_RETURN(v.key.cache, CompactCopy(full, scores, config, policy, target, &v.report));
+      ASSIGN_OR_RETURN(v.key.cache, CompactCopy(full, scores, config, spec, &v.report));
       if (copies > 1) v.fid.cache = std::make_unique<KvCache>(*v.key.cache);
       v.key.position = v.fid.position = scores.prompt_len;
       out.push_back(std::move(v));
@@ -258,32 +325,48 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   const ModelConfig& config = model_->config();
   const int64_t vocab = config.vocab_size;
   const int64_t C = p.context.size(), Qk = p.key_question.size(), Qs = p.fidelity_question.size();
-  ImportanceCollector collector(config, model_->layer_begin(), model_->layer_end(),
-                                options_.importance);
-  RETURN_IF_ERROR(collector.Expect(0, C));
-  RETURN_IF_ERROR(collector.Expect(1, C + Qk));
-  RETURN_IF_ERROR(collector.Expect(2, C + Qs));
+  // One collector per distinct scoring, all observing the same forward passes.
+  std::vector<std::unique_ptr<ImportanceCollector>> collectors;
+  for (const ImportanceOptions& scoring : scorings_) {
+    collectors.push_back(std::make_unique<ImportanceCollector>(config, model_->layer_begin(),
+                                                               model_->layer_end(), scoring));
+    RETURN_IF_ERROR(collectors.back()->Expect(0, C));
+    RETURN_IF_ERROR(collectors.back()->Expect(1, C + Qk));
+    RETURN_IF_ERROR(collectors.back()->Expect(2, C + Qs));
+  }
+  auto observe = [&collectors](const std::vector<int>& keys) -> LayerObserver {
+    std::vector<LayerObserver> all;
+    for (auto& c : collectors) all.push_back(c->ObserverFor(keys));
+    return [all = std::move(all)](const LayerObservation& obs) -> absl::Status {
+      for (const LayerObserver& o : all) RETURN_IF_ERROR(o(obs));
+      return absl::OkStatus();
+    };
+  };
+  auto take = [&collectors](int key) {
+    std::vector<CollectedScores> out;
+    for (auto& c : collectors) out.push_back(c->Take(key));
+    return out;
+  };
   // 1-2: the context, observed; query-agnostic copies.
   Variant full;
   full.key.cache = model_->NewCache();
   BatchStep step;
   step.sequences.push_back({full.key.cache.get(), C, 0, true});
-  step.observer = collector.ObserverFor({0});
+  step.observer = observe({0});
   RETURN_IF_ERROR(model_->Forward(p.context, step).status());
   ASSIGN_OR_RETURN(std::vector<Variant> agnostic,
-                   CompressAll(*full.key.cache, collector.Take(0), /*copies=*/2));
+                   CompressAll(*full.key.cache, take(0), /*copies=*/2));
   // 3: both questions on copies of the full cache, observed; query-aware copies.
   full.fid.cache = std::make_unique<KvCache>(*full.key.cache);
   step.sequences = {{full.key.cache.get(), Qk, C, true}, {full.fid.cache.get(), Qs, C, true}};
-  step.observer = collector.ObserverFor({1, 2});
+  step.observer = observe({1, 2});
   std::vector<int32_t> tokens = p.key_question;
   tokens.insert(tokens.end(), p.fidelity_question.begin(), p.fidelity_question.end());
   ASSIGN_OR_RETURN(std::vector<float> last, model_->Forward(tokens, step));
   if (timing != nullptr) timing->prefill_s = Seconds(start);
-  ASSIGN_OR_RETURN(std::vector<Variant> aware,
-                   CompressAll(*full.key.cache, collector.Take(1), /*copies=*/1));
+  ASSIGN_OR_RETURN(std::vector<Variant> aware, CompressAll(*full.key.cache, take(1), /*copies=*/1));
   ASSIGN_OR_RETURN(std::vector<Variant> aware_fid,
-                   CompressAll(*full.fid.cache, collector.Take(2), /*copies=*/1));
+                   CompressAll(*full.fid.cache, take(2), /*copies=*/1));
   for (size_t i = 0; i < aware.size(); ++i) aware[i].fid = std::move(aware_fid[i].key);
   // 4: the full cache's answer and reference continuation.
   const std::vector<float> key_logits(last.begin(), last.begin() + vocab);

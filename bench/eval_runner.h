@@ -32,7 +32,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "allocator/kv_policy.h"
+#include "allocator/kv_spec.h"
 #include "bench/eval_tasks.h"
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
@@ -44,13 +46,26 @@ namespace xkv {
 enum class QueryMode { kAware, kAgnostic };
 std::string_view QueryModeName(QueryMode mode);  // "aware" | "agnostic"
 
+// One compressed method: a spec (its target is set per budget) and the scoring it ranks by.
+// Methods with different scorings (window, reduction, pooling) share the prompt's prefill: each
+// distinct scoring gets its own ImportanceCollector on the same forward pass.
+struct EvalMethod {
+  std::string name;  // "snapkv", "paper", "xkv", "xkv:floor=0.25:window=16", …
+  KvSettings kv;
+  ImportanceOptions scoring;
+};
+
+// Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
+// (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
+// window (this method's observation window), pool (max|avg), reduce (max|sum). `base` gives the
+// defaults (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
+absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
+
 struct EvalOptions {
-  std::vector<PolicyKind> methods;   // compressed methods; full always runs as the reference
+  std::vector<EvalMethod> methods;   // compressed methods; full always runs as the reference
   std::vector<double> budgets;       // fractions of full KV bytes, each in (0, 1)
   int answer_tokens = 12;            // greedy answer length cap
   int fidelity_tokens = 32;          // teacher-forced continuation length
-  ImportanceOptions importance;      // window w, pooling
-  PolicyOptions policy;              // sinks, pyramid beta, solver bounds (kind set per method)
   std::vector<int32_t> stop_tokens;  // end of answer (e.g. <|im_end|>, <|endoftext|>)
   int64_t max_batch_tokens = 2048;   // tokens per batched forward step (memory bound)
 };
@@ -64,11 +79,11 @@ struct EvalRow {
   TaskKind task = TaskKind::kPasskey;
   QueryMode mode = QueryMode::kAware;
   int64_t target_tokens = 0;
-  int64_t prompt_tokens = 0;  // tokens compressed: context (agnostic) or context + question
-  double depth = 0.0;         // actual depth of the asked needle in the document
-  PolicyKind method = PolicyKind::kFull;
-  double budget = 1.0;        // requested fraction of full KV bytes
-  int64_t kv_bytes_held = 0;  // after compaction (AllocationReport)
+  int64_t prompt_tokens = 0;    // tokens compressed: context (agnostic) or context + question
+  double depth = 0.0;           // actual depth of the asked needle in the document
+  std::string method = "full";  // EvalMethod::name
+  double budget = 1.0;          // requested fraction of full KV bytes
+  int64_t kv_bytes_held = 0;    // after compaction (AllocationReport)
   int64_t kv_bytes_full = 0;
   std::optional<double> retention;     // average retention of the scores kept, when known
   std::vector<int64_t> layer_budgets;  // [L] kept prefix tokens b_l per layer (empty for full)
@@ -102,9 +117,11 @@ class EvalRunner {
   // Greedy decoding of every lane (its first logits already in lane.logits) up to its
   // max_tokens or a stop token, batched across lanes.
   absl::Status Decode(std::vector<Lane*> lanes);
-  // CompactCopy of `full` for every method × budget; `copies` == 2 also fills the fidelity lane.
+  // CompactCopy of `full` for every method × budget, each with the scores of its scoring
+  // (scores[scoring_of_[m]]); `copies` == 2 also fills the fidelity lane.
   absl::StatusOr<std::vector<Variant>> CompressAll(const KvCache& full,
-                                                   const CollectedScores& scores, int copies);
+                                                   absl::Span<const CollectedScores> scores,
+                                                   int copies);
   absl::Status ScoreVariants(std::vector<Variant>& variants, QueryMode mode,
                              const std::vector<int32_t>& reference,
                              const std::vector<float>& full_logits);
@@ -122,6 +139,9 @@ class EvalRunner {
   LlamaModel* model_;
   const Tokenizer* tokenizer_;
   EvalOptions options_;
+  std::vector<ImportanceOptions> scorings_;  // the distinct scorings of the methods
+  std::vector<int> scoring_of_;              // [method] index into scorings_
+  int max_window_ = 0;
 };
 
 }  // namespace xkv

@@ -219,6 +219,41 @@ std::vector<std::string> DefaultCorpusPaths() {
   return paths;
 }
 
+absl::StatusOr<Split> ParseSplit(absl::string_view name) {
+  if (name == "all") return Split::kAll;
+  if (name == "dev") return Split::kDev;
+  if (name == "test") return Split::kTest;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown split '", name, "'; allowed: all, dev, test"));
+}
+
+std::vector<std::string> CorpusPaths(Split split) {
+  if (split == Split::kAll) return DefaultCorpusPaths();
+  std::vector<std::string> paths;
+  const bool dev = split == Split::kDev;
+  for (const char* name :
+       dev ? std::vector<const char*>{"GPL-2", "GPL-1", "LGPL-2.1", "Artistic"}
+           : std::vector<const char*>{"LGPL-3", "Apache-2.0", "MPL-2.0", "MPL-1.1", "GFDL-1.3",
+                                      "GFDL-1.2", "CC0-1.0", "BSD"}) {
+    paths.push_back(absl::StrCat("/usr/share/common-licenses/", name));
+  }
+  paths.push_back(dev ? "/usr/share/doc/dpkg/spec/triggers.txt"
+                      : "/usr/share/doc/dpkg/spec/rootless-builds.txt");
+  return paths;
+}
+
+uint64_t SplitSeed(Split split, uint64_t seed) {
+  switch (split) {
+    case Split::kAll:
+      return seed;
+    case Split::kDev:
+      return seed ^ 0xd1b54a32d192ed03ULL;
+    case Split::kTest:
+      return seed ^ 0x8cb92ba72f3d8dd7ULL;
+  }
+  return seed;
+}
+
 std::vector<std::string> SplitParagraphs(std::string_view text) {
   std::vector<std::string> out;
   std::string cur;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
 namespace xkv {
@@ -48,6 +49,16 @@ inline constexpr size_t kMinParagraphChars = 60;
 
 // The Debian files the suite reads (licenses first, then documentation); missing ones are skipped.
 std::vector<std::string> DefaultCorpusPaths();
+
+// Dev split: for choosing any parameter. Test split: for reporting. They differ in haystack text
+// (disjoint files that share no paragraph: dev GPL-2, GPL-1, LGPL-2.1, Artistic, dpkg
+// triggers.txt; test LGPL-3, Apache-2.0, MPL-2.0, MPL-1.1, GFDL-1.3, GFDL-1.2, CC0-1.0, BSD, dpkg
+// rootless-builds.txt; GPL-3 shares paragraphs with GPL-1/2 and is in neither)
+// and in seed (SplitSeed). kAll: every file and the seed as given (the historical suite).
+enum class Split { kAll, kDev, kTest };
+absl::StatusOr<Split> ParseSplit(absl::string_view name);  // "all" | "dev" | "test"
+std::vector<std::string> CorpusPaths(Split split);
+uint64_t SplitSeed(Split split, uint64_t seed);
 
 // Splits text into paragraphs at blank lines, collapses runs of whitespace to one space, and drops
 // paragraphs shorter than kMinParagraphChars or made mostly of non-letters (tables, rulers).

@@ -284,7 +284,7 @@ absl::Status Coordinator::ClampBudgets(const Sequence& seq, std::vector<int64_t>
 absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   const int64_t P = T - std::min<int64_t>(options_.window, T);
-  if (!NeedsProfile(seq.kv)) {
+  if (!NeedsProfile(seq.kv.policy)) {
     ASSIGN_OR_RETURN(seq.budgets, BudgetsUpFront(config_.n_layers, P, bytes_per_token_, seq.kv));
     RETURN_IF_ERROR(ClampBudgets(seq, seq.budgets.budgets));
     seq.budgets_known = true;
@@ -308,17 +308,12 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
       if (ShouldProfileSampled(seq.kv.profile.sample_rate)) return absl::OkStatus();
       break;
   }
-  absl::StatusOr<std::vector<int64_t>> b =
-      seq.kv.target.kind == KvTarget::Kind::kRetention
-          ? store_->BudgetsFor(P)
-          : store_->BudgetsFor(
-                P,
-                ToBudgetTarget(seq.kv.target, P, config_.n_layers, bytes_per_token_).total_tokens);
-  if (!b.ok() || !ClampBudgets(seq, *b).ok()) {
+  absl::StatusOr<PolicyBudgets> b =
+      SampledBudgets(*store_, seq.kv, {config_.n_layers, P, bytes_per_token_});
+  if (!b.ok() || !ClampBudgets(seq, b->budgets).ok()) {
     return absl::OkStatus();  // no usable mean yet: profile this one
   }
-  seq.budgets.budgets = *std::move(b);
-  seq.budgets.rule = SelectionRule::kTopScore;
+  seq.budgets = *std::move(b);
   seq.budgets_known = true;
   return absl::OkStatus();
 }

@@ -14,15 +14,17 @@ namespace {
 void TargetToProto(const KvSettings& kv, xkv::v1::KvPolicySpec* out) {
   out->set_policy(std::string(PolicyName(kv.policy)));
   out->set_profile_mode(ProfileModeName(kv.profile));
+  out->set_allocator(std::string(AllocatorName(kv.allocator.kind)));
+  out->set_floor(kv.allocator.floor);
   switch (kv.target.kind) {
     case KvTarget::Kind::kRetention:
       out->set_retention(kv.target.value);
       break;
     case KvTarget::Kind::kTokens:
-      out->set_budget_tokens(static_cast<int64_t>(kv.target.value));
+      out->set_budget_tokens(kv.target.amount);
       break;
     case KvTarget::Kind::kBytes:
-      out->set_budget_bytes(static_cast<int64_t>(kv.target.value));
+      out->set_budget_bytes(kv.target.amount);
       break;
     case KvTarget::Kind::kFraction:
       out->set_budget_fraction(kv.target.value);

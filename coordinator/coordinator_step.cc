@@ -419,7 +419,8 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
     seq.solve_ms += Ms(clock_->Now() - t0);
   }
   if (!seq.retention.has_value() && static_cast<int>(seq.gains.size()) == config_.n_layers) {
-    seq.retention = RetentionOf(seq.gains, seq.budgets.budgets);
+    seq.retention =
+        RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
   }
   absl::Status resized = scheduler_->Resize(
       seq.id, BlocksFor(config_.n_layers, T, options_.window, seq.params.max_tokens,

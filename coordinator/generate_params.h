@@ -9,19 +9,10 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "allocator/kv_spec.h"
 #include "model/chat_template.h"
 
 namespace xkv {
-
-// A per-request KV policy override; empty/unset fields take the service's current values.
-struct KvPolicyOverride {
-  std::string policy;  // "full" | "streaming" | "snapkv" | "pyramidkv" | "xkv"; "" = service's
-  std::optional<double> retention;        // (0, 1], xkv only
-  std::optional<int64_t> budget_tokens;   // >= 0: sum over layers of kept prefix tokens
-  std::optional<int64_t> budget_bytes;    // >= 0: bytes of the kept prefix tokens of all layers
-  std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
-  std::string profile_mode;  // "per_request" | "one_pass" | "sampled:<rho>"; "" = service's
-};
 
 struct GenerateParams {
   std::string request_id;
@@ -42,7 +33,7 @@ struct GenerateParams {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
-  KvPolicyOverride kv;
+  KvPolicyOverride kv;  // allocator/kv_spec.h
   absl::Time deadline = absl::InfiniteFuture();
 };
 

@@ -41,6 +41,8 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     const auto& k = r.kv_policy();
     p.kv.policy = k.policy();
     p.kv.profile_mode = k.profile_mode();
+    p.kv.allocator = k.allocator();
+    if (k.has_floor()) p.kv.floor = k.floor();
     switch (k.target_case()) {
       case xkv::v1::KvPolicySpec::kRetention:
         p.kv.retention = k.retention();

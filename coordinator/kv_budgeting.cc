@@ -1,92 +1,17 @@
 #include "coordinator/kv_budgeting.h"
 
 #include <algorithm>
-#include <cmath>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "allocator/importance_profile.h"
 #include "base/status_macros.h"
 
 namespace xkv {
-
-absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
-  KvSettings s = base;
-  if (!o.policy.empty()) {
-    ASSIGN_OR_RETURN(s.policy, ParsePolicy(o.policy));
-    // A baseline named without a target cannot take the service's retention target.
-    if (s.policy != PolicyKind::kXkv && s.target.kind == KvTarget::Kind::kRetention &&
-        !o.retention.has_value()) {
-      s.target = {KvTarget::Kind::kFraction, std::min(1.0, s.target.value)};
-    }
-  }
-  if (o.retention) s.target = {KvTarget::Kind::kRetention, *o.retention};
-  if (o.budget_tokens) s.target = {KvTarget::Kind::kTokens, static_cast<double>(*o.budget_tokens)};
-  if (o.budget_bytes) s.target = {KvTarget::Kind::kBytes, static_cast<double>(*o.budget_bytes)};
-  if (o.budget_fraction) s.target = {KvTarget::Kind::kFraction, *o.budget_fraction};
-  if (!o.profile_mode.empty()) {
-    ASSIGN_OR_RETURN(s.profile, ParseProfileMode(o.profile_mode));
-  }
-  RETURN_IF_ERROR(ValidateSettings(s));
-  return s;
-}
-
-absl::Status ValidateSettings(const KvSettings& s) {
-  if (s.target.kind == KvTarget::Kind::kRetention && s.policy != PolicyKind::kXkv &&
-      s.policy != PolicyKind::kFull) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a retention target needs policy xkv, not ", std::string(PolicyName(s.policy)),
-                     "; give that policy budget_tokens, budget_bytes or budget_fraction"));
-  }
-  return absl::OkStatus();
-}
-
-PolicyOptions ToPolicyOptions(const KvSettings& settings) {
-  PolicyOptions p;
-  p.kind = settings.policy;
-  p.sink_tokens = settings.sink_tokens;
-  p.pyramid_beta = settings.pyramid_beta;
-  return p;
-}
-
-BudgetTarget ToBudgetTarget(const KvTarget& target, int64_t prefix_len, int num_layers,
-                            int64_t bytes_per_token) {
-  const int64_t full = prefix_len * num_layers;
-  switch (target.kind) {
-    case KvTarget::Kind::kRetention:
-      return BudgetTarget::Retention(target.value);
-    case KvTarget::Kind::kTokens:
-      return BudgetTarget::Tokens(std::min<int64_t>(static_cast<int64_t>(target.value), full));
-    case KvTarget::Kind::kBytes:
-      return BudgetTarget::Bytes(
-          std::min<int64_t>(static_cast<int64_t>(target.value), full * bytes_per_token));
-    case KvTarget::Kind::kFraction:
-      return BudgetTarget::Tokens(
-          std::min<int64_t>(full, std::llround(target.value * static_cast<double>(full))));
-  }
-  return BudgetTarget::Retention(1.0);
-}
-
-std::string TargetName(const KvTarget& t) {
-  switch (t.kind) {
-    case KvTarget::Kind::kRetention:
-      return absl::StrCat("retention=", t.value);
-    case KvTarget::Kind::kTokens:
-      return absl::StrCat("tokens=", static_cast<int64_t>(t.value));
-    case KvTarget::Kind::kBytes:
-      return absl::StrCat("bytes=", static_cast<int64_t>(t.value));
-    case KvTarget::Kind::kFraction:
-      return absl::StrCat("fraction=", t.value);
-  }
-  return "";
-}
-
-bool NeedsProfile(const KvSettings& settings) { return settings.policy == PolicyKind::kXkv; }
-
 namespace {
 
+// The profile of one layer's gain curve as the worker sent it (gains already divided by S_l).
 absl::StatusOr<LayerProfile> ProfileOf(const xkv::v1::LayerGains& g, int64_t prefix_len) {
-  std::vector<double> gains(g.gains().begin(), g.gains().end());
-  gains.resize(prefix_len, 0.0);  // missing tail gains are 0 (curves are non-increasing)
   if (g.total_mass() <= 0) {
     LayerProfile p;
     p.heads = g.heads();
@@ -95,7 +20,23 @@ absl::StatusOr<LayerProfile> ProfileOf(const xkv::v1::LayerGains& g, int64_t pre
     p.retention.assign(prefix_len + 1, 1.0);
     return p;
   }
-  return LayerProfileFromGains(std::move(gains));
+  std::vector<double> gains(g.gains().begin(), g.gains().end());
+  gains.resize(prefix_len, 0.0);  // missing tail gains are 0 (curves are non-increasing)
+  ASSIGN_OR_RETURN(LayerProfile p, LayerProfileFromGains(std::move(gains)));
+  p.heads = g.heads();
+  p.total_mass = g.total_mass();  // the global allocator weighs layers by their own mass
+  return p;
+}
+
+absl::StatusOr<std::vector<LayerProfile>> ProfilesOf(absl::Span<const xkv::v1::LayerGains> gains,
+                                                     int64_t prefix_len) {
+  std::vector<LayerProfile> profiles;
+  profiles.reserve(gains.size());
+  for (const auto& g : gains) {
+    ASSIGN_OR_RETURN(LayerProfile p, ProfileOf(g, prefix_len));
+    profiles.push_back(std::move(p));
+  }
+  return profiles;
 }
 
 }  // namespace
@@ -103,43 +44,27 @@ absl::StatusOr<LayerProfile> ProfileOf(const xkv::v1::LayerGains& g, int64_t pre
 absl::StatusOr<PolicyBudgets> SolveFromGains(absl::Span<const xkv::v1::LayerGains> gains,
                                              int64_t prefix_len, int64_t bytes_per_token,
                                              const KvSettings& settings) {
-  const int L = static_cast<int>(gains.size());
-  std::vector<LayerProfile> profiles;
-  for (const auto& g : gains) {
-    ASSIGN_OR_RETURN(LayerProfile p, ProfileOf(g, prefix_len));
-    profiles.push_back(std::move(p));
-  }
-  std::vector<int64_t> bytes(L, bytes_per_token);
-  PolicyInput input{L, prefix_len, profiles, bytes};
-  std::unique_ptr<KvPolicy> policy = MakeKvPolicy(ToPolicyOptions(settings));
-  return policy->Budgets(input, ToBudgetTarget(settings.target, prefix_len, L, bytes_per_token));
+  ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, ProfilesOf(gains, prefix_len));
+  return PlanBudgets(profiles, settings,
+                     {static_cast<int>(gains.size()), prefix_len, bytes_per_token});
 }
 
 absl::StatusOr<PolicyBudgets> BudgetsUpFront(int num_layers, int64_t prefix_len,
                                              int64_t bytes_per_token, const KvSettings& settings) {
-  if (NeedsProfile(settings)) {
+  if (NeedsProfile(settings.policy)) {
     return absl::FailedPreconditionError("xkv budgets need the request's profile");
   }
-  std::vector<int64_t> bytes(num_layers, bytes_per_token);
-  PolicyInput input{num_layers, prefix_len, {}, bytes};
-  std::unique_ptr<KvPolicy> policy = MakeKvPolicy(ToPolicyOptions(settings));
-  return policy->Budgets(input,
-                         ToBudgetTarget(settings.target, prefix_len, num_layers, bytes_per_token));
+  return PlanBudgets({}, settings, {num_layers, prefix_len, bytes_per_token});
 }
 
-double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const int64_t> budgets) {
+double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const int64_t> budgets,
+                   AllocatorKind allocator) {
   if (gains.empty() || gains.size() != budgets.size()) return 1.0;
-  double total = 0;
-  for (size_t l = 0; l < gains.size(); ++l) {
-    if (gains[l].total_mass() <= 0) {
-      total += 1.0;
-      continue;
-    }
-    double r = 0;
-    for (int64_t k = 0; k < budgets[l] && k < gains[l].gains_size(); ++k) r += gains[l].gains(k);
-    total += std::min(r, 1.0);
-  }
-  return total / static_cast<double>(gains.size());
+  int64_t prefix_len = 0;
+  for (const auto& g : gains) prefix_len = std::max<int64_t>(prefix_len, g.gains_size());
+  absl::StatusOr<std::vector<LayerProfile>> profiles = ProfilesOf(gains, prefix_len);
+  if (!profiles.ok()) return 1.0;
+  return std::min(1.0, AverageRetention(*profiles, budgets, allocator));
 }
 
 xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets,

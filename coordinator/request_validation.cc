@@ -5,7 +5,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "allocator/kv_policy.h"
 
 namespace xkv {
 namespace {
@@ -110,50 +109,6 @@ absl::Status ValidateSampling(const GenerateParams& p) {
 }  // namespace
 
 bool IsValidUtf8(std::string_view text) { return FirstInvalidUtf8(text) < 0; }
-
-absl::Status ValidateRetention(double retention, std::string_view field) {
-  if (retention > 0 && retention <= 1) return absl::OkStatus();
-  return Invalid(absl::StrCat(std::string(field), " is ", retention, "; it must be in (0, 1]"));
-}
-
-absl::Status ValidateKvOverride(const KvPolicyOverride& kv) {
-  if (!kv.policy.empty()) {
-    absl::StatusOr<PolicyKind> kind = ParsePolicy(kv.policy);
-    if (!kind.ok()) {
-      return Invalid(absl::StrCat("unknown KV policy '", kv.policy,
-                                  "'; expected one of full, streaming, snapkv, pyramidkv, xkv"));
-    }
-  }
-  if (!kv.profile_mode.empty()) {
-    absl::StatusOr<ProfileMode> mode = ParseProfileMode(kv.profile_mode);
-    if (!mode.ok()) {
-      return Invalid(absl::StrCat("unknown profile mode '", kv.profile_mode,
-                                  "'; expected per_request, one_pass or sampled:<rho> with rho "
-                                  "in (0, 1]"));
-    }
-  }
-  const int targets = kv.retention.has_value() + kv.budget_tokens.has_value() +
-                      kv.budget_bytes.has_value() + kv.budget_fraction.has_value();
-  if (targets > 1) return Invalid("set at most one KV budget target");
-  if (kv.retention.has_value()) {
-    if (absl::Status s = ValidateRetention(*kv.retention); !s.ok()) return s;
-    if (!kv.policy.empty() && ParsePolicy(kv.policy).value() != PolicyKind::kXkv &&
-        ParsePolicy(kv.policy).value() != PolicyKind::kFull) {
-      return Invalid(absl::StrCat("a retention target needs policy xkv, not '", kv.policy, "'"));
-    }
-  }
-  if (kv.budget_tokens.has_value() && *kv.budget_tokens < 0) {
-    return Invalid(absl::StrCat("budget_tokens is ", *kv.budget_tokens, "; it must be >= 0"));
-  }
-  if (kv.budget_bytes.has_value() && *kv.budget_bytes < 0) {
-    return Invalid(absl::StrCat("budget_bytes is ", *kv.budget_bytes, "; it must be >= 0"));
-  }
-  if (kv.budget_fraction.has_value() && !(*kv.budget_fraction > 0 && *kv.budget_fraction <= 1)) {
-    return Invalid(
-        absl::StrCat("budget_fraction is ", *kv.budget_fraction, "; it must be in (0, 1]"));
-  }
-  return absl::OkStatus();
-}
 
 absl::Status ValidateGenerateParams(const GenerateParams& params) {
   if (absl::Status s = ValidateInput(params); !s.ok()) return s;

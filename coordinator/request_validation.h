@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "allocator/kv_spec.h"
 #include "coordinator/generate_params.h"
 
 namespace xkv {
@@ -21,18 +22,12 @@ bool IsValidUtf8(std::string_view text);
 
 // Input present and non-empty, valid UTF-8 everywhere (prompt, messages, stop strings), chat
 // roles, max_tokens >= 1, temperature finite and >= 0, top_p in (0, 1], min_p in [0, 1], the
-// presence / frequency penalties in [-2, 2], logprobs in [-1, 20], the KV override.
+// presence / frequency penalties in [-2, 2], logprobs in [-1, 20], the KV override (with
+// allocator/kv_spec.h's ValidateKvOverride, the same rules as Admin.SetPolicy).
 absl::Status ValidateGenerateParams(const GenerateParams& params);
-
-// The KV override alone: known policy and profile mode, at most one target, retention and
-// budget_fraction in (0, 1], budgets >= 0, retention only with xkv (or an unset policy).
-absl::Status ValidateKvOverride(const KvPolicyOverride& kv);
 
 // After tokenization: the prompt has >= 1 token and prompt + max_tokens fits the context.
 absl::Status ValidateTokenCounts(int64_t prompt_tokens, int64_t max_tokens, int64_t context_length);
-
-// Admin.SetRetentionTarget: retention in (0, 1].
-absl::Status ValidateRetention(double retention, std::string_view field = "retention");
 
 }  // namespace xkv
 

@@ -65,21 +65,23 @@ absl::StatusOr<std::vector<float>> Prefill(StageEngine& e, uint64_t id,
   const int64_t T = prompt.size();
   const absl::Span<const int32_t> all(prompt);
   std::optional<CollectedScores> scores;
-  if (o.compress && o.two_pass) {
-    RETURN_IF_ERROR(Step(e, id, all, 0, true, true, o.importance, &scores).status());
+  const ImportanceOptions scoring = ScoringFor(o.kv, o.importance);
+  const bool two_pass = o.kv.profile.kind != ProfileModeKind::kOnePass;
+  if (o.compress && two_pass) {
+    RETURN_IF_ERROR(Step(e, id, all, 0, true, true, scoring, &scores).status());
   }
   std::vector<float> logits;
   const auto chunks = Chunks(T, std::max<int64_t>(o.prefill_chunk, 1), o.importance.window);
   for (size_t c = 0; c < chunks.size(); ++c) {
-    const bool observe = o.compress && !o.two_pass && c + 1 == chunks.size();
+    const bool observe = o.compress && !two_pass && c + 1 == chunks.size();
     ASSIGN_OR_RETURN(logits, Step(e, id, all.subspan(chunks[c].first, chunks[c].second),
-                                  chunks[c].first, observe, false, o.importance, &scores));
+                                  chunks[c].first, observe, false, scoring, &scores));
   }
   if (!o.compress) return logits;
   if (!scores.has_value()) {
-    scores = MakeCollectedScores(e.config(), e.layer_begin(), e.layer_end(), T, o.importance);
+    scores = MakeCollectedScores(e.config(), e.layer_begin(), e.layer_end(), T, scoring);
   }
-  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(*scores, e.config(), o.policy, o.target));
+  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(*scores, e.config(), o.kv));
   if (plan.compress) {
     for (int l = plan.layer_begin; l < plan.layer_end; ++l) {
       RETURN_IF_ERROR(e.CompactLayer(id, l, T, plan.kept[l - plan.layer_begin]));

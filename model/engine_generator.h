@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "allocator/kv_policy.h"
+#include "allocator/kv_spec.h"
 #include "model/generator.h"
 #include "model/stage_engine.h"
 
@@ -25,10 +26,11 @@ struct EngineGeneratorOptions {
   std::vector<int32_t> eos_tokens;                  // empty: the config's eos_token
   int64_t prefill_chunk = 2048;                     // max prompt tokens per step
   bool compress = false;                            // XKV eviction after the prompt
-  bool two_pass = false;  // compress with a scores-only mini-prefill first (per_request)
-  PolicyOptions policy;
-  BudgetTarget target;
-  ImportanceOptions importance;
+  // Policy, target, allocator and profile mode: one_pass scores the real prefill's last chunk;
+  // per_request (and sampled, which has no store here: every request is profiled) runs a
+  // scores-only mini-prefill first.
+  KvSettings kv;
+  ImportanceOptions importance;  // window, pool kernel; reduction and pooling: ScoringFor(kv, ·)
 };
 
 // The engine must hold every layer (embedding and lm_head included). `id` names the sequence in

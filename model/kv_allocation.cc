@@ -83,37 +83,15 @@ absl::Status CheckScoresCover(const CollectedScores& scores, int layer) {
 
 }  // namespace
 
-absl::Status ValidateBudgetTarget(const PolicyOptions& policy, const BudgetTarget& target) {
-  switch (target.kind) {
-    case BudgetTarget::Kind::kRetention:
-      if (!(target.retention > 0.0 && target.retention <= 1.0)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("retention target ", target.retention, " must be in (0, 1]"));
-      }
-      if (policy.kind != PolicyKind::kXkv && policy.kind != PolicyKind::kFull) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a retention target (", target.retention, ") needs policy xkv; '",
-                         PolicyName(policy.kind), "' takes a token or byte budget"));
-      }
-      return absl::OkStatus();
-    case BudgetTarget::Kind::kTotalTokens:
-      if (target.total_tokens < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token budget ", target.total_tokens, " must be >= 0"));
-      }
-      return absl::OkStatus();
-    case BudgetTarget::Kind::kBytes:
-      if (target.total_bytes < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("KV byte budget ", target.total_bytes, " must be >= 0"));
-      }
-      return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError("unknown budget target kind");
-}
-
 SelectionRule SelectionFor(const PolicyOptions& policy) {
   return MakeKvPolicy(policy)->selection();
+}
+
+ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base) {
+  const bool raw = spec.policy == PolicyKind::kXkv && spec.allocator.kind == AllocatorKind::kGlobal;
+  base.reduce = raw ? ScoreReduce::kMax : ScoreReduce::kSum;
+  base.pool = raw ? ScorePool::kMax : ScorePool::kAvg;
+  return base;
 }
 
 absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& scores) {
@@ -137,24 +115,21 @@ absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& s
 }
 
 absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const ModelConfig& config,
-                                           const PolicyOptions& policy,
-                                           const BudgetTarget& target) {
-  RETURN_IF_ERROR(ValidateBudgetTarget(policy, target));
+                                           const KvSettings& spec) {
+  RETURN_IF_ERROR(ValidateSettings(spec));
   const int L = scores.num_layers();
   const int64_t P = scores.prefix_len();
   if (L < 1) return absl::InvalidArgumentError("kv allocation: no layers");
   std::vector<LayerProfile> profiles;
   const bool have = scores.complete() && P > 0;
-  if (policy.kind == PolicyKind::kXkv && !have) {
+  if (NeedsProfile(spec.policy) && !have) {
     return absl::FailedPreconditionError(absl::StrCat(
         "kv allocation: policy xkv needs the importance scores of all ", L, " layers"));
   }
-  if (have && policy.kind != PolicyKind::kStreaming) {
+  if (have && NeedsScores(spec.policy)) {
     ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
   }
-  const std::vector<int64_t> bytes_per_token(L, BytesPerToken(config));
-  const PolicyInput input{L, P, profiles, bytes_per_token};
-  return MakeKvPolicy(policy)->Budgets(input, target);
+  return PlanBudgets(profiles, spec, {L, P, BytesPerToken(config)});
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScores& scores,
@@ -165,7 +140,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
   const int64_t P = scores.prefix_len(), T = scores.prompt_len;
   std::vector<float> kv_rows;
   absl::Span<const float> rows;
-  if (rule == SelectionRule::kTopScore && P > 0) {
+  if (NeedsScores(policy.kind) && P > 0) {
     if (!scores.has_layer(layer)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "kv allocation: policy ", PolicyName(policy.kind), " needs the scores of layer ", layer));
@@ -207,8 +182,9 @@ absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayer
   return out;
 }
 
-AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& policy,
+AllocationPlan PlanSkeleton(const CollectedScores& scores, const KvSettings& spec,
                             PolicyBudgets budgets) {
+  const PolicyOptions policy = ToPolicyOptions(spec);
   AllocationPlan plan;
   plan.layer_begin = scores.layer_begin;
   plan.layer_end = scores.layer_end;
@@ -231,47 +207,40 @@ AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& 
   return plan;
 }
 
-absl::Status FinishPlan(const CollectedScores& scores, const PolicyOptions& policy,
+absl::Status FinishPlan(const CollectedScores& scores, const KvSettings& spec,
                         AllocationPlan* plan) {
   if (!plan->compress || plan->budgets.average_retention.has_value()) return absl::OkStatus();
-  if (SelectionFor(policy) != SelectionRule::kTopScore || !scores.complete()) {
-    return absl::OkStatus();
-  }
+  if (!NeedsScores(spec.policy) || !scores.complete()) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
-  double r = 0.0;
-  for (size_t i = 0; i < profiles.size(); ++i) {
-    const std::vector<double>& ret = profiles[i].retention;
-    r += ret[std::min<int64_t>(plan->budgets.budgets[i], static_cast<int64_t>(ret.size()) - 1)];
-  }
-  plan->budgets.average_retention = r / static_cast<double>(profiles.size());
+  plan->budgets.average_retention =
+      AverageRetention(profiles, plan->budgets.budgets, RetentionDefinition(ToPolicyOptions(spec)));
   return absl::OkStatus();
 }
 
 absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
-                                               const PolicyOptions& policy, PolicyBudgets budgets) {
+                                               const KvSettings& spec, PolicyBudgets budgets) {
+  const PolicyOptions policy = ToPolicyOptions(spec);
   if (!KeepsEverything(scores, policy) &&
       static_cast<int>(budgets.budgets.size()) != scores.num_layers()) {
     return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", budgets.budgets.size(),
                                                    " budgets for ", scores.num_layers(),
                                                    " layers"));
   }
-  AllocationPlan plan = PlanSkeleton(scores, policy, std::move(budgets));
+  AllocationPlan plan = PlanSkeleton(scores, spec, std::move(budgets));
   if (!plan.compress) return plan;
   ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy));
-  RETURN_IF_ERROR(FinishPlan(scores, policy, &plan));
+  RETURN_IF_ERROR(FinishPlan(scores, spec, &plan));
   return plan;
 }
 
 absl::StatusOr<AllocationPlan> PlanAllocation(const CollectedScores& scores,
-                                              const ModelConfig& config,
-                                              const PolicyOptions& policy,
-                                              const BudgetTarget& target) {
-  if (KeepsEverything(scores, policy)) {
-    RETURN_IF_ERROR(ValidateBudgetTarget(policy, target));
-    return PlanSkeleton(scores, policy, PolicyBudgets{});
+                                              const ModelConfig& config, const KvSettings& spec) {
+  if (KeepsEverything(scores, ToPolicyOptions(spec))) {
+    RETURN_IF_ERROR(ValidateSettings(spec));
+    return PlanSkeleton(scores, spec, PolicyBudgets{});
   }
-  ASSIGN_OR_RETURN(PolicyBudgets budgets, SolveBudgets(scores, config, policy, target));
-  return PlanWithBudgets(scores, policy, std::move(budgets));
+  ASSIGN_OR_RETURN(PolicyBudgets budgets, SolveBudgets(scores, config, spec));
+  return PlanWithBudgets(scores, spec, std::move(budgets));
 }
 
 absl::Status CompactLayer(KvCache& cache, int layer, int64_t prompt_len,
@@ -367,13 +336,15 @@ absl::Status CopyKeptRows(const KvCache& full, int layer,
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(
-    const KvCache& full, const CollectedScores& scores, const ModelConfig& config,
-    const PolicyOptions& policy, const BudgetTarget& target, AllocationReport* report) {
+absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,
+                                                     const CollectedScores& scores,
+                                                     const ModelConfig& config,
+                                                     const KvSettings& spec,
+                                                     AllocationReport* report) {
   if (full.layer_begin() != scores.layer_begin || full.layer_end() != scores.layer_end) {
     return absl::InvalidArgumentError("compact copy: scores and cache cover different layers");
   }
-  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, config, policy, target));
+  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, config, spec));
   auto out = std::make_unique<KvCache>(full.layer_begin(), full.layer_end(), full.n_kv_heads(),
                                        full.head_dim());
   for (int l = full.layer_begin(); l < full.layer_end(); ++l) {

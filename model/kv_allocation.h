@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/kv_policy.h"
+#include "allocator/kv_spec.h"
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/model_config.h"
@@ -76,20 +77,23 @@ struct AllocationReport {
   double profile_ms = 0.0, solve_ms = 0.0, prefill_ms = 0.0;
 };
 
-// INVALID_ARGUMENT (naming the value and its range) for a target no policy can take: retention
-// outside (0, 1], a retention target with a policy other than xkv/full, negative tokens/bytes.
-absl::Status ValidateBudgetTarget(const PolicyOptions& policy, const BudgetTarget& target);
-
-// The selection rule of a policy (kAll / kSinksAndRecent / kTopScore).
+// The selection rule of a policy (kAll / kSinksAndRecent / kTopScore / kSinksAndTopScore).
 SelectionRule SelectionFor(const PolicyOptions& policy);
+
+// The importance scoring a spec ranks tokens by, on top of `base` (window, pool kernel,
+// granularity): SnapKV's sum over the window queries and the GQA group with average pooling for
+// snapkv, pyramidkv and the paper allocator; the global allocator's raw maximum (max over the
+// window queries and the group, max pooling), comparable across layers and heads.
+ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base);
 
 // Per-layer profiles of complete scores (BuildLayerProfile per layer).
 absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& scores);
 
-// Per-layer budgets for the layers of `scores`. xkv needs complete scores (FAILED_PRECONDITION
-// otherwise); baselines use them, when complete, only to report the retention achieved.
+// Per-layer budgets for the layers of `scores` (PlanBudgets of allocator/kv_spec.h on their
+// profiles). xkv needs complete scores (FAILED_PRECONDITION otherwise); baselines use them, when
+// complete, only to report the retention achieved.
 absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const ModelConfig& config,
-                                           const PolicyOptions& policy, const BudgetTarget& target);
+                                           const KvSettings& spec);
 
 // Kept slots [kv_head] of one layer for budget b (prefix selection ∪ window [P, T)). Top-score
 // selection needs that layer's scores; query-head scores are summed into their KV head.
@@ -103,21 +107,19 @@ absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayer
 
 // A plan with budgets and no kept slots yet (filled layer by layer with KeptSlots); a keep-all
 // plan for policy full or T <= w.
-AllocationPlan PlanSkeleton(const CollectedScores& scores, const PolicyOptions& policy,
+AllocationPlan PlanSkeleton(const CollectedScores& scores, const KvSettings& spec,
                             PolicyBudgets budgets);
 // After every layer's kept slots are in: fills budgets.average_retention from the scores (when
 // complete and the rule keeps top scores) if the policy did not.
-absl::Status FinishPlan(const CollectedScores& scores, const PolicyOptions& policy,
+absl::Status FinishPlan(const CollectedScores& scores, const KvSettings& spec,
                         AllocationPlan* plan);
 
 // Budgets + kept slots for every layer.
 absl::StatusOr<AllocationPlan> PlanAllocation(const CollectedScores& scores,
-                                              const ModelConfig& config,
-                                              const PolicyOptions& policy,
-                                              const BudgetTarget& target);
+                                              const ModelConfig& config, const KvSettings& spec);
 // The same with budgets decided elsewhere (e.g. the sampled profile store's running mean).
 absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
-                                               const PolicyOptions& policy, PolicyBudgets budgets);
+                                               const KvSettings& spec, PolicyBudgets budgets);
 
 // Compacts one layer right after its prompt was written (length == prompt_len, else
 // FAILED_PRECONDITION); releases the evicted memory.
@@ -139,9 +141,11 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
 
 // Evaluation harness: a compacted COPY of a full prefill's cache (length T on every layer) for
 // one policy/target, so many methods share one prefill. `full` is not modified. report: optional.
-absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(
-    const KvCache& full, const CollectedScores& scores, const ModelConfig& config,
-    const PolicyOptions& policy, const BudgetTarget& target, AllocationReport* report = nullptr);
+absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,
+                                                     const CollectedScores& scores,
+                                                     const ModelConfig& config,
+                                                     const KvSettings& spec,
+                                                     AllocationReport* report = nullptr);
 
 }  // namespace xkv
 

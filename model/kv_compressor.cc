@@ -140,11 +140,12 @@ struct KvCompressor::Job {
 
 absl::StatusOr<std::unique_ptr<KvCompressor>> KvCompressor::Create(
     const KvCompressorOptions& options) {
-  RETURN_IF_ERROR(ValidateBudgetTarget(options.policy, options.target));
+  RETURN_IF_ERROR(ValidateSettings(options.kv));
   RETURN_IF_ERROR(ValidateImportance(options.importance, options.prefill_chunk));
   std::unique_ptr<KvCompressor> c(new KvCompressor(options));
-  if (options.profile.kind == ProfileModeKind::kSampled) {
-    ASSIGN_OR_RETURN(c->store_, ProfileStore::Create({options.profile.sample_rate, options.seed,
+  c->options_.importance = ScoringFor(options.kv, options.importance);
+  if (options.kv.profile.kind == ProfileModeKind::kSampled) {
+    ASSIGN_OR_RETURN(c->store_, ProfileStore::Create({options.kv.profile.sample_rate, options.seed,
                                                       options.profile_store_window}));
   }
   return c;
@@ -153,16 +154,16 @@ absl::StatusOr<std::unique_ptr<KvCompressor>> KvCompressor::Create(
 absl::Status KvCompressor::Validate(const LlamaModel& model,
                                     absl::Span<const PrefillRequest> requests) const {
   RETURN_IF_ERROR(ValidateRequests(model, requests));
-  if (options_.policy.kind == PolicyKind::kFull ||
-      options_.target.kind != BudgetTarget::Kind::kTotalTokens) {
+  if (options_.kv.policy == PolicyKind::kFull ||
+      options_.kv.target.kind != KvTarget::Kind::kTokens) {
     return absl::OkStatus();
   }
   const int64_t L = model.config().n_layers, w = options_.importance.window;
   for (const PrefillRequest& r : requests) {
     const int64_t T = r.prompt.size(), P = T - w;
-    if (P > 0 && options_.target.total_tokens > L * P) {
+    if (P > 0 && options_.kv.target.amount > L * P) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "kv compressor: request ", r.request_id, ": token budget ", options_.target.total_tokens,
+          "kv compressor: request ", r.request_id, ": token budget ", options_.kv.target.amount,
           " is above a full cache; it must be in [0, ", L * P, "] for a prompt of ", T, " tokens (",
           L, " layers x ", P, " evictable = T - w)"));
     }
@@ -173,23 +174,23 @@ absl::Status KvCompressor::Validate(const LlamaModel& model,
 std::vector<KvCompressor::Job> KvCompressor::MakeJobs(const LlamaModel& model,
                                                       absl::Span<const PrefillRequest> requests) {
   const ModelConfig& c = model.config();
-  const bool xkv = options_.policy.kind == PolicyKind::kXkv;
+  const bool xkv = NeedsProfile(options_.kv.policy);
   std::vector<Job> jobs(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     Job& job = jobs[i];
     job.request = &requests[i];
     job.T = requests[i].prompt.size();
     job.scores = MakeCollectedScores(c, 0, c.n_layers, job.T, options_.importance);
-    if (options_.policy.kind == PolicyKind::kFull || job.T <= options_.importance.window) {
+    if (options_.kv.policy == PolicyKind::kFull || job.T <= options_.importance.window) {
       job.route = Route::kKeepAll;
     } else if (!xkv) {  // baselines: budgets independent of the scores
       job.route = Route::kInFlight;
-      job.collect = SelectionFor(options_.policy) == SelectionRule::kTopScore;
-    } else if (options_.profile.kind == ProfileModeKind::kPerRequest) {
+      job.collect = NeedsScores(options_.kv.policy);
+    } else if (options_.kv.profile.kind == ProfileModeKind::kPerRequest) {
       job.route = Route::kInFlight;
       job.mini = job.profiled = true;
     } else {
-      job.profiled = options_.profile.kind == ProfileModeKind::kOnePass ||
+      job.profiled = options_.kv.profile.kind == ProfileModeKind::kOnePass ||
                      store_->ShouldProfile(requests[i].request_id);
       job.route = job.profiled ? Route::kAfter : Route::kInFlight;
       job.collect = true;
@@ -225,45 +226,20 @@ absl::Status KvCompressor::MiniPrefill(LlamaModel& model, std::vector<Job>& jobs
   return absl::OkStatus();
 }
 
-absl::StatusOr<PolicyBudgets> KvCompressor::SampledBudgets(const ModelConfig& config,
-                                                           int num_layers,
-                                                           int64_t prefix_len) const {
-  const int64_t bpt = config.KvBytesPerTokenPerLayer(static_cast<int>(sizeof(float)));
-  std::vector<int64_t> b;
-  switch (options_.target.kind) {
-    case BudgetTarget::Kind::kTotalTokens: {
-      ASSIGN_OR_RETURN(b, store_->BudgetsFor(prefix_len, options_.target.total_tokens));
-      break;
-    }
-    case BudgetTarget::Kind::kBytes: {
-      const int64_t n = std::min(options_.target.total_bytes / bpt, num_layers * prefix_len);
-      ASSIGN_OR_RETURN(b, store_->BudgetsFor(prefix_len, n));
-      break;
-    }
-    case BudgetTarget::Kind::kRetention: {  // the samples' kept fraction
-      ASSIGN_OR_RETURN(b, store_->BudgetsFor(prefix_len));
-      break;
-    }
-  }
-  PolicyBudgets out;
-  out.budgets = std::move(b);
-  out.rule = SelectionRule::kTopScore;
-  out.total_tokens = std::accumulate(out.budgets.begin(), out.budgets.end(), int64_t{0});
-  out.total_bytes = out.total_tokens * bpt;
-  return out;
-}
-
 absl::Status KvCompressor::PrepareBudgets(const ModelConfig& config, std::vector<Job>& jobs) {
   for (Job& job : jobs) {
     if (job.route != Route::kInFlight) continue;
     const auto t0 = Clock::now();
     PolicyBudgets b;
-    if (options_.policy.kind == PolicyKind::kXkv && !job.mini) {  // sampled, not profiled
-      ASSIGN_OR_RETURN(b, SampledBudgets(config, config.n_layers, job.scores.prefix_len()));
+    if (NeedsProfile(options_.kv.policy) && !job.mini) {  // sampled, not profiled
+      ASSIGN_OR_RETURN(
+          b, SampledBudgets(*store_, options_.kv,
+                            {config.n_layers, job.scores.prefix_len(),
+                             config.KvBytesPerTokenPerLayer(static_cast<int>(sizeof(float)))}));
     } else {
-      ASSIGN_OR_RETURN(b, SolveBudgets(job.scores, config, options_.policy, options_.target));
+      ASSIGN_OR_RETURN(b, SolveBudgets(job.scores, config, options_.kv));
     }
-    job.plan = PlanSkeleton(job.scores, options_.policy, std::move(b));
+    job.plan = PlanSkeleton(job.scores, options_.kv, std::move(b));
     job.solve_ms += MsSince(t0);
   }
   return absl::OkStatus();
@@ -272,8 +248,9 @@ absl::Status KvCompressor::PrepareBudgets(const ModelConfig& config, std::vector
 absl::Status KvCompressor::CompactInFlight(Job& job, const CollectedScores& scores, int layer) {
   const auto t0 = Clock::now();
   const int i = layer - job.plan.layer_begin;
-  ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept,
-                   KeptSlots(scores, layer, job.plan.budgets.budgets[i], options_.policy));
+  ASSIGN_OR_RETURN(
+      std::vector<std::vector<int32_t>> kept,
+      KeptSlots(scores, layer, job.plan.budgets.budgets[i], ToPolicyOptions(options_.kv)));
   RETURN_IF_ERROR(CompactLayer(*job.request->cache, layer, job.T, kept));
   job.plan.kept[i] = std::move(kept);
   job.solve_ms += MsSince(t0);
@@ -284,15 +261,14 @@ absl::Status KvCompressor::Finish(const ModelConfig& config, Job& job) {
   const auto t0 = Clock::now();
   switch (job.route) {
     case Route::kKeepAll:
-      job.plan = PlanSkeleton(job.scores, options_.policy, PolicyBudgets{});
+      job.plan = PlanSkeleton(job.scores, options_.kv, PolicyBudgets{});
       return absl::OkStatus();
     case Route::kInFlight:
       RETURN_IF_ERROR(CompactInFlight(job, job.scores, config.n_layers - 1));
-      RETURN_IF_ERROR(FinishPlan(job.scores, options_.policy, &job.plan));
+      RETURN_IF_ERROR(FinishPlan(job.scores, options_.kv, &job.plan));
       break;
     case Route::kAfter: {
-      ASSIGN_OR_RETURN(job.plan,
-                       PlanAllocation(job.scores, config, options_.policy, options_.target));
+      ASSIGN_OR_RETURN(job.plan, PlanAllocation(job.scores, config, options_.kv));
       RETURN_IF_ERROR(ApplyAllocation(*job.request->cache, job.plan));
       if (store_ != nullptr && job.profiled) {
         RETURN_IF_ERROR(store_->AddSample(job.plan.budgets.budgets, job.scores.prefix_len()));

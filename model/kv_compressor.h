@@ -45,6 +45,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/kv_policy.h"
+#include "allocator/kv_spec.h"
 #include "allocator/profile_store.h"
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
@@ -55,9 +56,8 @@
 namespace xkv {
 
 struct KvCompressorOptions {
-  PolicyOptions policy;
-  BudgetTarget target;
-  ProfileMode profile;
+  KvSettings kv;  // policy, target, profile mode, allocator (allocator/kv_spec.h)
+  // Window, pool kernel and granularity; the reduction and pooling follow ScoringFor(kv, ·).
   ImportanceOptions importance;
   uint64_t seed = 0;                 // sampled mode: per-request decisions (seed, request id)
   int64_t profile_store_window = 0;  // sampled mode: ProfileStoreOptions::window (0 = plain mean)
@@ -104,8 +104,6 @@ class KvCompressor {
   std::vector<Job> MakeJobs(const LlamaModel& model, absl::Span<const PrefillRequest> requests);
   absl::Status MiniPrefill(LlamaModel& model, std::vector<Job>& jobs);
   absl::Status PrepareBudgets(const ModelConfig& config, std::vector<Job>& jobs);
-  absl::StatusOr<PolicyBudgets> SampledBudgets(const ModelConfig& config, int num_layers,
-                                               int64_t prefix_len) const;
   absl::Status CompactInFlight(Job& job, const CollectedScores& scores, int layer);
   absl::Status Finish(const ModelConfig& config, Job& job);
 

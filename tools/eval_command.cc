@@ -32,7 +32,8 @@ struct EvalFlags {
   std::string suite = "quick";
   std::string out;
   int64_t threads = 0;
-  std::string methods = "streaming,snapkv,pyramidkv,xkv";
+  std::string methods = "streaming,snapkv,pyramidkv,paper,xkv";
+  std::string split = "test";
   std::string budgets;  // default per suite
   int64_t seed = 1;
   int64_t limit = 0;
@@ -50,11 +51,12 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-absl::StatusOr<std::vector<PolicyKind>> ParseMethods(const std::string& text) {
-  std::vector<PolicyKind> out;
+absl::StatusOr<std::vector<EvalMethod>> ParseMethods(const std::string& text,
+                                                     const ImportanceOptions& base) {
+  std::vector<EvalMethod> out;
   for (absl::string_view name : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    ASSIGN_OR_RETURN(PolicyKind kind, ParsePolicy(name));
-    if (kind != PolicyKind::kFull) out.push_back(kind);  // full always runs as the reference
+    ASSIGN_OR_RETURN(EvalMethod m, ParseEvalMethod(name, base));
+    if (m.name != "full") out.push_back(std::move(m));  // full always runs as the reference
   }
   return out;
 }
@@ -100,8 +102,9 @@ void Progress(int done, int total, double elapsed_s) {
 absl::StatusOr<std::vector<EvalPrompt>> BuildPrompts(const EvalFlags& f, const Tokenizer& tok,
                                                      TextCorpus* corpus) {
   ASSIGN_OR_RETURN(SuiteOptions suite, SuiteByName(f.suite));
-  suite.seed = static_cast<uint64_t>(f.seed);
-  ASSIGN_OR_RETURN(*corpus, LoadCorpus(DefaultCorpusPaths()));
+  ASSIGN_OR_RETURN(const Split split, ParseSplit(f.split));
+  suite.seed = SplitSeed(split, static_cast<uint64_t>(f.seed));
+  ASSIGN_OR_RETURN(*corpus, LoadCorpus(CorpusPaths(split)));
   auto encode = [&tok](std::string_view text) { return tok.Encode(text, true); };
   auto render = [](std::string_view user) {
     const ChatMessage msg{"user", std::string(user)};
@@ -125,11 +128,13 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   TextCorpus corpus;
   ASSIGN_OR_RETURN(std::vector<EvalPrompt> prompts, BuildPrompts(f, *m.tokenizer, &corpus));
   EvalOptions options;
-  ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods));
+  RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
+  ImportanceOptions base;
+  base.window = static_cast<int>(f.window);
+  ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods, base));
   ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty()  ? f.budgets
                                                  : f.suite == "full" ? "0.05,0.1,0.2,0.3,0.5"
                                                                      : "0.1,0.2,0.4"));
-  options.importance.window = static_cast<int>(f.window);
   options.answer_tokens = static_cast<int>(f.answer_tokens);
   options.fidelity_tokens = static_cast<int>(f.fidelity_tokens);
   for (const char* t : {"<|im_end|>", "<|endoftext|>"}) {
@@ -162,7 +167,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   std::fprintf(stderr, "\n");
 
   RunInfo info;
-  info.suite = f.suite;
+  info.suite = absl::StrCat(f.suite, ", split ", f.split);
   info.model = f.model;
   info.machine = absl::StrCat(std::thread::hardware_concurrency(), " CPU cores (", CpuModel(), ")");
   info.threads = static_cast<int>(f.threads);
@@ -192,15 +197,20 @@ int RunEval(int argc, char** argv) {
                 "forcing. Writes results.csv, summary.md and\nquality.png under --out.");
   flags.String("model", &f.model, "GGUF model file");
   flags.String("suite", &f.suite, "quick (18 prompts, ~10 min on 2 cores) or full");
-  flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>)");
+  flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
-  flags.String("methods", &f.methods, "compressed methods, comma-separated (full always runs)");
+  flags.String("methods", &f.methods,
+               "compressed methods, comma-separated (full always runs): streaming, snapkv, "
+               "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
+               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max");
+  flags.String("split", &f.split,
+               "dev (choose parameters here), test (report here) or all (the historical suite)");
   flags.String("budgets", &f.budgets,
                "KV budgets as fractions of full KV bytes (default quick 0.1,0.2,0.4; full "
                "0.05,0.1,0.2,0.3,0.5)");
   flags.Int("seed", &f.seed, "suite seed (text positions, keys, names)");
   flags.Int("limit", &f.limit, "at most this many prompts (0: all), spread over the suite");
-  flags.Int("window", &f.window, "observation window w");
+  flags.Int("window", &f.window, "observation window w in [1, 1024] (methods may override)");
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens, "teacher-forced tokens for agreement and KL");
   flags.String("python", &f.python,
@@ -209,11 +219,11 @@ int RunEval(int argc, char** argv) {
   flags.Bool("plot", &f.plot, "write quality.png");
   flags.Bool("verbose", &f.verbose, "one line per prompt: sizes, timings, the full cache's answer");
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
-  if (f.answer_tokens < 1 || f.fidelity_tokens < 1 || f.window < 1) {
-    return Fail(
-        absl::InvalidArgumentError("--answer-tokens, --fidelity-tokens and --window must be >= 1"));
+  if (f.answer_tokens < 1 || f.fidelity_tokens < 1) {
+    return Fail(absl::InvalidArgumentError("--answer-tokens and --fidelity-tokens must be >= 1"));
   }
-  const std::string out_dir = !f.out.empty() ? f.out : "bench/out/eval-" + f.suite;
+  const std::string out_dir =
+      !f.out.empty() ? f.out : absl::StrCat("bench/out/eval-", f.suite, "-", f.split);
   if (absl::Status s = Evaluate(f, out_dir); !s.ok()) return Fail(s);
   return 0;
 }

@@ -47,7 +47,10 @@ struct GenerateFlags {
   int64_t budget_tokens = -1;
   double retention = -1;
   int64_t budget_bytes = -1;
+  double budget_fraction = -1;
   std::string profile = "per_request";
+  std::string allocator = "global";
+  double floor = 0.75;
   int64_t window = 8;
   std::string granularity = "kv_head";
   bool show_allocation = false;
@@ -57,28 +60,28 @@ struct GenerateFlags {
 absl::StatusOr<KvCompressorOptions> CompressorOptions(const GenerateFlags& f,
                                                       const FlagSet& flags) {
   KvCompressorOptions o;
-  ASSIGN_OR_RETURN(o.policy.kind, ParsePolicy(f.policy));
-  ASSIGN_OR_RETURN(o.profile, ParseProfileMode(f.profile));
-  const int budgets =
-      flags.WasSet("budget-tokens") + flags.WasSet("retention") + flags.WasSet("budget-bytes");
-  if (budgets > 1) {
+  // The same override and rules as a Generate request (allocator/kv_spec.h), onto the CLI's
+  // default: the full cache, and a retention target of 0.9 for xkv.
+  KvPolicyOverride ov;
+  ov.policy = f.policy;
+  ov.profile_mode = f.profile;
+  ov.allocator = f.allocator;
+  if (flags.WasSet("budget-tokens")) ov.budget_tokens = f.budget_tokens;
+  if (flags.WasSet("budget-bytes")) ov.budget_bytes = f.budget_bytes;
+  if (flags.WasSet("budget-fraction")) ov.budget_fraction = f.budget_fraction;
+  if (flags.WasSet("retention")) ov.retention = f.retention;
+  if (flags.WasSet("floor")) ov.floor = f.floor;
+  const bool has_target = ov.budget_tokens || ov.budget_bytes || ov.budget_fraction || ov.retention;
+  ASSIGN_OR_RETURN(const PolicyKind policy, ParsePolicy(f.policy));
+  if (!has_target && policy != PolicyKind::kFull && policy != PolicyKind::kXkv) {
     return absl::InvalidArgumentError(
-        "give at most one of --budget-tokens, --retention, --budget-bytes");
+        "--policy " + f.policy +
+        " needs --budget-tokens N, --budget-bytes M or --budget-fraction F");
   }
-  if (flags.WasSet("budget-tokens")) {
-    o.target = BudgetTarget::Tokens(f.budget_tokens);
-  } else if (flags.WasSet("budget-bytes")) {
-    o.target = BudgetTarget::Bytes(f.budget_bytes);
-  } else if (flags.WasSet("retention") || o.policy.kind == PolicyKind::kXkv) {
-    o.target = BudgetTarget::Retention(flags.WasSet("retention") ? f.retention : 0.9);
-  } else if (o.policy.kind != PolicyKind::kFull) {
-    return absl::InvalidArgumentError("--policy " + f.policy +
-                                      " needs --budget-tokens N or --budget-bytes M");
-  }
-  if (f.window < 1 || f.window > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("--window %d is outside [1, 1024]", f.window));
-  }
+  KvSettings base;
+  base.policy = PolicyKind::kFull;
+  ASSIGN_OR_RETURN(o.kv, ApplyOverride(base, ov));
+  RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   o.importance.window = static_cast<int>(f.window);
   if (f.granularity == "query_head") {
     o.importance.granularity = ScoreGranularity::kQueryHead;
@@ -86,7 +89,6 @@ absl::StatusOr<KvCompressorOptions> CompressorOptions(const GenerateFlags& f,
     return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
                                       "' is not one of kv_head, query_head");
   }
-  RETURN_IF_ERROR(ValidateBudgetTarget(o.policy, o.target));
   o.seed = static_cast<uint64_t>(f.seed);
   return o;
 }
@@ -204,7 +206,7 @@ int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
   StageOptions so;
   so.model_path = f.model;
   so.device = f.device;
-  so.importance = c.importance;
+  so.importance = ScoringFor(c.kv, c.importance);
   absl::StatusOr<std::unique_ptr<StageEngine>> engine = LoadStageEngine(so);
   if (!engine.ok()) return Fail(engine.status());
   const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
@@ -215,10 +217,8 @@ int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
   const Tokenizer* t = tok->get();
   o.token_bytes = [t](int32_t id) { return t->TokenBytes(id); };
   o.eos_tokens = chat->stop;
-  o.compress = c.policy.kind != PolicyKind::kFull || f.show_allocation;
-  o.two_pass = c.profile.kind != ProfileModeKind::kOnePass;
-  o.policy = c.policy;
-  o.target = c.target;
+  o.compress = c.kv.policy != PolicyKind::kFull || f.show_allocation;
+  o.kv = c.kv;
   o.importance = c.importance;
   Streamer stream;
   absl::StatusOr<GenerationResult> result =
@@ -258,8 +258,16 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.Double("retention", &f.retention,
                "xkv: average attention retention target in (0, 1] (default 0.9 for xkv)");
   flags.Int("budget-bytes", &f.budget_bytes, "total KV bytes of the kept prompt tokens");
+  flags.Double("budget-fraction", &f.budget_fraction, "kept fraction of the prompt prefix, (0, 1]");
   flags.String("profile", &f.profile, "xkv profile mode: per_request, one_pass, sampled:RHO");
-  flags.Int("window", &f.window, "observation window w (last prompt tokens, always kept)");
+  flags.String("allocator", &f.allocator,
+               "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
+               "share) or paper (gains divided by each layer's total, no floors)");
+  flags.Double("floor", &f.floor,
+               "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
+               "(1 = uniform SnapKV budgets)");
+  flags.Int("window", &f.window,
+            "observation window w in [1, 1024] (last prompt tokens, always kept)");
   flags.String("score-granularity", &f.granularity,
                "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
   flags.Bool("show-allocation", &f.show_allocation,
@@ -285,7 +293,7 @@ int GenerateOnCpu(const GenerateFlags& f, const KvCompressorOptions& compression
   options.eos_tokens = chat->stop;
   const Tokenizer* tok = loaded->tokenizer.get();
   options.token_bytes = [tok](int32_t id) { return tok->TokenBytes(id); };
-  if (compression.policy.kind != PolicyKind::kFull || f.show_allocation) {
+  if (compression.kv.policy != PolicyKind::kFull || f.show_allocation) {
     options.compressor = compressor->get();
   }
   Generator generator(loaded->model.get(), options);

@@ -46,6 +46,10 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Double("budget-fraction", &f->budget_fraction,
                "default kept fraction of the prompt prefix in (0, 1] (instead of --retention)");
   flags.String("profile", &f->profile, "xkv profile mode: per_request|one_pass|sampled:<rho>");
+  flags.String("allocator", &f->allocator, "default xkv allocator: global|paper");
+  flags.Double("floor", &f->floor,
+               "default per-layer floor of the global allocator, a fraction of the uniform share "
+               "in [0, 1]");
   flags.Int("window", &f->window, "observation window w");
   flags.Int("block-tokens", &f->block_tokens, "tokens per KV block");
   flags.Int("kv-blocks", &f->kv_blocks, "KV blocks per layer on the workers (0: their default)");
@@ -82,11 +86,14 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(f.profile));
+  ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
+  o.kv.allocator.floor = f.floor;
   if (f.budget_fraction > 0) {
     o.kv.target = {KvTarget::Kind::kFraction, f.budget_fraction};
   } else {
     o.kv.target = {KvTarget::Kind::kRetention, f.retention};
   }
+  RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   o.window = static_cast<int>(f.window);
   o.block_tokens = static_cast<int>(f.block_tokens);
   o.kv_capacity_blocks = f.kv_blocks;

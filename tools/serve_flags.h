@@ -27,6 +27,8 @@ struct ServeFlags {
   double retention = 0.9;
   double budget_fraction = 0;
   std::string profile = "per_request";
+  std::string allocator = "global";
+  double floor = 0.75;
   int64_t window = 8;
   int64_t block_tokens = 16;
   int64_t kv_blocks = 0;

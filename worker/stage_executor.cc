@@ -57,10 +57,6 @@ absl::Status CheckPoolBytes(const StageOptions& o, const std::vector<int64_t>& c
   return absl::OkStatus();
 }
 
-bool NeedsScores(const PolicyOptions& policy) {
-  return policy.kind != PolicyKind::kFull && SelectionFor(policy) == SelectionRule::kTopScore;
-}
-
 const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
   for (const LayerBudgetEntry& b : spec.budgets) {
     if (b.layer == layer) return &b;
@@ -224,7 +220,7 @@ absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
     }
     const bool has_scores = s.mode == SequenceMode::kObserve ||
                             (it != sequences_.end() && it->second.scores.has_value());
-    if (NeedsScores(s.compact->policy) && !has_scores && T > options_.importance.window) {
+    if (NeedsScores(s.compact->policy.kind) && !has_scores && T > options_.importance.window) {
       return absl::FailedPreconditionError(
           absl::StrCat(who, ": policy ", std::string(PolicyName(s.compact->policy.kind)),
                        " needs importance scores: observe the prompt's final chunk first"));
@@ -461,7 +457,7 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
     seq.compacted = true;
     return absl::OkStatus();
   }
-  if (NeedsScores(spec.policy) && !seq.scores.has_value()) {
+  if (NeedsScores(spec.policy.kind) && !seq.scores.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "stage: sequence ", seq_id, " has no importance scores to select its kept tokens"));
   }

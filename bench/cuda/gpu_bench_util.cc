@@ -74,12 +74,13 @@ absl::StatusOr<XkvKeep> SolveXkv(const CollectedScores& scores, const ModelConfi
                                  double fraction) {
   const int L = scores.num_layers();
   const int64_t P = scores.prefix_len();
-  PolicyOptions policy;
-  policy.kind = PolicyKind::kXkv;
-  const auto target = BudgetTarget::Tokens(static_cast<int64_t>(std::llround(fraction * L * P)));
+  KvSettings spec;
+  spec.policy = PolicyKind::kXkv;
+  spec.target = KvTarget::Tokens(static_cast<int64_t>(std::llround(fraction * L * P)));
+  const PolicyOptions policy = ToPolicyOptions(spec);
   XkvKeep keep;
   BenchClock::time_point t0 = BenchClock::now();
-  ASSIGN_OR_RETURN(PolicyBudgets budgets, SolveBudgets(scores, config, policy, target));
+  ASSIGN_OR_RETURN(PolicyBudgets budgets, SolveBudgets(scores, config, spec));
   keep.solve_ms = MsSince(t0);
   keep.retention = budgets.average_retention.value_or(0.0);
   t0 = BenchClock::now();

@@ -44,8 +44,9 @@ absl::Status CheckArguments(const float* q, const float* k, const ImportanceShap
 
 // Adds, for one query head, the window's softmax rows restricted to the prefix into acc[P].
 // q_head: fp32 [w] rows of stride n_heads*head_dim; k_head: fp32 [T, head_dim].
+// kMax keeps the running maximum instead of the sum (probabilities are >= 0, so acc starts at 0).
 void AccumulateHead(const float* q_head, int64_t q_stride, const float* k_head, int64_t seq_len,
-                    int window, int head_dim, float* acc) {
+                    int window, int head_dim, ScoreReduce reduce, float* acc) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const int64_t prefix = seq_len - window;
   std::vector<float> logits(seq_len);
@@ -66,20 +67,25 @@ void AccumulateHead(const float* q_head, int64_t q_stride, const float* k_head, 
       denom += logits[j];
     }
     const float inv = 1.0f / denom;
-    for (int64_t j = 0; j < prefix; ++j) acc[j] += logits[j] * inv;
+    if (reduce == ScoreReduce::kMax) {
+      for (int64_t j = 0; j < prefix; ++j) acc[j] = std::max(acc[j], logits[j] * inv);
+    } else {
+      for (int64_t j = 0; j < prefix; ++j) acc[j] += logits[j] * inv;
+    }
   }
 }
 
-// 'same' average pooling, count_include_pad=True: out[j] = sum(in[j-r .. j+r] ∩ [0, n)) / kernel.
-void AvgPoolSame(const float* in, int64_t n, int kernel, float* out) {
+// 'same' pooling over in[j-r .. j+r] ∩ [0, n): the sum / kernel (count_include_pad=True), or max.
+void PoolSame(const float* in, int64_t n, int kernel, ScorePool pool, float* out) {
   const int r = kernel / 2;
   const float inv = 1.0f / static_cast<float>(kernel);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t lo = std::max<int64_t>(0, j - r);
     const int64_t hi = std::min<int64_t>(n - 1, j + r);
-    float sum = 0.0f;
-    for (int64_t t = lo; t <= hi; ++t) sum += in[t];
-    out[j] = sum * inv;
+    float acc = 0.0f;
+    for (int64_t t = lo; t <= hi; ++t)
+      acc = pool == ScorePool::kMax ? std::max(acc, in[t]) : acc + in[t];
+    out[j] = pool == ScorePool::kMax ? acc : acc * inv;
   }
 }
 
@@ -99,10 +105,11 @@ absl::Status LaunchImportance(const float* q, const float* k, const ImportanceSh
     const int row = options.granularity == ScoreGranularity::kKvHead ? kv : h;
     AccumulateHead(q + static_cast<int64_t>(h) * shape.head_dim, q_stride,
                    k + static_cast<int64_t>(kv) * shape.seq_len * shape.head_dim, shape.seq_len,
-                   options.window, shape.head_dim, acc.data() + row * prefix);
+                   options.window, shape.head_dim, options.reduce, acc.data() + row * prefix);
   }
   for (int row = 0; row < out_heads; ++row) {
-    AvgPoolSame(acc.data() + row * prefix, prefix, options.pool_kernel, scores + row * prefix);
+    PoolSame(acc.data() + row * prefix, prefix, options.pool_kernel, options.pool,
+             scores + row * prefix);
   }
   return absl::OkStatus();
 }

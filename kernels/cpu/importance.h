@@ -15,10 +15,23 @@ enum class ScoreGranularity {
   kQueryHead,  // one row per query head (the paper's code; for comparison only)
 };
 
+// How the window queries (and, for kKvHead, the query heads of a GQA group) combine into one
+// score per position, and how positions are pooled.
+enum class ScoreReduce {
+  kSum,  // sum of the softmax rows (SnapKV, the paper)
+  kMax,  // max over the window queries and the group's query heads (a raw probability in [0, 1])
+};
+enum class ScorePool {
+  kAvg,  // 'same' average pooling, count_include_pad=True (SnapKV's avg_pool1d)
+  kMax,  // 'same' max pooling (a position scores as its best neighbour within kernel/2)
+};
+
 struct ImportanceOptions {
   int window = 8;       // w: the last w prompt positions are the observation window
   int pool_kernel = 7;  // odd, >= 1; 1 disables pooling
   ScoreGranularity granularity = ScoreGranularity::kKvHead;
+  ScoreReduce reduce = ScoreReduce::kSum;
+  ScorePool pool = ScorePool::kAvg;
 };
 
 // Shape of one sequence's inputs for one layer.
@@ -36,12 +49,13 @@ namespace cpu {
 
 // Computes, for every query head h and window query i (absolute position T-w+i):
 //   A[h, i, :] = softmax(q[i, h, :] · k[h / group, j, :] / sqrt(d)) over keys j <= T-w+i (fp32),
-// sums over the w window queries, keeps the prefix columns j < P = T-w (drops the window's own
-// columns), sums query heads into their KV head when granularity == kKvHead, then average-pools
-// along positions with kernel `pool_kernel`, stride 1, padding pool_kernel/2 ('same' length).
-// Pooling follows PyTorch F.avg_pool1d(kernel, stride=1, padding=kernel//2) with its default
-// count_include_pad=True, exactly as SnapKV's code: every output is the window sum divided by the
-// kernel size, also near the edges where part of the window is zero padding.
+// combines the w window queries (sum, or max for ScoreReduce::kMax), keeps the prefix columns
+// j < P = T-w (drops the window's own columns), combines query heads into their KV head when
+// granularity == kKvHead (sum, or max), then pools along positions with kernel `pool_kernel`,
+// stride 1, padding pool_kernel/2 ('same' length). Average pooling follows PyTorch
+// F.avg_pool1d(kernel, stride=1, padding=kernel//2) with its default count_include_pad=True,
+// exactly as SnapKV's code: every output is the window sum divided by the kernel size, also near
+// the edges where part of the window is zero padding. Max pooling takes the window's maximum.
 //
 // q:      fp32 [w, n_heads, head_dim]        post-RoPE queries of the last w prompt positions
 // k:      fp32 [n_kv_heads, T, head_dim]     post-RoPE keys of all T prompt positions

@@ -87,10 +87,10 @@ __global__ void StatsKernel(const float* __restrict__ logits, int window, int64_
   }
 }
 
-// grid = (ceil(P / 256), out_heads). acc fp32 [out_heads, P]: sum over the row's query heads
-// (in order) and window queries (in order) of the normalised probabilities.
+// grid = (ceil(P / 256), out_heads). acc fp32 [out_heads, P]: sum (or max when reduce_max) over
+// the row's query heads (in order) and window queries (in order) of the normalised probabilities.
 __global__ void AccumulateKernel(const float* __restrict__ logits, const float* __restrict__ stats,
-                                 int window, int64_t seq_len, int heads_per_row,
+                                 int window, int64_t seq_len, int heads_per_row, bool reduce_max,
                                  float* __restrict__ acc) {
   const int64_t prefix = seq_len - window;
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -101,15 +101,17 @@ __global__ void AccumulateKernel(const float* __restrict__ logits, const float* 
     const int h = out_row * heads_per_row + hh;
     for (int i = 0; i < window; ++i) {
       const int row = h * window + i;
-      sum += expf(logits[static_cast<int64_t>(row) * seq_len + j] - stats[2 * row]) *
-             stats[2 * row + 1];
+      const float p = expf(logits[static_cast<int64_t>(row) * seq_len + j] - stats[2 * row]) *
+                      stats[2 * row + 1];
+      sum = reduce_max ? fmaxf(sum, p) : sum + p;
     }
   }
   acc[out_row * prefix + j] = sum;
 }
 
-// grid = (ceil(P / 256), out_heads). 'same' average pooling with count_include_pad=True.
-__global__ void PoolKernel(const float* __restrict__ acc, int64_t prefix, int kernel,
+// grid = (ceil(P / 256), out_heads). 'same' average pooling with count_include_pad=True, or
+// 'same' max pooling when pool_max.
+__global__ void PoolKernel(const float* __restrict__ acc, int64_t prefix, int kernel, bool pool_max,
                            float* __restrict__ scores) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= prefix) return;
@@ -117,8 +119,8 @@ __global__ void PoolKernel(const float* __restrict__ acc, int64_t prefix, int ke
   const int r = kernel / 2;
   const int64_t lo = internal::Max64(0, j - r), hi = internal::Min64(prefix - 1, j + r);
   float sum = 0.f;
-  for (int64_t t = lo; t <= hi; ++t) sum += a[t];
-  scores[blockIdx.y * prefix + j] = sum * (1.0f / static_cast<float>(kernel));
+  for (int64_t t = lo; t <= hi; ++t) sum = pool_max ? fmaxf(sum, a[t]) : sum + a[t];
+  scores[blockIdx.y * prefix + j] = pool_max ? sum : sum * (1.0f / static_cast<float>(kernel));
 }
 
 absl::Status CheckArgs(const float* q, const ImportanceShape& s, const ImportanceOptions& o,
@@ -175,9 +177,11 @@ absl::Status Run(const float* q, Keys keys, const ImportanceShape& s, const Impo
   const int out_heads = ImportanceHeads(s, o.granularity);
   const int heads_per_row = s.n_heads / out_heads;
   const dim3 grid(static_cast<unsigned>(internal::CeilDiv(P, kThreads)), out_heads);
-  AccumulateKernel<<<grid, kThreads, 0, stream>>>(logits, stats, o.window, T, heads_per_row, acc);
+  AccumulateKernel<<<grid, kThreads, 0, stream>>>(logits, stats, o.window, T, heads_per_row,
+                                                  o.reduce == ScoreReduce::kMax, acc);
   CUDA_RETURN_IF_LAUNCH_ERROR();
-  PoolKernel<<<grid, kThreads, 0, stream>>>(acc, P, o.pool_kernel, scores);
+  PoolKernel<<<grid, kThreads, 0, stream>>>(acc, P, o.pool_kernel, o.pool == ScorePool::kMax,
+                                            scores);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

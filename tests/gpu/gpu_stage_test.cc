@@ -350,10 +350,10 @@ TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
     // The CPU's own run decides the eviction (its scores, the XKV solver at 25% of the prefix).
     absl::StatusOr<EngineRun> probe = EngineGenerate(*cpu, id++, *prompt, nullptr);
     ASSERT_TRUE(probe.ok()) << probe.status();
-    PolicyOptions policy;
-    policy.kind = PolicyKind::kXkv;
-    absl::StatusOr<AllocationPlan> plan =
-        PlanAllocation(*probe->scores, loaded->config, policy, BudgetTarget::Tokens(P * L / 4));
+    KvSettings spec;
+    spec.policy = PolicyKind::kXkv;
+    spec.target = KvTarget::Tokens(P * L / 4);
+    absl::StatusOr<AllocationPlan> plan = PlanAllocation(*probe->scores, loaded->config, spec);
     ASSERT_TRUE(plan.ok()) << plan.status();
     ASSERT_TRUE(plan->compress);
     absl::StatusOr<EngineRun> want = EngineGenerate(*cpu, id, *prompt, &*plan);

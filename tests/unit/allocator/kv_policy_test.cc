@@ -128,7 +128,9 @@ std::vector<LayerProfile> Profiles() {
 
 TEST(KvPolicyTest, XkvUsesTheSolver) {
   const std::vector<LayerProfile> profiles = Profiles();
-  auto policy = MakeKvPolicy({PolicyKind::kXkv});
+  PolicyOptions paper{PolicyKind::kXkv};
+  paper.allocator.kind = AllocatorKind::kPaper;
+  auto policy = MakeKvPolicy(paper);
   EXPECT_TRUE(policy->needs_profile());
   auto b = policy->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
   ASSERT_TRUE(b.ok());
@@ -150,6 +152,76 @@ TEST(KvPolicyTest, XkvUsesTheSolver) {
   ExpectInvalid(policy->Budgets({3, 4}, BudgetTarget::Tokens(6)).status(), "needs one importance");
   ExpectInvalid(policy->Budgets({3, 4, profiles}, BudgetTarget::Retention(0)).status(),
                 "must be in (0, 1]");
+}
+
+// Raw curves: layer l's gains are its sorted scores divided by S_l; the global allocator multiplies
+// S_l back, so a layer with ten times the mass wins slots the paper would give away.
+std::vector<LayerProfile> MassProfiles() {
+  std::vector<LayerProfile> p = {LayerProfileFromGains({0.5, 0.3, 0.1, 0.1}).value(),
+                                 LayerProfileFromGains({0.3, 0.3, 0.2, 0.2}).value(),
+                                 LayerProfileFromGains({0.25, 0.25, 0.25, 0.25}).value()};
+  p[0].total_mass = 1.0;
+  p[1].total_mass = 10.0;
+  p[2].total_mass = 1.0;
+  return p;
+}
+
+TEST(KvPolicyTest, GlobalAllocatorRanksRawScoresWithinFloorAndCap) {
+  const std::vector<LayerProfile> profiles = MassProfiles();
+  PolicyOptions o{PolicyKind::kXkv};
+  o.allocator.floor = 0.0;
+  o.allocator.cap = 64.0;
+  auto free = MakeKvPolicy(o)->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
+  ASSERT_TRUE(free.ok()) << free.status();
+  // Raw densities: layer 1 has 3,3,2,2; layer 0 0.5,0.3,0.1,0.1; layer 2 0.25 each.
+  EXPECT_EQ(free->budgets, (std::vector<int64_t>{2, 4, 0}));
+  // The paper's normalised gains pick layer 0's 0.5 and 0.3 first.
+  PolicyOptions paper{PolicyKind::kXkv};
+  paper.allocator.kind = AllocatorKind::kPaper;
+  auto p = MakeKvPolicy(paper)->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
+  ASSERT_TRUE(p.ok());
+  EXPECT_NE(p->budgets, free->budgets);
+  // A cap of 1x the uniform share (2) and a floor of 0.5x (1).
+  o.allocator.floor = 0.5;
+  o.allocator.cap = 1.0;
+  auto capped = MakeKvPolicy(o)->Budgets({3, 4, profiles}, BudgetTarget::Tokens(6));
+  ASSERT_TRUE(capped.ok());
+  EXPECT_EQ(capped->budgets, (std::vector<int64_t>{2, 2, 2}));
+  // floor = 1 is uniform SnapKV.
+  o.allocator.floor = 1.0;
+  o.allocator.cap = 4.0;
+  auto uniform = MakeKvPolicy(o)->Budgets({3, 4, profiles}, BudgetTarget::Tokens(9));
+  ASSERT_TRUE(uniform.ok());
+  EXPECT_EQ(uniform->budgets, (std::vector<int64_t>{3, 3, 3}));
+  // Bytes as the cost: 2 bytes per token per layer, 12 bytes = 6 tokens.
+  const std::vector<int64_t> bytes = {2, 2, 2};
+  o.allocator.floor = 0.0;
+  o.allocator.cap = 64.0;
+  auto m = MakeKvPolicy(o)->Budgets({3, 4, profiles, bytes}, BudgetTarget::Bytes(12));
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->budgets, free->budgets);
+  EXPECT_EQ(m->total_bytes, 12);
+  // Retention here is the fraction of all layers' mass kept (layer 1 holds 10 of 12).
+  auto r = MakeKvPolicy(o)->Budgets({3, 4, profiles}, BudgetTarget::Retention(0.8));
+  ASSERT_TRUE(r.ok());
+  EXPECT_GE(*r->average_retention, 0.8 - 1e-12);
+  EXPECT_NEAR(AverageRetention(profiles, r->budgets, AllocatorKind::kGlobal), *r->average_retention,
+              1e-12);
+}
+
+TEST(KvPolicyTest, XkvKeepsSinksOutsideTheRanking) {
+  PolicyOptions o{PolicyKind::kXkv};
+  EXPECT_EQ(MakeKvPolicy(o)->selection(), SelectionRule::kSinksAndTopScore);
+  o.sink_tokens = 0;
+  EXPECT_EQ(MakeKvPolicy(o)->selection(), SelectionRule::kTopScore);
+  //                                 sinks (low scores)   ranked
+  const std::vector<float> scores = {0.0f, 0.1f, 0.0f, 0.9f, 0.2f, 0.8f};
+  auto kept = SelectKeptTokens(scores, 1, 6, 4, SelectionRule::kSinksAndTopScore, 2);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ((*kept)[0], (std::vector<int64_t>{0, 1, 3, 5}));
+  // A budget below the sinks keeps the first tokens only.
+  EXPECT_EQ((*SelectKeptTokens(scores, 1, 6, 1, SelectionRule::kSinksAndTopScore, 2))[0],
+            (std::vector<int64_t>{0}));
 }
 
 TEST(SelectKeptTokensTest, TopScoreWithTiesByLowerIndex) {

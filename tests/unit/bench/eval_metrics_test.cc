@@ -65,8 +65,8 @@ TEST(EvalRunnerTest, BudgetTokensAreBytesFractionsMinusTheWindow) {
   EXPECT_EQ(BudgetTokens(0.5, 30, 5, 8), 0);            // nothing to evict
 }
 
-EvalRow Row(PolicyKind method, double budget, QueryMode mode, bool correct, double agreement,
-            double kl) {
+EvalRow Row(const std::string& method, double budget, QueryMode mode, bool correct,
+            double agreement, double kl) {
   EvalRow r;
   r.prompt_id = "p";
   r.method = method;
@@ -82,14 +82,13 @@ EvalRow Row(PolicyKind method, double budget, QueryMode mode, bool correct, doub
 }
 
 TEST(EvalReportTest, SummarizeGroupsByMethodAndBudget) {
-  const std::vector<EvalRow> rows = {
-      Row(PolicyKind::kFull, 1.0, QueryMode::kAware, true, 1, 0),
-      Row(PolicyKind::kFull, 1.0, QueryMode::kAgnostic, true, 1, 0),
-      Row(PolicyKind::kXkv, 0.2, QueryMode::kAware, true, 0.5, 0.2),
-      Row(PolicyKind::kXkv, 0.2, QueryMode::kAgnostic, false, 0.25, 0.4)};
+  const std::vector<EvalRow> rows = {Row("full", 1.0, QueryMode::kAware, true, 1, 0),
+                                     Row("full", 1.0, QueryMode::kAgnostic, true, 1, 0),
+                                     Row("xkv", 0.2, QueryMode::kAware, true, 0.5, 0.2),
+                                     Row("xkv", 0.2, QueryMode::kAgnostic, false, 0.25, 0.4)};
   const std::vector<EvalSummary> s = Summarize(rows);
   ASSERT_EQ(s.size(), 2u);
-  EXPECT_EQ(s[1].method, PolicyKind::kXkv);
+  EXPECT_EQ(s[1].method, "xkv");
   EXPECT_EQ(s[1].rows, 2);
   EXPECT_DOUBLE_EQ(s[1].accuracy, 0.5);
   EXPECT_DOUBLE_EQ(s[1].accuracy_aware, 1.0);
@@ -98,18 +97,63 @@ TEST(EvalReportTest, SummarizeGroupsByMethodAndBudget) {
   EXPECT_NEAR(s[1].kl, 0.3, 1e-12);
   EXPECT_NEAR(s[1].kv_percent, 20.0, 1e-9);
   const std::string md = SummaryMarkdown(rows, RunInfo{});
-  EXPECT_THAT(md, HasSubstr("| xkv | 20% | 20.0 | 1.000 | 0.000 | 0.500 | 50.0% |"));
+  EXPECT_THAT(md,
+              HasSubstr("| xkv | 20% | 20.0 | 1.000 | 0.000 | 0.500 | [0.500, 0.500] | 50.0% |"));
   EXPECT_THAT(md, HasSubstr("MISSES the ≥ 99% goal"));
 }
 
 TEST(EvalReportTest, CsvQuotesAnswers) {
-  EvalRow r = Row(PolicyKind::kSnapKv, 0.1, QueryMode::kAgnostic, false, 0.5, 0.1);
+  EvalRow r = Row("snapkv", 0.1, QueryMode::kAgnostic, false, 0.5, 0.1);
   r.answer = "say \"hi\", then\nstop";
   const std::string line = CsvLine(r);
   EXPECT_THAT(line, HasSubstr("\"say \"\"hi\"\", then\\nstop\""));
   const std::string header = CsvHeader();
   EXPECT_EQ(std::count(header.begin(), header.end(), ','), 17);
   EXPECT_EQ(std::count(line.begin(), line.end(), ','), 17 + 1);  // + the comma inside the quotes
+}
+
+TEST(EvalReportTest, BootstrapIntervalCoversTheMeanAndShrinksWithMorePrompts) {
+  std::vector<double> few = {0, 1, 1, 0, 1}, many;
+  for (int i = 0; i < 200; ++i) many.push_back(i % 5 < 3 ? 1.0 : 0.0);
+  const Interval a = BootstrapMeanCi(few), b = BootstrapMeanCi(many);
+  EXPECT_LE(a.low, 0.6);
+  EXPECT_GE(a.high, 0.6);
+  EXPECT_LE(b.low, 0.6);
+  EXPECT_GE(b.high, 0.6);
+  EXPECT_LT(b.high - b.low, a.high - a.low);
+  EXPECT_EQ(BootstrapMeanCi(few).low, a.low);  // deterministic
+  EXPECT_EQ(BootstrapMeanCi({}).high, 0.0);
+}
+
+TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
+  ImportanceOptions base;
+  base.window = 8;
+  auto snap = ParseEvalMethod("snapkv", base);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  EXPECT_EQ(snap->kv.policy, PolicyKind::kSnapKv);
+  EXPECT_EQ(snap->scoring.reduce, ScoreReduce::kSum);
+  EXPECT_EQ(snap->scoring.pool, ScorePool::kAvg);
+  auto paper = ParseEvalMethod("paper", base);
+  ASSERT_TRUE(paper.ok());
+  EXPECT_EQ(paper->kv.policy, PolicyKind::kXkv);
+  EXPECT_EQ(paper->kv.allocator.kind, AllocatorKind::kPaper);
+  EXPECT_EQ(paper->scoring.reduce, ScoreReduce::kSum);
+  auto x = ParseEvalMethod("xkv:floor=0.25:window=16:pool=avg:cap=3", base);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ(x->name, "xkv:floor=0.25:window=16:pool=avg:cap=3");
+  EXPECT_EQ(x->kv.allocator.kind, AllocatorKind::kGlobal);
+  EXPECT_DOUBLE_EQ(x->kv.allocator.floor, 0.25);
+  EXPECT_DOUBLE_EQ(x->kv.allocator.cap, 3.0);
+  EXPECT_EQ(x->scoring.window, 16);
+  EXPECT_EQ(x->scoring.reduce, ScoreReduce::kMax);
+  EXPECT_EQ(x->scoring.pool, ScorePool::kAvg);
+  auto bad = ParseEvalMethod("xkv:floor=1.5", base);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("1.5"));
+  EXPECT_THAT(bad.status().message(), HasSubstr("[0, 1]"));
+  EXPECT_THAT(ParseEvalMethod("xkv:window=0", base).status().message(), HasSubstr("[1, 1024]"));
+  EXPECT_THAT(ParseEvalMethod("xkv:tau=2", base).status().message(), HasSubstr("unknown"));
+  EXPECT_FALSE(ParseEvalMethod("h2o", base).ok());
 }
 
 }  // namespace

@@ -97,6 +97,23 @@ TEST(LoadCorpusTest, DebianTextsWhenPresent) {
   for (const std::string& p : c->paragraphs) EXPECT_GE(p.size(), kMinParagraphChars);
 }
 
+TEST(SplitTest, DevAndTestDifferInTextAndSeed) {
+  const std::vector<std::string> dev = CorpusPaths(Split::kDev), test = CorpusPaths(Split::kTest);
+  for (const std::string& p : dev) {
+    EXPECT_EQ(std::find(test.begin(), test.end(), p), test.end()) << p << " is in both splits";
+  }
+  EXPECT_EQ(CorpusPaths(Split::kAll), DefaultCorpusPaths());
+  EXPECT_NE(SplitSeed(Split::kDev, 1), SplitSeed(Split::kTest, 1));
+  EXPECT_EQ(SplitSeed(Split::kAll, 7), 7u);
+  EXPECT_EQ(*ParseSplit("dev"), Split::kDev);
+  EXPECT_THAT(ParseSplit("train").status().message(), HasSubstr("allowed: all, dev, test"));
+  absl::StatusOr<TextCorpus> d = LoadCorpus(dev), t = LoadCorpus(test);
+  if (!d.ok() || !t.ok()) GTEST_SKIP() << "Debian license texts not installed";
+  for (const std::string& p : d->paragraphs) {
+    EXPECT_EQ(std::find(t->paragraphs.begin(), t->paragraphs.end(), p), t->paragraphs.end());
+  }
+}
+
 TEST(ScoreAnswerTest, ExactMatchOfTheFirstDigitRun) {
   EXPECT_EQ(FirstDigitRun(" 29317."), "29317");
   EXPECT_EQ(FirstDigitRun("no digits"), "");

@@ -148,6 +148,24 @@ TEST(RequestValidationTest, Policy) {
   ExpectInvalid(p, "at most one");
 }
 
+TEST(RequestValidationTest, AllocatorAndFloor) {
+  GenerateParams p = Good();
+  p.kv.allocator = "greedy";
+  ExpectInvalid(p, "unknown allocator 'greedy'; allowed: global, paper");
+  p = Good();
+  p.kv.floor = 1.5;
+  ExpectInvalid(p, "floor is 1.5; it must be in [0, 1]");
+  p = Good();
+  p.kv.allocator = "paper";
+  p.kv.floor = 0.25;
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  // The largest int64 is a valid (clamped) target, not an overflow.
+  p = Good();
+  p.kv.policy = "snapkv";
+  p.kv.budget_bytes = std::numeric_limits<int64_t>::max();
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+}
+
 TEST(RequestValidationTest, Retention) {
   for (double bad : {0.0, -1.0, 1.5, std::nan("")}) {
     GenerateParams p = Good();

@@ -1,5 +1,6 @@
 #include "kernels/cpu/importance.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -13,9 +14,10 @@ namespace {
 
 // Independent reference: the FULL causal T x T attention matrix per query head in double
 // (queries for every position; the window's rows are q, the other rows are random and unused
-// by construction), then slice the last w rows, sum them, drop the window columns, sum into KV
-// heads if asked, and pool with an explicitly zero-padded buffer divided by the kernel size
-// (F.avg_pool1d(kernel, stride=1, padding=kernel//2), count_include_pad=True).
+// by construction), then slice the last w rows, sum them (or take their max), drop the window
+// columns, sum (max) into KV heads if asked, and pool with an explicitly zero-padded buffer divided
+// by the kernel size (F.avg_pool1d(kernel, stride=1, padding=kernel//2), count_include_pad=True),
+// or its maximum (max pooling; the zero padding never wins over probabilities >= 0).
 std::vector<double> Reference(const std::vector<float>& q, const std::vector<float>& k,
                               const ImportanceShape& s, const ImportanceOptions& o) {
   const int64_t T = s.seq_len, w = o.window, P = T - w, d = s.head_dim;
@@ -48,7 +50,11 @@ std::vector<double> Reference(const std::vector<float>& q, const std::vector<flo
     }
     const int row = o.granularity == ScoreGranularity::kKvHead ? kv : h;
     for (int64_t t = T - w; t < T; ++t) {
-      for (int64_t j = 0; j < P; ++j) summed[row * P + j] += attn[t * T + j];
+      for (int64_t j = 0; j < P; ++j) {
+        double& acc = summed[row * P + j];
+        acc =
+            o.reduce == ScoreReduce::kMax ? std::max(acc, attn[t * T + j]) : acc + attn[t * T + j];
+      }
     }
   }
   const int r = o.pool_kernel / 2;
@@ -58,8 +64,10 @@ std::vector<double> Reference(const std::vector<float>& q, const std::vector<flo
     for (int64_t j = 0; j < P; ++j) padded[j + r] = summed[row * P + j];
     for (int64_t j = 0; j < P; ++j) {
       double acc = 0;
-      for (int t = 0; t < o.pool_kernel; ++t) acc += padded[j + t];
-      out[row * P + j] = acc / o.pool_kernel;
+      for (int t = 0; t < o.pool_kernel; ++t) {
+        acc = o.pool == ScorePool::kMax ? std::max(acc, padded[j + t]) : acc + padded[j + t];
+      }
+      out[row * P + j] = o.pool == ScorePool::kMax ? acc : acc / o.pool_kernel;
     }
   }
   return out;
@@ -68,13 +76,17 @@ std::vector<double> Reference(const std::vector<float>& q, const std::vector<flo
 // (n_heads, n_kv_heads, head_dim, T, window, pool_kernel)
 using Shape = std::tuple<int, int, int, int, int, int>;
 
-class ImportanceTest : public ::testing::TestWithParam<std::tuple<Shape, ScoreGranularity>> {};
+// (reduce, pool)
+using Scoring = std::tuple<ScoreReduce, ScorePool>;
+
+class ImportanceTest
+    : public ::testing::TestWithParam<std::tuple<Shape, ScoreGranularity, Scoring>> {};
 
 TEST_P(ImportanceTest, MatchesFullAttentionReference) {
-  const auto [shape_tuple, granularity] = GetParam();
+  const auto [shape_tuple, granularity, scoring] = GetParam();
   const auto [nh, nkv, d, T, w, kernel] = shape_tuple;
   ImportanceShape s{nh, nkv, d, T};
-  ImportanceOptions o{w, kernel, granularity};
+  ImportanceOptions o{w, kernel, granularity, std::get<0>(scoring), std::get<1>(scoring)};
   std::mt19937 rng(1234 + nh * 7 + T);
   std::normal_distribution<float> normal(0.0f, 1.5f);  // peaky-enough softmax rows
   std::vector<float> q(static_cast<size_t>(w) * nh * d), k(static_cast<size_t>(nkv) * T * d);
@@ -105,7 +117,10 @@ INSTANTIATE_TEST_SUITE_P(
                                          Shape{3, 1, 8, 9, 8, 7},     // T-w = 1
                                          Shape{4, 4, 16, 25, 1, 1},   // w = 1, no pooling
                                          Shape{6, 2, 16, 20, 4, 9}),  // kernel > T-w
-                       ::testing::Values(ScoreGranularity::kKvHead, ScoreGranularity::kQueryHead)));
+                       ::testing::Values(ScoreGranularity::kKvHead, ScoreGranularity::kQueryHead),
+                       ::testing::Values(Scoring{ScoreReduce::kSum, ScorePool::kAvg},
+                                         Scoring{ScoreReduce::kMax, ScorePool::kMax},
+                                         Scoring{ScoreReduce::kMax, ScorePool::kAvg})));
 
 TEST(ImportanceTest, KvHeadScoresAreSumOfQueryHeadScores) {
   ImportanceShape s{6, 2, 8, 30};

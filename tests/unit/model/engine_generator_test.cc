@@ -46,9 +46,9 @@ class EngineGeneratorTest : public ::testing::Test {
     std::unique_ptr<KvCompressor> compressor;
     if (mode.has_value()) {
       KvCompressorOptions c;
-      c.policy.kind = PolicyKind::kXkv;
-      c.target = BudgetTarget::Tokens(budget_tokens);
-      c.profile.kind = *mode;
+      c.kv.policy = PolicyKind::kXkv;
+      c.kv.target = KvTarget::Tokens(budget_tokens);
+      c.kv.profile.kind = *mode;
       auto made = KvCompressor::Create(c);
       EXPECT_TRUE(made.ok()) << made.status();
       compressor = std::move(*made);
@@ -64,9 +64,9 @@ class EngineGeneratorTest : public ::testing::Test {
     EngineGeneratorOptions o;
     o.token_bytes = Bytes;
     o.compress = compress;
-    o.two_pass = two_pass;
-    o.policy.kind = PolicyKind::kXkv;
-    o.target = BudgetTarget::Tokens(budget_tokens);
+    o.kv.profile.kind = two_pass ? ProfileModeKind::kPerRequest : ProfileModeKind::kOnePass;
+    o.kv.policy = PolicyKind::kXkv;
+    o.kv.target = KvTarget::Tokens(budget_tokens);
     return o;
   }
 

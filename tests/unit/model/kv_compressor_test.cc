@@ -86,14 +86,15 @@ std::vector<double> ReferenceScores(const std::vector<float>& q, const std::vect
   return out;
 }
 
-// Per head: the top-b prefix positions by (score desc, index asc) by a full sort, ascending,
-// then the window slots.
+// Per head (xkv): the first min(sinks, b) prefix positions, then the top b - sinks of the rest by
+// (score desc, index asc) by a full sort, ascending, then the window slots.
 std::vector<int32_t> ReferenceKept(const std::vector<float>& scores, int head, int64_t P, int64_t T,
-                                   int64_t b) {
+                                   int64_t b, int64_t sinks = 4) {
+  sinks = std::min(sinks, b);
   std::vector<int32_t> idx(P);
   std::iota(idx.begin(), idx.end(), 0);
   const float* row = scores.data() + head * P;
-  std::sort(idx.begin(), idx.end(),
+  std::sort(idx.begin() + sinks, idx.end(),
             [&](int32_t a, int32_t c) { return row[a] != row[c] ? row[a] > row[c] : a < c; });
   idx.resize(b);
   std::sort(idx.begin(), idx.end());
@@ -144,12 +145,12 @@ class KvCompressorTest : public ::testing::Test {
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? std::move(*r) : std::vector<CompressedPrefill>();
   }
-  static KvCompressorOptions Options(PolicyKind kind, BudgetTarget target,
+  static KvCompressorOptions Options(PolicyKind kind, KvTarget target,
                                      ProfileModeKind mode = ProfileModeKind::kOnePass) {
     KvCompressorOptions o;
-    o.policy.kind = kind;
-    o.target = target;
-    o.profile.kind = mode;
+    o.kv.policy = kind;
+    o.kv.target = target;
+    o.kv.profile.kind = mode;
     o.keep_scores = true;
     return o;
   }
@@ -240,7 +241,7 @@ TEST(PrefillChunkStartsTest, LastChunkHoldsTheWindow) {
 TEST_F(KvCompressorTest, PerRequestAndOnePassAreIdentical) {
   MakePrompts({40, 29, 57});
   std::vector<std::unique_ptr<KvCache>> ca, cb;
-  const auto target = BudgetTarget::Tokens(30);
+  const auto target = KvTarget::Tokens(30);
   const auto a = Compress(Options(PolicyKind::kXkv, target, ProfileModeKind::kPerRequest), ca);
   const auto b = Compress(Options(PolicyKind::kXkv, target, ProfileModeKind::kOnePass), cb);
   ASSERT_EQ(a.size(), 3u);
@@ -265,9 +266,10 @@ TEST_F(KvCompressorTest, CompactionKeepsTopBudgetPlusWindow) {
   MakePrompts({40, 57});
   std::vector<std::unique_ptr<KvCache>> full_caches, caches;
   const std::vector<PrefillRequest> req = Requests(full_caches);
-  auto full = PrefillWithScores(*model_, req, {});
+  const KvCompressorOptions o = Options(PolicyKind::kXkv, KvTarget::Tokens(45));
+  auto full = PrefillWithScores(*model_, req, ScoringFor(o.kv, o.importance));
   ASSERT_TRUE(full.ok()) << full.status();
-  const auto res = Compress(Options(PolicyKind::kXkv, BudgetTarget::Tokens(45)), caches);
+  const auto res = Compress(o, caches);
   ASSERT_EQ(res.size(), 2u);
   for (size_t r = 0; r < res.size(); ++r) {
     const int64_t T = prompts_[r].size(), P = T - kWindow;
@@ -311,7 +313,7 @@ TEST_F(KvCompressorTest, DecodeAfterCompactionMatchesMaskedReference) {
   MakePrompts({40, 33}, 300);
   std::vector<std::unique_ptr<KvCache>> caches;
   const auto res = Compress(
-      Options(PolicyKind::kXkv, BudgetTarget::Tokens(36), ProfileModeKind::kPerRequest), caches);
+      Options(PolicyKind::kXkv, KvTarget::Tokens(36), ProfileModeKind::kPerRequest), caches);
   ASSERT_EQ(res.size(), 2u);
   std::vector<std::vector<int32_t>> gen = {RandomTokens(m, c.vocab_size, 7),
                                            RandomTokens(m, c.vocab_size, 8)};
@@ -356,7 +358,7 @@ TEST_F(KvCompressorTest, DecodingAtCacheLengthIsWrong) {
   const ModelConfig& c = config();
   MakePrompts({40}, 300);
   std::vector<std::unique_ptr<KvCache>> right, wrong;
-  const auto o = Options(PolicyKind::kXkv, BudgetTarget::Tokens(24));
+  const auto o = Options(PolicyKind::kXkv, KvTarget::Tokens(24));
   const auto a = Compress(o, right);
   Compress(o, wrong);
   ASSERT_EQ(a.size(), 1u);
@@ -378,7 +380,7 @@ TEST_F(KvCompressorTest, FullPolicyAndShortPromptsKeepEverything) {
   MakePrompts({40, 5, 8, 29});
   for (PolicyKind kind : {PolicyKind::kFull, PolicyKind::kXkv}) {
     std::vector<std::unique_ptr<KvCache>> caches, plain;
-    const auto res = Compress(Options(kind, BudgetTarget::Tokens(20)), caches);
+    const auto res = Compress(Options(kind, KvTarget::Tokens(20)), caches);
     ASSERT_EQ(res.size(), 4u);
     const std::vector<PrefillRequest> req = Requests(plain);
     BatchStep step;
@@ -421,7 +423,7 @@ TEST_F(KvCompressorTest, BudgetTargetsAreMet) {
   for (PolicyKind kind :
        {PolicyKind::kXkv, PolicyKind::kSnapKv, PolicyKind::kPyramidKv, PolicyKind::kStreaming}) {
     std::vector<std::unique_ptr<KvCache>> caches;
-    const auto res = Compress(Options(kind, BudgetTarget::Tokens(50)), caches);
+    const auto res = Compress(Options(kind, KvTarget::Tokens(50)), caches);
     ASSERT_EQ(res.size(), 2u) << PolicyName(kind);
     for (size_t r = 0; r < 2; ++r) {
       EXPECT_EQ(res[r].report.kept_prefix_total, 50) << PolicyName(kind);
@@ -433,7 +435,7 @@ TEST_F(KvCompressorTest, BudgetTargetsAreMet) {
   const int64_t M = 37 * Bpt() + Bpt() / 2;
   for (PolicyKind kind : {PolicyKind::kXkv, PolicyKind::kSnapKv}) {
     std::vector<std::unique_ptr<KvCache>> caches;
-    const auto res = Compress(Options(kind, BudgetTarget::Bytes(M)), caches);
+    const auto res = Compress(Options(kind, KvTarget::Bytes(M)), caches);
     ASSERT_EQ(res.size(), 2u);
     for (size_t r = 0; r < 2; ++r) {
       EXPECT_LE(res[r].report.kept_prefix_total * Bpt(), M);
@@ -442,7 +444,7 @@ TEST_F(KvCompressorTest, BudgetTargetsAreMet) {
     }
   }
   std::vector<std::unique_ptr<KvCache>> caches;
-  const auto res = Compress(Options(PolicyKind::kXkv, BudgetTarget::Retention(0.9)), caches);
+  const auto res = Compress(Options(PolicyKind::kXkv, KvTarget::Retention(0.9)), caches);
   ASSERT_EQ(res.size(), 2u);
   for (size_t r = 0; r < 2; ++r) {
     ASSERT_TRUE(res[r].report.average_retention.has_value());
@@ -457,8 +459,8 @@ TEST_F(KvCompressorTest, BudgetTargetsAreMet) {
 // keep their own top-scored tokens.
 TEST_F(KvCompressorTest, SampledModeIsReproducibleAndUsesTheRunningMean) {
   const ModelConfig& c = config();
-  KvCompressorOptions o = Options(PolicyKind::kXkv, BudgetTarget::Tokens(40));
-  o.profile = {ProfileModeKind::kSampled, 0.5};
+  KvCompressorOptions o = Options(PolicyKind::kXkv, KvTarget::Tokens(40));
+  o.kv.profile = {ProfileModeKind::kSampled, 0.5};
   o.seed = 1234;
   auto a = KvCompressor::Create(o);
   auto b = KvCompressor::Create(o);
@@ -507,20 +509,18 @@ TEST_F(KvCompressorTest, SampledModeIsReproducibleAndUsesTheRunningMean) {
 // own (one_pass) result bitwise, and leaves the full cache intact.
 TEST_F(KvCompressorTest, CompactCopyEqualsCompressor) {
   MakePrompts({40, 57});
-  std::vector<std::unique_ptr<KvCache>> full_caches;
-  const std::vector<PrefillRequest> req = Requests(full_caches);
-  auto full = PrefillWithScores(*model_, req, {});
-  ASSERT_TRUE(full.ok());
   for (PolicyKind kind :
        {PolicyKind::kXkv, PolicyKind::kPyramidKv, PolicyKind::kStreaming, PolicyKind::kFull}) {
-    std::vector<std::unique_ptr<KvCache>> caches;
-    const auto o = Options(kind, BudgetTarget::Tokens(44));
+    std::vector<std::unique_ptr<KvCache>> caches, full_caches;
+    const auto o = Options(kind, KvTarget::Tokens(44));
+    const std::vector<PrefillRequest> req = Requests(full_caches);
+    auto full = PrefillWithScores(*model_, req, ScoringFor(o.kv, o.importance));
+    ASSERT_TRUE(full.ok());
     const auto res = Compress(o, caches);
     ASSERT_EQ(res.size(), 2u);
     for (size_t r = 0; r < 2; ++r) {
       AllocationReport rep;
-      auto copy =
-          CompactCopy(*full_caches[r], (*full)[r].scores, config(), o.policy, o.target, &rep);
+      auto copy = CompactCopy(*full_caches[r], (*full)[r].scores, config(), o.kv, &rep);
       ASSERT_TRUE(copy.ok()) << copy.status();
       ExpectSameCache(**copy, *caches[r]);
       EXPECT_EQ((*full)[r].logits, res[r].logits);
@@ -535,7 +535,7 @@ TEST_F(KvCompressorTest, CompactCopyEqualsCompressor) {
 TEST_F(KvCompressorTest, ChunkedPrefillMatchesWholePrompt) {
   MakePrompts({50, 40});
   std::vector<std::unique_ptr<KvCache>> ca, cb;
-  KvCompressorOptions o = Options(PolicyKind::kXkv, BudgetTarget::Tokens(40));
+  KvCompressorOptions o = Options(PolicyKind::kXkv, KvTarget::Tokens(40));
   const auto a = Compress(o, ca);
   o.prefill_chunk = 16;
   const auto b = Compress(o, cb);
@@ -558,7 +558,7 @@ TEST_F(KvCompressorTest, QueryHeadGranularitySelectsPerKvHead) {
   const ModelConfig& c = config();
   MakePrompts({40});
   std::vector<std::unique_ptr<KvCache>> caches;
-  KvCompressorOptions o = Options(PolicyKind::kXkv, BudgetTarget::Tokens(30));
+  KvCompressorOptions o = Options(PolicyKind::kXkv, KvTarget::Tokens(30));
   o.importance.granularity = ScoreGranularity::kQueryHead;
   const auto res = Compress(o, caches);
   ASSERT_EQ(res.size(), 1u);
@@ -581,21 +581,21 @@ TEST_F(KvCompressorTest, QueryHeadGranularitySelectsPerKvHead) {
 // (h) Errors carry the value and the range.
 TEST_F(KvCompressorTest, RejectsBadTargetsAndRequests) {
   for (double r : {1.5, 0.0, -0.2}) {
-    auto c = KvCompressor::Create(Options(PolicyKind::kXkv, BudgetTarget::Retention(r)));
+    auto c = KvCompressor::Create(Options(PolicyKind::kXkv, KvTarget::Retention(r)));
     ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(c.status().message(), HasSubstr("(0, 1]"));
   }
-  auto bad = KvCompressor::Create(Options(PolicyKind::kXkv, BudgetTarget::Retention(1.5)));
+  auto bad = KvCompressor::Create(Options(PolicyKind::kXkv, KvTarget::Retention(1.5)));
   EXPECT_THAT(bad.status().message(), HasSubstr("1.5"));
-  auto snap = KvCompressor::Create(Options(PolicyKind::kSnapKv, BudgetTarget::Retention(0.5)));
+  auto snap = KvCompressor::Create(Options(PolicyKind::kSnapKv, KvTarget::Retention(0.5)));
   EXPECT_THAT(snap.status().message(), HasSubstr("needs policy xkv"));
-  EXPECT_FALSE(KvCompressor::Create(Options(PolicyKind::kXkv, BudgetTarget::Bytes(-1))).ok());
-  KvCompressorOptions chunk = Options(PolicyKind::kXkv, BudgetTarget::Tokens(1));
+  EXPECT_FALSE(KvCompressor::Create(Options(PolicyKind::kXkv, KvTarget::Bytes(-1))).ok());
+  KvCompressorOptions chunk = Options(PolicyKind::kXkv, KvTarget::Tokens(1));
   chunk.prefill_chunk = 4;
   EXPECT_THAT(KvCompressor::Create(chunk).status().message(), HasSubstr("chunk 4"));
 
   MakePrompts({40, 29});  // L * P = 3 * 21 = 63 for the shorter prompt
-  auto c = KvCompressor::Create(Options(PolicyKind::kXkv, BudgetTarget::Tokens(64)));
+  auto c = KvCompressor::Create(Options(PolicyKind::kXkv, KvTarget::Tokens(64)));
   ASSERT_TRUE(c.ok());
   std::vector<std::unique_ptr<KvCache>> caches;
   const std::vector<PrefillRequest> req = Requests(caches, 70);
@@ -604,14 +604,6 @@ TEST_F(KvCompressorTest, RejectsBadTargetsAndRequests) {
   EXPECT_THAT(r.status().message(), HasSubstr("request 71"));
   EXPECT_THAT(r.status().message(), HasSubstr("token budget 64"));
   EXPECT_THAT(r.status().message(), HasSubstr("[0, 63]"));
-  // Solver errors surface: floors above the target.
-  KvCompressorOptions floors = Options(PolicyKind::kXkv, BudgetTarget::Tokens(10));
-  floors.policy.solver.floors = {5, 5, 5};
-  auto f = KvCompressor::Create(floors);
-  ASSERT_TRUE(f.ok());
-  r = (*f)->Prefill(*model_, Requests(caches));
-  ASSERT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("total tokens 10 must be in [15"));
   // A cache that is not fresh.
   auto used = Requests(caches);
   BatchStep step;

@@ -1,0 +1,249 @@
+#include "allocator/kv_spec.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+
+namespace xkv {
+namespace {
+
+absl::Status OutOfRange(absl::string_view field, double value, absl::string_view range) {
+  return absl::InvalidArgumentError(absl::StrCat(field, " is ", value, "; it must be in ", range));
+}
+
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt64Min = std::numeric_limits<int64_t>::min();
+
+}  // namespace
+
+absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name) {
+  const std::string lower = absl::AsciiStrToLower(name);
+  if (lower == "global") return AllocatorKind::kGlobal;
+  if (lower == "paper") return AllocatorKind::kPaper;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown allocator '", name, "'; allowed: global, paper"));
+}
+
+absl::string_view AllocatorName(AllocatorKind kind) {
+  return kind == AllocatorKind::kGlobal ? "global" : "paper";
+}
+
+std::string TargetName(const KvTarget& t) {
+  switch (t.kind) {
+    case KvTarget::Kind::kRetention:
+      return absl::StrCat("retention=", t.value);
+    case KvTarget::Kind::kTokens:
+      return absl::StrCat("tokens=", t.amount);
+    case KvTarget::Kind::kBytes:
+      return absl::StrCat("bytes=", t.amount);
+    case KvTarget::Kind::kFraction:
+      return absl::StrCat("fraction=", t.value);
+  }
+  return "";
+}
+
+absl::Status ValidateRetention(double retention, absl::string_view field) {
+  if (retention > 0 && retention <= 1) return absl::OkStatus();
+  return OutOfRange(field, retention, "(0, 1]");
+}
+
+absl::Status ValidateFraction(double fraction, absl::string_view field) {
+  return ValidateRetention(fraction, field);  // the same range, (0, 1]
+}
+
+absl::Status ValidateWindow(int64_t window, absl::string_view field) {
+  if (window >= kMinWindow && window <= kMaxWindow) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " is ", window, "; it must be in [", kMinWindow, ", ", kMaxWindow, "]"));
+}
+
+absl::Status ValidateFloor(double floor, absl::string_view field) {
+  if (floor >= kMinFloor && floor <= kMaxFloor) return absl::OkStatus();
+  return OutOfRange(field, floor, absl::StrCat("[", kMinFloor, ", ", kMaxFloor, "]"));
+}
+
+absl::Status ValidateCap(double cap, absl::string_view field) {
+  if (cap >= kMinCap && cap <= kMaxCap) return absl::OkStatus();
+  return OutOfRange(field, cap, absl::StrCat("[", kMinCap, ", ", kMaxCap, "]"));
+}
+
+absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target) {
+  if (target.kind != KvTarget::Kind::kRetention || policy == PolicyKind::kXkv ||
+      policy == PolicyKind::kFull) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "a retention target (", target.value, ") needs policy xkv, not '", PolicyName(policy),
+      "'; give that policy budget_tokens, budget_bytes or ", "budget_fraction"));
+}
+
+absl::Status ValidateSettings(const KvSettings& s) {
+  switch (s.target.kind) {
+    case KvTarget::Kind::kRetention:
+      RETURN_IF_ERROR(ValidateRetention(s.target.value));
+      break;
+    case KvTarget::Kind::kFraction:
+      RETURN_IF_ERROR(ValidateFraction(s.target.value));
+      break;
+    case KvTarget::Kind::kTokens:
+    case KvTarget::Kind::kBytes:
+      if (s.target.amount < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            s.target.kind == KvTarget::Kind::kTokens ? "budget_tokens" : "budget_bytes", " is ",
+            s.target.amount, "; it must be >= 0"));
+      }
+      break;
+  }
+  RETURN_IF_ERROR(ValidatePolicyTarget(s.policy, s.target));
+  RETURN_IF_ERROR(ValidateFloor(s.allocator.floor));
+  RETURN_IF_ERROR(ValidateCap(s.allocator.cap));
+  if (s.sink_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sink_tokens is ", s.sink_tokens, "; it must be >= 0"));
+  }
+  if (s.profile.kind == ProfileModeKind::kSampled &&
+      !(s.profile.sample_rate > 0 && s.profile.sample_rate <= 1)) {
+    return OutOfRange("profile sample rate", s.profile.sample_rate, "(0, 1]");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
+  const int targets = o.retention.has_value() + o.budget_tokens.has_value() +
+                      o.budget_bytes.has_value() + o.budget_fraction.has_value();
+  if (targets > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("set at most one KV budget target (retention, budget_tokens, budget_bytes, ",
+                     "budget_fraction); got ", targets));
+  }
+  KvSettings s = base;
+  if (!o.policy.empty()) {
+    ASSIGN_OR_RETURN(s.policy, ParsePolicy(o.policy));
+    // A baseline named without a target cannot take the base's retention target.
+    if (s.policy != PolicyKind::kXkv && s.target.kind == KvTarget::Kind::kRetention &&
+        targets == 0) {
+      s.target = KvTarget::Fraction(std::min(1.0, s.target.value));
+    }
+  }
+  if (o.retention) s.target = KvTarget::Retention(*o.retention);
+  if (o.budget_tokens) s.target = KvTarget::Tokens(*o.budget_tokens);
+  if (o.budget_bytes) s.target = KvTarget::Bytes(*o.budget_bytes);
+  if (o.budget_fraction) s.target = KvTarget::Fraction(*o.budget_fraction);
+  if (!o.profile_mode.empty()) {
+    ASSIGN_OR_RETURN(s.profile, ParseProfileMode(o.profile_mode));
+  }
+  if (!o.allocator.empty()) {
+    ASSIGN_OR_RETURN(s.allocator.kind, ParseAllocator(o.allocator));
+  }
+  if (o.floor) s.allocator.floor = *o.floor;
+  RETURN_IF_ERROR(ValidateSettings(s));
+  return s;
+}
+
+absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
+  return ApplyOverride(KvSettings{}, o).status();
+}
+
+bool NeedsScores(PolicyKind policy) {
+  return policy == PolicyKind::kSnapKv || policy == PolicyKind::kPyramidKv ||
+         policy == PolicyKind::kXkv;
+}
+
+bool NeedsProfile(PolicyKind policy) { return policy == PolicyKind::kXkv; }
+
+PolicyOptions ToPolicyOptions(const KvSettings& settings) {
+  PolicyOptions p;
+  p.kind = settings.policy;
+  p.sink_tokens = settings.sink_tokens;
+  p.pyramid_beta = settings.pyramid_beta;
+  p.allocator = settings.allocator;
+  return p;
+}
+
+int64_t SaturatingMul(int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (!__builtin_mul_overflow(a, b, &r)) return r;
+  return (a < 0) != (b < 0) ? kInt64Min : kInt64Max;
+}
+
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (!__builtin_add_overflow(a, b, &r)) return r;
+  return a < 0 ? kInt64Min : kInt64Max;
+}
+
+BudgetTarget ResolveTarget(const KvTarget& target, int64_t prefix_len, int num_layers,
+                           int64_t bytes_per_token) {
+  const int64_t full = SaturatingMul(std::max<int64_t>(prefix_len, 0), num_layers);
+  switch (target.kind) {
+    case KvTarget::Kind::kRetention:
+      return BudgetTarget::Retention(target.value);
+    case KvTarget::Kind::kTokens:
+      return BudgetTarget::Tokens(std::clamp<int64_t>(target.amount, 0, full));
+    case KvTarget::Kind::kBytes:
+      return BudgetTarget::Bytes(
+          std::clamp<int64_t>(target.amount, 0, SaturatingMul(full, bytes_per_token)));
+    case KvTarget::Kind::kFraction: {
+      const double f = std::clamp(target.value, 0.0, 1.0);
+      return BudgetTarget::Tokens(std::min<int64_t>(
+          full, static_cast<int64_t>(std::llround(f * static_cast<double>(full)))));
+    }
+  }
+  return BudgetTarget::Retention(1.0);
+}
+
+absl::StatusOr<PolicyBudgets> PlanBudgets(absl::Span<const LayerProfile> profiles,
+                                          const KvSettings& spec, const BudgetShape& shape) {
+  RETURN_IF_ERROR(ValidateSettings(spec));
+  if (shape.num_layers < 1 || shape.prefix_len < 0 || shape.bytes_per_token < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "plan budgets: num_layers ", shape.num_layers, " must be >= 1, prefix_len ",
+        shape.prefix_len, " >= 0 and bytes_per_token ", shape.bytes_per_token, " >= 1"));
+  }
+  if (NeedsProfile(spec.policy) && static_cast<int>(profiles.size()) != shape.num_layers) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("plan budgets: policy xkv needs the importance profiles of all ",
+                     shape.num_layers, " layers (got ", profiles.size(), ")"));
+  }
+  const std::vector<int64_t> bytes(shape.num_layers, shape.bytes_per_token);
+  const PolicyInput input{
+      shape.num_layers, shape.prefix_len,
+      spec.policy == PolicyKind::kStreaming ? absl::Span<const LayerProfile>() : profiles, bytes};
+  return MakeKvPolicy(ToPolicyOptions(spec))
+      ->Budgets(input, ResolveTarget(spec.target, shape.prefix_len, shape.num_layers,
+                                     shape.bytes_per_token));
+}
+
+absl::StatusOr<PolicyBudgets> SampledBudgets(const ProfileStore& store, const KvSettings& spec,
+                                             const BudgetShape& shape) {
+  PolicyBudgets out;
+  const BudgetTarget t =
+      ResolveTarget(spec.target, shape.prefix_len, shape.num_layers, shape.bytes_per_token);
+  switch (t.kind) {
+    case BudgetTarget::Kind::kRetention: {
+      ASSIGN_OR_RETURN(out.budgets, store.BudgetsFor(shape.prefix_len));
+      break;
+    }
+    case BudgetTarget::Kind::kTotalTokens: {
+      ASSIGN_OR_RETURN(out.budgets, store.BudgetsFor(shape.prefix_len, t.total_tokens));
+      break;
+    }
+    case BudgetTarget::Kind::kBytes: {
+      ASSIGN_OR_RETURN(out.budgets,
+                       store.BudgetsFor(shape.prefix_len, t.total_bytes / shape.bytes_per_token));
+      break;
+    }
+  }
+  out.rule = MakeKvPolicy(ToPolicyOptions(spec))->selection();
+  for (int64_t b : out.budgets) out.total_tokens += b;
+  out.total_bytes = SaturatingMul(out.total_tokens, shape.bytes_per_token);
+  return out;
+}
+
+}  // namespace xkv

@@ -1,0 +1,124 @@
+// The one XKV spec (DESIGN.md §3): which policy, which budget target, where the profile comes
+// from and the allocator's parameters — parsed and validated HERE for every entry point (`xkv
+// generate`, `xkv eval`, `xkv serve`'s defaults, the Generate request's override and the admin
+// RPC), with one error text per rule. PlanBudgets turns a spec and the layers' importance profiles
+// into per-layer budgets; the CLI, the eval harness and the coordinator all call it.
+//
+// Units: a layer budget b_l counts kept PREFIX tokens (positions [0, P), P = T - w); the w window
+// tokens are kept on top. Targets from the network are int64 and may be absurd (2^63 - 1): they
+// are clamped to a full cache with saturating arithmetic, never through a double.
+#ifndef XKV_ALLOCATOR_KV_SPEC_H_
+#define XKV_ALLOCATOR_KV_SPEC_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "allocator/importance_profile.h"
+#include "allocator/kv_policy.h"
+#include "allocator/profile_store.h"
+
+namespace xkv {
+
+// Allowed ranges (inclusive) of the allocator's parameters and of the observation window.
+inline constexpr int64_t kMinWindow = 1, kMaxWindow = 1024;
+inline constexpr double kMinFloor = 0.0, kMaxFloor = 1.0;
+inline constexpr double kMinCap = 1.0, kMaxCap = 64.0;
+
+// "global" | "paper" (case-insensitive).
+absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);
+absl::string_view AllocatorName(AllocatorKind kind);
+
+// A budget target in the public API's units. Exactly one kind.
+struct KvTarget {
+  enum class Kind { kRetention, kTokens, kBytes, kFraction };
+  Kind kind = Kind::kRetention;
+  double value = 0.9;  // kRetention: R in (0, 1]; kFraction: kept fraction of the prefix, (0, 1]
+  int64_t amount = 0;  // kTokens: N >= 0 (sum of kept prefix tokens); kBytes: M >= 0 (their bytes)
+  static KvTarget Retention(double r) { return {Kind::kRetention, r, 0}; }
+  static KvTarget Fraction(double f) { return {Kind::kFraction, f, 0}; }
+  static KvTarget Tokens(int64_t n) { return {Kind::kTokens, 0.0, n}; }
+  static KvTarget Bytes(int64_t m) { return {Kind::kBytes, 0.0, m}; }
+};
+std::string TargetName(const KvTarget& target);  // "retention=0.9", "tokens=512", …
+
+// The whole spec of one request (or of the service's default).
+struct KvSettings {
+  PolicyKind policy = PolicyKind::kXkv;
+  KvTarget target;
+  ProfileMode profile;
+  AllocatorParams allocator;  // xkv only
+  int sink_tokens = 4;        // streaming's sinks; xkv keeps them outside the ranking
+  double pyramid_beta = 20.0;
+};
+
+// A per-request (or admin) change to a KvSettings; empty/unset fields keep the base's values.
+struct KvPolicyOverride {
+  std::string policy;  // "full" | "streaming" | "snapkv" | "pyramidkv" | "xkv"; "" = base's
+  std::optional<double> retention;        // (0, 1], xkv only
+  std::optional<int64_t> budget_tokens;   // >= 0: sum over layers of kept prefix tokens
+  std::optional<int64_t> budget_bytes;    // >= 0: bytes of the kept prefix tokens of all layers
+  std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
+  std::string profile_mode;     // "per_request" | "one_pass" | "sampled:<rho>"; "" = base's
+  std::string allocator;        // "global" | "paper"; "" = base's
+  std::optional<double> floor;  // alpha in [0, 1]
+};
+
+// The single rules (each INVALID_ARGUMENT names the field, the value and the allowed range).
+absl::Status ValidateRetention(double retention, absl::string_view field = "retention");
+absl::Status ValidateFraction(double fraction, absl::string_view field = "budget_fraction");
+absl::Status ValidateWindow(int64_t window, absl::string_view field = "window");
+absl::Status ValidateFloor(double floor, absl::string_view field = "floor");
+absl::Status ValidateCap(double cap, absl::string_view field = "cap");
+// A retention target needs policy xkv (or full, which keeps everything).
+absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
+// Every field of a complete spec.
+absl::Status ValidateSettings(const KvSettings& settings);
+
+// `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
+// without a target turns the base's retention target into the same kept fraction.
+absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o);
+// The override alone (as a request carries it): ApplyOverride onto a default spec.
+absl::Status ValidateKvOverride(const KvPolicyOverride& o);
+
+// True when the policy selects tokens by importance score (snapkv, pyramidkv, xkv).
+bool NeedsScores(PolicyKind policy);
+// True when the budgets depend on the request's own profile (xkv).
+bool NeedsProfile(PolicyKind policy);
+
+PolicyOptions ToPolicyOptions(const KvSettings& settings);
+
+// Saturating int64 arithmetic (clamps at the int64 range instead of overflowing).
+int64_t SaturatingMul(int64_t a, int64_t b);
+int64_t SaturatingAdd(int64_t a, int64_t b);
+
+// The allocator's target for a prompt with prefix P over L layers: a fraction f becomes
+// round(f·P·L) tokens; token and byte targets are clamped to a full cache (overflow-safe).
+BudgetTarget ResolveTarget(const KvTarget& target, int64_t prefix_len, int num_layers,
+                           int64_t bytes_per_token);
+
+// What the budgets are for.
+struct BudgetShape {
+  int num_layers = 0;
+  int64_t prefix_len = 0;       // P
+  int64_t bytes_per_token = 0;  // per layer (every layer has the same KV heads here)
+};
+
+// THE planner: per-layer budgets for `spec` (any policy). profiles: [L], required by xkv, used by
+// the others only to report the retention achieved (may be empty).
+absl::StatusOr<PolicyBudgets> PlanBudgets(absl::Span<const LayerProfile> profiles,
+                                          const KvSettings& spec, const BudgetShape& shape);
+
+// Sampled profile mode, a request that is not profiled: the store's running mean scaled to the
+// spec's target (a retention target keeps the samples' mean kept fraction). FAILED_PRECONDITION
+// before the first sample.
+absl::StatusOr<PolicyBudgets> SampledBudgets(const ProfileStore& store, const KvSettings& spec,
+                                             const BudgetShape& shape);
+
+}  // namespace xkv
+
+#endif  // XKV_ALLOCATOR_KV_SPEC_H_
