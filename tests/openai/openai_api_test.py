@@ -22,8 +22,8 @@ MAX_BODY = 65536
 PROMPT = "The capital of France is"
 
 
-def _start_server():
-    """Starts `xkv serve`; returns (process, its stderr lines so far, HTTP port). A reader thread
+def _start_server(*extra):
+    """Starts `xkv serve` (with `extra` flags); returns (process, its stderr lines so far, HTTP port). A reader thread
     follows stderr, so the server never blocks on a full pipe; the wait for the port line is
     bounded (120 s) and ends early when the process exits."""
     binary, model = os.environ.get("XKV_BIN"), os.environ.get("XKV_MODEL")
@@ -33,7 +33,7 @@ def _start_server():
         [binary, "serve", "--model", model, "--threads", "1", "--listen", "127.0.0.1:0",
          "--admin-listen", "127.0.0.1:0", "--admin-insecure-local", "--http-listen", "127.0.0.1:0",
          "--http-max-body-bytes", str(MAX_BODY), "--served-model-name", "smollm2",
-         "--http-max-concurrent", "2", "--default-max-tokens", "8"],
+         "--http-max-concurrent", "2", "--default-max-tokens", "8", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, XKV_API_KEY=API_KEY))
     lines, port = [], queue.Queue()
@@ -367,9 +367,9 @@ class OpenAiApiTest(unittest.TestCase):
 
 class ShutdownTest(unittest.TestCase):
     def test_sigterm_ends_open_requests_with_openai_errors(self):
-        """SIGTERM: an open stream ends with an error event and [DONE], a waiting request gets a
-        503 error object, and the process exits 0."""
-        proc, _, port = _start_server()
+        """SIGTERM: an open stream that outlives the grace period ends with an error event and
+        [DONE], a waiting request gets a 503 error object, and the process exits 0."""
+        proc, _, port = _start_server("--shutdown-grace", "1")
         self.addCleanup(_stop, proc)
         body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True}
         headers = {"Authorization": f"Bearer {API_KEY}"}
