@@ -150,8 +150,49 @@ TEST_P(ArchEngineTest, GpuEngineMatchesCpuEngine) {
   std::filesystem::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, ArchEngineTest, ::testing::ValuesIn(ArchCases()),
+// The cases of the head dimensions the CUDA attention kernels take (64, 128): the real-shape
+// layers of every architecture (Llama-3.2-1B with rope_freqs, Qwen2.5-0.5B, Qwen3-0.6B). The tiny
+// CPU parity shapes (head_dim 16, 32) are refused by the engine, which the test below checks.
+std::vector<ArchCase> GpuArchCases() {
+  std::vector<ArchCase> out;
+  for (const ArchCase& c : ArchCases()) {
+    const int d = c.options.head_dim();
+    if (d == 64 || d == 128) out.push_back(c);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, ArchEngineTest, ::testing::ValuesIn(GpuArchCases()),
                          [](const ::testing::TestParamInfo<ArchCase>& i) { return i.param.name; });
+
+TEST(ArchEngineRefusalTest, AnUnsupportedHeadDimIsAClearError) {
+  XKV_SKIP_WITHOUT_GPU();
+  const ArchCase c = ArchCases().front();
+  ASSERT_NE(c.options.head_dim(), 64);
+  ASSERT_NE(c.options.head_dim(), 128);
+  const std::string dir = UniqueTestDir();
+  const std::string path = dir + c.name + ".gguf";
+  XKV_ASSERT_OK(WriteSyntheticModel(c.options, path));
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  CudaEngineOptions options;
+  options.max_batch = 2;
+  options.max_step_tokens = 256;
+  options.max_seq_len = 256;
+  options.num_kv_blocks = 64;
+  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> gpu = CudaLlamaModel::Load(**file, options);
+  absl::Status status = gpu.status();
+  if (gpu.ok()) {
+    const std::vector<int32_t> prompt(kPrompt, 5);
+    std::vector<CudaTokenStep> steps = {{1, prompt}};
+    std::vector<int32_t> next;
+    std::vector<float> logits;
+    status = (*gpu)->Forward(steps, &next, &logits);
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
+  EXPECT_NE(status.message().find("head_dim"), std::string::npos) << status;
+  std::filesystem::remove_all(dir);
+}
 
 }  // namespace
 }  // namespace xkv
