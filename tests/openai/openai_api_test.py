@@ -23,8 +23,8 @@ PROMPT = "The capital of France is"
 
 
 def _start_server(*extra):
-    """Starts `xkv serve` (with `extra` flags); returns (process, its stderr lines so far, HTTP port). A reader thread
-    follows stderr, so the server never blocks on a full pipe; the wait for the port line is
+    """Starts `xkv serve` with `extra` flags; returns (process, its stderr lines, HTTP port). A
+    reader thread follows stderr, so the server never blocks on a full pipe; the wait for the port line is
     bounded (120 s) and ends early when the process exits."""
     binary, model = os.environ.get("XKV_BIN"), os.environ.get("XKV_MODEL")
     if not binary or not os.path.exists(binary) or not model or not os.path.exists(model):
@@ -369,7 +369,7 @@ class ShutdownTest(unittest.TestCase):
     def test_sigterm_ends_open_requests_with_openai_errors(self):
         """SIGTERM: an open stream that outlives the grace period ends with an error event and
         [DONE], a waiting request gets a 503 error object, and the process exits 0."""
-        proc, _, port = _start_server("--shutdown-grace", "1")
+        proc, log, port = _start_server("--shutdown-grace", "1")
         self.addCleanup(_stop, proc)
         body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": 4000, "ignore_eos": True}
         headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -379,17 +379,26 @@ class ShutdownTest(unittest.TestCase):
         self.assertTrue(streamed.readline().startswith(b"data: {"))
         waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         waiting.request("POST", "/v1/completions", json.dumps(body), headers)
-        # The waiting request is in (both slots of --http-max-concurrent 2 are taken) once a third
-        # request is refused.
+        # The waiting request is in once the coordinator holds both requests (running or queued):
+        # then both slots of --http-max-concurrent 2 are taken. (Probing before that could take
+        # the second slot first and turn the waiting request away.)
         deadline = time.monotonic() + 30
         while True:
-            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            probe.request("POST", "/v1/completions", json.dumps(dict(body, max_tokens=1)), headers)
-            status = probe.getresponse().status
-            probe.close()
-            if status == 429 or time.monotonic() > deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("GET", "/metrics")
+            metrics = conn.getresponse().read().decode()
+            conn.close()
+            held = sum(float(m) for m in re.findall(
+                r"^xkv_num_requests_(?:running|waiting) (\S+)$", metrics, re.M))
+            if held >= 2 or time.monotonic() > deadline:
                 break
-        self.assertEqual(status, 429)
+            time.sleep(0.05)  # poll interval of a bounded wait
+        self.assertGreaterEqual(held, 2, "server log:\n" + "".join(log))
+        probe = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        probe.request("POST", "/v1/completions", json.dumps(dict(body, max_tokens=1)), headers)
+        status = probe.getresponse().status
+        probe.close()
+        self.assertEqual(status, 429, "server log:\n" + "".join(log))
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=30), 0)
         events = streamed.read().decode().split("\n\n")
