@@ -36,6 +36,7 @@ using gpu_test::AllClose;
 using gpu_test::DeviceBuffer;
 using gpu_test::RandomVector;
 using gpu_test::RelDiff;
+using gpu_test::SmallEngineOptions;
 
 constexpr int kPrompt = 40;
 constexpr int kSteps = 12;
@@ -123,11 +124,7 @@ TEST_P(ArchEngineTest, GpuEngineMatchesCpuEngine) {
     logits = (*cpu)->Forward({tokens.back()}, step);
   }
 
-  CudaEngineOptions options;
-  options.max_batch = 2;
-  options.max_step_tokens = 256;
-  options.max_seq_len = 256;
-  options.num_kv_blocks = 64;
+  const CudaEngineOptions options = SmallEngineOptions(256);
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> gpu = CudaLlamaModel::Load(**file, options);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   std::vector<CudaTokenStep> steps = {{1, prompt}};
@@ -175,11 +172,7 @@ TEST(ArchEngineRefusalTest, AnUnsupportedHeadDimIsAClearError) {
   XKV_ASSERT_OK(WriteSyntheticModel(c.options, path));
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
-  CudaEngineOptions options;
-  options.max_batch = 2;
-  options.max_step_tokens = 256;
-  options.max_seq_len = 256;
-  options.num_kv_blocks = 64;
+  const CudaEngineOptions options = SmallEngineOptions(256);
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> gpu = CudaLlamaModel::Load(**file, options);
   absl::Status status = gpu.status();
   if (gpu.ok()) {

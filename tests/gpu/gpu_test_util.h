@@ -16,6 +16,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/half.h"
+#include "model/cuda/cuda_llama_model.h"
 
 namespace xkv::gpu_test {
 
@@ -130,6 +131,17 @@ inline double RelDiff(const float* got, const float* want, int64_t n) {
   double worst = 0;
   for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
   return worst / std::max(1e-30, double(*hi) - *lo);
+}
+
+// A small CUDA engine for one-sequence model tests: 2 sequences, `tokens` per step and per
+// sequence, a 64-block pool.
+inline CudaEngineOptions SmallEngineOptions(int64_t tokens) {
+  CudaEngineOptions o;
+  o.max_batch = 2;
+  o.max_step_tokens = tokens;
+  o.max_seq_len = tokens;
+  o.num_kv_blocks = 64;
+  return o;
 }
 
 }  // namespace xkv::gpu_test

@@ -48,11 +48,7 @@ TEST(KQuantModelTest, GpuEngineMatchesCpuEngineOnAQ4_K_MMix) {
   absl::StatusOr<std::vector<float>> cpu = loaded->model->Forward(prompt, step);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
 
-  CudaEngineOptions options;
-  options.max_batch = 2;
-  options.max_step_tokens = 64;
-  options.max_seq_len = 64;
-  options.num_kv_blocks = 64;
+  const CudaEngineOptions options = gpu_test::SmallEngineOptions(64);
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> gpu =
       CudaLlamaModel::Load(*loaded->file, options);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
