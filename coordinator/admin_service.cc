@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "base/same_secret.h"
 #include "coordinator/generation_service.h"
 #include "coordinator/grpc_status_map.h"
 
@@ -16,14 +17,6 @@ grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* context, absl::Status
   return reactor;
 }
 
-// Constant-time comparison of the presented token.
-bool SameToken(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
-  return diff == 0;
-}
-
 }  // namespace
 
 absl::Status AdminService::Authorize(grpc::CallbackServerContext* context) const {
@@ -36,7 +29,7 @@ absl::Status AdminService::Authorize(grpc::CallbackServerContext* context) const
   const std::string value(it->second.data(), it->second.size());
   const std::string prefix = "Bearer ";
   if (auth_.token.empty() || value.rfind(prefix, 0) != 0 ||
-      !SameToken(value.substr(prefix.size()), auth_.token)) {
+      !SameSecret(value.substr(prefix.size()), auth_.token)) {
     return absl::UnauthenticatedError("invalid admin bearer token");
   }
   return absl::OkStatus();

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "base/same_secret.h"
 #include "base/status_macros.h"
 #include "coordinator/generation_service.h"
 #include "http/choice_collector.h"
@@ -32,14 +33,6 @@ void ReplyError(httplib::Response& res, const absl::Status& status) {
   const OpenAiErrorReply e = ToOpenAiError(status);
   res.status = e.http_status;
   res.set_content(e.body, kJson);
-}
-
-// Compares in time independent of where the strings differ (only the length may leak).
-bool SameSecret(absl::string_view given, absl::string_view key) {
-  if (given.size() != key.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < key.size(); ++i) diff |= given[i] ^ key[i];
-  return diff == 0;
 }
 
 // The status an HTTP error of the server itself (no route, body too large, bad request) means.
