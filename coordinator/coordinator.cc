@@ -150,8 +150,10 @@ void Coordinator::ShutdownWithGrace(absl::Duration grace) {
                        absl::FormatDuration(grace), "); retry the request")),
                    0);
   }
-  std::fprintf(stderr, "xkv coordinator: stopped (%zu requests cut at the end of the grace)\n",
-               left.size());
+  if (!left.empty()) {  // a quiet stop when nothing was cut (`xkv generate` ends this way)
+    std::fprintf(stderr, "xkv coordinator: stopped (%zu requests cut at the end of the grace)\n",
+                 left.size());
+  }
   if (!unreleased_.empty()) {
     std::fprintf(stderr, "xkv coordinator: %zu sequences could not be released on a stage\n",
                  unreleased_.size());
@@ -175,6 +177,16 @@ absl::Status Coordinator::Readiness() const {
 }
 
 absl::StatusOr<std::vector<int32_t>> Coordinator::Tokenize(const GenerateParams& p) const {
+  if (!p.prompt_ids.empty()) {
+    for (size_t i = 0; i < p.prompt_ids.size(); ++i) {
+      if (p.prompt_ids[i] < 0 || p.prompt_ids[i] >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("prompt token id ", p.prompt_ids[i], " at ",
+                                                       i, " is outside the vocabulary [0, ",
+                                                       config_.vocab_size, ")"));
+      }
+    }
+    return p.prompt_ids;
+  }
   if (!p.chat) return tokenizer_->Encode(p.prompt, /*parse_special=*/false);
   if (!chat_template_.ok()) return chat_template_.status();
   ASSIGN_OR_RETURN(std::string text,

@@ -13,7 +13,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/generate_params.h"
 #include "coordinator/kv_budgeting.h"
-#include "model/generator.h"
+#include "model/stop_matcher.h"
 #include "xkv/v1/worker.pb.h"
 
 namespace xkv {

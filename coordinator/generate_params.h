@@ -16,10 +16,12 @@ namespace xkv {
 
 struct GenerateParams {
   std::string request_id;
-  // Exactly one of: raw prompt text, or chat messages (rendered with the chat template).
+  // Exactly one of: raw prompt text, chat messages (rendered with the chat template), or token ids.
   std::string prompt;
   std::vector<ChatMessage> messages;
-  bool chat = false;       // true: `messages` is the input
+  bool chat = false;  // true: `messages` is the input
+  // Token ids instead of text (in-process callers: the parity tests); each in [0, vocab).
+  std::vector<int32_t> prompt_ids;
   int64_t max_tokens = 0;  // 0 = the service default
   double temperature = 0;  // 0: greedy; must be >= 0 and finite
   double top_p = 1;        // (0, 1]

@@ -53,6 +53,12 @@ absl::Status CheckUtf8(std::string_view text, const std::string& field) {
 }
 
 absl::Status ValidateInput(const GenerateParams& p) {
+  if (!p.prompt_ids.empty()) {  // the ids' range is the tokenizer's (Coordinator::Tokenize)
+    if (p.chat || !p.prompt.empty()) {
+      return Invalid("send one of prompt text, chat messages or prompt token ids");
+    }
+    return absl::OkStatus();
+  }
   if (!p.chat) {
     if (p.prompt.empty()) return Invalid("prompt is empty; send prompt text or chat messages");
     return CheckUtf8(p.prompt, "prompt");

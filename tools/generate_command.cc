@@ -1,31 +1,31 @@
-// `xkv generate`: one prompt through the in-process engine (CPU, or `--device cuda:N`), text
-// streamed to stdout.
+// `xkv generate`: one prompt through the service's own pipeline (architecture.md §2) in this
+// process: an embedded Coordinator over one in-process stage (CPU, or `--device cuda:N`), the
+// same chat handling, stop rules, sampling and XKV steps as `xkv serve`; text streamed to stdout.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
-#include "model/chat_template.h"
-#include "model/engine_generator.h"
-#include "model/generator.h"
-#include "model/gguf.h"
-#include "model/kv_compressor.h"
-#include "model/loaded_model.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/request_validation.h"
+#include "embedded/in_process_stages.h"
+#include "embedded/local_generation.h"
 #include "model/sampler.h"
-#include "model/stop_tokens.h"
-#include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
+
+// Prompt tokens of one prefill step (the Generator this path replaced used the same chunk).
+constexpr int64_t kPrefillChunk = 2048;
 
 struct GenerateFlags {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -56,12 +56,17 @@ struct GenerateFlags {
   bool show_allocation = false;
 };
 
-// The compressor options from the flags. INVALID_ARGUMENT naming the flag and the allowed range.
-absl::StatusOr<KvCompressorOptions> CompressorOptions(const GenerateFlags& f,
-                                                      const FlagSet& flags) {
-  KvCompressorOptions o;
-  // The same override and rules as a Generate request (allocator/kv_spec.h), onto the CLI's
-  // default: the full cache, and a retention target of 0.9 for xkv.
+// The CLI's KV default: the full cache (a retention target of 0.9 once --policy xkv is named).
+KvSettings CliDefaultKv() {
+  KvSettings kv;
+  kv.policy = PolicyKind::kFull;
+  return kv;
+}
+
+// The request's KV settings from the flags, onto the CLI's default (the full cache; a retention
+// target of 0.9 for xkv), checked here with the service's own rules (allocator/kv_spec.h) so that
+// a bad flag fails before the model loads. INVALID_ARGUMENT naming the flag and the allowed range.
+absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSet& flags) {
   KvPolicyOverride ov;
   ov.policy = f.policy;
   ov.profile_mode = f.profile;
@@ -78,37 +83,31 @@ absl::StatusOr<KvCompressorOptions> CompressorOptions(const GenerateFlags& f,
         "--policy " + f.policy +
         " needs --budget-tokens N, --budget-bytes M or --budget-fraction F");
   }
-  KvSettings base;
-  base.policy = PolicyKind::kFull;
-  ASSIGN_OR_RETURN(o.kv, ApplyOverride(base, ov));
+  RETURN_IF_ERROR(ApplyOverride(CliDefaultKv(), ov).status());
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
-  o.importance.window = static_cast<int>(f.window);
-  if (f.granularity == "query_head") {
-    o.importance.granularity = ScoreGranularity::kQueryHead;
-  } else if (f.granularity != "kv_head") {
+  if (f.granularity != "kv_head" && f.granularity != "query_head") {
     return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
                                       "' is not one of kv_head, query_head");
   }
-  o.seed = static_cast<uint64_t>(f.seed);
-  return o;
+  return ov;
 }
 
-void PrintAllocation(const AllocationReport& r) {
-  std::fprintf(stderr, "\nallocation: policy %s, prompt %lld tokens (window %d)%s%s\n",
-               std::string(PolicyName(r.policy)).c_str(), static_cast<long long>(r.prompt_len),
-               r.window,
-               r.compressed ? "" : ", not compressed: ", r.compressed ? "" : r.note.c_str());
-  std::fprintf(stderr, "layer  kept prefix  tokens held  bytes held\n");
-  for (const LayerAllocation& l : r.layers) {
-    std::fprintf(stderr, "%5d  %11lld  %11lld  %10lld\n", l.layer,
-                 static_cast<long long>(l.kept_prefix), static_cast<long long>(l.tokens_held),
-                 static_cast<long long>(l.bytes_held));
+// --show-allocation: each layer's cache at the end of the request, from the usage the service
+// reports (kept prefix + window + decoded tokens per KV head).
+void PrintAllocation(const xkv::v1::Usage& u, int window) {
+  std::fprintf(stderr, "\nallocation: policy %s, profile %s, prompt %d tokens (window %d)\n",
+               u.policy().c_str(), u.profile_mode().empty() ? "-" : u.profile_mode().c_str(),
+               u.prompt_tokens(), window);
+  std::fprintf(stderr, "layer  tokens held  bytes held\n");
+  for (const xkv::v1::LayerCacheSize& l : u.layers()) {
+    std::fprintf(stderr, "%5d  %11lld  %10lld\n", l.layer(),
+                 static_cast<long long>(l.kept_tokens()), static_cast<long long>(l.bytes()));
   }
   std::fprintf(stderr, "KV bytes held %lld of a full cache's %lld (%.1f%%)",
-               static_cast<long long>(r.kv_bytes_held), static_cast<long long>(r.kv_bytes_full),
-               r.kv_bytes_full > 0 ? 100.0 * r.kv_bytes_held / r.kv_bytes_full : 100.0);
-  if (r.average_retention) std::fprintf(stderr, ", retention %.4f", *r.average_retention);
-  if (!r.reachable) std::fprintf(stderr, " (retention target unreachable: everything kept)");
+               static_cast<long long>(u.kv_bytes_held()), static_cast<long long>(u.kv_bytes_full()),
+               u.kv_bytes_full() > 0 ? 100.0 * u.kv_bytes_held() / u.kv_bytes_full() : 100.0);
+  if (u.has_retention()) std::fprintf(stderr, ", retention %.4f", u.retention());
+  if (!u.reachable()) std::fprintf(stderr, " (retention target unreachable: everything kept)");
   std::fprintf(stderr, "\n");
 }
 
@@ -117,118 +116,62 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-// The model's chat template (with --chat or --chat-template) and its stop tokens.
-struct ChatSetup {
-  std::optional<ChatTemplate> chat;
-  std::vector<int32_t> stop;
-};
+using WallClock = std::chrono::steady_clock;
 
-absl::StatusOr<ChatSetup> MakeChatSetup(const GenerateFlags& f, const GgufFile& file,
-                                        const Tokenizer& tok) {
-  ChatSetup s;
-  if (f.chat || !f.chat_template.empty()) {
-    ASSIGN_OR_RETURN(s.chat, ChatTemplate::ForModel(file, f.chat_template));
-  }
-  s.stop = StopTokens(tok, s.chat ? &*s.chat : nullptr);
-  return s;
-}
-
-absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateFlags& f, const Tokenizer& tok,
-                                               const ChatSetup& chat) {
-  if (f.prompt.empty()) return absl::InvalidArgumentError("--prompt is empty");
-  if (!f.chat) return tok.Encode(f.prompt, /*parse_special=*/false);
-  std::vector<ChatMessage> messages;
-  if (!f.system.empty()) messages.push_back({"system", f.system});
-  messages.push_back({"user", f.prompt});
-  absl::StatusOr<std::string> text = chat.chat->Apply(messages, /*add_generation_prompt=*/true);
-  if (!text.ok()) return text.status();
-  return tok.Encode(*text, /*parse_special=*/true);
-}
-
-using Clock = std::chrono::steady_clock;
-
-void PrintSpeed(size_t prompt, int64_t generated, Clock::time_point start, Clock::time_point first,
-                Clock::time_point end, double load_s) {
+void PrintSpeed(int64_t prompt, int64_t generated, WallClock::time_point start,
+                WallClock::time_point first, WallClock::time_point end, double load_s) {
   const double prefill_s = std::chrono::duration<double>(first - start).count();
   const double decode_s = std::chrono::duration<double>(end - first).count();
   std::fprintf(stderr,
-               "\nprompt: %zu tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
+               "\nprompt: %lld tokens, %.1f tokens/s | generation: %lld tokens, %.1f tokens/s | "
                "load %.2f s\n",
-               prompt, prefill_s > 0 ? prompt / prefill_s : 0.0, static_cast<long long>(generated),
+               static_cast<long long>(prompt), prefill_s > 0 ? prompt / prefill_s : 0.0,
+               static_cast<long long>(generated),
                decode_s > 0 && generated > 1 ? (generated - 1) / decode_s : 0.0, load_s);
 }
 
-// The request of the flags: the prompt (checked against the context) and the sampling.
-absl::StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Tokenizer& tok,
-                                              const ChatSetup& chat, int64_t context_length,
-                                              const SamplingParams& sampling) {
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptIds(f, tok, chat));
-  if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
-  if (static_cast<int64_t>(ids.size()) + f.max_tokens > context_length) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the prompt's ", ids.size(), " tokens + --max-tokens ", f.max_tokens,
-                     " exceed the model's context length of ", context_length, " tokens"));
+// The request of the flags (the coordinator renders the chat template and tokenizes).
+GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
+  GenerateParams p;
+  if (f.chat) {
+    p.chat = true;
+    if (!f.system.empty()) p.messages.push_back({"system", f.system});
+    p.messages.push_back({"user", f.prompt});
+  } else {
+    p.prompt = f.prompt;
   }
-  GenerationRequest request;
-  request.prompt = std::move(ids);
-  request.max_tokens = static_cast<int>(f.max_tokens);
-  request.sampling = sampling;
-  if (!f.stop.empty()) request.stop = absl::StrSplit(f.stop, '|', absl::SkipEmpty());
-  return request;
+  p.max_tokens = f.max_tokens;
+  p.temperature = f.temperature;
+  p.top_k = f.top_k;
+  p.top_p = f.top_p;
+  p.seed = static_cast<uint64_t>(f.seed);
+  if (!f.stop.empty()) p.stop = absl::StrSplit(f.stop, '|', absl::SkipEmpty());
+  p.kv = std::move(kv);
+  return p;
 }
 
-// Streams the generated bytes to stdout and times the first token.
-struct Streamer {
-  Clock::time_point start = Clock::now(), first = start;
-  int64_t generated = 0;
-  TokenCallback callback() {
-    return [this](int, int32_t token, std::string_view bytes) {
-      if (token >= 0 && generated++ == 0) first = Clock::now();
-      std::fwrite(bytes.data(), 1, bytes.size(), stdout);
-      std::fflush(stdout);
-    };
-  }
-};
-
-// `--device cuda:N`: the whole model on one GPU through EngineGenerate; eviction one_pass or, for
-// the other profile modes, the two-pass (per_request) way.
-int GenerateOnDevice(const GenerateFlags& f, const KvCompressorOptions& c,
-                     const SamplingParams& sampling) {
-  const Clock::time_point load_start = Clock::now();
-  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Open(f.model);
-  if (!file.ok()) return Fail(file.status());
-  absl::StatusOr<ModelConfig> config = ReadModelConfig(**file);
-  if (!config.ok()) return Fail(config.status());
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromGguf(**file);
-  if (!tok.ok()) return Fail(tok.status());
-  absl::StatusOr<ChatSetup> chat = MakeChatSetup(f, **file, **tok);
-  if (!chat.ok()) return Fail(chat.status());
-  StageOptions so;
-  so.model_path = f.model;
-  so.device = f.device;
-  so.importance = ScoringFor(c.kv, c.importance);
-  absl::StatusOr<std::unique_ptr<StageEngine>> engine = LoadStageEngine(so);
-  if (!engine.ok()) return Fail(engine.status());
-  const double load_s = std::chrono::duration<double>(Clock::now() - load_start).count();
-  absl::StatusOr<GenerationRequest> request =
-      MakeRequest(f, **tok, *chat, config->context_length, sampling);
-  if (!request.ok()) return Fail(request.status());
-  EngineGeneratorOptions o;
-  const Tokenizer* t = tok->get();
-  o.token_bytes = [t](int32_t id) { return t->TokenBytes(id); };
-  o.eos_tokens = chat->stop;
-  o.compress = c.kv.policy != PolicyKind::kFull || f.show_allocation;
-  o.kv = c.kv;
-  o.importance = c.importance;
-  Streamer stream;
-  absl::StatusOr<GenerationResult> result =
-      EngineGenerate(**engine, 1, *request, o, stream.callback());
-  const Clock::time_point end = Clock::now();
-  std::fputc('\n', stdout);
-  if (!result.ok()) return Fail(result.status());
-  if (f.show_allocation && result->allocation) PrintAllocation(*result->allocation);
-  PrintSpeed(request->prompt.size(), stream.generated, stream.start, stream.first, end, load_s);
-  return 0;
+// The embedded service: one in-process stage on --device, one request at a time.
+absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f) {
+  InProcessStagesOptions so;
+  so.devices = {f.device};
+  so.threads_per_stage = static_cast<int>(
+      f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency()));
+  if (f.numerics == "exact") so.numerics = Numerics::kExact;
+  if (f.numerics == "bf16") so.numerics = Numerics::kBf16;
+  ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> stages, MakeInProcessStages(so));
+  CoordinatorOptions o;
+  o.model_path = f.model;
+  o.kv = CliDefaultKv();
+  o.window = static_cast<int>(f.window);
+  o.query_head_scores = f.granularity == "query_head";
+  o.chat_template = f.chat_template;
+  o.seed = static_cast<uint64_t>(f.seed);
+  o.scheduler.max_running = 1;
+  o.scheduler.step_token_budget = kPrefillChunk;
+  o.scheduler.prefill_chunk = kPrefillChunk;
+  o.health_interval = absl::ZeroDuration();  // no monitor thread: nothing else uses the stage
+  o.shutdown_grace = absl::ZeroDuration();
+  return Coordinator::Start(o, std::move(stages));
 }
 
 void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
@@ -274,42 +217,6 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
              "print each layer's kept tokens and the KV bytes held vs a full cache");
 }
 
-// The CPU engine's path: Generator (+ KvCompressor), tokens streamed to stdout.
-int GenerateOnCpu(const GenerateFlags& f, const KvCompressorOptions& compression,
-                  const SamplingParams& sampling) {
-  absl::StatusOr<std::unique_ptr<KvCompressor>> compressor = KvCompressor::Create(compression);
-  if (!compressor.ok()) return Fail(compressor.status());
-  absl::StatusOr<LoadedModel> loaded = LoadModel(f.model, static_cast<int>(f.threads),
-                                                 f.numerics == "exact"  ? Numerics::kExact
-                                                 : f.numerics == "bf16" ? Numerics::kBf16
-                                                                        : Numerics::kGgml);
-  if (!loaded.ok()) return Fail(loaded.status());
-  absl::StatusOr<ChatSetup> chat = MakeChatSetup(f, *loaded->file, *loaded->tokenizer);
-  if (!chat.ok()) return Fail(chat.status());
-  absl::StatusOr<GenerationRequest> request =
-      MakeRequest(f, *loaded->tokenizer, *chat, loaded->config.context_length, sampling);
-  if (!request.ok()) return Fail(request.status());
-  GeneratorOptions options;
-  options.eos_tokens = chat->stop;
-  const Tokenizer* tok = loaded->tokenizer.get();
-  options.token_bytes = [tok](int32_t id) { return tok->TokenBytes(id); };
-  if (compression.kv.policy != PolicyKind::kFull || f.show_allocation) {
-    options.compressor = compressor->get();
-  }
-  Generator generator(loaded->model.get(), options);
-
-  Streamer stream;
-  absl::StatusOr<std::vector<GenerationResult>> results =
-      generator.Generate({&*request, 1}, stream.callback());
-  const Clock::time_point end = Clock::now();
-  std::fputc('\n', stdout);
-  if (!results.ok()) return Fail(results.status());
-  if (f.show_allocation && (*results)[0].allocation) PrintAllocation(*(*results)[0].allocation);
-  PrintSpeed(request->prompt.size(), stream.generated, stream.start, stream.first, end,
-             loaded->load_seconds);
-  return 0;
-}
-
 }  // namespace
 
 int RunGenerate(int argc, char** argv) {
@@ -320,10 +227,13 @@ int RunGenerate(int argc, char** argv) {
       "to stdout;\nprompt and generation speed go to stderr at the end.");
   DeclareGenerateFlags(f, flags);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
-  if (f.max_tokens < 0) return Fail(absl::InvalidArgumentError("--max-tokens must be >= 0"));
+  if (f.prompt.empty()) return Fail(absl::InvalidArgumentError("--prompt is empty"));
+  if (f.max_tokens < 1) {
+    return Fail(absl::InvalidArgumentError("--max-tokens must be >= 1"));
+  }
   // As the service's API: a negative temperature or top-k is an error, not a synonym of greedy
   // or of "no top-k" (0 is both).
-  if (f.temperature < 0) {
+  if (!(f.temperature >= 0)) {
     return Fail(absl::InvalidArgumentError("--temperature must be >= 0 (0 is greedy)"));
   }
   if (f.top_k < 0) return Fail(absl::InvalidArgumentError("--top-k must be >= 0 (0 disables)"));
@@ -334,16 +244,40 @@ int RunGenerate(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--numerics '" + f.numerics +
                                            "' is not one of ggml, exact, bf16"));
   }
-  absl::StatusOr<KvCompressorOptions> compression = CompressorOptions(f, flags);
-  if (!compression.ok()) return Fail(compression.status());
+  absl::StatusOr<KvPolicyOverride> kv = KvOverride(f, flags);
+  if (!kv.ok()) return Fail(kv.status());
   absl::StatusOr<int> device = ParseStageDevice(f.device);
   if (!device.ok()) return Fail(device.status());
-  if (*device < 0) return GenerateOnCpu(f, *compression, sampling);
-  if (flags.WasSet("numerics")) {
+  if (*device >= 0 && flags.WasSet("numerics")) {
     return Fail(absl::InvalidArgumentError(
         "--numerics applies to the CPU engine (the CUDA engine computes in bf16/fp32)"));
   }
-  return GenerateOnDevice(f, *compression, sampling);
+  GenerateParams params = MakeParams(f, *std::move(kv));
+  if (absl::Status s = ValidateGenerateParams(params); !s.ok()) return Fail(s);
+
+  const WallClock::time_point load_start = WallClock::now();
+  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator = StartPipeline(f);
+  if (!coordinator.ok()) return Fail(coordinator.status());
+  const WallClock::time_point start = WallClock::now();
+  const double load_s = std::chrono::duration<double>(start - load_start).count();
+  WallClock::time_point first = start;
+  int64_t generated = 0;
+  absl::StatusOr<std::vector<LocalResult>> results =
+      GenerateLocally(**coordinator, {std::move(params)},
+                      [&](size_t, const std::string& text, absl::Span<const int32_t> tokens) {
+                        if (generated == 0 && !tokens.empty()) first = WallClock::now();
+                        generated += static_cast<int64_t>(tokens.size());
+                        std::fwrite(text.data(), 1, text.size(), stdout);
+                        std::fflush(stdout);
+                      });
+  const WallClock::time_point end = WallClock::now();
+  if (!results.ok()) return Fail(results.status());
+  std::fputc('\n', stdout);
+  const LocalResult& r = (*results)[0];
+  if (!r.status.ok()) return Fail(r.status);
+  if (f.show_allocation) PrintAllocation(r.usage, static_cast<int>(f.window));
+  PrintSpeed(r.usage.prompt_tokens(), generated, start, first, end, load_s);
+  return 0;
 }
 
 }  // namespace xkv

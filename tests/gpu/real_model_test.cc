@@ -21,9 +21,11 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/coordinator.h"
+#include "embedded/in_process_stages.h"
+#include "embedded/local_generation.h"
 #include "gtest/gtest.h"
 #include "model/cuda/cuda_llama_model.h"
-#include "model/generator.h"
 #include "model/llama_model.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
@@ -112,16 +114,26 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
       ASSERT_TRUE(logits.ok()) << logits.status();
     }
   }
-  // The Generator (batched, chunked) must pick the same greedy tokens as the loop above.
+  // `xkv generate`'s path (the service's pipeline, one in-process CPU stage, batched and chunked)
+  // must pick the same greedy tokens as the loop above.
   {
-    Generator gen(&cpu, GeneratorOptions{});
-    std::vector<GenerationRequest> requests(n_prompts);
+    InProcessStagesOptions stages;
+    stages.numerics = Numerics::kExact;
+    auto clients = MakeInProcessStages(stages);
+    ASSERT_TRUE(clients.ok()) << clients.status();
+    CoordinatorOptions co;
+    co.model_path = path;
+    co.kv.policy = PolicyKind::kFull;
+    co.health_interval = absl::ZeroDuration();
+    auto coordinator = Coordinator::Start(co, std::move(*clients));
+    ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+    std::vector<GenerateParams> requests(n_prompts);
     for (int p = 0; p < n_prompts; ++p) {
-      requests[p].prompt = prompts[p];
+      requests[p].prompt_ids = prompts[p];
       requests[p].max_tokens = kGenTokens;
       requests[p].ignore_eos = true;
     }
-    absl::StatusOr<std::vector<GenerationResult>> results = gen.Generate(requests);
+    auto results = GenerateLocally(**coordinator, std::move(requests));
     ASSERT_TRUE(results.ok()) << results.status();
     for (int p = 0; p < n_prompts; ++p) EXPECT_EQ((*results)[p].tokens, cpu_tokens[p]) << p;
   }

@@ -23,9 +23,11 @@
 #include <thread>
 #include <vector>
 
+#include "coordinator/coordinator.h"
+#include "embedded/in_process_stages.h"
+#include "embedded/local_generation.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ggml_exact.h"
-#include "model/generator.h"
 #include "model/gguf.h"
 #include "model/llama_model.h"
 #include "model/llama_weights.h"
@@ -202,19 +204,29 @@ TEST_F(ParityTest, LastLogitsMatchLlamaCpp) {
 TEST_F(ParityTest, GreedyContinuationsMatchLlamaCppInOneBatch) {
   const std::vector<RefPrompt> prompts = ReadPrompts();
   ASSERT_GE(prompts.size(), 5u);
-  std::vector<GenerationRequest> requests;
+  // `xkv generate`'s path: the service's pipeline in this process (one CPU stage, kGgml numerics),
+  // every prompt submitted at once so they share steps.
+  std::vector<GenerateParams> requests;
   for (const RefPrompt& p : prompts) {
-    GenerationRequest r;
-    r.prompt = p.prompt;
-    r.max_tokens = static_cast<int>(p.greedy.size());
+    GenerateParams r;
+    r.prompt_ids = p.prompt;
+    r.max_tokens = static_cast<int64_t>(p.greedy.size());
     r.ignore_eos = true;  // the reference loop does not stop at EOS either
     requests.push_back(std::move(r));
   }
-  GeneratorOptions options;
-  options.token_bytes = [](int32_t id) { return tokenizer_->TokenBytes(id); };
-  Generator generator(model_, options);
-  auto results = generator.Generate(requests);
+  InProcessStagesOptions stages;
+  stages.threads_per_stage = 2;
+  auto clients = MakeInProcessStages(stages);
+  ASSERT_TRUE(clients.ok()) << clients.status();
+  CoordinatorOptions options;
+  options.model_path = Env("XKV_MODEL");
+  options.kv.policy = PolicyKind::kFull;
+  options.health_interval = absl::ZeroDuration();
+  auto coordinator = Coordinator::Start(options, std::move(*clients));
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  auto results = GenerateLocally(**coordinator, std::move(requests));
   ASSERT_TRUE(results.ok()) << results.status();
+  for (const LocalResult& r : *results) ASSERT_TRUE(r.status.ok()) << r.status;
   int identical = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const RefPrompt& p = prompts[i];
