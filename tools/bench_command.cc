@@ -18,7 +18,8 @@ constexpr char kBenchUsage[] =
     "usage: xkv bench <what> [flags]\n\n"
     "  cpu    prefill and decode tokens/s of the CPU engine next to llama.cpp\n"
     "  gpu    GPU engine vs the GPU's measured limits; real model next to transformers\n"
-    "  serve  closed-loop serving load (TTFT, TPOT, ITL, throughput, KV) against --server\n\n"
+    "  serve  closed-loop serving load (TTFT, TPOT, ITL, throughput, KV) against --server\n"
+    "  model  write a random-weight GGUF of a real model's shape (e.g. Llama-3-8B)\n\n"
     "`xkv bench <what> --help` lists its flags.\n";
 
 int RunBenchCpu(int argc, char** argv) {
@@ -75,12 +76,14 @@ int RunBenchCpu(int argc, char** argv) {
 
 int RunBenchServe(int argc, char** argv);  // tools/bench_serve_command.cc
 int RunBenchGpu(int argc, char** argv);    // tools/bench_gpu_command.cc
+int RunBenchModel(int argc, char** argv);  // tools/bench_model_command.cc
 
 int RunBench(int argc, char** argv) {
   const std::string what = argc > 2 ? argv[2] : "";
   if (what == "cpu") return RunBenchCpu(argc, argv);
   if (what == "serve") return RunBenchServe(argc, argv);
   if (what == "gpu") return RunBenchGpu(argc, argv);
+  if (what == "model") return RunBenchModel(argc, argv);
   const bool help = what == "--help" || what == "-h";
   std::fputs(kBenchUsage, help ? stdout : stderr);
   return help ? 0 : 2;
