@@ -159,7 +159,17 @@ bool LlamaModel::ExactLayer(const LlamaLayerWeights& w) const {
 absl::Status LlamaModel::ExactMatmul(const float* a, int64_t lda, int64_t m,
                                      const cpu::ggml::QuantMatrix& w, float* c, int64_t ldc,
                                      bool accumulate) {
-  const int64_t k = w.cols(), nb = k / cpu::ggml::kQBlock;
+  const int64_t k = w.cols();
+  if (w.is_kquant()) {  // K-quants take Q8_K activations
+    const int64_t nbk = k / cpu::ggml::kKBlock;
+    act_kblocks_.resize(m * nbk);
+    for (int64_t i = 0; i < m; ++i) {
+      cpu::ggml::QuantizeRowQ8K(a + i * lda, k, &act_kblocks_[i * nbk]);
+    }
+    return cpu::ggml::LaunchKQuantMatmul(w, act_kblocks_.data(), m, c, ldc, accumulate,
+                                         pool_.get());
+  }
+  const int64_t nb = k / cpu::ggml::kQBlock;
   act_blocks_.resize(m * nb);
   for (int64_t i = 0; i < m; ++i) cpu::ggml::QuantizeRow(a + i * lda, k, &act_blocks_[i * nb]);
   return cpu::ggml::LaunchQuantMatmul(w, act_blocks_.data(), m, c, ldc, accumulate, pool_.get());

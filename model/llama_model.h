@@ -147,8 +147,9 @@ class LlamaModel {
   std::vector<float> cos_sin_;        // fp32 [n, rope_dims]
   std::vector<float> tmp_k_, tmp_v_;  // scores-only K/V, [kv_heads][len][head_dim]
   std::vector<float> min_fix_;        // fp32 [n, k / 32] Q8_1 sum corrections (kGgml)
-  std::vector<cpu::ggml::ActBlock> act_blocks_;  // kGgml exact path: quantized activation rows
-  std::vector<float> exact_rope_;                // kGgml exact path: ggml's cos/sin cache [n, dims]
+  std::vector<cpu::ggml::ActBlock> act_blocks_;   // kGgml exact path: quantized activation rows
+  std::vector<cpu::ggml::Q8KBlock> act_kblocks_;  // the same for K-quant matrices (Q8_K)
+  std::vector<float> exact_rope_;  // kGgml exact path: ggml's cos/sin cache [n, dims]
 };
 
 }  // namespace xkv

@@ -63,7 +63,10 @@ absl::StatusOr<cpu::ggml::QuantMatrix> QuantBlocks(const GgufFile& file,
   for (const std::string& name : names) {
     const GgufTensorInfo* info = file.FindTensor(name);
     if (info == nullptr) return absl::NotFoundError("weights: missing tensor " + name);
-    if (!cpu::ggml::IsExactQuantType(info->type) || (type && *type != info->type) ||
+    // One legacy type (Q4_1 or Q8_0) for every part, or K-quants of any mix.
+    const bool k_mix =
+        type && cpu::ggml::IsExactKQuantType(*type) && cpu::ggml::IsExactKQuantType(info->type);
+    if (!cpu::ggml::IsExactQuantType(info->type) || (type && *type != info->type && !k_mix) ||
         info->dims.size() != 2) {
       return cpu::ggml::QuantMatrix();
     }

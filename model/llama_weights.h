@@ -39,8 +39,9 @@ struct LlamaLayerWeights {
   // parts of another type); empty when the matrix has no Q4_1 part. See kernels/cpu/act_quant.h.
   std::vector<float> wqkv_mins, wo_mins, w_gate_up_mins, w_down_mins;
   // The same matrices in their GGUF blocks, for Numerics::kGgml's bit-exact products
-  // (kernels/cpu/ggml_exact.h). Empty unless every part is Q4_1 or Q8_0 (all of one type) and
-  // LlamaWeightsOptions::keep_blocks or blocks_only is set.
+  // (kernels/cpu/ggml_exact.h). Empty unless every part is Q4_1 or Q8_0 (all of one type) or a
+  // K-quant of ggml_exact's (Q4_K, Q5_K, Q6_K, mixed), and LlamaWeightsOptions::keep_blocks or
+  // blocks_only is set.
   cpu::ggml::QuantMatrix wqkv_q, wo_q, w_gate_up_q, w_down_q;
 
   // True when the matrices are held only in their blocks (LlamaWeightsOptions::blocks_only).
@@ -53,7 +54,7 @@ struct LlamaWeightsOptions {
   int layer_end = -1;          // exclusive; -1 = n_layers
   bool load_embedding = true;  // first stage: token_embd
   bool load_head = true;       // last stage: output_norm + lm_head (output.weight or token_embd)
-  bool keep_blocks = true;     // also keep Q4_1 / Q8_0 matrices in their blocks (the *_q fields)
+  bool keep_blocks = true;     // also keep exact-type matrices in their blocks (the *_q fields)
   // Keep such matrices only in their blocks, without fp32 copies, wherever kGgml's bit-exact path
   // takes them (GgmlExactShape and all four of a layer's matrices in blocks; lm_head in blocks).
   // The embedding stays fp32. Such weights serve only Numerics::kGgml.

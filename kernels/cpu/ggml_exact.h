@@ -59,6 +59,19 @@ struct ActBlock {
 // x: fp32 [k] with k % 32 == 0 → k / 32 blocks, as quantize_row_q8_0 / quantize_row_q8_1.
 void QuantizeRow(const float* x, int64_t k, ActBlock* out);
 
+// One Q8_K activation block (quantize_row_q8_K_ref, the K-quants' activations): d = 1 / iscale
+// with iscale = -127 / (the element of largest magnitude), q = round-half-even(x * iscale), and
+// bsums the sums of each 16 consecutive q.
+inline constexpr int64_t kKBlock = 256;
+struct Q8KBlock {
+  float d;
+  int8_t q[kKBlock];
+  int16_t bsums[kKBlock / 16];
+};
+
+// x: fp32 [k] with k % 256 == 0 → k / 256 blocks.
+void QuantizeRowQ8K(const float* x, int64_t k, Q8KBlock* out);
+
 // A weight matrix held in its GGUF blocks (Q4_1 or Q8_0): per block the scale d (and Q4_1's
 // minimum m) widened to fp32, and the quantized values packed as in the file (Q4_1: 16 bytes,
 // element j in the low nibble of byte j and element j + 16 in its high nibble; Q8_0: 32 int8).
@@ -78,6 +91,14 @@ class QuantMatrix {
   // the matrix is then unchanged.
   absl::Status AppendRows(GgmlType type, const uint8_t* data, size_t size, int64_t rows,
                           int64_t cols);
+
+  // K-quant rows (Q4_K, Q5_K, Q6_K; fused tensors may mix them) are kept as their raw
+  // super-blocks, one segment per appended tensor, and multiplied with Q8_K activations the way
+  // llama.cpp's CPU backend does on the emulated build (kernels/cpu/ggml_exact_kquant.cc): Q4_K
+  // tensors whose row count is a multiple of 8 through the repacked 8x8 kernels (one fma chain per
+  // output over the super-blocks), the rest through ggml_vec_dot_q{4,5,6}_K_q8_K's AVX2 lanes.
+  // A matrix holds K-quant rows or Q4_1/Q8_0 rows, never both.
+  bool is_kquant() const { return !segments_.empty(); }
 
   bool empty() const { return rows_ == 0; }
   GgmlType type() const { return type_; }
@@ -100,10 +121,27 @@ class QuantMatrix {
   int64_t cols_ = 0;
   std::vector<float> d_, m_;  // [rows][blocks]; m_ empty for Q8_0
   std::vector<uint8_t> qs_;   // [rows][blocks][packed_bytes()]
+  // K-quant rows: the raw super-blocks of each appended tensor.
+  struct Segment {
+    GgmlType type;
+    int64_t row0 = 0, rows = 0;
+    int64_t row_bytes = 0;  // cols / 256 super-blocks
+    size_t offset = 0;      // into kdata_
+    bool repacked = false;  // llama.cpp's repacked 8x8 kernels (Q4_K, rows % 8 == 0)
+  };
+  std::vector<Segment> segments_;
+  std::vector<uint8_t> kdata_;
+
+  absl::Status AppendKRows(GgmlType type, const uint8_t* data, size_t size, int64_t rows,
+                           int64_t cols);
+  friend absl::Status LaunchKQuantMatmul(const QuantMatrix& w, const Q8KBlock* a, int64_t m,
+                                         float* c, int64_t ldc, bool accumulate, ThreadPool* pool);
 };
 
-// Whether QuantMatrix can hold weights of this type.
+// Whether QuantMatrix can hold weights of this type: Q4_1, Q8_0, or a K-quant of
+// IsExactKQuantType.
 bool IsExactQuantType(GgmlType type);
+bool IsExactKQuantType(GgmlType type);  // Q4_K, Q5_K, Q6_K
 
 // Whether this build reproduces the llama.cpp that pip builds on the same host: true when xkv is
 // compiled for AVX-512F/DQ or for AVX2/FMA/F16C (-march=native does that on such hosts, for
@@ -120,6 +158,10 @@ constexpr bool kEmulatesHostBuild =
 // product is added to c (ggml_add: one rounding).
 absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t m, float* c,
                                int64_t ldc, bool accumulate, ThreadPool* pool);
+
+// The same for a K-quant matrix (w.is_kquant()): a [m][w.cols() / 256] Q8_K blocks.
+absl::Status LaunchKQuantMatmul(const QuantMatrix& w, const Q8KBlock* a, int64_t m, float* c,
+                                int64_t ldc, bool accumulate, ThreadPool* pool);
 
 // ggml_v_expf of the emulated build (kEmulatedLanes), element by element.
 float Expf(float x);

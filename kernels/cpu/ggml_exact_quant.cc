@@ -134,13 +134,19 @@ void QuantizeRow(const float* x, int64_t k, ActBlock* out) {
   }
 }
 
-bool IsExactQuantType(GgmlType type) { return type == GgmlType::kQ4_1 || type == GgmlType::kQ8_0; }
+bool IsExactQuantType(GgmlType type) {
+  return type == GgmlType::kQ4_1 || type == GgmlType::kQ8_0 || IsExactKQuantType(type);
+}
 
 absl::Status QuantMatrix::AppendRows(GgmlType type, const uint8_t* data, size_t size, int64_t rows,
                                      int64_t cols) {
+  if (IsExactKQuantType(type) || (rows_ > 0 && is_kquant())) {
+    return AppendKRows(type, data, size, rows, cols);
+  }
   if (!IsExactQuantType(type)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ggml_exact: weight type ", static_cast<int>(type), " is not Q4_1 or Q8_0"));
+    return absl::InvalidArgumentError(absl::StrCat("ggml_exact: weight type ",
+                                                   static_cast<int>(type),
+                                                   " is not Q4_1, Q8_0, Q4_K, Q5_K or Q6_K"));
   }
   if (rows < 0 || cols <= 0 || cols % kQBlock != 0) {
     return absl::InvalidArgumentError(
@@ -173,7 +179,7 @@ absl::Status QuantMatrix::AppendRows(GgmlType type, const uint8_t* data, size_t 
 }
 
 int64_t QuantMatrix::Bytes() const {
-  return static_cast<int64_t>((d_.size() + m_.size()) * sizeof(float) + qs_.size());
+  return static_cast<int64_t>((d_.size() + m_.size()) * sizeof(float) + qs_.size() + kdata_.size());
 }
 
 QuantMatrix::Block QuantMatrix::block(int64_t r, int64_t b) const {
@@ -191,6 +197,9 @@ QuantMatrix::Block QuantMatrix::block(int64_t r, int64_t b) const {
 absl::Status LaunchQuantMatmul(const QuantMatrix& w, const ActBlock* a, int64_t m, float* c,
                                int64_t ldc, bool accumulate, ThreadPool* pool) {
   if (w.empty()) return absl::InvalidArgumentError("ggml_exact: empty weight matrix");
+  if (w.is_kquant()) {
+    return absl::InvalidArgumentError("ggml_exact: K-quant weights take Q8_K activations");
+  }
   if (m < 0 || ldc < w.rows() || (m > 0 && (a == nullptr || c == nullptr))) {
     return absl::InvalidArgumentError("ggml_exact: bad matmul arguments");
   }

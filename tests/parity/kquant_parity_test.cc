@@ -117,10 +117,17 @@ struct MixCase {
   std::vector<std::pair<std::string, GgmlType>> overrides;
   bool tied = false;
   int llama_ftype = 0;  // ...or, when set, an F32 file requantized by llama.cpp's own quantizer
+  // Every matrix of the file takes one of ggml_exact's products (Q8_0 and the K-quant paths of
+  // kernels/cpu/ggml_exact_kquant.cc): on the emulated build every logit is bitwise llama.cpp's,
+  // for a 20-token prefill (tiled and repacked kernels) and a 5-token one (ggml_vec_dot).
+  bool exact = false;
 };
 
 class KQuantModelParityTest : public KQuantParityTest,
-                              public ::testing::WithParamInterface<MixCase> {};
+                              public ::testing::WithParamInterface<MixCase> {
+ protected:
+  void CheckLogits(const MixCase& mix, const std::string& path, int n_prompt);
+};
 
 TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
   const MixCase& mix = GetParam();
@@ -147,11 +154,17 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
     ASSERT_TRUE(RunReference(absl::StrCat("quantize '", f32, "' '", path, "' ", mix.llama_ftype)));
   }
 
+  for (const int n_prompt : mix.exact ? std::vector<int>{20, 5} : std::vector<int>{20}) {
+    CheckLogits(mix, path, n_prompt);
+  }
+}
+
+void KQuantModelParityTest::CheckLogits(const MixCase& mix, const std::string& path, int n_prompt) {
   std::vector<int32_t> prompt;
-  for (int i = 0; i < 20; ++i) prompt.push_back(3 + (7 * i + 11) % 317);
+  for (int i = 0; i < n_prompt; ++i) prompt.push_back(3 + (7 * i + 11) % 317);
   std::vector<std::string> ids;
   for (int32_t id : prompt) ids.push_back(std::to_string(id));
-  const std::string ref = absl::StrCat(dir_, "/", mix.name, ".logits.f32");
+  const std::string ref = absl::StrCat(dir_, "/", mix.name, ".", n_prompt, ".logits.f32");
   ASSERT_TRUE(
       RunReference(absl::StrCat("logits '", path, "' '", ref, "' ", absl::StrJoin(ids, " "))));
   const std::vector<float> want = ReadFile<float>(ref);
@@ -192,6 +205,10 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
 
   float worst_share = 0, last_range = 0;
   int argmax_equal = 0, near_exact = 0;
+  int64_t bitwise_equal = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    bitwise_equal += std::memcmp(&(*logits)[i], &want[i], sizeof(float)) == 0;
+  }
   for (size_t r = 0; r < prompt.size(); ++r) {
     const float* ours = logits->data() + r * vocab;
     const float* theirs = want.data() + r * vocab;
@@ -223,10 +240,16 @@ TEST_P(KQuantModelParityTest, LogitsMatchLlamaCpp) {
             Argmax(absl::MakeConstSpan(want.data() + last * vocab, vocab)))
       << mix.name;
   std::printf(
-      "kquant %-14s %zu positions: worst max|diff| %.4f%% of the range, %d within 0.001%%, "
-      "argmax equal at %d; llama.cpp's own spread %.4f%% of the last range; matrices:%s\n",
+      "kquant %-17s %2zu positions: worst max|diff| %.4f%% of the range, %d within 0.001%%, "
+      "argmax equal at %d, %lld of %zu logits bitwise equal; llama.cpp's own spread %.4f%% of "
+      "the last range; matrices:%s\n",
       mix.name, prompt.size(), 100.0 * worst_share, near_exact, argmax_equal,
-      100.0 * spread / last_range, mix_types.c_str());
+      static_cast<long long>(bitwise_equal), want.size(), 100.0 * spread / last_range,
+      mix_types.c_str());
+  if (mix.exact && cpu::ggml::kEmulatesHostBuild) {
+    EXPECT_EQ(bitwise_equal, static_cast<int64_t>(want.size()))
+        << mix.name << ", " << n_prompt << " tokens: every logit bitwise llama.cpp's";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -249,6 +272,31 @@ INSTANTIATE_TEST_SUITE_P(
                  {"ffn_up.weight", GgmlType::kQ2_K},
                  {"token_embd.weight", GgmlType::kQ6_K}},
                 /*tied=*/true},
+        // One K-quant matrix kind among Q8_0 ones, each of ggml_exact's K-quant paths.
+        MixCase{"Q6_K_ffn_down",
+                GgmlType::kQ8_0,
+                {{"ffn_down.weight", GgmlType::kQ6_K}},
+                false,
+                0,
+                /*exact=*/true},
+        MixCase{"Q4_K_repacked",
+                GgmlType::kQ8_0,
+                {{"ffn_gate.weight", GgmlType::kQ4_K}, {"ffn_up.weight", GgmlType::kQ4_K}},
+                false,
+                0,
+                /*exact=*/true},
+        MixCase{"Q5_K_layers",
+                GgmlType::kQ5_K,
+                {{"output.weight", GgmlType::kQ8_0}, {"token_embd.weight", GgmlType::kQ8_0}},
+                false,
+                0,
+                /*exact=*/true},
+        MixCase{"Q6_K_head",
+                GgmlType::kQ8_0,
+                {{"output.weight", GgmlType::kQ6_K}},
+                false,
+                0,
+                /*exact=*/true},
         // llama.cpp's own quantizer on an F32 file: its Q4_K_M, Q2_K and Q6_K type choices.
         MixCase{"llama_Q4_K_M", GgmlType::kF32, {}, false, 15},
         MixCase{"llama_Q2_K", GgmlType::kF32, {}, false, 10},

@@ -95,10 +95,13 @@ TEST(LlamaWeightsTest, LoadsKQuantMixesDequantized) {
   for (const LlamaLayerWeights& l : w->layers) {
     EXPECT_EQ(l.qkv_rounding, cpu::ActRounding::kQ8KBlocks);
     EXPECT_EQ(l.down_rounding, cpu::ActRounding::kQ8KBlocks);
-    EXPECT_TRUE(l.wqkv_q.empty() && l.w_down_q.empty() && l.wqkv_mins.empty());
+    // Also kept in their super-blocks for kGgml's exact K-quant products (Q4_K and Q6_K fused).
+    EXPECT_TRUE(l.wqkv_q.is_kquant() && l.w_down_q.is_kquant() && l.wqkv_mins.empty());
+    EXPECT_EQ(l.wqkv_q.rows(), static_cast<int64_t>(want.size()) / o.hidden);
   }
   EXPECT_EQ(w->lm_head_rounding, cpu::ActRounding::kQ8KBlocks);
-  EXPECT_EQ(w->lm_head_q, nullptr);
+  ASSERT_NE(w->lm_head_q, nullptr);
+  EXPECT_TRUE(w->lm_head_q->is_kquant());
 }
 
 // Stages loaded separately from one file reproduce the whole model (tolerance 1e-5), and the engine
