@@ -4,14 +4,16 @@
 // admission by free KV blocks, and the admin operations. Proto messages appear only as plain data
 // (Usage, admin responses); no gRPC here — the *_service files adapt it.
 //
-// Threads: Submit/Cancel/admin calls come from any thread; one loop thread plans and runs steps
-// and calls every sink (GenerateSink) from that thread.
+// Threads: Submit/Cancel/admin calls come from any thread; one loop thread plans steps, keeps up
+// to SchedulerOptions::micro_batches of them in flight through the stages, applies their results
+// in completion order and calls every sink (GenerateSink) from that thread.
 #ifndef XKV_COORDINATOR_COORDINATOR_H_
 #define XKV_COORDINATOR_COORDINATOR_H_
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/profile_store.h"
@@ -157,12 +160,30 @@ class Coordinator {
   SequenceSpec SpecFor(const Sequence& seq) const;  // the scheduler's view of a sequence
   void Loop();
   void ProcessCancels();
-  // coordinator_step.cc
-  void RunStep(const StepPlan& plan);
-  absl::Status RunProfiles(const StepPlan& plan);
+  // coordinator_step.cc: micro-batches (architecture.md §6). A planned step runs as up to two
+  // passes through the stages: the scores-only profile pass (when the plan has profile work), then
+  // the main pass; each pass is one driver step. Loop thread only.
+  struct MicroBatch {
+    StepPlan plan;
+    bool main = false;                // the pass in flight is the main one
+    std::vector<size_t> items;        // the pass's plan.items, in request order
+    PipelineDriver::StepHandle pass;  // the pass in flight
+    absl::Time started;               // when the pass started
+  };
+  // Plans and starts micro-batches until options_.scheduler.micro_batches are in flight or there
+  // is no work (none while stopping, nor while suspect stages wait for the pipeline to drain).
+  void FillPipeline();
+  // Starts a planned step's first pass; a plan that cannot start (the stages are down) ends.
+  void LaunchStep(StepPlan plan);
+  // Starts the batch's current pass; false when the pass has no sequence.
+  bool StartPass(MicroBatch& batch);
+  // Waits for the oldest pass in flight and applies its results; then starts the batch's main
+  // pass, or completes the batch (its sequences may be planned again).
+  void CompleteOldest();
+  absl::Status ApplyProfiles(const MicroBatch& batch, const StepOutcome& outcome);
   // Solves one profiled sequence's budgets from its scores-only pass.
   absl::Status SolveProfiled(Sequence& seq, const SequenceStepResult& result);
-  absl::Status RunMain(const StepPlan& plan);
+  absl::Status ApplyMain(const MicroBatch& batch, const StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
@@ -225,8 +246,12 @@ class Coordinator {
   std::condition_variable wake_;          // new work, cancels, stop
   std::condition_variable drained_;       // a sequence finished
 
-  std::mutex driver_mu_;  // one step or reload at a time
+  std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
+  std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
+  // Sequences of the micro-batches in flight (loop thread only): their cancels wait until the
+  // batch completed on every stage.
+  absl::flat_hash_set<uint64_t> in_flight_ids_;
   std::atomic<uint64_t> sample_counter_{0};
   int64_t last_replan_samples_ = 0;   // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)

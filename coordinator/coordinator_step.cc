@@ -1,5 +1,6 @@
-// The coordinator's loop: plan a step (Scheduler), run it on every stage (PipelineDriver), apply
-// the XKV decisions (profile → solve → compact), stream tokens, finish sequences.
+// The coordinator's loop: plan steps (Scheduler), keep up to micro_batches of them in flight
+// through the stages (PipelineDriver), apply each one's results as it completes: the XKV decisions
+// (profile → solve → compact), stream tokens, finish sequences (architecture.md §6).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -57,13 +58,17 @@ void Coordinator::Loop() {
     absl::Status drop_status;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stop_) return;
-      // Blocks a stage could not free while it was unreachable: retried once per health interval.
-      const bool retry_release =
-          !unreleased_.empty() && stages_ready_.ok() && clock_->Now() >= release_retry_at_;
-      recover = recover_ || retry_release;
-      recover_ = false;
-      if (retry_release) release_retry_at_ = clock_->Now() + options_.health_interval;
+      if (stop_ && in_flight_.empty()) return;
+      // A reload or a release retry waits until no micro-batch is in flight.
+      if (in_flight_.empty()) {
+        // Blocks a stage could not free while it was unreachable: retried once per health
+        // interval.
+        const bool retry_release =
+            !unreleased_.empty() && stages_ready_.ok() && clock_->Now() >= release_retry_at_;
+        recover = recover_ || retry_release;
+        recover_ = false;
+        if (retry_release) release_retry_at_ = clock_->Now() + options_.health_interval;
+      }
       drop.swap(drop_queued_);
       drop_status = drop_status_;
     }
@@ -75,10 +80,8 @@ void Coordinator::Loop() {
       if (!RecoverStages().ok()) stages_suspect_ = true;
     }
     ProcessCancels();
-    std::vector<DroppedRequest> dropped;
-    StepPlan plan = scheduler_->NextStep(&dropped);
-    for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
-    if (plan.empty()) {
+    FillPipeline();
+    if (in_flight_.empty()) {
       if (scheduler_->idle()) MaybeAutoReplan();
       std::unique_lock<std::mutex> lock(mu_);
       wake_.wait_for(lock, std::chrono::milliseconds(20), [&] {
@@ -87,7 +90,7 @@ void Coordinator::Loop() {
       work_ = false;
       continue;
     }
-    RunStep(plan);
+    CompleteOldest();
   }
 }
 
@@ -134,15 +137,24 @@ void Coordinator::Monitor() {
 }
 
 void Coordinator::ProcessCancels() {
-  std::vector<std::pair<uint64_t, absl::Status>> cancels;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels, later;
   {
     std::lock_guard<std::mutex> lock(mu_);
     cancels.swap(cancels_);
   }
-  for (const auto& [id, status] : cancels) {
+  for (auto& [id, status] : cancels) {
+    // A sequence of a micro-batch in flight is still on some stage's queue: releasing it now
+    // could reach a stage before its step does. It ends once the batch completed.
+    if (in_flight_ids_.contains(id)) {
+      later.emplace_back(id, std::move(status));
+      continue;
+    }
     scheduler_->Cancel(id);
     FinishSequence(id, status, 0);
   }
+  if (later.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  cancels_.insert(cancels_.end(), later.begin(), later.end());
 }
 
 absl::Status Coordinator::RecoverStages() {
@@ -190,11 +202,28 @@ absl::Status Coordinator::RecoverStages() {
   return absl::OkStatus();
 }
 
-void Coordinator::RunStep(const StepPlan& plan) {
+void Coordinator::FillPipeline() {
+  const size_t micro_batches = static_cast<size_t>(options_.scheduler.micro_batches);
+  while (in_flight_.size() < micro_batches) {
+    if (stages_suspect_ && !in_flight_.empty()) return;  // recover once the pipeline drained
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) return;
+    }
+    std::vector<DroppedRequest> dropped;
+    StepPlan plan = scheduler_->NextMicroBatch(&dropped);
+    for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
+    if (plan.empty()) return;
+    LaunchStep(std::move(plan));
+  }
+}
+
+void Coordinator::LaunchStep(StepPlan plan) {
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
   if (stages_suspect_) {
     if (absl::Status r = RecoverStages(); !r.ok()) {
       for (const WorkItem& item : plan.items) FinishSequence(item.id, r, 0);
+      scheduler_->CompleteStep(plan.step);
       return;
     }
   }
@@ -208,9 +237,73 @@ void Coordinator::RunStep(const StepPlan& plan) {
       it->second->admitted_set = true;
     }
   }
-  absl::Status s = RunProfiles(plan);
-  if (s.ok()) s = RunMain(plan);
-  if (!s.ok()) FailStep(plan, s);
+  MicroBatch batch;
+  batch.plan = std::move(plan);
+  batch.main = false;
+  if (!StartPass(batch)) {
+    batch.main = true;
+    if (!StartPass(batch)) {  // every sequence of the plan is gone
+      scheduler_->CompleteStep(batch.plan.step);
+      return;
+    }
+  }
+  for (const WorkItem& item : batch.plan.items) in_flight_ids_.insert(item.id);
+  std::lock_guard<std::mutex> lock(mu_);
+  in_flight_.push_back(std::move(batch));
+}
+
+bool Coordinator::StartPass(MicroBatch& batch) {
+  xkv::v1::StepRequest request;
+  batch.items.clear();
+  for (size_t i = 0; i < batch.plan.items.size(); ++i) {
+    const WorkItem& item = batch.plan.items[i];
+    if ((item.kind == WorkKind::kProfile) == batch.main) continue;
+    Sequence* seq = Find(item.id);
+    if (seq == nullptr) continue;
+    xkv::v1::StepSequence* out = request.add_sequences();
+    if (batch.main) {
+      FillStepSequence(item, *seq, out);
+    } else {
+      out->set_seq_id(seq->id);
+      out->mutable_tokens()->Add(seq->prompt.begin(), seq->prompt.end());
+      out->set_n_new(static_cast<int64_t>(seq->prompt.size()));
+      out->set_position(0);
+      out->set_new_sequence(true);
+      out->set_mode(xkv::v1::SEQUENCE_MODE_SCORES_ONLY);
+      out->set_skip_sampling(true);
+      seq->started = true;
+    }
+    batch.items.push_back(i);
+  }
+  if (batch.items.empty()) return false;
+  request.set_step_id(++step_id_);
+  batch.started = clock_->Now();
+  batch.pass = driver_->StartStep(std::move(request));
+  return true;
+}
+
+void Coordinator::CompleteOldest() {
+  MicroBatch batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch = std::move(in_flight_.front());
+    in_flight_.pop_front();
+  }
+  std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  absl::StatusOr<StepOutcome> outcome = driver_->Wait(batch.pass);
+  absl::Status s = outcome.status();
+  if (s.ok()) s = batch.main ? ApplyMain(batch, *outcome) : ApplyProfiles(batch, *outcome);
+  if (s.ok() && !batch.main) {
+    batch.main = true;
+    if (StartPass(batch)) {  // the main pass goes behind the passes started before it
+      std::lock_guard<std::mutex> lock(mu_);
+      in_flight_.push_back(std::move(batch));
+      return;
+    }
+  }
+  if (!s.ok()) FailStep(batch.plan, s);
+  for (const WorkItem& item : batch.plan.items) in_flight_ids_.erase(item.id);
+  scheduler_->CompleteStep(batch.plan.step);
 }
 
 void Coordinator::FailStep(const StepPlan& plan, const absl::Status& status) {
@@ -262,36 +355,17 @@ Coordinator::Sequence* Coordinator::Find(uint64_t id) {
   return it == sequences_.end() ? nullptr : it->second.get();
 }
 
-absl::Status Coordinator::RunProfiles(const StepPlan& plan) {
-  xkv::v1::StepRequest request;
-  std::vector<Sequence*> seqs;
-  for (const WorkItem& item : plan.items) {
-    if (item.kind != WorkKind::kProfile) continue;
-    Sequence* seq = Find(item.id);
+absl::Status Coordinator::ApplyProfiles(const MicroBatch& batch, const StepOutcome& outcome) {
+  // The scores-only mini-prefill pass is the profile's cost (its wall time from start to results,
+  // shared by the batch).
+  const double step_ms = Ms(clock_->Now() - batch.started);
+  for (size_t i = 0; i < batch.items.size(); ++i) {
+    Sequence* seq = Find(batch.plan.items[batch.items[i]].id);
     if (seq == nullptr) continue;
-    xkv::v1::StepSequence* out = request.add_sequences();
-    out->set_seq_id(seq->id);
-    out->mutable_tokens()->Add(seq->prompt.begin(), seq->prompt.end());
-    out->set_n_new(static_cast<int64_t>(seq->prompt.size()));
-    out->set_position(0);
-    out->set_new_sequence(true);
-    out->set_mode(xkv::v1::SEQUENCE_MODE_SCORES_ONLY);
-    out->set_skip_sampling(true);
-    seq->started = true;
-    seqs.push_back(seq);
-  }
-  if (seqs.empty()) return absl::OkStatus();
-  request.set_step_id(++step_id_);
-  const absl::Time step_start = clock_->Now();
-  ASSIGN_OR_RETURN(StepOutcome outcome, driver_->Step(request));
-  // The scores-only mini-prefill step is the profile's cost (its wall time, shared by the batch).
-  const double step_ms = Ms(clock_->Now() - step_start);
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    Sequence& seq = *seqs[i];
-    seq.profile_ms += step_ms;
+    seq->profile_ms += step_ms;
     // A failure here is this request's own (its KV spec): it ends alone, the batch goes on.
-    if (absl::Status s = SolveProfiled(seq, outcome.sequences[i]); !s.ok()) {
-      FinishSequence(seq.id, s, 0);
+    if (absl::Status s = SolveProfiled(*seq, outcome.sequences[i]); !s.ok()) {
+      FinishSequence(seq->id, s, 0);
     }
   }
   return absl::OkStatus();
@@ -366,22 +440,12 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   seq.started = true;
 }
 
-absl::Status Coordinator::RunMain(const StepPlan& plan) {
-  xkv::v1::StepRequest request;
-  std::vector<std::pair<const WorkItem*, Sequence*>> items;
-  for (const WorkItem& item : plan.items) {
-    if (item.kind == WorkKind::kProfile) continue;
-    Sequence* seq = Find(item.id);
-    if (seq == nullptr) continue;
-    FillStepSequence(item, *seq, request.add_sequences());
-    items.emplace_back(&item, seq);
-  }
-  if (items.empty()) return absl::OkStatus();
-  request.set_step_id(++step_id_);
-  ASSIGN_OR_RETURN(StepOutcome outcome, driver_->Step(request));
-  for (size_t i = 0; i < items.size(); ++i) {
-    const WorkItem& item = *items[i].first;
-    Sequence& seq = *items[i].second;
+absl::Status Coordinator::ApplyMain(const MicroBatch& batch, const StepOutcome& outcome) {
+  for (size_t i = 0; i < batch.items.size(); ++i) {
+    const WorkItem& item = batch.plan.items[batch.items[i]];
+    Sequence* found = Find(item.id);
+    if (found == nullptr) continue;
+    Sequence& seq = *found;
     const SequenceStepResult& r = outcome.sequences[i];
     if (!r.layers.empty()) seq.layers = r.layers;
     if (item.kind == WorkKind::kPrefill && item.completes_prompt) {

@@ -25,8 +25,51 @@ void SortByLayer(std::vector<xkv::v1::LayerSize>& sizes) {
 
 }  // namespace
 
+// One step on its way through the stages: each stage's thread stores its answer; Wait merges.
+struct PipelineDriver::PendingStep {
+  explicit PendingStep(xkv::v1::StepRequest r, size_t stages)
+      : request(std::move(r)), remaining(stages) {
+    answers.resize(stages, absl::UnknownError("no answer"));
+  }
+  const xkv::v1::StepRequest request;
+  std::mutex mu;
+  std::condition_variable done;
+  std::vector<absl::StatusOr<xkv::v1::StepResponse>> answers;  // guarded by mu; [stage]
+  size_t remaining;                                            // guarded by mu
+};
+
 PipelineDriver::PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages)
-    : stages_(std::move(stages)) {}
+    : stages_(std::move(stages)), queues_(stages_.size()) {
+  for (size_t s = 0; s < stages_.size(); ++s) {
+    stage_threads_.emplace_back([this, s] { RunStageQueue(s); });
+  }
+}
+
+PipelineDriver::~PipelineDriver() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    closing_ = true;
+  }
+  queue_cv_.notify_all();
+  for (std::thread& t : stage_threads_) t.join();
+}
+
+void PipelineDriver::RunStageQueue(size_t s) {
+  while (true) {
+    StepHandle step;
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return closing_ || !queues_[s].empty(); });
+      if (queues_[s].empty()) return;  // closing, and every started step ran
+      step = std::move(queues_[s].front());
+      queues_[s].pop_front();
+    }
+    absl::StatusOr<xkv::v1::StepResponse> answer = stages_[s]->Step(step->request);
+    std::lock_guard<std::mutex> lock(step->mu);
+    step->answers[s] = std::move(answer);
+    if (--step->remaining == 0) step->done.notify_all();
+  }
+}
 
 template <typename T, typename F>
 std::vector<absl::StatusOr<T>> PipelineDriver::FanOut(F call) {
@@ -110,9 +153,28 @@ std::vector<int64_t> PipelineDriver::LayerCapacityBlocks() const {
   return out;
 }
 
+PipelineDriver::StepHandle PipelineDriver::StartStep(xkv::v1::StepRequest request) {
+  auto step = std::make_shared<PendingStep>(std::move(request), stages_.size());
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    for (auto& queue : queues_) queue.push_back(step);
+  }
+  queue_cv_.notify_all();
+  return step;
+}
+
 absl::StatusOr<StepOutcome> PipelineDriver::Step(const xkv::v1::StepRequest& request) {
-  auto results = FanOut<xkv::v1::StepResponse>(
-      [&](size_t, StageClient& client) { return client.Step(request); });
+  return Wait(StartStep(request));
+}
+
+absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
+  std::vector<absl::StatusOr<xkv::v1::StepResponse>> results;
+  {
+    std::unique_lock<std::mutex> lock(step->mu);
+    step->done.wait(lock, [&] { return step->remaining == 0; });
+    results = std::move(step->answers);
+  }
+  const xkv::v1::StepRequest& request = step->request;
   RETURN_IF_ERROR(FirstError(results));
   StepOutcome out;
   const int n = request.sequences_size();

@@ -1,15 +1,28 @@
 // Drives the stages through StageClient (architecture.md §1): loads each stage's layer range,
-// sends every stage the SAME step request concurrently (so they post matching receives on the
-// data plane), gathers the per-stage answers into per-sequence results (the sampled token from the
-// last stage, gain curves and cache sizes from every stage), and fans out Compact / Release.
+// sends every stage the SAME step request (so they post matching receives on the data plane),
+// gathers the per-stage answers into per-sequence results (the sampled token from the last stage,
+// gain curves and cache sizes from every stage), and fans out Compact / Release.
+//
+// Steps are asynchronous (architecture.md §6): StartStep queues a step on every stage and returns
+// at once, so several steps (micro-batches over disjoint sequences) are in flight together: while
+// stage 1 runs step k, stage 0 already runs step k + 1. Ordering rule: every stage runs the steps
+// in the order StartStep was called (one thread per stage takes them from a FIFO and calls its
+// client one step at a time). So the data plane sees the same step order on both ends of every
+// link: NCCL's ncclSend / ncclRecv between two ranks pair up in that order, and the mailboxes of
+// the gRPC and in-process links, keyed by step id, hold at most micro-batches - 1 early steps.
+// Compact, Release and Status go to the stages directly (the StageExecutor serialises them with
+// the steps); the coordinator never sends them for a sequence of an unfinished step.
 #ifndef XKV_COORDINATOR_PIPELINE_DRIVER_H_
 #define XKV_COORDINATOR_PIPELINE_DRIVER_H_
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,7 +78,16 @@ struct StageState {
 
 class PipelineDriver {
  public:
+  struct PendingStep;
+  // A started step (StartStep); Wait consumes its outcome.
+  using StepHandle = std::shared_ptr<PendingStep>;
+
+  // Starts one thread per stage (the step queues).
   explicit PipelineDriver(std::vector<std::unique_ptr<StageClient>> stages);
+  // Lets every started step finish (each stage call is bounded by its client's deadline).
+  ~PipelineDriver();
+  PipelineDriver(const PipelineDriver&) = delete;
+  PipelineDriver& operator=(const PipelineDriver&) = delete;
 
   int num_stages() const { return static_cast<int>(stages_.size()); }
   std::string address(size_t stage) const { return stages_[stage]->address(); }
@@ -79,8 +101,13 @@ class PipelineDriver {
   // Per model layer: block capacity ([L]), from the loaded stages.
   std::vector<int64_t> LayerCapacityBlocks() const;
 
-  // Sends `request` to every stage concurrently and merges the answers. On a failure returns the
+  // Queues `request` on every stage behind the steps started before it and returns at once.
+  StepHandle StartStep(xkv::v1::StepRequest request);
+  // Waits until every stage answered the step and merges the answers. On a failure returns the
   // root cause: the lowest-index stage's error (later stages only see the forwarded failure).
+  // Steps complete in the order they were started.
+  absl::StatusOr<StepOutcome> Wait(const StepHandle& step);
+  // StartStep + Wait.
   absl::StatusOr<StepOutcome> Step(const xkv::v1::StepRequest& request);
   // Compacts one sequence on every stage (the spec carries all layers' budgets). Returns the
   // layer sizes of every layer after the compaction.
@@ -94,8 +121,15 @@ class PipelineDriver {
  private:
   template <typename T, typename F>
   std::vector<absl::StatusOr<T>> FanOut(F call);
+  // Stage s's thread: runs its queued steps in order until the driver is destroyed.
+  void RunStageQueue(size_t s);
 
   std::vector<std::unique_ptr<StageClient>> stages_;
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::vector<std::deque<StepHandle>> queues_;  // guarded by queue_mu_; [stage], oldest first
+  bool closing_ = false;                        // guarded by queue_mu_
+  std::vector<std::thread> stage_threads_;
   mutable std::mutex mu_;
   std::vector<StageState> states_;  // guarded by mu_
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 
 namespace xkv {
@@ -26,6 +27,11 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
     return absl::InvalidArgumentError(absl::StrCat(
         "scheduler: step_token_budget (", options.step_token_budget, ") must be >= max_running (",
         options.max_running, ") + min_final_chunk (", options.min_final_chunk, ")"));
+  }
+  if (options.micro_batches < 1 || options.micro_batches > kMaxMicroBatches) {
+    return absl::InvalidArgumentError(absl::StrCat("scheduler: micro_batches must be in [1, ",
+                                                   kMaxMicroBatches, "] (got ",
+                                                   options.micro_batches, ")"));
   }
   for (int64_t b : options.pool_blocks) {
     if (b < 0) return absl::InvalidArgumentError("scheduler: negative pool capacity");
@@ -147,7 +153,7 @@ void Scheduler::DropWaiting(absl::Time now, std::vector<DroppedRequest>* dropped
 void Scheduler::PlanDecodes(StepPlan& plan, int64_t& budget) {
   // Create() guarantees budget >= max_running + min_final_chunk: every decode fits.
   for (Running& r : running_) {
-    if (r.phase != Phase::kDecode) continue;
+    if (r.phase != Phase::kDecode || !Plannable(r, plan)) continue;
     plan.items.push_back({r.spec.id, WorkKind::kDecode, r.spec.prompt_tokens + r.generated - 1, 1});
     --budget;
     if (++r.generated >= r.spec.max_new_tokens) r.phase = Phase::kDone;
@@ -155,6 +161,7 @@ void Scheduler::PlanDecodes(StepPlan& plan, int64_t& budget) {
 }
 
 void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bool& prompt_work) {
+  if (!Plannable(seq, plan)) return;
   const int64_t T = seq.spec.prompt_tokens;
   if (seq.phase == Phase::kProfile) {
     // A pass longer than the whole budget can never fit: it runs as the step's only prompt work.
@@ -200,18 +207,55 @@ void Scheduler::Admit(StepPlan& plan) {
 }
 
 StepPlan Scheduler::NextStep(std::vector<DroppedRequest>* dropped) {
+  StepPlan plan = NextMicroBatch(dropped);
+  CompleteStep(plan.step);
+  return plan;
+}
+
+StepPlan Scheduler::NextMicroBatch(std::vector<DroppedRequest>* dropped) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<DroppedRequest> local;
   DropWaiting(clock_->Now(), dropped != nullptr ? dropped : &local);
   StepPlan plan;
   int64_t budget = options_.step_token_budget;
+  Admit(plan);  // before planning: the admitted count towards the step's share of sequences
+  const size_t running = running_.size(), m = static_cast<size_t>(options_.micro_batches);
+  step_slots_ = (running + m - 1) / m;
   PlanDecodes(plan, budget);
-  Admit(plan);
   bool prompt_work = false;
   for (Running& r : running_) PlanPromptWork(r, plan, budget, prompt_work);
   for (const WorkItem& item : plan.items) plan.tokens += item.tokens;
   if (!plan.items.empty()) plan.step = ++step_;
+  MarkInFlight(plan);
   return plan;
+}
+
+bool Scheduler::Plannable(const Running& seq, const StepPlan& plan) const {
+  // A sequence has at most one item per step, so items count the step's sequences.
+  return seq.in_flight == 0 && plan.items.size() < step_slots_;
+}
+
+void Scheduler::MarkInFlight(const StepPlan& plan) {
+  if (plan.items.empty()) return;
+  absl::flat_hash_set<uint64_t> ids;
+  for (const WorkItem& item : plan.items) ids.insert(item.id);
+  for (Running& r : running_) {
+    if (ids.contains(r.spec.id)) r.in_flight = plan.step;
+  }
+}
+
+void Scheduler::CompleteStep(uint64_t step) {
+  if (step == 0) return;  // an empty plan
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Running& r : running_) {
+    if (r.in_flight == step) r.in_flight = 0;
+  }
+}
+
+int64_t Scheduler::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::count_if(running_.begin(), running_.end(),
+                       [](const Running& r) { return r.in_flight != 0; });
 }
 
 void Scheduler::SetAdmitting(bool admitting) {

@@ -17,6 +17,14 @@
 //      (strict FIFO), and gets prompt work in the same step if budget remains.
 // NextStep() advances the scheduler's state as if the step completes; the driver reports each
 // sequence's end with Finish() (or Cancel()), which releases its blocks. Thread-safe.
+//
+// Micro-batches (architecture.md §6): up to `micro_batches` planned steps may be in flight at once,
+// each over a disjoint set of sequences. A sequence of a step that has not completed is in flight:
+// no other step gets work for it (nor may it be preempted) until CompleteStep(step) says its
+// results were applied. NextMicroBatch() plans such a step; NextStep() is a step that completes at
+// once (NextMicroBatch + CompleteStep). Each step takes at most ceil(running / micro_batches)
+// sequences, so the running sequences spread over the micro-batches; micro_batches = 1 plans every
+// sequence each step.
 #ifndef XKV_COORDINATOR_SCHEDULER_H_
 #define XKV_COORDINATOR_SCHEDULER_H_
 
@@ -45,7 +53,10 @@ struct SchedulerOptions {
   // one entry per pool. Empty: no block accounting.
   std::vector<int64_t> pool_blocks;
   absl::Duration max_queue_wait = absl::Seconds(60);
+  int64_t micro_batches = 1;  // steps in flight at once, in [1, kMaxMicroBatches]
 };
+
+inline constexpr int64_t kMaxMicroBatches = 64;
 
 enum class WorkKind { kProfile, kPrefill, kDecode };
 
@@ -94,6 +105,14 @@ class Scheduler {
 
   // Drops expired and over-waited queued requests (into *dropped), admits, and plans one step.
   StepPlan NextStep(std::vector<DroppedRequest>* dropped);
+  // NextStep over the sequences that are not in flight; the step's sequences are in flight until
+  // CompleteStep(plan.step).
+  StepPlan NextMicroBatch(std::vector<DroppedRequest>* dropped);
+  // The results of step `step` were applied (or the step failed and its sequences were finished
+  // or restarted): its sequences may be planned again. No-op for an unknown step.
+  void CompleteStep(uint64_t step);
+  // Sequences in a step that has not completed.
+  int64_t in_flight() const;
 
   // false: nothing leaves the queue (Admin.Drain, re-planning); running sequences continue.
   void SetAdmitting(bool admitting);
@@ -110,8 +129,9 @@ class Scheduler {
   struct Running {
     SequenceSpec spec;
     Phase phase = Phase::kPrefill;
-    int64_t prefilled = 0;  // prompt tokens prefilled so far
-    int64_t generated = 0;  // tokens sampled so far
+    int64_t prefilled = 0;   // prompt tokens prefilled so far
+    int64_t generated = 0;   // tokens sampled so far
+    uint64_t in_flight = 0;  // the step it is part of until CompleteStep; 0: none
   };
 
   Scheduler(const SchedulerOptions& options, const Clock* clock);
@@ -121,6 +141,9 @@ class Scheduler {
   void PlanDecodes(StepPlan& plan, int64_t& budget);
   void PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bool& prompt_work);
   void Admit(StepPlan& plan);
+  // Not in flight, and the step still has room for another sequence (step_slots_).
+  bool Plannable(const Running& seq, const StepPlan& plan) const;
+  void MarkInFlight(const StepPlan& plan);
   std::list<Running>::iterator FindRunning(uint64_t id);
 
   const SchedulerOptions options_;
@@ -130,6 +153,7 @@ class Scheduler {
   std::list<Running> running_;  // guarded by mu_; admission order
   std::vector<int64_t> free_;   // guarded by mu_; [pools]
   uint64_t step_ = 0;           // guarded by mu_
+  size_t step_slots_ = 0;       // guarded by mu_; sequences the step being planned may take
   bool admitting_ = true;       // guarded by mu_
 };
 

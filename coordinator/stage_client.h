@@ -1,8 +1,9 @@
 // The coordinator's view of one pipeline stage: the Worker control-plane calls
 // (proto/xkv/v1/worker.proto) behind an interface, so the same driver runs stages in other
 // processes (GrpcStageClient) or, in embedded mode, direct calls into a StageExecutor in this
-// process (tools/serve_command.cc). Implementations must be safe to call from several threads
-// (the driver calls every stage concurrently).
+// process (embedded/in_process_stage_client.h). Implementations must be safe to call from
+// several threads: the driver calls every stage concurrently, each stage's steps from that
+// stage's thread one at a time, and Compact / Release / Status from other threads meanwhile.
 #ifndef XKV_COORDINATOR_STAGE_CLIENT_H_
 #define XKV_COORDINATOR_STAGE_CLIENT_H_
 

@@ -98,7 +98,8 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --stage-timeout must be in (0, 3600] seconds\n");
     return 2;
   }
-  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  absl::StatusOr<CoordinatorOptions> options =
+      CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()));
   if (options.ok()) {
     options->link_timeout = absl::Seconds(stage_timeout_s);
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;

@@ -14,7 +14,7 @@
 #include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/request_validation.h"
-#include "embedded/in_process_stages.h"
+#include "embedded/in_process_stage_client.h"
 #include "embedded/local_generation.h"
 #include "model/sampler.h"
 #include "tools/commands.h"
@@ -152,13 +152,13 @@ GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
 
 // The embedded service: one in-process stage on --device, one request at a time.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f) {
-  InProcessStagesOptions so;
-  so.devices = {f.device};
-  so.threads_per_stage = static_cast<int>(
+  std::optional<Numerics> numerics;
+  if (f.numerics == "exact") numerics = Numerics::kExact;
+  if (f.numerics == "bf16") numerics = Numerics::kBf16;
+  const int threads = static_cast<int>(
       f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency()));
-  if (f.numerics == "exact") so.numerics = Numerics::kExact;
-  if (f.numerics == "bf16") so.numerics = Numerics::kBf16;
-  ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> stages, MakeInProcessStages(so));
+  ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> stages,
+                   MakeInProcessStages(1, {f.device}, threads, numerics));
   CoordinatorOptions o;
   o.model_path = f.model;
   o.kv = CliDefaultKv();

@@ -1,7 +1,6 @@
 // `xkv serve`: embedded mode — the coordinator and N pipeline stages in one process. The stages
-// are StageExecutors on in-process links; the coordinator reaches them through StageClient by
-// direct calls (the same Worker messages as over gRPC).
-#include <algorithm>
+// are StageExecutors on in-process links; the coordinator reaches them through
+// InProcessStageClient (embedded/) by direct calls (the same Worker messages as over gRPC).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -10,12 +9,13 @@
 
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator.h"
-#include "embedded/in_process_stages.h"
+#include "embedded/in_process_stage_client.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
 #include "tools/serve_loop.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 
@@ -43,17 +43,20 @@ int RunServe(int argc, char** argv) {
   if (threads <= 0) {
     threads = std::max<int64_t>(1, std::thread::hardware_concurrency() / stages);
   }
-  InProcessStagesOptions stage_options;
-  stage_options.num_stages = static_cast<int>(stages);
-  stage_options.devices = absl::StrSplit(device, ',');
-  stage_options.threads_per_stage = static_cast<int>(threads);
+  std::vector<std::string> devices = absl::StrSplit(device, ',');
+  for (const std::string& d : devices) {
+    if (absl::StatusOr<int> ok = ParseStageDevice(d); !ok.ok()) {
+      std::fprintf(stderr, "xkv serve: %s\n", std::string(ok.status().message()).c_str());
+      return 2;
+    }
+  }
   absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> clients =
-      MakeInProcessStages(stage_options);
+      MakeInProcessStages(static_cast<int>(stages), devices, static_cast<int>(threads));
   if (!clients.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(clients.status().message()).c_str());
     return 2;
   }
-  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f, stages);
   if (options.ok()) {
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
   }
@@ -62,7 +65,7 @@ int RunServe(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      Coordinator::Start(*options, std::move(*clients));
+      Coordinator::Start(*options, *std::move(clients));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(coordinator.status().message()).c_str());
     return 1;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "model/chat_template.h"
 #include "tools/serve_metrics.h"
@@ -57,6 +58,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Int("max-queue", &f->max_queue, "waiting requests before RESOURCE_EXHAUSTED");
   flags.Int("step-tokens", &f->step_tokens, "token budget of one step (decode + prefill)");
   flags.Int("prefill-chunk", &f->prefill_chunk, "max prompt tokens of one sequence per step");
+  flags.Int("micro-batches", &f->micro_batches,
+            "steps in flight through the pipeline at once, each over its own sequences, in [1, 64]"
+            " (0: one per stage; 1: one step at a time)");
   flags.Int("default-max-tokens", &f->default_max_tokens, "max_tokens when a request sends 0");
   flags.Int("concurrency", &f->concurrency, "expected concurrent sequences (stage planning)");
   flags.Bool("auto-replan", &f->auto_replan, "re-plan stages when the profile shifts");
@@ -76,8 +80,16 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             "HTTP generation requests in flight (streams included); more get 429");
 }
 
-absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f) {
+absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
+                                                               int64_t num_stages) {
   CoordinatorOptions o;
+  const int64_t micro_batches = f.micro_batches == 0 ? num_stages : f.micro_batches;
+  if (micro_batches < 1 || micro_batches > kMaxMicroBatches) {
+    return absl::InvalidArgumentError(absl::StrCat("--micro-batches ", f.micro_batches,
+                                                   " is outside [1, ", kMaxMicroBatches,
+                                                   "] (0: one per stage)"));
+  }
+  o.scheduler.micro_batches = micro_batches;
   if (!f.metrics_listen.empty() || !f.http_listen.empty()) {
     o.on_request_done = RecordServedRequest;
   }

@@ -36,6 +36,7 @@ struct ServeFlags {
   int64_t max_queue = 256;
   int64_t step_tokens = 512;
   int64_t prefill_chunk = 512;
+  int64_t micro_batches = 0;  // 0: one per pipeline stage
   int64_t default_max_tokens = 256;
   int64_t concurrency = 8;
   bool auto_replan = false;
@@ -54,8 +55,9 @@ struct HttpApiOptions {
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
-// Options from the flags.
-absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f);
+// Options from the flags. num_stages: the pipeline's stages (the default of --micro-batches).
+absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
+                                                               int64_t num_stages);
 // The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).
 absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags& f);
 // The API key from $XKV_API_KEY or --api-key-file (in that order); the limits, the model id.

@@ -11,6 +11,7 @@
 #include "worker/grpc_stage_link.h"
 #include "worker/grpc_status.h"
 #include "worker/nccl_link_config.h"
+#include "worker/stage_calls.h"
 #include "worker/worker_convert.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
@@ -208,16 +209,7 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
                      " bytes, above the message limit of ", options_.limits.max_message_bytes,
                      " bytes: raise --max-message-mb or lower --max-step-tokens"));
   }
-  ModelInfoToProto(stage->config(), response->mutable_model());
-  response->set_weight_bytes(stage->weight_bytes());
-  int64_t capacity = 0;
-  for (int64_t c : stage->layer_capacity_blocks()) {
-    response->add_layer_capacity_blocks(c);
-    capacity += c * stage->block_bytes();
-  }
-  response->set_kv_capacity_bytes(capacity);
-  response->set_block_tokens(stage->block_tokens());
-  response->set_block_bytes(stage->block_bytes());
+  DescribeLoadedStage(*stage, response);
   absl::MutexLock lock(&mu_);
   executor_ = std::move(stage);
   return absl::OkStatus();
@@ -243,13 +235,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const xkv::v1::St
                                  xkv::v1::StepResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  absl::StatusOr<StageStep> step =
-      StepFromProto(*request, StepBoundsOf(**stage, options_.limits.max_step_tokens));
-  if (!step.ok()) return ToGrpcStatus(step.status());
-  absl::StatusOr<StageStepResult> result = (*stage)->Step(*step);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  StepResultToProto(*result, response);
-  return grpc::Status::OK;
+  return ToGrpcStatus(StepStage(**stage, *request, options_.limits.max_step_tokens, response));
 }
 
 grpc::Status WorkerService::Compact(grpc::ServerContext* context,
@@ -257,15 +243,7 @@ grpc::Status WorkerService::Compact(grpc::ServerContext* context,
                                     xkv::v1::CompactResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  absl::StatusOr<StageCompactSpec> spec =
-      CompactSpecFromProto(request->compact(), (*stage)->config().context_length);
-  if (!spec.ok()) return ToGrpcStatus(spec.status());
-  absl::StatusOr<StageCompactResult> result = (*stage)->Compact(request->seq_id(), *spec);
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  for (const StageLayerSize& l : result->layers) LayerSizeToProto(l, response->add_layers());
-  response->set_bytes_held(result->bytes_held);
-  UsageToProto(result->usage, response->mutable_usage());
-  return grpc::Status::OK;
+  return ToGrpcStatus(CompactOnStage(**stage, *request, response));
 }
 
 grpc::Status WorkerService::Release(grpc::ServerContext* context,
@@ -273,9 +251,7 @@ grpc::Status WorkerService::Release(grpc::ServerContext* context,
                                     xkv::v1::ReleaseResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  std::vector<uint64_t> ids(request->seq_ids().begin(), request->seq_ids().end());
-  response->set_released((*stage)->Release(ids));
-  UsageToProto((*stage)->status().usage, response->mutable_usage());
+  ReleaseOnStage(**stage, *request, response);
   return grpc::Status::OK;
 }
 
@@ -305,8 +281,7 @@ grpc::Status WorkerService::Status(grpc::ServerContext* context, const xkv::v1::
     response->set_message(load_error_);
     return grpc::Status::OK;
   }
-  StatusToProto(stage->status(), response);
-  response->set_health(xkv::v1::STAGE_HEALTH_SERVING);
+  ServingStatus(*stage, response);
   std::function<absl::Status()> link_health;
   {
     absl::MutexLock lock(&mu_);

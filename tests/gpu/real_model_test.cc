@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
-#include "embedded/in_process_stages.h"
+#include "embedded/in_process_stage_client.h"
 #include "embedded/local_generation.h"
 #include "gtest/gtest.h"
 #include "model/cuda/cuda_llama_model.h"
@@ -117,9 +117,7 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
   // `xkv generate`'s path (the service's pipeline, one in-process CPU stage, batched and chunked)
   // must pick the same greedy tokens as the loop above.
   {
-    InProcessStagesOptions stages;
-    stages.numerics = Numerics::kExact;
-    auto clients = MakeInProcessStages(stages);
+    auto clients = MakeInProcessStages(1, {"cpu"}, /*num_threads=*/0, Numerics::kExact);
     ASSERT_TRUE(clients.ok()) << clients.status();
     CoordinatorOptions co;
     co.model_path = path;

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
-#include "embedded/in_process_stages.h"
+#include "embedded/in_process_stage_client.h"
 #include "embedded/local_generation.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ggml_exact.h"
@@ -214,9 +214,7 @@ TEST_F(ParityTest, GreedyContinuationsMatchLlamaCppInOneBatch) {
     r.ignore_eos = true;  // the reference loop does not stop at EOS either
     requests.push_back(std::move(r));
   }
-  InProcessStagesOptions stages;
-  stages.threads_per_stage = 2;
-  auto clients = MakeInProcessStages(stages);
+  auto clients = MakeInProcessStages(1, {"cpu"}, /*num_threads=*/2);
   ASSERT_TRUE(clients.ok()) << clients.status();
   CoordinatorOptions options;
   options.model_path = Env("XKV_MODEL");

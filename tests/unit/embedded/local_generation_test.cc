@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "coordinator/coordinator.h"
-#include "embedded/in_process_stages.h"
+#include "embedded/in_process_stage_client.h"
 #include "gtest/gtest.h"
 #include "model/loaded_model.h"
 #include "model/sampler.h"
@@ -24,10 +24,7 @@ std::string ModelPath() {
 }
 
 std::unique_ptr<Coordinator> Start(int stages) {
-  InProcessStagesOptions so;
-  so.num_stages = stages;
-  so.threads_per_stage = 1;
-  auto clients = MakeInProcessStages(so);
+  auto clients = MakeInProcessStages(stages, {"cpu"}, /*num_threads=*/1);
   EXPECT_TRUE(clients.ok()) << clients.status();
   if (!clients.ok()) return nullptr;
   CoordinatorOptions o;

@@ -1,0 +1,111 @@
+#include "embedded/in_process_stage_client.h"
+
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "worker/in_process_stage_link.h"
+#include "worker/stage_calls.h"
+#include "worker/worker_convert.h"
+
+namespace xkv {
+namespace {
+
+// In-process stages take the coordinator's steps as they come (no network edge).
+constexpr int64_t kUnboundedStepTokens = std::numeric_limits<int64_t>::max();
+
+}  // namespace
+
+InProcessStageClient::InProcessStageClient(std::shared_ptr<HiddenMailbox> inbox,
+                                           std::shared_ptr<HiddenMailbox> outbox,
+                                           std::string device, int num_threads,
+                                           std::optional<Numerics> numerics)
+    : inbox_(std::move(inbox)),
+      outbox_(std::move(outbox)),
+      device_(std::move(device)),
+      num_threads_(num_threads),
+      numerics_(numerics) {}
+
+absl::StatusOr<std::shared_ptr<StageExecutor>> InProcessStageClient::Loaded() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stage_ == nullptr) return absl::UnavailableError("stage not loaded");
+  return stage_;
+}
+
+absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
+    const xkv::v1::LoadStageRequest& request) {
+  ASSIGN_OR_RETURN(StageOptions options, StageOptionsFromProto(request, device_, num_threads_));
+  if (numerics_.has_value()) options.numerics = *numerics_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stage_.reset();
+  }
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<StageExecutor> stage,
+      StageExecutor::Load(options, std::make_unique<InProcessStageLink>(inbox_, outbox_)));
+  xkv::v1::LoadStageResponse response;
+  DescribeLoadedStage(*stage, &response);
+  std::lock_guard<std::mutex> lock(mu_);
+  stage_ = std::move(stage);
+  return response;
+}
+
+absl::StatusOr<xkv::v1::StepResponse> InProcessStageClient::Step(
+    const xkv::v1::StepRequest& request) {
+  ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
+  xkv::v1::StepResponse response;
+  RETURN_IF_ERROR(StepStage(*stage, request, kUnboundedStepTokens, &response));
+  return response;
+}
+
+absl::StatusOr<xkv::v1::CompactResponse> InProcessStageClient::Compact(
+    const xkv::v1::CompactRequest& request) {
+  ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
+  xkv::v1::CompactResponse response;
+  RETURN_IF_ERROR(CompactOnStage(*stage, request, &response));
+  return response;
+}
+
+absl::StatusOr<xkv::v1::ReleaseResponse> InProcessStageClient::Release(
+    const xkv::v1::ReleaseRequest& request) {
+  ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
+  xkv::v1::ReleaseResponse response;
+  ReleaseOnStage(*stage, request, &response);
+  return response;
+}
+
+absl::StatusOr<xkv::v1::StatusResponse> InProcessStageClient::Status() {
+  xkv::v1::StatusResponse response;
+  absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
+  if (!stage.ok()) {
+    response.set_health(xkv::v1::STAGE_HEALTH_NOT_LOADED);
+    return response;
+  }
+  ServingStatus(**stage, &response);
+  return response;
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> MakeInProcessStages(
+    int num_stages, const std::vector<std::string>& devices, int num_threads,
+    std::optional<Numerics> numerics) {
+  if (num_stages < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("stages must be >= 1 (got ", num_stages, ")"));
+  }
+  if (devices.size() != 1 && static_cast<int>(devices.size()) != num_stages) {
+    return absl::InvalidArgumentError(absl::StrCat("in-process stages: ", devices.size(),
+                                                   " devices for ", num_stages,
+                                                   " stages (give one device, or one per stage)"));
+  }
+  std::vector<std::shared_ptr<HiddenMailbox>> boxes;
+  for (int s = 0; s + 1 < num_stages; ++s) boxes.push_back(std::make_shared<HiddenMailbox>());
+  std::vector<std::unique_ptr<StageClient>> clients;
+  for (int s = 0; s < num_stages; ++s) {
+    clients.push_back(std::make_unique<InProcessStageClient>(
+        s > 0 ? boxes[s - 1] : nullptr, s + 1 < num_stages ? boxes[s] : nullptr,
+        devices[devices.size() == 1 ? 0 : s], num_threads, numerics));
+  }
+  return clients;
+}
+
+}  // namespace xkv
