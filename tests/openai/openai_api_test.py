@@ -478,7 +478,8 @@ class LimitsTest(_HttpHelpers, unittest.TestCase):
         running.close()
         answer = waiting.getresponse()
         self.assertEqual(answer.status, 200)
-        self.assertEqual(json.loads(answer.read())["usage"]["completion_tokens"], 2)
+        usage = json.loads(answer.read())["usage"]
+        self.assertEqual(usage["completion_tokens"], 2)
         waiting.close()
         # A gRPC client whose deadline passes while its request runs.
         import grpc  # the scripts venv has grpcio
@@ -495,6 +496,10 @@ class LimitsTest(_HttpHelpers, unittest.TestCase):
         self.wait_metric(sample("DEADLINE_EXCEEDED"), lambda v: v >= 1, 10)
         self.assertEqual({code: self.metric(sample(code)) for code in want}, want,
                          "server log:\n" + "".join(log))
+        # Only admitted prompts count (the OK, CANCELLED and DEADLINE_EXCEEDED requests).
+        prompts, _ = self.wait_metric("xkv_prompt_tokens_total",
+                                      lambda v: v >= 3 * usage["prompt_tokens"], 5)
+        self.assertEqual(prompts, 3 * usage["prompt_tokens"])
 
 
 class ShutdownTest(unittest.TestCase):
