@@ -111,8 +111,9 @@ class Coordinator {
       const CoordinatorOptions& options, std::vector<std::unique_ptr<StageClient>> stages);
   ~Coordinator();
 
-  // Validates (INVALID_ARGUMENT), tokenizes and queues (RESOURCE_EXHAUSTED when full or when it
-  // can never fit). Returns the request id; the sink then receives the stream.
+  // Validates (INVALID_ARGUMENT, also when it can never fit the KV pool), tokenizes and queues
+  // (RESOURCE_EXHAUSTED when the queue is full). Returns the request id; the sink then receives the
+  // stream.
   absl::StatusOr<uint64_t> Submit(GenerateParams params, std::shared_ptr<GenerateSink> sink);
   // Frees the request's blocks on every stage; its sink gets OnError(`status`): CANCELLED when the
   // client went away, DEADLINE_EXCEEDED when its deadline passed.

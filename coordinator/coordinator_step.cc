@@ -437,6 +437,9 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   s->set_presence_penalty(static_cast<float>(seq.params.presence_penalty));
   s->set_frequency_penalty(static_cast<float>(seq.params.frequency_penalty));
   if (seq.params.logprobs >= 0) s->set_logprobs(static_cast<int32_t>(seq.params.logprobs));
+  if (seq.params.repetition_penalty != 1) {
+    s->set_repetition_penalty(static_cast<float>(seq.params.repetition_penalty));
+  }
   seq.started = true;
 }
 

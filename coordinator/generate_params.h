@@ -31,6 +31,7 @@ struct GenerateParams {
   double min_p = 0;
   double presence_penalty = 0;
   double frequency_penalty = 0;
+  double repetition_penalty = 1;  // > 0 and finite; 1: off (prompt and output tokens, vLLM's)
   int64_t logprobs = -1;
   uint64_t seed = 0;
   std::vector<std::string> stop;

@@ -32,6 +32,7 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     p.min_p = s.min_p();
     p.presence_penalty = s.presence_penalty();
     p.frequency_penalty = s.frequency_penalty();
+    p.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0;
     p.logprobs = s.has_logprobs() ? s.logprobs() : -1;
     p.seed = s.seed();
     p.stop.assign(s.stop().begin(), s.stop().end());

@@ -105,6 +105,10 @@ absl::Status ValidateSampling(const GenerateParams& p) {
       return Invalid(absl::StrCat(name, " is ", v, "; it must be in [-2, 2] (0 is off)"));
     }
   }
+  if (!(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0)) {
+    return Invalid(absl::StrCat("repetition_penalty is ", p.repetition_penalty,
+                                "; it must be a finite number > 0 (1 is off)"));
+  }
   for (size_t i = 0; i < p.stop.size(); ++i) {
     if (p.stop[i].empty()) return Invalid(absl::StrCat("stop string ", i, " is empty"));
     if (absl::Status s = CheckUtf8(p.stop[i], absl::StrCat("stop string ", i)); !s.ok()) return s;

@@ -22,8 +22,9 @@ bool IsValidUtf8(std::string_view text);
 
 // Input present and non-empty, valid UTF-8 everywhere (prompt, messages, stop strings), chat
 // roles, max_tokens >= 1, temperature finite and >= 0, top_p in (0, 1], min_p in [0, 1], the
-// presence / frequency penalties in [-2, 2], logprobs in [-1, 20], the KV override (with
-// allocator/kv_spec.h's ValidateKvOverride, the same rules as Admin.SetPolicy).
+// presence / frequency penalties in [-2, 2], repetition_penalty finite and > 0, logprobs in [-1,
+// 20], the KV override (with allocator/kv_spec.h's ValidateKvOverride, the same rules as
+// Admin.SetPolicy).
 absl::Status ValidateGenerateParams(const GenerateParams& params);
 
 // After tokenization: the prompt has >= 1 token and prompt + max_tokens fits the context.

@@ -56,7 +56,8 @@ absl::Status Scheduler::Submit(SequenceSpec spec) {
   }
   for (size_t p = 0; p < spec.blocks.size(); ++p) {
     if (spec.blocks[p] > options_.pool_blocks[p]) {
-      return absl::ResourceExhaustedError(absl::StrCat(
+      // INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: retrying cannot help (HTTP 400, not 429).
+      return absl::InvalidArgumentError(absl::StrCat(
           "the request needs ", spec.blocks[p], " KV blocks in pool ", p, " but the pool holds ",
           options_.pool_blocks[p], "; it can never fit (shorten the prompt or max_tokens)"));
     }

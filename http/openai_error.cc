@@ -24,6 +24,7 @@ std::optional<std::string> LeadingField(absl::string_view message) {
       {"logprobs ", "logprobs"},
       {"presence_penalty ", "presence_penalty"},
       {"frequency_penalty ", "frequency_penalty"},
+      {"repetition_penalty ", "repetition_penalty"},
       {"stop string", "stop"},
       {"chat message", "messages"},
       {"chat has no messages", "messages"},

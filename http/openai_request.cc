@@ -149,7 +149,8 @@ absl::Status ParseStop(const Json& v, xkv::v1::SamplingOptions* s) {
   return absl::OkStatus();
 }
 
-// The `xkv` object: policy, one target (retention / budget_*), profile_mode, layers.
+// The `xkv` object: policy, one target (retention / budget_*), profile_mode, allocator, floor,
+// layers (KvPolicySpec's fields, as gRPC).
 absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
   if (v.is_null()) return absl::OkStatus();
   if (!v.is_object()) return WrongType("xkv", "an object");
@@ -157,10 +158,14 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
   int targets = 0;
   for (const auto& [key, value] : v.items()) {
     const std::string f = "xkv." + key;
-    if (key == "policy" || key == "profile_mode") {
+    if (key == "policy" || key == "profile_mode" || key == "allocator") {
       ASSIGN_OR_RETURN(std::optional<std::string> s, StringField(value, f));
       if (key == "policy") kv->set_policy(s.value_or(""));
       if (key == "profile_mode") kv->set_profile_mode(s.value_or(""));
+      if (key == "allocator") kv->set_allocator(s.value_or(""));
+    } else if (key == "floor") {
+      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(value, f));
+      if (x.has_value()) kv->set_floor(*x);
     } else if (key == "retention" || key == "budget_fraction") {
       ASSIGN_OR_RETURN(std::optional<double> x, NumberField(value, f));
       if (!x.has_value()) continue;
@@ -179,7 +184,7 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
     } else {
       return Invalid(f, absl::StrCat("unknown field '", f,
                                      "'; expected policy, retention, budget_tokens, budget_bytes, "
-                                     "budget_fraction, profile_mode or layers"));
+                                     "budget_fraction, profile_mode, allocator, floor or layers"));
     }
   }
   if (targets > 1) {
@@ -193,7 +198,6 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
 // Fields this server does not implement: accepted only at their no-op value.
 bool IsNoOp(const std::string& key, const Json& v) {
   if (v.is_null()) return true;
-  if (key == "repetition_penalty") return v.is_number() && v.get<double>() == 1;
   if (key == "echo" || key == "parallel_tool_calls") {
     return v.is_boolean() && !v.get<bool>();
   }
@@ -203,16 +207,9 @@ bool IsNoOp(const std::string& key, const Json& v) {
   return false;
 }
 
-constexpr const char* kUnsupported[] = {"repetition_penalty",
-                                        "logit_bias",
-                                        "echo",
-                                        "suffix",
-                                        "best_of",
-                                        "tools",
-                                        "tool_choice",
-                                        "functions",
-                                        "function_call",
-                                        "parallel_tool_calls",
+constexpr const char* kUnsupported[] = {"logit_bias",     "echo",          "suffix",
+                                        "best_of",        "tools",         "tool_choice",
+                                        "functions",      "function_call", "parallel_tool_calls",
                                         "response_format"};
 
 }  // namespace
@@ -256,6 +253,9 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
       if (key == "min_p") s->set_min_p(f);
       if (key == "presence_penalty") s->set_presence_penalty(f);
       if (key == "frequency_penalty") s->set_frequency_penalty(f);
+    } else if (key == "repetition_penalty") {  // vLLM's extra parameter; unset: 1 (off)
+      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
+      if (x.has_value()) s->set_repetition_penalty(static_cast<float>(*x));
     } else if (key == "top_k") {
       ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, kInt32Min, kInt32Max));
       s->set_top_k(static_cast<int32_t>(x.value_or(0)));

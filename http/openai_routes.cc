@@ -18,6 +18,7 @@
 #include "base/status_macros.h"
 #include "coordinator/generation_service.h"
 #include "http/choice_collector.h"
+#include "http/client_connection.h"
 #include "http/openai_error.h"
 #include "http/openai_request.h"
 #include "http/openai_response.h"
@@ -28,6 +29,9 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr char kJson[] = "application/json";
+// How often a non-streamed request looks whether its client is still connected (at least; also at
+// every token).
+constexpr absl::Duration kClientCheckInterval = absl::Milliseconds(200);
 
 void ReplyError(httplib::Response& res, const absl::Status& status) {
   const OpenAiErrorReply e = ToOpenAiError(status);
@@ -76,7 +80,10 @@ class Routes : public std::enable_shared_from_this<Routes> {
   };
   // Submits the n choices; on failure cancels the ones already submitted.
   absl::StatusOr<Submitted> SubmitChoices(const OpenAiRequest& request);
-  void Respond(const ResponseMeta& meta, ChoiceCollector& collector, int n, httplib::Response& res);
+  // Waits for every choice, then writes the one response; a client that goes away meanwhile has
+  // its requests cancelled (nothing is written).
+  void Respond(const httplib::Request& req, const ResponseMeta& meta, const Submitted& submitted,
+               httplib::Response& res);
   void Stream(const ResponseMeta& meta, std::shared_ptr<ChoiceCollector> collector,
               std::vector<uint64_t> ids, std::shared_ptr<void> slot, httplib::Response& res);
 
@@ -185,17 +192,22 @@ void Routes::Generate(OpenAiEndpoint endpoint, const httplib::Request& req,
   if (request->stream) {
     Stream(meta, std::move(submitted->collector), std::move(submitted->ids), std::move(slot), res);
   } else {
-    Respond(meta, *submitted->collector, static_cast<int>(submitted->ids.size()), res);
+    Respond(req, meta, *submitted, res);
   }
 }
 
-void Routes::Respond(const ResponseMeta& meta, ChoiceCollector& collector, int n,
-                     httplib::Response& res) {
-  std::vector<ChoiceResult> results(n);
+void Routes::Respond(const httplib::Request& req, const ResponseMeta& meta,
+                     const Submitted& submitted, httplib::Response& res) {
+  const ClientConnection client(req.local_port, req.remote_addr, req.remote_port);
+  std::vector<ChoiceResult> results(submitted.ids.size());
   absl::Status error;
   std::vector<ChoiceEvent> events;
   for (bool more = true; more;) {
-    more = collector.Next(&events, absl::Seconds(1));
+    more = submitted.collector->Next(&events, kClientCheckInterval);
+    if (more && client.Gone()) {
+      for (uint64_t id : submitted.ids) coordinator_->Cancel(id);
+      return;
+    }
     for (ChoiceEvent& e : events) {
       if (e.kind == ChoiceEvent::Kind::kText) {
         results[e.index].text += e.text;

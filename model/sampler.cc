@@ -20,6 +20,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.min_p >= 0.f && p.min_p <= 1.f)) {
     return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", p.min_p));
   }
+  if (!(std::isfinite(p.repetition_penalty) && p.repetition_penalty > 0.f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "repetition_penalty must be a finite number > 0 (1 is off), got ", p.repetition_penalty));
+  }
   if (p.logprobs < -1 || p.logprobs > 20) {
     return absl::InvalidArgumentError(
         absl::StrCat("logprobs must be in [0, 20] (or -1: off), got ", p.logprobs));
@@ -115,6 +119,10 @@ bool Sampler::penalized() const {
   return params_.presence_penalty != 0.f || params_.frequency_penalty != 0.f;
 }
 
+void Sampler::AddContext(absl::Span<const int32_t> tokens) {
+  if (repeats_penalized()) seen_.insert(tokens.begin(), tokens.end());
+}
+
 SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int top) {
   SampledLogprobs out;
   if (logits.empty()) return out;
@@ -134,12 +142,20 @@ SampledLogprobs LogprobsOf(absl::Span<const float> logits, int32_t token, int to
 
 int32_t Sampler::Sample(absl::Span<const float> logits) {
   const absl::Span<const float> raw = logits;
-  if (penalized() && !counts_.empty()) {
+  const bool repeats = repeats_penalized() && !seen_.empty();
+  if (repeats || (penalized() && !counts_.empty())) {
     penalized_.assign(logits.begin(), logits.end());
+    const auto in_vocab = [&](int32_t id) {
+      return id >= 0 && static_cast<size_t>(id) < penalized_.size();
+    };
+    const float rp = params_.repetition_penalty;
+    for (int32_t id : seen_) {  // empty unless repetition_penalty is on
+      if (!in_vocab(id)) continue;
+      float& x = penalized_[id];
+      x = x > 0 ? x / rp : x * rp;
+    }
     for (const auto& [id, n] : counts_) {
-      if (id >= 0 && static_cast<size_t>(id) < penalized_.size()) {
-        penalized_[id] -= params_.presence_penalty + params_.frequency_penalty * n;
-      }
+      if (in_vocab(id)) penalized_[id] -= params_.presence_penalty + params_.frequency_penalty * n;
     }
     logits = penalized_;
   }
@@ -161,6 +177,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
     }
   }
   if (penalized()) ++counts_[token];
+  if (repeats_penalized()) seen_.insert(token);
   if (params_.logprobs >= 0) last_logprobs_ = LogprobsOf(raw, token, params_.logprobs);
   return token;
 }

@@ -350,7 +350,11 @@ absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const StageSequence& s = step.sequences[i];
     run.result.sequences[i].seq_id = s.seq_id;
-    sequences_[s.seq_id];  // known from now on (dropped again if the step fails)
+    Sequence& q = sequences_[s.seq_id];  // known from now on (dropped again if the step fails)
+    if (is_last() && q.sampler == nullptr && s.mode != SequenceMode::kScoresOnly &&
+        s.sampling.repetition_penalty != 1.f) {
+      q.context.insert(q.context.end(), s.tokens.begin(), s.tokens.end());
+    }
     run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
   }
   const absl::Time t0 = absl::Now();
@@ -426,7 +430,11 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     StageSequenceResult& r = run.result.sequences[which[k]];
     if (s.sample) {
       Sequence& q = sequences_.at(s.seq_id);
-      if (q.sampler == nullptr) q.sampler = std::make_unique<Sampler>(s.sampling);
+      if (q.sampler == nullptr) {
+        q.sampler = std::make_unique<Sampler>(s.sampling);
+        q.sampler->AddContext(q.context);
+        q.context = {};
+      }
       r.token = q.sampler->Sample(row);
       r.logprobs = q.sampler->last_logprobs();
     }

@@ -227,6 +227,9 @@ class StageExecutor {
  private:
   struct Sequence {  // its KV cache lives in the engine
     std::unique_ptr<Sampler> sampler;
+    // Last stage, with a repetition penalty: the prompt tokens seen before the first sample (they
+    // go to the Sampler's context when it is made).
+    std::vector<int32_t> context;
     std::optional<CollectedScores> scores;  // from the last observed step, until compaction
     bool compacted = false;                 // evicted once; never again
   };

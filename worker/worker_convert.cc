@@ -77,6 +77,8 @@ absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p, 
   s.sampling.presence_penalty = p.sampling().presence_penalty();
   s.sampling.frequency_penalty = p.sampling().frequency_penalty();
   s.sampling.logprobs = p.sampling().has_logprobs() ? p.sampling().logprobs() : -1;
+  s.sampling.repetition_penalty =
+      p.sampling().has_repetition_penalty() ? p.sampling().repetition_penalty() : 1.f;
   s.sample = !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly;
   s.return_logits = p.return_logits();
   s.return_scores = p.return_scores();

@@ -167,41 +167,38 @@ absl::StatusOr<std::unique_ptr<StageLink>> WorkerService::MakeLink(
 #endif
 }
 
-absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
-                                   xkv::v1::LoadStageResponse* response) {
-  ASSIGN_OR_RETURN(StageOptions options,
+absl::StatusOr<WorkerService::PreparedLoad> WorkerService::Prepare(
+    const xkv::v1::LoadStageRequest& request) const {
+  PreparedLoad p;
+  ASSIGN_OR_RETURN(p.options,
                    StageOptionsFromProto(request, options_.device, options_.num_threads));
   if (request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
     return absl::UnimplementedError("worker: in-process links exist only inside `xkv serve`");
   }
-  std::optional<NcclLinkConfig> nccl;
   if (WantsNcclLink(request)) {
-    ASSIGN_OR_RETURN(nccl, NcclConfigFromRequest(request, options_.device));
+    ASSIGN_OR_RETURN(p.nccl, NcclConfigFromRequest(request, options_.device));
   }
-  RETURN_IF_ERROR(ApplyWorkerLimits(options_.limits, &options));
-  // The new stage replaces the old one only when it loaded; either way old sequences are gone
-  // (and, with NCCL, the old communicator before the new one is joined).
-  SetServing(false);
-  {
-    absl::MutexLock lock(&mu_);
-    executor_.reset();
-    link_hooks_ = {};
-  }
+  RETURN_IF_ERROR(ApplyWorkerLimits(options_.limits, &p.options));
+  return p;
+}
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> WorkerService::Build(
+    const xkv::v1::LoadStageRequest& request, const PreparedLoad& p) {
   // NCCL: joining the communicator is collective; the coordinator calls every stage at once.
-  ASSIGN_OR_RETURN(std::unique_ptr<StageLink> link, MakeLink(request, options, nccl));
+  ASSIGN_OR_RETURN(std::unique_ptr<StageLink> link, MakeLink(request, p.options, p.nccl));
   ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> stage,
-                   StageExecutor::Load(options, std::move(link)));
+                   StageExecutor::Load(p.options, std::move(link)));
   if (request.is_last() != stage->is_last()) {
     return absl::InvalidArgumentError(
         absl::StrCat("worker: is_last must equal layer_end == ", stage->config().n_layers));
   }
-  if (!nccl.has_value() && !stage->is_last() && request.next_stage().empty()) {
+  if (!p.nccl.has_value() && !stage->is_last() && request.next_stage().empty()) {
     return absl::InvalidArgumentError("worker: a stage before the last needs next_stage");
   }
   // One PushHidden of a whole step must pass this server's receive limit.
   const int64_t step_bytes =
       options_.limits.max_step_tokens * stage->config().hidden * int64_t{sizeof(float)};
-  if (!nccl.has_value() && !stage->is_first() &&
+  if (!p.nccl.has_value() && !stage->is_first() &&
       step_bytes > options_.limits.max_message_bytes - kMessageOverheadBytes) {
     return absl::FailedPreconditionError(
         absl::StrCat("worker: a step of --max-step-tokens ", options_.limits.max_step_tokens,
@@ -209,10 +206,63 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
                      " bytes, above the message limit of ", options_.limits.max_message_bytes,
                      " bytes: raise --max-message-mb or lower --max-step-tokens"));
   }
+  return stage;
+}
+
+void WorkerService::Unload() {
+  SetServing(false);
+  absl::MutexLock lock(&mu_);
+  executor_.reset();
+  link_hooks_ = {};
+}
+
+void WorkerService::Install(std::unique_ptr<StageExecutor> stage,
+                            xkv::v1::LoadStageResponse* response) {
+  response->Clear();
   DescribeLoadedStage(*stage, response);
   absl::MutexLock lock(&mu_);
   executor_ = std::move(stage);
-  return absl::OkStatus();
+}
+
+absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
+                                   xkv::v1::LoadStageResponse* response) {
+  // Everything checkable without loading is checked while the current stage serves on.
+  ASSIGN_OR_RETURN(const PreparedLoad prepared, Prepare(request));
+  // gRPC links: the new stage is built beside the current one, which keeps serving (its sequences
+  // too) when the new one is refused. NCCL leaves the old communicator before joining the new one,
+  // and a new stage that does not fit beside the old (RESOURCE_EXHAUSTED: a device's memory) is
+  // built once the old one is gone; when it fails then, the old one is loaded again (without its
+  // sequences).
+  if (!prepared.nccl.has_value()) {
+    absl::StatusOr<std::unique_ptr<StageExecutor>> stage = Build(request, prepared);
+    if (stage.ok()) {
+      Install(*std::move(stage), response);
+      loaded_request_ = request;
+      return absl::OkStatus();
+    }
+    if (stage.status().code() != absl::StatusCode::kResourceExhausted || executor() == nullptr) {
+      return stage.status();
+    }
+  }
+  Unload();
+  absl::StatusOr<std::unique_ptr<StageExecutor>> stage = Build(request, prepared);
+  if (stage.ok()) {
+    Install(*std::move(stage), response);
+    loaded_request_ = request;
+    return absl::OkStatus();
+  }
+  if (loaded_request_.has_value() && !WantsNcclLink(*loaded_request_)) {
+    absl::StatusOr<PreparedLoad> old = Prepare(*loaded_request_);
+    absl::StatusOr<std::unique_ptr<StageExecutor>> restored = old.status();
+    if (old.ok()) restored = Build(*loaded_request_, *old);
+    xkv::v1::LoadStageResponse unused;
+    if (restored.ok()) {
+      Install(*std::move(restored), &unused);
+    } else {
+      loaded_request_.reset();
+    }
+  }
+  return stage.status();
 }
 
 grpc::Status WorkerService::LoadStage(grpc::ServerContext* context,
@@ -227,7 +277,7 @@ grpc::Status WorkerService::LoadStage(grpc::ServerContext* context,
     absl::MutexLock lock(&mu_);
     load_error_ = s.ok() ? "" : std::string(s.message());
   }
-  SetServing(s.ok());
+  SetServing(executor() != nullptr);  // a refused load leaves the current stage serving
   return ToGrpcStatus(s);
 }
 

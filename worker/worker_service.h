@@ -81,8 +81,21 @@ class WorkerService final : public xkv::v1::Worker::Service {
   // CheckPeer, then Loaded.
   absl::StatusOr<std::shared_ptr<StageExecutor>> LoadedFor(const grpc::ServerContext* context,
                                                            Caller caller) const;
+  // A LoadStage's checks that need no loading (options, limits, NCCL config) and their result.
+  struct PreparedLoad {
+    StageOptions options;
+    std::optional<NcclLinkConfig> nccl;
+  };
+  absl::StatusOr<PreparedLoad> Prepare(const xkv::v1::LoadStageRequest& request) const;
+  // Loads the stage (link, weights, pool) and checks it against the request.
+  absl::StatusOr<std::unique_ptr<StageExecutor>> Build(const xkv::v1::LoadStageRequest& request,
+                                                       const PreparedLoad& prepared);
+  void Unload();  // not serving, no stage
+  // Serves `stage` from now on; describes it in `response`.
+  void Install(std::unique_ptr<StageExecutor> stage, xkv::v1::LoadStageResponse* response);
+  // A refused request leaves the current stage loaded and serving (see DoLoad for NCCL and memory).
   absl::Status DoLoad(const xkv::v1::LoadStageRequest& request,
-                      xkv::v1::LoadStageResponse* response);
+                      xkv::v1::LoadStageResponse* response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(load_mu_);
   // The stage's data plane: NCCL when `nccl` is set (joins the communicator), else gRPC.
   absl::StatusOr<std::unique_ptr<StageLink>> MakeLink(const xkv::v1::LoadStageRequest& request,
                                                       const StageOptions& options,
@@ -96,6 +109,8 @@ class WorkerService final : public xkv::v1::Worker::Service {
   const std::shared_ptr<HiddenMailbox> inbox_;
   std::vector<grpc::HealthCheckServiceInterface*> health_;
   absl::Mutex load_mu_;  // one LoadStage at a time
+  // The request of the stage loaded now (to load it again after a refused replacement).
+  std::optional<xkv::v1::LoadStageRequest> loaded_request_ ABSL_GUARDED_BY(load_mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<StageExecutor> executor_ ABSL_GUARDED_BY(mu_);
   std::string load_error_ ABSL_GUARDED_BY(mu_);

@@ -1,5 +1,6 @@
-// Bad requests get INVALID_ARGUMENT with a message naming the problem, and the server keeps
-// serving; admin calls without (or with a wrong) bearer token get UNAUTHENTICATED.
+// Bad requests (a request that can never fit the KV pool included) get INVALID_ARGUMENT with a
+// message naming the problem, and the server keeps serving; admin calls without (or with a wrong)
+// bearer token get UNAUTHENTICATED.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,6 +44,8 @@ std::vector<BadCase> Cases() {
       {"max_tokens 0", [](auto& r) { r.set_max_tokens(0); }, "max_tokens"},
       {"max_tokens negative", [](auto& r) { r.set_max_tokens(-5); }, "max_tokens"},
       {"max_tokens past the context", [](auto& r) { r.set_max_tokens(1 << 20); }, "max_tokens"},
+      // More KV than the pool (--kv-blocks=32 below) can ever hold: no retry can help.
+      {"more KV than the pool holds", [](auto& r) { r.set_max_tokens(1000); }, "never fit"},
       {"temperature negative", [](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); },
        "temperature"},
       {"temperature NaN", [nan](auto& r) { r.mutable_sampling()->set_temperature(nan); },
@@ -67,8 +70,8 @@ std::vector<BadCase> Cases() {
 
 TEST(BadRequests, AreInvalidArgumentAndTheServerKeepsServing) {
   if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
-  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
-      Cluster::Start({.workers = 1, .embedded = true, .flags = {"--default-max-tokens=6"}});
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(
+      {.workers = 1, .embedded = true, .flags = {"--default-max-tokens=6", "--kv-blocks=32"}});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   Cluster& c = **cluster;
   StreamResult before = Generate(c.generation(), GreedyRequest(kShortPrompt, 4));

@@ -1,6 +1,7 @@
 // The sampling additions over gRPC (the same fields the OpenAI API maps onto): n choices with
 // their index and one usage each (choice i == an n = 1 request with seed + i), min_p, the
-// presence / frequency penalties, logprobs, and their range checks; the server keeps serving.
+// presence / frequency / repetition penalties, logprobs, and their range checks; the server keeps
+// serving.
 #include <gtest/gtest.h>
 
 #include <functional>
@@ -102,7 +103,9 @@ TEST(SamplingChoicesTest, ChoicesMinPAndPenaltiesOverGrpc) {
                         {[](auto& s) { s.set_min_p(1.5f); }, "min_p"},
                         {[](auto& s) { s.set_presence_penalty(-3.0f); }, "presence_penalty"},
                         {[](auto& s) { s.set_frequency_penalty(2.5f); }, "frequency_penalty"},
-                        {[](auto& s) { s.set_logprobs(21); }, "logprobs is 21"}}) {
+                        {[](auto& s) { s.set_logprobs(21); }, "logprobs is 21"},
+                        {[](auto& s) { s.set_repetition_penalty(0.f); }, "repetition_penalty"},
+                        {[](auto& s) { s.set_repetition_penalty(-1.f); }, "repetition_penalty"}}) {
     xkv::v1::GenerateRequest r = Sampled(2, 1);
     bad.edit(*r.mutable_sampling());
     StreamResult s = Generate(stub, r);
@@ -111,6 +114,42 @@ TEST(SamplingChoicesTest, ChoicesMinPAndPenaltiesOverGrpc) {
         << s.status.error_message();
   }
   EXPECT_TRUE(Generate(stub, GreedyRequest(kPrompt, 2)).status.ok());
+}
+
+// repetition_penalty (vLLM's) counts the prompt's tokens too: it moves the very first token, which
+// no presence / frequency penalty can (nothing was generated yet). Split over two workers, the
+// last stage (which embeds nothing) records the prompt itself: the same tokens as one stage.
+TEST(SamplingChoicesTest, RepetitionPenaltyCoversThePromptOnOneAndTwoStages) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  // Greedy continues " red"; with the penalty it cannot (" blue").
+  xkv::v1::GenerateRequest repeat = GreedyRequest("red, red, red, red, red,", 10);
+  repeat.set_ignore_eos(true);
+  std::vector<std::vector<int32_t>> penalized_by_cluster;
+  for (const ClusterOptions& options :
+       {ClusterOptions{.workers = 1, .embedded = true}, ClusterOptions{.workers = 2}}) {
+    absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start(options);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    xkv::v1::Generation::Stub& stub = (*cluster)->generation();
+    xkv::v1::GenerateRequest r = repeat;
+    StreamResult plain = Generate(stub, r);
+    r.mutable_sampling()->set_repetition_penalty(1.0f);  // explicit 1: off
+    StreamResult off = Generate(stub, r);
+    r.mutable_sampling()->set_frequency_penalty(2.0f);
+    StreamResult frequency = Generate(stub, r);
+    r.mutable_sampling()->set_frequency_penalty(0.f);
+    r.mutable_sampling()->set_repetition_penalty(2.0f);
+    StreamResult penalized = Generate(stub, r);
+    ASSERT_TRUE(plain.status.ok() && off.status.ok() && frequency.status.ok() &&
+                penalized.status.ok())
+        << penalized.status.error_message() << (*cluster)->Logs();
+    ASSERT_EQ(plain.token_ids.size(), 10u);
+    ASSERT_EQ(penalized.token_ids.size(), 10u);
+    EXPECT_EQ(off.token_ids, plain.token_ids);
+    EXPECT_EQ(frequency.token_ids[0], plain.token_ids[0]) << "no output yet: no frequency penalty";
+    EXPECT_NE(penalized.token_ids[0], plain.token_ids[0]) << "the prompt's tokens are penalized";
+    penalized_by_cluster.push_back(penalized.token_ids);
+  }
+  EXPECT_EQ(penalized_by_cluster[0], penalized_by_cluster[1]);
 }
 
 }  // namespace

@@ -8,7 +8,7 @@
 //    certificate): link timeouts, n_new / positions against the context, the hidden-row size and
 //    count, the message size, forwarded error codes, model_path outside --model-dir, a KV pool
 //    beyond memory, a flood of hidden rows for steps that never run (the worker's memory stays
-//    bounded);
+//    bounded), LoadStage requests refused after loading (the current stage keeps serving);
 //  - a user's greedy generations through the coordinator while the attacks run, and after them,
 //    give the same tokens as before, and both stages still serve with their capacity unchanged.
 #include <gtest/gtest.h>
@@ -353,6 +353,17 @@ TEST_F(WorkerAttackTest, BoundsHoldForAnAuthenticatedPeer) {
   EXPECT_FALSE(absl::StrContains(passwd.error_message(), "0x")) << passwd.error_message();
   expect(first->LoadStage(Context().get(), Load(ModelPath(), 30'000'000), &loaded),
          grpc::StatusCode::RESOURCE_EXHAUSTED, "--max-kv-bytes", "30M blocks");
+  // Loads refused only once the new stage is built: the current stage keeps serving (users'
+  // streams running meanwhile included; ExpectUsersUnaffected below).
+  expect(first->LoadStage(Context().get(), Load(ModelPath(), 0, /*next=*/""), &loaded),
+         grpc::StatusCode::INVALID_ARGUMENT, "needs next_stage", "a first stage without a next");
+  xkv::v1::LoadStageRequest not_last = Load(ModelPath(), 0, address(1));
+  not_last.set_is_last(true);
+  expect(first->LoadStage(Context().get(), not_last, &loaded), grpc::StatusCode::INVALID_ARGUMENT,
+         "is_last", "is_last for layers [0, 15)");
+  xkv::v1::StatusResponse first_status;
+  ASSERT_TRUE(first->Status(Context().get(), {}, &first_status).ok());
+  EXPECT_EQ(first_status.health(), xkv::v1::STAGE_HEALTH_SERVING);
 
   // Another worker's certificate (same CA) may push hidden rows but not control a stage.
   std::unique_ptr<xkv::v1::Worker::Stub> other_worker =

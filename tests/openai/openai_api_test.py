@@ -68,14 +68,8 @@ def _stop(proc):
             proc.wait(timeout=30)
 
 
-class OpenAiApiTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.proc, cls.server_log, cls.port = _start_server()
-        cls.addClassCleanup(_stop, cls.proc)
-        cls.client = openai.OpenAI(base_url=f"http://127.0.0.1:{cls.port}/v1", api_key=API_KEY,
-                                   timeout=120, max_retries=0)
-        cls.addClassCleanup(cls.client.close)
+class _HttpHelpers:
+    """Raw HTTP against self.port (set by the test class)."""
 
     def raw(self, method, path, body=None, headers=None):
         """One request over a fresh connection: (status, parsed JSON or text)."""
@@ -93,10 +87,21 @@ class OpenAiApiTest(unittest.TestCase):
         except ValueError:
             return resp.status, data.decode(errors="replace")
 
-    def assert_serving(self):
-        """The server still answers a real generation after a bad request."""
-        r = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2)
-        self.assertEqual(r.usage.completion_tokens, 2)
+    def metric(self, sample):
+        """The value of one /metrics sample (e.g. 'xkv_requests_total{code="OK"}'); 0 if absent."""
+        status, body = self.raw("GET", "/metrics")
+        self.assertEqual(status, 200)
+        m = re.search(r"^" + re.escape(sample) + r" (\S+)$", body, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def wait_metric(self, sample, done, timeout):
+        """Polls /metrics until done(value of sample); returns (value, seconds waited)."""
+        start = time.monotonic()
+        while True:
+            value = self.metric(sample)
+            if done(value) or time.monotonic() - start > timeout:
+                return value, time.monotonic() - start
+            time.sleep(0.02)  # poll interval of a bounded wait
 
     def assert_error(self, status, body, want_status, want_param=None, says=None):
         self.assertEqual(status, want_status, body)
@@ -107,6 +112,20 @@ class OpenAiApiTest(unittest.TestCase):
             self.assertEqual(err["param"], want_param, body)
         if says is not None:
             self.assertIn(says, err["message"])
+
+class OpenAiApiTest(_HttpHelpers, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.proc, cls.server_log, cls.port = _start_server()
+        cls.addClassCleanup(_stop, cls.proc)
+        cls.client = openai.OpenAI(base_url=f"http://127.0.0.1:{cls.port}/v1", api_key=API_KEY,
+                                   timeout=120, max_retries=0)
+        cls.addClassCleanup(cls.client.close)
+
+    def assert_serving(self):
+        """The server still answers a real generation after a bad request."""
+        r = self.client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2)
+        self.assertEqual(r.usage.completion_tokens, 2)
 
     # --- the happy paths ---
 
@@ -217,6 +236,23 @@ class OpenAiApiTest(unittest.TestCase):
             return len(words) - len(set(words))
         self.assertLess(repeats(penalized.choices[0].text), repeats(greedy),
                         (greedy, penalized.choices[0].text))
+        # repetition_penalty (vLLM's) also counts the prompt: it moves the first token already,
+        # in both endpoints; 1 is off.
+        red = dict(model="smollm2", prompt="red, red, red, red, red,", max_tokens=4, temperature=0,
+                   logprobs=0)
+        first = lambda r: r.choices[0].logprobs.tokens[0]
+        plain = self.client.completions.create(**red, extra_body={"ignore_eos": True})
+        self.assertEqual(first(plain), " red")
+        off = self.client.completions.create(
+            **red, extra_body={"ignore_eos": True, "repetition_penalty": 1})
+        self.assertEqual(off.choices[0].text, plain.choices[0].text)
+        repeated = self.client.completions.create(
+            **red, extra_body={"ignore_eos": True, "repetition_penalty": 2.0})
+        self.assertNotEqual(first(repeated), " red", repeated)
+        chat = self.client.chat.completions.create(
+            model="smollm2", max_tokens=4, temperature=0, messages=[
+                {"role": "user", "content": red["prompt"]}], extra_body={"repetition_penalty": 2.0})
+        self.assertTrue(chat.choices[0].message.content)
 
     def test_logprobs(self):
         args = dict(model="smollm2", max_tokens=6, temperature=0,
@@ -301,8 +337,10 @@ class OpenAiApiTest(unittest.TestCase):
             ({"model": "smollm2", "messages": user, "frequency_penalty": 2.5}, 400,
              "frequency_penalty", "[-2, 2]"),
             ({"model": "smollm2", "messages": user, "min_p": -0.5}, 400, "min_p", None),
-            ({"model": "smollm2", "messages": user, "repetition_penalty": 1.3}, 400,
-             "repetition_penalty", "not supported"),
+            ({"model": "smollm2", "messages": user, "repetition_penalty": 0}, 400,
+             "repetition_penalty", "> 0"),
+            ({"model": "smollm2", "messages": user, "repetition_penalty": "1.1"}, 400,
+             "repetition_penalty", "a number"),
             ({"model": "smollm2", "messages": user, "logprobs": True, "top_logprobs": 21}, 400,
              "logprobs", "[0, 20]"),
             ({"model": "smollm2", "messages": user, "xkv": {"policy": "magic"}}, 400,
@@ -325,6 +363,7 @@ class OpenAiApiTest(unittest.TestCase):
     def test_concurrency_limit_and_disconnect_cancels(self):
         """Two open streams hold both slots (--http-max-concurrent 2): the next request gets 429.
         Clients that go away get their requests cancelled and the slots back."""
+        cancelled = self.metric('xkv_requests_total{code="CANCELLED"}')
         streams = []
         for _ in range(2):
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -351,9 +390,33 @@ class OpenAiApiTest(unittest.TestCase):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)  # poll interval of a bounded wait
-        status, body = self.raw("GET", "/metrics")
-        self.assertEqual(status, 200)
-        self.assertIn('xkv_requests_total{code="CANCELLED"} 2', body)
+        # The coordinator counts a request once it ended there (the HTTP slot may come back first).
+        now, _ = self.wait_metric('xkv_requests_total{code="CANCELLED"}',
+                                  lambda v: v >= cancelled + 2, 10)
+        self.assertEqual(now, cancelled + 2)
+
+    def test_non_streamed_disconnect_cancels(self):
+        """A client that closes its connection while it waits for a non-streamed completion: the
+        coordinator cancels the request (within 5 s; it would run 4000 tokens) and frees it."""
+        cancelled = self.metric('xkv_requests_total{code="CANCELLED"}')
+        for path, body in (("/v1/completions", {"prompt": PROMPT}),
+                           ("/v1/chat/completions",
+                            {"messages": [{"role": "user", "content": "hi"}], "n": 2})):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            conn.request("POST", path, body=json.dumps(dict(
+                body, model="smollm2", max_tokens=4000, ignore_eos=True)),
+                headers={"Authorization": f"Bearer {API_KEY}"})
+            running, _ = self.wait_metric("xkv_num_requests_running", lambda v: v >= 1, 30)
+            self.assertGreaterEqual(running, 1)
+            conn.sock.shutdown(2)
+            conn.close()
+            running, waited = self.wait_metric("xkv_num_requests_running", lambda v: v == 0, 10)
+            self.assertEqual(running, 0)
+            self.assertLess(waited, 5)
+        now, _ = self.wait_metric('xkv_requests_total{code="CANCELLED"}',
+                                  lambda v: v >= cancelled + 3, 10)
+        self.assertEqual(now, cancelled + 3)
+        self.assert_serving()
 
     def test_probes_and_metrics_need_no_key(self):
         self.assert_serving()  # a finished request for the request counters
@@ -363,6 +426,85 @@ class OpenAiApiTest(unittest.TestCase):
         status, body = self.raw("GET", "/metrics")
         self.assertEqual(status, 200)
         self.assertIn("xkv_requests_total", body)
+
+
+def _varint(n):
+    out = b""
+    while True:
+        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def _generate_request(prompt, max_tokens):
+    """xkv.v1.GenerateRequest bytes by hand (no generated stubs): prompt = 1, max_tokens = 3,
+    ignore_eos = 5."""
+    p = prompt.encode()
+    return b"\x0a" + _varint(len(p)) + p + b"\x18" + _varint(max_tokens) + b"\x28\x01"
+
+
+class LimitsTest(_HttpHelpers, unittest.TestCase):
+    """429 only for load (a full queue, --http-max-concurrent); a request that can never be served
+    (more KV than the pool holds, a prompt longer than the context) is a 400 that says why. Every
+    outcome is counted by its real status in xkv_requests_total (a gRPC deadline included)."""
+
+    def test_never_fits_is_400_a_full_queue_is_429_and_outcomes_are_counted(self):
+        proc, log, port = _start_server("--kv-blocks", "32", "--max-batch", "1", "--max-queue",
+                                        "1", "--http-max-concurrent", "8")
+        self.addCleanup(_stop, proc)
+        self.port = port
+        user = [{"role": "user", "content": "hi"}]
+        # 32 blocks of 16 tokens per layer: 1000 new tokens can never fit.
+        status, body = self.raw("POST", "/v1/chat/completions",
+                               {"model": "smollm2", "messages": user, "max_tokens": 1000})
+        self.assert_error(status, body, 400, None, "never fit")
+        self.assertEqual(body["error"]["type"], "invalid_request_error")
+        status, body = self.raw("POST", "/v1/completions",
+                               {"model": "smollm2", "prompt": "go " * 9000, "max_tokens": 1})
+        self.assert_error(status, body, 400, "prompt", "context length")
+        # One request runs (--max-batch 1), one waits (--max-queue 1): the next one gets 429.
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        running = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        running.request("POST", "/v1/completions", json.dumps(
+            {"model": "smollm2", "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True,
+             "stream": True}), headers)
+        self.assertTrue(running.getresponse().readline().startswith(b"data: {"))
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        waiting.request("POST", "/v1/completions", json.dumps(
+            {"model": "smollm2", "prompt": PROMPT, "max_tokens": 2}), headers)
+        queued, _ = self.wait_metric("xkv_num_requests_waiting", lambda v: v >= 1, 30)
+        self.assertEqual(queued, 1, "server log:\n" + "".join(log))
+        status, body = self.raw("POST", "/v1/completions",
+                               {"model": "smollm2", "prompt": PROMPT, "max_tokens": 2})
+        self.assert_error(status, body, 429, None, "queue is full")
+        self.assertEqual(body["error"]["type"], "rate_limit_error")
+        running.sock.shutdown(2)
+        running.close()
+        answer = waiting.getresponse()
+        self.assertEqual(answer.status, 200)
+        usage = json.loads(answer.read())["usage"]
+        self.assertEqual(usage["completion_tokens"], 2)
+        waiting.close()
+        # A gRPC client whose deadline passes while its request runs.
+        import grpc  # the scripts venv has grpcio
+        grpc_port = next(int(m.group(1)) for m in (
+            re.search(r"serving Generation on port (\d+)", line) for line in log) if m)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            generate = channel.unary_stream("/xkv.v1.Generation/Generate")
+            with self.assertRaises(grpc.RpcError) as e:
+                list(generate(_generate_request(PROMPT, 400), timeout=1.0))
+            self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        want = {"OK": 1, "CANCELLED": 1, "DEADLINE_EXCEEDED": 1, "INVALID_ARGUMENT": 2,
+                "RESOURCE_EXHAUSTED": 1}
+        sample = lambda code: 'xkv_requests_total{code="%s"}' % code
+        self.wait_metric(sample("DEADLINE_EXCEEDED"), lambda v: v >= 1, 10)
+        self.assertEqual({code: self.metric(sample(code)) for code in want}, want,
+                         "server log:\n" + "".join(log))
+        # Only admitted prompts count (the OK, CANCELLED and DEADLINE_EXCEEDED requests).
+        prompts, _ = self.wait_metric("xkv_prompt_tokens_total",
+                                      lambda v: v >= 3 * usage["prompt_tokens"], 5)
+        self.assertEqual(prompts, 3 * usage["prompt_tokens"])
 
 
 class ShutdownTest(unittest.TestCase):

@@ -124,6 +124,16 @@ TEST(RequestValidationTest, MinPAndPenalties) {
     p.frequency_penalty = bad;
     ExpectInvalid(p, "frequency_penalty is");
   }
+  p = Good();
+  p.repetition_penalty = 0.05;
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  p.repetition_penalty = 5;
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  for (double bad : {0.0, -1.0, std::nan(""), HUGE_VAL}) {
+    p = Good();
+    p.repetition_penalty = bad;
+    ExpectInvalid(p, "repetition_penalty is");
+  }
 }
 
 TEST(RequestValidationTest, Policy) {

@@ -33,8 +33,9 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
     "seed": -1, "stop": ["\n\n", "END"], "n": 3, "stream": true,
     "stream_options": {"include_usage": true}, "ignore_eos": true, "user": "u",
     "presence_penalty": 0.5, "frequency_penalty": -1.0, "logprobs": false, "min_p": 0.05,
-    "repetition_penalty": 1,
-    "xkv": {"policy": "xkv", "retention": 0.5, "profile_mode": "one_pass", "layers": true}})");
+    "repetition_penalty": 1.3,
+    "xkv": {"policy": "xkv", "retention": 0.5, "profile_mode": "one_pass", "layers": true,
+            "allocator": "global", "floor": 0.25}})");
   ASSERT_TRUE(r.ok()) << r.status();
   const xkv::v1::GenerateRequest& g = r->generate;
   EXPECT_EQ(r->model, "m");
@@ -49,6 +50,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_FLOAT_EQ(g.sampling().min_p(), 0.05f);
   EXPECT_FLOAT_EQ(g.sampling().presence_penalty(), 0.5f);
   EXPECT_FLOAT_EQ(g.sampling().frequency_penalty(), -1.0f);
+  EXPECT_FLOAT_EQ(g.sampling().repetition_penalty(), 1.3f);
   EXPECT_TRUE(r->has_seed);
   EXPECT_EQ(g.sampling().seed(), ~uint64_t{0});
   ASSERT_EQ(g.sampling().stop_size(), 2);
@@ -60,6 +62,8 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_EQ(g.kv_policy().policy(), "xkv");
   EXPECT_DOUBLE_EQ(g.kv_policy().retention(), 0.5);
   EXPECT_EQ(g.kv_policy().profile_mode(), "one_pass");
+  EXPECT_EQ(g.kv_policy().allocator(), "global");
+  EXPECT_DOUBLE_EQ(g.kv_policy().floor(), 0.25);
   EXPECT_TRUE(r->kv_layers);
 }
 
@@ -139,8 +143,7 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
       {R"({"model":"m","messages":[],"stream_options":{"include_usage":true}})", "stream_options",
        "only allowed with stream"},
       {R"({"model":"m","messages":[],"presence_penalty":"high"})", "presence_penalty", "a number"},
-      {R"({"model":"m","messages":[],"repetition_penalty":1.2})", "repetition_penalty",
-       "not supported"},
+      {R"({"model":"m","messages":[],"repetition_penalty":"x"})", "repetition_penalty", "a number"},
       {R"({"model":"m","messages":[],"tools":[]})", "tools", "not supported"},
       {R"({"model":"m","messages":[],"temprature":1})", "temprature", "unknown field"},
       {R"({"model":"m","messages":[],"xkv":{"retention":0.5,"budget_tokens":3}})", "xkv",

@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace xkv {
@@ -123,6 +124,38 @@ TEST(SamplerTest, PenaltiesLowerTheGeneratedTokens) {
   EXPECT_EQ(repeat.Sample(std::vector<float>{3.f, 2.f}), 1);
 }
 
+TEST(SamplerTest, RepetitionPenaltyScalesContextAndGeneratedTokens) {
+  // vLLM's rule: a positive logit is divided by the penalty, a non-positive one multiplied, once
+  // per distinct token of the prompt (AddContext) or the output.
+  const std::vector<float> logits = {2.f, 1.5f, -1.f, -1.2f};
+  Sampler off({.temperature = 0.f});
+  off.AddContext(std::vector<int32_t>{0, 0, 2});
+  EXPECT_EQ(off.Sample(logits), 0);  // 1 (the default) is off: the context changes nothing
+  Sampler prompt({.temperature = 0.f, .repetition_penalty = 2.f});
+  prompt.AddContext(std::vector<int32_t>{0, 0, 7000});  // repeats and out-of-vocab ids: harmless
+  EXPECT_EQ(prompt.Sample(logits), 1);                  // 2 / 2 = 1 < 1.5
+  // Token 1 was generated: 1.5 / 2 = 0.75 < token 0's 1 (penalized once, not per occurrence).
+  EXPECT_EQ(prompt.Sample(logits), 0);
+  // Negative logits are multiplied: token 2 (-1 * 2 = -2) falls below token 3 (-1.2).
+  Sampler negative({.temperature = 0.f, .repetition_penalty = 2.f});
+  negative.AddContext(std::vector<int32_t>{0, 1, 2});
+  EXPECT_EQ(negative.Sample(std::vector<float>{-3.f, -3.f, -1.f, -1.2f}), 3);
+  // A penalty below 1 favours repetition: 1.5 / 0.5 = 3 > 2.
+  Sampler favour({.temperature = 0.f, .repetition_penalty = 0.5f});
+  favour.AddContext(std::vector<int32_t>{1});
+  EXPECT_EQ(favour.Sample(logits), 1);
+  // The presence penalty applies on top (vLLM's order): token 0 first (2 > 1.5), then
+  // 2 / 1.25 - 1 = 0.6 < 1.5: token 1 (the repetition penalty alone would keep 1.6 > 1.5).
+  Sampler both({.temperature = 0.f, .presence_penalty = 1.f, .repetition_penalty = 1.25f});
+  EXPECT_EQ(both.Sample(logits), 0);
+  EXPECT_EQ(both.Sample(logits), 1);
+  // Logprobs stay the model's (before penalties).
+  Sampler lp({.temperature = 0.f, .repetition_penalty = 2.f, .logprobs = 0});
+  lp.AddContext(std::vector<int32_t>{0});
+  EXPECT_EQ(lp.Sample(logits), 1);
+  EXPECT_NEAR(lp.last_logprobs()->token.logprob, LogprobsOf(logits, 1, 0).token.logprob, 1e-6);
+}
+
 TEST(SamplerTest, LogprobsAreTheModelsLogSoftmax) {
   const std::vector<float> logits = {1.f, 3.f, 2.f, 3.f};
   const double log_z = std::log(std::exp(1.0) + 2 * std::exp(3.0) + std::exp(2.0));
@@ -156,6 +189,13 @@ TEST(SamplerTest, ValidatesParams) {
   EXPECT_FALSE(ValidateSamplingParams({.min_p = 1.5f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.presence_penalty = 2.5f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.frequency_penalty = NAN}).ok());
+  EXPECT_TRUE(ValidateSamplingParams({.repetition_penalty = 0.01f}).ok());
+  EXPECT_TRUE(ValidateSamplingParams({.repetition_penalty = 3.f}).ok());
+  for (float bad : {0.f, -1.f, NAN, INFINITY}) {
+    const absl::Status s = ValidateSamplingParams({.repetition_penalty = bad});
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.message(), testing::HasSubstr("repetition_penalty")) << bad;
+  }
   EXPECT_FALSE(ValidateSamplingParams({.top_p = 0.f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.top_p = 1.5f}).ok());
   EXPECT_FALSE(ValidateSamplingParams({.temperature = NAN}).ok());
