@@ -165,6 +165,11 @@ class Coordinator {
   absl::Status RunMain(const StepPlan& plan);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
+  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (`compacted`:
+  // the step compacted it) against the scheduler's ledger; INTERNAL when they disagree.
+  absl::Status ReconcileKv(Sequence& seq, const SequenceStepResult& result, bool compacted);
+  // The scheduler preempted a sequence: frees it on the stages; it recomputes on re-admission.
+  void Preempt(const Preemption& preemption);
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
                             int64_t prefix_len);
   Sequence* Find(uint64_t id);
