@@ -60,8 +60,8 @@ struct CoordinatorOptions {
   int pool_kernel = 7;
   bool query_head_scores = false;
   int block_tokens = 16;
-  int64_t kv_capacity_blocks = 0;  // per layer on the workers; 0 = their default
-  SchedulerOptions scheduler;      // pool_blocks and min_final_chunk are filled in
+  int64_t kv_capacity_blocks = 0;  // per layer of a stage (its one pool: x its layers); 0 = default
+  SchedulerOptions scheduler;      // kv (the stages' pools) and min_final_chunk are filled in
   StagePlannerOptions planner;     // num_stages = the number of stage clients
   bool auto_replan = false;        // re-plan when the profile shifts past the threshold
   int64_t default_max_tokens = 256;

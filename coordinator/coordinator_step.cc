@@ -192,13 +192,13 @@ absl::Status Coordinator::RecoverStages() {
 
 void Coordinator::RunStep(const StepPlan& plan) {
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  for (const Preemption& p : plan.preempted) Preempt(p);  // whatever the stages' state
   if (stages_suspect_) {
     if (absl::Status r = RecoverStages(); !r.ok()) {
       for (const WorkItem& item : plan.items) FinishSequence(item.id, r, 0);
       return;
     }
   }
-  for (const Preemption& p : plan.preempted) Preempt(p);
   const absl::Time now = clock_->Now();
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -87,6 +87,9 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
     st.layer_end = plan.stages[s].layer_end;
     st.weight_bytes = results[s]->weight_bytes();
     st.capacity_blocks = results[s]->stage_capacity_blocks();
+    if (st.capacity_blocks == 0) {  // a worker from before the shared pool: the sum of its layers
+      for (int64_t c : results[s]->layer_capacity_blocks()) st.capacity_blocks += c;
+    }
     st.block_bytes = results[s]->block_bytes();
     states.push_back(std::move(st));
   }

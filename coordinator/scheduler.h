@@ -81,7 +81,7 @@ struct StepPlan {
   std::vector<uint64_t> admitted;     // requests that left the queue in this step
   std::vector<Preemption> preempted;  // before this step's items
   int64_t tokens = 0;                 // sum of items' tokens
-  bool empty() const { return items.empty(); }
+  bool empty() const { return items.empty() && preempted.empty(); }  // nothing to run or free
 };
 
 // A request the scheduler gave up on (never admitted).
