@@ -8,7 +8,9 @@
 // Per (sequence, layer) the ledger keeps `tokens` (what the stage's cache holds) and `blocks`
 // reserved for it (>= ceil(tokens / block_tokens)): a reservation may cover tokens not written yet
 // (the rest of a prompt being prefilled in chunks, or, under guaranteed_no_evict, every token the
-// request may still write). Not thread-safe (the Scheduler holds it under its mutex).
+// request may still write). Per-(layer, KV head) budgets would keep these per (layer, head) row,
+// as BlockPool::TableIndex would on the stages. Not thread-safe (the Scheduler holds it under its
+// mutex).
 #ifndef XKV_COORDINATOR_KV_MANAGER_H_
 #define XKV_COORDINATOR_KV_MANAGER_H_
 

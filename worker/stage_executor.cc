@@ -41,8 +41,9 @@ absl::StatusOr<int64_t> RawCapacity(const StageOptions& o, int num_layers, int64
     }
     return total;
   }
-  if (o.kv_capacity_bytes > 0 && o.kv_capacity_blocks == 0)
+  if (o.kv_capacity_bytes > 0 && o.kv_capacity_blocks == 0) {
     return o.kv_capacity_bytes / block_bytes;
+  }
   const int64_t per_layer =
       o.kv_capacity_blocks > 0 ? o.kv_capacity_blocks : kDefaultBlocksPerLayer;
   for (int l = 0; l < num_layers; ++l) total = SaturatingAdd(total, per_layer);

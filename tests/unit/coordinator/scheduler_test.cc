@@ -438,6 +438,32 @@ TEST(SchedulerTest, DecodeGrowthPreemptsTheMostRecentlyAdmittedAndItCompletesLat
   EXPECT_EQ(s->free_blocks(), (std::vector<int64_t>{12}));
 }
 
+// A step may free a preempted request and run nothing (a finished request still holds the blocks
+// until the coordinator ends it): that plan is not empty, so the stages are told to free it.
+TEST(SchedulerTest, APlanOfOnlyAPreemptionIsNotEmpty) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.kv = Pools({{1, 4}});
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 4, 2)).ok());
+  ASSERT_TRUE(s->Submit(Spec(2, 4, 8)).ok());  // up to 12 tokens: 3 blocks
+  s->NextStep(nullptr);                        // both prompts (a block each)
+  s->NextStep(nullptr);  // both decode a 5th token (a block each); 1 is done, not yet finished
+  StepPlan plan;
+  for (int i = 0; i < 4 && plan.preempted.empty(); ++i) plan = s->NextStep(nullptr);
+  ASSERT_EQ(plan.preempted.size(), 1u);
+  EXPECT_EQ(plan.preempted[0].id, 2u);
+  EXPECT_EQ(plan.preempted[0].tokens, 4 + 5);  // its prompt and the 5 tokens it produced
+  EXPECT_TRUE(plan.items.empty());
+  EXPECT_FALSE(plan.empty());
+  s->Finish(1);
+  StepPlan next = s->NextStep(nullptr);
+  EXPECT_EQ(next.admitted, (std::vector<uint64_t>{2}));
+  ASSERT_EQ(next.items.size(), 1u);
+  EXPECT_EQ(next.items[0].tokens, 4) << "its own prompt ends a chunk";
+  EXPECT_FALSE(next.items[0].completes_prompt);
+}
+
 // guaranteed_no_evict reserves the worst case: the second request waits instead, nothing is
 // preempted.
 TEST(SchedulerTest, GuaranteedNoEvictNeverPreempts) {
