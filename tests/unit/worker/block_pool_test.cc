@@ -7,6 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "worker/stage_executor.h"
 
 namespace xkv {
 namespace {
@@ -197,6 +198,24 @@ TEST(BlockPoolTest, RandomPlansMatchReference) {
   }
   EXPECT_GT(accepted, 100);
   EXPECT_GT(rejected, 10);
+}
+
+// The stage's one pool from its options: per-layer figures are summed over the stage's layers.
+TEST(KvPoolCapacityTest, OnePoolPerStage) {
+  StageOptions o;
+  EXPECT_EQ(*KvPoolCapacity(o, 3, 1024), 3 * kDefaultBlocksPerLayer);
+  o.kv_capacity_blocks = 10;
+  EXPECT_EQ(*KvPoolCapacity(o, 3, 1024), 30);
+  o.kv_capacity_blocks = 0;
+  o.kv_capacity_bytes = 10 * 1024 + 5;
+  EXPECT_EQ(*KvPoolCapacity(o, 3, 1024), 10);
+  o.layer_capacity_blocks = {1, 2, 3};
+  EXPECT_EQ(*KvPoolCapacity(o, 3, 1024), 6);
+  EXPECT_EQ(KvPoolCapacity(o, 2, 1024).status().code(), absl::StatusCode::kInvalidArgument);
+  o.max_kv_bytes = 5 * 1024;
+  EXPECT_EQ(KvPoolCapacity(o, 3, 1024).status().code(), absl::StatusCode::kResourceExhausted);
+  o.layer_capacity_blocks = {1, -2, 3};
+  EXPECT_EQ(KvPoolCapacity(o, 3, 1024).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
