@@ -82,7 +82,7 @@ absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages)
   ASSIGN_OR_RETURN(plan_, PlanStages(CostInputs(), {}, options_.planner));
   RETURN_IF_ERROR(ReloadStages(plan_));
   SchedulerOptions so = options_.scheduler;
-  so.pool_blocks = driver_->LayerCapacityBlocks();
+  so.kv = {options_.block_tokens, driver_->KvStages()};
   so.min_final_chunk = std::min<int64_t>(std::max(1, options_.window), so.prefill_chunk);
   ASSIGN_OR_RETURN(scheduler_, Scheduler::Create(so, clock_));
   return absl::OkStatus();
@@ -102,6 +102,10 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
     if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
   }
   RETURN_IF_ERROR(driver_->LoadStages(plan, s));
+  // The KV ledger follows the stages' pools (Init creates the scheduler after the first load).
+  if (scheduler_ != nullptr) {
+    RETURN_IF_ERROR(scheduler_->SetKvLayout({options_.block_tokens, driver_->KvStages()}));
+  }
   const std::vector<StageState> states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {
     bytes_per_token_ = states[0].block_bytes / options_.block_tokens;
@@ -267,9 +271,6 @@ SequenceSpec Coordinator::SpecFor(const Sequence& seq) const {
   spec.max_new_tokens = seq.params.max_tokens;
   spec.needs_profile = seq.needs_profile_pass;
   spec.deadline = seq.params.deadline;
-  // Peak: every layer holds the whole prompt until the step that writes it has compacted it.
-  spec.blocks = BlocksFor(config_.n_layers, spec.prompt_tokens, options_.window,
-                          seq.params.max_tokens, options_.block_tokens);
   return spec;
 }
 

@@ -63,8 +63,8 @@ struct CoordinatorOptions {
   int pool_kernel = 7;
   bool query_head_scores = false;
   int block_tokens = 16;
-  int64_t kv_capacity_blocks = 0;  // per layer on the workers; 0 = their default
-  SchedulerOptions scheduler;      // pool_blocks and min_final_chunk are filled in
+  int64_t kv_capacity_blocks = 0;  // per layer of a stage (its one pool: x its layers); 0 = default
+  SchedulerOptions scheduler;      // kv (the stages' pools) and min_final_chunk are filled in
   StagePlannerOptions planner;     // num_stages = the number of stage clients
   bool auto_replan = false;        // re-plan when the profile shifts past the threshold
   int64_t default_max_tokens = 256;
@@ -168,6 +168,7 @@ class Coordinator {
     StepPlan plan;
     bool main = false;                // the pass in flight is the main one
     std::vector<size_t> items;        // the pass's plan.items, in request order
+    std::vector<bool> compacts;       // [items]: the pass asks the stages to compact it
     PipelineDriver::StepHandle pass;  // the pass in flight
     absl::Time started;               // when the pass started
   };
@@ -187,6 +188,11 @@ class Coordinator {
   absl::Status ApplyMain(const MicroBatch& batch, const StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
+  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (`compacted`:
+  // the step compacted it) against the scheduler's ledger; INTERNAL when they disagree.
+  absl::Status ReconcileKv(Sequence& seq, const SequenceStepResult& result, bool compacted);
+  // The scheduler preempted a sequence: frees it on the stages; it recomputes on re-admission.
+  void Preempt(const Preemption& preemption);
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
                             int64_t prefix_len);
   Sequence* Find(uint64_t id);

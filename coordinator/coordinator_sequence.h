@@ -42,6 +42,9 @@ struct Coordinator::Sequence {
   int32_t last_token = -1;
   int64_t generated = 0;
   std::vector<xkv::v1::LayerSize> layers;  // latest per-layer sizes
+  std::vector<int32_t> output_ids;         // every token sampled for it, in order
+  // Preempted: the stages' input on re-admission, prompt + output_ids (empty: the prompt).
+  std::vector<int32_t> recompute;
 
   absl::Time submitted, admitted, first_token, prefill_done;
   absl::Time last_token_time;       // when the latest generated token arrived

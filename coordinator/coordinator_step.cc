@@ -220,6 +220,7 @@ void Coordinator::FillPipeline() {
 
 void Coordinator::LaunchStep(StepPlan plan) {
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  for (const Preemption& p : plan.preempted) Preempt(p);  // whatever the stages' state
   if (stages_suspect_) {
     if (absl::Status r = RecoverStages(); !r.ok()) {
       for (const WorkItem& item : plan.items) FinishSequence(item.id, r, 0);
@@ -232,7 +233,7 @@ void Coordinator::LaunchStep(StepPlan plan) {
     std::lock_guard<std::mutex> lock(mu_);
     for (uint64_t id : plan.admitted) {
       auto it = sequences_.find(id);
-      if (it == sequences_.end()) continue;
+      if (it == sequences_.end() || it->second->admitted_set) continue;  // re-admitted: kept
       it->second->admitted = now;
       it->second->admitted_set = true;
     }
@@ -255,6 +256,7 @@ void Coordinator::LaunchStep(StepPlan plan) {
 bool Coordinator::StartPass(MicroBatch& batch) {
   xkv::v1::StepRequest request;
   batch.items.clear();
+  batch.compacts.clear();
   for (size_t i = 0; i < batch.plan.items.size(); ++i) {
     const WorkItem& item = batch.plan.items[i];
     if ((item.kind == WorkKind::kProfile) == batch.main) continue;
@@ -274,6 +276,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
       seq->started = true;
     }
     batch.items.push_back(i);
+    batch.compacts.push_back(out->has_compact());
   }
   if (batch.items.empty()) return false;
   request.set_step_id(++step_id_);
@@ -416,11 +419,15 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   if (item.kind == WorkKind::kDecode) {
     out->add_tokens(seq.last_token);
   } else {
-    out->mutable_tokens()->Add(seq.prompt.begin() + item.begin,
-                               seq.prompt.begin() + item.begin + item.tokens);
+    const std::vector<int32_t>& input = seq.recompute.empty() ? seq.prompt : seq.recompute;
+    out->mutable_tokens()->Add(input.begin() + item.begin,
+                               input.begin() + item.begin + item.tokens);
     out->set_new_sequence(item.begin == 0);
     out->set_skip_sampling(!item.completes_prompt);
-    if (item.completes_prompt && seq.compress) {
+    // The chunk that ends the request's own prompt observes and compacts it (the last one, unless
+    // a preempted request recomputes the tokens it had generated after it).
+    const bool ends_prompt = item.begin + item.tokens == static_cast<int64_t>(seq.prompt.size());
+    if (ends_prompt && seq.compress) {
       out->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
       if (seq.budgets_known) {
         *out->mutable_compact() = MakeCompactSpec(seq.budgets.budgets, seq.kv);
@@ -451,6 +458,11 @@ absl::Status Coordinator::ApplyMain(const MicroBatch& batch, const StepOutcome& 
     Sequence& seq = *found;
     const SequenceStepResult& r = outcome.sequences[i];
     if (!r.layers.empty()) seq.layers = r.layers;
+    // What the stages hold against the KV ledger: a disagreement ends this request alone.
+    if (absl::Status k = ReconcileKv(seq, r, batch.compacts[i]); !k.ok()) {
+      FinishSequence(seq.id, k, 0);
+      continue;
+    }
     if (item.kind == WorkKind::kPrefill && item.completes_prompt) {
       // This request's own failure (solving or compacting its budgets): it ends alone.
       if (absl::Status s = AfterPrefill(seq, r); !s.ok()) {
@@ -483,22 +495,52 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
     ASSIGN_OR_RETURN(seq.layers,
                      driver_->Compact(seq.id, MakeCompactSpec(seq.budgets.budgets, seq.kv)));
     seq.compacted = true;
+    RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
     seq.solve_ms += Ms(clock_->Now() - t0);
   }
   if (!seq.retention.has_value() && static_cast<int>(seq.gains.size()) == config_.n_layers) {
     seq.retention =
         RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
   }
-  absl::Status resized = scheduler_->Resize(
-      seq.id, BlocksFor(config_.n_layers, T, options_.window, seq.params.max_tokens,
-                        options_.block_tokens, seq.budgets.budgets));
-  (void)resized;  // shrinking always fits
   return absl::OkStatus();
+}
+
+// ---- KV ledger: what the stages hold, preemption ---------------------------------------------
+
+absl::Status Coordinator::ReconcileKv(Sequence& seq, const SequenceStepResult& r, bool compacted) {
+  if (r.layers.empty()) return absl::OkStatus();  // a stage client that reports no sizes
+  const std::vector<KvLayerHeld> held = LayersHeld(r.layers);
+  return compacted ? scheduler_->Compacted(seq.id, held) : scheduler_->CheckHeld(seq.id, held);
+}
+
+void Coordinator::Preempt(const Preemption& p) {
+  Sequence* seq = Find(p.id);
+  if (seq == nullptr) return;
+  if (seq->started) ReleaseOnStages(seq->id);
+  // The stages start it over from its prompt and the tokens it streamed (recompute): its budgets
+  // stay, the chunk that ends its prompt compacts it again, and the token sampled after the
+  // recomputed ones continues its stream where it stopped.
+  seq->recompute = seq->prompt;
+  seq->recompute.insert(seq->recompute.end(), seq->output_ids.begin(), seq->output_ids.end());
+  seq->started = seq->compacted = false;
+  std::fprintf(stderr,
+               "xkv coordinator: preempted request %llu (a stage's KV pool is full); it "
+               "recomputes %lld tokens when re-admitted\n",
+               static_cast<unsigned long long>(seq->id), static_cast<long long>(p.tokens));
+  if (static_cast<int64_t>(seq->recompute.size()) != p.tokens) {
+    scheduler_->Cancel(seq->id);
+    FinishSequence(seq->id,
+                   absl::InternalError(absl::StrCat(
+                       "request ", seq->id, " was preempted with ", seq->recompute.size(),
+                       " tokens to recompute; the scheduler counts ", p.tokens)),
+                   0);
+  }
 }
 
 void Coordinator::AcceptToken(Sequence& seq, int32_t token,
                               const std::optional<SampledLogprobs>& logprobs) {
   const absl::Time now = clock_->Now();
+  seq.output_ids.push_back(token);  // recomputed after a preemption
   if (seq.generated++ == 0) {
     seq.first_token = now;
   } else {

@@ -80,16 +80,11 @@ xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets,
   return spec;
 }
 
-std::vector<int64_t> BlocksFor(int num_layers, int64_t prompt_len, int window, int64_t max_new,
-                               int block_tokens, absl::Span<const int64_t> budgets) {
-  const int64_t w = std::min<int64_t>(window, prompt_len);
-  const int64_t prefix = prompt_len - w;
-  std::vector<int64_t> blocks(num_layers);
-  for (int l = 0; l < num_layers; ++l) {
-    const int64_t kept = budgets.empty() ? prefix : std::min(prefix, budgets[l]);
-    blocks[l] = (kept + w + max_new + block_tokens - 1) / block_tokens;
-  }
-  return blocks;
+std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes) {
+  std::vector<KvLayerHeld> held;
+  held.reserve(sizes.size());
+  for (const xkv::v1::LayerSize& l : sizes) held.push_back({l.layer(), l.tokens(), l.blocks()});
+  return held;
 }
 
 }  // namespace xkv

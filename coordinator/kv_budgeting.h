@@ -13,6 +13,7 @@
 #include "absl/types/span.h"
 #include "allocator/kv_policy.h"
 #include "allocator/kv_spec.h"
+#include "coordinator/kv_manager.h"
 #include "xkv/v1/worker.pb.h"
 
 namespace xkv {
@@ -32,10 +33,8 @@ double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const
 // The Worker CompactSpec for budgets of every layer.
 xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets, const KvSettings& settings);
 
-// KV blocks per layer a request reserves: ceil((kept + window + max_new) / block_tokens) with
-// kept = budgets[l] (or the whole prefix when budgets is empty).
-std::vector<int64_t> BlocksFor(int num_layers, int64_t prompt_len, int window, int64_t max_new,
-                               int block_tokens, absl::Span<const int64_t> budgets = {});
+// What the stages report a sequence holds (worker LayerSize, by layer), for the KV ledger.
+std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes);
 
 }  // namespace xkv
 

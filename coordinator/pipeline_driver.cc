@@ -129,8 +129,10 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
     st.layer_begin = plan.stages[s].layer_begin;
     st.layer_end = plan.stages[s].layer_end;
     st.weight_bytes = results[s]->weight_bytes();
-    st.layer_capacity_blocks.assign(results[s]->layer_capacity_blocks().begin(),
-                                    results[s]->layer_capacity_blocks().end());
+    st.capacity_blocks = results[s]->stage_capacity_blocks();
+    if (st.capacity_blocks == 0) {  // a worker from before the shared pool: the sum of its layers
+      for (int64_t c : results[s]->layer_capacity_blocks()) st.capacity_blocks += c;
+    }
     st.block_bytes = results[s]->block_bytes();
     states.push_back(std::move(st));
   }
@@ -144,12 +146,11 @@ std::vector<StageState> PipelineDriver::stage_states() const {
   return states_;
 }
 
-std::vector<int64_t> PipelineDriver::LayerCapacityBlocks() const {
+std::vector<KvStage> PipelineDriver::KvStages() const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<int64_t> out;
-  for (const StageState& s : states_) {
-    out.insert(out.end(), s.layer_capacity_blocks.begin(), s.layer_capacity_blocks.end());
-  }
+  std::vector<KvStage> out;
+  for (const StageState& s : states_)
+    out.push_back({s.layer_begin, s.layer_end, s.capacity_blocks});
   return out;
 }
 

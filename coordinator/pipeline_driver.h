@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "coordinator/kv_manager.h"
 #include "coordinator/stage_client.h"
 #include "coordinator/stage_planner.h"
 #include "model/sampler.h"
@@ -38,7 +39,7 @@ namespace xkv {
 struct StageLoadSettings {
   std::string model_path;
   int block_tokens = 16;
-  int64_t kv_capacity_blocks = 0;  // per layer; 0 = the worker's default
+  int64_t kv_capacity_blocks = 0;  // per layer of a stage (its pool: x its layers); 0 = default
   int window = 8;
   int pool_kernel = 7;
   bool query_head_scores = false;
@@ -72,7 +73,7 @@ struct StageState {
   std::string address;
   int layer_begin = 0, layer_end = 0;
   int64_t weight_bytes = 0;
-  std::vector<int64_t> layer_capacity_blocks;
+  int64_t capacity_blocks = 0;  // the stage's one KV pool, shared by its layers
   int64_t block_bytes = 0;
 };
 
@@ -98,8 +99,8 @@ class PipelineDriver {
   absl::Status LoadStages(const StagePlan& plan, const StageLoadSettings& settings);
   // A copy: admin calls read it while the loop thread may reload the stages.
   std::vector<StageState> stage_states() const;
-  // Per model layer: block capacity ([L]), from the loaded stages.
-  std::vector<int64_t> LayerCapacityBlocks() const;
+  // Per stage: its layers and KV pool, as the loaded stages reported them (the KV ledger's pools).
+  std::vector<KvStage> KvStages() const;
 
   // Queues `request` on every stage behind the steps started before it and returns at once.
   StepHandle StartStep(xkv::v1::StepRequest request);

@@ -20,6 +20,16 @@ absl::Status RequestQueue::Push(SequenceSpec spec, absl::Time now) {
   return absl::OkStatus();
 }
 
+absl::Status RequestQueue::PushFront(SequenceSpec spec, absl::Time now) {
+  if (index_.contains(spec.id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", spec.id, " is already queued"));
+  }
+  const uint64_t id = spec.id;
+  items_.push_front(QueuedRequest{std::move(spec), now});
+  index_[id] = items_.begin();
+  return absl::OkStatus();
+}
+
 const QueuedRequest* RequestQueue::Front() const {
   return items_.empty() ? nullptr : &items_.front();
 }

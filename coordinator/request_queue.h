@@ -23,8 +23,10 @@ struct SequenceSpec {
   int64_t max_new_tokens = 0;  // >= 1
   // XKV per_request profile: a scores-only pass over the whole prompt runs before the prefill.
   bool needs_profile = false;
-  // KV blocks the request reserves in each pool while it runs ([pools], see SchedulerOptions).
-  std::vector<int64_t> blocks;
+  // A preempted request (recomputed on re-admission): its own prompt's length, while
+  // prompt_tokens also counts the tokens it generated before. A prefill chunk ends exactly here
+  // (the chunk that observes and compacts the prompt). 0: prompt_tokens.
+  int64_t original_prompt_tokens = 0;
   absl::Time deadline = absl::InfiniteFuture();
 };
 
@@ -39,6 +41,9 @@ class RequestQueue {
 
   // RESOURCE_EXHAUSTED when full; ALREADY_EXISTS for a duplicate id.
   absl::Status Push(SequenceSpec spec, absl::Time now);
+  // At the head, beyond the capacity (a preempted request that was admitted before: it keeps its
+  // turn). ALREADY_EXISTS for a duplicate id.
+  absl::Status PushFront(SequenceSpec spec, absl::Time now);
   // The oldest request, or nullptr when empty.
   const QueuedRequest* Front() const;
   std::optional<QueuedRequest> PopFront();

@@ -33,14 +33,13 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(const SchedulerOpti
                                                    kMaxMicroBatches, "] (got ",
                                                    options.micro_batches, ")"));
   }
-  for (int64_t b : options.pool_blocks) {
-    if (b < 0) return absl::InvalidArgumentError("scheduler: negative pool capacity");
-  }
-  return std::unique_ptr<Scheduler>(new Scheduler(options, clock));
+  absl::StatusOr<KvManager> kv = KvManager::Create(options.kv);
+  if (!kv.ok()) return kv.status();
+  return std::unique_ptr<Scheduler>(new Scheduler(options, clock, *std::move(kv)));
 }
 
-Scheduler::Scheduler(const SchedulerOptions& options, const Clock* clock)
-    : options_(options), clock_(clock), queue_(options.max_queue), free_(options.pool_blocks) {}
+Scheduler::Scheduler(const SchedulerOptions& options, const Clock* clock, KvManager kv)
+    : options_(options), clock_(clock), queue_(options.max_queue), kv_(std::move(kv)) {}
 
 absl::Status Scheduler::Submit(SequenceSpec spec) {
   if (spec.prompt_tokens < 1 || spec.max_new_tokens < 1) {
@@ -48,21 +47,13 @@ absl::Status Scheduler::Submit(SequenceSpec spec) {
         "scheduler: request ", spec.id, " has ", spec.prompt_tokens,
         " prompt tokens and max_new_tokens ", spec.max_new_tokens, "; both must be >= 1"));
   }
-  if (spec.blocks.empty()) spec.blocks.assign(options_.pool_blocks.size(), 0);
-  if (spec.blocks.size() != options_.pool_blocks.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("scheduler: request ", spec.id, " names ",
-                                                   spec.blocks.size(), " block pools, there are ",
-                                                   options_.pool_blocks.size()));
-  }
-  for (size_t p = 0; p < spec.blocks.size(); ++p) {
-    if (spec.blocks[p] > options_.pool_blocks[p]) {
-      // INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: retrying cannot help (HTTP 400, not 429).
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the request needs ", spec.blocks[p], " KV blocks in pool ", p, " but the pool holds ",
-          options_.pool_blocks[p], "; it can never fit (shorten the prompt or max_tokens)"));
-    }
-  }
   std::lock_guard<std::mutex> lock(mu_);
+  // The worst case in every layer must fit each stage's pool: then a request that runs alone
+  // always completes, so preemption always makes progress.
+  if (absl::Status fits = kv_.CheckEverFits(spec.id, spec.prompt_tokens + spec.max_new_tokens);
+      !fits.ok()) {
+    return fits;
+  }
   if (FindRunning(spec.id) != running_.end()) {
     return absl::AlreadyExistsError(absl::StrCat("request ", spec.id, " is already running"));
   }
@@ -74,12 +65,17 @@ std::list<Scheduler::Running>::iterator Scheduler::FindRunning(uint64_t id) {
                       [id](const Running& r) { return r.spec.id == id; });
 }
 
+std::list<Scheduler::Running>::const_iterator Scheduler::FindRunning(uint64_t id) const {
+  return std::find_if(running_.begin(), running_.end(),
+                      [id](const Running& r) { return r.spec.id == id; });
+}
+
 bool Scheduler::Cancel(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (queue_.Cancel(id)) return true;
   auto it = FindRunning(id);
   if (it == running_.end()) return false;
-  Reserve(it->spec.blocks, -1);
+  kv_.Free(id);
   running_.erase(it);
   return true;
 }
@@ -93,40 +89,56 @@ void Scheduler::Finish(uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = FindRunning(id);
   if (it == running_.end()) return;
-  Reserve(it->spec.blocks, -1);
+  kv_.Free(id);
   running_.erase(it);
 }
 
-absl::Status Scheduler::Resize(uint64_t id, std::vector<int64_t> blocks) {
+int64_t Scheduler::AdmissionTokens(const SequenceSpec& spec) const {
+  return options_.kv_admission == KvAdmission::kGuaranteedNoEvict
+             ? spec.prompt_tokens + spec.max_new_tokens
+             : spec.prompt_tokens;
+}
+
+int64_t Scheduler::HeadroomTokens(const Running& r) const {
+  const int64_t prompt_left = r.spec.prompt_tokens - r.prefilled;
+  if (options_.kv_admission == KvAdmission::kMaxUtilization) return prompt_left;
+  // Every token but the last sampled one is written once: the prompt's rest and the decodes.
+  const int64_t written = std::max<int64_t>(r.generated, 1);
+  return prompt_left + r.spec.max_new_tokens - written;
+}
+
+absl::Status Scheduler::Compacted(uint64_t id, absl::Span<const KvLayerHeld> held) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = FindRunning(id);
-  if (it == running_.end()) {
-    return absl::NotFoundError(absl::StrCat("request ", id, " is not running"));
+  if (it == running_.end() || !kv_.enabled()) return absl::OkStatus();
+  return kv_.Shrink(id, held, HeadroomTokens(*it));
+}
+
+absl::Status Scheduler::CheckHeld(uint64_t id, absl::Span<const KvLayerHeld> held) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (FindRunning(id) == running_.end() || !kv_.enabled()) return absl::OkStatus();
+  return kv_.Verify(id, held);
+}
+
+absl::Status Scheduler::SetKvLayout(const KvManagerOptions& kv) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto same = [](const KvStage& a, const KvStage& b) {
+    return a.layer_begin == b.layer_begin && a.layer_end == b.layer_end &&
+           a.capacity_blocks == b.capacity_blocks;
+  };
+  const KvManagerOptions& now = kv_.options();
+  if (now.block_tokens == kv.block_tokens &&
+      std::equal(now.stages.begin(), now.stages.end(), kv.stages.begin(), kv.stages.end(), same)) {
+    return absl::OkStatus();
   }
-  if (blocks.size() != free_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("scheduler: resize names ", blocks.size(),
-                                                   " pools, there are ", free_.size()));
+  if (!running_.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "scheduler: the stages' KV pools changed while ", running_.size(), " requests run"));
   }
-  Reserve(it->spec.blocks, -1);
-  if (!Fits(blocks)) {
-    Reserve(it->spec.blocks, +1);
-    return absl::ResourceExhaustedError(
-        absl::StrCat("request ", id, ": not enough free KV blocks for its solved budgets"));
-  }
-  it->spec.blocks = std::move(blocks);
-  Reserve(it->spec.blocks, +1);
+  absl::StatusOr<KvManager> next = KvManager::Create(kv);
+  if (!next.ok()) return next.status();
+  kv_ = *std::move(next);
   return absl::OkStatus();
-}
-
-bool Scheduler::Fits(absl::Span<const int64_t> blocks) const {
-  for (size_t p = 0; p < free_.size(); ++p) {
-    if (blocks[p] > free_[p]) return false;
-  }
-  return true;
-}
-
-void Scheduler::Reserve(absl::Span<const int64_t> blocks, int sign) {
-  for (size_t p = 0; p < free_.size(); ++p) free_[p] -= sign * blocks[p];
 }
 
 void Scheduler::DropWaiting(absl::Time now, std::vector<DroppedRequest>* dropped) {
@@ -151,12 +163,57 @@ void Scheduler::DropWaiting(absl::Time now, std::vector<DroppedRequest>* dropped
   }
 }
 
+std::vector<int64_t> Scheduler::DecodeGrowth() const {
+  std::vector<int64_t> need(kv_.num_stages(), 0);
+  for (const Running& r : running_) {
+    // In-flight sequences grew when their step was planned; they get no work in this one.
+    if (r.phase != Phase::kDecode || r.in_flight != 0) continue;
+    const std::vector<int64_t> g = kv_.GrowthBlocks(r.spec.id, 1);
+    for (size_t s = 0; s < need.size(); ++s) need[s] += g[s];
+  }
+  return need;
+}
+
+void Scheduler::MakeRoomForDecodes(StepPlan& plan) {
+  while (true) {
+    const std::vector<int64_t> need = DecodeGrowth();
+    bool fits = true;
+    for (size_t s = 0; s < need.size(); ++s) fits = fits && need[s] <= kv_.free_blocks()[s];
+    if (fits) return;
+    // The most recently admitted sequence that still needs its blocks (a finished one frees them
+    // after this step anyway) and is not part of a step in flight (its stages hold its state).
+    auto victim = running_.end();
+    for (auto it = running_.begin(); it != running_.end(); ++it) {
+      if (it->phase != Phase::kDone && it->in_flight == 0) victim = it;
+    }
+    if (victim == running_.end()) return;
+    Preempt(victim, plan);
+  }
+}
+
+void Scheduler::Preempt(std::list<Running>::iterator it, StepPlan& plan) {
+  Running& r = *it;
+  const int64_t g = r.phase == Phase::kDecode ? r.generated : 0;  // tokens it produced so far
+  SequenceSpec spec = std::move(r.spec);
+  if (spec.original_prompt_tokens == 0) spec.original_prompt_tokens = spec.prompt_tokens;
+  spec.prompt_tokens += g;
+  spec.max_new_tokens -= g;
+  spec.needs_profile = spec.needs_profile && r.phase == Phase::kProfile;
+  kv_.Free(spec.id);
+  plan.preempted.push_back({spec.id, spec.prompt_tokens});
+  ++preemptions_;
+  running_.erase(it);
+  queue_.PushFront(std::move(spec), clock_->Now()).IgnoreError();  // it was not queued
+}
+
 void Scheduler::PlanDecodes(StepPlan& plan, int64_t& budget) {
+  if (kv_.enabled()) MakeRoomForDecodes(plan);
   // Create() guarantees budget >= max_running + min_final_chunk: every decode fits.
   for (Running& r : running_) {
     if (r.phase != Phase::kDecode || !Plannable(r, plan)) continue;
     plan.items.push_back({r.spec.id, WorkKind::kDecode, r.spec.prompt_tokens + r.generated - 1, 1});
     --budget;
+    if (kv_.enabled()) kv_.Grow(r.spec.id, 1).IgnoreError();  // MakeRoomForDecodes made room
     if (++r.generated >= r.spec.max_new_tokens) r.phase = Phase::kDone;
   }
 }
@@ -176,12 +233,17 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
     return;
   }
   if (seq.phase != Phase::kPrefill || budget <= 0) return;
-  const int64_t remaining = T - seq.prefilled;
-  const int64_t min_final = std::min(options_.min_final_chunk, T);
+  // A recomputed request's own prompt ends a chunk (the one that observes and compacts it); the
+  // tokens it had generated follow in chunks of any length.
+  const int64_t own = seq.spec.original_prompt_tokens > 0 ? seq.spec.original_prompt_tokens : T;
+  const int64_t end = seq.prefilled < own ? own : T;
+  const int64_t remaining = end - seq.prefilled;
+  const int64_t min_final = end == own ? std::min(options_.min_final_chunk, own) : 1;
   int64_t chunk = std::min({options_.prefill_chunk, remaining, budget});
   if (chunk < remaining && remaining - chunk < min_final) chunk = remaining - min_final;
   if (chunk <= 0) return;
-  const bool completes = chunk == remaining;
+  if (kv_.enabled() && !kv_.Grow(seq.spec.id, chunk).ok()) return;  // within its reservation
+  const bool completes = seq.prefilled + chunk == T;
   plan.items.push_back({seq.spec.id, WorkKind::kPrefill, seq.prefilled, chunk, completes});
   budget -= chunk;
   prompt_work = true;
@@ -193,16 +255,25 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
 }
 
 void Scheduler::Admit(StepPlan& plan) {
+  // max_utilization: what the running sequences' next decodes take stays free, so a new request
+  // does not force a preemption at once.
+  const std::vector<int64_t> headroom = kv_.enabled() ? DecodeGrowth() : std::vector<int64_t>();
   for (const QueuedRequest* front = queue_.Front(); admitting_ && front != nullptr;
        front = queue_.Front()) {
     if (static_cast<int64_t>(running_.size()) >= options_.max_running) break;
-    if (!Fits(front->spec.blocks)) break;
+    const uint64_t id = front->spec.id;
+    if (std::any_of(plan.preempted.begin(), plan.preempted.end(),
+                    [id](const Preemption& p) { return p.id == id; })) {
+      break;  // preempted for room in this very step
+    }
+    const int64_t tokens = AdmissionTokens(front->spec);
+    if (kv_.enabled() && !kv_.CanAllocate(tokens, headroom)) break;
     std::optional<QueuedRequest> q = queue_.PopFront();
     Running r;
     r.spec = std::move(q->spec);
     r.phase = r.spec.needs_profile ? Phase::kProfile : Phase::kPrefill;
-    Reserve(r.spec.blocks, +1);
-    plan.admitted.push_back(r.spec.id);
+    if (kv_.enabled()) kv_.Allocate(id, tokens).IgnoreError();  // CanAllocate said it fits
+    plan.admitted.push_back(id);
     running_.push_back(std::move(r));
   }
 }
@@ -286,7 +357,12 @@ bool Scheduler::idle() const {
 
 std::vector<int64_t> Scheduler::free_blocks() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return free_;
+  return kv_.free_blocks();
+}
+
+int64_t Scheduler::preemptions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return preemptions_;
 }
 
 }  // namespace xkv

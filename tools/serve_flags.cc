@@ -53,7 +53,12 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                "in [0, 1]");
   flags.Int("window", &f->window, "observation window w");
   flags.Int("block-tokens", &f->block_tokens, "tokens per KV block");
-  flags.Int("kv-blocks", &f->kv_blocks, "KV blocks per layer on the workers (0: their default)");
+  flags.Int("kv-blocks", &f->kv_blocks,
+            "KV blocks per layer on the workers; each stage's one pool holds this x its layers "
+            "(0: their default)");
+  flags.String("kv-admission", &f->kv_admission,
+               "KV admission policy: max_utilization (admit on the prompt's blocks, preempt and "
+               "recompute when full) | guaranteed_no_evict (reserve prompt + max_tokens)");
   flags.Int("max-batch", &f->max_batch, "running sequences per step");
   flags.Int("max-queue", &f->max_queue, "waiting requests before RESOURCE_EXHAUSTED");
   flags.Int("step-tokens", &f->step_tokens, "token budget of one step (decode + prefill)");
@@ -109,6 +114,12 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.window = static_cast<int>(f.window);
   o.block_tokens = static_cast<int>(f.block_tokens);
   o.kv_capacity_blocks = f.kv_blocks;
+  absl::StatusOr<KvAdmission> admission = ParseKvAdmission(f.kv_admission);
+  if (!admission.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-admission: ", admission.status().message()));
+  }
+  o.scheduler.kv_admission = *admission;
   o.scheduler.max_running = f.max_batch;
   o.scheduler.max_queue = f.max_queue;
   o.scheduler.step_token_budget = f.step_tokens;

@@ -32,6 +32,7 @@ struct ServeFlags {
   int64_t window = 8;
   int64_t block_tokens = 16;
   int64_t kv_blocks = 0;
+  std::string kv_admission = "max_utilization";
   int64_t max_batch = 16;
   int64_t max_queue = 256;
   int64_t step_tokens = 512;

@@ -38,7 +38,8 @@ void CollectWorkerMetrics(WorkerService* service, MetricsRegistry& r) {
   MetricFamily* layer_used =
       r.Gauge("xkv_kv_cache_layer_blocks_used", "KV blocks in use per layer of the stage.");
   MetricFamily* layer_free =
-      r.Gauge("xkv_kv_cache_layer_blocks_free", "Free KV blocks per layer of the stage.");
+      r.Gauge("xkv_kv_cache_layer_blocks_free",
+              "Free KV blocks of the stage's pool, which all its layers share.");
   layer_used->Clear();
   layer_free->Clear();
   if (executor == nullptr) return;

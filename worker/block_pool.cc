@@ -10,30 +10,28 @@
 namespace xkv {
 
 absl::StatusOr<BlockPool> BlockPool::Create(const BlockPoolOptions& options) {
-  if (options.capacity_blocks.empty()) {
-    return absl::InvalidArgumentError("block pool: no layers");
+  if (options.num_layers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block pool: ", options.num_layers, " layers; a stage has >= 1"));
   }
   if (options.block_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("block pool: block_tokens ", options.block_tokens, " must be >= 1"));
   }
-  for (size_t i = 0; i < options.capacity_blocks.size(); ++i) {
-    const int64_t c = options.capacity_blocks[i];
-    if (c < 0 || c > std::numeric_limits<int32_t>::max()) {
-      return absl::InvalidArgumentError(absl::StrCat("block pool: layer ", options.layer_begin + i,
-                                                     " capacity ", c, " blocks out of range"));
-    }
+  if (options.capacity < 0 || options.capacity > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("block pool: capacity ", options.capacity,
+                                                   " blocks out of range [0, ",
+                                                   std::numeric_limits<int32_t>::max(), "]"));
   }
   return BlockPool(options);
 }
 
-BlockPool::BlockPool(const BlockPoolOptions& options) : options_(options) {
-  free_lists_.resize(options_.capacity_blocks.size());
-  for (size_t i = 0; i < free_lists_.size(); ++i) {
-    std::vector<int32_t>& f = free_lists_[i];
-    f.resize(options_.capacity_blocks[i]);
-    // A stack: the lowest ids are handed out first.
-    for (size_t b = 0; b < f.size(); ++b) f[b] = static_cast<int32_t>(f.size() - 1 - b);
+BlockPool::BlockPool(const BlockPoolOptions& options)
+    : options_(options), layer_used_(options.num_layers, 0) {
+  free_list_.resize(options_.capacity);
+  // A stack: the lowest ids are handed out first.
+  for (size_t b = 0; b < free_list_.size(); ++b) {
+    free_list_[b] = static_cast<int32_t>(free_list_.size() - 1 - b);
   }
 }
 
@@ -41,44 +39,25 @@ int64_t BlockPool::BlocksFor(int64_t tokens) const {
   return tokens <= 0 ? 0 : (tokens + options_.block_tokens - 1) / options_.block_tokens;
 }
 
-int64_t BlockPool::capacity(int layer) const {
-  return InRange(layer) ? options_.capacity_blocks[layer - layer_begin()] : 0;
-}
-
-int64_t BlockPool::used(int layer) const {
-  if (!InRange(layer)) return 0;
-  const int i = layer - layer_begin();
-  return options_.capacity_blocks[i] - static_cast<int64_t>(free_lists_[i].size());
-}
-
-int64_t BlockPool::total_capacity() const {
-  int64_t n = 0;
-  for (int64_t c : options_.capacity_blocks) n += c;
-  return n;
-}
-
-int64_t BlockPool::total_used() const {
-  int64_t n = 0;
-  for (int l = layer_begin(); l < layer_end(); ++l) n += used(l);
-  return n;
+int64_t BlockPool::layer_used(int layer) const {
+  return InRange(layer) ? layer_used_[TableIndex(layer)] : 0;
 }
 
 int64_t BlockPool::tokens(uint64_t seq_id, int layer) const {
   auto it = tables_.find(seq_id);
   if (it == tables_.end() || !InRange(layer)) return 0;
-  return it->second.tokens[layer - layer_begin()];
+  return it->second.tokens[TableIndex(layer)];
 }
 
 absl::Span<const int32_t> BlockPool::table(uint64_t seq_id, int layer) const {
   auto it = tables_.find(seq_id);
   if (it == tables_.end() || !InRange(layer)) return {};
-  return it->second.blocks[layer - layer_begin()];
+  return it->second.blocks[TableIndex(layer)];
 }
 
 absl::StatusOr<BlockPlan> BlockPool::Plan(absl::Span<const BlockChange> changes) const {
   BlockPlan plan;
   plan.version = version_;
-  plan.delta_blocks.assign(num_layers(), 0);
   absl::flat_hash_set<std::pair<uint64_t, int>> seen;
   for (const BlockChange& c : changes) {
     if (!InRange(c.layer) || c.tokens < 0) {
@@ -92,33 +71,29 @@ absl::StatusOr<BlockPlan> BlockPool::Plan(absl::Span<const BlockChange> changes)
     }
     const int64_t blocks = BlocksFor(c.tokens);
     auto it = tables_.find(c.seq_id);
-    const int64_t held =
-        it == tables_.end() ? 0 : it->second.blocks[c.layer - layer_begin()].size();
-    plan.delta_blocks[c.layer - layer_begin()] += blocks - held;
+    const int64_t held = it == tables_.end() ? 0 : it->second.blocks[TableIndex(c.layer)].size();
+    plan.delta_blocks += blocks - held;
     plan.entries.push_back({c.seq_id, c.layer, c.tokens, blocks});
   }
-  for (int i = 0; i < num_layers(); ++i) {
-    const int64_t free_blocks = static_cast<int64_t>(free_lists_[i].size());
-    if (plan.delta_blocks[i] > free_blocks) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("block pool: layer ", layer_begin() + i, " needs ", plan.delta_blocks[i],
-                       " more blocks of ", options_.block_tokens, " tokens but has ", free_blocks,
-                       " free of ", options_.capacity_blocks[i]));
-    }
+  if (plan.delta_blocks > free()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("block pool: layers [", layer_begin(), ", ", layer_end(), ") need ",
+                     plan.delta_blocks, " more blocks of ", options_.block_tokens,
+                     " tokens but the stage has ", free(), " free of ", capacity()));
   }
   return plan;
 }
 
 void BlockPool::Resize(SequenceTables& t, int i, int64_t tokens, int64_t blocks) {
   std::vector<int32_t>& table = t.blocks[i];
-  std::vector<int32_t>& free_list = free_lists_[i];
+  layer_used_[i] += blocks - static_cast<int64_t>(table.size());
   while (static_cast<int64_t>(table.size()) > blocks) {
-    free_list.push_back(table.back());
+    free_list_.push_back(table.back());
     table.pop_back();
   }
   while (static_cast<int64_t>(table.size()) < blocks) {
-    table.push_back(free_list.back());
-    free_list.pop_back();
+    table.push_back(free_list_.back());
+    free_list_.pop_back();
   }
   t.tokens[i] = tokens;
 }
@@ -136,7 +111,7 @@ absl::Status BlockPool::Commit(const BlockPlan& plan) {
         t.tokens.assign(num_layers(), 0);
         t.blocks.resize(num_layers());
       }
-      const int i = e.layer - layer_begin();
+      const int i = TableIndex(e.layer);
       const bool shrink = e.blocks <= static_cast<int64_t>(t.blocks[i].size());
       if (shrink == (pass == 0)) Resize(t, i, e.tokens, e.blocks);
     }

@@ -1,12 +1,19 @@
-// Paged KV accounting for one stage (architecture.md §5): per layer a pool of fixed-size blocks
-// (block_tokens tokens × n_kv_heads × head_dim, K and V), per sequence per layer a block table.
-// A sequence whose layer holds t tokens owns exactly ceil(t / block_tokens) blocks of that layer.
+// Paged KV accounting for one stage (architecture.md §5): ONE pool of fixed-size blocks shared by
+// every layer of the stage (a block holds block_tokens tokens of one layer's K and V for every KV
+// head), and per sequence per layer a block table drawn from the shared free list. A sequence
+// whose layer holds t tokens owns exactly ceil(t / block_tokens) blocks of the pool, so memory
+// that compaction frees in one layer serves any other layer (or sequence) at once.
 //
-// The pool is the admission and accounting truth; the KvCache keeps the tensors. Changes are
-// plan-then-commit: Plan() computes what a set of new token counts would need and answers
-// RESOURCE_EXHAUSTED (naming the layer) when some layer lacks free blocks — nothing changes;
-// Commit() applies a plan made against the current state (FAILED_PRECONDITION if the pool changed
-// since). Shrinking (compaction) always fits. Not thread-safe: the stage serialises its calls.
+// The pool is the stage's admission and accounting truth; the engine keeps the tensors (the CUDA
+// engine's physical pool is sized from the same capacity, worker/stage_engine_factory.cc). Changes
+// are plan-then-commit: Plan() computes what a set of new token counts would need and answers
+// RESOURCE_EXHAUSTED when the stage lacks free blocks — nothing changes; Commit() applies a plan
+// made against the current state (FAILED_PRECONDITION if the pool changed since). Shrinking
+// (compaction) always fits. Not thread-safe: the stage serialises its calls.
+//
+// Granularity: one table per (sequence, layer), every KV head of the layer in each block. Per
+// (layer, KV head) budgets would give each layer one table per KV head (a block holding one
+// head's K and V): TableIndex() is the one place that maps a layer to its table.
 #ifndef XKV_WORKER_BLOCK_POOL_H_
 #define XKV_WORKER_BLOCK_POOL_H_
 
@@ -21,11 +28,11 @@
 namespace xkv {
 
 struct BlockPoolOptions {
-  int layer_begin = 0;  // model index of the first layer
-  // [layer - layer_begin]: blocks in that layer's pool (>= 0). Its size is the layer count (>= 1).
-  std::vector<int64_t> capacity_blocks;
+  int layer_begin = 0;      // model index of the first layer
+  int num_layers = 1;       // >= 1
+  int64_t capacity = 0;     // blocks of the stage's shared pool, [0, INT32_MAX]
   int block_tokens = 16;    // >= 1
-  int64_t block_bytes = 0;  // bytes of one block of one layer (K and V), for reporting
+  int64_t block_bytes = 0;  // bytes of one block (one layer's K and V), for reporting
 };
 
 // One entry of a plan: layer `layer` of sequence `seq_id` should hold `tokens` tokens.
@@ -43,26 +50,26 @@ struct BlockPlan {
     int64_t blocks;  // ceil(tokens / block_tokens)
   };
   std::vector<Entry> entries;
-  std::vector<int64_t> delta_blocks;  // [layer - layer_begin]: net change of used blocks
-  uint64_t version = 0;               // pool version the plan was made against
+  int64_t delta_blocks = 0;  // net change of the stage's used blocks
+  uint64_t version = 0;      // pool version the plan was made against
 };
 
 class BlockPool {
  public:
-  // INVALID_ARGUMENT for no layers, negative capacity or block_tokens < 1.
+  // INVALID_ARGUMENT for no layers, a capacity outside [0, INT32_MAX] or block_tokens < 1.
   static absl::StatusOr<BlockPool> Create(const BlockPoolOptions& options);
 
   int layer_begin() const { return options_.layer_begin; }
-  int layer_end() const { return options_.layer_begin + num_layers(); }
-  int num_layers() const { return static_cast<int>(options_.capacity_blocks.size()); }
+  int layer_end() const { return options_.layer_begin + options_.num_layers; }
+  int num_layers() const { return options_.num_layers; }
   int block_tokens() const { return options_.block_tokens; }
   int64_t block_bytes() const { return options_.block_bytes; }
   int64_t BlocksFor(int64_t tokens) const;
 
   // INVALID_ARGUMENT for a layer outside the pool, negative tokens or the same (seq, layer)
-  // twice; RESOURCE_EXHAUSTED when a layer's growth exceeds its free blocks. Changes nothing.
+  // twice; RESOURCE_EXHAUSTED when the growth exceeds the stage's free blocks. Changes nothing.
   absl::StatusOr<BlockPlan> Plan(absl::Span<const BlockChange> changes) const;
-  // Applies `plan` (shrinks first, so blocks move between sequences of one plan).
+  // Applies `plan` (shrinks first, so blocks move between layers and sequences of one plan).
   absl::Status Commit(const BlockPlan& plan);
   // Plan + Commit.
   absl::Status Apply(absl::Span<const BlockChange> changes);
@@ -70,31 +77,33 @@ class BlockPool {
   bool Release(uint64_t seq_id);
   void ReleaseAll();
 
-  int64_t capacity(int layer) const;
-  int64_t used(int layer) const;
-  int64_t free(int layer) const { return capacity(layer) - used(layer); }
-  int64_t total_capacity() const;
-  int64_t total_used() const;
-  int64_t total_free() const { return total_capacity() - total_used(); }
+  int64_t capacity() const { return options_.capacity; }
+  int64_t used() const { return options_.capacity - static_cast<int64_t>(free_list_.size()); }
+  int64_t free() const { return static_cast<int64_t>(free_list_.size()); }
+  // Blocks the layer's tables hold over every sequence (0 outside the pool).
+  int64_t layer_used(int layer) const;
 
   bool has_sequence(uint64_t seq_id) const { return tables_.contains(seq_id); }
   int num_sequences() const { return static_cast<int>(tables_.size()); }
-  // Tokens / blocks the sequence holds in a layer (0 when unknown).
+  // Tokens the sequence holds in a layer (0 when unknown).
   int64_t tokens(uint64_t seq_id, int layer) const;
   // Block ids of the sequence's layer, in token order (empty when unknown).
   absl::Span<const int32_t> table(uint64_t seq_id, int layer) const;
 
  private:
   struct SequenceTables {
-    std::vector<int64_t> tokens;               // [layer - layer_begin]
-    std::vector<std::vector<int32_t>> blocks;  // [layer - layer_begin]: block ids
+    std::vector<int64_t> tokens;               // [table]
+    std::vector<std::vector<int32_t>> blocks;  // [table]: block ids
   };
   explicit BlockPool(const BlockPoolOptions& options);
   bool InRange(int layer) const { return layer >= layer_begin() && layer < layer_end(); }
+  // The table of a layer: one per layer today (see the file comment).
+  int TableIndex(int layer) const { return layer - layer_begin(); }
   void Resize(SequenceTables& t, int i, int64_t tokens, int64_t blocks);
 
   BlockPoolOptions options_;
-  std::vector<std::vector<int32_t>> free_lists_;  // [layer - layer_begin]: free block ids
+  std::vector<int32_t> free_list_;   // the stage's free block ids (a stack)
+  std::vector<int64_t> layer_used_;  // [table]: blocks held over every sequence
   absl::flat_hash_map<uint64_t, SequenceTables> tables_;
   uint64_t version_ = 0;
 };

@@ -10,12 +10,8 @@ namespace xkv {
 void DescribeLoadedStage(const StageExecutor& stage, xkv::v1::LoadStageResponse* response) {
   ModelInfoToProto(stage.config(), response->mutable_model());
   response->set_weight_bytes(stage.weight_bytes());
-  int64_t capacity = 0;
-  for (int64_t c : stage.layer_capacity_blocks()) {
-    response->add_layer_capacity_blocks(c);
-    capacity += c * stage.block_bytes();
-  }
-  response->set_kv_capacity_bytes(capacity);
+  response->set_stage_capacity_blocks(stage.capacity_blocks());
+  response->set_kv_capacity_bytes(stage.capacity_blocks() * stage.block_bytes());
   response->set_block_tokens(stage.block_tokens());
   response->set_block_bytes(stage.block_bytes());
 }

@@ -1,5 +1,6 @@
 #include "worker/stage_engine_factory.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -34,9 +35,20 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCpu(const StageOptions& o, cons
 }
 
 #if defined(XKV_WITH_CUDA)
-// The physical pool: every layer's accounting capacity (StageExecutor's BlockPool caps each
-// layer) plus room for one longest transient step in every layer (a mini-prefill writes K/V that
-// it frees at once; a compaction copies into fresh blocks before the old ones are freed).
+// Blocks the CUDA engine holds for a moment beyond what the stage's BlockPool accounts: a
+// scores-only mini-prefill writes the K/V of its whole batch in every layer and frees them at the
+// step's end (every sequence's last block partly filled: at most max_step_tokens / 16 + max_batch
+// blocks per layer), and a compaction copies one layer's kept slots into fresh blocks before it
+// frees the old ones (at most one table, max_seq_len / 16 blocks). The two never overlap.
+int64_t CudaScratchBlocks(const CudaEngineOptions& e, int layers) {
+  const int64_t block = 16;
+  const int64_t profile = int64_t{layers} * ((e.max_step_tokens + block - 1) / block + e.max_batch);
+  const int64_t compaction = (e.max_seq_len + block - 1) / block;
+  return std::max(profile, compaction);
+}
+
+// The physical pool: exactly the stage's BlockPool capacity (KvPoolCapacity, the one ledger of
+// architecture.md §5, at bf16) plus the scratch above.
 absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int device,
                                                       const GgufFile& file,
                                                       const ModelConfig& config) {
@@ -53,17 +65,9 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int
   e.max_seq_len = config.context_length > 0 ? config.context_length : 8192;
   e.max_step_tokens = e.max_seq_len + e.max_batch;
   const int layers = (o.layer_end < 0 ? config.n_layers : o.layer_end) - o.layer_begin;
-  int64_t per_layer = kDefaultBlocksPerLayer, total = 0;
-  if (!o.layer_capacity_blocks.empty()) {
-    for (int64_t c : o.layer_capacity_blocks) total += c;
-  } else {
-    if (o.kv_capacity_blocks > 0) per_layer = o.kv_capacity_blocks;
-    if (o.kv_capacity_bytes > 0) {
-      per_layer = o.kv_capacity_bytes / (16 * config.KvBytesPerTokenPerLayer(2) * layers);
-    }
-    total = per_layer * layers;
-  }
-  e.num_kv_blocks = total + int64_t{layers} * ((e.max_step_tokens + 15) / 16);
+  ASSIGN_OR_RETURN(const int64_t capacity,
+                   KvPoolCapacity(o, layers, 16 * config.KvBytesPerTokenPerLayer(2)));
+  e.num_kv_blocks = capacity + CudaScratchBlocks(e, layers);
   ASSIGN_OR_RETURN(std::unique_ptr<CudaLlamaModel> engine, CudaLlamaModel::Load(file, e));
   return std::unique_ptr<StageEngine>(std::move(engine));
 }
@@ -107,7 +111,7 @@ absl::Status CheckStageKvPool(const StageOptions& options) {
   }
   const int64_t block_bytes =
       int64_t{options.block_tokens} * config.KvBytesPerTokenPerLayer(sizeof(float));
-  return KvPoolCapacities(options, end - options.layer_begin, block_bytes).status();
+  return KvPoolCapacity(options, end - options.layer_begin, block_bytes).status();
 }
 
 }  // namespace xkv

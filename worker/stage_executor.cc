@@ -1,6 +1,7 @@
 #include "worker/stage_executor.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -17,42 +18,48 @@ namespace {
 
 double MsSince(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
 
-absl::StatusOr<std::vector<int64_t>> RawCapacities(const StageOptions& o, int num_layers,
-                                                   int64_t block_bytes) {
+// a + b, or INT64_MAX when it overflows (a, b >= 0): a bound check then refuses it.
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  return b > std::numeric_limits<int64_t>::max() - a ? std::numeric_limits<int64_t>::max() : a + b;
+}
+
+// The stage's pool in blocks, from the first capacity option that is set (StageOptions).
+absl::StatusOr<int64_t> RawCapacity(const StageOptions& o, int num_layers, int64_t block_bytes) {
+  if (o.kv_capacity_blocks < 0 || o.kv_capacity_bytes < 0) {
+    return absl::InvalidArgumentError("stage: negative KV capacity");
+  }
+  int64_t total = 0;
   if (!o.layer_capacity_blocks.empty()) {
     if (static_cast<int>(o.layer_capacity_blocks.size()) != num_layers) {
       return absl::InvalidArgumentError(absl::StrCat("stage: ", o.layer_capacity_blocks.size(),
                                                      " layer capacities for ", num_layers,
                                                      " layers"));
     }
-    return o.layer_capacity_blocks;
+    for (int64_t c : o.layer_capacity_blocks) {
+      if (c < 0) return absl::InvalidArgumentError("stage: negative KV capacity");
+      total = SaturatingAdd(total, c);
+    }
+    return total;
   }
-  if (o.kv_capacity_blocks < 0 || o.kv_capacity_bytes < 0) {
-    return absl::InvalidArgumentError("stage: negative KV capacity");
+  if (o.kv_capacity_bytes > 0 && o.kv_capacity_blocks == 0) {
+    return o.kv_capacity_bytes / block_bytes;
   }
-  int64_t per_layer = kDefaultBlocksPerLayer;
-  if (o.kv_capacity_blocks > 0) {
-    per_layer = o.kv_capacity_blocks;
-  } else if (o.kv_capacity_bytes > 0) {
-    per_layer = o.kv_capacity_bytes / (block_bytes * num_layers);
-  }
-  return std::vector<int64_t>(num_layers, per_layer);
+  const int64_t per_layer =
+      o.kv_capacity_blocks > 0 ? o.kv_capacity_blocks : kDefaultBlocksPerLayer;
+  for (int l = 0; l < num_layers; ++l) total = SaturatingAdd(total, per_layer);
+  return total;
 }
 
-// The pool's blocks of every layer, within o.max_kv_bytes in all.
-absl::Status CheckPoolBytes(const StageOptions& o, const std::vector<int64_t>& caps,
+// The stage's pool within o.max_kv_bytes.
+absl::Status CheckPoolBytes(const StageOptions& o, int64_t capacity, int num_layers,
                             int64_t block_bytes) {
   if (o.max_kv_bytes <= 0 || block_bytes <= 0) return absl::OkStatus();
   const int64_t max_blocks = o.max_kv_bytes / block_bytes;
-  int64_t total = 0;
-  for (int64_t c : caps) {
-    if (c > max_blocks - total) {  // negative capacities: BlockPool::Create refuses them
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "stage: the KV pool asks for more than ", max_blocks, " blocks of ", block_bytes,
-          " bytes over the stage's ", caps.size(), " layers, beyond this worker's bound of ",
-          o.max_kv_bytes, " bytes (its memory, or --max-kv-bytes)"));
-    }
-    total += std::max<int64_t>(c, 0);
+  if (capacity > max_blocks) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "stage: the KV pool asks for more than ", max_blocks, " blocks of ", block_bytes,
+        " bytes for the stage's ", num_layers, " layers, beyond this worker's bound of ",
+        o.max_kv_bytes, " bytes (its memory, or --max-kv-bytes)"));
   }
   return absl::OkStatus();
 }
@@ -66,11 +73,10 @@ const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& o, int num_layers,
-                                                      int64_t block_bytes) {
-  ASSIGN_OR_RETURN(std::vector<int64_t> caps, RawCapacities(o, num_layers, block_bytes));
-  RETURN_IF_ERROR(CheckPoolBytes(o, caps, block_bytes));
-  return caps;
+absl::StatusOr<int64_t> KvPoolCapacity(const StageOptions& o, int num_layers, int64_t block_bytes) {
+  ASSIGN_OR_RETURN(const int64_t capacity, RawCapacity(o, num_layers, block_bytes));
+  RETURN_IF_ERROR(CheckPoolBytes(o, capacity, num_layers, block_bytes));
+  return capacity;
 }
 
 // One step in flight.
@@ -129,8 +135,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   if (o.block_tokens < 1) return absl::InvalidArgumentError("stage: block_tokens must be >= 1");
   const int num_layers = o.layer_end - o.layer_begin;
   const int64_t block_bytes = int64_t{o.block_tokens} * engine->kv_bytes_per_token();
-  ASSIGN_OR_RETURN(std::vector<int64_t> caps, KvPoolCapacities(o, num_layers, block_bytes));
-  ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, std::move(caps),
+  ASSIGN_OR_RETURN(const int64_t capacity, KvPoolCapacity(o, num_layers, block_bytes));
+  ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, num_layers, capacity,
                                                       o.block_tokens, block_bytes}));
   return std::unique_ptr<StageExecutor>(
       new StageExecutor(o, std::move(engine), std::move(link), std::move(pool)));
@@ -143,11 +149,7 @@ StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<StageE
       link_(std::move(link)),
       weight_bytes_(engine_->weight_bytes()),
       block_bytes_(pool.block_bytes()),
-      capacities_([&pool] {
-        std::vector<int64_t> c;
-        for (int l = pool.layer_begin(); l < pool.layer_end(); ++l) c.push_back(pool.capacity(l));
-        return c;
-      }()),
+      capacity_blocks_(pool.capacity()),
       pool_(std::move(pool)) {
   absl::MutexLock lock(&mu_);
   RefreshStatus();
@@ -558,10 +560,10 @@ void StageExecutor::ReleaseAll() {
 
 StageUsage StageExecutor::Usage() const {
   StageUsage u;
-  u.blocks_used = pool_.total_used();
-  u.blocks_free = pool_.total_free();
+  u.blocks_used = pool_.used();
+  u.blocks_free = pool_.free();
   u.kv_bytes_used = u.blocks_used * block_bytes_;
-  u.kv_bytes_capacity = pool_.total_capacity() * block_bytes_;
+  u.kv_bytes_capacity = pool_.capacity() * block_bytes_;
   return u;
 }
 
@@ -574,7 +576,7 @@ void StageExecutor::RefreshStatus() {
   s.weight_bytes = weight_bytes_;
   s.usage = Usage();
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    s.layers.push_back({l, pool_.used(l), pool_.free(l)});
+    s.layers.push_back({l, pool_.layer_used(l), pool_.free()});  // free: the stage's shared pool
   }
   s.sequences = static_cast<int>(sequences_.size());
   s.device = engine_->device();

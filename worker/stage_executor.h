@@ -12,10 +12,12 @@
 // (StageLink::SendError) so it stops waiting; errors during compute drop the step's sequences
 // from this stage (their ids become unknown; the coordinator must Release them everywhere).
 //
-// Accounting: layer l of a sequence owns ceil(tokens_l / block_tokens) blocks, tokens_l being its
-// KvCache length (after compaction b_l + w + decoded). block_bytes counts fp32 K and V (the CPU
-// cache's element type; bf16 on a GPU). Thread-safe: steps, compactions and releases are
-// serialised; status() never waits for a running step.
+// Accounting: one BlockPool per stage shared by all its layers (architecture.md §5); layer l of a
+// sequence owns ceil(tokens_l / block_tokens) blocks of it, tokens_l being its cache length (after
+// compaction b_l + w + decoded). block_bytes counts one layer's K and V at the engine's element
+// size (fp32 on the CPU, bf16 on a GPU, whose physical pool is sized from the same capacity).
+// Thread-safe: steps, compactions and releases are serialised; status() never waits for a running
+// step.
 #ifndef XKV_WORKER_STAGE_EXECUTOR_H_
 #define XKV_WORKER_STAGE_EXECUTOR_H_
 
@@ -54,8 +56,9 @@ struct StageOptions {
   // kGgml: the same numerics as `xkv generate` (and llama.cpp) on a GGUF; kExact for fp32 tests.
   Numerics numerics = Numerics::kGgml;
   int block_tokens = 16;
-  // KV pool capacity, first that is set: blocks of every layer listed, blocks per layer, bytes for
-  // the whole stage (split evenly over its layers); none: kDefaultBlocksPerLayer.
+  // The stage's ONE KV pool, shared by all its layers, in blocks of one layer's block_tokens
+  // tokens; the first that is set: the sum of layer_capacity_blocks, kv_capacity_blocks per layer
+  // of the stage, kv_capacity_bytes / block bytes; none: kDefaultBlocksPerLayer per layer.
   std::vector<int64_t> layer_capacity_blocks;
   int64_t kv_capacity_blocks = 0;
   int64_t kv_capacity_bytes = 0;
@@ -162,8 +165,8 @@ struct StageCompactResult {
 
 struct LayerBlockUsage {
   int layer = 0;
-  int64_t used = 0;
-  int64_t free = 0;
+  int64_t used = 0;  // blocks this layer's tables hold
+  int64_t free = 0;  // the stage's free blocks (one pool shared by every layer)
 };
 
 struct StageStatus {
@@ -177,10 +180,10 @@ struct StageStatus {
   std::string model_path;
 };
 
-// The pool's blocks per layer for `options` (kv_capacity_* / layer_capacity_blocks, else
-// kDefaultBlocksPerLayer): RESOURCE_EXHAUSTED when they exceed options.max_kv_bytes in all.
-absl::StatusOr<std::vector<int64_t>> KvPoolCapacities(const StageOptions& options, int num_layers,
-                                                      int64_t block_bytes);
+// The stage pool's blocks for `options` (StageOptions' capacity fields): INVALID_ARGUMENT for a
+// negative one, RESOURCE_EXHAUSTED when they exceed options.max_kv_bytes.
+absl::StatusOr<int64_t> KvPoolCapacity(const StageOptions& options, int num_layers,
+                                       int64_t block_bytes);
 
 class StageExecutor {
  public:
@@ -206,7 +209,7 @@ class StageExecutor {
   int64_t weight_bytes() const { return weight_bytes_; }
   int block_tokens() const { return options_.block_tokens; }
   int64_t block_bytes() const { return block_bytes_; }
-  const std::vector<int64_t>& layer_capacity_blocks() const { return capacities_; }
+  int64_t capacity_blocks() const { return capacity_blocks_; }  // the stage's shared pool
   const StageOptions& options() const { return options_; }
 
   absl::StatusOr<StageStepResult> Step(const StageStep& step);
@@ -264,7 +267,7 @@ class StageExecutor {
   const std::unique_ptr<StageLink> link_;
   const int64_t weight_bytes_;
   const int64_t block_bytes_;
-  const std::vector<int64_t> capacities_;  // [layer - layer_begin] blocks
+  const int64_t capacity_blocks_;  // the stage's shared pool
 
   mutable absl::Mutex mu_;
   BlockPool pool_ ABSL_GUARDED_BY(mu_);

@@ -30,6 +30,12 @@ expect_rejected stray client admin config --server 127.0.0.1:1 stray
 expect_rejected stray bench cpu stray
 expect_rejected stray bench gpu stray
 expect_rejected stray bench serve --server 127.0.0.1:1 stray
+# A flag value outside its set: the same one line, naming the flag, the value and the choices.
+for command in serve "coordinator --workers 127.0.0.1:1"; do
+  # shellcheck disable=SC2086  # the command's words are meant to split
+  expect_error_from 2 "--kv-admission: unknown KV admission policy 'most'; use guaranteed_no_evict or max_utilization" \
+    timeout 20 "$xkv" $command --kv-admission most
+done
 
 for command in generate eval worker serve coordinator "client generate" "bench cpu"; do
   # shellcheck disable=SC2086  # the command's words are meant to split

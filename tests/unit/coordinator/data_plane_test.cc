@@ -80,9 +80,7 @@ class BarrierStageClient final : public StageClient {
     xkv::v1::LoadStageResponse response;
     response.mutable_model()->set_n_layers(6);
     response.set_block_bytes(64);
-    for (int l = request.layer_begin(); l < request.layer_end(); ++l) {
-      response.add_layer_capacity_blocks(8);
-    }
+    response.set_stage_capacity_blocks(8 * (request.layer_end() - request.layer_begin()));
     return response;
   }
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest&) override {
@@ -145,7 +143,13 @@ TEST(PipelineDriverNcclTest, EveryStageGetsTheIdWithItsRankConcurrently) {
     EXPECT_EQ(r.nccl_world_size(), 3);
     EXPECT_EQ(r.num_stages(), 3);
   }
-  EXPECT_EQ(driver.LayerCapacityBlocks().size(), 6u);
+  const std::vector<KvStage> pools = driver.KvStages();
+  ASSERT_EQ(pools.size(), 3u);
+  for (size_t s = 0; s < pools.size(); ++s) {
+    EXPECT_EQ(pools[s].layer_begin, s == 0 ? 0 : pools[s - 1].layer_end);
+    EXPECT_EQ(pools[s].capacity_blocks, 8 * (pools[s].layer_end - pools[s].layer_begin));
+  }
+  EXPECT_EQ(pools.back().layer_end, 6);
 }
 
 TEST(PipelineDriverNcclTest, WithoutAnIdTheClientsLinkKindAndNoNcclFields) {

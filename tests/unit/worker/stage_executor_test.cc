@@ -236,7 +236,7 @@ INSTANTIATE_TEST_SUITE_P(Splits, CompactionTest,
                                            std::vector<int>{0, 1, 3, 4}));
 
 TEST(StageExecutorTest, ExhaustionIsResourceExhaustedEverywhereAndChangesNothing) {
-  // 2 blocks (32 tokens) per layer on stage 0, plenty on stage 1.
+  // 2 blocks (32 tokens) per layer on stage 0 (4 in its one pool for 2 layers), plenty on stage 1.
   auto stages = MakePipeline({0, 2, 4}, {}, {2, 100});
   const std::vector<int32_t> prompt = RandomTokens(40, 6);
   StageStep step{1, {Prefill(1, prompt, SequenceMode::kNormal)}};
@@ -248,7 +248,7 @@ TEST(StageExecutorTest, ExhaustionIsResourceExhaustedEverywhereAndChangesNothing
   EXPECT_EQ(results[0].status().code(), absl::StatusCode::kResourceExhausted);
   // Stage 1 was told (it did not wait for its link timeout) and kept nothing.
   EXPECT_EQ(results[1].status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(results[1].status().message(), HasSubstr("layer 0"));
+  EXPECT_THAT(results[1].status().message(), HasSubstr("layers [0, 2) need 6 more blocks"));
   for (const auto& stage : stages) {
     EXPECT_EQ(stage->status().usage.blocks_used, 0);
     EXPECT_EQ(stage->status().sequences, 0);

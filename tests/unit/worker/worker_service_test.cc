@@ -86,7 +86,9 @@ class WorkerServiceTest : public ::testing::Test {
     if (s.ok()) {
       EXPECT_EQ(response.model().n_layers(), 4);
       EXPECT_GT(response.weight_bytes(), 0);
-      EXPECT_EQ(response.layer_capacity_blocks_size(), end - begin);
+      EXPECT_EQ(response.stage_capacity_blocks(), 64 * (end - begin));  // one pool, all layers
+      EXPECT_EQ(response.kv_capacity_bytes(),
+                response.stage_capacity_blocks() * response.block_bytes());
     }
     return s;
   }
