@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/profile_store.h"
@@ -249,9 +248,6 @@ class Coordinator {
   std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
   std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
-  // Sequences of the micro-batches in flight (loop thread only): their cancels wait until the
-  // batch completed on every stage.
-  absl::flat_hash_set<uint64_t> in_flight_ids_;
   std::atomic<uint64_t> sample_counter_{0};
   int64_t last_replan_samples_ = 0;   // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)

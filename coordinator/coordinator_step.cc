@@ -137,24 +137,17 @@ void Coordinator::Monitor() {
 }
 
 void Coordinator::ProcessCancels() {
-  std::vector<std::pair<uint64_t, absl::Status>> cancels, later;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels;
   {
     std::lock_guard<std::mutex> lock(mu_);
     cancels.swap(cancels_);
   }
-  for (auto& [id, status] : cancels) {
-    // A sequence of a micro-batch in flight is still on some stage's queue: releasing it now
-    // could reach a stage before its step does. It ends once the batch completed.
-    if (in_flight_ids_.contains(id)) {
-      later.emplace_back(id, std::move(status));
-      continue;
-    }
+  // A sequence may be in a micro-batch in flight: its release reaches each stage after that
+  // step (PipelineDriver's queues), and the batch's results skip it.
+  for (const auto& [id, status] : cancels) {
     scheduler_->Cancel(id);
     FinishSequence(id, status, 0);
   }
-  if (later.empty()) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  cancels_.insert(cancels_.end(), later.begin(), later.end());
 }
 
 absl::Status Coordinator::RecoverStages() {
@@ -247,7 +240,6 @@ void Coordinator::LaunchStep(StepPlan plan) {
       return;
     }
   }
-  for (const WorkItem& item : batch.plan.items) in_flight_ids_.insert(item.id);
   std::lock_guard<std::mutex> lock(mu_);
   in_flight_.push_back(std::move(batch));
 }
@@ -302,7 +294,6 @@ void Coordinator::CompleteOldest() {
     }
   }
   if (!s.ok()) FailStep(batch.plan, s);
-  for (const WorkItem& item : batch.plan.items) in_flight_ids_.erase(item.id);
   scheduler_->CompleteStep(batch.plan.step);
 }
 
