@@ -29,13 +29,23 @@ void SortByLayer(std::vector<xkv::v1::LayerSize>& sizes) {
 // One step on its way through the stages: each stage's thread stores its answer; Wait merges.
 struct PipelineDriver::PendingStep {
   explicit PendingStep(xkv::v1::StepRequest r, size_t stages)
-      : request(std::move(r)), remaining(stages) {
+      : request(std::move(r)), answered(stages, false), remaining(stages) {
     answers.resize(stages, absl::UnknownError("no answer"));
+  }
+  // An earlier stage could not be reached for this step: it sent no rows (nor its failure), so
+  // a later stage would only wait for them until its link timeout.
+  bool UpstreamUnreachable(size_t stage) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t s = 0; s < stage; ++s) {
+      if (answered[s] && answers[s].status().code() == absl::StatusCode::kUnavailable) return true;
+    }
+    return false;
   }
   const xkv::v1::StepRequest request;
   std::mutex mu;
   std::condition_variable done;
   std::vector<absl::StatusOr<xkv::v1::StepResponse>> answers;  // guarded by mu; [stage]
+  std::vector<bool> answered;                                  // guarded by mu; [stage]
   size_t remaining;                                            // guarded by mu
 };
 
@@ -175,9 +185,13 @@ PipelineDriver::StepHandle PipelineDriver::StartStep(xkv::v1::StepRequest reques
     std::lock_guard<std::mutex> lock(queue_mu_);
     for (size_t s = 0; s < stages_.size(); ++s) {
       queues_[s].push_back([this, step, s] {
-        absl::StatusOr<xkv::v1::StepResponse> answer = stages_[s]->Step(step->request);
+        absl::StatusOr<xkv::v1::StepResponse> answer =
+            step->UpstreamUnreachable(s)
+                ? absl::UnavailableError("not sent: an earlier stage was unreachable for this step")
+                : stages_[s]->Step(step->request);
         std::lock_guard<std::mutex> lock(step->mu);
         step->answers[s] = std::move(answer);
+        step->answered[s] = true;
         if (--step->remaining == 0) step->done.notify_all();
       });
     }

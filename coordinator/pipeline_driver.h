@@ -12,7 +12,8 @@
 // the gRPC and in-process links, keyed by step id, hold at most micro-batches - 1 early steps.
 // Compact and Release take the same queues, so they reach each stage after every step started
 // before them (a sequence is never freed under a step that still has to run it); Load and Status
-// go to the stages directly (Status must answer while a stage is busy).
+// go to the stages directly (Status must answer while a stage is busy). A stage whose step an
+// earlier stage could not be reached for (UNAVAILABLE: it sent no rows) is not asked to run it.
 #ifndef XKV_COORDINATOR_PIPELINE_DRIVER_H_
 #define XKV_COORDINATOR_PIPELINE_DRIVER_H_
 
