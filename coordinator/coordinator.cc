@@ -101,7 +101,10 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
     ASSIGN_OR_RETURN(s.nccl_unique_id, options_.nccl_unique_id_source());
     if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
   }
-  RETURN_IF_ERROR(driver_->LoadStages(plan, s));
+  ++reloads_;  // odd while loading (Monitor ignores what it sees meanwhile)
+  absl::Status loaded = driver_->LoadStages(plan, s);
+  ++reloads_;
+  RETURN_IF_ERROR(loaded);
   const std::vector<StageState> states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {
     bytes_per_token_ = states[0].block_bytes / options_.block_tokens;

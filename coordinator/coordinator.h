@@ -255,6 +255,7 @@ class Coordinator {
   absl::Time release_retry_at_ = absl::InfinitePast();  // loop thread only
   bool defer_release_ = false;            // FailStep of a stage fault: releases go to unreleased_
   std::condition_variable monitor_wake_;  // stop_ (with mu_)
+  std::atomic<uint64_t> reloads_{0};      // ReloadStages: incremented before and after loading
   std::thread loop_, monitor_;
 };
 

@@ -102,10 +102,14 @@ void Coordinator::Monitor() {
   while (!stop_) {
     lock.unlock();
     // Each call is bounded by the stage client's status deadline, so a hung stage counts as down.
+    const uint64_t reloads_before = reloads_.load();
     const std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
+    // A reload that ran meanwhile makes the answers stale: stages between dropping and loading
+    // their layers say NOT_LOADED. They count from the next round.
+    const bool stale = reloads_before % 2 == 1 || reloads_.load() != reloads_before;
     absl::Status ready = absl::OkStatus();
     bool reload = false;
-    for (size_t s = 0; s < statuses.size(); ++s) {
+    for (size_t s = 0; !stale && s < statuses.size(); ++s) {
       const bool timed_out = statuses[s].status().code() == absl::StatusCode::kDeadlineExceeded;
       late[s] = timed_out ? late[s] + 1 : 0;
       if (!ready.ok() || (timed_out && late[s] < 2)) continue;
@@ -122,11 +126,11 @@ void Coordinator::Monitor() {
       }
     }
     lock.lock();
-    if (ready != stages_ready_) {
+    if (!stale && ready != stages_ready_) {
       std::fprintf(stderr, "xkv coordinator: stages %s\n",
                    ready.ok() ? "serving" : std::string(ready.message()).c_str());
     }
-    stages_ready_ = ready;
+    if (!stale) stages_ready_ = ready;
     if (reload) {
       recover_ = true;
       wake_.notify_all();
