@@ -101,7 +101,10 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
     ASSIGN_OR_RETURN(s.nccl_unique_id, options_.nccl_unique_id_source());
     if (s.nccl_unique_id.empty()) return absl::InternalError("the NCCL unique id is empty");
   }
-  RETURN_IF_ERROR(driver_->LoadStages(plan, s));
+  ++reloads_;  // odd while loading (Monitor ignores what it sees meanwhile)
+  absl::Status loaded = driver_->LoadStages(plan, s);
+  ++reloads_;
+  RETURN_IF_ERROR(loaded);
   // The KV ledger follows the stages' pools (Init creates the scheduler after the first load).
   if (scheduler_ != nullptr) {
     RETURN_IF_ERROR(scheduler_->SetKvLayout({options_.block_tokens, driver_->KvStages()}));

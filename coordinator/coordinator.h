@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "allocator/profile_store.h"
@@ -256,9 +255,6 @@ class Coordinator {
   std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
   std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
-  // Sequences of the micro-batches in flight (loop thread only): their cancels wait until the
-  // batch completed on every stage.
-  absl::flat_hash_set<uint64_t> in_flight_ids_;
   std::atomic<uint64_t> sample_counter_{0};
   int64_t last_replan_samples_ = 0;   // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)
@@ -266,6 +262,7 @@ class Coordinator {
   absl::Time release_retry_at_ = absl::InfinitePast();  // loop thread only
   bool defer_release_ = false;            // FailStep of a stage fault: releases go to unreleased_
   std::condition_variable monitor_wake_;  // stop_ (with mu_)
+  std::atomic<uint64_t> reloads_{0};      // ReloadStages: incremented before and after loading
   std::thread loop_, monitor_;
 };
 

@@ -102,10 +102,14 @@ void Coordinator::Monitor() {
   while (!stop_) {
     lock.unlock();
     // Each call is bounded by the stage client's status deadline, so a hung stage counts as down.
+    const uint64_t reloads_before = reloads_.load();
     const std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
+    // A reload that ran meanwhile makes the answers stale: stages between dropping and loading
+    // their layers say NOT_LOADED. They count from the next round.
+    const bool stale = reloads_before % 2 == 1 || reloads_.load() != reloads_before;
     absl::Status ready = absl::OkStatus();
     bool reload = false;
-    for (size_t s = 0; s < statuses.size(); ++s) {
+    for (size_t s = 0; !stale && s < statuses.size(); ++s) {
       const bool timed_out = statuses[s].status().code() == absl::StatusCode::kDeadlineExceeded;
       late[s] = timed_out ? late[s] + 1 : 0;
       if (!ready.ok() || (timed_out && late[s] < 2)) continue;
@@ -122,11 +126,11 @@ void Coordinator::Monitor() {
       }
     }
     lock.lock();
-    if (ready != stages_ready_) {
+    if (!stale && ready != stages_ready_) {
       std::fprintf(stderr, "xkv coordinator: stages %s\n",
                    ready.ok() ? "serving" : std::string(ready.message()).c_str());
     }
-    stages_ready_ = ready;
+    if (!stale) stages_ready_ = ready;
     if (reload) {
       recover_ = true;
       wake_.notify_all();
@@ -137,24 +141,17 @@ void Coordinator::Monitor() {
 }
 
 void Coordinator::ProcessCancels() {
-  std::vector<std::pair<uint64_t, absl::Status>> cancels, later;
+  std::vector<std::pair<uint64_t, absl::Status>> cancels;
   {
     std::lock_guard<std::mutex> lock(mu_);
     cancels.swap(cancels_);
   }
-  for (auto& [id, status] : cancels) {
-    // A sequence of a micro-batch in flight is still on some stage's queue: releasing it now
-    // could reach a stage before its step does. It ends once the batch completed.
-    if (in_flight_ids_.contains(id)) {
-      later.emplace_back(id, std::move(status));
-      continue;
-    }
+  // A sequence may be in a micro-batch in flight: its release reaches each stage after that
+  // step (PipelineDriver's queues), and the batch's results skip it.
+  for (const auto& [id, status] : cancels) {
     scheduler_->Cancel(id);
     FinishSequence(id, status, 0);
   }
-  if (later.empty()) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  cancels_.insert(cancels_.end(), later.begin(), later.end());
 }
 
 absl::Status Coordinator::RecoverStages() {
@@ -248,7 +245,6 @@ void Coordinator::LaunchStep(StepPlan plan) {
       return;
     }
   }
-  for (const WorkItem& item : batch.plan.items) in_flight_ids_.insert(item.id);
   std::lock_guard<std::mutex> lock(mu_);
   in_flight_.push_back(std::move(batch));
 }
@@ -305,7 +301,6 @@ void Coordinator::CompleteOldest() {
     }
   }
   if (!s.ok()) FailStep(batch.plan, s);
-  for (const WorkItem& item : batch.plan.items) in_flight_ids_.erase(item.id);
   scheduler_->CompleteStep(batch.plan.step);
 }
 

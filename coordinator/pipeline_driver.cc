@@ -1,6 +1,7 @@
 #include "coordinator/pipeline_driver.h"
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <utility>
 
@@ -28,13 +29,23 @@ void SortByLayer(std::vector<xkv::v1::LayerSize>& sizes) {
 // One step on its way through the stages: each stage's thread stores its answer; Wait merges.
 struct PipelineDriver::PendingStep {
   explicit PendingStep(xkv::v1::StepRequest r, size_t stages)
-      : request(std::move(r)), remaining(stages) {
+      : request(std::move(r)), answered(stages, false), remaining(stages) {
     answers.resize(stages, absl::UnknownError("no answer"));
+  }
+  // An earlier stage could not be reached for this step: it sent no rows (nor its failure), so
+  // a later stage would only wait for them until its link timeout.
+  bool UpstreamUnreachable(size_t stage) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t s = 0; s < stage; ++s) {
+      if (answered[s] && answers[s].status().code() == absl::StatusCode::kUnavailable) return true;
+    }
+    return false;
   }
   const xkv::v1::StepRequest request;
   std::mutex mu;
   std::condition_variable done;
   std::vector<absl::StatusOr<xkv::v1::StepResponse>> answers;  // guarded by mu; [stage]
+  std::vector<bool> answered;                                  // guarded by mu; [stage]
   size_t remaining;                                            // guarded by mu
 };
 
@@ -56,19 +67,34 @@ PipelineDriver::~PipelineDriver() {
 
 void PipelineDriver::RunStageQueue(size_t s) {
   while (true) {
-    StepHandle step;
+    std::function<void()> call;
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
       queue_cv_.wait(lock, [&] { return closing_ || !queues_[s].empty(); });
-      if (queues_[s].empty()) return;  // closing, and every started step ran
-      step = std::move(queues_[s].front());
+      if (queues_[s].empty()) return;  // closing, and every queued call ran
+      call = std::move(queues_[s].front());
       queues_[s].pop_front();
     }
-    absl::StatusOr<xkv::v1::StepResponse> answer = stages_[s]->Step(step->request);
-    std::lock_guard<std::mutex> lock(step->mu);
-    step->answers[s] = std::move(answer);
-    if (--step->remaining == 0) step->done.notify_all();
+    call();
   }
+}
+
+template <typename T, typename F>
+std::vector<absl::StatusOr<T>> PipelineDriver::FanOutInOrder(F call) {
+  std::vector<std::future<absl::StatusOr<T>>> futures;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      auto task = std::make_shared<std::packaged_task<absl::StatusOr<T>()>>(
+          [&, s] { return call(s, *stages_[s]); });
+      futures.push_back(task->get_future());
+      queues_[s].push_back([task] { (*task)(); });
+    }
+  }
+  queue_cv_.notify_all();
+  std::vector<absl::StatusOr<T>> results;
+  for (auto& f : futures) results.push_back(f.get());
+  return results;
 }
 
 template <typename T, typename F>
@@ -158,7 +184,18 @@ PipelineDriver::StepHandle PipelineDriver::StartStep(xkv::v1::StepRequest reques
   auto step = std::make_shared<PendingStep>(std::move(request), stages_.size());
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
-    for (auto& queue : queues_) queue.push_back(step);
+    for (size_t s = 0; s < stages_.size(); ++s) {
+      queues_[s].push_back([this, step, s] {
+        absl::StatusOr<xkv::v1::StepResponse> answer =
+            step->UpstreamUnreachable(s)
+                ? absl::UnavailableError("not sent: an earlier stage was unreachable for this step")
+                : stages_[s]->Step(step->request);
+        std::lock_guard<std::mutex> lock(step->mu);
+        step->answers[s] = std::move(answer);
+        step->answered[s] = true;
+        if (--step->remaining == 0) step->done.notify_all();
+      });
+    }
   }
   queue_cv_.notify_all();
   return step;
@@ -224,7 +261,7 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
 
 absl::StatusOr<std::vector<xkv::v1::LayerSize>> PipelineDriver::Compact(
     uint64_t seq_id, const xkv::v1::CompactSpec& spec) {
-  auto results = FanOut<xkv::v1::CompactResponse>([&](size_t, StageClient& client) {
+  auto results = FanOutInOrder<xkv::v1::CompactResponse>([&](size_t, StageClient& client) {
     xkv::v1::CompactRequest r;
     r.set_seq_id(seq_id);
     *r.mutable_compact() = spec;
@@ -241,7 +278,7 @@ absl::StatusOr<std::vector<xkv::v1::LayerSize>> PipelineDriver::Compact(
 
 absl::Status PipelineDriver::Release(absl::Span<const uint64_t> seq_ids) {
   if (seq_ids.empty()) return absl::OkStatus();
-  auto results = FanOut<xkv::v1::ReleaseResponse>([&](size_t, StageClient& client) {
+  auto results = FanOutInOrder<xkv::v1::ReleaseResponse>([&](size_t, StageClient& client) {
     xkv::v1::ReleaseRequest r;
     for (uint64_t id : seq_ids) r.add_seq_ids(id);
     return client.Release(r);

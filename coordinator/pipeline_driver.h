@@ -10,14 +10,17 @@
 // client one step at a time). So the data plane sees the same step order on both ends of every
 // link: NCCL's ncclSend / ncclRecv between two ranks pair up in that order, and the mailboxes of
 // the gRPC and in-process links, keyed by step id, hold at most micro-batches - 1 early steps.
-// Compact, Release and Status go to the stages directly (the StageExecutor serialises them with
-// the steps); the coordinator never sends them for a sequence of an unfinished step.
+// Compact and Release take the same queues, so they reach each stage after every step started
+// before them (a sequence is never freed under a step that still has to run it); Load and Status
+// go to the stages directly (Status must answer while a stage is busy). A stage whose step an
+// earlier stage could not be reached for (UNAVAILABLE: it sent no rows) is not asked to run it.
 #ifndef XKV_COORDINATOR_PIPELINE_DRIVER_H_
 #define XKV_COORDINATOR_PIPELINE_DRIVER_H_
 
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -80,7 +83,7 @@ struct StageState {
 class PipelineDriver {
  public:
   struct PendingStep;
-  // A started step (StartStep); Wait consumes its outcome.
+  // A started step (StartStep); Wait consumes its outcome (once).
   using StepHandle = std::shared_ptr<PendingStep>;
 
   // Starts one thread per stage (the step queues).
@@ -120,16 +123,21 @@ class PipelineDriver {
   std::vector<absl::StatusOr<xkv::v1::StatusResponse>> Status();
 
  private:
+  // call(s, client) on every stage concurrently, each from a thread of its own.
   template <typename T, typename F>
   std::vector<absl::StatusOr<T>> FanOut(F call);
-  // Stage s's thread: runs its queued steps in order until the driver is destroyed.
+  // The same through the stages' queues: on each stage after the calls queued before it.
+  template <typename T, typename F>
+  std::vector<absl::StatusOr<T>> FanOutInOrder(F call);
+  // Stage s's thread: runs its queued calls in order until the driver is destroyed.
   void RunStageQueue(size_t s);
 
   std::vector<std::unique_ptr<StageClient>> stages_;
   std::mutex queue_mu_;
   std::condition_variable queue_cv_;
-  std::vector<std::deque<StepHandle>> queues_;  // guarded by queue_mu_; [stage], oldest first
-  bool closing_ = false;                        // guarded by queue_mu_
+  // Guarded by queue_mu_; [stage], oldest first: steps, compactions and releases.
+  std::vector<std::deque<std::function<void()>>> queues_;
+  bool closing_ = false;  // guarded by queue_mu_
   std::vector<std::thread> stage_threads_;
   mutable std::mutex mu_;
   std::vector<StageState> states_;  // guarded by mu_
