@@ -12,7 +12,7 @@ tmp=$(mktemp -d)
   --admin-insecure-local --http-listen 127.0.0.1:0 2> "$tmp/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-grpc= http=
+grpc='' http=''
 for _ in $(seq 600); do  # up to 60 s for the model to load
   grpc=$(sed -n 's/.*serving Generation on port \([0-9]*\).*/\1/p' "$tmp/log")
   http=$(sed -n 's/.*serving the OpenAI API on port \([0-9]*\).*/\1/p' "$tmp/log")
@@ -64,7 +64,11 @@ for args in "--rate 0" "--rate -3" "--burstiness 0" "--goodput ttft" "--goodput 
   err=$("$xkv" bench serve --server "127.0.0.1:$grpc" "${load[@]}" --requests 1 $args 2>&1 >/dev/null)
   rc=$?
   flag=${args%% *}
-  [[ $rc -ge 1 && $rc -le 2 && $(wc -l <<< "$err") -eq 1 && $err == *"${flag}"* ]] &&
-    echo "ok: rejects $args" || { echo "FAIL: $args: rc=$rc: $err"; fail=1; }
+  if [[ $rc -eq 2 && $(wc -l <<< "$err") -eq 1 && $err == *"${flag}"* ]]; then
+    echo "ok: rejects $args"
+  else
+    echo "FAIL: $args: rc=$rc: $err"
+    fail=1
+  fi
 done
 exit $fail
