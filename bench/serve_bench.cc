@@ -135,10 +135,6 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
     if (!w.ok) return absl::UnavailableError(absl::StrCat("warm-up request failed: ", w.error));
   }
 
-  std::atomic<bool> done{false};
-  int64_t peak_cluster = -1;
-  std::thread poller;
-  if (!o.admin_server.empty()) poller = std::thread([&] { peak_cluster = PollPeakKv(o, done); });
   result.requests.resize(o.requests);
   // One connection per slot: a slot takes the next request in arrival order and sends it at its
   // arrival time, or at once when it arrived while every slot was busy (vLLM's semaphore).
@@ -149,6 +145,11 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
     ASSIGN_OR_RETURN(std::unique_ptr<ServeBenchClient> client, MakeServeBenchClient(o));
     connections.push_back(std::move(client));
   }
+  // After the connections: a failed connection returns with no thread running.
+  std::atomic<bool> done{false};
+  int64_t peak_cluster = -1;
+  std::thread poller;
+  if (!o.admin_server.empty()) poller = std::thread([&] { peak_cluster = PollPeakKv(o, done); });
   const SteadyClock::time_point start = SteadyClock::now();
   std::vector<std::thread> threads;
   for (int c = 0; c < slots; ++c) {
