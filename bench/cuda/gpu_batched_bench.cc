@@ -15,6 +15,7 @@
 #include "bench/cuda/gpu_sections.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "model/gguf.h"
+#include "model/model_config.h"
 
 namespace xkv {
 namespace {
@@ -62,8 +63,12 @@ absl::Status RunBatchedDecodeSection(const GpuBenchOptions& o, GpuBenchReport& r
   e.max_batch = static_cast<int>(max_b);
   e.max_step_tokens = std::min(o.step_tokens, o.batched_prompt_tokens);
   e.max_seq_len = o.batched_prompt_tokens + o.batched_gen_tokens + 16;
-  // Room for every sequence of the largest batch, with one block of slack each.
-  e.num_kv_blocks = max_b * ((e.max_seq_len + cuda::kKvBlockTokens - 1) / cuda::kKvBlockTokens + 1);
+  // The pool is shared by every layer: room for every layer of every sequence of the largest
+  // batch, with one block of slack each.
+  ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*file));
+  const int64_t blocks_per_layer =
+      (e.max_seq_len + cuda::kKvBlockTokens - 1) / cuda::kKvBlockTokens + 1;
+  e.num_kv_blocks = max_b * blocks_per_layer * config.n_layers;
   ASSIGN_OR_RETURN(std::unique_ptr<CudaLlamaModel> m, CudaLlamaModel::Load(*file, e));
   GpuBenchOptions run = o;
   run.step_tokens = e.max_step_tokens;
