@@ -106,8 +106,9 @@ int RunBenchGpu(int argc, char** argv) {
   flags.String("hf-python", &o.hf_python,
                "python with torch + transformers (+ gguf) for the comparison (empty: skip)");
   flags.String("hf-script", &o.hf_script, "path of bench/hf_decode_speed.py");
-  flags.String("sections", &sections,
-               "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real");
+  flags.String(
+      "sections", &sections,
+      "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real,batched");
   flags.Int("device", &device, "CUDA device ordinal");
   flags.Bool("batched-decode", &batched_decode,
              "only the batched section: --batch sequences of --prompt-tokens prefilled, then\n"
