@@ -111,8 +111,7 @@ int RunBenchGpu(int argc, char** argv) {
       "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real,batched");
   flags.Int("device", &device, "CUDA device ordinal");
   flags.Bool("batched-decode", &batched_decode,
-             "only the batched section: --batch sequences of --prompt-tokens prefilled, then\n"
-             "--gen-tokens B-wide decode steps of --model (llama-batched-bench -npp -ntg -npl)");
+             "only the batched section (llama-batched-bench -npp -ntg -npl) on --model");
   flags.Int("prompt-tokens", &prompt_tokens, "batched: prompt tokens per sequence");
   flags.Int("gen-tokens", &gen_tokens, "batched: decode steps (tokens per sequence)");
   flags.String("batch", &batches, "batched: comma-separated sequences per step");
