@@ -265,6 +265,35 @@ std::string FormatReal(const RealModelResult& r) {
   return out;
 }
 
+std::string BatchedJson(const BatchedDecodeRow& b) {
+  return JsonObject({{"batch", Num(b.batch)},
+                     {"prompt_tokens", Num(b.prompt_tokens)},
+                     {"gen_tokens", Num(b.gen_tokens)},
+                     {"prefill_ms", Num(b.prefill_ms)},
+                     {"decode_ms", Num(b.decode_ms)},
+                     {"prefill_tps", Num(b.prefill_tps)},
+                     {"decode_tps", Num(b.decode_tps)},
+                     {"total_tps", Num(b.total_tps)}});
+}
+
+std::string FormatBatched(const GpuBenchReport& r) {
+  std::string out = absl::StrFormat(
+      "Batched decode of the real model %s (llama-batched-bench's quantities): B sequences of PP "
+      "prompt tokens prefilled one after the other (T_PP), then TG decode steps of B tokens each "
+      "(T_TG), greedy on the device, the host round trip of each step included; the second of two "
+      "runs per B.\n\n"
+      "| PP | TG | B | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |\n"
+      "|---|---|---|---|---|---|---|---|---|\n",
+      r.batched_model);
+  for (const BatchedDecodeRow& b : r.batched) {
+    absl::StrAppendFormat(&out, "| %d | %d | %d | %.3f | %.0f | %.3f | %.0f | %.3f | %.0f |\n",
+                          b.prompt_tokens, b.gen_tokens, b.batch, b.prefill_ms / 1e3, b.prefill_tps,
+                          b.decode_ms / 1e3, b.decode_tps, (b.prefill_ms + b.decode_ms) / 1e3,
+                          b.total_tps);
+  }
+  return out;
+}
+
 }  // namespace
 
 void ApplyQuick(GpuBenchOptions& o) {
@@ -278,6 +307,9 @@ void ApplyQuick(GpuBenchOptions& o) {
   o.verify_seconds = 10;
   o.real_decode_tokens = 32;
   o.repeats = 1;
+  o.batched_prompt_tokens = 256;
+  o.batched_gen_tokens = 16;
+  o.batched_batches = {2, 4};
 }
 
 bool SectionEnabled(const GpuBenchOptions& o, const std::string& section) {
@@ -319,6 +351,7 @@ std::string FormatGpuBench(const GpuBenchOptions& o, const GpuBenchReport& r) {
   if (!r.profile.empty()) absl::StrAppend(&out, "\n", FormatProfile(r));
   if (r.concurrency) absl::StrAppend(&out, "\n", FormatConcurrency(*r.concurrency));
   if (r.real) absl::StrAppend(&out, "\n", FormatReal(*r.real));
+  if (!r.batched.empty()) absl::StrAppend(&out, "\n", FormatBatched(r));
   for (const std::string& e : r.errors) absl::StrAppend(&out, "\nFAILED: ", e, "\n");
   return out;
 }
@@ -343,6 +376,9 @@ std::string GpuBenchJson(const GpuBenchReport& r) {
   top.push_back({"profile", JsonArray(rows)});
   if (r.concurrency) top.push_back({"concurrency", ConcurrencyJson(*r.concurrency)});
   if (r.real) top.push_back({"real", RealJson(*r.real)});
+  rows.clear();
+  for (const BatchedDecodeRow& b : r.batched) rows.push_back(BatchedJson(b));
+  top.push_back({"batched", JsonArray(rows)});
   rows.clear();
   for (const std::string& e : r.errors) rows.push_back(JsonString(e));
   top.push_back({"errors", JsonArray(rows)});

@@ -8,7 +8,10 @@
 //      (measured on a real prefill + compaction, then checked by filling the pool);
 //   5. profiling + solving time as % of prefill time per profile mode;
 //   6. the real model (GGUF): decode tokens/s of xkv next to Hugging Face transformers (same GPU,
-//      same file, same prompt ids, bf16), run one after the other in the same command.
+//      same file, same prompt ids, bf16), run one after the other in the same command;
+//   7. the real model's pure batched decode (section "batched", --batched-decode): B sequences
+//      prefilled, then B-wide decode steps; tokens/s of the decode phase as llama.cpp's
+//      llama-batched-bench reports it (S_TG), with S_PP and S beside it.
 //
 // The report types, the floors and the formatting here are plain C++ (xkv_bench, every build);
 // the measuring code is CUDA-only (bench/cuda/, library xkv_bench_cuda): RunGpuBench exists only
@@ -48,11 +51,15 @@ struct GpuBenchOptions {
   int repeats = 3;        // real-model runs; the median is reported
   std::string hf_python;  // python with torch + transformers (+ gguf); empty: skip HF
   std::string hf_script = "bench/hf_decode_speed.py";
+  // Batched decode of the real model (section "batched").
+  int64_t batched_prompt_tokens = 2048;
+  int64_t batched_gen_tokens = 128;
+  std::vector<int64_t> batched_batches = {8, 32};
 };
 
 // Section names, in run order.
-inline constexpr const char* kGpuBenchSections[] = {"ceilings", "decode",      "prefill",
-                                                    "profile",  "concurrency", "real"};
+inline constexpr const char* kGpuBenchSections[] = {"ceilings",    "decode", "prefill", "profile",
+                                                    "concurrency", "real",   "batched"};
 
 // Shrinks the sizes for a smoke run (the model shape stays what --shape says; only contexts,
 // batches and steps shrink).
@@ -136,6 +143,19 @@ struct RealModelResult {
   int64_t agree = -1;   // greedy tokens equal to HF's (prefix length), -1: unknown
 };
 
+// One batch size of the batched section, named as llama-batched-bench's columns: PP = prompt
+// tokens per sequence, TG = generated tokens per sequence, B = sequences.
+struct BatchedDecodeRow {
+  int64_t batch = 0;
+  int64_t prompt_tokens = 0;
+  int64_t gen_tokens = 0;
+  double prefill_ms = 0;   // all B prompts (T_PP)
+  double decode_ms = 0;    // gen_tokens B-wide steps (T_TG)
+  double prefill_tps = 0;  // S_PP = B x PP / T_PP
+  double decode_tps = 0;   // S_TG = B x TG / T_TG
+  double total_tps = 0;    // S = B x (PP + TG) / (T_PP + T_TG)
+};
+
 struct GpuBenchReport {
   std::string date;    // UTC, YYYY-MM-DD
   std::string device;  // the GPU's name
@@ -149,6 +169,8 @@ struct GpuBenchReport {
   std::vector<ProfileRow> profile;
   std::optional<ConcurrencyResult> concurrency;
   std::optional<RealModelResult> real;
+  std::string batched_model;
+  std::vector<BatchedDecodeRow> batched;
   std::vector<std::string> errors;  // "section: message" of sections that failed
 };
 

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "base/status_macros.h"
 #include "bench/machine_info.h"
 #include "bench/serve_bench_client.h"
+#include "bench/serve_bench_metrics.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 #include "xkv/v1/admin.grpc.pb.h"
@@ -79,75 +81,42 @@ int64_t PollPeakKv(const ServeBenchOptions& o, const std::atomic<bool>& done) {
   return peak;
 }
 
-double Mean(const std::vector<double>& v) {
-  if (v.empty()) return 0;
-  double s = 0;
-  for (double x : v) s += x;
-  return s / v.size();
+// Requests in flight at most: one thread and one connection each.
+int Slots(const ServeBenchOptions& o) {
+  return o.max_concurrency > 0 ? std::min(o.max_concurrency, o.requests) : o.requests;
 }
 
 }  // namespace
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p / 100.0 * (v.size() - 1);
-  const size_t lo = static_cast<size_t>(std::floor(rank));
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
-}
-
-void Summarize(ServeBenchResult& r) {
-  std::vector<double> ttft, tpot, itl, e2e, kv_fraction, prompt, output;
-  int64_t prompt_total = 0, output_total = 0;
-  r.completed = r.failed = 0;
-  for (const ServeBenchRequest& q : r.requests) {
-    if (!q.ok) {
-      ++r.failed;
-      if (r.first_error.empty()) r.first_error = q.error;
-      continue;
-    }
-    ++r.completed;
-    ttft.push_back(q.ttft_ms);
-    if (q.output_tokens > 1) tpot.push_back(q.tpot_ms);
-    itl.insert(itl.end(), q.itl_ms.begin(), q.itl_ms.end());
-    e2e.push_back(q.e2e_ms);
-    prompt.push_back(q.prompt_tokens);
-    output.push_back(q.output_tokens);
-    prompt_total += q.prompt_tokens;
-    output_total += q.output_tokens;
-    r.peak_request_kv_bytes = std::max(r.peak_request_kv_bytes, q.kv_bytes_held);
-    if (q.kv_bytes_full > 0) kv_fraction.push_back(double(q.kv_bytes_held) / q.kv_bytes_full);
-  }
-  if (r.duration_s > 0) {
-    r.request_throughput = r.completed / r.duration_s;
-    r.output_throughput = output_total / r.duration_s;
-    r.total_token_throughput = (prompt_total + output_total) / r.duration_s;
-  }
-  r.mean_prompt_tokens = Mean(prompt);
-  r.mean_output_tokens = Mean(output);
-  r.ttft_mean = Mean(ttft), r.ttft_p50 = Percentile(ttft, 50), r.ttft_p99 = Percentile(ttft, 99);
-  r.tpot_mean = Mean(tpot), r.tpot_p50 = Percentile(tpot, 50), r.tpot_p99 = Percentile(tpot, 99);
-  r.itl_mean = Mean(itl), r.itl_p50 = Percentile(itl, 50), r.itl_p99 = Percentile(itl, 99);
-  r.e2e_p50 = Percentile(e2e, 50), r.e2e_p99 = Percentile(e2e, 99);
-  r.mean_kv_fraction = Mean(kv_fraction);
-}
-
-absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
-  if (o.clients < 1 || o.requests < 1) {
-    return absl::InvalidArgumentError("clients and requests must be >= 1");
+absl::Status ValidateServeBenchOptions(const ServeBenchOptions& o) {
+  const int slots = Slots(o);
+  if (o.max_concurrency < 0 || o.requests < 1 || o.warmup < 0 || slots > kMaxServeBenchSlots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-concurrency ", o.max_concurrency, ", --requests ", o.requests,
+                     ", --warmup ", o.warmup,
+                     ": need requests >= 1, warmup >= 0 and 0 <= max-concurrency (0: no cap), with "
+                     "at most ",
+                     kMaxServeBenchSlots, " requests in flight"));
   }
   if (o.prompt_min < 1 || o.prompt_max < o.prompt_min || o.output_min < 1 ||
       o.output_max < o.output_min) {
     return absl::InvalidArgumentError("bad prompt/output length ranges (need 1 <= min <= max)");
   }
+  return ArrivalTimes(0, o.request_rate, o.burstiness, o.seed).status();  // rate, burstiness
+}
+
+absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
+  RETURN_IF_ERROR(ValidateServeBenchOptions(o));
   std::unique_ptr<GgufFile> file;
   std::unique_ptr<Tokenizer> tok;
   if (!o.model_path.empty()) {
     ASSIGN_OR_RETURN(file, GgufFile::Open(o.model_path));
     ASSIGN_OR_RETURN(tok, Tokenizer::FromGguf(*file));
   }
-  // The whole workload is drawn up front from the seed: the same for every policy compared.
+  // The whole workload and its arrival times are drawn up front from the seed: the same for every
+  // policy compared.
+  ASSIGN_OR_RETURN(const std::vector<double> arrivals,
+                   ArrivalTimes(o.requests, o.request_rate, o.burstiness, o.seed));
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int64_t> plen(o.prompt_min, o.prompt_max);
   std::uniform_int_distribution<int64_t> olen(o.output_min, o.output_max);
@@ -166,61 +135,92 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
     if (!w.ok) return absl::UnavailableError(absl::StrCat("warm-up request failed: ", w.error));
   }
 
+  result.requests.resize(o.requests);
+  // One connection per slot: a slot takes the next request in arrival order and sends it at its
+  // arrival time, or at once when it arrived while every slot was busy (vLLM's semaphore).
+  std::atomic<int> next{0};
+  const int slots = Slots(o);
+  std::vector<std::unique_ptr<ServeBenchClient>> connections;
+  for (int c = 0; c < slots; ++c) {
+    ASSIGN_OR_RETURN(std::unique_ptr<ServeBenchClient> client, MakeServeBenchClient(o));
+    connections.push_back(std::move(client));
+  }
+  // After the connections: a failed connection returns with no thread running.
   std::atomic<bool> done{false};
   int64_t peak_cluster = -1;
   std::thread poller;
   if (!o.admin_server.empty()) poller = std::thread([&] { peak_cluster = PollPeakKv(o, done); });
-  result.requests.resize(o.requests);
-  std::atomic<int> next{0};
-  std::vector<std::unique_ptr<ServeBenchClient>> connections;
-  for (int c = 0; c < o.clients; ++c) {
-    ASSIGN_OR_RETURN(std::unique_ptr<ServeBenchClient> client, MakeServeBenchClient(o));
-    connections.push_back(std::move(client));
-  }
   const SteadyClock::time_point start = SteadyClock::now();
-  std::vector<std::thread> clients;
-  for (int c = 0; c < o.clients; ++c) {
-    clients.emplace_back([&, own = connections[c].get()] {
+  std::vector<std::thread> threads;
+  for (int c = 0; c < slots; ++c) {
+    threads.emplace_back([&, own = connections[c].get()] {
       for (int i = next++; i < o.requests; i = next++) {
+        std::this_thread::sleep_until(start + std::chrono::duration_cast<SteadyClock::duration>(
+                                                  std::chrono::duration<double>(arrivals[i])));
         const Job& job = jobs[o.warmup + i];
         result.requests[i] = own->Run(job.prompt, job.output_tokens);
       }
     });
   }
-  for (std::thread& t : clients) t.join();
+  for (std::thread& t : threads) t.join();
   result.duration_s = std::chrono::duration<double>(SteadyClock::now() - start).count();
   done = true;
   if (poller.joinable()) poller.join();
   result.peak_cluster_kv_bytes = peak_cluster;
-  Summarize(result);
+  Summarize(o.goodput, result);
   return result;
 }
 
-std::string FormatServeBench(const ServeBenchOptions& o,
-                             const std::vector<ServeBenchResult>& results) {
+namespace {
+
+std::string TodayUtc() {
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+  return date;
+}
+
+// "Open loop: Poisson arrivals at 2 requests/s (seed 1), at most 8 in flight" and the like.
+std::string LoadText(const ServeBenchOptions& o) {
+  const std::string cap = o.max_concurrency > 0
+                              ? absl::StrCat("at most ", o.max_concurrency, " in flight")
+                              : std::string("no concurrency cap");
+  if (std::isinf(o.request_rate)) {
+    return absl::StrCat(o.max_concurrency > 0 ? "Closed loop" : "Burst",
+                        ": every request sent at once (--rate inf), ", cap);
+  }
+  return absl::StrFormat("Open loop: %s arrivals at %g requests/s (seed %d), %s",
+                         o.burstiness == 1 ? std::string("Poisson")
+                                           : absl::StrFormat("gamma (burstiness %g)", o.burstiness),
+                         o.request_rate, o.seed, cap);
+}
+
+}  // namespace
+
+std::string FormatServeBench(const ServeBenchOptions& o,
+                             const std::vector<ServeBenchResult>& results) {
+  const std::string slo = GoodputText(o.goodput);
   std::string out = absl::StrFormat(
-      "%s, %s (%u hardware threads), %s endpoint. Closed loop: %d clients, %d requests (+%d "
-      "warm-up), prompt %d-%d tokens, output %d-%d tokens (uniform, seed %d, ignore_eos), "
-      "greedy.\n\n",
-      date, CpuModel(), std::thread::hardware_concurrency(), o.endpoint, o.clients, o.requests,
-      o.warmup, o.prompt_min, o.prompt_max, o.output_min, o.output_max, o.seed);
+      "%s, %s (%u hardware threads), %s endpoint. %s; %d requests (+%d warm-up), prompt %d-%d "
+      "tokens, output %d-%d tokens (uniform, seed %d, ignore_eos), greedy. Goodput SLO: %s.\n\n",
+      TodayUtc(), CpuModel(), std::thread::hardware_concurrency(), o.endpoint, LoadText(o),
+      o.requests, o.warmup, o.prompt_min, o.prompt_max, o.output_min, o.output_max, o.seed,
+      slo.empty() ? "none (goodput = throughput)" : slo);
   absl::StrAppend(&out,
-                  "| policy | ok/failed | req/s | out tok/s | total tok/s | TTFT p50 / p99 ms | "
-                  "TPOT p50 / p99 ms | ITL p50 / p99 ms | e2e p50 / p99 s | peak KV, one request "
-                  "| mean KV vs full | peak KV, cluster |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                  "| policy | completed/failed | duration s | req/s | goodput req/s | out tok/s | "
+                  "total tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | ITL mean / "
+                  "p50 / p99 ms | e2e p50 / p99 s | peak KV, one request | mean KV vs full | peak "
+                  "KV, cluster |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const ServeBenchResult& r : results) {
     absl::StrAppendFormat(
         &out,
-        "| %s | %d/%d | %.3f | %.2f | %.1f | %.0f / %.0f | %.1f / %.1f | %.1f / %.1f | %.1f / "
-        "%.1f | %.2f MiB | %.1f%% | %s |\n",
-        r.label, r.completed, r.failed, r.request_throughput, r.output_throughput,
-        r.total_token_throughput, r.ttft_p50, r.ttft_p99, r.tpot_p50, r.tpot_p99, r.itl_p50,
-        r.itl_p99, r.e2e_p50 / 1000, r.e2e_p99 / 1000, r.peak_request_kv_bytes / 1048576.0,
-        100 * r.mean_kv_fraction,
+        "| %s | %d/%d | %.2f | %.3f | %.3f | %.1f | %.1f | %.0f / %.0f / %.0f | %.2f / %.2f / "
+        "%.2f | %.2f / %.2f / %.2f | %.2f / %.2f | %.2f MiB | %.1f%% | %s |\n",
+        r.label, r.completed, r.failed, r.duration_s, r.request_throughput, r.request_goodput,
+        r.output_throughput, r.total_token_throughput, r.ttft_mean, r.ttft_p50, r.ttft_p99,
+        r.tpot_mean, r.tpot_p50, r.tpot_p99, r.itl_mean, r.itl_p50, r.itl_p99, r.e2e_p50 / 1000,
+        r.e2e_p99 / 1000, r.peak_request_kv_bytes / 1048576.0, 100 * r.mean_kv_fraction,
         r.peak_cluster_kv_bytes < 0
             ? std::string("-")
             : absl::StrFormat("%.2f MiB", r.peak_cluster_kv_bytes / 1048576.0));
@@ -236,6 +236,59 @@ std::string FormatServeBench(const ServeBenchOptions& o,
     }
   }
   return out;
+}
+
+std::string ServeBenchJson(const ServeBenchOptions& o,
+                           const std::vector<ServeBenchResult>& results) {
+  using Json = nlohmann::json;
+  Json slo = Json::object();
+  if (o.goodput.ttft_ms > 0) slo["ttft_ms"] = o.goodput.ttft_ms;
+  if (o.goodput.tpot_ms > 0) slo["tpot_ms"] = o.goodput.tpot_ms;
+  if (o.goodput.e2el_ms > 0) slo["e2el_ms"] = o.goodput.e2el_ms;
+  Json j = {{"date", TodayUtc()},
+            {"machine", CpuModel()},
+            {"endpoint", o.endpoint},
+            {"server", o.server},
+            // JSON has no infinity: "inf" as vLLM's command line spells it.
+            {"request_rate", std::isinf(o.request_rate) ? Json("inf") : Json(o.request_rate)},
+            {"burstiness", o.burstiness},
+            {"max_concurrency", o.max_concurrency},
+            {"num_prompts", o.requests},
+            {"warmup", o.warmup},
+            {"prompt_tokens", {o.prompt_min, o.prompt_max}},
+            {"output_tokens", {o.output_min, o.output_max}},
+            {"seed", o.seed},
+            {"goodput_slo", slo},
+            {"results", Json::array()}};
+  for (const ServeBenchResult& r : results) {
+    j["results"].push_back({{"label", r.label},
+                            {"completed", r.completed},
+                            {"failed", r.failed},
+                            {"duration", r.duration_s},
+                            {"total_input_tokens", r.total_input_tokens},
+                            {"total_output_tokens", r.total_output_tokens},
+                            {"request_throughput", r.request_throughput},
+                            {"request_goodput", r.request_goodput},
+                            {"output_throughput", r.output_throughput},
+                            {"total_token_throughput", r.total_token_throughput},
+                            {"mean_ttft_ms", r.ttft_mean},
+                            {"median_ttft_ms", r.ttft_p50},
+                            {"p99_ttft_ms", r.ttft_p99},
+                            {"mean_tpot_ms", r.tpot_mean},
+                            {"median_tpot_ms", r.tpot_p50},
+                            {"p99_tpot_ms", r.tpot_p99},
+                            {"mean_itl_ms", r.itl_mean},
+                            {"median_itl_ms", r.itl_p50},
+                            {"p99_itl_ms", r.itl_p99},
+                            {"mean_e2el_ms", r.e2e_mean},
+                            {"median_e2el_ms", r.e2e_p50},
+                            {"p99_e2el_ms", r.e2e_p99},
+                            {"peak_request_kv_bytes", r.peak_request_kv_bytes},
+                            {"mean_kv_fraction", r.mean_kv_fraction},
+                            {"peak_cluster_kv_bytes", r.peak_cluster_kv_bytes},
+                            {"first_error", r.first_error}});
+  }
+  return j.dump(2) + "\n";
 }
 
 }  // namespace xkv

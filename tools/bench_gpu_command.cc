@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/gpu_bench.h"
 #include "model/model_shapes.h"
@@ -21,10 +23,26 @@ absl::Status ParseSections(const std::string& text, std::vector<std::string>* ou
     if (!known) {
       return absl::InvalidArgumentError(
           "unknown section '" + std::string(part) +
-          "' (ceilings, decode, prefill, profile, concurrency, real)");
+          "' (ceilings, decode, prefill, profile, concurrency, real, batched)");
     }
     out->emplace_back(part);
   }
+  return absl::OkStatus();
+}
+
+// "8,32": batch sizes in 1..kMaxBatch.
+absl::Status ParseBatches(const std::string& text, std::vector<int64_t>* out) {
+  constexpr int64_t kMaxBatch = 1024;
+  out->clear();
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t b = 0;
+    if (!absl::SimpleAtoi(part, &b) || b < 1 || b > kMaxBatch) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--batch '", part, "': sequences per step, 1..", kMaxBatch));
+    }
+    out->push_back(b);
+  }
+  if (out->empty()) return absl::InvalidArgumentError("--batch: at least one batch size");
   return absl::OkStatus();
 }
 
@@ -69,8 +87,9 @@ int RunAndPrint(const GpuBenchOptions& o, const std::string& json) {
 
 int RunBenchGpu(int argc, char** argv) {
   GpuBenchOptions o;
-  std::string json, sections;
-  bool quick = false;
+  std::string json, sections, batches = "8,32";
+  bool quick = false, batched_decode = false;
+  int64_t prompt_tokens = o.batched_prompt_tokens, gen_tokens = o.batched_gen_tokens;
   int64_t device = 0;
   FlagSet flags(
       "bench gpu",
@@ -78,7 +97,8 @@ int RunBenchGpu(int argc, char** argv) {
       "cuBLAS GEMM rate; a random model of a real shape (--shape, default Llama-3-8B): decode at\n"
       "batch 1/8/32 with 8K context vs the bytes-moved floor, 8K prefill vs the FLOP floor,\n"
       "concurrent 32K sequences with a full cache vs XKV, profile-mode cost; the real GGUF's\n"
-      "decode tokens/s next to Hugging Face transformers. Markdown on stdout; --json writes the\n"
+      "decode tokens/s next to Hugging Face transformers; --batched-decode: the real GGUF's pure\n"
+      "batched decode (llama-batched-bench's S_TG). Markdown on stdout; --json writes the "
       "figures.");
   flags.String("model", &o.model_path, "real GGUF model for the decode comparison (empty: skip)");
   flags.String("json", &json, "also write the results as JSON here");
@@ -86,9 +106,15 @@ int RunBenchGpu(int argc, char** argv) {
   flags.String("hf-python", &o.hf_python,
                "python with torch + transformers (+ gguf) for the comparison (empty: skip)");
   flags.String("hf-script", &o.hf_script, "path of bench/hf_decode_speed.py");
-  flags.String("sections", &sections,
-               "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real");
+  flags.String(
+      "sections", &sections,
+      "comma-separated subset of ceilings,decode,prefill,profile,concurrency,real,batched");
   flags.Int("device", &device, "CUDA device ordinal");
+  flags.Bool("batched-decode", &batched_decode,
+             "only the batched section (llama-batched-bench -npp -ntg -npl) on --model");
+  flags.Int("prompt-tokens", &prompt_tokens, "batched: prompt tokens per sequence");
+  flags.Int("gen-tokens", &gen_tokens, "batched: decode steps (tokens per sequence)");
+  flags.String("batch", &batches, "batched: comma-separated sequences per step");
   flags.String("shape", &o.shape, "random-weight model shape: llama3-8b or llama3.2-1b");
   flags.Double("budget", &o.budget_fraction, "XKV budget, fraction of the evictable prefix");
   flags.Double("verify-seconds", &o.verify_seconds, "time box for filling the KV pool");
@@ -108,8 +134,29 @@ int RunBenchGpu(int argc, char** argv) {
     std::fprintf(stderr, "xkv bench gpu: --budget and --kv-memory-fraction must be in (0, 1]\n");
     return 2;
   }
+  if (batched_decode) o.sections = {"batched"};
+  if (SectionEnabled(o, "batched") && o.sections.size() == 1 && o.model_path.empty()) {
+    std::fprintf(stderr, "xkv bench gpu: --batched-decode needs --model (a GGUF)\n");
+    return 2;
+  }
   o.device = static_cast<int>(device);
   if (quick) ApplyQuick(o);
+  // Explicit batched sizes win over --quick's.
+  if (!quick || flags.WasSet("prompt-tokens")) o.batched_prompt_tokens = prompt_tokens;
+  if (!quick || flags.WasSet("gen-tokens")) o.batched_gen_tokens = gen_tokens;
+  if (!quick || flags.WasSet("batch")) {
+    if (absl::Status s = ParseBatches(batches, &o.batched_batches); !s.ok()) {
+      std::fprintf(stderr, "xkv bench gpu: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  constexpr int64_t kMaxTokens = 1 << 20;
+  if (o.batched_prompt_tokens < 1 || o.batched_prompt_tokens > kMaxTokens ||
+      o.batched_gen_tokens < 1 || o.batched_gen_tokens > kMaxTokens) {
+    std::fprintf(stderr, "xkv bench gpu: --prompt-tokens and --gen-tokens must be in 1..%lld\n",
+                 static_cast<long long>(kMaxTokens));
+    return 2;
+  }
   return RunAndPrint(o, json);
 }
 

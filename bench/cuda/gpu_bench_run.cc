@@ -1,6 +1,7 @@
 // RunGpuBench: the device, then each enabled section in order (bench/gpu_bench.h). The decode,
 // prefill and profile sections share one random Llama-3-8B-shaped model; the concurrency section
-// builds its own (32K sequences) after that one is gone; the real model comes last.
+// builds its own (32K sequences) after that one is gone; the real model (batch 1, then batched)
+// comes last.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -105,6 +106,9 @@ absl::StatusOr<GpuBenchReport> RunGpuBench(const GpuBenchOptions& o) {
   }
   if (SectionEnabled(o, "real") && !o.model_path.empty()) {
     Record(r, "real", RunRealModelSection(o, r));
+  }
+  if (SectionEnabled(o, "batched") && !o.model_path.empty()) {
+    Record(r, "batched", RunBatchedDecodeSection(o, r));
   }
   return r;
 }

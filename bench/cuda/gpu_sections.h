@@ -22,6 +22,8 @@ absl::Status RunProfileSection(CudaLlamaModel& model, const GpuBenchOptions& opt
 absl::Status RunConcurrencySection(const GpuBenchOptions& options, GpuBenchReport& report);
 // The GGUF at options.model_path, then Hugging Face transformers when options.hf_python is set.
 absl::Status RunRealModelSection(const GpuBenchOptions& options, GpuBenchReport& report);
+// Batched decode of the GGUF at options.model_path (its own engine, sized for the batches).
+absl::Status RunBatchedDecodeSection(const GpuBenchOptions& options, GpuBenchReport& report);
 
 }  // namespace xkv
 

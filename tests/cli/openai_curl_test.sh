@@ -9,19 +9,11 @@ xkv=${1:?xkv binary}
 model=${2:?model}
 [[ -f $model ]] || { echo "openai_curl_test: no model at $model (run scripts/fetch-model)"; exit 1; }
 tmp=$(mktemp -d)
-"$xkv" serve --model "$model" --threads 1 --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --admin-insecure-local --http-listen 127.0.0.1:0 2> "$tmp/log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-port=
-for _ in $(seq 600); do  # up to 60 s for the model to load
-  port=$(sed -n 's/.*serving the OpenAI API on port \([0-9]*\).*/\1/p' "$tmp/log")
-  [[ -n $port ]] && break
-  kill -0 $pid 2>/dev/null || break
-  sleep 0.1
-done
-[[ -n $port ]] || { echo "FAIL: xkv serve did not start"; cat "$tmp/log"; exit 1; }
-base=http://127.0.0.1:$port
+trap 'stop_xkv_serve; rm -rf "$tmp"' EXIT
+# shellcheck source=tests/cli/serve_lib.sh
+source "$(dirname "$0")/serve_lib.sh"
+start_xkv_serve "$xkv" "$model" "$tmp"
+base=http://127.0.0.1:$http_port
 fail=0
 check() {  # check NAME EXPECTED_SUBSTRING ACTUAL
   if [[ $3 == *"$2"* ]]; then echo "ok: $1"; else echo "FAIL: $1: want '$2' in: $3"; fail=1; fi
