@@ -13,12 +13,12 @@
 #include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/stage_client.h"
+#include "model/gpu_memory_budget.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
 #include "tools/serve_flags.h"
 #include "tools/serve_loop.h"
-#include "worker/hidden_mailbox.h"
 #include "worker/in_process_stage_link.h"
 #include "worker/stage_engine_factory.h"
 #include "worker/stage_executor.h"
@@ -30,21 +30,31 @@ namespace {
 // In-process stages take the coordinator's steps as they come (no network edge).
 constexpr int64_t kUnboundedStepTokens = std::numeric_limits<int64_t>::max();
 
+// What a stage of this process takes from the command line beyond LoadStage's fields.
+struct LocalStageSettings {
+  std::string device;
+  int num_threads = 1;
+  int64_t max_batched_tokens = 0;
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+  double gpu_memory_share = 1.0;  // 1 / stages on the same GPU
+};
+
 class InProcessStageClient final : public StageClient {
  public:
-  InProcessStageClient(std::shared_ptr<HiddenMailbox> inbox, std::shared_ptr<HiddenMailbox> outbox,
-                       std::string device, int num_threads)
-      : inbox_(std::move(inbox)),
-        outbox_(std::move(outbox)),
-        device_(std::move(device)),
-        num_threads_(num_threads) {}
+  InProcessStageClient(std::shared_ptr<InProcessHandoff> inbox,
+                       std::shared_ptr<InProcessHandoff> outbox, LocalStageSettings settings)
+      : inbox_(std::move(inbox)), outbox_(std::move(outbox)), settings_(std::move(settings)) {}
 
   std::string address() const override { return "in-process"; }
   xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_IN_PROCESS; }
 
   absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
       const xkv::v1::LoadStageRequest& request) override {
-    ASSIGN_OR_RETURN(StageOptions options, StageOptionsFromProto(request, device_, num_threads_));
+    ASSIGN_OR_RETURN(StageOptions options,
+                     StageOptionsFromProto(request, settings_.device, settings_.num_threads));
+    options.max_batched_tokens = settings_.max_batched_tokens;
+    options.gpu_memory_utilization = settings_.gpu_memory_utilization;
+    options.gpu_memory_share = settings_.gpu_memory_share;
     {
       std::lock_guard<std::mutex> lock(mu_);
       stage_.reset();
@@ -120,9 +130,8 @@ class InProcessStageClient final : public StageClient {
     return stage_;
   }
 
-  const std::shared_ptr<HiddenMailbox> inbox_, outbox_;
-  const std::string device_;
-  const int num_threads_;
+  const std::shared_ptr<InProcessHandoff> inbox_, outbox_;
+  const LocalStageSettings settings_;
   std::mutex mu_;
   std::shared_ptr<StageExecutor> stage_;
 };
@@ -134,6 +143,7 @@ int RunServe(int argc, char** argv) {
   int64_t stages = 1;
   int64_t threads = 0;
   std::string device = "cpu";
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
   LifecycleFlags lifecycle;
   FlagSet flags("serve",
                 "Embedded mode: the coordinator and --stages pipeline stages in one process, "
@@ -144,6 +154,9 @@ int RunServe(int argc, char** argv) {
   flags.String("device", &device,
                "device of the stages: cpu, cuda:N (every stage on GPU N) or a comma-separated "
                "list with one device per stage (e.g. cuda:0,cuda:1)");
+  flags.Double("gpu-memory-utilization", &gpu_memory_utilization,
+               "fraction of a GPU's free memory its stages may use, in (0, 1]: weights, step "
+               "scratch, and the KV pool gets the rest (stages on one GPU share it equally)");
   RegisterLifecycleFlags(flags, &lifecycle);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (stages < 1) {
@@ -159,21 +172,40 @@ int RunServe(int argc, char** argv) {
                  static_cast<long long>(stages));
     return 2;
   }
+  bool gpu_stages = false;
   for (const std::string& d : devices) {
-    if (absl::StatusOr<int> ok = ParseStageDevice(d); !ok.ok()) {
+    absl::StatusOr<int> ok = ParseStageDevice(d);
+    if (!ok.ok()) {
       std::fprintf(stderr, "xkv serve: %s\n", std::string(ok.status().message()).c_str());
       return 2;
     }
+    gpu_stages = gpu_stages || *ok >= 0;
   }
-  std::vector<std::shared_ptr<HiddenMailbox>> boxes;
-  for (int64_t s = 0; s + 1 < stages; ++s) boxes.push_back(std::make_shared<HiddenMailbox>());
+  absl::StatusOr<int64_t> max_batched_tokens = MaxBatchedTokensFromFlags(f);
+  absl::Status valid = max_batched_tokens.status();
+  if (valid.ok()) valid = ValidateGpuMemoryUtilization(gpu_memory_utilization);
+  if (!valid.ok()) {
+    std::fprintf(stderr, "xkv serve: %s\n", std::string(valid.message()).c_str());
+    return 2;
+  }
+  std::vector<std::shared_ptr<InProcessHandoff>> boxes;
+  for (int64_t s = 0; s + 1 < stages; ++s) boxes.push_back(std::make_shared<InProcessHandoff>());
   std::vector<std::unique_ptr<StageClient>> clients;
   for (int64_t s = 0; s < stages; ++s) {
+    LocalStageSettings local;
+    local.device = devices[devices.size() == 1 ? 0 : s];
+    local.num_threads = static_cast<int>(threads);
+    local.max_batched_tokens = *max_batched_tokens;
+    local.gpu_memory_utilization = gpu_memory_utilization;
+    int64_t on_device = 0;  // stages of this process on the same device
+    for (int64_t t = 0; t < stages; ++t) {
+      on_device += devices[devices.size() == 1 ? 0 : t] == local.device ? 1 : 0;
+    }
+    local.gpu_memory_share = 1.0 / static_cast<double>(on_device);
     clients.push_back(std::make_unique<InProcessStageClient>(
-        s > 0 ? boxes[s - 1] : nullptr, s + 1 < stages ? boxes[s] : nullptr,
-        devices[devices.size() == 1 ? 0 : s], static_cast<int>(threads)));
+        s > 0 ? boxes[s - 1] : nullptr, s + 1 < stages ? boxes[s] : nullptr, std::move(local)));
   }
-  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f);
+  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f, gpu_stages);
   if (options.ok()) {
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
   }

@@ -26,7 +26,7 @@ struct ServeFlags {
   std::string policy = "xkv";
   double retention = 0.9;
   double budget_fraction = 0;
-  std::string profile = "per_request";
+  std::string profile = "auto";  // one_pass on GPU stages, per_request on CPU ones
   std::string allocator = "global";
   double floor = 0.75;
   int64_t window = 8;
@@ -34,7 +34,8 @@ struct ServeFlags {
   int64_t kv_blocks = 0;
   int64_t max_batch = 16;
   int64_t max_queue = 256;
-  int64_t step_tokens = 512;
+  int64_t max_batched_tokens = 512;
+  int64_t step_tokens = 0;  // the old name of --max-batched-tokens (0: not given)
   int64_t prefill_chunk = 512;
   int64_t default_max_tokens = 256;
   int64_t concurrency = 8;
@@ -54,8 +55,13 @@ struct HttpApiOptions {
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
-// Options from the flags.
-absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f);
+// Options from the flags. gpu_stages: the stages run on GPUs (`--profile auto` is one_pass there).
+absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
+                                                               bool gpu_stages = false);
+// --max-batched-tokens, or its old name --step-tokens (both given and different: an error).
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f);
+// "one_pass" or "per_request" for --profile auto, else --profile.
+std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages);
 // The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).
 absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags& f);
 // The API key from $XKV_API_KEY or --api-key-file (in that order); the limits, the model id.

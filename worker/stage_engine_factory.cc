@@ -1,5 +1,7 @@
 #include "worker/stage_engine_factory.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <string>
 #include <utility>
 
@@ -7,6 +9,7 @@
 #include "base/status_macros.h"
 #include "model/cpu_stage_engine.h"
 #include "model/gguf.h"
+#include "model/gpu_memory_budget.h"
 #include "model/llama_weights.h"
 #include "model/model_config.h"
 #include "worker/nccl_link_config.h"
@@ -33,38 +36,62 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCpu(const StageOptions& o, cons
   return std::unique_ptr<StageEngine>(std::move(engine));
 }
 
+// A GPU pool's transient blocks: one step's in every layer (a mini-prefill writes K/V that it
+// frees at once; a compaction copies into fresh blocks before the old ones are freed).
+int64_t TransientBlocks(int layers, int64_t max_step_tokens) {
+  return int64_t{layers} * ((max_step_tokens + 15) / 16);
+}
+
 #if defined(XKV_WITH_CUDA)
-// The physical pool: every layer's accounting capacity (StageExecutor's BlockPool caps each
-// layer) plus room for one longest transient step in every layer (a mini-prefill writes K/V that
-// it frees at once; a compaction copies into fresh blocks before the old ones are freed).
+// With a capacity asked for (blocks or bytes per layer, or per-layer blocks), the physical pool is
+// that plus the transient blocks; otherwise the engine sizes it from --gpu-memory-utilization.
 absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int device,
                                                       const GgufFile& file,
                                                       const ModelConfig& config) {
   if (o.block_tokens != 16) {
     return absl::InvalidArgumentError("stage: a cuda stage needs block_tokens 16");
   }
+  RETURN_IF_ERROR(ValidateGpuMemoryUtilization(o.gpu_memory_utilization));
   CudaEngineOptions e;
   e.device = device;
   e.layer_begin = o.layer_begin;
   e.layer_end = o.layer_end;
-  // Any batch the coordinator may schedule (its --max-batch, up to 256) and one whole prompt
-  // (a mini-prefill is never split) plus a decode token of every other sequence per step.
+  // Any batch the coordinator may schedule (its --max-batch, up to 256).
   e.max_batch = 256;
   e.max_seq_len = config.context_length > 0 ? config.context_length : 8192;
-  e.max_step_tokens = e.max_seq_len + e.max_batch;
+  e.max_step_tokens = StageMaxBatchedTokens(o, config.context_length);
+  e.gpu_memory_utilization = o.gpu_memory_utilization;
+  e.memory_share = o.gpu_memory_share;
   const int layers = (o.layer_end < 0 ? config.n_layers : o.layer_end) - o.layer_begin;
-  int64_t per_layer = kDefaultBlocksPerLayer, total = 0;
+  int64_t total = 0;
   if (!o.layer_capacity_blocks.empty()) {
     for (int64_t c : o.layer_capacity_blocks) total += c;
-  } else {
-    if (o.kv_capacity_blocks > 0) per_layer = o.kv_capacity_blocks;
-    if (o.kv_capacity_bytes > 0) {
-      per_layer = o.kv_capacity_bytes / (16 * config.KvBytesPerTokenPerLayer(2) * layers);
-    }
-    total = per_layer * layers;
+  } else if (o.kv_capacity_blocks > 0) {
+    total = o.kv_capacity_blocks * layers;
+  } else if (o.kv_capacity_bytes > 0) {
+    total = o.kv_capacity_bytes / (16 * config.KvBytesPerTokenPerLayer(2) * layers) * layers;
   }
-  e.num_kv_blocks = total + int64_t{layers} * ((e.max_step_tokens + 15) / 16);
+  if (total > 0) e.num_kv_blocks = total + TransientBlocks(layers, e.max_step_tokens);
   ASSIGN_OR_RETURN(std::unique_ptr<CudaLlamaModel> engine, CudaLlamaModel::Load(file, e));
+  const GpuMemoryBudget& b = engine->memory_budget();
+  const int64_t block_bytes = 16 * config.KvBytesPerTokenPerLayer(2);
+  const int64_t pool = engine->num_kv_blocks();
+  std::fprintf(
+      stderr,
+      "xkv stage %s layers [%d, %d): KV pool %lld blocks, %s, up to %lld tokens per "
+      "layer over its %d layers; weights %s, step scratch %s for --max-batched-tokens "
+      "%lld; %s\n",
+      engine->device().c_str(), engine->layer_begin(), engine->layer_end(),
+      static_cast<long long>(pool), GiB(pool * block_bytes).c_str(),
+      static_cast<long long>(pool * 16 / layers), layers, GiB(engine->weight_bytes()).c_str(),
+      GiB(engine->scratch_bytes()).c_str(), static_cast<long long>(e.max_step_tokens),
+      engine->kv_pool_blocks() > 0
+          ? absl::StrCat(
+                "--gpu-memory-utilization ", o.gpu_memory_utilization,
+                o.gpu_memory_share < 1 ? absl::StrCat(" x share ", o.gpu_memory_share) : "", " of ",
+                GiB(b.free_bytes), " free")
+                .c_str()
+          : "pool from the stage's KV capacity");
   return std::unique_ptr<StageEngine>(std::move(engine));
 }
 #endif
@@ -94,6 +121,24 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadStageEngine(const StageOptions&
   if (device >= 0) return LoadCuda(options, device, *file, config);
 #endif
   return LoadCpu(options, *file, config);
+}
+
+int64_t StageMaxBatchedTokens(const StageOptions& o, int64_t context_length) {
+  if (o.max_batched_tokens > 0) return o.max_batched_tokens;
+  return (context_length > 0 ? context_length : 8192) + 256;
+}
+
+StageOptions StageOptionsForEngine(const StageOptions& options, const StageEngine& engine) {
+  StageOptions o = options;
+  const int64_t pool = engine.kv_pool_blocks();
+  const bool asked =
+      !o.layer_capacity_blocks.empty() || o.kv_capacity_blocks > 0 || o.kv_capacity_bytes > 0;
+  if (pool <= 0 || asked) return o;
+  const int layers = engine.layer_end() - engine.layer_begin();
+  const int64_t transient =
+      TransientBlocks(layers, StageMaxBatchedTokens(o, engine.config().context_length));
+  o.kv_capacity_blocks = std::max<int64_t>(1, (pool - transient) / layers);
+  return o;
 }
 
 absl::Status CheckStageKvPool(const StageOptions& options) {

@@ -170,6 +170,8 @@ absl::Status WorkerService::DoLoad(const xkv::v1::LoadStageRequest& request,
                                    xkv::v1::LoadStageResponse* response) {
   ASSIGN_OR_RETURN(StageOptions options,
                    StageOptionsFromProto(request, options_.device, options_.num_threads));
+  options.max_batched_tokens = options_.limits.max_step_tokens;
+  options.gpu_memory_utilization = options_.gpu_memory_utilization;
   if (request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
     return absl::UnimplementedError("worker: in-process links exist only inside `xkv serve`");
   }
