@@ -33,12 +33,7 @@ using ::testing::HasSubstr;
 
 constexpr int kDecodeSteps = 40;
 
-std::string ModelPath() {
-  if (const char* env = std::getenv("XKV_MODEL"); env != nullptr && env[0] != '\0') return env;
-  std::string dir = __FILE__;
-  for (int i = 0; i < 3; ++i) dir = dir.substr(0, dir.find_last_of('/'));
-  return dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string ModelPath() { return gpu_test::RealModelPath(); }
 
 #define SKIP_WITHOUT_MODEL()                                 \
   XKV_SKIP_WITHOUT_GPU();                                    \

@@ -37,12 +37,7 @@ using gpu_test::RelDiff;
 constexpr int kGenTokens = 32;
 constexpr double kRelTol = 0.03;  // of the CPU logit range, see the file comment
 
-std::string ModelPath() {
-  if (const char* env = std::getenv("XKV_MODEL"); env != nullptr && env[0] != '\0') return env;
-  std::string dir = __FILE__;  // <repo>/tests/gpu/real_model_test.cc
-  for (int i = 0; i < 3; ++i) dir = dir.substr(0, dir.find_last_of('/'));
-  return dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string ModelPath() { return gpu_test::RealModelPath(); }
 
 bool FileExists(const std::string& path) {
   struct stat st;
