@@ -29,7 +29,7 @@ std::string GiB(int64_t bytes) {
 
 int64_t MaxBatchedTokens(const GpuMemoryBudget& b, double min_kv_blocks_per_token) {
   const double left =
-      static_cast<double>(b.budget_bytes() - b.weight_bytes - b.scratch_fixed_bytes);
+      static_cast<double>(b.budget_bytes() - b.weight_bytes - b.scratch_fixed_bytes - b.pool_bytes);
   const double per_token = static_cast<double>(b.scratch_per_token_bytes) +
                            min_kv_blocks_per_token * static_cast<double>(b.block_bytes);
   if (left <= 0 || per_token <= 0) return 0;
@@ -48,7 +48,8 @@ absl::Status CheckMaxBatchedTokens(const GpuMemoryBudget& b, int64_t max_batched
                    GiB(static_cast<int64_t>(scratch)), " of step scratch asked; budget ",
                    GiB(b.budget_bytes()), " = --gpu-memory-utilization ", b.utilization,
                    b.share < 1.0 ? absl::StrCat(" x share ", b.share) : "", " of ",
-                   GiB(b.free_bytes), " free, weights ", GiB(b.weight_bytes), ")"));
+                   GiB(b.free_bytes), " free, weights ", GiB(b.weight_bytes),
+                   b.pool_bytes > 0 ? absl::StrCat(", KV pool ", GiB(b.pool_bytes)) : "", ")"));
 }
 
 absl::StatusOr<int64_t> KvPoolBlocks(const GpuMemoryBudget& b, int64_t used_bytes) {

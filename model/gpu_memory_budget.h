@@ -31,6 +31,7 @@ struct GpuMemoryBudget {
   // Step scratch: fixed + per_token x max_batched_tokens bytes.
   int64_t scratch_fixed_bytes = 0;
   int64_t scratch_per_token_bytes = 0;
+  int64_t pool_bytes = 0;     // a KV pool of fixed size (a capacity was asked for), else 0
   int64_t block_bytes = 0;    // one block of the shared KV pool (K and V)
   int64_t min_kv_blocks = 0;  // the pool must hold at least this many (one step's blocks)
 
@@ -41,8 +42,8 @@ struct GpuMemoryBudget {
 // INVALID_ARGUMENT naming the value unless utilization and share are in (0, 1].
 absl::Status ValidateGpuMemoryUtilization(double utilization);
 
-// The largest --max-batched-tokens whose scratch fits next to the weights and a pool of
-// min_kv_blocks_per_token x tokens blocks (0 when not even one token fits).
+// The largest --max-batched-tokens whose scratch fits next to the weights, pool_bytes and a pool
+// of min_kv_blocks_per_token x tokens blocks (0 when not even one token fits).
 int64_t MaxBatchedTokens(const GpuMemoryBudget& b, double min_kv_blocks_per_token);
 
 // RESOURCE_EXHAUSTED, one line naming the value, the limit and the memory figures, when the

@@ -76,22 +76,22 @@ absl::StatusOr<std::unique_ptr<StageEngine>> LoadCuda(const StageOptions& o, int
   const GpuMemoryBudget& b = engine->memory_budget();
   const int64_t block_bytes = 16 * config.KvBytesPerTokenPerLayer(2);
   const int64_t pool = engine->num_kv_blocks();
-  std::fprintf(
-      stderr,
-      "xkv stage %s layers [%d, %d): KV pool %lld blocks, %s, up to %lld tokens per "
-      "layer over its %d layers; weights %s, step scratch %s for --max-batched-tokens "
-      "%lld; %s\n",
-      engine->device().c_str(), engine->layer_begin(), engine->layer_end(),
-      static_cast<long long>(pool), GiB(pool * block_bytes).c_str(),
-      static_cast<long long>(pool * 16 / layers), layers, GiB(engine->weight_bytes()).c_str(),
-      GiB(engine->scratch_bytes()).c_str(), static_cast<long long>(e.max_step_tokens),
+  const std::string from =
       engine->kv_pool_blocks() > 0
           ? absl::StrCat(
                 "--gpu-memory-utilization ", o.gpu_memory_utilization,
                 o.gpu_memory_share < 1 ? absl::StrCat(" x share ", o.gpu_memory_share) : "", " of ",
                 GiB(b.free_bytes), " free")
-                .c_str()
-          : "pool from the stage's KV capacity");
+          : "sized by the stage's KV capacity";
+  std::fprintf(stderr,
+               "xkv stage %s layers [%d, %d): KV pool %lld blocks, %s, %lld tokens per layer if "
+               "spread evenly over its %d layers (%s); weights %s, step scratch %s for "
+               "--max-batched-tokens %lld\n",
+               engine->device().c_str(), engine->layer_begin(), engine->layer_end(),
+               static_cast<long long>(pool), GiB(pool * block_bytes).c_str(),
+               static_cast<long long>(pool * 16 / layers), layers, from.c_str(),
+               GiB(engine->weight_bytes()).c_str(), GiB(engine->scratch_bytes()).c_str(),
+               static_cast<long long>(e.max_step_tokens));
   return std::unique_ptr<StageEngine>(std::move(engine));
 }
 #endif

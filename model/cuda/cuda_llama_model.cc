@@ -217,15 +217,18 @@ int64_t CudaLlamaModel::StepScratchBytes(int64_t max_n) const {
 
 absl::Status CudaLlamaModel::CheckScratchFits() {
   scratch_bytes_ = StepScratchBytes(options_.max_step_tokens);
-  if (options_.gpu_memory_utilization <= 0 || options_.num_kv_blocks > 0) return absl::OkStatus();
+  if (options_.gpu_memory_utilization <= 0) return absl::OkStatus();
   const int64_t L = layer_end_ - layer_begin_;
   budget_.weight_bytes = weight_bytes_;
   budget_.scratch_fixed_bytes = StepScratchBytes(0);
   budget_.scratch_per_token_bytes = StepScratchBytes(1) - budget_.scratch_fixed_bytes;
   budget_.block_bytes = 2 * int64_t{config_.n_kv_heads} * kBlock * config_.head_dim * 2;
-  // The pool must hold at least one step's new slots in every layer.
-  budget_.min_kv_blocks = L * CeilDiv(options_.max_step_tokens, kBlock);
-  return CheckMaxBatchedTokens(budget_, options_.max_step_tokens, static_cast<double>(L) / kBlock);
+  budget_.pool_bytes = options_.num_kv_blocks * budget_.block_bytes;
+  // A pool sized from memory must hold at least one step's new slots in every layer.
+  const bool sized = options_.num_kv_blocks == 0;
+  budget_.min_kv_blocks = sized ? L * CeilDiv(options_.max_step_tokens, kBlock) : 0;
+  return CheckMaxBatchedTokens(budget_, options_.max_step_tokens,
+                               sized ? static_cast<double>(L) / kBlock : 0.0);
 }
 
 // ---- host-facing embedding and head ----------------------------------------------------------

@@ -54,6 +54,11 @@ TEST(GpuMemoryBudget, MaxBatchedTokensIsWhatTheScratchLeaves) {
   EXPECT_THAT(over.message(), HasSubstr("--gpu-memory-utilization 0.5"));
   EXPECT_EQ(std::string(over.message()).find('\n'), std::string::npos);
   EXPECT_FALSE(CheckMaxBatchedTokens(b, 0, 2.0).ok());
+  GpuMemoryBudget fixed_pool = b;  // a pool of 10 GiB asked for: 10 GiB less room
+  fixed_pool.pool_bytes = 10 * kGiB;
+  EXPECT_EQ(MaxBatchedTokens(fixed_pool, 0.0), (27 * kGiB) / (1 << 20));
+  EXPECT_THAT(CheckMaxBatchedTokens(fixed_pool, 1 << 20, 0.0).message(),
+              HasSubstr("KV pool 10.00 GiB"));
   GpuMemoryBudget tiny = b;
   tiny.free_bytes = kGiB;  // not even the weights fit
   EXPECT_EQ(MaxBatchedTokens(tiny, 2.0), 0);
