@@ -329,6 +329,8 @@ absl::StatusOr<NcclStageLink::Delivery> NcclStageLink::Take(uint64_t step_id, ab
     out.error = absl::Status(static_cast<absl::StatusCode>(h.status_code),
                              absl::StrCat("stage ", prev, ": ", h.message));
   } else if (h.n_elems > 0) {
+    // Rows sent from the host (no width) are received as host rows, whatever was asked.
+    if (keep == Keep::kDevice && h.width == 0) keep = Keep::kHost;
     RETURN_IF_ERROR(
         RecvRows(h.n_elems, h.dtype == 1 ? RowDtype::kBf16 : RowDtype::kF32, keep, deadline, &out));
     out.width = h.width;
@@ -399,12 +401,13 @@ absl::StatusOr<StageRows> NcclStageLink::ReceiveRows(uint64_t step_id, absl::Tim
   if (!got.ok()) return Break(got.status());
   if (!got->error.ok()) return got->error;
   StageRows out;
-  if (got->n_elems > 0) {
+  out.host = std::move(got->rows);
+  if (got->n_elems > 0 && got->width > 0) {
     DeviceRows rows;
     rows.data = std::shared_ptr<void>(device_->payload, [](void*) {});  // borrowed
     rows.device = device_->ordinal;
     rows.dtype = got->dtype;
-    rows.width = got->width > 0 ? got->width : got->n_elems;  // the receiver checks the shape
+    rows.width = got->width;  // the receiver checks the shape
     rows.rows = got->n_elems / rows.width;
     out.device = rows;
   }
