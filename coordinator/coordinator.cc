@@ -316,7 +316,10 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   }
   switch (seq.kv.profile.kind) {
     case ProfileModeKind::kPerRequest:
-      seq.needs_profile_pass = true;
+      // A scores-only pass keeps no KV, so it cannot be split into chunks: a prompt longer than
+      // one step (--max-batched-tokens) is profiled one_pass-style instead, by its chunked
+      // prefill whose final chunk observes the window (architecture.md §3.5).
+      seq.needs_profile_pass = T <= options_.scheduler.step_token_budget;
       return absl::OkStatus();
     case ProfileModeKind::kOnePass:
       return absl::OkStatus();

@@ -7,6 +7,7 @@
 #include "base/status_macros.h"
 #include "worker/in_process_stage_link.h"
 #include "worker/stage_calls.h"
+#include "worker/stage_engine_factory.h"
 #include "worker/worker_convert.h"
 
 namespace xkv {
@@ -17,15 +18,15 @@ constexpr int64_t kUnboundedStepTokens = std::numeric_limits<int64_t>::max();
 
 }  // namespace
 
-InProcessStageClient::InProcessStageClient(std::shared_ptr<HiddenMailbox> inbox,
-                                           std::shared_ptr<HiddenMailbox> outbox,
-                                           std::string device, int num_threads,
-                                           std::optional<Numerics> numerics)
+InProcessStageClient::InProcessStageClient(std::shared_ptr<InProcessHandoff> inbox,
+                                           std::shared_ptr<InProcessHandoff> outbox,
+                                           std::string device, InProcessStageSettings settings,
+                                           double gpu_memory_share)
     : inbox_(std::move(inbox)),
       outbox_(std::move(outbox)),
       device_(std::move(device)),
-      num_threads_(num_threads),
-      numerics_(numerics) {}
+      settings_(std::move(settings)),
+      gpu_memory_share_(gpu_memory_share) {}
 
 absl::StatusOr<std::shared_ptr<StageExecutor>> InProcessStageClient::Loaded() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -35,8 +36,12 @@ absl::StatusOr<std::shared_ptr<StageExecutor>> InProcessStageClient::Loaded() {
 
 absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
     const xkv::v1::LoadStageRequest& request) {
-  ASSIGN_OR_RETURN(StageOptions options, StageOptionsFromProto(request, device_, num_threads_));
-  if (numerics_.has_value()) options.numerics = *numerics_;
+  ASSIGN_OR_RETURN(StageOptions options,
+                   StageOptionsFromProto(request, device_, settings_.num_threads));
+  if (settings_.numerics.has_value()) options.numerics = *settings_.numerics;
+  options.max_batched_tokens = settings_.max_batched_tokens;
+  options.gpu_memory_utilization = settings_.gpu_memory_utilization;
+  options.gpu_memory_share = gpu_memory_share_;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stage_.reset();
@@ -87,8 +92,8 @@ absl::StatusOr<xkv::v1::StatusResponse> InProcessStageClient::Status() {
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> MakeInProcessStages(
-    int num_stages, const std::vector<std::string>& devices, int num_threads,
-    std::optional<Numerics> numerics) {
+    int num_stages, const std::vector<std::string>& devices,
+    const InProcessStageSettings& settings) {
   if (num_stages < 1) {
     return absl::InvalidArgumentError(absl::StrCat("stages must be >= 1 (got ", num_stages, ")"));
   }
@@ -97,13 +102,17 @@ absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> MakeInProcessStages(
                                                    " devices for ", num_stages,
                                                    " stages (give one device, or one per stage)"));
   }
-  std::vector<std::shared_ptr<HiddenMailbox>> boxes;
-  for (int s = 0; s + 1 < num_stages; ++s) boxes.push_back(std::make_shared<HiddenMailbox>());
+  for (const std::string& d : devices) RETURN_IF_ERROR(ParseStageDevice(d).status());
+  auto device_of = [&](int s) { return devices[devices.size() == 1 ? 0 : s]; };
+  std::vector<std::shared_ptr<InProcessHandoff>> boxes;
+  for (int s = 0; s + 1 < num_stages; ++s) boxes.push_back(std::make_shared<InProcessHandoff>());
   std::vector<std::unique_ptr<StageClient>> clients;
   for (int s = 0; s < num_stages; ++s) {
+    int on_device = 0;  // stages of this process on the same device
+    for (int t = 0; t < num_stages; ++t) on_device += device_of(t) == device_of(s) ? 1 : 0;
     clients.push_back(std::make_unique<InProcessStageClient>(
-        s > 0 ? boxes[s - 1] : nullptr, s + 1 < num_stages ? boxes[s] : nullptr,
-        devices[devices.size() == 1 ? 0 : s], num_threads, numerics));
+        s > 0 ? boxes[s - 1] : nullptr, s + 1 < num_stages ? boxes[s] : nullptr, device_of(s),
+        settings, 1.0 / on_device));
   }
   return clients;
 }

@@ -13,20 +13,29 @@
 #include <vector>
 
 #include "coordinator/stage_client.h"
+#include "model/gpu_memory_budget.h"
 #include "model/llama_model.h"
-#include "worker/hidden_mailbox.h"
+#include "worker/in_process_stage_link.h"
 #include "worker/stage_executor.h"
 
 namespace xkv {
 
+// What a stage of this process takes beyond LoadStage's fields (flags of `xkv serve` / generate).
+struct InProcessStageSettings {
+  int num_threads = 1;               // CPU threads of the stage
+  std::optional<Numerics> numerics;  // the CPU engine's arithmetic; unset: kGgml (the contract's)
+  int64_t max_batched_tokens = 0;    // a GPU stage's step scratch; 0: the engine's default
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+};
+
 class InProcessStageClient final : public StageClient {
  public:
-  // inbox: rows from the previous stage (null for the first); outbox: the next stage's inbox
-  // (null for the last). device: "cpu" or "cuda:N"; num_threads: CPU threads of the stage;
-  // numerics: the CPU engine's arithmetic (unset: the worker contract's default, kGgml).
-  InProcessStageClient(std::shared_ptr<HiddenMailbox> inbox, std::shared_ptr<HiddenMailbox> outbox,
-                       std::string device, int num_threads,
-                       std::optional<Numerics> numerics = std::nullopt);
+  // inbox: the boundary with the previous stage (null for the first); outbox: with the next
+  // (null for the last). device: "cpu" or "cuda:N"; gpu_memory_share: this stage's part of its
+  // device's memory (1 / the stages of this process on it).
+  InProcessStageClient(std::shared_ptr<InProcessHandoff> inbox,
+                       std::shared_ptr<InProcessHandoff> outbox, std::string device,
+                       InProcessStageSettings settings, double gpu_memory_share = 1.0);
 
   std::string address() const override { return "in-process"; }
   xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_IN_PROCESS; }
@@ -40,20 +49,20 @@ class InProcessStageClient final : public StageClient {
  private:
   absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded();
 
-  const std::shared_ptr<HiddenMailbox> inbox_, outbox_;
+  const std::shared_ptr<InProcessHandoff> inbox_, outbox_;
   const std::string device_;
-  const int num_threads_;
-  const std::optional<Numerics> numerics_;
+  const InProcessStageSettings settings_;
+  const double gpu_memory_share_;
   std::mutex mu_;
   std::shared_ptr<StageExecutor> stage_;  // guarded by mu_
 };
 
-// A chain of in-process stages, stage s on devices[s] (one device: all on it), each with
-// num_threads CPU threads, linked by mailboxes. INVALID_ARGUMENT for no stage or a device count
-// that is neither 1 nor the number of stages.
+// A chain of in-process stages, stage s on devices[s] (one device: all on it), linked by
+// in-process hand-offs; stages sharing a GPU split its memory equally. INVALID_ARGUMENT for no
+// stage, a device count that is neither 1 nor the number of stages, or a bad device name.
 absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> MakeInProcessStages(
-    int num_stages, const std::vector<std::string>& devices, int num_threads,
-    std::optional<Numerics> numerics = std::nullopt);
+    int num_stages, const std::vector<std::string>& devices,
+    const InProcessStageSettings& settings);
 
 }  // namespace xkv
 

@@ -34,4 +34,31 @@ absl::StatusOr<std::vector<float>> StageEngine::LogitsResident(absl::Span<const 
   return Logits(resident_, rows);
 }
 
+absl::Status StageEngine::LoadResident(std::vector<float> rows) {
+  if (rows.size() % config().hidden != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage engine: ", rows.size(), " hidden floats, not rows of ", config().hidden));
+  }
+  resident_ = std::move(rows);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Span<const float>> StageEngine::ResidentHost() {
+  return absl::Span<const float>(resident_);
+}
+
+absl::StatusOr<DeviceRows> StageEngine::ExportResident(RowDtype) {
+  return absl::UnimplementedError(absl::StrCat("stage engine on ", device(), ": no device rows"));
+}
+
+absl::Status StageEngine::LoadResidentDevice(const DeviceRows&) {
+  return absl::UnimplementedError(
+      absl::StrCat("stage engine on ", device(), ": cannot take device rows"));
+}
+
+absl::StatusOr<SampledRows> StageEngine::SampleResident(absl::Span<const RowSampling>) {
+  return absl::UnimplementedError(
+      absl::StrCat("stage engine on ", device(), ": no device sampling"));
+}
+
 }  // namespace xkv

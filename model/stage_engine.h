@@ -3,9 +3,13 @@
 // block accounting, sampling); CpuStageEngine (model/cpu_stage_engine.h) and CudaLlamaModel
 // (model/cuda/cuda_llama_model.h) implement it.
 //
-// Hidden rows cross this interface as host fp32 [tokens, hidden] (what StageLink carries), except
-// on the resident path: a stage that is both first and last runs EmbedResident → RunLayersResident
-// → LogitsResident and the rows stay where the engine computes (device memory on a GPU).
+// Hidden rows cross this interface as host fp32 [tokens, hidden], or stay inside the engine on the
+// resident path (what StageExecutor uses): the step's rows enter with EmbedResident (first
+// stage), LoadResident (host rows from the previous stage) or LoadResidentDevice (device rows
+// from a previous stage on a GPU), RunLayersResident runs the layers in place, and they leave
+// with ResidentHost (host fp32 for a host link), ExportResident (device rows for a device link)
+// or, on the last stage, LogitsResident / SampleResident. On a GPU the rows stay in device memory
+// from the embedding to the sampled token ids (architecture.md §1).
 // Sequences are named by the caller's ids; a sequence exists from its first RunLayers until
 // ReleaseSequence. Layers of one sequence may hold different numbers of tokens (XKV eviction).
 // Not thread-safe: the caller serialises every call.
@@ -16,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -25,8 +30,40 @@
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/model_config.h"
+#include "model/sampler.h"
 
 namespace xkv {
+
+// Element type of device-resident rows handed between stages.
+enum class RowDtype { kF32, kBf16 };
+
+// Hidden rows [rows, width] in a device's memory, handed from one GPU stage to the next without
+// host staging. `data` owns (or borrows, with a no-op deleter) the buffer; the producer has
+// finished writing it when the handle is passed on (its stream synchronised). Opaque here: the
+// CUDA engine and the NCCL link allocate and read it.
+struct DeviceRows {
+  std::shared_ptr<void> data;
+  int device = -1;  // CUDA ordinal
+  int64_t rows = 0, width = 0;
+  RowDtype dtype = RowDtype::kF32;
+  int64_t bytes() const { return rows * width * (dtype == RowDtype::kF32 ? 4 : 2); }
+};
+
+// How the last stage turns one row of the step into a token on the device (SampleResident).
+struct RowSampling {
+  int64_t row = 0;           // row of the step's hidden rows
+  bool sample = true;        // false: no token (logits only)
+  bool want_logits = false;  // copy this row's raw fp32 logits to the host
+  SamplingParams params;     // logprobs ignored (the host path reports them)
+  uint64_t draws = 0;        // tokens this sequence sampled before (the RNG's offset)
+  // Presence/frequency penalties already summed per token: logit[id] -= delta.
+  std::vector<std::pair<int32_t, float>> penalties;
+};
+
+struct SampledRows {
+  std::vector<int32_t> tokens;  // [rows]: the token, -1 where sample was false
+  std::vector<float> logits;    // fp32 [rows with want_logits, vocab], in row order
+};
 
 // One sequence's part of a step: n_new consecutive hidden rows after the previous sequences'.
 struct EngineSequenceStep {
@@ -66,6 +103,9 @@ class StageEngine {
   // Bytes of K and V per cached token of one layer (fp32 on the CPU, bf16 on a GPU).
   virtual int64_t kv_bytes_per_token() const = 0;
   virtual std::string device() const = 0;  // "cpu", "cuda:0", ...
+  // Blocks of a physical KV pool the engine sized itself (from the device's memory), shared by
+  // all its layers; 0: none (the caller's capacities rule).
+  virtual int64_t kv_pool_blocks() const { return 0; }
 
   virtual bool HasSequence(uint64_t id) const = 0;
   // Tokens held by the sequence in a layer; -1 for an unknown sequence or layer.
@@ -100,6 +140,22 @@ class StageEngine {
                                          const ImportanceOptions& importance,
                                          std::vector<EngineObservation>* observations);
   virtual absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows);
+  // Host fp32 rows [rows, hidden] become the resident rows (a stage after the first).
+  virtual absl::Status LoadResident(std::vector<float> rows);
+  // The resident rows as host fp32 [rows, hidden] (valid until the next call on the engine).
+  virtual absl::StatusOr<absl::Span<const float>> ResidentHost();
+
+  // ---- device-resident hand-offs and sampling (engines whose rows live on a device) -----------
+  // True when ExportResident / LoadResidentDevice / SampleResident work (the CUDA engine).
+  virtual bool device_resident() const { return false; }
+  // A copy of the resident rows in a fresh device buffer of `dtype` (the producer's stream is
+  // synchronised before it returns).
+  virtual absl::StatusOr<DeviceRows> ExportResident(RowDtype dtype);
+  // Device rows (any device, fp32 or bf16) become the resident rows (fp32).
+  virtual absl::Status LoadResidentDevice(const DeviceRows& rows);
+  // Final norm, lm_head, penalties and sampling of the given resident rows on the device; only
+  // the token ids (and the asked-for logits) come back.
+  virtual absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows);
 
  private:
   std::vector<float> resident_;  // the defaults' rows

@@ -99,7 +99,7 @@ int RunCoordinator(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<CoordinatorOptions> options =
-      CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()));
+      CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()), /*gpu_stages=*/false);
   if (options.ok()) {
     options->link_timeout = absl::Seconds(stage_timeout_s);
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;

@@ -152,13 +152,13 @@ GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
 
 // The embedded service: one in-process stage on --device, one request at a time.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f) {
-  std::optional<Numerics> numerics;
-  if (f.numerics == "exact") numerics = Numerics::kExact;
-  if (f.numerics == "bf16") numerics = Numerics::kBf16;
-  const int threads = static_cast<int>(
+  InProcessStageSettings settings;
+  if (f.numerics == "exact") settings.numerics = Numerics::kExact;
+  if (f.numerics == "bf16") settings.numerics = Numerics::kBf16;
+  settings.num_threads = static_cast<int>(
       f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency()));
   ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> stages,
-                   MakeInProcessStages(1, {f.device}, threads, numerics));
+                   MakeInProcessStages(1, {f.device}, settings));
   CoordinatorOptions o;
   o.model_path = f.model;
   o.kv = CliDefaultKv();

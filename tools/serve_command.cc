@@ -1,6 +1,7 @@
 // `xkv serve`: embedded mode — the coordinator and N pipeline stages in one process. The stages
 // are StageExecutors on in-process links; the coordinator reaches them through
 // InProcessStageClient (embedded/) by direct calls (the same Worker messages as over gRPC).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator.h"
 #include "embedded/in_process_stage_client.h"
+#include "model/gpu_memory_budget.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
@@ -24,6 +26,7 @@ int RunServe(int argc, char** argv) {
   int64_t stages = 1;
   int64_t threads = 0;
   std::string device = "cpu";
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
   LifecycleFlags lifecycle;
   FlagSet flags("serve",
                 "Embedded mode: the coordinator and --stages pipeline stages in one process, "
@@ -34,6 +37,9 @@ int RunServe(int argc, char** argv) {
   flags.String("device", &device,
                "device of the stages: cpu, cuda:N (every stage on GPU N) or a comma-separated "
                "list with one device per stage (e.g. cuda:0,cuda:1)");
+  flags.Double("gpu-memory-utilization", &gpu_memory_utilization,
+               "fraction of a GPU's free memory its stages may use, in (0, 1]: weights, step "
+               "scratch, and the KV pool gets the rest (stages on one GPU share it equally)");
   RegisterLifecycleFlags(flags, &lifecycle);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (stages < 1) {
@@ -44,19 +50,38 @@ int RunServe(int argc, char** argv) {
     threads = std::max<int64_t>(1, std::thread::hardware_concurrency() / stages);
   }
   std::vector<std::string> devices = absl::StrSplit(device, ',');
+  if (devices.size() != 1 && static_cast<int64_t>(devices.size()) != stages) {
+    std::fprintf(stderr, "xkv serve: --device lists %zu devices for %lld stages\n", devices.size(),
+                 static_cast<long long>(stages));
+    return 2;
+  }
+  bool gpu_stages = false;
   for (const std::string& d : devices) {
-    if (absl::StatusOr<int> ok = ParseStageDevice(d); !ok.ok()) {
+    absl::StatusOr<int> ok = ParseStageDevice(d);
+    if (!ok.ok()) {
       std::fprintf(stderr, "xkv serve: %s\n", std::string(ok.status().message()).c_str());
       return 2;
     }
+    gpu_stages = gpu_stages || *ok >= 0;
   }
+  absl::StatusOr<int64_t> max_batched_tokens = MaxBatchedTokensFromFlags(f);
+  absl::Status valid = max_batched_tokens.status();
+  if (valid.ok()) valid = ValidateGpuMemoryUtilization(gpu_memory_utilization);
+  if (!valid.ok()) {
+    std::fprintf(stderr, "xkv serve: %s\n", std::string(valid.message()).c_str());
+    return 2;
+  }
+  InProcessStageSettings settings;
+  settings.num_threads = static_cast<int>(threads);
+  settings.max_batched_tokens = *max_batched_tokens;
+  settings.gpu_memory_utilization = gpu_memory_utilization;
   absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> clients =
-      MakeInProcessStages(static_cast<int>(stages), devices, static_cast<int>(threads));
+      MakeInProcessStages(static_cast<int>(stages), devices, settings);
   if (!clients.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(clients.status().message()).c_str());
     return 2;
   }
-  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f, stages);
+  absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f, stages, gpu_stages);
   if (options.ok()) {
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
   }
@@ -65,7 +90,7 @@ int RunServe(int argc, char** argv) {
     return 2;
   }
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      Coordinator::Start(*options, *std::move(clients));
+      Coordinator::Start(*options, std::move(*clients));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(coordinator.status().message()).c_str());
     return 1;

@@ -46,7 +46,10 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Double("retention", &f->retention, "default xkv average-retention target in (0, 1]");
   flags.Double("budget-fraction", &f->budget_fraction,
                "default kept fraction of the prompt prefix in (0, 1] (instead of --retention)");
-  flags.String("profile", &f->profile, "xkv profile mode: per_request|one_pass|sampled:<rho>");
+  flags.String("profile", &f->profile,
+               "xkv profile mode: per_request|one_pass|sampled:<rho>|auto (auto: one_pass on GPU "
+               "stages, per_request on CPU ones; a per_request prompt longer than "
+               "--max-batched-tokens is profiled one_pass, in chunks)");
   flags.String("allocator", &f->allocator, "default xkv allocator: global|paper");
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
@@ -61,11 +64,15 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                "recompute when full) | guaranteed_no_evict (reserve prompt + max_tokens)");
   flags.Int("max-batch", &f->max_batch, "running sequences per step");
   flags.Int("max-queue", &f->max_queue, "waiting requests before RESOURCE_EXHAUSTED");
-  flags.Int("step-tokens", &f->step_tokens, "token budget of one step (decode + prefill)");
+  flags.Int("max-batched-tokens", &f->max_batched_tokens,
+            "tokens of one step, all sequences together (decodes + prefill chunks + profile "
+            "passes); sizes a GPU stage's step scratch, and a value above what the device holds "
+            "stops the start");
+  flags.Int("step-tokens", &f->step_tokens, "old name of --max-batched-tokens");
   flags.Int("prefill-chunk", &f->prefill_chunk, "max prompt tokens of one sequence per step");
   flags.Int("micro-batches", &f->micro_batches,
             "steps in flight through the pipeline at once, each over its own sequences, in [1, 64]"
-            " (0: one per stage; 1: one step at a time)");
+            " (0: one per stage on GPUs, one at a time on CPUs)");
   flags.Int("default-max-tokens", &f->default_max_tokens, "max_tokens when a request sends 0");
   flags.Int("concurrency", &f->concurrency, "expected concurrent sequences (stage planning)");
   flags.Bool("auto-replan", &f->auto_replan, "re-plan stages when the profile shifts");
@@ -85,10 +92,35 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             "HTTP generation requests in flight (streams included); more get 429");
 }
 
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f) {
+  int64_t n = f.max_batched_tokens;
+  if (f.step_tokens != 0) {
+    if (f.max_batched_tokens != ServeFlags().max_batched_tokens &&
+        f.max_batched_tokens != f.step_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--step-tokens ", f.step_tokens, " and --max-batched-tokens ", f.max_batched_tokens,
+          " disagree: give --max-batched-tokens only (--step-tokens is its old name)"));
+    }
+    n = f.step_tokens;
+  }
+  if (n < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-batched-tokens must be >= 1, got ", n));
+  }
+  return n;
+}
+
+std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages) {
+  if (f.profile != "auto") return f.profile;
+  return gpu_stages ? "one_pass" : "per_request";
+}
+
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
-                                                               int64_t num_stages) {
+                                                               int64_t num_stages,
+                                                               bool gpu_stages) {
   CoordinatorOptions o;
-  const int64_t micro_batches = f.micro_batches == 0 ? num_stages : f.micro_batches;
+  const int64_t micro_batches = f.micro_batches != 0 ? f.micro_batches
+                                : gpu_stages         ? num_stages
+                                                     : 1;
   if (micro_batches < 1 || micro_batches > kMaxMicroBatches) {
     return absl::InvalidArgumentError(absl::StrCat("--micro-batches ", f.micro_batches,
                                                    " is outside [1, ", kMaxMicroBatches,
@@ -102,7 +134,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.chat_template = f.chat_template;
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
-  ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(f.profile));
+  ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
   if (f.budget_fraction > 0) {
@@ -122,7 +154,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.scheduler.kv_admission = *admission;
   o.scheduler.max_running = f.max_batch;
   o.scheduler.max_queue = f.max_queue;
-  o.scheduler.step_token_budget = f.step_tokens;
+  ASSIGN_OR_RETURN(o.scheduler.step_token_budget, MaxBatchedTokensFromFlags(f));
   o.scheduler.prefill_chunk = f.prefill_chunk;
   o.default_max_tokens = f.default_max_tokens;
   o.planner.concurrency = f.concurrency;

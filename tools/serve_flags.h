@@ -26,7 +26,7 @@ struct ServeFlags {
   std::string policy = "xkv";
   double retention = 0.9;
   double budget_fraction = 0;
-  std::string profile = "per_request";
+  std::string profile = "auto";  // one_pass on GPU stages, per_request on CPU ones
   std::string allocator = "global";
   double floor = 0.75;
   int64_t window = 8;
@@ -35,7 +35,8 @@ struct ServeFlags {
   std::string kv_admission = "max_utilization";
   int64_t max_batch = 16;
   int64_t max_queue = 256;
-  int64_t step_tokens = 512;
+  int64_t max_batched_tokens = 512;
+  int64_t step_tokens = 0;  // the old name of --max-batched-tokens (0: not given)
   int64_t prefill_chunk = 512;
   int64_t micro_batches = 0;  // 0: one per pipeline stage
   int64_t default_max_tokens = 256;
@@ -56,9 +57,15 @@ struct HttpApiOptions {
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
-// Options from the flags. num_stages: the pipeline's stages (the default of --micro-batches).
+// Options from the flags. num_stages: the pipeline's stages; gpu_stages: they run on GPUs. On GPUs
+// `--profile auto` is one_pass and --micro-batches 0 means one per stage; on CPUs per_request and
+// one step at a time (a CPU stage's threads gain nothing from a second step in flight).
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
-                                                               int64_t num_stages);
+                                                               int64_t num_stages, bool gpu_stages);
+// --max-batched-tokens, or its old name --step-tokens (both given and different: an error).
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f);
+// "one_pass" or "per_request" for --profile auto, else --profile.
+std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages);
 // The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).
 absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags& f);
 // The API key from $XKV_API_KEY or --api-key-file (in that order); the limits, the model id.

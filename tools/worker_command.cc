@@ -101,12 +101,20 @@ int RunWorker(int argc, char** argv) {
                "cannot present a client certificate; empty: off)");
   flags.String("model-dir", &limits.model_dir,
                "folder of the GGUF models: LoadStage's model_path must name a file inside it");
-  flags.Int("max-step-tokens", &limits.max_step_tokens,
-            "most tokens (hidden rows) one step may carry; at least the coordinator's "
-            "--step-tokens and its longest prompt (a profile pass)");
-  flags.Int("max-message-mb", &max_message_mb,
-            "gRPC receive limit in MiB; must hold one step, --max-step-tokens x hidden x 4 bytes "
-            "(0: sized for a hidden size of 8192)");
+  int64_t old_max_step_tokens = 0;
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+  flags.Int("max-batched-tokens", &limits.max_step_tokens,
+            "most tokens (hidden rows) one step may carry, at least the coordinator's "
+            "--max-batched-tokens; sizes a GPU stage's step scratch (a value above what the "
+            "device holds fails LoadStage with the limit)");
+  flags.Int("max-step-tokens", &old_max_step_tokens, "old name of --max-batched-tokens");
+  flags.Double("gpu-memory-utilization", &gpu_memory_utilization,
+               "fraction of the GPU's free memory a CUDA stage may use, in (0, 1]: weights, step "
+               "scratch, and the KV pool gets the rest");
+  flags.Int(
+      "max-message-mb", &max_message_mb,
+      "gRPC receive limit in MiB; must hold one step, --max-batched-tokens x hidden x 4 bytes "
+      "(0: sized for a hidden size of 8192)");
   flags.Int("max-kv-bytes", &limits.max_kv_bytes,
             "bound on a stage's KV pool in bytes (0: for a CPU stage this host's memory or its "
             "cgroup limit; a CUDA stage's engine sizes its pool against the device)");
@@ -117,10 +125,22 @@ int RunWorker(int argc, char** argv) {
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (absl::StatusOr<int> d = ParseStageDevice(device); !d.ok()) return Fail(d.status());
   if (threads < 1) return Fail(absl::InvalidArgumentError("--threads must be >= 1"));
+  if (old_max_step_tokens != 0) {
+    if (flags.WasSet("max-batched-tokens") && old_max_step_tokens != limits.max_step_tokens) {
+      return Fail(absl::InvalidArgumentError(
+          "--max-step-tokens and --max-batched-tokens disagree: give --max-batched-tokens only "
+          "(--max-step-tokens is its old name)"));
+    }
+    limits.max_step_tokens = old_max_step_tokens;
+  }
+  if (absl::Status s = ValidateGpuMemoryUtilization(gpu_memory_utilization); !s.ok()) {
+    return Fail(s);
+  }
   if (limits.max_step_tokens < 1 || max_message_mb < 0 || max_message_mb > 2047 ||
       limits.max_kv_bytes < 0) {
     return Fail(absl::InvalidArgumentError(
-        "--max-step-tokens must be >= 1, --max-message-mb in [0, 2047], --max-kv-bytes >= 0"));
+        "--max-batched-tokens must be >= 1, --max-message-mb in [0, 2047], --max-kv-bytes >= "
+        "0"));
   }
   limits.max_message_bytes =
       max_message_mb > 0 ? max_message_mb << 20 : DefaultMaxMessageBytes(limits.max_step_tokens);
@@ -146,6 +166,7 @@ int RunWorker(int argc, char** argv) {
   options.service.device = device;
   options.service.num_threads = static_cast<int>(threads);
   options.service.limits = limits;
+  options.service.gpu_memory_utilization = gpu_memory_utilization;
   options.health_listen = health_listen;
   if (tls->has_value()) {
     options.credentials = MutualTlsServerCredentials(**tls);

@@ -79,13 +79,9 @@ absl::StatusOr<int64_t> KvPoolCapacity(const StageOptions& o, int num_layers, in
   return capacity;
 }
 
-// One step in flight.
+// One step in flight. Its hidden rows stay inside the engine (StageEngine's resident path).
 struct StageExecutor::Run {
   EngineStep batch;
-  std::vector<float> hidden;  // fp32 [batch.num_tokens(), hidden]; empty when resident
-  // A stage holding every layer keeps the rows inside the engine (on the device for a GPU):
-  // StageEngine's resident path, no activations copied between Embed, the layers and Logits.
-  bool resident = false;
   std::vector<EngineObservation> observations;
   bool scores_only = false;
   bool sent = false;
@@ -95,7 +91,8 @@ struct StageExecutor::Run {
 absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Load(
     const StageOptions& options, std::unique_ptr<StageLink> link) {
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(options));
-  return Create(std::move(engine), options, std::move(link));
+  const StageOptions o = StageOptionsForEngine(options, *engine);
+  return Create(std::move(engine), o, std::move(link));
 }
 
 absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
@@ -138,6 +135,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   ASSIGN_OR_RETURN(const int64_t capacity, KvPoolCapacity(o, num_layers, block_bytes));
   ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, num_layers, capacity,
                                                       o.block_tokens, block_bytes}));
+  if (link != nullptr) link->AcceptDeviceRows(engine->device_resident());
   return std::unique_ptr<StageExecutor>(
       new StageExecutor(o, std::move(engine), std::move(link), std::move(pool)));
 }
@@ -275,10 +273,9 @@ absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
     return std::move(run.result);
   }
   if (!plan.ok()) return FailBeforeCompute(step, plan.status(), /*received=*/false);
-  run.resident = is_first() && is_last();
-  absl::StatusOr<std::vector<float>> rows = InputRows(step, run);
-  if (!rows.ok()) return FailBeforeCompute(step, rows.status(), /*received=*/true);
-  run.hidden = *std::move(rows);
+  if (absl::Status in = InputRows(step, run); !in.ok()) {
+    return FailBeforeCompute(step, in, /*received=*/true);
+  }
   // Same version: nothing ran in between (mu_ held); a failure still tells the next stage.
   if (absl::Status c = pool_.Commit(*plan); !c.ok()) return FailBeforeCompute(step, c, true);
   absl::Status s = Compute(step, run);
@@ -317,7 +314,7 @@ absl::Status StageExecutor::FailBeforeCompute(const StageStep& step, absl::Statu
   return error;
 }
 
-absl::StatusOr<std::vector<float>> StageExecutor::InputRows(const StageStep& step, Run& run) {
+absl::Status StageExecutor::InputRows(const StageStep& step, Run& run) {
   const absl::Time t0 = absl::Now();
   std::vector<int32_t> tokens;
   int64_t n = 0;
@@ -325,24 +322,40 @@ absl::StatusOr<std::vector<float>> StageExecutor::InputRows(const StageStep& ste
     n += s.n_new;
     if (is_first()) tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
   }
-  if (is_first() && run.resident) {
-    RETURN_IF_ERROR(engine_->EmbedResident(tokens));
-    return std::vector<float>();
-  }
-  if (is_first()) return engine_->Embed(tokens);
+  if (is_first()) return engine_->EmbedResident(tokens);
   if (link_ == nullptr) {
     return absl::FailedPreconditionError("stage: not the first stage and no link to receive from");
   }
   const absl::Duration timeout =
       step.link_timeout > absl::ZeroDuration() ? step.link_timeout : options_.link_timeout;
-  absl::StatusOr<std::vector<float>> rows = link_->Receive(step.step_id, t0 + timeout);
+  absl::StatusOr<StageRows> rows = link_->ReceiveRows(step.step_id, t0 + timeout);
   run.result.timings.wait_ms = MsSince(t0);
-  if (rows.ok() && static_cast<int64_t>(rows->size()) != n * config().hidden) {
+  RETURN_IF_ERROR(rows.status());
+  if (rows->device.has_value()) {
+    const DeviceRows& d = *rows->device;
+    if (d.rows != n || d.width != config().hidden) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stage: step ", step.step_id, " received device rows [", d.rows, ", ",
+                       d.width, "], want [", n, ", ", config().hidden, "]"));
+    }
+    return engine_->LoadResidentDevice(d);
+  }
+  if (static_cast<int64_t>(rows->host.size()) != n * config().hidden) {
     return absl::InvalidArgumentError(absl::StrCat("stage: step ", step.step_id, " received ",
-                                                   rows->size(), " floats, want ", n, " x ",
+                                                   rows->host.size(), " floats, want ", n, " x ",
                                                    config().hidden));
   }
-  return rows;
+  return engine_->LoadResident(std::move(rows->host));
+}
+
+// Device rows when both this engine and the link's far end keep rows on a device, else host fp32.
+absl::Status StageExecutor::SendRows(const StageStep& step) {
+  if (engine_->device_resident() && link_->SendsDeviceRows()) {
+    ASSIGN_OR_RETURN(DeviceRows rows, engine_->ExportResident(link_->device_dtype()));
+    return link_->SendDevice(step.step_id, rows);
+  }
+  ASSIGN_OR_RETURN(absl::Span<const float> rows, engine_->ResidentHost());
+  return link_->Send(step.step_id, rows);
 }
 
 absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
@@ -360,10 +373,7 @@ absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
     run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
   }
   const absl::Time t0 = absl::Now();
-  RETURN_IF_ERROR(
-      run.resident ? engine_->RunLayersResident(run.batch, options_.importance, &run.observations)
-                   : engine_->RunLayers(run.batch, options_.importance, absl::MakeSpan(run.hidden),
-                                        &run.observations));
+  RETURN_IF_ERROR(engine_->RunLayersResident(run.batch, options_.importance, &run.observations));
   run.result.timings.compute_ms = MsSince(t0);
   return Observe(step, run);
 }
@@ -402,7 +412,7 @@ absl::Status StageExecutor::Output(const StageStep& step, Run& run) {
     if (link_ == nullptr) {
       return absl::FailedPreconditionError("stage: not the last stage and no link to send to");
     }
-    RETURN_IF_ERROR(link_->Send(step.step_id, run.hidden));
+    RETURN_IF_ERROR(SendRows(step));
     run.sent = true;
     run.result.timings.send_ms = MsSince(t0);
     return absl::OkStatus();
@@ -414,6 +424,7 @@ absl::Status StageExecutor::Output(const StageStep& step, Run& run) {
 }
 
 absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
+  if (engine_->device_resident() && options_.device_sampling) return SampleOnDevice(step, run);
   const std::vector<int64_t> last = run.batch.LastRows();
   std::vector<int64_t> rows;
   std::vector<size_t> which;
@@ -423,8 +434,7 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     which.push_back(i);
   }
   if (rows.empty()) return absl::OkStatus();
-  ASSIGN_OR_RETURN(std::vector<float> logits, run.resident ? engine_->LogitsResident(rows)
-                                                           : engine_->Logits(run.hidden, rows));
+  ASSIGN_OR_RETURN(std::vector<float> logits, engine_->LogitsResident(rows));
   const size_t V = config().vocab_size;
   for (size_t k = 0; k < which.size(); ++k) {
     const StageSequence& s = step.sequences[which[k]];
@@ -432,6 +442,65 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     StageSequenceResult& r = run.result.sequences[which[k]];
     if (s.sample) {
       Sequence& q = sequences_.at(s.seq_id);
+      if (q.sampler == nullptr) {
+        q.sampler = std::make_unique<Sampler>(s.sampling);
+        q.sampler->AddContext(q.context);
+        q.context = {};
+      }
+      r.token = q.sampler->Sample(row);
+      r.logprobs = q.sampler->last_logprobs();
+    }
+    if (s.return_logits) r.logits.assign(row.begin(), row.end());
+  }
+  return absl::OkStatus();
+}
+
+// Sequences sample on the device from their first sample on, unless that sample asks for
+// logprobs or a repetition penalty: those (and only those) get their logits on the host and the
+// CPU Sampler, for good.
+absl::Status StageExecutor::SampleOnDevice(const StageStep& step, Run& run) {
+  const std::vector<int64_t> last = run.batch.LastRows();
+  std::vector<RowSampling> rows;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < step.sequences.size(); ++i) {
+    const StageSequence& s = step.sequences[i];
+    if (!s.sample && !s.return_logits) continue;
+    Sequence& q = sequences_.at(s.seq_id);
+    const bool device = s.sample && q.sampler == nullptr &&
+                        (q.device_params.has_value() ||
+                         (s.sampling.logprobs < 0 && s.sampling.repetition_penalty == 1.f));
+    RowSampling r;
+    r.row = last[i];
+    r.sample = device;
+    r.want_logits = s.return_logits || (s.sample && !device);
+    if (device) {
+      if (!q.device_params.has_value()) q.device_params = s.sampling;
+      const SamplingParams& p = *q.device_params;
+      r.params = p;
+      r.draws = q.draws;
+      for (const auto& [id, n] : q.counts) {  // the same sum as Sampler::Sample's
+        r.penalties.emplace_back(id, p.presence_penalty + p.frequency_penalty * n);
+      }
+    }
+    rows.push_back(std::move(r));
+    which.push_back(i);
+  }
+  if (rows.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(SampledRows got, engine_->SampleResident(rows));
+  const size_t V = config().vocab_size;
+  size_t k = 0;
+  for (size_t j = 0; j < which.size(); ++j) {
+    const StageSequence& s = step.sequences[which[j]];
+    StageSequenceResult& r = run.result.sequences[which[j]];
+    Sequence& q = sequences_.at(s.seq_id);
+    absl::Span<const float> row;
+    if (rows[j].want_logits) row = absl::Span<const float>(got.logits.data() + k++ * V, V);
+    if (rows[j].sample) {
+      r.token = got.tokens[j];
+      ++q.draws;
+      const SamplingParams& p = *q.device_params;
+      if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[r.token];
+    } else if (s.sample) {
       if (q.sampler == nullptr) {
         q.sampler = std::make_unique<Sampler>(s.sampling);
         q.sampler->AddContext(q.context);

@@ -8,6 +8,10 @@
 // scoring the observation window of observed sequences → next stage: Send; last stage: Logits of
 // each sequence's last new token and sampling (per-sequence Sampler, seeded at its first sample)
 // → compaction requested by the step → block accounting synced to the caches.
+// The rows stay inside the engine from input to output (StageEngine's resident path): on a GPU
+// they enter as device rows when the previous stage is a GPU stage on a device link, leave as
+// device rows when the next one is, and the last stage samples on the device: only token ids
+// come back (plus the logits of sequences that ask for logprobs or logits, sampled on the host).
 // Errors before compute leave the stage unchanged and are forwarded to the next stage
 // (StageLink::SendError) so it stops waiting; errors during compute drop the step's sequences
 // from this stage (their ids become unknown; the coordinator must Release them everywhere).
@@ -34,6 +38,7 @@
 #include "absl/types/span.h"
 #include "allocator/kv_policy.h"
 #include "kernels/cpu/importance.h"
+#include "model/gpu_memory_budget.h"
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
@@ -66,6 +71,16 @@ struct StageOptions {
   int64_t max_kv_bytes = 0;
   ImportanceOptions importance;
   absl::Duration link_timeout = absl::Seconds(30);  // default wait for the previous stage
+  // GPU stages (model/gpu_memory_budget.h): tokens of one step, all sequences together (the step
+  // scratch; 0: the model's context length + 256), and the fraction of the device's free memory
+  // the stage may use (its KV pool gets what weights and scratch leave, unless a capacity above
+  // is set), of which `gpu_memory_share` (stages sharing one device in one process).
+  int64_t max_batched_tokens = 0;
+  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+  double gpu_memory_share = 1.0;
+  // Last stage on a GPU: sample on the device (only token ids come back). Off: the logits come
+  // to the host and the CPU Sampler picks (tests compare the two).
+  bool device_sampling = true;
 };
 
 enum class SequenceMode {
@@ -228,11 +243,16 @@ class StageExecutor {
   std::unique_ptr<KvCache> CacheCopy(uint64_t seq_id) const;
 
  private:
-  struct Sequence {  // its KV cache lives in the engine
-    std::unique_ptr<Sampler> sampler;
+  struct Sequence {                    // its KV cache lives in the engine
+    std::unique_ptr<Sampler> sampler;  // host sampling (CPU engines, logprobs, repetition penalty)
     // Last stage, with a repetition penalty: the prompt tokens seen before the first sample (they
     // go to the Sampler's context when it is made).
     std::vector<int32_t> context;
+    // Device sampling: the request's parameters from its first sample, tokens drawn so far (the
+    // RNG offset) and the penalties' counts of the generated tokens.
+    std::optional<SamplingParams> device_params;
+    uint64_t draws = 0;
+    absl::flat_hash_map<int32_t, int32_t> counts;
     std::optional<CollectedScores> scores;  // from the last observed step, until compaction
     bool compacted = false;                 // evicted once; never again
   };
@@ -246,8 +266,9 @@ class StageExecutor {
   absl::Status ValidateCompact(const StageCompactSpec& spec) const;
   absl::StatusOr<BlockPlan> PlanBlocks(const StageStep& step) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::vector<float>> InputRows(const StageStep& step, Run& run)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InputRows(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SendRows(const StageStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SampleOnDevice(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Compute(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Output(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Sample(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

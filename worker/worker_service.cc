@@ -172,6 +172,8 @@ absl::StatusOr<WorkerService::PreparedLoad> WorkerService::Prepare(
   PreparedLoad p;
   ASSIGN_OR_RETURN(p.options,
                    StageOptionsFromProto(request, options_.device, options_.num_threads));
+  p.options.max_batched_tokens = options_.limits.max_step_tokens;
+  p.options.gpu_memory_utilization = options_.gpu_memory_utilization;
   if (request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
     return absl::UnimplementedError("worker: in-process links exist only inside `xkv serve`");
   }

@@ -33,7 +33,8 @@ namespace xkv {
 struct WorkerServiceOptions {
   std::string device = "cpu";
   int num_threads = 1;
-  WorkerLimits limits;
+  WorkerLimits limits;  // limits.max_step_tokens also sizes a GPU stage's step scratch
+  double gpu_memory_utilization = 0.9;  // a GPU stage's share of the device's free memory
   // Set (mutual TLS): every call must come from a peer whose certificate verified
   // (UNAUTHENTICATED otherwise), and the stage link dials the next worker with these credentials.
   std::shared_ptr<grpc::ChannelCredentials> link_credentials;

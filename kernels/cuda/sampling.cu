@@ -106,8 +106,12 @@ __global__ void __launch_bounds__(kThreads)
         vocab, [&](int64_t i) { return in_k(i) && key(i) == thr_p; }, ties, sm);
     cut_p = found < 0 ? vocab : found;  // fewer ties than asked (rounding): keep them all
   }
+  // min-p: p_i >= min_p * p_max  <=>  logit_i >= max + ln(min_p) (the argmax is always kept).
+  const bool use_min_p = p.min_p > 0.f && p.min_p <= 1.f;
+  const float floor_min_p = use_min_p ? mx + logf(p.min_p) : -INFINITY;
   auto kept = [&](int64_t i) {
     if (!in_k(i)) return false;
+    if (use_min_p && row[i] < floor_min_p) return false;
     if (!use_p) return true;
     const uint32_t k = key(i);
     return k > thr_p || (k == thr_p && i <= cut_p);
@@ -152,7 +156,33 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__global__ void ApplyPenaltiesKernel(float* __restrict__ logits, int64_t stride,
+                                     const int32_t* __restrict__ rows,
+                                     const int32_t* __restrict__ ids,
+                                     const float* __restrict__ deltas, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) logits[rows[i] * stride + ids[i]] -= deltas[i];
+}
+
 }  // namespace
+
+absl::Status LaunchApplyPenalties(float* logits, int64_t logits_stride, int64_t vocab,
+                                  const int32_t* rows, const int32_t* ids, const float* deltas,
+                                  int64_t n, cudaStream_t stream) {
+  if (n < 0 || vocab < 1 || logits_stride < vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda penalties: bad sizes n=", n,
+                                                   " vocab=", vocab, " stride=", logits_stride));
+  }
+  if (n == 0) return absl::OkStatus();
+  if (logits == nullptr || rows == nullptr || ids == nullptr || deltas == nullptr) {
+    return absl::InvalidArgumentError("cuda penalties: null pointer");
+  }
+  constexpr int kBlock = 256;
+  ApplyPenaltiesKernel<<<static_cast<unsigned>((n + kBlock - 1) / kBlock), kBlock, 0, stream>>>(
+      logits, logits_stride, rows, ids, deltas, n);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
 
 absl::Status LaunchSample(const float* logits, int64_t logits_stride, int64_t batch, int64_t vocab,
                           const DeviceSamplingParams* params, int32_t* out, cudaStream_t stream) {

@@ -1,6 +1,7 @@
 // Token sampling on the device, one CTA per sequence, in llama.cpp's (and model/sampler.h's)
-// order: top-k -> top-p (nucleus over the untempered probabilities of the top-k set) ->
-// temperature -> sample.
+// order: top-k -> top-p (nucleus over the untempered probabilities of the top-k set) -> min-p
+// (logit >= max logit + ln(min_p)) -> temperature -> sample. Presence/frequency penalties are
+// applied to the logits before, by LaunchApplyPenalties.
 //
 // Exactness: greedy (temperature <= 0 or NaN) is the argmax with the lowest index on ties —
 // bit-identical to xkv::Argmax. The kept set after top-k / top-p equals SamplingDistribution's
@@ -27,8 +28,8 @@ struct DeviceSamplingParams {
   float temperature = 0.f;  // <= 0 or NaN: greedy
   int32_t top_k = 0;        // <= 0 or >= vocab: disabled
   float top_p = 1.f;        // (0, 1); >= 1 (or <= 0, NaN): disabled
-  uint32_t reserved = 0;
-  uint64_t seed = 0;    // Philox key
+  float min_p = 0.f;        // (0, 1]: keep logits >= max + ln(min_p); <= 0 (or NaN): disabled
+  uint64_t seed = 0;        // Philox key
   uint64_t offset = 0;  // Philox offset: tokens already sampled for this request (one draw each)
 };
 
@@ -37,6 +38,12 @@ struct DeviceSamplingParams {
 // out:    device int32 [batch]: sampled token ids.
 absl::Status LaunchSample(const float* logits, int64_t logits_stride, int64_t batch, int64_t vocab,
                           const DeviceSamplingParams* params, int32_t* out, cudaStream_t stream);
+
+// logits[rows[i] * logits_stride + ids[i]] -= deltas[i] for i < n (each (row, id) at most once).
+// rows, ids: device int32 [n]; deltas: device fp32 [n]; ids must be in [0, vocab).
+absl::Status LaunchApplyPenalties(float* logits, int64_t logits_stride, int64_t vocab,
+                                  const int32_t* rows, const int32_t* ids, const float* deltas,
+                                  int64_t n, cudaStream_t stream);
 
 }  // namespace xkv::cuda
 

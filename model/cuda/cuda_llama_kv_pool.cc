@@ -18,7 +18,14 @@ absl::Status CudaLlamaModel::InitPool() {
   const CudaEngineOptions& o = options_;
   const int64_t block_bytes = 2 * int64_t{c.n_kv_heads} * kBlock * c.head_dim * 2;  // K + V bf16
   num_blocks_ = o.num_kv_blocks;
-  if (num_blocks_ == 0) {
+  if (num_blocks_ == 0 && o.gpu_memory_utilization > 0) {
+    size_t free_bytes = 0, total = 0;
+    CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
+    // What this stage took so far (weights, scratch, cuBLAS): measured, not estimated.
+    const int64_t used = budget_.free_bytes - static_cast<int64_t>(free_bytes);
+    ASSIGN_OR_RETURN(num_blocks_, KvPoolBlocks(budget_, used));
+    sized_from_memory_ = true;
+  } else if (num_blocks_ == 0) {
     size_t free_bytes = 0, total = 0;
     CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
     num_blocks_ =

@@ -48,10 +48,14 @@ CudaLlamaModel::~CudaLlamaModel() {
   for (void* p : allocations_) cudaFree(p);
   for (void* p : {static_cast<void*>(h_tokens_), static_cast<void*>(h_positions_),
                   static_cast<void*>(h_slots_), static_cast<void*>(h_tables_),
-                  static_cast<void*>(h_kv_lens_)}) {
+                  static_cast<void*>(h_kv_lens_), h_row_params_}) {
     if (p != nullptr) cudaFreeHost(p);
   }
   if (staging_ != nullptr) cudaFree(staging_);
+  for (void* p : {static_cast<void*>(d_pen_rows_), static_cast<void*>(d_pen_ids_),
+                  static_cast<void*>(d_pen_deltas_)}) {
+    if (p != nullptr) cudaFree(p);
+  }
   if (score_ws_ != nullptr) cudaFree(score_ws_);
   if (score_start_ != nullptr) cudaEventDestroy(score_start_);
   if (score_stop_ != nullptr) cudaEventDestroy(score_stop_);
@@ -72,7 +76,9 @@ absl::Status CudaLlamaModel::AllocBytes(int64_t bytes, void** out) {
 absl::Status CudaLlamaModel::InitCommon() {
   const CudaEngineOptions& o = options_;
   if (o.max_batch < 1 || o.max_step_tokens < 1 || o.max_seq_len < 1 || o.num_kv_blocks < 0 ||
-      o.kv_memory_fraction <= 0 || o.kv_memory_fraction > 1 || o.device < 0) {
+      o.kv_memory_fraction <= 0 || o.kv_memory_fraction > 1 || o.device < 0 ||
+      o.gpu_memory_utilization < 0 || o.gpu_memory_utilization > 1 || !(o.memory_share > 0) ||
+      o.memory_share > 1) {
     return absl::InvalidArgumentError("cuda engine: bad options");
   }
   if (layer_begin_ < 0 || layer_end_ > config_.n_layers || layer_begin_ >= layer_end_) {
@@ -91,6 +97,19 @@ absl::Status CudaLlamaModel::InitCommon() {
         absl::StrCat("cuda engine: device cuda:", o.device, " but ", count, " device(s) found"));
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(o.device));
+  size_t free_bytes = 0, total_bytes = 0;  // before this stage takes anything
+  CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  budget_.device = device();
+  budget_.total_bytes = static_cast<int64_t>(total_bytes);
+  budget_.free_bytes = static_cast<int64_t>(free_bytes);
+  budget_.utilization = o.gpu_memory_utilization;
+  budget_.share = o.memory_share;
+  // Device-row hand-offs (ExportResident) come from the stream-ordered pool: keep what it holds
+  // instead of returning it to the driver at every synchronisation.
+  cudaMemPool_t mem_pool = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&mem_pool, o.device));
+  uint64_t keep = UINT64_MAX;
+  CUDA_RETURN_IF_ERROR(cudaMemPoolSetAttribute(mem_pool, cudaMemPoolAttrReleaseThreshold, &keep));
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_start_));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_stop_));
@@ -130,7 +149,8 @@ absl::Status CudaLlamaModel::InitCache() {
   const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim, f = c.ffn, vocab = c.vocab_size;
   const int64_t qkv_dim = q_dim + 2 * kv_dim, max_n = o.max_step_tokens, max_b = o.max_batch;
   const int64_t L = layer_end_ - layer_begin_;
-  // Step inputs and scratch.
+  RETURN_IF_ERROR(CheckScratchFits());
+  // Step inputs and scratch (StepScratchBytes counts the same buffers).
   RETURN_IF_ERROR(Alloc(max_n, &d_tokens_));
   RETURN_IF_ERROR(Alloc(max_n, &d_positions_));
   RETURN_IF_ERROR(Alloc(L * max_n, &d_slots_));
@@ -153,6 +173,9 @@ absl::Status CudaLlamaModel::InitCache() {
   CUDA_RETURN_IF_ERROR(cudaMemcpy(
       sampling, greedy.data(), max_b * sizeof(cuda::DeviceSamplingParams), cudaMemcpyHostToDevice));
   d_sampling_ = sampling;
+  RETURN_IF_ERROR(Alloc(max_b, &sampling));
+  d_row_params_ = sampling;
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&h_row_params_, max_b * sizeof(cuda::DeviceSamplingParams)));
   RETURN_IF_ERROR(Alloc(max_n * h, &hidden_));
   RETURN_IF_ERROR(Alloc(max_n * std::max({h, q_dim, f}), &norm_));
   RETURN_IF_ERROR(Alloc(max_n * qkv_dim, &qkv_));
@@ -174,6 +197,40 @@ absl::Status CudaLlamaModel::InitCache() {
   return InitPool();
 }
 
+int64_t CudaLlamaModel::StepScratchBytes(int64_t max_n) const {
+  const ModelConfig& c = config_;
+  const int64_t h = c.hidden, q_dim = int64_t{c.n_heads} * c.head_dim;
+  const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim, f = c.ffn;
+  const int64_t max_b = options_.max_batch, L = layer_end_ - layer_begin_;
+  const int64_t per_token = 4 + 8 + 8 * L + 4 * h + 2 * std::max({h, q_dim, f}) +
+                            4 * (q_dim + 2 * kv_dim) + 4 * q_dim + 8 * f + 4 * c.rope_dims;
+  const int64_t fixed = 4 * L * max_b * max_blocks_per_seq_ + 4 * L * max_b + 4 * max_b +
+                        2 * static_cast<int64_t>(sizeof(cuda::DeviceSamplingParams)) * max_b +
+                        2 * cuda::kGemvMaxRows * f + 4 * max_b * h +
+                        (has_head_ ? 4 * max_b * c.vocab_size : 0) +
+                        static_cast<int64_t>(cuda::DecodeAttentionWorkspaceBytes(
+                            max_b, c.n_heads, c.head_dim, options_.max_seq_len)) +
+                        4 * int64_t{c.n_heads} * options_.max_seq_len +
+                        4 * int64_t{c.n_kv_heads} * options_.max_seq_len + 8 * max_blocks_per_seq_;
+  return fixed + per_token * max_n;
+}
+
+absl::Status CudaLlamaModel::CheckScratchFits() {
+  scratch_bytes_ = StepScratchBytes(options_.max_step_tokens);
+  if (options_.gpu_memory_utilization <= 0) return absl::OkStatus();
+  const int64_t L = layer_end_ - layer_begin_;
+  budget_.weight_bytes = weight_bytes_;
+  budget_.scratch_fixed_bytes = StepScratchBytes(0);
+  budget_.scratch_per_token_bytes = StepScratchBytes(1) - budget_.scratch_fixed_bytes;
+  budget_.block_bytes = 2 * int64_t{config_.n_kv_heads} * kBlock * config_.head_dim * 2;
+  budget_.pool_bytes = options_.num_kv_blocks * budget_.block_bytes;
+  // A pool sized from memory must hold at least one step's new slots in every layer.
+  const bool sized = options_.num_kv_blocks == 0;
+  budget_.min_kv_blocks = sized ? L * CeilDiv(options_.max_step_tokens, kBlock) : 0;
+  return CheckMaxBatchedTokens(budget_, options_.max_step_tokens,
+                               sized ? static_cast<double>(L) / kBlock : 0.0);
+}
+
 // ---- host-facing embedding and head ----------------------------------------------------------
 
 absl::Status CudaLlamaModel::EmbedOnDevice(absl::Span<const int32_t> tokens) {
@@ -181,7 +238,9 @@ absl::Status CudaLlamaModel::EmbedOnDevice(absl::Span<const int32_t> tokens) {
   resident_rows_ = 0;
   if (!has_embedding_) return absl::FailedPreconditionError("cuda engine: no embedding here");
   if (n < 1 || n > options_.max_step_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda engine: embed of ", n, " tokens"));
+    return absl::InvalidArgumentError(absl::StrCat("cuda engine: embed of ", n,
+                                                   " tokens (max_batched_tokens ",
+                                                   options_.max_step_tokens, ")"));
   }
   for (int32_t t : tokens) {
     if (t < 0 || t >= config_.vocab_size) {

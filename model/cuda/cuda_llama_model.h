@@ -36,6 +36,7 @@
 #include "kernels/cuda/cublas_handle.h"
 #include "kernels/cuda/paged_kv.cuh"
 #include "model/gguf.h"
+#include "model/gpu_memory_budget.h"
 #include "model/model_config.h"
 #include "model/stage_engine.h"
 
@@ -44,11 +45,17 @@ namespace xkv {
 struct CudaEngineOptions {
   int device = 0;  // CUDA device ordinal
   int layer_begin = 0;
-  int layer_end = -1;               // exclusive; -1: every layer
-  int max_batch = 32;               // sequences per step
-  int64_t max_step_tokens = 8192;   // new tokens per step, all sequences together
-  int64_t max_seq_len = 8192;       // cache slots per sequence and layer
-  int64_t num_kv_blocks = 0;        // blocks of the shared pool; 0: kv_memory_fraction of free
+  int layer_end = -1;              // exclusive; -1: every layer
+  int max_batch = 32;              // sequences per step
+  int64_t max_step_tokens = 8192;  // new tokens per step, all sequences together
+  int64_t max_seq_len = 8192;      // cache slots per sequence and layer
+  int64_t num_kv_blocks = 0;       // blocks of the shared pool; 0: sized from memory (below)
+  // With num_kv_blocks 0: the stage's memory budget (model/gpu_memory_budget.h), of which the
+  // pool gets what weights and scratch leave, and max_step_tokens is checked against it.
+  // gpu_memory_utilization 0: the pool is kv_memory_fraction of what is free after weights and
+  // scratch (benchmarks).
+  double gpu_memory_utilization = 0;
+  double memory_share = 1.0;        // this stage's part of a device shared by several stages
   double kv_memory_fraction = 0.8;  // of the device memory free after weights and scratch
   bool cuda_graphs = true;          // replay decode steps from captured graphs
   // Steps of <= cuda::kGemvMaxRows tokens (decode at small batch): our GEMV kernels (SwiGLU
@@ -84,6 +91,7 @@ class CudaLlamaModel : public StageEngine {
   int64_t weight_bytes() const override { return weight_bytes_; }
   int64_t kv_bytes_per_token() const override { return config_.KvBytesPerTokenPerLayer(2); }
   std::string device() const override;
+  int64_t kv_pool_blocks() const override { return sized_from_memory_ ? num_blocks_ : 0; }
   bool HasSequence(uint64_t id) const override { return sequences_.contains(id); }
   int64_t CacheLength(uint64_t id, int layer) const override;
   void ReleaseSequence(uint64_t id) override;
@@ -101,6 +109,12 @@ class CudaLlamaModel : public StageEngine {
   absl::Status RunLayersResident(const EngineStep& step, const ImportanceOptions& importance,
                                  std::vector<EngineObservation>* observations) override;
   absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows) override;
+  absl::Status LoadResident(std::vector<float> rows) override;
+  absl::StatusOr<absl::Span<const float>> ResidentHost() override;
+  bool device_resident() const override { return true; }
+  absl::StatusOr<DeviceRows> ExportResident(RowDtype dtype) override;
+  absl::Status LoadResidentDevice(const DeviceRows& rows) override;
+  absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows) override;
 
   // ---- device-only whole-model path (tests, benchmarks) ---------------------------------------
   // Embedding → every layer → head on each sequence's last token → greedy token, all on the
@@ -114,6 +128,12 @@ class CudaLlamaModel : public StageEngine {
   void SetDecodeKernels(bool small_batch_kernels, bool pdl);
 
   int64_t num_kv_blocks() const { return num_blocks_; }
+  // The memory figures the pool was sized from (gpu_memory_utilization > 0) and the scratch.
+  const GpuMemoryBudget& memory_budget() const { return budget_; }
+  int64_t scratch_bytes() const { return scratch_bytes_; }
+  int64_t max_step_tokens() const { return options_.max_step_tokens; }
+  // Bytes of the step scratch InitCache allocates for `max_step_tokens` (the sizing check).
+  int64_t StepScratchBytes(int64_t max_step_tokens) const;
   int64_t free_kv_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
   int64_t logical_position(uint64_t id) const;  // tokens fed so far (-1 when unknown)
   cudaStream_t stream() const { return stream_; }
@@ -159,7 +179,10 @@ class CudaLlamaModel : public StageEngine {
   absl::Status RandomWeights(uint64_t seed);
   absl::Status AllocWeights();
   absl::Status InitCache();
-  absl::Status InitPool();  // the shared KV pool (InitCache, last)
+  absl::Status InitPool();          // the shared KV pool (InitCache, last)
+  absl::Status CheckScratchFits();  // max_step_tokens against the memory budget (InitCache)
+  // Device penalty buffers for at least n entries.
+  absl::Status ReservePenalties(int64_t n);
   // cudaMalloc of max(n, 1) elements of T, freed with the model.
   template <typename T>
   absl::Status Alloc(int64_t n, T** out) {
@@ -263,6 +286,18 @@ class CudaLlamaModel : public StageEngine {
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
   int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
   int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)
+  // Device sampling (SampleResident): per-row parameters and the penalties of the step.
+  void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
+  void* h_row_params_ = nullptr;   // pinned mirror
+  int32_t* d_pen_rows_ = nullptr;  // int32 [pen_capacity_]
+  int32_t* d_pen_ids_ = nullptr;   // int32 [pen_capacity_]
+  float* d_pen_deltas_ = nullptr;  // fp32 [pen_capacity_]
+  int64_t pen_capacity_ = 0;
+  std::vector<float> host_rows_;  // ResidentHost's copy
+  // Memory sizing.
+  GpuMemoryBudget budget_;
+  int64_t scratch_bytes_ = 0;
+  bool sized_from_memory_ = false;  // the pool came from KvPoolBlocks
 };
 
 }  // namespace xkv

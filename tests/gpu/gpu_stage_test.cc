@@ -51,12 +51,7 @@ constexpr double kRelTol = 0.03;
 constexpr double kTieMargin = 0.03;
 constexpr int kWindow = 8;
 
-std::string ModelPath() {
-  if (const char* env = std::getenv("XKV_MODEL"); env != nullptr && env[0] != '\0') return env;
-  std::string dir = __FILE__;
-  for (int i = 0; i < 3; ++i) dir = dir.substr(0, dir.find_last_of('/'));
-  return dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string ModelPath() { return gpu_test::RealModelPath(); }
 
 const char* const kPrompts[] = {
     "Once upon a time, in a small village at the edge of a great forest, there lived a young "

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -19,6 +20,14 @@
 #include "model/cuda/cuda_llama_model.h"
 
 namespace xkv::gpu_test {
+
+// The real model: $XKV_MODEL, else models/ of this checkout.
+inline std::string RealModelPath() {
+  if (const char* env = std::getenv("XKV_MODEL"); env != nullptr && env[0] != '\0') return env;
+  std::string dir = __FILE__;
+  for (int i = 0; i < 3; ++i) dir = dir.substr(0, dir.find_last_of('/'));
+  return dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
 
 inline bool HasCudaDevice() {
   int n = 0;

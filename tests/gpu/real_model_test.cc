@@ -39,12 +39,7 @@ using gpu_test::RelDiff;
 constexpr int kGenTokens = 32;
 constexpr double kRelTol = 0.03;  // of the CPU logit range, see the file comment
 
-std::string ModelPath() {
-  if (const char* env = std::getenv("XKV_MODEL"); env != nullptr && env[0] != '\0') return env;
-  std::string dir = __FILE__;  // <repo>/tests/gpu/real_model_test.cc
-  for (int i = 0; i < 3; ++i) dir = dir.substr(0, dir.find_last_of('/'));
-  return dir + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+std::string ModelPath() { return gpu_test::RealModelPath(); }
 
 bool FileExists(const std::string& path) {
   struct stat st;
@@ -117,7 +112,8 @@ TEST(RealModelTest, GpuEngineMatchesCpuEngine) {
   // `xkv generate`'s path (the service's pipeline, one in-process CPU stage, batched and chunked)
   // must pick the same greedy tokens as the loop above.
   {
-    auto clients = MakeInProcessStages(1, {"cpu"}, /*num_threads=*/0, Numerics::kExact);
+    auto clients =
+        MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{.numerics = Numerics::kExact});
     ASSERT_TRUE(clients.ok()) << clients.status();
     CoordinatorOptions co;
     co.model_path = path;

@@ -165,7 +165,7 @@ absl::StatusOr<Pipeline> StartPipeline(int num_stages, int micro_batches, const 
   Pipeline p;
   p.log = std::make_shared<StepLog>();
   ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> inner,
-                   MakeInProcessStages(num_stages, {"cpu"}, /*num_threads=*/1));
+                   MakeInProcessStages(num_stages, {"cpu"}, InProcessStageSettings{}));
   std::vector<std::unique_ptr<StageClient>> clients;
   for (auto& c : inner) {
     clients.push_back(std::make_unique<LoggingStageClient>(clients.size(), std::move(c), p.log));

@@ -214,7 +214,7 @@ TEST_F(ParityTest, GreedyContinuationsMatchLlamaCppInOneBatch) {
     r.ignore_eos = true;  // the reference loop does not stop at EOS either
     requests.push_back(std::move(r));
   }
-  auto clients = MakeInProcessStages(1, {"cpu"}, /*num_threads=*/2);
+  auto clients = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{.num_threads = 2});
   ASSERT_TRUE(clients.ok()) << clients.status();
   CoordinatorOptions options;
   options.model_path = Env("XKV_MODEL");

@@ -41,11 +41,25 @@ absl::Status NcclStatus(ncclResult_t result, const char* expr, const char* file,
 // One step's header on the wire (both ends are the same build on x86-64: no byte swapping).
 struct WireHeader {
   int64_t step_id;      // the coordinator's step id (uint64 bits)
-  int64_t status_code;  // absl::StatusCode; 0: n_floats floats follow
-  int64_t n_floats;     // payload size: fp32 [rows, hidden] = n_floats values; 0 with an error
+  int64_t status_code;  // absl::StatusCode; 0: n_elems values follow
+  int64_t n_elems;      // payload size: [rows, hidden] = n_elems values; 0 with an error
+  int64_t dtype;        // payload element type: 0 fp32, 1 bf16
+  int64_t width;        // values per row (device rows); 0: not given (host rows)
   char message[NcclStageLink::kMessageBytes];  // NUL-terminated error message
 };
-static_assert(sizeof(WireHeader) == 3 * sizeof(int64_t) + NcclStageLink::kMessageBytes);
+static_assert(sizeof(WireHeader) == 5 * sizeof(int64_t) + NcclStageLink::kMessageBytes);
+
+int64_t WireDtype(RowDtype d) { return d == RowDtype::kBf16 ? 1 : 0; }
+size_t ElemBytes(RowDtype d) { return d == RowDtype::kBf16 ? 2 : 4; }
+ncclDataType_t NcclType(RowDtype d) { return d == RowDtype::kBf16 ? ncclBfloat16 : ncclFloat32; }
+
+// bf16 bits to fp32 (exact: bf16 is the top half of an fp32).
+float Bf16ToFloat(uint16_t bits) {
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
 
 // Largest payload accepted from a header (16 Gi floats): a bigger one is a corrupt header.
 constexpr int64_t kMaxFloats = int64_t{1} << 34;
@@ -76,7 +90,10 @@ struct NcclStageLink::Device {
 
 struct NcclStageLink::Delivery {
   absl::Status error;       // not OK: the previous stage failed this step
-  std::vector<float> rows;  // fp32 [rows, hidden], when kept
+  std::vector<float> rows;  // fp32 [rows, hidden], when kept on the host
+  int64_t n_elems = 0;      // values in the receive buffer (Keep::kDevice)
+  int64_t width = 0;        // values per row (0: the sender did not say)
+  RowDtype dtype = RowDtype::kF32;
 };
 
 NcclStageLink::NcclStageLink(const NcclStageLinkOptions& options) : options_(options) {}
@@ -224,52 +241,69 @@ absl::Status NcclStageLink::Reserve(size_t n) {
 }
 
 absl::Status NcclStageLink::Post(uint64_t step_id, const absl::Status& error,
-                                 absl::Span<const float> rows, absl::Time deadline) {
+                                 absl::Span<const float> rows, absl::Time deadline,
+                                 const DeviceRows* device) {
   WireHeader h = {};
   h.step_id = static_cast<int64_t>(step_id);
   h.status_code = static_cast<int64_t>(error.code());
-  h.n_floats = error.ok() ? static_cast<int64_t>(rows.size()) : 0;
+  const RowDtype dtype = device != nullptr ? device->dtype : RowDtype::kF32;
+  h.n_elems = !error.ok()         ? 0
+              : device != nullptr ? device->rows * device->width
+                                  : static_cast<int64_t>(rows.size());
+  h.dtype = WireDtype(dtype);
+  h.width = device != nullptr && error.ok() ? device->width : 0;
   const size_t len = std::min(error.message().size(), kMessageBytes - 1);
   std::memcpy(h.message, error.message().data(), len);
   Device& d = *device_;
   const int next = rank() + 1;
   const std::string what = absl::StrCat("sending step ", step_id, " to stage ", next);
   CUDA_RETURN_IF_ERROR(cudaSetDevice(d.ordinal));
-  if (h.n_floats > 0) RETURN_IF_ERROR(Reserve(rows.size()));
+  const void* payload = device != nullptr ? device->data.get() : d.payload;
+  if (h.n_elems > 0 && device == nullptr) RETURN_IF_ERROR(Reserve(rows.size()));
   // Pageable sources: both copies have consumed the host memory when they return.
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.header, &h, sizeof(h), cudaMemcpyHostToDevice, d.stream));
-  if (h.n_floats > 0) {
+  if (h.n_elems > 0 && device == nullptr) {
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.payload, rows.data(), rows.size() * sizeof(float),
                                          cudaMemcpyHostToDevice, d.stream));
   }
   NCCL_RETURN_IF_ERROR(ncclSend(d.header, sizeof(h), ncclUint8, next, d.comm, d.stream));
   RETURN_IF_ERROR(WaitComm(deadline, what));
-  if (h.n_floats > 0) {
-    NCCL_RETURN_IF_ERROR(ncclSend(d.payload, rows.size(), ncclFloat32, next, d.comm, d.stream));
+  if (h.n_elems > 0) {
+    NCCL_RETURN_IF_ERROR(ncclSend(payload, h.n_elems, NcclType(dtype), next, d.comm, d.stream));
     RETURN_IF_ERROR(WaitComm(deadline, what));
   }
   return WaitStream(deadline, what);
 }
 
-absl::StatusOr<std::vector<float>> NcclStageLink::RecvRows(int64_t n_floats, bool keep_rows,
-                                                           absl::Time deadline) {
+absl::Status NcclStageLink::RecvRows(int64_t n_elems, RowDtype dtype, Keep keep,
+                                     absl::Time deadline, Delivery* out) {
   Device& d = *device_;
-  const std::string what = absl::StrCat("receiving ", n_floats, " floats from stage ", rank() - 1);
-  RETURN_IF_ERROR(Reserve(n_floats));
-  NCCL_RETURN_IF_ERROR(ncclRecv(d.payload, n_floats, ncclFloat32, rank() - 1, d.comm, d.stream));
+  const std::string what = absl::StrCat("receiving ", n_elems, " values from stage ", rank() - 1);
+  const size_t bytes = static_cast<size_t>(n_elems) * ElemBytes(dtype);
+  RETURN_IF_ERROR(Reserve((bytes + sizeof(float) - 1) / sizeof(float)));
+  NCCL_RETURN_IF_ERROR(ncclRecv(d.payload, n_elems, NcclType(dtype), rank() - 1, d.comm, d.stream));
   RETURN_IF_ERROR(WaitComm(deadline, what));
   RETURN_IF_ERROR(WaitStream(deadline, what));
-  std::vector<float> rows;  // fp32 [rows, hidden]
-  if (!keep_rows) return rows;
-  rows.resize(n_floats);
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(rows.data(), d.payload, n_floats * sizeof(float),
-                                       cudaMemcpyDeviceToHost, d.stream));
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));  // only the copy is pending
-  return rows;
+  out->n_elems = n_elems;
+  out->dtype = dtype;
+  if (keep != Keep::kHost) return absl::OkStatus();
+  out->rows.resize(n_elems);  // fp32 [rows, hidden]
+  if (dtype == RowDtype::kF32) {
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(out->rows.data(), d.payload, bytes, cudaMemcpyDeviceToHost, d.stream));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));  // only the copy is pending
+    return absl::OkStatus();
+  }
+  std::vector<uint16_t> bits(n_elems);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(bits.data(), d.payload, bytes, cudaMemcpyDeviceToHost, d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  for (int64_t i = 0; i < n_elems; ++i) out->rows[i] = Bf16ToFloat(bits[i]);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<NcclStageLink::Delivery> NcclStageLink::Take(uint64_t step_id, absl::Time deadline,
-                                                            bool keep_rows) {
+                                                            Keep keep) {
   Device& d = *device_;
   const int prev = rank() - 1;
   const std::string what = absl::StrCat("waiting for step ", step_id, " from stage ", prev);
@@ -282,19 +316,24 @@ absl::StatusOr<NcclStageLink::Delivery> NcclStageLink::Take(uint64_t step_id, ab
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));  // only the copy is pending
   h.message[kMessageBytes - 1] = '\0';
   const bool has_rows = h.status_code == 0;
-  if (h.n_floats < 0 || h.n_floats > kMaxFloats || (!has_rows && h.n_floats != 0) ||
-      h.status_code < 0 ||
+  if (h.n_elems < 0 || h.n_elems > kMaxFloats || (!has_rows && h.n_elems != 0) ||
+      h.status_code < 0 || h.dtype < 0 || h.dtype > 1 || h.width < 0 ||
+      (h.width > 0 && h.n_elems % h.width != 0) ||
       h.status_code > static_cast<int64_t>(absl::StatusCode::kUnauthenticated)) {
     return absl::InternalError(absl::StrCat("NCCL stage link: corrupt header from stage ", prev,
-                                            " (status ", h.status_code, ", ", h.n_floats,
-                                            " floats)"));
+                                            " (status ", h.status_code, ", ", h.n_elems,
+                                            " values of type ", h.dtype, ")"));
   }
   Delivery out;
   if (!has_rows) {
     out.error = absl::Status(static_cast<absl::StatusCode>(h.status_code),
                              absl::StrCat("stage ", prev, ": ", h.message));
-  } else if (h.n_floats > 0) {
-    ASSIGN_OR_RETURN(out.rows, RecvRows(h.n_floats, keep_rows, deadline));
+  } else if (h.n_elems > 0) {
+    // Rows sent from the host (no width) are received as host rows, whatever was asked.
+    if (keep == Keep::kDevice && h.width == 0) keep = Keep::kHost;
+    RETURN_IF_ERROR(
+        RecvRows(h.n_elems, h.dtype == 1 ? RowDtype::kBf16 : RowDtype::kF32, keep, deadline, &out));
+    out.width = h.width;
   }
   if (static_cast<uint64_t>(h.step_id) != step_id) {
     return absl::InternalError(absl::StrCat("NCCL stage link: stage ", prev, " sent step ",
@@ -325,23 +364,60 @@ absl::Status NcclStageLink::SendError(uint64_t step_id, const absl::Status& erro
   return s.ok() ? s : Break(s);
 }
 
+absl::Status NcclStageLink::SendDevice(uint64_t step_id, const DeviceRows& rows) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(Usable());
+  if (rank() + 1 >= world_size()) {
+    return absl::FailedPreconditionError("NCCL stage link: the last stage has no next stage");
+  }
+  if (rows.data == nullptr || rows.device != device_->ordinal) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("NCCL stage link: device rows on cuda:", rows.device,
+                     ", the link is on cuda:", device_->ordinal));
+  }
+  absl::Status s = Post(step_id, absl::OkStatus(), {}, absl::Now() + options_.send_timeout, &rows);
+  return s.ok() ? s : Break(s);
+}
+
 absl::StatusOr<std::vector<float>> NcclStageLink::Receive(uint64_t step_id, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(Usable());
   if (rank() == 0) {
     return absl::FailedPreconditionError("NCCL stage link: the first stage has no previous stage");
   }
-  absl::StatusOr<Delivery> got = Take(step_id, deadline, /*keep_rows=*/true);
+  absl::StatusOr<Delivery> got = Take(step_id, deadline, Keep::kHost);
   if (!got.ok()) return Break(got.status());
   if (!got->error.ok()) return got->error;
   return std::move(got->rows);
 }
 
+absl::StatusOr<StageRows> NcclStageLink::ReceiveRows(uint64_t step_id, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(Usable());
+  if (rank() == 0) {
+    return absl::FailedPreconditionError("NCCL stage link: the first stage has no previous stage");
+  }
+  absl::StatusOr<Delivery> got = Take(step_id, deadline, Keep::kDevice);
+  if (!got.ok()) return Break(got.status());
+  if (!got->error.ok()) return got->error;
+  StageRows out;
+  out.host = std::move(got->rows);
+  if (got->n_elems > 0 && got->width > 0) {
+    DeviceRows rows;
+    rows.data = std::shared_ptr<void>(device_->payload, [](void*) {});  // borrowed
+    rows.device = device_->ordinal;
+    rows.dtype = got->dtype;
+    rows.width = got->width;  // the receiver checks the shape
+    rows.rows = got->n_elems / rows.width;
+    out.device = rows;
+  }
+  return out;
+}
+
 void NcclStageLink::Discard(uint64_t step_id) {
   absl::MutexLock lock(&mu_);
   if (rank() == 0 || !Usable().ok()) return;
-  absl::StatusOr<Delivery> got =
-      Take(step_id, absl::Now() + options_.discard_timeout, /*keep_rows=*/false);
+  absl::StatusOr<Delivery> got = Take(step_id, absl::Now() + options_.discard_timeout, Keep::kNone);
   if (!got.ok()) Break(got.status()).IgnoreError();
 }
 

@@ -2,11 +2,15 @@
 // separate worker processes, one GPU each. All S stages share one communicator (rank = stage
 // index, nranks = S), created from an ncclUniqueId that the coordinator makes and hands out in
 // LoadStage; stage r sends to r + 1 and receives from r - 1 with ncclSend / ncclRecv on the link's
-// own CUDA stream, through device staging buffers (the StageLink interface carries host fp32 rows).
+// own CUDA stream. Between GPU stages the rows stay on the device (SendDevice / ReceiveRows): the
+// sender's bf16 export buffer goes out as it is, and the receiver hands its receive buffer to its
+// engine (no host staging). Host fp32 rows (Send / Receive) go through a device staging buffer.
 //
 // Wire protocol, per step and per link (stage r → r + 1), in order:
-//   1. header: WireHeader, 280 bytes (int64 step_id, status_code, n_floats; char message[256]);
-//   2. payload, only when status_code == 0 and n_floats > 0: fp32 [rows, hidden], n_floats values.
+//   1. header: WireHeader, 296 bytes (int64 step_id, status_code, n_elems, dtype, width; char
+//      message[256]);
+//   2. payload, only when status_code == 0 and n_elems > 0: [rows, hidden], n_elems values of
+//      dtype (0: fp32, 1: bf16).
 // SendError sends a header with the error (no payload), so the receiver's Receive returns it.
 // Steps are strictly ordered by the coordinator: the receiver checks that the header's step_id is
 // the one it asked for; anything else is a protocol error (INTERNAL) that breaks the link.
@@ -76,6 +80,13 @@ class NcclStageLink : public StageLink {
   // Receives step_id's rows (or error) from the previous stage and drops them, waiting up to
   // options.discard_timeout (the sender's message must be consumed to keep the stream in order).
   void Discard(uint64_t step_id) override;
+  // Device rows: both ends of an NCCL link are CUDA stages; bf16 on the wire.
+  bool SendsDeviceRows() const override { return true; }
+  RowDtype device_dtype() const override { return RowDtype::kBf16; }
+  // rows must live on this link's device; sent from their buffer (no copy).
+  absl::Status SendDevice(uint64_t step_id, const DeviceRows& rows) override;
+  // Device rows borrow the link's receive buffer: valid until the next call on the link.
+  absl::StatusOr<StageRows> ReceiveRows(uint64_t step_id, absl::Time deadline) override;
 
   // OK while the link works; the cause (a not-OK status) once it broke.
   absl::Status health() const;
@@ -92,14 +103,18 @@ class NcclStageLink : public StageLink {
   explicit NcclStageLink(const NcclStageLinkOptions& options);
 
   absl::Status Usable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Header (and rows) to rank + 1, waited for until `deadline`.
+  // Header (and rows) to rank + 1, waited for until `deadline`: host fp32 `rows`, or the device
+  // payload `device` of n_elems values of `dtype`.
   absl::Status Post(uint64_t step_id, const absl::Status& error, absl::Span<const float> rows,
-                    absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The next message from rank - 1, which must be step_id's; rows copied out only when keep_rows.
-  absl::StatusOr<Delivery> Take(uint64_t step_id, absl::Time deadline, bool keep_rows)
+                    absl::Time deadline, const DeviceRows* device = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::vector<float>> RecvRows(int64_t n_floats, bool keep_rows, absl::Time deadline)
+  // What Take leaves the rows as: dropped, copied to host fp32, or kept in the receive buffer.
+  enum class Keep { kNone, kHost, kDevice };
+  // The next message from rank - 1, which must be step_id's.
+  absl::StatusOr<Delivery> Take(uint64_t step_id, absl::Time deadline, Keep keep)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RecvRows(int64_t n_elems, RowDtype dtype, Keep keep, absl::Time deadline,
+                        Delivery* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Device payload buffer for at least n floats.
   absl::Status Reserve(size_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Until the communicator has no call in progress (non-blocking mode) / the stream is idle.

@@ -24,7 +24,7 @@ std::string ModelPath() {
 }
 
 std::unique_ptr<Coordinator> Start(int stages) {
-  auto clients = MakeInProcessStages(stages, {"cpu"}, /*num_threads=*/1);
+  auto clients = MakeInProcessStages(stages, {"cpu"}, InProcessStageSettings{});
   EXPECT_TRUE(clients.ok()) << clients.status();
   if (!clients.ok()) return nullptr;
   CoordinatorOptions o;

@@ -1,0 +1,205 @@
+// CudaLlamaModel: the resident rows' ways in and out of the engine (host rows, device rows of
+// another stage, fp32 or bf16) and sampling on the device (architecture.md §1): only token ids and
+// the asked-for logits leave the device.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/rms_norm.cuh"
+#include "kernels/cuda/row_convert.cuh"
+#include "kernels/cuda/sampling.cuh"
+#include "model/cuda/cuda_llama_model.h"
+
+namespace xkv {
+namespace {
+
+cuda::DeviceSamplingParams ToDevice(const RowSampling& r) {
+  cuda::DeviceSamplingParams p;
+  if (!r.sample) return p;  // greedy; the token is not reported
+  p.temperature = r.params.temperature;
+  p.top_k = r.params.top_k;
+  p.top_p = r.params.top_p;
+  p.min_p = r.params.min_p;
+  p.seed = r.params.seed;
+  p.offset = r.draws;
+  return p;
+}
+
+}  // namespace
+
+absl::Status CudaLlamaModel::LoadResident(std::vector<float> rows) {
+  const int64_t h = config_.hidden, n = static_cast<int64_t>(rows.size()) / h;
+  resident_rows_ = 0;
+  if (static_cast<int64_t>(rows.size()) != n * h || n < 1 || n > options_.max_step_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda engine: ", rows.size(),
+                                                   " hidden floats are not 1..",
+                                                   options_.max_step_tokens, " rows of ", h));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  // Pageable source: the call returns once the rows are staged, so `rows` may go.
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(hidden_, rows.data(), rows.size() * sizeof(float),
+                                       cudaMemcpyHostToDevice, stream_));
+  resident_rows_ = n;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Span<const float>> CudaLlamaModel::ResidentHost() {
+  host_rows_.resize(resident_rows_ * config_.hidden);
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_rows_.data(), hidden_,
+                                       host_rows_.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                       stream_));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::Span<const float>(host_rows_);
+}
+
+absl::StatusOr<DeviceRows> CudaLlamaModel::ExportResident(RowDtype dtype) {
+  if (resident_rows_ < 1) {
+    return absl::FailedPreconditionError("cuda engine: no resident rows to hand over");
+  }
+  const int64_t n = resident_rows_ * config_.hidden;
+  DeviceRows out;
+  out.device = options_.device;
+  out.rows = resident_rows_;
+  out.width = config_.hidden;
+  out.dtype = dtype;
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  void* p = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaMallocAsync(&p, out.bytes(), stream_));
+  const int device = options_.device;
+  // Freed in stream order on the releasing thread's default stream of the buffer's device; the
+  // consumer has synchronised its reads before it lets the handle go.
+  out.data = std::shared_ptr<void>(p, [device](void* q) {
+    int current = 0;
+    cudaGetDevice(&current);
+    cudaSetDevice(device);
+    cudaFreeAsync(q, cudaStreamPerThread);
+    cudaSetDevice(current);
+  });
+  if (dtype == RowDtype::kF32) {
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(p, hidden_, out.bytes(), cudaMemcpyDeviceToDevice, stream_));
+  } else {
+    RETURN_IF_ERROR(cuda::LaunchF32ToBf16(hidden_, n, static_cast<__nv_bfloat16*>(p), stream_));
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return out;
+}
+
+absl::Status CudaLlamaModel::LoadResidentDevice(const DeviceRows& rows) {
+  resident_rows_ = 0;
+  if (rows.data == nullptr || rows.width != config_.hidden || rows.rows < 1 ||
+      rows.rows > options_.max_step_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda engine: device rows [", rows.rows, ", ", rows.width, "], want 1..",
+                     options_.max_step_tokens, " rows of ", config_.hidden));
+  }
+  const int64_t n = rows.rows * rows.width;
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  if (rows.dtype == RowDtype::kF32) {  // a peer copy when the rows live on another device
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(hidden_, rows.data.get(), rows.bytes(), cudaMemcpyDefault, stream_));
+  } else {
+    const __nv_bfloat16* src = static_cast<const __nv_bfloat16*>(rows.data.get());
+    if (rows.device != options_.device) {  // norm_ holds >= max_step_tokens x hidden bf16
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(norm_, src, rows.bytes(), cudaMemcpyDefault, stream_));
+      src = norm_;
+    }
+    RETURN_IF_ERROR(cuda::LaunchBf16ToF32(src, n, hidden_, stream_));
+  }
+  // The producer may free the buffer as soon as this returns.
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  resident_rows_ = rows.rows;
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::ReservePenalties(int64_t n) {
+  if (n <= pen_capacity_) return absl::OkStatus();
+  const int64_t capacity = std::max(n, 2 * pen_capacity_);
+  for (void* p : {static_cast<void*>(d_pen_rows_), static_cast<void*>(d_pen_ids_),
+                  static_cast<void*>(d_pen_deltas_)}) {
+    if (p != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(p));
+  }
+  d_pen_rows_ = d_pen_ids_ = nullptr;
+  d_pen_deltas_ = nullptr;
+  pen_capacity_ = 0;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&d_pen_rows_), capacity * 4));
+  CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&d_pen_ids_), capacity * 4));
+  CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&d_pen_deltas_), capacity * 4));
+  pen_capacity_ = capacity;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowSampling> rows) {
+  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  const int64_t b = static_cast<int64_t>(rows.size());
+  std::vector<int64_t> idx;
+  std::vector<int32_t> pen_rows, pen_ids;
+  std::vector<float> pen_deltas;
+  int64_t n_logits = 0;
+  for (int64_t i = 0; i < b; ++i) {
+    const RowSampling& r = rows[i];
+    idx.push_back(r.row);
+    n_logits += r.want_logits ? 1 : 0;
+    if (!r.sample) continue;
+    for (const auto& [id, delta] : r.penalties) {
+      if (id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cuda engine: penalty on token ", id, " outside the vocabulary"));
+      }
+      pen_rows.push_back(static_cast<int32_t>(i));
+      pen_ids.push_back(id);
+      pen_deltas.push_back(delta);
+    }
+  }
+  RETURN_IF_ERROR(CheckLogitRows(idx, resident_rows_));
+  SampledRows out;
+  out.tokens.assign(b, -1);
+  if (b == 0) return out;
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  for (int64_t i = 0; i < b; ++i) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + idx[i] * h, h * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, stream_));
+  }
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
+  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  // The raw logits first (before the penalties change them).
+  out.logits.resize(n_logits * vocab);
+  for (int64_t i = 0, k = 0; i < b; ++i) {
+    if (!rows[i].want_logits) continue;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data() + k++ * vocab, logits_ + i * vocab,
+                                         vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  }
+  const int64_t np = static_cast<int64_t>(pen_ids.size());
+  if (np > 0) {
+    RETURN_IF_ERROR(ReservePenalties(np));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_pen_rows_, pen_rows.data(), np * 4, cudaMemcpyHostToDevice, stream_));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_pen_ids_, pen_ids.data(), np * 4, cudaMemcpyHostToDevice, stream_));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_pen_deltas_, pen_deltas.data(), np * 4, cudaMemcpyHostToDevice, stream_));
+    RETURN_IF_ERROR(cuda::LaunchApplyPenalties(logits_, vocab, vocab, d_pen_rows_, d_pen_ids_,
+                                               d_pen_deltas_, np, stream_));
+  }
+  auto* params = static_cast<cuda::DeviceSamplingParams*>(h_row_params_);
+  for (int64_t i = 0; i < b; ++i) params[i] = ToDevice(rows[i]);
+  auto* d_params = static_cast<cuda::DeviceSamplingParams*>(d_row_params_);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(d_params, params, b * sizeof(*params), cudaMemcpyHostToDevice, stream_));
+  RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab, d_params, d_next_, stream_));
+  std::vector<int32_t> next(b);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(next.data(), d_next_, b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  for (int64_t i = 0; i < b; ++i) {
+    if (rows[i].sample) out.tokens[i] = next[i];
+  }
+  return out;
+}
+
+}  // namespace xkv
