@@ -277,6 +277,9 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
     p.add_argument("--deadline-s", type=float, default=0,
                    help="start no new prompt after this many seconds (0: none)")
+    p.add_argument("--stop-s", type=float, default=0,
+                   help="stop the workers after this many seconds, keeping finished prompts "
+                        "(0: none; needs --workers > 1)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = p.parse_args(argv)
@@ -326,11 +329,15 @@ def main(argv):
         for proc in procs:
             proc.start()
         for proc in procs:
-            proc.join()
+            proc.join(max(0.0, t_start + args.stop_s - time.time()) if args.stop_s else None)
+        for proc in procs:
+            if proc.is_alive():  # past --stop-s: its prompt in flight is dropped
+                proc.terminate()
+                proc.join()
         failed = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
         if failed:
-            print(f"kvpress_eval: workers {failed} failed; their finished prompts are kept",
-                  file=sys.stderr)
+            print(f"kvpress_eval: workers {failed} failed or were stopped; their finished "
+                  "prompts are kept", file=sys.stderr)
     rows = [r for path in parts if os.path.exists(path) for r in kvpress_report.read_csv(path)]
     if not rows:
         raise SystemExit("kvpress_eval: no prompt finished")

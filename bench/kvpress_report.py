@@ -143,3 +143,35 @@ def summary_markdown(rows, prefix="kvpress:"):
         out.append(f"| {name} | {_budget(press, keep)} | " +
                    " | ".join(f"{a:.3f}" for a in accs) + " |")
     return "\n".join(out) + "\n"
+
+
+def read_xkv_csv(path):
+    """`xkv eval`'s results.csv as rows of this module (method -> press, budget -> keep)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{"id": r["prompt_id"], "task": r["task"], "length": int(r["target_tokens"]),
+                 "split": "", "press": r["method"], "keep": float(r["budget"]),
+                 "mode": r["mode"], "prediction": r["answer"], "correct": int(r["correct"])}
+                for r in csv.DictReader(f)]
+
+
+def main(argv):
+    """kvpress_report.py KVPRESS.csv [XKV_RESULTS.csv]: the kvpress summary; with xkv's
+    results.csv, both summaries over the prompts the two files share (each % of full is of its
+    own engine's full cache)."""
+    if len(argv) not in (1, 2):
+        raise SystemExit(main.__doc__)
+    rows = read_csv(argv[0])
+    if len(argv) == 1:
+        print(summary_markdown(rows), end="")
+        return
+    xkv = read_xkv_csv(argv[1])
+    common = {r["id"] for r in rows} & {r["id"] for r in xkv}
+    print(f"{len(common)} prompts in both files\n\nkvpress (transformers):\n")
+    print(summary_markdown([r for r in rows if r["id"] in common]))
+    print("xkv:\n")
+    print(summary_markdown([r for r in xkv if r["id"] in common], prefix=""), end="")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1:])

@@ -176,6 +176,25 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| kvpress:snapkv | 20% | 0.250 | 0.250 |", md)  # by length
 
 
+    def test_side_by_side_with_xkv_keeps_shared_prompts(self):
+        with tempfile.TemporaryDirectory() as d:
+            ours, theirs = os.path.join(d, "k.csv"), os.path.join(d, "x.csv")
+            kvpress_report.write_csv(ours, self.rows())
+            with open(theirs, "w", encoding="utf-8") as f:
+                f.write("prompt_id,task,mode,target_tokens,method,budget,answer,correct\n"
+                        "p0,t,aware,1024,full,1.0000,\"a, b\",1\n"
+                        "p0,t,agnostic,1024,full,1.0000,x,1\n"
+                        "p0,t,aware,1024,xkv,0.2000,x,1\np0,t,agnostic,1024,xkv,0.2000,x,0\n"
+                        "p9,t,aware,1024,xkv,0.2000,x,1\n")
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                kvpress_report.main([ours, theirs])
+        text = out.getvalue()
+        self.assertIn("1 prompts in both files", text)
+        self.assertIn("| kvpress:snapkv | 20% | 1.000 | 0.000 | 0.500 |", text)
+        self.assertIn("| xkv | 20% | 1.000 | 0.000 | 0.500 | [0.500, 0.500] | 50.0% |", text)
+
+
 class CommandLineTest(unittest.TestCase):
     def test_defaults_are_the_full_press_set(self):
         a = kvpress_eval.parse_args(["--prompts", "p", "--gguf", "m", "--out", "o"])
