@@ -141,15 +141,19 @@ def is_correct(prediction, answers):
 
 
 def interleave_strata(prompts, seed):
-    """Seeded order that cycles through the (task, length) strata, so that any prefix (a --limit
-    or a deadline) covers every task and length about equally."""
+    """Seeded order that cycles through the (task, length) strata: each round takes one prompt of
+    every stratum, the first |tasks| of a round cover every task with lengths rotating, so that
+    any prefix (a --limit or a deadline) spans the tasks and lengths about equally."""
     strata = collections.defaultdict(list)
     for p in prompts:
         strata[(p["task"], p["length"])].append(p)
     rng = random.Random(seed)
-    groups = [strata[k] for k in sorted(strata)]
-    if not groups:
-        return []
-    for g in groups:
-        rng.shuffle(g)
-    return [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+    for key in sorted(strata):
+        rng.shuffle(strata[key])
+    tasks = sorted({t for t, _ in strata})
+    lengths = sorted({n for _, n in strata})
+    cycle = [(tasks[j % len(tasks)], lengths[(j % len(tasks) + j // len(tasks)) % len(lengths)])
+             for j in range(len(tasks) * len(lengths))]
+    rounds = max((len(g) for g in strata.values()), default=0)
+    return [strata[key][r] for r in range(rounds) for key in cycle
+            if key in strata and r < len(strata[key])]

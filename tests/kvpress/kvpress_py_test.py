@@ -114,6 +114,8 @@ class PromptFileTest(unittest.TestCase):
         order = prompts_jsonl.interleave_strata(list(prompts), seed=1)
         self.assertEqual(sorted(p["id"] for p in order), sorted(p["id"] for p in prompts))
         self.assertEqual(len({(p["task"], p["length"]) for p in order[:4]}), 4)
+        self.assertEqual({p["task"] for p in order[:2]}, {"a", "b"})
+        self.assertEqual({p["length"] for p in order[:2]}, {1024, 2048})
         self.assertEqual(order, prompts_jsonl.interleave_strata(list(prompts), seed=1))
         self.assertEqual(prompts_jsonl.interleave_strata([], seed=1), [])
 
