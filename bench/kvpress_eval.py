@@ -210,7 +210,8 @@ def cells(args):
 
 
 def run_shard(args, shard, shards, part_path, t_start):
-    """Worker: prompts shard, shard + shards, ... of the ordered list; writes rows to part_path."""
+    """Prompts shard, shard + shards, ... of the ordered list; writes rows to part_path. Returns
+    how many prompts failed."""
     runner = Runner(args.hf_dir, args.device, args.dtype, args.max_new_tokens)
     prompts = order_prompts(args)[shard::shards]
     done, failed = [], 0
@@ -246,8 +247,13 @@ def run_shard(args, shard, shards, part_path, t_start):
               f"full {full_ok}/{len(args.modes)}, all cells "
               f"{sum(r['correct'] for r in rows)}/{len(rows)}, {time.time() - t0:.1f} s ("
               + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + ")", flush=True)
-    if failed:
-        sys.exit(f"[worker {shard}] {failed} prompts failed")
+    return failed
+
+
+def worker(args, shard, shards, part_path, t_start):
+    """A worker process: exits non-zero when any of its prompts failed."""
+    if run_shard(args, shard, shards, part_path, t_start):
+        sys.exit(1)
 
 
 def order_prompts(args):
@@ -313,6 +319,7 @@ def main(argv):
     if not prompts:
         raise SystemExit(f"kvpress_eval: no prompts of split {args.split} in {args.prompts}")
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
     args.hf_dir = os.path.join(args.work, "hf-model")
     convert_model(args.gguf, args.hf_dir, args.dtype)
     import multiprocessing
@@ -321,10 +328,11 @@ def main(argv):
         if os.path.exists(path):
             os.remove(path)  # a previous run's
     if args.workers == 1:
-        run_shard(args, 0, 1, parts[0], t_start)
+        if run_shard(args, 0, 1, parts[0], t_start):
+            print("kvpress_eval: some prompts failed; the finished ones are kept", file=sys.stderr)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=run_shard, args=(args, i, args.workers, parts[i], t_start))
+        procs = [ctx.Process(target=worker, args=(args, i, args.workers, parts[i], t_start))
                  for i in range(args.workers)]
         for proc in procs:
             proc.start()
