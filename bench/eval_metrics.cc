@@ -32,26 +32,39 @@ double KlDivergence(absl::Span<const float> p_logits, absl::Span<const float> q_
 
 absl::StatusOr<FidelityScore> ScoreFidelity(absl::Span<const float> full,
                                             absl::Span<const float> compressed,
-                                            absl::Span<const int32_t> reference, int64_t vocab) {
-  const int64_t steps = static_cast<int64_t>(reference.size());
+                                            absl::Span<const int32_t> truth, int64_t vocab) {
+  const int64_t steps = static_cast<int64_t>(truth.size());
   if (steps == 0 || vocab <= 0 || static_cast<int64_t>(full.size()) != steps * vocab ||
       compressed.size() != full.size()) {
     return absl::InvalidArgumentError(absl::StrCat("eval metrics: ", full.size(), " and ",
                                                    compressed.size(), " logits for ", steps,
                                                    " steps of vocab ", vocab));
   }
+  for (int32_t t : truth) {
+    if (t < 0 || t >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("eval metrics: token ", t, " outside vocab"));
+    }
+  }
   FidelityScore score;
   score.steps = static_cast<int>(steps);
   int agree = 0;
-  double kl = 0.0;
+  double kl = 0.0, nll = 0.0;
   for (int64_t i = 0; i < steps; ++i) {
     const absl::Span<const float> f = full.subspan(i * vocab, vocab);
     const absl::Span<const float> c = compressed.subspan(i * vocab, vocab);
-    agree += Argmax(c) == reference[i] ? 1 : 0;
-    kl += KlDivergence(f, c);
+    agree += Argmax(c) == Argmax(f) ? 1 : 0;
+    const std::vector<double> lf = LogSoftmax(f), lc = LogSoftmax(c);
+    double step_kl = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const double p = std::exp(lf[v]);
+      if (p > 0.0) step_kl += p * (lf[v] - lc[v]);
+    }
+    kl += std::max(step_kl, 0.0);
+    nll -= lc[truth[i]];
   }
   score.agreement = static_cast<double>(agree) / static_cast<double>(steps);
   score.mean_kl = kl / static_cast<double>(steps);
+  score.mean_nll = nll / static_cast<double>(steps);
   return score;
 }
 

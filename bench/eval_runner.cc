@@ -1,18 +1,16 @@
 #include "bench/eval_runner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
-#include "bench/eval_metrics.h"
-#include "model/importance_collector.h"
-#include "model/kv_allocation.h"
 #include "model/sampler.h"
 
 namespace xkv {
@@ -21,44 +19,6 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
-
-}  // namespace
-
-// One sequence being run: its cache, the tokens to feed next, and what came back.
-struct EvalRunner::Lane {
-  std::unique_ptr<KvCache> cache;
-  int64_t position = 0;          // logical position of pending[0] (never the cache length)
-  std::vector<int32_t> pending;  // tokens to feed in the next step
-  int64_t logit_rows = 1;        // logits wanted for the last rows of pending
-  std::vector<float> logits;     // fp32 [logit_rows, vocab] of the last step
-  int max_tokens = 0;            // Decode: cap on generated tokens
-  bool record = false;           // Decode: keep the logits every token was chosen from
-  bool done = false;
-  std::vector<int32_t> generated;
-  std::vector<float> recorded;  // fp32 [generated, vocab] when record
-};
-
-// One method × budget of one query mode: a key-question lane and a fidelity lane.
-struct EvalRunner::Variant {
-  std::string method = "full";
-  double budget = 1.0;
-  AllocationReport report;
-  Lane key, fid;
-  FidelityScore fidelity;
-};
-
-std::string_view QueryModeName(QueryMode mode) {
-  return mode == QueryMode::kAware ? "aware" : "agnostic";
-}
-
-int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int window) {
-  const int64_t prefix = std::max<int64_t>(prompt_len - window, 0);
-  const int64_t total = std::llround(fraction * num_layers * static_cast<double>(prompt_len)) -
-                        int64_t{num_layers} * window;
-  return std::clamp<int64_t>(total, 0, int64_t{num_layers} * prefix);
-}
-
-namespace {
 
 bool SameScoring(const ImportanceOptions& a, const ImportanceOptions& b) {
   return a.window == b.window && a.pool_kernel == b.pool_kernel && a.granularity == b.granularity &&
@@ -74,7 +34,57 @@ absl::StatusOr<double> ParseNumber(absl::string_view key, absl::string_view valu
   return x;
 }
 
+// Runs fn(i) for i in [0, n) on up to `threads` threads; the first error wins.
+absl::Status ParallelFor(int n, int threads, const std::function<absl::Status(int)>& fn) {
+  std::atomic<int> next{0};
+  std::vector<absl::Status> errors(std::max(threads, 1));
+  auto work = [&](int t) {
+    for (int i = next++; i < n; i = next++) {
+      absl::Status s = fn(i);
+      if (!s.ok() && errors[t].ok()) errors[t] = s;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads && t < n; ++t) pool.emplace_back(work, t);
+  work(0);
+  for (std::thread& th : pool) th.join();
+  for (const absl::Status& s : errors) RETURN_IF_ERROR(s);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+// One sequence of the engine: the tokens to feed next and what came back.
+struct EvalRunner::Lane {
+  uint64_t id = 0;               // 0: none
+  int64_t position = 0;          // logical position of pending[0] (never the cache length)
+  std::vector<int32_t> pending;  // tokens to feed in the next step
+  int64_t logit_rows = 1;        // logits wanted for the last rows of pending
+  std::vector<float> logits;     // fp32 [logit_rows, vocab] of the last step
+  int max_tokens = 0;            // Decode: cap on generated tokens
+  bool done = false;
+  std::vector<int32_t> generated;
+};
+
+// One method x budget of one query mode: a question lane and a fidelity lane.
+struct EvalRunner::Variant {
+  std::string method = "full";
+  double budget = 1.0;
+  AllocationReport report;
+  Lane key, fid;
+  std::optional<FidelityScore> fidelity;
+};
+
+std::string_view QueryModeName(QueryMode mode) {
+  return mode == QueryMode::kAware ? "aware" : "agnostic";
+}
+
+int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int window) {
+  const int64_t prefix = std::max<int64_t>(prompt_len - window, 0);
+  const int64_t total = std::llround(fraction * num_layers * static_cast<double>(prompt_len)) -
+                        int64_t{num_layers} * window;
+  return std::clamp<int64_t>(total, 0, int64_t{num_layers} * prefix);
+}
 
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base) {
   std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
@@ -114,8 +124,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   return m;
 }
 
-EvalRunner::EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOptions options)
-    : model_(model), tokenizer_(tokenizer), options_(std::move(options)) {
+EvalRunner::EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOptions options)
+    : engine_(engine), tokenizer_(tokenizer), options_(std::move(options)) {
   for (const EvalMethod& m : options_.methods) {
     size_t i = 0;
     while (i < scorings_.size() && !SameScoring(scorings_[i], m.scoring)) ++i;
@@ -123,6 +133,8 @@ EvalRunner::EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOption
     scoring_of_.push_back(static_cast<int>(i));
     max_window_ = std::max(max_window_, m.scoring.window);
   }
+  if (scorings_.empty()) scorings_.push_back(ImportanceOptions{});  // full only: never observed
+  max_window_ = std::max(max_window_, 1);
 }
 
 bool EvalRunner::IsStop(int32_t token) const {
@@ -141,16 +153,18 @@ std::string EvalRunner::AnswerText(const std::vector<int32_t>& tokens) const {
 
 absl::Status EvalRunner::CheckPrompt(const EvalPrompt& prompt) const {
   const int64_t w = max_window_;
-  if (static_cast<int64_t>(prompt.key_question.size()) < w ||
-      static_cast<int64_t>(prompt.fidelity_question.size()) < w || prompt.context.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("eval: prompt ", prompt.id, " has a question shorter than the window ", w));
+  if (static_cast<int64_t>(prompt.question.size()) < w ||
+      static_cast<int64_t>(prompt.context.size()) <= w) {
+    return absl::InvalidArgumentError(absl::StrCat("eval: prompt ", prompt.id,
+                                                   " has a context or question shorter than the "
+                                                   "observation window ",
+                                                   w));
   }
-  const int64_t need =
-      static_cast<int64_t>(prompt.context.size()) +
-      std::max<int64_t>(prompt.key_question.size() + options_.answer_tokens,
-                        prompt.fidelity_question.size() + options_.fidelity_tokens);
-  const int64_t ctx = model_->config().context_length;
+  const int64_t need = static_cast<int64_t>(prompt.context.size()) +
+                       std::max<int64_t>(prompt.question.size() + options_.answer_tokens,
+                                         std::min<int64_t>(prompt.continuation.size(),
+                                                           w + options_.fidelity_tokens));
+  const int64_t ctx = engine_->config().context_length;
   if (ctx > 0 && need > ctx) {
     return absl::InvalidArgumentError(absl::StrCat("eval: prompt ", prompt.id, " needs ", need,
                                                    " positions; the model has ", ctx));
@@ -158,28 +172,75 @@ absl::Status EvalRunner::CheckPrompt(const EvalPrompt& prompt) const {
   return absl::OkStatus();
 }
 
+void EvalRunner::Release(Lane& lane) {
+  if (lane.id != 0) engine_->ReleaseSequence(lane.id);
+  lane.id = 0;
+}
+
+absl::StatusOr<std::vector<float>> EvalRunner::Prefill(Lane& lane, absl::Span<const int32_t> tokens,
+                                                       std::vector<CollectedScores>* scores) {
+  const int64_t n = tokens.size(), w = std::min<int64_t>(max_window_, n);
+  const int64_t vocab = engine_->config().vocab_size;
+  if (lane.id == 0) lane.id = NewSequence();
+  for (int64_t begin = 0; begin < n - w;) {  // the unobserved part, in steps
+    const int64_t len = std::min(options_.max_step_tokens, n - w - begin);
+    lane.pending.assign(tokens.begin() + begin, tokens.begin() + begin + len);
+    lane.logit_rows = 0;
+    RETURN_IF_ERROR(RunPending({&lane}));
+    begin += len;
+  }
+  const absl::Span<const int32_t> window = tokens.subspan(n - w);
+  scores->clear();
+  for (size_t s = 0; s < scorings_.size(); ++s) {
+    const bool last = s + 1 == scorings_.size();
+    RETURN_IF_ERROR(engine_->EmbedResident(window));
+    EngineStep step;
+    step.scores_only = !last;
+    step.sequences.push_back({lane.id, w, lane.position, true});
+    std::vector<EngineObservation> obs;
+    RETURN_IF_ERROR(engine_->RunLayersResident(step, scorings_[s], &obs));
+    if (!obs[0].scores.has_value()) {
+      return absl::InternalError("eval: the engine returned no scores for an observed step");
+    }
+    scores->push_back(std::move(*obs[0].scores));
+  }
+  lane.position += w;
+  const int64_t last_row = w - 1;
+  ASSIGN_OR_RETURN(std::vector<float> logits, engine_->LogitsResident({&last_row, 1}));
+  if (static_cast<int64_t>(logits.size()) != vocab) {
+    return absl::InternalError("eval: the engine returned a logits row of the wrong size");
+  }
+  return logits;
+}
+
 absl::Status EvalRunner::RunPending(std::vector<Lane*> lanes) {
   std::erase_if(lanes, [](const Lane* l) { return l->pending.empty(); });
-  const int64_t vocab = model_->config().vocab_size;
+  const int64_t vocab = engine_->config().vocab_size;
   size_t i = 0;
   while (i < lanes.size()) {
-    BatchStep step;
+    EngineStep step;
     std::vector<int32_t> tokens;
     std::vector<int64_t> rows;
     size_t j = i;
     for (; j < lanes.size(); ++j) {
       Lane* l = lanes[j];
       const int64_t n = static_cast<int64_t>(l->pending.size());
-      if (j > i && static_cast<int64_t>(tokens.size()) + n > options_.max_batch_tokens) break;
+      if (j > i && (static_cast<int64_t>(tokens.size()) + n > options_.max_step_tokens ||
+                    static_cast<int>(j - i) >= options_.max_step_sequences)) {
+        break;
+      }
+      if (l->id == 0) l->id = NewSequence();
       const int64_t base = static_cast<int64_t>(tokens.size());
-      step.sequences.push_back({l->cache.get(), n, l->position, false});
+      step.sequences.push_back({l->id, n, l->position, false});
       tokens.insert(tokens.end(), l->pending.begin(), l->pending.end());
       for (int64_t r = n - l->logit_rows; r < n; ++r) rows.push_back(base + r);
     }
-    ASSIGN_OR_RETURN(std::vector<float> hidden, model_->Embed(tokens));
-    RETURN_IF_ERROR(model_->RunLayers(model_->layer_begin(), model_->layer_end(), step,
-                                      absl::MakeSpan(hidden)));
-    ASSIGN_OR_RETURN(std::vector<float> logits, model_->Logits(hidden, rows));
+    RETURN_IF_ERROR(engine_->EmbedResident(tokens));
+    RETURN_IF_ERROR(engine_->RunLayersResident(step, scorings_[0], nullptr));
+    std::vector<float> logits;
+    if (!rows.empty()) {
+      ASSIGN_OR_RETURN(logits, engine_->LogitsResident(rows));
+    }
     int64_t row = 0;
     for (size_t k = i; k < j; ++k) {
       Lane* l = lanes[k];
@@ -195,7 +256,7 @@ absl::Status EvalRunner::RunPending(std::vector<Lane*> lanes) {
 }
 
 absl::Status EvalRunner::Decode(std::vector<Lane*> lanes) {
-  const int64_t vocab = model_->config().vocab_size;
+  const int64_t vocab = engine_->config().vocab_size;
   for (Lane* l : lanes) l->done = l->max_tokens <= 0;
   while (true) {
     std::vector<Lane*> active;
@@ -203,7 +264,6 @@ absl::Status EvalRunner::Decode(std::vector<Lane*> lanes) {
       if (l->done) continue;
       const absl::Span<const float> row(l->logits.data() + l->logits.size() - vocab, vocab);
       const int32_t token = Argmax(row);
-      if (l->record) l->recorded.insert(l->recorded.end(), row.begin(), row.end());
       l->generated.push_back(token);
       if (IsStop(token) || static_cast<int>(l->generated.size()) >= l->max_tokens) {
         l->done = true;
@@ -218,9 +278,37 @@ absl::Status EvalRunner::Decode(std::vector<Lane*> lanes) {
   }
 }
 
+absl::StatusOr<EvalRunner::Lane> EvalRunner::CompactCopy(const Lane& from,
+                                                         const CollectedScores& scores,
+                                                         const KvSettings& spec,
+                                                         AllocationReport* report) {
+  Lane copy;
+  copy.id = NewSequence();
+  copy.position = from.position;
+  RETURN_IF_ERROR(engine_->CopySequence(from.id, copy.id));
+  absl::StatusOr<AllocationPlan> plan = PlanAllocation(scores, engine_->config(), spec);
+  absl::Status st = plan.status();
+  for (int l = engine_->layer_begin(); st.ok() && plan->compress && l < engine_->layer_end(); ++l) {
+    st = engine_->CompactLayer(copy.id, l, scores.prompt_len, plan->kept[l - plan->layer_begin]);
+  }
+  if (!st.ok()) {
+    Release(copy);
+    return st;
+  }
+  const int64_t per_token = engine_->kv_bytes_per_token();
+  *report = MakeReport(
+      *plan,
+      [&](int l) {
+        const int64_t tokens = engine_->CacheLength(copy.id, l);
+        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+      },
+      per_token);
+  return copy;
+}
+
 absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
-    const KvCache& full, absl::Span<const CollectedScores> all_scores, int copies) {
-  const ModelConfig& config = model_->config();
+    const Lane& from, absl::Span<const CollectedScores> all_scores, bool with_fidelity) {
+  const ModelConfig& config = engine_->config();
   std::vector<Variant> out;
   for (size_t m = 0; m < options_.methods.size(); ++m) {
     const EvalMethod& method = options_.methods[m];
@@ -232,179 +320,167 @@ absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
       Variant v;
       v.method = method.name;
       v.budget = budget;
-      ASSIGN_OR_RETURN(v.key.cache, CompactCopy(full, scores, config, spec, &v.report));
-      if (copies > 1) v.fid.cache = std::make_unique<KvCache>(*v.key.cache);
-      v.key.position = v.fid.position = scores.prompt_len;
+      ASSIGN_OR_RETURN(v.key, CompactCopy(from, scores, spec, &v.report));
+      if (with_fidelity) {
+        v.fid.id = NewSequence();
+        v.fid.position = v.key.position;
+        RETURN_IF_ERROR(engine_->CopySequence(v.key.id, v.fid.id));
+      }
       out.push_back(std::move(v));
     }
   }
   return out;
 }
 
-absl::Status EvalRunner::ScoreVariants(std::vector<Variant>& variants, QueryMode mode,
-                                       const std::vector<int32_t>& reference,
-                                       const std::vector<float>& full_logits) {
-  const int64_t vocab = model_->config().vocab_size;
-  for (Variant& v : variants) {
-    std::vector<float> compressed;
-    if (mode == QueryMode::kAware) {  // step 0 came from the full prefill: identical
-      compressed.assign(full_logits.begin(), full_logits.begin() + vocab);
-    }
-    compressed.insert(compressed.end(), v.fid.logits.begin(), v.fid.logits.end());
-    ASSIGN_OR_RETURN(v.fidelity, ScoreFidelity(full_logits, compressed, reference, vocab));
-    v.fid = Lane();  // release the cache
-  }
-  return absl::OkStatus();
-}
-
-void EvalRunner::AppendRows(const EvalPrompt& prompt, QueryMode mode,
-                            std::vector<Variant>& variants, std::vector<EvalRow>& rows) const {
-  for (Variant& v : variants) {
-    EvalRow r;
-    r.prompt_id = prompt.id;
-    r.task = prompt.kind;
-    r.mode = mode;
-    r.target_tokens = prompt.target_tokens;
-    r.prompt_tokens = v.report.prompt_len;
-    r.depth = prompt.needles[prompt.asked].depth;
-    r.method = v.method;
-    r.budget = v.budget;
-    r.kv_bytes_held = v.report.kv_bytes_held;
-    r.kv_bytes_full = v.report.kv_bytes_full;
-    r.retention = v.report.average_retention;
-    for (const LayerAllocation& a : v.report.layers) r.layer_budgets.push_back(a.kept_prefix);
-    r.expected = prompt.expected;
-    r.answer = AnswerText(v.key.generated);
-    r.correct = ScoreAnswer(r.answer, r.expected);
-    r.agreement = v.fidelity.agreement;
-    r.kl = v.fidelity.mean_kl;
-    r.fidelity_steps = v.fidelity.steps;
-    rows.push_back(std::move(r));
-  }
-}
-
-std::vector<EvalRunner::Lane*> EvalRunner::QueueSecondPass(const EvalPrompt& p,
-                                                           const std::vector<int32_t>& ref,
-                                                           const std::vector<float>& key_logits,
-                                                           std::vector<Variant>& aware,
-                                                           std::vector<Variant>& agnostic) {
-  std::vector<Lane*> lanes;
-  const std::vector<int32_t> forced(ref.begin(), ref.end() - 1);
-  for (Variant& v : aware) {  // question already in the cache; first answer logits from the full
-    v.key.logits = key_logits;
-    v.fid.pending = forced;
-    v.fid.logit_rows = static_cast<int64_t>(forced.size());
-    lanes.push_back(&v.fid);
-  }
-  for (Variant& v : agnostic) {  // the question goes on top of the compacted context
-    v.key.pending = p.key_question;
-    v.fid.pending = p.fidelity_question;
-    v.fid.pending.insert(v.fid.pending.end(), forced.begin(), forced.end());
-    v.fid.logit_rows = static_cast<int64_t>(ref.size());
-    lanes.push_back(&v.key);
-    lanes.push_back(&v.fid);
-  }
-  return lanes;
-}
-
-EvalRunner::Variant EvalRunner::FullVariant(int64_t prompt_len, const std::vector<int32_t>& answer,
-                                            int fidelity_steps) const {
-  const ModelConfig& config = model_->config();
-  Variant f;
-  f.key.generated = answer;
-  f.report.prompt_len = prompt_len;
-  f.report.kv_bytes_full = f.report.kv_bytes_held =
-      int64_t{config.n_layers} * prompt_len * config.KvBytesPerTokenPerLayer(4);
-  f.fidelity = {1.0, 0.0, fidelity_steps};
-  return f;
-}
-
 absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, PromptTiming* timing) {
   RETURN_IF_ERROR(CheckPrompt(p));
   const auto start = std::chrono::steady_clock::now();
-  const ModelConfig& config = model_->config();
-  const int64_t vocab = config.vocab_size;
-  const int64_t C = p.context.size(), Qk = p.key_question.size(), Qs = p.fidelity_question.size();
-  // One collector per distinct scoring, all observing the same forward passes.
-  std::vector<std::unique_ptr<ImportanceCollector>> collectors;
-  for (const ImportanceOptions& scoring : scorings_) {
-    collectors.push_back(std::make_unique<ImportanceCollector>(config, model_->layer_begin(),
-                                                               model_->layer_end(), scoring));
-    RETURN_IF_ERROR(collectors.back()->Expect(0, C));
-    RETURN_IF_ERROR(collectors.back()->Expect(1, C + Qk));
-    RETURN_IF_ERROR(collectors.back()->Expect(2, C + Qs));
-  }
-  auto observe = [&collectors](const std::vector<int>& keys) -> LayerObserver {
-    std::vector<LayerObserver> all;
-    for (auto& c : collectors) all.push_back(c->ObserverFor(keys));
-    return [all = std::move(all)](const LayerObservation& obs) -> absl::Status {
-      for (const LayerObserver& o : all) RETURN_IF_ERROR(o(obs));
-      return absl::OkStatus();
-    };
-  };
-  auto take = [&collectors](int key) {
-    std::vector<CollectedScores> out;
-    for (auto& c : collectors) out.push_back(c->Take(key));
-    return out;
-  };
-  // 1-2: the context, observed; query-agnostic copies.
-  Variant full;
-  full.key.cache = model_->NewCache();
-  BatchStep step;
-  step.sequences.push_back({full.key.cache.get(), C, 0, true});
-  step.observer = observe({0});
-  RETURN_IF_ERROR(model_->Forward(p.context, step).status());
-  ASSIGN_OR_RETURN(std::vector<Variant> agnostic,
-                   CompressAll(*full.key.cache, take(0), /*copies=*/2));
-  // 3: both questions on copies of the full cache, observed; query-aware copies.
-  full.fid.cache = std::make_unique<KvCache>(*full.key.cache);
-  step.sequences = {{full.key.cache.get(), Qk, C, true}, {full.fid.cache.get(), Qs, C, true}};
-  step.observer = observe({1, 2});
-  std::vector<int32_t> tokens = p.key_question;
-  tokens.insert(tokens.end(), p.fidelity_question.begin(), p.fidelity_question.end());
-  ASSIGN_OR_RETURN(std::vector<float> last, model_->Forward(tokens, step));
-  if (timing != nullptr) timing->prefill_s = Seconds(start);
-  ASSIGN_OR_RETURN(std::vector<Variant> aware, CompressAll(*full.key.cache, take(1), /*copies=*/1));
-  ASSIGN_OR_RETURN(std::vector<Variant> aware_fid,
-                   CompressAll(*full.fid.cache, take(2), /*copies=*/1));
-  for (size_t i = 0; i < aware.size(); ++i) aware[i].fid = std::move(aware_fid[i].key);
-  // 4: the full cache's answer and reference continuation.
-  const std::vector<float> key_logits(last.begin(), last.begin() + vocab);
-  full.key.logits = key_logits;
-  full.key.position = C + Qk;
-  full.key.max_tokens = options_.answer_tokens;
-  full.fid.logits.assign(last.begin() + vocab, last.end());
-  full.fid.position = C + Qs;
-  full.fid.max_tokens = options_.fidelity_tokens;
-  full.fid.record = true;
-  RETURN_IF_ERROR(Decode({&full.key, &full.fid}));
-  const std::vector<int32_t> ref = full.fid.generated;
-  const std::vector<float> ref_logits = std::move(full.fid.recorded);
-  full.key.cache.reset();
-  full.fid = Lane();
-  // 5: agnostic questions and teacher forcing, one batched pass.
-  std::vector<Lane*> lanes = QueueSecondPass(p, ref, key_logits, aware, agnostic);
-  RETURN_IF_ERROR(RunPending(lanes));
-  RETURN_IF_ERROR(ScoreVariants(aware, QueryMode::kAware, ref, ref_logits));
-  RETURN_IF_ERROR(ScoreVariants(agnostic, QueryMode::kAgnostic, ref, ref_logits));
-  // 6: every compressed cache's answer.
-  lanes.clear();
-  for (std::vector<Variant>* vs : {&aware, &agnostic}) {
-    for (Variant& v : *vs) {
-      v.key.max_tokens = options_.answer_tokens;
-      lanes.push_back(&v.key);
+  const int64_t vocab = engine_->config().vocab_size;
+  const int64_t C = p.context.size(), Q = p.question.size(), W = max_window_;
+  const int64_t S =
+      std::min<int64_t>(options_.fidelity_tokens, static_cast<int64_t>(p.continuation.size()) - W);
+  const bool fidelity = S >= 1;
+  const absl::Span<const int32_t> R(p.continuation);
+  Lane base, key, fid;
+  std::vector<Variant> aware, agnostic;
+  auto release_all = [&] {
+    for (Lane* l : {&base, &key, &fid}) Release(*l);
+    for (std::vector<Variant>* vs : {&aware, &agnostic}) {
+      for (Variant& v : *vs) {
+        Release(v.key);
+        Release(v.fid);
+      }
     }
-  }
-  RETURN_IF_ERROR(Decode(lanes));
-  // Rows: the full reference first (once per mode), then every method × budget.
-  std::vector<EvalRow> rows;
-  for (QueryMode mode : {QueryMode::kAware, QueryMode::kAgnostic}) {
-    std::vector<Variant> reference(1);
-    reference[0] = FullVariant(mode == QueryMode::kAware ? C + Qk : C, full.key.generated,
-                               static_cast<int>(ref.size()));
-    AppendRows(p, mode, reference, rows);
-    AppendRows(p, mode, mode == QueryMode::kAware ? aware : agnostic, rows);
-  }
+  };
+  auto run = [&]() -> absl::StatusOr<std::vector<EvalRow>> {
+    // 1-2: the shared prefills, observed.
+    std::vector<CollectedScores> agn_scores, key_scores, fid_scores;
+    RETURN_IF_ERROR(Prefill(base, p.context, &agn_scores).status());
+    key.id = NewSequence();
+    key.position = base.position;
+    RETURN_IF_ERROR(engine_->CopySequence(base.id, key.id));
+    ASSIGN_OR_RETURN(std::vector<float> key_logits, Prefill(key, p.question, &key_scores));
+    std::vector<float> full_fid;  // the full cache's S predictions of R[W, W + S)
+    if (fidelity) {
+      fid.id = NewSequence();
+      fid.position = base.position;
+      RETURN_IF_ERROR(engine_->CopySequence(base.id, fid.id));
+      ASSIGN_OR_RETURN(full_fid, Prefill(fid, R.subspan(0, W), &fid_scores));
+    }
+    if (timing != nullptr) timing->prefill_s = Seconds(start);
+    // 3-4: the compressed variants.
+    const bool want_aware =
+        std::count(options_.modes.begin(), options_.modes.end(), QueryMode::kAware) > 0;
+    const bool want_agnostic =
+        std::count(options_.modes.begin(), options_.modes.end(), QueryMode::kAgnostic) > 0;
+    if (want_agnostic) {
+      ASSIGN_OR_RETURN(agnostic, CompressAll(base, agn_scores, fidelity));
+    }
+    Release(base);
+    if (want_aware) {
+      ASSIGN_OR_RETURN(aware, CompressAll(key, key_scores, false));
+      if (fidelity) {
+        ASSIGN_OR_RETURN(std::vector<Variant> aware_fid, CompressAll(fid, fid_scores, false));
+        for (size_t i = 0; i < aware.size(); ++i) aware[i].fid = std::move(aware_fid[i].key);
+      }
+    }
+    std::vector<Lane*> lanes;
+    const std::vector<int32_t> forced_tail(R.begin() + W,
+                                           R.begin() + W + std::max<int64_t>(S - 1, 0));
+    if (fidelity) {
+      fid.pending = forced_tail;
+      fid.logit_rows = S - 1;
+      lanes.push_back(&fid);
+    }
+    for (Variant& v : aware) {
+      v.key.logits = key_logits;
+      if (!fidelity) continue;
+      v.fid.pending = forced_tail;
+      v.fid.logit_rows = S - 1;
+      lanes.push_back(&v.fid);
+    }
+    for (Variant& v : agnostic) {
+      v.key.pending = p.question;
+      lanes.push_back(&v.key);
+      if (!fidelity) continue;
+      v.fid.pending.assign(R.begin(), R.begin() + W + S - 1);
+      v.fid.logit_rows = S;
+      lanes.push_back(&v.fid);
+    }
+    RETURN_IF_ERROR(RunPending(lanes));
+    if (fidelity) {
+      full_fid.insert(full_fid.end(), fid.logits.begin(), fid.logits.end());
+      const absl::Span<const int32_t> truth = R.subspan(W, S);
+      std::vector<Variant*> scored;
+      for (std::vector<Variant>* vs : {&aware, &agnostic}) {
+        for (Variant& v : *vs) scored.push_back(&v);
+      }
+      RETURN_IF_ERROR(ParallelFor(
+          static_cast<int>(scored.size()), options_.threads, [&](int i) -> absl::Status {
+            Variant& v = *scored[i];
+            std::vector<float> comp;
+            if (v.fid.logit_rows == S - 1) {  // aware: step 0 came from the full prefill
+              comp.assign(full_fid.begin(), full_fid.begin() + vocab);
+            }
+            comp.insert(comp.end(), v.fid.logits.begin(), v.fid.logits.end());
+            ASSIGN_OR_RETURN(v.fidelity, ScoreFidelity(full_fid, comp, truth, vocab));
+            v.fid.logits.clear();
+            return absl::OkStatus();
+          }));
+      for (Variant* v : scored) Release(v->fid);
+      Release(fid);
+    }
+    // 5: every cache's answer.
+    key.logits = std::move(key_logits);
+    lanes = {&key};
+    for (std::vector<Variant>* vs : {&aware, &agnostic}) {
+      for (Variant& v : *vs) lanes.push_back(&v.key);
+    }
+    for (Lane* l : lanes) l->max_tokens = options_.answer_tokens;
+    RETURN_IF_ERROR(Decode(lanes));
+    // Rows: the full reference first (once per mode), then every method x budget.
+    std::optional<FidelityScore> full_score;
+    if (fidelity) {
+      ASSIGN_OR_RETURN(full_score, ScoreFidelity(full_fid, full_fid, R.subspan(W, S), vocab));
+    }
+    const int64_t per_token = engine_->kv_bytes_per_token();
+    const int L = engine_->config().n_layers;
+    std::vector<EvalRow> rows;
+    for (QueryMode mode : options_.modes) {
+      std::vector<const Variant*> vs;
+      Variant full;
+      full.key.generated = key.generated;
+      full.report.prompt_len = mode == QueryMode::kAware ? C + Q : C;
+      full.report.kv_bytes_full = full.report.kv_bytes_held =
+          L * full.report.prompt_len * per_token;
+      full.fidelity = full_score;
+      vs.push_back(&full);
+      for (const Variant& v : mode == QueryMode::kAware ? aware : agnostic) vs.push_back(&v);
+      for (const Variant* v : vs) {
+        EvalRow r;
+        r.prompt_id = p.id;
+        r.task = p.task;
+        r.mode = mode;
+        r.target_tokens = p.target_tokens;
+        r.prompt_tokens = v->report.prompt_len;
+        r.depth = p.depth;
+        r.method = v->method;
+        r.budget = v->budget;
+        r.kv_bytes_held = v->report.kv_bytes_held;
+        r.kv_bytes_full = v->report.kv_bytes_full;
+        r.retention = v->report.average_retention;
+        for (const LayerAllocation& a : v->report.layers) r.layer_budgets.push_back(a.kept_prefix);
+        r.answers = p.answers;
+        r.answer = AnswerText(v->key.generated);
+        r.correct = ScoreAnswer(r.answer, r.answers);
+        r.fidelity = v->fidelity;
+        rows.push_back(std::move(r));
+      }
+    }
+    return rows;
+  };
+  absl::StatusOr<std::vector<EvalRow>> rows = run();
+  release_all();
   if (timing != nullptr) timing->total_s = Seconds(start);
   return rows;
 }

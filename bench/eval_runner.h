@@ -1,28 +1,28 @@
-// Runs one EvalPrompt (bench/eval_tasks.h) through every method × budget of `xkv eval`, sharing
-// ONE full prefill of the prompt between all of them.
+// Runs one EvalPrompt (bench/eval_prompts.h) through every method x budget of `xkv eval` on any
+// StageEngine holding the whole model (CPU, or CUDA with `--device cuda:N`), sharing ONE prefill
+// of the prompt between all of them (StageEngine::CopySequence, then CompactLayer per copy).
 //
-// Per prompt (C = context tokens, Qk = key question, Qs = fidelity question):
-//  1. Full prefill of the context, observed by an ImportanceCollector (scores of the context's
-//     last w tokens: the query-AGNOSTIC scores).
-//  2. Query-agnostic caches: CompactCopy of that full context cache for every method × budget
-//     (two copies each: one gets Qk, one gets Qs).
-//  3. The full cache is duplicated; Qk is prefilled on one copy and Qs on the other, both observed
-//     (the window is now the question's last w tokens: the query-AWARE scores). CompactCopy of
-//     each for every method × budget. As in XKV's one_pass mode, the prompt's last logits come
-//     from the full prefill, so a query-aware run's first answer token equals the full cache's.
-//  4. Full cache (the reference; method "full"): greedy answer to Qk (<= answer_tokens), and the
-//     greedy continuation of Qs (<= fidelity_tokens, stopping after an end token) with its logits.
-//  5. One batched step for all compressed caches: query-agnostic ones prefill their question
-//     (on top of the compacted cache, at the true positions C..C+|Q|-1); fidelity caches are also
-//     teacher-forced with the full run's continuation (all rows' logits kept).
-//  6. Batched greedy decoding of every compressed cache's answer to Qk.
-// New tokens always take the true position (prompt length + tokens since), never the compacted
-// cache length.
+// Per prompt (C = context tokens, Q = question, R = the real continuation, W = the largest
+// observation window of the methods, S = fidelity steps):
+//  1. Prefill C; its last W tokens are observed once per distinct scoring (scores-only steps for
+//     all but the last): the query-AGNOSTIC scores.
+//  2. Copies of that cache: Q is prefilled on one (observed again: the query-AWARE scores, and the
+//     first answer token's logits), R[0, W) on another (the aware scores of the fidelity lane).
+//  3. Query-agnostic variants: a copy of the context cache, compacted, per method x budget; Q is
+//     then prefilled on top (kvpress's protocol: the question comes after compression).
+//     Query-aware variants: a copy of the context + question cache, compacted; the first answer
+//     token comes from the full prefill (as in XKV's one_pass mode).
+//  4. Fidelity lanes (when R has more than W tokens): the same for R: every cache, the full one
+//     included, is teacher-forced with R up to W + S and its predictions of R[W, W + S) are
+//     compared with the full cache's (agreement, KL) and with the truth (NLL).
+//  5. Every cache's greedy answer, decoded as one batch.
+// Positions are always the true ones (prompt length + tokens since), never the compacted cache
+// length. Every sequence is released before Run returns.
 //
 // Budgets are fractions f of the full cache's KV bytes for the prompt being compressed (T tokens,
-// L layers): every method keeps N = round(f·L·T) − L·w prefix tokens in total plus the w window
-// tokens per layer, so all methods hold the same bytes (fp32 cache, same KV heads in every layer).
-// The reported bytes come from the AllocationReport of each CompactCopy.
+// L layers): every method keeps N = round(f*L*T) - L*w prefix tokens in total plus the w window
+// tokens per layer, so all methods hold the same bytes (same KV heads in every layer). The
+// reported bytes are the engine's (CacheLength x kv_bytes_per_token after compaction).
 #ifndef XKV_BENCH_EVAL_RUNNER_H_
 #define XKV_BENCH_EVAL_RUNNER_H_
 
@@ -35,10 +35,12 @@
 #include "absl/strings/string_view.h"
 #include "allocator/kv_policy.h"
 #include "allocator/kv_spec.h"
-#include "bench/eval_tasks.h"
+#include "bench/eval_metrics.h"
+#include "bench/eval_prompts.h"
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
-#include "model/llama_model.h"
+#include "model/kv_allocation.h"
+#include "model/stage_engine.h"
 #include "model/tokenizer.h"
 
 namespace xkv {
@@ -62,86 +64,87 @@ struct EvalMethod {
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
 
 struct EvalOptions {
-  std::vector<EvalMethod> methods;   // compressed methods; full always runs as the reference
-  std::vector<double> budgets;       // fractions of full KV bytes, each in (0, 1)
+  std::vector<EvalMethod> methods;  // compressed methods; full always runs as the reference
+  std::vector<double> budgets;      // fractions of full KV bytes, each in (0, 1)
+  std::vector<QueryMode> modes = {QueryMode::kAware, QueryMode::kAgnostic};
   int answer_tokens = 12;            // greedy answer length cap
-  int fidelity_tokens = 32;          // teacher-forced continuation length
+  int fidelity_tokens = 32;          // teacher-forced continuation steps (S)
   std::vector<int32_t> stop_tokens;  // end of answer (e.g. <|im_end|>, <|endoftext|>)
-  int64_t max_batch_tokens = 2048;   // tokens per batched forward step (memory bound)
+  int64_t max_step_tokens = 2048;    // tokens per batched step (engine / memory bound)
+  int max_step_sequences = 64;       // sequences per batched step
+  int threads = 1;                   // host threads for the fidelity metrics
 };
 
-// Total kept prefix tokens for budget fraction f of a prompt of T tokens (clamped to [0, L·P]).
+// Total kept prefix tokens for budget fraction f of a prompt of T tokens (clamped to [0, L*P]).
 int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int window);
 
-// One row per prompt × query mode × method × budget (full: budget 1).
+// One row per prompt x query mode x method x budget (full: budget 1).
 struct EvalRow {
   std::string prompt_id;
-  TaskKind task = TaskKind::kPasskey;
+  std::string task;
   QueryMode mode = QueryMode::kAware;
   int64_t target_tokens = 0;
   int64_t prompt_tokens = 0;    // tokens compressed: context (agnostic) or context + question
-  double depth = 0.0;           // actual depth of the asked needle in the document
+  double depth = -1.0;          // depth of the asked needle in the document (-1: unknown)
   std::string method = "full";  // EvalMethod::name
   double budget = 1.0;          // requested fraction of full KV bytes
-  int64_t kv_bytes_held = 0;    // after compaction (AllocationReport)
+  int64_t kv_bytes_held = 0;    // after compaction
   int64_t kv_bytes_full = 0;
   std::optional<double> retention;     // average retention of the scores kept, when known
   std::vector<int64_t> layer_budgets;  // [L] kept prefix tokens b_l per layer (empty for full)
-  std::string expected;
-  std::string answer;  // greedy answer text (after the priming), end tokens dropped
+  std::vector<std::string> answers;    // the expected answers (any one is correct)
+  std::string answer;                  // greedy answer text (after the prefix), end tokens dropped
   bool correct = false;
-  double agreement = 1.0;  // eval_metrics.h
-  double kl = 0.0;
-  int fidelity_steps = 0;
+  std::optional<FidelityScore> fidelity;  // when the prompt has a continuation
 };
 
 struct PromptTiming {
-  double prefill_s = 0.0;  // the shared full prefill (context + both questions)
+  double prefill_s = 0.0;  // the shared full prefills (context, question, continuation start)
   double total_s = 0.0;
 };
 
 class EvalRunner {
  public:
-  // model must hold every layer plus embedding and lm_head; both must outlive the runner.
-  EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOptions options);
+  // The engine must hold every layer (embedding and head included); engine and tokenizer must
+  // outlive the runner.
+  EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOptions options);
 
-  // INVALID_ARGUMENT when a question is shorter than the window or the prompt plus answers does
-  // not fit the model's context.
+  // INVALID_ARGUMENT when the question is shorter than the window or the prompt plus its answer
+  // does not fit the model's context.
   absl::StatusOr<std::vector<EvalRow>> Run(const EvalPrompt& prompt, PromptTiming* timing);
+  // Run's checks alone (a whole file is checked before the first prompt runs).
+  absl::Status CheckPrompt(const EvalPrompt& prompt) const;
 
  private:
   struct Lane;
   struct Variant;
-  absl::Status CheckPrompt(const EvalPrompt& prompt) const;
+  uint64_t NewSequence() { return next_id_++; }
+  // Prefills `tokens` on lane (its position onward); the last W tokens are observed with every
+  // scoring (scores[i] for scorings_[i]). Returns the last token's logits.
+  absl::StatusOr<std::vector<float>> Prefill(Lane& lane, absl::Span<const int32_t> tokens,
+                                             std::vector<CollectedScores>* scores);
+  // Runs every lane's pending tokens (batched), keeping its last logit_rows logits.
   absl::Status RunPending(std::vector<Lane*> lanes);
-  // Greedy decoding of every lane (its first logits already in lane.logits) up to its
-  // max_tokens or a stop token, batched across lanes.
+  // Greedy decoding of every lane (its first logits already in lane.logits) up to max_tokens or a
+  // stop token, batched across lanes.
   absl::Status Decode(std::vector<Lane*> lanes);
-  // CompactCopy of `full` for every method × budget, each with the scores of its scoring
-  // (scores[scoring_of_[m]]); `copies` == 2 also fills the fidelity lane.
-  absl::StatusOr<std::vector<Variant>> CompressAll(const KvCache& full,
+  // A copy of `from` compacted for every method x budget (scores[scoring_of_[m]]).
+  absl::StatusOr<std::vector<Variant>> CompressAll(const Lane& from,
                                                    absl::Span<const CollectedScores> scores,
-                                                   int copies);
-  absl::Status ScoreVariants(std::vector<Variant>& variants, QueryMode mode,
-                             const std::vector<int32_t>& reference,
-                             const std::vector<float>& full_logits);
-  // Lanes of the batched step after the reference run: agnostic questions, teacher forcing.
-  std::vector<Lane*> QueueSecondPass(const EvalPrompt& prompt, const std::vector<int32_t>& ref,
-                                     const std::vector<float>& key_logits,
-                                     std::vector<Variant>& aware, std::vector<Variant>& agnostic);
-  Variant FullVariant(int64_t prompt_len, const std::vector<int32_t>& answer,
-                      int fidelity_steps) const;
-  void AppendRows(const EvalPrompt& prompt, QueryMode mode, std::vector<Variant>& variants,
-                  std::vector<EvalRow>& rows) const;
+                                                   bool with_fidelity);
+  absl::StatusOr<Lane> CompactCopy(const Lane& from, const CollectedScores& scores,
+                                   const KvSettings& spec, AllocationReport* report);
+  void Release(Lane& lane);
   bool IsStop(int32_t token) const;
   std::string AnswerText(const std::vector<int32_t>& tokens) const;
 
-  LlamaModel* model_;
+  StageEngine* engine_;
   const Tokenizer* tokenizer_;
   EvalOptions options_;
   std::vector<ImportanceOptions> scorings_;  // the distinct scorings of the methods
   std::vector<int> scoring_of_;              // [method] index into scorings_
   int max_window_ = 0;
+  uint64_t next_id_ = 1;
 };
 
 }  // namespace xkv

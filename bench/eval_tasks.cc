@@ -8,108 +8,85 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
+#include "bench/eval_task_families.h"
 
 namespace xkv {
 namespace {
 
-constexpr char kInstruction[] = "Read the following document carefully.";
-constexpr char kSplit[] = "\x1f";  // never in the corpus (SplitParagraphs drops control bytes)
-constexpr char kFidelityQuestion[] = "Summarize the document above in a few sentences.";
 constexpr int kMinTruncatedTokens = 16;
+constexpr int kContinuationWords = 80;  // about 100 tokens: the fidelity continuation
+constexpr int kMaxRedraws = 8;          // new values when an answer is already in the haystack
 
-constexpr const char* kNames[] = {"Alice", "Bob",    "Carol",  "David", "Emma",  "Frank",
-                                  "Grace", "Henry",  "Irene",  "Jack",  "Karen", "Louis",
-                                  "Maria", "Nathan", "Olivia", "Peter"};
+constexpr TaskKind kAllTasks[] = {TaskKind::kNiahNumber,       TaskKind::kNiahWord,
+                                  TaskKind::kNiahCode,         TaskKind::kMultiKey,
+                                  TaskKind::kMultiValue,       TaskKind::kMultiQuery,
+                                  TaskKind::kVariableTracking, TaskKind::kCommonWords};
 
-std::string NeedleText(const Needle& n) {
-  if (n.name.empty()) {
-    return absl::StrCat("The pass key is ", n.key, ". Remember it. ", n.key, " is the pass key.");
-  }
-  return absl::StrCat("The pass key for ", n.name, " is ", n.key, ". Remember it. ", n.key,
-                      " is the pass key for ", n.name, ".");
-}
-
-std::string KeyQuestion(const Needle& n) {
-  if (n.name.empty()) return "What is the pass key? Answer with the number only.";
-  return absl::StrCat("What is the pass key for ", n.name, "? Answer with the number only.");
-}
-
-std::string AnswerPriming(const Needle& n) {
-  if (n.name.empty()) return "The pass key is";
-  return absl::StrCat("The pass key for ", n.name, " is");
-}
-
-// Distinct 5-digit keys and (multikey) distinct names.
-std::vector<Needle> MakeNeedles(TaskKind kind, int num_keys, std::mt19937_64& rng) {
-  const int count = kind == TaskKind::kPasskey ? 1 : num_keys;
-  std::vector<int> names(std::size(kNames));
-  for (size_t i = 0; i < names.size(); ++i) names[i] = static_cast<int>(i);
-  std::shuffle(names.begin(), names.end(), rng);
-  std::uniform_int_distribution<int> key_dist(10000, 99999);
-  absl::flat_hash_set<int> used;
-  std::vector<Needle> needles(count);
-  for (int i = 0; i < count; ++i) {
-    int key = key_dist(rng);
-    while (!used.insert(key).second) key = key_dist(rng);
-    needles[i].key = std::to_string(key);
-    if (kind == TaskKind::kMultiKey) needles[i].name = kNames[names[i % names.size()]];
-  }
-  return needles;
-}
-
-absl::StatusOr<int64_t> CountTokens(const TextEncoder& encode, std::string_view text) {
-  ASSIGN_OR_RETURN(std::vector<int32_t> ids, encode(text));
+absl::StatusOr<int64_t> CountTokens(const TextEncoder& encode, absl::string_view text) {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, encode(text, false));
   return static_cast<int64_t>(ids.size());
 }
 
+std::vector<absl::string_view> Words(const std::string& text) {
+  return absl::StrSplit(text, ' ', absl::SkipEmpty());
+}
+
 // The longest word prefix of `paragraph` with at most `budget` tokens ("" when none fits).
-absl::StatusOr<std::string> TruncateToTokens(const std::string& paragraph, int64_t budget,
-                                             const TextEncoder& encode) {
-  std::vector<absl::string_view> words = absl::StrSplit(paragraph, ' ');
+absl::StatusOr<size_t> WordsWithin(const std::vector<absl::string_view>& words, int64_t budget,
+                                   const TextEncoder& encode) {
   size_t lo = 0, hi = words.size();  // invariant: prefix of lo words fits
   while (lo < hi) {
     const size_t mid = (lo + hi + 1) / 2;
-    std::string text = absl::StrJoin(words.begin(), words.begin() + mid, " ");
-    ASSIGN_OR_RETURN(int64_t n, CountTokens(encode, text));
+    ASSIGN_OR_RETURN(int64_t n,
+                     CountTokens(encode, absl::StrJoin(words.begin(), words.begin() + mid, " ")));
     if (n <= budget) {
       lo = mid;
     } else {
       hi = mid - 1;
     }
   }
-  return absl::StrJoin(words.begin(), words.begin() + lo, " ");
+  return lo;
 }
 
 struct Haystack {
   std::vector<std::string> paragraphs;
   std::vector<int64_t> tokens;  // per paragraph (+1 for its "\n\n" separator)
   int64_t total = 0;
+  std::string continuation;  // the real text right after the haystack
 };
 
 // Consecutive corpus paragraphs from a seeded start until `budget` tokens are filled; the last
-// one is cut at a word boundary.
+// one is cut at a word boundary and what follows it is the continuation.
 absl::StatusOr<Haystack> FillHaystack(const TextCorpus& corpus, int64_t budget,
                                       std::mt19937_64& rng, const TextEncoder& encode) {
   Haystack h;
   const size_t n = corpus.paragraphs.size();
   const size_t start = std::uniform_int_distribution<size_t>(0, n - 1)(rng);
-  for (size_t i = 0; i < n && h.total < budget; ++i) {
+  size_t i = 0;
+  std::vector<absl::string_view> rest;  // words of the cut paragraph after the cut
+  for (; i < n && h.total < budget; ++i) {
     const std::string& p = corpus.paragraphs[(start + i) % n];
     ASSIGN_OR_RETURN(int64_t t, CountTokens(encode, p));
     if (h.total + t + 1 > budget) {
       const int64_t left = budget - h.total - 1;
       if (left < kMinTruncatedTokens) break;
-      ASSIGN_OR_RETURN(std::string cut, TruncateToTokens(p, left, encode));
+      const std::vector<absl::string_view> words = Words(p);
+      ASSIGN_OR_RETURN(const size_t keep, WordsWithin(words, left, encode));
+      const std::string cut = absl::StrJoin(words.begin(), words.begin() + keep, " ");
       ASSIGN_OR_RETURN(t, CountTokens(encode, cut));
-      h.paragraphs.push_back(std::move(cut));
+      h.paragraphs.push_back(cut);
       h.tokens.push_back(t + 1);
       h.total += t + 1;
+      rest.assign(words.begin() + keep, words.end());
+      ++i;
       break;
     }
     h.paragraphs.push_back(p);
@@ -120,6 +97,17 @@ absl::StatusOr<Haystack> FillHaystack(const TextCorpus& corpus, int64_t budget,
     return absl::InvalidArgumentError(absl::StrCat("eval tasks: the corpus (", n,
                                                    " paragraphs) cannot fill ", budget, " tokens"));
   }
+  // Continuation: the cut paragraph's remainder, then the next paragraphs, kContinuationWords.
+  std::string cont;
+  rest.resize(std::min<size_t>(rest.size(), kContinuationWords));
+  size_t words = rest.size();
+  if (!rest.empty()) cont = absl::StrCat(" ", absl::StrJoin(rest, " "));
+  for (size_t k = 0; words < kContinuationWords && k < n; ++k) {
+    const std::vector<absl::string_view> next = Words(corpus.paragraphs[(start + i + k) % n]);
+    absl::StrAppend(&cont, "\n\n", absl::StrJoin(next, " "));
+    words += next.size();
+  }
+  h.continuation = std::move(cont);
   return h;
 }
 
@@ -140,21 +128,29 @@ int BoundaryAtDepth(const Haystack& h, double depth) {
   return best;
 }
 
-// Inserts the needles (needle i at boundary[i]) and fills their paragraph indices and depths.
-std::string AssembleDocument(const Haystack& h, std::vector<Needle>& needles,
+// Boundaries: needle 0 at `depth`, the others at seeded boundaries (several may share one).
+std::vector<int> PlaceNeedles(const Haystack& h, int count, double depth, std::mt19937_64& rng) {
+  std::vector<int> boundary(count);
+  boundary[0] = BoundaryAtDepth(h, depth);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (int i = 1; i < count; ++i) boundary[i] = BoundaryAtDepth(h, u(rng));
+  return boundary;
+}
+
+// The document with needle i at boundary[i] (in needle order within a boundary); the depth of
+// needle 0 (document tokens before it / document tokens).
+std::string AssembleDocument(const Haystack& h, const std::vector<std::string>& needles,
                              const std::vector<int>& boundary,
-                             const std::vector<int64_t>& needle_tokens) {
+                             const std::vector<int64_t>& needle_tokens, double* depth) {
   std::vector<std::string> out;
   int64_t all = h.total;
   for (int64_t t : needle_tokens) all += t;
-  const double total = static_cast<double>(all);
   int64_t cum = 0;
   for (size_t b = 0; b <= h.paragraphs.size(); ++b) {
     for (size_t i = 0; i < needles.size(); ++i) {
       if (boundary[i] != static_cast<int>(b)) continue;
-      needles[i].paragraph = static_cast<int>(out.size());
-      needles[i].depth = static_cast<double>(cum) / total;
-      out.push_back(NeedleText(needles[i]));
+      if (i == 0) *depth = static_cast<double>(cum) / static_cast<double>(all);
+      out.push_back(needles[i]);
       cum += needle_tokens[i];
     }
     if (b < h.paragraphs.size()) {
@@ -165,48 +161,137 @@ std::string AssembleDocument(const Haystack& h, std::vector<Needle>& needles,
   return absl::StrJoin(out, "\n\n");
 }
 
-// Boundaries: the asked needle at `depth`, the others at distinct seeded boundaries.
-std::vector<int> PlaceNeedles(const Haystack& h, int count, int asked, double depth,
-                              std::mt19937_64& rng) {
-  const int n = static_cast<int>(h.paragraphs.size());
-  std::vector<int> boundary(count, -1);
-  boundary[asked] = BoundaryAtDepth(h, depth);
-  absl::flat_hash_set<int> used = {boundary[asked]};
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  for (int i = 0; i < count; ++i) {
-    if (i == asked) continue;
-    int b = BoundaryAtDepth(h, u(rng));
-    for (int tries = 0; used.contains(b) && tries <= n; ++tries) b = (b + 1) % (n + 1);
-    used.insert(b);
-    boundary[i] = b;
-  }
-  return boundary;
-}
-
-// context / question split of one rendered chat prompt.
-absl::StatusOr<std::pair<std::string, std::string>> RenderSplit(const ChatRenderer& render,
-                                                                const std::string& document,
-                                                                const std::string& question) {
-  ASSIGN_OR_RETURN(std::string text,
-                   render(absl::StrCat(kInstruction, "\n\n", document, kSplit, "\n\n", question)));
-  const size_t pos = text.find(kSplit);
-  if (pos == std::string::npos || text.find(kSplit, pos + 1) != std::string::npos) {
-    return absl::InternalError("eval tasks: the chat template lost the split marker");
-  }
-  return std::make_pair(text.substr(0, pos), text.substr(pos + 1));
-}
-
-bool MostlyLetters(std::string_view p) {
+bool MostlyLetters(absl::string_view p) {
   int64_t letters = 0;
   for (unsigned char c : p) letters += std::isalpha(c) || c == ' ' ? 1 : 0;
   return letters >= 0.85 * static_cast<double>(p.size());
 }
 
+// Distinct lowercase words of 4-10 letters in the corpus, sorted.
+std::vector<std::string> Vocabulary(const TextCorpus& corpus) {
+  absl::btree_set<std::string> words;
+  for (const std::string& p : corpus.paragraphs) {
+    for (absl::string_view w : absl::StrSplit(p, absl::ByAnyChar(" .,;:()\"'"))) {
+      if (w.size() < 4 || w.size() > 10) continue;
+      bool lower = true;
+      for (char c : w) lower = lower && c >= 'a' && c <= 'z';
+      if (lower) words.insert(std::string(w));
+    }
+  }
+  return {words.begin(), words.end()};
+}
+
+int64_t Occurrences(absl::string_view text, absl::string_view what) {
+  int64_t n = 0;
+  for (size_t pos = text.find(what); pos != absl::string_view::npos;
+       pos = text.find(what, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// Tokens of the rendered prompt: chat template around context + question, then the prefix.
+absl::StatusOr<int64_t> PromptTokens(const TaskRecord& r, const TextEncoder& encode,
+                                     const ChatRenderer& render) {
+  const ChatMessage msg{"user", r.context + r.question};
+  ASSIGN_OR_RETURN(std::string text, render(absl::MakeConstSpan(&msg, 1)));
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, encode(text + r.answer_prefix, true));
+  return static_cast<int64_t>(ids.size());
+}
+
+absl::StatusOr<TaskRecord> BuildOnce(const TextCorpus& corpus, TaskKind kind, int64_t target_tokens,
+                                     double depth, uint64_t seed, const TextEncoder& encode,
+                                     const ChatRenderer& render) {
+  std::mt19937_64 rng(seed);
+  TaskRecord r;
+  r.task = std::string(TaskName(kind));
+  r.length = target_tokens;
+  TaskText text;
+  std::string document;
+  if (kind == TaskKind::kCommonWords) {
+    text = CommonWordsText();
+    TaskRecord empty;
+    empty.context = text.instruction;
+    empty.question = text.question;
+    empty.answer_prefix = text.answer_prefix;
+    ASSIGN_OR_RETURN(const int64_t overhead, PromptTokens(empty, encode, render));
+    const int64_t budget = target_tokens - overhead;
+    if (budget < 4 * kMinTruncatedTokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("eval tasks: ", target_tokens, " tokens is too short for cwe"));
+    }
+    auto count = [&encode](absl::string_view t) { return CountTokens(encode, t); };
+    ASSIGN_OR_RETURN(document, CommonWordsList(Vocabulary(corpus), budget, rng, count, &text));
+    // The fidelity continuation: real prose after the list.
+    ASSIGN_OR_RETURN(Haystack h, FillHaystack(corpus, 4 * kMinTruncatedTokens, rng, encode));
+    r.continuation = h.continuation;
+  } else {
+    text = NeedleTaskText(kind, rng);
+    TaskRecord empty;
+    empty.context = text.instruction;
+    empty.question = text.question;
+    empty.answer_prefix = text.answer_prefix;
+    ASSIGN_OR_RETURN(const int64_t overhead, PromptTokens(empty, encode, render));
+    std::vector<int64_t> needle_tokens;  // each with its "\n\n" separator
+    int64_t budget = target_tokens - overhead;
+    for (const std::string& n : text.needles) {
+      ASSIGN_OR_RETURN(int64_t t, CountTokens(encode, n));
+      needle_tokens.push_back(t + 1);
+      budget -= t + 1;
+    }
+    if (budget < 4 * kMinTruncatedTokens) {
+      return absl::InvalidArgumentError(absl::StrCat("eval tasks: ", target_tokens,
+                                                     " tokens is too short (prompt overhead ",
+                                                     target_tokens - budget, ")"));
+    }
+    ASSIGN_OR_RETURN(Haystack h, FillHaystack(corpus, budget, rng, encode));
+    const std::vector<int> boundary =
+        PlaceNeedles(h, static_cast<int>(text.needles.size()), depth, rng);
+    document = AssembleDocument(h, text.needles, boundary, needle_tokens, &r.depth);
+    r.continuation = h.continuation;
+  }
+  r.context = text.instruction + document;
+  r.question = text.question;
+  r.answer_prefix = text.answer_prefix;
+  r.answers = text.answers;
+  return r;
+}
+
 }  // namespace
 
-std::string_view TaskName(TaskKind kind) {
-  return kind == TaskKind::kPasskey ? "passkey" : "multikey";
+absl::string_view TaskName(TaskKind kind) {
+  switch (kind) {
+    case TaskKind::kNiahNumber:
+      return "niah_number";
+    case TaskKind::kNiahWord:
+      return "niah_word";
+    case TaskKind::kNiahCode:
+      return "niah_code";
+    case TaskKind::kMultiKey:
+      return "multikey";
+    case TaskKind::kMultiValue:
+      return "multivalue";
+    case TaskKind::kMultiQuery:
+      return "multiquery";
+    case TaskKind::kVariableTracking:
+      return "vt";
+    case TaskKind::kCommonWords:
+      return "cwe";
+  }
+  return "?";
 }
+
+absl::StatusOr<TaskKind> ParseTaskKind(absl::string_view name) {
+  std::vector<std::string> names;
+  for (TaskKind k : kAllTasks) {
+    if (TaskName(k) == name) return k;
+    names.emplace_back(TaskName(k));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown task '", name, "'; allowed: ", absl::StrJoin(names, ", ")));
+}
+
+std::vector<TaskKind> AllTasks() { return {std::begin(kAllTasks), std::end(kAllTasks)}; }
 
 std::vector<std::string> DefaultCorpusPaths() {
   std::vector<std::string> paths;
@@ -220,15 +305,14 @@ std::vector<std::string> DefaultCorpusPaths() {
 }
 
 absl::StatusOr<Split> ParseSplit(absl::string_view name) {
-  if (name == "all") return Split::kAll;
   if (name == "dev") return Split::kDev;
   if (name == "test") return Split::kTest;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown split '", name, "'; allowed: all, dev, test"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown split '", name, "'; allowed: dev, test"));
 }
 
+absl::string_view SplitName(Split split) { return split == Split::kDev ? "dev" : "test"; }
+
 std::vector<std::string> CorpusPaths(Split split) {
-  if (split == Split::kAll) return DefaultCorpusPaths();
   std::vector<std::string> paths;
   const bool dev = split == Split::kDev;
   for (const char* name :
@@ -243,18 +327,10 @@ std::vector<std::string> CorpusPaths(Split split) {
 }
 
 uint64_t SplitSeed(Split split, uint64_t seed) {
-  switch (split) {
-    case Split::kAll:
-      return seed;
-    case Split::kDev:
-      return seed ^ 0xd1b54a32d192ed03ULL;
-    case Split::kTest:
-      return seed ^ 0x8cb92ba72f3d8dd7ULL;
-  }
-  return seed;
+  return seed ^ (split == Split::kDev ? 0xd1b54a32d192ed03ULL : 0x8cb92ba72f3d8dd7ULL);
 }
 
-std::vector<std::string> SplitParagraphs(std::string_view text) {
+std::vector<std::string> SplitParagraphs(absl::string_view text) {
   std::vector<std::string> out;
   std::string cur;
   bool pending_space = false;
@@ -308,113 +384,63 @@ absl::StatusOr<TextCorpus> LoadCorpus(absl::Span<const std::string> paths) {
   return corpus;
 }
 
-SuiteOptions QuickSuite() {
-  return {
-      "quick", {1024, 2048, 4096}, {0.1, 0.5, 0.9}, {TaskKind::kPasskey, TaskKind::kMultiKey}, 1, 4,
-      1};
-}
+SuiteOptions QuickSuite() { return {"quick", {1024, 2048, 4096}, AllTasks(), 1, 1}; }
 
-SuiteOptions FullSuite() {
-  return {"full",
-          {1024, 2048, 4096, 6144, 8000},
-          {0.0, 0.25, 0.5, 0.75, 1.0},
-          {TaskKind::kPasskey, TaskKind::kMultiKey},
-          2,
-          4,
-          1};
-}
+SuiteOptions FullSuite() { return {"full", {1024, 2048, 4096, 8000}, AllTasks(), 13, 1}; }
 
-absl::StatusOr<SuiteOptions> SuiteByName(std::string_view name) {
+absl::StatusOr<SuiteOptions> SuiteByName(absl::string_view name) {
   if (name == "quick") return QuickSuite();
   if (name == "full") return FullSuite();
   return absl::InvalidArgumentError(
       absl::StrCat("eval: unknown suite '", std::string(name), "' (expected quick or full)"));
 }
 
-absl::StatusOr<EvalPrompt> BuildPrompt(const TextCorpus& corpus, TaskKind kind,
-                                       int64_t target_tokens, double depth, int num_keys,
-                                       uint64_t seed, const TextEncoder& encode,
-                                       const ChatRenderer& render) {
-  if (depth < 0.0 || depth > 1.0 || num_keys < 1 || corpus.paragraphs.empty()) {
-    return absl::InvalidArgumentError("eval tasks: depth outside [0, 1], no keys or no corpus");
+absl::StatusOr<TaskRecord> BuildTask(const TextCorpus& corpus, TaskKind kind, int64_t target_tokens,
+                                     double depth, uint64_t seed, const TextEncoder& encode,
+                                     const ChatRenderer& render) {
+  if (depth < 0.0 || depth > 1.0 || corpus.paragraphs.empty()) {
+    return absl::InvalidArgumentError("eval tasks: depth outside [0, 1] or no corpus");
   }
-  std::mt19937_64 rng(seed);
-  EvalPrompt p;
-  p.kind = kind;
-  p.target_tokens = target_tokens;
-  p.requested_depth = depth;
-  p.needles = MakeNeedles(kind, num_keys, rng);
-  p.asked = std::uniform_int_distribution<int>(0, p.needles.size() - 1)(rng);
-  p.expected = p.needles[p.asked].key;
-  const Needle& asked = p.needles[p.asked];
-  const std::string question = KeyQuestion(asked);
-  // Everything but the haystack: template, instruction, question, priming, needles.
-  ASSIGN_OR_RETURN(auto empty, RenderSplit(render, "", question));
-  ASSIGN_OR_RETURN(int64_t overhead,
-                   CountTokens(encode, empty.first + empty.second + " " + AnswerPriming(asked)));
-  std::vector<int64_t> needle_tokens;  // each with its "\n\n" separator
-  for (const Needle& n : p.needles) {
-    ASSIGN_OR_RETURN(int64_t t, CountTokens(encode, NeedleText(n)));
-    needle_tokens.push_back(t + 1);
+  // Needle tasks: every answer exactly once in the context; else draw new values.
+  for (int attempt = 0;; ++attempt) {
+    ASSIGN_OR_RETURN(TaskRecord r,
+                     BuildOnce(corpus, kind, target_tokens, depth,
+                               seed + 0x9e3779b97f4a7c15ULL * attempt, encode, render));
+    bool unique = true;
+    for (const std::string& a : r.answers) unique = unique && Occurrences(r.context, a) == 1;
+    if (kind == TaskKind::kCommonWords || unique) return r;
+    if (attempt + 1 >= kMaxRedraws) {
+      return absl::InternalError(
+          absl::StrCat("eval tasks: ", TaskName(kind), ": an answer occurs in the haystack text"));
+    }
   }
-  int64_t budget = target_tokens - overhead;
-  for (int64_t t : needle_tokens) budget -= t;
-  if (budget < 4 * kMinTruncatedTokens) {
-    return absl::InvalidArgumentError(absl::StrCat("eval tasks: ", target_tokens,
-                                                   " tokens is too short (prompt overhead ",
-                                                   target_tokens - budget, ")"));
-  }
-  ASSIGN_OR_RETURN(Haystack h, FillHaystack(corpus, budget, rng, encode));
-  const std::vector<int> boundary =
-      PlaceNeedles(h, static_cast<int>(p.needles.size()), p.asked, depth, rng);
-  p.document = AssembleDocument(h, p.needles, boundary, needle_tokens);
-
-  ASSIGN_OR_RETURN(auto key, RenderSplit(render, p.document, question));
-  ASSIGN_OR_RETURN(auto fid, RenderSplit(render, p.document, kFidelityQuestion));
-  ASSIGN_OR_RETURN(p.context, encode(key.first));
-  ASSIGN_OR_RETURN(p.key_question, encode(key.second + AnswerPriming(asked)));
-  ASSIGN_OR_RETURN(p.fidelity_question, encode(fid.second));
-  p.id = absl::StrFormat("%s-%d-d%.2f-s%d", TaskName(kind), target_tokens, depth,
-                         static_cast<int>(seed % 100000));
-  return p;
 }
 
-absl::StatusOr<std::vector<EvalPrompt>> BuildSuite(const TextCorpus& corpus,
-                                                   const SuiteOptions& suite,
+absl::StatusOr<std::vector<TaskRecord>> BuildSuite(const TextCorpus& corpus,
+                                                   const SuiteOptions& suite, Split split,
                                                    const TextEncoder& encode,
                                                    const ChatRenderer& render) {
-  std::vector<EvalPrompt> prompts;
+  std::vector<TaskRecord> out;
+  const uint64_t base = SplitSeed(split, suite.seed);
   uint64_t index = 0;
   for (TaskKind kind : suite.tasks) {
     for (int64_t length : suite.lengths) {
-      for (double depth : suite.depths) {
-        for (int r = 0; r < suite.repeats; ++r, ++index) {
-          // One seed per prompt: the suite seed mixed with the prompt's index (SplitMix64).
-          uint64_t z = suite.seed + 0x9e3779b97f4a7c15ULL * (index + 1);
-          z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-          z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-          ASSIGN_OR_RETURN(EvalPrompt p, BuildPrompt(corpus, kind, length, depth, suite.num_keys,
-                                                     z ^ (z >> 31), encode, render));
-          p.repeat = r;
-          p.id = absl::StrFormat("%s-%d-d%.2f-r%d", TaskName(kind), length, depth, r);
-          prompts.push_back(std::move(p));
-        }
+      for (int r = 0; r < suite.repeats; ++r, ++index) {
+        // One seed per prompt: the split's seed mixed with the prompt's index (SplitMix64).
+        uint64_t z = base + 0x9e3779b97f4a7c15ULL * (index + 1);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        const double depth =
+            suite.repeats == 1 ? 0.5 : static_cast<double>(r) / (suite.repeats - 1);
+        ASSIGN_OR_RETURN(TaskRecord p,
+                         BuildTask(corpus, kind, length, depth, z ^ (z >> 31), encode, render));
+        p.split = std::string(SplitName(split));
+        p.id = absl::StrFormat("%s-%d-%s-r%02d", TaskName(kind), length, SplitName(split), r);
+        out.push_back(std::move(p));
       }
     }
   }
-  return prompts;
-}
-
-std::string FirstDigitRun(std::string_view answer) {
-  size_t i = 0;
-  while (i < answer.size() && !std::isdigit(static_cast<unsigned char>(answer[i]))) ++i;
-  size_t j = i;
-  while (j < answer.size() && std::isdigit(static_cast<unsigned char>(answer[j]))) ++j;
-  return std::string(answer.substr(i, j - i));
-}
-
-bool ScoreAnswer(std::string_view answer, std::string_view expected) {
-  return !expected.empty() && FirstDigitRun(answer) == expected;
+  return out;
 }
 
 }  // namespace xkv

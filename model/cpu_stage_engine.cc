@@ -81,4 +81,16 @@ std::unique_ptr<KvCache> CpuStageEngine::CacheCopy(uint64_t id) const {
   return std::make_unique<KvCache>(*it->second);
 }
 
+absl::Status CpuStageEngine::CopySequence(uint64_t from, uint64_t to) {
+  auto it = caches_.find(from);
+  if (it == caches_.end()) {
+    return absl::NotFoundError(absl::StrCat("cpu engine: sequence ", from, " is unknown"));
+  }
+  if (caches_.contains(to)) {
+    return absl::AlreadyExistsError(absl::StrCat("cpu engine: sequence ", to, " exists"));
+  }
+  caches_[to] = std::make_unique<KvCache>(*it->second);
+  return absl::OkStatus();
+}
+
 }  // namespace xkv

@@ -38,6 +38,7 @@ class CpuStageEngine : public StageEngine {
   absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
                             absl::Span<const std::vector<int32_t>> kept) override;
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
+  absl::Status CopySequence(uint64_t from, uint64_t to) override;
 
  private:
   explicit CpuStageEngine(std::unique_ptr<LlamaModel> model) : model_(std::move(model)) {}

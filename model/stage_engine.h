@@ -129,6 +129,10 @@ class StageEngine {
                                     absl::Span<const std::vector<int32_t>> kept) = 0;
   // An fp32 copy of the sequence's cache (null when unknown); tests and reports.
   virtual std::unique_ptr<KvCache> CacheCopy(uint64_t id) const = 0;
+  // Makes `to` a new sequence holding the same slots of every layer (and the same logical
+  // position) as `from`, in fresh memory: one prefill shared by several compactions (`xkv eval`).
+  // NOT_FOUND for an unknown `from`, ALREADY_EXISTS for an existing `to`.
+  virtual absl::Status CopySequence(uint64_t from, uint64_t to) = 0;
 
   // ---- resident hidden rows (a stage holding every layer) -----------------------------------
   // The same three calls with the step's hidden rows held by the engine in between: Embed's rows

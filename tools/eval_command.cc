@@ -1,6 +1,7 @@
-// `xkv eval`: the quality-evaluation harness (bench/eval_*.h). Builds the retrieval suite from
-// Debian's own English text, runs every method × budget against the full cache with one shared
-// prefill per prompt, and writes results.csv, summary.md and quality.png under --out.
+// `xkv eval`: the quality-evaluation harness (bench/eval_*.h). Builds the RULER-style suite from
+// Debian's own English text (or reads a prompts file), runs every method × budget against the
+// full cache with one shared prefill per prompt on the CPU or CUDA engine, and writes
+// results.csv, summary.md and quality.png under --out.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,14 +16,17 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
+#include "bench/eval_prompts.h"
 #include "bench/eval_report.h"
 #include "bench/eval_runner.h"
 #include "bench/eval_tasks.h"
 #include "bench/machine_info.h"
 #include "model/chat_template.h"
-#include "model/loaded_model.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "worker/stage_engine_factory.h"
 
 namespace xkv {
 namespace {
@@ -30,9 +34,15 @@ namespace {
 struct EvalFlags {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   std::string suite = "quick";
+  std::string device = "cpu";
+  std::string prompts;         // a prompts file to run instead of the built-in suite
+  std::string export_prompts;  // write the built-in suite here and stop
+  std::string modes = "aware,agnostic";
+  double kv_gib = 16.0;  // CUDA: KV pool
   std::string out;
   int64_t threads = 0;
   std::string methods = "streaming,snapkv,pyramidkv,paper,xkv";
+  std::string tasks;  // default: every task
   std::string split = "test";
   std::string budgets;  // default per suite
   int64_t seed = 1;
@@ -99,53 +109,140 @@ void Progress(int done, int total, double elapsed_s) {
   std::fflush(stderr);
 }
 
-absl::StatusOr<std::vector<EvalPrompt>> BuildPrompts(const EvalFlags& f, const Tokenizer& tok,
+absl::StatusOr<std::vector<QueryMode>> ParseModes(const std::string& text) {
+  std::vector<QueryMode> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    if (item == "aware") {
+      out.push_back(QueryMode::kAware);
+    } else if (item == "agnostic") {
+      out.push_back(QueryMode::kAgnostic);
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--modes: '", item, "' is not a query mode; allowed: aware, agnostic"));
+    }
+  }
+  if (out.empty()) return absl::InvalidArgumentError("--modes is empty");
+  return out;
+}
+
+struct Text {
+  std::unique_ptr<GgufFile> file;
+  std::unique_ptr<Tokenizer> tokenizer;
+  TextEncoder encode;
+  ChatRenderer render;
+};
+
+absl::StatusOr<Text> OpenText(const std::string& model) {
+  Text t;
+  ASSIGN_OR_RETURN(t.file, GgufFile::Open(model));
+  ASSIGN_OR_RETURN(t.tokenizer, Tokenizer::FromGguf(*t.file));
+  const Tokenizer* tok = t.tokenizer.get();
+  t.encode = [tok](absl::string_view text, bool at_start) {
+    return tok->Encode(std::string_view(text.data(), text.size()), /*parse_special=*/true,
+                       /*add_special=*/at_start);
+  };
+  t.render = [](absl::Span<const ChatMessage> messages) {
+    return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
+  };
+  return t;
+}
+
+// The built-in suite's records (--tasks, --limit applied), and the text it was built from.
+absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const EvalFlags& f, const Text& text,
                                                      TextCorpus* corpus) {
   ASSIGN_OR_RETURN(SuiteOptions suite, SuiteByName(f.suite));
   ASSIGN_OR_RETURN(const Split split, ParseSplit(f.split));
-  suite.seed = SplitSeed(split, static_cast<uint64_t>(f.seed));
-  ASSIGN_OR_RETURN(*corpus, LoadCorpus(CorpusPaths(split)));
-  auto encode = [&tok](std::string_view text) { return tok.Encode(text, true); };
-  auto render = [](std::string_view user) {
-    const ChatMessage msg{"user", std::string(user)};
-    return ApplyChatTemplate(absl::MakeConstSpan(&msg, 1), /*add_generation_prompt=*/true);
-  };
-  ASSIGN_OR_RETURN(std::vector<EvalPrompt> prompts, BuildSuite(*corpus, suite, encode, render));
-  if (f.limit > 0 && static_cast<int64_t>(prompts.size()) > f.limit) {
-    // Keep a spread over the suite rather than its first entries.
-    std::vector<EvalPrompt> picked;
-    for (int64_t i = 0; i < f.limit; ++i) {
-      picked.push_back(std::move(prompts[i * prompts.size() / f.limit]));
+  suite.seed = static_cast<uint64_t>(f.seed);
+  if (!f.tasks.empty()) {
+    suite.tasks.clear();
+    for (absl::string_view name : absl::StrSplit(f.tasks, ',', absl::SkipEmpty())) {
+      ASSIGN_OR_RETURN(TaskKind kind, ParseTaskKind(name));
+      suite.tasks.push_back(kind);
     }
-    prompts = std::move(picked);
   }
-  return prompts;
+  ASSIGN_OR_RETURN(*corpus, LoadCorpus(CorpusPaths(split)));
+  return BuildSuite(*corpus, suite, split, text.encode, text.render);
+}
+
+// Keeps a spread of `limit` records over the list rather than its first entries.
+void Limit(int64_t limit, std::vector<TaskRecord>* records) {
+  if (limit <= 0 || static_cast<int64_t>(records->size()) <= limit) return;
+  std::vector<TaskRecord> picked;
+  for (int64_t i = 0; i < limit; ++i) {
+    picked.push_back(std::move((*records)[i * records->size() / limit]));
+  }
+  *records = std::move(picked);
+}
+
+absl::Status ExportPrompts(const EvalFlags& f) {
+  ASSIGN_OR_RETURN(Text text, OpenText(f.model));
+  TextCorpus corpus;
+  ASSIGN_OR_RETURN(std::vector<TaskRecord> records, BuildRecords(f, text, &corpus));
+  Limit(f.limit, &records);
+  RETURN_IF_ERROR(WriteTaskFile(f.export_prompts, records));
+  std::fprintf(stderr, "xkv eval: wrote %zu prompts (suite %s, split %s) to %s\n", records.size(),
+               f.suite.c_str(), f.split.c_str(), f.export_prompts.c_str());
+  return absl::OkStatus();
 }
 
 absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(LoadedModel m, LoadModel(f.model, static_cast<int>(f.threads)));
-  TextCorpus corpus;
-  ASSIGN_OR_RETURN(std::vector<EvalPrompt> prompts, BuildPrompts(f, *m.tokenizer, &corpus));
-  EvalOptions options;
+  // Everything the user gave is checked before the model's weights are loaded.
+  ASSIGN_OR_RETURN(const int device, ParseStageDevice(f.device));
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
+  EvalOptions options;
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
   ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods, base));
-  ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty()  ? f.budgets
-                                                 : f.suite == "full" ? "0.05,0.1,0.2,0.3,0.5"
-                                                                     : "0.1,0.2,0.4"));
+  ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty() ? f.budgets : "0.1,0.2,0.4"));
+  ASSIGN_OR_RETURN(options.modes, ParseModes(f.modes));
+  if (!(f.kv_gib > 0.0 && f.kv_gib <= 1024.0)) {
+    return absl::InvalidArgumentError("--kv-gib must be in (0, 1024]");
+  }
+  ASSIGN_OR_RETURN(Text text, OpenText(f.model));
+  TextCorpus corpus;
+  std::vector<TaskRecord> records;
+  if (!f.prompts.empty()) {
+    ASSIGN_OR_RETURN(records, ReadTaskFile(f.prompts));
+    corpus.sources = {f.prompts};
+  } else {
+    ASSIGN_OR_RETURN(records, BuildRecords(f, text, &corpus));
+  }
+  Limit(f.limit, &records);
+  const int64_t vocab = text.tokenizer->vocab_size();
+  std::vector<EvalPrompt> prompts;
+  for (const TaskRecord& r : records) {
+    ASSIGN_OR_RETURN(EvalPrompt p, TokenizeRecord(r, text.encode, text.render, vocab));
+    prompts.push_back(std::move(p));
+  }
   options.answer_tokens = static_cast<int>(f.answer_tokens);
   options.fidelity_tokens = static_cast<int>(f.fidelity_tokens);
+  const int threads =
+      f.threads > 0 ? static_cast<int>(f.threads) : std::thread::hardware_concurrency();
+  options.threads = std::max(threads, 1);
   for (const char* t : {"<|im_end|>", "<|endoftext|>"}) {
-    if (m.tokenizer->FindToken(t) >= 0) options.stop_tokens.push_back(m.tokenizer->FindToken(t));
+    const int32_t id = text.tokenizer->FindToken(t);
+    if (id >= 0) options.stop_tokens.push_back(id);
   }
-  if (m.tokenizer->eos() >= 0) options.stop_tokens.push_back(m.tokenizer->eos());
-  std::fprintf(stderr, "xkv eval: suite %s, %zu prompts, %zu methods x %zu budgets + full, %s\n",
-               f.suite.c_str(), prompts.size(), options.methods.size(), options.budgets.size(),
-               out_dir.c_str());
+  if (text.tokenizer->eos() >= 0) options.stop_tokens.push_back(text.tokenizer->eos());
 
-  EvalRunner runner(m.model.get(), m.tokenizer.get(), options);
+  StageOptions so;
+  so.model_path = f.model;
+  so.device = f.device;
+  so.num_threads = options.threads;
+  so.importance = base;
+  if (device >= 0) {  // one pool for every copy of a prompt: --kv-gib of bf16 K and V
+    so.kv_capacity_bytes = static_cast<int64_t>(f.kv_gib * (1 << 30));
+    options.max_step_tokens = 8192;
+    options.max_step_sequences = 256;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
+  EvalRunner runner(engine.get(), text.tokenizer.get(), options);
+  for (const EvalPrompt& p : prompts) RETURN_IF_ERROR(runner.CheckPrompt(p));
+  std::fprintf(stderr, "xkv eval: %zu prompts, %zu methods x %zu budgets + full, %s, %s\n",
+               prompts.size(), options.methods.size(), options.budgets.size(),
+               engine->device().c_str(), out_dir.c_str());
+
   std::vector<EvalRow> rows;
   const auto run_start = std::chrono::steady_clock::now();
   auto elapsed = [&run_start] {
@@ -157,7 +254,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     ASSIGN_OR_RETURN(std::vector<EvalRow> r, runner.Run(prompts[i], &timing));
     if (f.verbose) {
       std::fprintf(stderr,
-                   "\r%s: %zu context tokens, prefill %.1fs, total %.1fs, full answer \"%s\"\n",
+                   "\r%s: %zu context tokens, prefill %.2fs, total %.2fs, full answer \"%s\"\n",
                    prompts[i].id.c_str(), prompts[i].context.size(), timing.prefill_s,
                    timing.total_s, r.empty() ? "" : r[0].answer.c_str());
     }
@@ -167,10 +264,12 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   std::fprintf(stderr, "\n");
 
   RunInfo info;
-  info.suite = absl::StrCat(f.suite, ", split ", f.split);
+  info.suite = !f.prompts.empty() ? absl::StrCat("prompts file ", f.prompts)
+                                  : absl::StrCat("suite ", f.suite, ", split ", f.split);
   info.model = f.model;
+  info.device = engine->device();
   info.machine = absl::StrCat(std::thread::hardware_concurrency(), " CPU cores (", CpuModel(), ")");
-  info.threads = static_cast<int>(f.threads);
+  info.threads = options.threads;
   info.date = UtcNow();
   info.prompts = static_cast<int>(prompts.size());
   info.corpus_sources = corpus.sources;
@@ -179,8 +278,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   std::fputs(SummaryMarkdown(rows, info).c_str(), stdout);
   if (f.plot) {
     const std::string python = !f.python.empty() ? f.python : VenvPython();
-    absl::Status s =
-        RunPlot(python, f.plot_script, out_dir + "/results.csv", out_dir + "/quality.png");
+    absl::Status s = RunPlot(python, f.plot_script, out_dir + "/results.csv",
+                             out_dir + "/quality.png", WeakTasks(rows, kMinFullAccuracy));
     if (!s.ok()) std::fprintf(stderr, "xkv eval: warning: no plot: %s\n", s.ToString().c_str());
   }
   return absl::OkStatus();
@@ -191,28 +290,39 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
 int RunEval(int argc, char** argv) {
   EvalFlags f;
   FlagSet flags("eval",
-                "Measures answer quality of every KV policy against the full cache on a long-"
-                "context retrieval\nsuite built from Debian's own text (passkey, multi-key, "
-                "query-aware and query-agnostic),\nplus greedy agreement and KL under teacher "
-                "forcing. Writes results.csv, summary.md and\nquality.png under --out.");
+                "Measures answer quality of every KV policy against the full cache on a RULER-"
+                "style suite built\nfrom Debian's own text (or a prompts file), with the question "
+                "inside the compressed context\n(aware) and after it (agnostic), plus greedy "
+                "agreement, KL and NLL on real text. Writes\nresults.csv, summary.md and "
+                "quality.png under --out.");
   flags.String("model", &f.model, "GGUF model file");
-  flags.String("suite", &f.suite, "quick (18 prompts, ~10 min on 2 cores) or full");
+  flags.String("device", &f.device, "cpu (the CPU engine) or cuda:N (the CUDA engine on GPU N)");
+  flags.String("suite", &f.suite, "quick (24 prompts, every task at 1K/2K/4K) or full (416)");
+  flags.String("tasks", &f.tasks,
+               "built-in tasks, comma-separated (default all): niah_number, niah_word, "
+               "niah_code, multikey, multivalue, multiquery, vt, cwe");
+  flags.String("prompts", &f.prompts,
+               "run this JSON Lines prompts file instead of the built-in suite (format: "
+               "bench/eval_prompts.h)");
+  flags.String("export-prompts", &f.export_prompts,
+               "write the built-in suite (--suite, --split, --seed, --tasks, --limit) to this "
+               "JSON Lines file and stop");
+  flags.String("modes", &f.modes, "query modes, comma-separated: aware, agnostic");
+  flags.Double("kv-gib", &f.kv_gib, "cuda: KV pool for every copy of a prompt, GiB");
   flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("methods", &f.methods,
                "compressed methods, comma-separated (full always runs): streaming, snapkv, "
                "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
                "parameters as xkv:floor=0.25:cap=4:window=16:pool=max");
-  flags.String("split", &f.split,
-               "dev (choose parameters here), test (report here) or all (the historical suite)");
-  flags.String("budgets", &f.budgets,
-               "KV budgets as fractions of full KV bytes (default quick 0.1,0.2,0.4; full "
-               "0.05,0.1,0.2,0.3,0.5)");
-  flags.Int("seed", &f.seed, "suite seed (text positions, keys, names)");
+  flags.String("split", &f.split, "dev (choose parameters here) or test (report here)");
+  flags.String("budgets", &f.budgets, "KV budgets as fractions of full KV bytes");
+  flags.Int("seed", &f.seed, "suite seed (text positions, keys, values); mixed with the split");
   flags.Int("limit", &f.limit, "at most this many prompts (0: all), spread over the suite");
   flags.Int("window", &f.window, "observation window w in [1, 1024] (methods may override)");
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
-  flags.Int("fidelity-tokens", &f.fidelity_tokens, "teacher-forced tokens for agreement and KL");
+  flags.Int("fidelity-tokens", &f.fidelity_tokens,
+            "teacher-forced continuation tokens for agreement, KL and NLL");
   flags.String("python", &f.python,
                "python with matplotlib (default: the scripts venv, $XKV_CACHE or ~/.cache/xkv)");
   flags.String("plot-script", &f.plot_script, "the plotting script");
@@ -221,6 +331,13 @@ int RunEval(int argc, char** argv) {
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (f.answer_tokens < 1 || f.fidelity_tokens < 1) {
     return Fail(absl::InvalidArgumentError("--answer-tokens and --fidelity-tokens must be >= 1"));
+  }
+  if (!f.export_prompts.empty()) {
+    if (!f.prompts.empty()) {
+      return Fail(absl::InvalidArgumentError("--prompts and --export-prompts exclude each other"));
+    }
+    if (absl::Status s = ExportPrompts(f); !s.ok()) return Fail(s);
+    return 0;
   }
   const std::string out_dir =
       !f.out.empty() ? f.out : absl::StrCat("bench/out/eval-", f.suite, "-", f.split);

@@ -117,24 +117,68 @@ absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt
     return absl::ResourceExhaustedError("cuda engine: no free blocks to compact into");
   }
   std::vector<int32_t> dst(free_blocks_.end() - need, free_blocks_.end());
-  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  const std::vector<int32_t>& src = s.blocks[li(layer)];
-  if (n_keep > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_, flat.data(), flat.size() * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, stream_));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_, src.data(), src.size() * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, stream_));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + max_blocks_per_seq_, dst.data(),
-                                         dst.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                         stream_));
-    RETURN_IF_ERROR(cuda::LaunchCompactKv(cache_, compact_tables_, kept_, n_keep,
-                                          compact_tables_ + max_blocks_per_seq_, stream_));
-    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  }
+  RETURN_IF_ERROR(CopySlots(s.blocks[li(layer)], flat, n_keep, dst));
   free_blocks_.resize(free_blocks_.size() - need);
-  FreeBlocks(src);
+  FreeBlocks(s.blocks[li(layer)]);
   s.blocks[li(layer)] = std::move(dst);
   s.lengths[li(layer)] = n_keep;
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::CopySlots(const std::vector<int32_t>& src,
+                                       absl::Span<const int32_t> kept, int64_t n_keep,
+                                       const std::vector<int32_t>& dst) {
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  if (n_keep == 0) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_, kept.data(), kept.size() * sizeof(int32_t),
+                                       cudaMemcpyHostToDevice, stream_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_, src.data(), src.size() * sizeof(int32_t),
+                                       cudaMemcpyHostToDevice, stream_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + max_blocks_per_seq_, dst.data(),
+                                       dst.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       stream_));
+  RETURN_IF_ERROR(cuda::LaunchCompactKv(cache_, compact_tables_, kept_, n_keep,
+                                        compact_tables_ + max_blocks_per_seq_, stream_));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::CopySequence(uint64_t from, uint64_t to) {
+  auto it = sequences_.find(from);
+  if (it == sequences_.end()) {
+    return absl::NotFoundError(absl::StrCat("cuda engine: sequence ", from, " is unknown"));
+  }
+  if (sequences_.contains(to)) {
+    return absl::AlreadyExistsError(absl::StrCat("cuda engine: sequence ", to, " exists"));
+  }
+  const Sequence& src = it->second;
+  int64_t need = 0;
+  for (const std::vector<int32_t>& blocks : src.blocks) need += blocks.size();
+  if (need > static_cast<int64_t>(free_blocks_.size())) {
+    return absl::ResourceExhaustedError(absl::StrCat("cuda engine: copying sequence ", from,
+                                                     " needs ", need, " KV blocks, ",
+                                                     free_blocks_.size(), " free"));
+  }
+  Sequence copy;
+  copy.position = src.position;
+  copy.lengths = src.lengths;
+  const int kvh = config_.n_kv_heads;
+  for (size_t l = 0; l < src.blocks.size(); ++l) {
+    const int64_t len = src.lengths[l];
+    std::vector<int32_t> dst(free_blocks_.end() - src.blocks[l].size(), free_blocks_.end());
+    free_blocks_.resize(free_blocks_.size() - dst.size());
+    std::vector<int32_t> identity(kvh * len);  // every slot of every head, in place
+    for (int g = 0; g < kvh; ++g) {
+      for (int64_t t = 0; t < len; ++t) identity[g * len + t] = static_cast<int32_t>(t);
+    }
+    absl::Status st = CopySlots(src.blocks[l], identity, len, dst);
+    copy.blocks.push_back(std::move(dst));
+    if (!st.ok()) {
+      for (const std::vector<int32_t>& b : copy.blocks) FreeBlocks(b);
+      return st;
+    }
+  }
+  sequences_.emplace(to, std::move(copy));
   return absl::OkStatus();
 }
 

@@ -104,6 +104,7 @@ class CudaLlamaModel : public StageEngine {
   absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
                             absl::Span<const std::vector<int32_t>> kept) override;
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
+  absl::Status CopySequence(uint64_t from, uint64_t to) override;
   // Resident path: the rows stay in the device's residual-stream buffer between the calls.
   absl::Status EmbedResident(absl::Span<const int32_t> tokens) override;
   absl::Status RunLayersResident(const EngineStep& step, const ImportanceOptions& importance,
@@ -224,6 +225,10 @@ class CudaLlamaModel : public StageEngine {
   void Rollback(const StepPlan& plan);        // frees blocks taken by a failed step
   int64_t GraphBucket(int64_t max_kv_len) const;
   void FreeBlocks(const std::vector<int32_t>& blocks);
+  // Copies slots kept[g, s] (int32 [n_kv_heads, n_keep]) of the blocks `src` into slot s of the
+  // blocks `dst` (disjoint from src), K and V of every KV head; synchronises.
+  absl::Status CopySlots(const std::vector<int32_t>& src, absl::Span<const int32_t> kept,
+                         int64_t n_keep, const std::vector<int32_t>& dst);
   const int32_t* TableRow(int layer, int64_t i) const;  // device table of step sequence i
   int64_t li(int layer) const { return layer - layer_begin_; }
 

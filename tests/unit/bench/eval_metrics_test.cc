@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "bench/eval_report.h"
 #include "bench/eval_runner.h"
 #include "gmock/gmock.h"
@@ -48,6 +49,8 @@ TEST(EvalMetricsTest, FidelityAgreementAndMeanKl) {
   const double e = std::exp(1.0), z = 1.0 + e;
   const double kl2 = (1.0 / z) * std::log(2.0 / z) + (e / z) * std::log(2.0 * e / z);
   EXPECT_NEAR(s->mean_kl, (0.0 + kl1 + kl2) / 3.0, 1e-6);
+  // NLL of the true tokens under the compressed run: p = 3/4, 1/4, 1/2.
+  EXPECT_NEAR(s->mean_nll, -(std::log(0.75) + std::log(0.25) + std::log(0.5)) / 3.0, 1e-6);
 }
 
 TEST(EvalMetricsTest, FidelityRejectsBadSizes) {
@@ -55,6 +58,9 @@ TEST(EvalMetricsTest, FidelityRejectsBadSizes) {
   const std::vector<int32_t> ref = {1};
   EXPECT_EQ(ScoreFidelity(a, b, ref, 2).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ScoreFidelity(a, a, {}, 2).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<int32_t> out_of_vocab = {2};
+  EXPECT_EQ(ScoreFidelity(a, a, out_of_vocab, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(EvalRunnerTest, BudgetTokensAreBytesFractionsMinusTheWindow) {
@@ -69,12 +75,12 @@ EvalRow Row(const std::string& method, double budget, QueryMode mode, bool corre
             double agreement, double kl) {
   EvalRow r;
   r.prompt_id = "p";
+  r.task = "niah_number";
   r.method = method;
   r.budget = budget;
   r.mode = mode;
   r.correct = correct;
-  r.agreement = agreement;
-  r.kl = kl;
+  r.fidelity = FidelityScore{agreement, kl, 2 * kl, 32};
   r.kv_bytes_full = 1000;
   r.kv_bytes_held = static_cast<int64_t>(1000 * budget);
   r.target_tokens = 1024;
@@ -95,11 +101,31 @@ TEST(EvalReportTest, SummarizeGroupsByMethodAndBudget) {
   EXPECT_DOUBLE_EQ(s[1].accuracy_agnostic, 0.0);
   EXPECT_DOUBLE_EQ(s[1].agreement, 0.375);
   EXPECT_NEAR(s[1].kl, 0.3, 1e-12);
+  EXPECT_NEAR(s[1].nll, 0.6, 1e-12);
   EXPECT_NEAR(s[1].kv_percent, 20.0, 1e-9);
   const std::string md = SummaryMarkdown(rows, RunInfo{});
-  EXPECT_THAT(md,
-              HasSubstr("| xkv | 20% | 20.0 | 1.000 | 0.000 | 0.500 | [0.500, 0.500] | 50.0% |"));
+  EXPECT_THAT(md, HasSubstr("| xkv | 20% | 20.0 | 1.000 [1.00, 1.00] | 0.000 [0.00, 0.00] | "
+                            "0.500 [0.50, 0.50] | 50.0% | 0.375 | 0.3000 | 0.600 |"));
   EXPECT_THAT(md, HasSubstr("MISSES the ≥ 99% goal"));
+  EXPECT_THAT(md, HasSubstr("Every task is in the headline table"));
+}
+
+TEST(EvalReportTest, TasksTheFullCacheFailsLeaveTheHeadline) {
+  std::vector<EvalRow> rows;
+  for (int i = 0; i < 4; ++i) {  // cwe: full right 1 of 4 (< 50%); niah: 2 of 4 (kept)
+    EvalRow a = Row("full", 1.0, QueryMode::kAware, i == 0, 1, 0);
+    a.task = "cwe";
+    a.prompt_id = absl::StrCat("c", i);
+    EvalRow b = Row("full", 1.0, QueryMode::kAware, i < 2, 1, 0);
+    b.prompt_id = absl::StrCat("n", i);
+    rows.push_back(a);
+    rows.push_back(b);
+  }
+  EXPECT_EQ(WeakTasks(rows, kMinFullAccuracy), std::vector<std::string>{"cwe"});
+  const std::string md = SummaryMarkdown(rows, RunInfo{});
+  EXPECT_THAT(md, HasSubstr("Dropped from the headline table"));
+  EXPECT_THAT(md, HasSubstr("| full | — | 100.0 | 0.500"));  // the headline: niah only
+  EXPECT_THAT(md, HasSubstr("| method | budget | cwe | niah_number |"));
 }
 
 TEST(EvalReportTest, CsvQuotesAnswers) {
@@ -108,8 +134,10 @@ TEST(EvalReportTest, CsvQuotesAnswers) {
   const std::string line = CsvLine(r);
   EXPECT_THAT(line, HasSubstr("\"say \"\"hi\"\", then\\nstop\""));
   const std::string header = CsvHeader();
-  EXPECT_EQ(std::count(header.begin(), header.end(), ','), 17);
-  EXPECT_EQ(std::count(line.begin(), line.end(), ','), 17 + 1);  // + the comma inside the quotes
+  EXPECT_EQ(std::count(header.begin(), header.end(), ','), 18);
+  EXPECT_EQ(std::count(line.begin(), line.end(), ','), 18 + 1);  // + the comma inside the quotes
+  r.fidelity.reset();  // no continuation: empty fidelity fields
+  EXPECT_THAT(CsvLine(r), ::testing::EndsWith(",0,,,,0"));
 }
 
 TEST(EvalReportTest, BootstrapIntervalCoversTheMeanAndShrinksWithMorePrompts) {

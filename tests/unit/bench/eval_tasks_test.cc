@@ -26,21 +26,15 @@ using ::testing::HasSubstr;
 class WordTokenizer {
  public:
   TextEncoder Encoder() {
-    return [this](std::string_view text) -> absl::StatusOr<std::vector<int32_t>> {
+    return [this](absl::string_view text, bool) -> absl::StatusOr<std::vector<int32_t>> {
       std::vector<int32_t> ids;
-      for (absl::string_view w : absl::StrSplit(absl::string_view(text.data(), text.size()),
-                                                absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
+      for (absl::string_view w : absl::StrSplit(text, absl::ByAnyChar(" \n"), absl::SkipEmpty())) {
         auto [it, inserted] = vocab_.try_emplace(std::string(w), words_.size());
         if (inserted) words_.push_back(std::string(w));
         ids.push_back(it->second);
       }
       return ids;
     };
-  }
-  std::string Decode(const std::vector<int32_t>& ids) const {
-    std::vector<std::string> out;
-    for (int32_t id : ids) out.push_back(words_[id]);
-    return absl::StrJoin(out, " ");
   }
 
  private:
@@ -49,10 +43,28 @@ class WordTokenizer {
 };
 
 ChatRenderer Render() {
-  return [](std::string_view user) {
-    const ChatMessage msg{"user", std::string(user)};
-    return ApplyChatTemplate(absl::MakeConstSpan(&msg, 1), /*add_generation_prompt=*/true);
+  return [](absl::Span<const ChatMessage> messages) {
+    return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
   };
+}
+
+int64_t Count(absl::string_view text, absl::string_view what) {
+  int64_t n = 0;
+  for (size_t pos = text.find(what); pos != absl::string_view::npos;
+       pos = text.find(what, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// A lowercase word for n (letters only, as the cwe vocabulary wants).
+std::string Letters(int n) {
+  std::string s;
+  do {
+    s.push_back(static_cast<char>('a' + n % 26));
+    n /= 26;
+  } while (n > 0);
+  return s;
 }
 
 // 200 paragraphs of distinct prose-like words, 25-45 words each.
@@ -60,7 +72,9 @@ TextCorpus FakeCorpus() {
   TextCorpus c;
   for (int p = 0; p < 200; ++p) {
     std::vector<std::string> words;
-    for (int w = 0; w < 25 + (p * 7) % 21; ++w) words.push_back(absl::StrCat("word", p, "x", w));
+    for (int w = 0; w < 25 + (p * 7) % 21; ++w) {
+      words.push_back(absl::StrCat("qw", Letters(p), "x", Letters(w)));
+    }
     c.paragraphs.push_back(absl::StrJoin(words, " ") + ".");
   }
   c.sources = {"fake"};
@@ -102,11 +116,9 @@ TEST(SplitTest, DevAndTestDifferInTextAndSeed) {
   for (const std::string& p : dev) {
     EXPECT_EQ(std::find(test.begin(), test.end(), p), test.end()) << p << " is in both splits";
   }
-  EXPECT_EQ(CorpusPaths(Split::kAll), DefaultCorpusPaths());
   EXPECT_NE(SplitSeed(Split::kDev, 1), SplitSeed(Split::kTest, 1));
-  EXPECT_EQ(SplitSeed(Split::kAll, 7), 7u);
   EXPECT_EQ(*ParseSplit("dev"), Split::kDev);
-  EXPECT_THAT(ParseSplit("train").status().message(), HasSubstr("allowed: all, dev, test"));
+  EXPECT_THAT(ParseSplit("train").status().message(), HasSubstr("allowed: dev, test"));
   absl::StatusOr<TextCorpus> d = LoadCorpus(dev), t = LoadCorpus(test);
   if (!d.ok() || !t.ok()) GTEST_SKIP() << "Debian license texts not installed";
   for (const std::string& p : d->paragraphs) {
@@ -114,118 +126,163 @@ TEST(SplitTest, DevAndTestDifferInTextAndSeed) {
   }
 }
 
-TEST(ScoreAnswerTest, ExactMatchOfTheFirstDigitRun) {
-  EXPECT_EQ(FirstDigitRun(" 29317."), "29317");
-  EXPECT_EQ(FirstDigitRun("no digits"), "");
-  EXPECT_TRUE(ScoreAnswer(" 29317.", "29317"));
-  EXPECT_TRUE(ScoreAnswer(" 29317. Remember it. 12345", "29317"));
-  EXPECT_FALSE(ScoreAnswer(" 2931.", "29317"));     // truncated
-  EXPECT_FALSE(ScoreAnswer(" 293170", "29317"));    // longer
-  EXPECT_FALSE(ScoreAnswer(" 1. 29317", "29317"));  // another number first
-  EXPECT_FALSE(ScoreAnswer("", "29317"));
-  EXPECT_FALSE(ScoreAnswer("123", ""));
+TEST(TaskNameTest, RoundTripsAndRejectsUnknown) {
+  EXPECT_EQ(AllTasks().size(), 8u);
+  for (TaskKind k : AllTasks()) EXPECT_EQ(*ParseTaskKind(TaskName(k)), k);
+  EXPECT_THAT(ParseTaskKind("qa").status().message(), HasSubstr("allowed: niah_number"));
 }
 
-TEST(BuildPromptTest, DeterministicForASeed) {
+TEST(ScoreAnswerTest, ContainsAnyAnswerCaseSensitive) {
+  const std::vector<std::string> answers = {"4821937", "marmalade"};
+  EXPECT_TRUE(ScoreAnswer(" 4821937.", answers));
+  EXPECT_TRUE(ScoreAnswer(" it is marmalade", answers));
+  EXPECT_FALSE(ScoreAnswer(" Marmalade", answers));  // case-sensitive
+  EXPECT_FALSE(ScoreAnswer(" 482193.", answers));    // truncated
+  EXPECT_FALSE(ScoreAnswer("", answers));
+  EXPECT_FALSE(ScoreAnswer("anything", {}));
+}
+
+TEST(BuildTaskTest, DeterministicForASeed) {
   const TextCorpus corpus = FakeCorpus();
   WordTokenizer tok;
-  auto a = BuildPrompt(corpus, TaskKind::kMultiKey, 1024, 0.5, 4, 7, tok.Encoder(), Render());
-  auto b = BuildPrompt(corpus, TaskKind::kMultiKey, 1024, 0.5, 4, 7, tok.Encoder(), Render());
-  auto c = BuildPrompt(corpus, TaskKind::kMultiKey, 1024, 0.5, 4, 8, tok.Encoder(), Render());
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << b.status() << c.status();
-  EXPECT_EQ(a->context, b->context);
-  EXPECT_EQ(a->key_question, b->key_question);
-  EXPECT_EQ(a->expected, b->expected);
-  EXPECT_NE(a->document, c->document);
+  for (TaskKind kind : AllTasks()) {
+    auto a = BuildTask(corpus, kind, 1024, 0.5, 7, tok.Encoder(), Render());
+    auto b = BuildTask(corpus, kind, 1024, 0.5, 7, tok.Encoder(), Render());
+    auto c = BuildTask(corpus, kind, 1024, 0.5, 8, tok.Encoder(), Render());
+    ASSERT_TRUE(a.ok() && b.ok() && c.ok()) << a.status() << b.status() << c.status();
+    EXPECT_EQ(TaskRecordJson(*a), TaskRecordJson(*b)) << TaskName(kind);
+    EXPECT_NE(a->context, c->context) << TaskName(kind);
+    EXPECT_NE(a->answers, c->answers) << TaskName(kind);
+  }
 }
 
-class BuildPromptDepthTest : public ::testing::TestWithParam<std::tuple<TaskKind, int, double>> {};
+class BuildTaskGridTest : public ::testing::TestWithParam<std::tuple<TaskKind, int, double>> {};
 
-TEST_P(BuildPromptDepthTest, NeedleAtDepthAndLengthWithinTolerance) {
+TEST_P(BuildTaskGridTest, AnswersOnceAtDepthAndLengthWithinTolerance) {
   const auto [kind, target, depth] = GetParam();
   const TextCorpus corpus = FakeCorpus();
   WordTokenizer tok;
-  absl::StatusOr<EvalPrompt> p =
-      BuildPrompt(corpus, kind, target, depth, 4, 42, tok.Encoder(), Render());
+  absl::StatusOr<TaskRecord> r =
+      BuildTask(corpus, kind, target, depth, 42, tok.Encoder(), Render());
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, tok.Encoder(), Render(), 1 << 30);
   ASSERT_TRUE(p.ok()) << p.status();
-  const int64_t total = p->context.size() + p->key_question.size();
-  EXPECT_NEAR(static_cast<double>(total), target, 0.05 * target);
-  ASSERT_EQ(p->needles.size(), kind == TaskKind::kPasskey ? 1u : 4u);
-  EXPECT_EQ(p->expected, p->needles[p->asked].key);
-  EXPECT_NEAR(p->needles[p->asked].depth, depth, 0.08);
-
-  const std::string context = tok.Decode(p->context);
-  const std::string question = tok.Decode(p->key_question);
-  for (const Needle& n : p->needles) {
-    EXPECT_EQ(n.key.size(), 5u);
-    // Each key sits in the document (twice: "... is K. Remember it. K is ...") and the context.
-    EXPECT_THAT(context, HasSubstr(absl::StrCat(n.key, ". Remember it. ", n.key, " is the pass")));
-    // Its depth matches where its text really is among the document's words.
-    const std::string doc = tok.Decode(tok.Encoder()(p->document).value());
-    const size_t at = doc.find(absl::StrCat(" ", n.key, ". Remember"));
-    ASSERT_NE(at, std::string::npos);
-    const double word_depth = static_cast<double>(std::count(doc.begin(), doc.begin() + at, ' ')) /
-                              std::count(doc.begin(), doc.end(), ' ');
-    EXPECT_NEAR(word_depth, n.depth, 0.05);
+  EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), target, 0.05 * target);
+  EXPECT_EQ(r->task, TaskName(kind));
+  EXPECT_EQ(r->length, target);
+  ASSERT_FALSE(r->answers.empty());
+  // The question is not in the context (the query-agnostic mode stays agnostic).
+  EXPECT_EQ(Count(r->context, r->question), 0);
+  EXPECT_THAT(r->question, ::testing::StartsWith("\n\n"));
+  EXPECT_FALSE(r->answer_prefix.empty());
+  EXPECT_GE(Count(r->continuation, " "), 40) << "the fidelity continuation is too short";
+  EXPECT_EQ(Count(r->context, r->continuation), 0);
+  if (kind == TaskKind::kCommonWords) {
+    EXPECT_EQ(r->answers.size(), 10u);
+    for (const std::string& w : r->answers) {  // each frequent word appears more than 3 times
+      EXPECT_GT(Count(r->context, absl::StrCat(". ", w, "\n")), 3) << w;
+    }
+    return;
   }
-  // The question is not in the context (query-agnostic variant) and ends with the priming.
-  EXPECT_THAT(context, ::testing::Not(HasSubstr("What is the pass key")));
-  EXPECT_THAT(question, HasSubstr("What is the pass key"));
-  EXPECT_THAT(question, ::testing::EndsWith(" is"));
-  EXPECT_THAT(tok.Decode(p->fidelity_question), HasSubstr("Summarize the document"));
-  if (kind == TaskKind::kMultiKey) {
-    EXPECT_THAT(question, HasSubstr(p->needles[p->asked].name));
-    std::set<std::string> names, keys;
-    for (const Needle& n : p->needles) names.insert(n.name), keys.insert(n.key);
-    EXPECT_EQ(names.size(), 4u);
-    EXPECT_EQ(keys.size(), 4u);
+  for (const std::string& a : r->answers) EXPECT_EQ(Count(r->context, a), 1) << a;
+  EXPECT_NEAR(r->depth, depth, 0.08);
+  // The asked value sits at that depth of the context.
+  const size_t at = r->context.find(r->answers[0]);
+  const double char_depth = static_cast<double>(at) / r->context.size();
+  EXPECT_NEAR(char_depth, depth, 0.1);
+  switch (kind) {
+    case TaskKind::kNiahNumber:
+    case TaskKind::kMultiKey:
+    case TaskKind::kVariableTracking:
+      EXPECT_EQ(r->answers[0].size(), 7u);
+      break;
+    case TaskKind::kNiahCode:
+      EXPECT_EQ(r->answers[0].size(), 8u);
+      break;
+    case TaskKind::kMultiValue:
+      EXPECT_EQ(r->answers.size(), 4u);
+      break;
+    case TaskKind::kMultiQuery:
+      EXPECT_EQ(r->answers.size(), 2u);
+      break;
+    default:
+      break;
+  }
+  if (kind == TaskKind::kMultiKey) {  // 2-4 distractor needles
+    const int64_t needles = Count(r->context, "One of the special magic numbers for");
+    EXPECT_GE(needles, 3);
+    EXPECT_LE(needles, 5);
+  }
+  if (kind == TaskKind::kVariableTracking)
+    EXPECT_EQ(Count(r->context, "VAR "), 2 * (1 + 4 * 2));  // 2 chains of 4 links
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, BuildTaskGridTest,
+                         ::testing::Combine(::testing::ValuesIn(AllTasks()),
+                                            ::testing::Values(1024, 4096),
+                                            ::testing::Values(0.0, 0.5, 1.0)));
+
+TEST(BuildTaskTest, TooShortTargetIsInvalid) {
+  WordTokenizer tok;
+  for (TaskKind kind : AllTasks()) {
+    auto p = BuildTask(FakeCorpus(), kind, 60, 0.5, 1, tok.Encoder(), Render());
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << TaskName(kind);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Grid, BuildPromptDepthTest,
-    ::testing::Combine(::testing::Values(TaskKind::kPasskey, TaskKind::kMultiKey),
-                       ::testing::Values(1024, 4096), ::testing::Values(0.0, 0.1, 0.5, 0.9, 1.0)));
-
-TEST(BuildPromptTest, TooShortTargetIsInvalid) {
+TEST(BuildSuiteTest, FullSuiteShapeUniqueIdsAndSplitsDiffer) {
   WordTokenizer tok;
-  auto p = BuildPrompt(FakeCorpus(), TaskKind::kMultiKey, 60, 0.5, 4, 1, tok.Encoder(), Render());
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-}
-
-TEST(BuildSuiteTest, QuickSuiteShapeAndUniqueIds) {
-  WordTokenizer tok;
-  SuiteOptions suite = QuickSuite();
-  auto prompts = BuildSuite(FakeCorpus(), suite, tok.Encoder(), Render());
-  ASSERT_TRUE(prompts.ok()) << prompts.status();
-  EXPECT_EQ(prompts->size(), suite.tasks.size() * suite.lengths.size() * suite.depths.size());
+  SuiteOptions suite = FullSuite();
+  EXPECT_EQ(suite.tasks.size() * suite.lengths.size() * suite.repeats, 416u);
+  suite.lengths = {1024};  // the shape at one length keeps the test fast
+  suite.repeats = 3;
+  auto dev = BuildSuite(FakeCorpus(), suite, Split::kDev, tok.Encoder(), Render());
+  auto test = BuildSuite(FakeCorpus(), suite, Split::kTest, tok.Encoder(), Render());
+  ASSERT_TRUE(dev.ok() && test.ok()) << dev.status() << test.status();
+  ASSERT_EQ(test->size(), 8u * 3u);
   std::set<std::string> ids;
-  for (const EvalPrompt& p : *prompts) ids.insert(p.id);
-  EXPECT_EQ(ids.size(), prompts->size());
-  EXPECT_EQ((*prompts)[0].id, "passkey-1024-d0.10-r0");
+  for (const TaskRecord& r : *test) {
+    ids.insert(r.id);
+    EXPECT_EQ(r.split, "test");
+  }
+  EXPECT_EQ(ids.size(), test->size());
+  EXPECT_EQ((*test)[0].id, "niah_number-1024-test-r00");
+  EXPECT_NEAR((*test)[0].depth, 0.0, 0.05);  // depths sweep [0, 1] over the repeats
+  EXPECT_NEAR((*test)[2].depth, 1.0, 0.05);
+  // Same corpus, different split seed: different prompts.
+  for (size_t i = 0; i < test->size(); ++i) EXPECT_NE((*dev)[i].context, (*test)[i].context);
 }
 
 // With the real tokenizer and Debian text (skipped when either is missing).
-TEST(BuildPromptTest, RealTokenizerAndCorpus) {
+TEST(BuildTaskTest, RealTokenizerAndCorpus) {
   const char* path = std::getenv("XKV_MODEL");
   if (path == nullptr || !std::filesystem::exists(path)) GTEST_SKIP() << "XKV_MODEL missing";
-  absl::StatusOr<TextCorpus> corpus = LoadCorpus(DefaultCorpusPaths());
+  absl::StatusOr<TextCorpus> corpus = LoadCorpus(CorpusPaths(Split::kTest));
   if (!corpus.ok()) GTEST_SKIP() << corpus.status();
   auto file = GgufFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   auto tok = Tokenizer::FromGguf(**file);
   ASSERT_TRUE(tok.ok()) << tok.status();
   const Tokenizer& t = **tok;
-  TextEncoder encode = [&t](std::string_view s) { return t.Encode(s, true); };
-  absl::StatusOr<EvalPrompt> p =
-      BuildPrompt(*corpus, TaskKind::kPasskey, 2048, 0.5, 4, 3, encode, Render());
-  ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_NEAR(static_cast<double>(p->context.size() + p->key_question.size()), 2048, 0.05 * 2048);
-  const std::string context = t.Decode(p->context).value();
-  EXPECT_THAT(context, HasSubstr(absl::StrCat("The pass key is ", p->expected, ".")));
-  EXPECT_THAT(context, ::testing::StartsWith("<|im_start|>system\n"));
-  EXPECT_THAT(t.Decode(p->key_question).value(),
-              ::testing::EndsWith("<|im_start|>assistant\nThe pass key is"));
+  TextEncoder encode = [&t](absl::string_view s, bool at_start) {
+    return t.Encode(std::string_view(s.data(), s.size()), true, at_start);
+  };
+  for (TaskKind kind : AllTasks()) {
+    absl::StatusOr<TaskRecord> r = BuildTask(*corpus, kind, 2048, 0.5, 3, encode, Render());
+    ASSERT_TRUE(r.ok()) << r.status();
+    absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, encode, Render(), t.vocab_size());
+    ASSERT_TRUE(p.ok()) << p.status();
+    const double tolerance = kind == TaskKind::kCommonWords ? 0.05 : 0.03;  // cwe: whole items
+    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), 2048,
+                tolerance * 2048)
+        << TaskName(kind);
+    EXPECT_GE(p->continuation.size(), 40u);
+    const std::string context = t.Decode(p->context).value();
+    EXPECT_THAT(context, ::testing::StartsWith("<|im_start|>system\n"));
+    if (kind != TaskKind::kCommonWords) EXPECT_EQ(Count(context, r->answers[0]), 1);
+    EXPECT_THAT(t.Decode(p->question).value(),
+                ::testing::EndsWith("<|im_start|>assistant\n" + r->answer_prefix));
+  }
 }
 
 }  // namespace

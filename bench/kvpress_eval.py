@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Runs NVIDIA kvpress's presses on a prompt file (bench/prompts_jsonl.py), side by side with xkv.
+
+Hugging Face transformers loads the same GGUF (`gguf_file=`, dequantized by the `gguf` package) and
+kvpress compresses its cache. Every prompt runs the full cache and each press at each keep
+fraction (kvpress's compression_ratio = 1 - keep), in both query modes:
+
+  aware     question inside the context: context + question are prefilled under the press and
+            compressed together; the first answer token comes from that prefill's logits (as in
+            `xkv eval`), the rest are decoded on the compressed cache;
+  agnostic  question after compression: the context alone is prefilled under the press (kvpress's
+            pipeline with `question=`), then the question is prefilled on the compressed cache at
+            its true positions, and the answer decoded.
+
+Decoding is greedy (up to --max-new-tokens, stopping at <|im_end|> / end of text); a prediction is
+correct when it contains any of the prompt's answers (RULER string match, case-insensitive).
+Writes OUT/results.csv (one row per prompt x press x keep x mode) and OUT/summary.md (the table
+of docs/quality.md with bootstrap 95% intervals, bench/kvpress_report.py).
+
+The tokenizer is built from the GGUF's vocabulary and merges with SmolLM2's pre-tokenizer (digits
+split, byte-level BPE): transformers 5.2 converts a llama-architecture GGUF's gpt2 vocabulary with
+its SentencePiece converter, which turns every space into <|endoftext|>. This one matches
+llama.cpp's tokenization token for token.
+
+Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
+processes on one GPU (decoding a 135M model is launch-bound, so they overlap well); --limit and
+--deadline-s bound the work (a prompt is recorded only with all its cells).
+
+Usage: bench/kvpress_eval.py --prompts FILE.jsonl --gguf MODEL.gguf --out DIR [options]
+"""
+import argparse
+import collections
+import os
+import sys
+import time
+import traceback
+import types
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers share the host's cores
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvpress_report  # noqa: E402
+import prompts_jsonl  # noqa: E402
+
+PRESSES = ("snapkv", "pyramidkv", "streaming", "adakv-snapkv", "expected-attention",
+           "adakv-expected-attention", "kvzip")
+KEEPS = (0.1, 0.2, 0.4)
+
+
+def make_press(name, keep):
+    """A kvpress press keeping `keep` of the KV cache, with kvpress's default parameters."""
+    import kvpress
+    ratio = round(1.0 - keep, 6)
+    factories = {
+        "snapkv": lambda: kvpress.SnapKVPress(compression_ratio=ratio),
+        "pyramidkv": lambda: kvpress.PyramidKVPress(compression_ratio=ratio),
+        "streaming": lambda: kvpress.StreamingLLMPress(compression_ratio=ratio),
+        "adakv-snapkv": lambda: kvpress.AdaKVPress(kvpress.SnapKVPress(compression_ratio=ratio)),
+        "expected-attention": lambda: kvpress.ExpectedAttentionPress(compression_ratio=ratio),
+        "adakv-expected-attention":
+            lambda: kvpress.AdaKVPress(kvpress.ExpectedAttentionPress(compression_ratio=ratio)),
+        "kvzip": lambda: kvpress.KVzipPress(compression_ratio=ratio),
+    }
+    return factories[name]()
+
+
+def import_kvpress(tokenizer):
+    """Imports kvpress. Its package __init__ imports every press; three we do not run need
+    `datasets` and `fire` at import time only, so missing ones are replaced by stubs that fail if
+    called. KVzip reloads the tokenizer from the model's name_or_path on every use: it gets the
+    one already built."""
+    for name in ("datasets", "fire"):
+        try:
+            __import__(name)
+        except ImportError:
+            stub = types.ModuleType(name)
+
+            def unavailable(*_args, _name=name, **_kwargs):
+                raise RuntimeError(f"{_name} is not installed (stubbed by kvpress_eval.py)")
+            stub.load_dataset = stub.Fire = unavailable
+            sys.modules[name] = stub
+    import kvpress
+    from kvpress.presses import kvzip_press
+    kvzip_press.AutoTokenizer = types.SimpleNamespace(from_pretrained=lambda *_a, **_k: tokenizer)
+    return kvpress
+
+
+def build_tokenizer(gguf_path):
+    """A fast tokenizer from the GGUF's own vocabulary, merges, special tokens and chat template."""
+    import gguf
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    fields = gguf.GGUFReader(gguf_path).fields
+
+    def field(name):
+        return fields[name].contents()
+    if field("tokenizer.ggml.model") != "gpt2" or field("tokenizer.ggml.pre") != "smollm":
+        raise SystemExit(f"kvpress_eval: {gguf_path}: only SmolLM2's tokenizer (gpt2 vocabulary, "
+                         f"smollm pre-tokenizer) is supported")
+    tokens, types_ = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)},
+                     merges=[tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")])
+    tk = Tokenizer(bpe)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t, ty in zip(tokens, types_) if ty == 3])  # 3: control tokens
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=tokens[field("tokenizer.ggml.bos_token_id")],
+        eos_token=tokens[field("tokenizer.ggml.eos_token_id")],
+        unk_token=tokens[field("tokenizer.ggml.unknown_token_id")])
+    tok.chat_template = field("tokenizer.chat_template")
+    return tok
+
+
+def convert_model(gguf_path, hf_dir, dtype_name):
+    """Loads the GGUF with transformers once and saves it (with the tokenizer) for the workers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    t0 = time.time()
+    tok = build_tokenizer(gguf_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(os.path.abspath(gguf_path)), gguf_file=os.path.basename(gguf_path),
+        dtype=getattr(torch, dtype_name))
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    print(f"converted {gguf_path} -> {hf_dir} ({type(model).__name__}, {dtype_name}) in "
+          f"{time.time() - t0:.1f} s", flush=True)
+
+
+def token_ids(prompt, tok):
+    if "context_ids" in prompt:
+        return prompt["context_ids"], prompt["question_ids"]
+
+    def render(messages):
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    context, question = prompts_jsonl.prompt_texts(prompt, render)
+    return (tok.encode(context, add_special_tokens=False),
+            tok.encode(question, add_special_tokens=False))
+
+
+class Runner:
+    """One model on one device; answers a prompt with a press in a query mode."""
+
+    def __init__(self, hf_dir, device, dtype_name, max_new_tokens):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import logging
+        logging.getLogger("kvpress").setLevel(logging.ERROR)  # KVzip warns on every construction
+        self.torch = torch
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        self.tok = AutoTokenizer.from_pretrained(hf_dir)
+        self.kvpress = import_kvpress(self.tok)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            hf_dir, dtype=getattr(torch, dtype_name), attn_implementation="sdpa").to(device)
+        self.model.eval()
+        self.device, self.max_new_tokens = device, max_new_tokens
+        stop = self.model.generation_config.eos_token_id
+        stop = set(stop if isinstance(stop, list) else [stop])
+        stop |= {self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        self.stop_ids = {s for s in stop if s is not None}
+
+    def answer(self, context_ids, question_ids, press, mode):
+        import contextlib
+        from transformers import DynamicCache
+        torch, model = self.torch, self.model
+        cache = DynamicCache()
+        scope = press(model) if press is not None else contextlib.nullcontext()
+        ctx = torch.tensor([context_ids], device=self.device)
+        q = torch.tensor([question_ids], device=self.device)
+        with torch.inference_mode():
+            if mode == "aware":
+                with scope:
+                    out = model(input_ids=torch.cat([ctx, q], dim=1), past_key_values=cache,
+                                logits_to_keep=1)
+                position = ctx.shape[1] + q.shape[1]
+            else:
+                with scope:
+                    model.model(input_ids=ctx, past_key_values=cache)
+                start = ctx.shape[1]
+                if len({cache.get_seq_length(i) for i in range(len(cache))}) == 1:
+                    positions = torch.arange(start, start + q.shape[1], device=self.device)[None]
+                    out = model(input_ids=q, past_key_values=cache, position_ids=positions,
+                                logits_to_keep=1)
+                else:  # layers of different lengths (PyramidKV): no shared mask; token by token
+                    for i in range(q.shape[1]):
+                        out = model(input_ids=q[:, i:i + 1], past_key_values=cache,
+                                    position_ids=torch.tensor([[start + i]], device=self.device))
+                position = start + q.shape[1]
+            generated = [int(out.logits[0, -1].argmax())]
+            while len(generated) < self.max_new_tokens and generated[-1] not in self.stop_ids:
+                out = model(input_ids=torch.tensor([[generated[-1]]], device=self.device),
+                            past_key_values=cache,
+                            position_ids=torch.tensor([[position]], device=self.device))
+                position += 1
+                generated.append(int(out.logits[0, -1].argmax()))
+        return self.tok.decode(generated, skip_special_tokens=True)
+
+
+def cells(args):
+    yield "full", 1.0
+    for name in args.presses:
+        for keep in args.keeps:
+            yield name, keep
+
+
+def run_shard(args, shard, shards, part_path, t_start):
+    """Prompts shard, shard + shards, ... of the ordered list; writes rows to part_path. Returns
+    how many prompts failed."""
+    runner = Runner(args.hf_dir, args.device, args.dtype, args.max_new_tokens)
+    prompts = order_prompts(args)[shard::shards]
+    done, failed = [], 0
+    for n, prompt in enumerate(prompts):
+        if args.deadline_s and time.time() - t_start > args.deadline_s:
+            print(f"[worker {shard}] deadline: {n} of {len(prompts)} prompts done", flush=True)
+            break
+        t0 = time.time()
+        seconds = collections.Counter()
+        try:
+            context_ids, question_ids = token_ids(prompt, runner.tok)
+            rows = []
+            for name, keep in cells(args):
+                for mode in args.modes:
+                    t1 = time.time()
+                    press = None if name == "full" else make_press(name, keep)
+                    prediction = runner.answer(context_ids, question_ids, press, mode)
+                    seconds[name] += time.time() - t1
+                    rows.append({"id": prompt["id"], "task": prompt["task"],
+                                 "length": prompt["length"], "split": prompt["split"],
+                                 "press": name, "keep": keep, "mode": mode,
+                                 "prediction": prediction, "correct": prompts_jsonl.is_correct(
+                                     prediction, prompt["answers"])})
+        except Exception:  # noqa: BLE001 -- one prompt's failure is reported, the run goes on
+            failed += 1
+            print(f"[worker {shard}] {prompt['id']} FAILED (no rows recorded):\n"
+                  f"{traceback.format_exc()}", flush=True)
+            continue
+        done += rows
+        kvpress_report.write_csv(part_path, done)
+        full_ok = sum(r["correct"] for r in rows if r["press"] == "full")
+        print(f"[worker {shard}] {prompt['id']} ({len(context_ids) + len(question_ids)} tok): "
+              f"full {full_ok}/{len(args.modes)}, all cells "
+              f"{sum(r['correct'] for r in rows)}/{len(rows)}, {time.time() - t0:.1f} s ("
+              + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + ")", flush=True)
+    return failed
+
+
+def worker(args, shard, shards, part_path, t_start):
+    """A worker process: exits non-zero when any of its prompts failed."""
+    if run_shard(args, shard, shards, part_path, t_start):
+        sys.exit(1)
+
+
+def order_prompts(args):
+    prompts = prompts_jsonl.load_prompts(args.prompts)
+    if args.split:
+        prompts = [p for p in prompts if p["split"] == args.split]
+    prompts = prompts_jsonl.interleave_strata(prompts, args.seed)
+    return prompts[:args.limit] if args.limit else prompts
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", required=True, help="JSONL prompt file")
+    p.add_argument("--gguf", required=True, help="the model (GGUF)")
+    p.add_argument("--out", required=True, help="output folder (results.csv, summary.md)")
+    p.add_argument("--work", default="/tmp/kvpress-work",
+                   help="scratch folder: the converted model and the workers' partial CSVs")
+    p.add_argument("--presses", default=",".join(PRESSES),
+                   help=f"comma-separated subset of {','.join(PRESSES)}")
+    p.add_argument("--keeps", default=",".join(str(k) for k in KEEPS),
+                   help="kept fractions of the KV cache, each in (0, 1)")
+    p.add_argument("--modes", default=",".join(kvpress_report.MODES))
+    p.add_argument("--split", choices=prompts_jsonl.SPLITS, help="only prompts of this split")
+    p.add_argument("--limit", type=int, default=0, help="at most N prompts (seeded order)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
+    p.add_argument("--deadline-s", type=float, default=0,
+                   help="start no new prompt after this many seconds (0: none)")
+    p.add_argument("--stop-s", type=float, default=0,
+                   help="stop the workers after this many seconds, keeping finished prompts "
+                        "(0: none; needs --workers > 1)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    args = p.parse_args(argv)
+    args.presses = [s for s in args.presses.split(",") if s]
+    bad = [s for s in args.presses if s not in PRESSES]
+    if bad:
+        p.error(f"--presses: unknown {','.join(bad)}; allowed: {','.join(PRESSES)}")
+    try:
+        args.keeps = [float(k) for k in args.keeps.split(",")]
+    except ValueError:
+        p.error(f"--keeps: {args.keeps!r} is not a list of numbers")
+    if not args.keeps or not all(0 < k < 1 for k in args.keeps):
+        p.error(f"--keeps: {args.keeps} must each be in (0, 1)")
+    args.modes = args.modes.split(",")
+    if not args.modes or not set(args.modes) <= set(kvpress_report.MODES):
+        p.error(f"--modes: {args.modes}; allowed: aware, agnostic")
+    for name in ("limit", "workers", "max_new_tokens"):
+        value = getattr(args, name)
+        if value < (0 if name == "limit" else 1) or value > 10**6:
+            p.error(f"--{name.replace('_', '-')}: {value} out of range")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    t_start = time.time()
+    try:
+        prompts = order_prompts(args)
+    except (OSError, prompts_jsonl.PromptError) as e:
+        raise SystemExit(f"kvpress_eval: {e}")
+    if not prompts:
+        raise SystemExit(f"kvpress_eval: no prompts of split {args.split} in {args.prompts}")
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
+    args.hf_dir = os.path.join(args.work, "hf-model")
+    convert_model(args.gguf, args.hf_dir, args.dtype)
+    import multiprocessing
+    parts = [os.path.join(args.work, f"part{i}.csv") for i in range(args.workers)]
+    for path in parts:
+        if os.path.exists(path):
+            os.remove(path)  # a previous run's
+    if args.workers == 1:
+        if run_shard(args, 0, 1, parts[0], t_start):
+            print("kvpress_eval: some prompts failed; the finished ones are kept", file=sys.stderr)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=worker, args=(args, i, args.workers, parts[i], t_start))
+                 for i in range(args.workers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(max(0.0, t_start + args.stop_s - time.time()) if args.stop_s else None)
+        for proc in procs:
+            if proc.is_alive():  # past --stop-s: its prompt in flight is dropped
+                proc.terminate()
+                proc.join()
+        failed = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
+        if failed:
+            print(f"kvpress_eval: workers {failed} failed or were stopped; their finished "
+                  "prompts are kept", file=sys.stderr)
+    rows = [r for path in parts if os.path.exists(path) for r in kvpress_report.read_csv(path)]
+    if not rows:
+        raise SystemExit("kvpress_eval: no prompt finished")
+    kvpress_report.write_csv(os.path.join(args.out, "results.csv"), rows)
+    wall = time.time() - t_start
+    n = len({r["id"] for r in rows})
+    import importlib.metadata
+    import torch
+    header = (f"# kvpress side by side\n\n- prompts: {n} of {len(prompts)} from `{args.prompts}` "
+              f"({len(rows)} rows)\n- model: `{args.gguf}` ({args.dtype})\n- device: "
+              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else args.device}\n"
+              f"- versions: kvpress {importlib.metadata.version('kvpress')}, transformers "
+              f"{importlib.metadata.version('transformers')}, torch {torch.__version__}\n- wall time: "
+              f"{wall / 60:.1f} min, {args.workers} workers\n\n")
+    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(header + kvpress_report.summary_markdown(rows))
+    print(header + kvpress_report.summary_markdown(rows), flush=True)
+    print(f"wall time {wall:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
