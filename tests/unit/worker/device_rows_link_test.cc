@@ -49,6 +49,9 @@ class FakeDeviceEngine final : public StageEngine {
     return inner_->CompactLayer(id, layer, prompt_len, kept);
   }
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override { return inner_->CacheCopy(id); }
+  absl::Status CopySequence(uint64_t from, uint64_t to) override {
+    return inner_->CopySequence(from, to);
+  }
   absl::Status EmbedResident(absl::Span<const int32_t> tokens) override {
     return inner_->EmbedResident(tokens);
   }
