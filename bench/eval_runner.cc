@@ -87,6 +87,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
   }
   m.scoring = ScoringFor(m.kv, base);
+  bool kernel_set = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(parts[i], '=');
     const auto [key, value] = kv;
@@ -104,22 +105,41 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
       m.scoring.reduce = value == "max" ? ScoreReduce::kMax : ScoreReduce::kSum;
+    } else if (key == "kernel") {
+      ASSIGN_OR_RETURN(const double k, ParseNumber(key, value));
+      if (!(k >= 1 && k <= 31 && k == std::floor(k) && static_cast<int>(k) % 2 == 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("method '", text, "': kernel=", value,
+                                                       " must be an odd integer in [1, 31]"));
+      }
+      m.scoring.pool_kernel = static_cast<int>(k);
+      kernel_set = true;
+    } else if (key == "profile") {
+      ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("method '", text, "': unknown parameter '", parts[i],
-                       "'; allowed: floor=[0,1], cap=[1,64], window=[1,1024], pool=max|avg, "
-                       "reduce=max|sum"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "method '", text, "': unknown parameter '", parts[i],
+          "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
+          "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, ", "profile=reconstruct"));
     }
   }
+  KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
+  check.target = KvTarget::Fraction(1.0);
+  RETURN_IF_ERROR(ValidateSettings(check));
+  RETURN_IF_ERROR(ValidateProfileFor(m.kv.profile, SpecEntry::kEval));
+  if (m.kv.profile.kind == ProfileModeKind::kReconstruct && !kernel_set) m.scoring.pool_kernel = 1;
   return m;
 }
 
 EvalRunner::EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOptions options)
     : model_(model), tokenizer_(tokenizer), options_(std::move(options)) {
   for (const EvalMethod& m : options_.methods) {
+    const bool reconstruct = m.kv.profile.kind == ProfileModeKind::kReconstruct;
     size_t i = 0;
-    while (i < scorings_.size() && !SameScoring(scorings_[i], m.scoring)) ++i;
-    if (i == scorings_.size()) scorings_.push_back(m.scoring);
+    while (i < scorings_.size() && !(SameScoring(scorings_[i].options, m.scoring) &&
+                                     scorings_[i].reconstruct == reconstruct)) {
+      ++i;
+    }
+    if (i == scorings_.size()) scorings_.push_back({m.scoring, reconstruct});
     scoring_of_.push_back(static_cast<int>(i));
     max_window_ = std::max(max_window_, m.scoring.window);
   }
@@ -325,26 +345,41 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   const ModelConfig& config = model_->config();
   const int64_t vocab = config.vocab_size;
   const int64_t C = p.context.size(), Qk = p.key_question.size(), Qs = p.fidelity_question.size();
-  // One collector per distinct scoring, all observing the same forward passes.
+  // One collector per distinct window scoring, all observing the same forward passes; the
+  // reconstruct scorings share one re-reading of the context (after step 1).
   std::vector<std::unique_ptr<ImportanceCollector>> collectors;
-  for (const ImportanceOptions& scoring : scorings_) {
-    collectors.push_back(std::make_unique<ImportanceCollector>(config, model_->layer_begin(),
-                                                               model_->layer_end(), scoring));
+  for (const Scoring& scoring : scorings_) {
+    collectors.push_back(scoring.reconstruct ? nullptr
+                                             : std::make_unique<ImportanceCollector>(
+                                                   config, model_->layer_begin(),
+                                                   model_->layer_end(), scoring.options));
+    if (scoring.reconstruct) continue;
     RETURN_IF_ERROR(collectors.back()->Expect(0, C));
     RETURN_IF_ERROR(collectors.back()->Expect(1, C + Qk));
     RETURN_IF_ERROR(collectors.back()->Expect(2, C + Qs));
   }
   auto observe = [&collectors](const std::vector<int>& keys) -> LayerObserver {
     std::vector<LayerObserver> all;
-    for (auto& c : collectors) all.push_back(c->ObserverFor(keys));
+    for (auto& c : collectors) {
+      if (c != nullptr) all.push_back(c->ObserverFor(keys));
+    }
     return [all = std::move(all)](const LayerObservation& obs) -> absl::Status {
       for (const LayerObserver& o : all) RETURN_IF_ERROR(o(obs));
       return absl::OkStatus();
     };
   };
-  auto take = [&collectors](int key) {
+  ReconstructScores reread;
+  auto take = [&](int key, int64_t prompt_len) -> absl::StatusOr<std::vector<CollectedScores>> {
     std::vector<CollectedScores> out;
-    for (auto& c : collectors) out.push_back(c->Take(key));
+    for (size_t i = 0; i < scorings_.size(); ++i) {
+      if (collectors[i] != nullptr) {
+        out.push_back(collectors[i]->Take(key));
+        continue;
+      }
+      ASSIGN_OR_RETURN(CollectedScores s, ReconstructCollectedScores(reread, prompt_len, config,
+                                                                     scorings_[i].options));
+      out.push_back(std::move(s));
+    }
     return out;
   };
   // 1-2: the context, observed; query-agnostic copies.
@@ -354,8 +389,14 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   step.sequences.push_back({full.key.cache.get(), C, 0, true});
   step.observer = observe({0});
   RETURN_IF_ERROR(model_->Forward(p.context, step).status());
+  if (std::any_of(scorings_.begin(), scorings_.end(),
+                  [](const Scoring& s) { return s.reconstruct; })) {
+    ASSIGN_OR_RETURN(reread, ScoreByReconstruction(model_, full.key.cache.get(), p.context,
+                                                   options_.repeat, options_.reconstruct));
+  }
+  ASSIGN_OR_RETURN(std::vector<CollectedScores> agnostic_scores, take(0, C));
   ASSIGN_OR_RETURN(std::vector<Variant> agnostic,
-                   CompressAll(*full.key.cache, take(0), /*copies=*/2));
+                   CompressAll(*full.key.cache, agnostic_scores, /*copies=*/2));
   // 3: both questions on copies of the full cache, observed; query-aware copies.
   full.fid.cache = std::make_unique<KvCache>(*full.key.cache);
   step.sequences = {{full.key.cache.get(), Qk, C, true}, {full.fid.cache.get(), Qs, C, true}};
@@ -364,9 +405,12 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   tokens.insert(tokens.end(), p.fidelity_question.begin(), p.fidelity_question.end());
   ASSIGN_OR_RETURN(std::vector<float> last, model_->Forward(tokens, step));
   if (timing != nullptr) timing->prefill_s = Seconds(start);
-  ASSIGN_OR_RETURN(std::vector<Variant> aware, CompressAll(*full.key.cache, take(1), /*copies=*/1));
+  ASSIGN_OR_RETURN(std::vector<CollectedScores> key_scores, take(1, C + Qk));
+  ASSIGN_OR_RETURN(std::vector<Variant> aware,
+                   CompressAll(*full.key.cache, key_scores, /*copies=*/1));
+  ASSIGN_OR_RETURN(std::vector<CollectedScores> fid_scores, take(2, C + Qs));
   ASSIGN_OR_RETURN(std::vector<Variant> aware_fid,
-                   CompressAll(*full.fid.cache, take(2), /*copies=*/1));
+                   CompressAll(*full.fid.cache, fid_scores, /*copies=*/1));
   for (size_t i = 0; i < aware.size(); ++i) aware[i].fid = std::move(aware_fid[i].key);
   // 4: the full cache's answer and reference continuation.
   const std::vector<float> key_logits(last.begin(), last.begin() + vocab);

@@ -39,6 +39,7 @@
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
 #include "model/llama_model.h"
+#include "model/reconstruct_scorer.h"
 #include "model/tokenizer.h"
 
 namespace xkv {
@@ -57,8 +58,10 @@ struct EvalMethod {
 
 // Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
 // (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
-// window (this method's observation window), pool (max|avg), reduce (max|sum). `base` gives the
-// defaults (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
+// window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
+// [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
+// model/reconstruct_scorer.h; unpooled unless kernel is given). `base` gives the defaults
+// (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
 
 struct EvalOptions {
@@ -68,6 +71,8 @@ struct EvalOptions {
   int fidelity_tokens = 32;          // teacher-forced continuation length
   std::vector<int32_t> stop_tokens;  // end of answer (e.g. <|im_end|>, <|endoftext|>)
   int64_t max_batch_tokens = 2048;   // tokens per batched forward step (memory bound)
+  RepeatPrompt repeat;               // profile=reconstruct methods: the re-reading instruction
+  ReconstructOptions reconstruct;
 };
 
 // Total kept prefix tokens for budget fraction f of a prompt of T tokens (clamped to [0, L·P]).
@@ -139,8 +144,12 @@ class EvalRunner {
   LlamaModel* model_;
   const Tokenizer* tokenizer_;
   EvalOptions options_;
-  std::vector<ImportanceOptions> scorings_;  // the distinct scorings of the methods
-  std::vector<int> scoring_of_;              // [method] index into scorings_
+  struct Scoring {
+    ImportanceOptions options;
+    bool reconstruct = false;  // scores from re-reading the context (shared by all such scorings)
+  };
+  std::vector<Scoring> scorings_;  // the distinct scorings of the methods
+  std::vector<int> scoring_of_;    // [method] index into scorings_
   int max_window_ = 0;
 };
 

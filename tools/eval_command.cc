@@ -122,6 +122,25 @@ absl::StatusOr<std::vector<EvalPrompt>> BuildPrompts(const EvalFlags& f, const T
   return prompts;
 }
 
+// KVzip's re-reading instruction (profile=reconstruct), in the model's chat template.
+absl::StatusOr<RepeatPrompt> MakeRepeatPrompt(const Tokenizer& tok) {
+  constexpr std::string_view kMark = "@@XKV@@";
+  const ChatMessage msg{"user", std::string(kMark)};
+  ASSIGN_OR_RETURN(const std::string turn,
+                   ApplyChatTemplate(absl::MakeConstSpan(&msg, 1), /*add_generation_prompt=*/true));
+  const size_t mark = turn.find(kMark);
+  if (mark == std::string::npos) return absl::InternalError("the chat template lost the user turn");
+  RepeatPrompt r;
+  auto encode = [&tok](std::string_view text) {
+    return tok.Encode(text, /*parse_special=*/true, /*add_special=*/false);
+  };
+  ASSIGN_OR_RETURN(r.first, encode("\n\nRepeat the previous context exactly."));
+  ASSIGN_OR_RETURN(r.next,
+                   encode("\n\nRepeat the part of the previous context exactly, starting with"));
+  ASSIGN_OR_RETURN(r.suffix, encode(turn.substr(mark + kMark.size())));
+  return r;
+}
+
 absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(LoadedModel m, LoadModel(f.model, static_cast<int>(f.threads)));
@@ -141,6 +160,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     if (m.tokenizer->FindToken(t) >= 0) options.stop_tokens.push_back(m.tokenizer->FindToken(t));
   }
   if (m.tokenizer->eos() >= 0) options.stop_tokens.push_back(m.tokenizer->eos());
+  ASSIGN_OR_RETURN(options.repeat, MakeRepeatPrompt(*m.tokenizer));
   std::fprintf(stderr, "xkv eval: suite %s, %zu prompts, %zu methods x %zu budgets + full, %s\n",
                f.suite.c_str(), prompts.size(), options.methods.size(), options.budgets.size(),
                out_dir.c_str());
@@ -202,7 +222,8 @@ int RunEval(int argc, char** argv) {
   flags.String("methods", &f.methods,
                "compressed methods, comma-separated (full always runs): streaming, snapkv, "
                "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
-               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max");
+               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=7; "
+               "xkv:profile=reconstruct scores by re-reading the context (KVzip)");
   flags.String("split", &f.split,
                "dev (choose parameters here), test (report here) or all (the historical suite)");
   flags.String("budgets", &f.budgets,
@@ -210,7 +231,7 @@ int RunEval(int argc, char** argv) {
                "0.05,0.1,0.2,0.3,0.5)");
   flags.Int("seed", &f.seed, "suite seed (text positions, keys, names)");
   flags.Int("limit", &f.limit, "at most this many prompts (0: all), spread over the suite");
-  flags.Int("window", &f.window, "observation window w in [1, 1024] (methods may override)");
+  flags.Int("window", &f.window, "observation window w in [8, 64] (methods may override)");
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens, "teacher-forced tokens for agreement and KL");
   flags.String("python", &f.python,
