@@ -113,13 +113,16 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       }
       m.scoring.pool_kernel = static_cast<int>(k);
       kernel_set = true;
+    } else if (key == "vnorm" && (value == "0" || value == "1")) {
+      m.value_norm = value == "1";
     } else if (key == "profile") {
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "method '", text, "': unknown parameter '", parts[i],
-          "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
-          "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, ", "profile=reconstruct"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("method '", text, "': unknown parameter '", parts[i],
+                       "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
+                       "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
+                       "profile=reconstruct"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -244,7 +247,12 @@ absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
   std::vector<Variant> out;
   for (size_t m = 0; m < options_.methods.size(); ++m) {
     const EvalMethod& method = options_.methods[m];
-    const CollectedScores& scores = all_scores[scoring_of_[m]];
+    CollectedScores weighted;
+    if (method.value_norm) {
+      weighted = all_scores[scoring_of_[m]];
+      RETURN_IF_ERROR(WeightByValueNorm(full, &weighted));
+    }
+    const CollectedScores& scores = method.value_norm ? weighted : all_scores[scoring_of_[m]];
     for (double budget : options_.budgets) {
       KvSettings spec = method.kv;
       spec.target =

@@ -54,13 +54,15 @@ struct EvalMethod {
   std::string name;  // "snapkv", "paper", "xkv", "xkv:floor=0.25:window=16", …
   KvSettings kv;
   ImportanceOptions scoring;
+  bool value_norm = false;  // scores x ||v|| (WeightByValueNorm) before selection
 };
 
 // Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
 // (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
 // window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
 // [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
-// model/reconstruct_scorer.h; unpooled unless kernel is given). `base` gives the defaults
+// model/reconstruct_scorer.h; unpooled unless kernel is given), vnorm (1: scores x ||v||, 0).
+// `base` gives the defaults
 // (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
 

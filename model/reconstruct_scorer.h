@@ -31,9 +31,11 @@ struct RepeatPrompt {
 };
 
 struct ReconstructOptions {
-  int64_t chunk_tokens = 2048;  // prompt tokens re-read per step (kvpress's chunk size)
-  int overlap = 8;              // previous chunk's tail repeated in the next step's prompt
-  int sinks = 4;                // the first tokens: in every softmax, and scored 1
+  // Prompt tokens re-read per step. kvpress uses 2048; the score GEMMs cost ~2·T·chunk per head
+  // (the forward itself about one prefill whatever the chunk), so the CPU default is smaller.
+  int64_t chunk_tokens = 512;
+  int overlap = 8;  // previous chunk's tail repeated in the next step's prompt
+  int sinks = 4;    // the first tokens: in every softmax, and scored 1
 };
 
 // Raw scores of every prompt token: [layer - layer_begin] -> fp32 [n_kv_heads, T].

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/gemm.h"
 
 namespace xkv::cpu {
@@ -67,12 +68,13 @@ absl::Status LaunchReconstructScores(const float* q, const float* k, int64_t k_h
           float* row = logits.data() + i * nk;
           const int64_t visible = ns + nc + r0 + i + 1;  // causal inside the input
           float max_logit = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < visible; ++j) max_logit = std::max(max_logit, row[j] * scale);
-          float denom = 0.0f;
           for (int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] * scale - max_logit);
-            denom += row[j];
+            row[j] *= scale;
+            max_logit = std::max(max_logit, row[j]);
           }
+          for (int64_t j = 0; j < visible; ++j) row[j] = FastExp(row[j] - max_logit);
+          float denom = 0.0f;
+          for (int64_t j = 0; j < visible; ++j) denom += row[j];
           const float inv = 1.0f / denom;
           for (int64_t j = 0; j < nc; ++j) out[j] = std::max(out[j], row[ns + j] * inv);
         }

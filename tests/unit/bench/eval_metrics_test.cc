@@ -162,6 +162,9 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   auto rk = ParseEvalMethod("snapkv:kernel=3:profile=reconstruct", base);
   ASSERT_TRUE(rk.ok()) << rk.status();
   EXPECT_EQ(rk->scoring.pool_kernel, 3);
+  EXPECT_FALSE(rk->value_norm);
+  EXPECT_TRUE(ParseEvalMethod("xkv:vnorm=1", base)->value_norm);
+  EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
   EXPECT_THAT(ParseEvalMethod("xkv:kernel=4", base).status().message(),
               HasSubstr("odd integer in [1, 31]"));
   EXPECT_THAT(ParseEvalMethod("streaming:profile=reconstruct", base).status().message(),
