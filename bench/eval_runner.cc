@@ -115,6 +115,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       kernel_set = true;
     } else if (key == "vnorm" && (value == "0" || value == "1")) {
       m.value_norm = value == "1";
+    } else if (key == "mix" && value == "max") {
+      m.mix_window = true;
     } else if (key == "profile") {
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
     } else {
@@ -122,14 +124,19 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
           absl::StrCat("method '", text, "': unknown parameter '", parts[i],
                        "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
                        "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
-                       "profile=reconstruct"));
+                       "profile=reconstruct, mix=max"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
   check.target = KvTarget::Fraction(1.0);
   RETURN_IF_ERROR(ValidateSettings(check));
   RETURN_IF_ERROR(ValidateProfileFor(m.kv.profile, SpecEntry::kEval));
-  if (m.kv.profile.kind == ProfileModeKind::kReconstruct && !kernel_set) m.scoring.pool_kernel = 1;
+  const bool reconstruct = m.kv.profile.kind == ProfileModeKind::kReconstruct;
+  if (m.mix_window && !reconstruct) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method '", text, "': mix=max needs profile=reconstruct"));
+  }
+  if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
   return m;
 }
 
@@ -138,11 +145,12 @@ EvalRunner::EvalRunner(LlamaModel* model, const Tokenizer* tokenizer, EvalOption
   for (const EvalMethod& m : options_.methods) {
     const bool reconstruct = m.kv.profile.kind == ProfileModeKind::kReconstruct;
     size_t i = 0;
-    while (i < scorings_.size() && !(SameScoring(scorings_[i].options, m.scoring) &&
-                                     scorings_[i].reconstruct == reconstruct)) {
+    while (i < scorings_.size() &&
+           !(SameScoring(scorings_[i].options, m.scoring) &&
+             scorings_[i].reconstruct == reconstruct && scorings_[i].mix == m.mix_window)) {
       ++i;
     }
-    if (i == scorings_.size()) scorings_.push_back({m.scoring, reconstruct});
+    if (i == scorings_.size()) scorings_.push_back({m.scoring, reconstruct, m.mix_window});
     scoring_of_.push_back(static_cast<int>(i));
     max_window_ = std::max(max_window_, m.scoring.window);
   }
@@ -357,11 +365,12 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   // reconstruct scorings share one re-reading of the context (after step 1).
   std::vector<std::unique_ptr<ImportanceCollector>> collectors;
   for (const Scoring& scoring : scorings_) {
-    collectors.push_back(scoring.reconstruct ? nullptr
-                                             : std::make_unique<ImportanceCollector>(
-                                                   config, model_->layer_begin(),
-                                                   model_->layer_end(), scoring.options));
-    if (scoring.reconstruct) continue;
+    const bool window = !scoring.reconstruct || scoring.mix;
+    collectors.push_back(
+        window ? std::make_unique<ImportanceCollector>(config, model_->layer_begin(),
+                                                       model_->layer_end(), scoring.options)
+               : nullptr);
+    if (!window) continue;
     RETURN_IF_ERROR(collectors.back()->Expect(0, C));
     RETURN_IF_ERROR(collectors.back()->Expect(1, C + Qk));
     RETURN_IF_ERROR(collectors.back()->Expect(2, C + Qs));
@@ -380,12 +389,16 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   auto take = [&](int key, int64_t prompt_len) -> absl::StatusOr<std::vector<CollectedScores>> {
     std::vector<CollectedScores> out;
     for (size_t i = 0; i < scorings_.size(); ++i) {
-      if (collectors[i] != nullptr) {
+      const Scoring& scoring = scorings_[i];
+      if (!scoring.reconstruct) {
         out.push_back(collectors[i]->Take(key));
         continue;
       }
-      ASSIGN_OR_RETURN(CollectedScores s, ReconstructCollectedScores(reread, prompt_len, config,
-                                                                     scorings_[i].options));
+      ImportanceOptions unpooled = scoring.options;
+      if (scoring.mix) unpooled.pool_kernel = 1;
+      ASSIGN_OR_RETURN(CollectedScores s,
+                       ReconstructCollectedScores(reread, prompt_len, config, unpooled));
+      if (scoring.mix) RETURN_IF_ERROR(MaxMergeScores(collectors[i]->Take(key), &s));
       out.push_back(std::move(s));
     }
     return out;

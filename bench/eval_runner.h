@@ -55,13 +55,16 @@ struct EvalMethod {
   KvSettings kv;
   ImportanceOptions scoring;
   bool value_norm = false;  // scores x ||v|| (WeightByValueNorm) before selection
+  bool mix_window = false;  // reconstruct: max of the re-reading scores and the window's scores
 };
 
 // Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
 // (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
 // window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
 // [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
-// model/reconstruct_scorer.h; unpooled unless kernel is given), vnorm (1: scores x ||v||, 0).
+// model/reconstruct_scorer.h; unpooled unless kernel is given), mix (max: with reconstruct, the
+// elementwise max of the unpooled re-reading scores and the method's window scores, pooled by its
+// kernel), vnorm (1: scores x ||v||, 0).
 // `base` gives the defaults
 // (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
@@ -149,6 +152,7 @@ class EvalRunner {
   struct Scoring {
     ImportanceOptions options;
     bool reconstruct = false;  // scores from re-reading the context (shared by all such scorings)
+    bool mix = false;          // reconstruct: max with the window scores of `options`
   };
   std::vector<Scoring> scorings_;  // the distinct scorings of the methods
   std::vector<int> scoring_of_;    // [method] index into scorings_

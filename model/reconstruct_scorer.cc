@@ -120,4 +120,22 @@ absl::StatusOr<CollectedScores> ReconstructCollectedScores(const ReconstructScor
   return s;
 }
 
+absl::Status MaxMergeScores(const CollectedScores& other, CollectedScores* scores) {
+  if (other.layer_begin != scores->layer_begin || other.layer_end != scores->layer_end ||
+      other.prompt_len != scores->prompt_len || other.window != scores->window ||
+      other.heads != scores->heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max merge: scores of a ", other.prompt_len, "-token prompt (window ",
+                     other.window, ") cannot merge into those of a ", scores->prompt_len,
+                     "-token prompt (window ", scores->window, ")"));
+  }
+  for (int l = other.layer_begin; l < other.layer_end; ++l) {
+    if (!other.has_layer(l) || !scores->has_layer(l)) continue;
+    std::vector<float>& dst = scores->layers[l - scores->layer_begin];
+    const std::vector<float>& src = other.layer(l);
+    for (size_t j = 0; j < dst.size(); ++j) dst[j] = std::max(dst[j], src[j]);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace xkv

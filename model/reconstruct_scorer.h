@@ -62,6 +62,11 @@ absl::StatusOr<CollectedScores> ReconstructCollectedScores(const ReconstructScor
                                                            const ModelConfig& config,
                                                            const ImportanceOptions& scoring);
 
+// The elementwise maximum of two scorings of the same prompt (same layers, prompt length, window
+// and heads; INVALID_ARGUMENT otherwise) into `scores`: e.g. reconstruction scores and the
+// window's own scores, both raw probabilities. Layers `other` lacks are left as they are.
+absl::Status MaxMergeScores(const CollectedScores& other, CollectedScores* scores);
+
 }  // namespace xkv
 
 #endif  // XKV_MODEL_RECONSTRUCT_SCORER_H_

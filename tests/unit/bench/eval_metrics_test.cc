@@ -164,6 +164,12 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   EXPECT_EQ(rk->scoring.pool_kernel, 3);
   EXPECT_FALSE(rk->value_norm);
   EXPECT_TRUE(ParseEvalMethod("xkv:vnorm=1", base)->value_norm);
+  auto mix = ParseEvalMethod("xkv:profile=reconstruct:mix=max", base);
+  ASSERT_TRUE(mix.ok()) << mix.status();
+  EXPECT_TRUE(mix->mix_window);
+  EXPECT_EQ(mix->scoring.pool_kernel, 7);  // the window part keeps xkv's pooling
+  EXPECT_THAT(ParseEvalMethod("xkv:mix=max", base).status().message(),
+              HasSubstr("needs profile=reconstruct"));
   EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
   EXPECT_THAT(ParseEvalMethod("xkv:kernel=4", base).status().message(),
               HasSubstr("odd integer in [1, 31]"));

@@ -173,5 +173,23 @@ TEST_F(ReconstructScorerTest, CollectedScoresKeepTheQuestionAndPool) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(MaxMergeScoresTest, TakesTheElementwiseMaximumOfTheSameShape) {
+  const ModelConfig c = TinyConfig();
+  ImportanceOptions o;
+  o.window = 2;
+  CollectedScores a = MakeCollectedScores(c, 0, c.n_layers, 5, o);  // prefix 3
+  CollectedScores b = a;
+  for (int l = 0; l < c.n_layers; ++l) {
+    a.layers[l] = {0.1f, 0.9f, 0.2f, 0.5f, 0.0f, 0.3f};
+    b.layers[l] = {0.4f, 0.1f, 0.2f, 0.6f, 0.7f, 0.0f};
+  }
+  ASSERT_TRUE(MaxMergeScores(b, &a).ok());
+  for (int l = 0; l < c.n_layers; ++l) {
+    EXPECT_EQ(a.layer(l), (std::vector<float>{0.4f, 0.9f, 0.2f, 0.6f, 0.7f, 0.3f}));
+  }
+  const CollectedScores longer = MakeCollectedScores(c, 0, c.n_layers, 6, o);
+  EXPECT_EQ(MaxMergeScores(longer, &a).code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace xkv
