@@ -4,6 +4,8 @@
 // Per prompt (C = context tokens, Qk = key question, Qs = fidelity question):
 //  1. Full prefill of the context, observed by an ImportanceCollector (scores of the context's
 //     last w tokens: the query-AGNOSTIC scores).
+//     Methods with profile=reconstruct then score the context by re-reading it once
+//     (ScoreByReconstruction, model/reconstruct_scorer.h), shared by all of them and both modes.
 //  2. Query-agnostic caches: CompactCopy of that full context cache for every method × budget
 //     (two copies each: one gets Qk, one gets Qs).
 //  3. The full cache is duplicated; Qk is prefilled on one copy and Qs on the other, both observed
