@@ -45,6 +45,7 @@ absl::string_view PolicyName(PolicyKind kind) {
 absl::StatusOr<ProfileMode> ParseProfileMode(absl::string_view text) {
   if (text == "per_request") return ProfileMode{ProfileModeKind::kPerRequest, 1.0};
   if (text == "one_pass") return ProfileMode{ProfileModeKind::kOnePass, 1.0};
+  if (text == "reconstruct") return ProfileMode{ProfileModeKind::kReconstruct, 1.0};
   absl::string_view rate_text = text;
   if (absl::ConsumePrefix(&rate_text, "sampled:")) {
     double rate = 0.0;
@@ -56,7 +57,7 @@ absl::StatusOr<ProfileMode> ParseProfileMode(absl::string_view text) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown profile mode '", text,
-                   "'; allowed: per_request, one_pass, sampled:<rate in (0, 1]>"));
+                   "'; allowed: per_request, one_pass, sampled:<rate in (0, 1]>, reconstruct"));
 }
 
 std::string ProfileModeName(const ProfileMode& mode) {
@@ -67,6 +68,8 @@ std::string ProfileModeName(const ProfileMode& mode) {
       return "one_pass";
     case ProfileModeKind::kSampled:
       return absl::StrCat("sampled:", mode.sample_rate);
+    case ProfileModeKind::kReconstruct:
+      return "reconstruct";
   }
   return "unknown";
 }

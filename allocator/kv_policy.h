@@ -24,13 +24,15 @@ enum class PolicyKind { kFull, kStreaming, kSnapKv, kPyramidKv, kXkv };
 absl::StatusOr<PolicyKind> ParsePolicy(absl::string_view name);
 absl::string_view PolicyName(PolicyKind kind);
 
-// Where the importance profile comes from (DESIGN.md §3.5).
-enum class ProfileModeKind { kPerRequest, kOnePass, kSampled };
+// Where the importance profile comes from (DESIGN.md §3.5). kReconstruct (KVzip): the scores come
+// from re-reading the prompt after its prefill (model/reconstruct_scorer.h), about one extra
+// prefill; query-agnostic. `xkv eval` only for now; the service and `xkv generate` refuse it.
+enum class ProfileModeKind { kPerRequest, kOnePass, kSampled, kReconstruct };
 struct ProfileMode {
   ProfileModeKind kind = ProfileModeKind::kPerRequest;
   double sample_rate = 1.0;  // ρ in (0, 1]; only meaningful for kSampled
 };
-// "per_request" | "one_pass" | "sampled:<ρ>" with ρ in (0, 1].
+// "per_request" | "one_pass" | "sampled:<ρ>" with ρ in (0, 1] | "reconstruct".
 absl::StatusOr<ProfileMode> ParseProfileMode(absl::string_view text);
 std::string ProfileModeName(const ProfileMode& mode);
 

@@ -111,7 +111,22 @@ absl::Status ValidateSettings(const KvSettings& s) {
       !(s.profile.sample_rate > 0 && s.profile.sample_rate <= 1)) {
     return OutOfRange("profile sample rate", s.profile.sample_rate, "(0, 1]");
   }
+  if (s.profile.kind == ProfileModeKind::kReconstruct && !NeedsScores(s.policy)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile mode reconstruct ranks tokens by score; policy '",
+                     PolicyName(s.policy), "' does not (use snapkv, pyramidkv or xkv)"));
+  }
   return absl::OkStatus();
+}
+
+absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry) {
+  if (mode.kind != ProfileModeKind::kReconstruct || entry == SpecEntry::kEval) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "profile mode reconstruct is not supported by ",
+      entry == SpecEntry::kService ? "the service" : "xkv generate",
+      " yet (xkv eval only); allowed here: per_request, one_pass, sampled:<rate in (0, 1]>"));
 }
 
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
@@ -147,7 +162,8 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
 }
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
-  return ApplyOverride(KvSettings{}, o).status();
+  ASSIGN_OR_RETURN(const KvSettings s, ApplyOverride(KvSettings{}, o));
+  return ValidateProfileFor(s.profile, SpecEntry::kService);
 }
 
 bool NeedsScores(PolicyKind policy) {

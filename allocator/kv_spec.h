@@ -25,7 +25,7 @@
 namespace xkv {
 
 // Allowed ranges (inclusive) of the allocator's parameters and of the observation window.
-inline constexpr int64_t kMinWindow = 1, kMaxWindow = 1024;
+inline constexpr int64_t kMinWindow = 8, kMaxWindow = 64;
 inline constexpr double kMinFloor = 0.0, kMaxFloor = 1.0;
 inline constexpr double kMinCap = 1.0, kMaxCap = 64.0;
 
@@ -63,7 +63,8 @@ struct KvPolicyOverride {
   std::optional<int64_t> budget_tokens;   // >= 0: sum over layers of kept prefix tokens
   std::optional<int64_t> budget_bytes;    // >= 0: bytes of the kept prefix tokens of all layers
   std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
-  std::string profile_mode;     // "per_request" | "one_pass" | "sampled:<rho>"; "" = base's
+  std::string profile_mode;     // "per_request" | "one_pass" | "sampled:<rho>" | "reconstruct"; ""
+                                // = base's
   std::string allocator;        // "global" | "paper"; "" = base's
   std::optional<double> floor;  // alpha in [0, 1]
 };
@@ -79,10 +80,16 @@ absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
 // Every field of a complete spec.
 absl::Status ValidateSettings(const KvSettings& settings);
 
+// The entry points of a spec. Not every one runs every profile mode yet: `reconstruct` runs in
+// `xkv eval` only (the service and `xkv generate` answer INVALID_ARGUMENT saying so).
+enum class SpecEntry { kEval, kGenerate, kService };
+absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry);
+
 // `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
 // without a target turns the base's retention target into the same kept fraction.
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o);
-// The override alone (as a request carries it): ApplyOverride onto a default spec.
+// The override alone, as a Generate request or the admin RPC carries it to the service:
+// ApplyOverride onto a default spec, and a profile mode the service runs.
 absl::Status ValidateKvOverride(const KvPolicyOverride& o);
 
 // True when the policy selects tokens by importance score (snapkv, pyramidkv, xkv).

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
+#include "model/cpu_stage_engine.h"
 #include "model/sampler.h"
 
 namespace xkv {
@@ -97,6 +98,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
   }
   m.scoring = ScoringFor(m.kv, base);
+  bool kernel_set = false;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(parts[i], '=');
     const auto [key, value] = kv;
@@ -114,13 +116,38 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
       m.scoring.reduce = value == "max" ? ScoreReduce::kMax : ScoreReduce::kSum;
+    } else if (key == "kernel") {
+      ASSIGN_OR_RETURN(const double k, ParseNumber(key, value));
+      if (!(k >= 1 && k <= 31 && k == std::floor(k) && static_cast<int>(k) % 2 == 1)) {
+        return absl::InvalidArgumentError(absl::StrCat("method '", text, "': kernel=", value,
+                                                       " must be an odd integer in [1, 31]"));
+      }
+      m.scoring.pool_kernel = static_cast<int>(k);
+      kernel_set = true;
+    } else if (key == "vnorm" && (value == "0" || value == "1")) {
+      m.value_norm = value == "1";
+    } else if (key == "mix" && value == "max") {
+      m.mix_window = true;
+    } else if (key == "profile") {
+      ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("method '", text, "': unknown parameter '", parts[i],
-                       "'; allowed: floor=[0,1], cap=[1,64], window=[1,1024], pool=max|avg, "
-                       "reduce=max|sum"));
+                       "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
+                       "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
+                       "profile=reconstruct, mix=max"));
     }
   }
+  KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
+  check.target = KvTarget::Fraction(1.0);
+  RETURN_IF_ERROR(ValidateSettings(check));
+  RETURN_IF_ERROR(ValidateProfileFor(m.kv.profile, SpecEntry::kEval));
+  const bool reconstruct = m.kv.profile.kind == ProfileModeKind::kReconstruct;
+  if (m.mix_window && !reconstruct) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method '", text, "': mix=max needs profile=reconstruct"));
+  }
+  if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
   return m;
 }
 
@@ -132,6 +159,7 @@ EvalRunner::EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOpti
     if (i == scorings_.size()) scorings_.push_back(m.scoring);
     scoring_of_.push_back(static_cast<int>(i));
     max_window_ = std::max(max_window_, m.scoring.window);
+    reconstructs_ = reconstructs_ || m.kv.profile.kind == ProfileModeKind::kReconstruct;
   }
   if (scorings_.empty()) scorings_.push_back(ImportanceOptions{});  // full only: never observed
   max_window_ = std::max(max_window_, 1);
@@ -306,13 +334,33 @@ absl::StatusOr<EvalRunner::Lane> EvalRunner::CompactCopy(const Lane& from,
   return copy;
 }
 
+absl::StatusOr<CollectedScores> EvalRunner::MethodScores(const EvalMethod& method, const Lane& from,
+                                                         const CollectedScores& window) const {
+  CollectedScores scores = window;
+  if (method.kv.profile.kind == ProfileModeKind::kReconstruct) {
+    if (!reread_.has_value()) return absl::InternalError("eval: no re-reading scores");
+    ImportanceOptions unpooled = method.scoring;
+    if (method.mix_window) unpooled.pool_kernel = 1;
+    ASSIGN_OR_RETURN(scores, ReconstructCollectedScores(*reread_, window.prompt_len,
+                                                        engine_->config(), unpooled));
+    if (method.mix_window) RETURN_IF_ERROR(MaxMergeScores(window, &scores));
+  }
+  if (method.value_norm) {
+    std::unique_ptr<KvCache> cache = engine_->CacheCopy(from.id);
+    if (cache == nullptr) return absl::InternalError("eval: no cache to weigh by ||v||");
+    RETURN_IF_ERROR(WeightByValueNorm(*cache, &scores));
+  }
+  return scores;
+}
+
 absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
     const Lane& from, absl::Span<const CollectedScores> all_scores, bool with_fidelity) {
   const ModelConfig& config = engine_->config();
   std::vector<Variant> out;
   for (size_t m = 0; m < options_.methods.size(); ++m) {
     const EvalMethod& method = options_.methods[m];
-    const CollectedScores& scores = all_scores[scoring_of_[m]];
+    ASSIGN_OR_RETURN(const CollectedScores scores,
+                     MethodScores(method, from, all_scores[scoring_of_[m]]));
     for (double budget : options_.budgets) {
       KvSettings spec = method.kv;
       spec.target =
@@ -356,6 +404,16 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
     // 1-2: the shared prefills, observed.
     std::vector<CollectedScores> agn_scores, key_scores, fid_scores;
     RETURN_IF_ERROR(Prefill(base, p.context, &agn_scores).status());
+    reread_.reset();
+    if (reconstructs_) {  // one re-reading of the context, shared by every such method and mode
+      auto* cpu = dynamic_cast<CpuStageEngine*>(engine_);
+      if (cpu == nullptr) {
+        return absl::FailedPreconditionError(
+            "profile=reconstruct runs on the CPU engine only (--device cpu)");
+      }
+      ASSIGN_OR_RETURN(reread_,
+                       cpu->Reconstruct(base.id, p.context, options_.repeat, options_.reconstruct));
+    }
     key.id = NewSequence();
     key.position = base.position;
     RETURN_IF_ERROR(engine_->CopySequence(base.id, key.id));

@@ -40,6 +40,7 @@
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
 #include "model/kv_allocation.h"
+#include "model/reconstruct_scorer.h"
 #include "model/stage_engine.h"
 #include "model/tokenizer.h"
 
@@ -55,12 +56,18 @@ struct EvalMethod {
   std::string name;  // "snapkv", "paper", "xkv", "xkv:floor=0.25:window=16", …
   KvSettings kv;
   ImportanceOptions scoring;
+  bool value_norm = false;  // scores x ||v|| (WeightByValueNorm) before selection
+  bool mix_window = false;  // reconstruct: max of the re-reading scores and the window's scores
 };
 
 // Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
 // (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
-// window (this method's observation window), pool (max|avg), reduce (max|sum). `base` gives the
-// defaults (window, pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
+// window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
+// [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
+// model/reconstruct_scorer.h; unpooled unless kernel is given; CPU engine only), mix (max: with
+// reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
+// scores, pooled by its kernel), vnorm (1: scores x ||v||, 0). `base` gives the defaults (window,
+// pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
 
 struct EvalOptions {
@@ -73,6 +80,8 @@ struct EvalOptions {
   int64_t max_step_tokens = 2048;    // tokens per batched step (engine / memory bound)
   int max_step_sequences = 64;       // sequences per batched step
   int threads = 1;                   // host threads for the fidelity metrics
+  RepeatPrompt repeat;               // profile=reconstruct methods: the re-reading instruction
+  ReconstructOptions reconstruct;
 };
 
 // Total kept prefix tokens for budget fraction f of a prompt of T tokens (clamped to [0, L*P]).
@@ -132,6 +141,11 @@ class EvalRunner {
   absl::StatusOr<std::vector<Variant>> CompressAll(const Lane& from,
                                                    absl::Span<const CollectedScores> scores,
                                                    bool with_fidelity);
+  // The scores a method ranks by on `from`: its window scores (scoring_of_), or the context's
+  // re-reading scores for profile=reconstruct (max-merged with the window's with mix=max), times
+  // ||v|| with vnorm=1.
+  absl::StatusOr<CollectedScores> MethodScores(const EvalMethod& method, const Lane& from,
+                                               const CollectedScores& window) const;
   absl::StatusOr<Lane> CompactCopy(const Lane& from, const CollectedScores& scores,
                                    const KvSettings& spec, AllocationReport* report);
   void Release(Lane& lane);
@@ -145,6 +159,8 @@ class EvalRunner {
   std::vector<int> scoring_of_;              // [method] index into scorings_
   int max_window_ = 0;
   uint64_t next_id_ = 1;
+  bool reconstructs_ = false;                // some method has profile=reconstruct
+  std::optional<ReconstructScores> reread_;  // the current prompt's re-reading scores
 };
 
 }  // namespace xkv

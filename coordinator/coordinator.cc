@@ -326,6 +326,8 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
     case ProfileModeKind::kSampled:
       if (ShouldProfileSampled(seq.kv.profile.sample_rate)) return absl::OkStatus();
       break;
+    case ProfileModeKind::kReconstruct:  // refused at the edge; the message lives in kv_spec
+      return ValidateProfileFor(seq.kv.profile, SpecEntry::kService);
   }
   absl::StatusOr<PolicyBudgets> b =
       SampledBudgets(*store_, seq.kv, {config_.n_layers, P, bytes_per_token_});

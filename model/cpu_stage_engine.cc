@@ -93,4 +93,15 @@ absl::Status CpuStageEngine::CopySequence(uint64_t from, uint64_t to) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<ReconstructScores> CpuStageEngine::Reconstruct(uint64_t id,
+                                                              absl::Span<const int32_t> prompt,
+                                                              const RepeatPrompt& repeat,
+                                                              const ReconstructOptions& options) {
+  auto it = caches_.find(id);
+  if (it == caches_.end()) {
+    return absl::NotFoundError(absl::StrCat("cpu engine: no sequence ", id));
+  }
+  return ScoreByReconstruction(model_.get(), it->second.get(), prompt, repeat, options);
+}
+
 }  // namespace xkv

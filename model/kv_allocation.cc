@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -335,6 +336,30 @@ absl::Status CopyKeptRows(const KvCache& full, int layer,
 }
 
 }  // namespace
+
+absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores) {
+  if (scores->granularity != ScoreGranularity::kKvHead) {
+    return absl::InvalidArgumentError("value-norm weighting needs KV-head scores");
+  }
+  const int64_t P = scores->prefix_len(), d = cache.head_dim();
+  for (int l = scores->layer_begin; l < scores->layer_end; ++l) {
+    if (!scores->has_layer(l)) continue;
+    if (l < cache.layer_begin() || l >= cache.layer_end() || cache.length(l) < P) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "value-norm weighting: the cache does not hold layer ", l, "'s ", P, " scored tokens"));
+    }
+    std::vector<float>& row = scores->layers[l - scores->layer_begin];
+    for (int g = 0; g < scores->heads; ++g) {
+      const float* v = cache.v(l) + g * cache.head_stride(l);
+      for (int64_t j = 0; j < P; ++j) {
+        float ss = 0.0f;
+        for (int64_t c = 0; c < d; ++c) ss += v[j * d + c] * v[j * d + c];
+        row[g * P + j] *= std::sqrt(ss);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,
                                                      const CollectedScores& scores,

@@ -139,6 +139,12 @@ AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
 AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
                             const ModelConfig& config);
 
+// Value-norm weighting (LAVa, arXiv 2509.09754): every prefix score of `scores` (KV-head rows)
+// times the L2 norm of that token's value vector in `cache`, which must hold the scored prompt's
+// tokens in every scored layer (FAILED_PRECONDITION otherwise). Sinks with near-zero values lose
+// rank; a token that attends little but carries a large value gains.
+absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores);
+
 // Evaluation harness: a compacted COPY of a full prefill's cache (length T on every layer) for
 // one policy/target, so many methods share one prefill. `full` is not modified. report: optional.
 absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,

@@ -83,7 +83,8 @@ absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSe
         "--policy " + f.policy +
         " needs --budget-tokens N, --budget-bytes M or --budget-fraction F");
   }
-  RETURN_IF_ERROR(ApplyOverride(CliDefaultKv(), ov).status());
+  ASSIGN_OR_RETURN(const KvSettings kv, ApplyOverride(CliDefaultKv(), ov));
+  RETURN_IF_ERROR(ValidateProfileFor(kv.profile, SpecEntry::kGenerate));
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   if (f.granularity != "kv_head" && f.granularity != "query_head") {
     return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
@@ -202,7 +203,8 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
                "xkv: average attention retention target in (0, 1] (default 0.9 for xkv)");
   flags.Int("budget-bytes", &f.budget_bytes, "total KV bytes of the kept prompt tokens");
   flags.Double("budget-fraction", &f.budget_fraction, "kept fraction of the prompt prefix, (0, 1]");
-  flags.String("profile", &f.profile, "xkv profile mode: per_request, one_pass, sampled:RHO");
+  flags.String("profile", &f.profile,
+               "xkv profile mode: per_request, one_pass, sampled:RHO (reconstruct: xkv eval only)");
   flags.String("allocator", &f.allocator,
                "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
                "share) or paper (gains divided by each layer's total, no floors)");
@@ -210,7 +212,7 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
                "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
                "(1 = uniform SnapKV budgets)");
   flags.Int("window", &f.window,
-            "observation window w in [1, 1024] (last prompt tokens, always kept)");
+            "observation window w in [8, 64] (last prompt tokens, always kept)");
   flags.String("score-granularity", &f.granularity,
                "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
   flags.Bool("show-allocation", &f.show_allocation,

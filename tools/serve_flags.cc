@@ -135,6 +135,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
+  RETURN_IF_ERROR(ValidateProfileFor(o.kv.profile, SpecEntry::kService));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
   if (f.budget_fraction > 0) {

@@ -75,8 +75,9 @@ void AccumulateHead(const float* q_head, int64_t q_stride, const float* k_head, 
   }
 }
 
-// 'same' pooling over in[j-r .. j+r] ∩ [0, n): the sum / kernel (count_include_pad=True), or max.
-void PoolSame(const float* in, int64_t n, int kernel, ScorePool pool, float* out) {
+}  // namespace
+
+void PoolScores(const float* in, int64_t n, int kernel, ScorePool pool, float* out) {
   const int r = kernel / 2;
   const float inv = 1.0f / static_cast<float>(kernel);
   for (int64_t j = 0; j < n; ++j) {
@@ -88,8 +89,6 @@ void PoolSame(const float* in, int64_t n, int kernel, ScorePool pool, float* out
     out[j] = pool == ScorePool::kMax ? acc : acc * inv;
   }
 }
-
-}  // namespace
 
 absl::Status LaunchImportance(const float* q, const float* k, const ImportanceShape& shape,
                               const ImportanceOptions& options, float* scores) {
@@ -108,8 +107,8 @@ absl::Status LaunchImportance(const float* q, const float* k, const ImportanceSh
                    options.window, shape.head_dim, options.reduce, acc.data() + row * prefix);
   }
   for (int row = 0; row < out_heads; ++row) {
-    PoolSame(acc.data() + row * prefix, prefix, options.pool_kernel, options.pool,
-             scores + row * prefix);
+    PoolScores(acc.data() + row * prefix, prefix, options.pool_kernel, options.pool,
+               scores + row * prefix);
   }
   return absl::OkStatus();
 }

@@ -63,6 +63,10 @@ namespace cpu {
 absl::Status LaunchImportance(const float* q, const float* k, const ImportanceShape& shape,
                               const ImportanceOptions& options, float* scores);
 
+// The pooling step alone: 'same' pooling of in[n] into out[n] over in[j-r .. j+r] ∩ [0, n),
+// r = kernel / 2 (odd kernel >= 1): the window sum / kernel (count_include_pad=True), or its max.
+void PoolScores(const float* in, int64_t n, int kernel, ScorePool pool, float* out);
+
 }  // namespace cpu
 }  // namespace xkv
 

@@ -23,9 +23,10 @@ void ExpectInvalid(const absl::Status& s, const std::string& a, const std::strin
 }
 
 TEST(KvSpecTest, EachRuleIsOneClearError) {
-  ExpectInvalid(ValidateWindow(0, "--window"), "--window is 0", "[1, 1024]");
-  ExpectInvalid(ValidateWindow(1025), "window is 1025", "[1, 1024]");
-  EXPECT_TRUE(ValidateWindow(64).ok());
+  ExpectInvalid(ValidateWindow(0, "--window"), "--window is 0", "[8, 64]");
+  ExpectInvalid(ValidateWindow(7), "window is 7", "[8, 64]");
+  ExpectInvalid(ValidateWindow(65), "window is 65", "[8, 64]");
+  EXPECT_TRUE(ValidateWindow(8).ok() && ValidateWindow(64).ok());
   ExpectInvalid(ValidateFloor(1.5), "floor is 1.5", "[0, 1]");
   ExpectInvalid(ValidateFloor(-0.1), "floor is -0.1", "[0, 1]");
   ExpectInvalid(ValidateFloor(std::numeric_limits<double>::quiet_NaN()), "floor is nan");
@@ -35,6 +36,33 @@ TEST(KvSpecTest, EachRuleIsOneClearError) {
   ExpectInvalid(ParseAllocator("magic").status(), "unknown allocator 'magic'", "global, paper");
   EXPECT_EQ(*ParseAllocator("PAPER"), AllocatorKind::kPaper);
   EXPECT_EQ(AllocatorName(AllocatorKind::kGlobal), "global");
+}
+
+TEST(KvSpecTest, ReconstructRunsInEvalOnlyAndNeedsAScoringPolicy) {
+  const ProfileMode reconstruct = ParseProfileMode("reconstruct").value();
+  EXPECT_EQ(reconstruct.kind, ProfileModeKind::kReconstruct);
+  EXPECT_EQ(ProfileModeName(reconstruct), "reconstruct");
+  EXPECT_TRUE(ValidateProfileFor(reconstruct, SpecEntry::kEval).ok());
+  ExpectInvalid(ValidateProfileFor(reconstruct, SpecEntry::kService),
+                "reconstruct is not supported by the service yet", "per_request, one_pass");
+  ExpectInvalid(ValidateProfileFor(reconstruct, SpecEntry::kGenerate),
+                "not supported by xkv generate yet");
+  EXPECT_TRUE(ValidateProfileFor(ProfileMode{}, SpecEntry::kService).ok());
+  // A request or the admin RPC asking for it is refused, naming the mode.
+  KvPolicyOverride o;
+  o.profile_mode = "reconstruct";
+  ExpectInvalid(ValidateKvOverride(o), "reconstruct is not supported by the service");
+  o.profile_mode = "rebuild";
+  ExpectInvalid(ValidateKvOverride(o), "unknown profile mode 'rebuild'", "reconstruct");
+  // It ranks by score: streaming and full cannot use it.
+  KvSettings s;
+  s.profile = reconstruct;
+  EXPECT_TRUE(ValidateSettings(s).ok());
+  s.policy = PolicyKind::kStreaming;
+  s.target = KvTarget::Fraction(0.2);
+  ExpectInvalid(ValidateSettings(s), "profile mode reconstruct", "'streaming'");
+  s.policy = PolicyKind::kSnapKv;
+  EXPECT_TRUE(ValidateSettings(s).ok());
 }
 
 TEST(KvSpecTest, OverrideIsValidatedLikeARequest) {

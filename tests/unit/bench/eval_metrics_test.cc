@@ -179,9 +179,32 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("1.5"));
   EXPECT_THAT(bad.status().message(), HasSubstr("[0, 1]"));
-  EXPECT_THAT(ParseEvalMethod("xkv:window=0", base).status().message(), HasSubstr("[1, 1024]"));
+  EXPECT_THAT(ParseEvalMethod("xkv:window=0", base).status().message(), HasSubstr("[8, 64]"));
   EXPECT_THAT(ParseEvalMethod("xkv:tau=2", base).status().message(), HasSubstr("unknown"));
   EXPECT_FALSE(ParseEvalMethod("h2o", base).ok());
+  // The reconstruct profile: unpooled unless a kernel is given; only for score-ranking methods.
+  auto r = ParseEvalMethod("xkv:profile=reconstruct:floor=0.5", base);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->kv.profile.kind, ProfileModeKind::kReconstruct);
+  EXPECT_EQ(r->scoring.pool_kernel, 1);
+  auto rk = ParseEvalMethod("snapkv:kernel=3:profile=reconstruct", base);
+  ASSERT_TRUE(rk.ok()) << rk.status();
+  EXPECT_EQ(rk->scoring.pool_kernel, 3);
+  EXPECT_FALSE(rk->value_norm);
+  EXPECT_TRUE(ParseEvalMethod("xkv:vnorm=1", base)->value_norm);
+  auto mix = ParseEvalMethod("xkv:profile=reconstruct:mix=max", base);
+  ASSERT_TRUE(mix.ok()) << mix.status();
+  EXPECT_TRUE(mix->mix_window);
+  EXPECT_EQ(mix->scoring.pool_kernel, 7);  // the window part keeps xkv's pooling
+  EXPECT_THAT(ParseEvalMethod("xkv:mix=max", base).status().message(),
+              HasSubstr("needs profile=reconstruct"));
+  EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
+  EXPECT_THAT(ParseEvalMethod("xkv:kernel=4", base).status().message(),
+              HasSubstr("odd integer in [1, 31]"));
+  EXPECT_THAT(ParseEvalMethod("streaming:profile=reconstruct", base).status().message(),
+              HasSubstr("'streaming'"));
+  EXPECT_THAT(ParseEvalMethod("xkv:profile=magic", base).status().message(),
+              HasSubstr("unknown profile mode 'magic'"));
 }
 
 }  // namespace
