@@ -273,8 +273,7 @@ TEST(BuildTaskTest, RealTokenizerAndCorpus) {
     absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, encode, Render(), t.vocab_size());
     ASSERT_TRUE(p.ok()) << p.status();
     const double tolerance = kind == TaskKind::kCommonWords ? 0.05 : 0.03;  // cwe: whole items
-    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), 2048,
-                tolerance * 2048)
+    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), 2048, tolerance * 2048)
         << TaskName(kind);
     EXPECT_GE(p->continuation.size(), 40u);
     const std::string context = t.Decode(p->context).value();
