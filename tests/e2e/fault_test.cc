@@ -100,6 +100,12 @@ TEST(Rejoin, AWorkerRestartedWhileIdleIsReloadedBeforeTheNextRequest) {
     if (!serving) absl::SleepFor(absl::Milliseconds(200));  // poll interval
   }
   ASSERT_TRUE(serving) << "the restarted worker was not reloaded" << c.Logs();
+  // The stages answer SERVING as soon as their LoadStage returns; the coordinator admits again
+  // once its reload of every stage has finished, and then logs it.
+  while (c.Logs().find("the stages were reloaded") == std::string::npos && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));  // poll interval
+  }
+  ASSERT_NE(c.Logs().find("the stages were reloaded"), std::string::npos) << c.Logs();
   StreamResult again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
   ASSERT_TRUE(again.status.ok()) << again.status.error_message() << c.Logs();
   EXPECT_EQ(again.token_ids, healthy.token_ids);
