@@ -440,19 +440,23 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
     const StageSequence& s = step.sequences[which[k]];
     absl::Span<const float> row(logits.data() + k * V, V);
     StageSequenceResult& r = run.result.sequences[which[k]];
-    if (s.sample) {
-      Sequence& q = sequences_.at(s.seq_id);
-      if (q.sampler == nullptr) {
-        q.sampler = std::make_unique<Sampler>(s.sampling);
-        q.sampler->AddContext(q.context);
-        q.context = {};
-      }
-      r.token = q.sampler->Sample(row);
-      r.logprobs = q.sampler->last_logprobs();
-    }
+    if (s.sample) SampleOnHost(s, row, sequences_.at(s.seq_id), r);
     if (s.return_logits) r.logits.assign(row.begin(), row.end());
   }
   return absl::OkStatus();
+}
+
+// The CPU Sampler of a sequence (made at its first sample, with the prompt tokens a repetition
+// penalty needs), on one row of host logits.
+void StageExecutor::SampleOnHost(const StageSequence& s, absl::Span<const float> row, Sequence& q,
+                                 StageSequenceResult& r) {
+  if (q.sampler == nullptr) {
+    q.sampler = std::make_unique<Sampler>(s.sampling);
+    q.sampler->AddContext(q.context);
+    q.context = {};
+  }
+  r.token = q.sampler->Sample(row);
+  r.logprobs = q.sampler->last_logprobs();
 }
 
 // Sequences sample on the device from their first sample on, unless that sample asks for
@@ -501,13 +505,7 @@ absl::Status StageExecutor::SampleOnDevice(const StageStep& step, Run& run) {
       const SamplingParams& p = *q.device_params;
       if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[r.token];
     } else if (s.sample) {
-      if (q.sampler == nullptr) {
-        q.sampler = std::make_unique<Sampler>(s.sampling);
-        q.sampler->AddContext(q.context);
-        q.context = {};
-      }
-      r.token = q.sampler->Sample(row);
-      r.logprobs = q.sampler->last_logprobs();
+      SampleOnHost(s, row, q, r);
     }
     if (s.return_logits) r.logits.assign(row.begin(), row.end());
   }

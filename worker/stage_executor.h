@@ -268,6 +268,8 @@ class StageExecutor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InputRows(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SendRows(const StageStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SampleOnHost(const StageSequence& s, absl::Span<const float> row, Sequence& q,
+                    StageSequenceResult& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SampleOnDevice(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Compute(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Output(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
