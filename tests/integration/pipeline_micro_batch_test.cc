@@ -5,6 +5,7 @@
 // and every stage's pool is back at its idle count. Time comes from a FakeClock; completion is
 // waited for on condition variables (no sleeps).
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -36,6 +38,9 @@ std::string ModelPath() {
 // sequence its stage had already released (a release that overtook a step in flight).
 class StepLog {
  public:
+  // Optional: called with every step a stage is about to run (from that stage's thread).
+  std::function<void(const xkv::v1::StepRequest&)> on_step;
+
   void Released(size_t stage, const xkv::v1::ReleaseRequest& request) {
     std::lock_guard<std::mutex> lock(mu_);
     for (uint64_t id : request.seq_ids()) released_.insert({stage, id});
@@ -89,6 +94,7 @@ class LoggingStageClient final : public StageClient {
     return inner_->LoadStage(request);
   }
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
+    if (log_->on_step) log_->on_step(request);
     log_->Stepped(stage_, request);
     log_->Begin(request.step_id());
     absl::StatusOr<xkv::v1::StepResponse> r = inner_->Step(request);
@@ -337,6 +343,53 @@ TEST_F(PipelineMicroBatchTest, CancelInFlightLeavesEveryPoolIdle) {
     EXPECT_EQ(Generate(c), *reference_);
     EXPECT_EQ(PoolState(*p), idle);
   }
+}
+
+// Cancelling a request while its profile runs takes effect at the next step: an xkv per_request
+// prompt longer than one step (the step budget, --max-batched-tokens) is profiled in chunks, and a
+// cancel sent while its first chunk runs ends it there; no later step carries it, and every pool
+// is idle again.
+TEST_F(PipelineMicroBatchTest, CancelDuringProfilingEndsAtTheNextStep) {
+  FakeClock clock;
+  absl::StatusOr<Pipeline> p = StartPipeline(1, 1, &clock);  // 256 tokens per step
+  ASSERT_TRUE(p.ok()) << p.status();
+  Coordinator& c = *p->coordinator;
+  const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
+  GenerateParams request;
+  for (int i = 0; i < 60; ++i)
+    request.prompt += "The tide came in over the sand and went out again. ";
+  request.max_tokens = 8;
+  request.kv.policy = "xkv";
+  request.kv.profile_mode = "per_request";
+  std::atomic<uint64_t> id{0};
+  std::atomic<int> steps{0};
+  p->log->on_step = [&](const xkv::v1::StepRequest& step) {
+    if (step.sequences_size() == 0 || steps++ != 0) return;
+    while (id.load() == 0) std::this_thread::yield();  // Submit is about to return its id
+    c.Cancel(id.load());
+  };
+  auto sink = std::make_shared<CollectingSink>();
+  absl::StatusOr<uint64_t> submitted = c.Submit(request, sink);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  id = *submitted;
+  auto [tokens, status] = sink->Wait();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_TRUE(tokens.empty());
+  EXPECT_EQ(steps.load(), 1) << "steps ran after the cancel";
+  p->log->on_step = nullptr;
+  EXPECT_EQ(PoolState(*p), idle);
+  // The prompt really spans several steps (the cancel saved the rest of its profile).
+  GenerateParams again = request;
+  again.kv.profile_mode = "per_request";
+  auto done = std::make_shared<CollectingSink>();
+  const int before = steps.load();
+  p->log->on_step = [&](const xkv::v1::StepRequest& step) {
+    if (step.sequences_size() > 0) ++steps;
+  };
+  ASSERT_TRUE(c.Submit(again, done).ok());
+  EXPECT_TRUE(done->Wait().second.ok());
+  p->log->on_step = nullptr;
+  EXPECT_GE(steps.load() - before, 3 + 8 - 1) << "3 or more prompt chunks, then the decodes";
 }
 
 }  // namespace
