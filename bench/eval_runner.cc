@@ -225,8 +225,10 @@ absl::Status EvalRunner::RunPending(std::vector<Lane*> lanes) {
     for (; j < lanes.size(); ++j) {
       Lane* l = lanes[j];
       const int64_t n = static_cast<int64_t>(l->pending.size());
-      if (j > i && (static_cast<int64_t>(tokens.size()) + n > options_.max_step_tokens ||
-                    static_cast<int>(j - i) >= options_.max_step_sequences)) {
+      if (j > i &&
+          (static_cast<int64_t>(tokens.size()) + n > options_.max_step_tokens ||
+           static_cast<int>(j - i) >= options_.max_step_sequences ||
+           static_cast<int64_t>(rows.size()) + l->logit_rows > options_.max_step_logit_rows)) {
         break;
       }
       if (l->id == 0) l->id = NewSequence();

@@ -67,12 +67,13 @@ struct EvalOptions {
   std::vector<EvalMethod> methods;  // compressed methods; full always runs as the reference
   std::vector<double> budgets;      // fractions of full KV bytes, each in (0, 1)
   std::vector<QueryMode> modes = {QueryMode::kAware, QueryMode::kAgnostic};
-  int answer_tokens = 12;            // greedy answer length cap
-  int fidelity_tokens = 32;          // teacher-forced continuation steps (S)
-  std::vector<int32_t> stop_tokens;  // end of answer (e.g. <|im_end|>, <|endoftext|>)
-  int64_t max_step_tokens = 2048;    // tokens per batched step (engine / memory bound)
-  int max_step_sequences = 64;       // sequences per batched step
-  int threads = 1;                   // host threads for the fidelity metrics
+  int answer_tokens = 12;              // greedy answer length cap
+  int fidelity_tokens = 32;            // teacher-forced continuation steps (S)
+  std::vector<int32_t> stop_tokens;    // end of answer (e.g. <|im_end|>, <|endoftext|>)
+  int64_t max_step_tokens = 2048;      // tokens per batched step (engine / memory bound)
+  int max_step_sequences = 64;         // sequences per batched step
+  int64_t max_step_logit_rows = 1024;  // logits rows per batched step (the CUDA engine: 256)
+  int threads = 1;                     // host threads for the fidelity metrics
 };
 
 // Total kept prefix tokens for budget fraction f of a prompt of T tokens (clamped to [0, L*P]).

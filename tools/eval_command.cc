@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -235,6 +236,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     so.kv_capacity_bytes = static_cast<int64_t>(f.kv_gib * (1 << 30));
     options.max_step_tokens = 8192;
     options.max_step_sequences = 256;
+    options.max_step_logit_rows = 256;
   }
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
   EvalRunner runner(engine.get(), text.tokenizer.get(), options);
@@ -248,6 +250,11 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   auto elapsed = [&run_start] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   };
+  // Rows are appended as prompts finish, so a run cut short keeps what it measured.
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  std::ofstream partial(out_dir + "/results.partial.csv", std::ios::trunc);
+  partial << CsvHeader() << "\n";
   Progress(0, prompts.size(), 0);
   for (size_t i = 0; i < prompts.size(); ++i) {
     PromptTiming timing;
@@ -258,6 +265,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
                    prompts[i].id.c_str(), prompts[i].context.size(), timing.prefill_s,
                    timing.total_s, r.empty() ? "" : r[0].answer.c_str());
     }
+    for (const EvalRow& row : r) partial << CsvLine(row) << "\n";
+    partial.flush();
     rows.insert(rows.end(), r.begin(), r.end());
     Progress(i + 1, prompts.size(), elapsed());
   }
@@ -275,6 +284,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   info.corpus_sources = corpus.sources;
   info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   RETURN_IF_ERROR(WriteReports(out_dir, rows, info));
+  partial.close();
+  std::filesystem::remove(out_dir + "/results.partial.csv", ec);
   std::fputs(SummaryMarkdown(rows, info).c_str(), stdout);
   if (f.plot) {
     const std::string python = !f.python.empty() ? f.python : VenvPython();
