@@ -45,8 +45,12 @@
 
 namespace xkv {
 
-enum class QueryMode { kAware, kAgnostic };
-std::string_view QueryModeName(QueryMode mode);  // "aware" | "agnostic"
+// kAware: context + question + template tail + answer prefix are compressed (XKV's one_pass
+// serving; the window is the prompt's end). kQuestion: context + question are compressed, the
+// template tail and the answer prefix come after (kvpress's compress_questions). kAgnostic: the
+// context alone is compressed, everything after it comes after (kvpress's default).
+enum class QueryMode { kAware, kQuestion, kAgnostic };
+std::string_view QueryModeName(QueryMode mode);  // "aware" | "question" | "agnostic"
 
 // One compressed method: a spec (its target is set per budget) and the scoring it ranks by.
 // Methods with different scorings (window, reduction, pooling) share the prompt's prefill: each

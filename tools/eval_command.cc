@@ -115,11 +115,13 @@ absl::StatusOr<std::vector<QueryMode>> ParseModes(const std::string& text) {
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     if (item == "aware") {
       out.push_back(QueryMode::kAware);
+    } else if (item == "question") {
+      out.push_back(QueryMode::kQuestion);
     } else if (item == "agnostic") {
       out.push_back(QueryMode::kAgnostic);
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--modes: '", item, "' is not a query mode; allowed: aware, agnostic"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--modes: '", item, "' is not a query mode; allowed: aware, question, agnostic"));
     }
   }
   if (out.empty()) return absl::InvalidArgumentError("--modes is empty");
@@ -318,7 +320,10 @@ int RunEval(int argc, char** argv) {
   flags.String("export-prompts", &f.export_prompts,
                "write the built-in suite (--suite, --split, --seed, --tasks, --limit) to this "
                "JSON Lines file and stop");
-  flags.String("modes", &f.modes, "query modes, comma-separated: aware, agnostic");
+  flags.String("modes", &f.modes,
+               "query modes, comma-separated: aware (the whole prompt compressed, answer prefix "
+               "included), question (context + question compressed, kvpress's "
+               "compress_questions), agnostic (the context alone compressed)");
   flags.Double("kv-gib", &f.kv_gib, "cuda: KV pool for every copy of a prompt, GiB");
   flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");

@@ -167,7 +167,8 @@ TEST_P(BuildTaskGridTest, AnswersOnceAtDepthAndLengthWithinTolerance) {
   ASSERT_TRUE(r.ok()) << r.status();
   absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, tok.Encoder(), Render(), 1 << 30);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), target, 0.05 * target);
+  EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size() + p->suffix.size()),
+              target, 0.05 * target);
   EXPECT_EQ(r->task, TaskName(kind));
   EXPECT_EQ(r->length, target);
   ASSERT_FALSE(r->answers.empty());
@@ -273,15 +274,16 @@ TEST(BuildTaskTest, RealTokenizerAndCorpus) {
     absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, encode, Render(), t.vocab_size());
     ASSERT_TRUE(p.ok()) << p.status();
     const double tolerance = kind == TaskKind::kCommonWords ? 0.05 : 0.03;  // cwe: whole items
-    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), 2048,
-                tolerance * 2048)
+    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size() + p->suffix.size()),
+                2048, tolerance * 2048)
         << TaskName(kind);
     EXPECT_GE(p->continuation.size(), 40u);
     const std::string context = t.Decode(p->context).value();
     EXPECT_THAT(context, ::testing::StartsWith("<|im_start|>system\n"));
     if (kind != TaskKind::kCommonWords) EXPECT_EQ(Count(context, r->answers[0]), 1);
-    EXPECT_THAT(t.Decode(p->question).value(),
-                ::testing::EndsWith("<|im_start|>assistant\n" + r->answer_prefix));
+    EXPECT_EQ(t.Decode(p->question).value(), r->question);
+    EXPECT_EQ(t.Decode(p->suffix).value(),
+              "<|im_end|>\n<|im_start|>assistant\n" + r->answer_prefix);
   }
 }
 
