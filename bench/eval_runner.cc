@@ -328,16 +328,25 @@ absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
       KvSettings spec = method.kv;
       spec.target =
           KvTarget::Tokens(BudgetTokens(budget, config.n_layers, scores.prompt_len, scores.window));
-      Variant v;
+      Variant& v = out.emplace_back();
       v.method = method.name;
       v.budget = budget;
-      ASSIGN_OR_RETURN(v.key, CompactCopy(from, scores, spec, &v.report));
-      if (with_fidelity) {
-        v.fid.id = NewSequence();
+      absl::StatusOr<Lane> key = CompactCopy(from, scores, spec, &v.report);
+      absl::Status st = key.status();
+      if (st.ok()) v.key = *std::move(key);
+      if (st.ok() && with_fidelity) {
         v.fid.position = v.key.position;
-        RETURN_IF_ERROR(engine_->CopySequence(v.key.id, v.fid.id));
+        const uint64_t id = NewSequence();
+        st = engine_->CopySequence(v.key.id, id);
+        if (st.ok()) v.fid.id = id;
       }
-      out.push_back(std::move(v));
+      if (!st.ok()) {  // the caller never sees these sequences: release them here
+        for (Variant& done : out) {
+          Release(done.key);
+          Release(done.fid);
+        }
+        return st;
+      }
     }
   }
   return out;
