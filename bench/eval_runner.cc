@@ -7,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -104,6 +105,11 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   } else {
     ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
   }
+  // The allocator first: it decides the scoring the other parameters adjust.
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (!absl::StartsWith(parts[i], "allocator=") || m.kv.policy != PolicyKind::kXkv) continue;
+    ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+  }
   m.scoring = ScoringFor(m.kv, base);
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(parts[i], '=');
@@ -118,6 +124,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       ASSIGN_OR_RETURN(const double w, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateWindow(static_cast<int64_t>(w), "method window"));
       m.scoring.window = static_cast<int>(w);
+    } else if (key == "allocator" && m.kv.policy == PolicyKind::kXkv) {
+      continue;  // above
     } else if (key == "pool" && (value == "max" || value == "avg")) {
       m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
@@ -126,7 +134,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       return absl::InvalidArgumentError(
           absl::StrCat("method '", text, "': unknown parameter '", parts[i],
                        "'; allowed: floor=[0,1], cap=[1,64], window=[1,1024], pool=max|avg, "
-                       "reduce=max|sum"));
+                       "reduce=max|sum, allocator=global|paper (xkv)"));
     }
   }
   return m;
