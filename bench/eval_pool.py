@@ -26,7 +26,7 @@ def main(paths):
         sys.exit(__doc__)
     rows = []
     for i, path in enumerate(paths):
-        for r in csv.DictReader(open(path, newline="")):
+        for r in csv.DictReader(open(path, newline="", errors="replace")):
             r["pid"] = f"{i}:{r['prompt_id']}"
             rows.append(r)
     per = collections.defaultdict(lambda: collections.defaultdict(list))

@@ -245,7 +245,9 @@ absl::StatusOr<EvalPrompt> TokenizeRecord(const TaskRecord& r, const TextEncoder
           "prompt '", r.id, "': field 'question': not found in the chat template's rendering"));
     }
     ASSIGN_OR_RETURN(p.context, encode(text.substr(0, pos), true));
-    ASSIGN_OR_RETURN(p.question, encode(text.substr(pos) + r.answer_prefix, false));
+    ASSIGN_OR_RETURN(p.question, encode(r.question, false));
+    ASSIGN_OR_RETURN(p.suffix,
+                     encode(text.substr(pos + r.question.size()) + r.answer_prefix, false));
   }
   if (!r.continuation.empty()) {
     ASSIGN_OR_RETURN(p.continuation, encode(r.continuation, false));

@@ -23,7 +23,8 @@
 //
 // Text prompts are rendered with the model's chat template as one user message `context +
 // question` plus the generation prompt (kvpress's protocol): the context span is the rendering
-// up to the question, the question span the rest plus answer_prefix.
+// up to the question, the question span the question itself, the suffix span the rest of the
+// rendering (end of turn, generation prompt) plus answer_prefix.
 #ifndef XKV_BENCH_EVAL_PROMPTS_H_
 #define XKV_BENCH_EVAL_PROMPTS_H_
 
@@ -75,7 +76,8 @@ struct EvalPrompt {
   double depth = -1.0;
   std::vector<std::string> answers;
   std::vector<int32_t> context;       // compressed in both query modes
-  std::vector<int32_t> question;      // ends with the answer prefix
+  std::vector<int32_t> question;      // the question (token-id prompts: question_ids)
+  std::vector<int32_t> suffix;        // template tail + answer prefix (token-id prompts: empty)
   std::vector<int32_t> continuation;  // real text after the context (may be empty)
 };
 

@@ -65,23 +65,43 @@ double Mean(const std::vector<double>& v) {
   return v.empty() ? 0.0 : s / static_cast<double>(v.size());
 }
 
-std::string MainTable(const std::vector<EvalSummary>& sums) {
+// One accuracy column per query mode present in the rows.
+std::string MainTable(absl::Span<const EvalRow> rows, const std::vector<EvalSummary>& sums) {
   const EvalSummary* full = FindFull(sums);
-  std::string out =
-      "| method | budget | KV bytes % of full | accuracy (aware) | accuracy (agnostic) | "
-      "accuracy (all) | % of full score | greedy agreement | KL (nats) | NLL (nats) |\n"
-      "|---|---|---|---|---|---|---|---|---|---|\n";
+  std::vector<QueryMode> modes;
+  for (QueryMode m : {QueryMode::kAware, QueryMode::kQuestion, QueryMode::kAgnostic}) {
+    if (std::any_of(rows.begin(), rows.end(), [m](const EvalRow& r) { return r.mode == m; })) {
+      modes.push_back(m);
+    }
+  }
+  std::string out = "| method | budget | KV bytes % of full |", rule = "|---|---|---|";
+  for (QueryMode m : modes) {
+    absl::StrAppend(&out, " accuracy (", std::string(QueryModeName(m)), ") |");
+    absl::StrAppend(&rule, "---|");
+  }
+  absl::StrAppend(&out,
+                  " accuracy (all) | % of full score | greedy agreement | KL (nats) | NLL (nats) "
+                  "|\n",
+                  rule, "---|---|---|---|---|\n");
   for (const EvalSummary& s : sums) {
     const std::string rel = full != nullptr && full->accuracy > 0
                                 ? absl::StrFormat("%.1f%%", 100.0 * s.accuracy / full->accuracy)
                                 : "n/a";
     const bool fid = s.fidelity_rows > 0;
-    absl::StrAppendFormat(
-        &out, "| %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s |\n", s.method, BudgetLabel(s),
-        s.kv_percent, WithCi(s.accuracy_aware, s.aware_ci),
-        WithCi(s.accuracy_agnostic, s.agnostic_ci), WithCi(s.accuracy, s.accuracy_ci), rel,
-        fid ? absl::StrFormat("%.3f", s.agreement) : "—", fid ? absl::StrFormat("%.4f", s.kl) : "—",
-        fid ? absl::StrFormat("%.3f", s.nll) : "—");
+    absl::StrAppendFormat(&out, "| %s | %s | %.1f |", s.method, BudgetLabel(s), s.kv_percent);
+    for (QueryMode m : modes) {
+      const double a = m == QueryMode::kAware      ? s.accuracy_aware
+                       : m == QueryMode::kQuestion ? s.accuracy_question
+                                                   : s.accuracy_agnostic;
+      const Interval& ci = m == QueryMode::kAware      ? s.aware_ci
+                           : m == QueryMode::kQuestion ? s.question_ci
+                                                       : s.agnostic_ci;
+      absl::StrAppend(&out, " ", WithCi(a, ci), " |");
+    }
+    absl::StrAppendFormat(&out, " %s | %s | %s | %s | %s |\n", WithCi(s.accuracy, s.accuracy_ci),
+                          rel, fid ? absl::StrFormat("%.3f", s.agreement) : "—",
+                          fid ? absl::StrFormat("%.4f", s.kl) : "—",
+                          fid ? absl::StrFormat("%.3f", s.nll) : "—");
   }
   return out;
 }
@@ -185,6 +205,7 @@ std::vector<EvalSummary> Summarize(absl::Span<const EvalRow> rows) {
     };
     cell(std::nullopt, &s.accuracy, &s.accuracy_ci);
     cell(QueryMode::kAware, &s.accuracy_aware, &s.aware_ci);
+    cell(QueryMode::kQuestion, &s.accuracy_question, &s.question_ci);
     cell(QueryMode::kAgnostic, &s.accuracy_agnostic, &s.agnostic_ci);
     s.kv_percent /= s.rows;
     if (s.fidelity_rows > 0) {
@@ -265,7 +286,7 @@ std::string SummaryMarkdown(absl::Span<const EvalRow> rows, const RunInfo& info)
                                            "solves them less than half of the time, so a "
                                            "compressed cache has nothing to keep): ",
                                            absl::StrJoin(weak, ", "), ".\n\n"));
-  absl::StrAppend(&out, MainTable(sums), "\n### Accuracy by task (every task)\n\n",
+  absl::StrAppend(&out, MainTable(headline, sums), "\n### Accuracy by task (every task)\n\n",
                   TaskTable(rows, all_sums), "\n### Accuracy by prompt length (headline tasks)\n\n",
                   LengthTable(headline, sums),
                   "\n### Goal check (xkv ≤ 20% bytes keeps ≥ 99% of full; ≥ every baseline)\n\n",

@@ -23,6 +23,8 @@ struct EvalSummary {
   Interval accuracy_ci;         // bootstrap 95% over prompts (BootstrapMeanCi), modes kept together
   double accuracy_aware = 0.0;  // query-aware rows
   Interval aware_ci;
+  double accuracy_question = 0.0;  // question-in-context rows (kvpress's compress_questions)
+  Interval question_ci;
   double accuracy_agnostic = 0.0;
   Interval agnostic_ci;
   int fidelity_rows = 0;  // rows with fidelity metrics (prompts with a continuation)

@@ -7,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -77,7 +78,15 @@ struct EvalRunner::Variant {
 };
 
 std::string_view QueryModeName(QueryMode mode) {
-  return mode == QueryMode::kAware ? "aware" : "agnostic";
+  switch (mode) {
+    case QueryMode::kAware:
+      return "aware";
+    case QueryMode::kQuestion:
+      return "question";
+    case QueryMode::kAgnostic:
+      break;
+  }
+  return "agnostic";
 }
 
 int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int window) {
@@ -97,6 +106,11 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   } else {
     ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
   }
+  // The allocator first: it decides the scoring the other parameters adjust.
+  for (size_t i = 1; i < parts.size(); ++i) {
+    if (!absl::StartsWith(parts[i], "allocator=") || m.kv.policy != PolicyKind::kXkv) continue;
+    ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+  }
   m.scoring = ScoringFor(m.kv, base);
   bool kernel_set = false;
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -112,6 +126,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       ASSIGN_OR_RETURN(const double w, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateWindow(static_cast<int64_t>(w), "method window"));
       m.scoring.window = static_cast<int>(w);
+    } else if (key == "allocator" && m.kv.policy == PolicyKind::kXkv) {
+      continue;  // above
     } else if (key == "pool" && (value == "max" || value == "avg")) {
       m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
@@ -135,7 +151,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
           absl::StrCat("method '", text, "': unknown parameter '", parts[i],
                        "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
                        "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
-                       "profile=reconstruct, mix=max"));
+                       "profile=reconstruct, mix=max, allocator=global|paper (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -188,10 +204,11 @@ absl::Status EvalRunner::CheckPrompt(const EvalPrompt& prompt) const {
                                                    "observation window ",
                                                    w));
   }
-  const int64_t need = static_cast<int64_t>(prompt.context.size()) +
-                       std::max<int64_t>(prompt.question.size() + options_.answer_tokens,
-                                         std::min<int64_t>(prompt.continuation.size(),
-                                                           w + options_.fidelity_tokens));
+  const int64_t need =
+      static_cast<int64_t>(prompt.context.size()) +
+      std::max<int64_t>(
+          prompt.question.size() + prompt.suffix.size() + options_.answer_tokens,
+          std::min<int64_t>(prompt.continuation.size(), w + options_.fidelity_tokens));
   const int64_t ctx = engine_->config().context_length;
   if (ctx > 0 && need > ctx) {
     return absl::InvalidArgumentError(absl::StrCat("eval: prompt ", prompt.id, " needs ", need,
@@ -253,8 +270,10 @@ absl::Status EvalRunner::RunPending(std::vector<Lane*> lanes) {
     for (; j < lanes.size(); ++j) {
       Lane* l = lanes[j];
       const int64_t n = static_cast<int64_t>(l->pending.size());
-      if (j > i && (static_cast<int64_t>(tokens.size()) + n > options_.max_step_tokens ||
-                    static_cast<int>(j - i) >= options_.max_step_sequences)) {
+      if (j > i &&
+          (static_cast<int64_t>(tokens.size()) + n > options_.max_step_tokens ||
+           static_cast<int>(j - i) >= options_.max_step_sequences ||
+           static_cast<int64_t>(rows.size()) + l->logit_rows > options_.max_step_logit_rows)) {
         break;
       }
       if (l->id == 0) l->id = NewSequence();
@@ -365,16 +384,25 @@ absl::StatusOr<std::vector<EvalRunner::Variant>> EvalRunner::CompressAll(
       KvSettings spec = method.kv;
       spec.target =
           KvTarget::Tokens(BudgetTokens(budget, config.n_layers, scores.prompt_len, scores.window));
-      Variant v;
+      Variant& v = out.emplace_back();
       v.method = method.name;
       v.budget = budget;
-      ASSIGN_OR_RETURN(v.key, CompactCopy(from, scores, spec, &v.report));
-      if (with_fidelity) {
-        v.fid.id = NewSequence();
+      absl::StatusOr<Lane> key = CompactCopy(from, scores, spec, &v.report);
+      absl::Status st = key.status();
+      if (st.ok()) v.key = *std::move(key);
+      if (st.ok() && with_fidelity) {
         v.fid.position = v.key.position;
-        RETURN_IF_ERROR(engine_->CopySequence(v.key.id, v.fid.id));
+        const uint64_t id = NewSequence();
+        st = engine_->CopySequence(v.key.id, id);
+        if (st.ok()) v.fid.id = id;
       }
-      out.push_back(std::move(v));
+      if (!st.ok()) {  // the caller never sees these sequences: release them here
+        for (Variant& done : out) {
+          Release(done.key);
+          Release(done.fid);
+        }
+        return st;
+      }
     }
   }
   return out;
@@ -389,11 +417,21 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
       std::min<int64_t>(options_.fidelity_tokens, static_cast<int64_t>(p.continuation.size()) - W);
   const bool fidelity = S >= 1;
   const absl::Span<const int32_t> R(p.continuation);
-  Lane base, key, fid;
-  std::vector<Variant> aware, agnostic;
+  auto wants = [this](QueryMode m) {
+    return std::count(options_.modes.begin(), options_.modes.end(), m) > 0;
+  };
+  const bool want_aware = wants(QueryMode::kAware), want_question = wants(QueryMode::kQuestion),
+             want_agnostic = wants(QueryMode::kAgnostic);
+  std::vector<int32_t> prompt_tail = p.question;  // everything after the context
+  prompt_tail.insert(prompt_tail.end(), p.suffix.begin(), p.suffix.end());
+  Lane base, key, question, fid;
+  // Per mode: the question lanes of every method x budget. fid_aware: the fidelity lanes
+  // compressed after context + R[0, W), shared by the aware and question modes.
+  std::vector<Variant> aware, in_question, agnostic, fid_aware;
+  std::vector<std::vector<Variant>*> all = {&aware, &in_question, &agnostic, &fid_aware};
   auto release_all = [&] {
-    for (Lane* l : {&base, &key, &fid}) Release(*l);
-    for (std::vector<Variant>* vs : {&aware, &agnostic}) {
+    for (Lane* l : {&base, &key, &question, &fid}) Release(*l);
+    for (std::vector<Variant>* vs : all) {
       for (Variant& v : *vs) {
         Release(v.key);
         Release(v.fid);
@@ -402,7 +440,7 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
   };
   auto run = [&]() -> absl::StatusOr<std::vector<EvalRow>> {
     // 1-2: the shared prefills, observed.
-    std::vector<CollectedScores> agn_scores, key_scores, fid_scores;
+    std::vector<CollectedScores> agn_scores, key_scores, q_scores, fid_scores;
     RETURN_IF_ERROR(Prefill(base, p.context, &agn_scores).status());
     reread_.reset();
     if (reconstructs_) {  // one re-reading of the context, shared by every such method and mode
@@ -414,33 +452,38 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
       ASSIGN_OR_RETURN(reread_,
                        cpu->Reconstruct(base.id, p.context, options_.repeat, options_.reconstruct));
     }
-    key.id = NewSequence();
-    key.position = base.position;
-    RETURN_IF_ERROR(engine_->CopySequence(base.id, key.id));
-    ASSIGN_OR_RETURN(std::vector<float> key_logits, Prefill(key, p.question, &key_scores));
+    auto copy_base = [&](Lane& lane) {
+      lane.id = NewSequence();
+      lane.position = base.position;
+      return engine_->CopySequence(base.id, lane.id);
+    };
+    RETURN_IF_ERROR(copy_base(key));
+    ASSIGN_OR_RETURN(std::vector<float> key_logits, Prefill(key, prompt_tail, &key_scores));
+    std::vector<float> q_logits;
+    if (want_question) {
+      RETURN_IF_ERROR(copy_base(question));
+      ASSIGN_OR_RETURN(q_logits, Prefill(question, p.question, &q_scores));
+    }
     std::vector<float> full_fid;  // the full cache's S predictions of R[W, W + S)
     if (fidelity) {
-      fid.id = NewSequence();
-      fid.position = base.position;
-      RETURN_IF_ERROR(engine_->CopySequence(base.id, fid.id));
+      RETURN_IF_ERROR(copy_base(fid));
       ASSIGN_OR_RETURN(full_fid, Prefill(fid, R.subspan(0, W), &fid_scores));
     }
     if (timing != nullptr) timing->prefill_s = Seconds(start);
     // 3-4: the compressed variants.
-    const bool want_aware =
-        std::count(options_.modes.begin(), options_.modes.end(), QueryMode::kAware) > 0;
-    const bool want_agnostic =
-        std::count(options_.modes.begin(), options_.modes.end(), QueryMode::kAgnostic) > 0;
     if (want_agnostic) {
       ASSIGN_OR_RETURN(agnostic, CompressAll(base, agn_scores, fidelity));
     }
     Release(base);
     if (want_aware) {
       ASSIGN_OR_RETURN(aware, CompressAll(key, key_scores, false));
-      if (fidelity) {
-        ASSIGN_OR_RETURN(std::vector<Variant> aware_fid, CompressAll(fid, fid_scores, false));
-        for (size_t i = 0; i < aware.size(); ++i) aware[i].fid = std::move(aware_fid[i].key);
-      }
+    }
+    if (want_question) {
+      ASSIGN_OR_RETURN(in_question, CompressAll(question, q_scores, false));
+      Release(question);
+    }
+    if (fidelity && (want_aware || want_question)) {
+      ASSIGN_OR_RETURN(fid_aware, CompressAll(fid, fid_scores, false));
     }
     std::vector<Lane*> lanes;
     const std::vector<int32_t> forced_tail(R.begin() + W,
@@ -450,15 +493,22 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
       fid.logit_rows = S - 1;
       lanes.push_back(&fid);
     }
-    for (Variant& v : aware) {
-      v.key.logits = key_logits;
-      if (!fidelity) continue;
-      v.fid.pending = forced_tail;
-      v.fid.logit_rows = S - 1;
-      lanes.push_back(&v.fid);
+    for (Variant& v : aware) v.key.logits = key_logits;  // the full prefill's: same prompt
+    for (Variant& v : in_question) {  // the template tail and answer prefix come after
+      if (p.suffix.empty()) {
+        v.key.logits = q_logits;
+      } else {
+        v.key.pending = p.suffix;
+        lanes.push_back(&v.key);
+      }
+    }
+    for (Variant& v : fid_aware) {  // these lanes live in .key
+      v.key.pending = forced_tail;
+      v.key.logit_rows = S - 1;
+      lanes.push_back(&v.key);
     }
     for (Variant& v : agnostic) {
-      v.key.pending = p.question;
+      v.key.pending = prompt_tail;
       lanes.push_back(&v.key);
       if (!fidelity) continue;
       v.fid.pending.assign(R.begin(), R.begin() + W + S - 1);
@@ -469,29 +519,31 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
     if (fidelity) {
       full_fid.insert(full_fid.end(), fid.logits.begin(), fid.logits.end());
       const absl::Span<const int32_t> truth = R.subspan(W, S);
-      std::vector<Variant*> scored;
-      for (std::vector<Variant>* vs : {&aware, &agnostic}) {
-        for (Variant& v : *vs) scored.push_back(&v);
-      }
+      std::vector<std::pair<Variant*, Lane*>> scored;  // whose fidelity, from which lane
+      for (Variant& v : fid_aware) scored.push_back({&v, &v.key});
+      for (Variant& v : agnostic) scored.push_back({&v, &v.fid});
       RETURN_IF_ERROR(ParallelFor(
           static_cast<int>(scored.size()), options_.threads, [&](int i) -> absl::Status {
-            Variant& v = *scored[i];
+            auto [v, lane] = scored[i];
             std::vector<float> comp;
-            if (v.fid.logit_rows == S - 1) {  // aware: step 0 came from the full prefill
+            if (lane->logit_rows == S - 1) {  // compressed after R[0, W): step 0 is the full's
               comp.assign(full_fid.begin(), full_fid.begin() + vocab);
             }
-            comp.insert(comp.end(), v.fid.logits.begin(), v.fid.logits.end());
-            ASSIGN_OR_RETURN(v.fidelity, ScoreFidelity(full_fid, comp, truth, vocab));
-            v.fid.logits.clear();
+            comp.insert(comp.end(), lane->logits.begin(), lane->logits.end());
+            ASSIGN_OR_RETURN(v->fidelity, ScoreFidelity(full_fid, comp, truth, vocab));
+            lane->logits.clear();
             return absl::OkStatus();
           }));
-      for (Variant* v : scored) Release(v->fid);
+      for (auto [v, lane] : scored) Release(*lane);  // the engine is not thread-safe
       Release(fid);
+      for (std::vector<Variant>* vs : {&aware, &in_question}) {
+        for (size_t i = 0; i < vs->size(); ++i) (*vs)[i].fidelity = fid_aware[i].fidelity;
+      }
     }
     // 5: every cache's answer.
     key.logits = std::move(key_logits);
     lanes = {&key};
-    for (std::vector<Variant>* vs : {&aware, &agnostic}) {
+    for (std::vector<Variant>* vs : {&aware, &in_question, &agnostic}) {
       for (Variant& v : *vs) lanes.push_back(&v.key);
     }
     for (Lane* l : lanes) l->max_tokens = options_.answer_tokens;
@@ -508,12 +560,17 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
       std::vector<const Variant*> vs;
       Variant full;
       full.key.generated = key.generated;
-      full.report.prompt_len = mode == QueryMode::kAware ? C + Q : C;
+      full.report.prompt_len = mode == QueryMode::kAware      ? C + Q + p.suffix.size()
+                               : mode == QueryMode::kQuestion ? C + Q
+                                                              : C;
       full.report.kv_bytes_full = full.report.kv_bytes_held =
           L * full.report.prompt_len * per_token;
       full.fidelity = full_score;
       vs.push_back(&full);
-      for (const Variant& v : mode == QueryMode::kAware ? aware : agnostic) vs.push_back(&v);
+      const std::vector<Variant>& mine = mode == QueryMode::kAware      ? aware
+                                         : mode == QueryMode::kQuestion ? in_question
+                                                                        : agnostic;
+      for (const Variant& v : mine) vs.push_back(&v);
       for (const Variant* v : vs) {
         EvalRow r;
         r.prompt_id = p.id;

@@ -46,8 +46,12 @@
 
 namespace xkv {
 
-enum class QueryMode { kAware, kAgnostic };
-std::string_view QueryModeName(QueryMode mode);  // "aware" | "agnostic"
+// kAware: context + question + template tail + answer prefix are compressed (XKV's one_pass
+// serving; the window is the prompt's end). kQuestion: context + question are compressed, the
+// template tail and the answer prefix come after (kvpress's compress_questions). kAgnostic: the
+// context alone is compressed, everything after it comes after (kvpress's default).
+enum class QueryMode { kAware, kQuestion, kAgnostic };
+std::string_view QueryModeName(QueryMode mode);  // "aware" | "question" | "agnostic"
 
 // One compressed method: a spec (its target is set per budget) and the scoring it ranks by.
 // Methods with different scorings (window, reduction, pooling) share the prompt's prefill: each
@@ -74,13 +78,14 @@ struct EvalOptions {
   std::vector<EvalMethod> methods;  // compressed methods; full always runs as the reference
   std::vector<double> budgets;      // fractions of full KV bytes, each in (0, 1)
   std::vector<QueryMode> modes = {QueryMode::kAware, QueryMode::kAgnostic};
-  int answer_tokens = 12;            // greedy answer length cap
-  int fidelity_tokens = 32;          // teacher-forced continuation steps (S)
-  std::vector<int32_t> stop_tokens;  // end of answer (e.g. <|im_end|>, <|endoftext|>)
-  int64_t max_step_tokens = 2048;    // tokens per batched step (engine / memory bound)
-  int max_step_sequences = 64;       // sequences per batched step
-  int threads = 1;                   // host threads for the fidelity metrics
-  RepeatPrompt repeat;               // profile=reconstruct methods: the re-reading instruction
+  int answer_tokens = 12;              // greedy answer length cap
+  int fidelity_tokens = 32;            // teacher-forced continuation steps (S)
+  std::vector<int32_t> stop_tokens;    // end of answer (e.g. <|im_end|>, <|endoftext|>)
+  int64_t max_step_tokens = 2048;      // tokens per batched step (engine / memory bound)
+  int max_step_sequences = 64;         // sequences per batched step
+  int64_t max_step_logit_rows = 1024;  // logits rows per batched step (the CUDA engine: 256)
+  int threads = 1;                     // host threads for the fidelity metrics
+  RepeatPrompt repeat;                 // profile=reconstruct methods: the re-reading instruction
   ReconstructOptions reconstruct;
 };
 

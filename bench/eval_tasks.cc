@@ -181,15 +181,6 @@ std::vector<std::string> Vocabulary(const TextCorpus& corpus) {
   return {words.begin(), words.end()};
 }
 
-int64_t Occurrences(absl::string_view text, absl::string_view what) {
-  int64_t n = 0;
-  for (size_t pos = text.find(what); pos != absl::string_view::npos;
-       pos = text.find(what, pos + 1)) {
-    ++n;
-  }
-  return n;
-}
-
 // Tokens of the rendered prompt: chat template around context + question, then the prefix.
 absl::StatusOr<int64_t> PromptTokens(const TaskRecord& r, const TextEncoder& encode,
                                      const ChatRenderer& render) {
@@ -289,6 +280,15 @@ absl::StatusOr<TaskKind> ParseTaskKind(absl::string_view name) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown task '", name, "'; allowed: ", absl::StrJoin(names, ", ")));
+}
+
+int64_t CountOccurrences(absl::string_view text, absl::string_view what) {
+  int64_t n = 0;
+  for (size_t pos = text.find(what); pos != absl::string_view::npos;
+       pos = text.find(what, pos + 1)) {
+    ++n;
+  }
+  return n;
 }
 
 std::vector<TaskKind> AllTasks() { return {std::begin(kAllTasks), std::end(kAllTasks)}; }
@@ -407,7 +407,7 @@ absl::StatusOr<TaskRecord> BuildTask(const TextCorpus& corpus, TaskKind kind, in
                      BuildOnce(corpus, kind, target_tokens, depth,
                                seed + 0x9e3779b97f4a7c15ULL * attempt, encode, render));
     bool unique = true;
-    for (const std::string& a : r.answers) unique = unique && Occurrences(r.context, a) == 1;
+    for (const std::string& a : r.answers) unique = unique && CountOccurrences(r.context, a) == 1;
     if (kind == TaskKind::kCommonWords || unique) return r;
     if (attempt + 1 >= kMaxRedraws) {
       return absl::InternalError(

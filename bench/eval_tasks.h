@@ -46,6 +46,9 @@ absl::string_view TaskName(TaskKind kind);  // "niah_number", ... (above)
 absl::StatusOr<TaskKind> ParseTaskKind(absl::string_view name);
 std::vector<TaskKind> AllTasks();
 
+// Occurrences of `what` in `text`, overlapping ones included.
+int64_t CountOccurrences(absl::string_view text, absl::string_view what);
+
 // Paragraphs of English prose, in file order, with the file each came from.
 struct TextCorpus {
   std::vector<std::string> paragraphs;  // whitespace collapsed, >= kMinParagraphChars each

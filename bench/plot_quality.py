@@ -27,7 +27,7 @@ STYLE = {
 
 def load(path, exclude):
     groups = defaultdict(lambda: defaultdict(list))
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="replace") as f:  # answers may end mid-character
         for row in csv.DictReader(f):
             if row["task"] in exclude:
                 continue

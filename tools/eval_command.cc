@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -114,11 +115,13 @@ absl::StatusOr<std::vector<QueryMode>> ParseModes(const std::string& text) {
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     if (item == "aware") {
       out.push_back(QueryMode::kAware);
+    } else if (item == "question") {
+      out.push_back(QueryMode::kQuestion);
     } else if (item == "agnostic") {
       out.push_back(QueryMode::kAgnostic);
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--modes: '", item, "' is not a query mode; allowed: aware, agnostic"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--modes: '", item, "' is not a query mode; allowed: aware, question, agnostic"));
     }
   }
   if (out.empty()) return absl::InvalidArgumentError("--modes is empty");
@@ -255,6 +258,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     so.kv_capacity_bytes = static_cast<int64_t>(f.kv_gib * (1 << 30));
     options.max_step_tokens = 8192;
     options.max_step_sequences = 256;
+    options.max_step_logit_rows = 256;
   }
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
   EvalRunner runner(engine.get(), text.tokenizer.get(), options);
@@ -268,6 +272,11 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   auto elapsed = [&run_start] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   };
+  // Rows are appended as prompts finish, so a run cut short keeps what it measured.
+  std::error_code ec;
+  std::filesystem::create_directories(out_dir, ec);
+  std::ofstream partial(out_dir + "/results.partial.csv", std::ios::trunc);
+  partial << CsvHeader() << "\n";
   Progress(0, prompts.size(), 0);
   for (size_t i = 0; i < prompts.size(); ++i) {
     PromptTiming timing;
@@ -278,6 +287,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
                    prompts[i].id.c_str(), prompts[i].context.size(), timing.prefill_s,
                    timing.total_s, r.empty() ? "" : r[0].answer.c_str());
     }
+    for (const EvalRow& row : r) partial << CsvLine(row) << "\n";
+    partial.flush();
     rows.insert(rows.end(), r.begin(), r.end());
     Progress(i + 1, prompts.size(), elapsed());
   }
@@ -295,6 +306,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   info.corpus_sources = corpus.sources;
   info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   RETURN_IF_ERROR(WriteReports(out_dir, rows, info));
+  partial.close();
+  std::filesystem::remove(out_dir + "/results.partial.csv", ec);
   std::fputs(SummaryMarkdown(rows, info).c_str(), stdout);
   if (f.plot) {
     const std::string python = !f.python.empty() ? f.python : VenvPython();
@@ -327,7 +340,10 @@ int RunEval(int argc, char** argv) {
   flags.String("export-prompts", &f.export_prompts,
                "write the built-in suite (--suite, --split, --seed, --tasks, --limit) to this "
                "JSON Lines file and stop");
-  flags.String("modes", &f.modes, "query modes, comma-separated: aware, agnostic");
+  flags.String("modes", &f.modes,
+               "query modes, comma-separated: aware (the whole prompt compressed, answer prefix "
+               "included), question (context + question compressed, kvpress's "
+               "compress_questions), agnostic (the context alone compressed)");
   flags.Double("kv-gib", &f.kv_gib, "cuda: KV pool for every copy of a prompt, GiB");
   flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `xkv eval --prompts FILE.jsonl` on the CPU engine (issue 12): a 2-line prompts file (raw text,
-# then chat messages) runs through full + snapkv in both query modes and leaves results.csv and
+# then chat messages) runs through full + snapkv in the three query modes and leaves results.csv and
 # summary.md; a bad file names its line and field, runs nothing and writes nothing.
 # Usage: eval_prompts_test.sh XKV_BINARY MODEL.gguf
 set -uo pipefail
@@ -19,18 +19,18 @@ cat > "$tmp/p.jsonl" <<JSONL
 {"id": "chat", "task": "niah_number", "split": "test", "length": 80, "context": "", "question": "What is the special magic number for amber-falcon?", "answer_prefix": "The number is", "answers": ["4719203"], "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "$doc\n\nWhat is the special magic number for amber-falcon?"}]}
 JSONL
 timeout 120 "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --methods snapkv --budgets 0.5 \
-  --out "$tmp/out" --threads 2 --noplot > "$tmp/stdout" 2> "$tmp/stderr"
+  --modes aware,question,agnostic --out "$tmp/out" --threads 2 --noplot > "$tmp/stdout" 2> "$tmp/stderr"
 rc=$?
 rows=$(($(wc -l < "$tmp/out/results.csv" 2> /dev/null || echo 1) - 1))
-# 2 prompts x 2 modes x (full + snapkv@50%) = 8 rows; the full cache finds the number.
-if ((rc != 0)) || ((rows != 8)) || ! grep -q '^raw,niah_number,aware,.*,full,1.0000,.*"4719203",".*4719203' \
-    "$tmp/out/results.csv" || ! grep -q 'NLL (nats)' "$tmp/out/summary.md"; then
+# 2 prompts x 3 modes x (full + snapkv@50%) = 12 rows; the full cache finds the number.
+if ((rc != 0)) || ((rows != 12)) || ! grep -q '^raw,niah_number,aware,.*,full,1.0000,.*"4719203",".*4719203' \
+    "$tmp/out/results.csv" || ! grep -q 'accuracy (question)' "$tmp/out/summary.md"; then
   echo "FAIL: eval --prompts -> exit $rc, $rows rows"
   sed 's/^/    /' "$tmp/stderr" | tail -5
   head -5 "$tmp/out/results.csv" 2> /dev/null | sed 's/^/    /'
   failed=1
 else
-  echo "ok: eval --prompts ran 2 prompts, 8 rows"
+  echo "ok: eval --prompts ran 2 prompts, 12 rows"
 fi
 # The raw prompt has a continuation (fidelity measured), the chat prompt none (empty fields).
 grep -q '^raw,.*,[0-9.]*,[0-9.]*,[0-9.]*,[1-9][0-9]*$' "$tmp/out/results.csv" || { echo "FAIL: no fidelity on the raw prompt"; failed=1; }
@@ -46,7 +46,7 @@ expect_error_from 1 "line 2: field 'task': missing" \
   "$xkv" eval --model "$model" --prompts "$tmp/bad2.jsonl" --out "$tmp/bad-out"
 expect_error_from 1 "cannot be read" \
   "$xkv" eval --model "$model" --prompts "$tmp/none.jsonl" --out "$tmp/bad-out"
-expect_error_from 1 "--modes: 'later' is not a query mode" \
+expect_error_from 1 "--modes: 'later' is not a query mode; allowed: aware, question, agnostic" \
   "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --modes aware,later --out "$tmp/bad-out"
 expect_error_from 1 "is not 'cpu' or 'cuda:N'" \
   "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --device tpu --out "$tmp/bad-out"

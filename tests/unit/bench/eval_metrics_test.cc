@@ -175,6 +175,13 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   EXPECT_EQ(x->scoring.window, 16);
   EXPECT_EQ(x->scoring.reduce, ScoreReduce::kMax);
   EXPECT_EQ(x->scoring.pool, ScorePool::kAvg);
+  auto via_flag = ParseEvalMethod("xkv:window=16:allocator=paper", base);
+  ASSERT_TRUE(via_flag.ok()) << via_flag.status();
+  EXPECT_EQ(via_flag->kv.allocator.kind, AllocatorKind::kPaper);
+  EXPECT_EQ(via_flag->scoring.reduce, ScoreReduce::kSum);  // the paper's scoring
+  EXPECT_EQ(via_flag->scoring.window, 16);                 // whatever the parameters' order
+  EXPECT_FALSE(ParseEvalMethod("xkv:allocator=best", base).ok());
+  EXPECT_FALSE(ParseEvalMethod("snapkv:allocator=paper", base).ok());
   auto bad = ParseEvalMethod("xkv:floor=1.5", base);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), HasSubstr("1.5"));

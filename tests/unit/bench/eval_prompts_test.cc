@@ -185,7 +185,8 @@ TEST(TokenizeRecordTest, TextChatAndIds) {
   absl::StatusOr<EvalPrompt> p = TokenizeRecord(r, Chars(), Brackets(), 256);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(Text(p->context), "^[user:Doc.");
-  EXPECT_EQ(Text(p->question), " Q?][assistant:The number is");
+  EXPECT_EQ(Text(p->question), " Q?");
+  EXPECT_EQ(Text(p->suffix), "][assistant:The number is");
   EXPECT_EQ(Text(p->continuation), " and the text goes on.");
   EXPECT_EQ(p->answers, r.answers);
   EXPECT_EQ(p->split, "dev");
@@ -203,6 +204,7 @@ TEST(TokenizeRecordTest, TextChatAndIds) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->context, (std::vector<int32_t>{5, 6}));
   EXPECT_EQ(p->question, (std::vector<int32_t>{7}));
+  EXPECT_TRUE(p->suffix.empty());
   r.question_ids = {300};
   EXPECT_THAT(TokenizeRecord(r, Chars(), Brackets(), 256).status().message(),
               HasSubstr("prompt 'a-1': field 'question_ids': token id 300 outside [0, 256)"));

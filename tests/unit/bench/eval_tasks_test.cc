@@ -48,15 +48,6 @@ ChatRenderer Render() {
   };
 }
 
-int64_t Count(absl::string_view text, absl::string_view what) {
-  int64_t n = 0;
-  for (size_t pos = text.find(what); pos != absl::string_view::npos;
-       pos = text.find(what, pos + 1)) {
-    ++n;
-  }
-  return n;
-}
-
 // A lowercase word for n (letters only, as the cwe vocabulary wants).
 std::string Letters(int n) {
   std::string s;
@@ -167,24 +158,25 @@ TEST_P(BuildTaskGridTest, AnswersOnceAtDepthAndLengthWithinTolerance) {
   ASSERT_TRUE(r.ok()) << r.status();
   absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, tok.Encoder(), Render(), 1 << 30);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), target, 0.05 * target);
+  EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size() + p->suffix.size()),
+              target, 0.05 * target);
   EXPECT_EQ(r->task, TaskName(kind));
   EXPECT_EQ(r->length, target);
   ASSERT_FALSE(r->answers.empty());
   // The question is not in the context (the query-agnostic mode stays agnostic).
-  EXPECT_EQ(Count(r->context, r->question), 0);
+  EXPECT_EQ(CountOccurrences(r->context, r->question), 0);
   EXPECT_THAT(r->question, ::testing::StartsWith("\n\n"));
   EXPECT_FALSE(r->answer_prefix.empty());
-  EXPECT_GE(Count(r->continuation, " "), 40) << "the fidelity continuation is too short";
-  EXPECT_EQ(Count(r->context, r->continuation), 0);
+  EXPECT_GE(CountOccurrences(r->continuation, " "), 40) << "the fidelity continuation is too short";
+  EXPECT_EQ(CountOccurrences(r->context, r->continuation), 0);
   if (kind == TaskKind::kCommonWords) {
     EXPECT_EQ(r->answers.size(), 10u);
     for (const std::string& w : r->answers) {  // each frequent word appears more than 3 times
-      EXPECT_GT(Count(r->context, absl::StrCat(". ", w, "\n")), 3) << w;
+      EXPECT_GT(CountOccurrences(r->context, absl::StrCat(". ", w, "\n")), 3) << w;
     }
     return;
   }
-  for (const std::string& a : r->answers) EXPECT_EQ(Count(r->context, a), 1) << a;
+  for (const std::string& a : r->answers) EXPECT_EQ(CountOccurrences(r->context, a), 1) << a;
   EXPECT_NEAR(r->depth, depth, 0.08);
   // The asked value sits at that depth of the context.
   const size_t at = r->context.find(r->answers[0]);
@@ -209,12 +201,12 @@ TEST_P(BuildTaskGridTest, AnswersOnceAtDepthAndLengthWithinTolerance) {
       break;
   }
   if (kind == TaskKind::kMultiKey) {  // 2-4 distractor needles
-    const int64_t needles = Count(r->context, "One of the special magic numbers for");
+    const int64_t needles = CountOccurrences(r->context, "One of the special magic numbers for");
     EXPECT_GE(needles, 3);
     EXPECT_LE(needles, 5);
   }
   if (kind == TaskKind::kVariableTracking)
-    EXPECT_EQ(Count(r->context, "VAR "), 2 * (1 + 4 * 2));  // 2 chains of 4 links
+    EXPECT_EQ(CountOccurrences(r->context, "VAR "), 2 * (1 + 4 * 2));  // 2 chains of 4 links
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, BuildTaskGridTest,
@@ -273,14 +265,16 @@ TEST(BuildTaskTest, RealTokenizerAndCorpus) {
     absl::StatusOr<EvalPrompt> p = TokenizeRecord(*r, encode, Render(), t.vocab_size());
     ASSERT_TRUE(p.ok()) << p.status();
     const double tolerance = kind == TaskKind::kCommonWords ? 0.05 : 0.03;  // cwe: whole items
-    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size()), 2048, tolerance * 2048)
+    EXPECT_NEAR(static_cast<double>(p->context.size() + p->question.size() + p->suffix.size()),
+                2048, tolerance * 2048)
         << TaskName(kind);
     EXPECT_GE(p->continuation.size(), 40u);
     const std::string context = t.Decode(p->context).value();
     EXPECT_THAT(context, ::testing::StartsWith("<|im_start|>system\n"));
-    if (kind != TaskKind::kCommonWords) EXPECT_EQ(Count(context, r->answers[0]), 1);
-    EXPECT_THAT(t.Decode(p->question).value(),
-                ::testing::EndsWith("<|im_start|>assistant\n" + r->answer_prefix));
+    if (kind != TaskKind::kCommonWords) EXPECT_EQ(CountOccurrences(context, r->answers[0]), 1);
+    EXPECT_EQ(t.Decode(p->question).value(), r->question);
+    EXPECT_EQ(t.Decode(p->suffix).value(),
+              "<|im_end|>\n<|im_start|>assistant\n" + r->answer_prefix);
   }
 }
 
