@@ -100,15 +100,16 @@ void Values(GgmlType type, const uint8_t* b, uint8_t* w) {
 }
 
 // ggml_vec_dot_q{4,5,6}_K_q8_K, AVX2 lanes (see the top of the file).
-float DotVec(GgmlType type, const uint8_t* row, const Q8KBlock* a, int64_t nb) {
+// row: the raw super-blocks; values: their unpacked weights (Values, once per row).
+float DotVec(GgmlType type, const uint8_t* row, const uint8_t* values, const Q8KBlock* a,
+             int64_t nb) {
   const int64_t bytes = SuperBlockBytes(type);
   float acc[8] = {}, acc_m[4] = {}, summs = 0.f;
-  uint8_t w[kKBlock];
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = row + b * bytes;
+    const uint8_t* w = values + b * kKBlock;
     const Q8KBlock& y = a[b];
     int32_t lane[8] = {};
-    Values(type, blk, w);
     float d;
     if (type == GgmlType::kQ6_K) {
       const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
@@ -144,15 +145,14 @@ float DotVec(GgmlType type, const uint8_t* row, const Q8KBlock* a, int64_t nb) {
 }
 
 // ggml_gemv/gemm_q4_K_8x8_q8_K on repacked Q4_K: one chain per output (top of the file).
-float DotRepackedQ4K(const uint8_t* row, const Q8KBlock* a, int64_t nb) {
+float DotRepackedQ4K(const uint8_t* row, const uint8_t* values, const Q8KBlock* a, int64_t nb) {
   float acc = 0.f, acc_min = 0.f;
-  uint8_t w[kKBlock];
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = row + b * kQ4KBytes;
+    const uint8_t* w = values + b * kKBlock;
     const Q8KBlock& y = a[b];
     int32_t sc[8], mn[8];
     ScalesMins(blk + 4, sc, mn);
-    Values(GgmlType::kQ4_K, blk, w);
     int32_t dot = 0, mins = 0;
     for (int s = 0; s < 8; ++s) {
       int32_t sub = 0;
@@ -168,10 +168,8 @@ float DotRepackedQ4K(const uint8_t* row, const Q8KBlock* a, int64_t nb) {
 
 // The exact integer sums of one super-block: S1 = Σ_s sc_s · Σ (w - bias) · q8 over sub-block s
 // (Q6_K's bias 32 is folded in) and, for Q4_K / Q5_K, S2 = Σ_s min_s · Σ q8 over sub-block s.
-void SuperBlockSums(GgmlType type, const uint8_t* blk, const Q8KBlock& y, int32_t* s1,
-                    int32_t* s2) {
-  uint8_t w[kKBlock];
-  Values(type, blk, w);
+void SuperBlockSums(GgmlType type, const uint8_t* blk, const uint8_t* w, const Q8KBlock& y,
+                    int32_t* s1, int32_t* s2) {
   *s1 = *s2 = 0;
   if (type == GgmlType::kQ6_K) {
     const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
@@ -196,14 +194,15 @@ void SuperBlockSums(GgmlType type, const uint8_t* blk, const Q8KBlock& y, int32_
 // on weights that are not repacked: per output one chain over the super-blocks,
 // r = float(S1) · d_w, r = fma(-dmin_w, float(S2), r) with minimums, then buf += r · d_a: added
 // after rounding in the AVX-512 VNNI kernel, one fma in the AVX2 one.
-float DotTiled(GgmlType type, const uint8_t* row, const Q8KBlock* a, int64_t nb) {
+float DotTiled(GgmlType type, const uint8_t* row, const uint8_t* values, const Q8KBlock* a,
+               int64_t nb) {
   const int64_t bytes = SuperBlockBytes(type);
   const bool has_min = type != GgmlType::kQ6_K;
   float buf = 0.f;
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = row + b * bytes;
     int32_t s1, s2;
-    SuperBlockSums(type, blk, a[b], &s1, &s2);
+    SuperBlockSums(type, blk, values + b * kKBlock, a[b], &s1, &s2);
     float r = static_cast<float>(s1) * Half(has_min ? blk : blk + 208);
     if (has_min) r = std::fma(-Half(blk + 2), static_cast<float>(s2), r);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
@@ -297,16 +296,23 @@ absl::Status LaunchKQuantMatmul(const QuantMatrix& w, const Q8KBlock* a, int64_t
   const int64_t items = (w.rows() + kRowsPerItem - 1) / kRowsPerItem;
   ParallelFor(pool, items, [&](int64_t item) {
     const int64_t r0 = item * kRowsPerItem, r1 = std::min(w.rows(), r0 + kRowsPerItem);
+    thread_local std::vector<uint8_t> values;  // one row's unpacked weights, reused over a's rows
+    values.resize(nb * kKBlock);
     for (int64_t r = r0; r < r1; ++r) {
       const QuantMatrix::Segment* seg = &w.segments_.front();
       for (const QuantMatrix::Segment& s : w.segments_) {
         if (r >= s.row0 && r < s.row0 + s.rows) seg = &s;
       }
       const uint8_t* row = w.kdata_.data() + seg->offset + (r - seg->row0) * seg->row_bytes;
+      const int64_t block_bytes = SuperBlockBytes(seg->type);
+      for (int64_t b = 0; b < nb; ++b) {
+        Values(seg->type, row + b * block_bytes, values.data() + b * kKBlock);
+      }
       for (int64_t i = 0; i < m; ++i) {
-        const float dot = seg->repacked        ? DotRepackedQ4K(row, a + i * nb, nb)
-                          : m >= kTiledMinRows ? DotTiled(seg->type, row, a + i * nb, nb)
-                                               : DotVec(seg->type, row, a + i * nb, nb);
+        const Q8KBlock* ai = a + i * nb;
+        const float dot = seg->repacked        ? DotRepackedQ4K(row, values.data(), ai, nb)
+                          : m >= kTiledMinRows ? DotTiled(seg->type, row, values.data(), ai, nb)
+                                               : DotVec(seg->type, row, values.data(), ai, nb);
         float& out = c[i * ldc + r];
         out = accumulate ? out + dot : dot;
       }
