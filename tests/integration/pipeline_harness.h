@@ -1,0 +1,253 @@
+// The in-process pipeline harness shared by tests/integration/ (CPU stages) and tests/gpu/
+// (CUDA stages): a Coordinator over S in-process stages whose calls are logged (which steps ran at
+// the same time, a step that named a released sequence), a sink that collects one request's
+// stream with a bounded wait, and every stage's pool state. Header-only; test code.
+#ifndef XKV_TESTS_INTEGRATION_PIPELINE_HARNESS_H_
+#define XKV_TESTS_INTEGRATION_PIPELINE_HARNESS_H_
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/status_macros.h"
+#include "coordinator/clock.h"
+#include "coordinator/coordinator.h"
+#include "embedded/in_process_stage_client.h"
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace testing_pipeline {
+
+inline std::string ModelPath() {
+  const char* env = std::getenv("XKV_MODEL");
+  return env != nullptr ? env : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+// What the stages of one pipeline saw: which steps ran at the same time, and any step that named a
+// sequence its stage had already released (a release that overtook a step in flight).
+class StepLog {
+ public:
+  // Optional: called with every step a stage is about to run (from that stage's thread).
+  std::function<void(const xkv::v1::StepRequest&)> on_step;
+
+  void Released(size_t stage, const xkv::v1::ReleaseRequest& request) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (uint64_t id : request.seq_ids()) released_.insert({stage, id});
+  }
+  void Stepped(size_t stage, const xkv::v1::StepRequest& request) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const xkv::v1::StepSequence& q : request.sequences()) {
+      if (q.new_sequence()) {
+        released_.erase({stage, q.seq_id()});  // a restarted request starts over
+      } else if (released_.contains({stage, q.seq_id()})) {
+        ++stepped_after_release_;
+      }
+    }
+  }
+  int stepped_after_release() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stepped_after_release_;
+  }
+  void Begin(uint64_t step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_[step];
+    max_distinct_ = std::max(max_distinct_, running_.size());
+  }
+  void End(uint64_t step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--running_[step] == 0) running_.erase(step);
+  }
+  // The most distinct steps that were running on the stages at one moment.
+  size_t max_distinct() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_distinct_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<uint64_t, int> running_;
+  size_t max_distinct_ = 0;
+  std::set<std::pair<size_t, uint64_t>> released_;  // (stage, sequence)
+  int stepped_after_release_ = 0;
+};
+
+// Forwards every call to an in-process stage and logs its steps.
+class LoggingStageClient final : public StageClient {
+ public:
+  LoggingStageClient(size_t stage, std::unique_ptr<StageClient> inner, std::shared_ptr<StepLog> log)
+      : stage_(stage), inner_(std::move(inner)), log_(std::move(log)) {}
+  std::string address() const override { return inner_->address(); }
+  xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
+  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
+      const xkv::v1::LoadStageRequest& request) override {
+    return inner_->LoadStage(request);
+  }
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
+    if (log_->on_step) log_->on_step(request);
+    log_->Stepped(stage_, request);
+    log_->Begin(request.step_id());
+    absl::StatusOr<xkv::v1::StepResponse> r = inner_->Step(request);
+    log_->End(request.step_id());
+    return r;
+  }
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(
+      const xkv::v1::CompactRequest& request) override {
+    return inner_->Compact(request);
+  }
+  absl::StatusOr<xkv::v1::ReleaseResponse> Release(
+      const xkv::v1::ReleaseRequest& request) override {
+    log_->Released(stage_, request);
+    return inner_->Release(request);
+  }
+  absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+
+ private:
+  const size_t stage_;
+  std::unique_ptr<StageClient> inner_;
+  std::shared_ptr<StepLog> log_;
+};
+
+// Collects one request's stream; Wait blocks until OnDone or OnError.
+class CollectingSink final : public GenerateSink {
+ public:
+  // Called (from the coordinator's loop thread) after the first token arrived.
+  std::function<void()> on_first_token;
+
+  void OnDelta(const std::string&, absl::Span<const int32_t> ids,
+               absl::Span<const SampledLogprobs>) override {
+    bool first = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      first = tokens_.empty() && !ids.empty();
+      tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+    }
+    if (first && on_first_token) on_first_token();
+  }
+  void OnDone(const xkv::v1::Usage&) override { End(absl::OkStatus()); }
+  void OnError(const absl::Status& status) override { End(status); }
+
+  // The tokens and the final status; a bounded wait (a hang fails the test, it does not block it).
+  std::pair<std::vector<int32_t>, absl::Status> Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!done_.wait_for(lock, std::chrono::minutes(2), [&] { return finished_; })) {
+      return {tokens_, absl::DeadlineExceededError("the request did not finish in 2 minutes")};
+    }
+    return {tokens_, status_};
+  }
+
+ private:
+  void End(const absl::Status& status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    finished_ = true;
+    done_.notify_all();
+  }
+  std::mutex mu_;
+  std::condition_variable done_;
+  std::vector<int32_t> tokens_;
+  absl::Status status_;
+  bool finished_ = false;
+};
+
+struct Pipeline {
+  std::unique_ptr<Coordinator> coordinator;
+  std::vector<StageClient*> stages;  // owned by the coordinator
+  std::shared_ptr<StepLog> log;
+};
+
+// S in-process stages on `devices` (one thread each; "cpu" or "cuda:N", see MakeInProcessStages)
+// and M micro-batches; xkv with a 0.9 retention target by default.
+inline absl::StatusOr<Pipeline> StartPipeline(int num_stages, int micro_batches, const Clock* clock,
+                                              const std::vector<std::string>& devices = {"cpu"},
+                                              const InProcessStageSettings& settings = {}) {
+  Pipeline p;
+  p.log = std::make_shared<StepLog>();
+  ASSIGN_OR_RETURN(std::vector<std::unique_ptr<StageClient>> inner,
+                   MakeInProcessStages(num_stages, devices, settings));
+  std::vector<std::unique_ptr<StageClient>> clients;
+  for (auto& c : inner) {
+    clients.push_back(std::make_unique<LoggingStageClient>(clients.size(), std::move(c), p.log));
+    p.stages.push_back(clients.back().get());
+  }
+  CoordinatorOptions o;
+  o.model_path = ModelPath();
+  o.kv.policy = PolicyKind::kXkv;
+  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
+  o.scheduler.max_running = 8;
+  o.scheduler.step_token_budget = 256;
+  o.scheduler.prefill_chunk = 256;
+  o.scheduler.micro_batches = micro_batches;
+  o.kv_capacity_blocks = 64;
+  o.clock = clock;
+  o.health_interval = absl::ZeroDuration();  // no monitor thread: only the test's calls
+  ASSIGN_OR_RETURN(p.coordinator, Coordinator::Start(o, std::move(clients)));
+  return p;
+}
+
+// Requests that cover every pass: a full cache, xkv with a scores-only profile pass
+// (per_request), xkv scored inside the prefill then compacted (one_pass), and a longer prompt.
+inline std::vector<GenerateParams> MixedRequests() {
+  const char* prompts[] = {
+      "The capital of France is",
+      "Write one sentence about the sea and the wind:",
+      "List three colours of the rainbow, separated by commas:",
+      "Once upon a time, in a small village near the mountains, there lived an old baker who",
+      "2 + 2 =",
+  };
+  const char* policies[] = {"full", "", "xkv", "", "full"};
+  const char* profiles[] = {"", "per_request", "one_pass", "one_pass", ""};
+  std::vector<GenerateParams> out;
+  for (int i = 0; i < 5; ++i) {
+    GenerateParams p;
+    p.prompt = prompts[i];
+    p.max_tokens = 6 + i % 3;
+    p.ignore_eos = true;  // every request runs its max_tokens steps
+    p.kv.policy = policies[i];
+    p.kv.profile_mode = profiles[i];
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+// Submits every request at once and returns each one's tokens (each must end OK).
+inline std::vector<std::vector<int32_t>> GenerateAll(Coordinator& c,
+                                                     std::vector<GenerateParams> requests) {
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (GenerateParams& p : requests) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    absl::StatusOr<uint64_t> id = c.Submit(std::move(p), sinks.back());
+    EXPECT_TRUE(id.ok()) << id.status();
+  }
+  std::vector<std::vector<int32_t>> tokens;
+  for (auto& sink : sinks) {
+    auto [ids, status] = sink->Wait();
+    EXPECT_TRUE(status.ok()) << status;
+    tokens.push_back(std::move(ids));
+  }
+  return tokens;
+}
+
+// Every stage's block usage and live sequences.
+inline std::vector<std::pair<int64_t, int32_t>> PoolState(const Pipeline& p) {
+  std::vector<std::pair<int64_t, int32_t>> out;
+  for (StageClient* s : p.stages) {
+    absl::StatusOr<xkv::v1::StatusResponse> r = s->Status();
+    EXPECT_TRUE(r.ok()) << r.status();
+    out.emplace_back(r.ok() ? r->usage().blocks_used() : -1, r.ok() ? r->sequences() : -1);
+  }
+  return out;
+}
+
+}  // namespace testing_pipeline
+}  // namespace xkv
+
+#endif  // XKV_TESTS_INTEGRATION_PIPELINE_HARNESS_H_
