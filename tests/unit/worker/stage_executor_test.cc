@@ -7,7 +7,8 @@
 #include "allocator/importance_profile.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "model/kv_compressor.h"
+#include "model/importance_collector.h"
+#include "model/kv_allocation.h"
 #include "tests/unit/worker/worker_test_util.h"
 
 namespace xkv {
@@ -108,32 +109,42 @@ INSTANTIATE_TEST_SUITE_P(Splits, PipelineTest,
                          ::testing::Values(std::vector<int>{0, 4}, std::vector<int>{0, 2, 4},
                                            std::vector<int>{0, 1, 3, 4}));
 
-// The single-process compressor's result for one prompt (caches compacted, plan with budgets).
+// The reference of one prompt on one whole LlamaModel, without the worker: a full prefill that
+// scores the observation window (ImportanceCollector, the stages' scoring), the budgets and kept
+// slots of model/kv_allocation (the paper's objective on those scores), applied to the full cache.
 struct Reference {
   std::unique_ptr<LlamaModel> model;
-  std::unique_ptr<KvCache> cache;
-  CompressedPrefill prefill;
+  std::unique_ptr<KvCache> cache;  // compacted
+  std::vector<float> logits;       // of the prompt's last token (before compaction)
+  AllocationPlan plan;
 };
 
-Reference CompressOnOneModel(const std::vector<int32_t>& prompt, PolicyKind policy,
-                             int64_t tokens) {
+Reference CompactOnOneModel(const std::vector<int32_t>& prompt, PolicyKind policy, int64_t tokens) {
   Reference r;
   r.model = LoadWholeModel();
   r.cache = r.model->NewCache();
-  KvCompressorOptions o;
-  o.kv.policy = policy;
-  o.kv.target = KvTarget::Tokens(tokens);
-  o.kv.profile.kind = ProfileModeKind::kOnePass;
-  // The stages score with SnapKV's sum and average pooling (the worker contract's scoring) and
-  // the tests below solve the paper's objective on their gains.
-  o.kv.allocator.kind = AllocatorKind::kPaper;
-  o.importance.window = kWindow;
-  auto compressor = KvCompressor::Create(o);
-  EXPECT_TRUE(compressor.ok()) << compressor.status();
-  PrefillRequest request{prompt, r.cache.get(), 1};
-  auto out = (*compressor)->Prefill(*r.model, {&request, 1});
-  EXPECT_TRUE(out.ok()) << out.status();
-  r.prefill = std::move((*out)[0]);
+  const ModelConfig& config = r.model->config();
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  ImportanceOptions importance;
+  importance.window = kWindow;
+  ImportanceCollector collector(config, 0, config.n_layers, importance);
+  EXPECT_TRUE(collector.Expect(0, T).ok());
+  BatchStep step;
+  step.sequences = {{r.cache.get(), T, 0, /*observe=*/true}};
+  step.observer = collector.ObserverFor({0});
+  absl::StatusOr<std::vector<float>> logits = r.model->Forward(prompt, step);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  if (logits.ok()) r.logits = *std::move(logits);
+  KvSettings kv;
+  kv.policy = policy;
+  kv.target = KvTarget::Tokens(tokens);
+  kv.allocator.kind = AllocatorKind::kPaper;
+  absl::StatusOr<AllocationPlan> plan = PlanAllocation(collector.Take(0), config, kv);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  if (!plan.ok()) return r;
+  r.plan = *std::move(plan);
+  EXPECT_TRUE(r.plan.compress);
+  EXPECT_TRUE(ApplyAllocation(*r.cache, r.plan).ok());
   return r;
 }
 
@@ -163,33 +174,33 @@ std::vector<LayerProfile> GainsOf(const std::vector<absl::StatusOr<StageStepResu
 
 class CompactionTest : public ::testing::TestWithParam<std::vector<int>> {};
 
-// one_pass: observed prefill → gains to the coordinator → its solve gives the compressor's budgets
-// → Compact on every stage gives the compressor's caches; decoding continues identically.
-TEST_P(CompactionTest, OnePassMatchesKvCompressor) {
+// one_pass: observed prefill → gains to the coordinator → its solve gives the reference's budgets
+// → Compact on every stage gives the reference's caches; decoding continues identically.
+TEST_P(CompactionTest, OnePassMatchesOneModel) {
   const std::vector<int32_t> prompt = RandomTokens(60, 3);
   const int64_t N = 4 * 20;
-  Reference ref = CompressOnOneModel(prompt, PolicyKind::kXkv, N);
+  Reference ref = CompactOnOneModel(prompt, PolicyKind::kXkv, N);
   auto stages = MakePipeline(GetParam());
   auto results = RunPipelineStep(stages, {1, {Prefill(5, prompt, SequenceMode::kObserve)}});
   const std::vector<LayerProfile> profiles = GainsOf(results);
   ASSERT_EQ(profiles.size(), 4u);
   absl::StatusOr<BudgetResult> solved = SolveForTotalTokens(profiles, N);
   ASSERT_TRUE(solved.ok()) << solved.status();
-  EXPECT_EQ(solved->budgets, ref.prefill.plan.budgets.budgets);
-  EXPECT_EQ(results.back()->sequences[0].logits, ref.prefill.logits);
+  EXPECT_EQ(solved->budgets, ref.plan.budgets.budgets);
+  EXPECT_EQ(results.back()->sequences[0].logits, ref.logits);
 
-  const StageCompactSpec spec = SpecFor(ref.prefill.plan.budgets, PolicyKind::kXkv);
+  const StageCompactSpec spec = SpecFor(ref.plan.budgets, PolicyKind::kXkv);
   for (const auto& stage : stages) {
     absl::StatusOr<StageCompactResult> c = stage->Compact(5, spec);
     ASSERT_TRUE(c.ok()) << c.status();
     for (const StageLayerSize& l : c->layers) {
-      EXPECT_EQ(l.tokens, ref.prefill.plan.budgets.budgets[l.layer] + kWindow);
+      EXPECT_EQ(l.tokens, ref.plan.budgets.budgets[l.layer] + kWindow);
       EXPECT_EQ(l.blocks, (l.tokens + 15) / 16);
     }
   }
   ExpectStagesHoldCache(stages, 5, *ref.cache);
   // Decode at position T (never the compacted cache length).
-  const int32_t next = Argmax(ref.prefill.logits);
+  const int32_t next = Argmax(ref.logits);
   StageStepResult got =
       LastResult(RunPipelineStep(stages, {2, {testing::DecodeSequence(5, next, 60)}}));
   BatchStep step;
@@ -202,18 +213,18 @@ TEST_P(CompactionTest, OnePassMatchesKvCompressor) {
 
 // per_request: a scores-only mini-prefill (no blocks), then the real prefill compacting in the
 // same step with the solved budgets.
-TEST_P(CompactionTest, PerRequestMatchesKvCompressor) {
+TEST_P(CompactionTest, PerRequestMatchesOneModel) {
   const std::vector<int32_t> prompt = RandomTokens(50, 4);
-  Reference ref = CompressOnOneModel(prompt, PolicyKind::kXkv, 4 * 12);
+  Reference ref = CompactOnOneModel(prompt, PolicyKind::kXkv, 4 * 12);
   auto stages = MakePipeline(GetParam());
   auto mini = RunPipelineStep(stages, {1, {Prefill(9, prompt, SequenceMode::kScoresOnly)}});
   ASSERT_EQ(GainsOf(mini).size(), 4u);
   for (const auto& stage : stages) EXPECT_EQ(stage->status().usage.blocks_used, 0);
   StageSequence real = Prefill(9, prompt, SequenceMode::kNormal);
   real.new_sequence = false;
-  real.compact = SpecFor(ref.prefill.plan.budgets, PolicyKind::kXkv);
+  real.compact = SpecFor(ref.plan.budgets, PolicyKind::kXkv);
   StageStepResult got = LastResult(RunPipelineStep(stages, {2, {real}}));
-  EXPECT_EQ(got.sequences[0].logits, ref.prefill.logits);
+  EXPECT_EQ(got.sequences[0].logits, ref.logits);
   ExpectStagesHoldCache(stages, 9, *ref.cache);
 }
 
@@ -221,12 +232,12 @@ TEST_P(CompactionTest, PerRequestMatchesKvCompressor) {
 TEST_P(CompactionTest, BaselinesCompactInTheirPrefillStep) {
   const std::vector<int32_t> prompt = RandomTokens(45, 5);
   for (PolicyKind policy : {PolicyKind::kSnapKv, PolicyKind::kStreaming}) {
-    Reference ref = CompressOnOneModel(prompt, policy, 4 * 10);
+    Reference ref = CompactOnOneModel(prompt, policy, 4 * 10);
     auto stages = MakePipeline(GetParam());
     StageSequence s = Prefill(3, prompt, SequenceMode::kObserve);
-    s.compact = SpecFor(ref.prefill.plan.budgets, policy);
+    s.compact = SpecFor(ref.plan.budgets, policy);
     StageStepResult got = LastResult(RunPipelineStep(stages, {1, {s}}));
-    EXPECT_EQ(got.sequences[0].logits, ref.prefill.logits);
+    EXPECT_EQ(got.sequences[0].logits, ref.logits);
     ExpectStagesHoldCache(stages, 3, *ref.cache);
   }
 }
