@@ -1,22 +1,14 @@
 #include "embedded/in_process_stage_client.h"
 
-#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "worker/in_process_stage_link.h"
-#include "worker/stage_calls.h"
 #include "worker/stage_engine_factory.h"
-#include "worker/worker_convert.h"
+#include "worker/stage_options.h"
 
 namespace xkv {
-namespace {
-
-// In-process stages take the coordinator's steps as they come (no network edge).
-constexpr int64_t kUnboundedStepTokens = std::numeric_limits<int64_t>::max();
-
-}  // namespace
 
 InProcessStageClient::InProcessStageClient(std::shared_ptr<InProcessHandoff> inbox,
                                            std::shared_ptr<InProcessHandoff> outbox,
@@ -37,7 +29,7 @@ absl::StatusOr<std::shared_ptr<StageExecutor>> InProcessStageClient::Loaded() {
 absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
     const xkv::v1::LoadStageRequest& request) {
   ASSIGN_OR_RETURN(StageOptions options,
-                   StageOptionsFromProto(request, device_, settings_.num_threads));
+                   StageOptionsFromRequest(request, device_, settings_.num_threads));
   if (settings_.numerics.has_value()) options.numerics = *settings_.numerics;
   options.max_batched_tokens = settings_.max_batched_tokens;
   options.gpu_memory_utilization = settings_.gpu_memory_utilization;
@@ -49,8 +41,7 @@ absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
   ASSIGN_OR_RETURN(
       std::unique_ptr<StageExecutor> stage,
       StageExecutor::Load(options, std::make_unique<InProcessStageLink>(inbox_, outbox_)));
-  xkv::v1::LoadStageResponse response;
-  DescribeLoadedStage(*stage, &response);
+  xkv::v1::LoadStageResponse response = stage->Description();
   std::lock_guard<std::mutex> lock(mu_);
   stage_ = std::move(stage);
   return response;
@@ -59,35 +50,26 @@ absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
 absl::StatusOr<xkv::v1::StepResponse> InProcessStageClient::Step(
     const xkv::v1::StepRequest& request) {
   ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
-  xkv::v1::StepResponse response;
-  RETURN_IF_ERROR(StepStage(*stage, request, kUnboundedStepTokens, &response));
-  return response;
+  return stage->Step(request);
 }
 
 absl::StatusOr<xkv::v1::CompactResponse> InProcessStageClient::Compact(
     const xkv::v1::CompactRequest& request) {
   ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
-  xkv::v1::CompactResponse response;
-  RETURN_IF_ERROR(CompactOnStage(*stage, request, &response));
-  return response;
+  return stage->Compact(request);
 }
 
 absl::StatusOr<xkv::v1::ReleaseResponse> InProcessStageClient::Release(
     const xkv::v1::ReleaseRequest& request) {
   ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
-  xkv::v1::ReleaseResponse response;
-  ReleaseOnStage(*stage, request, &response);
-  return response;
+  return stage->Release(request);
 }
 
 absl::StatusOr<xkv::v1::StatusResponse> InProcessStageClient::Status() {
-  xkv::v1::StatusResponse response;
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = Loaded();
-  if (!stage.ok()) {
-    response.set_health(xkv::v1::STAGE_HEALTH_NOT_LOADED);
-    return response;
-  }
-  ServingStatus(**stage, &response);
+  if (stage.ok()) return (*stage)->status();
+  xkv::v1::StatusResponse response;
+  response.set_health(xkv::v1::STAGE_HEALTH_NOT_LOADED);
   return response;
 }
 

@@ -1,6 +1,6 @@
 // Embedded mode's StageClient (architecture.md §1): the coordinator's Worker calls go straight to a
-// StageExecutor of this process, answered by the same core as the gRPC WorkerService
-// (worker/stage_calls.h), and the stages hand hidden rows over through in-process links
+// StageExecutor of this process, which takes and answers the Worker messages themselves as it does
+// for the gRPC WorkerService, and the stages hand hidden rows over through in-process links
 // (worker/in_process_stage_link.h). It lives in embedded/, above both coordinator/ and worker/,
 // because it implements the coordinator's interface on the worker's executor.
 #ifndef XKV_EMBEDDED_IN_PROCESS_STAGE_CLIENT_H_

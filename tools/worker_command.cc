@@ -43,26 +43,26 @@ void CollectWorkerMetrics(WorkerService* service, MetricsRegistry& r) {
   layer_used->Clear();
   layer_free->Clear();
   if (executor == nullptr) return;
-  const StageStatus st = executor->status();
-  r.Gauge("xkv_stage_layer_begin", "First layer of the stage.")->Set({}, st.layer_begin);
-  r.Gauge("xkv_stage_layer_end", "One past the last layer of the stage.")->Set({}, st.layer_end);
-  r.Gauge("xkv_stage_weight_bytes", "Weight bytes of the stage.")->Set({}, st.weight_bytes);
-  r.Gauge("xkv_stage_sequences", "Live sequences on the stage.")->Set({}, st.sequences);
+  const xkv::v1::StatusResponse st = executor->status();
+  r.Gauge("xkv_stage_layer_begin", "First layer of the stage.")->Set({}, st.layer_begin());
+  r.Gauge("xkv_stage_layer_end", "One past the last layer of the stage.")->Set({}, st.layer_end());
+  r.Gauge("xkv_stage_weight_bytes", "Weight bytes of the stage.")->Set({}, st.weight_bytes());
+  r.Gauge("xkv_stage_sequences", "Live sequences on the stage.")->Set({}, st.sequences());
   r.Gauge("xkv_kv_cache_blocks_used", "KV blocks in use (all layers of the stage).")
-      ->Set({}, st.usage.blocks_used);
+      ->Set({}, st.usage().blocks_used());
   r.Gauge("xkv_kv_cache_blocks_free", "Free KV blocks (all layers of the stage).")
-      ->Set({}, st.usage.blocks_free);
+      ->Set({}, st.usage().blocks_free());
   r.Gauge("xkv_kv_cache_bytes_used", "KV bytes held on the stage.")
-      ->Set({}, st.usage.kv_bytes_used);
+      ->Set({}, st.usage().kv_bytes_used());
   r.Gauge("xkv_kv_cache_bytes_capacity", "KV byte capacity of the stage.")
-      ->Set({}, st.usage.kv_bytes_capacity);
-  const int64_t total = st.usage.blocks_used + st.usage.blocks_free;
+      ->Set({}, st.usage().kv_bytes_capacity());
+  const int64_t total = st.usage().blocks_used() + st.usage().blocks_free();
   r.Gauge("xkv_kv_cache_usage_ratio", "Used / total KV blocks of the stage.")
-      ->Set({}, total > 0 ? static_cast<double>(st.usage.blocks_used) / total : 0);
-  for (const LayerBlockUsage& l : st.layers) {
-    const MetricLabels labels = {{"layer", absl::StrCat(l.layer)}};
-    layer_used->Set(labels, l.used);
-    layer_free->Set(labels, l.free);
+      ->Set({}, total > 0 ? static_cast<double>(st.usage().blocks_used()) / total : 0);
+  for (const xkv::v1::LayerBlocks& l : st.layers()) {
+    const MetricLabels labels = {{"layer", absl::StrCat(l.layer())}};
+    layer_used->Set(labels, l.used());
+    layer_free->Set(labels, l.free());
   }
 }
 

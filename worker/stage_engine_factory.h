@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/stage_engine.h"
-#include "worker/stage_executor.h"
+#include "worker/stage_options.h"
 
 namespace xkv {
 

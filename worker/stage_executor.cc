@@ -1,7 +1,7 @@
 #include "worker/stage_executor.h"
 
 #include <algorithm>
-#include <limits>
+#include <string>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -18,66 +18,68 @@ namespace {
 
 double MsSince(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
 
-// a + b, or INT64_MAX when it overflows (a, b >= 0): a bound check then refuses it.
-int64_t SaturatingAdd(int64_t a, int64_t b) {
-  return b > std::numeric_limits<int64_t>::max() - a ? std::numeric_limits<int64_t>::max() : a + b;
+using xkv::v1::CompactSpec;
+using xkv::v1::StepRequest;
+using xkv::v1::StepSequence;
+
+// A sequence's new tokens: n_new, or the count of its tokens when n_new is unset.
+int64_t NewTokens(const StepSequence& s) {
+  return s.n_new() != 0 ? s.n_new() : static_cast<int64_t>(s.tokens_size());
+}
+bool ScoresOnly(const StepSequence& s) { return s.mode() == xkv::v1::SEQUENCE_MODE_SCORES_ONLY; }
+bool Observed(const StepSequence& s) { return s.mode() != xkv::v1::SEQUENCE_MODE_NORMAL; }
+// Last stage: the step samples a token of the sequence.
+bool Samples(const StepSequence& s) { return !s.skip_sampling() && !ScoresOnly(s); }
+
+// The Sampler's parameters of a sequence (WorkerSampling's unset fields: off).
+SamplingParams SamplingOf(const StepSequence& s) {
+  const xkv::v1::WorkerSampling& p = s.sampling();
+  SamplingParams o;
+  o.temperature = p.temperature();
+  o.top_k = p.top_k();
+  o.top_p = p.top_p() == 0.f ? 1.f : p.top_p();
+  o.seed = p.seed();
+  o.min_p = p.min_p();
+  o.presence_penalty = p.presence_penalty();
+  o.frequency_penalty = p.frequency_penalty();
+  o.logprobs = p.has_logprobs() ? p.logprobs() : -1;
+  o.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty() : 1.f;
+  return o;
 }
 
-// The stage's pool in blocks, from the first capacity option that is set (StageOptions).
-absl::StatusOr<int64_t> RawCapacity(const StageOptions& o, int num_layers, int64_t block_bytes) {
-  if (o.kv_capacity_blocks < 0 || o.kv_capacity_bytes < 0) {
-    return absl::InvalidArgumentError("stage: negative KV capacity");
-  }
-  int64_t total = 0;
-  if (!o.layer_capacity_blocks.empty()) {
-    if (static_cast<int>(o.layer_capacity_blocks.size()) != num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("stage: ", o.layer_capacity_blocks.size(),
-                                                     " layer capacities for ", num_layers,
-                                                     " layers"));
-    }
-    for (int64_t c : o.layer_capacity_blocks) {
-      if (c < 0) return absl::InvalidArgumentError("stage: negative KV capacity");
-      total = SaturatingAdd(total, c);
-    }
-    return total;
-  }
-  if (o.kv_capacity_bytes > 0 && o.kv_capacity_blocks == 0) {
-    return o.kv_capacity_bytes / block_bytes;
-  }
-  const int64_t per_layer =
-      o.kv_capacity_blocks > 0 ? o.kv_capacity_blocks : kDefaultBlocksPerLayer;
-  for (int l = 0; l < num_layers; ++l) total = SaturatingAdd(total, per_layer);
-  return total;
+std::string InContext(int64_t context_length) {
+  return absl::StrCat("the model's context length is ", context_length);
 }
 
-// The stage's pool within o.max_kv_bytes.
-absl::Status CheckPoolBytes(const StageOptions& o, int64_t capacity, int num_layers,
-                            int64_t block_bytes) {
-  if (o.max_kv_bytes <= 0 || block_bytes <= 0) return absl::OkStatus();
-  const int64_t max_blocks = o.max_kv_bytes / block_bytes;
-  if (capacity > max_blocks) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "stage: the KV pool asks for more than ", max_blocks, " blocks of ", block_bytes,
-        " bytes for the stage's ", num_layers, " layers, beyond this worker's bound of ",
-        o.max_kv_bytes, " bytes (its memory, or --max-kv-bytes)"));
-  }
-  return absl::OkStatus();
+// The spec's selection rule ("" is xkv): INVALID_ARGUMENT for an unknown policy or sink_tokens
+// outside [0, context_length].
+absl::StatusOr<PolicyOptions> SelectionOf(const CompactSpec& spec, int64_t context_length) {
+  PolicyOptions o;
+  const std::string& name = spec.selection().policy();
+  ASSIGN_OR_RETURN(o.kind, ParsePolicy(name.empty() ? "xkv" : name));
+  RETURN_IF_ERROR(CheckRange("compact.selection.sink_tokens", spec.selection().sink_tokens(), 0,
+                             context_length, InContext(context_length)));
+  if (spec.selection().sink_tokens() > 0) o.sink_tokens = spec.selection().sink_tokens();
+  return o;
 }
 
-const LayerBudgetEntry* FindBudget(const StageCompactSpec& spec, int layer) {
-  for (const LayerBudgetEntry& b : spec.budgets) {
-    if (b.layer == layer) return &b;
+const xkv::v1::LayerBudget* FindBudget(const CompactSpec& spec, int layer) {
+  for (const xkv::v1::LayerBudget& b : spec.budgets()) {
+    if (b.layer() == layer) return &b;
   }
   return nullptr;
 }
 
-}  // namespace
-
-absl::StatusOr<int64_t> KvPoolCapacity(const StageOptions& o, int num_layers, int64_t block_bytes) {
-  ASSIGN_OR_RETURN(const int64_t capacity, RawCapacity(o, num_layers, block_bytes));
-  RETURN_IF_ERROR(CheckPoolBytes(o, capacity, num_layers, block_bytes));
-  return capacity;
+void SetLogprobs(const std::optional<SampledLogprobs>& logprobs, xkv::v1::SequenceResult& r) {
+  if (!logprobs.has_value()) return;
+  r.set_logprob(logprobs->token.logprob);
+  for (const TokenLogprob& t : logprobs->top) {
+    r.add_top_ids(t.id);
+    r.add_top_logprobs(t.logprob);
+  }
 }
+
+}  // namespace
 
 // One step in flight. Its hidden rows stay inside the engine (StageEngine's resident path).
 struct StageExecutor::Run {
@@ -85,7 +87,7 @@ struct StageExecutor::Run {
   std::vector<EngineObservation> observations;
   bool scores_only = false;
   bool sent = false;
-  StageStepResult result;
+  xkv::v1::StepResponse result;
 };
 
 absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Load(
@@ -155,90 +157,149 @@ StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<StageE
 
 StageExecutor::~StageExecutor() = default;
 
+xkv::v1::LoadStageResponse StageExecutor::Description() const {
+  xkv::v1::LoadStageResponse r;
+  const ModelConfig& c = config();
+  xkv::v1::ModelInfo* m = r.mutable_model();
+  m->set_name(c.name);
+  m->set_n_layers(c.n_layers);
+  m->set_hidden(c.hidden);
+  m->set_n_heads(c.n_heads);
+  m->set_n_kv_heads(c.n_kv_heads);
+  m->set_head_dim(c.head_dim);
+  m->set_vocab_size(c.vocab_size);
+  m->set_context_length(c.context_length);
+  m->set_bos_token(c.bos_token);
+  m->set_eos_token(c.eos_token);
+  m->set_kv_bytes_per_token_per_layer(c.KvBytesPerTokenPerLayer(sizeof(float)));
+  r.set_weight_bytes(weight_bytes_);
+  r.set_stage_capacity_blocks(capacity_blocks_);
+  r.set_kv_capacity_bytes(capacity_blocks_ * block_bytes_);
+  r.set_block_tokens(block_tokens());
+  r.set_block_bytes(block_bytes_);
+  return r;
+}
+
 // ---- validation ---------------------------------------------------------------------------
 
-absl::Status StageExecutor::ValidateCompact(const StageCompactSpec& spec) const {
-  for (int l = layer_begin(); l < layer_end(); ++l) {
-    const LayerBudgetEntry* b = FindBudget(spec, l);
-    if (spec.policy.kind != PolicyKind::kFull && (b == nullptr || b->kept_prefix < 0)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("stage: compaction needs a budget >= 0 for layer ", l));
+absl::Status StageExecutor::CheckFields(const CompactSpec& spec) const {
+  const int64_t ctx = config().context_length;
+  RETURN_IF_ERROR(SelectionOf(spec, ctx).status());
+  for (const xkv::v1::LayerBudget& b : spec.budgets()) {
+    RETURN_IF_ERROR(CheckRange(absl::StrCat("compact.budgets (layer ", b.layer(), ").kept_prefix"),
+                               b.kept_prefix(), 0, ctx, InContext(ctx)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
+  RETURN_IF_ERROR(CheckLinkTimeout(r.link_timeout_ms()));
+  const int64_t max_tokens = options_.max_step_tokens;
+  const std::string why = absl::StrCat("at most ", max_tokens, " tokens per step on this worker");
+  RETURN_IF_ERROR(CheckRange("sequences size", r.sequences_size(), 1, max_tokens, why));
+  const int64_t ctx = config().context_length;
+  int64_t tokens = 0;  // each n_new <= context_length: no overflow
+  for (int i = 0; i < r.sequences_size(); ++i) {
+    const StepSequence& s = r.sequences(i);
+    const std::string field = absl::StrCat("sequences[", i, "].");
+    RETURN_IF_ERROR(CheckRange(field + "tokens size", s.tokens_size(), 0, ctx, InContext(ctx)));
+    const int64_t n_new = NewTokens(s);
+    RETURN_IF_ERROR(CheckRange(field + "n_new", n_new, 1, ctx, InContext(ctx)));
+    RETURN_IF_ERROR(CheckRange(field + "position", s.position(), 0, ctx - n_new,
+                               absl::StrCat(InContext(ctx), " and n_new is ", n_new)));
+    if (!xkv::v1::SequenceMode_IsValid(s.mode())) {
+      return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", s.mode(), " unknown"));
+    }
+    if (s.has_compact()) RETURN_IF_ERROR(CheckFields(s.compact()));
+    tokens += n_new;
+    if (tokens > max_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("the step's sequences carry more than ",
+                                                     max_tokens, " new tokens (", why,
+                                                     ", --max-step-tokens)"));
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
-  const std::string who = absl::StrCat("stage: sequence ", s.seq_id);
-  if (s.n_new < 1 || s.position < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(who, " needs n_new >= 1 and position >= 0"));
-  }
-  if (is_first()) {
-    if (static_cast<int64_t>(s.tokens.size()) != s.n_new) {
+absl::StatusOr<PolicyOptions> StageExecutor::CompactSelection(const CompactSpec& spec) const {
+  ASSIGN_OR_RETURN(const PolicyOptions policy, SelectionOf(spec, config().context_length));
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    const xkv::v1::LayerBudget* b = FindBudget(spec, l);
+    if (policy.kind != PolicyKind::kFull && (b == nullptr || b->kept_prefix() < 0)) {
       return absl::InvalidArgumentError(
-          absl::StrCat(who, " has ", s.tokens.size(), " tokens for n_new ", s.n_new));
+          absl::StrCat("stage: compaction needs a budget >= 0 for layer ", l));
     }
-    for (int32_t t : s.tokens) {
+  }
+  return policy;
+}
+
+absl::Status StageExecutor::ValidateSequence(const StepSequence& s) const {
+  const std::string who = absl::StrCat("stage: sequence ", s.seq_id());
+  const int64_t n_new = NewTokens(s);
+  if (is_first()) {
+    if (s.tokens_size() != n_new) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, " has ", s.tokens_size(), " tokens for n_new ", n_new));
+    }
+    for (int32_t t : s.tokens()) {
       if (t < 0 || t >= config().vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat(who, " token ", t, " outside the vocab"));
       }
     }
   }
-  auto it = sequences_.find(s.seq_id);
-  const bool known = engine_->HasSequence(s.seq_id);
-  if (!known && !s.new_sequence) {
+  auto it = sequences_.find(s.seq_id());
+  const bool known = engine_->HasSequence(s.seq_id());
+  if (!known && !s.new_sequence()) {
     return absl::NotFoundError(absl::StrCat(who, " is unknown (released or never started)"));
   }
-  const int64_t T = s.position + s.n_new;
+  const int64_t T = s.position() + n_new;
   for (int l = layer_begin(); known && l < layer_end(); ++l) {
-    const int64_t length = engine_->CacheLength(s.seq_id, l);
-    if (s.new_sequence && length > 0) {
+    const int64_t length = engine_->CacheLength(s.seq_id(), l);
+    if (s.new_sequence() && length > 0) {
       return absl::InvalidArgumentError(absl::StrCat(who, " already exists"));
     }
-    if (length > s.position || (s.mode != SequenceMode::kNormal && length != s.position)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, " layer ", l, " holds ", length, " tokens; position is ", s.position));
+    if (length > s.position() || (Observed(s) && length != s.position())) {
+      return absl::InvalidArgumentError(absl::StrCat(who, " layer ", l, " holds ", length,
+                                                     " tokens; position is ", s.position()));
     }
   }
-  if (s.mode == SequenceMode::kScoresOnly && (s.position != 0 || s.compact.has_value())) {
+  if (ScoresOnly(s) && (s.position() != 0 || s.has_compact())) {
     return absl::InvalidArgumentError(
         absl::StrCat(who, ": a scores-only step is the whole prompt, without compaction"));
   }
-  if (s.mode != SequenceMode::kNormal && T > options_.importance.window &&
-      s.n_new < options_.importance.window) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": the observed chunk holds ", s.n_new,
-                                                   " tokens, fewer than the window ",
-                                                   options_.importance.window));
+  const int window = options_.importance.window;
+  if (Observed(s) && T > window && n_new < window) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": the observed chunk holds ", n_new,
+                                                   " tokens, fewer than the window ", window));
   }
-  if (is_last() && s.sample && (it == sequences_.end() || it->second.sampler == nullptr)) {
-    RETURN_IF_ERROR(ValidateSamplingParams(s.sampling));
+  if (is_last() && Samples(s) && (it == sequences_.end() || it->second.sampler == nullptr)) {
+    RETURN_IF_ERROR(ValidateSamplingParams(SamplingOf(s)));
   }
-  if (s.compact.has_value()) {
-    RETURN_IF_ERROR(ValidateCompact(*s.compact));
+  if (s.has_compact()) {
+    ASSIGN_OR_RETURN(const PolicyOptions policy, CompactSelection(s.compact()));
     if (it != sequences_.end() && it->second.compacted) {
       return absl::FailedPreconditionError(absl::StrCat(who, " was already compacted"));
     }
-    const bool has_scores = s.mode == SequenceMode::kObserve ||
+    const bool has_scores = s.mode() == xkv::v1::SEQUENCE_MODE_OBSERVE ||
                             (it != sequences_.end() && it->second.scores.has_value());
-    if (NeedsScores(s.compact->policy.kind) && !has_scores && T > options_.importance.window) {
+    if (NeedsScores(policy.kind) && !has_scores && T > window) {
       return absl::FailedPreconditionError(
-          absl::StrCat(who, ": policy ", std::string(PolicyName(s.compact->policy.kind)),
+          absl::StrCat(who, ": policy ", std::string(PolicyName(policy.kind)),
                        " needs importance scores: observe the prompt's final chunk first"));
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status StageExecutor::ValidateStep(const StageStep& step) const {
-  if (step.sequences.empty()) return absl::InvalidArgumentError("stage: step without sequences");
+absl::Status StageExecutor::ValidateStep(const StepRequest& step) const {
   absl::flat_hash_set<uint64_t> ids;
-  const bool scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
-  for (const StageSequence& s : step.sequences) {
-    if (!ids.insert(s.seq_id).second) {
+  const bool scores_only = ScoresOnly(step.sequences(0));
+  for (const StepSequence& s : step.sequences()) {
+    if (!ids.insert(s.seq_id()).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("stage: sequence ", s.seq_id, " twice in step ", step.step_id));
+          absl::StrCat("stage: sequence ", s.seq_id(), " twice in step ", step.step_id()));
     }
-    if ((s.mode == SequenceMode::kScoresOnly) != scores_only) {
+    if (ScoresOnly(s) != scores_only) {
       return absl::InvalidArgumentError(
           "stage: scores-only sequences cannot share a step with others");
     }
@@ -247,12 +308,12 @@ absl::Status StageExecutor::ValidateStep(const StageStep& step) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StageStep& step) const {
+absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StepRequest& step) const {
   std::vector<BlockChange> changes;
-  for (const StageSequence& s : step.sequences) {
-    if (s.mode == SequenceMode::kScoresOnly) continue;  // no KV writes
+  for (const StepSequence& s : step.sequences()) {
+    if (ScoresOnly(s)) continue;  // no KV writes
     for (int l = layer_begin(); l < layer_end(); ++l) {
-      changes.push_back({s.seq_id, l, pool_.tokens(s.seq_id, l) + s.n_new});
+      changes.push_back({s.seq_id(), l, pool_.tokens(s.seq_id(), l) + NewTokens(s)});
     }
   }
   return pool_.Plan(changes);
@@ -260,16 +321,18 @@ absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StageStep& step) const
 
 // ---- the step ------------------------------------------------------------------------------
 
-absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
+absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& step) {
+  RETURN_IF_ERROR(CheckFields(step));  // refused at the edge: nothing reaches the link
   absl::MutexLock lock(&mu_);
   const absl::Time t0 = absl::Now();
   absl::Status valid = ValidateStep(step);
   absl::StatusOr<BlockPlan> plan = valid.ok() ? PlanBlocks(step) : valid;
   Run run;
-  run.result.step_id = step.step_id;
-  if (step.dry_run) {
+  run.result.set_step_id(step.step_id());
+  xkv::v1::StepTimings& timings = *run.result.mutable_timings();
+  if (step.dry_run()) {
     if (!plan.ok()) return plan.status();
-    run.result.usage = Usage();
+    *run.result.mutable_usage() = Usage();
     return std::move(run.result);
   }
   if (!plan.ok()) return FailBeforeCompute(step, plan.status(), /*received=*/false);
@@ -281,67 +344,71 @@ absl::StatusOr<StageStepResult> StageExecutor::Step(const StageStep& step) {
   absl::Status s = Compute(step, run);
   if (s.ok()) s = Output(step, run);
   const absl::Time tc = absl::Now();
-  for (const StageSequence& q : step.sequences) {
+  for (const StepSequence& q : step.sequences()) {
     if (!s.ok()) break;
-    if (q.compact.has_value()) s = CompactSequence(q.seq_id, sequences_.at(q.seq_id), *q.compact);
+    if (q.has_compact()) {
+      s = CompactSequence(q.seq_id(), sequences_.at(q.seq_id()), q.compact());
+    }
   }
-  run.result.timings.compact_ms = MsSince(tc);
-  for (const StageSequence& q : step.sequences) {
-    if (s.ok() && !run.scores_only) s = SyncBlocks(q.seq_id);
+  timings.set_compact_ms(MsSince(tc));
+  for (const StepSequence& q : step.sequences()) {
+    if (s.ok() && !run.scores_only) s = SyncBlocks(q.seq_id());
   }
   if (!s.ok()) {
-    for (const StageSequence& q : step.sequences) Drop(q.seq_id);
-    if (!is_last() && !run.sent && link_ != nullptr)
-      link_->SendError(step.step_id, s).IgnoreError();
+    for (const StepSequence& q : step.sequences()) Drop(q.seq_id());
+    if (!is_last() && !run.sent && link_ != nullptr) {
+      link_->SendError(step.step_id(), s).IgnoreError();
+    }
     RefreshStatus();
     return s;
   }
-  for (size_t i = 0; i < step.sequences.size(); ++i) {
-    run.result.sequences[i].layers = LayerSizes(step.sequences[i].seq_id);
+  for (int i = 0; i < step.sequences_size(); ++i) {
+    LayerSizes(step.sequences(i).seq_id(), run.result.mutable_sequences(i)->mutable_layers());
   }
-  run.result.usage = Usage();
-  run.result.timings.total_ms = MsSince(t0);
+  *run.result.mutable_usage() = Usage();
+  timings.set_total_ms(MsSince(t0));
   RefreshStatus();
   return std::move(run.result);
 }
 
-absl::Status StageExecutor::FailBeforeCompute(const StageStep& step, absl::Status error,
+absl::Status StageExecutor::FailBeforeCompute(const StepRequest& step, absl::Status error,
                                               bool received) {
   if (link_ != nullptr) {
-    if (!is_first() && !received) link_->Discard(step.step_id);
-    if (!is_last()) link_->SendError(step.step_id, error).IgnoreError();
+    if (!is_first() && !received) link_->Discard(step.step_id());
+    if (!is_last()) link_->SendError(step.step_id(), error).IgnoreError();
   }
   return error;
 }
 
-absl::Status StageExecutor::InputRows(const StageStep& step, Run& run) {
+absl::Status StageExecutor::InputRows(const StepRequest& step, Run& run) {
   const absl::Time t0 = absl::Now();
   std::vector<int32_t> tokens;
   int64_t n = 0;
-  for (const StageSequence& s : step.sequences) {
-    n += s.n_new;
-    if (is_first()) tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+  for (const StepSequence& s : step.sequences()) {
+    n += NewTokens(s);
+    if (is_first()) tokens.insert(tokens.end(), s.tokens().begin(), s.tokens().end());
   }
   if (is_first()) return engine_->EmbedResident(tokens);
   if (link_ == nullptr) {
     return absl::FailedPreconditionError("stage: not the first stage and no link to receive from");
   }
-  const absl::Duration timeout =
-      step.link_timeout > absl::ZeroDuration() ? step.link_timeout : options_.link_timeout;
-  absl::StatusOr<StageRows> rows = link_->ReceiveRows(step.step_id, t0 + timeout);
-  run.result.timings.wait_ms = MsSince(t0);
+  const absl::Duration timeout = step.link_timeout_ms() > 0
+                                     ? absl::Milliseconds(step.link_timeout_ms())
+                                     : options_.link_timeout;
+  absl::StatusOr<StageRows> rows = link_->ReceiveRows(step.step_id(), t0 + timeout);
+  run.result.mutable_timings()->set_wait_ms(MsSince(t0));
   RETURN_IF_ERROR(rows.status());
   if (rows->device.has_value()) {
     const DeviceRows& d = *rows->device;
     if (d.rows != n || d.width != config().hidden) {
       return absl::InvalidArgumentError(
-          absl::StrCat("stage: step ", step.step_id, " received device rows [", d.rows, ", ",
+          absl::StrCat("stage: step ", step.step_id(), " received device rows [", d.rows, ", ",
                        d.width, "], want [", n, ", ", config().hidden, "]"));
     }
     return engine_->LoadResidentDevice(d);
   }
   if (static_cast<int64_t>(rows->host.size()) != n * config().hidden) {
-    return absl::InvalidArgumentError(absl::StrCat("stage: step ", step.step_id, " received ",
+    return absl::InvalidArgumentError(absl::StrCat("stage: step ", step.step_id(), " received ",
                                                    rows->host.size(), " floats, want ", n, " x ",
                                                    config().hidden));
   }
@@ -349,87 +416,93 @@ absl::Status StageExecutor::InputRows(const StageStep& step, Run& run) {
 }
 
 // Device rows when both this engine and the link's far end keep rows on a device, else host fp32.
-absl::Status StageExecutor::SendRows(const StageStep& step) {
+absl::Status StageExecutor::SendRows(const StepRequest& step) {
   if (engine_->device_resident() && link_->SendsDeviceRows()) {
     ASSIGN_OR_RETURN(DeviceRows rows, engine_->ExportResident(link_->device_dtype()));
-    return link_->SendDevice(step.step_id, rows);
+    return link_->SendDevice(step.step_id(), rows);
   }
   ASSIGN_OR_RETURN(absl::Span<const float> rows, engine_->ResidentHost());
-  return link_->Send(step.step_id, rows);
+  return link_->Send(step.step_id(), rows);
 }
 
-absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
-  run.scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
+absl::Status StageExecutor::Compute(const StepRequest& step, Run& run) {
+  run.scores_only = ScoresOnly(step.sequences(0));
   run.batch.scores_only = run.scores_only;
-  run.result.sequences.resize(step.sequences.size());
-  for (size_t i = 0; i < step.sequences.size(); ++i) {
-    const StageSequence& s = step.sequences[i];
-    run.result.sequences[i].seq_id = s.seq_id;
-    Sequence& q = sequences_[s.seq_id];  // known from now on (dropped again if the step fails)
-    if (is_last() && q.sampler == nullptr && s.mode != SequenceMode::kScoresOnly &&
-        s.sampling.repetition_penalty != 1.f) {
-      q.context.insert(q.context.end(), s.tokens.begin(), s.tokens.end());
+  for (const StepSequence& s : step.sequences()) {
+    xkv::v1::SequenceResult* r = run.result.add_sequences();
+    r->set_seq_id(s.seq_id());
+    r->set_token(-1);
+    Sequence& q = sequences_[s.seq_id()];  // known from now on (dropped again if the step fails)
+    if (is_last() && q.sampler == nullptr && !ScoresOnly(s) &&
+        SamplingOf(s).repetition_penalty != 1.f) {
+      q.context.insert(q.context.end(), s.tokens().begin(), s.tokens().end());
     }
-    run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
+    run.batch.sequences.push_back({s.seq_id(), NewTokens(s), s.position(), Observed(s)});
   }
   const absl::Time t0 = absl::Now();
   RETURN_IF_ERROR(engine_->RunLayersResident(run.batch, options_.importance, &run.observations));
-  run.result.timings.compute_ms = MsSince(t0);
+  run.result.mutable_timings()->set_compute_ms(MsSince(t0));
   return Observe(step, run);
 }
 
-absl::Status StageExecutor::Observe(const StageStep& step, Run& run) {
-  for (size_t i = 0; i < step.sequences.size(); ++i) {
-    const StageSequence& s = step.sequences[i];
-    if (s.mode == SequenceMode::kNormal) continue;
-    if (i >= run.observations.size() || !run.observations[i].scores.has_value()) {
-      return absl::InternalError(absl::StrCat("stage: no scores for sequence ", s.seq_id));
+absl::Status StageExecutor::Observe(const StepRequest& step, Run& run) {
+  for (int i = 0; i < step.sequences_size(); ++i) {
+    const StepSequence& s = step.sequences(i);
+    if (!Observed(s)) continue;
+    if (i >= static_cast<int>(run.observations.size()) || !run.observations[i].scores.has_value()) {
+      return absl::InternalError(absl::StrCat("stage: no scores for sequence ", s.seq_id()));
     }
     CollectedScores scores = *std::move(run.observations[i].scores);
-    ObservedProfile p;
-    p.prompt_len = scores.prompt_len;
-    p.prefix_len = scores.prefix_len();
-    p.window = scores.window;
-    p.profile_ms = run.observations[i].ms;
-    if (p.prefix_len > 0) {
+    xkv::v1::ObservedSequence& p = *run.result.mutable_sequences(i)->mutable_observed();
+    p.set_seq_id(s.seq_id());
+    p.set_prompt_len(scores.prompt_len);
+    p.set_prefix_len(scores.prefix_len());
+    p.set_window(scores.window);
+    p.set_profile_ms(run.observations[i].ms);
+    if (scores.prefix_len() > 0) {
       ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
       for (int l = layer_begin(); l < layer_end(); ++l) {
-        LayerProfile& lp = profiles[l - layer_begin()];
-        LayerGainCurve c{l, std::move(lp.gain), lp.total_mass, scores.heads, {}};
-        if (s.return_scores) c.scores = scores.layer(l);
-        p.layers.push_back(std::move(c));
+        const LayerProfile& lp = profiles[l - layer_begin()];
+        xkv::v1::LayerGains* g = p.add_layers();
+        g->set_layer(l);
+        g->mutable_gains()->Add(lp.gain.begin(), lp.gain.end());
+        g->set_total_mass(lp.total_mass);
+        g->set_heads(scores.heads);
+        if (s.return_scores()) {
+          g->mutable_scores()->Add(scores.layer(l).begin(), scores.layer(l).end());
+        }
       }
     }
-    run.result.sequences[i].observed = std::move(p);
-    sequences_.at(s.seq_id).scores = std::move(scores);
+    sequences_.at(s.seq_id()).scores = std::move(scores);
   }
   return absl::OkStatus();
 }
 
-absl::Status StageExecutor::Output(const StageStep& step, Run& run) {
+absl::Status StageExecutor::Output(const StepRequest& step, Run& run) {
   const absl::Time t0 = absl::Now();
+  xkv::v1::StepTimings& timings = *run.result.mutable_timings();
   if (!is_last()) {
     if (link_ == nullptr) {
       return absl::FailedPreconditionError("stage: not the last stage and no link to send to");
     }
     RETURN_IF_ERROR(SendRows(step));
     run.sent = true;
-    run.result.timings.send_ms = MsSince(t0);
+    timings.set_send_ms(MsSince(t0));
     return absl::OkStatus();
   }
   if (run.scores_only) return absl::OkStatus();  // hidden is not meaningful after the last scores
   RETURN_IF_ERROR(Sample(step, run));
-  run.result.timings.compute_ms += MsSince(t0);
+  timings.set_compute_ms(timings.compute_ms() + MsSince(t0));
   return absl::OkStatus();
 }
 
-absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
+absl::Status StageExecutor::Sample(const StepRequest& step, Run& run) {
   if (engine_->device_resident() && options_.device_sampling) return SampleOnDevice(step, run);
   const std::vector<int64_t> last = run.batch.LastRows();
   std::vector<int64_t> rows;
-  std::vector<size_t> which;
-  for (size_t i = 0; i < step.sequences.size(); ++i) {
-    if (!step.sequences[i].sample && !step.sequences[i].return_logits) continue;
+  std::vector<int> which;
+  for (int i = 0; i < step.sequences_size(); ++i) {
+    if (!Samples(step.sequences(i)) && !step.sequences(i).return_logits()) continue;
     rows.push_back(last[i]);
     which.push_back(i);
   }
@@ -437,48 +510,49 @@ absl::Status StageExecutor::Sample(const StageStep& step, Run& run) {
   ASSIGN_OR_RETURN(std::vector<float> logits, engine_->LogitsResident(rows));
   const size_t V = config().vocab_size;
   for (size_t k = 0; k < which.size(); ++k) {
-    const StageSequence& s = step.sequences[which[k]];
+    const StepSequence& s = step.sequences(which[k]);
     absl::Span<const float> row(logits.data() + k * V, V);
-    StageSequenceResult& r = run.result.sequences[which[k]];
-    if (s.sample) SampleOnHost(s, row, sequences_.at(s.seq_id), r);
-    if (s.return_logits) r.logits.assign(row.begin(), row.end());
+    xkv::v1::SequenceResult& r = *run.result.mutable_sequences(which[k]);
+    if (Samples(s)) SampleOnHost(s, row, sequences_.at(s.seq_id()), r);
+    if (s.return_logits()) r.mutable_logits()->Add(row.begin(), row.end());
   }
   return absl::OkStatus();
 }
 
 // The CPU Sampler of a sequence (made at its first sample, with the prompt tokens a repetition
 // penalty needs), on one row of host logits.
-void StageExecutor::SampleOnHost(const StageSequence& s, absl::Span<const float> row, Sequence& q,
-                                 StageSequenceResult& r) {
+void StageExecutor::SampleOnHost(const StepSequence& s, absl::Span<const float> row, Sequence& q,
+                                 xkv::v1::SequenceResult& r) {
   if (q.sampler == nullptr) {
-    q.sampler = std::make_unique<Sampler>(s.sampling);
+    q.sampler = std::make_unique<Sampler>(SamplingOf(s));
     q.sampler->AddContext(q.context);
     q.context = {};
   }
-  r.token = q.sampler->Sample(row);
-  r.logprobs = q.sampler->last_logprobs();
+  r.set_token(q.sampler->Sample(row));
+  SetLogprobs(q.sampler->last_logprobs(), r);
 }
 
 // Sequences sample on the device from their first sample on, unless that sample asks for
 // logprobs or a repetition penalty: those (and only those) get their logits on the host and the
 // CPU Sampler, for good.
-absl::Status StageExecutor::SampleOnDevice(const StageStep& step, Run& run) {
+absl::Status StageExecutor::SampleOnDevice(const StepRequest& step, Run& run) {
   const std::vector<int64_t> last = run.batch.LastRows();
   std::vector<RowSampling> rows;
-  std::vector<size_t> which;
-  for (size_t i = 0; i < step.sequences.size(); ++i) {
-    const StageSequence& s = step.sequences[i];
-    if (!s.sample && !s.return_logits) continue;
-    Sequence& q = sequences_.at(s.seq_id);
-    const bool device = s.sample && q.sampler == nullptr &&
+  std::vector<int> which;
+  for (int i = 0; i < step.sequences_size(); ++i) {
+    const StepSequence& s = step.sequences(i);
+    if (!Samples(s) && !s.return_logits()) continue;
+    Sequence& q = sequences_.at(s.seq_id());
+    const SamplingParams sampling = SamplingOf(s);
+    const bool device = Samples(s) && q.sampler == nullptr &&
                         (q.device_params.has_value() ||
-                         (s.sampling.logprobs < 0 && s.sampling.repetition_penalty == 1.f));
+                         (sampling.logprobs < 0 && sampling.repetition_penalty == 1.f));
     RowSampling r;
     r.row = last[i];
     r.sample = device;
-    r.want_logits = s.return_logits || (s.sample && !device);
+    r.want_logits = s.return_logits() || (Samples(s) && !device);
     if (device) {
-      if (!q.device_params.has_value()) q.device_params = s.sampling;
+      if (!q.device_params.has_value()) q.device_params = sampling;
       const SamplingParams& p = *q.device_params;
       r.params = p;
       r.draws = q.draws;
@@ -494,20 +568,20 @@ absl::Status StageExecutor::SampleOnDevice(const StageStep& step, Run& run) {
   const size_t V = config().vocab_size;
   size_t k = 0;
   for (size_t j = 0; j < which.size(); ++j) {
-    const StageSequence& s = step.sequences[which[j]];
-    StageSequenceResult& r = run.result.sequences[which[j]];
-    Sequence& q = sequences_.at(s.seq_id);
+    const StepSequence& s = step.sequences(which[j]);
+    xkv::v1::SequenceResult& r = *run.result.mutable_sequences(which[j]);
+    Sequence& q = sequences_.at(s.seq_id());
     absl::Span<const float> row;
     if (rows[j].want_logits) row = absl::Span<const float>(got.logits.data() + k++ * V, V);
     if (rows[j].sample) {
-      r.token = got.tokens[j];
+      r.set_token(got.tokens[j]);
       ++q.draws;
       const SamplingParams& p = *q.device_params;
-      if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[r.token];
-    } else if (s.sample) {
+      if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[r.token()];
+    } else if (Samples(s)) {
       SampleOnHost(s, row, q, r);
     }
-    if (s.return_logits) r.logits.assign(row.begin(), row.end());
+    if (s.return_logits()) r.mutable_logits()->Add(row.begin(), row.end());
   }
   return absl::OkStatus();
 }
@@ -515,8 +589,8 @@ absl::Status StageExecutor::SampleOnDevice(const StageStep& step, Run& run) {
 // ---- compaction, release, accounting -------------------------------------------------------
 
 absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
-                                            const StageCompactSpec& spec) {
-  RETURN_IF_ERROR(ValidateCompact(spec));
+                                            const CompactSpec& spec) {
+  ASSIGN_OR_RETURN(const PolicyOptions policy, CompactSelection(spec));
   if (seq.compacted) {
     return absl::FailedPreconditionError(
         absl::StrCat("stage: sequence ", seq_id, " was already compacted"));
@@ -529,28 +603,28 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
     scores = &meta;
   }
   const int64_t T = scores->prompt_len, P = scores->prefix_len();
-  if (spec.policy.kind == PolicyKind::kFull || T <= scores->window) {
+  if (policy.kind == PolicyKind::kFull || T <= scores->window) {
     seq.scores.reset();
     seq.compacted = true;
     return absl::OkStatus();
   }
-  if (NeedsScores(spec.policy.kind) && !seq.scores.has_value()) {
+  if (NeedsScores(policy.kind) && !seq.scores.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "stage: sequence ", seq_id, " has no importance scores to select its kept tokens"));
   }
+  std::vector<int64_t> budgets;
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    if (engine_->CacheLength(seq_id, l) != T || FindBudget(spec, l)->kept_prefix > P) {
+    const int64_t b = FindBudget(spec, l)->kept_prefix();
+    if (engine_->CacheLength(seq_id, l) != T || b > P) {
       return absl::FailedPreconditionError(absl::StrCat(
           "stage: sequence ", seq_id, " layer ", l, " holds ", engine_->CacheLength(seq_id, l),
-          " tokens, budget ", FindBudget(spec, l)->kept_prefix, "; compaction needs the whole ", T,
+          " tokens, budget ", b, "; compaction needs the whole ", T,
           "-token prompt (before decoding) and a budget <= ", P));
     }
+    budgets.push_back(b);
   }
-  std::vector<int64_t> budgets;
-  for (int l = layer_begin(); l < layer_end(); ++l)
-    budgets.push_back(FindBudget(spec, l)->kept_prefix);
   ASSIGN_OR_RETURN(std::vector<std::vector<std::vector<int32_t>>> kept,
-                   KeptSlotsForLayers(*scores, budgets, spec.policy));
+                   KeptSlotsForLayers(*scores, budgets, policy));
   for (int l = layer_begin(); l < layer_end(); ++l) {
     RETURN_IF_ERROR(engine_->CompactLayer(seq_id, l, T, kept[l - layer_begin()]));
   }
@@ -559,20 +633,24 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
   return SyncBlocks(seq_id);
 }
 
-absl::StatusOr<StageCompactResult> StageExecutor::Compact(uint64_t seq_id,
-                                                          const StageCompactSpec& spec) {
+absl::StatusOr<xkv::v1::CompactResponse> StageExecutor::Compact(
+    const xkv::v1::CompactRequest& request) {
+  RETURN_IF_ERROR(CheckFields(request.compact()));
   absl::MutexLock lock(&mu_);
+  const uint64_t seq_id = request.seq_id();
   auto it = sequences_.find(seq_id);
   if (it == sequences_.end()) {
     return absl::NotFoundError(absl::StrCat("stage: sequence ", seq_id, " is unknown"));
   }
-  absl::Status s = CompactSequence(seq_id, it->second, spec);
+  absl::Status s = CompactSequence(seq_id, it->second, request.compact());
   RefreshStatus();
   RETURN_IF_ERROR(s);
-  StageCompactResult r;
-  r.layers = LayerSizes(seq_id);
-  for (const StageLayerSize& l : r.layers) r.bytes_held += l.bytes;
-  r.usage = Usage();
+  xkv::v1::CompactResponse r;
+  LayerSizes(seq_id, r.mutable_layers());
+  int64_t held = 0;
+  for (const xkv::v1::LayerSize& l : r.layers()) held += l.bytes();
+  r.set_bytes_held(held);
+  *r.mutable_usage() = Usage();
   return r;
 }
 
@@ -589,15 +667,17 @@ absl::Status StageExecutor::SyncBlocks(uint64_t seq_id) {
   return absl::OkStatus();
 }
 
-std::vector<StageLayerSize> StageExecutor::LayerSizes(uint64_t seq_id) const {
-  std::vector<StageLayerSize> out;
-  auto it = sequences_.find(seq_id);
-  if (it == sequences_.end()) return out;
+void StageExecutor::LayerSizes(uint64_t seq_id,
+                               google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const {
+  if (!sequences_.contains(seq_id)) return;
   for (int l = layer_begin(); l < layer_end(); ++l) {
     const int64_t blocks = static_cast<int64_t>(pool_.table(seq_id, l).size());
-    out.push_back({l, engine_->CacheLength(seq_id, l), blocks, blocks * block_bytes_});
+    xkv::v1::LayerSize* size = out->Add();
+    size->set_layer(l);
+    size->set_tokens(engine_->CacheLength(seq_id, l));
+    size->set_bytes(blocks * block_bytes_);
+    size->set_blocks(blocks);
   }
-  return out;
 }
 
 void StageExecutor::Drop(uint64_t seq_id) {
@@ -606,15 +686,18 @@ void StageExecutor::Drop(uint64_t seq_id) {
   sequences_.erase(seq_id);
 }
 
-int StageExecutor::Release(absl::Span<const uint64_t> seq_ids) {
+xkv::v1::ReleaseResponse StageExecutor::Release(const xkv::v1::ReleaseRequest& request) {
   absl::MutexLock lock(&mu_);
   int known = 0;
-  for (uint64_t id : seq_ids) {
+  for (uint64_t id : request.seq_ids()) {
     if (sequences_.contains(id) || pool_.has_sequence(id) || engine_->HasSequence(id)) ++known;
     Drop(id);
   }
   RefreshStatus();
-  return known;
+  xkv::v1::ReleaseResponse r;
+  r.set_released(known);
+  *r.mutable_usage() = Usage();
+  return r;
 }
 
 void StageExecutor::ReleaseAll() {
@@ -625,34 +708,38 @@ void StageExecutor::ReleaseAll() {
   RefreshStatus();
 }
 
-StageUsage StageExecutor::Usage() const {
-  StageUsage u;
-  u.blocks_used = pool_.used();
-  u.blocks_free = pool_.free();
-  u.kv_bytes_used = u.blocks_used * block_bytes_;
-  u.kv_bytes_capacity = pool_.capacity() * block_bytes_;
+xkv::v1::BlockUsage StageExecutor::Usage() const {
+  xkv::v1::BlockUsage u;
+  u.set_blocks_used(pool_.used());
+  u.set_blocks_free(pool_.free());
+  u.set_kv_bytes_used(pool_.used() * block_bytes_);
+  u.set_kv_bytes_capacity(pool_.capacity() * block_bytes_);
   return u;
 }
 
 void StageExecutor::RefreshStatus() {
-  StageStatus s;
-  s.layer_begin = layer_begin();
-  s.layer_end = layer_end();
-  s.is_first = is_first();
-  s.is_last = is_last();
-  s.weight_bytes = weight_bytes_;
-  s.usage = Usage();
+  xkv::v1::StatusResponse s;
+  s.set_layer_begin(layer_begin());
+  s.set_layer_end(layer_end());
+  s.set_is_first(is_first());
+  s.set_is_last(is_last());
+  s.set_weight_bytes(weight_bytes_);
+  *s.mutable_usage() = Usage();
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    s.layers.push_back({l, pool_.layer_used(l), pool_.free()});  // free: the stage's shared pool
+    xkv::v1::LayerBlocks* b = s.add_layers();
+    b->set_layer(l);
+    b->set_used(pool_.layer_used(l));
+    b->set_free(pool_.free());  // the stage's shared pool
   }
-  s.sequences = static_cast<int>(sequences_.size());
-  s.device = engine_->device();
-  s.model_path = options_.model_path;
+  s.set_sequences(static_cast<int>(sequences_.size()));
+  s.set_health(xkv::v1::STAGE_HEALTH_SERVING);
+  s.set_device(engine_->device());
+  s.set_model_path(options_.model_path);
   absl::MutexLock lock(&status_mu_);
   status_ = std::move(s);
 }
 
-StageStatus StageExecutor::status() const {
+xkv::v1::StatusResponse StageExecutor::status() const {
   absl::MutexLock lock(&status_mu_);
   return status_;
 }

@@ -1,18 +1,21 @@
 // One pipeline stage's core (no gRPC): a contiguous layer range [layer_begin, layer_end) of a
 // Llama model, the KV caches of its sequences for those layers, the block-pool accounting, and the
-// execution of batch steps (the protocol is described in proto/xkv/v1/worker.proto).
+// execution of batch steps (the protocol is described in proto/xkv/v1/worker.proto). Its calls take
+// and answer worker.proto's messages themselves (the Worker contract has one definition):
+// WorkerService and embedded/InProcessStageClient hand them through unchanged.
 //
-// Per step, in order: validate (nothing changes on error) → plan KV blocks (RESOURCE_EXHAUSTED
-// when they do not fit) → input rows: Embed (first stage) or the previous stage's rows from the
-// StageLink (waits up to the step's link timeout) → commit the blocks → RunLayers over the batch,
-// scoring the observation window of observed sequences → next stage: Send; last stage: Logits of
-// each sequence's last new token and sampling (per-sequence Sampler, seeded at its first sample)
-// → compaction requested by the step → block accounting synced to the caches.
-// The rows stay inside the engine from input to output (StageEngine's resident path): on a GPU
-// they enter as device rows when the previous stage is a GPU stage on a device link, leave as
-// device rows when the next one is, and the last stage samples on the device: only token ids
-// come back (plus the logits of sequences that ask for logprobs or logits, sampled on the host).
-// Errors before compute leave the stage unchanged and are forwarded to the next stage
+// Per step, in order: check every field (INVALID_ARGUMENT naming it, its value and the allowed
+// range; nothing else happens) → validate against the stage's state (nothing changes on error) →
+// plan KV blocks (RESOURCE_EXHAUSTED when they do not fit) → input rows: Embed (first stage) or the
+// previous stage's rows from the StageLink (waits up to the step's link timeout) → commit the
+// blocks → RunLayers over the batch, scoring the observation window of observed sequences → next
+// stage: Send; last stage: Logits of each sequence's last new token and sampling (per-sequence
+// Sampler, seeded at its first sample) → compaction requested by the step → block accounting synced
+// to the caches. The rows stay inside the engine from input to output (StageEngine's resident
+// path): on a GPU they enter as device rows when the previous stage is a GPU stage on a device
+// link, leave as device rows when the next one is, and the last stage samples on the device: only
+// token ids come back (plus the logits of sequences that ask for logprobs or logits, sampled on the
+// host). Errors before compute leave the stage unchanged and are forwarded to the next stage
 // (StageLink::SendError) so it stops waiting; errors during compute drop the step's sequences
 // from this stage (their ids become unknown; the coordinator must Release them everywhere).
 //
@@ -28,17 +31,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "allocator/kv_policy.h"
-#include "kernels/cpu/importance.h"
-#include "model/gpu_memory_budget.h"
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
@@ -46,159 +45,10 @@
 #include "model/stage_engine.h"
 #include "worker/block_pool.h"
 #include "worker/stage_link.h"
+#include "worker/stage_options.h"
+#include "xkv/v1/worker.pb.h"
 
 namespace xkv {
-
-inline constexpr int64_t kDefaultBlocksPerLayer = 4096;
-
-struct StageOptions {
-  std::string model_path;  // GGUF (Load only)
-  int layer_begin = 0;
-  int layer_end = -1;  // exclusive; -1 = n_layers
-  int stage_index = 0;
-  std::string device = "cpu";  // "cpu" or "cuda:N" (needs a CUDA build; block_tokens 16)
-  int num_threads = 1;
-  // kGgml: the same numerics as `xkv generate` (and llama.cpp) on a GGUF; kExact for fp32 tests.
-  Numerics numerics = Numerics::kGgml;
-  int block_tokens = 16;
-  // The stage's ONE KV pool, shared by all its layers, in blocks of one layer's block_tokens
-  // tokens; the first that is set: the sum of layer_capacity_blocks, kv_capacity_blocks per layer
-  // of the stage, kv_capacity_bytes / block bytes; none: kDefaultBlocksPerLayer per layer.
-  std::vector<int64_t> layer_capacity_blocks;
-  int64_t kv_capacity_blocks = 0;
-  int64_t kv_capacity_bytes = 0;
-  // Bound on the pool (all layers, bytes; 0: none): RESOURCE_EXHAUSTED for a larger capacity.
-  int64_t max_kv_bytes = 0;
-  ImportanceOptions importance;
-  absl::Duration link_timeout = absl::Seconds(30);  // default wait for the previous stage
-  // GPU stages (model/gpu_memory_budget.h): tokens of one step, all sequences together (the step
-  // scratch; 0: the model's context length + 256), and the fraction of the device's free memory
-  // the stage may use (its KV pool gets what weights and scratch leave, unless a capacity above
-  // is set), of which `gpu_memory_share` (stages sharing one device in one process).
-  int64_t max_batched_tokens = 0;
-  double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
-  double gpu_memory_share = 1.0;
-  // Last stage on a GPU: sample on the device (only token ids come back). Off: the logits come
-  // to the host and the CPU Sampler picks (tests compare the two).
-  bool device_sampling = true;
-};
-
-enum class SequenceMode {
-  kNormal,
-  kScoresOnly,  // mini-prefill: no KV writes, no blocks; all sequences of the step must share it
-  kObserve,     // prefill that also scores the observation window
-};
-
-struct LayerBudgetEntry {
-  int layer = 0;            // model layer index
-  int64_t kept_prefix = 0;  // b_l
-};
-
-// Eviction of one sequence's stage layers right after its prompt was written.
-struct StageCompactSpec {
-  std::vector<LayerBudgetEntry> budgets;  // must cover every layer of the stage (others ignored)
-  PolicyOptions policy;                   // kind (selection rule) and sink_tokens
-};
-
-struct StageSequence {
-  uint64_t seq_id = 0;
-  std::vector<int32_t> tokens;  // first stage: int32 [n_new] token ids
-  int64_t n_new = 0;            // >= 1
-  int64_t position = 0;         // logical position of the first new token
-  bool new_sequence = false;    // may create the sequence (INVALID_ARGUMENT if it holds tokens)
-  SequenceMode mode = SequenceMode::kNormal;
-  SamplingParams sampling;  // last stage: used at the sequence's first sample
-  bool sample = true;       // last stage: sample a token (false: e.g. a non-final prompt chunk)
-  bool return_logits = false;
-  bool return_scores = false;               // observed: also return the raw pooled scores
-  std::optional<StageCompactSpec> compact;  // compact right after this step
-};
-
-struct StageStep {
-  uint64_t step_id = 0;
-  std::vector<StageSequence> sequences;
-  absl::Duration link_timeout = absl::ZeroDuration();  // zero: StageOptions::link_timeout
-  bool dry_run = false;                                // only plan the blocks
-};
-
-struct LayerGainCurve {
-  int layer = 0;
-  std::vector<double> gains;  // [P] non-increasing (LayerProfile::gain)
-  double total_mass = 0.0;    // S_l
-  int heads = 0;
-  std::vector<float> scores;  // fp32 [heads, P], when return_scores
-};
-
-struct ObservedProfile {
-  int64_t prompt_len = 0;
-  int64_t prefix_len = 0;
-  int window = 0;
-  std::vector<LayerGainCurve> layers;  // the stage's layers; empty when prefix_len == 0
-  double profile_ms = 0.0;
-};
-
-struct StageLayerSize {
-  int layer = 0;
-  int64_t tokens = 0;  // per KV head (KvCache length)
-  int64_t blocks = 0;
-  int64_t bytes = 0;  // blocks * block_bytes
-};
-
-struct StageSequenceResult {
-  uint64_t seq_id = 0;
-  int32_t token = -1;         // last stage, when sampled
-  std::vector<float> logits;  // fp32 [vocab], when return_logits on the last stage
-  std::optional<ObservedProfile> observed;
-  std::vector<StageLayerSize> layers;  // after the step (scores-only steps: unchanged)
-  // Last stage, with SamplingParams::logprobs >= 0: the sampled token's logprobs.
-  std::optional<SampledLogprobs> logprobs;
-};
-
-struct StageTimings {
-  double wait_ms = 0.0, compute_ms = 0.0, send_ms = 0.0, compact_ms = 0.0, total_ms = 0.0;
-};
-
-struct StageUsage {
-  int64_t blocks_used = 0;
-  int64_t blocks_free = 0;
-  int64_t kv_bytes_used = 0;
-  int64_t kv_bytes_capacity = 0;
-};
-
-struct StageStepResult {
-  uint64_t step_id = 0;
-  std::vector<StageSequenceResult> sequences;  // request order
-  StageTimings timings;
-  StageUsage usage;
-};
-
-struct StageCompactResult {
-  std::vector<StageLayerSize> layers;
-  int64_t bytes_held = 0;  // sum of the layers' bytes
-  StageUsage usage;
-};
-
-struct LayerBlockUsage {
-  int layer = 0;
-  int64_t used = 0;  // blocks this layer's tables hold
-  int64_t free = 0;  // the stage's free blocks (one pool shared by every layer)
-};
-
-struct StageStatus {
-  int layer_begin = 0, layer_end = 0;
-  bool is_first = false, is_last = false;
-  int64_t weight_bytes = 0;
-  StageUsage usage;
-  std::vector<LayerBlockUsage> layers;
-  int sequences = 0;
-  std::string device;
-  std::string model_path;
-};
-
-// The stage pool's blocks for `options` (StageOptions' capacity fields): INVALID_ARGUMENT for a
-// negative one, RESOURCE_EXHAUSTED when they exceed options.max_kv_bytes.
-absl::StatusOr<int64_t> KvPoolCapacity(const StageOptions& options, int num_layers,
-                                       int64_t block_bytes);
 
 class StageExecutor {
  public:
@@ -227,16 +77,25 @@ class StageExecutor {
   int64_t capacity_blocks() const { return capacity_blocks_; }  // the stage's shared pool
   const StageOptions& options() const { return options_; }
 
-  absl::StatusOr<StageStepResult> Step(const StageStep& step);
+  // LoadStage's answer for this stage: model, weights, the stage's pool and its blocks.
+  xkv::v1::LoadStageResponse Description() const;
+  // One step (worker.proto's protocol). First every field is checked, and nothing else happens
+  // when one is out of range: link_timeout_ms in [0, kMaxLinkTimeout]; 1 to
+  // options().max_step_tokens sequences carrying at most that many new tokens in all; per
+  // sequence tokens size, n_new (0: the tokens' count) and position + n_new within the context
+  // length; a known mode; a compact spec's budgets and sink_tokens in [0, context_length] and a
+  // known policy ("" is xkv). Then the step is validated against the stage's state.
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request);
   // Evicts one sequence's stage layers to their budgets (right after its prompt was written; the
   // kept slots come from the scores stored by its last observed step, which top-score policies
-  // need). NOT_FOUND for an unknown sequence.
-  absl::StatusOr<StageCompactResult> Compact(uint64_t seq_id, const StageCompactSpec& spec);
-  // Frees the sequences' blocks, caches and stored state; returns how many were known.
-  int Release(absl::Span<const uint64_t> seq_ids);
+  // need). The spec's fields are checked as in Step; NOT_FOUND for an unknown sequence.
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(const xkv::v1::CompactRequest& request);
+  // Frees the sequences' blocks, caches and stored state; `released`: how many were known.
+  xkv::v1::ReleaseResponse Release(const xkv::v1::ReleaseRequest& request);
   void ReleaseAll();
 
-  StageStatus status() const;
+  // Health SERVING (WorkerService reports a broken link over it).
+  xkv::v1::StatusResponse status() const;
   // Tokens the sequence's cache holds in a layer (-1 when unknown); tests and reports.
   int64_t CacheLength(uint64_t seq_id, int layer) const;
   // A copy of the sequence's cache (null when unknown); tests.
@@ -261,28 +120,44 @@ class StageExecutor {
   StageExecutor(const StageOptions& options, std::unique_ptr<StageEngine> engine,
                 std::unique_ptr<StageLink> link, BlockPool pool);
 
-  absl::Status ValidateStep(const StageStep& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ValidateSequence(const StageSequence& s) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status ValidateCompact(const StageCompactSpec& spec) const;
-  absl::StatusOr<BlockPlan> PlanBlocks(const StageStep& step) const
+  // The field checks of Step and Compact (no state).
+  absl::Status CheckFields(const xkv::v1::StepRequest& request) const;
+  absl::Status CheckFields(const xkv::v1::CompactSpec& spec) const;
+  absl::Status ValidateStep(const xkv::v1::StepRequest& step) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status InputRows(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status SendRows(const StageStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SampleOnHost(const StageSequence& s, absl::Span<const float> row, Sequence& q,
-                    StageSequenceResult& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status SampleOnDevice(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Compute(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Output(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Sample(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Observe(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CompactSequence(uint64_t seq_id, Sequence& seq, const StageCompactSpec& spec)
+  absl::Status ValidateSequence(const xkv::v1::StepSequence& s) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The spec's selection rule, once it names a budget for each of the stage's layers (policy
+  // full needs none).
+  absl::StatusOr<PolicyOptions> CompactSelection(const xkv::v1::CompactSpec& spec) const;
+  absl::StatusOr<BlockPlan> PlanBlocks(const xkv::v1::StepRequest& step) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InputRows(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SendRows(const xkv::v1::StepRequest& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SampleOnHost(const xkv::v1::StepSequence& s, absl::Span<const float> row, Sequence& q,
+                    xkv::v1::SequenceResult& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SampleOnDevice(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Compute(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Output(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Sample(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Observe(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CompactSequence(uint64_t seq_id, Sequence& seq, const xkv::v1::CompactSpec& spec)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SyncBlocks(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<StageLayerSize> LayerSizes(uint64_t seq_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Drop(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailBeforeCompute(const StageStep& step, absl::Status error, bool received)
+  // The sequence's layers of this stage (tokens, blocks, bytes) appended to `out`.
+  void LayerSizes(uint64_t seq_id,
+                  google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  StageUsage Usage() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Drop(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FailBeforeCompute(const xkv::v1::StepRequest& step, absl::Status error,
+                                 bool received) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  xkv::v1::BlockUsage Usage() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RefreshStatus() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StageOptions options_;
@@ -297,7 +172,7 @@ class StageExecutor {
   absl::flat_hash_map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex status_mu_;
-  StageStatus status_ ABSL_GUARDED_BY(status_mu_);
+  xkv::v1::StatusResponse status_ ABSL_GUARDED_BY(status_mu_);
 };
 
 }  // namespace xkv

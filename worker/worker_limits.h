@@ -1,12 +1,15 @@
 // The bounds a worker puts on everything that reaches it over the Worker service. They are checked
-// where a request arrives (worker_convert.cc, the PushHidden handler), before any work, with
-// INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) naming the field, its value and the allowed range.
+// where a request arrives (StageOptionsFromRequest, StageExecutor::Step and Compact, the PushHidden
+// handler), before any work, with INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) naming the field, its
+// value and the allowed range.
 #ifndef XKV_WORKER_WORKER_LIMITS_H_
 #define XKV_WORKER_WORKER_LIMITS_H_
 
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace xkv {
@@ -56,11 +59,12 @@ struct WorkerLimits {
   absl::Duration pending_ttl = 2 * kMaxLinkTimeout;
 };
 
-// What a step may carry on a loaded stage.
-struct StepBounds {
-  int64_t context_length = 0;   // positions: [0, context_length)
-  int64_t max_step_tokens = 0;  // sum of n_new
-};
+// `value` in [lo, hi], or INVALID_ARGUMENT naming `field`, the value and the range (`why`, when
+// given, in parentheses).
+absl::Status CheckRange(absl::string_view field, int64_t value, int64_t lo, int64_t hi,
+                        absl::string_view why = "");
+// link_timeout_ms in [0, kMaxLinkTimeout] (0: the stage's default).
+absl::Status CheckLinkTimeout(int64_t ms);
 
 }  // namespace xkv
 

@@ -11,8 +11,7 @@
 #include "worker/grpc_stage_link.h"
 #include "worker/grpc_status.h"
 #include "worker/nccl_link_config.h"
-#include "worker/stage_calls.h"
-#include "worker/worker_convert.h"
+#include "worker/stage_options.h"
 #if defined(XKV_WITH_NCCL)
 #include "worker/nccl/nccl_stage_link.h"
 #endif
@@ -53,6 +52,14 @@ absl::StatusOr<NcclLinkConfig> NcclConfigFromRequest(const xkv::v1::LoadStageReq
       "worker: this xkv was built without CUDA/NCCL, so it has no NCCL data plane (run the "
       "coordinator with --data-plane=grpc)");
 #endif
+}
+
+// `result` as the call's answer.
+template <typename Response>
+grpc::Status Answer(absl::StatusOr<Response> result, Response* response) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = *std::move(result);
+  return grpc::Status::OK;
 }
 
 HiddenMailboxOptions MailboxOptions(const WorkerLimits& limits) {
@@ -171,7 +178,7 @@ absl::StatusOr<WorkerService::PreparedLoad> WorkerService::Prepare(
     const xkv::v1::LoadStageRequest& request) const {
   PreparedLoad p;
   ASSIGN_OR_RETURN(p.options,
-                   StageOptionsFromProto(request, options_.device, options_.num_threads));
+                   StageOptionsFromRequest(request, options_.device, options_.num_threads));
   p.options.max_batched_tokens = options_.limits.max_step_tokens;
   p.options.gpu_memory_utilization = options_.gpu_memory_utilization;
   if (request.link_kind() == xkv::v1::LINK_KIND_IN_PROCESS) {
@@ -220,8 +227,7 @@ void WorkerService::Unload() {
 
 void WorkerService::Install(std::unique_ptr<StageExecutor> stage,
                             xkv::v1::LoadStageResponse* response) {
-  response->Clear();
-  DescribeLoadedStage(*stage, response);
+  *response = stage->Description();
   absl::MutexLock lock(&mu_);
   executor_ = std::move(stage);
 }
@@ -287,7 +293,7 @@ grpc::Status WorkerService::Step(grpc::ServerContext* context, const xkv::v1::St
                                  xkv::v1::StepResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  return ToGrpcStatus(StepStage(**stage, *request, options_.limits.max_step_tokens, response));
+  return Answer((*stage)->Step(*request), response);
 }
 
 grpc::Status WorkerService::Compact(grpc::ServerContext* context,
@@ -295,7 +301,7 @@ grpc::Status WorkerService::Compact(grpc::ServerContext* context,
                                     xkv::v1::CompactResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  return ToGrpcStatus(CompactOnStage(**stage, *request, response));
+  return Answer((*stage)->Compact(*request), response);
 }
 
 grpc::Status WorkerService::Release(grpc::ServerContext* context,
@@ -303,7 +309,7 @@ grpc::Status WorkerService::Release(grpc::ServerContext* context,
                                     xkv::v1::ReleaseResponse* response) {
   absl::StatusOr<std::shared_ptr<StageExecutor>> stage = LoadedFor(context, Caller::kCoordinator);
   if (!stage.ok()) return ToGrpcStatus(stage.status());
-  ReleaseOnStage(**stage, *request, response);
+  *response = (*stage)->Release(*request);
   return grpc::Status::OK;
 }
 
@@ -333,7 +339,7 @@ grpc::Status WorkerService::Status(grpc::ServerContext* context, const xkv::v1::
     response->set_message(load_error_);
     return grpc::Status::OK;
   }
-  ServingStatus(*stage, response);
+  *response = stage->status();
   std::function<absl::Status()> link_health;
   {
     absl::MutexLock lock(&mu_);

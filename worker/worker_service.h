@@ -1,6 +1,6 @@
-// The internal xkv.v1.Worker gRPC service: a thin adapter over StageExecutor (validate the proto →
-// StageExecutor structs → core call → one status-mapping helper), plus WorkerServer, which runs it
-// with gRPC health checking (NOT_SERVING until a stage is loaded) and server reflection.
+// The internal xkv.v1.Worker gRPC service: a thin adapter over StageExecutor (peer check → the
+// executor's call on the request itself → one status-mapping helper), plus WorkerServer, which
+// runs it with gRPC health checking (NOT_SERVING until a stage is loaded) and server reflection.
 // Every input is bounded at the edge (WorkerLimits: model_path inside --model-dir, link timeouts,
 // n_new / positions against the context length, KV pool against memory, hidden-row deliveries),
 // and with mutual TLS only verified peers are served.

@@ -71,10 +71,26 @@ std::vector<std::vector<int32_t>> Prompts() {
   return out;
 }
 
+// The Worker contract's form of `p`.
+xkv::v1::WorkerSampling WireSampling(const SamplingParams& p) {
+  xkv::v1::WorkerSampling w;
+  w.set_temperature(p.temperature);
+  w.set_top_k(p.top_k);
+  w.set_top_p(p.top_p);
+  w.set_seed(p.seed);
+  w.set_min_p(p.min_p);
+  w.set_presence_penalty(p.presence_penalty);
+  w.set_frequency_penalty(p.frequency_penalty);
+  if (p.logprobs >= 0) w.set_logprobs(p.logprobs);
+  if (p.repetition_penalty != 1.f) w.set_repetition_penalty(p.repetition_penalty);
+  return w;
+}
+
 // Runs one step on every stage concurrently (as the coordinator does); the last stage's result.
-absl::StatusOr<StageStepResult> RunStep(std::vector<std::unique_ptr<StageExecutor>>& stages,
-                                        const StageStep& step) {
-  std::vector<absl::StatusOr<StageStepResult>> r(stages.size(), absl::UnknownError("not run"));
+absl::StatusOr<xkv::v1::StepResponse> RunStep(std::vector<std::unique_ptr<StageExecutor>>& stages,
+                                              const xkv::v1::StepRequest& step) {
+  std::vector<absl::StatusOr<xkv::v1::StepResponse>> r(stages.size(),
+                                                       absl::UnknownError("not run"));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < stages.size(); ++i) {
     threads.emplace_back([&, i] { r[i] = stages[i]->Step(step); });
@@ -98,45 +114,44 @@ Generated Generate(std::vector<std::unique_ptr<StageExecutor>>& stages,
                    const std::vector<SamplingParams>& params, uint64_t base) {
   Generated g;
   g.tokens.resize(prompts.size());
-  StageStep step;
-  step.step_id = base * 1000;
+  xkv::v1::StepRequest step;
+  step.set_step_id(base * 1000);
   for (size_t i = 0; i < prompts.size(); ++i) {
-    StageSequence s;
-    s.seq_id = base + i;
-    s.tokens = prompts[i];
-    s.n_new = static_cast<int64_t>(prompts[i].size());
-    s.new_sequence = true;
-    s.sampling = params[i];
-    step.sequences.push_back(s);
+    xkv::v1::StepSequence* s = step.add_sequences();
+    s->set_seq_id(base + i);
+    s->mutable_tokens()->Add(prompts[i].begin(), prompts[i].end());
+    s->set_n_new(static_cast<int64_t>(prompts[i].size()));
+    s->set_new_sequence(true);
+    *s->mutable_sampling() = WireSampling(params[i]);
   }
   for (int t = 0; t <= kDecodeSteps; ++t) {
-    absl::StatusOr<StageStepResult> r = RunStep(stages, step);
+    absl::StatusOr<xkv::v1::StepResponse> r = RunStep(stages, step);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return g;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      g.tokens[i].push_back(r->sequences[i].token);
+      const xkv::v1::SequenceResult& got = r->sequences(i);
+      g.tokens[i].push_back(got.token());
       if (params[i].logprobs >= 0) {
-        g.all_logprobs =
-            g.all_logprobs && r->sequences[i].logprobs.has_value() &&
-            static_cast<int>(r->sequences[i].logprobs->top.size()) == params[i].logprobs &&
-            r->sequences[i].logprobs->token.id == r->sequences[i].token;
+        g.all_logprobs = g.all_logprobs && got.has_logprob() &&
+                         got.top_ids_size() == params[i].logprobs &&
+                         got.top_logprobs_size() == params[i].logprobs &&
+                         (params[i].logprobs == 0 || got.logprob() <= got.top_logprobs(0));
       }
     }
-    StageStep next;
-    next.step_id = step.step_id + 1;
+    xkv::v1::StepRequest next;
+    next.set_step_id(step.step_id() + 1);
     for (size_t i = 0; i < prompts.size(); ++i) {
-      StageSequence s;
-      s.seq_id = base + i;
-      s.tokens = {g.tokens[i].back()};
-      s.n_new = 1;
-      s.position = static_cast<int64_t>(prompts[i].size()) + t;
-      next.sequences.push_back(s);
+      xkv::v1::StepSequence* s = next.add_sequences();
+      s->set_seq_id(base + i);
+      s->add_tokens(g.tokens[i].back());
+      s->set_n_new(1);
+      s->set_position(static_cast<int64_t>(prompts[i].size()) + t);
     }
     step = std::move(next);
   }
-  std::vector<uint64_t> ids;
-  for (size_t i = 0; i < prompts.size(); ++i) ids.push_back(base + i);
-  for (auto& s : stages) s->Release(ids);
+  xkv::v1::ReleaseRequest release;
+  for (size_t i = 0; i < prompts.size(); ++i) release.add_seq_ids(base + i);
+  for (auto& s : stages) s->Release(release);
   return g;
 }
 

@@ -88,15 +88,13 @@ const char* const kMorePrompts[] = {
     "meets molecules of nitrogen and oxygen that are much smaller than its wavelength. Because",
 };
 
-StageSequence Prefill(uint64_t id, const std::vector<int32_t>& prompt, SequenceMode mode) {
-  StageSequence s;
-  s.seq_id = id;
-  s.tokens = prompt;
-  s.n_new = static_cast<int64_t>(prompt.size());
-  s.new_sequence = true;
-  s.mode = mode;
-  s.return_logits = mode != SequenceMode::kScoresOnly;
-  s.sample = mode != SequenceMode::kScoresOnly;
+constexpr xkv::v1::SequenceMode kObserve = xkv::v1::SEQUENCE_MODE_OBSERVE;
+constexpr xkv::v1::SequenceMode kScoresOnly = xkv::v1::SEQUENCE_MODE_SCORES_ONLY;
+
+xkv::v1::StepSequence Prefill(uint64_t id, const std::vector<int32_t>& prompt,
+                              xkv::v1::SequenceMode mode) {
+  xkv::v1::StepSequence s = testing::PrefillSequence(id, prompt, mode);
+  s.set_return_logits(mode != kScoresOnly);
   return s;
 }
 
@@ -120,8 +118,8 @@ double Margin(const std::vector<float>& logits) {
 struct GenRun {
   std::vector<int32_t> tokens;             // greedy continuation
   std::vector<std::vector<float>> logits;  // the logits behind each token
-  std::vector<LayerGainCurve> gains;       // observed profile
-  std::vector<StageLayerSize> sizes;       // after compaction
+  std::vector<xkv::v1::LayerGains> gains;  // observed profile
+  std::vector<xkv::v1::LayerSize> sizes;   // after compaction
 };
 
 std::unique_ptr<StageExecutor> MakeStage(const std::string& device) {
@@ -139,29 +137,34 @@ std::unique_ptr<StageExecutor> MakeStage(const std::string& device) {
 
 // Observed prefill; `spec` (when given) compacts right after; then greedy decoding.
 GenRun Generate(StageExecutor& stage, uint64_t id, const std::vector<int32_t>& prompt,
-                const std::optional<StageCompactSpec>& spec) {
+                const std::optional<xkv::v1::CompactSpec>& spec) {
   GenRun r;
-  StageStep step{id * 100, {Prefill(id, prompt, SequenceMode::kObserve)}};
-  absl::StatusOr<StageStepResult> got = stage.Step(step);
+  absl::StatusOr<xkv::v1::StepResponse> got =
+      stage.Step(testing::MakeStep(id * 100, {Prefill(id, prompt, kObserve)}));
   EXPECT_TRUE(got.ok()) << got.status();
   if (!got.ok()) return r;
-  r.gains = got->sequences[0].observed->layers;
-  r.tokens.push_back(got->sequences[0].token);
-  r.logits.push_back(got->sequences[0].logits);
+  const xkv::v1::SequenceResult& first = got->sequences(0);
+  r.gains.assign(first.observed().layers().begin(), first.observed().layers().end());
+  r.tokens.push_back(first.token());
+  r.logits.push_back(testing::LogitsOf(first));
   if (spec.has_value()) {
-    absl::StatusOr<StageCompactResult> c = stage.Compact(id, *spec);
+    xkv::v1::CompactRequest request;
+    request.set_seq_id(id);
+    *request.mutable_compact() = *spec;
+    absl::StatusOr<xkv::v1::CompactResponse> c = stage.Compact(request);
     EXPECT_TRUE(c.ok()) << c.status();
-    if (c.ok()) r.sizes = c->layers;
+    if (c.ok()) r.sizes.assign(c->layers().begin(), c->layers().end());
   }
   for (int t = 1; t < kGenTokens; ++t) {
     const int64_t pos = static_cast<int64_t>(prompt.size()) + t - 1;
-    got = stage.Step({id * 100 + t, {testing::DecodeSequence(id, r.tokens.back(), pos)}});
+    got = stage.Step(
+        testing::MakeStep(id * 100 + t, {testing::DecodeSequence(id, r.tokens.back(), pos)}));
     EXPECT_TRUE(got.ok()) << got.status();
     if (!got.ok()) return r;
-    r.tokens.push_back(got->sequences[0].token);
-    r.logits.push_back(got->sequences[0].logits);
+    r.tokens.push_back(got->sequences(0).token());
+    r.logits.push_back(testing::LogitsOf(got->sequences(0)));
   }
-  stage.Release({&id, 1});
+  stage.Release(testing::MakeRelease({id}));
   return r;
 }
 
@@ -184,29 +187,35 @@ TEST_P(GpuStageTest, GreedyMatchesCpuStage) {
     ASSERT_TRUE(prompt.ok()) << prompt.status();
     const int64_t P = static_cast<int64_t>(prompt->size()) - kWindow;
     // Budgets: the CPU stage's profile (a scores-only pass) solved for 25% of the prefix.
-    std::optional<StageCompactSpec> spec;
+    std::optional<xkv::v1::CompactSpec> spec;
     if (xkv) {
-      const StageStatus before = gpu->status();
-      StageStep probe{id * 100 + 99, {Prefill(id, *prompt, SequenceMode::kScoresOnly)}};
-      absl::StatusOr<StageStepResult> cpu_probe = cpu->Step(probe);
-      absl::StatusOr<StageStepResult> gpu_probe = gpu->Step(probe);
+      const xkv::v1::StatusResponse before = gpu->status();
+      const xkv::v1::StepRequest probe =
+          testing::MakeStep(id * 100 + 99, {Prefill(id, *prompt, kScoresOnly)});
+      absl::StatusOr<xkv::v1::StepResponse> cpu_probe = cpu->Step(probe);
+      absl::StatusOr<xkv::v1::StepResponse> gpu_probe = gpu->Step(probe);
       ASSERT_TRUE(cpu_probe.ok()) << cpu_probe.status();
       ASSERT_TRUE(gpu_probe.ok()) << gpu_probe.status();
-      EXPECT_EQ(gpu->status().usage.blocks_used, before.usage.blocks_used);
+      EXPECT_EQ(gpu->status().usage().blocks_used(), before.usage().blocks_used());
       EXPECT_EQ(gpu->CacheLength(id, 0), 0);
       std::vector<LayerProfile> profiles;
-      for (const LayerGainCurve& c : cpu_probe->sequences[0].observed->layers) {
-        absl::StatusOr<LayerProfile> lp = LayerProfileFromGains(c.gains);
+      for (const xkv::v1::LayerGains& c : cpu_probe->sequences(0).observed().layers()) {
+        absl::StatusOr<LayerProfile> lp =
+            LayerProfileFromGains({c.gains().begin(), c.gains().end()});
         ASSERT_TRUE(lp.ok()) << lp.status();
         profiles.push_back(*std::move(lp));
       }
       absl::StatusOr<BudgetResult> solved = SolveForTotalTokens(profiles, P * L / 4);
       ASSERT_TRUE(solved.ok()) << solved.status();
-      spec = StageCompactSpec{};
-      spec->policy.kind = PolicyKind::kXkv;
-      for (int l = 0; l < L; ++l) spec->budgets.push_back({l, solved->budgets[l]});
-      cpu->Release({&id, 1});
-      gpu->Release({&id, 1});
+      spec.emplace();
+      spec->mutable_selection()->set_policy("xkv");
+      for (int l = 0; l < L; ++l) {
+        xkv::v1::LayerBudget* b = spec->add_budgets();
+        b->set_layer(l);
+        b->set_kept_prefix(solved->budgets[l]);
+      }
+      cpu->Release(testing::MakeRelease({id}));
+      gpu->Release(testing::MakeRelease({id}));
     }
     const GenRun want = Generate(*cpu, id, *prompt, spec);
     const GenRun got = Generate(*gpu, id, *prompt, spec);
@@ -216,8 +225,8 @@ TEST_P(GpuStageTest, GreedyMatchesCpuStage) {
     double worst_gain = 0;
     for (size_t l = 0; l < want.gains.size(); ++l) {
       double l1 = 0;
-      for (size_t k = 0; k < want.gains[l].gains.size(); ++k) {
-        l1 += std::fabs(got.gains[l].gains[k] - want.gains[l].gains[k]);
+      for (int k = 0; k < want.gains[l].gains_size(); ++k) {
+        l1 += std::fabs(got.gains[l].gains(k) - want.gains[l].gains(k));
       }
       worst_gain = std::max(worst_gain, l1);
     }
@@ -225,8 +234,8 @@ TEST_P(GpuStageTest, GreedyMatchesCpuStage) {
     if (xkv) {
       ASSERT_EQ(got.sizes.size(), static_cast<size_t>(L));
       for (int l = 0; l < L; ++l) {
-        EXPECT_EQ(got.sizes[l].tokens, spec->budgets[l].kept_prefix + kWindow) << l;
-        EXPECT_EQ(want.sizes[l].tokens, got.sizes[l].tokens) << l;
+        EXPECT_EQ(got.sizes[l].tokens(), spec->budgets(l).kept_prefix() + kWindow) << l;
+        EXPECT_EQ(want.sizes[l].tokens(), got.sizes[l].tokens()) << l;
       }
     }
     const double first = RelDiff(got.logits[0], want.logits[0]);
@@ -245,7 +254,7 @@ TEST_P(GpuStageTest, GreedyMatchesCpuStage) {
         "first-token max|dlogit| %.4f of range; worst gain-curve L1 %.4f\n",
         xkv ? "xkv 25%" : "full", prompt->size(), agree, kGenTokens, decided, first, worst_gain);
   }
-  EXPECT_EQ(gpu->status().usage.blocks_used, 0);
+  EXPECT_EQ(gpu->status().usage().blocks_used(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cache, GpuStageTest, ::testing::Values(false, true),

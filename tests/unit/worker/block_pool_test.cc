@@ -7,7 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "worker/stage_executor.h"
+#include "worker/stage_options.h"
 
 namespace xkv {
 namespace {

@@ -132,24 +132,22 @@ std::vector<std::vector<int32_t>> Greedy(Pipeline& p) {
   const std::vector<std::vector<int32_t>> prompts = {testing::RandomTokens(12, 1),
                                                      testing::RandomTokens(7, 2)};
   std::vector<std::vector<int32_t>> out(prompts.size());
-  StageStep step{1, {}};
+  xkv::v1::StepRequest step;
+  step.set_step_id(1);
   for (size_t i = 0; i < prompts.size(); ++i) {
-    StageSequence s;
-    s.seq_id = i + 1;
-    s.tokens = prompts[i];
-    s.n_new = static_cast<int64_t>(prompts[i].size());
-    s.new_sequence = true;
-    step.sequences.push_back(s);
+    *step.add_sequences() = testing::PrefillSequence(i + 1, prompts[i]);
+    step.mutable_sequences(i)->set_return_logits(false);
   }
   for (int t = 0; t < 7; ++t) {
-    std::vector<absl::StatusOr<StageStepResult>> r = testing::RunPipelineStep(p.stages, step);
+    std::vector<absl::StatusOr<xkv::v1::StepResponse>> r = testing::RunPipelineStep(p.stages, step);
     for (const auto& x : r) EXPECT_TRUE(x.ok()) << x.status();
     if (!r.back().ok()) return out;
-    StageStep next{step.step_id + 1, {}};
+    xkv::v1::StepRequest next;
+    next.set_step_id(step.step_id() + 1);
     for (size_t i = 0; i < prompts.size(); ++i) {
-      out[i].push_back(r.back()->sequences[i].token);
-      next.sequences.push_back(testing::DecodeSequence(
-          i + 1, out[i].back(), static_cast<int64_t>(prompts[i].size()) + t));
+      out[i].push_back(r.back()->sequences(i).token());
+      *next.add_sequences() = testing::DecodeSequence(i + 1, out[i].back(),
+                                                      static_cast<int64_t>(prompts[i].size()) + t);
     }
     step = std::move(next);
   }

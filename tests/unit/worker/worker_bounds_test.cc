@@ -1,4 +1,5 @@
-// Every bound of the Worker service's edge (worker_convert.cc, DeliverPushedHidden, the KV pool):
+// Every bound of the Worker service's edge (StageOptionsFromRequest, StageExecutor::Step and
+// Compact, DeliverPushedHidden, the KV pool):
 // out-of-range values are refused with INVALID_ARGUMENT (RESOURCE_EXHAUSTED for memory) naming
 // the field, its value and the allowed range, overflow-safely, before any work.
 #include <cstdint>
@@ -10,7 +11,8 @@
 #include "tests/unit/worker/worker_test_util.h"
 #include "worker/grpc_stage_link.h"
 #include "worker/hidden_mailbox.h"
-#include "worker/worker_convert.h"
+#include "worker/stage_executor.h"
+#include "worker/stage_options.h"
 #include "worker/worker_limits.h"
 
 namespace xkv {
@@ -22,15 +24,22 @@ using ::testing::Not;
 using ::xkv::testing::WorkerModelPath;
 
 constexpr int64_t kHuge = int64_t{1} << 62;
-constexpr StepBounds kBounds = {/*context_length=*/2048, /*max_step_tokens=*/4096};
+
+// A new sequence of n_new tokens (none beyond the context length) at `position`.
+xkv::v1::StepSequence NewSequence(uint64_t id, int64_t n_new, int64_t position) {
+  xkv::v1::StepSequence s;
+  s.set_seq_id(id);
+  s.set_n_new(n_new);
+  s.set_position(position);
+  s.set_new_sequence(true);
+  for (int64_t i = 0; n_new <= 2048 && i < n_new; ++i) s.add_tokens(1);
+  return s;
+}
 
 xkv::v1::StepRequest OneSequenceStep(int64_t n_new, int64_t position) {
   xkv::v1::StepRequest r;
   r.set_step_id(1);
-  xkv::v1::StepSequence* s = r.add_sequences();
-  s->set_seq_id(7);
-  s->set_n_new(n_new);
-  s->set_position(position);
+  *r.add_sequences() = NewSequence(7, n_new, position);
   return r;
 }
 
@@ -39,67 +48,93 @@ void ExpectInvalid(const absl::Status& s, const std::string& field) {
   EXPECT_THAT(s.message(), HasSubstr(field)) << s;
 }
 
-TEST(StepBoundsTest, LinkTimeoutIsCapped) {
+// The whole test model (context length 2048) in one stage taking at most 4096 new tokens a step.
+// Steps are dry runs: a step whose fields pass only plans its blocks.
+class RequestBoundsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StageOptions o;
+    o.max_step_tokens = 4096;
+    stages_ = testing::MakePipeline({0, 4}, o);
+    ASSERT_EQ(stages_.size(), 1u);
+    ASSERT_EQ(stages_[0]->config().context_length, 2048);
+  }
+  absl::Status Step(xkv::v1::StepRequest r) {
+    r.set_dry_run(true);
+    return stages_[0]->Step(r).status();
+  }
+  // Fields that pass reach the (unknown) sequence: NOT_FOUND.
+  absl::Status Compact(const xkv::v1::CompactSpec& spec) {
+    xkv::v1::CompactRequest r;
+    r.set_seq_id(7);
+    *r.mutable_compact() = spec;
+    return stages_[0]->Compact(r).status();
+  }
+  std::vector<std::unique_ptr<StageExecutor>> stages_;
+};
+
+TEST_F(RequestBoundsTest, LinkTimeoutIsCapped) {
   xkv::v1::StepRequest r = OneSequenceStep(1, 0);
   r.set_link_timeout_ms(kHuge);
-  absl::StatusOr<StageStep> step = StepFromProto(r, kBounds);
-  ExpectInvalid(step.status(), "link_timeout_ms 4611686018427387904 is outside [0, 60000]");
+  ExpectInvalid(Step(r), "link_timeout_ms 4611686018427387904 is outside [0, 60000]");
   r.set_link_timeout_ms(-1);
-  ExpectInvalid(StepFromProto(r, kBounds).status(), "link_timeout_ms -1");
+  ExpectInvalid(Step(r), "link_timeout_ms -1");
   r.set_link_timeout_ms(60000);
-  ASSERT_TRUE(StepFromProto(r, kBounds).ok());
-  EXPECT_EQ(StepFromProto(r, kBounds)->link_timeout, absl::Seconds(60));
+  EXPECT_TRUE(Step(r).ok());
 }
 
-TEST(StepBoundsTest, NewTokensAndPositionsStayInTheContext) {
-  ASSERT_TRUE(StepFromProto(OneSequenceStep(2048, 0), kBounds).ok());
-  ASSERT_TRUE(StepFromProto(OneSequenceStep(1, 2047), kBounds).ok());
-  ExpectInvalid(StepFromProto(OneSequenceStep(2049, 0), kBounds).status(),
-                "sequences[0].n_new 2049 is outside [1, 2048]");
-  ExpectInvalid(StepFromProto(OneSequenceStep(-3, 0), kBounds).status(), "n_new -3");
-  ExpectInvalid(StepFromProto(OneSequenceStep(1, 2048), kBounds).status(),
-                "sequences[0].position 2048 is outside [0, 2047]");
-  ExpectInvalid(StepFromProto(OneSequenceStep(1, -1), kBounds).status(), "position -1");
+TEST_F(RequestBoundsTest, NewTokensAndPositionsStayInTheContext) {
+  EXPECT_TRUE(Step(OneSequenceStep(2048, 0)).ok());
+  EXPECT_TRUE(Step(OneSequenceStep(1, 2047)).ok());
+  ExpectInvalid(Step(OneSequenceStep(2049, 0)), "sequences[0].n_new 2049 is outside [1, 2048]");
+  ExpectInvalid(Step(OneSequenceStep(-3, 0)), "n_new -3");
+  ExpectInvalid(Step(OneSequenceStep(1, 2048)), "sequences[0].position 2048 is outside [0, 2047]");
+  ExpectInvalid(Step(OneSequenceStep(1, -1)), "position -1");
   // Values whose sum would overflow int64 are refused, not wrapped.
-  ExpectInvalid(StepFromProto(OneSequenceStep(kHuge, kHuge), kBounds).status(), "n_new");
-  ExpectInvalid(
-      StepFromProto(OneSequenceStep(1, std::numeric_limits<int64_t>::max()), kBounds).status(),
-      "position");
-  // n_new from the tokens when unset; more tokens than the context is refused before a copy.
+  ExpectInvalid(Step(OneSequenceStep(kHuge, kHuge)), "n_new");
+  ExpectInvalid(Step(OneSequenceStep(1, std::numeric_limits<int64_t>::max())), "position");
+  // n_new from the tokens when unset; more tokens than the context is refused.
   xkv::v1::StepRequest r = OneSequenceStep(0, 0);
   for (int i = 0; i < 2049; ++i) r.mutable_sequences(0)->add_tokens(1);
-  ExpectInvalid(StepFromProto(r, kBounds).status(), "sequences[0].tokens size 2049");
+  ExpectInvalid(Step(r), "sequences[0].tokens size 2049");
+  r.mutable_sequences(0)->mutable_tokens()->Truncate(2000);
+  EXPECT_TRUE(Step(r).ok());
+  r.mutable_sequences(0)->set_mode(static_cast<xkv::v1::SequenceMode>(9));
+  ExpectInvalid(Step(r), "sequences.mode 9 unknown");
 }
 
-TEST(StepBoundsTest, AStepCarriesAtMostMaxStepTokens) {
+TEST_F(RequestBoundsTest, AStepCarriesAtMostMaxStepTokens) {
+  ExpectInvalid(Step(xkv::v1::StepRequest()), "sequences size 0 is outside [1, 4096]");
   xkv::v1::StepRequest r;
-  ExpectInvalid(StepFromProto(r, kBounds).status(), "sequences size 0 is outside [1, 4096]");
-  for (int i = 0; i < 3; ++i) {
-    xkv::v1::StepSequence* s = r.add_sequences();
-    s->set_seq_id(i);
-    s->set_n_new(1500);
-  }
-  absl::Status s = StepFromProto(r, kBounds).status();
+  for (int i = 0; i < 3; ++i) *r.add_sequences() = NewSequence(i, 1500, 0);
+  absl::Status s = Step(r);
   ExpectInvalid(s, "more than 4096 new tokens");
   EXPECT_THAT(s.message(), HasSubstr("--max-step-tokens"));
-  r.mutable_sequences(2)->set_n_new(1000);
-  EXPECT_TRUE(StepFromProto(r, kBounds).ok());
+  *r.mutable_sequences(2) = NewSequence(2, 1000, 0);
+  EXPECT_TRUE(Step(r).ok());
 }
 
-TEST(CompactBoundsTest, BudgetsStayInTheContext) {
+TEST_F(RequestBoundsTest, BudgetsStayInTheContext) {
   xkv::v1::CompactSpec spec;
   spec.mutable_selection()->set_policy("snapkv");
   xkv::v1::LayerBudget* b = spec.add_budgets();
   b->set_layer(0);
   b->set_kept_prefix(kHuge);
-  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "kept_prefix 4611686018427387904");
+  ExpectInvalid(Compact(spec), "kept_prefix 4611686018427387904");
   b->set_kept_prefix(-1);
-  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "kept_prefix -1");
+  ExpectInvalid(Compact(spec), "kept_prefix -1");
   b->set_kept_prefix(100);
   spec.mutable_selection()->set_sink_tokens(5000);
-  ExpectInvalid(CompactSpecFromProto(spec, 2048).status(), "sink_tokens 5000");
+  ExpectInvalid(Compact(spec), "sink_tokens 5000");
   spec.mutable_selection()->set_sink_tokens(4);
-  EXPECT_TRUE(CompactSpecFromProto(spec, 2048).ok());
+  EXPECT_EQ(Compact(spec).code(), absl::StatusCode::kNotFound);
+  // The same checks on a step's compaction, before anything else.
+  xkv::v1::StepRequest r = OneSequenceStep(40, 0);
+  *r.mutable_sequences(0)->mutable_compact() = spec;
+  r.mutable_sequences(0)->mutable_compact()->mutable_budgets(0)->set_kept_prefix(-1);
+  ExpectInvalid(Step(r), "compact.budgets (layer 0).kept_prefix -1");
+  r.mutable_sequences(0)->mutable_compact()->mutable_selection()->set_policy("nope");
+  EXPECT_EQ(Step(r).code(), absl::StatusCode::kInvalidArgument);
 }
 
 xkv::v1::LoadStageRequest GoodLoad() {
@@ -114,39 +149,39 @@ xkv::v1::LoadStageRequest GoodLoad() {
 }
 
 TEST(LoadBoundsTest, FieldsAreBounded) {
-  ASSERT_TRUE(StageOptionsFromProto(GoodLoad(), "cpu", 1).ok());
+  ASSERT_TRUE(StageOptionsFromRequest(GoodLoad(), "cpu", 1).ok());
   xkv::v1::LoadStageRequest r = GoodLoad();
   r.set_link_timeout_ms(kHuge);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "link_timeout_ms");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "link_timeout_ms");
   r = GoodLoad();
   r.set_block_tokens(1 << 20);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "block_tokens 1048576");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "block_tokens 1048576");
   r = GoodLoad();
   r.set_kv_capacity_blocks(-5);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "kv_capacity_blocks -5");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "kv_capacity_blocks -5");
   r = GoodLoad();
   r.add_layer_capacity_blocks(10);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "1 entries for 2 layers");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "1 entries for 2 layers");
   r.add_layer_capacity_blocks(-1);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "layer_capacity_blocks[1] -1");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "layer_capacity_blocks[1] -1");
   r = GoodLoad();
   r.mutable_importance()->set_window(1 << 30);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "importance.window 1073741824");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "importance.window 1073741824");
   r = GoodLoad();
   r.mutable_importance()->set_pool_kernel(8);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "pool_kernel 8 is not odd");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "pool_kernel 8 is not odd");
   r = GoodLoad();
   r.set_stage_index(2);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "stage_index 2 is outside [0, 0]");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "stage_index 2 is outside [0, 0]");
   // A later stage of many: stage_index up to its layer_begin and below num_stages.
   r.set_layer_begin(8);
   r.set_layer_end(12);
   r.set_is_first(false);
   r.set_num_stages(8);
   r.set_stage_index(7);
-  EXPECT_TRUE(StageOptionsFromProto(r, "cpu", 1).ok());
+  EXPECT_TRUE(StageOptionsFromRequest(r, "cpu", 1).ok());
   r.set_num_stages(1 << 20);
-  ExpectInvalid(StageOptionsFromProto(r, "cpu", 1).status(), "num_stages 1048576");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "num_stages 1048576");
 }
 
 TEST(LoadBoundsTest, ModelPathOnlyFromTheModelDirectory) {
@@ -156,6 +191,7 @@ TEST(LoadBoundsTest, ModelPathOnlyFromTheModelDirectory) {
   o.model_path = WorkerModelPath();
   ASSERT_TRUE(ApplyWorkerLimits(limits, &o).ok());
   EXPECT_GT(o.max_kv_bytes, 0);  // the host's memory when not configured
+  EXPECT_EQ(o.max_step_tokens, limits.max_step_tokens);
   o.model_path = "/etc/passwd";
   absl::Status s = ApplyWorkerLimits(limits, &o);
   ExpectInvalid(s, "inside the worker's --model-dir");

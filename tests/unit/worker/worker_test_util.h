@@ -35,15 +35,47 @@ inline SyntheticModelOptions WorkerModelOptions() {
   return o;
 }
 
-// One decode step of a sequence: `token` at `position`, logits returned.
-inline StageSequence DecodeSequence(uint64_t id, int32_t token, int64_t position) {
-  StageSequence s;
-  s.seq_id = id;
-  s.tokens = {token};
-  s.n_new = 1;
-  s.position = position;
-  s.return_logits = true;
+// A new sequence's whole prompt in one step, logits returned.
+inline xkv::v1::StepSequence PrefillSequence(
+    uint64_t id, const std::vector<int32_t>& prompt,
+    xkv::v1::SequenceMode mode = xkv::v1::SEQUENCE_MODE_NORMAL) {
+  xkv::v1::StepSequence s;
+  s.set_seq_id(id);
+  s.mutable_tokens()->Add(prompt.begin(), prompt.end());
+  s.set_n_new(static_cast<int64_t>(prompt.size()));
+  s.set_new_sequence(true);
+  s.set_mode(mode);
+  s.set_return_logits(true);
   return s;
+}
+
+// One decode step of a sequence: `token` at `position`, logits returned.
+inline xkv::v1::StepSequence DecodeSequence(uint64_t id, int32_t token, int64_t position) {
+  xkv::v1::StepSequence s;
+  s.set_seq_id(id);
+  s.add_tokens(token);
+  s.set_n_new(1);
+  s.set_position(position);
+  s.set_return_logits(true);
+  return s;
+}
+
+inline xkv::v1::StepRequest MakeStep(uint64_t step_id,
+                                     const std::vector<xkv::v1::StepSequence>& sequences) {
+  xkv::v1::StepRequest r;
+  r.set_step_id(step_id);
+  for (const xkv::v1::StepSequence& s : sequences) *r.add_sequences() = s;
+  return r;
+}
+
+inline xkv::v1::ReleaseRequest MakeRelease(const std::vector<uint64_t>& ids) {
+  xkv::v1::ReleaseRequest r;
+  r.mutable_seq_ids()->Add(ids.begin(), ids.end());
+  return r;
+}
+
+inline std::vector<float> LogitsOf(const xkv::v1::SequenceResult& r) {
+  return {r.logits().begin(), r.logits().end()};
 }
 
 // Written once per test binary.
@@ -104,10 +136,10 @@ inline std::vector<std::unique_ptr<StageExecutor>> MakePipeline(
 }
 
 // Runs one step on every stage concurrently (as the coordinator does); results per stage.
-inline std::vector<absl::StatusOr<StageStepResult>> RunPipelineStep(
-    std::vector<std::unique_ptr<StageExecutor>>& stages, const StageStep& step) {
-  std::vector<absl::StatusOr<StageStepResult>> results(stages.size(),
-                                                       absl::UnknownError("not run"));
+inline std::vector<absl::StatusOr<xkv::v1::StepResponse>> RunPipelineStep(
+    std::vector<std::unique_ptr<StageExecutor>>& stages, const xkv::v1::StepRequest& step) {
+  std::vector<absl::StatusOr<xkv::v1::StepResponse>> results(stages.size(),
+                                                             absl::UnknownError("not run"));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < stages.size(); ++i) {
     threads.emplace_back([&, i] { results[i] = stages[i]->Step(step); });
