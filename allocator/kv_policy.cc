@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "allocator/kv_spec.h"
 #include "base/status_macros.h"
 
 namespace xkv {
@@ -309,9 +310,9 @@ class BaselinePolicy : public KvPolicy {
     if (options_.kind == PolicyKind::kFull) {
       out.budgets.assign(in.num_layers, in.prefix_len);
     } else if (target.kind == BudgetTarget::Kind::kRetention) {
-      return absl::InvalidArgumentError(absl::StrCat("a retention target needs policy xkv; '",
-                                                     PolicyName(options_.kind),
-                                                     "' takes a token or byte budget"));
+      // A baseline here: the rule and its one error text live in allocator/kv_spec.
+      RETURN_IF_ERROR(ValidatePolicyTarget(options_.kind, KvTarget::Retention(target.retention)));
+      return absl::InternalError("a baseline took a retention target");
     } else if (target.kind == BudgetTarget::Kind::kTotalTokens) {
       if (target.total_tokens < 0 || target.total_tokens > max_total) {
         return absl::InvalidArgumentError(absl::StrCat("total tokens ", target.total_tokens,

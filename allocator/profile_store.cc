@@ -31,14 +31,14 @@ absl::StatusOr<std::unique_ptr<ProfileStore>> ProfileStore::Create(
   return std::unique_ptr<ProfileStore>(new ProfileStore(options));
 }
 
-bool ProfileStore::ShouldProfile(uint64_t request_id) const {
+bool ProfileStore::ShouldProfile(uint64_t request_id, double rate) const {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (samples_ == 0) return true;
   }
   const uint64_t bits = SplitMix64(options_.seed ^ SplitMix64(request_id));
   const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;  // uniform in [0, 1)
-  return u < options_.sample_rate;
+  return u < rate;
 }
 
 absl::Status ProfileStore::AddSample(absl::Span<const int64_t> budgets, int64_t prefix_len) {

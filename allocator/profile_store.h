@@ -29,9 +29,13 @@ class ProfileStore {
   // INVALID_ARGUMENT when sample_rate is outside (0, 1] or window < 0.
   static absl::StatusOr<std::unique_ptr<ProfileStore>> Create(const ProfileStoreOptions& options);
 
-  // Bernoulli(ρ) decision for one request, deterministic in (seed, request_id). Always true until
-  // the first sample arrives (there is no mean to fall back on yet).
-  bool ShouldProfile(uint64_t request_id) const;
+  // THE sampled-profile decision: Bernoulli(rate) for one request, deterministic in (seed,
+  // request_id). Always true until the first sample arrives (there is no mean to fall back on
+  // yet). The one-argument form uses the store's own rate ρ.
+  bool ShouldProfile(uint64_t request_id, double rate) const;
+  bool ShouldProfile(uint64_t request_id) const {
+    return ShouldProfile(request_id, options_.sample_rate);
+  }
 
   // Folds one profiled request in: budgets [L] of kept prefix tokens for a prefix of prefix_len
   // (>= 1) tokens, each in [0, prefix_len]; L must match earlier samples.

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <random>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -67,6 +66,12 @@ std::vector<double> Coordinator::KeptFractions() const {
 }
 
 absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages) {
+  // A prompt's final chunk holds the observation window (its queries are the XKV scores' input).
+  if (options_.scheduler.prefill_chunk < options_.window) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prefill_chunk (", options_.scheduler.prefill_chunk,
+                     ") must be >= the observation window w = ", options_.window));
+  }
   ASSIGN_OR_RETURN(file_, GgufFile::Open(options_.model_path));
   ASSIGN_OR_RETURN(config_, ReadModelConfig(*file_));
   ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromGguf(*file_));
@@ -83,7 +88,7 @@ absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages)
   RETURN_IF_ERROR(ReloadStages(plan_));
   SchedulerOptions so = options_.scheduler;
   so.kv = {options_.block_tokens, driver_->KvStages()};
-  so.min_final_chunk = std::min<int64_t>(std::max(1, options_.window), so.prefill_chunk);
+  so.min_final_chunk = std::max(1, options_.window);
   ASSIGN_OR_RETURN(scheduler_, Scheduler::Create(so, clock_));
   return absl::OkStatus();
 }
@@ -199,12 +204,6 @@ absl::StatusOr<std::vector<int32_t>> Coordinator::Tokenize(const GenerateParams&
   ASSIGN_OR_RETURN(std::string text,
                    chat_template_->Apply(p.messages, /*add_generation_prompt=*/true));
   return tokenizer_->Encode(text, /*parse_special=*/true);
-}
-
-bool Coordinator::ShouldProfileSampled(double rate) {
-  if (store_->num_samples() == 0) return true;
-  std::mt19937_64 rng(options_.seed * 0x9E3779B97F4A7C15ULL + sample_counter_++);
-  return std::uniform_real_distribution<double>(0.0, 1.0)(rng) < rate;
 }
 
 absl::StatusOr<uint64_t> Coordinator::Submit(GenerateParams params,
@@ -324,7 +323,10 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
     case ProfileModeKind::kOnePass:
       return absl::OkStatus();
     case ProfileModeKind::kSampled:
-      if (ShouldProfileSampled(seq.kv.profile.sample_rate)) return absl::OkStatus();
+      // The n-th sampled request's decision (its id is assigned later, under the lock).
+      if (store_->ShouldProfile(sample_counter_++, seq.kv.profile.sample_rate)) {
+        return absl::OkStatus();
+      }
       break;
     case ProfileModeKind::kReconstruct:  // refused at the edge; the message lives in kv_spec
       return ValidateProfileFor(seq.kv.profile, SpecEntry::kService);

@@ -151,7 +151,6 @@ class Coordinator {
   absl::StatusOr<std::vector<int32_t>> Tokenize(const GenerateParams& params) const;
   ModelCostInputs CostInputs() const;
   std::vector<double> KeptFractions() const;
-  bool ShouldProfileSampled(double rate);
   absl::Status PlanBudgetsAtSubmit(Sequence& seq);
   // Budgets sent to the stages lie in [0, prefix]: larger ones are clamped to the prefix (keep
   // all); INVALID_ARGUMENT for a negative one (an overflow upstream) or a wrong layer count, and
@@ -254,9 +253,9 @@ class Coordinator {
 
   std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
-  std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
-  std::atomic<uint64_t> sample_counter_{0};
-  int64_t last_replan_samples_ = 0;   // loop thread only
+  std::deque<MicroBatch> in_flight_;         // loop thread only (read under mu_); oldest pass first
+  std::atomic<uint64_t> sample_counter_{0};  // sampled-mode requests so far (ProfileStore key)
+  int64_t last_replan_samples_ = 0;          // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)
   std::vector<uint64_t> unreleased_;  // ended on a stage that did not answer (loop thread only)
   absl::Time release_retry_at_ = absl::InfinitePast();  // loop thread only

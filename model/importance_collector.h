@@ -5,7 +5,8 @@
 // Chunked prompts: only the prompt's FINAL chunk may be observed, and it must hold >= w tokens
 // (the window queries are the last w rows of that chunk; earlier chunks' queries are gone). The
 // collector checks both (the observed keys must end at the prompt's last token) and answers
-// FAILED_PRECONDITION otherwise; KvCompressor plans its chunks so the last one has >= w tokens.
+// FAILED_PRECONDITION otherwise; the scheduler plans a prompt's chunks so the last one has >= w
+// tokens (coordinator/scheduler.h).
 #ifndef XKV_MODEL_IMPORTANCE_COLLECTOR_H_
 #define XKV_MODEL_IMPORTANCE_COLLECTOR_H_
 

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <thread>
 #include <tuple>
@@ -312,31 +311,6 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
       per_token);
 }
 
-namespace {
-
-// Appends the kept rows of one layer of `full` to the empty layer of `out` (exact capacity).
-absl::Status CopyKeptRows(const KvCache& full, int layer,
-                          absl::Span<const std::vector<int32_t>> kept, KvCache& out) {
-  const int H = full.n_kv_heads();
-  const int64_t d = full.head_dim(), count = kept.empty() ? 0 : kept[0].size();
-  const int64_t stride = full.head_stride(layer);
-  std::vector<float> k(count * H * d), v(k.size());  // [count, H, d]
-  for (int h = 0; h < H; ++h) {
-    if (static_cast<int64_t>(kept[h].size()) != count) {
-      return absl::InvalidArgumentError("kv allocation: heads keep different counts");
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t src = h * stride + int64_t{kept[h][i]} * d, dst = (i * H + h) * d;
-      std::memcpy(&k[dst], full.k(layer) + src, d * sizeof(float));
-      std::memcpy(&v[dst], full.v(layer) + src, d * sizeof(float));
-    }
-  }
-  RETURN_IF_ERROR(out.Reserve(layer, count));
-  return out.Append(layer, k.data(), v.data(), count, H * d);
-}
-
-}  // namespace
-
 absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores) {
   if (scores->granularity != ScoreGranularity::kKvHead) {
     return absl::InvalidArgumentError("value-norm weighting needs KV-head scores");
@@ -359,37 +333,6 @@ absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores) {
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,
-                                                     const CollectedScores& scores,
-                                                     const ModelConfig& config,
-                                                     const KvSettings& spec,
-                                                     AllocationReport* report) {
-  if (full.layer_begin() != scores.layer_begin || full.layer_end() != scores.layer_end) {
-    return absl::InvalidArgumentError("compact copy: scores and cache cover different layers");
-  }
-  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, config, spec));
-  auto out = std::make_unique<KvCache>(full.layer_begin(), full.layer_end(), full.n_kv_heads(),
-                                       full.head_dim());
-  for (int l = full.layer_begin(); l < full.layer_end(); ++l) {
-    if (full.length(l) != scores.prompt_len) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("compact copy: layer ", l, " holds ", full.length(l),
-                       " tokens, not the full prompt of ", scores.prompt_len));
-    }
-    std::vector<std::vector<int32_t>> all;
-    if (!plan.compress) {
-      all.assign(full.n_kv_heads(), std::vector<int32_t>(scores.prompt_len));
-      for (auto& slots : all) {
-        for (int64_t j = 0; j < scores.prompt_len; ++j) slots[j] = static_cast<int32_t>(j);
-      }
-    }
-    RETURN_IF_ERROR(
-        CopyKeptRows(full, l, plan.compress ? plan.kept[l - full.layer_begin()] : all, *out));
-  }
-  if (report != nullptr) *report = MakeReport(*out, plan, config);
-  return out;
 }
 
 }  // namespace xkv

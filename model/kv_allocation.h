@@ -6,8 +6,8 @@
 // keeps the w window tokens [P, T) on top, so layer l holds b_l + w tokens per KV head after
 // eviction. A byte target M bounds sum_l bytes_per_token * b_l (the budgets, as in the solver),
 // with bytes_per_token = config.KvBytesPerTokenPerLayer(sizeof(float)) (the CPU cache is fp32);
-// the window costs L * w * bytes_per_token on top. Byte targets above a full cache clamp to it;
-// token targets above a full cache (L * P) are INVALID_ARGUMENT.
+// the window costs L * w * bytes_per_token on top. Token and byte targets above a full cache clamp
+// to it (ResolveTarget, allocator/kv_spec.h).
 //
 // Nothing is evicted (the plan keeps everything and says why in `note`) for policy `full` and for
 // prompts with T <= w (no prefix to evict; for T < w not even scores exist).
@@ -16,7 +16,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -144,14 +143,6 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
 // tokens in every scored layer (FAILED_PRECONDITION otherwise). Sinks with near-zero values lose
 // rank; a token that attends little but carries a large value gains.
 absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores);
-
-// Evaluation harness: a compacted COPY of a full prefill's cache (length T on every layer) for
-// one policy/target, so many methods share one prefill. `full` is not modified. report: optional.
-absl::StatusOr<std::unique_ptr<KvCache>> CompactCopy(const KvCache& full,
-                                                     const CollectedScores& scores,
-                                                     const ModelConfig& config,
-                                                     const KvSettings& spec,
-                                                     AllocationReport* report = nullptr);
 
 }  // namespace xkv
 

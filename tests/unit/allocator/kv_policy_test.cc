@@ -85,7 +85,7 @@ TEST(KvPolicyTest, SnapKvAndStreamingAreUniform) {
     ExpectInvalid(policy->Budgets({3, 8}, BudgetTarget::Tokens(25)).status(),
                   "total tokens 25 must be in [0, 24]");
     ExpectInvalid(policy->Budgets({3, 8}, BudgetTarget::Retention(0.9)).status(),
-                  "retention target needs policy xkv");
+                  "needs policy xkv");
   }
   EXPECT_EQ(MakeKvPolicy({PolicyKind::kStreaming})->selection(), SelectionRule::kSinksAndRecent);
   EXPECT_EQ(MakeKvPolicy({PolicyKind::kSnapKv})->selection(), SelectionRule::kTopScore);

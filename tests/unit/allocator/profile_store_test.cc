@@ -30,6 +30,9 @@ TEST(ProfileStoreTest, SamplingIsSeededBernoulli) {
   int hits = 0;
   for (uint64_t id = 0; id < 20000; ++id) hits += store->ShouldProfile(id);
   EXPECT_NEAR(hits / 20000.0, 0.25, 0.015);
+  hits = 0;  // a request's own rate (sampled:ρ per request) overrides the store's
+  for (uint64_t id = 0; id < 20000; ++id) hits += store->ShouldProfile(id, 0.75);
+  EXPECT_NEAR(hits / 20000.0, 0.75, 0.015);
   auto again = Make(0.25, 7);
   auto other_seed = Make(0.25, 8);
   ASSERT_TRUE(again->AddSample(std::vector<int64_t>{1, 2}, 10).ok());
