@@ -305,14 +305,6 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
     seq.budgets_known = true;
     return absl::OkStatus();
   }
-  // The solver's upper bound (every layer keeps its whole prefix) is known before any profiling:
-  // a token budget above it is refused now, not after a profiling pass.
-  const double full = static_cast<double>(config_.n_layers) * static_cast<double>(P);
-  if (seq.kv.target.kind == KvTarget::Kind::kTokens && seq.kv.target.value > full) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "budget_tokens ", seq.kv.target.value, " is more than the whole prompt prefix holds (",
-        config_.n_layers, " layers x ", P, " tokens = ", full, "); it must be in [0, ", full, "]"));
-  }
   switch (seq.kv.profile.kind) {
     case ProfileModeKind::kPerRequest:
       // A scores-only pass keeps no KV, so it cannot be split into chunks: a prompt longer than
