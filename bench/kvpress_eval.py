@@ -268,7 +268,8 @@ def run_shard(args, shard, shards, part_path, t_start):
                     "method": kvpress_report.KVPRESS_PREFIX + name, "budget": f"{keep:.4f}",
                     "kv_bytes_held": held, "kv_bytes_full": full,
                     "kv_percent": f"{100 * held / full:.3f}" if full else "",
-                    "answers": "|".join(prompt["answers"]), "answer": prediction,
+                    "answers": "|".join(prompt["answers"]),
+                    "answer": prediction.replace("\n", "\\n"),  # as xkv eval writes it
                     "correct": correct, "fidelity_steps": 0})
         done += rows
         kvpress_report.write_csv(part_path, done)

@@ -212,9 +212,10 @@ class Table:
                         below.append(f"{100 * b:.0f}% {mode} ({mine:.3f} < "
                                      f"{best[len(KVPRESS_PREFIX):]} "
                                      f"{self.accuracy(best, b, mode):.3f})")
-            out.append(f"- {method}: at 20% of the bytes, " + ", ".join(shares) + " of full; " +
-                       ("at or above every kvpress press" if not below else
-                        "below the best kvpress press at " + ", ".join(below)) + ".")
+            versus = ("" if not presses else "; at or above every kvpress press" if not below
+                      else "; below the best kvpress press at " + ", ".join(below))
+            out.append(f"- {method}: at 20% of the bytes, " + ", ".join(shares) + " of full" +
+                       versus + ".")
         return "\n".join(out) + "\n"
 
 

@@ -209,6 +209,8 @@ class ReportTest(unittest.TestCase):
                       "(misses 99%), agnostic 0% (misses 95%) of full; at or above every "
                       "kvpress press.", check)
         self.assertNotIn("kvpress:snapkv:", check)
+        alone = kvpress_report.Table([r for r in rows if not r["method"].startswith("kvpress:")])
+        self.assertIn("(misses 95%) of full.", alone.goal_check())  # no presses: no comparison
 
     def test_goal_check_names_the_presses_above(self):
         rows = self.rows() + self.rows(prefix="")
