@@ -114,7 +114,8 @@ def _mean(xs):
 
 
 class Table:
-    """Accuracy per (method, budget, mode) over the prompts every method ran, with intervals."""
+    """Accuracy per (method, budget, mode) with intervals, over the rows given (restrict them to
+    shared prompts first: restrict_to_common)."""
 
     def __init__(self, rows, prefixes=(KVPRESS_PREFIX,)):
         """`prefixes`: engines other than xkv's CUDA/CPU run, whose methods are named
@@ -183,14 +184,15 @@ class Table:
 
     def share(self, method, budget, mode):
         """The method's accuracy as a share of its engine's full cache in that mode."""
-        acc, full = self.accuracy(method, budget, mode), self.accuracy(self.reference(method), 1.0, mode)
+        acc = self.accuracy(method, budget, mode)
+        full = self.accuracy(self.reference(method), 1.0, mode)
         return None if acc is None or not full else acc / full
-
 
     def goal_check(self):
         """Issue 12's goal, per xkv method: its share of the full cache at 20% (>= 99% with the
         question inside, >= 95% after), and each column where a kvpress press scores higher."""
-        presses = [m for m in self.methods if m.startswith(KVPRESS_PREFIX) and m != self.reference(m)]
+        presses = [m for m in self.methods
+                   if m.startswith(KVPRESS_PREFIX) and m != self.reference(m)]
         out = []
         for method in self.methods:
             if method.startswith(KVPRESS_PREFIX) or method == self.reference(method):

@@ -196,9 +196,10 @@ class ReportTest(unittest.TestCase):
         table = kvpress_report.Table(rows)
         md = table.markdown()
         lo, hi = kvpress_report.bootstrap_ci([1, 1, 0, 0])
-        self.assertIn("| method | full cache | 20% inside | 20% inside, tail after | 20% after |", md)
-        self.assertIn(f"| kvpress:snapkv | 1.000 / — / 1.000 | 0.500 [{lo:.2f}, {hi:.2f}] | — | "
-                      "0.000 [0.00, 0.00] |", md)
+        self.assertIn("| method | full cache | 20% inside | 20% inside, tail after | 20% after |",
+                      md)
+        self.assertIn(f"| kvpress:snapkv | 1.000 / — / 1.000 | 0.500 [{lo:.2f}, {hi:.2f}] | — "
+                      "| 0.000 [0.00, 0.00] |", md)
         self.assertIn("| snapkv | 1.000 / 1.000 / 1.000 | 0.500", md)
         self.assertIn("| **kvpress:full** | 1.000 [1.00, 1.00] / — / 1.000 [1.00, 1.00] |", md)
         self.assertEqual(table.values("snapkv", 0.2, "agnostic"), [0, 0, 0])
