@@ -28,8 +28,9 @@ its SentencePiece converter, which turns every space into <|endoftext|>. This on
 llama.cpp's tokenization token for token.
 
 Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
-processes on one GPU (decoding a 135M model is launch-bound, so they overlap well); --limit and
---deadline-s bound the work (a prompt is recorded only with all its cells).
+processes on one GPU (decoding a 135M model is launch-bound; the processes time-slice the GPU,
+so the rate per worker falls as workers are added: docs/quality-peers.md has the measured rates);
+--limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells).
 
 Usage: bench/kvpress_eval.py --prompts FILE.jsonl --gguf MODEL.gguf --out DIR [options]
 """
