@@ -13,9 +13,14 @@ fraction (kvpress's compression_ratio = 1 - keep), in both query modes:
             its true positions, and the answer decoded.
 
 Decoding is greedy (up to --max-new-tokens, stopping at <|im_end|> / end of text); a prediction is
-correct when it contains any of the prompt's answers (RULER string match, case-insensitive).
-Writes OUT/results.csv (one row per prompt x press x keep x mode) and OUT/summary.md (the table
-of docs/quality.md with bootstrap 95% intervals, bench/kvpress_report.py).
+correct when it contains any of the prompt's answers (RULER string match, case-sensitive as xkv).
+Writes OUT/results.csv in `xkv eval`'s columns (one row per prompt x method x keep x mode; methods
+named kvpress:PRESS, the full cache kvpress:full; kv_bytes_held is the cache really held after
+compression, so AdaKV's and KVzip's masked caches show 100%; the fidelity columns stay empty) and
+OUT/summary.md (the goal table of bench/kvpress_report.py, with bootstrap 95% intervals). A cell
+that raises is recorded with an empty `correct` and the error as its answer; the run goes on.
+Prompts run in the file's order (bench/peer_prompts.py interleaves the strata), sharded over the
+workers, so a run cut short by --deadline-s keeps about the file's first prompts.
 
 The tokenizer is built from the GGUF's vocabulary and merges with SmolLM2's pre-tokenizer (digits
 split, byte-level BPE): transformers 5.2 converts a llama-architecture GGUF's gpt2 vocabulary with
@@ -23,8 +28,9 @@ its SentencePiece converter, which turns every space into <|endoftext|>. This on
 llama.cpp's tokenization token for token.
 
 Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
-processes on one GPU (decoding a 135M model is launch-bound, so they overlap well); --limit and
---deadline-s bound the work (a prompt is recorded only with all its cells).
+processes on one GPU (decoding a 135M model is launch-bound; the processes time-slice the GPU,
+so the rate per worker falls as workers are added: docs/quality-peers.md has the measured rates);
+--limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells).
 
 Usage: bench/kvpress_eval.py --prompts FILE.jsonl --gguf MODEL.gguf --out DIR [options]
 """
@@ -47,6 +53,7 @@ import prompts_jsonl  # noqa: E402
 PRESSES = ("snapkv", "pyramidkv", "streaming", "adakv-snapkv", "expected-attention",
            "adakv-expected-attention", "kvzip")
 KEEPS = (0.1, 0.2, 0.4)
+MODES = ("aware", "agnostic")  # question inside the compressed context / after compression
 
 
 def make_press(name, keep):
@@ -164,8 +171,18 @@ class Runner:
         stop = set(stop if isinstance(stop, list) else [stop])
         stop |= {self.tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
         self.stop_ids = {s for s in stop if s is not None}
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.bytes_per_token = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim *
+                                torch.tensor([], dtype=self.model.dtype).element_size())
+
+    def held_bytes(self, cache):
+        """KV bytes the cache holds now (every layer's keys and values)."""
+        return sum(t.numel() * t.element_size() for layer in cache.layers
+                   for t in (layer.keys, layer.values) if t is not None)
 
     def answer(self, context_ids, question_ids, press, mode):
+        """(answer text, KV bytes held right after compression, KV bytes of the full cache)."""
         import contextlib
         from transformers import DynamicCache
         torch, model = self.torch, self.model
@@ -179,10 +196,12 @@ class Runner:
                     out = model(input_ids=torch.cat([ctx, q], dim=1), past_key_values=cache,
                                 logits_to_keep=1)
                 position = ctx.shape[1] + q.shape[1]
+                held, full = self.held_bytes(cache), position * self.bytes_per_token
             else:
                 with scope:
                     model.model(input_ids=ctx, past_key_values=cache)
                 start = ctx.shape[1]
+                held, full = self.held_bytes(cache), start * self.bytes_per_token
                 if len({cache.get_seq_length(i) for i in range(len(cache))}) == 1:
                     positions = torch.arange(start, start + q.shape[1], device=self.device)[None]
                     out = model(input_ids=q, past_key_values=cache, position_ids=positions,
@@ -199,7 +218,7 @@ class Runner:
                             position_ids=torch.tensor([[position]], device=self.device))
                 position += 1
                 generated.append(int(out.logits[0, -1].argmax()))
-        return self.tok.decode(generated, skip_special_tokens=True)
+        return self.tok.decode(generated, skip_special_tokens=True), held, full
 
 
 def cells(args):
@@ -223,29 +242,42 @@ def run_shard(args, shard, shards, part_path, t_start):
         seconds = collections.Counter()
         try:
             context_ids, question_ids = token_ids(prompt, runner.tok)
-            rows = []
-            for name, keep in cells(args):
-                for mode in args.modes:
-                    t1 = time.time()
-                    press = None if name == "full" else make_press(name, keep)
-                    prediction = runner.answer(context_ids, question_ids, press, mode)
-                    seconds[name] += time.time() - t1
-                    rows.append({"id": prompt["id"], "task": prompt["task"],
-                                 "length": prompt["length"], "split": prompt["split"],
-                                 "press": name, "keep": keep, "mode": mode,
-                                 "prediction": prediction, "correct": prompts_jsonl.is_correct(
-                                     prediction, prompt["answers"])})
         except Exception:  # noqa: BLE001 -- one prompt's failure is reported, the run goes on
             failed += 1
             print(f"[worker {shard}] {prompt['id']} FAILED (no rows recorded):\n"
                   f"{traceback.format_exc()}", flush=True)
             continue
+        rows = []
+        for name, keep in cells(args):
+            for mode in args.modes:
+                t1 = time.time()
+                try:
+                    press = None if name == "full" else make_press(name, keep)
+                    prediction, held, full = runner.answer(context_ids, question_ids, press, mode)
+                    correct = int(prompts_jsonl.is_correct(prediction, prompt["answers"]))
+                except Exception as e:  # noqa: BLE001 -- recorded as a failed cell
+                    prediction, held, full, correct = f"ERROR {type(e).__name__}: {e}", 0, 0, ""
+                    print(f"[worker {shard}] {prompt['id']} {name} {keep} {mode} FAILED:\n"
+                          f"{traceback.format_exc()}", flush=True)
+                seconds[name] += time.time() - t1
+                rows.append({
+                    "prompt_id": prompt["id"], "task": prompt["task"], "mode": mode,
+                    "target_tokens": prompt["length"],
+                    "prompt_tokens": len(context_ids) + (len(question_ids) if mode == "aware"
+                                                         else 0),  # the compressed part, as xkv
+                    "depth": "-1.0000",
+                    "method": kvpress_report.KVPRESS_PREFIX + name, "budget": f"{keep:.4f}",
+                    "kv_bytes_held": held, "kv_bytes_full": full,
+                    "kv_percent": f"{100 * held / full:.3f}" if full else "",
+                    "answers": "|".join(prompt["answers"]),
+                    "answer": prediction.replace("\n", "\\n"),  # as xkv eval writes it
+                    "correct": correct, "fidelity_steps": 0})
         done += rows
         kvpress_report.write_csv(part_path, done)
-        full_ok = sum(r["correct"] for r in rows if r["press"] == "full")
+        full_ok = sum(r["correct"] == 1 for r in rows if r["method"].endswith(":full"))
         print(f"[worker {shard}] {prompt['id']} ({len(context_ids) + len(question_ids)} tok): "
               f"full {full_ok}/{len(args.modes)}, all cells "
-              f"{sum(r['correct'] for r in rows)}/{len(rows)}, {time.time() - t0:.1f} s ("
+              f"{sum(r['correct'] == 1 for r in rows)}/{len(rows)}, {time.time() - t0:.1f} s ("
               + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + ")", flush=True)
     return failed
 
@@ -260,7 +292,6 @@ def order_prompts(args):
     prompts = prompts_jsonl.load_prompts(args.prompts)
     if args.split:
         prompts = [p for p in prompts if p["split"] == args.split]
-    prompts = prompts_jsonl.interleave_strata(prompts, args.seed)
     return prompts[:args.limit] if args.limit else prompts
 
 
@@ -275,10 +306,9 @@ def parse_args(argv):
                    help=f"comma-separated subset of {','.join(PRESSES)}")
     p.add_argument("--keeps", default=",".join(str(k) for k in KEEPS),
                    help="kept fractions of the KV cache, each in (0, 1)")
-    p.add_argument("--modes", default=",".join(kvpress_report.MODES))
+    p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--split", choices=prompts_jsonl.SPLITS, help="only prompts of this split")
-    p.add_argument("--limit", type=int, default=0, help="at most N prompts (seeded order)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--limit", type=int, default=0, help="at most the file's first N prompts")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="processes sharing the GPU")
     p.add_argument("--deadline-s", type=float, default=0,
@@ -300,7 +330,7 @@ def parse_args(argv):
     if not args.keeps or not all(0 < k < 1 for k in args.keeps):
         p.error(f"--keeps: {args.keeps} must each be in (0, 1)")
     args.modes = args.modes.split(",")
-    if not args.modes or not set(args.modes) <= set(kvpress_report.MODES):
+    if not args.modes or not set(args.modes) <= set(MODES):
         p.error(f"--modes: {args.modes}; allowed: aware, agnostic")
     for name in ("limit", "workers", "max_new_tokens"):
         value = getattr(args, name)
@@ -351,7 +381,7 @@ def main(argv):
         raise SystemExit("kvpress_eval: no prompt finished")
     kvpress_report.write_csv(os.path.join(args.out, "results.csv"), rows)
     wall = time.time() - t_start
-    n = len({r["id"] for r in rows})
+    n = len({r["prompt_id"] for r in rows})
     import importlib.metadata
     import torch
     header = (f"# kvpress side by side\n\n- prompts: {n} of {len(prompts)} from `{args.prompts}` "
@@ -361,8 +391,9 @@ def main(argv):
               f"{importlib.metadata.version('transformers')}, torch {torch.__version__}\n- wall time: "
               f"{wall / 60:.1f} min, {args.workers} workers\n\n")
     with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(header + kvpress_report.summary_markdown(rows))
-    print(header + kvpress_report.summary_markdown(rows), flush=True)
+        table = kvpress_report.Table(rows)
+        f.write(header + table.markdown())
+    print(header + table.markdown(), flush=True)
     print(f"wall time {wall:.1f} s", flush=True)
 
 

@@ -1,18 +1,32 @@
-"""Results of bench/kvpress_eval.py: the CSV and the Markdown summary with bootstrap intervals.
+"""Per-prompt results in `xkv eval`'s CSV format, and the goal table of issue 12 over any number
+of such files (bench/kvpress_eval.py's and xkv eval's results.csv side by side).
 
 The interval is the one `xkv eval` reports (bench/eval_metrics.cc BootstrapMeanCi, used by
-bench/eval_report.cc): a percentile bootstrap of the per-prompt accuracy (a prompt's two query
-modes averaged, so they stay together), 2000 resamples, std::mt19937_64 seeded with 1 and
-libstdc++'s uniform_int_distribution (Lemire's method), the means sorted and read at
-floor(0.025 * 2000) and floor(0.975 * 2000). It is reimplemented here draw for draw, so the same
-per-prompt values give the same interval as xkv's report.
+bench/eval_report.cc): a percentile bootstrap of the mean over prompts, 2000 resamples,
+std::mt19937_64 seeded with 1 and libstdc++'s uniform_int_distribution (Lemire's method), the
+means sorted and read at floor(0.025 * 2000) and floor(0.975 * 2000). It is reimplemented here
+draw for draw, so the same per-prompt values give the same interval as xkv's report.
+
+Usage: bench/kvpress_report.py [LABEL=]RESULTS.csv ...   (prints the goal table over the prompts
+that every file's every method ran; a LABEL prefixes that file's methods, full included, e.g.
+cpu=... for an xkv run on the CPU engine beside the CUDA one)
 
 Pure Python (no torch): tests/kvpress checks it.
 """
 import csv
+import sys
 
-CSV_FIELDS = ("id", "task", "length", "split", "press", "keep", "mode", "prediction", "correct")
-MODES = ("aware", "agnostic")  # question inside the compressed context / after compression
+# xkv eval's results.csv columns (bench/eval_report.cc). kvpress rows leave the fidelity columns
+# empty; a cell that raised has an empty `correct` and the error as its answer.
+CSV_FIELDS = ("prompt_id", "task", "mode", "target_tokens", "prompt_tokens", "depth", "method",
+              "budget", "kv_bytes_held", "kv_bytes_full", "kv_percent", "retention", "answers",
+              "answer", "correct", "agreement", "kl", "nll", "fidelity_steps")
+# Query modes: the question inside the compressed context (aware: the whole prompt compressed;
+# question: context + question compressed, the template tail and answer prefix after), and the
+# question after compression (agnostic). kvpress_eval.py runs aware and agnostic.
+MODES = ("aware", "question", "agnostic")
+MODE_TITLES = {"aware": "inside", "question": "inside, tail after", "agnostic": "after"}
+KVPRESS_PREFIX = "kvpress:"
 _MASK64 = (1 << 64) - 1
 
 
@@ -78,100 +92,166 @@ def write_csv(path, rows):
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow(dict(r, correct=int(bool(r["correct"]))))
+            w.writerow(r)
 
 
 def read_csv(path):
+    """Rows of a results.csv: budget as float, correct as 0/1 or None (a failed cell)."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [dict(r, length=int(r["length"]), keep=float(r["keep"]), correct=int(r["correct"]))
-                for r in csv.DictReader(f)]
-
-
-def _cells(rows):
-    """(press, keep) cells in first-appearance order."""
-    order = []
+        rows = list(csv.DictReader(f))
+    missing = [c for c in ("prompt_id", "task", "mode", "method", "budget", "correct")
+               if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: not a results.csv (no column {missing[0]})")
     for r in rows:
-        key = (r["press"], float(r["keep"]))
-        if key not in order:
-            order.append(key)
-    return order
-
-
-def per_prompt_accuracy(rows, press, keep):
-    """Accuracy of one cell per prompt (its modes averaged), in first-appearance order."""
-    ok, n = {}, {}
-    for r in rows:
-        if r["press"] != press or float(r["keep"]) != keep:
-            continue
-        ok[r["id"]] = ok.get(r["id"], 0) + int(bool(r["correct"]))
-        n[r["id"]] = n.get(r["id"], 0) + 1
-    return [ok[i] / n[i] for i in ok]
+        r["budget"] = float(r["budget"])
+        r["correct"] = int(r["correct"]) if r["correct"] != "" else None
+    return rows
 
 
 def _mean(xs):
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _budget(press, keep):
-    return "—" if press == "full" else f"{100 * keep:.0f}%"
+class Table:
+    """Accuracy per (method, budget, mode) with intervals, over the rows given (restrict them to
+    shared prompts first: restrict_to_common)."""
+
+    def __init__(self, rows, prefixes=(KVPRESS_PREFIX,)):
+        """`prefixes`: engines other than xkv's CUDA/CPU run, whose methods are named
+        PREFIX + method and whose full cache is PREFIX + "full"."""
+        self.prefixes = prefixes
+        per = {}  # (method, budget, mode) -> {prompt: correct}
+        self.failed = {}
+        for r in rows:
+            key = (r["method"], 1.0 if r["method"] == self.reference(r["method"]) else r["budget"],
+                   r["mode"])
+            if r["correct"] is None:
+                self.failed[r["method"]] = self.failed.get(r["method"], 0) + 1
+                continue
+            per.setdefault(key, {})[r["prompt_id"]] = r["correct"]
+        self.methods = list(dict.fromkeys(r["method"] for r in rows))
+        self.budgets = sorted({b for (m, b, _) in per if m != self.reference(m)})
+        self.modes = [m for m in MODES if any(k[2] == m for k in per)]
+        self.per = per
+        self._ci = {}
+
+    def reference(self, method):
+        """The full-cache method a method is measured against: its engine's own."""
+        for prefix in self.prefixes:
+            if method.startswith(prefix):
+                return prefix + "full"
+        return "full"
+
+    def values(self, method, budget, mode):
+        cell = self.per.get((method, budget, mode))
+        return None if cell is None else [cell[p] for p in sorted(cell)]
+
+    def accuracy(self, method, budget, mode):
+        v = self.values(method, budget, mode)
+        return None if v is None else _mean(v)
+
+    def ci(self, method, budget, mode):
+        v = tuple(self.values(method, budget, mode) or ())
+        if v not in self._ci:  # many cells share a vector (all wrong, all right)
+            self._ci[v] = bootstrap_ci(list(v))
+        return self._ci[v]
+
+    def cell(self, method, budget, mode):
+        acc = self.accuracy(method, budget, mode)
+        if acc is None:
+            return "—"
+        lo, hi = self.ci(method, budget, mode)
+        return f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
+
+    def markdown(self):
+        cols = [(b, m) for b in self.budgets for m in self.modes]
+        out = ["| method | full cache | " + " | ".join(
+            f"{100 * b:.0f}% {MODE_TITLES[m]}" for b, m in cols) + " |",
+            "|---|---|" + "---|" * len(cols)]
+        for method in self.methods:
+            if method == self.reference(method):
+                continue
+            full = self.reference(method)
+            out.append(f"| {method} | " + " / ".join(
+                f"{self.accuracy(full, 1.0, m):.3f}" if self.accuracy(full, 1.0, m) is not None
+                else "—" for m in self.modes) + " | " +
+                " | ".join(self.cell(method, b, m) for b, m in cols) + " |")
+        for full in dict.fromkeys(self.reference(m) for m in self.methods):
+            out.append(f"| **{full}** | " + " / ".join(
+                self.cell(full, 1.0, m) for m in self.modes) + " |" + " |" * len(cols))
+        return "\n".join(out) + "\n"
+
+    def share(self, method, budget, mode):
+        """The method's accuracy as a share of its engine's full cache in that mode."""
+        acc = self.accuracy(method, budget, mode)
+        full = self.accuracy(self.reference(method), 1.0, mode)
+        return None if acc is None or not full else acc / full
+
+    def goal_check(self):
+        """Issue 12's goal, per xkv method: its share of the full cache at 20% (>= 99% with the
+        question inside, >= 95% after), and each column where a kvpress press scores higher."""
+        presses = [m for m in self.methods
+                   if m.startswith(KVPRESS_PREFIX) and m != self.reference(m)]
+        out = []
+        for method in self.methods:
+            if method.startswith(KVPRESS_PREFIX) or method == self.reference(method):
+                continue  # xkv's methods only, on any engine
+            shares = []
+            for mode, goal in (("aware", 0.99), ("question", 0.99), ("agnostic", 0.95)):
+                s = self.share(method, 0.2, mode)
+                if s is not None:
+                    shares.append(f"{mode} {100 * s:.0f}% ({'meets' if s >= goal else 'misses'} "
+                                  f"{100 * goal:.0f}%)")
+            below = []
+            for b in self.budgets:
+                for mode in ("aware", "agnostic"):
+                    mine = self.accuracy(method, b, mode)
+                    if mine is None or not presses:
+                        continue
+                    best = max(presses, key=lambda p: self.accuracy(p, b, mode) or 0)
+                    if (self.accuracy(best, b, mode) or 0) > mine:
+                        below.append(f"{100 * b:.0f}% {mode} ({mine:.3f} < "
+                                     f"{best[len(KVPRESS_PREFIX):]} "
+                                     f"{self.accuracy(best, b, mode):.3f})")
+            versus = ("" if not presses else "; at or above every kvpress press" if not below
+                      else "; below the best kvpress press at " + ", ".join(below))
+            out.append(f"- {method}: at 20% of the bytes, " + ", ".join(shares) + " of full" +
+                       versus + ".")
+        return "\n".join(out) + "\n"
 
 
-def summary_markdown(rows, prefix="kvpress:"):
-    """The main table (the shape of docs/quality.md: accuracy per mode, overall, its 95% CI, % of
-    the full cache's score) and the accuracy by prompt length. Method names get `prefix`."""
-    cells = _cells(rows)
-    full = [r for r in rows if r["press"] == "full"]
-    full_acc = _mean([int(bool(r["correct"])) for r in full])
-    out = ["| method | budget | accuracy (aware) | accuracy (agnostic) | accuracy (all) | 95% CI "
-           "| % of full score |", "|---|---|---|---|---|---|---|"]
-    for press, keep in cells:
-        cell = [r for r in rows if r["press"] == press and float(r["keep"]) == keep]
-        acc = {m: _mean([int(bool(r["correct"])) for r in cell if r["mode"] == m]) for m in MODES}
-        total = _mean([int(bool(r["correct"])) for r in cell])
-        lo, hi = bootstrap_ci(per_prompt_accuracy(rows, press, keep))
-        rel = f"{100 * total / full_acc:.1f}%" if full_acc > 0 else "n/a"
-        name = press if press == "full" else prefix + press
-        out.append(f"| {name} | {_budget(press, keep)} | {acc['aware']:.3f} | "
-                   f"{acc['agnostic']:.3f} | {total:.3f} | [{lo:.3f}, {hi:.3f}] | {rel} |")
-    lengths = sorted({int(r["length"]) for r in rows})
-    out += ["", "| method | budget | " + " | ".join(f"{n} tok" for n in lengths) + " |",
-            "|---|---|" + "---|" * len(lengths)]
-    for press, keep in cells:
-        name = press if press == "full" else prefix + press
-        accs = [_mean([int(bool(r["correct"])) for r in rows if r["press"] == press and
-                       float(r["keep"]) == keep and int(r["length"]) == n]) for n in lengths]
-        out.append(f"| {name} | {_budget(press, keep)} | " +
-                   " | ".join(f"{a:.3f}" for a in accs) + " |")
-    return "\n".join(out) + "\n"
-
-
-def read_xkv_csv(path):
-    """`xkv eval`'s results.csv as rows of this module (method -> press, budget -> keep)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{"id": r["prompt_id"], "task": r["task"], "length": int(r["target_tokens"]),
-                 "split": "", "press": r["method"], "keep": float(r["budget"]),
-                 "mode": r["mode"], "prediction": r["answer"], "correct": int(r["correct"])}
-                for r in csv.DictReader(f)]
+def restrict_to_common(rows):
+    """The rows of the prompts that every method has at least one row for."""
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], set()).add(r["prompt_id"])
+    common = set.intersection(*by_method.values()) if by_method else set()
+    return [r for r in rows if r["prompt_id"] in common], len(common)
 
 
 def main(argv):
-    """kvpress_report.py KVPRESS.csv [XKV_RESULTS.csv]: the kvpress summary; with xkv's
-    results.csv, both summaries over the prompts the two files share (each % of full is of its
-    own engine's full cache)."""
-    if len(argv) not in (1, 2):
-        raise SystemExit(main.__doc__)
-    rows = read_csv(argv[0])
-    if len(argv) == 1:
-        print(summary_markdown(rows), end="")
-        return
-    xkv = read_xkv_csv(argv[1])
-    common = {r["id"] for r in rows} & {r["id"] for r in xkv}
-    print(f"{len(common)} prompts in both files\n\nkvpress (transformers):\n")
-    print(summary_markdown([r for r in rows if r["id"] in common]))
-    print("xkv:\n")
-    print(summary_markdown([r for r in xkv if r["id"] in common], prefix=""), end="")
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(__doc__)
+    rows, prefixes = [], [KVPRESS_PREFIX]
+    for arg in argv:
+        label, _, path = arg.rpartition("=")
+        part = read_csv(path)
+        if label:  # another run of xkv (say the CPU engine): its methods get LABEL:
+            prefixes.append(label + ":")
+            for r in part:
+                r["method"] = f"{label}:{r['method']}"
+        rows += part
+    rows, n = restrict_to_common(rows)
+    table = Table(rows, tuple(prefixes))
+    modes = ", ".join(f"{m} = question {MODE_TITLES[m]}" for m in table.modes)
+    print(f"{n} prompts that every method ran; each cell: accuracy [95% bootstrap CI over "
+          f"prompts]; the full cache column lists {' / '.join(table.modes)} ({modes}).\n")
+    print(table.markdown())
+    print(table.goal_check(), end="")
+    for method, count in table.failed.items():
+        print(f"\n{method}: {count} cells raised and are left out")
 
 
 if __name__ == "__main__":
-    import sys
     main(sys.argv[1:])

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import kvpress_eval  # noqa: E402  (imports nothing heavy at module level)
 import kvpress_report  # noqa: E402
 import needle_prompts  # noqa: E402
+import peer_prompts  # noqa: E402
 import prompts_jsonl  # noqa: E402
 
 
@@ -148,53 +149,108 @@ class BootstrapTest(unittest.TestCase):
 
 
 class ReportTest(unittest.TestCase):
-    def rows(self):
+    def rows(self, prefix="kvpress:", modes=("aware", "agnostic"), n=4):
+        """Full right everywhere; snapkv at 20% right in the aware mode on the first two prompts."""
         out = []
-        for i in range(4):
-            for press, keep in (("full", 1.0), ("snapkv", 0.2)):
-                for mode in kvpress_report.MODES:
-                    ok = press == "full" or (mode == "aware" and i < 2)
-                    out.append({"id": f"p{i}", "task": "t", "length": 1024 * (1 + i % 2),
-                                "split": "test", "press": press, "keep": keep, "mode": mode,
-                                "prediction": 'say "x",\nthen', "correct": ok})
+        for i in range(n):
+            for method, keep in (("full", 1.0), ("snapkv", 0.2)):
+                for mode in modes:
+                    ok = method == "full" or (mode == "aware" and i < 2)
+                    out.append({"prompt_id": f"p{i}", "task": "t", "mode": mode,
+                                "target_tokens": 1024, "method": prefix + method,
+                                "budget": f"{keep:.4f}", "answer": 'say "x",\nthen',
+                                "correct": int(ok)})
         return out
 
-    def test_csv_round_trip(self):
+    def write(self, d, name, rows):
+        path = os.path.join(d, name)
+        kvpress_report.write_csv(path, rows)
+        return path
+
+    def test_csv_round_trip_in_xkv_columns(self):
+        rows = self.rows()
+        rows[-1]["correct"] = ""  # a failed cell
         with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "r.csv")
-            kvpress_report.write_csv(path, self.rows())
+            path = self.write(d, "r.csv", rows)
+            with open(path, encoding="utf-8") as f:
+                self.assertEqual(f.readline().strip(), ",".join(kvpress_report.CSV_FIELDS))
             back = kvpress_report.read_csv(path)
         self.assertEqual(len(back), 16)
-        self.assertEqual(back[0]["prediction"], 'say "x",\nthen')
-        self.assertEqual((back[-1]["keep"], back[-1]["correct"], back[-1]["length"]),
-                         (0.2, 0, 2048))
+        self.assertEqual(back[0]["answer"], 'say "x",\nthen')
+        self.assertEqual((back[1]["budget"], back[1]["correct"]), (1.0, 1))
+        self.assertIsNone(back[-1]["correct"])
 
-    def test_summary_has_modes_interval_and_share_of_full(self):
-        md = kvpress_report.summary_markdown(self.rows())
-        lo, hi = kvpress_report.bootstrap_ci([0.5, 0.5, 0.0, 0.0])
-        self.assertIn("| full | — | 1.000 | 1.000 | 1.000 | [1.000, 1.000] | 100.0% |", md)
-        self.assertIn(f"| kvpress:snapkv | 20% | 0.500 | 0.000 | 0.250 | [{lo:.3f}, {hi:.3f}] "
-                      "| 25.0% |", md)
-        self.assertIn("| kvpress:snapkv | 20% | 0.250 | 0.250 |", md)  # by length
-
-
-    def test_side_by_side_with_xkv_keeps_shared_prompts(self):
+    def test_rejects_a_file_without_xkv_columns(self):
         with tempfile.TemporaryDirectory() as d:
-            ours, theirs = os.path.join(d, "k.csv"), os.path.join(d, "x.csv")
-            kvpress_report.write_csv(ours, self.rows())
-            with open(theirs, "w", encoding="utf-8") as f:
-                f.write("prompt_id,task,mode,target_tokens,method,budget,answer,correct\n"
-                        "p0,t,aware,1024,full,1.0000,\"a, b\",1\n"
-                        "p0,t,agnostic,1024,full,1.0000,x,1\n"
-                        "p0,t,aware,1024,xkv,0.2000,x,1\np0,t,agnostic,1024,xkv,0.2000,x,0\n"
-                        "p9,t,aware,1024,xkv,0.2000,x,1\n")
+            path = os.path.join(d, "x.csv")
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("id,press,keep\np1,snapkv,0.2\n")
+            with self.assertRaisesRegex(ValueError, "no column prompt_id"):
+                kvpress_report.read_csv(path)
+
+    def test_cells_carry_accuracy_interval_and_own_full_cache(self):
+        rows = self.rows() + self.rows(prefix="", modes=("aware", "question", "agnostic"))
+        for r in rows:
+            r["budget"] = float(r["budget"])
+        rows[-1]["correct"] = None  # xkv's snapkv agnostic on p3 raised: left out of its cell
+        table = kvpress_report.Table(rows)
+        md = table.markdown()
+        lo, hi = kvpress_report.bootstrap_ci([1, 1, 0, 0])
+        self.assertIn("| method | full cache | 20% inside | 20% inside, tail after | 20% after |",
+                      md)
+        self.assertIn(f"| kvpress:snapkv | 1.000 / — / 1.000 | 0.500 [{lo:.2f}, {hi:.2f}] | — "
+                      "| 0.000 [0.00, 0.00] |", md)
+        self.assertIn("| snapkv | 1.000 / 1.000 / 1.000 | 0.500", md)
+        self.assertIn("| **kvpress:full** | 1.000 [1.00, 1.00] / — / 1.000 [1.00, 1.00] |", md)
+        self.assertEqual(table.values("snapkv", 0.2, "agnostic"), [0, 0, 0])
+        self.assertEqual(table.failed, {"snapkv": 1})
+        self.assertAlmostEqual(table.share("snapkv", 0.2, "aware"), 0.5)
+        check = table.goal_check()
+        self.assertIn("- snapkv: at 20% of the bytes, aware 50% (misses 99%), question 0% "
+                      "(misses 99%), agnostic 0% (misses 95%) of full; at or above every "
+                      "kvpress press.", check)
+        self.assertNotIn("kvpress:snapkv:", check)
+        alone = kvpress_report.Table([r for r in rows if not r["method"].startswith("kvpress:")])
+        self.assertIn("(misses 95%) of full.", alone.goal_check())  # no presses: no comparison
+
+    def test_goal_check_names_the_presses_above(self):
+        rows = self.rows() + self.rows(prefix="")
+        for r in rows:
+            r["budget"] = float(r["budget"])
+            if r["method"] == "snapkv" and r["mode"] == "aware" and r["prompt_id"] == "p1":
+                r["correct"] = 0
+        check = kvpress_report.Table(rows).goal_check()
+        self.assertIn("below the best kvpress press at 20% aware (0.250 < snapkv 0.500).", check)
+
+    def test_join_keeps_prompts_every_method_ran_and_labels_engines(self):
+        with tempfile.TemporaryDirectory() as d:
+            ours = self.write(d, "k.csv", self.rows())
+            xkv = self.write(d, "x.csv", self.rows(prefix="", n=3))
+            cpu = self.write(d, "c.csv", self.rows(prefix="", n=4))
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
-                kvpress_report.main([ours, theirs])
+                kvpress_report.main([ours, xkv, "cpu=" + cpu])
         text = out.getvalue()
-        self.assertIn("1 prompts in both files", text)
-        self.assertIn("| kvpress:snapkv | 20% | 1.000 | 0.000 | 0.500 |", text)
-        self.assertIn("| xkv | 20% | 1.000 | 0.000 | 0.500 | [0.500, 0.500] | 50.0% |", text)
+        self.assertIn("3 prompts that every method ran", text)
+        self.assertIn("| cpu:snapkv | 1.000 / 1.000 | 0.667", text)
+        self.assertIn("| **cpu:full** |", text)
+        self.assertIn("| **full** |", text)
+
+
+class PeerPromptsTest(unittest.TestCase):
+    def test_picks_cells_evenly_and_interleaves_them(self):
+        lines = [record(id=f"{t}-{n}-r{r:02d}", task=t, length=n)
+                 for t in ("a", "b") for n in (1024, 8000) for r in range(13)]
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "in.jsonl"), os.path.join(d, "out.jsonl")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+            with contextlib.redirect_stdout(io.StringIO()):
+                peer_prompts.main([src, dst, "--max-length", "4096", "--per-cell", "3"])
+            got = [p["id"] for p in prompts_jsonl.load_prompts(dst)]
+        self.assertEqual(sorted(got), ["a-1024-r00", "a-1024-r06", "a-1024-r12",
+                                       "b-1024-r00", "b-1024-r06", "b-1024-r12"])
+        self.assertEqual({g[0] for g in got[:2]}, {"a", "b"})  # each round covers every task
 
 
 class CommandLineTest(unittest.TestCase):
@@ -209,7 +265,7 @@ class CommandLineTest(unittest.TestCase):
         for extra, fragment in ((["--presses", "snapkv,h2o"], "unknown h2o"),
                                 (["--keeps", "0.2,1.5"], "(0, 1)"),
                                 (["--keeps", "x"], "not a list"),
-                                (["--modes", "both"], "aware, agnostic"),
+                                (["--modes", "question"], "aware, agnostic"),
                                 (["--workers", "0"], "--workers")):
             err = io.StringIO()
             with self.assertRaises(SystemExit) as e, contextlib.redirect_stderr(err):
