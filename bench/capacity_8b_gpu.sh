@@ -48,7 +48,9 @@ if [[ -z $model ]]; then
   model=${MODEL_DIR:-/tmp}/$SHAPE-q4_0.gguf
   if [[ ! -f $model ]]; then
     t0=$(date +%s)
-    xkv bench model --shape "$SHAPE" --type q4_0 --out "$model" > "$out/model.log" 2>&1 ||
+    ctx=$(((PP + TG) > 32768 ? PP + TG : 32768))  # Llama-3-8B's own context is 8192
+    xkv bench model --shape "$SHAPE" --type q4_0 --context "$ctx" --out "$model" \
+      > "$out/model.log" 2>&1 ||
       { echo "capacity: xkv bench model failed:" >&2; tail -n 5 "$out/model.log" >&2; exit 1; }
     echo "wrote $model in $(($(date +%s) - t0)) s" >> "$out/model.log"
   fi
@@ -96,6 +98,7 @@ if [[ -z $port || -z $mport ]]; then
   exit 1
 fi
 echo "xkv serve ready in $(($(date +%s) - t0)) s (port $port, metrics $mport)" >> "$out/serve.log"
+echo "$(date -u +%T) xkv serve ready" >> "$out/timeline.txt"
 metrics=http://127.0.0.1:$mport/metrics
 
 failed=0
@@ -105,6 +108,7 @@ for p in ${POLICIES//,/ }; do
   target=()
   [[ $p != full ]] && target=(--budget-fraction "$FRACTION")
   name=run_$p
+  echo "$(date -u +%T) $p: $c requests at once" >> "$out/timeline.txt"
   python3 "$probe" scrape "$metrics" "$out/$name.before" || failed=1
   python3 "$probe" poll "$metrics" "$out/$name.poll" &
   poller=$!
@@ -120,6 +124,7 @@ for p in ${POLICIES//,/ }; do
   echo "$p $c $name" >> "$out/runs.tsv"
 done
 
+echo "$(date -u +%T) done" >> "$out/timeline.txt"
 {
   echo "$(date -u '+%F %H:%M UTC'), $(cat "$out/gpu.txt"); $(basename "$model"), $STAGES stage(s)" \
     "on $DEVICE; KV pool $blocks blocks per layer ($POOL_SEQS full caches of $PP + $TG tokens);" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """capacity_probe.py: the /metrics side of bench/capacity_8b_gpu.sh (standard library only).
 
-  capacity_probe.py poll URL FILE    sample URL (xkv's /metrics) every 0.25 s into FILE
+  capacity_probe.py poll URL FILE    sample URL (xkv's /metrics) every 0.1 s into FILE
                                      (JSON lines) until killed
   capacity_probe.py scrape URL FILE  one sample into FILE (JSON)
   capacity_probe.py table OUT_DIR    the capacity / throughput / TTFT-share / balance tables of the
@@ -12,6 +12,8 @@ A sample holds the running and waiting requests, every stage's KV bytes held
 (xkv_kv_cache_bytes_predicted), and the sums of the request histograms (TTFT, queue wait,
 profiling, solving). Definitions (docs/benchmarks.md, "Capacity at a fixed KV pool"):
   held        the most requests running at once (admitted by the KV manager), over the run;
+  decode tok/s  held x 1000 / ITL p50: the token rate of a decode step over the whole held batch
+              (the ITL median is the decode step; prefill chunks make the ITL tail);
   profile share  sum(profile + solve) / sum(TTFT - queue wait) over the run's requests: the share
               of the time from admission to the first token spent deciding the allocation;
   balance     per stage, sum over samples of predicted / sum over samples of held, over the
@@ -120,10 +122,10 @@ def table(out):
         for line in f:
             label, conc, name = line.split()
             runs.append((label, int(conc), name))
-    print('| run | sent at once | held (peak running) | ok/failed | out tok/s | '
+    print('| run | sent at once | held (peak running) | ok/failed | out tok/s | decode tok/s | '
           'ITL p50 / p99 ms | TPOT p50 / p99 ms | TTFT p50 / p99 ms | queue share of TTFT | '
           'profile + solve / (TTFT − queue) | mean KV vs full |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     summary = {}
     for label, conc, name in runs:
         try:
@@ -139,9 +141,10 @@ def table(out):
         own = d['ttft'] - d['queue']
         prof = (d['profile'] + d['solve']) / own if own > 0 else None
         queue = d['queue'] / d['ttft'] if d['ttft'] > 0 else None
-        summary[label] = (held, r['output_throughput'], r['p99_itl_ms'])
+        decode = held * 1000 / r['median_itl_ms'] if held and r['median_itl_ms'] > 0 else None
+        summary[label] = (held, r['output_throughput'], decode, r['p99_itl_ms'])
         print(f"| {label} | {conc} | {fmt(held)} | {r['completed']}/{r['failed']} | "
-              f"{fmt(r['output_throughput'], 1)} | {fmt(r['median_itl_ms'], 1)} / "
+              f"{fmt(r['output_throughput'], 1)} | {fmt(decode, 1)} | {fmt(r['median_itl_ms'], 1)} / "
               f"{fmt(r['p99_itl_ms'], 1)} | {fmt(r['median_tpot_ms'], 1)} / "
               f"{fmt(r['p99_tpot_ms'], 1)} | {fmt(r['median_ttft_ms'])} / {fmt(r['p99_ttft_ms'])} | "
               f"{fmt(None if queue is None else 100 * queue, 1)}% | "
@@ -150,12 +153,13 @@ def table(out):
     base = summary.get('full')
     if base and base[0]:
         print()
-        for label, (held, tps, itl) in summary.items():
+        for label, (held, tps, decode, itl) in summary.items():
             if label == 'full' or not held:
                 continue
             print(f'{label} vs full: {held / base[0]:.2f}x the concurrent requests, '
-                  f'{tps / base[1]:.2f}x the output tok/s, ITL p99 {itl:,.1f} vs {base[2]:,.1f} ms '
-                  f'({itl / base[2]:.2f}x)')
+                  f'{decode / base[2]:.2f}x the decode tok/s, {tps / base[1]:.2f}x the output '
+                  f'tok/s (whole run), ITL p99 {itl:,.1f} vs {base[3]:,.1f} ms '
+                  f'({itl / base[3]:.2f}x)')
     for label, conc, name in runs:
         rows, n = balance(load_samples(f'{out}/{name}.poll'))
         if len(rows) < 2:
@@ -174,7 +178,7 @@ def table(out):
 
 def main(argv):
     if len(argv) == 4 and argv[1] == 'poll':
-        poll(argv[2], argv[3], 0.25)
+        poll(argv[2], argv[3], 0.1)
     elif len(argv) == 4 and argv[1] == 'scrape':
         with open(argv[3], 'w') as f:
             json.dump(sample(argv[2]), f)

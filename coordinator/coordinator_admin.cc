@@ -98,7 +98,8 @@ absl::StatusOr<std::vector<int64_t>> Coordinator::PredictedStageKvBytes() const 
       Load& l = loads[seq->compress ? 1 : 0];
       ++l.requests;
       l.prompt_tokens += static_cast<int64_t>(seq->prompt.size());
-      l.new_tokens += seq->generated;
+      // The newest token enters the cache with the next step.
+      l.new_tokens += std::max<int64_t>(seq->generated - 1, 0);
     }
   }
   const ModelCostInputs model = CostInputs();
