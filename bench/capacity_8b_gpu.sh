@@ -77,6 +77,7 @@ xkv serve --model "$model" --device "$DEVICE" --stages "$STAGES" --policy full \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --admin-insecure-local \
   --metrics-listen 127.0.0.1:0 ${EXTRA_SERVE_FLAGS:-} 2> "$out/serve.log" &
 serve=$!
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   [[ -n ${poller:-} ]] && kill "$poller" 2> /dev/null
   kill "$serve" 2> /dev/null
