@@ -136,7 +136,7 @@ class Coordinator {
   // load: its per-layer model (ExpectedKvBytes) over the admitted requests, with their mean prompt
   // and generated tokens, compressed ones under the live allocation profile, the others as a full
   // cache, summed over each stage's layers. What the stages really hold is kv_bytes_used (a
-  // prompt still being prefilled is counted whole here).
+  // prompt still being prefilled, or a preempted request waiting, is counted whole here).
   absl::StatusOr<std::vector<int64_t>> PredictedStageKvBytes() const;
   // Admitted requests that have no token yet (prefilling or profiling).
   int64_t PrefillingRequests() const;
