@@ -25,7 +25,7 @@
 # The 2-stage pipeline target (issue 13, needs 2 GPUs): STAGES=2 DEVICE=cuda:0,cuda:1
 # POOL_SEQS=8 (the same pool per GPU) capacity_8b_gpu.sh OUT2, against the 1-stage run's table.
 set -uo pipefail
-[[ $# -eq 1 ]] || { sed -n '2,25p' "$0" >&2; exit 2; }
+[[ $# -eq 1 ]] || { sed -n '2,26p' "$0" >&2; exit 2; }
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
