@@ -53,6 +53,7 @@ struct RequestRecord {
   std::vector<double> itl_seconds;  // each gap between consecutive generated tokens (seconds)
   double profile_seconds = 0;       // importance profiling (mini-prefill or observed scoring)
   double solve_seconds = 0;         // the budget solver
+  double queue_seconds = 0;         // submit to admission (< ttft_seconds; 0 when not admitted)
 };
 
 struct CoordinatorOptions {
@@ -129,7 +130,16 @@ class Coordinator {
   absl::Status SetPolicy(const KvPolicyOverride& policy);
   xkv::v1::ServiceConfig GetConfig() const;
   xkv::v1::GetAllocationResponse GetAllocation() const;
+  // Every stage's status, with the stage planner's predicted KV bytes (PredictedStageKvBytes).
   xkv::v1::GetClusterStatusResponse GetClusterStatus();
+  // The stage planner's expected KV bytes of every stage ([S], architecture.md §5) at the live
+  // load: its per-layer model (ExpectedKvBytes) over the admitted requests, with their mean prompt
+  // and generated tokens, compressed ones under the live allocation profile, the others as a full
+  // cache, summed over each stage's layers. What the stages really hold is kv_bytes_used (a
+  // prompt still being prefilled, or a preempted request waiting, is counted whole here).
+  absl::StatusOr<std::vector<int64_t>> PredictedStageKvBytes() const;
+  // Admitted requests that have no token yet (prefilling or profiling).
+  int64_t PrefillingRequests() const;
   absl::StatusOr<xkv::v1::ReplanResponse> Replan(bool dry_run);
   xkv::v1::DrainResponse Drain(bool resume, int64_t timeout_ms);
 

@@ -84,8 +84,59 @@ xkv::v1::GetAllocationResponse Coordinator::GetAllocation() const {
   return r;
 }
 
+absl::StatusOr<std::vector<int64_t>> Coordinator::PredictedStageKvBytes() const {
+  struct Load {
+    int64_t requests = 0, prompt_tokens = 0, new_tokens = 0;
+  };
+  Load loads[2];  // [0] a full cache, [1] compressed
+  StagePlan plan;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    plan = plan_;
+    for (const auto& [id, seq] : sequences_) {
+      if (!seq->admitted_set) continue;
+      Load& l = loads[seq->compress ? 1 : 0];
+      ++l.requests;
+      l.prompt_tokens += static_cast<int64_t>(seq->prompt.size());
+      // The newest token enters the cache with the next step.
+      l.new_tokens += std::max<int64_t>(seq->generated - 1, 0);
+    }
+  }
+  const ModelCostInputs model = CostInputs();
+  const std::vector<double> kept = KeptFractions();
+  std::vector<int64_t> layer_bytes(model.weight_bytes.size(), 0);
+  for (int compressed = 0; compressed < 2; ++compressed) {
+    const Load& l = loads[compressed];
+    if (l.requests == 0) continue;
+    StagePlannerOptions o = options_.planner;
+    o.concurrency = l.requests;
+    o.expected_prompt_tokens = (l.prompt_tokens + l.requests / 2) / l.requests;
+    o.expected_new_tokens = (l.new_tokens + l.requests / 2) / l.requests;
+    ASSIGN_OR_RETURN(
+        std::vector<int64_t> bytes,
+        ExpectedKvBytes(model, compressed ? absl::MakeConstSpan(kept) : absl::Span<const double>(),
+                        o));
+    for (size_t i = 0; i < bytes.size(); ++i) layer_bytes[i] += bytes[i];
+  }
+  std::vector<int64_t> stages;
+  for (const StageRange& s : plan.stages) {
+    int64_t sum = 0;
+    for (int i = s.layer_begin; i < s.layer_end; ++i) sum += layer_bytes[i];
+    stages.push_back(sum);
+  }
+  return stages;
+}
+
+int64_t Coordinator::PrefillingRequests() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t n = 0;
+  for (const auto& [id, seq] : sequences_) n += seq->admitted_set && seq->generated == 0;
+  return n;
+}
+
 xkv::v1::GetClusterStatusResponse Coordinator::GetClusterStatus() {
   xkv::v1::GetClusterStatusResponse r;
+  const absl::StatusOr<std::vector<int64_t>> predicted = PredictedStageKvBytes();
   std::vector<absl::StatusOr<xkv::v1::StatusResponse>> statuses = driver_->Status();
   const std::vector<StageState> states = driver_->stage_states();
   for (size_t s = 0; s < statuses.size(); ++s) {
@@ -106,6 +157,7 @@ xkv::v1::GetClusterStatusResponse Coordinator::GetClusterStatus() {
     out->set_layer_begin(st.layer_begin());
     out->set_layer_end(st.layer_end());
     out->set_weight_bytes(st.weight_bytes());
+    if (predicted.ok() && s < predicted->size()) out->set_kv_bytes_predicted((*predicted)[s]);
     out->set_kv_bytes_used(st.usage().kv_bytes_used());
     out->set_kv_bytes_capacity(st.usage().kv_bytes_capacity());
     out->set_blocks_used(st.usage().blocks_used());

@@ -2,6 +2,7 @@
 #ifndef XKV_COORDINATOR_COORDINATOR_SEQUENCE_H_
 #define XKV_COORDINATOR_COORDINATOR_SEQUENCE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -40,7 +41,8 @@ struct Coordinator::Sequence {
   bool started = false;  // the stages hold state for it
   int restarts = 0;      // times a failed step sent it back to the queue (FailStep)
   int32_t last_token = -1;
-  int64_t generated = 0;
+  // Written by the loop thread only; atomic so that PredictedStageKvBytes may read it under mu_.
+  std::atomic<int64_t> generated{0};
   std::vector<xkv::v1::LayerSize> layers;  // latest per-layer sizes
   std::vector<int32_t> output_ids;         // every token sampled for it, in order
   // Preempted: the stages' input on re-admission, prompt + output_ids (empty: the prompt).

@@ -620,6 +620,7 @@ void Coordinator::ReportDone(const Sequence& seq, const absl::Status& status) co
   r.itl_seconds = seq.itl_seconds;
   r.profile_seconds = seq.profile_ms / 1e3;
   r.solve_seconds = seq.solve_ms / 1e3;
+  if (seq.admitted_set) r.queue_seconds = absl::ToDoubleSeconds(seq.admitted - seq.submitted);
   options_.on_request_done(r);
 }
 

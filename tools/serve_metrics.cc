@@ -18,6 +18,9 @@ void CollectStageMetrics(const xkv::v1::GetClusterStatusResponse& cluster, Metri
        &xkv::v1::StageStatus::kv_bytes_used},
       {"xkv_kv_cache_bytes_capacity", "KV byte capacity of the stage.",
        &xkv::v1::StageStatus::kv_bytes_capacity},
+      {"xkv_kv_cache_bytes_predicted",
+       "The stage planner's expected KV bytes of the stage at the live load.",
+       &xkv::v1::StageStatus::kv_bytes_predicted},
       {"xkv_kv_cache_blocks_used", "KV blocks in use on the stage (all its layers).",
        &xkv::v1::StageStatus::blocks_used},
       {"xkv_kv_cache_blocks_free", "Free KV blocks on the stage (all its layers).",
@@ -71,6 +74,8 @@ void CollectCoordinatorMetrics(Coordinator* c, MetricsRegistry& r) {
       ->Set({}, cluster.running_requests());
   r.Gauge("xkv_num_requests_waiting", "Requests waiting in the queue.")
       ->Set({}, cluster.queued_requests());
+  r.Gauge("xkv_num_requests_prefilling", "Running requests without a token yet.")
+      ->Set({}, static_cast<double>(c->PrefillingRequests()));
   r.Gauge("xkv_max_queue", "Waiting requests before RESOURCE_EXHAUSTED (--max-queue).")
       ->Set({}, config.max_queue());
   r.Gauge("xkv_max_batch", "Running sequences per step (--max-batch).")
@@ -98,7 +103,7 @@ MetricsRegistry& ServingRegistry() {
 // Declares the request families (vLLM-style names and buckets) and returns them in order.
 struct RequestFamilies {
   MetricFamily *requests, *prompt_tokens, *generation_tokens, *ttft, *e2e, *tpot, *itl, *profile,
-      *solve;
+      *solve, *queue;
 };
 RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
   return {
@@ -122,6 +127,9 @@ RequestFamilies DeclareRequestFamilies(MetricsRegistry& r) {
                   {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
       r.Histogram("xkv_request_solve_seconds", "Per profiled request: the per-layer budget solver.",
                   {0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}),
+      r.Histogram("xkv_request_queue_seconds",
+                  "Submit to admission (the part of TTFT spent waiting for a batch slot and KV).",
+                  {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80}),
   };
 }
 
@@ -134,7 +142,10 @@ void RecordServedRequest(const RequestRecord& rec) {
   f.prompt_tokens->Add({}, static_cast<double>(rec.prompt_tokens));
   f.generation_tokens->Add({}, static_cast<double>(rec.completion_tokens));
   if (rec.code != absl::StatusCode::kOk) return;
-  if (rec.ttft_seconds >= 0) f.ttft->Observe({}, rec.ttft_seconds);
+  if (rec.ttft_seconds >= 0) {
+    f.ttft->Observe({}, rec.ttft_seconds);
+    f.queue->Observe({}, rec.queue_seconds);
+  }
   f.e2e->Observe({}, rec.e2e_seconds);
   if (rec.tpot_seconds >= 0) f.tpot->Observe({}, rec.tpot_seconds);
   for (double gap : rec.itl_seconds) f.itl->Observe({}, gap);

@@ -1,9 +1,11 @@
 // Admin through real processes: re-planning an uneven profile, changing the retention target,
-// and cancelling a request (every stage's block pool back to zero).
+// cancelling a request (every stage's block pool back to zero), and the planner's predicted KV
+// bytes per stage against what the stages hold.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <string>
 
 #include "tests/e2e/e2e_harness.h"
@@ -158,6 +160,47 @@ TEST(Admin, CancellingARequestFreesEveryStagesBlocks) {
   }
   EXPECT_TRUE(empty) << last.DebugString();
   for (const auto& stage : last.stages()) EXPECT_EQ(stage.kv_bytes_used(), 0) << stage.index();
+}
+
+// The stage planner's predicted KV bytes per stage (GetClusterStatus.kv_bytes_predicted, also on
+// /metrics) match what the stages hold while a request decodes: a full cache, and an xkv cache
+// whose profile is this request's own (the first profile sample), to within 10% per stage.
+TEST(Admin, PredictedStageKvBytesMatchWhatTheStagesHold) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster = Cluster::Start({.workers = 2});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+
+  absl::StatusOr<xkv::v1::GetClusterStatusResponse> idle = c.ClusterStatus();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  for (const auto& stage : idle->stages()) EXPECT_EQ(stage.kv_bytes_predicted(), 0);
+
+  for (const char* policy : {"full", "xkv"}) {
+    SCOPED_TRACE(policy);
+    const bool full = std::string(policy) == "full";
+    xkv::v1::GenerateRequest r =
+        GreedyRequest(kLongPrompt, 24, policy, full ? std::nullopt : std::optional<double>(0.5));
+    r.set_ignore_eos(true);
+    int seen = 0;
+    std::optional<xkv::v1::GetClusterStatusResponse> during;
+    StreamResult res = Generate(c.generation(), r, absl::Seconds(120),
+                                [&](const xkv::v1::GenerateResponse&, grpc::ClientContext&) {
+                                  if (++seen != 3) return;
+                                  absl::StatusOr<xkv::v1::GetClusterStatusResponse> st =
+                                      c.ClusterStatus();
+                                  if (st.ok()) during = *st;
+                                });
+    ASSERT_TRUE(res.status.ok()) << res.status.error_message() << c.Logs();
+    ASSERT_TRUE(during.has_value()) << "cluster status failed while the request ran";
+    ASSERT_EQ(during->stages_size(), 2);
+    for (const auto& stage : during->stages()) {
+      ASSERT_GT(stage.kv_bytes_used(), 0) << stage.index();
+      EXPECT_NEAR(static_cast<double>(stage.kv_bytes_predicted()) / stage.kv_bytes_used(), 1.0,
+                  0.10)
+          << "stage " << stage.index() << ": predicted " << stage.kv_bytes_predicted() << ", held "
+          << stage.kv_bytes_used();
+    }
+  }
 }
 
 }  // namespace

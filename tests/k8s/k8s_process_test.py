@@ -322,6 +322,15 @@ class RenderedPodsTest(unittest.TestCase):
                 # The ConfigMap's default profile mode (per_request) profiles every request.
                 self.assertEqual(float(values["xkv_request_profile_seconds_count"]), 1.0, body)
                 self.assertEqual(float(values["xkv_request_solve_seconds_count"]), 1.0, body)
+                # Its wait for admission is part of its TTFT.
+                self.assertEqual(float(values["xkv_request_queue_seconds_count"]), 1.0, body)
+                self.assertLessEqual(float(values["xkv_request_queue_seconds_sum"]),
+                                     float(values["xkv_time_to_first_token_seconds_sum"]), body)
+                # Nothing runs any more: the planner expects no KV on any stage.
+                for stage in range(len(workers)):
+                    self.assertEqual(
+                        float(values[f'xkv_kv_cache_bytes_predicted{{stage="{stage}"}}']), 0.0,
+                        body)
 
         token = self.secret["stringData"]["token"]
         admin_addr = f"127.0.0.1:{admin}"
