@@ -4,8 +4,10 @@
 #   1. llama.cpp's llama-batched-bench built with CUDA from the trimmed source
 #      (bench/llama_cpp_batched_gpu.sh; skipped when already built on this machine);
 #   2. `xkv bench gpu --batched-decode`: the engine's pure batched decode (S_TG);
-#   3. `xkv serve --device cuda:0` (full cache) + `xkv bench serve` at B concurrent PP-token
-#      prompts / TG-token outputs for each B (closed loop, 2B requests, 1 warm-up);
+#   3. `xkv serve --device cuda:0 --micro-batches M --log-step-timing` for each M of MICRO, and
+#      per B and policy of POLICIES a burst of B PP-token prompts / TG-token outputs through
+#      `xkv bench serve` ("decode tok/s (all B decoding)", llama-batched-bench's S_TG), the
+#      compressed policies at BUDGET of the prompt's KV;
 #   4. llama-batched-bench -npp PP -ntg TG -npl NPL, flash attention on and off;
 #   5. one short table (bench/llama_cpp_compare.py) on stdout and in OUT_DIR/summary.md.
 #
@@ -15,7 +17,8 @@
 # bench/llama_cpp_batched_gpu.sh bench/llama_cpp_compare.py llama-src.tar.xz) or from the repo
 # root. Env: XKV_MODEL (the GGUF, required), GPU_BUNDLE (default: this script's folder when it
 # holds the bundle's `run`, else .gpu-bundle), LLAMA_SRC (default GPU_BUNDLE/llama-src.tar.xz,
-# made by scripts/pack-llama-cpp-src), PP (2048), TG (128), NPL (8,32).
+# made by scripts/pack-llama-cpp-src), PP (2048), TG (128), NPL (8,32), POLICIES (full,xkv,snapkv),
+# BUDGET (0.25), MICRO (1,2), STEP_LOG (16: steps per --log-step-timing line).
 # --build-only: only step 1 (a first device call can build while the model's parts travel).
 set -uo pipefail
 build_only=()
@@ -23,7 +26,7 @@ if [[ ${1:-} == --build-only ]]; then
   build_only=(--build-only)
   shift
 fi
-[[ $# -eq 1 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[[ $# -eq 1 ]] || { sed -n '2,23p' "$0" >&2; exit 2; }
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 if [[ -n ${GPU_BUNDLE:-} ]]; then
@@ -37,6 +40,8 @@ tools=$here  # the sibling scripts: in the bundle, or bench/ of the repo
 [[ -f $tools/llama_cpp_batched_gpu.sh ]] || tools=$(pwd)/bench
 src=${LLAMA_SRC:-$bundle/llama-src.tar.xz}
 export PP=${PP:-2048} TG=${TG:-128} NPL=${NPL:-8,32}
+POLICIES=${POLICIES:-full,xkv,snapkv} BUDGET=${BUDGET:-0.25} MICRO=${MICRO:-1,2}
+STEP_LOG=${STEP_LOG:-16}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 model=${XKV_MODEL:-}
@@ -54,33 +59,48 @@ xkv bench gpu --batched-decode --model "$model" --prompt-tokens "$PP" --gen-toke
   --batch "$NPL" --json "$out/xkv_batched.json" > "$out/xkv_batched.md" 2> "$out/xkv_batched.log" ||
   { echo "xkv bench gpu --batched-decode failed:"; tail -n 5 "$out/xkv_batched.log"; failed=1; } >&2
 
-# 3. The service: one xkv serve, one bench serve per batch size.
+# 3. The service: one xkv serve per micro-batch setting of MICRO, then for each B a burst of B
+#    requests (all sent at once) per policy of POLICIES, the compressed ones at BUDGET of the
+#    prompt's KV (--budget-fraction). Each run's step-timing lines follow a marker in serve_M.log.
 max_b=$(tr ',' '\n' <<< "$NPL" | sort -n | tail -1)
-xkv serve --model "$model" --device cuda:0 --stages 1 --policy full --max-batch "$max_b" \
-  --step-tokens "$PP" --prefill-chunk "$PP" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-  --admin-insecure-local 2> "$out/serve.log" &
-serve=$!
-port=
-for _ in $(seq 1200); do  # up to 120 s to load
-  port=$(sed -n 's/.*serving Generation on port \([0-9]*\).*/\1/p' "$out/serve.log")
-  [[ -n $port ]] && break
-  kill -0 $serve 2>/dev/null || break
-  sleep 0.1
-done
-if [[ -n $port ]]; then
-  for b in ${NPL//,/ }; do
-    xkv bench serve --server "127.0.0.1:$port" --model "$model" --rate inf --max-concurrency "$b" \
-      --requests $((2 * b)) --warmup 1 --prompt-min "$PP" --prompt-max "$PP" --output-min "$TG" \
-      --output-max "$TG" --json "$out/serve_$b.json" > "$out/serve_$b.md" 2>> "$out/serve_bench.log" ||
-      { echo "xkv bench serve at $b failed:"; tail -n 3 "$out/serve_bench.log"; failed=1; } >&2
+for m in ${MICRO//,/ }; do
+  log=$out/serve_m$m.log
+  : > "$log"
+  xkv serve --model "$model" --device cuda:0 --stages 1 --policy full --max-batch "$max_b" \
+    --max-batched-tokens "$PP" --prefill-chunk "$PP" --micro-batches "$m" \
+    --log-step-timing "$STEP_LOG" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --admin-insecure-local 2>> "$log" &
+  serve=$!
+  port=
+  for _ in $(seq 1200); do  # up to 120 s to load
+    port=$(sed -n 's/.*serving Generation on port \([0-9]*\).*/\1/p' "$log")
+    [[ -n $port ]] && break
+    kill -0 $serve 2>/dev/null || break
+    sleep 0.1
   done
-else
-  echo "serve_vs_llama_cpp_gpu: xkv serve did not start:" >&2
-  tail -n 5 "$out/serve.log" >&2
-  failed=1
-fi
-kill $serve 2>/dev/null
-wait $serve 2>/dev/null
+  if [[ -z $port ]]; then
+    echo "serve_vs_llama_cpp_gpu: xkv serve --micro-batches $m did not start:" >&2
+    tail -n 5 "$log" >&2
+    failed=1
+    continue
+  fi
+  for b in ${NPL//,/ }; do
+    for policy in ${POLICIES//,/ }; do
+      budget=()
+      [[ $policy == full ]] || budget=(--budget-fraction "$BUDGET")
+      echo "=== serve_vs_llama_cpp_gpu: B=$b policy=$policy" >> "$log"
+      xkv bench serve --server "127.0.0.1:$port" --model "$model" --rate inf \
+        --max-concurrency "$b" --requests "$b" --warmup 1 --prompt-min "$PP" --prompt-max "$PP" \
+        --output-min "$TG" --output-max "$TG" --policies "$policy" ${budget[@]+"${budget[@]}"} \
+        --json "$out/serve_m${m}_b${b}_$policy.json" > "$out/serve_m${m}_b${b}_$policy.md" \
+        2>> "$out/serve_bench.log" ||
+        { echo "xkv bench serve (M=$m B=$b $policy) failed:"; tail -n 3 "$out/serve_bench.log"
+          failed=1; } >&2
+    done
+  done
+  kill $serve 2>/dev/null
+  wait $serve 2>/dev/null
+done
 
 # 4. llama.cpp, after xkv has let go of the GPU.
 "$tools/llama_cpp_batched_gpu.sh" "$src" "$model" "$out" > /dev/null || failed=1

@@ -220,6 +220,7 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
   for (size_t s = 0; s < results.size(); ++s) {
     const xkv::v1::StepResponse& r = *results[s];
     out.max_stage_ms = std::max(out.max_stage_ms, r.timings().total_ms());
+    out.max_compute_ms = std::max(out.max_compute_ms, r.timings().compute_ms());
     if (r.sequences_size() != n) {
       return absl::InternalError(
           absl::StrCat("stage ", s, " answered ", r.sequences_size(), " sequences of ", n));
