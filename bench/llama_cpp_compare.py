@@ -6,12 +6,12 @@ usage: llama_cpp_compare.py OUT_DIR
 Reads from OUT_DIR (missing files give "-"):
   llama_batched.tsv          lines "fa B S_TG S_PP" (bench/llama_cpp_batched_gpu.sh)
   xkv_batched.json           `xkv bench gpu --batched-decode --json` ("batched": decode_tps, ...)
-  serve_mM_bB_POLICY.json    `xkv bench serve --json`: a burst of B requests, policy POLICY, on
-                             `xkv serve --micro-batches M`
-  serve_mM.log               that server's stderr: `--log-step-timing` lines after a marker
+  serve_S_bB_POLICY.json     `xkv bench serve --json`: a burst of B requests, policy POLICY, on
+                             server S (mM: `xkv serve --micro-batches M`; base: XKV_BASE's)
+  serve_S.log                that server's stderr: `--log-step-timing` lines after a marker
                              "=== serve_vs_llama_cpp_gpu: B=.. policy=.." per run
 Prints two Markdown tables. The first: llama.cpp's S_TG (flash attention on, off) and xkv's engine
-alone (`bench gpu --batched-decode`) per B. The second, per B, M and policy: "decode tok/s (all B
+alone (`bench gpu --batched-decode`) per B. The second, per B, server and policy: "decode tok/s (all B
 decoding)" of `xkv bench serve` (tokens streamed from the last request's first token to the first
 request's last, over that window: llama-batched-bench's S_TG for the service), its ratio to
 llama.cpp's better S_TG, vLLM's output throughput (prefill included), and the mean of the
@@ -84,13 +84,13 @@ def main():
     j = load_json(os.path.join(out, "xkv_batched.json"))
     for row in (j or {}).get("batched", []):
         engine[int(row["batch"])] = row["decode_tps"]
-    runs = []  # (M, B, policy)
+    runs = []  # (server, B, policy)
     for n in os.listdir(out):
-        m = re.fullmatch(r"serve_m(\d+)_b(\d+)_(\w+)\.json", n)
+        m = re.fullmatch(r"serve_([a-z0-9]+)_b(\d+)_(\w+)\.json", n)
         if m:
-            runs.append((int(m.group(1)), int(m.group(2)), m.group(3)))
+            runs.append((m.group(1), int(m.group(2)), m.group(3)))
     order = {"full": 0, "xkv": 1, "snapkv": 2}
-    runs.sort(key=lambda r: (r[1], r[0], order.get(r[2], 9), r[2]))
+    runs.sort(key=lambda r: (r[1], r[0] == "base", r[0], order.get(r[2], 9), r[2]))
     batches = sorted({b for _, b in llama} | set(engine) | {b for _, b, _ in runs})
 
     print("| B | llama.cpp S_TG, FA on | llama.cpp S_TG, FA off | xkv engine alone S_TG |")
@@ -100,15 +100,15 @@ def main():
         off = llama.get(("off", b), (None, None))[0]
         print(f"| {b} | {fmt(on)} | {fmt(off)} | {fmt(engine.get(b))} |")
     print()
-    print("| B | micro-batches | policy | xkv serve decode tok/s (all B decoding) | / llama.cpp "
+    print("| B | server | policy | xkv serve decode tok/s (all B decoding) | / llama.cpp "
           "(better FA) | out tok/s | TPOT mean ms | decode step ms: loop / wait / stage / "
           "compute |")
     print("|---|---|---|---|---|---|---|---|")
     timings = {}
     for m, b, policy in runs:
         if m not in timings:
-            timings[m] = step_timing(os.path.join(out, f"serve_m{m}.log"))
-        s = load_json(os.path.join(out, f"serve_m{m}_b{b}_{policy}.json"))
+            timings[m] = step_timing(os.path.join(out, f"serve_{m}.log"))
+        s = load_json(os.path.join(out, f"serve_{m}_b{b}_{policy}.json"))
         r = s["results"][0] if s and s.get("results") else None
         decode = r.get("decode_throughput_all_decoding") if r else None
         decode = decode if decode else None

@@ -193,12 +193,14 @@ class Coordinator {
   absl::Status ApplyProfiles(const MicroBatch& batch, const StepOutcome& outcome);
   // Solves one profiled sequence's budgets from its scores-only pass.
   absl::Status SolveProfiled(Sequence& seq, const SequenceStepResult& result);
-  absl::Status ApplyMain(const MicroBatch& batch, const StepOutcome& outcome);
+  // Takes the outcome's layer sizes (moved into each sequence).
+  absl::Status ApplyMain(const MicroBatch& batch, StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
-  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (`compacted`:
-  // the step compacted it) against the scheduler's ledger; INTERNAL when they disagree.
-  absl::Status ReconcileKv(Sequence& seq, const SequenceStepResult& result, bool compacted);
+  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (seq.layers;
+  // `compacted`: the step compacted it) against the scheduler's ledger; INTERNAL when they
+  // disagree.
+  absl::Status ReconcileKv(const Sequence& seq, bool compacted);
   // The scheduler preempted a sequence: frees it on the stages; it recomputes on re-admission.
   void Preempt(const Preemption& preemption);
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,

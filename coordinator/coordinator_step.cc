@@ -478,16 +478,18 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   seq.started = true;
 }
 
-absl::Status Coordinator::ApplyMain(const MicroBatch& batch, const StepOutcome& outcome) {
+absl::Status Coordinator::ApplyMain(const MicroBatch& batch, StepOutcome& outcome) {
   for (size_t i = 0; i < batch.items.size(); ++i) {
     const WorkItem& item = batch.plan.items[batch.items[i]];
     Sequence* found = Find(item.id);
     if (found == nullptr) continue;
     Sequence& seq = *found;
-    const SequenceStepResult& r = outcome.sequences[i];
-    if (!r.layers.empty()) seq.layers = r.layers;
+    SequenceStepResult& r = outcome.sequences[i];
+    const bool reported = !r.layers.empty();  // a stage client may report no sizes
+    if (reported) seq.layers = std::move(r.layers);
     // What the stages hold against the KV ledger: a disagreement ends this request alone.
-    if (absl::Status k = ReconcileKv(seq, r, batch.compacts[i]); !k.ok()) {
+    if (absl::Status k = reported ? ReconcileKv(seq, batch.compacts[i]) : absl::OkStatus();
+        !k.ok()) {
       FinishSequence(seq.id, k, 0);
       continue;
     }
@@ -535,9 +537,8 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
 
 // ---- KV ledger: what the stages hold, preemption ---------------------------------------------
 
-absl::Status Coordinator::ReconcileKv(Sequence& seq, const SequenceStepResult& r, bool compacted) {
-  if (r.layers.empty()) return absl::OkStatus();  // a stage client that reports no sizes
-  const std::vector<KvLayerHeld> held = LayersHeld(r.layers);
+absl::Status Coordinator::ReconcileKv(const Sequence& seq, bool compacted) {
+  const std::vector<KvLayerHeld> held = LayersHeld(seq.layers);
   return compacted ? scheduler_->Compacted(seq.id, held) : scheduler_->CheckHeld(seq.id, held);
 }
 
