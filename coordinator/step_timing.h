@@ -18,7 +18,7 @@ struct StepPhases {
   double launch_ms = 0;   // the step request built and queued on the stages
   double wait_ms = 0;     // until every stage answered, their answers merged
   double stage_ms = 0;    // the slowest stage's own step (StepTimings.total_ms)
-  double compute_ms = 0;  // that stage's engine compute (embedding, layers, head, sampling)
+  double compute_ms = 0;  // the largest engine compute of the stages (layers, head, sampling)
   double apply_ms = 0;  // results applied: KV ledger check, tokens accepted, detokenized, streamed
   int64_t sequences = 0;  // in the pass
   int64_t rows = 0;       // tokens computed (decode: 1 per sequence)
