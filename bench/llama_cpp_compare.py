@@ -1,20 +1,32 @@
 #!/usr/bin/env python3
-"""The short table of bench/serve_vs_llama_cpp_gpu.sh: decode tokens/s per batch size B.
+"""The tables of bench/serve_vs_llama_cpp_gpu.sh: decode tokens/s per batch size B.
 
 usage: llama_cpp_compare.py OUT_DIR
 
 Reads from OUT_DIR (missing files give "-"):
-  llama_batched.tsv     lines "fa B S_TG S_PP" (bench/llama_cpp_batched_gpu.sh)
-  xkv_batched.json      `xkv bench gpu --batched-decode --json` ("batched": decode_tps, prefill_tps)
-  serve_B.json          `xkv bench serve --json` at B concurrent requests (results[0])
-Prints a Markdown table. "serve decode" is B x 1000 / mean TPOT: the aggregate decode rate of B
-requests that decode together (each request's TPOT is its decode time per token after the first);
-"serve out tok/s" is vLLM's output throughput (all output tokens over the whole run, prefill
-included). The last column is serve decode over llama.cpp's better S_TG (flash attention on or off).
+  llama_batched.tsv          lines "fa B S_TG S_PP" (bench/llama_cpp_batched_gpu.sh)
+  xkv_batched.json           `xkv bench gpu --batched-decode --json` ("batched": decode_tps, ...)
+  serve_S_bB_POLICY.json     `xkv bench serve --json`: a burst of B requests, policy POLICY, on
+                             server S (mM: `xkv serve --micro-batches M`; base: XKV_BASE's)
+  serve_S.log                that server's stderr: `--log-step-timing` lines after a marker
+                             "=== serve_vs_llama_cpp_gpu: B=.. policy=.." per run
+Prints two Markdown tables. The first: llama.cpp's S_TG (flash attention on, off) and xkv's engine
+alone (`bench gpu --batched-decode`) per B. The second, per B, server and policy: "decode tok/s (all B
+decoding)" of `xkv bench serve` (tokens streamed from the last request's first token to the first
+request's last, over that window: llama-batched-bench's S_TG for the service), its ratio to
+llama.cpp's better S_TG, vLLM's output throughput (prefill included), and the mean of the
+step-timing lines whose steps were pure decode (B sequences, B rows): the loop's time per step,
+the wait for the stage, the stage's own step and its engine compute.
 """
 import json
 import os
+import re
 import sys
+
+LINE = re.compile(r"xkv coordinator: (\d+) steps, ([\d.]+) sequences / ([\d.]+) rows each: one "
+                  r"every ([\d.]+) ms = plan ([\d.]+) \+ launch ([\d.]+) \+ wait ([\d.]+) "
+                  r"\(stages ([\d.]+), compute ([\d.]+)\) \+ apply ([\d.]+) \+ other (-?[\d.]+) ms")
+MARK = re.compile(r"=== serve_vs_llama_cpp_gpu: B=(\d+) policy=(\S+)")
 
 
 def load_json(path):
@@ -25,8 +37,37 @@ def load_json(path):
         return None
 
 
-def fmt(v):
-    return "-" if v is None else f"{v:,.0f}"
+def fmt(v, digits=0):
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def step_timing(path):
+    """(B, policy) -> mean per step of [step, plan, launch, wait, stages, compute, apply, other]
+    over the lines of pure decode steps (sequences == rows == B)."""
+    sums = {}
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return {}
+    key = None
+    for line in lines:
+        m = MARK.search(line)
+        if m:
+            key = (int(m.group(1)), m.group(2))
+            continue
+        m = LINE.search(line)
+        if not m or key is None:
+            continue
+        seqs, rows = float(m.group(2)), float(m.group(3))
+        if seqs != key[0] or rows != key[0]:
+            continue
+        n = int(m.group(1))
+        vals = [float(m.group(i)) for i in range(4, 12)]
+        acc = sums.setdefault(key, [0, [0.0] * 8])
+        acc[0] += n
+        acc[1] = [a + v * n for a, v in zip(acc[1], vals)]
+    return {k: [v / n for v in s] for k, (n, s) in sums.items() if n > 0}
 
 
 def main():
@@ -39,29 +80,47 @@ def main():
                 llama[(fa, int(b))] = (float(s_tg), float(s_pp))
     except OSError:
         pass
-    xkv = {}
+    engine = {}
     j = load_json(os.path.join(out, "xkv_batched.json"))
     for row in (j or {}).get("batched", []):
-        xkv[int(row["batch"])] = (row["decode_tps"], row["prefill_tps"])
-    batches = sorted({b for _, b in llama} | set(xkv) |
-                     {int(n[6:-5]) for n in os.listdir(out)
-                      if n.startswith("serve_") and n.endswith(".json") and n[6:-5].isdigit()})
-    print("| B | llama.cpp S_TG, FA on | llama.cpp S_TG, FA off | xkv batched S_TG | "
-          "xkv serve decode (B/TPOT) | xkv serve out tok/s | TPOT mean / p99 ms | "
-          "serve decode / llama.cpp |")
-    print("|---|---|---|---|---|---|---|---|")
+        engine[int(row["batch"])] = row["decode_tps"]
+    runs = []  # (server, B, policy)
+    for n in os.listdir(out):
+        m = re.fullmatch(r"serve_([a-z0-9]+)_b(\d+)_(\w+)\.json", n)
+        if m:
+            runs.append((m.group(1), int(m.group(2)), m.group(3)))
+    order = {"full": 0, "xkv": 1, "snapkv": 2}
+    runs.sort(key=lambda r: (r[1], r[0] == "base", r[0], order.get(r[2], 9), r[2]))
+    batches = sorted({b for _, b in llama} | set(engine) | {b for _, b, _ in runs})
+
+    print("| B | llama.cpp S_TG, FA on | llama.cpp S_TG, FA off | xkv engine alone S_TG |")
+    print("|---|---|---|---|")
     for b in batches:
         on = llama.get(("on", b), (None, None))[0]
         off = llama.get(("off", b), (None, None))[0]
-        mine = xkv.get(b, (None, None))[0]
-        s = load_json(os.path.join(out, f"serve_{b}.json"))
+        print(f"| {b} | {fmt(on)} | {fmt(off)} | {fmt(engine.get(b))} |")
+    print()
+    print("| B | server | policy | xkv serve decode tok/s (all B decoding) | / llama.cpp "
+          "(better FA) | out tok/s | TPOT mean ms | decode step ms: loop / wait / stage / "
+          "compute |")
+    print("|---|---|---|---|---|---|---|---|")
+    timings = {}
+    for m, b, policy in runs:
+        if m not in timings:
+            timings[m] = step_timing(os.path.join(out, f"serve_{m}.log"))
+        s = load_json(os.path.join(out, f"serve_{m}_b{b}_{policy}.json"))
         r = s["results"][0] if s and s.get("results") else None
-        decode = b * 1000.0 / r["mean_tpot_ms"] if r and r["mean_tpot_ms"] > 0 else None
-        best = max([v for v in (on, off) if v is not None], default=None)
+        decode = r.get("decode_throughput_all_decoding") if r else None
+        decode = decode if decode else None
+        best = max([v for v in (llama.get(("on", b), (None,))[0],
+                                llama.get(("off", b), (None,))[0]) if v is not None],
+                   default=None)
         ratio = f"{decode / best:.2f}x" if decode and best else "-"
-        tpot = f"{r['mean_tpot_ms']:.2f} / {r['p99_tpot_ms']:.2f}" if r else "-"
-        print(f"| {b} | {fmt(on)} | {fmt(off)} | {fmt(mine)} | {fmt(decode)} | "
-              f"{fmt(r['output_throughput'] if r else None)} | {tpot} | {ratio} |")
+        t = timings[m].get((b, policy))
+        steps = f"{t[0]:.2f} / {t[3]:.2f} / {t[4]:.2f} / {t[5]:.2f}" if t else "-"
+        print(f"| {b} | {m} | {policy} | {fmt(decode)} | {ratio} | "
+              f"{fmt(r['output_throughput'] if r else None)} | "
+              f"{fmt(r['mean_tpot_ms'] if r else None, 2)} | {steps} |")
     return 0
 
 

@@ -103,7 +103,7 @@ class OpenAiBenchClient final : public ServeBenchClient {
     if (j.contains("choices") && j["choices"].is_array()) {
       for (const Json& c : j["choices"]) {
         if (c.contains("text") && c["text"].is_string() && !c["text"].get<std::string>().empty()) {
-          clock.Chunk(out);
+          clock.Chunk(out, 1);  // one text chunk per token (OpenAI streams count none)
           ++streamed;
         }
       }

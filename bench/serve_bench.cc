@@ -158,7 +158,9 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
         std::this_thread::sleep_until(start + std::chrono::duration_cast<SteadyClock::duration>(
                                                   std::chrono::duration<double>(arrivals[i])));
         const Job& job = jobs[o.warmup + i];
+        const double sent = std::chrono::duration<double>(SteadyClock::now() - start).count();
         result.requests[i] = own->Run(job.prompt, job.output_tokens);
+        result.requests[i].sent_s = sent;
       }
     });
   }
@@ -209,18 +211,22 @@ std::string FormatServeBench(const ServeBenchOptions& o,
   absl::StrAppend(&out,
                   "| policy | completed/failed | duration s | req/s | goodput req/s | out tok/s | "
                   "total tok/s | TTFT mean / p50 / p99 ms | TPOT mean / p50 / p99 ms | ITL mean / "
-                  "p50 / p99 ms | e2e p50 / p99 s | peak KV, one request | mean KV vs full | peak "
-                  "KV, cluster |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                  "p50 / p99 ms | e2e p50 / p99 s | decode tok/s (all B decoding) | peak KV, one "
+                  "request | mean KV vs full | peak KV, cluster |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const ServeBenchResult& r : results) {
     absl::StrAppendFormat(
         &out,
         "| %s | %d/%d | %.2f | %.3f | %.3f | %.1f | %.1f | %.0f / %.0f / %.0f | %.2f / %.2f / "
-        "%.2f | %.2f / %.2f / %.2f | %.2f / %.2f | %.2f MiB | %.1f%% | %s |\n",
+        "%.2f | %.2f / %.2f / %.2f | %.2f / %.2f | %s | %.2f MiB | %.1f%% | %s |\n",
         r.label, r.completed, r.failed, r.duration_s, r.request_throughput, r.request_goodput,
         r.output_throughput, r.total_token_throughput, r.ttft_mean, r.ttft_p50, r.ttft_p99,
         r.tpot_mean, r.tpot_p50, r.tpot_p99, r.itl_mean, r.itl_p50, r.itl_p99, r.e2e_p50 / 1000,
-        r.e2e_p99 / 1000, r.peak_request_kv_bytes / 1048576.0, 100 * r.mean_kv_fraction,
+        r.e2e_p99 / 1000,
+        r.decode_throughput > 0 ? absl::StrFormat("%.1f (%d tokens in %.3f s)", r.decode_throughput,
+                                                  r.decode_window_tokens, r.decode_window_s)
+                                : std::string("-"),
+        r.peak_request_kv_bytes / 1048576.0, 100 * r.mean_kv_fraction,
         r.peak_cluster_kv_bytes < 0
             ? std::string("-")
             : absl::StrFormat("%.2f MiB", r.peak_cluster_kv_bytes / 1048576.0));
@@ -283,6 +289,9 @@ std::string ServeBenchJson(const ServeBenchOptions& o,
                             {"mean_e2el_ms", r.e2e_mean},
                             {"median_e2el_ms", r.e2e_p50},
                             {"p99_e2el_ms", r.e2e_p99},
+                            {"decode_window_s", r.decode_window_s},
+                            {"decode_window_tokens", r.decode_window_tokens},
+                            {"decode_throughput_all_decoding", r.decode_throughput},
                             {"peak_request_kv_bytes", r.peak_request_kv_bytes},
                             {"mean_kv_fraction", r.mean_kv_fraction},
                             {"peak_cluster_kv_bytes", r.peak_cluster_kv_bytes},

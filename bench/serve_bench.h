@@ -63,14 +63,23 @@ struct ServeBenchOptions {
 // Requests in flight at most (one thread and one connection each).
 inline constexpr int kMaxServeBenchSlots = 4096;
 
+// A streamed chunk that carried tokens: when it arrived (ms after the request was sent) and how
+// many tokens it carried.
+struct TokenChunk {
+  double ms = 0;
+  int64_t tokens = 0;
+};
+
 struct ServeBenchRequest {
+  double sent_s = 0;          // when it was sent, seconds after the timed run started
   int64_t prompt_tokens = 0;  // as the server counted them
   int64_t output_tokens = 0;
   double ttft_ms = 0;
   double e2e_ms = 0;
   double tpot_ms = 0;          // 0 when output_tokens < 2
   std::vector<double> itl_ms;  // gaps between token chunks
-  int64_t kv_bytes_held = 0;   // Usage
+  std::vector<TokenChunk> chunks;
+  int64_t kv_bytes_held = 0;  // Usage
   int64_t kv_bytes_full = 0;
   bool ok = false;
   std::string error;
@@ -92,6 +101,11 @@ struct ServeBenchResult {
   double tpot_mean = 0, tpot_p50 = 0, tpot_p99 = 0;
   double itl_mean = 0, itl_p50 = 0, itl_p99 = 0;
   double e2e_mean = 0, e2e_p50 = 0, e2e_p99 = 0;
+  // The window in which every completed request was decoding (DecodeWindowOf): its length, the
+  // tokens streamed in it and their rate; 0 when there is no such window.
+  double decode_window_s = 0;
+  int64_t decode_window_tokens = 0;
+  double decode_throughput = 0;        // "decode tok/s (all B decoding)"
   int64_t peak_request_kv_bytes = 0;   // max Usage.kv_bytes_held
   double mean_kv_fraction = 0;         // mean kv_bytes_held / kv_bytes_full
   int64_t peak_cluster_kv_bytes = -1;  // max Σ kv_bytes_used; -1 without an Admin address

@@ -31,7 +31,7 @@ class GrpcBenchClient final : public ServeBenchClient {
     int64_t streamed = 0;
     while (reader->Read(&resp)) {
       if (resp.token_ids_size() > 0) {
-        clock.Chunk(out);
+        clock.Chunk(out, resp.token_ids_size());
         streamed += resp.token_ids_size();
       }
       if (resp.has_usage()) {
@@ -69,8 +69,9 @@ class GrpcBenchClient final : public ServeBenchClient {
 
 }  // namespace
 
-void StreamClock::Chunk(ServeBenchRequest& out) {
+void StreamClock::Chunk(ServeBenchRequest& out, int64_t tokens) {
   const std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now();
+  out.chunks.push_back({MsBetween(start_, now), tokens});
   if (first_) {
     out.ttft_ms = MsBetween(start_, now);
     first_ = false;

@@ -30,8 +30,9 @@ absl::StatusOr<std::unique_ptr<ServeBenchClient>> MakeServeBenchClient(
 class StreamClock {
  public:
   StreamClock() : start_(std::chrono::steady_clock::now()), last_(start_) {}
-  // A streamed chunk that carried tokens: TTFT for the first, an inter-token gap after.
-  void Chunk(ServeBenchRequest& out);
+  // A streamed chunk that carried `tokens` tokens: TTFT for the first, an inter-token gap after;
+  // its time and size go to out.chunks.
+  void Chunk(ServeBenchRequest& out, int64_t tokens);
   // End of the stream: e2e latency, TPOT, `ok` unless out.error is set; output_tokens defaults
   // to `streamed` when the server sent no usage.
   void Finish(ServeBenchRequest& out, int64_t streamed);

@@ -93,6 +93,29 @@ bool MeetsSlo(const ServeBenchRequest& q, const GoodputSlo& slo) {
          (slo.tpot_ms <= 0 || tpot <= slo.tpot_ms) && (slo.e2el_ms <= 0 || q.e2e_ms <= slo.e2el_ms);
 }
 
+DecodeWindow DecodeWindowOf(const std::vector<ServeBenchRequest>& requests) {
+  DecodeWindow w;
+  bool any = false;
+  for (const ServeBenchRequest& q : requests) {
+    if (!q.ok || q.chunks.empty()) continue;
+    const double first = q.sent_s + q.chunks.front().ms / 1000;
+    const double last = q.sent_s + q.chunks.back().ms / 1000;
+    w.start_s = any ? std::max(w.start_s, first) : first;
+    w.end_s = any ? std::min(w.end_s, last) : last;
+    any = true;
+  }
+  if (!any || !(w.end_s > w.start_s)) return DecodeWindow{};
+  for (const ServeBenchRequest& q : requests) {
+    if (!q.ok) continue;
+    for (const TokenChunk& c : q.chunks) {
+      const double t = q.sent_s + c.ms / 1000;
+      if (t > w.start_s && t <= w.end_s) w.tokens += c.tokens;
+    }
+  }
+  w.tokens_per_s = w.tokens / (w.end_s - w.start_s);
+  return w;
+}
+
 void Summarize(const GoodputSlo& slo, ServeBenchResult& r) {
   std::vector<double> ttft, tpot, itl, e2e, kv_fraction, prompt, output;
   r.completed = r.failed = r.good = 0;
@@ -129,6 +152,10 @@ void Summarize(const GoodputSlo& slo, ServeBenchResult& r) {
   r.itl_mean = Mean(itl), r.itl_p50 = Percentile(itl, 50), r.itl_p99 = Percentile(itl, 99);
   r.e2e_mean = Mean(e2e), r.e2e_p50 = Percentile(e2e, 50), r.e2e_p99 = Percentile(e2e, 99);
   r.mean_kv_fraction = Mean(kv_fraction);
+  const DecodeWindow w = DecodeWindowOf(r.requests);
+  r.decode_window_s = w.end_s - w.start_s;
+  r.decode_window_tokens = w.tokens;
+  r.decode_throughput = w.tokens_per_s;
 }
 
 }  // namespace xkv

@@ -36,6 +36,21 @@ std::string GoodputText(const GoodputSlo& slo);
 // one output token, as vLLM does).
 bool MeetsSlo(const ServeBenchRequest& request, const GoodputSlo& slo);
 
+// The pure decode phase of a burst, as llama-batched-bench's S_TG counts it: the window from the
+// moment the last completed request received its first token (every request is decoding from then
+// on) to the moment the first one received its last token (one stops decoding). Tokens in the
+// window are those of every completed request's chunks that arrived in (start, end]; the rate is
+// tokens / (end - start). Meaningful when the B requests were sent together (--rate inf,
+// --requests B, --max-concurrency B or 0); the window is empty (all 0) when some request finished
+// before another started decoding (a closed loop of more requests than slots) or when fewer than
+// one completed request streamed two chunks.
+struct DecodeWindow {
+  double start_s = 0, end_s = 0;  // seconds after the timed run started
+  int64_t tokens = 0;
+  double tokens_per_s = 0;
+};
+DecodeWindow DecodeWindowOf(const std::vector<ServeBenchRequest>& requests);
+
 // Fills the aggregate fields of `result` from its requests and duration_s.
 void Summarize(const GoodputSlo& slo, ServeBenchResult& result);
 

@@ -33,6 +33,7 @@
 #include "coordinator/pipeline_driver.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/stage_planner.h"
+#include "coordinator/step_timing.h"
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
@@ -89,6 +90,8 @@ struct CoordinatorOptions {
   // Sent to the workers as their link timeout (a stage waiting for its neighbour's hidden rows);
   // 0: the workers' default. tools/ sets it to the stage clients' step deadline.
   absl::Duration link_timeout = absl::ZeroDuration();
+  // > 0: one stderr line per this many step passes with where their time went (step_timing.h).
+  int log_step_timing = 0;
 };
 
 // One request's stream. Called from the coordinator's loop thread, in order: OnDelta* then
@@ -179,26 +182,34 @@ class Coordinator {
     std::vector<bool> compacts;       // [items]: the pass asks the stages to compact it
     PipelineDriver::StepHandle pass;  // the pass in flight
     absl::Time started;               // when the pass started
+    StepPhases phases;                // --log-step-timing: the pass's plan, launch, ...
   };
   // Plans and starts micro-batches until options_.scheduler.micro_batches are in flight or there
   // is no work (none while stopping, nor while suspect stages wait for the pipeline to drain).
   void FillPipeline();
   // Starts a planned step's first pass; a plan that cannot start (the stages are down) ends.
-  void LaunchStep(StepPlan plan);
+  void LaunchStep(StepPlan plan, double plan_ms);
   // Starts the batch's current pass; false when the pass has no sequence.
   bool StartPass(MicroBatch& batch);
   // Waits for the oldest pass in flight and applies its results; then starts the batch's main
   // pass, or completes the batch (its sequences may be planned again).
   void CompleteOldest();
+  // --log-step-timing: the pass's wait and apply phases (it waited from wait_start to wait_end
+  // and was applied until now) into step_timing_, which prints a line every N passes.
+  void LogStepTiming(MicroBatch& batch, const absl::StatusOr<StepOutcome>& outcome,
+                     StepTimingLog::Clock::time_point wait_start,
+                     StepTimingLog::Clock::time_point wait_end);
   absl::Status ApplyProfiles(const MicroBatch& batch, const StepOutcome& outcome);
   // Solves one profiled sequence's budgets from its scores-only pass.
   absl::Status SolveProfiled(Sequence& seq, const SequenceStepResult& result);
-  absl::Status ApplyMain(const MicroBatch& batch, const StepOutcome& outcome);
+  // Takes the outcome's layer sizes (moved into each sequence).
+  absl::Status ApplyMain(const MicroBatch& batch, StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
-  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (`compacted`:
-  // the step compacted it) against the scheduler's ledger; INTERNAL when they disagree.
-  absl::Status ReconcileKv(Sequence& seq, const SequenceStepResult& result, bool compacted);
+  // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (seq.layers;
+  // `compacted`: the step compacted it) against the scheduler's ledger; INTERNAL when they
+  // disagree.
+  absl::Status ReconcileKv(const Sequence& seq, bool compacted);
   // The scheduler preempted a sequence: frees it on the stages; it recomputes on re-admission.
   void Preempt(const Preemption& preemption);
   absl::Status ApplyBudgets(Sequence& seq, PolicyBudgets budgets, bool profiled,
@@ -263,7 +274,8 @@ class Coordinator {
 
   std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
-  std::deque<MicroBatch> in_flight_;         // loop thread only (read under mu_); oldest pass first
+  std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
+  StepTimingLog step_timing_{options_.log_step_timing};  // loop thread only
   std::atomic<uint64_t> sample_counter_{0};  // sampled-mode requests so far (ProfileStore key)
   int64_t last_replan_samples_ = 0;          // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)

@@ -17,6 +17,10 @@ namespace xkv {
 namespace {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+double Ms(StepTimingLog::Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+double MsSince(StepTimingLog::Clock::time_point t0) { return Ms(StepTimingLog::Clock::now() - t0); }
 
 // Length of the longest prefix of `s` that does not end inside a UTF-8 character.
 size_t CompleteUtf8Prefix(const std::string& s) {
@@ -211,14 +215,15 @@ void Coordinator::FillPipeline() {
       if (stop_) return;
     }
     std::vector<DroppedRequest> dropped;
+    const StepTimingLog::Clock::time_point t0 = StepTimingLog::Clock::now();
     StepPlan plan = scheduler_->NextMicroBatch(&dropped);
     for (const DroppedRequest& d : dropped) FinishSequence(d.id, d.status, 0);
     if (plan.empty()) return;
-    LaunchStep(std::move(plan));
+    LaunchStep(std::move(plan), MsSince(t0));
   }
 }
 
-void Coordinator::LaunchStep(StepPlan plan) {
+void Coordinator::LaunchStep(StepPlan plan, double plan_ms) {
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
   for (const Preemption& p : plan.preempted) Preempt(p);  // whatever the stages' state
   if (stages_suspect_) {
@@ -240,6 +245,7 @@ void Coordinator::LaunchStep(StepPlan plan) {
   }
   MicroBatch batch;
   batch.plan = std::move(plan);
+  batch.phases.plan_ms = plan_ms;
   batch.main = false;
   if (!StartPass(batch)) {
     batch.main = true;
@@ -253,6 +259,7 @@ void Coordinator::LaunchStep(StepPlan plan) {
 }
 
 bool Coordinator::StartPass(MicroBatch& batch) {
+  const StepTimingLog::Clock::time_point t0 = StepTimingLog::Clock::now();
   xkv::v1::StepRequest request;
   batch.items.clear();
   batch.compacts.clear();
@@ -281,6 +288,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
   request.set_step_id(++step_id_);
   batch.started = clock_->Now();
   batch.pass = driver_->StartStep(std::move(request));
+  batch.phases.launch_ms += MsSince(t0);
   return true;
 }
 
@@ -292,9 +300,12 @@ void Coordinator::CompleteOldest() {
     in_flight_.pop_front();
   }
   std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  const StepTimingLog::Clock::time_point t0 = StepTimingLog::Clock::now();
   absl::StatusOr<StepOutcome> outcome = driver_->Wait(batch.pass);
+  const StepTimingLog::Clock::time_point t1 = StepTimingLog::Clock::now();
   absl::Status s = outcome.status();
   if (s.ok()) s = batch.main ? ApplyMain(batch, *outcome) : ApplyProfiles(batch, *outcome);
+  if (step_timing_.enabled()) LogStepTiming(batch, outcome, t0, t1);
   if (s.ok() && !batch.main) {
     batch.main = true;
     if (StartPass(batch)) {  // the main pass goes behind the passes started before it
@@ -305,6 +316,25 @@ void Coordinator::CompleteOldest() {
   }
   if (!s.ok()) FailStep(batch.plan, s);
   scheduler_->CompleteStep(batch.plan.step);
+}
+
+void Coordinator::LogStepTiming(MicroBatch& batch, const absl::StatusOr<StepOutcome>& outcome,
+                                StepTimingLog::Clock::time_point wait_start,
+                                StepTimingLog::Clock::time_point wait_end) {
+  const StepTimingLog::Clock::time_point now = StepTimingLog::Clock::now();
+  StepPhases& p = batch.phases;
+  p.wait_ms = Ms(wait_end - wait_start);
+  p.apply_ms = Ms(now - wait_end);
+  if (outcome.ok()) {
+    p.stage_ms = outcome->max_stage_ms;
+    p.compute_ms = outcome->max_compute_ms;
+  }
+  p.sequences = static_cast<int64_t>(batch.items.size());
+  for (size_t i : batch.items) p.rows += batch.plan.items[i].tokens;
+  if (std::optional<std::string> line = step_timing_.Add(p, now)) {
+    std::fprintf(stderr, "%s\n", line->c_str());
+  }
+  p = StepPhases();  // a main pass after a profile pass counts from here
 }
 
 void Coordinator::FailStep(const StepPlan& plan, const absl::Status& status) {
@@ -448,16 +478,18 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
   seq.started = true;
 }
 
-absl::Status Coordinator::ApplyMain(const MicroBatch& batch, const StepOutcome& outcome) {
+absl::Status Coordinator::ApplyMain(const MicroBatch& batch, StepOutcome& outcome) {
   for (size_t i = 0; i < batch.items.size(); ++i) {
     const WorkItem& item = batch.plan.items[batch.items[i]];
     Sequence* found = Find(item.id);
     if (found == nullptr) continue;
     Sequence& seq = *found;
-    const SequenceStepResult& r = outcome.sequences[i];
-    if (!r.layers.empty()) seq.layers = r.layers;
+    SequenceStepResult& r = outcome.sequences[i];
+    const bool reported = !r.layers.empty();  // a stage client may report no sizes
+    if (reported) seq.layers = std::move(r.layers);
     // What the stages hold against the KV ledger: a disagreement ends this request alone.
-    if (absl::Status k = ReconcileKv(seq, r, batch.compacts[i]); !k.ok()) {
+    if (absl::Status k = reported ? ReconcileKv(seq, batch.compacts[i]) : absl::OkStatus();
+        !k.ok()) {
       FinishSequence(seq.id, k, 0);
       continue;
     }
@@ -505,9 +537,8 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
 
 // ---- KV ledger: what the stages hold, preemption ---------------------------------------------
 
-absl::Status Coordinator::ReconcileKv(Sequence& seq, const SequenceStepResult& r, bool compacted) {
-  if (r.layers.empty()) return absl::OkStatus();  // a stage client that reports no sizes
-  const std::vector<KvLayerHeld> held = LayersHeld(r.layers);
+absl::Status Coordinator::ReconcileKv(const Sequence& seq, bool compacted) {
+  const std::vector<KvLayerHeld> held = LayersHeld(seq.layers);
   return compacted ? scheduler_->Compacted(seq.id, held) : scheduler_->CheckHeld(seq.id, held);
 }
 

@@ -1,5 +1,7 @@
 #include "coordinator/generation_service.h"
 
+#include <grpcpp/alarm.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -216,7 +218,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     std::lock_guard<std::mutex> lock(mu_);
     resp.set_request_id(request_id_);
     pending_.push_back(Serialize(resp));
-    WriteNextLocked();
+    KickLocked();
   }
 
   // `count` choices ended with `status`; the call finishes after the last (the first error wins).
@@ -225,7 +227,23 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
     if (!status.ok() && error_.ok()) error_ = status;
     open_ -= count;
     if (open_ == 0) final_ = ToGrpc(error_);
-    WriteNextLocked();
+    KickLocked();
+  }
+
+  // Enqueue and ChoiceEnded run on the coordinator's loop thread: the write (a sendmsg per token,
+  // tens of microseconds on loopback) starts on a gRPC executor thread instead, through an alarm
+  // that is already due, so the loop goes on to the next step. While a kick is pending no write
+  // is in flight and nothing else starts one, so the call cannot finish (nor this reactor be
+  // deleted) before the kick ran.
+  void KickLocked() {
+    if (writing_ || finished_ || kick_pending_) return;
+    kick_pending_ = true;
+    kick_ = std::make_unique<grpc::Alarm>();
+    kick_->Set(gpr_now(GPR_CLOCK_MONOTONIC), [this](bool) {
+      std::lock_guard<std::mutex> lock(mu_);
+      kick_pending_ = false;
+      WriteNextLocked();
+    });
   }
 
   void WriteNextLocked() {
@@ -255,6 +273,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> 
   std::optional<grpc::Status> final_;
   bool writing_ = false;
   bool finished_ = false;
+  bool kick_pending_ = false;
+  std::unique_ptr<grpc::Alarm> kick_;  // the pending (or last) kick
 };
 
 }  // namespace

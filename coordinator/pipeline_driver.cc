@@ -20,8 +20,9 @@ absl::Status FirstError(const std::vector<absl::StatusOr<T>>& results) {
 }
 
 void SortByLayer(std::vector<xkv::v1::LayerSize>& sizes) {
-  std::sort(sizes.begin(), sizes.end(),
-            [](const auto& a, const auto& b) { return a.layer() < b.layer(); });
+  const auto by_layer = [](const auto& a, const auto& b) { return a.layer() < b.layer(); };
+  if (std::is_sorted(sizes.begin(), sizes.end(), by_layer)) return;  // one stage: in order
+  std::sort(sizes.begin(), sizes.end(), by_layer);
 }
 
 }  // namespace
@@ -218,14 +219,15 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
   const int n = request.sequences_size();
   out.sequences.resize(n);
   for (size_t s = 0; s < results.size(); ++s) {
-    const xkv::v1::StepResponse& r = *results[s];
+    xkv::v1::StepResponse& r = *results[s];
     out.max_stage_ms = std::max(out.max_stage_ms, r.timings().total_ms());
+    out.max_compute_ms = std::max(out.max_compute_ms, r.timings().compute_ms());
     if (r.sequences_size() != n) {
       return absl::InternalError(
           absl::StrCat("stage ", s, " answered ", r.sequences_size(), " sequences of ", n));
     }
     for (int i = 0; i < n; ++i) {
-      const xkv::v1::SequenceResult& q = r.sequences(i);
+      xkv::v1::SequenceResult& q = *r.mutable_sequences(i);
       SequenceStepResult& m = out.sequences[i];
       m.seq_id = request.sequences(i).seq_id();
       if (s + 1 == results.size()) {
@@ -238,7 +240,8 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
           }
         }
       }
-      for (const auto& size : q.layers()) m.layers.push_back(size);
+      m.layers.reserve(m.layers.size() + q.layers_size());
+      for (xkv::v1::LayerSize& size : *q.mutable_layers()) m.layers.push_back(std::move(size));
       if (q.has_observed()) {
         if (!m.gains.has_value()) m.gains.emplace();
         for (const auto& g : q.observed().layers()) m.gains->push_back(g);

@@ -70,6 +70,7 @@ struct SequenceStepResult {
 struct StepOutcome {
   std::vector<SequenceStepResult> sequences;  // request order
   double max_stage_ms = 0;
+  double max_compute_ms = 0;  // the largest StepTimings.compute_ms of the stages
 };
 
 struct StageState {

@@ -90,6 +90,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             "largest HTTP request body; larger ones get 413");
   flags.Int("http-max-concurrent", &f->http_max_concurrent,
             "HTTP generation requests in flight (streams included); more get 429");
+  flags.Int("log-step-timing", &f->log_step_timing,
+            "every N steps, one stderr line of where their time went: plan, launch, wait (the "
+            "stages' own step and engine compute), apply (0: off)");
 }
 
 absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f) {
@@ -127,6 +130,11 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
                                                    "] (0: one per stage)"));
   }
   o.scheduler.micro_batches = micro_batches;
+  if (f.log_step_timing < 0 || f.log_step_timing > 1000000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--log-step-timing ", f.log_step_timing, " is outside [0, 1000000] (0: off)"));
+  }
+  o.log_step_timing = static_cast<int>(f.log_step_timing);
   if (!f.metrics_listen.empty() || !f.http_listen.empty()) {
     o.on_request_done = RecordServedRequest;
   }

@@ -48,6 +48,7 @@ struct ServeFlags {
   std::string served_model_name;  // empty: the model file's stem
   int64_t http_max_body_bytes = 1 << 20;
   int64_t http_max_concurrent = 32;
+  int64_t log_step_timing = 0;  // 0: off
 };
 
 // The HTTP API's listener and routes.

@@ -277,22 +277,28 @@ absl::StatusOr<std::vector<float>> CudaLlamaModel::Logits(absl::Span<const float
   if (hidden.size() % h != 0) return absl::InvalidArgumentError("cuda engine: bad logits request");
   RETURN_IF_ERROR(CheckLogitRows(rows, static_cast<int64_t>(hidden.size()) / h));
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  for (size_t i = 0; i < rows.size(); ++i) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden.data() + rows[i] * h,
-                                         h * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  }
+  RETURN_IF_ERROR(GatherLastRows(hidden.data(), rows, cudaMemcpyHostToDevice));
   return HeadLogits(rows.size());
 }
 
 absl::StatusOr<std::vector<float>> CudaLlamaModel::LogitsResident(absl::Span<const int64_t> rows) {
-  const int64_t h = config_.hidden;
   RETURN_IF_ERROR(CheckLogitRows(rows, resident_rows_));
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  for (size_t i = 0; i < rows.size(); ++i) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + rows[i] * h, h * sizeof(float),
-                                         cudaMemcpyDeviceToDevice, stream_));
-  }
+  RETURN_IF_ERROR(GatherLastRows(hidden_, rows, cudaMemcpyDeviceToDevice));
   return HeadLogits(rows.size());
+}
+
+absl::Status CudaLlamaModel::GatherLastRows(const float* src, absl::Span<const int64_t> rows,
+                                            cudaMemcpyKind kind) {
+  const int64_t h = config_.hidden;
+  for (size_t i = 0; i < rows.size();) {
+    size_t j = i + 1;
+    while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, src + rows[i] * h,
+                                         (j - i) * h * sizeof(float), kind, stream_));
+    i = j;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaLlamaModel::CheckLogitRows(absl::Span<const int64_t> rows, int64_t n) const {

@@ -211,6 +211,10 @@ class CudaLlamaModel : public StageEngine {
                            std::vector<EngineObservation>* observations);
   absl::Status CheckLogitRows(absl::Span<const int64_t> rows, int64_t n) const;
   absl::StatusOr<std::vector<float>> HeadLogits(int64_t b);  // of the b rows in last_
+  // last_ row i = src row rows[i] (hidden floats each): one copy per run of consecutive rows (a
+  // decode step's rows 0..b-1 are one copy, not b).
+  absl::Status GatherLastRows(const float* src, absl::Span<const int64_t> rows,
+                              cudaMemcpyKind kind);
   absl::Status RunAllLayers(const StepPlan& plan);
   absl::Status RunLayer(int layer, const StepPlan& plan);
   absl::Status ScoreLayer(int layer, const StepPlan& plan);

@@ -161,10 +161,7 @@ absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowS
   out.tokens.assign(b, -1);
   if (b == 0) return out;
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  for (int64_t i = 0; i < b; ++i) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + idx[i] * h, h * sizeof(float),
-                                         cudaMemcpyDeviceToDevice, stream_));
-  }
+  RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
   RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
   // The raw logits first (before the penalties change them).

@@ -458,11 +458,9 @@ absl::Status CudaLlamaModel::Head(const StepPlan& plan, std::vector<int32_t>* ne
                                   std::vector<float>* logits) {
   const ModelConfig& c = config_;
   const int64_t b = plan.b, h = c.hidden, vocab = c.vocab_size;
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t last = plan.row0[i] + plan.n_new[i] - 1;
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(last_ + i * h, hidden_ + last * h, h * sizeof(float),
-                                         cudaMemcpyDeviceToDevice, stream_));
-  }
+  std::vector<int64_t> last(b);
+  for (int64_t i = 0; i < b; ++i) last[i] = plan.row0[i] + plan.n_new[i] - 1;
+  RETURN_IF_ERROR(GatherLastRows(hidden_, last, cudaMemcpyDeviceToDevice));
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, c.norm_eps, norm_, stream_));
   RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
   RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab,

@@ -2,7 +2,8 @@
 # `xkv bench serve --rate` against a real `xkv serve` on loopback (gRPC and the OpenAI endpoint):
 # an open-loop run completes every request, cannot end before its last seeded arrival, and writes
 # the vLLM-style JSON; goodput is the whole throughput under a loose SLO and 0 under an impossible
-# one; bad --rate / --goodput values exit 2 with one line. Usage: bench_serve_rate_test.sh XKV MODEL
+# one; a burst reports its decode window (decode tok/s, all B decoding); bad --rate / --goodput
+# values exit 2 with one line. Usage: bench_serve_rate_test.sh XKV MODEL
 set -uo pipefail
 xkv=${1:?xkv binary}
 model=${2:?model}
@@ -48,6 +49,21 @@ import json, sys
 r = json.load(open(sys.argv[1]))["results"][0]
 assert r["completed"] == 4 and r["request_goodput"] == 0 and r["request_throughput"] > 0, r
 print("ok")' "$tmp/closed.json" 2>&1)"
+
+# A burst of 3 (all sent at once): the window in which all 3 decode holds tokens, and the table
+# shows its rate.
+out=$("$xkv" bench serve --server "127.0.0.1:$grpc" --model "$model" --warmup 0 --prompt-min 8 \
+  --prompt-max 16 --output-min 8 --output-max 8 --rate inf --max-concurrency 3 --requests 3 \
+  --json "$tmp/burst.json" 2>&1)
+check burst-row 'tokens in ' "$out"
+check burst-decode-window ok "$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+assert r["completed"] == 3, r
+assert 0 < r["decode_window_tokens"] <= 3 * 7 and r["decode_window_s"] > 0, r
+rate = r["decode_window_tokens"] / r["decode_window_s"]
+assert abs(r["decode_throughput_all_decoding"] - rate) < 1e-6 * rate, r
+print("ok")' "$tmp/burst.json" 2>&1)"
 
 # Bad values: exit status 2 and one line naming the flag.
 for args in "--rate 0" "--rate -3" "--burstiness 0" "--goodput ttft" "--goodput itl:5" \

@@ -167,5 +167,60 @@ TEST(ServeBenchSummaryTest, ABoundIsInclusive) {
   EXPECT_FALSE(MeetsSlo(q, GoodputSlo{}));
 }
 
+// A burst of requests on one step clock: step k streams at 10 + 2k ms after the run started;
+// request i is sent at sent_s[i], gets its first token at step first[i] and one token every step
+// after, `tokens` in all, each chunk arriving 0.1 * i ms after its step (no two on one instant).
+ServeBenchRequest OnStepClock(int i, double sent_s, int first, int tokens) {
+  ServeBenchRequest q;
+  q.ok = true;
+  q.sent_s = sent_s;
+  for (int k = first; k < first + tokens; ++k) {
+    q.chunks.push_back({10 + 2.0 * k + 0.1 * i - 1000 * sent_s, 1});
+  }
+  return q;
+}
+
+TEST(ServeBenchDecodeWindowTest, FromTheLastFirstTokenToTheFirstCompletion) {
+  std::vector<ServeBenchRequest> burst = {OnStepClock(0, 0.0, 0, 20), OnStepClock(1, 0.004, 5, 20),
+                                          OnStepClock(2, 0.001, 10, 20)};
+  ServeBenchRequest failed = OnStepClock(3, 0.0, 30, 5);  // failed: never counted
+  failed.ok = false;
+  burst.push_back(failed);
+  const DecodeWindow w = DecodeWindowOf(burst);
+  // Start: request 2's first token (step 10, +0.2 ms); end: request 0's last (step 19).
+  EXPECT_NEAR(w.start_s, 0.0302, 1e-12);
+  EXPECT_NEAR(w.end_s, 0.048, 1e-12);
+  // Steps 11..19 of request 0 (9), 11..18 of requests 1 and 2 (8 each; their step 19 comes after
+  // the end, request 2's step 10 is the start itself).
+  EXPECT_EQ(w.tokens, 25);
+  EXPECT_NEAR(w.tokens_per_s, 25 / 0.0178, 1e-6);
+
+  // Chunks of several tokens count every token.
+  burst[0].chunks[15].tokens = 3;
+  EXPECT_EQ(DecodeWindowOf(burst).tokens, 27);
+
+  // Through Summarize into the result (and its JSON fields).
+  ServeBenchResult r;
+  r.duration_s = 1;
+  r.requests = burst;
+  Summarize(GoodputSlo{}, r);
+  EXPECT_EQ(r.decode_window_tokens, 27);
+  EXPECT_NEAR(r.decode_window_s, 0.0178, 1e-12);
+  EXPECT_NEAR(r.decode_throughput, 27 / 0.0178, 1e-6);
+}
+
+TEST(ServeBenchDecodeWindowTest, EmptyWhenTheRequestsNeverAllDecodedTogether) {
+  // A closed loop of one slot: the second request starts after the first completed.
+  const DecodeWindow w = DecodeWindowOf({OnStepClock(0, 0.0, 0, 10), OnStepClock(1, 0.03, 10, 10)});
+  EXPECT_EQ(w.tokens, 0);
+  EXPECT_EQ(w.tokens_per_s, 0);
+  EXPECT_EQ(w.end_s - w.start_s, 0);
+  EXPECT_EQ(DecodeWindowOf({}).tokens_per_s, 0);
+  // One request alone: its own decode after its first token.
+  const DecodeWindow one = DecodeWindowOf({OnStepClock(0, 0.0, 0, 11)});
+  EXPECT_EQ(one.tokens, 10);
+  EXPECT_NEAR(one.tokens_per_s, 10 / 0.020, 1e-6);
+}
+
 }  // namespace
 }  // namespace xkv
