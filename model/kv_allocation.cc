@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <numeric>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -128,15 +129,31 @@ absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const 
         "kv allocation: policy xkv needs the importance scores of all ", L, " layers"));
   }
   if (have && NeedsScores(spec.policy)) {
-    ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
+    if (spec.allocator.per_head && scores.heads != scores.n_kv_heads) {
+      // Per-head budgets are per KV head: query-head rows summed into their KV heads first.
+      for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
+        ASSIGN_OR_RETURN(
+            LayerProfile p,
+            BuildLayerProfile(SumIntoKvHeads(scores.layer(l), scores.heads, scores.n_kv_heads, P),
+                              scores.n_kv_heads, P));
+        profiles.push_back(std::move(p));
+      }
+    } else {
+      ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
+    }
   }
   return PlanBudgets(profiles, spec, {L, P, BytesPerToken(config)});
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScores& scores,
-                                                            int layer, int64_t budget,
-                                                            const PolicyOptions& policy) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(
+    const CollectedScores& scores, int layer, int64_t budget, const PolicyOptions& policy,
+    absl::Span<const int64_t> head_budgets) {
   RETURN_IF_ERROR(CheckScoresCover(scores, layer));
+  if (!head_budgets.empty() && static_cast<int>(head_budgets.size()) != scores.n_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", head_budgets.size(),
+                                                   " head budgets for ", scores.n_kv_heads,
+                                                   " KV heads"));
+  }
   const SelectionRule rule = SelectionFor(policy);
   const int64_t P = scores.prefix_len(), T = scores.prompt_len;
   std::vector<float> kv_rows;
@@ -152,8 +169,18 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
       rows = kv_rows;
     }
   }
-  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> prefix,
-                   SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+  std::vector<std::vector<int64_t>> prefix;
+  if (head_budgets.empty()) {
+    ASSIGN_OR_RETURN(
+        prefix, SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+  } else {
+    for (int h = 0; h < scores.n_kv_heads; ++h) {
+      ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> one,
+                       SelectKeptTokens(rows.empty() ? rows : rows.subspan(h * P, P), 1, P,
+                                        head_budgets[h], rule, policy.sink_tokens));
+      prefix.push_back(std::move(one[0]));
+    }
+  }
   std::vector<std::vector<int32_t>> kept(scores.n_kv_heads);
   for (int h = 0; h < scores.n_kv_heads; ++h) {
     kept[h].reserve(prefix[h].size() + (T - P));
@@ -164,16 +191,21 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
 }
 
 absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayers(
-    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy) {
+    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy,
+    absl::Span<const std::vector<int64_t>> head_budgets) {
   const int L = scores.num_layers();
-  if (static_cast<int>(budgets.size()) != L) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv allocation: ", budgets.size(), " budgets for ", L, " layers"));
+  if (static_cast<int>(budgets.size()) != L ||
+      (!head_budgets.empty() && static_cast<int>(head_budgets.size()) != L)) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", budgets.size(), " budgets (",
+                                                   head_budgets.size(), " per head) for ", L,
+                                                   " layers"));
   }
   std::vector<absl::StatusOr<std::vector<std::vector<int32_t>>>> kept(
       L, absl::UnknownError("not selected"));
-  ParallelOverLayers(
-      L, [&](int i) { kept[i] = KeptSlots(scores, scores.layer_begin + i, budgets[i], policy); });
+  ParallelOverLayers(L, [&](int i) {
+    kept[i] = KeptSlots(scores, scores.layer_begin + i, budgets[i], policy,
+                        head_budgets.empty() ? absl::Span<const int64_t>() : head_budgets[i]);
+  });
   std::vector<std::vector<std::vector<int32_t>>> out;
   out.reserve(L);
   for (auto& k : kept) {
@@ -229,7 +261,8 @@ absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
   }
   AllocationPlan plan = PlanSkeleton(scores, spec, std::move(budgets));
   if (!plan.compress) return plan;
-  ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy));
+  ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy,
+                                                 plan.budgets.head_budgets));
   RETURN_IF_ERROR(FinishPlan(scores, spec, &plan));
   return plan;
 }
@@ -287,6 +320,11 @@ AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
     a.layer = l;
     const size_t i = l - plan.layer_begin;
     a.kept_prefix = i < plan.budgets.budgets.size() ? plan.budgets.budgets[i] : plan.prefix_len;
+    if (i < plan.budgets.head_budgets.size() && !plan.budgets.head_budgets[i].empty()) {
+      const std::vector<int64_t>& heads = plan.budgets.head_budgets[i];
+      const int64_t n = static_cast<int64_t>(heads.size());
+      a.kept_prefix = (std::accumulate(heads.begin(), heads.end(), int64_t{0}) + n - 1) / n;
+    }
     std::tie(a.tokens_held, a.bytes_held) = held(l);
     r.kept_prefix_total += a.kept_prefix;
     r.kv_bytes_held += a.bytes_held;
@@ -306,33 +344,42 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
   return MakeReport(
       plan,
       [&cache, per_token](int l) {
-        const int64_t tokens = cache.length(l);
-        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+        // Per-head budgets: each head's rows cost per_token / n_kv_heads.
+        return std::pair<int64_t, int64_t>(cache.length(l),
+                                           cache.head_rows(l) * (per_token / cache.n_kv_heads()));
       },
       per_token);
 }
 
 namespace {
 
-// Appends the kept rows of one layer of `full` to the empty layer of `out` (exact capacity).
+// Copies the kept rows of one layer of `full` (uniform, length T) into the empty layer of `out`:
+// appended with exact capacity when every head keeps the same count, else the whole layer then
+// compacted per head (KvCache::Compact frees the rest).
 absl::Status CopyKeptRows(const KvCache& full, int layer,
                           absl::Span<const std::vector<int32_t>> kept, KvCache& out) {
   const int H = full.n_kv_heads();
-  const int64_t d = full.head_dim(), count = kept.empty() ? 0 : kept[0].size();
-  const int64_t stride = full.head_stride(layer);
+  const int64_t d = full.head_dim(), stride = full.head_stride(layer);
+  bool same = true;
+  for (int h = 0; h < H; ++h) same = same && kept[h].size() == kept[0].size();
+  std::vector<std::vector<int32_t>> all;
+  if (!same) {
+    all.assign(H, std::vector<int32_t>(full.length(layer)));
+    for (auto& slots : all) std::iota(slots.begin(), slots.end(), 0);
+  }
+  const absl::Span<const std::vector<int32_t>> rows = same ? kept : all;
+  const int64_t count = rows.empty() ? 0 : rows[0].size();
   std::vector<float> k(count * H * d), v(k.size());  // [count, H, d]
   for (int h = 0; h < H; ++h) {
-    if (static_cast<int64_t>(kept[h].size()) != count) {
-      return absl::InvalidArgumentError("kv allocation: heads keep different counts");
-    }
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t src = h * stride + int64_t{kept[h][i]} * d, dst = (i * H + h) * d;
+      const int64_t src = h * stride + int64_t{rows[h][i]} * d, dst = (i * H + h) * d;
       std::memcpy(&k[dst], full.k(layer) + src, d * sizeof(float));
       std::memcpy(&v[dst], full.v(layer) + src, d * sizeof(float));
     }
   }
   RETURN_IF_ERROR(out.Reserve(layer, count));
-  return out.Append(layer, k.data(), v.data(), count, H * d);
+  RETURN_IF_ERROR(out.Append(layer, k.data(), v.data(), count, H * d));
+  return same ? absl::OkStatus() : out.Compact(layer, kept);
 }
 
 }  // namespace
@@ -350,7 +397,7 @@ absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores) {
     }
     std::vector<float>& row = scores->layers[l - scores->layer_begin];
     for (int g = 0; g < scores->heads; ++g) {
-      const float* v = cache.v(l) + g * cache.head_stride(l);
+      const float* v = cache.v_head(l, g);
       for (int64_t j = 0; j < P; ++j) {
         float ss = 0.0f;
         for (int64_t c = 0; c < d; ++c) ss += v[j * d + c] * v[j * d + c];
