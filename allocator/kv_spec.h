@@ -87,6 +87,9 @@ absl::Status ValidateSettings(const KvSettings& settings);
 // `xkv eval` only (the service and `xkv generate` answer INVALID_ARGUMENT saying so).
 enum class SpecEntry { kEval, kGenerate, kService };
 absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry);
+// Per-(layer, KV head) budgets run in `xkv eval` only: the service's stages report per-layer gain
+// curves (LayerGains) and take per-layer budgets, so the service and `xkv generate` refuse them.
+absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry);
 
 // `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
 // without a target turns the base's retention target into the same kept fraction.

@@ -156,6 +156,14 @@ TEST(PerHeadSpecTest, ParseAndValidate) {
   auto ok = ApplyOverride(base, snap);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_FALSE(ok->allocator.per_head);
+  // The service refuses it at the edge (its stages report per-layer gain curves).
+  KvPolicyOverride service;
+  service.per_head = true;
+  const absl::Status refused = ValidateKvOverride(service);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("not supported by the service"), std::string::npos) << refused;
+  EXPECT_TRUE(ValidatePerHeadFor(true, SpecEntry::kEval).ok());
+  EXPECT_FALSE(ValidatePerHeadFor(true, SpecEntry::kGenerate).ok());
 }
 
 TEST(PerHeadSpecTest, PlanBudgetsSplitsByHead) {
