@@ -419,6 +419,21 @@ SolverOptions ShareBounds(const PolicyInput& in, const BudgetTarget& target,
   return o;
 }
 
+// The solver for the target's kind (allocator/budget_solver.h).
+absl::StatusOr<BudgetResult> Solve(absl::Span<const LayerProfile> curves,
+                                   absl::Span<const int64_t> bytes_per_token,
+                                   const BudgetTarget& target, const SolverOptions& solver) {
+  switch (target.kind) {
+    case BudgetTarget::Kind::kTotalTokens:
+      return SolveForTotalTokens(curves, target.total_tokens, solver);
+    case BudgetTarget::Kind::kRetention:
+      return SolveForRetention(curves, target.retention, solver);
+    case BudgetTarget::Kind::kBytes:
+      return SolveForBytes(curves, bytes_per_token, target.total_bytes, solver);
+  }
+  return absl::InvalidArgumentError("unknown budget target kind");
+}
+
 class XkvPolicy : public KvPolicy {
  public:
   explicit XkvPolicy(const PolicyOptions& options) : options_(options) {}
@@ -440,21 +455,7 @@ class XkvPolicy : public KvPolicy {
     const absl::Span<const LayerProfile> curves = global ? raw : in.profiles;
     const SolverOptions solver =
         global ? ShareBounds(in, target, options_.allocator) : options_.solver;
-    BudgetResult r;
-    switch (target.kind) {
-      case BudgetTarget::Kind::kTotalTokens: {
-        ASSIGN_OR_RETURN(r, SolveForTotalTokens(curves, target.total_tokens, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kRetention: {
-        ASSIGN_OR_RETURN(r, SolveForRetention(curves, target.retention, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kBytes: {
-        ASSIGN_OR_RETURN(r, SolveForBytes(curves, in.bytes_per_token, target.total_bytes, solver));
-        break;
-      }
-    }
+    ASSIGN_OR_RETURN(BudgetResult r, Solve(curves, in.bytes_per_token, target, solver));
     PolicyBudgets out;
     out.budgets = std::move(r.budgets);
     out.reachable = r.reachable;
@@ -488,21 +489,7 @@ class XkvPolicy : public KvPolicy {
     }
     ASSIGN_OR_RETURN(std::vector<LayerProfile> curves, RawCurves(heads));
     const SolverOptions solver = ShareBounds(hin, ht, options_.allocator);
-    BudgetResult r;
-    switch (ht.kind) {
-      case BudgetTarget::Kind::kTotalTokens: {
-        ASSIGN_OR_RETURN(r, SolveForTotalTokens(curves, ht.total_tokens, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kRetention: {
-        ASSIGN_OR_RETURN(r, SolveForRetention(curves, ht.retention, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kBytes: {
-        ASSIGN_OR_RETURN(r, SolveForBytes(curves, head_bytes, ht.total_bytes, solver));
-        break;
-      }
-    }
+    ASSIGN_OR_RETURN(const BudgetResult r, Solve(curves, head_bytes, ht, solver));
     PolicyBudgets out;
     out.rule = selection();
     out.reachable = r.reachable;

@@ -47,6 +47,16 @@ double MaxDiff(const float* a, const float* b, int64_t n) {
   return m;
 }
 
+// `count` sorted random slots of [0, n).
+std::vector<int32_t> RandomSlots(int n, int count, std::mt19937_64& rng) {
+  std::vector<int32_t> all(n);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(count);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
 class LlamaModelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -146,14 +156,8 @@ TEST_F(LlamaModelTest, CompactThenDecodeUsesTruePositions) {
   // kept[l][g]: sorted prompt slots kept by layer l, KV head g.
   std::vector<std::vector<std::vector<int32_t>>> kept(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
-    for (int g = 0; g < c.n_kv_heads; ++g) {
-      std::vector<int32_t> all(n);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      all.resize(keep_per_layer[l]);
-      std::sort(all.begin(), all.end());
-      kept[l].push_back(all);
-    }
+    for (int g = 0; g < c.n_kv_heads; ++g)
+      kept[l].push_back(RandomSlots(n, keep_per_layer[l], rng));
   }
   auto cache = model_->NewCache();
   Run(*cache, {tokens.begin(), tokens.begin() + n}, 0);
@@ -193,14 +197,7 @@ TEST_F(LlamaModelTest, PerHeadCompactionThenDecodeAndPrefill) {
   std::mt19937_64 rng(21);
   std::vector<std::vector<std::vector<int32_t>>> kept(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
-    for (int g = 0; g < c.n_kv_heads; ++g) {
-      std::vector<int32_t> all(n);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      all.resize(keep[l][g]);
-      std::sort(all.begin(), all.end());
-      kept[l].push_back(all);
-    }
+    for (int g = 0; g < c.n_kv_heads; ++g) kept[l].push_back(RandomSlots(n, keep[l][g], rng));
   }
   auto cache = model_->NewCache();
   Run(*cache, {tokens.begin(), tokens.begin() + n}, 0);
