@@ -373,6 +373,31 @@ absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfil
   return out;
 }
 
+// One profile per (layer, KV head), curve l*H + h: head h's own sorted scores (its row of
+// LayerProfile::sorted_scores) with its own mass, so RawCurves puts every head on one scale.
+absl::StatusOr<std::vector<LayerProfile>> HeadProfiles(absl::Span<const LayerProfile> profiles) {
+  const int H = profiles.empty() ? 0 : profiles[0].heads;
+  std::vector<LayerProfile> out;
+  out.reserve(profiles.size() * std::max(H, 0));
+  for (size_t l = 0; l < profiles.size(); ++l) {
+    const LayerProfile& p = profiles[l];
+    const int64_t P = static_cast<int64_t>(p.gain.size());
+    if (H < 1 || p.heads != H || static_cast<int64_t>(p.sorted_scores.size()) != H * P) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "per-head budgets need every head's scores: layer ", l, " has ", p.heads, " heads and ",
+          p.sorted_scores.size(), " sorted scores (want ", H, " x ", P,
+          "); per-layer gain curves alone (the service's stages) cannot be split by head"));
+    }
+    for (int h = 0; h < H; ++h) {
+      ASSIGN_OR_RETURN(
+          LayerProfile head,
+          BuildLayerProfile(absl::MakeConstSpan(p.sorted_scores).subspan(h * P, P), 1, P));
+      out.push_back(std::move(head));
+    }
+  }
+  return out;
+}
+
 // Per-layer [floor, cap] around the uniform share s_l of a token or byte target (retention
 // targets have no share: [0, P]).
 SolverOptions ShareBounds(const PolicyInput& in, const BudgetTarget& target,
@@ -394,6 +419,21 @@ SolverOptions ShareBounds(const PolicyInput& in, const BudgetTarget& target,
   return o;
 }
 
+// The solver for the target's kind (allocator/budget_solver.h).
+absl::StatusOr<BudgetResult> Solve(absl::Span<const LayerProfile> curves,
+                                   absl::Span<const int64_t> bytes_per_token,
+                                   const BudgetTarget& target, const SolverOptions& solver) {
+  switch (target.kind) {
+    case BudgetTarget::Kind::kTotalTokens:
+      return SolveForTotalTokens(curves, target.total_tokens, solver);
+    case BudgetTarget::Kind::kRetention:
+      return SolveForRetention(curves, target.retention, solver);
+    case BudgetTarget::Kind::kBytes:
+      return SolveForBytes(curves, bytes_per_token, target.total_bytes, solver);
+  }
+  return absl::InvalidArgumentError("unknown budget target kind");
+}
+
 class XkvPolicy : public KvPolicy {
  public:
   explicit XkvPolicy(const PolicyOptions& options) : options_(options) {}
@@ -406,6 +446,7 @@ class XkvPolicy : public KvPolicy {
   absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& in,
                                         const BudgetTarget& target) const override {
     RETURN_IF_ERROR(CheckInput(in, target, true));
+    if (options_.allocator.per_head) return HeadBudgets(in, target);
     const bool global = options_.allocator.kind == AllocatorKind::kGlobal;
     std::vector<LayerProfile> raw;
     if (global) {
@@ -414,21 +455,7 @@ class XkvPolicy : public KvPolicy {
     const absl::Span<const LayerProfile> curves = global ? raw : in.profiles;
     const SolverOptions solver =
         global ? ShareBounds(in, target, options_.allocator) : options_.solver;
-    BudgetResult r;
-    switch (target.kind) {
-      case BudgetTarget::Kind::kTotalTokens: {
-        ASSIGN_OR_RETURN(r, SolveForTotalTokens(curves, target.total_tokens, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kRetention: {
-        ASSIGN_OR_RETURN(r, SolveForRetention(curves, target.retention, solver));
-        break;
-      }
-      case BudgetTarget::Kind::kBytes: {
-        ASSIGN_OR_RETURN(r, SolveForBytes(curves, in.bytes_per_token, target.total_bytes, solver));
-        break;
-      }
-    }
+    ASSIGN_OR_RETURN(BudgetResult r, Solve(curves, in.bytes_per_token, target, solver));
     PolicyBudgets out;
     out.budgets = std::move(r.budgets);
     out.reachable = r.reachable;
@@ -437,6 +464,52 @@ class XkvPolicy : public KvPolicy {
   }
 
  private:
+  // Per-(layer, KV head) budgets: the same solver over L*H curves (head h of layer l is curve
+  // l*H + h), each curve a head's own raw scores; a token target N becomes N*H head tokens, a
+  // byte target stays in bytes with bytes_per_token[l] / H per head token.
+  absl::StatusOr<PolicyBudgets> HeadBudgets(const PolicyInput& in,
+                                            const BudgetTarget& target) const {
+    if (options_.allocator.kind != AllocatorKind::kGlobal) {
+      return absl::InvalidArgumentError("per-head budgets need allocator global, not paper");
+    }
+    ASSIGN_OR_RETURN(std::vector<LayerProfile> heads, HeadProfiles(in.profiles));
+    const int H = in.profiles[0].heads;
+    std::vector<int64_t> head_bytes;
+    for (int64_t b : in.bytes_per_token) {
+      if (b % H != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("per-head budgets: bytes per token ", b,
+                                                       " not divisible by ", H, " KV heads"));
+      }
+      head_bytes.insert(head_bytes.end(), H, b / H);
+    }
+    const PolicyInput hin{in.num_layers * H, in.prefix_len, {}, head_bytes};
+    BudgetTarget ht = target;
+    if (target.kind == BudgetTarget::Kind::kTotalTokens) {
+      ht.total_tokens = SaturatingMul(target.total_tokens, H);
+    }
+    ASSIGN_OR_RETURN(std::vector<LayerProfile> curves, RawCurves(heads));
+    const SolverOptions solver = ShareBounds(hin, ht, options_.allocator);
+    ASSIGN_OR_RETURN(const BudgetResult r, Solve(curves, head_bytes, ht, solver));
+    PolicyBudgets out;
+    out.rule = selection();
+    out.reachable = r.reachable;
+    out.head_budgets.assign(in.num_layers, std::vector<int64_t>(H));
+    out.budgets.assign(in.num_layers, 0);
+    int64_t head_tokens = 0;
+    for (int l = 0; l < in.num_layers; ++l) {
+      for (int h = 0; h < H; ++h) {
+        const int64_t b = r.budgets[static_cast<size_t>(l) * H + h];
+        out.head_budgets[l][h] = b;
+        out.budgets[l] = std::max(out.budgets[l], b);
+        head_tokens += b;
+        if (!head_bytes.empty()) out.total_bytes += b * head_bytes[static_cast<size_t>(l) * H];
+      }
+    }
+    out.total_tokens = (head_tokens + H - 1) / H;
+    out.average_retention = AverageRetention(heads, r.budgets, AllocatorKind::kGlobal);
+    return out;
+  }
+
   PolicyOptions options_;
 };
 

@@ -56,6 +56,12 @@ struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
   double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
   double cap = 4.0;     // in [1, 64]: per-layer cap as a multiple of the uniform share
+  // Budgets per (layer, KV head) instead of per layer (global allocator only): one threshold over
+  // every head's own raw score curve, bytes as the cost (a head's token costs bytes_per_token / H),
+  // each (layer, head) within [floor·s, cap·s] of its uniform share s (so every layer stays
+  // within its cap); floor 1 = uniform SnapKV. Needs each head's scores (LayerProfile::
+  // sorted_scores with one row per KV head).
+  bool per_head = false;
 };
 
 // Exactly one of the three budget targets.
@@ -86,7 +92,13 @@ struct PolicyOptions {
 };
 
 struct PolicyBudgets {
-  std::vector<int64_t> budgets;  // [L] kept prefix tokens per layer
+  // [L] kept prefix tokens per layer; with per-head budgets the layer's LARGEST head budget (the
+  // slots a per-layer store must cover).
+  std::vector<int64_t> budgets;
+  // [L][H] kept prefix tokens per (layer, KV head) with per-head budgets; empty otherwise (every
+  // head of layer l keeps budgets[l]). total_tokens is then ceil(sum_{l,h} b_lh / H) and
+  // total_bytes sum_{l,h} b_lh * bytes_per_token[l] / H.
+  std::vector<std::vector<int64_t>> head_budgets;
   SelectionRule rule = SelectionRule::kTopScore;
   int64_t total_tokens = 0;
   int64_t total_bytes = 0;  // when bytes_per_token was given

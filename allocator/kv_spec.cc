@@ -34,6 +34,14 @@ absl::string_view AllocatorName(AllocatorKind kind) {
   return kind == AllocatorKind::kGlobal ? "global" : "paper";
 }
 
+absl::StatusOr<bool> ParsePerHead(absl::string_view text) {
+  const std::string lower = absl::AsciiStrToLower(text);
+  if (lower == "1" || lower == "true") return true;
+  if (lower == "0" || lower == "false") return false;
+  return absl::InvalidArgumentError(
+      absl::StrCat("per_head is '", text, "'; allowed: 1, true, 0, false"));
+}
+
 std::string TargetName(const KvTarget& t) {
   switch (t.kind) {
     case KvTarget::Kind::kRetention:
@@ -103,6 +111,12 @@ absl::Status ValidateSettings(const KvSettings& s) {
   RETURN_IF_ERROR(ValidatePolicyTarget(s.policy, s.target));
   RETURN_IF_ERROR(ValidateFloor(s.allocator.floor));
   RETURN_IF_ERROR(ValidateCap(s.allocator.cap));
+  if (s.allocator.per_head &&
+      (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("per_head budgets need policy xkv with allocator global; got policy '",
+                     PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
+  }
   if (s.sink_tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sink_tokens is ", s.sink_tokens, "; it must be >= 0"));
@@ -127,6 +141,14 @@ absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry) {
       "profile mode reconstruct is not supported by ",
       entry == SpecEntry::kService ? "the service" : "xkv generate",
       " yet (xkv eval only); allowed here: per_request, one_pass, sampled:<rate in (0, 1]>"));
+}
+
+absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry) {
+  if (!per_head || entry == SpecEntry::kEval) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "per_head budgets are not supported by ",
+      entry == SpecEntry::kService ? "the service" : "xkv generate",
+      " yet (xkv eval only: the stages report per-layer gain curves); allowed here: per_head 0"));
 }
 
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
@@ -157,12 +179,18 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
     ASSIGN_OR_RETURN(s.allocator.kind, ParseAllocator(o.allocator));
   }
   if (o.floor) s.allocator.floor = *o.floor;
+  if (o.per_head) {
+    s.allocator.per_head = *o.per_head;
+  } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {
+    s.allocator.per_head = false;  // a base's per-head default does not apply to this policy
+  }
   RETURN_IF_ERROR(ValidateSettings(s));
   return s;
 }
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
   ASSIGN_OR_RETURN(const KvSettings s, ApplyOverride(KvSettings{}, o));
+  RETURN_IF_ERROR(ValidatePerHeadFor(s.allocator.per_head, SpecEntry::kService));
   return ValidateProfileFor(s.profile, SpecEntry::kService);
 }
 

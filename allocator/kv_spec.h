@@ -32,6 +32,8 @@ inline constexpr double kMinCap = 1.0, kMaxCap = 64.0;
 // "global" | "paper" (case-insensitive).
 absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);
 absl::string_view AllocatorName(AllocatorKind kind);
+// Per-(layer, KV head) budgets on or off: "1" | "true" | "0" | "false" (case-insensitive).
+absl::StatusOr<bool> ParsePerHead(absl::string_view text);
 
 // A budget target in the public API's units. Exactly one kind.
 struct KvTarget {
@@ -63,10 +65,11 @@ struct KvPolicyOverride {
   std::optional<int64_t> budget_tokens;   // >= 0: sum over layers of kept prefix tokens
   std::optional<int64_t> budget_bytes;    // >= 0: bytes of the kept prefix tokens of all layers
   std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
-  std::string profile_mode;     // "per_request" | "one_pass" | "sampled:<rho>" | "reconstruct"; ""
-                                // = base's
-  std::string allocator;        // "global" | "paper"; "" = base's
-  std::optional<double> floor;  // alpha in [0, 1]
+  std::string profile_mode;      // "per_request" | "one_pass" | "sampled:<rho>" | "reconstruct"; ""
+                                 // = base's
+  std::string allocator;         // "global" | "paper"; "" = base's
+  std::optional<double> floor;   // alpha in [0, 1]
+  std::optional<bool> per_head;  // budgets per (layer, KV head); xkv with allocator global only
 };
 
 // The single rules (each INVALID_ARGUMENT names the field, the value and the allowed range).
@@ -84,6 +87,9 @@ absl::Status ValidateSettings(const KvSettings& settings);
 // `xkv eval` only (the service and `xkv generate` answer INVALID_ARGUMENT saying so).
 enum class SpecEntry { kEval, kGenerate, kService };
 absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry);
+// Per-(layer, KV head) budgets run in `xkv eval` only: the service's stages report per-layer gain
+// curves (LayerGains) and take per-layer budgets, so the service and `xkv generate` refuse them.
+absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry);
 
 // `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
 // without a target turns the base's retention target into the same kept fraction.

@@ -146,12 +146,14 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       m.mix_window = true;
     } else if (key == "profile") {
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
+    } else if (key == "per_head") {
+      ASSIGN_OR_RETURN(m.kv.allocator.per_head, ParsePerHead(value));
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("method '", text, "': unknown parameter '", parts[i],
                        "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
                        "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
-                       "profile=reconstruct, mix=max, allocator=global|paper (xkv)"));
+                       "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -347,7 +349,13 @@ absl::StatusOr<EvalRunner::Lane> EvalRunner::CompactCopy(const Lane& from,
       *plan,
       [&](int l) {
         const int64_t tokens = engine_->CacheLength(copy.id, l);
-        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+        if (!plan->compress) return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+        // Right after compaction each KV head holds exactly its kept rows (per-head budgets:
+        // different counts), each costing per_token / n_kv_heads.
+        int64_t rows = 0;
+        for (const auto& head : plan->kept[l - plan->layer_begin]) rows += head.size();
+        return std::pair<int64_t, int64_t>(tokens,
+                                           rows * (per_token / engine_->config().n_kv_heads));
       },
       per_token);
   return copy;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <numeric>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -127,15 +128,31 @@ absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const 
         "kv allocation: policy xkv needs the importance scores of all ", L, " layers"));
   }
   if (have && NeedsScores(spec.policy)) {
-    ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
+    if (spec.allocator.per_head && scores.heads != scores.n_kv_heads) {
+      // Per-head budgets are per KV head: query-head rows summed into their KV heads first.
+      for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
+        ASSIGN_OR_RETURN(
+            LayerProfile p,
+            BuildLayerProfile(SumIntoKvHeads(scores.layer(l), scores.heads, scores.n_kv_heads, P),
+                              scores.n_kv_heads, P));
+        profiles.push_back(std::move(p));
+      }
+    } else {
+      ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
+    }
   }
   return PlanBudgets(profiles, spec, {L, P, BytesPerToken(config)});
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScores& scores,
-                                                            int layer, int64_t budget,
-                                                            const PolicyOptions& policy) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(
+    const CollectedScores& scores, int layer, int64_t budget, const PolicyOptions& policy,
+    absl::Span<const int64_t> head_budgets) {
   RETURN_IF_ERROR(CheckScoresCover(scores, layer));
+  if (!head_budgets.empty() && static_cast<int>(head_budgets.size()) != scores.n_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", head_budgets.size(),
+                                                   " head budgets for ", scores.n_kv_heads,
+                                                   " KV heads"));
+  }
   const SelectionRule rule = SelectionFor(policy);
   const int64_t P = scores.prefix_len(), T = scores.prompt_len;
   std::vector<float> kv_rows;
@@ -151,8 +168,18 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
       rows = kv_rows;
     }
   }
-  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> prefix,
-                   SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+  std::vector<std::vector<int64_t>> prefix;
+  if (head_budgets.empty()) {
+    ASSIGN_OR_RETURN(
+        prefix, SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+  } else {
+    for (int h = 0; h < scores.n_kv_heads; ++h) {
+      ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> one,
+                       SelectKeptTokens(rows.empty() ? rows : rows.subspan(h * P, P), 1, P,
+                                        head_budgets[h], rule, policy.sink_tokens));
+      prefix.push_back(std::move(one[0]));
+    }
+  }
   std::vector<std::vector<int32_t>> kept(scores.n_kv_heads);
   for (int h = 0; h < scores.n_kv_heads; ++h) {
     kept[h].reserve(prefix[h].size() + (T - P));
@@ -163,16 +190,21 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScore
 }
 
 absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayers(
-    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy) {
+    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy,
+    absl::Span<const std::vector<int64_t>> head_budgets) {
   const int L = scores.num_layers();
-  if (static_cast<int>(budgets.size()) != L) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kv allocation: ", budgets.size(), " budgets for ", L, " layers"));
+  if (static_cast<int>(budgets.size()) != L ||
+      (!head_budgets.empty() && static_cast<int>(head_budgets.size()) != L)) {
+    return absl::InvalidArgumentError(absl::StrCat("kv allocation: ", budgets.size(), " budgets (",
+                                                   head_budgets.size(), " per head) for ", L,
+                                                   " layers"));
   }
   std::vector<absl::StatusOr<std::vector<std::vector<int32_t>>>> kept(
       L, absl::UnknownError("not selected"));
-  ParallelOverLayers(
-      L, [&](int i) { kept[i] = KeptSlots(scores, scores.layer_begin + i, budgets[i], policy); });
+  ParallelOverLayers(L, [&](int i) {
+    kept[i] = KeptSlots(scores, scores.layer_begin + i, budgets[i], policy,
+                        head_budgets.empty() ? absl::Span<const int64_t>() : head_budgets[i]);
+  });
   std::vector<std::vector<std::vector<int32_t>>> out;
   out.reserve(L);
   for (auto& k : kept) {
@@ -228,7 +260,8 @@ absl::StatusOr<AllocationPlan> PlanWithBudgets(const CollectedScores& scores,
   }
   AllocationPlan plan = PlanSkeleton(scores, spec, std::move(budgets));
   if (!plan.compress) return plan;
-  ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy));
+  ASSIGN_OR_RETURN(plan.kept, KeptSlotsForLayers(scores, plan.budgets.budgets, policy,
+                                                 plan.budgets.head_budgets));
   RETURN_IF_ERROR(FinishPlan(scores, spec, &plan));
   return plan;
 }
@@ -286,6 +319,11 @@ AllocationReport MakeReport(const AllocationPlan& plan, const LayerHeld& held,
     a.layer = l;
     const size_t i = l - plan.layer_begin;
     a.kept_prefix = i < plan.budgets.budgets.size() ? plan.budgets.budgets[i] : plan.prefix_len;
+    if (i < plan.budgets.head_budgets.size() && !plan.budgets.head_budgets[i].empty()) {
+      const std::vector<int64_t>& heads = plan.budgets.head_budgets[i];
+      const int64_t n = static_cast<int64_t>(heads.size());
+      a.kept_prefix = (std::accumulate(heads.begin(), heads.end(), int64_t{0}) + n - 1) / n;
+    }
     std::tie(a.tokens_held, a.bytes_held) = held(l);
     r.kept_prefix_total += a.kept_prefix;
     r.kv_bytes_held += a.bytes_held;
@@ -305,8 +343,9 @@ AllocationReport MakeReport(const KvCache& cache, const AllocationPlan& plan,
   return MakeReport(
       plan,
       [&cache, per_token](int l) {
-        const int64_t tokens = cache.length(l);
-        return std::pair<int64_t, int64_t>(tokens, tokens * per_token);
+        // Per-head budgets: each head's rows cost per_token / n_kv_heads.
+        return std::pair<int64_t, int64_t>(cache.length(l),
+                                           cache.head_rows(l) * (per_token / cache.n_kv_heads()));
       },
       per_token);
 }
@@ -324,7 +363,7 @@ absl::Status WeightByValueNorm(const KvCache& cache, CollectedScores* scores) {
     }
     std::vector<float>& row = scores->layers[l - scores->layer_begin];
     for (int g = 0; g < scores->heads; ++g) {
-      const float* v = cache.v(l) + g * cache.head_stride(l);
+      const float* v = cache.v_head(l, g);
       for (int64_t j = 0; j < P; ++j) {
         float ss = 0.0f;
         for (int64_t c = 0; c < d; ++c) ss += v[j * d + c] * v[j * d + c];

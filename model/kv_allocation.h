@@ -49,9 +49,12 @@ struct AllocationPlan {
 
 struct LayerAllocation {
   int layer = 0;
-  int64_t kept_prefix = 0;  // b_l
-  int64_t tokens_held = 0;  // per KV head: b_l + w after eviction (T when nothing was evicted)
-  int64_t bytes_held = 0;   // KvCache::BytesHeld(layer)
+  // b_l; with per-head budgets the mean over the layer's KV heads, rounded up.
+  int64_t kept_prefix = 0;
+  // The layer's slots: b_l + w after eviction (T when nothing was evicted); with per-head budgets
+  // its largest head's count (bytes_held counts each head's own rows).
+  int64_t tokens_held = 0;
+  int64_t bytes_held = 0;  // KvCache::BytesHeld(layer)
 };
 
 struct AllocationReport {
@@ -96,13 +99,17 @@ absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const 
 
 // Kept slots [kv_head] of one layer for budget b (prefix selection ∪ window [P, T)). Top-score
 // selection needs that layer's scores; query-head scores are summed into their KV head.
-absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(const CollectedScores& scores,
-                                                            int layer, int64_t budget,
-                                                            const PolicyOptions& policy);
+// head_budgets: [n_kv_heads] per-head budgets (PolicyBudgets::head_budgets[layer]); when given,
+// head h keeps its own head_budgets[h] prefix tokens and `budget` is unused.
+absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(
+    const CollectedScores& scores, int layer, int64_t budget, const PolicyOptions& policy,
+    absl::Span<const int64_t> head_budgets = {});
 
 // KeptSlots of every layer of the scores (budgets[layer - layer_begin]), computed on a few threads.
+// head_budgets: PolicyBudgets::head_budgets ([L][n_kv_heads]) or empty.
 absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> KeptSlotsForLayers(
-    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy);
+    const CollectedScores& scores, absl::Span<const int64_t> budgets, const PolicyOptions& policy,
+    absl::Span<const std::vector<int64_t>> head_budgets = {});
 
 // A plan with budgets and no kept slots yet (filled layer by layer with KeptSlots); a keep-all
 // plan for policy full or T <= w.

@@ -308,11 +308,24 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
   int64_t head_stride, len;
   if (!batch.scores_only) {
     RETURN_IF_ERROR(seq.cache->Append(layer, k_new, v_new, seq.n_new, qkv_dim));
+    if (!seq.cache->uniform(layer)) {
+      if (seq.observe && batch.observer) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "llama_model: layer ", layer, " holds different counts per KV head (per-head budgets)",
+            "; its importance cannot be observed again"));
+      }
+      return AttendRagged(layer, seq, row0);
+    }
     k = seq.cache->k(layer);
     v = seq.cache->v(layer);
     head_stride = seq.cache->head_stride(layer);
     len = seq.cache->length(layer);
   } else {  // temporary [kv_heads][past + n_new][hd]: cached rows, then the new ones
+    if (!seq.cache->uniform(layer)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("llama_model: scores-only step over layer ", layer,
+                       ", which holds different counts per KV head (per-head budgets)"));
+    }
     const int64_t past = seq.cache->length(layer);
     len = past + seq.n_new;
     head_stride = len * hd;
@@ -355,6 +368,39 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
   }
   return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len, out, q_dim,
                                      pool_.get());
+}
+
+absl::Status LlamaModel::AttendRagged(int layer, const SequenceStep& seq, int64_t row0) {
+  const ModelConfig& c = config();
+  const int group = c.n_heads / c.n_kv_heads;
+  const int64_t hd = c.head_dim, q_dim = int64_t{c.n_heads} * hd, n = seq.n_new;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const bool exact = ExactLayer(weights_->layer(layer));
+  cpu::AttentionShape shape{group, 1, c.head_dim, scale};
+  shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
+  shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
+  for (int g = 0; g < c.n_kv_heads; ++g) {
+    const float* q = q_.data() + row0 * q_dim + g * group * hd;
+    float* out = attn_.data() + row0 * q_dim + g * group * hd;
+    const float* k = seq.cache->k_head(layer, g);
+    const float* v = seq.cache->v_head(layer, g);
+    const int64_t len = seq.cache->head_length(layer, g);
+    if (exact) {
+      const cpu::ggml::AttentionShape e{group, 1, c.head_dim, scale};
+      RETURN_IF_ERROR(
+          cpu::ggml::LaunchAttention(e, q, q_dim, n, k, v, len * hd, len, out, q_dim, pool_.get()));
+    } else if (n == 1) {
+      RETURN_IF_ERROR(cpu::LaunchDecodeAttention(shape, q, k, v, len * hd, len, out, pool_.get()));
+    } else {  // the prefill kernel takes contiguous [n, heads, hd] queries
+      head_q_.resize(n * group * hd);
+      for (int64_t t = 0; t < n; ++t) {
+        std::memcpy(&head_q_[t * group * hd], q + t * q_dim, group * hd * sizeof(float));
+      }
+      RETURN_IF_ERROR(cpu::LaunchPrefillAttention(shape, head_q_.data(), n, k, v, len * hd, len,
+                                                  out, q_dim, pool_.get()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hidden,

@@ -115,6 +115,9 @@ class LlamaModel {
   absl::Status RunAttention(int layer, const BatchStep& batch, bool* stop);
   absl::Status AttendSequence(int layer, int s, const SequenceStep& seq, int64_t row0,
                               const BatchStep& batch, bool* stop);
+  // Attention of a layer whose KV heads hold different counts (per-head budgets): one kernel call
+  // per KV head and its group of query heads, each over that head's own rows.
+  absl::Status AttendRagged(int layer, const SequenceStep& seq, int64_t row0);
   absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
   // The architecture's steps between the QKV matmul and RoPE on qkv_'s n rows (model/arch/arch.h),
   // in llama.cpp's order: the Q/K/V bias add, then RMSNorm over each Q and K head.
@@ -146,6 +149,7 @@ class LlamaModel {
   std::vector<float> ffn_;            // fp32 [n, 2 ffn]
   std::vector<float> cos_sin_;        // fp32 [n, rope_dims]
   std::vector<float> tmp_k_, tmp_v_;  // scores-only K/V, [kv_heads][len][head_dim]
+  std::vector<float> head_q_;         // AttendRagged: one KV head's queries, [n, group, head_dim]
   std::vector<float> min_fix_;        // fp32 [n, k / 32] Q8_1 sum corrections (kGgml)
   std::vector<cpu::ggml::ActBlock> act_blocks_;   // kGgml exact path: quantized activation rows
   std::vector<cpu::ggml::Q8KBlock> act_kblocks_;  // the same for K-quant matrices (Q8_K)

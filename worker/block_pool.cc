@@ -18,6 +18,10 @@ absl::StatusOr<BlockPool> BlockPool::Create(const BlockPoolOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("block pool: block_tokens ", options.block_tokens, " must be >= 1"));
   }
+  if (options.head_tables < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block pool: head_tables ", options.head_tables, " must be >= 1"));
+  }
   if (options.capacity < 0 || options.capacity > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat("block pool: capacity ", options.capacity,
                                                    " blocks out of range [0, ",
@@ -27,7 +31,7 @@ absl::StatusOr<BlockPool> BlockPool::Create(const BlockPoolOptions& options) {
 }
 
 BlockPool::BlockPool(const BlockPoolOptions& options)
-    : options_(options), layer_used_(options.num_layers, 0) {
+    : options_(options), table_used_(num_tables(), 0) {
   free_list_.resize(options_.capacity);
   // A stack: the lowest ids are handed out first.
   for (size_t b = 0; b < free_list_.size(); ++b) {
@@ -40,40 +44,60 @@ int64_t BlockPool::BlocksFor(int64_t tokens) const {
 }
 
 int64_t BlockPool::layer_used(int layer) const {
-  return InRange(layer) ? layer_used_[TableIndex(layer)] : 0;
+  if (!InRange(layer)) return 0;
+  int64_t used = 0;
+  for (int h = 0; h < head_tables(); ++h) used += table_used_[TableIndex(layer, h)];
+  return used;
+}
+
+int64_t BlockPool::head_tokens(uint64_t seq_id, int layer, int head) const {
+  auto it = tables_.find(seq_id);
+  if (it == tables_.end() || !InRange(layer, head)) return 0;
+  return it->second.tokens[TableIndex(layer, head)];
 }
 
 int64_t BlockPool::tokens(uint64_t seq_id, int layer) const {
-  auto it = tables_.find(seq_id);
-  if (it == tables_.end() || !InRange(layer)) return 0;
-  return it->second.tokens[TableIndex(layer)];
+  int64_t most = 0;
+  for (int h = 0; h < head_tables(); ++h) most = std::max(most, head_tokens(seq_id, layer, h));
+  return most;
 }
 
-absl::Span<const int32_t> BlockPool::table(uint64_t seq_id, int layer) const {
+int64_t BlockPool::blocks(uint64_t seq_id, int layer) const {
+  int64_t n = 0;
+  for (int h = 0; h < head_tables(); ++h) n += table(seq_id, layer, h).size();
+  return n;
+}
+
+absl::Span<const int32_t> BlockPool::table(uint64_t seq_id, int layer, int head) const {
   auto it = tables_.find(seq_id);
-  if (it == tables_.end() || !InRange(layer)) return {};
-  return it->second.blocks[TableIndex(layer)];
+  if (it == tables_.end() || !InRange(layer, head)) return {};
+  return it->second.blocks[TableIndex(layer, head)];
 }
 
 absl::StatusOr<BlockPlan> BlockPool::Plan(absl::Span<const BlockChange> changes) const {
   BlockPlan plan;
   plan.version = version_;
-  absl::flat_hash_set<std::pair<uint64_t, int>> seen;
+  absl::flat_hash_set<std::pair<uint64_t, int>> seen;  // (sequence, table)
   for (const BlockChange& c : changes) {
-    if (!InRange(c.layer) || c.tokens < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("block pool: sequence ", c.seq_id, " layer ",
-                                                     c.layer, " tokens ", c.tokens, " (layers [",
-                                                     layer_begin(), ", ", layer_end(), "))"));
+    if (!InRange(c.layer) || c.tokens < 0 || c.head < -1 || c.head >= head_tables()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block pool: sequence ", c.seq_id, " layer ", c.layer, " head ", c.head,
+                       " tokens ", c.tokens, " (layers [", layer_begin(), ", ", layer_end(),
+                       "), heads -1 or [0, ", head_tables(), "))"));
     }
-    if (!seen.insert({c.seq_id, c.layer}).second) {
-      return absl::InvalidArgumentError(absl::StrCat("block pool: sequence ", c.seq_id, " layer ",
-                                                     c.layer, " twice in one plan"));
+    const int first = c.head < 0 ? 0 : c.head, last = c.head < 0 ? head_tables() : c.head + 1;
+    for (int h = first; h < last; ++h) {
+      if (!seen.insert({c.seq_id, TableIndex(c.layer, h)}).second) {
+        return absl::InvalidArgumentError(absl::StrCat("block pool: sequence ", c.seq_id, " layer ",
+                                                       c.layer, " head ", h, " twice in one plan"));
+      }
+      const int64_t blocks = BlocksFor(c.tokens);
+      auto it = tables_.find(c.seq_id);
+      const int64_t held =
+          it == tables_.end() ? 0 : it->second.blocks[TableIndex(c.layer, h)].size();
+      plan.delta_blocks += blocks - held;
+      plan.entries.push_back({c.seq_id, c.layer, h, c.tokens, blocks});
     }
-    const int64_t blocks = BlocksFor(c.tokens);
-    auto it = tables_.find(c.seq_id);
-    const int64_t held = it == tables_.end() ? 0 : it->second.blocks[TableIndex(c.layer)].size();
-    plan.delta_blocks += blocks - held;
-    plan.entries.push_back({c.seq_id, c.layer, c.tokens, blocks});
   }
   if (plan.delta_blocks > free()) {
     return absl::ResourceExhaustedError(
@@ -86,7 +110,7 @@ absl::StatusOr<BlockPlan> BlockPool::Plan(absl::Span<const BlockChange> changes)
 
 void BlockPool::Resize(SequenceTables& t, int i, int64_t tokens, int64_t blocks) {
   std::vector<int32_t>& table = t.blocks[i];
-  layer_used_[i] += blocks - static_cast<int64_t>(table.size());
+  table_used_[i] += blocks - static_cast<int64_t>(table.size());
   while (static_cast<int64_t>(table.size()) > blocks) {
     free_list_.push_back(table.back());
     table.pop_back();
@@ -108,10 +132,10 @@ absl::Status BlockPool::Commit(const BlockPlan& plan) {
     for (const BlockPlan::Entry& e : plan.entries) {
       SequenceTables& t = tables_[e.seq_id];
       if (t.tokens.empty()) {
-        t.tokens.assign(num_layers(), 0);
-        t.blocks.resize(num_layers());
+        t.tokens.assign(num_tables(), 0);
+        t.blocks.resize(num_tables());
       }
-      const int i = TableIndex(e.layer);
+      const int i = TableIndex(e.layer, e.head);
       const bool shrink = e.blocks <= static_cast<int64_t>(t.blocks[i].size());
       if (shrink == (pass == 0)) Resize(t, i, e.tokens, e.blocks);
     }
@@ -129,7 +153,7 @@ absl::Status BlockPool::Apply(absl::Span<const BlockChange> changes) {
 bool BlockPool::Release(uint64_t seq_id) {
   auto it = tables_.find(seq_id);
   if (it == tables_.end()) return false;
-  for (int i = 0; i < num_layers(); ++i) Resize(it->second, i, 0, 0);
+  for (int i = 0; i < num_tables(); ++i) Resize(it->second, i, 0, 0);
   tables_.erase(it);
   ++version_;
   return true;

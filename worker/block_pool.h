@@ -11,9 +11,12 @@
 // made against the current state (FAILED_PRECONDITION if the pool changed since). Shrinking
 // (compaction) always fits. Not thread-safe: the stage serialises its calls.
 //
-// Granularity: one table per (sequence, layer), every KV head of the layer in each block. Per
-// (layer, KV head) budgets would give each layer one table per KV head (a block holding one
-// head's K and V): TableIndex() is the one place that maps a layer to its table.
+// Granularity: by default one table per (sequence, layer), every KV head of the layer in each
+// block. With `head_tables` = n_kv_heads (per-(layer, KV head) budgets) each layer has one table
+// per KV head and a block holds block_tokens tokens of ONE head's K and V (block_bytes is then
+// that block's size): a layer whose heads hold t_h tokens owns sum_h ceil(t_h / block_tokens)
+// blocks, so a head compacted below another frees its own blocks. TableIndex() is the one place
+// that maps a (layer, head) to its table.
 #ifndef XKV_WORKER_BLOCK_POOL_H_
 #define XKV_WORKER_BLOCK_POOL_H_
 
@@ -32,20 +35,24 @@ struct BlockPoolOptions {
   int num_layers = 1;       // >= 1
   int64_t capacity = 0;     // blocks of the stage's shared pool, [0, INT32_MAX]
   int block_tokens = 16;    // >= 1
-  int64_t block_bytes = 0;  // bytes of one block (one layer's K and V), for reporting
+  int64_t block_bytes = 0;  // bytes of one block (one layer's, or one head's, K and V), reporting
+  int head_tables = 1;      // tables per layer: 1, or n_kv_heads for per-head tables (>= 1)
 };
 
-// One entry of a plan: layer `layer` of sequence `seq_id` should hold `tokens` tokens.
+// One entry of a plan: layer `layer` (its KV head `head` in a per-head pool; -1 = every head of
+// the layer) of sequence `seq_id` should hold `tokens` tokens.
 struct BlockChange {
   uint64_t seq_id = 0;
   int layer = 0;       // model layer index
-  int64_t tokens = 0;  // >= 0; 0 frees the layer's blocks
+  int64_t tokens = 0;  // >= 0; 0 frees the blocks
+  int head = -1;       // [0, head_tables) or -1
 };
 
 struct BlockPlan {
   struct Entry {
     uint64_t seq_id;
     int layer;
+    int head;  // resolved: [0, head_tables)
     int64_t tokens;
     int64_t blocks;  // ceil(tokens / block_tokens)
   };
@@ -56,18 +63,21 @@ struct BlockPlan {
 
 class BlockPool {
  public:
-  // INVALID_ARGUMENT for no layers, a capacity outside [0, INT32_MAX] or block_tokens < 1.
+  // INVALID_ARGUMENT for no layers, a capacity outside [0, INT32_MAX], block_tokens < 1 or
+  // head_tables < 1.
   static absl::StatusOr<BlockPool> Create(const BlockPoolOptions& options);
 
   int layer_begin() const { return options_.layer_begin; }
   int layer_end() const { return options_.layer_begin + options_.num_layers; }
   int num_layers() const { return options_.num_layers; }
   int block_tokens() const { return options_.block_tokens; }
+  int head_tables() const { return options_.head_tables; }
   int64_t block_bytes() const { return options_.block_bytes; }
   int64_t BlocksFor(int64_t tokens) const;
 
-  // INVALID_ARGUMENT for a layer outside the pool, negative tokens or the same (seq, layer)
-  // twice; RESOURCE_EXHAUSTED when the growth exceeds the stage's free blocks. Changes nothing.
+  // INVALID_ARGUMENT for a layer or head outside the pool, negative tokens or the same (seq,
+  // layer, head) twice; RESOURCE_EXHAUSTED when the growth exceeds the stage's free blocks.
+  // Changes nothing.
   absl::StatusOr<BlockPlan> Plan(absl::Span<const BlockChange> changes) const;
   // Applies `plan` (shrinks first, so blocks move between layers and sequences of one plan).
   absl::Status Commit(const BlockPlan& plan);
@@ -80,15 +90,20 @@ class BlockPool {
   int64_t capacity() const { return options_.capacity; }
   int64_t used() const { return options_.capacity - static_cast<int64_t>(free_list_.size()); }
   int64_t free() const { return static_cast<int64_t>(free_list_.size()); }
-  // Blocks the layer's tables hold over every sequence (0 outside the pool).
+  // Blocks the layer's tables (every head's) hold over every sequence (0 outside the pool).
   int64_t layer_used(int layer) const;
 
   bool has_sequence(uint64_t seq_id) const { return tables_.contains(seq_id); }
   int num_sequences() const { return static_cast<int>(tables_.size()); }
-  // Tokens the sequence holds in a layer (0 when unknown).
+  // Tokens the sequence holds in a layer: its largest head (0 when unknown).
   int64_t tokens(uint64_t seq_id, int layer) const;
-  // Block ids of the sequence's layer, in token order (empty when unknown).
-  absl::Span<const int32_t> table(uint64_t seq_id, int layer) const;
+  // Tokens of one head's table (0 when unknown).
+  int64_t head_tokens(uint64_t seq_id, int layer, int head) const;
+  // Blocks the sequence holds in a layer, summed over its heads' tables (0 when unknown).
+  int64_t blocks(uint64_t seq_id, int layer) const;
+  // Block ids of the sequence's layer (head `head` in a per-head pool), in token order (empty
+  // when unknown).
+  absl::Span<const int32_t> table(uint64_t seq_id, int layer, int head = 0) const;
 
  private:
   struct SequenceTables {
@@ -97,13 +112,19 @@ class BlockPool {
   };
   explicit BlockPool(const BlockPoolOptions& options);
   bool InRange(int layer) const { return layer >= layer_begin() && layer < layer_end(); }
-  // The table of a layer: one per layer today (see the file comment).
-  int TableIndex(int layer) const { return layer - layer_begin(); }
+  bool InRange(int layer, int head) const {
+    return InRange(layer) && head >= 0 && head < options_.head_tables;
+  }
+  // The table of a (layer, head): head_tables per layer (see the file comment).
+  int TableIndex(int layer, int head = 0) const {
+    return (layer - layer_begin()) * options_.head_tables + head;
+  }
+  int num_tables() const { return options_.num_layers * options_.head_tables; }
   void Resize(SequenceTables& t, int i, int64_t tokens, int64_t blocks);
 
   BlockPoolOptions options_;
   std::vector<int32_t> free_list_;   // the stage's free block ids (a stack)
-  std::vector<int64_t> layer_used_;  // [table]: blocks held over every sequence
+  std::vector<int64_t> table_used_;  // [table]: blocks held over every sequence
   absl::flat_hash_map<uint64_t, SequenceTables> tables_;
   uint64_t version_ = 0;
 };

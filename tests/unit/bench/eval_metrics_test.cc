@@ -189,6 +189,15 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   EXPECT_THAT(ParseEvalMethod("xkv:window=0", base).status().message(), HasSubstr("[8, 64]"));
   EXPECT_THAT(ParseEvalMethod("xkv:tau=2", base).status().message(), HasSubstr("unknown"));
   EXPECT_FALSE(ParseEvalMethod("h2o", base).ok());
+  // Per-(layer, KV head) budgets: xkv with the global allocator only, one parse rule.
+  auto ph = ParseEvalMethod("xkv:per_head=1:floor=0.2", base);
+  ASSERT_TRUE(ph.ok()) << ph.status();
+  EXPECT_TRUE(ph->kv.allocator.per_head);
+  EXPECT_THAT(ParseEvalMethod("xkv:per_head=2", base).status().message(),
+              HasSubstr("per_head is '2'; allowed: 1, true, 0, false"));
+  EXPECT_THAT(ParseEvalMethod("snapkv:per_head=1", base).status().message(),
+              HasSubstr("per_head budgets need policy xkv"));
+  EXPECT_FALSE(ParseEvalMethod("paper:per_head=1", base).ok());
   // The reconstruct profile: unpooled unless a kernel is given; only for score-ranking methods.
   auto r = ParseEvalMethod("xkv:profile=reconstruct:floor=0.5", base);
   ASSERT_TRUE(r.ok()) << r.status();

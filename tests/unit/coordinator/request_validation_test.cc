@@ -169,6 +169,12 @@ TEST(RequestValidationTest, AllocatorAndFloor) {
   p.kv.allocator = "paper";
   p.kv.floor = 0.25;
   EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  // Per-(layer, KV head) budgets run in xkv eval only; the service refuses them at the edge.
+  p = Good();
+  p.kv.per_head = true;
+  ExpectInvalid(p, "per_head budgets are not supported by the service");
+  p.kv.per_head = false;
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
   // The largest int64 is a valid (clamped) target, not an overflow.
   p = Good();
   p.kv.policy = "snapkv";

@@ -7,6 +7,8 @@
 namespace xkv {
 namespace {
 
+using Kept = std::vector<std::vector<int32_t>>;
+
 // Token t, head h, dim d of K is 1000 t + 10 h + d (V is its negative), so slots are traceable.
 std::vector<float> Rows(int64_t t0, int64_t n, int heads, int hd, float sign, int64_t stride) {
   std::vector<float> r(n * stride, -7.f);
@@ -62,15 +64,55 @@ TEST(KvCacheTest, CompactRejectsBadSlots) {
   KvCache cache(0, 1, 2, 2);
   std::vector<float> k(5 * 4, 1.f);
   ASSERT_TRUE(cache.Append(0, k.data(), k.data(), 5, 4).ok());
-  using Kept = std::vector<std::vector<int32_t>>;
   EXPECT_FALSE(cache.Compact(0, Kept{{0, 1}}).ok());          // one list per head
-  EXPECT_FALSE(cache.Compact(0, Kept{{0, 1}, {2}}).ok());     // same count per head
   EXPECT_FALSE(cache.Compact(0, Kept{{1, 0}, {2, 3}}).ok());  // increasing
   EXPECT_FALSE(cache.Compact(0, Kept{{0, 5}, {2, 3}}).ok());  // inside the length
   EXPECT_FALSE(cache.Compact(1, Kept{{0}, {0}}).ok());        // layer outside the range
   EXPECT_EQ(cache.length(0), 5);
   cache.Clear();
   EXPECT_EQ(cache.BytesHeld(), 0);
+}
+
+TEST(KvCacheTest, PerHeadCountsFreeTheirBytesAndAppendPerHead) {
+  const int heads = 3, hd = 4;
+  KvCache cache(0, 1, heads, hd);
+  const int64_t stride = heads * hd;
+  auto k = Rows(0, 12, heads, hd, 1.f, stride), v = Rows(0, 12, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(0, k.data(), v.data(), 12, stride).ok());
+  EXPECT_TRUE(cache.uniform(0));
+  const std::vector<std::vector<int32_t>> kept = {{0, 11}, {1, 2, 3, 4, 5, 11}, {}};
+  ASSERT_TRUE(cache.Compact(0, kept).ok());
+  EXPECT_FALSE(cache.uniform(0));
+  EXPECT_EQ(cache.length(0), 6);  // the largest head
+  EXPECT_EQ(cache.head_rows(0), 8);
+  EXPECT_EQ(cache.BytesHeld(0), 2 * 8 * hd * 4);  // exactly the kept rows: the rest is freed
+  for (int h = 0; h < heads; ++h) {
+    ASSERT_EQ(cache.head_length(0, h), static_cast<int64_t>(kept[h].size()));
+    for (size_t i = 0; i < kept[h].size(); ++i) {
+      EXPECT_EQ(cache.k_head(0, h)[i * hd + 1], 1000 * kept[h][i] + 10 * h + 1);
+      EXPECT_EQ(cache.v_head(0, h)[i * hd + 2], -(1000 * kept[h][i] + 10 * h + 2));
+    }
+  }
+  // A new token lands after each head's own rows; the kept rows stay in place.
+  auto k1 = Rows(20, 2, heads, hd, 1.f, stride), v1 = Rows(20, 2, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(0, k1.data(), v1.data(), 2, stride).ok());
+  for (int h = 0; h < heads; ++h) {
+    const int64_t n = kept[h].size();
+    ASSERT_EQ(cache.head_length(0, h), n + 2);
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_EQ(cache.k_head(0, h)[i * hd], 1000 * kept[h][i] + 10 * h);
+    EXPECT_EQ(cache.k_head(0, h)[n * hd], 1000 * 20 + 10 * h);
+    EXPECT_EQ(cache.v_head(0, h)[(n + 1) * hd + 3], -(1000 * 21 + 10 * h + 3));
+  }
+  EXPECT_EQ(cache.length(0), 8);
+  // Slots are checked against each head's own length.
+  EXPECT_FALSE(cache.Compact(0, Kept{{0, 1}, {0}, {0, 2}}).ok());  // head 2 holds 2
+  EXPECT_EQ(cache.head_length(0, 0), 4);
+  // Equal counts make the layer uniform again.
+  ASSERT_TRUE(cache.Compact(0, Kept{{0, 3}, {0, 7}, {0, 1}}).ok());
+  EXPECT_TRUE(cache.uniform(0));
+  EXPECT_EQ(cache.head_stride(0), 2 * hd);
+  EXPECT_EQ(cache.k(0)[cache.head_stride(0) + hd], 1000 * 21 + 10);
 }
 
 }  // namespace

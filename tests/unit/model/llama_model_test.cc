@@ -47,6 +47,16 @@ double MaxDiff(const float* a, const float* b, int64_t n) {
   return m;
 }
 
+// `count` sorted random slots of [0, n).
+std::vector<int32_t> RandomSlots(int n, int count, std::mt19937_64& rng) {
+  std::vector<int32_t> all(n);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(count);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
 class LlamaModelTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -146,14 +156,8 @@ TEST_F(LlamaModelTest, CompactThenDecodeUsesTruePositions) {
   // kept[l][g]: sorted prompt slots kept by layer l, KV head g.
   std::vector<std::vector<std::vector<int32_t>>> kept(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) {
-    for (int g = 0; g < c.n_kv_heads; ++g) {
-      std::vector<int32_t> all(n);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      all.resize(keep_per_layer[l]);
-      std::sort(all.begin(), all.end());
-      kept[l].push_back(all);
-    }
+    for (int g = 0; g < c.n_kv_heads; ++g)
+      kept[l].push_back(RandomSlots(n, keep_per_layer[l], rng));
   }
   auto cache = model_->NewCache();
   Run(*cache, {tokens.begin(), tokens.begin() + n}, 0);
@@ -180,6 +184,45 @@ TEST_F(LlamaModelTest, CompactThenDecodeUsesTruePositions) {
   }
   EXPECT_EQ(cache->length(0), 12 + m);
   EXPECT_EQ(cache->length(2), 15 + m);
+}
+
+// Per-(layer, KV head) budgets: the KV heads of a layer keep different counts; decode steps and a
+// multi-token step after compaction each read their own head's rows (fp64 reference with the
+// same per-head mask), and the evicted rows' bytes are freed.
+TEST_F(LlamaModelTest, PerHeadCompactionThenDecodeAndPrefill) {
+  const ModelConfig c = TinyConfig();  // 2 KV heads
+  const int n = 24, m = 6;
+  const std::vector<int32_t> tokens = RandomTokens(n + m, vocab(), 15);
+  const int keep[3][2] = {{3, 20}, {11, 11}, {24, 1}};  // layer 1 stays uniform
+  std::mt19937_64 rng(21);
+  std::vector<std::vector<std::vector<int32_t>>> kept(c.n_layers);
+  for (int l = 0; l < c.n_layers; ++l) {
+    for (int g = 0; g < c.n_kv_heads; ++g) kept[l].push_back(RandomSlots(n, keep[l][g], rng));
+  }
+  auto cache = model_->NewCache();
+  Run(*cache, {tokens.begin(), tokens.begin() + n}, 0);
+  for (int l = 0; l < 3; ++l) ASSERT_TRUE(cache->Compact(l, kept[l]).ok());
+  EXPECT_FALSE(cache->uniform(0));
+  EXPECT_TRUE(cache->uniform(1));
+  EXPECT_EQ(cache->length(0), 20);
+  EXPECT_EQ(cache->BytesHeld(0), 2 * (3 + 20) * c.head_dim * 4);
+  auto mask = [&](int l, int g, int64_t q, int64_t k) {
+    if (q < n || k >= n) return true;
+    return std::binary_search(kept[l][g].begin(), kept[l][g].end(), k);
+  };
+  const std::vector<double> want = NaiveForward(*weights_, tokens, Iota(n + m), mask);
+  for (int i = n; i < n + 2; ++i) {
+    const std::vector<float> got = Run(*cache, {tokens[i]}, i);
+    EXPECT_LT(MaxDiff(got.data(), want.data() + i * vocab(), vocab()), 2e-4) << i;
+  }
+  const std::vector<float> rows = Run(*cache, {tokens.begin() + n + 2, tokens.end()}, n + 2, true);
+  for (int i = n + 2; i < n + m; ++i) {
+    EXPECT_LT(MaxDiff(rows.data() + (i - n - 2) * vocab(), want.data() + i * vocab(), vocab()),
+              2e-4)
+        << i;
+  }
+  EXPECT_EQ(cache->head_length(0, 0), 3 + m);
+  EXPECT_EQ(cache->head_length(2, 1), 1 + m);
 }
 
 // Observer sees post-RoPE Q and the full K; scores-only mode writes no KV and sees the same.
