@@ -119,16 +119,6 @@ absl::Status ValidateSettings(const KvSettings& s) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry) {
-  if (mode.kind != ProfileModeKind::kReconstruct || entry == SpecEntry::kEval) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "profile mode reconstruct is not supported by ",
-      entry == SpecEntry::kService ? "the service" : "xkv generate",
-      " yet (xkv eval only); allowed here: per_request, one_pass, sampled:<rate in (0, 1]>"));
-}
-
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
   const int targets = o.retention.has_value() + o.budget_tokens.has_value() +
                       o.budget_bytes.has_value() + o.budget_fraction.has_value();
@@ -162,8 +152,7 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
 }
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
-  ASSIGN_OR_RETURN(const KvSettings s, ApplyOverride(KvSettings{}, o));
-  return ValidateProfileFor(s.profile, SpecEntry::kService);
+  return ApplyOverride(KvSettings{}, o).status();
 }
 
 bool NeedsScores(PolicyKind policy) {

@@ -204,8 +204,17 @@ absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
     return absl::InvalidArgumentError(
         absl::StrCat(who, ": a scores-only step is the whole prompt, without compaction"));
   }
-  if (s.mode != SequenceMode::kNormal && T > options_.importance.window &&
-      s.n_new < options_.importance.window) {
+  if (s.mode == SequenceMode::kReread &&
+      (!known || s.compact.has_value() || (it != sequences_.end() && it->second.compacted) ||
+       s.reread.chunk_begin < 0 || s.reread.chunk_begin >= s.reread.chunk_end ||
+       s.reread.chunk_end > s.position)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": a re-reading step needs the uncompacted prompt's cache, no compaction and a span ",
+        "0 <= chunk_begin < chunk_end <= position (", s.reread.chunk_begin, ", ",
+        s.reread.chunk_end, ", ", s.position, ")"));
+  }
+  if ((s.mode == SequenceMode::kScoresOnly || s.mode == SequenceMode::kObserve) &&
+      T > options_.importance.window && s.n_new < options_.importance.window) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": the observed chunk holds ", s.n_new,
                                                    " tokens, fewer than the window ",
                                                    options_.importance.window));
@@ -232,13 +241,13 @@ absl::Status StageExecutor::ValidateSequence(const StageSequence& s) const {
 absl::Status StageExecutor::ValidateStep(const StageStep& step) const {
   if (step.sequences.empty()) return absl::InvalidArgumentError("stage: step without sequences");
   absl::flat_hash_set<uint64_t> ids;
-  const bool scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
+  const bool scores_only = ScoresOnly(step.sequences[0].mode);
   for (const StageSequence& s : step.sequences) {
     if (!ids.insert(s.seq_id).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("stage: sequence ", s.seq_id, " twice in step ", step.step_id));
     }
-    if ((s.mode == SequenceMode::kScoresOnly) != scores_only) {
+    if (ScoresOnly(s.mode) != scores_only) {
       return absl::InvalidArgumentError(
           "stage: scores-only sequences cannot share a step with others");
     }
@@ -250,7 +259,7 @@ absl::Status StageExecutor::ValidateStep(const StageStep& step) const {
 absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StageStep& step) const {
   std::vector<BlockChange> changes;
   for (const StageSequence& s : step.sequences) {
-    if (s.mode == SequenceMode::kScoresOnly) continue;  // no KV writes
+    if (ScoresOnly(s.mode)) continue;  // no KV writes
     for (int l = layer_begin(); l < layer_end(); ++l) {
       changes.push_back({s.seq_id, l, pool_.tokens(s.seq_id, l) + s.n_new});
     }
@@ -359,18 +368,21 @@ absl::Status StageExecutor::SendRows(const StageStep& step) {
 }
 
 absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
-  run.scores_only = step.sequences[0].mode == SequenceMode::kScoresOnly;
+  run.scores_only = ScoresOnly(step.sequences[0].mode);
   run.batch.scores_only = run.scores_only;
   run.result.sequences.resize(step.sequences.size());
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const StageSequence& s = step.sequences[i];
     run.result.sequences[i].seq_id = s.seq_id;
     Sequence& q = sequences_[s.seq_id];  // known from now on (dropped again if the step fails)
-    if (is_last() && q.sampler == nullptr && s.mode != SequenceMode::kScoresOnly &&
+    if (is_last() && q.sampler == nullptr && !ScoresOnly(s.mode) &&
         s.sampling.repetition_penalty != 1.f) {
       q.context.insert(q.context.end(), s.tokens.begin(), s.tokens.end());
     }
-    run.batch.sequences.push_back({s.seq_id, s.n_new, s.position, s.mode != SequenceMode::kNormal});
+    EngineSequenceStep e{s.seq_id, s.n_new, s.position,
+                         s.mode == SequenceMode::kScoresOnly || s.mode == SequenceMode::kObserve};
+    if (s.mode == SequenceMode::kReread) e.reread = s.reread;
+    run.batch.sequences.push_back(e);
   }
   const absl::Time t0 = absl::Now();
   RETURN_IF_ERROR(engine_->RunLayersResident(run.batch, options_.importance, &run.observations));
@@ -378,14 +390,40 @@ absl::Status StageExecutor::Compute(const StageStep& step, Run& run) {
   return Observe(step, run);
 }
 
+absl::StatusOr<std::optional<CollectedScores>> StageExecutor::Reread(
+    const StageSequence& s, EngineObservation& observation) {
+  Sequence& q = sequences_.at(s.seq_id);
+  if (!q.reread.has_value()) {
+    q.reread = EmptyReconstructScores(layer_begin(), layer_end(), config().n_kv_heads, s.position,
+                                      s.reread.sinks);
+  }
+  RETURN_IF_ERROR(AccumulateReread(observation.reread, s.reread, &*q.reread));
+  if (!s.reread_last) return std::optional<CollectedScores>();
+  // Unpooled re-reading scores, max-merged with the window's of the observed prefill (xkv eval's
+  // profile=reconstruct:mix=max).
+  ImportanceOptions unpooled = options_.importance;
+  unpooled.pool_kernel = 1;
+  ASSIGN_OR_RETURN(CollectedScores scores,
+                   ReconstructCollectedScores(*q.reread, s.position, config(), unpooled));
+  if (q.scores.has_value()) RETURN_IF_ERROR(MaxMergeScores(*q.scores, &scores));
+  q.reread.reset();
+  return std::optional<CollectedScores>(std::move(scores));
+}
+
 absl::Status StageExecutor::Observe(const StageStep& step, Run& run) {
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const StageSequence& s = step.sequences[i];
     if (s.mode == SequenceMode::kNormal) continue;
-    if (i >= run.observations.size() || !run.observations[i].scores.has_value()) {
+    if (i >= run.observations.size() ||
+        (s.mode != SequenceMode::kReread && !run.observations[i].scores.has_value())) {
       return absl::InternalError(absl::StrCat("stage: no scores for sequence ", s.seq_id));
     }
-    CollectedScores scores = *std::move(run.observations[i].scores);
+    std::optional<CollectedScores> observed = std::move(run.observations[i].scores);
+    if (s.mode == SequenceMode::kReread) {
+      ASSIGN_OR_RETURN(observed, Reread(s, run.observations[i]));
+      if (!observed.has_value()) continue;  // more spans to come
+    }
+    CollectedScores scores = *std::move(observed);
     ObservedProfile p;
     p.prompt_len = scores.prompt_len;
     p.prefix_len = scores.prefix_len();

@@ -42,6 +42,7 @@
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
+#include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/stage_engine.h"
 #include "worker/block_pool.h"
@@ -87,7 +88,16 @@ enum class SequenceMode {
   kNormal,
   kScoresOnly,  // mini-prefill: no KV writes, no blocks; all sequences of the step must share it
   kObserve,     // prefill that also scores the observation window
+  // The reconstruct profile: scores-only re-reading of `reread` over the cached prompt (position =
+  // its length); the stage max-accumulates the spans' scores and, after the last one, reports
+  // them (max-merged with the window's scores of its observed prefill) like kObserve.
+  kReread,
 };
+
+// No KV kept: the step's sequences must all be scores-only or all not.
+inline bool ScoresOnly(SequenceMode m) {
+  return m == SequenceMode::kScoresOnly || m == SequenceMode::kReread;
+}
 
 struct LayerBudgetEntry {
   int layer = 0;            // model layer index
@@ -112,6 +122,8 @@ struct StageSequence {
   bool return_logits = false;
   bool return_scores = false;               // observed: also return the raw pooled scores
   std::optional<StageCompactSpec> compact;  // compact right after this step
+  RereadSpan reread;                        // kReread: the prompt span re-read
+  bool reread_last = false;                 // kReread: the last span (report the scores)
 };
 
 struct StageStep {
@@ -253,8 +265,9 @@ class StageExecutor {
     std::optional<SamplingParams> device_params;
     uint64_t draws = 0;
     absl::flat_hash_map<int32_t, int32_t> counts;
-    std::optional<CollectedScores> scores;  // from the last observed step, until compaction
-    bool compacted = false;                 // evicted once; never again
+    std::optional<CollectedScores> scores;    // from the last observed step, until compaction
+    std::optional<ReconstructScores> reread;  // kReread spans so far, until the last one
+    bool compacted = false;                   // evicted once; never again
   };
   struct Run;  // one step in flight
 
@@ -275,6 +288,10 @@ class StageExecutor {
   absl::Status Output(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Sample(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Observe(const StageStep& step, Run& run) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Accumulates a kReread step's span; after the last span, its scores (else nullopt).
+  absl::StatusOr<std::optional<CollectedScores>> Reread(const StageSequence& s,
+                                                        EngineObservation& observation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CompactSequence(uint64_t seq_id, Sequence& seq, const StageCompactSpec& spec)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SyncBlocks(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -34,6 +34,8 @@ absl::StatusOr<SequenceMode> ModeFromProto(xkv::v1::SequenceMode m) {
       return SequenceMode::kScoresOnly;
     case xkv::v1::SEQUENCE_MODE_OBSERVE:
       return SequenceMode::kObserve;
+    case xkv::v1::SEQUENCE_MODE_REREAD:
+      return SequenceMode::kReread;
     default:
       return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", m, " unknown"));
   }
@@ -79,7 +81,17 @@ absl::StatusOr<StageSequence> SequenceFromProto(const xkv::v1::StepSequence& p, 
   s.sampling.logprobs = p.sampling().has_logprobs() ? p.sampling().logprobs() : -1;
   s.sampling.repetition_penalty =
       p.sampling().has_repetition_penalty() ? p.sampling().repetition_penalty() : 1.f;
-  s.sample = !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly;
+  if (s.mode == SequenceMode::kReread) {
+    RETURN_IF_ERROR(CheckRange(field + "reread.chunk_begin", p.reread().chunk_begin(), 0,
+                               s.position - 1, "the cached prompt's length is the position"));
+    RETURN_IF_ERROR(CheckRange(field + "reread.chunk_end", p.reread().chunk_end(),
+                               p.reread().chunk_begin() + 1, s.position,
+                               "after chunk_begin, within the cached prompt"));
+    s.reread = RereadSpan{p.reread().chunk_begin(), p.reread().chunk_end()};
+    s.reread_last = p.reread().last();
+  }
+  s.sample =
+      !p.skip_sampling() && s.mode != SequenceMode::kScoresOnly && s.mode != SequenceMode::kReread;
   s.return_logits = p.return_logits();
   s.return_scores = p.return_scores();
   if (p.has_compact()) {
