@@ -30,7 +30,7 @@ struct Coordinator::Sequence {
 
   bool compress = false;            // some layers will be evicted
   bool needs_profile_pass = false;  // xkv per_request: scores-only pass first
-  // The reconstruct profile: each re-reading step's input and prompt span (RereadPlan), run after
+  // The reconstruct profile: each re-reading step's input and prompt span (PlanRereads), run after
   // the prefill; pending until the last one's scores are in (the compaction waits for them).
   std::vector<std::vector<int32_t>> reread_inputs;
   std::vector<RereadSpan> reread_spans;
