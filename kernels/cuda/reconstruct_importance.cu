@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_keys.cuh"
 #include "kernels/cuda/reconstruct_importance.cuh"
 
 namespace xkv::cuda {
@@ -17,17 +18,6 @@ struct StridedKeys {  // fp32 [n_kv_heads][head_stride]
   int head_dim;
   __device__ float operator()(int g, int64_t j, int d) const {
     return k[g * head_stride + j * head_dim + d];
-  }
-};
-
-struct PagedKeys {  // bf16 [blocks, n_kv_heads, 16, head_dim] + block table
-  const __nv_bfloat16* k;
-  const int32_t* table;
-  int n_kv_heads;
-  int head_dim;
-  __device__ float operator()(int g, int64_t j, int d) const {
-    const int64_t blk = table[j >> 4];
-    return __bfloat162float(k[((blk * n_kv_heads + g) * kKvBlockTokens + (j & 15)) * head_dim + d]);
   }
 };
 
@@ -142,8 +132,8 @@ absl::Status LaunchReconstructScoresPaged(const float* q, const PagedKvLayer& ca
       internal::CeilDiv(shape.past_len + shape.n_queries, kKvBlockTokens) > cache.num_blocks) {
     return absl::InvalidArgumentError("cuda reconstruct scores: cache does not match the shape");
   }
-  return Run(q, PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape, scores,
-             stream);
+  return Run(q, internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape,
+             scores, stream);
 }
 
 }  // namespace xkv::cuda

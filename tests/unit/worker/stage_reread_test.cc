@@ -40,6 +40,16 @@ StageSequence Reread(uint64_t id, const std::vector<int32_t>& prompt, int64_t b,
   return s;
 }
 
+StageSequence ObservedPrefill(uint64_t id, const std::vector<int32_t>& prompt) {
+  StageSequence s;
+  s.seq_id = id;
+  s.tokens = prompt;
+  s.n_new = static_cast<int64_t>(prompt.size());
+  s.new_sequence = true;
+  s.mode = SequenceMode::kObserve;
+  return s;
+}
+
 // The eval harness's scores of `prompt` on one engine holding every layer.
 CollectedScores Reference(const std::vector<int32_t>& prompt, const ImportanceOptions& scoring) {
   StageOptions o;
@@ -70,13 +80,9 @@ TEST_P(RereadTest, LastSpanReportsTheEvalHarnessScores) {
   auto stages = MakePipeline(GetParam());
   ASSERT_EQ(stages.size(), GetParam().size() - 1);
   const std::vector<int32_t> prompt = RandomTokens(kPrompt, 3);
-  StageSequence prefill;
-  prefill.seq_id = 7;
-  prefill.tokens = prompt;
-  prefill.n_new = kPrompt;
-  prefill.new_sequence = true;
-  prefill.mode = SequenceMode::kObserve;
-  for (const auto& r : RunPipelineStep(stages, {1, {prefill}})) ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& r : RunPipelineStep(stages, {1, {ObservedPrefill(7, prompt)}})) {
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
   std::vector<int64_t> used;
   for (const auto& s : stages) used.push_back(s->status().usage.blocks_used);
 
@@ -115,13 +121,7 @@ TEST(RereadStepTest, BadStepsAreRefusedAndChangeNothing) {
   const std::vector<int32_t> prompt = RandomTokens(kPrompt, 4);
   StageSequence unknown = Reread(9, prompt, 0, kChunk, true);
   EXPECT_EQ(stage.Step({1, {unknown}}).status().code(), absl::StatusCode::kNotFound);
-  StageSequence prefill;
-  prefill.seq_id = 9;
-  prefill.tokens = prompt;
-  prefill.n_new = kPrompt;
-  prefill.new_sequence = true;
-  prefill.mode = SequenceMode::kObserve;
-  ASSERT_TRUE(stage.Step({2, {prefill}}).ok());
+  ASSERT_TRUE(stage.Step({2, {ObservedPrefill(9, prompt)}}).ok());
   const int64_t used = stage.status().usage.blocks_used;
   StageSequence past = Reread(9, prompt, 30, kPrompt + 1, true);  // span past the prompt
   auto r = stage.Step({3, {past}});
