@@ -5,11 +5,13 @@
 // re-reading, the unpooled scores max-merged with the window's, PlanAllocation, compaction, greedy
 // decoding) and checks that the service streams the same tokens with the same log-probabilities
 // (the same kept slots give the same logits bit for bit) and holds the same tokens per layer.
-// Bad input stays INVALID_ARGUMENT.
+// Bad input stays INVALID_ARGUMENT; a cancel ends the re-reading at the next step.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -79,6 +81,38 @@ class Sink final : public GenerateSink {
   std::condition_variable done_;
   absl::Status status_;
   bool finished_ = false;
+};
+
+// Forwards every call to an in-process stage; calls `on_reread` before each re-reading step.
+class RereadWatcher final : public StageClient {
+ public:
+  RereadWatcher(std::unique_ptr<StageClient> inner, std::function<void()> on_reread)
+      : inner_(std::move(inner)), on_reread_(std::move(on_reread)) {}
+  std::string address() const override { return inner_->address(); }
+  xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
+  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
+      const xkv::v1::LoadStageRequest& request) override {
+    return inner_->LoadStage(request);
+  }
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
+    for (const xkv::v1::StepSequence& q : request.sequences()) {
+      if (q.mode() == xkv::v1::SEQUENCE_MODE_REREAD) on_reread_();
+    }
+    return inner_->Step(request);
+  }
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(
+      const xkv::v1::CompactRequest& request) override {
+    return inner_->Compact(request);
+  }
+  absl::StatusOr<xkv::v1::ReleaseResponse> Release(
+      const xkv::v1::ReleaseRequest& request) override {
+    return inner_->Release(request);
+  }
+  absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+
+ private:
+  std::unique_ptr<StageClient> inner_;
+  std::function<void()> on_reread_;
 };
 
 CoordinatorOptions Options() {
@@ -266,6 +300,39 @@ TEST_F(ReconstructProfileTest, BadInputIsInvalidArgument) {
   ASSERT_TRUE(c->Submit(Request("snapkv", "reconstruct"), sink).ok());
   EXPECT_TRUE(sink->Wait().ok()) << sink->Wait();
   EXPECT_EQ(sink->tokens_.size(), static_cast<size_t>(kMaxTokens));
+}
+
+// A cancel sent while the first re-reading step runs ends the request there: no later step
+// re-reads it, and the stage's pool is idle again.
+TEST_F(ReconstructProfileTest, CancelDuringTheReReadingEndsAtTheNextStep) {
+  auto inner = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+  ASSERT_TRUE(inner.ok()) << inner.status();
+  std::atomic<uint64_t> id{0};
+  std::atomic<int> rereads{0};
+  Coordinator* coordinator = nullptr;
+  std::vector<std::unique_ptr<StageClient>> clients;
+  clients.push_back(std::make_unique<RereadWatcher>(std::move((*inner)[0]), [&] {
+    if (rereads++ == 0) coordinator->Cancel(id.load());
+  }));
+  StageClient* stage = clients[0].get();
+  auto c = Coordinator::Start(Options(), std::move(clients));
+  ASSERT_TRUE(c.ok()) << c.status();
+  coordinator = c->get();
+  auto idle = stage->Status();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  GenerateParams p = Request("xkv", "reconstruct");
+  p.prompt_ids.insert(p.prompt_ids.end(), prompt_->begin(), prompt_->end());  // 3 or more chunks
+  auto sink = std::make_shared<Sink>();
+  auto submitted = (*c)->Submit(std::move(p), sink);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  id = *submitted;  // the first re-reading step comes after the prefill: id is set by then
+  EXPECT_EQ(sink->Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(rereads.load(), 1) << "re-reading steps ran after the cancel";
+  EXPECT_EQ(sink->tokens_.size(), 1u) << "the prefill's token streams before the re-reading";
+  auto after = stage->Status();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->usage().blocks_used(), idle->usage().blocks_used());
+  EXPECT_EQ(after->sequences(), idle->sequences());
 }
 
 }  // namespace
