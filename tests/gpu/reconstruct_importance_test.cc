@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,12 @@ struct Case {
   int64_t C, b, e, R;
   int sinks;
 };
+
+// Names the case in test lists (ctest discovers tests by these names).
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.heads << "h" << c.kv_heads << "kv" << c.head_dim << "d_C" << c.C << "_b" << c.b << "_e"
+      << c.e << "_R" << c.R << "_s" << c.sinks;
+}
 
 class ReconstructKernelTest : public ::testing::TestWithParam<Case> {};
 
