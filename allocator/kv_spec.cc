@@ -133,16 +133,6 @@ absl::Status ValidateSettings(const KvSettings& s) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateProfileFor(const ProfileMode& mode, SpecEntry entry) {
-  if (mode.kind != ProfileModeKind::kReconstruct || entry == SpecEntry::kEval) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "profile mode reconstruct is not supported by ",
-      entry == SpecEntry::kService ? "the service" : "xkv generate",
-      " yet (xkv eval only); allowed here: per_request, one_pass, sampled:<rate in (0, 1]>"));
-}
-
 absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry) {
   if (!per_head || entry == SpecEntry::kEval) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
@@ -190,8 +180,7 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
   ASSIGN_OR_RETURN(const KvSettings s, ApplyOverride(KvSettings{}, o));
-  RETURN_IF_ERROR(ValidatePerHeadFor(s.allocator.per_head, SpecEntry::kService));
-  return ValidateProfileFor(s.profile, SpecEntry::kService);
+  return ValidatePerHeadFor(s.allocator.per_head, SpecEntry::kService);
 }
 
 bool NeedsScores(PolicyKind policy) {

@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
-#include "model/cpu_stage_engine.h"
 #include "model/sampler.h"
 
 namespace xkv {
@@ -159,7 +158,6 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
   check.target = KvTarget::Fraction(1.0);
   RETURN_IF_ERROR(ValidateSettings(check));
-  RETURN_IF_ERROR(ValidateProfileFor(m.kv.profile, SpecEntry::kEval));
   const bool reconstruct = m.kv.profile.kind == ProfileModeKind::kReconstruct;
   if (m.mix_window && !reconstruct) {
     return absl::InvalidArgumentError(
@@ -452,13 +450,8 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
     RETURN_IF_ERROR(Prefill(base, p.context, &agn_scores).status());
     reread_.reset();
     if (reconstructs_) {  // one re-reading of the context, shared by every such method and mode
-      auto* cpu = dynamic_cast<CpuStageEngine*>(engine_);
-      if (cpu == nullptr) {
-        return absl::FailedPreconditionError(
-            "profile=reconstruct runs on the CPU engine only (--device cpu)");
-      }
-      ASSIGN_OR_RETURN(reread_,
-                       cpu->Reconstruct(base.id, p.context, options_.repeat, options_.reconstruct));
+      ASSIGN_OR_RETURN(reread_, ScoreByReconstruction(engine_, base.id, p.context, options_.repeat,
+                                                      options_.reconstruct));
     }
     auto copy_base = [&](Lane& lane) {
       lane.id = NewSequence();

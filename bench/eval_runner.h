@@ -68,8 +68,8 @@ struct EvalMethod {
 // (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
 // window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
 // [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
-// model/reconstruct_scorer.h; unpooled unless kernel is given; CPU engine only), mix (max: with
-// reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
+// model/reconstruct_scorer.h; unpooled unless kernel is given; CPU and CUDA engines), mix (max:
+// with reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
 // scores, pooled by its kernel), vnorm (1: scores x ||v||, 0). `base` gives the defaults (window,
 // pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);

@@ -79,6 +79,8 @@ absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages)
   chat_template_ = ChatTemplate::ForModel(*file_, options_.chat_template);
   if (!options_.chat_template.empty()) RETURN_IF_ERROR(chat_template_.status());
   eos_tokens_ = StopTokens(*tokenizer_, chat_template_.ok() ? &*chat_template_ : nullptr);
+  repeat_ = chat_template_.ok() ? MakeRepeatPrompt(*tokenizer_, *chat_template_)
+                                : chat_template_.status();
   ASSIGN_OR_RETURN(store_, ProfileStore::Create({1.0, options_.seed, 0}));
   driver_ = std::make_unique<PipelineDriver>(std::move(stages));
   options_.planner.num_stages = driver_->num_stages();
@@ -272,6 +274,9 @@ SequenceSpec Coordinator::SpecFor(const Sequence& seq) const {
   spec.prompt_tokens = static_cast<int64_t>(seq.prompt.size());
   spec.max_new_tokens = seq.params.max_tokens;
   spec.needs_profile = seq.needs_profile_pass;
+  for (const std::vector<int32_t>& in : seq.reread_inputs) {
+    spec.reread_tokens.push_back(static_cast<int64_t>(in.size()));
+  }
   spec.deadline = seq.params.deadline;
   return spec;
 }
@@ -299,6 +304,7 @@ absl::Status Coordinator::ClampBudgets(const Sequence& seq, std::vector<int64_t>
 absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   const int64_t P = T - std::min<int64_t>(options_.window, T);
+  if (seq.kv.profile.kind == ProfileModeKind::kReconstruct) RETURN_IF_ERROR(PlanRereads(seq));
   if (!NeedsProfile(seq.kv.policy)) {
     ASSIGN_OR_RETURN(seq.budgets, BudgetsUpFront(config_.n_layers, P, bytes_per_token_, seq.kv));
     RETURN_IF_ERROR(ClampBudgets(seq, seq.budgets.budgets));
@@ -320,8 +326,8 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
         return absl::OkStatus();
       }
       break;
-    case ProfileModeKind::kReconstruct:  // refused at the edge; the message lives in kv_spec
-      return ValidateProfileFor(seq.kv.profile, SpecEntry::kService);
+    case ProfileModeKind::kReconstruct:  // the re-reading steps (PlanRereads) give the gains
+      return absl::OkStatus();
   }
   absl::StatusOr<PolicyBudgets> b =
       SampledBudgets(*store_, seq.kv, {config_.n_layers, P, bytes_per_token_});
@@ -330,6 +336,41 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   }
   seq.budgets = *std::move(b);
   seq.budgets_known = true;
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::PlanRereads(Sequence& seq) const {
+  if (!repeat_.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "profile mode reconstruct re-reads the prompt after a repeat instruction in ",
+        "the model's chat template, which is unavailable: ", repeat_.status().message(),
+        "; use per_request, one_pass or sampled:<rate>"));
+  }
+  const RepeatPrompt& r = *repeat_;
+  const ReconstructOptions defaults;
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  // Each re-reading step (instruction, overlap, suffix, then the chunk) fits one step's tokens.
+  const int64_t budget = options_.scheduler.step_token_budget;
+  const int64_t chunk = RereadChunkTokens(r, defaults, budget);
+  if (chunk < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile mode reconstruct needs steps of more than ", budget - chunk,
+                     " tokens (the repeat instruction); --max-batched-tokens is ", budget));
+  }
+  for (int64_t b = 0; b < T; b += chunk) {
+    const int64_t e = std::min(T, b + chunk);
+    std::vector<int32_t> in = RereadInput(seq.prompt, b, e, r, defaults.overlap);
+    if (config_.context_length > 0 &&
+        T + static_cast<int64_t>(in.size()) > config_.context_length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "profile mode reconstruct re-reads the ", T, "-token prompt after it, ", in.size(),
+          " tokens at a time: past the model's context of ", config_.context_length,
+          " tokens; use a shorter prompt or another profile mode"));
+    }
+    seq.reread_inputs.push_back(std::move(in));
+    seq.reread_spans.push_back({b, e, defaults.sinks});
+  }
+  seq.reread_pending = true;
   return absl::OkStatus();
 }
 

@@ -37,6 +37,7 @@
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
+#include "model/reconstruct_scorer.h"
 #include "model/tokenizer.h"
 #include "xkv/v1/admin.pb.h"
 #include "xkv/v1/generation.pb.h"
@@ -165,6 +166,8 @@ class Coordinator {
   ModelCostInputs CostInputs() const;
   std::vector<double> KeptFractions() const;
   absl::Status PlanBudgetsAtSubmit(Sequence& seq);
+  // The reconstruct profile's re-reading steps of seq's prompt, each within one step's tokens.
+  absl::Status PlanRereads(Sequence& seq) const;
   // Budgets sent to the stages lie in [0, prefix]: larger ones are clamped to the prefix (keep
   // all); INVALID_ARGUMENT for a negative one (an overflow upstream) or a wrong layer count, and
   // this request alone fails.
@@ -206,6 +209,11 @@ class Coordinator {
   absl::Status ApplyMain(const MicroBatch& batch, StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
+  // The scores-only pass of a reconstruct request's re-reading step; after the last one, solves
+  // (unless the budgets are known) and compacts.
+  absl::Status AfterReread(Sequence& seq, const WorkItem& item, const SequenceStepResult& result);
+  // Solves the budgets from seq.gains (unless known) and compacts the sequence on every stage.
+  absl::Status SolveAndCompact(Sequence& seq);
   // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (seq.layers;
   // `compacted`: the step compacted it) against the scheduler's ledger; INTERNAL when they
   // disagree.
@@ -247,6 +255,7 @@ class Coordinator {
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
   absl::StatusOr<ChatTemplate> chat_template_ = absl::UnknownError("not loaded");
+  absl::StatusOr<RepeatPrompt> repeat_ = absl::UnknownError("not loaded");  // reconstruct
   std::vector<int32_t> eos_tokens_;
   // Per layer, from the stages' block size; read by Submit threads while a reload writes it.
   std::atomic<int64_t> bytes_per_token_{0};

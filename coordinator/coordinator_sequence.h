@@ -14,6 +14,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/generate_params.h"
 #include "coordinator/kv_budgeting.h"
+#include "model/stage_engine.h"
 #include "model/stop_matcher.h"
 #include "xkv/v1/worker.pb.h"
 
@@ -30,6 +31,11 @@ struct Coordinator::Sequence {
 
   bool compress = false;            // some layers will be evicted
   bool needs_profile_pass = false;  // xkv per_request: scores-only pass first
+  // The reconstruct profile: each re-reading step's input and prompt span (PlanRereads), run after
+  // the prefill; pending until the last one's scores are in (the compaction waits for them).
+  std::vector<std::vector<int32_t>> reread_inputs;
+  std::vector<RereadSpan> reread_spans;
+  bool reread_pending = false;
   bool budgets_known = false;
   bool compacted = false;
   bool profiled = false;  // budgets solved from this request's own gains

@@ -265,12 +265,26 @@ bool Coordinator::StartPass(MicroBatch& batch) {
   batch.compacts.clear();
   for (size_t i = 0; i < batch.plan.items.size(); ++i) {
     const WorkItem& item = batch.plan.items[i];
-    if ((item.kind == WorkKind::kProfile) == batch.main) continue;
+    const bool scores_only = item.kind == WorkKind::kProfile || item.kind == WorkKind::kReread;
+    if (scores_only == batch.main) continue;
     Sequence* seq = Find(item.id);
     if (seq == nullptr) continue;
     xkv::v1::StepSequence* out = request.add_sequences();
     if (batch.main) {
       FillStepSequence(item, *seq, out);
+    } else if (item.kind == WorkKind::kReread) {  // on top of the prompt's cache (§3.5)
+      const std::vector<int32_t>& input = seq->reread_inputs[item.begin];
+      const RereadSpan& span = seq->reread_spans[item.begin];
+      out->set_seq_id(seq->id);
+      out->mutable_tokens()->Add(input.begin(), input.end());
+      out->set_n_new(static_cast<int64_t>(input.size()));
+      out->set_position(static_cast<int64_t>(seq->prompt.size()));
+      out->set_mode(xkv::v1::SEQUENCE_MODE_REREAD);
+      out->set_skip_sampling(true);
+      xkv::v1::RereadChunk* chunk = out->mutable_reread();
+      chunk->set_chunk_begin(span.chunk_begin);
+      chunk->set_chunk_end(span.chunk_end);
+      chunk->set_last(item.begin + 1 == static_cast<int64_t>(seq->reread_spans.size()));
     } else {
       out->set_seq_id(seq->id);
       out->mutable_tokens()->Add(seq->prompt.begin(), seq->prompt.end());
@@ -368,6 +382,9 @@ bool Coordinator::Restart(Sequence& seq) {
   scheduler_->Cancel(seq.id);
   // Back to the state Submit left it in (nothing was streamed, so the client sees no seam).
   seq.started = seq.compacted = seq.profiled = seq.budgets_known = seq.needs_profile_pass = false;
+  seq.reread_inputs.clear();
+  seq.reread_spans.clear();
+  seq.reread_pending = false;
   seq.budgets = PolicyBudgets();
   seq.retention.reset();
   seq.reachable = true;
@@ -391,13 +408,14 @@ absl::Status Coordinator::ApplyProfiles(const MicroBatch& batch, const StepOutco
   // shared by the batch).
   const double step_ms = Ms(clock_->Now() - batch.started);
   for (size_t i = 0; i < batch.items.size(); ++i) {
-    Sequence* seq = Find(batch.plan.items[batch.items[i]].id);
+    const WorkItem& item = batch.plan.items[batch.items[i]];
+    Sequence* seq = Find(item.id);
     if (seq == nullptr) continue;
     seq->profile_ms += step_ms;
     // A failure here is this request's own (its KV spec): it ends alone, the batch goes on.
-    if (absl::Status s = SolveProfiled(*seq, outcome.sequences[i]); !s.ok()) {
-      FinishSequence(seq->id, s, 0);
-    }
+    absl::Status s = item.kind == WorkKind::kReread ? AfterReread(*seq, item, outcome.sequences[i])
+                                                    : SolveProfiled(*seq, outcome.sequences[i]);
+    if (!s.ok()) FinishSequence(seq->id, s, 0);
   }
   return absl::OkStatus();
 }
@@ -457,7 +475,7 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
     const bool ends_prompt = item.begin + item.tokens == static_cast<int64_t>(seq.prompt.size());
     if (ends_prompt && seq.compress) {
       out->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
-      if (seq.budgets_known) {
+      if (seq.budgets_known && !seq.reread_pending) {
         *out->mutable_compact() = MakeCompactSpec(seq.budgets.budgets, seq.kv);
         seq.compacted = true;
       }
@@ -513,25 +531,50 @@ absl::Status Coordinator::AfterPrefill(Sequence& seq, const SequenceStepResult& 
     seq.profile_ms += r.profile_ms;
   }
   if (!seq.compress) return absl::OkStatus();
-  const int64_t T = static_cast<int64_t>(seq.prompt.size());
-  const int64_t P = T - std::min<int64_t>(options_.window, T);
-  if (!seq.compacted) {  // one_pass / sampled-and-profiled: solve now, then compact
-    if (static_cast<int>(seq.gains.size()) != config_.n_layers) {
-      return absl::InternalError(absl::StrCat("request ", seq.id, ": no gain curves to solve"));
-    }
-    const absl::Time t0 = clock_->Now();
-    ASSIGN_OR_RETURN(PolicyBudgets b, SolveFromGains(seq.gains, P, bytes_per_token_, seq.kv));
-    RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, P));
-    ASSIGN_OR_RETURN(seq.layers,
-                     driver_->Compact(seq.id, MakeCompactSpec(seq.budgets.budgets, seq.kv)));
-    seq.compacted = true;
-    RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
-    seq.solve_ms += Ms(clock_->Now() - t0);
-  }
+  // reconstruct: the re-reading steps come first (AfterReread). A request that finishes with this
+  // token never re-reads (the scheduler plans none for it).
+  if (seq.reread_pending && seq.params.max_tokens > 1) return absl::OkStatus();
+  seq.reread_pending = false;
+  // one_pass / sampled-and-profiled: solve now, then compact
+  if (!seq.compacted) RETURN_IF_ERROR(SolveAndCompact(seq));
   if (!seq.retention.has_value() && static_cast<int>(seq.gains.size()) == config_.n_layers) {
     seq.retention =
         RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::AfterReread(Sequence& seq, const WorkItem& item,
+                                      const SequenceStepResult& r) {
+  if (item.begin + 1 < static_cast<int64_t>(seq.reread_spans.size())) return absl::OkStatus();
+  if (!r.gains.has_value()) {
+    return absl::InternalError(
+        absl::StrCat("request ", seq.id, ": the last re-reading step returned no gain curves"));
+  }
+  seq.gains = *r.gains;
+  seq.reread_pending = false;
+  RETURN_IF_ERROR(SolveAndCompact(seq));
+  seq.retention =
+      RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::SolveAndCompact(Sequence& seq) {
+  const int64_t T = static_cast<int64_t>(seq.prompt.size());
+  const int64_t P = T - std::min<int64_t>(options_.window, T);
+  const absl::Time t0 = clock_->Now();
+  if (!seq.budgets_known) {
+    if (static_cast<int>(seq.gains.size()) != config_.n_layers) {
+      return absl::InternalError(absl::StrCat("request ", seq.id, ": no gain curves to solve"));
+    }
+    ASSIGN_OR_RETURN(PolicyBudgets b, SolveFromGains(seq.gains, P, bytes_per_token_, seq.kv));
+    RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, P));
+  }
+  ASSIGN_OR_RETURN(seq.layers,
+                   driver_->Compact(seq.id, MakeCompactSpec(seq.budgets.budgets, seq.kv)));
+  seq.compacted = true;
+  RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
+  seq.solve_ms += Ms(clock_->Now() - t0);
   return absl::OkStatus();
 }
 
@@ -552,6 +595,9 @@ void Coordinator::Preempt(const Preemption& p) {
   seq->recompute = seq->prompt;
   seq->recompute.insert(seq->recompute.end(), seq->output_ids.begin(), seq->output_ids.end());
   seq->started = seq->compacted = false;
+  // Its cache will hold the tokens it generated too: no re-reading (Scheduler::Preempt), the
+  // prompt's chunk is compacted by its window's scores.
+  if (seq->generated > 0) seq->reread_pending = false;
   std::fprintf(stderr,
                "xkv coordinator: preempted request %llu (a stage's KV pool is full); it "
                "recomputes %lld tokens when re-admitted\n",

@@ -27,6 +27,9 @@ struct SequenceSpec {
   // prompt_tokens also counts the tokens it generated before. A prefill chunk ends exactly here
   // (the chunk that observes and compacts the prompt). 0: prompt_tokens.
   int64_t original_prompt_tokens = 0;
+  // The reconstruct profile: the input length of each re-reading step (scores-only, no blocks),
+  // run after the prefill and before the second token. Empty: none.
+  std::vector<int64_t> reread_tokens;
   absl::Time deadline = absl::InfiniteFuture();
 };
 

@@ -193,8 +193,11 @@ void Scheduler::MakeRoomForDecodes(StepPlan& plan) {
 
 void Scheduler::Preempt(std::list<Running>::iterator it, StepPlan& plan) {
   Running& r = *it;
-  const int64_t g = r.phase == Phase::kDecode ? r.generated : 0;  // tokens it produced so far
+  // Tokens it produced so far (the first comes with the prefill, before any re-reading).
+  const int64_t g = r.phase == Phase::kDecode || r.phase == Phase::kReread ? r.generated : 0;
   SequenceSpec spec = std::move(r.spec);
+  // Recomputed with its generated tokens, its cache is no longer the prompt alone: no re-reading.
+  if (g > 0) spec.reread_tokens.clear();
   if (spec.original_prompt_tokens == 0) spec.original_prompt_tokens = spec.prompt_tokens;
   spec.prompt_tokens += g;
   spec.max_new_tokens -= g;
@@ -232,6 +235,16 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
     }
     return;
   }
+  if (seq.phase == Phase::kReread) {
+    const int64_t R = seq.spec.reread_tokens[seq.rereads];
+    if (R <= budget || (R > options_.step_token_budget && !prompt_work)) {
+      plan.items.push_back({seq.spec.id, WorkKind::kReread, static_cast<int64_t>(seq.rereads), R});
+      budget -= std::min(budget, R);
+      prompt_work = true;
+      if (++seq.rereads == seq.spec.reread_tokens.size()) seq.phase = Phase::kDecode;
+    }
+    return;
+  }
   if (seq.phase != Phase::kPrefill || budget <= 0) return;
   // A recomputed request's own prompt ends a chunk (the one that observes and compacts it); the
   // tokens it had generated follow in chunks of any length.
@@ -250,7 +263,9 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
   seq.prefilled += chunk;
   if (completes) {
     seq.generated = 1;  // the last stage samples the first token after the final chunk
-    seq.phase = seq.spec.max_new_tokens > 1 ? Phase::kDecode : Phase::kDone;
+    seq.phase = seq.spec.max_new_tokens <= 1      ? Phase::kDone
+                : !seq.spec.reread_tokens.empty() ? Phase::kReread
+                                                  : Phase::kDecode;
   }
 }
 

@@ -15,7 +15,8 @@
 // Step composition, in order:
 //   1. decode: one token per generating sequence (the budget is at least max_running +
 //      min_final_chunk, so decodes always fit and leave room for prompt work);
-//   2. prompt work of admitted sequences in admission order: a profile pass is never split (the
+//   2. prompt work of admitted sequences in admission order (a reconstruct request's re-reading
+//      steps come after its prefill, each like a profile pass): a profile pass is never split (the
 //      scores-only mini-prefill needs the whole prompt); it waits for a step with room for it,
 //      unless it is longer than the whole budget, in which case it runs as the step's only prompt
 //      work. Prefill is chunked (≤ prefill_chunk tokens of one sequence per step) and the final
@@ -67,13 +68,16 @@ struct SchedulerOptions {
 
 inline constexpr int64_t kMaxMicroBatches = 64;
 
-enum class WorkKind { kProfile, kPrefill, kDecode };
+// kReread: one re-reading step of the reconstruct profile (after the prefill, scores-only).
+enum class WorkKind { kProfile, kPrefill, kDecode, kReread };
 
 struct WorkItem {
   uint64_t id = 0;
   WorkKind kind = WorkKind::kDecode;
-  int64_t begin = 0;   // first position: prompt offset (profile/prefill) or the decode position
-  int64_t tokens = 0;  // profile: T; prefill: chunk length; decode: 1
+  // First position: prompt offset (profile/prefill), the decode position, or (reread) the index
+  // of the re-reading step.
+  int64_t begin = 0;
+  int64_t tokens = 0;  // profile: T; prefill: chunk length; decode: 1; reread: its input
   // Prefill: this chunk ends the prompt, so the last stage samples the first generated token.
   bool completes_prompt = false;
 };
@@ -152,12 +156,13 @@ class Scheduler {
   const SchedulerOptions& options() const { return options_; }
 
  private:
-  enum class Phase { kProfile, kPrefill, kDecode, kDone };
+  enum class Phase { kProfile, kPrefill, kReread, kDecode, kDone };
   struct Running {
     SequenceSpec spec;
     Phase phase = Phase::kPrefill;
     int64_t prefilled = 0;   // prompt tokens prefilled so far
     int64_t generated = 0;   // tokens sampled so far
+    size_t rereads = 0;      // re-reading steps planned so far
     uint64_t in_flight = 0;  // the step it is part of until CompleteStep; 0: none
   };
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/reconstruct_importance.h"
 #include "model/kv_allocation.h"
 
 namespace xkv {
@@ -36,12 +37,20 @@ absl::Status CpuStageEngine::RunLayers(const EngineStep& step, const ImportanceO
   batch.scores_only = step.scores_only;
   std::unique_ptr<ImportanceCollector> collector;
   std::vector<int> keys;
+  std::vector<EngineObservation> local;
+  std::vector<EngineObservation>& out = observations != nullptr ? *observations : local;
+  out.assign(step.sequences.size(), EngineObservation{});
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const EngineSequenceStep& s = step.sequences[i];
+    if (s.reread.has_value() && (!step.scores_only || s.observe)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cpu engine: sequence ", s.id, " re-reads outside a scores-only step or also observes"));
+    }
     std::unique_ptr<KvCache>& cache = caches_[s.id];
     if (cache == nullptr) cache = model_->NewCache();
-    batch.sequences.push_back({cache.get(), s.n_new, s.position, s.observe});
+    batch.sequences.push_back({cache.get(), s.n_new, s.position, s.observe || s.reread});
     keys.push_back(s.observe ? static_cast<int>(i) : -1);
+    if (s.reread) out[i].reread.resize(layer_end() - layer_begin());
     if (!s.observe) continue;
     if (collector == nullptr) {
       collector =
@@ -49,14 +58,22 @@ absl::Status CpuStageEngine::RunLayers(const EngineStep& step, const ImportanceO
     }
     RETURN_IF_ERROR(collector->Expect(static_cast<int>(i), s.position + s.n_new));
   }
-  if (collector != nullptr) batch.observer = collector->ObserverFor(keys);
+  LayerObserver observe = collector != nullptr ? collector->ObserverFor(keys) : nullptr;
+  batch.observer = [&](const LayerObservation& obs) -> absl::Status {
+    const EngineSequenceStep& s = step.sequences[obs.sequence];
+    if (!s.reread) return observe != nullptr ? observe(obs) : absl::OkStatus();
+    const ReconstructShape shape{obs.n_heads,         obs.n_kv_heads, obs.head_dim,
+                                 obs.n_new,           s.position,     s.reread->chunk_begin,
+                                 s.reread->chunk_end, s.reread->sinks};
+    std::vector<float>& scores = out[obs.sequence].reread[obs.layer - layer_begin()];
+    scores.assign(static_cast<size_t>(obs.n_kv_heads) * (shape.chunk_end - shape.chunk_begin), 0.f);
+    return cpu::LaunchReconstructScores(obs.q, obs.k, obs.k_head_stride, shape, scores.data());
+  };
   RETURN_IF_ERROR(model_->RunLayers(layer_begin(), layer_end(), batch, hidden));
-  if (observations == nullptr) return absl::OkStatus();
-  observations->assign(step.sequences.size(), EngineObservation{});
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     if (!step.sequences[i].observe) continue;
-    (*observations)[i].scores = collector->Take(static_cast<int>(i));
-    (*observations)[i].ms = collector->milliseconds(static_cast<int>(i));
+    out[i].scores = collector->Take(static_cast<int>(i));
+    out[i].ms = collector->milliseconds(static_cast<int>(i));
   }
   return absl::OkStatus();
 }
@@ -91,17 +108,6 @@ absl::Status CpuStageEngine::CopySequence(uint64_t from, uint64_t to) {
   }
   caches_[to] = std::make_unique<KvCache>(*it->second);
   return absl::OkStatus();
-}
-
-absl::StatusOr<ReconstructScores> CpuStageEngine::Reconstruct(uint64_t id,
-                                                              absl::Span<const int32_t> prompt,
-                                                              const RepeatPrompt& repeat,
-                                                              const ReconstructOptions& options) {
-  auto it = caches_.find(id);
-  if (it == caches_.end()) {
-    return absl::NotFoundError(absl::StrCat("cpu engine: no sequence ", id));
-  }
-  return ScoreByReconstruction(model_.get(), it->second.get(), prompt, repeat, options);
 }
 
 }  // namespace xkv

@@ -8,7 +8,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "model/llama_model.h"
-#include "model/reconstruct_scorer.h"
 #include "model/stage_engine.h"
 
 namespace xkv {
@@ -40,12 +39,6 @@ class CpuStageEngine : public StageEngine {
                             absl::Span<const std::vector<int32_t>> kept) override;
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
   absl::Status CopySequence(uint64_t from, uint64_t to) override;
-
-  // The `reconstruct` profile (model/reconstruct_scorer.h) of a sequence whose cache holds exactly
-  // `prompt`; the cache is not modified. NOT_FOUND for an unknown sequence.
-  absl::StatusOr<ReconstructScores> Reconstruct(uint64_t id, absl::Span<const int32_t> prompt,
-                                                const RepeatPrompt& repeat,
-                                                const ReconstructOptions& options);
 
  private:
   explicit CpuStageEngine(std::unique_ptr<LlamaModel> model) : model_(std::move(model)) {}

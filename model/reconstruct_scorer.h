@@ -4,9 +4,12 @@
 // step (no KV writes) on top of the prompt's cache, at the positions right after the prompt:
 //   [repeat prompt] [end of user turn, assistant turn start] [the chunk's tokens again]
 // The first chunk's repeat prompt asks to repeat the context; later ones ask to go on from the
-// previous chunk's last `overlap` tokens. cpu::LaunchReconstructScores turns each layer's queries
-// and keys into per-KV-head scores of the chunk (max over the input's queries and the GQA group).
-// Cost: about one extra prefill of the prompt, plus the score GEMMs (512 queries at a time).
+// previous chunk's last `overlap` tokens. Each engine turns a layer's queries and keys into
+// per-KV-head scores of the chunk (max over the input's queries and the GQA group; RereadSpan in
+// model/stage_engine.h): cpu::LaunchReconstructScores on the CPU,
+// cuda::LaunchReconstructScoresPaged on a GPU. The service runs the same steps through the pipeline
+// (coordinator/coordinator_step.cc: one scores-only step per chunk, accumulated by each stage with
+// AccumulateReread). Cost: about one extra prefill of the prompt, plus the score products.
 #ifndef XKV_MODEL_RECONSTRUCT_SCORER_H_
 #define XKV_MODEL_RECONSTRUCT_SCORER_H_
 
@@ -16,9 +19,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/importance.h"
+#include "model/chat_template.h"
 #include "model/importance_collector.h"
-#include "model/kv_cache.h"
-#include "model/llama_model.h"
+#include "model/model_config.h"
+#include "model/stage_engine.h"
+#include "model/tokenizer.h"
 
 namespace xkv {
 
@@ -29,6 +34,9 @@ struct RepeatPrompt {
                                 // with" (followed by the previous chunk's last `overlap` tokens)
   std::vector<int32_t> suffix;  // the user turn's end and the assistant turn's start
 };
+
+// KVzip's re-reading instruction in `chat`'s template, encoded by `tok` (the strings above).
+absl::StatusOr<RepeatPrompt> MakeRepeatPrompt(const Tokenizer& tok, const ChatTemplate& chat);
 
 struct ReconstructOptions {
   // Prompt tokens re-read per step. kvpress uses 2048; the score GEMMs cost ~2·T·chunk per head
@@ -46,10 +54,30 @@ struct ReconstructScores {
   std::vector<std::vector<float>> layers;
 };
 
-// Re-reads `prompt` (T tokens, already prefilled into `cache` for every layer of `model`) and
-// returns its raw reconstruction scores. The cache is not modified. INVALID_ARGUMENT when the
-// cache does not hold exactly T tokens or the re-reading steps would pass the model's context.
-absl::StatusOr<ReconstructScores> ScoreByReconstruction(LlamaModel* model, KvCache* cache,
+// The re-reading input of the prompt's chunk [b, e): the repeat prompt (first or next, the latter
+// followed by the prompt's `overlap` tokens before b), the suffix, then prompt[b, e).
+std::vector<int32_t> RereadInput(absl::Span<const int32_t> prompt, int64_t b, int64_t e,
+                                 const RepeatPrompt& repeat, int overlap);
+
+// The largest chunk (<= options.chunk_tokens) whose re-reading input fits `step_tokens` tokens;
+// < 1 when not even one prompt token fits after the instruction.
+int64_t RereadChunkTokens(const RepeatPrompt& repeat, const ReconstructOptions& options,
+                          int64_t step_tokens);
+
+// Zero scores of a T-token prompt for layers [layer_begin, layer_end), the first `sinks` tokens 1.
+ReconstructScores EmptyReconstructScores(int layer_begin, int layer_end, int n_kv_heads, int64_t T,
+                                         int sinks);
+
+// Max-accumulates one re-reading step's scores (EngineObservation::reread of the span) into `out`;
+// INVALID_ARGUMENT when the shapes do not match.
+absl::Status AccumulateReread(const std::vector<std::vector<float>>& chunk, const RereadSpan& span,
+                              ReconstructScores* out);
+
+// Re-reads `prompt` (T tokens, already prefilled as sequence `id` of `engine`, which must hold
+// every layer) and returns its raw reconstruction scores, on whatever device the engine runs. The
+// cache is not modified. INVALID_ARGUMENT when the cache does not hold exactly T tokens or the
+// re-reading steps would pass the model's context; NOT_FOUND for an unknown sequence.
+absl::StatusOr<ReconstructScores> ScoreByReconstruction(StageEngine* engine, uint64_t id,
                                                         absl::Span<const int32_t> prompt,
                                                         const RepeatPrompt& repeat,
                                                         const ReconstructOptions& options);

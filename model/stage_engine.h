@@ -65,6 +65,14 @@ struct SampledRows {
   std::vector<float> logits;    // fp32 [rows with want_logits, vocab], in row order
 };
 
+// A re-reading step of the `reconstruct` profile (model/reconstruct_scorer.h): the sequence's cache
+// holds exactly its prompt (`position` tokens), the step is scores-only, and its input re-reads the
+// prompt's span [chunk_begin, chunk_end) (kernels/cpu/reconstruct_importance.h).
+struct RereadSpan {
+  int64_t chunk_begin = 0, chunk_end = 0;  // 0 <= chunk_begin < chunk_end <= position
+  int sinks = 4;                           // keys [0, min(sinks, chunk_begin)) join every softmax
+};
+
 // One sequence's part of a step: n_new consecutive hidden rows after the previous sequences'.
 struct EngineSequenceStep {
   uint64_t id = 0;
@@ -74,6 +82,8 @@ struct EngineSequenceStep {
   // Score the observation window (architecture.md §3.1): this chunk must end the prompt, hold >= w
   // tokens when the prompt is longer than w.
   bool observe = false;
+  // Scores-only steps: re-read this span and report its reconstruction scores (not with observe).
+  std::optional<RereadSpan> reread;
 };
 
 struct EngineStep {
@@ -89,7 +99,10 @@ struct EngineStep {
 // What RunLayers reports per sequence of the step (request order).
 struct EngineObservation {
   std::optional<CollectedScores> scores;  // observed sequences only
-  double ms = 0.0;                        // time spent scoring (device time where measurable)
+  // Re-reading sequences only: per stage layer, fp32 [n_kv_heads, chunk_end - chunk_begin], each
+  // key's largest probability over the input's queries and its GQA group.
+  std::vector<std::vector<float>> reread;
+  double ms = 0.0;  // time spent scoring (device time where measurable)
 };
 
 class StageEngine {

@@ -230,7 +230,8 @@ int RunClient(int argc, char** argv) {
   flags.String("stop", &f.stop, "stop strings separated by '|'");
   flags.Bool("ignore-eos", &f.ignore_eos, "keep generating past EOS");
   flags.String("policy", &f.policy, "KV policy override (full|streaming|snapkv|pyramidkv|xkv)");
-  flags.String("profile", &f.profile, "profile mode override (per_request|one_pass|sampled:r)");
+  flags.String("profile", &f.profile,
+               "profile mode override (per_request|one_pass|sampled:r|reconstruct)");
   flags.Double("retention", &f.retention, "retention target (generate override, set-retention)");
   flags.Int("budget-tokens", &f.budget_tokens, "KV budget in kept prefix tokens (all layers)");
   flags.Double("budget-fraction", &f.budget_fraction, "kept fraction of the prompt prefix");

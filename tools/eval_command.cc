@@ -150,25 +150,6 @@ absl::StatusOr<Text> OpenText(const std::string& model) {
   return t;
 }
 
-// KVzip's re-reading instruction (profile=reconstruct), in the model's chat template.
-absl::StatusOr<RepeatPrompt> MakeRepeatPrompt(const Tokenizer& tok) {
-  constexpr std::string_view kMark = "@@XKV@@";
-  const ChatMessage msg{"user", std::string(kMark)};
-  ASSIGN_OR_RETURN(const std::string turn,
-                   ApplyChatTemplate(absl::MakeConstSpan(&msg, 1), /*add_generation_prompt=*/true));
-  const size_t mark = turn.find(kMark);
-  if (mark == std::string::npos) return absl::InternalError("the chat template lost the user turn");
-  RepeatPrompt r;
-  auto encode = [&tok](std::string_view text) {
-    return tok.Encode(text, /*parse_special=*/true, /*add_special=*/false);
-  };
-  ASSIGN_OR_RETURN(r.first, encode("\n\nRepeat the previous context exactly."));
-  ASSIGN_OR_RETURN(r.next,
-                   encode("\n\nRepeat the part of the previous context exactly, starting with"));
-  ASSIGN_OR_RETURN(r.suffix, encode(turn.substr(mark + kMark.size())));
-  return r;
-}
-
 // The built-in suite's records (--tasks, --limit applied), and the text it was built from.
 absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const EvalFlags& f, const Text& text,
                                                      TextCorpus* corpus) {
@@ -254,7 +235,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     if (id >= 0) options.stop_tokens.push_back(id);
   }
   if (text.tokenizer->eos() >= 0) options.stop_tokens.push_back(text.tokenizer->eos());
-  ASSIGN_OR_RETURN(options.repeat, MakeRepeatPrompt(*text.tokenizer));
+  ASSIGN_OR_RETURN(options.repeat, MakeRepeatPrompt(*text.tokenizer, ChatTemplate::SmolLm2()));
 
   StageOptions so;
   so.model_path = f.model;
@@ -358,7 +339,7 @@ int RunEval(int argc, char** argv) {
                "compressed methods, comma-separated (full always runs): streaming, snapkv, "
                "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
                "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=7; "
-               "xkv:profile=reconstruct scores by re-reading the context (KVzip; CPU only); "
+               "xkv:profile=reconstruct:mix=max scores by re-reading the context (KVzip); "
                "xkv:per_head=1 budgets per (layer, KV head) (CPU only)");
   flags.String("split", &f.split, "dev (choose parameters here) or test (report here)");
   flags.String("budgets", &f.budgets, "KV budgets as fractions of full KV bytes");

@@ -83,8 +83,7 @@ absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSe
         "--policy " + f.policy +
         " needs --budget-tokens N, --budget-bytes M or --budget-fraction F");
   }
-  ASSIGN_OR_RETURN(const KvSettings kv, ApplyOverride(CliDefaultKv(), ov));
-  RETURN_IF_ERROR(ValidateProfileFor(kv.profile, SpecEntry::kGenerate));
+  RETURN_IF_ERROR(ApplyOverride(CliDefaultKv(), ov).status());
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   if (f.granularity != "kv_head" && f.granularity != "query_head") {
     return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
@@ -203,8 +202,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
                "xkv: average attention retention target in (0, 1] (default 0.9 for xkv)");
   flags.Int("budget-bytes", &f.budget_bytes, "total KV bytes of the kept prompt tokens");
   flags.Double("budget-fraction", &f.budget_fraction, "kept fraction of the prompt prefix, (0, 1]");
-  flags.String("profile", &f.profile,
-               "xkv profile mode: per_request, one_pass, sampled:RHO (reconstruct: xkv eval only)");
+  flags.String(
+      "profile", &f.profile,
+      "xkv profile mode: per_request, one_pass, sampled:RHO, reconstruct (KVzip re-reading)");
   flags.String("allocator", &f.allocator,
                "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
                "share) or paper (gains divided by each layer's total, no floors)");

@@ -46,10 +46,12 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Double("retention", &f->retention, "default xkv average-retention target in (0, 1]");
   flags.Double("budget-fraction", &f->budget_fraction,
                "default kept fraction of the prompt prefix in (0, 1] (instead of --retention)");
-  flags.String("profile", &f->profile,
-               "xkv profile mode: per_request|one_pass|sampled:<rho>|auto (auto: one_pass on GPU "
-               "stages, per_request on CPU ones; a per_request prompt longer than "
-               "--max-batched-tokens is profiled one_pass, in chunks)");
+  flags.String(
+      "profile", &f->profile,
+      "xkv profile mode: per_request|one_pass|sampled:<rho>|reconstruct|auto (reconstruct: "
+      "re-read the prompt after its prefill, KVzip; auto: one_pass on GPU "
+      "stages, per_request on CPU ones; a per_request prompt longer than "
+      "--max-batched-tokens is profiled one_pass, in chunks)");
   flags.String("allocator", &f->allocator, "default xkv allocator: global|paper");
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
@@ -143,7 +145,6 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
-  RETURN_IF_ERROR(ValidateProfileFor(o.kv.profile, SpecEntry::kService));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
   if (f.budget_fraction > 0) {

@@ -26,8 +26,17 @@ using xkv::v1::StepSequence;
 int64_t NewTokens(const StepSequence& s) {
   return s.n_new() != 0 ? s.n_new() : static_cast<int64_t>(s.tokens_size());
 }
-bool ScoresOnly(const StepSequence& s) { return s.mode() == xkv::v1::SEQUENCE_MODE_SCORES_ONLY; }
+// No KV kept: a mini-prefill, or a reconstruct profile's re-reading of a span of the cached prompt
+// (architecture.md §3.5). A step's sequences are all scores-only or none.
+bool ScoresOnly(const StepSequence& s) {
+  return s.mode() == xkv::v1::SEQUENCE_MODE_SCORES_ONLY ||
+         s.mode() == xkv::v1::SEQUENCE_MODE_REREAD;
+}
+bool Rereads(const StepSequence& s) { return s.mode() == xkv::v1::SEQUENCE_MODE_REREAD; }
 bool Observed(const StepSequence& s) { return s.mode() != xkv::v1::SEQUENCE_MODE_NORMAL; }
+// The engine scores the step's new tokens' observation window (a mini-prefill or an observed
+// prefill chunk; a re-reading step is scored through its span instead).
+bool ScoresWindow(const StepSequence& s) { return Observed(s) && !Rereads(s); }
 // Last stage: the step samples a token of the sequence.
 bool Samples(const StepSequence& s) { return !s.skip_sampling() && !ScoresOnly(s); }
 
@@ -211,6 +220,13 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
       return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", s.mode(), " unknown"));
     }
     if (s.has_compact()) RETURN_IF_ERROR(CheckFields(s.compact()));
+    if (Rereads(s)) {
+      RETURN_IF_ERROR(CheckRange(field + "reread.chunk_begin", s.reread().chunk_begin(), 0,
+                                 s.position() - 1, "the cached prompt's length is the position"));
+      RETURN_IF_ERROR(CheckRange(field + "reread.chunk_end", s.reread().chunk_end(),
+                                 s.reread().chunk_begin() + 1, s.position(),
+                                 "after chunk_begin, within the cached prompt"));
+    }
     tokens += n_new;
     if (tokens > max_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("the step's sequences carry more than ",
@@ -263,12 +279,17 @@ absl::Status StageExecutor::ValidateSequence(const StepSequence& s) const {
                                                      " tokens; position is ", s.position()));
     }
   }
-  if (ScoresOnly(s) && (s.position() != 0 || s.has_compact())) {
+  if (s.mode() == xkv::v1::SEQUENCE_MODE_SCORES_ONLY && (s.position() != 0 || s.has_compact())) {
     return absl::InvalidArgumentError(
         absl::StrCat(who, ": a scores-only step is the whole prompt, without compaction"));
   }
+  if (Rereads(s) &&
+      (!known || s.has_compact() || (it != sequences_.end() && it->second.compacted))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        who, ": a re-reading step needs the uncompacted prompt's cache and no compaction"));
+  }
   const int window = options_.importance.window;
-  if (Observed(s) && T > window && n_new < window) {
+  if (ScoresWindow(s) && T > window && n_new < window) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": the observed chunk holds ", n_new,
                                                    " tokens, fewer than the window ", window));
   }
@@ -437,7 +458,9 @@ absl::Status StageExecutor::Compute(const StepRequest& step, Run& run) {
         SamplingOf(s).repetition_penalty != 1.f) {
       q.context.insert(q.context.end(), s.tokens().begin(), s.tokens().end());
     }
-    run.batch.sequences.push_back({s.seq_id(), NewTokens(s), s.position(), Observed(s)});
+    EngineSequenceStep e{s.seq_id(), NewTokens(s), s.position(), ScoresWindow(s)};
+    if (Rereads(s)) e.reread = RereadSpan{s.reread().chunk_begin(), s.reread().chunk_end()};
+    run.batch.sequences.push_back(e);
   }
   const absl::Time t0 = absl::Now();
   RETURN_IF_ERROR(engine_->RunLayersResident(run.batch, options_.importance, &run.observations));
@@ -445,14 +468,41 @@ absl::Status StageExecutor::Compute(const StepRequest& step, Run& run) {
   return Observe(step, run);
 }
 
+absl::StatusOr<std::optional<CollectedScores>> StageExecutor::Reread(
+    const StepSequence& s, EngineObservation& observation) {
+  Sequence& q = sequences_.at(s.seq_id());
+  const RereadSpan span{s.reread().chunk_begin(), s.reread().chunk_end()};
+  if (!q.reread.has_value()) {
+    q.reread = EmptyReconstructScores(layer_begin(), layer_end(), config().n_kv_heads, s.position(),
+                                      span.sinks);
+  }
+  RETURN_IF_ERROR(AccumulateReread(observation.reread, span, &*q.reread));
+  if (!s.reread().last()) return std::optional<CollectedScores>();
+  // Unpooled re-reading scores, max-merged with the window's of the observed prefill (xkv eval's
+  // profile=reconstruct:mix=max).
+  ImportanceOptions unpooled = options_.importance;
+  unpooled.pool_kernel = 1;
+  ASSIGN_OR_RETURN(CollectedScores scores,
+                   ReconstructCollectedScores(*q.reread, s.position(), config(), unpooled));
+  if (q.scores.has_value()) RETURN_IF_ERROR(MaxMergeScores(*q.scores, &scores));
+  q.reread.reset();
+  return std::optional<CollectedScores>(std::move(scores));
+}
+
 absl::Status StageExecutor::Observe(const StepRequest& step, Run& run) {
   for (int i = 0; i < step.sequences_size(); ++i) {
     const StepSequence& s = step.sequences(i);
     if (!Observed(s)) continue;
-    if (i >= static_cast<int>(run.observations.size()) || !run.observations[i].scores.has_value()) {
+    if (i >= static_cast<int>(run.observations.size()) ||
+        (!Rereads(s) && !run.observations[i].scores.has_value())) {
       return absl::InternalError(absl::StrCat("stage: no scores for sequence ", s.seq_id()));
     }
-    CollectedScores scores = *std::move(run.observations[i].scores);
+    std::optional<CollectedScores> observed = std::move(run.observations[i].scores);
+    if (Rereads(s)) {
+      ASSIGN_OR_RETURN(observed, Reread(s, run.observations[i]));
+      if (!observed.has_value()) continue;  // more spans to come
+    }
+    CollectedScores scores = *std::move(observed);
     xkv::v1::ObservedSequence& p = *run.result.mutable_sequences(i)->mutable_observed();
     p.set_seq_id(s.seq_id());
     p.set_prompt_len(scores.prompt_len);

@@ -41,6 +41,7 @@
 #include "model/importance_collector.h"
 #include "model/kv_cache.h"
 #include "model/llama_model.h"
+#include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/stage_engine.h"
 #include "worker/block_pool.h"
@@ -112,8 +113,9 @@ class StageExecutor {
     std::optional<SamplingParams> device_params;
     uint64_t draws = 0;
     absl::flat_hash_map<int32_t, int32_t> counts;
-    std::optional<CollectedScores> scores;  // from the last observed step, until compaction
-    bool compacted = false;                 // evicted once; never again
+    std::optional<CollectedScores> scores;    // from the last observed step, until compaction
+    std::optional<ReconstructScores> reread;  // re-read spans so far, until the last one
+    bool compacted = false;                   // evicted once; never again
   };
   struct Run;  // one step in flight
 
@@ -144,6 +146,10 @@ class StageExecutor {
   absl::Status Output(const xkv::v1::StepRequest& step, Run& run)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Sample(const xkv::v1::StepRequest& step, Run& run)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Accumulates a re-reading step's span; after the last span, its scores (else nullopt).
+  absl::StatusOr<std::optional<CollectedScores>> Reread(const xkv::v1::StepSequence& s,
+                                                        EngineObservation& observation)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Observe(const xkv::v1::StepRequest& step, Run& run)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

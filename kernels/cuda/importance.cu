@@ -4,6 +4,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/importance.cuh"
+#include "kernels/cuda/paged_keys.cuh"
 
 namespace xkv::cuda {
 namespace {
@@ -18,17 +19,6 @@ struct ContigKeys {  // fp32 [n_kv_heads, T, head_dim]
   int head_dim;
   __device__ float operator()(int g, int64_t j, int d) const {
     return k[(g * seq_len + j) * head_dim + d];
-  }
-};
-
-struct PagedKeys {  // bf16 [blocks, n_kv_heads, 16, head_dim] + block table
-  const __nv_bfloat16* k;
-  const int32_t* table;
-  int n_kv_heads;
-  int head_dim;
-  __device__ float operator()(int g, int64_t j, int d) const {
-    const int64_t blk = table[j >> 4];
-    return __bfloat162float(k[((blk * n_kv_heads + g) * kKvBlockTokens + (j & 15)) * head_dim + d]);
   }
 };
 
@@ -222,8 +212,8 @@ absl::Status LaunchImportancePaged(const float* q, const PagedKvLayer& cache,
       internal::CeilDiv(shape.seq_len, kKvBlockTokens) > cache.num_blocks) {
     return absl::InvalidArgumentError("cuda importance: cache does not match the shape");
   }
-  return Run(q, PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape, options,
-             scores, workspace, stream);
+  return Run(q, internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape,
+             options, scores, workspace, stream);
 }
 
 }  // namespace xkv::cuda

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -162,15 +163,16 @@ class CudaLlamaModel : public StageEngine {
   };
   // One step's plan, filled by Prepare.
   struct StepPlan {
-    int64_t n = 0;                // new tokens
-    int64_t b = 0;                // sequences
-    bool all_decode = true;       // every sequence has one new token
-    int64_t max_kv_len = 0;       // after the step, over layers and sequences
-    std::vector<int64_t> n_new;   // [b]
-    std::vector<int64_t> row0;    // [b] first row
-    std::vector<int64_t> kv_len;  // [layers, b] slots after the step
-    std::vector<Sequence*> seqs;  // [b]
-    std::vector<bool> observe;    // [b]
+    int64_t n = 0;                                  // new tokens
+    int64_t b = 0;                                  // sequences
+    bool all_decode = true;                         // every sequence has one new token
+    int64_t max_kv_len = 0;                         // after the step, over layers and sequences
+    std::vector<int64_t> n_new;                     // [b]
+    std::vector<int64_t> row0;                      // [b] first row
+    std::vector<int64_t> kv_len;                    // [layers, b] slots after the step
+    std::vector<Sequence*> seqs;                    // [b]
+    std::vector<bool> observe;                      // [b]
+    std::vector<std::optional<RereadSpan>> reread;  // [b]: re-reading sequences (scores only)
     bool scores_only = false;
   };
 
@@ -218,6 +220,8 @@ class CudaLlamaModel : public StageEngine {
   absl::Status RunAllLayers(const StepPlan& plan);
   absl::Status RunLayer(int layer, const StepPlan& plan);
   absl::Status ScoreLayer(int layer, const StepPlan& plan);
+  // The reconstruction scores of sequence i's re-reading input in one layer (ScoreLayer).
+  absl::Status ScoreReread(int layer, const StepPlan& plan, int64_t i);
   // y (+)= x · wᵀ for `rows` token rows: the GEMV kernels when `small`, else cuBLAS.
   absl::Status Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t n_out,
                        int64_t k, float* y, int64_t ldy, int64_t rows, bool accumulate, bool small);

@@ -19,6 +19,7 @@
 #include "kernels/cuda/prefill_attention.cuh"
 #include "kernels/cuda/qkv_hooks.cuh"
 #include "kernels/cuda/qkv_rope_write.cuh"
+#include "kernels/cuda/reconstruct_importance.cuh"
 #include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/sampling.cuh"
@@ -88,6 +89,7 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   plan->n = n;
   plan->b = b;
   plan->scores_only = scores_only;
+  plan->reread.assign(b, std::nullopt);
   plan->kv_len.assign(L * b, 0);
   int64_t row = 0, table_width = 0;  // block ids per table row the step's kernels can read
   for (int64_t i = 0; i < b; ++i) {
@@ -238,8 +240,8 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                                      norm_ + row0 * q_dim, q_dim, stream_));
       }
     }
-    RETURN_IF_ERROR(ScoreLayer(layer, plan));
   }
+  if (!plan.all_decode || plan.scores_only) RETURN_IF_ERROR(ScoreLayer(layer, plan));
   // hidden += attn · Woᵀ
   RETURN_IF_ERROR(Project(norm_, q_dim, w.wo, h, q_dim, hidden_, h, n, true, small));
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
@@ -263,6 +265,7 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
   const int w = importance_.window;
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   for (int64_t i = 0; i < plan.b; ++i) {
+    if (plan.reread[i].has_value()) RETURN_IF_ERROR(ScoreReread(layer, plan, i));
     if (!plan.observe[i]) continue;
     const int64_t T = plan.seqs[i]->position + plan.n_new[i];
     if (T <= w) continue;  // nothing to score
@@ -298,6 +301,36 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
     CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, score_start_, score_stop_));
     obs.ms += ms;
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaLlamaModel::ScoreReread(int layer, const StepPlan& plan, int64_t i) {
+  const ModelConfig& c = config_;
+  const RereadSpan& span = *plan.reread[i];
+  const int64_t n_new = plan.n_new[i], past = plan.kv_len[li(layer) * plan.b + i] - n_new;
+  if (past != plan.seqs[i]->position) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda engine: re-reading over a ", past, "-slot cache at position ",
+                     plan.seqs[i]->position, ": the cache must hold exactly the prompt"));
+  }
+  const ReconstructShape shape{c.n_heads, c.n_kv_heads,     c.head_dim,     n_new,
+                               past,      span.chunk_begin, span.chunk_end, span.sinks};
+  const int64_t count = int64_t{c.n_kv_heads} * (span.chunk_end - span.chunk_begin);
+  const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(scores_, 0, count * sizeof(float), stream_));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(score_start_, stream_));
+  RETURN_IF_ERROR(cuda::LaunchReconstructScoresPaged(q_ + plan.row0[i] * q_dim, cache_,
+                                                     TableRow(layer, i), shape, scores_, stream_));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(score_stop_, stream_));
+  EngineObservation& obs = (*observations_)[i];
+  std::vector<float>& out = obs.reread[li(layer)];
+  out.resize(count);
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(out.data(), scores_, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  float ms = 0.f;
+  CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, score_start_, score_stop_));
+  obs.ms += ms;
   return absl::OkStatus();
 }
 
@@ -379,6 +412,10 @@ absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
       return absl::InvalidArgumentError(absl::StrCat(
           "cuda engine: sequence ", s.id, " is at position ", pos, ", step says ", s.position));
     }
+    if (s.reread.has_value() && (!step.scores_only || s.observe)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda engine: sequence ", s.id, " re-reads outside a scores-only step or also observes"));
+    }
     seqs.emplace_back(s.id, s.n_new);
     observe.push_back(s.observe);
   }
@@ -391,9 +428,11 @@ absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
       obs[i].scores =
           MakeCollectedScores(config_, layer_begin_, layer_end_, s.position + s.n_new, importance);
     }
+    if (s.reread.has_value()) obs[i].reread.resize(layer_end_ - layer_begin_);
   }
   StepPlan plan;
   RETURN_IF_ERROR(Prepare(seqs, observe, step.scores_only, {}, &plan));
+  for (size_t i = 0; i < step.sequences.size(); ++i) plan.reread[i] = step.sequences[i].reread;
   importance_ = importance;
   observations_ = &obs;
   absl::Status st;

@@ -38,20 +38,18 @@ TEST(KvSpecTest, EachRuleIsOneClearError) {
   EXPECT_EQ(AllocatorName(AllocatorKind::kGlobal), "global");
 }
 
-TEST(KvSpecTest, ReconstructRunsInEvalOnlyAndNeedsAScoringPolicy) {
+TEST(KvSpecTest, ReconstructRunsEverywhereAndNeedsAScoringPolicy) {
   const ProfileMode reconstruct = ParseProfileMode("reconstruct").value();
   EXPECT_EQ(reconstruct.kind, ProfileModeKind::kReconstruct);
   EXPECT_EQ(ProfileModeName(reconstruct), "reconstruct");
-  EXPECT_TRUE(ValidateProfileFor(reconstruct, SpecEntry::kEval).ok());
-  ExpectInvalid(ValidateProfileFor(reconstruct, SpecEntry::kService),
-                "reconstruct is not supported by the service yet", "per_request, one_pass");
-  ExpectInvalid(ValidateProfileFor(reconstruct, SpecEntry::kGenerate),
-                "not supported by xkv generate yet");
-  EXPECT_TRUE(ValidateProfileFor(ProfileMode{}, SpecEntry::kService).ok());
-  // A request or the admin RPC asking for it is refused, naming the mode.
+  // A request or the admin RPC may ask for it; an unknown mode is refused, naming the allowed.
   KvPolicyOverride o;
   o.profile_mode = "reconstruct";
-  ExpectInvalid(ValidateKvOverride(o), "reconstruct is not supported by the service");
+  EXPECT_TRUE(ValidateKvOverride(o).ok());
+  o.policy = "streaming";
+  o.budget_fraction = 0.2;
+  ExpectInvalid(ValidateKvOverride(o), "profile mode reconstruct", "'streaming'");
+  o = KvPolicyOverride{};
   o.profile_mode = "rebuild";
   ExpectInvalid(ValidateKvOverride(o), "unknown profile mode 'rebuild'", "reconstruct");
   // It ranks by score: streaming and full cannot use it.

@@ -530,3 +530,51 @@ TEST(SchedulerTest, RejectsBadOptions) {
 
 }  // namespace
 }  // namespace xkv
+
+namespace xkv {
+namespace {
+
+TEST(SchedulerTest, RereadStepsFollowThePrefillAndPrecedeTheSecondToken) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.step_token_budget = 32;
+  o.max_running = 4;
+  o.prefill_chunk = 32;
+  o.kv = Pools({{2, 64}});
+  auto s = Make(o, &clock);
+  SequenceSpec spec = Spec(1, 20, 3);
+  spec.reread_tokens = {30, 12};
+  ASSERT_TRUE(s->Submit(spec).ok());
+  StepPlan a = s->NextStep(nullptr);
+  ASSERT_EQ(a.items.size(), 1u);
+  EXPECT_EQ(a.items[0].kind, WorkKind::kPrefill);
+  EXPECT_TRUE(a.items[0].completes_prompt);
+  const std::vector<int64_t> free_after_prefill = s->free_blocks();
+  StepPlan b = s->NextStep(nullptr);  // no decode yet: the re-reading comes first
+  ASSERT_EQ(b.items.size(), 1u);
+  EXPECT_EQ(b.items[0].kind, WorkKind::kReread);
+  EXPECT_EQ(b.items[0].begin, 0);
+  EXPECT_EQ(b.items[0].tokens, 30);
+  StepPlan c = s->NextStep(nullptr);
+  ASSERT_EQ(c.items.size(), 1u);
+  EXPECT_EQ(c.items[0].kind, WorkKind::kReread);
+  EXPECT_EQ(c.items[0].begin, 1);
+  EXPECT_EQ(s->free_blocks(), free_after_prefill) << "re-reading steps take no KV blocks";
+  StepPlan d = s->NextStep(nullptr);
+  ASSERT_EQ(d.items.size(), 1u);
+  EXPECT_EQ(d.items[0].kind, WorkKind::kDecode);
+  EXPECT_EQ(d.items[0].begin, 20);  // the second token's input: position T
+  // A re-reading step longer than the whole budget runs as the step's only prompt work.
+  SequenceSpec big = Spec(2, 20, 2);
+  big.reread_tokens = {40};
+  ASSERT_TRUE(s->Submit(big).ok());
+  bool ran = false;
+  for (int i = 0; i < 6 && !ran; ++i) {
+    StepPlan p = s->NextStep(nullptr);
+    for (const WorkItem& w : p.items) ran = ran || (w.id == 2 && w.kind == WorkKind::kReread);
+  }
+  EXPECT_TRUE(ran);
+}
+
+}  // namespace
+}  // namespace xkv

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/cpu_stage_engine.h"
 #include "model/llama_model.h"
 #include "tests/unit/model/llama_test_util.h"
 
@@ -32,16 +33,20 @@ class ReconstructScorerTest : public ::testing::Test {
     auto model = LlamaModel::Create(weights_, {.num_threads = 2});
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
+    auto engine = CpuStageEngine::Create(weights_, {.num_threads = 2});
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(*engine);
     repeat_ = {{3, 4, 5}, {6, 7}, {8, 9}};
   }
   const ModelConfig& config() const { return weights_->config; }
 
-  std::unique_ptr<KvCache> Prefill(const std::vector<int32_t>& prompt) {
-    auto cache = model_->NewCache();
-    BatchStep step;
-    step.sequences.push_back({cache.get(), static_cast<int64_t>(prompt.size()), 0, false});
-    EXPECT_TRUE(model_->Forward(prompt, step).ok());
-    return cache;
+  // Prefills `prompt` as the engine's sequence `id`; returns a copy of its cache.
+  std::unique_ptr<KvCache> Prefill(uint64_t id, const std::vector<int32_t>& prompt) {
+    EngineStep step;
+    step.sequences.push_back({id, static_cast<int64_t>(prompt.size()), 0, false});
+    EXPECT_TRUE(engine_->EmbedResident(prompt).ok());
+    EXPECT_TRUE(engine_->RunLayersResident(step, {}, nullptr).ok());
+    return engine_->CacheCopy(id);
   }
 
   // The naive reference: every chunk's re-reading input is prefilled FOR REAL (KV written) on a
@@ -102,17 +107,18 @@ class ReconstructScorerTest : public ::testing::Test {
 
   std::shared_ptr<LlamaWeights> weights_;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<CpuStageEngine> engine_;
   RepeatPrompt repeat_;
 };
 
 TEST_F(ReconstructScorerTest, MatchesNaiveDenseScoresInOneOrSeveralChunks) {
   const std::vector<int32_t> prompt = Tokens(37, config().vocab_size, 1);
-  auto cache = Prefill(prompt);
+  auto cache = Prefill(1, prompt);
   for (int64_t chunk : {int64_t{64}, int64_t{16}, int64_t{10}}) {
     ReconstructOptions o;
     o.chunk_tokens = chunk;
     o.overlap = 3;
-    auto got = ScoreByReconstruction(model_.get(), cache.get(), prompt, repeat_, o);
+    auto got = ScoreByReconstruction(engine_.get(), 1, prompt, repeat_, o);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->prompt_len, 37);
     const auto want = Naive(prompt, *cache, o);
@@ -123,21 +129,22 @@ TEST_F(ReconstructScorerTest, MatchesNaiveDenseScoresInOneOrSeveralChunks) {
             << "chunk " << chunk << " layer " << l << " index " << j;
       }
     }
-    for (int l = 0; l < config().n_layers; ++l) EXPECT_EQ(cache->length(l), 37);  // untouched
+    for (int l = 0; l < config().n_layers; ++l) EXPECT_EQ(engine_->CacheLength(1, l), 37);
   }
 }
 
 TEST_F(ReconstructScorerTest, RejectsACacheThatIsNotThePrompt) {
   const std::vector<int32_t> prompt = Tokens(20, config().vocab_size, 2);
-  auto cache = Prefill(prompt);
+  Prefill(1, prompt);
   const std::vector<int32_t> longer = Tokens(21, config().vocab_size, 2);
-  auto s = ScoreByReconstruction(model_.get(), cache.get(), longer, repeat_, {});
+  auto s = ScoreByReconstruction(engine_.get(), 1, longer, repeat_, {});
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   ReconstructOptions too_long;
   too_long.chunk_tokens = 0;
-  EXPECT_EQ(
-      ScoreByReconstruction(model_.get(), cache.get(), prompt, repeat_, too_long).status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScoreByReconstruction(engine_.get(), 1, prompt, repeat_, too_long).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ScoreByReconstruction(engine_.get(), 2, prompt, repeat_, {}).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST_F(ReconstructScorerTest, CollectedScoresKeepTheQuestionAndPool) {

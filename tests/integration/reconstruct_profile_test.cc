@@ -1,0 +1,339 @@
+// The reconstruct profile through the service (architecture.md §3.5): a Coordinator over 1 and 2
+// in-process CPU stages of the real model re-reads an xkv request's prompt in scores-only steps
+// after its prefill, then solves and compacts. The test recomputes the same request the way
+// `xkv eval` does (model/reconstruct_scorer.h on one CPU engine: the observed prefill, the
+// re-reading, the unpooled scores max-merged with the window's, PlanAllocation, compaction, greedy
+// decoding) and checks that the service streams the same tokens with the same log-probabilities
+// (the same kept slots give the same logits bit for bit) and holds the same tokens per layer.
+// Bad input stays INVALID_ARGUMENT; a cancel ends the re-reading at the next step.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "allocator/kv_spec.h"
+#include "coordinator/coordinator.h"
+#include "embedded/in_process_stage_client.h"
+#include "gtest/gtest.h"
+#include "model/chat_template.h"
+#include "model/gguf.h"
+#include "model/kv_allocation.h"
+#include "model/reconstruct_scorer.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "worker/stage_engine_factory.h"
+
+namespace xkv {
+namespace {
+
+constexpr int kMaxTokens = 6;
+constexpr int64_t kStepTokens = 256;        // --max-batched-tokens: the prompt re-reads in 2 steps
+constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
+
+std::string ModelPath() {
+  const char* env = std::getenv("XKV_MODEL");
+  return env != nullptr ? env : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+class Sink final : public GenerateSink {
+ public:
+  void OnDelta(const std::string&, absl::Span<const int32_t> ids,
+               absl::Span<const SampledLogprobs> logprobs) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+    for (const SampledLogprobs& l : logprobs) logprobs_.push_back(l.token.logprob);
+  }
+  void OnDone(const xkv::v1::Usage& usage) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    usage_ = usage;
+    End(absl::OkStatus());
+  }
+  void OnError(const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    End(status);
+  }
+  // A bounded wait: a hang fails the test.
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!done_.wait_for(lock, std::chrono::minutes(2), [&] { return finished_; })) {
+      return absl::DeadlineExceededError("the request did not finish in 2 minutes");
+    }
+    return status_;
+  }
+  std::vector<int32_t> tokens_;
+  std::vector<float> logprobs_;
+  xkv::v1::Usage usage_;
+
+ private:
+  void End(const absl::Status& s) {
+    status_ = s;
+    finished_ = true;
+    done_.notify_all();
+  }
+  std::mutex mu_;
+  std::condition_variable done_;
+  absl::Status status_;
+  bool finished_ = false;
+};
+
+// Forwards every call to an in-process stage; calls `on_reread` before each re-reading step.
+class RereadWatcher final : public StageClient {
+ public:
+  RereadWatcher(std::unique_ptr<StageClient> inner, std::function<void()> on_reread)
+      : inner_(std::move(inner)), on_reread_(std::move(on_reread)) {}
+  std::string address() const override { return inner_->address(); }
+  xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
+  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
+      const xkv::v1::LoadStageRequest& request) override {
+    return inner_->LoadStage(request);
+  }
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
+    for (const xkv::v1::StepSequence& q : request.sequences()) {
+      if (q.mode() == xkv::v1::SEQUENCE_MODE_REREAD) on_reread_();
+    }
+    return inner_->Step(request);
+  }
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(
+      const xkv::v1::CompactRequest& request) override {
+    return inner_->Compact(request);
+  }
+  absl::StatusOr<xkv::v1::ReleaseResponse> Release(
+      const xkv::v1::ReleaseRequest& request) override {
+    return inner_->Release(request);
+  }
+  absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+
+ private:
+  std::unique_ptr<StageClient> inner_;
+  std::function<void()> on_reread_;
+};
+
+CoordinatorOptions Options() {
+  CoordinatorOptions o;
+  o.model_path = ModelPath();
+  o.kv.policy = PolicyKind::kXkv;
+  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
+  o.scheduler.step_token_budget = kStepTokens;
+  o.scheduler.prefill_chunk = kStepTokens;
+  o.kv_capacity_blocks = 128;
+  o.health_interval = absl::ZeroDuration();
+  return o;
+}
+
+KvPolicyOverride Override(const std::string& policy, const std::string& profile) {
+  KvPolicyOverride k;
+  k.policy = policy;
+  k.profile_mode = profile;
+  k.budget_tokens = kBudgetTokens;
+  return k;
+}
+
+struct Expected {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<int64_t> layer_tokens;                                 // per layer after decoding
+  std::vector<std::vector<std::vector<int32_t>>> kept, window_kept;  // reconstruct, one_pass
+};
+
+class ReconstructProfileTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(ModelPath())) return;
+    auto file = GgufFile::Open(ModelPath());
+    ASSERT_TRUE(file.ok()) << file.status();
+    auto tok = Tokenizer::FromGguf(**file);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    std::string text;
+    for (int i = 0; text.size() < 900; ++i) {
+      text += "Entry " + std::to_string(i) + ": locker " + std::to_string(300 + 11 * i) +
+              " holds the key " + std::to_string(7919 * (i + 5) % 10007) + ". ";
+    }
+    text += "Which key does locker 333 hold?";
+    auto ids = (*tok)->Encode(text, /*parse_special=*/false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    prompt_ = new std::vector<int32_t>(*ids);
+    auto repeat = MakeRepeatPrompt(**tok, ChatTemplate::SmolLm2());
+    ASSERT_TRUE(repeat.ok()) << repeat.status();
+    expected_ = new Expected(Reference(*repeat));
+  }
+  static void TearDownTestSuite() {
+    delete prompt_;
+    delete expected_;
+    prompt_ = nullptr;
+    expected_ = nullptr;
+  }
+  void SetUp() override {
+    if (prompt_ == nullptr) GTEST_SKIP() << "no model at " << ModelPath() << " (set XKV_MODEL)";
+  }
+
+  // The eval harness's computation on one CPU engine (kGgml, as the stages run).
+  static Expected Reference(const RepeatPrompt& repeat) {
+    Expected x;
+    StageOptions so;
+    so.model_path = ModelPath();
+    auto engine_or = LoadStageEngine(so);
+    EXPECT_TRUE(engine_or.ok()) << engine_or.status();
+    StageEngine& e = **engine_or;
+    const CoordinatorOptions co = Options();
+    const ImportanceOptions scoring{co.window, co.pool_kernel};
+    const int64_t T = static_cast<int64_t>(prompt_->size());
+    EngineStep prefill;
+    prefill.sequences.push_back({1, T, 0, true});
+    std::vector<EngineObservation> obs;
+    EXPECT_TRUE(e.EmbedResident(*prompt_).ok());
+    EXPECT_TRUE(e.RunLayersResident(prefill, scoring, &obs).ok());
+    auto logits = e.LogitsResident({T - 1});
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    ReconstructOptions ro;
+    ro.chunk_tokens = RereadChunkTokens(repeat, ro, kStepTokens);
+    EXPECT_LT(ro.chunk_tokens, T) << "the prompt should re-read in more than one step";
+    auto raw = ScoreByReconstruction(&e, 1, *prompt_, repeat, ro);
+    EXPECT_TRUE(raw.ok()) << raw.status();
+    ImportanceOptions unpooled = scoring;
+    unpooled.pool_kernel = 1;
+    auto scores = ReconstructCollectedScores(*raw, T, e.config(), unpooled);
+    EXPECT_TRUE(scores.ok()) << scores.status();
+    EXPECT_TRUE(MaxMergeScores(*obs[0].scores, &*scores).ok());
+    auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    auto plan = PlanAllocation(*scores, e.config(), *spec);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    auto window_plan = PlanAllocation(*obs[0].scores, e.config(), *spec);
+    EXPECT_TRUE(window_plan.ok()) << window_plan.status();
+    x.kept = plan->kept;
+    x.window_kept = window_plan->kept;
+    for (int l = 0; l < e.config().n_layers; ++l) {
+      EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
+    }
+    std::vector<float> last = *logits;
+    for (int t = 0; t < kMaxTokens; ++t) {
+      const int32_t token = Argmax(last);
+      x.tokens.push_back(token);
+      x.logprobs.push_back(LogprobsOf(last, token, 0).token.logprob);
+      if (t + 1 == kMaxTokens) break;
+      EngineStep step;
+      step.sequences.push_back({1, 1, T + t, false});
+      EXPECT_TRUE(e.EmbedResident({token}).ok());
+      EXPECT_TRUE(e.RunLayersResident(step, {}, nullptr).ok());
+      auto next = e.LogitsResident({0});
+      EXPECT_TRUE(next.ok()) << next.status();
+      last = *next;
+    }
+    for (int l = 0; l < e.config().n_layers; ++l) x.layer_tokens.push_back(e.CacheLength(1, l));
+    return x;
+  }
+
+  static std::unique_ptr<Coordinator> Start(int stages) {
+    auto clients = MakeInProcessStages(stages, {"cpu"}, InProcessStageSettings{});
+    EXPECT_TRUE(clients.ok()) << clients.status();
+    auto c = Coordinator::Start(Options(), std::move(*clients));
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  static GenerateParams Request(const std::string& policy, const std::string& profile) {
+    GenerateParams p;
+    p.prompt_ids = *prompt_;
+    p.max_tokens = kMaxTokens;
+    p.ignore_eos = true;
+    p.logprobs = 0;
+    p.kv = Override(policy, profile);
+    return p;
+  }
+
+  static std::vector<int32_t>* prompt_;
+  static Expected* expected_;
+};
+
+std::vector<int32_t>* ReconstructProfileTest::prompt_ = nullptr;
+Expected* ReconstructProfileTest::expected_ = nullptr;
+
+TEST_F(ReconstructProfileTest, ServiceMatchesTheEvalHarnessOnOneAndTwoStages) {
+  // The re-reading changes what is kept, so a service that skipped it could not pass.
+  EXPECT_NE(expected_->kept, expected_->window_kept);
+  for (int stages : {1, 2}) {
+    std::unique_ptr<Coordinator> c = Start(stages);
+    ASSERT_NE(c, nullptr);
+    auto sink = std::make_shared<Sink>();
+    auto id = c->Submit(Request("xkv", "reconstruct"), sink);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_TRUE(sink->Wait().ok()) << sink->Wait();
+    EXPECT_EQ(sink->tokens_, expected_->tokens) << stages << " stages";
+    ASSERT_EQ(sink->logprobs_.size(), expected_->logprobs.size());
+    for (size_t t = 0; t < expected_->logprobs.size(); ++t) {
+      EXPECT_NEAR(sink->logprobs_[t], expected_->logprobs[t], 1e-5) << stages << " stages, " << t;
+    }
+    ASSERT_EQ(sink->usage_.layers_size(), static_cast<int>(expected_->layer_tokens.size()));
+    for (int l = 0; l < sink->usage_.layers_size(); ++l) {
+      EXPECT_EQ(sink->usage_.layers(l).kept_tokens(), expected_->layer_tokens[l]) << "layer " << l;
+    }
+    EXPECT_EQ(sink->usage_.profile_mode(), "reconstruct");
+    EXPECT_TRUE(sink->usage_.profiled());
+    EXPECT_GT(sink->usage_.timings().profile_ms(), 0.0);
+  }
+}
+
+TEST_F(ReconstructProfileTest, BadInputIsInvalidArgument) {
+  std::unique_ptr<Coordinator> c = Start(1);
+  ASSERT_NE(c, nullptr);
+  for (const char* policy : {"streaming", "full"}) {
+    GenerateParams p = Request(policy, "reconstruct");
+    if (std::string(policy) == "full") p.kv.budget_tokens.reset();
+    auto id = c->Submit(std::move(p), std::make_shared<Sink>());
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << policy;
+    EXPECT_NE(std::string(id.status().message()).find("profile mode reconstruct"),
+              std::string::npos)
+        << id.status();
+  }
+  GenerateParams p = Request("xkv", "rebuild");
+  auto id = c->Submit(std::move(p), std::make_shared<Sink>());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  // snapkv ranks by score: its budgets are known up front, the re-reading picks the tokens.
+  auto sink = std::make_shared<Sink>();
+  ASSERT_TRUE(c->Submit(Request("snapkv", "reconstruct"), sink).ok());
+  EXPECT_TRUE(sink->Wait().ok()) << sink->Wait();
+  EXPECT_EQ(sink->tokens_.size(), static_cast<size_t>(kMaxTokens));
+}
+
+// A cancel sent while the first re-reading step runs ends the request there: no later step
+// re-reads it, and the stage's pool is idle again.
+TEST_F(ReconstructProfileTest, CancelDuringTheReReadingEndsAtTheNextStep) {
+  auto inner = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+  ASSERT_TRUE(inner.ok()) << inner.status();
+  std::atomic<uint64_t> id{0};
+  std::atomic<int> rereads{0};
+  Coordinator* coordinator = nullptr;
+  std::vector<std::unique_ptr<StageClient>> clients;
+  clients.push_back(std::make_unique<RereadWatcher>(std::move((*inner)[0]), [&] {
+    if (rereads++ == 0) coordinator->Cancel(id.load());
+  }));
+  StageClient* stage = clients[0].get();
+  auto c = Coordinator::Start(Options(), std::move(clients));
+  ASSERT_TRUE(c.ok()) << c.status();
+  coordinator = c->get();
+  auto idle = stage->Status();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  GenerateParams p = Request("xkv", "reconstruct");
+  p.prompt_ids.insert(p.prompt_ids.end(), prompt_->begin(), prompt_->end());  // 3 or more chunks
+  auto sink = std::make_shared<Sink>();
+  auto submitted = (*c)->Submit(std::move(p), sink);
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  id = *submitted;  // the first re-reading step comes after the prefill: id is set by then
+  EXPECT_EQ(sink->Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(rereads.load(), 1) << "re-reading steps ran after the cancel";
+  EXPECT_EQ(sink->tokens_.size(), 1u) << "the prefill's token streams before the re-reading";
+  auto after = stage->Status();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->usage().blocks_used(), idle->usage().blocks_used());
+  EXPECT_EQ(after->sequences(), idle->sequences());
+}
+
+}  // namespace
+}  // namespace xkv
