@@ -21,6 +21,7 @@ namespace xkv {
 namespace {
 
 using ::testing::HasSubstr;
+using ::xkv::testing::LayerRows;
 using ::xkv::testing::MaxDiff;
 using ::xkv::testing::NaiveForward;
 using ::xkv::testing::ObservedPrefill;
@@ -30,18 +31,6 @@ using ::xkv::testing::RunStep;
 using ::xkv::testing::TinyConfig;
 
 constexpr int kWindow = 8;
-
-// Rows [0, length) of every head of one layer, contiguous: fp32 [heads][length][d] (K then V).
-std::vector<float> LayerRows(const KvCache& c, int layer) {
-  std::vector<float> out;
-  const int64_t d = c.head_dim(), len = c.length(layer), stride = c.head_stride(layer);
-  for (const float* base : {c.k(layer), c.v(layer)}) {
-    for (int h = 0; h < c.n_kv_heads(); ++h) {
-      out.insert(out.end(), base + h * stride, base + h * stride + len * d);
-    }
-  }
-  return out;
-}
 
 void ExpectSameCache(const KvCache& a, const KvCache& b) {
   ASSERT_EQ(a.layer_end(), b.layer_end());

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "base/status_macros.h"
+#include "model/kv_cache.h"
 #include "model/stage_engine.h"
 
 namespace xkv::testing {
@@ -22,6 +23,20 @@ inline std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
   std::vector<int32_t> t(n);
   for (int32_t& x : t) x = static_cast<int32_t>(rng() % vocab);
   return t;
+}
+
+// Rows [0, length) of every KV head of one layer, contiguous: fp32 [heads][length][d] (K, then V);
+// heads may hold different counts (per-head compaction).
+inline std::vector<float> LayerRows(const KvCache& c, int layer) {
+  std::vector<float> out;
+  const int64_t d = c.head_dim();
+  for (bool keys : {true, false}) {
+    for (int h = 0; h < c.n_kv_heads(); ++h) {
+      const float* base = keys ? c.k_head(layer, h) : c.v_head(layer, h);
+      out.insert(out.end(), base, base + c.head_length(layer, h) * d);
+    }
+  }
+  return out;
 }
 
 inline double MaxDiff(const float* a, const double* b, int64_t n) {

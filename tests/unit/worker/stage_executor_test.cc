@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "model/importance_collector.h"
 #include "model/kv_allocation.h"
+#include "tests/unit/model/xkv_test_util.h"
 #include "tests/unit/worker/worker_test_util.h"
 
 namespace xkv {
@@ -17,6 +18,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::xkv::testing::DecodeSequence;
+using ::xkv::testing::LayerRows;
 using ::xkv::testing::LoadWholeModel;
 using ::xkv::testing::LogitsOf;
 using ::xkv::testing::MakePipeline;
@@ -35,18 +37,6 @@ xkv::v1::StepResponse LastResult(std::vector<absl::StatusOr<xkv::v1::StepRespons
   for (const auto& r : results) EXPECT_TRUE(r.ok()) << r.status();
   if (results.empty() || !results.back().ok()) return {};
   return *std::move(results.back());
-}
-
-// Rows [0, length) of every head of one layer (K then V), for bitwise comparisons.
-std::vector<float> LayerRows(const KvCache& c, int layer) {
-  std::vector<float> out;
-  const int64_t d = c.head_dim(), len = c.length(layer), stride = c.head_stride(layer);
-  for (const float* base : {c.k(layer), c.v(layer)}) {
-    for (int h = 0; h < c.n_kv_heads(); ++h) {
-      out.insert(out.end(), base + h * stride, base + h * stride + len * d);
-    }
-  }
-  return out;
 }
 
 void ExpectStagesHoldCache(const std::vector<std::unique_ptr<StageExecutor>>& stages, uint64_t id,
