@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# capacity_8b_gpu.sh: issue 13's capacity targets at one fixed KV pool (docs/benchmarks.md,
+# capacity_8b_gpu.sh: issue 13's capacity targets at one fixed KV pool (docs/benchmarks-serving.md,
 # "Capacity at a fixed KV pool"). On the GPU host:
 #   1. writes the random-weight Llama-3-8B GGUF (`xkv bench model --shape $SHAPE --type q4_0`),
 #      unless XKV_MODEL names a GGUF;

@@ -10,7 +10,7 @@
 A sample holds the running and waiting requests, every stage's KV bytes held
 (xkv_kv_cache_bytes_used) and the stage planner's predicted KV bytes at the live load
 (xkv_kv_cache_bytes_predicted), and the sums of the request histograms (TTFT, queue wait,
-profiling, solving). Definitions (docs/benchmarks.md, "Capacity at a fixed KV pool"):
+profiling, solving). Definitions (docs/benchmarks-serving.md, "Capacity at a fixed KV pool"):
   held        the most requests running at once (admitted by the KV manager), over the run;
   decode tok/s  held x 1000 / ITL p50: the token rate of a decode step over the whole held batch
               (the ITL median is the decode step; prefill chunks make the ITL tail);
