@@ -60,22 +60,9 @@ TEST_F(GpuPipelineTest, EveryStageAndMicroBatchCountGivesOneStagesTokens) {
   for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_EQ(static_cast<int64_t>(reference[i].size()), requests[i].max_tokens) << i;
   }
-  for (int stages = 2; stages <= 3; ++stages) {
-    for (int micro = 1; micro <= stages; ++micro) {
-      SCOPED_TRACE(::testing::Message() << stages << " CUDA stages, " << micro << " micro-batches");
-      absl::StatusOr<Pipeline> p = StartGpuPipeline(stages, micro, &clock);
-      ASSERT_TRUE(p.ok()) << p.status();
-      const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
-      EXPECT_EQ(GenerateAll(*p->coordinator, MixedRequests()), reference);
-      EXPECT_EQ(PoolState(*p), idle);
-      EXPECT_EQ(p->log->stepped_after_release(), 0);
-      if (micro == 1) {
-        EXPECT_EQ(p->log->max_distinct(), 1u) << "one micro-batch: one step at a time";
-      } else {
-        EXPECT_GE(p->log->max_distinct(), 2u) << "micro-batches never overlapped on the stages";
-      }
-    }
-  }
+  testing_pipeline::ExpectEveryStageAndMicroBatchCountGives(
+      2, 3, reference,
+      [&](int stages, int micro) { return StartGpuPipeline(stages, micro, &clock); });
 }
 
 TEST_F(GpuPipelineTest, CancelInFlightLeavesEveryPoolIdle) {

@@ -247,6 +247,30 @@ inline std::vector<std::pair<int64_t, int32_t>> PoolState(const Pipeline& p) {
   return out;
 }
 
+// For every S in [min_stages, max_stages] and M in [1, S]: a pipeline of S stages with M
+// micro-batches (start(S, M)) gives MixedRequests() the `reference` tokens, leaves every pool at
+// its idle count, never steps a released sequence, and overlaps its micro-batches when M > 1.
+inline void ExpectEveryStageAndMicroBatchCountGives(
+    int min_stages, int max_stages, const std::vector<std::vector<int32_t>>& reference,
+    const std::function<absl::StatusOr<Pipeline>(int, int)>& start) {
+  for (int stages = min_stages; stages <= max_stages; ++stages) {
+    for (int micro = 1; micro <= stages; ++micro) {
+      SCOPED_TRACE(::testing::Message() << stages << " stages, " << micro << " micro-batches");
+      absl::StatusOr<Pipeline> p = start(stages, micro);
+      ASSERT_TRUE(p.ok()) << p.status();
+      const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
+      EXPECT_EQ(GenerateAll(*p->coordinator, MixedRequests()), reference);
+      EXPECT_EQ(PoolState(*p), idle);
+      EXPECT_EQ(p->log->stepped_after_release(), 0);
+      if (micro == 1) {
+        EXPECT_EQ(p->log->max_distinct(), 1u) << "one micro-batch: one step at a time";
+      } else {
+        EXPECT_GE(p->log->max_distinct(), 2u) << "micro-batches never overlapped on the stages";
+      }
+    }
+  }
+}
+
 }  // namespace testing_pipeline
 }  // namespace xkv
 

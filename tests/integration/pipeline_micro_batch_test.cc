@@ -73,23 +73,10 @@ TEST_F(PipelineMicroBatchTest, ReferenceProducedEveryToken) {
 }
 
 TEST_F(PipelineMicroBatchTest, EveryStageAndMicroBatchCountGivesOneStagesTokens) {
-  for (int stages = 1; stages <= 3; ++stages) {
-    for (int micro = 1; micro <= stages; ++micro) {
-      SCOPED_TRACE(::testing::Message() << stages << " stages, " << micro << " micro-batches");
-      FakeClock clock;
-      absl::StatusOr<Pipeline> p = StartPipeline(stages, micro, &clock);
-      ASSERT_TRUE(p.ok()) << p.status();
-      const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
-      EXPECT_EQ(Generate(*p->coordinator), *reference_);
-      EXPECT_EQ(PoolState(*p), idle);
-      EXPECT_EQ(p->log->stepped_after_release(), 0);
-      if (micro == 1) {
-        EXPECT_EQ(p->log->max_distinct(), 1u) << "one micro-batch: one step at a time";
-      } else {
-        EXPECT_GE(p->log->max_distinct(), 2u) << "micro-batches never overlapped on the stages";
-      }
-    }
-  }
+  FakeClock clock;
+  testing_pipeline::ExpectEveryStageAndMicroBatchCountGives(
+      1, 3, *reference_,
+      [&](int stages, int micro) { return StartPipeline(stages, micro, &clock); });
 }
 
 TEST_F(PipelineMicroBatchTest, CancelInFlightLeavesEveryPoolIdle) {

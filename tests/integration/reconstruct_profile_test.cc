@@ -28,6 +28,7 @@
 #include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/integration/pipeline_harness.h"
 #include "worker/stage_engine_factory.h"
 
 namespace xkv {
@@ -37,10 +38,7 @@ constexpr int kMaxTokens = 6;
 constexpr int64_t kStepTokens = 256;        // --max-batched-tokens: the prompt re-reads in 2 steps
 constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
 
-std::string ModelPath() {
-  const char* env = std::getenv("XKV_MODEL");
-  return env != nullptr ? env : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
+using testing_pipeline::ModelPath;
 
 class Sink final : public GenerateSink {
  public:
@@ -81,38 +79,6 @@ class Sink final : public GenerateSink {
   std::condition_variable done_;
   absl::Status status_;
   bool finished_ = false;
-};
-
-// Forwards every call to an in-process stage; calls `on_reread` before each re-reading step.
-class RereadWatcher final : public StageClient {
- public:
-  RereadWatcher(std::unique_ptr<StageClient> inner, std::function<void()> on_reread)
-      : inner_(std::move(inner)), on_reread_(std::move(on_reread)) {}
-  std::string address() const override { return inner_->address(); }
-  xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
-  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
-      const xkv::v1::LoadStageRequest& request) override {
-    return inner_->LoadStage(request);
-  }
-  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
-    for (const xkv::v1::StepSequence& q : request.sequences()) {
-      if (q.mode() == xkv::v1::SEQUENCE_MODE_REREAD) on_reread_();
-    }
-    return inner_->Step(request);
-  }
-  absl::StatusOr<xkv::v1::CompactResponse> Compact(
-      const xkv::v1::CompactRequest& request) override {
-    return inner_->Compact(request);
-  }
-  absl::StatusOr<xkv::v1::ReleaseResponse> Release(
-      const xkv::v1::ReleaseRequest& request) override {
-    return inner_->Release(request);
-  }
-  absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
-
- private:
-  std::unique_ptr<StageClient> inner_;
-  std::function<void()> on_reread_;
 };
 
 CoordinatorOptions Options() {
@@ -311,9 +277,16 @@ TEST_F(ReconstructProfileTest, CancelDuringTheReReadingEndsAtTheNextStep) {
   std::atomic<int> rereads{0};
   Coordinator* coordinator = nullptr;
   std::vector<std::unique_ptr<StageClient>> clients;
-  clients.push_back(std::make_unique<RereadWatcher>(std::move((*inner)[0]), [&] {
-    if (rereads++ == 0) coordinator->Cancel(id.load());
-  }));
+  auto log = std::make_shared<testing_pipeline::StepLog>();
+  log->on_step = [&](const xkv::v1::StepRequest& step) {
+    for (const xkv::v1::StepSequence& q : step.sequences()) {
+      if (q.mode() == xkv::v1::SEQUENCE_MODE_REREAD && rereads++ == 0) {
+        coordinator->Cancel(id.load());
+      }
+    }
+  };
+  clients.push_back(
+      std::make_unique<testing_pipeline::LoggingStageClient>(0, std::move((*inner)[0]), log));
   StageClient* stage = clients[0].get();
   auto c = Coordinator::Start(Options(), std::move(clients));
   ASSERT_TRUE(c.ok()) << c.status();
