@@ -1,5 +1,7 @@
-// CudaLlamaModel's KV pool: one paged bf16 pool shared by every layer of the stage, the
-// sequences' per-layer block tables, compaction into fresh blocks, and an fp32 copy for tests.
+// CudaLlamaModel's KV pool: one paged bf16 pool shared by every layer of the stage, handed out in
+// head-blocks (16 rows of one KV head), the sequences' per-(layer, KV head) tables, compaction into
+// fresh head-blocks (each head its own count), and an fp32 copy for tests.
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -31,7 +33,7 @@ absl::Status CudaLlamaModel::InitPool() {
     num_blocks_ =
         static_cast<int64_t>(static_cast<double>(free_bytes) * o.kv_memory_fraction) / block_bytes;
   }
-  if (num_blocks_ < 1 || num_blocks_ > INT32_MAX / kBlock) {
+  if (num_blocks_ < 1 || num_blocks_ > INT32_MAX / kBlock / c.n_kv_heads) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cuda engine: KV pool of ", num_blocks_, " blocks is not possible"));
   }
@@ -39,15 +41,17 @@ absl::Status CudaLlamaModel::InitPool() {
   cache_.num_blocks = num_blocks_;
   cache_.n_kv_heads = c.n_kv_heads;
   cache_.head_dim = c.head_dim;
+  cache_.head_table_stride = max_blocks_per_seq_;
   absl::Status st = Alloc(num_blocks_ * block_elems, &cache_.k);
   if (st.ok()) st = Alloc(num_blocks_ * block_elems, &cache_.v);
   if (!st.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: no device memory for ",
                                                      num_blocks_, " KV blocks: ", st.message()));
   }
-  free_blocks_.resize(num_blocks_);
-  for (int64_t b = 0; b < num_blocks_; ++b) {
-    free_blocks_[b] = static_cast<int32_t>(num_blocks_ - 1 - b);
+  const int64_t head_blocks = num_blocks_ * c.n_kv_heads;
+  free_blocks_.resize(head_blocks);
+  for (int64_t b = 0; b < head_blocks; ++b) {
+    free_blocks_[b] = static_cast<int32_t>(head_blocks - 1 - b);
   }
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return absl::OkStatus();
@@ -58,7 +62,11 @@ absl::Status CudaLlamaModel::InitPool() {
 int64_t CudaLlamaModel::CacheLength(uint64_t id, int layer) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end() || layer < layer_begin_ || layer >= layer_end_) return -1;
-  return it->second.lengths[li(layer)];
+  int64_t len = 0;  // the longest KV head (every head's length without per-head budgets)
+  for (int g = 0; g < config_.n_kv_heads; ++g) {
+    len = std::max(len, it->second.lengths[hi(li(layer), g)]);
+  }
+  return len;
 }
 
 int64_t CudaLlamaModel::logical_position(uint64_t id) const {
@@ -68,6 +76,12 @@ int64_t CudaLlamaModel::logical_position(uint64_t id) const {
 
 void CudaLlamaModel::FreeBlocks(const std::vector<int32_t>& blocks) {
   free_blocks_.insert(free_blocks_.end(), blocks.begin(), blocks.end());
+}
+
+std::vector<int32_t> CudaLlamaModel::TakeBlocks(int64_t n) {
+  std::vector<int32_t> taken(free_blocks_.end() - n, free_blocks_.end());
+  free_blocks_.resize(free_blocks_.size() - n);
+  return taken;
 }
 
 void CudaLlamaModel::ReleaseSequence(uint64_t id) {
@@ -89,56 +103,78 @@ absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt
     return absl::InvalidArgumentError(absl::StrCat("cuda engine: layer ", layer, " not here"));
   }
   Sequence& s = it->second;
-  const int64_t len = s.lengths[li(layer)];
+  const int64_t len = CacheLength(id, layer);
   if (len != prompt_len) {
     return absl::FailedPreconditionError(absl::StrCat("cuda engine: layer ", layer, " holds ", len,
                                                       " tokens, not the prompt's ", prompt_len));
   }
   const int kvh = config_.n_kv_heads;
   if (static_cast<int>(kept.size()) != kvh) {
-    return absl::InvalidArgumentError("cuda engine: one kept list per KV head");
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda engine: compact got ", kept.size(), " head lists, want ", kvh));
   }
-  const int64_t n_keep = kept[0].size();
-  std::vector<int32_t> flat;
-  flat.reserve(kvh * n_keep);
-  for (const std::vector<int32_t>& k : kept) {
-    if (static_cast<int64_t>(k.size()) != n_keep) {
-      return absl::InvalidArgumentError("cuda engine: KV heads keep different counts");
-    }
+  // Each KV head keeps its own count (per-head budgets) in ceil(count / 16) fresh head-blocks.
+  int64_t need = 0;
+  for (int g = 0; g < kvh; ++g) {
+    const int64_t head_len = s.lengths[hi(li(layer), g)];
+    const std::vector<int32_t>& k = kept[g];
     for (size_t j = 0; j < k.size(); ++j) {
-      if (k[j] < 0 || k[j] >= len || (j > 0 && k[j] <= k[j - 1])) {
-        return absl::InvalidArgumentError("cuda engine: kept slots not increasing in range");
+      if (k[j] < 0 || k[j] >= head_len || (j > 0 && k[j] <= k[j - 1])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cuda engine: compact slot ", k[j], " of head ", g,
+                         " not increasing or outside [0, ", head_len, ")"));
       }
     }
-    flat.insert(flat.end(), k.begin(), k.end());
+    need += CeilDiv(static_cast<int64_t>(k.size()), kBlock);
   }
-  const int64_t need = CeilDiv(n_keep, kBlock);
   if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError("cuda engine: no free blocks to compact into");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cuda engine: compacting needs ", need, " head-blocks, ", free_blocks_.size(), " free"));
   }
-  std::vector<int32_t> dst(free_blocks_.end() - need, free_blocks_.end());
-  RETURN_IF_ERROR(CopySlots(s.blocks[li(layer)], flat, n_keep, dst));
-  free_blocks_.resize(free_blocks_.size() - need);
-  FreeBlocks(s.blocks[li(layer)]);
-  s.blocks[li(layer)] = std::move(dst);
-  s.lengths[li(layer)] = n_keep;
+  std::vector<std::vector<int32_t>> src(kvh), dst(kvh);
+  for (int g = 0; g < kvh; ++g) {
+    src[g] = s.blocks[hi(li(layer), g)];
+    dst[g] = TakeBlocks(CeilDiv(static_cast<int64_t>(kept[g].size()), kBlock));
+  }
+  if (absl::Status st = CopyHeadSlots(src, kept, dst); !st.ok()) {
+    for (const std::vector<int32_t>& b : dst) FreeBlocks(b);
+    return st;
+  }
+  for (int g = 0; g < kvh; ++g) {
+    FreeBlocks(src[g]);
+    s.blocks[hi(li(layer), g)] = std::move(dst[g]);
+    s.lengths[hi(li(layer), g)] = static_cast<int64_t>(kept[g].size());
+  }
   return absl::OkStatus();
 }
 
-absl::Status CudaLlamaModel::CopySlots(const std::vector<int32_t>& src,
-                                       absl::Span<const int32_t> kept, int64_t n_keep,
-                                       const std::vector<int32_t>& dst) {
+absl::Status CudaLlamaModel::CopyHeadSlots(absl::Span<const std::vector<int32_t>> src,
+                                           absl::Span<const std::vector<int32_t>> kept,
+                                           absl::Span<const std::vector<int32_t>> dst) {
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  if (n_keep == 0) return absl::OkStatus();
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_, kept.data(), kept.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, stream_));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_, src.data(), src.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, stream_));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + max_blocks_per_seq_, dst.data(),
-                                       dst.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                       stream_));
-  RETURN_IF_ERROR(cuda::LaunchCompactKv(cache_, compact_tables_, kept_, n_keep,
-                                        compact_tables_ + max_blocks_per_seq_, stream_));
+  const int kvh = config_.n_kv_heads;
+  const int64_t mb = max_blocks_per_seq_;
+  // Pageable sources: each copy returns once its bytes are staged.
+  for (int g = 0; g < kvh; ++g) {
+    if (kept[g].empty()) continue;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_ + g * options_.max_seq_len, kept[g].data(),
+                                         kept[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + g * mb, src[g].data(),
+                                         src[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + (kvh + g) * mb, dst[g].data(),
+                                         dst[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+  }
+  // Per-KV-head tables are ordinary block tables of the one-head view (paged_kv.cuh).
+  const cuda::PagedKvLayer one_head = cuda::OneHeadView(cache_);
+  for (int g = 0; g < kvh; ++g) {
+    if (kept[g].empty()) continue;
+    RETURN_IF_ERROR(cuda::LaunchCompactKv(
+        one_head, compact_tables_ + g * mb, kept_ + g * options_.max_seq_len,
+        static_cast<int64_t>(kept[g].size()), compact_tables_ + (kvh + g) * mb, stream_));
+  }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }
@@ -156,24 +192,24 @@ absl::Status CudaLlamaModel::CopySequence(uint64_t from, uint64_t to) {
   for (const std::vector<int32_t>& blocks : src.blocks) need += blocks.size();
   if (need > static_cast<int64_t>(free_blocks_.size())) {
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: copying sequence ", from,
-                                                     " needs ", need, " KV blocks, ",
+                                                     " needs ", need, " KV head-blocks, ",
                                                      free_blocks_.size(), " free"));
   }
   Sequence copy;
   copy.position = src.position;
   copy.lengths = src.lengths;
+  copy.blocks.resize(src.blocks.size());
   const int kvh = config_.n_kv_heads;
-  for (size_t l = 0; l < src.blocks.size(); ++l) {
-    const int64_t len = src.lengths[l];
-    std::vector<int32_t> dst(free_blocks_.end() - src.blocks[l].size(), free_blocks_.end());
-    free_blocks_.resize(free_blocks_.size() - dst.size());
-    std::vector<int32_t> identity(kvh * len);  // every slot of every head, in place
+  for (size_t j = 0; j < src.blocks.size(); ++j) copy.blocks[j] = TakeBlocks(src.blocks[j].size());
+  for (int64_t l = 0; l < layer_end_ - layer_begin_; ++l) {
+    std::vector<std::vector<int32_t>> heads_src(kvh), identity(kvh), heads_dst(kvh);
     for (int g = 0; g < kvh; ++g) {
-      for (int64_t t = 0; t < len; ++t) identity[g * len + t] = static_cast<int32_t>(t);
+      heads_src[g] = src.blocks[hi(l, g)];
+      heads_dst[g] = copy.blocks[hi(l, g)];
+      identity[g].resize(src.lengths[hi(l, g)]);  // every slot of the head, in place
+      for (size_t t = 0; t < identity[g].size(); ++t) identity[g][t] = static_cast<int32_t>(t);
     }
-    absl::Status st = CopySlots(src.blocks[l], identity, len, dst);
-    copy.blocks.push_back(std::move(dst));
-    if (!st.ok()) {
+    if (absl::Status st = CopyHeadSlots(heads_src, identity, heads_dst); !st.ok()) {
       for (const std::vector<int32_t>& b : copy.blocks) FreeBlocks(b);
       return st;
     }
@@ -186,34 +222,41 @@ std::unique_ptr<KvCache> CudaLlamaModel::CacheCopy(uint64_t id) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return nullptr;
   const int kvh = config_.n_kv_heads, hd = config_.head_dim;
-  const int64_t block_elems = int64_t{kvh} * kBlock * hd;
+  const int64_t run = kBlock * hd;  // elements of one head-block
   auto copy = std::make_unique<KvCache>(layer_begin_, layer_end_, kvh, hd);
   cudaSetDevice(options_.device);
   for (int l = layer_begin_; l < layer_end_; ++l) {
-    const int64_t len = it->second.lengths[li(l)];
-    const std::vector<int32_t>& blocks = it->second.blocks[li(l)];
-    std::vector<uint16_t> kb(blocks.size() * block_elems), vb(kb.size());
-    for (size_t j = 0; j < blocks.size(); ++j) {
-      const int64_t off = int64_t{blocks[j]} * block_elems;
-      if (cudaMemcpy(kb.data() + j * block_elems, cache_.k + off, block_elems * 2,
-                     cudaMemcpyDeviceToHost) != cudaSuccess ||
-          cudaMemcpy(vb.data() + j * block_elems, cache_.v + off, block_elems * 2,
-                     cudaMemcpyDeviceToHost) != cudaSuccess) {
-        return nullptr;
-      }
-    }
-    // bf16 [block][head][16][hd] → fp32 [slot][head][hd]
-    std::vector<float> k(len * kvh * hd), v(k.size());
-    for (int64_t s = 0; s < len; ++s) {
-      for (int g = 0; g < kvh; ++g) {
-        const int64_t src = (s / kBlock) * block_elems + (int64_t{g} * kBlock + s % kBlock) * hd;
-        for (int d = 0; d < hd; ++d) {
-          k[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(kb[src + d]);
-          v[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(vb[src + d]);
+    const int64_t len = CacheLength(id, l);
+    // fp32 [slot][head][hd]; rows of a head past its own length stay zero and are dropped below.
+    std::vector<float> k(len * kvh * hd, 0.f), v(k.size(), 0.f);
+    std::vector<std::vector<int32_t>> rows(kvh);
+    bool ragged = false;
+    for (int g = 0; g < kvh; ++g) {
+      const int64_t head_len = it->second.lengths[hi(li(l), g)];
+      const std::vector<int32_t>& blocks = it->second.blocks[hi(li(l), g)];
+      std::vector<uint16_t> kb(blocks.size() * run), vb(kb.size());
+      for (size_t j = 0; j < blocks.size(); ++j) {
+        const int64_t off = int64_t{blocks[j]} * run;
+        if (cudaMemcpy(kb.data() + j * run, cache_.k + off, run * 2, cudaMemcpyDeviceToHost) !=
+                cudaSuccess ||
+            cudaMemcpy(vb.data() + j * run, cache_.v + off, run * 2, cudaMemcpyDeviceToHost) !=
+                cudaSuccess) {
+          return nullptr;
         }
       }
+      for (int64_t s = 0; s < head_len; ++s) {
+        for (int d = 0; d < hd; ++d) {
+          k[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(kb[s * hd + d]);
+          v[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(vb[s * hd + d]);
+        }
+      }
+      rows[g].resize(head_len);
+      for (int64_t s = 0; s < head_len; ++s) rows[g][s] = static_cast<int32_t>(s);
+      ragged = ragged || head_len != len;
     }
     if (!copy->Append(l, k.data(), v.data(), len, int64_t{kvh} * hd).ok()) return nullptr;
+    // Per-head counts: each head keeps its own rows (KvCache frees the padding).
+    if (ragged && !copy->Compact(l, rows).ok()) return nullptr;
   }
   return copy;
 }
