@@ -48,11 +48,7 @@ absl::Status CudaLlamaModel::InitPool() {
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: no device memory for ",
                                                      num_blocks_, " KV blocks: ", st.message()));
   }
-  const int64_t head_blocks = num_blocks_ * c.n_kv_heads;
-  free_blocks_.resize(head_blocks);
-  for (int64_t b = 0; b < head_blocks; ++b) {
-    free_blocks_[b] = static_cast<int32_t>(head_blocks - 1 - b);
-  }
+  pool_ = HeadBlockPool(num_blocks_ * c.n_kv_heads, layer_end_ - layer_begin_, c.n_kv_heads);
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return absl::OkStatus();
 }
@@ -62,11 +58,8 @@ absl::Status CudaLlamaModel::InitPool() {
 int64_t CudaLlamaModel::CacheLength(uint64_t id, int layer) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end() || layer < layer_begin_ || layer >= layer_end_) return -1;
-  int64_t len = 0;  // the longest KV head (every head's length without per-head budgets)
-  for (int g = 0; g < config_.n_kv_heads; ++g) {
-    len = std::max(len, it->second.lengths[hi(li(layer), g)]);
-  }
-  return len;
+  // The longest KV head (every head's length without per-head budgets).
+  return pool_.MaxLength(it->second.kv, li(layer));
 }
 
 int64_t CudaLlamaModel::logical_position(uint64_t id) const {
@@ -74,20 +67,10 @@ int64_t CudaLlamaModel::logical_position(uint64_t id) const {
   return it == sequences_.end() ? -1 : it->second.position;
 }
 
-void CudaLlamaModel::FreeBlocks(const std::vector<int32_t>& blocks) {
-  free_blocks_.insert(free_blocks_.end(), blocks.begin(), blocks.end());
-}
-
-std::vector<int32_t> CudaLlamaModel::TakeBlocks(int64_t n) {
-  std::vector<int32_t> taken(free_blocks_.end() - n, free_blocks_.end());
-  free_blocks_.resize(free_blocks_.size() - n);
-  return taken;
-}
-
 void CudaLlamaModel::ReleaseSequence(uint64_t id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
-  for (const std::vector<int32_t>& blocks : it->second.blocks) FreeBlocks(blocks);
+  pool_.Release(it->second.kv);
   sequences_.erase(it);
 }
 
@@ -108,43 +91,16 @@ absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt
     return absl::FailedPreconditionError(absl::StrCat("cuda engine: layer ", layer, " holds ", len,
                                                       " tokens, not the prompt's ", prompt_len));
   }
-  const int kvh = config_.n_kv_heads;
-  if (static_cast<int>(kept.size()) != kvh) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cuda engine: compact got ", kept.size(), " head lists, want ", kvh));
-  }
   // Each KV head keeps its own count (per-head budgets) in ceil(count / 16) fresh head-blocks.
-  int64_t need = 0;
-  for (int g = 0; g < kvh; ++g) {
-    const int64_t head_len = s.lengths[hi(li(layer), g)];
-    const std::vector<int32_t>& k = kept[g];
-    for (size_t j = 0; j < k.size(); ++j) {
-      if (k[j] < 0 || k[j] >= head_len || (j > 0 && k[j] <= k[j - 1])) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("cuda engine: compact slot ", k[j], " of head ", g,
-                         " not increasing or outside [0, ", head_len, ")"));
-      }
-    }
-    need += CeilDiv(static_cast<int64_t>(k.size()), kBlock);
-  }
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cuda engine: compacting needs ", need, " head-blocks, ", free_blocks_.size(), " free"));
-  }
-  std::vector<std::vector<int32_t>> src(kvh), dst(kvh);
-  for (int g = 0; g < kvh; ++g) {
-    src[g] = s.blocks[hi(li(layer), g)];
-    dst[g] = TakeBlocks(CeilDiv(static_cast<int64_t>(kept[g].size()), kBlock));
-  }
-  if (absl::Status st = CopyHeadSlots(src, kept, dst); !st.ok()) {
-    for (const std::vector<int32_t>& b : dst) FreeBlocks(b);
+  const int64_t l = li(layer);
+  ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> fresh, pool_.TakeForKept(s.kv, l, kept));
+  std::vector<std::vector<int32_t>> src(config_.n_kv_heads);
+  for (int g = 0; g < config_.n_kv_heads; ++g) src[g] = s.kv.blocks[pool_.Index(l, g)];
+  if (absl::Status st = CopyHeadSlots(src, kept, fresh); !st.ok()) {
+    for (const std::vector<int32_t>& b : fresh) pool_.Free(b);
     return st;
   }
-  for (int g = 0; g < kvh; ++g) {
-    FreeBlocks(src[g]);
-    s.blocks[hi(li(layer), g)] = std::move(dst[g]);
-    s.lengths[hi(li(layer), g)] = static_cast<int64_t>(kept[g].size());
-  }
+  pool_.FinishCompact(s.kv, l, std::move(fresh), kept);
   return absl::OkStatus();
 }
 
@@ -187,30 +143,22 @@ absl::Status CudaLlamaModel::CopySequence(uint64_t from, uint64_t to) {
   if (sequences_.contains(to)) {
     return absl::AlreadyExistsError(absl::StrCat("cuda engine: sequence ", to, " exists"));
   }
-  const Sequence& src = it->second;
-  int64_t need = 0;
-  for (const std::vector<int32_t>& blocks : src.blocks) need += blocks.size();
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("cuda engine: copying sequence ", from,
-                                                     " needs ", need, " KV head-blocks, ",
-                                                     free_blocks_.size(), " free"));
-  }
+  const HeadTables& src = it->second.kv;
   Sequence copy;
-  copy.position = src.position;
-  copy.lengths = src.lengths;
-  copy.blocks.resize(src.blocks.size());
+  copy.position = it->second.position;
+  ASSIGN_OR_RETURN(copy.kv, pool_.TakeCopyOf(src));
   const int kvh = config_.n_kv_heads;
-  for (size_t j = 0; j < src.blocks.size(); ++j) copy.blocks[j] = TakeBlocks(src.blocks[j].size());
   for (int64_t l = 0; l < layer_end_ - layer_begin_; ++l) {
     std::vector<std::vector<int32_t>> heads_src(kvh), identity(kvh), heads_dst(kvh);
     for (int g = 0; g < kvh; ++g) {
-      heads_src[g] = src.blocks[hi(l, g)];
-      heads_dst[g] = copy.blocks[hi(l, g)];
-      identity[g].resize(src.lengths[hi(l, g)]);  // every slot of the head, in place
+      const int64_t j = pool_.Index(l, g);
+      heads_src[g] = src.blocks[j];
+      heads_dst[g] = copy.kv.blocks[j];
+      identity[g].resize(src.lengths[j]);  // every slot of the head, in place
       for (size_t t = 0; t < identity[g].size(); ++t) identity[g][t] = static_cast<int32_t>(t);
     }
     if (absl::Status st = CopyHeadSlots(heads_src, identity, heads_dst); !st.ok()) {
-      for (const std::vector<int32_t>& b : copy.blocks) FreeBlocks(b);
+      pool_.Release(copy.kv);
       return st;
     }
   }
@@ -232,8 +180,8 @@ std::unique_ptr<KvCache> CudaLlamaModel::CacheCopy(uint64_t id) const {
     std::vector<std::vector<int32_t>> rows(kvh);
     bool ragged = false;
     for (int g = 0; g < kvh; ++g) {
-      const int64_t head_len = it->second.lengths[hi(li(l), g)];
-      const std::vector<int32_t>& blocks = it->second.blocks[hi(li(l), g)];
+      const int64_t head_len = it->second.kv.lengths[pool_.Index(li(l), g)];
+      const std::vector<int32_t>& blocks = it->second.kv.blocks[pool_.Index(li(l), g)];
       std::vector<uint16_t> kb(blocks.size() * run), vb(kb.size());
       for (size_t j = 0; j < blocks.size(); ++j) {
         const int64_t off = int64_t{blocks[j]} * run;

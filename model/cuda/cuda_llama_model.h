@@ -8,11 +8,12 @@
 //
 // KV cache: ONE paged bf16 pool shared by all layers of the stage (16-token blocks of
 // [n_kv_heads, 16, head_dim], K and V), handed out per KV head: every sequence has one table of
-// head-blocks (16 rows of one KV head; kernels/cuda/paged_kv.cuh) per (layer, KV head), so layers
-// and the KV heads of one layer hold different numbers of tokens after XKV eviction (per-head
-// budgets), and memory freed by one serves any other (per-layer pools would strand what XKV
-// saves). A KV head holding n tokens owns ceil(n / 16) head-blocks: at most 15 rows of rounding per
-// (sequence, layer, KV head); a full cache (every head equal) holds exactly what whole blocks did.
+// head-blocks (16 rows of one KV head; kernels/cuda/paged_kv.cuh) per (layer, KV head)
+// (model/head_block_pool.h), so layers and the KV heads of one layer hold different numbers of
+// tokens after XKV eviction (per-head budgets), and memory freed by one serves any other
+// (per-layer pools would strand what XKV saves). A KV head holding n tokens owns ceil(n / 16)
+// head-blocks: at most 15 rows of rounding per (sequence, layer, KV head); a full cache (every
+// head equal) holds exactly what whole blocks did.
 //
 // A step: sequences with one new token each run the batched split-K decode attention; others
 // the flash prefill kernel. Decode steps replay a CUDA graph per (batch size, context bucket).
@@ -41,6 +42,7 @@
 #include "kernels/cuda/paged_kv.cuh"
 #include "model/gguf.h"
 #include "model/gpu_memory_budget.h"
+#include "model/head_block_pool.h"
 #include "model/model_config.h"
 #include "model/stage_engine.h"
 
@@ -142,7 +144,7 @@ class CudaLlamaModel : public StageEngine {
   // Free memory in whole blocks (free head-blocks / n_kv_heads, rounded down), and in head-blocks
   // (the pool's unit: num_kv_blocks() * n_kv_heads when no sequence is held).
   int64_t free_kv_blocks() const { return free_kv_head_blocks() / config_.n_kv_heads; }
-  int64_t free_kv_head_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
+  int64_t free_kv_head_blocks() const { return pool_.free_blocks(); }
   int64_t logical_position(uint64_t id) const;  // tokens fed so far (-1 when unknown)
   cudaStream_t stream() const { return stream_; }
 
@@ -164,10 +166,7 @@ class CudaLlamaModel : public StageEngine {
   };
   struct Sequence {
     int64_t position = 0;  // logical tokens fed so far
-    // [(layer - layer_begin) * n_kv_heads + KV head] (hi()): that head's head-block ids in slot
-    // order, and its cache slots.
-    std::vector<std::vector<int32_t>> blocks;
-    std::vector<int64_t> lengths;
+    HeadTables kv;         // per (layer - layer_begin, KV head): head-blocks and slots
   };
   // One step's plan, filled by Prepare.
   struct StepPlan {
@@ -241,9 +240,6 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Commit(const StepPlan& plan);  // lengths after a successful step
   void Rollback(const StepPlan& plan);        // frees blocks taken by a failed step
   int64_t GraphBucket(int64_t max_kv_len) const;
-  void FreeBlocks(const std::vector<int32_t>& blocks);
-  // Takes n head-blocks off the free list (the caller checked there are enough).
-  std::vector<int32_t> TakeBlocks(int64_t n);
   // One layer, every KV head g: copies slots kept[g][s] of head g's head-blocks src[g] into slot s
   // of its head-blocks dst[g] (disjoint from every src), K and V; synchronises.
   absl::Status CopyHeadSlots(absl::Span<const std::vector<int32_t>> src,
@@ -253,8 +249,6 @@ class CudaLlamaModel : public StageEngine {
   const int32_t* TableRow(int layer, int64_t i) const;
   const int32_t* KvLens(int layer, int64_t i) const;  // device int32 [n_kv_heads] of sequence i
   int64_t li(int layer) const { return layer - layer_begin_; }
-  // Index of (local layer l, KV head g) in Sequence::blocks / lengths.
-  int64_t hi(int64_t l, int g) const { return l * config_.n_kv_heads + g; }
 
   ModelConfig config_;
   CudaEngineOptions options_;
@@ -266,13 +260,13 @@ class CudaLlamaModel : public StageEngine {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::CublasHandle> cublas_;
   std::vector<void*> allocations_;
-  std::vector<Layer> layers_;           // [layer - layer_begin]
-  cuda::PagedKvLayer cache_;            // the shared pool, per-KV-head tables
-  __nv_bfloat16* embedding_ = nullptr;  // device bf16 [vocab, hidden] (first stage)
-  __nv_bfloat16* lm_head_ = nullptr;    // device bf16 [vocab, hidden] (last stage)
-  float* output_norm_ = nullptr;        // device fp32 [hidden]
-  std::vector<int32_t> free_blocks_;
-  absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
+  std::vector<Layer> layers_;                          // [layer - layer_begin]
+  cuda::PagedKvLayer cache_;                           // the shared pool, per-KV-head tables
+  __nv_bfloat16* embedding_ = nullptr;                 // device bf16 [vocab, hidden] (first stage)
+  __nv_bfloat16* lm_head_ = nullptr;                   // device bf16 [vocab, hidden] (last stage)
+  float* output_norm_ = nullptr;                       // device fp32 [hidden]
+  HeadBlockPool pool_;                                 // the pool's head-blocks and who holds them
+  absl::node_hash_map<uint64_t, Sequence> sequences_;  // node: StepPlan keeps pointers
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
 
   // Per-step device inputs (fixed addresses: graphs replay them).

@@ -77,19 +77,20 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   int64_t need = 0;  // head-blocks: every (layer, KV head) grows by n_new slots
   for (const auto& [id, n_new] : seqs) {
     auto it = sequences_.find(id);
-    for (int64_t j = 0; j < L * kvh; ++j) {
-      const int64_t len = (it == sequences_.end() ? 0 : it->second.lengths[j]) + n_new;
-      if (len > options_.max_seq_len) {
-        return absl::OutOfRangeError(absl::StrCat("cuda engine: sequence ", id, " would hold ", len,
-                                                  " slots (max ", options_.max_seq_len, ")"));
-      }
-      const int64_t held = it == sequences_.end() ? 0 : it->second.blocks[j].size();
-      need += CeilDiv(len, kBlock) - held;
+    const HeadTables* kv = it == sequences_.end() ? nullptr : &it->second.kv;
+    const int64_t held = kv == nullptr || kv->lengths.empty()
+                             ? 0
+                             : *std::max_element(kv->lengths.begin(), kv->lengths.end());
+    if (held + n_new > options_.max_seq_len) {
+      return absl::OutOfRangeError(absl::StrCat("cuda engine: sequence ", id, " would hold ",
+                                                held + n_new, " slots (max ", options_.max_seq_len,
+                                                ")"));
     }
+    need += pool_.GrowthNeed(kv != nullptr && !kv->blocks.empty() ? kv : nullptr, n_new);
   }
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
+  if (need > pool_.free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "cuda engine: the step needs ", need, " KV head-blocks, ", free_blocks_.size(), " free"));
+        "cuda engine: the step needs ", need, " KV head-blocks, ", pool_.free_blocks(), " free"));
   }
   // Nothing can fail below this line except device copies.
   *plan = StepPlan{};
@@ -103,10 +104,8 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   for (int64_t i = 0; i < b; ++i) {
     const auto [id, n_new] = seqs[i];
     Sequence& s = sequences_[id];
-    if (s.blocks.empty()) {
-      s.blocks.resize(L * kvh);
-      s.lengths.assign(L * kvh, 0);
-    }
+    if (s.kv.blocks.empty()) s.kv = pool_.NewTables();
+    pool_.Grow(s.kv, n_new);
     plan->seqs.push_back(&s);
     plan->n_new.push_back(n_new);
     plan->row0.push_back(row);
@@ -115,16 +114,11 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     for (int64_t t = 0; t < n_new; ++t) h_positions_[row + t] = s.position + t;
     for (int64_t l = 0; l < L; ++l) {
       for (int g = 0; g < kvh; ++g) {  // each KV head grows after its own slots
-        const int64_t len = s.lengths[hi(l, g)] + n_new;
-        std::vector<int32_t>& blocks = s.blocks[hi(l, g)];
-        while (static_cast<int64_t>(blocks.size()) < CeilDiv(len, kBlock)) {
-          blocks.push_back(free_blocks_.back());
-          free_blocks_.pop_back();
-        }
+        const int64_t j = pool_.Index(l, g), len = s.kv.lengths[j] + n_new;
+        const std::vector<int32_t>& blocks = s.kv.blocks[j];
         for (int64_t t = 0; t < n_new; ++t) {
-          const int64_t slot = s.lengths[hi(l, g)] + t;
           h_slots_[(l * max_n + row + t) * kvh + g] =
-              int64_t{blocks[slot / kBlock]} * kBlock + slot % kBlock;
+              HeadBlockPool::HeadSlot(s.kv, j, s.kv.lengths[j] + t);
         }
         std::copy(blocks.begin(), blocks.end(),
                   h_tables_ + ((l * max_b + i) * kvh + g) * max_blocks_per_seq_);
@@ -175,15 +169,7 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
 }
 
 void CudaLlamaModel::Rollback(const StepPlan& plan) {
-  for (Sequence* s : plan.seqs) {
-    for (size_t j = 0; j < s->blocks.size(); ++j) {
-      std::vector<int32_t>& blocks = s->blocks[j];
-      const int64_t keep = CeilDiv(s->lengths[j], kBlock);
-      if (static_cast<int64_t>(blocks.size()) <= keep) continue;
-      free_blocks_.insert(free_blocks_.end(), blocks.begin() + keep, blocks.end());
-      blocks.resize(keep);
-    }
-  }
+  for (Sequence* s : plan.seqs) pool_.Trim(s->kv);
 }
 
 absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
@@ -195,7 +181,7 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
   for (int64_t i = 0; i < plan.b; ++i) {
     for (int64_t l = 0; l < L; ++l) {
       for (int g = 0; g < kvh; ++g) {
-        plan.seqs[i]->lengths[hi(l, g)] = plan.kv_len[(l * plan.b + i) * kvh + g];
+        plan.seqs[i]->kv.lengths[pool_.Index(l, g)] = plan.kv_len[(l * plan.b + i) * kvh + g];
       }
     }
     plan.seqs[i]->position += plan.n_new[i];
