@@ -53,10 +53,6 @@ const char* const kTexts[] = {
     "chloroplasts. The oxygen is released into the atmosphere. In summary,",
 };
 
-double RangeDiff(const std::vector<float>& got, const std::vector<float>& want) {
-  return gpu_test::RelDiff(got.data(), want.data(), static_cast<int64_t>(want.size()));
-}
-
 double RelL2(const float* got, const float* want, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -64,14 +60,6 @@ double RelL2(const float* got, const float* want, int64_t n) {
     den += double(want[i]) * want[i];
   }
   return n == 0 ? 0.0 : std::sqrt(num / std::max(den, 1e-30));
-}
-
-// Top-2 margin of the logits as a fraction of their range.
-double Margin(const std::vector<float>& logits) {
-  std::vector<float> v = logits;
-  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-  const auto [lo, hi] = std::minmax_element(logits.begin(), logits.end());
-  return (v[0] - v[1]) / std::max(1e-30f, *hi - *lo);
 }
 
 // One step of `toks` through the whole model; the last token's logits.
@@ -251,16 +239,11 @@ TEST(PerHeadEngineTest, PerHeadCompactionDecodesLikeTheCpu) {
     int agree = 0;
     while (agree < kGenTokens && got->tokens[agree] == want->tokens[agree]) ++agree;
     if (agree < kGenTokens) {
-      EXPECT_LT(Margin(want->logits[agree]), kTieMargin) << text << " parts at " << agree;
+      EXPECT_LT(gpu_test::TopTwoMargin(want->logits[agree]), kTieMargin)
+          << text << " parts at " << agree;
     }
-    double worst = 0;
-    int decided = 0, decided_equal = 0;
-    for (int t = 0; t < kGenTokens; ++t) {
-      worst = std::max(worst, RangeDiff(forced->logits[t], want->logits[t]));
-      if (Margin(want->logits[t]) < kTieMargin) continue;
-      ++decided;
-      decided_equal += forced->tokens[t] == want->tokens[t];
-    }
+    const auto [worst, decided, decided_equal] = gpu_test::CompareForced(
+        forced->logits, forced->tokens, want->logits, want->tokens, kTieMargin);
     EXPECT_LE(worst, kRelTol) << text;
     EXPECT_EQ(decided_equal, decided) << text;
     std::printf(
