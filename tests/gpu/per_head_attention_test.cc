@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ostream>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -78,6 +80,12 @@ struct HeadPrefillCase {
   int64_t n_new;
 };
 
+// Stable test names (ctest lists the parameter): shape and the first two head lengths.
+void PrintTo(const HeadPrefillCase& c, std::ostream* os) {
+  *os << c.heads << "q" << c.kv_heads << "kv" << c.head_dim << "d_past" << c.past[0] << "_"
+      << c.past[1] << "_new" << c.n_new;
+}
+
 class PerHeadPrefillTest : public ::testing::TestWithParam<HeadPrefillCase> {};
 
 TEST_P(PerHeadPrefillTest, MatchesCpuHeadByHead) {
@@ -133,6 +141,11 @@ struct HeadDecodeCase {
   int heads, kv_heads, head_dim;
   std::vector<std::vector<int64_t>> lens;  // [sequence][KV head], the new token included
 };
+
+void PrintTo(const HeadDecodeCase& c, std::ostream* os) {
+  *os << c.heads << "q" << c.kv_heads << "kv" << c.head_dim << "d_seqs" << c.lens.size() << "_len"
+      << c.lens[0][0] << "_" << c.lens[0][1];
+}
 
 class PerHeadDecodeTest : public ::testing::TestWithParam<HeadDecodeCase> {};
 
