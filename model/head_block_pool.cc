@@ -42,14 +42,17 @@ int64_t HeadBlockPool::GrowthNeed(const HeadTables* t, int64_t n_new) const {
   return need;
 }
 
-void HeadBlockPool::Grow(HeadTables& t, int64_t n_new) {
+int64_t HeadBlockPool::Grow(HeadTables& t, int64_t n_new) {
+  int64_t taken = 0;
   for (size_t j = 0; j < t.blocks.size(); ++j) {
     std::vector<int32_t>& blocks = t.blocks[j];
     while (static_cast<int64_t>(blocks.size()) < BlocksFor(t.lengths[j] + n_new)) {
       blocks.push_back(free_.back());
       free_.pop_back();
+      ++taken;
     }
   }
+  return taken;
 }
 
 void HeadBlockPool::Trim(HeadTables& t) {

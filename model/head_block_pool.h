@@ -50,8 +50,9 @@ class HeadBlockPool {
   // takes (each head after its own rows).
   int64_t GrowthNeed(const HeadTables* t, int64_t n_new) const;
   // Appends head-blocks so every head holds length + n_new slots (lengths unchanged: the caller
-  // sets them once the step succeeded). The caller checked GrowthNeed <= free_blocks().
-  void Grow(HeadTables& t, int64_t n_new);
+  // sets them once the step succeeded); returns how many it took. The caller checked
+  // GrowthNeed <= free_blocks().
+  int64_t Grow(HeadTables& t, int64_t n_new);
   // Gives back every head-block past each head's length (a failed or scores-only step).
   void Trim(HeadTables& t);
   // Head-slot (head_block * 16 + row) of slot `slot` of table `index` (slot < blocks * 16).

@@ -101,6 +101,7 @@ absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt
     return st;
   }
   pool_.FinishCompact(s.kv, l, std::move(fresh), kept);
+  s.epoch = ++next_epoch_;  // new head-blocks: the step slots' tables are stale
   return absl::OkStatus();
 }
 
@@ -146,6 +147,7 @@ absl::Status CudaLlamaModel::CopySequence(uint64_t from, uint64_t to) {
   const HeadTables& src = it->second.kv;
   Sequence copy;
   copy.position = it->second.position;
+  copy.epoch = ++next_epoch_;
   ASSIGN_OR_RETURN(copy.kv, pool_.TakeCopyOf(src));
   const int kvh = config_.n_kv_heads;
   for (int64_t l = 0; l < layer_end_ - layer_begin_; ++l) {

@@ -158,6 +158,7 @@ absl::Status CudaLlamaModel::InitCache() {
   RETURN_IF_ERROR(Alloc(L * max_b * kvh * max_blocks_per_seq_, &d_tables_));
   RETURN_IF_ERROR(Alloc(L * max_b * kvh, &d_kv_lens_));
   RETURN_IF_ERROR(Alloc(max_b, &d_next_));
+  slot_epoch_.assign(max_b, 0);
   CUDA_RETURN_IF_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&h_tokens_), max_n * sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(

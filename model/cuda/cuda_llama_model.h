@@ -167,6 +167,10 @@ class CudaLlamaModel : public StageEngine {
   struct Sequence {
     int64_t position = 0;  // logical tokens fed so far
     HeadTables kv;         // per (layer - layer_begin, KV head): head-blocks and slots
+    // Renewed (from next_epoch_) whenever a head-block id in kv changes: a step slot whose tables
+    // were last filled at this epoch still holds them (host mirror and device), so they are not
+    // copied again.
+    uint64_t epoch = 0;
   };
   // One step's plan, filled by Prepare.
   struct StepPlan {
@@ -212,8 +216,9 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
                        const std::vector<bool>& observe, bool scores_only,
                        absl::Span<const int32_t> tokens, StepPlan* plan);
-  // table_width: block ids per table row to copy (the step's longest table).
-  absl::Status UploadStep(int64_t n, int64_t b, int64_t table_width,
+  // widths[i]: block ids per table row of step sequence i to copy; 0: its slot's tables are
+  // current on the device already.
+  absl::Status UploadStep(int64_t n, int64_t b, absl::Span<const int64_t> widths,
                           absl::Span<const int32_t> tokens);
   absl::Status EmbedOnDevice(absl::Span<const int32_t> tokens);  // into hidden_
   // RunLayers on hidden_; `host` (optional) is copied in first and receives the rows after.
@@ -260,13 +265,15 @@ class CudaLlamaModel : public StageEngine {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::CublasHandle> cublas_;
   std::vector<void*> allocations_;
-  std::vector<Layer> layers_;                          // [layer - layer_begin]
-  cuda::PagedKvLayer cache_;                           // the shared pool, per-KV-head tables
-  __nv_bfloat16* embedding_ = nullptr;                 // device bf16 [vocab, hidden] (first stage)
-  __nv_bfloat16* lm_head_ = nullptr;                   // device bf16 [vocab, hidden] (last stage)
-  float* output_norm_ = nullptr;                       // device fp32 [hidden]
-  HeadBlockPool pool_;                                 // the pool's head-blocks and who holds them
-  absl::node_hash_map<uint64_t, Sequence> sequences_;  // node: StepPlan keeps pointers
+  std::vector<Layer> layers_;           // [layer - layer_begin]
+  cuda::PagedKvLayer cache_;            // the shared pool, per-KV-head tables
+  __nv_bfloat16* embedding_ = nullptr;  // device bf16 [vocab, hidden] (first stage)
+  __nv_bfloat16* lm_head_ = nullptr;    // device bf16 [vocab, hidden] (last stage)
+  float* output_norm_ = nullptr;        // device fp32 [hidden]
+  HeadBlockPool pool_;                  // the pool's head-blocks and who holds them
+  uint64_t next_epoch_ = 0;
+  std::vector<uint64_t> slot_epoch_;  // [max_batch]: Sequence::epoch of the tables in step slot i
+  absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
 
   // Per-step device inputs (fixed addresses: graphs replay them).

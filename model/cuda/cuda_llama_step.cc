@@ -100,12 +100,16 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   plan->reread.assign(b, std::nullopt);
   plan->kv_len.assign(L * b * kvh, 0);
   plan->kv_max.assign(L * b, 0);
-  int64_t row = 0, table_width = 0;  // block ids per table row the step's kernels can read
+  int64_t row = 0;
+  std::vector<int64_t> widths(b, 0);  // block ids per table row to copy (0: current already)
   for (int64_t i = 0; i < b; ++i) {
     const auto [id, n_new] = seqs[i];
     Sequence& s = sequences_[id];
     if (s.kv.blocks.empty()) s.kv = pool_.NewTables();
-    pool_.Grow(s.kv, n_new);
+    if (pool_.Grow(s.kv, n_new) > 0 || s.epoch == 0) s.epoch = ++next_epoch_;
+    // Decode steps mostly keep their tables: only a new head-block (every 16 tokens per head), a
+    // compaction or another sequence in the slot makes them travel again.
+    const bool fill = slot_epoch_[i] != s.epoch;
     plan->seqs.push_back(&s);
     plan->n_new.push_back(n_new);
     plan->row0.push_back(row);
@@ -120,9 +124,11 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
           h_slots_[(l * max_n + row + t) * kvh + g] =
               HeadBlockPool::HeadSlot(s.kv, j, s.kv.lengths[j] + t);
         }
-        std::copy(blocks.begin(), blocks.end(),
-                  h_tables_ + ((l * max_b + i) * kvh + g) * max_blocks_per_seq_);
-        table_width = std::max<int64_t>(table_width, blocks.size());
+        if (fill) {
+          std::copy(blocks.begin(), blocks.end(),
+                    h_tables_ + ((l * max_b + i) * kvh + g) * max_blocks_per_seq_);
+          widths[i] = std::max<int64_t>(widths[i], blocks.size());
+        }
         h_kv_lens_[(l * max_b + i) * kvh + g] = static_cast<int32_t>(len);
         plan->kv_len[(l * b + i) * kvh + g] = len;
         plan->kv_max[l * b + i] = std::max(plan->kv_max[l * b + i], len);
@@ -131,11 +137,16 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     }
     row += n_new;
   }
-  return UploadStep(n, b, table_width, tokens);
+  if (absl::Status st = UploadStep(n, b, widths, tokens); !st.ok()) {
+    std::fill(slot_epoch_.begin(), slot_epoch_.end(), 0);  // what reached the device is unknown
+    return st;
+  }
+  for (int64_t i = 0; i < b; ++i) slot_epoch_[i] = plan->seqs[i]->epoch;
+  return absl::OkStatus();
 }
 
 // One (strided) copy per step input, from the pinned host mirrors Prepare filled.
-absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_width,
+absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const int64_t> widths,
                                         absl::Span<const int32_t> tokens) {
   const int64_t L = layer_end_ - layer_begin_, kvh = config_.n_kv_heads;
   if (!tokens.empty()) {
@@ -149,18 +160,28 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_slots_, slot_pitch, h_slots_, slot_pitch,
                                          n * kvh * sizeof(int64_t), L, cudaMemcpyHostToDevice,
                                          stream_));
-  // Each sequence's row only up to the longest table of the step: kernels read a row no further
-  // than its sequence's length, so the rest of max_blocks_per_seq never needs to travel.
-  // One 3D copy: [layer][sequence, KV head][block id], rows max_blocks_per_seq apart,
-  // max_batch * n_kv_heads rows a layer.
+  // The tables of each run of consecutive slots whose tables changed, up to the run's longest
+  // table (kernels read a row no further than its head's length, so the rest of
+  // max_blocks_per_seq never needs to travel): one 3D copy per run, [layer][slot, KV head][block
+  // id], rows max_blocks_per_seq apart, max_batch * n_kv_heads rows a layer.
   const size_t row_bytes = max_blocks_per_seq_ * sizeof(int32_t);
   const size_t rows = options_.max_batch * kvh;
-  cudaMemcpy3DParms tables = {};
-  tables.srcPtr = make_cudaPitchedPtr(h_tables_, row_bytes, row_bytes, rows);
-  tables.dstPtr = make_cudaPitchedPtr(d_tables_, row_bytes, row_bytes, rows);
-  tables.extent = make_cudaExtent(table_width * sizeof(int32_t), b * kvh, L);
-  tables.kind = cudaMemcpyHostToDevice;
-  CUDA_RETURN_IF_ERROR(cudaMemcpy3DAsync(&tables, stream_));
+  for (int64_t i0 = 0; i0 < b;) {
+    if (widths[i0] == 0) {
+      ++i0;
+      continue;
+    }
+    int64_t i1 = i0, width = 0;
+    for (; i1 < b && widths[i1] > 0; ++i1) width = std::max(width, widths[i1]);
+    const int64_t offset = i0 * kvh * max_blocks_per_seq_;
+    cudaMemcpy3DParms tables = {};
+    tables.srcPtr = make_cudaPitchedPtr(h_tables_ + offset, row_bytes, row_bytes, rows);
+    tables.dstPtr = make_cudaPitchedPtr(d_tables_ + offset, row_bytes, row_bytes, rows);
+    tables.extent = make_cudaExtent(width * sizeof(int32_t), (i1 - i0) * kvh, L);
+    tables.kind = cudaMemcpyHostToDevice;
+    CUDA_RETURN_IF_ERROR(cudaMemcpy3DAsync(&tables, stream_));
+    i0 = i1;
+  }
   const size_t len_pitch = options_.max_batch * kvh * sizeof(int32_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
                                          b * kvh * sizeof(int32_t), L, cudaMemcpyHostToDevice,
@@ -169,7 +190,10 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
 }
 
 void CudaLlamaModel::Rollback(const StepPlan& plan) {
-  for (Sequence* s : plan.seqs) pool_.Trim(s->kv);
+  for (Sequence* s : plan.seqs) {
+    pool_.Trim(s->kv);
+    s->epoch = ++next_epoch_;  // what the tables lost may go to another sequence
+  }
 }
 
 absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {

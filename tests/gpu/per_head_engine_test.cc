@@ -312,5 +312,62 @@ TEST(PerHeadEngineTest, BadKeptListsAreRefused) {
   EXPECT_EQ((*m)->free_kv_head_blocks(), idle);
 }
 
+// The step slots' tables are copied only when they changed (Sequence::epoch): sequences decoded
+// in a fixed order (tables reused between steps, refreshed at each new head-block and after a
+// per-head compaction) and in an order that changes every few steps (slots refilled) give the same
+// logits.
+TEST(PerHeadEngineTest, StepSlotsFollowTheirSequences) {
+  XKV_SKIP_WITHOUT_GPU();
+  ModelConfig c = Llama32_1BShape();
+  c.n_layers = 2;
+  c.n_kv_heads = 4;
+  c.vocab_size = 1000;
+  c.bos_token = 1;
+  c.eos_token = 2;
+  CudaEngineOptions o;
+  o.max_batch = 4;
+  o.max_step_tokens = 64;
+  o.max_seq_len = 128;
+  o.num_kv_blocks = 64;
+  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> fixed = CudaLlamaModel::CreateRandom(c, 5, o);
+  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> moving = CudaLlamaModel::CreateRandom(c, 5, o);
+  ASSERT_TRUE(fixed.ok() && moving.ok());
+  const std::vector<std::vector<int32_t>> prompts = {
+      std::vector<int32_t>(20, 3), std::vector<int32_t>(37, 4), std::vector<int32_t>(5, 5)};
+  std::vector<int32_t> b_kept0(10), next;
+  for (int i = 0; i < 10; ++i) b_kept0[i] = 3 * i + 1;
+  const std::vector<std::vector<int32_t>> b_kept = {b_kept0, {}, {36}, {0, 1, 2, 35, 36}};
+  for (CudaLlamaModel* m : {fixed->get(), moving->get()}) {
+    for (uint64_t id = 0; id < 3; ++id) {
+      std::vector<CudaTokenStep> step = {{id + 1, prompts[id]}};
+      ASSERT_TRUE(m->Forward(step, &next).ok());
+    }
+    ASSERT_TRUE(m->CompactLayer(2, 1, 37, b_kept).ok());  // sequence 2, layer 1: per-head counts
+  }
+  // 40 steps: every head crosses a head-block boundary at least twice.
+  for (int t = 0; t < 40; ++t) {
+    const std::vector<int32_t> feed = {static_cast<int32_t>(7 + t % 50)};
+    const int rot = (t / 3) % 3;  // the moving order changes every 3 steps
+    std::vector<CudaTokenStep> in_order, rotated;
+    for (uint64_t k = 0; k < 3; ++k) {
+      in_order.push_back({k + 1, feed});
+      rotated.push_back({(k + rot) % 3 + 1, feed});
+    }
+    std::vector<float> want, got;
+    ASSERT_TRUE((*fixed)->Forward(in_order, &next, &want).ok());
+    ASSERT_TRUE((*moving)->Forward(rotated, &next, &got).ok());
+    const int64_t vocab = c.vocab_size;
+    for (int k = 0; k < 3; ++k) {
+      const int64_t id = (k + rot) % 3;  // rotated[k]'s sequence, in_order's row id
+      EXPECT_LE(gpu_test::RelDiff(&got[k * vocab], &want[id * vocab], vocab), 1e-4)
+          << "step " << t << " sequence " << id + 1;
+    }
+  }
+  for (CudaLlamaModel* m : {fixed->get(), moving->get()}) {
+    for (uint64_t id = 1; id <= 3; ++id) m->ReleaseSequence(id);
+    EXPECT_EQ(m->free_kv_head_blocks(), 64 * 4);
+  }
+}
+
 }  // namespace
 }  // namespace xkv

@@ -92,7 +92,7 @@ TEST(HeadBlockPoolTest, PerHeadCompactionFreesWholeHeadBlocks) {
   // Decoding grows every head by one slot: the empty head takes its first head-block, the head
   // at 16 its second; the others fit.
   EXPECT_EQ(pool.GrowthNeed(&t, 1), 2);
-  pool.Grow(t, 1);
+  EXPECT_EQ(pool.Grow(t, 1), 2);
   for (int64_t& len : t.lengths) len += 1;
   ExpectConsistent(pool, {&t});
   pool.Release(t);
