@@ -261,16 +261,22 @@ TEST(PerHeadEngineTest, PerHeadCompactionDecodesLikeTheCpu) {
   }
 }
 
+// A 2-layer random model of the Llama-3.2-1B shape with 4 KV heads (a GQA group of 8).
+ModelConfig SmallRandomConfig() {
+  ModelConfig c = Llama32_1BShape();
+  c.n_layers = 2;
+  c.n_kv_heads = 4;
+  c.vocab_size = 1000;
+  c.bos_token = 1;
+  c.eos_token = 2;
+  return c;
+}
+
 // Bad kept lists change nothing: a slot outside its head, a decreasing list, a wrong head count.
 TEST(PerHeadEngineTest, BadKeptListsAreRefused) {
   XKV_SKIP_WITHOUT_GPU();
   CudaEngineOptions o = gpu_test::SmallEngineOptions(64);
-  ModelConfig c = Llama32_1BShape();
-  c.n_layers = 2;
-  c.n_kv_heads = 4;  // a GQA group of 8
-  c.vocab_size = 1000;
-  c.bos_token = 1;
-  c.eos_token = 2;
+  const ModelConfig c = SmallRandomConfig();
   absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m = CudaLlamaModel::CreateRandom(c, 3, o);
   ASSERT_TRUE(m.ok()) << m.status();
   const int64_t idle = (*m)->free_kv_head_blocks();
@@ -318,12 +324,7 @@ TEST(PerHeadEngineTest, BadKeptListsAreRefused) {
 // logits.
 TEST(PerHeadEngineTest, StepSlotsFollowTheirSequences) {
   XKV_SKIP_WITHOUT_GPU();
-  ModelConfig c = Llama32_1BShape();
-  c.n_layers = 2;
-  c.n_kv_heads = 4;
-  c.vocab_size = 1000;
-  c.bos_token = 1;
-  c.eos_token = 2;
+  const ModelConfig c = SmallRandomConfig();
   CudaEngineOptions o;
   o.max_batch = 4;
   o.max_step_tokens = 64;
