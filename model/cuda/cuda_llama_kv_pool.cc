@@ -185,11 +185,12 @@ std::unique_ptr<KvCache> CudaLlamaModel::CacheCopy(uint64_t id) const {
       const int64_t head_len = it->second.kv.lengths[pool_.Index(li(l), g)];
       const std::vector<int32_t>& blocks = it->second.kv.blocks[pool_.Index(li(l), g)];
       std::vector<uint16_t> kb(blocks.size() * run), vb(kb.size());
-      for (size_t j = 0; j < blocks.size(); ++j) {
-        const int64_t off = int64_t{blocks[j]} * run;
-        if (cudaMemcpy(kb.data() + j * run, cache_.k + off, run * 2, cudaMemcpyDeviceToHost) !=
+      for (size_t j = 0, e = 0; j < blocks.size(); j = e) {  // one copy per run of consecutive ids
+        for (e = j + 1; e < blocks.size() && blocks[e] == blocks[e - 1] + 1;) ++e;
+        const int64_t off = int64_t{blocks[j]} * run, bytes = (e - j) * run * 2;
+        if (cudaMemcpy(kb.data() + j * run, cache_.k + off, bytes, cudaMemcpyDeviceToHost) !=
                 cudaSuccess ||
-            cudaMemcpy(vb.data() + j * run, cache_.v + off, run * 2, cudaMemcpyDeviceToHost) !=
+            cudaMemcpy(vb.data() + j * run, cache_.v + off, bytes, cudaMemcpyDeviceToHost) !=
                 cudaSuccess) {
           return nullptr;
         }
