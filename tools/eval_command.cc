@@ -197,13 +197,6 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
   ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods, base));
-  for (const EvalMethod& m : options.methods) {
-    if (device >= 0 && m.kv.allocator.per_head) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("method '", m.name, "': per_head=1 needs --device cpu (the CUDA pool keeps ",
-                       "one length per layer; docs/architecture.md section 5)"));
-    }
-  }
   ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty() ? f.budgets : "0.1,0.2,0.4"));
   ASSIGN_OR_RETURN(options.modes, ParseModes(f.modes));
   if (!(f.kv_gib > 0.0 && f.kv_gib <= 1024.0)) {
@@ -340,7 +333,7 @@ int RunEval(int argc, char** argv) {
                "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
                "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=7; "
                "xkv:profile=reconstruct:mix=max scores by re-reading the context (KVzip); "
-               "xkv:per_head=1 budgets per (layer, KV head) (CPU only)");
+               "xkv:per_head=1 budgets per (layer, KV head)");
   flags.String("split", &f.split, "dev (choose parameters here) or test (report here)");
   flags.String("budgets", &f.budgets, "KV budgets as fractions of full KV bytes");
   flags.Int("seed", &f.seed, "suite seed (text positions, keys, values); mixed with the split");

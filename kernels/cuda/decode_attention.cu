@@ -257,6 +257,10 @@ absl::Status Decode(const AttentionShape& shape, const float* q, int64_t batch,
   if (absl::Status st = CheckAttentionShape(shape, cache, "cuda decode_attention"); !st.ok()) {
     return st;
   }
+  if (cache.head_table_stride != 0) {
+    return absl::InvalidArgumentError(
+        "cuda decode_attention: per-KV-head tables: launch on OneHeadView(cache) (paged_kv.cuh)");
+  }
   if (batch < 0 || batch > 65535 || max_kv_len < 1 ||
       internal::CeilDiv(max_kv_len, kKvBlockTokens) > max_blocks_per_seq ||
       out_stride < static_cast<int64_t>(shape.n_heads) * shape.head_dim) {

@@ -38,6 +38,11 @@ size_t DecodeAttentionWorkspaceBytes(int64_t batch, int n_heads, int head_dim, i
 // workspace:    device bytes [workspace_bytes] >= DecodeAttentionWorkspaceBytes(...).
 // head_dim 64 or 128; n_heads / n_kv_heads <= 8 (UNIMPLEMENTED otherwise).
 // pdl:          programmatic dependent launch of both kernels (cuda_common.cuh).
+// Per-KV-head lengths (KV heads of a layer holding different token counts): launch on
+// OneHeadView(cache) with shape {group, 1, head_dim}, batch * n_kv_heads "sequences" (sequence b's
+// KV head g is row b * n_kv_heads + g of the tables and lengths) and a contiguous q / out (rows
+// n_heads * head_dim apart): every CTA does exactly the work it does in the shared-table launch.
+// A cache with head_table_stride != 0 is refused (INVALID_ARGUMENT).
 absl::Status LaunchDecodeAttention(const AttentionShape& shape, const float* q, int64_t batch,
                                    const PagedKvLayer& cache, const int32_t* block_tables,
                                    int64_t max_blocks_per_seq, const int32_t* kv_lens,

@@ -212,8 +212,10 @@ absl::Status LaunchImportancePaged(const float* q, const PagedKvLayer& cache,
       internal::CeilDiv(shape.seq_len, kKvBlockTokens) > cache.num_blocks) {
     return absl::InvalidArgumentError("cuda importance: cache does not match the shape");
   }
-  return Run(q, internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape,
-             options, scores, workspace, stream);
+  return Run(q,
+             internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim,
+                                 cache.head_table_stride},
+             shape, options, scores, workspace, stream);
 }
 
 }  // namespace xkv::cuda

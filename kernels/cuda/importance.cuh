@@ -32,7 +32,9 @@ absl::Status LaunchImportance(const float* q, const float* k, const ImportanceSh
                               size_t workspace_bytes, cudaStream_t stream);
 
 // Same, with the keys read from a layer's paged cache (bf16, as written by LaunchKvCacheWrite):
-// block_table: device int32 [ceil(T / 16)], slots [0, T) of the sequence in prompt order.
+// block_table: device int32 [ceil(T / 16)], slots [0, T) of the sequence in prompt order
+// (per-KV-head tables when cache.head_table_stride > 0, paged_kv.cuh: every head holding the T
+// slots).
 absl::Status LaunchImportancePaged(const float* q, const PagedKvLayer& cache,
                                    const int32_t* block_table, const ImportanceShape& shape,
                                    const ImportanceOptions& options, float* scores, void* workspace,

@@ -97,6 +97,10 @@ absl::Status LaunchCompactKv(const PagedKvLayer& cache, const int32_t* src_block
                              const int32_t* kept, int64_t n_keep, const int32_t* dst_block_table,
                              cudaStream_t stream) {
   if (absl::Status st = CheckPagedKvLayer(cache, "cuda compact_kv"); !st.ok()) return st;
+  if (cache.head_table_stride != 0) {
+    return absl::InvalidArgumentError(
+        "cuda compact_kv: per-KV-head tables: compact each head on OneHeadView(cache)");
+  }
   if (n_keep < 0 || internal::CeilDiv(n_keep, kKvBlockTokens) > cache.num_blocks) {
     return absl::InvalidArgumentError(absl::StrCat("cuda compact_kv: n_keep ", n_keep,
                                                    " does not fit ", cache.num_blocks, " blocks"));

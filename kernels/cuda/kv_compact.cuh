@@ -30,6 +30,8 @@ absl::Status LaunchSelectKeptSlots(const float* scores, int n_kv_heads, int64_t 
 // dst_block_table: device int32 [ceil(n_keep / 16)]: freshly allocated blocks, disjoint from the
 //                  source blocks (copies run in parallel; overlapping tables would race). Rows of
 //                  the last destination block past n_keep are left untouched.
+// Per-KV-head tables (heads keeping different counts): one call per KV head g on
+// OneHeadView(cache) with head g's tables and kept row (head_table_stride != 0: INVALID_ARGUMENT).
 absl::Status LaunchCompactKv(const PagedKvLayer& cache, const int32_t* src_block_table,
                              const int32_t* kept, int64_t n_keep, const int32_t* dst_block_table,
                              cudaStream_t stream);

@@ -1,6 +1,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_keys.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 
 namespace xkv::cuda {
@@ -11,17 +12,17 @@ constexpr int kThreads = 128;
 // grid.x = token; threads over (kv_head, dim). k/v fp32 rows; caches bf16 paged.
 __global__ void KvCacheWriteKernel(const float* __restrict__ k, int64_t k_stride,
                                    const float* __restrict__ v, int64_t v_stride,
-                                   const int64_t* __restrict__ slot_mapping, int64_t num_slots,
-                                   int n_kv_heads, int head_dim, __nv_bfloat16* __restrict__ kc,
-                                   __nv_bfloat16* __restrict__ vc) {
+                                   const int64_t* __restrict__ slot_mapping, int64_t num_blocks,
+                                   int64_t head_table_stride, int n_kv_heads, int head_dim,
+                                   __nv_bfloat16* __restrict__ kc, __nv_bfloat16* __restrict__ vc) {
   const int64_t t = blockIdx.x;
-  const int64_t slot = slot_mapping[t];
-  if (slot < 0 || slot >= num_slots) return;
-  const int64_t block = slot / kKvBlockTokens, row = slot % kKvBlockTokens;
   const int width = n_kv_heads * head_dim;
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     const int g = i / head_dim, d = i % head_dim;
-    const int64_t dst = ((block * n_kv_heads + g) * kKvBlockTokens + row) * head_dim + d;
+    const int64_t hs =
+        internal::HeadSlotOf(slot_mapping, head_table_stride, n_kv_heads, num_blocks, t, g);
+    if (hs < 0) continue;
+    const int64_t dst = hs * head_dim + d;
     kc[dst] = __float2bfloat16_rn(k[t * k_stride + i]);
     vc[dst] = __float2bfloat16_rn(v[t * v_stride + i]);
   }
@@ -53,8 +54,8 @@ absl::Status LaunchKvCacheWrite(const float* k, int64_t k_stride, const float* v
     return absl::InvalidArgumentError("cuda kv_cache_write: null pointer");
   }
   KvCacheWriteKernel<<<static_cast<unsigned>(n_tokens), kThreads, 0, stream>>>(
-      k, k_stride, v, v_stride, slot_mapping, cache.num_blocks * kKvBlockTokens, cache.n_kv_heads,
-      cache.head_dim, cache.k, cache.v);
+      k, k_stride, v, v_stride, slot_mapping, cache.num_blocks, cache.head_table_stride,
+      cache.n_kv_heads, cache.head_dim, cache.k, cache.v);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

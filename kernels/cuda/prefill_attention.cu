@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_keys.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
 
 namespace xkv::cuda {
@@ -121,15 +122,18 @@ constexpr size_t SmemBytes() {  // Q tile + 2 stages of K and V
 // head are adjacent in launch order (they read the same K/V from L2).
 // q   fp32 [n_new, n_heads, HD] contiguous, 16-byte aligned.
 // kc  bf16 [blocks, n_kv_heads, 16, HD] (vc alike), 16-byte aligned.
-// block_table int32 [ceil(kv_len / 16)].
+// block_table int32 [ceil(kv_len / 16)] (per KV head when head_table_stride > 0, paged_kv.cuh).
+// head_kv_lens int32 [n_kv_heads] or null: KV head g's own kv_len (else `kv_len` for every head).
 // out OutT [n_new, n_heads, HD], token rows out_stride apart.
 // MT = m16 tiles per warp (1: 64-row CTAs, 2: 128-row CTAs).
 template <int HD, int MT, typename OutT>
 __global__ void __launch_bounds__(kThreads)
     FlashPrefillKernel(const float* __restrict__ q, int n_new, int n_heads, int group,
                        const __nv_bfloat16* __restrict__ kc, const __nv_bfloat16* __restrict__ vc,
-                       int n_kv_heads, const int32_t* __restrict__ block_table, int kv_len,
-                       float scale_log2, OutT* __restrict__ out, int64_t out_stride) {
+                       int n_kv_heads, const int32_t* __restrict__ block_table,
+                       int64_t head_table_stride, int all_kv_len,
+                       const int32_t* __restrict__ head_kv_lens, float scale_log2,
+                       OutT* __restrict__ out, int64_t out_stride) {
   constexpr int kBq = kQTileRows<MT>;
   constexpr int kCpr = HD / 8;  // 16-byte chunks per row
   constexpr int kTileBytes = kBk * HD * 2;
@@ -144,6 +148,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int h = blockIdx.x, g = h / group;
+  const int kv_len = head_kv_lens != nullptr ? head_kv_lens[g] : all_kv_len;
   const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kBq;
   const int past = kv_len - n_new;
   const int cta_last = min(q0 + kBq, n_new) - 1;
@@ -160,8 +165,8 @@ __global__ void __launch_bounds__(kThreads)
       const bool valid = s < kv_len;
       int64_t off = 0;
       if (valid) {
-        const int64_t blk = block_table[s >> 4];
-        off = ((blk * n_kv_heads + g) * kKvBlockTokens + (s & 15)) * HD + col * 8;
+        const int64_t hb = internal::HeadBlockOf(block_table, head_table_stride, n_kv_heads, g, s);
+        off = (hb * kKvBlockTokens + (s & 15)) * HD + col * 8;
       }
       const uint32_t dst = stage * kTileBytes + Swz<HD>(r, col);
       CpAsync16(k_s + dst, kc + off, valid);
@@ -375,17 +380,18 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD, int MT, typename OutT>
 absl::Status RunMma(const AttentionShape& shape, const float* q, int64_t n_new,
                     const PagedKvLayer& cache, const int32_t* block_table, int64_t kv_len,
-                    OutT* out, int64_t out_stride, cudaStream_t stream) {
+                    const int32_t* head_kv_lens, OutT* out, int64_t out_stride,
+                    cudaStream_t stream) {
   auto kernel = FlashPrefillKernel<HD, MT, OutT>;
   constexpr size_t smem = SmemBytes<HD, MT>();
   CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(static_cast<unsigned>(shape.n_heads),
                   static_cast<unsigned>(internal::CeilDiv(n_new, kQTileRows<MT>)));
-  kernel<<<grid, kThreads, smem, stream>>>(q, static_cast<int>(n_new), shape.n_heads,
-                                           shape.n_heads / shape.n_kv_heads, cache.k, cache.v,
-                                           cache.n_kv_heads, block_table, static_cast<int>(kv_len),
-                                           shape.scale * kLog2e, out, out_stride);
+  kernel<<<grid, kThreads, smem, stream>>>(
+      q, static_cast<int>(n_new), shape.n_heads, shape.n_heads / shape.n_kv_heads, cache.k, cache.v,
+      cache.n_kv_heads, block_table, cache.head_table_stride, static_cast<int>(kv_len),
+      head_kv_lens, shape.scale * kLog2e, out, out_stride);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -404,12 +410,15 @@ bool UseTwoMTiles(const AttentionShape& shape, int64_t n_new) {
 
 template <int HD, typename OutT>
 absl::Status RunHd(const AttentionShape& shape, const float* q, int64_t n_new,
-                   const PagedKvLayer& cache, const int32_t* block_table, int64_t kv_len, OutT* out,
-                   int64_t out_stride, cudaStream_t stream) {
+                   const PagedKvLayer& cache, const int32_t* block_table, int64_t kv_len,
+                   const int32_t* head_kv_lens, OutT* out, int64_t out_stride,
+                   cudaStream_t stream) {
   if (UseTwoMTiles(shape, n_new)) {
-    return RunMma<HD, 2>(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+    return RunMma<HD, 2>(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                         stream);
   }
-  return RunMma<HD, 1>(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+  return RunMma<HD, 1>(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                       stream);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -417,7 +426,8 @@ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 template <typename OutT>
 absl::Status Prefill(const AttentionShape& shape, const float* q, int64_t n_new,
                      const PagedKvLayer& cache, const int32_t* block_table, int64_t kv_len,
-                     OutT* out, int64_t out_stride, cudaStream_t stream) {
+                     const int32_t* head_kv_lens, OutT* out, int64_t out_stride,
+                     cudaStream_t stream) {
   if (absl::Status st = CheckAttentionShape(shape, cache, "cuda prefill_attention"); !st.ok()) {
     return st;
   }
@@ -437,9 +447,11 @@ absl::Status Prefill(const AttentionShape& shape, const float* q, int64_t n_new,
         "alignment");
   }
   if (shape.head_dim == 64) {
-    return RunHd<64>(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+    return RunHd<64>(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                     stream);
   }
-  return RunHd<128>(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+  return RunHd<128>(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                    stream);
 }
 
 }  // namespace
@@ -467,15 +479,17 @@ absl::Status CheckAttentionShape(const AttentionShape& s, const PagedKvLayer& ca
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const PagedKvLayer& cache, const int32_t* block_table,
                                     int64_t kv_len, float* out, int64_t out_stride,
-                                    cudaStream_t stream) {
-  return Prefill(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+                                    cudaStream_t stream, const int32_t* head_kv_lens) {
+  return Prefill(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                 stream);
 }
 
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const PagedKvLayer& cache, const int32_t* block_table,
                                     int64_t kv_len, __nv_bfloat16* out, int64_t out_stride,
-                                    cudaStream_t stream) {
-  return Prefill(shape, q, n_new, cache, block_table, kv_len, out, out_stride, stream);
+                                    cudaStream_t stream, const int32_t* head_kv_lens) {
+  return Prefill(shape, q, n_new, cache, block_table, kv_len, head_kv_lens, out, out_stride,
+                 stream);
 }
 
 }  // namespace xkv::cuda

@@ -28,6 +28,10 @@ using AttentionShape = ::xkv::cpu::AttentionShape;
 // block_table: device int32 [ceil(kv_len / 16)]: the sequence's blocks in slot order.
 // kv_len:      cache slots of the sequence including the n_new new ones (>= n_new >= 1), all
 //              already written (LaunchKvCacheWrite).
+// head_kv_lens (optional): device int32 [n_kv_heads], each KV head's own kv_len (>= n_new, <=
+//              kv_len; the last n_new slots of every head are the new tokens): KV heads of one
+//              layer holding different token counts (per-head tables, paged_kv.cuh).
+// Per-KV-head tables (cache.head_table_stride > 0): block_table holds n_kv_heads tables.
 // out:         device fp32 or bf16 [n_new, n_heads, head_dim], token rows `out_stride` apart
 //              (>= n_heads * head_dim); must not overlap q.
 // head_dim 64 or 128 (UNIMPLEMENTED otherwise); q, cache.k and cache.v 16-byte aligned; n_new
@@ -37,11 +41,11 @@ using AttentionShape = ::xkv::cpu::AttentionShape;
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const PagedKvLayer& cache, const int32_t* block_table,
                                     int64_t kv_len, float* out, int64_t out_stride,
-                                    cudaStream_t stream);
+                                    cudaStream_t stream, const int32_t* head_kv_lens = nullptr);
 absl::Status LaunchPrefillAttention(const AttentionShape& shape, const float* q, int64_t n_new,
                                     const PagedKvLayer& cache, const int32_t* block_table,
                                     int64_t kv_len, __nv_bfloat16* out, int64_t out_stride,
-                                    cudaStream_t stream);
+                                    cudaStream_t stream, const int32_t* head_kv_lens = nullptr);
 
 // Shared argument checks of the attention launchers (prefill and decode).
 absl::Status CheckAttentionShape(const AttentionShape& shape, const PagedKvLayer& cache,

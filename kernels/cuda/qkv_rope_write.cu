@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/paged_keys.cuh"
 #include "kernels/cuda/qkv_rope_write.cuh"
 
 namespace xkv::cuda {
@@ -23,8 +24,8 @@ __global__ void __launch_bounds__(kMaxThreads)
                        int n_kv_heads, int head_dim, int rope_dims, bool neox,
                        const float* __restrict__ cos_sin, float* __restrict__ q_out,
                        int64_t q_stride, const int64_t* __restrict__ slot_mapping,
-                       int64_t num_slots, __nv_bfloat16* __restrict__ kc,
-                       __nv_bfloat16* __restrict__ vc) {
+                       int64_t num_blocks, int64_t head_table_stride,
+                       __nv_bfloat16* __restrict__ kc, __nv_bfloat16* __restrict__ vc) {
   internal::LaunchDependents();
   internal::GridDependencyWait();
   const int64_t t = blockIdx.x;
@@ -44,27 +45,30 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int idx = (w / rest) * head_dim + rope_dims + w % rest;
     yq[idx] = xq[idx];
   }
-  const int64_t slot = slot_mapping[t];
-  if (slot < 0 || slot >= num_slots) return;
-  const int64_t block = slot / kKvBlockTokens, row = slot % kKvBlockTokens;
   const float* xk = xq + static_cast<int64_t>(n_heads) * head_dim;
   const float* xv = xk + static_cast<int64_t>(n_kv_heads) * head_dim;
-  auto dst = [&](int g, int d) {
-    return ((block * n_kv_heads + g) * kKvBlockTokens + row) * head_dim + d;
+  // Head g's destination row (paged_keys.cuh: either table layout); -1: not written.
+  auto head_slot = [&](int g) {
+    return internal::HeadSlotOf(slot_mapping, head_table_stride, n_kv_heads, num_blocks, t, g);
   };
+  auto dst = [&](int64_t hs, int d) { return hs * head_dim + d; };
   for (int w = threadIdx.x; w < n_kv_heads * half; w += blockDim.x) {
     const int g = w / half, i = w % half;
+    const int64_t hs = head_slot(g);
+    if (hs < 0) continue;
     const int d0 = i * step_first, d1 = d0 + second;
     const float2 r = Rotate(xk[g * head_dim + d0], xk[g * head_dim + d1], cs[2 * i], cs[2 * i + 1]);
-    kc[dst(g, d0)] = __float2bfloat16_rn(r.x);
-    kc[dst(g, d1)] = __float2bfloat16_rn(r.y);
+    kc[dst(hs, d0)] = __float2bfloat16_rn(r.x);
+    kc[dst(hs, d1)] = __float2bfloat16_rn(r.y);
   }
   for (int w = threadIdx.x; w < n_kv_heads * rest; w += blockDim.x) {
     const int g = w / rest, d = rope_dims + w % rest;
-    kc[dst(g, d)] = __float2bfloat16_rn(xk[g * head_dim + d]);
+    const int64_t hs = head_slot(g);
+    if (hs >= 0) kc[dst(hs, d)] = __float2bfloat16_rn(xk[g * head_dim + d]);
   }
   for (int w = threadIdx.x; w < n_kv_heads * head_dim; w += blockDim.x) {
-    vc[dst(w / head_dim, w % head_dim)] = __float2bfloat16_rn(xv[w]);
+    const int64_t hs = head_slot(w / head_dim);
+    if (hs >= 0) vc[dst(hs, w % head_dim)] = __float2bfloat16_rn(xv[w]);
   }
 }
 
@@ -96,7 +100,7 @@ absl::Status LaunchQkvRopeWrite(const float* qkv, int64_t qkv_stride, int64_t n_
       pdl, QkvRopeWriteKernel, dim3(static_cast<unsigned>(n_tokens)),
       dim3(static_cast<unsigned>(threads)), 0, stream, qkv, qkv_stride, n_heads, cache.n_kv_heads,
       cache.head_dim, rope_dims, mode == RopeMode::kNeox, cos_sin, q_out, q_stride, slot_mapping,
-      cache.num_blocks * kKvBlockTokens, cache.k, cache.v));
+      cache.num_blocks, cache.head_table_stride, cache.k, cache.v));
   return absl::OkStatus();
 }
 

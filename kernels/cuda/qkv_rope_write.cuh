@@ -18,7 +18,8 @@ namespace xkv::cuda {
 // qkv:     device fp32 [n_tokens, n_heads * head_dim + 2 * kv_dim] (Q | K | V per token row, kv_dim
 //          = cache.n_kv_heads * head_dim), rows `qkv_stride` apart.
 // cos_sin: from LaunchRopeCache. q_out: device fp32 [n_tokens, n_heads * head_dim], rows
-//          `q_stride` apart. slot_mapping: as LaunchKvCacheWrite (negative: K/V not written).
+//          `q_stride` apart. slot_mapping: as LaunchKvCacheWrite (negative: K/V not written; per
+//          (token, KV head) head-slots when cache.head_table_stride > 0).
 // head_dim is cache.head_dim; rope_dims even and <= head_dim.
 absl::Status LaunchQkvRopeWrite(const float* qkv, int64_t qkv_stride, int64_t n_tokens, int n_heads,
                                 int rope_dims, RopeMode mode, const float* cos_sin, float* q_out,

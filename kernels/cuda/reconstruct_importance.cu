@@ -132,8 +132,10 @@ absl::Status LaunchReconstructScoresPaged(const float* q, const PagedKvLayer& ca
       internal::CeilDiv(shape.past_len + shape.n_queries, kKvBlockTokens) > cache.num_blocks) {
     return absl::InvalidArgumentError("cuda reconstruct scores: cache does not match the shape");
   }
-  return Run(q, internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim}, shape,
-             scores, stream);
+  return Run(q,
+             internal::PagedKeys{cache.k, block_table, cache.n_kv_heads, cache.head_dim,
+                                 cache.head_table_stride},
+             shape, scores, stream);
 }
 
 }  // namespace xkv::cuda

@@ -26,7 +26,9 @@ absl::Status LaunchReconstructScores(const float* q, const float* k, int64_t k_h
                                      cudaStream_t stream);
 
 // Same, with the keys read from a layer's paged cache (bf16): block_table: device int32
-// [ceil((C + R) / 16)], slots [0, C) the cached context, [C, C + R) the input's own keys.
+// [ceil((C + R) / 16)], slots [0, C) the cached context, [C, C + R) the input's own keys
+// (per-KV-head tables when cache.head_table_stride > 0, paged_kv.cuh: every head holding the C + R
+// slots).
 absl::Status LaunchReconstructScoresPaged(const float* q, const PagedKvLayer& cache,
                                           const int32_t* block_table, const ReconstructShape& shape,
                                           float* scores, cudaStream_t stream);

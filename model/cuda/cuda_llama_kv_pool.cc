@@ -1,5 +1,7 @@
-// CudaLlamaModel's KV pool: one paged bf16 pool shared by every layer of the stage, the
-// sequences' per-layer block tables, compaction into fresh blocks, and an fp32 copy for tests.
+// CudaLlamaModel's KV pool: one paged bf16 pool shared by every layer of the stage, handed out in
+// head-blocks (16 rows of one KV head), the sequences' per-(layer, KV head) tables, compaction into
+// fresh head-blocks (each head its own count), and an fp32 copy for tests.
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -31,7 +33,7 @@ absl::Status CudaLlamaModel::InitPool() {
     num_blocks_ =
         static_cast<int64_t>(static_cast<double>(free_bytes) * o.kv_memory_fraction) / block_bytes;
   }
-  if (num_blocks_ < 1 || num_blocks_ > INT32_MAX / kBlock) {
+  if (num_blocks_ < 1 || num_blocks_ > INT32_MAX / kBlock / c.n_kv_heads) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cuda engine: KV pool of ", num_blocks_, " blocks is not possible"));
   }
@@ -39,16 +41,14 @@ absl::Status CudaLlamaModel::InitPool() {
   cache_.num_blocks = num_blocks_;
   cache_.n_kv_heads = c.n_kv_heads;
   cache_.head_dim = c.head_dim;
+  cache_.head_table_stride = max_blocks_per_seq_;
   absl::Status st = Alloc(num_blocks_ * block_elems, &cache_.k);
   if (st.ok()) st = Alloc(num_blocks_ * block_elems, &cache_.v);
   if (!st.ok()) {
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: no device memory for ",
                                                      num_blocks_, " KV blocks: ", st.message()));
   }
-  free_blocks_.resize(num_blocks_);
-  for (int64_t b = 0; b < num_blocks_; ++b) {
-    free_blocks_[b] = static_cast<int32_t>(num_blocks_ - 1 - b);
-  }
+  pool_ = HeadBlockPool(num_blocks_ * c.n_kv_heads, layer_end_ - layer_begin_, c.n_kv_heads);
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return absl::OkStatus();
 }
@@ -58,7 +58,8 @@ absl::Status CudaLlamaModel::InitPool() {
 int64_t CudaLlamaModel::CacheLength(uint64_t id, int layer) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end() || layer < layer_begin_ || layer >= layer_end_) return -1;
-  return it->second.lengths[li(layer)];
+  // The longest KV head (every head's length without per-head budgets).
+  return pool_.MaxLength(it->second.kv, li(layer));
 }
 
 int64_t CudaLlamaModel::logical_position(uint64_t id) const {
@@ -66,14 +67,10 @@ int64_t CudaLlamaModel::logical_position(uint64_t id) const {
   return it == sequences_.end() ? -1 : it->second.position;
 }
 
-void CudaLlamaModel::FreeBlocks(const std::vector<int32_t>& blocks) {
-  free_blocks_.insert(free_blocks_.end(), blocks.begin(), blocks.end());
-}
-
 void CudaLlamaModel::ReleaseSequence(uint64_t id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
-  for (const std::vector<int32_t>& blocks : it->second.blocks) FreeBlocks(blocks);
+  pool_.Release(it->second.kv);
   sequences_.erase(it);
 }
 
@@ -89,56 +86,52 @@ absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt
     return absl::InvalidArgumentError(absl::StrCat("cuda engine: layer ", layer, " not here"));
   }
   Sequence& s = it->second;
-  const int64_t len = s.lengths[li(layer)];
+  const int64_t len = CacheLength(id, layer);
   if (len != prompt_len) {
     return absl::FailedPreconditionError(absl::StrCat("cuda engine: layer ", layer, " holds ", len,
                                                       " tokens, not the prompt's ", prompt_len));
   }
-  const int kvh = config_.n_kv_heads;
-  if (static_cast<int>(kept.size()) != kvh) {
-    return absl::InvalidArgumentError("cuda engine: one kept list per KV head");
+  // Each KV head keeps its own count (per-head budgets) in ceil(count / 16) fresh head-blocks.
+  const int64_t l = li(layer);
+  ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> fresh, pool_.TakeForKept(s.kv, l, kept));
+  std::vector<std::vector<int32_t>> src(config_.n_kv_heads);
+  for (int g = 0; g < config_.n_kv_heads; ++g) src[g] = s.kv.blocks[pool_.Index(l, g)];
+  if (absl::Status st = CopyHeadSlots(src, kept, fresh); !st.ok()) {
+    for (const std::vector<int32_t>& b : fresh) pool_.Free(b);
+    return st;
   }
-  const int64_t n_keep = kept[0].size();
-  std::vector<int32_t> flat;
-  flat.reserve(kvh * n_keep);
-  for (const std::vector<int32_t>& k : kept) {
-    if (static_cast<int64_t>(k.size()) != n_keep) {
-      return absl::InvalidArgumentError("cuda engine: KV heads keep different counts");
-    }
-    for (size_t j = 0; j < k.size(); ++j) {
-      if (k[j] < 0 || k[j] >= len || (j > 0 && k[j] <= k[j - 1])) {
-        return absl::InvalidArgumentError("cuda engine: kept slots not increasing in range");
-      }
-    }
-    flat.insert(flat.end(), k.begin(), k.end());
-  }
-  const int64_t need = CeilDiv(n_keep, kBlock);
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError("cuda engine: no free blocks to compact into");
-  }
-  std::vector<int32_t> dst(free_blocks_.end() - need, free_blocks_.end());
-  RETURN_IF_ERROR(CopySlots(s.blocks[li(layer)], flat, n_keep, dst));
-  free_blocks_.resize(free_blocks_.size() - need);
-  FreeBlocks(s.blocks[li(layer)]);
-  s.blocks[li(layer)] = std::move(dst);
-  s.lengths[li(layer)] = n_keep;
+  pool_.FinishCompact(s.kv, l, std::move(fresh), kept);
+  s.epoch = ++next_epoch_;  // new head-blocks: the step slots' tables are stale
   return absl::OkStatus();
 }
 
-absl::Status CudaLlamaModel::CopySlots(const std::vector<int32_t>& src,
-                                       absl::Span<const int32_t> kept, int64_t n_keep,
-                                       const std::vector<int32_t>& dst) {
+absl::Status CudaLlamaModel::CopyHeadSlots(absl::Span<const std::vector<int32_t>> src,
+                                           absl::Span<const std::vector<int32_t>> kept,
+                                           absl::Span<const std::vector<int32_t>> dst) {
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  if (n_keep == 0) return absl::OkStatus();
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_, kept.data(), kept.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, stream_));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_, src.data(), src.size() * sizeof(int32_t),
-                                       cudaMemcpyHostToDevice, stream_));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + max_blocks_per_seq_, dst.data(),
-                                       dst.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                       stream_));
-  RETURN_IF_ERROR(cuda::LaunchCompactKv(cache_, compact_tables_, kept_, n_keep,
-                                        compact_tables_ + max_blocks_per_seq_, stream_));
+  const int kvh = config_.n_kv_heads;
+  const int64_t mb = max_blocks_per_seq_;
+  // Pageable sources: each copy returns once its bytes are staged.
+  for (int g = 0; g < kvh; ++g) {
+    if (kept[g].empty()) continue;
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(kept_ + g * options_.max_seq_len, kept[g].data(),
+                                         kept[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + g * mb, src[g].data(),
+                                         src[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(compact_tables_ + (kvh + g) * mb, dst[g].data(),
+                                         dst[g].size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream_));
+  }
+  // Per-KV-head tables are ordinary block tables of the one-head view (paged_kv.cuh).
+  const cuda::PagedKvLayer one_head = cuda::OneHeadView(cache_);
+  for (int g = 0; g < kvh; ++g) {
+    if (kept[g].empty()) continue;
+    RETURN_IF_ERROR(cuda::LaunchCompactKv(
+        one_head, compact_tables_ + g * mb, kept_ + g * options_.max_seq_len,
+        static_cast<int64_t>(kept[g].size()), compact_tables_ + (kvh + g) * mb, stream_));
+  }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }
@@ -151,30 +144,23 @@ absl::Status CudaLlamaModel::CopySequence(uint64_t from, uint64_t to) {
   if (sequences_.contains(to)) {
     return absl::AlreadyExistsError(absl::StrCat("cuda engine: sequence ", to, " exists"));
   }
-  const Sequence& src = it->second;
-  int64_t need = 0;
-  for (const std::vector<int32_t>& blocks : src.blocks) need += blocks.size();
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("cuda engine: copying sequence ", from,
-                                                     " needs ", need, " KV blocks, ",
-                                                     free_blocks_.size(), " free"));
-  }
+  const HeadTables& src = it->second.kv;
   Sequence copy;
-  copy.position = src.position;
-  copy.lengths = src.lengths;
+  copy.position = it->second.position;
+  copy.epoch = ++next_epoch_;
+  ASSIGN_OR_RETURN(copy.kv, pool_.TakeCopyOf(src));
   const int kvh = config_.n_kv_heads;
-  for (size_t l = 0; l < src.blocks.size(); ++l) {
-    const int64_t len = src.lengths[l];
-    std::vector<int32_t> dst(free_blocks_.end() - src.blocks[l].size(), free_blocks_.end());
-    free_blocks_.resize(free_blocks_.size() - dst.size());
-    std::vector<int32_t> identity(kvh * len);  // every slot of every head, in place
+  for (int64_t l = 0; l < layer_end_ - layer_begin_; ++l) {
+    std::vector<std::vector<int32_t>> heads_src(kvh), identity(kvh), heads_dst(kvh);
     for (int g = 0; g < kvh; ++g) {
-      for (int64_t t = 0; t < len; ++t) identity[g * len + t] = static_cast<int32_t>(t);
+      const int64_t j = pool_.Index(l, g);
+      heads_src[g] = src.blocks[j];
+      heads_dst[g] = copy.kv.blocks[j];
+      identity[g].resize(src.lengths[j]);  // every slot of the head, in place
+      for (size_t t = 0; t < identity[g].size(); ++t) identity[g][t] = static_cast<int32_t>(t);
     }
-    absl::Status st = CopySlots(src.blocks[l], identity, len, dst);
-    copy.blocks.push_back(std::move(dst));
-    if (!st.ok()) {
-      for (const std::vector<int32_t>& b : copy.blocks) FreeBlocks(b);
+    if (absl::Status st = CopyHeadSlots(heads_src, identity, heads_dst); !st.ok()) {
+      pool_.Release(copy.kv);
       return st;
     }
   }
@@ -186,34 +172,42 @@ std::unique_ptr<KvCache> CudaLlamaModel::CacheCopy(uint64_t id) const {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return nullptr;
   const int kvh = config_.n_kv_heads, hd = config_.head_dim;
-  const int64_t block_elems = int64_t{kvh} * kBlock * hd;
+  const int64_t run = kBlock * hd;  // elements of one head-block
   auto copy = std::make_unique<KvCache>(layer_begin_, layer_end_, kvh, hd);
   cudaSetDevice(options_.device);
   for (int l = layer_begin_; l < layer_end_; ++l) {
-    const int64_t len = it->second.lengths[li(l)];
-    const std::vector<int32_t>& blocks = it->second.blocks[li(l)];
-    std::vector<uint16_t> kb(blocks.size() * block_elems), vb(kb.size());
-    for (size_t j = 0; j < blocks.size(); ++j) {
-      const int64_t off = int64_t{blocks[j]} * block_elems;
-      if (cudaMemcpy(kb.data() + j * block_elems, cache_.k + off, block_elems * 2,
-                     cudaMemcpyDeviceToHost) != cudaSuccess ||
-          cudaMemcpy(vb.data() + j * block_elems, cache_.v + off, block_elems * 2,
-                     cudaMemcpyDeviceToHost) != cudaSuccess) {
-        return nullptr;
-      }
-    }
-    // bf16 [block][head][16][hd] → fp32 [slot][head][hd]
-    std::vector<float> k(len * kvh * hd), v(k.size());
-    for (int64_t s = 0; s < len; ++s) {
-      for (int g = 0; g < kvh; ++g) {
-        const int64_t src = (s / kBlock) * block_elems + (int64_t{g} * kBlock + s % kBlock) * hd;
-        for (int d = 0; d < hd; ++d) {
-          k[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(kb[src + d]);
-          v[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(vb[src + d]);
+    const int64_t len = CacheLength(id, l);
+    // fp32 [slot][head][hd]; rows of a head past its own length stay zero and are dropped below.
+    std::vector<float> k(len * kvh * hd, 0.f), v(k.size(), 0.f);
+    std::vector<std::vector<int32_t>> rows(kvh);
+    bool ragged = false;
+    for (int g = 0; g < kvh; ++g) {
+      const int64_t head_len = it->second.kv.lengths[pool_.Index(li(l), g)];
+      const std::vector<int32_t>& blocks = it->second.kv.blocks[pool_.Index(li(l), g)];
+      std::vector<uint16_t> kb(blocks.size() * run), vb(kb.size());
+      for (size_t j = 0, e = 0; j < blocks.size(); j = e) {  // one copy per run of consecutive ids
+        for (e = j + 1; e < blocks.size() && blocks[e] == blocks[e - 1] + 1;) ++e;
+        const int64_t off = int64_t{blocks[j]} * run, bytes = (e - j) * run * 2;
+        if (cudaMemcpy(kb.data() + j * run, cache_.k + off, bytes, cudaMemcpyDeviceToHost) !=
+                cudaSuccess ||
+            cudaMemcpy(vb.data() + j * run, cache_.v + off, bytes, cudaMemcpyDeviceToHost) !=
+                cudaSuccess) {
+          return nullptr;
         }
       }
+      for (int64_t s = 0; s < head_len; ++s) {
+        for (int d = 0; d < hd; ++d) {
+          k[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(kb[s * hd + d]);
+          v[(s * kvh + g) * hd + d] = cpu::Bf16ToF32(vb[s * hd + d]);
+        }
+      }
+      rows[g].resize(head_len);
+      for (int64_t s = 0; s < head_len; ++s) rows[g][s] = static_cast<int32_t>(s);
+      ragged = ragged || head_len != len;
     }
     if (!copy->Append(l, k.data(), v.data(), len, int64_t{kvh} * hd).ok()) return nullptr;
+    // Per-head counts: each head keeps its own rows (KvCache frees the padding).
+    if (ragged && !copy->Compact(l, rows).ok()) return nullptr;
   }
   return copy;
 }

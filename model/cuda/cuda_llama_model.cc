@@ -153,20 +153,22 @@ absl::Status CudaLlamaModel::InitCache() {
   // Step inputs and scratch (StepScratchBytes counts the same buffers).
   RETURN_IF_ERROR(Alloc(max_n, &d_tokens_));
   RETURN_IF_ERROR(Alloc(max_n, &d_positions_));
-  RETURN_IF_ERROR(Alloc(L * max_n, &d_slots_));
-  RETURN_IF_ERROR(Alloc(L * max_b * max_blocks_per_seq_, &d_tables_));
-  RETURN_IF_ERROR(Alloc(L * max_b, &d_kv_lens_));
+  const int64_t kvh = c.n_kv_heads;
+  RETURN_IF_ERROR(Alloc(L * max_n * kvh, &d_slots_));
+  RETURN_IF_ERROR(Alloc(L * max_b * kvh * max_blocks_per_seq_, &d_tables_));
+  RETURN_IF_ERROR(Alloc(L * max_b * kvh, &d_kv_lens_));
   RETURN_IF_ERROR(Alloc(max_b, &d_next_));
+  slot_epoch_.assign(max_b, 0);
   CUDA_RETURN_IF_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&h_tokens_), max_n * sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&h_positions_), max_n * sizeof(int64_t)));
   CUDA_RETURN_IF_ERROR(
-      cudaMallocHost(reinterpret_cast<void**>(&h_slots_), L * max_n * sizeof(int64_t)));
+      cudaMallocHost(reinterpret_cast<void**>(&h_slots_), L * max_n * kvh * sizeof(int64_t)));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(reinterpret_cast<void**>(&h_tables_),
-                                      L * max_b * max_blocks_per_seq_ * sizeof(int32_t)));
+                                      L * max_b * kvh * max_blocks_per_seq_ * sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(
-      cudaMallocHost(reinterpret_cast<void**>(&h_kv_lens_), L * max_b * sizeof(int32_t)));
+      cudaMallocHost(reinterpret_cast<void**>(&h_kv_lens_), L * max_b * kvh * sizeof(int32_t)));
   cuda::DeviceSamplingParams* sampling = nullptr;
   RETURN_IF_ERROR(Alloc(max_b, &sampling));
   const std::vector<cuda::DeviceSamplingParams> greedy(max_b);  // temperature 0: greedy
@@ -192,7 +194,7 @@ absl::Status CudaLlamaModel::InitCache() {
   workspace_ = ws;
   RETURN_IF_ERROR(Alloc(int64_t{c.n_heads} * o.max_seq_len, &scores_));
   RETURN_IF_ERROR(Alloc(int64_t{c.n_kv_heads} * o.max_seq_len, &kept_));
-  RETURN_IF_ERROR(Alloc(2 * max_blocks_per_seq_, &compact_tables_));
+  RETURN_IF_ERROR(Alloc(2 * kvh * max_blocks_per_seq_, &compact_tables_));
 
   return InitPool();
 }
@@ -201,17 +203,17 @@ int64_t CudaLlamaModel::StepScratchBytes(int64_t max_n) const {
   const ModelConfig& c = config_;
   const int64_t h = c.hidden, q_dim = int64_t{c.n_heads} * c.head_dim;
   const int64_t kv_dim = int64_t{c.n_kv_heads} * c.head_dim, f = c.ffn;
-  const int64_t max_b = options_.max_batch, L = layer_end_ - layer_begin_;
-  const int64_t per_token = 4 + 8 + 8 * L + 4 * h + 2 * std::max({h, q_dim, f}) +
+  const int64_t max_b = options_.max_batch, L = layer_end_ - layer_begin_, kvh = c.n_kv_heads;
+  const int64_t per_token = 4 + 8 + 8 * L * kvh + 4 * h + 2 * std::max({h, q_dim, f}) +
                             4 * (q_dim + 2 * kv_dim) + 4 * q_dim + 8 * f + 4 * c.rope_dims;
-  const int64_t fixed = 4 * L * max_b * max_blocks_per_seq_ + 4 * L * max_b + 4 * max_b +
-                        2 * static_cast<int64_t>(sizeof(cuda::DeviceSamplingParams)) * max_b +
-                        2 * cuda::kGemvMaxRows * f + 4 * max_b * h +
-                        (has_head_ ? 4 * max_b * c.vocab_size : 0) +
-                        static_cast<int64_t>(cuda::DecodeAttentionWorkspaceBytes(
-                            max_b, c.n_heads, c.head_dim, options_.max_seq_len)) +
-                        4 * int64_t{c.n_heads} * options_.max_seq_len +
-                        4 * int64_t{c.n_kv_heads} * options_.max_seq_len + 8 * max_blocks_per_seq_;
+  const int64_t fixed =
+      4 * L * max_b * kvh * max_blocks_per_seq_ + 4 * L * max_b * kvh + 4 * max_b +
+      2 * static_cast<int64_t>(sizeof(cuda::DeviceSamplingParams)) * max_b +
+      2 * cuda::kGemvMaxRows * f + 4 * max_b * h + (has_head_ ? 4 * max_b * c.vocab_size : 0) +
+      static_cast<int64_t>(
+          cuda::DecodeAttentionWorkspaceBytes(max_b, c.n_heads, c.head_dim, options_.max_seq_len)) +
+      4 * int64_t{c.n_heads} * options_.max_seq_len + 4 * kvh * options_.max_seq_len +
+      8 * kvh * max_blocks_per_seq_;
   return fixed + per_token * max_n;
 }
 

@@ -7,9 +7,13 @@
 // the CPU engine; norm gains fp32. Residual stream fp32; GEMM inputs bf16 with fp32 accumulation.
 //
 // KV cache: ONE paged bf16 pool shared by all layers of the stage (16-token blocks of
-// [n_kv_heads, 16, head_dim], K and V). Every sequence has one block table per layer, so layers
-// hold different numbers of tokens after XKV eviction, and memory freed in one layer serves any
-// other (per-layer pools would strand what XKV saves).
+// [n_kv_heads, 16, head_dim], K and V), handed out per KV head: every sequence has one table of
+// head-blocks (16 rows of one KV head; kernels/cuda/paged_kv.cuh) per (layer, KV head)
+// (model/head_block_pool.h), so layers and the KV heads of one layer hold different numbers of
+// tokens after XKV eviction (per-head budgets), and memory freed by one serves any other
+// (per-layer pools would strand what XKV saves). A KV head holding n tokens owns ceil(n / 16)
+// head-blocks: at most 15 rows of rounding per (sequence, layer, KV head); a full cache (every
+// head equal) holds exactly what whole blocks did.
 //
 // A step: sequences with one new token each run the batched split-K decode attention; others
 // the flash prefill kernel. Decode steps replay a CUDA graph per (batch size, context bucket).
@@ -38,6 +42,7 @@
 #include "kernels/cuda/paged_kv.cuh"
 #include "model/gguf.h"
 #include "model/gpu_memory_budget.h"
+#include "model/head_block_pool.h"
 #include "model/model_config.h"
 #include "model/stage_engine.h"
 
@@ -136,7 +141,10 @@ class CudaLlamaModel : public StageEngine {
   int64_t max_step_tokens() const { return options_.max_step_tokens; }
   // Bytes of the step scratch InitCache allocates for `max_step_tokens` (the sizing check).
   int64_t StepScratchBytes(int64_t max_step_tokens) const;
-  int64_t free_kv_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
+  // Free memory in whole blocks (free head-blocks / n_kv_heads, rounded down), and in head-blocks
+  // (the pool's unit: num_kv_blocks() * n_kv_heads when no sequence is held).
+  int64_t free_kv_blocks() const { return free_kv_head_blocks() / config_.n_kv_heads; }
+  int64_t free_kv_head_blocks() const { return pool_.free_blocks(); }
   int64_t logical_position(uint64_t id) const;  // tokens fed so far (-1 when unknown)
   cudaStream_t stream() const { return stream_; }
 
@@ -157,9 +165,12 @@ class CudaLlamaModel : public StageEngine {
     float* k_norm = nullptr;    // device fp32 [head_dim]
   };
   struct Sequence {
-    int64_t position = 0;                      // logical tokens fed so far
-    std::vector<std::vector<int32_t>> blocks;  // [layer - layer_begin]: block ids, slot order
-    std::vector<int64_t> lengths;              // [layer - layer_begin]: cache slots
+    int64_t position = 0;  // logical tokens fed so far
+    HeadTables kv;         // per (layer - layer_begin, KV head): head-blocks and slots
+    // Renewed (from next_epoch_) whenever a head-block id in kv changes: a step slot whose tables
+    // were last filled at this epoch still holds them (host mirror and device), so they are not
+    // copied again.
+    uint64_t epoch = 0;
   };
   // One step's plan, filled by Prepare.
   struct StepPlan {
@@ -169,7 +180,8 @@ class CudaLlamaModel : public StageEngine {
     int64_t max_kv_len = 0;                         // after the step, over layers and sequences
     std::vector<int64_t> n_new;                     // [b]
     std::vector<int64_t> row0;                      // [b] first row
-    std::vector<int64_t> kv_len;                    // [layers, b] slots after the step
+    std::vector<int64_t> kv_len;                    // [layers, b, n_kv_heads] slots after the step
+    std::vector<int64_t> kv_max;                    // [layers, b] the largest over KV heads
     std::vector<Sequence*> seqs;                    // [b]
     std::vector<bool> observe;                      // [b]
     std::vector<std::optional<RereadSpan>> reread;  // [b]: re-reading sequences (scores only)
@@ -204,8 +216,9 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Prepare(const std::vector<std::pair<uint64_t, int64_t>>& seqs,
                        const std::vector<bool>& observe, bool scores_only,
                        absl::Span<const int32_t> tokens, StepPlan* plan);
-  // table_width: block ids per table row to copy (the step's longest table).
-  absl::Status UploadStep(int64_t n, int64_t b, int64_t table_width,
+  // widths[i]: block ids per table row of step sequence i to copy; 0: its slot's tables are
+  // current on the device already.
+  absl::Status UploadStep(int64_t n, int64_t b, absl::Span<const int64_t> widths,
                           absl::Span<const int32_t> tokens);
   absl::Status EmbedOnDevice(absl::Span<const int32_t> tokens);  // into hidden_
   // RunLayers on hidden_; `host` (optional) is copied in first and receives the rows after.
@@ -232,12 +245,14 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Commit(const StepPlan& plan);  // lengths after a successful step
   void Rollback(const StepPlan& plan);        // frees blocks taken by a failed step
   int64_t GraphBucket(int64_t max_kv_len) const;
-  void FreeBlocks(const std::vector<int32_t>& blocks);
-  // Copies slots kept[g, s] (int32 [n_kv_heads, n_keep]) of the blocks `src` into slot s of the
-  // blocks `dst` (disjoint from src), K and V of every KV head; synchronises.
-  absl::Status CopySlots(const std::vector<int32_t>& src, absl::Span<const int32_t> kept,
-                         int64_t n_keep, const std::vector<int32_t>& dst);
-  const int32_t* TableRow(int layer, int64_t i) const;  // device table of step sequence i
+  // One layer, every KV head g: copies slots kept[g][s] of head g's head-blocks src[g] into slot s
+  // of its head-blocks dst[g] (disjoint from every src), K and V; synchronises.
+  absl::Status CopyHeadSlots(absl::Span<const std::vector<int32_t>> src,
+                             absl::Span<const std::vector<int32_t>> kept,
+                             absl::Span<const std::vector<int32_t>> dst);
+  // Device tables of step sequence i in a layer: n_kv_heads rows of max_blocks_per_seq.
+  const int32_t* TableRow(int layer, int64_t i) const;
+  const int32_t* KvLens(int layer, int64_t i) const;  // device int32 [n_kv_heads] of sequence i
   int64_t li(int layer) const { return layer - layer_begin_; }
 
   ModelConfig config_;
@@ -251,20 +266,22 @@ class CudaLlamaModel : public StageEngine {
   std::unique_ptr<cuda::CublasHandle> cublas_;
   std::vector<void*> allocations_;
   std::vector<Layer> layers_;           // [layer - layer_begin]
-  cuda::PagedKvLayer cache_;            // the shared pool
+  cuda::PagedKvLayer cache_;            // the shared pool, per-KV-head tables
   __nv_bfloat16* embedding_ = nullptr;  // device bf16 [vocab, hidden] (first stage)
   __nv_bfloat16* lm_head_ = nullptr;    // device bf16 [vocab, hidden] (last stage)
   float* output_norm_ = nullptr;        // device fp32 [hidden]
-  std::vector<int32_t> free_blocks_;
+  HeadBlockPool pool_;                  // the pool's head-blocks and who holds them
+  uint64_t next_epoch_ = 0;
+  std::vector<uint64_t> slot_epoch_;  // [max_batch]: Sequence::epoch of the tables in step slot i
   absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
 
   // Per-step device inputs (fixed addresses: graphs replay them).
   int32_t* d_tokens_ = nullptr;     // int32 [max_step_tokens]
   int64_t* d_positions_ = nullptr;  // int64 [max_step_tokens]
-  int64_t* d_slots_ = nullptr;      // int64 [layers, max_step_tokens]
-  int32_t* d_tables_ = nullptr;     // int32 [layers, max_batch, max_blocks_per_seq]
-  int32_t* d_kv_lens_ = nullptr;    // int32 [layers, max_batch]
+  int64_t* d_slots_ = nullptr;      // int64 [layers, max_step_tokens, n_kv_heads] head-slots
+  int32_t* d_tables_ = nullptr;     // int32 [layers, max_batch, n_kv_heads, max_blocks_per_seq]
+  int32_t* d_kv_lens_ = nullptr;    // int32 [layers, max_batch, n_kv_heads]
   int32_t* d_next_ = nullptr;       // int32 [max_batch]
   void* d_sampling_ = nullptr;      // DeviceSamplingParams [max_batch] (greedy)
   // Pinned host mirrors of the same.
@@ -290,7 +307,7 @@ class CudaLlamaModel : public StageEngine {
   size_t score_ws_bytes_ = 0;
   float* scores_ = nullptr;            // fp32 [kv_or_q_heads, max_seq_len] one layer's scores
   int32_t* kept_ = nullptr;            // int32 [n_kv_heads, max_seq_len] compaction
-  int32_t* compact_tables_ = nullptr;  // int32 [2, max_blocks_per_seq] src, dst
+  int32_t* compact_tables_ = nullptr;  // int32 [2, n_kv_heads, max_blocks_per_seq] src, dst
   void* staging_ = nullptr;            // raw tensor bytes during Load
   size_t staging_bytes_ = 0;
   cudaEvent_t score_start_ = nullptr, score_stop_ = nullptr;

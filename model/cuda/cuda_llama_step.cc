@@ -38,7 +38,12 @@ cuda::RopeMode ToRopeMode(RopeStyle style) {
 }  // namespace
 
 const int32_t* CudaLlamaModel::TableRow(int layer, int64_t i) const {
-  return d_tables_ + (li(layer) * options_.max_batch + i) * max_blocks_per_seq_;
+  return d_tables_ +
+         (li(layer) * options_.max_batch + i) * config_.n_kv_heads * max_blocks_per_seq_;
+}
+
+const int32_t* CudaLlamaModel::KvLens(int layer, int64_t i) const {
+  return d_kv_lens_ + (li(layer) * options_.max_batch + i) * config_.n_kv_heads;
 }
 
 int64_t CudaLlamaModel::GraphBucket(int64_t max_kv_len) const {
@@ -67,22 +72,25 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     return absl::InvalidArgumentError(absl::StrCat("cuda engine: ", n, " tokens in one step (max ",
                                                    options_.max_step_tokens, ")"));
   }
-  int64_t need = 0;
+  const int kvh = config_.n_kv_heads;
+  const int64_t max_n = options_.max_step_tokens, max_b = options_.max_batch;
+  int64_t need = 0;  // head-blocks: every (layer, KV head) grows by n_new slots
   for (const auto& [id, n_new] : seqs) {
     auto it = sequences_.find(id);
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t len = (it == sequences_.end() ? 0 : it->second.lengths[l]) + n_new;
-      if (len > options_.max_seq_len) {
-        return absl::OutOfRangeError(absl::StrCat("cuda engine: sequence ", id, " would hold ", len,
-                                                  " slots (max ", options_.max_seq_len, ")"));
-      }
-      const int64_t held = it == sequences_.end() ? 0 : it->second.blocks[l].size();
-      need += CeilDiv(len, kBlock) - held;
+    const HeadTables* kv = it == sequences_.end() ? nullptr : &it->second.kv;
+    const int64_t held = kv == nullptr || kv->lengths.empty()
+                             ? 0
+                             : *std::max_element(kv->lengths.begin(), kv->lengths.end());
+    if (held + n_new > options_.max_seq_len) {
+      return absl::OutOfRangeError(absl::StrCat("cuda engine: sequence ", id, " would hold ",
+                                                held + n_new, " slots (max ", options_.max_seq_len,
+                                                ")"));
     }
+    need += pool_.GrowthNeed(kv != nullptr && !kv->blocks.empty() ? kv : nullptr, n_new);
   }
-  if (need > static_cast<int64_t>(free_blocks_.size())) {
-    return absl::ResourceExhaustedError(absl::StrCat("cuda engine: the step needs ", need,
-                                                     " KV blocks, ", free_blocks_.size(), " free"));
+  if (need > pool_.free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cuda engine: the step needs ", need, " KV head-blocks, ", pool_.free_blocks(), " free"));
   }
   // Nothing can fail below this line except device copies.
   *plan = StepPlan{};
@@ -90,15 +98,18 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
   plan->b = b;
   plan->scores_only = scores_only;
   plan->reread.assign(b, std::nullopt);
-  plan->kv_len.assign(L * b, 0);
-  int64_t row = 0, table_width = 0;  // block ids per table row the step's kernels can read
+  plan->kv_len.assign(L * b * kvh, 0);
+  plan->kv_max.assign(L * b, 0);
+  int64_t row = 0;
+  std::vector<int64_t> widths(b, 0);  // block ids per table row to copy (0: current already)
   for (int64_t i = 0; i < b; ++i) {
     const auto [id, n_new] = seqs[i];
     Sequence& s = sequences_[id];
-    if (s.blocks.empty()) {
-      s.blocks.resize(L);
-      s.lengths.assign(L, 0);
-    }
+    if (s.kv.blocks.empty()) s.kv = pool_.NewTables();
+    if (pool_.Grow(s.kv, n_new) > 0 || s.epoch == 0) s.epoch = ++next_epoch_;
+    // Decode steps mostly keep their tables: only a new head-block (every 16 tokens per head), a
+    // compaction or another sequence in the slot makes them travel again.
+    const bool fill = slot_epoch_[i] != s.epoch;
     plan->seqs.push_back(&s);
     plan->n_new.push_back(n_new);
     plan->row0.push_back(row);
@@ -106,33 +117,38 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     plan->all_decode = plan->all_decode && n_new == 1;
     for (int64_t t = 0; t < n_new; ++t) h_positions_[row + t] = s.position + t;
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t len = s.lengths[l] + n_new;
-      std::vector<int32_t>& blocks = s.blocks[l];
-      while (static_cast<int64_t>(blocks.size()) < CeilDiv(len, kBlock)) {
-        blocks.push_back(free_blocks_.back());
-        free_blocks_.pop_back();
+      for (int g = 0; g < kvh; ++g) {  // each KV head grows after its own slots
+        const int64_t j = pool_.Index(l, g), len = s.kv.lengths[j] + n_new;
+        const std::vector<int32_t>& blocks = s.kv.blocks[j];
+        for (int64_t t = 0; t < n_new; ++t) {
+          h_slots_[(l * max_n + row + t) * kvh + g] =
+              HeadBlockPool::HeadSlot(s.kv, j, s.kv.lengths[j] + t);
+        }
+        if (fill) {
+          std::copy(blocks.begin(), blocks.end(),
+                    h_tables_ + ((l * max_b + i) * kvh + g) * max_blocks_per_seq_);
+          widths[i] = std::max<int64_t>(widths[i], blocks.size());
+        }
+        h_kv_lens_[(l * max_b + i) * kvh + g] = static_cast<int32_t>(len);
+        plan->kv_len[(l * b + i) * kvh + g] = len;
+        plan->kv_max[l * b + i] = std::max(plan->kv_max[l * b + i], len);
       }
-      for (int64_t t = 0; t < n_new; ++t) {
-        const int64_t slot = s.lengths[l] + t;
-        h_slots_[l * options_.max_step_tokens + row + t] =
-            int64_t{blocks[slot / kBlock]} * kBlock + slot % kBlock;
-      }
-      std::copy(blocks.begin(), blocks.end(),
-                h_tables_ + (l * options_.max_batch + i) * max_blocks_per_seq_);
-      table_width = std::max<int64_t>(table_width, blocks.size());
-      h_kv_lens_[l * options_.max_batch + i] = static_cast<int32_t>(len);
-      plan->kv_len[l * b + i] = len;
-      plan->max_kv_len = std::max(plan->max_kv_len, len);
+      plan->max_kv_len = std::max(plan->max_kv_len, plan->kv_max[l * b + i]);
     }
     row += n_new;
   }
-  return UploadStep(n, b, table_width, tokens);
+  if (absl::Status st = UploadStep(n, b, widths, tokens); !st.ok()) {
+    std::fill(slot_epoch_.begin(), slot_epoch_.end(), 0);  // what reached the device is unknown
+    return st;
+  }
+  for (int64_t i = 0; i < b; ++i) slot_epoch_[i] = plan->seqs[i]->epoch;
+  return absl::OkStatus();
 }
 
 // One (strided) copy per step input, from the pinned host mirrors Prepare filled.
-absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_width,
+absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const int64_t> widths,
                                         absl::Span<const int32_t> tokens) {
-  const int64_t L = layer_end_ - layer_begin_;
+  const int64_t L = layer_end_ - layer_begin_, kvh = config_.n_kv_heads;
   if (!tokens.empty()) {
     std::copy(tokens.begin(), tokens.end(), h_tokens_);
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_tokens_, h_tokens_, n * sizeof(int32_t),
@@ -140,36 +156,43 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
   }
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_positions_, h_positions_, n * sizeof(int64_t),
                                        cudaMemcpyHostToDevice, stream_));
-  const size_t slot_pitch = options_.max_step_tokens * sizeof(int64_t);
+  const size_t slot_pitch = options_.max_step_tokens * kvh * sizeof(int64_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_slots_, slot_pitch, h_slots_, slot_pitch,
-                                         n * sizeof(int64_t), L, cudaMemcpyHostToDevice, stream_));
-  // Each sequence's row only up to the longest table of the step: kernels read a row no further
-  // than its sequence's length, so the rest of max_blocks_per_seq never needs to travel.
-  // One 3D copy: [layer][sequence][block id], rows max_blocks_per_seq apart, max_batch rows a
-  // layer.
+                                         n * kvh * sizeof(int64_t), L, cudaMemcpyHostToDevice,
+                                         stream_));
+  // The tables of each run of consecutive slots whose tables changed, up to the run's longest
+  // table (kernels read a row no further than its head's length, so the rest of
+  // max_blocks_per_seq never needs to travel): one 3D copy per run, [layer][slot, KV head][block
+  // id], rows max_blocks_per_seq apart, max_batch * n_kv_heads rows a layer.
   const size_t row_bytes = max_blocks_per_seq_ * sizeof(int32_t);
-  cudaMemcpy3DParms tables = {};
-  tables.srcPtr = make_cudaPitchedPtr(h_tables_, row_bytes, row_bytes, options_.max_batch);
-  tables.dstPtr = make_cudaPitchedPtr(d_tables_, row_bytes, row_bytes, options_.max_batch);
-  tables.extent = make_cudaExtent(table_width * sizeof(int32_t), b, L);
-  tables.kind = cudaMemcpyHostToDevice;
-  CUDA_RETURN_IF_ERROR(cudaMemcpy3DAsync(&tables, stream_));
-  const size_t len_pitch = options_.max_batch * sizeof(int32_t);
+  const size_t rows = options_.max_batch * kvh;
+  for (int64_t i0 = 0; i0 < b;) {
+    if (widths[i0] == 0) {
+      ++i0;
+      continue;
+    }
+    int64_t i1 = i0, width = 0;
+    for (; i1 < b && widths[i1] > 0; ++i1) width = std::max(width, widths[i1]);
+    const int64_t offset = i0 * kvh * max_blocks_per_seq_;
+    cudaMemcpy3DParms tables = {};
+    tables.srcPtr = make_cudaPitchedPtr(h_tables_ + offset, row_bytes, row_bytes, rows);
+    tables.dstPtr = make_cudaPitchedPtr(d_tables_ + offset, row_bytes, row_bytes, rows);
+    tables.extent = make_cudaExtent(width * sizeof(int32_t), (i1 - i0) * kvh, L);
+    tables.kind = cudaMemcpyHostToDevice;
+    CUDA_RETURN_IF_ERROR(cudaMemcpy3DAsync(&tables, stream_));
+    i0 = i1;
+  }
+  const size_t len_pitch = options_.max_batch * kvh * sizeof(int32_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
-                                         b * sizeof(int32_t), L, cudaMemcpyHostToDevice, stream_));
+                                         b * kvh * sizeof(int32_t), L, cudaMemcpyHostToDevice,
+                                         stream_));
   return absl::OkStatus();
 }
 
 void CudaLlamaModel::Rollback(const StepPlan& plan) {
-  const int64_t L = layer_end_ - layer_begin_;
   for (Sequence* s : plan.seqs) {
-    for (int64_t l = 0; l < L; ++l) {
-      std::vector<int32_t>& blocks = s->blocks[l];
-      const int64_t keep = CeilDiv(s->lengths[l], kBlock);
-      if (static_cast<int64_t>(blocks.size()) <= keep) continue;
-      free_blocks_.insert(free_blocks_.end(), blocks.begin() + keep, blocks.end());
-      blocks.resize(keep);
-    }
+    pool_.Trim(s->kv);
+    s->epoch = ++next_epoch_;  // what the tables lost may go to another sequence
   }
 }
 
@@ -178,9 +201,13 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
     Rollback(plan);
     return absl::OkStatus();
   }
-  const int64_t L = layer_end_ - layer_begin_;
+  const int64_t L = layer_end_ - layer_begin_, kvh = config_.n_kv_heads;
   for (int64_t i = 0; i < plan.b; ++i) {
-    for (int64_t l = 0; l < L; ++l) plan.seqs[i]->lengths[l] = plan.kv_len[l * plan.b + i];
+    for (int64_t l = 0; l < L; ++l) {
+      for (int g = 0; g < kvh; ++g) {
+        plan.seqs[i]->kv.lengths[pool_.Index(l, g)] = plan.kv_len[(l * plan.b + i) * kvh + g];
+      }
+    }
     plan.seqs[i]->position += plan.n_new[i];
   }
   return absl::OkStatus();
@@ -219,25 +246,31 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                        qkv_dim, n, w.qkv_bias, w.q_norm, w.k_norm, stream_));
   RETURN_IF_ERROR(cuda::LaunchQkvRopeWrite(
       qkv_, qkv_dim, n, c.n_heads, c.rope_dims, ToRopeMode(c.rope_style), cos_sin_, q_, q_dim,
-      d_slots_ + li(layer) * options_.max_step_tokens, cache_, pdl, stream_));
-  const int32_t* lens = d_kv_lens_ + li(layer) * options_.max_batch;
+      d_slots_ + li(layer) * options_.max_step_tokens * c.n_kv_heads, cache_, pdl, stream_));
+  // Decode: each (sequence, KV head) is a sequence of the one-head view with its own table and
+  // length (decode_attention.cuh): the same CTAs, loads and math as one table for every head.
+  const int group = c.n_heads / c.n_kv_heads;
+  const cuda::AttentionShape one_head{group, 1, c.head_dim, shape.scale, false};
+  const cuda::PagedKvLayer one_view = cuda::OneHeadView(cache_);
+  const int64_t one_stride = int64_t{group} * c.head_dim;
   if (plan.all_decode) {
     const int64_t max_len = graph_bucket_ > 0 ? graph_bucket_ : plan.max_kv_len;
-    RETURN_IF_ERROR(cuda::LaunchDecodeAttention(shape, q_, plan.b, cache_, TableRow(layer, 0),
-                                                max_blocks_per_seq_, lens, max_len, norm_, q_dim,
-                                                workspace_, workspace_bytes_, stream_, pdl));
+    RETURN_IF_ERROR(cuda::LaunchDecodeAttention(
+        one_head, q_, plan.b * c.n_kv_heads, one_view, TableRow(layer, 0), max_blocks_per_seq_,
+        KvLens(layer, 0), max_len, norm_, one_stride, workspace_, workspace_bytes_, stream_, pdl));
   } else {
     for (int64_t i = 0; i < plan.b; ++i) {
       const int64_t n_new = plan.n_new[i], row0 = plan.row0[i];
-      const int64_t kv_len = plan.kv_len[li(layer) * plan.b + i];
+      const int64_t kv_len = plan.kv_max[li(layer) * plan.b + i];
       if (n_new == 1) {
         RETURN_IF_ERROR(cuda::LaunchDecodeAttention(
-            shape, q_ + row0 * q_dim, 1, cache_, TableRow(layer, i), max_blocks_per_seq_, lens + i,
-            kv_len, norm_ + row0 * q_dim, q_dim, workspace_, workspace_bytes_, stream_, pdl));
+            one_head, q_ + row0 * q_dim, c.n_kv_heads, one_view, TableRow(layer, i),
+            max_blocks_per_seq_, KvLens(layer, i), kv_len, norm_ + row0 * q_dim, one_stride,
+            workspace_, workspace_bytes_, stream_, pdl));
       } else {
-        RETURN_IF_ERROR(cuda::LaunchPrefillAttention(shape, q_ + row0 * q_dim, n_new, cache_,
-                                                     TableRow(layer, i), kv_len,
-                                                     norm_ + row0 * q_dim, q_dim, stream_));
+        RETURN_IF_ERROR(cuda::LaunchPrefillAttention(
+            shape, q_ + row0 * q_dim, n_new, cache_, TableRow(layer, i), kv_len,
+            norm_ + row0 * q_dim, q_dim, stream_, KvLens(layer, i)));
       }
     }
   }
@@ -269,8 +302,10 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
     if (!plan.observe[i]) continue;
     const int64_t T = plan.seqs[i]->position + plan.n_new[i];
     if (T <= w) continue;  // nothing to score
-    const int64_t kv_len = plan.kv_len[li(layer) * plan.b + i];
-    if (plan.n_new[i] < w || kv_len != T) {
+    // Every KV head holds the whole prompt (scores are taken before any compaction).
+    const int64_t* heads = &plan.kv_len[(li(layer) * plan.b + i) * c.n_kv_heads];
+    const int64_t kv_len = *std::min_element(heads, heads + c.n_kv_heads);
+    if (plan.n_new[i] < w || kv_len != T || plan.kv_max[li(layer) * plan.b + i] != T) {
       return absl::FailedPreconditionError(absl::StrCat(
           "cuda engine: observed chunk of ", plan.n_new[i], " tokens over a ", kv_len,
           "-slot cache: it must end the ", T, "-token prompt and hold >= ", w, " tokens"));
@@ -307,8 +342,10 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
 absl::Status CudaLlamaModel::ScoreReread(int layer, const StepPlan& plan, int64_t i) {
   const ModelConfig& c = config_;
   const RereadSpan& span = *plan.reread[i];
-  const int64_t n_new = plan.n_new[i], past = plan.kv_len[li(layer) * plan.b + i] - n_new;
-  if (past != plan.seqs[i]->position) {
+  const int64_t* heads = &plan.kv_len[(li(layer) * plan.b + i) * c.n_kv_heads];
+  const int64_t n_new = plan.n_new[i], past = plan.kv_max[li(layer) * plan.b + i] - n_new;
+  if (past != plan.seqs[i]->position ||
+      *std::min_element(heads, heads + c.n_kv_heads) != past + n_new) {
     return absl::FailedPreconditionError(
         absl::StrCat("cuda engine: re-reading over a ", past, "-slot cache at position ",
                      plan.seqs[i]->position, ": the cache must hold exactly the prompt"));

@@ -107,13 +107,7 @@ double RelDiff(const std::vector<float>& got, const std::vector<float>& want) {
   return worst / std::max(1e-30, double(*hi) - *lo);
 }
 
-// Top-2 margin of the logits as a fraction of their range.
-double Margin(const std::vector<float>& logits) {
-  std::vector<float> v = logits;
-  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
-  const auto [lo, hi] = std::minmax_element(logits.begin(), logits.end());
-  return (v[0] - v[1]) / std::max(1e-30f, *hi - *lo);
-}
+using gpu_test::TopTwoMargin;
 
 struct GenRun {
   std::vector<int32_t> tokens;             // greedy continuation
@@ -242,7 +236,7 @@ TEST_P(GpuStageTest, GreedyMatchesCpuStage) {
     EXPECT_LE(first, kRelTol) << text;
     EXPECT_EQ(got.tokens[0], want.tokens[0]) << text;
     int decided = 0;  // leading steps before the CPU's first near-tie
-    while (decided < kGenTokens && Margin(want.logits[decided]) >= kTieMargin) ++decided;
+    while (decided < kGenTokens && TopTwoMargin(want.logits[decided]) >= kTieMargin) ++decided;
     int agree = 0;
     while (agree < kGenTokens && got.tokens[agree] == want.tokens[agree]) ++agree;
     if (!xkv) {
@@ -372,18 +366,12 @@ TEST_P(EngineXkvTest, SameKeptSlotsGiveTheCpuText) {
     identical += agree == kGenTokens;
     // Free-running texts may only part where the CPU itself nearly tied.
     if (agree < kGenTokens) {
-      EXPECT_LT(Margin(want->logits[agree]), kTieMargin) << text << " parts at " << agree;
+      EXPECT_LT(TopTwoMargin(want->logits[agree]), kTieMargin) << text << " parts at " << agree;
     }
     // Teacher-forced: every step's logits close; the argmax equal wherever the CPU's choice is
     // not a near-tie.
-    double worst = 0;
-    int decided = 0, decided_equal = 0;
-    for (int t = 0; t < kGenTokens; ++t) {
-      worst = std::max(worst, RelDiff(forced->logits[t], want->logits[t]));
-      if (Margin(want->logits[t]) < kTieMargin) continue;
-      ++decided;
-      decided_equal += forced->tokens[t] == want->tokens[t];
-    }
+    const auto [worst, decided, decided_equal] = gpu_test::CompareForced(
+        forced->logits, forced->tokens, want->logits, want->tokens, kTieMargin);
     EXPECT_LE(worst, kRelTol) << text;
     EXPECT_EQ(decided_equal, decided) << text;
     std::printf(

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -140,6 +141,36 @@ inline double RelDiff(const float* got, const float* want, int64_t n) {
   double worst = 0;
   for (int64_t i = 0; i < n; ++i) worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
   return worst / std::max(1e-30, double(*hi) - *lo);
+}
+
+// Top-2 margin of the logits as a fraction of their range.
+inline double TopTwoMargin(const std::vector<float>& logits) {
+  std::vector<float> v = logits;
+  std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+  const auto [lo, hi] = std::minmax_element(logits.begin(), logits.end());
+  return (v[0] - v[1]) / std::max(1e-30f, *hi - *lo);
+}
+
+// A run teacher-forced on a reference run's tokens against that run: the largest RelDiff of the
+// logits over the steps, and, of the steps where the reference's top-2 margin is at least
+// tie_margin ("decided"), how many give the reference's token.
+struct ForcedAgreement {
+  double worst = 0;
+  int decided = 0, decided_equal = 0;
+};
+inline ForcedAgreement CompareForced(const std::vector<std::vector<float>>& got_logits,
+                                     const std::vector<int32_t>& got_tokens,
+                                     const std::vector<std::vector<float>>& want_logits,
+                                     const std::vector<int32_t>& want_tokens, double tie_margin) {
+  ForcedAgreement a;
+  for (size_t t = 0; t < want_logits.size(); ++t) {
+    const int64_t n = static_cast<int64_t>(want_logits[t].size());
+    a.worst = std::max(a.worst, RelDiff(got_logits[t].data(), want_logits[t].data(), n));
+    if (TopTwoMargin(want_logits[t]) < tie_margin) continue;
+    ++a.decided;
+    a.decided_equal += got_tokens[t] == want_tokens[t];
+  }
+  return a;
 }
 
 // A small CUDA engine for one-sequence model tests: 2 sequences, `tokens` per step and per
