@@ -30,6 +30,11 @@ namespace xkv {
 namespace {
 
 constexpr int64_t kMinGraphBucket = 256;
+// The small-batch path fuses each RMSNorm into the GEMV after it up to this hidden width. Every
+// block of the fused kernel re-reads the step's fp32 rows (m x hidden): at SmolLM2's 576 that is
+// at most 18 KB from L2 against a launch saved; at Llama-3-8B's 4096 it is 128 KB a block, more
+// than the block's own weights, so the separate norm kernel stays there.
+constexpr int64_t kFusedNormMaxHidden = 2048;
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
@@ -211,9 +216,17 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
   // Decode at small batch: GEMV kernels, every launch PDL (no cuBLAS kernel in between).
   const bool small = SmallStep(n), pdl = small && options_.pdl;
+  const bool fuse_norm = small && h <= kFusedNormMaxHidden;
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
-  RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  // The small-batch path fuses each RMSNorm into the GEMV after it (one launch, no norm_ trip).
+  if (fuse_norm) {
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemv(hidden_, h, w.attn_norm, c.norm_eps, w.wqkv, h, qkv_,
+                                            qkv_dim, n, qkv_dim, h, options_.pdl, stream_));
+  } else {
+    RETURN_IF_ERROR(
+        cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+    RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  }
   // The architecture's bias add and QK-norm (model/arch/arch.h); a no-op for plain llama.
   RETURN_IF_ERROR(cuda::LaunchQkvHooks({c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps}, qkv_,
                                        qkv_dim, n, w.qkv_bias, w.q_norm, w.k_norm, stream_));
@@ -244,16 +257,22 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   if (!plan.all_decode || plan.scores_only) RETURN_IF_ERROR(ScoreLayer(layer, plan));
   // hidden += attn · Woᵀ
   RETURN_IF_ERROR(Project(norm_, q_dim, w.wo, h, q_dim, hidden_, h, n, true, small));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
-  const __nv_bfloat16* act = norm_;  // silu(gate) * up, bf16 [n, f]
-  if (small) {
-    RETURN_IF_ERROR(
-        cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h, options_.pdl, stream_));
-    act = glu_;
+  const __nv_bfloat16* act = glu_;  // silu(gate) * up, bf16 [n, f]
+  if (fuse_norm) {
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemvSwiGlu(hidden_, h, w.ffn_norm, c.norm_eps, w.w_gate_up,
+                                                  h, glu_, f, n, f, h, options_.pdl, stream_));
   } else {
-    RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
-                                     false, stream_));
-    RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+    RETURN_IF_ERROR(
+        cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+    if (small) {
+      RETURN_IF_ERROR(cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h,
+                                             options_.pdl, stream_));
+    } else {
+      RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
+                                       false, stream_));
+      RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+      act = norm_;
+    }
   }
   // hidden += silu(gate)·up · W_downᵀ
   return Project(act, f, w.w_down, h, f, hidden_, h, n, true, small);

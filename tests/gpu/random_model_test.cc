@@ -46,7 +46,7 @@ std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batc
   CudaEngineOptions o;
   o.small_batch_kernels = small_batch_kernels;
   o.pdl = pdl;
-  o.max_batch = 4;
+  o.max_batch = 8;
   o.max_step_tokens = 1024;
   o.max_seq_len = 1024;
   o.num_kv_blocks = 1024;
@@ -57,10 +57,11 @@ std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batc
   return m.ok() ? *std::move(m) : nullptr;
 }
 
-// Prefill 3 sequences of different lengths, then `steps` batched greedy decode steps; returns
-// every step's logits.
-std::vector<std::vector<float>> Decode(CudaLlamaModel& m, int steps) {
+// Prefill `seqs` (3..8) sequences of different lengths, then `steps` batched greedy decode steps;
+// returns every step's logits.
+std::vector<std::vector<float>> Decode(CudaLlamaModel& m, int steps, int seqs = 3) {
   std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4, 5}, {7, 8}, {9, 10, 11, 12, 13, 14}};
+  for (int i = 3; i < seqs; ++i) prompts.push_back(std::vector<int32_t>(i, 20 + i));
   std::vector<CudaTokenStep> batch;
   for (uint64_t i = 0; i < prompts.size(); ++i) batch.push_back({i + 1, prompts[i]});
   std::vector<int32_t> next;
@@ -98,32 +99,36 @@ TEST(RandomModelTest, GraphDecodeEqualsEagerAndSeedsDiffer) {
   EXPECT_EQ(graph->free_kv_blocks(), free_before);
 }
 
-// Decode steps of 3 sequences run the GEMV kernels (<= 4 rows): launched with or without
-// programmatic dependent launch they give the same bits, eager and from graphs; against the
-// cuBLAS path the first decode step's logits (same prefill, same inputs) agree to fp32
-// summation-order noise.
+// Decode steps of 3 and of 8 sequences run the GEMV kernels (<= 8 rows; the RMSNorms fused into
+// them): launched with or without programmatic dependent launch they give the same bits, eager
+// and from graphs; against the cuBLAS path the first decode step's logits (same prefill, same
+// inputs) agree to fp32 summation-order noise.
 TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
   XKV_SKIP_WITHOUT_GPU();
-  std::unique_ptr<CudaLlamaModel> pdl = Make(5, true), plain = Make(5, true, true, false),
-                                  eager_pdl = Make(5, false), cublas = Make(5, true, false, false);
-  ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
-  const auto a = Decode(*pdl, 20), b = Decode(*plain, 20), c = Decode(*eager_pdl, 20),
-             d = Decode(*cublas, 1);
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t t = 0; t < a.size(); ++t) {
-    ASSERT_EQ(a[t], b[t]) << "step " << t;
-    ASSERT_EQ(a[t], c[t]) << "step " << t;
-  }
-  // Step 0: the prefill's layers (13 rows) run cuBLAS in both, the head (3 rows) differs.
-  for (int t : {0, 1}) {
-    float lo = d[t][0], hi = d[t][0], worst = 0.f;
-    for (size_t i = 0; i < d[t].size(); ++i) {
-      lo = std::min(lo, d[t][i]);
-      hi = std::max(hi, d[t][i]);
-      worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
+  for (int seqs : {3, 8}) {
+    std::unique_ptr<CudaLlamaModel> pdl = Make(5, true), plain = Make(5, true, true, false),
+                                    eager_pdl = Make(5, false),
+                                    cublas = Make(5, true, false, false);
+    ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
+    const auto a = Decode(*pdl, 20, seqs), b = Decode(*plain, 20, seqs),
+               c = Decode(*eager_pdl, 20, seqs), d = Decode(*cublas, 1, seqs);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t t = 0; t < a.size(); ++t) {
+      ASSERT_EQ(a[t], b[t]) << "step " << t << ", " << seqs << " sequences";
+      ASSERT_EQ(a[t], c[t]) << "step " << t << ", " << seqs << " sequences";
     }
-    EXPECT_GT(worst, 0.f) << t;  // a different kernel did run
-    EXPECT_LE(worst, 5e-3f * (hi - lo)) << t;
+    // Step 0: the prefill's layers (13 or more rows) run cuBLAS in both, the head (one row a
+    // sequence) differs.
+    for (int t : {0, 1}) {
+      float lo = d[t][0], hi = d[t][0], worst = 0.f;
+      for (size_t i = 0; i < d[t].size(); ++i) {
+        lo = std::min(lo, d[t][i]);
+        hi = std::max(hi, d[t][i]);
+        worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
+      }
+      EXPECT_GT(worst, 0.f) << t << ", " << seqs << " sequences";  // a different kernel did run
+      EXPECT_LE(worst, 5e-3f * (hi - lo)) << t << ", " << seqs << " sequences";
+    }
   }
 }
 
