@@ -59,9 +59,10 @@ struct CudaEngineOptions {
   double memory_share = 1.0;        // this stage's part of a device shared by several stages
   double kv_memory_fraction = 0.8;  // of the device memory free after weights and scratch
   bool cuda_graphs = true;          // replay decode steps from captured graphs
-  // Steps of <= cuda::kGemvMaxRows tokens (decode at small batch): our GEMV kernels (SwiGLU
-  // fused into gate|up) instead of cuBLAS, launched with programmatic dependent launch when
-  // `pdl` (each kernel starts while the previous one drains). Off: cuBLAS, plain launches.
+  // Steps of <= gemv_max_rows() tokens (decode at small batch): our GEMV kernels (SwiGLU
+  // fused into gate|up; on narrow models the RMSNorms too) instead of cuBLAS, launched with
+  // programmatic dependent launch when `pdl` (each kernel starts while the previous one drains).
+  // Off: cuBLAS, plain launches.
   bool small_batch_kernels = true;
   bool pdl = true;
 };
@@ -128,6 +129,9 @@ class CudaLlamaModel : public StageEngine {
   // Switches CudaEngineOptions::small_batch_kernels / pdl (benchmarks compare them); the
   // captured decode graphs are dropped and recaptured on the next steps.
   void SetDecodeKernels(bool small_batch_kernels, bool pdl);
+  // The most token rows a step may have to run the small-batch GEMV kernels: 8 on models up to
+  // 1024 wide (launch-latency bound), else 4 (cuda_llama_step.cc says why).
+  int64_t gemv_max_rows() const;
 
   int64_t num_kv_blocks() const { return num_blocks_; }
   // The memory figures the pool was sized from (gpu_memory_utilization > 0) and the scratch.

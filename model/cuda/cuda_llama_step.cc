@@ -30,11 +30,14 @@ namespace xkv {
 namespace {
 
 constexpr int64_t kMinGraphBucket = 256;
-// The small-batch path fuses each RMSNorm into the GEMV after it up to this hidden width. Every
-// block of the fused kernel re-reads the step's fp32 rows (m x hidden): at SmolLM2's 576 that is
-// at most 18 KB from L2 against a launch saved; at Llama-3-8B's 4096 it is 128 KB a block, more
-// than the block's own weights, so the separate norm kernel stays there.
-constexpr int64_t kFusedNormMaxHidden = 2048;
+// Models up to this hidden width are launch-latency bound at decode (SmolLM2-135M, 576 wide:
+// 7 MB of bf16 weights a layer, ~2 µs at HBM speed, against ~9 launches): their small-batch path
+// takes up to cuda::kGemvMaxRows = 8 token rows and fuses each RMSNorm into the GEMV after it
+// (every block re-reads the step's fp32 rows, at most 8 x 1024 x 4 bytes from L2, for a launch
+// saved). Wider models keep the GEMV path to kWideGemvRows rows (at m = 4 within ~5% of cuBLAS on
+// the Llama-3-8B projections, docs/benchmarks.md) and the separate norm kernel.
+constexpr int64_t kNarrowHidden = 1024;
+constexpr int64_t kWideGemvRows = 4;
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
@@ -191,8 +194,12 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
   return absl::OkStatus();
 }
 
+int64_t CudaLlamaModel::gemv_max_rows() const {
+  return config_.hidden <= kNarrowHidden ? cuda::kGemvMaxRows : kWideGemvRows;
+}
+
 bool CudaLlamaModel::SmallStep(int64_t rows) const {
-  return options_.small_batch_kernels && rows <= cuda::kGemvMaxRows;
+  return options_.small_batch_kernels && rows <= gemv_max_rows();
 }
 
 absl::Status CudaLlamaModel::Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
@@ -216,7 +223,7 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
   // Decode at small batch: GEMV kernels, every launch PDL (no cuBLAS kernel in between).
   const bool small = SmallStep(n), pdl = small && options_.pdl;
-  const bool fuse_norm = small && h <= kFusedNormMaxHidden;
+  const bool fuse_norm = small && h <= kNarrowHidden;
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
   // The small-batch path fuses each RMSNorm into the GEMV after it (one launch, no norm_ trip).
   if (fuse_norm) {

@@ -41,8 +41,18 @@ ModelConfig SmallLlama3() {
   return c;
 }
 
+// SmolLM2-135M's layer widths (576: the 8-row GEMV path with the RMSNorms fused in) on the same.
+ModelConfig SmallSmol() {
+  ModelConfig c = SmallLlama3();
+  c.hidden = 576;
+  c.ffn = 1536;
+  c.n_heads = 9;
+  c.n_kv_heads = 3;
+  return c;
+}
+
 std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batch_kernels = true,
-                                     bool pdl = true) {
+                                     bool pdl = true, const ModelConfig& config = SmallLlama3()) {
   CudaEngineOptions o;
   o.small_batch_kernels = small_batch_kernels;
   o.pdl = pdl;
@@ -51,8 +61,7 @@ std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batc
   o.max_seq_len = 1024;
   o.num_kv_blocks = 1024;
   o.cuda_graphs = graphs;
-  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m =
-      CudaLlamaModel::CreateRandom(SmallLlama3(), seed, o);
+  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m = CudaLlamaModel::CreateRandom(config, seed, o);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? *std::move(m) : nullptr;
 }
@@ -99,23 +108,29 @@ TEST(RandomModelTest, GraphDecodeEqualsEagerAndSeedsDiffer) {
   EXPECT_EQ(graph->free_kv_blocks(), free_before);
 }
 
-// Decode steps of 3 and of 8 sequences run the GEMV kernels (<= 8 rows; the RMSNorms fused into
-// them): launched with or without programmatic dependent launch they give the same bits, eager
-// and from graphs; against the cuBLAS path the first decode step's logits (same prefill, same
-// inputs) agree to fp32 summation-order noise.
+// Decode steps run the GEMV kernels: 3 sequences on the Llama-3.2-1B widths (RMSNorm kernels
+// apart), 3 and 8 on SmolLM2's (RMSNorms fused into the GEMVs). Launched with or without
+// programmatic dependent launch they give the same bits, eager and from graphs; against the cuBLAS
+// path the first decode step's logits (same prefill, same inputs) agree to fp32 summation-order
+// noise.
 TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
   XKV_SKIP_WITHOUT_GPU();
-  for (int seqs : {3, 8}) {
-    std::unique_ptr<CudaLlamaModel> pdl = Make(5, true), plain = Make(5, true, true, false),
-                                    eager_pdl = Make(5, false),
-                                    cublas = Make(5, true, false, false);
+  for (const auto& [config, seqs] :
+       {std::pair{SmallLlama3(), 3}, std::pair{SmallSmol(), 3}, std::pair{SmallSmol(), 8}}) {
+    std::unique_ptr<CudaLlamaModel> pdl = Make(5, true, true, true, config),
+                                    plain = Make(5, true, true, false, config),
+                                    eager_pdl = Make(5, false, true, true, config),
+                                    cublas = Make(5, true, false, false, config);
     ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
+    ASSERT_GE(pdl->gemv_max_rows(), seqs);
     const auto a = Decode(*pdl, 20, seqs), b = Decode(*plain, 20, seqs),
                c = Decode(*eager_pdl, 20, seqs), d = Decode(*cublas, 1, seqs);
     ASSERT_EQ(a.size(), b.size());
     for (size_t t = 0; t < a.size(); ++t) {
-      ASSERT_EQ(a[t], b[t]) << "step " << t << ", " << seqs << " sequences";
-      ASSERT_EQ(a[t], c[t]) << "step " << t << ", " << seqs << " sequences";
+      ASSERT_EQ(a[t], b[t]) << "step " << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;
+      ASSERT_EQ(a[t], c[t]) << "step " << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;
     }
     // Step 0: the prefill's layers (13 or more rows) run cuBLAS in both, the head (one row a
     // sequence) differs.
@@ -126,8 +141,10 @@ TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
         hi = std::max(hi, d[t][i]);
         worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
       }
-      EXPECT_GT(worst, 0.f) << t << ", " << seqs << " sequences";  // a different kernel did run
-      EXPECT_LE(worst, 5e-3f * (hi - lo)) << t << ", " << seqs << " sequences";
+      EXPECT_GT(worst, 0.f) << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;  // a different kernel did run
+      EXPECT_LE(worst, 5e-3f * (hi - lo))
+          << t << ", " << seqs << " sequences, hidden " << config.hidden;
     }
   }
 }
