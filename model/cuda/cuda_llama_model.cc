@@ -14,7 +14,6 @@
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemv.cuh"
-#include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/sampling.cuh"
 
 namespace xkv {
@@ -317,11 +316,10 @@ absl::Status CudaLlamaModel::CheckLogitRows(absl::Span<const int64_t> rows, int6
 }
 
 absl::StatusOr<std::vector<float>> CudaLlamaModel::HeadLogits(int64_t b) {
-  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  const int64_t vocab = config_.vocab_size;
   std::vector<float> out(b * vocab);
   if (b == 0) return out;
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  RETURN_IF_ERROR(HeadProject(b));
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

@@ -230,6 +230,11 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t n_out,
                        int64_t k, float* y, int64_t ldy, int64_t rows, bool accumulate, bool small);
   bool SmallStep(int64_t rows) const;
+  // A small step on a narrow model: each RMSNorm runs inside the GEMV after it.
+  bool FusedNormStep(int64_t rows) const;
+  // logits_ = RmsNorm(last_) · lm_headᵀ for b gathered rows (the heads of Forward, Logits and
+  // SampleResident).
+  absl::Status HeadProject(int64_t b);
   // Greedy tokens (and logits) of each sequence's last row (Forward).
   absl::Status Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
                     std::vector<float>* logits);
@@ -303,6 +308,10 @@ class CudaLlamaModel : public StageEngine {
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
   int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
   int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)
+  // A step's input copies from the pinned h_* mirrors were queued (UploadStep) and the stream may
+  // not have run them yet (the resident path returns without waiting): the next Prepare waits for
+  // the stream before it rewrites the mirrors.
+  bool inputs_in_flight_ = false;
   // Device sampling (SampleResident): per-row parameters and the penalties of the step.
   void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
   void* h_row_params_ = nullptr;   // pinned mirror

@@ -92,6 +92,10 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: the step needs ", need,
                                                      " KV blocks, ", free_blocks_.size(), " free"));
   }
+  if (inputs_in_flight_) {  // the last step's copies may still read the mirrors
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    inputs_in_flight_ = false;
+  }
   // Nothing can fail below this line except device copies.
   *plan = StepPlan{};
   plan->n = n;
@@ -165,6 +169,7 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
   const size_t len_pitch = options_.max_batch * sizeof(int32_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
                                          b * sizeof(int32_t), L, cudaMemcpyHostToDevice, stream_));
+  inputs_in_flight_ = true;
   return absl::OkStatus();
 }
 
@@ -202,6 +207,20 @@ bool CudaLlamaModel::SmallStep(int64_t rows) const {
   return options_.small_batch_kernels && rows <= gemv_max_rows();
 }
 
+bool CudaLlamaModel::FusedNormStep(int64_t rows) const {
+  return SmallStep(rows) && config_.hidden <= kNarrowHidden;
+}
+
+absl::Status CudaLlamaModel::HeadProject(int64_t b) {
+  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  if (FusedNormStep(b)) {
+    return cuda::LaunchRmsNormGemv(last_, h, output_norm_, config_.norm_eps, lm_head_, h, logits_,
+                                   vocab, b, vocab, h, options_.pdl, stream_);
+  }
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
+  return Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b));
+}
+
 absl::Status CudaLlamaModel::Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
                                      int64_t n_out, int64_t k, float* y, int64_t ldy, int64_t rows,
                                      bool accumulate, bool small) {
@@ -223,7 +242,7 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
   // Decode at small batch: GEMV kernels, every launch PDL (no cuBLAS kernel in between).
   const bool small = SmallStep(n), pdl = small && options_.pdl;
-  const bool fuse_norm = small && h <= kNarrowHidden;
+  const bool fuse_norm = FusedNormStep(n);
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
   // The small-batch path fuses each RMSNorm into the GEMV after it (one launch, no norm_ trip).
   if (fuse_norm) {
@@ -475,7 +494,11 @@ absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
         cudaMemcpyAsync(host, hidden_, n * h * sizeof(float), cudaMemcpyDeviceToHost, stream_),
         "copy hidden out", __FILE__, __LINE__);
   }
-  if (st.ok()) {
+  // The resident path does not wait for the layers: what reads their rows next (the head's
+  // SampleResident / LogitsResident, ExportResident, ResidentHost) is queued behind them on
+  // stream_ and waits itself, so the device runs the head right after the last layer instead of
+  // idling while the host returns and queues it. A kernel's error surfaces at that wait.
+  if (st.ok() && host != nullptr) {
     st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
   }
   if (!st.ok()) {
@@ -522,12 +545,11 @@ absl::Status CudaLlamaModel::Forward(absl::Span<const CudaTokenStep> steps,
 absl::Status CudaLlamaModel::Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
                                   std::vector<float>* logits) {
   const ModelConfig& c = config_;
-  const int64_t b = plan.b, h = c.hidden, vocab = c.vocab_size;
+  const int64_t b = plan.b, vocab = c.vocab_size;
   std::vector<int64_t> last(b);
   for (int64_t i = 0; i < b; ++i) last[i] = plan.row0[i] + plan.n_new[i] - 1;
   RETURN_IF_ERROR(GatherLastRows(hidden_, last, cudaMemcpyDeviceToDevice));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, c.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  RETURN_IF_ERROR(HeadProject(b));
   RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab,
                                      static_cast<const cuda::DeviceSamplingParams*>(d_sampling_),
                                      d_next_, stream_));
