@@ -11,6 +11,8 @@ constexpr int kThreads = 32 * kWarps;
 // 16-byte W loads per lane and W row per iteration, double-buffered (8 measured slower on the
 // 4096-wide rows of an H100).
 constexpr int kUnroll = 4;
+// The fused-norm kernels keep the m bf16 input rows in (default-limit) shared memory.
+constexpr size_t kMaxNormSharedBytes = 48 * 1024;
 
 // W is read once per step: keep it out of L1 (x and the KV cache live there and in L2).
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
@@ -21,9 +23,10 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return r;
 }
 
-// With kNorm, x is not read: each token row's input is RmsNorm(h) * gain rounded to bf16, the
-// LaunchRmsNorm (bf16 out) formula, computed on the fly. The block's warps first share out the
-// rows' sums of squares (h is L2-resident: [m <= 8, k] fp32), then each x chunk is formed from h.
+// With kNorm, x is not read: each token row's input is bf16(RmsNorm(h) * gain), the LaunchRmsNorm
+// (bf16 out) formula. The block's warps first share out the rows' sums of squares, then the block
+// writes the m bf16 input rows to shared memory once (h is L2-resident: [m <= 8, k] fp32), and
+// the product reads them there as the plain kernel reads x (no per-warp conversion).
 struct NormInput {
   const float* h = nullptr;  // fp32 [m, k], rows ldh apart
   int64_t ldh = 0;
@@ -70,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
   // nothing).
   load(cur, active ? lane : chunks);
   internal::GridDependencyWait();
-  [[maybe_unused]] float scale[M];
+  [[maybe_unused]] extern __shared__ uint4 x_shared[];  // kNorm: bf16 [M][chunks]
   if constexpr (kNorm) {
     __shared__ float row_scale[M];
     for (int m = threadIdx.x >> 5; m < M; m += kWarps) {
@@ -84,10 +87,30 @@ __global__ void __launch_bounds__(kThreads)
       if (lane == 0) row_scale[m] = rsqrtf(sum / static_cast<float>(k) + norm.eps);
     }
     __syncthreads();
+    for (int64_t i = threadIdx.x; i < M * chunks; i += kThreads) {
+      const int64_t m = i / chunks, c = i - m * chunks;
+      const float4* hp = reinterpret_cast<const float4*>(norm.h + m * norm.ldh) + 2 * c;
+      const float4* gp = reinterpret_cast<const float4*>(norm.gain) + 2 * c;
+      const float4 h0 = hp[0], h1 = hp[1], g0 = __ldg(gp), g1 = __ldg(gp + 1);
+      const float scale = row_scale[m];
+      auto pack = [&](float a, float ga, float b, float gb) {  // as RmsNormVecKernel's bf16 out
+        const __nv_bfloat162 v = __halves2bfloat162(__float2bfloat16_rn((a * scale) * ga),
+                                                    __float2bfloat16_rn((b * scale) * gb));
+        return *reinterpret_cast<const uint32_t*>(&v);
+      };
+      x_shared[i] = uint4{pack(h0.x, g0.x, h0.y, g0.y), pack(h0.z, g0.z, h0.w, g0.w),
+                          pack(h1.x, g1.x, h1.y, g1.y), pack(h1.z, g1.z, h1.w, g1.w)};
+    }
+    __syncthreads();
     if (!active) return;
-#pragma unroll
-    for (int m = 0; m < M; ++m) scale[m] = row_scale[m];
   }
+  auto x_chunk = [&](int m, int64_t c) {
+    if constexpr (kNorm) {
+      return x_shared[m * chunks + c];
+    } else {
+      return __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
+    }
+  };
   float acc[R][M];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
@@ -104,27 +127,10 @@ __global__ void __launch_bounds__(kThreads)
       float wf[R][8];
 #pragma unroll
       for (int j = 0; j < R; ++j) internal::UnpackBf16x8(cur[j][u], wf[j]);
-      [[maybe_unused]] float g[8];
-      if constexpr (kNorm) {
-        const float4* gp = reinterpret_cast<const float4*>(norm.gain) + 2 * c;
-        const float4 g0 = __ldg(gp), g1 = __ldg(gp + 1);
-        g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w;
-        g[4] = g1.x, g[5] = g1.y, g[6] = g1.z, g[7] = g1.w;
-      }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
-        if constexpr (kNorm) {
-          const float4* hp = reinterpret_cast<const float4*>(norm.h + m * norm.ldh) + 2 * c;
-          const float4 h0 = __ldg(hp), h1 = __ldg(hp + 1);
-          const float hv[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {  // as RmsNormVecKernel, then the bf16 GEMM input
-            xf[e] = __bfloat162float(__float2bfloat16_rn((hv[e] * scale[m]) * g[e]));
-          }
-        } else {
-          internal::UnpackBf16x8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
-        }
+        internal::UnpackBf16x8(x_chunk(m, c), xf);
 #pragma unroll
         for (int j = 0; j < R; ++j) {
 #pragma unroll
@@ -184,6 +190,13 @@ absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
   if (kNorm && !(norm.eps >= 0.f)) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": eps ", norm.eps, " (want >= 0)"));
   }
+  // kNorm: the m bf16 input rows in shared memory.
+  const size_t smem = kNorm ? static_cast<size_t>(m * k) * sizeof(__nv_bfloat16) : 0;
+  if (smem > kMaxNormSharedBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": m x k = ", m, " x ", k, " bf16 is ",
+                                                   smem, " bytes of shared memory (max ",
+                                                   kMaxNormSharedBytes, ")"));
+  }
   const uintptr_t addresses = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(w) |
                               reinterpret_cast<uintptr_t>(kNorm ? norm.gain : nullptr);
   if (addresses % 16 != 0) {
@@ -192,13 +205,13 @@ absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
   }
   cudaError_t err = cudaSuccess;
   switch (m) {
-#define XKV_GEMV_ROWS(M, RW)                                                                    \
-  case M: {                                                                                     \
-    constexpr int kRw = kGlu ? 1 : RW;                                                          \
-    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps * kRw)));                 \
-    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu, kRw, kNorm>, grid, dim3(kThreads), 0, \
-                                 stream, x, ldx, norm, w, ldw, n, k, y, y16, ldy, accumulate);  \
-    break;                                                                                      \
+#define XKV_GEMV_ROWS(M, RW)                                                                       \
+  case M: {                                                                                        \
+    constexpr int kRw = kGlu ? 1 : RW;                                                             \
+    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps * kRw)));                    \
+    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu, kRw, kNorm>, grid, dim3(kThreads), smem, \
+                                 stream, x, ldx, norm, w, ldw, n, k, y, y16, ldy, accumulate);     \
+    break;                                                                                         \
   }
     XKV_GEMV_ROWS(1, 1)
     XKV_GEMV_ROWS(2, 2)

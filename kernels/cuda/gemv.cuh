@@ -7,8 +7,9 @@
 //   LaunchGemvSwiGlu  out (bf16) = silu(x·W_gateᵀ) * (x·W_upᵀ) from a fused [2f, k] gate|up W,
 //                     the same formula as LaunchSwiGlu (no fp32 [m, 2f] round trip);
 //   LaunchRmsNormGemv / LaunchRmsNormGemvSwiGlu  the same two with the RMSNorm before them fused
-//                     in: x = bf16(RmsNorm(h) * gain) is formed inside from the fp32 residual
-//                     stream h (LaunchRmsNorm to bf16, then the GEMV: one launch instead of two).
+//                     in: each block forms x = bf16(RmsNorm(h) * gain) in shared memory from the
+//                     fp32 residual stream h (LaunchRmsNorm to bf16, then the GEMV: one launch
+//                     instead of two).
 // Same math as cpu::LaunchGemm (then cpu::LaunchSwiGlu; after cpu RmsNorm and a bf16 rounding for
 // the fused norm); only the fp32 summation order differs.
 // `pdl`: launched with programmatic dependent launch (cuda_common.cuh): the kernel starts
@@ -44,9 +45,10 @@ absl::Status LaunchGemvSwiGlu(const __nv_bfloat16* x, int64_t ldx, const __nv_bf
                               int64_t k, bool pdl, cudaStream_t stream);
 
 // h: device fp32 [m, k], rows `ldh` apart (ldh >= k, a multiple of 4; 16-byte aligned), the
-// residual stream; gain: device fp32 [k] (16-byte aligned); eps >= 0. Each token row's GEMV
-// input is bf16((h * rsqrt(mean(h^2) + eps)) * gain), as LaunchRmsNorm's bf16 output. y and out
-// as above (no accumulate: the projections after a norm overwrite); must not overlap h.
+// residual stream; gain: device fp32 [k] (16-byte aligned); eps >= 0; m * k <= 24576 (the bf16
+// inputs stay in 48 KiB of shared memory: k <= 3072 at m = 8). Each token row's GEMV input is
+// bf16((h * rsqrt(mean(h^2) + eps)) * gain), as LaunchRmsNorm's bf16 output. y and out as above
+// (no accumulate: the projections after a norm overwrite); must not overlap h.
 absl::Status LaunchRmsNormGemv(const float* h, int64_t ldh, const float* gain, float eps,
                                const __nv_bfloat16* w, int64_t ldw, float* y, int64_t ldy,
                                int64_t m, int64_t n, int64_t k, bool pdl, cudaStream_t stream);
