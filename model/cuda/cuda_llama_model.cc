@@ -58,6 +58,7 @@ CudaLlamaModel::~CudaLlamaModel() {
   if (score_ws_ != nullptr) cudaFree(score_ws_);
   if (score_start_ != nullptr) cudaEventDestroy(score_start_);
   if (score_stop_ != nullptr) cudaEventDestroy(score_stop_);
+  if (inputs_copied_ != nullptr) cudaEventDestroy(inputs_copied_);
   cudaStreamDestroy(stream_);
   cudaGetLastError();  // a failure here must not surface in the next caller's launch check
 }
@@ -112,6 +113,7 @@ absl::Status CudaLlamaModel::InitCommon() {
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_start_));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_stop_));
+  CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&inputs_copied_, cudaEventDisableTiming));
   ASSIGN_OR_RETURN(cuda::CublasHandle handle, cuda::CublasHandle::Create());
   cublas_ = std::make_unique<cuda::CublasHandle>(std::move(handle));
   max_blocks_per_seq_ = CeilDiv(o.max_seq_len, kBlock);

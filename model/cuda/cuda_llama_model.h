@@ -308,10 +308,10 @@ class CudaLlamaModel : public StageEngine {
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
   int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
   int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)
-  // A step's input copies from the pinned h_* mirrors were queued (UploadStep) and the stream may
-  // not have run them yet (the resident path returns without waiting): the next Prepare waits for
-  // the stream before it rewrites the mirrors.
-  bool inputs_in_flight_ = false;
+  // Recorded after a step's input copies from the pinned h_* mirrors (UploadStep): the resident
+  // path returns before the stream has run them, so the next Prepare waits for it before it
+  // rewrites the mirrors.
+  cudaEvent_t inputs_copied_ = nullptr;
   // Device sampling (SampleResident): per-row parameters and the penalties of the step.
   void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
   void* h_row_params_ = nullptr;   // pinned mirror

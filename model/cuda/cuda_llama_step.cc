@@ -33,9 +33,10 @@ constexpr int64_t kMinGraphBucket = 256;
 // Models up to this hidden width are launch-latency bound at decode (SmolLM2-135M, 576 wide:
 // 7 MB of bf16 weights a layer, ~2 µs at HBM speed, against ~9 launches): their small-batch path
 // takes up to cuda::kGemvMaxRows = 8 token rows and fuses each RMSNorm into the GEMV after it
-// (every block re-reads the step's fp32 rows, at most 8 x 1024 x 4 bytes from L2, for a launch
-// saved). Wider models keep the GEMV path to kWideGemvRows rows (at m = 4 within ~5% of cuBLAS on
-// the Llama-3-8B projections, docs/benchmarks.md) and the separate norm kernel.
+// (every block forms the step's bf16 input rows in shared memory from the fp32 ones, at most
+// 8 x 1024 x 4 bytes from L2, for a launch saved). Wider models keep the GEMV path to kWideGemvRows
+// rows (at m = 4 within ~5% of cuBLAS on the Llama-3-8B projections, docs/benchmarks.md) and the
+// separate norm kernel.
 constexpr int64_t kNarrowHidden = 1024;
 constexpr int64_t kWideGemvRows = 4;
 
@@ -92,10 +93,8 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     return absl::ResourceExhaustedError(absl::StrCat("cuda engine: the step needs ", need,
                                                      " KV blocks, ", free_blocks_.size(), " free"));
   }
-  if (inputs_in_flight_) {  // the last step's copies may still read the mirrors
-    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    inputs_in_flight_ = false;
-  }
+  // The last step's input copies may not have read the mirrors yet.
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(inputs_copied_));
   // Nothing can fail below this line except device copies.
   *plan = StepPlan{};
   plan->n = n;
@@ -169,7 +168,7 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, int64_t table_widt
   const size_t len_pitch = options_.max_batch * sizeof(int32_t);
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
                                          b * sizeof(int32_t), L, cudaMemcpyHostToDevice, stream_));
-  inputs_in_flight_ = true;
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(inputs_copied_, stream_));
   return absl::OkStatus();
 }
 
@@ -244,7 +243,7 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   const bool small = SmallStep(n), pdl = small && options_.pdl;
   const bool fuse_norm = FusedNormStep(n);
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
-  // The small-batch path fuses each RMSNorm into the GEMV after it (one launch, no norm_ trip).
+  // A narrow model's small step fuses each RMSNorm into the GEMV after it (one launch, no norm_).
   if (fuse_norm) {
     RETURN_IF_ERROR(cuda::LaunchRmsNormGemv(hidden_, h, w.attn_norm, c.norm_eps, w.wqkv, h, qkv_,
                                             qkv_dim, n, qkv_dim, h, options_.pdl, stream_));

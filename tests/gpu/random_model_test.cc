@@ -10,6 +10,7 @@
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/random_fill.cuh"
 #include "model/cuda/cuda_llama_model.h"
+#include "model/kv_cache.h"
 #include "model/model_shapes.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -149,9 +150,25 @@ TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
   }
 }
 
+// Sequence `id`'s K and V in every layer (the engine's cache copy), head by head.
+std::vector<float> KvOf(const CudaLlamaModel& m, uint64_t id) {
+  std::vector<float> out;
+  const std::unique_ptr<KvCache> c = m.CacheCopy(id);
+  if (c == nullptr) return out;
+  for (int l = c->layer_begin(); l < c->layer_end(); ++l) {
+    for (int g = 0; g < c->n_kv_heads(); ++g) {
+      const int64_t n = c->head_length(l, g) * c->head_dim();
+      out.insert(out.end(), c->k_head(l, g), c->k_head(l, g) + n);
+      out.insert(out.end(), c->v_head(l, g), c->v_head(l, g) + n);
+    }
+  }
+  return out;
+}
+
 // The resident path (rows kept on the device between EmbedResident, RunLayersResident and
-// LogitsResident) gives the host path's logits bit for bit, prefill and decode; misuse is an
-// error.
+// LogitsResident) gives the host path's logits bit for bit, prefill and decode; it returns before
+// the layers have run, and a cache copy right after it still sees the step's K and V; misuse is
+// an error.
 TEST(RandomModelTest, ResidentPathEqualsHostPath) {
   XKV_SKIP_WITHOUT_GPU();
   std::unique_ptr<CudaLlamaModel> host = Make(5, true), dev = Make(5, true);
@@ -170,6 +187,9 @@ TEST(RandomModelTest, ResidentPathEqualsHostPath) {
     ASSERT_TRUE(want.ok()) << want.status();
     XKV_ASSERT_OK(dev->EmbedResident(tokens));
     XKV_ASSERT_OK(dev->RunLayersResident(s, {}, nullptr));
+    const std::vector<float> kv = KvOf(*dev, 1);
+    ASSERT_EQ(kv.size(), size_t{4} * 8 * 64 * 2 * (position + n)) << "step " << step;
+    ASSERT_EQ(kv, KvOf(*host, 1)) << "step " << step;
     auto got = dev->LogitsResident(rows);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(*got, *want) << "step " << step;
