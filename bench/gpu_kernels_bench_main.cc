@@ -147,8 +147,10 @@ void DecodeGemv(cudaStream_t stream, std::vector<Row>& rows) {
                           " (" + std::to_string(sh.n) + "x" + std::to_string(sh.k) + ")",
                       gbs, "GB/s", "weight bytes / time; " + std::to_string(ms * 1e3) + " us"});
     }
-    // Our small-batch kernels (what the engine runs at <= 4 rows), PDL off: one launch alone.
-    for (int64_t m : {1, 2, 4}) {
+    // Our small-batch kernels (what the engine runs at <= 4 rows of a model this wide; 8 rows
+    // only on models up to 1024 wide: m = 8 shows how far this width is from it), PDL off: one
+    // launch alone.
+    for (int64_t m : {1, 2, 4, 8}) {
       int i = 0;
       const bool glu = std::string(sh.name) == "gate_up";
       const double ms = TimeMs(stream, 5, 50, [&] {

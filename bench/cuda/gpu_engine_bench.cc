@@ -10,7 +10,6 @@
 #include "bench/cpu_bench.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_sections.h"
-#include "kernels/cuda/gemv.cuh"
 
 namespace xkv {
 namespace {
@@ -76,11 +75,11 @@ absl::Status RunDecodeSection(CudaLlamaModel& m, const GpuBenchOptions& o, GpuBe
     for (const Variant& v : variants) {
       if (!st.ok()) break;
       const bool is_default = v.small_batch_kernels && v.pdl;
-      if (!is_default && batch > cuda::kGemvMaxRows) continue;
+      if (!is_default && batch > m.gemv_max_rows()) continue;
       m.SetDecodeKernels(v.small_batch_kernels, v.pdl);
       absl::StatusOr<DecodeRow> row = TimeDecode(m, o, batch, copy_gbs, cur);
       if (row.ok()) {
-        row->kernels = batch > cuda::kGemvMaxRows ? "cuBLAS" : v.name;
+        row->kernels = batch > m.gemv_max_rows() ? "cuBLAS" : v.name;
         r.decode.push_back(*row);
         std::fprintf(stderr, "decode batch %lld (%s): %.2f ms/step\n",
                      static_cast<long long>(batch), row->kernels.c_str(), row->step_ms);

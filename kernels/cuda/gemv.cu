@@ -11,6 +11,8 @@ constexpr int kThreads = 32 * kWarps;
 // 16-byte W loads per lane and W row per iteration, double-buffered (8 measured slower on the
 // 4096-wide rows of an H100).
 constexpr int kUnroll = 4;
+// The fused-norm kernels keep the m bf16 input rows in (default-limit) shared memory.
+constexpr size_t kMaxNormSharedBytes = 48 * 1024;
 
 // W is read once per step: keep it out of L1 (x and the KV cache live there and in L2).
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
@@ -21,13 +23,24 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
   return r;
 }
 
+// With kNorm, x is not read: each token row's input is bf16(RmsNorm(h) * gain), the LaunchRmsNorm
+// (bf16 out) formula. The block's warps first share out the rows' sums of squares, then the block
+// writes the m bf16 input rows to shared memory once (h is L2-resident: [m <= 8, k] fp32), and
+// the product reads them there as the plain kernel reads x (no per-warp conversion).
+struct NormInput {
+  const float* h = nullptr;  // fp32 [m, k], rows ldh apart
+  int64_t ldh = 0;
+  const float* gain = nullptr;  // fp32 [k]
+  float eps = 0.f;
+};
+
 // grid.x = ceil(n / (kWarps * RW)) (kGlu: ceil(n / kWarps)). Each warp owns R weight rows for all
 // M token rows: lanes stride over the rows' 16-byte chunks, then a warp sum per (row, token).
 // kGlu: rows r and r + n (gate, up); silu(gate) * up goes to y16 as bf16. Otherwise RW
 // consecutive rows, fp32 to y; RW = 2 at M >= 2 shares each x chunk's conversion over two rows.
-template <int M, bool kGlu, int RW>
+template <int M, bool kGlu, int RW, bool kNorm>
 __global__ void __launch_bounds__(kThreads)
-    GemvKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
+    GemvKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, NormInput norm,
                const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t n, int64_t k,
                float* __restrict__ y, __nv_bfloat16* __restrict__ y16, int64_t ldy,
                bool accumulate) {
@@ -37,12 +50,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x & 31;
   const int64_t warp_id = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t r0 = kGlu ? warp_id : warp_id * RW;
-  if (r0 >= n) return;
+  const bool active = r0 < n;
+  if (!kNorm && !active) return;  // with kNorm the warp still takes part in the row scales
   const int64_t chunks = k >> 3;
   const uint4* wrow[R];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
-    const int64_t row = kGlu ? r0 + j * n : (r0 + j < n ? r0 + j : r0);  // past n: reread r0
+    int64_t row = kGlu ? r0 + j * n : (r0 + j < n ? r0 + j : r0);  // past n: reread r0
+    if (!active) row = 0;
     wrow[j] = reinterpret_cast<const uint4*>(w + row * ldw);
   }
   auto load = [&](uint4(&dst)[R][U], int64_t c0) {
@@ -54,8 +69,48 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
   uint4 cur[R][U];
-  load(cur, lane);  // W does not depend on the previous kernel: start before waiting on it
+  // W does not depend on the previous kernel: start before waiting on it (an idle warp loads
+  // nothing).
+  load(cur, active ? lane : chunks);
   internal::GridDependencyWait();
+  [[maybe_unused]] extern __shared__ uint4 x_shared[];  // kNorm: bf16 [M][chunks]
+  if constexpr (kNorm) {
+    __shared__ float row_scale[M];
+    for (int m = threadIdx.x >> 5; m < M; m += kWarps) {
+      const float4* hr = reinterpret_cast<const float4*>(norm.h + m * norm.ldh);
+      float sum = 0.f;
+      for (int64_t i = lane; i < (k >> 2); i += 32) {
+        const float4 v = hr[i];
+        sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+      sum = internal::WarpSum(sum);
+      if (lane == 0) row_scale[m] = rsqrtf(sum / static_cast<float>(k) + norm.eps);
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < M * chunks; i += kThreads) {
+      const int64_t m = i / chunks, c = i - m * chunks;
+      const float4* hp = reinterpret_cast<const float4*>(norm.h + m * norm.ldh) + 2 * c;
+      const float4* gp = reinterpret_cast<const float4*>(norm.gain) + 2 * c;
+      const float4 h0 = hp[0], h1 = hp[1], g0 = __ldg(gp), g1 = __ldg(gp + 1);
+      const float scale = row_scale[m];
+      auto pack = [&](float a, float ga, float b, float gb) {  // as RmsNormVecKernel's bf16 out
+        const __nv_bfloat162 v = __halves2bfloat162(__float2bfloat16_rn((a * scale) * ga),
+                                                    __float2bfloat16_rn((b * scale) * gb));
+        return *reinterpret_cast<const uint32_t*>(&v);
+      };
+      x_shared[i] = uint4{pack(h0.x, g0.x, h0.y, g0.y), pack(h0.z, g0.z, h0.w, g0.w),
+                          pack(h1.x, g1.x, h1.y, g1.y), pack(h1.z, g1.z, h1.w, g1.w)};
+    }
+    __syncthreads();
+    if (!active) return;
+  }
+  auto x_chunk = [&](int m, int64_t c) {
+    if constexpr (kNorm) {
+      return x_shared[m * chunks + c];
+    } else {
+      return __ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c);
+    }
+  };
   float acc[R][M];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
@@ -75,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int m = 0; m < M; ++m) {
         float xf[8];
-        internal::UnpackBf16x8(__ldg(reinterpret_cast<const uint4*>(x + m * ldx) + c), xf);
+        internal::UnpackBf16x8(x_chunk(m, c), xf);
 #pragma unroll
         for (int j = 0; j < R; ++j) {
 #pragma unroll
@@ -111,37 +166,61 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <bool kGlu>
-absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t ldw,
-                    float* y, __nv_bfloat16* y16, int64_t ldy, int64_t m, int64_t n, int64_t k,
-                    bool accumulate, bool pdl, cudaStream_t stream) {
-  const char* who = kGlu ? "cuda gemv_swiglu" : "cuda gemv";
-  if (!GemvSupports(m, k, ldx, ldw) || n < 1 || ldy < n || n > (int64_t{1} << 32)) {
+template <bool kGlu, bool kNorm>
+absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
+                    const __nv_bfloat16* w, int64_t ldw, float* y, __nv_bfloat16* y16, int64_t ldy,
+                    int64_t m, int64_t n, int64_t k, bool accumulate, bool pdl,
+                    cudaStream_t stream) {
+  const char* who = kNorm ? (kGlu ? "cuda rms_norm_gemv_swiglu" : "cuda rms_norm_gemv")
+                          : (kGlu ? "cuda gemv_swiglu" : "cuda gemv");
+  const int64_t ld_in = kNorm ? norm.ldh : ldx;
+  // h (fp32) is read as float4: its rows need only be 4 floats apart.
+  const bool ld_ok = kNorm ? GemvSupports(m, k, k, ldw) && ld_in >= k && ld_in % 4 == 0
+                           : GemvSupports(m, k, ldx, ldw);
+  if (!ld_ok || n < 1 || ldy < n || n > (int64_t{1} << 32)) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": bad sizes m=", m, " (1..", kGemvMaxRows,
-                                                   ") n=", n, " k=", k, " ld=", ldx, "/", ldw, "/",
-                                                   ldy, " (multiples of 8)"));
+                                                   ") n=", n, " k=", k, " ld=", ld_in, "/", ldw,
+                                                   "/", ldy, " (k, ldw multiples of 8)"));
   }
   void* out = kGlu ? static_cast<void*>(y16) : static_cast<void*>(y);
-  if (x == nullptr || w == nullptr || out == nullptr) {
+  const void* in = kNorm ? static_cast<const void*>(norm.h) : static_cast<const void*>(x);
+  if (in == nullptr || w == nullptr || out == nullptr || (kNorm && norm.gain == nullptr)) {
     return absl::InvalidArgumentError(absl::StrCat(who, ": null pointer"));
   }
-  if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) % 16 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(who, ": x and w must be 16-byte aligned"));
+  if (kNorm && !(norm.eps >= 0.f)) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": eps ", norm.eps, " (want >= 0)"));
+  }
+  // kNorm: the m bf16 input rows in shared memory.
+  const size_t smem = kNorm ? static_cast<size_t>(m * k) * sizeof(__nv_bfloat16) : 0;
+  if (smem > kMaxNormSharedBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(who, ": m x k = ", m, " x ", k, " bf16 is ",
+                                                   smem, " bytes of shared memory (max ",
+                                                   kMaxNormSharedBytes, ")"));
+  }
+  const uintptr_t addresses = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(w) |
+                              reinterpret_cast<uintptr_t>(kNorm ? norm.gain : nullptr);
+  if (addresses % 16 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(who, kNorm ? ": h, gain and w" : ": x and w", " must be 16-byte aligned"));
   }
   cudaError_t err = cudaSuccess;
   switch (m) {
-#define XKV_GEMV_ROWS(M, RW)                                                                     \
-  case M: {                                                                                      \
-    constexpr int kRw = kGlu ? 1 : RW;                                                           \
-    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps * kRw)));                  \
-    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu, kRw>, grid, dim3(kThreads), 0, stream, \
-                                 x, ldx, w, ldw, n, k, y, y16, ldy, accumulate);                 \
-    break;                                                                                       \
+#define XKV_GEMV_ROWS(M, RW)                                                                       \
+  case M: {                                                                                        \
+    constexpr int kRw = kGlu ? 1 : RW;                                                             \
+    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kWarps * kRw)));                    \
+    err = internal::LaunchKernel(pdl, GemvKernel<M, kGlu, kRw, kNorm>, grid, dim3(kThreads), smem, \
+                                 stream, x, ldx, norm, w, ldw, n, k, y, y16, ldy, accumulate);     \
+    break;                                                                                         \
   }
     XKV_GEMV_ROWS(1, 1)
     XKV_GEMV_ROWS(2, 2)
     XKV_GEMV_ROWS(3, 2)
     XKV_GEMV_ROWS(4, 2)
+    XKV_GEMV_ROWS(5, 2)
+    XKV_GEMV_ROWS(6, 2)
+    XKV_GEMV_ROWS(7, 2)
+    XKV_GEMV_ROWS(8, 2)
 #undef XKV_GEMV_ROWS
   }
   CUDA_RETURN_IF_ERROR(err);
@@ -158,13 +237,29 @@ bool GemvSupports(int64_t m, int64_t k, int64_t ldx, int64_t ldw) {
 absl::Status LaunchGemv(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t ldw,
                         float* y, int64_t ldy, int64_t m, int64_t n, int64_t k, bool accumulate,
                         bool pdl, cudaStream_t stream) {
-  return Launch<false>(x, ldx, w, ldw, y, nullptr, ldy, m, n, k, accumulate, pdl, stream);
+  return Launch<false, false>(x, ldx, {}, w, ldw, y, nullptr, ldy, m, n, k, accumulate, pdl,
+                              stream);
 }
 
 absl::Status LaunchGemvSwiGlu(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
                               int64_t ldw, __nv_bfloat16* out, int64_t ld_out, int64_t m, int64_t f,
                               int64_t k, bool pdl, cudaStream_t stream) {
-  return Launch<true>(x, ldx, w, ldw, nullptr, out, ld_out, m, f, k, false, pdl, stream);
+  return Launch<true, false>(x, ldx, {}, w, ldw, nullptr, out, ld_out, m, f, k, false, pdl, stream);
+}
+
+absl::Status LaunchRmsNormGemv(const float* h, int64_t ldh, const float* gain, float eps,
+                               const __nv_bfloat16* w, int64_t ldw, float* y, int64_t ldy,
+                               int64_t m, int64_t n, int64_t k, bool pdl, cudaStream_t stream) {
+  return Launch<false, true>(nullptr, 0, {h, ldh, gain, eps}, w, ldw, y, nullptr, ldy, m, n, k,
+                             false, pdl, stream);
+}
+
+absl::Status LaunchRmsNormGemvSwiGlu(const float* h, int64_t ldh, const float* gain, float eps,
+                                     const __nv_bfloat16* w, int64_t ldw, __nv_bfloat16* out,
+                                     int64_t ld_out, int64_t m, int64_t f, int64_t k, bool pdl,
+                                     cudaStream_t stream) {
+  return Launch<true, true>(nullptr, 0, {h, ldh, gain, eps}, w, ldw, nullptr, out, ld_out, m, f, k,
+                            false, pdl, stream);
 }
 
 }  // namespace xkv::cuda

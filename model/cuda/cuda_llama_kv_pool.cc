@@ -175,6 +175,9 @@ std::unique_ptr<KvCache> CudaLlamaModel::CacheCopy(uint64_t id) const {
   const int64_t run = kBlock * hd;  // elements of one head-block
   auto copy = std::make_unique<KvCache>(layer_begin_, layer_end_, kvh, hd);
   cudaSetDevice(options_.device);
+  // The copies below run on the legacy stream, which does not wait for stream_ (a resident step
+  // returns before its layers have run).
+  if (cudaStreamSynchronize(stream_) != cudaSuccess) return nullptr;
   for (int l = layer_begin_; l < layer_end_; ++l) {
     const int64_t len = CacheLength(id, l);
     // fp32 [slot][head][hd]; rows of a head past its own length stay zero and are dropped below.

@@ -14,7 +14,6 @@
 #include "kernels/cuda/decode_attention.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/gemv.cuh"
-#include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/sampling.cuh"
 
 namespace xkv {
@@ -59,6 +58,7 @@ CudaLlamaModel::~CudaLlamaModel() {
   if (score_ws_ != nullptr) cudaFree(score_ws_);
   if (score_start_ != nullptr) cudaEventDestroy(score_start_);
   if (score_stop_ != nullptr) cudaEventDestroy(score_stop_);
+  if (inputs_copied_ != nullptr) cudaEventDestroy(inputs_copied_);
   cudaStreamDestroy(stream_);
   cudaGetLastError();  // a failure here must not surface in the next caller's launch check
 }
@@ -113,6 +113,7 @@ absl::Status CudaLlamaModel::InitCommon() {
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_start_));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_stop_));
+  CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&inputs_copied_, cudaEventDisableTiming));
   ASSIGN_OR_RETURN(cuda::CublasHandle handle, cuda::CublasHandle::Create());
   cublas_ = std::make_unique<cuda::CublasHandle>(std::move(handle));
   max_blocks_per_seq_ = CeilDiv(o.max_seq_len, kBlock);
@@ -319,11 +320,10 @@ absl::Status CudaLlamaModel::CheckLogitRows(absl::Span<const int64_t> rows, int6
 }
 
 absl::StatusOr<std::vector<float>> CudaLlamaModel::HeadLogits(int64_t b) {
-  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  const int64_t vocab = config_.vocab_size;
   std::vector<float> out(b * vocab);
   if (b == 0) return out;
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  RETURN_IF_ERROR(HeadProject(b));
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), logits_, out.size() * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

@@ -64,9 +64,10 @@ struct CudaEngineOptions {
   double memory_share = 1.0;        // this stage's part of a device shared by several stages
   double kv_memory_fraction = 0.8;  // of the device memory free after weights and scratch
   bool cuda_graphs = true;          // replay decode steps from captured graphs
-  // Steps of <= cuda::kGemvMaxRows tokens (decode at small batch): our GEMV kernels (SwiGLU
-  // fused into gate|up) instead of cuBLAS, launched with programmatic dependent launch when
-  // `pdl` (each kernel starts while the previous one drains). Off: cuBLAS, plain launches.
+  // Steps of <= gemv_max_rows() tokens (decode at small batch): our GEMV kernels (SwiGLU
+  // fused into gate|up; on narrow models the RMSNorms too) instead of cuBLAS, launched with
+  // programmatic dependent launch when `pdl` (each kernel starts while the previous one drains).
+  // Off: cuBLAS, plain launches.
   bool small_batch_kernels = true;
   bool pdl = true;
 };
@@ -133,6 +134,9 @@ class CudaLlamaModel : public StageEngine {
   // Switches CudaEngineOptions::small_batch_kernels / pdl (benchmarks compare them); the
   // captured decode graphs are dropped and recaptured on the next steps.
   void SetDecodeKernels(bool small_batch_kernels, bool pdl);
+  // The most token rows a step may have to run the small-batch GEMV kernels: 8 on models up to
+  // 1024 wide (launch-latency bound), else 4 (cuda_llama_step.cc says why).
+  int64_t gemv_max_rows() const;
 
   int64_t num_kv_blocks() const { return num_blocks_; }
   // The memory figures the pool was sized from (gpu_memory_utilization > 0) and the scratch.
@@ -239,6 +243,11 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w, int64_t n_out,
                        int64_t k, float* y, int64_t ldy, int64_t rows, bool accumulate, bool small);
   bool SmallStep(int64_t rows) const;
+  // A small step on a narrow model: each RMSNorm runs inside the GEMV after it.
+  bool FusedNormStep(int64_t rows) const;
+  // logits_ = RmsNorm(last_) · lm_headᵀ for b gathered rows (the heads of Forward, Logits and
+  // SampleResident).
+  absl::Status HeadProject(int64_t b);
   // Greedy tokens (and logits) of each sequence's last row (Forward).
   absl::Status Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
                     std::vector<float>* logits);
@@ -316,6 +325,10 @@ class CudaLlamaModel : public StageEngine {
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
   int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
   int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)
+  // Recorded after a step's input copies from the pinned h_* mirrors (UploadStep): the resident
+  // path returns before the stream has run them, so the next Prepare waits for it before it
+  // rewrites the mirrors.
+  cudaEvent_t inputs_copied_ = nullptr;
   // Device sampling (SampleResident): per-row parameters and the penalties of the step.
   void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
   void* h_row_params_ = nullptr;   // pinned mirror

@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
-#include "kernels/cuda/rms_norm.cuh"
 #include "kernels/cuda/row_convert.cuh"
 #include "kernels/cuda/sampling.cuh"
 #include "model/cuda/cuda_llama_model.h"
@@ -135,7 +134,7 @@ absl::Status CudaLlamaModel::ReservePenalties(int64_t n) {
 }
 
 absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowSampling> rows) {
-  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  const int64_t vocab = config_.vocab_size;
   const int64_t b = static_cast<int64_t>(rows.size());
   std::vector<int64_t> idx;
   std::vector<int32_t> pen_rows, pen_ids;
@@ -162,8 +161,7 @@ absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowS
   if (b == 0) return out;
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  RETURN_IF_ERROR(HeadProject(b));
   // The raw logits first (before the penalties change them).
   out.logits.resize(n_logits * vocab);
   for (int64_t i = 0, k = 0; i < b; ++i) {

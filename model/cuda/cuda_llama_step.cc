@@ -30,6 +30,15 @@ namespace xkv {
 namespace {
 
 constexpr int64_t kMinGraphBucket = 256;
+// Models up to this hidden width are launch-latency bound at decode (SmolLM2-135M, 576 wide:
+// 7 MB of bf16 weights a layer, ~2 µs at HBM speed, against ~9 launches): their small-batch path
+// takes up to cuda::kGemvMaxRows = 8 token rows and fuses each RMSNorm into the GEMV after it
+// (every block forms the step's bf16 input rows in shared memory from the fp32 ones, at most
+// 8 x 1024 x 4 bytes from L2, for a launch saved). Wider models keep the GEMV path to kWideGemvRows
+// rows (at m = 4 within ~5% of cuBLAS on the Llama-3-8B projections, docs/benchmarks.md) and the
+// separate norm kernel.
+constexpr int64_t kNarrowHidden = 1024;
+constexpr int64_t kWideGemvRows = 4;
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
@@ -92,6 +101,8 @@ absl::Status CudaLlamaModel::Prepare(const std::vector<std::pair<uint64_t, int64
     return absl::ResourceExhaustedError(absl::StrCat(
         "cuda engine: the step needs ", need, " KV head-blocks, ", pool_.free_blocks(), " free"));
   }
+  // The last step's input copies may not have read the mirrors yet.
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(inputs_copied_));
   // Nothing can fail below this line except device copies.
   *plan = StepPlan{};
   plan->n = n;
@@ -186,6 +197,7 @@ absl::Status CudaLlamaModel::UploadStep(int64_t n, int64_t b, absl::Span<const i
   CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(d_kv_lens_, len_pitch, h_kv_lens_, len_pitch,
                                          b * kvh * sizeof(int32_t), L, cudaMemcpyHostToDevice,
                                          stream_));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(inputs_copied_, stream_));
   return absl::OkStatus();
 }
 
@@ -213,8 +225,26 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
   return absl::OkStatus();
 }
 
+int64_t CudaLlamaModel::gemv_max_rows() const {
+  return config_.hidden <= kNarrowHidden ? cuda::kGemvMaxRows : kWideGemvRows;
+}
+
 bool CudaLlamaModel::SmallStep(int64_t rows) const {
-  return options_.small_batch_kernels && rows <= cuda::kGemvMaxRows;
+  return options_.small_batch_kernels && rows <= gemv_max_rows();
+}
+
+bool CudaLlamaModel::FusedNormStep(int64_t rows) const {
+  return SmallStep(rows) && config_.hidden <= kNarrowHidden;
+}
+
+absl::Status CudaLlamaModel::HeadProject(int64_t b) {
+  const int64_t h = config_.hidden, vocab = config_.vocab_size;
+  if (FusedNormStep(b)) {
+    return cuda::LaunchRmsNormGemv(last_, h, output_norm_, config_.norm_eps, lm_head_, h, logits_,
+                                   vocab, b, vocab, h, options_.pdl, stream_);
+  }
+  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
+  return Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b));
 }
 
 absl::Status CudaLlamaModel::Project(const __nv_bfloat16* x, int64_t ldx, const __nv_bfloat16* w,
@@ -238,9 +268,17 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
                                    1.0f / std::sqrt(static_cast<float>(c.head_dim)), false};
   // Decode at small batch: GEMV kernels, every launch PDL (no cuBLAS kernel in between).
   const bool small = SmallStep(n), pdl = small && options_.pdl;
+  const bool fuse_norm = FusedNormStep(n);
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
-  RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  // A narrow model's small step fuses each RMSNorm into the GEMV after it (one launch, no norm_).
+  if (fuse_norm) {
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemv(hidden_, h, w.attn_norm, c.norm_eps, w.wqkv, h, qkv_,
+                                            qkv_dim, n, qkv_dim, h, options_.pdl, stream_));
+  } else {
+    RETURN_IF_ERROR(
+        cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+    RETURN_IF_ERROR(Project(norm_, h, w.wqkv, qkv_dim, h, qkv_, qkv_dim, n, false, small));
+  }
   // The architecture's bias add and QK-norm (model/arch/arch.h); a no-op for plain llama.
   RETURN_IF_ERROR(cuda::LaunchQkvHooks({c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps}, qkv_,
                                        qkv_dim, n, w.qkv_bias, w.q_norm, w.k_norm, stream_));
@@ -277,16 +315,22 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   if (!plan.all_decode || plan.scores_only) RETURN_IF_ERROR(ScoreLayer(layer, plan));
   // hidden += attn · Woᵀ
   RETURN_IF_ERROR(Project(norm_, q_dim, w.wo, h, q_dim, hidden_, h, n, true, small));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
-  const __nv_bfloat16* act = norm_;  // silu(gate) * up, bf16 [n, f]
-  if (small) {
-    RETURN_IF_ERROR(
-        cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h, options_.pdl, stream_));
-    act = glu_;
+  const __nv_bfloat16* act = glu_;  // silu(gate) * up, bf16 [n, f]
+  if (fuse_norm) {
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemvSwiGlu(hidden_, h, w.ffn_norm, c.norm_eps, w.w_gate_up,
+                                                  h, glu_, f, n, f, h, options_.pdl, stream_));
   } else {
-    RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
-                                     false, stream_));
-    RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+    RETURN_IF_ERROR(
+        cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
+    if (small) {
+      RETURN_IF_ERROR(cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h,
+                                             options_.pdl, stream_));
+    } else {
+      RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
+                                       false, stream_));
+      RETURN_IF_ERROR(cuda::LaunchSwiGlu(ffn_, 2 * f, ffn_ + f, 2 * f, n, f, norm_, f, stream_));
+      act = norm_;
+    }
   }
   // hidden += silu(gate)·up · W_downᵀ
   return Project(act, f, w.w_down, h, f, hidden_, h, n, true, small);
@@ -486,7 +530,11 @@ absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
         cudaMemcpyAsync(host, hidden_, n * h * sizeof(float), cudaMemcpyDeviceToHost, stream_),
         "copy hidden out", __FILE__, __LINE__);
   }
-  if (st.ok()) {
+  // The resident path does not wait for the layers: what reads their rows next (the head's
+  // SampleResident / LogitsResident, ExportResident, ResidentHost) is queued behind them on
+  // stream_ and waits itself, so the device runs the head right after the last layer instead of
+  // idling while the host returns and queues it. A kernel's error surfaces at that wait.
+  if (st.ok() && host != nullptr) {
     st = cuda::CudaStatus(cudaStreamSynchronize(stream_), "sync", __FILE__, __LINE__);
   }
   if (!st.ok()) {
@@ -533,12 +581,11 @@ absl::Status CudaLlamaModel::Forward(absl::Span<const CudaTokenStep> steps,
 absl::Status CudaLlamaModel::Head(const StepPlan& plan, std::vector<int32_t>* next_tokens,
                                   std::vector<float>* logits) {
   const ModelConfig& c = config_;
-  const int64_t b = plan.b, h = c.hidden, vocab = c.vocab_size;
+  const int64_t b = plan.b, vocab = c.vocab_size;
   std::vector<int64_t> last(b);
   for (int64_t i = 0; i < b; ++i) last[i] = plan.row0[i] + plan.n_new[i] - 1;
   RETURN_IF_ERROR(GatherLastRows(hidden_, last, cudaMemcpyDeviceToDevice));
-  RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, c.norm_eps, norm_, stream_));
-  RETURN_IF_ERROR(Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b)));
+  RETURN_IF_ERROR(HeadProject(b));
   RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab,
                                      static_cast<const cuda::DeviceSamplingParams*>(d_sampling_),
                                      d_next_, stream_));

@@ -10,6 +10,7 @@
 #include "kernels/cpu/random_fill.h"
 #include "kernels/cuda/random_fill.cuh"
 #include "model/cuda/cuda_llama_model.h"
+#include "model/kv_cache.h"
 #include "model/model_shapes.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -41,26 +42,36 @@ ModelConfig SmallLlama3() {
   return c;
 }
 
+// SmolLM2-135M's layer widths (576: the 8-row GEMV path with the RMSNorms fused in) on the same.
+ModelConfig SmallSmol() {
+  ModelConfig c = SmallLlama3();
+  c.hidden = 576;
+  c.ffn = 1536;
+  c.n_heads = 9;
+  c.n_kv_heads = 3;
+  return c;
+}
+
 std::unique_ptr<CudaLlamaModel> Make(uint64_t seed, bool graphs, bool small_batch_kernels = true,
-                                     bool pdl = true) {
+                                     bool pdl = true, const ModelConfig& config = SmallLlama3()) {
   CudaEngineOptions o;
   o.small_batch_kernels = small_batch_kernels;
   o.pdl = pdl;
-  o.max_batch = 4;
+  o.max_batch = 8;
   o.max_step_tokens = 1024;
   o.max_seq_len = 1024;
   o.num_kv_blocks = 1024;
   o.cuda_graphs = graphs;
-  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m =
-      CudaLlamaModel::CreateRandom(SmallLlama3(), seed, o);
+  absl::StatusOr<std::unique_ptr<CudaLlamaModel>> m = CudaLlamaModel::CreateRandom(config, seed, o);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? *std::move(m) : nullptr;
 }
 
-// Prefill 3 sequences of different lengths, then `steps` batched greedy decode steps; returns
-// every step's logits.
-std::vector<std::vector<float>> Decode(CudaLlamaModel& m, int steps) {
+// Prefill `seqs` (3..8) sequences of different lengths, then `steps` batched greedy decode steps;
+// returns every step's logits.
+std::vector<std::vector<float>> Decode(CudaLlamaModel& m, int steps, int seqs = 3) {
   std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4, 5}, {7, 8}, {9, 10, 11, 12, 13, 14}};
+  for (int i = 3; i < seqs; ++i) prompts.push_back(std::vector<int32_t>(i, 20 + i));
   std::vector<CudaTokenStep> batch;
   for (uint64_t i = 0; i < prompts.size(); ++i) batch.push_back({i + 1, prompts[i]});
   std::vector<int32_t> next;
@@ -98,38 +109,66 @@ TEST(RandomModelTest, GraphDecodeEqualsEagerAndSeedsDiffer) {
   EXPECT_EQ(graph->free_kv_blocks(), free_before);
 }
 
-// Decode steps of 3 sequences run the GEMV kernels (<= 4 rows): launched with or without
-// programmatic dependent launch they give the same bits, eager and from graphs; against the
-// cuBLAS path the first decode step's logits (same prefill, same inputs) agree to fp32
-// summation-order noise.
+// Decode steps run the GEMV kernels: 3 sequences on the Llama-3.2-1B widths (RMSNorm kernels
+// apart), 3 and 8 on SmolLM2's (RMSNorms fused into the GEMVs). Launched with or without
+// programmatic dependent launch they give the same bits, eager and from graphs; against the cuBLAS
+// path the first decode step's logits (same prefill, same inputs) agree to fp32 summation-order
+// noise.
 TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
   XKV_SKIP_WITHOUT_GPU();
-  std::unique_ptr<CudaLlamaModel> pdl = Make(5, true), plain = Make(5, true, true, false),
-                                  eager_pdl = Make(5, false), cublas = Make(5, true, false, false);
-  ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
-  const auto a = Decode(*pdl, 20), b = Decode(*plain, 20), c = Decode(*eager_pdl, 20),
-             d = Decode(*cublas, 1);
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t t = 0; t < a.size(); ++t) {
-    ASSERT_EQ(a[t], b[t]) << "step " << t;
-    ASSERT_EQ(a[t], c[t]) << "step " << t;
-  }
-  // Step 0: the prefill's layers (13 rows) run cuBLAS in both, the head (3 rows) differs.
-  for (int t : {0, 1}) {
-    float lo = d[t][0], hi = d[t][0], worst = 0.f;
-    for (size_t i = 0; i < d[t].size(); ++i) {
-      lo = std::min(lo, d[t][i]);
-      hi = std::max(hi, d[t][i]);
-      worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
+  for (const auto& [config, seqs] :
+       {std::pair{SmallLlama3(), 3}, std::pair{SmallSmol(), 3}, std::pair{SmallSmol(), 8}}) {
+    std::unique_ptr<CudaLlamaModel> pdl = Make(5, true, true, true, config),
+                                    plain = Make(5, true, true, false, config),
+                                    eager_pdl = Make(5, false, true, true, config),
+                                    cublas = Make(5, true, false, false, config);
+    ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
+    ASSERT_GE(pdl->gemv_max_rows(), seqs);
+    const auto a = Decode(*pdl, 20, seqs), b = Decode(*plain, 20, seqs),
+               c = Decode(*eager_pdl, 20, seqs), d = Decode(*cublas, 1, seqs);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t t = 0; t < a.size(); ++t) {
+      ASSERT_EQ(a[t], b[t]) << "step " << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;
+      ASSERT_EQ(a[t], c[t]) << "step " << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;
     }
-    EXPECT_GT(worst, 0.f) << t;  // a different kernel did run
-    EXPECT_LE(worst, 5e-3f * (hi - lo)) << t;
+    // Step 0: the prefill's layers (13 or more rows) run cuBLAS in both, the head (one row a
+    // sequence) differs.
+    for (int t : {0, 1}) {
+      float lo = d[t][0], hi = d[t][0], worst = 0.f;
+      for (size_t i = 0; i < d[t].size(); ++i) {
+        lo = std::min(lo, d[t][i]);
+        hi = std::max(hi, d[t][i]);
+        worst = std::max(worst, std::fabs(a[t][i] - d[t][i]));
+      }
+      EXPECT_GT(worst, 0.f) << t << ", " << seqs << " sequences, hidden "
+                            << config.hidden;  // a different kernel did run
+      EXPECT_LE(worst, 5e-3f * (hi - lo))
+          << t << ", " << seqs << " sequences, hidden " << config.hidden;
+    }
   }
 }
 
+// Sequence `id`'s K and V in every layer (the engine's cache copy), head by head.
+std::vector<float> KvOf(const CudaLlamaModel& m, uint64_t id) {
+  std::vector<float> out;
+  const std::unique_ptr<KvCache> c = m.CacheCopy(id);
+  if (c == nullptr) return out;
+  for (int l = c->layer_begin(); l < c->layer_end(); ++l) {
+    for (int g = 0; g < c->n_kv_heads(); ++g) {
+      const int64_t n = c->head_length(l, g) * c->head_dim();
+      out.insert(out.end(), c->k_head(l, g), c->k_head(l, g) + n);
+      out.insert(out.end(), c->v_head(l, g), c->v_head(l, g) + n);
+    }
+  }
+  return out;
+}
+
 // The resident path (rows kept on the device between EmbedResident, RunLayersResident and
-// LogitsResident) gives the host path's logits bit for bit, prefill and decode; misuse is an
-// error.
+// LogitsResident) gives the host path's logits bit for bit, prefill and decode; it returns before
+// the layers have run, and a cache copy right after it still sees the step's K and V; misuse is
+// an error.
 TEST(RandomModelTest, ResidentPathEqualsHostPath) {
   XKV_SKIP_WITHOUT_GPU();
   std::unique_ptr<CudaLlamaModel> host = Make(5, true), dev = Make(5, true);
@@ -148,6 +187,9 @@ TEST(RandomModelTest, ResidentPathEqualsHostPath) {
     ASSERT_TRUE(want.ok()) << want.status();
     XKV_ASSERT_OK(dev->EmbedResident(tokens));
     XKV_ASSERT_OK(dev->RunLayersResident(s, {}, nullptr));
+    const std::vector<float> kv = KvOf(*dev, 1);
+    ASSERT_EQ(kv.size(), size_t{4} * 8 * 64 * 2 * (position + n)) << "step " << step;
+    ASSERT_EQ(kv, KvOf(*host, 1)) << "step " << step;
     auto got = dev->LogitsResident(rows);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(*got, *want) << "step " << step;
