@@ -416,14 +416,23 @@ absl::Status Coordinator::ApplyBudgets(Sequence& seq, PolicyBudgets budgets, boo
   seq.reachable = seq.budgets.reachable;
   if (seq.budgets.average_retention.has_value()) seq.retention = seq.budgets.average_retention;
   if (profiled && prefix_len > 0) {
-    RETURN_IF_ERROR(store_->AddSample(seq.budgets.budgets, prefix_len));
+    // Per-head budgets: a layer's bytes are its heads' mean budget in every head.
+    std::vector<int64_t> layer_tokens = seq.budgets.budgets;
+    for (size_t l = 0; l < seq.budgets.head_budgets.size() && l < layer_tokens.size(); ++l) {
+      const std::vector<int64_t>& heads = seq.budgets.head_budgets[l];
+      int64_t sum = 0;
+      for (int64_t b : heads) sum += b;
+      const int64_t n = std::max<int64_t>(static_cast<int64_t>(heads.size()), 1);
+      layer_tokens[l] = (sum + n / 2) / n;
+    }
+    RETURN_IF_ERROR(store_->AddSample(layer_tokens, prefix_len));
     std::lock_guard<std::mutex> lock(mu_);
-    if (mean_kept_tokens_.size() != seq.budgets.budgets.size()) {
-      mean_kept_tokens_.assign(seq.budgets.budgets.size(), 0.0);
+    if (mean_kept_tokens_.size() != layer_tokens.size()) {
+      mean_kept_tokens_.assign(layer_tokens.size(), 0.0);
     }
     const double n = static_cast<double>(store_->num_samples());
     for (size_t l = 0; l < mean_kept_tokens_.size(); ++l) {
-      mean_kept_tokens_[l] += (seq.budgets.budgets[l] - mean_kept_tokens_[l]) / n;
+      mean_kept_tokens_[l] += (layer_tokens[l] - mean_kept_tokens_[l]) / n;
     }
   }
   return absl::OkStatus();

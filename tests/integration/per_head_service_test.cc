@@ -10,8 +10,8 @@
 // compaction leaves every pool idle; bad input and stages that hold one count per layer are
 // INVALID_ARGUMENT and change nothing.
 #include <chrono>
-#include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -30,8 +30,8 @@
 #include "model/gguf.h"
 #include "model/kv_allocation.h"
 #include "model/reconstruct_scorer.h"
-#include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/integration/eval_reference.h"
 #include "tests/integration/pipeline_harness.h"
 #include "worker/stage_engine_factory.h"
 #include "worker/worker_service.h"
@@ -44,6 +44,7 @@ constexpr int64_t kStepTokens = 256;        // the prompt prefills (and re-reads
 constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
 
 using HeadSizes = std::map<int, std::vector<int64_t>>;  // layer -> tokens of each KV head
+using testing_eval::LogprobSink;
 using testing_pipeline::CollectingSink;
 using testing_pipeline::ModelPath;
 
@@ -98,39 +99,6 @@ class RecordingClient final : public StageClient {
   const bool table_per_layer_;
 };
 
-class Sink final : public GenerateSink {
- public:
-  void OnDelta(const std::string&, absl::Span<const int32_t> ids,
-               absl::Span<const SampledLogprobs> logprobs) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
-    for (const SampledLogprobs& l : logprobs) logprobs_.push_back(l.token.logprob);
-  }
-  void OnDone(const xkv::v1::Usage&) override { End(absl::OkStatus()); }
-  void OnError(const absl::Status& status) override { End(status); }
-  absl::Status Wait() {  // bounded: a hang fails the test
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!done_.wait_for(lock, std::chrono::minutes(2), [&] { return finished_; })) {
-      return absl::DeadlineExceededError("the request did not finish in 2 minutes");
-    }
-    return status_;
-  }
-  std::vector<int32_t> tokens_;
-  std::vector<float> logprobs_;
-
- private:
-  void End(const absl::Status& s) {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = s;
-    finished_ = true;
-    done_.notify_all();
-  }
-  std::mutex mu_;
-  std::condition_variable done_;
-  absl::Status status_;
-  bool finished_ = false;
-};
-
 CoordinatorOptions Options() {
   CoordinatorOptions o;
   o.model_path = std::filesystem::canonical(ModelPath()).string();
@@ -170,32 +138,33 @@ bool HeadsDiffer(const HeadSizes& sizes) {
 }
 
 class PerHeadServiceTest : public ::testing::Test {
- protected:
+ public:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(ModelPath())) return;
     auto file = GgufFile::Open(ModelPath());
     ASSERT_TRUE(file.ok()) << file.status();
     auto tok = Tokenizer::FromGguf(**file);
     ASSERT_TRUE(tok.ok()) << tok.status();
-    std::string text;
-    for (int i = 0; text.size() < 900; ++i) {
-      text += "Entry " + std::to_string(i) + ": locker " + std::to_string(300 + 11 * i) +
-              " holds the key " + std::to_string(7919 * (i + 5) % 10007) + ". ";
-    }
-    text += "Which key does locker 333 hold?";
-    auto ids = (*tok)->Encode(text, /*parse_special=*/false);
+    auto ids = testing_eval::LockerPrompt(**tok);
     ASSERT_TRUE(ids.ok()) << ids.status();
     prompt_ = new std::vector<int32_t>(*ids);
     auto repeat = MakeRepeatPrompt(**tok, ChatTemplate::SmolLm2());
     ASSERT_TRUE(repeat.ok()) << repeat.status();
-    one_pass_ = new Expected(Reference(*repeat, false));
-    reconstruct_ = new Expected(Reference(*repeat, true));
+    repeat_ = new RepeatPrompt(*repeat);
   }
   static void TearDownTestSuite() {
     delete prompt_;
-    delete one_pass_;
-    delete reconstruct_;
+    delete repeat_;
     prompt_ = nullptr;
+  }
+  // The eval harness's runs, computed when a test first needs them (ctest runs each test alone).
+  static const Expected& OnePass() {
+    static const Expected* x = new Expected(Reference(*repeat_, false));
+    return *x;
+  }
+  static const Expected& Reconstruct() {
+    static const Expected* x = new Expected(Reference(*repeat_, true));
+    return *x;
   }
   void SetUp() override {
     if (prompt_ == nullptr) GTEST_SKIP() << "no model at " << ModelPath() << " (set XKV_MODEL)";
@@ -203,7 +172,6 @@ class PerHeadServiceTest : public ::testing::Test {
 
   // The eval harness's computation on one CPU engine (kGgml, as the stages run).
   static Expected Reference(const RepeatPrompt& repeat, bool reconstruct) {
-    Expected x;
     StageOptions so;
     so.model_path = ModelPath();
     auto engine_or = LoadStageEngine(so);
@@ -212,25 +180,14 @@ class PerHeadServiceTest : public ::testing::Test {
     const CoordinatorOptions co = Options();
     const ImportanceOptions scoring{co.window, co.pool_kernel};
     const int64_t T = static_cast<int64_t>(prompt_->size());
-    EngineStep prefill;
-    prefill.sequences.push_back({1, T, 0, true});
-    std::vector<EngineObservation> obs;
-    EXPECT_TRUE(e.EmbedResident(*prompt_).ok());
-    EXPECT_TRUE(e.RunLayersResident(prefill, scoring, &obs).ok());
-    auto logits = e.LogitsResident({T - 1});
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    CollectedScores scores = *obs[0].scores;
+    auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
+    EXPECT_TRUE(prefill.ok()) << prefill.status();
+    CollectedScores scores = prefill->scores;
     if (reconstruct) {
-      ReconstructOptions ro;
-      ro.chunk_tokens = RereadChunkTokens(repeat, ro, kStepTokens);
-      auto raw = ScoreByReconstruction(&e, 1, *prompt_, repeat, ro);
-      EXPECT_TRUE(raw.ok()) << raw.status();
-      ImportanceOptions unpooled = scoring;
-      unpooled.pool_kernel = 1;
-      auto reread = ReconstructCollectedScores(*raw, T, e.config(), unpooled);
-      EXPECT_TRUE(reread.ok()) << reread.status();
-      EXPECT_TRUE(MaxMergeScores(scores, &*reread).ok());
-      scores = *std::move(reread);
+      auto merged =
+          testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, scores);
+      EXPECT_TRUE(merged.ok()) << merged.status();
+      scores = *std::move(merged);
     }
     auto spec = ApplyOverride(co.kv, PerHead(reconstruct ? "reconstruct" : "one_pass"));
     EXPECT_TRUE(spec.ok()) << spec.status();
@@ -239,20 +196,9 @@ class PerHeadServiceTest : public ::testing::Test {
     for (int l = 0; l < e.config().n_layers; ++l) {
       EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
     }
-    std::vector<float> last = *logits;
-    for (int t = 0; t < kMaxTokens; ++t) {
-      const int32_t token = Argmax(last);
-      x.tokens.push_back(token);
-      x.logprobs.push_back(LogprobsOf(last, token, 0).token.logprob);
-      if (t + 1 == kMaxTokens) break;
-      EngineStep step;
-      step.sequences.push_back({1, 1, T + t, false});
-      EXPECT_TRUE(e.EmbedResident({token}).ok());
-      EXPECT_TRUE(e.RunLayersResident(step, {}, nullptr).ok());
-      auto next = e.LogitsResident({0});
-      EXPECT_TRUE(next.ok()) << next.status();
-      last = *next;
-    }
+    auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+    EXPECT_TRUE(run.ok()) << run.status();
+    Expected x{run->tokens, run->logprobs, {}};
     for (int l = 0; l < e.config().n_layers; ++l) {
       for (int h = 0; h < e.config().n_kv_heads; ++h) {
         x.heads[l].push_back(e.HeadCacheLength(1, l, h));
@@ -315,7 +261,7 @@ class PerHeadServiceTest : public ::testing::Test {
 
   // Runs one request and checks it against `want`.
   static void ExpectMatches(Service& s, GenerateParams request, const Expected& want) {
-    auto sink = std::make_shared<Sink>();
+    auto sink = std::make_shared<LogprobSink>();
     auto id = s.coordinator->Submit(std::move(request), sink);
     ASSERT_TRUE(id.ok()) << id.status();
     ASSERT_TRUE(sink->Wait().ok()) << sink->Wait();
@@ -329,34 +275,39 @@ class PerHeadServiceTest : public ::testing::Test {
   }
 
   static std::vector<int32_t>* prompt_;
-  static Expected* one_pass_;
-  static Expected* reconstruct_;
+  static RepeatPrompt* repeat_;
 };
 
 std::vector<int32_t>* PerHeadServiceTest::prompt_ = nullptr;
-Expected* PerHeadServiceTest::one_pass_ = nullptr;
-Expected* PerHeadServiceTest::reconstruct_ = nullptr;
+RepeatPrompt* PerHeadServiceTest::repeat_ = nullptr;
 
-TEST_F(PerHeadServiceTest, ServiceMatchesTheEvalHarnessInProcessAndOverGrpc) {
-  // Heads of one layer keep different counts, so a per-layer service could not pass.
-  EXPECT_TRUE(HeadsDiffer(one_pass_->heads));
-  EXPECT_TRUE(HeadsDiffer(reconstruct_->heads));
-  for (bool grpc : {false, true}) {
-    for (int stages : {1, 2}) {
-      SCOPED_TRACE(::testing::Message() << stages << " stages, " << (grpc ? "gRPC" : "in-process"));
-      std::unique_ptr<Service> s = Start(stages, grpc);
-      ASSERT_NE(s, nullptr);
-      ExpectMatches(*s, Request(PerHead("one_pass")), *one_pass_);
-      ExpectMatches(*s, Request(PerHead("reconstruct")), *reconstruct_);
-    }
+// Heads of one layer keep different counts in the eval harness's runs, so a per-layer service
+// could not pass; one_pass and reconstruct on 1 and 2 stages.
+void ExpectEveryStageCountMatches(bool grpc) {
+  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::OnePass().heads));
+  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::Reconstruct().heads));
+  for (int stages : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << stages << " stages");
+    std::unique_ptr<PerHeadServiceTest::Service> s = PerHeadServiceTest::Start(stages, grpc);
+    ASSERT_NE(s, nullptr);
+    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("one_pass")),
+                                      PerHeadServiceTest::OnePass());
+    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("reconstruct")),
+                                      PerHeadServiceTest::Reconstruct());
   }
 }
+
+TEST_F(PerHeadServiceTest, InProcessStagesMatchTheEvalHarness) {
+  ExpectEveryStageCountMatches(false);
+}
+
+TEST_F(PerHeadServiceTest, GrpcWorkersMatchTheEvalHarness) { ExpectEveryStageCountMatches(true); }
 
 TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {
   std::unique_ptr<Service> s = Start(2, false);
   ASSERT_NE(s, nullptr);
   KvPolicyOverride none;
-  auto sink = std::make_shared<Sink>();
+  auto sink = std::make_shared<LogprobSink>();
   auto before = s->coordinator->Submit(Request(none), sink);
   ASSERT_TRUE(before.ok()) << before.status();
   ASSERT_TRUE(sink->Wait().ok());
@@ -366,7 +317,7 @@ TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {
   }
   ASSERT_TRUE(s->coordinator->SetPolicy(PerHead("one_pass")).ok());
   EXPECT_TRUE(s->coordinator->GetConfig().default_policy().per_head());
-  ExpectMatches(*s, Request(none), *one_pass_);
+  ExpectMatches(*s, Request(none), OnePass());
 }
 
 TEST_F(PerHeadServiceTest, CancelAfterAPerHeadCompactionLeavesEveryPoolIdle) {
@@ -416,7 +367,7 @@ TEST_F(PerHeadServiceTest, BadInputIsInvalidArgumentAndChangesNothing) {
            {snap, "per_head budgets need policy xkv"},
            {floor, "floor is 1.5; it must be in [0, 1]"},
            {paper, "allocator 'paper'"}}) {
-    auto id = s->coordinator->Submit(Request(kv), std::make_shared<Sink>());
+    auto id = s->coordinator->Submit(Request(kv), std::make_shared<LogprobSink>());
     EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << needle;
     EXPECT_NE(std::string(id.status().message()).find(needle), std::string::npos) << id.status();
     const absl::Status set = s->coordinator->SetPolicy(kv);
@@ -426,13 +377,41 @@ TEST_F(PerHeadServiceTest, BadInputIsInvalidArgumentAndChangesNothing) {
   EXPECT_FALSE(ParsePerHead("2").ok());
 }
 
+// The stage planner's predicted KV bytes per stage (GetClusterStatus.kv_bytes_predicted) match
+// what the stages hold (whole blocks of each head) while a per-head request decodes.
+TEST_F(PerHeadServiceTest, PredictedKvBytesMatchWhatTheStagesHold) {
+  std::unique_ptr<Service> s = Start(2, false);
+  ASSERT_NE(s, nullptr);
+  GenerateParams request = Request(PerHead("one_pass"));
+  request.max_tokens = 40;
+  auto sink = std::make_shared<LogprobSink>();
+  std::promise<void> third;
+  sink->on_tokens = [&third, done = false](size_t n) mutable {
+    if (n >= 3 && !done) {
+      done = true;
+      third.set_value();
+    }
+  };
+  ASSERT_TRUE(s->coordinator->Submit(std::move(request), sink).ok());
+  ASSERT_EQ(third.get_future().wait_for(std::chrono::minutes(2)), std::future_status::ready);
+  const xkv::v1::GetClusterStatusResponse during = s->coordinator->GetClusterStatus();
+  ASSERT_TRUE(sink->Wait().ok());
+  ASSERT_EQ(during.stages_size(), 2);
+  for (const auto& stage : during.stages()) {
+    ASSERT_GT(stage.kv_bytes_used(), 0) << stage.index();
+    EXPECT_NEAR(static_cast<double>(stage.kv_bytes_predicted()) / stage.kv_bytes_used(), 1.0, 0.10)
+        << "stage " << stage.index() << ": predicted " << stage.kv_bytes_predicted() << ", held "
+        << stage.kv_bytes_used();
+  }
+}
+
 // Stages that keep one count per layer (what a CUDA stage answers until its engine holds per-head
 // counts): per_head is refused at submit, by the admin RPC and at start, naming the stage.
 TEST_F(PerHeadServiceTest, StagesWithOneTablePerLayerRefusePerHead) {
   std::unique_ptr<Service> s = Start(2, false, /*table_per_layer=*/true);
   ASSERT_NE(s, nullptr);
   const std::string config = s->coordinator->GetConfig().DebugString();
-  auto id = s->coordinator->Submit(Request(PerHead("one_pass")), std::make_shared<Sink>());
+  auto id = s->coordinator->Submit(Request(PerHead("one_pass")), std::make_shared<LogprobSink>());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(id.status().message()).find("hold a count per KV head"), std::string::npos)
       << id.status();
@@ -442,7 +421,7 @@ TEST_F(PerHeadServiceTest, StagesWithOneTablePerLayerRefusePerHead) {
   // Per-layer requests still run there.
   KvPolicyOverride layers = PerHead("one_pass");
   layers.per_head = false;
-  auto sink = std::make_shared<Sink>();
+  auto sink = std::make_shared<LogprobSink>();
   ASSERT_TRUE(s->coordinator->Submit(Request(layers), sink).ok());
   EXPECT_TRUE(sink->Wait().ok());
   // A per-head default cannot start on them.
