@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -16,6 +17,8 @@
 
 #include "base/status_macros.h"
 #include "coordinator/coordinator.h"
+#include "model/chat_template.h"
+#include "model/gguf.h"
 #include "model/importance_collector.h"
 #include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
@@ -75,15 +78,25 @@ class LogprobSink final : public GenerateSink {
   bool finished_ = false;
 };
 
-// A ~400-token needle prompt: lockers and their keys, then the question about one of them.
-inline absl::StatusOr<std::vector<int32_t>> LockerPrompt(const Tokenizer& tokenizer) {
+struct NeedlePrompt {
+  std::vector<int32_t> ids;  // ~400 tokens: lockers and their keys, then the question
+  RepeatPrompt repeat;       // the reconstruct profile's re-reading frame (SmolLM2's chat template)
+};
+
+// The needle prompt with the model's tokenizer.
+inline absl::StatusOr<NeedlePrompt> LoadNeedlePrompt(const std::string& model_path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(model_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::FromGguf(*file));
   std::string text;
   for (int i = 0; text.size() < 900; ++i) {
     text += "Entry " + std::to_string(i) + ": locker " + std::to_string(300 + 11 * i) +
             " holds the key " + std::to_string(7919 * (i + 5) % 10007) + ". ";
   }
   text += "Which key does locker 333 hold?";
-  return tokenizer.Encode(text, /*parse_special=*/false);
+  NeedlePrompt out;
+  ASSIGN_OR_RETURN(out.ids, tok->Encode(text, /*parse_special=*/false));
+  ASSIGN_OR_RETURN(out.repeat, MakeRepeatPrompt(*tok, ChatTemplate::SmolLm2()));
+  return out;
 }
 
 struct ObservedPrefill {
@@ -121,9 +134,9 @@ inline absl::StatusOr<CollectedScores> RereadScores(StageEngine& e, uint64_t id,
   }
   ASSIGN_OR_RETURN(ReconstructScores raw, ScoreByReconstruction(&e, id, prompt, repeat, ro));
   scoring.pool_kernel = 1;
-  ASSIGN_OR_RETURN(CollectedScores scores,
-                   ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(),
-                                              scoring));
+  ASSIGN_OR_RETURN(
+      CollectedScores scores,
+      ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(), scoring));
   RETURN_IF_ERROR(MaxMergeScores(window, &scores));
   return scores;
 }

@@ -26,11 +26,8 @@
 #include "coordinator/grpc_stage_client.h"
 #include "embedded/in_process_stage_client.h"
 #include "gtest/gtest.h"
-#include "model/chat_template.h"
-#include "model/gguf.h"
 #include "model/kv_allocation.h"
 #include "model/reconstruct_scorer.h"
-#include "model/tokenizer.h"
 #include "tests/integration/eval_reference.h"
 #include "tests/integration/pipeline_harness.h"
 #include "worker/stage_engine_factory.h"
@@ -141,16 +138,10 @@ class PerHeadServiceTest : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(ModelPath())) return;
-    auto file = GgufFile::Open(ModelPath());
-    ASSERT_TRUE(file.ok()) << file.status();
-    auto tok = Tokenizer::FromGguf(**file);
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    auto ids = testing_eval::LockerPrompt(**tok);
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    prompt_ = new std::vector<int32_t>(*ids);
-    auto repeat = MakeRepeatPrompt(**tok, ChatTemplate::SmolLm2());
-    ASSERT_TRUE(repeat.ok()) << repeat.status();
-    repeat_ = new RepeatPrompt(*repeat);
+    auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
+    ASSERT_TRUE(needle.ok()) << needle.status();
+    prompt_ = new std::vector<int32_t>(needle->ids);
+    repeat_ = new RepeatPrompt(needle->repeat);
   }
   static void TearDownTestSuite() {
     delete prompt_;

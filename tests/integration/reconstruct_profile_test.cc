@@ -73,16 +73,10 @@ class ReconstructProfileTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(ModelPath())) return;
-    auto file = GgufFile::Open(ModelPath());
-    ASSERT_TRUE(file.ok()) << file.status();
-    auto tok = Tokenizer::FromGguf(**file);
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    auto ids = testing_eval::LockerPrompt(**tok);
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    prompt_ = new std::vector<int32_t>(*ids);
-    auto repeat = MakeRepeatPrompt(**tok, ChatTemplate::SmolLm2());
-    ASSERT_TRUE(repeat.ok()) << repeat.status();
-    expected_ = new Expected(Reference(*repeat));
+    auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
+    ASSERT_TRUE(needle.ok()) << needle.status();
+    prompt_ = new std::vector<int32_t>(needle->ids);
+    expected_ = new Expected(Reference(needle->repeat));
   }
   static void TearDownTestSuite() {
     delete prompt_;
