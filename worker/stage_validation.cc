@@ -119,12 +119,19 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
 
 absl::StatusOr<PolicyOptions> StageExecutor::CompactSelection(const CompactSpec& spec) const {
   ASSIGN_OR_RETURN(const PolicyOptions policy, SelectionOf(spec, config().context_length));
+  int per_head = 0;  // layers with per-head budgets: all of the stage's or none
   for (int l = layer_begin(); l < layer_end(); ++l) {
     const xkv::v1::LayerBudget* b = FindBudget(spec, l);
     if (policy.kind != PolicyKind::kFull && (b == nullptr || b->kept_prefix() < 0)) {
       return absl::InvalidArgumentError(
           absl::StrCat("stage: compaction needs a budget >= 0 for layer ", l));
     }
+    per_head += b != nullptr && b->head_kept_prefix_size() > 0;
+  }
+  if (per_head != 0 && per_head != layer_end() - layer_begin()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage: compaction gives per-head budgets to ", per_head, " of the stage's ",
+                     layer_end() - layer_begin(), " layers; give them to every layer or to none"));
   }
   return policy;
 }

@@ -183,6 +183,18 @@ TEST_F(RequestBoundsTest, PerHeadBudgetsNeedPerHeadTablesAndAreBounded) {
   b->set_head_kept_prefix(1, 3);
   b->set_kept_prefix(10);
   ExpectInvalid(compact(spec), "kept_prefix 10 is outside [9, 9]");
+  // Per-head budgets for some of the stage's layers only, on a step's compaction.
+  b->set_kept_prefix(9);
+  for (int l = 1; l < 4; ++l) {
+    xkv::v1::LayerBudget* other = spec.add_budgets();
+    other->set_layer(l);
+    other->set_kept_prefix(5);
+  }
+  xkv::v1::StepRequest compacting = OneSequenceStep(40, 0);
+  compacting.set_dry_run(true);
+  compacting.mutable_sequences(0)->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  *compacting.mutable_sequences(0)->mutable_compact() = spec;
+  ExpectInvalid(stage.Step(compacting).status(), "per-head budgets to 1 of the stage's 4 layers");
 }
 
 xkv::v1::LoadStageRequest GoodLoad() {
