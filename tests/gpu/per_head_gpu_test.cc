@@ -1,7 +1,7 @@
 // Per-(layer, KV head) budgets on CUDA stages (issue 12 part 5): the service takes `per_head`
 // only where every stage's engine holds a count per KV head (StageEngine::supports_per_head_kv,
 // the one capability check). Until the CUDA engine does, a pipeline of CUDA stages refuses it at
-// submit, through the admin policy and at start with INVALID_ARGUMENT, and keeps serving
+// submit and through the admin policy with INVALID_ARGUMENT, and keeps serving
 // per-layer requests; once it does, a per-head request runs and leaves every pool idle.
 #include <filesystem>
 #include <memory>
