@@ -133,14 +133,6 @@ absl::Status ValidateSettings(const KvSettings& s) {
   return absl::OkStatus();
 }
 
-absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry) {
-  if (!per_head || entry == SpecEntry::kEval) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "per_head budgets are not supported by ",
-      entry == SpecEntry::kService ? "the service" : "xkv generate",
-      " yet (xkv eval only: the stages report per-layer gain curves); allowed here: per_head 0"));
-}
-
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o) {
   const int targets = o.retention.has_value() + o.budget_tokens.has_value() +
                       o.budget_bytes.has_value() + o.budget_fraction.has_value();
@@ -179,8 +171,7 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
 }
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {
-  ASSIGN_OR_RETURN(const KvSettings s, ApplyOverride(KvSettings{}, o));
-  return ValidatePerHeadFor(s.allocator.per_head, SpecEntry::kService);
+  return ApplyOverride(KvSettings{}, o).status();
 }
 
 bool NeedsScores(PolicyKind policy) {

@@ -83,17 +83,12 @@ absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
 // Every field of a complete spec.
 absl::Status ValidateSettings(const KvSettings& settings);
 
-// The entry points of a spec. Per-(layer, KV head) budgets run in `xkv eval` only: the service's
-// stages report per-layer gain curves (LayerGains) and take per-layer budgets, so the service and
-// `xkv generate` refuse them (INVALID_ARGUMENT saying so).
-enum class SpecEntry { kEval, kGenerate, kService };
-absl::Status ValidatePerHeadFor(bool per_head, SpecEntry entry);
-
 // `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
 // without a target turns the base's retention target into the same kept fraction.
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o);
 // The override alone, as a Generate request or the admin RPC carries it to the service:
-// ApplyOverride onto a default spec (every profile mode runs everywhere, reconstruct included).
+// ApplyOverride onto a default spec (every profile mode runs everywhere, reconstruct included;
+// per_head too, where the stages hold per-head counts: Coordinator::CheckStagesHold).
 absl::Status ValidateKvOverride(const KvPolicyOverride& o);
 
 // True when the policy selects tokens by importance score (snapkv, pyramidkv, xkv).

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
   RETURN_IF_ERROR(ValidateSettings(options.kv));
   std::unique_ptr<Coordinator> c(new Coordinator(options));
   RETURN_IF_ERROR(c->Init(std::move(stages)));
+  RETURN_IF_ERROR(c->CheckStagesHold(options.kv));
   c->stages_ready_ = absl::OkStatus();  // every stage was just loaded
   c->loop_ = std::thread([p = c.get()] { p->Loop(); });
   if (options.health_interval > absl::ZeroDuration()) {
@@ -118,7 +119,7 @@ absl::Status Coordinator::ReloadStages(const StagePlan& plan) {
   }
   const std::vector<StageState> states = driver_->stage_states();
   if (!states.empty() && states[0].block_bytes > 0) {
-    bytes_per_token_ = states[0].block_bytes / options_.block_tokens;
+    bytes_per_token_ = states[0].block_bytes * states[0].head_tables / options_.block_tokens;
   }
   return absl::OkStatus();
 }
@@ -229,6 +230,7 @@ absl::StatusOr<uint64_t> Coordinator::SubmitImpl(GenerateParams params,
     kv = kv_;
   }
   ASSIGN_OR_RETURN(kv, ApplyOverride(kv, params.kv));
+  RETURN_IF_ERROR(CheckStagesHold(kv));
   ASSIGN_OR_RETURN(std::vector<int32_t> ids, Tokenize(params));
   RETURN_IF_ERROR(ValidateTokenCounts(static_cast<int64_t>(ids.size()), params.max_tokens,
                                       config_.context_length));
@@ -279,6 +281,20 @@ SequenceSpec Coordinator::SpecFor(const Sequence& seq) const {
   }
   spec.deadline = seq.params.deadline;
   return spec;
+}
+
+absl::Status Coordinator::CheckStagesHold(const KvSettings& kv) const {
+  if (!kv.allocator.per_head) return absl::OkStatus();
+  const std::vector<StageState> states = driver_->stage_states();
+  for (size_t s = 0; s < states.size(); ++s) {
+    if (states[s].head_tables == config_.n_kv_heads) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "per_head budgets need stages that hold a count per KV head (CPU stages); stage ", s, " (",
+        states[s].address,
+        ") keeps one per layer (StageEngine::supports_per_head_kv); allowed "
+        "here: per_head 0"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::ClampBudgets(const Sequence& seq, std::vector<int64_t>& budgets) const {
@@ -394,6 +410,7 @@ absl::Status Coordinator::SetPolicy(const KvPolicyOverride& policy) {
   RETURN_IF_ERROR(ValidateKvOverride(policy));
   std::lock_guard<std::mutex> lock(mu_);
   ASSIGN_OR_RETURN(KvSettings next, ApplyOverride(kv_, policy));
+  RETURN_IF_ERROR(CheckStagesHold(next));
   kv_ = next;
   return absl::OkStatus();
 }

@@ -250,6 +250,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
       out->set_n_new(static_cast<int64_t>(input.size()));
       out->set_position(static_cast<int64_t>(seq->prompt.size()));
       out->set_mode(xkv::v1::SEQUENCE_MODE_REREAD);
+      out->set_per_head(seq->kv.allocator.per_head);
       out->set_skip_sampling(true);
       xkv::v1::RereadChunk* chunk = out->mutable_reread();
       chunk->set_chunk_begin(span.chunk_begin);
@@ -262,6 +263,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
       out->set_position(0);
       out->set_new_sequence(true);
       out->set_mode(xkv::v1::SEQUENCE_MODE_SCORES_ONLY);
+      out->set_per_head(seq->kv.allocator.per_head);
       out->set_skip_sampling(true);
       seq->started = true;
     }
@@ -414,14 +416,23 @@ absl::Status Coordinator::ApplyBudgets(Sequence& seq, PolicyBudgets budgets, boo
   seq.reachable = seq.budgets.reachable;
   if (seq.budgets.average_retention.has_value()) seq.retention = seq.budgets.average_retention;
   if (profiled && prefix_len > 0) {
-    RETURN_IF_ERROR(store_->AddSample(seq.budgets.budgets, prefix_len));
+    // Per-head budgets: a layer's bytes are its heads' mean budget in every head.
+    std::vector<int64_t> layer_tokens = seq.budgets.budgets;
+    for (size_t l = 0; l < seq.budgets.head_budgets.size() && l < layer_tokens.size(); ++l) {
+      const std::vector<int64_t>& heads = seq.budgets.head_budgets[l];
+      int64_t sum = 0;
+      for (int64_t b : heads) sum += b;
+      const int64_t n = std::max<int64_t>(static_cast<int64_t>(heads.size()), 1);
+      layer_tokens[l] = (sum + n / 2) / n;
+    }
+    RETURN_IF_ERROR(store_->AddSample(layer_tokens, prefix_len));
     std::lock_guard<std::mutex> lock(mu_);
-    if (mean_kept_tokens_.size() != seq.budgets.budgets.size()) {
-      mean_kept_tokens_.assign(seq.budgets.budgets.size(), 0.0);
+    if (mean_kept_tokens_.size() != layer_tokens.size()) {
+      mean_kept_tokens_.assign(layer_tokens.size(), 0.0);
     }
     const double n = static_cast<double>(store_->num_samples());
     for (size_t l = 0; l < mean_kept_tokens_.size(); ++l) {
-      mean_kept_tokens_[l] += (seq.budgets.budgets[l] - mean_kept_tokens_[l]) / n;
+      mean_kept_tokens_[l] += (layer_tokens[l] - mean_kept_tokens_[l]) / n;
     }
   }
   return absl::OkStatus();
@@ -445,8 +456,9 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
     const bool ends_prompt = item.begin + item.tokens == static_cast<int64_t>(seq.prompt.size());
     if (ends_prompt && seq.compress) {
       out->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+      out->set_per_head(seq.kv.allocator.per_head);
       if (seq.budgets_known && !seq.reread_pending) {
-        *out->mutable_compact() = MakeCompactSpec(seq.budgets.budgets, seq.kv);
+        *out->mutable_compact() = MakeCompactSpec(seq.budgets, seq.kv);
         seq.compacted = true;
       }
     }
@@ -524,8 +536,10 @@ absl::Status Coordinator::AfterReread(Sequence& seq, const WorkItem& item,
   seq.gains = *r.gains;
   seq.reread_pending = false;
   RETURN_IF_ERROR(SolveAndCompact(seq));
-  seq.retention =
-      RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
+  if (seq.budgets.head_budgets.empty()) {  // per-head budgets: the solver's own retention
+    seq.retention =
+        RetentionOf(seq.gains, seq.budgets.budgets, RetentionDefinition(ToPolicyOptions(seq.kv)));
+  }
   return absl::OkStatus();
 }
 
@@ -540,8 +554,7 @@ absl::Status Coordinator::SolveAndCompact(Sequence& seq) {
     ASSIGN_OR_RETURN(PolicyBudgets b, SolveFromGains(seq.gains, P, bytes_per_token_, seq.kv));
     RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, P));
   }
-  ASSIGN_OR_RETURN(seq.layers,
-                   driver_->Compact(seq.id, MakeCompactSpec(seq.budgets.budgets, seq.kv)));
+  ASSIGN_OR_RETURN(seq.layers, driver_->Compact(seq.id, MakeCompactSpec(seq.budgets, seq.kv)));
   seq.compacted = true;
   RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
   seq.solve_ms += Ms(clock_->Now() - t0);

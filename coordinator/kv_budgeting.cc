@@ -10,21 +10,36 @@
 namespace xkv {
 namespace {
 
+// Per-(layer, KV head) curves: the stage's sorted scores of each KV head [heads, P] become the
+// profile's rows (HeadProfiles in allocator/kv_policy.cc solves over them).
+absl::Status SetHeadScores(const xkv::v1::LayerGains& g, int64_t prefix_len, LayerProfile& p) {
+  if (g.head_scores_size() == 0) return absl::OkStatus();
+  if (prefix_len < 1 || g.head_scores_size() % prefix_len != 0) {
+    return absl::InternalError(absl::StrCat("layer ", g.layer(), ": the stage sent ",
+                                            g.head_scores_size(), " per-head scores for ",
+                                            prefix_len, " prefix tokens"));
+  }
+  p.heads = static_cast<int>(g.head_scores_size() / prefix_len);
+  p.sorted_scores.assign(g.head_scores().begin(), g.head_scores().end());
+  return absl::OkStatus();
+}
+
 // The profile of one layer's gain curve as the worker sent it (gains already divided by S_l).
 absl::StatusOr<LayerProfile> ProfileOf(const xkv::v1::LayerGains& g, int64_t prefix_len) {
+  LayerProfile p;
   if (g.total_mass() <= 0) {
-    LayerProfile p;
     p.heads = g.heads();
     p.prefix_len = prefix_len;
     p.gain.assign(prefix_len, 0.0);
     p.retention.assign(prefix_len + 1, 1.0);
-    return p;
+  } else {
+    std::vector<double> gains(g.gains().begin(), g.gains().end());
+    gains.resize(prefix_len, 0.0);  // missing tail gains are 0 (curves are non-increasing)
+    ASSIGN_OR_RETURN(p, LayerProfileFromGains(std::move(gains)));
+    p.heads = g.heads();
+    p.total_mass = g.total_mass();  // the global allocator weighs layers by their own mass
   }
-  std::vector<double> gains(g.gains().begin(), g.gains().end());
-  gains.resize(prefix_len, 0.0);  // missing tail gains are 0 (curves are non-increasing)
-  ASSIGN_OR_RETURN(LayerProfile p, LayerProfileFromGains(std::move(gains)));
-  p.heads = g.heads();
-  p.total_mass = g.total_mass();  // the global allocator weighs layers by their own mass
+  RETURN_IF_ERROR(SetHeadScores(g, prefix_len, p));
   return p;
 }
 
@@ -67,13 +82,16 @@ double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const
   return std::min(1.0, AverageRetention(*profiles, budgets, allocator));
 }
 
-xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets,
-                                     const KvSettings& settings) {
+xkv::v1::CompactSpec MakeCompactSpec(const PolicyBudgets& budgets, const KvSettings& settings) {
   xkv::v1::CompactSpec spec;
-  for (size_t l = 0; l < budgets.size(); ++l) {
+  for (size_t l = 0; l < budgets.budgets.size(); ++l) {
     xkv::v1::LayerBudget* b = spec.add_budgets();
     b->set_layer(static_cast<int>(l));
-    b->set_kept_prefix(budgets[l]);
+    b->set_kept_prefix(budgets.budgets[l]);
+    if (l < budgets.head_budgets.size()) {
+      b->mutable_head_kept_prefix()->Add(budgets.head_budgets[l].begin(),
+                                         budgets.head_budgets[l].end());
+    }
   }
   spec.mutable_selection()->set_policy(std::string(PolicyName(settings.policy)));
   spec.mutable_selection()->set_sink_tokens(settings.sink_tokens);
@@ -83,7 +101,10 @@ xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets,
 std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes) {
   std::vector<KvLayerHeld> held;
   held.reserve(sizes.size());
-  for (const xkv::v1::LayerSize& l : sizes) held.push_back({l.layer(), l.tokens(), l.blocks()});
+  for (const xkv::v1::LayerSize& l : sizes) {
+    held.push_back(
+        {l.layer(), l.tokens(), l.blocks(), {l.head_tokens().begin(), l.head_tokens().end()}});
+  }
   return held;
 }
 

@@ -19,7 +19,8 @@
 namespace xkv {
 
 // Budgets from the gains of every layer ([L], ordered by layer). A layer with total_mass 0 has
-// nothing to lose (retention 1 at every budget).
+// nothing to lose (retention 1 at every budget). Per-(layer, KV head) budgets solve over the
+// layers' head_scores (the stages send them for StepSequence.per_head).
 absl::StatusOr<PolicyBudgets> SolveFromGains(absl::Span<const xkv::v1::LayerGains> gains,
                                              int64_t prefix_len, int64_t bytes_per_token,
                                              const KvSettings& settings);
@@ -30,8 +31,8 @@ absl::StatusOr<PolicyBudgets> BudgetsUpFront(int num_layers, int64_t prefix_len,
 double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const int64_t> budgets,
                    AllocatorKind allocator = AllocatorKind::kPaper);
 
-// The Worker CompactSpec for budgets of every layer.
-xkv::v1::CompactSpec MakeCompactSpec(absl::Span<const int64_t> budgets, const KvSettings& settings);
+// The Worker CompactSpec for budgets of every layer (and of every KV head with per-head budgets).
+xkv::v1::CompactSpec MakeCompactSpec(const PolicyBudgets& budgets, const KvSettings& settings);
 
 // What the stages report a sequence holds (worker LayerSize, by layer), for the KV ledger.
 std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes);

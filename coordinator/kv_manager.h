@@ -8,9 +8,12 @@
 // Per (sequence, layer) the ledger keeps `tokens` (what the stage's cache holds) and `blocks`
 // reserved for it (>= ceil(tokens / block_tokens)): a reservation may cover tokens not written yet
 // (the rest of a prompt being prefilled in chunks, or, under guaranteed_no_evict, every token the
-// request may still write). Per-(layer, KV head) budgets would keep these per (layer, head) row,
-// as BlockPool::TableIndex would on the stages. Not thread-safe (the Scheduler holds it under its
-// mutex).
+// request may still write). A stage with per-head tables (KvStage::head_tables = n_kv_heads, the
+// stages that take per-(layer, KV head) budgets) counts blocks of one head: a layer holding t
+// tokens in every head owns head_tables * ceil(t / block_tokens) blocks, and after a per-head
+// compaction the ledger keeps each head's tokens (KvLayerHeld::head_tokens) and owns
+// sum_h ceil(t_h / block_tokens); every head grows one token per decode step. Not thread-safe
+// (the Scheduler holds it under its mutex).
 #ifndef XKV_COORDINATOR_KV_MANAGER_H_
 #define XKV_COORDINATOR_KV_MANAGER_H_
 
@@ -46,6 +49,7 @@ struct KvStage {
   int layer_begin = 0;
   int layer_end = 0;            // exclusive
   int64_t capacity_blocks = 0;  // blocks of the stage's shared pool
+  int head_tables = 1;          // block tables per layer (LoadStageResponse.head_tables), >= 1
 };
 
 struct KvManagerOptions {
@@ -57,8 +61,10 @@ struct KvManagerOptions {
 // What a stage reports one layer of a sequence holds (the worker's LayerSize).
 struct KvLayerHeld {
   int layer = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;  // the largest head's
   int64_t blocks = 0;
+  // [head_tables] each head's tokens on a stage with per-head tables; empty: every head `tokens`.
+  std::vector<int64_t> head_tokens;
 };
 
 class KvManager {
@@ -109,10 +115,17 @@ class KvManager {
 
  private:
   struct Sequence {
-    std::vector<int64_t> tokens;  // [layer]
-    std::vector<int64_t> blocks;  // [layer] reserved, >= BlocksFor(tokens)
+    std::vector<int64_t> tokens;  // [layer]: the largest head's
+    std::vector<int64_t> blocks;  // [layer] reserved, >= LayerBlocks(tokens)
+    // [layer][head] after a per-head compaction (empty for a layer whose heads hold `tokens`).
+    std::vector<std::vector<int64_t>> head_tokens;
   };
   explicit KvManager(const KvManagerOptions& options);
+  int head_tables(int layer) const { return options_.stages[stage_of_layer_[layer]].head_tables; }
+  // Blocks layer l of `q` needs with `extra` more tokens in every head.
+  int64_t LayerBlocks(const Sequence& q, int layer, int64_t extra) const;
+  // Blocks a stage's report of one layer amounts to (its heads' own counts when given).
+  int64_t HeldBlocks(const KvLayerHeld& held) const;
   bool Fits(absl::Span<const int64_t> need, absl::Span<const int64_t> headroom = {}) const;
   absl::Status CheckReport(uint64_t id, absl::Span<const KvLayerHeld> held) const;
 

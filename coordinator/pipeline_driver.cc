@@ -140,6 +140,7 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
                                                 ? xkv::v1::SCORE_GRANULARITY_QUERY_HEAD
                                                 : xkv::v1::SCORE_GRANULARITY_KV_HEAD);
     r.set_link_timeout_ms(settings.link_timeout_ms);
+    r.set_per_head_tables(true);  // where the engine can: per-(layer, KV head) budgets (§5)
     return client.LoadStage(r);
   });
   for (size_t s = 0; s < results.size(); ++s) {
@@ -161,6 +162,13 @@ absl::Status PipelineDriver::LoadStages(const StagePlan& plan, const StageLoadSe
       for (int64_t c : results[s]->layer_capacity_blocks()) st.capacity_blocks += c;
     }
     st.block_bytes = results[s]->block_bytes();
+    const int tables = results[s]->head_tables(), heads = results[s]->model().n_kv_heads();
+    if (tables > 1 && tables != heads) {
+      return absl::InternalError(absl::StrCat("stage ", s, " (", st.address, ") answers ", tables,
+                                              " block tables per layer; want 1 or its ", heads,
+                                              " KV heads"));
+    }
+    st.head_tables = std::max(tables, 1);
     states.push_back(std::move(st));
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -177,7 +185,7 @@ std::vector<KvStage> PipelineDriver::KvStages() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<KvStage> out;
   for (const StageState& s : states_)
-    out.push_back({s.layer_begin, s.layer_end, s.capacity_blocks});
+    out.push_back({s.layer_begin, s.layer_end, s.capacity_blocks, s.head_tables});
   return out;
 }
 

@@ -78,7 +78,8 @@ struct StageState {
   int layer_begin = 0, layer_end = 0;
   int64_t weight_bytes = 0;
   int64_t capacity_blocks = 0;  // the stage's one KV pool, shared by its layers
-  int64_t block_bytes = 0;
+  int64_t block_bytes = 0;      // one block (of one KV head's K and V with head tables)
+  int head_tables = 1;          // block tables per layer: n_kv_heads where per-head budgets run
 };
 
 class PipelineDriver {

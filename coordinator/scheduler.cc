@@ -124,7 +124,7 @@ absl::Status Scheduler::SetKvLayout(const KvManagerOptions& kv) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto same = [](const KvStage& a, const KvStage& b) {
     return a.layer_begin == b.layer_begin && a.layer_end == b.layer_end &&
-           a.capacity_blocks == b.capacity_blocks;
+           a.capacity_blocks == b.capacity_blocks && a.head_tables == b.head_tables;
   };
   const KvManagerOptions& now = kv_.options();
   if (now.block_tokens == kv.block_tokens &&

@@ -26,6 +26,11 @@ int64_t CpuStageEngine::CacheLength(uint64_t id, int layer) const {
   return it->second->length(layer);
 }
 
+int64_t CpuStageEngine::HeadCacheLength(uint64_t id, int layer, int head) const {
+  if (head < 0 || head >= config().n_kv_heads || CacheLength(id, layer) < 0) return -1;
+  return caches_.at(id)->head_length(layer, head);
+}
+
 absl::StatusOr<std::vector<float>> CpuStageEngine::Embed(absl::Span<const int32_t> tokens) {
   return model_->Embed(tokens);
 }

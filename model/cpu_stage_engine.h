@@ -27,6 +27,8 @@ class CpuStageEngine : public StageEngine {
 
   bool HasSequence(uint64_t id) const override { return caches_.contains(id); }
   int64_t CacheLength(uint64_t id, int layer) const override;
+  int64_t HeadCacheLength(uint64_t id, int layer, int head) const override;
+  bool supports_per_head_kv() const override { return true; }  // KvCache keeps per-head lengths
   void ReleaseSequence(uint64_t id) override { caches_.erase(id); }
 
   absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) override;

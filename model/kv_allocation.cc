@@ -115,6 +115,23 @@ absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& s
   return out;
 }
 
+absl::StatusOr<std::vector<LayerProfile>> KvHeadProfiles(const CollectedScores& scores) {
+  if (scores.heads == scores.n_kv_heads) return BuildProfiles(scores);
+  if (!scores.complete()) {
+    return absl::FailedPreconditionError("kv allocation: scores of some layers are missing");
+  }
+  // Per-head budgets are per KV head: query-head rows summed into their KV heads first.
+  const int64_t P = scores.prefix_len();
+  std::vector<LayerProfile> profiles;
+  for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
+    ASSIGN_OR_RETURN(LayerProfile p, BuildLayerProfile(SumIntoKvHeads(scores.layer(l), scores.heads,
+                                                                      scores.n_kv_heads, P),
+                                                       scores.n_kv_heads, P));
+    profiles.push_back(std::move(p));
+  }
+  return profiles;
+}
+
 absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const ModelConfig& config,
                                            const KvSettings& spec) {
   RETURN_IF_ERROR(ValidateSettings(spec));
@@ -128,15 +145,8 @@ absl::StatusOr<PolicyBudgets> SolveBudgets(const CollectedScores& scores, const 
         "kv allocation: policy xkv needs the importance scores of all ", L, " layers"));
   }
   if (have && NeedsScores(spec.policy)) {
-    if (spec.allocator.per_head && scores.heads != scores.n_kv_heads) {
-      // Per-head budgets are per KV head: query-head rows summed into their KV heads first.
-      for (int l = scores.layer_begin; l < scores.layer_end; ++l) {
-        ASSIGN_OR_RETURN(
-            LayerProfile p,
-            BuildLayerProfile(SumIntoKvHeads(scores.layer(l), scores.heads, scores.n_kv_heads, P),
-                              scores.n_kv_heads, P));
-        profiles.push_back(std::move(p));
-      }
+    if (spec.allocator.per_head) {
+      ASSIGN_OR_RETURN(profiles, KvHeadProfiles(scores));
     } else {
       ASSIGN_OR_RETURN(profiles, BuildProfiles(scores));
     }

@@ -91,6 +91,10 @@ ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base);
 // Per-layer profiles of complete scores (BuildLayerProfile per layer).
 absl::StatusOr<std::vector<LayerProfile>> BuildProfiles(const CollectedScores& scores);
 
+// The same with one row per KV head (query-head rows summed into their KV head): what
+// per-(layer, KV head) budgets solve over (LayerProfile::sorted_scores [n_kv_heads, P]).
+absl::StatusOr<std::vector<LayerProfile>> KvHeadProfiles(const CollectedScores& scores);
+
 // Per-layer budgets for the layers of `scores` (PlanBudgets of allocator/kv_spec.h on their
 // profiles). xkv needs complete scores (FAILED_PRECONDITION otherwise); baselines use them, when
 // complete, only to report the retention achieved.

@@ -12,6 +12,11 @@ int64_t EngineStep::num_tokens() const { return StepRows(sequences); }
 
 std::vector<int64_t> EngineStep::LastRows() const { return StepLastRows(sequences); }
 
+int64_t StageEngine::HeadCacheLength(uint64_t id, int layer, int head) const {
+  if (head < 0 || head >= config().n_kv_heads) return -1;
+  return CacheLength(id, layer);
+}
+
 absl::Status StageEngine::EmbedResident(absl::Span<const int32_t> tokens) {
   resident_.clear();
   ASSIGN_OR_RETURN(resident_, Embed(tokens));

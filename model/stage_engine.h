@@ -121,8 +121,17 @@ class StageEngine {
   virtual int64_t kv_pool_blocks() const { return 0; }
 
   virtual bool HasSequence(uint64_t id) const = 0;
-  // Tokens held by the sequence in a layer; -1 for an unknown sequence or layer.
+  // Tokens held by the sequence in a layer (its largest KV head's count after a per-head
+  // compaction); -1 for an unknown sequence or layer.
   virtual int64_t CacheLength(uint64_t id, int layer) const = 0;
+  // Tokens held by one KV head of a layer; -1 for an unknown sequence, layer or head. The default
+  // (an engine whose heads always hold the layer's count) is CacheLength.
+  virtual int64_t HeadCacheLength(uint64_t id, int layer, int head) const;
+  // True when CompactLayer takes different counts per KV head of a layer (per-(layer, KV head)
+  // budgets, `per_head=1`): the one capability check of the service (StageExecutor reports it at
+  // load and refuses per-head steps and compactions otherwise). Decoding then appends one token
+  // to every head.
+  virtual bool supports_per_head_kv() const { return false; }
   virtual void ReleaseSequence(uint64_t id) = 0;
 
   // tokens: int32 [n] (first stage only). Returns fp32 [n, hidden].
@@ -136,8 +145,10 @@ class StageEngine {
   // Final norm + lm_head of the given rows of hidden (last stage). Returns fp32 [rows, vocab].
   virtual absl::StatusOr<std::vector<float>> Logits(absl::Span<const float> hidden,
                                                     absl::Span<const int64_t> rows) = 0;
-  // Keeps, per KV head h, the slots kept[h] (strictly increasing, same count for every head) of
-  // one layer whose cache holds exactly the prompt (prompt_len tokens) and frees the rest.
+  // Keeps, per KV head h, the slots kept[h] (strictly increasing) of one layer whose cache holds
+  // exactly the prompt (prompt_len tokens) and frees the rest. Heads may keep different counts
+  // when supports_per_head_kv() (each head then holds, and frees, its own rows); otherwise every
+  // head must keep the same count (the caller checks).
   virtual absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
                                     absl::Span<const std::vector<int32_t>> kept) = 0;
   // An fp32 copy of the sequence's cache (null when unknown); tests and reports.

@@ -8,9 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_split.h"
+#include "allocator/kv_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
@@ -23,6 +25,8 @@ namespace {
 struct ClientFlags {
   std::string server = "127.0.0.1:50051";
   std::string prompt, system, stop, policy, profile, token;
+  std::optional<bool> per_head;  // --per-head, parsed by allocator/kv_spec.h's ParsePerHead
+  std::string per_head_text;
   bool chat = false, ignore_eos = false, dry_run = false, resume = false, quiet = false;
   int64_t max_tokens = 128, top_k = 0, seed = 0, timeout_ms = 0, budget_tokens = -1;
   double temperature = 0, top_p = 1, retention = 0, budget_fraction = 0;
@@ -88,6 +92,7 @@ xkv::v1::GenerateRequest BuildRequest(const ClientFlags& f) {
   if (f.retention != 0) kv->set_retention(f.retention);
   if (f.budget_tokens >= 0) kv->set_budget_tokens(f.budget_tokens);
   if (f.budget_fraction != 0) kv->set_budget_fraction(f.budget_fraction);
+  if (f.per_head.has_value()) kv->set_per_head(*f.per_head);
   return r;
 }
 
@@ -235,6 +240,8 @@ int RunClient(int argc, char** argv) {
   flags.Double("retention", &f.retention, "retention target (generate override, set-retention)");
   flags.Int("budget-tokens", &f.budget_tokens, "KV budget in kept prefix tokens (all layers)");
   flags.Double("budget-fraction", &f.budget_fraction, "kept fraction of the prompt prefix");
+  flags.String("per-head", &f.per_head_text,
+               "xkv budgets per (layer, KV head): 1 or 0 (generate override, set-policy)");
   flags.Double("deadline", &f.deadline_s, "request deadline in seconds (0: none)");
   flags.Bool("quiet", &f.quiet, "do not print the generated text");
   flags.String("token", &f.token, "admin bearer token (or $XKV_ADMIN_TOKEN)");
@@ -247,6 +254,14 @@ int RunClient(int argc, char** argv) {
   }
   const int first = sub == "admin" ? 4 : 3;
   if (auto code = flags.ParseOrExitCode(argc, argv, std::min(first, argc))) return *code;
+  if (flags.WasSet("per-head")) {
+    absl::StatusOr<bool> per_head = ParsePerHead(f.per_head_text);
+    if (!per_head.ok()) {
+      std::fprintf(stderr, "xkv client: %s\n", std::string(per_head.status().message()).c_str());
+      return 2;
+    }
+    f.per_head = *per_head;
+  }
   if (sub == "generate") return Generate(f);
   if (sub == "admin" && argc > 3) return Admin(argv[3], f);
   std::fprintf(stderr, "xkv client: expected `generate` or `admin <rpc>`\n");

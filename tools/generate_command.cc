@@ -51,6 +51,7 @@ struct GenerateFlags {
   std::string profile = "per_request";
   std::string allocator = "global";
   double floor = 0.75;
+  std::string per_head = "0";
   int64_t window = 8;
   std::string granularity = "kv_head";
   bool show_allocation = false;
@@ -76,6 +77,9 @@ absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSe
   if (flags.WasSet("budget-fraction")) ov.budget_fraction = f.budget_fraction;
   if (flags.WasSet("retention")) ov.retention = f.retention;
   if (flags.WasSet("floor")) ov.floor = f.floor;
+  if (flags.WasSet("per-head")) {
+    ASSIGN_OR_RETURN(ov.per_head, ParsePerHead(f.per_head));
+  }
   const bool has_target = ov.budget_tokens || ov.budget_bytes || ov.budget_fraction || ov.retention;
   ASSIGN_OR_RETURN(const PolicyKind policy, ParsePolicy(f.policy));
   if (!has_target && policy != PolicyKind::kFull && policy != PolicyKind::kXkv) {
@@ -211,6 +215,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.Double("floor", &f.floor,
                "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
                "(1 = uniform SnapKV budgets)");
+  flags.String("per-head", &f.per_head,
+               "xkv, global allocator: budgets per (layer, KV head) instead of per layer, 1 or 0 "
+               "(--floor then applies per head; CPU engine)");
   flags.Int("window", &f.window,
             "observation window w in [8, 64] (last prompt tokens, always kept)");
   flags.String("score-granularity", &f.granularity,

@@ -56,6 +56,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
                "in [0, 1]");
+  flags.String("per-head", &f->per_head,
+               "default xkv budgets per (layer, KV head) instead of per layer: 1 or 0 (global "
+               "allocator; CPU stages)");
   flags.Int("window", &f->window, "observation window w");
   flags.Int("block-tokens", &f->block_tokens, "tokens per KV block");
   flags.Int("kv-blocks", &f->kv_blocks,
@@ -147,6 +150,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
+  ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
   if (f.budget_fraction > 0) {
     o.kv.target = {KvTarget::Kind::kFraction, f.budget_fraction};
   } else {

@@ -96,8 +96,11 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   const int num_layers = o.layer_end - o.layer_begin;
   const int64_t block_bytes = int64_t{o.block_tokens} * engine->kv_bytes_per_token();
   ASSIGN_OR_RETURN(const int64_t capacity, KvPoolCapacity(o, num_layers, block_bytes));
-  ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, num_layers, capacity,
-                                                      o.block_tokens, block_bytes}));
+  // Per-head tables: the same bytes in blocks of one KV head (architecture.md §5).
+  const int heads =
+      o.per_head_tables && engine->supports_per_head_kv() ? engine->config().n_kv_heads : 1;
+  ASSIGN_OR_RETURN(BlockPool pool, BlockPool::Create({o.layer_begin, num_layers, capacity * heads,
+                                                      o.block_tokens, block_bytes / heads, heads}));
   if (link != nullptr) link->AcceptDeviceRows(engine->device_resident());
   return std::unique_ptr<StageExecutor>(
       new StageExecutor(o, std::move(engine), std::move(link), std::move(pool)));
@@ -111,6 +114,7 @@ StageExecutor::StageExecutor(const StageOptions& options, std::unique_ptr<StageE
       weight_bytes_(engine_->weight_bytes()),
       block_bytes_(pool.block_bytes()),
       capacity_blocks_(pool.capacity()),
+      head_tables_(pool.head_tables()),
       pool_(std::move(pool)) {
   absl::MutexLock lock(&mu_);
   RefreshStatus();
@@ -138,6 +142,7 @@ xkv::v1::LoadStageResponse StageExecutor::Description() const {
   r.set_kv_capacity_bytes(capacity_blocks_ * block_bytes_);
   r.set_block_tokens(block_tokens());
   r.set_block_bytes(block_bytes_);
+  r.set_head_tables(head_tables());
   return r;
 }
 
@@ -312,6 +317,12 @@ absl::Status StageExecutor::Observe(const StepRequest& step, Run& run) {
     p.set_profile_ms(run.observations[i].ms);
     if (scores.prefix_len() > 0) {
       ASSIGN_OR_RETURN(std::vector<LayerProfile> profiles, BuildProfiles(scores));
+      // Per-(layer, KV head) curves: each KV head's sorted scores (query-head rows summed).
+      std::vector<LayerProfile> summed;
+      if (s.per_head() && scores.heads != scores.n_kv_heads) {
+        ASSIGN_OR_RETURN(summed, KvHeadProfiles(scores));
+      }
+      const std::vector<LayerProfile>& heads = summed.empty() ? profiles : summed;
       for (int l = layer_begin(); l < layer_end(); ++l) {
         const LayerProfile& lp = profiles[l - layer_begin()];
         xkv::v1::LayerGains* g = p.add_layers();
@@ -321,6 +332,10 @@ absl::Status StageExecutor::Observe(const StepRequest& step, Run& run) {
         g->set_heads(scores.heads);
         if (s.return_scores()) {
           g->mutable_scores()->Add(scores.layer(l).begin(), scores.layer(l).end());
+        }
+        if (s.per_head()) {
+          const std::vector<float>& sorted = heads[l - layer_begin()].sorted_scores;
+          g->mutable_head_scores()->Add(sorted.begin(), sorted.end());
         }
       }
     }
@@ -464,8 +479,10 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
         "stage: sequence ", seq_id, " has no importance scores to select its kept tokens"));
   }
   std::vector<int64_t> budgets;
+  std::vector<std::vector<int64_t>> head_budgets;
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    const int64_t b = FindBudget(spec, l)->kept_prefix();
+    const xkv::v1::LayerBudget& budget = *FindBudget(spec, l);
+    const int64_t b = budget.kept_prefix();
     if (engine_->CacheLength(seq_id, l) != T || b > P) {
       return absl::FailedPreconditionError(absl::StrCat(
           "stage: sequence ", seq_id, " layer ", l, " holds ", engine_->CacheLength(seq_id, l),
@@ -473,9 +490,12 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
           "-token prompt (before decoding) and a budget <= ", P));
     }
     budgets.push_back(b);
+    if (budget.head_kept_prefix_size() > 0) {
+      head_budgets.emplace_back(budget.head_kept_prefix().begin(), budget.head_kept_prefix().end());
+    }
   }
   ASSIGN_OR_RETURN(std::vector<std::vector<std::vector<int32_t>>> kept,
-                   KeptSlotsForLayers(*scores, budgets, policy));
+                   KeptSlotsForLayers(*scores, budgets, policy, head_budgets));
   for (int l = layer_begin(); l < layer_end(); ++l) {
     RETURN_IF_ERROR(engine_->CompactLayer(seq_id, l, T, kept[l - layer_begin()]));
   }
@@ -508,7 +528,14 @@ absl::StatusOr<xkv::v1::CompactResponse> StageExecutor::Compact(
 absl::Status StageExecutor::SyncBlocks(uint64_t seq_id) {
   std::vector<BlockChange> changes;
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    changes.push_back({seq_id, l, std::max<int64_t>(engine_->CacheLength(seq_id, l), 0)});
+    if (head_tables() == 1) {
+      changes.push_back({seq_id, l, std::max<int64_t>(engine_->CacheLength(seq_id, l), 0)});
+      continue;
+    }
+    for (int h = 0; h < head_tables(); ++h) {
+      changes.push_back(
+          {seq_id, l, std::max<int64_t>(engine_->HeadCacheLength(seq_id, l, h), 0), h});
+    }
   }
   absl::Status s = pool_.Apply(changes);
   if (!s.ok()) {
@@ -522,12 +549,15 @@ void StageExecutor::LayerSizes(uint64_t seq_id,
                                google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const {
   if (!sequences_.contains(seq_id)) return;
   for (int l = layer_begin(); l < layer_end(); ++l) {
-    const int64_t blocks = static_cast<int64_t>(pool_.table(seq_id, l).size());
+    const int64_t blocks = pool_.blocks(seq_id, l);
     xkv::v1::LayerSize* size = out->Add();
     size->set_layer(l);
     size->set_tokens(engine_->CacheLength(seq_id, l));
     size->set_bytes(blocks * block_bytes_);
     size->set_blocks(blocks);
+    for (int h = 0; h < head_tables() && head_tables() > 1; ++h) {
+      size->add_head_tokens(engine_->HeadCacheLength(seq_id, l, h));
+    }
   }
 }
 

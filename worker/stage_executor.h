@@ -21,10 +21,11 @@
 //
 // Accounting: one BlockPool per stage shared by all its layers (architecture.md §5); layer l of a
 // sequence owns ceil(tokens_l / block_tokens) blocks of it, tokens_l being its cache length (after
-// compaction b_l + w + decoded). block_bytes counts one layer's K and V at the engine's element
-// size (fp32 on the CPU, bf16 on a GPU, whose physical pool is sized from the same capacity).
-// Thread-safe: steps, compactions and releases are serialised; status() never waits for a running
-// step.
+// compaction b_l + w + decoded); with per-head tables (head_tables()) a block holds one KV head's
+// tokens and a layer owns sum_h ceil(tokens_lh / block_tokens). block_bytes counts one layer's K
+// and V at the engine's element size (fp32 on the CPU, bf16 on a GPU, whose physical pool is sized
+// from the same capacity). Thread-safe: steps, compactions and releases are serialised; status()
+// never waits for a running step.
 #ifndef XKV_WORKER_STAGE_EXECUTOR_H_
 #define XKV_WORKER_STAGE_EXECUTOR_H_
 
@@ -76,6 +77,9 @@ class StageExecutor {
   int block_tokens() const { return options_.block_tokens; }
   int64_t block_bytes() const { return block_bytes_; }
   int64_t capacity_blocks() const { return capacity_blocks_; }  // the stage's shared pool
+  // Block tables per layer: n_kv_heads when the stage takes per-(layer, KV head) budgets
+  // (StageOptions::per_head_tables on an engine that supports them), else 1.
+  int head_tables() const { return head_tables_; }
   const StageOptions& options() const { return options_; }
 
   // LoadStage's answer for this stage: model, weights, the stage's pool and its blocks.
@@ -125,6 +129,8 @@ class StageExecutor {
   // The field checks of Step and Compact (no state).
   absl::Status CheckFields(const xkv::v1::StepRequest& request) const;
   absl::Status CheckFields(const xkv::v1::CompactSpec& spec) const;
+  // INVALID_ARGUMENT naming `field` unless the stage takes per-(layer, KV head) budgets.
+  absl::Status CheckPerHead(absl::string_view field) const;
   absl::Status ValidateStep(const xkv::v1::StepRequest& step) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ValidateSequence(const xkv::v1::StepSequence& s) const
@@ -172,6 +178,7 @@ class StageExecutor {
   const int64_t weight_bytes_;
   const int64_t block_bytes_;
   const int64_t capacity_blocks_;  // the stage's shared pool
+  const int head_tables_;
 
   mutable absl::Mutex mu_;
   BlockPool pool_ ABSL_GUARDED_BY(mu_);

@@ -121,6 +121,7 @@ absl::StatusOr<StageOptions> StageOptionsFromRequest(const xkv::v1::LoadStageReq
                                  r.layer_capacity_blocks().end());
   o.kv_capacity_blocks = r.kv_capacity_blocks();
   o.kv_capacity_bytes = r.kv_capacity_bytes();
+  o.per_head_tables = r.per_head_tables();
   if (r.num_stages() != 0 || r.stage_index() != 0) {
     // Every stage holds at least one layer: stage_index <= layer_begin.
     RETURN_IF_ERROR(CheckRange("num_stages", r.num_stages(), 1, kMaxStages));

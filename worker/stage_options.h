@@ -54,6 +54,10 @@ struct StageOptions {
   // Last stage on a GPU: sample on the device (only token ids come back). Off: the logits come
   // to the host and the CPU Sampler picks (tests compare the two).
   bool device_sampling = true;
+  // One block table per (layer, KV head) when the engine supports per-head counts
+  // (StageEngine::supports_per_head_kv): the pool then counts blocks of one head's K and V
+  // (architecture.md §5), and the stage takes per-(layer, KV head) budgets.
+  bool per_head_tables = false;
 };
 
 // The stage's options (model_path, range, capacity, importance, timeouts), every field bounded

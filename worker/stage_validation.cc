@@ -2,6 +2,7 @@
 // checked at the edge before anything happens (INVALID_ARGUMENT naming the field, its value and
 // the allowed range, overflow-safe), then each sequence against what the stage holds, and the
 // blocks the step needs planned against the stage's pool.
+#include <algorithm>
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
@@ -45,14 +46,36 @@ absl::StatusOr<PolicyOptions> SelectionOf(const CompactSpec& spec, int64_t conte
 
 }  // namespace
 
+absl::Status StageExecutor::CheckPerHead(absl::string_view field) const {
+  if (head_tables() == config().n_kv_heads) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": per-(layer, KV head) budgets need a stage that holds a count per KV head; this ",
+      engine_->device(), " stage keeps one per layer (",
+      engine_->supports_per_head_kv() ? "loaded without per_head_tables"
+                                      : "its engine does not support per-head KV",
+      "); use per_head 0"));
+}
+
 // ---- validation ---------------------------------------------------------------------------
 
 absl::Status StageExecutor::CheckFields(const CompactSpec& spec) const {
   const int64_t ctx = config().context_length;
   RETURN_IF_ERROR(SelectionOf(spec, ctx).status());
   for (const xkv::v1::LayerBudget& b : spec.budgets()) {
-    RETURN_IF_ERROR(CheckRange(absl::StrCat("compact.budgets (layer ", b.layer(), ").kept_prefix"),
-                               b.kept_prefix(), 0, ctx, InContext(ctx)));
+    const std::string field = absl::StrCat("compact.budgets (layer ", b.layer(), ")");
+    RETURN_IF_ERROR(CheckRange(field + ".kept_prefix", b.kept_prefix(), 0, ctx, InContext(ctx)));
+    if (b.head_kept_prefix_size() == 0) continue;
+    RETURN_IF_ERROR(CheckPerHead(field + ".head_kept_prefix"));
+    RETURN_IF_ERROR(CheckRange(field + ".head_kept_prefix size", b.head_kept_prefix_size(),
+                               config().n_kv_heads, config().n_kv_heads, "one per KV head"));
+    int64_t most = 0;
+    for (int h = 0; h < b.head_kept_prefix_size(); ++h) {
+      RETURN_IF_ERROR(CheckRange(absl::StrCat(field, ".head_kept_prefix[", h, "]"),
+                                 b.head_kept_prefix(h), 0, ctx, InContext(ctx)));
+      most = std::max(most, b.head_kept_prefix(h));
+    }
+    RETURN_IF_ERROR(CheckRange(field + ".kept_prefix", b.kept_prefix(), most, most,
+                               "the largest head_kept_prefix"));
   }
   return absl::OkStatus();
 }
@@ -76,6 +99,7 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
       return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", s.mode(), " unknown"));
     }
     if (s.has_compact()) RETURN_IF_ERROR(CheckFields(s.compact()));
+    if (s.per_head()) RETURN_IF_ERROR(CheckPerHead(field + "per_head"));
     if (Rereads(s)) {
       RETURN_IF_ERROR(CheckRange(field + "reread.chunk_begin", s.reread().chunk_begin(), 0,
                                  s.position() - 1, "the cached prompt's length is the position"));
@@ -95,12 +119,19 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
 
 absl::StatusOr<PolicyOptions> StageExecutor::CompactSelection(const CompactSpec& spec) const {
   ASSIGN_OR_RETURN(const PolicyOptions policy, SelectionOf(spec, config().context_length));
+  int per_head = 0;  // layers with per-head budgets: all of the stage's or none
   for (int l = layer_begin(); l < layer_end(); ++l) {
     const xkv::v1::LayerBudget* b = FindBudget(spec, l);
     if (policy.kind != PolicyKind::kFull && (b == nullptr || b->kept_prefix() < 0)) {
       return absl::InvalidArgumentError(
           absl::StrCat("stage: compaction needs a budget >= 0 for layer ", l));
     }
+    per_head += b != nullptr && b->head_kept_prefix_size() > 0;
+  }
+  if (per_head != 0 && per_head != layer_end() - layer_begin()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage: compaction gives per-head budgets to ", per_head, " of the stage's ",
+                     layer_end() - layer_begin(), " layers; give them to every layer or to none"));
   }
   return policy;
 }
@@ -190,7 +221,9 @@ absl::StatusOr<BlockPlan> StageExecutor::PlanBlocks(const StepRequest& step) con
   for (const StepSequence& s : step.sequences()) {
     if (ScoresOnly(s)) continue;  // no KV writes
     for (int l = layer_begin(); l < layer_end(); ++l) {
-      changes.push_back({s.seq_id(), l, pool_.tokens(s.seq_id(), l) + NewTokens(s)});
+      for (int h = 0; h < head_tables(); ++h) {  // every head grows by the step's tokens
+        changes.push_back({s.seq_id(), l, pool_.head_tokens(s.seq_id(), l, h) + NewTokens(s), h});
+      }
     }
   }
   return pool_.Plan(changes);

@@ -60,4 +60,9 @@ expect_error "--max-tokens" --model "$model" --prompt hi --max-tokens -1
 expect_error "--numerics" --model "$model" --prompt hi --numerics fp8
 expect_error "device" --model "$model" --prompt hi --device gpu
 expect_error "unknown flag" --model "$model" --prompt hi --bogus 1
+# Per-(layer, KV head) budgets: the spec's own rules (allocator/kv_spec.cc).
+expect_error "per_head is '2'" --model "$model" --prompt hi --policy xkv --per-head 2
+expect_error "floor is 1.5" --model "$model" --prompt hi --policy xkv --per-head 1 --floor 1.5
+expect_error "per_head budgets need policy xkv" --model "$model" --prompt hi --policy snapkv \
+  --budget-fraction 0.2 --per-head 1
 exit $failed

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/e2e/e2e_harness.h"
@@ -146,14 +147,44 @@ TEST(BadRequests, AdminNeedsTheBearerTokenAndValidArguments) {
     grpc::Status s = c.admin().SetPolicy(ctx.get(), req, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   }
+  // Per-(layer, KV head) budgets with a baseline, or with a floor out of range.
+  for (const auto& [policy, floor] :
+       {std::pair<const char*, double>{"snapkv", 0.2}, {"xkv", 1.5}}) {
+    auto ctx = c.AdminContext();
+    xkv::v1::SetPolicyRequest req;
+    req.mutable_policy()->set_policy(policy);
+    req.mutable_policy()->set_budget_fraction(0.2);
+    req.mutable_policy()->set_floor(floor);
+    req.mutable_policy()->set_per_head(true);
+    xkv::v1::SetPolicyResponse resp;
+    grpc::Status s = c.admin().SetPolicy(ctx.get(), req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find(floor > 1 ? "floor is 1.5" : "per_head budgets need"),
+              std::string::npos)
+        << s.error_message();
+  }
   // The unchanged configuration: the bad calls changed nothing.
   auto ctx = c.AdminContext();
   xkv::v1::GetConfigResponse cfg;
   grpc::Status s = c.admin().GetConfig(ctx.get(), {}, &cfg);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_DOUBLE_EQ(cfg.config().default_policy().retention(), 0.9);
+  EXPECT_FALSE(cfg.config().default_policy().per_head());
   StreamResult ok = Generate(c.generation(), GreedyRequest(kShortPrompt, 4));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  // A good per-head policy (CPU stages) is taken and serves the next request.
+  auto set_ctx = c.AdminContext();
+  xkv::v1::SetPolicyRequest per_head;
+  per_head.mutable_policy()->set_policy("xkv");
+  per_head.mutable_policy()->set_per_head(true);
+  xkv::v1::SetPolicyResponse resp;
+  grpc::Status set = c.admin().SetPolicy(set_ctx.get(), per_head, &resp);
+  ASSERT_TRUE(set.ok()) << set.error_message();
+  auto get_ctx = c.AdminContext();
+  ASSERT_TRUE(c.admin().GetConfig(get_ctx.get(), {}, &cfg).ok());
+  EXPECT_TRUE(cfg.config().default_policy().per_head());
+  StreamResult after = Generate(c.generation(), GreedyRequest(kShortPrompt, 4));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message() << c.Logs();
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
+#include "tests/integration/eval_reference.h"
 #include "tests/integration/pipeline_harness.h"
 #include "worker/stage_engine_factory.h"
 
@@ -38,48 +39,8 @@ constexpr int kMaxTokens = 6;
 constexpr int64_t kStepTokens = 256;        // --max-batched-tokens: the prompt re-reads in 2 steps
 constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
 
+using testing_eval::LogprobSink;
 using testing_pipeline::ModelPath;
-
-class Sink final : public GenerateSink {
- public:
-  void OnDelta(const std::string&, absl::Span<const int32_t> ids,
-               absl::Span<const SampledLogprobs> logprobs) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    tokens_.insert(tokens_.end(), ids.begin(), ids.end());
-    for (const SampledLogprobs& l : logprobs) logprobs_.push_back(l.token.logprob);
-  }
-  void OnDone(const xkv::v1::Usage& usage) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    usage_ = usage;
-    End(absl::OkStatus());
-  }
-  void OnError(const absl::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    End(status);
-  }
-  // A bounded wait: a hang fails the test.
-  absl::Status Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (!done_.wait_for(lock, std::chrono::minutes(2), [&] { return finished_; })) {
-      return absl::DeadlineExceededError("the request did not finish in 2 minutes");
-    }
-    return status_;
-  }
-  std::vector<int32_t> tokens_;
-  std::vector<float> logprobs_;
-  xkv::v1::Usage usage_;
-
- private:
-  void End(const absl::Status& s) {
-    status_ = s;
-    finished_ = true;
-    done_.notify_all();
-  }
-  std::mutex mu_;
-  std::condition_variable done_;
-  absl::Status status_;
-  bool finished_ = false;
-};
 
 CoordinatorOptions Options() {
   CoordinatorOptions o;
@@ -112,22 +73,10 @@ class ReconstructProfileTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (!std::filesystem::exists(ModelPath())) return;
-    auto file = GgufFile::Open(ModelPath());
-    ASSERT_TRUE(file.ok()) << file.status();
-    auto tok = Tokenizer::FromGguf(**file);
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    std::string text;
-    for (int i = 0; text.size() < 900; ++i) {
-      text += "Entry " + std::to_string(i) + ": locker " + std::to_string(300 + 11 * i) +
-              " holds the key " + std::to_string(7919 * (i + 5) % 10007) + ". ";
-    }
-    text += "Which key does locker 333 hold?";
-    auto ids = (*tok)->Encode(text, /*parse_special=*/false);
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    prompt_ = new std::vector<int32_t>(*ids);
-    auto repeat = MakeRepeatPrompt(**tok, ChatTemplate::SmolLm2());
-    ASSERT_TRUE(repeat.ok()) << repeat.status();
-    expected_ = new Expected(Reference(*repeat));
+    auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
+    ASSERT_TRUE(needle.ok()) << needle.status();
+    prompt_ = new std::vector<int32_t>(needle->ids);
+    expected_ = new Expected(Reference(needle->repeat));
   }
   static void TearDownTestSuite() {
     delete prompt_;
@@ -150,48 +99,26 @@ class ReconstructProfileTest : public ::testing::Test {
     const CoordinatorOptions co = Options();
     const ImportanceOptions scoring{co.window, co.pool_kernel};
     const int64_t T = static_cast<int64_t>(prompt_->size());
-    EngineStep prefill;
-    prefill.sequences.push_back({1, T, 0, true});
-    std::vector<EngineObservation> obs;
-    EXPECT_TRUE(e.EmbedResident(*prompt_).ok());
-    EXPECT_TRUE(e.RunLayersResident(prefill, scoring, &obs).ok());
-    auto logits = e.LogitsResident({T - 1});
-    EXPECT_TRUE(logits.ok()) << logits.status();
-    ReconstructOptions ro;
-    ro.chunk_tokens = RereadChunkTokens(repeat, ro, kStepTokens);
-    EXPECT_LT(ro.chunk_tokens, T) << "the prompt should re-read in more than one step";
-    auto raw = ScoreByReconstruction(&e, 1, *prompt_, repeat, ro);
-    EXPECT_TRUE(raw.ok()) << raw.status();
-    ImportanceOptions unpooled = scoring;
-    unpooled.pool_kernel = 1;
-    auto scores = ReconstructCollectedScores(*raw, T, e.config(), unpooled);
+    auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
+    EXPECT_TRUE(prefill.ok()) << prefill.status();
+    auto scores =
+        testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, prefill->scores);
     EXPECT_TRUE(scores.ok()) << scores.status();
-    EXPECT_TRUE(MaxMergeScores(*obs[0].scores, &*scores).ok());
     auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
     EXPECT_TRUE(spec.ok()) << spec.status();
     auto plan = PlanAllocation(*scores, e.config(), *spec);
     EXPECT_TRUE(plan.ok()) << plan.status();
-    auto window_plan = PlanAllocation(*obs[0].scores, e.config(), *spec);
+    auto window_plan = PlanAllocation(prefill->scores, e.config(), *spec);
     EXPECT_TRUE(window_plan.ok()) << window_plan.status();
     x.kept = plan->kept;
     x.window_kept = window_plan->kept;
     for (int l = 0; l < e.config().n_layers; ++l) {
       EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
     }
-    std::vector<float> last = *logits;
-    for (int t = 0; t < kMaxTokens; ++t) {
-      const int32_t token = Argmax(last);
-      x.tokens.push_back(token);
-      x.logprobs.push_back(LogprobsOf(last, token, 0).token.logprob);
-      if (t + 1 == kMaxTokens) break;
-      EngineStep step;
-      step.sequences.push_back({1, 1, T + t, false});
-      EXPECT_TRUE(e.EmbedResident({token}).ok());
-      EXPECT_TRUE(e.RunLayersResident(step, {}, nullptr).ok());
-      auto next = e.LogitsResident({0});
-      EXPECT_TRUE(next.ok()) << next.status();
-      last = *next;
-    }
+    auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+    EXPECT_TRUE(run.ok()) << run.status();
+    x.tokens = run->tokens;
+    x.logprobs = run->logprobs;
     for (int l = 0; l < e.config().n_layers; ++l) x.layer_tokens.push_back(e.CacheLength(1, l));
     return x;
   }
@@ -227,7 +154,7 @@ TEST_F(ReconstructProfileTest, ServiceMatchesTheEvalHarnessOnOneAndTwoStages) {
   for (int stages : {1, 2}) {
     std::unique_ptr<Coordinator> c = Start(stages);
     ASSERT_NE(c, nullptr);
-    auto sink = std::make_shared<Sink>();
+    auto sink = std::make_shared<LogprobSink>();
     auto id = c->Submit(Request("xkv", "reconstruct"), sink);
     ASSERT_TRUE(id.ok()) << id.status();
     ASSERT_TRUE(sink->Wait().ok()) << sink->Wait();
@@ -252,17 +179,17 @@ TEST_F(ReconstructProfileTest, BadInputIsInvalidArgument) {
   for (const char* policy : {"streaming", "full"}) {
     GenerateParams p = Request(policy, "reconstruct");
     if (std::string(policy) == "full") p.kv.budget_tokens.reset();
-    auto id = c->Submit(std::move(p), std::make_shared<Sink>());
+    auto id = c->Submit(std::move(p), std::make_shared<LogprobSink>());
     EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << policy;
     EXPECT_NE(std::string(id.status().message()).find("profile mode reconstruct"),
               std::string::npos)
         << id.status();
   }
   GenerateParams p = Request("xkv", "rebuild");
-  auto id = c->Submit(std::move(p), std::make_shared<Sink>());
+  auto id = c->Submit(std::move(p), std::make_shared<LogprobSink>());
   EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
   // snapkv ranks by score: its budgets are known up front, the re-reading picks the tokens.
-  auto sink = std::make_shared<Sink>();
+  auto sink = std::make_shared<LogprobSink>();
   ASSERT_TRUE(c->Submit(Request("snapkv", "reconstruct"), sink).ok());
   EXPECT_TRUE(sink->Wait().ok()) << sink->Wait();
   EXPECT_EQ(sink->tokens_.size(), static_cast<size_t>(kMaxTokens));
@@ -295,7 +222,7 @@ TEST_F(ReconstructProfileTest, CancelDuringTheReReadingEndsAtTheNextStep) {
   ASSERT_TRUE(idle.ok()) << idle.status();
   GenerateParams p = Request("xkv", "reconstruct");
   p.prompt_ids.insert(p.prompt_ids.end(), prompt_->begin(), prompt_->end());  // 3 or more chunks
-  auto sink = std::make_shared<Sink>();
+  auto sink = std::make_shared<LogprobSink>();
   auto submitted = (*c)->Submit(std::move(p), sink);
   ASSERT_TRUE(submitted.ok()) << submitted.status();
   id = *submitted;  // the first re-reading step comes after the prefill: id is set by then

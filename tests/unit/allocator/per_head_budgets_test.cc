@@ -156,14 +156,17 @@ TEST(PerHeadSpecTest, ParseAndValidate) {
   auto ok = ApplyOverride(base, snap);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_FALSE(ok->allocator.per_head);
-  // The service refuses it at the edge (its stages report per-layer gain curves).
+  // The service's edge takes it with the same rules (the stages' capability is the coordinator's
+  // check); a per-head override for a baseline is refused there too.
   KvPolicyOverride service;
   service.per_head = true;
+  EXPECT_TRUE(ValidateKvOverride(service).ok());
+  service.policy = "snapkv";
+  service.budget_fraction = 0.2;
   const absl::Status refused = ValidateKvOverride(service);
   EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(refused.message().find("not supported by the service"), std::string::npos) << refused;
-  EXPECT_TRUE(ValidatePerHeadFor(true, SpecEntry::kEval).ok());
-  EXPECT_FALSE(ValidatePerHeadFor(true, SpecEntry::kGenerate).ok());
+  EXPECT_NE(refused.message().find("per_head budgets need policy xkv"), std::string::npos)
+      << refused;
 }
 
 TEST(PerHeadSpecTest, PlanBudgetsSplitsByHead) {

@@ -169,10 +169,17 @@ TEST(RequestValidationTest, AllocatorAndFloor) {
   p.kv.allocator = "paper";
   p.kv.floor = 0.25;
   EXPECT_TRUE(ValidateGenerateParams(p).ok());
-  // Per-(layer, KV head) budgets run in xkv eval only; the service refuses them at the edge.
+  // Per-(layer, KV head) budgets: xkv with the global allocator only (the stages' capability is
+  // the coordinator's check, Coordinator::CheckStagesHold).
   p = Good();
   p.kv.per_head = true;
-  ExpectInvalid(p, "per_head budgets are not supported by the service");
+  EXPECT_TRUE(ValidateGenerateParams(p).ok());
+  p.kv.allocator = "paper";
+  ExpectInvalid(p, "per_head budgets need policy xkv with allocator global");
+  p.kv.allocator = "";
+  p.kv.policy = "snapkv";
+  p.kv.budget_fraction = 0.2;
+  ExpectInvalid(p, "got policy 'snapkv'");
   p.kv.per_head = false;
   EXPECT_TRUE(ValidateGenerateParams(p).ok());
   // The largest int64 is a valid (clamped) target, not an overflow.

@@ -1,6 +1,7 @@
 // StageEngine's resident path (EmbedResident → RunLayersResident → LogitsResident, what a stage
 // holding every layer runs) gives exactly what Embed → RunLayers → Logits give on the CPU engine,
 // for a prefill chunk and the decode steps after it; misuse is a clear error.
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -65,6 +66,35 @@ TEST_F(ResidentTest, MisuseIsAnError) {
   EXPECT_FALSE(resident_->LogitsResident({2}).ok());  // only rows 0 and 1 exist
   EXPECT_TRUE(resident_->LogitsResident({1}).ok());
   EXPECT_FALSE(resident_->EmbedResident({-1}).ok());
+}
+
+// StageEngine::CompactLayer with a different count per KV head (per-(layer, KV head) budgets): the
+// CPU engine says it supports it, each head holds its own kept rows (HeadCacheLength), the layer's
+// length is its largest head's, and decoding appends one token to every head.
+TEST_F(ResidentTest, CompactsEachHeadToItsOwnCount) {
+  ASSERT_TRUE(host_->supports_per_head_kv());
+  const std::vector<int32_t> prompt = {5, 9, 2, 33, 17, 8, 40, 11};
+  auto hidden = host_->Embed(prompt);
+  ASSERT_TRUE(hidden.ok());
+  ASSERT_TRUE(host_->RunLayers(Step(8, 0), {}, absl::MakeSpan(*hidden), nullptr).ok());
+  const int layer = host_->layer_begin();
+  ASSERT_EQ(host_->config().n_kv_heads, 2);
+  const std::vector<std::vector<int32_t>> kept = {{0, 3, 6, 7}, {1, 7}};
+  ASSERT_TRUE(host_->CompactLayer(7, layer, 8, kept).ok());
+  EXPECT_EQ(host_->HeadCacheLength(7, layer, 0), 4);
+  EXPECT_EQ(host_->HeadCacheLength(7, layer, 1), 2);
+  EXPECT_EQ(host_->CacheLength(7, layer), 4);
+  EXPECT_EQ(host_->HeadCacheLength(7, layer + 1, 1), 8);  // another layer is untouched
+  EXPECT_EQ(host_->HeadCacheLength(7, layer, 2), -1);     // no such head
+  EXPECT_EQ(host_->HeadCacheLength(8, layer, 0), -1);     // no such sequence
+  auto next = host_->Embed({3});
+  ASSERT_TRUE(next.ok());
+  ASSERT_TRUE(host_->RunLayers(Step(1, 8), {}, absl::MakeSpan(*next), nullptr).ok());
+  EXPECT_EQ(host_->HeadCacheLength(7, layer, 0), 5);
+  EXPECT_EQ(host_->HeadCacheLength(7, layer, 1), 3);
+  auto logits = host_->Logits(*next, {0});
+  ASSERT_TRUE(logits.ok());
+  for (float x : *logits) ASSERT_TRUE(std::isfinite(x));
 }
 
 }  // namespace

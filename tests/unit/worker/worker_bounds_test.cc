@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/unit/worker/worker_test_util.h"
@@ -135,6 +136,65 @@ TEST_F(RequestBoundsTest, BudgetsStayInTheContext) {
   ExpectInvalid(Step(r), "compact.budgets (layer 0).kept_prefix -1");
   r.mutable_sequences(0)->mutable_compact()->mutable_selection()->set_policy("nope");
   EXPECT_EQ(Step(r).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Per-(layer, KV head) budgets and head scores only on a stage loaded with per-head tables, one
+// budget per KV head, each in the context, kept_prefix their largest.
+TEST_F(RequestBoundsTest, PerHeadBudgetsNeedPerHeadTablesAndAreBounded) {
+  const int heads = stages_[0]->config().n_kv_heads;
+  ASSERT_GE(heads, 2);
+  EXPECT_EQ(stages_[0]->head_tables(), 1);
+  xkv::v1::CompactSpec spec;
+  xkv::v1::LayerBudget* b = spec.add_budgets();
+  b->set_layer(0);
+  b->set_kept_prefix(9);
+  for (int h = 0; h < heads; ++h) b->add_head_kept_prefix(h == 0 ? 9 : 3);
+  ExpectInvalid(Compact(spec), "compact.budgets (layer 0).head_kept_prefix: per-(layer, KV head)");
+  xkv::v1::StepRequest r = OneSequenceStep(40, 0);
+  r.mutable_sequences(0)->set_per_head(true);
+  ExpectInvalid(Step(r), "sequences[0].per_head: per-(layer, KV head) budgets need a stage");
+
+  StageOptions o;
+  o.per_head_tables = true;
+  o.kv_capacity_blocks = 8;
+  std::vector<std::unique_ptr<StageExecutor>> per_head = testing::MakePipeline({0, 4}, o);
+  ASSERT_EQ(per_head.size(), 1u);
+  StageExecutor& stage = *per_head[0];
+  EXPECT_EQ(stage.head_tables(), heads);
+  EXPECT_EQ(stage.Description().head_tables(), heads);
+  EXPECT_EQ(stage.capacity_blocks(), 8 * 4 * heads);  // the same bytes in blocks of one head
+  EXPECT_EQ(stage.block_bytes() * heads, stages_[0]->block_bytes());
+  r.set_dry_run(true);
+  EXPECT_TRUE(stage.Step(r).ok());
+  const auto compact = [&](const xkv::v1::CompactSpec& c) {
+    xkv::v1::CompactRequest q;
+    q.set_seq_id(7);
+    *q.mutable_compact() = c;
+    return stage.Compact(q).status();
+  };
+  EXPECT_EQ(compact(spec).code(), absl::StatusCode::kNotFound);  // every field passed
+  b->add_head_kept_prefix(1);
+  ExpectInvalid(compact(spec), absl::StrCat("head_kept_prefix size ", heads + 1));
+  b->mutable_head_kept_prefix()->RemoveLast();
+  b->set_head_kept_prefix(1, -1);
+  ExpectInvalid(compact(spec), "head_kept_prefix[1] -1");
+  b->set_head_kept_prefix(1, kHuge);
+  ExpectInvalid(compact(spec), "head_kept_prefix[1] 4611686018427387904");
+  b->set_head_kept_prefix(1, 3);
+  b->set_kept_prefix(10);
+  ExpectInvalid(compact(spec), "kept_prefix 10 is outside [9, 9]");
+  // Per-head budgets for some of the stage's layers only, on a step's compaction.
+  b->set_kept_prefix(9);
+  for (int l = 1; l < 4; ++l) {
+    xkv::v1::LayerBudget* other = spec.add_budgets();
+    other->set_layer(l);
+    other->set_kept_prefix(5);
+  }
+  xkv::v1::StepRequest compacting = OneSequenceStep(40, 0);
+  compacting.set_dry_run(true);
+  compacting.mutable_sequences(0)->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  *compacting.mutable_sequences(0)->mutable_compact() = spec;
+  ExpectInvalid(stage.Step(compacting).status(), "per-head budgets to 1 of the stage's 4 layers");
 }
 
 xkv::v1::LoadStageRequest GoodLoad() {

@@ -1,0 +1,171 @@
+// What the service's XKV runs are compared with in tests/integration/: the `xkv eval` harness's
+// steps on one CPU engine (an observed prefill, the reconstruct profile's re-reading merged with
+// the window's scores, greedy decoding with log-probabilities after a compaction), the long
+// needle prompt those tests share, and a sink that keeps a request's tokens, log-probabilities
+// and usage with a bounded wait. Header-only; test code.
+#ifndef XKV_TESTS_INTEGRATION_EVAL_REFERENCE_H_
+#define XKV_TESTS_INTEGRATION_EVAL_REFERENCE_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/status_macros.h"
+#include "coordinator/coordinator.h"
+#include "model/chat_template.h"
+#include "model/gguf.h"
+#include "model/importance_collector.h"
+#include "model/reconstruct_scorer.h"
+#include "model/sampler.h"
+#include "model/stage_engine.h"
+#include "model/tokenizer.h"
+
+namespace xkv {
+namespace testing_eval {
+
+// Collects one request's stream (tokens, their log-probabilities, the usage); Wait is bounded.
+class LogprobSink final : public GenerateSink {
+ public:
+  // Called (from the coordinator's loop) with the count of tokens streamed so far.
+  std::function<void(size_t)> on_tokens;
+
+  void OnDelta(const std::string&, absl::Span<const int32_t> ids,
+               absl::Span<const SampledLogprobs> logprobs) override {
+    size_t n = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+      for (const SampledLogprobs& l : logprobs) logprobs_.push_back(l.token.logprob);
+      n = tokens_.size();
+    }
+    if (on_tokens) on_tokens(n);
+  }
+  void OnDone(const xkv::v1::Usage& usage) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    usage_ = usage;
+    End(absl::OkStatus());
+  }
+  void OnError(const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    End(status);
+  }
+  // A bounded wait: a hang fails the test.
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!done_.wait_for(lock, std::chrono::minutes(2), [&] { return finished_; })) {
+      return absl::DeadlineExceededError("the request did not finish in 2 minutes");
+    }
+    return status_;
+  }
+  std::vector<int32_t> tokens_;
+  std::vector<float> logprobs_;
+  xkv::v1::Usage usage_;
+
+ private:
+  void End(const absl::Status& s) {
+    status_ = s;
+    finished_ = true;
+    done_.notify_all();
+  }
+  std::mutex mu_;
+  std::condition_variable done_;
+  absl::Status status_;
+  bool finished_ = false;
+};
+
+struct NeedlePrompt {
+  std::vector<int32_t> ids;  // ~400 tokens: lockers and their keys, then the question
+  RepeatPrompt repeat;       // the reconstruct profile's re-reading frame (SmolLM2's chat template)
+};
+
+// The needle prompt with the model's tokenizer.
+inline absl::StatusOr<NeedlePrompt> LoadNeedlePrompt(const std::string& model_path) {
+  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(model_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::FromGguf(*file));
+  std::string text;
+  for (int i = 0; text.size() < 900; ++i) {
+    text += "Entry " + std::to_string(i) + ": locker " + std::to_string(300 + 11 * i) +
+            " holds the key " + std::to_string(7919 * (i + 5) % 10007) + ". ";
+  }
+  text += "Which key does locker 333 hold?";
+  NeedlePrompt out;
+  ASSIGN_OR_RETURN(out.ids, tok->Encode(text, /*parse_special=*/false));
+  ASSIGN_OR_RETURN(out.repeat, MakeRepeatPrompt(*tok, ChatTemplate::SmolLm2()));
+  return out;
+}
+
+struct ObservedPrefill {
+  CollectedScores scores;     // the observation window's
+  std::vector<float> logits;  // of the prompt's last token
+};
+
+// The whole prompt prefilled as sequence `id` with its window observed.
+inline absl::StatusOr<ObservedPrefill> Prefill(StageEngine& e, uint64_t id,
+                                               const std::vector<int32_t>& prompt,
+                                               const ImportanceOptions& scoring) {
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  EngineStep step;
+  step.sequences.push_back({id, T, 0, true});
+  std::vector<EngineObservation> obs;
+  RETURN_IF_ERROR(e.EmbedResident(prompt));
+  RETURN_IF_ERROR(e.RunLayersResident(step, scoring, &obs));
+  ObservedPrefill out;
+  ASSIGN_OR_RETURN(out.logits, e.LogitsResident({T - 1}));
+  out.scores = *std::move(obs[0].scores);
+  return out;
+}
+
+// The reconstruct profile's scores of sequence `id` (its cache holds exactly `prompt`): the
+// re-reading in chunks of at most `step_tokens`, unpooled, max-merged with the window's.
+inline absl::StatusOr<CollectedScores> RereadScores(StageEngine& e, uint64_t id,
+                                                    const std::vector<int32_t>& prompt,
+                                                    const RepeatPrompt& repeat, int64_t step_tokens,
+                                                    ImportanceOptions scoring,
+                                                    const CollectedScores& window) {
+  ReconstructOptions ro;
+  ro.chunk_tokens = RereadChunkTokens(repeat, ro, step_tokens);
+  if (ro.chunk_tokens >= static_cast<int64_t>(prompt.size())) {
+    return absl::FailedPreconditionError("the prompt should re-read in more than one step");
+  }
+  ASSIGN_OR_RETURN(ReconstructScores raw, ScoreByReconstruction(&e, id, prompt, repeat, ro));
+  scoring.pool_kernel = 1;
+  ASSIGN_OR_RETURN(
+      CollectedScores scores,
+      ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(), scoring));
+  RETURN_IF_ERROR(MaxMergeScores(window, &scores));
+  return scores;
+}
+
+struct GreedyRun {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+};
+
+// Greedy decoding of sequence `id` (its T-token prompt already in the cache, `logits` those of the
+// prompt's last token) for `max_tokens` tokens, as the service streams them.
+inline absl::StatusOr<GreedyRun> DecodeGreedy(StageEngine& e, uint64_t id, int64_t T,
+                                              std::vector<float> logits, int max_tokens) {
+  GreedyRun run;
+  for (int t = 0; t < max_tokens; ++t) {
+    const int32_t token = Argmax(logits);
+    run.tokens.push_back(token);
+    run.logprobs.push_back(LogprobsOf(logits, token, 0).token.logprob);
+    if (t + 1 == max_tokens) break;
+    EngineStep step;
+    step.sequences.push_back({id, 1, T + t, false});
+    RETURN_IF_ERROR(e.EmbedResident({token}));
+    RETURN_IF_ERROR(e.RunLayersResident(step, {}, nullptr));
+    ASSIGN_OR_RETURN(logits, e.LogitsResident({0}));
+  }
+  return run;
+}
+
+}  // namespace testing_eval
+}  // namespace xkv
+
+#endif  // XKV_TESTS_INTEGRATION_EVAL_REFERENCE_H_

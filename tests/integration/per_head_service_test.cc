@@ -1,0 +1,431 @@
+// Per-(layer, KV head) budgets through the service (issue 12 part 5): a Coordinator over 1 and 2
+// CPU stages of the real model — in-process and as gRPC workers on loopback — takes an xkv request
+// with per_head=1, the stages return every KV head's sorted scores, the coordinator solves over the
+// L·H curves with the one solver (allocator/kv_policy.cc) and compacts each head to its own count.
+// The test recomputes the same request the way `xkv eval` does (one CPU engine: the observed
+// prefill, the re-reading for reconstruct, PlanAllocation with per_head, CompactLayer per head,
+// greedy decoding) and checks the same tokens, log-probabilities (1e-5) and tokens per (layer,
+// KV head) as the stages report them (LayerSize.head_tokens, which the coordinator's ledger
+// checks). The admin policy switch to per_head reaches new requests; a cancel after a per-head
+// compaction leaves every pool idle; bad input and stages that hold one count per layer are
+// INVALID_ARGUMENT and change nothing.
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "allocator/kv_spec.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/grpc_stage_client.h"
+#include "embedded/in_process_stage_client.h"
+#include "gtest/gtest.h"
+#include "model/kv_allocation.h"
+#include "model/reconstruct_scorer.h"
+#include "tests/integration/eval_reference.h"
+#include "tests/integration/pipeline_harness.h"
+#include "worker/stage_engine_factory.h"
+#include "worker/worker_service.h"
+
+namespace xkv {
+namespace {
+
+constexpr int kMaxTokens = 6;
+constexpr int64_t kStepTokens = 256;        // the prompt prefills (and re-reads) in 2 steps
+constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
+
+using HeadSizes = std::map<int, std::vector<int64_t>>;  // layer -> tokens of each KV head
+using testing_eval::LogprobSink;
+using testing_pipeline::CollectingSink;
+using testing_pipeline::ModelPath;
+
+// Forwards to a stage and records, per sequence, the tokens of every KV head the stage last
+// reported (step and compaction answers); `table_per_layer` loads the stage without per-head
+// tables, as a stage whose engine holds one count per layer (CUDA, for now) answers.
+class RecordingClient final : public StageClient {
+ public:
+  struct Record {
+    std::mutex mu;
+    std::map<uint64_t, HeadSizes> sizes;
+  };
+  RecordingClient(std::unique_ptr<StageClient> inner, std::shared_ptr<Record> record,
+                  bool table_per_layer)
+      : inner_(std::move(inner)), record_(std::move(record)), table_per_layer_(table_per_layer) {}
+  std::string address() const override { return inner_->address(); }
+  xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
+  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
+      const xkv::v1::LoadStageRequest& request) override {
+    xkv::v1::LoadStageRequest r = request;
+    if (table_per_layer_) r.set_per_head_tables(false);
+    return inner_->LoadStage(r);
+  }
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
+    absl::StatusOr<xkv::v1::StepResponse> r = inner_->Step(request);
+    if (r.ok()) {
+      for (const xkv::v1::SequenceResult& s : r->sequences()) Keep(s.seq_id(), s.layers());
+    }
+    return r;
+  }
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(
+      const xkv::v1::CompactRequest& request) override {
+    absl::StatusOr<xkv::v1::CompactResponse> r = inner_->Compact(request);
+    if (r.ok()) Keep(request.seq_id(), r->layers());
+    return r;
+  }
+  absl::StatusOr<xkv::v1::ReleaseResponse> Release(
+      const xkv::v1::ReleaseRequest& request) override {
+    return inner_->Release(request);
+  }
+  absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+
+ private:
+  void Keep(uint64_t id, const google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>& layers) {
+    std::lock_guard<std::mutex> lock(record_->mu);
+    for (const xkv::v1::LayerSize& l : layers) {
+      record_->sizes[id][l.layer()].assign(l.head_tokens().begin(), l.head_tokens().end());
+    }
+  }
+  std::unique_ptr<StageClient> inner_;
+  std::shared_ptr<Record> record_;
+  const bool table_per_layer_;
+};
+
+CoordinatorOptions Options() {
+  CoordinatorOptions o;
+  o.model_path = std::filesystem::canonical(ModelPath()).string();
+  o.kv.policy = PolicyKind::kXkv;
+  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
+  o.scheduler.step_token_budget = kStepTokens;
+  o.scheduler.prefill_chunk = kStepTokens;
+  o.kv_capacity_blocks = 128;
+  o.health_interval = absl::ZeroDuration();
+  return o;
+}
+
+KvPolicyOverride PerHead(const std::string& profile) {
+  KvPolicyOverride k;
+  k.policy = "xkv";
+  k.profile_mode = profile;
+  k.budget_tokens = kBudgetTokens;
+  k.per_head = true;
+  k.floor = 0.2;
+  return k;
+}
+
+struct Expected {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  HeadSizes heads;  // after decoding
+};
+
+// True when some layer's KV heads hold different counts (the per-head path really ran).
+bool HeadsDiffer(const HeadSizes& sizes) {
+  for (const auto& [layer, heads] : sizes) {
+    for (int64_t t : heads) {
+      if (t != heads[0]) return true;
+    }
+  }
+  return false;
+}
+
+class PerHeadServiceTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    if (!std::filesystem::exists(ModelPath())) return;
+    auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
+    ASSERT_TRUE(needle.ok()) << needle.status();
+    prompt_ = new std::vector<int32_t>(needle->ids);
+    repeat_ = new RepeatPrompt(needle->repeat);
+  }
+  static void TearDownTestSuite() {
+    delete prompt_;
+    delete repeat_;
+    prompt_ = nullptr;
+  }
+  // The eval harness's runs, computed when a test first needs them (ctest runs each test alone).
+  static const Expected& OnePass() {
+    static const Expected* x = new Expected(Reference(*repeat_, false));
+    return *x;
+  }
+  static const Expected& Reconstruct() {
+    static const Expected* x = new Expected(Reference(*repeat_, true));
+    return *x;
+  }
+  void SetUp() override {
+    if (prompt_ == nullptr) GTEST_SKIP() << "no model at " << ModelPath() << " (set XKV_MODEL)";
+  }
+
+  // The eval harness's computation on one CPU engine (kGgml, as the stages run).
+  static Expected Reference(const RepeatPrompt& repeat, bool reconstruct) {
+    StageOptions so;
+    so.model_path = ModelPath();
+    auto engine_or = LoadStageEngine(so);
+    EXPECT_TRUE(engine_or.ok()) << engine_or.status();
+    StageEngine& e = **engine_or;
+    const CoordinatorOptions co = Options();
+    const ImportanceOptions scoring{co.window, co.pool_kernel};
+    const int64_t T = static_cast<int64_t>(prompt_->size());
+    auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
+    EXPECT_TRUE(prefill.ok()) << prefill.status();
+    CollectedScores scores = prefill->scores;
+    if (reconstruct) {
+      auto merged =
+          testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, scores);
+      EXPECT_TRUE(merged.ok()) << merged.status();
+      scores = *std::move(merged);
+    }
+    auto spec = ApplyOverride(co.kv, PerHead(reconstruct ? "reconstruct" : "one_pass"));
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    auto plan = PlanAllocation(scores, e.config(), *spec);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    for (int l = 0; l < e.config().n_layers; ++l) {
+      EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
+    }
+    auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+    EXPECT_TRUE(run.ok()) << run.status();
+    Expected x{run->tokens, run->logprobs, {}};
+    for (int l = 0; l < e.config().n_layers; ++l) {
+      for (int h = 0; h < e.config().n_kv_heads; ++h) {
+        x.heads[l].push_back(e.HeadCacheLength(1, l, h));
+      }
+    }
+    return x;
+  }
+
+  struct Service {
+    std::vector<std::unique_ptr<WorkerServer>> workers;  // gRPC only; outlive the coordinator
+    std::shared_ptr<RecordingClient::Record> record = std::make_shared<RecordingClient::Record>();
+    std::vector<StageClient*> stages;  // owned by the coordinator
+    std::unique_ptr<Coordinator> coordinator;
+  };
+
+  // S stages in-process or as gRPC workers on loopback, each behind a RecordingClient.
+  static std::unique_ptr<Service> Start(int num_stages, bool grpc, bool table_per_layer = false) {
+    auto s = std::make_unique<Service>();
+    std::vector<std::unique_ptr<StageClient>> inner;
+    if (grpc) {
+      for (int i = 0; i < num_stages; ++i) {
+        WorkerServerOptions o;
+        o.listen = "127.0.0.1:0";
+        o.service.limits.model_dir = std::filesystem::canonical(ModelPath()).parent_path().string();
+        auto server = WorkerServer::Start(o);
+        EXPECT_TRUE(server.ok()) << server.status();
+        if (!server.ok()) return nullptr;
+        inner.push_back(MakeGrpcStageClient(
+            {absl::StrCat("127.0.0.1:", (*server)->port()), absl::Minutes(2), absl::Minutes(1)}));
+        s->workers.push_back(*std::move(server));
+      }
+    } else {
+      auto clients = MakeInProcessStages(num_stages, {"cpu"}, InProcessStageSettings{});
+      EXPECT_TRUE(clients.ok()) << clients.status();
+      if (!clients.ok()) return nullptr;
+      inner = std::move(*clients);
+    }
+    std::vector<std::unique_ptr<StageClient>> clients;
+    for (auto& c : inner) {
+      clients.push_back(
+          std::make_unique<RecordingClient>(std::move(c), s->record, table_per_layer));
+      s->stages.push_back(clients.back().get());
+    }
+    auto c = Coordinator::Start(Options(), std::move(clients));
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return nullptr;
+    s->coordinator = *std::move(c);
+    return s;
+  }
+
+  static GenerateParams Request(const KvPolicyOverride& kv) {
+    GenerateParams p;
+    p.prompt_ids = *prompt_;
+    p.max_tokens = kMaxTokens;
+    p.ignore_eos = true;
+    p.logprobs = 0;
+    p.kv = kv;
+    return p;
+  }
+
+  // Runs one request and checks it against `want`.
+  static void ExpectMatches(Service& s, GenerateParams request, const Expected& want) {
+    auto sink = std::make_shared<LogprobSink>();
+    auto id = s.coordinator->Submit(std::move(request), sink);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ASSERT_TRUE(sink->Wait().ok()) << sink->Wait();
+    EXPECT_EQ(sink->tokens_, want.tokens);
+    ASSERT_EQ(sink->logprobs_.size(), want.logprobs.size());
+    for (size_t t = 0; t < want.logprobs.size(); ++t) {
+      EXPECT_NEAR(sink->logprobs_[t], want.logprobs[t], 1e-5) << "token " << t;
+    }
+    std::lock_guard<std::mutex> lock(s.record->mu);
+    EXPECT_EQ(s.record->sizes[*id], want.heads);
+  }
+
+  static std::vector<int32_t>* prompt_;
+  static RepeatPrompt* repeat_;
+};
+
+std::vector<int32_t>* PerHeadServiceTest::prompt_ = nullptr;
+RepeatPrompt* PerHeadServiceTest::repeat_ = nullptr;
+
+// Heads of one layer keep different counts in the eval harness's runs, so a per-layer service
+// could not pass; one_pass and reconstruct on 1 and 2 stages.
+void ExpectEveryStageCountMatches(bool grpc) {
+  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::OnePass().heads));
+  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::Reconstruct().heads));
+  for (int stages : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << stages << " stages");
+    std::unique_ptr<PerHeadServiceTest::Service> s = PerHeadServiceTest::Start(stages, grpc);
+    ASSERT_NE(s, nullptr);
+    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("one_pass")),
+                                      PerHeadServiceTest::OnePass());
+    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("reconstruct")),
+                                      PerHeadServiceTest::Reconstruct());
+  }
+}
+
+TEST_F(PerHeadServiceTest, InProcessStagesMatchTheEvalHarness) {
+  ExpectEveryStageCountMatches(false);
+}
+
+TEST_F(PerHeadServiceTest, GrpcWorkersMatchTheEvalHarness) { ExpectEveryStageCountMatches(true); }
+
+TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {
+  std::unique_ptr<Service> s = Start(2, false);
+  ASSERT_NE(s, nullptr);
+  KvPolicyOverride none;
+  auto sink = std::make_shared<LogprobSink>();
+  auto before = s->coordinator->Submit(Request(none), sink);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_TRUE(sink->Wait().ok());
+  {
+    std::lock_guard<std::mutex> lock(s->record->mu);
+    EXPECT_FALSE(HeadsDiffer(s->record->sizes[*before]));  // per-layer budgets
+  }
+  ASSERT_TRUE(s->coordinator->SetPolicy(PerHead("one_pass")).ok());
+  EXPECT_TRUE(s->coordinator->GetConfig().default_policy().per_head());
+  ExpectMatches(*s, Request(none), OnePass());
+}
+
+TEST_F(PerHeadServiceTest, CancelAfterAPerHeadCompactionLeavesEveryPoolIdle) {
+  for (int stages : {1, 2}) {
+    std::unique_ptr<Service> s = Start(stages, false);
+    ASSERT_NE(s, nullptr);
+    const std::vector<std::pair<int64_t, int32_t>> idle = [&] {
+      testing_pipeline::Pipeline p;
+      p.stages = s->stages;
+      return testing_pipeline::PoolState(p);
+    }();
+    GenerateParams request = Request(PerHead("one_pass"));
+    request.max_tokens = 200;
+    auto sink = std::make_shared<CollectingSink>();
+    // one_pass compacts before the prefill's token streams: cancel once it has.
+    std::promise<void> first;
+    sink->on_first_token = [&first] { first.set_value(); };
+    auto submitted = s->coordinator->Submit(std::move(request), sink);
+    ASSERT_TRUE(submitted.ok()) << submitted.status();
+    const uint64_t id = *submitted;
+    ASSERT_EQ(first.get_future().wait_for(std::chrono::minutes(2)), std::future_status::ready);
+    s->coordinator->Cancel(id);
+    auto [tokens, status] = sink->Wait();
+    EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+    EXPECT_LT(tokens.size(), 200u);
+    {
+      std::lock_guard<std::mutex> lock(s->record->mu);
+      EXPECT_TRUE(HeadsDiffer(s->record->sizes[id])) << "no per-head compaction before the cancel";
+    }
+    testing_pipeline::Pipeline p;
+    p.stages = s->stages;
+    EXPECT_EQ(testing_pipeline::PoolState(p), idle) << stages << " stages";
+  }
+}
+
+TEST_F(PerHeadServiceTest, BadInputIsInvalidArgumentAndChangesNothing) {
+  std::unique_ptr<Service> s = Start(1, false);
+  ASSERT_NE(s, nullptr);
+  const std::string config = s->coordinator->GetConfig().DebugString();
+  KvPolicyOverride snap = PerHead("one_pass");
+  snap.policy = "snapkv";
+  KvPolicyOverride floor = PerHead("one_pass");
+  floor.floor = 1.5;
+  KvPolicyOverride paper = PerHead("one_pass");
+  paper.allocator = "paper";
+  for (const auto& [kv, needle] : std::vector<std::pair<KvPolicyOverride, std::string>>{
+           {snap, "per_head budgets need policy xkv"},
+           {floor, "floor is 1.5; it must be in [0, 1]"},
+           {paper, "allocator 'paper'"}}) {
+    auto id = s->coordinator->Submit(Request(kv), std::make_shared<LogprobSink>());
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << needle;
+    EXPECT_NE(std::string(id.status().message()).find(needle), std::string::npos) << id.status();
+    const absl::Status set = s->coordinator->SetPolicy(kv);
+    EXPECT_EQ(set.code(), absl::StatusCode::kInvalidArgument) << needle;
+    EXPECT_EQ(s->coordinator->GetConfig().DebugString(), config) << needle;
+  }
+  EXPECT_FALSE(ParsePerHead("2").ok());
+}
+
+// The stage planner's predicted KV bytes per stage (GetClusterStatus.kv_bytes_predicted) match
+// what the stages hold (whole blocks of each head) while a per-head request decodes.
+TEST_F(PerHeadServiceTest, PredictedKvBytesMatchWhatTheStagesHold) {
+  std::unique_ptr<Service> s = Start(2, false);
+  ASSERT_NE(s, nullptr);
+  GenerateParams request = Request(PerHead("one_pass"));
+  request.max_tokens = 40;
+  auto sink = std::make_shared<LogprobSink>();
+  std::promise<void> third;
+  sink->on_tokens = [&third, done = false](size_t n) mutable {
+    if (n >= 3 && !done) {
+      done = true;
+      third.set_value();
+    }
+  };
+  ASSERT_TRUE(s->coordinator->Submit(std::move(request), sink).ok());
+  ASSERT_EQ(third.get_future().wait_for(std::chrono::minutes(2)), std::future_status::ready);
+  const xkv::v1::GetClusterStatusResponse during = s->coordinator->GetClusterStatus();
+  ASSERT_TRUE(sink->Wait().ok());
+  ASSERT_EQ(during.stages_size(), 2);
+  for (const auto& stage : during.stages()) {
+    ASSERT_GT(stage.kv_bytes_used(), 0) << stage.index();
+    EXPECT_NEAR(static_cast<double>(stage.kv_bytes_predicted()) / stage.kv_bytes_used(), 1.0, 0.10)
+        << "stage " << stage.index() << ": predicted " << stage.kv_bytes_predicted() << ", held "
+        << stage.kv_bytes_used();
+  }
+}
+
+// Stages that keep one count per layer (what a CUDA stage answers until its engine holds per-head
+// counts): per_head is refused at submit, by the admin RPC and at start, naming the stage.
+TEST_F(PerHeadServiceTest, StagesWithOneTablePerLayerRefusePerHead) {
+  std::unique_ptr<Service> s = Start(2, false, /*table_per_layer=*/true);
+  ASSERT_NE(s, nullptr);
+  const std::string config = s->coordinator->GetConfig().DebugString();
+  auto id = s->coordinator->Submit(Request(PerHead("one_pass")), std::make_shared<LogprobSink>());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(id.status().message()).find("hold a count per KV head"), std::string::npos)
+      << id.status();
+  EXPECT_EQ(s->coordinator->SetPolicy(PerHead("one_pass")).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->coordinator->GetConfig().DebugString(), config);
+  // Per-layer requests still run there.
+  KvPolicyOverride layers = PerHead("one_pass");
+  layers.per_head = false;
+  auto sink = std::make_shared<LogprobSink>();
+  ASSERT_TRUE(s->coordinator->Submit(Request(layers), sink).ok());
+  EXPECT_TRUE(sink->Wait().ok());
+  // A per-head default cannot start on them.
+  auto clients = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+  ASSERT_TRUE(clients.ok());
+  std::vector<std::unique_ptr<StageClient>> one;
+  one.push_back(std::make_unique<RecordingClient>(
+      std::move((*clients)[0]), std::make_shared<RecordingClient::Record>(), true));
+  CoordinatorOptions o = Options();
+  o.kv.allocator.per_head = true;
+  auto refused = Coordinator::Start(o, std::move(one));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+}
+
+}  // namespace
+}  // namespace xkv
