@@ -62,6 +62,15 @@ int64_t CudaLlamaModel::CacheLength(uint64_t id, int layer) const {
   return pool_.MaxLength(it->second.kv, li(layer));
 }
 
+int64_t CudaLlamaModel::HeadCacheLength(uint64_t id, int layer, int head) const {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end() || layer < layer_begin_ || layer >= layer_end_ || head < 0 ||
+      head >= config_.n_kv_heads || it->second.kv.lengths.empty()) {
+    return -1;
+  }
+  return it->second.kv.lengths[pool_.Index(li(layer), head)];
+}
+
 int64_t CudaLlamaModel::logical_position(uint64_t id) const {
   auto it = sequences_.find(id);
   return it == sequences_.end() ? -1 : it->second.position;

@@ -101,6 +101,9 @@ class CudaLlamaModel : public StageEngine {
   int64_t kv_pool_blocks() const override { return sized_from_memory_ ? num_blocks_ : 0; }
   bool HasSequence(uint64_t id) const override { return sequences_.contains(id); }
   int64_t CacheLength(uint64_t id, int layer) const override;
+  int64_t HeadCacheLength(uint64_t id, int layer, int head) const override;
+  // Head-blocks hold one KV head each: every head keeps, and frees, its own rows.
+  bool supports_per_head_kv() const override { return true; }
   void ReleaseSequence(uint64_t id) override;
   absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) override;
   absl::Status RunLayers(const EngineStep& step, const ImportanceOptions& importance,
