@@ -33,7 +33,7 @@ if ((rc != 0)) || ((rows != 9)) || ((questions != 3)) || ((others != 0)) ||
     ! grep -q 'multi-question' "$tmp/out/summary.md"; then
   echo "FAIL: eval --multi-question -> exit $rc, $rows rows, $questions questions, $others other rows"
   sed 's/^/    /' "$tmp/stderr" | tail -5
-  cat "$csv" 2> /dev/null | sed 's/^/    /'
+  sed "s/^/    /" "$csv" 2> /dev/null
   failed=1
 else
   echo "ok: eval --multi-question ran 3 questions over one compressed context, 9 rows"
