@@ -27,10 +27,17 @@ split, byte-level BPE): transformers 5.2 converts a llama-architecture GGUF's gp
 its SentencePiece converter, which turns every space into <|endoftext|>. This one matches
 llama.cpp's tokenization token for token.
 
+By default each prompt and mode has ONE prefill shared by every press and keep (kvpress
+compresses a layer after its attention ran, so the prefill does not depend on the press: each
+press's compress() runs on the full cache of every layer in one hook) and its caches answer in a
+few batched greedy decodes (Runner.answer_all); --per-cell runs one prefill and one decode per
+cell instead (Runner.answer, the reference; the same answers on a CPU check).
+
 Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
 processes on one GPU (decoding a 135M model is launch-bound; the processes time-slice the GPU,
 so the rate per worker falls as workers are added: docs/quality-peers.md has the measured rates);
---limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells).
+--limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells);
+--start-after lets the workers load the model while another run still has the GPU.
 
 Usage: bench/kvpress_eval.py --prompts FILE.jsonl --gguf MODEL.gguf --out DIR [options]
 """

@@ -5,8 +5,8 @@
 #   bench/kvpress_gpu_run.sh BUNDLE WORK OUT
 #
 # BUNDLE: the b/ folder of bench/kvpress_gpu_pack.sh (bin/xkv, run, bench/, peers.jsonl,
-# mq.jsonl); WORK: holds smol.part00..02 (the model in parts, joined and checked here) and site/
-# (the wheels installed with pip --target); OUT: results (at most 8 files come back):
+# mq.jsonl, site/: the kvpress wheels installed); WORK: holds smol.part00..02 (the model in parts,
+# joined and checked here) and gets the logs; OUT: results (at most 8 files come back):
 # xkv-results.csv, kvp-results.csv, mq-results.csv, report.md (the goal table of
 # bench/kvpress_report.py over the prompts both sides ran, then the multi-question summary),
 # logs.tgz.
@@ -38,7 +38,7 @@ budgets=0.1,0.2,0.4
 rm -rf "$K/go" "$K/xkv" "$K/mq" "$K/kvp"
 # kvpress: convert and load now, start on the GPU when $K/go appears.
 stop=$((total - 40 - $(at)))
-PYTHONPATH=$K/site${PYTHONPATH:+:$PYTHONPATH} python3 "$B/bench/kvpress_eval.py" \
+PYTHONPATH=$B/site${PYTHONPATH:+:$PYTHONPATH} python3 "$B/bench/kvpress_eval.py" \
   --prompts "$B/peers.jsonl" --gguf smol.gguf --out "$K/kvp" --work "$K/work" \
   --workers "${KVPRESS_WORKERS:-4}" --max-new-tokens 12 --device "${KVPRESS_DEVICE:-cuda}" \
   --start-after "$K/go" --deadline-s $((stop - 30)) --stop-s "$stop" >"$K/kvp.log" 2>&1 &
@@ -68,7 +68,7 @@ done
   echo "# Side by side on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
   echo
   if [[ -f $O/xkv-results.csv && -f $O/kvp-results.csv ]]; then
-    python3 "$B/bench/kvpress_report.py" "$O/kvp-results.csv" "$O/xkv-results.csv"
+    timeout 30 python3 "$B/bench/kvpress_report.py" "$O/kvp-results.csv" "$O/xkv-results.csv"
   fi
   [[ -f $K/mq/summary.md ]] && sed 's/^# /## /' "$K/mq/summary.md"
 } >"$O/report.md" 2>&1

@@ -70,19 +70,23 @@ def uniform_index(rng, n):
     return product >> 64
 
 
+_DRAWS = {}  # (n, resamples, seed) -> the resamples' index lists: the same for every cell of n
+
+
+def _draws(n, resamples, seed):
+    key = (n, resamples, seed)
+    if key not in _DRAWS:
+        rng = Mt19937_64(seed)
+        _DRAWS[key] = [[uniform_index(rng, n) for _ in range(n)] for _ in range(resamples)]
+    return _DRAWS[key]
+
+
 def bootstrap_ci(values, resamples=2000, seed=1):
     """(low, high) of the percentile bootstrap 95% interval of the mean; (0, 0) when empty."""
     n = len(values)
     if n == 0 or resamples < 1:
         return 0.0, 0.0
-    rng = Mt19937_64(seed)
-    means = []
-    for _ in range(resamples):
-        total = 0.0
-        for _ in range(n):
-            total += values[uniform_index(rng, n)]
-        means.append(total / n)
-    means.sort()
+    means = sorted(sum(values[i] for i in draw) / n for draw in _draws(n, resamples, seed))
     return means[min(resamples - 1, int(0.025 * resamples))], \
         means[min(resamples - 1, int(0.975 * resamples))]
 
