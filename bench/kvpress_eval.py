@@ -350,13 +350,13 @@ class Runner:
                 k, v, m = lay[layer]
                 keys[b, :, width - k.shape[2]:] = k[0]
                 values[b, :, width - v.shape[2]:] = v[0]
-                if m is not None:
-                    _, heads, seqs = m
+                if m is not None:  # AdaKV's indices live on the GPU, KVzip's on the CPU
+                    _, heads, seqs = (t.to(self.device) for t in m)
                     idx[0].append(torch.full_like(seqs, b))
                     idx[1].append(heads)
                     idx[2].append(seqs + (width - k.shape[2]))
             data.append((keys, values))
-            masks.append(tuple(torch.cat(i).to(self.device) for i in idx) if idx[0] else None)
+            masks.append(tuple(torch.cat(i) for i in idx) if idx[0] else None)
         cache = DynamicCache(ddp_cache_data=data)
         pad = None if uneven else torch.tensor(
             [[0] * (width - length) + [1] * length for length in lengths], device=self.device)

@@ -12,8 +12,8 @@
 # logs.tgz.
 # Order, so that the GPU serves one thing at a time: kvpress converts the model and its workers
 # load it on the CPU side while `xkv eval --device cuda:0` runs on peers.jsonl (XKV_METHODS,
-# budgets 0.1/0.2/0.4, modes aware,question,agnostic; at most XKV_EVAL_S s, default 150), then
-# `xkv eval --multi-question` on mq.jsonl (at most XKV_MQ_S s, default 45); then the
+# budgets 0.1/0.2/0.4, modes aware,question,agnostic; at most XKV_EVAL_S s, default 180), then
+# `xkv eval --multi-question` on mq.jsonl (at most XKV_MQ_S s, default 40); then the
 # KVPRESS_WORKERS kvpress workers (default 4) run peers.jsonl in its interleaved order until
 # TOTAL_S - 40 s (no prompt started after TOTAL_S - 70 s). A run cut short keeps every finished
 # prompt, and any prefix of the file covers every task and length about equally.
@@ -21,7 +21,8 @@
 # tiny file end to end.
 set -u
 [[ $# -eq 3 ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
-B=$(cd "$1" && pwd) K=$(cd "$2" && pwd) O=$3
+mkdir -p "$3" && O=$(cd "$3" && pwd) || exit 3
+B=$(cd "$1" && pwd) K=$(cd "$2" && pwd)
 t0=$(date +%s)
 at() { echo $(($(date +%s) - t0)); }
 total=${TOTAL_S:-540}
@@ -45,11 +46,11 @@ PYTHONPATH=$B/site${PYTHONPATH:+:$PYTHONPATH} python3 "$B/bench/kvpress_eval.py"
 kpid=$!
 threads=()
 [[ -n ${XKV_THREADS:-} ]] && threads=(--threads "$XKV_THREADS")
-timeout "${XKV_EVAL_S:-150}" "$B/run" xkv eval --device "$device" --model smol.gguf \
+timeout "${XKV_EVAL_S:-180}" "$B/run" xkv eval --device "$device" --model smol.gguf \
   --prompts "$B/peers.jsonl" --methods "$methods" --budgets $budgets \
   --modes aware,question,agnostic --out "$K/xkv" --plot=false "${threads[@]}" >"$K/xkv.log" 2>&1
 echo "xkv eval rc $? at $(at) s" >>"$K/xkv.log"
-timeout "${XKV_MQ_S:-45}" "$B/run" xkv eval --device "$device" --model smol.gguf --multi-question \
+timeout "${XKV_MQ_S:-40}" "$B/run" xkv eval --device "$device" --model smol.gguf --multi-question \
   --prompts "$B/mq.jsonl" --methods "$methods" --budgets $budgets --out "$K/mq" --plot=false \
   "${threads[@]}" >"$K/mq.log" 2>&1
 echo "xkv eval --multi-question rc $? at $(at) s" >>"$K/mq.log"
@@ -57,7 +58,6 @@ touch "$K/go"
 echo "kvpress starts on the GPU at $(at) s" >>"$K/kvp.log"
 wait $kpid
 echo "kvpress rc $? at $(at) s" >>"$K/kvp.log"
-mkdir -p "$O"
 # A run cut short by its time box leaves results.partial.csv (every finished prompt).
 for side in xkv mq kvp; do
   for f in "$K/$side/results.csv" "$K/$side/results.partial.csv"; do
