@@ -305,17 +305,20 @@ class Runner:
             start = prefill.shape[1]
             full_bytes = start * self.bytes_per_token
             first = None if mode == "agnostic" else int(out.logits[0, -1].argmax())
-            groups = {"plain": [], "masked": [], "uneven": []}
-            for key, lay in variants.items():
-                uneven = len({k.shape[2] for k, _, _ in lay}) > 1
-                masked = any(m is not None for _, _, m in lay)
-                groups["uneven" if uneven else "masked" if masked else "plain"].append(key)
+            # One batch; should kvpress's fake-key search fail on it (it gives up after 1000
+            # steps), the head-wise masked caches (AdaKV, KVzip) and the others go apart.
+            keys = list(variants)
+            try:
+                batches = [(keys, self.decode_batch([variants[k] for k in keys], start,
+                                                    None if first is not None else q, first))]
+            except ValueError:
+                masked = [k for k in keys if any(m is not None for _, _, m in variants[k])]
+                batches = [(part, self.decode_batch([variants[k] for k in part], start,
+                                                    None if first is not None else q, first))
+                           for part in (masked, [k for k in keys if k not in masked]) if part]
             results = {}
-            batches = [groups["plain"], groups["masked"]] + [[key] for key in groups["uneven"]]
-            for batch in (b for b in batches if b):
-                texts = self.decode_batch([variants[key] for key in batch], start,
-                                          None if first is not None else q, first)
-                for key, text in zip(batch, texts):
+            for part, texts in batches:
+                for key, text in zip(part, texts):
                     held = sum(t.numel() * t.element_size() for k, v, _ in variants[key]
                                for t in (k, v))
                     results[key] = (text, held, full_bytes)
@@ -325,62 +328,61 @@ class Runner:
         """Greedy answers of several caches at once. rows: per cache, per layer (keys, values,
         masked key indices or None); start: the prefilled length (the next true position);
         question: token ids to prefill first (agnostic) or None with `first`, the first answer
-        token (aware). Caches are left-padded to one length, the padding masked out; a single
-        cache with layers of different lengths (PyramidKV) runs alone, unpadded, its question
-        token by token (no shared mask for such layers)."""
+        token (aware). Each layer is left-padded to its longest cache and gets its own attention
+        mask (set by a pre-hook on its attention module) that hides the padding, so caches whose
+        layers differ in length (PyramidKV) batch with the rest; head-wise masked keys (AdaKV,
+        KVzip) get kvpress's fake keys."""
         from transformers import DynamicCache
         torch, model = self.torch, self.model
         attn = [layer.self_attn for layer in model.model.layers]
         n = len(rows)
-        lengths = [max(k.shape[2] for k, _, _ in lay) for lay in rows]
-        width = max(lengths)
-        uneven = n == 1 and len({k.shape[2] for k, _, _ in rows[0]}) > 1
-        data, masks = [], []
+        data, valid, masks = [], [], []
         for layer in range(len(attn)):
-            if uneven:
-                k, v, _ = rows[0][layer]
-                data.append((k.clone(), v.clone()))
-                masks.append(None)
-                continue
             k0 = rows[0][layer][0]
+            width = max(lay[layer][0].shape[2] for lay in rows)
             keys = k0.new_zeros((n, k0.shape[1], width, k0.shape[3]))
             values = torch.zeros_like(keys)
+            ok = torch.zeros((n, width), dtype=torch.bool, device=self.device)
             idx = [[], [], []]
             for b, lay in enumerate(rows):
                 k, v, m = lay[layer]
-                keys[b, :, width - k.shape[2]:] = k[0]
-                values[b, :, width - v.shape[2]:] = v[0]
+                pad = width - k.shape[2]
+                keys[b, :, pad:], values[b, :, pad:], ok[b, pad:] = k[0], v[0], True
                 if m is not None:  # AdaKV's indices live on the GPU, KVzip's on the CPU
                     _, heads, seqs = (t.to(self.device) for t in m)
                     idx[0].append(torch.full_like(seqs, b))
                     idx[1].append(heads)
-                    idx[2].append(seqs + (width - k.shape[2]))
+                    idx[2].append(seqs + pad)
             data.append((keys, values))
+            valid.append(ok)
             masks.append(tuple(torch.cat(i) for i in idx) if idx[0] else None)
         cache = DynamicCache(ddp_cache_data=data)
-        pad = None if uneven else torch.tensor(
-            [[0] * (width - length) + [1] * length for length in lengths], device=self.device)
+        step_masks = [None] * len(attn)
+
+        def set_mask(module, args, kwargs):
+            kwargs["attention_mask"] = step_masks[module.layer_idx]
+            return args, kwargs
 
         def step(ids, position):
-            nonlocal pad
-            kwargs = {}
-            if pad is not None:
-                pad = torch.cat([pad, pad.new_ones((n, ids.shape[1]))], dim=1)
-                kwargs["attention_mask"] = pad
-            positions = torch.arange(position, position + ids.shape[1], device=self.device)
+            q = ids.shape[1]
+            causal = torch.ones((q, q), dtype=torch.bool, device=self.device).tril()
+            for layer, ok in enumerate(valid):
+                step_masks[layer] = torch.cat([ok[:, None, None, :].expand(n, 1, q, ok.shape[1]),
+                                               causal.expand(n, 1, q, q)], dim=-1)
+                valid[layer] = torch.cat([ok, ok.new_ones((n, q))], dim=1)
+            positions = torch.arange(position, position + q, device=self.device)
             return model(input_ids=ids, past_key_values=cache, logits_to_keep=1,
-                         position_ids=positions[None].expand(n, -1), **kwargs)
+                         position_ids=positions[None].expand(n, -1))
 
+        hooks = []
         try:
             for module, m in zip(attn, masks):
                 module.masked_key_indices = m
+                hooks.append(module.register_forward_pre_hook(set_mask, with_kwargs=True))
             position = start
             if question is not None:
-                chunks = [question[:, i:i + 1] for i in range(question.shape[1])] if uneven \
-                    else [question]
-                for chunk in chunks:
-                    out = step(chunk.expand(n, -1), position)
-                    position += chunk.shape[1]
+                out = step(question.expand(n, -1), position)
+                position += question.shape[1]
                 tokens = out.logits[:, -1].argmax(-1)
             else:
                 tokens = torch.full((n,), first, device=self.device)
@@ -397,6 +399,8 @@ class Runner:
                         generated[b].append(t)
                         done[b] = t in self.stop_ids
         finally:
+            for h in hooks:
+                h.remove()
             for module in attn:
                 module.masked_key_indices = None
         return [self.tok.decode(g, skip_special_tokens=True) for g in generated]
