@@ -20,7 +20,7 @@
 # XKV_DEVICE and KVPRESS_DEVICE (default cuda:0, cuda) and XKV_THREADS let a CPU-only host run a
 # tiny file end to end.
 set -u
-[[ $# -eq 3 ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[[ $# -eq 3 ]] || { sed -n '2,21p' "$0" >&2; exit 2; }
 mkdir -p "$3" && O=$(cd "$3" && pwd) || exit 3
 B=$(cd "$1" && pwd) K=$(cd "$2" && pwd)
 t0=$(date +%s)
