@@ -30,7 +30,7 @@ llama.cpp's tokenization token for token.
 By default each prompt and mode has ONE prefill shared by every press and keep (kvpress
 compresses a layer after its attention ran, so the prefill does not depend on the press: each
 press's compress() runs on the full cache of every layer in one hook) and its caches answer in a
-few batched greedy decodes (Runner.answer_all); --per-cell runs one prefill and one decode per
+batched greedy decode (Runner.answer_all); --per-cell runs one prefill and one decode per
 cell instead (Runner.answer, the reference; the same answers on a CPU check).
 
 Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
@@ -246,16 +246,15 @@ class Runner:
                 generated.append(int(out.logits[0, -1].argmax()))
         return self.tok.decode(generated, skip_special_tokens=True), held, full
 
-
     def answer_all(self, context_ids, question_ids, mode, presses, keeps):
         """{(press, keep): (answer text, KV bytes held, KV bytes full)} for the full cache
         ("full", 1.0) and every press x keep, from ONE prefill: kvpress compresses a layer's cache
         in a hook after that layer's attention ran, so the prefill's activations and logits do not
         depend on the press; each press's compress() runs on the full keys and values of every
         layer (a copy per press and keep; the model's cache stays full). KVzip re-reads the
-        context once on that cache for all its keeps. Then every cache answers in a few batched
-        greedy decodes (left-padded, masked; kvpress's fake keys for the head-wise masked
-        presses). The same answers as `answer` per cell up to floating-point reassociation."""
+        context once on that cache for all its keeps. Then every cache answers in one batched
+        greedy decode (decode_batch). The same answers as `answer` per cell, up to
+        floating-point reassociation."""
         import contextlib
         from kvpress.presses.base_press import is_prefilling
         from kvpress.utils import extract_keys_and_values
