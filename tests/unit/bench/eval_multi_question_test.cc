@@ -1,7 +1,5 @@
 #include "bench/eval_multi_question.h"
 
-#include <cstdlib>
-#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -11,8 +9,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/chat_template.h"
-#include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "tests/unit/bench/real_text.h"
 
 namespace xkv {
 namespace {
@@ -81,18 +79,12 @@ TEST(MultiQuestionSetsTest, NoSetIsAClearError) {
 // asked once, its number occurs exactly once in the context, and every question of a set shares
 // the context's tokens (RunMultiQuestion compresses them once).
 TEST(MultiQuestionSetsTest, BuiltInTasksGiveOneQuestionPerNeedle) {
-  const char* path = std::getenv("XKV_MODEL");
-  if (path == nullptr || !std::filesystem::exists(path)) GTEST_SKIP() << "XKV_MODEL missing";
-  absl::StatusOr<TextCorpus> corpus = LoadCorpus(CorpusPaths(Split::kTest));
-  if (!corpus.ok()) GTEST_SKIP() << corpus.status();
-  auto file = GgufFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto tok = Tokenizer::FromGguf(**file);
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  const Tokenizer& t = **tok;
-  TextEncoder encode = [&t](absl::string_view s, bool at_start) {
-    return t.Encode(std::string_view(s.data(), s.size()), true, at_start);
-  };
+  absl::StatusOr<RealText> text = LoadRealText();
+  if (absl::IsNotFound(text.status())) GTEST_SKIP() << text.status();
+  ASSERT_TRUE(text.ok()) << text.status();
+  const Tokenizer& t = *text->tokenizer;
+  const TextCorpus* corpus = &text->corpus;
+  const TextEncoder& encode = text->encode;
   ChatRenderer render = [](absl::Span<const ChatMessage> messages) {
     return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
   };
