@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
+#include "bench/eval_runner_lanes.h"
 #include "model/sampler.h"
 
 namespace xkv {
@@ -54,27 +55,6 @@ absl::Status ParallelFor(int n, int threads, const std::function<absl::Status(in
 }
 
 }  // namespace
-
-// One sequence of the engine: the tokens to feed next and what came back.
-struct EvalRunner::Lane {
-  uint64_t id = 0;               // 0: none
-  int64_t position = 0;          // logical position of pending[0] (never the cache length)
-  std::vector<int32_t> pending;  // tokens to feed in the next step
-  int64_t logit_rows = 1;        // logits wanted for the last rows of pending
-  std::vector<float> logits;     // fp32 [logit_rows, vocab] of the last step
-  int max_tokens = 0;            // Decode: cap on generated tokens
-  bool done = false;
-  std::vector<int32_t> generated;
-};
-
-// One method x budget of one query mode: a question lane and a fidelity lane.
-struct EvalRunner::Variant {
-  std::string method = "full";
-  double budget = 1.0;
-  AllocationReport report;
-  Lane key, fid;
-  std::optional<FidelityScore> fidelity;
-};
 
 std::string_view QueryModeName(QueryMode mode) {
   switch (mode) {

@@ -126,6 +126,13 @@ class EvalRunner {
   // INVALID_ARGUMENT when the question is shorter than the window or the prompt plus its answer
   // does not fit the model's context.
   absl::StatusOr<std::vector<EvalRow>> Run(const EvalPrompt& prompt, PromptTiming* timing);
+  // The multi-question mode (bench/eval_multi_question.h): the prompts share one context (and
+  // id). It is prefilled once and compressed once per method x budget without any question (the
+  // agnostic scores), then every question + suffix is answered on its own copy of every cache.
+  // Rows as Run's, mode agnostic: per question, full then each method x budget.
+  // INVALID_ARGUMENT when the set is empty or the contexts differ.
+  absl::StatusOr<std::vector<EvalRow>> RunMultiQuestion(absl::Span<const EvalPrompt> questions,
+                                                        PromptTiming* timing);
   // Run's checks alone (a whole file is checked before the first prompt runs).
   absl::Status CheckPrompt(const EvalPrompt& prompt) const;
 

@@ -27,10 +27,17 @@ split, byte-level BPE): transformers 5.2 converts a llama-architecture GGUF's gp
 its SentencePiece converter, which turns every space into <|endoftext|>. This one matches
 llama.cpp's tokenization token for token.
 
+By default each prompt and mode has ONE prefill shared by every press and keep (kvpress
+compresses a layer after its attention ran, so the prefill does not depend on the press: each
+press's compress() runs on the full cache of every layer in one hook) and its caches answer in a
+batched greedy decode (Runner.answer_all); --per-cell runs one prefill and one decode per
+cell instead (Runner.answer, the reference; the same answers on a CPU check).
+
 Needs torch, transformers 5.2 and kvpress 0.5.5 (scripts/fetch-kvpress-wheels). Runs --workers
 processes on one GPU (decoding a 135M model is launch-bound; the processes time-slice the GPU,
 so the rate per worker falls as workers are added: docs/quality-peers.md has the measured rates);
---limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells).
+--limit, --deadline-s and --stop-s bound the work (a prompt is recorded only with all its cells);
+--start-after lets the workers load the model while another run still has the GPU.
 
 Usage: bench/kvpress_eval.py --prompts FILE.jsonl --gguf MODEL.gguf --out DIR [options]
 """
@@ -92,6 +99,25 @@ def import_kvpress(tokenizer):
     from kvpress.presses import kvzip_press
     kvzip_press.AutoTokenizer = types.SimpleNamespace(from_pretrained=lambda *_a, **_k: tokenizer)
     return kvpress
+
+
+def multi_keep_kvzip(kvpress, keeps):
+    """kvpress's KVzipPress whose one re-reading of the context serves every keep: its scores do
+    not depend on the ratio, so kvpress's own compress_post runs once per keep on them and each
+    keep's masked keys (per layer) are kept in `.masks[keep]`; the modules are left unmasked."""
+
+    class MultiKeepKVzip(kvpress.KVzipPress):
+        def compress_post(self, model):
+            self.masks = {}
+            for keep in keeps:
+                self.compression_ratio = round(1.0 - keep, 6)
+                super().compress_post(model)  # sinks are raised again: still kept first
+                self.masks[keep] = []
+                for layer in model.model.layers:
+                    self.masks[keep].append(layer.self_attn.masked_key_indices)
+                    layer.self_attn.masked_key_indices = None
+
+    return MultiKeepKVzip(compression_ratio=round(1.0 - keeps[0], 6))
 
 
 def build_tokenizer(gguf_path):
@@ -220,6 +246,164 @@ class Runner:
                 generated.append(int(out.logits[0, -1].argmax()))
         return self.tok.decode(generated, skip_special_tokens=True), held, full
 
+    def answer_all(self, context_ids, question_ids, mode, presses, keeps):
+        """{(press, keep): (answer text, KV bytes held, KV bytes full)} for the full cache
+        ("full", 1.0) and every press x keep, from ONE prefill: kvpress compresses a layer's cache
+        in a hook after that layer's attention ran, so the prefill's activations and logits do not
+        depend on the press; each press's compress() runs on the full keys and values of every
+        layer (a copy per press and keep; the model's cache stays full). KVzip re-reads the
+        context once on that cache for all its keeps. Then every cache answers in one batched
+        greedy decode (decode_batch). The same answers as `answer` per cell, up to
+        floating-point reassociation."""
+        import contextlib
+        from kvpress.presses.base_press import is_prefilling
+        from kvpress.utils import extract_keys_and_values
+        from transformers import DynamicCache
+        torch, model = self.torch, self.model
+        ctx = torch.tensor([context_ids], device=self.device)
+        q = torch.tensor([question_ids], device=self.device)
+        scored = {(name, keep): make_press(name, keep) for name in presses if name != "kvzip"
+                  for keep in keeps}
+        for press in scored.values():
+            press.post_init_from_model(model)
+        layers = {key: [None] * len(model.model.layers) for key in scored}
+
+        def hook(module, _input, kwargs, output):
+            hidden = kwargs["hidden_states"]
+            if not is_prefilling(kwargs["cache_position"], hidden.shape[1]):
+                return output
+            keys, values = extract_keys_and_values(kwargs["past_key_values"], module.layer_idx)
+            for key, press in scored.items():
+                module.masked_key_indices = None
+                k, v = press.compress(module, hidden, keys, values, output[1], kwargs)
+                layers[key][module.layer_idx] = (k, v, module.masked_key_indices)
+                module.masked_key_indices = None
+            return output
+
+        kvzip = multi_keep_kvzip(self.kvpress, keeps) if "kvzip" in presses else None
+        cache = DynamicCache()
+        prefill = torch.cat([ctx, q], dim=1) if mode == "aware" else ctx
+        with torch.inference_mode():
+            with kvzip(model) if kvzip else contextlib.nullcontext():
+                hooks = []
+                for layer in model.model.layers:  # as BasePress.__call__ does
+                    layer.self_attn.rotary_emb = model.model.rotary_emb
+                    hooks.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
+                try:
+                    out = model(input_ids=prefill, past_key_values=cache, logits_to_keep=1)
+                finally:
+                    for h in hooks:
+                        h.remove()
+            # (KVzip re-read the context on `cache` when its context closed, then cut it back.)
+            full_layers = [(layer.keys, layer.values, None) for layer in cache.layers]
+            variants = {("full", 1.0): full_layers, **layers}
+            if kvzip:
+                for keep in keeps:
+                    variants[("kvzip", keep)] = [(k, v, m) for (k, v, _), m in
+                                                 zip(full_layers, kvzip.masks[keep])]
+            start = prefill.shape[1]
+            full_bytes = start * self.bytes_per_token
+            first = None if mode == "agnostic" else int(out.logits[0, -1].argmax())
+            # One batch; should kvpress's fake-key search fail on it (it gives up after 1000
+            # steps), the head-wise masked caches (AdaKV, KVzip) and the others go apart.
+            keys = list(variants)
+            try:
+                batches = [(keys, self.decode_batch([variants[k] for k in keys], start,
+                                                    None if first is not None else q, first))]
+            except ValueError:
+                masked = [k for k in keys if any(m is not None for _, _, m in variants[k])]
+                batches = [(part, self.decode_batch([variants[k] for k in part], start,
+                                                    None if first is not None else q, first))
+                           for part in (masked, [k for k in keys if k not in masked]) if part]
+            results = {}
+            for part, texts in batches:
+                for key, text in zip(part, texts):
+                    held = sum(t.numel() * t.element_size() for k, v, _ in variants[key]
+                               for t in (k, v))
+                    results[key] = (text, held, full_bytes)
+        return results
+
+    def decode_batch(self, rows, start, question, first):
+        """Greedy answers of several caches at once. rows: per cache, per layer (keys, values,
+        masked key indices or None); start: the prefilled length (the next true position);
+        question: token ids to prefill first (agnostic) or None with `first`, the first answer
+        token (aware). Each layer is left-padded to its longest cache and gets its own attention
+        mask (set by a pre-hook on its attention module) that hides the padding, so caches whose
+        layers differ in length (PyramidKV) batch with the rest; head-wise masked keys (AdaKV,
+        KVzip) get kvpress's fake keys."""
+        from transformers import DynamicCache
+        torch, model = self.torch, self.model
+        attn = [layer.self_attn for layer in model.model.layers]
+        n = len(rows)
+        data, valid, masks = [], [], []
+        for layer in range(len(attn)):
+            k0 = rows[0][layer][0]
+            width = max(lay[layer][0].shape[2] for lay in rows)
+            keys = k0.new_zeros((n, k0.shape[1], width, k0.shape[3]))
+            values = torch.zeros_like(keys)
+            ok = torch.zeros((n, width), dtype=torch.bool, device=self.device)
+            idx = [[], [], []]
+            for b, lay in enumerate(rows):
+                k, v, m = lay[layer]
+                pad = width - k.shape[2]
+                keys[b, :, pad:], values[b, :, pad:], ok[b, pad:] = k[0], v[0], True
+                if m is not None:  # AdaKV's indices live on the GPU, KVzip's on the CPU
+                    _, heads, seqs = (t.to(self.device) for t in m)
+                    idx[0].append(torch.full_like(seqs, b))
+                    idx[1].append(heads)
+                    idx[2].append(seqs + pad)
+            data.append((keys, values))
+            valid.append(ok)
+            masks.append(tuple(torch.cat(i) for i in idx) if idx[0] else None)
+        cache = DynamicCache(ddp_cache_data=data)
+        step_masks = [None] * len(attn)
+
+        def set_mask(module, args, kwargs):
+            kwargs["attention_mask"] = step_masks[module.layer_idx]
+            return args, kwargs
+
+        def step(ids, position):
+            q = ids.shape[1]
+            causal = torch.ones((q, q), dtype=torch.bool, device=self.device).tril()
+            for layer, ok in enumerate(valid):
+                step_masks[layer] = torch.cat([ok[:, None, None, :].expand(n, 1, q, ok.shape[1]),
+                                               causal.expand(n, 1, q, q)], dim=-1)
+                valid[layer] = torch.cat([ok, ok.new_ones((n, q))], dim=1)
+            positions = torch.arange(position, position + q, device=self.device)
+            return model(input_ids=ids, past_key_values=cache, logits_to_keep=1,
+                         position_ids=positions[None].expand(n, -1))
+
+        hooks = []
+        try:
+            for module, m in zip(attn, masks):
+                module.masked_key_indices = m
+                hooks.append(module.register_forward_pre_hook(set_mask, with_kwargs=True))
+            position = start
+            if question is not None:
+                out = step(question.expand(n, -1), position)
+                position += question.shape[1]
+                tokens = out.logits[:, -1].argmax(-1)
+            else:
+                tokens = torch.full((n,), first, device=self.device)
+            generated = [[int(t)] for t in tokens]
+            done = [g[-1] in self.stop_ids for g in generated]
+            for _ in range(self.max_new_tokens - 1):
+                if all(done):
+                    break
+                out = step(tokens[:, None], position)
+                position += 1
+                tokens = out.logits[:, -1].argmax(-1)
+                for b, t in enumerate(tokens.tolist()):
+                    if not done[b]:
+                        generated[b].append(t)
+                        done[b] = t in self.stop_ids
+        finally:
+            for h in hooks:
+                h.remove()
+            for module in attn:
+                module.masked_key_indices = None
+        return [self.tok.decode(g, skip_special_tokens=True) for g in generated]
+
 
 def cells(args):
     yield "full", 1.0
@@ -233,6 +417,10 @@ def run_shard(args, shard, shards, part_path, t_start):
     how many prompts failed."""
     runner = Runner(args.hf_dir, args.device, args.dtype, args.max_new_tokens)
     prompts = order_prompts(args)[shard::shards]
+    if args.start_after:  # the model is loaded; the GPU may still be busy with another run
+        while not os.path.exists(args.start_after):
+            time.sleep(0.2)
+        print(f"[worker {shard}] starts at {time.time() - t_start:.1f} s", flush=True)
     done, failed = [], 0
     for n, prompt in enumerate(prompts):
         if args.deadline_s and time.time() - t_start > args.deadline_s:
@@ -247,19 +435,35 @@ def run_shard(args, shard, shards, part_path, t_start):
             print(f"[worker {shard}] {prompt['id']} FAILED (no rows recorded):\n"
                   f"{traceback.format_exc()}", flush=True)
             continue
+        answers = {}  # (press, keep, mode) -> (prediction, held, full)
+        for mode in args.modes:
+            t1 = time.time()
+            shared = None
+            if not args.per_cell:
+                try:
+                    shared = runner.answer_all(context_ids, question_ids, mode, args.presses,
+                                               args.keeps)
+                except Exception:  # noqa: BLE001 -- this mode falls back to one run per cell
+                    print(f"[worker {shard}] {prompt['id']} {mode}: shared prefill FAILED, one "
+                          f"run per cell instead:\n{traceback.format_exc()}", flush=True)
+            for name, keep in cells(args):
+                if shared is not None:
+                    answers[(name, keep, mode)] = shared[(name, keep)]
+                    continue
+                try:
+                    press = None if name == "full" else make_press(name, keep)
+                    answers[(name, keep, mode)] = runner.answer(context_ids, question_ids, press,
+                                                                mode)
+                except Exception as e:  # noqa: BLE001 -- recorded as a failed cell
+                    answers[(name, keep, mode)] = (f"ERROR {type(e).__name__}: {e}", 0, 0)
+                    print(f"[worker {shard}] {prompt['id']} {name} {keep} {mode} FAILED:\n"
+                          f"{traceback.format_exc()}", flush=True)
+            seconds[mode] += time.time() - t1
         rows = []
         for name, keep in cells(args):
             for mode in args.modes:
-                t1 = time.time()
-                try:
-                    press = None if name == "full" else make_press(name, keep)
-                    prediction, held, full = runner.answer(context_ids, question_ids, press, mode)
-                    correct = int(prompts_jsonl.is_correct(prediction, prompt["answers"]))
-                except Exception as e:  # noqa: BLE001 -- recorded as a failed cell
-                    prediction, held, full, correct = f"ERROR {type(e).__name__}: {e}", 0, 0, ""
-                    print(f"[worker {shard}] {prompt['id']} {name} {keep} {mode} FAILED:\n"
-                          f"{traceback.format_exc()}", flush=True)
-                seconds[name] += time.time() - t1
+                prediction, held, full = answers[(name, keep, mode)]
+                failed_cell = prediction.startswith("ERROR ") and not full
                 rows.append({
                     "prompt_id": prompt["id"], "task": prompt["task"], "mode": mode,
                     "target_tokens": prompt["length"],
@@ -271,7 +475,9 @@ def run_shard(args, shard, shards, part_path, t_start):
                     "kv_percent": f"{100 * held / full:.3f}" if full else "",
                     "answers": "|".join(prompt["answers"]),
                     "answer": prediction.replace("\n", "\\n"),  # as xkv eval writes it
-                    "correct": correct, "fidelity_steps": 0})
+                    "correct": "" if failed_cell else
+                    int(prompts_jsonl.is_correct(prediction, prompt["answers"])),
+                    "fidelity_steps": 0})
         done += rows
         kvpress_report.write_csv(part_path, done)
         full_ok = sum(r["correct"] == 1 for r in rows if r["method"].endswith(":full"))
@@ -316,6 +522,11 @@ def parse_args(argv):
     p.add_argument("--stop-s", type=float, default=0,
                    help="stop the workers after this many seconds, keeping finished prompts "
                         "(0: none; needs --workers > 1)")
+    p.add_argument("--per-cell", action="store_true",
+                   help="one prefill and one decode per press x keep x mode (the reference "
+                        "protocol; default: one shared prefill and batched decodes per mode)")
+    p.add_argument("--start-after", default="",
+                   help="workers load the model, then wait until this file exists")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = p.parse_args(argv)

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
+#include "bench/eval_multi_question.h"
 #include "bench/eval_prompts.h"
 #include "bench/eval_report.h"
 #include "bench/eval_runner.h"
@@ -55,6 +56,7 @@ struct EvalFlags {
   std::string plot_script = "bench/plot_quality.py";
   bool plot = true;
   bool verbose = false;
+  bool multi_question = false;  // bench/eval_multi_question.h
 };
 
 int Fail(const absl::Status& status) {
@@ -214,9 +216,22 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   Limit(f.limit, &records);
   const int64_t vocab = text.tokenizer->vocab_size();
   std::vector<EvalPrompt> prompts;
-  for (const TaskRecord& r : records) {
-    ASSIGN_OR_RETURN(EvalPrompt p, TokenizeRecord(r, text.encode, text.render, vocab));
-    prompts.push_back(std::move(p));
+  std::vector<std::vector<EvalPrompt>> sets;  // --multi-question: the questions of each context
+  if (f.multi_question) {
+    ASSIGN_OR_RETURN(const std::vector<MultiQuestionSet> mq, MultiQuestionSets(records));
+    for (const MultiQuestionSet& set : mq) {
+      std::vector<EvalPrompt>& questions = sets.emplace_back();
+      for (const TaskRecord& r : set.questions) {
+        ASSIGN_OR_RETURN(EvalPrompt p, TokenizeRecord(r, text.encode, text.render, vocab));
+        questions.push_back(p);
+        prompts.push_back(std::move(p));
+      }
+    }
+  } else {
+    for (const TaskRecord& r : records) {
+      ASSIGN_OR_RETURN(EvalPrompt p, TokenizeRecord(r, text.encode, text.render, vocab));
+      prompts.push_back(std::move(p));
+    }
   }
   options.answer_tokens = static_cast<int>(f.answer_tokens);
   options.fidelity_tokens = static_cast<int>(f.fidelity_tokens);
@@ -244,9 +259,11 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
   EvalRunner runner(engine.get(), text.tokenizer.get(), options);
   for (const EvalPrompt& p : prompts) RETURN_IF_ERROR(runner.CheckPrompt(p));
-  std::fprintf(stderr, "xkv eval: %zu prompts, %zu methods x %zu budgets + full, %s, %s\n",
-               prompts.size(), options.methods.size(), options.budgets.size(),
-               engine->device().c_str(), out_dir.c_str());
+  std::fprintf(
+      stderr, "xkv eval: %zu prompts%s, %zu methods x %zu budgets + full, %s, %s\n", prompts.size(),
+      f.multi_question ? absl::StrCat(" over ", sets.size(), " contexts").c_str() : "",
+      options.methods.size(), options.budgets.size(), engine->device().c_str(), out_dir.c_str());
+  const size_t units = f.multi_question ? sets.size() : prompts.size();
 
   std::vector<EvalRow> rows;
   const auto run_start = std::chrono::steady_clock::now();
@@ -258,32 +275,36 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   std::filesystem::create_directories(out_dir, ec);
   std::ofstream partial(out_dir + "/results.partial.csv", std::ios::trunc);
   partial << CsvHeader() << "\n";
-  Progress(0, prompts.size(), 0);
-  for (size_t i = 0; i < prompts.size(); ++i) {
+  Progress(0, units, 0);
+  for (size_t i = 0; i < units; ++i) {
     PromptTiming timing;
-    ASSIGN_OR_RETURN(std::vector<EvalRow> r, runner.Run(prompts[i], &timing));
+    ASSIGN_OR_RETURN(std::vector<EvalRow> r, f.multi_question
+                                                 ? runner.RunMultiQuestion(sets[i], &timing)
+                                                 : runner.Run(prompts[i], &timing));
+    const EvalPrompt& p = f.multi_question ? sets[i][0] : prompts[i];
     if (f.verbose) {
       std::fprintf(stderr,
                    "\r%s: %zu context tokens, prefill %.2fs, total %.2fs, full answer \"%s\"\n",
-                   prompts[i].id.c_str(), prompts[i].context.size(), timing.prefill_s,
-                   timing.total_s, r.empty() ? "" : r[0].answer.c_str());
+                   p.id.c_str(), p.context.size(), timing.prefill_s, timing.total_s,
+                   r.empty() ? "" : r[0].answer.c_str());
     }
     for (const EvalRow& row : r) partial << CsvLine(row) << "\n";
     partial.flush();
     rows.insert(rows.end(), r.begin(), r.end());
-    Progress(i + 1, prompts.size(), elapsed());
+    Progress(i + 1, units, elapsed());
   }
   std::fprintf(stderr, "\n");
 
   RunInfo info;
   info.suite = !f.prompts.empty() ? absl::StrCat("prompts file ", f.prompts)
                                   : absl::StrCat("suite ", f.suite, ", split ", f.split);
+  if (f.multi_question) absl::StrAppend(&info.suite, ", multi-question");
   info.model = f.model;
   info.device = engine->device();
   info.machine = absl::StrCat(std::thread::hardware_concurrency(), " CPU cores (", CpuModel(), ")");
   info.threads = options.threads;
   info.date = UtcNow();
-  info.prompts = static_cast<int>(prompts.size());
+  info.prompts = static_cast<int>(units);
   info.corpus_sources = corpus.sources;
   info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   RETURN_IF_ERROR(WriteReports(out_dir, rows, info));
@@ -347,6 +368,10 @@ int RunEval(int argc, char** argv) {
   flags.String("plot-script", &f.plot_script, "the plotting script");
   flags.Bool("plot", &f.plot, "write quality.png");
   flags.Bool("verbose", &f.verbose, "one line per prompt: sizes, timings, the full cache's answer");
+  flags.Bool("multi-question", &f.multi_question,
+             "several questions over one compressed context: each multikey / multiquery context "
+             "is compressed once without a question, then each needle's key is asked alone on "
+             "its own copy of the cache (--modes is not used)");
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (f.answer_tokens < 1 || f.fidelity_tokens < 1) {
     return Fail(absl::InvalidArgumentError("--answer-tokens and --fidelity-tokens must be >= 1"));

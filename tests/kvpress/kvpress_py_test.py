@@ -222,6 +222,28 @@ class ReportTest(unittest.TestCase):
         check = kvpress_report.Table(rows).goal_check()
         self.assertIn("below the best kvpress press at 20% aware (0.250 < snapkv 0.500).", check)
 
+    def test_goal_check_best_xkv_mode_and_default_against_baselines(self):
+        right = {  # method: prompts right (of 4) in the aware and the agnostic mode, at 20%
+            "kvpress:full": (4, 4), "kvpress:kvzip": (3, 3), "kvpress:snapkv": (1, 1),
+            "full": (4, 4), "snapkv": (3, 1), "xkv": (2, 2),
+            "xkv:profile=reconstruct": (4, 2)}
+        rows = []
+        for method, (aware, agnostic) in right.items():
+            for i in range(4):
+                for mode, n in (("aware", aware), ("agnostic", agnostic)):
+                    rows.append({"prompt_id": f"p{i}", "task": "t", "mode": mode,
+                                 "method": method, "budget": 1.0 if "full" in method else 0.2,
+                                 "correct": int(i < n)})
+        check = kvpress_report.Table(rows).goal_check()
+        self.assertIn("- **Best xkv mode**: xkv:profile=reconstruct (mean 0.750 over the cells): "
+                      "at or above every kvpress press in 1 of 2 cells; below at 20% agnostic "
+                      "(0.500 < kvpress:kvzip 0.750).", check)
+        self.assertIn("- **Default xkv** against kvpress:snapkv, snapkv: at or above all in 1 of "
+                      "2 cells; below at 20% aware (0.500 < snapkv 0.750).", check)
+        self.assertIn("- xkv: at 20% of the bytes, aware 50% (misses 99%), agnostic 50% (misses "
+                      "95%) of full; below the best kvpress press at 20% aware (0.500 < kvzip "
+                      "0.750), 20% agnostic (0.500 < kvzip 0.750).", check)
+
     def test_join_keeps_prompts_every_method_ran_and_labels_engines(self):
         with tempfile.TemporaryDirectory() as d:
             ours = self.write(d, "k.csv", self.rows())

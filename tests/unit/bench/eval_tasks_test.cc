@@ -16,6 +16,7 @@
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "tests/unit/bench/real_text.h"
 
 namespace xkv {
 namespace {
@@ -247,18 +248,12 @@ TEST(BuildSuiteTest, FullSuiteShapeUniqueIdsAndSplitsDiffer) {
 
 // With the real tokenizer and Debian text (skipped when either is missing).
 TEST(BuildTaskTest, RealTokenizerAndCorpus) {
-  const char* path = std::getenv("XKV_MODEL");
-  if (path == nullptr || !std::filesystem::exists(path)) GTEST_SKIP() << "XKV_MODEL missing";
-  absl::StatusOr<TextCorpus> corpus = LoadCorpus(CorpusPaths(Split::kTest));
-  if (!corpus.ok()) GTEST_SKIP() << corpus.status();
-  auto file = GgufFile::Open(path);
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto tok = Tokenizer::FromGguf(**file);
-  ASSERT_TRUE(tok.ok()) << tok.status();
-  const Tokenizer& t = **tok;
-  TextEncoder encode = [&t](absl::string_view s, bool at_start) {
-    return t.Encode(std::string_view(s.data(), s.size()), true, at_start);
-  };
+  absl::StatusOr<RealText> text = LoadRealText();
+  if (absl::IsNotFound(text.status())) GTEST_SKIP() << text.status();
+  ASSERT_TRUE(text.ok()) << text.status();
+  const Tokenizer& t = *text->tokenizer;
+  const TextCorpus* corpus = &text->corpus;
+  const TextEncoder& encode = text->encode;
   for (TaskKind kind : AllTasks()) {
     absl::StatusOr<TaskRecord> r = BuildTask(*corpus, kind, 2048, 0.5, 3, encode, Render());
     ASSERT_TRUE(r.ok()) << r.status();
