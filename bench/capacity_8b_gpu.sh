@@ -81,15 +81,25 @@ xkv serve --model "$model" --device "$DEVICE" --stages "$STAGES" --policy full \
 serve=$!
 # The server and its children: `xkv` is a function (and `run` a wrapper), so $serve is a subshell
 # whose xkv process outlives a kill of the subshell alone.
-kill_tree() {
+# shellcheck disable=SC2317  # called by cleanup (the EXIT trap)
+tree_of() {
   local child
-  for child in $(pgrep -P "$1"); do kill_tree "$child"; done
-  kill "$1" 2> /dev/null
+  echo "$1"
+  for child in $(pgrep -P "$1"); do tree_of "$child"; done
 }
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   [[ -n ${poller:-} ]] && kill "$poller" 2> /dev/null
-  kill_tree "$serve"
+  local pids pid alive
+  pids=$(tree_of "$serve")
+  for pid in $pids; do kill "$pid" 2> /dev/null; done
+  for _ in $(seq 100); do  # up to 10 s to shut down (it releases every stage's blocks)
+    alive=0
+    for pid in $pids; do kill -0 "$pid" 2> /dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in $pids; do kill -9 "$pid" 2> /dev/null; done
   wait "$serve" 2> /dev/null
 }
 trap cleanup EXIT
