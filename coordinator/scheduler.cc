@@ -238,7 +238,7 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
   }
   if (seq.phase == Phase::kReread) {
     const int64_t R = seq.spec.reread_tokens[seq.rereads];
-    if (R <= budget || (R > options_.step_token_budget && !prompt_work)) {
+    if (R <= budget || !prompt_work) {  // a scores-only pass too: as the profile pass above
       plan.items.push_back({seq.spec.id, WorkKind::kReread, static_cast<int64_t>(seq.rereads), R});
       budget -= std::min(budget, R);
       prompt_work = true;
