@@ -10,9 +10,11 @@
 #      than the pool can hold (CONC_<policy>, default 2 x POOL_SEQS for full, 5 x for the others),
 #      PP-token prompts, TG-token outputs, while capacity_probe.py polls /metrics;
 #   4. prints one table (OUT_DIR/summary.md): concurrency held (the most requests the KV manager
-#      ran at once), output tok/s, ITL and TTFT, profiling + solving as a share of TTFT less the
-#      queue wait, mean KV vs full; with STAGES > 1 also the planner's predicted KV bytes per stage
-#      vs what the stages held.
+#      ran at once), output tok/s, the decode rate of the held batch (from the decode-only steps of
+#      `xkv serve --log-step-timing 1`) and the share of decode tokens made by steps shared with
+#      prompt work, ITL and TTFT, profiling + solving as a share of TTFT less the queue wait, mean
+#      KV vs full; with STAGES > 1 also the planner's predicted KV bytes per stage vs what the
+#      stages held. Compare policies at the same CONC (the mixed share grows with the run).
 #
 #   capacity_8b_gpu.sh OUT_DIR
 #
@@ -25,7 +27,7 @@
 # The 2-stage pipeline target (issue 13, needs 2 GPUs): STAGES=2 DEVICE=cuda:0,cuda:1
 # POOL_SEQS=8 (the same pool per GPU) capacity_8b_gpu.sh OUT2, against the 1-stage run's table.
 set -uo pipefail
-[[ $# -eq 1 ]] || { sed -n '2,26p' "$0" >&2; exit 2; }
+[[ $# -eq 1 ]] || { sed -n '2,28p' "$0" >&2; exit 2; }
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -75,12 +77,29 @@ xkv serve --model "$model" --device "$DEVICE" --stages "$STAGES" --policy full \
   --kv-blocks "$blocks" --max-batch "$max_conc" --max-batched-tokens "$MAX_BATCHED_TOKENS" \
   --prefill-chunk "$MAX_BATCHED_TOKENS" --max-queue-wait 600 --concurrency "$max_conc" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --admin-insecure-local \
-  --metrics-listen 127.0.0.1:0 ${EXTRA_SERVE_FLAGS:-} 2> "$out/serve.log" &
+  --metrics-listen 127.0.0.1:0 --log-step-timing 1 ${EXTRA_SERVE_FLAGS:-} 2> "$out/serve.log" &
 serve=$!
+# The server and its children: `xkv` is a function (and `run` a wrapper), so $serve is a subshell
+# whose xkv process outlives a kill of the subshell alone.
+# shellcheck disable=SC2317  # called by cleanup (the EXIT trap)
+tree_of() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1"); do tree_of "$child"; done
+}
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   [[ -n ${poller:-} ]] && kill "$poller" 2> /dev/null
-  kill "$serve" 2> /dev/null
+  local pids pid alive
+  pids=$(tree_of "$serve")
+  for pid in $pids; do kill "$pid" 2> /dev/null; done
+  for _ in $(seq 100); do  # up to 10 s to shut down (it releases every stage's blocks)
+    alive=0
+    for pid in $pids; do kill -0 "$pid" 2> /dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in $pids; do kill -9 "$pid" 2> /dev/null; done
   wait "$serve" 2> /dev/null
 }
 trap cleanup EXIT
@@ -113,6 +132,7 @@ for p in ${POLICIES//,/ }; do
   python3 "$probe" scrape "$metrics" "$out/$name.before" || failed=1
   python3 "$probe" poll "$metrics" "$out/$name.poll" &
   poller=$!
+  first_line=$(wc -l < "$out/serve.log")
   xkv bench serve --server "127.0.0.1:$port" --model "$model" --rate inf --max-concurrency "$c" \
     --requests "$c" --warmup 1 --prompt-min "$PP" --prompt-max "$PP" --output-min "$TG" \
     --output-max "$TG" --policies "$p" "${target[@]}" --json "$out/$name.json" \
@@ -122,7 +142,7 @@ for p in ${POLICIES//,/ }; do
   wait "$poller" 2> /dev/null
   poller=
   python3 "$probe" scrape "$metrics" "$out/$name.after" || failed=1
-  echo "$p $c $name" >> "$out/runs.tsv"
+  echo "$p $c $name $first_line $(wc -l < "$out/serve.log")" >> "$out/runs.tsv"
 done
 
 echo "$(date -u +%T) done" >> "$out/timeline.txt"

@@ -5,7 +5,8 @@
                                      (JSON lines) until killed
   capacity_probe.py scrape URL FILE  one sample into FILE (JSON)
   capacity_probe.py table OUT_DIR    the capacity / throughput / TTFT-share / balance tables of the
-                                     runs listed in OUT_DIR/runs.tsv
+                                     runs listed in OUT_DIR/runs.tsv (label, requests, name and
+                                     the run's first and last line of OUT_DIR/serve.log)
 
 A sample holds the running and waiting requests, every stage's KV bytes held
 (xkv_kv_cache_bytes_used) and the stage planner's predicted KV bytes at the live load
@@ -14,6 +15,12 @@ profiling, solving). Definitions (docs/benchmarks-serving.md, "Capacity at a fix
   held        the most requests running at once (admitted by the KV manager), over the run;
   decode tok/s  held x 1000 / ITL p50: the token rate of a decode step over the whole held batch
               (the ITL median is the decode step; prefill chunks make the ITL tail);
+  decode tok/s  B x 1000 / the median time of the decode-only steps of B sequences, B the largest
+              such batch: the token rate of a step that decodes the whole held batch and nothing
+              else (from the run's `xkv serve --log-step-timing 1` lines; without them, the old
+              held x 1000 / ITL p50, which is wrong once half the decode tokens come from steps
+              shared with a prefill chunk: the median gap is then a mixed step);
+  mixed share   decode tokens produced by steps that also carried prompt work, over all;
   profile share  sum(profile + solve) / sum(TTFT - queue wait) over the run's requests: the share
               of the time from admission to the first token spent deciding the allocation;
   balance     per stage, sum over samples of predicted / sum over samples of held, over the
@@ -116,18 +123,52 @@ def balance(samples):
     return rows, n
 
 
+STEP = re.compile(r'xkv coordinator: 1 steps, ([\d.]+) sequences / ([\d.]+) rows each: one every '
+                  r'([\d.]+) ms.*; (\d+) decode-only, \d+ with (\d+) prompt tokens')
+
+
+def step_mix(path, first, last):
+    """(peak decode-only batch B, median ms of the decode-only steps of B, share of the decode
+    tokens made by steps with prompt work, decode-only steps, steps) over lines first..last of the
+    serve log (one `--log-step-timing 1` line per step); None without such lines."""
+    only, mixed_tokens, all_tokens, n = [], 0.0, 0.0, 0
+    try:
+        with open(path, errors='replace') as f:
+            for i, line in enumerate(f, 1):
+                m = STEP.search(line) if first < i <= last else None
+                if not m:
+                    continue
+                n += 1
+                seqs, rows, ms, pure, prompt = (float(m.group(1)), float(m.group(2)),
+                                                float(m.group(3)), int(m.group(4)), int(m.group(5)))
+                all_tokens += rows - prompt
+                if pure:
+                    only.append((seqs, ms))
+                else:
+                    mixed_tokens += rows - prompt
+    except OSError:
+        return None
+    if not only or all_tokens <= 0:
+        return None
+    b = max(seqs for seqs, _ in only)
+    times = sorted(ms for seqs, ms in only if seqs == b)
+    return b, times[len(times) // 2], mixed_tokens / all_tokens, len(only), n
+
+
 def table(out):
     runs = []
     with open(f'{out}/runs.tsv') as f:
         for line in f:
-            label, conc, name = line.split()
-            runs.append((label, int(conc), name))
+            label, conc, name, *lines = line.split()
+            span = (int(lines[0]), int(lines[1])) if len(lines) == 2 else None
+            runs.append((label, int(conc), name, span))
     print('| run | sent at once | held (peak running) | ok/failed | out tok/s | decode tok/s | '
+          'decode-only steps, batch / ms | decode tokens in mixed steps | '
           'ITL p50 / p99 ms | TPOT p50 / p99 ms | TTFT p50 / p99 ms | queue share of TTFT | '
           'profile + solve / (TTFT − queue) | mean KV vs full |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     summary = {}
-    for label, conc, name in runs:
+    for label, conc, name, span in runs:
         try:
             r = json.load(open(f'{out}/{name}.json'))['results'][0]
         except (OSError, ValueError, IndexError):
@@ -141,10 +182,18 @@ def table(out):
         own = d['ttft'] - d['queue']
         prof = (d['profile'] + d['solve']) / own if own > 0 else None
         queue = d['queue'] / d['ttft'] if d['ttft'] > 0 else None
-        decode = held * 1000 / r['median_itl_ms'] if held and r['median_itl_ms'] > 0 else None
+        mix = step_mix(f'{out}/serve.log', *span) if span else None
+        if mix:
+            decode = mix[0] * 1000 / mix[1] if mix[1] > 0 else None
+            steps = f'{fmt(mix[0])} / {fmt(mix[1], 1)} ({mix[3]} of {mix[4]} steps)'
+            mixed = f'{fmt(100 * mix[2], 0)}%'
+        else:
+            decode = held * 1000 / r['median_itl_ms'] if held and r['median_itl_ms'] > 0 else None
+            steps, mixed = '—', '—'
         summary[label] = (held, r['output_throughput'], decode, r['p99_itl_ms'])
         print(f"| {label} | {conc} | {fmt(held)} | {r['completed']}/{r['failed']} | "
-              f"{fmt(r['output_throughput'], 1)} | {fmt(decode, 1)} | {fmt(r['median_itl_ms'], 1)} / "
+              f"{fmt(r['output_throughput'], 1)} | {fmt(decode, 1)} | {steps} | {mixed} | "
+              f"{fmt(r['median_itl_ms'], 1)} / "
               f"{fmt(r['p99_itl_ms'], 1)} | {fmt(r['median_tpot_ms'], 1)} / "
               f"{fmt(r['p99_tpot_ms'], 1)} | {fmt(r['median_ttft_ms'])} / {fmt(r['p99_ttft_ms'])} | "
               f"{fmt(None if queue is None else 100 * queue, 1)}% | "
@@ -160,7 +209,7 @@ def table(out):
                   f'{decode / base[2]:.2f}x the decode tok/s, {tps / base[1]:.2f}x the output '
                   f'tok/s (whole run), ITL p99 {itl:,.1f} vs {base[3]:,.1f} ms '
                   f'({itl / base[3]:.2f}x)')
-    for label, conc, name in runs:
+    for label, conc, name, _ in runs:
         rows, n = balance(load_samples(f'{out}/{name}.poll'))
         if len(rows) < 2:
             continue

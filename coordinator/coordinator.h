@@ -215,8 +215,13 @@ class Coordinator {
   // The scores-only pass of a reconstruct request's re-reading step; after the last one, solves
   // (unless the budgets are known) and compacts.
   absl::Status AfterReread(Sequence& seq, const WorkItem& item, const SequenceStepResult& result);
-  // Solves the budgets from seq.gains (unless known) and compacts the sequence on every stage.
+  // Solves the budgets from seq.gains (unless known) and compacts the sequence on every stage:
+  // the ledger takes the sizes the compaction leaves at once, and the compaction is queued on the
+  // stages ahead of the next step (compactions_) without the loop waiting for it.
   absl::Status SolveAndCompact(Sequence& seq);
+  // Checks the stages' answers to the queued compactions, oldest first: those that arrived, or
+  // (wait) all of them; a failed or unexpected one ends its request. Loop thread.
+  void ApplyCompactions(bool wait);
   // KV ledger (coordinator_step.cc): the stages' report of a sequence after a step (seq.layers;
   // `compacted`: the step compacted it) against the scheduler's ledger; INTERNAL when they
   // disagree.
@@ -287,7 +292,15 @@ class Coordinator {
   std::mutex driver_mu_;  // one driver call (start, wait, compact, release) or reload at a time
   uint64_t step_id_ = 0;
   std::deque<MicroBatch> in_flight_;  // loop thread only (read under mu_); oldest pass first
+  struct PendingCompaction {
+    uint64_t id = 0;
+    PipelineDriver::CompactHandle handle;
+    std::vector<xkv::v1::LayerSize> predicted;  // what the ledger took (compaction_sizes.h)
+  };
+  std::deque<PendingCompaction> compactions_;            // loop thread only; oldest first
   StepTimingLog step_timing_{options_.log_step_timing};  // loop thread only
+  int64_t loop_compactions_ = 0;  // Compact calls since the last logged pass (loop thread only)
+  double loop_compact_ms_ = 0;    // their time on the loop, solve included (loop thread only)
   std::atomic<uint64_t> sample_counter_{0};  // sampled-mode requests so far (ProfileStore key)
   int64_t last_replan_samples_ = 0;          // loop thread only
   bool stages_suspect_ = false;       // a step failed: check the stages first (loop thread only)

@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "coordinator/compaction_sizes.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence.h"
 #include "coordinator/request_validation.h"
@@ -32,9 +33,9 @@ void Coordinator::Loop() {
     absl::Status drop_status;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (stop_ && in_flight_.empty()) return;
-      // A reload or a release retry waits until no micro-batch is in flight.
-      if (in_flight_.empty()) {
+      if (stop_ && in_flight_.empty() && compactions_.empty()) return;
+      // A reload or a release retry waits until no micro-batch or compaction is in flight.
+      if (in_flight_.empty() && compactions_.empty()) {
         // Blocks a stage could not free while it was unreachable: retried once per health
         // interval.
         const bool retry_release =
@@ -54,7 +55,12 @@ void Coordinator::Loop() {
       if (!RecoverStages().ok()) stages_suspect_ = true;
     }
     ProcessCancels();
+    ApplyCompactions(/*wait=*/false);
     FillPipeline();
+    if (in_flight_.empty() && !compactions_.empty()) {
+      ApplyCompactions(/*wait=*/true);  // nothing else to wait for
+      continue;
+    }
     if (in_flight_.empty()) {
       if (scheduler_->idle()) MaybeAutoReplan();
       std::unique_lock<std::mutex> lock(mu_);
@@ -216,6 +222,7 @@ void Coordinator::LaunchStep(StepPlan plan, double plan_ms) {
   MicroBatch batch;
   batch.plan = std::move(plan);
   batch.phases.plan_ms = plan_ms;
+  batch.phases.preempted = static_cast<int64_t>(batch.plan.preempted.size());
   batch.main = false;
   if (!StartPass(batch)) {
     batch.main = true;
@@ -316,7 +323,19 @@ void Coordinator::LogStepTiming(MicroBatch& batch, const absl::StatusOr<StepOutc
     p.compute_ms = outcome->max_compute_ms;
   }
   p.sequences = static_cast<int64_t>(batch.items.size());
-  for (size_t i : batch.items) p.rows += batch.plan.items[i].tokens;
+  bool decode_only = true;
+  for (size_t k = 0; k < batch.items.size(); ++k) {
+    const WorkItem& item = batch.plan.items[batch.items[k]];
+    p.rows += item.tokens;
+    if (item.kind != WorkKind::kDecode) p.prompt_tokens += item.tokens;
+    decode_only = decode_only && item.kind == WorkKind::kDecode;
+    if (batch.compacts[k]) ++p.compactions;
+  }
+  p.decode_only = decode_only ? 1 : 0;
+  p.compactions += loop_compactions_;
+  p.compact_ms += loop_compact_ms_;
+  loop_compactions_ = 0;
+  loop_compact_ms_ = 0;
   if (std::optional<std::string> line = step_timing_.Add(p, now)) {
     std::fprintf(stderr, "%s\n", line->c_str());
   }
@@ -547,6 +566,7 @@ absl::Status Coordinator::SolveAndCompact(Sequence& seq) {
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   const int64_t P = T - std::min<int64_t>(options_.window, T);
   const absl::Time t0 = clock_->Now();
+  const StepTimingLog::Clock::time_point t1 = StepTimingLog::Clock::now();
   if (!seq.budgets_known) {
     if (static_cast<int>(seq.gains.size()) != config_.n_layers) {
       return absl::InternalError(absl::StrCat("request ", seq.id, ": no gain curves to solve"));
@@ -554,11 +574,41 @@ absl::Status Coordinator::SolveAndCompact(Sequence& seq) {
     ASSIGN_OR_RETURN(PolicyBudgets b, SolveFromGains(seq.gains, P, bytes_per_token_, seq.kv));
     RETURN_IF_ERROR(ApplyBudgets(seq, std::move(b), /*profiled=*/true, P));
   }
-  ASSIGN_OR_RETURN(seq.layers, driver_->Compact(seq.id, MakeCompactSpec(seq.budgets, seq.kv)));
+  const xkv::v1::CompactSpec spec = MakeCompactSpec(seq.budgets, seq.kv);
   seq.compacted = true;
-  RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
+  ++loop_compactions_;
+  // The sizes it leaves are known (compaction_sizes.h): the ledger shrinks now and the stages
+  // compact it ahead of the next step, which the loop plans and starts without waiting for them
+  // (issue 13: other requests' decodes never wait for this one's compaction). Per-head budgets or
+  // unreported sizes: the loop waits for the stages' answer.
+  absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
+      seq.budgets.head_budgets.empty() ? CompactedLayerSizes(seq.layers, seq.budgets.budgets, T,
+                                                             options_.window, options_.block_tokens)
+                                       : absl::FailedPreconditionError("per-head budgets");
+  if (after.ok()) {
+    RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(*after)));
+    compactions_.push_back({seq.id, driver_->StartCompact(seq.id, spec), *after});
+    seq.layers = *std::move(after);
+  } else {
+    ASSIGN_OR_RETURN(seq.layers, driver_->Compact(seq.id, spec));
+    RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(seq.layers)));
+  }
   seq.solve_ms += Ms(clock_->Now() - t0);
+  loop_compact_ms_ += MsSince(t1);
   return absl::OkStatus();
+}
+
+void Coordinator::ApplyCompactions(bool wait) {
+  std::lock_guard<std::mutex> driver_lock(driver_mu_);
+  while (!compactions_.empty()) {
+    if (!wait && !PipelineDriver::CompactDone(compactions_.front().handle)) return;
+    const PendingCompaction c = std::move(compactions_.front());
+    compactions_.pop_front();
+    absl::StatusOr<std::vector<xkv::v1::LayerSize>> got = driver_->WaitCompact(c.handle);
+    const absl::Status s = got.ok() ? CheckCompactedSizes(c.id, c.predicted, *got) : got.status();
+    // A failure ends that request alone (FinishSequence ignores one that ended meanwhile).
+    if (!s.ok()) FinishSequence(c.id, s, 0);
+  }
 }
 
 // ---- KV ledger: what the stages hold, preemption ---------------------------------------------

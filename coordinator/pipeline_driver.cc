@@ -1,6 +1,7 @@
 #include "coordinator/pipeline_driver.h"
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <future>
 #include <utility>
@@ -81,20 +82,25 @@ void PipelineDriver::RunStageQueue(size_t s) {
 }
 
 template <typename T, typename F>
-std::vector<absl::StatusOr<T>> PipelineDriver::FanOutInOrder(F call) {
+std::vector<std::future<absl::StatusOr<T>>> PipelineDriver::QueueInOrder(F call) {
   std::vector<std::future<absl::StatusOr<T>>> futures;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     for (size_t s = 0; s < stages_.size(); ++s) {
       auto task = std::make_shared<std::packaged_task<absl::StatusOr<T>()>>(
-          [&, s] { return call(s, *stages_[s]); });
+          [this, call, s] { return call(s, *stages_[s]); });
       futures.push_back(task->get_future());
       queues_[s].push_back([task] { (*task)(); });
     }
   }
   queue_cv_.notify_all();
+  return futures;
+}
+
+template <typename T, typename F>
+std::vector<absl::StatusOr<T>> PipelineDriver::FanOutInOrder(F call) {
   std::vector<absl::StatusOr<T>> results;
-  for (auto& f : futures) results.push_back(f.get());
+  for (auto& f : QueueInOrder<T>(std::move(call))) results.push_back(f.get());
   return results;
 }
 
@@ -270,14 +276,37 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
   return out;
 }
 
+struct PipelineDriver::PendingCompact {
+  std::vector<std::future<absl::StatusOr<xkv::v1::CompactResponse>>> answers;  // [stage]
+};
+
 absl::StatusOr<std::vector<xkv::v1::LayerSize>> PipelineDriver::Compact(
     uint64_t seq_id, const xkv::v1::CompactSpec& spec) {
-  auto results = FanOutInOrder<xkv::v1::CompactResponse>([&](size_t, StageClient& client) {
-    xkv::v1::CompactRequest r;
-    r.set_seq_id(seq_id);
-    *r.mutable_compact() = spec;
-    return client.Compact(r);
+  return WaitCompact(StartCompact(seq_id, spec));
+}
+
+PipelineDriver::CompactHandle PipelineDriver::StartCompact(uint64_t seq_id,
+                                                           const xkv::v1::CompactSpec& spec) {
+  auto compact = std::make_shared<PendingCompact>();
+  xkv::v1::CompactRequest r;
+  r.set_seq_id(seq_id);
+  *r.mutable_compact() = spec;
+  compact->answers = QueueInOrder<xkv::v1::CompactResponse>(
+      [r = std::move(r)](size_t, StageClient& client) { return client.Compact(r); });
+  return compact;
+}
+
+bool PipelineDriver::CompactDone(const CompactHandle& compact) {
+  return std::all_of(compact->answers.begin(), compact->answers.end(), [](const auto& f) {
+    return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
   });
+}
+
+absl::StatusOr<std::vector<xkv::v1::LayerSize>> PipelineDriver::WaitCompact(
+    const CompactHandle& compact) {
+  std::vector<absl::StatusOr<xkv::v1::CompactResponse>> results;
+  for (auto& f : compact->answers) results.push_back(f.get());
+  compact->answers.clear();
   RETURN_IF_ERROR(FirstError(results));
   std::vector<xkv::v1::LayerSize> sizes;
   for (const auto& r : results) {

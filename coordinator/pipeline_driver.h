@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -119,6 +120,14 @@ class PipelineDriver {
   // layer sizes of every layer after the compaction.
   absl::StatusOr<std::vector<xkv::v1::LayerSize>> Compact(uint64_t seq_id,
                                                           const xkv::v1::CompactSpec& spec);
+  // Compact in two halves: StartCompact queues it on every stage (behind the calls queued before
+  // it, ahead of those queued after) and returns at once; CompactDone says whether every stage
+  // answered; WaitCompact waits for the answers and merges them (once).
+  struct PendingCompact;
+  using CompactHandle = std::shared_ptr<PendingCompact>;
+  CompactHandle StartCompact(uint64_t seq_id, const xkv::v1::CompactSpec& spec);
+  static bool CompactDone(const CompactHandle& compact);
+  absl::StatusOr<std::vector<xkv::v1::LayerSize>> WaitCompact(const CompactHandle& compact);
   // Frees the sequences on every stage (best effort: every stage is asked; first error returned).
   absl::Status Release(absl::Span<const uint64_t> seq_ids);
   // Every stage's status; an unreachable stage yields its error in place.
@@ -131,6 +140,9 @@ class PipelineDriver {
   // The same through the stages' queues: on each stage after the calls queued before it.
   template <typename T, typename F>
   std::vector<absl::StatusOr<T>> FanOutInOrder(F call);
+  // FanOutInOrder's first half: queues the calls and returns their answers to come.
+  template <typename T, typename F>
+  std::vector<std::future<absl::StatusOr<T>>> QueueInOrder(F call);
   // Stage s's thread: runs its queued calls in order until the driver is destroyed.
   void RunStageQueue(size_t s);
 

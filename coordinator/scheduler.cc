@@ -225,9 +225,10 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
   if (!Plannable(seq, plan)) return;
   const int64_t T = seq.spec.prompt_tokens;
   if (seq.phase == Phase::kProfile) {
-    // A pass longer than the whole budget can never fit: it runs as the step's only prompt work.
-    const bool oversized = T > options_.step_token_budget;
-    if (T <= budget || (oversized && !prompt_work)) {
+    // The scores-only pass runs as a pass of its own (before the step's main pass): when it does
+    // not fit what the decodes left, it runs as the step's only prompt work, as one longer than the
+    // whole budget does. (Waiting for room starved it while any request decoded: issue 13.)
+    if (T <= budget || !prompt_work) {
       plan.items.push_back({seq.spec.id, WorkKind::kProfile, 0, T});
       budget -= std::min(budget, T);
       prompt_work = true;
@@ -237,7 +238,7 @@ void Scheduler::PlanPromptWork(Running& seq, StepPlan& plan, int64_t& budget, bo
   }
   if (seq.phase == Phase::kReread) {
     const int64_t R = seq.spec.reread_tokens[seq.rereads];
-    if (R <= budget || (R > options_.step_token_budget && !prompt_work)) {
+    if (R <= budget || !prompt_work) {  // a scores-only pass too: as the profile pass above
       plan.items.push_back({seq.spec.id, WorkKind::kReread, static_cast<int64_t>(seq.rereads), R});
       budget -= std::min(budget, R);
       prompt_work = true;

@@ -17,10 +17,11 @@
 //      min_final_chunk, so decodes always fit and leave room for prompt work);
 //   2. prompt work of admitted sequences in admission order (a reconstruct request's re-reading
 //      steps come after its prefill, each like a profile pass): a profile pass is never split (the
-//      scores-only mini-prefill needs the whole prompt); it waits for a step with room for it,
-//      unless it is longer than the whole budget, in which case it runs as the step's only prompt
-//      work. Prefill is chunked (≤ prefill_chunk tokens of one sequence per step) and the final
-//      chunk of a prompt always has ≥ min_final_chunk tokens (the XKV observation window);
+//      scores-only mini-prefill needs the whole prompt); it runs as a pass of its own, so when it
+//      does not fit what the step's decodes and earlier prompt work left, it waits only for a step
+//      without other prompt work (never for the decodes to end). Prefill is chunked (≤
+//      prefill_chunk tokens of one sequence per step) and the final chunk of a prompt always has
+//      ≥ min_final_chunk tokens (the XKV observation window);
 //   3. admission: the queue's head is admitted while max_running and every stage's free blocks
 //      allow it (strict FIFO), and gets prompt work in the same step if budget remains.
 // NextStep() advances the scheduler's state (and the KV ledger) as if the step completes; the

@@ -13,6 +13,11 @@ StepPhases& StepPhases::operator+=(const StepPhases& o) {
   apply_ms += o.apply_ms;
   sequences += o.sequences;
   rows += o.rows;
+  decode_only += o.decode_only;
+  prompt_tokens += o.prompt_tokens;
+  compactions += o.compactions;
+  compact_ms += o.compact_ms;
+  preempted += o.preempted;
   return *this;
 }
 
@@ -22,9 +27,11 @@ std::string FormatStepPhases(const StepPhases& s, int64_t passes, double wall_ms
   const double other = step - (s.plan_ms + s.launch_ms + s.wait_ms + s.apply_ms) / n;
   return absl::StrFormat(
       "xkv coordinator: %d steps, %.1f sequences / %.1f rows each: one every %.3f ms = plan %.3f + "
-      "launch %.3f + wait %.3f (stages %.3f, compute %.3f) + apply %.3f + other %.3f ms",
+      "launch %.3f + wait %.3f (stages %.3f, compute %.3f) + apply %.3f + other %.3f ms; %d "
+      "decode-only, %d with %d prompt tokens, %d compacted (%.3f ms on the loop), %d preempted",
       passes, s.sequences / n, s.rows / n, step, s.plan_ms / n, s.launch_ms / n, s.wait_ms / n,
-      s.stage_ms / n, s.compute_ms / n, s.apply_ms / n, other);
+      s.stage_ms / n, s.compute_ms / n, s.apply_ms / n, other, s.decode_only,
+      passes - s.decode_only, s.prompt_tokens, s.compactions, s.compact_ms, s.preempted);
 }
 
 std::optional<std::string> StepTimingLog::Add(const StepPhases& pass, Clock::time_point now) {

@@ -22,12 +22,19 @@ struct StepPhases {
   double apply_ms = 0;  // results applied: KV ledger check, tokens accepted, detokenized, streamed
   int64_t sequences = 0;  // in the pass
   int64_t rows = 0;       // tokens computed (decode: 1 per sequence)
+  // What the passes held (issue 13: which decodes shared a step with prompt work).
+  int64_t decode_only = 0;    // passes of decode tokens only
+  int64_t prompt_tokens = 0;  // prefill, profile and re-reading tokens
+  int64_t compactions = 0;    // sequences compacted (in the pass, or by a Compact call after it)
+  double compact_ms = 0;      // the loop's time in Compact calls (solve included)
+  int64_t preempted = 0;      // sequences preempted when the step was planned
   StepPhases& operator+=(const StepPhases& o);
 };
 
 // The line for `passes` passes whose phases sum to `sum`, over `wall_ms` of loop time
 // ("xkv coordinator: 32 steps, 8.0 sequences / 8.0 rows each: one every 2.10 ms = plan 0.01 +
-// launch 0.03 + wait 1.90 (stages 1.80, compute 1.70) + apply 0.12 + other 0.04 ms").
+// launch 0.03 + wait 1.90 (stages 1.80, compute 1.70) + apply 0.12 + other 0.04 ms; 30
+// decode-only, 2 with 1024 prompt tokens, 1 compacted (0.80 ms on the loop), 0 preempted").
 std::string FormatStepPhases(const StepPhases& sum, int64_t passes, double wall_ms);
 
 class StepTimingLog {

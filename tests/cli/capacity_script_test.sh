@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/capacity_8b_gpu.sh end to end on the CPU with the tiny random-weight shape: it writes the
 # GGUF, serves it with a fixed KV pool, runs full / xkv / snapkv past the pool's capacity and
-# prints one row per policy, every request completed.
+# prints one row per policy, every request completed, each with the decode rate of its decode-only
+# steps (from the server's per-step log), and leaves no server running.
 # Usage: capacity_script_test.sh XKV_BINARY
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -22,6 +23,10 @@ for row in '| full | 4 |' '| xkv | 10 |' '| snapkv | 10 |'; do
 done
 check "every request completed" "$(grep -c -E '\| (4/0|10/0) \|' "$tmp/out/summary.md" |
   grep -qx 3; echo $?)"
+check "the decode rate of every run from its decode-only steps" "$(grep -c -E \
+  '\| [0-9]+ / [0-9.]+ \([0-9]+ of [0-9]+ steps\) \| [0-9]+% \|' "$tmp/out/summary.md" | grep -qx 3
+  echo $?)"
+check "no xkv serve left running" "$(pgrep -f -- "serve --model $tmp/" > /dev/null; echo $((!$?)))"
 # (The held column and the ratios come from /metrics samples every 0.1 s: a run this short may
 # fall between two, so they are not checked here.)
 if ((fail)); then

@@ -38,6 +38,9 @@ class StepLog {
  public:
   // Optional: called with every step a stage is about to run (from that stage's thread).
   std::function<void(const xkv::v1::StepRequest&)> on_step;
+  // Optional: the same with the stage's index, and for every compaction a stage is about to run.
+  std::function<void(size_t, const xkv::v1::StepRequest&)> on_stage_step;
+  std::function<void(size_t, const xkv::v1::CompactRequest&)> on_compact;
 
   void Released(size_t stage, const xkv::v1::ReleaseRequest& request) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -93,6 +96,7 @@ class LoggingStageClient final : public StageClient {
   }
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request) override {
     if (log_->on_step) log_->on_step(request);
+    if (log_->on_stage_step) log_->on_stage_step(stage_, request);
     log_->Stepped(stage_, request);
     log_->Begin(request.step_id());
     absl::StatusOr<xkv::v1::StepResponse> r = inner_->Step(request);
@@ -101,6 +105,7 @@ class LoggingStageClient final : public StageClient {
   }
   absl::StatusOr<xkv::v1::CompactResponse> Compact(
       const xkv::v1::CompactRequest& request) override {
+    if (log_->on_compact) log_->on_compact(stage_, request);
     return inner_->Compact(request);
   }
   absl::StatusOr<xkv::v1::ReleaseResponse> Release(

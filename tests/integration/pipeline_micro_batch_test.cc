@@ -177,5 +177,80 @@ TEST_F(PipelineMicroBatchTest, CancelDuringProfilingEndsAtTheNextStep) {
   EXPECT_GE(steps.load() - before, 3 + 8 - 1) << "3 or more prompt chunks, then the decodes";
 }
 
+// Issue 13: another request's compaction does not stall the pipeline. An xkv one_pass request is
+// scored by its final prefill chunk, then solved and compacted; its compaction is held on the
+// last stage until the first stage, which compacted already, has run a step of a request that is
+// decoding meanwhile (a step started after the compaction: the loop did not wait for it; else the
+// hold ends after 20 s and the test fails). Both requests end with the tokens they get alone, and
+// every pool is idle.
+TEST_F(PipelineMicroBatchTest, DecodesRunWhileAnotherRequestCompacts) {
+  FakeClock clock;
+  absl::StatusOr<Pipeline> p = StartPipeline(2, 2, &clock);
+  ASSERT_TRUE(p.ok()) << p.status();
+  Coordinator& c = *p->coordinator;
+  const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
+  GenerateParams decoding;
+  decoding.prompt = "Count slowly from one to twenty:";
+  decoding.max_tokens = 40;
+  decoding.ignore_eos = true;
+  decoding.kv.policy = "full";
+  GenerateParams compacted;
+  for (int i = 0; i < 6; ++i) compacted.prompt += "The tide came in over the sand and went out. ";
+  compacted.max_tokens = 6;
+  compacted.ignore_eos = true;
+  compacted.kv.policy = "xkv";
+  compacted.kv.profile_mode = "one_pass";
+  compacted.kv.budget_fraction = 0.25;
+  std::vector<std::vector<int32_t>> alone;
+  for (const GenerateParams& r : {decoding, compacted}) {
+    alone.push_back(testing_pipeline::GenerateAll(c, {r})[0]);
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t decoding_id = 0;   // guarded by mu
+  bool compacting = false;    // guarded by mu: the compaction was queued on the stages
+  int decodes_meanwhile = 0;  // guarded by mu: first-stage steps of the decoding request since
+  int compactions = 0;        // guarded by mu
+  bool overlapped = false;    // guarded by mu: a decode ran while the last stage held it
+  p->log->on_stage_step = [&](size_t stage, const xkv::v1::StepRequest& step) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (stage != 0 || !compacting) return;
+    for (const xkv::v1::StepSequence& q : step.sequences()) {
+      if (q.seq_id() == decoding_id) ++decodes_meanwhile;
+    }
+    cv.notify_all();
+  };
+  p->log->on_compact = [&](size_t stage, const xkv::v1::CompactRequest&) {
+    std::unique_lock<std::mutex> lock(mu);
+    ++compactions;
+    compacting = true;
+    if (stage == 1) {
+      overlapped =
+          cv.wait_for(lock, std::chrono::seconds(20), [&] { return decodes_meanwhile > 0; });
+    }
+  };
+  auto decoding_sink = std::make_shared<CollectingSink>();
+  auto compacted_sink = std::make_shared<CollectingSink>();
+  {
+    std::lock_guard<std::mutex> lock(mu);  // its first step waits for the id
+    absl::StatusOr<uint64_t> id = c.Submit(decoding, decoding_sink);
+    ASSERT_TRUE(id.ok()) << id.status();
+    decoding_id = *id;
+  }
+  ASSERT_TRUE(c.Submit(compacted, compacted_sink).ok());
+  auto [decoded, decoding_status] = decoding_sink->Wait();
+  auto [kept, compacted_status] = compacted_sink->Wait();
+  p->log->on_stage_step = nullptr;
+  p->log->on_compact = nullptr;
+  EXPECT_TRUE(decoding_status.ok()) << decoding_status;
+  EXPECT_TRUE(compacted_status.ok()) << compacted_status;
+  EXPECT_EQ(decoded, alone[0]);
+  EXPECT_EQ(kept, alone[1]);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(compactions, 2) << "one compaction call per stage";
+  EXPECT_TRUE(overlapped) << "no decode step ran while the other request compacted";
+  EXPECT_EQ(PoolState(*p), idle);
+}
+
 }  // namespace
 }  // namespace xkv

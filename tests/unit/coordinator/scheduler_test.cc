@@ -348,6 +348,52 @@ TEST(SchedulerTest, ProfilePassIsWholeAndComesBeforePrefill) {
   EXPECT_TRUE(ran);
 }
 
+// A profile pass that fits the whole budget but not what the running decodes leave runs in the
+// next step without other prompt work: it does not wait for the decodes to end (it used to, so
+// per_request requests of about the step's size ran one at a time).
+TEST(SchedulerTest, ProfilePassDoesNotWaitForTheDecodesToEnd) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.step_token_budget = 32;
+  o.max_running = 4;
+  o.prefill_chunk = 32;
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 4, 50)).ok());
+  ASSERT_EQ(s->NextStep(nullptr).items.size(), 1u);  // 1's prefill; it decodes from now on
+  ASSERT_TRUE(s->Submit(Spec(2, 32, 2, /*profile=*/true)).ok());  // 32 > the 31 left
+  StepPlan p = s->NextStep(nullptr);
+  ASSERT_EQ(p.items.size(), 2u);
+  EXPECT_EQ(p.items[0].kind, WorkKind::kDecode);
+  EXPECT_EQ(p.items[1].kind, WorkKind::kProfile);
+  EXPECT_EQ(p.items[1].id, 2u);
+  EXPECT_EQ(p.items[1].tokens, 32);
+  p = s->NextStep(nullptr);  // its prefill: a chunk of what the decode leaves
+  ASSERT_EQ(p.items.size(), 2u);
+  EXPECT_EQ(p.items[1].kind, WorkKind::kPrefill);
+  EXPECT_EQ(p.items[1].tokens, 32 - 8);  // the final chunk keeps >= min_final_chunk tokens
+}
+
+// The same for a reconstruct request's re-reading step (a scores-only pass as well).
+TEST(SchedulerTest, RereadStepDoesNotWaitForTheDecodesToEnd) {
+  FakeClock clock;
+  SchedulerOptions o;
+  o.step_token_budget = 32;
+  o.max_running = 4;
+  o.prefill_chunk = 32;
+  auto s = Make(o, &clock);
+  ASSERT_TRUE(s->Submit(Spec(1, 4, 50)).ok());
+  ASSERT_EQ(s->NextStep(nullptr).items.size(), 1u);
+  SequenceSpec reread = Spec(2, 8, 4);
+  reread.reread_tokens = {32};  // 32 > the 31 the decode leaves
+  ASSERT_TRUE(s->Submit(reread).ok());
+  ASSERT_EQ(Count(s->NextStep(nullptr), WorkKind::kPrefill), 1);  // 2's whole prompt
+  StepPlan p = s->NextStep(nullptr);
+  ASSERT_EQ(p.items.size(), 2u);
+  EXPECT_EQ(p.items[0].kind, WorkKind::kDecode);
+  EXPECT_EQ(p.items[1].kind, WorkKind::kReread);
+  EXPECT_EQ(p.items[1].id, 2u);
+}
+
 // Drives a scheduler as the coordinator and the stages do: every planned item is "run" (the
 // stages' cache of each request grows by its tokens, a completed prompt or a decode samples a
 // token), a preempted request is freed on the stages and later recomputed from its prompt and the

@@ -1,0 +1,56 @@
+#include "coordinator/compaction_sizes.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace xkv {
+
+absl::StatusOr<std::vector<xkv::v1::LayerSize>> CompactedLayerSizes(
+    absl::Span<const xkv::v1::LayerSize> before, absl::Span<const int64_t> budgets,
+    int64_t prompt_len, int window, int block_tokens) {
+  if (before.size() != budgets.size() || block_tokens < 1) {
+    return absl::FailedPreconditionError(absl::StrCat("compaction sizes: ", before.size(),
+                                                      " layers for ", budgets.size(), " budgets"));
+  }
+  const int64_t P = prompt_len - std::min<int64_t>(std::max(window, 0), prompt_len);
+  std::vector<xkv::v1::LayerSize> after;
+  after.reserve(before.size());
+  for (size_t l = 0; l < before.size(); ++l) {
+    const xkv::v1::LayerSize& b = before[l];
+    if (b.tokens() != prompt_len || b.blocks() < 1) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("compaction sizes: layer ", b.layer(), " holds ", b.tokens(),
+                       " tokens, not the whole ", prompt_len, "-token prompt"));
+    }
+    const int64_t tokens = std::clamp<int64_t>(budgets[l], 0, P) + (prompt_len - P);
+    const int64_t blocks = (tokens + block_tokens - 1) / block_tokens;
+    xkv::v1::LayerSize& a = after.emplace_back();
+    a.set_layer(b.layer());
+    a.set_tokens(tokens);
+    a.set_blocks(blocks);
+    a.set_bytes(b.bytes() / b.blocks() * blocks);
+  }
+  return after;
+}
+
+absl::Status CheckCompactedSizes(uint64_t seq_id, absl::Span<const xkv::v1::LayerSize> predicted,
+                                 absl::Span<const xkv::v1::LayerSize> reported) {
+  if (predicted.size() != reported.size()) {
+    return absl::InternalError(absl::StrCat("KV ledger: the stages compacted ", reported.size(),
+                                            " layers of sequence ", seq_id, ", the ledger ",
+                                            predicted.size()));
+  }
+  for (size_t i = 0; i < predicted.size(); ++i) {
+    const xkv::v1::LayerSize &p = predicted[i], &r = reported[i];
+    if (p.layer() != r.layer() || p.tokens() != r.tokens() || p.blocks() != r.blocks()) {
+      return absl::InternalError(absl::StrCat(
+          "KV ledger: sequence ", seq_id, " layer ", r.layer(), ": the compaction left ",
+          r.tokens(), " tokens in ", r.blocks(), " blocks, the ledger expected ", p.tokens(),
+          " tokens in ", p.blocks(), " blocks (layer ", p.layer(), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace xkv

@@ -1,0 +1,63 @@
+#include "coordinator/compaction_sizes.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+xkv::v1::LayerSize Size(int layer, int64_t tokens, int64_t blocks, int64_t bytes) {
+  xkv::v1::LayerSize s;
+  s.set_layer(layer);
+  s.set_tokens(tokens);
+  s.set_blocks(blocks);
+  s.set_bytes(bytes);
+  return s;
+}
+
+// A 100-token prompt, window 8 (P = 92), 16-token blocks of 1 KiB: each layer keeps its budget
+// (clamped to [0, P]) plus the window.
+TEST(CompactionSizesTest, EachLayerKeepsItsBudgetPlusTheWindow) {
+  const std::vector<xkv::v1::LayerSize> before = {Size(0, 100, 7, 7168), Size(1, 100, 7, 7168),
+                                                  Size(2, 100, 7, 7168), Size(3, 100, 7, 7168)};
+  absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
+      CompactedLayerSizes(before, {23, 0, 92, 500}, 100, 8, 16);
+  ASSERT_TRUE(after.ok()) << after.status();
+  const int64_t tokens[] = {31, 8, 100, 100}, blocks[] = {2, 1, 7, 7};
+  ASSERT_EQ(after->size(), 4u);
+  for (int l = 0; l < 4; ++l) {
+    EXPECT_EQ((*after)[l].layer(), l);
+    EXPECT_EQ((*after)[l].tokens(), tokens[l]) << l;
+    EXPECT_EQ((*after)[l].blocks(), blocks[l]) << l;
+    EXPECT_EQ((*after)[l].bytes(), blocks[l] * 1024) << l;
+  }
+  EXPECT_TRUE(CheckCompactedSizes(7, *after, *after).ok());
+}
+
+TEST(CompactionSizesTest, APromptWithinTheWindowIsKeptWhole) {
+  absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
+      CompactedLayerSizes({Size(0, 6, 1, 1024)}, {0}, 6, 8, 16);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].tokens(), 6);
+}
+
+TEST(CompactionSizesTest, UnpredictableSizesAreRefused) {
+  // A layer that holds more than the prompt (it decoded already), or fewer budgets than layers.
+  EXPECT_EQ(CompactedLayerSizes({Size(0, 101, 7, 7168)}, {10}, 100, 8, 16).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CompactedLayerSizes({Size(0, 100, 7, 7168)}, {}, 100, 8, 16).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(CompactionSizesTest, AnAnswerThatDiffersNamesTheLayer) {
+  const std::vector<xkv::v1::LayerSize> predicted = {Size(0, 31, 2, 2048), Size(1, 8, 1, 1024)};
+  const std::vector<xkv::v1::LayerSize> reported = {Size(0, 31, 2, 2048), Size(1, 9, 1, 1024)};
+  const absl::Status s = CheckCompactedSizes(42, predicted, reported);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(s.message().find("sequence 42 layer 1"), std::string::npos) << s;
+  EXPECT_EQ(CheckCompactedSizes(42, predicted, {predicted[0]}).code(), absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace xkv
