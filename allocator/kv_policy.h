@@ -56,10 +56,12 @@ struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
   double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
   double cap = 4.0;     // in [1, 64]: per-layer cap as a multiple of the uniform share
-  // Budgets per (layer, KV head) instead of per layer (global allocator only): one threshold over
-  // every head's own raw score curve, bytes as the cost (a head's token costs bytes_per_token / H),
-  // each (layer, head) within [floor·s, cap·s] of its uniform share s (so every layer stays
-  // within its cap); floor 1 = uniform SnapKV. Needs each head's scores (LayerProfile::
+  // Budgets per (layer, KV head) instead of per layer. xkv (global allocator only): one threshold
+  // over every head's own raw score curve, bytes as the cost (a head's token costs
+  // bytes_per_token / H), each (layer, head) within [floor·s, cap·s] of its uniform share s (so
+  // every layer stays within its cap); floor 1 = uniform SnapKV. snapkv / pyramidkv: AdaKV — each
+  // layer keeps its budget b_l, split over its heads by one threshold per layer, each head at
+  // least floor·b_l (AdaKV's alpha = 0.2). Needs each head's scores (LayerProfile::
   // sorted_scores with one row per KV head).
   bool per_head = false;
 };

@@ -4,10 +4,15 @@
 //
 // Per prompt (C = context tokens, Q = question, R = the real continuation, W = the largest
 // observation window of the methods, S = fidelity steps):
-//  1. Prefill C; its last W tokens are observed once per distinct scoring (scores-only steps for
+//  1. Prefill C but its last W tokens (unobserved) and copy that cache for the aware and question
+//     lanes; then C's last W tokens are observed once per distinct scoring (scores-only steps for
 //     all but the last): the query-AGNOSTIC scores.
-//  2. Copies of that cache: Q is prefilled on one (observed again: the query-AWARE scores, and the
-//     first answer token's logits), R[0, W) on another (the aware scores of the fidelity lane).
+//  2. On the copies, C's last W tokens + Q (+ the template tail and the answer prefix: aware) are
+//     prefilled, the last W observed: the query-AWARE scores (and the first answer token's
+//     logits). So the window is always the last W tokens of what is compressed, the context's
+//     tail included when the question is shorter (SnapKV's and kvpress's window), for W
+//     recomputed tokens per lane. R[0, W) is prefilled on a copy of the whole context (the aware
+//     scores of the fidelity lane).
 //  3. Query-agnostic variants: a copy of the context cache, compacted, per method x budget; Q is
 //     then prefilled on top (kvpress's protocol: the question comes after compression).
 //     Query-aware variants: a copy of the context + question cache, compacted; the first answer
@@ -123,8 +128,8 @@ class EvalRunner {
   // outlive the runner.
   EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOptions options);
 
-  // INVALID_ARGUMENT when the question is shorter than the window or the prompt plus its answer
-  // does not fit the model's context.
+  // INVALID_ARGUMENT when the context is not longer than the largest window, the question is
+  // empty, or the prompt plus its answer does not fit the model's context.
   absl::StatusOr<std::vector<EvalRow>> Run(const EvalPrompt& prompt, PromptTiming* timing);
   // Run's checks alone (a whole file is checked before the first prompt runs).
   absl::Status CheckPrompt(const EvalPrompt& prompt) const;
@@ -133,6 +138,8 @@ class EvalRunner {
   struct Lane;
   struct Variant;
   uint64_t NewSequence() { return next_id_++; }
+  // Prefills `tokens` on lane (its position onward), unobserved, in steps of max_step_tokens.
+  absl::Status PrefillUnobserved(Lane& lane, absl::Span<const int32_t> tokens);
   // Prefills `tokens` on lane (its position onward); the last W tokens are observed with every
   // scoring (scores[i] for scorings_[i]). Returns the last token's logits.
   absl::StatusOr<std::vector<float>> Prefill(Lane& lane, absl::Span<const int32_t> tokens,
