@@ -185,11 +185,13 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
                                                                    int heads, int64_t prefix_len,
                                                                    int64_t budget,
                                                                    SelectionRule rule,
-                                                                   int sink_tokens) {
-  if (heads < 1 || prefix_len < 0 || budget < 0 || budget > prefix_len || sink_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "select kept tokens: budget ", budget, " must be in [0, prefix_len=", prefix_len,
-        "], heads ", heads, " >= 1, sink_tokens ", sink_tokens, " >= 0"));
+                                                                   int sink_tokens, double recent) {
+  if (heads < 1 || prefix_len < 0 || budget < 0 || budget > prefix_len || sink_tokens < 0 ||
+      !(recent >= 0.0 && recent <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("select kept tokens: budget ", budget,
+                     " must be in [0, prefix_len=", prefix_len, "], heads ", heads,
+                     " >= 1, sink_tokens ", sink_tokens, " >= 0, recent ", recent, " in [0, 1]"));
   }
   if ((rule == SelectionRule::kTopScore || rule == SelectionRule::kSinksAndTopScore) &&
       static_cast<int64_t>(scores.size()) != heads * prefix_len) {
@@ -212,19 +214,24 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
       // [sinks, P). Ranking: the k-th largest score v (a selection over the values, not an index
       // sort), then one pass in slot order: every score above v, and the lowest slots among
       // those equal to v until k are kept (ties: lower slot first). O(P) per head.
+      // With `recent`, the last r prefix slots are kept too and ranking covers [sinks, P - r).
       const int64_t sinks =
           rule == SelectionRule::kSinksAndTopScore ? std::min<int64_t>(sink_tokens, budget) : 0;
+      const int64_t r =
+          static_cast<int64_t>(std::floor(recent * static_cast<double>(budget - sinks)));
       out.reserve(budget);
       for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
-      const int64_t k = budget - sinks, n = prefix_len - sinks;
-      if (k == 0) continue;
-      const float* row = scores.data() + h * prefix_len + sinks;
-      const float v = KthLargest(row, n, k);
-      int64_t ties = k;
-      for (int64_t j = 0; j < n; ++j) ties -= row[j] > v;
-      for (int64_t j = 0; j < n; ++j) {
-        if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(sinks + j);
+      const int64_t k = budget - sinks - r, n = prefix_len - sinks - r;
+      if (k > 0) {
+        const float* row = scores.data() + h * prefix_len + sinks;
+        const float v = KthLargest(row, n, k);
+        int64_t ties = k;
+        for (int64_t j = 0; j < n; ++j) ties -= row[j] > v;
+        for (int64_t j = 0; j < n; ++j) {
+          if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(sinks + j);
+        }
       }
+      for (int64_t j = prefix_len - r; j < prefix_len; ++j) out.push_back(j);
     }
   }
   return kept;

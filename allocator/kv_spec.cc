@@ -81,6 +81,17 @@ absl::Status ValidateCap(double cap, absl::string_view field) {
   return OutOfRange(field, cap, absl::StrCat("[", kMinCap, ", ", kMaxCap, "]"));
 }
 
+absl::Status ValidateRecent(double recent, absl::string_view field) {
+  if (recent >= 0.0 && recent <= 1.0) return absl::OkStatus();
+  return OutOfRange(field, recent, "[0, 1]");
+}
+
+absl::Status ValidatePoolKernel(int64_t kernel, absl::string_view field) {
+  if (kernel >= 1 && kernel <= kMaxPoolKernel && kernel % 2 == 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " is ", kernel, "; it must be an odd number in [1, ", kMaxPoolKernel, "]"));
+}
+
 absl::Status ValidateSinkTokens(int64_t sinks, absl::string_view field) {
   if (sinks >= 0 && sinks <= kMaxSinkTokens) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -126,6 +137,11 @@ absl::Status ValidateSettings(const KvSettings& s) {
         PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
   }
   RETURN_IF_ERROR(ValidateSinkTokens(s.sink_tokens));
+  RETURN_IF_ERROR(ValidateRecent(s.allocator.recent));
+  if (s.allocator.recent > 0 && s.policy != PolicyKind::kXkv) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "recent (", s.allocator.recent, ") needs policy xkv, not '", PolicyName(s.policy), "'"));
+  }
   if (s.profile.kind == ProfileModeKind::kSampled &&
       !(s.profile.sample_rate > 0 && s.profile.sample_rate <= 1)) {
     return OutOfRange("profile sample rate", s.profile.sample_rate, "(0, 1]");

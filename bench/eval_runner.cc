@@ -161,6 +161,9 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
           ParseWhole(key, value, absl::StrCat("[", kMinWindow, ", ", kMaxWindow, "]")));
       RETURN_IF_ERROR(ValidateWindow(w, "method window"));
       m.scoring.window = static_cast<int>(w);
+    } else if (key == "recent") {
+      ASSIGN_OR_RETURN(m.kv.allocator.recent, ParseNumber(key, value));
+      RETURN_IF_ERROR(ValidateRecent(m.kv.allocator.recent, "method recent"));
     } else if (key == "sinks") {
       ASSIGN_OR_RETURN(const int64_t n,
                        ParseWhole(key, value, absl::StrCat("[0, ", kMaxSinkTokens, "]")));
@@ -173,11 +176,9 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
       m.scoring.reduce = value == "max" ? ScoreReduce::kMax : ScoreReduce::kSum;
     } else if (key == "kernel") {
-      ASSIGN_OR_RETURN(const double k, ParseNumber(key, value));
-      if (!(k >= 1 && k <= 31 && k == std::floor(k) && static_cast<int>(k) % 2 == 1)) {
-        return absl::InvalidArgumentError(absl::StrCat("method '", text, "': kernel=", value,
-                                                       " must be an odd integer in [1, 31]"));
-      }
+      ASSIGN_OR_RETURN(const int64_t k,
+                       ParseWhole(key, value, absl::StrCat("[1, ", kMaxPoolKernel, "]")));
+      RETURN_IF_ERROR(ValidatePoolKernel(k, "method kernel"));
       m.scoring.pool_kernel = static_cast<int>(k);
       kernel_set = true;
     } else if (key == "vnorm" && (value == "0" || value == "1")) {
@@ -189,12 +190,12 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     } else if (key == "per_head") {
       ASSIGN_OR_RETURN(m.kv.allocator.per_head, ParsePerHead(value));
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("method '", text, "': unknown parameter '", parts[i],
-                       "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
-                       "], sinks=[0,", kMaxSinkTokens,
-                       "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
-                       "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "method '", text, "': unknown parameter '", parts[i],
+          "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
+          "], sinks=[0,", kMaxSinkTokens,
+          "], recent=[0,1] (xkv), pool=max|avg, kernel=1|3|...|63, reduce=max|sum, vnorm=0|1, ",
+          "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)

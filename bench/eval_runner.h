@@ -69,10 +69,13 @@ struct EvalMethod {
   bool mix_window = false;  // reconstruct: max of the re-reading scores and the window's scores
 };
 
-// Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
-// (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
-// window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
-// [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
+// Parses one method: full | streaming | snapkv | pyramidkv | adakv (snapkv with AdaKV's per-head
+// split, floor 0.2) | paper (xkv, paper allocator) | xkv (the default global allocator), or
+// snapkv|pyramidkv|adakv|streaming@kvpress (kvpress's settings: window 64, kernel 5),
+// optionally followed by ":key=value" parameters: floor, cap, window (this method's observation
+// window), sinks (xkv's sink tokens, [0, 64]), recent (xkv: share of the ranked budget kept as
+// the most recent tokens, [0, 1]), pool (max|avg), kernel (pool kernel, odd in [1, 63]),
+// reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
 // model/reconstruct_scorer.h; unpooled unless kernel is given; CPU and CUDA engines), mix (max:
 // with reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
 // scores, pooled by its kernel), vnorm (1: scores x ||v||, 0). `base` gives the defaults (window,

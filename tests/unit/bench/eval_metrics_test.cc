@@ -201,12 +201,15 @@ TEST(EvalRunnerTest, BadMethodParametersNameTheValueAndTheRange) {
   expect("xkv:window=4", "window is 4", "[8, 64]");
   expect("xkv:window=16.5", "window is 16.5", "whole number in [8, 64]");
   expect("snapkv:window=abc", "window='abc'", "not a number");
-  expect("xkv:kernel=4", "kernel=4", "odd integer in [1, 31]");
-  expect("xkv:kernel=33", "kernel=33", "odd integer in [1, 31]");
+  expect("xkv:kernel=4", "method kernel is 4", "odd number in [1, 63]");
+  expect("xkv:kernel=65", "method kernel is 65", "odd number in [1, 63]");
+  expect("xkv:kernel=7.5", "method kernel is 7.5", "whole number in [1, 63]");
   expect("adakv:floor=-0.1", "floor is -0.1", "[0, 1]");
   expect("xkv:floor=2", "floor is 2", "[0, 1]");
   expect("xkv:sinks=65", "sinks is 65", "[0, 64]");
   expect("xkv:sinks=-1", "sinks is -1", "[0, 64]");
+  expect("xkv:recent=1.5", "method recent is 1.5", "[0, 1]");
+  expect("snapkv:recent=0.5", "recent (0.5) needs policy xkv", "'snapkv'");
   expect("xkv:pool=median", "unknown parameter 'pool=median'", "pool=max|avg");
   auto sinks = ParseEvalMethod("xkv:sinks=0", base);
   ASSERT_TRUE(sinks.ok()) << sinks.status();
@@ -277,7 +280,7 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
               HasSubstr("needs profile=reconstruct"));
   EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
   EXPECT_THAT(ParseEvalMethod("xkv:kernel=4", base).status().message(),
-              HasSubstr("odd integer in [1, 31]"));
+              HasSubstr("odd number in [1, 63]"));
   EXPECT_THAT(ParseEvalMethod("streaming:profile=reconstruct", base).status().message(),
               HasSubstr("'streaming'"));
   EXPECT_THAT(ParseEvalMethod("xkv:profile=magic", base).status().message(),
