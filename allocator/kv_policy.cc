@@ -185,11 +185,13 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
                                                                    int heads, int64_t prefix_len,
                                                                    int64_t budget,
                                                                    SelectionRule rule,
-                                                                   int sink_tokens) {
-  if (heads < 1 || prefix_len < 0 || budget < 0 || budget > prefix_len || sink_tokens < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "select kept tokens: budget ", budget, " must be in [0, prefix_len=", prefix_len,
-        "], heads ", heads, " >= 1, sink_tokens ", sink_tokens, " >= 0"));
+                                                                   int sink_tokens, double recent) {
+  if (heads < 1 || prefix_len < 0 || budget < 0 || budget > prefix_len || sink_tokens < 0 ||
+      !(recent >= 0.0 && recent <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("select kept tokens: budget ", budget,
+                     " must be in [0, prefix_len=", prefix_len, "], heads ", heads,
+                     " >= 1, sink_tokens ", sink_tokens, " >= 0, recent ", recent, " in [0, 1]"));
   }
   if ((rule == SelectionRule::kTopScore || rule == SelectionRule::kSinksAndTopScore) &&
       static_cast<int64_t>(scores.size()) != heads * prefix_len) {
@@ -212,19 +214,24 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<co
       // [sinks, P). Ranking: the k-th largest score v (a selection over the values, not an index
       // sort), then one pass in slot order: every score above v, and the lowest slots among
       // those equal to v until k are kept (ties: lower slot first). O(P) per head.
+      // With `recent`, the last r prefix slots are kept too and ranking covers [sinks, P - r).
       const int64_t sinks =
           rule == SelectionRule::kSinksAndTopScore ? std::min<int64_t>(sink_tokens, budget) : 0;
+      const int64_t r =
+          static_cast<int64_t>(std::floor(recent * static_cast<double>(budget - sinks)));
       out.reserve(budget);
       for (int64_t j = 0; j < sinks; ++j) out.push_back(j);
-      const int64_t k = budget - sinks, n = prefix_len - sinks;
-      if (k == 0) continue;
-      const float* row = scores.data() + h * prefix_len + sinks;
-      const float v = KthLargest(row, n, k);
-      int64_t ties = k;
-      for (int64_t j = 0; j < n; ++j) ties -= row[j] > v;
-      for (int64_t j = 0; j < n; ++j) {
-        if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(sinks + j);
+      const int64_t k = budget - sinks - r, n = prefix_len - sinks - r;
+      if (k > 0) {
+        const float* row = scores.data() + h * prefix_len + sinks;
+        const float v = KthLargest(row, n, k);
+        int64_t ties = k;
+        for (int64_t j = 0; j < n; ++j) ties -= row[j] > v;
+        for (int64_t j = 0; j < n; ++j) {
+          if (row[j] > v || (row[j] == v && ties-- > 0)) out.push_back(sinks + j);
+        }
       }
+      for (int64_t j = prefix_len - r; j < prefix_len; ++j) out.push_back(j);
     }
   }
   return kept;
@@ -286,6 +293,38 @@ std::vector<double> PyramidWeights(int64_t total, int L, int64_t P, double beta)
   return x;
 }
 
+absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles);
+absl::StatusOr<std::vector<LayerProfile>> HeadProfiles(absl::Span<const LayerProfile> profiles);
+
+// AdaKV's split of each layer's budget over its KV heads (Feng et al. 2024, kvpress's AdaKVPress):
+// layer l keeps H * b_l head tokens, the top ones across its heads' scores (one threshold per
+// layer: the exact solver over the layer's H curves), each head at least floor(alpha * b_l) and at
+// most P. The layer's budget itself is not changed. Fills head_budgets and sets budgets[l] to the
+// layer's largest head budget; average_retention is the mean over layers of each layer's kept
+// share of its score mass.
+absl::Status SplitLayersOverHeads(const PolicyInput& in, double alpha, PolicyBudgets& out) {
+  ASSIGN_OR_RETURN(const std::vector<LayerProfile> heads, HeadProfiles(in.profiles));
+  const int H = in.profiles[0].heads;
+  out.head_budgets.assign(in.num_layers, std::vector<int64_t>(H));
+  double retention = 0.0;
+  for (int l = 0; l < in.num_layers; ++l) {
+    const absl::Span<const LayerProfile> layer =
+        absl::MakeConstSpan(heads).subspan(static_cast<size_t>(l) * H, H);
+    ASSIGN_OR_RETURN(const std::vector<LayerProfile> curves, RawCurves(layer));
+    const int64_t b = out.budgets[l];
+    SolverOptions bounds;
+    bounds.floors.assign(
+        H, std::min<int64_t>(in.prefix_len, static_cast<int64_t>(std::floor(alpha * b))));
+    bounds.ceilings.assign(H, in.prefix_len);
+    ASSIGN_OR_RETURN(const BudgetResult r, SolveForTotalTokens(curves, b * H, bounds));
+    out.head_budgets[l] = r.budgets;
+    out.budgets[l] = *std::max_element(r.budgets.begin(), r.budgets.end());
+    retention += AverageRetention(layer, r.budgets, AllocatorKind::kGlobal);
+  }
+  out.average_retention = retention / in.num_layers;
+  return absl::OkStatus();
+}
+
 class BaselinePolicy : public KvPolicy {
  public:
   explicit BaselinePolicy(const PolicyOptions& options) : options_(options) {}
@@ -334,6 +373,13 @@ class BaselinePolicy : public KvPolicy {
       out.budgets = Shape(lo, in);
     }
     Finish(in, selection(), RetentionDefinition(options_), out);
+    if (options_.allocator.per_head && selection() == SelectionRule::kTopScore) {
+      if (in.profiles.empty()) {
+        return absl::InvalidArgumentError(
+            "per-head budgets (AdaKV) need one importance profile per layer");
+      }
+      RETURN_IF_ERROR(SplitLayersOverHeads(in, options_.allocator.floor, out));
+    }
     return out;
   }
 

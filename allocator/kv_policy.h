@@ -56,12 +56,17 @@ struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
   double floor = 0.75;  // alpha in [0, 1]: per-layer floor as a fraction of the uniform share
   double cap = 4.0;     // in [1, 64]: per-layer cap as a multiple of the uniform share
-  // Budgets per (layer, KV head) instead of per layer (global allocator only): one threshold over
-  // every head's own raw score curve, bytes as the cost (a head's token costs bytes_per_token / H),
-  // each (layer, head) within [floor·s, cap·s] of its uniform share s (so every layer stays
-  // within its cap); floor 1 = uniform SnapKV. Needs each head's scores (LayerProfile::
+  // Budgets per (layer, KV head) instead of per layer. xkv (global allocator only): one threshold
+  // over every head's own raw score curve, bytes as the cost (a head's token costs
+  // bytes_per_token / H), each (layer, head) within [floor·s, cap·s] of its uniform share s (so
+  // every layer stays within its cap); floor 1 = uniform SnapKV. snapkv / pyramidkv: AdaKV — each
+  // layer keeps its budget b_l, split over its heads by one threshold per layer, each head at
+  // least floor·b_l (AdaKV's alpha = 0.2). Needs each head's scores (LayerProfile::
   // sorted_scores with one row per KV head).
   bool per_head = false;
+  // in [0, 1]: the share of each head's ranked budget (after the sinks) given to the most recent
+  // prefix tokens instead of the top scores (H2O's recent half; 0 = scores only). xkv only.
+  double recent = 0.0;
 };
 
 // Exactly one of the three budget targets.
@@ -122,11 +127,12 @@ std::unique_ptr<KvPolicy> MakeKvPolicy(const PolicyOptions& options);
 
 // Per head, the sorted (ascending) prefix indices a layer keeps for `budget`.
 // scores: fp32 [heads, prefix_len] pooled importance (unused by kAll / kSinksAndRecent).
-absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(absl::Span<const float> scores,
-                                                                   int heads, int64_t prefix_len,
-                                                                   int64_t budget,
-                                                                   SelectionRule rule,
-                                                                   int sink_tokens = 4);
+// recent (the ranking rules): the share of the ranked budget (after the sinks) kept as the most
+// recent prefix tokens, floor(recent * (budget - sinks)); the rest goes to the top scores before
+// them.
+absl::StatusOr<std::vector<std::vector<int64_t>>> SelectKeptTokens(
+    absl::Span<const float> scores, int heads, int64_t prefix_len, int64_t budget,
+    SelectionRule rule, int sink_tokens = 4, double recent = 0.0);
 
 // The retention the budgets achieve, one definition for every caller: paper — the mean over
 // layers of R_l(b_l); global — the fraction of all layers' raw score mass kept,

@@ -81,6 +81,23 @@ absl::Status ValidateCap(double cap, absl::string_view field) {
   return OutOfRange(field, cap, absl::StrCat("[", kMinCap, ", ", kMaxCap, "]"));
 }
 
+absl::Status ValidateRecent(double recent, absl::string_view field) {
+  if (recent >= 0.0 && recent <= 1.0) return absl::OkStatus();
+  return OutOfRange(field, recent, "[0, 1]");
+}
+
+absl::Status ValidatePoolKernel(int64_t kernel, absl::string_view field) {
+  if (kernel >= 1 && kernel <= kMaxPoolKernel && kernel % 2 == 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " is ", kernel, "; it must be an odd number in [1, ", kMaxPoolKernel, "]"));
+}
+
+absl::Status ValidateSinkTokens(int64_t sinks, absl::string_view field) {
+  if (sinks >= 0 && sinks <= kMaxSinkTokens) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " is ", sinks, "; it must be in [0, ", kMaxSinkTokens, "]"));
+}
+
 absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target) {
   if (target.kind != KvTarget::Kind::kRetention || policy == PolicyKind::kXkv ||
       policy == PolicyKind::kFull) {
@@ -111,15 +128,19 @@ absl::Status ValidateSettings(const KvSettings& s) {
   RETURN_IF_ERROR(ValidatePolicyTarget(s.policy, s.target));
   RETURN_IF_ERROR(ValidateFloor(s.allocator.floor));
   RETURN_IF_ERROR(ValidateCap(s.allocator.cap));
-  if (s.allocator.per_head &&
+  const bool adakv = s.policy == PolicyKind::kSnapKv || s.policy == PolicyKind::kPyramidKv;
+  if (s.allocator.per_head && !adakv &&
       (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("per_head budgets need policy xkv with allocator global; got policy '",
-                     PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "per_head budgets need policy xkv with allocator global, or snapkv / pyramidkv (AdaKV's "
+        "split of each layer's budget over its heads); got policy '",
+        PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
   }
-  if (s.sink_tokens < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sink_tokens is ", s.sink_tokens, "; it must be >= 0"));
+  RETURN_IF_ERROR(ValidateSinkTokens(s.sink_tokens));
+  RETURN_IF_ERROR(ValidateRecent(s.allocator.recent));
+  if (s.allocator.recent > 0 && s.policy != PolicyKind::kXkv) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "recent (", s.allocator.recent, ") needs policy xkv, not '", PolicyName(s.policy), "'"));
   }
   if (s.profile.kind == ProfileModeKind::kSampled &&
       !(s.profile.sample_rate > 0 && s.profile.sample_rate <= 1)) {

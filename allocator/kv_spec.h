@@ -28,6 +28,8 @@ namespace xkv {
 inline constexpr int64_t kMinWindow = 8, kMaxWindow = 64;
 inline constexpr double kMinFloor = 0.0, kMaxFloor = 1.0;
 inline constexpr double kMinCap = 1.0, kMaxCap = 64.0;
+inline constexpr int64_t kMaxSinkTokens = 64;
+inline constexpr int64_t kMaxPoolKernel = 63;  // odd pooling kernels in [1, kMaxPoolKernel]
 
 // "global" | "paper" (case-insensitive).
 absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);
@@ -78,6 +80,9 @@ absl::Status ValidateFraction(double fraction, absl::string_view field = "budget
 absl::Status ValidateWindow(int64_t window, absl::string_view field = "window");
 absl::Status ValidateFloor(double floor, absl::string_view field = "floor");
 absl::Status ValidateCap(double cap, absl::string_view field = "cap");
+absl::Status ValidateSinkTokens(int64_t sinks, absl::string_view field = "sink_tokens");
+absl::Status ValidateRecent(double recent, absl::string_view field = "recent");
+absl::Status ValidatePoolKernel(int64_t kernel, absl::string_view field = "pool kernel");
 // A retention target needs policy xkv (or full, which keeps everything).
 absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
 // Every field of a complete spec.

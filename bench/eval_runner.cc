@@ -36,6 +36,17 @@ absl::StatusOr<double> ParseNumber(absl::string_view key, absl::string_view valu
   return x;
 }
 
+// A whole-number parameter; `range` names the allowed values in the error.
+absl::StatusOr<int64_t> ParseWhole(absl::string_view key, absl::string_view value,
+                                   absl::string_view range) {
+  ASSIGN_OR_RETURN(const double x, ParseNumber(key, value));
+  if (x != std::floor(x) || std::abs(x) > 1e9) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("method ", key, " is ", value, "; it must be a whole number in ", range));
+  }
+  return static_cast<int64_t>(x);
+}
+
 // Runs fn(i) for i in [0, n) on up to `threads` threads; the first error wins.
 absl::Status ParallelFor(int n, int threads, const std::function<absl::Status(int)>& fn) {
   std::atomic<int> next{0};
@@ -53,6 +64,18 @@ absl::Status ParallelFor(int n, int threads, const std::function<absl::Status(in
   for (const absl::Status& s : errors) RETURN_IF_ERROR(s);
   return absl::OkStatus();
 }
+
+// Named baselines that are parameters of another method: AdaKV(SnapKV) (SnapKV's scores, each
+// layer's budget split over its heads with floor alpha = 0.2), and every baseline with kvpress's
+// settings (window 64, pooling kernel 5; kvpress's AdaKV wraps its SnapKV; streaming's 4 sinks are
+// xkv's already).
+constexpr std::pair<absl::string_view, absl::string_view> kMethodAliases[] = {
+    {"adakv", "snapkv:per_head=1:floor=0.2"},
+    {"snapkv@kvpress", "snapkv:window=64:kernel=5"},
+    {"pyramidkv@kvpress", "pyramidkv:window=64:kernel=5"},
+    {"adakv@kvpress", "snapkv:per_head=1:floor=0.2:window=64:kernel=5"},
+    {"streaming@kvpress", "streaming"},
+};
 
 }  // namespace
 
@@ -76,14 +99,25 @@ int64_t BudgetTokens(double fraction, int num_layers, int64_t prompt_len, int wi
 }
 
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base) {
-  std::vector<absl::string_view> parts = absl::StrSplit(text, ':');
+  std::string expanded(text);
+  for (const auto& [alias, params] : kMethodAliases) {
+    if (text == alias || absl::StartsWith(text, absl::StrCat(alias, ":"))) {
+      expanded = absl::StrCat(params, text.substr(alias.size()));
+    }
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(expanded, ':');
   EvalMethod m;
   m.name = std::string(text);
   if (parts[0] == "paper") {
     m.kv.policy = PolicyKind::kXkv;
     m.kv.allocator.kind = AllocatorKind::kPaper;
+  } else if (absl::StatusOr<PolicyKind> policy = ParsePolicy(parts[0]); policy.ok()) {
+    m.kv.policy = *policy;
   } else {
-    ASSIGN_OR_RETURN(m.kv.policy, ParsePolicy(parts[0]));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown method '", parts[0], "'; allowed: full, streaming, snapkv, pyramidkv, adakv, ",
+        "paper, xkv, and snapkv@kvpress, pyramidkv@kvpress, adakv@kvpress, streaming@kvpress ",
+        "(kvpress's settings)"));
   }
   // The allocator first: it decides the scoring the other parameters adjust.
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -102,9 +136,19 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       ASSIGN_OR_RETURN(m.kv.allocator.cap, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateCap(m.kv.allocator.cap, "method cap"));
     } else if (key == "window") {
-      ASSIGN_OR_RETURN(const double w, ParseNumber(key, value));
-      RETURN_IF_ERROR(ValidateWindow(static_cast<int64_t>(w), "method window"));
+      ASSIGN_OR_RETURN(
+          const int64_t w,
+          ParseWhole(key, value, absl::StrCat("[", kMinWindow, ", ", kMaxWindow, "]")));
+      RETURN_IF_ERROR(ValidateWindow(w, "method window"));
       m.scoring.window = static_cast<int>(w);
+    } else if (key == "recent") {
+      ASSIGN_OR_RETURN(m.kv.allocator.recent, ParseNumber(key, value));
+      RETURN_IF_ERROR(ValidateRecent(m.kv.allocator.recent, "method recent"));
+    } else if (key == "sinks") {
+      ASSIGN_OR_RETURN(const int64_t n,
+                       ParseWhole(key, value, absl::StrCat("[0, ", kMaxSinkTokens, "]")));
+      RETURN_IF_ERROR(ValidateSinkTokens(n, "method sinks"));
+      m.kv.sink_tokens = static_cast<int>(n);
     } else if (key == "allocator" && m.kv.policy == PolicyKind::kXkv) {
       continue;  // above
     } else if (key == "pool" && (value == "max" || value == "avg")) {
@@ -112,11 +156,9 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     } else if (key == "reduce" && (value == "max" || value == "sum")) {
       m.scoring.reduce = value == "max" ? ScoreReduce::kMax : ScoreReduce::kSum;
     } else if (key == "kernel") {
-      ASSIGN_OR_RETURN(const double k, ParseNumber(key, value));
-      if (!(k >= 1 && k <= 31 && k == std::floor(k) && static_cast<int>(k) % 2 == 1)) {
-        return absl::InvalidArgumentError(absl::StrCat("method '", text, "': kernel=", value,
-                                                       " must be an odd integer in [1, 31]"));
-      }
+      ASSIGN_OR_RETURN(const int64_t k,
+                       ParseWhole(key, value, absl::StrCat("[1, ", kMaxPoolKernel, "]")));
+      RETURN_IF_ERROR(ValidatePoolKernel(k, "method kernel"));
       m.scoring.pool_kernel = static_cast<int>(k);
       kernel_set = true;
     } else if (key == "vnorm" && (value == "0" || value == "1")) {
@@ -128,11 +170,12 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     } else if (key == "per_head") {
       ASSIGN_OR_RETURN(m.kv.allocator.per_head, ParsePerHead(value));
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("method '", text, "': unknown parameter '", parts[i],
-                       "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
-                       "], pool=max|avg, kernel=1|3|...|31, reduce=max|sum, vnorm=0|1, ",
-                       "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "method '", text, "': unknown parameter '", parts[i],
+          "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
+          "], sinks=[0,", kMaxSinkTokens,
+          "], recent=[0,1] (xkv), pool=max|avg, kernel=1|3|...|63, reduce=max|sum, vnorm=0|1, ",
+          "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -177,12 +220,12 @@ std::string EvalRunner::AnswerText(const std::vector<int32_t>& tokens) const {
 
 absl::Status EvalRunner::CheckPrompt(const EvalPrompt& prompt) const {
   const int64_t w = max_window_;
-  if (static_cast<int64_t>(prompt.question.size()) < w ||
-      static_cast<int64_t>(prompt.context.size()) <= w) {
-    return absl::InvalidArgumentError(absl::StrCat("eval: prompt ", prompt.id,
-                                                   " has a context or question shorter than the "
-                                                   "observation window ",
-                                                   w));
+  if (prompt.question.empty() || static_cast<int64_t>(prompt.context.size()) <= w) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval: prompt ", prompt.id, " has ", prompt.context.size(),
+                     " context tokens and ", prompt.question.size(),
+                     " question tokens; it needs more context tokens than the observation window ",
+                     w, " and a question"));
   }
   const int64_t need =
       static_cast<int64_t>(prompt.context.size()) +
@@ -202,18 +245,24 @@ void EvalRunner::Release(Lane& lane) {
   lane.id = 0;
 }
 
-absl::StatusOr<std::vector<float>> EvalRunner::Prefill(Lane& lane, absl::Span<const int32_t> tokens,
-                                                       std::vector<CollectedScores>* scores) {
-  const int64_t n = tokens.size(), w = std::min<int64_t>(max_window_, n);
-  const int64_t vocab = engine_->config().vocab_size;
+absl::Status EvalRunner::PrefillUnobserved(Lane& lane, absl::Span<const int32_t> tokens) {
+  const int64_t n = tokens.size();
   if (lane.id == 0) lane.id = NewSequence();
-  for (int64_t begin = 0; begin < n - w;) {  // the unobserved part, in steps
-    const int64_t len = std::min(options_.max_step_tokens, n - w - begin);
+  for (int64_t begin = 0; begin < n;) {
+    const int64_t len = std::min(options_.max_step_tokens, n - begin);
     lane.pending.assign(tokens.begin() + begin, tokens.begin() + begin + len);
     lane.logit_rows = 0;
     RETURN_IF_ERROR(RunPending({&lane}));
     begin += len;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> EvalRunner::Prefill(Lane& lane, absl::Span<const int32_t> tokens,
+                                                       std::vector<CollectedScores>* scores) {
+  const int64_t n = tokens.size(), w = std::min<int64_t>(max_window_, n);
+  const int64_t vocab = engine_->config().vocab_size;
+  RETURN_IF_ERROR(PrefillUnobserved(lane, tokens.subspan(0, n - w)));
   const absl::Span<const int32_t> window = tokens.subspan(n - w);
   scores->clear();
   for (size_t s = 0; s < scorings_.size(); ++s) {
@@ -425,29 +474,40 @@ absl::StatusOr<std::vector<EvalRow>> EvalRunner::Run(const EvalPrompt& p, Prompt
     }
   };
   auto run = [&]() -> absl::StatusOr<std::vector<EvalRow>> {
-    // 1-2: the shared prefills, observed.
+    // 1-2: the shared prefills, observed. `base` first holds the context but its last W tokens;
+    // every lane that is compressed (re-)runs them, so its observation window is the last W tokens
+    // of what it compresses (SnapKV's and kvpress's window), the context's tail included when the
+    // question (or the prompt's tail) is shorter than W.
     std::vector<CollectedScores> agn_scores, key_scores, q_scores, fid_scores;
-    RETURN_IF_ERROR(Prefill(base, p.context, &agn_scores).status());
+    const absl::Span<const int32_t> context(p.context), context_tail = context.subspan(C - W);
+    RETURN_IF_ERROR(PrefillUnobserved(base, context.subspan(0, C - W)));
+    auto copy_of = [&](const Lane& from, Lane& lane) {
+      lane.id = NewSequence();
+      lane.position = from.position;
+      return engine_->CopySequence(from.id, lane.id);
+    };
+    auto after_context = [&](absl::Span<const int32_t> tail) {  // context_tail + tail
+      std::vector<int32_t> t(context_tail.begin(), context_tail.end());
+      t.insert(t.end(), tail.begin(), tail.end());
+      return t;
+    };
+    RETURN_IF_ERROR(copy_of(base, key));
+    if (want_question) RETURN_IF_ERROR(copy_of(base, question));
+    RETURN_IF_ERROR(Prefill(base, context_tail, &agn_scores).status());
     reread_.reset();
     if (reconstructs_) {  // one re-reading of the context, shared by every such method and mode
       ASSIGN_OR_RETURN(reread_, ScoreByReconstruction(engine_, base.id, p.context, options_.repeat,
                                                       options_.reconstruct));
     }
-    auto copy_base = [&](Lane& lane) {
-      lane.id = NewSequence();
-      lane.position = base.position;
-      return engine_->CopySequence(base.id, lane.id);
-    };
-    RETURN_IF_ERROR(copy_base(key));
-    ASSIGN_OR_RETURN(std::vector<float> key_logits, Prefill(key, prompt_tail, &key_scores));
+    ASSIGN_OR_RETURN(std::vector<float> key_logits,
+                     Prefill(key, after_context(prompt_tail), &key_scores));
     std::vector<float> q_logits;
     if (want_question) {
-      RETURN_IF_ERROR(copy_base(question));
-      ASSIGN_OR_RETURN(q_logits, Prefill(question, p.question, &q_scores));
+      ASSIGN_OR_RETURN(q_logits, Prefill(question, after_context(p.question), &q_scores));
     }
     std::vector<float> full_fid;  // the full cache's S predictions of R[W, W + S)
     if (fidelity) {
-      RETURN_IF_ERROR(copy_base(fid));
+      RETURN_IF_ERROR(copy_of(base, fid));
       ASSIGN_OR_RETURN(full_fid, Prefill(fid, R.subspan(0, W), &fid_scores));
     }
     if (timing != nullptr) timing->prefill_s = Seconds(start);

@@ -4,10 +4,15 @@
 //
 // Per prompt (C = context tokens, Q = question, R = the real continuation, W = the largest
 // observation window of the methods, S = fidelity steps):
-//  1. Prefill C; its last W tokens are observed once per distinct scoring (scores-only steps for
+//  1. Prefill C but its last W tokens (unobserved) and copy that cache for the aware and question
+//     lanes; then C's last W tokens are observed once per distinct scoring (scores-only steps for
 //     all but the last): the query-AGNOSTIC scores.
-//  2. Copies of that cache: Q is prefilled on one (observed again: the query-AWARE scores, and the
-//     first answer token's logits), R[0, W) on another (the aware scores of the fidelity lane).
+//  2. On the copies, C's last W tokens + Q (+ the template tail and the answer prefix: aware) are
+//     prefilled, the last W observed: the query-AWARE scores (and the first answer token's
+//     logits). So the window is always the last W tokens of what is compressed, the context's
+//     tail included when the question is shorter (SnapKV's and kvpress's window), for W
+//     recomputed tokens per lane. R[0, W) is prefilled on a copy of the whole context (the aware
+//     scores of the fidelity lane).
 //  3. Query-agnostic variants: a copy of the context cache, compacted, per method x budget; Q is
 //     then prefilled on top (kvpress's protocol: the question comes after compression).
 //     Query-aware variants: a copy of the context + question cache, compacted; the first answer
@@ -64,10 +69,13 @@ struct EvalMethod {
   bool mix_window = false;  // reconstruct: max of the re-reading scores and the window's scores
 };
 
-// Parses one method: full | streaming | snapkv | pyramidkv | paper (xkv, paper allocator) | xkv
-// (the default global allocator), optionally followed by ":key=value" parameters: floor, cap,
-// window (this method's observation window), pool (max|avg), kernel (pool kernel, odd in
-// [1, 31]), reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
+// Parses one method: full | streaming | snapkv | pyramidkv | adakv (snapkv with AdaKV's per-head
+// split, floor 0.2) | paper (xkv, paper allocator) | xkv (the default global allocator), or
+// snapkv|pyramidkv|adakv|streaming@kvpress (kvpress's settings: window 64, kernel 5),
+// optionally followed by ":key=value" parameters: floor, cap, window (this method's observation
+// window), sinks (xkv's sink tokens, [0, 64]), recent (xkv: share of the ranked budget kept as
+// the most recent tokens, [0, 1]), pool (max|avg), kernel (pool kernel, odd in [1, 63]),
+// reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
 // model/reconstruct_scorer.h; unpooled unless kernel is given; CPU and CUDA engines), mix (max:
 // with reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
 // scores, pooled by its kernel), vnorm (1: scores x ||v||, 0). `base` gives the defaults (window,
@@ -123,8 +131,8 @@ class EvalRunner {
   // outlive the runner.
   EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOptions options);
 
-  // INVALID_ARGUMENT when the question is shorter than the window or the prompt plus its answer
-  // does not fit the model's context.
+  // INVALID_ARGUMENT when the context is not longer than the largest window, the question is
+  // empty, or the prompt plus its answer does not fit the model's context.
   absl::StatusOr<std::vector<EvalRow>> Run(const EvalPrompt& prompt, PromptTiming* timing);
   // The multi-question mode (bench/eval_multi_question.h): the prompts share one context (and
   // id). It is prefilled once and compressed once per method x budget without any question (the
@@ -140,6 +148,8 @@ class EvalRunner {
   struct Lane;
   struct Variant;
   uint64_t NewSequence() { return next_id_++; }
+  // Prefills `tokens` on lane (its position onward), unobserved, in steps of max_step_tokens.
+  absl::Status PrefillUnobserved(Lane& lane, absl::Span<const int32_t> tokens);
   // Prefills `tokens` on lane (its position onward); the last W tokens are observed with every
   // scoring (scores[i] for scorings_[i]). Returns the last token's logits.
   absl::StatusOr<std::vector<float>> Prefill(Lane& lane, absl::Span<const int32_t> tokens,

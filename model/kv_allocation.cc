@@ -180,13 +180,14 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(
   }
   std::vector<std::vector<int64_t>> prefix;
   if (head_budgets.empty()) {
-    ASSIGN_OR_RETURN(
-        prefix, SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule, policy.sink_tokens));
+    ASSIGN_OR_RETURN(prefix, SelectKeptTokens(rows, scores.n_kv_heads, P, budget, rule,
+                                              policy.sink_tokens, policy.allocator.recent));
   } else {
     for (int h = 0; h < scores.n_kv_heads; ++h) {
-      ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> one,
-                       SelectKeptTokens(rows.empty() ? rows : rows.subspan(h * P, P), 1, P,
-                                        head_budgets[h], rule, policy.sink_tokens));
+      ASSIGN_OR_RETURN(
+          std::vector<std::vector<int64_t>> one,
+          SelectKeptTokens(rows.empty() ? rows : rows.subspan(h * P, P), 1, P, head_budgets[h],
+                           rule, policy.sink_tokens, policy.allocator.recent));
       prefix.push_back(std::move(one[0]));
     }
   }

@@ -36,6 +36,29 @@ fi
 grep -q '^raw,.*,[0-9.]*,[0-9.]*,[0-9.]*,[1-9][0-9]*$' "$tmp/out/results.csv" || { echo "FAIL: no fidelity on the raw prompt"; failed=1; }
 grep -q '^chat,.*,,,,0$' "$tmp/out/results.csv" || { echo "FAIL: fidelity on the chat prompt"; failed=1; }
 
+# The observation window covers the context's tail when the question is shorter (SnapKV's and
+# kvpress's last w prompt tokens): a 16-token window with a ~12-token question runs in every mode,
+# adakv and snapkv@kvpress (window 64: more than these contexts) included, and every method holds
+# the budget's bytes (kv_percent 50).
+timeout 120 "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --methods snapkv,adakv,xkv \
+  --window 16 --budgets 0.5 --modes aware,question,agnostic --out "$tmp/w16" --threads 2 --noplot \
+  > /dev/null 2> "$tmp/stderr16"
+rc=$?
+rows=$(($(wc -l < "$tmp/w16/results.csv" 2> /dev/null || echo 1) - 1))
+# 2 prompts x 3 modes x (full + 3 methods) = 24 rows, each compressed one at 50.000% of the bytes.
+held=$(awk -F, 'NR > 1 && $7 != "full" && $11 != "50.000"' "$tmp/w16/results.csv" 2> /dev/null | wc -l)
+if ((rc != 0)) || ((rows != 24)) || ((held != 0)); then
+  echo "FAIL: eval --window 16 with a shorter question -> exit $rc, $rows rows, $held off-budget"
+  sed 's/^/    /' "$tmp/stderr16" | tail -5
+  failed=1
+else
+  echo "ok: a 16-token window over a shorter question: 24 rows at 50% of the bytes"
+fi
+expect_error_from 1 "needs more context tokens than the observation window 64" \
+  "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --methods snapkv@kvpress --out "$tmp/bad-out"
+expect_error_from 1 "method window is 65; it must be in [8, 64]" \
+  "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --methods xkv:window=65 --out "$tmp/bad-out"
+
 sed 's/"split": "test"/"split": "train"/; 2s/"answers": \["4719203"\]/"answers": []/' "$tmp/p.jsonl" \
   > "$tmp/bad.jsonl"
 sed -n 1p "$tmp/p.jsonl" > "$tmp/bad2.jsonl"

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "allocator/kv_spec.h"
 #include "gtest/gtest.h"
 
 namespace xkv {
@@ -222,6 +223,36 @@ TEST(KvPolicyTest, XkvKeepsSinksOutsideTheRanking) {
   // A budget below the sinks keeps the first tokens only.
   EXPECT_EQ((*SelectKeptTokens(scores, 1, 6, 1, SelectionRule::kSinksAndTopScore, 2))[0],
             (std::vector<int64_t>{0}));
+}
+
+TEST(KvPolicyTest, XkvRecentShareKeepsTheLastPrefixTokens) {
+  //                                 sinks       ranked                         recent
+  const std::vector<float> scores = {0.0f, 0.1f, 0.9f, 0.2f, 0.8f, 0.3f, 0.0f, 0.0f, 0.1f, 0.0f};
+  // Budget 6: 2 sinks, floor(0.5 * 4) = 2 recent (8, 9), the 2 top scores before them (2, 4).
+  auto kept = SelectKeptTokens(scores, 1, 10, 6, SelectionRule::kSinksAndTopScore, 2, 0.5);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ((*kept)[0], (std::vector<int64_t>{0, 1, 2, 4, 8, 9}));
+  // recent = 1 is streaming (sinks + the most recent); 0 is the scores alone.
+  EXPECT_EQ((*SelectKeptTokens(scores, 1, 10, 6, SelectionRule::kSinksAndTopScore, 2, 1.0))[0],
+            (std::vector<int64_t>{0, 1, 6, 7, 8, 9}));
+  EXPECT_EQ((*SelectKeptTokens(scores, 1, 10, 6, SelectionRule::kSinksAndTopScore, 2, 0.0))[0],
+            (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+  const absl::Status bad =
+      SelectKeptTokens(scores, 1, 10, 6, SelectionRule::kSinksAndTopScore, 2, 1.5).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("recent 1.5 in [0, 1]"), std::string::npos) << bad;
+  // The spec's rule: [0, 1], xkv only.
+  KvSettings s;
+  s.allocator.recent = 0.5;
+  EXPECT_TRUE(ValidateSettings(s).ok());
+  s.allocator.recent = -0.5;
+  EXPECT_NE(ValidateSettings(s).message().find("recent is -0.5; it must be in [0, 1]"),
+            std::string::npos);
+  s.allocator.recent = 0.5;
+  s.policy = PolicyKind::kSnapKv;
+  s.target = KvTarget::Fraction(0.2);
+  EXPECT_NE(ValidateSettings(s).message().find("recent (0.5) needs policy xkv, not 'snapkv'"),
+            std::string::npos);
 }
 
 TEST(SelectKeptTokensTest, TopScoreWithTiesByLowerIndex) {

@@ -32,6 +32,9 @@ TEST(KvSpecTest, EachRuleIsOneClearError) {
   ExpectInvalid(ValidateFloor(std::numeric_limits<double>::quiet_NaN()), "floor is nan");
   EXPECT_TRUE(ValidateFloor(0.0).ok() && ValidateFloor(1.0).ok());
   ExpectInvalid(ValidateCap(0.5), "cap is 0.5", "[1, 64]");
+  ExpectInvalid(ValidateSinkTokens(-1), "sink_tokens is -1", "[0, 64]");
+  ExpectInvalid(ValidateSinkTokens(65, "method sinks"), "method sinks is 65", "[0, 64]");
+  EXPECT_TRUE(ValidateSinkTokens(0).ok() && ValidateSinkTokens(64).ok());
   ExpectInvalid(ValidateRetention(0), "retention is 0", "(0, 1]");
   ExpectInvalid(ParseAllocator("magic").status(), "unknown allocator 'magic'", "global, paper");
   EXPECT_EQ(*ParseAllocator("PAPER"), AllocatorKind::kPaper);

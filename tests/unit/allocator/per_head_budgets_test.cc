@@ -143,11 +143,14 @@ TEST(PerHeadSpecTest, ParseAndValidate) {
   o.allocator = "paper";
   EXPECT_EQ(ApplyOverride(KvSettings{}, o).status().code(), absl::StatusCode::kInvalidArgument);
   o.allocator = "";
-  o.policy = "snapkv";
+  o.policy = "streaming";
   o.budget_fraction = 0.2;
   const absl::Status e = ApplyOverride(KvSettings{}, o).status();
   EXPECT_EQ(e.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(e.message().find("per_head budgets need policy xkv"), std::string::npos) << e;
+  EXPECT_NE(e.message().find("'streaming'"), std::string::npos) << e;
+  o.policy = "snapkv";  // AdaKV: snapkv's budgets split over each layer's heads
+  EXPECT_TRUE(ApplyOverride(KvSettings{}, o).ok());
   // A per-head default does not stop a request for a baseline.
   KvSettings base;
   base.allocator.per_head = true;
@@ -178,6 +181,56 @@ TEST(PerHeadSpecTest, PlanBudgetsSplitsByHead) {
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(SumHeads(*b), 20 * 3);  // round(0.25 * 40 * 2) layer tokens, 3 heads each
   EXPECT_EQ(b->total_bytes, 20 * 6);
+}
+
+// AdaKV (snapkv / pyramidkv with per_head): each layer keeps the baseline's own budget b_l, split
+// over its heads by the layer's top scores, each head at least floor(alpha * b_l).
+TEST(AdaKvBudgetsTest, LayerBudgetsStayTheBaselinesAndHeadsKeepTheirFloor) {
+  const int L = 3, H = 4;
+  const int64_t P = 120;
+  std::vector<std::vector<float>> scale(L, std::vector<float>(H, 1.0f));
+  scale[0][1] = 40.0f;  // one heavy head in layer 0
+  scale[2][3] = 0.01f;  // one near-empty head in layer 2
+  const std::vector<LayerProfile> p = Profiles(L, H, P, 11, scale);
+  for (PolicyKind kind : {PolicyKind::kSnapKv, PolicyKind::kPyramidKv}) {
+    for (double alpha : {0.0, 0.2, 0.5, 1.0}) {
+      for (int64_t N : {30, 90, 240}) {
+        PolicyOptions plain{kind};
+        PolicyOptions ada = plain;
+        ada.allocator.per_head = true;
+        ada.allocator.floor = alpha;
+        auto base = MakeKvPolicy(plain)->Budgets({L, P, p}, BudgetTarget::Tokens(N));
+        auto b = MakeKvPolicy(ada)->Budgets({L, P, p}, BudgetTarget::Tokens(N));
+        ASSERT_TRUE(base.ok() && b.ok()) << b.status();
+        EXPECT_EQ(b->total_tokens, N);
+        ASSERT_EQ(b->head_budgets.size(), L);
+        for (int l = 0; l < L; ++l) {
+          const int64_t bl = base->budgets[l];
+          const std::vector<int64_t>& heads = b->head_budgets[l];
+          EXPECT_EQ(std::accumulate(heads.begin(), heads.end(), int64_t{0}), bl * H)
+              << "layer " << l << " alpha " << alpha << " N " << N;
+          for (int64_t x : heads) {
+            EXPECT_GE(x, static_cast<int64_t>(std::floor(alpha * bl)));
+            EXPECT_LE(x, P);
+          }
+          EXPECT_EQ(b->budgets[l], *std::max_element(heads.begin(), heads.end()));
+          if (alpha == 1.0) EXPECT_EQ(heads, std::vector<int64_t>(H, bl));  // = the baseline
+        }
+      }
+    }
+  }
+  // AdaKV's alpha = 0.2: the heavy head takes more than its share, the near-empty one less.
+  PolicyOptions ada{PolicyKind::kSnapKv};
+  ada.allocator.per_head = true;
+  ada.allocator.floor = 0.2;
+  auto b = MakeKvPolicy(ada)->Budgets({L, P, p}, BudgetTarget::Tokens(90));
+  ASSERT_TRUE(b.ok());
+  EXPECT_GT(b->head_budgets[0][1], 30);
+  EXPECT_LT(b->head_budgets[2][3], 30);
+  EXPECT_GE(b->head_budgets[2][3], 6);  // floor(0.2 * 30)
+  // Without each head's scores there is nothing to split by: a clear error.
+  EXPECT_EQ(MakeKvPolicy(ada)->Budgets({L, P, {}}, BudgetTarget::Tokens(90)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

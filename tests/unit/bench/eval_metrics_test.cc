@@ -153,6 +153,69 @@ TEST(EvalReportTest, BootstrapIntervalCoversTheMeanAndShrinksWithMorePrompts) {
   EXPECT_EQ(BootstrapMeanCi({}).high, 0.0);
 }
 
+TEST(EvalRunnerTest, NamedBaselinesAreParametersOfSnapKvAndPyramidKv) {
+  ImportanceOptions base;
+  base.window = 16;
+  // AdaKV(SnapKV): SnapKV's scores, each layer's budget split over its heads, alpha = 0.2.
+  auto ada = ParseEvalMethod("adakv", base);
+  ASSERT_TRUE(ada.ok()) << ada.status();
+  EXPECT_EQ(ada->name, "adakv");
+  EXPECT_EQ(ada->kv.policy, PolicyKind::kSnapKv);
+  EXPECT_TRUE(ada->kv.allocator.per_head);
+  EXPECT_DOUBLE_EQ(ada->kv.allocator.floor, 0.2);
+  EXPECT_EQ(ada->scoring.window, 16);  // ours: the run's window and pooling kernel
+  EXPECT_EQ(ada->scoring.pool_kernel, 7);
+  EXPECT_EQ(ada->scoring.reduce, ScoreReduce::kSum);
+  EXPECT_EQ(ada->scoring.pool, ScorePool::kAvg);
+  // kvpress's settings: window 64, pooling kernel 5 (its AdaKV wraps its SnapKV).
+  for (const char* name : {"snapkv@kvpress", "pyramidkv@kvpress", "adakv@kvpress"}) {
+    auto m = ParseEvalMethod(name, base);
+    ASSERT_TRUE(m.ok()) << name << ": " << m.status();
+    EXPECT_EQ(m->name, name);
+    EXPECT_EQ(m->scoring.window, 64) << name;
+    EXPECT_EQ(m->scoring.pool_kernel, 5) << name;
+    EXPECT_EQ(m->scoring.pool, ScorePool::kAvg) << name;
+  }
+  EXPECT_EQ(ParseEvalMethod("pyramidkv@kvpress", base)->kv.policy, PolicyKind::kPyramidKv);
+  EXPECT_TRUE(ParseEvalMethod("adakv@kvpress", base)->kv.allocator.per_head);
+  EXPECT_EQ(ParseEvalMethod("streaming@kvpress", base)->kv.policy, PolicyKind::kStreaming);
+  // Parameters after an alias override it.
+  auto ada5 = ParseEvalMethod("adakv:floor=0.5:window=32", base);
+  ASSERT_TRUE(ada5.ok()) << ada5.status();
+  EXPECT_DOUBLE_EQ(ada5->kv.allocator.floor, 0.5);
+  EXPECT_EQ(ada5->scoring.window, 32);
+  EXPECT_THAT(ParseEvalMethod("adakvx", base).status().message(),
+              HasSubstr("unknown method 'adakvx'; allowed: full, streaming, snapkv, pyramidkv, "
+                        "adakv"));
+}
+
+TEST(EvalRunnerTest, BadMethodParametersNameTheValueAndTheRange) {
+  ImportanceOptions base;
+  auto expect = [&](const char* method, const char* value, const char* range) {
+    const absl::Status s = ParseEvalMethod(method, base).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << method;
+    EXPECT_THAT(s.message(), HasSubstr(value)) << method;
+    EXPECT_THAT(s.message(), HasSubstr(range)) << method;
+  };
+  expect("xkv:window=65", "window is 65", "[8, 64]");
+  expect("xkv:window=4", "window is 4", "[8, 64]");
+  expect("xkv:window=16.5", "window is 16.5", "whole number in [8, 64]");
+  expect("snapkv:window=abc", "window='abc'", "not a number");
+  expect("xkv:kernel=4", "method kernel is 4", "odd number in [1, 63]");
+  expect("xkv:kernel=65", "method kernel is 65", "odd number in [1, 63]");
+  expect("xkv:kernel=7.5", "method kernel is 7.5", "whole number in [1, 63]");
+  expect("adakv:floor=-0.1", "floor is -0.1", "[0, 1]");
+  expect("xkv:floor=2", "floor is 2", "[0, 1]");
+  expect("xkv:sinks=65", "sinks is 65", "[0, 64]");
+  expect("xkv:sinks=-1", "sinks is -1", "[0, 64]");
+  expect("xkv:recent=1.5", "method recent is 1.5", "[0, 1]");
+  expect("snapkv:recent=0.5", "recent (0.5) needs policy xkv", "'snapkv'");
+  expect("xkv:pool=median", "unknown parameter 'pool=median'", "pool=max|avg");
+  auto sinks = ParseEvalMethod("xkv:sinks=0", base);
+  ASSERT_TRUE(sinks.ok()) << sinks.status();
+  EXPECT_EQ(sinks->kv.sink_tokens, 0);
+}
+
 TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   ImportanceOptions base;
   base.window = 8;
@@ -195,8 +258,9 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   EXPECT_TRUE(ph->kv.allocator.per_head);
   EXPECT_THAT(ParseEvalMethod("xkv:per_head=2", base).status().message(),
               HasSubstr("per_head is '2'; allowed: 1, true, 0, false"));
-  EXPECT_THAT(ParseEvalMethod("snapkv:per_head=1", base).status().message(),
+  EXPECT_THAT(ParseEvalMethod("streaming:per_head=1", base).status().message(),
               HasSubstr("per_head budgets need policy xkv"));
+  EXPECT_TRUE(ParseEvalMethod("snapkv:per_head=1", base).ok());  // AdaKV
   EXPECT_FALSE(ParseEvalMethod("paper:per_head=1", base).ok());
   // The reconstruct profile: unpooled unless a kernel is given; only for score-ranking methods.
   auto r = ParseEvalMethod("xkv:profile=reconstruct:floor=0.5", base);
@@ -216,7 +280,7 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
               HasSubstr("needs profile=reconstruct"));
   EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
   EXPECT_THAT(ParseEvalMethod("xkv:kernel=4", base).status().message(),
-              HasSubstr("odd integer in [1, 31]"));
+              HasSubstr("odd number in [1, 63]"));
   EXPECT_THAT(ParseEvalMethod("streaming:profile=reconstruct", base).status().message(),
               HasSubstr("'streaming'"));
   EXPECT_THAT(ParseEvalMethod("xkv:profile=magic", base).status().message(),
