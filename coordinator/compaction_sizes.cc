@@ -23,8 +23,16 @@ absl::StatusOr<std::vector<xkv::v1::LayerSize>> CompactedLayerSizes(
           absl::StrCat("compaction sizes: layer ", b.layer(), " holds ", b.tokens(),
                        " tokens, not the whole ", prompt_len, "-token prompt"));
     }
+    // A stage with per-head tables holds heads x ceil(t / block_tokens) blocks of one KV head.
+    const int64_t whole = (prompt_len + block_tokens - 1) / block_tokens;
+    if (b.blocks() % whole != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("compaction sizes: layer ", b.layer(), " holds ", b.blocks(),
+                       " blocks, not a whole number of ", whole, "-block tables"));
+    }
+    const int64_t heads = b.blocks() / whole;
     const int64_t tokens = std::clamp<int64_t>(budgets[l], 0, P) + (prompt_len - P);
-    const int64_t blocks = (tokens + block_tokens - 1) / block_tokens;
+    const int64_t blocks = heads * ((tokens + block_tokens - 1) / block_tokens);
     xkv::v1::LayerSize& a = after.emplace_back();
     a.set_layer(b.layer());
     a.set_tokens(tokens);

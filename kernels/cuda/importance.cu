@@ -209,7 +209,7 @@ absl::Status LaunchImportancePaged(const float* q, const PagedKvLayer& cache,
   if (absl::Status st = CheckPagedKvLayer(cache, "cuda importance"); !st.ok()) return st;
   if (cache.n_kv_heads != shape.n_kv_heads || cache.head_dim != shape.head_dim ||
       block_table == nullptr ||
-      internal::CeilDiv(shape.seq_len, kKvBlockTokens) > cache.num_blocks) {
+      internal::CeilDiv(shape.seq_len, kKvBlockTokens) > MaxTableBlocks(cache)) {
     return absl::InvalidArgumentError("cuda importance: cache does not match the shape");
   }
   return Run(q,

@@ -42,6 +42,11 @@ struct PagedKvLayer {
   int64_t head_table_stride = 0;
 };
 
+// The most blocks one table may name: every block of the pool (head-blocks with per-head tables).
+inline int64_t MaxTableBlocks(const PagedKvLayer& cache) {
+  return cache.num_blocks * (cache.head_table_stride > 0 ? int64_t{cache.n_kv_heads} : 1);
+}
+
 // The pool as n_kv_heads * num_blocks head-blocks of ONE KV head (head_table_stride 0): a
 // per-KV-head table of `cache` is an ordinary block table of this view.
 inline PagedKvLayer OneHeadView(const PagedKvLayer& cache) {

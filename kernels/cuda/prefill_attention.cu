@@ -432,7 +432,8 @@ absl::Status Prefill(const AttentionShape& shape, const float* q, int64_t n_new,
     return st;
   }
   if (n_new < 1 || kv_len < n_new || internal::CeilDiv(n_new, 64) > 65535 ||
-      kv_len > (int64_t{1} << 30) || internal::CeilDiv(kv_len, kKvBlockTokens) > cache.num_blocks ||
+      kv_len > (int64_t{1} << 30) ||
+      internal::CeilDiv(kv_len, kKvBlockTokens) > MaxTableBlocks(cache) ||
       out_stride < static_cast<int64_t>(shape.n_heads) * shape.head_dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda prefill_attention: bad lengths n_new=", n_new, " kv_len=", kv_len,

@@ -129,7 +129,7 @@ absl::Status LaunchReconstructScoresPaged(const float* q, const PagedKvLayer& ca
   if (absl::Status st = CheckPagedKvLayer(cache, "cuda reconstruct scores"); !st.ok()) return st;
   if (cache.n_kv_heads != shape.n_kv_heads || cache.head_dim != shape.head_dim ||
       block_table == nullptr ||
-      internal::CeilDiv(shape.past_len + shape.n_queries, kKvBlockTokens) > cache.num_blocks) {
+      internal::CeilDiv(shape.past_len + shape.n_queries, kKvBlockTokens) > MaxTableBlocks(cache)) {
     return absl::InvalidArgumentError("cuda reconstruct scores: cache does not match the shape");
   }
   return Run(q,

@@ -35,6 +35,23 @@ TEST(CompactionSizesTest, EachLayerKeepsItsBudgetPlusTheWindow) {
   EXPECT_TRUE(CheckCompactedSizes(7, *after, *after).ok());
 }
 
+// A stage with per-head tables (3 KV heads) holds 3 blocks of one head per 16 tokens of a layer.
+TEST(CompactionSizesTest, PerHeadTablesCountEveryHeadsBlocks) {
+  absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
+      CompactedLayerSizes({Size(0, 100, 21, 7168), Size(1, 11, 3, 1024)}, {23, 0}, 100, 8, 16);
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kFailedPrecondition);  // layer 1: 11 tokens
+  after =
+      CompactedLayerSizes({Size(0, 100, 21, 10752), Size(1, 100, 21, 10752)}, {23, 0}, 100, 8, 16);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ((*after)[0].tokens(), 31);
+  EXPECT_EQ((*after)[0].blocks(), 6);  // 3 heads x ceil(31 / 16)
+  EXPECT_EQ((*after)[1].blocks(), 3);  // 3 heads x ceil(8 / 16)
+  EXPECT_EQ((*after)[1].bytes(), 3 * 512);
+  // Blocks that are not whole tables of the prompt: not predictable.
+  EXPECT_EQ(CompactedLayerSizes({Size(0, 100, 8, 7168)}, {10}, 100, 8, 16).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(CompactionSizesTest, APromptWithinTheWindowIsKeptWhole) {
   absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
       CompactedLayerSizes({Size(0, 6, 1, 1024)}, {0}, 6, 8, 16);
