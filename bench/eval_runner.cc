@@ -187,6 +187,12 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
         absl::StrCat("method '", text, "': mix=max needs profile=reconstruct"));
   }
   if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
+  // xkv's window scores pool with its own default kernel (re-reading scores keep theirs: the
+  // service's reconstruct pools its window part with the stages' kernel).
+  if (!reconstruct && !kernel_set && m.kv.policy == PolicyKind::kXkv &&
+      m.kv.allocator.kind == AllocatorKind::kGlobal) {
+    m.scoring.pool_kernel = kXkvPoolKernel;
+  }
   return m;
 }
 

@@ -49,7 +49,7 @@ struct EvalFlags {
   std::string budgets;  // default per suite
   int64_t seed = 1;
   int64_t limit = 0;
-  int64_t window = 8;
+  int64_t window = kDefaultWindow;
   int64_t answer_tokens = 12;
   int64_t fidelity_tokens = 32;
   std::string python;
@@ -351,15 +351,19 @@ int RunEval(int argc, char** argv) {
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.String("methods", &f.methods,
                "compressed methods, comma-separated (full always runs): streaming, snapkv, "
-               "pyramidkv, paper (xkv with the paper's allocator), xkv (the global allocator); "
-               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=7; "
+               "pyramidkv, adakv (AdaKV over SnapKV, alpha 0.2), paper (xkv with the paper's "
+               "allocator), xkv (the global allocator); snapkv@kvpress, pyramidkv@kvpress, "
+               "adakv@kvpress, streaming@kvpress: kvpress's settings (window 64, kernel 5); "
+               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=31:sinks=4:recent=0; "
                "xkv:profile=reconstruct:mix=max scores by re-reading the context (KVzip); "
                "xkv:per_head=1 budgets per (layer, KV head)");
   flags.String("split", &f.split, "dev (choose parameters here) or test (report here)");
   flags.String("budgets", &f.budgets, "KV budgets as fractions of full KV bytes");
   flags.Int("seed", &f.seed, "suite seed (text positions, keys, values); mixed with the split");
   flags.Int("limit", &f.limit, "at most this many prompts (0: all), spread over the suite");
-  flags.Int("window", &f.window, "observation window w in [8, 64] (methods may override)");
+  flags.Int("window", &f.window,
+            "observation window w in [8, 64]: the last w tokens of what is compressed (the "
+            "context's tail too when the question is shorter; methods may override)");
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens,
             "teacher-forced continuation tokens for agreement, KL and NLL");

@@ -189,6 +189,23 @@ TEST(EvalRunnerTest, NamedBaselinesAreParametersOfSnapKvAndPyramidKv) {
                         "adakv"));
 }
 
+TEST(EvalRunnerTest, XkvPoolsItsWindowScoresWithItsOwnKernel) {
+  ImportanceOptions base;  // pool kernel 7: the baselines' (SnapKV's)
+  auto x = ParseEvalMethod("xkv", base);
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_EQ(x->scoring.pool_kernel, kXkvPoolKernel);
+  EXPECT_EQ(kXkvPoolKernel, 31);  // chosen on the dev split (docs/quality-allocators.md)
+  EXPECT_EQ(x->scoring.window, 8);
+  EXPECT_EQ(x->scoring.pool, ScorePool::kMax);
+  EXPECT_EQ(x->kv.sink_tokens, 4);
+  EXPECT_DOUBLE_EQ(x->kv.allocator.floor, 0.75);
+  EXPECT_FALSE(x->kv.allocator.per_head);
+  EXPECT_DOUBLE_EQ(x->kv.allocator.recent, 0.0);
+  EXPECT_EQ(ParseEvalMethod("xkv:kernel=7", base)->scoring.pool_kernel, 7);
+  EXPECT_EQ(ParseEvalMethod("snapkv", base)->scoring.pool_kernel, 7);
+  EXPECT_EQ(ParseEvalMethod("paper", base)->scoring.pool_kernel, 7);
+}
+
 TEST(EvalRunnerTest, BadMethodParametersNameTheValueAndTheRange) {
   ImportanceOptions base;
   auto expect = [&](const char* method, const char* value, const char* range) {
@@ -275,7 +292,7 @@ TEST(EvalRunnerTest, ParsesMethodsWithParameters) {
   auto mix = ParseEvalMethod("xkv:profile=reconstruct:mix=max", base);
   ASSERT_TRUE(mix.ok()) << mix.status();
   EXPECT_TRUE(mix->mix_window);
-  EXPECT_EQ(mix->scoring.pool_kernel, 7);  // the window part keeps xkv's pooling
+  EXPECT_EQ(mix->scoring.pool_kernel, 7);  // the window part: the base kernel, as the stages pool
   EXPECT_THAT(ParseEvalMethod("xkv:mix=max", base).status().message(),
               HasSubstr("needs profile=reconstruct"));
   EXPECT_THAT(ParseEvalMethod("xkv:vnorm=2", base).status().message(), HasSubstr("vnorm=0|1"));
