@@ -137,8 +137,8 @@ class CudaLlamaModel : public StageEngine {
   // Switches CudaEngineOptions::small_batch_kernels / pdl (benchmarks compare them); the
   // captured decode graphs are dropped and recaptured on the next steps.
   void SetDecodeKernels(bool small_batch_kernels, bool pdl);
-  // The most token rows a step may have to run the small-batch GEMV kernels: 8 on models up to
-  // 1024 wide (launch-latency bound), else 4 (cuda_llama_step.cc says why).
+  // The most token rows a step may have to run the small-batch GEMV kernels: 4 (the kernels take
+  // up to 8; cuda_llama_step.cc says why 8 waits for a same-GPU measurement).
   int64_t gemv_max_rows() const;
 
   int64_t num_kv_blocks() const { return num_blocks_; }
