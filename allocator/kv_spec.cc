@@ -187,6 +187,15 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {
     s.allocator.per_head = false;  // a base's per-head default does not apply to this policy
   }
+  // The service solves per-head budgets with xkv's global allocator only; AdaKV-style
+  // snapkv / pyramidkv with per_head is an `xkv eval` method.
+  if (s.allocator.per_head &&
+      (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "per_head budgets need policy xkv with allocator global in the service (snapkv / "
+        "pyramidkv take per_head in xkv eval only); got policy '",
+        PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
+  }
   RETURN_IF_ERROR(ValidateSettings(s));
   return s;
 }

@@ -95,7 +95,8 @@ absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
 // Every field of a complete spec.
 absl::Status ValidateSettings(const KvSettings& settings);
 
-// `base` with the override's fields applied, validated (ValidateSettings). Naming a baseline
+// `base` with the override's fields applied, validated (ValidateSettings; per_head with xkv's
+// global allocator only: the service's rule, eval's AdaKV baselines aside). Naming a baseline
 // without a target turns the base's retention target into the same kept fraction.
 absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyOverride& o);
 // The override alone, as a Generate request or the admin RPC carries it to the service:
