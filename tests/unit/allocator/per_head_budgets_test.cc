@@ -149,8 +149,15 @@ TEST(PerHeadSpecTest, ParseAndValidate) {
   EXPECT_EQ(e.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(e.message().find("per_head budgets need policy xkv"), std::string::npos) << e;
   EXPECT_NE(e.message().find("'streaming'"), std::string::npos) << e;
-  o.policy = "snapkv";  // AdaKV: snapkv's budgets split over each layer's heads
-  EXPECT_TRUE(ApplyOverride(KvSettings{}, o).ok());
+  // AdaKV (snapkv's budgets split over each layer's heads) is an eval method: the settings are
+  // valid, the service's override refuses them.
+  o.policy = "snapkv";
+  EXPECT_EQ(ApplyOverride(KvSettings{}, o).status().code(), absl::StatusCode::kInvalidArgument);
+  KvSettings adakv;
+  adakv.policy = PolicyKind::kSnapKv;
+  adakv.target = KvTarget::Fraction(0.2);
+  adakv.allocator.per_head = true;
+  EXPECT_TRUE(ValidateSettings(adakv).ok());
   // A per-head default does not stop a request for a baseline.
   KvSettings base;
   base.allocator.per_head = true;
