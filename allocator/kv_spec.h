@@ -30,11 +30,11 @@ inline constexpr double kMinFloor = 0.0, kMaxFloor = 1.0;
 inline constexpr double kMinCap = 1.0, kMaxCap = 64.0;
 inline constexpr int64_t kMaxSinkTokens = 64;
 inline constexpr int64_t kMaxPoolKernel = 63;  // odd pooling kernels in [1, kMaxPoolKernel]
-// Policy xkv's defaults without extra prefill, chosen on the dev split (docs/quality-allocators.md,
-// "The default without extra prefill"): the observation window w and the max-pooling kernel of
-// its raw window scores (a kept position brings its +-15 neighbours: whole numbers and codes, not
-// their first digits). The allocator's defaults (floor, cap, per layer, no recent share) are
-// AllocatorParams' (allocator/kv_policy.h); the sinks are KvSettings::sink_tokens.
+// Policy xkv's defaults without extra prefill, chosen on the dev split (docs/quality-default.md):
+// the observation window w and the max-pooling kernel of its raw window scores (a kept position
+// brings its +-15 neighbours: whole numbers and codes, not their first digits). The allocator's
+// defaults (floor, cap, per layer, no recent share) are AllocatorParams' (allocator/kv_policy.h);
+// the sinks are KvSettings::sink_tokens.
 inline constexpr int64_t kDefaultWindow = 8;
 inline constexpr int kXkvPoolKernel = 31;
 
