@@ -273,7 +273,8 @@ std::string BatchedJson(const BatchedDecodeRow& b) {
                      {"decode_ms", Num(b.decode_ms)},
                      {"prefill_tps", Num(b.prefill_tps)},
                      {"decode_tps", Num(b.decode_tps)},
-                     {"total_tps", Num(b.total_tps)}});
+                     {"total_tps", Num(b.total_tps)},
+                     {"kernels", JsonString(b.kernels)}});
 }
 
 std::string FormatBatched(const GpuBenchReport& r) {
@@ -282,14 +283,14 @@ std::string FormatBatched(const GpuBenchReport& r) {
       "prompt tokens prefilled one after the other (T_PP), then TG decode steps of B tokens each "
       "(T_TG), greedy on the device, the host round trip of each step included; the second of two "
       "runs per B.\n\n"
-      "| PP | TG | B | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |\n"
-      "|---|---|---|---|---|---|---|---|---|\n",
+      "| PP | TG | B | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s | kernels |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n",
       r.batched_model);
   for (const BatchedDecodeRow& b : r.batched) {
-    absl::StrAppendFormat(&out, "| %d | %d | %d | %.3f | %.0f | %.3f | %.0f | %.3f | %.0f |\n",
+    absl::StrAppendFormat(&out, "| %d | %d | %d | %.3f | %.0f | %.3f | %.0f | %.3f | %.0f | %s |\n",
                           b.prompt_tokens, b.gen_tokens, b.batch, b.prefill_ms / 1e3, b.prefill_tps,
                           b.decode_ms / 1e3, b.decode_tps, (b.prefill_ms + b.decode_ms) / 1e3,
-                          b.total_tps);
+                          b.total_tps, b.kernels);
   }
   return out;
 }

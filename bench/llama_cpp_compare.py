@@ -83,7 +83,8 @@ def main():
     engine = {}
     j = load_json(os.path.join(out, "xkv_batched.json"))
     for row in (j or {}).get("batched", []):
-        engine[int(row["batch"])] = row["decode_tps"]
+        if row.get("kernels", "default") == "default":  # not the 8-row GEMV A/B rows
+            engine[int(row["batch"])] = row["decode_tps"]
     runs = []  # (server, B, policy)
     for n in os.listdir(out):
         m = re.fullmatch(r"serve_([a-z0-9]+)_b(\d+)_(\w+)\.json", n)

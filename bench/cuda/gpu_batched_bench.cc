@@ -13,6 +13,7 @@
 #include "bench/cpu_bench.h"
 #include "bench/cuda/gpu_bench_util.h"
 #include "bench/cuda/gpu_sections.h"
+#include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "model/gguf.h"
 #include "model/model_config.h"
@@ -73,17 +74,33 @@ absl::Status RunBatchedDecodeSection(const GpuBenchOptions& o, GpuBenchReport& r
   GpuBenchOptions run = o;
   run.step_tokens = e.max_step_tokens;
   uint64_t next_id = 1;
-  for (int64_t batch : o.batched_batches) {
+  // Two runs on fresh sequences, the second reported (the first captures the graphs).
+  auto run_twice = [&](int64_t batch) -> absl::StatusOr<BatchedDecodeRow> {
     absl::StatusOr<BatchedDecodeRow> row;
-    for (int pass = 0; pass < 2; ++pass) {  // pass 0 warms up
+    for (int pass = 0; pass < 2; ++pass) {
       row = RunBatch(*m, run, batch, next_id);
       for (int64_t i = 0; i < batch; ++i) m->ReleaseSequence(next_id + i);
       next_id += batch;
       RETURN_IF_ERROR(row.status());
     }
+    return row;
+  };
+  for (int64_t batch : o.batched_batches) {
+    ASSIGN_OR_RETURN(BatchedDecodeRow row, run_twice(batch));
     std::fprintf(stderr, "batched: B=%lld prefill %.1f ms, decode %.1f ms, S_TG %.0f tokens/s\n",
-                 static_cast<long long>(batch), row->prefill_ms, row->decode_ms, row->decode_tps);
-    report.batched.push_back(*row);
+                 static_cast<long long>(batch), row.prefill_ms, row.decode_ms, row.decode_tps);
+    report.batched.push_back(row);
+    // B = 5..8 also on the 8-row GEMV path, right after (the same-GPU A/B of the default's rows).
+    if (batch > m->gemv_max_rows() && batch <= cuda::kGemvMaxRows) {
+      m->SetDecodeKernels(true, true, cuda::kGemvMaxRows);
+      absl::StatusOr<BatchedDecodeRow> wide = run_twice(batch);
+      m->SetDecodeKernels(true, true);
+      RETURN_IF_ERROR(wide.status());
+      wide->kernels = "GEMV8+PDL";
+      std::fprintf(stderr, "batched: B=%lld on GEMV8+PDL: decode %.1f ms, S_TG %.0f tokens/s\n",
+                   static_cast<long long>(batch), wide->decode_ms, wide->decode_tps);
+      report.batched.push_back(*wide);
+    }
   }
   report.batched_model = o.model_path;
   return absl::OkStatus();

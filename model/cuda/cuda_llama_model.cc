@@ -26,13 +26,14 @@ CudaLlamaModel::CudaLlamaModel(const ModelConfig& config, const CudaEngineOption
   has_head_ = layer_end_ == config.n_layers;
 }
 
-void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl) {
+void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows) {
   cudaSetDevice(options_.device);
   cudaStreamSynchronize(stream_);
   for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph);
   graphs_.clear();
   options_.small_batch_kernels = small_batch_kernels;
   options_.pdl = pdl;
+  gemv_rows_ = std::clamp<int64_t>(gemv_rows, 1, cuda::kGemvMaxRows);
 }
 
 CudaLlamaModel::~CudaLlamaModel() {

@@ -134,12 +134,15 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Forward(absl::Span<const CudaTokenStep> steps, std::vector<int32_t>* next_tokens,
                        std::vector<float>* logits = nullptr);
 
-  // Switches CudaEngineOptions::small_batch_kernels / pdl (benchmarks compare them); the
-  // captured decode graphs are dropped and recaptured on the next steps.
-  void SetDecodeKernels(bool small_batch_kernels, bool pdl);
-  // The most token rows a step may have to run the small-batch GEMV kernels: 4 (the kernels take
-  // up to 8; cuda_llama_step.cc says why 8 waits for a same-GPU measurement).
-  int64_t gemv_max_rows() const;
+  // Switches CudaEngineOptions::small_batch_kernels / pdl and the most rows of a GEMV step
+  // (clamped to [1, cuda::kGemvMaxRows]; benchmarks and tests compare them); the captured decode
+  // graphs are dropped and recaptured on the next steps.
+  void SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows = kDefaultGemvRows);
+  // The most token rows a step may have to run the small-batch GEMV kernels: kDefaultGemvRows = 4
+  // unless SetDecodeKernels chose another (the kernels take up to 8; cuda_llama_step.cc says why
+  // 8 waits for a same-GPU measurement).
+  static constexpr int64_t kDefaultGemvRows = 4;
+  int64_t gemv_max_rows() const { return gemv_rows_; }
 
   int64_t num_kv_blocks() const { return num_blocks_; }
   // The memory figures the pool was sized from (gpu_memory_utilization > 0) and the scratch.
@@ -287,6 +290,7 @@ class CudaLlamaModel : public StageEngine {
   std::vector<uint64_t> slot_epoch_;  // [max_batch]: Sequence::epoch of the tables in step slot i
   absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
+  int64_t gemv_rows_ = kDefaultGemvRows;                           // SetDecodeKernels
 
   // Per-step device inputs (fixed addresses: graphs replay them).
   int32_t* d_tokens_ = nullptr;     // int32 [max_step_tokens]

@@ -34,13 +34,13 @@ constexpr int64_t kMinGraphBucket = 256;
 // 7 MB of bf16 weights a layer, ~2 µs at HBM speed, against ~9 launches): their small-batch path
 // fuses each RMSNorm into the GEMV after it (every block forms the step's bf16 input rows in
 // shared memory from the fp32 ones, for a launch saved). Every model takes the GEMV path up to
-// kGemvRows token rows: the kernels take up to cuda::kGemvMaxRows = 8, but the one H200 sitting
-// with 8 (session 8, docs/benchmarks-serving.md) decoded B = 8 about 20% slower than cuBLAS had on
-// an H100 while B = 32 (unchanged path) was equal, so 8 waits for a same-GPU A/B. Wider models keep
-// the separate norm kernel (the GEMV at m = 4 is within ~5% of cuBLAS on the Llama-3-8B
+// gemv_max_rows() token rows (CudaLlamaModel::kDefaultGemvRows = 4): the kernels take up to
+// cuda::kGemvMaxRows = 8, but the one H200 sitting with 8 (session 8, docs/benchmarks-serving.md)
+// decoded B = 8 about 20% slower than cuBLAS had on an H100 while B = 32 (unchanged path) was
+// equal, so 8 waits for a same-GPU A/B (`xkv bench gpu` times both: "GEMV8+PDL"). Wider models
+// keep the separate norm kernel (the GEMV at m = 4 is within ~5% of cuBLAS on the Llama-3-8B
 // projections, docs/benchmarks.md).
 constexpr int64_t kNarrowHidden = 1024;
-constexpr int64_t kGemvRows = 4;
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
@@ -226,8 +226,6 @@ absl::Status CudaLlamaModel::Commit(const StepPlan& plan) {
   }
   return absl::OkStatus();
 }
-
-int64_t CudaLlamaModel::gemv_max_rows() const { return kGemvRows; }
 
 bool CudaLlamaModel::SmallStep(int64_t rows) const {
   return options_.small_batch_kernels && rows <= gemv_max_rows();

@@ -25,12 +25,15 @@ TEST(GpuBenchBatchedTest, TableAndJsonCarryLlamaBatchedBenchQuantities) {
   b.total_tps = 8 * (2048 + 128) / 0.45;
   r.batched.push_back(b);
   const std::string md = FormatGpuBench(GpuBenchOptions{}, r);
-  EXPECT_THAT(md,
-              HasSubstr("| PP | TG | B | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |"));
-  EXPECT_THAT(md, HasSubstr("| 2048 | 128 | 8 | 0.250 | 65536 | 0.200 | 5120 | 0.450 | 38684 |"));
+  EXPECT_THAT(
+      md,
+      HasSubstr("| PP | TG | B | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s | kernels |"));
+  EXPECT_THAT(
+      md, HasSubstr("| 2048 | 128 | 8 | 0.250 | 65536 | 0.200 | 5120 | 0.450 | 38684 | default |"));
   const std::string json = GpuBenchJson(r);
   EXPECT_THAT(json, HasSubstr("\"batched\": [{\"batch\": 8, \"prompt_tokens\": 2048"));
   EXPECT_THAT(json, HasSubstr("\"decode_tps\": 5120"));
+  EXPECT_THAT(json, HasSubstr("\"kernels\": \"default\""));
   // Without the section: no table, an empty list.
   r.batched.clear();
   EXPECT_THAT(FormatGpuBench(GpuBenchOptions{}, r), testing::Not(HasSubstr("S_TG")));
