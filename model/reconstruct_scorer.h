@@ -38,6 +38,9 @@ struct RepeatPrompt {
 // KVzip's re-reading instruction in `chat`'s template, encoded by `tok` (the strings above).
 absl::StatusOr<RepeatPrompt> MakeRepeatPrompt(const Tokenizer& tok, const ChatTemplate& chat);
 
+// The range a user may ask for ReconstructOptions::chunk_tokens (`xkv eval --reconstruct-chunk`).
+inline constexpr int64_t kMinRereadChunk = 64, kMaxRereadChunk = 8192;
+
 struct ReconstructOptions {
   // Prompt tokens re-read per step. kvpress uses 2048; the score GEMMs cost ~2·T·chunk per head
   // (the forward itself about one prefill whatever the chunk), so the CPU default is smaller.

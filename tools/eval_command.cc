@@ -25,6 +25,7 @@
 #include "bench/machine_info.h"
 #include "model/chat_template.h"
 #include "model/gguf.h"
+#include "model/reconstruct_scorer.h"
 #include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
@@ -50,6 +51,7 @@ struct EvalFlags {
   int64_t seed = 1;
   int64_t limit = 0;
   int64_t window = kDefaultWindow;
+  int64_t reconstruct_chunk = ReconstructOptions{}.chunk_tokens;
   int64_t answer_tokens = 12;
   int64_t fidelity_tokens = 32;
   std::string python;
@@ -195,6 +197,11 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   // Everything the user gave is checked before the model's weights are loaded.
   ASSIGN_OR_RETURN(const int device, ParseStageDevice(f.device));
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
+  if (f.reconstruct_chunk < kMinRereadChunk || f.reconstruct_chunk > kMaxRereadChunk) {
+    return absl::InvalidArgumentError(absl::StrCat("--reconstruct-chunk ", f.reconstruct_chunk,
+                                                   " is out of range [", kMinRereadChunk, ", ",
+                                                   kMaxRereadChunk, "]"));
+  }
   EvalOptions options;
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
@@ -256,6 +263,10 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     options.max_step_sequences = 256;
     options.max_step_logit_rows = 256;
   }
+  // Re-reading chunks as asked, shrunk to what one step holds after the instruction.
+  options.reconstruct.chunk_tokens = f.reconstruct_chunk;
+  options.reconstruct.chunk_tokens =
+      RereadChunkTokens(options.repeat, options.reconstruct, options.max_step_tokens);
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
   EvalRunner runner(engine.get(), text.tokenizer.get(), options);
   for (const EvalPrompt& p : prompts) RETURN_IF_ERROR(runner.CheckPrompt(p));
@@ -364,6 +375,11 @@ int RunEval(int argc, char** argv) {
   flags.Int("window", &f.window,
             "observation window w in [8, 64]: the last w tokens of what is compressed (the "
             "context's tail too when the question is shorter; methods may override)");
+  flags.Int("reconstruct-chunk", &f.reconstruct_chunk,
+            absl::StrCat("profile=reconstruct: context tokens re-read per step, in [",
+                         kMinRereadChunk, ", ", kMaxRereadChunk,
+                         "] (kvpress's KVzip: 2048); each step's softmax spans the sinks, the "
+                         "chunk and the re-reading input"));
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens,
             "teacher-forced continuation tokens for agreement, KL and NLL");

@@ -71,6 +71,8 @@ expect_error_from 1 "cannot be read" \
   "$xkv" eval --model "$model" --prompts "$tmp/none.jsonl" --out "$tmp/bad-out"
 expect_error_from 1 "--modes: 'later' is not a query mode; allowed: aware, question, agnostic" \
   "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --modes aware,later --out "$tmp/bad-out"
+expect_error_from 1 "--reconstruct-chunk 63 is out of range [64, 8192]" \
+  "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --reconstruct-chunk 63 --out "$tmp/bad-out"
 expect_error_from 1 "is not 'cpu' or 'cuda:N'" \
   "$xkv" eval --model "$model" --prompts "$tmp/p.jsonl" --device tpu --out "$tmp/bad-out"
 [[ -e $tmp/bad-out ]] && { echo "FAIL: a bad file left $tmp/bad-out"; failed=1; }
