@@ -97,15 +97,16 @@ class ReconstructProfileTest : public ::testing::Test {
     EXPECT_TRUE(engine_or.ok()) << engine_or.status();
     StageEngine& e = **engine_or;
     const CoordinatorOptions co = Options();
-    const ImportanceOptions scoring{co.window, co.pool_kernel};
+    auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    // The window's scoring of `xkv eval`'s xkv:profile=reconstruct:mix=max (ScoringFor).
+    const ImportanceOptions scoring = ScoringFor(*spec, {co.window, co.pool_kernel});
     const int64_t T = static_cast<int64_t>(prompt_->size());
     auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
     EXPECT_TRUE(prefill.ok()) << prefill.status();
     auto scores =
         testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, prefill->scores);
     EXPECT_TRUE(scores.ok()) << scores.status();
-    auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
-    EXPECT_TRUE(spec.ok()) << spec.status();
     auto plan = PlanAllocation(*scores, e.config(), *spec);
     EXPECT_TRUE(plan.ok()) << plan.status();
     auto window_plan = PlanAllocation(prefill->scores, e.config(), *spec);
