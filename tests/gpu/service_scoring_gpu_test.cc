@@ -77,20 +77,10 @@ Expected Reference(const std::vector<int32_t>& prompt, const KvSettings& spec,
   EXPECT_TRUE(engine.ok()) << engine.status();
   if (!engine.ok()) return {};
   StageEngine& e = **engine;
-  const int64_t T = static_cast<int64_t>(prompt.size());
-  auto prefill = testing_eval::Prefill(e, 1, prompt, scoring);
-  EXPECT_TRUE(prefill.ok()) << prefill.status();
-  if (!prefill.ok()) return {};
-  auto plan = PlanAllocation(prefill->scores, e.config(), spec);
-  EXPECT_TRUE(plan.ok()) << plan.status();
-  if (!plan.ok()) return {};
-  for (int l = 0; l < e.config().n_layers; ++l) {
-    EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
-  }
-  auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+  auto run = testing_eval::RunAsEval(e, 1, prompt, spec, scoring, kMaxTokens);
   EXPECT_TRUE(run.ok()) << run.status();
   if (!run.ok()) return {};
-  Expected x{run->tokens, run->logprobs, {}, plan->kept};
+  Expected x{run->tokens, run->logprobs, {}, run->kept};
   for (int l = 0; l < e.config().n_layers; ++l) x.layer_tokens.push_back(e.CacheLength(1, l));
   return x;
 }

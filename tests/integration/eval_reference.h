@@ -1,6 +1,7 @@
-// What the service's XKV runs are compared with in tests/integration/: the `xkv eval` harness's
-// steps on one CPU engine (an observed prefill, the reconstruct profile's re-reading merged with
-// the window's scores, greedy decoding with log-probabilities after a compaction), the long
+// What the service's XKV runs are compared with in tests/integration/ and tests/gpu/: the `xkv
+// eval` harness's steps on one engine (an observed prefill, the reconstruct profile's re-reading
+// merged with the window's scores, greedy decoding with log-probabilities after a compaction; all
+// of them: RunAsEval), the long
 // needle prompt those tests share, and a sink that keeps a request's tokens, log-probabilities
 // and usage with a bounded wait. Header-only; test code.
 #ifndef XKV_TESTS_INTEGRATION_EVAL_REFERENCE_H_
@@ -20,6 +21,7 @@
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/importance_collector.h"
+#include "model/kv_allocation.h"
 #include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/stage_engine.h"
@@ -163,6 +165,37 @@ inline absl::StatusOr<GreedyRun> DecodeGreedy(StageEngine& e, uint64_t id, int64
     ASSIGN_OR_RETURN(logits, e.LogitsResident({0}));
   }
   return run;
+}
+
+struct EvalRun {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<std::vector<std::vector<int32_t>>> kept;  // [layer][KV head] kept slots
+};
+
+// The eval harness's run of one request as sequence `id` of `e` (whose cache then holds the
+// compacted prompt and the decoded tokens): the whole prompt prefilled, its window scored with
+// `scoring` (ScoringFor of the spec: `xkv eval`'s method of that policy); for the reconstruct
+// profile the re-reading in steps of at most `step_tokens` (with `repeat`), max-merged with the
+// window's; PlanAllocation; every layer compacted; `max_tokens` greedy tokens.
+inline absl::StatusOr<EvalRun> RunAsEval(StageEngine& e, uint64_t id,
+                                         const std::vector<int32_t>& prompt, const KvSettings& spec,
+                                         const ImportanceOptions& scoring, int max_tokens,
+                                         const RepeatPrompt* repeat = nullptr,
+                                         int64_t step_tokens = 0) {
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  ASSIGN_OR_RETURN(ObservedPrefill prefill, Prefill(e, id, prompt, scoring));
+  CollectedScores scores = prefill.scores;
+  if (spec.profile.kind == ProfileModeKind::kReconstruct) {
+    if (repeat == nullptr) return absl::InvalidArgumentError("reconstruct needs a repeat prompt");
+    ASSIGN_OR_RETURN(scores, RereadScores(e, id, prompt, *repeat, step_tokens, scoring, scores));
+  }
+  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, e.config(), spec));
+  for (int l = 0; l < e.config().n_layers; ++l) {
+    RETURN_IF_ERROR(e.CompactLayer(id, l, T, plan.kept[l]));
+  }
+  ASSIGN_OR_RETURN(GreedyRun run, DecodeGreedy(e, id, T, prefill.logits, max_tokens));
+  return EvalRun{run.tokens, run.logprobs, plan.kept};
 }
 
 }  // namespace testing_eval

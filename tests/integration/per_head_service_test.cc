@@ -253,24 +253,11 @@ class PerHeadServiceTest : public ::testing::Test {
     EXPECT_TRUE(spec.ok()) << spec.status();
     const ImportanceOptions scoring =
         scoring_instead.value_or(ScoringFor(*spec, {co.window, co.pool_kernel}));
-    const int64_t T = static_cast<int64_t>(prompt_->size());
-    auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
-    EXPECT_TRUE(prefill.ok()) << prefill.status();
-    CollectedScores scores = prefill->scores;
-    if (spec->profile.kind == ProfileModeKind::kReconstruct) {
-      auto merged =
-          testing_eval::RereadScores(e, 1, *prompt_, *repeat_, kStepTokens, scoring, scores);
-      EXPECT_TRUE(merged.ok()) << merged.status();
-      scores = *std::move(merged);
-    }
-    auto plan = PlanAllocation(scores, e.config(), *spec);
-    EXPECT_TRUE(plan.ok()) << plan.status();
-    for (int l = 0; l < e.config().n_layers; ++l) {
-      EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
-    }
-    auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+    auto run =
+        testing_eval::RunAsEval(e, 1, *prompt_, *spec, scoring, kMaxTokens, repeat_, kStepTokens);
     EXPECT_TRUE(run.ok()) << run.status();
-    Expected x{run->tokens, run->logprobs, {}, e.CacheCopy(1), plan->kept};
+    if (!run.ok()) return {};
+    Expected x{run->tokens, run->logprobs, {}, e.CacheCopy(1), run->kept};
     for (int l = 0; l < e.config().n_layers; ++l) {
       for (int h = 0; h < e.config().n_kv_heads; ++h) {
         x.heads[l].push_back(e.HeadCacheLength(1, l, h));
