@@ -33,22 +33,8 @@ constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 la
 using testing_eval::LogprobSink;
 using testing_pipeline::ModelPath;
 
-CoordinatorOptions Options() {
-  CoordinatorOptions o;
-  o.model_path = ModelPath();
-  o.scheduler.step_token_budget = kStepTokens;
-  o.scheduler.prefill_chunk = kStepTokens;
-  o.kv_capacity_blocks = 64;
-  o.health_interval = absl::ZeroDuration();
-  return o;
-}
-
 KvPolicyOverride Layers(const std::string& policy) {
-  KvPolicyOverride k;
-  k.policy = policy;
-  k.profile_mode = "one_pass";
-  k.budget_tokens = kBudgetTokens;
-  return k;
+  return testing_eval::BudgetOverride(policy, "one_pass", kBudgetTokens);
 }
 
 InProcessStageSettings GpuSettings() {
@@ -91,7 +77,7 @@ TEST(GpuServiceScoringTest, DefaultXkvAndSnapKvMatchTheEvalHarnessOnACudaStage) 
   auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
   ASSERT_TRUE(needle.ok()) << needle.status();
   const std::vector<int32_t>& prompt = needle->ids;
-  const CoordinatorOptions co = Options();
+  const CoordinatorOptions co = testing_eval::ServiceOptions(ModelPath(), kStepTokens, 64);
   const ImportanceOptions base{co.window, co.pool_kernel};
   std::vector<std::pair<KvPolicyOverride, Expected>> cases;
   for (const char* policy : {"xkv", "snapkv"}) {

@@ -80,6 +80,31 @@ class LogprobSink final : public GenerateSink {
   bool finished_ = false;
 };
 
+// The service those tests start: policy xkv at retention 0.9 by default, prompts prefilled (and
+// re-read) in steps of at most `step_tokens`, `kv_blocks` blocks per layer on each stage.
+inline CoordinatorOptions ServiceOptions(const std::string& model_path, int64_t step_tokens,
+                                         int64_t kv_blocks) {
+  CoordinatorOptions o;
+  o.model_path = model_path;
+  o.kv.policy = PolicyKind::kXkv;
+  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
+  o.scheduler.step_token_budget = step_tokens;
+  o.scheduler.prefill_chunk = step_tokens;
+  o.kv_capacity_blocks = kv_blocks;
+  o.health_interval = absl::ZeroDuration();
+  return o;
+}
+
+// A request's kv_policy: `policy` with `profile`, keeping `budget_tokens` prefix tokens in all.
+inline KvPolicyOverride BudgetOverride(const std::string& policy, const std::string& profile,
+                                       int64_t budget_tokens) {
+  KvPolicyOverride k;
+  k.policy = policy;
+  k.profile_mode = profile;
+  k.budget_tokens = budget_tokens;
+  return k;
+}
+
 struct NeedlePrompt {
   std::vector<int32_t> ids;  // ~400 tokens: lockers and their keys, then the question
   RepeatPrompt repeat;       // the reconstruct profile's re-reading frame (SmolLM2's chat template)

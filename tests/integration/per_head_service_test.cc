@@ -124,22 +124,12 @@ class RecordingClient final : public StageClient {
 };
 
 CoordinatorOptions Options() {
-  CoordinatorOptions o;
-  o.model_path = std::filesystem::canonical(ModelPath()).string();
-  o.kv.policy = PolicyKind::kXkv;
-  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
-  o.scheduler.step_token_budget = kStepTokens;
-  o.scheduler.prefill_chunk = kStepTokens;
-  o.kv_capacity_blocks = 128;
-  o.health_interval = absl::ZeroDuration();
-  return o;
+  return testing_eval::ServiceOptions(std::filesystem::canonical(ModelPath()).string(), kStepTokens,
+                                      128);
 }
 
 KvPolicyOverride PerHead(const std::string& profile) {
-  KvPolicyOverride k;
-  k.policy = "xkv";
-  k.profile_mode = profile;
-  k.budget_tokens = kBudgetTokens;
+  KvPolicyOverride k = testing_eval::BudgetOverride("xkv", profile, kBudgetTokens);
   k.per_head = true;
   k.floor = 0.2;
   return k;
@@ -147,11 +137,7 @@ KvPolicyOverride PerHead(const std::string& profile) {
 
 // Per-layer budgets of the same total, policy xkv (the default allocator and scoring) or snapkv.
 KvPolicyOverride Layers(const std::string& policy) {
-  KvPolicyOverride k;
-  k.policy = policy;
-  k.profile_mode = "one_pass";
-  k.budget_tokens = kBudgetTokens;
-  return k;
+  return testing_eval::BudgetOverride(policy, "one_pass", kBudgetTokens);
 }
 
 struct Expected {

@@ -42,24 +42,10 @@ constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 la
 using testing_eval::LogprobSink;
 using testing_pipeline::ModelPath;
 
-CoordinatorOptions Options() {
-  CoordinatorOptions o;
-  o.model_path = ModelPath();
-  o.kv.policy = PolicyKind::kXkv;
-  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
-  o.scheduler.step_token_budget = kStepTokens;
-  o.scheduler.prefill_chunk = kStepTokens;
-  o.kv_capacity_blocks = 128;
-  o.health_interval = absl::ZeroDuration();
-  return o;
-}
+CoordinatorOptions Options() { return testing_eval::ServiceOptions(ModelPath(), kStepTokens, 128); }
 
 KvPolicyOverride Override(const std::string& policy, const std::string& profile) {
-  KvPolicyOverride k;
-  k.policy = policy;
-  k.profile_mode = profile;
-  k.budget_tokens = kBudgetTokens;
-  return k;
+  return testing_eval::BudgetOverride(policy, profile, kBudgetTokens);
 }
 
 struct Expected {
