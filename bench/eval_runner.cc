@@ -119,10 +119,14 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
         "paper, xkv, and snapkv@kvpress, pyramidkv@kvpress, adakv@kvpress, streaming@kvpress ",
         "(kvpress's settings)"));
   }
-  // The allocator first: it decides the scoring the other parameters adjust.
+  // The allocator and the profile first: they decide the scoring (ScoringFor, the service's rule
+  // too) that the other parameters adjust.
   for (size_t i = 1; i < parts.size(); ++i) {
-    if (!absl::StartsWith(parts[i], "allocator=") || m.kv.policy != PolicyKind::kXkv) continue;
-    ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+    if (absl::StartsWith(parts[i], "allocator=") && m.kv.policy == PolicyKind::kXkv) {
+      ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+    } else if (absl::StartsWith(parts[i], "profile=")) {
+      ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(parts[i].substr(8)));
+    }
   }
   m.scoring = ScoringFor(m.kv, base);
   bool kernel_set = false;
@@ -149,7 +153,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
                        ParseWhole(key, value, absl::StrCat("[0, ", kMaxSinkTokens, "]")));
       RETURN_IF_ERROR(ValidateSinkTokens(n, "method sinks"));
       m.kv.sink_tokens = static_cast<int>(n);
-    } else if (key == "allocator" && m.kv.policy == PolicyKind::kXkv) {
+    } else if ((key == "allocator" && m.kv.policy == PolicyKind::kXkv) || key == "profile") {
       continue;  // above
     } else if (key == "pool" && (value == "max" || value == "avg")) {
       m.scoring.pool = value == "max" ? ScorePool::kMax : ScorePool::kAvg;
@@ -165,8 +169,6 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       m.value_norm = value == "1";
     } else if (key == "mix" && value == "max") {
       m.mix_window = true;
-    } else if (key == "profile") {
-      ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(value));
     } else if (key == "per_head") {
       ASSIGN_OR_RETURN(m.kv.allocator.per_head, ParsePerHead(value));
     } else {
@@ -186,13 +188,9 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     return absl::InvalidArgumentError(
         absl::StrCat("method '", text, "': mix=max needs profile=reconstruct"));
   }
+  // Ranked by the re-reading scores alone (no window part, which the service always has): they
+  // are not pooled unless kernel= says so.
   if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
-  // xkv's window scores pool with its own default kernel (re-reading scores keep theirs: the
-  // service's reconstruct pools its window part with the stages' kernel).
-  if (!reconstruct && !kernel_set && m.kv.policy == PolicyKind::kXkv &&
-      m.kv.allocator.kind == AllocatorKind::kGlobal) {
-    m.scoring.pool_kernel = kXkvPoolKernel;
-  }
   return m;
 }
 

@@ -73,6 +73,7 @@ absl::Status Coordinator::Init(std::vector<std::unique_ptr<StageClient>> stages)
         absl::StrCat("prefill_chunk (", options_.scheduler.prefill_chunk,
                      ") must be >= the observation window w = ", options_.window));
   }
+  RETURN_IF_ERROR(ValidatePoolKernel(options_.pool_kernel, "pool_kernel"));
   ASSIGN_OR_RETURN(file_, GgufFile::Open(options_.model_path));
   ASSIGN_OR_RETURN(config_, ReadModelConfig(*file_));
   ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromGguf(*file_));

@@ -62,6 +62,9 @@ struct CoordinatorOptions {
   std::string model_path;  // GGUF: tokenizer, config and layer sizes (workers load it too)
   KvSettings kv;           // the service's default policy, target and profile mode
   int window = 8;          // observation window w
+  // The baselines' (snapkv, pyramidkv, the paper allocator) average-pooling kernel; every request
+  // is scored by its own policy's rule (ScoringFor, model/kv_allocation.h: xkv's global allocator
+  // max-pools with kXkvPoolKernel), as `xkv eval` scores that method.
   int pool_kernel = 7;
   bool query_head_scores = false;
   int block_tokens = 16;
@@ -211,6 +214,12 @@ class Coordinator {
   // Takes the outcome's layer sizes (moved into each sequence).
   absl::Status ApplyMain(const MicroBatch& batch, StepOutcome& outcome);
   void FillStepSequence(const WorkItem& item, Sequence& seq, xkv::v1::StepSequence* out);
+  // An observed step of seq (OBSERVE, SCORES_ONLY, REREAD): its mode, per-head scores and its
+  // policy's window scoring.
+  void SetObserved(const Sequence& seq, xkv::v1::SequenceMode mode,
+                   xkv::v1::StepSequence* out) const;
+  // What ScoringFor adjusts: the service's window, pool kernel and granularity.
+  ImportanceOptions ScoringBase() const;
   absl::Status AfterPrefill(Sequence& seq, const SequenceStepResult& result);
   // The scores-only pass of a reconstruct request's re-reading step; after the last one, solves
   // (unless the budgets are known) and compacts.

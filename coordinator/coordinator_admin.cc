@@ -54,9 +54,9 @@ xkv::v1::ServiceConfig Coordinator::GetConfig() const {
     std::lock_guard<std::mutex> lock(mu_);
     TargetToProto(kv_, c.mutable_default_policy());
     c.set_num_stages(static_cast<int>(plan_.stages.size()));
+    c.set_pool_kernel(MakeSequenceScoring(kv_, ScoringBase()).pool_kernel());  // its policy's
   }
   c.set_window(options_.window);
-  c.set_pool_kernel(options_.pool_kernel);
   c.set_block_tokens(options_.block_tokens);
   c.set_max_batch(static_cast<int>(scheduler_->options().max_running));
   c.set_max_queue(static_cast<int>(scheduler_->options().max_queue));

@@ -256,8 +256,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
       out->mutable_tokens()->Add(input.begin(), input.end());
       out->set_n_new(static_cast<int64_t>(input.size()));
       out->set_position(static_cast<int64_t>(seq->prompt.size()));
-      out->set_mode(xkv::v1::SEQUENCE_MODE_REREAD);
-      out->set_per_head(seq->kv.allocator.per_head);
+      SetObserved(*seq, xkv::v1::SEQUENCE_MODE_REREAD, out);
       out->set_skip_sampling(true);
       xkv::v1::RereadChunk* chunk = out->mutable_reread();
       chunk->set_chunk_begin(span.chunk_begin);
@@ -269,8 +268,7 @@ bool Coordinator::StartPass(MicroBatch& batch) {
       out->set_n_new(static_cast<int64_t>(seq->prompt.size()));
       out->set_position(0);
       out->set_new_sequence(true);
-      out->set_mode(xkv::v1::SEQUENCE_MODE_SCORES_ONLY);
-      out->set_per_head(seq->kv.allocator.per_head);
+      SetObserved(*seq, xkv::v1::SEQUENCE_MODE_SCORES_ONLY, out);
       out->set_skip_sampling(true);
       seq->started = true;
     }
@@ -457,6 +455,22 @@ absl::Status Coordinator::ApplyBudgets(Sequence& seq, PolicyBudgets budgets, boo
   return absl::OkStatus();
 }
 
+ImportanceOptions Coordinator::ScoringBase() const {
+  ImportanceOptions base;
+  base.window = options_.window;
+  base.pool_kernel = options_.pool_kernel;
+  base.granularity =
+      options_.query_head_scores ? ScoreGranularity::kQueryHead : ScoreGranularity::kKvHead;
+  return base;
+}
+
+void Coordinator::SetObserved(const Sequence& seq, xkv::v1::SequenceMode mode,
+                              xkv::v1::StepSequence* out) const {
+  out->set_mode(mode);
+  out->set_per_head(seq.kv.allocator.per_head);
+  *out->mutable_scoring() = MakeSequenceScoring(seq.kv, ScoringBase());
+}
+
 void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
                                    xkv::v1::StepSequence* out) {
   out->set_seq_id(seq.id);
@@ -474,8 +488,7 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
     // a preempted request recomputes the tokens it had generated after it).
     const bool ends_prompt = item.begin + item.tokens == static_cast<int64_t>(seq.prompt.size());
     if (ends_prompt && seq.compress) {
-      out->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
-      out->set_per_head(seq.kv.allocator.per_head);
+      SetObserved(seq, xkv::v1::SEQUENCE_MODE_OBSERVE, out);
       if (seq.budgets_known && !seq.reread_pending) {
         *out->mutable_compact() = MakeCompactSpec(seq.budgets, seq.kv);
         seq.compacted = true;

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "allocator/importance_profile.h"
 #include "base/status_macros.h"
+#include "model/kv_allocation.h"
 
 namespace xkv {
 namespace {
@@ -96,6 +97,17 @@ xkv::v1::CompactSpec MakeCompactSpec(const PolicyBudgets& budgets, const KvSetti
   spec.mutable_selection()->set_policy(std::string(PolicyName(settings.policy)));
   spec.mutable_selection()->set_sink_tokens(settings.sink_tokens);
   return spec;
+}
+
+xkv::v1::SequenceScoring MakeSequenceScoring(const KvSettings& settings,
+                                             const ImportanceOptions& base) {
+  const ImportanceOptions scoring = ScoringFor(settings, base);
+  xkv::v1::SequenceScoring out;
+  out.set_reduce(scoring.reduce == ScoreReduce::kMax ? xkv::v1::SCORE_REDUCE_MAX
+                                                     : xkv::v1::SCORE_REDUCE_SUM);
+  out.set_pool(scoring.pool == ScorePool::kMax ? xkv::v1::SCORE_POOL_MAX : xkv::v1::SCORE_POOL_AVG);
+  out.set_pool_kernel(scoring.pool_kernel);
+  return out;
 }
 
 std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes) {

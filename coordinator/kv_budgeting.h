@@ -14,6 +14,7 @@
 #include "allocator/kv_policy.h"
 #include "allocator/kv_spec.h"
 #include "coordinator/kv_manager.h"
+#include "kernels/cpu/importance.h"
 #include "xkv/v1/worker.pb.h"
 
 namespace xkv {
@@ -33,6 +34,12 @@ double RetentionOf(absl::Span<const xkv::v1::LayerGains> gains, absl::Span<const
 
 // The Worker CompactSpec for budgets of every layer (and of every KV head with per-head budgets).
 xkv::v1::CompactSpec MakeCompactSpec(const PolicyBudgets& budgets, const KvSettings& settings);
+
+// The window scoring of a request's observed steps (StepSequence.scoring): ScoringFor
+// (model/kv_allocation.h), the rule `xkv eval`'s methods use, on `base` (the service's window,
+// granularity and the baselines' pool kernel). The stages score each sequence with its own.
+xkv::v1::SequenceScoring MakeSequenceScoring(const KvSettings& settings,
+                                             const ImportanceOptions& base);
 
 // What the stages report a sequence holds (worker LayerSize, by layer), for the KV ledger.
 std::vector<KvLayerHeld> LayersHeld(absl::Span<const xkv::v1::LayerSize> sizes);

@@ -61,7 +61,8 @@ absl::Status CpuStageEngine::RunLayers(const EngineStep& step, const ImportanceO
       collector =
           std::make_unique<ImportanceCollector>(config(), layer_begin(), layer_end(), importance);
     }
-    RETURN_IF_ERROR(collector->Expect(static_cast<int>(i), s.position + s.n_new));
+    RETURN_IF_ERROR(collector->Expect(static_cast<int>(i), s.position + s.n_new,
+                                      s.scoring.value_or(importance)));
   }
   LayerObserver observe = collector != nullptr ? collector->ObserverFor(keys) : nullptr;
   batch.observer = [&](const LayerObservation& obs) -> absl::Status {

@@ -43,17 +43,23 @@ ImportanceCollector::ImportanceCollector(const ModelConfig& config, int layer_be
     : config_(config), layer_begin_(layer_begin), layer_end_(layer_end), options_(options) {}
 
 absl::Status ImportanceCollector::Expect(int key, int64_t prompt_len) {
+  return Expect(key, prompt_len, options_);
+}
+
+absl::Status ImportanceCollector::Expect(int key, int64_t prompt_len,
+                                         const ImportanceOptions& options) {
   if (prompt_len < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("importance collector: prompt length ", prompt_len, " must be >= 1"));
   }
-  if (options_.window < 1 || options_.pool_kernel < 1 || options_.pool_kernel % 2 == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("importance collector: window ", options_.window,
+  if (options.window < 1 || options.pool_kernel < 1 || options.pool_kernel % 2 == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("importance collector: window ", options.window,
                                                    " must be >= 1 and pool kernel ",
-                                                   options_.pool_kernel, " odd and >= 1"));
+                                                   options.pool_kernel, " odd and >= 1"));
   }
   Entry& e = entries_[key];
-  e.scores = MakeCollectedScores(config_, layer_begin_, layer_end_, prompt_len, options_);
+  e.scores = MakeCollectedScores(config_, layer_begin_, layer_end_, prompt_len, options);
+  e.options = options;
   e.ms = 0.0;
   return absl::OkStatus();
 }
@@ -115,7 +121,7 @@ absl::Status ImportanceCollector::Observe(int key, const LayerObservation& obs) 
   std::vector<float>& out = s.layers[obs.layer - layer_begin_];
   out.assign(static_cast<size_t>(s.heads) * s.prefix_len(), 0.0f);
   const ImportanceShape shape{obs.n_heads, obs.n_kv_heads, obs.head_dim, T};
-  RETURN_IF_ERROR(cpu::LaunchImportance(q, k, shape, options_, out.data()));
+  RETURN_IF_ERROR(cpu::LaunchImportance(q, k, shape, e.options, out.data()));
   e.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return absl::OkStatus();
 }
@@ -141,7 +147,7 @@ CollectedScores ImportanceCollector::Take(int key) {
   if (it == entries_.end()) return CollectedScores{};
   CollectedScores out = std::move(it->second.scores);
   it->second.scores =
-      MakeCollectedScores(config_, layer_begin_, layer_end_, out.prompt_len, options_);
+      MakeCollectedScores(config_, layer_begin_, layer_end_, out.prompt_len, it->second.options);
   return out;
 }
 

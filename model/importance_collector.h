@@ -56,6 +56,8 @@ class ImportanceCollector {
   // Registers `key` (the caller's request index) as a prompt of prompt_len tokens. Prompts with
   // prompt_len <= window have nothing to score: their observations are ignored.
   absl::Status Expect(int key, int64_t prompt_len);
+  // The same, scored with `options` instead of the collector's (one request's own scoring).
+  absl::Status Expect(int key, int64_t prompt_len, const ImportanceOptions& options);
 
   // Scores one layer of `key`'s prompt. obs must be the prompt's final chunk: obs.k_len equals the
   // prompt length and obs.n_new >= window (else FAILED_PRECONDITION); each layer once.
@@ -74,6 +76,7 @@ class ImportanceCollector {
  private:
   struct Entry {
     CollectedScores scores;
+    ImportanceOptions options;
     double ms = 0.0;
   };
   absl::Status CheckObservation(const Entry& e, const LayerObservation& obs) const;

@@ -92,6 +92,7 @@ ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base) {
   const bool raw = spec.policy == PolicyKind::kXkv && spec.allocator.kind == AllocatorKind::kGlobal;
   base.reduce = raw ? ScoreReduce::kMax : ScoreReduce::kSum;
   base.pool = raw ? ScorePool::kMax : ScorePool::kAvg;
+  if (raw && spec.profile.kind != ProfileModeKind::kReconstruct) base.pool_kernel = kXkvPoolKernel;
   return base;
 }
 

@@ -82,10 +82,18 @@ struct AllocationReport {
 // The selection rule of a policy (kAll / kSinksAndRecent / kTopScore / kSinksAndTopScore).
 SelectionRule SelectionFor(const PolicyOptions& policy);
 
-// The importance scoring a spec ranks tokens by, on top of `base` (window, pool kernel,
-// granularity): SnapKV's sum over the window queries and the GQA group with average pooling for
-// snapkv, pyramidkv and the paper allocator; the global allocator's raw maximum (max over the
-// window queries and the group, max pooling), comparable across layers and heads.
+// THE scoring of a spec's observation window, for `xkv eval`'s methods and the service's requests
+// alike (each request's own policy: the service default, its override or the admin's), on top of
+// `base` (window, granularity, and the baselines' pool kernel):
+//  - snapkv, pyramidkv, the paper allocator: SnapKV's sum over the window queries and the GQA
+//    group, average pooling with base's kernel;
+//  - xkv with the global allocator: the raw maximum (over the window queries and the group),
+//    comparable across layers and heads, max pooling with kXkvPoolKernel (allocator/kv_spec.h;
+//    chosen on the dev split, docs/quality-default.md);
+//  - its reconstruct profile: the same maximum, pooled with base's kernel; the re-reading scores,
+//    unpooled, are max-merged with these (the service; `xkv eval`'s profile=reconstruct:mix=max).
+// full and streaming rank no scores (base, summed and averaged). The window is the last w tokens
+// of what is compressed: the whole prompt in the service.
 ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base);
 
 // Per-layer profiles of complete scores (BuildLayerProfile per layer).

@@ -84,6 +84,9 @@ struct EngineSequenceStep {
   bool observe = false;
   // Scores-only steps: re-read this span and report its reconstruction scores (not with observe).
   std::optional<RereadSpan> reread;
+  // observe: this sequence's scoring (its request's policy: ScoringFor, model/kv_allocation.h);
+  // unset: the step's (RunLayers' `importance`).
+  std::optional<ImportanceOptions> scoring;
 };
 
 struct EngineStep {
@@ -138,6 +141,7 @@ class StageEngine {
   virtual absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) = 0;
   // Runs the stage's layers over the step in place: hidden fp32 [step.num_tokens(), hidden].
   // Unknown sequences are created. observations (optional) receives one entry per sequence.
+  // Observed sequences are scored with `importance` unless they carry their own scoring.
   // On error the step's sequences may be left half-written: the caller drops them.
   virtual absl::Status RunLayers(const EngineStep& step, const ImportanceOptions& importance,
                                  absl::Span<float> hidden,

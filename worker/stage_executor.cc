@@ -27,6 +27,7 @@ using step_fields::Samples;
 using step_fields::SamplingOf;
 using step_fields::ScoresOnly;
 using step_fields::ScoresWindow;
+using step_fields::ScoringOf;
 using xkv::v1::CompactSpec;
 using xkv::v1::StepRequest;
 using xkv::v1::StepSequence;
@@ -266,6 +267,7 @@ absl::Status StageExecutor::Compute(const StepRequest& step, Run& run) {
     }
     EngineSequenceStep e{s.seq_id(), NewTokens(s), s.position(), ScoresWindow(s)};
     if (Rereads(s)) e.reread = RereadSpan{s.reread().chunk_begin(), s.reread().chunk_end()};
+    if (ScoresWindow(s)) e.scoring = ScoringOf(s, options_.importance);
     run.batch.sequences.push_back(e);
   }
   const absl::Time t0 = absl::Now();
@@ -286,7 +288,7 @@ absl::StatusOr<std::optional<CollectedScores>> StageExecutor::Reread(
   if (!s.reread().last()) return std::optional<CollectedScores>();
   // Unpooled re-reading scores, max-merged with the window's of the observed prefill (xkv eval's
   // profile=reconstruct:mix=max).
-  ImportanceOptions unpooled = options_.importance;
+  ImportanceOptions unpooled = ScoringOf(s, options_.importance);
   unpooled.pool_kernel = 1;
   ASSIGN_OR_RETURN(CollectedScores scores,
                    ReconstructCollectedScores(*q.reread, s.position(), config(), unpooled));

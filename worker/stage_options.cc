@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "allocator/kv_spec.h"
 #include "base/status_macros.h"
 #include "worker/host_memory.h"
 #include "worker/model_path.h"
@@ -131,11 +132,8 @@ absl::StatusOr<StageOptions> StageOptionsFromRequest(const xkv::v1::LoadStageReq
   }
   RETURN_IF_ERROR(CheckRange("importance.window", r.importance().window(), 0, kMaxImportanceWindow,
                              "0: default"));
-  RETURN_IF_ERROR(CheckRange("importance.pool_kernel", r.importance().pool_kernel(), 0,
-                             kMaxImportanceWindow - 1, "odd; 0: default"));
-  if (r.importance().pool_kernel() % 2 == 0 && r.importance().pool_kernel() != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("importance.pool_kernel ", r.importance().pool_kernel(), " is not odd"));
+  if (r.importance().pool_kernel() != 0) {  // 0: default
+    RETURN_IF_ERROR(ValidatePoolKernel(r.importance().pool_kernel(), "importance.pool_kernel"));
   }
   if (r.importance().window() > 0) o.importance.window = r.importance().window();
   if (r.importance().pool_kernel() > 0) o.importance.pool_kernel = r.importance().pool_kernel();

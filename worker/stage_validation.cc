@@ -44,6 +44,21 @@ absl::StatusOr<PolicyOptions> SelectionOf(const CompactSpec& spec, int64_t conte
   return o;
 }
 
+// A request's window scoring (StepSequence.scoring): known enums, an odd kernel in [1, 63].
+absl::Status CheckScoring(const xkv::v1::SequenceScoring& s, const std::string& field) {
+  if (!xkv::v1::ScoreReduce_IsValid(s.reduce())) {
+    return absl::InvalidArgumentError(absl::StrCat(field, "reduce ", s.reduce(),
+                                                   " unknown; allowed: SCORE_REDUCE_SUM (1), "
+                                                   "SCORE_REDUCE_MAX (2), 0 (sum)"));
+  }
+  if (!xkv::v1::ScorePool_IsValid(s.pool())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, "pool ", s.pool(),
+                     " unknown; allowed: SCORE_POOL_AVG (1), SCORE_POOL_MAX (2), 0 (avg)"));
+  }
+  return ValidatePoolKernel(s.pool_kernel(), field + "pool_kernel");
+}
+
 }  // namespace
 
 absl::Status StageExecutor::CheckPerHead(absl::string_view field) const {
@@ -100,6 +115,7 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
     }
     if (s.has_compact()) RETURN_IF_ERROR(CheckFields(s.compact()));
     if (s.per_head()) RETURN_IF_ERROR(CheckPerHead(field + "per_head"));
+    if (s.has_scoring()) RETURN_IF_ERROR(CheckScoring(s.scoring(), field + "scoring."));
     if (Rereads(s)) {
       RETURN_IF_ERROR(CheckRange(field + "reread.chunk_begin", s.reread().chunk_begin(), 0,
                                  s.position() - 1, "the cached prompt's length is the position"));

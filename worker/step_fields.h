@@ -1,11 +1,12 @@
 // What the fields of one Worker step sequence mean, for the stage executor's files (one place per
 // rule): its new-token count, its mode's consequences (no KV kept, scored window, re-reading,
-// sampling), its sampling parameters, and a compaction spec's budget of a layer.
+// sampling), its scoring and sampling parameters, and a compaction spec's budget of a layer.
 #ifndef XKV_WORKER_STEP_FIELDS_H_
 #define XKV_WORKER_STEP_FIELDS_H_
 
 #include <cstdint>
 
+#include "kernels/cpu/importance.h"
 #include "model/sampler.h"
 #include "xkv/v1/worker.pb.h"
 
@@ -31,6 +32,18 @@ inline bool Observed(const StepSequence& s) { return s.mode() != xkv::v1::SEQUEN
 inline bool ScoresWindow(const StepSequence& s) { return Observed(s) && !Rereads(s); }
 // Last stage: the step samples a token of the sequence.
 inline bool Samples(const StepSequence& s) { return !s.skip_sampling() && !ScoresOnly(s); }
+
+// The window scoring of a sequence: the stage's (window, granularity, its pool kernel, sum,
+// average), with the request's reduction, pooling and kernel when the step carries them
+// (StepSequence.scoring, checked by StageExecutor::CheckFields).
+inline ImportanceOptions ScoringOf(const StepSequence& s, ImportanceOptions stage) {
+  if (!s.has_scoring()) return stage;
+  const xkv::v1::SequenceScoring& r = s.scoring();
+  stage.reduce = r.reduce() == xkv::v1::SCORE_REDUCE_MAX ? ScoreReduce::kMax : ScoreReduce::kSum;
+  stage.pool = r.pool() == xkv::v1::SCORE_POOL_MAX ? ScorePool::kMax : ScorePool::kAvg;
+  stage.pool_kernel = r.pool_kernel();
+  return stage;
+}
 
 // The Sampler's parameters of a sequence (WorkerSampling's unset fields: off).
 inline SamplingParams SamplingOf(const StepSequence& s) {

@@ -328,7 +328,7 @@ class CudaLlamaModel : public StageEngine {
   size_t staging_bytes_ = 0;
   cudaEvent_t score_start_ = nullptr, score_stop_ = nullptr;
   // Of the step being run.
-  ImportanceOptions importance_;
+  std::vector<ImportanceOptions> scorings_;                 // [b]: each sequence's scoring
   std::vector<EngineObservation>* observations_ = nullptr;  // [b]; null: nothing observed
   int64_t graph_bucket_ = 0;   // decode attention's max_kv_len inside a graph (0: the step's)
   int64_t resident_rows_ = 0;  // rows of hidden_ the resident path holds (0: none)

@@ -337,11 +337,12 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
 absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
   if (observations_ == nullptr) return absl::OkStatus();
   const ModelConfig& c = config_;
-  const int w = importance_.window;
   const int64_t q_dim = int64_t{c.n_heads} * c.head_dim;
   for (int64_t i = 0; i < plan.b; ++i) {
     if (plan.reread[i].has_value()) RETURN_IF_ERROR(ScoreReread(layer, plan, i));
     if (!plan.observe[i]) continue;
+    const ImportanceOptions& scoring = scorings_[i];
+    const int w = scoring.window;
     const int64_t T = plan.seqs[i]->position + plan.n_new[i];
     if (T <= w) continue;  // nothing to score
     // Every KV head holds the whole prompt (scores are taken before any compaction).
@@ -353,7 +354,7 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
           "-slot cache: it must end the ", T, "-token prompt and hold >= ", w, " tokens"));
     }
     const ImportanceShape shape{c.n_heads, c.n_kv_heads, c.head_dim, T};
-    const size_t ws = cuda::ImportanceWorkspaceBytes(shape, importance_);
+    const size_t ws = cuda::ImportanceWorkspaceBytes(shape, scoring);
     if (ws > score_ws_bytes_) {
       CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
       if (score_ws_ != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(score_ws_));
@@ -364,13 +365,12 @@ absl::Status CudaLlamaModel::ScoreLayer(int layer, const StepPlan& plan) {
     }
     const float* q_win = q_ + (plan.row0[i] + plan.n_new[i] - w) * q_dim;
     CUDA_RETURN_IF_ERROR(cudaEventRecord(score_start_, stream_));
-    RETURN_IF_ERROR(cuda::LaunchImportancePaged(q_win, cache_, TableRow(layer, i), shape,
-                                                importance_, scores_, score_ws_, score_ws_bytes_,
-                                                stream_));
+    RETURN_IF_ERROR(cuda::LaunchImportancePaged(q_win, cache_, TableRow(layer, i), shape, scoring,
+                                                scores_, score_ws_, score_ws_bytes_, stream_));
     CUDA_RETURN_IF_ERROR(cudaEventRecord(score_stop_, stream_));
     EngineObservation& obs = (*observations_)[i];
     std::vector<float>& out = obs.scores->layers[li(layer)];
-    out.resize(static_cast<size_t>(ImportanceHeads(shape, importance_.granularity)) * (T - w));
+    out.resize(static_cast<size_t>(ImportanceHeads(shape, scoring.granularity)) * (T - w));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), scores_, out.size() * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
     CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
@@ -501,18 +501,19 @@ absl::Status CudaLlamaModel::RunLayersOn(const EngineStep& step,
   std::vector<EngineObservation> local;
   std::vector<EngineObservation>& obs = observations != nullptr ? *observations : local;
   obs.assign(step.sequences.size(), EngineObservation{});
+  scorings_.clear();
   for (size_t i = 0; i < step.sequences.size(); ++i) {
     const EngineSequenceStep& s = step.sequences[i];
+    scorings_.push_back(s.scoring.value_or(importance));
     if (s.observe) {
-      obs[i].scores =
-          MakeCollectedScores(config_, layer_begin_, layer_end_, s.position + s.n_new, importance);
+      obs[i].scores = MakeCollectedScores(config_, layer_begin_, layer_end_, s.position + s.n_new,
+                                          scorings_.back());
     }
     if (s.reread.has_value()) obs[i].reread.resize(layer_end_ - layer_begin_);
   }
   StepPlan plan;
   RETURN_IF_ERROR(Prepare(seqs, observe, step.scores_only, {}, &plan));
   for (size_t i = 0; i < step.sequences.size(); ++i) plan.reread[i] = step.sequences[i].reread;
-  importance_ = importance;
   observations_ = &obs;
   absl::Status st;
   if (host != nullptr) {

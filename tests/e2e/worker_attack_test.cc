@@ -330,6 +330,11 @@ TEST_F(WorkerAttackTest, BoundsHoldForAnAuthenticatedPeer) {
          grpc::StatusCode::INVALID_ARGUMENT, "n_new", "n_new 2^40");
   expect(first->Step(Context().get(), OneStep(1, kHuge), &step), grpc::StatusCode::INVALID_ARGUMENT,
          "position", "position 2^62");
+  xkv::v1::StepRequest scored = OneStep(1, 0);  // a request's window scoring: an odd kernel <= 63
+  scored.mutable_sequences(0)->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  scored.mutable_sequences(0)->mutable_scoring()->set_pool_kernel(2147483647);
+  expect(first->Step(Context().get(), scored, &step), grpc::StatusCode::INVALID_ARGUMENT,
+         "scoring.pool_kernel is 2147483647; it must be an odd number in [1, 63]", "kernel 2^31-1");
 
   xkv::v1::PushHiddenResponse pushed;
   expect(second->PushHidden(Context().get(), HiddenRows(kAttackStep, 1, /*from_stage=*/1), &pushed),

@@ -441,6 +441,56 @@ TEST(GpuStageSplit, ScoresOnlyOverTwoStagesEqualsOneStage) {
   EXPECT_EQ(second->CacheLength(1, L - 1), 0);
 }
 
+// Sequences of one step keep their own scoring (EngineSequenceStep::scoring, each request's
+// policy's as the service sends it): in a scores-only step of two prompts, one scored as the
+// default xkv (maxima, max pooling over 31) and one with the step's (SnapKV's), each gets exactly
+// the scores of the same step run with its scoring for both.
+TEST(GpuStageSplit, SequencesOfOneStepKeepTheirOwnScoring) {
+  XKV_SKIP_WITHOUT_GPU();
+  struct stat st;
+  if (stat(ModelPath().c_str(), &st) != 0) GTEST_SKIP() << "no model at " << ModelPath();
+  absl::StatusOr<LoadedModel> loaded = LoadModel(ModelPath(), 1, Numerics::kExact);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  StageOptions o;
+  o.model_path = ModelPath();
+  o.device = "cuda:0";
+  o.kv_capacity_blocks = 64;
+  absl::StatusOr<std::unique_ptr<StageEngine>> engine = LoadStageEngine(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::StatusOr<std::vector<int32_t>> a = loaded->tokenizer->Encode(kPrompts[3], false);
+  absl::StatusOr<std::vector<int32_t>> b = loaded->tokenizer->Encode(kPrompts[2], false);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<int32_t> tokens = *a;
+  tokens.insert(tokens.end(), b->begin(), b->end());
+  ImportanceOptions snapkv, xkv;
+  snapkv.window = xkv.window = kWindow;
+  xkv.reduce = ScoreReduce::kMax;
+  xkv.pool = ScorePool::kMax;
+  xkv.pool_kernel = 31;
+  auto run = [&](std::optional<ImportanceOptions> first, const ImportanceOptions& step_scoring) {
+    EngineStep step;
+    step.scores_only = true;
+    step.sequences.push_back({1, static_cast<int64_t>(a->size()), 0, true});
+    step.sequences.back().scoring = first;
+    step.sequences.push_back({2, static_cast<int64_t>(b->size()), 0, true});
+    std::vector<EngineObservation> obs;
+    absl::StatusOr<std::vector<float>> hidden = (*engine)->Embed(tokens);
+    EXPECT_TRUE(hidden.ok()) << hidden.status();
+    absl::Status s = (*engine)->RunLayers(step, step_scoring, absl::MakeSpan(*hidden), &obs);
+    EXPECT_TRUE(s.ok()) << s;
+    return obs;
+  };
+  const std::vector<EngineObservation> mixed = run(xkv, snapkv), all_xkv = run(std::nullopt, xkv),
+                                       all_snapkv = run(std::nullopt, snapkv);
+  ASSERT_TRUE(mixed.size() == 2 && all_xkv.size() == 2 && all_snapkv.size() == 2);
+  for (int l = 0; l < loaded->config.n_layers; ++l) {
+    EXPECT_EQ(mixed[0].scores->layer(l), all_xkv[0].scores->layer(l)) << "layer " << l;
+    EXPECT_EQ(mixed[1].scores->layer(l), all_snapkv[1].scores->layer(l)) << "layer " << l;
+  }
+  EXPECT_NE(all_xkv[0].scores->layer(0), all_snapkv[0].scores->layer(0));
+  EXPECT_EQ((*engine)->CacheLength(1, 0), 0);  // scores only: nothing kept
+}
+
 // Bad devices are clear errors, never a crash.
 TEST(GpuStageErrors, BadDevice) {
   StageOptions o;

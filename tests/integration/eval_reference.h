@@ -1,6 +1,7 @@
-// What the service's XKV runs are compared with in tests/integration/: the `xkv eval` harness's
-// steps on one CPU engine (an observed prefill, the reconstruct profile's re-reading merged with
-// the window's scores, greedy decoding with log-probabilities after a compaction), the long
+// What the service's XKV runs are compared with in tests/integration/ and tests/gpu/: the `xkv
+// eval` harness's steps on one engine (an observed prefill, the reconstruct profile's re-reading
+// merged with the window's scores, greedy decoding with log-probabilities after a compaction; all
+// of them: RunAsEval), the long
 // needle prompt those tests share, and a sink that keeps a request's tokens, log-probabilities
 // and usage with a bounded wait. Header-only; test code.
 #ifndef XKV_TESTS_INTEGRATION_EVAL_REFERENCE_H_
@@ -20,6 +21,7 @@
 #include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/importance_collector.h"
+#include "model/kv_allocation.h"
 #include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "model/stage_engine.h"
@@ -77,6 +79,31 @@ class LogprobSink final : public GenerateSink {
   absl::Status status_;
   bool finished_ = false;
 };
+
+// The service those tests start: policy xkv at retention 0.9 by default, prompts prefilled (and
+// re-read) in steps of at most `step_tokens`, `kv_blocks` blocks per layer on each stage.
+inline CoordinatorOptions ServiceOptions(const std::string& model_path, int64_t step_tokens,
+                                         int64_t kv_blocks) {
+  CoordinatorOptions o;
+  o.model_path = model_path;
+  o.kv.policy = PolicyKind::kXkv;
+  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
+  o.scheduler.step_token_budget = step_tokens;
+  o.scheduler.prefill_chunk = step_tokens;
+  o.kv_capacity_blocks = kv_blocks;
+  o.health_interval = absl::ZeroDuration();
+  return o;
+}
+
+// A request's kv_policy: `policy` with `profile`, keeping `budget_tokens` prefix tokens in all.
+inline KvPolicyOverride BudgetOverride(const std::string& policy, const std::string& profile,
+                                       int64_t budget_tokens) {
+  KvPolicyOverride k;
+  k.policy = policy;
+  k.profile_mode = profile;
+  k.budget_tokens = budget_tokens;
+  return k;
+}
 
 struct NeedlePrompt {
   std::vector<int32_t> ids;  // ~400 tokens: lockers and their keys, then the question
@@ -163,6 +190,37 @@ inline absl::StatusOr<GreedyRun> DecodeGreedy(StageEngine& e, uint64_t id, int64
     ASSIGN_OR_RETURN(logits, e.LogitsResident({0}));
   }
   return run;
+}
+
+struct EvalRun {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<std::vector<std::vector<int32_t>>> kept;  // [layer][KV head] kept slots
+};
+
+// The eval harness's run of one request as sequence `id` of `e` (whose cache then holds the
+// compacted prompt and the decoded tokens): the whole prompt prefilled, its window scored with
+// `scoring` (ScoringFor of the spec: `xkv eval`'s method of that policy); for the reconstruct
+// profile the re-reading in steps of at most `step_tokens` (with `repeat`), max-merged with the
+// window's; PlanAllocation; every layer compacted; `max_tokens` greedy tokens.
+inline absl::StatusOr<EvalRun> RunAsEval(StageEngine& e, uint64_t id,
+                                         const std::vector<int32_t>& prompt, const KvSettings& spec,
+                                         const ImportanceOptions& scoring, int max_tokens,
+                                         const RepeatPrompt* repeat = nullptr,
+                                         int64_t step_tokens = 0) {
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  ASSIGN_OR_RETURN(ObservedPrefill prefill, Prefill(e, id, prompt, scoring));
+  CollectedScores scores = prefill.scores;
+  if (spec.profile.kind == ProfileModeKind::kReconstruct) {
+    if (repeat == nullptr) return absl::InvalidArgumentError("reconstruct needs a repeat prompt");
+    ASSIGN_OR_RETURN(scores, RereadScores(e, id, prompt, *repeat, step_tokens, scoring, scores));
+  }
+  ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, e.config(), spec));
+  for (int l = 0; l < e.config().n_layers; ++l) {
+    RETURN_IF_ERROR(e.CompactLayer(id, l, T, plan.kept[l]));
+  }
+  ASSIGN_OR_RETURN(GreedyRun run, DecodeGreedy(e, id, T, prefill.logits, max_tokens));
+  return EvalRun{run.tokens, run.logprobs, plan.kept};
 }
 
 }  // namespace testing_eval

@@ -1,21 +1,29 @@
-// Per-(layer, KV head) budgets through the service (issue 12 part 5): a Coordinator over 1 and 2
-// CPU stages of the real model — in-process and as gRPC workers on loopback — takes an xkv request
-// with per_head=1, the stages return every KV head's sorted scores, the coordinator solves over the
-// L·H curves with the one solver (allocator/kv_policy.cc) and compacts each head to its own count.
-// The test recomputes the same request the way `xkv eval` does (one CPU engine: the observed
-// prefill, the re-reading for reconstruct, PlanAllocation with per_head, CompactLayer per head,
+// The service against the eval harness (issue 12 part 5): a Coordinator over 1 and 2 CPU stages of
+// the real model — in-process and as gRPC workers on loopback — takes xkv requests with
+// per-(layer, KV head) budgets (the stages return every KV head's sorted scores, the coordinator
+// solves over the L·H curves with the one solver, allocator/kv_policy.cc, and compacts each head
+// to its own count), and requests of the default xkv and of snapkv, each scored by its own
+// policy's rule (ScoringFor, model/kv_allocation.h: the default max-pools with kernel 31, snapkv
+// sums and averages with kernel 7), carried per sequence to the stages (StepSequence.scoring).
+// The test recomputes each request the way `xkv eval` does (one CPU engine: the observed prefill
+// scored by ScoringFor, the re-reading for reconstruct, PlanAllocation, CompactLayer per head,
 // greedy decoding) and checks the same tokens, log-probabilities (1e-5) and tokens per (layer,
 // KV head) as the stages report them (LayerSize.head_tokens, which the coordinator's ledger
-// checks). The admin policy switch to per_head reaches new requests; a cancel after a per-head
-// compaction leaves every pool idle; bad input and stages that hold one count per layer are
-// INVALID_ARGUMENT and change nothing.
+// checks); on gRPC workers also the same kept positions in every (layer, KV head) of the stages'
+// caches. The admin policy switch reaches new requests; a cancel after a per-head compaction
+// leaves every pool idle; bad input, a bad scoring sent to a worker and stages that hold one count
+// per layer are INVALID_ARGUMENT and change nothing.
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <filesystem>
 #include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +35,7 @@
 #include "embedded/in_process_stage_client.h"
 #include "gtest/gtest.h"
 #include "model/kv_allocation.h"
+#include "model/kv_cache.h"
 #include "model/reconstruct_scorer.h"
 #include "tests/integration/eval_reference.h"
 #include "tests/integration/pipeline_harness.h"
@@ -40,23 +49,31 @@ constexpr int kMaxTokens = 6;
 constexpr int64_t kStepTokens = 256;        // the prompt prefills (and re-reads) in 2 steps
 constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 layers
 
-using HeadSizes = std::map<int, std::vector<int64_t>>;  // layer -> tokens of each KV head
+using HeadSizes = std::map<int, std::vector<int64_t>>;        // layer -> tokens of each KV head
+using StageCaches = std::map<int, std::unique_ptr<KvCache>>;  // stage -> its cache of a sequence
 using testing_eval::LogprobSink;
 using testing_pipeline::CollectingSink;
 using testing_pipeline::ModelPath;
 
 // Forwards to a stage and records, per sequence, the tokens of every KV head the stage last
-// reported (step and compaction answers); `table_per_layer` loads the stage without per-head
+// reported (step and compaction answers) and, for a gRPC worker (`worker`), a copy of its cache
+// taken just before the sequence is released; `table_per_layer` loads the stage without per-head
 // tables, as a stage whose engine holds one count per layer (CUDA, for now) answers.
 class RecordingClient final : public StageClient {
  public:
   struct Record {
     std::mutex mu;
+    std::condition_variable released;
     std::map<uint64_t, HeadSizes> sizes;
+    std::map<uint64_t, StageCaches> caches;
   };
   RecordingClient(std::unique_ptr<StageClient> inner, std::shared_ptr<Record> record,
-                  bool table_per_layer)
-      : inner_(std::move(inner)), record_(std::move(record)), table_per_layer_(table_per_layer) {}
+                  bool table_per_layer, int stage = 0, WorkerService* worker = nullptr)
+      : inner_(std::move(inner)),
+        record_(std::move(record)),
+        table_per_layer_(table_per_layer),
+        stage_(stage),
+        worker_(worker) {}
   std::string address() const override { return inner_->address(); }
   xkv::v1::LinkKind link_kind() const override { return inner_->link_kind(); }
   absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
@@ -80,6 +97,14 @@ class RecordingClient final : public StageClient {
   }
   absl::StatusOr<xkv::v1::ReleaseResponse> Release(
       const xkv::v1::ReleaseRequest& request) override {
+    if (std::shared_ptr<StageExecutor> stage = worker_ != nullptr ? worker_->executor() : nullptr) {
+      for (uint64_t id : request.seq_ids()) {
+        std::unique_ptr<KvCache> cache = stage->CacheCopy(id);
+        std::lock_guard<std::mutex> lock(record_->mu);
+        if (cache != nullptr) record_->caches[id][stage_] = std::move(cache);
+      }
+      record_->released.notify_all();
+    }
     return inner_->Release(request);
   }
   absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
@@ -94,35 +119,58 @@ class RecordingClient final : public StageClient {
   std::unique_ptr<StageClient> inner_;
   std::shared_ptr<Record> record_;
   const bool table_per_layer_;
+  const int stage_;
+  WorkerService* const worker_;
 };
 
 CoordinatorOptions Options() {
-  CoordinatorOptions o;
-  o.model_path = std::filesystem::canonical(ModelPath()).string();
-  o.kv.policy = PolicyKind::kXkv;
-  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
-  o.scheduler.step_token_budget = kStepTokens;
-  o.scheduler.prefill_chunk = kStepTokens;
-  o.kv_capacity_blocks = 128;
-  o.health_interval = absl::ZeroDuration();
-  return o;
+  return testing_eval::ServiceOptions(std::filesystem::canonical(ModelPath()).string(), kStepTokens,
+                                      128);
 }
 
 KvPolicyOverride PerHead(const std::string& profile) {
-  KvPolicyOverride k;
-  k.policy = "xkv";
-  k.profile_mode = profile;
-  k.budget_tokens = kBudgetTokens;
+  KvPolicyOverride k = testing_eval::BudgetOverride("xkv", profile, kBudgetTokens);
   k.per_head = true;
   k.floor = 0.2;
   return k;
 }
 
+// Per-layer budgets of the same total, policy xkv (the default allocator and scoring) or snapkv.
+KvPolicyOverride Layers(const std::string& policy) {
+  return testing_eval::BudgetOverride(policy, "one_pass", kBudgetTokens);
+}
+
 struct Expected {
   std::vector<int32_t> tokens;
   std::vector<float> logprobs;
-  HeadSizes heads;  // after decoding
+  HeadSizes heads;                       // after decoding
+  std::shared_ptr<const KvCache> cache;  // after decoding: the kept rows, then the decoded ones
+  std::vector<std::vector<std::vector<int32_t>>> kept;  // [layer][KV head] kept slots
 };
+
+// Every (layer, KV head) of the stages' caches holds the reference's rows: the same kept positions
+// (keys are cached after RoPE, so another position or token has another key), within the
+// rounding of a prefill in two chunks instead of one.
+void ExpectSameRows(const KvCache& want, const StageCaches& stages) {
+  int layers = 0;
+  for (const auto& [stage, cache] : stages) {
+    for (int l = cache->layer_begin(); l < cache->layer_end(); ++l, ++layers) {
+      for (int h = 0; h < want.n_kv_heads(); ++h) {
+        const int64_t n = want.head_length(l, h);
+        ASSERT_EQ(cache->head_length(l, h), n)
+            << "stage " << stage << " layer " << l << " head " << h;
+        const float* a = cache->k_head(l, h);
+        const float* b = want.k_head(l, h);
+        double worst = 0;
+        for (int64_t i = 0; i < n * want.head_dim(); ++i) {
+          worst = std::max(worst, std::abs(double{a[i]} - b[i]) / (1.0 + std::abs(b[i])));
+        }
+        EXPECT_LE(worst, 1e-3) << "stage " << stage << " layer " << l << " head " << h;
+      }
+    }
+  }
+  EXPECT_EQ(layers, want.layer_end() - want.layer_begin());
+}
 
 // True when some layer's KV heads hold different counts (the per-head path really ran).
 bool HeadsDiffer(const HeadSizes& sizes) {
@@ -150,46 +198,52 @@ class PerHeadServiceTest : public ::testing::Test {
   }
   // The eval harness's runs, computed when a test first needs them (ctest runs each test alone).
   static const Expected& OnePass() {
-    static const Expected* x = new Expected(Reference(*repeat_, false));
+    static const Expected* x = new Expected(Reference(PerHead("one_pass")));
     return *x;
   }
   static const Expected& Reconstruct() {
-    static const Expected* x = new Expected(Reference(*repeat_, true));
+    static const Expected* x = new Expected(Reference(PerHead("reconstruct")));
+    return *x;
+  }
+  static const Expected& Xkv() {
+    static const Expected* x = new Expected(Reference(Layers("xkv")));
+    return *x;
+  }
+  static const Expected& SnapKv() {
+    static const Expected* x = new Expected(Reference(Layers("snapkv")));
+    return *x;
+  }
+  // The default xkv scored as snapkv (sum, average pooling, kernel 7): the service before each
+  // request carried its own scoring.
+  static const Expected& XkvScoredAsSnapKv() {
+    const CoordinatorOptions co = Options();
+    static const Expected* x =
+        new Expected(Reference(Layers("xkv"), ImportanceOptions{co.window, co.pool_kernel}));
     return *x;
   }
   void SetUp() override {
     if (prompt_ == nullptr) GTEST_SKIP() << "no model at " << ModelPath() << " (set XKV_MODEL)";
   }
 
-  // The eval harness's computation on one CPU engine (kGgml, as the stages run).
-  static Expected Reference(const RepeatPrompt& repeat, bool reconstruct) {
+  // The eval harness's computation of a request with `kv` on one CPU engine (kGgml, as the stages
+  // run), its window scored by the spec's ScoringFor (`xkv eval`'s method of that policy).
+  static Expected Reference(const KvPolicyOverride& kv,
+                            std::optional<ImportanceOptions> scoring_instead = std::nullopt) {
     StageOptions so;
     so.model_path = ModelPath();
     auto engine_or = LoadStageEngine(so);
     EXPECT_TRUE(engine_or.ok()) << engine_or.status();
     StageEngine& e = **engine_or;
     const CoordinatorOptions co = Options();
-    const ImportanceOptions scoring{co.window, co.pool_kernel};
-    const int64_t T = static_cast<int64_t>(prompt_->size());
-    auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
-    EXPECT_TRUE(prefill.ok()) << prefill.status();
-    CollectedScores scores = prefill->scores;
-    if (reconstruct) {
-      auto merged =
-          testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, scores);
-      EXPECT_TRUE(merged.ok()) << merged.status();
-      scores = *std::move(merged);
-    }
-    auto spec = ApplyOverride(co.kv, PerHead(reconstruct ? "reconstruct" : "one_pass"));
+    auto spec = ApplyOverride(co.kv, kv);
     EXPECT_TRUE(spec.ok()) << spec.status();
-    auto plan = PlanAllocation(scores, e.config(), *spec);
-    EXPECT_TRUE(plan.ok()) << plan.status();
-    for (int l = 0; l < e.config().n_layers; ++l) {
-      EXPECT_TRUE(e.CompactLayer(1, l, T, plan->kept[l]).ok());
-    }
-    auto run = testing_eval::DecodeGreedy(e, 1, T, prefill->logits, kMaxTokens);
+    const ImportanceOptions scoring =
+        scoring_instead.value_or(ScoringFor(*spec, {co.window, co.pool_kernel}));
+    auto run =
+        testing_eval::RunAsEval(e, 1, *prompt_, *spec, scoring, kMaxTokens, repeat_, kStepTokens);
     EXPECT_TRUE(run.ok()) << run.status();
-    Expected x{run->tokens, run->logprobs, {}};
+    if (!run.ok()) return {};
+    Expected x{run->tokens, run->logprobs, {}, e.CacheCopy(1), run->kept};
     for (int l = 0; l < e.config().n_layers; ++l) {
       for (int h = 0; h < e.config().n_kv_heads; ++h) {
         x.heads[l].push_back(e.HeadCacheLength(1, l, h));
@@ -228,9 +282,10 @@ class PerHeadServiceTest : public ::testing::Test {
       inner = std::move(*clients);
     }
     std::vector<std::unique_ptr<StageClient>> clients;
-    for (auto& c : inner) {
-      clients.push_back(
-          std::make_unique<RecordingClient>(std::move(c), s->record, table_per_layer));
+    for (size_t i = 0; i < inner.size(); ++i) {
+      clients.push_back(std::make_unique<RecordingClient>(
+          std::move(inner[i]), s->record, table_per_layer, static_cast<int>(i),
+          grpc ? &s->workers[i]->service() : nullptr));
       s->stages.push_back(clients.back().get());
     }
     auto c = Coordinator::Start(Options(), std::move(clients));
@@ -261,8 +316,14 @@ class PerHeadServiceTest : public ::testing::Test {
     for (size_t t = 0; t < want.logprobs.size(); ++t) {
       EXPECT_NEAR(sink->logprobs_[t], want.logprobs[t], 1e-5) << "token " << t;
     }
-    std::lock_guard<std::mutex> lock(s.record->mu);
+    std::unique_lock<std::mutex> lock(s.record->mu);
     EXPECT_EQ(s.record->sizes[*id], want.heads);
+    if (s.workers.empty()) return;
+    // gRPC workers: their caches, copied when the coordinator releases the finished request.
+    ASSERT_TRUE(s.record->released.wait_for(lock, std::chrono::minutes(1), [&] {
+      return s.record->caches[*id].size() == s.workers.size();
+    })) << "the request was not released on every stage";
+    ExpectSameRows(*want.cache, s.record->caches[*id]);
   }
 
   static std::vector<int32_t>* prompt_;
@@ -272,19 +333,24 @@ class PerHeadServiceTest : public ::testing::Test {
 std::vector<int32_t>* PerHeadServiceTest::prompt_ = nullptr;
 RepeatPrompt* PerHeadServiceTest::repeat_ = nullptr;
 
-// Heads of one layer keep different counts in the eval harness's runs, so a per-layer service
-// could not pass; one_pass and reconstruct on 1 and 2 stages.
+// Heads of one layer keep different counts in the eval harness's per-head runs, so a per-layer
+// service could not pass; the default xkv keeps other tokens when scored as snapkv, so a service
+// with one scoring for every policy could not pass either. one_pass and reconstruct per-head
+// requests, then per-layer xkv and snapkv requests on the same stages (each its own scoring), on 1
+// and 2 stages.
 void ExpectEveryStageCountMatches(bool grpc) {
-  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::OnePass().heads));
-  EXPECT_TRUE(HeadsDiffer(PerHeadServiceTest::Reconstruct().heads));
+  using T = PerHeadServiceTest;
+  EXPECT_TRUE(HeadsDiffer(T::OnePass().heads));
+  EXPECT_TRUE(HeadsDiffer(T::Reconstruct().heads));
+  EXPECT_NE(T::Xkv().kept, T::XkvScoredAsSnapKv().kept);
   for (int stages : {1, 2}) {
     SCOPED_TRACE(::testing::Message() << stages << " stages");
-    std::unique_ptr<PerHeadServiceTest::Service> s = PerHeadServiceTest::Start(stages, grpc);
+    std::unique_ptr<T::Service> s = T::Start(stages, grpc);
     ASSERT_NE(s, nullptr);
-    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("one_pass")),
-                                      PerHeadServiceTest::OnePass());
-    PerHeadServiceTest::ExpectMatches(*s, PerHeadServiceTest::Request(PerHead("reconstruct")),
-                                      PerHeadServiceTest::Reconstruct());
+    T::ExpectMatches(*s, T::Request(PerHead("one_pass")), T::OnePass());
+    T::ExpectMatches(*s, T::Request(PerHead("reconstruct")), T::Reconstruct());
+    T::ExpectMatches(*s, T::Request(Layers("xkv")), T::Xkv());
+    T::ExpectMatches(*s, T::Request(Layers("snapkv")), T::SnapKv());
   }
 }
 
@@ -306,9 +372,59 @@ TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {
     std::lock_guard<std::mutex> lock(s->record->mu);
     EXPECT_FALSE(HeadsDiffer(s->record->sizes[*before]));  // per-layer budgets
   }
+  EXPECT_EQ(s->coordinator->GetConfig().pool_kernel(), kXkvPoolKernel);  // the default's scoring
   ASSERT_TRUE(s->coordinator->SetPolicy(PerHead("one_pass")).ok());
   EXPECT_TRUE(s->coordinator->GetConfig().default_policy().per_head());
   ExpectMatches(*s, Request(none), OnePass());
+  // To snapkv: new requests are scored as snapkv (sum, average pooling, kernel 7).
+  KvPolicyOverride snap = Layers("snapkv");
+  snap.per_head = false;
+  ASSERT_TRUE(s->coordinator->SetPolicy(snap).ok());
+  EXPECT_EQ(s->coordinator->GetConfig().pool_kernel(), Options().pool_kernel);
+  ExpectMatches(*s, Request(none), SnapKv());
+}
+
+// A window scoring from the network is checked at the worker's edge (StepSequence.scoring: known
+// reduction and pooling, an odd kernel in [1, 63]): INVALID_ARGUMENT naming the field, and the
+// worker's pool and sequences are as before; the worker then serves as before.
+TEST_F(PerHeadServiceTest, GrpcWorkersRefuseABadScoringAndChangeNothing) {
+  std::unique_ptr<Service> s = Start(1, true);
+  ASSERT_NE(s, nullptr);
+  testing_pipeline::Pipeline p;
+  p.stages = s->stages;
+  const std::vector<std::pair<int64_t, int32_t>> idle = testing_pipeline::PoolState(p);
+  constexpr uint64_t kId = uint64_t{1} << 40;  // no id of the coordinator's
+  xkv::v1::StepRequest step;
+  step.set_step_id(kId);
+  xkv::v1::StepSequence* q = step.add_sequences();
+  q->set_seq_id(kId);
+  q->mutable_tokens()->Add(prompt_->begin(), prompt_->end());
+  q->set_n_new(static_cast<int64_t>(prompt_->size()));
+  q->set_new_sequence(true);
+  q->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  q->mutable_scoring()->set_reduce(xkv::v1::SCORE_REDUCE_MAX);
+  q->mutable_scoring()->set_pool(xkv::v1::SCORE_POOL_MAX);
+  const std::vector<std::pair<std::function<void(xkv::v1::SequenceScoring*)>, std::string>> bad = {
+      {[](auto* r) { r->set_pool_kernel(8); },
+       "sequences[0].scoring.pool_kernel is 8; it must be an odd number in [1, 63]"},
+      {[](auto* r) { r->set_pool_kernel(65); }, "sequences[0].scoring.pool_kernel is 65"},
+      {[](auto* r) { r->set_pool_kernel(0); }, "sequences[0].scoring.pool_kernel is 0"},
+      {[](auto* r) { r->set_pool_kernel(-31); }, "sequences[0].scoring.pool_kernel is -31"},
+      {[](auto* r) { r->set_reduce(static_cast<xkv::v1::ScoreReduce>(7)); },
+       "sequences[0].scoring.reduce 7 unknown"},
+      {[](auto* r) { r->set_pool(static_cast<xkv::v1::ScorePool>(-2)); },
+       "sequences[0].scoring.pool -2 unknown"},
+  };
+  for (const auto& [spoil, needle] : bad) {
+    xkv::v1::StepRequest r = step;
+    r.mutable_sequences(0)->mutable_scoring()->set_pool_kernel(kXkvPoolKernel);
+    spoil(r.mutable_sequences(0)->mutable_scoring());
+    absl::StatusOr<xkv::v1::StepResponse> got = s->stages[0]->Step(r);
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << needle;
+    EXPECT_NE(std::string(got.status().message()).find(needle), std::string::npos) << got.status();
+    EXPECT_EQ(testing_pipeline::PoolState(p), idle) << needle;
+  }
+  ExpectMatches(*s, Request(Layers("xkv")), Xkv());
 }
 
 TEST_F(PerHeadServiceTest, CancelAfterAPerHeadCompactionLeavesEveryPoolIdle) {

@@ -42,24 +42,10 @@ constexpr int64_t kBudgetTokens = 30 * 24;  // kept prefix tokens over the 30 la
 using testing_eval::LogprobSink;
 using testing_pipeline::ModelPath;
 
-CoordinatorOptions Options() {
-  CoordinatorOptions o;
-  o.model_path = ModelPath();
-  o.kv.policy = PolicyKind::kXkv;
-  o.kv.target = {KvTarget::Kind::kRetention, 0.9};
-  o.scheduler.step_token_budget = kStepTokens;
-  o.scheduler.prefill_chunk = kStepTokens;
-  o.kv_capacity_blocks = 128;
-  o.health_interval = absl::ZeroDuration();
-  return o;
-}
+CoordinatorOptions Options() { return testing_eval::ServiceOptions(ModelPath(), kStepTokens, 128); }
 
 KvPolicyOverride Override(const std::string& policy, const std::string& profile) {
-  KvPolicyOverride k;
-  k.policy = policy;
-  k.profile_mode = profile;
-  k.budget_tokens = kBudgetTokens;
-  return k;
+  return testing_eval::BudgetOverride(policy, profile, kBudgetTokens);
 }
 
 struct Expected {
@@ -97,15 +83,16 @@ class ReconstructProfileTest : public ::testing::Test {
     EXPECT_TRUE(engine_or.ok()) << engine_or.status();
     StageEngine& e = **engine_or;
     const CoordinatorOptions co = Options();
-    const ImportanceOptions scoring{co.window, co.pool_kernel};
+    auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
+    EXPECT_TRUE(spec.ok()) << spec.status();
+    // The window's scoring of `xkv eval`'s xkv:profile=reconstruct:mix=max (ScoringFor).
+    const ImportanceOptions scoring = ScoringFor(*spec, {co.window, co.pool_kernel});
     const int64_t T = static_cast<int64_t>(prompt_->size());
     auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
     EXPECT_TRUE(prefill.ok()) << prefill.status();
     auto scores =
         testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, prefill->scores);
     EXPECT_TRUE(scores.ok()) << scores.status();
-    auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
-    EXPECT_TRUE(spec.ok()) << spec.status();
     auto plan = PlanAllocation(*scores, e.config(), *spec);
     EXPECT_TRUE(plan.ok()) << plan.status();
     auto window_plan = PlanAllocation(prefill->scores, e.config(), *spec);

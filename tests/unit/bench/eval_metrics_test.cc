@@ -206,6 +206,67 @@ TEST(EvalRunnerTest, XkvPoolsItsWindowScoresWithItsOwnKernel) {
   EXPECT_EQ(ParseEvalMethod("paper", base)->scoring.pool_kernel, 7);
 }
 
+// THE scoring rule (ScoringFor, model/kv_allocation.h) gives a service request — its policy
+// override (or the admin's default) applied to the service's defaults, as the coordinator resolves
+// it — the scoring `xkv eval` gives the method of the same policy, allocator and profile.
+TEST(EvalRunnerTest, ServiceRequestsScoreAsTheEvalMethodOfTheirPolicy) {
+  ImportanceOptions base;  // the service's: window 8, the baselines' kernel 7, per KV head
+  struct Case {
+    const char* method;   // `xkv eval --methods`
+    KvPolicyOverride kv;  // the Generate request's kv_policy / the admin's SetPolicy
+    ScoreReduce reduce;
+    ScorePool pool;
+    int kernel;
+  };
+  const auto kv = [](const char* policy, const char* profile = "", const char* allocator = "",
+                     bool per_head = false) {
+    KvPolicyOverride o;
+    o.policy = policy;
+    o.profile_mode = profile;
+    o.allocator = allocator;
+    if (per_head) o.per_head = true;
+    return o;
+  };
+  const Case cases[] = {
+      {"xkv", kv("xkv"), ScoreReduce::kMax, ScorePool::kMax, kXkvPoolKernel},
+      {"xkv:profile=one_pass", kv("xkv", "one_pass"), ScoreReduce::kMax, ScorePool::kMax,
+       kXkvPoolKernel},
+      {"xkv:profile=per_request", kv("xkv", "sampled:0.5"), ScoreReduce::kMax, ScorePool::kMax,
+       kXkvPoolKernel},
+      {"xkv:per_head=1", kv("xkv", "", "", true), ScoreReduce::kMax, ScorePool::kMax,
+       kXkvPoolKernel},
+      // The service's reconstruct max-merges the unpooled re-reading with the window's scores.
+      {"xkv:profile=reconstruct:mix=max", kv("xkv", "reconstruct"), ScoreReduce::kMax,
+       ScorePool::kMax, 7},
+      {"paper", kv("xkv", "", "paper"), ScoreReduce::kSum, ScorePool::kAvg, 7},
+      {"xkv:allocator=paper", kv("xkv", "one_pass", "paper"), ScoreReduce::kSum, ScorePool::kAvg,
+       7},
+      {"snapkv", kv("snapkv"), ScoreReduce::kSum, ScorePool::kAvg, 7},
+      {"snapkv:profile=reconstruct:mix=max", kv("snapkv", "reconstruct"), ScoreReduce::kSum,
+       ScorePool::kAvg, 7},
+      {"pyramidkv", kv("pyramidkv"), ScoreReduce::kSum, ScorePool::kAvg, 7},
+  };
+  for (const Case& c : cases) {
+    auto method = ParseEvalMethod(c.method, base);
+    ASSERT_TRUE(method.ok()) << c.method << ": " << method.status();
+    auto spec = ApplyOverride(KvSettings{}, c.kv);
+    ASSERT_TRUE(spec.ok()) << c.method << ": " << spec.status();
+    const ImportanceOptions service = ScoringFor(*spec, base);
+    for (const ImportanceOptions& o : {method->scoring, service}) {
+      EXPECT_EQ(o.reduce, c.reduce) << c.method;
+      EXPECT_EQ(o.pool, c.pool) << c.method;
+      EXPECT_EQ(o.pool_kernel, c.kernel) << c.method;
+      EXPECT_EQ(o.window, 8) << c.method;
+      EXPECT_EQ(o.granularity, ScoreGranularity::kKvHead) << c.method;
+    }
+  }
+  // AdaKV (snapkv with per-head budgets, eval only) keeps SnapKV's scoring.
+  auto ada = ParseEvalMethod("adakv", base);
+  ASSERT_TRUE(ada.ok()) << ada.status();
+  EXPECT_EQ(ScoringFor(ada->kv, base).pool_kernel, 7);
+  EXPECT_EQ(ScoringFor(ada->kv, base).reduce, ScoreReduce::kSum);
+}
+
 TEST(EvalRunnerTest, BadMethodParametersNameTheValueAndTheRange) {
   ImportanceOptions base;
   auto expect = [&](const char* method, const char* value, const char* range) {

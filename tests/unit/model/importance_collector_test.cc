@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -115,6 +116,45 @@ TEST_F(ImportanceCollectorTest, EngineScoresMatchAnIndependentReference) {
       }
     }
   }
+}
+
+// Sequences of one step keep their own scoring (EngineSequenceStep::scoring: each request's
+// policy's, as the service sends it): in one step, a sequence scored as the default xkv (maxima,
+// max pooling over 31) and one with the step's (SnapKV's sums, average pooling over 7) each get
+// the scores of an observed prefill of its own with that scoring, and the two differ.
+TEST_F(ImportanceCollectorTest, SequencesOfOneStepKeepTheirOwnScoring) {
+  const ModelConfig& c = config();
+  ImportanceOptions xkv;
+  xkv.reduce = ScoreReduce::kMax;
+  xkv.pool = ScorePool::kMax;
+  xkv.pool_kernel = 31;
+  const ImportanceOptions snapkv;  // the step's
+  const std::vector<int32_t> a = RandomTokens(40, c.vocab_size, 7);
+  const std::vector<int32_t> b = RandomTokens(33, c.vocab_size, 8);
+  EngineStep step;
+  step.sequences.push_back({1, 40, 0, true});
+  step.sequences.back().scoring = xkv;
+  step.sequences.push_back({2, 33, 0, true});
+  std::vector<int32_t> tokens = a;
+  tokens.insert(tokens.end(), b.begin(), b.end());
+  std::vector<EngineObservation> obs;
+  ASSERT_TRUE(::xkv::testing::RunStep(*engine_, step, tokens, snapkv, &obs).ok());
+  ASSERT_EQ(obs.size(), 2u);
+  for (const auto& [got, prompt, scoring] :
+       {std::tuple(&obs[0], &a, xkv), std::tuple(&obs[1], &b, snapkv)}) {
+    ASSERT_TRUE(got->scores.has_value());
+    auto alone = ObservedPrefill(*engine_, 10 + prompt->size(), *prompt, scoring);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::vector<float>& g = got->scores->layer(l);
+      const std::vector<double> want(alone->layer(l).begin(), alone->layer(l).end());
+      ASSERT_EQ(g.size(), want.size());
+      EXPECT_LT(MaxDiff(g.data(), want.data(), want.size()), 1e-6) << "layer " << l;
+    }
+  }
+  auto a_as_snapkv = ObservedPrefill(*engine_, 20, a, snapkv);
+  ASSERT_TRUE(a_as_snapkv.ok());
+  EXPECT_NE(obs[0].scores->layer(0), a_as_snapkv->layer(0));
 }
 
 // The collector refuses a final chunk shorter than the window and a non-final chunk.

@@ -104,6 +104,31 @@ TEST_F(RequestBoundsTest, NewTokensAndPositionsStayInTheContext) {
   ExpectInvalid(Step(r), "sequences.mode 9 unknown");
 }
 
+// A request's window scoring: known reduction and pooling, an odd kernel in [1, 63]
+// (ValidatePoolKernel, the one rule of allocator/kv_spec.h).
+TEST_F(RequestBoundsTest, ScoringIsChecked) {
+  xkv::v1::StepRequest r = OneSequenceStep(40, 0);
+  r.mutable_sequences(0)->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  xkv::v1::SequenceScoring* scoring = r.mutable_sequences(0)->mutable_scoring();
+  scoring->set_reduce(xkv::v1::SCORE_REDUCE_MAX);
+  scoring->set_pool(xkv::v1::SCORE_POOL_MAX);
+  for (int kernel : {1, 31, 63}) {
+    scoring->set_pool_kernel(kernel);
+    EXPECT_TRUE(Step(r).ok()) << kernel;
+  }
+  for (int kernel : {0, 2, 65, -1, std::numeric_limits<int32_t>::max()}) {
+    scoring->set_pool_kernel(kernel);
+    ExpectInvalid(Step(r), absl::StrCat("sequences[0].scoring.pool_kernel is ", kernel,
+                                        "; it must be an odd number in [1, 63]"));
+  }
+  scoring->set_pool_kernel(7);
+  scoring->set_reduce(static_cast<xkv::v1::ScoreReduce>(3));
+  ExpectInvalid(Step(r), "sequences[0].scoring.reduce 3 unknown");
+  scoring->set_reduce(xkv::v1::SCORE_REDUCE_SUM);
+  scoring->set_pool(static_cast<xkv::v1::ScorePool>(5));
+  ExpectInvalid(Step(r), "sequences[0].scoring.pool 5 unknown");
+}
+
 TEST_F(RequestBoundsTest, AStepCarriesAtMostMaxStepTokens) {
   ExpectInvalid(Step(xkv::v1::StepRequest()), "sequences size 0 is outside [1, 4096]");
   xkv::v1::StepRequest r;
@@ -229,7 +254,10 @@ TEST(LoadBoundsTest, FieldsAreBounded) {
   ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "importance.window 1073741824");
   r = GoodLoad();
   r.mutable_importance()->set_pool_kernel(8);
-  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "pool_kernel 8 is not odd");
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(),
+                "importance.pool_kernel is 8; it must be an odd number in [1, 63]");
+  r.mutable_importance()->set_pool_kernel(65);
+  ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "importance.pool_kernel is 65");
   r = GoodLoad();
   r.set_stage_index(2);
   ExpectInvalid(StageOptionsFromRequest(r, "cpu", 1).status(), "stage_index 2 is outside [0, 0]");
