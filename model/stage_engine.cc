@@ -66,4 +66,26 @@ absl::StatusOr<SampledRows> StageEngine::SampleResident(absl::Span<const RowSamp
       absl::StrCat("stage engine on ", device(), ": no device sampling"));
 }
 
+absl::Status StageEngine::StartSampleResident(absl::Span<const RowSampling> rows) {
+  if (pending_sample_.has_value()) {
+    return absl::FailedPreconditionError("stage engine: a sample is already outstanding");
+  }
+  pending_sample_ = SampleResident(rows);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SampledRows> StageEngine::FinishSampleResident() {
+  if (!pending_sample_.has_value()) {
+    return absl::FailedPreconditionError("stage engine: no sample outstanding");
+  }
+  absl::StatusOr<SampledRows> out = *std::move(pending_sample_);
+  pending_sample_.reset();
+  return out;
+}
+
+absl::Status StageEngine::UndoDecode(absl::Span<const uint64_t>) {
+  return absl::UnimplementedError(
+      absl::StrCat("stage engine on ", device(), ": cannot undo a decode step"));
+}
+
 }  // namespace xkv

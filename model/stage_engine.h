@@ -185,8 +185,20 @@ class StageEngine {
   // the token ids (and the asked-for logits) come back.
   virtual absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows);
 
+  // ---- lookahead (StageExecutor's async decode, StageOptions::lookahead) --------------------
+  // SampleResident in two halves: Start queues the work and may return before the device ran it
+  // (the CUDA engine: nothing waits until Finish); Finish waits and answers. One outstanding at a
+  // time; the defaults sample at once inside Start.
+  virtual absl::Status StartSampleResident(absl::Span<const RowSampling> rows);
+  virtual absl::StatusOr<SampledRows> FinishSampleResident();
+  // Takes the newest token out of every layer and KV head of each sequence (and, where the engine
+  // keeps one, its position one back): undoes a one-token decode step that the caller ran ahead
+  // and then discards. INVALID_ARGUMENT for an unknown or empty sequence (nothing changes).
+  virtual absl::Status UndoDecode(absl::Span<const uint64_t> ids);
+
  private:
-  std::vector<float> resident_;  // the defaults' rows
+  std::vector<float> resident_;                                // the defaults' rows
+  std::optional<absl::StatusOr<SampledRows>> pending_sample_;  // the default Start's answer
 };
 
 }  // namespace xkv

@@ -52,6 +52,11 @@
 
 namespace xkv {
 
+// Decode steps a stage queued ahead (StageOptions::lookahead), answered from that work, or undone.
+struct LookaheadCounts {
+  int64_t queued = 0, adopted = 0, discarded = 0;
+};
+
 class StageExecutor {
  public:
   // Loads layers [layer_begin, layer_end) (plus the embedding for the first stage, the final norm
@@ -99,11 +104,15 @@ class StageExecutor {
   xkv::v1::ReleaseResponse Release(const xkv::v1::ReleaseRequest& request);
   void ReleaseAll();
 
+  LookaheadCounts lookahead_counts() const;
+
   // Health SERVING (WorkerService reports a broken link over it).
   xkv::v1::StatusResponse status() const;
-  // Tokens the sequence's cache holds in a layer (-1 when unknown); tests and reports.
+  // Tokens the sequence's cache holds in a layer (-1 when unknown; a decode step queued ahead
+  // not counted); tests and reports.
   int64_t CacheLength(uint64_t seq_id, int layer) const;
-  // A copy of the sequence's cache (null when unknown); tests.
+  // A copy of the sequence's cache (null when unknown; with a decode step queued ahead, its token
+  // too); tests.
   std::unique_ptr<KvCache> CacheCopy(uint64_t seq_id) const;
 
  private:
@@ -122,6 +131,18 @@ class StageExecutor {
     bool compacted = false;                   // evicted once; never again
   };
   struct Run;  // one step in flight
+  // The next decode step, queued on the engine ahead of its request (StageOptions::lookahead).
+  struct Ahead {
+    std::string key;            // the predicted StepRequest, serialized without step_id and
+                                // link_timeout_ms
+    std::vector<uint64_t> ids;  // its sequences, in order
+    bool device = false;        // sampled on the device: FinishSampleResident has the tokens
+    // Host sampling: the tokens drawn, with each sequence's Sampler after its draw (its own
+    // Sampler stays as it was until the step is adopted).
+    std::vector<int32_t> tokens;
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    double queue_ms = 0;  // host time to queue it
+  };
 
   StageExecutor(const StageOptions& options, std::unique_ptr<StageEngine> engine,
                 std::unique_ptr<StageLink> link, BlockPool pool);
@@ -167,6 +188,25 @@ class StageExecutor {
                   google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Drop(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lookahead (StageOptions::lookahead). StartAhead queues the decode step that would follow
+  // `step` (answered by `result`) when every sequence of it decoded and sampled one token;
+  // AheadMatches: `step` is exactly that step; AdoptAhead answers it from the queued work;
+  // DiscardAhead undoes it (before any other call changes the stage).
+  void StartAhead(const xkv::v1::StepRequest& step, const xkv::v1::StepResponse& result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AheadMatches(const xkv::v1::StepRequest& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<xkv::v1::StepResponse> AdoptAhead(const xkv::v1::StepRequest& step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DiscardAhead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a lookahead that failed part-way: each sequence back to the lengths `result` reported
+  // for it (the undone token), or dropped when its cache is neither.
+  void RestoreAfterAhead(const xkv::v1::StepResponse& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Device sampling of q's next token: its parameters, RNG offset and penalties into r; then the
+  // token drawn moves the offset and the penalties' counts on.
+  static void FillDeviceDraw(const Sequence& q, RowSampling& r);
+  static void CountDeviceDraw(Sequence& q, int32_t token);
+  static void SetLogprobs(const std::optional<SampledLogprobs>& logprobs,
+                          xkv::v1::SequenceResult& r);
   absl::Status FailBeforeCompute(const xkv::v1::StepRequest& step, absl::Status error,
                                  bool received) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   xkv::v1::BlockUsage Usage() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -183,6 +223,8 @@ class StageExecutor {
   mutable absl::Mutex mu_;
   BlockPool pool_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Ahead> ahead_ ABSL_GUARDED_BY(mu_);
+  LookaheadCounts lookahead_counts_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex status_mu_;
   xkv::v1::StatusResponse status_ ABSL_GUARDED_BY(status_mu_);

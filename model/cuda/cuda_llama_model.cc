@@ -47,7 +47,7 @@ CudaLlamaModel::~CudaLlamaModel() {
   for (void* p : allocations_) cudaFree(p);
   for (void* p : {static_cast<void*>(h_tokens_), static_cast<void*>(h_positions_),
                   static_cast<void*>(h_slots_), static_cast<void*>(h_tables_),
-                  static_cast<void*>(h_kv_lens_), h_row_params_}) {
+                  static_cast<void*>(h_kv_lens_), h_row_params_, static_cast<void*>(h_next_)}) {
     if (p != nullptr) cudaFreeHost(p);
   }
   if (staging_ != nullptr) cudaFree(staging_);
@@ -179,6 +179,7 @@ absl::Status CudaLlamaModel::InitCache() {
   RETURN_IF_ERROR(Alloc(max_b, &sampling));
   d_row_params_ = sampling;
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&h_row_params_, max_b * sizeof(cuda::DeviceSamplingParams)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(reinterpret_cast<void**>(&h_next_), max_b * sizeof(int32_t)));
   RETURN_IF_ERROR(Alloc(max_n * h, &hidden_));
   RETURN_IF_ERROR(Alloc(max_n * std::max({h, q_dim, f}), &norm_));
   RETURN_IF_ERROR(Alloc(max_n * qkv_dim, &qkv_));

@@ -126,6 +126,11 @@ class CudaLlamaModel : public StageEngine {
   absl::StatusOr<DeviceRows> ExportResident(RowDtype dtype) override;
   absl::Status LoadResidentDevice(const DeviceRows& rows) override;
   absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows) override;
+  // Start queues the head, the sampling and the tokens' copy into pinned memory and returns at
+  // once; Finish waits for the stream (StageExecutor's lookahead).
+  absl::Status StartSampleResident(absl::Span<const RowSampling> rows) override;
+  absl::StatusOr<SampledRows> FinishSampleResident() override;
+  absl::Status UndoDecode(absl::Span<const uint64_t> ids) override;
 
   // ---- device-only whole-model path (tests, benchmarks) ---------------------------------------
   // Embedding → every layer → head on each sequence's last token → greedy token, all on the
@@ -333,8 +338,13 @@ class CudaLlamaModel : public StageEngine {
   // rewrites the mirrors.
   cudaEvent_t inputs_copied_ = nullptr;
   // Device sampling (SampleResident): per-row parameters and the penalties of the step.
-  void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
-  void* h_row_params_ = nullptr;   // pinned mirror
+  void* d_row_params_ = nullptr;  // DeviceSamplingParams [max_batch]
+  void* h_row_params_ = nullptr;  // pinned mirror
+  int32_t* h_next_ = nullptr;     // pinned int32 [max_batch]: the sampled tokens' copy
+  // The outstanding StartSampleResident: its rows' sample flags and the asked-for logits (the
+  // copies into `logits` may still run until Finish).
+  std::optional<SampledRows> pending_;
+  std::vector<bool> pending_sample_;
   int32_t* d_pen_rows_ = nullptr;  // int32 [pen_capacity_]
   int32_t* d_pen_ids_ = nullptr;   // int32 [pen_capacity_]
   float* d_pen_deltas_ = nullptr;  // fp32 [pen_capacity_]

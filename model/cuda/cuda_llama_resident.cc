@@ -134,6 +134,14 @@ absl::Status CudaLlamaModel::ReservePenalties(int64_t n) {
 }
 
 absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowSampling> rows) {
+  RETURN_IF_ERROR(StartSampleResident(rows));
+  return FinishSampleResident();
+}
+
+absl::Status CudaLlamaModel::StartSampleResident(absl::Span<const RowSampling> rows) {
+  if (pending_.has_value()) {
+    return absl::FailedPreconditionError("cuda engine: a sample is already outstanding");
+  }
   const int64_t vocab = config_.vocab_size;
   const int64_t b = static_cast<int64_t>(rows.size());
   std::vector<int64_t> idx;
@@ -156,13 +164,19 @@ absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowS
     }
   }
   RETURN_IF_ERROR(CheckLogitRows(idx, resident_rows_));
-  SampledRows out;
+  SampledRows out;  // pending_ once everything is queued (a moved vector keeps its buffer)
+  pending_sample_.assign(b, false);
+  for (int64_t i = 0; i < b; ++i) pending_sample_[i] = rows[i].sample;
   out.tokens.assign(b, -1);
-  if (b == 0) return out;
+  if (b == 0) {
+    pending_ = std::move(out);
+    return absl::OkStatus();
+  }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
   RETURN_IF_ERROR(HeadProject(b));
-  // The raw logits first (before the penalties change them).
+  // The raw logits first (before the penalties change them). Pageable memory: these copies wait
+  // for the head (only rows that ask for logits; the lookahead never does).
   out.logits.resize(n_logits * vocab);
   for (int64_t i = 0, k = 0; i < b; ++i) {
     if (!rows[i].want_logits) continue;
@@ -181,18 +195,31 @@ absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowS
     RETURN_IF_ERROR(cuda::LaunchApplyPenalties(logits_, vocab, vocab, d_pen_rows_, d_pen_ids_,
                                                d_pen_deltas_, np, stream_));
   }
+  // The pinned parameters' copy ran before this call could rewrite them: every Start follows a
+  // Finish (pending_), which waited for the stream.
   auto* params = static_cast<cuda::DeviceSamplingParams*>(h_row_params_);
   for (int64_t i = 0; i < b; ++i) params[i] = ToDevice(rows[i]);
   auto* d_params = static_cast<cuda::DeviceSamplingParams*>(d_row_params_);
   CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(d_params, params, b * sizeof(*params), cudaMemcpyHostToDevice, stream_));
   RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab, d_params, d_next_, stream_));
-  std::vector<int32_t> next(b);
   CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(next.data(), d_next_, b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+      cudaMemcpyAsync(h_next_, d_next_, b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  pending_ = std::move(out);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SampledRows> CudaLlamaModel::FinishSampleResident() {
+  if (!pending_.has_value()) {
+    return absl::FailedPreconditionError("cuda engine: no sample outstanding");
+  }
+  SampledRows out = *std::move(pending_);
+  pending_.reset();
+  if (out.tokens.empty()) return out;
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  for (int64_t i = 0; i < b; ++i) {
-    if (rows[i].sample) out.tokens[i] = next[i];
+  for (size_t i = 0; i < out.tokens.size(); ++i) {
+    if (pending_sample_[i]) out.tokens[i] = h_next_[i];
   }
   return out;
 }

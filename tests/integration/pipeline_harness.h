@@ -114,6 +114,7 @@ class LoggingStageClient final : public StageClient {
     return inner_->Release(request);
   }
   absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+  StageClient* inner() const { return inner_.get(); }
 
  private:
   const size_t stage_;
@@ -250,6 +251,22 @@ inline std::vector<std::pair<int64_t, int32_t>> PoolState(const Pipeline& p) {
     out.emplace_back(r.ok() ? r->usage().blocks_used() : -1, r.ok() ? r->sequences() : -1);
   }
   return out;
+}
+
+// The async-decode counts (StageOptions::lookahead) summed over the pipeline's stages.
+inline LookaheadCounts Lookaheads(const Pipeline& p) {
+  LookaheadCounts sum;
+  for (StageClient* s : p.stages) {
+    auto* stage = dynamic_cast<InProcessStageClient*>(static_cast<LoggingStageClient*>(s)->inner());
+    absl::StatusOr<LookaheadCounts> c =
+        stage != nullptr ? stage->lookahead_counts() : absl::NotFoundError("not in-process");
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) continue;
+    sum.queued += c->queued;
+    sum.adopted += c->adopted;
+    sum.discarded += c->discarded;
+  }
+  return sum;
 }
 
 // For every S in [min_stages, max_stages] and M in [1, S]: a pipeline of S stages with M
