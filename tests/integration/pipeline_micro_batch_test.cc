@@ -259,109 +259,14 @@ TEST_F(PipelineMicroBatchTest, DecodesRunWhileAnotherRequestCompacts) {
 // others decode, max_tokens hits at different steps, an EOS, seeded random sampling with a
 // presence penalty (the host Sampler's state across undone steps), xkv compactions and a cancel;
 // every pool is back at its idle count and no step names a released sequence.
-struct Outcome {
-  std::vector<std::vector<int32_t>> tokens;
-  std::vector<absl::Status> status;
-};
-
-std::vector<GenerateParams> AsyncDecodeRequests() {
-  std::vector<GenerateParams> r = Requests();  // ignore_eos, 6..8 tokens each
-  r[0].max_tokens = 40;
-  r[2].max_tokens = 24;
-  r[2].temperature = 0.9;
-  r[2].seed = 7;
-  r[2].presence_penalty = 0.5;
-  r[3].max_tokens = 200;  // cancelled long before
-  GenerateParams eos;     // ends by EOS: a one-word chat answer
-  eos.chat = true;
-  eos.messages = {{"user", "What is the capital of France? Answer with one word."}};
-  eos.max_tokens = 48;
-  r.push_back(std::move(eos));
-  return r;
-}
-
-// Requests 0 and 3 first; at 0's first token the others (admitted while those two decode); at 1's
-// first token request 3 is cancelled.
-Outcome RunAsyncDecodeScenario(Coordinator& c) {
-  std::vector<GenerateParams> requests = AsyncDecodeRequests();
-  const size_t n = requests.size();
-  std::vector<std::shared_ptr<CollectingSink>> sinks;
-  for (size_t i = 0; i < n; ++i) sinks.push_back(std::make_shared<CollectingSink>());
-  std::mutex mu;
-  std::vector<uint64_t> ids(n, 0);  // guarded by mu
-  auto submit = [&](size_t i) {
-    absl::StatusOr<uint64_t> id = c.Submit(requests[i], sinks[i]);
-    EXPECT_TRUE(id.ok()) << i << ": " << id.status();
-    std::lock_guard<std::mutex> lock(mu);
-    ids[i] = id.ok() ? *id : 0;
-  };
-  sinks[0]->on_first_token = [&] {
-    for (size_t i : {1, 2, 4, 5}) submit(i);
-  };
-  sinks[1]->on_first_token = [&] {
-    std::lock_guard<std::mutex> lock(mu);
-    c.Cancel(ids[3]);
-  };
-  submit(3);
-  submit(0);
-  Outcome out;
-  for (auto& sink : sinks) {
-    auto [tokens, status] = sink->Wait();
-    out.tokens.push_back(std::move(tokens));
-    out.status.push_back(status);
-  }
-  return out;
-}
-
 TEST_F(PipelineMicroBatchTest, AsyncDecodeGivesTheTokensOfTheOptionOff) {
-  InProcessStageSettings on, off;
-  on.lookahead = true;
-  off.lookahead = false;
-  for (int stages = 1; stages <= 2; ++stages) {
-    SCOPED_TRACE(::testing::Message() << stages << " stages");
-    FakeClock clock;
-    absl::StatusOr<Pipeline> plain = StartPipeline(stages, 1, &clock, {"cpu"}, off);
-    ASSERT_TRUE(plain.ok()) << plain.status();
-    const Outcome want = RunAsyncDecodeScenario(*plain->coordinator);
-    absl::StatusOr<Pipeline> p = StartPipeline(stages, 1, &clock, {"cpu"}, on);
-    ASSERT_TRUE(p.ok()) << p.status();
-    const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
-    const Outcome got = RunAsyncDecodeScenario(*p->coordinator);
-    const std::vector<GenerateParams> requests = AsyncDecodeRequests();
-    for (size_t i = 0; i < requests.size(); ++i) {
-      SCOPED_TRACE(::testing::Message() << "request " << i);
-      if (i == 3) {  // cancelled at a step that depends on the threads' timing
-        EXPECT_EQ(want.status[i].code(), absl::StatusCode::kCancelled) << want.status[i];
-        EXPECT_EQ(got.status[i].code(), absl::StatusCode::kCancelled) << got.status[i];
-        const size_t common = std::min(want.tokens[i].size(), got.tokens[i].size());
-        EXPECT_EQ(std::vector<int32_t>(got.tokens[i].begin(), got.tokens[i].begin() + common),
-                  std::vector<int32_t>(want.tokens[i].begin(), want.tokens[i].begin() + common));
-        continue;
-      }
-      EXPECT_TRUE(want.status[i].ok()) << want.status[i];
-      EXPECT_TRUE(got.status[i].ok()) << got.status[i];
-      EXPECT_EQ(got.tokens[i], want.tokens[i]);
-      if (requests[i].ignore_eos) {
-        EXPECT_EQ(static_cast<int64_t>(want.tokens[i].size()), requests[i].max_tokens);
-      }
-    }
-    EXPECT_LT(static_cast<int64_t>(want.tokens[5].size()), requests[5].max_tokens)
-        << "the chat request was to end by EOS";
-    EXPECT_EQ(PoolState(*p), idle);
-    EXPECT_EQ(p->log->stepped_after_release(), 0);
-    // The mixed requests of the other tests too, then the pools again.
-    EXPECT_EQ(Generate(*p->coordinator), *reference_);
-    EXPECT_EQ(PoolState(*p), idle);
-    const LookaheadCounts counts = testing_pipeline::Lookaheads(*p);
-    EXPECT_EQ(counts.queued, counts.adopted + counts.discarded);
-    if (stages == 1) {
-      EXPECT_GT(counts.adopted, 20) << "decode steps were answered from the queued ones";
-      EXPECT_GT(counts.discarded, 2) << "admissions, finishes and the cancel undid queued steps";
-    } else {
-      EXPECT_EQ(counts.queued, 0) << "a stage that is not both first and last queues nothing";
-    }
-    EXPECT_EQ(testing_pipeline::Lookaheads(*plain).queued, 0);
-  }
+  FakeClock clock;
+  testing_pipeline::ExpectAsyncDecodeGivesTheTokensOfTheOptionOff(
+      2, *reference_, [&](int stages, bool lookahead) {
+        InProcessStageSettings settings;
+        settings.lookahead = lookahead;
+        return StartPipeline(stages, 1, &clock, {"cpu"}, settings);
+      });
 }
 
 }  // namespace
