@@ -118,28 +118,25 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
   const absl::Time t0 = absl::Now();
   std::unique_ptr<Ahead> ahead = std::move(ahead_);
   ++lookahead_counts_.adopted;
-  std::vector<int32_t> tokens = std::move(ahead->tokens);
-  absl::Status s;
-  if (ahead->device) {
-    absl::StatusOr<SampledRows> got = engine_->FinishSampleResident();
-    s = got.status();
-    if (s.ok()) tokens = std::move(got->tokens);
-  }
+  // The ledger work first, while the device still computes: the step's blocks and lengths were
+  // committed when it was queued (SyncBlocks checks them), so its sizes are known already.
   StepResponse result;
   result.set_step_id(step.step_id());
-  for (size_t i = 0; s.ok() && i < ahead->ids.size(); ++i) {
-    const uint64_t id = ahead->ids[i];
-    Sequence& q = sequences_.at(id);
+  absl::Status s;
+  for (uint64_t id : ahead->ids) {
+    if (s.ok()) s = SyncBlocks(id);
     xkv::v1::SequenceResult* r = result.add_sequences();
     r->set_seq_id(id);
-    r->set_token(tokens[i]);
-    if (ahead->device) {
-      CountDeviceDraw(q, tokens[i]);
-    } else {
-      q.sampler = std::move(ahead->samplers[i]);
-      SetLogprobs(q.sampler->last_logprobs(), *r);
-    }
-    s = SyncBlocks(id);  // committed when it was queued: a check
+    LayerSizes(id, r->mutable_layers());
+  }
+  *result.mutable_usage() = Usage();
+  RefreshStatus();
+  const absl::Time t1 = absl::Now();
+  std::vector<int32_t> tokens = std::move(ahead->tokens);
+  if (ahead->device) {  // waits for the device
+    absl::StatusOr<SampledRows> got = engine_->FinishSampleResident();
+    if (s.ok()) s = got.status();
+    if (s.ok()) tokens = std::move(got->tokens);
   }
   if (!s.ok()) {  // as a step that failed during compute: its sequences leave the stage
     for (uint64_t id : ahead->ids) Drop(id);
@@ -147,14 +144,20 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
     return s;
   }
   for (size_t i = 0; i < ahead->ids.size(); ++i) {
-    LayerSizes(ahead->ids[i], result.mutable_sequences(i)->mutable_layers());
+    Sequence& q = sequences_.at(ahead->ids[i]);
+    xkv::v1::SequenceResult& r = *result.mutable_sequences(i);
+    r.set_token(tokens[i]);
+    if (ahead->device) {
+      CountDeviceDraw(q, tokens[i]);
+    } else {
+      q.sampler = std::move(ahead->samplers[i]);
+      SetLogprobs(q.sampler->last_logprobs(), r);
+    }
   }
-  *result.mutable_usage() = Usage();
   xkv::v1::StepTimings& timings = *result.mutable_timings();
-  timings.set_compute_ms(ahead->queue_ms + MsSince(t0));  // queueing it and waiting for it
+  timings.set_compute_ms(ahead->queue_ms + MsSince(t1));  // queueing it and waiting for it
+  StartAhead(step, result);  // right away: the device idles until it is queued
   timings.set_total_ms(MsSince(t0));
-  RefreshStatus();
-  StartAhead(step, result);
   return result;
 }
 
