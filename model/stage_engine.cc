@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "model/step_rows.h"
@@ -67,20 +68,31 @@ absl::StatusOr<SampledRows> StageEngine::SampleResident(absl::Span<const RowSamp
 }
 
 absl::Status StageEngine::StartSampleResident(absl::Span<const RowSampling> rows) {
-  if (pending_sample_.has_value()) {
-    return absl::FailedPreconditionError("stage engine: a sample is already outstanding");
+  if (pending_samples_.size() >= 2) {
+    return absl::FailedPreconditionError("stage engine: two samples are outstanding already");
   }
-  pending_sample_ = SampleResident(rows);
+  pending_samples_.push_back(SampleResident(rows));
   return absl::OkStatus();
 }
 
 absl::StatusOr<SampledRows> StageEngine::FinishSampleResident() {
-  if (!pending_sample_.has_value()) {
+  if (pending_samples_.empty()) {
     return absl::FailedPreconditionError("stage engine: no sample outstanding");
   }
-  absl::StatusOr<SampledRows> out = *std::move(pending_sample_);
-  pending_sample_.reset();
+  absl::StatusOr<SampledRows> out = std::move(pending_samples_.front());
+  pending_samples_.pop_front();
   return out;
+}
+
+absl::Status StageEngine::EmbedResidentSampled() {
+  if (pending_samples_.empty() || !pending_samples_.back().ok()) {
+    return absl::FailedPreconditionError("stage engine: no sampled tokens to embed");
+  }
+  const std::vector<int32_t>& tokens = pending_samples_.back()->tokens;
+  if (absl::c_linear_search(tokens, -1)) {
+    return absl::FailedPreconditionError("stage engine: the last sample left a row without token");
+  }
+  return EmbedResident(tokens);
 }
 
 absl::Status StageEngine::UndoDecode(absl::Span<const uint64_t>) {

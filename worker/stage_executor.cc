@@ -208,7 +208,11 @@ absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& ste
   *run.result.mutable_usage() = Usage();
   timings.set_total_ms(MsSince(t0));
   RefreshStatus();
-  StartAhead(step, run.result);  // after the answer's sizes: they are this step's
+  if (options_.lookahead) {  // after the answer's sizes: they are this step's
+    std::vector<int32_t> sampled;
+    for (const xkv::v1::SequenceResult& r : run.result.sequences()) sampled.push_back(r.token());
+    QueueAhead(step, &sampled, nullptr, run.result);
+  }
   return std::move(run.result);
 }
 

@@ -133,8 +133,11 @@ class StageExecutor {
   struct Run;  // one step in flight
   // The next decode step, queued on the engine ahead of its request (StageOptions::lookahead).
   struct Ahead {
-    std::string key;            // the predicted StepRequest, serialized without step_id and
-                                // link_timeout_ms
+    // The predicted StepRequest, serialized without step_id, link_timeout_ms and tokens, and the
+    // tokens it was fed (once they reached the host: a step queued from the device's sample gets
+    // them when that sample is finished).
+    std::string key;
+    std::vector<int32_t> input;
     std::vector<uint64_t> ids;  // its sequences, in order
     bool device = false;        // sampled on the device: FinishSampleResident has the tokens
     // Host sampling: the tokens drawn, with each sequence's Sampler after its draw (its own
@@ -188,19 +191,22 @@ class StageExecutor {
                   google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Drop(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Lookahead (StageOptions::lookahead). StartAhead queues the decode step that would follow
-  // `step` (answered by `result`) when every sequence of it decoded and sampled one token;
-  // AheadMatches: `step` is exactly that step; AdoptAhead answers it from the queued work;
-  // DiscardAhead undoes it (before any other call changes the stage).
-  void StartAhead(const xkv::v1::StepRequest& step, const xkv::v1::StepResponse& result)
+  // Lookahead (StageOptions::lookahead). QueueAhead queues the decode step that follows `base`
+  // (whose answer `sizes` holds its sizes) when every sequence of it decoded and sampled one
+  // token: `fed` holds base's tokens when the host has them, null when they are the device's
+  // newest sample; `prev`: the queued step that base is, adopted but not yet applied to the
+  // sequences (its draw and Sampler still pending). AheadMatches: `step` is exactly the queued
+  // step; AdoptAhead answers it from the queued work (queueing the next one before it waits);
+  // DiscardAhead undoes it (before any other call changes the stage); RestoreAfterAhead: after a
+  // queueing that failed part-way, each sequence back to the lengths `sizes` reports, or dropped.
+  void QueueAhead(const xkv::v1::StepRequest& base, const std::vector<int32_t>* fed,
+                  const Ahead* prev, const xkv::v1::StepResponse& sizes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AheadMatches(const xkv::v1::StepRequest& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<xkv::v1::StepResponse> AdoptAhead(const xkv::v1::StepRequest& step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DiscardAhead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // After a lookahead that failed part-way: each sequence back to the lengths `result` reported
-  // for it (the undone token), or dropped when its cache is neither.
-  void RestoreAfterAhead(const xkv::v1::StepResponse& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RestoreAfterAhead(const xkv::v1::StepResponse& sizes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Device sampling of q's next token: its parameters, RNG offset and penalties into r; then the
   // token drawn moves the offset and the penalties' counts on.
   static void FillDeviceDraw(const Sequence& q, RowSampling& r);

@@ -4,9 +4,12 @@
 // applies step t's results and plans step t + 1. The coordinator is unchanged: it still plans
 // every step from real results. When its next step is exactly the queued one (same sequences in
 // the same order, each with the token the stage sampled and the next position, same sampling and
-// flags) the stage only waits for it; any other call first undoes it (the engine drops the
-// queued token of each sequence, the block pool follows the caches), so the tokens are those of
-// the option off, bit for bit: a step the stage adopts is the very step it would have run.
+// flags) the stage answers it from the queued work, and queues the step after it before it waits:
+// on a GPU that one's input tokens are read from the device's sample (EmbedResidentSampled), so
+// the device runs decode steps back to back while the host does its per-step work. Any other
+// call first undoes the queued step (the engine drops its token from each sequence, the block
+// pool follows the caches), so the tokens are those of the option off, bit for bit: a step the
+// stage adopts is the very step it would have run, on the same state.
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,10 +31,15 @@ using xkv::v1::StepSequence;
 
 double MsSince(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
 
-// The request without what differs between two equal steps (their ids, the link deadline).
-std::string StepKey(StepRequest step) {
+// The request without what differs between two equal steps (their ids, the link deadline) and
+// without its tokens, which go to `tokens`.
+std::string StepKey(StepRequest step, std::vector<int32_t>* tokens) {
   step.clear_step_id();
   step.clear_link_timeout_ms();
+  for (StepSequence& s : *step.mutable_sequences()) {
+    tokens->insert(tokens->end(), s.tokens().begin(), s.tokens().end());
+    s.clear_tokens();
+  }
   return step.SerializeAsString();
 }
 
@@ -43,35 +51,40 @@ void StageExecutor::CountDeviceDraw(Sequence& q, int32_t token) {
   if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[token];
 }
 
-void StageExecutor::StartAhead(const StepRequest& step, const StepResponse& result) {
-  if (!options_.lookahead || !is_first() || !is_last() || step.dry_run()) return;
+void StageExecutor::QueueAhead(const StepRequest& base, const std::vector<int32_t>* fed,
+                               const Ahead* prev, const StepResponse& sizes) {
+  if (!options_.lookahead || !is_first() || !is_last() || base.dry_run()) return;
   const absl::Time t0 = absl::Now();
   const bool device = engine_->device_resident() && options_.device_sampling;
-  StepRequest next = step;
+  if (fed == nullptr && !device) return;
+  const int pending_draws = prev != nullptr && prev->device ? 1 : 0;
+  StepRequest next = base;
   auto ahead = std::make_unique<Ahead>();
   ahead->device = device;
   EngineStep batch;
-  std::vector<int32_t> tokens;
   for (int i = 0; i < next.sequences_size(); ++i) {
     StepSequence& s = *next.mutable_sequences(i);
-    const int32_t token = result.sequences(i).token();
     auto it = sequences_.find(s.seq_id());
     // Only a plain decode of one token that sampled; the next one stays inside the context.
     if (NewTokens(s) != 1 || s.tokens_size() != 1 || Observed(s) || !Samples(s) ||
-        s.has_compact() || s.return_logits() || s.return_scores() || token < 0 ||
-        s.position() + 2 > config().context_length || it == sequences_.end()) {
+        s.has_compact() || s.return_logits() || s.return_scores() ||
+        (fed != nullptr && (*fed)[i] < 0) || s.position() + 2 > config().context_length ||
+        it == sequences_.end()) {
       return;
     }
     const Sequence& q = it->second;
-    // Every sequence on the path it sampled on: the device (its parameters known) or its Sampler.
-    if (device ? q.sampler != nullptr || !q.device_params.has_value() : q.sampler == nullptr) {
+    // Every sequence on the path it sampled on: the device (its parameters known; penalties only
+    // when its pending draw's token is counted already) or its Sampler.
+    if (device ? q.sampler != nullptr || !q.device_params.has_value() ||
+                     (pending_draws > 0 && (q.device_params->presence_penalty != 0.f ||
+                                            q.device_params->frequency_penalty != 0.f))
+               : q.sampler == nullptr) {
       return;
     }
-    s.set_tokens(0, token);
+    s.set_tokens(0, fed != nullptr ? (*fed)[i] : 0);  // 0: a stand-in for the checks
     s.set_position(s.position() + 1);
     s.set_new_sequence(false);
     ahead->ids.push_back(s.seq_id());
-    tokens.push_back(token);
     batch.sequences.push_back({s.seq_id(), 1, s.position(), false});
   }
   // The stage's own checks and blocks, as for a step that arrives: a step that would not fit (or
@@ -79,13 +92,14 @@ void StageExecutor::StartAhead(const StepRequest& step, const StepResponse& resu
   if (!ValidateStep(next).ok()) return;
   absl::StatusOr<BlockPlan> plan = PlanBlocks(next);
   if (!plan.ok() || !pool_.Commit(*plan).ok()) return;
-  absl::Status s = engine_->EmbedResident(tokens);
+  absl::Status s = fed != nullptr ? engine_->EmbedResident(*fed) : engine_->EmbedResidentSampled();
   if (s.ok()) s = engine_->RunLayersResident(batch, options_.importance, nullptr);
   if (s.ok() && device) {
     std::vector<RowSampling> rows(batch.sequences.size());
     for (size_t i = 0; i < rows.size(); ++i) {
       rows[i].row = static_cast<int64_t>(i);
       FillDeviceDraw(sequences_.at(ahead->ids[i]), rows[i]);
+      rows[i].draws += pending_draws;
     }
     s = engine_->StartSampleResident(rows);
   } else if (s.ok()) {
@@ -95,35 +109,41 @@ void StageExecutor::StartAhead(const StepRequest& step, const StepResponse& resu
     s = logits.status();
     const size_t V = config().vocab_size;
     for (size_t i = 0; s.ok() && i < rows.size(); ++i) {
-      ahead->samplers.push_back(std::make_unique<Sampler>(*sequences_.at(ahead->ids[i]).sampler));
+      const Sampler& from =
+          prev != nullptr ? *prev->samplers[i] : *sequences_.at(ahead->ids[i]).sampler;
+      ahead->samplers.push_back(std::make_unique<Sampler>(from));
       ahead->tokens.push_back(
           ahead->samplers.back()->Sample(absl::Span<const float>(logits->data() + i * V, V)));
     }
   }
   if (!s.ok()) {  // the real step will run (and report) whatever failed here
-    RestoreAfterAhead(result);
+    RestoreAfterAhead(sizes);
     return;
   }
-  ahead->key = StepKey(std::move(next));
+  std::vector<int32_t> stand_in;
+  ahead->key = StepKey(std::move(next), &stand_in);
+  if (fed != nullptr) ahead->input = *fed;
   ahead->queue_ms = MsSince(t0);
   ahead_ = std::move(ahead);
   ++lookahead_counts_.queued;
 }
 
 bool StageExecutor::AheadMatches(const StepRequest& step) const {
-  return ahead_ != nullptr && !step.dry_run() && StepKey(step) == ahead_->key;
+  if (ahead_ == nullptr || step.dry_run()) return false;
+  std::vector<int32_t> tokens;
+  return StepKey(step, &tokens) == ahead_->key && tokens == ahead_->input;
 }
 
 absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) {
   const absl::Time t0 = absl::Now();
-  std::unique_ptr<Ahead> ahead = std::move(ahead_);
+  std::unique_ptr<Ahead> cur = std::move(ahead_);
   ++lookahead_counts_.adopted;
   // The ledger work first, while the device still computes: the step's blocks and lengths were
   // committed when it was queued (SyncBlocks checks them), so its sizes are known already.
   StepResponse result;
   result.set_step_id(step.step_id());
   absl::Status s;
-  for (uint64_t id : ahead->ids) {
+  for (uint64_t id : cur->ids) {
     if (s.ok()) s = SyncBlocks(id);
     xkv::v1::SequenceResult* r = result.add_sequences();
     r->set_seq_id(id);
@@ -131,32 +151,38 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
   }
   *result.mutable_usage() = Usage();
   RefreshStatus();
+  // The step after it, queued before waiting: on a GPU its input is this step's sample, read on
+  // the device, so the device goes from one step to the next without waiting for the host.
+  if (s.ok()) QueueAhead(step, cur->device ? nullptr : &cur->tokens, cur.get(), result);
   const absl::Time t1 = absl::Now();
-  std::vector<int32_t> tokens = std::move(ahead->tokens);
-  if (ahead->device) {  // waits for the device
+  std::vector<int32_t> tokens = std::move(cur->tokens);
+  if (cur->device) {  // waits for the device (the oldest sample outstanding is this step's)
     absl::StatusOr<SampledRows> got = engine_->FinishSampleResident();
     if (s.ok()) s = got.status();
     if (s.ok()) tokens = std::move(got->tokens);
   }
   if (!s.ok()) {  // as a step that failed during compute: its sequences leave the stage
-    for (uint64_t id : ahead->ids) Drop(id);
+    DiscardAhead();
+    for (uint64_t id : cur->ids) Drop(id);
     RefreshStatus();
     return s;
   }
-  for (size_t i = 0; i < ahead->ids.size(); ++i) {
-    Sequence& q = sequences_.at(ahead->ids[i]);
+  for (size_t i = 0; i < cur->ids.size(); ++i) {
     xkv::v1::SequenceResult& r = *result.mutable_sequences(i);
     r.set_token(tokens[i]);
-    if (ahead->device) {
+    auto it = sequences_.find(cur->ids[i]);
+    if (it == sequences_.end()) continue;  // dropped by a failed queueing: its next step fails
+    Sequence& q = it->second;
+    if (cur->device) {
       CountDeviceDraw(q, tokens[i]);
     } else {
-      q.sampler = std::move(ahead->samplers[i]);
+      q.sampler = std::move(cur->samplers[i]);
       SetLogprobs(q.sampler->last_logprobs(), r);
     }
   }
+  if (ahead_ != nullptr && cur->device) ahead_->input = tokens;  // what it was fed on the device
   xkv::v1::StepTimings& timings = *result.mutable_timings();
-  timings.set_compute_ms(ahead->queue_ms + MsSince(t1));  // queueing it and waiting for it
-  StartAhead(step, result);  // right away: the device idles until it is queued
+  timings.set_compute_ms(cur->queue_ms + MsSince(t1));  // queueing it and waiting for it
   timings.set_total_ms(MsSince(t0));
   return result;
 }
