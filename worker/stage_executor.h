@@ -18,6 +18,8 @@
 // host). Errors before compute leave the stage unchanged and are forwarded to the next stage
 // (StageLink::SendError) so it stops waiting; errors during compute drop the step's sequences
 // from this stage (their ids become unknown; the coordinator must Release them everywhere).
+// With StageOptions::lookahead a stage that is both first and last queues a pure-decode step's
+// successor before it answers, and answers that step from it (worker/stage_lookahead.cc).
 //
 // Accounting: one BlockPool per stage shared by all its layers (architecture.md §5); layer l of a
 // sequence owns ceil(tokens_l / block_tokens) blocks of it, tokens_l being its cache length (after
