@@ -395,7 +395,7 @@ inline void ExpectAsyncDecodeGivesTheTokensOfTheOptionOff(
     const LookaheadCounts counts = Lookaheads(*p);
     EXPECT_EQ(counts.queued, counts.adopted + counts.discarded);
     if (stages == 1) {
-      EXPECT_GT(counts.adopted, 20) << "decode steps were answered from the queued ones";
+      EXPECT_GT(counts.adopted, 10) << "decode steps were answered from the queued ones";
       EXPECT_GT(counts.discarded, 2) << "admissions, finishes and the cancel undid queued steps";
     } else {
       EXPECT_EQ(counts.queued, 0) << "a stage that is not both first and last queues nothing";
