@@ -174,8 +174,8 @@ absl::Status CudaLlamaModel::StartSampleResident(absl::Span<const RowSampling> r
   p.drawn.assign(b, false);
   for (int64_t i = 0; i < b; ++i) p.drawn[i] = rows[i].sample;
   p.out.tokens.assign(b, -1);
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   if (b > 0) {
-    CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
     RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
     RETURN_IF_ERROR(HeadProject(b));
     // The raw logits first (before the penalties change them). Pageable memory: these copies
