@@ -233,6 +233,11 @@ class StageExecutor {
   absl::flat_hash_map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Ahead> ahead_ ABSL_GUARDED_BY(mu_);
   LookaheadCounts lookahead_counts_ ABSL_GUARDED_BY(mu_);
+  // Queued steps undone in a row, and the chances to queue one still to let pass: after two misses
+  // in a row (e.g. micro-batches alternating on one stage) the stage queues only every 2^(misses
+  // - 1)-th chance, at most every 64th, until one is adopted again.
+  int ahead_misses_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t ahead_skips_ ABSL_GUARDED_BY(mu_) = 0;
 
   mutable absl::Mutex status_mu_;
   xkv::v1::StatusResponse status_ ABSL_GUARDED_BY(status_mu_);

@@ -10,6 +10,7 @@
 // call first undoes the queued step (the engine drops its token from each sequence, the block
 // pool follows the caches), so the tokens are those of the option off, bit for bit: a step the
 // stage adopts is the very step it would have run, on the same state.
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -87,6 +88,10 @@ void StageExecutor::QueueAhead(const StepRequest& base, const std::vector<int32_
     ahead->ids.push_back(s.seq_id());
     batch.sequences.push_back({s.seq_id(), 1, s.position(), false});
   }
+  if (ahead_skips_ > 0) {  // the last ones were undone
+    --ahead_skips_;
+    return;
+  }
   // The stage's own checks and blocks, as for a step that arrives: a step that would not fit (or
   // not validate) is not queued, and nothing changed.
   if (!ValidateStep(next).ok()) return;
@@ -138,6 +143,7 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
   const absl::Time t0 = absl::Now();
   std::unique_ptr<Ahead> cur = std::move(ahead_);
   ++lookahead_counts_.adopted;
+  ahead_misses_ = 0;
   // The ledger work first, while the device still computes: the step's blocks and lengths were
   // committed when it was queued (SyncBlocks checks them), so its sizes are known already.
   StepResponse result;
@@ -191,6 +197,7 @@ void StageExecutor::DiscardAhead() {
   if (ahead_ == nullptr) return;
   std::unique_ptr<Ahead> ahead = std::move(ahead_);
   ++lookahead_counts_.discarded;
+  if (++ahead_misses_ >= 2) ahead_skips_ = int64_t{1} << std::min(ahead_misses_ - 1, 6);
   if (ahead->device) engine_->FinishSampleResident().IgnoreError();  // the device is done with it
   std::vector<uint64_t> known;
   for (uint64_t id : ahead->ids) {

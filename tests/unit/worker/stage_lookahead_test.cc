@@ -1,7 +1,8 @@
 // Async decode in one stage (StageOptions::lookahead, worker/stage_lookahead.cc) without a GPU:
 // two StageExecutors over the same model, the option on and off, driven through the same script
 // (a batched prefill, decodes, a release while a step is queued ahead, an admission next to a
-// decode, greedy, seeded and penalised sampling) answer every step alike (tokens, layer sizes,
+// decode, greedy, seeded and penalised sampling, two batches taking turns, which the stage stops
+// queueing for after a few misses) answer every step alike (tokens, layer sizes,
 // block usage) and report the same pool after every call. Twice: on the host Sampler path (the
 // CPU engine), and on a "device" sampling path (an engine that samples in SampleResident, as the
 // CUDA engine does) whose queued steps are chained: each fed from the engine's own last sample
@@ -203,7 +204,12 @@ std::vector<std::string> RunScript(StageExecutor& stage) {
   for (int i = 0; i < 5; ++i) decode({1, 3});
   release({3});
   for (int i = 0; i < 4; ++i) decode({1});
-  release({1});
+  record(stage.Step(testing::MakeStep(++step_id, {prefill(4, 6, 0.f, 0, 0.f)})));
+  for (int i = 0; i < 12; ++i) {  // two batches taking turns: every queued step misses
+    decode({1});
+    decode({4});
+  }
+  release({1, 4});
   return out;
 }
 
@@ -221,6 +227,7 @@ TEST(StageLookaheadTest, AnswersEveryStepAsWithoutIt) {
     EXPECT_EQ(c.queued, c.adopted + c.discarded);
     EXPECT_GE(c.adopted, 10);
     EXPECT_GE(c.discarded, 3) << "the releases and the admission undid queued steps";
+    EXPECT_LE(c.discarded, 14) << "batches taking turns were not backed off from (24 turns)";
     EXPECT_EQ(off.executor->lookahead_counts().queued, 0);
     if (device) {
       EXPECT_GE(on.device->sampled_embeds, 5) << "queued steps were fed from the device's sample";
