@@ -18,6 +18,7 @@
 
 #include "gtest/gtest.h"
 #include "model/sampler.h"
+#include "tests/unit/worker/forwarding_engine.h"
 #include "tests/unit/worker/worker_test_util.h"
 #include "worker/stage_engine_factory.h"
 
@@ -27,57 +28,13 @@ namespace {
 // The CPU engine with sampling "on the device": SampleResident draws from the resident rows'
 // logits (penalties applied; seeded draws a function of the seed and the draw's offset only, as
 // the CUDA sampler's), and the base class's Start / Finish / EmbedResidentSampled run on it.
-class DeviceSamplingEngine final : public StageEngine {
+class DeviceSamplingEngine final : public testing::ForwardingEngine {
  public:
-  explicit DeviceSamplingEngine(std::unique_ptr<StageEngine> inner) : inner_(std::move(inner)) {}
+  using ForwardingEngine::ForwardingEngine;
 
   int sampled_embeds = 0;  // steps fed from the last sample
 
-  const ModelConfig& config() const override { return inner_->config(); }
-  int layer_begin() const override { return inner_->layer_begin(); }
-  int layer_end() const override { return inner_->layer_end(); }
-  int64_t weight_bytes() const override { return inner_->weight_bytes(); }
-  int64_t kv_bytes_per_token() const override { return inner_->kv_bytes_per_token(); }
-  std::string device() const override { return "fake-device"; }
-  bool HasSequence(uint64_t id) const override { return inner_->HasSequence(id); }
-  int64_t CacheLength(uint64_t id, int layer) const override {
-    return inner_->CacheLength(id, layer);
-  }
-  void ReleaseSequence(uint64_t id) override { inner_->ReleaseSequence(id); }
-  absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) override {
-    return inner_->Embed(tokens);
-  }
-  absl::Status RunLayers(const EngineStep& step, const ImportanceOptions& importance,
-                         absl::Span<float> hidden,
-                         std::vector<EngineObservation>* observations) override {
-    return inner_->RunLayers(step, importance, hidden, observations);
-  }
-  absl::StatusOr<std::vector<float>> Logits(absl::Span<const float> hidden,
-                                            absl::Span<const int64_t> rows) override {
-    return inner_->Logits(hidden, rows);
-  }
-  absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
-                            absl::Span<const std::vector<int32_t>> kept) override {
-    return inner_->CompactLayer(id, layer, prompt_len, kept);
-  }
-  std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override { return inner_->CacheCopy(id); }
-  absl::Status CopySequence(uint64_t from, uint64_t to) override {
-    return inner_->CopySequence(from, to);
-  }
-  absl::Status EmbedResident(absl::Span<const int32_t> tokens) override {
-    return inner_->EmbedResident(tokens);
-  }
-  absl::Status RunLayersResident(const EngineStep& step, const ImportanceOptions& importance,
-                                 std::vector<EngineObservation>* observations) override {
-    return inner_->RunLayersResident(step, importance, observations);
-  }
-  absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows) override {
-    return inner_->LogitsResident(rows);
-  }
   bool device_resident() const override { return true; }
-  absl::Status UndoDecode(absl::Span<const uint64_t> ids) override {
-    return inner_->UndoDecode(ids);
-  }
   absl::Status EmbedResidentSampled() override {
     ++sampled_embeds;
     return StageEngine::EmbedResidentSampled();
@@ -85,7 +42,7 @@ class DeviceSamplingEngine final : public StageEngine {
   absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows) override {
     std::vector<int64_t> idx;
     for (const RowSampling& r : rows) idx.push_back(r.row);
-    absl::StatusOr<std::vector<float>> logits = inner_->LogitsResident(idx);
+    absl::StatusOr<std::vector<float>> logits = inner().LogitsResident(idx);
     if (!logits.ok()) return logits.status();
     const size_t V = config().vocab_size;
     SampledRows out;
@@ -118,9 +75,6 @@ class DeviceSamplingEngine final : public StageEngine {
     }
     return out;
   }
-
- private:
-  std::unique_ptr<StageEngine> inner_;
 };
 
 struct Stage {
