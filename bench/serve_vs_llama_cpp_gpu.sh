@@ -20,7 +20,9 @@
 # root. Env: XKV_MODEL (the GGUF, required), GPU_BUNDLE (default: this script's folder when it
 # holds the bundle's `run`, else .gpu-bundle), LLAMA_SRC (default GPU_BUNDLE/llama-src.tar.xz,
 # made by scripts/pack-llama-cpp-src), PP (2048), TG (128), NPL (8,32), POLICIES (full,xkv,snapkv),
-# BUDGET (0.25), MICRO (1,2), STEP_LOG (16: steps per --log-step-timing line), XKV_BASE (unset).
+# BUDGET (0.25), MICRO (1,2), STEP_LOG (16: steps per --log-step-timing line), XKV_BASE (unset),
+# ASYNC (auto: each M's server with `--async-decode auto`, label mM; a list such as on,off runs
+# one server per value, labels mMon, mMoff: the A/B of async decode in one sitting).
 # --build-only: only step 1 (a first device call can build while the model's parts travel);
 # --only xkv: steps 2, 3 and 5 (while llama.cpp builds elsewhere); --only llama: steps 1, 4, 5.
 set -uo pipefail
@@ -29,7 +31,7 @@ case ${1:-} in
   --build-only) mode=build; shift ;;
   --only) mode=${2:-}; shift 2 ;;
 esac
-[[ $# -eq 1 && $mode =~ ^(all|build|xkv|llama)$ ]] || { sed -n '2,26p' "$0" >&2; exit 2; }
+[[ $# -eq 1 && $mode =~ ^(all|build|xkv|llama)$ ]] || { sed -n '2,27p' "$0" >&2; exit 2; }
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 if [[ -n ${GPU_BUNDLE:-} ]]; then
@@ -44,6 +46,7 @@ tools=$here  # the sibling scripts: in the bundle, or bench/ of the repo
 src=${LLAMA_SRC:-$bundle/llama-src.tar.xz}
 export PP=${PP:-2048} TG=${TG:-128} NPL=${NPL:-8,32}
 POLICIES=${POLICIES:-full,xkv,snapkv} BUDGET=${BUDGET:-0.25} MICRO=${MICRO:-1,2}
+ASYNC=${ASYNC:-auto}
 STEP_LOG=${STEP_LOG:-16}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -58,14 +61,16 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt"
 failed=0
 
-# One server (binary $1, micro-batches $2, label $3), a burst per B and policy of $4.
+# One server (binary $1, micro-batches $2, label $3, extra serve flags $5...), a burst per B and
+# policy of $4.
 serve_runs() {
   local bin=$1 m=$2 label=$3 policies=$4 log=$out/serve_$3.log serve port b policy
+  local extra=("${@:5}")
   local budget
   : > "$log"
   "$bundle/run" "$bin" serve --model "$model" --device cuda:0 --stages 1 --policy full \
     --max-batch "$max_b" --max-batched-tokens "$PP" --prefill-chunk "$PP" --micro-batches "$m" \
-    --log-step-timing "$STEP_LOG" --listen 127.0.0.1:0 \
+    --log-step-timing "$STEP_LOG" ${extra[@]+"${extra[@]}"} --listen 127.0.0.1:0 \
     --admin-listen 127.0.0.1:0 --admin-insecure-local 2>> "$log" &
   serve=$!
   port=
@@ -108,7 +113,15 @@ if [[ $mode != llama ]]; then
       failed=1; } >&2
   # 3. The service.
   max_b=$(tr ',' '\n' <<< "$NPL" | sort -n | tail -1)
-  for m in ${MICRO//,/ }; do serve_runs xkv "$m" "m$m" "$POLICIES"; done
+  for m in ${MICRO//,/ }; do
+    for a in ${ASYNC//,/ }; do
+      if [[ $a == auto ]]; then
+        serve_runs xkv "$m" "m$m" "$POLICIES"
+      else
+        serve_runs xkv "$m" "m$m$a" "$POLICIES" --async-decode "$a"
+      fi
+    done
+  done
   [[ -n ${XKV_BASE:-} ]] && serve_runs "$XKV_BASE" 1 base full
 fi
 

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "worker/in_process_stage_link.h"
@@ -34,6 +35,7 @@ absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
   options.max_batched_tokens = settings_.max_batched_tokens;
   options.gpu_memory_utilization = settings_.gpu_memory_utilization;
   options.gpu_memory_share = gpu_memory_share_;
+  options.lookahead = settings_.lookahead.value_or(absl::StartsWith(device_, "cuda"));
   {
     std::lock_guard<std::mutex> lock(mu_);
     stage_.reset();
@@ -45,6 +47,11 @@ absl::StatusOr<xkv::v1::LoadStageResponse> InProcessStageClient::LoadStage(
   std::lock_guard<std::mutex> lock(mu_);
   stage_ = std::move(stage);
   return response;
+}
+
+absl::StatusOr<LookaheadCounts> InProcessStageClient::lookahead_counts() {
+  ASSIGN_OR_RETURN(std::shared_ptr<StageExecutor> stage, Loaded());
+  return stage->lookahead_counts();
 }
 
 absl::StatusOr<xkv::v1::StepResponse> InProcessStageClient::Step(

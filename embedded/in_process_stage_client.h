@@ -26,6 +26,8 @@ struct InProcessStageSettings {
   std::optional<Numerics> numerics;  // the CPU engine's arithmetic; unset: kGgml (the contract's)
   int64_t max_batched_tokens = 0;    // a GPU stage's step scratch; 0: the engine's default
   double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+  // StageOptions::lookahead (`xkv serve --async-decode`); unset: on for a GPU stage.
+  std::optional<bool> lookahead;
 };
 
 class InProcessStageClient final : public StageClient {
@@ -45,6 +47,8 @@ class InProcessStageClient final : public StageClient {
   absl::StatusOr<xkv::v1::CompactResponse> Compact(const xkv::v1::CompactRequest& request) override;
   absl::StatusOr<xkv::v1::ReleaseResponse> Release(const xkv::v1::ReleaseRequest& request) override;
   absl::StatusOr<xkv::v1::StatusResponse> Status() override;
+  // The loaded stage's async-decode counts (StageOptions::lookahead); tests.
+  absl::StatusOr<LookaheadCounts> lookahead_counts();
 
  private:
   absl::StatusOr<std::shared_ptr<StageExecutor>> Loaded();

@@ -104,6 +104,26 @@ std::unique_ptr<KvCache> CpuStageEngine::CacheCopy(uint64_t id) const {
   return std::make_unique<KvCache>(*it->second);
 }
 
+absl::Status CpuStageEngine::UndoDecode(absl::Span<const uint64_t> ids) {
+  for (uint64_t id : ids) {  // all checked first: nothing changes on error
+    auto it = caches_.find(id);
+    for (int l = layer_begin(); l < layer_end(); ++l) {
+      for (int h = 0; h < config().n_kv_heads; ++h) {
+        if (it == caches_.end() || it->second->head_length(l, h) < 1) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("cpu engine: sequence ", id, " has no decoded token to undo"));
+        }
+      }
+    }
+  }
+  for (uint64_t id : ids) {
+    for (int l = layer_begin(); l < layer_end(); ++l) {
+      RETURN_IF_ERROR(caches_.at(id)->DropNewest(l, 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CpuStageEngine::CopySequence(uint64_t from, uint64_t to) {
   auto it = caches_.find(from);
   if (it == caches_.end()) {

@@ -41,6 +41,7 @@ class CpuStageEngine : public StageEngine {
                             absl::Span<const std::vector<int32_t>> kept) override;
   std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override;
   absl::Status CopySequence(uint64_t from, uint64_t to) override;
+  absl::Status UndoDecode(absl::Span<const uint64_t> ids) override;
 
  private:
   explicit CpuStageEngine(std::unique_ptr<LlamaModel> model) : model_(std::move(model)) {}

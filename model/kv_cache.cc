@@ -149,6 +149,20 @@ absl::Status KvCache::Compact(int layer, absl::Span<const std::vector<int32_t>> 
   return absl::OkStatus();
 }
 
+absl::Status KvCache::DropNewest(int layer, int64_t n) {
+  RETURN_IF_ERROR(CheckLayer(layer));
+  Layer& l = L(layer);
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    if (n < 0 || l.length[h] < n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kv_cache: drop ", n, " slots of head ", h, " holding ", l.length[h]));
+    }
+  }
+  for (int64_t& len : l.length) len -= n;
+  l.max_length -= n;
+  return absl::OkStatus();
+}
+
 void KvCache::Clear() {
   for (Layer& l : layers_) l = EmptyLayer();
 }

@@ -64,6 +64,10 @@ class KvCache {
   // the memory (the layer is uniform again when the counts are equal).
   absl::Status Compact(int layer, absl::Span<const std::vector<int32_t>> kept);
 
+  // Drops the newest n slots of every head of the layer (the memory stays for the next Append):
+  // INVALID_ARGUMENT when a head holds fewer, nothing changes.
+  absl::Status DropNewest(int layer, int64_t n);
+
   // Drops every token of every layer and releases the memory.
   void Clear();
 

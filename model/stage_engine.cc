@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "model/step_rows.h"
@@ -64,6 +65,39 @@ absl::Status StageEngine::LoadResidentDevice(const DeviceRows&) {
 absl::StatusOr<SampledRows> StageEngine::SampleResident(absl::Span<const RowSampling>) {
   return absl::UnimplementedError(
       absl::StrCat("stage engine on ", device(), ": no device sampling"));
+}
+
+absl::Status StageEngine::StartSampleResident(absl::Span<const RowSampling> rows) {
+  if (pending_samples_.size() >= 2) {
+    return absl::FailedPreconditionError("stage engine: two samples are outstanding already");
+  }
+  pending_samples_.push_back(SampleResident(rows));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SampledRows> StageEngine::FinishSampleResident() {
+  if (pending_samples_.empty()) {
+    return absl::FailedPreconditionError("stage engine: no sample outstanding");
+  }
+  absl::StatusOr<SampledRows> out = std::move(pending_samples_.front());
+  pending_samples_.pop_front();
+  return out;
+}
+
+absl::Status StageEngine::EmbedResidentSampled() {
+  if (pending_samples_.empty() || !pending_samples_.back().ok()) {
+    return absl::FailedPreconditionError("stage engine: no sampled tokens to embed");
+  }
+  const std::vector<int32_t>& tokens = pending_samples_.back()->tokens;
+  if (absl::c_linear_search(tokens, -1)) {
+    return absl::FailedPreconditionError("stage engine: the last sample left a row without token");
+  }
+  return EmbedResident(tokens);
+}
+
+absl::Status StageEngine::UndoDecode(absl::Span<const uint64_t>) {
+  return absl::UnimplementedError(
+      absl::StrCat("stage engine on ", device(), ": cannot undo a decode step"));
 }
 
 }  // namespace xkv

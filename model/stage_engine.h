@@ -17,6 +17,7 @@
 #define XKV_MODEL_STAGE_ENGINE_H_
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -189,8 +190,23 @@ class StageEngine {
   // the token ids (and the asked-for logits) come back.
   virtual absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows);
 
+  // ---- lookahead (StageExecutor's async decode, StageOptions::lookahead) --------------------
+  // SampleResident in two halves: Start queues the work and may return before the device ran it
+  // (the CUDA engine: nothing waits until Finish); Finish waits for the oldest outstanding one and
+  // answers it. Up to two outstanding; the defaults sample at once inside Start.
+  virtual absl::Status StartSampleResident(absl::Span<const RowSampling> rows);
+  virtual absl::StatusOr<SampledRows> FinishSampleResident();
+  // EmbedResident of the tokens the newest outstanding Start draws (every row must sample), read
+  // where they are: on a GPU the next step's input never comes back to the host first.
+  virtual absl::Status EmbedResidentSampled();
+  // Takes the newest token out of every layer and KV head of each sequence (and, where the engine
+  // keeps one, its position one back): undoes a one-token decode step that the caller ran ahead
+  // and then discards. INVALID_ARGUMENT for an unknown or empty sequence (nothing changes).
+  virtual absl::Status UndoDecode(absl::Span<const uint64_t> ids);
+
  private:
-  std::vector<float> resident_;  // the defaults' rows
+  std::vector<float> resident_;                              // the defaults' rows
+  std::deque<absl::StatusOr<SampledRows>> pending_samples_;  // the default Start's answers
 };
 
 }  // namespace xkv

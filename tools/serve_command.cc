@@ -27,6 +27,7 @@ int RunServe(int argc, char** argv) {
   int64_t threads = 0;
   std::string device = "cpu";
   double gpu_memory_utilization = kDefaultGpuMemoryUtilization;
+  std::string async_decode = "auto";
   LifecycleFlags lifecycle;
   FlagSet flags("serve",
                 "Embedded mode: the coordinator and --stages pipeline stages in one process, "
@@ -40,6 +41,10 @@ int RunServe(int argc, char** argv) {
   flags.Double("gpu-memory-utilization", &gpu_memory_utilization,
                "fraction of a GPU's free memory its stages may use, in (0, 1]: weights, step "
                "scratch, and the KV pool gets the rest (stages on one GPU share it equally)");
+  flags.String("async-decode", &async_decode,
+               "auto, on or off: a single stage queues the next decode step on its device before "
+               "it answers the current one (same tokens; the host's per-step work overlaps the "
+               "device's); auto: on for one GPU stage with --micro-batches 1");
   RegisterLifecycleFlags(flags, &lifecycle);
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (stages < 1) {
@@ -64,6 +69,11 @@ int RunServe(int argc, char** argv) {
     }
     gpu_stages = gpu_stages || *ok >= 0;
   }
+  if (async_decode != "auto" && async_decode != "on" && async_decode != "off") {
+    std::fprintf(stderr, "xkv serve: --async-decode '%s' is not one of auto, on, off\n",
+                 async_decode.c_str());
+    return 2;
+  }
   absl::StatusOr<int64_t> max_batched_tokens = MaxBatchedTokensFromFlags(f);
   absl::Status valid = max_batched_tokens.status();
   if (valid.ok()) valid = ValidateGpuMemoryUtilization(gpu_memory_utilization);
@@ -75,18 +85,23 @@ int RunServe(int argc, char** argv) {
   settings.num_threads = static_cast<int>(threads);
   settings.max_batched_tokens = *max_batched_tokens;
   settings.gpu_memory_utilization = gpu_memory_utilization;
-  absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> clients =
-      MakeInProcessStages(static_cast<int>(stages), devices, settings);
-  if (!clients.ok()) {
-    std::fprintf(stderr, "xkv serve: %s\n", std::string(clients.status().message()).c_str());
-    return 2;
-  }
   absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(f, stages, gpu_stages);
   if (options.ok()) {
     if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
   }
   if (!options.ok()) {
     std::fprintf(stderr, "xkv serve: %s\n", std::string(options.status().message()).c_str());
+    return 2;
+  }
+  // auto: one GPU stage running one step at a time (with several micro-batches or stages the
+  // next step is another batch's, and a step queued ahead would be undone every time).
+  settings.lookahead = async_decode == "auto"
+                           ? gpu_stages && stages == 1 && options->scheduler.micro_batches == 1
+                           : async_decode == "on";
+  absl::StatusOr<std::vector<std::unique_ptr<StageClient>>> clients =
+      MakeInProcessStages(static_cast<int>(stages), devices, settings);
+  if (!clients.ok()) {
+    std::fprintf(stderr, "xkv serve: %s\n", std::string(clients.status().message()).c_str());
     return 2;
   }
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =

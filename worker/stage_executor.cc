@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -32,7 +33,10 @@ using xkv::v1::CompactSpec;
 using xkv::v1::StepRequest;
 using xkv::v1::StepSequence;
 
-void SetLogprobs(const std::optional<SampledLogprobs>& logprobs, xkv::v1::SequenceResult& r) {
+}  // namespace
+
+void StageExecutor::SetLogprobs(const std::optional<SampledLogprobs>& logprobs,
+                                xkv::v1::SequenceResult& r) {
   if (!logprobs.has_value()) return;
   r.set_logprob(logprobs->token.logprob);
   for (const TokenLogprob& t : logprobs->top) {
@@ -41,7 +45,14 @@ void SetLogprobs(const std::optional<SampledLogprobs>& logprobs, xkv::v1::Sequen
   }
 }
 
-}  // namespace
+void StageExecutor::FillDeviceDraw(const Sequence& q, RowSampling& r) {
+  const SamplingParams& p = *q.device_params;
+  r.params = p;
+  r.draws = q.draws;
+  for (const auto& [id, n] : q.counts) {  // the same sum as Sampler::Sample's
+    r.penalties.emplace_back(id, p.presence_penalty + p.frequency_penalty * n);
+  }
+}
 
 // One step in flight. Its hidden rows stay inside the engine (StageEngine's resident path).
 struct StageExecutor::Run {
@@ -152,6 +163,8 @@ xkv::v1::LoadStageResponse StageExecutor::Description() const {
 absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& step) {
   RETURN_IF_ERROR(CheckFields(step));  // refused at the edge: nothing reaches the link
   absl::MutexLock lock(&mu_);
+  if (AheadMatches(step)) return AdoptAhead(step);
+  DiscardAhead();
   const absl::Time t0 = absl::Now();
   absl::Status valid = ValidateStep(step);
   absl::StatusOr<BlockPlan> plan = valid.ok() ? PlanBlocks(step) : valid;
@@ -196,6 +209,11 @@ absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& ste
   *run.result.mutable_usage() = Usage();
   timings.set_total_ms(MsSince(t0));
   RefreshStatus();
+  if (options_.lookahead) {  // after the answer's sizes: they are this step's
+    std::vector<int32_t> sampled;
+    for (const xkv::v1::SequenceResult& r : run.result.sequences()) sampled.push_back(r.token());
+    QueueAhead(step, &sampled, nullptr, run.result);
+  }
   return std::move(run.result);
 }
 
@@ -421,12 +439,7 @@ absl::Status StageExecutor::SampleOnDevice(const StepRequest& step, Run& run) {
     r.want_logits = s.return_logits() || (Samples(s) && !device);
     if (device) {
       if (!q.device_params.has_value()) q.device_params = sampling;
-      const SamplingParams& p = *q.device_params;
-      r.params = p;
-      r.draws = q.draws;
-      for (const auto& [id, n] : q.counts) {  // the same sum as Sampler::Sample's
-        r.penalties.emplace_back(id, p.presence_penalty + p.frequency_penalty * n);
-      }
+      FillDeviceDraw(q, r);
     }
     rows.push_back(std::move(r));
     which.push_back(i);
@@ -443,9 +456,7 @@ absl::Status StageExecutor::SampleOnDevice(const StepRequest& step, Run& run) {
     if (rows[j].want_logits) row = absl::Span<const float>(got.logits.data() + k++ * V, V);
     if (rows[j].sample) {
       r.set_token(got.tokens[j]);
-      ++q.draws;
-      const SamplingParams& p = *q.device_params;
-      if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f) ++q.counts[r.token()];
+      CountDeviceDraw(q, r.token());
     } else if (Samples(s)) {
       SampleOnHost(s, row, q, r);
     }
@@ -510,6 +521,7 @@ absl::StatusOr<xkv::v1::CompactResponse> StageExecutor::Compact(
     const xkv::v1::CompactRequest& request) {
   RETURN_IF_ERROR(CheckFields(request.compact()));
   absl::MutexLock lock(&mu_);
+  DiscardAhead();
   const uint64_t seq_id = request.seq_id();
   auto it = sequences_.find(seq_id);
   if (it == sequences_.end()) {
@@ -571,6 +583,7 @@ void StageExecutor::Drop(uint64_t seq_id) {
 
 xkv::v1::ReleaseResponse StageExecutor::Release(const xkv::v1::ReleaseRequest& request) {
   absl::MutexLock lock(&mu_);
+  DiscardAhead();
   int known = 0;
   for (uint64_t id : request.seq_ids()) {
     if (sequences_.contains(id) || pool_.has_sequence(id) || engine_->HasSequence(id)) ++known;
@@ -585,6 +598,7 @@ xkv::v1::ReleaseResponse StageExecutor::Release(const xkv::v1::ReleaseRequest& r
 
 void StageExecutor::ReleaseAll() {
   absl::MutexLock lock(&mu_);
+  DiscardAhead();
   for (const auto& [id, seq] : sequences_) engine_->ReleaseSequence(id);
   sequences_.clear();
   pool_.ReleaseAll();
@@ -631,7 +645,9 @@ int64_t StageExecutor::CacheLength(uint64_t seq_id, int layer) const {
   absl::MutexLock lock(&mu_);
   auto it = sequences_.find(seq_id);
   if (it == sequences_.end() || layer < layer_begin() || layer >= layer_end()) return -1;
-  return engine_->CacheLength(seq_id, layer);
+  const int64_t queued =  // a decode step queued ahead holds one more
+      ahead_ != nullptr && absl::c_linear_search(ahead_->ids, seq_id) ? 1 : 0;
+  return engine_->CacheLength(seq_id, layer) - queued;
 }
 
 std::unique_ptr<KvCache> StageExecutor::CacheCopy(uint64_t seq_id) const {

@@ -18,6 +18,8 @@
 // host). Errors before compute leave the stage unchanged and are forwarded to the next stage
 // (StageLink::SendError) so it stops waiting; errors during compute drop the step's sequences
 // from this stage (their ids become unknown; the coordinator must Release them everywhere).
+// With StageOptions::lookahead a stage that is both first and last queues a pure-decode step's
+// successor before it answers, and answers that step from it (worker/stage_lookahead.cc).
 //
 // Accounting: one BlockPool per stage shared by all its layers (architecture.md §5); layer l of a
 // sequence owns ceil(tokens_l / block_tokens) blocks of it, tokens_l being its cache length (after
@@ -51,6 +53,11 @@
 #include "xkv/v1/worker.pb.h"
 
 namespace xkv {
+
+// Decode steps a stage queued ahead (StageOptions::lookahead), answered from that work, or undone.
+struct LookaheadCounts {
+  int64_t queued = 0, adopted = 0, discarded = 0;
+};
 
 class StageExecutor {
  public:
@@ -99,11 +106,15 @@ class StageExecutor {
   xkv::v1::ReleaseResponse Release(const xkv::v1::ReleaseRequest& request);
   void ReleaseAll();
 
+  LookaheadCounts lookahead_counts() const;
+
   // Health SERVING (WorkerService reports a broken link over it).
   xkv::v1::StatusResponse status() const;
-  // Tokens the sequence's cache holds in a layer (-1 when unknown); tests and reports.
+  // Tokens the sequence's cache holds in a layer (-1 when unknown; a decode step queued ahead
+  // not counted); tests and reports.
   int64_t CacheLength(uint64_t seq_id, int layer) const;
-  // A copy of the sequence's cache (null when unknown); tests.
+  // A copy of the sequence's cache (null when unknown; with a decode step queued ahead, its token
+  // too); tests.
   std::unique_ptr<KvCache> CacheCopy(uint64_t seq_id) const;
 
  private:
@@ -122,6 +133,21 @@ class StageExecutor {
     bool compacted = false;                   // evicted once; never again
   };
   struct Run;  // one step in flight
+  // The next decode step, queued on the engine ahead of its request (StageOptions::lookahead).
+  struct Ahead {
+    // The predicted StepRequest, serialized without step_id, link_timeout_ms and tokens, and the
+    // tokens it was fed (once they reached the host: a step queued from the device's sample gets
+    // them when that sample is finished).
+    std::string key;
+    std::vector<int32_t> input;
+    std::vector<uint64_t> ids;  // its sequences, in order
+    bool device = false;        // sampled on the device: FinishSampleResident has the tokens
+    // Host sampling: the tokens drawn, with each sequence's Sampler after its draw (its own
+    // Sampler stays as it was until the step is adopted).
+    std::vector<int32_t> tokens;
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    double queue_ms = 0;  // host time to queue it
+  };
 
   StageExecutor(const StageOptions& options, std::unique_ptr<StageEngine> engine,
                 std::unique_ptr<StageLink> link, BlockPool pool);
@@ -167,6 +193,28 @@ class StageExecutor {
                   google::protobuf::RepeatedPtrField<xkv::v1::LayerSize>* out) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Drop(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Lookahead (StageOptions::lookahead). QueueAhead queues the decode step that follows `base`
+  // (whose answer `sizes` holds its sizes) when every sequence of it decoded and sampled one
+  // token: `fed` holds base's tokens when the host has them, null when they are the device's
+  // newest sample; `prev`: the queued step that base is, adopted but not yet applied to the
+  // sequences (its draw and Sampler still pending). AheadMatches: `step` is exactly the queued
+  // step; AdoptAhead answers it from the queued work (queueing the next one before it waits);
+  // DiscardAhead undoes it (before any other call changes the stage); RestoreAfterAhead: after a
+  // queueing that failed part-way, each sequence back to the lengths `sizes` reports, or dropped.
+  void QueueAhead(const xkv::v1::StepRequest& base, const std::vector<int32_t>* fed,
+                  const Ahead* prev, const xkv::v1::StepResponse& sizes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AheadMatches(const xkv::v1::StepRequest& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<xkv::v1::StepResponse> AdoptAhead(const xkv::v1::StepRequest& step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DiscardAhead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RestoreAfterAhead(const xkv::v1::StepResponse& sizes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Device sampling of q's next token: its parameters, RNG offset and penalties into r; then the
+  // token drawn moves the offset and the penalties' counts on.
+  static void FillDeviceDraw(const Sequence& q, RowSampling& r);
+  static void CountDeviceDraw(Sequence& q, int32_t token);
+  static void SetLogprobs(const std::optional<SampledLogprobs>& logprobs,
+                          xkv::v1::SequenceResult& r);
   absl::Status FailBeforeCompute(const xkv::v1::StepRequest& step, absl::Status error,
                                  bool received) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   xkv::v1::BlockUsage Usage() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -183,6 +231,13 @@ class StageExecutor {
   mutable absl::Mutex mu_;
   BlockPool pool_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Ahead> ahead_ ABSL_GUARDED_BY(mu_);
+  LookaheadCounts lookahead_counts_ ABSL_GUARDED_BY(mu_);
+  // Queued steps undone in a row, and the chances to queue one still to let pass: after two misses
+  // in a row (e.g. micro-batches alternating on one stage) the stage queues only every 2^(misses
+  // - 1)-th chance, at most every 64th, until one is adopted again.
+  int ahead_misses_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t ahead_skips_ ABSL_GUARDED_BY(mu_) = 0;
 
   mutable absl::Mutex status_mu_;
   xkv::v1::StatusResponse status_ ABSL_GUARDED_BY(status_mu_);

@@ -58,6 +58,12 @@ struct StageOptions {
   // (StageEngine::supports_per_head_kv): the pool then counts blocks of one head's K and V
   // (architecture.md §5), and the stage takes per-(layer, KV head) budgets.
   bool per_head_tables = false;
+  // Async decode (a stage that is both first and last): after a pure-decode step whose sequences
+  // all sampled, the stage queues the same sequences' next decode step (the sampled tokens,
+  // positions + 1) on the engine before it answers, and adopts it when the coordinator's next step
+  // is exactly that one; any other call undoes it first (StageExecutor::Ahead). Tokens are the
+  // same either way; on a GPU the host's work between steps overlaps the device's.
+  bool lookahead = false;
 };
 
 // The stage's options (model_path, range, capacity, importance, timeouts), every field bounded

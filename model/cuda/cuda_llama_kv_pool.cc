@@ -85,6 +85,28 @@ void CudaLlamaModel::ReleaseSequence(uint64_t id) {
 
 // ---- compaction ------------------------------------------------------------------------------
 
+absl::Status CudaLlamaModel::UndoDecode(absl::Span<const uint64_t> ids) {
+  for (uint64_t id : ids) {  // all checked first: nothing changes on error
+    auto it = sequences_.find(id);
+    bool empty = it == sequences_.end() || it->second.position < 1 || it->second.kv.lengths.empty();
+    for (size_t j = 0; !empty && j < it->second.kv.lengths.size(); ++j) {
+      empty = it->second.kv.lengths[j] < 1;
+    }
+    if (empty) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cuda engine: sequence ", id, " has no decoded token to undo"));
+    }
+  }
+  for (uint64_t id : ids) {
+    Sequence& s = sequences_.at(id);
+    for (int64_t& len : s.kv.lengths) --len;
+    --s.position;
+    pool_.Trim(s.kv);         // a head-block the undone slot opened goes back
+    s.epoch = ++next_epoch_;  // the step slots' tables are refilled
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaLlamaModel::CompactLayer(uint64_t id, int layer, int64_t prompt_len,
                                           absl::Span<const std::vector<int32_t>> kept) {
   auto it = sequences_.find(id);

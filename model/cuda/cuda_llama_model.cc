@@ -48,7 +48,7 @@ CudaLlamaModel::~CudaLlamaModel() {
   for (void* p : allocations_) cudaFree(p);
   for (void* p : {static_cast<void*>(h_tokens_), static_cast<void*>(h_positions_),
                   static_cast<void*>(h_slots_), static_cast<void*>(h_tables_),
-                  static_cast<void*>(h_kv_lens_), h_row_params_}) {
+                  static_cast<void*>(h_kv_lens_), h_row_params_, static_cast<void*>(h_next_)}) {
     if (p != nullptr) cudaFreeHost(p);
   }
   if (staging_ != nullptr) cudaFree(staging_);
@@ -60,6 +60,9 @@ CudaLlamaModel::~CudaLlamaModel() {
   if (score_start_ != nullptr) cudaEventDestroy(score_start_);
   if (score_stop_ != nullptr) cudaEventDestroy(score_stop_);
   if (inputs_copied_ != nullptr) cudaEventDestroy(inputs_copied_);
+  for (cudaEvent_t e : sampled_) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
   cudaStreamDestroy(stream_);
   cudaGetLastError();  // a failure here must not surface in the next caller's launch check
 }
@@ -115,6 +118,9 @@ absl::Status CudaLlamaModel::InitCommon() {
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_start_));
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&score_stop_));
   CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&inputs_copied_, cudaEventDisableTiming));
+  for (cudaEvent_t& e : sampled_) {
+    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
   ASSIGN_OR_RETURN(cuda::CublasHandle handle, cuda::CublasHandle::Create());
   cublas_ = std::make_unique<cuda::CublasHandle>(std::move(handle));
   max_blocks_per_seq_ = CeilDiv(o.max_seq_len, kBlock);
@@ -179,7 +185,10 @@ absl::Status CudaLlamaModel::InitCache() {
   d_sampling_ = sampling;
   RETURN_IF_ERROR(Alloc(max_b, &sampling));
   d_row_params_ = sampling;
-  CUDA_RETURN_IF_ERROR(cudaMallocHost(&h_row_params_, max_b * sizeof(cuda::DeviceSamplingParams)));
+  CUDA_RETURN_IF_ERROR(
+      cudaMallocHost(&h_row_params_, kSampleSlots * max_b * sizeof(cuda::DeviceSamplingParams)));
+  CUDA_RETURN_IF_ERROR(
+      cudaMallocHost(reinterpret_cast<void**>(&h_next_), kSampleSlots * max_b * sizeof(int32_t)));
   RETURN_IF_ERROR(Alloc(max_n * h, &hidden_));
   RETURN_IF_ERROR(Alloc(max_n * std::max({h, q_dim, f}), &norm_));
   RETURN_IF_ERROR(Alloc(max_n * qkv_dim, &qkv_));

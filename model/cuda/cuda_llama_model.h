@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -126,6 +127,13 @@ class CudaLlamaModel : public StageEngine {
   absl::StatusOr<DeviceRows> ExportResident(RowDtype dtype) override;
   absl::Status LoadResidentDevice(const DeviceRows& rows) override;
   absl::StatusOr<SampledRows> SampleResident(absl::Span<const RowSampling> rows) override;
+  // Start queues the head, the sampling and the tokens' copy into pinned memory and returns at
+  // once (up to two outstanding); Finish waits for the oldest one's copy (StageExecutor's
+  // lookahead). EmbedResidentSampled copies the newest one's tokens on the device.
+  absl::Status StartSampleResident(absl::Span<const RowSampling> rows) override;
+  absl::StatusOr<SampledRows> FinishSampleResident() override;
+  absl::Status EmbedResidentSampled() override;
+  absl::Status UndoDecode(absl::Span<const uint64_t> ids) override;
 
   // ---- device-only whole-model path (tests, benchmarks) ---------------------------------------
   // Embedding → every layer → head on each sequence's last token → greedy token, all on the
@@ -337,8 +345,20 @@ class CudaLlamaModel : public StageEngine {
   // rewrites the mirrors.
   cudaEvent_t inputs_copied_ = nullptr;
   // Device sampling (SampleResident): per-row parameters and the penalties of the step.
-  void* d_row_params_ = nullptr;   // DeviceSamplingParams [max_batch]
-  void* h_row_params_ = nullptr;   // pinned mirror
+  void* d_row_params_ = nullptr;  // DeviceSamplingParams [max_batch]
+  // Pinned rings of kSampleSlots: each outstanding StartSampleResident owns one slot of the
+  // parameters' mirror and of the sampled tokens' copy, and an event after that copy.
+  static constexpr int kSampleSlots = 2;
+  void* h_row_params_ = nullptr;  // DeviceSamplingParams [kSampleSlots, max_batch]
+  int32_t* h_next_ = nullptr;     // int32 [kSampleSlots, max_batch]
+  cudaEvent_t sampled_[kSampleSlots] = {};
+  struct PendingSample {
+    SampledRows out;          // tokens filled by Finish; the asked-for logits' copies may run
+    std::vector<bool> drawn;  // [rows]: sampled
+    int slot = 0;
+  };
+  std::deque<PendingSample> pending_;  // oldest first
+  int next_slot_ = 0;
   int32_t* d_pen_rows_ = nullptr;  // int32 [pen_capacity_]
   int32_t* d_pen_ids_ = nullptr;   // int32 [pen_capacity_]
   float* d_pen_deltas_ = nullptr;  // fp32 [pen_capacity_]

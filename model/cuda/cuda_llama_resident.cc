@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/row_convert.cuh"
 #include "kernels/cuda/sampling.cuh"
 #include "model/cuda/cuda_llama_model.h"
@@ -134,6 +135,18 @@ absl::Status CudaLlamaModel::ReservePenalties(int64_t n) {
 }
 
 absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowSampling> rows) {
+  if (!pending_.empty()) {
+    return absl::FailedPreconditionError("cuda engine: a lookahead sample is outstanding");
+  }
+  RETURN_IF_ERROR(StartSampleResident(rows));
+  return FinishSampleResident();
+}
+
+absl::Status CudaLlamaModel::StartSampleResident(absl::Span<const RowSampling> rows) {
+  if (static_cast<int>(pending_.size()) >= kSampleSlots) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda engine: ", kSampleSlots, " samples are outstanding already"));
+  }
   const int64_t vocab = config_.vocab_size;
   const int64_t b = static_cast<int64_t>(rows.size());
   std::vector<int64_t> idx;
@@ -156,45 +169,85 @@ absl::StatusOr<SampledRows> CudaLlamaModel::SampleResident(absl::Span<const RowS
     }
   }
   RETURN_IF_ERROR(CheckLogitRows(idx, resident_rows_));
-  SampledRows out;
-  out.tokens.assign(b, -1);
-  if (b == 0) return out;
+  PendingSample p;  // queued once everything is (a moved vector keeps its buffer)
+  p.slot = next_slot_;
+  p.drawn.assign(b, false);
+  for (int64_t i = 0; i < b; ++i) p.drawn[i] = rows[i].sample;
+  p.out.tokens.assign(b, -1);
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
-  RETURN_IF_ERROR(HeadProject(b));
-  // The raw logits first (before the penalties change them).
-  out.logits.resize(n_logits * vocab);
-  for (int64_t i = 0, k = 0; i < b; ++i) {
-    if (!rows[i].want_logits) continue;
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.logits.data() + k++ * vocab, logits_ + i * vocab,
-                                         vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  if (b > 0) {
+    RETURN_IF_ERROR(GatherLastRows(hidden_, idx, cudaMemcpyDeviceToDevice));
+    RETURN_IF_ERROR(HeadProject(b));
+    // The raw logits first (before the penalties change them). Pageable memory: these copies
+    // wait for the head (only rows that ask for logits; the lookahead never does).
+    p.out.logits.resize(n_logits * vocab);
+    for (int64_t i = 0, k = 0; i < b; ++i) {
+      if (!rows[i].want_logits) continue;
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.out.logits.data() + k++ * vocab, logits_ + i * vocab,
+                                           vocab * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    }
+    const int64_t np = static_cast<int64_t>(pen_ids.size());
+    if (np > 0) {
+      RETURN_IF_ERROR(ReservePenalties(np));
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(d_pen_rows_, pen_rows.data(), np * 4, cudaMemcpyHostToDevice, stream_));
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(d_pen_ids_, pen_ids.data(), np * 4, cudaMemcpyHostToDevice, stream_));
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_pen_deltas_, pen_deltas.data(), np * 4,
+                                           cudaMemcpyHostToDevice, stream_));
+      RETURN_IF_ERROR(cuda::LaunchApplyPenalties(logits_, vocab, vocab, d_pen_rows_, d_pen_ids_,
+                                                 d_pen_deltas_, np, stream_));
+    }
+    // This slot's pinned parameters: an outstanding sample's copy may not have run yet, and it
+    // reads the other slot.
+    auto* params =
+        static_cast<cuda::DeviceSamplingParams*>(h_row_params_) + p.slot * options_.max_batch;
+    for (int64_t i = 0; i < b; ++i) params[i] = ToDevice(rows[i]);
+    auto* d_params = static_cast<cuda::DeviceSamplingParams*>(d_row_params_);
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(d_params, params, b * sizeof(*params), cudaMemcpyHostToDevice, stream_));
+    RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab, d_params, d_next_, stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_next_ + p.slot * options_.max_batch, d_next_,
+                                         b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   }
-  const int64_t np = static_cast<int64_t>(pen_ids.size());
-  if (np > 0) {
-    RETURN_IF_ERROR(ReservePenalties(np));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(d_pen_rows_, pen_rows.data(), np * 4, cudaMemcpyHostToDevice, stream_));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(d_pen_ids_, pen_ids.data(), np * 4, cudaMemcpyHostToDevice, stream_));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(d_pen_deltas_, pen_deltas.data(), np * 4, cudaMemcpyHostToDevice, stream_));
-    RETURN_IF_ERROR(cuda::LaunchApplyPenalties(logits_, vocab, vocab, d_pen_rows_, d_pen_ids_,
-                                               d_pen_deltas_, np, stream_));
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(sampled_[p.slot], stream_));
+  next_slot_ = (next_slot_ + 1) % kSampleSlots;
+  pending_.push_back(std::move(p));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SampledRows> CudaLlamaModel::FinishSampleResident() {
+  if (pending_.empty()) return absl::FailedPreconditionError("cuda engine: no sample outstanding");
+  PendingSample p = std::move(pending_.front());
+  pending_.pop_front();
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  // Its tokens' copy, and the logits' copies queued before it (a later sample may still run).
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(sampled_[p.slot]));
+  const int32_t* next = h_next_ + p.slot * options_.max_batch;
+  for (size_t i = 0; i < p.out.tokens.size(); ++i) {
+    if (p.drawn[i]) p.out.tokens[i] = next[i];
   }
-  auto* params = static_cast<cuda::DeviceSamplingParams*>(h_row_params_);
-  for (int64_t i = 0; i < b; ++i) params[i] = ToDevice(rows[i]);
-  auto* d_params = static_cast<cuda::DeviceSamplingParams*>(d_row_params_);
+  return std::move(p.out);
+}
+
+absl::Status CudaLlamaModel::EmbedResidentSampled() {
+  resident_rows_ = 0;
+  if (!has_embedding_) return absl::FailedPreconditionError("cuda engine: no embedding here");
+  if (pending_.empty()) return absl::FailedPreconditionError("cuda engine: no sample outstanding");
+  const PendingSample& p = pending_.back();
+  const int64_t n = static_cast<int64_t>(p.drawn.size());
+  if (n < 1 || std::find(p.drawn.begin(), p.drawn.end(), false) != p.drawn.end()) {
+    return absl::FailedPreconditionError(
+        "cuda engine: the last sample did not draw a token for every row");
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  // d_next_ holds that sample's tokens until the next sample writes it (stream order).
   CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(d_params, params, b * sizeof(*params), cudaMemcpyHostToDevice, stream_));
-  RETURN_IF_ERROR(cuda::LaunchSample(logits_, vocab, b, vocab, d_params, d_next_, stream_));
-  std::vector<int32_t> next(b);
-  CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(next.data(), d_next_, b * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-  for (int64_t i = 0; i < b; ++i) {
-    if (rows[i].sample) out.tokens[i] = next[i];
-  }
-  return out;
+      cudaMemcpyAsync(d_tokens_, d_next_, n * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream_));
+  RETURN_IF_ERROR(cuda::LaunchEmbedding(embedding_, config_.vocab_size, config_.hidden, d_tokens_,
+                                        n, hidden_, stream_));
+  resident_rows_ = n;
+  return absl::OkStatus();
 }
 
 }  // namespace xkv

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Step and memory flags of `xkv serve` and `xkv worker` (issue 13 part 4, issue 14 part 6): a bad
-# --max-batched-tokens, a --step-tokens (its old name) that disagrees with it, or a
-# --gpu-memory-utilization outside (0, 1] stops the start with exit status 2 and one line naming
-# the flag, before anything loads or listens (exit status 1 for the worker, as its other start-up
-# checks). The old names still work.
+# --max-batched-tokens, a --step-tokens (its old name) that disagrees with it, a
+# --gpu-memory-utilization outside (0, 1] or an --async-decode other than auto, on, off stops the
+# start with exit status 2 and one line naming the flag, before anything loads or listens (exit
+# status 1 for the worker, as its other start-up checks). The old names still work.
 # Usage: serve_flags_test.sh XKV_BINARY
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -25,6 +25,8 @@ for bad in 0 1.5 -0.2; do
   expect_error_from 1 "--gpu-memory-utilization must be in (0, 1]" \
     timeout 20 "$xkv" worker --listen 127.0.0.1:0 --gpu-memory-utilization "$bad"
 done
+expect_error_from 2 "--async-decode 'maybe' is not one of auto, on, off" \
+  timeout 20 "$xkv" serve "${listen[@]}" --async-decode maybe
 expect_error_from 1 "--max-step-tokens and --max-batched-tokens disagree" \
   timeout 20 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens 64 --max-batched-tokens 128
 expect_error_from 1 "--max-batched-tokens must be >= 1" \

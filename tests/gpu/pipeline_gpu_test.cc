@@ -3,7 +3,8 @@
 // gives every request the greedy tokens of one CUDA stage running one step at a time (device row
 // hand-offs between the stages, device sampling), micro-batches really overlap, and cancelling
 // requests mid-flight leaves every stage's pool at its idle count. NCCL between two GPUs is
-// tests/gpu/nccl_link_test.cc (2 GPUs).
+// tests/gpu/nccl_link_test.cc (2 GPUs). Async decode on a CUDA stage gives the tokens of the option
+// off.
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -94,6 +95,27 @@ TEST_F(GpuPipelineTest, CancelInFlightLeavesEveryPoolIdle) {
   }
   EXPECT_EQ(PoolState(*p), idle);
   EXPECT_EQ(p->log->stepped_after_release(), 0);
+}
+
+// Async decode on a CUDA stage (`xkv serve --async-decode`, on by default for one GPU stage): the
+// stage queues each pure-decode batch's next step on the device (embedding, layers, device
+// sampling with the seeded RNG's next offset and the penalties) before it answers, and the tokens
+// are those of the option off, bit for bit, with admissions mid-decode, max_tokens, EOS, a cancel
+// and xkv compactions (tests/integration/pipeline_harness.h); every pool idle after.
+TEST_F(GpuPipelineTest, AsyncDecodeGivesTheTokensOfTheOptionOff) {
+  FakeClock clock;
+  auto start = [&](int stages, bool lookahead) {
+    InProcessStageSettings settings = GpuSettings();
+    settings.lookahead = lookahead;
+    return StartPipeline(stages, 1, &clock, kCuda0, settings);
+  };
+  std::vector<std::vector<int32_t>> reference;
+  {
+    absl::StatusOr<Pipeline> one = start(1, false);
+    ASSERT_TRUE(one.ok()) << one.status();
+    reference = GenerateAll(*one->coordinator, MixedRequests());
+  }
+  testing_pipeline::ExpectAsyncDecodeGivesTheTokensOfTheOptionOff(2, reference, start);
 }
 
 }  // namespace

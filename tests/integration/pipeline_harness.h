@@ -114,6 +114,7 @@ class LoggingStageClient final : public StageClient {
     return inner_->Release(request);
   }
   absl::StatusOr<xkv::v1::StatusResponse> Status() override { return inner_->Status(); }
+  StageClient* inner() const { return inner_.get(); }
 
  private:
   const size_t stage_;
@@ -126,16 +127,21 @@ class CollectingSink final : public GenerateSink {
  public:
   // Called (from the coordinator's loop thread) after the first token arrived.
   std::function<void()> on_first_token;
+  // Called (from the loop thread) after every delta with the tokens received so far.
+  std::function<void(size_t)> on_tokens;
 
   void OnDelta(const std::string&, absl::Span<const int32_t> ids,
                absl::Span<const SampledLogprobs>) override {
     bool first = false;
+    size_t count = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       first = tokens_.empty() && !ids.empty();
       tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+      count = tokens_.size();
     }
     if (first && on_first_token) on_first_token();
+    if (on_tokens) on_tokens(count);
   }
   void OnDone(const xkv::v1::Usage&) override { End(absl::OkStatus()); }
   void OnError(const absl::Status& status) override { End(status); }
@@ -223,6 +229,63 @@ inline std::vector<GenerateParams> MixedRequests() {
   return out;
 }
 
+// Async decode's scenario (StageOptions::lookahead; pipeline_micro_batch_test.cc, the GPU's
+// pipeline_gpu_test.cc): each request's tokens and final status.
+struct AsyncDecodeOutcome {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<absl::Status> status;
+};
+
+inline std::vector<GenerateParams> AsyncDecodeRequests() {
+  std::vector<GenerateParams> r = MixedRequests();  // ignore_eos, 6..8 tokens each
+  r[0].max_tokens = 40;
+  r[2].max_tokens = 24;
+  r[2].temperature = 0.9;
+  r[2].seed = 7;
+  r[2].presence_penalty = 0.5;
+  r[3].max_tokens = 200;  // cancelled long before
+  GenerateParams eos;     // ends by EOS: a one-word chat answer
+  eos.chat = true;
+  eos.messages = {{"user", "What is the capital of France? Answer with one word."}};
+  eos.max_tokens = 48;
+  r.push_back(std::move(eos));
+  return r;
+}
+
+// Request 0 alone; at its first token the others (admitted while it decodes), at its 12th request
+// 3 is cancelled (while it decodes). Every call after the first comes from the coordinator's loop
+// thread, so the steps (and their batches) are the same in every run.
+inline AsyncDecodeOutcome RunAsyncDecodeScenario(Coordinator& c) {
+  std::vector<GenerateParams> requests = AsyncDecodeRequests();
+  const size_t n = requests.size();
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (size_t i = 0; i < n; ++i) sinks.push_back(std::make_shared<CollectingSink>());
+  std::vector<uint64_t> ids(n, 0);           // written before the loop thread reads them
+  bool admitted = false, cancelled = false;  // loop thread only
+  auto submit = [&](size_t i) {
+    absl::StatusOr<uint64_t> id = c.Submit(requests[i], sinks[i]);
+    EXPECT_TRUE(id.ok()) << i << ": " << id.status();
+    ids[i] = id.ok() ? *id : 0;
+  };
+  sinks[0]->on_tokens = [&](size_t count) {  // a delta may hold several tokens
+    if (!admitted) {
+      admitted = true;
+      for (size_t i = 1; i < n; ++i) submit(i);
+    } else if (!cancelled && count >= 12) {
+      cancelled = true;
+      c.Cancel(ids[3]);
+    }
+  };
+  submit(0);
+  AsyncDecodeOutcome out;
+  for (auto& sink : sinks) {
+    auto [tokens, status] = sink->Wait();
+    out.tokens.push_back(std::move(tokens));
+    out.status.push_back(status);
+  }
+  return out;
+}
+
 // Submits every request at once and returns each one's tokens (each must end OK).
 inline std::vector<std::vector<int32_t>> GenerateAll(Coordinator& c,
                                                      std::vector<GenerateParams> requests) {
@@ -252,6 +315,22 @@ inline std::vector<std::pair<int64_t, int32_t>> PoolState(const Pipeline& p) {
   return out;
 }
 
+// The async-decode counts (StageOptions::lookahead) summed over the pipeline's stages.
+inline LookaheadCounts Lookaheads(const Pipeline& p) {
+  LookaheadCounts sum;
+  for (StageClient* s : p.stages) {
+    auto* stage = dynamic_cast<InProcessStageClient*>(static_cast<LoggingStageClient*>(s)->inner());
+    absl::StatusOr<LookaheadCounts> c =
+        stage != nullptr ? stage->lookahead_counts() : absl::NotFoundError("not in-process");
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) continue;
+    sum.queued += c->queued;
+    sum.adopted += c->adopted;
+    sum.discarded += c->discarded;
+  }
+  return sum;
+}
+
 // For every S in [min_stages, max_stages] and M in [1, S]: a pipeline of S stages with M
 // micro-batches (start(S, M)) gives MixedRequests() the `reference` tokens, leaves every pool at
 // its idle count, never steps a released sequence, and overlaps its micro-batches when M > 1.
@@ -272,6 +351,58 @@ inline void ExpectEveryStageAndMicroBatchCountGives(
       } else {
         EXPECT_GE(p->log->max_distinct(), 2u) << "micro-batches never overlapped on the stages";
       }
+    }
+  }
+}
+
+// Async decode (StageOptions::lookahead): for S in [1, max_stages], RunAsyncDecodeScenario on S
+// stages started with the option on (start(S, true)) gives every request the tokens of the option
+// off (start(S, false)) (the cancelled one too: it ends at the same step), the chat request
+// ends by EOS, every pool is back at its idle count, no step names a released sequence, and
+// MixedRequests() then give `mixed_reference`. One stage queued steps ahead, adopted most and undid
+// some; more stages queue none.
+inline void ExpectAsyncDecodeGivesTheTokensOfTheOptionOff(
+    int max_stages, const std::vector<std::vector<int32_t>>& mixed_reference,
+    const std::function<absl::StatusOr<Pipeline>(int, bool)>& start) {
+  for (int stages = 1; stages <= max_stages; ++stages) {
+    SCOPED_TRACE(::testing::Message() << stages << " stages");
+    absl::StatusOr<Pipeline> plain = start(stages, false);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    const AsyncDecodeOutcome want = RunAsyncDecodeScenario(*plain->coordinator);
+    EXPECT_EQ(Lookaheads(*plain).queued, 0);
+    absl::StatusOr<Pipeline> p = start(stages, true);
+    ASSERT_TRUE(p.ok()) << p.status();
+    const std::vector<std::pair<int64_t, int32_t>> idle = PoolState(*p);
+    const AsyncDecodeOutcome got = RunAsyncDecodeScenario(*p->coordinator);
+    const std::vector<GenerateParams> requests = AsyncDecodeRequests();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      SCOPED_TRACE(::testing::Message() << "request " << i);
+      EXPECT_EQ(got.tokens[i], want.tokens[i]);
+      if (i == 3) {  // cancelled at the same step in both runs
+        EXPECT_EQ(want.status[i].code(), absl::StatusCode::kCancelled) << want.status[i];
+        EXPECT_EQ(got.status[i].code(), absl::StatusCode::kCancelled) << got.status[i];
+        EXPECT_GT(want.tokens[i].size(), 1u) << "it was decoding when cancelled";
+        continue;
+      }
+      EXPECT_TRUE(want.status[i].ok()) << want.status[i];
+      EXPECT_TRUE(got.status[i].ok()) << got.status[i];
+      if (requests[i].ignore_eos) {
+        EXPECT_EQ(static_cast<int64_t>(want.tokens[i].size()), requests[i].max_tokens);
+      }
+    }
+    EXPECT_LT(static_cast<int64_t>(want.tokens[5].size()), requests[5].max_tokens)
+        << "the chat request was to end by EOS";
+    EXPECT_EQ(PoolState(*p), idle);
+    EXPECT_EQ(p->log->stepped_after_release(), 0);
+    EXPECT_EQ(GenerateAll(*p->coordinator, MixedRequests()), mixed_reference);
+    EXPECT_EQ(PoolState(*p), idle);
+    const LookaheadCounts counts = Lookaheads(*p);
+    EXPECT_EQ(counts.queued, counts.adopted + counts.discarded);
+    if (stages == 1) {
+      EXPECT_GT(counts.adopted, 10) << "decode steps were answered from the queued ones";
+      EXPECT_GT(counts.discarded, 2) << "admissions, finishes and the cancel undid queued steps";
+    } else {
+      EXPECT_EQ(counts.queued, 0) << "a stage that is not both first and last queues nothing";
     }
   }
 }

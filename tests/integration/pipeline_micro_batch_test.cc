@@ -252,5 +252,22 @@ TEST_F(PipelineMicroBatchTest, DecodesRunWhileAnotherRequestCompacts) {
   EXPECT_EQ(PoolState(*p), idle);
 }
 
+// Async decode (`xkv serve --async-decode`, StageOptions::lookahead): a stage that is both first
+// and last queues each pure-decode batch's next step before it answers, and adopts it when the
+// coordinator's next step is that one, else undoes it. Every request gets the tokens of the option
+// off, on 1 stage (where it runs) and 2 (where it stays off), with admissions arriving while
+// others decode, max_tokens hits at different steps, an EOS, seeded random sampling with a
+// presence penalty (the host Sampler's state across undone steps), xkv compactions and a cancel;
+// every pool is back at its idle count and no step names a released sequence.
+TEST_F(PipelineMicroBatchTest, AsyncDecodeGivesTheTokensOfTheOptionOff) {
+  FakeClock clock;
+  testing_pipeline::ExpectAsyncDecodeGivesTheTokensOfTheOptionOff(
+      2, *reference_, [&](int stages, bool lookahead) {
+        InProcessStageSettings settings;
+        settings.lookahead = lookahead;
+        return StartPipeline(stages, 1, &clock, {"cpu"}, settings);
+      });
+}
+
 }  // namespace
 }  // namespace xkv

@@ -115,5 +115,31 @@ TEST(KvCacheTest, PerHeadCountsFreeTheirBytesAndAppendPerHead) {
   EXPECT_EQ(cache.k(0)[cache.head_stride(0) + hd], 1000 * 21 + 10);
 }
 
+// Async decode's undo (StageEngine::UndoDecode): the newest slots of every head go, per-head
+// counts included; the next Append writes where they were; too many is refused and changes nothing.
+TEST(KvCacheTest, DropNewestUndoesAnAppend) {
+  const int heads = 2, hd = 4;
+  const int64_t stride = heads * hd;
+  KvCache cache(0, 1, heads, hd);
+  auto k = Rows(0, 6, heads, hd, 1.f, stride), v = Rows(0, 6, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(0, k.data(), v.data(), 6, stride).ok());
+  ASSERT_TRUE(cache.Compact(0, Kept{{0, 2, 4, 5}, {1, 5}}).ok());  // heads hold 4 and 2
+  auto k1 = Rows(6, 1, heads, hd, 1.f, stride), v1 = Rows(6, 1, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(0, k1.data(), v1.data(), 1, stride).ok());
+  ASSERT_TRUE(cache.DropNewest(0, 1).ok());
+  EXPECT_EQ(cache.head_length(0, 0), 4);
+  EXPECT_EQ(cache.head_length(0, 1), 2);
+  EXPECT_EQ(cache.length(0), 4);
+  auto k2 = Rows(7, 1, heads, hd, 1.f, stride), v2 = Rows(7, 1, heads, hd, -1.f, stride);
+  ASSERT_TRUE(cache.Append(0, k2.data(), v2.data(), 1, stride).ok());
+  EXPECT_EQ(cache.k_head(0, 0)[4 * hd], 7000);
+  EXPECT_EQ(cache.k_head(0, 1)[2 * hd], 7010);
+  EXPECT_EQ(cache.k_head(0, 1)[1 * hd], 5010);  // the kept slots stay
+  EXPECT_EQ(cache.DropNewest(0, 4).code(), absl::StatusCode::kInvalidArgument);  // head 1 holds 3
+  EXPECT_EQ(cache.head_length(0, 0), 5);
+  EXPECT_EQ(cache.head_length(0, 1), 3);
+  EXPECT_EQ(cache.DropNewest(1, 1).code(), absl::StatusCode::kInvalidArgument);  // no layer 1
+}
+
 }  // namespace
 }  // namespace xkv

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/unit/worker/forwarding_engine.h"
 #include "tests/unit/worker/worker_test_util.h"
 #include "worker/stage_engine_factory.h"
 
@@ -15,62 +16,20 @@ namespace xkv {
 namespace {
 
 // A StageEngine whose resident rows "live on a device": DeviceRows over a host buffer.
-class FakeDeviceEngine final : public StageEngine {
+class FakeDeviceEngine final : public testing::ForwardingEngine {
  public:
-  explicit FakeDeviceEngine(std::unique_ptr<StageEngine> inner) : inner_(std::move(inner)) {}
+  using ForwardingEngine::ForwardingEngine;
 
   int exports = 0, device_loads = 0, host_loads = 0;
 
-  const ModelConfig& config() const override { return inner_->config(); }
-  int layer_begin() const override { return inner_->layer_begin(); }
-  int layer_end() const override { return inner_->layer_end(); }
-  int64_t weight_bytes() const override { return inner_->weight_bytes(); }
-  int64_t kv_bytes_per_token() const override { return inner_->kv_bytes_per_token(); }
-  std::string device() const override { return "fake-device"; }
-  bool HasSequence(uint64_t id) const override { return inner_->HasSequence(id); }
-  int64_t CacheLength(uint64_t id, int layer) const override {
-    return inner_->CacheLength(id, layer);
-  }
-  void ReleaseSequence(uint64_t id) override { inner_->ReleaseSequence(id); }
-  absl::StatusOr<std::vector<float>> Embed(absl::Span<const int32_t> tokens) override {
-    return inner_->Embed(tokens);
-  }
-  absl::Status RunLayers(const EngineStep& step, const ImportanceOptions& importance,
-                         absl::Span<float> hidden,
-                         std::vector<EngineObservation>* observations) override {
-    return inner_->RunLayers(step, importance, hidden, observations);
-  }
-  absl::StatusOr<std::vector<float>> Logits(absl::Span<const float> hidden,
-                                            absl::Span<const int64_t> rows) override {
-    return inner_->Logits(hidden, rows);
-  }
-  absl::Status CompactLayer(uint64_t id, int layer, int64_t prompt_len,
-                            absl::Span<const std::vector<int32_t>> kept) override {
-    return inner_->CompactLayer(id, layer, prompt_len, kept);
-  }
-  std::unique_ptr<KvCache> CacheCopy(uint64_t id) const override { return inner_->CacheCopy(id); }
-  absl::Status CopySequence(uint64_t from, uint64_t to) override {
-    return inner_->CopySequence(from, to);
-  }
-  absl::Status EmbedResident(absl::Span<const int32_t> tokens) override {
-    return inner_->EmbedResident(tokens);
-  }
-  absl::Status RunLayersResident(const EngineStep& step, const ImportanceOptions& importance,
-                                 std::vector<EngineObservation>* observations) override {
-    return inner_->RunLayersResident(step, importance, observations);
-  }
-  absl::StatusOr<std::vector<float>> LogitsResident(absl::Span<const int64_t> rows) override {
-    return inner_->LogitsResident(rows);
-  }
   absl::Status LoadResident(std::vector<float> rows) override {
     ++host_loads;
-    return inner_->LoadResident(std::move(rows));
+    return inner().LoadResident(std::move(rows));
   }
-  absl::StatusOr<absl::Span<const float>> ResidentHost() override { return inner_->ResidentHost(); }
   bool device_resident() const override { return true; }
   absl::StatusOr<DeviceRows> ExportResident(RowDtype dtype) override {
     EXPECT_EQ(dtype, RowDtype::kF32);  // in-process links hand fp32 rows
-    absl::StatusOr<absl::Span<const float>> rows = inner_->ResidentHost();
+    absl::StatusOr<absl::Span<const float>> rows = inner().ResidentHost();
     if (!rows.ok()) return rows.status();
     auto copy = std::make_shared<std::vector<float>>(rows->begin(), rows->end());
     DeviceRows out;
@@ -84,11 +43,8 @@ class FakeDeviceEngine final : public StageEngine {
   absl::Status LoadResidentDevice(const DeviceRows& rows) override {
     ++device_loads;
     const float* p = static_cast<const float*>(rows.data.get());
-    return inner_->LoadResident(std::vector<float>(p, p + rows.rows * rows.width));
+    return inner().LoadResident(std::vector<float>(p, p + rows.rows * rows.width));
   }
-
- private:
-  std::unique_ptr<StageEngine> inner_;
 };
 
 struct Pipeline {
