@@ -35,9 +35,9 @@ constexpr int64_t kMinGraphBucket = 256;
 // fuses each RMSNorm into the GEMV after it (every block forms the step's bf16 input rows in
 // shared memory from the fp32 ones, for a launch saved). Every model takes the GEMV path up to
 // gemv_max_rows() token rows (CudaLlamaModel::kDefaultGemvRows = 4): the kernels take up to
-// cuda::kGemvMaxRows = 8, but the one H200 sitting with 8 (session 8, docs/benchmarks-serving.md)
-// decoded B = 8 about 20% slower than cuBLAS had on an H100 while B = 32 (unchanged path) was
-// equal, so 8 waits for a same-GPU A/B (`xkv bench gpu` times both: "GEMV8+PDL"). Wider models
+// cuda::kGemvMaxRows = 8, but on one H100, B = 8 decodes 21% slower on them than on cuBLAS (the
+// same-GPU A/B of `xkv bench gpu --batched-decode`'s "GEMV8+PDL" rows, session 9,
+// docs/benchmarks-serving.md; an H200 sitting had shown the same). Wider models
 // keep the separate norm kernel (the GEMV at m = 4 is within ~5% of cuBLAS on the Llama-3-8B
 // projections, docs/benchmarks.md).
 constexpr int64_t kNarrowHidden = 1024;
