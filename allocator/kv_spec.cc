@@ -182,6 +182,7 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
     ASSIGN_OR_RETURN(s.allocator.kind, ParseAllocator(o.allocator));
   }
   if (o.floor) s.allocator.floor = *o.floor;
+  if (o.cap) s.allocator.cap = *o.cap;
   if (o.per_head) {
     s.allocator.per_head = *o.per_head;
   } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {

@@ -78,6 +78,7 @@ struct KvPolicyOverride {
                                  // = base's
   std::string allocator;         // "global" | "paper"; "" = base's
   std::optional<double> floor;   // alpha in [0, 1]
+  std::optional<double> cap;     // in [1, 64]: multiple of the uniform share
   std::optional<bool> per_head;  // budgets per (layer, KV head); xkv with allocator global only
 };
 

@@ -16,6 +16,7 @@ void TargetToProto(const KvSettings& kv, xkv::v1::KvPolicySpec* out) {
   out->set_profile_mode(ProfileModeName(kv.profile));
   out->set_allocator(std::string(AllocatorName(kv.allocator.kind)));
   out->set_floor(kv.allocator.floor);
+  out->set_cap(kv.allocator.cap);
   out->set_per_head(kv.allocator.per_head);
   switch (kv.target.kind) {
     case KvTarget::Kind::kRetention:

@@ -46,6 +46,7 @@ GenerateParams ParamsFromProto(const xkv::v1::GenerateRequest& r) {
     p.kv.profile_mode = k.profile_mode();
     p.kv.allocator = k.allocator();
     if (k.has_floor()) p.kv.floor = k.floor();
+    if (k.has_cap()) p.kv.cap = k.cap();
     if (k.has_per_head()) p.kv.per_head = k.per_head();
     switch (k.target_case()) {
       case xkv::v1::KvPolicySpec::kRetention:

@@ -163,9 +163,10 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
       if (key == "policy") kv->set_policy(s.value_or(""));
       if (key == "profile_mode") kv->set_profile_mode(s.value_or(""));
       if (key == "allocator") kv->set_allocator(s.value_or(""));
-    } else if (key == "floor") {
+    } else if (key == "floor" || key == "cap") {
       ASSIGN_OR_RETURN(std::optional<double> x, NumberField(value, f));
-      if (x.has_value()) kv->set_floor(*x);
+      if (x.has_value() && key == "floor") kv->set_floor(*x);
+      if (x.has_value() && key == "cap") kv->set_cap(*x);
     } else if (key == "retention" || key == "budget_fraction") {
       ASSIGN_OR_RETURN(std::optional<double> x, NumberField(value, f));
       if (!x.has_value()) continue;
@@ -182,9 +183,10 @@ absl::Status ParseXkv(const Json& v, OpenAiRequest* out) {
       ASSIGN_OR_RETURN(std::optional<bool> b, BoolField(value, f));
       out->kv_layers = b.value_or(false);
     } else {
-      return Invalid(f, absl::StrCat("unknown field '", f,
-                                     "'; expected policy, retention, budget_tokens, budget_bytes, "
-                                     "budget_fraction, profile_mode, allocator, floor or layers"));
+      return Invalid(
+          f, absl::StrCat("unknown field '", f,
+                          "'; expected policy, retention, budget_tokens, budget_bytes, "
+                          "budget_fraction, profile_mode, allocator, floor, cap or layers"));
     }
   }
   if (targets > 1) {

@@ -51,6 +51,7 @@ struct GenerateFlags {
   std::string profile = "per_request";
   std::string allocator = "global";
   double floor = 0.75;
+  double cap = AllocatorParams{}.cap;
   std::string per_head = "0";
   int64_t window = 8;
   std::string granularity = "kv_head";
@@ -77,6 +78,7 @@ absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSe
   if (flags.WasSet("budget-fraction")) ov.budget_fraction = f.budget_fraction;
   if (flags.WasSet("retention")) ov.retention = f.retention;
   if (flags.WasSet("floor")) ov.floor = f.floor;
+  if (flags.WasSet("cap")) ov.cap = f.cap;
   if (flags.WasSet("per-head")) {
     ASSIGN_OR_RETURN(ov.per_head, ParsePerHead(f.per_head));
   }
@@ -215,6 +217,10 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.Double("floor", &f.floor,
                "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
                "(1 = uniform SnapKV budgets)");
+  flags.Double("cap", &f.cap,
+               "global allocator: per-layer cap (per (layer, KV head) with --per-head 1) as a "
+               "multiple of the uniform share, [1, 64]; 64 with --floor 0 ranks every layer and "
+               "head together (KVzip's split)");
   flags.String("per-head", &f.per_head,
                "xkv, global allocator: budgets per (layer, KV head) instead of per layer, 1 or 0 "
                "(--floor then applies per head; CPU engine)");

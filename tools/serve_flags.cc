@@ -56,6 +56,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
                "in [0, 1]");
+  flags.Double("cap", &f->cap,
+               "default per-layer cap of the global allocator (per (layer, KV head) with "
+               "--per-head 1), a multiple of the uniform share in [1, 64]");
   flags.String("per-head", &f->per_head,
                "default xkv budgets per (layer, KV head) instead of per layer: 1 or 0 (global "
                "allocator; CPU stages)");
@@ -150,6 +153,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
+  o.kv.allocator.cap = f.cap;
   ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
   if (f.budget_fraction > 0) {
     o.kv.target = {KvTarget::Kind::kFraction, f.budget_fraction};

@@ -29,6 +29,7 @@ struct ServeFlags {
   std::string profile = "auto";  // one_pass on GPU stages, per_request on CPU ones
   std::string allocator = "global";
   double floor = 0.75;
+  double cap = AllocatorParams{}.cap;
   std::string per_head = "0";  // per-(layer, KV head) budgets: 1|true|0|false
   int64_t window = 8;
   int64_t block_tokens = 16;

@@ -63,6 +63,7 @@ expect_error "unknown flag" --model "$model" --prompt hi --bogus 1
 # Per-(layer, KV head) budgets: the spec's own rules (allocator/kv_spec.cc).
 expect_error "per_head is '2'" --model "$model" --prompt hi --policy xkv --per-head 2
 expect_error "floor is 1.5" --model "$model" --prompt hi --policy xkv --per-head 1 --floor 1.5
+expect_error "cap is 65" --model "$model" --prompt hi --policy xkv --per-head 1 --cap 65
 expect_error "per_head budgets need policy xkv" --model "$model" --prompt hi --policy snapkv \
   --budget-fraction 0.2 --per-head 1
 exit $failed

@@ -27,6 +27,8 @@ for bad in 0 1.5 -0.2; do
 done
 expect_error_from 2 "--async-decode 'maybe' is not one of auto, on, off" \
   timeout 20 "$xkv" serve "${listen[@]}" --async-decode maybe
+expect_error_from 1 "cap is 0.5; it must be in [1, 64]" \
+  timeout 20 "$xkv" serve "${listen[@]}" --cap 0.5
 expect_error_from 1 "--max-step-tokens and --max-batched-tokens disagree" \
   timeout 20 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens 64 --max-batched-tokens 128
 expect_error_from 1 "--max-batched-tokens must be >= 1" \

@@ -71,17 +71,23 @@ TEST(KvSpecTest, OverrideIsValidatedLikeARequest) {
   KvPolicyOverride o;
   o.allocator = "paper";
   o.floor = 0.25;
+  o.cap = 64;
   o.budget_tokens = 100;
   absl::StatusOr<KvSettings> s = ApplyOverride(base, o);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->allocator.kind, AllocatorKind::kPaper);
   EXPECT_DOUBLE_EQ(s->allocator.floor, 0.25);
+  EXPECT_DOUBLE_EQ(s->allocator.cap, 64);
   EXPECT_EQ(s->target.kind, KvTarget::Kind::kTokens);
   EXPECT_EQ(s->target.amount, 100);
   // Bad input changes nothing and names the value.
   o.floor = 2.0;
   ExpectInvalid(ApplyOverride(base, o).status(), "floor is 2", "[0, 1]");
   ExpectInvalid(ValidateKvOverride(o), "floor is 2");
+  o.floor = 0.25;
+  o.cap = 0.5;
+  ExpectInvalid(ApplyOverride(base, o).status(), "cap is 0.5", "[1, 64]");
+  ExpectInvalid(ValidateKvOverride(o), "cap is 0.5");
   KvPolicyOverride two;
   two.retention = 0.5;
   two.budget_bytes = 10;

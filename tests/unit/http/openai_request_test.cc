@@ -35,7 +35,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
     "presence_penalty": 0.5, "frequency_penalty": -1.0, "logprobs": false, "min_p": 0.05,
     "repetition_penalty": 1.3,
     "xkv": {"policy": "xkv", "retention": 0.5, "profile_mode": "one_pass", "layers": true,
-            "allocator": "global", "floor": 0.25}})");
+            "allocator": "global", "floor": 0.25, "cap": 16}})");
   ASSERT_TRUE(r.ok()) << r.status();
   const xkv::v1::GenerateRequest& g = r->generate;
   EXPECT_EQ(r->model, "m");
@@ -64,6 +64,7 @@ TEST(OpenAiRequestTest, ChatFieldsMapOntoTheGenerateRequest) {
   EXPECT_EQ(g.kv_policy().profile_mode(), "one_pass");
   EXPECT_EQ(g.kv_policy().allocator(), "global");
   EXPECT_DOUBLE_EQ(g.kv_policy().floor(), 0.25);
+  EXPECT_DOUBLE_EQ(g.kv_policy().cap(), 16);
   EXPECT_TRUE(r->kv_layers);
 }
 
