@@ -319,6 +319,8 @@ void Coordinator::LogStepTiming(MicroBatch& batch, const absl::StatusOr<StepOutc
   if (outcome.ok()) {
     p.stage_ms = outcome->max_stage_ms;
     p.compute_ms = outcome->max_compute_ms;
+    p.from_lookahead = outcome->from_lookahead ? 1 : 0;
+    p.lookahead_undone = outcome->lookahead_undone ? 1 : 0;
   }
   p.sequences = static_cast<int64_t>(batch.items.size());
   bool decode_only = true;

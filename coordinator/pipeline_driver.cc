@@ -236,6 +236,8 @@ absl::StatusOr<StepOutcome> PipelineDriver::Wait(const StepHandle& step) {
     xkv::v1::StepResponse& r = *results[s];
     out.max_stage_ms = std::max(out.max_stage_ms, r.timings().total_ms());
     out.max_compute_ms = std::max(out.max_compute_ms, r.timings().compute_ms());
+    out.from_lookahead = out.from_lookahead || r.timings().from_lookahead();
+    out.lookahead_undone = out.lookahead_undone || r.timings().lookahead_undone();
     if (r.sequences_size() != n) {
       return absl::InternalError(
           absl::StrCat("stage ", s, " answered ", r.sequences_size(), " sequences of ", n));

@@ -71,7 +71,9 @@ struct SequenceStepResult {
 struct StepOutcome {
   std::vector<SequenceStepResult> sequences;  // request order
   double max_stage_ms = 0;
-  double max_compute_ms = 0;  // the largest StepTimings.compute_ms of the stages
+  double max_compute_ms = 0;      // the largest StepTimings.compute_ms of the stages
+  bool from_lookahead = false;    // a stage served it from its lookahead (async decode)
+  bool lookahead_undone = false;  // a stage undid a step queued ahead before it
 };
 
 struct StageState {

@@ -18,6 +18,8 @@ StepPhases& StepPhases::operator+=(const StepPhases& o) {
   compactions += o.compactions;
   compact_ms += o.compact_ms;
   preempted += o.preempted;
+  from_lookahead += o.from_lookahead;
+  lookahead_undone += o.lookahead_undone;
   return *this;
 }
 
@@ -28,10 +30,12 @@ std::string FormatStepPhases(const StepPhases& s, int64_t passes, double wall_ms
   return absl::StrFormat(
       "xkv coordinator: %d steps, %.1f sequences / %.1f rows each: one every %.3f ms = plan %.3f + "
       "launch %.3f + wait %.3f (stages %.3f, compute %.3f) + apply %.3f + other %.3f ms; %d "
-      "decode-only, %d with %d prompt tokens, %d compacted (%.3f ms on the loop), %d preempted",
+      "decode-only, %d with %d prompt tokens, %d compacted (%.3f ms on the loop), %d preempted; %d "
+      "from lookahead, %d undone",
       passes, s.sequences / n, s.rows / n, step, s.plan_ms / n, s.launch_ms / n, s.wait_ms / n,
       s.stage_ms / n, s.compute_ms / n, s.apply_ms / n, other, s.decode_only,
-      passes - s.decode_only, s.prompt_tokens, s.compactions, s.compact_ms, s.preempted);
+      passes - s.decode_only, s.prompt_tokens, s.compactions, s.compact_ms, s.preempted,
+      s.from_lookahead, s.lookahead_undone);
 }
 
 std::optional<std::string> StepTimingLog::Add(const StepPhases& pass, Clock::time_point now) {

@@ -28,13 +28,18 @@ struct StepPhases {
   int64_t compactions = 0;    // sequences compacted (in the pass, or by a Compact call after it)
   double compact_ms = 0;      // the loop's time in Compact calls (solve included)
   int64_t preempted = 0;      // sequences preempted when the step was planned
+  // Async decode: passes a stage served from the step it queued ahead, and passes before which a
+  // stage undid a step queued ahead (it differed from the real one).
+  int64_t from_lookahead = 0;
+  int64_t lookahead_undone = 0;
   StepPhases& operator+=(const StepPhases& o);
 };
 
 // The line for `passes` passes whose phases sum to `sum`, over `wall_ms` of loop time
 // ("xkv coordinator: 32 steps, 8.0 sequences / 8.0 rows each: one every 2.10 ms = plan 0.01 +
 // launch 0.03 + wait 1.90 (stages 1.80, compute 1.70) + apply 0.12 + other 0.04 ms; 30
-// decode-only, 2 with 1024 prompt tokens, 1 compacted (0.80 ms on the loop), 0 preempted").
+// decode-only, 2 with 1024 prompt tokens, 1 compacted (0.80 ms on the loop), 0 preempted; 28
+// from lookahead, 1 undone").
 std::string FormatStepPhases(const StepPhases& sum, int64_t passes, double wall_ms);
 
 class StepTimingLog {

@@ -164,6 +164,7 @@ absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& ste
   RETURN_IF_ERROR(CheckFields(step));  // refused at the edge: nothing reaches the link
   absl::MutexLock lock(&mu_);
   if (AheadMatches(step)) return AdoptAhead(step);
+  const bool undone = ahead_ != nullptr;
   DiscardAhead();
   const absl::Time t0 = absl::Now();
   absl::Status valid = ValidateStep(step);
@@ -171,6 +172,7 @@ absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& ste
   Run run;
   run.result.set_step_id(step.step_id());
   xkv::v1::StepTimings& timings = *run.result.mutable_timings();
+  timings.set_lookahead_undone(undone);
   if (step.dry_run()) {
     if (!plan.ok()) return plan.status();
     *run.result.mutable_usage() = Usage();

@@ -190,6 +190,7 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
   xkv::v1::StepTimings& timings = *result.mutable_timings();
   timings.set_compute_ms(cur->queue_ms + MsSince(t1));  // queueing it and waiting for it
   timings.set_total_ms(MsSince(t0));
+  timings.set_from_lookahead(true);
   return result;
 }
 

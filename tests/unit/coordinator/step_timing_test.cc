@@ -27,11 +27,13 @@ TEST(StepTimingLogTest, OneLineEveryNPassesWithTheMeans) {
   StepPhases decode = Pass(0.1, 0.2, 2.0, 1.5, 1.2, 0.5, 8, 8);
   decode.decode_only = 1;
   decode.preempted = 2;
+  decode.from_lookahead = 1;
   EXPECT_FALSE(log.Add(decode, t0 + std::chrono::milliseconds(3)).has_value());
   StepPhases mixed = Pass(0.3, 0.4, 4.0, 2.5, 2.2, 0.7, 8, 2056);
   mixed.prompt_tokens = 2048;
   mixed.compactions = 1;
   mixed.compact_ms = 0.25;
+  mixed.lookahead_undone = 1;
   const std::optional<std::string> line = log.Add(mixed, t0 + std::chrono::milliseconds(10));
   ASSERT_TRUE(line.has_value());
   // Means of the two passes over 10 ms of loop time: 5 ms per step, 0.2 + 0.3 + 3 + 0.6 of it
@@ -41,7 +43,7 @@ TEST(StepTimingLogTest, OneLineEveryNPassesWithTheMeans) {
                                "1.700) + apply 0.600 + other 0.900 ms"));
   // What the passes held: the first decoded only, the second carried 2048 prompt tokens.
   EXPECT_THAT(*line, HasSubstr("; 1 decode-only, 1 with 2048 prompt tokens, 1 compacted (0.250 ms "
-                               "on the loop), 2 preempted"));
+                               "on the loop), 2 preempted; 1 from lookahead, 1 undone"));
   // A new sum starts from the last pass.
   EXPECT_FALSE(log.Add(Pass(1, 1, 1, 1, 1, 1, 1, 1), t0 + std::chrono::milliseconds(11)));
   EXPECT_THAT(*log.Add(Pass(1, 1, 1, 1, 1, 1, 1, 1), t0 + std::chrono::milliseconds(20)),

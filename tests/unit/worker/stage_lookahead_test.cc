@@ -113,8 +113,9 @@ xkv::v1::StepSequence Sampled(xkv::v1::StepSequence s, float temperature, uint64
   return s;
 }
 
-// Every answer (timings cleared) and the pool's blocks after every call, in order.
-std::vector<std::string> RunScript(StageExecutor& stage) {
+// Every answer (timings cleared) and the pool's blocks after every call, in order; `flagged`
+// counts the answers whose timings say they came from the lookahead (adopted) or undid one.
+std::vector<std::string> RunScript(StageExecutor& stage, LookaheadCounts* flagged = nullptr) {
   std::vector<std::string> out;
   uint64_t step_id = 0;
   std::map<uint64_t, std::pair<int32_t, int64_t>> next;  // id -> (token, position)
@@ -122,6 +123,10 @@ std::vector<std::string> RunScript(StageExecutor& stage) {
   auto record = [&](absl::StatusOr<xkv::v1::StepResponse> r) {
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return;
+    if (flagged != nullptr) {
+      flagged->adopted += r->timings().from_lookahead() ? 1 : 0;
+      flagged->discarded += r->timings().lookahead_undone() ? 1 : 0;
+    }
     r->clear_timings();
     out.push_back(r->SerializeAsString());
     for (const xkv::v1::SequenceResult& q : r->sequences()) {
@@ -173,8 +178,9 @@ TEST(StageLookaheadTest, AnswersEveryStepAsWithoutIt) {
     Stage off = MakeStage(false, device), on = MakeStage(true, device);
     ASSERT_NE(off.executor, nullptr);
     ASSERT_NE(on.executor, nullptr);
-    const std::vector<std::string> want = RunScript(*off.executor);
-    EXPECT_EQ(RunScript(*on.executor), want);
+    LookaheadCounts flagged_off, flagged_on;
+    const std::vector<std::string> want = RunScript(*off.executor, &flagged_off);
+    EXPECT_EQ(RunScript(*on.executor, &flagged_on), want);
     EXPECT_EQ(on.executor->status().usage().blocks_used(), 0);
     EXPECT_EQ(on.executor->status().sequences(), 0);
     const LookaheadCounts c = on.executor->lookahead_counts();
@@ -183,6 +189,12 @@ TEST(StageLookaheadTest, AnswersEveryStepAsWithoutIt) {
     EXPECT_GE(c.discarded, 3) << "the releases and the admission undid queued steps";
     EXPECT_LE(c.discarded, 14) << "batches taking turns were not backed off from (24 turns)";
     EXPECT_EQ(off.executor->lookahead_counts().queued, 0);
+    // The answers' timings tell the coordinator the same (--log-step-timing prints them); a queued
+    // step undone by a release is counted by the executor, not by any answer.
+    EXPECT_EQ(flagged_on.adopted, c.adopted);
+    EXPECT_GT(flagged_on.discarded, 0);
+    EXPECT_LE(flagged_on.discarded, c.discarded);
+    EXPECT_EQ(flagged_off.adopted + flagged_off.discarded, 0);
     if (device) {
       EXPECT_GE(on.device->sampled_embeds, 5) << "queued steps were fed from the device's sample";
       EXPECT_EQ(off.device->sampled_embeds, 0);
