@@ -165,7 +165,7 @@ absl::StatusOr<xkv::v1::StepResponse> StageExecutor::Step(const StepRequest& ste
   absl::MutexLock lock(&mu_);
   if (AheadMatches(step)) return AdoptAhead(step);
   const bool undone = ahead_ != nullptr;
-  DiscardAhead();
+  DiscardAhead(&step);
   const absl::Time t0 = absl::Now();
   absl::Status valid = ValidateStep(step);
   absl::StatusOr<BlockPlan> plan = valid.ok() ? PlanBlocks(step) : valid;

@@ -199,7 +199,8 @@ class StageExecutor {
   // newest sample; `prev`: the queued step that base is, adopted but not yet applied to the
   // sequences (its draw and Sampler still pending). AheadMatches: `step` is exactly the queued
   // step; AdoptAhead answers it from the queued work (queueing the next one before it waits);
-  // DiscardAhead undoes it (before any other call changes the stage); RestoreAfterAhead: after a
+  // DiscardAhead undoes it (before any other call changes the stage; `replaced_by`: the step that
+  // arrived instead, null for a release, compaction or reset); RestoreAfterAhead: after a
   // queueing that failed part-way, each sequence back to the lengths `sizes` reports, or dropped.
   void QueueAhead(const xkv::v1::StepRequest& base, const std::vector<int32_t>* fed,
                   const Ahead* prev, const xkv::v1::StepResponse& sizes)
@@ -207,7 +208,8 @@ class StageExecutor {
   bool AheadMatches(const xkv::v1::StepRequest& step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<xkv::v1::StepResponse> AdoptAhead(const xkv::v1::StepRequest& step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DiscardAhead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DiscardAhead(const xkv::v1::StepRequest* replaced_by = nullptr)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RestoreAfterAhead(const xkv::v1::StepResponse& sizes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Device sampling of q's next token: its parameters, RNG offset and penalties into r; then the
   // token drawn moves the offset and the penalties' counts on.
@@ -233,9 +235,10 @@ class StageExecutor {
   absl::flat_hash_map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Ahead> ahead_ ABSL_GUARDED_BY(mu_);
   LookaheadCounts lookahead_counts_ ABSL_GUARDED_BY(mu_);
-  // Queued steps undone in a row, and the chances to queue one still to let pass: after two misses
-  // in a row (e.g. micro-batches alternating on one stage) the stage queues only every 2^(misses
-  // - 1)-th chance, at most every 64th, until one is adopted again.
+  // Queued steps undone in a row by plain decodes of other sequences, and the chances to queue one
+  // still to let pass: after two such misses in a row (e.g. micro-batches alternating on one
+  // stage) the stage queues only every 2^(misses - 1)-th chance, at most every 64th, until one is
+  // adopted again.
   int ahead_misses_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t ahead_skips_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -23,9 +23,7 @@
 namespace xkv {
 namespace {
 
-using step_fields::NewTokens;
-using step_fields::Observed;
-using step_fields::Samples;
+using step_fields::PlainDecode;
 using xkv::v1::StepRequest;
 using xkv::v1::StepResponse;
 using xkv::v1::StepSequence;
@@ -67,8 +65,7 @@ void StageExecutor::QueueAhead(const StepRequest& base, const std::vector<int32_
     StepSequence& s = *next.mutable_sequences(i);
     auto it = sequences_.find(s.seq_id());
     // Only a plain decode of one token that sampled; the next one stays inside the context.
-    if (NewTokens(s) != 1 || s.tokens_size() != 1 || Observed(s) || !Samples(s) ||
-        s.has_compact() || s.return_logits() || s.return_scores() ||
+    if (!PlainDecode(s) || s.return_logits() || s.return_scores() ||
         (fed != nullptr && (*fed)[i] < 0) || s.position() + 2 > config().context_length ||
         it == sequences_.end()) {
       return;
@@ -194,11 +191,21 @@ absl::StatusOr<StepResponse> StageExecutor::AdoptAhead(const StepRequest& step) 
   return result;
 }
 
-void StageExecutor::DiscardAhead() {
+void StageExecutor::DiscardAhead(const StepRequest* replaced_by) {
   if (ahead_ == nullptr) return;
   std::unique_ptr<Ahead> ahead = std::move(ahead_);
   ++lookahead_counts_.discarded;
-  if (++ahead_misses_ >= 2) ahead_skips_ = int64_t{1} << std::min(ahead_misses_ - 1, 6);
+  // Back off only from batches taking turns (plain decodes of another set of sequences): an
+  // admission, a finished sequence's release or a compaction undoes one queued step and the
+  // decodes after it chain again (counting those made a burst of admissions switch async decode
+  // off for up to 64 steps).
+  bool plain = replaced_by != nullptr && !replaced_by->dry_run();
+  for (int i = 0; plain && i < replaced_by->sequences_size(); ++i) {
+    plain = PlainDecode(replaced_by->sequences(i));
+  }
+  if (plain && ++ahead_misses_ >= 2) {
+    ahead_skips_ = int64_t{1} << std::min(ahead_misses_ - 1, 6);
+  }
   if (ahead->device) engine_->FinishSampleResident().IgnoreError();  // the device is done with it
   std::vector<uint64_t> known;
   for (uint64_t id : ahead->ids) {

@@ -32,6 +32,12 @@ inline bool Observed(const StepSequence& s) { return s.mode() != xkv::v1::SEQUEN
 inline bool ScoresWindow(const StepSequence& s) { return Observed(s) && !Rereads(s); }
 // Last stage: the step samples a token of the sequence.
 inline bool Samples(const StepSequence& s) { return !s.skip_sampling() && !ScoresOnly(s); }
+// A plain decode: one new token given, kept, sampled, no compaction (async decode queues only
+// steps of these; a queued step undone by another step of these counts as a miss).
+inline bool PlainDecode(const StepSequence& s) {
+  return NewTokens(s) == 1 && s.tokens_size() == 1 && !Observed(s) && Samples(s) &&
+         !s.has_compact();
+}
 
 // The window scoring of a sequence: the stage's (window, granularity, its pool kernel, sum,
 // average), with the request's reduction, pooling and kernel when the step carries them

@@ -202,5 +202,48 @@ TEST(StageLookaheadTest, AnswersEveryStepAsWithoutIt) {
   }
 }
 
+// A burst of admissions, each undoing the step queued after a decode, does not switch async
+// decode off for the decodes that follow (only plain decodes of other sequences count as misses):
+// every decode after the last admission but the first is answered from the queued step.
+TEST(StageLookaheadTest, AdmissionsDoNotBackOff) {
+  Stage stage = MakeStage(true, false);
+  ASSERT_NE(stage.executor, nullptr);
+  StageExecutor& e = *stage.executor;
+  uint64_t step_id = 0;
+  std::map<uint64_t, std::pair<int32_t, int64_t>> next;  // id -> (token, position)
+  auto step = [&](std::vector<xkv::v1::StepSequence> seqs) {
+    absl::StatusOr<xkv::v1::StepResponse> r = e.Step(testing::MakeStep(++step_id, seqs));
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const xkv::v1::SequenceResult& q : r->sequences()) {
+      next[q.seq_id()] = {q.token(), next[q.seq_id()].second + 1};
+    }
+  };
+  auto decodes = [&] {
+    std::vector<xkv::v1::StepSequence> seqs;
+    for (const auto& [id, n] : next) {
+      seqs.push_back(Sampled(testing::DecodeSequence(id, n.first, n.second), 0.f, 0, 0.f));
+    }
+    return seqs;
+  };
+  auto admit = [&](uint64_t id, std::vector<xkv::v1::StepSequence> seqs) {
+    next[id] = {-1, 4};
+    seqs.push_back(
+        Sampled(testing::PrefillSequence(id, testing::RandomTokens(5, id)), 0.f, 0, 0.f));
+    step(std::move(seqs));
+  };
+  admit(1, {});
+  for (uint64_t id = 2; id <= 9; ++id) {
+    step(decodes());       // queues the next decode
+    admit(id, decodes());  // an admission beside the decodes: the queued step is undone
+  }
+  const LookaheadCounts before = e.lookahead_counts();
+  EXPECT_GE(before.discarded, 8);
+  for (int i = 0; i < 20; ++i) step(decodes());
+  const LookaheadCounts after = e.lookahead_counts();
+  EXPECT_EQ(after.adopted - before.adopted, 19) << "the first decode queues, the others adopt";
+  e.Release(testing::MakeRelease({1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(e.status().usage().blocks_used(), 0);
+}
+
 }  // namespace
 }  // namespace xkv
