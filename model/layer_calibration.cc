@@ -1,5 +1,6 @@
 #include "model/layer_calibration.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>

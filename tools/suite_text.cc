@@ -8,8 +8,8 @@
 
 namespace xkv {
 
-absl::StatusOr<Text> OpenText(const std::string& model) {
-  Text t;
+absl::StatusOr<ModelText> OpenText(const std::string& model) {
+  ModelText t;
   ASSIGN_OR_RETURN(t.file, GgufFile::Open(model));
   ASSIGN_OR_RETURN(t.tokenizer, Tokenizer::FromGguf(*t.file));
   const Tokenizer* tok = t.tokenizer.get();
@@ -23,8 +23,8 @@ absl::StatusOr<Text> OpenText(const std::string& model) {
   return t;
 }
 
-absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const SuiteChoice& choice, const Text& text,
-                                                     TextCorpus* corpus) {
+absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const SuiteChoice& choice,
+                                                     const ModelText& text, TextCorpus* corpus) {
   ASSIGN_OR_RETURN(SuiteOptions suite, SuiteByName(choice.suite));
   ASSIGN_OR_RETURN(const Split split, ParseSplit(choice.split));
   suite.seed = static_cast<uint64_t>(choice.seed);

@@ -1,5 +1,6 @@
-// The built-in eval suite's prompts as `xkv eval` and `xkv calibrate` build them: the model's
-// tokenizer and chat template, the split's corpus, the suite's tasks.
+// The built-in eval suite's prompts (and the model's text functions) as `xkv eval` and `xkv
+// calibrate` build them: the model's tokenizer and chat template, the split's corpus, the suite's
+// tasks.
 #ifndef XKV_TOOLS_SUITE_TEXT_H_
 #define XKV_TOOLS_SUITE_TEXT_H_
 
@@ -16,14 +17,14 @@
 
 namespace xkv {
 
-struct Text {
+struct ModelText {
   std::unique_ptr<GgufFile> file;
   std::unique_ptr<Tokenizer> tokenizer;
   TextEncoder encode;
   ChatRenderer render;
 };
 
-absl::StatusOr<Text> OpenText(const std::string& model);
+absl::StatusOr<ModelText> OpenText(const std::string& model);
 
 struct SuiteChoice {
   std::string suite = "quick";
@@ -33,8 +34,8 @@ struct SuiteChoice {
 };
 
 // The built-in suite's records, and the text it was built from.
-absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const SuiteChoice& choice, const Text& text,
-                                                     TextCorpus* corpus);
+absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const SuiteChoice& choice,
+                                                     const ModelText& text, TextCorpus* corpus);
 
 // Keeps a spread of `limit` records over the list rather than its first entries.
 void Limit(int64_t limit, std::vector<TaskRecord>* records);
