@@ -18,7 +18,14 @@ failed=0
 timeout 200 "$xkv" calibrate --model "$model" --out "$tmp/c.json" --prompts 1 --fidelity-tokens 4 \
   --threads 2 > "$tmp/stdout" 2> "$tmp/stderr"
 rc=$?
-layers=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["split"] == "dev"; print(len(d["weights"]))' "$tmp/c.json" 2> /dev/null)
+# 30 weights of mean 1 (each layer's KL over the mean KL, none floored to all-equal ones), dev split.
+layers=$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+w, kl = d["weights"], d["mean_kl"]
+assert d["split"] == "dev" and d["prompts"] == 1 and len(kl) == len(w)
+assert abs(sum(w) / len(w) - 1) < 0.02 and max(w) > 1.2 and min(kl) >= 0 and max(kl) > 0
+print(len(w))' "$tmp/c.json" 2> /dev/null)
 if ((rc != 0)) || [[ $layers != 30 ]]; then
   echo "FAIL: calibrate -> exit $rc, $layers weights"
   sed 's/^/    /' "$tmp/stderr" | tail -5
