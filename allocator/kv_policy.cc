@@ -293,7 +293,8 @@ std::vector<double> PyramidWeights(int64_t total, int L, int64_t P, double beta)
   return x;
 }
 
-absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles);
+absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles,
+                                                    absl::Span<const double> weights = {});
 absl::StatusOr<std::vector<LayerProfile>> HeadProfiles(absl::Span<const LayerProfile> profiles);
 
 // AdaKV's split of each layer's budget over its KV heads (Feng et al. 2024, kvpress's AdaKVPress):
@@ -403,15 +404,22 @@ class BaselinePolicy : public KvPolicy {
 // The global allocator's curves: each layer's gains times its own mass S_l (the raw scores'
 // column sums, comparable across layers), scaled by L / sum_l S_l so that a retention target R
 // means "keep the fraction R of all layers' score mass" (sum_l R_l = L when everything is kept).
-absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles) {
+// With weights ([curves], empty = none) curve i's mass counts w_i times: w_i S_i everywhere, so a
+// retention target keeps that share of the weighted mass.
+absl::StatusOr<std::vector<LayerProfile>> RawCurves(absl::Span<const LayerProfile> profiles,
+                                                    absl::Span<const double> weights) {
+  auto mass_of = [&](size_t i) {
+    return weights.empty() ? profiles[i].total_mass : profiles[i].total_mass * weights[i];
+  };
   double mass = 0.0;
-  for (const LayerProfile& p : profiles) mass += p.total_mass;
+  for (size_t i = 0; i < profiles.size(); ++i) mass += mass_of(i);
   const double scale = mass > 0.0 ? static_cast<double>(profiles.size()) / mass : 0.0;
   std::vector<LayerProfile> out;
   out.reserve(profiles.size());
-  for (const LayerProfile& p : profiles) {
+  for (size_t i = 0; i < profiles.size(); ++i) {
+    const LayerProfile& p = profiles[i];
     std::vector<double> g(p.gain.size());
-    const double f = p.total_mass * scale;
+    const double f = mass_of(i) * scale;
     for (size_t k = 0; k < g.size(); ++k) g[k] = p.gain[k] * f;  // monotone: stays sorted
     ASSIGN_OR_RETURN(LayerProfile raw, LayerProfileFromGains(std::move(g)));
     out.push_back(std::move(raw));
@@ -496,7 +504,8 @@ class XkvPolicy : public KvPolicy {
     const bool global = options_.allocator.kind == AllocatorKind::kGlobal;
     std::vector<LayerProfile> raw;
     if (global) {
-      ASSIGN_OR_RETURN(raw, RawCurves(in.profiles));
+      ASSIGN_OR_RETURN(const std::vector<double> weights, LayerWeights(in.num_layers, 1));
+      ASSIGN_OR_RETURN(raw, RawCurves(in.profiles, weights));
     }
     const absl::Span<const LayerProfile> curves = global ? raw : in.profiles;
     const SolverOptions solver =
@@ -510,6 +519,22 @@ class XkvPolicy : public KvPolicy {
   }
 
  private:
+  // The allocator's layer weights, each repeated for the layer's `per_layer` curves (empty when
+  // there are none). INVALID_ARGUMENT when they do not match the model's layers.
+  absl::StatusOr<std::vector<double>> LayerWeights(int num_layers, int per_layer) const {
+    const std::vector<double>& w = options_.allocator.layer_weights;
+    if (w.empty()) return w;
+    if (static_cast<int>(w.size()) != num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("layer weights: ", w.size(),
+                                                     " weights for a model of ", num_layers,
+                                                     " layers (a calibration of another model?)"));
+    }
+    std::vector<double> out;
+    out.reserve(w.size() * per_layer);
+    for (double x : w) out.insert(out.end(), per_layer, x);
+    return out;
+  }
+
   // Per-(layer, KV head) budgets: the same solver over L*H curves (head h of layer l is curve
   // l*H + h), each curve a head's own raw scores; a token target N becomes N*H head tokens, a
   // byte target stays in bytes with bytes_per_token[l] / H per head token.
@@ -533,7 +558,8 @@ class XkvPolicy : public KvPolicy {
     if (target.kind == BudgetTarget::Kind::kTotalTokens) {
       ht.total_tokens = SaturatingMul(target.total_tokens, H);
     }
-    ASSIGN_OR_RETURN(std::vector<LayerProfile> curves, RawCurves(heads));
+    ASSIGN_OR_RETURN(const std::vector<double> weights, LayerWeights(in.num_layers, H));
+    ASSIGN_OR_RETURN(std::vector<LayerProfile> curves, RawCurves(heads, weights));
     const SolverOptions solver = ShareBounds(hin, ht, options_.allocator);
     ASSIGN_OR_RETURN(const BudgetResult r, Solve(curves, head_bytes, ht, solver));
     PolicyBudgets out;

@@ -67,6 +67,11 @@ struct AllocatorParams {
   // in [0, 1]: the share of each head's ranked budget (after the sinks) given to the most recent
   // prefix tokens instead of the top scores (H2O's recent half; 0 = scores only). xkv only.
   double recent = 0.0;
+  // Per-layer sensitivity weights w_l > 0 (model/layer_calibration.h, `xkv calibrate`): the global
+  // allocator (per layer and per head) multiplies layer l's raw score curves by w_l before the one
+  // threshold; floors and caps are unchanged. Empty = none (the same budgets as before, bit for
+  // bit). The paper allocator and the baselines ignore them.
+  std::vector<double> layer_weights;
 };
 
 // Exactly one of the three budget targets.

@@ -138,6 +138,12 @@ absl::Status ValidateSettings(const KvSettings& s) {
   }
   RETURN_IF_ERROR(ValidateSinkTokens(s.sink_tokens));
   RETURN_IF_ERROR(ValidateRecent(s.allocator.recent));
+  for (size_t l = 0; l < s.allocator.layer_weights.size(); ++l) {
+    const double w = s.allocator.layer_weights[l];
+    if (!(std::isfinite(w) && w > 0.0)) {
+      return OutOfRange(absl::StrCat("layer weight [", l, "]"), w, "(0, inf), finite");
+    }
+  }
   if (s.allocator.recent > 0 && s.policy != PolicyKind::kXkv) {
     return absl::InvalidArgumentError(absl::StrCat(
         "recent (", s.allocator.recent, ") needs policy xkv, not '", PolicyName(s.policy), "'"));

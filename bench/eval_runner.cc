@@ -171,13 +171,15 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       m.mix_window = true;
     } else if (key == "per_head") {
       ASSIGN_OR_RETURN(m.kv.allocator.per_head, ParsePerHead(value));
+    } else if (key == "calib" && (value == "0" || value == "1")) {
+      m.calibration = value == "1";
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "method '", text, "': unknown parameter '", parts[i],
           "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
           "], sinks=[0,", kMaxSinkTokens,
           "], recent=[0,1] (xkv), pool=max|avg, kernel=1|3|...|63, reduce=max|sum, vnorm=0|1, ",
-          "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1 (xkv)"));
+          "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1, calib=0|1 (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -192,6 +194,21 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   // are not pooled unless kernel= says so.
   if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
   return m;
+}
+
+absl::Status ApplyLayerWeights(const std::vector<double>& weights,
+                               std::vector<EvalMethod>* methods) {
+  for (EvalMethod& m : *methods) {
+    const bool takes =
+        m.kv.policy == PolicyKind::kXkv && m.kv.allocator.kind == AllocatorKind::kGlobal;
+    if (m.calibration == true && (weights.empty() || !takes)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "method '", m.name, "': calib=1 needs --calibration FILE and policy xkv with allocator ",
+          "global (the paper allocator and the baselines take no layer weights)"));
+    }
+    if (takes && m.calibration.value_or(true)) m.kv.allocator.layer_weights = weights;
+  }
+  return absl::OkStatus();
 }
 
 EvalRunner::EvalRunner(StageEngine* engine, const Tokenizer* tokenizer, EvalOptions options)

@@ -67,6 +67,9 @@ struct EvalMethod {
   ImportanceOptions scoring;
   bool value_norm = false;  // scores x ||v|| (WeightByValueNorm) before selection
   bool mix_window = false;  // reconstruct: max of the re-reading scores and the window's scores
+  // calib=0|1: this method takes `xkv eval --calibration`'s layer weights (unset: every xkv method
+  // with the global allocator does when the flag is given). ApplyLayerWeights sets them.
+  std::optional<bool> calibration;
 };
 
 // Parses one method: full | streaming | snapkv | pyramidkv | adakv (snapkv with AdaKV's per-head
@@ -78,9 +81,16 @@ struct EvalMethod {
 // reduce (max|sum), profile (reconstruct: KVzip scores from re-reading the prompt, see
 // model/reconstruct_scorer.h; unpooled unless kernel is given; CPU and CUDA engines), mix (max:
 // with reconstruct, the elementwise max of the unpooled re-reading scores and the method's window
-// scores, pooled by its kernel), vnorm (1: scores x ||v||, 0). `base` gives the defaults (window,
+// scores, pooled by its kernel), vnorm (1: scores x ||v||, 0), calib (0|1: with or without
+// --calibration's layer weights). `base` gives the defaults (window,
 // pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
+
+// Gives `weights` (model/layer_calibration.h; empty: no --calibration) to the methods that take
+// them (EvalMethod::calibration). INVALID_ARGUMENT for calib=1 without weights, or on a method
+// other than xkv with the global allocator.
+absl::Status ApplyLayerWeights(const std::vector<double>& weights,
+                               std::vector<EvalMethod>* methods);
 
 struct EvalOptions {
   std::vector<EvalMethod> methods;  // compressed methods; full always runs as the reference

@@ -8,6 +8,7 @@ namespace xkv {
 int RunGenerate(int argc, char** argv);
 int RunBench(int argc, char** argv);
 int RunEval(int argc, char** argv);
+int RunCalibrate(int argc, char** argv);
 int RunWorker(int argc, char** argv);
 int RunServe(int argc, char** argv);
 int RunCoordinator(int argc, char** argv);

@@ -25,10 +25,12 @@
 #include "bench/machine_info.h"
 #include "model/chat_template.h"
 #include "model/gguf.h"
+#include "model/layer_calibration.h"
 #include "model/reconstruct_scorer.h"
 #include "model/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
+#include "tools/suite_text.h"
 #include "worker/stage_engine_factory.h"
 
 namespace xkv {
@@ -59,6 +61,7 @@ struct EvalFlags {
   bool plot = true;
   bool verbose = false;
   bool multi_question = false;  // bench/eval_multi_question.h
+  std::string calibration;      // layer weights for the xkv methods (model/layer_calibration.h)
 };
 
 int Fail(const absl::Status& status) {
@@ -132,59 +135,12 @@ absl::StatusOr<std::vector<QueryMode>> ParseModes(const std::string& text) {
   return out;
 }
 
-struct Text {
-  std::unique_ptr<GgufFile> file;
-  std::unique_ptr<Tokenizer> tokenizer;
-  TextEncoder encode;
-  ChatRenderer render;
-};
-
-absl::StatusOr<Text> OpenText(const std::string& model) {
-  Text t;
-  ASSIGN_OR_RETURN(t.file, GgufFile::Open(model));
-  ASSIGN_OR_RETURN(t.tokenizer, Tokenizer::FromGguf(*t.file));
-  const Tokenizer* tok = t.tokenizer.get();
-  t.encode = [tok](absl::string_view text, bool at_start) {
-    return tok->Encode(std::string_view(text.data(), text.size()), /*parse_special=*/true,
-                       /*add_special=*/at_start);
-  };
-  t.render = [](absl::Span<const ChatMessage> messages) {
-    return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
-  };
-  return t;
-}
-
-// The built-in suite's records (--tasks, --limit applied), and the text it was built from.
-absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const EvalFlags& f, const Text& text,
-                                                     TextCorpus* corpus) {
-  ASSIGN_OR_RETURN(SuiteOptions suite, SuiteByName(f.suite));
-  ASSIGN_OR_RETURN(const Split split, ParseSplit(f.split));
-  suite.seed = static_cast<uint64_t>(f.seed);
-  if (!f.tasks.empty()) {
-    suite.tasks.clear();
-    for (absl::string_view name : absl::StrSplit(f.tasks, ',', absl::SkipEmpty())) {
-      ASSIGN_OR_RETURN(TaskKind kind, ParseTaskKind(name));
-      suite.tasks.push_back(kind);
-    }
-  }
-  ASSIGN_OR_RETURN(*corpus, LoadCorpus(CorpusPaths(split)));
-  return BuildSuite(*corpus, suite, split, text.encode, text.render);
-}
-
-// Keeps a spread of `limit` records over the list rather than its first entries.
-void Limit(int64_t limit, std::vector<TaskRecord>* records) {
-  if (limit <= 0 || static_cast<int64_t>(records->size()) <= limit) return;
-  std::vector<TaskRecord> picked;
-  for (int64_t i = 0; i < limit; ++i) {
-    picked.push_back(std::move((*records)[i * records->size() / limit]));
-  }
-  *records = std::move(picked);
-}
+SuiteChoice ChoiceOf(const EvalFlags& f) { return {f.suite, f.split, f.seed, f.tasks}; }
 
 absl::Status ExportPrompts(const EvalFlags& f) {
-  ASSIGN_OR_RETURN(Text text, OpenText(f.model));
+  ASSIGN_OR_RETURN(ModelText text, OpenText(f.model));
   TextCorpus corpus;
-  ASSIGN_OR_RETURN(std::vector<TaskRecord> records, BuildRecords(f, text, &corpus));
+  ASSIGN_OR_RETURN(std::vector<TaskRecord> records, BuildRecords(ChoiceOf(f), text, &corpus));
   Limit(f.limit, &records);
   RETURN_IF_ERROR(WriteTaskFile(f.export_prompts, records));
   std::fprintf(stderr, "xkv eval: wrote %zu prompts (suite %s, split %s) to %s\n", records.size(),
@@ -206,19 +162,24 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
   ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods, base));
+  std::vector<double> layer_weights;
+  if (!f.calibration.empty()) {
+    ASSIGN_OR_RETURN(layer_weights, LoadLayerWeightsForModel(f.calibration, f.model));
+  }
+  RETURN_IF_ERROR(ApplyLayerWeights(layer_weights, &options.methods));
   ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty() ? f.budgets : "0.1,0.2,0.4"));
   ASSIGN_OR_RETURN(options.modes, ParseModes(f.modes));
   if (!(f.kv_gib > 0.0 && f.kv_gib <= 1024.0)) {
     return absl::InvalidArgumentError("--kv-gib must be in (0, 1024]");
   }
-  ASSIGN_OR_RETURN(Text text, OpenText(f.model));
+  ASSIGN_OR_RETURN(ModelText text, OpenText(f.model));
   TextCorpus corpus;
   std::vector<TaskRecord> records;
   if (!f.prompts.empty()) {
     ASSIGN_OR_RETURN(records, ReadTaskFile(f.prompts));
     corpus.sources = {f.prompts};
   } else {
-    ASSIGN_OR_RETURN(records, BuildRecords(f, text, &corpus));
+    ASSIGN_OR_RETURN(records, BuildRecords(ChoiceOf(f), text, &corpus));
   }
   Limit(f.limit, &records);
   const int64_t vocab = text.tokenizer->vocab_size();
@@ -392,6 +353,9 @@ int RunEval(int argc, char** argv) {
              "several questions over one compressed context: each multikey / multiquery context "
              "is compressed once without a question, then each needle's key is asked alone on "
              "its own copy of the cache (--modes is not used)");
+  flags.String("calibration", &f.calibration,
+               "per-layer sensitivity weights from `xkv calibrate` for the xkv methods (global "
+               "allocator; a method's calib=0 opts out, calib=1 insists); checked against --model");
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (f.answer_tokens < 1 || f.fidelity_tokens < 1) {
     return Fail(absl::InvalidArgumentError("--answer-tokens and --fidelity-tokens must be >= 1"));

@@ -16,6 +16,7 @@
 #include "coordinator/request_validation.h"
 #include "embedded/in_process_stage_client.h"
 #include "embedded/local_generation.h"
+#include "model/layer_calibration.h"
 #include "model/sampler.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
@@ -56,6 +57,7 @@ struct GenerateFlags {
   int64_t window = 8;
   std::string granularity = "kv_head";
   bool show_allocation = false;
+  std::string calibration;  // per-layer weights (model/layer_calibration.h)
 };
 
 // The CLI's KV default: the full cache (a retention target of 0.9 once --policy xkv is named).
@@ -157,7 +159,8 @@ GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
 }
 
 // The embedded service: one in-process stage on --device, one request at a time.
-absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f) {
+absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f,
+                                                           std::vector<double> layer_weights) {
   InProcessStageSettings settings;
   if (f.numerics == "exact") settings.numerics = Numerics::kExact;
   if (f.numerics == "bf16") settings.numerics = Numerics::kBf16;
@@ -168,6 +171,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& 
   CoordinatorOptions o;
   o.model_path = f.model;
   o.kv = CliDefaultKv();
+  o.kv.allocator.layer_weights = std::move(layer_weights);
   o.window = static_cast<int>(f.window);
   o.query_head_scores = f.granularity == "query_head";
   o.chat_template = f.chat_template;
@@ -228,6 +232,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
             "observation window w in [8, 64] (last prompt tokens, always kept)");
   flags.String("score-granularity", &f.granularity,
                "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
+  flags.String("calibration", &f.calibration,
+               "xkv, global allocator: per-layer sensitivity weights from `xkv calibrate` "
+               "(e.g. <model>.xkv-calib.json), checked against --model");
   flags.Bool("show-allocation", &f.show_allocation,
              "print each layer's kept tokens and the KV bytes held vs a full cache");
 }
@@ -269,9 +276,16 @@ int RunGenerate(int argc, char** argv) {
   }
   GenerateParams params = MakeParams(f, *std::move(kv));
   if (absl::Status s = ValidateGenerateParams(params); !s.ok()) return Fail(s);
+  std::vector<double> layer_weights;
+  if (!f.calibration.empty()) {
+    absl::StatusOr<std::vector<double>> w = LoadLayerWeightsForModel(f.calibration, f.model);
+    if (!w.ok()) return Fail(w.status());
+    layer_weights = *std::move(w);
+  }
 
   const WallClock::time_point load_start = WallClock::now();
-  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator = StartPipeline(f);
+  absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
+      StartPipeline(f, std::move(layer_weights));
   if (!coordinator.ok()) return Fail(coordinator.status());
   const WallClock::time_point start = WallClock::now();
   const double load_s = std::chrono::duration<double>(start - load_start).count();

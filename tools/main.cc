@@ -17,6 +17,7 @@ constexpr char kUsage[] =
     "  generate   generate text from a GGUF model, streaming to stdout (CPU, or --device cuda:N)\n"
     "  bench      benchmarks (`xkv bench cpu`: against llama.cpp; `xkv bench gpu`: GPU limits)\n"
     "  eval       answer quality of every KV policy vs the full cache (CSV, Markdown, plot)\n"
+    "  calibrate  per-layer sensitivity weights of a model, written beside it (--calibration)\n"
     "  worker     serve one pipeline stage (layer range) for a coordinator (xkv.v1.Worker)\n"
     "  serve      embedded mode: coordinator + N stages in one process (Generation + Admin gRPC)\n"
     "  coordinator  the coordinator in front of `xkv worker` processes (--workers A,B,...)\n"
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
   if (command == "generate") return xkv::RunGenerate(argc, argv);
   if (command == "bench") return xkv::RunBench(argc, argv);
   if (command == "eval") return xkv::RunEval(argc, argv);
+  if (command == "calibrate") return xkv::RunCalibrate(argc, argv);
   if (command == "worker") return xkv::RunWorker(argc, argv);
   if (command == "serve") return xkv::RunServe(argc, argv);
   if (command == "coordinator") return xkv::RunCoordinator(argc, argv);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "model/chat_template.h"
+#include "model/layer_calibration.h"
 #include "tools/serve_metrics.h"
 
 namespace xkv {
@@ -62,6 +63,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.String("per-head", &f->per_head,
                "default xkv budgets per (layer, KV head) instead of per layer: 1 or 0 (global "
                "allocator; CPU stages)");
+  flags.String("calibration", &f->calibration,
+               "per-layer sensitivity weights from `xkv calibrate` for the default xkv policy "
+               "(global allocator; requests keep them), checked against --model at start");
   flags.Int("window", &f->window, "observation window w");
   flags.Int("block-tokens", &f->block_tokens, "tokens per KV block");
   flags.Int("kv-blocks", &f->kv_blocks,
@@ -155,6 +159,10 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.kv.allocator.floor = f.floor;
   o.kv.allocator.cap = f.cap;
   ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
+  if (!f.calibration.empty()) {
+    ASSIGN_OR_RETURN(o.kv.allocator.layer_weights,
+                     LoadLayerWeightsForModel(f.calibration, f.model));
+  }
   if (f.budget_fraction > 0) {
     o.kv.target = {KvTarget::Kind::kFraction, f.budget_fraction};
   } else {

@@ -31,6 +31,7 @@ struct ServeFlags {
   double floor = 0.75;
   double cap = AllocatorParams{}.cap;
   std::string per_head = "0";  // per-(layer, KV head) budgets: 1|true|0|false
+  std::string calibration;     // per-layer weights for --model (model/layer_calibration.h)
   int64_t window = 8;
   int64_t block_tokens = 16;
   int64_t kv_blocks = 0;

@@ -1,0 +1,158 @@
+#include "bench/layer_sensitivity.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "allocator/kv_spec.h"
+#include "base/status_macros.h"
+#include "bench/eval_metrics.h"
+#include "bench/eval_runner.h"
+#include "model/kv_allocation.h"
+
+namespace xkv {
+namespace {
+
+// Copies of one layer's cache held at once (each a whole prompt's KV): bounds the memory to this
+// many prompts' caches while batching their continuation steps.
+constexpr int kCopiesPerStep = 8;
+
+struct Feed {
+  uint64_t id = 0;
+  int64_t position = 0;
+};
+
+class Sequences {
+ public:
+  explicit Sequences(StageEngine* engine) : engine_(engine) {}
+  ~Sequences() {
+    for (uint64_t id : live_) engine_->ReleaseSequence(id);
+  }
+  uint64_t New() {
+    live_.push_back(next_++);
+    return live_.back();
+  }
+  absl::StatusOr<uint64_t> Copy(uint64_t from) {
+    const uint64_t id = New();
+    RETURN_IF_ERROR(engine_->CopySequence(from, id));
+    return id;
+  }
+  void Release(uint64_t id) {
+    engine_->ReleaseSequence(id);
+    std::erase(live_, id);
+  }
+
+ private:
+  StageEngine* engine_;
+  std::vector<uint64_t> live_;
+  uint64_t next_ = 1;
+};
+
+// Feeds `tokens` to every sequence of `feeds` in one step; returns the logits of every row,
+// [feeds.size() * tokens.size(), vocab] (or none when !logits).
+absl::StatusOr<std::vector<float>> Step(StageEngine* engine, absl::Span<const Feed> feeds,
+                                        absl::Span<const int32_t> tokens,
+                                        const ImportanceOptions& scoring, bool logits) {
+  EngineStep step;
+  std::vector<int32_t> all;
+  for (const Feed& f : feeds) {
+    step.sequences.push_back({f.id, static_cast<int64_t>(tokens.size()), f.position, false});
+    all.insert(all.end(), tokens.begin(), tokens.end());
+  }
+  RETURN_IF_ERROR(engine->EmbedResident(all));
+  RETURN_IF_ERROR(engine->RunLayersResident(step, scoring, nullptr));
+  if (!logits) return std::vector<float>();
+  std::vector<int64_t> rows(all.size());
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int64_t>(i);
+  return engine->LogitsResident(rows);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
+                                                            absl::Span<const EvalPrompt> prompts,
+                                                            const SensitivityOptions& options) {
+  const ModelConfig& config = engine->config();
+  const int L = config.n_layers;
+  const int64_t vocab = config.vocab_size;
+  if (!(options.fraction > 0.0 && options.fraction < 1.0) || options.fidelity_tokens < 1 ||
+      options.max_step_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer sensitivity: fraction ", options.fraction, " must be in (0, 1), fidelity tokens ",
+        options.fidelity_tokens, " >= 1 and step tokens ", options.max_step_tokens, " >= 1"));
+  }
+  if (engine->layer_begin() != 0 || engine->layer_end() != L) {
+    return absl::InvalidArgumentError("layer sensitivity: the engine must hold every layer");
+  }
+  if (prompts.empty()) return absl::InvalidArgumentError("layer sensitivity: no prompts");
+  const KvSettings spec;  // policy xkv's defaults: its scoring and selection
+  ImportanceOptions base;
+  base.window = static_cast<int>(kDefaultWindow);
+  const ImportanceOptions scoring = ScoringFor(spec, base);
+  const PolicyOptions policy = ToPolicyOptions(spec);
+  const int64_t W = scoring.window;
+  for (const EvalPrompt& p : prompts) {
+    if (static_cast<int64_t>(p.context.size()) <= W || p.continuation.size() < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer sensitivity: prompt ", p.id, " has ", p.context.size(), " context tokens and ",
+          p.continuation.size(), " continuation tokens; it needs more than ", W,
+          " (the window) and at least 2"));
+    }
+  }
+  std::vector<double> sum(L, 0.0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const EvalPrompt& p = prompts[i];
+    const int64_t C = p.context.size();
+    const int64_t S = std::min<int64_t>(options.fidelity_tokens, p.continuation.size() - 1);
+    const absl::Span<const int32_t> context(p.context), R(p.continuation);
+    const absl::Span<const int32_t> forced = R.subspan(0, S), truth = R.subspan(1, S);
+    Sequences seqs(engine);
+    const uint64_t full = seqs.New();
+    for (int64_t begin = 0; begin < C - W; begin += options.max_step_tokens) {
+      const int64_t n = std::min(options.max_step_tokens, C - W - begin);
+      RETURN_IF_ERROR(
+          Step(engine, {{full, begin}}, context.subspan(begin, n), scoring, false).status());
+    }
+    RETURN_IF_ERROR(engine->EmbedResident(context.subspan(C - W)));
+    EngineStep observe;
+    observe.sequences.push_back({full, W, C - W, true});
+    std::vector<EngineObservation> obs;
+    RETURN_IF_ERROR(engine->RunLayersResident(observe, scoring, &obs));
+    if (obs.empty() || !obs[0].scores.has_value()) {
+      return absl::InternalError("layer sensitivity: the engine returned no scores");
+    }
+    const CollectedScores scores = std::move(*obs[0].scores);
+    const int64_t budget = BudgetTokens(options.fraction, 1, C, static_cast<int>(W));
+    // The full cache's predictions first (on a copy: the context cache is copied per layer).
+    ASSIGN_OR_RETURN(const uint64_t reference, seqs.Copy(full));
+    ASSIGN_OR_RETURN(const std::vector<float> full_logits,
+                     Step(engine, {{reference, C}}, forced, scoring, true));
+    seqs.Release(reference);
+    for (int first = 0; first < L; first += kCopiesPerStep) {
+      const int last = std::min(L, first + kCopiesPerStep);
+      std::vector<Feed> feeds;
+      for (int l = first; l < last; ++l) {
+        ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> kept,
+                         KeptSlots(scores, l, budget, policy));
+        ASSIGN_OR_RETURN(const uint64_t id, seqs.Copy(full));
+        RETURN_IF_ERROR(engine->CompactLayer(id, l, C, kept));
+        feeds.push_back({id, C});
+      }
+      ASSIGN_OR_RETURN(const std::vector<float> logits, Step(engine, feeds, forced, scoring, true));
+      const size_t per = static_cast<size_t>(S * vocab);
+      for (int l = first; l < last; ++l) {
+        const absl::Span<const float> mine(logits.data() + (l - first) * per, per);
+        ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
+        sum[l] += f.mean_kl;
+      }
+      for (const Feed& f : feeds) seqs.Release(f.id);
+    }
+    if (options.progress) options.progress(static_cast<int>(i) + 1, prompts.size());
+  }
+  for (double& s : sum) s /= static_cast<double>(prompts.size());
+  return sum;
+}
+
+}  // namespace xkv

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `xkv calibrate` on the real model with tiny sizes (one 1K dev prompt, 4 continuation tokens):
+# it writes a calibration file that `xkv generate --calibration` accepts; the same file for another
+# model (its fingerprint's hash edited), a corrupt file or a bad flag is one clear line, and the
+# command runs nothing (generate, serve and eval alike).
+# Usage: calibrate_test.sh XKV_BINARY MODEL.gguf
+set -uo pipefail
+xkv=${1:?xkv binary}
+model=${2:?model}
+[[ -f $model ]] || { echo "calibrate_test: no model at $model (run scripts/fetch-model)"; exit 1; }
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/cli/expect_error.sh
+source "$here/expect_error.sh"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+
+timeout 200 "$xkv" calibrate --model "$model" --out "$tmp/c.json" --prompts 1 --fidelity-tokens 4 \
+  --threads 2 > "$tmp/stdout" 2> "$tmp/stderr"
+rc=$?
+# 30 weights of mean 1 (each layer's KL over the mean KL, none floored to all-equal ones), dev split.
+layers=$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+w, kl = d["weights"], d["mean_kl"]
+assert d["split"] == "dev" and d["prompts"] == 1 and len(kl) == len(w)
+assert abs(sum(w) / len(w) - 1) < 0.02 and max(w) > 1.2 and min(kl) >= 0 and max(kl) > 0
+print(len(w))' "$tmp/c.json" 2> /dev/null)
+if ((rc != 0)) || [[ $layers != 30 ]]; then
+  echo "FAIL: calibrate -> exit $rc, $layers weights"
+  sed 's/^/    /' "$tmp/stderr" | tail -5
+  failed=1
+else
+  echo "ok: calibrate wrote 30 weights"
+fi
+
+# generate takes the file, and its per-layer allocation differs from the one without weights.
+prompt=$(python3 -c "print(' '.join(['The ship logged its cargo and crew at every port.'] * 30))")
+allocation() {  # the --show-allocation table (layer, tokens held, bytes held)
+  timeout 120 "$xkv" generate --model "$model" --policy xkv --budget-fraction 0.3 --prompt "$prompt" \
+    --max-tokens 2 --threads 2 --show-allocation "$@" 2> "$tmp/gen.err" > /dev/null &&
+    sed -n '/^layer/,/^KV bytes held/p' "$tmp/gen.err"
+}
+plain=$(allocation)
+weighed=$(allocation --calibration "$tmp/c.json")
+if [[ -z $weighed || -z $plain || $weighed == "$plain" ]]; then
+  echo "FAIL: generate --calibration (same allocation as without, or an error)"
+  sed 's/^/    /' "$tmp/gen.err" | tail -5
+  failed=1
+else
+  echo "ok: generate --calibration accepted the file and moved the layers' budgets"
+fi
+
+# The same file for another model (the weights' hash changed), corrupt, and with a negative weight.
+python3 - "$tmp/c.json" "$tmp/other.json" "$tmp/neg.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["model"]["hash"] = "fnv1a64:0123456789abcdef"
+json.dump(d, open(sys.argv[2], "w"))
+d = json.load(open(sys.argv[1]))
+d["weights"][3] = -1
+json.dump(d, open(sys.argv[3], "w"))
+PY
+head -c 100 "$tmp/c.json" > "$tmp/corrupt.json"
+gen=(generate --model "$model" --policy xkv --budget-fraction 0.3 --prompt hi --max-tokens 2)
+expect_error_from 1 "is for another model: model.hash is fnv1a64:0123456789abcdef" \
+  "$xkv" "${gen[@]}" --calibration "$tmp/other.json"
+expect_error_from 1 "is not a JSON object" "$xkv" "${gen[@]}" --calibration "$tmp/corrupt.json"
+expect_error_from 1 "weights[3] is -1; allowed: a finite number in [0.01, 1000]" \
+  "$xkv" "${gen[@]}" --calibration "$tmp/neg.json"
+expect_error_from 2 "is for another model" "$xkv" serve --model "$model" --admin-insecure-local \
+  --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --calibration "$tmp/other.json"
+expect_error_from 1 "is for another model" "$xkv" eval --model "$model" --split dev --limit 1 \
+  --methods xkv --calibration "$tmp/other.json" --noplot --out "$tmp/eval"
+expect_error_from 1 "calib=1 needs --calibration FILE" "$xkv" eval --model "$model" --split dev \
+  --limit 1 --methods snapkv:calib=1 --noplot --out "$tmp/eval"
+expect_error_from 1 "--fraction is 1.5; it must be in (0, 1)" "$xkv" calibrate --model "$model" \
+  --fraction 1.5 --out "$tmp/x.json"
+expect_error_from 2 "unexpected argument 'stray'" "$xkv" calibrate stray
+"$xkv" calibrate --help 2>&1 | grep -q "^usage: xkv calibrate" || { echo "FAIL: calibrate --help"; failed=1; }
+[[ -e $tmp/x.json || -e $tmp/eval ]] && { echo "FAIL: a refused command wrote a file"; failed=1; }
+exit $failed

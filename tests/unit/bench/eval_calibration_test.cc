@@ -1,0 +1,49 @@
+// `xkv eval --calibration`: which methods take the layer weights (calib=0|1, ApplyLayerWeights).
+#include <vector>
+
+#include "bench/eval_runner.h"
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+std::vector<EvalMethod> Methods(std::initializer_list<const char*> names) {
+  std::vector<EvalMethod> out;
+  for (const char* n : names) {
+    auto m = ParseEvalMethod(n, ImportanceOptions{});
+    EXPECT_TRUE(m.ok()) << n << ": " << m.status();
+    out.push_back(*m);
+  }
+  return out;
+}
+
+TEST(EvalCalibrationTest, XkvMethodsTakeTheWeightsUnlessCalibZero) {
+  const std::vector<double> w = {0.5, 1.5};
+  std::vector<EvalMethod> m =
+      Methods({"xkv", "xkv:calib=0", "xkv:per_head=1:calib=1", "paper", "snapkv", "streaming"});
+  ASSERT_TRUE(ApplyLayerWeights(w, &m).ok());
+  EXPECT_EQ(m[0].kv.allocator.layer_weights, w);
+  EXPECT_TRUE(m[1].kv.allocator.layer_weights.empty());
+  EXPECT_EQ(m[2].kv.allocator.layer_weights, w);
+  for (int i = 3; i < 6; ++i) EXPECT_TRUE(m[i].kv.allocator.layer_weights.empty()) << m[i].name;
+  // Without --calibration nothing changes.
+  std::vector<EvalMethod> plain = Methods({"xkv", "xkv:calib=0"});
+  ASSERT_TRUE(ApplyLayerWeights({}, &plain).ok());
+  EXPECT_TRUE(plain[0].kv.allocator.layer_weights.empty());
+}
+
+TEST(EvalCalibrationTest, CalibOneNeedsTheFileAndTheGlobalAllocator) {
+  for (const char* name : {"xkv:calib=1", "paper:calib=1", "snapkv:calib=1"}) {
+    std::vector<EvalMethod> m = Methods({name});
+    const std::vector<double> w = name[0] == 'x' ? std::vector<double>{} : std::vector<double>{1.0};
+    const absl::Status s = ApplyLayerWeights(w, &m);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_NE(s.message().find("calib=1 needs --calibration FILE"), std::string::npos) << s;
+  }
+  auto bad = ParseEvalMethod("xkv:calib=2", ImportanceOptions{});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("calib=0|1"), std::string::npos) << bad.status();
+}
+
+}  // namespace
+}  // namespace xkv
