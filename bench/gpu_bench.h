@@ -154,9 +154,8 @@ struct BatchedDecodeRow {
   double prefill_tps = 0;  // S_PP = B x PP / T_PP
   double decode_tps = 0;   // S_TG = B x TG / T_TG
   double total_tps = 0;    // S = B x (PP + TG) / (T_PP + T_TG)
-  // The decode kernels: "default", "GEMV8+PDL" (B = 5..8 on the 8-row GEMV path) or
-  // "GEMV4x2+PDL" (the same rows, each GEMV launched once per 4 rows): the A/B of
-  // model/cuda/cuda_llama_step.cc, timed right after the default's row of the same B.
+  // The decode kernels: "default", or "GEMV8+PDL" (B = 5..8 on the 8-row GEMV path, the A/B of
+  // model/cuda/cuda_llama_step.cc, timed right after the default's row of the same B).
   std::string kernels = "default";
 };
 

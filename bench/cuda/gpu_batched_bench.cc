@@ -100,15 +100,6 @@ absl::Status RunBatchedDecodeSection(const GpuBenchOptions& o, GpuBenchReport& r
       std::fprintf(stderr, "batched: B=%lld on GEMV8+PDL: decode %.1f ms, S_TG %.0f tokens/s\n",
                    static_cast<long long>(batch), wide->decode_ms, wide->decode_tps);
       report.batched.push_back(*wide);
-      // ... and on the 4-row GEMV launched once per 4 rows (the weights' second read from L2).
-      m->SetDecodeKernels(true, true, cuda::kGemvMaxRows, m->gemv_max_rows());
-      absl::StatusOr<BatchedDecodeRow> split = run_twice(batch);
-      m->SetDecodeKernels(true, true);
-      RETURN_IF_ERROR(split.status());
-      split->kernels = "GEMV4x2+PDL";
-      std::fprintf(stderr, "batched: B=%lld on GEMV4x2+PDL: decode %.1f ms, S_TG %.0f tokens/s\n",
-                   static_cast<long long>(batch), split->decode_ms, split->decode_tps);
-      report.batched.push_back(*split);
     }
   }
   report.batched_model = o.model_path;

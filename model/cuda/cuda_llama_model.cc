@@ -26,8 +26,7 @@ CudaLlamaModel::CudaLlamaModel(const ModelConfig& config, const CudaEngineOption
   has_head_ = layer_end_ == config.n_layers;
 }
 
-void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows,
-                                      int64_t launch_rows) {
+void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows) {
   cudaSetDevice(options_.device);
   cudaStreamSynchronize(stream_);
   for (auto& [key, graph] : graphs_) cudaGraphExecDestroy(graph);
@@ -35,8 +34,6 @@ void CudaLlamaModel::SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_
   options_.small_batch_kernels = small_batch_kernels;
   options_.pdl = pdl;
   gemv_rows_ = std::clamp<int64_t>(gemv_rows, 1, cuda::kGemvMaxRows);
-  gemv_launch_rows_ =
-      launch_rows > 0 ? std::clamp<int64_t>(launch_rows, 1, gemv_rows_) : gemv_rows_;
 }
 
 CudaLlamaModel::~CudaLlamaModel() {

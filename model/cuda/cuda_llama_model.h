@@ -142,12 +142,10 @@ class CudaLlamaModel : public StageEngine {
   absl::Status Forward(absl::Span<const CudaTokenStep> steps, std::vector<int32_t>* next_tokens,
                        std::vector<float>* logits = nullptr);
 
-  // Switches CudaEngineOptions::small_batch_kernels / pdl, the most rows of a GEMV step (clamped
-  // to [1, cuda::kGemvMaxRows]) and the most rows of one GEMV launch (0: gemv_rows; a step of more
-  // rows launches each GEMV once per chunk of rows); benchmarks and tests compare them. The
-  // captured decode graphs are dropped and recaptured on the next steps.
-  void SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows = kDefaultGemvRows,
-                        int64_t launch_rows = 0);
+  // Switches CudaEngineOptions::small_batch_kernels / pdl and the most rows of a GEMV step
+  // (clamped to [1, cuda::kGemvMaxRows]; benchmarks and tests compare them); the captured decode
+  // graphs are dropped and recaptured on the next steps.
+  void SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows = kDefaultGemvRows);
   // The most token rows a step may have to run the small-batch GEMV kernels: kDefaultGemvRows = 4
   // unless SetDecodeKernels chose another (the kernels take up to 8; cuda_llama_step.cc says why
   // the default is 4: 8 rows measured slower on the same GPU).
@@ -301,7 +299,6 @@ class CudaLlamaModel : public StageEngine {
   absl::node_hash_map<uint64_t, Sequence> sequences_;              // node: StepPlan keeps pointers
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs_;  // (batch, bucket) → graph
   int64_t gemv_rows_ = kDefaultGemvRows;                           // SetDecodeKernels
-  int64_t gemv_launch_rows_ = kDefaultGemvRows;                    // SetDecodeKernels
 
   // Per-step device inputs (fixed addresses: graphs replay them).
   int32_t* d_tokens_ = nullptr;     // int32 [max_step_tokens]

@@ -42,16 +42,6 @@ constexpr int64_t kMinGraphBucket = 256;
 // projections, docs/benchmarks.md).
 constexpr int64_t kNarrowHidden = 1024;
 
-// launch(r0, m) over `rows` token rows in chunks of at most `chunk` (the GEMV path at more rows
-// than one launch takes: the chunks after the first read the layer's weights again, from L2).
-template <typename Launch>
-absl::Status ForRowChunks(int64_t rows, int64_t chunk, Launch&& launch) {
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    RETURN_IF_ERROR(launch(r0, std::min(chunk, rows - r0)));
-  }
-  return absl::OkStatus();
-}
-
 cuda::RopeMode ToRopeMode(RopeStyle style) {
   return style == RopeStyle::kNeox ? cuda::RopeMode::kNeox : cuda::RopeMode::kNorm;
 }
@@ -248,11 +238,8 @@ bool CudaLlamaModel::FusedNormStep(int64_t rows) const {
 absl::Status CudaLlamaModel::HeadProject(int64_t b) {
   const int64_t h = config_.hidden, vocab = config_.vocab_size;
   if (FusedNormStep(b)) {
-    return ForRowChunks(b, gemv_launch_rows_, [&](int64_t r0, int64_t m) {
-      return cuda::LaunchRmsNormGemv(last_ + r0 * h, h, output_norm_, config_.norm_eps, lm_head_, h,
-                                     logits_ + r0 * vocab, vocab, m, vocab, h, options_.pdl,
-                                     stream_);
-    });
+    return cuda::LaunchRmsNormGemv(last_, h, output_norm_, config_.norm_eps, lm_head_, h, logits_,
+                                   vocab, b, vocab, h, options_.pdl, stream_);
   }
   RETURN_IF_ERROR(cuda::LaunchRmsNorm(last_, output_norm_, b, h, config_.norm_eps, norm_, stream_));
   return Project(norm_, h, lm_head_, vocab, h, logits_, vocab, b, false, SmallStep(b));
@@ -262,10 +249,8 @@ absl::Status CudaLlamaModel::Project(const __nv_bfloat16* x, int64_t ldx, const 
                                      int64_t n_out, int64_t k, float* y, int64_t ldy, int64_t rows,
                                      bool accumulate, bool small) {
   if (small) {
-    return ForRowChunks(rows, gemv_launch_rows_, [&](int64_t r0, int64_t m) {
-      return cuda::LaunchGemv(x + r0 * ldx, ldx, w, k, y + r0 * ldy, ldy, m, n_out, k, accumulate,
-                              options_.pdl, stream_);
-    });
+    return cuda::LaunchGemv(x, ldx, w, k, y, ldy, rows, n_out, k, accumulate, options_.pdl,
+                            stream_);
   }
   return cuda::LaunchGemm(*cublas_, x, ldx, w, k, y, ldy, rows, n_out, k, accumulate, stream_);
 }
@@ -285,11 +270,8 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   // norm_ (bf16) carries each GEMM's input in turn: normed hidden, attention output, SwiGLU.
   // A narrow model's small step fuses each RMSNorm into the GEMV after it (one launch, no norm_).
   if (fuse_norm) {
-    RETURN_IF_ERROR(ForRowChunks(n, gemv_launch_rows_, [&](int64_t r0, int64_t m) {
-      return cuda::LaunchRmsNormGemv(hidden_ + r0 * h, h, w.attn_norm, c.norm_eps, w.wqkv, h,
-                                     qkv_ + r0 * qkv_dim, qkv_dim, m, qkv_dim, h, options_.pdl,
-                                     stream_);
-    }));
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemv(hidden_, h, w.attn_norm, c.norm_eps, w.wqkv, h, qkv_,
+                                            qkv_dim, n, qkv_dim, h, options_.pdl, stream_));
   } else {
     RETURN_IF_ERROR(
         cuda::LaunchRmsNorm(hidden_, w.attn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
@@ -333,18 +315,14 @@ absl::Status CudaLlamaModel::RunLayer(int layer, const StepPlan& plan) {
   RETURN_IF_ERROR(Project(norm_, q_dim, w.wo, h, q_dim, hidden_, h, n, true, small));
   const __nv_bfloat16* act = glu_;  // silu(gate) * up, bf16 [n, f]
   if (fuse_norm) {
-    RETURN_IF_ERROR(ForRowChunks(n, gemv_launch_rows_, [&](int64_t r0, int64_t m) {
-      return cuda::LaunchRmsNormGemvSwiGlu(hidden_ + r0 * h, h, w.ffn_norm, c.norm_eps, w.w_gate_up,
-                                           h, glu_ + r0 * f, f, m, f, h, options_.pdl, stream_);
-    }));
+    RETURN_IF_ERROR(cuda::LaunchRmsNormGemvSwiGlu(hidden_, h, w.ffn_norm, c.norm_eps, w.w_gate_up,
+                                                  h, glu_, f, n, f, h, options_.pdl, stream_));
   } else {
     RETURN_IF_ERROR(
         cuda::LaunchRmsNorm(hidden_, w.ffn_norm, n, h, c.norm_eps, norm_, stream_, pdl));
     if (small) {
-      RETURN_IF_ERROR(ForRowChunks(n, gemv_launch_rows_, [&](int64_t r0, int64_t m) {
-        return cuda::LaunchGemvSwiGlu(norm_ + r0 * h, h, w.w_gate_up, h, glu_ + r0 * f, f, m, f, h,
-                                      options_.pdl, stream_);
-      }));
+      RETURN_IF_ERROR(cuda::LaunchGemvSwiGlu(norm_, h, w.w_gate_up, h, glu_, f, n, f, h,
+                                             options_.pdl, stream_));
     } else {
       RETURN_IF_ERROR(cuda::LaunchGemm(*cublas_, norm_, h, w.w_gate_up, h, ffn_, 2 * f, n, 2 * f, h,
                                        false, stream_));
