@@ -1,8 +1,7 @@
 // Per-model layer sensitivity weights (LU-KV / BaKlaVa style calibration,
-// docs/quality-allocators.md "Per-layer sensitivity calibration"): the file `xkv calibrate` writes
-// beside a model (<model>.xkv-calib.json) and the one place that reads and validates it. The
-// weights w_l (mean 1) multiply each layer's raw score curve in xkv's global allocator
-// (AllocatorParams::layer_weights).
+// docs/quality-calibration.md): the file `xkv calibrate` writes beside a model
+// (<model>.xkv-calib.json) and the one place that reads and validates it. The weights w_l (mean 1)
+// multiply each layer's raw score curve in xkv's global allocator (AllocatorParams::layer_weights).
 //
 // The file (JSON, one object):
 //   {"format": "xkv-layer-calibration", "version": 1,

@@ -37,7 +37,7 @@ constexpr int64_t kMinGraphBucket = 256;
 // gemv_max_rows() token rows (CudaLlamaModel::kDefaultGemvRows = 4): the kernels take up to
 // cuda::kGemvMaxRows = 8, but on one H100, B = 8 decodes 21% slower on them than on cuBLAS (the
 // same-GPU A/B of `xkv bench gpu --batched-decode`'s "GEMV8+PDL" rows, session 9,
-// docs/benchmarks-serving.md; an H200 sitting had shown the same), and two 4-row launches per
+// docs/benchmarks-decode.md; an H200 sitting had shown the same), and two 4-row launches per
 // GEMV (the second reading the weights from L2) were slower still (session 10). Wider models
 // keep the separate norm kernel (the GEMV at m = 4 is within ~5% of cuBLAS on the Llama-3-8B
 // projections, docs/benchmarks.md).

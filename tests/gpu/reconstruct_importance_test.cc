@@ -6,7 +6,7 @@
 // order differ). Engine tolerance: the GPU engine runs bf16 weights, activations and KV, so its
 // probabilities differ by up to a few percent of their range; the test asserts that the tokens each
 // (layer, KV head) would keep at a 20% budget are mostly the same (>= 70% overlap on average, where
-// an unrelated ranking gives about 20%) and prints the agreement (docs/quality-allocators.md).
+// an unrelated ranking gives about 20%) and prints the agreement (docs/quality-reconstruct.md).
 #include "kernels/cpu/reconstruct_importance.h"
 
 #include <sys/stat.h>
