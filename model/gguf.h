@@ -107,6 +107,9 @@ class GgufFile {
   // Where the file came from ("<buffer>" for FromBuffer), for messages.
   const std::string& path() const { return path_; }
   uint64_t data_offset() const { return data_offset_; }
+  uint64_t file_size() const { return file_size_; }
+  // The header's raw bytes, [0, data_offset()): metadata and tensor infos (inside the mapping).
+  absl::Span<const uint8_t> HeaderBytes() const { return {base_, data_offset_}; }
   // Raw bytes of a tensor inside the mapping (valid while the GgufFile lives; empty if `info` does
   // not describe a tensor inside this file).
   absl::Span<const uint8_t> TensorData(const GgufTensorInfo& info) const;

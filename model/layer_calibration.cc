@@ -104,20 +104,9 @@ absl::StatusOr<ModelFingerprint> FingerprintModel(const GgufFile& file, const Mo
   f.kv_heads = config.n_kv_heads;
   f.head_dim = config.head_dim;
   f.vocab_size = config.vocab_size;
-  std::error_code ec;
-  f.file_bytes = std::filesystem::file_size(file.path(), ec);
-  if (ec) {
-    return absl::NotFoundError(
-        absl::StrCat("fingerprint: cannot stat ", file.path(), ": ", ec.message()));
-  }
-  Fnv1a64 hash;
-  std::vector<uint8_t> header(file.data_offset());
-  std::ifstream in(file.path(), std::ios::binary);
-  if (!in.read(reinterpret_cast<char*>(header.data()),
-               static_cast<std::streamsize>(header.size()))) {
-    return absl::DataLossError(
-        absl::StrCat("fingerprint: cannot read the header of ", file.path()));
-  }
+  f.file_bytes = file.file_size();
+  Fnv1a64 hash;  // the header and the tensors' ends, read from the file's mapping
+  const absl::Span<const uint8_t> header = file.HeaderBytes();
   hash.Add(header.data(), header.size());
   for (const GgufTensorInfo& t : file.tensors()) {
     const absl::Span<const uint8_t> data = file.TensorData(t);
