@@ -26,6 +26,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(
     const CoordinatorOptions& options, std::vector<std::unique_ptr<StageClient>> stages) {
   if (stages.empty()) return absl::InvalidArgumentError("coordinator: no stages");
   RETURN_IF_ERROR(ValidateSettings(options.kv));
+  RETURN_IF_ERROR(ValidateRereadChunk(options.reread_chunk, "reread_chunk"));
   std::unique_ptr<Coordinator> c(new Coordinator(options));
   RETURN_IF_ERROR(c->Init(std::move(stages)));
   RETURN_IF_ERROR(c->CheckStagesHold(options.kv));
@@ -364,11 +365,12 @@ absl::Status Coordinator::PlanRereads(Sequence& seq) const {
         "; use per_request, one_pass or sampled:<rate>"));
   }
   const RepeatPrompt& r = *repeat_;
-  const ReconstructOptions defaults;
+  ReconstructOptions reread;
+  reread.chunk_tokens = options_.reread_chunk;
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   // Each re-reading step (instruction, overlap, suffix, then the chunk) fits one step's tokens.
   const int64_t budget = options_.scheduler.step_token_budget;
-  const int64_t chunk = RereadChunkTokens(r, defaults, budget);
+  const int64_t chunk = RereadChunkTokens(r, reread, budget);
   if (chunk < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("profile mode reconstruct needs steps of more than ", budget - chunk,
@@ -376,7 +378,7 @@ absl::Status Coordinator::PlanRereads(Sequence& seq) const {
   }
   for (int64_t b = 0; b < T; b += chunk) {
     const int64_t e = std::min(T, b + chunk);
-    std::vector<int32_t> in = RereadInput(seq.prompt, b, e, r, defaults.overlap);
+    std::vector<int32_t> in = RereadInput(seq.prompt, b, e, r, reread.overlap);
     if (config_.context_length > 0 &&
         T + static_cast<int64_t>(in.size()) > config_.context_length) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -385,7 +387,7 @@ absl::Status Coordinator::PlanRereads(Sequence& seq) const {
           " tokens; use a shorter prompt or another profile mode"));
     }
     seq.reread_inputs.push_back(std::move(in));
-    seq.reread_spans.push_back({b, e, defaults.sinks});
+    seq.reread_spans.push_back({b, e, reread.sinks});
   }
   seq.reread_pending = true;
   return absl::OkStatus();

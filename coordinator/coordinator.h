@@ -67,6 +67,10 @@ struct CoordinatorOptions {
   // max-pools with kXkvPoolKernel), as `xkv eval` scores that method.
   int pool_kernel = 7;
   bool query_head_scores = false;
+  // Profile mode reconstruct: prompt tokens re-read per step, in [kMinRereadChunk,
+  // kMaxRereadChunk] (tools/ give DefaultRereadChunk of the stages' device), shrunk to what one
+  // step of scheduler.step_token_budget holds after the repeat instruction.
+  int64_t reread_chunk = kCpuRereadChunk;
   int block_tokens = 16;
   int64_t kv_capacity_blocks = 0;  // per layer of a stage (its one pool: x its layers); 0 = default
   SchedulerOptions scheduler;      // kv (the stages' pools) and min_final_chunk are filled in

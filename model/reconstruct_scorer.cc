@@ -64,6 +64,20 @@ std::vector<int32_t> RereadInput(absl::Span<const int32_t> prompt, int64_t b, in
   return in;
 }
 
+absl::Status ValidateRereadChunk(int64_t chunk, absl::string_view name) {
+  if (chunk < kMinRereadChunk || chunk > kMaxRereadChunk) {
+    return absl::InvalidArgumentError(absl::StrCat(name, " ", chunk, " is out of range [",
+                                                   kMinRereadChunk, ", ", kMaxRereadChunk, "]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> RereadChunkFromFlag(int64_t asked, bool gpu, absl::string_view name) {
+  if (asked == 0) return DefaultRereadChunk(gpu);
+  RETURN_IF_ERROR(ValidateRereadChunk(asked, name));
+  return asked;
+}
+
 int64_t RereadChunkTokens(const RepeatPrompt& repeat, const ReconstructOptions& options,
                           int64_t step_tokens) {
   const int64_t overhead = static_cast<int64_t>(

@@ -16,7 +16,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "kernels/cpu/importance.h"
 #include "model/chat_template.h"
@@ -38,13 +40,27 @@ struct RepeatPrompt {
 // KVzip's re-reading instruction in `chat`'s template, encoded by `tok` (the strings above).
 absl::StatusOr<RepeatPrompt> MakeRepeatPrompt(const Tokenizer& tok, const ChatTemplate& chat);
 
-// The range a user may ask for ReconstructOptions::chunk_tokens (`xkv eval --reconstruct-chunk`).
+// The range a user may ask for ReconstructOptions::chunk_tokens (`--reconstruct-chunk` of
+// `xkv eval`, `xkv serve`, `xkv generate` and `xkv coordinator`).
 inline constexpr int64_t kMinRereadChunk = 64, kMaxRereadChunk = 8192;
 
+// The chunk when none is asked. On CUDA engines kvpress's 2048: on the GPU dev split it scored
+// best (mean 0.577 vs 0.547 with 512; docs/quality-reconstruct.md, "The re-reading chunk and
+// pooling on the GPU", a rule fixed before the run). On the CPU 512: the score GEMMs cost
+// ~2·T·chunk per head (the forward itself about one prefill whatever the chunk).
+inline constexpr int64_t kCpuRereadChunk = 512, kGpuRereadChunk = 2048;
+inline int64_t DefaultRereadChunk(bool gpu) { return gpu ? kGpuRereadChunk : kCpuRereadChunk; }
+
+// INVALID_ARGUMENT "<name> <chunk> is out of range [64, 8192]" outside [kMinRereadChunk,
+// kMaxRereadChunk].
+absl::Status ValidateRereadChunk(int64_t chunk, absl::string_view name);
+
+// A `--reconstruct-chunk` flag's chunk: DefaultRereadChunk(gpu) when `asked` is 0 (not given),
+// else `asked` checked by ValidateRereadChunk.
+absl::StatusOr<int64_t> RereadChunkFromFlag(int64_t asked, bool gpu, absl::string_view name);
+
 struct ReconstructOptions {
-  // Prompt tokens re-read per step. kvpress uses 2048; the score GEMMs cost ~2·T·chunk per head
-  // (the forward itself about one prefill whatever the chunk), so the CPU default is smaller.
-  int64_t chunk_tokens = 512;
+  int64_t chunk_tokens = kCpuRereadChunk;  // prompt tokens re-read per step (DefaultRereadChunk)
   int overlap = 8;  // previous chunk's tail repeated in the next step's prompt
   int sinks = 4;    // the first tokens: in every softmax, and scored 1
 };

@@ -53,7 +53,7 @@ struct EvalFlags {
   int64_t seed = 1;
   int64_t limit = 0;
   int64_t window = kDefaultWindow;
-  int64_t reconstruct_chunk = ReconstructOptions{}.chunk_tokens;
+  int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of --device
   int64_t answer_tokens = 12;
   int64_t fidelity_tokens = 32;
   std::string python;
@@ -153,11 +153,8 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   // Everything the user gave is checked before the model's weights are loaded.
   ASSIGN_OR_RETURN(const int device, ParseStageDevice(f.device));
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
-  if (f.reconstruct_chunk < kMinRereadChunk || f.reconstruct_chunk > kMaxRereadChunk) {
-    return absl::InvalidArgumentError(absl::StrCat("--reconstruct-chunk ", f.reconstruct_chunk,
-                                                   " is out of range [", kMinRereadChunk, ", ",
-                                                   kMaxRereadChunk, "]"));
-  }
+  ASSIGN_OR_RETURN(const int64_t reconstruct_chunk,
+                   RereadChunkFromFlag(f.reconstruct_chunk, device >= 0, "--reconstruct-chunk"));
   EvalOptions options;
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
@@ -225,7 +222,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
     options.max_step_logit_rows = 256;
   }
   // Re-reading chunks as asked, shrunk to what one step holds after the instruction.
-  options.reconstruct.chunk_tokens = f.reconstruct_chunk;
+  options.reconstruct.chunk_tokens = reconstruct_chunk;
   options.reconstruct.chunk_tokens =
       RereadChunkTokens(options.repeat, options.reconstruct, options.max_step_tokens);
   ASSIGN_OR_RETURN(std::unique_ptr<StageEngine> engine, LoadStageEngine(so));
@@ -338,9 +335,10 @@ int RunEval(int argc, char** argv) {
             "context's tail too when the question is shorter; methods may override)");
   flags.Int("reconstruct-chunk", &f.reconstruct_chunk,
             absl::StrCat("profile=reconstruct: context tokens re-read per step, in [",
-                         kMinRereadChunk, ", ", kMaxRereadChunk,
-                         "] (kvpress's KVzip: 2048); each step's softmax spans the sinks, the "
-                         "chunk and the re-reading input"));
+                         kMinRereadChunk, ", ", kMaxRereadChunk, "]; 0: ", kGpuRereadChunk,
+                         " on cuda (kvpress's KVzip), ", kCpuRereadChunk,
+                         " on the cpu; each step's softmax spans the sinks, the chunk and the "
+                         "re-reading input"));
   flags.Int("answer-tokens", &f.answer_tokens, "greedy answer length cap");
   flags.Int("fidelity-tokens", &f.fidelity_tokens,
             "teacher-forced continuation tokens for agreement, KL and NLL");

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "coordinator/coordinator.h"
@@ -17,6 +18,7 @@
 #include "embedded/in_process_stage_client.h"
 #include "embedded/local_generation.h"
 #include "model/layer_calibration.h"
+#include "model/reconstruct_scorer.h"
 #include "model/sampler.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
@@ -50,6 +52,7 @@ struct GenerateFlags {
   int64_t budget_bytes = -1;
   double budget_fraction = -1;
   std::string profile = "per_request";
+  int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of --device
   std::string allocator = "global";
   double floor = 0.75;
   double cap = AllocatorParams{}.cap;
@@ -160,7 +163,8 @@ GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
 
 // The embedded service: one in-process stage on --device, one request at a time.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f,
-                                                           std::vector<double> layer_weights) {
+                                                           std::vector<double> layer_weights,
+                                                           int64_t reread_chunk) {
   InProcessStageSettings settings;
   if (f.numerics == "exact") settings.numerics = Numerics::kExact;
   if (f.numerics == "bf16") settings.numerics = Numerics::kBf16;
@@ -174,6 +178,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& 
   o.kv.allocator.layer_weights = std::move(layer_weights);
   o.window = static_cast<int>(f.window);
   o.query_head_scores = f.granularity == "query_head";
+  o.reread_chunk = reread_chunk;
   o.chat_template = f.chat_template;
   o.seed = static_cast<uint64_t>(f.seed);
   o.scheduler.max_running = 1;
@@ -215,6 +220,10 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.String(
       "profile", &f.profile,
       "xkv profile mode: per_request, one_pass, sampled:RHO, reconstruct (KVzip re-reading)");
+  flags.Int("reconstruct-chunk", &f.reconstruct_chunk,
+            absl::StrCat("--profile reconstruct: prompt tokens re-read per step, in [",
+                         kMinRereadChunk, ", ", kMaxRereadChunk, "]; 0: ", kGpuRereadChunk,
+                         " on cuda (kvpress's KVzip), ", kCpuRereadChunk, " on the cpu"));
   flags.String("allocator", &f.allocator,
                "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
                "share) or paper (gains divided by each layer's total, no floors)");
@@ -274,6 +283,9 @@ int RunGenerate(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(
         "--numerics applies to the CPU engine (the CUDA engine computes in bf16/fp32)"));
   }
+  absl::StatusOr<int64_t> reread_chunk =
+      RereadChunkFromFlag(f.reconstruct_chunk, *device >= 0, "--reconstruct-chunk");
+  if (!reread_chunk.ok()) return Fail(reread_chunk.status());
   GenerateParams params = MakeParams(f, *std::move(kv));
   if (absl::Status s = ValidateGenerateParams(params); !s.ok()) return Fail(s);
   std::vector<double> layer_weights;
@@ -285,7 +297,7 @@ int RunGenerate(int argc, char** argv) {
 
   const WallClock::time_point load_start = WallClock::now();
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartPipeline(f, std::move(layer_weights));
+      StartPipeline(f, std::move(layer_weights), *reread_chunk);
   if (!coordinator.ok()) return Fail(coordinator.status());
   const WallClock::time_point start = WallClock::now();
   const double load_s = std::chrono::duration<double>(start - load_start).count();

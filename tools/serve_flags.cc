@@ -11,6 +11,7 @@
 #include "base/status_macros.h"
 #include "model/chat_template.h"
 #include "model/layer_calibration.h"
+#include "model/reconstruct_scorer.h"
 #include "tools/serve_metrics.h"
 
 namespace xkv {
@@ -53,6 +54,12 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
       "re-read the prompt after its prefill, KVzip; auto: one_pass on GPU "
       "stages, per_request on CPU ones; a per_request prompt longer than "
       "--max-batched-tokens is profiled one_pass, in chunks)");
+  flags.Int("reconstruct-chunk", &f->reconstruct_chunk,
+            absl::StrCat(
+                "profile reconstruct: prompt tokens re-read per step, in [", kMinRereadChunk, ", ",
+                kMaxRereadChunk, "], shrunk to fit --max-batched-tokens; 0: ", kGpuRereadChunk,
+                " when the stages run on GPUs (xkv serve --device cuda:N), else ", kCpuRereadChunk,
+                " (always under xkv coordinator: it does not know its workers' devices)"));
   flags.String("allocator", &f->allocator, "default xkv allocator: global|paper");
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
@@ -155,6 +162,8 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
+  ASSIGN_OR_RETURN(o.reread_chunk,
+                   RereadChunkFromFlag(f.reconstruct_chunk, gpu_stages, "--reconstruct-chunk"));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
   o.kv.allocator.floor = f.floor;
   o.kv.allocator.cap = f.cap;

@@ -26,7 +26,8 @@ struct ServeFlags {
   std::string policy = "xkv";
   double retention = 0.9;
   double budget_fraction = 0;
-  std::string profile = "auto";  // one_pass on GPU stages, per_request on CPU ones
+  std::string profile = "auto";   // one_pass on GPU stages, per_request on CPU ones
+  int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of the stages' device
   std::string allocator = "global";
   double floor = 0.75;
   double cap = AllocatorParams{}.cap;
@@ -62,8 +63,9 @@ struct HttpApiOptions {
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
 // Options from the flags. num_stages: the pipeline's stages; gpu_stages: they run on GPUs. On GPUs
-// `--profile auto` is one_pass and --micro-batches 0 means one per stage; on CPUs per_request and
-// one step at a time (a CPU stage's threads gain nothing from a second step in flight).
+// `--profile auto` is one_pass, --micro-batches 0 means one per stage and --reconstruct-chunk 0
+// kGpuRereadChunk; on CPUs per_request, one step at a time (a CPU stage's threads gain nothing
+// from a second step in flight) and kCpuRereadChunk.
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
                                                                int64_t num_stages, bool gpu_stages);
 // --max-batched-tokens, or its old name --step-tokens (both given and different: an error).

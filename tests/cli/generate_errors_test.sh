@@ -60,6 +60,8 @@ expect_error "--max-tokens" --model "$model" --prompt hi --max-tokens -1
 expect_error "--numerics" --model "$model" --prompt hi --numerics fp8
 expect_error "device" --model "$model" --prompt hi --device gpu
 expect_error "unknown flag" --model "$model" --prompt hi --bogus 1
+expect_error "--reconstruct-chunk 9000 is out of range [64, 8192]" --model "$model" --prompt hi \
+  --policy xkv --profile reconstruct --reconstruct-chunk 9000
 # Per-(layer, KV head) budgets: the spec's own rules (allocator/kv_spec.cc).
 expect_error "per_head is '2'" --model "$model" --prompt hi --policy xkv --per-head 2
 expect_error "floor is 1.5" --model "$model" --prompt hi --policy xkv --per-head 1 --floor 1.5

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Step and memory flags of `xkv serve` and `xkv worker` (issue 13 part 4, issue 14 part 6): a bad
 # --max-batched-tokens, a --step-tokens (its old name) that disagrees with it, a
-# --gpu-memory-utilization outside (0, 1] or an --async-decode other than auto, on, off stops the
-# start with exit status 2 and one line naming the flag, before anything loads or listens (exit
-# status 1 for the worker, as its other start-up checks). The old names still work.
+# --gpu-memory-utilization outside (0, 1], an --async-decode other than auto, on, off or a
+# --reconstruct-chunk outside [64, 8192] stops the start with exit status 2 and one line naming
+# the flag, before anything loads or listens (exit status 1 for the worker, as its other start-up
+# checks). The old names still work.
 # Usage: serve_flags_test.sh XKV_BINARY
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -27,6 +28,10 @@ for bad in 0 1.5 -0.2; do
 done
 expect_error_from 2 "--async-decode 'maybe' is not one of auto, on, off" \
   timeout 20 "$xkv" serve "${listen[@]}" --async-decode maybe
+for dev in cpu cuda:0; do  # the same range whatever the default of the device
+  expect_error_from 2 "--reconstruct-chunk 10 is out of range [64, 8192]" \
+    timeout 20 "$xkv" serve "${listen[@]}" --device "$dev" --reconstruct-chunk 10
+done
 expect_error_from 1 "cap is 0.5; it must be in [1, 64]" \
   timeout 20 "$xkv" serve "${listen[@]}" --cap 0.5
 expect_error_from 1 "--max-step-tokens and --max-batched-tokens disagree" \

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "allocator/kv_spec.h"
 #include "coordinator/coordinator.h"
 #include "embedded/in_process_stage_client.h"
@@ -62,12 +63,15 @@ class ReconstructProfileTest : public ::testing::Test {
     auto needle = testing_eval::LoadNeedlePrompt(ModelPath());
     ASSERT_TRUE(needle.ok()) << needle.status();
     prompt_ = new std::vector<int32_t>(needle->ids);
+    repeat_ = new RepeatPrompt(needle->repeat);
     expected_ = new Expected(Reference(needle->repeat));
   }
   static void TearDownTestSuite() {
     delete prompt_;
+    delete repeat_;
     delete expected_;
     prompt_ = nullptr;
+    repeat_ = nullptr;
     expected_ = nullptr;
   }
   void SetUp() override {
@@ -129,10 +133,12 @@ class ReconstructProfileTest : public ::testing::Test {
   }
 
   static std::vector<int32_t>* prompt_;
+  static RepeatPrompt* repeat_;
   static Expected* expected_;
 };
 
 std::vector<int32_t>* ReconstructProfileTest::prompt_ = nullptr;
+RepeatPrompt* ReconstructProfileTest::repeat_ = nullptr;
 Expected* ReconstructProfileTest::expected_ = nullptr;
 
 TEST_F(ReconstructProfileTest, ServiceMatchesTheEvalHarnessOnOneAndTwoStages) {
@@ -180,6 +186,65 @@ TEST_F(ReconstructProfileTest, BadInputIsInvalidArgument) {
   ASSERT_TRUE(c->Submit(Request("snapkv", "reconstruct"), sink).ok());
   EXPECT_TRUE(sink->Wait().ok()) << sink->Wait();
   EXPECT_EQ(sink->tokens_.size(), static_cast<size_t>(kMaxTokens));
+}
+
+// CoordinatorOptions::reread_chunk (`--reconstruct-chunk`) sets the re-reading steps: a T-token
+// prompt re-reads in ceil(T / chunk) consecutive spans of `chunk` tokens, a chunk that does not fit
+// one step after the repeat instruction shrinks to what does (RereadChunkTokens), and a chunk
+// outside [kMinRereadChunk, kMaxRereadChunk] stops the start.
+TEST_F(ReconstructProfileTest, RereadStepsFollowTheConfiguredChunk) {
+  const int64_t T = static_cast<int64_t>(prompt_->size());
+  ReconstructOptions fitted;
+  fitted.chunk_tokens = kMaxRereadChunk;
+  const int64_t step_fit = RereadChunkTokens(*repeat_, fitted, kStepTokens);
+  ASSERT_GT(step_fit, 96);
+  ASSERT_LT(step_fit, T);
+  for (const auto& [asked, want] :
+       std::vector<std::pair<int64_t, int64_t>>{{64, 64}, {96, 96}, {kMaxRereadChunk, step_fit}}) {
+    auto inner = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+    ASSERT_TRUE(inner.ok()) << inner.status();
+    std::mutex mu;
+    std::vector<std::pair<int64_t, int64_t>> spans;  // [chunk_begin, chunk_end) of each step
+    std::vector<int> inputs;                         // each step's tokens
+    auto log = std::make_shared<testing_pipeline::StepLog>();
+    log->on_step = [&](const xkv::v1::StepRequest& step) {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const xkv::v1::StepSequence& q : step.sequences()) {
+        if (q.mode() != xkv::v1::SEQUENCE_MODE_REREAD) continue;
+        spans.emplace_back(q.reread().chunk_begin(), q.reread().chunk_end());
+        inputs.push_back(q.tokens_size());
+      }
+    };
+    std::vector<std::unique_ptr<StageClient>> clients;
+    clients.push_back(
+        std::make_unique<testing_pipeline::LoggingStageClient>(0, std::move((*inner)[0]), log));
+    CoordinatorOptions o = Options();
+    o.reread_chunk = asked;
+    auto c = Coordinator::Start(o, std::move(clients));
+    ASSERT_TRUE(c.ok()) << c.status();
+    auto sink = std::make_shared<LogprobSink>();
+    ASSERT_TRUE((*c)->Submit(Request("xkv", "reconstruct"), sink).ok());
+    ASSERT_TRUE(sink->Wait().ok()) << sink->Wait();
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(static_cast<int64_t>(spans.size()), (T + want - 1) / want) << "chunk " << asked;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      EXPECT_EQ(spans[i].first, static_cast<int64_t>(i) * want) << "chunk " << asked << ", " << i;
+      EXPECT_EQ(spans[i].second, std::min(T, spans[i].first + want)) << "chunk " << asked;
+      EXPECT_LE(inputs[i], kStepTokens) << "chunk " << asked << ", " << i;
+    }
+  }
+  for (int64_t bad : {kMinRereadChunk - 1, kMaxRereadChunk + 1}) {
+    auto clients = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+    ASSERT_TRUE(clients.ok()) << clients.status();
+    CoordinatorOptions o = Options();
+    o.reread_chunk = bad;
+    auto c = Coordinator::Start(o, std::move(*clients));
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(
+        std::string(c.status().message()).find(absl::StrCat(bad, " is out of range [64, 8192]")),
+        std::string::npos)
+        << c.status();
+  }
 }
 
 // A cancel sent while the first re-reading step runs ends the request there: no later step

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/cpu_stage_engine.h"
 #include "model/llama_model.h"
@@ -145,6 +146,31 @@ TEST_F(ReconstructScorerTest, RejectsACacheThatIsNotThePrompt) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ScoreByReconstruction(engine_.get(), 2, prompt, repeat_, {}).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// One rule for every entry point's chunk: 0 (no flag) is the device's default, any other value
+// is checked against [kMinRereadChunk, kMaxRereadChunk] whatever the device; the shrink to one
+// step keeps whatever fits after the longer instruction (next + overlap here) and the suffix.
+TEST(RereadChunkTest, DefaultPerDeviceAndOneRange) {
+  EXPECT_EQ(DefaultRereadChunk(/*gpu=*/true), 2048);
+  EXPECT_EQ(DefaultRereadChunk(/*gpu=*/false), 512);
+  EXPECT_EQ(ReconstructOptions{}.chunk_tokens, DefaultRereadChunk(false));
+  for (bool gpu : {false, true}) {
+    EXPECT_EQ(*RereadChunkFromFlag(0, gpu, "--reconstruct-chunk"), DefaultRereadChunk(gpu));
+    EXPECT_EQ(*RereadChunkFromFlag(kMinRereadChunk, gpu, "--c"), kMinRereadChunk);
+    EXPECT_EQ(*RereadChunkFromFlag(kMaxRereadChunk, gpu, "--c"), kMaxRereadChunk);
+    for (int64_t bad : {int64_t{-1}, kMinRereadChunk - 1, kMaxRereadChunk + 1}) {
+      auto r = RereadChunkFromFlag(bad, gpu, "--reconstruct-chunk");
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+      EXPECT_EQ(r.status().message(),
+                absl::StrCat("--reconstruct-chunk ", bad, " is out of range [64, 8192]"));
+    }
+  }
+  const RepeatPrompt repeat{{3, 4, 5}, {6, 7}, {8, 9}};  // overhead max(3, 2 + 8) + 2 = 12
+  ReconstructOptions o;
+  o.chunk_tokens = 2048;
+  EXPECT_EQ(RereadChunkTokens(repeat, o, 512), 500);
+  EXPECT_EQ(RereadChunkTokens(repeat, o, 4096), 2048);
 }
 
 TEST_F(ReconstructScorerTest, CollectedScoresKeepTheQuestionAndPool) {
