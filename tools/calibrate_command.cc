@@ -56,7 +56,7 @@ absl::Status Calibrate(const CalibrateFlags& f) {
     return absl::InvalidArgumentError(
         absl::StrCat("--length is ", f.length, "; it must be in [256, 8000]"));
   }
-  ASSIGN_OR_RETURN(ModelText text, OpenText(f.model));
+  ASSIGN_OR_RETURN(ModelText text, OpenModelText(f.model));
   ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*text.file));
   LayerCalibration c;
   ASSIGN_OR_RETURN(c.model, FingerprintModel(*text.file, config));

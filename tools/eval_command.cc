@@ -138,7 +138,7 @@ absl::StatusOr<std::vector<QueryMode>> ParseModes(const std::string& text) {
 SuiteChoice ChoiceOf(const EvalFlags& f) { return {f.suite, f.split, f.seed, f.tasks}; }
 
 absl::Status ExportPrompts(const EvalFlags& f) {
-  ASSIGN_OR_RETURN(ModelText text, OpenText(f.model));
+  ASSIGN_OR_RETURN(ModelText text, OpenModelText(f.model));
   TextCorpus corpus;
   ASSIGN_OR_RETURN(std::vector<TaskRecord> records, BuildRecords(ChoiceOf(f), text, &corpus));
   Limit(f.limit, &records);
@@ -169,7 +169,7 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   if (!(f.kv_gib > 0.0 && f.kv_gib <= 1024.0)) {
     return absl::InvalidArgumentError("--kv-gib must be in (0, 1024]");
   }
-  ASSIGN_OR_RETURN(ModelText text, OpenText(f.model));
+  ASSIGN_OR_RETURN(ModelText text, OpenModelText(f.model));
   TextCorpus corpus;
   std::vector<TaskRecord> records;
   if (!f.prompts.empty()) {

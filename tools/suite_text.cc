@@ -4,24 +4,8 @@
 
 #include "absl/strings/str_split.h"
 #include "base/status_macros.h"
-#include "model/chat_template.h"
 
 namespace xkv {
-
-absl::StatusOr<ModelText> OpenText(const std::string& model) {
-  ModelText t;
-  ASSIGN_OR_RETURN(t.file, GgufFile::Open(model));
-  ASSIGN_OR_RETURN(t.tokenizer, Tokenizer::FromGguf(*t.file));
-  const Tokenizer* tok = t.tokenizer.get();
-  t.encode = [tok](absl::string_view text, bool at_start) {
-    return tok->Encode(std::string_view(text.data(), text.size()), /*parse_special=*/true,
-                       /*add_special=*/at_start);
-  };
-  t.render = [](absl::Span<const ChatMessage> messages) {
-    return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
-  };
-  return t;
-}
 
 absl::StatusOr<std::vector<TaskRecord>> BuildRecords(const SuiteChoice& choice,
                                                      const ModelText& text, TextCorpus* corpus) {

@@ -1,30 +1,18 @@
-// The built-in eval suite's prompts (and the model's text functions) as `xkv eval` and `xkv
-// calibrate` build them: the model's tokenizer and chat template, the split's corpus, the suite's
-// tasks.
+// The built-in eval suite's prompts as `xkv eval` and `xkv calibrate` build them: the split's
+// corpus and the suite's tasks, with the model's text functions (bench/model_text.h).
 #ifndef XKV_TOOLS_SUITE_TEXT_H_
 #define XKV_TOOLS_SUITE_TEXT_H_
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "bench/eval_prompts.h"
 #include "bench/eval_tasks.h"
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "bench/model_text.h"
 
 namespace xkv {
-
-struct ModelText {
-  std::unique_ptr<GgufFile> file;
-  std::unique_ptr<Tokenizer> tokenizer;
-  TextEncoder encode;
-  ChatRenderer render;
-};
-
-absl::StatusOr<ModelText> OpenText(const std::string& model);
 
 struct SuiteChoice {
   std::string suite = "quick";

@@ -85,9 +85,7 @@ TEST(MultiQuestionSetsTest, BuiltInTasksGiveOneQuestionPerNeedle) {
   const Tokenizer& t = *text->tokenizer;
   const TextCorpus* corpus = &text->corpus;
   const TextEncoder& encode = text->encode;
-  ChatRenderer render = [](absl::Span<const ChatMessage> messages) {
-    return ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
-  };
+  const ChatRenderer& render = text->render;
   for (TaskKind kind : {TaskKind::kMultiKey, TaskKind::kMultiQuery}) {
     for (uint64_t seed : {1, 2, 3}) {
       absl::StatusOr<TaskRecord> r = BuildTask(*corpus, kind, 1024, 0.3, seed, encode, render);

@@ -5,23 +5,17 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <memory>
-#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "base/status_macros.h"
-#include "bench/eval_prompts.h"
 #include "bench/eval_tasks.h"
-#include "model/gguf.h"
-#include "model/tokenizer.h"
+#include "bench/model_text.h"
 
 namespace xkv {
 
-struct RealText {
-  std::unique_ptr<GgufFile> file;
-  std::unique_ptr<Tokenizer> tokenizer;
+// The model's text functions (as `xkv eval` opens them) and the test split's corpus.
+struct RealText : ModelText {
   TextCorpus corpus;
-  TextEncoder encode;
 };
 
 // NOT_FOUND when the model or the texts are not installed (the caller skips); any other error
@@ -33,12 +27,7 @@ inline absl::StatusOr<RealText> LoadRealText() {
   }
   RealText t;
   ASSIGN_OR_RETURN(t.corpus, LoadCorpus(CorpusPaths(Split::kTest)));  // NOT_FOUND when absent
-  ASSIGN_OR_RETURN(t.file, GgufFile::Open(path));
-  ASSIGN_OR_RETURN(t.tokenizer, Tokenizer::FromGguf(*t.file));
-  const Tokenizer* tok = t.tokenizer.get();
-  t.encode = [tok](absl::string_view s, bool at_start) {
-    return tok->Encode(std::string_view(s.data(), s.size()), true, at_start);
-  };
+  ASSIGN_OR_RETURN(static_cast<ModelText&>(t), OpenModelText(path));
   return t;
 }
 
