@@ -5,6 +5,7 @@ xkv's C++ BootstrapMeanCi gives), the CSV and the summary, and the command line.
 Run: PYTHONPATH=bench python3 -m unittest tests/kvpress/kvpress_py_test.py
 """
 import contextlib
+import csv
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
+import dev_pick  # noqa: E402
 import kvpress_eval  # noqa: E402  (imports nothing heavy at module level)
 import kvpress_report  # noqa: E402
 import needle_prompts  # noqa: E402
@@ -310,6 +312,49 @@ class NeedlePromptsTest(unittest.TestCase):
             prompts_jsonl.parse_prompt(p)
             self.assertEqual(p["context"].count(p["answers"][0]), 1 if task == "multikey" else 2)
             self.assertIn(p["answers"][0], p["context"])
+
+
+class DevPickTest(unittest.TestCase):
+    """bench/dev_pick.py: the dev split's selection rule."""
+
+    @staticmethod
+    def rows(method, results, mode="agnostic"):
+        # results: {(prompt, budget): correct}
+        return [{"prompt_id": p, "budget": b, "mode": mode, "method": method, "correct": str(c)}
+                for (p, b), c in results.items()]
+
+    def test_highest_mean_over_common_cells_ties_keep_the_current(self):
+        cur = self.rows("cur", {("a", "0.1"): 1, ("b", "0.1"): 0, ("a", "0.2"): 1, ("b", "0.2"): 1})
+        # better on the common cells; its extra (cut) prompt "c" is not counted
+        new = self.rows("new", {("a", "0.1"): 1, ("b", "0.1"): 1, ("a", "0.2"): 1,
+                                ("b", "0.2"): 1, ("c", "0.1"): 0})
+        tie = self.rows("tie", {("a", "0.1"): 1, ("b", "0.1"): 0, ("a", "0.2"): 1, ("b", "0.2"): 1})
+        other_mode = self.rows("new", {("a", "0.1"): 0}, mode="aware")
+        best, stats = dev_pick.pick(cur + new + tie + other_mode, ["cur", "new", "tie"])
+        self.assertEqual(best, "new")
+        self.assertEqual(stats["new"][2], 4)
+        self.assertAlmostEqual(stats["cur"][0], 0.75)
+        self.assertEqual(stats["cur"][1], {"0.1": 0.5, "0.2": 1.0})
+        self.assertEqual(dev_pick.pick(cur + tie, ["cur", "tie"])[0], "cur")
+        self.assertEqual(dev_pick.pick(cur + tie, ["tie", "cur"])[0], "tie")
+        self.assertEqual(dev_pick.pick(cur + new, ["cur", "new"], mode="aware")[0], None)
+
+    def test_command_line(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "r.csv")
+            rows = (self.rows("cur", {("a", "0.1"): 0, ("b", "0.1"): 1}) +
+                    self.rows("new", {("a", "0.1"): 1, ("b", "0.1"): 1}))
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                self.assertEqual(dev_pick.main([path, "cur,new"]), 0)
+            self.assertEqual(out.getvalue().strip(), "new")
+            self.assertIn("cur: 0.5000 over 2 cells", err.getvalue())
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                self.assertEqual(dev_pick.main([path, "cur,missing"]), 1)
 
 
 if __name__ == "__main__":
