@@ -12,14 +12,17 @@ RESULTS.csv: `xkv eval`'s results.csv (or results.partial.csv) rows, several fil
 concatenated with one header; methods may carry a prefix naming their run (e.g. `c2048/xkv:...`).
 """
 import argparse
-import csv
+import os
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kvpress_report import read_csv  # noqa: E402  (results.csv rows: budget float, correct 0/1/None)
+
 
 def pick(rows, methods, mode="agnostic"):
-    """(the pick or None, {method: (mean, {budget: accuracy}, cells)})."""
-    rows = [r for r in rows if r["mode"] == mode and r["method"] in methods and r["correct"] != ""]
+    """(the pick or None, {method: (mean, {budget: accuracy}, cells)}) over read_csv's rows."""
+    rows = [r for r in rows if r["mode"] == mode and r["method"] in methods and r["correct"] is not None]
     done = defaultdict(set)
     for r in rows:
         done[r["method"]].add((r["prompt_id"], r["budget"]))
@@ -29,7 +32,7 @@ def pick(rows, methods, mode="agnostic"):
         by_budget = defaultdict(list)
         for r in rows:
             if r["method"] == m and (r["prompt_id"], r["budget"]) in common:
-                by_budget[r["budget"]].append(int(r["correct"]))
+                by_budget[r["budget"]].append(r["correct"])
         cells = sum(len(v) for v in by_budget.values())
         mean = sum(sum(v) for v in by_budget.values()) / cells if cells else None
         stats[m] = (mean, {b: sum(v) / len(v) for b, v in sorted(by_budget.items())}, cells)
@@ -47,12 +50,11 @@ def main(argv=None):
     methods = [m for m in a.methods.split(",") if m]
     if not methods:
         ap.error("no methods")
-    with open(a.results, newline="") as f:
-        best, stats = pick(list(csv.DictReader(f)), methods, a.mode)
+    best, stats = pick(read_csv(a.results), methods, a.mode)
     for m in methods:
         mean, per_budget, cells = stats[m]
         shown = "no common cells" if mean is None else f"{mean:.4f} over {cells} cells"
-        print(f"{m}: {shown}; " + ", ".join(f"{b}: {v:.3f}" for b, v in per_budget.items()),
+        print(f"{m}: {shown}; " + ", ".join(f"{b:g}: {v:.3f}" for b, v in per_budget.items()),
               file=sys.stderr)
     if best is None:
         print("dev_pick: no (prompt, budget) cell that every method finished", file=sys.stderr)

@@ -319,9 +319,9 @@ class DevPickTest(unittest.TestCase):
 
     @staticmethod
     def rows(method, results, mode="agnostic"):
-        # results: {(prompt, budget): correct}
-        return [{"prompt_id": p, "budget": b, "mode": mode, "method": method, "correct": str(c)}
-                for (p, b), c in results.items()]
+        # results: {(prompt, budget): correct}; rows as kvpress_report.read_csv gives them
+        return [{"prompt_id": p, "task": "t", "budget": float(b), "mode": mode, "method": method,
+                 "correct": c} for (p, b), c in results.items()]
 
     def test_highest_mean_over_common_cells_ties_keep_the_current(self):
         cur = self.rows("cur", {("a", "0.1"): 1, ("b", "0.1"): 0, ("a", "0.2"): 1, ("b", "0.2"): 1})
@@ -334,7 +334,7 @@ class DevPickTest(unittest.TestCase):
         self.assertEqual(best, "new")
         self.assertEqual(stats["new"][2], 4)
         self.assertAlmostEqual(stats["cur"][0], 0.75)
-        self.assertEqual(stats["cur"][1], {"0.1": 0.5, "0.2": 1.0})
+        self.assertEqual(stats["cur"][1], {0.1: 0.5, 0.2: 1.0})
         self.assertEqual(dev_pick.pick(cur + tie, ["cur", "tie"])[0], "cur")
         self.assertEqual(dev_pick.pick(cur + tie, ["tie", "cur"])[0], "tie")
         self.assertEqual(dev_pick.pick(cur + new, ["cur", "new"], mode="aware")[0], None)
