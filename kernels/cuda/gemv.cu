@@ -34,6 +34,42 @@ struct NormInput {
   float eps = 0.f;
 };
 
+// The kNorm prologue of both kernels (every thread of the block calls it): x_shared[r * (k / 8) +
+// c] = 8 bf16 of token row r's input, r < m. Ends with a block barrier.
+template <int kBlockWarps>
+__device__ __forceinline__ void NormRowsToShared(const NormInput& norm, int m, int64_t k,
+                                                 uint4* x_shared) {
+  __shared__ float row_scale[kGemvMaxRows];
+  const int lane = threadIdx.x & 31;
+  const int64_t chunks = k >> 3;
+  for (int r = threadIdx.x >> 5; r < m; r += kBlockWarps) {
+    const float4* hr = reinterpret_cast<const float4*>(norm.h + r * norm.ldh);
+    float sum = 0.f;
+    for (int64_t i = lane; i < (k >> 2); i += 32) {
+      const float4 v = hr[i];
+      sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    sum = internal::WarpSum(sum);
+    if (lane == 0) row_scale[r] = rsqrtf(sum / static_cast<float>(k) + norm.eps);
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < m * chunks; i += 32 * kBlockWarps) {
+    const int64_t r = i / chunks, c = i - r * chunks;
+    const float4* hp = reinterpret_cast<const float4*>(norm.h + r * norm.ldh) + 2 * c;
+    const float4* gp = reinterpret_cast<const float4*>(norm.gain) + 2 * c;
+    const float4 h0 = hp[0], h1 = hp[1], g0 = __ldg(gp), g1 = __ldg(gp + 1);
+    const float scale = row_scale[r];
+    auto pack = [&](float a, float ga, float b, float gb) {  // as RmsNormVecKernel's bf16 out
+      const __nv_bfloat162 v = __halves2bfloat162(__float2bfloat16_rn((a * scale) * ga),
+                                                  __float2bfloat16_rn((b * scale) * gb));
+      return *reinterpret_cast<const uint32_t*>(&v);
+    };
+    x_shared[i] = uint4{pack(h0.x, g0.x, h0.y, g0.y), pack(h0.z, g0.z, h0.w, g0.w),
+                        pack(h1.x, g1.x, h1.y, g1.y), pack(h1.z, g1.z, h1.w, g1.w)};
+  }
+  __syncthreads();
+}
+
 // grid.x = ceil(n / (kWarps * RW)) (kGlu: ceil(n / kWarps)). Each warp owns R weight rows for all
 // M token rows: lanes stride over the rows' 16-byte chunks, then a warp sum per (row, token).
 // kGlu: rows r and r + n (gate, up); silu(gate) * up goes to y16 as bf16. Otherwise RW
@@ -75,33 +111,7 @@ __global__ void __launch_bounds__(kThreads)
   internal::GridDependencyWait();
   [[maybe_unused]] extern __shared__ uint4 x_shared[];  // kNorm: bf16 [M][chunks]
   if constexpr (kNorm) {
-    __shared__ float row_scale[M];
-    for (int m = threadIdx.x >> 5; m < M; m += kWarps) {
-      const float4* hr = reinterpret_cast<const float4*>(norm.h + m * norm.ldh);
-      float sum = 0.f;
-      for (int64_t i = lane; i < (k >> 2); i += 32) {
-        const float4 v = hr[i];
-        sum += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-      sum = internal::WarpSum(sum);
-      if (lane == 0) row_scale[m] = rsqrtf(sum / static_cast<float>(k) + norm.eps);
-    }
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < M * chunks; i += kThreads) {
-      const int64_t m = i / chunks, c = i - m * chunks;
-      const float4* hp = reinterpret_cast<const float4*>(norm.h + m * norm.ldh) + 2 * c;
-      const float4* gp = reinterpret_cast<const float4*>(norm.gain) + 2 * c;
-      const float4 h0 = hp[0], h1 = hp[1], g0 = __ldg(gp), g1 = __ldg(gp + 1);
-      const float scale = row_scale[m];
-      auto pack = [&](float a, float ga, float b, float gb) {  // as RmsNormVecKernel's bf16 out
-        const __nv_bfloat162 v = __halves2bfloat162(__float2bfloat16_rn((a * scale) * ga),
-                                                    __float2bfloat16_rn((b * scale) * gb));
-        return *reinterpret_cast<const uint32_t*>(&v);
-      };
-      x_shared[i] = uint4{pack(h0.x, g0.x, h0.y, g0.y), pack(h0.z, g0.z, h0.w, g0.w),
-                          pack(h1.x, g1.x, h1.y, g1.y), pack(h1.z, g1.z, h1.w, g1.w)};
-    }
-    __syncthreads();
+    NormRowsToShared<kWarps>(norm, M, k, x_shared);
     if (!active) return;
   }
   auto x_chunk = [&](int m, int64_t c) {
@@ -166,6 +176,143 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Tensor-core variant for kGemvMmaMinRows..8 token rows (k a multiple of 32): one block per tile
+// of 16 weight rows (kGlu: 16 gate rows and their 16 up rows), its kMmaWarps warps sharing out
+// the tile's 32-wide k blocks (warp w takes blocks w, w + kMmaWarps, ...). Per k block lane
+// (g = lane / 4, t = lane % 4) loads one 16-byte chunk, k in [32 b + 8 t, 32 b + 8 t + 8), of
+// weight rows n0 + g and n0 + g + 8 and of token row g (zero for g >= m), and feeds two
+// mma.m16n8k16 (A = weights, 16 rows x 16 k; B = the token rows, 16 k x 8 tokens): elements 0-3 of
+// the chunks to the first, 4-7 to the second. The PTX fragments give lane (g, t) A's columns
+// 2t, 2t+1, 2t+8, 2t+9 and B's rows of the same numbers; mapping them to chunk elements 0, 1, 2, 3
+// permutes k identically in A and B, which the dot product does not see. D (fp32, 16 rows x 8
+// tokens) of the warps is summed through shared memory in warp order: deterministic, PDL or not.
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = 32 * kMmaWarps;
+
+__device__ __forceinline__ void MmaBf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                        uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// D += W[rows g, g + 8] (chunks lo, hi) · x chunk xc over the chunks' 8 k.
+__device__ __forceinline__ void MmaChunk(float (&d)[4], const uint4& lo, const uint4& hi,
+                                         const uint4& xc) {
+  MmaBf16(d, lo.x, hi.x, lo.y, hi.y, xc.x, xc.y);
+  MmaBf16(d, lo.z, hi.z, lo.w, hi.w, xc.z, xc.w);
+}
+
+// grid.x = ceil(n / 16); m in [1, 8] (tokens m..7 of the mma are zeros). Same arguments and
+// outputs as GemvKernel.
+template <bool kGlu, bool kNorm>
+__global__ void __launch_bounds__(kMmaThreads)
+    GemvMmaKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, NormInput norm,
+                  const __nv_bfloat16* __restrict__ w, int64_t ldw, int m, int64_t n, int64_t k,
+                  float* __restrict__ y, __nv_bfloat16* __restrict__ y16, int64_t ldy,
+                  bool accumulate) {
+  constexpr int R = kGlu ? 4 : 2;  // 16-byte W chunks per lane and k block: rows g, g + 8 (x2)
+  constexpr int U = kGlu ? 2 : 4;  // k blocks per warp in flight, double-buffered
+  constexpr int D = kGlu ? 2 : 1;  // D fragments (gate, up)
+  internal::LaunchDependents();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t blocks = k >> 5;
+  const uint4* wrow[R];
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    int64_t row = n0 + g + 8 * (j & 1);
+    if (row >= n) row = n0;  // past n: reread n0, not written
+    if (kGlu && j >= 2) row += n;
+    wrow[j] = reinterpret_cast<const uint4*>(w + row * ldw) + t;
+  }
+  // k block b of this warp's i-th: warp + kMmaWarps * i.
+  auto load = [&](uint4(&dst)[U][R], int64_t i0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t b = warp + kMmaWarps * (i0 + u);
+#pragma unroll
+      for (int j = 0; j < R; ++j) dst[u][j] = b < blocks ? LoadStreaming(wrow[j] + 4 * b) : uint4{};
+    }
+  };
+  uint4 cur[U][R];
+  load(cur, 0);  // weights: before waiting on the previous kernel
+  internal::GridDependencyWait();
+  [[maybe_unused]] extern __shared__ uint4 x_shared[];  // kNorm: bf16 [m][k / 8]
+  if constexpr (kNorm) NormRowsToShared<kMmaWarps>(norm, m, k, x_shared);
+  const bool has_token = g < m;
+  const uint4* xrow = nullptr;
+  if constexpr (kNorm) {
+    xrow = x_shared + (has_token ? g : 0) * (k >> 3) + t;
+  } else {
+    xrow = reinterpret_cast<const uint4*>(x + (has_token ? g : 0) * ldx) + t;
+  }
+  float acc[D][4] = {};
+  for (int64_t i0 = 0; warp + kMmaWarps * i0 < blocks; i0 += U) {
+    uint4 next[U][R];
+    load(next, i0 + U);
+    uint4 xc[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t b = warp + kMmaWarps * (i0 + u);
+      if (!has_token || b >= blocks) {
+        xc[u] = uint4{};
+      } else if constexpr (kNorm) {
+        xc[u] = xrow[4 * b];
+      } else {
+        xc[u] = __ldg(xrow + 4 * b);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (warp + kMmaWarps * (i0 + u) >= blocks) break;  // warp-uniform
+#pragma unroll
+      for (int d = 0; d < D; ++d) MmaChunk(acc[d], cur[u][2 * d], cur[u][2 * d + 1], xc[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < R; ++j) cur[u][j] = next[u][j];
+    }
+  }
+  __shared__ float partial[kMmaWarps - 1][D * 4][32];  // warps 1.. ; [value][lane]: no conflicts
+  if (warp > 0) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) partial[warp - 1][4 * d + e][lane] = acc[d][e];
+    }
+  }
+  __syncthreads();
+  if (warp > 0) return;
+#pragma unroll 1
+  for (int v = 0; v < kMmaWarps - 1; ++v) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[d][e] += partial[v][4 * d + e][lane];
+    }
+  }
+  // acc[.][e]: row n0 + g + 8 * (e / 2), token 2t + e % 2.
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = n0 + g + 8 * (e >> 1);
+    const int token = 2 * t + (e & 1);
+    if (row >= n || token >= m) continue;
+    if constexpr (kGlu) {
+      const float gt = acc[0][e], up = acc[D - 1][e];
+      y16[token * ldy + row] =
+          __float2bfloat16_rn(gt / (1.0f + expf(-gt)) * up);  // as SwiGluKernel
+    } else {
+      float* out = y + token * ldy + row;
+      *out = accumulate ? *out + acc[0][e] : acc[0][e];
+    }
+  }
+}
+
 template <bool kGlu, bool kNorm>
 absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
                     const __nv_bfloat16* w, int64_t ldw, float* y, __nv_bfloat16* y16, int64_t ldy,
@@ -204,6 +351,15 @@ absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
         absl::StrCat(who, kNorm ? ": h, gain and w" : ": x and w", " must be 16-byte aligned"));
   }
   cudaError_t err = cudaSuccess;
+  // The mma kernel's shared memory: kNorm's input rows plus the warps' partial sums.
+  constexpr size_t kMmaPartialBytes = (kMmaWarps - 1) * (kGlu ? 8 : 4) * 32 * sizeof(float);
+  if (m >= kGemvMmaMinRows && k % 32 == 0 && smem + kMmaPartialBytes <= kMaxNormSharedBytes) {
+    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, 16)));
+    CUDA_RETURN_IF_ERROR(internal::LaunchKernel(
+        pdl, GemvMmaKernel<kGlu, kNorm>, grid, dim3(kMmaThreads), smem, stream, x, ldx, norm, w,
+        ldw, static_cast<int>(m), n, k, y, y16, ldy, accumulate));
+    return absl::OkStatus();
+  }
   switch (m) {
 #define XKV_GEMV_ROWS(M, RW)                                                                       \
   case M: {                                                                                        \
