@@ -177,17 +177,25 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Tensor-core variant for kGemvMmaMinRows..8 token rows (k a multiple of 32): one block per tile
-// of 16 weight rows (kGlu: 16 gate rows and their 16 up rows), its kMmaWarps warps sharing out
-// the tile's 32-wide k blocks (warp w takes blocks w, w + kMmaWarps, ...). Per k block lane
-// (g = lane / 4, t = lane % 4) loads one 16-byte chunk, k in [32 b + 8 t, 32 b + 8 t + 8), of
-// weight rows n0 + g and n0 + g + 8 and of token row g (zero for g >= m), and feeds two
-// mma.m16n8k16 (A = weights, 16 rows x 16 k; B = the token rows, 16 k x 8 tokens): elements 0-3 of
-// the chunks to the first, 4-7 to the second. The PTX fragments give lane (g, t) A's columns
-// 2t, 2t+1, 2t+8, 2t+9 and B's rows of the same numbers; mapping them to chunk elements 0, 1, 2, 3
-// permutes k identically in A and B, which the dot product does not see. D (fp32, 16 rows x 8
-// tokens) of the warps is summed through shared memory in warp order: deterministic, PDL or not.
+// of kMmaTileRows weight rows (kGlu: that many gate rows and their up rows), its kMmaWarps warps
+// sharing out the tile's 32-wide k blocks (warp w takes blocks w, w + kMmaWarps, ...). Per k
+// block lane (g = lane / 4, t = lane % 4) loads one 16-byte chunk, k in [32 b + 8 t, 32 b + 8 t +
+// 8), of its weight rows and of token row g (zero for g >= m) and feeds two mma.m16n8k16: chunk
+// elements 0-3 to the first, 4-7 to the second. The PTX fragments give lane (g, t) the k columns
+// 2t, 2t+1, 2t+8, 2t+9 of A and the same rows of B; mapping them to chunk elements 0, 1, 2, 3
+// permutes k identically in A and B, which the dot product does not see.
+//   16-row tiles: A = weights (rows n0 + g, n0 + g + 8), B = token rows (8 tokens); D[row][token].
+//   8-row tiles (twice the blocks: every SmolLM2 projection has fewer than 132 16-row tiles):
+//   A = token rows (g; A rows 8..15 are zeros), B = weights (row n0 + g); D[token][row], of
+//   which lane (g, t) keeps token g, rows n0 + 2t, n0 + 2t + 1 (c0, c1; c2, c3 are zeros).
+// The warps' D fragments are summed through shared memory in warp order: deterministic, PDL or
+// not.
+constexpr int kMmaTileRows = 8;  // or 16
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaRowsPerLane = kMmaTileRows / 8;    // weight rows per lane and tile
+constexpr int kMmaOut = kMmaTileRows == 16 ? 4 : 2;  // useful D values per lane
+static_assert(kMmaTileRows == 8 || kMmaTileRows == 16);
 
 __device__ __forceinline__ void MmaBf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                         uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -198,35 +206,39 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], uint32_t a0, uint32_t a1,
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// D += W[rows g, g + 8] (chunks lo, hi) · x chunk xc over the chunks' 8 k.
-__device__ __forceinline__ void MmaChunk(float (&d)[4], const uint4& lo, const uint4& hi,
-                                         const uint4& xc) {
-  MmaBf16(d, lo.x, hi.x, lo.y, hi.y, xc.x, xc.y);
-  MmaBf16(d, lo.z, hi.z, lo.w, hi.w, xc.z, xc.w);
+// D += the lane's weight chunks wc[kMmaRowsPerLane] times its token chunk xc, over their 8 k.
+__device__ __forceinline__ void MmaChunk(float (&d)[4], const uint4* wc, const uint4& xc) {
+  if constexpr (kMmaTileRows == 16) {
+    MmaBf16(d, wc[0].x, wc[1].x, wc[0].y, wc[1].y, xc.x, xc.y);
+    MmaBf16(d, wc[0].z, wc[1].z, wc[0].w, wc[1].w, xc.z, xc.w);
+  } else {
+    MmaBf16(d, xc.x, 0u, xc.y, 0u, wc[0].x, wc[0].y);
+    MmaBf16(d, xc.z, 0u, xc.w, 0u, wc[0].z, wc[0].w);
+  }
 }
 
-// grid.x = ceil(n / 16); m in [1, 8] (tokens m..7 of the mma are zeros). Same arguments and
-// outputs as GemvKernel.
+// grid.x = ceil(n / kMmaTileRows); m in [1, 8] (tokens m..7 of the mma are zeros). Same arguments
+// and outputs as GemvKernel.
 template <bool kGlu, bool kNorm>
 __global__ void __launch_bounds__(kMmaThreads)
     GemvMmaKernel(const __nv_bfloat16* __restrict__ x, int64_t ldx, NormInput norm,
                   const __nv_bfloat16* __restrict__ w, int64_t ldw, int m, int64_t n, int64_t k,
                   float* __restrict__ y, __nv_bfloat16* __restrict__ y16, int64_t ldy,
                   bool accumulate) {
-  constexpr int R = kGlu ? 4 : 2;  // 16-byte W chunks per lane and k block: rows g, g + 8 (x2)
-  constexpr int U = kGlu ? 2 : 4;  // k blocks per warp in flight, double-buffered
-  constexpr int D = kGlu ? 2 : 1;  // D fragments (gate, up)
+  constexpr int D = kGlu ? 2 : 1;         // D fragments (gate, up)
+  constexpr int R = D * kMmaRowsPerLane;  // 16-byte W chunks per lane and k block
+  constexpr int U = 8 / R;                // k blocks per warp in flight, double-buffered
   internal::LaunchDependents();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kMmaTileRows;
   const int64_t blocks = k >> 5;
-  const uint4* wrow[R];
+  const uint4* wrow[R];  // [fragment d][row h]: row n0 + g + 8h (+ n for up)
 #pragma unroll
   for (int j = 0; j < R; ++j) {
-    int64_t row = n0 + g + 8 * (j & 1);
+    int64_t row = n0 + g + 8 * (j % kMmaRowsPerLane);
     if (row >= n) row = n0;  // past n: reread n0, not written
-    if (kGlu && j >= 2) row += n;
+    if (j >= kMmaRowsPerLane) row += n;
     wrow[j] = reinterpret_cast<const uint4*>(w + row * ldw) + t;
   }
   // k block b of this warp's i-th: warp + kMmaWarps * i.
@@ -270,7 +282,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     for (int u = 0; u < U; ++u) {
       if (warp + kMmaWarps * (i0 + u) >= blocks) break;  // warp-uniform
 #pragma unroll
-      for (int d = 0; d < D; ++d) MmaChunk(acc[d], cur[u][2 * d], cur[u][2 * d + 1], xc[u]);
+      for (int d = 0; d < D; ++d) MmaChunk(acc[d], &cur[u][d * kMmaRowsPerLane], xc[u]);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -278,12 +290,13 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int j = 0; j < R; ++j) cur[u][j] = next[u][j];
     }
   }
-  __shared__ float partial[kMmaWarps - 1][D * 4][32];  // warps 1.. ; [value][lane]: no conflicts
+  // Warps 1.. leave their useful D values, [value][lane] (no bank conflicts).
+  __shared__ float partial[kMmaWarps - 1][D * kMmaOut][32];
   if (warp > 0) {
 #pragma unroll
     for (int d = 0; d < D; ++d) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) partial[warp - 1][4 * d + e][lane] = acc[d][e];
+      for (int e = 0; e < kMmaOut; ++e) partial[warp - 1][kMmaOut * d + e][lane] = acc[d][e];
     }
   }
   __syncthreads();
@@ -293,14 +306,13 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
     for (int d = 0; d < D; ++d) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[d][e] += partial[v][4 * d + e][lane];
+      for (int e = 0; e < kMmaOut; ++e) acc[d][e] += partial[v][kMmaOut * d + e][lane];
     }
   }
-  // acc[.][e]: row n0 + g + 8 * (e / 2), token 2t + e % 2.
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int64_t row = n0 + g + 8 * (e >> 1);
-    const int token = 2 * t + (e & 1);
+  for (int e = 0; e < kMmaOut; ++e) {
+    const int64_t row = kMmaTileRows == 16 ? n0 + g + 8 * (e >> 1) : n0 + 2 * t + e;
+    const int token = kMmaTileRows == 16 ? 2 * t + (e & 1) : g;
     if (row >= n || token >= m) continue;
     if constexpr (kGlu) {
       const float gt = acc[0][e], up = acc[D - 1][e];
@@ -352,9 +364,10 @@ absl::Status Launch(const __nv_bfloat16* x, int64_t ldx, const NormInput& norm,
   }
   cudaError_t err = cudaSuccess;
   // The mma kernel's shared memory: kNorm's input rows plus the warps' partial sums.
-  constexpr size_t kMmaPartialBytes = (kMmaWarps - 1) * (kGlu ? 8 : 4) * 32 * sizeof(float);
+  constexpr size_t kMmaPartialBytes =
+      (kMmaWarps - 1) * (kGlu ? 2 : 1) * kMmaOut * 32 * sizeof(float);
   if (m >= kGemvMmaMinRows && k % 32 == 0 && smem + kMmaPartialBytes <= kMaxNormSharedBytes) {
-    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, 16)));
+    const dim3 grid(static_cast<unsigned>(internal::CeilDiv(n, kMmaTileRows)));
     CUDA_RETURN_IF_ERROR(internal::LaunchKernel(
         pdl, GemvMmaKernel<kGlu, kNorm>, grid, dim3(kMmaThreads), smem, stream, x, ldx, norm, w,
         ldw, static_cast<int>(m), n, k, y, y16, ldy, accumulate));

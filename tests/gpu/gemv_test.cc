@@ -218,8 +218,9 @@ TEST(RmsNormGemvTest, RejectsWhatItCannotRun) {
 // variants (plain with and without accumulate, SwiGLU, fused RMSNorm, both) against the CPU, with
 // and without programmatic dependent launch (same bits), and against the CUDA-core kernels: the
 // same rows in calls of at most kGemvMmaMinRows - 1 rows (same inputs, also the same bf16
-// normalised rows: only the fp32 summation order differs). n not a multiple of 16 and n < 16
-// exercise the clamped tail tile, k = 32 a single k block, k = 1536 more k blocks than warps.
+// normalised rows: only the fp32 summation order differs). n = 77 (not a multiple of the 8- or
+// 16-row tile) and n = 8 exercise the clamped tail tile, k = 32 a single k block, k = 1536 more k
+// blocks than warps.
 struct MmaCase {
   int64_t n, k;
 };
