@@ -226,6 +226,7 @@ struct MmaCase {
 };
 
 class GemvMmaTest : public ::testing::TestWithParam<MmaCase> {};
+static_assert(cuda::kGemvMmaMinRows >= 2, "the CUDA-core reference needs calls of >= 1 row");
 
 TEST_P(GemvMmaTest, MatchesCpuAndCudaCoreKernels) {
   XKV_SKIP_WITHOUT_GPU();
