@@ -11,8 +11,9 @@ constexpr int kThreads = 32 * kWarps;
 // 16-byte W loads per lane and W row per iteration, double-buffered (8 measured slower on the
 // 4096-wide rows of an H100).
 constexpr int kUnroll = 4;
-// The fused-norm kernels keep the m bf16 input rows in (default-limit) shared memory.
-constexpr size_t kMaxNormSharedBytes = 48 * 1024;
+// The fused-norm kernels keep the m bf16 input rows in (default-limit: 48 KiB with the static)
+// shared memory, next to the rows' scales (NormRowsToShared).
+constexpr size_t kMaxNormSharedBytes = 48 * 1024 - kGemvMaxRows * sizeof(float);
 
 // W is read once per step: keep it out of L1 (x and the KV cache live there and in L2).
 __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {

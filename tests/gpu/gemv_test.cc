@@ -202,8 +202,10 @@ TEST(RmsNormGemvTest, RejectsWhatItCannotRun) {
   EXPECT_EQ(code(h.get(), 18, gain.get(), kEps, 2, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 8, gain.get(), kEps, 2, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, gain.get(), kEps, 9, 16), absl::StatusCode::kInvalidArgument);
-  // 8 x 4096 bf16 inputs exceed the 48 KiB of shared memory; 8 x 3072 fit (not launched here).
+  // 8 x 4096 bf16 inputs exceed the 48 KiB of shared memory; 8 x 3072 (exactly 48 KiB) leave no
+  // room for the rows' scales (not launched either way).
   EXPECT_EQ(code(h.get(), 4096, gain.get(), kEps, 8, 4096), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(h.get(), 3072, gain.get(), kEps, 8, 3072), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, gain.get(), -1.f, 1, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, nullptr, kEps, 1, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get() + 1, 16, gain.get(), kEps, 1, 16), absl::StatusCode::kInvalidArgument);
