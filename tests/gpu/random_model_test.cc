@@ -124,11 +124,6 @@ TEST(RandomModelTest, SmallBatchKernelsMatchCublasAndPdlChangesNoBit) {
                                     eager_pdl = Make(5, false, true, true, config),
                                     cublas = Make(5, true, false, false, config);
     ASSERT_TRUE(pdl && plain && eager_pdl && cublas);
-    if (seqs > pdl->gemv_max_rows()) {  // 8 rows: beyond the default, the kernels take them
-      pdl->SetDecodeKernels(true, true, seqs);
-      plain->SetDecodeKernels(true, false, seqs);
-      eager_pdl->SetDecodeKernels(true, true, seqs);
-    }
     ASSERT_GE(pdl->gemv_max_rows(), seqs);
     const auto a = Decode(*pdl, 20, seqs), b = Decode(*plain, 20, seqs),
                c = Decode(*eager_pdl, 20, seqs), d = Decode(*cublas, 1, seqs);
