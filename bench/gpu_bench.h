@@ -154,8 +154,8 @@ struct BatchedDecodeRow {
   double prefill_tps = 0;  // S_PP = B x PP / T_PP
   double decode_tps = 0;   // S_TG = B x TG / T_TG
   double total_tps = 0;    // S = B x (PP + TG) / (T_PP + T_TG)
-  // The decode kernels: "default", or "GEMV8+PDL" (B = 5..8 on the 8-row GEMV path, the A/B of
-  // model/cuda/cuda_llama_step.cc, timed right after the default's row of the same B).
+  // The decode kernels: "default", or "cuBLAS" (B = 5..8 on cuBLAS instead of the tensor-core
+  // GEMV, the A/B of model/cuda/cuda_llama_step.cc, timed right after the default's row).
   std::string kernels = "default";
 };
 

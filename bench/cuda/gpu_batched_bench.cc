@@ -90,16 +90,17 @@ absl::Status RunBatchedDecodeSection(const GpuBenchOptions& o, GpuBenchReport& r
     std::fprintf(stderr, "batched: B=%lld prefill %.1f ms, decode %.1f ms, S_TG %.0f tokens/s\n",
                  static_cast<long long>(batch), row.prefill_ms, row.decode_ms, row.decode_tps);
     report.batched.push_back(row);
-    // B = 5..8 also on the 8-row GEMV path, right after (the same-GPU A/B of the default's rows).
-    if (batch > m->gemv_max_rows() && batch <= cuda::kGemvMaxRows) {
-      m->SetDecodeKernels(true, true, cuda::kGemvMaxRows);
-      absl::StatusOr<BatchedDecodeRow> wide = run_twice(batch);
+    // Batches the tensor-core GEMV takes (5..8 rows) also on cuBLAS, right after: the same-GPU
+    // A/B that set the default's rows (model/cuda/cuda_llama_step.cc).
+    if (batch >= cuda::kGemvMmaMinRows && batch <= m->gemv_max_rows()) {
+      m->SetDecodeKernels(false, false);
+      absl::StatusOr<BatchedDecodeRow> cublas = run_twice(batch);
       m->SetDecodeKernels(true, true);
-      RETURN_IF_ERROR(wide.status());
-      wide->kernels = "GEMV8+PDL";
-      std::fprintf(stderr, "batched: B=%lld on GEMV8+PDL: decode %.1f ms, S_TG %.0f tokens/s\n",
-                   static_cast<long long>(batch), wide->decode_ms, wide->decode_tps);
-      report.batched.push_back(*wide);
+      RETURN_IF_ERROR(cublas.status());
+      cublas->kernels = "cuBLAS";
+      std::fprintf(stderr, "batched: B=%lld on cuBLAS: decode %.1f ms, S_TG %.0f tokens/s\n",
+                   static_cast<long long>(batch), cublas->decode_ms, cublas->decode_tps);
+      report.batched.push_back(*cublas);
     }
   }
   report.batched_model = o.model_path;

@@ -65,28 +65,19 @@ absl::Status RunDecodeSection(CudaLlamaModel& m, const GpuBenchOptions& o, GpuBe
     st = PrefillForward(m, i + 1, prompt, o.step_tokens, &cur[i]);
   }
   // Batches the GEMV kernels take are also timed on the older paths (cuBLAS; GEMV without
-  // programmatic dependent launch), so one run shows what each step of the work gave; batches
-  // the kernels take beyond the default's rows (5..8) are timed on them too ("GEMV8+PDL"), the
-  // same-GPU A/B that decides the default (model/cuda/cuda_llama_step.cc).
+  // programmatic dependent launch), so one run shows what each step of the work gave.
   struct Variant {
     const char* name;
     bool small_batch_kernels, pdl;
-    int64_t gemv_rows;
   };
-  constexpr int64_t kRows = CudaLlamaModel::kDefaultGemvRows;
-  const Variant variants[] = {{kDefaultDecodeKernels, true, true, kRows},
-                              {"GEMV", true, false, kRows},
-                              {"cuBLAS", false, false, kRows},
-                              {"GEMV8+PDL", true, true, cuda::kGemvMaxRows}};
+  const Variant variants[] = {
+      {kDefaultDecodeKernels, true, true}, {"GEMV", true, false}, {"cuBLAS", false, false}};
   for (int64_t batch : o.decode_batches) {
     for (const Variant& v : variants) {
       if (!st.ok()) break;
-      const bool is_default = v.small_batch_kernels && v.pdl && v.gemv_rows == kRows;
-      const bool wide = v.gemv_rows > kRows;
-      if (wide ? (batch <= kRows || batch > v.gemv_rows) : (!is_default && batch > kRows)) {
-        continue;
-      }
-      m.SetDecodeKernels(v.small_batch_kernels, v.pdl, v.gemv_rows);
+      const bool is_default = v.small_batch_kernels && v.pdl;
+      if (!is_default && batch > CudaLlamaModel::kDefaultGemvRows) continue;
+      m.SetDecodeKernels(v.small_batch_kernels, v.pdl);
       absl::StatusOr<DecodeRow> row = TimeDecode(m, o, batch, copy_gbs, cur);
       if (row.ok()) {
         row->kernels = batch > m.gemv_max_rows() ? "cuBLAS" : v.name;

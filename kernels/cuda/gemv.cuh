@@ -27,6 +27,9 @@
 namespace xkv::cuda {
 
 inline constexpr int64_t kGemvMaxRows = 8;
+// From this many token rows on (and k a multiple of 32) the kernels multiply on tensor cores
+// (mma.sync m16n8k16, bf16 in, fp32 accumulation); below, on CUDA cores.
+inline constexpr int64_t kGemvMmaMinRows = 5;
 
 // True when LaunchGemv / LaunchGemvSwiGlu take these sizes: 1 <= m <= kGemvMaxRows, k and the
 // leading dimensions multiples of 8 (16-byte rows). Pointers must be 16-byte aligned.

@@ -146,10 +146,9 @@ class CudaLlamaModel : public StageEngine {
   // (clamped to [1, cuda::kGemvMaxRows]; benchmarks and tests compare them); the captured decode
   // graphs are dropped and recaptured on the next steps.
   void SetDecodeKernels(bool small_batch_kernels, bool pdl, int64_t gemv_rows = kDefaultGemvRows);
-  // The most token rows a step may have to run the small-batch GEMV kernels: kDefaultGemvRows = 4
-  // unless SetDecodeKernels chose another (the kernels take up to 8; cuda_llama_step.cc says why
-  // the default is 4: 8 rows measured slower on the same GPU).
-  static constexpr int64_t kDefaultGemvRows = 4;
+  // The most token rows a step may have to run the small-batch GEMV kernels: kDefaultGemvRows
+  // (all the kernels take) unless SetDecodeKernels chose fewer (cuda_llama_step.cc says why).
+  static constexpr int64_t kDefaultGemvRows = 8;
   int64_t gemv_max_rows() const { return gemv_rows_; }
 
   int64_t num_kv_blocks() const { return num_blocks_; }

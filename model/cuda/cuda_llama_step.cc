@@ -34,13 +34,12 @@ constexpr int64_t kMinGraphBucket = 256;
 // 7 MB of bf16 weights a layer, ~2 µs at HBM speed, against ~9 launches): their small-batch path
 // fuses each RMSNorm into the GEMV after it (every block forms the step's bf16 input rows in
 // shared memory from the fp32 ones, for a launch saved). Every model takes the GEMV path up to
-// gemv_max_rows() token rows (CudaLlamaModel::kDefaultGemvRows = 4): the kernels take up to
-// cuda::kGemvMaxRows = 8, but on one H100, B = 8 decodes 21% slower on them than on cuBLAS (the
-// same-GPU A/B of `xkv bench gpu --batched-decode`'s "GEMV8+PDL" rows, session 9,
-// docs/benchmarks-decode.md; an H200 sitting had shown the same), and two 4-row launches per
-// GEMV (the second reading the weights from L2) were slower still (session 10). Wider models
-// keep the separate norm kernel (the GEMV at m = 4 is within ~5% of cuBLAS on the Llama-3-8B
-// projections, docs/benchmarks.md).
+// gemv_max_rows() token rows (CudaLlamaModel::kDefaultGemvRows = cuda::kGemvMaxRows = 8): from 5
+// rows on the kernels multiply on tensor cores, and on one H100 that decodes SmolLM2 at B = 5..8
+// 14-17% faster than cuBLAS (Llama-3-8B's shape at B = 8: 3%); the CUDA-core 8-row GEMV it
+// replaced was 21% slower than cuBLAS (`xkv bench gpu --batched-decode`'s same-GPU A/B,
+// docs/benchmarks-decode.md). Wider models keep the separate norm kernel (the GEMV at m = 4 is
+// within ~5% of cuBLAS on the Llama-3-8B projections, docs/benchmarks.md).
 constexpr int64_t kNarrowHidden = 1024;
 
 cuda::RopeMode ToRopeMode(RopeStyle style) {

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rms_norm.h"
@@ -200,8 +202,10 @@ TEST(RmsNormGemvTest, RejectsWhatItCannotRun) {
   EXPECT_EQ(code(h.get(), 18, gain.get(), kEps, 2, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 8, gain.get(), kEps, 2, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, gain.get(), kEps, 9, 16), absl::StatusCode::kInvalidArgument);
-  // 8 x 4096 bf16 inputs exceed the 48 KiB of shared memory; 8 x 3072 fit (not launched here).
+  // 8 x 4096 bf16 inputs exceed the 48 KiB of shared memory; 8 x 3072 (exactly 48 KiB) leave no
+  // room for the rows' scales (not launched either way).
   EXPECT_EQ(code(h.get(), 4096, gain.get(), kEps, 8, 4096), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(h.get(), 3072, gain.get(), kEps, 8, 3072), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, gain.get(), -1.f, 1, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get(), 16, nullptr, kEps, 1, 16), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(h.get() + 1, 16, gain.get(), kEps, 1, 16), absl::StatusCode::kInvalidArgument);
@@ -211,6 +215,112 @@ TEST(RmsNormGemvTest, RejectsWhatItCannotRun) {
                 .code(),
             absl::StatusCode::kInvalidArgument);
 }
+
+// The tensor-core kernels (m = kGemvMmaMinRows..8 token rows, k a multiple of 32) in all four
+// variants (plain with and without accumulate, SwiGLU, fused RMSNorm, both) against the CPU, with
+// and without programmatic dependent launch (same bits), and against the CUDA-core kernels: the
+// same rows in calls of at most kGemvMmaMinRows - 1 rows (same inputs, also the same bf16
+// normalised rows: only the fp32 summation order differs). n = 77 (not a multiple of the 8- or
+// 16-row tile) and n = 8 exercise the clamped tail tile, k = 32 a single k block, k = 1536 more k
+// blocks than warps.
+struct MmaCase {
+  int64_t n, k;
+};
+
+class GemvMmaTest : public ::testing::TestWithParam<MmaCase> {};
+static_assert(cuda::kGemvMmaMinRows >= 2, "the CUDA-core reference needs calls of >= 1 row");
+
+TEST_P(GemvMmaTest, MatchesCpuAndCudaCoreKernels) {
+  XKV_SKIP_WITHOUT_GPU();
+  const auto [n, k] = GetParam();
+  ASSERT_EQ(k % 32, 0);
+  const int64_t ldy = n + 4;
+  for (int64_t m = cuda::kGemvMmaMinRows; m <= cuda::kGemvMaxRows; ++m) {
+    for (int variant = 0; variant < 5; ++variant) {
+      const bool accumulate = variant == 1, glu = variant == 2 || variant == 4, norm = variant >= 3;
+      const std::string what = absl::StrCat("m=", m, " n=", n, " k=", k, " accumulate=", accumulate,
+                                            " glu=", glu, " norm=", norm);
+      const uint32_t seed = static_cast<uint32_t>(100 * m + 10 * variant);
+      const int64_t ld_in = norm ? k + 4 : k + 8, w_rows = glu ? 2 * n : n;
+      const float max_x = norm ? 4.5f : 1.f, max_w = glu ? 0.1f : 1.f;
+      // in: h (norm) or x, [m, ld_in]; x: the bf16 GEMV input rows, [m, k].
+      const std::vector<float> in = norm ? RandomVector(m * ld_in, seed, -3.f, 3.f)
+                                         : RoundBf16(RandomVector(m * ld_in, seed));
+      const std::vector<float> gain = RandomVector(k, seed + 1, 0.5f, 1.5f);
+      std::vector<float> x(m * k);
+      for (int64_t r = 0; r < m; ++r) std::copy_n(in.begin() + r * ld_in, k, x.begin() + r * k);
+      if (norm) {
+        XKV_ASSERT_OK(cpu::LaunchRmsNorm(x.data(), gain.data(), m, k, kEps, x.data()));
+        x = RoundBf16(std::move(x));
+      }
+      const std::vector<float> w = RoundBf16(RandomVector(w_rows * k, seed + 2, -max_w, max_w));
+      std::vector<float> prod(m * w_rows), out(m * n);
+      XKV_ASSERT_OK(cpu::LaunchGemm(x.data(), k, w.data(), k, prod.data(), w_rows, m, w_rows, k,
+                                    /*accumulate=*/false));
+      if (glu) {
+        XKV_ASSERT_OK(
+            cpu::LaunchSwiGlu(prod.data(), 2 * n, prod.data() + n, 2 * n, m, n, out.data(), n));
+      } else {
+        for (int64_t r = 0; r < m; ++r) std::copy_n(prod.begin() + r * n, n, out.begin() + r * n);
+      }
+      // The outputs start as y0 (bf16-rounded for the bf16 outputs); padding stays y0.
+      const std::vector<float> y0 =
+          glu ? RoundBf16(RandomVector(m * ldy, seed + 3)) : RandomVector(m * ldy, seed + 3);
+      std::vector<float> want = y0;
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          want[r * ldy + c] = (accumulate ? y0[r * ldy + c] : 0.f) + out[r * n + c];
+        }
+      }
+      DeviceBuffer<float> d_h(norm ? in : std::vector<float>{}), d_gain(gain);
+      DeviceBuffer<__nv_bfloat16> d_x(norm ? std::vector<uint16_t>{} : ToBf16Bits(in)),
+          d_w(ToBf16Bits(w));
+      // Runs rows [r0, r0 + rows) of the product into y (or y16).
+      auto launch = [&](int64_t r0, int64_t rows, bool pdl, float* y, __nv_bfloat16* y16) {
+        const float* h = norm ? d_h.get() + r0 * ld_in : nullptr;
+        const __nv_bfloat16* xp = norm ? nullptr : d_x.get() + r0 * ld_in;
+        if (norm && glu) {
+          return cuda::LaunchRmsNormGemvSwiGlu(h, ld_in, d_gain.get(), kEps, d_w.get(), k,
+                                               y16 + r0 * ldy, ldy, rows, n, k, pdl, nullptr);
+        }
+        if (norm) {
+          return cuda::LaunchRmsNormGemv(h, ld_in, d_gain.get(), kEps, d_w.get(), k, y + r0 * ldy,
+                                         ldy, rows, n, k, pdl, nullptr);
+        }
+        if (glu) {
+          return cuda::LaunchGemvSwiGlu(xp, ld_in, d_w.get(), k, y16 + r0 * ldy, ldy, rows, n, k,
+                                        pdl, nullptr);
+        }
+        return cuda::LaunchGemv(xp, ld_in, d_w.get(), k, y + r0 * ldy, ldy, rows, n, k, accumulate,
+                                pdl, nullptr);
+      };
+      // The output of launch() over all m rows in calls of at most `per_call` rows.
+      auto run = [&](int64_t per_call, bool pdl) -> std::vector<float> {
+        DeviceBuffer<float> y(y0);
+        DeviceBuffer<__nv_bfloat16> y16(ToBf16Bits(y0));
+        for (int64_t r0 = 0; r0 < m; r0 += per_call) {
+          const absl::Status st = launch(r0, std::min(per_call, m - r0), pdl, y.get(), y16.get());
+          EXPECT_TRUE(st.ok()) << st << " " << what;
+        }
+        return glu ? FromBf16Bits(y16.Download<uint16_t>()) : y.Download();
+      };
+      const std::vector<float> mma = run(m, false);
+      EXPECT_EQ(mma, run(m, true)) << "pdl changed bits, " << what;
+      const float atol = 1e-4f * std::sqrt(static_cast<float>(k)) * max_x * max_w +
+                         (norm ? 2.f * max_x * max_w / 128.f : 0.f);  // as FusedTolerance
+      const float rtol = glu ? 1.f / 128 : 1e-4f;
+      EXPECT_TRUE(AllClose(mma, want, glu ? 4.f * atol : atol, rtol)) << what;
+      const float sum_atol = 2e-4f * std::sqrt(static_cast<float>(k)) * max_x * max_w;
+      EXPECT_TRUE(AllClose(mma, run(cuda::kGemvMmaMinRows - 1, false), sum_atol, rtol))
+          << "against the CUDA-core kernel, " << what;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, GemvMmaTest,
+                         ::testing::Values(MmaCase{960, 576}, MmaCase{576, 576}, MmaCase{576, 1536},
+                                           MmaCase{1536, 576}, MmaCase{77, 1056}, MmaCase{40, 96},
+                                           MmaCase{8, 32}));
 
 }  // namespace
 }  // namespace xkv::gpu_test
