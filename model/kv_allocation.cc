@@ -165,7 +165,6 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> KeptSlots(
                                                    " KV heads"));
   }
   const SelectionRule rule = SelectionFor(policy);
-  const double recent = policy.kind == PolicyKind::kXkv ? policy.allocator.recent : 0.0;
   const int64_t P = scores.prefix_len(), T = scores.prompt_len;
   std::vector<float> kv_rows;
   absl::Span<const float> rows;

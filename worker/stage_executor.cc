@@ -306,13 +306,12 @@ absl::StatusOr<std::optional<CollectedScores>> StageExecutor::Reread(
   }
   RETURN_IF_ERROR(AccumulateReread(observation.reread, span, &*q.reread));
   if (!s.reread().last()) return std::optional<CollectedScores>();
-  // Unpooled re-reading scores, max-merged with the window's of the observed prefill (xkv eval's
-  // profile=reconstruct:mix=max).
-  ImportanceOptions unpooled = ScoringOf(s, options_.importance);
-  unpooled.pool_kernel = 1;
+  // The re-reading's scores alone, max-pooled as the window's would be (xkv eval's
+  // profile=reconstruct; the window's scores max-merged in, its mix=max, scored lower on the dev
+  // split: docs/quality-reconstruct.md).
   ASSIGN_OR_RETURN(CollectedScores scores,
-                   ReconstructCollectedScores(*q.reread, s.position(), config(), unpooled));
-  if (q.scores.has_value()) RETURN_IF_ERROR(MaxMergeScores(*q.scores, &scores));
+                   ReconstructCollectedScores(*q.reread, s.position(), config(),
+                                              ScoringOf(s, options_.importance)));
   q.reread.reset();
   return std::optional<CollectedScores>(std::move(scores));
 }

@@ -148,24 +148,18 @@ inline absl::StatusOr<ObservedPrefill> Prefill(StageEngine& e, uint64_t id,
 }
 
 // The reconstruct profile's scores of sequence `id` (its cache holds exactly `prompt`): the
-// re-reading in chunks of at most `step_tokens`, unpooled, max-merged with the window's.
+// re-reading in chunks of at most `step_tokens`, pooled with `scoring` (they replace the window's).
 inline absl::StatusOr<CollectedScores> RereadScores(StageEngine& e, uint64_t id,
                                                     const std::vector<int32_t>& prompt,
                                                     const RepeatPrompt& repeat, int64_t step_tokens,
-                                                    ImportanceOptions scoring,
-                                                    const CollectedScores& window) {
+                                                    const ImportanceOptions& scoring) {
   ReconstructOptions ro;
   ro.chunk_tokens = RereadChunkTokens(repeat, ro, step_tokens);
   if (ro.chunk_tokens >= static_cast<int64_t>(prompt.size())) {
     return absl::FailedPreconditionError("the prompt should re-read in more than one step");
   }
   ASSIGN_OR_RETURN(ReconstructScores raw, ScoreByReconstruction(&e, id, prompt, repeat, ro));
-  scoring.pool_kernel = 1;
-  ASSIGN_OR_RETURN(
-      CollectedScores scores,
-      ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(), scoring));
-  RETURN_IF_ERROR(MaxMergeScores(window, &scores));
-  return scores;
+  return ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(), scoring);
 }
 
 struct GreedyRun {
@@ -201,8 +195,8 @@ struct EvalRun {
 // The eval harness's run of one request as sequence `id` of `e` (whose cache then holds the
 // compacted prompt and the decoded tokens): the whole prompt prefilled, its window scored with
 // `scoring` (ScoringFor of the spec: `xkv eval`'s method of that policy); for the reconstruct
-// profile the re-reading in steps of at most `step_tokens` (with `repeat`), max-merged with the
-// window's; PlanAllocation; every layer compacted; `max_tokens` greedy tokens.
+// profile the re-reading in steps of at most `step_tokens` (with `repeat`), its scores replacing
+// the window's; PlanAllocation; every layer compacted; `max_tokens` greedy tokens.
 inline absl::StatusOr<EvalRun> RunAsEval(StageEngine& e, uint64_t id,
                                          const std::vector<int32_t>& prompt, const KvSettings& spec,
                                          const ImportanceOptions& scoring, int max_tokens,
@@ -213,7 +207,7 @@ inline absl::StatusOr<EvalRun> RunAsEval(StageEngine& e, uint64_t id,
   CollectedScores scores = prefill.scores;
   if (spec.profile.kind == ProfileModeKind::kReconstruct) {
     if (repeat == nullptr) return absl::InvalidArgumentError("reconstruct needs a repeat prompt");
-    ASSIGN_OR_RETURN(scores, RereadScores(e, id, prompt, *repeat, step_tokens, scoring, scores));
+    ASSIGN_OR_RETURN(scores, RereadScores(e, id, prompt, *repeat, step_tokens, scoring));
   }
   ASSIGN_OR_RETURN(AllocationPlan plan, PlanAllocation(scores, e.config(), spec));
   for (int l = 0; l < e.config().n_layers; ++l) {

@@ -2,10 +2,11 @@
 // in-process CPU stages of the real model re-reads an xkv request's prompt in scores-only steps
 // after its prefill, then solves and compacts. The test recomputes the same request the way
 // `xkv eval` does (model/reconstruct_scorer.h on one CPU engine: the observed prefill, the
-// re-reading, the unpooled scores max-merged with the window's, PlanAllocation, compaction, greedy
-// decoding) and checks that the service streams the same tokens with the same log-probabilities
-// (the same kept slots give the same logits bit for bit) and holds the same tokens per layer.
-// Bad input stays INVALID_ARGUMENT; a cancel ends the re-reading at the next step.
+// re-reading, its scores pooled as the window's and replacing them, PlanAllocation, compaction,
+// greedy decoding) and checks that the service streams the same tokens with the same
+// log-probabilities (the same kept slots give the same logits bit for bit) and holds the same
+// tokens per layer. Bad input stays INVALID_ARGUMENT; a cancel ends the re-reading at the next
+// step.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -89,13 +90,12 @@ class ReconstructProfileTest : public ::testing::Test {
     const CoordinatorOptions co = Options();
     auto spec = ApplyOverride(co.kv, Override("xkv", "reconstruct"));
     EXPECT_TRUE(spec.ok()) << spec.status();
-    // The window's scoring of `xkv eval`'s xkv:profile=reconstruct:mix=max (ScoringFor).
+    // The scoring of `xkv eval`'s xkv:profile=reconstruct (ScoringFor).
     const ImportanceOptions scoring = ScoringFor(*spec, {co.window, co.pool_kernel});
     const int64_t T = static_cast<int64_t>(prompt_->size());
     auto prefill = testing_eval::Prefill(e, 1, *prompt_, scoring);
     EXPECT_TRUE(prefill.ok()) << prefill.status();
-    auto scores =
-        testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring, prefill->scores);
+    auto scores = testing_eval::RereadScores(e, 1, *prompt_, repeat, kStepTokens, scoring);
     EXPECT_TRUE(scores.ok()) << scores.status();
     auto plan = PlanAllocation(*scores, e.config(), *spec);
     EXPECT_TRUE(plan.ok()) << plan.status();

@@ -1,7 +1,7 @@
 // SEQUENCE_MODE_REREAD (the reconstruct profile, architecture.md §3.5) on 1 and 2 stages: the
 // re-reading spans keep no KV and take no blocks, and the last span reports the scores that the
-// eval harness computes on one engine (ScoreByReconstruction, unpooled, max-merged with the
-// observed window's). Bad re-reading steps are refused and change nothing.
+// eval harness computes on one engine (ScoreByReconstruction, pooled as the window's would be,
+// which they replace). Bad re-reading steps are refused and change nothing.
 #include <memory>
 #include <vector>
 
@@ -55,19 +55,15 @@ CollectedScores Reference(const std::vector<int32_t>& prompt, const ImportanceOp
   auto engine = LoadStageEngine(o);
   EXPECT_TRUE(engine.ok()) << engine.status();
   EngineStep step;
-  step.sequences.push_back({1, kPrompt, 0, true});
-  std::vector<EngineObservation> obs;
+  step.sequences.push_back({1, kPrompt, 0, false});
   EXPECT_TRUE((*engine)->EmbedResident(prompt).ok());
-  EXPECT_TRUE((*engine)->RunLayersResident(step, scoring, &obs).ok());
+  EXPECT_TRUE((*engine)->RunLayersResident(step, scoring, nullptr).ok());
   ReconstructOptions ro;
   ro.chunk_tokens = kChunk;
   auto raw = ScoreByReconstruction(engine->get(), 1, prompt, Repeat(), ro);
   EXPECT_TRUE(raw.ok()) << raw.status();
-  ImportanceOptions unpooled = scoring;
-  unpooled.pool_kernel = 1;
-  auto s = ReconstructCollectedScores(*raw, kPrompt, (*engine)->config(), unpooled);
+  auto s = ReconstructCollectedScores(*raw, kPrompt, (*engine)->config(), scoring);
   EXPECT_TRUE(s.ok()) << s.status();
-  EXPECT_TRUE(MaxMergeScores(*obs[0].scores, &*s).ok());
   return *std::move(s);
 }
 
