@@ -357,6 +357,14 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   return absl::OkStatus();
 }
 
+int64_t Coordinator::RereadChunk() const {
+  if (!repeat_.ok()) return 0;
+  ReconstructOptions reread;
+  reread.chunk_tokens = options_.reread_chunk;
+  return std::max<int64_t>(
+      0, RereadChunkTokens(*repeat_, reread, options_.scheduler.step_token_budget));
+}
+
 absl::Status Coordinator::PlanRereads(Sequence& seq) const {
   if (!repeat_.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -161,6 +161,12 @@ class Coordinator {
   // UNAVAILABLE; every request's blocks are released on every stage. Idempotent.
   void Shutdown() { ShutdownWithGrace(options_.shutdown_grace); }
   void ShutdownWithGrace(absl::Duration grace);
+  // The options it started with (the KV policy may have changed since: SetPolicy).
+  const CoordinatorOptions& options() const { return options_; }
+  // The prompt tokens one re-reading step takes: options().reread_chunk shrunk to fit a step after
+  // the repeat instruction (PlanRereads); 0 when reconstruct cannot run (no repeat instruction in
+  // the chat template, or steps too small for it).
+  int64_t RereadChunk() const;
 
  private:
   absl::StatusOr<uint64_t> SubmitImpl(GenerateParams params, std::shared_ptr<GenerateSink> sink);

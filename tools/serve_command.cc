@@ -74,7 +74,7 @@ int RunServe(int argc, char** argv) {
                  async_decode.c_str());
     return 2;
   }
-  absl::StatusOr<int64_t> max_batched_tokens = MaxBatchedTokensFromFlags(f);
+  absl::StatusOr<int64_t> max_batched_tokens = MaxBatchedTokensFromFlags(f, gpu_stages);
   absl::Status valid = max_batched_tokens.status();
   if (valid.ok()) valid = ValidateGpuMemoryUtilization(gpu_memory_utilization);
   if (!valid.ok()) {

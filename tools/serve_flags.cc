@@ -84,11 +84,14 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.Int("max-batch", &f->max_batch, "running sequences per step");
   flags.Int("max-queue", &f->max_queue, "waiting requests before RESOURCE_EXHAUSTED");
   flags.Int("max-batched-tokens", &f->max_batched_tokens,
-            "tokens of one step, all sequences together (decodes + prefill chunks + profile "
-            "passes); sizes a GPU stage's step scratch, and a value above what the device holds "
-            "stops the start");
+            absl::StrCat("tokens of one step, all sequences together (decodes + prefill chunks + "
+                         "profile passes); sizes a GPU stage's step scratch, and a value above "
+                         "what the device holds stops the start (0: ",
+                         kGpuMaxBatchedTokens, " on GPU stages, else ", kCpuMaxBatchedTokens,
+                         "; always ", kCpuMaxBatchedTokens, " under xkv coordinator)"));
   flags.Int("step-tokens", &f->step_tokens, "old name of --max-batched-tokens");
-  flags.Int("prefill-chunk", &f->prefill_chunk, "max prompt tokens of one sequence per step");
+  flags.Int("prefill-chunk", &f->prefill_chunk,
+            "max prompt tokens of one sequence per step (0: --max-batched-tokens)");
   flags.Int("micro-batches", &f->micro_batches,
             "steps in flight through the pipeline at once, each over its own sequences, in [1, 64]"
             " (0: one per stage on GPUs, one at a time on CPUs)");
@@ -114,21 +117,21 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             "stages' own step and engine compute), apply (0: off)");
 }
 
-absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f) {
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages) {
   int64_t n = f.max_batched_tokens;
   if (f.step_tokens != 0) {
-    if (f.max_batched_tokens != ServeFlags().max_batched_tokens &&
-        f.max_batched_tokens != f.step_tokens) {
+    if (f.max_batched_tokens != 0 && f.max_batched_tokens != f.step_tokens) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--step-tokens ", f.step_tokens, " and --max-batched-tokens ", f.max_batched_tokens,
           " disagree: give --max-batched-tokens only (--step-tokens is its old name)"));
     }
     n = f.step_tokens;
   }
-  if (n < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--max-batched-tokens must be >= 1, got ", n));
+  if (n < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-batched-tokens must be >= 1 (or 0: the device's default), got ", n));
   }
-  return n;
+  return n == 0 ? DefaultMaxBatchedTokens(gpu_stages) : n;
 }
 
 std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages) {
@@ -189,8 +192,9 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.scheduler.kv_admission = *admission;
   o.scheduler.max_running = f.max_batch;
   o.scheduler.max_queue = f.max_queue;
-  ASSIGN_OR_RETURN(o.scheduler.step_token_budget, MaxBatchedTokensFromFlags(f));
-  o.scheduler.prefill_chunk = f.prefill_chunk;
+  ASSIGN_OR_RETURN(o.scheduler.step_token_budget, MaxBatchedTokensFromFlags(f, gpu_stages));
+  o.scheduler.prefill_chunk =
+      f.prefill_chunk != 0 ? f.prefill_chunk : o.scheduler.step_token_budget;
   o.default_max_tokens = f.default_max_tokens;
   o.planner.concurrency = f.concurrency;
   o.auto_replan = f.auto_replan;

@@ -15,6 +15,15 @@
 
 namespace xkv {
 
+// A step's tokens when --max-batched-tokens is not given: 8192 on GPU stages (vLLM's and
+// TensorRT-LLM's default on 80 GB GPUs; it holds a 2048-token re-reading chunk, kGpuRereadChunk,
+// with its repeat instruction, and sizes the step scratch: 0.3 GiB for SmolLM2), 512 on CPU ones
+// (where a step's tokens cost milliseconds each and decodes wait behind them).
+inline constexpr int64_t kCpuMaxBatchedTokens = 512, kGpuMaxBatchedTokens = 8192;
+inline int64_t DefaultMaxBatchedTokens(bool gpu_stages) {
+  return gpu_stages ? kGpuMaxBatchedTokens : kCpuMaxBatchedTokens;
+}
+
 struct ServeFlags {
   std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
   std::string chat_template;  // empty: the GGUF's tokenizer.chat_template
@@ -39,10 +48,10 @@ struct ServeFlags {
   std::string kv_admission = "max_utilization";
   int64_t max_batch = 16;
   int64_t max_queue = 256;
-  int64_t max_batched_tokens = 512;
-  int64_t step_tokens = 0;  // the old name of --max-batched-tokens (0: not given)
-  int64_t prefill_chunk = 512;
-  int64_t micro_batches = 0;  // 0: one per pipeline stage
+  int64_t max_batched_tokens = 0;  // 0: DefaultMaxBatchedTokens of the stages' device
+  int64_t step_tokens = 0;         // the old name of --max-batched-tokens (0: not given)
+  int64_t prefill_chunk = 0;       // 0: the step's whole budget (--max-batched-tokens)
+  int64_t micro_batches = 0;       // 0: one per pipeline stage
   int64_t default_max_tokens = 256;
   int64_t concurrency = 8;
   bool auto_replan = false;
@@ -68,8 +77,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
 // from a second step in flight) and kCpuRereadChunk.
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
                                                                int64_t num_stages, bool gpu_stages);
-// --max-batched-tokens, or its old name --step-tokens (both given and different: an error).
-absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f);
+// --max-batched-tokens, or its old name --step-tokens (both given and different: an error);
+// neither (or 0): DefaultMaxBatchedTokens(gpu_stages).
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages);
 // "one_pass" or "per_request" for --profile auto, else --profile.
 std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages);
 // The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).

@@ -33,6 +33,15 @@ int ServeUntilSignal(const ServeFlags& f, Coordinator* coordinator, const char* 
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> server =
       CoordinatorServer::Start(*so, coordinator);
   if (!server.ok()) return Fail(command, server.status());
+  const CoordinatorOptions& o = coordinator->options();
+  std::fprintf(stderr,
+               "xkv %s: steps of up to %lld tokens (--max-batched-tokens), up to %lld of one "
+               "prompt (--prefill-chunk), %lld micro-batches in flight; reconstruct re-reads %lld "
+               "prompt tokens a step (--reconstruct-chunk, fit to a step)\n",
+               command, static_cast<long long>(o.scheduler.step_token_budget),
+               static_cast<long long>(o.scheduler.prefill_chunk),
+               static_cast<long long>(o.scheduler.micro_batches),
+               static_cast<long long>(coordinator->RereadChunk()));
   std::fprintf(stderr, "xkv %s: serving Generation on port %d, Admin on port %d\n", command,
                (*server)->port(), (*server)->admin_port());
   ProbeRoutes probes;

@@ -4,21 +4,24 @@
 # --gpu-memory-utilization outside (0, 1], an --async-decode other than auto, on, off or a
 # --reconstruct-chunk outside [64, 8192] stops the start with exit status 2 and one line naming
 # the flag, before anything loads or listens (exit status 1 for the worker, as its other start-up
-# checks). The old names still work.
-# Usage: serve_flags_test.sh XKV_BINARY
+# checks). The old names still work. A started server states its step sizes in one line: on CPU
+# stages by default 512-token steps, a prompt's chunk the whole step (--prefill-chunk 0), and the
+# re-reading chunk fit to a step after the repeat instruction (SmolLM2's: 27 tokens).
+# Usage: serve_flags_test.sh XKV_BINARY MODEL.gguf
 set -uo pipefail
 xkv=${1:?xkv binary}
+model=${2:?model}
 failed=0
 
 # shellcheck source=tests/cli/expect_error.sh
 source "$(dirname "$0")/expect_error.sh"
 listen=(--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --admin-insecure-local)
 
-expect_error_from 2 "--max-batched-tokens must be >= 1, got 0" \
-  timeout 20 "$xkv" serve "${listen[@]}" --max-batched-tokens 0
+expect_error_from 2 "--max-batched-tokens must be >= 1 (or 0: the device's default), got -3" \
+  timeout 20 "$xkv" serve "${listen[@]}" --max-batched-tokens -3
 expect_error_from 2 "--step-tokens 600 and --max-batched-tokens 700 disagree" \
   timeout 20 "$xkv" serve "${listen[@]}" --step-tokens 600 --max-batched-tokens 700
-expect_error_from 2 "--max-batched-tokens must be >= 1, got -5" \
+expect_error_from 2 "--max-batched-tokens must be >= 1 (or 0: the device's default), got -5" \
   timeout 20 "$xkv" serve "${listen[@]}" --step-tokens -5
 for bad in 0 1.5 -0.2; do
   expect_error_from 2 "--gpu-memory-utilization must be in (0, 1]" \
@@ -53,4 +56,30 @@ fi
 kill "$pid" 2> /dev/null
 wait "$pid" 2> /dev/null
 rm -f "$log"
+
+# expect_steps WANT FLAGS...: `xkv serve FLAGS` (CPU) starts and its step line contains WANT.
+expect_steps() {
+  local want=$1 log pid
+  shift
+  log=$(mktemp)
+  timeout 60 "$xkv" serve "${listen[@]}" --model "$model" "$@" 2> "$log" &
+  pid=$!
+  for _ in $(seq 300); do grep -q "serving Generation" "$log" && break; sleep 0.1; done
+  if grep -q "serving Generation" "$log" && grep -qF -- "$want" "$log"; then
+    echo "ok: serve $* -> $(grep -F "steps of up to" "$log")"
+  else
+    echo "FAIL: serve $* did not start with \"$want\":"
+    sed 's/^/    /' "$log" | head -5
+    failed=1
+  fi
+  kill "$pid" 2> /dev/null
+  wait "$pid" 2> /dev/null
+  rm -f "$log"
+}
+steps="tokens (--max-batched-tokens), up to"
+expect_steps "steps of up to 512 $steps 512 of one prompt (--prefill-chunk), 1 micro-batches in flight; reconstruct re-reads 485 prompt"
+expect_steps "steps of up to 512 $steps 512 of one prompt" --max-batched-tokens 0 --prefill-chunk 0
+expect_steps "steps of up to 1024 $steps 1024 of one prompt (--prefill-chunk), 1 micro-batches in flight; reconstruct re-reads 512 prompt" \
+  --max-batched-tokens 1024
+expect_steps "steps of up to 600 $steps 256 of one prompt" --step-tokens 600 --prefill-chunk 256
 exit $failed
