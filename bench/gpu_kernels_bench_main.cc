@@ -4,7 +4,9 @@
 //   paged decode attention at Llama-3-8B shapes (32/8 heads x 128, 8K context, batch 1/8/32)
 //     against the bytes-moved floor (K+V bytes / measured copy bandwidth),
 //   causal flash prefill attention at the real model's (9/3 heads x 64) and Llama-3-8B's shapes,
-//     T = 1K, 4K, 8K, 16K (TFLOP/s and share of the GEMM rate).
+//     T = 1K, 4K, 8K, 16K (TFLOP/s and share of the GEMM rate),
+//   the reconstruct profile's scores of one layer (a 2048-token chunk re-read after a 4K prompt
+//     at the real model's shape, after a 16K one at Llama-3-8B's).
 // Usage: xkv_gpu_bench [--json=PATH]. Prints a Markdown table; --json also writes the rows.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -25,6 +27,7 @@
 #include "kernels/cuda/gemv.cuh"
 #include "kernels/cuda/paged_kv.cuh"
 #include "kernels/cuda/prefill_attention.cuh"
+#include "kernels/cuda/reconstruct_importance.cuh"
 
 namespace {
 
@@ -324,6 +327,61 @@ void PrefillAttention(cudaStream_t stream, std::vector<Row>& rows) {
   }
 }
 
+// One layer's reconstruct scores (kernels/cuda/reconstruct_importance.cuh): the chunk [C - 2048,
+// C) re-read as R = 2048 + 27 input rows (SmolLM2's repeat instruction) over a C-token paged
+// context; FLOPs: the rows' logits over the keys each sees (2 * head_dim each) plus the chunk's
+// logits again.
+void ReconstructScores(cudaStream_t stream, std::vector<Row>& rows) {
+  struct Model {
+    const char* name;
+    int heads, kv_heads, hd;
+    int64_t context;
+  };
+  for (const Model& m :
+       {Model{"real model 9/3x64", 9, 3, 64, 4096}, Model{"L3-8B 32/8x128", 32, 8, 128, 16384}}) {
+    const int64_t chunk = 2048, R = chunk + 27, len = m.context + R, blocks = (len + 15) / 16;
+    const xkv::ReconstructShape shape{m.heads,   m.kv_heads,        m.hd,      R,
+                                      m.context, m.context - chunk, m.context, 4};
+    const size_t pool = static_cast<size_t>(blocks) * m.kv_heads * 16 * m.hd;
+    const size_t q_elems = static_cast<size_t>(R) * m.heads * m.hd;
+    __nv_bfloat16 *k = nullptr, *v = nullptr;
+    int32_t* d_table = nullptr;
+    float *q = nullptr, *scores = nullptr;
+    BENCH_CHECK_CUDA(cudaMalloc(&k, pool * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&v, pool * 2));
+    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&q, q_elems * 4));
+    BENCH_CHECK_CUDA(cudaMalloc(&scores, m.kv_heads * chunk * 4));
+    BENCH_CHECK_CUDA(cudaMemcpy(k, RandomBf16(pool, 4).data(), pool * 2, cudaMemcpyHostToDevice));
+    BENCH_CHECK_CUDA(
+        cudaMemcpy(q, RandomFloats(q_elems, 5).data(), q_elems * 4, cudaMemcpyHostToDevice));
+    std::vector<int32_t> table(blocks);
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(2));
+    BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
+    const xkv::cuda::PagedKvLayer cache{k, v, blocks, m.kv_heads, m.hd};
+    const double ms = MedianMs(stream, 2, 10, [&] {
+      BENCH_CHECK_CUDA(cudaMemsetAsync(scores, 0, m.kv_heads * chunk * 4, stream));
+      BENCH_CHECK_OK(
+          xkv::cuda::LaunchReconstructScoresPaged(q, cache, d_table, shape, scores, stream));
+    });
+    BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
+    const double seen = static_cast<double>(R) * (4 + chunk) + static_cast<double>(R) * (R + 1) / 2;
+    const double flops = 2.0 * m.heads * m.hd * (seen + static_cast<double>(R) * chunk);
+    char note[160];
+    std::snprintf(note, sizeof(note), "%.3f ms a layer; %.2f TFLOP/s (CUDA cores, fp32)", ms,
+                  flops / (ms * 1e-3) / 1e12);
+    rows.push_back({std::string("reconstruct scores ") + m.name +
+                        " C=" + std::to_string(m.context) + " chunk 2048",
+                    ms, "ms", note});
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(d_table);
+    cudaFree(q);
+    cudaFree(scores);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -346,6 +404,7 @@ int main(int argc, char** argv) {
   DecodeGemv(stream, rows);
   DecodeAttention(stream, copy_gbs, rows);
   PrefillAttention(stream, rows);
+  ReconstructScores(stream, rows);
   std::printf(
       "device: %s (%d SMs, %.0f MB L2)\n\n| benchmark | value | unit | note |\n|---|---|---|---|\n",
       prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);

@@ -9,7 +9,12 @@
 namespace xkv::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+// A CTA takes kTileQ input rows of one query head and walks the keys they see in tiles of kTileK
+// through shared memory (each key read once per CTA, not once per row): 16 x 16 threads, each
+// holding 4 x 4 (row, key) dot products, rows tq + 16a and keys tk + 16b (conflict-free with the
+// rows padded to head_dim + 1 floats).
+constexpr int kTileQ = 64, kTileK = 64, kThreads = 256, kPer = 4;
+static_assert(kTileQ == 16 * kPer && kTileK == 16 * kPer && kThreads == 256);
 constexpr size_t kMaxSmem = 200u << 10;
 
 struct StridedKeys {  // fp32 [n_kv_heads][head_stride]
@@ -21,49 +26,130 @@ struct StridedKeys {  // fp32 [n_kv_heads][head_stride]
   }
 };
 
-// grid = (R, n_heads). Row i of query head h: logits over its visible key subset (sinks, chunk,
-// input keys [C, C + i]) in shared memory, softmax, then atomicMax of the chunk's probabilities
-// (non-negative floats order as their int bits).
+// The keys a row sees, in order ("virtual" index kk): the sinks [0, sinks), the chunk's original
+// keys, then the input's own keys (row i sees kk <= sinks + chunk_len + i).
+struct KeyOrder {
+  int64_t sinks, chunk_begin, chunk_len, past_len;
+  __device__ int64_t Slot(int64_t kk) const {
+    return kk < sinks               ? kk
+           : kk < sinks + chunk_len ? chunk_begin + (kk - sinks)
+                                    : past_len + (kk - sinks - chunk_len);
+  }
+};
+
+// Keys [kk0, kk0 + kTileK) of KV head g into ks ([kTileK][ld] fp32), zeros from kk_end on.
+template <typename Keys>
+__device__ void LoadKeys(Keys keys, const KeyOrder& order, int g, int head_dim, int ld, int64_t kk0,
+                         int64_t kk_end, float* ks) {
+  for (int idx = threadIdx.x; idx < kTileK * head_dim; idx += kThreads) {
+    const int r = idx / head_dim, d = idx - r * head_dim;
+    const int64_t kk = kk0 + r;
+    ks[r * ld + d] = kk < kk_end ? keys(g, order.Slot(kk), d) : 0.f;
+  }
+}
+
+// acc[a][b] = scale * (row tq + 16a of qs) . (key tk + 16b of ks), the dot in dimension order.
+__device__ void TileLogits(const float* qs, const float* ks, int ld, int head_dim, int tq, int tk,
+                           float scale, float (&acc)[kPer][kPer]) {
+  for (int a = 0; a < kPer; ++a) {
+    for (int b = 0; b < kPer; ++b) acc[a][b] = 0.f;
+  }
+  for (int d = 0; d < head_dim; ++d) {
+    float qv[kPer], kv[kPer];
+    for (int a = 0; a < kPer; ++a) qv[a] = qs[(tq + 16 * a) * ld + d];
+    for (int b = 0; b < kPer; ++b) kv[b] = ks[(tk + 16 * b) * ld + d];
+    for (int a = 0; a < kPer; ++a) {
+      for (int b = 0; b < kPer; ++b) acc[a][b] = fmaf(qv[a], kv[b], acc[a][b]);
+    }
+  }
+  for (int a = 0; a < kPer; ++a) {
+    for (int b = 0; b < kPer; ++b) acc[a][b] *= scale;
+  }
+}
+
+// grid = (ceil(R / kTileQ), n_heads). Pass 1: each row's softmax max and sum over the keys it
+// sees (online, per thread, then over the 16 threads of the row); pass 2: the chunk keys' logits
+// again, their probabilities' maximum over the tile's rows (shared atomicMax), then atomicMax into
+// `scores` (non-negative floats order as their int bits) across tiles and the GQA group's heads.
 template <typename Keys>
 __global__ void __launch_bounds__(kThreads)
     ReconstructKernel(const float* __restrict__ q, Keys keys, int n_heads, int group, int head_dim,
-                      int64_t past_len, int64_t chunk_begin, int64_t chunk_len, int64_t sinks,
-                      float scale, float* __restrict__ scores) {
+                      int64_t n_queries, KeyOrder order, float scale, float* __restrict__ scores) {
   extern __shared__ float smem[];
-  __shared__ float scratch[33];
-  float* qs = smem;                 // [head_dim]
-  float* logits = smem + head_dim;  // [sinks + chunk_len + i + 1]
-  const int64_t i = blockIdx.x;
+  const int ld = head_dim + 1;
+  float* qs = smem;                                         // [kTileQ][ld]
+  float* ks = qs + kTileQ * ld;                             // [kTileK][ld]
+  int* col_max = reinterpret_cast<int*>(ks + kTileK * ld);  // [kTileK]
   const int h = blockIdx.y, g = h / group;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    qs[d] = q[(i * n_heads + h) * head_dim + d];
+  const int tq = threadIdx.x / 16, tk = threadIdx.x % 16;  // a row's 16 threads: one half-warp
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kTileQ;
+  for (int idx = threadIdx.x; idx < kTileQ * head_dim; idx += kThreads) {
+    const int r = idx / head_dim, d = idx - r * head_dim;
+    const int64_t i = q0 + r;
+    qs[r * ld + d] = i < n_queries ? q[(i * n_heads + h) * head_dim + d] : 0.f;
   }
-  __syncthreads();
-  const int64_t visible = sinks + chunk_len + i + 1;
-  float mx = -INFINITY;
-  for (int64_t kk = threadIdx.x; kk < visible; kk += blockDim.x) {
-    const int64_t j = kk < sinks               ? kk
-                      : kk < sinks + chunk_len ? chunk_begin + (kk - sinks)
-                                               : past_len + (kk - sinks - chunk_len);
-    float dot = 0.f;
-    for (int d = 0; d < head_dim; ++d) dot += qs[d] * keys(g, j, d);
-    logits[kk] = dot * scale;
-    mx = fmaxf(mx, logits[kk]);
+  const int64_t fixed = order.sinks + order.chunk_len;  // keys every row sees
+  const int64_t last_row = min(n_queries, q0 + kTileQ) - 1;
+  const int64_t kk_end = fixed + last_row + 1;
+  float m[kPer], l[kPer], acc[kPer][kPer];
+  for (int a = 0; a < kPer; ++a) {
+    m[a] = -INFINITY;
+    l[a] = 0.f;
   }
-  mx = internal::BlockMax(mx, scratch);
-  float sum = 0.f;
-  for (int64_t kk = threadIdx.x; kk < visible; kk += blockDim.x) sum += expf(logits[kk] - mx);
-  const float inv = 1.0f / internal::BlockSum(sum, scratch);
-  for (int64_t c = threadIdx.x; c < chunk_len; c += blockDim.x) {
-    const float p = expf(logits[sinks + c] - mx) * inv;
-    atomicMax(reinterpret_cast<int*>(scores + g * chunk_len + c), __float_as_int(p));
+  for (int64_t kk0 = 0; kk0 < kk_end; kk0 += kTileK) {
+    __syncthreads();  // the previous tile is consumed (and qs is written, the first time)
+    LoadKeys(keys, order, g, head_dim, ld, kk0, kk_end, ks);
+    __syncthreads();
+    TileLogits(qs, ks, ld, head_dim, tq, tk, scale, acc);
+    for (int a = 0; a < kPer; ++a) {
+      const int64_t i = q0 + tq + 16 * a;
+      for (int b = 0; b < kPer; ++b) {
+        const int64_t kk = kk0 + tk + 16 * b;
+        if (i >= n_queries || kk > fixed + i) continue;
+        const float x = acc[a][b];
+        if (x > m[a]) {
+          l[a] = l[a] * expf(m[a] - x) + 1.f;
+          m[a] = x;
+        } else {
+          l[a] += expf(x - m[a]);
+        }
+      }
+    }
+  }
+  float inv[kPer];
+  for (int a = 0; a < kPer; ++a) {
+    for (int off = 8; off >= 1; off >>= 1) {
+      const float mo = __shfl_xor_sync(0xffffffffu, m[a], off);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[a], off);
+      const float mn = fmaxf(m[a], mo);
+      l[a] = mn == -INFINITY ? 0.f : l[a] * expf(m[a] - mn) + lo * expf(mo - mn);
+      m[a] = mn;
+    }
+    inv[a] = l[a] > 0.f ? 1.0f / l[a] : 0.f;
+  }
+  for (int64_t c0 = 0; c0 < order.chunk_len; c0 += kTileK) {
+    __syncthreads();
+    LoadKeys(keys, order, g, head_dim, ld, order.sinks + c0, fixed, ks);
+    if (threadIdx.x < kTileK) col_max[threadIdx.x] = 0;
+    __syncthreads();
+    TileLogits(qs, ks, ld, head_dim, tq, tk, scale, acc);
+    for (int b = 0; b < kPer; ++b) {
+      float best = 0.f;
+      for (int a = 0; a < kPer; ++a) {
+        if (q0 + tq + 16 * a < n_queries) best = fmaxf(best, expf(acc[a][b] - m[a]) * inv[a]);
+      }
+      if (best > 0.f) atomicMax(&col_max[tk + 16 * b], __float_as_int(best));
+    }
+    __syncthreads();
+    const int64_t c = c0 + threadIdx.x;
+    if (threadIdx.x < kTileK && c < order.chunk_len && col_max[threadIdx.x] > 0) {
+      atomicMax(reinterpret_cast<int*>(scores + g * order.chunk_len + c), col_max[threadIdx.x]);
+    }
   }
 }
 
 size_t SharedBytes(const ReconstructShape& s) {
-  const int64_t sinks = s.sinks < s.chunk_begin ? s.sinks : s.chunk_begin;
-  return sizeof(float) *
-         static_cast<size_t>(s.head_dim + sinks + (s.chunk_end - s.chunk_begin) + s.n_queries);
+  return sizeof(float) * static_cast<size_t>((kTileQ + kTileK) * (s.head_dim + 1) + kTileK);
 }
 
 absl::Status CheckArgs(const float* q, const ReconstructShape& s, const float* scores) {
@@ -81,9 +167,9 @@ absl::Status CheckArgs(const float* q, const ReconstructShape& s, const float* s
                      ") <= past_len (", s.past_len, ") and sinks >= 0 (", s.sinks, ")"));
   }
   if (SharedBytes(s) > kMaxSmem) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cuda reconstruct scores: a row's ", SharedBytes(s), " bytes of logits pass the ", kMaxSmem,
-        "-byte shared memory; re-read ", "smaller chunks"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda reconstruct scores: head_dim ", s.head_dim, " needs ", SharedBytes(s),
+                     " bytes of shared memory, more than ", kMaxSmem));
   }
   if (q == nullptr || scores == nullptr) {
     return absl::InvalidArgumentError("cuda reconstruct scores: null q or scores pointer");
@@ -99,11 +185,12 @@ absl::Status Run(const float* q, Keys keys, const ReconstructShape& s, float* sc
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
   const int64_t sinks = s.sinks < s.chunk_begin ? s.sinks : s.chunk_begin;
+  const KeyOrder order{sinks, s.chunk_begin, s.chunk_end - s.chunk_begin, s.past_len};
+  const int64_t tiles = (s.n_queries + kTileQ - 1) / kTileQ;
   ReconstructKernel<Keys>
-      <<<dim3(static_cast<unsigned>(s.n_queries), s.n_heads), kThreads, smem, stream>>>(
-          q, keys, s.n_heads, s.n_heads / s.n_kv_heads, s.head_dim, s.past_len, s.chunk_begin,
-          s.chunk_end - s.chunk_begin, sinks, 1.0f / std::sqrt(static_cast<float>(s.head_dim)),
-          scores);
+      <<<dim3(static_cast<unsigned>(tiles), s.n_heads), kThreads, smem, stream>>>(
+          q, keys, s.n_heads, s.n_heads / s.n_kv_heads, s.head_dim, s.n_queries, order,
+          1.0f / std::sqrt(static_cast<float>(s.head_dim)), scores);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

@@ -3,8 +3,10 @@
 // the re-reading input attends to the sinks, the ORIGINAL keys of the repeated chunk and
 // (causally) its own input's keys; each chunk key keeps its largest probability over the input's
 // queries and the query heads of its GQA group (max-accumulated into `scores`).
-// One CTA per (input row, query head); the row's logits live in shared memory, so
-// (sinks + chunk + n_queries + head_dim) floats must fit in 200 KiB (INVALID_ARGUMENT otherwise).
+// One CTA per 64 input rows of a query head, the keys they see streamed through shared memory in
+// 64-key tiles: a pass for each row's softmax maximum and sum, a second over the chunk's keys for
+// their probabilities (about 3 ms for a 2048-token chunk of SmolLM2's 30 layers on an H100,
+// docs/benchmarks.md; one CTA per row, each reading every key it saw, took ~440 ms).
 #ifndef XKV_KERNELS_CUDA_RECONSTRUCT_IMPORTANCE_CUH_
 #define XKV_KERNELS_CUDA_RECONSTRUCT_IMPORTANCE_CUH_
 

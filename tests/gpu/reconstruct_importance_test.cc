@@ -80,7 +80,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ReconstructKernelTest,
                          ::testing::Values(Case{4, 2, 64, 40, 0, 40, 45, 4},       // first chunk
                                            Case{9, 3, 64, 300, 100, 228, 150, 4},  // SmolLM2
                                            Case{8, 8, 128, 70, 2, 33, 1, 4},       // MHA, one query
-                                           Case{8, 2, 64, 600, 64, 600, 560, 0}));
+                                           Case{8, 2, 64, 600, 64, 600, 560, 0},
+                                           // many 64-row and 64-key tiles, partial last ones
+                                           Case{9, 3, 64, 2100, 1000, 2048, 1100, 4},
+                                           Case{32, 8, 128, 700, 100, 613, 130, 4}));
 
 TEST(ReconstructKernel, RejectsBadShapes) {
   XKV_SKIP_WITHOUT_GPU();
