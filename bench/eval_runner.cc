@@ -192,7 +192,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   }
   // Ranked by the re-reading scores alone (no window part, which the service always has): they
   // are not pooled unless kernel= says so.
-  if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = 1;
+  if (reconstruct && !m.mix_window && !kernel_set) m.scoring.pool_kernel = kRereadPoolKernel;
   return m;
 }
 
@@ -415,7 +415,7 @@ absl::StatusOr<CollectedScores> EvalRunner::MethodScores(const EvalMethod& metho
   if (method.kv.profile.kind == ProfileModeKind::kReconstruct) {
     if (!reread_.has_value()) return absl::InternalError("eval: no re-reading scores");
     ImportanceOptions unpooled = method.scoring;
-    if (method.mix_window) unpooled.pool_kernel = 1;
+    if (method.mix_window) unpooled.pool_kernel = kRereadPoolKernel;
     ASSIGN_OR_RETURN(scores, ReconstructCollectedScores(*reread_, window.prompt_len,
                                                         engine_->config(), unpooled));
     if (method.mix_window) RETURN_IF_ERROR(MaxMergeScores(window, &scores));

@@ -90,9 +90,9 @@ SelectionRule SelectionFor(const PolicyOptions& policy);
 //  - xkv with the global allocator: the raw maximum (over the window queries and the group),
 //    comparable across layers and heads, max pooling with kXkvPoolKernel (allocator/kv_spec.h;
 //    chosen on the dev split, docs/quality-default.md);
-//  - its reconstruct profile: the same maximum, pooled with base's kernel; the re-reading scores
-//    take this pooling and replace the window's (the service and `xkv eval`'s
-//    profile=reconstruct; eval's mix=max max-merges them, unpooled, with the window's).
+//  - its reconstruct profile: the same maximum, pooled with base's kernel; the re-reading scores,
+//    unpooled, replace the window's (the service and `xkv eval`'s profile=reconstruct; eval's
+//    mix=max max-merges them with the window's).
 // full and streaming rank no scores (base, summed and averaged). The window is the last w tokens
 // of what is compressed: the whole prompt in the service.
 ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base);

@@ -51,6 +51,11 @@ inline constexpr int64_t kMinRereadChunk = 64, kMaxRereadChunk = 8192;
 inline constexpr int64_t kCpuRereadChunk = 512, kGpuRereadChunk = 2048;
 inline int64_t DefaultRereadChunk(bool gpu) { return gpu ? kGpuRereadChunk : kCpuRereadChunk; }
 
+// The re-reading's scores are ranked unpooled (pool kernel 1, as KVzip ranks them): the service,
+// and `xkv eval`'s profile=reconstruct unless its method sets kernel= (kernel=3 scored lower on the
+// GPU dev split, docs/quality-reconstruct.md).
+inline constexpr int kRereadPoolKernel = 1;
+
 // INVALID_ARGUMENT "<name> <chunk> is out of range [64, 8192]" outside [kMinRereadChunk,
 // kMaxRereadChunk].
 absl::Status ValidateRereadChunk(int64_t chunk, absl::string_view name);

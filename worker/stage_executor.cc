@@ -306,12 +306,12 @@ absl::StatusOr<std::optional<CollectedScores>> StageExecutor::Reread(
   }
   RETURN_IF_ERROR(AccumulateReread(observation.reread, span, &*q.reread));
   if (!s.reread().last()) return std::optional<CollectedScores>();
-  // The re-reading's scores alone, max-pooled as the window's would be (xkv eval's
-  // profile=reconstruct; the window's scores max-merged in, its mix=max, scored lower on the dev
-  // split: docs/quality-reconstruct.md).
+  // The re-reading's scores alone, unpooled (xkv eval's profile=reconstruct; the window's scores
+  // max-merged in, its mix=max, scored lower on the dev split: docs/quality-reconstruct.md).
+  ImportanceOptions unpooled = ScoringOf(s, options_.importance);
+  unpooled.pool_kernel = kRereadPoolKernel;
   ASSIGN_OR_RETURN(CollectedScores scores,
-                   ReconstructCollectedScores(*q.reread, s.position(), config(),
-                                              ScoringOf(s, options_.importance)));
+                   ReconstructCollectedScores(*q.reread, s.position(), config(), unpooled));
   q.reread.reset();
   return std::optional<CollectedScores>(std::move(scores));
 }

@@ -148,17 +148,18 @@ inline absl::StatusOr<ObservedPrefill> Prefill(StageEngine& e, uint64_t id,
 }
 
 // The reconstruct profile's scores of sequence `id` (its cache holds exactly `prompt`): the
-// re-reading in chunks of at most `step_tokens`, pooled with `scoring` (they replace the window's).
+// re-reading in chunks of at most `step_tokens`, unpooled (they replace the window's).
 inline absl::StatusOr<CollectedScores> RereadScores(StageEngine& e, uint64_t id,
                                                     const std::vector<int32_t>& prompt,
                                                     const RepeatPrompt& repeat, int64_t step_tokens,
-                                                    const ImportanceOptions& scoring) {
+                                                    ImportanceOptions scoring) {
   ReconstructOptions ro;
   ro.chunk_tokens = RereadChunkTokens(repeat, ro, step_tokens);
   if (ro.chunk_tokens >= static_cast<int64_t>(prompt.size())) {
     return absl::FailedPreconditionError("the prompt should re-read in more than one step");
   }
   ASSIGN_OR_RETURN(ReconstructScores raw, ScoreByReconstruction(&e, id, prompt, repeat, ro));
+  scoring.pool_kernel = kRereadPoolKernel;
   return ReconstructCollectedScores(raw, static_cast<int64_t>(prompt.size()), e.config(), scoring);
 }
 

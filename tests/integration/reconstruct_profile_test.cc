@@ -2,7 +2,7 @@
 // in-process CPU stages of the real model re-reads an xkv request's prompt in scores-only steps
 // after its prefill, then solves and compacts. The test recomputes the same request the way
 // `xkv eval` does (model/reconstruct_scorer.h on one CPU engine: the observed prefill, the
-// re-reading, its scores pooled as the window's and replacing them, PlanAllocation, compaction,
+// re-reading, its scores unpooled and replacing the window's, PlanAllocation, compaction,
 // greedy decoding) and checks that the service streams the same tokens with the same
 // log-probabilities (the same kept slots give the same logits bit for bit) and holds the same
 // tokens per layer. Bad input stays INVALID_ARGUMENT; a cancel ends the re-reading at the next

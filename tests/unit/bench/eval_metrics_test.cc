@@ -235,7 +235,8 @@ TEST(EvalRunnerTest, ServiceRequestsScoreAsTheEvalMethodOfTheirPolicy) {
        kXkvPoolKernel},
       {"xkv:per_head=1", kv("xkv", "", "", true), ScoreReduce::kMax, ScorePool::kMax,
        kXkvPoolKernel},
-      // The service's reconstruct max-merges the unpooled re-reading with the window's scores.
+      // A reconstruct request's window (observed at its prefill; ranked only if the request is
+      // preempted after it has generated) scores as eval's mix=max scores its window.
       {"xkv:profile=reconstruct:mix=max", kv("xkv", "reconstruct"), ScoreReduce::kMax,
        ScorePool::kMax, 7},
       {"paper", kv("xkv", "", "paper"), ScoreReduce::kSum, ScorePool::kAvg, 7},
@@ -260,6 +261,19 @@ TEST(EvalRunnerTest, ServiceRequestsScoreAsTheEvalMethodOfTheirPolicy) {
       EXPECT_EQ(o.granularity, ScoreGranularity::kKvHead) << c.method;
     }
   }
+  // A reconstruct request ranks its re-reading's scores alone, unpooled (StageExecutor::Reread):
+  // the scoring of eval's xkv:profile=reconstruct (session 12's dev pick over mix=max).
+  auto reconstruct = ParseEvalMethod("xkv:profile=reconstruct", base);
+  ASSERT_TRUE(reconstruct.ok()) << reconstruct.status();
+  EXPECT_FALSE(reconstruct->mix_window);
+  auto spec = ApplyOverride(KvSettings{}, kv("xkv", "reconstruct"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ImportanceOptions reread = ScoringFor(*spec, base);
+  reread.pool_kernel = kRereadPoolKernel;
+  EXPECT_EQ(reconstruct->scoring.pool_kernel, reread.pool_kernel);
+  EXPECT_EQ(reconstruct->scoring.reduce, reread.reduce);
+  EXPECT_EQ(reconstruct->scoring.pool, reread.pool);
+  EXPECT_EQ(reconstruct->scoring.window, reread.window);
   // AdaKV (snapkv with per-head budgets, eval only) keeps SnapKV's scoring.
   auto ada = ParseEvalMethod("adakv", base);
   ASSERT_TRUE(ada.ok()) << ada.status();

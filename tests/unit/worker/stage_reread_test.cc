@@ -1,7 +1,7 @@
 // SEQUENCE_MODE_REREAD (the reconstruct profile, architecture.md §3.5) on 1 and 2 stages: the
 // re-reading spans keep no KV and take no blocks, and the last span reports the scores that the
-// eval harness computes on one engine (ScoreByReconstruction, pooled as the window's would be,
-// which they replace). Bad re-reading steps are refused and change nothing.
+// eval harness computes on one engine (ScoreByReconstruction, unpooled; they replace the
+// window's). Bad re-reading steps are refused and change nothing.
 #include <memory>
 #include <vector>
 
@@ -62,7 +62,9 @@ CollectedScores Reference(const std::vector<int32_t>& prompt, const ImportanceOp
   ro.chunk_tokens = kChunk;
   auto raw = ScoreByReconstruction(engine->get(), 1, prompt, Repeat(), ro);
   EXPECT_TRUE(raw.ok()) << raw.status();
-  auto s = ReconstructCollectedScores(*raw, kPrompt, (*engine)->config(), scoring);
+  ImportanceOptions unpooled = scoring;
+  unpooled.pool_kernel = kRereadPoolKernel;
+  auto s = ReconstructCollectedScores(*raw, kPrompt, (*engine)->config(), unpooled);
   EXPECT_TRUE(s.ok()) << s.status();
   return *std::move(s);
 }
