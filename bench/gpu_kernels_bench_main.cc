@@ -268,6 +268,39 @@ std::vector<__nv_bfloat16> RandomBf16(size_t n, uint64_t seed) {
   return out;
 }
 
+// Device memory of n elements (uninitialised) or holding `host`, freed with it.
+template <typename T>
+struct DeviceArray {
+  T* p = nullptr;
+  explicit DeviceArray(size_t n) { BENCH_CHECK_CUDA(cudaMalloc(&p, n * sizeof(T))); }
+  explicit DeviceArray(const std::vector<T>& host) {
+    BENCH_CHECK_CUDA(cudaMalloc(&p, host.size() * sizeof(T)));
+    BENCH_CHECK_CUDA(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFree(p); }
+};
+
+// A paged layer of `blocks` 16-token blocks of random bf16 K and V, and a table that scatters a
+// sequence's blocks through the pool (shuffled, as a real pool's).
+struct RandomPagedLayer {
+  DeviceArray<__nv_bfloat16> k, v;
+  DeviceArray<int32_t> table;
+  xkv::cuda::PagedKvLayer cache;
+  RandomPagedLayer(int64_t blocks, int kv_heads, int hd, uint64_t seed)
+      : k(RandomBf16(static_cast<size_t>(blocks) * kv_heads * 16 * hd, seed)),
+        v(RandomBf16(static_cast<size_t>(blocks) * kv_heads * 16 * hd, seed + 1)),
+        table(Shuffled(blocks, seed)),
+        cache{k.p, v.p, blocks, kv_heads, hd} {}
+  static std::vector<int32_t> Shuffled(int64_t blocks, uint64_t seed) {
+    std::vector<int32_t> t(blocks);
+    std::iota(t.begin(), t.end(), 0);
+    std::shuffle(t.begin(), t.end(), std::mt19937(static_cast<uint32_t>(seed)));
+    return t;
+  }
+};
+
 // Causal prefill of a whole prompt (kv_len = n_new = T) at the real model's shape (9 query / 3 KV
 // heads x 64) and Llama-3-8B's (32 / 8 x 128): random Q, K, V; K/V blocks shuffled through the
 // pool. FLOPs: Q Kᵀ and P V over the T (T + 1) / 2 visible (query, key) pairs, 2 * head_dim each.
@@ -285,29 +318,14 @@ void PrefillAttention(cudaStream_t stream, std::vector<Row>& rows) {
        {Model{"real model 9/3x64", 9, 3, 64}, Model{"L3-8B 32/8x128", 32, 8, 128}}) {
     const xkv::cuda::AttentionShape shape{m.heads, m.kv_heads, m.hd,
                                           1.0f / std::sqrt(static_cast<float>(m.hd)), false};
-    const size_t pool = static_cast<size_t>(blocks) * m.kv_heads * 16 * m.hd;
     const size_t q_elems = static_cast<size_t>(max_t) * m.heads * m.hd;
-    __nv_bfloat16 *k = nullptr, *v = nullptr;
-    int32_t* d_table = nullptr;
-    float *q = nullptr, *out = nullptr;
-    BENCH_CHECK_CUDA(cudaMalloc(&k, pool * 2));
-    BENCH_CHECK_CUDA(cudaMalloc(&v, pool * 2));
-    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
-    BENCH_CHECK_CUDA(cudaMalloc(&q, q_elems * 4));
-    BENCH_CHECK_CUDA(cudaMalloc(&out, q_elems * 4));
-    BENCH_CHECK_CUDA(cudaMemcpy(k, RandomBf16(pool, 1).data(), pool * 2, cudaMemcpyHostToDevice));
-    BENCH_CHECK_CUDA(cudaMemcpy(v, RandomBf16(pool, 2).data(), pool * 2, cudaMemcpyHostToDevice));
-    BENCH_CHECK_CUDA(
-        cudaMemcpy(q, RandomFloats(q_elems, 3).data(), q_elems * 4, cudaMemcpyHostToDevice));
-    std::vector<int32_t> table(blocks);
-    std::iota(table.begin(), table.end(), 0);
-    std::shuffle(table.begin(), table.end(), std::mt19937(1));  // scattered, as a real pool
-    BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
-    const xkv::cuda::PagedKvLayer cache{k, v, blocks, m.kv_heads, m.hd};
+    const RandomPagedLayer layer(blocks, m.kv_heads, m.hd, 1);
+    const DeviceArray<float> q(RandomFloats(q_elems, 3));
+    DeviceArray<float> out(q_elems);
     for (int64_t t : {1024, 4096, 8192, 16384}) {
       const double ms = MedianMs(stream, 3, t >= 8192 ? 10 : 30, [&] {
-        BENCH_CHECK_OK(xkv::cuda::LaunchPrefillAttention(shape, q, t, cache, d_table, t, out,
-                                                         int64_t{m.heads} * m.hd, stream));
+        BENCH_CHECK_OK(xkv::cuda::LaunchPrefillAttention(
+            shape, q.p, t, layer.cache, layer.table.p, t, out.p, int64_t{m.heads} * m.hd, stream));
       });
       BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
       BENCH_CHECK_CUDA(cudaGetLastError());
@@ -319,11 +337,6 @@ void PrefillAttention(cudaStream_t stream, std::vector<Row>& rows) {
       rows.push_back({std::string("prefill attn ") + m.name + " T=" + std::to_string(t), tflops,
                       "TFLOP/s", note});
     }
-    cudaFree(k);
-    cudaFree(v);
-    cudaFree(d_table);
-    cudaFree(q);
-    cudaFree(out);
   }
 }
 
@@ -342,28 +355,13 @@ void ReconstructScores(cudaStream_t stream, std::vector<Row>& rows) {
     const int64_t chunk = 2048, R = chunk + 27, len = m.context + R, blocks = (len + 15) / 16;
     const xkv::ReconstructShape shape{m.heads,   m.kv_heads,        m.hd,      R,
                                       m.context, m.context - chunk, m.context, 4};
-    const size_t pool = static_cast<size_t>(blocks) * m.kv_heads * 16 * m.hd;
-    const size_t q_elems = static_cast<size_t>(R) * m.heads * m.hd;
-    __nv_bfloat16 *k = nullptr, *v = nullptr;
-    int32_t* d_table = nullptr;
-    float *q = nullptr, *scores = nullptr;
-    BENCH_CHECK_CUDA(cudaMalloc(&k, pool * 2));
-    BENCH_CHECK_CUDA(cudaMalloc(&v, pool * 2));
-    BENCH_CHECK_CUDA(cudaMalloc(&d_table, blocks * 4));
-    BENCH_CHECK_CUDA(cudaMalloc(&q, q_elems * 4));
-    BENCH_CHECK_CUDA(cudaMalloc(&scores, m.kv_heads * chunk * 4));
-    BENCH_CHECK_CUDA(cudaMemcpy(k, RandomBf16(pool, 4).data(), pool * 2, cudaMemcpyHostToDevice));
-    BENCH_CHECK_CUDA(
-        cudaMemcpy(q, RandomFloats(q_elems, 5).data(), q_elems * 4, cudaMemcpyHostToDevice));
-    std::vector<int32_t> table(blocks);
-    std::iota(table.begin(), table.end(), 0);
-    std::shuffle(table.begin(), table.end(), std::mt19937(2));
-    BENCH_CHECK_CUDA(cudaMemcpy(d_table, table.data(), blocks * 4, cudaMemcpyHostToDevice));
-    const xkv::cuda::PagedKvLayer cache{k, v, blocks, m.kv_heads, m.hd};
+    const RandomPagedLayer layer(blocks, m.kv_heads, m.hd, 4);
+    const DeviceArray<float> q(RandomFloats(static_cast<size_t>(R) * m.heads * m.hd, 6));
+    DeviceArray<float> scores(static_cast<size_t>(m.kv_heads * chunk));
     const double ms = MedianMs(stream, 2, 10, [&] {
-      BENCH_CHECK_CUDA(cudaMemsetAsync(scores, 0, m.kv_heads * chunk * 4, stream));
-      BENCH_CHECK_OK(
-          xkv::cuda::LaunchReconstructScoresPaged(q, cache, d_table, shape, scores, stream));
+      BENCH_CHECK_CUDA(cudaMemsetAsync(scores.p, 0, m.kv_heads * chunk * 4, stream));
+      BENCH_CHECK_OK(xkv::cuda::LaunchReconstructScoresPaged(q.p, layer.cache, layer.table.p, shape,
+                                                             scores.p, stream));
     });
     BENCH_CHECK_CUDA(cudaStreamSynchronize(stream));
     const double seen = static_cast<double>(R) * (4 + chunk) + static_cast<double>(R) * (R + 1) / 2;
@@ -374,11 +372,6 @@ void ReconstructScores(cudaStream_t stream, std::vector<Row>& rows) {
     rows.push_back({std::string("reconstruct scores ") + m.name +
                         " C=" + std::to_string(m.context) + " chunk 2048",
                     ms, "ms", note});
-    cudaFree(k);
-    cudaFree(v);
-    cudaFree(d_table);
-    cudaFree(q);
-    cudaFree(scores);
   }
 }
 

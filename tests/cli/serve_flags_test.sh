@@ -41,40 +41,35 @@ expect_error_from 1 "--max-step-tokens and --max-batched-tokens disagree" \
   timeout 20 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens 64 --max-batched-tokens 128
 expect_error_from 1 "--max-batched-tokens must be >= 1" \
   timeout 20 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens -1
-# The old names alone still start (a worker waits for LoadStage: stopped once it listens).
-log=$(mktemp)
-timeout 10 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens 64 2> "$log" &
-pid=$!
-for _ in $(seq 100); do grep -q "waiting for LoadStage" "$log" && break; sleep 0.1; done
-if grep -q "waiting for LoadStage" "$log"; then
-  echo "ok: worker --max-step-tokens 64 starts"
-else
-  echo "FAIL: worker --max-step-tokens 64 did not start:"
-  sed 's/^/    /' "$log" | head -5
-  failed=1
-fi
-kill "$pid" 2> /dev/null
-wait "$pid" 2> /dev/null
-rm -f "$log"
-
-# expect_steps WANT FLAGS...: `xkv serve FLAGS` (CPU) starts and its step line contains WANT.
-expect_steps() {
-  local want=$1 log pid
-  shift
+# expect_started READY WANT CMD...: CMD (a server, run in the background) prints the line READY
+# on stderr within 30 s, and its stderr then holds WANT; it is stopped after.
+expect_started() {
+  local ready=$1 want=$2 log pid
+  shift 2
   log=$(mktemp)
-  timeout 60 "$xkv" serve "${listen[@]}" --model "$model" "$@" 2> "$log" &
+  "$@" 2> "$log" &
   pid=$!
-  for _ in $(seq 300); do grep -q "serving Generation" "$log" && break; sleep 0.1; done
-  if grep -q "serving Generation" "$log" && grep -qF -- "$want" "$log"; then
-    echo "ok: serve $* -> $(grep -F "steps of up to" "$log")"
+  for _ in $(seq 300); do grep -q -- "$ready" "$log" && break; sleep 0.1; done
+  if grep -q -- "$ready" "$log" && grep -qF -- "$want" "$log"; then
+    echo "ok: $want"
   else
-    echo "FAIL: serve $* did not start with \"$want\":"
+    echo "FAIL: $* did not start with \"$want\":"
     sed 's/^/    /' "$log" | head -5
     failed=1
   fi
   kill "$pid" 2> /dev/null
   wait "$pid" 2> /dev/null
   rm -f "$log"
+}
+# The old names alone still start (a worker waits for LoadStage: stopped once it listens).
+expect_started "waiting for LoadStage" "waiting for LoadStage" \
+  timeout 10 "$xkv" worker --listen 127.0.0.1:0 --max-step-tokens 64
+# expect_steps WANT FLAGS...: `xkv serve FLAGS` (CPU) starts and its step line contains WANT.
+expect_steps() {
+  local want=$1
+  shift
+  expect_started "serving Generation" "$want" \
+    timeout 60 "$xkv" serve "${listen[@]}" --model "$model" "$@"
 }
 steps="tokens (--max-batched-tokens), up to"
 expect_steps "steps of up to 512 $steps 512 of one prompt (--prefill-chunk), 1 micro-batches in flight; reconstruct re-reads 485 prompt"
