@@ -367,8 +367,9 @@ void ReconstructScores(cudaStream_t stream, std::vector<Row>& rows) {
     const double seen = static_cast<double>(R) * (4 + chunk) + static_cast<double>(R) * (R + 1) / 2;
     const double flops = 2.0 * m.heads * m.hd * (seen + static_cast<double>(R) * chunk);
     char note[160];
-    std::snprintf(note, sizeof(note), "%.3f ms a layer; %.2f TFLOP/s (CUDA cores, fp32)", ms,
-                  flops / (ms * 1e-3) / 1e12);
+    std::snprintf(note, sizeof(note), "%.3f ms a layer; %.2f TFLOP/s (%s)", ms,
+                  flops / (ms * 1e-3) / 1e12,
+                  m.hd % 16 == 0 ? "tensor cores, bf16" : "CUDA cores, fp32");
     rows.push_back({std::string("reconstruct scores ") + m.name +
                         " C=" + std::to_string(m.context) + " chunk 2048",
                     ms, "ms", note});

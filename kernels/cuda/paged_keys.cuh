@@ -48,6 +48,11 @@ struct PagedKeys {
     const int64_t hb = HeadBlockOf(table, head_table_stride, n_kv_heads, g, j);
     return __bfloat162float(k[(hb * kKvBlockTokens + (j & 15)) * head_dim + d]);
   }
+  // Dims [d0, d0 + 8) (d0 a multiple of 8) as one 16-byte word of 8 bf16.
+  __device__ uint4 Load8(int g, int64_t j, int d0) const {
+    const int64_t hb = HeadBlockOf(table, head_table_stride, n_kv_heads, g, j);
+    return *reinterpret_cast<const uint4*>(k + (hb * kKvBlockTokens + (j & 15)) * head_dim + d0);
+  }
 };
 static_assert(kKvBlockTokens == 16, "PagedKeys splits slots with >> 4 and & 15");
 

@@ -17,12 +17,23 @@ constexpr int kTileQ = 64, kTileK = 64, kThreads = 256, kPer = 4;
 static_assert(kTileQ == 16 * kPer && kTileK == 16 * kPer && kThreads == 256);
 constexpr size_t kMaxSmem = 200u << 10;
 
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 struct StridedKeys {  // fp32 [n_kv_heads][head_stride]
   const float* k;
   int64_t head_stride;
   int head_dim;
   __device__ float operator()(int g, int64_t j, int d) const {
     return k[g * head_stride + j * head_dim + d];
+  }
+  // Dims [d0, d0 + 8) rounded to 8 bf16 (the tensor-core kernel's keys).
+  __device__ uint4 Load8(int g, int64_t j, int d0) const {
+    const float* p = k + g * head_stride + j * head_dim + d0;
+    return uint4{PackBf16(p[0], p[1]), PackBf16(p[2], p[3]), PackBf16(p[4], p[5]),
+                 PackBf16(p[6], p[7])};
   }
 };
 
@@ -148,6 +159,177 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The tensor-core kernel (head_dim a multiple of 16, at most 256): the same two passes, each CTA
+// 4 warps x 16 rows of one query head; a warp's logits for a 64-key tile are mma.m16n8k16 (bf16 Q
+// and K, fp32 accumulation) into 8 fragments of 16 x 8: lane (g = lane / 4, t = lane % 4) holds
+// rows g and g + 8, keys 8 nb + 2t and 8 nb + 2t + 1. The queries are rounded to bf16 (the keys
+// are bf16 in the cache), as the tensor-core prefill attention takes them.
+constexpr int kMmaWarps = 4, kMmaRows = 16 * kMmaWarps, kMmaKeys = 64, kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaMaxSteps = 16;  // head_dim / 16 <= 16
+static_assert(kMmaRows == kTileQ && kMmaKeys == kTileK);
+
+__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Keys [kk0, kk0 + kMmaKeys) of KV head g into ks (bf16 [kMmaKeys][ld]), zeros from kk_end on.
+template <typename Keys>
+__device__ void LoadKeysBf16(Keys keys, const KeyOrder& order, int g, int head_dim, int ld,
+                             int64_t kk0, int64_t kk_end, __nv_bfloat16* ks) {
+  const int words = head_dim / 8;  // 16-byte words per key
+  for (int idx = threadIdx.x; idx < kMmaKeys * words; idx += kMmaThreads) {
+    const int r = idx / words, d0 = (idx - r * words) * 8;
+    const int64_t kk = kk0 + r;
+    *reinterpret_cast<uint4*>(ks + r * ld + d0) =
+        kk < kk_end ? keys.Load8(g, order.Slot(kk), d0) : uint4{};
+  }
+}
+
+// s[nb][e] = the warp's logits (unscaled) against the tile's keys, from the query fragments qa.
+__device__ __forceinline__ void MmaTileLogits(const uint32_t (&qa)[kMmaMaxSteps][4], int steps,
+                                              const __nv_bfloat16* ks, int ld, int g, int t,
+                                              float (&s)[8][4]) {
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nb][e] = 0.f;
+  }
+#pragma unroll
+  for (int st = 0; st < kMmaMaxSteps; ++st) {
+    if (st >= steps) break;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+      const __nv_bfloat16* row = ks + (nb * 8 + g) * ld + 16 * st + 2 * t;
+      MmaBf16(s[nb], qa[st], *reinterpret_cast<const uint32_t*>(row),
+              *reinterpret_cast<const uint32_t*>(row + 8));
+    }
+  }
+}
+
+template <typename Keys>
+__global__ void __launch_bounds__(kMmaThreads)
+    ReconstructMmaKernel(const float* __restrict__ q, Keys keys, int n_heads, int group,
+                         int head_dim, int64_t n_queries, KeyOrder order, float scale,
+                         float* __restrict__ scores) {
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  const int ld = head_dim + 8;  // bf16 per key row: 16-byte aligned, conflict-free fragments
+  __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(mma_smem);  // [kMmaKeys][ld]
+  int* col_max = reinterpret_cast<int*>(ks + kMmaKeys * ld);       // [kMmaKeys]
+  const int h = blockIdx.y, kvh = h / group;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kMmaRows;
+  const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int steps = head_dim / 16;
+  // A fragments: a0 (row g, k 2t, 2t+1), a1 (row g+8), a2 (row g, k 2t+8, 2t+9), a3 (row g+8).
+  uint32_t qa[kMmaMaxSteps][4];
+#pragma unroll
+  for (int st = 0; st < kMmaMaxSteps; ++st) {
+    if (st >= steps) break;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t i = row[half];
+      const float* p = q + (i * n_heads + h) * head_dim + 16 * st + 2 * t;
+      const bool ok = i < n_queries;
+      qa[st][half] = ok ? PackBf16(p[0], p[1]) : 0u;
+      qa[st][2 + half] = ok ? PackBf16(p[8], p[9]) : 0u;
+    }
+  }
+  const int64_t fixed = order.sinks + order.chunk_len;
+  const int64_t last_row = min(n_queries, q0 + kMmaRows) - 1;
+  const int64_t kk_end = fixed + last_row + 1;
+  const int64_t warp_end = fixed + min(n_queries - 1, q0 + warp * 16 + 15) + 1;  // keys it sees
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, s[8][4];
+  for (int64_t kk0 = 0; kk0 < kk_end; kk0 += kMmaKeys) {
+    __syncthreads();
+    LoadKeysBf16(keys, order, kvh, head_dim, ld, kk0, kk_end, ks);
+    __syncthreads();
+    if (kk0 >= warp_end) continue;  // warp-uniform: none of its rows sees this tile
+    MmaTileLogits(qa, steps, ks, ld, g, t, s);
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t visible = fixed + row[half];  // keys kk <= visible
+      float tile_max = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int64_t kk = kk0 + nb * 8 + 2 * t + c;
+          float& x = s[nb][2 * half + c];
+          x = kk <= visible && row[half] < n_queries ? x * scale : -INFINITY;
+          tile_max = fmaxf(tile_max, x);
+        }
+      }
+      if (tile_max == -INFINITY) continue;
+      const float mn = fmaxf(m[half], tile_max);
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) sum += expf(s[nb][2 * half + c] - mn);
+      }
+      l[half] = l[half] * expf(m[half] - mn) + sum;
+      m[half] = mn;
+    }
+  }
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {  // the row's 4 lanes (t)
+      const float mo = __shfl_xor_sync(0xffffffffu, m[half], off);
+      const float lo = __shfl_xor_sync(0xffffffffu, l[half], off);
+      const float mn = fmaxf(m[half], mo);
+      l[half] = mn == -INFINITY ? 0.f : l[half] * expf(m[half] - mn) + lo * expf(mo - mn);
+      m[half] = mn;
+    }
+    inv[half] = l[half] > 0.f ? 1.0f / l[half] : 0.f;
+  }
+  for (int64_t c0 = 0; c0 < order.chunk_len; c0 += kMmaKeys) {
+    __syncthreads();
+    LoadKeysBf16(keys, order, kvh, head_dim, ld, order.sinks + c0, fixed, ks);
+    if (threadIdx.x < kMmaKeys) col_max[threadIdx.x] = 0;
+    __syncthreads();
+    MmaTileLogits(qa, steps, ks, ld, g, t, s);
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        float best = 0.f;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          if (row[half] < n_queries) {
+            best = fmaxf(best, expf(s[nb][2 * half + c] * scale - m[half]) * inv[half]);
+          }
+        }
+#pragma unroll
+        for (int off = 4; off <= 16; off <<= 1) {  // the 8 lanes (g) of this key
+          best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, off));
+        }
+        if (g == 0 && best > 0.f) atomicMax(&col_max[nb * 8 + 2 * t + c], __float_as_int(best));
+      }
+    }
+    __syncthreads();
+    const int64_t c = c0 + threadIdx.x;
+    if (threadIdx.x < kMmaKeys && c < order.chunk_len && col_max[threadIdx.x] > 0) {
+      atomicMax(reinterpret_cast<int*>(scores + kvh * order.chunk_len + c), col_max[threadIdx.x]);
+    }
+  }
+}
+
+bool UsesMma(const ReconstructShape& s) {
+  return s.head_dim % 16 == 0 && s.head_dim / 16 <= kMmaMaxSteps;
+}
+
+size_t MmaSharedBytes(const ReconstructShape& s) {
+  return sizeof(__nv_bfloat16) * static_cast<size_t>(kMmaKeys * (s.head_dim + 8)) +
+         sizeof(int) * kMmaKeys;
+}
+
 size_t SharedBytes(const ReconstructShape& s) {
   return sizeof(float) * static_cast<size_t>((kTileQ + kTileK) * (s.head_dim + 1) + kTileK);
 }
@@ -180,13 +362,22 @@ absl::Status CheckArgs(const float* q, const ReconstructShape& s, const float* s
 template <typename Keys>
 absl::Status Run(const float* q, Keys keys, const ReconstructShape& s, float* scores,
                  cudaStream_t stream) {
+  const int64_t sinks = s.sinks < s.chunk_begin ? s.sinks : s.chunk_begin;
+  const KeyOrder order{sinks, s.chunk_begin, s.chunk_end - s.chunk_begin, s.past_len};
+  const int64_t tiles = (s.n_queries + kTileQ - 1) / kTileQ;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  if (UsesMma(s)) {
+    ReconstructMmaKernel<Keys>
+        <<<dim3(static_cast<unsigned>(tiles), s.n_heads), kMmaThreads, MmaSharedBytes(s), stream>>>(
+            q, keys, s.n_heads, s.n_heads / s.n_kv_heads, s.head_dim, s.n_queries, order, scale,
+            scores);
+    CUDA_RETURN_IF_LAUNCH_ERROR();
+    return absl::OkStatus();
+  }
   const size_t smem = SharedBytes(s);
   CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ReconstructKernel<Keys>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
-  const int64_t sinks = s.sinks < s.chunk_begin ? s.sinks : s.chunk_begin;
-  const KeyOrder order{sinks, s.chunk_begin, s.chunk_end - s.chunk_begin, s.past_len};
-  const int64_t tiles = (s.n_queries + kTileQ - 1) / kTileQ;
   ReconstructKernel<Keys>
       <<<dim3(static_cast<unsigned>(tiles), s.n_heads), kThreads, smem, stream>>>(
           q, keys, s.n_heads, s.n_heads / s.n_kv_heads, s.head_dim, s.n_queries, order,

@@ -5,8 +5,10 @@
 // queries and the query heads of its GQA group (max-accumulated into `scores`).
 // One CTA per 64 input rows of a query head, the keys they see streamed through shared memory in
 // 64-key tiles: a pass for each row's softmax maximum and sum, a second over the chunk's keys for
-// their probabilities (about 3 ms for a 2048-token chunk of SmolLM2's 30 layers on an H100,
-// docs/benchmarks.md; one CTA per row, each reading every key it saw, took ~440 ms).
+// their probabilities (docs/benchmarks.md, "Reconstruct scores"; one CTA per row, each reading
+// every key it saw, took ~440 ms for a 2048-token chunk of SmolLM2's 30 layers on an H100). With
+// head_dim a multiple of 16 (at most 256) the logits are tensor-core products of the queries
+// rounded to bf16 and the (bf16) keys; otherwise fp32 on CUDA cores.
 #ifndef XKV_KERNELS_CUDA_RECONSTRUCT_IMPORTANCE_CUH_
 #define XKV_KERNELS_CUDA_RECONSTRUCT_IMPORTANCE_CUH_
 

@@ -3,10 +3,12 @@
 // (ScoreByReconstruction, model/reconstruct_scorer.h) of a real-model prompt on the CUDA engine
 // against the CPU engine.
 // Kernel tolerance: atol 1e-6 + rtol 1e-4 (same keys; expf vs FastExp and the dot products'
-// order differ). Engine tolerance: the GPU engine runs bf16 weights, activations and KV, so its
-// probabilities differ by up to a few percent of their range; the test asserts that the tokens each
-// (layer, KV head) would keep at a 20% budget are mostly the same (>= 70% overlap on average, where
-// an unrelated ranking gives about 20%) and prints the agreement (docs/quality-reconstruct.md).
+// order differ; head_dim a multiple of 16 runs on tensor cores with the queries rounded to bf16,
+// so the reference gets them rounded too). Engine tolerance: the GPU engine runs bf16 weights,
+// activations and KV, so its probabilities differ by up to a few percent of their range; the test
+// asserts that the tokens each (layer, KV head) would keep at a 20% budget are mostly the same (>=
+// 70% overlap on average, where an unrelated ranking gives about 20%) and prints the agreement
+// (docs/quality-reconstruct.md).
 #include "kernels/cpu/reconstruct_importance.h"
 
 #include <sys/stat.h>
@@ -57,8 +59,9 @@ TEST_P(ReconstructKernelTest, MatchesCpu) {
   // Non-zero start values: the launchers max-accumulate.
   std::vector<float> want = RandomVector(c.kv_heads * nc, 43, 0, 0.05f);
   const std::vector<float> start = want;
+  const std::vector<float> q_ref = c.head_dim % 16 == 0 ? RoundBf16(q) : q;
   XKV_ASSERT_OK(
-      cpu::LaunchReconstructScores(q.data(), k.data(), len * c.head_dim, shape, want.data()));
+      cpu::LaunchReconstructScores(q_ref.data(), k.data(), len * c.head_dim, shape, want.data()));
   DeviceBuffer<float> d_q(q), d_k(k), d_scores(start);
   XKV_ASSERT_OK(cuda::LaunchReconstructScores(d_q.get(), d_k.get(), len * c.head_dim, shape,
                                               d_scores.get(), nullptr));
@@ -83,7 +86,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ReconstructKernelTest,
                                            Case{8, 2, 64, 600, 64, 600, 560, 0},
                                            // many 64-row and 64-key tiles, partial last ones
                                            Case{9, 3, 64, 2100, 1000, 2048, 1100, 4},
-                                           Case{32, 8, 128, 700, 100, 613, 130, 4}));
+                                           Case{32, 8, 128, 700, 100, 613, 130, 4},
+                                           // head_dim 40: the CUDA-core kernel
+                                           Case{4, 2, 40, 300, 10, 200, 150, 4}));
 
 TEST(ReconstructKernel, RejectsBadShapes) {
   XKV_SKIP_WITHOUT_GPU();
