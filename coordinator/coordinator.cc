@@ -357,12 +357,16 @@ absl::Status Coordinator::PlanBudgetsAtSubmit(Sequence& seq) {
   return absl::OkStatus();
 }
 
-int64_t Coordinator::RereadChunk() const {
-  if (!repeat_.ok()) return 0;
+ReconstructOptions Coordinator::RereadOptions() const {
   ReconstructOptions reread;
   reread.chunk_tokens = options_.reread_chunk;
+  return reread;
+}
+
+int64_t Coordinator::RereadChunk() const {
+  if (!repeat_.ok()) return 0;
   return std::max<int64_t>(
-      0, RereadChunkTokens(*repeat_, reread, options_.scheduler.step_token_budget));
+      0, RereadChunkTokens(*repeat_, RereadOptions(), options_.scheduler.step_token_budget));
 }
 
 absl::Status Coordinator::PlanRereads(Sequence& seq) const {
@@ -373,8 +377,7 @@ absl::Status Coordinator::PlanRereads(Sequence& seq) const {
         "; use per_request, one_pass or sampled:<rate>"));
   }
   const RepeatPrompt& r = *repeat_;
-  ReconstructOptions reread;
-  reread.chunk_tokens = options_.reread_chunk;
+  const ReconstructOptions reread = RereadOptions();
   const int64_t T = static_cast<int64_t>(seq.prompt.size());
   // Each re-reading step (instruction, overlap, suffix, then the chunk) fits one step's tokens.
   const int64_t budget = options_.scheduler.step_token_budget;

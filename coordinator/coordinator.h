@@ -181,6 +181,8 @@ class Coordinator {
   absl::Status PlanBudgetsAtSubmit(Sequence& seq);
   // The reconstruct profile's re-reading steps of seq's prompt, each within one step's tokens.
   absl::Status PlanRereads(Sequence& seq) const;
+  // The re-reading's options: options_.reread_chunk's chunk, the rest ReconstructOptions'.
+  ReconstructOptions RereadOptions() const;
   // Budgets sent to the stages lie in [0, prefix]: larger ones are clamped to the prefix (keep
   // all); INVALID_ARGUMENT for a negative one (an overflow upstream) or a wrong layer count, and
   // this request alone fails.

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace xkv::cuda::internal {
 
@@ -126,6 +127,27 @@ cudaError_t LaunchKernel(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim
   config.attrs = pdl ? attribute : nullptr;
   config.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
+}
+
+// Tensor cores (sm_80+): c[16x8] += a[16x16] (row) * b[16x8] (col) with bf16 operands and fp32
+// accumulators, mma.sync m16n8k16. Lane (g = lane / 4, t = lane % 4): a0 / a1 = rows g / g + 8 at
+// k 2t, 2t+1; a2 / a3 the same rows at k 2t+8, 2t+9; b0 / b1 = column g at k 2t.. / 2t+8..;
+// c0, c1 = row g, columns 2t, 2t+1; c2, c3 = row g + 8.
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> bf16x2 (round to nearest even), `lo` in the low half (the lower k / column).
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t u;
+  memcpy(&u, &v, sizeof(u));
+  return u;
 }
 
 }  // namespace xkv::cuda::internal

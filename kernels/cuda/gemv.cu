@@ -198,23 +198,14 @@ constexpr int kMmaRowsPerLane = kMmaTileRows / 8;    // weight rows per lane and
 constexpr int kMmaOut = kMmaTileRows == 16 ? 4 : 2;  // useful D values per lane
 static_assert(kMmaTileRows == 8 || kMmaTileRows == 16);
 
-__device__ __forceinline__ void MmaBf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                        uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // D += the lane's weight chunks wc[kMmaRowsPerLane] times its token chunk xc, over their 8 k.
 __device__ __forceinline__ void MmaChunk(float (&d)[4], const uint4* wc, const uint4& xc) {
   if constexpr (kMmaTileRows == 16) {
-    MmaBf16(d, wc[0].x, wc[1].x, wc[0].y, wc[1].y, xc.x, xc.y);
-    MmaBf16(d, wc[0].z, wc[1].z, wc[0].w, wc[1].w, xc.z, xc.w);
+    internal::Mma16816(d, {wc[0].x, wc[1].x, wc[0].y, wc[1].y}, xc.x, xc.y);
+    internal::Mma16816(d, {wc[0].z, wc[1].z, wc[0].w, wc[1].w}, xc.z, xc.w);
   } else {
-    MmaBf16(d, xc.x, 0u, xc.y, 0u, wc[0].x, wc[0].y);
-    MmaBf16(d, xc.z, 0u, xc.w, 0u, wc[0].z, wc[0].w);
+    internal::Mma16816(d, {xc.x, 0u, xc.y, 0u}, wc[0].x, wc[0].y);
+    internal::Mma16816(d, {xc.z, 0u, xc.w, 0u}, wc[0].z, wc[0].w);
   }
 }
 

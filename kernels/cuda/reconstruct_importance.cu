@@ -9,6 +9,9 @@
 namespace xkv::cuda {
 namespace {
 
+using internal::Mma16816;
+using internal::PackBf16;
+
 // A CTA takes kTileQ input rows of one query head and walks the keys they see in tiles of kTileK
 // through shared memory (each key read once per CTA, not once per row): 16 x 16 threads, each
 // holding 4 x 4 (row, key) dot products, rows tq + 16a and keys tk + 16b (conflict-free with the
@@ -16,11 +19,6 @@ namespace {
 constexpr int kTileQ = 64, kTileK = 64, kThreads = 256, kPer = 4;
 static_assert(kTileQ == 16 * kPer && kTileK == 16 * kPer && kThreads == 256);
 constexpr size_t kMaxSmem = 200u << 10;
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 struct StridedKeys {  // fp32 [n_kv_heads][head_stride]
   const float* k;
@@ -78,6 +76,26 @@ __device__ void TileLogits(const float* qs, const float* ks, int ld, int head_di
   }
 }
 
+// A row's softmax (max m, sum l) over its lane's keys merged with lane ^ off's (the online
+// softmax's merge): every lane of the xor group ends with the stats over their keys together.
+__device__ __forceinline__ void MergeRowStats(float& m, float& l, int off) {
+  const float mo = __shfl_xor_sync(0xffffffffu, m, off);
+  const float lo = __shfl_xor_sync(0xffffffffu, l, off);
+  const float mn = fmaxf(m, mo);
+  l = mn == -INFINITY ? 0.f : l * expf(m - mn) + lo * expf(mo - mn);
+  m = mn;
+}
+
+// After a pass-2 tile: its keys' largest probabilities (col_max, shared, float bits) into
+// scores (this KV head's row, chunk keys c0..) by atomicMax. Non-negative floats order as ints.
+__device__ __forceinline__ void FlushColumnMax(const int* col_max, int64_t c0, int64_t chunk_len,
+                                               float* scores) {
+  const int64_t c = c0 + threadIdx.x;
+  if (threadIdx.x < kTileK && c < chunk_len && col_max[threadIdx.x] > 0) {
+    atomicMax(reinterpret_cast<int*>(scores + c), col_max[threadIdx.x]);
+  }
+}
+
 // grid = (ceil(R / kTileQ), n_heads). Pass 1: each row's softmax max and sum over the keys it
 // sees (online, per thread, then over the 16 threads of the row); pass 2: the chunk keys' logits
 // again, their probabilities' maximum over the tile's rows (shared atomicMax), then atomicMax into
@@ -129,13 +147,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   float inv[kPer];
   for (int a = 0; a < kPer; ++a) {
-    for (int off = 8; off >= 1; off >>= 1) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[a], off);
-      const float lo = __shfl_xor_sync(0xffffffffu, l[a], off);
-      const float mn = fmaxf(m[a], mo);
-      l[a] = mn == -INFINITY ? 0.f : l[a] * expf(m[a] - mn) + lo * expf(mo - mn);
-      m[a] = mn;
-    }
+    for (int off = 8; off >= 1; off >>= 1) MergeRowStats(m[a], l[a], off);  // the row's 16 threads
     inv[a] = l[a] > 0.f ? 1.0f / l[a] : 0.f;
   }
   for (int64_t c0 = 0; c0 < order.chunk_len; c0 += kTileK) {
@@ -152,10 +164,7 @@ __global__ void __launch_bounds__(kThreads)
       if (best > 0.f) atomicMax(&col_max[tk + 16 * b], __float_as_int(best));
     }
     __syncthreads();
-    const int64_t c = c0 + threadIdx.x;
-    if (threadIdx.x < kTileK && c < order.chunk_len && col_max[threadIdx.x] > 0) {
-      atomicMax(reinterpret_cast<int*>(scores + g * order.chunk_len + c), col_max[threadIdx.x]);
-    }
+    FlushColumnMax(col_max, c0, order.chunk_len, scores + g * order.chunk_len);
   }
 }
 
@@ -167,15 +176,6 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kMmaWarps = 4, kMmaRows = 16 * kMmaWarps, kMmaKeys = 64, kMmaThreads = 32 * kMmaWarps;
 constexpr int kMmaMaxSteps = 16;  // head_dim / 16 <= 16
 static_assert(kMmaRows == kTileQ && kMmaKeys == kTileK);
-
-__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Keys [kk0, kk0 + kMmaKeys) of KV head g into ks (bf16 [kMmaKeys][ld]), zeros from kk_end on.
 template <typename Keys>
@@ -205,8 +205,8 @@ __device__ __forceinline__ void MmaTileLogits(const uint32_t (&qa)[kMmaMaxSteps]
 #pragma unroll
     for (int nb = 0; nb < 8; ++nb) {
       const __nv_bfloat16* row = ks + (nb * 8 + g) * ld + 16 * st + 2 * t;
-      MmaBf16(s[nb], qa[st], *reinterpret_cast<const uint32_t*>(row),
-              *reinterpret_cast<const uint32_t*>(row + 8));
+      Mma16816(s[nb], qa[st], *reinterpret_cast<const uint32_t*>(row),
+               *reinterpret_cast<const uint32_t*>(row + 8));
     }
   }
 }
@@ -280,13 +280,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
 #pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {  // the row's 4 lanes (t)
-      const float mo = __shfl_xor_sync(0xffffffffu, m[half], off);
-      const float lo = __shfl_xor_sync(0xffffffffu, l[half], off);
-      const float mn = fmaxf(m[half], mo);
-      l[half] = mn == -INFINITY ? 0.f : l[half] * expf(m[half] - mn) + lo * expf(mo - mn);
-      m[half] = mn;
-    }
+    for (int off = 1; off <= 2; off <<= 1) MergeRowStats(m[half], l[half], off);  // 4 lanes (t)
     inv[half] = l[half] > 0.f ? 1.0f / l[half] : 0.f;
   }
   for (int64_t c0 = 0; c0 < order.chunk_len; c0 += kMmaKeys) {
@@ -314,10 +308,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       }
     }
     __syncthreads();
-    const int64_t c = c0 + threadIdx.x;
-    if (threadIdx.x < kMmaKeys && c < order.chunk_len && col_max[threadIdx.x] > 0) {
-      atomicMax(reinterpret_cast<int*>(scores + kvh * order.chunk_len + c), col_max[threadIdx.x]);
-    }
+    FlushColumnMax(col_max, c0, order.chunk_len, scores + kvh * order.chunk_len);
   }
 }
 
