@@ -135,7 +135,7 @@ double AverageRetention(absl::Span<const LayerProfile> profiles, absl::Span<cons
     const std::vector<double>& ret = profiles[l].retention;
     const int64_t b = std::clamp<int64_t>(budgets[l], 0, static_cast<int64_t>(ret.size()) - 1);
     const double r = ret.empty() ? 1.0 : ret[b];
-    const double w = allocator == AllocatorKind::kGlobal ? profiles[l].total_mass : 1.0;
+    const double w = allocator != AllocatorKind::kPaper ? profiles[l].total_mass : 1.0;
     kept += w * r;
     mass += w;
   }
@@ -500,6 +500,7 @@ class XkvPolicy : public KvPolicy {
   absl::StatusOr<PolicyBudgets> Budgets(const PolicyInput& in,
                                         const BudgetTarget& target) const override {
     RETURN_IF_ERROR(CheckInput(in, target, true));
+    if (options_.allocator.kind == AllocatorKind::kHeads) return CalibratedHeadBudgets(in, target);
     if (options_.allocator.per_head) return HeadBudgets(in, target);
     const bool global = options_.allocator.kind == AllocatorKind::kGlobal;
     std::vector<LayerProfile> raw;
@@ -579,6 +580,72 @@ class XkvPolicy : public KvPolicy {
     }
     out.total_tokens = (head_tokens + H - 1) / H;
     out.average_retention = AverageRetention(heads, r.budgets, AllocatorKind::kGlobal);
+    return out;
+  }
+
+  // Allocator kHeads: per-(layer, KV head) budgets from the calibrated head weights alone. The
+  // target in head tokens T (a token target N: N * H; a byte target: bytes / the head token's
+  // bytes, equal for every layer); each head floor(min(P, floor * T / (L * H))), the rest
+  // proportional to w_lh, at most P each (RoundBudgetsToTotal).
+  absl::StatusOr<PolicyBudgets> CalibratedHeadBudgets(const PolicyInput& in,
+                                                      const BudgetTarget& target) const {
+    // The weights' count gives the KV heads (the profiles may hold query-head rows); the
+    // calibration file matched the model's layers and KV heads when it was loaded, and the
+    // compaction checks each layer's head budgets against the cache's KV heads.
+    const std::vector<double>& w = options_.allocator.head_weights;
+    const int64_t n = static_cast<int64_t>(w.size());
+    if (n == 0 || n % in.num_layers != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "allocator heads: ", n, " head weights do not split over ", in.num_layers,
+          " layers (one per layer and KV head; `xkv calibrate --heads 1` writes them)"));
+    }
+    const int H = static_cast<int>(n / in.num_layers);
+    int64_t head_cost = 0;
+    for (int64_t b : in.bytes_per_token) {
+      if (b % H != 0 || (head_cost != 0 && b / H != head_cost)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "allocator heads: bytes per token must be equal for every layer and divisible by ", H,
+            " KV heads (got ", b, ")"));
+      }
+      head_cost = b / H;
+    }
+    int64_t total = 0;
+    switch (target.kind) {
+      case BudgetTarget::Kind::kTotalTokens:
+        total = SaturatingMul(target.total_tokens, H);
+        break;
+      case BudgetTarget::Kind::kBytes:
+        if (head_cost <= 0) {
+          return absl::InvalidArgumentError("allocator heads: a byte target needs bytes per token");
+        }
+        total = target.total_bytes / head_cost;
+        break;
+      case BudgetTarget::Kind::kRetention:
+        return absl::InvalidArgumentError(
+            "allocator heads takes a token or byte budget, not a retention target (its budgets do "
+            "not depend on the prompt's scores)");
+    }
+    const int64_t P = in.prefix_len;
+    total = std::clamp<int64_t>(total, 0, SaturatingMul(n, P));
+    const double share = static_cast<double>(total) / static_cast<double>(n);
+    const int64_t base =
+        std::min<int64_t>(P, static_cast<int64_t>(std::floor(options_.allocator.floor * share)));
+    const std::vector<int64_t> extra = RoundBudgetsToTotal(w, total - base * n, P - base);
+    PolicyBudgets out;
+    out.rule = selection();
+    out.head_budgets.assign(in.num_layers, std::vector<int64_t>(H));
+    out.budgets.assign(in.num_layers, 0);
+    int64_t head_tokens = 0;
+    for (int l = 0; l < in.num_layers; ++l) {
+      for (int h = 0; h < H; ++h) {
+        const int64_t b = base + extra[static_cast<size_t>(l) * H + h];
+        out.head_budgets[l][h] = b;
+        out.budgets[l] = std::max(out.budgets[l], b);
+        head_tokens += b;
+      }
+    }
+    out.total_tokens = (head_tokens + H - 1) / H;
+    out.total_bytes = head_tokens * head_cost;
     return out;
   }
 

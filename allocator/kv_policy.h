@@ -51,6 +51,12 @@ enum class AllocatorKind {
   kGlobal,
   // The paper: gains divided by each layer's total S_l, no floors or caps.
   kPaper,
+  // Per-model head budgets (HeadKV / DuoAttention style, docs/quality-heads.md): budgets per
+  // (layer, KV head) fixed by calibrated head weights w_lh (AllocatorParams::head_weights, `xkv
+  // calibrate --heads 1`), not by the prompt: each head floor·s (s its uniform share), the rest of
+  // the target split in proportion to w_lh, each head at most the prefix (the excess goes to the
+  // others). The prompt's scores only choose the tokens inside each head. Token or byte targets.
+  kHeads,
 };
 struct AllocatorParams {
   AllocatorKind kind = AllocatorKind::kGlobal;
@@ -72,7 +78,16 @@ struct AllocatorParams {
   // threshold; floors and caps are unchanged. Empty = none (the same budgets as before, bit for
   // bit). The paper allocator and the baselines ignore them.
   std::vector<double> layer_weights;
+  // Per-(layer, KV head) weights w_lh > 0, [L * H] layer-major (model/layer_calibration.h, `xkv
+  // calibrate --heads 1`): allocator kHeads's shares. Empty for the other allocators.
+  std::vector<double> head_weights;
 };
+
+// Whether the budgets are per (layer, KV head): per_head, or allocator kHeads (stages must then
+// hold a count per KV head).
+inline bool PerHeadBudgets(const AllocatorParams& a) {
+  return a.per_head || a.kind == AllocatorKind::kHeads;
+}
 
 // Exactly one of the three budget targets.
 struct BudgetTarget {

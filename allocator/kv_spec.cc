@@ -26,12 +26,21 @@ absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name) {
   const std::string lower = absl::AsciiStrToLower(name);
   if (lower == "global") return AllocatorKind::kGlobal;
   if (lower == "paper") return AllocatorKind::kPaper;
+  if (lower == "heads") return AllocatorKind::kHeads;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown allocator '", name, "'; allowed: global, paper"));
+      absl::StrCat("unknown allocator '", name, "'; allowed: global, paper, heads"));
 }
 
 absl::string_view AllocatorName(AllocatorKind kind) {
-  return kind == AllocatorKind::kGlobal ? "global" : "paper";
+  switch (kind) {
+    case AllocatorKind::kGlobal:
+      return "global";
+    case AllocatorKind::kPaper:
+      return "paper";
+    case AllocatorKind::kHeads:
+      return "heads";
+  }
+  return "global";
 }
 
 absl::StatusOr<bool> ParsePerHead(absl::string_view text) {
@@ -129,7 +138,24 @@ absl::Status ValidateSettings(const KvSettings& s) {
   RETURN_IF_ERROR(ValidateFloor(s.allocator.floor));
   RETURN_IF_ERROR(ValidateCap(s.allocator.cap));
   const bool adakv = s.policy == PolicyKind::kSnapKv || s.policy == PolicyKind::kPyramidKv;
-  if (s.allocator.per_head && !adakv &&
+  if (s.allocator.kind == AllocatorKind::kHeads) {
+    if (s.policy != PolicyKind::kXkv) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("allocator heads needs policy xkv, not '", PolicyName(s.policy), "'"));
+    }
+    if (s.target.kind == KvTarget::Kind::kRetention) {
+      return absl::InvalidArgumentError(
+          "allocator heads takes a token, byte or fraction budget, not a retention target (its "
+          "budgets do not depend on the prompt's scores)");
+    }
+  }
+  for (size_t i = 0; i < s.allocator.head_weights.size(); ++i) {
+    const double w = s.allocator.head_weights[i];
+    if (!(std::isfinite(w) && w > 0.0)) {
+      return OutOfRange(absl::StrCat("head weight [", i, "]"), w, "(0, inf), finite");
+    }
+  }
+  if (s.allocator.per_head && !adakv && s.allocator.kind != AllocatorKind::kHeads &&
       (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "per_head budgets need policy xkv with allocator global, or snapkv / pyramidkv (AdaKV's "
@@ -189,7 +215,9 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   }
   if (o.floor) s.allocator.floor = *o.floor;
   if (o.cap) s.allocator.cap = *o.cap;
-  if (o.per_head) {
+  if (s.allocator.kind == AllocatorKind::kHeads) {
+    s.allocator.per_head = false;  // its budgets are per head by construction (no per-head scores)
+  } else if (o.per_head) {
     s.allocator.per_head = *o.per_head;
   } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {
     s.allocator.per_head = false;  // a base's per-head default does not apply to this policy
@@ -205,6 +233,16 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   }
   RETURN_IF_ERROR(ValidateSettings(s));
   return s;
+}
+
+absl::Status CheckHeadWeights(const KvSettings& s) {
+  if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kHeads ||
+      !s.allocator.head_weights.empty()) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      "allocator heads needs the model's head weights: --calibration FILE written by `xkv "
+      "calibrate --heads 1`");
 }
 
 absl::Status ValidateKvOverride(const KvPolicyOverride& o) {

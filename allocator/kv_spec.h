@@ -38,7 +38,7 @@ inline constexpr int64_t kMaxPoolKernel = 63;  // odd pooling kernels in [1, kMa
 inline constexpr int64_t kDefaultWindow = 8;
 inline constexpr int kXkvPoolKernel = 31;
 
-// "global" | "paper" (case-insensitive).
+// "global" | "paper" | "heads" (case-insensitive).
 absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);
 absl::string_view AllocatorName(AllocatorKind kind);
 // Per-(layer, KV head) budgets on or off: "1" | "true" | "0" | "false" (case-insensitive).
@@ -95,6 +95,11 @@ absl::Status ValidatePoolKernel(int64_t kernel, absl::string_view field = "pool 
 absl::Status ValidatePolicyTarget(PolicyKind policy, const KvTarget& target);
 // Every field of a complete spec.
 absl::Status ValidateSettings(const KvSettings& settings);
+
+// Allocator heads's weights are the deployment's (--calibration), not a request's: checked where a
+// request's settings meet the service's (the coordinator, `xkv generate`), not by ValidateSettings.
+// INVALID_ARGUMENT for policy xkv with allocator heads and no head weights.
+absl::Status CheckHeadWeights(const KvSettings& s);
 
 // `base` with the override's fields applied, validated (ValidateSettings; per_head with xkv's
 // global allocator only: the service's rule, eval's AdaKV baselines aside). Naming a baseline

@@ -179,7 +179,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
           "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
           "], sinks=[0,", kMaxSinkTokens,
           "], recent=[0,1] (xkv), pool=max|avg, kernel=1|3|...|63, reduce=max|sum, vnorm=0|1, ",
-          "profile=reconstruct, mix=max, allocator=global|paper, per_head=0|1, calib=0|1 (xkv)"));
+          "profile=reconstruct, mix=max, allocator=global|paper|heads, per_head=0|1, calib=0|1 "
+          "(xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)
@@ -196,17 +197,24 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   return m;
 }
 
-absl::Status ApplyLayerWeights(const std::vector<double>& weights,
-                               std::vector<EvalMethod>* methods) {
+absl::Status ApplyCalibration(const CalibrationWeights& weights, std::vector<EvalMethod>* methods) {
   for (EvalMethod& m : *methods) {
-    const bool takes =
-        m.kv.policy == PolicyKind::kXkv && m.kv.allocator.kind == AllocatorKind::kGlobal;
-    if (m.calibration == true && (weights.empty() || !takes)) {
+    const bool xkv = m.kv.policy == PolicyKind::kXkv;
+    if (xkv && m.kv.allocator.kind == AllocatorKind::kHeads) {
+      if (weights.heads.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "method '", m.name, "': allocator=heads needs --calibration FILE with head weights ",
+            "(xkv calibrate --heads 1)"));
+      }
+      m.kv.allocator.head_weights = weights.heads;
+    }
+    const bool takes = xkv && m.kv.allocator.kind == AllocatorKind::kGlobal;
+    if (m.calibration == true && (weights.layers.empty() || !takes)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "method '", m.name, "': calib=1 needs --calibration FILE and policy xkv with allocator ",
-          "global (the paper allocator and the baselines take no layer weights)"));
+          "global (the paper and heads allocators and the baselines take no layer weights)"));
     }
-    if (takes && m.calibration.value_or(true)) m.kv.allocator.layer_weights = weights;
+    if (takes && m.calibration.value_or(true)) m.kv.allocator.layer_weights = weights.layers;
   }
   return absl::OkStatus();
 }

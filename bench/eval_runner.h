@@ -45,6 +45,7 @@
 #include "kernels/cpu/importance.h"
 #include "model/importance_collector.h"
 #include "model/kv_allocation.h"
+#include "model/layer_calibration.h"
 #include "model/reconstruct_scorer.h"
 #include "model/stage_engine.h"
 #include "model/tokenizer.h"
@@ -86,11 +87,12 @@ struct EvalMethod {
 // pool kernel). INVALID_ARGUMENT naming the value and the allowed range.
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const ImportanceOptions& base);
 
-// Gives `weights` (model/layer_calibration.h; empty: no --calibration) to the methods that take
-// them (EvalMethod::calibration). INVALID_ARGUMENT for calib=1 without weights, or on a method
-// other than xkv with the global allocator.
-absl::Status ApplyLayerWeights(const std::vector<double>& weights,
-                               std::vector<EvalMethod>* methods);
+// Gives a calibration's weights (model/layer_calibration.h; empty: no --calibration) to the
+// methods that take them: the layer weights to xkv methods with the global allocator
+// (EvalMethod::calibration), the head weights to those with allocator=heads. INVALID_ARGUMENT for
+// calib=1 without layer weights or on a method other than xkv with the global allocator, and for
+// allocator=heads without head weights.
+absl::Status ApplyCalibration(const CalibrationWeights& weights, std::vector<EvalMethod>* methods);
 
 struct EvalOptions {
   std::vector<EvalMethod> methods;  // compressed methods; full always runs as the reference

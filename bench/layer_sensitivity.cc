@@ -50,11 +50,13 @@ class Sequences {
   uint64_t next_ = 1;
 };
 
-// Feeds `tokens` to every sequence of `feeds` in one step; returns the logits of every row,
-// [feeds.size() * tokens.size(), vocab] (or none when !logits).
+// Feeds `tokens` to every sequence of `feeds` in one step; returns the logits of each feed's rows
+// [first, first + count) (every row when count < 0), [feeds.size() * rows, vocab] (or none when
+// !logits).
 absl::StatusOr<std::vector<float>> Step(StageEngine* engine, absl::Span<const Feed> feeds,
                                         absl::Span<const int32_t> tokens,
-                                        const ImportanceOptions& scoring, bool logits) {
+                                        const ImportanceOptions& scoring, bool logits,
+                                        int64_t first = 0, int64_t count = -1) {
   EngineStep step;
   std::vector<int32_t> all;
   for (const Feed& f : feeds) {
@@ -64,9 +66,24 @@ absl::StatusOr<std::vector<float>> Step(StageEngine* engine, absl::Span<const Fe
   RETURN_IF_ERROR(engine->EmbedResident(all));
   RETURN_IF_ERROR(engine->RunLayersResident(step, scoring, nullptr));
   if (!logits) return std::vector<float>();
-  std::vector<int64_t> rows(all.size());
-  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int64_t>(i);
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (count < 0) count = n - first;
+  std::vector<int64_t> rows;
+  for (size_t f = 0; f < feeds.size(); ++f) {
+    for (int64_t r = first; r < first + count; ++r) rows.push_back(static_cast<int64_t>(f) * n + r);
+  }
   return engine->LogitsResident(rows);
+}
+
+// Prefills context[0, end) into `id` in steps of at most `step_tokens`.
+absl::Status Prefill(StageEngine* engine, uint64_t id, absl::Span<const int32_t> context,
+                     int64_t end, int64_t step_tokens, const ImportanceOptions& scoring) {
+  for (int64_t begin = 0; begin < end; begin += step_tokens) {
+    const int64_t n = std::min(step_tokens, end - begin);
+    RETURN_IF_ERROR(
+        Step(engine, {{id, begin}}, context.subspan(begin, n), scoring, false).status());
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -110,11 +127,7 @@ absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
     const absl::Span<const int32_t> forced = R.subspan(0, S), truth = R.subspan(1, S);
     Sequences seqs(engine);
     const uint64_t full = seqs.New();
-    for (int64_t begin = 0; begin < C - W; begin += options.max_step_tokens) {
-      const int64_t n = std::min(options.max_step_tokens, C - W - begin);
-      RETURN_IF_ERROR(
-          Step(engine, {{full, begin}}, context.subspan(begin, n), scoring, false).status());
-    }
+    RETURN_IF_ERROR(Prefill(engine, full, context, C - W, options.max_step_tokens, scoring));
     RETURN_IF_ERROR(engine->EmbedResident(context.subspan(C - W)));
     EngineStep observe;
     observe.sequences.push_back({full, W, C - W, true});
@@ -146,6 +159,87 @@ absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
         const absl::Span<const float> mine(logits.data() + (l - first) * per, per);
         ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
         sum[l] += f.mean_kl;
+      }
+      for (const Feed& f : feeds) seqs.Release(f.id);
+    }
+    if (options.progress) options.progress(static_cast<int>(i) + 1, prompts.size());
+  }
+  for (double& s : sum) s /= static_cast<double>(prompts.size());
+  return sum;
+}
+
+absl::StatusOr<std::vector<double>> MeasureHeadSensitivity(
+    StageEngine* engine, absl::Span<const EvalPrompt> prompts,
+    absl::Span<const std::vector<int32_t>> answers, const HeadSensitivityOptions& options) {
+  const ModelConfig& config = engine->config();
+  const int L = config.n_layers, H = config.n_kv_heads;
+  const int64_t vocab = config.vocab_size;
+  if (!(options.fraction > 0.0 && options.fraction < 1.0) || options.sinks < 0 ||
+      options.max_step_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head sensitivity: fraction ", options.fraction, " must be in (0, 1), sinks ",
+                     options.sinks, " >= 0 and step tokens ", options.max_step_tokens, " >= 1"));
+  }
+  if (engine->layer_begin() != 0 || engine->layer_end() != L || !engine->supports_per_head_kv()) {
+    return absl::InvalidArgumentError(
+        "head sensitivity: the engine must hold every layer and keep per-head counts");
+  }
+  if (prompts.empty() || answers.size() != prompts.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("head sensitivity: ", prompts.size(),
+                                                   " prompts and ", answers.size(), " answers"));
+  }
+  const ImportanceOptions scoring;  // nothing is observed
+  std::vector<double> sum(static_cast<size_t>(L) * H, 0.0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const EvalPrompt& p = prompts[i];
+    const int64_t C = p.context.size();
+    const int64_t kept = std::max<int64_t>(
+        options.sinks + 1, static_cast<int64_t>(std::llround(options.fraction * C)));
+    if (C <= kept || answers[i].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "head sensitivity: prompt ", p.id, " has ", C, " context tokens and ", answers[i].size(),
+          " answer tokens; it needs more than ", kept, " and at least 1"));
+    }
+    std::vector<int32_t> forced = p.question;
+    forced.insert(forced.end(), p.suffix.begin(), p.suffix.end());
+    const int64_t first = static_cast<int64_t>(forced.size()) - 1;  // predicts answer[0]
+    if (first < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("head sensitivity: prompt ", p.id, " has no question or answer prefix"));
+    }
+    forced.insert(forced.end(), answers[i].begin(), answers[i].end() - 1);
+    const int64_t count = static_cast<int64_t>(answers[i].size());
+    const absl::Span<const int32_t> truth(answers[i]);
+    Sequences seqs(engine);
+    const uint64_t full = seqs.New();
+    RETURN_IF_ERROR(Prefill(engine, full, p.context, C, options.max_step_tokens, scoring));
+    ASSIGN_OR_RETURN(const uint64_t reference, seqs.Copy(full));
+    ASSIGN_OR_RETURN(const std::vector<float> full_logits,
+                     Step(engine, {{reference, C}}, forced, scoring, true, first, count));
+    seqs.Release(reference);
+    std::vector<int32_t> all(C), streaming;
+    for (int64_t t = 0; t < C; ++t) all[t] = static_cast<int32_t>(t);
+    for (int64_t t = 0; t < options.sinks; ++t) streaming.push_back(static_cast<int32_t>(t));
+    for (int64_t t = C - (kept - options.sinks); t < C; ++t) {
+      streaming.push_back(static_cast<int32_t>(t));
+    }
+    for (int begin = 0; begin < L * H; begin += kCopiesPerStep) {
+      const int end = std::min(L * H, begin + kCopiesPerStep);
+      std::vector<Feed> feeds;
+      for (int u = begin; u < end; ++u) {
+        std::vector<std::vector<int32_t>> slots(H, all);
+        slots[u % H] = streaming;
+        ASSIGN_OR_RETURN(const uint64_t id, seqs.Copy(full));
+        RETURN_IF_ERROR(engine->CompactLayer(id, u / H, C, slots));
+        feeds.push_back({id, C});
+      }
+      ASSIGN_OR_RETURN(const std::vector<float> logits,
+                       Step(engine, feeds, forced, scoring, true, first, count));
+      const size_t per = static_cast<size_t>(count * vocab);
+      for (int u = begin; u < end; ++u) {
+        const absl::Span<const float> mine(logits.data() + (u - begin) * per, per);
+        ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
+        sum[u] += f.mean_kl;
       }
       for (const Feed& f : feeds) seqs.Release(f.id);
     }

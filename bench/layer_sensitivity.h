@@ -35,6 +35,24 @@ absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
                                                             absl::Span<const EvalPrompt> prompts,
                                                             const SensitivityOptions& options);
 
+// `xkv calibrate --heads 1` (DuoAttention / HeadKV style: which KV heads read the far context):
+// per prompt the context C is prefilled once; for each (layer l, KV head h) a copy of that cache
+// has ONLY head h of layer l cut to StreamingLLM's rows (the first `sinks` tokens and the most
+// recent ones, `fraction` of C in all), and every copy plus the full cache is teacher-forced with
+// the question, the template tail and answer prefix, and the expected answer (`answers[i]`, token
+// ids): KL(full || head compressed) of the distributions that predict the answer's tokens. A head
+// that retrieves from the far context costs a lot; a local one nothing. Returns [L * H]
+// layer-major, the mean over prompts.
+struct HeadSensitivityOptions {
+  double fraction = 0.1;  // the compressed head's kept share of the context, in (0, 1)
+  int sinks = 4;
+  int64_t max_step_tokens = 2048;
+  std::function<void(int, int)> progress;
+};
+absl::StatusOr<std::vector<double>> MeasureHeadSensitivity(
+    StageEngine* engine, absl::Span<const EvalPrompt> prompts,
+    absl::Span<const std::vector<int32_t>> answers, const HeadSensitivityOptions& options);
+
 }  // namespace xkv
 
 #endif  // XKV_BENCH_LAYER_SENSITIVITY_H_

@@ -286,15 +286,17 @@ SequenceSpec Coordinator::SpecFor(const Sequence& seq) const {
 }
 
 absl::Status Coordinator::CheckStagesHold(const KvSettings& kv) const {
-  if (!kv.allocator.per_head) return absl::OkStatus();
+  RETURN_IF_ERROR(CheckHeadWeights(kv));
+  if (!PerHeadBudgets(kv.allocator)) return absl::OkStatus();
   const std::vector<StageState> states = driver_->stage_states();
   for (size_t s = 0; s < states.size(); ++s) {
     if (states[s].head_tables == config_.n_kv_heads) continue;
     return absl::InvalidArgumentError(absl::StrCat(
-        "per_head budgets need stages that hold a count per KV head (CPU stages); stage ", s, " (",
-        states[s].address,
+        "per-head budgets (per_head 1, allocator heads) need stages that hold a count per KV head; "
+        "stage ",
+        s, " (", states[s].address,
         ") keeps one per layer (StageEngine::supports_per_head_kv); allowed "
-        "here: per_head 0"));
+        "here: per_head 0 with allocator global or paper"));
   }
   return absl::OkStatus();
 }

@@ -187,8 +187,9 @@ class Coordinator {
   // all); INVALID_ARGUMENT for a negative one (an overflow upstream) or a wrong layer count, and
   // this request alone fails.
   absl::Status ClampBudgets(const Sequence& seq, std::vector<int64_t>& budgets) const;
-  // INVALID_ARGUMENT when `kv` asks for per-(layer, KV head) budgets and a stage keeps one block
-  // table per layer (its engine holds one count per layer: the CUDA engine for now).
+  // Whether this deployment can serve `kv`: INVALID_ARGUMENT when it asks for per-(layer, KV head)
+  // budgets and a stage keeps one block table per layer, or for allocator heads without the
+  // service's head weights (CheckHeadWeights).
   absl::Status CheckStagesHold(const KvSettings& kv) const;
   SequenceSpec SpecFor(const Sequence& seq) const;  // the scheduler's view of a sequence
   void Loop();

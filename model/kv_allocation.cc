@@ -89,7 +89,7 @@ SelectionRule SelectionFor(const PolicyOptions& policy) {
 }
 
 ImportanceOptions ScoringFor(const KvSettings& spec, ImportanceOptions base) {
-  const bool raw = spec.policy == PolicyKind::kXkv && spec.allocator.kind == AllocatorKind::kGlobal;
+  const bool raw = spec.policy == PolicyKind::kXkv && spec.allocator.kind != AllocatorKind::kPaper;
   base.reduce = raw ? ScoreReduce::kMax : ScoreReduce::kSum;
   base.pool = raw ? ScorePool::kMax : ScorePool::kAvg;
   if (raw && spec.profile.kind != ProfileModeKind::kReconstruct) base.pool_kernel = kXkvPoolKernel;

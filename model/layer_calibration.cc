@@ -146,6 +146,10 @@ std::string CalibrationJson(const LayerCalibration& c) {
             {"prompts", c.prompts}, {"seed", c.seed},
             {"split", c.split},     {"fidelity_tokens", c.fidelity_tokens},
             {"mean_kl", c.mean_kl}, {"weights", c.weights}};
+  if (!c.head_weights.empty()) {
+    j["head_mean_kl"] = c.head_mean_kl;
+    j["head_weights"] = c.head_weights;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -205,6 +209,19 @@ absl::StatusOr<LayerCalibration> ParseCalibration(const std::string& text,
                  absl::StrCat(m.layers, " (model.layers)"));
     }
   }
+  if (j.contains("head_weights") || j.contains("head_mean_kl")) {
+    ASSIGN_OR_RETURN(c.head_mean_kl, GetNumbers(j, path, "head_mean_kl", 0.0, 1e9));
+    ASSIGN_OR_RETURN(c.head_weights,
+                     GetNumbers(j, path, "head_weights", kMinLayerWeight, kMaxLayerWeight));
+    const size_t heads = static_cast<size_t>(m.layers) * static_cast<size_t>(m.kv_heads);
+    for (const auto& [field, n] : {std::pair{"head_weights", c.head_weights.size()},
+                                   std::pair{"head_mean_kl", c.head_mean_kl.size()}}) {
+      if (n != heads) {
+        return Bad(path, absl::StrCat("the length of ", field), absl::StrCat(n),
+                   absl::StrCat(heads, " (model.layers x model.kv_heads)"));
+      }
+    }
+  }
   return c;
 }
 
@@ -233,13 +250,13 @@ absl::StatusOr<LayerCalibration> LoadCalibration(const std::string& path,
   return c;
 }
 
-absl::StatusOr<std::vector<double>> LoadLayerWeightsForModel(const std::string& calibration_path,
-                                                             const std::string& model_path) {
+absl::StatusOr<CalibrationWeights> LoadWeightsForModel(const std::string& calibration_path,
+                                                       const std::string& model_path) {
   ASSIGN_OR_RETURN(const std::unique_ptr<GgufFile> file, GgufFile::Open(model_path));
   ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*file));
   ASSIGN_OR_RETURN(const ModelFingerprint model, FingerprintModel(*file, config));
   ASSIGN_OR_RETURN(LayerCalibration c, LoadCalibration(calibration_path, model));
-  return std::move(c.weights);
+  return CalibrationWeights{std::move(c.weights), std::move(c.head_weights)};
 }
 
 }  // namespace xkv

@@ -8,7 +8,10 @@
 //    "model": {"architecture": "llama", "layers": 30, "kv_heads": 3, "head_dim": 64,
 //              "vocab_size": 49152, "file_bytes": 93928960, "hash": "fnv1a64:0123456789abcdef"},
 //    "fraction": 0.1, "prompts": 8, "seed": 1, "split": "dev", "fidelity_tokens": 32,
-//    "mean_kl": [...L], "weights": [...L]}
+//    "mean_kl": [...L], "weights": [...L],
+//    "head_mean_kl": [...L*H], "head_weights": [...L*H]}      (optional: `xkv calibrate --heads 1`)
+// The head arrays are layer-major (head h of layer l at l * H + h): allocator `heads`'s shares
+// (AllocatorParams::head_weights, docs/quality-heads.md).
 // A file for another model, of another version, or with a bad value is an INVALID_ARGUMENT naming
 // the file, the field, the value and what is allowed; nothing is applied then.
 #ifndef XKV_MODEL_LAYER_CALIBRATION_H_
@@ -57,6 +60,16 @@ struct LayerCalibration {
   int fidelity_tokens = 0;      // teacher-forced continuation steps per prompt
   std::vector<double> mean_kl;  // [L] nats: mean KL to the full cache, layer l compressed alone
   std::vector<double> weights;  // [L] w_l, mean 1, each in [kMinLayerWeight, kMaxLayerWeight]
+  // [L * H] or empty: the KL of one KV head kept as sinks + recent alone (bench/
+  // layer_sensitivity.h MeasureHeadSensitivity) and its weights (mean 1, same range).
+  std::vector<double> head_mean_kl;
+  std::vector<double> head_weights;
+};
+
+// What a calibration gives the allocator: AllocatorParams::layer_weights and head_weights.
+struct CalibrationWeights {
+  std::vector<double> layers;  // [L]
+  std::vector<double> heads;   // [L * H] or empty (the file has no head weights)
 };
 
 // "<model path>.xkv-calib.json".
@@ -75,8 +88,8 @@ absl::StatusOr<LayerCalibration> ParseCalibration(const std::string& text, const
 absl::StatusOr<LayerCalibration> LoadCalibration(const std::string& path,
                                                  const ModelFingerprint& model);
 // The CLI's one call: the weights of `calibration_path` for the GGUF at `model_path`.
-absl::StatusOr<std::vector<double>> LoadLayerWeightsForModel(const std::string& calibration_path,
-                                                             const std::string& model_path);
+absl::StatusOr<CalibrationWeights> LoadWeightsForModel(const std::string& calibration_path,
+                                                       const std::string& model_path);
 
 }  // namespace xkv
 

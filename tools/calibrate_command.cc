@@ -34,6 +34,7 @@ struct CalibrateFlags {
   int64_t fidelity_tokens = 32;
   int64_t threads = 0;
   double kv_gib = 4.0;
+  int64_t heads = 0;  // 1: also the per-(layer, KV head) weights of allocator `heads`
 };
 
 absl::Status Calibrate(const CalibrateFlags& f) {
@@ -46,6 +47,9 @@ absl::Status Calibrate(const CalibrateFlags& f) {
   if (f.prompts < 1 || f.prompts > 1000) {
     return absl::InvalidArgumentError(
         absl::StrCat("--prompts is ", f.prompts, "; it must be in [1, 1000]"));
+  }
+  if (f.heads != 0 && f.heads != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--heads is ", f.heads, "; it must be 0 or 1"));
   }
   if (f.fidelity_tokens < 1 || f.fidelity_tokens > 64) {
     return absl::InvalidArgumentError(
@@ -102,6 +106,23 @@ absl::Status Calibrate(const CalibrateFlags& f) {
   };
   ASSIGN_OR_RETURN(c.mean_kl, MeasureLayerSensitivity(engine.get(), prompts, options));
   c.weights = SensitivityWeights(c.mean_kl);
+  if (f.heads == 1) {
+    std::fprintf(stderr,
+                 "\nxkv calibrate: each of the %d x %d KV heads alone cut to %.0f%% "
+                 "(sinks + recent), KL on the answers\n",
+                 config.n_layers, config.n_kv_heads, f.fraction * 100);
+    std::vector<std::vector<int32_t>> answers;
+    for (const EvalPrompt& p : prompts) {
+      ASSIGN_OR_RETURN(std::vector<int32_t> a, text.encode(absl::StrCat(" ", p.answers[0]), false));
+      answers.push_back(std::move(a));
+    }
+    HeadSensitivityOptions head_options;
+    head_options.fraction = f.fraction;
+    head_options.progress = options.progress;
+    ASSIGN_OR_RETURN(c.head_mean_kl,
+                     MeasureHeadSensitivity(engine.get(), prompts, answers, head_options));
+    c.head_weights = SensitivityWeights(c.head_mean_kl);
+  }
   const std::string out = !f.out.empty() ? f.out : DefaultCalibrationPath(f.model);
   RETURN_IF_ERROR(WriteCalibration(out, c));
   const double seconds =
@@ -110,6 +131,12 @@ absl::Status Calibrate(const CalibrateFlags& f) {
                seconds);
   for (double w : c.weights) std::fprintf(stderr, " %.2f", w);
   std::fprintf(stderr, "\n");
+  if (!c.head_weights.empty()) {
+    std::fprintf(stderr,
+                 "xkv calibrate: head weights (layer-major, %d per layer):", config.n_kv_heads);
+    for (double w : c.head_weights) std::fprintf(stderr, " %.2f", w);
+    std::fprintf(stderr, "\n");
+  }
   return absl::OkStatus();
 }
 
@@ -135,6 +162,9 @@ int RunCalibrate(int argc, char** argv) {
             "teacher-forced continuation tokens per prompt, in [1, 64]");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
   flags.Double("kv-gib", &f.kv_gib, "cuda: KV pool, GiB");
+  flags.Int("heads", &f.heads,
+            "1: also each KV head's weight for --allocator heads (the head alone cut to sinks + "
+            "recent,\nKL on the dev prompts' answers)");
   if (auto code = flags.ParseOrExitCode(argc, argv, 2)) return *code;
   if (absl::Status s = Calibrate(f); !s.ok()) {
     std::fprintf(stderr, "xkv calibrate: %s\n", std::string(s.message()).c_str());

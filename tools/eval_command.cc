@@ -159,11 +159,11 @@ absl::Status Evaluate(const EvalFlags& f, const std::string& out_dir) {
   ImportanceOptions base;
   base.window = static_cast<int>(f.window);
   ASSIGN_OR_RETURN(options.methods, ParseMethods(f.methods, base));
-  std::vector<double> layer_weights;
+  CalibrationWeights weights;
   if (!f.calibration.empty()) {
-    ASSIGN_OR_RETURN(layer_weights, LoadLayerWeightsForModel(f.calibration, f.model));
+    ASSIGN_OR_RETURN(weights, LoadWeightsForModel(f.calibration, f.model));
   }
-  RETURN_IF_ERROR(ApplyLayerWeights(layer_weights, &options.methods));
+  RETURN_IF_ERROR(ApplyCalibration(weights, &options.methods));
   ASSIGN_OR_RETURN(options.budgets, ParseBudgets(!f.budgets.empty() ? f.budgets : "0.1,0.2,0.4"));
   ASSIGN_OR_RETURN(options.modes, ParseModes(f.modes));
   if (!(f.kv_gib > 0.0 && f.kv_gib <= 1024.0)) {

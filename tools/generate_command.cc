@@ -63,17 +63,21 @@ struct GenerateFlags {
   std::string calibration;  // per-layer weights (model/layer_calibration.h)
 };
 
-// The CLI's KV default: the full cache (a retention target of 0.9 once --policy xkv is named).
-KvSettings CliDefaultKv() {
+// The CLI's KV default: the full cache (a retention target of 0.9 once --policy xkv is named),
+// with --calibration's weights.
+KvSettings CliDefaultKv(CalibrationWeights weights) {
   KvSettings kv;
   kv.policy = PolicyKind::kFull;
+  kv.allocator.layer_weights = std::move(weights.layers);
+  kv.allocator.head_weights = std::move(weights.heads);
   return kv;
 }
 
 // The request's KV settings from the flags, onto the CLI's default (the full cache; a retention
 // target of 0.9 for xkv), checked here with the service's own rules (allocator/kv_spec.h) so that
 // a bad flag fails before the model loads. INVALID_ARGUMENT naming the flag and the allowed range.
-absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSet& flags) {
+absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSet& flags,
+                                            const CalibrationWeights& weights) {
   KvPolicyOverride ov;
   ov.policy = f.policy;
   ov.profile_mode = f.profile;
@@ -94,7 +98,8 @@ absl::StatusOr<KvPolicyOverride> KvOverride(const GenerateFlags& f, const FlagSe
         "--policy " + f.policy +
         " needs --budget-tokens N, --budget-bytes M or --budget-fraction F");
   }
-  RETURN_IF_ERROR(ApplyOverride(CliDefaultKv(), ov).status());
+  ASSIGN_OR_RETURN(const KvSettings kv, ApplyOverride(CliDefaultKv(weights), ov));
+  RETURN_IF_ERROR(CheckHeadWeights(kv));
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   if (f.granularity != "kv_head" && f.granularity != "query_head") {
     return absl::InvalidArgumentError("--score-granularity '" + f.granularity +
@@ -163,7 +168,7 @@ GenerateParams MakeParams(const GenerateFlags& f, KvPolicyOverride kv) {
 
 // The embedded service: one in-process stage on --device, one request at a time.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& f,
-                                                           std::vector<double> layer_weights,
+                                                           CalibrationWeights weights,
                                                            int64_t reread_chunk) {
   InProcessStageSettings settings;
   if (f.numerics == "exact") settings.numerics = Numerics::kExact;
@@ -174,8 +179,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartPipeline(const GenerateFlags& 
                    MakeInProcessStages(1, {f.device}, settings));
   CoordinatorOptions o;
   o.model_path = f.model;
-  o.kv = CliDefaultKv();
-  o.kv.allocator.layer_weights = std::move(layer_weights);
+  o.kv = CliDefaultKv(std::move(weights));
   o.window = static_cast<int>(f.window);
   o.query_head_scores = f.granularity == "query_head";
   o.reread_chunk = reread_chunk;
@@ -226,7 +230,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
                          " on cuda (kvpress's KVzip), ", kCpuRereadChunk, " on the cpu"));
   flags.String("allocator", &f.allocator,
                "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
-               "share) or paper (gains divided by each layer's total, no floors)");
+               "share), paper (gains divided by each layer's total, no floors) or heads (per "
+               "(layer, KV head) budgets from --calibration's head weights, --floor of the "
+               "uniform share each)");
   flags.Double("floor", &f.floor,
                "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
                "(1 = uniform SnapKV budgets)");
@@ -242,8 +248,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
   flags.String("score-granularity", &f.granularity,
                "kv_head (GQA-true selection) or query_head (the paper's code, for comparison)");
   flags.String("calibration", &f.calibration,
-               "xkv, global allocator: per-layer sensitivity weights from `xkv calibrate` "
-               "(e.g. <model>.xkv-calib.json), checked against --model");
+               "xkv: per-layer sensitivity weights (global allocator) and head weights "
+               "(--allocator heads) from `xkv calibrate` (e.g. <model>.xkv-calib.json), checked "
+               "against --model");
   flags.Bool("show-allocation", &f.show_allocation,
              "print each layer's kept tokens and the KV bytes held vs a full cache");
 }
@@ -275,7 +282,13 @@ int RunGenerate(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--numerics '" + f.numerics +
                                            "' is not one of ggml, exact, bf16"));
   }
-  absl::StatusOr<KvPolicyOverride> kv = KvOverride(f, flags);
+  CalibrationWeights weights;
+  if (!f.calibration.empty()) {
+    absl::StatusOr<CalibrationWeights> w = LoadWeightsForModel(f.calibration, f.model);
+    if (!w.ok()) return Fail(w.status());
+    weights = *std::move(w);
+  }
+  absl::StatusOr<KvPolicyOverride> kv = KvOverride(f, flags, weights);
   if (!kv.ok()) return Fail(kv.status());
   absl::StatusOr<int> device = ParseStageDevice(f.device);
   if (!device.ok()) return Fail(device.status());
@@ -288,16 +301,10 @@ int RunGenerate(int argc, char** argv) {
   if (!reread_chunk.ok()) return Fail(reread_chunk.status());
   GenerateParams params = MakeParams(f, *std::move(kv));
   if (absl::Status s = ValidateGenerateParams(params); !s.ok()) return Fail(s);
-  std::vector<double> layer_weights;
-  if (!f.calibration.empty()) {
-    absl::StatusOr<std::vector<double>> w = LoadLayerWeightsForModel(f.calibration, f.model);
-    if (!w.ok()) return Fail(w.status());
-    layer_weights = *std::move(w);
-  }
 
   const WallClock::time_point load_start = WallClock::now();
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartPipeline(f, std::move(layer_weights), *reread_chunk);
+      StartPipeline(f, std::move(weights), *reread_chunk);
   if (!coordinator.ok()) return Fail(coordinator.status());
   const WallClock::time_point start = WallClock::now();
   const double load_s = std::chrono::duration<double>(start - load_start).count();

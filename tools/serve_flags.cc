@@ -60,7 +60,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                 kMaxRereadChunk, "], shrunk to fit --max-batched-tokens; 0: ", kGpuRereadChunk,
                 " when the stages run on GPUs (xkv serve --device cuda:N), else ", kCpuRereadChunk,
                 " (always under xkv coordinator: it does not know its workers' devices)"));
-  flags.String("allocator", &f->allocator, "default xkv allocator: global|paper");
+  flags.String("allocator", &f->allocator,
+               "default xkv allocator: global|paper|heads (heads: per-(layer, KV head) budgets "
+               "from --calibration's head weights)");
   flags.Double("floor", &f->floor,
                "default per-layer floor of the global allocator, a fraction of the uniform share "
                "in [0, 1]");
@@ -71,8 +73,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                "default xkv budgets per (layer, KV head) instead of per layer: 1 or 0 (global "
                "allocator; CPU stages)");
   flags.String("calibration", &f->calibration,
-               "per-layer sensitivity weights from `xkv calibrate` for the default xkv policy "
-               "(global allocator; requests keep them), checked against --model at start");
+               "per-layer sensitivity weights (global allocator) and head weights (allocator "
+               "heads) from `xkv calibrate`, for the default and every request, checked against "
+               "--model at start");
   flags.Int("window", &f->window, "observation window w");
   flags.Int("block-tokens", &f->block_tokens, "tokens per KV block");
   flags.Int("kv-blocks", &f->kv_blocks,
@@ -172,8 +175,9 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.kv.allocator.cap = f.cap;
   ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
   if (!f.calibration.empty()) {
-    ASSIGN_OR_RETURN(o.kv.allocator.layer_weights,
-                     LoadLayerWeightsForModel(f.calibration, f.model));
+    ASSIGN_OR_RETURN(CalibrationWeights w, LoadWeightsForModel(f.calibration, f.model));
+    o.kv.allocator.layer_weights = std::move(w.layers);
+    o.kv.allocator.head_weights = std::move(w.heads);
   }
   if (f.budget_fraction > 0) {
     o.kv.target = {KvTarget::Kind::kFraction, f.budget_fraction};

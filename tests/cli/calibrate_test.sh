@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `xkv calibrate` on the real model with tiny sizes (one 1K dev prompt, 4 continuation tokens):
-# it writes a calibration file that `xkv generate --calibration` accepts; the same file for another
+# `xkv calibrate` on the real model with tiny sizes (one 1K dev prompt, 4 continuation tokens, the
+# per-head weights too): it writes a calibration file that `xkv generate --calibration` accepts,
+# for the layer weights and for `--allocator heads`; the same file for another
 # model (its fingerprint's hash edited), a corrupt file or a bad flag is one clear line, and the
 # command runs nothing (generate, serve and eval alike).
 # Usage: calibrate_test.sh XKV_BINARY MODEL.gguf
@@ -15,23 +16,26 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-timeout 200 "$xkv" calibrate --model "$model" --out "$tmp/c.json" --prompts 1 --fidelity-tokens 4 \
-  --threads 2 > "$tmp/stdout" 2> "$tmp/stderr"
+timeout 250 "$xkv" calibrate --model "$model" --out "$tmp/c.json" --prompts 1 --fidelity-tokens 4 \
+  --heads 1 --threads 2 > "$tmp/stdout" 2> "$tmp/stderr"
 rc=$?
-# 30 weights of mean 1 (each layer's KL over the mean KL, none floored to all-equal ones), dev split.
+# 30 weights of mean 1 (each layer's KL over the mean KL, none floored to all-equal ones), dev
+# split; 90 head weights (30 layers x 3 KV heads) of mean 1, not all equal.
 layers=$(python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 w, kl = d["weights"], d["mean_kl"]
 assert d["split"] == "dev" and d["prompts"] == 1 and len(kl) == len(w)
 assert abs(sum(w) / len(w) - 1) < 0.02 and max(w) > 1.2 and min(kl) >= 0 and max(kl) > 0
-print(len(w))' "$tmp/c.json" 2> /dev/null)
-if ((rc != 0)) || [[ $layers != 30 ]]; then
+hw, hkl = d["head_weights"], d["head_mean_kl"]
+assert len(hw) == len(hkl) == 3 * len(w) and abs(sum(hw) / len(hw) - 1) < 0.05 and max(hw) > 2
+print(len(w), len(hw))' "$tmp/c.json" 2> /dev/null)
+if ((rc != 0)) || [[ $layers != "30 90" ]]; then
   echo "FAIL: calibrate -> exit $rc, $layers weights"
   sed 's/^/    /' "$tmp/stderr" | tail -5
   failed=1
 else
-  echo "ok: calibrate wrote 30 weights"
+  echo "ok: calibrate wrote 30 layer and 90 head weights"
 fi
 
 # generate takes the file, and its per-layer allocation differs from the one without weights.
@@ -50,6 +54,22 @@ if [[ -z $weighed || -z $plain || $weighed == "$plain" ]]; then
 else
   echo "ok: generate --calibration accepted the file and moved the layers' budgets"
 fi
+
+# --allocator heads takes the file's head weights: per-(layer, KV head) budgets, the same KV bytes.
+heads=$(allocation --calibration "$tmp/c.json" --allocator heads)
+if [[ -z $heads || $heads == "$plain" ]]; then
+  echo "FAIL: generate --allocator heads (same allocation as the default, or an error)"
+  sed 's/^/    /' "$tmp/gen.err" | tail -5
+  failed=1
+else
+  echo "ok: generate --allocator heads took the head weights"
+fi
+python3 - "$tmp/c.json" "$tmp/layers-only.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+del d["head_weights"], d["head_mean_kl"]
+json.dump(d, open(sys.argv[2], "w"))
+PY
 
 # The same file for another model (the weights' hash changed), corrupt, and with a negative weight.
 python3 - "$tmp/c.json" "$tmp/other.json" "$tmp/neg.json" <<'PY'
@@ -76,6 +96,15 @@ expect_error_from 1 "calib=1 needs --calibration FILE" "$xkv" eval --model "$mod
   --limit 1 --methods snapkv:calib=1 --noplot --out "$tmp/eval"
 expect_error_from 1 "--fraction is 1.5; it must be in (0, 1)" "$xkv" calibrate --model "$model" \
   --fraction 1.5 --out "$tmp/x.json"
+expect_error_from 1 "allocator heads needs the model's head weights" "$xkv" "${gen[@]}" \
+  --allocator heads --calibration "$tmp/layers-only.json"
+expect_error_from 1 "allocator heads takes a token, byte or fraction budget" "$xkv" generate \
+  --model "$model" --policy xkv --retention 0.9 --prompt hi --max-tokens 2 --allocator heads \
+  --calibration "$tmp/c.json"
+expect_error_from 1 "allocator=heads needs --calibration FILE with head weights" "$xkv" eval \
+  --model "$model" --split dev --limit 1 --methods xkv:allocator=heads --noplot --out "$tmp/eval"
+expect_error_from 1 "--heads is 2; it must be 0 or 1" "$xkv" calibrate --model "$model" --heads 2 \
+  --out "$tmp/x.json"
 expect_error_from 2 "unexpected argument 'stray'" "$xkv" calibrate stray
 "$xkv" calibrate --help 2>&1 | grep -q "^usage: xkv calibrate" || { echo "FAIL: calibrate --help"; failed=1; }
 [[ -e $tmp/x.json || -e $tmp/eval ]] && { echo "FAIL: a refused command wrote a file"; failed=1; }

@@ -1,4 +1,5 @@
-// `xkv eval --calibration`: which methods take the layer weights (calib=0|1, ApplyLayerWeights).
+// `xkv eval --calibration`: which methods take the layer weights (calib=0|1) and the head
+// weights (allocator=heads): ApplyCalibration.
 #include <vector>
 
 #include "bench/eval_runner.h"
@@ -21,14 +22,14 @@ TEST(EvalCalibrationTest, XkvMethodsTakeTheWeightsUnlessCalibZero) {
   const std::vector<double> w = {0.5, 1.5};
   std::vector<EvalMethod> m =
       Methods({"xkv", "xkv:calib=0", "xkv:per_head=1:calib=1", "paper", "snapkv", "streaming"});
-  ASSERT_TRUE(ApplyLayerWeights(w, &m).ok());
+  ASSERT_TRUE(ApplyCalibration({w, {}}, &m).ok());
   EXPECT_EQ(m[0].kv.allocator.layer_weights, w);
   EXPECT_TRUE(m[1].kv.allocator.layer_weights.empty());
   EXPECT_EQ(m[2].kv.allocator.layer_weights, w);
   for (int i = 3; i < 6; ++i) EXPECT_TRUE(m[i].kv.allocator.layer_weights.empty()) << m[i].name;
   // Without --calibration nothing changes.
   std::vector<EvalMethod> plain = Methods({"xkv", "xkv:calib=0"});
-  ASSERT_TRUE(ApplyLayerWeights({}, &plain).ok());
+  ASSERT_TRUE(ApplyCalibration({}, &plain).ok());
   EXPECT_TRUE(plain[0].kv.allocator.layer_weights.empty());
 }
 
@@ -36,13 +37,34 @@ TEST(EvalCalibrationTest, CalibOneNeedsTheFileAndTheGlobalAllocator) {
   for (const char* name : {"xkv:calib=1", "paper:calib=1", "snapkv:calib=1"}) {
     std::vector<EvalMethod> m = Methods({name});
     const std::vector<double> w = name[0] == 'x' ? std::vector<double>{} : std::vector<double>{1.0};
-    const absl::Status s = ApplyLayerWeights(w, &m);
+    const absl::Status s = ApplyCalibration({w, {}}, &m);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
     EXPECT_NE(s.message().find("calib=1 needs --calibration FILE"), std::string::npos) << s;
   }
   auto bad = ParseEvalMethod("xkv:calib=2", ImportanceOptions{});
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("calib=0|1"), std::string::npos) << bad.status();
+}
+
+TEST(EvalCalibrationTest, AllocatorHeadsTakesTheHeadWeightsAndNeedsThem) {
+  const CalibrationWeights w{{0.5, 1.5}, {0.2, 1.8, 1.0, 1.0}};
+  std::vector<EvalMethod> m = Methods({"xkv:allocator=heads", "xkv"});
+  ASSERT_TRUE(ApplyCalibration(w, &m).ok());
+  EXPECT_EQ(m[0].kv.allocator.head_weights, w.heads);
+  EXPECT_TRUE(m[0].kv.allocator.layer_weights.empty());  // heads takes no layer weights
+  EXPECT_TRUE(m[1].kv.allocator.head_weights.empty());
+  EXPECT_EQ(m[1].kv.allocator.layer_weights, w.layers);
+  for (const CalibrationWeights& none : {CalibrationWeights{}, CalibrationWeights{{1.0}, {}}}) {
+    std::vector<EvalMethod> heads = Methods({"xkv:allocator=heads"});
+    const absl::Status s = ApplyCalibration(none, &heads);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("allocator=heads needs --calibration FILE with head weights"),
+              std::string::npos)
+        << s;
+  }
+  // A heads method with calib=1 is refused: it takes no layer weights.
+  std::vector<EvalMethod> both = Methods({"xkv:allocator=heads:calib=1"});
+  EXPECT_EQ(ApplyCalibration(w, &both).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "model/synthetic_model.h"
 
@@ -98,9 +99,34 @@ TEST_F(LayerCalibrationTest, RoundTrip) {
   EXPECT_EQ(back->prompts, 4);
   EXPECT_EQ(back->seed, 3);
   EXPECT_EQ(back->split, "dev");
-  auto weights = LoadLayerWeightsForModel(path, model_path_);
+  auto weights = LoadWeightsForModel(path, model_path_);
   ASSERT_TRUE(weights.ok()) << weights.status();
-  EXPECT_EQ(*weights, c.weights);
+  EXPECT_EQ(weights->layers, c.weights);
+  EXPECT_TRUE(weights->heads.empty());  // a file without head weights
+}
+
+TEST_F(LayerCalibrationTest, HeadWeightsRoundTripAndAreChecked) {
+  LayerCalibration c = Sample(model_);
+  const int n = model_.layers * model_.kv_heads;
+  c.head_mean_kl.assign(n, 0.01);
+  c.head_mean_kl[1] = 2.0;
+  c.head_weights = SensitivityWeights(c.head_mean_kl);
+  const std::string path = ::testing::TempDir() + "/xkv_calib_heads.json";
+  ASSERT_TRUE(WriteCalibration(path, c).ok());
+  auto weights = LoadWeightsForModel(path, model_path_);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ(weights->heads, c.head_weights);
+  EXPECT_GT(weights->heads[1], weights->heads[0]);
+  Json j = Json::parse(CalibrationJson(c));
+  j["head_weights"].push_back(1.0);
+  ExpectError(LoadEdited(j), absl::StrCat("the length of head_weights is ", n + 1, "; allowed: ", n,
+                                          " (model.layers x model.kv_heads)"));
+  j = Json::parse(CalibrationJson(c));
+  j["head_weights"][0] = 0.0;
+  ExpectError(LoadEdited(j), "head_weights[0] is 0");
+  j = Json::parse(CalibrationJson(c));
+  j.erase("head_mean_kl");
+  ExpectError(LoadEdited(j), "head_mean_kl");
 }
 
 TEST(SensitivityWeightsTest, MeanOneAndFloored) {

@@ -1,0 +1,144 @@
+// Allocator `heads` (AllocatorParams::head_weights, `xkv calibrate --heads 1`): per-(layer, KV
+// head) budgets fixed by the calibrated weights, floor * share each and the rest in proportion to
+// the weights, at most the prefix per head.
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "allocator/importance_profile.h"
+#include "allocator/kv_policy.h"
+#include "allocator/kv_spec.h"
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+std::vector<LayerProfile> Profiles(int L, int H, int64_t P, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::exponential_distribution<float> e(1.0f);
+  std::vector<LayerProfile> out;
+  for (int l = 0; l < L; ++l) {
+    std::vector<float> s(static_cast<size_t>(H) * P);
+    for (float& x : s) x = e(rng);
+    out.push_back(*BuildLayerProfile(s, H, P));
+  }
+  return out;
+}
+
+PolicyOptions Heads(std::vector<double> weights, double floor) {
+  PolicyOptions o{PolicyKind::kXkv};
+  o.allocator.kind = AllocatorKind::kHeads;
+  o.allocator.floor = floor;
+  o.allocator.head_weights = std::move(weights);
+  return o;
+}
+
+int64_t Sum(const std::vector<std::vector<int64_t>>& b) {
+  int64_t s = 0;
+  for (const auto& row : b) s = std::accumulate(row.begin(), row.end(), s);
+  return s;
+}
+
+TEST(HeadWeightsTest, BudgetsFollowTheWeightsNotTheScores) {
+  const int L = 3, H = 2;
+  const int64_t P = 1000;
+  // Head (1, 0) weighs 9, the others 0.2: with floor 0 it gets 9 / 10 of the 1200 head tokens.
+  std::vector<double> w(L * H, 0.2);
+  w[2] = 9.0;
+  for (uint32_t seed : {1u, 2u}) {  // other scores, the same budgets
+    const std::vector<LayerProfile> p = Profiles(L, H, P, seed);
+    auto b = MakeKvPolicy(Heads(w, 0.0))->Budgets({L, P, p, {}}, BudgetTarget::Tokens(600));
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(b->head_budgets.size(), 3u);
+    EXPECT_EQ(Sum(b->head_budgets), 1200);
+    EXPECT_EQ(b->head_budgets[1][0], 1000);  // 1080 capped at P; the excess goes to the others
+    EXPECT_EQ(b->head_budgets[0][0], 40);
+    EXPECT_EQ(b->budgets[1], 1000);  // a layer's largest head
+    EXPECT_EQ(b->total_tokens, 600);
+    EXPECT_EQ(b->rule, SelectionRule::kSinksAndTopScore);
+  }
+}
+
+TEST(HeadWeightsTest, FloorIsAShareOfTheUniformBudgetAndOneIsUniform) {
+  const int L = 2, H = 2;
+  const int64_t P = 500;
+  const std::vector<LayerProfile> p = Profiles(L, H, P, 7);
+  const std::vector<double> w = {4.0, 0.01, 0.01, 0.01};
+  auto uniform = MakeKvPolicy(Heads(w, 1.0))->Budgets({L, P, p, {}}, BudgetTarget::Tokens(200));
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  for (const auto& row : uniform->head_budgets) {
+    for (int64_t b : row) EXPECT_EQ(b, 100);
+  }
+  auto half = MakeKvPolicy(Heads(w, 0.5))->Budgets({L, P, p, {}}, BudgetTarget::Tokens(200));
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ(Sum(half->head_budgets), 400);
+  for (const auto& row : half->head_budgets) {
+    for (int64_t b : row) EXPECT_GE(b, 50);
+  }
+  EXPECT_GT(half->head_budgets[0][0], 230);
+}
+
+TEST(HeadWeightsTest, ByteTargetsCountHeadTokensAtTheirBytes) {
+  const int L = 2, H = 4;
+  const int64_t P = 300;
+  const std::vector<LayerProfile> p = Profiles(L, H, P, 3);
+  const std::vector<int64_t> bytes(L, 512);  // 128 bytes a head token
+  auto b = MakeKvPolicy(Heads(std::vector<double>(L * H, 1.0), 0.2))
+               ->Budgets({L, P, p, bytes}, BudgetTarget::Bytes(128 * 800));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(Sum(b->head_budgets), 800);
+  EXPECT_EQ(b->total_bytes, 128 * 800);
+}
+
+TEST(HeadWeightsTest, BadInputIsAClearError) {
+  const int L = 2, H = 2;
+  const int64_t P = 100;
+  const std::vector<LayerProfile> p = Profiles(L, H, P, 5);
+  auto few =
+      MakeKvPolicy(Heads({1.0, 1.0, 1.0}, 0.2))->Budgets({L, P, p, {}}, BudgetTarget::Tokens(50));
+  ASSERT_FALSE(few.ok());
+  EXPECT_NE(few.status().message().find("3 head weights do not split over 2 layers"),
+            std::string::npos)
+      << few.status();
+  auto retention = MakeKvPolicy(Heads({1.0, 1.0, 1.0, 1.0}, 0.2))
+                       ->Budgets({L, P, p, {}}, BudgetTarget::Retention(0.9));
+  ASSERT_FALSE(retention.ok());
+  EXPECT_NE(retention.status().message().find("not a retention target"), std::string::npos);
+  auto uneven = MakeKvPolicy(Heads({1.0, 1.0, 1.0, 1.0}, 0.2))
+                    ->Budgets({L, P, p, {64, 128}}, BudgetTarget::Bytes(6400));
+  ASSERT_FALSE(uneven.ok());
+  EXPECT_NE(uneven.status().message().find("equal for every layer"), std::string::npos);
+
+  // The spec's checks: a finite positive weight, policy xkv, no retention target.
+  KvSettings s;
+  s.policy = PolicyKind::kXkv;
+  s.allocator.kind = AllocatorKind::kHeads;
+  s.target = KvTarget::Fraction(0.2);
+  s.allocator.head_weights = {1.0, std::numeric_limits<double>::quiet_NaN()};
+  EXPECT_NE(ValidateSettings(s).message().find("head weight [1]"), std::string::npos);
+  s.allocator.head_weights = {1.0, 2.0};
+  EXPECT_TRUE(ValidateSettings(s).ok());
+  EXPECT_TRUE(CheckHeadWeights(s).ok());
+  // The weights are the deployment's: a request's settings validate without them, and the
+  // service's check (CheckHeadWeights) refuses heads where it has none.
+  s.allocator.head_weights.clear();
+  EXPECT_TRUE(ValidateSettings(s).ok());
+  EXPECT_NE(CheckHeadWeights(s).message().find("allocator heads needs the model's head weights"),
+            std::string::npos);
+  s.allocator.head_weights = {1.0, 2.0};
+  s.target = KvTarget::Retention(0.9);
+  EXPECT_NE(ValidateSettings(s).message().find("not a retention target"), std::string::npos);
+  s.target = KvTarget::Fraction(0.2);
+  s.policy = PolicyKind::kSnapKv;
+  EXPECT_NE(ValidateSettings(s).message().find("allocator heads needs policy xkv"),
+            std::string::npos);
+  EXPECT_EQ(*ParseAllocator("HEADS"), AllocatorKind::kHeads);
+  EXPECT_EQ(AllocatorName(AllocatorKind::kHeads), "heads");
+  EXPECT_NE(ParseAllocator("head").status().message().find("allowed: global, paper, heads"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace xkv
