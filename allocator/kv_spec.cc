@@ -43,6 +43,10 @@ absl::string_view AllocatorName(AllocatorKind kind) {
   return "global";
 }
 
+double DefaultFloor(AllocatorKind kind) {
+  return kind == AllocatorKind::kHeads ? kHeadsFloor : AllocatorParams{}.floor;
+}
+
 absl::StatusOr<bool> ParsePerHead(absl::string_view text) {
   const std::string lower = absl::AsciiStrToLower(text);
   if (lower == "1" || lower == "true") return true;
@@ -212,6 +216,8 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   }
   if (!o.allocator.empty()) {
     ASSIGN_OR_RETURN(s.allocator.kind, ParseAllocator(o.allocator));
+    // Another allocator named without a floor takes its own default, not the base's.
+    if (s.allocator.kind != base.allocator.kind) s.allocator.floor = DefaultFloor(s.allocator.kind);
   }
   if (o.floor) s.allocator.floor = *o.floor;
   if (o.cap) s.allocator.cap = *o.cap;

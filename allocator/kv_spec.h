@@ -37,6 +37,11 @@ inline constexpr int64_t kMaxPoolKernel = 63;  // odd pooling kernels in [1, kMa
 // the sinks are KvSettings::sink_tokens.
 inline constexpr int64_t kDefaultWindow = 8;
 inline constexpr int kXkvPoolKernel = 31;
+// Allocator heads's floor when none is given: no share below the weights' (chosen on the dev
+// split, docs/quality-heads.md). The global allocator's is AllocatorParams' (0.75).
+inline constexpr double kHeadsFloor = 0.0;
+// The floor an allocator takes when none is given.
+double DefaultFloor(AllocatorKind kind);
 
 // "global" | "paper" | "heads" (case-insensitive).
 absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);

@@ -124,6 +124,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
   for (size_t i = 1; i < parts.size(); ++i) {
     if (absl::StartsWith(parts[i], "allocator=") && m.kv.policy == PolicyKind::kXkv) {
       ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+      m.kv.allocator.floor = DefaultFloor(m.kv.allocator.kind);  // floor= below overrides it
     } else if (absl::StartsWith(parts[i], "profile=")) {
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(parts[i].substr(8)));
     }

@@ -1,5 +1,6 @@
 #include "tools/serve_flags.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -64,8 +65,8 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                "default xkv allocator: global|paper|heads (heads: per-(layer, KV head) budgets "
                "from --calibration's head weights)");
   flags.Double("floor", &f->floor,
-               "default per-layer floor of the global allocator, a fraction of the uniform share "
-               "in [0, 1]");
+               "default floor of the global allocator (per layer) or heads (per KV head), a "
+               "fraction of the uniform share in [0, 1]; not given: 0.75 (global), 0 (heads)");
   flags.Double("cap", &f->cap,
                "default per-layer cap of the global allocator (per (layer, KV head) with "
                "--per-head 1), a multiple of the uniform share in [1, 64]");
@@ -171,7 +172,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   ASSIGN_OR_RETURN(o.reread_chunk,
                    RereadChunkFromFlag(f.reconstruct_chunk, gpu_stages, "--reconstruct-chunk"));
   ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
-  o.kv.allocator.floor = f.floor;
+  o.kv.allocator.floor = std::isnan(f.floor) ? DefaultFloor(o.kv.allocator.kind) : f.floor;
   o.kv.allocator.cap = f.cap;
   ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
   if (!f.calibration.empty()) {

@@ -4,6 +4,7 @@
 #define XKV_TOOLS_SERVE_FLAGS_H_
 
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -38,7 +39,8 @@ struct ServeFlags {
   std::string profile = "auto";   // one_pass on GPU stages, per_request on CPU ones
   int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of the stages' device
   std::string allocator = "global";
-  double floor = 0.75;
+  // NaN (not given; the flag parser refuses a NaN): the allocator's default (DefaultFloor).
+  double floor = std::numeric_limits<double>::quiet_NaN();
   double cap = AllocatorParams{}.cap;
   std::string per_head = "0";  // per-(layer, KV head) budgets: 1|true|0|false
   std::string calibration;     // per-layer weights for --model (model/layer_calibration.h)

@@ -123,15 +123,35 @@ class RecordingClient final : public StageClient {
   WorkerService* const worker_;
 };
 
+// Allocator heads's weights for SmolLM2's 30 x 3 KV heads: a few heavy heads, as `xkv calibrate
+// --heads 1` finds (docs/quality-heads.md), so the heads keep very different counts.
+std::vector<double> HeadWeights() {
+  std::vector<double> w(90, 0.2);
+  w[56] = 40.0;
+  w[69] = 10.0;
+  w[23] = 6.0;
+  return w;
+}
+
+// The service's options; the head weights are the deployment's (its --calibration).
 CoordinatorOptions Options() {
-  return testing_eval::ServiceOptions(std::filesystem::canonical(ModelPath()).string(), kStepTokens,
-                                      128);
+  CoordinatorOptions o = testing_eval::ServiceOptions(
+      std::filesystem::canonical(ModelPath()).string(), kStepTokens, 128);
+  o.kv.allocator.head_weights = HeadWeights();
+  return o;
 }
 
 KvPolicyOverride PerHead(const std::string& profile) {
   KvPolicyOverride k = testing_eval::BudgetOverride("xkv", profile, kBudgetTokens);
   k.per_head = true;
   k.floor = 0.2;
+  return k;
+}
+
+// The same total with allocator heads (its default floor, 0).
+KvPolicyOverride Heads() {
+  KvPolicyOverride k = testing_eval::BudgetOverride("xkv", "one_pass", kBudgetTokens);
+  k.allocator = "heads";
   return k;
 }
 
@@ -207,6 +227,10 @@ class PerHeadServiceTest : public ::testing::Test {
   }
   static const Expected& Xkv() {
     static const Expected* x = new Expected(Reference(Layers("xkv")));
+    return *x;
+  }
+  static const Expected& HeadsAllocator() {
+    static const Expected* x = new Expected(Reference(Heads()));
     return *x;
   }
   static const Expected& SnapKv() {
@@ -359,6 +383,37 @@ TEST_F(PerHeadServiceTest, InProcessStagesMatchTheEvalHarness) {
 }
 
 TEST_F(PerHeadServiceTest, GrpcWorkersMatchTheEvalHarness) { ExpectEveryStageCountMatches(true); }
+
+// Allocator heads: per-(layer, KV head) budgets from the service's head weights, the same tokens,
+// log-probabilities and head counts as the eval harness, on 1 and 2 in-process stages; a service
+// without head weights refuses it at submit and in the admin RPC and changes nothing.
+TEST_F(PerHeadServiceTest, HeadsAllocatorMatchesTheEvalHarness) {
+  const HeadSizes& heads = HeadsAllocator().heads;
+  EXPECT_TRUE(HeadsDiffer(heads));
+  EXPECT_GT(heads.at(18)[2], heads.at(18)[0]);  // the heavy head keeps more than its neighbours
+  for (int stages : {1, 2}) {
+    SCOPED_TRACE(::testing::Message() << stages << " stages");
+    std::unique_ptr<Service> s = Start(stages, false);
+    ASSERT_NE(s, nullptr);
+    ExpectMatches(*s, Request(Heads()), HeadsAllocator());
+  }
+  auto clients = MakeInProcessStages(1, {"cpu"}, InProcessStageSettings{});
+  ASSERT_TRUE(clients.ok()) << clients.status();
+  CoordinatorOptions plain = Options();
+  plain.kv.allocator.head_weights.clear();
+  auto c = Coordinator::Start(plain, *std::move(clients));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string config = (*c)->GetConfig().DebugString();
+  auto id = (*c)->Submit(Request(Heads()), std::make_shared<LogprobSink>());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(id.status().message())
+                .find("allocator heads needs the model's head "
+                      "weights"),
+            std::string::npos)
+      << id.status();
+  EXPECT_EQ((*c)->SetPolicy(Heads()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*c)->GetConfig().DebugString(), config);
+}
 
 TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {
   std::unique_ptr<Service> s = Start(2, false);

@@ -140,5 +140,27 @@ TEST(HeadWeightsTest, BadInputIsAClearError) {
             std::string::npos);
 }
 
+// Naming allocator heads without a floor takes its own default (0, the dev split's pick), not
+// the global allocator's 0.75; a floor given wins; naming global again restores 0.75.
+TEST(HeadWeightsTest, HeadsTakesItsOwnDefaultFloor) {
+  KvSettings base;
+  base.policy = PolicyKind::kXkv;
+  base.target = KvTarget::Fraction(0.2);
+  base.allocator.head_weights = {1.0, 1.0};
+  KvPolicyOverride o;
+  o.allocator = "heads";
+  auto heads = ApplyOverride(base, o);
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  EXPECT_EQ(heads->allocator.kind, AllocatorKind::kHeads);
+  EXPECT_EQ(heads->allocator.floor, kHeadsFloor);
+  o.floor = 0.3;
+  EXPECT_EQ(ApplyOverride(base, o)->allocator.floor, 0.3);
+  KvPolicyOverride back;
+  back.allocator = "global";
+  EXPECT_EQ(ApplyOverride(*heads, back)->allocator.floor, AllocatorParams{}.floor);
+  EXPECT_EQ(DefaultFloor(AllocatorKind::kGlobal), 0.75);
+  EXPECT_EQ(DefaultFloor(AllocatorKind::kHeads), 0.0);
+}
+
 }  // namespace
 }  // namespace xkv

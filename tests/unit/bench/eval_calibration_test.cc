@@ -62,6 +62,8 @@ TEST(EvalCalibrationTest, AllocatorHeadsTakesTheHeadWeightsAndNeedsThem) {
               std::string::npos)
         << s;
   }
+  EXPECT_EQ(m[0].kv.allocator.floor, kHeadsFloor);  // its own default floor
+  EXPECT_EQ(Methods({"xkv:allocator=heads:floor=0.5"})[0].kv.allocator.floor, 0.5);
   // A heads method with calib=1 is refused: it takes no layer weights.
   std::vector<EvalMethod> both = Methods({"xkv:allocator=heads:calib=1"});
   EXPECT_EQ(ApplyCalibration(w, &both).code(), absl::StatusCode::kInvalidArgument);
