@@ -81,7 +81,7 @@ struct KvPolicyOverride {
   std::optional<double> budget_fraction;  // (0, 1]: kept fraction of the prompt prefix
   std::string profile_mode;      // "per_request" | "one_pass" | "sampled:<rho>" | "reconstruct"; ""
                                  // = base's
-  std::string allocator;         // "global" | "paper"; "" = base's
+  std::string allocator;         // "global" | "paper" | "heads"; "" = base's
   std::optional<double> floor;   // alpha in [0, 1]
   std::optional<double> cap;     // in [1, 64]: multiple of the uniform share
   std::optional<bool> per_head;  // budgets per (layer, KV head); xkv with allocator global only

@@ -75,6 +75,50 @@ absl::StatusOr<std::vector<float>> Step(StageEngine* engine, absl::Span<const Fe
   return engine->LogitsResident(rows);
 }
 
+// One compressed copy of a prompt's cache: only `layer` is cut, each KV head to its `kept` slots.
+struct Cut {
+  int layer = 0;
+  std::vector<std::vector<int32_t>> kept;
+};
+
+// The KL of every cut against the full cache: `forced` is teacher-forced on a copy of the prompt's
+// cache `full` (C tokens) and on one copy per cut (kCopiesPerStep at a time), and KL(full || cut)
+// of the rows [first, first + truth.size()) (which predict `truth`) is added to sum[u] for the
+// cut of unit u in [0, units).
+absl::Status AddCutKl(StageEngine* engine, Sequences& seqs, uint64_t full, int64_t C, int units,
+                      const std::function<absl::StatusOr<Cut>(int)>& cut_of,
+                      absl::Span<const int32_t> forced, int64_t first,
+                      absl::Span<const int32_t> truth, std::vector<double>& sum) {
+  const ImportanceOptions scoring;  // nothing is observed
+  const int64_t count = static_cast<int64_t>(truth.size());
+  const int64_t vocab = engine->config().vocab_size;
+  // The full cache's predictions first (on a copy: the context cache is copied per cut).
+  ASSIGN_OR_RETURN(const uint64_t reference, seqs.Copy(full));
+  ASSIGN_OR_RETURN(const std::vector<float> full_logits,
+                   Step(engine, {{reference, C}}, forced, scoring, true, first, count));
+  seqs.Release(reference);
+  for (int begin = 0; begin < units; begin += kCopiesPerStep) {
+    const int end = std::min(units, begin + kCopiesPerStep);
+    std::vector<Feed> feeds;
+    for (int u = begin; u < end; ++u) {
+      ASSIGN_OR_RETURN(const Cut cut, cut_of(u));
+      ASSIGN_OR_RETURN(const uint64_t id, seqs.Copy(full));
+      RETURN_IF_ERROR(engine->CompactLayer(id, cut.layer, C, cut.kept));
+      feeds.push_back({id, C});
+    }
+    ASSIGN_OR_RETURN(const std::vector<float> logits,
+                     Step(engine, feeds, forced, scoring, true, first, count));
+    const size_t per = static_cast<size_t>(count * vocab);
+    for (int u = begin; u < end; ++u) {
+      const absl::Span<const float> mine(logits.data() + (u - begin) * per, per);
+      ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
+      sum[u] += f.mean_kl;
+    }
+    for (const Feed& f : feeds) seqs.Release(f.id);
+  }
+  return absl::OkStatus();
+}
+
 // Prefills context[0, end) into `id` in steps of at most `step_tokens`.
 absl::Status Prefill(StageEngine* engine, uint64_t id, absl::Span<const int32_t> context,
                      int64_t end, int64_t step_tokens, const ImportanceOptions& scoring) {
@@ -93,7 +137,6 @@ absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
                                                             const SensitivityOptions& options) {
   const ModelConfig& config = engine->config();
   const int L = config.n_layers;
-  const int64_t vocab = config.vocab_size;
   if (!(options.fraction > 0.0 && options.fraction < 1.0) || options.fidelity_tokens < 1 ||
       options.max_step_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -138,30 +181,14 @@ absl::StatusOr<std::vector<double>> MeasureLayerSensitivity(StageEngine* engine,
     }
     const CollectedScores scores = std::move(*obs[0].scores);
     const int64_t budget = BudgetTokens(options.fraction, 1, C, static_cast<int>(W));
-    // The full cache's predictions first (on a copy: the context cache is copied per layer).
-    ASSIGN_OR_RETURN(const uint64_t reference, seqs.Copy(full));
-    ASSIGN_OR_RETURN(const std::vector<float> full_logits,
-                     Step(engine, {{reference, C}}, forced, scoring, true));
-    seqs.Release(reference);
-    for (int first = 0; first < L; first += kCopiesPerStep) {
-      const int last = std::min(L, first + kCopiesPerStep);
-      std::vector<Feed> feeds;
-      for (int l = first; l < last; ++l) {
-        ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> kept,
-                         KeptSlots(scores, l, budget, policy));
-        ASSIGN_OR_RETURN(const uint64_t id, seqs.Copy(full));
-        RETURN_IF_ERROR(engine->CompactLayer(id, l, C, kept));
-        feeds.push_back({id, C});
-      }
-      ASSIGN_OR_RETURN(const std::vector<float> logits, Step(engine, feeds, forced, scoring, true));
-      const size_t per = static_cast<size_t>(S * vocab);
-      for (int l = first; l < last; ++l) {
-        const absl::Span<const float> mine(logits.data() + (l - first) * per, per);
-        ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
-        sum[l] += f.mean_kl;
-      }
-      for (const Feed& f : feeds) seqs.Release(f.id);
-    }
+    RETURN_IF_ERROR(AddCutKl(
+        engine, seqs, full, C, L,
+        [&](int l) -> absl::StatusOr<Cut> {
+          ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> kept,
+                           KeptSlots(scores, l, budget, policy));
+          return Cut{l, std::move(kept)};
+        },
+        forced, 0, truth, sum));
     if (options.progress) options.progress(static_cast<int>(i) + 1, prompts.size());
   }
   for (double& s : sum) s /= static_cast<double>(prompts.size());
@@ -173,7 +200,6 @@ absl::StatusOr<std::vector<double>> MeasureHeadSensitivity(
     absl::Span<const std::vector<int32_t>> answers, const HeadSensitivityOptions& options) {
   const ModelConfig& config = engine->config();
   const int L = config.n_layers, H = config.n_kv_heads;
-  const int64_t vocab = config.vocab_size;
   if (!(options.fraction > 0.0 && options.fraction < 1.0) || options.sinks < 0 ||
       options.max_step_tokens < 1) {
     return absl::InvalidArgumentError(
@@ -208,41 +234,23 @@ absl::StatusOr<std::vector<double>> MeasureHeadSensitivity(
           absl::StrCat("head sensitivity: prompt ", p.id, " has no question or answer prefix"));
     }
     forced.insert(forced.end(), answers[i].begin(), answers[i].end() - 1);
-    const int64_t count = static_cast<int64_t>(answers[i].size());
-    const absl::Span<const int32_t> truth(answers[i]);
     Sequences seqs(engine);
     const uint64_t full = seqs.New();
     RETURN_IF_ERROR(Prefill(engine, full, p.context, C, options.max_step_tokens, scoring));
-    ASSIGN_OR_RETURN(const uint64_t reference, seqs.Copy(full));
-    ASSIGN_OR_RETURN(const std::vector<float> full_logits,
-                     Step(engine, {{reference, C}}, forced, scoring, true, first, count));
-    seqs.Release(reference);
     std::vector<int32_t> all(C), streaming;
     for (int64_t t = 0; t < C; ++t) all[t] = static_cast<int32_t>(t);
     for (int64_t t = 0; t < options.sinks; ++t) streaming.push_back(static_cast<int32_t>(t));
     for (int64_t t = C - (kept - options.sinks); t < C; ++t) {
       streaming.push_back(static_cast<int32_t>(t));
     }
-    for (int begin = 0; begin < L * H; begin += kCopiesPerStep) {
-      const int end = std::min(L * H, begin + kCopiesPerStep);
-      std::vector<Feed> feeds;
-      for (int u = begin; u < end; ++u) {
-        std::vector<std::vector<int32_t>> slots(H, all);
-        slots[u % H] = streaming;
-        ASSIGN_OR_RETURN(const uint64_t id, seqs.Copy(full));
-        RETURN_IF_ERROR(engine->CompactLayer(id, u / H, C, slots));
-        feeds.push_back({id, C});
-      }
-      ASSIGN_OR_RETURN(const std::vector<float> logits,
-                       Step(engine, feeds, forced, scoring, true, first, count));
-      const size_t per = static_cast<size_t>(count * vocab);
-      for (int u = begin; u < end; ++u) {
-        const absl::Span<const float> mine(logits.data() + (u - begin) * per, per);
-        ASSIGN_OR_RETURN(const FidelityScore f, ScoreFidelity(full_logits, mine, truth, vocab));
-        sum[u] += f.mean_kl;
-      }
-      for (const Feed& f : feeds) seqs.Release(f.id);
-    }
+    RETURN_IF_ERROR(AddCutKl(
+        engine, seqs, full, C, L * H,
+        [&](int u) -> absl::StatusOr<Cut> {
+          Cut cut{u / H, std::vector<std::vector<int32_t>>(H, all)};
+          cut.kept[u % H] = streaming;
+          return cut;
+        },
+        forced, first, answers[i], sum));
     if (options.progress) options.progress(static_cast<int>(i) + 1, prompts.size());
   }
   for (double& s : sum) s /= static_cast<double>(prompts.size());

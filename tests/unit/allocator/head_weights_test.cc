@@ -11,21 +11,12 @@
 #include "allocator/kv_policy.h"
 #include "allocator/kv_spec.h"
 #include "gtest/gtest.h"
+#include "tests/unit/allocator/random_profiles.h"
 
 namespace xkv {
 namespace {
 
-std::vector<LayerProfile> Profiles(int L, int H, int64_t P, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::exponential_distribution<float> e(1.0f);
-  std::vector<LayerProfile> out;
-  for (int l = 0; l < L; ++l) {
-    std::vector<float> s(static_cast<size_t>(H) * P);
-    for (float& x : s) x = e(rng);
-    out.push_back(*BuildLayerProfile(s, H, P));
-  }
-  return out;
-}
+using testing_allocator::Profiles;
 
 PolicyOptions Heads(std::vector<double> weights, double floor) {
   PolicyOptions o{PolicyKind::kXkv};

@@ -9,25 +9,12 @@
 #include "allocator/kv_policy.h"
 #include "allocator/kv_spec.h"
 #include "gtest/gtest.h"
+#include "tests/unit/allocator/random_profiles.h"
 
 namespace xkv {
 namespace {
 
-// L layers of H heads over P positions, scores [H, P] per layer; head (l, h) gets mass scale[l][h].
-std::vector<LayerProfile> Profiles(int L, int H, int64_t P, uint32_t seed,
-                                   const std::vector<std::vector<float>>& scale = {}) {
-  std::mt19937 rng(seed);
-  std::exponential_distribution<float> e(1.0f);
-  std::vector<LayerProfile> out;
-  for (int l = 0; l < L; ++l) {
-    std::vector<float> s(static_cast<size_t>(H) * P);
-    for (int h = 0; h < H; ++h) {
-      for (int64_t j = 0; j < P; ++j) s[h * P + j] = e(rng) * (scale.empty() ? 1.0f : scale[l][h]);
-    }
-    out.push_back(*BuildLayerProfile(s, H, P));
-  }
-  return out;
-}
+using testing_allocator::Profiles;
 
 PolicyOptions PerHead(double floor, double cap = 4.0) {
   PolicyOptions o{PolicyKind::kXkv};
