@@ -621,9 +621,7 @@ class XkvPolicy : public KvPolicy {
         total = target.total_bytes / head_cost;
         break;
       case BudgetTarget::Kind::kRetention:
-        return absl::InvalidArgumentError(
-            "allocator heads takes a token or byte budget, not a retention target (its budgets do "
-            "not depend on the prompt's scores)");
+        return HeadsRetentionError();
     }
     const int64_t P = in.prefix_len;
     total = std::clamp<int64_t>(total, 0, SaturatingMul(n, P));
@@ -653,6 +651,12 @@ class XkvPolicy : public KvPolicy {
 };
 
 }  // namespace
+
+absl::Status HeadsRetentionError() {
+  return absl::InvalidArgumentError(
+      "allocator heads takes a token, byte or fraction budget, not a retention target (its "
+      "budgets do not depend on the prompt's scores)");
+}
 
 std::unique_ptr<KvPolicy> MakeKvPolicy(const PolicyOptions& options) {
   if (options.kind == PolicyKind::kXkv) return std::make_unique<XkvPolicy>(options);

@@ -83,6 +83,10 @@ struct AllocatorParams {
   std::vector<double> head_weights;
 };
 
+// The one rule text: allocator kHeads takes no retention target (its budgets do not depend on
+// the prompt's scores). ValidateSettings refuses it at the edge; the policy keeps it as a backstop.
+absl::Status HeadsRetentionError();
+
 // Whether the budgets are per (layer, KV head): per_head, or allocator kHeads (stages must then
 // hold a count per KV head).
 inline bool PerHeadBudgets(const AllocatorParams& a) {

@@ -147,11 +147,7 @@ absl::Status ValidateSettings(const KvSettings& s) {
       return absl::InvalidArgumentError(
           absl::StrCat("allocator heads needs policy xkv, not '", PolicyName(s.policy), "'"));
     }
-    if (s.target.kind == KvTarget::Kind::kRetention) {
-      return absl::InvalidArgumentError(
-          "allocator heads takes a token, byte or fraction budget, not a retention target (its "
-          "budgets do not depend on the prompt's scores)");
-    }
+    if (s.target.kind == KvTarget::Kind::kRetention) return HeadsRetentionError();
   }
   for (size_t i = 0; i < s.allocator.head_weights.size(); ++i) {
     const double w = s.allocator.head_weights[i];
@@ -159,11 +155,12 @@ absl::Status ValidateSettings(const KvSettings& s) {
       return OutOfRange(absl::StrCat("head weight [", i, "]"), w, "(0, inf), finite");
     }
   }
-  if (s.allocator.per_head && !adakv && s.allocator.kind != AllocatorKind::kHeads &&
+  if (s.allocator.per_head && !adakv &&
       (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "per_head budgets need policy xkv with allocator global, or snapkv / pyramidkv (AdaKV's "
-        "split of each layer's budget over its heads); got policy '",
+        "split of each layer's budget over its heads; allocator heads is per head already, "
+        "without it); got policy '",
         PolicyName(s.policy), "', allocator '", AllocatorName(s.allocator.kind), "'"));
   }
   RETURN_IF_ERROR(ValidateSinkTokens(s.sink_tokens));
@@ -221,9 +218,7 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   }
   if (o.floor) s.allocator.floor = *o.floor;
   if (o.cap) s.allocator.cap = *o.cap;
-  if (s.allocator.kind == AllocatorKind::kHeads) {
-    s.allocator.per_head = false;  // its budgets are per head by construction (no per-head scores)
-  } else if (o.per_head) {
+  if (o.per_head) {
     s.allocator.per_head = *o.per_head;
   } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {
     s.allocator.per_head = false;  // a base's per-head default does not apply to this policy

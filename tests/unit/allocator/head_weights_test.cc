@@ -95,8 +95,8 @@ TEST(HeadWeightsTest, BadInputIsAClearError) {
       << few.status();
   auto retention = MakeKvPolicy(Heads({1.0, 1.0, 1.0, 1.0}, 0.2))
                        ->Budgets({L, P, p, {}}, BudgetTarget::Retention(0.9));
-  ASSERT_FALSE(retention.ok());
-  EXPECT_NE(retention.status().message().find("not a retention target"), std::string::npos);
+  ASSERT_FALSE(retention.ok());  // the spec's one rule text, kept by the policy as a backstop
+  EXPECT_EQ(retention.status().message(), HeadsRetentionError().message());
   auto uneven = MakeKvPolicy(Heads({1.0, 1.0, 1.0, 1.0}, 0.2))
                     ->Budgets({L, P, p, {64, 128}}, BudgetTarget::Bytes(6400));
   ASSERT_FALSE(uneven.ok());
@@ -151,6 +151,36 @@ TEST(HeadWeightsTest, HeadsTakesItsOwnDefaultFloor) {
   EXPECT_EQ(ApplyOverride(*heads, back)->allocator.floor, AllocatorParams{}.floor);
   EXPECT_EQ(DefaultFloor(AllocatorKind::kGlobal), 0.75);
   EXPECT_EQ(DefaultFloor(AllocatorKind::kHeads), 0.0);
+}
+
+// Allocator heads is per head by construction: per_head 1 with it is refused with one clear line
+// (spec and override alike), while a base's per-head default (serve --per-head 1, allocator
+// global) is dropped when a request names heads without per_head.
+TEST(HeadWeightsTest, PerHeadWithHeadsIsRefusedNotIgnored) {
+  KvSettings s;
+  s.policy = PolicyKind::kXkv;
+  s.target = KvTarget::Fraction(0.2);
+  s.allocator.kind = AllocatorKind::kHeads;
+  s.allocator.per_head = true;
+  EXPECT_NE(ValidateSettings(s).message().find("allocator heads is per head already"),
+            std::string::npos);
+
+  KvSettings base;
+  base.policy = PolicyKind::kXkv;
+  base.target = KvTarget::Fraction(0.2);
+  base.allocator.per_head = true;  // the deployment's per-head global default
+  KvPolicyOverride o;
+  o.allocator = "heads";
+  auto heads = ApplyOverride(base, o);
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  EXPECT_FALSE(heads->allocator.per_head);
+  o.per_head = true;
+  auto refused = ApplyOverride(base, o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("allocator 'heads'"), std::string::npos)
+      << refused.status();
+  o.per_head = false;
+  EXPECT_TRUE(ApplyOverride(base, o).ok());
 }
 
 }  // namespace
