@@ -18,11 +18,14 @@
 namespace xkv {
 
 // `before`: every layer of the sequence, ordered, each holding the whole `prompt_len`-token prompt;
-// `budgets`: kept prefix tokens per layer. FAILED_PRECONDITION when a layer holds another count
-// (the sizes cannot be predicted) or the counts differ.
+// `budgets`: kept prefix tokens per layer. `head_budgets` (empty: per layer): [layers][KV heads]
+// kept prefix tokens per head, on stages with a table per KV head (each head keeps its own count;
+// the layer's tokens are its largest head's, head_tokens each head's). FAILED_PRECONDITION when a
+// layer holds another count (the sizes cannot be predicted) or the counts differ.
 absl::StatusOr<std::vector<xkv::v1::LayerSize>> CompactedLayerSizes(
     absl::Span<const xkv::v1::LayerSize> before, absl::Span<const int64_t> budgets,
-    int64_t prompt_len, int window, int block_tokens);
+    absl::Span<const std::vector<int64_t>> head_budgets, int64_t prompt_len, int window,
+    int block_tokens);
 
 // INTERNAL naming the sequence, the layer and both counts when the stages' answer to a compaction
 // differs from the predicted sizes.

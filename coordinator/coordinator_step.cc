@@ -594,12 +594,11 @@ absl::Status Coordinator::SolveAndCompact(Sequence& seq) {
   ++loop_compactions_;
   // The sizes it leaves are known (compaction_sizes.h): the ledger shrinks now and the stages
   // compact it ahead of the next step, which the loop plans and starts without waiting for them
-  // (issue 13: other requests' decodes never wait for this one's compaction). Per-head budgets or
-  // unreported sizes: the loop waits for the stages' answer.
+  // (issue 13: other requests' decodes never wait for this one's compaction), per layer or per
+  // (layer, KV head). Unreported sizes: the loop waits for the stages' answer.
   absl::StatusOr<std::vector<xkv::v1::LayerSize>> after =
-      seq.budgets.head_budgets.empty() ? CompactedLayerSizes(seq.layers, seq.budgets.budgets, T,
-                                                             options_.window, options_.block_tokens)
-                                       : absl::FailedPreconditionError("per-head budgets");
+      CompactedLayerSizes(seq.layers, seq.budgets.budgets, seq.budgets.head_budgets, T,
+                          options_.window, options_.block_tokens);
   if (after.ok()) {
     RETURN_IF_ERROR(scheduler_->Compacted(seq.id, LayersHeld(*after)));
     compactions_.push_back({seq.id, driver_->StartCompact(seq.id, spec), *after});

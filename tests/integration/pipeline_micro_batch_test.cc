@@ -182,7 +182,7 @@ TEST_F(PipelineMicroBatchTest, CancelDuringProfilingEndsAtTheNextStep) {
 // last stage until the first stage, which compacted already, has run a step of a request that is
 // decoding meanwhile (a step started after the compaction: the loop did not wait for it; else the
 // hold ends after 20 s and the test fails). Both requests end with the tokens they get alone, and
-// every pool is idle.
+// every pool is idle; with per-layer and with per-(layer, KV head) budgets.
 TEST_F(PipelineMicroBatchTest, DecodesRunWhileAnotherRequestCompacts) {
   FakeClock clock;
   absl::StatusOr<Pipeline> p = StartPipeline(2, 2, &clock);
@@ -194,62 +194,67 @@ TEST_F(PipelineMicroBatchTest, DecodesRunWhileAnotherRequestCompacts) {
   decoding.max_tokens = 40;
   decoding.ignore_eos = true;
   decoding.kv.policy = "full";
-  GenerateParams compacted;
-  for (int i = 0; i < 6; ++i) compacted.prompt += "The tide came in over the sand and went out. ";
-  compacted.max_tokens = 6;
-  compacted.ignore_eos = true;
-  compacted.kv.policy = "xkv";
-  compacted.kv.profile_mode = "one_pass";
-  compacted.kv.budget_fraction = 0.25;
-  std::vector<std::vector<int32_t>> alone;
-  for (const GenerateParams& r : {decoding, compacted}) {
-    alone.push_back(testing_pipeline::GenerateAll(c, {r})[0]);
-  }
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t decoding_id = 0;   // guarded by mu
-  bool compacting = false;    // guarded by mu: the compaction was queued on the stages
-  int decodes_meanwhile = 0;  // guarded by mu: first-stage steps of the decoding request since
-  int compactions = 0;        // guarded by mu
-  bool overlapped = false;    // guarded by mu: a decode ran while the last stage held it
-  p->log->on_stage_step = [&](size_t stage, const xkv::v1::StepRequest& step) {
+  // Per-layer budgets, then per-(layer, KV head) ones: both sizes are known when they are solved.
+  for (const bool per_head : {false, true}) {
+    SCOPED_TRACE(per_head ? "per head" : "per layer");
+    GenerateParams compacted;
+    for (int i = 0; i < 6; ++i) compacted.prompt += "The tide came in over the sand and went out. ";
+    compacted.max_tokens = 6;
+    compacted.ignore_eos = true;
+    compacted.kv.policy = "xkv";
+    compacted.kv.profile_mode = "one_pass";
+    compacted.kv.budget_fraction = 0.25;
+    compacted.kv.per_head = per_head;
+    std::vector<std::vector<int32_t>> alone;
+    for (const GenerateParams& r : {decoding, compacted}) {
+      alone.push_back(testing_pipeline::GenerateAll(c, {r})[0]);
+    }
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t decoding_id = 0;   // guarded by mu
+    bool compacting = false;    // guarded by mu: the compaction was queued on the stages
+    int decodes_meanwhile = 0;  // guarded by mu: first-stage steps of the decoding request since
+    int compactions = 0;        // guarded by mu
+    bool overlapped = false;    // guarded by mu: a decode ran while the last stage held it
+    p->log->on_stage_step = [&](size_t stage, const xkv::v1::StepRequest& step) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (stage != 0 || !compacting) return;
+      for (const xkv::v1::StepSequence& q : step.sequences()) {
+        if (q.seq_id() == decoding_id) ++decodes_meanwhile;
+      }
+      cv.notify_all();
+    };
+    p->log->on_compact = [&](size_t stage, const xkv::v1::CompactRequest&) {
+      std::unique_lock<std::mutex> lock(mu);
+      ++compactions;
+      compacting = true;
+      if (stage == 1) {
+        overlapped =
+            cv.wait_for(lock, std::chrono::seconds(20), [&] { return decodes_meanwhile > 0; });
+      }
+    };
+    auto decoding_sink = std::make_shared<CollectingSink>();
+    auto compacted_sink = std::make_shared<CollectingSink>();
+    {
+      std::lock_guard<std::mutex> lock(mu);  // its first step waits for the id
+      absl::StatusOr<uint64_t> id = c.Submit(decoding, decoding_sink);
+      ASSERT_TRUE(id.ok()) << id.status();
+      decoding_id = *id;
+    }
+    ASSERT_TRUE(c.Submit(compacted, compacted_sink).ok());
+    auto [decoded, decoding_status] = decoding_sink->Wait();
+    auto [kept, compacted_status] = compacted_sink->Wait();
+    p->log->on_stage_step = nullptr;
+    p->log->on_compact = nullptr;
+    EXPECT_TRUE(decoding_status.ok()) << decoding_status;
+    EXPECT_TRUE(compacted_status.ok()) << compacted_status;
+    EXPECT_EQ(decoded, alone[0]);
+    EXPECT_EQ(kept, alone[1]);
     std::lock_guard<std::mutex> lock(mu);
-    if (stage != 0 || !compacting) return;
-    for (const xkv::v1::StepSequence& q : step.sequences()) {
-      if (q.seq_id() == decoding_id) ++decodes_meanwhile;
-    }
-    cv.notify_all();
-  };
-  p->log->on_compact = [&](size_t stage, const xkv::v1::CompactRequest&) {
-    std::unique_lock<std::mutex> lock(mu);
-    ++compactions;
-    compacting = true;
-    if (stage == 1) {
-      overlapped =
-          cv.wait_for(lock, std::chrono::seconds(20), [&] { return decodes_meanwhile > 0; });
-    }
-  };
-  auto decoding_sink = std::make_shared<CollectingSink>();
-  auto compacted_sink = std::make_shared<CollectingSink>();
-  {
-    std::lock_guard<std::mutex> lock(mu);  // its first step waits for the id
-    absl::StatusOr<uint64_t> id = c.Submit(decoding, decoding_sink);
-    ASSERT_TRUE(id.ok()) << id.status();
-    decoding_id = *id;
+    EXPECT_EQ(compactions, 2) << "one compaction call per stage";
+    EXPECT_TRUE(overlapped) << "no decode step ran while the other request compacted";
+    EXPECT_EQ(PoolState(*p), idle);
   }
-  ASSERT_TRUE(c.Submit(compacted, compacted_sink).ok());
-  auto [decoded, decoding_status] = decoding_sink->Wait();
-  auto [kept, compacted_status] = compacted_sink->Wait();
-  p->log->on_stage_step = nullptr;
-  p->log->on_compact = nullptr;
-  EXPECT_TRUE(decoding_status.ok()) << decoding_status;
-  EXPECT_TRUE(compacted_status.ok()) << compacted_status;
-  EXPECT_EQ(decoded, alone[0]);
-  EXPECT_EQ(kept, alone[1]);
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(compactions, 2) << "one compaction call per stage";
-  EXPECT_TRUE(overlapped) << "no decode step ran while the other request compacted";
-  EXPECT_EQ(PoolState(*p), idle);
 }
 
 // Async decode (`xkv serve --async-decode`, StageOptions::lookahead): a stage that is both first
