@@ -81,6 +81,11 @@ struct AllocatorParams {
   // Per-(layer, KV head) weights w_lh > 0, [L * H] layer-major (model/layer_calibration.h, `xkv
   // calibrate --heads 1`): allocator kHeads's shares. Empty for the other allocators.
   std::vector<double> head_weights;
+  // Nothing named (serve / generate flags, a request, an eval method without allocator=): the
+  // default rule picks `kind` for each spec (kv_spec.h ResolveDefaultAllocator), and a floor not
+  // named follows the kind (DefaultFloor).
+  bool kind_by_default = false;
+  bool floor_by_default = false;
 };
 
 // The one rule text: allocator kHeads takes no retention target (its budgets do not depend on

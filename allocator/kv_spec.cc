@@ -47,6 +47,18 @@ double DefaultFloor(AllocatorKind kind) {
   return kind == AllocatorKind::kHeads ? kHeadsFloor : AllocatorParams{}.floor;
 }
 
+AllocatorKind DefaultAllocator(const KvSettings& s) {
+  const bool heads = s.policy == PolicyKind::kXkv && !s.allocator.head_weights.empty() &&
+                     s.target.kind != KvTarget::Kind::kRetention && !s.allocator.per_head &&
+                     s.profile.kind != ProfileModeKind::kReconstruct;
+  return heads ? AllocatorKind::kHeads : AllocatorKind::kGlobal;
+}
+
+void ResolveDefaultAllocator(KvSettings& s) {
+  if (s.allocator.kind_by_default) s.allocator.kind = DefaultAllocator(s);
+  if (s.allocator.floor_by_default) s.allocator.floor = DefaultFloor(s.allocator.kind);
+}
+
 absl::StatusOr<bool> ParsePerHead(absl::string_view text) {
   const std::string lower = absl::AsciiStrToLower(text);
   if (lower == "1" || lower == "true") return true;
@@ -213,14 +225,19 @@ absl::StatusOr<KvSettings> ApplyOverride(const KvSettings& base, const KvPolicyO
   }
   if (!o.allocator.empty()) {
     ASSIGN_OR_RETURN(s.allocator.kind, ParseAllocator(o.allocator));
+    s.allocator.kind_by_default = false;
     // Another allocator named without a floor takes its own default, not the base's.
-    if (s.allocator.kind != base.allocator.kind) s.allocator.floor = DefaultFloor(s.allocator.kind);
+    if (s.allocator.kind != base.allocator.kind) s.allocator.floor_by_default = true;
   }
-  if (o.floor) s.allocator.floor = *o.floor;
+  if (o.floor) {
+    s.allocator.floor = *o.floor;
+    s.allocator.floor_by_default = false;
+  }
   if (o.cap) s.allocator.cap = *o.cap;
-  if (o.per_head) {
-    s.allocator.per_head = *o.per_head;
-  } else if (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal) {
+  if (o.per_head) s.allocator.per_head = *o.per_head;
+  // No allocator named here or in the base: the default rule, for this target and policy.
+  ResolveDefaultAllocator(s);
+  if (!o.per_head && (s.policy != PolicyKind::kXkv || s.allocator.kind != AllocatorKind::kGlobal)) {
     s.allocator.per_head = false;  // a base's per-head default does not apply to this policy
   }
   // The service solves per-head budgets with xkv's global allocator only; AdaKV-style

@@ -129,6 +129,13 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(parts[i].substr(8)));
     }
   }
+  // No allocator named: the default rule picks it once the calibration is known (ApplyCalibration;
+  // global without head weights). Global and heads score alike (ScoringFor).
+  if (m.kv.policy == PolicyKind::kXkv && m.kv.allocator.kind == AllocatorKind::kGlobal &&
+      !absl::StrContains(expanded, ":allocator=")) {
+    m.kv.allocator.kind_by_default = true;
+    m.kv.allocator.floor_by_default = !absl::StrContains(expanded, ":floor=");
+  }
   m.scoring = ScoringFor(m.kv, base);
   bool kernel_set = false;
   for (size_t i = 1; i < parts.size(); ++i) {
@@ -201,6 +208,16 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
 absl::Status ApplyCalibration(const CalibrationWeights& weights, std::vector<EvalMethod>* methods) {
   for (EvalMethod& m : *methods) {
     const bool xkv = m.kv.policy == PolicyKind::kXkv;
+    if (xkv && m.kv.allocator.kind_by_default) {
+      // The default rule at a size target (every eval budget is one), as serve and generate
+      // apply it; calib=1 asks for the layer weights, which the global allocator takes.
+      KvSettings sized = m.kv;
+      sized.target = KvTarget::Fraction(1.0);
+      if (m.calibration != true) sized.allocator.head_weights = weights.heads;
+      ResolveDefaultAllocator(sized);
+      m.kv.allocator.kind = sized.allocator.kind;
+      m.kv.allocator.floor = sized.allocator.floor;
+    }
     if (xkv && m.kv.allocator.kind == AllocatorKind::kHeads) {
       if (weights.heads.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(

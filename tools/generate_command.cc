@@ -53,7 +53,7 @@ struct GenerateFlags {
   double budget_fraction = -1;
   std::string profile = "per_request";
   int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of --device
-  std::string allocator = "global";
+  std::string allocator;          // empty: DefaultAllocator (allocator/kv_spec.h)
   double floor = 0.75;
   double cap = AllocatorParams{}.cap;
   std::string per_head = "0";
@@ -70,6 +70,8 @@ KvSettings CliDefaultKv(CalibrationWeights weights) {
   kv.policy = PolicyKind::kFull;
   kv.allocator.layer_weights = std::move(weights.layers);
   kv.allocator.head_weights = std::move(weights.heads);
+  kv.allocator.kind_by_default = true;
+  kv.allocator.floor_by_default = true;
   return kv;
 }
 
@@ -232,7 +234,9 @@ void DeclareGenerateFlags(GenerateFlags& f, FlagSet& flags) {
                "xkv budget split: global (raw scores, per-layer floor and cap around the uniform "
                "share), paper (gains divided by each layer's total, no floors) or heads (per "
                "(layer, KV head) budgets from --calibration's head weights, --floor of the "
-               "uniform share each)");
+               "uniform share each); not given: heads for a size target (--budget-tokens, "
+               "--budget-bytes, --budget-fraction) when --calibration has head weights, else "
+               "global");
   flags.Double("floor", &f.floor,
                "global allocator: per-layer floor as a fraction of the uniform share, [0, 1] "
                "(1 = uniform SnapKV budgets)");

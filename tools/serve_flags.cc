@@ -63,7 +63,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
                 " (always under xkv coordinator: it does not know its workers' devices)"));
   flags.String("allocator", &f->allocator,
                "default xkv allocator: global|paper|heads (heads: per-(layer, KV head) budgets "
-               "from --calibration's head weights)");
+               "from --calibration's head weights); not given: heads for a size target "
+               "(--budget-fraction, a request's tokens / bytes / fraction) when --calibration has "
+               "head weights, else global");
   flags.Double("floor", &f->floor,
                "default floor of the global allocator (per layer) or heads (per KV head), a "
                "fraction of the uniform share in [0, 1]; not given: 0.75 (global), 0 (heads)");
@@ -171,7 +173,11 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
   ASSIGN_OR_RETURN(o.reread_chunk,
                    RereadChunkFromFlag(f.reconstruct_chunk, gpu_stages, "--reconstruct-chunk"));
-  ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
+  o.kv.allocator.kind_by_default = f.allocator.empty();
+  if (!f.allocator.empty()) {
+    ASSIGN_OR_RETURN(o.kv.allocator.kind, ParseAllocator(f.allocator));
+  }
+  o.kv.allocator.floor_by_default = std::isnan(f.floor);
   o.kv.allocator.floor = std::isnan(f.floor) ? DefaultFloor(o.kv.allocator.kind) : f.floor;
   o.kv.allocator.cap = f.cap;
   ASSIGN_OR_RETURN(o.kv.allocator.per_head, ParsePerHead(f.per_head));
@@ -185,6 +191,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   } else {
     o.kv.target = {KvTarget::Kind::kRetention, f.retention};
   }
+  ResolveDefaultAllocator(o.kv);
   RETURN_IF_ERROR(ValidateWindow(f.window, "--window"));
   o.window = static_cast<int>(f.window);
   o.block_tokens = static_cast<int>(f.block_tokens);

@@ -38,7 +38,7 @@ struct ServeFlags {
   double budget_fraction = 0;
   std::string profile = "auto";   // one_pass on GPU stages, per_request on CPU ones
   int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of the stages' device
-  std::string allocator = "global";
+  std::string allocator;          // empty: DefaultAllocator (allocator/kv_spec.h)
   // NaN (not given; the flag parser refuses a NaN): the allocator's default (DefaultFloor).
   double floor = std::numeric_limits<double>::quiet_NaN();
   double cap = AllocatorParams{}.cap;

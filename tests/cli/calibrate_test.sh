@@ -38,7 +38,15 @@ else
   echo "ok: calibrate wrote 30 layer and 90 head weights"
 fi
 
-# generate takes the file, and its per-layer allocation differs from the one without weights.
+python3 - "$tmp/c.json" "$tmp/layers-only.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+del d["head_weights"], d["head_mean_kl"]
+json.dump(d, open(sys.argv[2], "w"))
+PY
+
+# generate takes the layer weights (allocator global), and its per-layer allocation differs from
+# the one without weights.
 prompt=$(python3 -c "print(' '.join(['The ship logged its cargo and crew at every port.'] * 30))")
 allocation() {  # the --show-allocation table (layer, tokens held, bytes held)
   timeout 120 "$xkv" generate --model "$model" --policy xkv --budget-fraction 0.3 --prompt "$prompt" \
@@ -46,7 +54,7 @@ allocation() {  # the --show-allocation table (layer, tokens held, bytes held)
     sed -n '/^layer/,/^KV bytes held/p' "$tmp/gen.err"
 }
 plain=$(allocation)
-weighed=$(allocation --calibration "$tmp/c.json")
+weighed=$(allocation --calibration "$tmp/layers-only.json")
 if [[ -z $weighed || -z $plain || $weighed == "$plain" ]]; then
   echo "FAIL: generate --calibration (same allocation as without, or an error)"
   sed 's/^/    /' "$tmp/gen.err" | tail -5
@@ -64,12 +72,24 @@ if [[ -z $heads || $heads == "$plain" ]]; then
 else
   echo "ok: generate --allocator heads took the head weights"
 fi
-python3 - "$tmp/c.json" "$tmp/layers-only.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-del d["head_weights"], d["head_mean_kl"]
-json.dump(d, open(sys.argv[2], "w"))
-PY
+# With head weights and no allocator named, a size target takes heads (the default rule); a
+# retention target takes global (heads cannot) instead of being refused.
+by_default=$(allocation --calibration "$tmp/c.json")
+if [[ -z $by_default || $by_default != "$heads" ]]; then
+  echo "FAIL: generate --calibration (head weights) without --allocator is not allocator heads"
+  sed 's/^/    /' "$tmp/gen.err" | tail -5
+  failed=1
+else
+  echo "ok: head weights make heads the default allocator at a size target"
+fi
+if ! timeout 120 "$xkv" generate --model "$model" --policy xkv --retention 0.9 --prompt hi \
+  --max-tokens 2 --threads 2 --calibration "$tmp/c.json" > /dev/null 2> "$tmp/gen.err"; then
+  echo "FAIL: generate --retention with head weights and no --allocator"
+  sed 's/^/    /' "$tmp/gen.err" | tail -5
+  failed=1
+else
+  echo "ok: a retention target with head weights takes allocator global"
+fi
 
 # The same file for another model (the weights' hash changed), corrupt, and with a negative weight.
 python3 - "$tmp/c.json" "$tmp/other.json" "$tmp/neg.json" <<'PY'

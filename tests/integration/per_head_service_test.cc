@@ -284,7 +284,8 @@ class PerHeadServiceTest : public ::testing::Test {
   };
 
   // S stages in-process or as gRPC workers on loopback, each behind a RecordingClient.
-  static std::unique_ptr<Service> Start(int num_stages, bool grpc, bool table_per_layer = false) {
+  static std::unique_ptr<Service> Start(int num_stages, bool grpc, bool table_per_layer = false,
+                                        const CoordinatorOptions& options = Options()) {
     auto s = std::make_unique<Service>();
     std::vector<std::unique_ptr<StageClient>> inner;
     if (grpc) {
@@ -312,7 +313,7 @@ class PerHeadServiceTest : public ::testing::Test {
           grpc ? &s->workers[i]->service() : nullptr));
       s->stages.push_back(clients.back().get());
     }
-    auto c = Coordinator::Start(Options(), std::move(clients));
+    auto c = Coordinator::Start(options, std::move(clients));
     EXPECT_TRUE(c.ok()) << c.status();
     if (!c.ok()) return nullptr;
     s->coordinator = *std::move(c);
@@ -413,6 +414,21 @@ TEST_F(PerHeadServiceTest, HeadsAllocatorMatchesTheEvalHarness) {
       << id.status();
   EXPECT_EQ((*c)->SetPolicy(Heads()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*c)->GetConfig().DebugString(), config);
+}
+
+// A deployment that names no allocator (`xkv serve --calibration F` with head weights, no
+// --allocator): its retention default stays global, and a request with a size target and no
+// allocator runs allocator heads (the same tokens, log-probabilities and head counts as naming it).
+TEST_F(PerHeadServiceTest, HeadWeightsMakeHeadsTheDefaultAtASizeTarget) {
+  CoordinatorOptions o = Options();
+  o.kv.allocator.kind_by_default = o.kv.allocator.floor_by_default = true;
+  ResolveDefaultAllocator(o.kv);
+  ASSERT_EQ(o.kv.target.kind, KvTarget::Kind::kRetention);
+  EXPECT_EQ(o.kv.allocator.kind, AllocatorKind::kGlobal);
+  std::unique_ptr<Service> s = Start(1, false, false, o);
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(s->coordinator->GetConfig().default_policy().allocator(), "global");
+  ExpectMatches(*s, Request(Layers("xkv")), HeadsAllocator());
 }
 
 TEST_F(PerHeadServiceTest, AdminSwitchReachesNewRequests) {

@@ -183,5 +183,57 @@ TEST(HeadWeightsTest, PerHeadWithHeadsIsRefusedNotIgnored) {
   EXPECT_TRUE(ApplyOverride(base, o).ok());
 }
 
+// No allocator named (serve / generate flags, requests, the admin RPC): DefaultAllocator picks
+// heads for a size target where the deployment has head weights, global for a retention target,
+// per-head scoring or the re-reading profile, and without head weights; a floor not named follows
+// the allocator. A request that names one keeps it.
+TEST(HeadWeightsTest, AnUnnamedAllocatorFollowsTheTargetAndTheWeights) {
+  KvSettings base;  // serve --calibration F (head weights), no --allocator, no --floor
+  base.policy = PolicyKind::kXkv;
+  base.target = KvTarget::Retention(0.9);
+  base.allocator.head_weights = {1.0, 3.0};
+  base.allocator.kind_by_default = base.allocator.floor_by_default = true;
+  ResolveDefaultAllocator(base);
+  EXPECT_EQ(base.allocator.kind, AllocatorKind::kGlobal);  // retention: global
+  EXPECT_EQ(base.allocator.floor, AllocatorParams{}.floor);
+
+  KvPolicyOverride sized;
+  sized.budget_fraction = 0.2;
+  auto heads = ApplyOverride(base, sized);
+  ASSERT_TRUE(heads.ok()) << heads.status();
+  EXPECT_EQ(heads->allocator.kind, AllocatorKind::kHeads);
+  EXPECT_EQ(heads->allocator.floor, kHeadsFloor);
+  KvPolicyOverride back;  // the admin RPC sets a retention again: global, its floor
+  back.retention = 0.8;
+  auto global = ApplyOverride(*heads, back);
+  ASSERT_TRUE(global.ok()) << global.status();
+  EXPECT_EQ(global->allocator.kind, AllocatorKind::kGlobal);
+  EXPECT_EQ(global->allocator.floor, AllocatorParams{}.floor);
+
+  KvPolicyOverride o = sized;  // named: kept, and refused where it cannot be
+  o.allocator = "global";
+  EXPECT_EQ(ApplyOverride(base, o)->allocator.kind, AllocatorKind::kGlobal);
+  o = sized;
+  o.floor = 0.4;
+  EXPECT_EQ(ApplyOverride(base, o)->allocator.floor, 0.4);
+  o = sized;
+  o.per_head = true;
+  EXPECT_EQ(ApplyOverride(base, o)->allocator.kind, AllocatorKind::kGlobal);
+  o = sized;
+  o.profile_mode = "reconstruct";
+  EXPECT_EQ(ApplyOverride(base, o)->allocator.kind, AllocatorKind::kGlobal);
+  KvSettings named = *heads;  // serve --allocator heads: a retention request is refused
+  named.allocator.kind_by_default = false;
+  EXPECT_EQ(ApplyOverride(named, back).status().message(), HeadsRetentionError().message());
+
+  KvSettings no_weights = base;  // no head weights: global at every target
+  no_weights.allocator.head_weights.clear();
+  EXPECT_EQ(ApplyOverride(no_weights, sized)->allocator.kind, AllocatorKind::kGlobal);
+  KvSettings explicit_floor = base;  // serve --floor 0.5 without --allocator: kept for heads
+  explicit_floor.allocator.floor = 0.5;
+  explicit_floor.allocator.floor_by_default = false;
+  EXPECT_EQ(ApplyOverride(explicit_floor, sized)->allocator.floor, 0.5);
+}
+
 }  // namespace
 }  // namespace xkv

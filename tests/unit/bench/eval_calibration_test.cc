@@ -48,7 +48,7 @@ TEST(EvalCalibrationTest, CalibOneNeedsTheFileAndTheGlobalAllocator) {
 
 TEST(EvalCalibrationTest, AllocatorHeadsTakesTheHeadWeightsAndNeedsThem) {
   const CalibrationWeights w{{0.5, 1.5}, {0.2, 1.8, 1.0, 1.0}};
-  std::vector<EvalMethod> m = Methods({"xkv:allocator=heads", "xkv"});
+  std::vector<EvalMethod> m = Methods({"xkv:allocator=heads", "xkv:allocator=global"});
   ASSERT_TRUE(ApplyCalibration(w, &m).ok());
   EXPECT_EQ(m[0].kv.allocator.head_weights, w.heads);
   EXPECT_TRUE(m[0].kv.allocator.layer_weights.empty());  // heads takes no layer weights
@@ -67,6 +67,32 @@ TEST(EvalCalibrationTest, AllocatorHeadsTakesTheHeadWeightsAndNeedsThem) {
   // A heads method with calib=1 is refused: it takes no layer weights.
   std::vector<EvalMethod> both = Methods({"xkv:allocator=heads:calib=1"});
   EXPECT_EQ(ApplyCalibration(w, &both).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// An xkv method that names no allocator takes the service's default rule (DefaultAllocator):
+// with head weights, heads at its own floor (every eval budget is a size target) — unless it asks
+// for per-head scoring, a re-reading profile or the layer weights (calib=1), which take global;
+// without head weights, global with the layer weights as before.
+TEST(EvalCalibrationTest, AnUnnamedAllocatorFollowsTheDefaultRule) {
+  const CalibrationWeights w{{0.5, 1.5}, {0.2, 1.8, 1.0, 1.0}};
+  std::vector<EvalMethod> m =
+      Methods({"xkv", "xkv:floor=0.5", "xkv:calib=1", "xkv:per_head=1", "xkv:profile=reconstruct"});
+  ASSERT_TRUE(ApplyCalibration(w, &m).ok());
+  EXPECT_EQ(m[0].kv.allocator.kind, AllocatorKind::kHeads);
+  EXPECT_EQ(m[0].kv.allocator.floor, kHeadsFloor);
+  EXPECT_EQ(m[0].kv.allocator.head_weights, w.heads);
+  EXPECT_TRUE(m[0].kv.allocator.layer_weights.empty());
+  EXPECT_EQ(m[1].kv.allocator.kind, AllocatorKind::kHeads);
+  EXPECT_EQ(m[1].kv.allocator.floor, 0.5);
+  for (int i = 2; i < 5; ++i) {
+    EXPECT_EQ(m[i].kv.allocator.kind, AllocatorKind::kGlobal) << m[i].name;
+    EXPECT_EQ(m[i].kv.allocator.floor, AllocatorParams{}.floor) << m[i].name;
+    EXPECT_EQ(m[i].kv.allocator.layer_weights, w.layers) << m[i].name;
+  }
+  std::vector<EvalMethod> layers_only = Methods({"xkv"});
+  ASSERT_TRUE(ApplyCalibration({w.layers, {}}, &layers_only).ok());
+  EXPECT_EQ(layers_only[0].kv.allocator.kind, AllocatorKind::kGlobal);
+  EXPECT_EQ(layers_only[0].kv.allocator.layer_weights, w.layers);
 }
 
 }  // namespace
