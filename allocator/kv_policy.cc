@@ -628,7 +628,11 @@ class XkvPolicy : public KvPolicy {
     const double share = static_cast<double>(total) / static_cast<double>(n);
     const int64_t base =
         std::min<int64_t>(P, static_cast<int64_t>(std::floor(options_.allocator.floor * share)));
-    const std::vector<int64_t> extra = RoundBudgetsToTotal(w, total - base * n, P - base);
+    std::vector<double> shares = w;
+    if (options_.allocator.head_power != 1.0) {
+      for (double& x : shares) x = std::pow(x, options_.allocator.head_power);
+    }
+    const std::vector<int64_t> extra = RoundBudgetsToTotal(shares, total - base * n, P - base);
     PolicyBudgets out;
     out.rule = selection();
     out.head_budgets.assign(in.num_layers, std::vector<int64_t>(H));

@@ -81,6 +81,9 @@ struct AllocatorParams {
   // Per-(layer, KV head) weights w_lh > 0, [L * H] layer-major (model/layer_calibration.h, `xkv
   // calibrate --heads 1`): allocator kHeads's shares. Empty for the other allocators.
   std::vector<double> head_weights;
+  // Allocator kHeads: the shares follow w_lh ^ head_power (1: the weights as measured; below 1
+  // flatter). In [kMinHeadPower, kMaxHeadPower] (kv_spec.h); `xkv eval`'s hpow= for dev searches.
+  double head_power = 1.0;
   // Nothing named (serve / generate flags, a request, an eval method without allocator=): the
   // default rule picks `kind` for each spec (kv_spec.h ResolveDefaultAllocator), and a floor not
   // named follows the kind (DefaultFloor).

@@ -161,6 +161,10 @@ absl::Status ValidateSettings(const KvSettings& s) {
     }
     if (s.target.kind == KvTarget::Kind::kRetention) return HeadsRetentionError();
   }
+  if (!(s.allocator.head_power >= kMinHeadPower && s.allocator.head_power <= kMaxHeadPower)) {
+    return OutOfRange("head power", s.allocator.head_power,
+                      absl::StrCat("[", kMinHeadPower, ", ", kMaxHeadPower, "]"));
+  }
   for (size_t i = 0; i < s.allocator.head_weights.size(); ++i) {
     const double w = s.allocator.head_weights[i];
     if (!(std::isfinite(w) && w > 0.0)) {

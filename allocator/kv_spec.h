@@ -40,6 +40,7 @@ inline constexpr int kXkvPoolKernel = 31;
 // Allocator heads's floor when none is given: no share below the weights' (chosen on the dev
 // split, docs/quality-heads.md). The global allocator's is AllocatorParams' (0.75).
 inline constexpr double kHeadsFloor = 0.0;
+inline constexpr double kMinHeadPower = 0.25, kMaxHeadPower = 4.0;
 // The floor an allocator takes when none is given.
 double DefaultFloor(AllocatorKind kind);
 

@@ -144,6 +144,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     if (key == "floor") {
       ASSIGN_OR_RETURN(m.kv.allocator.floor, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateFloor(m.kv.allocator.floor, "method floor"));
+    } else if (key == "hpow") {
+      ASSIGN_OR_RETURN(m.kv.allocator.head_power, ParseNumber(key, value));
     } else if (key == "cap") {
       ASSIGN_OR_RETURN(m.kv.allocator.cap, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateCap(m.kv.allocator.cap, "method cap"));
@@ -187,8 +189,8 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
           "'; allowed: floor=[0,1], cap=[1,64], window=[", kMinWindow, ",", kMaxWindow,
           "], sinks=[0,", kMaxSinkTokens,
           "], recent=[0,1] (xkv), pool=max|avg, kernel=1|3|...|63, reduce=max|sum, vnorm=0|1, ",
-          "profile=reconstruct, mix=max, allocator=global|paper|heads, per_head=0|1, calib=0|1 "
-          "(xkv)"));
+          "profile=reconstruct, mix=max, allocator=global|paper|heads, per_head=0|1, calib=0|1, "
+          "hpow=[0.25,4] (allocator heads) (xkv)"));
     }
   }
   KvSettings check = m.kv;  // the method's own rules (its target is set per budget)

@@ -71,6 +71,27 @@ TEST(HeadWeightsTest, FloorIsAShareOfTheUniformBudgetAndOneIsUniform) {
   EXPECT_GT(half->head_budgets[0][0], 230);
 }
 
+// head_power flattens (below 1) or sharpens the shares: w^0.5 of {16, 4, 1, 1} is {4, 2, 1, 1}.
+TEST(HeadWeightsTest, HeadPowerShapesTheShares) {
+  const int L = 2, H = 2;
+  const int64_t P = 1000;
+  const std::vector<LayerProfile> p = Profiles(L, H, P, 11);
+  PolicyOptions o = Heads({16.0, 4.0, 1.0, 1.0}, 0.0);
+  auto linear = MakeKvPolicy(o)->Budgets({L, P, p, {}}, BudgetTarget::Tokens(400));
+  ASSERT_TRUE(linear.ok()) << linear.status();
+  EXPECT_GT(linear->head_budgets[0][0], 500);  // 800 x 16 / 22
+  o.allocator.head_power = 0.5;
+  auto flat = MakeKvPolicy(o)->Budgets({L, P, p, {}}, BudgetTarget::Tokens(400));
+  ASSERT_TRUE(flat.ok()) << flat.status();
+  EXPECT_EQ(flat->head_budgets, (std::vector<std::vector<int64_t>>{{400, 200}, {100, 100}}));
+  KvSettings s;
+  s.policy = PolicyKind::kXkv;
+  s.target = KvTarget::Fraction(0.2);
+  s.allocator.head_power = 0.1;
+  EXPECT_NE(ValidateSettings(s).message().find("head power is 0.1"), std::string::npos)
+      << ValidateSettings(s);
+}
+
 TEST(HeadWeightsTest, ByteTargetsCountHeadTokensAtTheirBytes) {
   const int L = 2, H = 4;
   const int64_t P = 300;
