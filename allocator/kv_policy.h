@@ -82,8 +82,10 @@ struct AllocatorParams {
   // calibrate --heads 1`): allocator kHeads's shares. Empty for the other allocators.
   std::vector<double> head_weights;
   // Allocator kHeads: the shares follow w_lh ^ head_power (1: the weights as measured; below 1
-  // flatter). In [kMinHeadPower, kMaxHeadPower] (kv_spec.h); `xkv eval`'s hpow= for dev searches.
-  double head_power = 1.0;
+  // flatter, above sharper). 1.5: the GPU dev split's pick among 0.5 / 0.75 / 1 / 1.5
+  // (docs/quality-heads.md, session 14). In [kMinHeadPower, kMaxHeadPower] (kv_spec.h); `xkv
+  // eval`'s hpow= for dev searches.
+  double head_power = 1.5;
   // Nothing named (serve / generate flags, a request, an eval method without allocator=): the
   // default rule picks `kind` for each spec (kv_spec.h ResolveDefaultAllocator), and a floor not
   // named follows the kind (DefaultFloor).

@@ -318,14 +318,17 @@ int RunEval(int argc, char** argv) {
   flags.Double("kv-gib", &f.kv_gib, "cuda: KV pool for every copy of a prompt, GiB");
   flags.String("out", &f.out, "output folder (default bench/out/eval-<suite>-<split>)");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every hardware thread");
-  flags.String("methods", &f.methods,
-               "compressed methods, comma-separated (full always runs): streaming, snapkv, "
-               "pyramidkv, adakv (AdaKV over SnapKV, alpha 0.2), paper (xkv with the paper's "
-               "allocator), xkv (the global allocator); snapkv@kvpress, pyramidkv@kvpress, "
-               "adakv@kvpress, streaming@kvpress: kvpress's settings (window 64, kernel 5); "
-               "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=31:sinks=4:recent=0; "
-               "xkv:profile=reconstruct:mix=max scores by re-reading the context (KVzip); "
-               "xkv:per_head=1 budgets per (layer, KV head)");
+  flags.String(
+      "methods", &f.methods,
+      "compressed methods, comma-separated (full always runs): streaming, snapkv, "
+      "pyramidkv, adakv (AdaKV over SnapKV, alpha 0.2), paper (xkv with the paper's "
+      "allocator), xkv (the default allocator: heads with --calibration's head weights, "
+      "else global); snapkv@kvpress, pyramidkv@kvpress, "
+      "adakv@kvpress, streaming@kvpress: kvpress's settings (window 64, kernel 5); "
+      "parameters as xkv:floor=0.25:cap=4:window=16:pool=max:kernel=31:sinks=4:recent=0; "
+      "xkv:profile=reconstruct:mix=max scores by re-reading the context (KVzip); "
+      "xkv:per_head=1 budgets per (layer, KV head); xkv:allocator=heads:hpow=1.5 per-model "
+      "head budgets (shares w^hpow)");
   flags.String("split", &f.split, "dev (choose parameters here) or test (report here)");
   flags.String("budgets", &f.budgets, "KV budgets as fractions of full KV bytes");
   flags.Int("seed", &f.seed, "suite seed (text positions, keys, values); mixed with the split");

@@ -18,10 +18,12 @@ namespace {
 
 using testing_allocator::Profiles;
 
+// Shares in proportion to the weights themselves (head_power 1), for round arithmetic below.
 PolicyOptions Heads(std::vector<double> weights, double floor) {
   PolicyOptions o{PolicyKind::kXkv};
   o.allocator.kind = AllocatorKind::kHeads;
   o.allocator.floor = floor;
+  o.allocator.head_power = 1.0;
   o.allocator.head_weights = std::move(weights);
   return o;
 }
@@ -71,8 +73,10 @@ TEST(HeadWeightsTest, FloorIsAShareOfTheUniformBudgetAndOneIsUniform) {
   EXPECT_GT(half->head_budgets[0][0], 230);
 }
 
-// head_power flattens (below 1) or sharpens the shares: w^0.5 of {16, 4, 1, 1} is {4, 2, 1, 1}.
+// head_power flattens (below 1) or sharpens the shares: w^0.5 of {16, 4, 1, 1} is {4, 2, 1, 1},
+// w^1.5 (the default, the dev split's pick) {64, 8, 1, 1}.
 TEST(HeadWeightsTest, HeadPowerShapesTheShares) {
+  EXPECT_EQ(AllocatorParams{}.head_power, 1.5);
   const int L = 2, H = 2;
   const int64_t P = 1000;
   const std::vector<LayerProfile> p = Profiles(L, H, P, 11);
@@ -84,6 +88,11 @@ TEST(HeadWeightsTest, HeadPowerShapesTheShares) {
   auto flat = MakeKvPolicy(o)->Budgets({L, P, p, {}}, BudgetTarget::Tokens(400));
   ASSERT_TRUE(flat.ok()) << flat.status();
   EXPECT_EQ(flat->head_budgets, (std::vector<std::vector<int64_t>>{{400, 200}, {100, 100}}));
+  o.allocator.head_power = 1.5;
+  auto sharp = MakeKvPolicy(o)->Budgets({L, P, p, {}}, BudgetTarget::Tokens(400));
+  ASSERT_TRUE(sharp.ok()) << sharp.status();
+  EXPECT_EQ(sharp->head_budgets[0][0], 692);  // 800 x 64 / 74 = 691.9, rounded
+  EXPECT_EQ(Sum(sharp->head_budgets), 800);
   KvSettings s;
   s.policy = PolicyKind::kXkv;
   s.target = KvTarget::Fraction(0.2);
