@@ -44,15 +44,6 @@ inline constexpr double kMinHeadPower = 0.25, kMaxHeadPower = 4.0;
 // The floor an allocator takes when none is given.
 double DefaultFloor(AllocatorKind kind);
 
-struct KvSettings;
-// The allocator a spec takes when none is named: heads for policy xkv with the deployment's head
-// weights (`--calibration` from `xkv calibrate --heads 1`), a token / byte / fraction target, per-
-// layer scoring (per_head 0) and the window's profile (not reconstruct) — the dev split's pick,
-// docs/quality-heads.md; global otherwise (no weights, a retention target, per_head, reconstruct).
-AllocatorKind DefaultAllocator(const KvSettings& s);
-// Applies DefaultAllocator / DefaultFloor where s.allocator says they were not named.
-void ResolveDefaultAllocator(KvSettings& s);
-
 // "global" | "paper" | "heads" (case-insensitive).
 absl::StatusOr<AllocatorKind> ParseAllocator(absl::string_view name);
 absl::string_view AllocatorName(AllocatorKind kind);
@@ -81,6 +72,14 @@ struct KvSettings {
   int sink_tokens = 4;        // streaming's sinks; xkv keeps them outside the ranking
   double pyramid_beta = 20.0;
 };
+
+// The allocator a spec takes when none is named: heads for policy xkv with the deployment's head
+// weights (`--calibration` from `xkv calibrate --heads 1`), a token / byte / fraction target, per-
+// layer scoring (per_head 0) and the window's profile (not reconstruct) — the dev split's pick,
+// docs/quality-heads.md; global otherwise (no weights, a retention target, per_head, reconstruct).
+AllocatorKind DefaultAllocator(const KvSettings& s);
+// Applies DefaultAllocator / DefaultFloor where s.allocator says they were not named.
+void ResolveDefaultAllocator(KvSettings& s);
 
 // A per-request (or admin) change to a KvSettings; empty/unset fields keep the base's values.
 struct KvPolicyOverride {

@@ -119,22 +119,21 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
         "paper, xkv, and snapkv@kvpress, pyramidkv@kvpress, adakv@kvpress, streaming@kvpress ",
         "(kvpress's settings)"));
   }
+  // No allocator named: the default rule picks it once the calibration is known (ApplyCalibration;
+  // global without head weights). Global and heads score alike (ScoringFor).
+  m.kv.allocator.kind_by_default =
+      m.kv.policy == PolicyKind::kXkv && m.kv.allocator.kind == AllocatorKind::kGlobal;
+  m.kv.allocator.floor_by_default = m.kv.allocator.kind_by_default;
   // The allocator and the profile first: they decide the scoring (ScoringFor, the service's rule
   // too) that the other parameters adjust.
   for (size_t i = 1; i < parts.size(); ++i) {
     if (absl::StartsWith(parts[i], "allocator=") && m.kv.policy == PolicyKind::kXkv) {
       ASSIGN_OR_RETURN(m.kv.allocator.kind, ParseAllocator(parts[i].substr(10)));
+      m.kv.allocator.kind_by_default = m.kv.allocator.floor_by_default = false;
       m.kv.allocator.floor = DefaultFloor(m.kv.allocator.kind);  // floor= below overrides it
     } else if (absl::StartsWith(parts[i], "profile=")) {
       ASSIGN_OR_RETURN(m.kv.profile, ParseProfileMode(parts[i].substr(8)));
     }
-  }
-  // No allocator named: the default rule picks it once the calibration is known (ApplyCalibration;
-  // global without head weights). Global and heads score alike (ScoringFor).
-  if (m.kv.policy == PolicyKind::kXkv && m.kv.allocator.kind == AllocatorKind::kGlobal &&
-      !absl::StrContains(expanded, ":allocator=")) {
-    m.kv.allocator.kind_by_default = true;
-    m.kv.allocator.floor_by_default = !absl::StrContains(expanded, ":floor=");
   }
   m.scoring = ScoringFor(m.kv, base);
   bool kernel_set = false;
@@ -144,6 +143,7 @@ absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view text, const Importa
     if (key == "floor") {
       ASSIGN_OR_RETURN(m.kv.allocator.floor, ParseNumber(key, value));
       RETURN_IF_ERROR(ValidateFloor(m.kv.allocator.floor, "method floor"));
+      m.kv.allocator.floor_by_default = false;
     } else if (key == "hpow") {
       ASSIGN_OR_RETURN(m.kv.allocator.head_power, ParseNumber(key, value));
     } else if (key == "cap") {
