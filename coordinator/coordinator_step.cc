@@ -486,6 +486,12 @@ void Coordinator::FillStepSequence(const WorkItem& item, Sequence& seq,
                                input.begin() + item.begin + item.tokens);
     out->set_new_sequence(item.begin == 0);
     out->set_skip_sampling(!item.completes_prompt);
+    // A recompute's tokens after its prompt were each first a decode step's input: the stages
+    // replay them as such (the same cache and tokens, StepSequence.replayed_decodes). The
+    // scheduler ends a chunk at the prompt's end, so such a chunk holds nothing else.
+    if (!seq.recompute.empty() && item.begin >= static_cast<int64_t>(seq.prompt.size())) {
+      out->set_replayed_decodes(item.tokens);
+    }
     // The chunk that ends the request's own prompt observes and compacts it (the last one, unless
     // a preempted request recomputes the tokens it had generated after it).
     const bool ends_prompt = item.begin + item.tokens == static_cast<int64_t>(seq.prompt.size());

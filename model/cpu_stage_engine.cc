@@ -53,7 +53,8 @@ absl::Status CpuStageEngine::RunLayers(const EngineStep& step, const ImportanceO
     }
     std::unique_ptr<KvCache>& cache = caches_[s.id];
     if (cache == nullptr) cache = model_->NewCache();
-    batch.sequences.push_back({cache.get(), s.n_new, s.position, s.observe || s.reread});
+    batch.sequences.push_back(
+        {cache.get(), s.n_new, s.position, s.observe || s.reread, s.replayed_decodes});
     keys.push_back(s.observe ? static_cast<int>(i) : -1);
     if (s.reread) out[i].reread.resize(layer_end() - layer_begin());
     if (!s.observe) continue;

@@ -84,9 +84,11 @@ absl::Status LlamaModel::ValidateBatch(int begin, int end, const BatchStep& batc
   if (batch.sequences.empty()) return absl::InvalidArgumentError("llama_model: empty batch");
   for (size_t i = 0; i < batch.sequences.size(); ++i) {
     const SequenceStep& s = batch.sequences[i];
-    if (s.n_new < 1 || s.position < 0 || s.cache == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("llama_model: sequence ", i, " needs n_new >= 1, position >= 0, a cache"));
+    if (s.n_new < 1 || s.position < 0 || s.cache == nullptr || s.replayed_decodes < 0 ||
+        s.replayed_decodes > s.n_new) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "llama_model: sequence ", i,
+          " needs n_new >= 1, position >= 0, a cache, 0 <= replayed_decodes <= n_new"));
     }
     if (s.cache->n_kv_heads() != config().n_kv_heads || s.cache->head_dim() != config().head_dim ||
         s.cache->layer_begin() > begin || s.cache->layer_end() < end) {
@@ -350,57 +352,69 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
     RETURN_IF_ERROR(batch.observer(obs));
   }
   if (batch.scores_only && layer == c.n_layers - 1) return absl::OkStatus();
-  float* out = attn_.data() + row0 * q_dim;
-  if (ExactLayer(weights_->layer(layer))) {
-    const cpu::ggml::AttentionShape exact{c.n_heads, c.n_kv_heads, c.head_dim,
-                                          1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-    return cpu::ggml::LaunchAttention(exact, q, q_dim, seq.n_new, k, v, head_stride, len, out,
-                                      q_dim, pool_.get());
-  }
-  cpu::AttentionShape shape{c.n_heads, c.n_kv_heads, c.head_dim,
-                            1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-  shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
-  // kBf16: the CUDA engine's kernels (model/cuda/cuda_llama_step.cc): one new token goes to the
-  // fp32 decode kernel, more to the tensor-core flash prefill, whose rounding the CPU emulates.
-  shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
-  if (seq.n_new == 1) {
-    return cpu::LaunchDecodeAttention(shape, q, k, v, head_stride, len, out, pool_.get());
-  }
-  return cpu::LaunchPrefillAttention(shape, q, seq.n_new, k, v, head_stride, len, out, q_dim,
-                                     pool_.get());
+  return AttendRows(ExactLayer(weights_->layer(layer)), c.n_heads, c.n_kv_heads, q, q_dim,
+                    seq.n_new, seq.replayed_decodes, k, v, head_stride, len,
+                    attn_.data() + row0 * q_dim, q_dim);
 }
 
 absl::Status LlamaModel::AttendRagged(int layer, const SequenceStep& seq, int64_t row0) {
   const ModelConfig& c = config();
   const int group = c.n_heads / c.n_kv_heads;
-  const int64_t hd = c.head_dim, q_dim = int64_t{c.n_heads} * hd, n = seq.n_new;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  const int64_t hd = c.head_dim, q_dim = int64_t{c.n_heads} * hd;
   const bool exact = ExactLayer(weights_->layer(layer));
-  cpu::AttentionShape shape{group, 1, c.head_dim, scale};
-  shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
-  shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
   for (int g = 0; g < c.n_kv_heads; ++g) {
-    const float* q = q_.data() + row0 * q_dim + g * group * hd;
-    float* out = attn_.data() + row0 * q_dim + g * group * hd;
-    const float* k = seq.cache->k_head(layer, g);
-    const float* v = seq.cache->v_head(layer, g);
     const int64_t len = seq.cache->head_length(layer, g);
-    if (exact) {
-      const cpu::ggml::AttentionShape e{group, 1, c.head_dim, scale};
-      RETURN_IF_ERROR(
-          cpu::ggml::LaunchAttention(e, q, q_dim, n, k, v, len * hd, len, out, q_dim, pool_.get()));
-    } else if (n == 1) {
-      RETURN_IF_ERROR(cpu::LaunchDecodeAttention(shape, q, k, v, len * hd, len, out, pool_.get()));
-    } else {  // the prefill kernel takes contiguous [n, heads, hd] queries
-      head_q_.resize(n * group * hd);
-      for (int64_t t = 0; t < n; ++t) {
-        std::memcpy(&head_q_[t * group * hd], q + t * q_dim, group * hd * sizeof(float));
-      }
-      RETURN_IF_ERROR(cpu::LaunchPrefillAttention(shape, head_q_.data(), n, k, v, len * hd, len,
-                                                  out, q_dim, pool_.get()));
-    }
+    RETURN_IF_ERROR(AttendRows(exact, group, 1, q_.data() + row0 * q_dim + g * group * hd, q_dim,
+                               seq.n_new, seq.replayed_decodes, seq.cache->k_head(layer, g),
+                               seq.cache->v_head(layer, g), len * hd, len,
+                               attn_.data() + row0 * q_dim + g * group * hd, q_dim));
   }
   return absl::OkStatus();
+}
+
+absl::Status LlamaModel::AttendRows(bool exact, int heads, int kv_heads, const float* q,
+                                    int64_t q_stride, int64_t n, int64_t replayed, const float* k,
+                                    const float* v, int64_t head_stride, int64_t len, float* out,
+                                    int64_t out_stride) {
+  const int64_t batched = n - replayed;
+  if (batched > 0) {
+    RETURN_IF_ERROR(AttendKernel(exact, heads, kv_heads, q, q_stride, batched, k, v, head_stride,
+                                 len - replayed, out, out_stride));
+  }
+  for (int64_t i = batched; i < n; ++i) {
+    RETURN_IF_ERROR(AttendKernel(exact, heads, kv_heads, q + i * q_stride, q_stride, 1, k, v,
+                                 head_stride, len - n + i + 1, out + i * out_stride, out_stride));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::AttendKernel(bool exact, int heads, int kv_heads, const float* q,
+                                      int64_t q_stride, int64_t n, const float* k, const float* v,
+                                      int64_t head_stride, int64_t len, float* out,
+                                      int64_t out_stride) {
+  const int64_t hd = config().head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  if (exact) {
+    const cpu::ggml::AttentionShape e{heads, kv_heads, static_cast<int>(hd), scale};
+    return cpu::ggml::LaunchAttention(e, q, q_stride, n, k, v, head_stride, len, out, out_stride,
+                                      pool_.get());
+  }
+  cpu::AttentionShape shape{heads, kv_heads, static_cast<int>(hd), scale};
+  shape.round_probs_f16 = options_.numerics == Numerics::kGgml;
+  // kBf16: the CUDA engine's kernels (model/cuda/cuda_llama_step.cc): one new token goes to the
+  // fp32 decode kernel, more to the tensor-core flash prefill, whose rounding the CPU emulates.
+  shape.emulate_bf16_flash = options_.numerics == Numerics::kBf16;
+  if (n == 1) return cpu::LaunchDecodeAttention(shape, q, k, v, head_stride, len, out, pool_.get());
+  const int64_t row = int64_t{heads} * hd;
+  if (q_stride != row) {  // the prefill kernel takes contiguous [n, heads, hd] queries
+    head_q_.resize(n * row);
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(&head_q_[t * row], q + t * q_stride, row * sizeof(float));
+    }
+    q = head_q_.data();
+  }
+  return cpu::LaunchPrefillAttention(shape, q, n, k, v, head_stride, len, out, out_stride,
+                                     pool_.get());
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::Logits(absl::Span<const float> hidden,

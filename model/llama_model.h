@@ -30,6 +30,11 @@ struct SequenceStep {
   // the cache length: after eviction the cache is shorter than the position.
   int64_t position = 0;
   bool observe = false;  // call BatchStep::observer for this sequence
+  // The last `replayed_decodes` of the n_new rows replay tokens this sequence first computed one
+  // a step (a preempted request's recompute): each row gets the one-token attention, so the cache
+  // and the logits are the decode steps' bit for bit (the batched kernels sum in another order,
+  // which flips greedy near-ties). 0 <= replayed_decodes <= n_new.
+  int64_t replayed_decodes = 0;
 };
 
 // What the observer sees at one layer for one sequence (pointers valid only during the call).
@@ -118,6 +123,15 @@ class LlamaModel {
   // Attention of a layer whose KV heads hold different counts (per-head budgets): one kernel call
   // per KV head and its group of query heads, each over that head's own rows.
   absl::Status AttendRagged(int layer, const SequenceStep& seq, int64_t row0);
+  // Attention of n query rows [n][heads * head_dim] (`q_stride` / `out_stride` apart) over `len`
+  // keys of which the rows are the last n (row i sees the first len - n + i + 1): the rows before
+  // the last `replayed` in one call of the kernel their count selects, each replayed row alone.
+  absl::Status AttendRows(bool exact, int heads, int kv_heads, const float* q, int64_t q_stride,
+                          int64_t n, int64_t replayed, const float* k, const float* v,
+                          int64_t head_stride, int64_t len, float* out, int64_t out_stride);
+  absl::Status AttendKernel(bool exact, int heads, int kv_heads, const float* q, int64_t q_stride,
+                            int64_t n, const float* k, const float* v, int64_t head_stride,
+                            int64_t len, float* out, int64_t out_stride);
   absl::Status RunLayer(int layer, const BatchStep& batch, float* hidden, bool* stop);
   // The architecture's steps between the QKV matmul and RoPE on qkv_'s n rows (model/arch/arch.h),
   // in llama.cpp's order: the Q/K/V bias add, then RMSNorm over each Q and K head.

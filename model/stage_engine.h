@@ -88,6 +88,9 @@ struct EngineSequenceStep {
   // observe: this sequence's scoring (its request's policy: ScoringFor, model/kv_allocation.h);
   // unset: the step's (RunLayers' `importance`).
   std::optional<ImportanceOptions> scoring;
+  // The last rows replay decodes (SequenceStep::replayed_decodes, model/llama_model.h); engines
+  // whose arithmetic cannot follow it run them as any chunk.
+  int64_t replayed_decodes = 0;
 };
 
 struct EngineStep {

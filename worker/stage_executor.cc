@@ -288,6 +288,7 @@ absl::Status StageExecutor::Compute(const StepRequest& step, Run& run) {
     EngineSequenceStep e{s.seq_id(), NewTokens(s), s.position(), ScoresWindow(s)};
     if (Rereads(s)) e.reread = RereadSpan{s.reread().chunk_begin(), s.reread().chunk_end()};
     if (ScoresWindow(s)) e.scoring = ScoringOf(s, options_.importance);
+    e.replayed_decodes = s.replayed_decodes();
     run.batch.sequences.push_back(e);
   }
   const absl::Time t0 = absl::Now();

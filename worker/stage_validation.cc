@@ -113,6 +113,9 @@ absl::Status StageExecutor::CheckFields(const StepRequest& r) const {
     if (!xkv::v1::SequenceMode_IsValid(s.mode())) {
       return absl::InvalidArgumentError(absl::StrCat("sequences.mode ", s.mode(), " unknown"));
     }
+    RETURN_IF_ERROR(CheckRange(field + "replayed_decodes", s.replayed_decodes(), 0,
+                               Observed(s) ? 0 : n_new,
+                               "at most n_new, and 0 unless the mode is NORMAL"));
     if (s.has_compact()) RETURN_IF_ERROR(CheckFields(s.compact()));
     if (s.per_head()) RETURN_IF_ERROR(CheckPerHead(field + "per_head"));
     if (s.has_scoring()) RETURN_IF_ERROR(CheckScoring(s.scoring(), field + "scoring."));

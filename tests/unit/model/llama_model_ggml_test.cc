@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <vector>
@@ -27,10 +29,12 @@ struct Fixture {
   ModelConfig config;
 };
 
-Fixture Synthetic(GgmlType type) {
+// head_dim 16 unless `hidden` is given (4 heads).
+Fixture Synthetic(GgmlType type, int hidden = 0) {
   SyntheticModelOptions o = SyntheticModelOptions::Tiny();
   o.weight_type = type;
   o.weight_scale = 0.2f;
+  if (hidden > 0) o.hidden = hidden;
   o.seed = 7;
   Fixture f;
   auto buf = WriteSyntheticModelToBuffer(o);
@@ -237,6 +241,116 @@ TEST_P(GgmlNumericsTest, BlocksOnlyWeightsGiveTheSameBitsInLessMemory) {
   EXPECT_EQ(last->embedding, nullptr);
   EXPECT_EQ(last->lm_head, nullptr);
   EXPECT_NE(last->lm_head_q, nullptr);
+}
+
+// A preempted request's recompute runs the tokens it had generated as one multi-token step with
+// replayed_decodes (model/llama_model.h). On llama.cpp's path (kGgml) the logits of every row and
+// the cache left behind equal the decode steps' bit for bit, on a uniform cache and on one
+// compacted per KV head (AttendRagged). The other numerics' GEMMs (OpenBLAS) sum by the row count
+// too: there a replay is only close. (The control, the batched kernel's other order, is on the
+// real model below: these random weights' sums happen to round alike.)
+TEST_P(GgmlNumericsTest, ReplayedDecodesReproduceTheDecodeStepsBitForBit) {
+  Fixture f = Synthetic(GetParam(), /*hidden=*/256);
+  ASSERT_EQ(f.config.head_dim, 64);
+  const std::vector<int32_t> prompt = Tokens(37, 10, f.config.vocab_size);
+  const std::vector<int32_t> extra = Tokens(9, 11, f.config.vocab_size);  // the last one decodes
+  const int64_t T = prompt.size(), G = extra.size() - 1, vocab = f.config.vocab_size;
+  for (Numerics numerics : {Numerics::kGgml, Numerics::kExact}) {
+    for (bool per_head : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << (numerics == Numerics::kGgml ? "ggml" : "exact")
+                                        << (per_head ? ", compacted per KV head" : ", uniform"));
+      auto m = Model(f, numerics, 2);
+      // The prompt prefilled, then (per_head) its KV heads compacted to different counts.
+      auto start = [&]() {
+        std::unique_ptr<KvCache> cache = m->NewCache();
+        BatchStep step;
+        step.sequences.push_back({cache.get(), T, 0, false});
+        EXPECT_TRUE(m->Forward(prompt, step).ok());
+        for (int l = 0; per_head && l < f.config.n_layers; ++l) {
+          std::vector<std::vector<int32_t>> kept(f.config.n_kv_heads);
+          for (int g = 0; g < f.config.n_kv_heads; ++g) {
+            for (int32_t t = 0; t < T; t += 2 + g) kept[g].push_back(t);
+          }
+          EXPECT_TRUE(cache->Compact(l, kept).ok());
+        }
+        EXPECT_EQ(cache->uniform(0), !per_head);
+        return cache;
+      };
+      // One step of `n` tokens at `pos`, the last `replayed` of them replayed: every row's logits.
+      auto step = [&](KvCache& cache, int64_t pos, int64_t n, int64_t replayed) {
+        BatchStep b;
+        b.sequences.push_back({&cache, n, pos, false, replayed});
+        auto logits = m->Forward(absl::MakeConstSpan(extra).subspan(pos - T, n), b, true);
+        EXPECT_TRUE(logits.ok()) << logits.status();
+        return logits.ok() ? *logits : std::vector<float>{};
+      };
+      std::unique_ptr<KvCache> decoded = start();
+      std::vector<float> decodes;
+      for (int64_t i = 0; i <= G; ++i) {
+        const std::vector<float> one = step(*decoded, T + i, 1, 0);
+        decodes.insert(decodes.end(), one.begin(), one.end());
+      }
+      const std::vector<float> want_rows(decodes.begin(), decodes.begin() + G * vocab);
+      const std::vector<float> want_next(decodes.begin() + G * vocab, decodes.end());
+      // All G replayed in one step, then the next token decoded over the cache they left; and
+      // the G split over two steps.
+      std::unique_ptr<KvCache> replayed = start(), split = start();
+      const std::vector<float> rows = step(*replayed, T, G, G);
+      const std::vector<float> next = step(*replayed, T + G, 1, 0);
+      std::vector<float> split_rows = step(*split, T, 3, 3);
+      const std::vector<float> rest = step(*split, T + 3, G - 3, G - 3);
+      split_rows.insert(split_rows.end(), rest.begin(), rest.end());
+      if (numerics == Numerics::kGgml) {
+        EXPECT_TRUE(BitwiseEqual(rows, want_rows));
+        EXPECT_TRUE(BitwiseEqual(next, want_next));
+        EXPECT_TRUE(BitwiseEqual(split_rows, want_rows));
+      } else {
+        const float range = Range(want_rows);
+        EXPECT_LT(MaxDiff(rows, want_rows), 1e-4f * range);
+        EXPECT_LT(MaxDiff(next, want_next), 1e-4f * range);
+      }
+    }
+  }
+  // Out of range: refused, the cache unchanged.
+  auto m = Model(f, Numerics::kGgml);
+  std::unique_ptr<KvCache> cache = m->NewCache();
+  for (int64_t bad : {int64_t{-1}, int64_t{3}}) {
+    BatchStep b;
+    b.sequences.push_back({cache.get(), 2, 0, false, bad});
+    EXPECT_EQ(m->Forward(std::vector<int32_t>{5, 6}, b).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(cache->length(0), 0);
+  }
+}
+
+// On SmolLM2 itself (the e2e preemption test's model): the G generated tokens run as one batched
+// step give other logits than their decode steps (by far more than a greedy near-tie needs);
+// replayed, the same bits.
+TEST(GgmlReplayRealModelTest, ReplayedDecodesMatchWhereTheBatchedKernelDoesNot) {
+  const char* path = std::getenv("XKV_MODEL");
+  if (path == nullptr || !std::filesystem::exists(path)) GTEST_SKIP() << "XKV_MODEL not set";
+  auto file = GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  Fixture f{std::move(*file), *config};
+  auto m = Model(f, Numerics::kGgml, 2, {.blocks_only = true});
+  const std::vector<int32_t> tokens = Tokens(60, 12, 1000);
+  const int64_t T = 30, G = 30;
+  const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + T);
+  const std::vector<int32_t> extra(tokens.begin() + T, tokens.end());
+  const std::vector<float> decodes = Logits(*m, prompt, extra, 64);  // prefill's last, then G
+  const std::vector<float> want(decodes.begin() + f.config.vocab_size, decodes.end());
+  for (int64_t replayed : {int64_t{0}, G}) {
+    std::unique_ptr<KvCache> cache = m->NewCache();
+    BatchStep p, b;
+    p.sequences.push_back({cache.get(), T, 0, false});
+    ASSERT_TRUE(m->Forward(prompt, p).ok());
+    b.sequences.push_back({cache.get(), G, T, false, replayed});
+    auto rows = m->Forward(extra, b, /*all_rows=*/true);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_EQ(BitwiseEqual(*rows, want), replayed == G) << "replayed " << replayed;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(WeightTypes, GgmlNumericsTest,

@@ -104,6 +104,23 @@ TEST_F(RequestBoundsTest, NewTokensAndPositionsStayInTheContext) {
   ExpectInvalid(Step(r), "sequences.mode 9 unknown");
 }
 
+// A recompute's replayed decode rows: at most the step's new tokens, and only in a NORMAL step.
+TEST_F(RequestBoundsTest, ReplayedDecodesStayWithinTheNewTokens) {
+  xkv::v1::StepRequest r = OneSequenceStep(40, 0);
+  for (int64_t ok : {0, 1, 40}) {
+    r.mutable_sequences(0)->set_replayed_decodes(ok);
+    EXPECT_TRUE(Step(r).ok()) << ok;
+  }
+  for (int64_t bad : {int64_t{41}, int64_t{-1}, kHuge}) {
+    r.mutable_sequences(0)->set_replayed_decodes(bad);
+    ExpectInvalid(Step(r),
+                  absl::StrCat("sequences[0].replayed_decodes ", bad, " is outside [0, 40]"));
+  }
+  r.mutable_sequences(0)->set_replayed_decodes(1);
+  r.mutable_sequences(0)->set_mode(xkv::v1::SEQUENCE_MODE_OBSERVE);
+  ExpectInvalid(Step(r), "sequences[0].replayed_decodes 1 is outside [0, 0]");
+}
+
 // A request's window scoring: known reduction and pooling, an odd kernel in [1, 63]
 // (ValidatePoolKernel, the one rule of allocator/kv_spec.h).
 TEST_F(RequestBoundsTest, ScoringIsChecked) {
