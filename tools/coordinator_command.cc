@@ -1,18 +1,23 @@
 // `xkv coordinator`: the coordinator process in front of `xkv worker` processes.
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/data_plane.h"
 #include "coordinator/grpc_stage_client.h"
+#include "coordinator/stage_devices.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
@@ -27,10 +32,14 @@
 namespace xkv {
 namespace {
 
-// Starts the coordinator; while a worker is unreachable (UNAVAILABLE / DEADLINE_EXCEEDED) it
-// retries with exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
+// The coordinator's options for its stages' devices (the flags' auto values differ on GPUs).
+using OptionsForDevices = std::function<absl::StatusOr<CoordinatorOptions>(bool gpu_stages)>;
+
+// Asks the workers for their devices (StageDevices), takes the options for them and starts the
+// coordinator; while a worker is unreachable (UNAVAILABLE / DEADLINE_EXCEEDED) it retries with
+// exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
-    const CoordinatorOptions& options, const std::vector<std::string>& addresses,
+    const OptionsForDevices& options_for, const std::vector<std::string>& addresses,
     const std::shared_ptr<grpc::ChannelCredentials>& credentials, absl::Duration wait,
     absl::Duration stage_timeout) {
   const absl::Time deadline = absl::Now() + wait;
@@ -44,8 +53,23 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
       o.step_timeout = stage_timeout;
       clients.push_back(MakeGrpcStageClient(o));
     }
-    absl::StatusOr<std::unique_ptr<Coordinator>> c =
-        Coordinator::Start(options, std::move(clients));
+    absl::StatusOr<std::unique_ptr<Coordinator>> c;
+    absl::StatusOr<std::vector<std::string>> devices = StageDevices(clients);
+    if (devices.ok()) {
+      const bool gpu = AnyGpuDevice(*devices);
+      absl::StatusOr<CoordinatorOptions> options = options_for(gpu);
+      if (!options.ok()) return options.status();
+      std::fprintf(stderr,
+                   "xkv coordinator: stages on %s: the %s defaults (profile %s, %lld "
+                   "micro-batches, %lld tokens per step)\n",
+                   absl::StrJoin(*devices, ", ").c_str(), gpu ? "GPU" : "CPU",
+                   std::string(ProfileModeName(options->kv.profile)).c_str(),
+                   static_cast<long long>(options->scheduler.micro_batches),
+                   static_cast<long long>(options->scheduler.step_token_budget));
+      c = Coordinator::Start(*options, std::move(clients));
+    } else {
+      c = devices.status();
+    }
     const bool retry = c.status().code() == absl::StatusCode::kUnavailable ||
                        c.status().code() == absl::StatusCode::kDeadlineExceeded;
     if (c.ok() || !retry || absl::Now() + backoff > deadline) return c;
@@ -98,23 +122,27 @@ int RunCoordinator(int argc, char** argv) {
     std::fprintf(stderr, "xkv coordinator: --stage-timeout must be in (0, 3600] seconds\n");
     return 2;
   }
-  absl::StatusOr<CoordinatorOptions> options =
-      CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()), /*gpu_stages=*/false);
-  if (options.ok()) {
-    options->link_timeout = absl::Seconds(stage_timeout_s);
-    if (absl::Status s = ApplyLifecycleFlags(lifecycle, &*options); !s.ok()) options = s;
-  }
-  if (!options.ok()) {
-    std::fprintf(stderr, "xkv coordinator: %s\n", std::string(options.status().message()).c_str());
-    return 2;
-  }
 #if defined(XKV_WITH_NCCL)
   const NcclUniqueIdSource nccl = &NcclStageLink::NewNcclUniqueId;
 #else
   const NcclUniqueIdSource nccl = nullptr;
 #endif
-  if (absl::Status s = ApplyDataPlane(data_plane, nccl, &*options); !s.ok()) {
-    std::fprintf(stderr, "xkv coordinator: --data-plane: %s\n", std::string(s.message()).c_str());
+  // The defaults of --profile auto, --micro-batches 0, --max-batched-tokens 0 and
+  // --reconstruct-chunk 0 follow the workers' devices, known once they answer (StageDevices).
+  const OptionsForDevices options_for = [&](bool gpu_stages) -> absl::StatusOr<CoordinatorOptions> {
+    absl::StatusOr<CoordinatorOptions> options =
+        CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()), gpu_stages);
+    if (!options.ok()) return options.status();
+    options->link_timeout = absl::Seconds(stage_timeout_s);
+    RETURN_IF_ERROR(ApplyLifecycleFlags(lifecycle, &*options));
+    if (absl::Status s = ApplyDataPlane(data_plane, nccl, &*options); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--data-plane: ", s.message()));
+    }
+    return options;
+  };
+  // Bad flags exit here, before any worker is asked (the devices change only defaults).
+  if (absl::StatusOr<CoordinatorOptions> o = options_for(/*gpu_stages=*/false); !o.ok()) {
+    std::fprintf(stderr, "xkv coordinator: %s\n", std::string(o.status().message()).c_str());
     return 2;
   }
   absl::StatusOr<std::optional<TlsMaterial>> tls = LoadTlsMaterial(tls_files);
@@ -125,7 +153,7 @@ int RunCoordinator(int argc, char** argv) {
   const std::shared_ptr<grpc::ChannelCredentials> credentials =
       tls->has_value() ? MutualTlsChannelCredentials(**tls) : nullptr;
   absl::StatusOr<std::unique_ptr<Coordinator>> coordinator =
-      StartWithBackoff(*options, addresses, credentials, absl::Seconds(wait_for_workers_s),
+      StartWithBackoff(options_for, addresses, credentials, absl::Seconds(wait_for_workers_s),
                        absl::Seconds(stage_timeout_s));
   if (!coordinator.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n",

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/stage_devices.h"
 #include "embedded/in_process_stage_client.h"
 #include "model/gpu_memory_budget.h"
 #include "tools/commands.h"
@@ -60,15 +61,14 @@ int RunServe(int argc, char** argv) {
                  static_cast<long long>(stages));
     return 2;
   }
-  bool gpu_stages = false;
   for (const std::string& d : devices) {
     absl::StatusOr<int> ok = ParseStageDevice(d);
     if (!ok.ok()) {
       std::fprintf(stderr, "xkv serve: %s\n", std::string(ok.status().message()).c_str());
       return 2;
     }
-    gpu_stages = gpu_stages || *ok >= 0;
   }
+  const bool gpu_stages = AnyGpuDevice(devices);
   if (async_decode != "auto" && async_decode != "on" && async_decode != "off") {
     std::fprintf(stderr, "xkv serve: --async-decode '%s' is not one of auto, on, off\n",
                  async_decode.c_str());

@@ -52,8 +52,8 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
   flags.String(
       "profile", &f->profile,
       "xkv profile mode: per_request|one_pass|sampled:<rho>|reconstruct|auto (reconstruct: "
-      "re-read the prompt after its prefill, KVzip; auto: one_pass on GPU "
-      "stages, per_request on CPU ones; a per_request prompt longer than "
+      "re-read the prompt after its prefill, KVzip; auto: one_pass, the same budgets and "
+      "tokens as per_request without its second prefill; a per_request prompt longer than "
       "--max-batched-tokens is profiled one_pass, in chunks)");
   flags.Int("reconstruct-chunk", &f->reconstruct_chunk,
             absl::StrCat(
@@ -140,9 +140,8 @@ absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_
   return n == 0 ? DefaultMaxBatchedTokens(gpu_stages) : n;
 }
 
-std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages) {
-  if (f.profile != "auto") return f.profile;
-  return gpu_stages ? "one_pass" : "per_request";
+std::string ProfileModeFromFlags(const ServeFlags& f) {
+  return f.profile == "auto" ? "one_pass" : f.profile;
 }
 
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
@@ -170,7 +169,7 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.chat_template = f.chat_template;
   if (!f.chat_template.empty()) RETURN_IF_ERROR(ChatTemplate::FromName(f.chat_template).status());
   ASSIGN_OR_RETURN(o.kv.policy, ParsePolicy(f.policy));
-  ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f, gpu_stages)));
+  ASSIGN_OR_RETURN(o.kv.profile, ParseProfileMode(ProfileModeFromFlags(f)));
   ASSIGN_OR_RETURN(o.reread_chunk,
                    RereadChunkFromFlag(f.reconstruct_chunk, gpu_stages, "--reconstruct-chunk"));
   o.kv.allocator.kind_by_default = f.allocator.empty();

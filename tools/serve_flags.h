@@ -36,7 +36,7 @@ struct ServeFlags {
   std::string policy = "xkv";
   double retention = 0.9;
   double budget_fraction = 0;
-  std::string profile = "auto";   // one_pass on GPU stages, per_request on CPU ones
+  std::string profile = "auto";   // one_pass (ProfileModeFromFlags)
   int64_t reconstruct_chunk = 0;  // 0: DefaultRereadChunk of the stages' device
   std::string allocator;          // empty: DefaultAllocator (allocator/kv_spec.h)
   // NaN (not given; the flag parser refuses a NaN): the allocator's default (DefaultFloor).
@@ -73,17 +73,20 @@ struct HttpApiOptions {
 };
 
 void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
-// Options from the flags. num_stages: the pipeline's stages; gpu_stages: they run on GPUs. On GPUs
-// `--profile auto` is one_pass, --micro-batches 0 means one per stage and --reconstruct-chunk 0
-// kGpuRereadChunk; on CPUs per_request, one step at a time (a CPU stage's threads gain nothing
-// from a second step in flight) and kCpuRereadChunk.
+// Options from the flags. num_stages: the pipeline's stages; gpu_stages: some stage runs on a GPU
+// (AnyGpuDevice). On GPUs --micro-batches 0 means one per stage and --reconstruct-chunk 0
+// kGpuRereadChunk; on CPUs one step at a time (a CPU stage's threads gain nothing from a second
+// step in flight) and kCpuRereadChunk.
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
                                                                int64_t num_stages, bool gpu_stages);
 // --max-batched-tokens, or its old name --step-tokens (both given and different: an error);
 // neither (or 0): DefaultMaxBatchedTokens(gpu_stages).
 absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages);
-// "one_pass" or "per_request" for --profile auto, else --profile.
-std::string ProfileModeFromFlags(const ServeFlags& f, bool gpu_stages);
+// --profile, "one_pass" for auto: the same budgets and tokens as per_request (its scores-only
+// pass sees the same queries and keys as one_pass's observed prefill) without a second prefill of
+// every prompt; on the CPU per_request served 0.6x the requests per second of one_pass
+// (docs/benchmarks-serving.md).
+std::string ProfileModeFromFlags(const ServeFlags& f);
 // The admin token from --admin-token, $XKV_ADMIN_TOKEN or --admin-token-file (in that order).
 absl::StatusOr<CoordinatorServerOptions> ServerOptionsFromFlags(const ServeFlags& f);
 // The API key from $XKV_API_KEY or --api-key-file (in that order); the limits, the model id.

@@ -6,7 +6,8 @@
 # the flag, before anything loads or listens (exit status 1 for the worker, as its other start-up
 # checks). The old names still work. A started server states its step sizes in one line: on CPU
 # stages by default 512-token steps, a prompt's chunk the whole step (--prefill-chunk 0), and the
-# re-reading chunk fit to a step after the repeat instruction (SmolLM2's: 27 tokens).
+# re-reading chunk fit to a step after the repeat instruction (SmolLM2's: 27 tokens). `xkv
+# coordinator` takes the defaults of its workers' devices and says which.
 # Usage: serve_flags_test.sh XKV_BINARY MODEL.gguf
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -77,4 +78,26 @@ expect_steps "steps of up to 512 $steps 512 of one prompt" --max-batched-tokens 
 expect_steps "steps of up to 1024 $steps 1024 of one prompt (--prefill-chunk), 1 micro-batches in flight; reconstruct re-reads 512 prompt" \
   --max-batched-tokens 1024
 expect_steps "steps of up to 600 $steps 256 of one prompt" --step-tokens 600 --prefill-chunk 256
+# expect_coordinator DEVICE WANT: `xkv coordinator` in front of one `xkv worker --device DEVICE`
+# asks the worker its device before loading it and states the defaults that device gives (GPU
+# defaults for a cuda worker; on a machine without a GPU its LoadStage then fails, after the line).
+expect_coordinator() {
+  local device=$1 want=$2 wlog port="" wpid
+  wlog=$(mktemp)
+  timeout 60 "$xkv" worker --listen 127.0.0.1:0 --device "$device" 2> "$wlog" &
+  wpid=$!
+  for _ in $(seq 300); do
+    port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$wlog")
+    [[ -n $port ]] && break
+    sleep 0.1
+  done
+  expect_started "xkv coordinator: stages on" "$want" \
+    timeout 60 "$xkv" coordinator "${listen[@]}" --model "$model" --workers "127.0.0.1:$port" \
+    --wait-for-workers 0
+  kill "$wpid" 2> /dev/null
+  wait "$wpid" 2> /dev/null
+  rm -f "$wlog"
+}
+expect_coordinator cpu "stages on cpu: the CPU defaults (profile one_pass, 1 micro-batches, 512 tokens per step)"
+expect_coordinator cuda:0 "stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 8192 tokens per step)"
 exit $failed

@@ -319,7 +319,7 @@ class RenderedPodsTest(unittest.TestCase):
                 tokens = float(values["xkv_generation_tokens_total"])
                 self.assertEqual(float(values["xkv_inter_token_latency_seconds_count"]),
                                  tokens - 1, body)
-                # The ConfigMap's default profile mode (per_request) profiles every request.
+                # The ConfigMap's default profile mode (auto: one_pass) profiles every request.
                 self.assertEqual(float(values["xkv_request_profile_seconds_count"]), 1.0, body)
                 self.assertEqual(float(values["xkv_request_solve_seconds_count"]), 1.0, body)
                 # Its wait for admission is part of its TTFT.
