@@ -17,7 +17,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/data_plane.h"
 #include "coordinator/grpc_stage_client.h"
-#include "coordinator/stage_devices.h"
+#include "coordinator/stage_probe.h"
 #include "tools/commands.h"
 #include "tools/flag_set.h"
 #include "tools/lifecycle_flags.h"
@@ -32,14 +32,15 @@
 namespace xkv {
 namespace {
 
-// The coordinator's options for its stages' devices (the flags' auto values differ on GPUs).
-using OptionsForDevices = std::function<absl::StatusOr<CoordinatorOptions>(bool gpu_stages)>;
+// The coordinator's options for what its workers are (the flags' defaults differ on GPUs, and a
+// step may carry no more than every worker takes).
+using OptionsForStages = std::function<absl::StatusOr<CoordinatorOptions>(const StageProbe&)>;
 
-// Asks the workers for their devices (StageDevices), takes the options for them and starts the
+// Asks the workers what they are (ProbeStages), takes the options for them and starts the
 // coordinator; while a worker is unreachable (UNAVAILABLE / DEADLINE_EXCEEDED) it retries with
 // exponential backoff (0.5 s doubling to 10 s) until `wait` has passed.
 absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
-    const OptionsForDevices& options_for, const std::vector<std::string>& addresses,
+    const OptionsForStages& options_for, const std::vector<std::string>& addresses,
     const std::shared_ptr<grpc::ChannelCredentials>& credentials, absl::Duration wait,
     absl::Duration stage_timeout) {
   const absl::Time deadline = absl::Now() + wait;
@@ -54,21 +55,21 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
       clients.push_back(MakeGrpcStageClient(o));
     }
     absl::StatusOr<std::unique_ptr<Coordinator>> c;
-    absl::StatusOr<std::vector<std::string>> devices = StageDevices(clients);
-    if (devices.ok()) {
-      const bool gpu = AnyGpuDevice(*devices);
-      absl::StatusOr<CoordinatorOptions> options = options_for(gpu);
+    absl::StatusOr<StageProbe> probe = ProbeStages(clients);
+    if (probe.ok()) {
+      absl::StatusOr<CoordinatorOptions> options = options_for(*probe);
       if (!options.ok()) return options.status();
       std::fprintf(stderr,
                    "xkv coordinator: stages on %s: the %s defaults (profile %s, %lld "
                    "micro-batches, %lld tokens per step)\n",
-                   absl::StrJoin(*devices, ", ").c_str(), gpu ? "GPU" : "CPU",
+                   absl::StrJoin(probe->devices, ", ").c_str(),
+                   AnyGpuDevice(probe->devices) ? "GPU" : "CPU",
                    std::string(ProfileModeName(options->kv.profile)).c_str(),
                    static_cast<long long>(options->scheduler.micro_batches),
                    static_cast<long long>(options->scheduler.step_token_budget));
       c = Coordinator::Start(*options, std::move(clients));
     } else {
-      c = devices.status();
+      c = probe.status();
     }
     const bool retry = c.status().code() == absl::StatusCode::kUnavailable ||
                        c.status().code() == absl::StatusCode::kDeadlineExceeded;
@@ -127,12 +128,14 @@ int RunCoordinator(int argc, char** argv) {
 #else
   const NcclUniqueIdSource nccl = nullptr;
 #endif
-  // The defaults of --profile auto, --micro-batches 0, --max-batched-tokens 0 and
-  // --reconstruct-chunk 0 follow the workers' devices, known once they answer (StageDevices).
-  const OptionsForDevices options_for = [&](bool gpu_stages) -> absl::StatusOr<CoordinatorOptions> {
-    absl::StatusOr<CoordinatorOptions> options =
-        CoordinatorOptionsFromFlags(f, static_cast<int64_t>(addresses.size()), gpu_stages);
+  // The defaults of --micro-batches 0, --max-batched-tokens 0 and --reconstruct-chunk 0 follow
+  // the workers' devices, and a step fits what every worker takes, known once they answer.
+  const OptionsForStages options_for =
+      [&](const StageProbe& probe) -> absl::StatusOr<CoordinatorOptions> {
+    absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(
+        f, static_cast<int64_t>(addresses.size()), AnyGpuDevice(probe.devices));
     if (!options.ok()) return options.status();
+    RETURN_IF_ERROR(FitStepBudgetToWorkers(f, probe, &*options));
     options->link_timeout = absl::Seconds(stage_timeout_s);
     RETURN_IF_ERROR(ApplyLifecycleFlags(lifecycle, &*options));
     if (absl::Status s = ApplyDataPlane(data_plane, nccl, &*options); !s.ok()) {
@@ -140,8 +143,8 @@ int RunCoordinator(int argc, char** argv) {
     }
     return options;
   };
-  // Bad flags exit here, before any worker is asked (the devices change only defaults).
-  if (absl::StatusOr<CoordinatorOptions> o = options_for(/*gpu_stages=*/false); !o.ok()) {
+  // Bad flags exit here, before any worker is asked (what the workers are changes defaults).
+  if (absl::StatusOr<CoordinatorOptions> o = options_for(StageProbe{}); !o.ok()) {
     std::fprintf(stderr, "xkv coordinator: %s\n", std::string(o.status().message()).c_str());
     return 2;
   }

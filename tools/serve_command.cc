@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_split.h"
 #include "coordinator/coordinator.h"
-#include "coordinator/stage_devices.h"
+#include "coordinator/stage_probe.h"
 #include "embedded/in_process_stage_client.h"
 #include "model/gpu_memory_budget.h"
 #include "tools/commands.h"

@@ -59,8 +59,9 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             absl::StrCat(
                 "profile reconstruct: prompt tokens re-read per step, in [", kMinRereadChunk, ", ",
                 kMaxRereadChunk, "], shrunk to fit --max-batched-tokens; 0: ", kGpuRereadChunk,
-                " when the stages run on GPUs (xkv serve --device cuda:N), else ", kCpuRereadChunk,
-                " (always under xkv coordinator: it does not know its workers' devices)"));
+                " when a stage runs on a GPU (xkv serve --device cuda:N, or a worker's device "
+                "under xkv coordinator), else ",
+                kCpuRereadChunk));
   flags.String("allocator", &f->allocator,
                "default xkv allocator: global|paper|heads (heads: per-(layer, KV head) budgets "
                "from --calibration's head weights); not given: heads for a size target "
@@ -93,8 +94,8 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             absl::StrCat("tokens of one step, all sequences together (decodes + prefill chunks + "
                          "profile passes); sizes a GPU stage's step scratch, and a value above "
                          "what the device holds stops the start (0: ",
-                         kGpuMaxBatchedTokens, " on GPU stages, else ", kCpuMaxBatchedTokens,
-                         "; always ", kCpuMaxBatchedTokens, " under xkv coordinator)"));
+                         kGpuMaxBatchedTokens, " when a stage runs on a GPU, else ",
+                         kCpuMaxBatchedTokens, ")"));
   flags.Int("step-tokens", &f->step_tokens, "old name of --max-batched-tokens");
   flags.Int("prefill-chunk", &f->prefill_chunk,
             "max prompt tokens of one sequence per step (0: --max-batched-tokens)");
@@ -138,6 +139,21 @@ absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_
         absl::StrCat("--max-batched-tokens must be >= 1 (or 0: the device's default), got ", n));
   }
   return n == 0 ? DefaultMaxBatchedTokens(gpu_stages) : n;
+}
+
+absl::Status FitStepBudgetToWorkers(const ServeFlags& f, const StageProbe& probe,
+                                    CoordinatorOptions* o) {
+  int64_t& budget = o->scheduler.step_token_budget;
+  if (probe.max_step_tokens <= 0 || budget <= probe.max_step_tokens) return absl::OkStatus();
+  if (f.max_batched_tokens != 0 || f.step_tokens != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-batched-tokens ", budget, " is above the ", probe.max_step_tokens,
+                     " tokens one step may carry on worker ", probe.limiting_stage,
+                     " (its --max-batched-tokens); give at most ", probe.max_step_tokens));
+  }
+  budget = probe.max_step_tokens;  // the device's default, cut to what every worker takes
+  if (f.prefill_chunk == 0) o->scheduler.prefill_chunk = budget;
+  return absl::OkStatus();
 }
 
 std::string ProfileModeFromFlags(const ServeFlags& f) {

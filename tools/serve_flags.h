@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_server.h"
+#include "coordinator/stage_probe.h"
 #include "http/http_server.h"
 #include "http/openai_routes.h"
 #include "tools/flag_set.h"
@@ -82,6 +83,11 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
 // --max-batched-tokens, or its old name --step-tokens (both given and different: an error);
 // neither (or 0): DefaultMaxBatchedTokens(gpu_stages).
 absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages);
+// Under `xkv coordinator`: a step budget above the smallest step limit the workers reported
+// (their --max-batched-tokens) is INVALID_ARGUMENT naming both when --max-batched-tokens gave it;
+// the device's default is cut to the limit (and --prefill-chunk 0 with it).
+absl::Status FitStepBudgetToWorkers(const ServeFlags& f, const StageProbe& probe,
+                                    CoordinatorOptions* o);
 // --profile, "one_pass" for auto: the same budgets and tokens as per_request (its scores-only
 // pass sees the same queries and keys as one_pass's observed prefill) without a second prefill of
 // every prompt; on the CPU per_request served 0.6x the requests per second of one_pass

@@ -337,9 +337,11 @@ grpc::Status WorkerService::Status(grpc::ServerContext* context, const xkv::v1::
                                              : xkv::v1::STAGE_HEALTH_FAILED);
     response->set_device(options_.device);
     response->set_message(load_error_);
+    response->set_max_step_tokens(options_.limits.max_step_tokens);
     return grpc::Status::OK;
   }
   *response = stage->status();
+  response->set_max_step_tokens(options_.limits.max_step_tokens);
   std::function<absl::Status()> link_health;
   {
     absl::MutexLock lock(&mu_);

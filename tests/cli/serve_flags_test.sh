@@ -78,26 +78,39 @@ expect_steps "steps of up to 512 $steps 512 of one prompt" --max-batched-tokens 
 expect_steps "steps of up to 1024 $steps 1024 of one prompt (--prefill-chunk), 1 micro-batches in flight; reconstruct re-reads 512 prompt" \
   --max-batched-tokens 1024
 expect_steps "steps of up to 600 $steps 256 of one prompt" --step-tokens 600 --prefill-chunk 256
-# expect_coordinator DEVICE WANT: `xkv coordinator` in front of one `xkv worker --device DEVICE`
-# asks the worker its device before loading it and states the defaults that device gives (GPU
-# defaults for a cuda worker; on a machine without a GPU its LoadStage then fails, after the line).
-expect_coordinator() {
-  local device=$1 want=$2 wlog port="" wpid
+# coordinator_with_worker DEVICE WORKER_FLAGS CHECK COORDINATOR_FLAGS...: runs CHECK (a function
+# taking a command) on `xkv coordinator COORDINATOR_FLAGS` in front of one `xkv worker --device
+# DEVICE WORKER_FLAGS` (a word list), which it asks what it is before loading it.
+coordinator_with_worker() {
+  local device=$1 worker_flags=$2 check=$3 wlog port="" wpid
+  shift 3
   wlog=$(mktemp)
-  timeout 60 "$xkv" worker --listen 127.0.0.1:0 --device "$device" 2> "$wlog" &
+  # shellcheck disable=SC2086  # worker_flags is a word list
+  timeout 60 "$xkv" worker --listen 127.0.0.1:0 --device "$device" $worker_flags 2> "$wlog" &
   wpid=$!
   for _ in $(seq 300); do
     port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$wlog")
     [[ -n $port ]] && break
     sleep 0.1
   done
-  expect_started "xkv coordinator: stages on" "$want" \
-    timeout 60 "$xkv" coordinator "${listen[@]}" --model "$model" --workers "127.0.0.1:$port" \
-    --wait-for-workers 0
+  "$check" timeout 60 "$xkv" coordinator "${listen[@]}" --model "$model" \
+    --workers "127.0.0.1:$port" --wait-for-workers 0 "$@"
   kill "$wpid" 2> /dev/null
   wait "$wpid" 2> /dev/null
   rm -f "$wlog"
 }
-expect_coordinator cpu "stages on cpu: the CPU defaults (profile one_pass, 1 micro-batches, 512 tokens per step)"
-expect_coordinator cuda:0 "stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 8192 tokens per step)"
+# The defaults the worker's device gives (a cuda worker's LoadStage fails after the line on a
+# machine without a GPU), cut to the worker's step limit; a --max-batched-tokens above it stops
+# the start with one line naming both.
+started() { expect_started "xkv coordinator: stages on" "$want" "$@"; }
+want="stages on cpu: the CPU defaults (profile one_pass, 1 micro-batches, 512 tokens per step)"
+coordinator_with_worker cpu "" started
+want="stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 8192 tokens per step)"
+coordinator_with_worker cuda:0 "" started
+want="stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 2048 tokens per step)"
+coordinator_with_worker cuda:0 "--max-batched-tokens 2048" started
+refused() {
+  expect_error_from 1 "--max-batched-tokens 3000 is above the 2048 tokens one step may carry on worker 0 (its --max-batched-tokens); give at most 2048" "$@"
+}
+coordinator_with_worker cpu "--max-batched-tokens 2048" refused --max-batched-tokens 3000
 exit $failed

@@ -1,0 +1,98 @@
+// ProbeStages asks every stage its device and step limit before loading (xkv coordinator's GPU
+// or CPU defaults and its step budget follow from them); AnyGpuDevice is the rule.
+#include "coordinator/stage_probe.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace xkv {
+namespace {
+
+// Answers Status with a device and step limit, or with an error.
+class DeviceStageClient final : public StageClient {
+ public:
+  DeviceStageClient(std::string device, int64_t max_step_tokens = 0,
+                    absl::Status error = absl::OkStatus())
+      : device_(std::move(device)), max_step_tokens_(max_step_tokens), error_(std::move(error)) {}
+
+  std::string address() const override { return "worker-" + device_; }
+  xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_GRPC; }
+  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(const xkv::v1::LoadStageRequest&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<xkv::v1::CompactResponse> Compact(const xkv::v1::CompactRequest&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<xkv::v1::ReleaseResponse> Release(const xkv::v1::ReleaseRequest&) override {
+    return absl::UnimplementedError("not in this test");
+  }
+  absl::StatusOr<xkv::v1::StatusResponse> Status() override {
+    if (!error_.ok()) return error_;
+    xkv::v1::StatusResponse r;
+    r.set_health(xkv::v1::STAGE_HEALTH_NOT_LOADED);  // asked before LoadStage
+    r.set_device(device_);
+    r.set_max_step_tokens(max_step_tokens_);
+    return r;
+  }
+
+ private:
+  std::string device_;
+  int64_t max_step_tokens_;
+  absl::Status error_;
+};
+
+std::vector<std::unique_ptr<StageClient>> Stages(std::vector<std::string> devices,
+                                                 std::vector<int64_t> limits = {}) {
+  std::vector<std::unique_ptr<StageClient>> stages;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    stages.push_back(
+        std::make_unique<DeviceStageClient>(devices[i], i < limits.size() ? limits[i] : 0));
+  }
+  return stages;
+}
+
+TEST(StageProbeTest, EveryStageIsAskedInOrder) {
+  absl::StatusOr<StageProbe> p = ProbeStages(Stages({"cuda:1", "", "cpu"}, {16384, 4096, 8192}));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->devices, (std::vector<std::string>{"cuda:1", "cpu", "cpu"}));  // none: cpu
+  EXPECT_EQ(p->max_step_tokens, 4096);  // the smallest limit, and whose it is
+  EXPECT_EQ(p->limiting_stage, 1);
+}
+
+TEST(StageProbeTest, StagesThatReportNoLimitSetNone) {
+  absl::StatusOr<StageProbe> p = ProbeStages(Stages({"cpu", "cpu"}, {0, 512}));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->max_step_tokens, 512);
+  EXPECT_EQ(p->limiting_stage, 1);
+  p = ProbeStages(Stages({"cpu"}));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->max_step_tokens, 0);
+  EXPECT_EQ(p->limiting_stage, -1);
+}
+
+TEST(StageProbeTest, AnUnreachableStageKeepsItsCodeAndIsNamed) {
+  std::vector<std::unique_ptr<StageClient>> stages = Stages({"cuda:0"});
+  stages.push_back(
+      std::make_unique<DeviceStageClient>("late", 0, absl::UnavailableError("connection refused")));
+  absl::StatusOr<StageProbe> p = ProbeStages(stages);
+  ASSERT_EQ(p.status().code(), absl::StatusCode::kUnavailable);  // the caller retries on it
+  EXPECT_EQ(p.status().message(), "stage 1 (worker-late): connection refused");
+}
+
+TEST(StageProbeTest, AnyGpuDeviceTakesTheGpuDefaults) {
+  EXPECT_FALSE(AnyGpuDevice({}));
+  EXPECT_FALSE(AnyGpuDevice({"cpu", "cpu"}));
+  EXPECT_FALSE(AnyGpuDevice({"cudax", "gpu:0"}));  // not a CUDA device name
+  EXPECT_TRUE(AnyGpuDevice({"cuda:0"}));
+  EXPECT_TRUE(AnyGpuDevice({"cpu", "cuda"}));  // a mixed pipeline too, as `xkv serve --device`
+}
+
+}  // namespace
+}  // namespace xkv
