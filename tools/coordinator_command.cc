@@ -60,8 +60,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> StartWithBackoff(
       absl::StatusOr<CoordinatorOptions> options = options_for(*probe);
       if (!options.ok()) return options.status();
       std::fprintf(stderr,
-                   "xkv coordinator: stages on %s: the %s defaults (profile %s, %lld "
-                   "micro-batches, %lld tokens per step)\n",
+                   "xkv coordinator: stages on %s (%s defaults): profile %s, %lld "
+                   "micro-batches, %lld tokens per step\n",
                    absl::StrJoin(probe->devices, ", ").c_str(),
                    AnyGpuDevice(probe->devices) ? "GPU" : "CPU",
                    std::string(ProfileModeName(options->kv.profile)).c_str(),

@@ -103,11 +103,11 @@ coordinator_with_worker() {
 # machine without a GPU), cut to the worker's step limit; a --max-batched-tokens above it stops
 # the start with one line naming both.
 started() { expect_started "xkv coordinator: stages on" "$want" "$@"; }
-want="stages on cpu: the CPU defaults (profile one_pass, 1 micro-batches, 512 tokens per step)"
+want="stages on cpu (CPU defaults): profile one_pass, 1 micro-batches, 512 tokens per step"
 coordinator_with_worker cpu "" started
-want="stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 8192 tokens per step)"
+want="stages on cuda:0 (GPU defaults): profile one_pass, 1 micro-batches, 8192 tokens per step"
 coordinator_with_worker cuda:0 "" started
-want="stages on cuda:0: the GPU defaults (profile one_pass, 1 micro-batches, 2048 tokens per step)"
+want="stages on cuda:0 (GPU defaults): profile one_pass, 1 micro-batches, 2048 tokens per step"
 coordinator_with_worker cuda:0 "--max-batched-tokens 2048" started
 refused() {
   expect_error_from 1 "--max-batched-tokens 3000 is above the 2048 tokens one step may carry on worker 0 (its --max-batched-tokens); give at most 2048" "$@"
