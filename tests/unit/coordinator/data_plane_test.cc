@@ -11,6 +11,7 @@
 
 #include "coordinator/pipeline_driver.h"
 #include "gtest/gtest.h"
+#include "tests/unit/coordinator/unimplemented_stage_client.h"
 
 namespace xkv {
 namespace {
@@ -53,7 +54,7 @@ TEST(DataPlaneTest, NcclWithoutANcclBuildIsAClearError) {
 
 // Records the LoadStage requests; each call waits (bounded) until every stage's call has arrived,
 // as ncclCommInitRank does, so loading the stages one after another would fail.
-class BarrierStageClient final : public StageClient {
+class BarrierStageClient final : public UnimplementedStageClient {
  public:
   struct Shared {
     std::mutex mu;
@@ -66,7 +67,6 @@ class BarrierStageClient final : public StageClient {
       : shared_(std::move(shared)), index_(index) {}
 
   std::string address() const override { return "worker" + std::to_string(index_); }
-  xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_GRPC; }
   absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(
       const xkv::v1::LoadStageRequest& request) override {
     std::unique_lock<std::mutex> lock(shared_->mu);
@@ -82,18 +82,6 @@ class BarrierStageClient final : public StageClient {
     response.set_block_bytes(64);
     response.set_stage_capacity_blocks(8 * (request.layer_end() - request.layer_begin()));
     return response;
-  }
-  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::CompactResponse> Compact(const xkv::v1::CompactRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::ReleaseResponse> Release(const xkv::v1::ReleaseRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::StatusResponse> Status() override {
-    return absl::UnimplementedError("not in this test");
   }
 
  private:

@@ -8,31 +8,19 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/unit/coordinator/unimplemented_stage_client.h"
 
 namespace xkv {
 namespace {
 
 // Answers Status with a device and step limit, or with an error.
-class DeviceStageClient final : public StageClient {
+class DeviceStageClient final : public UnimplementedStageClient {
  public:
   DeviceStageClient(std::string device, int64_t max_step_tokens = 0,
                     absl::Status error = absl::OkStatus())
       : device_(std::move(device)), max_step_tokens_(max_step_tokens), error_(std::move(error)) {}
 
   std::string address() const override { return "worker-" + device_; }
-  xkv::v1::LinkKind link_kind() const override { return xkv::v1::LINK_KIND_GRPC; }
-  absl::StatusOr<xkv::v1::LoadStageResponse> LoadStage(const xkv::v1::LoadStageRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::CompactResponse> Compact(const xkv::v1::CompactRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
-  absl::StatusOr<xkv::v1::ReleaseResponse> Release(const xkv::v1::ReleaseRequest&) override {
-    return absl::UnimplementedError("not in this test");
-  }
   absl::StatusOr<xkv::v1::StatusResponse> Status() override {
     if (!error_.ok()) return error_;
     xkv::v1::StatusResponse r;
