@@ -133,9 +133,8 @@ int RunCoordinator(int argc, char** argv) {
   const OptionsForStages options_for =
       [&](const StageProbe& probe) -> absl::StatusOr<CoordinatorOptions> {
     absl::StatusOr<CoordinatorOptions> options = CoordinatorOptionsFromFlags(
-        f, static_cast<int64_t>(addresses.size()), AnyGpuDevice(probe.devices));
+        f, static_cast<int64_t>(addresses.size()), AnyGpuDevice(probe.devices), probe);
     if (!options.ok()) return options.status();
-    RETURN_IF_ERROR(FitStepBudgetToWorkers(f, probe, &*options));
     options->link_timeout = absl::Seconds(stage_timeout_s);
     RETURN_IF_ERROR(ApplyLifecycleFlags(lifecycle, &*options));
     if (absl::Status s = ApplyDataPlane(data_plane, nccl, &*options); !s.ok()) {

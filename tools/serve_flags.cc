@@ -1,5 +1,6 @@
 #include "tools/serve_flags.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -124,7 +125,8 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f) {
             "stages' own step and engine compute), apply (0: off)");
 }
 
-absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages) {
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages,
+                                                  const StageProbe& workers) {
   int64_t n = f.max_batched_tokens;
   if (f.step_tokens != 0) {
     if (f.max_batched_tokens != 0 && f.max_batched_tokens != f.step_tokens) {
@@ -138,22 +140,18 @@ absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_
     return absl::InvalidArgumentError(
         absl::StrCat("--max-batched-tokens must be >= 1 (or 0: the device's default), got ", n));
   }
-  return n == 0 ? DefaultMaxBatchedTokens(gpu_stages) : n;
-}
-
-absl::Status FitStepBudgetToWorkers(const ServeFlags& f, const StageProbe& probe,
-                                    CoordinatorOptions* o) {
-  int64_t& budget = o->scheduler.step_token_budget;
-  if (probe.max_step_tokens <= 0 || budget <= probe.max_step_tokens) return absl::OkStatus();
-  if (f.max_batched_tokens != 0 || f.step_tokens != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--max-batched-tokens ", budget, " is above the ", probe.max_step_tokens,
-                     " tokens one step may carry on worker ", probe.limiting_stage,
-                     " (its --max-batched-tokens); give at most ", probe.max_step_tokens));
+  const int64_t limit = workers.max_step_tokens;
+  if (n == 0) {  // the device's default, cut to what every worker takes
+    n = DefaultMaxBatchedTokens(gpu_stages);
+    return limit > 0 ? std::min(n, limit) : n;
   }
-  budget = probe.max_step_tokens;  // the device's default, cut to what every worker takes
-  if (f.prefill_chunk == 0) o->scheduler.prefill_chunk = budget;
-  return absl::OkStatus();
+  if (limit > 0 && n > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-batched-tokens ", n, " is above the ", limit,
+                     " tokens one step may carry on worker ", workers.limiting_stage,
+                     " (its --max-batched-tokens); give at most ", limit));
+  }
+  return n;
 }
 
 std::string ProfileModeFromFlags(const ServeFlags& f) {
@@ -161,8 +159,8 @@ std::string ProfileModeFromFlags(const ServeFlags& f) {
 }
 
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
-                                                               int64_t num_stages,
-                                                               bool gpu_stages) {
+                                                               int64_t num_stages, bool gpu_stages,
+                                                               const StageProbe& workers) {
   CoordinatorOptions o;
   const int64_t micro_batches = f.micro_batches != 0 ? f.micro_batches
                                 : gpu_stages         ? num_stages
@@ -219,7 +217,8 @@ absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags&
   o.scheduler.kv_admission = *admission;
   o.scheduler.max_running = f.max_batch;
   o.scheduler.max_queue = f.max_queue;
-  ASSIGN_OR_RETURN(o.scheduler.step_token_budget, MaxBatchedTokensFromFlags(f, gpu_stages));
+  ASSIGN_OR_RETURN(o.scheduler.step_token_budget,
+                   MaxBatchedTokensFromFlags(f, gpu_stages, workers));
   o.scheduler.prefill_chunk =
       f.prefill_chunk != 0 ? f.prefill_chunk : o.scheduler.step_token_budget;
   o.default_max_tokens = f.default_max_tokens;

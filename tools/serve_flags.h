@@ -77,17 +77,17 @@ void RegisterServeFlags(FlagSet& flags, ServeFlags* f);
 // Options from the flags. num_stages: the pipeline's stages; gpu_stages: some stage runs on a GPU
 // (AnyGpuDevice). On GPUs --micro-batches 0 means one per stage and --reconstruct-chunk 0
 // kGpuRereadChunk; on CPUs one step at a time (a CPU stage's threads gain nothing from a second
-// step in flight) and kCpuRereadChunk.
+// step in flight) and kCpuRereadChunk. workers: what `xkv coordinator`'s workers reported
+// (MaxBatchedTokensFromFlags); empty for in-process stages.
 absl::StatusOr<CoordinatorOptions> CoordinatorOptionsFromFlags(const ServeFlags& f,
-                                                               int64_t num_stages, bool gpu_stages);
+                                                               int64_t num_stages, bool gpu_stages,
+                                                               const StageProbe& workers = {});
 // --max-batched-tokens, or its old name --step-tokens (both given and different: an error);
-// neither (or 0): DefaultMaxBatchedTokens(gpu_stages).
-absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages);
-// Under `xkv coordinator`: a step budget above the smallest step limit the workers reported
-// (their --max-batched-tokens) is INVALID_ARGUMENT naming both when --max-batched-tokens gave it;
-// the device's default is cut to the limit (and --prefill-chunk 0 with it).
-absl::Status FitStepBudgetToWorkers(const ServeFlags& f, const StageProbe& probe,
-                                    CoordinatorOptions* o);
+// neither (or 0): DefaultMaxBatchedTokens(gpu_stages), cut to the smallest step limit the
+// workers reported (their --max-batched-tokens); a given value above that limit is
+// INVALID_ARGUMENT naming the worker and the limit.
+absl::StatusOr<int64_t> MaxBatchedTokensFromFlags(const ServeFlags& f, bool gpu_stages,
+                                                  const StageProbe& workers = {});
 // --profile, "one_pass" for auto: the same budgets and tokens as per_request (its scores-only
 // pass sees the same queries and keys as one_pass's observed prefill) without a second prefill of
 // every prompt; on the CPU per_request served 0.6x the requests per second of one_pass
