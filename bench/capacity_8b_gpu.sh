@@ -8,7 +8,9 @@
 #   3. for each policy of POLICIES (full, xkv and snapkv keeping FRACTION of the prompt prefix; per
 #      request, against the same server): `xkv bench serve` closed loop with more requests at once
 #      than the pool can hold (CONC_<policy>, default 2 x POOL_SEQS for full, 5 x for the others),
-#      PP-token prompts, TG-token outputs, while capacity_probe.py polls /metrics;
+#      PP-token prompts, TG-token outputs, ROUNDS x CONC requests in all (ROUNDS > 1: the held
+#      batch refills as requests finish, a steady state rather than one burst), while
+#      capacity_probe.py polls /metrics;
 #   4. prints one table (OUT_DIR/summary.md): concurrency held (the most requests the KV manager
 #      ran at once), output tok/s, the decode rate of the held batch (from the decode-only steps of
 #      `xkv serve --log-step-timing 1`) and the share of decode tokens made by steps shared with
@@ -21,13 +23,13 @@
 # Env (defaults for one H100): XKV (the xkv binary; default: the bundle's `run xkv` beside this
 # script, else build/xkv), XKV_MODEL, SHAPE (llama3-8b), MODEL_DIR (/tmp: where the GGUF is written,
 # never under OUT_DIR), DEVICE (cuda:0), STAGES (1), PP (16384), TG (64), POOL_SEQS (4),
-# FRACTION (0.25: the kept fraction of the prompt prefix, --budget-fraction),
+# FRACTION (0.25: the kept fraction of the prompt prefix, --budget-fraction), ROUNDS (1),
 # POLICIES (full,xkv,snapkv), CONC_full / CONC_xkv / CONC_snapkv, MAX_BATCHED_TOKENS (4096; the
 # prefill chunk too), EXTRA_SERVE_FLAGS.
 # The 2-stage pipeline target (issue 13, needs 2 GPUs): STAGES=2 DEVICE=cuda:0,cuda:1
 # POOL_SEQS=8 (the same pool per GPU) capacity_8b_gpu.sh OUT2, against the 1-stage run's table.
 set -uo pipefail
-[[ $# -eq 1 ]] || { sed -n '2,28p' "$0" >&2; exit 2; }
+[[ $# -eq 1 ]] || { sed -n '2,30p' "$0" >&2; exit 2; }
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
@@ -43,7 +45,7 @@ fi
 probe=$here/capacity_probe.py
 [[ -f $probe ]] || probe=$here/../bench/capacity_probe.py
 SHAPE=${SHAPE:-llama3-8b} DEVICE=${DEVICE:-cuda:0} STAGES=${STAGES:-1} PP=${PP:-16384}
-TG=${TG:-64} POOL_SEQS=${POOL_SEQS:-4} FRACTION=${FRACTION:-0.25}
+TG=${TG:-64} POOL_SEQS=${POOL_SEQS:-4} FRACTION=${FRACTION:-0.25} ROUNDS=${ROUNDS:-1}
 POLICIES=${POLICIES:-full,xkv,snapkv} MAX_BATCHED_TOKENS=${MAX_BATCHED_TOKENS:-4096}
 model=${XKV_MODEL:-}
 if [[ -z $model ]]; then
@@ -134,7 +136,7 @@ for p in ${POLICIES//,/ }; do
   poller=$!
   first_line=$(wc -l < "$out/serve.log")
   xkv bench serve --server "127.0.0.1:$port" --model "$model" --rate inf --max-concurrency "$c" \
-    --requests "$c" --warmup 1 --prompt-min "$PP" --prompt-max "$PP" --output-min "$TG" \
+    --requests $((ROUNDS * c)) --warmup 1 --prompt-min "$PP" --prompt-max "$PP" --output-min "$TG" \
     --output-max "$TG" --policies "$p" "${target[@]}" --json "$out/$name.json" \
     > "$out/$name.md" 2> "$out/$name.log" ||
     { echo "capacity: xkv bench serve ($p) failed:"; tail -n 3 "$out/$name.log"; failed=1; } >&2
@@ -149,7 +151,8 @@ echo "$(date -u +%T) done" >> "$out/timeline.txt"
 {
   echo "$(date -u '+%F %H:%M UTC'), $(cat "$out/gpu.txt"); $(basename "$model"), $STAGES stage(s)" \
     "on $DEVICE; KV pool $blocks blocks per layer ($POOL_SEQS full caches of $PP + $TG tokens);" \
-    "prompts $PP tokens, outputs $TG tokens (ignore_eos), closed loop, 1 warm-up."
+    "prompts $PP tokens, outputs $TG tokens (ignore_eos), closed loop, $ROUNDS x the requests" \
+    "sent at once, 1 warm-up."
   echo
   python3 "$probe" table "$out"
 } | tee "$out/summary.md"
