@@ -14,6 +14,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/coordinator_sequence.h"
 #include "coordinator/request_validation.h"
+#include "coordinator/stage_probe.h"
 
 namespace xkv {
 namespace {
@@ -97,6 +98,11 @@ void Coordinator::Monitor() {
       if (!statuses[s].ok()) {
         ready = absl::UnavailableError(
             absl::StrCat(stage, " does not answer: ", statuses[s].status().message()));
+      } else if (absl::Status fits = CheckStepLimit(*statuses[s], static_cast<int>(s),
+                                                    driver_->address(s),
+                                                    options_.scheduler.step_token_budget);
+                 !fits.ok()) {
+        ready = fits;  // no reload: the stage would fail every larger step
       } else if (statuses[s]->health() != xkv::v1::STAGE_HEALTH_SERVING) {
         ready = absl::UnavailableError(absl::StrCat(
             stage, " is not serving (", xkv::v1::StageHealth_Name(statuses[s]->health()),
@@ -145,6 +151,13 @@ absl::Status Coordinator::RecoverStages() {
       std::lock_guard<std::mutex> lock(mu_);
       stages_ready_ = down;
       return down;
+    }
+    if (absl::Status fits = CheckStepLimit(*statuses[s], static_cast<int>(s), driver_->address(s),
+                                           options_.scheduler.step_token_budget);
+        !fits.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      stages_ready_ = fits;
+      return fits;
     }
     serving = serving && statuses[s]->health() == xkv::v1::STAGE_HEALTH_SERVING;
   }

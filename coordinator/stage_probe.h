@@ -30,6 +30,14 @@ struct StageProbe {
 // while a worker is not up yet) and the stage's index and address named.
 absl::StatusOr<StageProbe> ProbeStages(absl::Span<const std::unique_ptr<StageClient>> stages);
 
+// The stage's own step limit (its reported --max-batched-tokens) against the coordinator's
+// `step_tokens`: UNAVAILABLE naming the stage, both numbers and the fix when the stage takes less
+// (a worker restarted with a smaller limit: reloading it would make every larger step fail), OK
+// when it takes as much or reports no limit. Checked before every reload and by the health
+// monitor, so the stage stays down, and says why, until it is restarted with enough.
+absl::Status CheckStepLimit(const xkv::v1::StatusResponse& status, int stage,
+                            const std::string& address, int64_t step_tokens);
+
 // Whether some device is a GPU ("cuda" or "cuda:N").
 bool AnyGpuDevice(absl::Span<const std::string> devices);
 

@@ -109,5 +109,45 @@ TEST(WorkerFault, StoppedFirstStageUnderLoad) {
   RunFault(Fault::kStop, 0);
 }
 
+// A worker restarted with a smaller --max-batched-tokens than the coordinator's steps is not
+// reloaded (every larger step would fail on it): the service stays NOT_SERVING and refuses new
+// requests at once, naming the stage and both limits; restarted with enough, it serves the same
+// tokens again.
+TEST(WorkerFault, RestartedWithASmallerStepLimitStaysDown) {
+  if (std::string why = MissingPrerequisite(); !why.empty()) GTEST_SKIP() << why;
+  absl::StatusOr<std::unique_ptr<Cluster>> cluster =
+      Cluster::Start({.workers = 2, .flags = {"--max-batched-tokens=512"}});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Cluster& c = **cluster;
+  StreamResult healthy = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(healthy.status.ok()) << healthy.status.error_message() << c.Logs();
+
+  ASSERT_TRUE(c.RestartWorker(1, {"--max-batched-tokens=256"}).ok()) << c.Logs();
+  EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 2; }, absl::Seconds(8)))
+      << "grpc.health.v1 still says SERVING" << c.Logs();
+  const std::string why = absl::StrCat(
+      "pipeline stage 1 (", c.worker_address(1),
+      ") takes at most 256 tokens per step (its --max-batched-tokens), below the coordinator's "
+      "512; restart the worker with --max-batched-tokens 512 or more (or the coordinator with "
+      "256 or less)");
+  // Stays down: no reload loads it behind the health check's back.
+  EXPECT_FALSE(PollUntil([&] { return HealthStatus(c.address()) == 1; }, absl::Seconds(3)));
+  StreamResult refused = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(refused.status.error_message(), why + "; retry later") << c.Logs();
+  absl::StatusOr<xkv::v1::StatusResponse> unloaded = c.WorkerStatus(1);
+  ASSERT_TRUE(unloaded.ok()) << unloaded.status();
+  EXPECT_EQ(unloaded->health(), xkv::v1::STAGE_HEALTH_NOT_LOADED);
+  EXPECT_NE(c.coordinator().Log().find("xkv coordinator: stages " + why), std::string::npos)
+      << c.Logs();
+
+  ASSERT_TRUE(c.RestartWorker(1).ok()) << c.Logs();  // the default limit, 16384
+  EXPECT_TRUE(PollUntil([&] { return HealthStatus(c.address()) == 1; }, absl::Seconds(60)))
+      << "the service did not turn SERVING again" << c.Logs();
+  StreamResult again = Generate(c.generation(), GreedyRequest(kShortPrompt, 8));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message() << c.Logs();
+  EXPECT_EQ(again.token_ids, healthy.token_ids);
+}
+
 }  // namespace
 }  // namespace xkv::e2e

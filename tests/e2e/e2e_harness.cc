@@ -272,13 +272,14 @@ Cluster::~Cluster() {
   }
 }
 
-absl::Status Cluster::StartWorker(int i, int port) {
+absl::Status Cluster::StartWorker(int i, int port, const std::vector<std::string>& flags) {
   const std::string name =
       restarts_ == 0 ? absl::StrCat("worker", i) : absl::StrCat("worker", i, "-restart", restarts_);
   std::vector<std::string> argv = {XkvBinary(), "worker", absl::StrCat("--listen=127.0.0.1:", port),
                                    "--threads=1",
                                    "--model-dir=" + ModelPath().substr(0, ModelPath().rfind('/'))};
   argv.insert(argv.end(), options_.worker_flags.begin(), options_.worker_flags.end());
+  argv.insert(argv.end(), flags.begin(), flags.end());
   absl::StatusOr<std::unique_ptr<ChildProcess>> p = ChildProcess::Spawn(argv, dir_, name);
   if (!p.ok()) return p.status();
   workers_[i] = *std::move(p);
@@ -289,10 +290,10 @@ absl::Status Cluster::StartWorker(int i, int port) {
   return absl::OkStatus();
 }
 
-absl::Status Cluster::RestartWorker(int i) {
+absl::Status Cluster::RestartWorker(int i, const std::vector<std::string>& flags) {
   workers_[i]->Stop();
   ++restarts_;
-  return StartWorker(i, worker_ports_[i]);
+  return StartWorker(i, worker_ports_[i], flags);
 }
 
 absl::Status Cluster::WaitAdminReady(absl::Duration timeout) {

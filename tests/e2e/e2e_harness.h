@@ -96,8 +96,9 @@ class Cluster {
   // Worker i's own Status (xkv.v1.Worker), bounded by `timeout`.
   absl::StatusOr<xkv::v1::StatusResponse> WorkerStatus(int i,
                                                        absl::Duration timeout = absl::Seconds(5));
-  // Starts worker i again on its old port (after it was killed).
-  absl::Status RestartWorker(int i);
+  // Starts worker i again on its old port (after it was killed), with `flags` added to
+  // ClusterOptions::worker_flags for this start only.
+  absl::Status RestartWorker(int i, const std::vector<std::string>& flags = {});
   // Every process's log, for failure messages.
   std::string Logs() const;
 
@@ -107,7 +108,7 @@ class Cluster {
 
  private:
   explicit Cluster(const ClusterOptions& options) : options_(options) {}
-  absl::Status StartWorker(int i, int port);
+  absl::Status StartWorker(int i, int port, const std::vector<std::string>& flags = {});
   absl::Status WaitAdminReady(absl::Duration timeout);
 
   ClusterOptions options_;

@@ -74,6 +74,20 @@ TEST(StageProbeTest, AnUnreachableStageKeepsItsCodeAndIsNamed) {
   EXPECT_EQ(p.status().message(), "stage 1 (worker-late): connection refused");
 }
 
+TEST(StageProbeTest, AStageThatTakesFewerTokensThanAStepIsRefused) {
+  xkv::v1::StatusResponse status;
+  EXPECT_TRUE(CheckStepLimit(status, 0, "w0:1", 512).ok());  // no limit reported
+  status.set_max_step_tokens(512);
+  EXPECT_TRUE(CheckStepLimit(status, 0, "w0:1", 512).ok());  // exactly enough
+  EXPECT_TRUE(CheckStepLimit(status, 0, "w0:1", 256).ok());
+  absl::Status s = CheckStepLimit(status, 1, "w1:2", 2048);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);  // down until the worker is restarted
+  EXPECT_EQ(s.message(),
+            "pipeline stage 1 (w1:2) takes at most 512 tokens per step (its --max-batched-tokens), "
+            "below the coordinator's 2048; restart the worker with --max-batched-tokens 2048 or "
+            "more (or the coordinator with 512 or less)");
+}
+
 TEST(StageProbeTest, AnyGpuDeviceTakesTheGpuDefaults) {
   EXPECT_FALSE(AnyGpuDevice({}));
   EXPECT_FALSE(AnyGpuDevice({"cpu", "cpu"}));
