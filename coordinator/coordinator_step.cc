@@ -98,9 +98,9 @@ void Coordinator::Monitor() {
       if (!statuses[s].ok()) {
         ready = absl::UnavailableError(
             absl::StrCat(stage, " does not answer: ", statuses[s].status().message()));
-      } else if (absl::Status fits = CheckStepLimit(*statuses[s], static_cast<int>(s),
-                                                    driver_->address(s),
-                                                    options_.scheduler.step_token_budget);
+      } else if (absl::Status fits =
+                     CheckStepLimit(*statuses[s], static_cast<int>(s), driver_->address(s),
+                                    options_.scheduler.step_token_budget);
                  !fits.ok()) {
         ready = fits;  // no reload: the stage would fail every larger step
       } else if (statuses[s]->health() != xkv::v1::STAGE_HEALTH_SERVING) {

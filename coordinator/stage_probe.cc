@@ -29,11 +29,11 @@ absl::Status CheckStepLimit(const xkv::v1::StatusResponse& status, int stage,
                             const std::string& address, int64_t step_tokens) {
   const int64_t limit = status.max_step_tokens();
   if (limit <= 0 || limit >= step_tokens) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat(
-      "pipeline stage ", stage, " (", address, ") takes at most ", limit,
-      " tokens per step (its --max-batched-tokens), below the coordinator's ", step_tokens,
-      "; restart the worker with --max-batched-tokens ", step_tokens,
-      " or more (or the coordinator with ", limit, " or less)"));
+  return absl::UnavailableError(
+      absl::StrCat("pipeline stage ", stage, " (", address, ") takes at most ", limit,
+                   " tokens per step (its --max-batched-tokens), below the coordinator's ",
+                   step_tokens, "; restart the worker with --max-batched-tokens ", step_tokens,
+                   " or more (or the coordinator with ", limit, " or less)"));
 }
 
 bool AnyGpuDevice(absl::Span<const std::string> devices) {
