@@ -2,7 +2,8 @@
 # bench/capacity_8b_gpu.sh end to end on the CPU with the tiny random-weight shape: it writes the
 # GGUF, serves it with a fixed KV pool, runs full / xkv / snapkv past the pool's capacity, twice
 # the requests sent at once (ROUNDS=2), and prints one row per policy, every request completed,
-# each with the decode rate of its decode-only steps (from the server's per-step log), and leaves no server running.
+# each with the decode rate of its decode-only steps (from the server's per-step log), and leaves
+# no server running.
 # Usage: capacity_script_test.sh XKV_BINARY
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -10,8 +11,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 XKV=$xkv SHAPE=tiny MODEL_DIR=$tmp DEVICE=cpu PP=256 TG=8 POOL_SEQS=2 MAX_BATCHED_TOKENS=256 \
-  ROUNDS=2 \
-  "$root/bench/capacity_8b_gpu.sh" "$tmp/out" > "$tmp/stdout" 2> "$tmp/stderr"
+  ROUNDS=2 "$root/bench/capacity_8b_gpu.sh" "$tmp/out" > "$tmp/stdout" 2> "$tmp/stderr"
 rc=$?
 fail=0
 check() {  # check NAME CONDITION_STATUS
