@@ -52,6 +52,10 @@ absl::Status CheckMaxBatchedTokens(const GpuMemoryBudget& b, int64_t max_batched
                    b.pool_bytes > 0 ? absl::StrCat(", KV pool ", GiB(b.pool_bytes)) : "", ")"));
 }
 
+int64_t StageUsedBytes(int64_t measured, int64_t tracked) {
+  return std::clamp(measured, tracked, tracked + kUntrackedDeviceBytes);
+}
+
 absl::StatusOr<int64_t> KvPoolBlocks(const GpuMemoryBudget& b, int64_t used_bytes) {
   const int64_t left = b.budget_bytes() - used_bytes;
   const int64_t blocks = b.block_bytes > 0 && left > 0 ? left / b.block_bytes : 0;

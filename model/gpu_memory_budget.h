@@ -56,6 +56,16 @@ absl::Status CheckMaxBatchedTokens(const GpuMemoryBudget& b, int64_t max_batched
 // than b.min_kv_blocks remain. The one place that sizes a GPU stage's pool.
 absl::StatusOr<int64_t> KvPoolBlocks(const GpuMemoryBudget& b, int64_t used_bytes);
 
+// What the device's memory the stage will have taken before its pool, from `measured` (how far
+// the device's free memory fell since the stage began loading) and `tracked` (the bytes of the
+// stage's own allocations: weights, scratch, the upload buffer, cuBLAS's workspace). The
+// measurement also sees what the driver rounds and keeps, but equally what another process or
+// stage on the same device allocated or freed meanwhile (two workers loading on one GPU at once),
+// so it is clamped to [tracked, tracked + kUntrackedDeviceBytes]: alone on its device a stage gets
+// the measured figure as before, and a neighbour's load no longer starves its pool.
+inline constexpr int64_t kUntrackedDeviceBytes = int64_t{256} << 20;
+int64_t StageUsedBytes(int64_t measured, int64_t tracked);
+
 // "12.34 GiB" (messages and the start-up report).
 std::string GiB(int64_t bytes);
 

@@ -23,8 +23,11 @@ absl::Status CudaLlamaModel::InitPool() {
   if (num_blocks_ == 0 && o.gpu_memory_utilization > 0) {
     size_t free_bytes = 0, total = 0;
     CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
-    // What this stage took so far (weights, scratch, cuBLAS): measured, not estimated.
-    const int64_t used = budget_.free_bytes - static_cast<int64_t>(free_bytes);
+    // What this stage took so far (weights, scratch, cuBLAS): measured, within what it allocated
+    // itself (a neighbour loading on the same device meanwhile is not this stage's).
+    const int64_t used = StageUsedBytes(
+        budget_.free_bytes - static_cast<int64_t>(free_bytes),
+        allocated_bytes_ + static_cast<int64_t>(staging_bytes_ + cublas_->workspace_bytes()));
     ASSIGN_OR_RETURN(num_blocks_, KvPoolBlocks(budget_, used));
     sized_from_memory_ = true;
   } else if (num_blocks_ == 0) {

@@ -73,6 +73,7 @@ absl::Status CudaLlamaModel::AllocBytes(int64_t bytes, void** out) {
   void* p = nullptr;
   CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
   allocations_.push_back(p);
+  allocated_bytes_ += bytes;
   *out = p;
   return absl::OkStatus();
 }

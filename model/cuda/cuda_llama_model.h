@@ -287,6 +287,7 @@ class CudaLlamaModel : public StageEngine {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::CublasHandle> cublas_;
   std::vector<void*> allocations_;
+  int64_t allocated_bytes_ = 0;         // the bytes of allocations_ (the pool's sizing, InitPool)
   std::vector<Layer> layers_;           // [layer - layer_begin]
   cuda::PagedKvLayer cache_;            // the shared pool, per-KV-head tables
   __nv_bfloat16* embedding_ = nullptr;  // device bf16 [vocab, hidden] (first stage)

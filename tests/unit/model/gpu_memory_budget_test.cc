@@ -30,6 +30,22 @@ GpuMemoryBudget Budget() {
   return b;
 }
 
+TEST(GpuMemoryBudget, UsedBytesAreMeasuredWithinWhatTheStageAllocated) {
+  const int64_t tracked = 3 * kGiB;
+  // Alone on the device: the measurement (the driver's rounding and context included) counts.
+  EXPECT_EQ(StageUsedBytes(tracked + (100 << 20), tracked), tracked + (100 << 20));
+  EXPECT_EQ(StageUsedBytes(tracked, tracked), tracked);
+  // Another worker allocated 30 GiB on the same device meanwhile: not this stage's.
+  EXPECT_EQ(StageUsedBytes(tracked + 30 * kGiB, tracked), tracked + kUntrackedDeviceBytes);
+  // Another one freed memory meanwhile: the stage still holds what it allocated.
+  EXPECT_EQ(StageUsedBytes(1 * kGiB, tracked), tracked);
+  // The pool from it: 40 GiB budget less 3.25 GiB, not 40 less 33.
+  GpuMemoryBudget b = Budget();
+  absl::StatusOr<int64_t> blocks = KvPoolBlocks(b, StageUsedBytes(tracked + 30 * kGiB, tracked));
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  EXPECT_EQ(*blocks, (40 * kGiB - tracked - kUntrackedDeviceBytes) / b.block_bytes);
+}
+
 TEST(GpuMemoryBudget, BudgetIsTheUtilizationOfFreeMemoryAndSharesSplitIt) {
   GpuMemoryBudget b = Budget();
   EXPECT_EQ(b.budget_bytes(), 40 * kGiB);
