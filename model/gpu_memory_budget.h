@@ -56,7 +56,7 @@ absl::Status CheckMaxBatchedTokens(const GpuMemoryBudget& b, int64_t max_batched
 // than b.min_kv_blocks remain. The one place that sizes a GPU stage's pool.
 absl::StatusOr<int64_t> KvPoolBlocks(const GpuMemoryBudget& b, int64_t used_bytes);
 
-// What the device's memory the stage will have taken before its pool, from `measured` (how far
+// How much device memory the stage has taken before its pool, from `measured` (how far
 // the device's free memory fell since the stage began loading) and `tracked` (the bytes of the
 // stage's own allocations: weights, scratch, the upload buffer, cuBLAS's workspace). The
 // measurement also sees what the driver rounds and keeps, but equally what another process or
