@@ -21,6 +21,7 @@ profiling, solving). Definitions (docs/benchmarks-serving.md, "Capacity at a fix
               held x 1000 / ITL p50, which is wrong once half the decode tokens come from steps
               shared with a prefill chunk: the median gap is then a mixed step);
   mixed share   decode tokens produced by steps that also carried prompt work, over all;
+  preempted   requests preempted (recomputed later) by the KV manager during the run;
   profile share  sum(profile + solve) / sum(TTFT - queue wait) over the run's requests: the share
               of the time from admission to the first token spent deciding the allocation;
   balance     per stage, sum over samples of predicted / sum over samples of held, over the
@@ -124,14 +125,16 @@ def balance(samples):
 
 
 STEP = re.compile(r'xkv coordinator: 1 steps, ([\d.]+) sequences / ([\d.]+) rows each: one every '
-                  r'([\d.]+) ms.*; (\d+) decode-only, \d+ with (\d+) prompt tokens')
+                  r'([\d.]+) ms.*; (\d+) decode-only, \d+ with (\d+) prompt tokens, '
+                  r'\d+ compacted \([\d.]+ ms on the loop\), (\d+) preempted')
 
 
 def step_mix(path, first, last):
     """(peak decode-only batch B, median ms of the decode-only steps of B, share of the decode
-    tokens made by steps with prompt work, decode-only steps, steps) over lines first..last of the
-    serve log (one `--log-step-timing 1` line per step); None without such lines."""
-    only, mixed_tokens, all_tokens, n = [], 0.0, 0.0, 0
+    tokens made by steps with prompt work, decode-only steps, steps, preemptions) over lines
+    first..last of the serve log (one `--log-step-timing 1` line per step); None without such
+    lines."""
+    only, mixed_tokens, all_tokens, n, preempted = [], 0.0, 0.0, 0, 0
     try:
         with open(path, errors='replace') as f:
             for i, line in enumerate(f, 1):
@@ -139,6 +142,7 @@ def step_mix(path, first, last):
                 if not m:
                     continue
                 n += 1
+                preempted += int(m.group(6))
                 seqs, rows, ms, pure, prompt = (float(m.group(1)), float(m.group(2)),
                                                 float(m.group(3)), int(m.group(4)), int(m.group(5)))
                 all_tokens += rows - prompt
@@ -152,7 +156,7 @@ def step_mix(path, first, last):
         return None
     b = max(seqs for seqs, _ in only)
     times = sorted(ms for seqs, ms in only if seqs == b)
-    return b, times[len(times) // 2], mixed_tokens / all_tokens, len(only), n
+    return b, times[len(times) // 2], mixed_tokens / all_tokens, len(only), n, preempted
 
 
 def table(out):
@@ -163,10 +167,10 @@ def table(out):
             span = (int(lines[0]), int(lines[1])) if len(lines) == 2 else None
             runs.append((label, int(conc), name, span))
     print('| run | sent at once | held (peak running) | ok/failed | out tok/s | decode tok/s | '
-          'decode-only steps, batch / ms | decode tokens in mixed steps | '
+          'decode-only steps, batch / ms | decode tokens in mixed steps | preempted | '
           'ITL p50 / p99 ms | TPOT p50 / p99 ms | TTFT p50 / p99 ms | queue share of TTFT | '
           'profile + solve / (TTFT − queue) | mean KV vs full |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     summary = {}
     for label, conc, name, span in runs:
         try:
@@ -187,12 +191,14 @@ def table(out):
             decode = mix[0] * 1000 / mix[1] if mix[1] > 0 else None
             steps = f'{fmt(mix[0])} / {fmt(mix[1], 1)} ({mix[3]} of {mix[4]} steps)'
             mixed = f'{fmt(100 * mix[2], 0)}%'
+            preempted = str(mix[5])
         else:
             decode = held * 1000 / r['median_itl_ms'] if held and r['median_itl_ms'] > 0 else None
-            steps, mixed = '—', '—'
+            steps, mixed, preempted = '—', '—', '—'
         summary[label] = (held, r['output_throughput'], decode, r['p99_itl_ms'])
         print(f"| {label} | {conc} | {fmt(held)} | {r['completed']}/{r['failed']} | "
               f"{fmt(r['output_throughput'], 1)} | {fmt(decode, 1)} | {steps} | {mixed} | "
+              f"{preempted} | "
               f"{fmt(r['median_itl_ms'], 1)} / "
               f"{fmt(r['p99_itl_ms'], 1)} | {fmt(r['median_tpot_ms'], 1)} / "
               f"{fmt(r['p99_tpot_ms'], 1)} | {fmt(r['median_ttft_ms'])} / {fmt(r['p99_ttft_ms'])} | "

@@ -2,8 +2,8 @@
 # bench/capacity_8b_gpu.sh end to end on the CPU with the tiny random-weight shape: it writes the
 # GGUF, serves it with a fixed KV pool, runs full / xkv / snapkv past the pool's capacity, twice
 # the requests sent at once (ROUNDS=2), and prints one row per policy, every request completed,
-# each with the decode rate of its decode-only steps (from the server's per-step log), and leaves
-# no server running.
+# each with the decode rate of its decode-only steps and its preemptions (from the server's
+# per-step log), and leaves no server running.
 # Usage: capacity_script_test.sh XKV_BINARY
 set -uo pipefail
 xkv=${1:?xkv binary}
@@ -24,8 +24,9 @@ for row in '| full | 4 |' '| xkv | 10 |' '| snapkv | 10 |'; do
 done
 check "every request completed" "$(grep -c -E '\| (8/0|20/0) \|' "$tmp/out/summary.md" |
   grep -qx 3; echo $?)"
-check "the decode rate of every run from its decode-only steps" "$(grep -c -E \
-  '\| [0-9]+ / [0-9.]+ \([0-9]+ of [0-9]+ steps\) \| [0-9]+% \|' "$tmp/out/summary.md" | grep -qx 3
+check "the decode rate and preemptions of every run from its steps" "$(grep -c -E \
+  '\| [0-9]+ / [0-9.]+ \([0-9]+ of [0-9]+ steps\) \| [0-9]+% \| [0-9]+ \|' "$tmp/out/summary.md" |
+  grep -qx 3
   echo $?)"
 check "no xkv serve left running" "$(pgrep -f -- "serve --model $tmp/" > /dev/null; echo $((!$?)))"
 check "the rounds named" \
