@@ -483,7 +483,7 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
                                engine_->CacheLength(seq_id, layer_begin()), options_.importance);
     scores = &meta;
   }
-  const int64_t T = scores->prompt_len, P = scores->prefix_len();
+  const int64_t T = scores->prompt_len;
   if (policy.kind == PolicyKind::kFull || T <= scores->window) {
     seq.scores.reset();
     seq.compacted = true;
@@ -495,16 +495,11 @@ absl::Status StageExecutor::CompactSequence(uint64_t seq_id, Sequence& seq,
   }
   std::vector<int64_t> budgets;
   std::vector<std::vector<int64_t>> head_budgets;
+  RETURN_IF_ERROR(CheckBudgetsFit(seq_id, spec, T, scores->window,
+                                  [&](int l) { return engine_->CacheLength(seq_id, l); }));
   for (int l = layer_begin(); l < layer_end(); ++l) {
     const xkv::v1::LayerBudget& budget = *FindBudget(spec, l);
-    const int64_t b = budget.kept_prefix();
-    if (engine_->CacheLength(seq_id, l) != T || b > P) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "stage: sequence ", seq_id, " layer ", l, " holds ", engine_->CacheLength(seq_id, l),
-          " tokens, budget ", b, "; compaction needs the whole ", T,
-          "-token prompt (before decoding) and a budget <= ", P));
-    }
-    budgets.push_back(b);
+    budgets.push_back(budget.kept_prefix());
     if (budget.head_kept_prefix_size() > 0) {
       head_budgets.emplace_back(budget.head_kept_prefix().begin(), budget.head_kept_prefix().end());
     }

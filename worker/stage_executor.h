@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -96,7 +97,9 @@ class StageExecutor {
   // options().max_step_tokens sequences carrying at most that many new tokens in all; per
   // sequence tokens size, n_new (0: the tokens' count) and position + n_new within the context
   // length; a known mode; a compact spec's budgets and sink_tokens in [0, context_length] and a
-  // known policy ("" is xkv). Then the step is validated against the stage's state.
+  // known policy ("" is xkv). Then the step is validated against the stage's state, a
+  // compaction it carries included (CheckBudgetsFit on the cache the step will leave), so that a
+  // refusal changes nothing.
   absl::StatusOr<xkv::v1::StepResponse> Step(const xkv::v1::StepRequest& request);
   // Evicts one sequence's stage layers to their budgets (right after its prompt was written; the
   // kept slots come from the scores stored by its last observed step, which top-score policies
@@ -161,6 +164,11 @@ class StageExecutor {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ValidateSequence(const xkv::v1::StepSequence& s) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Compaction's preconditions on the cache it will see, `length(l)` tokens in layer l: each of
+  // the stage's layers holds the whole T-token prompt (before decoding) and its budget is at most
+  // the prefix T - window (FAILED_PRECONDITION otherwise). For every policy but full, T > window.
+  absl::Status CheckBudgetsFit(uint64_t seq_id, const xkv::v1::CompactSpec& spec, int64_t T,
+                               int window, absl::FunctionRef<int64_t(int)> length) const;
   // The spec's selection rule, once it names a budget for each of the stage's layers (policy
   // full needs none).
   absl::StatusOr<PolicyOptions> CompactSelection(const xkv::v1::CompactSpec& spec) const;

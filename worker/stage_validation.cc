@@ -155,6 +155,22 @@ absl::StatusOr<PolicyOptions> StageExecutor::CompactSelection(const CompactSpec&
   return policy;
 }
 
+absl::Status StageExecutor::CheckBudgetsFit(uint64_t seq_id, const CompactSpec& spec, int64_t T,
+                                            int window,
+                                            absl::FunctionRef<int64_t(int)> length) const {
+  const int64_t P = T - window;
+  for (int l = layer_begin(); l < layer_end(); ++l) {
+    const int64_t b = FindBudget(spec, l)->kept_prefix();
+    if (length(l) != T || b > P) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("stage: sequence ", seq_id, " layer ", l, " holds ", length(l),
+                       " tokens, budget ", b, "; compaction needs the whole ", T,
+                       "-token prompt (before decoding) and a budget <= ", P));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status StageExecutor::ValidateSequence(const StepSequence& s) const {
   const std::string who = absl::StrCat("stage: sequence ", s.seq_id());
   const int64_t n_new = NewTokens(s);
@@ -213,6 +229,19 @@ absl::Status StageExecutor::ValidateSequence(const StepSequence& s) const {
       return absl::FailedPreconditionError(
           absl::StrCat(who, ": policy ", std::string(PolicyName(policy.kind)),
                        " needs importance scores: observe the prompt's final chunk first"));
+    }
+    // The compaction's own check on the cache this step leaves, made here: refused after the step
+    // has run, the sequence would be dropped. The prompt is this step's observed one, else the
+    // earlier observed one, else the whole cache.
+    const int64_t scored =
+        s.mode() == xkv::v1::SEQUENCE_MODE_OBSERVE ? T
+        : it != sequences_.end() && it->second.scores.has_value()
+            ? it->second.scores->prompt_len
+            : (known ? engine_->CacheLength(s.seq_id(), layer_begin()) : 0) + n_new;
+    if (policy.kind != PolicyKind::kFull && scored > window) {
+      RETURN_IF_ERROR(CheckBudgetsFit(s.seq_id(), s.compact(), scored, window, [&](int l) {
+        return (known ? engine_->CacheLength(s.seq_id(), l) : 0) + n_new;
+      }));
     }
   }
   return absl::OkStatus();
