@@ -220,7 +220,7 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
   Json j;
   try {
     j = Json::parse(body.begin(), body.end());
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, and out_of_range for a number like 1e400
     return Invalid("", absl::StrCat("the request body is not valid JSON: ", e.what()));
   }
   if (!j.is_object()) return Invalid("", "the request body must be a JSON object");

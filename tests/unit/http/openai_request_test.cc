@@ -122,6 +122,8 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
       {"[1]", "", "JSON object"},
       {"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", "",
        "not valid JSON"},
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e400})", "",
+       "not valid JSON"},  // beyond double's range: the library's out_of_range, not a 500
       {R"({"messages":[{"role":"user","content":"x"}]})", "model", "model is required"},
       {R"({"model":"m"})", "messages", "messages must be"},
       {R"({"model":"m","messages":"hi"})", "messages", "a list of messages"},
