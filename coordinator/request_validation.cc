@@ -134,7 +134,10 @@ absl::Status ValidateTokenCounts(int64_t prompt_tokens, int64_t max_tokens,
                                 " tokens; the model's context length is ", context_length,
                                 " (prompt + max_tokens must fit)"));
   }
-  if (prompt_tokens + max_tokens > context_length) {
+  // Not prompt_tokens + max_tokens: max_tokens comes from the network (up to 2^63 - 1), and the
+  // overflowed sum passed this check (such a request was admitted without a bound and, once the
+  // pool was full, blocked every request behind it).
+  if (max_tokens > context_length - prompt_tokens) {
     return Invalid(absl::StrCat("max_tokens is ", max_tokens, "; with the prompt's ", prompt_tokens,
                                 " tokens it must be <= ", context_length - prompt_tokens,
                                 " (context length ", context_length, ")"));

@@ -1,6 +1,7 @@
 #include "coordinator/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -46,6 +47,13 @@ absl::Status Scheduler::Submit(SequenceSpec spec) {
     return absl::InvalidArgumentError(absl::StrCat(
         "scheduler: request ", spec.id, " has ", spec.prompt_tokens,
         " prompt tokens and max_new_tokens ", spec.max_new_tokens, "; both must be >= 1"));
+  }
+  if (spec.max_new_tokens > std::numeric_limits<int64_t>::max() - spec.prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("scheduler: request ", spec.id, " has ",
+                                                   spec.prompt_tokens,
+                                                   " prompt tokens and "
+                                                   "max_new_tokens ",
+                                                   spec.max_new_tokens, "; their sum overflows"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   // The worst case in every layer must fit each stage's pool: then a request that runs alone

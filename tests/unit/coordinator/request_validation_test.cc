@@ -85,6 +85,10 @@ TEST(RequestValidationTest, MaxTokens) {
   EXPECT_NE(std::string(past.message()).find("<= 90"), std::string::npos) << past;
   EXPECT_EQ(ValidateTokenCounts(100, 1, 100).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ValidateTokenCounts(0, 1, 100).code(), absl::StatusCode::kInvalidArgument);
+  // The largest max_tokens the wire carries: prompt + max_tokens would overflow int64.
+  absl::Status huge = ValidateTokenCounts(10, std::numeric_limits<int64_t>::max(), 100);
+  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(huge.message()).find("<= 90"), std::string::npos) << huge;
 }
 
 TEST(RequestValidationTest, Temperature) {

@@ -1,6 +1,7 @@
 #include "coordinator/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -221,6 +222,9 @@ TEST(SchedulerTest, RequestThatCanNeverFitIsRefused) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);  // retrying cannot help
   EXPECT_NE(st.message().find("never fit"), absl::string_view::npos) << st;
   EXPECT_EQ(s->Submit(Spec(3, 0, 4)).code(), absl::StatusCode::kInvalidArgument);
+  // A sum past int64 is refused too (it wrapped below the pool's size and was admitted).
+  EXPECT_EQ(s->Submit(Spec(4, 12, std::numeric_limits<int64_t>::max())).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SchedulerTest, FullQueueIsResourceExhausted) {
