@@ -1,10 +1,12 @@
 #include "coordinator/request_validation.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace xkv {
 namespace {
@@ -81,9 +83,31 @@ absl::Status ValidateInput(const GenerateParams& p) {
   return absl::OkStatus();
 }
 
+// The sampling values go to the stages as 32-bit floats (worker.proto's WorkerSampling): a double
+// beyond float's range would arrive as inf (the conversion itself is undefined) and one below its
+// smallest normal as 0 (which reads as "off" for top_p and min_p). Before, 1e300 passed here and
+// the last stage refused the step that carried it, failing the other requests of that step too.
+absl::Status CheckFloatWire(const char* name, double v) {
+  const double magnitude = std::abs(v);
+  if (v == 0 || (magnitude >= std::numeric_limits<float>::min() &&
+                 magnitude <= std::numeric_limits<float>::max())) {
+    return absl::OkStatus();
+  }
+  return Invalid(absl::StrCat(
+      name, " is ", v, "; it must be 0 or a 32-bit float of magnitude within [",
+      std::numeric_limits<float>::min(), ", ", std::numeric_limits<float>::max(), "]"));
+}
+
 absl::Status ValidateSampling(const GenerateParams& p) {
   if (p.max_tokens <= 0) {
     return Invalid(absl::StrCat("max_tokens is ", p.max_tokens, "; it must be >= 1"));
+  }
+  for (const auto& [name, v] :
+       {std::pair{"temperature", p.temperature}, std::pair{"top_p", p.top_p},
+        std::pair{"min_p", p.min_p}, std::pair{"presence_penalty", p.presence_penalty},
+        std::pair{"frequency_penalty", p.frequency_penalty},
+        std::pair{"repetition_penalty", p.repetition_penalty}}) {
+    if (std::isfinite(v)) RETURN_IF_ERROR(CheckFloatWire(name, v));
   }
   if (!std::isfinite(p.temperature) || p.temperature < 0) {
     return Invalid(absl::StrCat("temperature is ", p.temperature,

@@ -140,6 +140,24 @@ TEST(RequestValidationTest, MinPAndPenalties) {
   }
 }
 
+// The sampling values reach the stages as 32-bit floats: beyond float's range they would arrive as
+// inf, below its smallest normal as 0.
+TEST(RequestValidationTest, SamplingValuesFitA32BitFloat) {
+  const auto with = [](double GenerateParams::*field, double v) {
+    GenerateParams p = Good();
+    p.*field = v;
+    return p;
+  };
+  ExpectInvalid(with(&GenerateParams::temperature, 1e300),
+                "temperature is 1e+300; it must be 0 or a 32-bit float");
+  ExpectInvalid(with(&GenerateParams::repetition_penalty, 1e39), "repetition_penalty is 1e+39");
+  ExpectInvalid(with(&GenerateParams::repetition_penalty, 1e-40), "32-bit float");
+  ExpectInvalid(with(&GenerateParams::top_p, 1e-300), "top_p is 1e-300");
+  ExpectInvalid(with(&GenerateParams::min_p, 1e-300), "min_p is 1e-300");
+  EXPECT_TRUE(ValidateGenerateParams(with(&GenerateParams::temperature, 3e38)).ok());
+  EXPECT_TRUE(ValidateGenerateParams(with(&GenerateParams::top_p, 1e-30)).ok());
+}
+
 TEST(RequestValidationTest, Policy) {
   GenerateParams p = Good();
   p.kv.policy = "h2o";
