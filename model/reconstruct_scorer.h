@@ -78,8 +78,9 @@ struct ReconstructScores {
   std::vector<std::vector<float>> layers;
 };
 
-// The re-reading input of the prompt's chunk [b, e): the repeat prompt (first or next, the latter
-// followed by the prompt's `overlap` tokens before b), the suffix, then prompt[b, e).
+// The re-reading input of the prompt's chunk [b, e), 0 <= b <= e <= prompt.size(): the repeat
+// prompt (first or next, the latter followed by the prompt's `overlap` tokens before b), the
+// suffix, then prompt[b, e).
 std::vector<int32_t> RereadInput(absl::Span<const int32_t> prompt, int64_t b, int64_t e,
                                  const RepeatPrompt& repeat, int overlap);
 

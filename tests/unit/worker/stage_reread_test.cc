@@ -119,7 +119,8 @@ TEST(RereadStepTest, BadStepsAreRefusedAndChangeNothing) {
   EXPECT_EQ(stage.Step(MakeStep(1, {unknown})).status().code(), absl::StatusCode::kNotFound);
   ASSERT_TRUE(stage.Step(MakeStep(2, {ObservedPrefill(9, prompt)})).ok());
   const int64_t used = stage.status().usage().blocks_used();
-  const xkv::v1::StepSequence past = Reread(9, prompt, 30, kPrompt + 1, true);  // past the prompt
+  xkv::v1::StepSequence past = Reread(9, prompt, 30, kPrompt, true);
+  past.mutable_reread()->set_chunk_end(kPrompt + 1);  // past the prompt
   auto r = stage.Step(MakeStep(3, {past}));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("chunk_begin"), std::string::npos) << r.status();
