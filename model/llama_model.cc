@@ -335,8 +335,10 @@ absl::Status LlamaModel::AttendSequence(int layer, int s, const SequenceStep& se
     tmp_v_.resize(tmp_k_.size());
     for (int g = 0; g < c.n_kv_heads; ++g) {
       const int64_t src = g * seq.cache->head_stride(layer), dst = g * head_stride;
-      std::memcpy(&tmp_k_[dst], seq.cache->k(layer) + src, past * hd * sizeof(float));
-      std::memcpy(&tmp_v_[dst], seq.cache->v(layer) + src, past * hd * sizeof(float));
+      if (past > 0) {  // an empty cache may have no buffer (memcpy from null is undefined)
+        std::memcpy(&tmp_k_[dst], seq.cache->k(layer) + src, past * hd * sizeof(float));
+        std::memcpy(&tmp_v_[dst], seq.cache->v(layer) + src, past * hd * sizeof(float));
+      }
       for (int64_t t = 0; t < seq.n_new; ++t) {
         std::memcpy(&tmp_k_[dst + (past + t) * hd], k_new + t * qkv_dim + g * hd, hd * 4);
         std::memcpy(&tmp_v_[dst + (past + t) * hd], v_new + t * qkv_dim + g * hd, hd * 4);
