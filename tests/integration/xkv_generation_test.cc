@@ -227,7 +227,9 @@ TEST_F(XkvGenerationTest, SampledModeIsReproducibleAndUsesTheRunningMean) {
     const std::vector<int64_t> kept = KeptPrefix(ra[0]);
     EXPECT_EQ(kept, KeptPrefix(rb[0])) << i;
     EXPECT_EQ(Sum(kept), 200) << i;
-    if (i == 0) EXPECT_TRUE(ra[0].usage.profiled());
+    if (i == 0) {
+      EXPECT_TRUE(ra[0].usage.profiled());
+    }
     if (ra[0].usage.profiled()) {
       profiled += i > 0;
       std::vector<double> f;
