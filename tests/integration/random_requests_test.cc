@@ -25,6 +25,7 @@
 #include "coordinator/clock.h"
 #include "coordinator/coordinator.h"
 #include "gtest/gtest.h"
+#include "tests/common/random_draw.h"
 #include "tests/integration/pipeline_harness.h"
 
 namespace xkv {
@@ -48,17 +49,9 @@ bool CallersError(const absl::Status& s) {
   }
 }
 
-class Draw {
+class Draw : public testing::RandomDraw {
  public:
-  explicit Draw(uint64_t seed) : rng_(seed) {}
-  bool Chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
-  int64_t Int(int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng_);
-  }
-  template <typename T>
-  T Pick(const std::vector<T>& v) {
-    return v[static_cast<size_t>(Int(0, static_cast<int64_t>(v.size()) - 1))];
-  }
+  using RandomDraw::RandomDraw;
   // `usual` most of the time, else an invalid or extreme value.
   double Real(double usual) {
     if (!Chance(0.06)) return usual;
@@ -131,9 +124,6 @@ class Draw {
     if (Chance(0.05)) kv.per_head = true;
     return p;
   }
-
- private:
-  std::mt19937_64 rng_;
 };
 
 // Two greedy full-cache requests whose tokens must not depend on what runs beside them.

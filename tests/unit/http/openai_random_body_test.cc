@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "http/openai_error.h"
 #include "http/openai_request.h"
+#include "tests/common/random_draw.h"
 
 namespace xkv {
 namespace {
@@ -41,13 +42,9 @@ const char* const kCompletion = R"({
   "model": "m", "prompt": "Once upon", "max_tokens": 5, "temperature": 0, "echo": false,
   "stop": "\n", "logprobs": 2, "seed": 1, "xkv": {"policy": "snapkv", "budget_fraction": 0.25}})";
 
-class Draw {
+class Draw : public testing::RandomDraw {
  public:
-  explicit Draw(uint64_t seed) : rng_(seed) {}
-  int64_t Int(int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng_);
-  }
-  bool Chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
+  using RandomDraw::RandomDraw;
 
   Json Value(int depth = 0) {
     switch (Int(0, depth < 3 ? 17 : 14)) {
@@ -147,8 +144,6 @@ class Draw {
       it.value() = Value();
     }
   }
-
-  std::mt19937_64 rng_;
 };
 
 void ExpectOkOrInvalid(const absl::Status& s, const std::string& step) {

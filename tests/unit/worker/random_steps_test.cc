@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/common/random_draw.h"
 #include "tests/unit/worker/worker_test_util.h"
 #include "worker/stage_executor.h"
 #include "worker/stage_options.h"
@@ -37,17 +38,9 @@ constexpr int64_t kWindow = 8;  // the stage's default observation window       
                                 // live, released and never seen ones all recur
 
 // Draws the values of one field: mostly plausible, sometimes one of the edge cases.
-class Draw {
+class Draw : public testing::RandomDraw {
  public:
-  explicit Draw(uint64_t seed) : rng_(seed) {}
-  bool Chance(double p) { return std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
-  int64_t Int(int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng_);
-  }
-  template <typename T>
-  T Pick(const std::vector<T>& v) {
-    return v[static_cast<size_t>(Int(0, static_cast<int64_t>(v.size()) - 1))];
-  }
+  using RandomDraw::RandomDraw;
   // `usual` most of the time, else an edge value of the type.
   int64_t Int64Or(int64_t usual) {
     if (!Chance(0.15)) return usual;
@@ -59,9 +52,6 @@ class Draw {
     return Pick<float>({std::nanf(""), std::numeric_limits<float>::infinity(), -1e30f, -3.f, 3.f,
                         0.f, std::numeric_limits<float>::denorm_min()});
   }
-
- private:
-  std::mt19937_64 rng_;
 };
 
 class RandomStepsTest : public ::testing::TestWithParam<uint64_t> {
