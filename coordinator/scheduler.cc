@@ -49,11 +49,9 @@ absl::Status Scheduler::Submit(SequenceSpec spec) {
         " prompt tokens and max_new_tokens ", spec.max_new_tokens, "; both must be >= 1"));
   }
   if (spec.max_new_tokens > std::numeric_limits<int64_t>::max() - spec.prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("scheduler: request ", spec.id, " has ",
-                                                   spec.prompt_tokens,
-                                                   " prompt tokens and "
-                                                   "max_new_tokens ",
-                                                   spec.max_new_tokens, "; their sum overflows"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scheduler: request ", spec.id, " has ", spec.prompt_tokens,
+        " prompt tokens and max_new_tokens ", spec.max_new_tokens, "; their sum overflows"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   // The worst case in every layer must fit each stage's pool: then a request that runs alone
