@@ -17,7 +17,6 @@
 #include <cstdint>
 #include <limits>
 #include <map>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -33,9 +32,8 @@ namespace {
 
 constexpr int kLayers = 4;  // the test model's
 constexpr int64_t kContext = 2048;
-constexpr int kIds = 10;
-constexpr int64_t kWindow = 8;  // the stage's default observation window          // ids 1..kIds:
-                                // live, released and never seen ones all recur
+constexpr int kIds = 10;        // ids 1..kIds: live, released and never seen ones all recur
+constexpr int64_t kWindow = 8;  // the stage's default observation window
 
 // Draws the values of one field: mostly plausible, sometimes one of the edge cases.
 class Draw : public testing::RandomDraw {
