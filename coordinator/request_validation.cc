@@ -85,8 +85,9 @@ absl::Status ValidateInput(const GenerateParams& p) {
 
 // The sampling values go to the stages as 32-bit floats (worker.proto's WorkerSampling): a double
 // beyond float's range would arrive as inf (the conversion itself is undefined) and one below its
-// smallest normal as 0 (which reads as "off" for top_p and min_p). Before, 1e300 passed here and
-// the last stage refused the step that carried it, failing the other requests of that step too.
+// smallest normal as 0 (which reads as "off" for top_p and min_p). The wires carry floats already;
+// an in-process caller's 1e300 passed here and the last stage refused the step that carried it,
+// failing the other requests of that step too.
 absl::Status CheckFloatWire(const char* name, double v) {
   const double magnitude = std::abs(v);
   if (v == 0 || (magnitude >= std::numeric_limits<float>::min() &&
@@ -158,9 +159,9 @@ absl::Status ValidateTokenCounts(int64_t prompt_tokens, int64_t max_tokens,
                                 " tokens; the model's context length is ", context_length,
                                 " (prompt + max_tokens must fit)"));
   }
-  // Not prompt_tokens + max_tokens: max_tokens comes from the network (up to 2^63 - 1), and the
-  // overflowed sum passed this check (such a request was admitted without a bound and, once the
-  // pool was full, blocked every request behind it).
+  // Not prompt_tokens + max_tokens: an in-process caller's max_tokens is any int64 (the wires
+  // carry int32), and the overflowed sum passed this check (such a request was admitted without
+  // a bound and, once the pool was full, blocked every request behind it).
   if (max_tokens > context_length - prompt_tokens) {
     return Invalid(absl::StrCat("max_tokens is ", max_tokens, "; with the prompt's ", prompt_tokens,
                                 " tokens it must be <= ", context_length - prompt_tokens,

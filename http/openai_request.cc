@@ -1,6 +1,7 @@
 #include "http/openai_request.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -47,6 +48,18 @@ absl::StatusOr<std::optional<double>> NumberField(const Json& v, absl::string_vi
   if (v.is_null()) return std::nullopt;
   if (!v.is_number()) return WrongType(field, "a number");
   return v.get<double>();
+}
+
+// A number the GenerateRequest carries as a 32-bit float: one beyond float's range is refused
+// here (converting it would be undefined behaviour).
+absl::StatusOr<std::optional<float>> FloatField(const Json& v, absl::string_view field) {
+  ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, field));
+  if (!x.has_value()) return std::nullopt;
+  if (!(std::abs(*x) <= std::numeric_limits<float>::max())) {
+    return Invalid(field, absl::StrCat(field, " is ", v.dump(), "; it must be within ",
+                                       std::numeric_limits<float>::max(), " in magnitude"));
+  }
+  return static_cast<float>(*x);
 }
 
 absl::StatusOr<std::optional<bool>> BoolField(const Json& v, absl::string_view field) {
@@ -244,20 +257,20 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(absl::string_view body, OpenAiE
     } else if (key == "max_completion_tokens" && chat) {
       ASSIGN_OR_RETURN(max_completion_tokens, IntField(v, key, kInt32Min, kInt32Max));
     } else if (key == "temperature") {
-      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
-      if (x.has_value()) s->set_temperature(static_cast<float>(*x));
+      ASSIGN_OR_RETURN(std::optional<float> x, FloatField(v, key));
+      if (x.has_value()) s->set_temperature(*x);
     } else if (key == "top_p") {
-      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
-      if (x.has_value()) s->set_top_p(static_cast<float>(*x));
+      ASSIGN_OR_RETURN(std::optional<float> x, FloatField(v, key));
+      if (x.has_value()) s->set_top_p(*x);
     } else if (key == "min_p" || key == "presence_penalty" || key == "frequency_penalty") {
-      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
-      const float f = static_cast<float>(x.value_or(0));
+      ASSIGN_OR_RETURN(std::optional<float> x, FloatField(v, key));
+      const float f = x.value_or(0.f);
       if (key == "min_p") s->set_min_p(f);
       if (key == "presence_penalty") s->set_presence_penalty(f);
       if (key == "frequency_penalty") s->set_frequency_penalty(f);
     } else if (key == "repetition_penalty") {  // vLLM's extra parameter; unset: 1 (off)
-      ASSIGN_OR_RETURN(std::optional<double> x, NumberField(v, key));
-      if (x.has_value()) s->set_repetition_penalty(static_cast<float>(*x));
+      ASSIGN_OR_RETURN(std::optional<float> x, FloatField(v, key));
+      if (x.has_value()) s->set_repetition_penalty(*x);
     } else if (key == "top_k") {
       ASSIGN_OR_RETURN(std::optional<int64_t> x, IntField(v, key, kInt32Min, kInt32Max));
       s->set_top_k(static_cast<int32_t>(x.value_or(0)));

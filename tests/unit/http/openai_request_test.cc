@@ -124,6 +124,8 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
        "not valid JSON"},
       {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e400})", "",
        "not valid JSON"},  // beyond double's range: the library's out_of_range, not a 500
+      {R"({"model":"m","messages":[{"role":"user","content":"x"}],"temperature":1e300})",
+       "temperature", "must be within"},  // beyond float's range: the proto's field is a float
       {R"({"messages":[{"role":"user","content":"x"}]})", "model", "model is required"},
       {R"({"model":"m"})", "messages", "messages must be"},
       {R"({"model":"m","messages":"hi"})", "messages", "a list of messages"},
